@@ -1,0 +1,169 @@
+# ferry — build, test, demo, bench, install.
+#
+# The public targets first make sure the Debian packages are there
+# (scripts/deps.sh), then run this Makefile again for the real work, so that
+# the pkg-config lookups below see the freshly installed libraries.
+#
+#   make            static and shared libferry, ferry-relay     (build/rel)
+#   make test       the whole suite under ASan+UBSan             (build/asan)
+#   make demo       ferry end to end on a throwaway PostgreSQL
+#   make bench      benchmarks, as ratios against a same-run baseline
+#   make install PREFIX=/usr/local
+#   make valgrind   the suite under valgrind instead of the sanitizers
+#   make clean
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+CC      ?= cc
+
+PKGS      = libpq jansson
+TEST_PKGS = $(PKGS) cmocka
+# Lazy (=): evaluated by the inner make, after deps.sh has run.
+PKG_CFLAGS = $(shell pkg-config --cflags $(TEST_PKGS))
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
+TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS))
+
+# Error messages live in fixed-size buffers (ferry_error) and are cut short
+# on purpose when too long, hence -Wno-format-truncation.
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+       -Wpointer-arith -Wformat=2 -Wvla -Wno-unused-parameter -Wno-format-truncation
+BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib $(PKG_CFLAGS)
+
+REL_CFLAGS  = $(BASE_CFLAGS) -O2 -fPIC -fvisibility=hidden
+ASAN_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+              -fno-omit-frame-pointer
+ASAN_CFLAGS = $(BASE_CFLAGS) -O1 -fvisibility=hidden $(ASAN_FLAGS)
+
+VERSION = 0.1.0
+SOMAJOR = 0
+
+LIB_SRC   = $(wildcard lib/*.c)
+SCHEMAS   = $(sort $(wildcard schemas/[0-9][0-9][0-9]_*.sql))
+GEN       = build/gen/migrations.c
+HARNESS   = tests/harness/pgtmp.c
+TEST_SRC  = $(wildcard tests/test_*.c)
+RELAY_SRC = $(wildcard daemon/*.c)
+
+REL_LIB_OBJ  = $(LIB_SRC:%.c=build/rel/%.o) build/rel/gen/migrations.o
+ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
+
+PROGRAMS = build/rel/ferry-relay
+EXAMPLES = build/rel/emit-demo
+BENCHES  = build/rel/bench-emit
+TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
+
+.PHONY: all test demo bench install clean valgrind deps \
+        all-inner test-inner demo-inner bench-inner valgrind-inner
+.DEFAULT_GOAL := all
+# Keep objects between runs: they are not intermediate to us.
+.SECONDARY:
+
+all: deps
+	@$(MAKE) --no-print-directory all-inner
+test: deps
+	@$(MAKE) --no-print-directory test-inner
+demo: deps
+	@$(MAKE) --no-print-directory demo-inner
+bench: deps
+	@$(MAKE) --no-print-directory bench-inner
+valgrind: deps
+	@$(MAKE) --no-print-directory valgrind-inner
+deps:
+	@sh scripts/deps.sh
+
+all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
+
+test-inner: $(TESTS) build/asan/tests/pgtmp_selftest
+	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS)
+
+valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
+	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
+
+demo-inner: $(EXAMPLES) $(PROGRAMS)
+	@build/rel/emit-demo
+
+bench-inner: $(BENCHES)
+	@build/rel/bench-emit
+
+# ---------------------------------------------------------------- generated
+$(GEN): $(SCHEMAS) scripts/embed-sql.sh
+	@mkdir -p $(@D)
+	sh scripts/embed-sql.sh $@ $(SCHEMAS)
+
+# ---------------------------------------------------------------- release
+build/rel/%.o: %.c lib/ferry.h lib/internal.h
+	@mkdir -p $(@D)
+	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
+build/rel/gen/migrations.o: $(GEN) lib/internal.h
+	@mkdir -p $(@D)
+	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
+
+build/rel/libferry.a: $(REL_LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+build/rel/libferry.so.$(VERSION): $(REL_LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libferry.so.$(SOMAJOR) -Wl,--no-undefined \
+	    -o $@ $^ $(PKG_LIBS)
+build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
+	ln -sf libferry.so.$(VERSION) build/rel/libferry.so.$(SOMAJOR)
+	ln -sf libferry.so.$(VERSION) $@
+
+build/rel/ferry-relay: $(RELAY_SRC:%.c=build/rel/%.o) build/rel/libferry.a
+	$(CC) -o $@ $^ $(PKG_LIBS)
+
+build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/$(HARNESS:.c=.o) \
+                     build/rel/libferry.a
+	$(CC) -o $@ $^ $(PKG_LIBS)
+
+build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/$(HARNESS:.c=.o) \
+                      build/rel/libferry.a
+	$(CC) -pthread -o $@ $^ $(PKG_LIBS)
+
+# ---------------------------------------------------------------- sanitized
+build/asan/%.o: %.c lib/ferry.h lib/internal.h tests/harness/pgtmp.h tests/testutil.h
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
+build/asan/gen/migrations.o: $(GEN) lib/internal.h
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
+build/asan/libferry.a: $(ASAN_LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
+                                 build/asan/$(HARNESS:.c=.o)
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
+build/asan/tests/test_%: build/asan/tests/test_%.o build/asan/tests/testutil.o \
+                         build/asan/$(HARNESS:.c=.o) build/asan/libferry.a
+	$(CC) $(ASAN_FLAGS) -pthread -o $@ $^ $(TEST_LIBS)
+
+# Valgrind cannot run ASan binaries: the same tests, unsanitized.
+build/vg/%.o: %.c lib/ferry.h lib/internal.h tests/harness/pgtmp.h tests/testutil.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
+build/vg/gen/migrations.o: $(GEN) lib/internal.h
+	@mkdir -p $(@D)
+	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
+build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
+	rm -f $@
+	ar rcs $@ $^
+build/vg/tests/test_%: build/vg/tests/test_%.o build/vg/tests/testutil.o \
+                       build/vg/$(HARNESS:.c=.o) build/vg/libferry.a
+	$(CC) -pthread -o $@ $^ $(TEST_LIBS)
+
+# ---------------------------------------------------------------- install
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ferry
+	install -m 644 lib/ferry.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 build/rel/libferry.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 build/rel/libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libferry.so.$(SOMAJOR)
+	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libferry.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' scripts/ferry.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(SCHEMAS) $(DESTDIR)$(PREFIX)/share/ferry/
+
+clean:
+	rm -rf build

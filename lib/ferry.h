@@ -1,0 +1,258 @@
+/*
+ * ferry.h — transactional outbox and sagas for services on PostgreSQL and
+ * Kafka. This is the only public header of libferry.
+ *
+ * Conventions, as in libpq and jansson:
+ *   - Commands return a ferry_code (FERRY_OK is 0). Details of a failure go
+ *     into a caller-owned ferry_error; nothing is allocated on the error
+ *     path. Branch on err->code, err->retriable, err->sqlstate and
+ *     err->field, never on the message text.
+ *   - Out-parameters are written only on success.
+ *   - Strings and connections passed in are borrowed for the duration of
+ *     the call; the library keeps no pointer to them afterwards.
+ *   - The library never begins, commits or rolls back the caller's
+ *     transaction, except inside ferry_tx_run() and ferry_migrate(), whose
+ *     whole purpose is to run one.
+ *   - Thread safety: all functions are reentrant; a PGconn is used by one
+ *     thread at a time, as libpq requires.
+ */
+#ifndef FERRY_H
+#define FERRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(FERRY_BUILDING) && defined(__GNUC__)
+#define FERRY_API __attribute__((visibility("default")))
+#else
+#define FERRY_API
+#endif
+
+#define FERRY_VERSION_MAJOR 0
+#define FERRY_VERSION_MINOR 1
+#define FERRY_VERSION_PATCH 0
+#define FERRY_VERSION_STRING "0.1.0"
+
+/* The version of the library actually linked, e.g. "0.1.0". */
+FERRY_API const char *ferry_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                               */
+
+typedef enum ferry_code {
+    FERRY_OK = 0,
+    FERRY_EINVAL,           /* an argument was refused; err->field names it */
+    FERRY_ESTATE,           /* the connection is not in a state for this call */
+    FERRY_EDB,              /* the server refused; see err->sqlstate */
+    FERRY_ECONN,            /* the connection to the server failed */
+    FERRY_ECOMMIT_UNKNOWN,  /* COMMIT was sent, the reply was lost, and its
+                               fate could not be learned: err->xid names the
+                               transaction for pg_xact_status() */
+    FERRY_ESCHEMA,          /* the ferry schema is missing, newer than this
+                               library, or differs from what was shipped */
+    FERRY_ENOMEM,
+    FERRY_EUSER             /* a caller's callback failed (ferry_tx_run) */
+} ferry_code;
+
+#define FERRY_ERROR_MESSAGE_SIZE 512
+#define FERRY_ERROR_FIELD_SIZE   32
+
+typedef struct ferry_error {
+    ferry_code code;
+    int retriable;              /* 1: the same call may succeed if repeated */
+    char sqlstate[6];           /* "" when the server did not say */
+    char field[FERRY_ERROR_FIELD_SIZE]; /* offending field ("topic", "key",
+                                  "type", "aggregatetype", "payload",
+                                  "headers", "delay_ms") or "" */
+    uint64_t xid;               /* with FERRY_ECOMMIT_UNKNOWN, else 0 */
+    long index;                 /* ferry_emit_batch: the message refused, or -1 */
+    char message[FERRY_ERROR_MESSAGE_SIZE];
+} ferry_error;
+
+/* A static name for a code, e.g. "FERRY_EINVAL". */
+FERRY_API const char *ferry_code_name(ferry_code code);
+
+/*
+ * Fill err from a failed PGresult (or from the connection when res is
+ * NULL) so that a ferry_tx_run() callback can report the server's SQLSTATE
+ * and let the helper decide whether to retry. context prefixes the
+ * message ("could not update account"). Returns err->code.
+ */
+FERRY_API ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
+                                         const PGresult *res, const char *context);
+
+/* ------------------------------------------------------------------ */
+/* Message ids                                                          */
+
+/* A UUID, network byte order. ferry makes version 7: 48 bits of Unix
+ * milliseconds, then a counter that keeps ids made by one thread in the
+ * same millisecond increasing, then random bits. */
+typedef struct ferry_uuid {
+    uint8_t bytes[16];
+} ferry_uuid;
+
+#define FERRY_UUID_STRING_SIZE 37   /* 36 characters and the NUL */
+
+FERRY_API ferry_code ferry_uuid_v7(ferry_uuid *out);
+FERRY_API void ferry_uuid_format(const ferry_uuid *id, char out[FERRY_UUID_STRING_SIZE]);
+/* Returns FERRY_OK or FERRY_EINVAL; accepts upper and lower case. */
+FERRY_API ferry_code ferry_uuid_parse(const char *text, ferry_uuid *out);
+/* Unix milliseconds held in a version 7 id. */
+FERRY_API uint64_t ferry_uuid_v7_millis(const ferry_uuid *id);
+
+/* ------------------------------------------------------------------ */
+/* Emit                                                                 */
+
+/* Limits shared with the SQL checks in schemas/001_ferry.sql. */
+#define FERRY_TOPIC_MAX           249       /* Kafka's own limit */
+#define FERRY_KEY_MAX             1024      /* bytes */
+#define FERRY_TYPE_MAX            255
+#define FERRY_HEADERS_MAX         65536     /* bytes of header JSON */
+#define FERRY_DEFAULT_MAX_PAYLOAD (1024 * 1024)
+#define FERRY_BATCH_MAX           100000    /* messages in one ferry_emit_batch */
+#define FERRY_DELAY_MAX_MS        31536000000LL /* one year */
+
+/*
+ * One message. Strings are UTF-8 and NUL-terminated unless a length is
+ * given: key_len and payload_len of 0 mean "use strlen"; a non-zero length
+ * that runs past a NUL byte is refused, as PostgreSQL text cannot hold one.
+ */
+typedef struct ferry_msg {
+    const char *topic;          /* Kafka topic: [A-Za-z0-9._-], 1..249 bytes */
+    const char *key;            /* partition key, usually the aggregate id */
+    size_t key_len;
+    const char *type;           /* event type, e.g. "OrderPlaced" */
+    const char *aggregate_type; /* optional: NULL means "" */
+    const char *payload;        /* JSON text, any JSON value */
+    size_t payload_len;
+    const char *headers;        /* optional: a JSON object of strings, NULL means {} */
+    int64_t delay_ms;           /* deliver no earlier than this after the
+                                   transaction started; 0 = at once */
+} ferry_msg;
+
+typedef struct ferry_emit_opts {
+    size_t max_payload;         /* bytes; 0 = FERRY_DEFAULT_MAX_PAYLOAD. Keep it
+                                   no larger than ferry.settings.max_payload_bytes,
+                                   which the server enforces as a backstop. */
+} ferry_emit_opts;
+
+/*
+ * Write msg into the outbox inside the caller's open transaction on conn.
+ * Its position among the messages of the same (topic, key) follows the
+ * commit order of the emitting transactions; the emitting transaction holds
+ * a lock on the key until it ends, so keep transactions that emit short.
+ *
+ * The message is checked on the client first: a refused message returns
+ * FERRY_EINVAL with err->field set, sends nothing, and leaves the caller's
+ * transaction usable. A transaction must be open (FERRY_ESTATE otherwise):
+ * an emit outside one would commit on its own, apart from the update it
+ * belongs with. opts may be NULL. On success *id_out (if not NULL) holds the
+ * message id.
+ */
+FERRY_API ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg,
+                                const ferry_emit_opts *opts,
+                                ferry_uuid *id_out, ferry_error *err);
+
+/*
+ * Emit n messages (1..FERRY_BATCH_MAX) in one pipelined round trip, in
+ * array order. Every message is checked before anything is sent: one bad
+ * message refuses the whole batch with err->index naming it, and nothing
+ * is written. ids_out, if not NULL, has room for n ids.
+ */
+FERRY_API ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
+                                      const ferry_emit_opts *opts,
+                                      ferry_uuid *ids_out, ferry_error *err);
+
+/* Check msg as ferry_emit would, without a connection. */
+FERRY_API ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
+                                     ferry_error *err);
+
+/* ------------------------------------------------------------------ */
+/* Transactions                                                         */
+
+typedef enum ferry_isolation {
+    FERRY_READ_COMMITTED = 0,
+    FERRY_REPEATABLE_READ,
+    FERRY_SERIALIZABLE
+} ferry_isolation;
+
+typedef struct ferry_tx_opts {
+    ferry_isolation isolation;
+    int max_attempts;        /* 0 = 10 */
+    int backoff_base_ms;     /* first retry waits up to this, doubling; 0 = 5 */
+    int backoff_max_ms;      /* 0 = 1000 */
+    int resolve_timeout_ms;  /* how long to try to learn a lost COMMIT's
+                                fate; 0 = 30000 */
+} ferry_tx_opts;
+
+/* What happened inside one ferry_tx_run(), for logs, metrics and tests. */
+typedef struct ferry_tx_report {
+    int attempts;            /* times fn was called */
+    int retries_conflict;    /* serialization failures and deadlocks */
+    int retries_connection;  /* connection lost before COMMIT */
+    int commit_unknown;      /* COMMITs whose reply was lost */
+    int resolved_committed;  /* ... then found committed */
+    int resolved_aborted;    /* ... then found aborted (and retried) */
+    uint64_t last_xid;
+} ferry_tx_report;
+
+/*
+ * The caller's function: run its statements on conn inside the open
+ * transaction. Return FERRY_OK to commit; anything else rolls back. Fill
+ * err (ferry_error_from_pg helps) so that a serialization failure or a
+ * deadlock is retried; other failures end the run with that error. fn may
+ * run several times, so it must not keep effects outside the database
+ * from one attempt to the next.
+ */
+typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
+
+/*
+ * Run fn in a transaction on conn (which must be idle, not in one) and
+ * commit. Retries on serialization failure and deadlock, and on a
+ * connection lost before COMMIT (after PQreset()), with jittered
+ * exponential backoff, up to max_attempts.
+ *
+ * If the connection dies after COMMIT was sent, the outcome is unknown to
+ * the client. The helper then reconnects and asks pg_xact_status() about
+ * the transaction: committed gives FERRY_OK; aborted retries fn; if it
+ * cannot find out within resolve_timeout_ms it returns
+ * FERRY_ECOMMIT_UNKNOWN with err->xid set, and the caller must find out
+ * before repeating the work. A reset connection loses its session state
+ * (SET, prepared statements, temporary tables).
+ *
+ * opts and report may be NULL.
+ */
+FERRY_API ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts,
+                                  ferry_tx_fn fn, void *arg,
+                                  ferry_tx_report *report, ferry_error *err);
+
+/* ------------------------------------------------------------------ */
+/* Schema                                                               */
+
+/*
+ * Bring the ferry schema of conn's database up to this library's version:
+ * every migration not yet applied, in order, in one transaction, under an
+ * advisory lock so concurrent callers wait rather than race. A migration
+ * already applied is checked against its checksum and not run again.
+ * conn must be idle (not in a transaction). On success *version_out (if
+ * not NULL) holds the schema version now in place.
+ */
+FERRY_API ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err);
+
+/* The newest schema version this library knows. */
+FERRY_API int ferry_schema_version_known(void);
+
+/* The schema version applied to conn's database; 0 when none. Reads only. */
+FERRY_API ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_H */

@@ -1,0 +1,262 @@
+/*
+ * tx.c — run a caller's function in a transaction, retry what can be
+ * retried, and find out what happened to a COMMIT whose reply was lost.
+ *
+ * The transaction's id is fetched in the same round trip as BEGIN
+ * (pg_current_xact_id() assigns one at once), so that when the connection
+ * dies during COMMIT the helper knows which transaction to ask about,
+ * without a round trip of its own before COMMIT.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+enum {
+    DEFAULT_ATTEMPTS = 10,
+    DEFAULT_BACKOFF_BASE_MS = 5,
+    DEFAULT_BACKOFF_MAX_MS = 1000,
+    DEFAULT_RESOLVE_TIMEOUT_MS = 30000,
+    MAX_ATTEMPTS = 1000,
+};
+
+typedef struct tx_settings {
+    ferry_isolation isolation;
+    int max_attempts, base_ms, max_ms, resolve_ms;
+} tx_settings;
+
+static tx_settings settings_from(const ferry_tx_opts *o)
+{
+    tx_settings s = {FERRY_READ_COMMITTED, DEFAULT_ATTEMPTS, DEFAULT_BACKOFF_BASE_MS,
+                     DEFAULT_BACKOFF_MAX_MS, DEFAULT_RESOLVE_TIMEOUT_MS};
+    if (o == NULL)
+        return s;
+    s.isolation = o->isolation;
+    if (o->max_attempts > 0)
+        s.max_attempts = o->max_attempts < MAX_ATTEMPTS ? o->max_attempts : MAX_ATTEMPTS;
+    if (o->backoff_base_ms > 0)
+        s.base_ms = o->backoff_base_ms;
+    if (o->backoff_max_ms > 0)
+        s.max_ms = o->backoff_max_ms;
+    if (o->resolve_timeout_ms > 0)
+        s.resolve_ms = o->resolve_timeout_ms;
+    return s;
+}
+
+static const char *begin_sql(ferry_isolation iso)
+{
+    switch (iso) {
+    case FERRY_REPEATABLE_READ:
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_current_xact_id()::text";
+    case FERRY_SERIALIZABLE:
+        return "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT pg_current_xact_id()::text";
+    case FERRY_READ_COMMITTED:
+        break;
+    }
+    return "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id()::text";
+}
+
+/* Full jitter: a random wait in [0, min(max, base * 2^attempt)]. */
+static void backoff(const tx_settings *s, int attempt)
+{
+    long cap = s->base_ms;
+    for (int i = 1; i < attempt && cap < s->max_ms; i++)
+        cap *= 2;
+    if (cap > s->max_ms)
+        cap = s->max_ms;
+    unsigned r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (unsigned)ferry_now_ms();
+    ferry_sleep_ms((long)(r % (unsigned)(cap + 1)));
+}
+
+static void rollback_quietly(PGconn *conn)
+{
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
+        PQclear(PQexec(conn, "ROLLBACK"));
+}
+
+/* Reconnect with backoff until resolve_ms runs out. */
+static bool reconnect(PGconn *conn, const tx_settings *s, int64_t deadline)
+{
+    for (int i = 1;; i++) {
+        PQreset(conn);
+        if (PQstatus(conn) == CONNECTION_OK)
+            return true;
+        if (ferry_now_ms() >= deadline)
+            return false;
+        backoff(s, i);
+    }
+}
+
+typedef enum { FATE_COMMITTED, FATE_ABORTED, FATE_UNKNOWN } commit_fate;
+
+/*
+ * The COMMIT of xid was sent and the connection died before its reply.
+ * Ask a fresh session. "in progress" means the old backend has not
+ * finished ending yet (it aborts, or completes its commit, on its way
+ * out), so ask again until the deadline.
+ */
+static commit_fate resolve_commit(PGconn *conn, const tx_settings *s, uint64_t xid,
+                                  ferry_error *err)
+{
+    int64_t deadline = ferry_now_ms() + s->resolve_ms;
+    char xid_text[24];
+    snprintf(xid_text, sizeof xid_text, "%" PRIu64, xid);
+    const char *params[1] = {xid_text};
+
+    for (int i = 1;; i++) {
+        if (PQstatus(conn) != CONNECTION_OK && !reconnect(conn, s, deadline))
+            break;
+        PGresult *res = PQexecParams(conn, "SELECT pg_xact_status($1::xid8)", 1, NULL,
+                                     params, NULL, NULL, 0);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+            const char *st = PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0);
+            commit_fate fate = FATE_UNKNOWN;
+            bool pending = strcmp(st, "in progress") == 0;
+            if (strcmp(st, "committed") == 0)
+                fate = FATE_COMMITTED;
+            else if (strcmp(st, "aborted") == 0)
+                fate = FATE_ABORTED;
+            PQclear(res);
+            if (fate != FATE_UNKNOWN)
+                return fate;
+            if (!pending) {
+                /* NULL: so old that its status was truncated away. */
+                ferry_err_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
+                              "COMMIT of transaction %s: the server no longer knows "
+                              "its status", xid_text);
+                return FATE_UNKNOWN;
+            }
+        } else {
+            PQclear(res);
+        }
+        if (ferry_now_ms() >= deadline)
+            break;
+        backoff(s, i);
+    }
+    ferry_err_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
+                  "the connection was lost during COMMIT of transaction %s and its "
+                  "outcome could not be learned within %d ms: check "
+                  "pg_xact_status('%s') before repeating the work",
+                  xid_text, s->resolve_ms, xid_text);
+    return FATE_UNKNOWN;
+}
+
+ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
+                        void *arg, ferry_tx_report *report, ferry_error *err)
+{
+    ferry_tx_report rep = {0};
+    ferry_error local;
+    ferry_error *e = err ? err : &local;
+    ferry_err_clear(e);
+    ferry_code rc;
+
+    if (conn == NULL || fn == NULL) {
+        rc = ferry_err_set(e, FERRY_EINVAL, conn ? "fn" : "conn",
+                           "ferry_tx_run: %s is NULL", conn ? "fn" : "conn");
+        goto out;
+    }
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        rc = ferry_err_set(e, FERRY_ESTATE, NULL,
+                           "ferry_tx_run: the connection is already in a transaction");
+        goto out;
+    }
+    tx_settings s = settings_from(opts);
+
+    for (int attempt = 1;; attempt++) {
+        ferry_err_clear(e);
+        if (PQstatus(conn) != CONNECTION_OK) {
+            PQreset(conn);
+            if (PQstatus(conn) != CONNECTION_OK) {
+                rc = ferry_error_from_pg(e, conn, NULL, "could not reconnect");
+                goto retry_or_fail;
+            }
+        }
+
+        PGresult *res = PQexec(conn, begin_sql(s.isolation));
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            rc = ferry_error_from_pg(e, conn, res, "could not begin transaction");
+            PQclear(res);
+            rollback_quietly(conn);
+            goto retry_or_fail;
+        }
+        uint64_t xid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        rep.last_xid = xid;
+        rep.attempts++;
+
+        rc = fn(conn, arg, e);
+        if (rc != FERRY_OK || PQtransactionStatus(conn) != PQTRANS_INTRANS) {
+            if (rc == FERRY_OK) {
+                /* fn swallowed an error: COMMIT would quietly roll back. */
+                rc = PQstatus(conn) != CONNECTION_OK
+                         ? ferry_error_from_pg(e, conn, NULL, "connection lost in transaction")
+                         : ferry_err_set(e, FERRY_EUSER, NULL,
+                                         "the transaction function returned success "
+                                         "but left the transaction aborted or closed");
+            } else if (e->code == FERRY_OK) {
+                /* fn failed without saying why. */
+                ferry_err_set(e, FERRY_EUSER, NULL,
+                              "the transaction function failed (%s)", ferry_code_name(rc));
+            }
+            rollback_quietly(conn);
+            goto retry_or_fail;
+        }
+
+        res = PQexec(conn, "COMMIT");
+        if (PQresultStatus(res) == PGRES_COMMAND_OK &&
+            strcmp(PQcmdStatus(res), "COMMIT") == 0) {
+            PQclear(res);
+            rc = FERRY_OK;
+            goto out;
+        }
+        if (PQstatus(conn) == CONNECTION_OK) {
+            /* The server answered: a deferred constraint or a serialization
+             * failure at commit. The transaction is over either way. */
+            rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                     ? ferry_err_set(e, FERRY_EDB, NULL, "COMMIT rolled back")
+                     : ferry_error_from_pg(e, conn, res, "could not commit");
+            PQclear(res);
+            goto retry_or_fail;
+        }
+        PQclear(res);
+
+        rep.commit_unknown++;
+        switch (resolve_commit(conn, &s, xid, e)) {
+        case FATE_COMMITTED:
+            rep.resolved_committed++;
+            ferry_err_clear(e);
+            rc = FERRY_OK;
+            goto out;
+        case FATE_ABORTED:
+            rep.resolved_aborted++;
+            rc = ferry_err_set(e, FERRY_ECONN, NULL,
+                               "the connection was lost during COMMIT and the "
+                               "transaction was rolled back");
+            e->retriable = 1;
+            goto retry_or_fail;
+        case FATE_UNKNOWN:
+            e->xid = xid;
+            rc = FERRY_ECOMMIT_UNKNOWN;
+            goto out;
+        }
+
+    retry_or_fail:
+        if (!e->retriable || attempt >= s.max_attempts)
+            goto out;
+        if (rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK)
+            rep.retries_connection++;
+        else
+            rep.retries_conflict++;
+        backoff(&s, attempt);
+    }
+
+out:
+    if (report != NULL)
+        *report = rep;
+    return rc;
+}

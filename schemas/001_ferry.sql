@@ -1,0 +1,390 @@
+-- ferry schema, migration 001: the foundation.
+--
+-- Applied by ferry_migrate() (and `ferry-relay migrate`) inside one
+-- transaction, under an advisory lock, exactly once per database; the
+-- runner records it in ferry.schema_version with a checksum of this text,
+-- so never edit a migration that has shipped: add the next one.
+--
+-- Every object is created by the migrating role; the functions that the
+-- least-privileged ferry_writer may call are SECURITY DEFINER with a fixed
+-- search_path, so a writer can emit without any privilege on the tables.
+
+CREATE SCHEMA IF NOT EXISTS ferry;
+REVOKE ALL ON SCHEMA ferry FROM PUBLIC;
+
+-- One row of database-wide settings. shard_count is read when a key is
+-- first seen and stored with it, so changing it later re-shards new keys
+-- only and never moves a key that already has rows in flight.
+CREATE TABLE ferry.settings (
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    shard_count        integer NOT NULL DEFAULT 16
+                       CHECK (shard_count BETWEEN 1 AND 4096),
+    max_payload_bytes  integer NOT NULL DEFAULT 1048576
+                       CHECK (max_payload_bytes BETWEEN 1 AND 268435456)
+);
+INSERT INTO ferry.settings DEFAULT VALUES;
+
+-- Per-(topic, key) position. This row is the ordering mechanism: emit
+-- increments seq with an UPDATE, which holds the row lock until the
+-- emitting transaction ends. A second transaction emitting on the same key
+-- waits for the first to commit (or roll back) and then reads the committed
+-- seq, so positions of a key are handed out in commit order and without
+-- gaps: a rolled-back emit rolls its increment back too. Rows are kept
+-- forever (one per key ever used); deleting one would restart its
+-- positions and break consumers' ordering checks.
+CREATE TABLE ferry.outbox_key (
+    topic  text    NOT NULL,
+    key    text    NOT NULL,
+    shard  integer NOT NULL,
+    seq    bigint  NOT NULL,
+    PRIMARY KEY (topic, key)
+) WITH (fillfactor = 50);      -- room on the page keeps the increments HOT
+
+-- The outbox. Column names follow the Debezium outbox convention (id,
+-- aggregatetype, aggregateid, type, payload) so that a service can move
+-- between ferry's relay and Debezium's outbox event router. aggregateid is
+-- the Kafka message key.
+CREATE TABLE ferry.outbox (
+    id             uuid        PRIMARY KEY,          -- message id, UUIDv7
+    topic          text        NOT NULL,
+    aggregatetype  text        NOT NULL DEFAULT '',
+    aggregateid    text        NOT NULL,             -- the key
+    type           text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    headers        jsonb       NOT NULL DEFAULT '{}',
+    seq            bigint      NOT NULL,             -- position within (topic, key)
+    shard          integer     NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    available_at   timestamptz NOT NULL DEFAULT now(),
+    attempts       integer     NOT NULL DEFAULT 0,
+    last_error     text,
+    published_at   timestamptz,                      -- set instead of DELETE under retention
+    -- Also the relay's fetch path: ready rows of a shard in per-key order.
+    CONSTRAINT outbox_position UNIQUE (shard, topic, aggregateid, seq)
+);
+
+-- Messages that failed permanently, on the relay side (consumer = '') or
+-- in a consumer; kept with the reason until replayed or discarded.
+CREATE TABLE ferry.dead_letter (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id     uuid        NOT NULL,
+    consumer       text        NOT NULL DEFAULT '',
+    topic          text        NOT NULL,
+    aggregatetype  text        NOT NULL DEFAULT '',
+    aggregateid    text        NOT NULL,
+    type           text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    headers        jsonb       NOT NULL DEFAULT '{}',
+    seq            bigint      NOT NULL,
+    shard          integer     NOT NULL,
+    created_at     timestamptz NOT NULL,
+    failed_at      timestamptz NOT NULL DEFAULT now(),
+    attempts       integer     NOT NULL DEFAULT 0,
+    reason         text        NOT NULL,
+    UNIQUE (message_id, consumer)
+);
+
+-- The dedupe record of every message a consumer applied, written in the
+-- consumer's own transaction.
+CREATE TABLE ferry.inbox (
+    consumer    text        NOT NULL,
+    message_id  uuid        NOT NULL,
+    topic       text        NOT NULL,
+    key         text        NOT NULL,
+    seq         bigint      NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
+CREATE INDEX inbox_applied_at ON ferry.inbox (applied_at);
+
+-- Leases, always judged by the database clock. epoch rises on every change
+-- of holder and is the fencing token checked by every acknowledgement.
+CREATE TABLE ferry.lease (
+    name         text        PRIMARY KEY,
+    holder       text,
+    epoch        bigint      NOT NULL DEFAULT 0,
+    expires_at   timestamptz NOT NULL DEFAULT '-infinity',
+    acquired_at  timestamptz,
+    renewed_at   timestamptz
+);
+
+-- Saga instances and the audit trail of their steps.
+CREATE TABLE ferry.saga (
+    id               uuid        PRIMARY KEY,
+    definition       text        NOT NULL,
+    definition_hash  text        NOT NULL,
+    state            text        NOT NULL
+                     CHECK (state IN ('running', 'compensating', 'completed',
+                                      'compensated', 'failed')),
+    current_step     integer     NOT NULL DEFAULT 0,
+    context          jsonb       NOT NULL DEFAULT '{}',
+    deadline         timestamptz,
+    version          bigint      NOT NULL DEFAULT 0,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX saga_open_deadline ON ferry.saga (deadline)
+    WHERE state IN ('running', 'compensating');
+
+CREATE TABLE ferry.saga_step (
+    saga_id     uuid        NOT NULL REFERENCES ferry.saga (id) ON DELETE CASCADE,
+    n           integer     NOT NULL,                -- audit order within the saga
+    step        text        NOT NULL,
+    kind        text        NOT NULL CHECK (kind IN ('action', 'compensation')),
+    status      text        NOT NULL
+                CHECK (status IN ('sent', 'succeeded', 'failed', 'timed_out')),
+    attempt     integer     NOT NULL DEFAULT 1,
+    message_id  uuid,
+    at          timestamptz NOT NULL DEFAULT now(),
+    detail      jsonb,
+    PRIMARY KEY (saga_id, n)
+);
+
+-- ---------------------------------------------------------------------
+-- Emit. The checks here are the same as lib/validate.c's; tests run every
+-- bad input through both paths. Errors are 22023 (invalid_parameter_value)
+-- with the offending field in the error's COLUMN field.
+
+CREATE FUNCTION ferry.check_message(p_topic text, p_key text, p_type text,
+                                    p_payload jsonb, p_headers jsonb,
+                                    p_aggregatetype text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_max integer;
+    v_len integer;
+    v_name text;
+BEGIN
+    IF p_topic IS NULL OR p_topic = '' THEN
+        RAISE EXCEPTION 'topic must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF octet_length(p_topic) > 249 THEN
+        RAISE EXCEPTION 'topic is % bytes, longer than 249', octet_length(p_topic)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF p_topic !~ '^[A-Za-z0-9._-]+$' OR p_topic IN ('.', '..') THEN
+        RAISE EXCEPTION 'topic "%" is not a valid Kafka topic name (letters, digits, ".", "_", "-")',
+                        left(p_topic, 64)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'key must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
+    END IF;
+    IF octet_length(p_key) > 1024 THEN
+        RAISE EXCEPTION 'key is % bytes, longer than 1024', octet_length(p_key)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
+    END IF;
+    IF p_type IS NULL OR p_type = '' THEN
+        RAISE EXCEPTION 'type must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
+    END IF;
+    IF octet_length(p_type) > 255 THEN
+        RAISE EXCEPTION 'type is % bytes, longer than 255', octet_length(p_type)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
+    END IF;
+    IF octet_length(p_aggregatetype) > 255 THEN
+        RAISE EXCEPTION 'aggregate type is % bytes, longer than 255',
+                        octet_length(p_aggregatetype)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'aggregatetype';
+    END IF;
+    IF p_payload IS NULL THEN
+        RAISE EXCEPTION 'payload must not be null (use the JSON value null instead)'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
+    END IF;
+    SELECT max_payload_bytes INTO v_max FROM ferry.settings;
+    v_len := octet_length(p_payload::text);
+    IF v_len > v_max THEN
+        RAISE EXCEPTION 'payload is % bytes, over the limit of % (ferry.settings.max_payload_bytes)',
+                        v_len, v_max
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
+    END IF;
+    IF p_headers IS NOT NULL AND p_headers <> '{}'::jsonb THEN
+        IF jsonb_typeof(p_headers) <> 'object' THEN
+            RAISE EXCEPTION 'headers must be a JSON object of strings, not %',
+                            jsonb_typeof(p_headers)
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        IF octet_length(p_headers::text) > 65536 THEN
+            RAISE EXCEPTION 'headers are longer than 65536 bytes'
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        SELECT h.key INTO v_name FROM jsonb_each(p_headers) AS h
+         WHERE jsonb_typeof(h.value) <> 'string' LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'header "%" is not a string', left(v_name, 64)
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        SELECT h INTO v_name FROM jsonb_object_keys(p_headers) AS h
+         WHERE h = '' OR h LIKE 'ferry\_%'
+            OR h IN ('ce_specversion', 'ce_id', 'ce_type', 'ce_source', 'ce_time')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'header name "%" is empty or reserved for the relay', v_name
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+    END IF;
+END
+$fn$;
+
+-- A UUIDv7 made by the database clock, for the SQL path. The C path makes
+-- its own on the client (lib/uuid.c); both sort by creation time.
+CREATE FUNCTION ferry.uuid_v7() RETURNS uuid
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    b bytea := uuid_send(gen_random_uuid());
+    ms bigint := floor(extract(epoch FROM clock_timestamp()) * 1000);
+BEGIN
+    b := overlay(b PLACING substring(int8send(ms) FROM 3) FROM 1 FOR 6);
+    b := set_byte(b, 6, (get_byte(b, 6) & 15) | 112);   -- version 7
+    RETURN encode(b, 'hex')::uuid;                       -- variant bits kept from v4
+END
+$fn$;
+
+-- The one writer of ferry.outbox. Returns the message's position within
+-- its key. The per-key UPDATE comes first and holds the key's row lock to
+-- the end of the caller's transaction: see ferry.outbox_key.
+CREATE FUNCTION ferry.emit_with_id(p_id uuid, p_topic text, p_key text,
+                                   p_type text, p_payload jsonb,
+                                   p_headers jsonb DEFAULT '{}',
+                                   p_aggregatetype text DEFAULT '',
+                                   p_delay_ms bigint DEFAULT 0)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_seq bigint;
+    v_shard integer;
+BEGIN
+    IF p_id IS NULL THEN
+        RAISE EXCEPTION 'message id must not be null'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'id';
+    END IF;
+    PERFORM ferry.check_message(p_topic, p_key, p_type, p_payload, p_headers,
+                                coalesce(p_aggregatetype, ''));
+    IF p_delay_ms IS NULL OR p_delay_ms < 0 OR p_delay_ms > 31536000000 THEN
+        RAISE EXCEPTION 'delay must be between 0 and one year in milliseconds'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'delay_ms';
+    END IF;
+
+    UPDATE ferry.outbox_key SET seq = seq + 1
+     WHERE topic = p_topic AND key = p_key
+     RETURNING seq, shard INTO v_seq, v_shard;
+    IF NOT FOUND THEN
+        -- First message of this key. A concurrent first emit may win the
+        -- insert; ON CONFLICT then waits for it and increments its row.
+        INSERT INTO ferry.outbox_key AS k (topic, key, shard, seq)
+        VALUES (p_topic, p_key,
+                ((hashtextextended(p_key, 0) & 2147483647)
+                   % (SELECT shard_count FROM ferry.settings))::integer,
+                1)
+        ON CONFLICT (topic, key) DO UPDATE SET seq = k.seq + 1
+        RETURNING k.seq, k.shard INTO v_seq, v_shard;
+    END IF;
+
+    INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type,
+                              payload, headers, seq, shard, available_at)
+    VALUES (p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type,
+            p_payload, coalesce(p_headers, '{}'), v_seq, v_shard,
+            now() + p_delay_ms * interval '1 millisecond');
+    RETURN v_seq;
+END
+$fn$;
+
+-- The universal emit, for services in any language:
+--   BEGIN; UPDATE ...; SELECT ferry.emit('orders', 'order-42', 'OrderPlaced', '{...}'); COMMIT;
+CREATE FUNCTION ferry.emit(p_topic text, p_key text, p_type text,
+                           p_payload jsonb, p_headers jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_id uuid := ferry.uuid_v7();
+BEGIN
+    PERFORM ferry.emit_with_id(v_id, p_topic, p_key, p_type, p_payload, p_headers);
+    RETURN v_id;
+END
+$fn$;
+
+-- The same with the payload as text. An untyped literal or parameter
+-- resolves to this overload, so that a payload that is not JSON is refused
+-- with an error naming the payload rather than a bare cast error.
+CREATE FUNCTION ferry.emit(p_topic text, p_key text, p_type text,
+                           p_payload text, p_headers jsonb DEFAULT '{}')
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_payload jsonb;
+BEGIN
+    IF p_payload IS NOT NULL THEN
+        BEGIN
+            v_payload := p_payload::jsonb;
+        EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+            RAISE EXCEPTION 'payload is not valid JSON: %', SQLERRM
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
+        END;
+    END IF;
+    RETURN ferry.emit(p_topic, p_key, p_type, v_payload, p_headers);
+END
+$fn$;
+
+-- ---------------------------------------------------------------------
+-- Least-privilege roles. NOLOGIN: grant them to the service's own login
+-- role (GRANT ferry_writer TO orders_service). Roles are cluster-wide, so
+-- a second database's migration finds them already there.
+
+DO $roles$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['ferry_writer', 'ferry_relay', 'ferry_reconciler'] LOOP
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;   -- made by another database's migration
+        END;
+    END LOOP;
+END
+$roles$;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA ferry FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ferry FROM PUBLIC;
+GRANT USAGE ON SCHEMA ferry TO ferry_writer, ferry_relay, ferry_reconciler;
+
+-- The writer emits and does nothing else: no table privilege at all.
+GRANT EXECUTE ON FUNCTION
+    ferry.emit(text, text, text, jsonb, jsonb),
+    ferry.emit(text, text, text, text, jsonb),
+    ferry.emit_with_id(uuid, text, text, text, jsonb, jsonb, text, bigint),
+    ferry.uuid_v7()
+TO ferry_writer;
+
+-- The relay reads and acknowledges the outbox, moves failures to the dead
+-- letters, and takes leases.
+GRANT SELECT ON ferry.settings, ferry.outbox_key TO ferry_relay;
+GRANT SELECT, UPDATE (attempts, last_error, published_at), DELETE
+    ON ferry.outbox TO ferry_relay;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ferry.dead_letter TO ferry_relay;
+GRANT SELECT, INSERT, UPDATE ON ferry.lease TO ferry_relay;
+
+-- The reconciler reads everything, repairs leases, sagas and dead letters,
+-- and collects inbox garbage.
+GRANT SELECT ON ALL TABLES IN SCHEMA ferry TO ferry_reconciler;
+GRANT UPDATE (available_at, attempts, last_error) ON ferry.outbox TO ferry_reconciler;
+GRANT INSERT, UPDATE, DELETE ON ferry.dead_letter, ferry.lease,
+    ferry.saga, ferry.saga_step TO ferry_reconciler;
+GRANT DELETE ON ferry.inbox TO ferry_reconciler;
+GRANT EXECUTE ON FUNCTION
+    ferry.emit(text, text, text, jsonb, jsonb),
+    ferry.emit_with_id(uuid, text, text, text, jsonb, jsonb, text, bigint),
+    ferry.uuid_v7()
+TO ferry_reconciler;

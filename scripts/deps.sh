@@ -1,0 +1,37 @@
+#!/bin/sh
+# deps.sh — install the Debian packages ferry needs that this machine lacks.
+#
+# `make test`, `make demo`, `make bench` and `make all` call this first, so
+# that on a fresh Debian 12 machine, as root, each of them just works. It
+# installs nothing that is already there and runs apt-get only when
+# something is missing.
+set -eu
+
+packages="gcc make pkg-config libc6-dev
+libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
+libcmocka-dev postgresql"
+
+missing=""
+for p in $packages; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        *"install ok installed"*) ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+[ -z "$missing" ] && exit 0
+
+echo "deps: installing missing Debian packages:$missing" >&2
+if [ "$(id -u)" -eq 0 ]; then
+    sudo=""
+elif command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+else
+    echo "deps: not root and no sudo; install them with:" >&2
+    echo "  apt-get install$missing" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >&2
