@@ -73,7 +73,7 @@ deps:
 
 all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 
-test-inner: $(TESTS) build/asan/tests/pgtmp_selftest
+test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay
 	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS)
 
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
@@ -130,6 +130,8 @@ build/asan/libferry.a: $(ASAN_LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
+build/asan/ferry-relay: $(RELAY_SRC:%.c=build/asan/%.o) build/asan/libferry.a
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(PKG_LIBS)
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
                                  build/asan/$(HARNESS:.c=.o)
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)

@@ -182,10 +182,19 @@ ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err
     ferry_err_clear(err);
     if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
         return ferry_error_from_pg(err, conn, NULL, "could not read schema version");
-    PGresult *res = PQexec(conn,
-                           "SELECT CASE WHEN to_regclass('ferry.schema_version') IS NULL "
-                           "THEN 0 ELSE (SELECT coalesce(max(version), 0) "
-                           "FROM ferry.schema_version) END");
+    /* Two statements: a query naming a missing table fails at parse time,
+     * whatever a CASE around it says. */
+    PGresult *res = PQexec(conn, "SELECT to_regclass('ferry.schema_version') IS NULL");
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "t") == 0) {
+        PQclear(res);
+        if (version_out != NULL)
+            *version_out = 0;
+        return FERRY_OK;
+    }
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        PQclear(res);
+        res = PQexec(conn, "SELECT coalesce(max(version), 0) FROM ferry.schema_version");
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, res, "could not read schema version");
         PQclear(res);

@@ -313,17 +313,18 @@ BEGIN
 END
 $fn$;
 
--- The same with the payload as text. An untyped literal or parameter
--- resolves to this overload, so that a payload that is not JSON is refused
--- with an error naming the payload rather than a bare cast error.
+-- The same with payload and headers as text. An untyped literal or
+-- parameter resolves to this overload, so that text that is not JSON is
+-- refused with an error naming the field rather than a bare cast error.
 CREATE FUNCTION ferry.emit(p_topic text, p_key text, p_type text,
-                           p_payload text, p_headers jsonb DEFAULT '{}')
+                           p_payload text, p_headers text DEFAULT '{}')
 RETURNS uuid
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_payload jsonb;
+    v_headers jsonb;
 BEGIN
     IF p_payload IS NOT NULL THEN
         BEGIN
@@ -333,7 +334,15 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
         END;
     END IF;
-    RETURN ferry.emit(p_topic, p_key, p_type, v_payload, p_headers);
+    IF p_headers IS NOT NULL THEN
+        BEGIN
+            v_headers := p_headers::jsonb;
+        EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+            RAISE EXCEPTION 'headers are not valid JSON: %', SQLERRM
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END;
+    END IF;
+    RETURN ferry.emit(p_topic, p_key, p_type, v_payload, v_headers);
 END
 $fn$;
 
@@ -363,7 +372,7 @@ GRANT USAGE ON SCHEMA ferry TO ferry_writer, ferry_relay, ferry_reconciler;
 -- The writer emits and does nothing else: no table privilege at all.
 GRANT EXECUTE ON FUNCTION
     ferry.emit(text, text, text, jsonb, jsonb),
-    ferry.emit(text, text, text, text, jsonb),
+    ferry.emit(text, text, text, text, text),
     ferry.emit_with_id(uuid, text, text, text, jsonb, jsonb, text, bigint),
     ferry.uuid_v7()
 TO ferry_writer;

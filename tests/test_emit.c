@@ -1,0 +1,570 @@
+/*
+ * test_emit.c — the emit path against a real PostgreSQL: what commits is
+ * there, what rolls back is not, batches, concurrent writers, every kind
+ * of bad input through both the C and the SQL path, and the roles.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static ferry_msg msg(const char *topic, const char *key, const char *payload)
+{
+    return (ferry_msg){.topic = topic, .key = key, .type = "Tested", .payload = payload};
+}
+
+static void emit_commit_is_visible(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_msg m = msg("orders", "order-1", "{\"total\": 42, \"items\": [1, 2]}");
+    m.aggregate_type = "Order";
+    m.headers = "{\"traceparent\": \"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\"}";
+    ferry_error err;
+    ferry_uuid id;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, &id, &err), err);
+    tu_exec(c, "COMMIT");
+
+    char text[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&id, text);
+    PGconn *other = tu_connect();
+    char *sql = tu_sprintf("SELECT topic || '|' || aggregateid || '|' || aggregatetype || '|' || "
+                           "type || '|' || (payload->>'total') || '|' || seq || '|' || "
+                           "(headers->>'traceparent') || '|' || (shard BETWEEN 0 AND 15) "
+                           "FROM ferry.outbox WHERE id = '%s'", text);
+    char *row = tu_str(other, sql);
+    assert_string_equal(row, "orders|order-1|Order|Tested|42|1|"
+                             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01|true");
+    /* The id is a version 7 UUID made now. */
+    assert_int_equal(id.bytes[6] >> 4, 7);
+    assert_int_equal(id.bytes[8] >> 6, 2);
+    free(row);
+    free(sql);
+    PQfinish(other);
+    PQfinish(c);
+}
+
+static void emit_rollback_leaves_nothing(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_msg m = msg("orders", "order-2", "{}");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "ROLLBACK");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    /* The position rolled back too: the next message of the key is 1. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox_key"), 0);
+    tu_exec(c, "BEGIN");
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT seq FROM ferry.outbox"), 1);
+    PQfinish(c);
+}
+
+static void emit_needs_open_transaction(void **state)
+{
+    PGconn *c = tu_connect();
+    ferry_msg m = msg("orders", "k", "{}");
+    ferry_error err;
+    assert_int_equal(ferry_emit(c, &m, NULL, NULL, &err), FERRY_ESTATE);
+    assert_int_equal(ferry_emit_batch(c, &m, 1, NULL, NULL, &err), FERRY_ESTATE);
+    /* An aborted transaction is refused without another round trip. */
+    tu_exec(c, "BEGIN");
+    PQclear(PQexec(c, "SELECT 1/0"));
+    assert_int_equal(ferry_emit(c, &m, NULL, NULL, &err), FERRY_ESTATE);
+    tu_exec(c, "ROLLBACK");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    PQfinish(c);
+}
+
+static void batch_of_10000(void **state)
+{
+    enum { N = 10000, KEYS = 100 };
+    ferry_msg *msgs = calloc(N, sizeof *msgs);
+    ferry_uuid *ids = calloc(N, sizeof *ids);
+    char (*keys)[16] = calloc(KEYS, sizeof *keys);
+    char (*payloads)[48] = calloc(N, sizeof *payloads);
+    for (int k = 0; k < KEYS; k++)
+        snprintf(keys[k], sizeof keys[k], "acct-%d", k);
+    for (int i = 0; i < N; i++) {
+        snprintf(payloads[i], sizeof payloads[i], "{\"i\": %d}", i);
+        msgs[i] = msg("accounts", keys[i % KEYS], payloads[i]);
+    }
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit_batch(c, msgs, N, NULL, ids, &err), err);
+    assert_int_equal(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+    tu_exec(c, "COMMIT");
+
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), N);
+    /* Within each key, positions 1..100 follow array order. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox "
+                               "WHERE seq <> (payload->>'i')::int / 100 + 1"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(DISTINCT aggregateid) FROM ferry.outbox "
+                               "WHERE seq = 100"), KEYS);
+    /* The ids handed back are the rows' ids, and they increase. */
+    for (int i = 1; i < N; i++)
+        assert_true(memcmp(&ids[i - 1], &ids[i], sizeof ids[i]) < 0);
+    char text[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&ids[N - 1], text);
+    char *sql = tu_sprintf("SELECT (payload->>'i')::int FROM ferry.outbox WHERE id = '%s'", text);
+    assert_int_equal(tu_int(c, sql), N - 1);
+    free(sql);
+    PQfinish(c);
+    free(payloads);
+    free(keys);
+    free(ids);
+    free(msgs);
+}
+
+static void batch_refused_whole(void **state)
+{
+    ferry_msg msgs[3] = {msg("t", "a", "{}"), msg("t", "b", "{not json"), msg("t", "c", "{}")};
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_error err;
+    assert_int_equal(ferry_emit_batch(c, msgs, 3, NULL, NULL, &err), FERRY_EINVAL);
+    assert_int_equal(err.index, 1);
+    assert_string_equal(err.field, "payload");
+    assert_non_null(strstr(err.message, "message 1"));
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    assert_int_equal(ferry_emit_batch(c, msgs, 0, NULL, NULL, &err), FERRY_EINVAL);
+    PQfinish(c);
+}
+
+/* A batch that the server refuses part way (its payload limit is lower
+ * than the client's) fails as a whole and leaves the connection usable
+ * once the caller rolls back. */
+static void batch_server_refusal_mid_pipeline(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "UPDATE ferry.settings SET max_payload_bytes = 20");
+    ferry_msg msgs[3] = {msg("t", "a", "{}"), msg("t", "b", "{\"x\": \"0123456789012345\"}"),
+                         msg("t", "c", "{}")};
+    tu_exec(c, "BEGIN");
+    ferry_error err;
+    ferry_code rc = ferry_emit_batch(c, msgs, 3, NULL, NULL, &err);
+    assert_int_equal(rc, FERRY_EINVAL);
+    assert_int_equal(err.index, 1);
+    assert_string_equal(err.field, "payload");
+    assert_string_equal(err.sqlstate, "22023");
+    assert_int_equal(PQpipelineStatus(c), PQ_PIPELINE_OFF);
+    tu_exec(c, "ROLLBACK");
+    tu_exec(c, "UPDATE ferry.settings SET max_payload_bytes = 1048576");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    PQfinish(c);
+}
+
+/* ---------------------------------------------------------------- writers */
+
+enum { WRITERS = 8, TXNS = 60, SHARED_KEYS = 5 };
+
+typedef struct writer {
+    int n;
+    int emitted;
+    ferry_code rc;
+    ferry_error err;
+} writer;
+
+typedef struct writer_tx {
+    writer *w;
+    int t;
+} writer_tx;
+
+static ferry_code writer_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    writer_tx *x = arg;
+    char key[16], payload[64];
+    int count = 1 + (x->w->n + x->t) % 3;
+    for (int i = 0; i < count; i++) {
+        snprintf(key, sizeof key, "shared-%d", (x->t + i) % SHARED_KEYS);
+        snprintf(payload, sizeof payload, "{\"writer\": %d, \"t\": %d, \"i\": %d}", x->w->n,
+                 x->t, i);
+        ferry_msg m = msg("shared", key, payload);
+        ferry_code rc = ferry_emit(conn, &m, NULL, NULL, err);
+        if (rc != FERRY_OK)
+            return rc;
+    }
+    x->w->emitted += count;
+    return FERRY_OK;
+}
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    PGconn *c = fpg_connect(tu_pg);
+    if (c == NULL) {
+        w->rc = FERRY_ECONN;
+        return NULL;
+    }
+    for (int t = 0; t < TXNS && w->rc == FERRY_OK; t++) {
+        writer_tx x = {w, t};
+        int before = w->emitted;
+        w->rc = ferry_tx_run(c, NULL, writer_fn, &x, NULL, &w->err);
+        if (w->rc != FERRY_OK)
+            w->emitted = before;
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+static void concurrent_writers(void **state)
+{
+    pthread_t th[WRITERS];
+    writer w[WRITERS];
+    for (int i = 0; i < WRITERS; i++) {
+        w[i] = (writer){.n = i};
+        assert_int_equal(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < WRITERS; i++) {
+        pthread_join(th[i], NULL);
+        assert_ferry_ok(w[i].rc, w[i].err);
+        total += w[i].emitted;
+    }
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), total);
+    /* Each key's positions are exactly 1..n: no gap, no duplicate. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM (SELECT aggregateid, count(*) n, "
+                               "max(seq) m, count(DISTINCT seq) d FROM ferry.outbox "
+                               "GROUP BY aggregateid) s WHERE n <> m OR n <> d"), 0);
+    /* A writer's own messages of a key keep the order it emitted them in. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM (SELECT payload, seq, lag(payload) OVER "
+                               "(PARTITION BY aggregateid, payload->'writer' ORDER BY seq) p "
+                               "FROM ferry.outbox) s WHERE p IS NOT NULL AND "
+                               "((p->>'t')::int, (p->>'i')::int) >= "
+                               "((payload->>'t')::int, (payload->>'i')::int)"), 0);
+    PQfinish(c);
+}
+
+/* ---------------------------------------------------------------- bad input */
+
+typedef struct bad_case {
+    const char *name;
+    ferry_msg m;
+    const char *field;          /* expected err.field */
+    int sql;                    /* 1: also send it through ferry.emit() */
+} bad_case;
+
+static char long_topic[FERRY_TOPIC_MAX + 2];
+static char long_key[FERRY_KEY_MAX + 2];
+static char long_type[FERRY_TYPE_MAX + 2];
+static char *big_payload;
+
+static void fill_long_strings(void)
+{
+    memset(long_topic, 'a', sizeof long_topic - 1);
+    memset(long_key, 'k', sizeof long_key - 1);
+    memset(long_type, 't', sizeof long_type - 1);
+    size_t n = FERRY_DEFAULT_MAX_PAYLOAD + 1;
+    big_payload = malloc(n + 1);
+    big_payload[0] = '"';
+    memset(big_payload + 1, 'x', n - 2);
+    big_payload[n - 1] = '"';
+    big_payload[n] = '\0';
+}
+
+#define OK_MSG .topic = "t", .key = "k", .type = "T", .payload = "{}"
+
+static const bad_case bad_cases[] = {
+    {"null topic", {.key = "k", .type = "T", .payload = "{}"}, "topic", 1},
+    {"empty topic", {.topic = "", .key = "k", .type = "T", .payload = "{}"}, "topic", 1},
+    {"topic with space", {.topic = "my topic", .key = "k", .type = "T", .payload = "{}"},
+     "topic", 1},
+    {"topic with slash", {.topic = "a/b", .key = "k", .type = "T", .payload = "{}"}, "topic", 1},
+    {"topic injection", {.topic = "t'; DROP TABLE ferry.outbox; --", .key = "k", .type = "T",
+                         .payload = "{}"}, "topic", 1},
+    {"topic dot", {.topic = ".", .key = "k", .type = "T", .payload = "{}"}, "topic", 1},
+    {"topic dotdot", {.topic = "..", .key = "k", .type = "T", .payload = "{}"}, "topic", 1},
+    {"topic non-ascii", {.topic = "z\xc3\xbcrich", .key = "k", .type = "T", .payload = "{}"},
+     "topic", 1},
+    {"topic too long", {.topic = long_topic, .key = "k", .type = "T", .payload = "{}"},
+     "topic", 1},
+    {"null key", {.topic = "t", .type = "T", .payload = "{}"}, "key", 1},
+    {"empty key", {.topic = "t", .key = "", .type = "T", .payload = "{}"}, "key", 1},
+    {"key too long", {.topic = "t", .key = long_key, .type = "T", .payload = "{}"}, "key", 1},
+    {"key with NUL", {.topic = "t", .key = "ab\0cd", .key_len = 5, .type = "T",
+                      .payload = "{}"}, "key", 0},
+    {"key not UTF-8", {.topic = "t", .key = "ab\xff", .type = "T", .payload = "{}"}, "key", 0},
+    {"key overlong UTF-8", {.topic = "t", .key = "\xc0\xaf", .type = "T", .payload = "{}"},
+     "key", 0},
+    {"null type", {.topic = "t", .key = "k", .payload = "{}"}, "type", 1},
+    {"empty type", {.topic = "t", .key = "k", .type = "", .payload = "{}"}, "type", 1},
+    {"type too long", {.topic = "t", .key = "k", .type = long_type, .payload = "{}"}, "type", 1},
+    {"aggregate type too long", {OK_MSG, .aggregate_type = long_type}, "aggregatetype", 0},
+    {"null payload", {.topic = "t", .key = "k", .type = "T"}, "payload", 1},
+    {"payload not JSON", {.topic = "t", .key = "k", .type = "T", .payload = "not json"},
+     "payload", 1},
+    {"payload truncated", {.topic = "t", .key = "k", .type = "T", .payload = "{\"a\": "},
+     "payload", 1},
+    {"payload trailing garbage", {.topic = "t", .key = "k", .type = "T", .payload = "{} x"},
+     "payload", 1},
+    {"payload NUL escape", {.topic = "t", .key = "k", .type = "T", .payload = "\"a\\u0000b\""},
+     "payload", 1},
+    {"payload NUL byte", {.topic = "t", .key = "k", .type = "T", .payload = "{}\0{}",
+                          .payload_len = 5}, "payload", 0},
+    {"payload too big", {.topic = "t", .key = "k", .type = "T"}, "payload", 1},
+    {"headers array", {OK_MSG, .headers = "[\"a\"]"}, "headers", 1},
+    {"headers number value", {OK_MSG, .headers = "{\"a\": 1}"}, "headers", 1},
+    {"headers not JSON", {OK_MSG, .headers = "{a: b}"}, "headers", 1},
+    {"headers reserved ferry_", {OK_MSG, .headers = "{\"ferry_id\": \"x\"}"}, "headers", 1},
+    {"headers reserved ce_id", {OK_MSG, .headers = "{\"ce_id\": \"x\"}"}, "headers", 1},
+    {"headers empty name", {OK_MSG, .headers = "{\"\": \"x\"}"}, "headers", 1},
+    {"negative delay", {OK_MSG, .delay_ms = -1}, "delay_ms", 0},
+};
+
+/* Send the case through ferry.emit() inside a savepoint; return the
+ * error's SQLSTATE and COLUMN. */
+static void sql_emit_refused(PGconn *c, const bad_case *bc)
+{
+    tu_exec(c, "SAVEPOINT s");
+    const char *params[5] = {bc->m.topic, bc->m.key, bc->m.type,
+                             bc->m.payload == NULL && strcmp(bc->name, "payload too big") == 0
+                                 ? big_payload : bc->m.payload,
+                             bc->m.headers ? bc->m.headers : "{}"};
+    /* Untyped parameters, as any client library would send them. */
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit($1, $2, $3, $4, $5)", 5, NULL, params,
+                                 NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        fail_msg("SQL path accepted bad case \"%s\"", bc->name);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *column = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
+    if (state == NULL || strcmp(state, "22023") != 0 || column == NULL ||
+        strcmp(column, bc->field) != 0)
+        fail_msg("SQL path, case \"%s\": want 22023 on %s, got %s on %s: %s", bc->name,
+                 bc->field, state ? state : "-", column ? column : "-",
+                 PQresultErrorMessage(res));
+    PQclear(res);
+    tu_exec(c, "ROLLBACK TO SAVEPOINT s");
+}
+
+static void bad_input_refused_naming_field(void **state)
+{
+    fill_long_strings();
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "CREATE TEMP TABLE witness (x int)");
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const bad_case *bc = &bad_cases[i];
+        ferry_msg m = bc->m;
+        if (strcmp(bc->name, "payload too big") == 0)
+            m.payload = big_payload;
+        ferry_error err;
+        ferry_uuid id = {{0xAB}};
+        ferry_code rc = ferry_emit(c, &m, NULL, &id, &err);
+        if (rc != FERRY_EINVAL || strcmp(err.field, bc->field) != 0)
+            fail_msg("case \"%s\": want FERRY_EINVAL on %s, got %s on \"%s\": %s", bc->name,
+                     bc->field, ferry_code_name(rc), err.field, err.message);
+        assert_true(strlen(err.message) > 0);
+        assert_int_equal(id.bytes[0], 0xAB);             /* out-param untouched */
+        ferry_msg batch[2] = {msg("t", "k", "{}"), m};
+        rc = ferry_emit_batch(c, batch, 2, NULL, NULL, &err);
+        assert_int_equal(rc, FERRY_EINVAL);
+        assert_int_equal(err.index, 1);
+        assert_string_equal(err.field, bc->field);
+        /* The caller's transaction is still usable. */
+        assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+        tu_exec(c, "INSERT INTO witness VALUES (1)");
+        if (bc->sql)
+            sql_emit_refused(c, bc);
+    }
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM witness"),
+                     (long long)(sizeof bad_cases / sizeof bad_cases[0]));
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox_key"), 0);
+    PQfinish(c);
+    free(big_payload);
+}
+
+/* Limits are inclusive: the largest allowed values are accepted. */
+static void limits_inclusive(void **state)
+{
+    fill_long_strings();
+    long_topic[FERRY_TOPIC_MAX] = '\0';
+    long_key[FERRY_KEY_MAX] = '\0';
+    long_type[FERRY_TYPE_MAX] = '\0';
+    big_payload[FERRY_DEFAULT_MAX_PAYLOAD - 1] = '"';
+    big_payload[FERRY_DEFAULT_MAX_PAYLOAD] = '\0';
+    ferry_msg m = {.topic = long_topic, .key = long_key, .type = long_type,
+                   .aggregate_type = long_type, .payload = big_payload};
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT octet_length(payload #>> '{}') + 2 FROM ferry.outbox"),
+                     FERRY_DEFAULT_MAX_PAYLOAD);
+    /* A caller may set a lower limit of its own. */
+    ferry_emit_opts opts = {.max_payload = 10};
+    ferry_msg small = msg("t", "k", "{\"abc\": 12345}");
+    assert_int_equal(ferry_msg_check(&small, &opts, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "payload");
+    PQfinish(c);
+    free(big_payload);
+}
+
+/* Injection-shaped names are data: stored and read back byte for byte. */
+static void hostile_strings_stored_verbatim(void **state)
+{
+    static const char *const keys[] = {
+        "'; DROP TABLE ferry.outbox; --",
+        "Robert'); DELETE FROM ferry.outbox_key; --",
+        "$1 $2 \\x00 %s %n",
+        "key\twith\nnewlines\r and \"quotes\" and \\backslashes\\",
+        "\xf0\x9f\x9a\xa2 ferry \xe2\x9b\xb4",
+    };
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_error err;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        ferry_msg m = msg("t", keys[i], "{\"q\": \"'\\\"; DROP TABLE x; --\"}");
+        m.type = keys[i];
+        m.headers = "{\"x-evil\": \"'); DROP TABLE ferry.outbox; --\"}";
+        assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    }
+    tu_exec(c, "COMMIT");
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const char *params[1] = {keys[i]};
+        PGresult *res = PQexecParams(c, "SELECT count(*) FROM ferry.outbox WHERE "
+                                        "aggregateid = $1 AND type = $1 AND payload->>'q' = "
+                                        "'''\"; DROP TABLE x; --' AND headers->>'x-evil' = "
+                                        "'''); DROP TABLE ferry.outbox; --'",
+                                     1, NULL, params, NULL, NULL, 0);
+        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+        assert_string_equal(PQgetvalue(res, 0, 0), "1");
+        PQclear(res);
+    }
+    PQfinish(c);
+}
+
+/* ---------------------------------------------------------------- SQL path */
+
+static void sql_emit_any_language(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    char *id = tu_str(c, "SELECT ferry.emit('orders', 'o-9', 'OrderPlaced', "
+                         "'{\"total\": 5}')");
+    char *id2 = tu_str(c, "SELECT ferry.emit('orders', 'o-9', 'OrderPaid', "
+                          "'{\"total\": 5}'::jsonb, '{\"h\": \"v\"}'::jsonb)");
+    /* The C path on the same key continues the same positions. */
+    ferry_msg m = msg("orders", "o-9", "{}");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(id[14], '7');                        /* UUID version 7 */
+    char *sql = tu_sprintf("SELECT seq FROM ferry.outbox WHERE id = '%s'", id2);
+    assert_int_equal(tu_int(c, sql), 2);
+    assert_int_equal(tu_int(c, "SELECT max(seq) FROM ferry.outbox WHERE aggregateid = 'o-9'"),
+                     3);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE headers->>'h' = 'v'"),
+                     1);
+    /* Time-ordered: the later id sorts after the earlier. */
+    free(sql);
+    sql = tu_sprintf("SELECT ('%s'::uuid < '%s'::uuid)::int", id, id2);
+    assert_int_equal(tu_int(c, sql), 1);
+    free(sql);
+    free(id);
+    free(id2);
+    PQfinish(c);
+}
+
+/* ---------------------------------------------------------------- roles */
+
+static void writer_role_can_only_emit(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, 
+                   "CREATE ROLE svc_writer LOGIN IN ROLE ferry_writer");
+    PGconn *w = tu_connect_as("svc_writer");
+    tu_exec(w, "BEGIN");
+    ferry_msg m = msg("orders", "o-1", "{}");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(w, &m, NULL, NULL, &err), err);
+    assert_ferry_ok(ferry_emit_batch(w, &m, 1, NULL, NULL, &err), err);
+    tu_exec(w, "SELECT ferry.emit('orders', 'o-1', 'T', '{}')");
+    tu_exec(w, "COMMIT");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox"), 3);
+
+    static const char *const denied[] = {
+        "SELECT * FROM ferry.outbox",
+        "DELETE FROM ferry.outbox",
+        "UPDATE ferry.outbox SET attempts = 0",
+        "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, shard) "
+        "VALUES (gen_random_uuid(), 't', 'k', 'T', '{}', 99, 0)",
+        "TRUNCATE ferry.outbox",
+        "SELECT * FROM ferry.outbox_key",
+        "UPDATE ferry.outbox_key SET seq = 0",
+        "SELECT * FROM ferry.inbox",
+        "SELECT * FROM ferry.lease",
+        "UPDATE ferry.settings SET max_payload_bytes = 1",
+        "SELECT ferry.check_message('t', 'k', 'T', '{}', '{}', '')",
+    };
+    for (size_t i = 0; i < sizeof denied / sizeof denied[0]; i++) {
+        PGresult *res = PQexec(w, denied[i]);
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (st == NULL || strcmp(st, "42501") != 0)
+            fail_msg("writer was not denied (%s): %s", st ? st : "allowed", denied[i]);
+        PQclear(res);
+    }
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox"), 3);
+    PQfinish(w);
+    PQfinish(admin);
+}
+
+static void relay_and_reconciler_roles(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, 
+                   "CREATE ROLE svc_relay LOGIN IN ROLE ferry_relay; "
+                   "CREATE ROLE svc_recon LOGIN IN ROLE ferry_reconciler; "
+                   "SELECT ferry.emit('t', 'k', 'T', '{}')");
+    PGconn *r = tu_connect_as("svc_relay");
+    assert_int_equal(tu_int(r, "SELECT count(*) FROM ferry.outbox"), 1);
+    tu_exec(r, "UPDATE ferry.outbox SET attempts = attempts + 1");
+    PGresult *res = PQexec(r, "SELECT ferry.emit('t', 'k', 'T', '{}')");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    res = PQexec(r, "UPDATE ferry.outbox SET payload = '{}'");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    tu_exec(r, "DELETE FROM ferry.outbox");
+
+    PGconn *rc = tu_connect_as("svc_recon");
+    assert_int_equal(tu_int(rc, "SELECT count(*) FROM ferry.saga"), 0);
+    tu_exec(rc, "DELETE FROM ferry.inbox WHERE applied_at < now() - interval '7 days'");
+    res = PQexec(rc, "DELETE FROM ferry.outbox");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    PQfinish(rc);
+    PQfinish(r);
+    PQfinish(admin);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(emit_commit_is_visible, tu_clean_outbox),
+        cmocka_unit_test_setup(emit_rollback_leaves_nothing, tu_clean_outbox),
+        cmocka_unit_test_setup(emit_needs_open_transaction, tu_clean_outbox),
+        cmocka_unit_test_setup(batch_of_10000, tu_clean_outbox),
+        cmocka_unit_test_setup(batch_refused_whole, tu_clean_outbox),
+        cmocka_unit_test_setup(batch_server_refusal_mid_pipeline, tu_clean_outbox),
+        cmocka_unit_test_setup(concurrent_writers, tu_clean_outbox),
+        cmocka_unit_test_setup(bad_input_refused_naming_field, tu_clean_outbox),
+        cmocka_unit_test_setup(limits_inclusive, tu_clean_outbox),
+        cmocka_unit_test_setup(hostile_strings_stored_verbatim, tu_clean_outbox),
+        cmocka_unit_test_setup(sql_emit_any_language, tu_clean_outbox),
+        cmocka_unit_test_setup(writer_role_can_only_emit, tu_clean_outbox),
+        cmocka_unit_test_setup(relay_and_reconciler_roles, tu_clean_outbox),
+    };
+    return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
+}

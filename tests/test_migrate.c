@@ -1,0 +1,237 @@
+/*
+ * test_migrate.c — the schema is applied once, idempotently, safely under
+ * concurrency, all or nothing, and refuses a database it does not
+ * understand. Also `ferry-relay migrate`.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* A new, empty database; returns a connection to it. */
+static PGconn *fresh_db(const char *name)
+{
+    PGconn *admin = tu_connect();
+    char *sql = tu_sprintf("CREATE DATABASE %s", name);
+    tu_exec(admin, sql);
+    free(sql);
+    PQfinish(admin);
+    char *ci = fpg_conninfo_for(tu_pg, NULL, name);
+    PGconn *c = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    return c;
+}
+
+/* Everything migration could have touched: catalog rows of the schema's
+ * relations, functions and the version table, with their xmin. */
+static char *fingerprint(PGconn *c)
+{
+    return tu_str(c, "SELECT (SELECT string_agg(oid::text || ':' || xmin::text, ',' ORDER BY oid) "
+                     "        FROM pg_class WHERE relnamespace = 'ferry'::regnamespace) || '|' || "
+                     "       (SELECT string_agg(oid::text || ':' || xmin::text, ',' ORDER BY oid) "
+                     "        FROM pg_proc WHERE pronamespace = 'ferry'::regnamespace) || '|' || "
+                     "       (SELECT string_agg(version || ':' || applied_at || ':' || xmin::text, "
+                     "        ',') FROM ferry.schema_version)");
+}
+
+static void fresh_then_noop(void **state)
+{
+    PGconn *c = fresh_db("m_fresh");
+    ferry_error err;
+    int version = -1;
+    assert_ferry_ok(ferry_schema_version(c, &version, &err), err);
+    assert_int_equal(version, 0);
+    assert_ferry_ok(ferry_migrate(c, &version, &err), err);
+    assert_int_equal(version, ferry_schema_version_known());
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry' AND "
+                               "tablename IN ('outbox', 'outbox_key', 'inbox', 'dead_letter', "
+                               "'lease', 'saga', 'saga_step', 'schema_version', 'settings')"), 9);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_roles WHERE rolname IN "
+                               "('ferry_writer', 'ferry_relay', 'ferry_reconciler')"), 3);
+    char *before = fingerprint(c);
+    version = -1;
+    assert_ferry_ok(ferry_migrate(c, &version, &err), err);
+    assert_int_equal(version, ferry_schema_version_known());
+    char *after = fingerprint(c);
+    assert_string_equal(before, after);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
+                     ferry_schema_version_known());
+    free(before);
+    free(after);
+    PQfinish(c);
+}
+
+typedef struct migrator {
+    char *conninfo;
+    pthread_barrier_t *start;
+    ferry_code rc;
+    ferry_error err;
+} migrator;
+
+static void *migrator_main(void *arg)
+{
+    migrator *m = arg;
+    PGconn *c = PQconnectdb(m->conninfo);
+    pthread_barrier_wait(m->start);
+    m->rc = ferry_migrate(c, NULL, &m->err);
+    PQfinish(c);
+    return NULL;
+}
+
+static void concurrent_migrators(void **state)
+{
+    enum { N = 4 };
+    PQfinish(fresh_db("m_race"));
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, N);
+    migrator m[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        m[i] = (migrator){.conninfo = fpg_conninfo_for(tu_pg, NULL, "m_race"), .start = &start};
+        assert_int_equal(pthread_create(&th[i], NULL, migrator_main, &m[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_ferry_ok(m[i].rc, m[i].err);
+        free(m[i].conninfo);
+    }
+    pthread_barrier_destroy(&start);
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "m_race");
+    PGconn *c = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
+                     ferry_schema_version_known());
+    PQfinish(c);
+}
+
+static void tampered_checksum_refused(void **state)
+{
+    PGconn *c = fresh_db("m_tamper");
+    ferry_error err;
+    assert_ferry_ok(ferry_migrate(c, NULL, &err), err);
+    tu_exec(c, "UPDATE ferry.schema_version SET checksum = 'deadbeef' WHERE version = 1");
+    assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_ESCHEMA);
+    assert_non_null(strstr(err.message, "001_ferry.sql"));
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_IDLE);
+    PQfinish(c);
+}
+
+static void newer_schema_refused(void **state)
+{
+    PGconn *c = fresh_db("m_newer");
+    ferry_error err;
+    assert_ferry_ok(ferry_migrate(c, NULL, &err), err);
+    tu_exec(c, "INSERT INTO ferry.schema_version VALUES (999, '999_future.sql', 'x')");
+    assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_ESCHEMA);
+    assert_non_null(strstr(err.message, "999"));
+    int version = 0;
+    assert_ferry_ok(ferry_schema_version(c, &version, &err), err);
+    assert_int_equal(version, 999);
+    PQfinish(c);
+}
+
+static void refused_inside_transaction(void **state)
+{
+    PGconn *c = fresh_db("m_intx");
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "CREATE TABLE mine (x int)");
+    ferry_error err;
+    assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_ESTATE);
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_tables WHERE tablename = 'mine'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'"), 0);
+    PQfinish(c);
+}
+
+/* A migration that fails part way leaves nothing: not the schema, not the
+ * version table, not half of the tables. */
+static void failure_is_all_or_nothing(void **state)
+{
+    PGconn *c = fresh_db("m_fail");
+    tu_exec(c, "CREATE SCHEMA ferry; CREATE TABLE ferry.lease (squatter int)");
+    ferry_error err;
+    assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_EDB);
+    assert_string_equal(err.sqlstate, "42P07");                   /* duplicate_table */
+    assert_non_null(strstr(err.message, "001_ferry.sql (line "));
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_IDLE);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_tables WHERE schemaname = 'ferry'"), 1);
+    PQfinish(c);
+}
+
+/* ---------------------------------------------------------------- CLI */
+
+static int run_relay(const char *const argv[], char *out, size_t outsize)
+{
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    size_t n = 0;
+    ssize_t r;
+    while (n + 1 < outsize && (r = read(pipefd[0], out + n, outsize - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    close(pipefd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void relay_migrate_command(void **state)
+{
+    const char *relay = getenv("FERRY_RELAY_BIN");
+    if (relay == NULL)
+        relay = "build/asan/ferry-relay";
+    PQfinish(fresh_db("m_cli"));
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "m_cli");
+    char out[4096];
+
+    const char *first[] = {relay, "migrate", "--db", ci, NULL};
+    assert_int_equal(run_relay(first, out, sizeof out), 0);
+    assert_non_null(strstr(out, "migrated from version 0 to 1"));
+    assert_int_equal(run_relay(first, out, sizeof out), 0);
+    assert_non_null(strstr(out, "nothing to do"));
+
+    const char *nodb[] = {relay, "migrate", NULL};
+    unsetenv("FERRY_DB");
+    assert_int_equal(run_relay(nodb, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--db"));
+
+    const char *bad[] = {relay, "migrate", "--db", "host=/nonexistent-ferry dbname=x", NULL};
+    assert_int_equal(run_relay(bad, out, sizeof out), 1);
+    assert_non_null(strstr(out, "could not connect"));
+
+    const char *unknown[] = {relay, "frobnicate", NULL};
+    assert_int_equal(run_relay(unknown, out, sizeof out), 2);
+    assert_non_null(strstr(out, "unknown command \"frobnicate\""));
+    free(ci);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fresh_then_noop),
+        cmocka_unit_test(concurrent_migrators),
+        cmocka_unit_test(tampered_checksum_refused),
+        cmocka_unit_test(newer_schema_refused),
+        cmocka_unit_test(refused_inside_transaction),
+        cmocka_unit_test(failure_is_all_or_nothing),
+        cmocka_unit_test(relay_migrate_command),
+    };
+    return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
+}

@@ -1,0 +1,178 @@
+/*
+ * test_unit.c — the parts that need no server: message ids, UTF-8, the
+ * client-side checks, error mapping.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "testutil.h"
+#include "../lib/internal.h"
+
+static void uuid_v7_layout_and_order(void **state)
+{
+    enum { N = 20000 };
+    static ferry_uuid ids[N];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    for (int i = 0; i < N; i++)
+        assert_int_equal(ferry_uuid_v7(&ids[i]), FERRY_OK);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(ids[i].bytes[6] >> 4, 7);        /* version */
+        assert_int_equal(ids[i].bytes[8] >> 6, 2);        /* RFC 9562 variant */
+        if (i > 0)
+            assert_true(memcmp(&ids[i - 1], &ids[i], sizeof ids[i]) < 0);
+    }
+    /* The timestamp is now (20,000 ids may carry it a few ms ahead). */
+    uint64_t ms = ferry_uuid_v7_millis(&ids[0]);
+    assert_true(ms + 1000 > now && ms < now + 1000);
+}
+
+static void uuid_format_parse_roundtrip(void **state)
+{
+    ferry_uuid id, back;
+    char text[FERRY_UUID_STRING_SIZE];
+    assert_int_equal(ferry_uuid_v7(&id), FERRY_OK);
+    ferry_uuid_format(&id, text);
+    assert_int_equal(strlen(text), 36);
+    assert_int_equal(text[14], '7');
+    assert_int_equal(ferry_uuid_parse(text, &back), FERRY_OK);
+    assert_memory_equal(&id, &back, sizeof id);
+    assert_int_equal(ferry_uuid_parse("0189D5F2-3C4B-7A8E-9ABC-DEF012345678", &back), FERRY_OK);
+    assert_int_equal(back.bytes[0], 0x01);
+    assert_int_equal(back.bytes[15], 0x78);
+
+    static const char *const bad[] = {
+        "", "0189d5f2-3c4b-7a8e-9abc-def01234567", "0189d5f2-3c4b-7a8e-9abc-def0123456789",
+        "0189d5f2x3c4b-7a8e-9abc-def012345678", "0189d5f2-3c4b-7a8e-9abc-def01234567g",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&back, 0xEE, sizeof back);
+        assert_int_equal(ferry_uuid_parse(bad[i], &back), FERRY_EINVAL);
+        assert_int_equal(back.bytes[0], 0xEE);          /* untouched on failure */
+    }
+    assert_int_equal(ferry_uuid_parse(NULL, &back), FERRY_EINVAL);
+}
+
+static void *uuid_thread(void *arg)
+{
+    ferry_uuid *out = arg;
+    for (int i = 0; i < 1000; i++)
+        ferry_uuid_v7(&out[i]);
+    return NULL;
+}
+
+static void uuid_unique_across_threads(void **state)
+{
+    enum { T = 4, N = 1000 };
+    static ferry_uuid ids[T][N];
+    pthread_t th[T];
+    for (int t = 0; t < T; t++)
+        pthread_create(&th[t], NULL, uuid_thread, ids[t]);
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    /* Each thread's ids increase, and no id appears twice. */
+    for (int t = 0; t < T; t++)
+        for (int i = 1; i < N; i++)
+            assert_true(memcmp(&ids[t][i - 1], &ids[t][i], 16) < 0);
+    for (int t = 0; t < T; t++)
+        for (int u = t + 1; u < T; u++)
+            for (int i = 0; i < N; i++)
+                for (int j = 0; j < N; j++)
+                    assert_true(memcmp(&ids[t][i], &ids[u][j], 16) != 0);
+}
+
+static void utf8_validation(void **state)
+{
+    static const struct {
+        const char *s;
+        int ok;
+        size_t bad_at;
+    } cases[] = {
+        {"plain ascii", 1, 0},
+        {"z\xc3\xbcrich", 1, 0},
+        {"\xe2\x82\xac", 1, 0},                 /* euro sign */
+        {"\xf0\x9f\x9a\xa2", 1, 0},             /* ship */
+        {"ab\xff", 0, 2},
+        {"\xc0\xaf", 0, 0},                     /* overlong '/' */
+        {"\xe0\x80\xaf", 0, 0},                 /* overlong, three bytes */
+        {"\xed\xa0\x80", 0, 0},                 /* surrogate U+D800 */
+        {"\xf4\x90\x80\x80", 0, 0},             /* beyond U+10FFFF */
+        {"ok\xe2\x82", 0, 2},                   /* truncated sequence */
+        {"\x80", 0, 0},                         /* lone continuation */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t bad = 999;
+        bool ok = ferry_utf8_valid(cases[i].s, strlen(cases[i].s), &bad);
+        if ((int)ok != cases[i].ok)
+            fail_msg("case %zu: want %d", i, cases[i].ok);
+        if (!ok)
+            assert_int_equal(bad, cases[i].bad_at);
+    }
+}
+
+static void msg_check_accepts_and_refuses(void **state)
+{
+    ferry_error err;
+    ferry_msg ok = {.topic = "orders.v1_eu-west", .key = "o-1", .type = "Placed",
+                    .payload = "[1, \"two\", {\"three\": 3.0e10}, null, true]",
+                    .headers = "{\"traceparent\": \"00-abc-def-01\", \"ce_subject\": \"x\"}"};
+    assert_int_equal(ferry_msg_check(&ok, NULL, &err), FERRY_OK);
+
+    /* Explicit lengths: the buffers need not end in a NUL there. */
+    ferry_msg sliced = ok;
+    sliced.key = "o-1TRAILING";
+    sliced.key_len = 3;
+    sliced.payload = "{}garbage";
+    sliced.payload_len = 2;
+    assert_int_equal(ferry_msg_check(&sliced, NULL, &err), FERRY_OK);
+
+    /* Deep nesting is refused, not a stack overflow. */
+    static char deep[8192];
+    memset(deep, '[', sizeof deep - 1);
+    ferry_msg nested = ok;
+    nested.payload = deep;
+    assert_int_equal(ferry_msg_check(&nested, NULL, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "payload");
+
+    /* Numbers beyond a double are refused with a reason. */
+    ferry_msg huge = ok;
+    huge.payload = "{\"n\": 1e400}";
+    assert_int_equal(ferry_msg_check(&huge, NULL, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "payload");
+    assert_non_null(strstr(err.message, "line 1"));
+
+    assert_int_equal(ferry_msg_check(NULL, NULL, &err), FERRY_EINVAL);
+    /* err may be NULL: the code still comes back. */
+    ferry_msg bad = ok;
+    bad.topic = "no spaces";
+    assert_int_equal(ferry_msg_check(&bad, NULL, NULL), FERRY_EINVAL);
+}
+
+static void error_mapping(void **state)
+{
+    ferry_error err;
+    assert_int_equal(ferry_error_from_pg(&err, NULL, NULL, "could not frobnicate"), FERRY_ECONN);
+    assert_int_equal(err.retriable, 1);
+    assert_non_null(strstr(err.message, "could not frobnicate: "));
+    assert_string_equal(ferry_code_name(FERRY_ECOMMIT_UNKNOWN), "FERRY_ECOMMIT_UNKNOWN");
+    assert_true(ferry_sqlstate_is_conflict("40001"));
+    assert_true(ferry_sqlstate_is_conflict("40P01"));
+    assert_false(ferry_sqlstate_is_conflict("23505"));
+    assert_string_equal(ferry_version(), FERRY_VERSION_STRING);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(uuid_v7_layout_and_order),
+        cmocka_unit_test(uuid_format_parse_roundtrip),
+        cmocka_unit_test(uuid_unique_across_threads),
+        cmocka_unit_test(utf8_validation),
+        cmocka_unit_test(msg_check_accepts_and_refuses),
+        cmocka_unit_test(error_mapping),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
