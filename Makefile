@@ -73,8 +73,11 @@ deps:
 
 all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 
-test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay
-	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS)
+# Also builds the release tree, the demo and the benchmark, so that a change
+# that breaks any of them fails here rather than in `make demo`.
+test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
+            all-inner $(EXAMPLES) $(BENCHES)
+	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
 
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
 	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)

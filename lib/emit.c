@@ -1,22 +1,29 @@
 /*
  * emit.c — write messages into the outbox inside the caller's transaction.
  *
- * Both paths call ferry.emit_with_id(), the one writer of ferry.outbox, so
- * the C API and the SQL API cannot disagree on how a position is assigned
- * (see ferry.outbox_key in schemas/001_ferry.sql). The statement is a bare
- * function call: PostgreSQL's PL/pgSQL caches the plans of the statements
- * inside it per session, so there is nothing worth preparing on the
- * client, and the API can stay stateless over the caller's PGconn.
+ * Both the C API and the SQL API go through ferry.emit_with_id(), the one
+ * writer of ferry.outbox, so they cannot disagree on how a position is
+ * assigned (see ferry.outbox_key in schemas/001_ferry.sql).
+ *
+ * The call is a prepared statement, prepared once per connection: parsing
+ * and planning even a one-function SELECT costs more than the INSERT it
+ * runs. Whether the caller's PGconn has it is kept in libpq's per-connection
+ * instance data, which libpq's event system clears on PQreset() and frees
+ * on PQfinish(), so the API stays a plain function of the caller's PGconn.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <libpq-events.h>
+
 #include "internal.h"
 
+#define EMIT_STMT "ferry_emit_with_id_v1"
+
 static const char emit_sql[] =
-    "SELECT ferry.emit_with_id($1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8::bigint)";
+    "SELECT ferry.emit_with_id($1::uuid, $2, $3, $4, $5, $6, $7, $8::bigint)";
 
 enum { EMIT_NPARAMS = 8 };
 
@@ -24,8 +31,85 @@ enum { EMIT_NPARAMS = 8 };
  * that a caller's buffer need not end in a NUL at key_len / payload_len;
  * the rest are NUL-terminated text parameters. */
 #define TEXT_OID 25
-static const Oid emit_types[EMIT_NPARAMS] = {0, 0, TEXT_OID, 0, TEXT_OID, 0, 0, 0};
+static const Oid emit_types[EMIT_NPARAMS] = {0, TEXT_OID, TEXT_OID, TEXT_OID,
+                                             TEXT_OID, TEXT_OID, TEXT_OID, 0};
 static const int emit_formats[EMIT_NPARAMS] = {0, 0, 1, 0, 1, 0, 0, 0};
+
+/* ---------------------------------------------------------------- per connection */
+
+typedef struct conn_state {
+    int prepared;       /* EMIT_STMT exists in this session */
+} conn_state;
+
+static int conn_event(PGEventId id, void *info, void *pass_through)
+{
+    switch (id) {
+    case PGEVT_CONNRESET: {
+        /* A new session: its prepared statements are gone. */
+        conn_state *st = PQinstanceData(((PGEventConnReset *)info)->conn, conn_event);
+        if (st != NULL)
+            st->prepared = 0;
+        break;
+    }
+    case PGEVT_CONNDESTROY:
+        free(PQinstanceData(((PGEventConnDestroy *)info)->conn, conn_event));
+        break;
+    default:
+        break;
+    }
+    return 1;
+}
+
+static conn_state *conn_state_of(PGconn *conn)
+{
+    conn_state *st = PQinstanceData(conn, conn_event);
+    if (st != NULL)
+        return st;
+    st = calloc(1, sizeof *st);
+    if (st == NULL)
+        return NULL;
+    /* Registering fails when a failed earlier attempt left the procedure
+     * registered without data; setting the data then still works. */
+    PQregisterEventProc(conn, conn_event, "ferry", NULL);
+    if (!PQsetInstanceData(conn, conn_event, st)) {
+        free(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* Make sure EMIT_STMT exists on conn. A failure here aborts the caller's
+ * transaction, as any failed statement does (the schema is missing, say). */
+static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
+{
+    conn_state *st = conn_state_of(conn);
+    if (st == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not emit: out of memory");
+    if (st->prepared)
+        return FERRY_OK;
+    PGresult *res = PQprepare(conn, EMIT_STMT, emit_sql, EMIT_NPARAMS, emit_types);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not prepare emit "
+                                                 "(is the ferry schema migrated?)");
+    else
+        st->prepared = 1;
+    PQclear(res);
+    return rc;
+}
+
+/* The statement was deallocated behind our back (DISCARD ALL, DEALLOCATE,
+ * a transaction-pooling proxy): forget it, and say the transaction may be
+ * retried, which will prepare it again. */
+static void note_result_error(PGconn *conn, ferry_error *err)
+{
+    if (err != NULL && strcmp(err->sqlstate, "26000") == 0) {
+        conn_state *st = PQinstanceData(conn, conn_event);
+        if (st != NULL)
+            st->prepared = 0;
+        err->retriable = 1;
+    }
+}
 
 /* Parameters of one message; the buffers live in the struct so that a
  * batch needs no allocation per message. */
@@ -71,12 +155,15 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
     emit_params p;
     params_fill(&p, msg, &id);
 
-    PGresult *res = PQexecParams(conn, emit_sql, EMIT_NPARAMS, emit_types, p.values,
-                                 p.lengths, emit_formats, 0);
+    if ((rc = ensure_prepared(conn, err)) != FERRY_OK)
+        return rc;
+    PGresult *res = PQexecPrepared(conn, EMIT_STMT, EMIT_NPARAMS, p.values, p.lengths,
+                                   emit_formats, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char context[128];
         snprintf(context, sizeof context, "could not emit message %s", p.id);
         rc = ferry_error_from_pg(err, conn, res, context);
+        note_result_error(conn, err);
         PQclear(res);
         return rc;
     }
@@ -86,10 +173,36 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
     return FERRY_OK;
 }
 
+/* The order a batch is sent in: by (topic, key), and within a key by
+ * array index. Same-key messages keep their order, so positions are as if
+ * sent in array order; and every batch takes its key locks in the same
+ * global order, so two batches never deadlock on each other. */
+typedef struct batch_slot {
+    const ferry_msg *msg;
+    size_t key_len;
+    size_t index;
+} batch_slot;
+
+static int slot_cmp(const void *a, const void *b)
+{
+    const batch_slot *x = a, *y = b;
+    int c = strcmp(x->msg->topic, y->msg->topic);
+    if (c != 0)
+        return c;
+    size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+    c = memcmp(x->msg->key, y->msg->key, n);
+    if (c != 0)
+        return c;
+    if (x->key_len != y->key_len)
+        return x->key_len < y->key_len ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
 /* Read what the pipeline sent back: one result and a NULL per message,
- * then the sync. Keeps the first error; drains the rest so that the
- * connection leaves pipeline mode clean. */
-static ferry_code batch_collect(PGconn *conn, size_t n, ferry_error *err)
+ * then the sync. Keeps the first error (err->index is the array index);
+ * drains the rest so that the connection leaves pipeline mode clean. */
+static ferry_code batch_collect(PGconn *conn, const batch_slot *slots, size_t n,
+                                ferry_error *err)
 {
     ferry_code rc = FERRY_OK;
     for (size_t i = 0; i < n; i++) {
@@ -99,18 +212,20 @@ static ferry_code batch_collect(PGconn *conn, size_t n, ferry_error *err)
             if (rc == FERRY_OK) {
                 rc = ferry_error_from_pg(err, conn, NULL, "could not emit batch");
                 if (err != NULL)
-                    err->index = (long)i;
+                    err->index = (long)slots[i].index;
             }
             return rc;
         }
         ExecStatusType st = PQresultStatus(res);
         if (st != PGRES_TUPLES_OK && rc == FERRY_OK) {
             char context[64];
-            snprintf(context, sizeof context, "could not emit message %zu of the batch", i);
+            snprintf(context, sizeof context, "could not emit message %zu of the batch",
+                     slots[i].index);
             if (err != NULL)
-                err->index = (long)i;
+                err->index = (long)slots[i].index;
             rc = ferry_error_from_pg(err, conn, st == PGRES_PIPELINE_ABORTED ? NULL : res,
                                      context);
+            note_result_error(conn, err);
         }
         PQclear(res);
         res = PQgetResult(conn);     /* the NULL that ends this query */
@@ -146,37 +261,48 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
         }
     }
     ferry_code rc = ferry_conn_check_in_tx(conn, "could not emit batch", err);
-    if (rc != FERRY_OK)
+    if (rc != FERRY_OK || (rc = ensure_prepared(conn, err)) != FERRY_OK)
         return rc;
-
-    if (!PQenterPipelineMode(conn))
-        return ferry_error_from_pg(err, conn, NULL, "could not enter pipeline mode");
 
     /* Ids are made in array order, so a batch's ids sort in that order
      * too; they reach ids_out only once the whole batch is in. */
     ferry_uuid *ids = malloc(n * sizeof *ids);
-    if (ids == NULL) {
-        PQexitPipelineMode(conn);
+    batch_slot *slots = malloc(n * sizeof *slots);
+    if (ids == NULL || slots == NULL) {
+        free(ids);
+        free(slots);
         return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not emit batch: out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ferry_uuid_v7(&ids[i]) != FERRY_OK) {
+            free(ids);
+            free(slots);
+            return ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
+        }
+        slots[i] = (batch_slot){&msgs[i], msgs[i].key_len ? msgs[i].key_len
+                                                          : strlen(msgs[i].key), i};
+    }
+    qsort(slots, n, sizeof *slots, slot_cmp);
+
+    if (!PQenterPipelineMode(conn)) {
+        free(ids);
+        free(slots);
+        return ferry_error_from_pg(err, conn, NULL, "could not enter pipeline mode");
     }
     size_t sent = 0;
     for (; sent < n; sent++) {
-        if (ferry_uuid_v7(&ids[sent]) != FERRY_OK) {
-            rc = ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
-            break;
-        }
         emit_params p;
-        params_fill(&p, &msgs[sent], &ids[sent]);
-        if (!PQsendQueryParams(conn, emit_sql, EMIT_NPARAMS, emit_types, p.values,
-                               p.lengths, emit_formats, 0)) {
+        params_fill(&p, slots[sent].msg, &ids[slots[sent].index]);
+        if (!PQsendQueryPrepared(conn, EMIT_STMT, EMIT_NPARAMS, p.values, p.lengths,
+                                 emit_formats, 0)) {
             rc = ferry_error_from_pg(err, conn, NULL, "could not send batch");
             if (err != NULL)
-                err->index = (long)sent;
+                err->index = (long)slots[sent].index;
             break;
         }
     }
     if (PQpipelineSync(conn)) {
-        ferry_code collected = batch_collect(conn, sent, err);
+        ferry_code collected = batch_collect(conn, slots, sent, err);
         if (rc == FERRY_OK)
             rc = collected;
     } else if (rc == FERRY_OK) {
@@ -187,5 +313,6 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
     if (rc == FERRY_OK && ids_out != NULL)
         memcpy(ids_out, ids, n * sizeof *ids);
     free(ids);
+    free(slots);
     return rc;
 }

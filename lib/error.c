@@ -121,7 +121,7 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
                    ? FERRY_EDB : FERRY_ECONN;
         retriable = true;
     } else if (sqlstate != NULL && strcmp(sqlstate, "22023") == 0 && column != NULL) {
-        /* ferry.check_message(): the same refusal as the client-side check */
+        /* ferry.emit_with_id(): the same refusal as the client-side check */
         code = FERRY_EINVAL;
     } else {
         code = FERRY_EDB;

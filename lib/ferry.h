@@ -160,10 +160,16 @@ FERRY_API ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg,
                                 ferry_uuid *id_out, ferry_error *err);
 
 /*
- * Emit n messages (1..FERRY_BATCH_MAX) in one pipelined round trip, in
- * array order. Every message is checked before anything is sent: one bad
- * message refuses the whole batch with err->index naming it, and nothing
- * is written. ids_out, if not NULL, has room for n ids.
+ * Emit n messages (1..FERRY_BATCH_MAX) in one pipelined round trip. Every
+ * message is checked before anything is sent: one bad message refuses the
+ * whole batch with err->index naming it, and nothing is written. ids_out,
+ * if not NULL, has room for n ids, given in array order.
+ *
+ * Messages of one key take positions in array order. Across keys, the
+ * batch is sent sorted by (topic, key), so that every batch takes its key
+ * locks in one global order and concurrent batches never deadlock with
+ * each other. (Single ferry_emit() calls lock keys in the order you emit
+ * them: emit several keys in a consistent order, or use a batch.)
  */
 FERRY_API ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
                                       const ferry_emit_opts *opts,
@@ -194,8 +200,10 @@ typedef struct ferry_tx_opts {
 /* What happened inside one ferry_tx_run(), for logs, metrics and tests. */
 typedef struct ferry_tx_report {
     int attempts;            /* times fn was called */
-    int retries_conflict;    /* serialization failures and deadlocks */
-    int retries_connection;  /* connection lost before COMMIT */
+    int retries_conflict;    /* serialization failures, deadlocks, and an emit
+                                statement the session lost (SQLSTATE 26000) */
+    int retries_connection;  /* connection lost before COMMIT, or during a
+                                COMMIT then found aborted */
     int commit_unknown;      /* COMMITs whose reply was lost */
     int resolved_committed;  /* ... then found committed */
     int resolved_aborted;    /* ... then found aborted (and retried) */
@@ -213,10 +221,17 @@ typedef struct ferry_tx_report {
 typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
 
 /*
- * Run fn in a transaction on conn (which must be idle, not in one) and
- * commit. Retries on serialization failure and deadlock, and on a
- * connection lost before COMMIT (after PQreset()), with jittered
- * exponential backoff, up to max_attempts.
+ * Run fn in a transaction on conn (which must be idle: not in a transaction,
+ * not in pipeline mode) and commit. Retries on serialization failure and
+ * deadlock, on a connection lost before COMMIT (after PQreset()), and when
+ * the session lost ferry's prepared emit statement (DISCARD ALL, a
+ * transaction-pooling proxy), with jittered exponential backoff, up to
+ * max_attempts. Any other error ends the run and comes back as it is.
+ *
+ * The transaction id is taken in the same round trip as BEGIN, so every
+ * run assigns one (even a read-only one), the snapshot of a REPEATABLE READ
+ * or SERIALIZABLE transaction is taken before fn starts (fn cannot SET
+ * TRANSACTION SNAPSHOT), and the helper does not work on a hot standby.
  *
  * If the connection dies after COMMIT was sent, the outcome is unknown to
  * the client. The helper then reconnects and asks pg_xact_status() about
@@ -224,7 +239,10 @@ typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
  * cannot find out within resolve_timeout_ms it returns
  * FERRY_ECOMMIT_UNKNOWN with err->xid set, and the caller must find out
  * before repeating the work. A reset connection loses its session state
- * (SET, prepared statements, temporary tables).
+ * (SET, prepared statements, temporary tables). resolve_timeout_ms bounds
+ * the retrying, not a single connection attempt: set connect_timeout in
+ * the conninfo to bound those. A commit found committed while it waited
+ * for a synchronous standby is FERRY_OK, as PostgreSQL itself treats it.
  *
  * opts and report may be NULL.
  */

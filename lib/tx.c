@@ -165,6 +165,11 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                            "ferry_tx_run: the connection is already in a transaction");
         goto out;
     }
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) {
+        rc = ferry_err_set(e, FERRY_ESTATE, NULL,
+                           "ferry_tx_run: the connection is in pipeline mode");
+        goto out;
+    }
     tx_settings s = settings_from(opts);
 
     for (int attempt = 1;; attempt++) {
@@ -199,9 +204,9 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                                          "the transaction function returned success "
                                          "but left the transaction aborted or closed");
             } else if (e->code == FERRY_OK) {
-                /* fn failed without saying why. */
-                ferry_err_set(e, FERRY_EUSER, NULL,
-                              "the transaction function failed (%s)", ferry_code_name(rc));
+                /* fn failed without saying why: keep its code, give a reason. */
+                ferry_err_set(e, rc, NULL, "the transaction function failed (%s)",
+                              ferry_code_name(rc));
             }
             rollback_quietly(conn);
             goto retry_or_fail;
@@ -246,12 +251,17 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
         }
 
     retry_or_fail:
-        if (!e->retriable || attempt >= s.max_attempts)
+        /* Only what ferry.h promises: conflicts, a lost connection, and an
+         * emit statement the session lost. Other "retriable" errors (lock
+         * timeouts, too many connections) are the caller's to judge. */
+        if (attempt >= s.max_attempts)
             goto out;
-        if (rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK)
+        if (ferry_sqlstate_is_conflict(e->sqlstate) || strcmp(e->sqlstate, "26000") == 0)
+            rep.retries_conflict++;
+        else if (rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK)
             rep.retries_connection++;
         else
-            rep.retries_conflict++;
+            goto out;
         backoff(&s, attempt);
     }
 

@@ -3,7 +3,7 @@
  *
  * These run before anything is sent, so that a refused message leaves the
  * caller's transaction usable (a server-side refusal would abort it). The
- * server repeats the same checks in ferry.check_message() for the SQL path
+ * server repeats the same checks in ferry.emit_with_id() for the SQL path
  * and as a backstop; the limits are the FERRY_*_MAX constants of ferry.h
  * and the literals of schemas/001_ferry.sql, and tests/test_emit.c runs
  * every bad input through both paths to keep them in step.

@@ -141,94 +141,11 @@ CREATE TABLE ferry.saga_step (
 );
 
 -- ---------------------------------------------------------------------
--- Emit. The checks here are the same as lib/validate.c's; tests run every
--- bad input through both paths. Errors are 22023 (invalid_parameter_value)
--- with the offending field in the error's COLUMN field.
-
-CREATE FUNCTION ferry.check_message(p_topic text, p_key text, p_type text,
-                                    p_payload jsonb, p_headers jsonb,
-                                    p_aggregatetype text)
-RETURNS void
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $fn$
-DECLARE
-    v_max integer;
-    v_len integer;
-    v_name text;
-BEGIN
-    IF p_topic IS NULL OR p_topic = '' THEN
-        RAISE EXCEPTION 'topic must not be empty'
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
-    END IF;
-    IF octet_length(p_topic) > 249 THEN
-        RAISE EXCEPTION 'topic is % bytes, longer than 249', octet_length(p_topic)
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
-    END IF;
-    IF p_topic !~ '^[A-Za-z0-9._-]+$' OR p_topic IN ('.', '..') THEN
-        RAISE EXCEPTION 'topic "%" is not a valid Kafka topic name (letters, digits, ".", "_", "-")',
-                        left(p_topic, 64)
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
-    END IF;
-    IF p_key IS NULL OR p_key = '' THEN
-        RAISE EXCEPTION 'key must not be empty'
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
-    END IF;
-    IF octet_length(p_key) > 1024 THEN
-        RAISE EXCEPTION 'key is % bytes, longer than 1024', octet_length(p_key)
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
-    END IF;
-    IF p_type IS NULL OR p_type = '' THEN
-        RAISE EXCEPTION 'type must not be empty'
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
-    END IF;
-    IF octet_length(p_type) > 255 THEN
-        RAISE EXCEPTION 'type is % bytes, longer than 255', octet_length(p_type)
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
-    END IF;
-    IF octet_length(p_aggregatetype) > 255 THEN
-        RAISE EXCEPTION 'aggregate type is % bytes, longer than 255',
-                        octet_length(p_aggregatetype)
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'aggregatetype';
-    END IF;
-    IF p_payload IS NULL THEN
-        RAISE EXCEPTION 'payload must not be null (use the JSON value null instead)'
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
-    END IF;
-    SELECT max_payload_bytes INTO v_max FROM ferry.settings;
-    v_len := octet_length(p_payload::text);
-    IF v_len > v_max THEN
-        RAISE EXCEPTION 'payload is % bytes, over the limit of % (ferry.settings.max_payload_bytes)',
-                        v_len, v_max
-            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
-    END IF;
-    IF p_headers IS NOT NULL AND p_headers <> '{}'::jsonb THEN
-        IF jsonb_typeof(p_headers) <> 'object' THEN
-            RAISE EXCEPTION 'headers must be a JSON object of strings, not %',
-                            jsonb_typeof(p_headers)
-                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
-        END IF;
-        IF octet_length(p_headers::text) > 65536 THEN
-            RAISE EXCEPTION 'headers are longer than 65536 bytes'
-                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
-        END IF;
-        SELECT h.key INTO v_name FROM jsonb_each(p_headers) AS h
-         WHERE jsonb_typeof(h.value) <> 'string' LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'header "%" is not a string', left(v_name, 64)
-                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
-        END IF;
-        SELECT h INTO v_name FROM jsonb_object_keys(p_headers) AS h
-         WHERE h = '' OR h LIKE 'ferry\_%'
-            OR h IN ('ce_specversion', 'ce_id', 'ce_type', 'ce_source', 'ce_time')
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'header name "%" is empty or reserved for the relay', v_name
-                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
-        END IF;
-    END IF;
-END
-$fn$;
+-- Emit. The checks here are the same as lib/validate.c's, with the same
+-- limits (FERRY_*_MAX in lib/ferry.h) and the same measure of size: the
+-- bytes of the JSON text as sent. tests/test_emit.c runs every bad input
+-- through both paths to keep them in step. Errors are 22023
+-- (invalid_parameter_value) with the offending field in the error's COLUMN.
 
 -- A UUIDv7 made by the database clock, for the SQL path. The C path makes
 -- its own on the client (lib/uuid.c); both sort by creation time.
@@ -246,12 +163,17 @@ BEGIN
 END
 $fn$;
 
--- The one writer of ferry.outbox. Returns the message's position within
--- its key. The per-key UPDATE comes first and holds the key's row lock to
--- the end of the caller's transaction: see ferry.outbox_key.
+-- The one writer of ferry.outbox; returns the message's position within
+-- its (topic, key). The C API calls it directly (a prepared statement per
+-- connection), so it is written for speed: the checks are inline and
+-- cheap when headers are empty, and the position and the row go in one
+-- statement.
+--
+-- Ordering: the upsert on ferry.outbox_key takes the key's row lock and
+-- holds it to the end of the caller's transaction. See ferry.outbox_key.
 CREATE FUNCTION ferry.emit_with_id(p_id uuid, p_topic text, p_key text,
-                                   p_type text, p_payload jsonb,
-                                   p_headers jsonb DEFAULT '{}',
+                                   p_type text, p_payload text,
+                                   p_headers text DEFAULT '{}',
                                    p_aggregatetype text DEFAULT '',
                                    p_delay_ms bigint DEFAULT 0)
 RETURNS bigint
@@ -260,45 +182,110 @@ SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
     v_seq bigint;
-    v_shard integer;
+    v_max integer;
+    v_shards integer;
+    v_headers jsonb;
+    v_name text;
 BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION 'message id must not be null'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'id';
     END IF;
-    PERFORM ferry.check_message(p_topic, p_key, p_type, p_payload, p_headers,
-                                coalesce(p_aggregatetype, ''));
+    IF p_topic IS NULL OR p_topic = '' THEN
+        RAISE EXCEPTION 'topic must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF octet_length(p_topic) > 249 THEN
+        RAISE EXCEPTION 'topic is longer than 249 bytes'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF p_topic !~ '^[A-Za-z0-9._-]+$' OR p_topic IN ('.', '..') THEN
+        RAISE EXCEPTION 'topic "%" is not a valid Kafka topic name (letters, digits, ".", "_", "-")',
+                        left(p_topic, 64)
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'topic';
+    END IF;
+    IF p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'key must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
+    END IF;
+    IF octet_length(p_key) > 1024 THEN
+        RAISE EXCEPTION 'key is longer than 1024 bytes'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'key';
+    END IF;
+    IF p_type IS NULL OR p_type = '' THEN
+        RAISE EXCEPTION 'type must not be empty'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
+    END IF;
+    IF octet_length(p_type) > 255 THEN
+        RAISE EXCEPTION 'type is longer than 255 bytes'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'type';
+    END IF;
+    IF octet_length(p_aggregatetype) > 255 THEN
+        RAISE EXCEPTION 'aggregate type is longer than 255 bytes'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'aggregatetype';
+    END IF;
+    IF p_payload IS NULL THEN
+        RAISE EXCEPTION 'payload must not be null (use the JSON text null instead)'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
+    END IF;
+    SELECT max_payload_bytes, shard_count INTO v_max, v_shards FROM ferry.settings;
+    IF octet_length(p_payload) > v_max THEN
+        RAISE EXCEPTION 'payload is over the limit of % bytes (ferry.settings.max_payload_bytes)',
+                        v_max
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
+    END IF;
     IF p_delay_ms IS NULL OR p_delay_ms < 0 OR p_delay_ms > 31536000000 THEN
         RAISE EXCEPTION 'delay must be between 0 and one year in milliseconds'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'delay_ms';
     END IF;
-
-    UPDATE ferry.outbox_key SET seq = seq + 1
-     WHERE topic = p_topic AND key = p_key
-     RETURNING seq, shard INTO v_seq, v_shard;
-    IF NOT FOUND THEN
-        -- First message of this key. A concurrent first emit may win the
-        -- insert; ON CONFLICT then waits for it and increments its row.
-        INSERT INTO ferry.outbox_key AS k (topic, key, shard, seq)
-        VALUES (p_topic, p_key,
-                ((hashtextextended(p_key, 0) & 2147483647)
-                   % (SELECT shard_count FROM ferry.settings))::integer,
-                1)
-        ON CONFLICT (topic, key) DO UPDATE SET seq = k.seq + 1
-        RETURNING k.seq, k.shard INTO v_seq, v_shard;
+    IF p_headers IS NULL OR p_headers = '{}' THEN
+        v_headers := '{}';
+    ELSE
+        IF octet_length(p_headers) > 65536 THEN
+            RAISE EXCEPTION 'headers are longer than 65536 bytes'
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        v_headers := p_headers::jsonb;
+        IF jsonb_typeof(v_headers) <> 'object' THEN
+            RAISE EXCEPTION 'headers must be a JSON object of strings, not %',
+                            jsonb_typeof(v_headers)
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        SELECT h.key INTO v_name FROM jsonb_each(v_headers) AS h
+         WHERE jsonb_typeof(h.value) <> 'string' LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'header "%" is not a string', left(v_name, 64)
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
+        SELECT h INTO v_name FROM jsonb_object_keys(v_headers) AS h
+         WHERE h = '' OR h LIKE 'ferry\_%'
+            OR h IN ('ce_specversion', 'ce_id', 'ce_type', 'ce_source', 'ce_time')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'header name "%" is empty or reserved for the relay', left(v_name, 64)
+                USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
+        END IF;
     END IF;
 
+    WITH k AS (
+        INSERT INTO ferry.outbox_key AS k (topic, key, shard, seq)
+        VALUES (p_topic, p_key, ((hashtextextended(p_key, 0) & 2147483647) % v_shards)::integer, 1)
+        ON CONFLICT (topic, key) DO UPDATE SET seq = k.seq + 1
+        RETURNING k.seq, k.shard)
     INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type,
                               payload, headers, seq, shard, available_at)
-    VALUES (p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type,
-            p_payload, coalesce(p_headers, '{}'), v_seq, v_shard,
-            now() + p_delay_ms * interval '1 millisecond');
+    SELECT p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type,
+           p_payload::jsonb, v_headers, k.seq, k.shard,
+           now() + p_delay_ms * interval '1 millisecond'
+      FROM k
+    RETURNING seq INTO v_seq;
     RETURN v_seq;
 END
 $fn$;
 
 -- The universal emit, for services in any language:
 --   BEGIN; UPDATE ...; SELECT ferry.emit('orders', 'order-42', 'OrderPlaced', '{...}'); COMMIT;
+-- With jsonb arguments, sizes are those of their canonical JSON text.
 CREATE FUNCTION ferry.emit(p_topic text, p_key text, p_type text,
                            p_payload jsonb, p_headers jsonb DEFAULT '{}')
 RETURNS uuid
@@ -308,7 +295,8 @@ AS $fn$
 DECLARE
     v_id uuid := ferry.uuid_v7();
 BEGIN
-    PERFORM ferry.emit_with_id(v_id, p_topic, p_key, p_type, p_payload, p_headers);
+    PERFORM ferry.emit_with_id(v_id, p_topic, p_key, p_type, p_payload::text,
+                               coalesce(p_headers, '{}')::text);
     RETURN v_id;
 END
 $fn$;
@@ -323,12 +311,12 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_payload jsonb;
-    v_headers jsonb;
+    v_id uuid := ferry.uuid_v7();
+    v_json jsonb;
 BEGIN
     IF p_payload IS NOT NULL THEN
         BEGIN
-            v_payload := p_payload::jsonb;
+            v_json := p_payload::jsonb;
         EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
             RAISE EXCEPTION 'payload is not valid JSON: %', SQLERRM
                 USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
@@ -336,13 +324,14 @@ BEGIN
     END IF;
     IF p_headers IS NOT NULL THEN
         BEGIN
-            v_headers := p_headers::jsonb;
+            v_json := p_headers::jsonb;
         EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
             RAISE EXCEPTION 'headers are not valid JSON: %', SQLERRM
                 USING ERRCODE = 'invalid_parameter_value', COLUMN = 'headers';
         END;
     END IF;
-    RETURN ferry.emit(p_topic, p_key, p_type, v_payload, v_headers);
+    PERFORM ferry.emit_with_id(v_id, p_topic, p_key, p_type, p_payload, p_headers);
+    RETURN v_id;
 END
 $fn$;
 
@@ -373,7 +362,7 @@ GRANT USAGE ON SCHEMA ferry TO ferry_writer, ferry_relay, ferry_reconciler;
 GRANT EXECUTE ON FUNCTION
     ferry.emit(text, text, text, jsonb, jsonb),
     ferry.emit(text, text, text, text, text),
-    ferry.emit_with_id(uuid, text, text, text, jsonb, jsonb, text, bigint),
+    ferry.emit_with_id(uuid, text, text, text, text, text, text, bigint),
     ferry.uuid_v7()
 TO ferry_writer;
 
@@ -394,6 +383,6 @@ GRANT INSERT, UPDATE, DELETE ON ferry.dead_letter, ferry.lease,
 GRANT DELETE ON ferry.inbox TO ferry_reconciler;
 GRANT EXECUTE ON FUNCTION
     ferry.emit(text, text, text, jsonb, jsonb),
-    ferry.emit_with_id(uuid, text, text, text, jsonb, jsonb, text, bigint),
+    ferry.emit_with_id(uuid, text, text, text, text, text, text, bigint),
     ferry.uuid_v7()
 TO ferry_reconciler;

@@ -1,0 +1,41 @@
+#!/bin/sh
+# install_check.sh — `make install PREFIX=…` installs what a user needs: the
+# header, both libraries, ferry.pc, the programs and the SQL; a program
+# built against it with pkg-config links and runs, statically and shared.
+set -eu
+tmp=$(mktemp -d /tmp/ferry-install-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+make --no-print-directory -s install PREFIX="$tmp/prefix" >/dev/null
+for f in include/ferry.h lib/libferry.a lib/libferry.so lib/libferry.so.0 \
+         lib/pkgconfig/ferry.pc bin/ferry-relay share/ferry/001_ferry.sql; do
+    [ -e "$tmp/prefix/$f" ] || { echo "install_check: missing $f" >&2; exit 1; }
+done
+cat > "$tmp/app.c" <<'C'
+#include <ferry.h>
+#include <stdio.h>
+#include <string.h>
+int main(void)
+{
+    ferry_uuid id;
+    char text[FERRY_UUID_STRING_SIZE];
+    if (ferry_uuid_v7(&id) != FERRY_OK)
+        return 1;
+    ferry_uuid_format(&id, text);
+    printf("%s %s\n", ferry_version(), text);
+    return strcmp(ferry_version(), FERRY_VERSION_STRING) != 0;
+}
+C
+export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+cc "$tmp/app.c" $(pkg-config --cflags --libs ferry) -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/app-shared"
+# libferry.a with the shared libpq and jansson: Debian ships no static libpq.
+cc "$tmp/app.c" $(pkg-config --cflags ferry) "$tmp/prefix/lib/libferry.a" \
+    $(pkg-config --libs libpq jansson) -o "$tmp/app-static"
+"$tmp/app-shared" >/dev/null
+"$tmp/app-static" >/dev/null
+"$tmp/prefix/bin/ferry-relay" --version >/dev/null
+# Only the API is exported from the shared library.
+if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep -v '^ferry_' | grep -q .; then
+    echo "install_check: libferry.so exports symbols outside ferry_*" >&2
+    exit 1
+fi
+echo "install_check: OK"
