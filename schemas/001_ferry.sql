@@ -267,11 +267,11 @@ BEGIN
         END IF;
     END IF;
 
+    -- The common case, a key seen before: one statement, one row update.
     WITH k AS (
-        INSERT INTO ferry.outbox_key AS k (topic, key, shard, seq)
-        VALUES (p_topic, p_key, ((hashtextextended(p_key, 0) & 2147483647) % v_shards)::integer, 1)
-        ON CONFLICT (topic, key) DO UPDATE SET seq = k.seq + 1
-        RETURNING k.seq, k.shard)
+        UPDATE ferry.outbox_key SET seq = seq + 1
+         WHERE topic = p_topic AND key = p_key
+        RETURNING seq, shard)
     INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type,
                               payload, headers, seq, shard, available_at)
     SELECT p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type,
@@ -279,6 +279,23 @@ BEGIN
            now() + p_delay_ms * interval '1 millisecond'
       FROM k
     RETURNING seq INTO v_seq;
+    IF v_seq IS NULL THEN
+        -- A new key. A concurrent first emit may win the insert; ON CONFLICT
+        -- then waits for it to end and takes the next position after it.
+        WITH k AS (
+            INSERT INTO ferry.outbox_key AS k (topic, key, shard, seq)
+            VALUES (p_topic, p_key,
+                    ((hashtextextended(p_key, 0) & 2147483647) % v_shards)::integer, 1)
+            ON CONFLICT (topic, key) DO UPDATE SET seq = k.seq + 1
+            RETURNING k.seq, k.shard)
+        INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type,
+                                  payload, headers, seq, shard, available_at)
+        SELECT p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type,
+               p_payload::jsonb, v_headers, k.seq, k.shard,
+               now() + p_delay_ms * interval '1 millisecond'
+          FROM k
+        RETURNING seq INTO v_seq;
+    END IF;
     RETURN v_seq;
 END
 $fn$;
