@@ -16,12 +16,14 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 
-PKGS      = libpq jansson
-TEST_PKGS = $(PKGS) cmocka
+PKGS        = libpq jansson
+DAEMON_PKGS = $(PKGS) rdkafka libcyaml yaml-0.1 libmicrohttpd
+TEST_PKGS   = $(DAEMON_PKGS) cmocka
 # Lazy (=): evaluated by the inner make, after deps.sh has run.
-PKG_CFLAGS = $(shell pkg-config --cflags $(TEST_PKGS))
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-TEST_LIBS  = $(shell pkg-config --libs $(TEST_PKGS))
+PKG_CFLAGS  = $(shell pkg-config --cflags $(TEST_PKGS))
+PKG_LIBS    = $(shell pkg-config --libs $(PKGS))
+DAEMON_LIBS = $(shell pkg-config --libs $(DAEMON_PKGS)) -pthread
+TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS)) -pthread
 
 # Error messages live in fixed-size buffers (ferry_error) and are cut short
 # on purpose when too long, hence -Wno-format-truncation.
@@ -40,16 +42,18 @@ SOMAJOR = 0
 LIB_SRC   = $(wildcard lib/*.c)
 SCHEMAS   = $(sort $(wildcard schemas/[0-9][0-9][0-9]_*.sql))
 GEN       = build/gen/migrations.c
-HARNESS   = tests/harness/pgtmp.c
+HARNESS   = $(filter-out %_selftest.c,$(wildcard tests/harness/*.c))
 TEST_SRC  = $(wildcard tests/test_*.c)
-RELAY_SRC = $(wildcard daemon/*.c)
+# The relay's parts, apart from main(), go into a static library that the
+# tests link too.
+RELAYLIB_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 
 REL_LIB_OBJ  = $(LIB_SRC:%.c=build/rel/%.o) build/rel/gen/migrations.o
 ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay
 EXAMPLES = build/rel/emit-demo
-BENCHES  = build/rel/bench-emit
+BENCHES  = build/rel/bench-emit build/rel/bench-relay
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 
 .PHONY: all test demo bench install clean valgrind deps \
@@ -83,10 +87,11 @@ valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
 	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
 demo-inner: $(EXAMPLES) $(PROGRAMS)
-	@build/rel/emit-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo
 
-bench-inner: $(BENCHES)
+bench-inner: $(BENCHES) build/rel/ferry-relay
 	@build/rel/bench-emit
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-relay
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -94,7 +99,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
 
 # ---------------------------------------------------------------- release
-build/rel/%.o: %.c lib/ferry.h lib/internal.h
+build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/rel/gen/migrations.o: $(GEN) lib/internal.h
@@ -111,19 +116,26 @@ build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
 	ln -sf libferry.so.$(VERSION) build/rel/libferry.so.$(SOMAJOR)
 	ln -sf libferry.so.$(VERSION) $@
 
-build/rel/ferry-relay: $(RELAY_SRC:%.c=build/rel/%.o) build/rel/libferry.a
-	$(CC) -o $@ $^ $(PKG_LIBS)
+build/rel/librelay.a: $(RELAYLIB_SRC:%.c=build/rel/%.o)
+	rm -f $@
+	ar rcs $@ $^
+build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
-build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/$(HARNESS:.c=.o) \
-                     build/rel/libferry.a
-	$(CC) -o $@ $^ $(PKG_LIBS)
+build/rel/emit-demo: build/rel/examples/emit_demo.o $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
-build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/$(HARNESS:.c=.o) \
-                      build/rel/libferry.a
-	$(CC) -pthread -o $@ $^ $(PKG_LIBS)
+build/rel/bench-emit: build/rel/bench/bench_emit.o $(HARNESS:%.c=build/rel/%.o) \
+                      build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
+build/rel/bench-relay: build/rel/bench/bench_relay.o $(HARNESS:%.c=build/rel/%.o) \
+                       build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 # ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h tests/harness/pgtmp.h tests/testutil.h
+build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h) tests/testutil.h
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/asan/gen/migrations.o: $(GEN) lib/internal.h
@@ -133,17 +145,21 @@ build/asan/libferry.a: $(ASAN_LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-build/asan/ferry-relay: $(RELAY_SRC:%.c=build/asan/%.o) build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(PKG_LIBS)
+build/asan/librelay.a: $(RELAYLIB_SRC:%.c=build/asan/%.o)
+	rm -f $@
+	ar rcs $@ $^
+build/asan/ferry-relay: build/asan/daemon/main.o build/asan/librelay.a build/asan/libferry.a
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
-                                 build/asan/$(HARNESS:.c=.o)
+                                 build/asan/tests/harness/pgtmp.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 build/asan/tests/test_%: build/asan/tests/test_%.o build/asan/tests/testutil.o \
-                         build/asan/$(HARNESS:.c=.o) build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -pthread -o $@ $^ $(TEST_LIBS)
+                         $(HARNESS:%.c=build/asan/%.o) build/asan/librelay.a \
+                         build/asan/libferry.a
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # Valgrind cannot run ASan binaries: the same tests, unsanitized.
-build/vg/%.o: %.c lib/ferry.h lib/internal.h tests/harness/pgtmp.h tests/testutil.h
+build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h) tests/testutil.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
@@ -152,9 +168,12 @@ build/vg/gen/migrations.o: $(GEN) lib/internal.h
 build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
 	rm -f $@
 	ar rcs $@ $^
+build/vg/librelay.a: $(RELAYLIB_SRC:%.c=build/vg/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/vg/tests/test_%: build/vg/tests/test_%.o build/vg/tests/testutil.o \
-                       build/vg/$(HARNESS:.c=.o) build/vg/libferry.a
-	$(CC) -pthread -o $@ $^ $(TEST_LIBS)
+                       $(HARNESS:%.c=build/vg/%.o) build/vg/librelay.a build/vg/libferry.a
+	$(CC) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- install
 install: all

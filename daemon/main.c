@@ -11,18 +11,33 @@
 #include <string.h>
 
 #include "ferry.h"
+#include "devkafka.h"
+#include "relay.h"
+#include "status.h"
 
 enum { EXIT_USAGE = 2 };
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay migrate --db CONNINFO\n"
+            "usage: ferry-relay [run] --db CONNINFO --kafka BOOTSTRAP [--config FILE] [--once]\n"
+            "                   [--metrics HOST:PORT] [--holder NAME] [--set NAME=VALUE]...\n"
+            "                   [--kafka-prop NAME=VALUE]...\n"
+            "       ferry-relay migrate --db CONNINFO\n"
+            "       ferry-relay status --db CONNINFO [--json]\n"
+            "       ferry-relay devkafka [--brokers N]\n"
             "       ferry-relay --version\n"
             "\n"
+            "  run       publish the outbox to Kafka until SIGTERM/SIGINT (--once: publish\n"
+            "            what is ready, wait for every delivery report, exit)\n"
             "  migrate   apply the ferry schema to the database (idempotent)\n"
+            "  status    per shard: unpublished rows, oldest age, lease; dead letters\n"
+            "  devkafka  run librdkafka's mock cluster as a development broker; prints its\n"
+            "            bootstrap servers first, runs until SIGTERM/SIGINT\n"
             "\n"
-            "  --db CONNINFO   libpq connection string or URI (default: $FERRY_DB)\n");
+            "  --db CONNINFO       libpq connection string or URI ($FERRY_DB)\n"
+            "  --kafka BOOTSTRAP   Kafka bootstrap servers, or \"embedded\" ($FERRY_KAFKA)\n"
+            "  --config FILE       YAML settings ($FERRY_CONFIG); flags override it\n");
 }
 
 static int cmd_migrate(int argc, char **argv)
@@ -90,6 +105,18 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "migrate") == 0)
         return cmd_migrate(argc - 1, argv + 1);
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "devkafka") == 0)
+        return cmd_devkafka(argc - 1, argv + 1);
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(argc - 1, argv + 1);
+    if (cmd[0] == '-' && strcmp(cmd, "--version") != 0 && strcmp(cmd, "--help") != 0 &&
+        strcmp(cmd, "-h") != 0) {
+        /* `ferry-relay --db ... --kafka ...`: run is the default command. */
+        argv[0] = "run";
+        return cmd_run(argc, argv);
+    }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("ferry-relay %s (schema %d)\n", ferry_version(), ferry_schema_version_known());
         return 0;

@@ -47,4 +47,54 @@ typedef struct ferry_migration {
 extern const ferry_migration ferry_migrations[];
 extern const size_t ferry_migrations_count;
 
+/* ---------------------------------------------------------------- logs */
+
+enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG };
+
+struct json_t;
+void ferry_log_set_level(int level);
+int ferry_log_level(void);
+/* One JSON line on stderr. Takes ownership of fields (a JSON object of
+ * extra fields, or NULL). */
+void ferry_log_json(int level, const char *event, struct json_t *fields, const char *fmt, ...)
+    FERRY_PRINTF(4, 5);
+#define ferry_log(level, event, ...) ferry_log_json((level), (event), NULL, __VA_ARGS__)
+
+/* ---------------------------------------------------------------- leases */
+
+/*
+ * Leases (ferry.lease), always judged by the database clock. A lease is
+ * held by holder until expires_at; every change of holder raises epoch,
+ * the fencing token that acknowledgements check in the same statement.
+ */
+typedef struct ferry_lease {
+    char name[64];
+    int64_t epoch;
+} ferry_lease;
+
+/* Make sure rows exist for every name (no-op for existing ones). */
+ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
+                              ferry_error *err);
+/* Take up to max free or expired leases whose name starts with prefix;
+ * out (room for max) gets the ones taken, *n_out how many. */
+ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                               ferry_error *err);
+/* Extend every unexpired lease of holder under prefix; out (room for max)
+ * gets those still held — any other one this holder thought it had is
+ * lost. */
+ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
+                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                             ferry_error *err);
+/* Give a lease up at once (so another holder need not wait for the TTL). */
+ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
+                               ferry_error *err);
+/* Take or extend a named lease for holder whatever its state when it is
+ * free, expired or already ours (used for heartbeats); *epoch_out set. */
+ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *holder,
+                                 int ttl_ms, int64_t *epoch_out, ferry_error *err);
+/* Unexpired leases under prefix. */
+ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_out,
+                                  ferry_error *err);
+
 #endif /* FERRY_INTERNAL_H */

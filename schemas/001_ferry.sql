@@ -83,6 +83,9 @@ CREATE TABLE ferry.dead_letter (
     reason         text        NOT NULL,
     UNIQUE (message_id, consumer)
 );
+-- The relay's fetch skips keys parked behind a dead letter.
+CREATE INDEX dead_letter_parked ON ferry.dead_letter (topic, aggregateid)
+    WHERE consumer = '';
 
 -- The dedupe record of every message a consumer applied, written in the
 -- consumer's own transaction.
@@ -296,6 +299,9 @@ BEGIN
           FROM k
         RETURNING seq INTO v_seq;
     END IF;
+    -- Wake the relays. Notifications are sent at commit, one per
+    -- transaction whatever the number of emits (same channel, same payload).
+    PERFORM pg_notify('ferry_outbox', '');
     RETURN v_seq;
 END
 $fn$;
@@ -353,6 +359,46 @@ END
 $fn$;
 
 -- ---------------------------------------------------------------------
+-- Dead letters of the relay park their key: later messages of the key wait
+-- (order before availability). Replaying puts the message back where it
+-- was, with its id and position, so it is published next; discarding drops
+-- it and lets the key's later messages go. Both return false when there
+-- is no such relay dead letter.
+
+CREATE FUNCTION ferry.replay_dead_letter(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    WITH d AS (
+        DELETE FROM ferry.dead_letter WHERE id = p_id AND consumer = '' RETURNING *)
+    INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type, payload,
+                              headers, seq, shard, created_at, available_at,
+                              attempts, last_error)
+    SELECT message_id, topic, aggregatetype, aggregateid, type, payload, headers,
+           seq, shard, created_at, now(), 0, 'replayed: ' || reason
+      FROM d;
+    IF FOUND THEN
+        PERFORM pg_notify('ferry_outbox', '');
+    END IF;
+    RETURN FOUND;
+END
+$fn$;
+
+CREATE FUNCTION ferry.discard_dead_letter(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    DELETE FROM ferry.dead_letter WHERE id = p_id AND consumer = '';
+    IF FOUND THEN
+        PERFORM pg_notify('ferry_outbox', '');
+    END IF;
+    RETURN FOUND;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------
 -- Least-privilege roles. NOLOGIN: grant them to the service's own login
 -- role (GRANT ferry_writer TO orders_service). Roles are cluster-wide, so
 -- a second database's migration finds them already there.
@@ -389,7 +435,9 @@ GRANT SELECT ON ferry.settings, ferry.outbox_key TO ferry_relay;
 GRANT SELECT, UPDATE (attempts, last_error, published_at), DELETE
     ON ferry.outbox TO ferry_relay;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ferry.dead_letter TO ferry_relay;
-GRANT SELECT, INSERT, UPDATE ON ferry.lease TO ferry_relay;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ferry.lease TO ferry_relay;
+GRANT EXECUTE ON FUNCTION ferry.replay_dead_letter(bigint),
+    ferry.discard_dead_letter(bigint) TO ferry_relay, ferry_reconciler;
 
 -- The reconciler reads everything, repairs leases, sagas and dead letters,
 -- and collects inbox garbage.

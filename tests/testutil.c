@@ -133,3 +133,10 @@ void tu_await(PGconn *conn, const char *sql, int timeout_ms)
         nanosleep(&tick, NULL);   /* polling interval of the condition */
     }
 }
+
+void tu_filter_from_env(void)
+{
+    const char *f = getenv("FERRY_TEST_FILTER");
+    if (f != NULL && f[0] != '\0')
+        cmocka_set_test_filter(f);
+}

@@ -42,6 +42,10 @@ char *tu_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * returns true; fails the test after timeout_ms. */
 void tu_await(PGconn *conn, const char *sql, int timeout_ms);
 
+/* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
+ * glob), when it is set; for working on one test at a time. */
+void tu_filter_from_env(void);
+
 /* Fail the test with the ferry error unless rc is FERRY_OK. */
 #define assert_ferry_ok(rc, err)                                                   \
     do {                                                                           \

@@ -1,0 +1,66 @@
+/*
+ * config.h — ferry-relay's settings: defaults, then the YAML file, then
+ * the environment, then command-line flags, each overriding the last.
+ */
+#ifndef FERRY_RELAY_CONFIG_H
+#define FERRY_RELAY_CONFIG_H
+
+#include <stddef.h>
+
+typedef enum relay_retention {
+    RELAY_RETENTION_DELETE = 0,   /* acknowledged rows are deleted */
+    RELAY_RETENTION_MARK          /* acknowledged rows get published_at */
+} relay_retention;
+
+/* One librdkafka property, passed through as is. */
+typedef struct relay_kv {
+    char *name;
+    char *value;
+} relay_kv;
+
+#define RELAY_KAFKA_PROPS_MAX 128
+
+typedef struct relay_config {
+    char *db;                 /* libpq conninfo (--db, FERRY_DB, db:) */
+    char *kafka;              /* bootstrap servers (--kafka, FERRY_KAFKA,
+                                 kafka: bootstrap.servers); "embedded" starts
+                                 librdkafka's mock cluster in process */
+    char *metrics;            /* HOST:PORT for /metrics and /healthz, or NULL */
+    char *holder;             /* this relay's name in leases; NULL = host:pid */
+    char *source;             /* CloudEvents ce_source; default "ferry" */
+    int once;                 /* --once */
+    int batch_size;           /* rows per fetch; default 1000, 1..100000 */
+    int max_inflight;         /* produced, not yet acknowledged; default
+                                 20000, batch_size..1000000 */
+    int poll_interval_ms;     /* backstop poll when no NOTIFY; default 1000,
+                                 10..3600000 */
+    int lease_ttl_ms;         /* default 10000, 1000..3600000 */
+    int max_attempts;         /* failed deliveries before a dead letter;
+                                 default 5, 1..1000 */
+    int log_level;            /* 0 error, 1 warn, 2 info (default), 3 debug */
+    relay_retention retention;
+    relay_kv kafka_props[RELAY_KAFKA_PROPS_MAX];  /* the kafka: map */
+    size_t kafka_props_count;
+} relay_config;
+
+/*
+ * Fill cfg for `ferry-relay run`: defaults; the file named by --config (or
+ * FERRY_CONFIG), if any; FERRY_DB, FERRY_KAFKA, FERRY_METRICS, FERRY_HOLDER
+ * from the environment; then the flags in argv (argv[0] is the command
+ * name; --db, --kafka, --config, --once, --metrics, --holder, --set
+ * NAME=VALUE for any numeric setting, log_level or retention by its YAML
+ * name, and --kafka-prop NAME=VALUE, repeatable; bootstrap.servers sets
+ * cfg->kafka). Not thread-safe: it uses getopt_long.
+ *
+ * Returns 0, or -1 with a message in errbuf that names the place: the
+ * file, line and column and the key for a bad file; the variable for a
+ * bad environment value; the flag for a bad flag. Validates every limit
+ * and that db and kafka are set. *cfg's previous contents are ignored, not
+ * freed; on failure *cfg is zeroed (relay_config_free is then a no-op).
+ */
+int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, size_t errlen);
+
+/* Free what relay_config_load allocated; accepts a zeroed cfg. */
+void relay_config_free(relay_config *cfg);
+
+#endif

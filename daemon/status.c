@@ -1,0 +1,573 @@
+/*
+ * status.c — `ferry-relay status`: lag per shard, shard leases, dead
+ * letters.
+ *
+ * Everything is read in one REPEATABLE READ READ ONLY transaction, so the
+ * shard table, the totals and the dead letters describe the same instant,
+ * and every age and expiry is measured against that transaction's now():
+ * the database clock, as for leases everywhere else. The outbox is read
+ * once, by one GROUP BY over its unpublished rows; the rest are small
+ * tables.
+ *
+ * The results go into one jansson object, which is printed as is with
+ * --json or rendered as aligned tables otherwise, so that the two formats
+ * cannot disagree.
+ */
+#include "status.h"
+
+#include <assert.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
+
+enum {
+    ST_EXIT_FAIL = 1,
+    ST_EXIT_USAGE = 2,
+    ST_DEAD_LETTERS_SHOWN = 10,   /* the oldest ones listed */
+    ST_CELL_MAX = 48,             /* characters of a text cell in the table */
+    ST_REASON_MAX = 80,           /* ... of a dead letter's reason */
+};
+
+#define ST_ISO_UTC(expr) \
+    "to_char((" expr ") AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+static const char st_sql_schema[] =
+    "SELECT to_regclass('ferry.settings') IS NOT NULL AND to_regclass('ferry.outbox') IS NOT NULL"
+    "   AND to_regclass('ferry.lease') IS NOT NULL"
+    "   AND to_regclass('ferry.dead_letter') IS NOT NULL";
+
+static const char st_sql_clock[] =
+    "SELECT " ST_ISO_UTC("now()") ", (SELECT shard_count FROM ferry.settings)";
+
+/* One pass over the outbox; shards with no unpublished rows come from
+ * the series, shards beyond shard_count (rows of a key first seen under a
+ * larger count) from the outbox itself. */
+static const char st_sql_shards[] =
+    "WITH o AS ("
+    "    SELECT shard, count(*) AS unpublished,"
+    "           count(*) FILTER (WHERE available_at <= now()) AS ready,"
+    "           min(created_at) AS oldest"
+    "      FROM ferry.outbox WHERE published_at IS NULL GROUP BY shard),"
+    " sh AS ("
+    "    SELECT generate_series(0, (SELECT shard_count FROM ferry.settings) - 1) AS shard"
+    "    UNION SELECT shard FROM o)"
+    "SELECT sh.shard, coalesce(o.unpublished, 0), coalesce(o.ready, 0),"
+    "       CASE WHEN o.oldest IS NOT NULL"   /* greatest() would turn NULL into 0 */
+    "            THEN round(greatest(0, extract(epoch FROM now() - o.oldest))::numeric, 3) END,"
+    "       CASE WHEN l.name IS NULL OR l.holder IS NULL THEN 'free'"
+    "            WHEN l.expires_at <= now() THEN 'expired' ELSE 'held' END,"
+    "       l.holder, l.epoch,"
+    "       CASE WHEN isfinite(l.expires_at) THEN " ST_ISO_UTC("l.expires_at") " END,"
+    "       CASE WHEN isfinite(l.expires_at)"
+    "            THEN round(extract(epoch FROM l.expires_at - now())::numeric, 3) END"
+    "  FROM sh LEFT JOIN o USING (shard)"
+    "  LEFT JOIN ferry.lease l ON l.name = 'shard:' || sh.shard"
+    " ORDER BY sh.shard";
+
+static const char st_sql_dead_by_consumer[] =
+    "SELECT consumer, count(*) FROM ferry.dead_letter GROUP BY consumer ORDER BY consumer";
+
+static const char st_sql_dead_oldest[] =
+    "SELECT id, message_id, consumer, topic, aggregateid, type, attempts,"
+    "       " ST_ISO_UTC("failed_at") ","
+    "       round(greatest(0, extract(epoch FROM now() - failed_at))::numeric, 3), reason"
+    "  FROM ferry.dead_letter ORDER BY failed_at, id LIMIT 10";
+_Static_assert(ST_DEAD_LETTERS_SHOWN == 10, "keep the LIMIT above in step");
+
+static void st_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry-relay status [--db CONNINFO] [--json]\n"
+            "\n"
+            "Unpublished rows, the age of the oldest one and the lease of every shard,\n"
+            "and the dead letters (count per consumer, the 10 oldest), by the\n"
+            "database clock.\n"
+            "\n"
+            "  --db CONNINFO   libpq connection string or URI (default: $FERRY_DB)\n"
+            "  --json          one JSON object instead of tables\n");
+}
+
+/* ------------------------------------------------------------------ */
+/* From query results to the model. Building JSON can only fail for lack
+ * of memory; that is recorded once in *oom and checked at the end.    */
+
+typedef struct st_build {
+    bool oom;
+} st_build;
+
+static json_t *st_keep(st_build *b, json_t *v)
+{
+    if (v == NULL)
+        b->oom = true;
+    return v;
+}
+
+static void st_set(st_build *b, json_t *obj, const char *key, json_t *v)
+{
+    if (v == NULL || obj == NULL || json_object_set_new(obj, key, v) != 0)
+        b->oom = true;
+}
+
+static void st_append(st_build *b, json_t *arr, json_t *v)
+{
+    if (v == NULL || arr == NULL || json_array_append_new(arr, v) != 0)
+        b->oom = true;
+}
+
+/* A column as JSON: NULL as null, else text, integer or number. */
+static json_t *st_text(st_build *b, const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return st_keep(b, json_null());
+    return st_keep(b, json_stringn(PQgetvalue(res, row, col),
+                                   (size_t)PQgetlength(res, row, col)));
+}
+
+static json_t *st_int(st_build *b, const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return st_keep(b, json_null());
+    return st_keep(b, json_integer(strtoll(PQgetvalue(res, row, col), NULL, 10)));
+}
+
+static json_t *st_real(st_build *b, const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return st_keep(b, json_null());
+    return st_keep(b, json_real(strtod(PQgetvalue(res, row, col), NULL)));
+}
+
+/* Run sql; NULL after printing why. */
+static PGresult *st_query(PGconn *conn, const char *sql, const char *what)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    fprintf(stderr, "ferry-relay status: could not read %s: %s", what,
+            PQresultErrorMessage(res));
+    PQclear(res);
+    return NULL;
+}
+
+static json_t *st_shards(st_build *b, const PGresult *res, long long *unpublished,
+                         long long *ready)
+{
+    json_t *shards = st_keep(b, json_array());
+    *unpublished = *ready = 0;
+    for (int r = 0; r < PQntuples(res); r++) {
+        json_t *s = st_keep(b, json_object());
+        json_t *lease = st_keep(b, json_object());
+        st_set(b, s, "shard", st_int(b, res, r, 0));
+        st_set(b, s, "unpublished", st_int(b, res, r, 1));
+        st_set(b, s, "ready", st_int(b, res, r, 2));
+        st_set(b, s, "oldest_age_s", st_real(b, res, r, 3));
+        st_set(b, lease, "name", st_keep(b, json_sprintf("shard:%s", PQgetvalue(res, r, 0))));
+        st_set(b, lease, "state", st_text(b, res, r, 4));
+        st_set(b, lease, "holder", st_text(b, res, r, 5));
+        st_set(b, lease, "epoch", st_int(b, res, r, 6));
+        st_set(b, lease, "expires_at", st_text(b, res, r, 7));
+        st_set(b, lease, "expires_in_s", st_real(b, res, r, 8));
+        st_set(b, s, "lease", lease);
+        st_append(b, shards, s);
+        *unpublished += strtoll(PQgetvalue(res, r, 1), NULL, 10);
+        *ready += strtoll(PQgetvalue(res, r, 2), NULL, 10);
+    }
+    return shards;
+}
+
+static json_t *st_dead_letters(st_build *b, const PGresult *by_consumer,
+                               const PGresult *oldest)
+{
+    json_t *dl = st_keep(b, json_object());
+    json_t *counts = st_keep(b, json_array());
+    long long total = 0;
+    for (int r = 0; r < PQntuples(by_consumer); r++) {
+        json_t *c = st_keep(b, json_object());
+        st_set(b, c, "consumer", st_text(b, by_consumer, r, 0));
+        st_set(b, c, "count", st_int(b, by_consumer, r, 1));
+        st_append(b, counts, c);
+        total += strtoll(PQgetvalue(by_consumer, r, 1), NULL, 10);
+    }
+    json_t *list = st_keep(b, json_array());
+    static const char *const names[] = {"id",      "message_id", "consumer", "topic",
+                                        "key",     "type",       "attempts", "failed_at",
+                                        "age_s",   "reason"};
+    for (int r = 0; r < PQntuples(oldest); r++) {
+        json_t *d = st_keep(b, json_object());
+        for (int c = 0; c < (int)(sizeof names / sizeof names[0]); c++) {
+            json_t *v = c == 0 || c == 6 ? st_int(b, oldest, r, c)
+                        : c == 8         ? st_real(b, oldest, r, c)
+                                         : st_text(b, oldest, r, c);
+            st_set(b, d, names[c], v);
+        }
+        st_append(b, list, d);
+    }
+    st_set(b, dl, "total", st_keep(b, json_integer(total)));
+    st_set(b, dl, "by_consumer", counts);
+    st_set(b, dl, "oldest", list);
+    return dl;
+}
+
+/* Read everything into one object; NULL after printing why. */
+static json_t *st_collect(PGconn *conn, bool *no_schema)
+{
+    json_t *root = NULL;
+    PGresult *begin = NULL, *schema = NULL, *clock = NULL, *shards = NULL, *by_consumer = NULL,
+             *oldest = NULL;
+    *no_schema = false;
+
+    begin = st_query(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "the database");
+    if (begin == NULL)
+        goto out;
+    schema = st_query(conn, st_sql_schema, "the catalog");
+    if (schema == NULL)
+        goto out;
+    if (strcmp(PQgetvalue(schema, 0, 0), "t") != 0) {
+        *no_schema = true;
+        goto out;
+    }
+    if ((clock = st_query(conn, st_sql_clock, "ferry.settings")) == NULL ||
+        (shards = st_query(conn, st_sql_shards, "the outbox and the leases")) == NULL ||
+        (by_consumer = st_query(conn, st_sql_dead_by_consumer, "the dead letters")) == NULL ||
+        (oldest = st_query(conn, st_sql_dead_oldest, "the dead letters")) == NULL)
+        goto out;
+
+    st_build b = {.oom = false};
+    long long unpublished, ready;
+    root = st_keep(&b, json_object());
+    st_set(&b, root, "database_time", st_text(&b, clock, 0, 0));
+    st_set(&b, root, "shard_count", st_int(&b, clock, 0, 1));
+    json_t *shard_list = st_shards(&b, shards, &unpublished, &ready);
+    st_set(&b, root, "unpublished", st_keep(&b, json_integer(unpublished)));
+    st_set(&b, root, "ready", st_keep(&b, json_integer(ready)));
+    st_set(&b, root, "shards", shard_list);
+    st_set(&b, root, "dead_letters", st_dead_letters(&b, by_consumer, oldest));
+    if (b.oom) {
+        fprintf(stderr, "ferry-relay status: out of memory\n");
+        json_decref(root);
+        root = NULL;
+    }
+
+out:
+    PQclear(oldest);
+    PQclear(by_consumer);
+    PQclear(shards);
+    PQclear(clock);
+    PQclear(schema);
+    PQclear(begin);
+    return root;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tables for people                                                   */
+
+typedef struct st_table {
+    int ncols;
+    const char *const *heads;
+    unsigned right;          /* bit i: column i is right-aligned (numbers) */
+    char **cells;            /* nrows * ncols, malloc'd */
+    size_t nrows, cap;
+    bool oom;
+} st_table;
+
+/* Display width of UTF-8 text: code points, not bytes. */
+static size_t st_width(const char *s)
+{
+    size_t w = 0;
+    for (; *s; s++)
+        w += ((unsigned char)*s & 0xC0) != 0x80;
+    return w;
+}
+
+/* A cell from untrusted text: control characters become '?', and text
+ * beyond max code points is cut with "...". NULL text is "-". */
+static char *st_cell_text(const char *s, size_t max)
+{
+    if (s == NULL)
+        return strdup("-");
+    size_t n = strlen(s);
+    /* Keep max code points, or max - 3 and the dots if it is longer. */
+    size_t keep = st_width(s) <= max ? max : (max > 3 ? max - 3 : 0);
+    char *out = malloc(n + 4);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0, points = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c & 0xC0) != 0x80 && points++ == keep) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        out[o++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static char *st_cell_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *st_cell_fmt(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+/* JSON values as cells. */
+static char *st_cell_json(const json_t *v, size_t max)
+{
+    if (json_is_integer(v))
+        return st_cell_fmt("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    if (json_is_real(v))
+        return st_cell_fmt("%.1f", json_real_value(v));
+    return st_cell_text(json_string_value(v), max);
+}
+
+/* Add a row of t->ncols cells, taking ownership of them (NULL = out of
+ * memory, recorded). */
+static void st_row(st_table *t, char **cells)
+{
+    for (int i = 0; i < t->ncols; i++)
+        t->oom |= cells[i] == NULL;
+    if (!t->oom && t->nrows == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 32;
+        char **grown = realloc(t->cells, cap * (size_t)t->ncols * sizeof *grown);
+        if (grown == NULL)
+            t->oom = true;
+        else {
+            t->cells = grown;
+            t->cap = cap;
+        }
+    }
+    if (t->oom) {
+        for (int i = 0; i < t->ncols; i++)
+            free(cells[i]);
+        return;
+    }
+    memcpy(t->cells + t->nrows * (size_t)t->ncols, cells, (size_t)t->ncols * sizeof *cells);
+    t->nrows++;
+}
+
+/* Columns two blanks apart, each as wide as its widest cell; blanks are
+ * written only before text, so no line ends in blanks. */
+static void st_table_print(const st_table *t, FILE *out)
+{
+    size_t width[16] = {0};
+    assert(t->ncols <= 16);
+    for (int c = 0; c < t->ncols; c++) {
+        width[c] = st_width(t->heads[c]);
+        for (size_t r = 0; r < t->nrows; r++) {
+            size_t w = st_width(t->cells[r * (size_t)t->ncols + (size_t)c]);
+            if (w > width[c])
+                width[c] = w;
+        }
+    }
+    for (size_t r = 0; r <= t->nrows; r++) {
+        size_t blanks = 0;
+        for (int c = 0; c < t->ncols; c++) {
+            const char *s = r == 0 ? t->heads[c] : t->cells[(r - 1) * (size_t)t->ncols + (size_t)c];
+            size_t pad = width[c] - st_width(s);
+            bool right = t->right & (1u << c);
+            if (c > 0)
+                blanks += 2;
+            if (right)
+                blanks += pad;
+            if (s[0] != '\0') {
+                fprintf(out, "%*s%s", (int)blanks, "", s);
+                blanks = 0;
+            }
+            if (!right)
+                blanks += pad;
+        }
+        fputc('\n', out);
+    }
+}
+
+static void st_table_free(st_table *t)
+{
+    for (size_t i = 0; i < t->nrows * (size_t)t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+}
+
+static int st_print_tables(const json_t *root, FILE *out)
+{
+    bool oom = false;
+    const json_t *count = json_object_get(root, "shard_count");
+    fprintf(out, "ferry status at %s (database clock)\n",
+            json_string_value(json_object_get(root, "database_time")));
+    if (json_is_integer(count))
+        fprintf(out, "shards: %" JSON_INTEGER_FORMAT " (ferry.settings.shard_count)\n\n",
+                json_integer_value(count));
+    else
+        fprintf(out, "shards: unknown (ferry.settings has no row)\n\n");
+
+    static const char *const shard_heads[] = {"SHARD", "UNPUBLISHED", "READY", "OLDEST_AGE_S",
+                                              "LEASE", "HOLDER",      "EPOCH", "EXPIRES_IN_S"};
+    st_table t = {.ncols = 8, .heads = shard_heads, .right = 0x1 | 0x2 | 0x4 | 0x8 | 0x40 | 0x80};
+    size_t i;
+    json_t *s;
+    json_array_foreach(json_object_get(root, "shards"), i, s) {
+        const json_t *l = json_object_get(s, "lease");
+        char *cells[8] = {
+            st_cell_json(json_object_get(s, "shard"), ST_CELL_MAX),
+            st_cell_json(json_object_get(s, "unpublished"), ST_CELL_MAX),
+            st_cell_json(json_object_get(s, "ready"), ST_CELL_MAX),
+            st_cell_json(json_object_get(s, "oldest_age_s"), ST_CELL_MAX),
+            st_cell_json(json_object_get(l, "state"), ST_CELL_MAX),
+            st_cell_json(json_object_get(l, "holder"), ST_CELL_MAX),
+            st_cell_json(json_object_get(l, "epoch"), ST_CELL_MAX),
+            st_cell_json(json_object_get(l, "expires_in_s"), ST_CELL_MAX),
+        };
+        st_row(&t, cells);
+    }
+    char *total[8] = {strdup("total"),
+                      st_cell_json(json_object_get(root, "unpublished"), ST_CELL_MAX),
+                      st_cell_json(json_object_get(root, "ready"), ST_CELL_MAX),
+                      strdup(""), strdup(""), strdup(""), strdup(""), strdup("")};
+    st_row(&t, total);
+    if (!t.oom)
+        st_table_print(&t, out);
+    oom |= t.oom;
+    st_table_free(&t);
+
+    const json_t *dl = json_object_get(root, "dead_letters");
+    json_int_t dl_total = json_integer_value(json_object_get(dl, "total"));
+    fprintf(out, "\ndead letters: %" JSON_INTEGER_FORMAT "\n", dl_total);
+    if (dl_total > 0) {
+        static const char *const count_heads[] = {"CONSUMER", "COUNT"};
+        st_table tc = {.ncols = 2, .heads = count_heads, .right = 0x2};
+        json_t *c;
+        json_array_foreach(json_object_get(dl, "by_consumer"), i, c) {
+            const char *name = json_string_value(json_object_get(c, "consumer"));
+            char *cells[2] = {name && name[0] ? st_cell_text(name, ST_CELL_MAX)
+                                              : strdup("(relay)"),
+                              st_cell_json(json_object_get(c, "count"), ST_CELL_MAX)};
+            st_row(&tc, cells);
+        }
+        if (!tc.oom)
+            st_table_print(&tc, out);
+        oom |= tc.oom;
+        st_table_free(&tc);
+
+        const json_t *list = json_object_get(dl, "oldest");
+        fprintf(out, "\noldest %zu:\n", json_array_size(list));
+        static const char *const dl_heads[] = {"FAILED_AT", "MESSAGE_ID", "CONSUMER", "TOPIC",
+                                               "KEY",       "ATTEMPTS",   "REASON"};
+        st_table td = {.ncols = 7, .heads = dl_heads, .right = 0x20};
+        json_t *d;
+        json_array_foreach(list, i, d) {
+            const char *name = json_string_value(json_object_get(d, "consumer"));
+            char *cells[7] = {
+                st_cell_json(json_object_get(d, "failed_at"), ST_CELL_MAX),
+                st_cell_json(json_object_get(d, "message_id"), ST_CELL_MAX),
+                name && name[0] ? st_cell_text(name, ST_CELL_MAX) : strdup("(relay)"),
+                st_cell_json(json_object_get(d, "topic"), ST_CELL_MAX),
+                st_cell_json(json_object_get(d, "key"), ST_CELL_MAX),
+                st_cell_json(json_object_get(d, "attempts"), ST_CELL_MAX),
+                st_cell_json(json_object_get(d, "reason"), ST_REASON_MAX),
+            };
+            st_row(&td, cells);
+        }
+        if (!td.oom)
+            st_table_print(&td, out);
+        oom |= td.oom;
+        st_table_free(&td);
+    }
+    if (oom) {
+        fprintf(stderr, "ferry-relay status: out of memory\n");
+        return ST_EXIT_FAIL;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+int cmd_status(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *db = getenv("FERRY_DB");
+    bool as_json = false;
+    int c;
+    optind = 0;   /* full reset: tests call us more than once in a process */
+    while ((c = getopt_long(argc, argv, "+d:jh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            db = optarg;
+            break;
+        case 'j':
+            as_json = true;
+            break;
+        case 'h':
+            st_usage(stdout);
+            return 0;
+        default:
+            st_usage(stderr);
+            return ST_EXIT_USAGE;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "ferry-relay status: unexpected argument \"%s\"\n", argv[optind]);
+        st_usage(stderr);
+        return ST_EXIT_USAGE;
+    }
+    if (db == NULL || db[0] == '\0') {
+        fprintf(stderr, "ferry-relay status: no database: give --db CONNINFO or set FERRY_DB\n");
+        return ST_EXIT_USAGE;
+    }
+
+    /* The conninfo may name its own application_name; ours is a fallback. */
+    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *const values[] = {db, "ferry-relay status", NULL};
+    PGconn *conn = PQconnectdbParams(keys, values, 1);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
+        PQfinish(conn);
+        return ST_EXIT_FAIL;
+    }
+    bool no_schema;
+    json_t *root = st_collect(conn, &no_schema);
+    PQfinish(conn);
+    if (no_schema) {
+        fprintf(stderr, "ferry-relay status: ferry schema not found: run ferry-relay migrate\n");
+        return ST_EXIT_FAIL;
+    }
+    if (root == NULL)
+        return ST_EXIT_FAIL;
+
+    int status = 0;
+    if (as_json) {
+        /* Ages are rounded to milliseconds in SQL; 15 significant digits
+         * print them without binary noise. */
+        if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
+                                         JSON_REAL_PRECISION(15)) != 0 ||
+            fputc('\n', stdout) == EOF) {
+            fprintf(stderr, "ferry-relay status: could not write the output\n");
+            status = ST_EXIT_FAIL;
+        }
+    } else {
+        status = st_print_tables(root, stdout);
+    }
+    json_decref(root);
+    if (fflush(stdout) != 0 && status == 0) {
+        fprintf(stderr, "ferry-relay status: could not write the output\n");
+        status = ST_EXIT_FAIL;
+    }
+    return status;
+}

@@ -1,0 +1,182 @@
+/*
+ * lease.c — leases in ferry.lease, judged by the database clock.
+ *
+ * Every time comparison happens in SQL against now(), never against the
+ * caller's clock, so relays on hosts whose clocks disagree still agree on
+ * who holds what. A takeover raises epoch; acknowledgements name the epoch
+ * they were fetched under and are refused once it moved (see
+ * daemon/relay.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static ferry_code leases_from(PGresult *res, size_t max, ferry_lease *out, size_t *n_out)
+{
+    size_t n = 0;
+    for (int r = 0; r < PQntuples(res) && n < max; r++, n++) {
+        snprintf(out[n].name, sizeof out[n].name, "%s", PQgetvalue(res, r, 0));
+        out[n].epoch = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+    }
+    *n_out = n;
+    return FERRY_OK;
+}
+
+/* Run a statement returning (name, epoch) rows. */
+static ferry_code lease_query(PGconn *conn, const char *sql, int nparams,
+                              const char *const *params, size_t max, ferry_lease *out,
+                              size_t *n_out, const char *context, ferry_error *err)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ferry_code rc;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        rc = ferry_error_from_pg(err, conn, res, context);
+    else
+        rc = leases_from(res, max, out, n_out);
+    PQclear(res);
+    return rc;
+}
+
+ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
+                              ferry_error *err)
+{
+    /* One array literal: names are ours ("shard:12", "relay:host:pid"),
+     * but quote them anyway. */
+    size_t cap = 16;
+    for (size_t i = 0; i < n; i++)
+        cap += 2 * strlen(names[i]) + 4;
+    char *arr = malloc(cap);
+    if (arr == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not ensure leases: out of memory");
+    size_t o = 0;
+    arr[o++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            arr[o++] = ',';
+        arr[o++] = '"';
+        for (const char *c = names[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                arr[o++] = '\\';
+            arr[o++] = *c;
+        }
+        arr[o++] = '"';
+    }
+    arr[o++] = '}';
+    arr[o] = '\0';
+    const char *params[1] = {arr};
+    PGresult *res = PQexecParams(conn,
+                                 "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
+                                 "ON CONFLICT (name) DO NOTHING",
+                                 1, NULL, params, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not create lease rows");
+    PQclear(res);
+    free(arr);
+    return rc;
+}
+
+ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                               ferry_error *err)
+{
+    char ttl[24], limit[24];
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    snprintf(limit, sizeof limit, "%zu", max);
+    const char *params[4] = {prefix, holder, ttl, limit};
+    /* SKIP LOCKED: two relays acquiring at once each get different rows
+     * rather than waiting on each other. The free ones are taken in
+     * random order so that starting relays do not all contend for the
+     * lowest shards. */
+    return lease_query(conn,
+                       "UPDATE ferry.lease l SET holder = $2, epoch = l.epoch + 1, "
+                       "  expires_at = now() + $3::int * interval '1 millisecond', "
+                       "  acquired_at = now(), renewed_at = now() "
+                       "WHERE l.name IN (SELECT name FROM ferry.lease "
+                       "  WHERE starts_with(name, $1) AND (holder IS NULL OR expires_at <= now()) "
+                       "  ORDER BY random() LIMIT $4::int FOR UPDATE SKIP LOCKED) "
+                       "RETURNING l.name, l.epoch",
+                       4, params, max, out, n_out, "could not acquire leases", err);
+}
+
+ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
+                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                             ferry_error *err)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    const char *params[3] = {prefix, holder, ttl};
+    return lease_query(conn,
+                       "UPDATE ferry.lease SET "
+                       "  expires_at = now() + $3::int * interval '1 millisecond', "
+                       "  renewed_at = now() "
+                       "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                       "RETURNING name, epoch",
+                       3, params, max, out, n_out, "could not renew leases", err);
+}
+
+ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
+                               ferry_error *err)
+{
+    const char *params[2] = {name, holder};
+    PGresult *res = PQexecParams(conn,
+                                 "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
+                                 "WHERE name = $1 AND holder = $2",
+                                 2, NULL, params, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not release lease");
+    PQclear(res);
+    return rc;
+}
+
+ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *holder,
+                                 int ttl_ms, int64_t *epoch_out, ferry_error *err)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    const char *params[3] = {name, holder, ttl};
+    ferry_lease l;
+    size_t n = 0;
+    ferry_code rc = lease_query(
+        conn,
+        "INSERT INTO ferry.lease AS l (name, holder, epoch, expires_at, acquired_at, renewed_at) "
+        "VALUES ($1, $2, 1, now() + $3::int * interval '1 millisecond', now(), now()) "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "  epoch = CASE WHEN l.holder IS DISTINCT FROM $2 OR l.expires_at <= now() "
+        "               THEN l.epoch + 1 ELSE l.epoch END, "
+        "  holder = $2, expires_at = EXCLUDED.expires_at, renewed_at = now(), "
+        "  acquired_at = CASE WHEN l.holder IS DISTINCT FROM $2 OR l.expires_at <= now() "
+        "                     THEN now() ELSE l.acquired_at END "
+        "  WHERE l.holder IS NULL OR l.holder = $2 OR l.expires_at <= now() "
+        "RETURNING l.name, l.epoch",
+        3, params, 1, &l, &n, "could not renew heartbeat", err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (n == 0)
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "lease %s is held by another holder", name);
+    if (epoch_out != NULL)
+        *epoch_out = l.epoch;
+    return FERRY_OK;
+}
+
+ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_out,
+                                  ferry_error *err)
+{
+    const char *params[1] = {prefix};
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT count(*) FROM ferry.lease "
+                                 "WHERE starts_with(name, $1) AND holder IS NOT NULL "
+                                 "AND expires_at > now()",
+                                 1, NULL, params, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not count live leases");
+    else if (count_out != NULL)
+        *count_out = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return rc;
+}

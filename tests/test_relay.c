@@ -1,0 +1,703 @@
+/*
+ * test_relay.c — ferry-relay against a real PostgreSQL and the development
+ * broker (librdkafka's mock cluster in a `ferry-relay devkafka` process),
+ * reading every topic back with a consumer.
+ *
+ * The relay runs as a separate process (the ASan build of ferry-relay), so
+ * that tests can kill -9 it, stop it with SIGSTOP, and read its JSON log.
+ * Each test uses its own topic, so tests do not see each other's messages.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness/kafkatmp.h"
+#include "testutil.h"
+
+static kt_broker *broker;
+
+static const char *relay_bin(void)
+{
+    const char *b = getenv("FERRY_RELAY_BIN");
+    return b ? b : "build/asan/ferry-relay";
+}
+
+/* ------------------------------------------------------------------ processes */
+
+typedef struct relay_proc {
+    pid_t pid;
+    int status;                 /* exit status once collected, else -1 */
+    char log[64];
+} relay_proc;
+
+/* Start `ferry-relay run --db ... --kafka ... ARGS` with its log in a file. */
+static relay_proc relay_spawn(const char *holder, const char *const *args, const char *env)
+{
+    relay_proc p = {.status = -1};
+    snprintf(p.log, sizeof p.log, "/tmp/ferry-relay-test-XXXXXX");
+    int fd = mkstemp(p.log);
+    assert_true(fd >= 0);
+    const char *argv[48];
+    int n = 0;
+    argv[n++] = relay_bin();
+    argv[n++] = "run";
+    argv[n++] = "--db";
+    argv[n++] = fpg_conninfo(tu_pg);
+    argv[n++] = "--kafka";
+    argv[n++] = kt_bootstrap(broker);
+    argv[n++] = "--holder";
+    argv[n++] = holder;
+    argv[n++] = "--set";
+    argv[n++] = "log_level=debug";
+    for (int i = 0; args != NULL && args[i] != NULL && n < 46; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    p.pid = fork();
+    assert_true(p.pid >= 0);
+    if (p.pid == 0) {
+        dup2(fd, 2);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        if (env != NULL)
+            putenv((char *)env);
+        /* The relay's own leak report would only repeat libraries' ones. */
+        setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1", 1);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fd);
+    return p;
+}
+
+/* Wait up to timeout_ms for the relay to exit (polling its status: an
+ * event, with a deadline). Its exit status, 128+N for signal N, or -1. */
+static int relay_wait(relay_proc *p, int timeout_ms)
+{
+    struct timespec tick = {0, 10 * 1000 * 1000};
+    for (int waited = 0; p->status < 0 && waited <= timeout_ms; waited += 10) {
+        int st;
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
+            p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        else
+            nanosleep(&tick, NULL);
+    }
+    return p->status;
+}
+
+static char *relay_log(const relay_proc *p)
+{
+    FILE *f = fopen(p->log, "r");
+    assert_non_null(f);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        fwrite(chunk, 1, n, mem);
+    fclose(f);
+    fclose(mem);
+    return buf;
+}
+
+/* Wait (bounded, polling the log file) until the relay logged needle. */
+static void await_log(const relay_proc *p, const char *needle, int timeout_ms)
+{
+    struct timespec tick = {0, 10 * 1000 * 1000};
+    for (int waited = 0; waited <= timeout_ms; waited += 10) {
+        char *log = relay_log(p);
+        int found = log != NULL && strstr(log, needle) != NULL;
+        free(log);
+        if (found)
+            return;
+        nanosleep(&tick, NULL);
+    }
+    fail_msg("relay %d did not log %s within %d ms", (int)p->pid, needle, timeout_ms);
+}
+
+static void relay_done(relay_proc *p)
+{
+    if (p->status < 0) {
+        kill(p->pid, SIGKILL);
+        relay_wait(p, 10000);
+    }
+    unlink(p->log);
+}
+
+/* Run --once to completion and return its exit status. */
+static int relay_once(const char *holder, const char *const *args, const char *env,
+                      char **log_out)
+{
+    const char *a[40] = {"--once"};
+    int n = 1;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 38; i++)
+        a[n++] = args[i];
+    a[n] = NULL;
+    relay_proc p = relay_spawn(holder, a, env);
+    int st = relay_wait(&p, 120000);
+    if (log_out != NULL)
+        *log_out = relay_log(&p);
+    relay_done(&p);
+    return st;
+}
+
+/* ------------------------------------------------------------------ data */
+
+/* Commit n messages over k keys of topic in one transaction; payload
+ * {"g": i}, keys "key-<i % k>". */
+static void emit_n(const char *topic, int n, int k)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(ferry.emit('%s', 'key-' || (g %% %d), 'Tested', "
+                           "json_build_object('g', g)::text, '{\"traceparent\": \"00-t-s-01\"}')) "
+                           "FROM generate_series(1, %d) g", topic, k, n);
+    tu_exec(c, "BEGIN");
+    tu_exec(c, sql);
+    tu_exec(c, "COMMIT");
+    free(sql);
+    PQfinish(c);
+}
+
+static long long outbox_rows(const char *topic)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = '%s'", topic);
+    long long n = tu_int(c, sql);
+    free(sql);
+    PQfinish(c);
+    return n;
+}
+
+static void await_outbox_empty(const char *topic, int timeout_ms)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s'", topic);
+    tu_await(c, sql, timeout_ms);
+    free(sql);
+    PQfinish(c);
+}
+
+/* What a topic holds, checked: every key's positions, in partition order,
+ * rise one by one from 1; a position seen before is a duplicate (allowed
+ * after a crash, counted); never a gap, never a step back to something
+ * unseen. Returns the number of distinct messages. */
+typedef struct topic_check {
+    size_t messages, distinct, duplicates, keys;
+} topic_check;
+
+static topic_check check_topic(const char *topic, size_t want, int timeout_ms)
+{
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, want, timeout_ms);
+    assert_non_null(got);
+    topic_check tc = {.messages = got->count};
+    enum { MAXKEYS = 256 };
+    char *keys[MAXKEYS];
+    long last[MAXKEYS];
+    int partition[MAXKEYS];
+    for (size_t i = 0; i < got->count; i++) {
+        const kt_msg *m = &got->msgs[i];
+        const char *seq_text = kt_header(m, "ferry_seq");
+        assert_non_null(seq_text);
+        long seq = atol(seq_text);
+        size_t k = 0;
+        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
+            k++;
+        if (k == tc.keys) {
+            assert_true(tc.keys < MAXKEYS);
+            keys[k] = m->key;
+            last[k] = 0;
+            partition[k] = m->partition;
+            tc.keys++;
+        }
+        /* One key, one partition. */
+        assert_int_equal(partition[k], m->partition);
+        if (seq <= last[k]) {
+            tc.duplicates++;
+        } else {
+            if (seq != last[k] + 1)
+                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
+                         topic, m->key, seq, last[k]);
+            last[k] = seq;
+            tc.distinct++;
+        }
+    }
+    kt_msgs_free(got);
+    return tc;
+}
+
+/* ------------------------------------------------------------------ tests */
+
+static void once_publishes_committed_only(void **state)
+{
+    const char *topic = "t.once";
+    emit_n(topic, 500, 7);
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('t.once', 'rolled-back', 'Tested', '{\"no\": 1}')");
+    tu_exec(c, "ROLLBACK");
+    PQfinish(c);
+
+    char *log = NULL;
+    assert_int_equal(relay_once("once-a", NULL, NULL, &log), 0);
+    assert_non_null(strstr(log, "\"event\":\"relay.stop\""));
+    assert_non_null(strstr(log, "\"delivered\":500"));
+    free(log);
+    assert_int_equal(outbox_rows(topic), 0);
+
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 501, 5000);
+    assert_int_equal(got->count, 500);              /* and not the rolled-back one */
+    const kt_msg *m = &got->msgs[0];
+    /* The published form: key, JSON value, ferry and CloudEvents headers,
+     * the caller's traceparent untouched. */
+    assert_non_null(strstr(m->value, "\"g\""));
+    assert_string_equal(kt_header(m, "ferry_type"), "Tested");
+    assert_string_equal(kt_header(m, "ce_specversion"), "1.0");
+    assert_string_equal(kt_header(m, "ce_type"), "Tested");
+    assert_string_equal(kt_header(m, "ce_id"), kt_header(m, "ferry_id"));
+    assert_non_null(kt_header(m, "ce_source"));
+    assert_int_equal(strlen(kt_header(m, "ce_time")), strlen("2026-11-22T01:02:03.456789Z"));
+    assert_string_equal(kt_header(m, "traceparent"), "00-t-s-01");
+    assert_int_equal(strncmp(m->key, "key-", 4), 0);
+    for (size_t i = 0; i < got->count; i++)
+        assert_null(strstr(got->msgs[i].value, "\"no\""));
+    kt_msgs_free(got);
+
+    topic_check tc = check_topic(topic, 500, 5000);
+    assert_int_equal(tc.distinct, 500);
+    assert_int_equal(tc.duplicates, 0);
+    assert_int_equal(tc.keys, 7);
+}
+
+/* Only a NOTIFY can wake it: the backstop poll is set to ten minutes. */
+static void notify_wakes_the_relay(void **state)
+{
+    const char *topic = "t.notify";
+    const char *args[] = {"--set", "poll_interval_ms=600000", NULL};
+    relay_proc p = relay_spawn("notify-a", args, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'notify-a' "
+                "AND name LIKE 'shard:%'", 30000);
+    /* Let it finish its first sweep and go idle. */
+    tu_await(c, "SELECT count(*) = 0 FROM ferry.outbox", 30000);
+    PQfinish(c);
+    emit_n(topic, 3, 3);
+    await_outbox_empty(topic, 20000);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    relay_done(&p);
+    topic_check tc = check_topic(topic, 3, 5000);
+    assert_int_equal(tc.distinct, 3);
+}
+
+typedef struct writer_arg {
+    const char *topic;
+    int n;
+    int rounds;
+    ferry_code rc;
+    ferry_error err;
+} writer_arg;
+
+static ferry_code writer_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    writer_arg *w = arg;
+    char payload[64];
+    ferry_msg m[3];
+    char keys[3][16];
+    for (int i = 0; i < 3; i++) {
+        snprintf(keys[i], sizeof keys[i], "key-%d", (w->n + i) % 5);
+        m[i] = (ferry_msg){.topic = w->topic, .key = keys[i], .type = "Tested",
+                           .payload = payload};
+    }
+    snprintf(payload, sizeof payload, "{\"writer\": %d}", w->n);
+    return ferry_emit_batch(conn, m, 3, NULL, NULL, err);
+}
+
+static void *writer_main(void *arg)
+{
+    writer_arg *w = arg;
+    PGconn *c = fpg_connect(tu_pg);
+    for (int i = 0; i < w->rounds && w->rc == FERRY_OK; i++)
+        w->rc = ferry_tx_run(c, NULL, writer_fn, w, NULL, &w->err);
+    PQfinish(c);
+    return NULL;
+}
+
+/* Many writers on a few hot keys while the relay publishes: every key's
+ * positions arrive complete and in order, across several partitions. */
+static void order_holds_with_concurrent_writers(void **state)
+{
+    const char *topic = "t.order";
+    assert_int_equal(kt_command(broker, "topic-create %s 4 1", topic), 0);
+    relay_proc p = relay_spawn("order-a", NULL, NULL);
+    enum { W = 6, ROUNDS = 60 };
+    pthread_t th[W];
+    writer_arg w[W];
+    for (int i = 0; i < W; i++) {
+        w[i] = (writer_arg){.topic = topic, .n = i, .rounds = ROUNDS};
+        pthread_create(&th[i], NULL, writer_main, &w[i]);
+    }
+    for (int i = 0; i < W; i++) {
+        pthread_join(th[i], NULL);
+        assert_ferry_ok(w[i].rc, w[i].err);
+    }
+    await_outbox_empty(topic, 60000);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    relay_done(&p);
+    topic_check tc = check_topic(topic, W * ROUNDS * 3, 10000);
+    assert_int_equal(tc.distinct, W * ROUNDS * 3);
+    assert_int_equal(tc.keys, 5);
+}
+
+/* SIGTERM while publishing: it stops fetching, waits for what is in
+ * flight, acknowledges it and exits 0; what it did not take is still in
+ * the outbox, and nothing acknowledged is missing from Kafka. */
+static void graceful_shutdown_loses_nothing(void **state)
+{
+    const char *topic = "t.graceful";
+    emit_n(topic, 20000, 50);
+    relay_proc p = relay_spawn("graceful-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) < 20000 FROM ferry.outbox WHERE topic = 't.graceful'", 60000);
+    PQfinish(c);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 60000), 0);
+    char *log = relay_log(&p);
+    assert_non_null(strstr(log, "\"event\":\"relay.stopping\""));
+    free(log);
+    relay_done(&p);
+    long long left = outbox_rows(topic);
+    topic_check tc = check_topic(topic, (size_t)(20000 - left), 10000);
+    assert_int_equal(tc.duplicates, 0);
+    assert_true(tc.distinct >= (size_t)(20000 - left));
+    /* The rest goes out on the next run. */
+    assert_int_equal(relay_once("graceful-b", NULL, NULL, NULL), 0);
+    tc = check_topic(topic, 20000, 10000);
+    assert_int_equal(tc.distinct, 20000);
+}
+
+/* kill -9 in the middle: the next relay publishes the rest; some messages
+ * may go out twice (delivered, not yet acknowledged), none is lost, and
+ * every key stays in order. */
+static void kill9_mid_batch_loses_nothing(void **state)
+{
+    const char *topic = "t.kill9";
+    emit_n(topic, 30000, 40);
+    relay_proc p = relay_spawn("kill9-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) < 25000 FROM ferry.outbox WHERE topic = 't.kill9'", 60000);
+    PQfinish(c);
+    kill(p.pid, SIGKILL);
+    assert_int_equal(relay_wait(&p, 10000), 128 + SIGKILL);
+    relay_done(&p);
+    long long left = outbox_rows(topic);
+    assert_true(left > 0);                          /* it really died mid-way */
+    /* The dead relay's leases must expire before another takes them: the
+     * TTL is 10 s by default, so shorten the wait by releasing them, as an
+     * operator (or the reconciler) would. */
+    c = tu_connect();
+    tu_exec(c, "UPDATE ferry.lease SET expires_at = now() WHERE holder = 'kill9-a'");
+    PQfinish(c);
+    assert_int_equal(relay_once("kill9-b", NULL, NULL, NULL), 0);
+    assert_int_equal(outbox_rows(topic), 0);
+    /* Read all there is (duplicates included), not just 30000. */
+    topic_check tc = check_topic(topic, 0, 8000);
+    assert_int_equal(tc.distinct, 30000);
+    print_message("kill -9: %lld rows left, %zu duplicates published\n", left, tc.duplicates);
+}
+
+/* All brokers down: nothing is acknowledged; back up: everything goes. */
+static void broker_down_then_up(void **state)
+{
+    const char *topic = "t.down";
+    assert_int_equal(kt_command(broker, "topic-create %s 2 1", topic), 0);
+    relay_proc p = relay_spawn("down-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'down-a'", 30000);
+    PQfinish(c);
+    assert_int_equal(kt_command(broker, "down 1"), 0);
+    emit_n(topic, 200, 10);
+    /* The relay produced them and librdkafka saw the broker gone (the
+     * fault fired); nothing could be acknowledged ... */
+    await_log(&p, "\"event\":\"batch.produced\"", 30000);
+    await_log(&p, "\"event\":\"kafka.error\"", 30000);
+    assert_int_equal(outbox_rows(topic), 200);
+    /* ... and once it is back they go. */
+    assert_int_equal(kt_command(broker, "up 1"), 0);
+    await_outbox_empty(topic, 60000);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    relay_done(&p);
+    topic_check tc = check_topic(topic, 200, 10000);
+    assert_int_equal(tc.distinct, 200);
+}
+
+/* Produce requests fail a few times, and the round trip is slow: the
+ * producer retries, nothing is lost or reordered. */
+static void produce_errors_and_latency(void **state)
+{
+    const char *topic = "t.errors";
+    assert_int_equal(kt_command(broker, "topic-create %s 1 1", topic), 0);
+    assert_int_equal(kt_command(broker, "rtt 1 50"), 0);
+    assert_int_equal(kt_command(broker, "produce-errors 4 NOT_ENOUGH_REPLICAS"), 0);
+    emit_n(topic, 300, 5);
+    char *log = NULL;
+    const char *args[] = {"--kafka-prop", "debug=msg", NULL};
+    assert_int_equal(relay_once("errors-a", args, NULL, &log), 0);
+    if (getenv("FERRY_TEST_VERBOSE"))
+        fprintf(stderr, "%s\n", log);
+    /* The fault fired: librdkafka logged the broker's refusals. */
+    assert_non_null(strstr(log, "Not enough in-sync replicas (actions Retry"));
+    free(log);
+    assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
+    topic_check tc = check_topic(topic, 300, 10000);
+    assert_int_equal(tc.distinct, 300);
+}
+
+/* librdkafka's fatal error (raised on purpose through its test API): the
+ * relay rebuilds the producer and resends from the first unacknowledged
+ * row of each key. */
+static void fatal_error_rebuilds_producer(void **state)
+{
+    const char *topic = "t.fatal";
+    emit_n(topic, 3000, 10);
+    char *log = NULL;
+    assert_int_equal(relay_once("fatal-a", NULL, "FERRY_RELAY_TEST_FATAL_AFTER=1500", &log), 0);
+    assert_non_null(strstr(log, "\"event\":\"kafka.fatal\""));
+    free(log);
+    assert_int_equal(outbox_rows(topic), 0);
+    /* Purged in-flight messages may have been written: read it all. */
+    topic_check tc = check_topic(topic, 0, 6000);
+    assert_int_equal(tc.distinct, 3000);
+}
+
+/* A message the broker will never take parks its key: after max_attempts
+ * it becomes a dead letter; later messages of that key wait; every other
+ * key keeps flowing. Discarding the dead letter lets the key go on. */
+static void poison_message_parks_its_key_only(void **state)
+{
+    const char *topic = "t.poison";
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('t.poison', 'poison', 'Tested', "
+               "json_build_object('big', repeat('x', 200000))::text)");
+    tu_exec(c, "SELECT ferry.emit('t.poison', 'poison', 'Tested', '{\"after\": 1}')");
+    tu_exec(c, "SELECT ferry.emit('t.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
+    tu_exec(c, "COMMIT");
+    const char *args[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=2",
+                          NULL};
+    char *log = NULL;
+    /* Attempt 1, then attempt 2 moves it to the dead letters. */
+    assert_int_equal(relay_once("poison-a", args, NULL, &log), 1);
+    free(log);
+    assert_int_equal(relay_once("poison-a", args, NULL, &log), 1);
+    assert_non_null(strstr(log, "\"event\":\"message.dead_lettered\""));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 't.poison' "
+                               "AND aggregateid = 'poison' AND reason LIKE '%too large%'"), 1);
+    /* The key's next message waits; the other key went out. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.poison' "
+                               "AND aggregateid = 'poison'"), 1);
+    assert_int_equal(relay_once("poison-a", args, NULL, NULL), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.poison' "
+                               "AND aggregateid = 'poison'"), 1);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 1, 5000);
+    assert_int_equal(got->count, 1);
+    assert_string_equal(got->msgs[0].key, "healthy");
+    kt_msgs_free(got);
+    /* Discarding releases the key. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
+                               "ferry.discard_dead_letter(d.id)"), 1);
+    assert_int_equal(relay_once("poison-a", args, NULL, NULL), 0);
+    got = kt_consume(kt_bootstrap(broker), topic, 2, 5000);
+    assert_int_equal(got->count, 2);
+    kt_msgs_free(got);
+    PQfinish(c);
+}
+
+/* Two relays split the shards between them and together publish all. */
+static void two_relays_share_the_shards(void **state)
+{
+    const char *topic = "t.share";
+    const char *args[] = {"--set", "lease_ttl_ms=3000", NULL};
+    relay_proc a = relay_spawn("share-a", args, NULL);
+    relay_proc b = relay_spawn("share-b", args, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) = 8 FROM ferry.lease WHERE holder = 'share-a' "
+                "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
+    tu_await(c, "SELECT count(*) = 8 FROM ferry.lease WHERE holder = 'share-b' "
+                "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
+    emit_n(topic, 2000, 64);
+    await_outbox_empty(topic, 60000);
+    kill(a.pid, SIGTERM);
+    kill(b.pid, SIGTERM);
+    assert_int_equal(relay_wait(&a, 30000), 0);
+    assert_int_equal(relay_wait(&b, 30000), 0);
+    relay_done(&a);
+    relay_done(&b);
+    topic_check tc = check_topic(topic, 2000, 10000);
+    assert_int_equal(tc.distinct, 2000);
+    assert_int_equal(tc.duplicates, 0);
+    /* Released on the way out: nobody holds a shard now. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
+                               "AND holder IS NOT NULL"), 0);
+    PQfinish(c);
+}
+
+/*
+ * A relay stopped (SIGSTOP) past its lease TTL loses its shards to the
+ * other; when it resumes, the acknowledgements it still had pending are
+ * refused, because their epoch no longer holds.
+ */
+static void paused_relay_loses_shards_and_acks(void **state)
+{
+    const char *topic = "t.pause";
+    const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
+    assert_int_equal(kt_command(broker, "topic-create %s 2 1", topic), 0);
+    relay_proc a = relay_spawn("pause-a", args, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'pause-a' "
+                "AND name LIKE 'shard:%' AND expires_at > now()", 30000);
+    /* Slow deliveries, so that A has messages in flight when it stops. */
+    assert_int_equal(kt_command(broker, "rtt 1 1500"), 0);
+    emit_n(topic, 100, 4);
+    /* A produced them (it cannot ack before the slow broker answers). */
+    await_log(&a, "\"event\":\"batch.produced\"", 30000);
+    kill(a.pid, SIGSTOP);
+    relay_proc b = relay_spawn("pause-b", args, NULL);
+    tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'pause-b' "
+                "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
+    assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
+    await_outbox_empty(topic, 60000);
+    kill(a.pid, SIGCONT);
+    /* A wakes up, gets its delivery reports, tries to acknowledge. */
+    kill(a.pid, SIGTERM);
+    kill(b.pid, SIGTERM);
+    int sa = relay_wait(&a, 60000);
+    assert_int_equal(relay_wait(&b, 60000), 0);
+    char *log = relay_log(&a);
+    if (getenv("FERRY_TEST_VERBOSE"))
+        fprintf(stderr, "%s\n", log);
+    /* B holding every shard (awaited above) is the lease loss; this is
+     * the refusal. */
+    if (strstr(log, "\"event\":\"ack.refused\"") == NULL)
+        fail_msg("the paused relay's late acknowledgements were not refused (exit %d)", sa);
+    assert_int_equal(sa, 1);                  /* it knows not all it sent was its to ack */
+    free(log);
+    relay_done(&a);
+    relay_done(&b);
+    /* Duplicates expected (A's deliveries and B's resends): read it all. */
+    topic_check tc = check_topic(topic, 0, 6000);
+    assert_int_equal(tc.distinct, 100);
+    assert_true(tc.duplicates > 0);
+    PQfinish(c);
+}
+
+static int count_in(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* The relay's connection is killed, then the whole server restarts: the
+ * relay reconnects each time (the faults fired: it logged both losses)
+ * and publishes what was committed meanwhile. */
+static void database_restart_loses_nothing(void **state)
+{
+    if (fpg_external(tu_pg))
+        skip();
+    const char *topic = "t.dbrestart";
+    relay_proc p = relay_spawn("db-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'db-a' "
+                "AND name LIKE 'shard:%'", 30000);
+    tu_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'ferry-relay'");
+    PQfinish(c);
+    emit_n(topic, 100, 5);
+    await_log(&p, "\"event\":\"db.reconnected\"", 30000);
+    await_outbox_empty(topic, 30000);
+
+    assert_int_equal(fpg_restart(tu_pg, "fast"), 0);
+    emit_n(topic, 100, 5);
+    await_outbox_empty(topic, 60000);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    char *log = relay_log(&p);
+    assert_true(count_in(log, "\"event\":\"db.lost\"") >= 2);
+    assert_true(count_in(log, "\"event\":\"db.reconnected\"") >= 2);
+    free(log);
+    relay_done(&p);
+    topic_check tc = check_topic(topic, 200, 10000);
+    assert_int_equal(tc.distinct, 200);
+}
+
+static void bad_setup_exits_with_a_clear_error(void **state)
+{
+    char *log = NULL;
+    const char *no_db[] = {"--db", "host=/nonexistent-ferry dbname=x", NULL};
+    assert_int_equal(relay_once("bad-a", no_db, NULL, &log), 1);
+    assert_non_null(strstr(log, "could not connect to the database"));
+    free(log);
+
+    const char *no_kafka[] = {"--kafka", "127.0.0.1:1", "--kafka-prop",
+                              "socket.connection.setup.timeout.ms=1000", NULL};
+    assert_int_equal(relay_once("bad-b", no_kafka, NULL, &log), 1);
+    assert_non_null(strstr(log, "could not reach Kafka"));
+    free(log);
+
+    const char *bad_set[] = {"--set", "batch_size=0", NULL};
+    assert_int_equal(relay_once("bad-c", bad_set, NULL, &log), 2);
+    assert_non_null(strstr(log, "batch_size"));
+    free(log);
+
+    const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
+    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 1);
+    assert_non_null(strstr(log, "no.such.property"));
+    free(log);
+}
+
+static int group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    broker = kt_start(1);
+    return broker == NULL ? -1 : 0;
+}
+
+static int group_teardown(void **state)
+{
+    kt_stop(broker);
+    return tu_group_teardown(state);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(once_publishes_committed_only),
+        cmocka_unit_test(notify_wakes_the_relay),
+        cmocka_unit_test(order_holds_with_concurrent_writers),
+        cmocka_unit_test(graceful_shutdown_loses_nothing),
+        cmocka_unit_test(kill9_mid_batch_loses_nothing),
+        cmocka_unit_test(broker_down_then_up),
+        cmocka_unit_test(produce_errors_and_latency),
+        cmocka_unit_test(fatal_error_rebuilds_producer),
+        cmocka_unit_test(poison_message_parks_its_key_only),
+        cmocka_unit_test(two_relays_share_the_shards),
+        cmocka_unit_test(paused_relay_loses_shards_and_acks),
+        cmocka_unit_test(database_restart_loses_nothing),
+        cmocka_unit_test(bad_setup_exits_with_a_clear_error),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
