@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -642,6 +645,130 @@ static void database_restart_loses_nothing(void **state)
     assert_int_equal(tc.distinct, 200);
 }
 
+/* GET path from 127.0.0.1:port; returns the whole response (malloc'd). */
+static char *http_get(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    char chunk[4096];
+    ssize_t r;
+    while ((r = read(fd, chunk, sizeof chunk)) > 0)
+        fwrite(chunk, 1, (size_t)r, mem);
+    fclose(mem);
+    close(fd);
+    return buf;
+}
+
+/* The metrics endpoint of a running relay counts what it published. */
+static void metrics_endpoint_counts(void **state)
+{
+    const char *topic = "t.metrics";
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    relay_proc p = relay_spawn("metrics-a", args, NULL);
+    await_log(&p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = relay_log(&p);
+    const char *at = strstr(log, "\"port\":");
+    assert_non_null(at);
+    int port = atoi(at + strlen("\"port\":"));
+    free(log);
+    assert_true(port > 0);
+    emit_n(topic, 50, 5);
+    await_outbox_empty(topic, 30000);
+    char *health = http_get(port, "/healthz");
+    assert_non_null(strstr(health, " 200 "));
+    free(health);
+    char *text = http_get(port, "/metrics");
+    const char *pub = strstr(text, "\nferry_relay_published_total ");
+    assert_non_null(pub);
+    assert_true(atol(pub + strlen("\nferry_relay_published_total ")) >= 50);
+    assert_non_null(strstr(text, "ferry_relay_leases_held 16"));
+    assert_non_null(strstr(text, "ferry_relay_end_to_end_seconds_count"));
+    free(text);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    relay_done(&p);
+}
+
+/* A delayed message holds back the messages after it in its key (order
+ * before availability); other keys are not held. */
+static void delayed_message_holds_its_key(void **state)
+{
+    const char *topic = "t.delay";
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    ferry_msg later = {.topic = topic, .key = "held", .type = "Tested",
+                       .payload = "{\"n\": 1}", .delay_ms = 3600 * 1000};
+    ferry_msg next = {.topic = topic, .key = "held", .type = "Tested", .payload = "{\"n\": 2}"};
+    ferry_msg other = {.topic = topic, .key = "free", .type = "Tested", .payload = "{\"n\": 3}"};
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(c, &later, NULL, NULL, &err), err);
+    assert_ferry_ok(ferry_emit(c, &next, NULL, NULL, &err), err);
+    assert_ferry_ok(ferry_emit(c, &other, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(relay_once("delay-a", NULL, NULL, NULL), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.delay' "
+                               "AND aggregateid = 'held'"), 2);
+    /* When its time comes, both go, in order. */
+    tu_exec(c, "UPDATE ferry.outbox SET available_at = now() WHERE topic = 't.delay'");
+    assert_int_equal(relay_once("delay-a", NULL, NULL, NULL), 0);
+    assert_int_equal(outbox_rows(topic), 0);
+    topic_check tc = check_topic(topic, 3, 5000);
+    assert_int_equal(tc.distinct, 3);
+    PQfinish(c);
+}
+
+/* With retention=mark, acknowledged rows stay, marked published, and are
+ * not published again. */
+static void retention_marks_instead_of_deleting(void **state)
+{
+    const char *topic = "t.mark";
+    emit_n(topic, 20, 2);
+    const char *args[] = {"--set", "retention=mark", NULL};
+    assert_int_equal(relay_once("mark-a", args, NULL, NULL), 0);
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.mark' "
+                               "AND published_at IS NOT NULL"), 20);
+    assert_int_equal(relay_once("mark-a", args, NULL, NULL), 0);
+    topic_check tc = check_topic(topic, 0, 3000);
+    assert_int_equal(tc.distinct, 20);
+    assert_int_equal(tc.duplicates, 0);
+    tu_exec(c, "DELETE FROM ferry.outbox WHERE topic = 't.mark'");
+    PQfinish(c);
+}
+
+/* Replaying a dead letter puts it back where it was: published next, in
+ * its place. */
+static void replayed_dead_letter_goes_first(void **state)
+{
+    const char *topic = "t.replay";
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('t.replay', 'k', 'Tested', json_build_object('big', "
+               "repeat('x', 200000))::text)");
+    tu_exec(c, "SELECT ferry.emit('t.replay', 'k', 'Tested', '{\"after\": 1}')");
+    tu_exec(c, "COMMIT");
+    const char *small[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=1",
+                           NULL};
+    assert_int_equal(relay_once("replay-a", small, NULL, NULL), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 't.replay'"),
+                     1);
+    /* The broker is fixed (here: the relay may send large messages). */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
+                               "topic = 't.replay' AND ferry.replay_dead_letter(d.id)"), 1);
+    assert_int_equal(relay_once("replay-a", NULL, NULL, NULL), 0);
+    topic_check tc = check_topic(topic, 2, 5000);
+    assert_int_equal(tc.distinct, 2);       /* positions 1 then 2: the replayed one first */
+    PQfinish(c);
+}
+
 static void bad_setup_exits_with_a_clear_error(void **state)
 {
     char *log = NULL;
@@ -696,6 +823,10 @@ int main(void)
         cmocka_unit_test(two_relays_share_the_shards),
         cmocka_unit_test(paused_relay_loses_shards_and_acks),
         cmocka_unit_test(database_restart_loses_nothing),
+        cmocka_unit_test(metrics_endpoint_counts),
+        cmocka_unit_test(delayed_message_holds_its_key),
+        cmocka_unit_test(retention_marks_instead_of_deleting),
+        cmocka_unit_test(replayed_dead_letter_goes_first),
         cmocka_unit_test(bad_setup_exits_with_a_clear_error),
     };
     tu_filter_from_env();
