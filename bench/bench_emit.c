@@ -424,6 +424,12 @@ static int setup_schema(PGconn *conn)
     static const char *const sql[] = {
         "CREATE TABLE bench_account (id bigint PRIMARY KEY, balance bigint NOT NULL)",
         "INSERT INTO bench_account SELECT g, 0 FROM generate_series(1, 8) AS g",
+        /* As with a running relay that is busy: no relay is idle, so emit
+         * sends no NOTIFY (see ferry.settings.wake_relays). Notifying
+         * commits serialize on one lock in PostgreSQL; what that costs is
+         * a property of LISTEN/NOTIFY, measured by bench-relay's latency
+         * run, not of the emit path. */
+        "UPDATE ferry.settings SET wake_relays = false",
         /* ferry.outbox's columns, types, defaults and indexes, nothing else. */
         "CREATE TABLE bench_outbox ("
         "  id uuid PRIMARY KEY,"

@@ -134,6 +134,7 @@ typedef struct relay {
     int64_t sweep_started_ms;
     int64_t sweep_fetch_ms;     /* when the current batch was fetched */
     int sweeps_done;            /* complete sweeps; with --once, the retries */
+    int wakeups_asked;          /* we set ferry.settings.wake_relays */
 
     /* outcome, for --once and the exit status */
     uint64_t produced, delivered, undelivered, refused, dead_lettered;
@@ -743,6 +744,34 @@ static int produce_row(relay *r, PGresult *res, int i)
     return -1;
 }
 
+/* ------------------------------------------------------------------ wake-ups */
+
+/*
+ * Emit sends a NOTIFY only while ferry.settings.wake_relays is set (see
+ * schemas/001_ferry.sql for why). A relay sets it before it sleeps and
+ * then sweeps once more, so that a row committed before the flag was
+ * visible is not left waiting for the poll; a relay that fetches full
+ * batches clears it, sparing the writers the notification lock while it
+ * is busy anyway. What slips between the two (a writer that read the flag
+ * clear and committed after the last sweep) waits at most one poll
+ * interval.
+ */
+static void set_wakeups(relay *r, int on)
+{
+    PGresult *res = PQexec(r->db, on ? "UPDATE ferry.settings SET wake_relays = true "
+                                       "WHERE NOT wake_relays"
+                                     : "UPDATE ferry.settings SET wake_relays = false "
+                                       "WHERE wake_relays");
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db, res, "could not set wake_relays");
+        db_lost(r, "wake-ups", &err);
+    } else {
+        r->wakeups_asked = on;
+    }
+    PQclear(res);
+}
+
 /* ------------------------------------------------------------------ the sweep */
 
 static void sweep_restart(relay *r)
@@ -862,6 +891,8 @@ static void fetch_and_produce(relay *r)
                        "fetched %d rows", rows);
     if (produced_all && rows < limit)
         r->sweep = SWEEP_AT_END;
+    else if (rows == limit && r->wakeups_asked && !r->cfg->once)
+        set_wakeups(r, 0);      /* busy: no need for NOTIFYs */
 }
 
 /* ------------------------------------------------------------------ metrics */
@@ -1138,6 +1169,11 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
             if (stopping) {
                 status = r->refused == 0 ? 0 : 1;
                 break;
+            }
+            if (!r->wakeups_asked && r->db_ok && !r->dirty && !r->sweep_failed) {
+                /* About to sleep: ask for NOTIFYs, then look once more. */
+                set_wakeups(r, 1);
+                r->dirty = 1;
             }
             if (r->sweep_failed || r->dirty ||
                 now - r->sweep_started_ms >= cfg->poll_interval_ms) {

@@ -20,7 +20,14 @@ CREATE TABLE ferry.settings (
     shard_count        integer NOT NULL DEFAULT 16
                        CHECK (shard_count BETWEEN 1 AND 4096),
     max_payload_bytes  integer NOT NULL DEFAULT 1048576
-                       CHECK (max_payload_bytes BETWEEN 1 AND 268435456)
+                       CHECK (max_payload_bytes BETWEEN 1 AND 268435456),
+    -- Set by a relay about to go idle, cleared by one that is busy: emit
+    -- sends a NOTIFY only while it is set. PostgreSQL serializes the
+    -- commits of all notifying transactions of a database on one lock,
+    -- held through the commit's WAL flush, so notifying on every emit
+    -- would make concurrent writers commit one at a time; a busy relay
+    -- needs no wake-up anyway.
+    wake_relays        boolean NOT NULL DEFAULT true
 );
 INSERT INTO ferry.settings DEFAULT VALUES;
 
@@ -189,6 +196,7 @@ DECLARE
     v_shards integer;
     v_headers jsonb;
     v_name text;
+    v_wake boolean;
 BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION 'message id must not be null'
@@ -231,7 +239,8 @@ BEGIN
         RAISE EXCEPTION 'payload must not be null (use the JSON text null instead)'
             USING ERRCODE = 'invalid_parameter_value', COLUMN = 'payload';
     END IF;
-    SELECT max_payload_bytes, shard_count INTO v_max, v_shards FROM ferry.settings;
+    SELECT max_payload_bytes, shard_count, wake_relays
+      INTO v_max, v_shards, v_wake FROM ferry.settings;
     IF octet_length(p_payload) > v_max THEN
         RAISE EXCEPTION 'payload is over the limit of % bytes (ferry.settings.max_payload_bytes)',
                         v_max
@@ -299,9 +308,11 @@ BEGIN
           FROM k
         RETURNING seq INTO v_seq;
     END IF;
-    -- Wake the relays. Notifications are sent at commit, one per
-    -- transaction whatever the number of emits (same channel, same payload).
-    PERFORM pg_notify('ferry_outbox', '');
+    -- Wake an idle relay. Sent at commit, one per transaction whatever the
+    -- number of emits (same channel, same payload). See wake_relays.
+    IF v_wake THEN
+        PERFORM pg_notify('ferry_outbox', '');
+    END IF;
     RETURN v_seq;
 END
 $fn$;
@@ -432,6 +443,7 @@ TO ferry_writer;
 -- The relay reads and acknowledges the outbox, moves failures to the dead
 -- letters, and takes leases.
 GRANT SELECT ON ferry.settings, ferry.outbox_key TO ferry_relay;
+GRANT UPDATE (wake_relays) ON ferry.settings TO ferry_relay;
 GRANT SELECT, UPDATE (attempts, last_error, published_at), DELETE
     ON ferry.outbox TO ferry_relay;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ferry.dead_letter TO ferry_relay;
