@@ -135,6 +135,7 @@ typedef struct relay {
     int64_t sweep_fetch_ms;     /* when the current batch was fetched */
     int sweeps_done;            /* complete sweeps; with --once, the retries */
     int wakeups_asked;          /* we set ferry.settings.wake_relays */
+    int reclaimed;              /* took back our name's leases at start */
 
     /* outcome, for --once and the exit status */
     uint64_t produced, delivered, undelivered, refused, dead_lettered;
@@ -246,6 +247,28 @@ static void lease_tick(relay *r)
                               &err) != FERRY_OK && err.code != FERRY_ESTATE) {
         db_lost(r, "heartbeat", &err);
         goto out;
+    }
+    if (!r->reclaimed) {
+        /* Leases still under our name belong to an earlier process of the
+         * same name: take them over with a new epoch, or renewing them
+         * below would keep them from everyone, us included. */
+        if (ferry_lease_reclaim(r->db, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms,
+                                (size_t)r->shard_count, got, &n, &err) != FERRY_OK) {
+            db_lost(r, "lease reclaim", &err);
+            goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+            int s = shard_of_lease(got[i].name);
+            if (s < 0 || s >= MAX_SHARDS || r->held[s] != 0)
+                continue;
+            r->held[s] = got[i].epoch;
+            r->held_count++;
+            r->dirty = 1;
+            ferry_log_json(FERRY_LOG_INFO, "lease.reclaimed", fields_shard(s, got[i].epoch),
+                           "took back shard %d from an earlier process named %s", s,
+                           r->holder);
+        }
+        r->reclaimed = 1;
     }
     if (ferry_lease_renew(r->db, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms,
                           (size_t)r->shard_count, got, &n, &err) != FERRY_OK) {

@@ -86,6 +86,12 @@ ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *hol
 ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
                              int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
                              ferry_error *err);
+/* Take back, under a new epoch, unexpired leases that a previous
+ * incarnation of this holder (same name, e.g. a restarted pod) still has:
+ * its late acknowledgements are then refused like anyone else's. */
+ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                               ferry_error *err);
 /* Give a lease up at once (so another holder need not wait for the TTL). */
 ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
                                ferry_error *err);

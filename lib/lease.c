@@ -180,3 +180,19 @@ ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_o
     PQclear(res);
     return rc;
 }
+
+ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                               ferry_error *err)
+{
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    const char *params[3] = {prefix, holder, ttl};
+    return lease_query(conn,
+                       "UPDATE ferry.lease SET epoch = epoch + 1, "
+                       "  expires_at = now() + $3::int * interval '1 millisecond', "
+                       "  acquired_at = now(), renewed_at = now() "
+                       "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                       "RETURNING name, epoch",
+                       3, params, max, out, n_out, "could not reclaim leases", err);
+}
