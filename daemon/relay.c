@@ -1139,11 +1139,22 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         goto out;
 
     int stopping = 0;
+    int64_t stop_deadline = 0;
     char fatal[512];
     for (;;) {
         int64_t now = ferry_now_ms();
+        if (stopping && now >= stop_deadline) {
+            /* The database or the broker stayed away: give up waiting.
+             * What was not acknowledged stays in the outbox and goes out
+             * again later (at least once). */
+            ferry_log(FERRY_LOG_ERROR, "relay.stop_timeout",
+                      "gave up after 30 s with %d in flight and %d acknowledgements pending",
+                      r->inflight, r->ack_count);
+            break;
+        }
         if (stop_requested && !stopping) {
             stopping = 1;
+            stop_deadline = now + 30000;
             ferry_log(FERRY_LOG_INFO, "relay.stopping",
                       "stopping: no more fetches; waiting for %d in-flight deliveries",
                       r->inflight);
