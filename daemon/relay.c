@@ -1233,8 +1233,9 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
 
         /* Sleep until there is something to do. */
         int timeout;
-        if (r->sweep == SWEEP_RUNNING && !stopping && r->inflight < cfg->max_inflight)
-            timeout = 0;
+        if (r->sweep == SWEEP_RUNNING && !stopping && r->db_ok && r->held_count > 0 &&
+            r->inflight + r->ack_count < cfg->max_inflight)
+            timeout = 0;        /* more to fetch, and room for it */
         else if (r->ack_count > 0)
             timeout = 5;
         else if (!r->db_ok)

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -66,6 +67,8 @@ static relay_proc relay_spawn(const char *holder, const char *const *args, const
     p.pid = fork();
     assert_true(p.pid >= 0);
     if (p.pid == 0) {
+        /* A failed test must not leave relays behind. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         dup2(fd, 2);
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 1);
@@ -611,6 +614,25 @@ static int count_in(const char *hay, const char *needle)
     return n;
 }
 
+/* utime + stime of a process, in clock ticks. */
+static long cpu_ticks(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');     /* after the command name */
+    assert_non_null(p);
+    long utime = 0, stime = 0;
+    /* fields 14 and 15 of stat; p points at field 2's end */
+    assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld",
+                            &utime, &stime), 2);
+    return utime + stime;
+}
+
 /* The relay's connection is killed, then the whole server restarts: the
  * relay reconnects each time (the faults fired: it logged both losses)
  * and publishes what was committed meanwhile. */
@@ -630,7 +652,16 @@ static void database_restart_loses_nothing(void **state)
     await_log(&p, "\"event\":\"db.reconnected\"", 30000);
     await_outbox_empty(topic, 30000);
 
-    assert_int_equal(fpg_restart(tu_pg, "fast"), 0);
+    /* While the server is down the relay waits; it must not spin. */
+    assert_int_equal(fpg_stop(tu_pg, "fast"), 0);
+    await_log(&p, "\"event\":\"db.lost\"", 30000);
+    long cpu0 = cpu_ticks(p.pid);
+    struct timespec two = {2, 0};
+    nanosleep(&two, NULL);      /* the window measured, not a synchronisation */
+    long busy = cpu_ticks(p.pid) - cpu0;
+    if (busy > sysconf(_SC_CLK_TCK) / 2)
+        fail_msg("relay used %ld ticks of CPU in 2 s with the database down", busy);
+    assert_int_equal(fpg_start_again(tu_pg), 0);
     emit_n(topic, 100, 5);
     await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
