@@ -135,6 +135,9 @@ typedef struct relay {
     int64_t sweep_fetch_ms;     /* when the current batch was fetched */
     int sweeps_done;            /* complete sweeps; with --once, the retries */
     int wakeups_asked;          /* we set ferry.settings.wake_relays */
+    int queue_full;             /* librdkafka's queue refused: wait for reports */
+    int failed_sweeps;          /* in a row, for the backoff */
+    int64_t sweep_ended_ms;
     int reclaimed;              /* took back our name's leases at start */
 
     /* outcome, for --once and the exit status */
@@ -189,6 +192,7 @@ static void db_lost(relay *r, const char *what, ferry_error *err)
 static int db_setup_session(relay *r)
 {
     PGresult *res = PQexec(r->db, "SET application_name = 'ferry-relay'; "
+                                  "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
                                   "LISTEN " NOTIFY_CHANNEL);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
@@ -233,11 +237,51 @@ static void lease_lost(relay *r, int shard)
     count(r, M_LEASES_LOST, 1);
 }
 
+/* Read shard_count (it may have grown since the last look) and make sure a
+ * lease row exists for every shard. Returns 0, or -1 (logged). */
+static int refresh_shards(relay *r)
+{
+    PGresult *res = PQexec(r->db, "SELECT shard_count FROM ferry.settings");
+    int count = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                    ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    if (count < 1 || count > MAX_SHARDS) {
+        ferry_log(FERRY_LOG_ERROR, "db.settings", "could not read ferry.settings.shard_count");
+        return -1;
+    }
+    if (count == r->shard_count)
+        return 0;
+    ferry_error err;
+    char **names = calloc((size_t)count, sizeof *names);
+    for (int s = 0; names != NULL && s < count; s++) {
+        names[s] = malloc(32);
+        if (names[s] != NULL)
+            snprintf(names[s], 32, SHARD_PREFIX "%d", s);
+    }
+    ferry_code rc = names ? ferry_lease_ensure(r->db, (const char *const *)names,
+                                               (size_t)count, &err)
+                          : FERRY_ENOMEM;
+    for (int s = 0; names != NULL && s < count; s++)
+        free(names[s]);
+    free(names);
+    if (rc != FERRY_OK) {
+        ferry_log(FERRY_LOG_ERROR, "lease.setup", "%s", err.message);
+        return -1;
+    }
+    if (r->shard_count != 0)
+        ferry_log(FERRY_LOG_INFO, "shards.grown", "shard_count grew from %d to %d",
+                  r->shard_count, count);
+    r->shard_count = count;
+    return 0;
+}
+
 /* Renew, then move towards this relay's share: ceil(shards / live relays). */
 static void lease_tick(relay *r)
 {
     const relay_config *cfg = r->cfg;
     ferry_error err;
+    if (refresh_shards(r) != 0)
+        return;
     ferry_lease *got = malloc((size_t)r->shard_count * sizeof *got);
     if (got == NULL)
         return;
@@ -393,7 +437,7 @@ static void flush_acks(relay *r)
     sbuf ids = {0}, shards = {0}, epochs = {0}, names = {0};
     char num[48];
     int oom = 0;
-    int64_t seen[MAX_SHARDS / 64] = {0};     /* lease names, each once */
+    uint64_t seen[MAX_SHARDS / 64] = {0};    /* lease names, each once */
     for (int i = 0; i < r->ack_count && !oom; i++) {
         const char *sep = i == 0 ? "{" : ",";
         int sh = r->acks[i].shard;
@@ -402,8 +446,8 @@ static void flush_acks(relay *r)
         oom |= sbuf_put(&shards, num);
         snprintf(num, sizeof num, "%s%" PRId64, sep, r->acks[i].epoch);
         oom |= sbuf_put(&epochs, num);
-        if (!(seen[sh / 64] & (INT64_C(1) << (sh % 64)))) {
-            seen[sh / 64] |= INT64_C(1) << (sh % 64);
+        if (!(seen[sh / 64] & (UINT64_C(1) << (sh % 64)))) {
+            seen[sh / 64] |= UINT64_C(1) << (sh % 64);
             snprintf(num, sizeof num, "%s" SHARD_PREFIX "%d", names.len ? "," : "{", sh);
             oom |= sbuf_put(&names, num);
         }
@@ -589,6 +633,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
     s->next_free = r->free_slot;
     r->free_slot = idx;
     r->inflight--;
+    r->queue_full = 0;
 }
 
 static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -617,6 +662,17 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
     return 0;
 }
 
+/* Properties that the order guarantee rests on: the kafka: map may not
+ * change them. message.timeout.ms is 0 (never) because librdkafka lets a
+ * timed-out message leave a gap even under the gapless guarantee, and a
+ * later message of the key could then be acknowledged before it. */
+static const char *const fixed_props[][2] = {
+    {"enable.idempotence", "true"},
+    {"enable.gapless.guarantee", "true"},
+    {"acks", "all"},
+    {"message.timeout.ms", "0"},
+};
+
 static int producer_create(relay *r)
 {
     const relay_config *cfg = r->cfg;
@@ -625,15 +681,27 @@ static int producer_create(relay *r)
     snprintf(num, sizeof num, "%d", cfg->max_inflight + 1000);
     /* Defaults first, so that the kafka: map can override any of them. */
     if (conf_set(conf, "bootstrap.servers", r->bootstrap) ||
-        conf_set(conf, "enable.idempotence", "true") || conf_set(conf, "acks", "all") ||
-        conf_set(conf, "enable.gapless.guarantee", "true") ||
         conf_set(conf, "partitioner", "murmur2_random") ||
         conf_set(conf, "linger.ms", "2") ||
         conf_set(conf, "queue.buffering.max.messages", num) ||
         conf_set(conf, "client.id", "ferry-relay"))
         goto fail;
-    for (size_t i = 0; i < cfg->kafka_props_count; i++)
+    for (size_t i = 0; i < cfg->kafka_props_count; i++) {
+        for (size_t f = 0; f < sizeof fixed_props / sizeof fixed_props[0]; f++) {
+            if (strcmp(cfg->kafka_props[i].name, fixed_props[f][0]) == 0 &&
+                strcmp(cfg->kafka_props[i].value, fixed_props[f][1]) != 0) {
+                ferry_log(FERRY_LOG_ERROR, "kafka.config",
+                          "kafka property %s=%s: ferry-relay needs %s=%s to keep per-key "
+                          "order and lose nothing", cfg->kafka_props[i].name,
+                          cfg->kafka_props[i].value, fixed_props[f][0], fixed_props[f][1]);
+                goto fail;
+            }
+        }
         if (conf_set(conf, cfg->kafka_props[i].name, cfg->kafka_props[i].value))
+            goto fail;
+    }
+    for (size_t f = 0; f < sizeof fixed_props / sizeof fixed_props[0]; f++)
+        if (conf_set(conf, fixed_props[f][0], fixed_props[f][1]))
             goto fail;
     rd_kafka_conf_set_opaque(conf, r);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
@@ -762,8 +830,11 @@ static int produce_row(relay *r, PGresult *res, int i)
              rd_kafka_err2name(err));
     count(r, M_FAIL_PRODUCE, 1);
     r->undelivered++;
-    note_failure(r, id, shard, r->held[shard], error_is_permanent(err), reason);
-    r->sweep_failed = 0;    /* nothing of this key went out: the sweep goes on */
+    int failed_before = r->sweep_failed;
+    int permanent = error_is_permanent(err);
+    note_failure(r, id, shard, r->held[shard], permanent, reason);
+    if (permanent)
+        r->sweep_failed = failed_before;   /* nothing of this key went out: go on */
     return -1;
 }
 
@@ -888,7 +959,8 @@ static void fetch_and_produce(relay *r)
         int rc = produce_row(r, res, i);
         if (rc == 1) {
             produced_all = 0;
-            break;               /* queue full: resume from this row */
+            r->queue_full = 1;   /* resume from this row after some reports */
+            break;
         }
         if (rc < 0) {
             set_str(&r->blocked_topic, topic);
@@ -1025,7 +1097,14 @@ static int relay_start(relay *r)
 {
     const relay_config *cfg = r->cfg;
     ferry_error err;
-    r->db = PQconnectdb(cfg->db);
+    /* Defaults first, then the user's conninfo (expanded from "dbname"),
+     * which overrides them: a black-holed server must not hang the relay
+     * for the kernel's TCP timeout. */
+    static const char *const keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
+                                       "keepalives_interval", "keepalives_count",
+                                       "tcp_user_timeout", "dbname", NULL};
+    const char *values[] = {"10", "1", "10", "5", "3", "30000", cfg->db, NULL};
+    r->db = PQconnectdbParams(keys, values, 1);
     if (PQstatus(r->db) != CONNECTION_OK) {
         ferry_log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %s",
                   strtok(PQerrorMessage(r->db), "\n"));
@@ -1042,30 +1121,8 @@ static int relay_start(relay *r)
                   PQerrorMessage(r->db));
         return -1;
     }
-    PGresult *res = PQexec(r->db, "SELECT shard_count FROM ferry.settings");
-    r->shard_count = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
-                         ? atoi(PQgetvalue(res, 0, 0)) : 0;
-    PQclear(res);
-    if (r->shard_count < 1 || r->shard_count > MAX_SHARDS) {
-        ferry_log(FERRY_LOG_ERROR, "db.settings", "could not read ferry.settings.shard_count");
+    if (refresh_shards(r) != 0)
         return -1;
-    }
-    char **names = calloc((size_t)r->shard_count, sizeof *names);
-    for (int s = 0; names != NULL && s < r->shard_count; s++) {
-        names[s] = malloc(32);
-        if (names[s] != NULL)
-            snprintf(names[s], 32, SHARD_PREFIX "%d", s);
-    }
-    ferry_code rc = names ? ferry_lease_ensure(r->db, (const char *const *)names,
-                                               (size_t)r->shard_count, &err)
-                          : FERRY_ENOMEM;
-    for (int s = 0; names != NULL && s < r->shard_count; s++)
-        free(names[s]);
-    free(names);
-    if (rc != FERRY_OK) {
-        ferry_log(FERRY_LOG_ERROR, "lease.setup", "%s", err.message);
-        return -1;
-    }
     r->db_ok = 1;
 
     if (strcmp(cfg->kafka, "embedded") == 0) {
@@ -1160,7 +1217,9 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                       r->inflight);
         }
         db_maybe_reconnect(r);
-        if (r->db_ok && now >= r->next_lease_tick && !stopping) {
+        if (r->db_ok && now >= r->next_lease_tick) {
+            /* Also while stopping: the leases must hold until the last
+             * acknowledgement, or it is refused. */
             lease_tick(r);
             r->next_lease_tick = now + cfg->lease_ttl_ms / 3;
         }
@@ -1179,6 +1238,8 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
 
         if (r->sweep == SWEEP_RUNNING && r->sweep_failed)
             r->sweep = SWEEP_AT_END;
+        if (r->sweep == SWEEP_AT_END && r->sweep_ended_ms < r->sweep_started_ms)
+            r->sweep_ended_ms = now;
         if (r->db_ok && !stopping && r->sweep == SWEEP_RUNNING)
             fetch_and_produce(r);
 
@@ -1209,10 +1270,21 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                 set_wakeups(r, 1);
                 r->dirty = 1;
             }
-            if (r->sweep_failed || r->dirty ||
-                now - r->sweep_started_ms >= cfg->poll_interval_ms) {
+            /* After a failed sweep, back off before resending: 100 ms,
+             * doubling to 5 s, so a failure that does not pass is not a
+             * hot loop. */
+            int64_t backoff = 0;
+            if (r->sweep_failed) {
+                backoff = 100;
+                for (int i = 1; i < r->failed_sweeps && backoff < 5000; i++)
+                    backoff *= 2;
+            }
+            if ((r->sweep_failed && now >= r->sweep_ended_ms + backoff) ||
+                (!r->sweep_failed && (r->dirty ||
+                                      now - r->sweep_started_ms >= cfg->poll_interval_ms))) {
                 if (!r->dirty && !r->sweep_failed)
                     count(r, M_WAKEUPS_POLL, 1);
+                r->failed_sweeps = r->sweep_failed ? r->failed_sweeps + 1 : 0;
                 sweep_restart(r);
                 continue;
             }
@@ -1234,7 +1306,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         /* Sleep until there is something to do. */
         int timeout;
         if (r->sweep == SWEEP_RUNNING && !stopping && r->db_ok && r->held_count > 0 &&
-            r->inflight + r->ack_count < cfg->max_inflight)
+            !r->queue_full && r->inflight + r->ack_count < cfg->max_inflight)
             timeout = 0;        /* more to fetch, and room for it */
         else if (r->ack_count > 0)
             timeout = 5;
@@ -1243,11 +1315,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         else
             timeout = (int)(r->next_lease_tick - now);
         if (idle && !stopping) {
-            int64_t next_poll = r->sweep_started_ms + cfg->poll_interval_ms - now;
+            int64_t next_poll = r->sweep_failed ? 100
+                                                : r->sweep_started_ms + cfg->poll_interval_ms - now;
             if (next_poll < timeout)
                 timeout = (int)next_poll;
         }
-        if (timeout > 100 && stopping)
+        if (stopping && (timeout > 100 || timeout <= 0))
             timeout = 100;
         if (timeout < 0)
             timeout = 0;

@@ -31,6 +31,23 @@ CREATE TABLE ferry.settings (
 );
 INSERT INTO ferry.settings DEFAULT VALUES;
 
+-- Keys keep the shard they were given, so lowering shard_count would leave
+-- keys on shards no relay serves. It may only grow (relays pick the new
+-- shards up at their next lease renewal).
+CREATE FUNCTION ferry.settings_guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF NEW.shard_count < OLD.shard_count THEN
+        RAISE EXCEPTION 'shard_count may only grow (from %, not to %): keys keep their shard',
+                        OLD.shard_count, NEW.shard_count
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'shard_count';
+    END IF;
+    RETURN NEW;
+END
+$fn$;
+CREATE TRIGGER settings_guard BEFORE UPDATE OF shard_count ON ferry.settings
+    FOR EACH ROW EXECUTE FUNCTION ferry.settings_guard();
+
 -- Per-(topic, key) position. This row is the ordering mechanism: emit
 -- increments seq with an UPDATE, which holds the row lock until the
 -- emitting transaction ends. A second transaction emitting on the same key
@@ -65,10 +82,14 @@ CREATE TABLE ferry.outbox (
     available_at   timestamptz NOT NULL DEFAULT now(),
     attempts       integer     NOT NULL DEFAULT 0,
     last_error     text,
-    published_at   timestamptz,                      -- set instead of DELETE under retention
-    -- Also the relay's fetch path: ready rows of a shard in per-key order.
-    CONSTRAINT outbox_position UNIQUE (shard, topic, aggregateid, seq)
+    published_at   timestamptz                       -- set instead of DELETE under retention
 );
+-- One row per position, and the relay's fetch path: unpublished rows of a
+-- shard in per-key order. Partial, so that rows marked published (retention
+-- mode) drop out of the relay's way; positions only grow, so a marked row
+-- can never clash with a new one.
+CREATE UNIQUE INDEX outbox_position ON ferry.outbox (shard, topic, aggregateid, seq)
+    WHERE published_at IS NULL;
 
 -- Messages that failed permanently, on the relay side (consumer = '') or
 -- in a consumer; kept with the reason until replayed or discarded.

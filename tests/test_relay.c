@@ -818,6 +818,23 @@ static void bad_setup_exits_with_a_clear_error(void **state)
     assert_non_null(strstr(log, "batch_size"));
     free(log);
 
+    /* The settings the order guarantee rests on cannot be turned off. */
+    const char *unsafe[] = {"--kafka-prop", "enable.idempotence=false", NULL};
+    assert_int_equal(relay_once("bad-e", unsafe, NULL, &log), 1);
+    assert_non_null(strstr(log, "needs enable.idempotence=true"));
+    free(log);
+    const char *timeout[] = {"--kafka-prop", "message.timeout.ms=5000", NULL};
+    assert_int_equal(relay_once("bad-f", timeout, NULL, &log), 1);
+    assert_non_null(strstr(log, "needs message.timeout.ms=0"));
+    free(log);
+
+    /* Lowering the shard count would strand keys on unserved shards. */
+    PGconn *c = tu_connect();
+    PGresult *res = PQexec(c, "UPDATE ferry.settings SET shard_count = 4");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+    PQclear(res);
+    PQfinish(c);
+
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
     assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 1);
     assert_non_null(strstr(log, "no.such.property"));
