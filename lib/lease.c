@@ -101,20 +101,42 @@ ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *hol
                        4, params, max, out, n_out, "could not acquire leases", err);
 }
 
-ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
-                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
-                             ferry_error *err)
+/* Extend holder's unexpired leases under prefix; with bump, under a new
+ * epoch (a takeover from an earlier process of the same name). */
+static ferry_code extend(PGconn *conn, const char *prefix, const char *holder, int ttl_ms,
+                         int bump, size_t max, ferry_lease *out, size_t *n_out,
+                         ferry_error *err)
 {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     const char *params[3] = {prefix, holder, ttl};
     return lease_query(conn,
-                       "UPDATE ferry.lease SET "
-                       "  expires_at = now() + $3::int * interval '1 millisecond', "
-                       "  renewed_at = now() "
-                       "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
-                       "RETURNING name, epoch",
-                       3, params, max, out, n_out, "could not renew leases", err);
+                       bump ? "UPDATE ferry.lease SET epoch = epoch + 1, acquired_at = now(), "
+                              "  expires_at = now() + $3::int * interval '1 millisecond', "
+                              "  renewed_at = now() "
+                              "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                              "RETURNING name, epoch"
+                            : "UPDATE ferry.lease SET "
+                              "  expires_at = now() + $3::int * interval '1 millisecond', "
+                              "  renewed_at = now() "
+                              "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                              "RETURNING name, epoch",
+                       3, params, max, out, n_out,
+                       bump ? "could not reclaim leases" : "could not renew leases", err);
+}
+
+ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
+                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                             ferry_error *err)
+{
+    return extend(conn, prefix, holder, ttl_ms, 0, max, out, n_out, err);
+}
+
+ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+                               ferry_error *err)
+{
+    return extend(conn, prefix, holder, ttl_ms, 1, max, out, n_out, err);
 }
 
 ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
@@ -179,20 +201,4 @@ ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_o
         *count_out = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     return rc;
-}
-
-ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
-                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
-                               ferry_error *err)
-{
-    char ttl[24];
-    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
-    const char *params[3] = {prefix, holder, ttl};
-    return lease_query(conn,
-                       "UPDATE ferry.lease SET epoch = epoch + 1, "
-                       "  expires_at = now() + $3::int * interval '1 millisecond', "
-                       "  acquired_at = now(), renewed_at = now() "
-                       "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
-                       "RETURNING name, epoch",
-                       3, params, max, out, n_out, "could not reclaim leases", err);
 }
