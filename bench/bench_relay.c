@@ -1,2 +1,1441 @@
-int main(void);
-int main(void) { return 0; }
+/*
+ * bench_relay.c — what does ferry-relay cost, against the simplest thing
+ * that could do its job?
+ *
+ * On a throwaway cluster with the server's durable defaults (fsync,
+ * synchronous_commit, full_page_writes on) and a `ferry-relay devkafka`
+ * broker (librdkafka's mock cluster), three figures, each beside a
+ * baseline measured in the same run:
+ *
+ *   throughput  N rows (FERRY_BENCH_ROWS, default 1,000,000; 1000 keys,
+ *               ~100-byte payloads) preloaded into ferry.outbox through
+ *               ferry.emit(), then copied into bench_copy: the same
+ *               columns, indexes and physical order. Baseline: a plain
+ *               loop that deletes bench_copy's ready rows 1000 a statement,
+ *               in the relay's order (through the same partial index), FOR
+ *               UPDATE SKIP LOCKED, RETURNING * — what a hand-written
+ *               poller does with no Kafka at all. Relay: `ferry-relay run
+ *               --once` draining ferry.outbox to the broker, wall time from
+ *               fork to exit; then the relay must have exited 0, the outbox
+ *               must be empty and exactly N messages must have been
+ *               appended to the topic.
+ *   memory      the drain's peak RSS (wait4's ru_maxrss), beside the peak
+ *               RSS of an idle relay on an empty outbox.
+ *   latency     with a relay daemon running, one emitter thread commits one
+ *               message per transaction, scheduled at 2,000 messages/s for
+ *               FERRY_BENCH_SECONDS (default 10) seconds by absolute
+ *               deadlines; a consumer assigned to the topic from its
+ *               beginning records receipt time minus the time the payload
+ *               carries. Baseline: a producer writing straight to the broker
+ *               on the same schedule, with the relay's producer settings.
+ *
+ * A benchmark, not a test: timings never fail it. It exits 1 only when
+ * something did not work — a relay that exits non-zero or logs an error,
+ * rows left behind, messages missing or duplicated. Progress goes to
+ * stderr, results to stdout: a table, then one `bench <name> <value>
+ * <unit>` line per figure.
+ *
+ * The emitter. A durable commit waits for a WAL flush, so one connection
+ * cannot commit 2,000 transactions a second on most disks: the emitter
+ * thread drives a pool of connections asynchronously, one transaction per
+ * message, and their commits share WAL flushes as a busy service's do. The
+ * time in each payload is taken just before BEGIN; SELECT ferry.emit(...);
+ * COMMIT goes out in one round trip, so the figure includes the COMMIT
+ * itself and is an upper bound of commit -> consumer receipt, itself an
+ * upper bound of commit -> delivery report. The emitter also notes when
+ * each COMMIT's reply came back, and the consumer each message's Kafka
+ * CreateTime (when the relay called produce()), which splits the figure
+ * into the COMMIT round trip, the relay's pickup, and the trip through the
+ * broker. If every connection is busy when a message is due, it goes out
+ * late; the schedule still ends on time, and the table says how many were
+ * sent and how late.
+ *
+ * The disk. On shared virtual disks the cost of a flush moves by orders of
+ * magnitude from one minute to the next, which moves every figure here; an
+ * 8 kB write + fdatasync() is timed just before each measurement and
+ * printed beside it.
+ *
+ * The broker. The consumers ask for an empty fetch to be answered after
+ * 1 ms (fetch.wait.max.ms): librdkafka's mock cluster holds an empty fetch
+ * for the whole wait even when data arrives meanwhile, so the default
+ * 500 ms would measure the mock, not the relay. The mock also keeps only
+ * the newest few MB of each partition, so the drain is counted by high
+ * watermarks, not by reading it back.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stddef.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+
+enum {
+    DRAIN_KEYS = 1000,              /* the preloaded rows spread over this many keys */
+    PRELOAD_TX_ROWS = 50000,        /* rows per preload transaction */
+    PRELOAD_CONNS = 2,              /* preload transactions at a time */
+    RAW_BATCH = 1000,               /* rows per DELETE of the baseline loop */
+    RELAY_BATCH = 1000,             /* --set batch_size for the drain */
+    LAT_RATE = 2000,                /* messages per second, both latency runs */
+    LAT_KEYS = 1000,
+    EMIT_CONNS = 32,                /* the emitter thread's connection pool */
+    IDLE_SETTLE_MS = 1500,          /* the idle relay runs this long holding its leases */
+    LEASE_WAIT_MS = 20000,
+    DRAIN_TIMEOUT_MS = 600000,
+    STOP_TIMEOUT_MS = 30000,        /* a SIGTERM'd relay must be gone by then */
+    ARRIVAL_TIMEOUT_MS = 30000,     /* the last latency message must arrive by then */
+    LOG_LINES_SHOWN = 3,
+    FSYNC_PROBES = 21,
+};
+
+static const char DRAIN_TOPIC[] = "bench.drain";
+static const char LAT_TOPIC[] = "bench.latency";
+static const char DIRECT_TOPIC[] = "bench.direct";
+static const int TOPIC_PARTITIONS = 4;  /* what the mock gives auto-created topics */
+/* Pads a latency payload to about 100 bytes, like the drained ones. */
+static const char PAD[] = "padding-to-one-hundred-bytes-xxxxxxxxxxxxxxxx";
+
+static const char *g_relay_bin;
+static char g_log_path[64];         /* the relays' stderr, one run at a time */
+static int g_log_fd = -1;
+
+/* ---------------------------------------------------------------- util */
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Wall clock: compared across processes (emitter, relay, consumer). */
+static int64_t real_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static void sleep_until_mono_us(int64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000), (long)(t % 1000000) * 1000};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static int exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* The first column of the only row of sql, as text (copied into out). */
+static int query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      char *out, size_t size)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (ok)
+        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0));
+    else
+        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+static int query_ll(PGconn *conn, const char *sql, long long *out)
+{
+    char buf[64];
+    if (query_text(conn, sql, 0, NULL, buf, sizeof buf) != 0)
+        return -1;
+    *out = strtoll(buf, NULL, 10);
+    return 0;
+}
+
+static int read_env_double(const char *name, double def, double lo, double hi, double *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (*end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "bench: %s=%s: want a number from %g to %g\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Nearest-rank percentile of sorted v[0..n-1]: the smallest value with at
+ * least p% of the values at or below it. */
+static double percentile(const double *v, size_t n, double p)
+{
+    double exact = p / 100.0 * (double)n;
+    size_t rank = (size_t)exact;
+    if ((double)rank < exact)
+        rank++;
+    return v[rank == 0 ? 0 : rank - 1];
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* What a durable commit costs on this disk right now: the median of
+ * FSYNC_PROBES 8 kB writes each followed by fdatasync(), in ms, or -1. On
+ * shared virtual disks this moves by orders of magnitude from one minute
+ * to the next, so it is measured before each figure and printed beside it. */
+static double fsync_probe_ms(void)
+{
+    char path[] = "/tmp/ferry-bench-fsync-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    unlink(path);
+    char buf[8192];
+    memset(buf, 'x', sizeof buf);
+    double v[FSYNC_PROBES];
+    for (int i = 0; i < FSYNC_PROBES; i++) {
+        int64_t t = mono_us();
+        if (pwrite(fd, buf, sizeof buf, 0) != (ssize_t)sizeof buf || fdatasync(fd) != 0) {
+            close(fd);
+            return -1;
+        }
+        v[i] = (double)(mono_us() - t) / 1000.0;
+    }
+    close(fd);
+    qsort(v, FSYNC_PROBES, sizeof v[0], cmp_double);
+    return v[FSYNC_PROBES / 2];
+}
+
+/* ---------------------------------------------------------------- relay processes */
+
+typedef struct proc_result {
+    int status;                 /* exit status, 128 + N for signal N, -1 if still running */
+    double wall_s;              /* spawn to exit */
+    double cpu_s;               /* user + system */
+    long maxrss_kib;            /* wait4's ru_maxrss */
+    long hwm_kib;               /* last VmHWM seen in /proc/PID/status while it ran */
+} proc_result;
+
+/* Start `FERRY_RELAY_BIN run ARGS...` with its stderr in the log file
+ * (emptied first) and its stdout on /dev/null. */
+static pid_t spawn_relay(const char *const *args)
+{
+    const char *argv[40];
+    int n = 0;
+    argv[n++] = g_relay_bin;
+    argv[n++] = "run";
+    for (int i = 0; args[i] != NULL && n < 39; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    if (ftruncate(g_log_fd, 0) != 0 || lseek(g_log_fd, 0, SEEK_SET) != 0) {
+        fprintf(stderr, "bench: cannot empty %s: %s\n", g_log_path, strerror(errno));
+        return -1;
+    }
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull < 0)
+        return -1;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Die with the bench; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(g_log_fd, STDERR_FILENO) < 0 || dup2(devnull, STDOUT_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(devnull);
+    if (pid < 0)
+        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
+    return pid;
+}
+
+static long vm_hwm_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", (long)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kib;
+}
+
+/* Wait up to timeout_ms for pid to exit (polling, 2 ms apart, so that the
+ * wall time is exact to that), sampling its VmHWM every 100 ms. On timeout
+ * out->status is -1 and the process is left running. */
+static void wait_relay(pid_t pid, int64_t spawned_us, int timeout_ms, proc_result *out)
+{
+    memset(out, 0, sizeof *out);
+    out->status = -1;
+    out->hwm_kib = -1;
+    int64_t deadline = spawned_us + (int64_t)timeout_ms * 1000, next_sample = 0;
+    for (;;) {
+        int64_t now = mono_us();
+        if (now >= next_sample) {
+            long h = vm_hwm_kib(pid);
+            if (h > 0)
+                out->hwm_kib = h;
+            next_sample = now + 100000;
+        }
+        int wstatus;
+        struct rusage ru;
+        pid_t r = wait4(pid, &wstatus, WNOHANG, &ru);
+        if (r == pid) {
+            out->wall_s = (double)(mono_us() - spawned_us) / 1e6;
+            out->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+            out->maxrss_kib = ru.ru_maxrss;
+            out->cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+            return;
+        }
+        if (r < 0 && errno != EINTR) {
+            fprintf(stderr, "bench: wait4 %ld: %s\n", (long)pid, strerror(errno));
+            return;
+        }
+        if (now >= deadline)
+            return;
+        sleep_ms(2);
+    }
+}
+
+/* SIGTERM, then wait for a clean stop; SIGKILL if it will not go. */
+static void stop_relay(pid_t pid, int64_t spawned_us, proc_result *out)
+{
+    kill(pid, SIGTERM);
+    int64_t waited_from = mono_us();
+    wait_relay(pid, waited_from, STOP_TIMEOUT_MS, out);
+    if (out->status < 0) {
+        fprintf(stderr, "bench: relay %ld ignored SIGTERM for %d ms; killing it\n", (long)pid,
+                STOP_TIMEOUT_MS);
+        kill(pid, SIGKILL);
+        wait_relay(pid, mono_us(), STOP_TIMEOUT_MS, out);
+    }
+    out->wall_s += (double)(waited_from - spawned_us) / 1e6;
+}
+
+/* Show the warnings and errors the last relay logged (a few, cut short);
+ * returns how many were errors. */
+static int relay_log_report(const char *what)
+{
+    struct stat st;
+    if (fstat(g_log_fd, &st) != 0 || st.st_size == 0)
+        return 0;
+    size_t size = (size_t)st.st_size;
+    char *buf = malloc(size + 1);
+    if (buf == NULL)
+        return 0;
+    ssize_t got = pread(g_log_fd, buf, size, 0);
+    buf[got > 0 ? (size_t)got : 0] = '\0';
+    int warns = 0, errors = 0, shown = 0;
+    for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        int is_err = strstr(line, "\"level\":\"error\"") != NULL;
+        int is_warn = strstr(line, "\"level\":\"warn\"") != NULL;
+        errors += is_err;
+        warns += is_warn;
+        if ((is_err || is_warn) && shown++ < LOG_LINES_SHOWN)
+            fprintf(stderr, "bench:   %s relay log: %.180s%s\n", what, line,
+                    strlen(line) > 180 ? " ..." : "");
+    }
+    if (warns + errors > LOG_LINES_SHOWN)
+        fprintf(stderr, "bench:   %s relay log: %d warnings and %d errors in all\n", what,
+                warns, errors);
+    free(buf);
+    return errors;
+}
+
+/* Wait until holder holds all the shard leases. */
+static int await_leases(PGconn *conn, const char *holder, int shards)
+{
+    const char *params[1] = {holder};
+    char buf[32] = "";
+    int64_t deadline = mono_us() + (int64_t)LEASE_WAIT_MS * 1000;
+    while (mono_us() < deadline) {
+        if (query_text(conn,
+                       "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
+                       "AND holder = $1 AND expires_at > now()",
+                       1, params, buf, sizeof buf) != 0)
+            return -1;
+        if (atoi(buf) >= shards)
+            return 0;
+        sleep_ms(20);
+    }
+    fprintf(stderr, "bench: relay %s holds %s of %d shard leases after %d ms\n", holder, buf,
+            shards, LEASE_WAIT_MS);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- Kafka */
+
+static int kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "bench: kafka property %s=%s: %s\n", name, value, errstr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Messages ever appended to topic: the sum of its partitions' high
+ * watermarks (the topic is new, so its offsets start at 0). Not high - low:
+ * the mock moves the low watermark past what it drops. */
+static long long topic_appended(const char *bootstrap, const char *topic)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kconf_set(conf, "bootstrap.servers", bootstrap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        fprintf(stderr, "bench: kafka client: %s\n", errstr);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    long long total = -1;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 && md->topics[0].err == 0) {
+        total = 0;
+        for (int p = 0; p < md->topics[0].partition_cnt && total >= 0; p++) {
+            int64_t lo, hi;
+            err = rd_kafka_query_watermark_offsets(rk, topic, md->topics[0].partitions[p].id,
+                                                   &lo, &hi, 10000);
+            (void)lo;
+            total = err == RD_KAFKA_RESP_ERR_NO_ERROR ? total + hi : -1;
+        }
+    }
+    if (total < 0)
+        fprintf(stderr, "bench: could not count the messages of %s: %s\n", topic,
+                rd_kafka_err2str(err != 0 ? err : md ? md->topics[0].err : err));
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+    return total;
+}
+
+/* A consumer thread that timestamps every latency message on receipt.
+ * Payloads are {"n": N, "pad": ..., "t_us": T}; n = -1 is the probe that
+ * primes the path before the measurement. */
+typedef struct consumer {
+    const char *bootstrap;
+    const char *topic;
+    long expected;              /* measured messages, numbered 0 .. expected-1 */
+    int64_t *sent_us;           /* per message number: the time in its payload */
+    int64_t *recv_us;           /* ... and when it arrived; 0 until then */
+    int64_t *create_us;         /* ... and its Kafka timestamp (CreateTime: when the
+                                   producer was handed it), in whole ms */
+    atomic_long received;
+    atomic_int primed;          /* the probe arrived */
+    atomic_int stop;
+    long duplicates, strays;
+    char error[512];
+} consumer;
+
+static void *consumer_main(void *arg)
+{
+    consumer *c = arg;
+    char errstr[512], group[64];
+    snprintf(group, sizeof group, "bench-%ld-%s", (long)getpid(), c->topic);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kconf_set(conf, "bootstrap.servers", c->bootstrap) ||
+        kconf_set(conf, "group.id", group) || kconf_set(conf, "enable.auto.commit", "false") ||
+        kconf_set(conf, "enable.partition.eof", "false") ||
+        kconf_set(conf, "fetch.wait.max.ms", "1")) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(c->error, sizeof c->error, "consumer configuration refused");
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(c->error, sizeof c->error, "could not create the consumer: %.400s", errstr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *parts =
+        rd_kafka_topic_partition_list_new(TOPIC_PARTITIONS);
+    for (int p = 0; p < TOPIC_PARTITIONS; p++)
+        rd_kafka_topic_partition_list_add(parts, c->topic, p)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t err = rd_kafka_assign(rk, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(c->error, sizeof c->error, "assign: %s", rd_kafka_err2str(err));
+        atomic_store(&c->stop, 1);
+    }
+    while (!atomic_load(&c->stop)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 10);
+        int64_t now = real_us();
+        if (m == NULL)
+            continue;
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            fprintf(stderr, "bench: consumer of %s: %s\n", c->topic, rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        rd_kafka_timestamp_type_t tstype;
+        int64_t created_ms = rd_kafka_message_timestamp(m, &tstype);
+        char text[256];
+        size_t len = m->len < sizeof text - 1 ? m->len : sizeof text - 1;
+        memcpy(text, m->payload ? m->payload : "", m->payload ? len : 0);
+        text[m->payload ? len : 0] = '\0';
+        rd_kafka_message_destroy(m);
+        const char *pn = strstr(text, "\"n\": "), *pt = strstr(text, "\"t_us\": ");
+        if (pn == NULL || pt == NULL) {
+            c->strays++;
+            continue;
+        }
+        long n = strtol(pn + 5, NULL, 10);
+        long long t = strtoll(pt + 8, NULL, 10);
+        if (n == -1) {
+            atomic_store(&c->primed, 1);
+        } else if (n < 0 || n >= c->expected) {
+            c->strays++;
+        } else if (c->recv_us[n] != 0) {
+            c->duplicates++;
+        } else {
+            c->sent_us[n] = t;
+            c->recv_us[n] = now;
+            c->create_us[n] = tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME ? created_ms * 1000 : 0;
+            atomic_fetch_add(&c->received, 1);
+        }
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return NULL;
+}
+
+static void consumer_free(consumer *c)
+{
+    free(c->sent_us);
+    free(c->recv_us);
+    free(c->create_us);
+    c->sent_us = c->recv_us = c->create_us = NULL;
+}
+
+static int consumer_start(consumer *c, pthread_t *tid, const char *bootstrap,
+                          const char *topic, long expected)
+{
+    memset(c, 0, sizeof *c);
+    c->bootstrap = bootstrap;
+    c->topic = topic;
+    c->expected = expected;
+    c->sent_us = calloc((size_t)expected, sizeof *c->sent_us);
+    c->recv_us = calloc((size_t)expected, sizeof *c->recv_us);
+    c->create_us = calloc((size_t)expected, sizeof *c->create_us);
+    if (c->sent_us == NULL || c->recv_us == NULL || c->create_us == NULL) {
+        fprintf(stderr, "bench: out of memory\n");
+        consumer_free(c);
+        return -1;
+    }
+    if (pthread_create(tid, NULL, consumer_main, c) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        consumer_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* Wait (bounded) until flag is set or the consumer gave up. */
+static int await_flag(consumer *c, atomic_int *flag, int timeout_ms, const char *what)
+{
+    int64_t deadline = mono_us() + (int64_t)timeout_ms * 1000;
+    while (!atomic_load(flag) && c->error[0] == '\0' && mono_us() < deadline)
+        sleep_ms(5);
+    if (atomic_load(flag))
+        return 0;
+    fprintf(stderr, "bench: %s: %s\n", what, c->error[0] ? c->error : "timed out");
+    return -1;
+}
+
+/* Wait (bounded) until want messages arrived. */
+static int await_all(consumer *c, long want, int timeout_ms)
+{
+    int64_t deadline = mono_us() + (int64_t)timeout_ms * 1000;
+    while (atomic_load(&c->received) < want && mono_us() < deadline)
+        sleep_ms(5);
+    return atomic_load(&c->received) >= want ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- latency */
+
+/* A distribution of latencies, in ms. */
+typedef struct dist {
+    double p50, p90, p99, p999, max, mean;
+} dist;
+
+typedef struct lat_result {
+    long scheduled, sent, received, duplicates, strays;
+    dist total;                 /* the time in the payload -> receipt */
+    dist commit;                /* relay only: that time -> COMMIT acknowledged */
+    dist after;                 /* relay only: COMMIT acknowledged -> receipt */
+    dist pickup;                /* relay only: COMMIT acknowledged -> produce() */
+    dist produced;              /* produce() -> receipt (CreateTime, ms resolution) */
+    double emit_max_lag_ms;     /* how far the sender fell behind its schedule */
+    long late_sends;            /* sends more than 1 ms behind it */
+    double seconds;             /* first send to last send */
+} lat_result;
+
+/* Sorts v. */
+static dist dist_of(double *v, size_t n)
+{
+    dist d = {0, 0, 0, 0, 0, 0};
+    if (n == 0)
+        return d;
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += v[i];
+    qsort(v, n, sizeof *v, cmp_double);
+    d.p50 = percentile(v, n, 50);
+    d.p90 = percentile(v, n, 90);
+    d.p99 = percentile(v, n, 99);
+    d.p999 = percentile(v, n, 99.9);
+    d.max = v[n - 1];
+    d.mean = sum / (double)n;
+    return d;
+}
+
+/* Over every message received; with ack_us (per message: when its COMMIT
+ * was acknowledged to the emitter), also the two parts. */
+static int lat_summarize(const consumer *c, const int64_t *ack_us, lat_result *r)
+{
+    r->received = atomic_load(&c->received);
+    r->duplicates = c->duplicates;
+    r->strays = c->strays;
+    size_t cap = (size_t)(r->received > 0 ? r->received : 1);
+    double *tot = malloc(cap * sizeof *tot), *com = malloc(cap * sizeof *com),
+           *aft = malloc(cap * sizeof *aft), *pick = malloc(cap * sizeof *pick),
+           *prod = malloc(cap * sizeof *prod);
+    int rc = -1;
+    if (tot == NULL || com == NULL || aft == NULL || pick == NULL || prod == NULL) {
+        fprintf(stderr, "bench: out of memory\n");
+        goto out;
+    }
+    size_t n = 0, np = 0;
+    for (long i = 0; i < c->expected; i++) {
+        if (c->recv_us[i] == 0)
+            continue;
+        tot[n] = (double)(c->recv_us[i] - c->sent_us[i]) / 1000.0;
+        if (ack_us != NULL) {
+            com[n] = (double)(ack_us[i] - c->sent_us[i]) / 1000.0;
+            aft[n] = (double)(c->recv_us[i] - ack_us[i]) / 1000.0;
+        }
+        n++;
+        if (c->create_us[i] != 0) {
+            if (ack_us != NULL)
+                pick[np] = (double)(c->create_us[i] - ack_us[i]) / 1000.0;
+            prod[np++] = (double)(c->recv_us[i] - c->create_us[i]) / 1000.0;
+        }
+    }
+    r->total = dist_of(tot, n);
+    r->produced = dist_of(prod, np);
+    if (ack_us != NULL) {
+        r->commit = dist_of(com, n);
+        r->after = dist_of(aft, n);
+        r->pickup = dist_of(pick, np);
+    }
+    rc = 0;
+out:
+    free(tot);
+    free(com);
+    free(aft);
+    free(pick);
+    free(prod);
+    return rc;
+}
+
+/* The emitter thread's pool: each connection carries at most one
+ * transaction at a time. */
+typedef struct emitter {
+    PGconn *conns[EMIT_CONNS];
+    int busy[EMIT_CONNS];
+    long cur[EMIT_CONNS];       /* the message each busy connection carries */
+    int nbusy;
+    int failed;
+    int64_t *ack_us;            /* per message: when its COMMIT was acknowledged */
+    long total;
+} emitter;
+
+/* Collect finished transactions, waiting up to timeout_us (-1: until one
+ * finishes) for the first. */
+static void emitter_collect(emitter *em, int64_t timeout_us)
+{
+    struct pollfd pfds[EMIT_CONNS];
+    int idx[EMIT_CONNS], n = 0;
+    for (int i = 0; i < EMIT_CONNS; i++)
+        if (em->busy[i]) {
+            pfds[n] = (struct pollfd){.fd = PQsocket(em->conns[i]), .events = POLLIN};
+            idx[n++] = i;
+        }
+    if (n == 0) {
+        if (timeout_us > 0)
+            sleep_until_mono_us(mono_us() + timeout_us);
+        return;
+    }
+    struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
+    if (ppoll(pfds, (nfds_t)n, timeout_us < 0 ? NULL : &ts, NULL) < 0 && errno != EINTR) {
+        fprintf(stderr, "bench: ppoll: %s\n", strerror(errno));
+        em->failed = 1;
+        return;
+    }
+    for (int k = 0; k < n; k++) {
+        if (pfds[k].revents == 0)
+            continue;
+        PGconn *conn = em->conns[idx[k]];
+        if (!PQconsumeInput(conn)) {
+            fprintf(stderr, "bench: emitter connection: %s", PQerrorMessage(conn));
+            em->failed = 1;
+            return;
+        }
+        while (!PQisBusy(conn)) {
+            PGresult *res = PQgetResult(conn);
+            if (res == NULL) {
+                long msg = em->cur[idx[k]];
+                if (msg >= 0 && msg < em->total)
+                    em->ack_us[msg] = real_us();
+                em->busy[idx[k]] = 0;
+                em->nbusy--;
+                break;
+            }
+            ExecStatusType st = PQresultStatus(res);
+            if ((st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) ||
+                strcmp(PQcmdStatus(res), "ROLLBACK") == 0) {
+                fprintf(stderr, "bench: emit transaction failed: %s",
+                        st == PGRES_COMMAND_OK ? "rolled back\n" : PQresultErrorMessage(res));
+                em->failed = 1;
+            }
+            PQclear(res);
+        }
+    }
+}
+
+/* One message n in its own transaction, on a free connection of the pool:
+ * BEGIN, emit, COMMIT in one round trip, t_us taken just before. */
+static int emitter_send(emitter *em, long n)
+{
+    int i = 0;
+    while (i < EMIT_CONNS && em->busy[i])
+        i++;
+    if (i == EMIT_CONNS)
+        return 1;
+    char sql[512];
+    long long t = (long long)real_us();
+    snprintf(sql, sizeof sql,
+             "BEGIN; SELECT ferry.emit('%s', 'k-%ld', 'BenchLatency', "
+             "'{\"n\": %ld, \"pad\": \"%s\", \"t_us\": %lld}'); COMMIT",
+             LAT_TOPIC, n < 0 ? 0 : n % LAT_KEYS, n, PAD, t);
+    if (!PQsendQuery(em->conns[i], sql)) {
+        fprintf(stderr, "bench: emit: %s", PQerrorMessage(em->conns[i]));
+        em->failed = 1;
+        return -1;
+    }
+    em->busy[i] = 1;
+    em->cur[i] = n;
+    em->nbusy++;
+    return 0;
+}
+
+/* Send messages 0 .. total-1 at LAT_RATE per second, by absolute
+ * deadlines: message i is due at t0 + i / LAT_RATE. The schedule ends at
+ * t0 + total / LAT_RATE whatever happened: a sender that fell behind (all
+ * its connections busy) sends fewer than total messages, and says so. */
+static int emit_paced(emitter *em, long total, lat_result *r)
+{
+    const double period_us = 1e6 / LAT_RATE;
+    int64_t t0 = mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
+    long i = 0;
+    double max_lag = 0;
+    while (i < total && !em->failed) {
+        int64_t due = t0 + (int64_t)((double)i * period_us), now = mono_us();
+        if (now >= end)
+            break;
+        if (now < due) {
+            emitter_collect(em, due - now);
+            continue;
+        }
+        int rc = emitter_send(em, i);
+        if (rc < 0)
+            break;
+        if (rc == 1) {          /* every connection busy: wait for one */
+            emitter_collect(em, end - now);
+            continue;
+        }
+        double lag = (double)(now - due) / 1000.0;
+        max_lag = lag > max_lag ? lag : max_lag;
+        r->late_sends += lag > 1.0;
+        last = now;
+        i++;
+    }
+    while (em->nbusy > 0 && !em->failed)
+        emitter_collect(em, 1000000);
+    r->scheduled = total;
+    r->sent = i;
+    r->emit_max_lag_ms = max_lag;
+    r->seconds = (double)(last - t0) / 1e6;
+    return em->failed ? -1 : 0;
+}
+
+static void consumer_stop(consumer *c, pthread_t tid)
+{
+    atomic_store(&c->stop, 1);
+    pthread_join(tid, NULL);
+}
+
+/* Latency through the relay: a relay daemon, the consumer, the emitter. */
+static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
+                         double seconds, lat_result *r, proc_result *relay_pr)
+{
+    memset(r, 0, sizeof *r);
+    long total = (long)(seconds * LAT_RATE);
+    emitter em;
+    memset(&em, 0, sizeof em);
+    em.total = total;
+    em.ack_us = calloc((size_t)total, sizeof *em.ack_us);
+    if (em.ack_us == NULL) {
+        fprintf(stderr, "bench: out of memory\n");
+        return -1;
+    }
+    consumer c;
+    pthread_t tid;
+    int rc = -1;
+
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-latency", "--set", "log_level=warn", NULL};
+    int64_t spawned = mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0) {
+        free(em.ack_us);
+        return -1;
+    }
+    if (await_leases(admin, "bench-latency", shards) != 0)
+        goto out_relay;
+    for (int i = 0; i < EMIT_CONNS; i++)
+        if ((em.conns[i] = fpg_connect(pg)) == NULL)
+            goto out_conns;
+    if (consumer_start(&c, &tid, bootstrap, LAT_TOPIC, total) != 0)
+        goto out_conns;
+
+    /* Prime the whole path (relay's topic metadata, consumer's fetch loop)
+     * with one probe message, not measured. */
+    if (emitter_send(&em, -1) != 0)
+        goto out_consumer;
+    while (em.nbusy > 0 && !em.failed)
+        emitter_collect(&em, 1000000);
+    if (em.failed || await_flag(&c, &c.primed, ARRIVAL_TIMEOUT_MS, "probe via the relay") != 0)
+        goto out_consumer;
+
+    fprintf(stderr, "bench: latency via the relay: %ld messages at %d/s on %d connections\n",
+            total, LAT_RATE, EMIT_CONNS);
+    if (emit_paced(&em, total, r) != 0)
+        goto out_consumer;
+    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: only %ld of %ld messages arrived through the relay within %d s\n",
+                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
+    rc = 0;
+out_consumer:
+    consumer_stop(&c, tid);
+    if (rc == 0)
+        rc = lat_summarize(&c, em.ack_us, r);
+    consumer_free(&c);
+out_conns:
+    for (int i = 0; i < EMIT_CONNS; i++)
+        PQfinish(em.conns[i]);
+out_relay:
+    /* Everything delivered must also be acknowledged. */
+    if (rc == 0) {
+        long long left = -1;
+        int64_t deadline = mono_us() + 10000000;
+        while (query_ll(admin, "SELECT count(*) FROM ferry.outbox", &left) == 0 && left > 0 &&
+               mono_us() < deadline)
+            sleep_ms(20);
+        if (left != 0) {
+            fprintf(stderr, "bench: %lld rows left in ferry.outbox after the latency run\n",
+                    left);
+            rc = -1;
+        }
+    }
+    free(em.ack_us);
+    stop_relay(pid, spawned, relay_pr);
+    if (relay_log_report("latency") > 0 && rc == 0)
+        rc = -1;
+    if (relay_pr->status != 0) {
+        fprintf(stderr, "bench: the latency relay exited with status %d\n", relay_pr->status);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void on_direct_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        (*(long *)opaque)++;
+}
+
+static int produce_direct(rd_kafka_t *rk, long n)
+{
+    char key[24], value[256];
+    snprintf(key, sizeof key, "k-%ld", n < 0 ? 0 : n % LAT_KEYS);
+    int len = snprintf(value, sizeof value, "{\"n\": %ld, \"pad\": \"%s\", \"t_us\": %lld}", n,
+                       PAD, (long long)real_us());
+    rd_kafka_resp_err_t err;
+    while ((err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(DIRECT_TOPIC),
+                                    RD_KAFKA_V_KEY(key, strlen(key)),
+                                    RD_KAFKA_V_VALUE(value, (size_t)len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END)) ==
+           RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(rk, 1);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        fprintf(stderr, "bench: produce: %s\n", rd_kafka_err2str(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* The baseline: a producer writing straight to the broker at the same
+ * rate, with the relay's producer settings (idempotent, acks=all,
+ * linger.ms=2), so that the difference is what the database path adds. */
+static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
+{
+    memset(r, 0, sizeof *r);
+    long total = (long)(seconds * LAT_RATE), failed = 0;
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kconf_set(conf, "bootstrap.servers", bootstrap) ||
+        kconf_set(conf, "enable.idempotence", "true") || kconf_set(conf, "acks", "all") ||
+        kconf_set(conf, "linger.ms", "2") || kconf_set(conf, "partitioner", "murmur2_random")) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, &failed);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_direct_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: producer: %s\n", errstr);
+        return -1;
+    }
+    int rc = -1;
+    consumer c;
+    pthread_t tid;
+    if (consumer_start(&c, &tid, bootstrap, DIRECT_TOPIC, total) != 0)
+        goto out_producer;
+    if (produce_direct(rk, -1) != 0 || rd_kafka_flush(rk, 10000) != 0 ||
+        await_flag(&c, &c.primed, ARRIVAL_TIMEOUT_MS, "probe via the direct producer") != 0)
+        goto out_consumer;
+
+    fprintf(stderr, "bench: latency of the direct producer: %ld messages at %d/s\n", total,
+            LAT_RATE);
+    const double period_us = 1e6 / LAT_RATE;
+    int64_t t0 = mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
+    double max_lag = 0;
+    r->scheduled = total;
+    for (long i = 0; i < total; i++) {
+        int64_t due = t0 + (int64_t)((double)i * period_us);
+        rd_kafka_poll(rk, 0);
+        if (mono_us() < due)
+            sleep_until_mono_us(due);
+        int64_t now = mono_us();
+        if (now >= end)
+            break;
+        if (produce_direct(rk, i) != 0)
+            goto out_consumer;
+        double lag = (double)(now - due) / 1000.0;
+        max_lag = lag > max_lag ? lag : max_lag;
+        r->late_sends += lag > 1.0;
+        last = now;
+        r->sent++;
+    }
+    r->emit_max_lag_ms = max_lag;
+    r->seconds = (double)(last - t0) / 1e6;
+    if (rd_kafka_flush(rk, ARRIVAL_TIMEOUT_MS) != 0 || failed > 0) {
+        fprintf(stderr, "bench: the direct producer lost %ld messages\n", failed);
+        goto out_consumer;
+    }
+    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: only %ld of %ld direct messages arrived within %d s\n",
+                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
+    rc = 0;
+out_consumer:
+    consumer_stop(&c, tid);
+    if (rc == 0)
+        rc = lat_summarize(&c, NULL, r);
+    consumer_free(&c);
+out_producer:
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- throughput */
+
+/* rows messages into ferry.outbox through ferry.emit(), PRELOAD_TX_ROWS a
+ * transaction, over DRAIN_KEYS keys, payloads of about 100 bytes. Two
+ * connections at a time, each on its own half of the keys so that neither
+ * waits for the other's key locks. */
+static int preload(fpg *pg, long rows)
+{
+    static const char sql[] =
+        "SELECT count(ferry.emit($3, 'key-' || ($5::int + g % $4::int), 'BenchDrained', "
+        "  json_build_object('n', g, 'account', 'acct-' || ($5::int + g % $4::int), "
+        "                    'amount', g % 9973, 'currency', 'EUR', "
+        "                    'note', 'preloaded by bench_relay')::text)) "
+        "FROM generate_series($1::bigint, $2::bigint) AS g";
+    _Static_assert(DRAIN_KEYS % PRELOAD_CONNS == 0, "keys split evenly");
+    PGconn *conns[PRELOAD_CONNS] = {NULL};
+    int rc = -1;
+    for (int j = 0; j < PRELOAD_CONNS; j++)
+        if ((conns[j] = fpg_connect(pg)) == NULL)
+            goto out;
+    int64_t t0 = mono_us(), next_report = t0 + 5000000;
+    char keys[16];
+    snprintf(keys, sizeof keys, "%d", DRAIN_KEYS / PRELOAD_CONNS);
+    for (long a = 1; a <= rows;) {
+        long want[PRELOAD_CONNS] = {0};
+        for (int j = 0; j < PRELOAD_CONNS && a <= rows; j++, a += PRELOAD_TX_ROWS) {
+            long b = a + PRELOAD_TX_ROWS - 1 < rows ? a + PRELOAD_TX_ROWS - 1 : rows;
+            char from[24], to[24], offset[16];
+            snprintf(from, sizeof from, "%ld", a);
+            snprintf(to, sizeof to, "%ld", b);
+            snprintf(offset, sizeof offset, "%d", j * (DRAIN_KEYS / PRELOAD_CONNS));
+            const char *params[5] = {from, to, DRAIN_TOPIC, keys, offset};
+            if (!PQsendQueryParams(conns[j], sql, 5, NULL, params, NULL, NULL, 0)) {
+                fprintf(stderr, "bench: preload: %s", PQerrorMessage(conns[j]));
+                goto out;
+            }
+            want[j] = b - a + 1;
+        }
+        for (int j = 0; j < PRELOAD_CONNS && want[j] > 0; j++) {
+            PGresult *res;
+            int ok = 1;
+            while ((res = PQgetResult(conns[j])) != NULL) {
+                if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+                    strtol(PQgetvalue(res, 0, 0), NULL, 10) != want[j]) {
+                    fprintf(stderr, "bench: preload of %ld rows failed: %s", want[j],
+                            PQresultStatus(res) == PGRES_TUPLES_OK ? "wrong count\n"
+                                                                   : PQerrorMessage(conns[j]));
+                    ok = 0;
+                }
+                PQclear(res);
+            }
+            if (!ok)
+                goto out;
+        }
+        if (mono_us() >= next_report) {
+            fprintf(stderr, "bench: preloaded %ld of %ld rows\n", a - 1 < rows ? a - 1 : rows,
+                    rows);
+            next_report += 5000000;
+        }
+    }
+    double secs = (double)(mono_us() - t0) / 1e6;
+    fprintf(stderr, "bench: preloaded %ld rows through ferry.emit() in %.1f s (%.0f rows/s)\n",
+            rows, secs, (double)rows / secs);
+    rc = 0;
+out:
+    for (int j = 0; j < PRELOAD_CONNS; j++)
+        PQfinish(conns[j]);
+    return rc;
+}
+
+/* bench_copy: ferry.outbox's columns, defaults and indexes, and its rows in
+ * the same physical order (no synchronized scan starting mid-table). */
+static int copy_outbox(PGconn *conn, long rows)
+{
+    long long n = -1;
+    if (exec_ok(conn, "CREATE TABLE bench_copy (LIKE ferry.outbox INCLUDING ALL)") != 0 ||
+        exec_ok(conn, "SET synchronize_seqscans = off") != 0 ||
+        exec_ok(conn, "INSERT INTO bench_copy SELECT * FROM ferry.outbox") != 0 ||
+        exec_ok(conn, "RESET synchronize_seqscans") != 0 ||
+        query_ll(conn, "SELECT count(*) FROM bench_copy", &n) != 0)
+        return -1;
+    if (n != rows) {
+        fprintf(stderr, "bench: bench_copy holds %lld rows, expected %ld\n", n, rows);
+        return -1;
+    }
+    return 0;
+}
+
+/* The baseline drain: delete RAW_BATCH rows a statement, in the relay's
+ * order, and read them back, until the table is empty. */
+static int raw_delete_loop(PGconn *conn, long rows, double *seconds)
+{
+    static const char sql[] =
+        "DELETE FROM bench_copy WHERE id IN ("
+        "  SELECT id FROM bench_copy WHERE published_at IS NULL "
+        "  ORDER BY shard, topic, aggregateid, seq "
+        "  FOR UPDATE SKIP LOCKED LIMIT 1000) "
+        "RETURNING *";
+    _Static_assert(RAW_BATCH == 1000, "the statement's LIMIT");
+    long deleted = 0;
+    int64_t t0 = mono_us(), next_report = t0 + 5000000;
+    for (;;) {
+        PGresult *res = PQexec(conn, sql);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+            PQclear(res);
+            return -1;
+        }
+        int n = PQntuples(res);
+        PQclear(res);
+        if (n == 0)
+            break;
+        deleted += n;
+        if (mono_us() >= next_report) {
+            fprintf(stderr, "bench: raw loop: %ld of %ld rows deleted\n", deleted, rows);
+            next_report += 5000000;
+        }
+    }
+    *seconds = (double)(mono_us() - t0) / 1e6;
+    long long left = -1;
+    if (query_ll(conn, "SELECT count(*) FROM bench_copy", &left) != 0)
+        return -1;
+    if (deleted != rows || left != 0) {
+        fprintf(stderr, "bench: raw loop deleted %ld rows of %ld, %lld left\n", deleted, rows,
+                left);
+        return -1;
+    }
+    return 0;
+}
+
+/* The idle relay: holding every lease, nothing to publish. */
+static int idle_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
+                      proc_result *pr)
+{
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-idle", "--set", "log_level=warn", NULL};
+    int64_t spawned = mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    int rc = await_leases(admin, "bench-idle", shards);
+    if (rc == 0)
+        sleep_ms(IDLE_SETTLE_MS);
+    stop_relay(pid, spawned, pr);
+    if (relay_log_report("idle") > 0 || pr->status != 0) {
+        fprintf(stderr, "bench: the idle relay exited with status %d\n", pr->status);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* The measured drain: `run --once` over the preloaded outbox. */
+static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
+                       proc_result *pr)
+{
+    char batch[32];
+    snprintf(batch, sizeof batch, "batch_size=%d", RELAY_BATCH);
+    const char *args[] = {"--once", "--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-drain", "--set", "log_level=warn",
+                          "--set", batch, NULL};
+    int64_t spawned = mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    wait_relay(pid, spawned, DRAIN_TIMEOUT_MS, pr);
+    if (pr->status < 0) {
+        fprintf(stderr, "bench: the drain did not finish within %d s; killing the relay\n",
+                DRAIN_TIMEOUT_MS / 1000);
+        kill(pid, SIGKILL);
+        proc_result ignored;
+        wait_relay(pid, mono_us(), STOP_TIMEOUT_MS, &ignored);
+        return -1;
+    }
+    int rc = 0;
+    if (relay_log_report("drain") > 0)
+        rc = -1;
+    if (pr->status != 0) {
+        fprintf(stderr, "bench: ferry-relay run --once exited with status %d\n", pr->status);
+        rc = -1;
+    }
+    long long left = -1, published = topic_appended(bootstrap, DRAIN_TOPIC);
+    if (query_ll(admin, "SELECT count(*) FROM ferry.outbox", &left) != 0 || left != 0) {
+        fprintf(stderr, "bench: %lld rows left in ferry.outbox after the drain\n", left);
+        rc = -1;
+    }
+    if (published != rows) {
+        fprintf(stderr, "bench: %lld messages were appended to topic %s, expected %ld\n",
+                published, DRAIN_TOPIC, rows);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static double mib(long kib)
+{
+    return (double)kib / 1024.0;
+}
+
+static double dist_field(const dist *d, size_t off)
+{
+    return *(const double *)(const void *)((const char *)d + off);
+}
+
+int main(void)
+{
+    double rows_d, seconds;
+    if (read_env_double("FERRY_BENCH_ROWS", 1000000, 1000, 1e8, &rows_d) != 0 ||
+        read_env_double("FERRY_BENCH_SECONDS", 10, 0.5, 600, &seconds) != 0)
+        return 1;
+    long rows = (long)rows_d;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    g_relay_bin = getenv("FERRY_RELAY_BIN");
+    if (g_relay_bin == NULL || g_relay_bin[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);   /* kt_start's too */
+        g_relay_bin = getenv("FERRY_RELAY_BIN");
+    }
+    if (access(g_relay_bin, X_OK) != 0) {
+        fprintf(stderr, "bench: cannot run %s: %s\n", g_relay_bin, strerror(errno));
+        return 1;
+    }
+    snprintf(g_log_path, sizeof g_log_path, "/tmp/ferry-bench-relay-XXXXXX");
+    g_log_fd = mkstemp(g_log_path);
+    if (g_log_fd < 0) {
+        fprintf(stderr, "bench: mkstemp: %s\n", strerror(errno));
+        return 1;
+    }
+    fcntl(g_log_fd, F_SETFD, FD_CLOEXEC);
+    unlink(g_log_path);          /* the open descriptor is all we need */
+
+    int status = 1, checks_ok = 1;
+    PGconn *admin = NULL;
+    kt_broker *kb = NULL;
+    proc_result idle_pr, drain_pr, lat_pr;
+    lat_result lat_relay, lat_direct;
+    double raw_s = 0, fsync_raw, fsync_drain, fsync_lat;
+
+    fpg_opts opts = {.conf = NULL, .fsync = 1};
+    fpg *pg = fpg_start(&opts);
+    if (pg == NULL)
+        goto out;
+    if ((admin = fpg_connect(pg)) == NULL)
+        goto out;
+    ferry_error err;
+    int version = 0;
+    ferry_code frc = ferry_migrate(admin, &version, &err);
+    if (frc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+        goto out;
+    }
+    char server[64], fsync_s[16], sync_commit[16], shared[16], shards_s[16];
+    if (query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
+        query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
+                   sizeof sync_commit) != 0 ||
+        query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0 ||
+        query_text(admin, "SELECT shard_count FROM ferry.settings", 0, NULL, shards_s,
+                   sizeof shards_s) != 0)
+        goto out;
+    int shards = atoi(shards_s);
+
+    if ((kb = kt_start(1)) == NULL)
+        goto out;
+    const char *bootstrap = kt_bootstrap(kb);
+    if (kt_command(kb, "topic-create %s %d 1", LAT_TOPIC, TOPIC_PARTITIONS) != 0 ||
+        kt_command(kb, "topic-create %s %d 1", DIRECT_TOPIC, TOPIC_PARTITIONS) != 0)
+        goto out;
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", server,
+            fsync_s, bootstrap, g_relay_bin);
+
+    /* ------------------------------------------------------------ memory baseline */
+    fprintf(stderr, "bench: idle relay on an empty outbox (%.1f s holding its leases)\n",
+            IDLE_SETTLE_MS / 1000.0);
+    if (idle_relay(pg, admin, bootstrap, shards, &idle_pr) != 0)
+        goto out;
+
+    /* ------------------------------------------------------------ throughput */
+    if (preload(pg, rows) != 0 || copy_outbox(admin, rows) != 0)
+        goto out;
+    char payload_avg[32];
+    if (query_text(admin, "SELECT round(avg(octet_length(payload::text))) FROM ferry.outbox",
+                   0, NULL, payload_avg, sizeof payload_avg) != 0)
+        goto out;
+
+    fprintf(stderr, "bench: baseline: raw DELETE ... RETURNING * loop over bench_copy\n");
+    if (exec_ok(admin, "VACUUM ANALYZE bench_copy") != 0 || exec_ok(admin, "CHECKPOINT") != 0)
+        goto out;
+    fsync_raw = fsync_probe_ms();
+    if (raw_delete_loop(admin, rows, &raw_s) != 0 ||
+        exec_ok(admin, "DROP TABLE bench_copy") != 0)
+        goto out;
+    fprintf(stderr, "bench: raw loop: %ld rows in %.2f s\n", rows, raw_s);
+
+    fprintf(stderr, "bench: ferry-relay run --once draining ferry.outbox\n");
+    if (exec_ok(admin, "VACUUM ANALYZE ferry.outbox") != 0 || exec_ok(admin, "CHECKPOINT") != 0)
+        goto out;
+    fsync_drain = fsync_probe_ms();
+    if (drain_relay(pg, admin, bootstrap, rows, &drain_pr) != 0)
+        goto out;
+    fprintf(stderr, "bench: relay drain: %ld messages in %.2f s\n", rows, drain_pr.wall_s);
+
+    /* ------------------------------------------------------------ latency */
+    if (exec_ok(admin, "CHECKPOINT") != 0)
+        goto out;
+    fsync_lat = fsync_probe_ms();
+    if (latency_relay(pg, admin, bootstrap, shards, seconds, &lat_relay, &lat_pr) != 0 ||
+        latency_direct(bootstrap, seconds, &lat_direct) != 0)
+        goto out;
+    const lat_result *lr[2] = {&lat_relay, &lat_direct};
+    for (int i = 0; i < 2; i++)
+        if (lr[i]->received != lr[i]->sent || lr[i]->duplicates != 0 || lr[i]->strays != 0) {
+            fprintf(stderr, "bench: %s latency run: %ld sent, %ld received, %ld duplicates, "
+                            "%ld strays\n", i == 0 ? "relay" : "direct", lr[i]->sent,
+                    lr[i]->received, lr[i]->duplicates, lr[i]->strays);
+            checks_ok = 0;
+        }
+
+    /* ------------------------------------------------------------ results */
+    double relay_rate = (double)rows / drain_pr.wall_s, raw_rate = (double)rows / raw_s;
+    printf("ferry-relay benchmark (ferry %s, schema %d)\n", ferry_version(), version);
+    printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
+           "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
+           "1 broker)\n", server, fsync_s, sync_commit, shared);
+
+    printf("\nthroughput: %ld rows over %d keys, payloads of %s bytes on average, "
+           "preloaded through ferry.emit()\n", rows, DRAIN_KEYS, payload_avg);
+    printf("  %-44s %12.0f msgs/s  (%.2f s; exit 0, outbox empty, N appended)\n",
+           "relay: ferry-relay run --once -> broker", relay_rate, drain_pr.wall_s);
+    printf("  %-44s %12.0f rows/s  (%.2f s; the same rows in an identical table)\n",
+           "baseline: raw DELETE loop, no Kafka", raw_rate, raw_s);
+    printf("  %-44s %12.3f         (target >= 0.70)\n", "relay / raw", relay_rate / raw_rate);
+    printf("  baseline statement, %d rows at a time until the table is empty (the ready rows "
+           "in the\n  relay's order, through the same partial index):\n"
+           "    DELETE FROM t WHERE id IN (SELECT id FROM t WHERE published_at IS NULL\n"
+           "      ORDER BY shard, topic, aggregateid, seq FOR UPDATE SKIP LOCKED LIMIT %d) "
+           "RETURNING *\n", RAW_BATCH, RAW_BATCH);
+    printf("  relay CPU during the drain: %.1f s user+system (%.1f us per message)\n",
+           drain_pr.cpu_s, drain_pr.cpu_s * 1e6 / (double)rows);
+    printf("  disk: an 8 kB write + fdatasync took %.2f ms (median of %d) just before the "
+           "relay's drain,\n        %.2f ms just before the raw loop\n", fsync_drain,
+           FSYNC_PROBES, fsync_raw);
+
+    printf("\nmemory: peak RSS (wait4 ru_maxrss)\n");
+    printf("  %-44s %12.1f MiB    (target < 50; VmHWM seen while running: %.1f MiB)\n",
+           "relay: run --once draining the outbox", mib(drain_pr.maxrss_kib),
+           mib(drain_pr.hwm_kib));
+    printf("  %-44s %12.1f MiB    (%d leases held, %.1f s)\n",
+           "baseline: idle relay, empty outbox", mib(idle_pr.maxrss_kib), shards,
+           IDLE_SETTLE_MS / 1000.0);
+
+    printf("\nlatency in ms: commit -> consumer receipt (an upper bound of commit -> delivery "
+           "report)\n");
+    printf("  one message per transaction, offered at %d messages/s for %.1f s by one emitter "
+           "thread\n  (%d connections); the time in the payload is taken just before BEGIN; "
+           "SELECT ferry.emit(...);\n  COMMIT goes out in one round trip, so \"total\" "
+           "includes the COMMIT, and splits into the\n  COMMIT round trip (until the emitter "
+           "has the reply) and what follows it (the relay's share).\n", LAT_RATE, seconds,
+           EMIT_CONNS);
+    printf("  baseline: a producer writing straight to the broker at the same rate, with the "
+           "relay's\n  producer settings: produce -> receipt. Disk: an 8 kB write + fdatasync "
+           "took %.2f ms just before.\n", fsync_lat);
+    printf("  %-7s %41s %27s\n", "", "------------- via the relay -------------",
+           "-------- direct ---------");
+    printf("  %-7s %8s %10s %10s %10s %10s %13s %13s\n", "", "total", "COMMIT rt",
+           "after it", "= pickup", "+ to cons.", "total", "to consumer");
+    const struct {
+        const char *name;
+        size_t off;
+    } rows_[] = {{"p50", offsetof(dist, p50)}, {"p90", offsetof(dist, p90)},
+                 {"p99", offsetof(dist, p99)}, {"p99.9", offsetof(dist, p999)},
+                 {"max", offsetof(dist, max)}, {"mean", offsetof(dist, mean)}};
+    for (size_t i = 0; i < sizeof rows_ / sizeof rows_[0]; i++)
+        printf("  %-7s %8.2f %10.2f %10.2f %10.2f %10.2f %13.2f %13.2f%s\n", rows_[i].name,
+               dist_field(&lat_relay.total, rows_[i].off),
+               dist_field(&lat_relay.commit, rows_[i].off),
+               dist_field(&lat_relay.after, rows_[i].off),
+               dist_field(&lat_relay.pickup, rows_[i].off),
+               dist_field(&lat_relay.produced, rows_[i].off),
+               dist_field(&lat_direct.total, rows_[i].off),
+               dist_field(&lat_direct.produced, rows_[i].off),
+               rows_[i].off == offsetof(dist, p99) ? "  (target: total < 20)" : "");
+    printf("  total: the time in the payload -> receipt. COMMIT rt: that time -> the emitter "
+           "has COMMIT's reply.\n  after it: COMMIT's reply -> receipt, = pickup: -> the "
+           "relay's produce() call, + to cons.: produce()\n  -> receipt (both by the message's "
+           "Kafka CreateTime, whole ms, so each is +-1 ms).\n");
+    printf("  received/sent/scheduled: via the relay %ld/%ld/%ld, direct %ld/%ld/%ld\n",
+           lat_relay.received, lat_relay.sent, lat_relay.scheduled, lat_direct.received,
+           lat_direct.sent, lat_direct.scheduled);
+    printf("  sending: %.0f msgs/s achieved via the relay (%ld sends more than 1 ms behind "
+           "schedule, at most %.1f ms),\n           %.0f msgs/s direct (%ld late, at most "
+           "%.1f ms)\n", (double)lat_relay.sent / lat_relay.seconds, lat_relay.late_sends,
+           lat_relay.emit_max_lag_ms, (double)lat_direct.sent / lat_direct.seconds,
+           lat_direct.late_sends, lat_direct.emit_max_lag_ms);
+    printf("  relay CPU while serving it: %.1f s user+system over %.1f s\n", lat_pr.cpu_s,
+           lat_pr.wall_s);
+
+    printf("\n");
+    printf("bench relay_drain_msgs_per_s %.0f msgs/s\n", relay_rate);
+    printf("bench raw_delete_loop_rows_per_s %.0f rows/s\n", raw_rate);
+    printf("bench relay_vs_raw_ratio %.3f ratio\n", relay_rate / raw_rate);
+    printf("bench relay_peak_rss_mib %.1f MiB\n", mib(drain_pr.maxrss_kib));
+    printf("bench relay_idle_rss_mib %.1f MiB\n", mib(idle_pr.maxrss_kib));
+    printf("bench relay_latency_p50_ms %.2f ms\n", lat_relay.total.p50);
+    printf("bench relay_latency_p99_ms %.2f ms\n", lat_relay.total.p99);
+    printf("bench relay_latency_max_ms %.2f ms\n", lat_relay.total.max);
+    printf("bench relay_after_commit_latency_p50_ms %.2f ms\n", lat_relay.after.p50);
+    printf("bench relay_after_commit_latency_p99_ms %.2f ms\n", lat_relay.after.p99);
+    printf("bench relay_after_commit_latency_max_ms %.2f ms\n", lat_relay.after.max);
+    printf("bench relay_latency_emit_rate_msgs_per_s %.0f msgs/s\n",
+           (double)lat_relay.sent / lat_relay.seconds);
+    printf("bench kafka_direct_latency_p50_ms %.2f ms\n", lat_direct.total.p50);
+    printf("bench kafka_direct_latency_p99_ms %.2f ms\n", lat_direct.total.p99);
+    printf("bench kafka_direct_latency_max_ms %.2f ms\n", lat_direct.total.max);
+    printf("bench disk_fdatasync_before_raw_ms %.2f ms\n", fsync_raw);
+    printf("bench disk_fdatasync_before_drain_ms %.2f ms\n", fsync_drain);
+    printf("bench disk_fdatasync_before_latency_ms %.2f ms\n", fsync_lat);
+    status = checks_ok ? 0 : 1;
+
+out:
+    kt_stop(kb);
+    PQfinish(admin);
+    fpg_destroy(pg);
+    close(g_log_fd);
+    if (status != 0)
+        fprintf(stderr, "bench: FAILED\n");
+    return status;
+}

@@ -5,17 +5,46 @@
  * account and emit messages in the same transaction (through
  * ferry_tx_run), roll one back, emit through the SQL function that any
  * language can call, and watch a bad message being refused without
- * spoiling the transaction. Every step checks that what it says happened
- * did happen, so `make demo` is also a smoke test: it exits 1 on the first
+ * spoiling the transaction. Then the relay takes over: `ferry-relay run
+ * --once` publishes the outbox to a Kafka-protocol broker (librdkafka's
+ * mock cluster, run as `ferry-relay devkafka`), the outbox empties, and a
+ * fresh consumer reads the topic back: the committed messages, with
+ * ferry's and CloudEvents' headers, in per-key order, and not the
+ * rolled-back one. Every step checks that what it says happened did
+ * happen, so `make demo` is also a smoke test: it exits 1 on the first
  * step that does not behave as described.
+ *
+ * The relay binary is $FERRY_RELAY_BIN (make sets it), by default
+ * build/rel/ferry-relay.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
 
 #include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
+
+enum {
+    RELAY_TIMEOUT_MS = 60000,     /* `run --once` of four messages takes well under 1 s */
+    RELAY_LOG_MAX = 1 << 20,      /* bytes of the relay's log we keep */
+    CONSUME_TIMEOUT_MS = 30000,   /* returns as soon as the messages are in */
+    EXPECTED_MAX = 16,            /* outbox rows the demo can follow */
+};
+
+static const char TOPIC[] = "accounts";
 
 static int g_step;
 
@@ -207,7 +236,9 @@ static ferry_code debit_and_emit(PGconn *conn, void *arg, ferry_error *err)
 
 /* ------------------------------------------------------------ the walk */
 
-static int walkthrough(fpg *pg, PGconn *conn)
+/* Steps 1-8: the outbox side. doomed_out receives the id of the message
+ * that was rolled back, for the relay steps to look for. */
+static int walkthrough(fpg *pg, PGconn *conn, char doomed_out[FERRY_UUID_STRING_SIZE])
 {
     char buf[128];
     ferry_error err;
@@ -277,6 +308,7 @@ static int walkthrough(fpg *pg, PGconn *conn)
         return ferry_failed("ferry_emit", rc, &err);
     char doomed_text[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&doomed_id, doomed_text);
+    memcpy(doomed_out, doomed_text, FERRY_UUID_STRING_SIZE);
     if (balance_of(conn, "acct-1", &bal) != 0)
         return -1;
     say("inside the transaction: emitted %s, acct-1 balance reads %ld", doomed_text, bal);
@@ -359,10 +391,421 @@ static int walkthrough(fpg *pg, PGconn *conn)
     return 0;
 }
 
+/* ------------------------------------------------------------ the relay */
+
+/* One outbox row, as the relay is expected to publish it. */
+typedef struct expected {
+    char id[FERRY_UUID_STRING_SIZE];
+    char key[64];
+    char type[64];
+    long seq;
+    char payload[256];          /* jsonb's text of the payload */
+    char headers[256];          /* jsonb's text of the caller's headers */
+    const kt_msg *got;          /* the message read back for it */
+} expected;
+
+/* What the outbox holds for TOPIC, in per-key order. */
+static int snapshot_outbox(PGconn *conn, expected *out, int max, int *n_out)
+{
+    static const char sql[] =
+        "SELECT id, aggregateid, type, seq, payload::text, headers::text "
+        "FROM ferry.outbox WHERE topic = $1 ORDER BY aggregateid, seq";
+    const char *params[1] = {TOPIC};
+    PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        int rc = fail("%s: %s", sql, PQerrorMessage(conn));
+        PQclear(res);
+        return rc;
+    }
+    int n = PQntuples(res);
+    if (n > max) {
+        PQclear(res);
+        return fail("the outbox holds %d messages, more than the %d this demo follows", n, max);
+    }
+    for (int i = 0; i < n; i++) {
+        expected *e = &out[i];
+        memset(e, 0, sizeof *e);
+        snprintf(e->id, sizeof e->id, "%s", PQgetvalue(res, i, 0));
+        snprintf(e->key, sizeof e->key, "%s", PQgetvalue(res, i, 1));
+        snprintf(e->type, sizeof e->type, "%s", PQgetvalue(res, i, 2));
+        e->seq = strtol(PQgetvalue(res, i, 3), NULL, 10);
+        snprintf(e->payload, sizeof e->payload, "%s", PQgetvalue(res, i, 4));
+        snprintf(e->headers, sizeof e->headers, "%s", PQgetvalue(res, i, 5));
+    }
+    PQclear(res);
+    *n_out = n;
+    return 0;
+}
+
+/* How `ferry-relay run --once` went. */
+typedef struct relay_outcome {
+    int status;                 /* exit status; 128 + N when signal N killed it */
+    int stopped;                /* its log has a relay.stop line */
+    long long produced, delivered, undelivered, refused;
+    char stop_msg[256];
+    int errors;                 /* log lines at level error */
+} relay_outcome;
+
+static long long json_count(json_t *o, const char *name)
+{
+    json_t *v = json_object_get(o, name);
+    return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+}
+
+/* Read the relay's JSON log lines: the counts of its relay.stop line and
+ * the number of errors. Shows warnings and errors, cut to one line. */
+static void read_relay_log(char *log, relay_outcome *out)
+{
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        json_error_t jerr;
+        json_t *o = json_loads(line, 0, &jerr);
+        if (!json_is_object(o)) {
+            json_decref(o);
+            continue;
+        }
+        const char *event = json_string_value(json_object_get(o, "event"));
+        const char *level = json_string_value(json_object_get(o, "level"));
+        if (level != NULL && (strcmp(level, "warn") == 0 || strcmp(level, "error") == 0)) {
+            const char *msg = json_string_value(json_object_get(o, "msg"));
+            out->errors += strcmp(level, "error") == 0;
+            say("  relay log, %s %s: %.90s%s", level, event ? event : "-", msg ? msg : "",
+                msg && strlen(msg) > 90 ? " ..." : "");
+        }
+        if (event != NULL && strcmp(event, "relay.stop") == 0) {
+            out->stopped = 1;
+            out->produced = json_count(o, "produced");
+            out->delivered = json_count(o, "delivered");
+            out->undelivered = json_count(o, "undelivered");
+            out->refused = json_count(o, "refused");
+            const char *msg = json_string_value(json_object_get(o, "msg"));
+            snprintf(out->stop_msg, sizeof out->stop_msg, "%s", msg ? msg : "");
+        }
+        json_decref(o);
+    }
+}
+
+/* Run argv (a ferry-relay command) as a child with its stderr collected;
+ * wait for it to exit, at most RELAY_TIMEOUT_MS. */
+static int run_relay(const char *const *argv, relay_outcome *out)
+{
+    memset(out, 0, sizeof *out);
+    char *log = malloc(RELAY_LOG_MAX + 1);
+    if (log == NULL)
+        return fail("out of memory");
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(log);
+        return fail("pipe: %s", strerror(errno));
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        free(log);
+        return fail("fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        /* Die with the demo; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(fds[1], STDERR_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+
+    size_t len = 0;
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int timed_out = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left = RELAY_TIMEOUT_MS - ((now.tv_sec - t0.tv_sec) * 1000 +
+                                        (now.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t got = read(fds[0], chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;              /* EOF: the relay is exiting */
+        size_t keep = RELAY_LOG_MAX - len < (size_t)got ? RELAY_LOG_MAX - len : (size_t)got;
+        memcpy(log + len, chunk, keep);
+        len += keep;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int wstatus;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    out->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    log[len] = '\0';
+    read_relay_log(log, out);
+    free(log);
+    if (timed_out)
+        return fail("%s did not finish within %d ms (killed)", argv[0], RELAY_TIMEOUT_MS);
+    return 0;
+}
+
+/* How many messages the topic holds: the sum over its partitions of high
+ * minus low watermark, asked of the broker. */
+static int topic_size(const char *bootstrap, const char *topic, long long *out)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return fail("bootstrap.servers: %s", errstr);
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return fail("could not create a Kafka client: %s", errstr);
+    }
+    int rc = 0;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR && (md->topic_cnt != 1 || md->topics[0].err))
+        err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rc = fail("metadata of topic %s: %s", topic, rd_kafka_err2str(err));
+    } else {
+        long long total = 0;
+        for (int p = 0; p < md->topics[0].partition_cnt && rc == 0; p++) {
+            int64_t lo, hi;
+            err = rd_kafka_query_watermark_offsets(rk, topic, md->topics[0].partitions[p].id,
+                                                   &lo, &hi, 10000);
+            if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+                rc = fail("watermarks of %s [%d]: %s", topic, (int)p, rd_kafka_err2str(err));
+            total += hi - lo;
+        }
+        *out = total;
+    }
+    if (md != NULL)
+        rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* 0: ferry's own headers, 1: CloudEvents attributes, 2: the rest. */
+static int header_group(const char *name)
+{
+    return strncmp(name, "ferry_", 6) == 0 ? 0 : strncmp(name, "ce_", 3) == 0 ? 1 : 2;
+}
+
+/* Every header of m as name=value, indented under the message: a line per
+ * group (ferry_*, ce_*, others), wrapped when long. */
+static void print_headers(const kt_msg *m)
+{
+    char line[160] = "";
+    size_t used = 0;
+    int group = -1;
+    for (size_t i = 0; i < m->header_count; i++) {
+        char item[160];
+        snprintf(item, sizeof item, "%s=%s", m->headers[i].name,
+                 m->headers[i].value ? m->headers[i].value : "(null)");
+        int g = header_group(m->headers[i].name);
+        if (used > 0 && (g != group || used + 2 + strlen(item) > 92)) {
+            say("      %s", line);
+            used = 0;
+        }
+        group = g;
+        used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", used ? "  " : "",
+                                 item);
+        if (used >= sizeof line)
+            used = sizeof line - 1;
+    }
+    if (used > 0)
+        say("      %s", line);
+}
+
+/* The message read back for e must be e as the relay promises to publish
+ * it: key, value, type and position, the CloudEvents attributes, and the
+ * caller's own headers untouched. */
+static int check_message(const expected *e, const kt_msg *m)
+{
+    const char *seq = kt_header(m, "ferry_seq");
+    const char *ce_source = kt_header(m, "ce_source");
+    const char *ce_time = kt_header(m, "ce_time");
+    const char *spec = kt_header(m, "ce_specversion");
+    const char *ce_id = kt_header(m, "ce_id");
+    const char *ce_type = kt_header(m, "ce_type");
+    const char *type = kt_header(m, "ferry_type");
+    if (m->key == NULL || strcmp(m->key, e->key) != 0)
+        return fail("message %s: key %s, expected %s", e->id, m->key ? m->key : "(null)",
+                    e->key);
+    if (m->value == NULL || strcmp(m->value, e->payload) != 0)
+        return fail("message %s: value %s, expected the outbox payload %s", e->id,
+                    m->value ? m->value : "(null)", e->payload);
+    if (type == NULL || strcmp(type, e->type) != 0 || seq == NULL ||
+        strtol(seq, NULL, 10) != e->seq)
+        return fail("message %s: ferry_type %s, ferry_seq %s; expected %s and %ld", e->id,
+                    type ? type : "-", seq ? seq : "-", e->type, e->seq);
+    if (spec == NULL || strcmp(spec, "1.0") != 0 || ce_id == NULL ||
+        strcmp(ce_id, e->id) != 0 || ce_type == NULL || strcmp(ce_type, e->type) != 0 ||
+        ce_source == NULL || ce_source[0] == '\0' || ce_time == NULL ||
+        strlen(ce_time) != strlen("2025-01-02T03:04:05.678901Z"))
+        return fail("message %s: CloudEvents headers missing or wrong", e->id);
+    json_error_t jerr;
+    json_t *h = json_loads(e->headers, 0, &jerr);
+    const char *name;
+    json_t *v;
+    int rc = 0;
+    json_object_foreach(h, name, v) {
+        const char *got = kt_header(m, name);
+        if (rc == 0 && (got == NULL || strcmp(got, json_string_value(v)) != 0))
+            rc = fail("message %s: caller header %s is %s, expected %s", e->id, name,
+                      got ? got : "missing", json_string_value(v));
+    }
+    json_decref(h);
+    return rc;
+}
+
+/* Step 12: read the topic back and hold every message against the outbox
+ * row it came from (exp, in per-key order); print them in that order. */
+static int read_back(const char *bootstrap, expected *exp, int n_exp, const char *doomed)
+{
+    long long in_topic = -1;
+    if (topic_size(bootstrap, TOPIC, &in_topic) != 0)
+        return -1;
+    kt_msgs *got = kt_consume(bootstrap, TOPIC, (size_t)n_exp, CONSUME_TIMEOUT_MS);
+    if (got == NULL)
+        return fail("could not set up the consumer (see above)");
+    int rc = -1;
+    say("the topic holds %lld messages (its partitions' watermarks); the consumer got %zu; "
+        "the outbox held %d", in_topic, got->count, n_exp);
+    if (in_topic != n_exp || got->count != (size_t)n_exp) {
+        fail("expected exactly the %d committed messages", n_exp);
+        goto out;
+    }
+    for (size_t i = 0; i < got->count; i++) {
+        const char *id = kt_header(&got->msgs[i], "ferry_id");
+        expected *e = NULL;
+        for (int k = 0; id != NULL && k < n_exp; k++)
+            if (strcmp(exp[k].id, id) == 0)
+                e = &exp[k];
+        if (id != NULL && strcmp(id, doomed) == 0) {
+            fail("the rolled-back message %s was published", doomed);
+            goto out;
+        }
+        if (e == NULL || e->got != NULL) {
+            fail("message %s at %s [%d] offset %lld is %s", id ? id : "without ferry_id",
+                 TOPIC, (int)got->msgs[i].partition, (long long)got->msgs[i].offset,
+                 e == NULL ? "not one the outbox held" : "a duplicate");
+            goto out;
+        }
+        e->got = &got->msgs[i];
+    }
+    say("in per-key order (each key on one partition, offsets rising with ferry_seq):");
+    for (int k = 0; k < n_exp; k++) {
+        const expected *e = &exp[k];
+        const kt_msg *m = e->got;
+        if (check_message(e, m) != 0)
+            goto out;
+        if (k > 0 && strcmp(exp[k - 1].key, e->key) == 0 &&
+            (exp[k - 1].got->partition != m->partition ||
+             exp[k - 1].got->offset >= m->offset)) {
+            fail("key %s: position %ld is at [%d] offset %lld, after [%d] offset %lld", e->key,
+                 e->seq, (int)m->partition, (long long)m->offset,
+                 (int)exp[k - 1].got->partition, (long long)exp[k - 1].got->offset);
+            goto out;
+        }
+        if (k == 0 || strcmp(exp[k - 1].key, e->key) != 0)
+            say("key %s:", e->key);
+        say("  %s [%d] offset %lld  key %s  value %s", TOPIC, (int)m->partition,
+            (long long)m->offset, m->key, m->value);
+        print_headers(m);
+    }
+    say("the rolled-back message (%s) is not among them", doomed);
+    rc = 0;
+out:
+    kt_msgs_free(got);
+    return rc;
+}
+
+/* Steps 9-12: the relay publishes the outbox to Kafka. *kb_out receives
+ * the broker it starts, for the caller to stop. */
+static int publish(fpg *pg, PGconn *conn, const char *relay_bin, const char *doomed,
+                   kt_broker **kb_out)
+{
+    expected exp[EXPECTED_MAX];
+    int n_exp = 0;
+    long n;
+    if (snapshot_outbox(conn, exp, EXPECTED_MAX, &n_exp) != 0)
+        return -1;
+
+    /* ---------------------------------------------------------- broker */
+    step("Starting a Kafka-protocol broker: `ferry-relay devkafka` (librdkafka's mock "
+         "cluster)");
+    kt_broker *kb = kt_start(1);
+    if (kb == NULL)
+        return fail("could not start the broker (see above)");
+    *kb_out = kb;
+    const char *bootstrap = kt_bootstrap(kb);
+    say("bootstrap servers %s (pid %ld); topics are created on first use, 4 partitions each",
+        bootstrap, (long)kt_pid(kb));
+
+    /* ---------------------------------------------------------- relay */
+    step("ferry-relay run --once: publish every ready message, wait for each delivery "
+         "report, delete what was delivered, exit");
+    say("$ ferry-relay run --once --db \"%s\" --kafka %s", fpg_conninfo(pg), bootstrap);
+    const char *argv[] = {relay_bin, "run", "--once", "--db", fpg_conninfo(pg),
+                          "--kafka", bootstrap, "--holder", "demo-relay", NULL};
+    relay_outcome ro;
+    if (run_relay(argv, &ro) != 0)
+        return -1;
+    say("exit status %d; its relay.stop log line: produced %lld, delivered %lld, "
+        "undelivered %lld, refused %lld", ro.status, ro.produced, ro.delivered,
+        ro.undelivered, ro.refused);
+    say("  \"%s\"", ro.stop_msg);
+    if (ro.status != 0 || !ro.stopped)
+        return fail("the relay exited with status %d%s", ro.status,
+                    ro.stopped ? "" : " and no relay.stop line");
+    if (ro.delivered != n_exp || ro.produced != n_exp || ro.undelivered != 0 ||
+        ro.refused != 0 || ro.errors != 0)
+        return fail("the relay published %lld of %d messages (%lld undelivered, %lld refused, "
+                    "%d errors logged)", ro.delivered, n_exp, ro.undelivered, ro.refused,
+                    ro.errors);
+
+    /* ---------------------------------------------------------- empty */
+    step("The outbox is empty: each row was deleted once its delivery report came back");
+    if (outbox_count(conn, &n) != 0)
+        return -1;
+    say("SELECT count(*) FROM ferry.outbox -> %ld", n);
+    if (n != 0)
+        return fail("the outbox still holds %ld messages", n);
+
+    /* ---------------------------------------------------------- read back */
+    step("A fresh consumer reads topic \"%s\" from the beginning", TOPIC);
+    return read_back(bootstrap, exp, n_exp, doomed);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
+    const char *relay_bin = getenv("FERRY_RELAY_BIN");
+    if (relay_bin == NULL || relay_bin[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
+        relay_bin = getenv("FERRY_RELAY_BIN");
+    }
     printf("ferry %s: the transactional outbox, step by step\n", ferry_version());
+    printf("(Kafka here is librdkafka's mock cluster, run by `ferry-relay devkafka`, standing "
+           "in for a real broker; `ferry-relay run --kafka HOST:PORT` works with any Kafka "
+           "cluster.)\n");
 
     step("Starting a throwaway PostgreSQL cluster (private temp dir, removed at exit)");
     fpg *pg = fpg_start(NULL);
@@ -371,14 +814,24 @@ int main(void)
         return 1;
     }
     int rc = -1;
+    char doomed[FERRY_UUID_STRING_SIZE] = "";
     PGconn *conn = fpg_connect(pg);
     if (conn == NULL)
         fail("could not connect");
     else
-        rc = walkthrough(pg, conn);
+        rc = walkthrough(pg, conn, doomed);
+    kt_broker *kb = NULL;
+    if (rc == 0)
+        rc = publish(pg, conn, relay_bin, doomed, &kb);
     PQfinish(conn);
 
-    step("Tearing the cluster down");
+    step("Tearing the broker and the cluster down");
+    if (kb != NULL) {
+        int st = kt_terminate(kb);
+        if (st != 0 && rc == 0)
+            rc = fail("the broker exited with status %d on SIGTERM, expected 0", st);
+        kt_stop(kb);
+    }
     fpg_destroy(pg);
     if (rc != 0) {
         fprintf(stderr, "demo: FAILED\n");
