@@ -136,6 +136,7 @@ typedef struct relay {
     int sweeps_done;            /* complete sweeps; with --once, the retries */
     int wakeups_asked;          /* we set ferry.settings.wake_relays */
     int queue_full;             /* librdkafka's queue refused: wait for reports */
+    int sweep_produced;         /* messages produced by the current sweep */
     int failed_sweeps;          /* in a row, for the backoff */
     int64_t sweep_ended_ms;
     int reclaimed;              /* took back our name's leases at start */
@@ -682,6 +683,7 @@ static int producer_create(relay *r)
     /* Defaults first, so that the kafka: map can override any of them. */
     if (conf_set(conf, "bootstrap.servers", r->bootstrap) ||
         conf_set(conf, "partitioner", "murmur2_random") ||
+        conf_set(conf, "socket.nagle.disable", "true") ||
         conf_set(conf, "linger.ms", "2") ||
         conf_set(conf, "queue.buffering.max.messages", num) ||
         conf_set(conf, "client.id", "ferry-relay"))
@@ -821,6 +823,7 @@ static int produce_row(relay *r, PGresult *res, int i)
         r->free_slot = s->next_free;
         r->inflight++;
         r->produced++;
+        r->sweep_produced++;
         return 0;
     }
     rd_kafka_headers_destroy(h);
@@ -879,6 +882,7 @@ static void sweep_restart(relay *r)
     set_str(&r->blocked_key, NULL);
     r->sweep_failed = 0;
     r->dirty = 0;
+    r->sweep_produced = 0;
     r->sweep_started_ms = ferry_now_ms();
 }
 
@@ -926,7 +930,11 @@ static void fetch_and_produce(relay *r)
         "       (extract(epoch FROM o.created_at) * 1000)::bigint, "
         "       o.available_at <= now() "
         "FROM ferry.outbox o "
-        "WHERE o.shard = ANY ($1::int[]) AND o.published_at IS NULL "
+        /* shard + 0: a filter, not an index condition. As a condition,
+         * PostgreSQL 15 starts one index scan per listed shard and reads
+         * every remaining entry of the shards before the cursor, so a drain
+         * got slower the further it went. */
+        "WHERE (o.shard + 0) = ANY ($1::int[]) AND o.published_at IS NULL "
         "  AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2::int, $3, $4, $5::bigint) "
         "  AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "
         "                  AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "
@@ -986,8 +994,8 @@ static void fetch_and_produce(relay *r)
                        "fetched %d rows", rows);
     if (produced_all && rows < limit)
         r->sweep = SWEEP_AT_END;
-    else if (rows == limit && r->wakeups_asked && !r->cfg->once)
-        set_wakeups(r, 0);      /* busy: no need for NOTIFYs */
+    else if (rows > 0 && r->wakeups_asked && !r->cfg->once)
+        set_wakeups(r, 0);      /* busy: it will look again without a NOTIFY */
 }
 
 /* ------------------------------------------------------------------ metrics */
@@ -1076,6 +1084,8 @@ static int start_embedded_kafka(relay *r)
     char errstr[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    /* As in devkafka: the mock brokers' sockets take this setting. */
+    rd_kafka_conf_set(conf, "socket.nagle.disable", "true", errstr, sizeof errstr);
     r->mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (r->mock_host == NULL) {
         rd_kafka_conf_destroy(conf);
@@ -1265,8 +1275,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                 status = r->refused == 0 ? 0 : 1;
                 break;
             }
-            if (!r->wakeups_asked && r->db_ok && !r->dirty && !r->sweep_failed) {
-                /* About to sleep: ask for NOTIFYs, then look once more. */
+            if (r->sweep_produced > 0 && !r->sweep_failed) {
+                /* Busy: look again at once; writers need not notify. */
+                r->dirty = 1;
+            } else if (!r->wakeups_asked && r->db_ok && !r->dirty && !r->sweep_failed) {
+                /* Nothing came: ask for NOTIFYs, then look once more
+                 * before sleeping. */
                 set_wakeups(r, 1);
                 r->dirty = 1;
             }

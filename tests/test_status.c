@@ -175,7 +175,12 @@ static void empty_database(void **state)
 static void shards_and_leases(void **state)
 {
     PGconn *c = tu_connect();
+    /* shard_count may only grow; status must still show a row left on a
+     * shard beyond it (a database set up by hand, say), so step around the
+     * guard for this test. */
+    tu_exec(c, "ALTER TABLE ferry.settings DISABLE TRIGGER settings_guard");
     tu_exec(c, "UPDATE ferry.settings SET shard_count = 4");
+    tu_exec(c, "ALTER TABLE ferry.settings ENABLE TRIGGER settings_guard");
     tu_exec(c, "SELECT ferry.emit('t', 'k' || i, 'T', '{}') FROM generate_series(1, 40) i");
     /* A row of a key first seen under a larger shard count. */
     tu_exec(c, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, shard) "
