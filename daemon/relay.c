@@ -1241,9 +1241,11 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                 goto out;
         }
         record_failures(r);
+        /* Acknowledge in batches while fetching, at once when the sweep is
+         * done: the next sweep waits for these. */
         if (r->ack_count > 0 &&
             (r->ack_count >= cfg->batch_size || r->inflight == 0 ||
-             now - r->first_ack_ms >= 5))
+             r->sweep == SWEEP_AT_END || now - r->first_ack_ms >= 5))
             flush_acks(r);
 
         if (r->sweep == SWEEP_RUNNING && r->sweep_failed)
