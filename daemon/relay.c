@@ -855,18 +855,15 @@ static int produce_row(relay *r, PGresult *res, int i)
  */
 static void set_wakeups(relay *r, int on)
 {
-    PGresult *res = PQexec(r->db, on ? "UPDATE ferry.settings SET wake_relays = true "
-                                       "WHERE NOT wake_relays"
-                                     : "UPDATE ferry.settings SET wake_relays = false "
-                                       "WHERE wake_relays");
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        ferry_error err;
-        ferry_error_from_pg(&err, r->db, res, "could not set wake_relays");
+    ferry_error err;
+    if (ferry_exec(r->db, on ? "UPDATE ferry.settings SET wake_relays = true "
+                               "WHERE NOT wake_relays"
+                             : "UPDATE ferry.settings SET wake_relays = false "
+                               "WHERE wake_relays",
+                   0, NULL, "could not set wake_relays", &err) != FERRY_OK)
         db_lost(r, "wake-ups", &err);
-    } else {
+    else
         r->wakeups_asked = on;
-    }
-    PQclear(res);
 }
 
 /* ------------------------------------------------------------------ the sweep */

@@ -144,6 +144,20 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
     return code;
 }
 
+ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      const char *context, ferry_error *err)
+{
+    PGresult *res = nparams > 0
+        ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
+        : PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    ferry_code rc = FERRY_OK;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        rc = ferry_error_from_pg(err, conn, res, context);
+    PQclear(res);
+    return rc;
+}
+
 ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
 {
     if (conn == NULL)

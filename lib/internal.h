@@ -19,6 +19,11 @@ void ferry_err_clear(ferry_error *err);
 ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...) FERRY_PRINTF(4, 5);
 
+/* Run a statement with text parameters (nparams may be 0) and require it
+ * to succeed; otherwise fill err with context. Results are discarded. */
+ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      const char *context, ferry_error *err);
+
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry_sqlstate_is_conflict(const char *sqlstate);
 

@@ -66,14 +66,10 @@ ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
     arr[o++] = '}';
     arr[o] = '\0';
     const char *params[1] = {arr};
-    PGresult *res = PQexecParams(conn,
-                                 "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
-                                 "ON CONFLICT (name) DO NOTHING",
-                                 1, NULL, params, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not create lease rows");
-    PQclear(res);
+    ferry_code rc = ferry_exec(conn,
+                               "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
+                               "ON CONFLICT (name) DO NOTHING",
+                               1, params, "could not create lease rows", err);
     free(arr);
     return rc;
 }
@@ -143,15 +139,10 @@ ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holde
                                ferry_error *err)
 {
     const char *params[2] = {name, holder};
-    PGresult *res = PQexecParams(conn,
-                                 "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
-                                 "WHERE name = $1 AND holder = $2",
-                                 2, NULL, params, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not release lease");
-    PQclear(res);
-    return rc;
+    return ferry_exec(conn,
+                      "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
+                      "WHERE name = $1 AND holder = $2",
+                      2, params, "could not release lease", err);
 }
 
 ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *holder,

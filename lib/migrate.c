@@ -32,18 +32,6 @@ int ferry_schema_version_known(void)
     return ferry_migrations[ferry_migrations_count - 1].version;
 }
 
-static ferry_code exec_ok(PGconn *conn, const char *sql, const char *context,
-                          ferry_error *err)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    ferry_code rc = FERRY_OK;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        rc = ferry_error_from_pg(err, conn, res, context);
-    PQclear(res);
-    return rc;
-}
-
 /* The line of sql holding the 1-based character position pos. */
 static int line_of(const char *sql, const char *pos_text)
 {
@@ -71,15 +59,10 @@ static ferry_code apply_one(PGconn *conn, const ferry_migration *m, ferry_error 
     char version[16];
     snprintf(version, sizeof version, "%d", m->version);
     const char *params[3] = {version, m->name, m->sql};
-    res = PQexecParams(conn,
-                       "INSERT INTO ferry.schema_version (version, name, checksum) "
-                       "VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'))",
-                       3, NULL, params, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not record migration");
-    PQclear(res);
-    return rc;
+    return ferry_exec(conn,
+                      "INSERT INTO ferry.schema_version (version, name, checksum) "
+                      "VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'))",
+                      3, params, "could not record migration", err);
 }
 
 /* Which migrations are recorded, and do they still match their text?
@@ -139,8 +122,8 @@ ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
     if (ferry_migrations_count > sizeof applied / sizeof applied[0])
         return ferry_err_set(err, FERRY_ESCHEMA, NULL, "too many migrations");
 
-    ferry_code rc = exec_ok(conn, "BEGIN; SET LOCAL client_min_messages = warning; "
-                                  "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")",
+    ferry_code rc = ferry_exec(conn, "BEGIN; SET LOCAL client_min_messages = warning; "
+                                  "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", 0, NULL,
                             "could not begin migration", err);
     if (rc != FERRY_OK)
         goto out_rollback;
@@ -153,7 +136,7 @@ ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
     }
     bool fresh = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
-    if (fresh && (rc = exec_ok(conn, bootstrap_sql, "could not create the ferry schema",
+    if (fresh && (rc = ferry_exec(conn, bootstrap_sql, 0, NULL, "could not create the ferry schema",
                                err)) != FERRY_OK)
         goto out_rollback;
 
@@ -165,7 +148,7 @@ ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
             goto out_rollback;
         version = ferry_migrations[i].version;
     }
-    if ((rc = exec_ok(conn, "COMMIT", "could not commit migration", err)) != FERRY_OK)
+    if ((rc = ferry_exec(conn, "COMMIT", 0, NULL, "could not commit migration", err)) != FERRY_OK)
         goto out_rollback;
     if (version_out != NULL)
         *version_out = version;
