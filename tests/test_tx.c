@@ -244,6 +244,24 @@ static void rescue_and_fail(PGconn *admin, int pid, PGconn *holder, runner *r,
     fail_msg("%s (ferry_tx_run said %s: %s)", why, ferry_code_name(r->rc), r->err.message);
 }
 
+/* Wait until fn has run and its backend waits inside COMMIT, as wait_pred
+ * (a condition on pg_stat_activity) says; return the backend's pid. On
+ * timeout, free the runner and fail the test with why. */
+static int await_victim_in_commit(PGconn *admin, victim *v, runner *r, PGconn *holder,
+                                  const char *wait_pred, const char *why)
+{
+    int pid = victim_await_call(v, 1, WAIT_MS);
+    if (pid == 0)
+        rescue_and_fail(admin, 0, holder, r, "fn never ran");
+    char *sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+                           "WHERE pid = %d AND %s)", pid, wait_pred);
+    bool waiting = await_sql(admin, sql, WAIT_MS, r);
+    free(sql);
+    if (!waiting)
+        rescue_and_fail(admin, pid, holder, r, why);
+    return pid;
+}
+
 /* ------------------------------------------------------------------ */
 /* 1. Commit                                                            */
 
@@ -756,15 +774,8 @@ static void commit_unknown_resolved_committed(void **state)
 
     /* COMMIT waits for the standby: the commit record is written and
      * flushed locally, only the reply is held back. Kill the backend. */
-    int pid = victim_await_call(&v, 1, WAIT_MS);
-    if (pid == 0)
-        rescue_and_fail(admin, 0, NULL, &r, "fn never ran");
-    char *sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
-                           "WHERE pid = %d AND wait_event = 'SyncRep')", pid);
-    bool waiting = await_sql(admin, sql, WAIT_MS, &r);
-    free(sql);
-    if (!waiting)
-        rescue_and_fail(admin, pid, NULL, &r, "COMMIT never waited for the standby");
+    int pid = await_victim_in_commit(admin, &v, &r, NULL, "wait_event = 'SyncRep'",
+                                     "COMMIT never waited for the standby");
     if (!terminate(admin, pid))
         rescue_and_fail(admin, pid, NULL, &r, "pg_terminate_backend failed");
     pthread_join(r.thread, NULL);
@@ -815,15 +826,9 @@ static void commit_unknown_resolved_aborted(void **state)
     runner r = {.conn = tx_connect(), .fn = victim_fn, .arg = &v};
     runner_start(&r);
 
-    int pid = victim_await_call(&v, 1, WAIT_MS);
-    if (pid == 0)
-        rescue_and_fail(admin, 0, holder, &r, "fn never ran");
-    char *sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %d "
-                           "AND wait_event_type = 'Lock' AND wait_event = 'advisory')", pid);
-    bool waiting = await_sql(admin, sql, WAIT_MS, &r);
-    free(sql);
-    if (!waiting)
-        rescue_and_fail(admin, pid, holder, &r, "COMMIT never waited for the advisory lock");
+    int pid = await_victim_in_commit(admin, &v, &r, holder,
+                                     "wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                                     "COMMIT never waited for the advisory lock");
     if (!terminate(admin, pid))
         rescue_and_fail(admin, pid, holder, &r, "pg_terminate_backend failed");
     tu_exec(holder, "SELECT pg_advisory_unlock(90909)");
@@ -861,15 +866,8 @@ static void commit_unknown_unresolvable(void **state)
                 .opts = {.resolve_timeout_ms = 1500}};
     runner_start(&r);
 
-    int pid = victim_await_call(&v, 1, WAIT_MS);
-    if (pid == 0)
-        rescue_and_fail(admin, 0, NULL, &r, "fn never ran");
-    char *sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
-                           "WHERE pid = %d AND wait_event = 'SyncRep')", pid);
-    bool waiting = await_sql(admin, sql, WAIT_MS, &r);
-    free(sql);
-    if (!waiting)
-        rescue_and_fail(admin, pid, NULL, &r, "COMMIT never waited for the standby");
+    int pid = await_victim_in_commit(admin, &v, &r, NULL, "wait_event = 'SyncRep'",
+                                     "COMMIT never waited for the standby");
     /* The server stays down until the helper has given up. */
     if (fpg_stop(tu_pg, "immediate") != 0)
         rescue_and_fail(admin, pid, NULL, &r, "could not stop the server");
@@ -890,7 +888,7 @@ static void commit_unknown_unresolvable(void **state)
 
     /* Crash recovery replayed the commit record written before the wait. */
     PGconn *c = tu_connect();
-    sql = tu_sprintf("SELECT pg_xact_status('%" PRIu64 "'::xid8)", r.err.xid);
+    char *sql = tu_sprintf("SELECT pg_xact_status('%" PRIu64 "'::xid8)", r.err.xid);
     char *status = tu_str(c, sql);
     assert_string_equal(status, "committed");
     free(status);
