@@ -16,8 +16,8 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 
-PKGS        = libpq jansson
-DAEMON_PKGS = $(PKGS) rdkafka libcyaml yaml-0.1 libmicrohttpd
+PKGS        = libpq jansson rdkafka
+DAEMON_PKGS = $(PKGS) libcyaml yaml-0.1 libmicrohttpd
 TEST_PKGS   = $(DAEMON_PKGS) cmocka
 # Lazy (=): evaluated by the inner make, after deps.sh has run.
 PKG_CFLAGS  = $(shell pkg-config --cflags $(TEST_PKGS))

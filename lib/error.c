@@ -23,6 +23,7 @@ const char *ferry_code_name(ferry_code code)
     case FERRY_ESCHEMA: return "FERRY_ESCHEMA";
     case FERRY_ENOMEM: return "FERRY_ENOMEM";
     case FERRY_EUSER: return "FERRY_EUSER";
+    case FERRY_EKAFKA: return "FERRY_EKAFKA";
     }
     return "FERRY_E?";
 }

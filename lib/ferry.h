@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
 #include <libpq-fe.h>
 
 #ifdef __cplusplus
@@ -57,7 +58,8 @@ typedef enum ferry_code {
     FERRY_ESCHEMA,          /* the ferry schema is missing, newer than this
                                library, or differs from what was shipped */
     FERRY_ENOMEM,
-    FERRY_EUSER             /* a caller's callback failed (ferry_tx_run) */
+    FERRY_EUSER,            /* a caller's callback failed (ferry_tx_run) */
+    FERRY_EKAFKA            /* the Kafka client refused or failed */
 } ferry_code;
 
 #define FERRY_ERROR_MESSAGE_SIZE 512
@@ -268,6 +270,155 @@ FERRY_API int ferry_schema_version_known(void);
 
 /* The schema version applied to conn's database; 0 when none. Reads only. */
 FERRY_API ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err);
+
+/* ------------------------------------------------------------------ */
+/* Consume: apply each message once in effect (the inbox)               */
+
+/*
+ * The guarantee. For every message a consumer receives it opens a
+ * transaction on the service's database, records (consumer name, message
+ * id) in ferry.inbox, runs the handler on that same connection, commits,
+ * and only then lets Kafka's offset move past the message. A crash
+ * anywhere repeats the message, and the inbox (checked under the key's
+ * row lock) makes the repeat a no-op: each message's effect is applied
+ * exactly once per consumer name, and anything the handler emits through
+ * the outbox commits together with that effect. Messages of one key are
+ * applied in the order of their per-key positions (the relay's ferry_seq
+ * header); a position at or behind the last one applied is a late
+ * duplicate and is skipped; a position that jumps ahead is held in
+ * ferry.inbox_held, not applied, until the positions before it arrive,
+ * are discarded at the relay (a marker message accounts for them) or are
+ * skipped by an operator (ferry.inbox_skip_gap). A message whose handler
+ * keeps failing goes to ferry.dead_letter with the consumer's name and the
+ * reason, and its key is parked: later messages of that key are held,
+ * every other key keeps flowing; ferry.replay_dead_letter(id) hands it
+ * back (applied next), ferry.discard_dead_letter(id) drops it; either
+ * releases the key. Messages without a ferry_seq header (not published by
+ * a ferry relay) are deduplicated by id only, in arrival order.
+ */
+
+typedef struct ferry_consumer ferry_consumer;
+
+/* A read-only view of one message, valid for the duration of the handler
+ * call only. Strings are NUL-terminated. */
+typedef struct ferry_message {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;             /* -1 when applied from ferry.inbox_held */
+    const char *key;            /* "" when the message had no key */
+    size_t key_len;
+    const char *id;             /* message id, a UUID in text form */
+    const char *type;           /* event type; "" when not given */
+    const char *aggregate_type; /* "" when not given */
+    int64_t position;           /* per-key position; 0 when it has none */
+    const json_t *payload;      /* parsed; borrowed, do not keep */
+    const char *payload_text;   /* as received */
+    size_t payload_len;
+    int attempt;                /* 1 on the first try of this message by this
+                                   consumer, 2 on the next (after any failure) */
+    const void *internal_;      /* for ferry_message_header() */
+} ferry_message;
+
+/* The value of header name as a NUL-terminated string (its last occurrence),
+ * or NULL when the message has no such header. Borrowed, like the message. */
+FERRY_API const char *ferry_message_header(const ferry_message *msg, const char *name);
+
+/*
+ * Apply msg on conn, inside the transaction the consumer opened. May run
+ * statements and emit messages on conn; must not begin, commit or roll
+ * back. Return FERRY_OK to commit. Anything else rolls back; then
+ * err->retriable (ferry_error_from_pg() sets it for serialization
+ * failures, deadlocks and lost connections) retries the message after a
+ * backoff without counting an attempt, and any other failure counts one
+ * attempt towards max_attempts, after which the message is dead-lettered.
+ * A handler may run several times for one message, so it must keep no
+ * effect outside the database from one try to the next.
+ */
+typedef ferry_code (*ferry_handler_fn)(PGconn *conn, const ferry_message *msg, void *arg,
+                                       ferry_error *err);
+
+typedef struct ferry_consumer_conf {
+    const char *name;           /* required: the inbox's namespace; [A-Za-z0-9._-],
+                                   1..200 bytes. Two processes with the same
+                                   name share the work and the dedupe. */
+    const char *db;             /* required: libpq conninfo of the service's database */
+    const char *kafka;          /* required: bootstrap servers */
+    const char *group;          /* Kafka consumer group; NULL = name */
+    const char *const *topics;  /* required: topic_count topic names */
+    size_t topic_count;
+    const char *const *kafka_props; /* optional: NULL-terminated "name=value"
+                                   librdkafka properties, e.g. TLS or SASL */
+    ferry_handler_fn handler;   /* required */
+    void *handler_arg;
+    ferry_isolation isolation;  /* of the applying transaction */
+    int max_attempts;           /* handler failures before the dead letter; 0 = 5 */
+    int backoff_base_ms;        /* retry waits up to this, doubling; 0 = 10 */
+    int backoff_max_ms;         /* 0 = 2000 */
+    int held_scan_ms;           /* how often held messages are looked at
+                                   without a reason to; 0 = 1000 */
+    int first_position_any;     /* 1: a key this consumer never saw starts at
+                                   the first position that arrives, not at 1 */
+    size_t max_payload;         /* bytes; 0 = FERRY_DEFAULT_MAX_PAYLOAD; a
+                                   larger message is dead-lettered unread */
+} ferry_consumer_conf;
+
+/* What a consumer did since it was made; for logs, metrics and tests. */
+typedef struct ferry_consumer_stats {
+    uint64_t received;          /* messages from Kafka */
+    uint64_t applied;           /* handler ran and committed */
+    uint64_t duplicates;        /* skipped: id already in the inbox */
+    uint64_t late;              /* skipped: position already applied */
+    uint64_t held_gap;          /* held: positions missing before it */
+    uint64_t held_parked;       /* held: key parked behind a dead letter */
+    uint64_t drained;           /* applied from ferry.inbox_held */
+    uint64_t discard_markers;   /* positions discarded at the relay, accounted for */
+    uint64_t dead_lettered;
+    uint64_t handler_failures;  /* handler returned a non-retriable error */
+    uint64_t transient_retries; /* rolled back on a retriable error and retried */
+    uint64_t reconnects;        /* database connection reset */
+    uint64_t assigned;          /* partitions assigned, summed over rebalances */
+    uint64_t revoked;           /* partitions revoked */
+    uint64_t offsets_stored;
+} ferry_consumer_stats;
+
+/*
+ * Make a consumer: connect to the database (its ferry schema must be at
+ * this library's version: run ferry_migrate() first) and subscribe to the
+ * topics. conf and what it points to are borrowed for this call only.
+ * Returns FERRY_EINVAL (err->field names the setting), FERRY_ECONN,
+ * FERRY_ESCHEMA or FERRY_EKAFKA; *out is set only on success.
+ */
+FERRY_API ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **out,
+                                        ferry_error *err);
+
+/*
+ * Wait up to timeout_ms for one message and apply it (retrying transient
+ * failures, dead-lettering a poison message), then apply any held
+ * messages that became ready. Returns FERRY_OK also when nothing came.
+ * Fails only when it cannot go on: FERRY_EKAFKA on a fatal Kafka error,
+ * FERRY_ESTATE after ferry_consumer_close(). When a stop was requested
+ * while a message was being retried, that message is left to be
+ * delivered again and FERRY_OK is returned.
+ */
+FERRY_API ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *err);
+
+/* ferry_consumer_poll() until ferry_consumer_stop(), then close. */
+FERRY_API ferry_code ferry_consumer_run(ferry_consumer *c, ferry_error *err);
+
+/* Ask the consumer to stop: the message in hand is finished (or left for
+ * redelivery if it is waiting to be retried) and run() returns.
+ * Async-signal-safe and thread-safe. */
+FERRY_API void ferry_consumer_stop(ferry_consumer *c);
+
+/* Leave the group cleanly: commit the offsets of what was applied, hand
+ * the partitions back, close the database connection. Further polls
+ * return FERRY_ESTATE. */
+FERRY_API ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err);
+
+/* Close (if not closed) and free. Accepts NULL. */
+FERRY_API void ferry_consumer_destroy(ferry_consumer *c);
+
+FERRY_API void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out);
 
 #ifdef __cplusplus
 }

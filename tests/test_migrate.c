@@ -203,7 +203,9 @@ static void relay_migrate_command(void **state)
 
     const char *first[] = {relay, "migrate", "--db", ci, NULL};
     assert_int_equal(run_relay(first, out, sizeof out), 0);
-    assert_non_null(strstr(out, "migrated from version 0 to 1"));
+    char want[64];
+    snprintf(want, sizeof want, "migrated from version 0 to %d", ferry_schema_version_known());
+    assert_non_null(strstr(out, want));
     assert_int_equal(run_relay(first, out, sizeof out), 0);
     assert_non_null(strstr(out, "nothing to do"));
 

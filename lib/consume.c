@@ -1,0 +1,1051 @@
+/*
+ * consume.c — apply each message once in effect, in per-key order: the
+ * inbox side of ferry (ferry.h, "Consume").
+ *
+ * One consumer is one Kafka consumer-group member and one PGconn, driven
+ * from the caller's thread. For each message:
+ *
+ *   BEGIN; SELECT ferry.inbox_claim(...)  -- dedupe + order, key row locked
+ *          handler(conn, msg)             -- the caller's effect, may emit
+ *   COMMIT;
+ *   store offset+1                        -- only now may Kafka move past it
+ *
+ * The invariant that makes this exactly once in effect: a message's
+ * offset is stored only after the transaction that applied it (or
+ * decided it needs no applying) committed, and that transaction wrote the
+ * inbox row under the key's row lock, so a redelivery — after a crash, a
+ * rebalance, a relay that published twice — finds the row and does
+ * nothing. Offsets are committed by librdkafka's auto-commit from the
+ * stored offsets, and synchronously when partitions are revoked or the
+ * consumer closes.
+ *
+ * Messages that may not be applied yet (a gap before them, their key
+ * parked behind a dead letter) are copied into ferry.inbox_held in that
+ * same kind of transaction, so that Kafka can move on; they are applied
+ * from there when their turn comes (see drain()).
+ */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "internal.h"
+
+enum {
+    DEFAULT_MAX_ATTEMPTS = 5,
+    MAX_ATTEMPTS_LIMIT = 1000,
+    DEFAULT_BACKOFF_BASE_MS = 10,
+    DEFAULT_BACKOFF_MAX_MS = 2000,
+    DEFAULT_HELD_SCAN_MS = 1000,
+    NAME_MAX_LEN = 200,
+    TOPICS_MAX = 1000,
+    DRAIN_BATCH = 100,              /* held messages looked at per query */
+    DRAIN_ROUNDS_MAX = 10,          /* queries per poll, so Kafka is polled too */
+    REASON_MAX = 1024,
+};
+
+struct ferry_consumer {
+    char name[NAME_MAX_LEN + 1];
+    PGconn *conn;
+    rd_kafka_t *rk;
+    ferry_handler_fn handler;
+    void *handler_arg;
+    ferry_tx_opts tx;
+    int max_attempts, backoff_base_ms, backoff_max_ms, held_scan_ms;
+    int first_any;
+    size_t max_payload;
+
+    volatile sig_atomic_t stop;
+    int closed;
+    int drain_due;                  /* an apply said a held message is next */
+    int64_t next_scan_ms;
+    long kill_after_commits;        /* test hook, see ferry_consumer_new */
+    long commits;
+    ferry_consumer_stats stats;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static int name_ok(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Full jitter: a random wait in [0, min(max, base * 2^(attempt-1))]. */
+static void backoff(const ferry_consumer *c, int attempt)
+{
+    long cap = c->backoff_base_ms;
+    for (int i = 1; i < attempt && cap < c->backoff_max_ms; i++)
+        cap *= 2;
+    if (cap > c->backoff_max_ms)
+        cap = c->backoff_max_ms;
+    unsigned r = 0;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (unsigned)ferry_now_ms();
+    ferry_sleep_ms((long)(r % (unsigned)(cap + 1)));
+}
+
+/* A stand-in id for a message that carries none (not from a ferry relay):
+ * the same Kafka coordinates always give the same id, so a redelivery of
+ * that offset is still recognised. Two FNV-1a hashes, version 8 bits. */
+static void coordinates_id(const char *topic, int32_t partition, int64_t offset,
+                           char out[FERRY_UUID_STRING_SIZE])
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof buf, "%s/%" PRId32 "/%" PRId64, topic, partition, offset);
+    uint64_t h1 = 0xcbf29ce484222325ULL, h2 = 0x84222325cbf29ce4ULL;
+    for (int i = 0; i < n && i < (int)sizeof buf; i++) {
+        h1 = (h1 ^ (uint8_t)buf[i]) * 0x100000001b3ULL;
+        h2 = (h2 ^ (uint8_t)buf[i]) * 0x100000001b3ULL + 0x9e3779b97f4a7c15ULL;
+    }
+    ferry_uuid id;
+    for (int i = 0; i < 8; i++) {
+        id.bytes[i] = (uint8_t)(h1 >> (56 - 8 * i));
+        id.bytes[8 + i] = (uint8_t)(h2 >> (56 - 8 * i));
+    }
+    id.bytes[6] = (uint8_t)((id.bytes[6] & 0x0f) | 0x80);   /* version 8 */
+    id.bytes[8] = (uint8_t)((id.bytes[8] & 0x3f) | 0x80);   /* RFC 9562 variant */
+    ferry_uuid_format(&id, out);
+}
+
+/* ---------------------------------------------------------------- one message */
+
+/*
+ * Everything about one message that the transactions need, whether it came
+ * from Kafka or from ferry.inbox_held. Strings point into the Kafka
+ * message, the PGresult of the held row, or the buffers here; headers is
+ * owned.
+ */
+typedef struct work {
+    ferry_message msg;
+    json_t *headers;            /* name -> string; owned */
+    json_t *payload;            /* owned; NULL when the payload is not JSON */
+    char id[FERRY_UUID_STRING_SIZE];
+    char seq_text[24];          /* "" when the message has no position */
+    char key_text[2 * FERRY_KEY_MAX + 8];   /* the key when it is not text */
+    char poison[REASON_MAX];    /* non-empty: cannot be applied, whatever the handler */
+    int from_held;
+    int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
+    int marker;                 /* a position discarded at the relay */
+    rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
+} work;
+
+static void work_free(work *w)
+{
+    json_decref(w->headers);
+    json_decref(w->payload);
+    w->headers = w->payload = NULL;
+}
+
+const char *ferry_message_header(const ferry_message *msg, const char *name)
+{
+    if (msg == NULL || name == NULL || msg->internal_ == NULL)
+        return NULL;
+    const work *w = msg->internal_;
+    return json_string_value(json_object_get(w->headers, name));
+}
+
+static const char *header(const work *w, const char *name)
+{
+    const char *v = json_string_value(json_object_get(w->headers, name));
+    return v ? v : "";
+}
+
+/* Fill in what both sources share once msg's key, payload text and
+ * headers are in place: id, position, type, parsed payload, poison. */
+static void work_finish(ferry_consumer *c, work *w)
+{
+    ferry_message *m = &w->msg;
+    m->internal_ = w;
+    m->attempt = 0;             /* apply_fn counts the tries */
+
+    const char *id = header(w, "ferry_id");
+    if (*id == '\0')
+        id = header(w, "ce_id");
+    ferry_uuid u;
+    if (*id != '\0' && ferry_uuid_parse(id, &u) == FERRY_OK)
+        ferry_uuid_format(&u, w->id);
+    else
+        coordinates_id(m->topic, m->partition, m->offset, w->id);
+    m->id = w->id;
+
+    m->type = header(w, "ferry_type");
+    if (*m->type == '\0')
+        m->type = header(w, "ce_type");
+    m->aggregate_type = header(w, "ferry_aggregate_type");
+    w->marker = json_object_get(w->headers, "ferry_discarded") != NULL;
+
+    const char *seq = header(w, "ferry_seq");
+    m->position = 0;
+    w->seq_text[0] = '\0';
+    if (*seq != '\0') {
+        char *end = NULL;
+        long long v = strtoll(seq, &end, 10);
+        if (end == seq || *end != '\0' || v <= 0)
+            snprintf(w->poison, sizeof w->poison,
+                     "header ferry_seq is \"%.40s\", not a position", seq);
+        else {
+            m->position = v;
+            snprintf(w->seq_text, sizeof w->seq_text, "%lld", v);
+        }
+    }
+
+    if (w->poison[0] == '\0' && !w->marker) {
+        if (m->payload_len > c->max_payload) {
+            snprintf(w->poison, sizeof w->poison,
+                     "payload of %zu bytes is over the consumer's limit of %zu",
+                     m->payload_len, c->max_payload);
+        } else {
+            json_error_t jerr;
+            w->payload = json_loadb(m->payload_text, m->payload_len,
+                                    JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+            if (w->payload == NULL)
+                snprintf(w->poison, sizeof w->poison,
+                         "payload is not valid JSON: %s at line %d, column %d", jerr.text,
+                         jerr.line, jerr.column);
+        }
+    }
+    m->payload = w->payload ? w->payload : json_null();
+}
+
+/* A Kafka message as work. Keys and header values that are not UTF-8 text
+ * (PostgreSQL text cannot hold them) are kept hex-encoded, and such a key
+ * makes the message poison: it could not be ordered or stored faithfully. */
+static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
+{
+    memset(w, 0, sizeof *w);
+    w->rkm = rkm;
+    ferry_message *m = &w->msg;
+    m->topic = rd_kafka_topic_name(rkm->rkt);
+    m->partition = rkm->partition;
+    m->offset = rkm->offset;
+    m->payload_text = rkm->payload ? (const char *)rkm->payload : "null";
+    m->payload_len = rkm->payload ? rkm->len : 4;
+
+    size_t bad;
+    if (rkm->key == NULL) {
+        m->key = "";
+    } else if (rkm->key_len <= FERRY_KEY_MAX && memchr(rkm->key, 0, rkm->key_len) == NULL &&
+               ferry_utf8_valid(rkm->key, rkm->key_len, &bad)) {
+        memcpy(w->key_text, rkm->key, rkm->key_len);
+        w->key_text[rkm->key_len] = '\0';
+        m->key = w->key_text;
+    } else {
+        size_t n = rkm->key_len < FERRY_KEY_MAX ? rkm->key_len : FERRY_KEY_MAX;
+        char *p = w->key_text;
+        p += sprintf(p, "\\x");
+        for (size_t i = 0; i < n; i++)
+            p += sprintf(p, "%02x", ((const unsigned char *)rkm->key)[i]);
+        m->key = w->key_text;
+        snprintf(w->poison, sizeof w->poison,
+                 "the message key is not UTF-8 text of at most %d bytes", FERRY_KEY_MAX);
+    }
+    m->key_len = strlen(m->key);
+
+    w->headers = json_object();
+    rd_kafka_headers_t *hdrs = NULL;
+    if (w->headers != NULL && rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &val, &size) ==
+                           RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
+            /* Later ones win, as ferry_message_header() promises. A value
+             * that is not text is left out. */
+            json_t *s = val ? json_stringn(val, size) : NULL;
+            if (s != NULL)
+                json_object_set_new(w->headers, name, s);
+        }
+    }
+    w->payload_is_text = rkm->payload == NULL ||
+                         (memchr(rkm->payload, 0, rkm->len) == NULL &&
+                          ferry_utf8_valid(rkm->payload, rkm->len, &bad));
+    if (!w->payload_is_text && w->poison[0] == '\0')
+        snprintf(w->poison, sizeof w->poison, "payload is not UTF-8 text");
+    work_finish(c, w);
+}
+
+enum {
+    H_CONSUMER, H_TOPIC, H_KEY, H_SEQ, H_ID, H_TYPE, H_AGGTYPE, H_PAYLOAD, H_HEADERS,
+    H_PARTITION, H_OFFSET, H_REASON, H_HELD_AT
+};
+
+/* Row i of a ferry.inbox_ready() result as work; borrows from res. */
+static void work_from_held(ferry_consumer *c, work *w, PGresult *res, int i)
+{
+    memset(w, 0, sizeof *w);
+    w->from_held = 1;
+    ferry_message *m = &w->msg;
+    m->topic = PQgetvalue(res, i, H_TOPIC);
+    m->key = PQgetvalue(res, i, H_KEY);
+    m->key_len = strlen(m->key);
+    m->partition = atoi(PQgetvalue(res, i, H_PARTITION));
+    m->offset = -1;
+    m->payload_text = PQgetvalue(res, i, H_PAYLOAD);
+    m->payload_len = (size_t)PQgetlength(res, i, H_PAYLOAD);
+    w->payload_is_text = 1;
+    json_error_t jerr;
+    w->headers = json_loads(PQgetvalue(res, i, H_HEADERS), 0, &jerr);
+    if (!json_is_object(w->headers)) {
+        json_decref(w->headers);
+        w->headers = json_object();
+    }
+    /* The row's columns are the truth: the headers may lack an id, or
+     * carry a position the replay did not keep. */
+    json_object_set_new(w->headers, "ferry_id", json_string(PQgetvalue(res, i, H_ID)));
+    if (PQgetisnull(res, i, H_SEQ))
+        json_object_del(w->headers, "ferry_seq");
+    else
+        json_object_set_new(w->headers, "ferry_seq", json_string(PQgetvalue(res, i, H_SEQ)));
+    if (*PQgetvalue(res, i, H_TYPE) != '\0')
+        json_object_set_new(w->headers, "ferry_type", json_string(PQgetvalue(res, i, H_TYPE)));
+    work_finish(c, w);
+}
+
+/* ---------------------------------------------------------------- transactions */
+
+typedef enum verdict {
+    V_APPLY, V_APPLY_MORE, V_DUPLICATE, V_LATE, V_GAP, V_PARKED
+} verdict;
+
+typedef struct apply_ctx {
+    ferry_consumer *c;
+    work *w;
+    verdict v;
+    int handler_failed;         /* the failure came from the handler */
+    int poisoned;               /* claimed for applying, but it is poison */
+} apply_ctx;
+
+static int parse_verdict(const char *s, verdict *out)
+{
+    static const struct { const char *name; verdict v; } names[] = {
+        {"apply", V_APPLY}, {"apply_more", V_APPLY_MORE}, {"duplicate", V_DUPLICATE},
+        {"late", V_LATE}, {"gap", V_GAP}, {"parked", V_PARKED},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(s, names[i].name) == 0) {
+            *out = names[i].v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static ferry_code unhold(PGconn *conn, apply_ctx *a, ferry_error *err)
+{
+    const char *p[2] = {a->c->name, a->w->id};
+    return ferry_exec(conn, "SELECT ferry.inbox_unhold($1, $2::uuid)", 2, p,
+                      "could not drop a held message", err);
+}
+
+/* The applying transaction's body (a ferry_tx_fn). */
+static ferry_code apply_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    apply_ctx *a = arg;
+    ferry_consumer *c = a->c;
+    work *w = a->w;
+    a->handler_failed = a->poisoned = 0;
+    w->msg.attempt++;
+
+    const char *p[6] = {c->name, w->id, w->msg.topic, w->msg.key,
+                        w->seq_text[0] ? w->seq_text : NULL, c->first_any ? "t" : "f"};
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT ferry.inbox_claim($1, $2::uuid, $3, $4, $5::bigint, "
+                                 "$6::boolean)", 6, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
+        PQclear(res);
+        return rc;
+    }
+    int bad = parse_verdict(PQgetvalue(res, 0, 0), &a->v);
+    PQclear(res);
+    if (bad)
+        return ferry_err_set(err, FERRY_ESCHEMA, NULL,
+                             "ferry.inbox_claim gave an answer this library does not know");
+
+    switch (a->v) {
+    case V_DUPLICATE:
+    case V_LATE:
+        return w->from_held ? unhold(conn, a, err) : FERRY_OK;
+    case V_GAP:
+    case V_PARKED:
+        if (w->from_held)
+            return FERRY_OK;        /* not its turn after all: stays held */
+        if (!w->payload_is_text) {
+            /* Cannot be kept as text until its turn: dead-lettered now,
+             * which parks its key behind it. */
+            a->poisoned = 1;
+            return ferry_err_set(err, FERRY_EINVAL, "payload", "%s (arrived while its key "
+                                 "was held)", w->poison);
+        } else {
+            char part[16], off[24];
+            snprintf(part, sizeof part, "%" PRId32, w->msg.partition);
+            snprintf(off, sizeof off, "%" PRId64, w->msg.offset);
+            char *hjson = json_dumps(w->headers, JSON_COMPACT);
+            if (hjson == NULL)
+                return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+            /* Held as received; a payload that is not text is poison and
+             * was caught before (see work_from_kafka). */
+            const char *hp[12] = {c->name, w->id, w->msg.topic, w->msg.key, w->seq_text,
+                                  w->msg.type, w->msg.aggregate_type, w->msg.payload_text,
+                                  hjson, part, off, a->v == V_GAP ? "gap" : "parked"};
+            int lens[12] = {0};
+            int fmts[12] = {0};
+            lens[7] = (int)w->msg.payload_len;
+            fmts[7] = 1;    /* binary text: no NUL needed at the end */
+            PGresult *hr = PQexecParams(conn,
+                                        "SELECT ferry.inbox_hold($1, $2::uuid, $3, $4, "
+                                        "$5::bigint, $6, $7, convert_from($8::bytea, 'UTF8'), "
+                                        "$9::jsonb, $10::integer, $11::bigint, $12)",
+                                        12, NULL, hp, lens, fmts, 0);
+            free(hjson);
+            ferry_code rc = PQresultStatus(hr) == PGRES_TUPLES_OK
+                                ? FERRY_OK
+                                : ferry_error_from_pg(err, conn, hr, "could not hold the message");
+            PQclear(hr);
+            return rc;
+        }
+    case V_APPLY:
+    case V_APPLY_MORE:
+        break;
+    }
+
+    if (w->poison[0] != '\0') {
+        a->poisoned = 1;
+        return ferry_err_set(err, FERRY_EINVAL, "payload", "%s", w->poison);
+    }
+    if (!w->marker) {
+        ferry_err_clear(err);
+        ferry_code rc = c->handler(conn, &w->msg, c->handler_arg, err);
+        if (rc != FERRY_OK) {
+            a->handler_failed = 1;
+            if (err->code == FERRY_OK)
+                ferry_err_set(err, rc, NULL, "the handler failed (%s)", ferry_code_name(rc));
+            return rc;
+        }
+    }
+    return w->from_held ? unhold(conn, a, err) : FERRY_OK;
+}
+
+typedef struct dead_ctx {
+    ferry_consumer *c;
+    work *w;
+    int attempts;
+    const char *reason;
+} dead_ctx;
+
+static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    dead_ctx *d = arg;
+    work *w = d->w;
+    char attempts[16];
+    snprintf(attempts, sizeof attempts, "%d", d->attempts);
+    char *hjson = json_dumps(w->headers, JSON_COMPACT);
+    if (hjson == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+    /* The payload goes as bytes (it need not end in a NUL); one that is
+     * not text is kept hex-encoded rather than lost. */
+    char *hex = NULL;
+    const char *payload = w->msg.payload_text;
+    size_t plen = w->msg.payload_len;
+    if (!w->payload_is_text) {
+        hex = malloc(2 * plen + 64);
+        if (hex == NULL) {
+            free(hjson);
+            return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+        }
+        char *q = hex + sprintf(hex, "not UTF-8 text, hex: ");
+        for (size_t i = 0; i < plen; i++)
+            q += sprintf(q, "%02x", (unsigned char)payload[i]);
+        payload = hex;
+        plen = (size_t)(q - hex);
+    }
+    const char *p[11] = {d->c->name, w->id, w->msg.topic, w->msg.key,
+                         w->seq_text[0] ? w->seq_text : NULL, w->msg.type,
+                         w->msg.aggregate_type, payload, hjson, attempts, d->reason};
+    int lens[11] = {0};
+    int fmts[11] = {0};
+    lens[7] = (int)plen;
+    fmts[7] = 1;
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT ferry.inbox_dead_letter($1, $2::uuid, $3, $4, "
+                                 "$5::bigint, $6, $7, convert_from($8::bytea, 'UTF8'), "
+                                 "$9::jsonb, $10::integer, $11)",
+                                 11, NULL, p, lens, fmts, 0);
+    free(hex);
+    free(hjson);
+    ferry_code rc = PQresultStatus(res) == PGRES_TUPLES_OK
+                        ? FERRY_OK
+                        : ferry_error_from_pg(err, conn, res, "could not dead-letter the message");
+    PQclear(res);
+    return rc;
+}
+
+static int transient(const ferry_consumer *c, ferry_code rc, const ferry_error *e)
+{
+    return e->retriable || rc == FERRY_ECONN || rc == FERRY_ECOMMIT_UNKNOWN ||
+           PQstatus(c->conn) != CONNECTION_OK;
+}
+
+/* Run fn in one transaction, retrying transient failures until it works
+ * or a stop is asked for (1). Other failures come back as they are. */
+static ferry_code run_tx(ferry_consumer *c, ferry_tx_fn fn, void *arg, int *stopped,
+                         ferry_error *err)
+{
+    for (int attempt = 1;; attempt++) {
+        int was_down = PQstatus(c->conn) != CONNECTION_OK;
+        ferry_code rc = ferry_tx_run(c->conn, &c->tx, fn, arg, NULL, err);
+        if (was_down && PQstatus(c->conn) == CONNECTION_OK)
+            c->stats.reconnects++;
+        if (rc == FERRY_OK || !transient(c, rc, err))
+            return rc;
+        c->stats.transient_retries++;
+        ferry_log(attempt == 1 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "consumer.retry",
+                  "consumer %s: %s; retrying", c->name, err->message);
+        if (c->stop) {
+            *stopped = 1;
+            return rc;
+        }
+        backoff(c, attempt);
+    }
+}
+
+/* Store the offset after msg: Kafka may now move past it. */
+static void store_offset(ferry_consumer *c, const work *w)
+{
+    if (w->from_held)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, w->msg.topic, w->msg.partition)->offset =
+        w->msg.offset + 1;
+    /* Refused for a partition this member no longer holds (a rebalance
+     * while it applied): the new owner will find the inbox row. */
+    if (rd_kafka_offsets_store(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+        l->elems[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        c->stats.offsets_stored++;
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* After a committed transaction: the test hook that dies right between
+ * the database commit and the offset store. */
+static void after_commit(ferry_consumer *c)
+{
+    c->commits++;
+    if (c->kill_after_commits > 0 && c->commits == c->kill_after_commits) {
+        ferry_log(FERRY_LOG_WARN, "consumer.test_kill",
+                  "consumer %s: killed after commit %ld (FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT)",
+                  c->name, c->commits);
+        raise(SIGKILL);
+    }
+}
+
+static void dead_letter(ferry_consumer *c, work *w, int attempts, const char *reason,
+                        int *stopped)
+{
+    dead_ctx d = {c, w, attempts, reason};
+    ferry_error e;
+    for (;;) {
+        ferry_code rc = run_tx(c, dead_fn, &d, stopped, &e);
+        if (rc == FERRY_OK)
+            break;
+        if (*stopped)
+            return;
+        /* Not transient, yet the dead letter must be written before Kafka
+         * moves on: keep trying, slowly, and say so. */
+        ferry_log(FERRY_LOG_ERROR, "consumer.dead_letter_failed", "consumer %s: %s",
+                  c->name, e.message);
+        backoff(c, 20);
+        if (c->stop) {
+            *stopped = 1;
+            return;
+        }
+    }
+    after_commit(c);
+    c->stats.dead_lettered++;
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "consumer", c->name, "topic",
+                          w->msg.topic, "key", w->msg.key, "message_id", w->id, "attempts",
+                          attempts, "reason", reason);
+    ferry_log_json(FERRY_LOG_WARN, "consumer.dead_lettered", f,
+                   "consumer %s: message %s dead-lettered after %d attempts: %s", c->name,
+                   w->id, attempts, reason);
+}
+
+/*
+ * Apply one message, whatever it takes: transient failures are retried,
+ * handler failures counted, the poison dead-lettered. Returns 1 when the
+ * message is done with (its offset may be stored), 0 when a stop left it
+ * for redelivery.
+ */
+static int process(ferry_consumer *c, work *w)
+{
+    apply_ctx a = {c, w, V_APPLY, 0, 0};
+    ferry_error e;
+    int stopped = 0;
+    for (int failures = 0;;) {
+        ferry_code rc = run_tx(c, apply_fn, &a, &stopped, &e);
+        if (stopped)
+            return 0;
+        if (rc == FERRY_OK)
+            break;
+        if (a.poisoned) {
+            dead_letter(c, w, 0, w->poison, &stopped);
+            return !stopped;
+        }
+        if (!a.handler_failed) {
+            /* The claim itself failed for a reason that is not transient
+             * (permissions, a schema change): not the message's fault, so
+             * no attempt is counted; wait and try again. */
+            ferry_log(FERRY_LOG_ERROR, "consumer.claim_failed", "consumer %s: %s", c->name,
+                      e.message);
+            backoff(c, 20);
+            if (c->stop)
+                return 0;
+            continue;
+        }
+        c->stats.handler_failures++;
+        if (++failures >= c->max_attempts) {
+            char reason[REASON_MAX];
+            snprintf(reason, sizeof reason, "%s", e.message);
+            dead_letter(c, w, failures, reason, &stopped);
+            return !stopped;
+        }
+        ferry_log(FERRY_LOG_INFO, "consumer.handler_failed",
+                  "consumer %s: message %s, failure %d of %d: %s", c->name, w->id, failures,
+                  c->max_attempts, e.message);
+        backoff(c, failures);
+        if (c->stop)
+            return 0;
+    }
+    after_commit(c);
+
+    switch (a.v) {
+    case V_APPLY_MORE:
+        c->drain_due = 1;
+        /* fall through */
+    case V_APPLY:
+        if (w->marker)
+            c->stats.discard_markers++;
+        else if (w->from_held)
+            c->stats.drained++;
+        else
+            c->stats.applied++;
+        break;
+    case V_DUPLICATE:
+        c->stats.duplicates++;
+        break;
+    case V_LATE:
+        c->stats.late++;
+        break;
+    case V_GAP:
+        if (!w->from_held) {
+            c->stats.held_gap++;
+            ferry_log(FERRY_LOG_INFO, "consumer.gap",
+                      "consumer %s: %s/%s position %" PRId64 " held: positions before it "
+                      "have not arrived", c->name, w->msg.topic, w->msg.key, w->msg.position);
+        }
+        break;
+    case V_PARKED:
+        if (!w->from_held)
+            c->stats.held_parked++;
+        break;
+    }
+    return 1;
+}
+
+/* Apply held messages that became ready. Bounded per call, so that a long
+ * backlog does not keep Kafka from being polled. */
+static void drain(ferry_consumer *c)
+{
+    c->drain_due = 0;
+    c->next_scan_ms = ferry_now_ms() + c->held_scan_ms;
+    char limit[16];
+    snprintf(limit, sizeof limit, "%d", DRAIN_BATCH);
+    const char *p[2] = {c->name, limit};
+    for (int round = 0; round < DRAIN_ROUNDS_MAX && !c->stop; round++) {
+        if (PQstatus(c->conn) != CONNECTION_OK)
+            return;         /* the next message's transaction reconnects */
+        PGresult *res = PQexecParams(c->conn,
+                                     "SELECT consumer, topic, key, seq, message_id, type, "
+                                     "aggregatetype, payload, headers, kafka_partition, "
+                                     "kafka_offset, reason, held_at "
+                                     "FROM ferry.inbox_ready($1, $2::integer)",
+                                     2, NULL, p, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            ferry_error e;
+            ferry_error_from_pg(&e, c->conn, res, "could not look for held messages");
+            ferry_log(FERRY_LOG_WARN, "consumer.drain_failed", "consumer %s: %s", c->name,
+                      e.message);
+            PQclear(res);
+            return;
+        }
+        int n = PQntuples(res);
+        uint64_t before = c->stats.drained + c->stats.discard_markers +
+                          c->stats.dead_lettered + c->stats.late + c->stats.duplicates;
+        for (int i = 0; i < n && !c->stop; i++) {
+            work w;
+            work_from_held(c, &w, res, i);
+            process(c, &w);
+            work_free(&w);
+        }
+        PQclear(res);
+        uint64_t after = c->stats.drained + c->stats.discard_markers +
+                         c->stats.dead_lettered + c->stats.late + c->stats.duplicates;
+        if ((n < DRAIN_BATCH && !c->drain_due) || after == before) {
+            c->drain_due = 0;   /* nothing more, or nothing moved: do not spin */
+            return;
+        }
+    }
+    c->drain_due = 1;       /* more to do: the next poll goes on */
+}
+
+/* ---------------------------------------------------------------- Kafka */
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    ferry_consumer *c = opaque;
+    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        c->stats.assigned += (uint64_t)parts->cnt;
+        ferry_log(FERRY_LOG_INFO, "consumer.assigned", "consumer %s: %d partitions assigned",
+                  c->name, parts->cnt);
+        if (cooperative) {
+            rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
+            if (e)
+                rd_kafka_error_destroy(e);
+        } else {
+            rd_kafka_assign(rk, parts);
+        }
+        return;
+    }
+    /* Revoked (or lost): what was applied is committed before the
+     * partitions go, so the next owner starts after it. No message is in
+     * hand here: this runs inside rd_kafka_consumer_poll(), between
+     * messages. */
+    c->stats.revoked += (uint64_t)parts->cnt;
+    ferry_log(FERRY_LOG_INFO, "consumer.revoked", "consumer %s: %d partitions revoked",
+              c->name, parts->cnt);
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !rd_kafka_assignment_lost(rk)) {
+        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+        if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            ferry_log(FERRY_LOG_WARN, "consumer.commit_failed",
+                      "consumer %s: could not commit offsets before the rebalance: %s "
+                      "(the next owner will skip what was applied)", c->name,
+                      rd_kafka_err2str(cerr));
+    }
+    if (cooperative) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static ferry_code kafka_set(rd_kafka_conf_t *conf, const char *name, const char *value,
+                            ferry_error *err)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
+        return ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+                             "Kafka property %s=%s: %s", name, value, errstr);
+    return FERRY_OK;
+}
+
+/* Properties that the guarantee depends on: a user may not change them. */
+static int fixed_property(const char *name)
+{
+    return strcmp(name, "enable.auto.offset.store") == 0 ||
+           strcmp(name, "group.id") == 0 || strcmp(name, "enable.partition.eof") == 0;
+}
+
+static ferry_code kafka_new(ferry_consumer *c, const ferry_consumer_conf *conf, ferry_error *err)
+{
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    ferry_code rc;
+    if ((rc = kafka_set(kc, "bootstrap.servers", conf->kafka, err)) != FERRY_OK ||
+        (rc = kafka_set(kc, "group.id", conf->group ? conf->group : conf->name, err)) !=
+            FERRY_OK ||
+        (rc = kafka_set(kc, "enable.auto.offset.store", "false", err)) != FERRY_OK ||
+        (rc = kafka_set(kc, "enable.auto.commit", "true", err)) != FERRY_OK ||
+        /* Commit often: progress not committed before a crash or a
+         * rebalance is redelivered (and skipped, at the cost of a round
+         * trip per message). */
+        (rc = kafka_set(kc, "auto.commit.interval.ms", "1000", err)) != FERRY_OK ||
+        (rc = kafka_set(kc, "auto.offset.reset", "earliest", err)) != FERRY_OK ||
+        (rc = kafka_set(kc, "enable.partition.eof", "false", err)) != FERRY_OK ||
+        (rc = kafka_set(kc, "client.id", c->name, err)) != FERRY_OK)
+        goto out_conf;
+    for (const char *const *p = conf->kafka_props; p && *p; p++) {
+        const char *eq = strchr(*p, '=');
+        char name[256];
+        if (eq == NULL || eq == *p || (size_t)(eq - *p) >= sizeof name) {
+            rc = ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+                               "Kafka property \"%.100s\" is not name=value", *p);
+            goto out_conf;
+        }
+        memcpy(name, *p, (size_t)(eq - *p));
+        name[eq - *p] = '\0';
+        if (fixed_property(name)) {
+            rc = ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+                               "Kafka property %s is set by the consumer and may not be "
+                               "changed (the inbox guarantee depends on it)", name);
+            goto out_conf;
+        }
+        if ((rc = kafka_set(kc, name, eq + 1, err)) != FERRY_OK)
+            goto out_conf;
+    }
+    rd_kafka_conf_set_opaque(kc, c);
+    rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+
+    char errstr[512];
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    if (c->rk == NULL) {
+        rc = ferry_err_set(err, FERRY_EKAFKA, NULL, "could not create the Kafka consumer: %s",
+                           errstr);
+        goto out_conf;
+    }
+    /* kc belongs to c->rk now. */
+    rd_kafka_poll_set_consumer(c->rk);
+
+    rd_kafka_topic_partition_list_t *topics =
+        rd_kafka_topic_partition_list_new((int)conf->topic_count);
+    for (size_t i = 0; i < conf->topic_count; i++)
+        rd_kafka_topic_partition_list_add(topics, conf->topics[i], RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t kerr = rd_kafka_subscribe(c->rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rc = ferry_err_set(err, FERRY_EKAFKA, NULL, "could not subscribe: %s",
+                           rd_kafka_err2str(kerr));
+        rd_kafka_destroy(c->rk);
+        c->rk = NULL;
+        return rc;
+    }
+    return FERRY_OK;
+
+out_conf:
+    rd_kafka_conf_destroy(kc);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- public */
+
+static ferry_code check_conf(const ferry_consumer_conf *conf, ferry_error *err)
+{
+    if (conf == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "conf", "the consumer configuration is NULL");
+    if (!name_ok(conf->name, NAME_MAX_LEN))
+        return ferry_err_set(err, FERRY_EINVAL, "name",
+                             "consumer name \"%.64s\" must be 1..%d of [A-Za-z0-9._-]",
+                             conf->name ? conf->name : "(null)", NAME_MAX_LEN);
+    if (conf->group != NULL && !name_ok(conf->group, 255))
+        return ferry_err_set(err, FERRY_EINVAL, "group",
+                             "consumer group \"%.64s\" must be 1..255 of [A-Za-z0-9._-]",
+                             conf->group);
+    if (conf->db == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "db", "no database conninfo given");
+    if (conf->kafka == NULL || *conf->kafka == '\0')
+        return ferry_err_set(err, FERRY_EINVAL, "kafka", "no Kafka bootstrap servers given");
+    if (conf->handler == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "handler", "no handler given");
+    if (conf->topics == NULL || conf->topic_count == 0 || conf->topic_count > TOPICS_MAX)
+        return ferry_err_set(err, FERRY_EINVAL, "topics", "give 1..%d topics", TOPICS_MAX);
+    for (size_t i = 0; i < conf->topic_count; i++) {
+        if (!name_ok(conf->topics[i], FERRY_TOPIC_MAX))
+            return ferry_err_set(err, FERRY_EINVAL, "topics",
+                                 "topic \"%.64s\" is not a valid Kafka topic name",
+                                 conf->topics[i] ? conf->topics[i] : "(null)");
+    }
+    if (conf->max_attempts < 0 || conf->max_attempts > MAX_ATTEMPTS_LIMIT)
+        return ferry_err_set(err, FERRY_EINVAL, "max_attempts",
+                             "max_attempts must be 0..%d", MAX_ATTEMPTS_LIMIT);
+    if (conf->backoff_base_ms < 0 || conf->backoff_max_ms < 0 || conf->held_scan_ms < 0 ||
+        conf->backoff_base_ms > 600000 || conf->backoff_max_ms > 600000 ||
+        conf->held_scan_ms > 3600000)
+        return ferry_err_set(err, FERRY_EINVAL, "backoff_ms",
+                             "backoff and scan intervals must be 0..600000 ms");
+    if (conf->isolation != FERRY_READ_COMMITTED && conf->isolation != FERRY_REPEATABLE_READ &&
+        conf->isolation != FERRY_SERIALIZABLE)
+        return ferry_err_set(err, FERRY_EINVAL, "isolation", "unknown isolation level");
+    return FERRY_OK;
+}
+
+ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **out,
+                              ferry_error *err)
+{
+    ferry_error local;
+    ferry_error *e = err ? err : &local;
+    ferry_err_clear(e);
+    ferry_code rc = check_conf(conf, e);
+    if (rc != FERRY_OK)
+        return rc;
+    if (out == NULL)
+        return ferry_err_set(e, FERRY_EINVAL, "out", "ferry_consumer_new: out is NULL");
+
+    ferry_consumer *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return ferry_err_set(e, FERRY_ENOMEM, NULL, "out of memory");
+    snprintf(c->name, sizeof c->name, "%s", conf->name);
+    c->handler = conf->handler;
+    c->handler_arg = conf->handler_arg;
+    c->max_attempts = conf->max_attempts ? conf->max_attempts : DEFAULT_MAX_ATTEMPTS;
+    c->backoff_base_ms = conf->backoff_base_ms ? conf->backoff_base_ms : DEFAULT_BACKOFF_BASE_MS;
+    c->backoff_max_ms = conf->backoff_max_ms ? conf->backoff_max_ms : DEFAULT_BACKOFF_MAX_MS;
+    if (c->backoff_max_ms < c->backoff_base_ms)
+        c->backoff_max_ms = c->backoff_base_ms;
+    c->held_scan_ms = conf->held_scan_ms ? conf->held_scan_ms : DEFAULT_HELD_SCAN_MS;
+    c->first_any = conf->first_position_any != 0;
+    c->max_payload = conf->max_payload ? conf->max_payload : FERRY_DEFAULT_MAX_PAYLOAD;
+    /* One attempt per ferry_tx_run(): this file decides what to retry,
+     * the helper still resolves a COMMIT whose reply was lost. */
+    c->tx = (ferry_tx_opts){.isolation = conf->isolation, .max_attempts = 1};
+    c->drain_due = 1;       /* held messages left by an earlier run */
+
+    /* Test hook (tests/test_consume.c): die by SIGKILL right after the Nth
+     * database commit, before the offset is stored — the crash the inbox
+     * exists for. */
+    const char *hook = getenv("FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT");
+    if (hook != NULL)
+        c->kill_after_commits = strtol(hook, NULL, 10);
+
+    c->conn = PQconnectdb(conf->db);
+    if (PQstatus(c->conn) != CONNECTION_OK) {
+        rc = ferry_error_from_pg(e, c->conn, NULL, "could not connect to the database");
+        goto out_conn;
+    }
+    int version = 0;
+    if ((rc = ferry_schema_version(c->conn, &version, e)) != FERRY_OK)
+        goto out_conn;
+    if (version != ferry_schema_version_known()) {
+        rc = ferry_err_set(e, FERRY_ESCHEMA, NULL,
+                           "the database's ferry schema is at version %d, this library "
+                           "needs %d: run ferry_migrate() or `ferry-relay migrate`",
+                           version, ferry_schema_version_known());
+        goto out_conn;
+    }
+    if ((rc = kafka_new(c, conf, e)) != FERRY_OK)
+        goto out_conn;
+    *out = c;
+    return FERRY_OK;
+
+out_conn:
+    PQfinish(c->conn);
+    free(c);
+    return rc;
+}
+
+ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *err)
+{
+    ferry_error local;
+    ferry_error *e = err ? err : &local;
+    ferry_err_clear(e);
+    if (c == NULL)
+        return ferry_err_set(e, FERRY_EINVAL, "c", "ferry_consumer_poll: c is NULL");
+    if (c->closed)
+        return ferry_err_set(e, FERRY_ESTATE, NULL, "the consumer is closed");
+
+    if (c->drain_due || ferry_now_ms() >= c->next_scan_ms)
+        drain(c);
+    if (c->stop)
+        return FERRY_OK;
+
+    rd_kafka_message_t *rkm = rd_kafka_consumer_poll(c->rk, c->drain_due ? 0 : timeout_ms);
+    if (rkm == NULL)
+        return FERRY_OK;
+    if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        char fatal[512];
+        rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(c->rk, fatal, sizeof fatal);
+        ferry_code rc = FERRY_OK;
+        if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR)
+            rc = ferry_err_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
+        else
+            ferry_log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
+                      rd_kafka_message_errstr(rkm));
+        rd_kafka_message_destroy(rkm);
+        return rc;
+    }
+    c->stats.received++;
+    work w;
+    work_from_kafka(c, &w, rkm);
+    if (process(c, &w))
+        store_offset(c, &w);
+    work_free(&w);
+    rd_kafka_message_destroy(rkm);
+    if (c->drain_due && !c->stop)
+        drain(c);
+    return FERRY_OK;
+}
+
+ferry_code ferry_consumer_run(ferry_consumer *c, ferry_error *err)
+{
+    ferry_error local;
+    ferry_error *e = err ? err : &local;
+    ferry_code rc = FERRY_OK;
+    while (c != NULL && !c->stop && rc == FERRY_OK)
+        rc = ferry_consumer_poll(c, 100, e);
+    if (c == NULL)
+        return ferry_err_set(e, FERRY_EINVAL, "c", "ferry_consumer_run: c is NULL");
+    ferry_error cerr;
+    ferry_code crc = ferry_consumer_close(c, &cerr);
+    if (rc == FERRY_OK && crc != FERRY_OK) {
+        *e = cerr;
+        rc = crc;
+    }
+    return rc;
+}
+
+void ferry_consumer_stop(ferry_consumer *c)
+{
+    if (c != NULL)
+        c->stop = 1;
+}
+
+ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err)
+{
+    ferry_error local;
+    ferry_error *e = err ? err : &local;
+    ferry_err_clear(e);
+    if (c == NULL || c->closed)
+        return FERRY_OK;
+    c->closed = 1;
+    ferry_code rc = FERRY_OK;
+    /* Leaves the group; the revoke callback commits the stored offsets. */
+    rd_kafka_resp_err_t kerr = rd_kafka_consumer_close(c->rk);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rc = ferry_err_set(e, FERRY_EKAFKA, NULL, "could not close the Kafka consumer: %s",
+                           rd_kafka_err2str(kerr));
+    rd_kafka_destroy(c->rk);
+    c->rk = NULL;
+    PQfinish(c->conn);
+    c->conn = NULL;
+    return rc;
+}
+
+void ferry_consumer_destroy(ferry_consumer *c)
+{
+    if (c == NULL)
+        return;
+    ferry_consumer_close(c, NULL);
+    free(c);
+}
+
+void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out)
+{
+    if (c == NULL || out == NULL)
+        return;
+    *out = c->stats;
+}

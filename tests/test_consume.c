@@ -1,0 +1,849 @@
+/*
+ * test_consume.c — the consumer and its inbox (lib/consume.c) against a
+ * real PostgreSQL and the development broker (librdkafka's mock cluster in
+ * a `ferry-relay devkafka` process).
+ *
+ * Most tests produce hand-made messages straight to the broker, with the
+ * headers a ferry relay would put on them, so that duplicates, gaps and
+ * markers can be made on purpose; one test goes the whole way (emit ->
+ * ferry-relay -> consumer). Crash and rebalance tests run consumers as
+ * child processes: this same binary started with --child (see main()).
+ *
+ * The handler (apply_credit) adds the message's amount to an account
+ * row and records the application in t_applied; a message applied twice
+ * would show there and in the account total, which must equal the sum of
+ * the distinct messages' amounts.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "harness/kafkatmp.h"
+#include "testutil.h"
+
+/* Message tables below give only the fields that matter. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
+static kt_broker *broker;
+static rd_kafka_t *producer;
+
+/* ------------------------------------------------------------------ the handler */
+
+/* How a handler reports its own failure: fill the caller's error. */
+static ferry_code fail_with(ferry_error *err, ferry_code code, int retriable, const char *msg)
+{
+    memset(err, 0, sizeof *err);
+    err->code = code;
+    err->retriable = retriable;
+    err->index = -1;
+    snprintf(err->message, sizeof err->message, "%s", msg);
+    return code;
+}
+
+static int accept_poison;           /* flipped by tests before a replay */
+static long handler_calls;
+static long kill_at_call;           /* child mode: SIGKILL inside the transaction */
+
+/*
+ * Payload {"amount": N} credits N to account <key>. {"fail": true} fails
+ * (not retriable) unless accept_poison; {"retriable": N} fails retriably
+ * on the first N attempts.
+ */
+static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
+                               ferry_error *err)
+{
+    handler_calls++;
+    const json_t *fail = json_object_get(m->payload, "fail");
+    if (json_is_true(fail) && !accept_poison)
+        return fail_with(err, FERRY_EUSER, 0, "refused: this one always fails");
+    json_int_t retriable = json_integer_value(json_object_get(m->payload, "retriable"));
+    if (retriable > 0 && m->attempt <= retriable)
+        return fail_with(err, FERRY_EDB, 1, "simulated serialization failure");
+
+    char amount[32], seq[32];
+    snprintf(amount, sizeof amount, "%" JSON_INTEGER_FORMAT,
+             json_integer_value(json_object_get(m->payload, "amount")));
+    snprintf(seq, sizeof seq, "%" PRId64, m->position);
+    const char *p[6] = {(const char *)arg, m->topic, m->key, seq, m->id, amount};
+    PGresult *res = PQexecParams(conn,
+                                 "WITH a AS (INSERT INTO t_account AS a (id, balance) "
+                                 "  VALUES ($3, $6::bigint) ON CONFLICT (id) DO UPDATE "
+                                 "  SET balance = a.balance + EXCLUDED.balance) "
+                                 "INSERT INTO t_applied (consumer, topic, key, seq, id, amount) "
+                                 "VALUES ($1, $2, $3, $4::bigint, $5::uuid, $6::bigint)",
+                                 6, NULL, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not credit");
+    PQclear(res);
+    if (kill_at_call > 0 && handler_calls == kill_at_call)
+        raise(SIGKILL);     /* inside the transaction, before COMMIT */
+    return rc;
+}
+
+/* ------------------------------------------------------------------ producing */
+
+typedef struct pmsg {
+    const char *key;
+    long seq;                   /* 0: no ferry_seq header */
+    const char *payload;        /* NULL: {"amount": 1} */
+    const char *id;             /* NULL: a fresh UUIDv7 */
+    const char *extra_name;     /* one more header, or NULL */
+    const char *extra_value;
+} pmsg;
+
+/* Produce msgs to topic and wait until the broker has them all. ids_out
+ * (room for n) gets the ids used, when not NULL. */
+static void produce(const char *topic, const pmsg *msgs, size_t n,
+                    char (*ids_out)[FERRY_UUID_STRING_SIZE])
+{
+    for (size_t i = 0; i < n; i++) {
+        const pmsg *m = &msgs[i];
+        char id[FERRY_UUID_STRING_SIZE];
+        if (m->id != NULL) {
+            snprintf(id, sizeof id, "%s", m->id);
+        } else {
+            ferry_uuid u;
+            assert_int_equal(ferry_uuid_v7(&u), FERRY_OK);
+            ferry_uuid_format(&u, id);
+        }
+        if (ids_out != NULL)
+            memcpy(ids_out[i], id, sizeof id);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+        rd_kafka_header_add(h, "ferry_id", -1, id, -1);
+        rd_kafka_header_add(h, "ferry_type", -1, "Credited", -1);
+        if (m->seq > 0) {
+            char seq[24];
+            snprintf(seq, sizeof seq, "%ld", m->seq);
+            rd_kafka_header_add(h, "ferry_seq", -1, seq, -1);
+        }
+        if (m->extra_name != NULL)
+            rd_kafka_header_add(h, m->extra_name, -1, m->extra_value, -1);
+        const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
+        rd_kafka_resp_err_t e = rd_kafka_producev(
+            producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
+            RD_KAFKA_V_VALUE((void *)payload, strlen(payload)),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(h);
+            fail_msg("produce: %s", rd_kafka_err2str(e));
+        }
+    }
+    assert_int_equal(rd_kafka_flush(producer, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
+}
+
+/* ------------------------------------------------------------------ consuming */
+
+/* A member that dies (kill -9) stays in the group until its session times
+ * out, and a rebalance waits for it: keep that short here. */
+static const char *const group_props[] = {
+    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+    NULL,
+};
+
+static ferry_consumer *consumer_new(const char *name, const char *topic, int max_attempts)
+{
+    const char *topics[1] = {topic};
+    ferry_consumer_conf conf = {
+        .name = name,
+        .db = fpg_conninfo(tu_pg),
+        .kafka = kt_bootstrap(broker),
+        .topics = topics,
+        .topic_count = 1,
+        .handler = apply_credit,
+        .handler_arg = (void *)name,
+        .kafka_props = group_props,
+        .max_attempts = max_attempts,
+        .backoff_base_ms = 5,
+        .backoff_max_ms = 50,
+        .held_scan_ms = 50,
+    };
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
+    return c;
+}
+
+typedef int (*stats_pred)(const ferry_consumer_stats *s, long want);
+
+static int applied_at_least(const ferry_consumer_stats *s, long want)
+{
+    return (long)(s->applied + s->drained) >= want;
+}
+
+static int seen_at_least(const ferry_consumer_stats *s, long want)
+{
+    return (long)(s->applied + s->drained + s->duplicates + s->late + s->held_gap +
+                  s->held_parked + s->dead_lettered + s->discard_markers) >= want;
+}
+
+/* Poll until pred holds (bounded: fails the test after 60 s). */
+static void poll_until(ferry_consumer *c, stats_pred pred, long want)
+{
+    int64_t deadline = (int64_t)time(NULL) + 60;
+    ferry_consumer_stats s;
+    for (;;) {
+        ferry_consumer_stats_get(c, &s);
+        if (pred(&s, want))
+            return;
+        if ((int64_t)time(NULL) > deadline)
+            fail_msg("consumer: waited 60 s; applied %" PRIu64 " drained %" PRIu64
+                     " dup %" PRIu64 " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64
+                     " dead %" PRIu64 " (want %ld)",
+                     s.applied, s.drained, s.duplicates, s.late, s.held_gap, s.held_parked,
+                     s.dead_lettered, want);
+        ferry_error err;
+        assert_ferry_ok(ferry_consumer_poll(c, 100, &err), err);
+    }
+}
+
+static void consumer_done(ferry_consumer *c)
+{
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_close(c, &err), err);
+    ferry_consumer_destroy(c);
+}
+
+/* The positions of key as consumer applied them, in the order applied:
+ * "1,2,3". Caller frees. */
+static char *applied_order(PGconn *conn, const char *consumer, const char *key)
+{
+    char *sql = tu_sprintf("SELECT coalesce(string_agg(seq::text, ',' ORDER BY n), '') "
+                           "FROM t_applied WHERE consumer = '%s' AND key = '%s'",
+                           consumer, key);
+    char *s = tu_str(conn, sql);
+    free(sql);
+    return s;
+}
+
+static void assert_order(PGconn *conn, const char *consumer, const char *key,
+                         const char *want)
+{
+    char *got = applied_order(conn, consumer, key);
+    if (strcmp(got, want) != 0)
+        fail_msg("%s/%s applied %s, want %s", consumer, key, got, want);
+    free(got);
+}
+
+static long long count_sql(PGconn *conn, char *sql)
+{
+    long long n = tu_int(conn, sql);
+    free(sql);
+    return n;
+}
+#define count(conn, fmt, arg) count_sql((conn), tu_sprintf((fmt), (arg)))
+
+/* ------------------------------------------------------------------ tests */
+
+/* Bad configuration is refused with the setting named, before anything
+ * is started; a database without the schema is refused too. */
+static void bad_configuration_is_refused(void **state)
+{
+    const char *topics[1] = {"t.ok"};
+    ferry_consumer_conf good = {.name = "c-conf", .db = fpg_conninfo(tu_pg),
+                                .kafka = kt_bootstrap(broker), .topics = topics,
+                                .topic_count = 1, .handler = apply_credit};
+    struct { const char *field; ferry_consumer_conf conf; } cases[8];
+    for (int i = 0; i < 8; i++)
+        cases[i].conf = good;
+    cases[0].field = "name";        cases[0].conf.name = "bad name";
+    cases[1].field = "name";        cases[1].conf.name = NULL;
+    cases[2].field = "topics";      cases[2].conf.topic_count = 0;
+    cases[3].field = "handler";     cases[3].conf.handler = NULL;
+    cases[4].field = "kafka";       cases[4].conf.kafka = "";
+    cases[5].field = "max_attempts"; cases[5].conf.max_attempts = -1;
+    static const char *const fixed[] = {"enable.auto.offset.store=true", NULL};
+    cases[6].field = "kafka_props"; cases[6].conf.kafka_props = fixed;
+    static const char *const nonsense[] = {"no.such.property=1", NULL};
+    cases[7].field = "kafka_props"; cases[7].conf.kafka_props = nonsense;
+    for (int i = 0; i < 8; i++) {
+        ferry_consumer *c = (ferry_consumer *)&c;
+        ferry_error err;
+        assert_int_equal(ferry_consumer_new(&cases[i].conf, &c, &err), FERRY_EINVAL);
+        assert_string_equal(err.field, cases[i].field);
+        assert_ptr_equal(c, (ferry_consumer *)&c);      /* untouched */
+    }
+
+    ferry_consumer_conf nodb = good;
+    nodb.db = "host=/nonexistent dbname=x connect_timeout=2";
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    assert_int_equal(ferry_consumer_new(&nodb, &c, &err), FERRY_ECONN);
+    assert_non_null(strstr(err.message, "could not connect"));
+
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "CREATE DATABASE c_unmigrated");
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "c_unmigrated");
+    ferry_consumer_conf bare = good;
+    bare.db = ci;
+    assert_int_equal(ferry_consumer_new(&bare, &c, &err), FERRY_ESCHEMA);
+    assert_null(c);
+    free(ci);
+    PQfinish(admin);
+}
+
+/* Several keys, in order; the same message twice (as after a relay
+ * crash) and an old position again are skipped; the total is exact. */
+static void applies_once_in_order(void **state)
+{
+    const char *topic = "c.order";
+    char ids[6][FERRY_UUID_STRING_SIZE];
+    pmsg first[6] = {{"a", 1}, {"b", 1}, {"a", 2}, {"b", 2}, {"a", 3}, {"b", 3}};
+    produce(topic, first, 6, ids);
+    pmsg again[3] = {
+        {"a", 2, NULL, ids[2]},         /* the same message again */
+        {"b", 3, NULL, ids[5]},
+        {"a", 1, "{\"amount\": 100}"},  /* a position already applied, another id */
+    };
+    produce(topic, again, 3, NULL);
+
+    ferry_consumer *c = consumer_new("c-order", topic, 0);
+    poll_until(c, seen_at_least, 9);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.applied, 6);
+    assert_int_equal(s.late + s.duplicates, 3);
+    assert_int_equal(s.offsets_stored, 9);
+    consumer_done(c);
+
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-order", "a", "1,2,3");
+    assert_order(conn, "c-order", "b", "1,2,3");
+    assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 'a'"), 3);
+    assert_int_equal(count(conn, "SELECT count(*) FROM ferry.inbox WHERE consumer = '%s'",
+                           "c-order"), 6);
+    PQfinish(conn);
+}
+
+/* A position that jumps ahead is held, not applied, until the missing one
+ * arrives; then the held ones follow in order. */
+static void gap_is_held_until_filled(void **state)
+{
+    const char *topic = "c.gap";
+    pmsg m1[3] = {{"g", 1}, {"g", 3}, {"g", 4}};
+    produce(topic, m1, 3, NULL);
+    ferry_consumer *c = consumer_new("c-gap", topic, 0);
+    poll_until(c, seen_at_least, 3);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.applied, 1);
+    assert_int_equal(s.held_gap, 2);
+    PGconn *conn = tu_connect();
+    assert_int_equal(count(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = '%s' "
+                                 "AND reason = 'gap'", "c-gap"), 2);
+    assert_order(conn, "c-gap", "g", "1");
+
+    pmsg m2[1] = {{"g", 2}};
+    produce(topic, m2, 1, NULL);
+    poll_until(c, applied_at_least, 4);
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.drained, 2);
+    consumer_done(c);
+    assert_order(conn, "c-gap", "g", "1,2,3,4");
+    assert_int_equal(count(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = '%s'",
+                           "c-gap"), 0);
+    PQfinish(conn);
+}
+
+/* A gap nobody will fill: an operator skips it and the held messages go. */
+static void gap_skipped_by_an_operator(void **state)
+{
+    const char *topic = "c.skip";
+    pmsg m[2] = {{"s", 1}, {"s", 5}};
+    produce(topic, m, 2, NULL);
+    ferry_consumer *c = consumer_new("c-skip", topic, 0);
+    poll_until(c, seen_at_least, 2);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 3);
+    assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 0);
+    poll_until(c, applied_at_least, 2);
+    consumer_done(c);
+    assert_order(conn, "c-skip", "s", "1,5");
+    PQfinish(conn);
+}
+
+/* A position discarded at the relay arrives as a marker: accounted for,
+ * handler not called, no gap. */
+static void discard_marker_fills_its_position(void **state)
+{
+    const char *topic = "c.marker";
+    pmsg m[3] = {{"m", 1}, {"m", 2, "null", NULL, "ferry_discarded", "too large"}, {"m", 3}};
+    produce(topic, m, 3, NULL);
+    ferry_consumer *c = consumer_new("c-marker", topic, 0);
+    poll_until(c, seen_at_least, 3);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.applied, 2);
+    assert_int_equal(s.discard_markers, 1);
+    assert_int_equal(s.held_gap, 0);
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-marker", "m", "1,3");
+    PQfinish(conn);
+}
+
+/* A handler that keeps failing: after max_attempts the message is a dead
+ * letter with the consumer and reason, its key is parked (its later
+ * messages held), other keys flow. Replaying releases the key. */
+static void poison_parks_its_key_only(void **state)
+{
+    const char *topic = "c.poison";
+    pmsg m[5] = {{"p", 1}, {"p", 2, "{\"fail\": true, \"amount\": 10}"}, {"p", 3},
+                 {"ok", 1}, {"ok", 2}};
+    produce(topic, m, 5, NULL);
+    accept_poison = 0;
+    ferry_consumer *c = consumer_new("c-poison", topic, 3);
+    poll_until(c, seen_at_least, 5);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.dead_lettered, 1);
+    assert_int_equal(s.handler_failures, 3);
+    assert_int_equal(s.held_parked, 1);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-poison' AND aggregateid = 'p' AND seq = 2 AND attempts = 3 "
+                                  "AND reason LIKE '%always fails%'"), 1);
+    assert_order(conn, "c-poison", "p", "1");
+    assert_order(conn, "c-poison", "ok", "1,2");
+
+    accept_poison = 1;
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
+                                  "'c-poison' AND ferry.replay_dead_letter(d.id)"), 1);
+    poll_until(c, applied_at_least, 5);
+    accept_poison = 0;
+    consumer_done(c);
+    assert_order(conn, "c-poison", "p", "1,2,3");
+    assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 'p'"), 12);
+    PQfinish(conn);
+}
+
+/* Discarding a consumer's dead letter counts its position as done. */
+static void discarded_dead_letter_releases_the_key(void **state)
+{
+    const char *topic = "c.discard";
+    pmsg m[3] = {{"d", 1, "{\"fail\": true}"}, {"d", 2}, {"d", 3}};
+    produce(topic, m, 3, NULL);
+    accept_poison = 0;
+    ferry_consumer *c = consumer_new("c-discard", topic, 2);
+    poll_until(c, seen_at_least, 3);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
+                                  "'c-discard' AND reason = 'parked'"), 2);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
+                                  "'c-discard' AND ferry.discard_dead_letter(d.id)"), 1);
+    poll_until(c, applied_at_least, 2);
+    consumer_done(c);
+    assert_order(conn, "c-discard", "d", "2,3");
+    PQfinish(conn);
+}
+
+/* Payloads that are not JSON, or not text, are dead-lettered at their
+ * turn without calling the handler; nothing else is held up for long. */
+static void bad_payloads_are_dead_lettered(void **state)
+{
+    const char *topic = "c.badjson";
+    pmsg m[4] = {{"j", 1, "{not json"}, {"k", 1, "{\"amount\": 5}"},
+                 {"n", 0, "[1, 2"}, {"k", 2, "{\"amount\": 5}"}};
+    produce(topic, m, 4, NULL);
+    long calls = handler_calls;
+    ferry_consumer *c = consumer_new("c-badjson", topic, 0);
+    poll_until(c, seen_at_least, 4);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.dead_lettered, 2);
+    assert_int_equal(s.applied, 2);
+    assert_int_equal(handler_calls - calls, 2);
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-badjson' AND attempts = 0 AND reason LIKE "
+                                  "'payload is not valid JSON%'"), 2);
+    /* Kept as received, as a JSON string. */
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-badjson' AND payload = to_jsonb('{not json'::text)"), 1);
+    PQfinish(conn);
+}
+
+/* Transient failures roll back and retry the same message, without
+ * counting towards the dead letter. */
+static void transient_failures_are_retried(void **state)
+{
+    const char *topic = "c.transient";
+    pmsg m[2] = {{"t", 1, "{\"retriable\": 4, \"amount\": 7}"}, {"t", 2}};
+    produce(topic, m, 2, NULL);
+    ferry_consumer *c = consumer_new("c-transient", topic, 2);
+    poll_until(c, applied_at_least, 2);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.transient_retries, 4);
+    assert_int_equal(s.handler_failures, 0);
+    assert_int_equal(s.dead_lettered, 0);
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 't'"), 8);
+    PQfinish(conn);
+}
+
+/* The database restarts under a running consumer: it reconnects, and
+ * every message is applied once. */
+static void database_restart_mid_stream(void **state)
+{
+    const char *topic = "c.restart";
+    enum { N = 300 };
+    pmsg *m = calloc(N, sizeof *m);
+    char keys[8][8];
+    for (int k = 0; k < 8; k++)
+        snprintf(keys[k], sizeof keys[k], "r%d", k);
+    for (int i = 0; i < N; i++)
+        m[i] = (pmsg){keys[i % 8], i / 8 + 1};
+    produce(topic, m, N, NULL);
+    free(m);
+    ferry_consumer *c = consumer_new("c-restart", topic, 0);
+    poll_until(c, applied_at_least, 50);
+    assert_int_equal(fpg_restart(tu_pg, "fast"), 0);
+    poll_until(c, applied_at_least, N);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.reconnects >= 1);         /* the restart was felt */
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-restart'"),
+                     N);
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
+                                  "WHERE consumer = 'c-restart'"), N);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'r_'"), N);
+    PQfinish(conn);
+}
+
+/* ------------------------------------------------------------------ child consumers */
+
+typedef struct child {
+    pid_t pid;
+    int out;                    /* read end of its stdout */
+} child;
+
+/* Start this binary as a consumer process (see child_main). env: one
+ * "NAME=VALUE" or NULL. */
+static child child_start(const char *name, const char *topic, const char *env)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        if (env != NULL)
+            putenv((char *)env);
+        execl("/proc/self/exe", "test_consume", "--child", name, topic, fpg_conninfo(tu_pg),
+              kt_bootstrap(broker), (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    return (child){pid, fds[0]};
+}
+
+/* Wait for it; its exit status, or 128+N for signal N. out (if not NULL)
+ * gets its stdout (malloc'd). */
+static int child_wait(child *ch, char **out)
+{
+    char *buf = calloc(1, 4096);
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(ch->out, buf + len, 4095 - len)) > 0 && len < 4095)
+        len += (size_t)r;
+    close(ch->out);
+    int st;
+    while (waitpid(ch->pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (out != NULL)
+        *out = buf;
+    else
+        free(buf);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static volatile sig_atomic_t child_stop;
+static ferry_consumer *child_consumer;
+static void on_term(int sig)
+{
+    (void)sig;
+    if (child_consumer)
+        ferry_consumer_stop(child_consumer);
+    child_stop = 1;
+}
+
+/* --child NAME TOPIC CONNINFO BOOTSTRAP: consume with apply_credit until
+ * SIGTERM, then print the stats on stdout and exit 0. Env:
+ * FERRY_TEST_HANDLER_KILL_AT=N dies inside the Nth handler call. */
+static int child_main(char **argv)
+{
+    const char *kill_at = getenv("FERRY_TEST_HANDLER_KILL_AT");
+    kill_at_call = kill_at ? strtol(kill_at, NULL, 10) : 0;
+    const char *topics[1] = {argv[3]};
+    ferry_consumer_conf conf = {.name = argv[2], .db = argv[4], .kafka = argv[5],
+                                .topics = topics, .topic_count = 1,
+                                .handler = apply_credit, .handler_arg = argv[2],
+                                .kafka_props = group_props,
+                                .backoff_base_ms = 5, .backoff_max_ms = 50,
+                                .held_scan_ms = 50};
+    ferry_error err;
+    if (ferry_consumer_new(&conf, &child_consumer, &err) != FERRY_OK) {
+        fprintf(stderr, "child: %s\n", err.message);
+        return 2;
+    }
+    struct sigaction sa = {.sa_handler = on_term};
+    sigaction(SIGTERM, &sa, NULL);
+    ferry_code rc = ferry_consumer_run(child_consumer, &err);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(child_consumer, &s);
+    printf("applied=%" PRIu64 " duplicates=%" PRIu64 " late=%" PRIu64 " assigned=%" PRIu64
+           " revoked=%" PRIu64 "\n", s.applied, s.duplicates, s.late, s.assigned, s.revoked);
+    fflush(stdout);
+    ferry_consumer_destroy(child_consumer);
+    if (rc != FERRY_OK) {
+        fprintf(stderr, "child: %s\n", err.message);
+        return 3;
+    }
+    return 0;
+}
+
+static long stat_of(const char *out, const char *name)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "%s=", name);
+    const char *p = strstr(out, pat);
+    return p ? strtol(p + strlen(pat), NULL, 10) : -1;
+}
+
+static void produce_credits(const char *topic, int n, int keys, const char *prefix)
+{
+    pmsg *m = calloc((size_t)n, sizeof *m);
+    char (*k)[16] = calloc((size_t)keys, 16);
+    for (int i = 0; i < keys; i++)
+        snprintf(k[i], 16, "%s%d", prefix, i);
+    for (int i = 0; i < n; i++)
+        m[i] = (pmsg){k[i % keys], i / keys + 1};
+    produce(topic, m, (size_t)n, NULL);
+    free(m);
+    free(k);
+}
+
+/* Killed (SIGKILL) between the database commit and the offset store: the
+ * message comes again and is skipped; the effect is there once. */
+static void crash_between_commit_and_offset(void **state)
+{
+    const char *topic = "c.crash1";
+    enum { N = 40 };
+    produce_credits(topic, N, 4, "x");
+    child ch = child_start("c-crash1", topic, "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
+    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
+    PGconn *conn = tu_connect();
+    /* It died right after its 10th commit. */
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
+                     10);
+    ferry_consumer *c = consumer_new("c-crash1", topic, 0);
+    poll_until(c, applied_at_least, N - 10);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.late >= 1);               /* the 10th came again, and was skipped */
+    consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
+                     N);
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
+                                  "WHERE consumer = 'c-crash1'"), N);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'x_'"), N);
+    PQfinish(conn);
+}
+
+/* Killed inside the transaction (in the handler, before COMMIT): nothing
+ * of it stays; the next run applies it once. */
+static void crash_inside_the_transaction(void **state)
+{
+    const char *topic = "c.crash2";
+    enum { N = 40 };
+    produce_credits(topic, N, 4, "y");
+    child ch = child_start("c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
+    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'"),
+                     6);
+    ferry_consumer *c = consumer_new("c-crash2", topic, 0);
+    poll_until(c, applied_at_least, N - 6);
+    consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
+                                  "WHERE consumer = 'c-crash2'"), N);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'"),
+                     N);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'y_'"), N);
+    PQfinish(conn);
+}
+
+/* Two consumers in one group, the second joining mid-stream: the
+ * partitions move, and still every message is applied exactly once. */
+static void rebalance_applies_each_once(void **state)
+{
+    const char *topic = "c.rebalance";
+    enum { N = 3000 };
+    PGconn *conn = tu_connect();
+    /* Four partitions (the broker's default for a new topic), many keys. */
+    produce_credits(topic, N, 64, "z");
+    child a = child_start("c-rebalance", topic, NULL);
+    tu_await(conn, "SELECT count(*) >= 300 FROM t_applied WHERE consumer = 'c-rebalance'",
+             60000);
+    child b = child_start("c-rebalance", topic, NULL);
+    tu_await(conn, "SELECT count(DISTINCT id) = 3000 FROM t_applied "
+                   "WHERE consumer = 'c-rebalance'", 120000);
+    kill(a.pid, SIGTERM);
+    kill(b.pid, SIGTERM);
+    char *out_a = NULL, *out_b = NULL;
+    assert_int_equal(child_wait(&a, &out_a), 0);
+    assert_int_equal(child_wait(&b, &out_b), 0);
+    fprintf(stderr, "rebalance: a: %sb: %s", out_a, out_b);
+    assert_true(stat_of(out_a, "revoked") >= 1);    /* the rebalance happened */
+    assert_true(stat_of(out_b, "assigned") >= 1);
+    assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), N);
+    free(out_a);
+    free(out_b);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
+                                  "'c-rebalance'"), N);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'z%'"), N);
+    /* And in order per key. */
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
+                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
+                                  "WHERE consumer = 'c-rebalance') x "
+                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    PQfinish(conn);
+}
+
+/* The whole way: emit in the service's transaction, ferry-relay publishes
+ * (with a fatal producer error injected half-way, after which it resends
+ * from the first unacknowledged row, so part may go out twice), the
+ * consumer applies each message once. */
+static void end_to_end_through_the_relay(void **state)
+{
+    const char *topic = "c.e2e";
+    enum { N = 2000 };
+    PGconn *conn = tu_connect();
+    char *sql = tu_sprintf("SELECT count(ferry.emit('%s', 'e' || (g %% 16), 'Credited', "
+                           "'{\"amount\": 1}')) FROM generate_series(1, %d) g", topic, N);
+    tu_exec(conn, "BEGIN");
+    tu_exec(conn, sql);
+    tu_exec(conn, "COMMIT");
+    free(sql);
+    const char *bin = getenv("FERRY_RELAY_BIN") ? getenv("FERRY_RELAY_BIN")
+                                                : "build/asan/ferry-relay";
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        setenv("FERRY_RELAY_TEST_FATAL_AFTER", "1000", 1);
+        execl(bin, bin, "run", "--once", "--db", fpg_conninfo(tu_pg), "--kafka",
+              kt_bootstrap(broker), "--holder", "c-e2e-relay", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.outbox WHERE topic = 'c.e2e'"), 0);
+
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, N, 10000);
+    size_t published = got->count;
+    kt_msgs_free(got);
+    assert_true(published >= N);
+
+    ferry_consumer *c = consumer_new("c-e2e", topic, 0);
+    poll_until(c, seen_at_least, (long)published);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    fprintf(stderr, "e2e: %zu published for %d emitted; %" PRIu64 " late, %" PRIu64
+            " duplicates\n", published, N, s.late, s.duplicates);
+    assert_int_equal(s.applied, N);
+    assert_int_equal(s.late + s.duplicates, published - N);
+    assert_int_equal(s.held_gap, 0);
+    consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'e%'"), N);
+    PQfinish(conn);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static int group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    PGconn *c = tu_connect();
+    tu_exec(c, "CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL)");
+    tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
+               "seq bigint, id uuid, amount bigint)");
+    PQfinish(c);
+    broker = kt_start(1);
+    if (broker == NULL)
+        return -1;
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", kt_bootstrap(broker), errstr,
+                          sizeof errstr) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "partitioner", "murmur2_random", errstr, sizeof errstr) !=
+            RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr, sizeof errstr) !=
+            RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "producer conf: %s\n", errstr);
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (producer == NULL) {
+        fprintf(stderr, "producer: %s\n", errstr);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    if (producer != NULL) {
+        rd_kafka_flush(producer, 10000);
+        rd_kafka_destroy(producer);
+    }
+    kt_stop(broker);
+    return tu_group_teardown(state);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 6 && strcmp(argv[1], "--child") == 0)
+        return child_main(argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bad_configuration_is_refused),
+        cmocka_unit_test(applies_once_in_order),
+        cmocka_unit_test(gap_is_held_until_filled),
+        cmocka_unit_test(gap_skipped_by_an_operator),
+        cmocka_unit_test(discard_marker_fills_its_position),
+        cmocka_unit_test(poison_parks_its_key_only),
+        cmocka_unit_test(discarded_dead_letter_releases_the_key),
+        cmocka_unit_test(bad_payloads_are_dead_lettered),
+        cmocka_unit_test(transient_failures_are_retried),
+        cmocka_unit_test(crash_between_commit_and_offset),
+        cmocka_unit_test(crash_inside_the_transaction),
+        cmocka_unit_test(rebalance_applies_each_once),
+        cmocka_unit_test(end_to_end_through_the_relay),
+        cmocka_unit_test(database_restart_mid_stream),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
