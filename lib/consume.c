@@ -49,6 +49,12 @@ enum {
     REASON_MAX = 1024,
 };
 
+/* The claim is prepared once per session: planning it every time cost a
+ * fifth of the inbox's overhead (bench-consume). */
+#define CLAIM_STMT "ferry_inbox_claim_v1"
+static const char claim_sql[] =
+    "SELECT ferry.inbox_claim($1, $2::uuid, $3, $4, $5::bigint, $6::boolean)";
+
 struct ferry_consumer {
     char name[NAME_MAX_LEN + 1];
     PGconn *conn;
@@ -60,6 +66,7 @@ struct ferry_consumer {
     int first_any;
     size_t max_payload;
 
+    int claim_pid;                  /* backend where CLAIM_STMT is prepared */
     volatile sig_atomic_t stop;
     int closed;
     int drain_due;                  /* an apply said a held message is next */
@@ -132,10 +139,15 @@ static void coordinates_id(const char *topic, int32_t partition, int64_t offset,
  */
 typedef struct work {
     ferry_message msg;
-    json_t *headers;            /* name -> string; owned */
+    json_t *headers;            /* name -> string; owned. From Kafka it is built
+                                   only when needed (ensure_headers): most
+                                   messages need five headers, not the map */
+    rd_kafka_headers_t *kafka_headers;  /* borrowed from rkm; NULL if none */
     json_t *payload;            /* owned; NULL when the payload is not JSON */
     char id[FERRY_UUID_STRING_SIZE];
     char seq_text[24];          /* "" when the message has no position */
+    char type[FERRY_TYPE_MAX + 1];
+    char aggregate_type[FERRY_TYPE_MAX + 1];
     char key_text[2 * FERRY_KEY_MAX + 8];   /* the key when it is not text */
     char poison[REASON_MAX];    /* non-empty: cannot be applied, whatever the handler */
     int from_held;
@@ -151,18 +163,80 @@ static void work_free(work *w)
     w->headers = w->payload = NULL;
 }
 
+/* The map of every header, built from Kafka's on first use. Later
+ * occurrences win, as ferry_message_header() promises; a value that is not
+ * UTF-8 text is left out. Returns NULL only when memory is short. */
+static json_t *ensure_headers(work *w)
+{
+    if (w->headers != NULL)
+        return w->headers;
+    w->headers = json_object();
+    if (w->headers == NULL || w->kafka_headers == NULL)
+        return w->headers;
+    const char *name;
+    const void *val;
+    size_t size;
+    for (size_t i = 0; rd_kafka_header_get_all(w->kafka_headers, i, &name, &val, &size) ==
+                       RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
+        json_t *s = val ? json_stringn(val, size) : NULL;
+        if (s != NULL)
+            json_object_set_new(w->headers, name, s);
+    }
+    return w->headers;
+}
+
 const char *ferry_message_header(const ferry_message *msg, const char *name)
 {
     if (msg == NULL || name == NULL || msg->internal_ == NULL)
         return NULL;
-    const work *w = msg->internal_;
-    return json_string_value(json_object_get(w->headers, name));
+    /* The view is read-only to the handler; the lazily built map is ours. */
+    work *w = (work *)msg->internal_;
+    return json_string_value(json_object_get(ensure_headers(w), name));
 }
 
-static const char *header(const work *w, const char *name)
+/*
+ * Header name as a NUL-terminated copy in buf: "" when absent, or when its
+ * value does not fit (every header read this way has a short legal form,
+ * so a longer one is as good as malformed and is treated as missing).
+ */
+static const char *header(work *w, const char *name, char *buf, size_t size)
 {
-    const char *v = json_string_value(json_object_get(w->headers, name));
-    return v ? v : "";
+    buf[0] = '\0';
+    if (w->headers != NULL) {
+        const char *v = json_string_value(json_object_get(w->headers, name));
+        if (v != NULL && strlen(v) < size)
+            snprintf(buf, size, "%s", v);
+        return buf;
+    }
+    const void *val;
+    size_t len;
+    if (w->kafka_headers != NULL &&
+        rd_kafka_header_get_last(w->kafka_headers, name, &val, &len) ==
+            RD_KAFKA_RESP_ERR_NO_ERROR &&
+        val != NULL && len < size && memchr(val, 0, len) == NULL) {
+        memcpy(buf, val, len);
+        buf[len] = '\0';
+    }
+    return buf;
+}
+
+static int has_header(work *w, const char *name)
+{
+    if (w->headers != NULL)
+        return json_object_get(w->headers, name) != NULL;
+    const void *val;
+    size_t len;
+    return w->kafka_headers != NULL &&
+           rd_kafka_header_get_last(w->kafka_headers, name, &val, &len) ==
+               RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* Can PostgreSQL text hold it: UTF-8 without NUL bytes. (A payload that
+ * parsed as JSON can: jansson takes only that.) */
+static int payload_text_ok(const char *p, size_t len)
+{
+    size_t bad;
+    return memchr(p, 0, len) == NULL && ferry_utf8_valid(p, len, &bad);
 }
 
 /* Fill in what both sources share once msg's key, payload text and
@@ -173,9 +247,10 @@ static void work_finish(ferry_consumer *c, work *w)
     m->internal_ = w;
     m->attempt = 0;             /* apply_fn counts the tries */
 
-    const char *id = header(w, "ferry_id");
+    char idbuf[64];
+    const char *id = header(w, "ferry_id", idbuf, sizeof idbuf);
     if (*id == '\0')
-        id = header(w, "ce_id");
+        id = header(w, "ce_id", idbuf, sizeof idbuf);
     ferry_uuid u;
     if (*id != '\0' && ferry_uuid_parse(id, &u) == FERRY_OK)
         ferry_uuid_format(&u, w->id);
@@ -183,13 +258,15 @@ static void work_finish(ferry_consumer *c, work *w)
         coordinates_id(m->topic, m->partition, m->offset, w->id);
     m->id = w->id;
 
-    m->type = header(w, "ferry_type");
+    m->type = header(w, "ferry_type", w->type, sizeof w->type);
     if (*m->type == '\0')
-        m->type = header(w, "ce_type");
-    m->aggregate_type = header(w, "ferry_aggregate_type");
-    w->marker = json_object_get(w->headers, "ferry_discarded") != NULL;
+        m->type = header(w, "ce_type", w->type, sizeof w->type);
+    m->aggregate_type = header(w, "ferry_aggregate_type", w->aggregate_type,
+                               sizeof w->aggregate_type);
+    w->marker = has_header(w, "ferry_discarded");
 
-    const char *seq = header(w, "ferry_seq");
+    char seqbuf[64];
+    const char *seq = header(w, "ferry_seq", seqbuf, sizeof seqbuf);
     m->position = 0;
     w->seq_text[0] = '\0';
     if (*seq != '\0') {
@@ -204,6 +281,8 @@ static void work_finish(ferry_consumer *c, work *w)
         }
     }
 
+    if (w->marker && !payload_text_ok(m->payload_text, m->payload_len))
+        w->payload_is_text = 0;
     if (w->poison[0] == '\0' && !w->marker) {
         if (m->payload_len > c->max_payload) {
             snprintf(w->poison, sizeof w->poison,
@@ -213,10 +292,15 @@ static void work_finish(ferry_consumer *c, work *w)
             json_error_t jerr;
             w->payload = json_loadb(m->payload_text, m->payload_len,
                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-            if (w->payload == NULL)
+            if (w->payload == NULL) {
                 snprintf(w->poison, sizeof w->poison,
                          "payload is not valid JSON: %s at line %d, column %d", jerr.text,
                          jerr.line, jerr.column);
+                if (!payload_text_ok(m->payload_text, m->payload_len)) {
+                    w->payload_is_text = 0;
+                    snprintf(w->poison, sizeof w->poison, "payload is not UTF-8 text");
+                }
+            }
         }
     }
     m->payload = w->payload ? w->payload : json_null();
@@ -256,26 +340,14 @@ static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
     }
     m->key_len = strlen(m->key);
 
-    w->headers = json_object();
     rd_kafka_headers_t *hdrs = NULL;
-    if (w->headers != NULL && rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        const char *name;
-        const void *val;
-        size_t size;
-        for (size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &val, &size) ==
-                           RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
-            /* Later ones win, as ferry_message_header() promises. A value
-             * that is not text is left out. */
-            json_t *s = val ? json_stringn(val, size) : NULL;
-            if (s != NULL)
-                json_object_set_new(w->headers, name, s);
-        }
-    }
-    w->payload_is_text = rkm->payload == NULL ||
-                         (memchr(rkm->payload, 0, rkm->len) == NULL &&
-                          ferry_utf8_valid(rkm->payload, rkm->len, &bad));
-    if (!w->payload_is_text && w->poison[0] == '\0')
-        snprintf(w->poison, sizeof w->poison, "payload is not UTF-8 text");
+    if (rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        w->kafka_headers = hdrs;
+    /* Decided by work_finish() for a payload it parses; one too large to
+     * parse is checked here. */
+    w->payload_is_text = 1;
+    if (m->payload_len > c->max_payload && !payload_text_ok(m->payload_text, m->payload_len))
+        w->payload_is_text = 0;
     work_finish(c, w);
 }
 
@@ -352,31 +424,93 @@ static ferry_code unhold(PGconn *conn, apply_ctx *a, ferry_error *err)
                       "could not drop a held message", err);
 }
 
-/* The applying transaction's body (a ferry_tx_fn). */
-static ferry_code apply_fn(PGconn *conn, void *arg, ferry_error *err)
+static const char *begin_sql(ferry_isolation iso)
 {
-    apply_ctx *a = arg;
+    switch (iso) {
+    case FERRY_REPEATABLE_READ:
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ";
+    case FERRY_SERIALIZABLE:
+        return "BEGIN ISOLATION LEVEL SERIALIZABLE";
+    case FERRY_READ_COMMITTED:
+        break;
+    }
+    return "BEGIN ISOLATION LEVEL READ COMMITTED";
+}
+
+/* Read one pipelined statement's result and the NULL that ends it. */
+static PGresult *pipeline_result(PGconn *conn)
+{
+    PGresult *res = PQgetResult(conn);
+    if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+        PGresult *end = PQgetResult(conn);
+        PQclear(end);
+    }
+    return res;
+}
+
+/*
+ * BEGIN and the claim, in one round trip (pipeline mode): the inbox then
+ * costs the server's work on two rows, not an extra round trip.
+ */
+static ferry_code begin_and_claim(PGconn *conn, apply_ctx *a, ferry_error *err)
+{
     ferry_consumer *c = a->c;
     work *w = a->w;
-    a->handler_failed = a->poisoned = 0;
-    w->msg.attempt++;
-
+    /* A new backend (after a reset) has no prepared statements. */
+    if (PQbackendPID(conn) != c->claim_pid) {
+        PGresult *pr = PQprepare(conn, CLAIM_STMT, claim_sql, 6, NULL);
+        if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
+            ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
+            PQclear(pr);
+            return rc;
+        }
+        PQclear(pr);
+        c->claim_pid = PQbackendPID(conn);
+    }
     const char *p[6] = {c->name, w->id, w->msg.topic, w->msg.key,
                         w->seq_text[0] ? w->seq_text : NULL, c->first_any ? "t" : "f"};
-    PGresult *res = PQexecParams(conn,
-                                 "SELECT ferry.inbox_claim($1, $2::uuid, $3, $4, $5::bigint, "
-                                 "$6::boolean)", 6, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
-        PQclear(res);
+    if (!PQenterPipelineMode(conn) ||
+        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQsendQueryPrepared(conn, CLAIM_STMT, 6, p, NULL, NULL, 0) || !PQpipelineSync(conn)) {
+        ferry_code rc = ferry_error_from_pg(err, conn, NULL, "could not send the claim");
+        PQexitPipelineMode(conn);
         return rc;
     }
-    int bad = parse_verdict(PQgetvalue(res, 0, 0), &a->v);
-    PQclear(res);
-    if (bad)
-        return ferry_err_set(err, FERRY_ESCHEMA, NULL,
-                             "ferry.inbox_claim gave an answer this library does not know");
+    PGresult *begin = pipeline_result(conn);
+    PGresult *res = pipeline_result(conn);
+    PGresult *sync = begin && PQresultStatus(begin) != PGRES_PIPELINE_SYNC &&
+                     res && PQresultStatus(res) != PGRES_PIPELINE_SYNC
+                         ? PQgetResult(conn) : NULL;
+    PQclear(sync);
+    PQexitPipelineMode(conn);
 
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(begin) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, begin, "could not begin a transaction");
+    else if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
+        if (strcmp(err->sqlstate, "26000") == 0) {
+            /* The session lost it (DISCARD ALL in a handler, a pooler):
+             * prepare again on the retry. */
+            c->claim_pid = 0;
+            err->retriable = 1;
+        }
+    } else if (parse_verdict(PQgetvalue(res, 0, 0), &a->v) != 0) {
+        rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+                           "ferry.inbox_claim gave an answer this library does not know");
+    }
+    PQclear(begin);
+    PQclear(res);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry_err_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    return rc;
+}
+
+/* What a claimed message needs inside its transaction. */
+static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
+{
+    ferry_consumer *c = a->c;
+    work *w = a->w;
     switch (a->v) {
     case V_DUPLICATE:
     case V_LATE:
@@ -395,7 +529,7 @@ static ferry_code apply_fn(PGconn *conn, void *arg, ferry_error *err)
             char part[16], off[24];
             snprintf(part, sizeof part, "%" PRId32, w->msg.partition);
             snprintf(off, sizeof off, "%" PRId64, w->msg.offset);
-            char *hjson = json_dumps(w->headers, JSON_COMPACT);
+            char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
             if (hjson == NULL)
                 return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
             /* Held as received; a payload that is not text is poison and
@@ -441,6 +575,54 @@ static ferry_code apply_fn(PGconn *conn, void *arg, ferry_error *err)
     return w->from_held ? unhold(conn, a, err) : FERRY_OK;
 }
 
+static void rollback_quietly(PGconn *conn)
+{
+    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
+        PQclear(PQexec(conn, "ROLLBACK"));
+}
+
+/*
+ * One try at one message: BEGIN + claim, the body, COMMIT. Unlike
+ * ferry_tx_run() it needs no transaction id to find out what a COMMIT
+ * whose reply was lost did: trying the message again is the answer, as
+ * the claim then finds it applied (or not).
+ */
+static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
+{
+    apply_ctx *a = arg;
+    a->handler_failed = a->poisoned = 0;
+    a->w->msg.attempt++;
+    ferry_err_clear(err);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        PQreset(conn);
+        if (PQstatus(conn) != CONNECTION_OK)
+            return ferry_error_from_pg(err, conn, NULL, "could not reconnect");
+        a->c->stats.reconnects++;
+    }
+    ferry_code rc = begin_and_claim(conn, a, err);
+    if (rc == FERRY_OK)
+        rc = apply_body(conn, a, err);
+    if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
+        rc = PQstatus(conn) != CONNECTION_OK
+                 ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
+                 : ferry_err_set(err, FERRY_EUSER, NULL,
+                                 "the handler returned success but left the transaction "
+                                 "aborted or closed");
+    if (rc != FERRY_OK) {
+        rollback_quietly(conn);
+        return rc;
+    }
+    PGresult *res = PQexec(conn, "COMMIT");
+    if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
+        rc = FERRY_OK;
+    else if (PQresultStatus(res) == PGRES_COMMAND_OK)
+        rc = ferry_err_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+    else
+        rc = ferry_error_from_pg(err, conn, res, "could not commit");
+    PQclear(res);
+    return rc;
+}
+
 typedef struct dead_ctx {
     ferry_consumer *c;
     work *w;
@@ -454,7 +636,7 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
     work *w = d->w;
     char attempts[16];
     snprintf(attempts, sizeof attempts, "%d", d->attempts);
-    char *hjson = json_dumps(w->headers, JSON_COMPACT);
+    char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
     if (hjson == NULL)
         return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
     /* The payload goes as bytes (it need not end in a NUL); one that is
@@ -501,16 +683,24 @@ static int transient(const ferry_consumer *c, ferry_code rc, const ferry_error *
            PQstatus(c->conn) != CONNECTION_OK;
 }
 
-/* Run fn in one transaction, retrying transient failures until it works
- * or a stop is asked for (1). Other failures come back as they are. */
-static ferry_code run_tx(ferry_consumer *c, ferry_tx_fn fn, void *arg, int *stopped,
+/* fn's own transaction, through the library's helper. */
+static ferry_code helper_tx(ferry_consumer *c, ferry_tx_fn fn, void *arg, ferry_error *err)
+{
+    int was_down = PQstatus(c->conn) != CONNECTION_OK;
+    ferry_code rc = ferry_tx_run(c->conn, &c->tx, fn, arg, NULL, err);
+    if (was_down && PQstatus(c->conn) == CONNECTION_OK)
+        c->stats.reconnects++;
+    return rc;
+}
+
+/* Run fn, retrying transient failures until it works or a stop is asked
+ * for (*stopped = 1). Other failures come back as they are. own: fn runs
+ * its transaction itself (apply_tx); otherwise ferry_tx_run() does. */
+static ferry_code run_tx(ferry_consumer *c, ferry_tx_fn fn, int own, void *arg, int *stopped,
                          ferry_error *err)
 {
     for (int attempt = 1;; attempt++) {
-        int was_down = PQstatus(c->conn) != CONNECTION_OK;
-        ferry_code rc = ferry_tx_run(c->conn, &c->tx, fn, arg, NULL, err);
-        if (was_down && PQstatus(c->conn) == CONNECTION_OK)
-            c->stats.reconnects++;
+        ferry_code rc = own ? fn(c->conn, arg, err) : helper_tx(c, fn, arg, err);
         if (rc == FERRY_OK || !transient(c, rc, err))
             return rc;
         c->stats.transient_retries++;
@@ -559,7 +749,7 @@ static void dead_letter(ferry_consumer *c, work *w, int attempts, const char *re
     dead_ctx d = {c, w, attempts, reason};
     ferry_error e;
     for (;;) {
-        ferry_code rc = run_tx(c, dead_fn, &d, stopped, &e);
+        ferry_code rc = run_tx(c, dead_fn, 0, &d, stopped, &e);
         if (rc == FERRY_OK)
             break;
         if (*stopped)
@@ -596,7 +786,7 @@ static int process(ferry_consumer *c, work *w)
     ferry_error e;
     int stopped = 0;
     for (int failures = 0;;) {
-        ferry_code rc = run_tx(c, apply_fn, &a, &stopped, &e);
+        ferry_code rc = run_tx(c, apply_tx, 1, &a, &stopped, &e);
         if (stopped)
             return 0;
         if (rc == FERRY_OK)
@@ -617,7 +807,8 @@ static int process(ferry_consumer *c, work *w)
             continue;
         }
         c->stats.handler_failures++;
-        if (++failures >= c->max_attempts) {
+        /* EINVAL: the handler refuses the message itself; no retry helps. */
+        if (++failures >= c->max_attempts || rc == FERRY_EINVAL) {
             char reason[REASON_MAX];
             snprintf(reason, sizeof reason, "%s", e.message);
             dead_letter(c, w, failures, reason, &stopped);
@@ -645,10 +836,16 @@ static int process(ferry_consumer *c, work *w)
             c->stats.applied++;
         break;
     case V_DUPLICATE:
-        c->stats.duplicates++;
-        break;
     case V_LATE:
-        c->stats.late++;
+        if (a.v == V_DUPLICATE)
+            c->stats.duplicates++;
+        else
+            c->stats.late++;
+        if (ferry_log_threshold() >= FERRY_LOG_DEBUG)
+            ferry_log(FERRY_LOG_DEBUG, "consumer.skipped",
+                      "consumer %s: message %s (%s/%s position %" PRId64 ") skipped: %s",
+                      c->name, w->id, w->msg.topic, w->msg.key, w->msg.position,
+                      a.v == V_DUPLICATE ? "already applied" : "position already applied");
         break;
     case V_GAP:
         if (!w->from_held) {
@@ -756,6 +953,17 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+/* librdkafka's own log lines, as ferry's JSON lines. */
+static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    int ours = level <= 3 ? FERRY_LOG_ERROR : level == 4 ? FERRY_LOG_WARN
+             : level <= 6 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG;
+    if (ours > ferry_log_threshold())
+        return;
+    json_t *f = json_pack("{s:s, s:s}", "client", rd_kafka_name(rk), "facility", fac);
+    ferry_log_json(ours, "kafka.log", f, "%s", buf);
+}
+
 static ferry_code kafka_set(rd_kafka_conf_t *conf, const char *name, const char *value,
                             ferry_error *err)
 {
@@ -811,6 +1019,7 @@ static ferry_code kafka_new(ferry_consumer *c, const ferry_consumer_conf *conf, 
     }
     rd_kafka_conf_set_opaque(kc, c);
     rd_kafka_conf_set_rebalance_cb(kc, rebalance_cb);
+    rd_kafka_conf_set_log_cb(kc, kafka_log);
 
     char errstr[512];
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);

@@ -28,6 +28,21 @@ const char *ferry_code_name(ferry_code code)
     return "FERRY_E?";
 }
 
+ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, const char *fmt,
+                           ...)
+{
+    if (err == NULL)
+        return code;
+    ferry_err_clear(err);
+    err->code = code;
+    err->retriable = retriable != 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
 void ferry_err_clear(ferry_error *err)
 {
     if (err == NULL)

@@ -89,6 +89,31 @@ FERRY_API const char *ferry_code_name(ferry_code code);
 FERRY_API ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
                                          const PGresult *res, const char *context);
 
+/*
+ * Fill err for a failure of the caller's own (a ferry_tx_fn, a consumer's
+ * handler): code, whether repeating may succeed, and a printf-style
+ * message. Returns code, so that a callback can `return ferry_error_set(...)`.
+ */
+FERRY_API ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable,
+                                     const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* ------------------------------------------------------------------ */
+/* Logs                                                                 */
+
+/* The library and its programs log one JSON object per line on stderr
+ * (librdkafka's own messages included); events below the level are not
+ * written. The default is FERRY_LOG_LEVEL_INFO. Not thread-safe: set it
+ * before starting work. */
+typedef enum ferry_log_level {
+    FERRY_LOG_LEVEL_ERROR = 0,
+    FERRY_LOG_LEVEL_WARN,
+    FERRY_LOG_LEVEL_INFO,
+    FERRY_LOG_LEVEL_DEBUG
+} ferry_log_level;
+
+FERRY_API void ferry_log_level_set(ferry_log_level level);
+
 /* ------------------------------------------------------------------ */
 /* Message ids                                                          */
 
@@ -326,13 +351,18 @@ FERRY_API const char *ferry_message_header(const ferry_message *msg, const char 
 /*
  * Apply msg on conn, inside the transaction the consumer opened. May run
  * statements and emit messages on conn; must not begin, commit or roll
- * back. Return FERRY_OK to commit. Anything else rolls back; then
- * err->retriable (ferry_error_from_pg() sets it for serialization
- * failures, deadlocks and lost connections) retries the message after a
- * backoff without counting an attempt, and any other failure counts one
- * attempt towards max_attempts, after which the message is dead-lettered.
- * A handler may run several times for one message, so it must keep no
- * effect outside the database from one try to the next.
+ * back. Return FERRY_OK to commit. Anything else rolls back, and then:
+ *   - err->retriable set (ferry_error_from_pg() sets it for serialization
+ *     failures, deadlocks and lost connections): the message is retried
+ *     after a backoff, without counting an attempt;
+ *   - FERRY_EINVAL: the message itself is refused (bad content that no
+ *     retry will change): dead-lettered at once;
+ *   - anything else counts one attempt towards max_attempts, after which
+ *     the message is dead-lettered.
+ * Fill err with ferry_error_set() or ferry_error_from_pg(); its message
+ * becomes the dead letter's reason. A handler may run several times for
+ * one message, so it must keep no effect outside the database from one
+ * try to the next.
  */
 typedef ferry_code (*ferry_handler_fn)(PGconn *conn, const ferry_message *msg, void *arg,
                                        ferry_error *err);
@@ -407,7 +437,9 @@ FERRY_API ferry_code ferry_consumer_run(ferry_consumer *c, ferry_error *err);
 
 /* Ask the consumer to stop: the message in hand is finished (or left for
  * redelivery if it is waiting to be retried) and run() returns.
- * Async-signal-safe and thread-safe. */
+ * Async-signal-safe and thread-safe: a SIGTERM handler may call it on a
+ * consumer it reaches through a global, as long as the global is set
+ * before the handler is installed and cleared before destroy. */
 FERRY_API void ferry_consumer_stop(ferry_consumer *c);
 
 /* Leave the group cleanly: commit the offsets of what was applied, hand
@@ -418,6 +450,9 @@ FERRY_API ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err);
 /* Close (if not closed) and free. Accepts NULL. */
 FERRY_API void ferry_consumer_destroy(ferry_consumer *c);
 
+/* A copy of the counters. Call it from the thread that polls: the
+ * counters are plain integers updated by ferry_consumer_poll(). Messages
+ * applied = applied + drained; held = held_gap + held_parked. */
 FERRY_API void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out);
 
 #ifdef __cplusplus

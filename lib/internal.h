@@ -54,11 +54,16 @@ extern const size_t ferry_migrations_count;
 
 /* ---------------------------------------------------------------- logs */
 
-enum { FERRY_LOG_ERROR = 0, FERRY_LOG_WARN, FERRY_LOG_INFO, FERRY_LOG_DEBUG };
+enum {
+    FERRY_LOG_ERROR = FERRY_LOG_LEVEL_ERROR,
+    FERRY_LOG_WARN = FERRY_LOG_LEVEL_WARN,
+    FERRY_LOG_INFO = FERRY_LOG_LEVEL_INFO,
+    FERRY_LOG_DEBUG = FERRY_LOG_LEVEL_DEBUG
+};
 
 struct json_t;
 void ferry_log_set_level(int level);
-int ferry_log_level(void);
+int ferry_log_threshold(void);
 /* One JSON line on stderr. Takes ownership of fields (a JSON object of
  * extra fields, or NULL). */
 void ferry_log_json(int level, const char *event, struct json_t *fields, const char *fmt, ...)

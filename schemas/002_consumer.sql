@@ -17,6 +17,12 @@
 -- Positions are the relay's ferry_seq header: 1, 2, 3 ... per (topic, key)
 -- in the emitting database, in commit order, without holes.
 
+-- The reconciler deletes inbox rows by age; rows arrive in applied_at
+-- order, so a BRIN index serves that at a fraction of a B-tree's cost per
+-- message (a fifth of the inbox's WAL, measured by bench-consume).
+DROP INDEX ferry.inbox_applied_at;
+CREATE INDEX inbox_applied_at ON ferry.inbox USING brin (applied_at);
+
 CREATE TABLE ferry.inbox_key (
     consumer   text   NOT NULL,
     topic      text   NOT NULL,
@@ -73,12 +79,36 @@ AS $fn$
 DECLARE
     v_last bigint;
     v_parked bigint;
+    v_more boolean;
 BEGIN
     IF p_seq IS NULL THEN
         INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq)
         VALUES (p_consumer, p_id, p_topic, p_key, 0)
         ON CONFLICT DO NOTHING;
         RETURN CASE WHEN FOUND THEN 'apply' ELSE 'duplicate' END;
+    END IF;
+
+    -- The usual case first, in two statements: the key's next position,
+    -- key not parked. The UPDATE takes the row lock itself; when another
+    -- transaction moved the position first, it re-reads the row after that
+    -- one ends, finds no match, and the general path below decides.
+    UPDATE ferry.inbox_key SET seq = p_seq
+     WHERE consumer = p_consumer AND topic = p_topic AND key = p_key
+       AND seq = p_seq - 1 AND parked_by IS NULL
+    RETURNING EXISTS (SELECT 1 FROM ferry.inbox_held h
+                       WHERE h.consumer = p_consumer AND h.topic = p_topic
+                         AND h.key = p_key AND h.seq = p_seq + 1)
+      INTO v_more;
+    IF FOUND THEN
+        INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq)
+        VALUES (p_consumer, p_id, p_topic, p_key, p_seq)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            UPDATE ferry.inbox_key SET seq = p_seq - 1
+             WHERE consumer = p_consumer AND topic = p_topic AND key = p_key;
+            RETURN 'duplicate';
+        END IF;
+        RETURN CASE WHEN v_more THEN 'apply_more' ELSE 'apply' END;
     END IF;
 
     -- The key's row lock serialises every consumer instance that holds a

@@ -39,17 +39,6 @@ static rd_kafka_t *producer;
 
 /* ------------------------------------------------------------------ the handler */
 
-/* How a handler reports its own failure: fill the caller's error. */
-static ferry_code fail_with(ferry_error *err, ferry_code code, int retriable, const char *msg)
-{
-    memset(err, 0, sizeof *err);
-    err->code = code;
-    err->retriable = retriable;
-    err->index = -1;
-    snprintf(err->message, sizeof err->message, "%s", msg);
-    return code;
-}
-
 static int accept_poison;           /* flipped by tests before a replay */
 static long handler_calls;
 static long kill_at_call;           /* child mode: SIGKILL inside the transaction */
@@ -65,10 +54,13 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
     handler_calls++;
     const json_t *fail = json_object_get(m->payload, "fail");
     if (json_is_true(fail) && !accept_poison)
-        return fail_with(err, FERRY_EUSER, 0, "refused: this one always fails");
+        return ferry_error_set(err, FERRY_EUSER, 0, "refused: this one always fails");
+    if (json_is_true(json_object_get(m->payload, "invalid")))
+        return ferry_error_set(err, FERRY_EINVAL, 0, "refused: amount %s is not a number",
+                               "\"ten\"");
     json_int_t retriable = json_integer_value(json_object_get(m->payload, "retriable"));
     if (retriable > 0 && m->attempt <= retriable)
-        return fail_with(err, FERRY_EDB, 1, "simulated serialization failure");
+        return ferry_error_set(err, FERRY_EDB, 1, "simulated serialization failure");
 
     char amount[32], seq[32];
     snprintf(amount, sizeof amount, "%" JSON_INTEGER_FORMAT,
@@ -452,22 +444,28 @@ static void discarded_dead_letter_releases_the_key(void **state)
 static void bad_payloads_are_dead_lettered(void **state)
 {
     const char *topic = "c.badjson";
-    pmsg m[4] = {{"j", 1, "{not json"}, {"k", 1, "{\"amount\": 5}"},
-                 {"n", 0, "[1, 2"}, {"k", 2, "{\"amount\": 5}"}};
-    produce(topic, m, 4, NULL);
+    pmsg m[5] = {{"j", 1, "{not json"}, {"k", 1, "{\"amount\": 5}"},
+                 {"n", 0, "[1, 2"}, {"k", 2, "{\"amount\": 5}"},
+                 {"v", 1, "{\"invalid\": true}"}};
+    produce(topic, m, 5, NULL);
     long calls = handler_calls;
     ferry_consumer *c = consumer_new("c-badjson", topic, 0);
-    poll_until(c, seen_at_least, 4);
+    poll_until(c, seen_at_least, 5);
     ferry_consumer_stats s;
     ferry_consumer_stats_get(c, &s);
-    assert_int_equal(s.dead_lettered, 2);
+    assert_int_equal(s.dead_lettered, 3);
     assert_int_equal(s.applied, 2);
-    assert_int_equal(handler_calls - calls, 2);
+    /* The handler's FERRY_EINVAL refuses the message at once: one call. */
+    assert_int_equal(s.handler_failures, 1);
+    assert_int_equal(handler_calls - calls, 3);
     consumer_done(c);
     PGconn *conn = tu_connect();
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'c-badjson' AND attempts = 0 AND reason LIKE "
                                   "'payload is not valid JSON%'"), 2);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-badjson' AND aggregateid = 'v' AND attempts = 1 AND "
+                                  "reason LIKE '%is not a number'"), 1);
     /* Kept as received, as a JSON string. */
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'c-badjson' AND payload = to_jsonb('{not json'::text)"), 1);
