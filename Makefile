@@ -52,8 +52,8 @@ REL_LIB_OBJ  = $(LIB_SRC:%.c=build/rel/%.o) build/rel/gen/migrations.o
 ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay
-EXAMPLES = build/rel/emit-demo
-BENCHES  = build/rel/bench-emit build/rel/bench-relay
+EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo
+BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 
 .PHONY: all test demo bench install clean valgrind deps \
@@ -88,10 +88,13 @@ valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
 
 demo-inner: $(EXAMPLES) $(PROGRAMS)
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
+	    build/rel/account-demo
 
 bench-inner: $(BENCHES) build/rel/ferry-relay
 	@build/rel/bench-emit
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-relay
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -124,6 +127,18 @@ build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/li
 
 build/rel/emit-demo: build/rel/examples/emit_demo.o $(HARNESS:%.c=build/rel/%.o) \
                      build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
+# The account service links libferry alone, as a user's service would.
+build/rel/account-service: build/rel/examples/account_service.o build/rel/libferry.a
+	$(CC) -o $@ $^ $(shell pkg-config --libs $(PKGS)) -pthread
+
+build/rel/account-demo: build/rel/examples/account_demo.o $(HARNESS:%.c=build/rel/%.o) \
+                        build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
+build/rel/bench-consume: build/rel/bench/bench_consume.o $(HARNESS:%.c=build/rel/%.o) \
+                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-emit: build/rel/bench/bench_emit.o $(HARNESS:%.c=build/rel/%.o) \

@@ -1,0 +1,1280 @@
+/*
+ * bench_consume.c — what does the inbox cost a consumer?
+ *
+ * One consumer, one transaction per message, against a throwaway cluster
+ * running with the server's durable defaults (fsync, synchronous_commit,
+ * full_page_writes on) and a `ferry-relay devkafka` broker (librdkafka's
+ * mock cluster). A topic is preloaded once with N messages
+ * (FERRY_BENCH_CONSUME_MSGS, default 20,000) spread at random over 1000
+ * keys, produced straight to the broker with the headers a ferry relay
+ * puts on them (ferry_id a UUIDv7, ferry_type, ferry_seq the per-key
+ * position 1, 2, 3 ..., the CloudEvents ones) and a ~200-byte JSON payload
+ * {"account_id": ..., "amount": A, ...}. Then two workloads read the whole
+ * topic, each time as a new consumer group:
+ *
+ *   (a) inbox  ferry_consumer_poll() until N messages are applied: per
+ *              message BEGIN and the prepared SELECT ferry.inbox_claim(...)
+ *              (one pipelined round trip), the handler, COMMIT, then the
+ *              offset stored. A new consumer
+ *              name every round, so the inbox never skips a message; so
+ *              each key's first message in a run (1000 of N) also makes
+ *              the key's ferry.inbox_key row, and ferry.inbox keeps the
+ *              rows of the runs before, as a live inbox keeps its recent
+ *              past.
+ *   (b) bare   a plain librdkafka consumer loop with the ferry consumer's
+ *              Kafka settings (manual offset store, auto-commit every
+ *              second, earliest, no EOF events): per message the payload
+ *              parsed as JSON, the same ferry_message view filled in, then
+ *              ferry_tx_run() of the same handler — BEGIN + xid, handler,
+ *              COMMIT — then rd_kafka_offsets_store() of offset + 1. That
+ *              is everything the ferry consumer does except inbox_claim
+ *              and its client-side bookkeeping: building the header map,
+ *              UTF-8 checks of key and payload, parsing ferry_id and
+ *              ferry_seq, and the once-a-second look for held messages.
+ *
+ * The handler (both): one prepared statement,
+ *   UPDATE bench_account SET balance = balance + $2, applied = applied + 1
+ *    WHERE id = $1
+ * with the message key as id and the payload's amount; prepared the first
+ * time it runs on a connection.
+ *
+ * Figures: messages applied per second from the first applied message to
+ * the last (so the group join and the first fetch are left out; they are
+ * shown apart as "start"), and the ratio inbox / bare (target >= 0.75:
+ * the inbox costs at most 25%). Beside them, per message: this process's
+ * CPU (all threads, librdkafka's too), the CPU of the database backend
+ * that applied the messages (from /proc, when the server is local), and
+ * the WAL written — where the inbox's cost goes.
+ *
+ * Then, apart from the ratio, where the inbox's time goes: the statements
+ * the consumer sends for one message (BEGIN + xid, the claim, the
+ * handler's UPDATE, COMMIT) replayed on one connection without Kafka,
+ * timed one by one, with no claim, with the claim unprepared
+ * (PQexecParams: parsed and planned for every message), and with the
+ * claim as a prepared statement (as lib/consume.c has it, which moreover
+ * sends it in BEGIN's round trip); the three interleaved message by
+ * message.
+ *
+ * Noise: the workloads run interleaved, FERRY_BENCH_ROUNDS rounds (default
+ * 3), the order swapped every round; a CHECKPOINT and a VACUUM of the
+ * account table before every run give each the same start; figures are
+ * medians over the rounds and the ratio compares figures of the same run.
+ *
+ * A benchmark, not a test: timings never fail it. It exits 1 only when
+ * something did not work: a consumer error, a message not applied or
+ * applied twice (each account's balance and count must be exactly what
+ * the topic holds for its key, times the runs so far; the inbox must hold
+ * N rows for the run's consumer, and nothing held or dead-lettered), or a
+ * topic the broker did not keep whole. Progress (and the consumer's own
+ * info logs) go to stderr; results to stdout: tables, then one `bench
+ * <name> <value> <unit>` line per figure.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+
+enum {
+    DEFAULT_MSGS = 20000,
+    MSGS_MIN = 1000,
+    MSGS_MAX = 200000,
+    DEFAULT_ROUNDS = 3,
+    ROUNDS_MAX = 15,
+    KEYS = 1000,
+    /* The mock keeps only the newest few MB of a partition: keep each one
+     * well under that (checked by watermarks after the preload). */
+    MSGS_PER_PARTITION = 5000,
+    PARTITIONS_MIN = 4,
+    PARTITIONS_MAX = 64,
+    PAYLOAD_SIZE = 256,
+    POLL_MS = 100,
+    START_TIMEOUT_MS = 60000,       /* consumer made -> first message applied */
+    STALL_TIMEOUT_MS = 60000,       /* no message applied for this long: give up */
+    FLUSH_TIMEOUT_MS = 60000,
+    ANATOMY_MSGS = 3000,            /* per variant, after a first message per key */
+};
+_Static_assert((MSGS_MAX + MSGS_PER_PARTITION - 1) / MSGS_PER_PARTITION <= PARTITIONS_MAX,
+               "enough partitions for the largest topic");
+
+static const char TOPIC[] = "bench.consume";
+static const char EVENT_TYPE[] = "PaymentApplied";
+
+typedef enum workload { WL_INBOX, WL_BARE, WL_COUNT } workload;
+static const char *const wl_name[WL_COUNT] = {"inbox", "bare"};
+
+static const char update_sql[] =
+    "UPDATE bench_account SET balance = balance + $2::bigint, applied = applied + 1 "
+    "WHERE id = $1";
+
+/* One measured run. */
+typedef struct run_result {
+    double rate;                /* msgs/s, first applied -> last applied */
+    double seconds;             /* that window */
+    double start_s;             /* consumer made -> first applied (join, first fetch) */
+    double client_cpu_us;       /* per message, this process, during the window */
+    double backend_cpu_us;      /* per message, the applying backend; -1 unknown */
+    double wal_bytes;           /* per message, the whole run */
+    uint64_t retries;           /* transient failures retried (inbox only) */
+} run_result;
+
+typedef struct bench {
+    fpg *pg;
+    PGconn *admin;
+    const char *bootstrap;
+    long msgs;
+    int partitions;
+    long key_msgs[KEYS];        /* messages of each key in the topic */
+    long long key_sum[KEYS];    /* ... and the sum of their amounts */
+    int keys_used;
+    int runs_done;              /* runs whose effect is in bench_account */
+} bench;
+
+/* ---------------------------------------------------------------- util */
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(const double *v, int n)
+{
+    double s[ROUNDS_MAX];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+static double min_of(const double *v, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static double max_of(const double *v, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+static int exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (!ok)
+        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* The first column of the only row of sql, as text (copied into out). */
+static int query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      char *out, size_t size)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    if (ok)
+        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0));
+    else
+        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+static int query_ll(PGconn *conn, const char *sql, const char *param, long long *out)
+{
+    char buf[64];
+    const char *params[1] = {param};
+    if (query_text(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
+        return -1;
+    *out = strtoll(buf, NULL, 10);
+    return 0;
+}
+
+static int read_env_long(const char *name, long def, long lo, long hi, long *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "bench: %s=%s: want a whole number from %ld to %ld\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* CPU seconds of this process so far, all threads. */
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* CPU seconds of process pid so far, from /proc (the backend of a local
+ * server); -1 when it cannot be read. */
+static double pid_cpu_s(long pid)
+{
+    if (pid <= 0)
+        return -1;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after "(comm)": state is field 3, utime 14, stime 15. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long ut, st;
+    if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                            &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* The server's WAL position as bytes since 0/0. */
+static int wal_lsn(PGconn *conn, long long *out)
+{
+    return query_ll(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", NULL,
+                    out);
+}
+
+/* ---------------------------------------------------------------- the handler */
+
+typedef struct handler_state {
+    PGconn *prepared_on;        /* the connection bench_apply is prepared on */
+} handler_state;
+
+static ferry_code handler_fail(ferry_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The handler's own failure: not retriable, so the consumer counts it. */
+static ferry_code handler_fail(ferry_error *err, const char *fmt, ...)
+{
+    memset(err, 0, sizeof *err);
+    err->code = FERRY_EUSER;
+    err->index = -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return FERRY_EUSER;
+}
+
+/*
+ * The service's effect, the same in both workloads: credit the payload's
+ * amount to the account named by the key. One prepared UPDATE; the
+ * statement is prepared the first time the handler sees a connection
+ * (prepared statements outlive the transaction they were made in). An
+ * account that is not there fails the message: the topic names only
+ * accounts that are.
+ */
+static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
+                                ferry_error *err)
+{
+    handler_state *h = arg;
+    if (h->prepared_on != conn) {
+        PGresult *res = PQprepare(conn, "bench_apply", update_sql, 0, NULL);
+        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                            ? FERRY_OK
+                            : ferry_error_from_pg(err, conn, res, "could not prepare");
+        PQclear(res);
+        if (rc != FERRY_OK)
+            return rc;
+        h->prepared_on = conn;
+    }
+    json_int_t amount = json_integer_value(json_object_get(m->payload, "amount"));
+    if (amount <= 0)
+        return handler_fail(err, "message %s has no positive amount", m->id);
+    char amount_text[32];
+    snprintf(amount_text, sizeof amount_text, "%" JSON_INTEGER_FORMAT, amount);
+    const char *p[2] = {m->key, amount_text};
+    PGresult *res = PQexecPrepared(conn, "bench_apply", 2, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not credit the account");
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = handler_fail(err, "no account %s", m->key);
+    PQclear(res);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- Kafka */
+
+static int kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "bench: kafka property %s=%s: %s\n", name, value, errstr);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        (*(long *)opaque)++;
+}
+
+/* xorshift64*: the preload's keys and amounts, the same every run. */
+static uint64_t next_random(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 0x2545F4914F6CDD1DULL;
+}
+
+static void key_name(char *out, size_t size, int k)
+{
+    snprintf(out, size, "acct-%04d", k);
+}
+
+/* One message, with the headers a ferry relay puts on what it publishes. */
+static int produce_one(rd_kafka_t *rk, const char *key, long seq, long amount, long serial,
+                       const char *ce_time)
+{
+    ferry_uuid u;
+    if (ferry_uuid_v7(&u) != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_uuid_v7 failed\n");
+        return -1;
+    }
+    char id[FERRY_UUID_STRING_SIZE], seq_text[24], payload[PAYLOAD_SIZE];
+    ferry_uuid_format(&u, id);
+    snprintf(seq_text, sizeof seq_text, "%ld", seq);
+    int len = snprintf(payload, sizeof payload,
+                       "{\"account_id\":\"%s\",\"amount\":%ld,\"currency\":\"EUR\","
+                       "\"reason\":\"card payment\",\"merchant\":\"Corner Bakery Ltd\","
+                       "\"request_id\":\"req-%012ld\","
+                       "\"occurred_at\":\"2024-05-17T09:41:07.123Z\"}",
+                       key, amount, serial);
+    if (len < 0 || (size_t)len >= sizeof payload) {
+        fprintf(stderr, "bench: payload does not fit its buffer\n");
+        return -1;
+    }
+    rd_kafka_headers_t *h = rd_kafka_headers_new(10);
+    rd_kafka_header_add(h, "ferry_id", -1, id, -1);
+    rd_kafka_header_add(h, "ferry_type", -1, EVENT_TYPE, -1);
+    rd_kafka_header_add(h, "ferry_aggregate_type", -1, "Account", -1);
+    rd_kafka_header_add(h, "ferry_seq", -1, seq_text, -1);
+    rd_kafka_header_add(h, "ce_specversion", -1, "1.0", -1);
+    rd_kafka_header_add(h, "ce_id", -1, id, -1);
+    rd_kafka_header_add(h, "ce_type", -1, EVENT_TYPE, -1);
+    rd_kafka_header_add(h, "ce_source", -1, "bench_consume", -1);
+    rd_kafka_header_add(h, "ce_time", -1, ce_time, -1);
+    rd_kafka_header_add(h, "content-type", -1, "application/json", -1);
+    rd_kafka_resp_err_t err;
+    while ((err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(TOPIC),
+                                    RD_KAFKA_V_KEY(key, strlen(key)),
+                                    RD_KAFKA_V_VALUE(payload, (size_t)len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                    RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END)) ==
+           RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        rd_kafka_poll(rk, 10);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(h);        /* not taken on failure */
+        fprintf(stderr, "bench: produce: %s\n", rd_kafka_err2str(err));
+        return -1;
+    }
+    return 0;
+}
+
+/* The topic's N messages, keys and amounts at random (seeded), positions
+ * 1, 2, 3 ... per key in produce order, which is their order in the
+ * key's partition (idempotent producer). Notes what each key should add
+ * up to. */
+static int preload(bench *b)
+{
+    char errstr[512];
+    long failed = 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    /* As the relay produces: idempotent, acks=all, Java's partitioner. */
+    if (kconf_set(conf, "bootstrap.servers", b->bootstrap) ||
+        kconf_set(conf, "enable.idempotence", "true") || kconf_set(conf, "acks", "all") ||
+        kconf_set(conf, "linger.ms", "5") || kconf_set(conf, "partitioner", "murmur2_random")) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_conf_set_opaque(conf, &failed);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: producer: %s\n", errstr);
+        return -1;
+    }
+    char ce_time[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(ce_time, sizeof ce_time, "%Y-%m-%dT%H:%M:%SZ", &tm);
+
+    int rc = -1;
+    uint64_t rnd = 0x9E3779B97F4A7C15ULL;
+    int64_t t0 = mono_us();
+    for (long i = 0; i < b->msgs; i++) {
+        int k = (int)(next_random(&rnd) % KEYS);
+        long amount = 1 + (long)(next_random(&rnd) % 997);
+        char key[16];
+        key_name(key, sizeof key, k);
+        long seq = ++b->key_msgs[k];
+        b->key_sum[k] += amount;
+        if (produce_one(rk, key, seq, amount, i, ce_time) != 0)
+            goto out;
+        rd_kafka_poll(rk, 0);
+    }
+    if (rd_kafka_flush(rk, FLUSH_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR || failed > 0) {
+        fprintf(stderr, "bench: preload: %ld messages not delivered, %d still queued\n", failed,
+                rd_kafka_outq_len(rk));
+        goto out;
+    }
+    b->keys_used = 0;
+    for (int k = 0; k < KEYS; k++)
+        b->keys_used += b->key_msgs[k] > 0;
+    fprintf(stderr, "bench: preloaded %ld messages over %d keys in %.1f s\n", b->msgs,
+            b->keys_used, (double)(mono_us() - t0) / 1e6);
+    rc = 0;
+out:
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* The broker must hold the whole topic: every partition from offset 0 (the
+ * mock drops the oldest data of a partition past a few MB), N in all. */
+static int check_topic(bench *b)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (kconf_set(conf, "bootstrap.servers", b->bootstrap) != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: kafka client: %s\n", errstr);
+        return -1;
+    }
+    long long total = 0;
+    int rc = 0;
+    for (int p = 0; p < b->partitions; p++) {
+        int64_t lo = -1, hi = -1;
+        rd_kafka_resp_err_t err =
+            rd_kafka_query_watermark_offsets(rk, TOPIC, p, &lo, &hi, 10000);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR || lo != 0) {
+            fprintf(stderr, "bench: partition %d of %s: %s, low watermark %" PRId64
+                            " (the broker did not keep the whole partition: fewer "
+                            "messages, please)\n", p, TOPIC, rd_kafka_err2str(err), lo);
+            rc = -1;
+        }
+        total += hi;
+    }
+    if (rc == 0 && total != b->msgs) {
+        fprintf(stderr, "bench: %s holds %lld messages, expected %ld\n", TOPIC, total, b->msgs);
+        rc = -1;
+    }
+    rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- checks */
+
+/* After runs_done complete runs, each account holds exactly runs_done
+ * times what the topic holds for its key: no message lost, none applied
+ * twice. */
+static int check_accounts(bench *b)
+{
+    PGresult *res = PQexec(b->admin, "SELECT id, balance, applied FROM bench_account");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != KEYS) {
+        fprintf(stderr, "bench: reading bench_account failed: %s", PQerrorMessage(b->admin));
+        PQclear(res);
+        return -1;
+    }
+    int bad = 0;
+    for (int i = 0; i < PQntuples(res); i++) {
+        int k = atoi(PQgetvalue(res, i, 0) + 5);    /* "acct-NNNN" */
+        long long balance = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        long long applied = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+        if (k < 0 || k >= KEYS || balance != b->runs_done * b->key_sum[k] ||
+            applied != (long long)b->runs_done * b->key_msgs[k]) {
+            if (bad++ < 5)
+                fprintf(stderr, "bench: account %s: balance %lld, %lld messages applied; "
+                                "after %d runs want %lld and %lld\n", PQgetvalue(res, i, 0),
+                        balance, applied, b->runs_done,
+                        k >= 0 && k < KEYS ? b->runs_done * b->key_sum[k] : -1LL,
+                        k >= 0 && k < KEYS ? (long long)b->runs_done * b->key_msgs[k] : -1LL);
+        }
+    }
+    PQclear(res);
+    if (bad > 0)
+        fprintf(stderr, "bench: %d accounts are wrong: messages lost or applied twice\n", bad);
+    return bad ? -1 : 0;
+}
+
+/* The inbox of consumer name holds the run: N messages, every key at its
+ * last position, nothing held, nothing dead-lettered. */
+static int check_inbox(bench *b, const char *name)
+{
+    long long rows = -1, keys = -1, seq_sum = -1, held = -1, dead = -1;
+    if (query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1", name,
+                 &rows) != 0 ||
+        query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = $1", name,
+                 &keys) != 0 ||
+        query_ll(b->admin, "SELECT coalesce(sum(seq), 0) FROM ferry.inbox_key "
+                           "WHERE consumer = $1", name, &seq_sum) != 0 ||
+        query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = $1", name,
+                 &held) != 0 ||
+        query_ll(b->admin, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = $1", name,
+                 &dead) != 0)
+        return -1;
+    if (rows != b->msgs || keys != b->keys_used || seq_sum != b->msgs || held != 0 ||
+        dead != 0) {
+        fprintf(stderr, "bench: inbox of %s: %lld rows (want %ld), %lld keys (want %d), "
+                        "positions summing to %lld (want %ld), %lld held, %lld dead letters\n",
+                name, rows, b->msgs, keys, b->keys_used, seq_sum, b->msgs, held, dead);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+/* What a run samples at its first and its last applied message. */
+typedef struct window {
+    int64_t t_made, t_first, t_last;
+    double cpu_first, cpu_last;
+    double be_first, be_last;
+    long backend_pid;
+} window;
+
+static void window_mark(window *w, int first)
+{
+    int64_t now = mono_us();
+    double cpu = process_cpu_s(), be = pid_cpu_s(w->backend_pid);
+    if (first) {
+        w->t_first = now;
+        w->cpu_first = cpu;
+        w->be_first = be;
+    } else {
+        w->t_last = now;
+        w->cpu_last = cpu;
+        w->be_last = be;
+    }
+}
+
+static void window_result(const window *w, long msgs, long long wal_before,
+                          long long wal_after, run_result *out)
+{
+    /* Messages 2 .. N were applied inside the window. */
+    double n = (double)(msgs - 1);
+    out->seconds = (double)(w->t_last - w->t_first) / 1e6;
+    out->rate = out->seconds > 0 ? n / out->seconds : 0;
+    out->start_s = (double)(w->t_first - w->t_made) / 1e6;
+    out->client_cpu_us = (w->cpu_last - w->cpu_first) * 1e6 / n;
+    out->backend_cpu_us = w->be_first >= 0 && w->be_last >= 0
+                              ? (w->be_last - w->be_first) * 1e6 / n
+                              : -1;
+    out->wal_bytes = (double)(wal_after - wal_before) / (double)msgs;
+}
+
+/* The same start for every run: no dirty buffers waiting for a
+ * checkpoint, no dead account versions left from the run before. */
+static int before_run(bench *b)
+{
+    return exec_ok(b->admin, "VACUUM bench_account") || exec_ok(b->admin, "CHECKPOINT") ? -1
+                                                                                          : 0;
+}
+
+static long backend_of(PGconn *admin, const char *application_name)
+{
+    long long pid = -1;
+    if (query_ll(admin, "SELECT coalesce(max(pid), -1) FROM pg_stat_activity "
+                        "WHERE application_name = $1", application_name, &pid) != 0)
+        return -1;
+    return (long)pid;
+}
+
+/* (a) ferry_consumer until N messages are applied. */
+static int run_inbox(bench *b, int round, run_result *out)
+{
+    char name[64];
+    snprintf(name, sizeof name, "bench-inbox-%d", round);
+    handler_state h = {NULL};
+    const char *topics[1] = {TOPIC};
+    ferry_consumer_conf conf = {
+        .name = name,
+        .db = fpg_conninfo(b->pg),
+        .kafka = b->bootstrap,
+        .topics = topics,
+        .topic_count = 1,
+        .handler = apply_payment,
+        .handler_arg = &h,
+        .isolation = FERRY_READ_COMMITTED,
+    };
+    long long wal_before, wal_after;
+    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
+        return -1;
+
+    window w;
+    memset(&w, 0, sizeof w);
+    w.t_made = mono_us();
+    /* The consumer's connection is libpq's to make: name it, to find its
+     * backend. */
+    setenv("PGAPPNAME", name, 1);
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    ferry_code frc = ferry_consumer_new(&conf, &c, &err);
+    unsetenv("PGAPPNAME");
+    if (frc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_consumer_new: %s: %s\n", ferry_code_name(frc),
+                err.message);
+        return -1;
+    }
+    w.backend_pid = fpg_external(b->pg) ? -1 : backend_of(b->admin, name);
+
+    int rc = -1;
+    ferry_consumer_stats s;
+    memset(&s, 0, sizeof s);
+    int64_t last_progress = w.t_made;
+    while (s.applied < (uint64_t)b->msgs) {
+        frc = ferry_consumer_poll(c, POLL_MS, &err);
+        if (frc != FERRY_OK) {
+            fprintf(stderr, "bench: ferry_consumer_poll: %s: %s\n", ferry_code_name(frc),
+                    err.message);
+            goto out;
+        }
+        uint64_t before = s.applied;
+        ferry_consumer_stats_get(c, &s);
+        if (s.applied != before) {
+            if (before == 0)
+                window_mark(&w, 1);
+            last_progress = mono_us();
+        } else if (mono_us() - last_progress >
+                   (int64_t)(before == 0 ? START_TIMEOUT_MS : STALL_TIMEOUT_MS) * 1000) {
+            fprintf(stderr, "bench: %s: %" PRIu64 " of %ld messages applied, then nothing "
+                            "for %d s\n", name, s.applied, b->msgs, STALL_TIMEOUT_MS / 1000);
+            goto out;
+        }
+        if (s.dead_lettered + s.handler_failures + s.duplicates + s.late + s.held_gap +
+                s.held_parked > 0)
+            break;      /* reported below */
+    }
+    window_mark(&w, 0);
+    rc = 0;
+out:
+    if (c != NULL) {
+        ferry_code crc = ferry_consumer_close(c, &err);
+        if (crc != FERRY_OK) {
+            fprintf(stderr, "bench: ferry_consumer_close: %s: %s\n", ferry_code_name(crc),
+                    err.message);
+            rc = -1;
+        }
+        ferry_consumer_stats_get(c, &s);
+        ferry_consumer_destroy(c);
+    }
+    if (rc != 0)
+        return -1;
+    if (s.received != (uint64_t)b->msgs || s.applied != (uint64_t)b->msgs ||
+        s.duplicates + s.late + s.held_gap + s.held_parked + s.drained + s.dead_lettered +
+                s.handler_failures != 0) {
+        fprintf(stderr, "bench: %s: received %" PRIu64 ", applied %" PRIu64 " (want %ld), "
+                        "duplicates %" PRIu64 ", late %" PRIu64 ", held %" PRIu64 "+%" PRIu64
+                        ", drained %" PRIu64 ", dead-lettered %" PRIu64 ", handler failures %"
+                        PRIu64 "\n", name, s.received, s.applied, b->msgs, s.duplicates, s.late,
+                s.held_gap, s.held_parked, s.drained, s.dead_lettered, s.handler_failures);
+        return -1;
+    }
+    b->runs_done++;
+    if (wal_lsn(b->admin, &wal_after) != 0 || check_inbox(b, name) != 0 ||
+        check_accounts(b) != 0)
+        return -1;
+    window_result(&w, b->msgs, wal_before, wal_after, out);
+    out->retries = s.transient_retries;
+    return 0;
+}
+
+/* (b)'s transaction body: the handler on the message. */
+typedef struct bare_ctx {
+    handler_state *h;
+    const ferry_message *msg;
+} bare_ctx;
+
+static ferry_code bare_apply(PGconn *conn, void *arg, ferry_error *err)
+{
+    bare_ctx *bc = arg;
+    return apply_payment(conn, bc->msg, bc->h, err);
+}
+
+/* (b) a plain consumer loop: the same handler in a transaction per
+ * message, no inbox. */
+static int run_bare(bench *b, int round, run_result *out)
+{
+    char name[64], errstr[512];
+    snprintf(name, sizeof name, "bench-bare-%d", round);
+    long long wal_before, wal_after;
+    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
+        return -1;
+
+    window w;
+    memset(&w, 0, sizeof w);
+    w.t_made = mono_us();
+    PGconn *conn = fpg_connect(b->pg);
+    if (conn == NULL)
+        return -1;
+    w.backend_pid = fpg_external(b->pg) ? -1 : PQbackendPID(conn);
+
+    /* The ferry consumer's settings (lib/consume.c, kafka_new). */
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    if (kconf_set(kc, "bootstrap.servers", b->bootstrap) || kconf_set(kc, "group.id", name) ||
+        kconf_set(kc, "enable.auto.offset.store", "false") ||
+        kconf_set(kc, "enable.auto.commit", "true") ||
+        kconf_set(kc, "auto.commit.interval.ms", "1000") ||
+        kconf_set(kc, "auto.offset.reset", "earliest") ||
+        kconf_set(kc, "enable.partition.eof", "false") || kconf_set(kc, "client.id", name)) {
+        rd_kafka_conf_destroy(kc);
+        PQfinish(conn);
+        return -1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(kc);
+        PQfinish(conn);
+        fprintf(stderr, "bench: consumer: %s\n", errstr);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    int rc = -1;
+    int64_t next_offset[PARTITIONS_MAX] = {0};
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, TOPIC, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t kerr = rd_kafka_subscribe(rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        fprintf(stderr, "bench: subscribe: %s\n", rd_kafka_err2str(kerr));
+        goto out;
+    }
+
+    handler_state h = {NULL};
+    ferry_tx_opts tx = {.isolation = FERRY_READ_COMMITTED, .max_attempts = 1};
+    long applied = 0;
+    int64_t last_progress = w.t_made;
+    while (applied < b->msgs) {
+        rd_kafka_message_t *rkm = rd_kafka_consumer_poll(rk, POLL_MS);
+        if (rkm == NULL) {
+            if (mono_us() - last_progress >
+                (int64_t)(applied == 0 ? START_TIMEOUT_MS : STALL_TIMEOUT_MS) * 1000) {
+                fprintf(stderr, "bench: %s: %ld of %ld messages applied, then nothing for "
+                                "%d s\n", name, applied, b->msgs, STALL_TIMEOUT_MS / 1000);
+                goto out;
+            }
+            continue;
+        }
+        if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            char fatal[512];
+            int is_fatal = rd_kafka_fatal_error(rk, fatal, sizeof fatal) != 0;
+            fprintf(stderr, "bench: %s: %s\n", name,
+                    is_fatal ? fatal : rd_kafka_message_errstr(rkm));
+            rd_kafka_message_destroy(rkm);
+            if (is_fatal)
+                goto out;
+            continue;
+        }
+        /* One consumer, no rebalance: every partition in order, once. */
+        if (rkm->partition < 0 || rkm->partition >= b->partitions ||
+            rkm->offset != next_offset[rkm->partition]) {
+            fprintf(stderr, "bench: %s: got partition %" PRId32 " offset %" PRId64 " out of "
+                            "order\n", name, rkm->partition, rkm->offset);
+            rd_kafka_message_destroy(rkm);
+            goto out;
+        }
+        next_offset[rkm->partition]++;
+
+        /* What the handler reads, as the ferry consumer would show it. */
+        char key[64];
+        size_t klen = rkm->key_len < sizeof key - 1 ? rkm->key_len : sizeof key - 1;
+        memcpy(key, rkm->key ? rkm->key : "", rkm->key ? klen : 0);
+        key[rkm->key ? klen : 0] = '\0';
+        json_error_t jerr;
+        json_t *payload = json_loadb(rkm->payload ? rkm->payload : "null",
+                                     rkm->payload ? rkm->len : 4,
+                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        ferry_message m = {
+            .topic = rd_kafka_topic_name(rkm->rkt),
+            .partition = rkm->partition,
+            .offset = rkm->offset,
+            .key = key,
+            .key_len = strlen(key),
+            .id = "",
+            .type = "",
+            .aggregate_type = "",
+            .position = 0,
+            .payload = payload ? payload : json_null(),
+            .payload_text = rkm->payload ? rkm->payload : "null",
+            .payload_len = rkm->payload ? rkm->len : 4,
+            .attempt = 1,
+            .internal_ = NULL,
+        };
+        bare_ctx bc = {&h, &m};
+        ferry_error err;
+        ferry_code frc = ferry_tx_run(conn, &tx, bare_apply, &bc, NULL, &err);
+        json_decref(payload);
+        if (frc != FERRY_OK) {
+            fprintf(stderr, "bench: %s: %s: %s\n", name, ferry_code_name(frc), err.message);
+            rd_kafka_message_destroy(rkm);
+            goto out;
+        }
+        /* Committed: Kafka may move past it. */
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, m.topic, m.partition)->offset = m.offset + 1;
+        kerr = rd_kafka_offsets_store(rk, l);
+        if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR)
+            kerr = l->elems[0].err;
+        rd_kafka_topic_partition_list_destroy(l);
+        rd_kafka_message_destroy(rkm);
+        if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            fprintf(stderr, "bench: %s: offsets_store: %s\n", name, rd_kafka_err2str(kerr));
+            goto out;
+        }
+        if (++applied == 1)
+            window_mark(&w, 1);
+        last_progress = mono_us();
+    }
+    window_mark(&w, 0);
+    rc = 0;
+out:
+    kerr = rd_kafka_consumer_close(rk);
+    if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        fprintf(stderr, "bench: %s: consumer_close: %s\n", name, rd_kafka_err2str(kerr));
+        rc = -1;
+    }
+    rd_kafka_destroy(rk);
+    PQfinish(conn);
+    if (rc != 0)
+        return -1;
+    b->runs_done++;
+    if (wal_lsn(b->admin, &wal_after) != 0 || check_accounts(b) != 0)
+        return -1;
+    window_result(&w, b->msgs, wal_before, wal_after, out);
+    out->retries = 0;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- anatomy */
+
+/*
+ * Where the time of one applied message goes, statement by statement: the
+ * statements the consumer sends, replayed on one connection without Kafka,
+ * the three variants interleaved message by message so that they share
+ * the noise. Every key's first message is left out (the steady state has
+ * the key's row in ferry.inbox_key).
+ */
+enum { AN_BARE, AN_CLAIM, AN_PREPARED, AN_COUNT };
+enum { ST_BEGIN, ST_CLAIM, ST_UPDATE, ST_COMMIT, ST_TOTAL, ST_COUNT };
+
+static const char *const an_name[AN_COUNT] = {
+    "bare: no claim",
+    "claim, unprepared",
+    "claim, prepared (as lib/consume.c)",
+};
+static const char begin_sql[] =
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id()::text";
+/* Sent both ways: PQexecParams (planned every time) and prepared. */
+static const char claim_sql[] =
+    "SELECT ferry.inbox_claim($1, $2::uuid, $3, $4, $5::bigint, $6::boolean)";
+
+typedef struct anatomy {
+    long n;                             /* timed messages per variant */
+    double *t[AN_COUNT][ST_COUNT];      /* us, per message */
+    double med[AN_COUNT][ST_COUNT];
+} anatomy;
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Takes res; 0 when it has the status wanted. */
+static int result_ok(PGconn *conn, PGresult *res, ExecStatusType want, const char *what)
+{
+    int ok = PQresultStatus(res) == want;
+    if (!ok)
+        fprintf(stderr, "bench: anatomy: %s failed: %s", what, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* One message of variant v in its own transaction; t gets each step's us. */
+static int an_message(PGconn *conn, int v, const char *consumer, int k, long seq,
+                      double t[ST_COUNT])
+{
+    char key[16], seq_text[24], id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid u;
+    if (ferry_uuid_v7(&u) != FERRY_OK)
+        return -1;
+    ferry_uuid_format(&u, id);
+    key_name(key, sizeof key, k);
+    snprintf(seq_text, sizeof seq_text, "%ld", seq);
+    const char *cp[6] = {consumer, id, TOPIC, key, seq_text, "f"};
+    const char *up[2] = {key, "1"};
+
+    int64_t t0 = mono_ns();
+    if (result_ok(conn, PQexec(conn, begin_sql), PGRES_TUPLES_OK, "BEGIN") != 0)
+        return -1;
+    int64_t t1 = mono_ns();
+    if (v != AN_BARE) {
+        PGresult *res = v == AN_CLAIM
+                            ? PQexecParams(conn, claim_sql, 6, NULL, cp, NULL, NULL, 0)
+                            : PQexecPrepared(conn, "bench_claim", 6, cp, NULL, NULL, 0);
+        int applied = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+                      strncmp(PQgetvalue(res, 0, 0), "apply", 5) == 0;
+        if (!applied)
+            fprintf(stderr, "bench: anatomy: claim of %s position %ld: %s\n", key, seq,
+                    PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                        ? PQgetvalue(res, 0, 0) : PQerrorMessage(conn));
+        PQclear(res);
+        if (!applied)
+            goto rollback;
+    }
+    int64_t t2 = mono_ns();
+    if (result_ok(conn, PQexecPrepared(conn, "bench_apply", 2, up, NULL, NULL, 0),
+                  PGRES_COMMAND_OK, "UPDATE") != 0)
+        goto rollback;
+    int64_t t3 = mono_ns();
+    if (result_ok(conn, PQexec(conn, "COMMIT"), PGRES_COMMAND_OK, "COMMIT") != 0)
+        return -1;
+    int64_t t4 = mono_ns();
+    t[ST_BEGIN] = (double)(t1 - t0) / 1e3;
+    t[ST_CLAIM] = (double)(t2 - t1) / 1e3;
+    t[ST_UPDATE] = (double)(t3 - t2) / 1e3;
+    t[ST_COMMIT] = (double)(t4 - t3) / 1e3;
+    t[ST_TOTAL] = (double)(t4 - t0) / 1e3;
+    return 0;
+
+rollback:
+    PQclear(PQexec(conn, "ROLLBACK"));
+    return -1;
+}
+
+/* Sorts v. */
+static double median_of_sorted(double *v, long n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void anatomy_free(anatomy *an)
+{
+    for (int v = 0; v < AN_COUNT; v++)
+        for (int st = 0; st < ST_COUNT; st++) {
+            free(an->t[v][st]);
+            an->t[v][st] = NULL;
+        }
+}
+
+static int run_anatomy(bench *b, long n, anatomy *an)
+{
+    static const char *const consumer[AN_COUNT] = {"", "bench-anatomy-params",
+                                                   "bench-anatomy-prepared"};
+    memset(an, 0, sizeof *an);
+    an->n = n;
+    for (int v = 0; v < AN_COUNT; v++)
+        for (int st = 0; st < ST_COUNT; st++)
+            if ((an->t[v][st] = calloc((size_t)n, sizeof(double))) == NULL) {
+                fprintf(stderr, "bench: out of memory\n");
+                anatomy_free(an);
+                return -1;
+            }
+    if (before_run(b) != 0)
+        goto fail;
+    PGconn *conn = fpg_connect(b->pg);
+    if (conn == NULL)
+        goto fail;
+    if (result_ok(conn, PQprepare(conn, "bench_apply", update_sql, 0, NULL), PGRES_COMMAND_OK,
+                  "PREPARE bench_apply") != 0 ||
+        result_ok(conn, PQprepare(conn, "bench_claim", claim_sql, 0, NULL), PGRES_COMMAND_OK,
+                  "PREPARE bench_claim") != 0)
+        goto fail_conn;
+    double scratch[ST_COUNT];
+    for (int k = 0; k < KEYS; k++)
+        for (int v = AN_CLAIM; v < AN_COUNT; v++)
+            if (an_message(conn, v, consumer[v], k, 1, scratch) != 0)
+                goto fail_conn;
+    for (long i = 0; i < n; i++) {
+        int k = (int)(i % KEYS);
+        long seq = i / KEYS + 2;
+        for (int j = 0; j < AN_COUNT; j++) {
+            int v = (int)((i + j) % AN_COUNT);      /* rotated */
+            double t[ST_COUNT];
+            if (an_message(conn, v, consumer[v], k, seq, t) != 0)
+                goto fail_conn;
+            for (int st = 0; st < ST_COUNT; st++)
+                an->t[v][st][i] = t[st];
+        }
+    }
+    PQfinish(conn);
+    for (int v = 0; v < AN_COUNT; v++)
+        for (int st = 0; st < ST_COUNT; st++)
+            an->med[v][st] = median_of_sorted(an->t[v][st], n);
+    anatomy_free(an);
+    return 0;
+
+fail_conn:
+    PQfinish(conn);
+fail:
+    anatomy_free(an);
+    return -1;
+}
+
+/* ---------------------------------------------------------------- report */
+
+typedef struct figures {
+    int rounds;
+    run_result r[WL_COUNT][ROUNDS_MAX];
+} figures;
+
+static void column(const figures *f, workload wl, size_t off, double *out)
+{
+    for (int i = 0; i < f->rounds; i++)
+        out[i] = *(const double *)(const void *)((const char *)&f->r[wl][i] + off);
+}
+
+static double med_of(const figures *f, workload wl, size_t off)
+{
+    double v[ROUNDS_MAX];
+    column(f, wl, off, v);
+    return median(v, f->rounds);
+}
+
+static void print_report(const bench *b, const figures *f, const anatomy *an,
+                         const char *server, const char *fsync_s, const char *sync_commit,
+                         const char *shared, int version)
+{
+    int n = f->rounds;
+    printf("ferry consumer-inbox benchmark (libferry %s, schema %d)\n", ferry_version(),
+           version);
+    printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
+           "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
+           "1 broker)\n", server, fsync_s, sync_commit, shared);
+    printf("topic %s: %ld messages over %d keys, %d partitions, ~200-byte JSON payloads, "
+           "the headers a ferry relay sets\n(ferry_id UUIDv7, ferry_type, ferry_seq per key, "
+           "CloudEvents); one consumer, one transaction per message:\n", TOPIC, b->msgs,
+           b->keys_used, b->partitions);
+    printf("  (a) inbox  ferry_consumer_poll(): BEGIN + the prepared SELECT "
+           "ferry.inbox_claim(...) in one round trip; handler; COMMIT; store offset\n");
+    printf("  (b) bare   rd_kafka_consumer_poll(); parse payload; ferry_tx_run(BEGIN + xid; "
+           "handler; COMMIT); store offset\n");
+    printf("  handler, both: one prepared UPDATE bench_account SET balance = balance + $2, "
+           "applied = applied + 1 WHERE id = $1\n");
+    printf("method: %d rounds of (a, b), order swapped every round, a new consumer group "
+           "(and inbox name) per run,\n  CHECKPOINT + VACUUM before each; the clock runs "
+           "from the first applied message to the last\n  (group join and first fetch "
+           "excluded, shown as start); figures are medians over the rounds\n", n);
+
+    printf("\nmessages applied per second (one column per round; median, min-max):\n");
+    printf("  %-7s", "");
+    for (int r = 0; r < n; r++)
+        printf(" %8s%d", "round ", r + 1);
+    printf(" %9s %19s\n", "median", "min - max");
+    double v[ROUNDS_MAX];
+    for (int wl = 0; wl < WL_COUNT; wl++) {
+        column(f, (workload)wl, offsetof(run_result, rate), v);
+        printf("  %-7s", wl_name[wl]);
+        for (int r = 0; r < n; r++)
+            printf(" %9.0f", v[r]);
+        printf(" %9.0f %9.0f - %-9.0f\n", median(v, n), min_of(v, n), max_of(v, n));
+    }
+    double mi = med_of(f, WL_INBOX, offsetof(run_result, rate));
+    double mb = med_of(f, WL_BARE, offsetof(run_result, rate));
+    double pr[ROUNDS_MAX];
+    for (int r = 0; r < n; r++)
+        pr[r] = f->r[WL_INBOX][r].rate / f->r[WL_BARE][r].rate;
+    printf("  inbox / bare  %.3f  (target >= 0.75; per round: median %.3f, %.3f - %.3f)\n",
+           mi / mb, median(pr, n), min_of(pr, n), max_of(pr, n));
+    printf("  time per message: inbox %.1f us, bare %.1f us, the inbox adds %.1f us "
+           "(%+.1f%%)\n", 1e6 / mi, 1e6 / mb, 1e6 / mi - 1e6 / mb, (mb / mi - 1) * 100);
+
+    printf("\nper message (medians over the rounds):\n");
+    printf("  %-7s %14s %14s %12s %9s %9s\n", "", "client CPU us", "backend CPU us",
+           "WAL bytes", "start s", "retries");
+    for (int wl = 0; wl < WL_COUNT; wl++) {
+        double be = med_of(f, (workload)wl, offsetof(run_result, backend_cpu_us));
+        double retries[ROUNDS_MAX];
+        for (int r = 0; r < n; r++)
+            retries[r] = (double)f->r[wl][r].retries;
+        char be_text[32];
+        if (be >= 0)
+            snprintf(be_text, sizeof be_text, "%.1f", be);
+        else
+            snprintf(be_text, sizeof be_text, "n/a");
+        printf("  %-7s %14.1f %14s %12.0f %9.2f %9.0f\n", wl_name[wl],
+               med_of(f, (workload)wl, offsetof(run_result, client_cpu_us)), be_text,
+               med_of(f, (workload)wl, offsetof(run_result, wal_bytes)),
+               med_of(f, (workload)wl, offsetof(run_result, start_s)), median(retries, n));
+    }
+    printf("  client CPU: this process, all threads (librdkafka's too); backend CPU: the "
+           "applying connection's\n  server process, from /proc (n/a for a server that is "
+           "not local); WAL: bytes written per message\n");
+
+    printf("\nwhere the time goes: the consumer's statements replayed on one connection, "
+           "no Kafka, the three\n  interleaved message by message, %ld messages each "
+           "(median us per message):\n", an->n);
+    printf("  %-33s %10s %8s %8s %8s %8s\n", "", "BEGIN+xid", "claim", "UPDATE", "COMMIT",
+           "total");
+    for (int a = 0; a < AN_COUNT; a++)
+        printf("  %-33s %10.1f %8.1f %8.1f %8.1f %8.1f\n", an_name[a], an->med[a][ST_BEGIN],
+               an->med[a][ST_CLAIM], an->med[a][ST_UPDATE], an->med[a][ST_COMMIT],
+               an->med[a][ST_TOTAL]);
+    printf("  (%s: PQexecParams, parsed and planned every message; lib/consume.c sends the "
+           "prepared claim\n   in the same round trip as BEGIN, so its BEGIN and claim "
+           "columns overlap)\n", an_name[AN_CLAIM]);
+
+    printf("\ncheck: every run applied each of the %ld messages exactly once (account "
+           "balances and counts; the\n  inbox's rows and positions; nothing held or "
+           "dead-lettered)\n", b->msgs);
+
+    printf("\n");
+    printf("bench consume_inbox_msgs_per_s %.0f msgs/s\n", mi);
+    printf("bench consume_bare_msgs_per_s %.0f msgs/s\n", mb);
+    printf("bench consume_inbox_vs_bare_ratio %.3f ratio\n", mi / mb);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int setup_schema(bench *b)
+{
+    static const char *const sql[] = {
+        "CREATE TABLE bench_account (id text PRIMARY KEY, balance bigint NOT NULL DEFAULT 0, "
+        "applied bigint NOT NULL DEFAULT 0)",
+        "INSERT INTO bench_account (id) SELECT 'acct-' || lpad(g::text, 4, '0') "
+        "FROM generate_series(0, 999) AS g",
+        "VACUUM ANALYZE bench_account",
+    };
+    _Static_assert(KEYS == 1000, "the INSERT's series");
+    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
+        if (exec_ok(b->admin, sql[i]) != 0)
+            return -1;
+    return 0;
+}
+
+int main(void)
+{
+    long msgs, rounds;
+    if (read_env_long("FERRY_BENCH_CONSUME_MSGS", DEFAULT_MSGS, MSGS_MIN, MSGS_MAX, &msgs) != 0 ||
+        read_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
+        return 1;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *relay_bin = getenv("FERRY_RELAY_BIN");
+    if (relay_bin == NULL || relay_bin[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);     /* for kt_start */
+        relay_bin = getenv("FERRY_RELAY_BIN");
+    }
+    if (access(relay_bin, X_OK) != 0) {
+        fprintf(stderr, "bench: cannot run %s: %s\n", relay_bin, strerror(errno));
+        return 1;
+    }
+
+    int status = 1;
+    static bench b;
+    static figures f;
+    static anatomy an;
+    kt_broker *kb = NULL;
+    b.msgs = msgs;
+    b.partitions = (int)((msgs + MSGS_PER_PARTITION - 1) / MSGS_PER_PARTITION);
+    if (b.partitions < PARTITIONS_MIN)
+        b.partitions = PARTITIONS_MIN;
+    f.rounds = (int)rounds;
+
+    fpg_opts opts = {.conf = NULL, .fsync = 1};
+    if ((b.pg = fpg_start(&opts)) == NULL)
+        goto out;
+    if ((b.admin = fpg_connect(b.pg)) == NULL)
+        goto out;
+    ferry_error err;
+    int version = 0;
+    ferry_code frc = ferry_migrate(b.admin, &version, &err);
+    if (frc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+        goto out;
+    }
+    if (setup_schema(&b) != 0)
+        goto out;
+    char server[64], fsync_s[16], sync_commit[16], shared[16];
+    if (query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
+        query_text(b.admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
+                   sizeof sync_commit) != 0 ||
+        query_text(b.admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+        goto out;
+
+    if ((kb = kt_start(1)) == NULL)
+        goto out;
+    b.bootstrap = kt_bootstrap(kb);
+    if (kt_command(kb, "topic-create %s %d 1", TOPIC, b.partitions) != 0)
+        goto out;
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
+            b.bootstrap);
+    if (preload(&b) != 0 || check_topic(&b) != 0)
+        goto out;
+
+    for (int r = 0; r < f.rounds; r++) {
+        for (int k = 0; k < WL_COUNT; k++) {
+            workload wl = (workload)((r + k) % WL_COUNT);     /* swapped every round */
+            run_result *res = &f.r[wl][r];
+            int rc = wl == WL_INBOX ? run_inbox(&b, r + 1, res) : run_bare(&b, r + 1, res);
+            if (rc != 0)
+                goto out;
+            fprintf(stderr, "bench: round %d/%d %-5s %8.0f msgs/s (%.2f s; start %.2f s)\n",
+                    r + 1, f.rounds, wl_name[wl], res->rate, res->seconds, res->start_s);
+        }
+    }
+    fprintf(stderr, "bench: anatomy: %ld messages of each variant\n", (long)ANATOMY_MSGS);
+    if (run_anatomy(&b, ANATOMY_MSGS, &an) != 0)
+        goto out;
+    print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
+    status = 0;
+
+out:
+    kt_stop(kb);
+    PQfinish(b.admin);
+    fpg_destroy(b.pg);
+    if (status != 0)
+        fprintf(stderr, "bench: FAILED\n");
+    return status;
+}

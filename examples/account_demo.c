@@ -1,0 +1,1084 @@
+/*
+ * account_demo.c — two services, two databases, one Kafka topic between
+ * them, and not a cent created or lost.
+ *
+ * A narrated walkthrough. The first service, payments, moves money out of
+ * its wallets: each transfer debits a wallet and emits a "Credited"
+ * message in the same transaction (ferry_tx_run + ferry_emit). The second
+ * service, account-service (examples/account_service.c, a separate
+ * program with its own database), consumes the topic through ferry's
+ * inbox and credits the receiving accounts. `ferry-relay run --once` sits
+ * in between. The money is conserved across both databases:
+ *
+ *   sum(payments.wallet.balance) + sum(accounts.account.balance) == 1000
+ *
+ * and stays so when Kafka delivers a message twice: the demo publishes an
+ * exact copy of one credit, as a relay that crashed before its
+ * acknowledgement would, and shows the service skipping it. Every step
+ * checks that what it says happened did happen, so `make demo` is also a
+ * smoke test: it exits 1 on the first step that does not behave as
+ * described.
+ *
+ * $FERRY_RELAY_BIN is the relay (by default build/rel/ferry-relay; it also
+ * runs the dev broker), $FERRY_ACCOUNT_SERVICE_BIN the second service (by
+ * default build/rel/account-service).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+
+#include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+
+enum {
+    RELAY_TIMEOUT_MS = 60000,       /* `run --once` of a few messages takes well under 1 s */
+    WAIT_TIMEOUT_MS = 30000,        /* for the service to apply what was published */
+    POLL_INTERVAL_MS = 20,          /* between looks at the accounts database */
+    STOP_TIMEOUT_MS = 30000,        /* for the service to exit after SIGTERM */
+    CONSUME_TIMEOUT_MS = 30000,     /* kt_consume returns as soon as the messages are in */
+    LOG_MAX = 1 << 20,              /* bytes of a child's log we keep */
+    TRANSFERS = 20,
+    INITIAL_TOTAL = 1000,
+    WALLETS = 3,
+    ACCOUNTS = 4,
+};
+
+static const char TOPIC[] = "ledger.credits";
+static const char CONSUMER[] = "accounts";     /* the service's consumer name (its default) */
+
+static const char *const wallet_ids[WALLETS] = {"w-ada", "w-bob", "w-cy"};
+static const long wallet_start[WALLETS] = {500, 300, 200};
+static const char *const account_ids[ACCOUNTS] = {"acct-1", "acct-2", "acct-3", "acct-4"};
+
+static int g_step;
+
+/* ------------------------------------------------------------ narration */
+
+/* A new step of the walkthrough. */
+static void step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void step(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("\n[%d] ", ++g_step);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+}
+
+/* A detail of the current step. */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("    ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+}
+
+/* The walkthrough did not go as described: say so and return -1. */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fflush(stdout);
+    fprintf(stderr, "demo: FAILED at step %d: ", g_step);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    return -1;
+}
+
+static int ferry_failed(const char *what, ferry_code rc, const ferry_error *err)
+{
+    return fail("%s: %s: %s [sqlstate %s, field %s]", what, ferry_code_name(rc),
+                err->message, err->sqlstate[0] ? err->sqlstate : "-",
+                err->field[0] ? err->field : "-");
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* ------------------------------------------------------------ SQL */
+
+/* Run a statement that returns no rows. */
+static int exec_cmd(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok ? 0 : fail("%s: %s", sql, PQerrorMessage(conn));
+}
+
+/* Run sql with text parameters; it must return one row: copy its first
+ * column into out. */
+static int query1(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                  char *out, size_t size)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int rc = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        rc = fail("%s: %s", sql, PQerrorMessage(conn));
+    else if (PQntuples(res) != 1)
+        rc = fail("%s: %d rows, expected 1", sql, PQntuples(res));
+    else
+        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return rc;
+}
+
+static int query_long(PGconn *conn, const char *sql, const char *param, long *out)
+{
+    char buf[32];
+    const char *params[1] = {param};
+    if (query1(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
+        return -1;
+    *out = strtol(buf, NULL, 10);
+    return 0;
+}
+
+/* Print a query's result as an aligned table, as psql would. */
+static int print_table(PGconn *conn, const char *sql, const char *param)
+{
+    const char *params[1] = {param};
+    PGresult *res = PQexecParams(conn, sql, param ? 1 : 0, NULL, param ? params : NULL, NULL,
+                                 NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        int rc = fail("%s: %s", sql, PQerrorMessage(conn));
+        PQclear(res);
+        return rc;
+    }
+    enum { MAX_COLS = 16 };
+    int cols = PQnfields(res) < MAX_COLS ? PQnfields(res) : MAX_COLS;
+    int width[MAX_COLS];
+    for (int c = 0; c < cols; c++) {
+        width[c] = (int)strlen(PQfname(res, c));
+        for (int r = 0; r < PQntuples(res); r++)
+            if (PQgetlength(res, r, c) > width[c])
+                width[c] = PQgetlength(res, r, c);
+    }
+    printf("      ");
+    for (int c = 0; c < cols; c++)
+        printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0, PQfname(res, c));
+    printf("\n      ");
+    for (int c = 0; c < cols; c++) {
+        printf("%s", c ? "-+-" : "");
+        for (int i = 0; i < width[c]; i++)
+            putchar('-');
+    }
+    printf("\n");
+    for (int r = 0; r < PQntuples(res); r++) {
+        printf("      ");
+        for (int c = 0; c < cols; c++)
+            printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0,
+                   PQgetvalue(res, r, c));
+        printf("\n");
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the second service */
+
+/* account-service running as a child: its stdout (the stats line) comes
+ * through a pipe, its stderr (ferry's JSON log) goes to a temporary file,
+ * shown when something goes wrong. */
+typedef struct service {
+    pid_t pid;                  /* 0 once collected */
+    int out;                    /* read end of its stdout */
+    FILE *log;                  /* its stderr */
+    int status;                 /* exit status once collected; 128 + N for signal N */
+} service;
+
+static int service_start(service *svc, const char *bin, const char *db, const char *bootstrap)
+{
+    memset(svc, 0, sizeof *svc);
+    svc->out = -1;
+    svc->log = tmpfile();
+    if (svc->log == NULL)
+        return fail("tmpfile: %s", strerror(errno));
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return fail("pipe: %s", strerror(errno));
+    const char *argv[] = {bin, "--db", db, "--kafka", bootstrap, "--name", CONSUMER,
+                          "--topic", TOPIC, NULL};
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return fail("fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        /* Die with the demo; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        static const char msg[] = "could not execute $FERRY_ACCOUNT_SERVICE_BIN\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        _exit(127);
+    }
+    close(fds[1]);
+    svc->pid = pid;
+    svc->out = fds[0];
+    return 0;
+}
+
+/* Collect the child if it has exited (without waiting): 1 if it has. */
+static int service_exited(service *svc)
+{
+    if (svc->pid == 0)
+        return 1;
+    int wstatus;
+    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
+        return 0;
+    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    svc->pid = 0;
+    return 1;
+}
+
+/* Its log so far, indented, for a failure report (on stderr). */
+static void service_show_log(service *svc)
+{
+    if (svc->log == NULL)
+        return;
+    fflush(stdout);
+    fprintf(stderr, "demo: account-service's stderr:\n");
+    char line[1024];
+    rewind(svc->log);
+    while (fgets(line, sizeof line, svc->log) != NULL)
+        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
+    fseek(svc->log, 0, SEEK_END);
+}
+
+/* The service died on its own: that is a failure of the step waiting on it. */
+static int service_died(service *svc)
+{
+    int rc = fail("account-service exited with status %d", svc->status);
+    service_show_log(svc);
+    return rc;
+}
+
+/* SIGTERM, then read its stdout to EOF and collect it, within
+ * STOP_TIMEOUT_MS (SIGKILL after that). */
+static int service_stop(service *svc, char *out, size_t size)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    if (svc->pid != 0)
+        kill(svc->pid, SIGTERM);
+    long long deadline = now_ms() + STOP_TIMEOUT_MS;
+    int timed_out = 0;
+    while (svc->out >= 0) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[512];
+        ssize_t got = read(svc->out, chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
+        memcpy(out + len, chunk, keep);
+        len += keep;
+        out[len] = '\0';
+    }
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->pid != 0) {
+        if (timed_out)
+            kill(svc->pid, SIGKILL);
+        int wstatus;
+        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
+            ;
+        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+        svc->pid = 0;
+    }
+    if (timed_out)
+        return fail("account-service did not exit within %d ms of SIGTERM (killed)",
+                    STOP_TIMEOUT_MS);
+    return 0;
+}
+
+/* Whatever state it is in: gone, and its files closed. */
+static void service_cleanup(service *svc)
+{
+    if (svc->pid != 0) {
+        kill(svc->pid, SIGKILL);
+        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        svc->pid = 0;
+    }
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->log != NULL)
+        fclose(svc->log);
+    svc->log = NULL;
+}
+
+/* Poll sql (one number) on conn until it equals want, at most
+ * WAIT_TIMEOUT_MS; fail early if the service dies. *waited_ms gets the
+ * time it took. */
+static int await_value(PGconn *conn, service *svc, const char *sql, const char *param,
+                       long want, long long *waited_ms)
+{
+    long long t0 = now_ms();
+    long got = -1;
+    for (;;) {
+        if (query_long(conn, sql, param, &got) != 0)
+            return -1;
+        if (got == want)
+            break;
+        if (service_exited(svc))
+            return service_died(svc);
+        if (now_ms() - t0 > WAIT_TIMEOUT_MS) {
+            int rc = fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
+                          sql, want, got);
+            service_show_log(svc);
+            return rc;
+        }
+        sleep_ms(POLL_INTERVAL_MS);
+    }
+    *waited_ms = now_ms() - t0;
+    return 0;
+}
+
+/* ------------------------------------------------------------ the relay */
+
+/* `ferry-relay run --once` on db: publish what is ready, exit. Its JSON log
+ * is read for the relay.stop line's count of delivered messages; warnings
+ * and errors are shown. */
+static int run_relay(const char *bin, const char *db, const char *bootstrap,
+                     long long *delivered_out)
+{
+    const char *argv[] = {bin, "run", "--once", "--db", db, "--kafka", bootstrap,
+                          "--holder", "demo-relay", NULL};
+    char *log = malloc(LOG_MAX + 1);
+    if (log == NULL)
+        return fail("out of memory");
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(log);
+        return fail("pipe: %s", strerror(errno));
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        free(log);
+        return fail("fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(fds[1], STDERR_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+
+    size_t len = 0;
+    long long deadline = now_ms() + RELAY_TIMEOUT_MS;
+    int timed_out = 0;
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t got = read(fds[0], chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;              /* EOF: the relay is exiting */
+        size_t keep = LOG_MAX - len < (size_t)got ? LOG_MAX - len : (size_t)got;
+        memcpy(log + len, chunk, keep);
+        len += keep;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int wstatus;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    int status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    log[len] = '\0';
+
+    long long delivered = -1;
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        json_error_t jerr;
+        json_t *o = json_loads(line, 0, &jerr);
+        const char *event = json_string_value(json_object_get(o, "event"));
+        const char *level = json_string_value(json_object_get(o, "level"));
+        const char *msg = json_string_value(json_object_get(o, "msg"));
+        if (level != NULL && (strcmp(level, "warn") == 0 || strcmp(level, "error") == 0))
+            say("  relay log, %s %s: %.90s", level, event ? event : "-", msg ? msg : "");
+        if (event != NULL && strcmp(event, "relay.stop") == 0 &&
+            json_is_integer(json_object_get(o, "delivered")))
+            delivered = (long long)json_integer_value(json_object_get(o, "delivered"));
+        json_decref(o);
+    }
+    free(log);
+    if (timed_out)
+        return fail("%s did not finish within %d ms (killed)", bin, RELAY_TIMEOUT_MS);
+    if (status != 0 || delivered < 0)
+        return fail("the relay exited with status %d%s", status,
+                    delivered < 0 ? " and no relay.stop line" : "");
+    *delivered_out = delivered;
+    return 0;
+}
+
+/* Relay the outbox of payments and check that it published `want` messages
+ * and left the outbox empty. */
+static int relay_all(const char *bin, const char *db, PGconn *payments, const char *bootstrap,
+                     long want)
+{
+    say("$ ferry-relay run --once --db <payments> --kafka %s", bootstrap);
+    long long delivered = 0;
+    long left = -1;
+    if (run_relay(bin, db, bootstrap, &delivered) != 0 ||
+        query_long(payments, "SELECT count(*) FROM ferry.outbox", NULL, &left) != 0)
+        return -1;
+    say("delivered %lld message%s; the outbox of payments now holds %ld", delivered,
+        delivered == 1 ? "" : "s", left);
+    if (delivered != want || left != 0)
+        return fail("expected %ld delivered and an empty outbox", want);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the first service */
+
+/* One transfer: money leaves a wallet in payments and is promised, by a
+ * Credited message, to an account in the other service. ferry_tx_run may
+ * call the function more than once; each attempt overwrites id. */
+typedef struct transfer {
+    const char *wallet;
+    const char *account;
+    long amount;
+    ferry_uuid id;              /* of the Credited message */
+    int emitted;                /* this attempt got as far as the emit */
+} transfer;
+
+/*
+ * The transaction body. The credit is emitted before the debit only to
+ * make step 7's point: when the debit is refused, the message already
+ * written goes with it. Either order commits the same thing.
+ */
+static ferry_code transfer_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    transfer *t = arg;
+    t->emitted = 0;
+    char payload[160], amount[24];
+    snprintf(amount, sizeof amount, "%ld", t->amount);
+    snprintf(payload, sizeof payload, "{\"account\": \"%s\", \"amount\": %ld}", t->account,
+             t->amount);
+    /* Keyed by the receiving account: its credits arrive in the order
+     * they were committed here. */
+    ferry_msg credit = {.topic = TOPIC, .key = t->account, .type = "Credited",
+                        .aggregate_type = "account", .payload = payload};
+    ferry_code rc = ferry_emit(conn, &credit, NULL, &t->id, err);
+    if (rc != FERRY_OK)
+        return rc;
+    t->emitted = 1;
+
+    const char *params[2] = {t->wallet, amount};
+    PGresult *res = PQexecParams(conn,
+                                 "UPDATE wallet SET balance = balance - $2::bigint "
+                                 "WHERE id = $1 RETURNING balance",
+                                 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        rc = ferry_error_from_pg(err, conn, res, "could not debit the wallet");
+        PQclear(res);
+        return rc == FERRY_OK ? FERRY_EUSER : rc;
+    }
+    PQclear(res);
+    return FERRY_OK;
+}
+
+/* Sum of one table's balances. */
+static int total_of(PGconn *conn, const char *table, long *out)
+{
+    char sql[96];
+    snprintf(sql, sizeof sql, "SELECT coalesce(sum(balance), 0) FROM %s", table);
+    return query_long(conn, sql, NULL, out);
+}
+
+/* Show both sides and check that the money is all there: the total, and
+ * each account against what the demo sent it. */
+static int check_books(PGconn *payments, PGconn *accounts, const long expect[ACCOUNTS])
+{
+    long wallets = 0, credited = 0;
+    say("payments.wallet:");
+    if (print_table(payments, "SELECT id, balance FROM wallet ORDER BY id", NULL) != 0)
+        return -1;
+    say("accounts.account:");
+    if (print_table(accounts, "SELECT id, balance FROM account ORDER BY id", NULL) != 0)
+        return -1;
+    if (total_of(payments, "wallet", &wallets) != 0 ||
+        total_of(accounts, "account", &credited) != 0)
+        return -1;
+    say("sum(wallet) %ld + sum(account) %ld = %ld (started with %d)", wallets, credited,
+        wallets + credited, INITIAL_TOTAL);
+    if (wallets + credited != INITIAL_TOTAL)
+        return fail("the books do not balance: %ld, expected %d", wallets + credited,
+                    INITIAL_TOTAL);
+    for (int a = 0; a < ACCOUNTS; a++) {
+        long bal = 0;
+        if (query_long(accounts, "SELECT coalesce(sum(balance), 0) FROM account WHERE id = $1",
+                       account_ids[a], &bal) != 0)
+            return -1;
+        if (bal != expect[a])
+            return fail("%s holds %ld, but was sent %ld", account_ids[a], bal, expect[a]);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ the duplicate */
+
+typedef struct delivery {
+    rd_kafka_resp_err_t err;
+    int32_t partition;
+    int64_t offset;
+    int done;
+} delivery;
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    delivery *d = m->_private;
+    d->err = m->err;
+    d->partition = m->partition;
+    d->offset = m->offset;
+    d->done = 1;
+}
+
+/* Publish an exact copy of m — key, value, every header in order — to the
+ * partition it came from, as a relay resending it would (same key, same
+ * partitioner). *copy_out gets where the copy landed. */
+static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *copy_out)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return fail("bootstrap.servers: %s", errstr);
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return fail("could not create a Kafka producer: %s", errstr);
+    }
+    /* conf belongs to rk now. */
+    int rc = 0;
+    delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
+    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
+    for (size_t i = 0; i < m->header_count; i++)
+        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
+                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
+        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
+        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(h);    /* still ours: producev failed */
+        rc = fail("could not produce the copy: %s", rd_kafka_err2str(err));
+    } else {
+        /* The copy is published when its delivery report says so. */
+        rd_kafka_flush(rk, 10000);
+        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            rc = fail("the copy was not delivered: %s",
+                      d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
+    }
+    rd_kafka_destroy(rk);
+    if (rc == 0)
+        *copy_out = d;
+    return rc;
+}
+
+/* ------------------------------------------------------------ the walk */
+
+typedef struct demo {
+    fpg *pg;
+    char *payments_db, *accounts_db;    /* conninfo; malloc'd */
+    PGconn *payments, *accounts;
+    kt_broker *kb;
+    const char *relay_bin, *service_bin;
+    service svc;
+} demo;
+
+/* Steps 1-3: two databases, migrated, and the broker with the topic. */
+static int setting_up(demo *d)
+{
+    ferry_error err;
+    ferry_code rc;
+    step("Starting a throwaway PostgreSQL with two databases: payments (the first service) "
+         "and accounts (the second)");
+    d->pg = fpg_start(NULL);
+    if (d->pg == NULL)
+        return fail("could not start PostgreSQL (see above)");
+    PGconn *admin = fpg_connect(d->pg);
+    if (admin == NULL)
+        return fail("could not connect");
+    int bad = exec_cmd(admin, "CREATE DATABASE payments") != 0 ||
+              exec_cmd(admin, "CREATE DATABASE accounts") != 0;
+    PQfinish(admin);
+    if (bad)
+        return -1;
+    d->payments_db = fpg_conninfo_for(d->pg, NULL, "payments");
+    d->accounts_db = fpg_conninfo_for(d->pg, NULL, "accounts");
+    if (d->payments_db == NULL || d->accounts_db == NULL)
+        return fail("could not make the conninfo strings");
+    d->payments = PQconnectdb(d->payments_db);
+    d->accounts = PQconnectdb(d->accounts_db);
+    if (PQstatus(d->payments) != CONNECTION_OK || PQstatus(d->accounts) != CONNECTION_OK)
+        return fail("could not connect: %s%s", PQerrorMessage(d->payments),
+                    PQerrorMessage(d->accounts));
+    say("payments: %s", d->payments_db);
+    say("accounts: %s", d->accounts_db);
+
+    step("ferry_migrate() on both: payments needs the outbox, accounts the inbox");
+    PGconn *both[2] = {d->payments, d->accounts};
+    static const char *const names[2] = {"payments", "accounts"};
+    for (int i = 0; i < 2; i++) {
+        int version = 0;
+        if ((rc = ferry_migrate(both[i], &version, &err)) != FERRY_OK)
+            return ferry_failed("ferry_migrate", rc, &err);
+        say("%s: ferry schema version %d", names[i], version);
+        if (version != ferry_schema_version_known())
+            return fail("migrated to version %d, expected %d", version,
+                        ferry_schema_version_known());
+    }
+
+    step("Starting a Kafka-protocol broker (`ferry-relay devkafka`, librdkafka's mock "
+         "cluster) and creating topic %s", TOPIC);
+    d->kb = kt_start(1);
+    if (d->kb == NULL)
+        return fail("could not start the broker (see above)");
+    /* As an operator would, before any service uses it (the mock would
+     * also create it on first use). */
+    if (kt_command(d->kb, "topic-create %s 4 1", TOPIC) != 0)
+        return fail("could not create topic %s (see above)", TOPIC);
+    say("bootstrap servers %s; %s has 4 partitions", kt_bootstrap(d->kb), TOPIC);
+    return 0;
+}
+
+/* Steps 4-5: the wallets, and the second service up. */
+static int services_up(demo *d)
+{
+    step("payments: table wallet, holding %d in all", INITIAL_TOTAL);
+    if (exec_cmd(d->payments, "CREATE TABLE wallet (id text PRIMARY KEY, "
+                              "balance bigint NOT NULL CHECK (balance >= 0))") != 0)
+        return -1;
+    for (int w = 0; w < WALLETS; w++) {
+        char amount[24];
+        snprintf(amount, sizeof amount, "%ld", wallet_start[w]);
+        const char *p[2] = {wallet_ids[w], amount};
+        PGresult *res = PQexecParams(d->payments, "INSERT INTO wallet VALUES ($1, $2::bigint)",
+                                     2, NULL, p, NULL, NULL, 0);
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        if (!ok)
+            return fail("INSERT INTO wallet: %s", PQerrorMessage(d->payments));
+    }
+    long total = 0;
+    if (print_table(d->payments, "SELECT id, balance FROM wallet ORDER BY id", NULL) != 0 ||
+        total_of(d->payments, "wallet", &total) != 0)
+        return -1;
+    if (total != INITIAL_TOTAL)
+        return fail("the wallets hold %ld, expected %d", total, INITIAL_TOTAL);
+
+    step("Starting the second service: account-service, on database accounts");
+    say("$ account-service --db <accounts> --kafka %s --name %s --topic %s",
+        kt_bootstrap(d->kb), CONSUMER, TOPIC);
+    if (service_start(&d->svc, d->service_bin, d->accounts_db, kt_bootstrap(d->kb)) != 0)
+        return -1;
+    long long waited = 0;
+    if (await_value(d->accounts, &d->svc,
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tablename = 'account'", NULL, 1, &waited) != 0)
+        return -1;
+    say("pid %ld; up after %lld ms: it created its table account (balance >= 0 enforced "
+        "by a CHECK) and is joining consumer group %s", (long)d->svc.pid, waited, CONSUMER);
+    return 0;
+}
+
+/* Steps 6-9: transfers, one refused, relayed, applied once. expect gets
+ * what each account was sent. */
+static int transfers(demo *d, long expect[ACCOUNTS])
+{
+    ferry_error err;
+    ferry_code rc;
+    long n = 0;
+
+    step("%d transfers in payments, each one ferry_tx_run(): ferry_emit() a Credited "
+         "message to %s (keyed by the receiving account) and debit the wallet, in one "
+         "transaction", TRANSFERS, TOPIC);
+    long sent = 0;
+    for (int i = 0; i < TRANSFERS; i++) {
+        transfer t = {.wallet = wallet_ids[i % WALLETS],
+                      .account = account_ids[(i * 3 + i / ACCOUNTS) % ACCOUNTS],
+                      .amount = 5 + (i * 7) % 23};
+        if ((rc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err)) != FERRY_OK)
+            return ferry_failed("transfer", rc, &err);
+        for (int a = 0; a < ACCOUNTS; a++)
+            if (strcmp(account_ids[a], t.account) == 0)
+                expect[a] += t.amount;
+        sent += t.amount;
+        if (i < 3 || i == TRANSFERS - 1)
+            say("%2d: %-5s -> %-6s %3ld", i + 1, t.wallet, t.account, t.amount);
+        else if (i == 3)
+            say("...");
+    }
+    if (query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
+        return -1;
+    say("committed: %ld moved out of the wallets; the outbox holds %ld Credited messages",
+        sent, n);
+    if (n != TRANSFERS)
+        return fail("the outbox holds %ld messages, expected %d", n, TRANSFERS);
+
+    step("A transfer the wallet cannot pay: w-cy -> acct-2, 1000. The message is emitted, "
+         "then the debit trips wallet's CHECK");
+    transfer t = {.wallet = "w-cy", .account = "acct-2", .amount = 1000};
+    rc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err);
+    char doomed[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&t.id, doomed);
+    say("ferry_tx_run -> %s [sqlstate %s]: %s", ferry_code_name(rc), err.sqlstate, err.message);
+    if (rc != FERRY_EDB || strcmp(err.sqlstate, "23514") != 0 || !t.emitted)
+        return fail("expected FERRY_EDB with SQLSTATE 23514 after the emit");
+    const char *doomed_param[1] = {doomed};
+    char gone[8];
+    if (query1(d->payments, "SELECT count(*) FROM ferry.outbox WHERE id = $1::uuid", 1,
+               doomed_param, gone, sizeof gone) != 0 ||
+        query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
+        return -1;
+    say("rolled back: its message %s is not in the outbox (%s), which still holds %ld",
+        doomed, strcmp(gone, "0") == 0 ? "gone" : "STILL THERE", n);
+    if (strcmp(gone, "0") != 0 || n != TRANSFERS)
+        return fail("the rolled-back credit is in the outbox");
+
+    step("ferry-relay run --once publishes the outbox of payments to %s", TOPIC);
+    if (relay_all(d->relay_bin, d->payments_db, d->payments, kt_bootstrap(d->kb),
+                  TRANSFERS) != 0)
+        return -1;
+
+    step("account-service applies them: waiting until ferry.inbox of accounts holds all %d",
+         TRANSFERS);
+    long long waited = 0;
+    if (await_value(d->accounts, &d->svc,
+                    "SELECT count(*) FROM ferry.inbox WHERE consumer = $1", CONSUMER,
+                    TRANSFERS, &waited) != 0)
+        return -1;
+    if (query1(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE message_id = $1::uuid", 1,
+               doomed_param, gone, sizeof gone) != 0)
+        return -1;
+    say("all %d applied, %lld ms after the relay finished; the rolled-back credit never "
+        "arrived (%s in the inbox)", TRANSFERS, waited, gone);
+    if (strcmp(gone, "0") != 0)
+        return fail("the rolled-back credit was applied");
+    return check_books(d->payments, d->accounts, expect);
+}
+
+/* The message Kafka got twice: its key and id, and where the copy landed. */
+typedef struct copied {
+    char key[64];
+    char id[FERRY_UUID_STRING_SIZE];
+    char seq[24];               /* its position, ferry_seq */
+    delivery copy;
+} copied;
+
+/* Step 10: publish an exact copy of one message already applied. */
+static int publish_duplicate(demo *d, copied *out)
+{
+    const char *bootstrap = kt_bootstrap(d->kb);
+    step("Kafka delivers a message twice: a relay that crashed after publishing, before "
+         "deleting the outbox row, publishes it again. We publish that copy by hand");
+    kt_msgs *got = kt_consume(bootstrap, TOPIC, TRANSFERS, CONSUME_TIMEOUT_MS);
+    if (got == NULL)
+        return fail("could not read %s back (see above)", TOPIC);
+    int rc = -1;
+    if (got->count != TRANSFERS) {
+        fail("read %zu messages back from %s, expected %d", got->count, TOPIC, TRANSFERS);
+        goto out;
+    }
+    /* The last message of the first partition: a copy of it lands after
+     * everything already there, so the service meets it next. */
+    const kt_msg *orig = &got->msgs[0];
+    for (size_t i = 1; i < got->count && got->msgs[i].partition == orig->partition; i++)
+        orig = &got->msgs[i];
+    const char *id = kt_header(orig, "ferry_id");
+    const char *seq = kt_header(orig, "ferry_seq");
+    if (orig->key == NULL || id == NULL || seq == NULL) {
+        fail("the message at %s [%d] offset %lld has no key, ferry_id or ferry_seq", TOPIC,
+             (int)orig->partition, (long long)orig->offset);
+        goto out;
+    }
+    say("original: %s [%d] offset %lld, key %s, ferry_id %s, ferry_seq %s", TOPIC,
+        (int)orig->partition, (long long)orig->offset, orig->key, id, seq);
+    say("          value %s, %zu headers", orig->value ? orig->value : "(null)",
+        orig->header_count);
+    if (publish_copy(bootstrap, orig, &out->copy) != 0)
+        goto out;
+    say("copy:     %s [%d] offset %lld, the same key, value and headers", TOPIC,
+        (int)out->copy.partition, (long long)out->copy.offset);
+    if (out->copy.partition != orig->partition || out->copy.offset <= orig->offset) {
+        fail("the copy landed at [%d] offset %lld", (int)out->copy.partition,
+             (long long)out->copy.offset);
+        goto out;
+    }
+    snprintf(out->key, sizeof out->key, "%s", orig->key);
+    snprintf(out->id, sizeof out->id, "%s", id);
+    snprintf(out->seq, sizeof out->seq, "%s", seq);
+    rc = 0;
+out:
+    kt_msgs_free(got);
+    return rc;
+}
+
+/*
+ * Step 11. A skipped copy writes nothing in the accounts database, so there
+ * is nothing there to wait for. Instead: one more real credit on the same
+ * key, which the relay puts on the same partition, after the copy. Once it
+ * is applied, the copy has been dealt with.
+ */
+static int follow_the_copy(demo *d, const copied *c, long expect[ACCOUNTS])
+{
+    const char *bootstrap = kt_bootstrap(d->kb);
+    step("To know when the service has dealt with the copy: one more real transfer to %s, "
+         "relayed to the same partition, after the copy", c->key);
+    transfer t = {.wallet = "w-ada", .account = NULL, .amount = 1};
+    int a = 0;
+    while (a < ACCOUNTS && strcmp(account_ids[a], c->key) != 0)
+        a++;
+    if (a == ACCOUNTS)
+        return fail("key %s is not one of the demo's accounts", c->key);
+    t.account = account_ids[a];
+    ferry_error err;
+    ferry_code frc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err);
+    if (frc != FERRY_OK)
+        return ferry_failed("transfer", frc, &err);
+    expect[a] += t.amount;
+    char id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&t.id, id);
+    say("w-ada -> %s, 1: message %s", t.account, id);
+    if (relay_all(d->relay_bin, d->payments_db, d->payments, bootstrap, 1) != 0)
+        return -1;
+    long long waited = 0;
+    if (await_value(d->accounts, &d->svc,
+                    "SELECT count(*) FROM ferry.inbox WHERE message_id = $1::uuid", id, 1,
+                    &waited) != 0)
+        return -1;
+    say("applied %lld ms after the relay finished", waited);
+
+    /* The premise: it really is behind the copy. */
+    kt_msgs *all = kt_consume(bootstrap, TOPIC, TRANSFERS + 2, CONSUME_TIMEOUT_MS);
+    if (all == NULL)
+        return fail("could not read %s back (see above)", TOPIC);
+    const kt_msg *last = NULL;
+    for (size_t i = 0; i < all->count; i++) {
+        const char *mid = kt_header(&all->msgs[i], "ferry_id");
+        if (mid != NULL && strcmp(mid, id) == 0)
+            last = &all->msgs[i];
+    }
+    int rc = 0;
+    if (last == NULL || last->partition != c->copy.partition ||
+        last->offset <= c->copy.offset)
+        rc = fail("the new credit is not after the copy on [%d] (%s)", (int)c->copy.partition,
+                  last == NULL ? "not found" : "elsewhere");
+    else
+        say("it sits at %s [%d] offset %lld, after the copy at offset %lld; the topic now "
+            "holds %zu messages", TOPIC, (int)last->partition, (long long)last->offset,
+            (long long)c->copy.offset, all->count);
+    kt_msgs_free(all);
+    return rc;
+}
+
+/* Step 12: the inbox has one row per real credit, in order, and the books
+ * still balance. */
+static int copy_changed_nothing(demo *d, const copied *c, const long expect[ACCOUNTS])
+{
+    step("The copy changed nothing");
+    long inbox = 0;
+    if (query_long(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
+                   CONSUMER, &inbox) != 0)
+        return -1;
+    say("ferry.inbox holds %ld rows: one per real credit (%d), none for the copy", inbox,
+        TRANSFERS + 1);
+    if (inbox != TRANSFERS + 1)
+        return fail("expected %d inbox rows", TRANSFERS + 1);
+    say("key %s in the inbox; position %s, the message copied, is there once:", c->key,
+        c->seq);
+    if (print_table(d->accounts, "SELECT seq AS position, message_id, "
+                                 "to_char(applied_at, 'HH24:MI:SS.MS') AS applied_at "
+                                 "FROM ferry.inbox WHERE key = $1 ORDER BY seq", c->key) != 0)
+        return -1;
+    /* Every account: positions 1..n each applied once, in that order (one
+     * consumer applies a key's messages one transaction after another, so
+     * applied_at, the transaction's start, rises with the position). */
+    long disorder = -1;
+    if (query_long(d->accounts,
+                   "SELECT count(*) FROM (SELECT seq, row_number() OVER w AS n, "
+                   "applied_at < lag(applied_at) OVER w AS before_prev "
+                   "FROM ferry.inbox WHERE consumer = $1 "
+                   "WINDOW w AS (PARTITION BY topic, key ORDER BY seq)) x "
+                   "WHERE seq <> n OR before_prev", CONSUMER, &disorder) != 0)
+        return -1;
+    say("every account likewise: positions 1, 2, 3 ... each applied once, in order "
+        "(%ld out of place)", disorder);
+    if (disorder != 0)
+        return fail("%ld inbox rows out of place", disorder);
+    return check_books(d->payments, d->accounts, expect);
+}
+
+static long stat_of(const char *line, const char *name)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, " %s=", name);
+    const char *p = strstr(line, pat);
+    return p ? strtol(p + strlen(pat), NULL, 10) : -1;
+}
+
+/* Step 13: stop the service and read what it counted. */
+static int stop_service(demo *d)
+{
+    step("SIGTERM to account-service: it finishes, commits its offsets, prints its stats");
+    char out[512];
+    if (service_stop(&d->svc, out, sizeof out) != 0) {
+        service_show_log(&d->svc);
+        return -1;
+    }
+    char *nl = strchr(out, '\n');
+    if (nl != NULL)
+        *nl = '\0';
+    say("exit status %d; stdout: %s", d->svc.status, out);
+    if (d->svc.status != 0 || strncmp(out, "stats ", 6) != 0) {
+        int rc = fail("expected exit status 0 and a stats line");
+        service_show_log(&d->svc);
+        return rc;
+    }
+    long applied = stat_of(out, "applied"), dup = stat_of(out, "duplicates"),
+         late = stat_of(out, "late"), held = stat_of(out, "held"),
+         dead = stat_of(out, "dead_lettered");
+    say("applied %ld (the %d credits); skipped %ld (duplicates %ld + late %ld: the copy, "
+        "its position already applied); held %ld, dead-lettered %ld", applied,
+        TRANSFERS + 1, dup + late, dup, late, held, dead);
+    if (applied != TRANSFERS + 1 || dup + late != 1 || held != 0 || dead != 0)
+        return fail("expected applied=%d, duplicates + late = 1, held=0, dead_lettered=0",
+                    TRANSFERS + 1);
+    return 0;
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
+    if (getenv("FERRY_RELAY_BIN") == NULL || getenv("FERRY_RELAY_BIN")[0] == '\0')
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
+    demo d = {.relay_bin = getenv("FERRY_RELAY_BIN"),
+              .service_bin = getenv("FERRY_ACCOUNT_SERVICE_BIN")};
+    if (d.service_bin == NULL || d.service_bin[0] == '\0')
+        d.service_bin = "build/rel/account-service";
+    d.svc.out = -1;
+
+    printf("ferry %s: two services, one ledger, every credit applied once\n",
+           ferry_version());
+    printf("(Kafka here is librdkafka's mock cluster, run by `ferry-relay devkafka`, "
+           "standing in for a real broker.)\n");
+
+    long expect[ACCOUNTS] = {0};
+    int rc = setting_up(&d);
+    if (rc == 0)
+        rc = services_up(&d);
+    if (rc == 0)
+        rc = transfers(&d, expect);
+    copied dup = {.copy = {.partition = -1, .offset = -1}};
+    if (rc == 0)
+        rc = publish_duplicate(&d, &dup);
+    if (rc == 0)
+        rc = follow_the_copy(&d, &dup, expect);
+    if (rc == 0)
+        rc = copy_changed_nothing(&d, &dup, expect);
+    if (rc == 0)
+        rc = stop_service(&d);
+
+    if (rc == 0) {
+        step("What happened");
+        say("payments committed %d transfers; each debit and its Credited message in one "
+            "transaction;", TRANSFERS + 1);
+        say("the one it rolled back took its message with it, and it never reached Kafka;");
+        say("account-service applied each credit once, in per-account order, though Kafka "
+            "delivered one twice;");
+        say("money moved between two databases through Kafka, and the total stayed %d.",
+            INITIAL_TOTAL);
+    }
+
+    step("Tearing down the service, the broker and the cluster");
+    service_cleanup(&d.svc);
+    if (d.kb != NULL) {
+        int st = kt_terminate(d.kb);
+        if (st != 0 && rc == 0)
+            rc = fail("the broker exited with status %d on SIGTERM, expected 0", st);
+        kt_stop(d.kb);
+    }
+    PQfinish(d.payments);
+    PQfinish(d.accounts);
+    free(d.payments_db);
+    free(d.accounts_db);
+    fpg_destroy(d.pg);
+    if (rc != 0) {
+        fprintf(stderr, "demo: FAILED\n");
+        return 1;
+    }
+    say("done: every step behaved as described");
+    return 0;
+}
