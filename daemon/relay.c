@@ -17,20 +17,27 @@
  *                of each key, in order
  *   acks         delete (or mark) acknowledged rows in one statement that
  *                also checks, under FOR SHARE, that the lease and its epoch
- *                still hold; a lost lease's acknowledgements are refused
+ *                still hold; a lost lease's acknowledgements are refused.
+ *                It runs on a second connection and the loop does not wait
+ *                for it: deleting one batch overlaps with fetching and
+ *                producing the next. One is in flight at a time; what is
+ *                delivered meanwhile goes with the next
  *
  * Invariants kept here:
  *   - a row is acknowledged only after its delivery report says it is
  *     persisted, and only while the epoch it was fetched under holds;
  *   - rows of one key are produced in position order, never two sweeps'
- *     worth at once (a sweep starts only when nothing is in flight), so a
- *     resend after a failure starts at the key's first unacknowledged row;
+ *     worth at once (a sweep starts only when nothing is in flight or
+ *     waiting for its acknowledgement, which also keeps a sweep from
+ *     fetching a row whose DELETE is still on its way), so a resend after
+ *     a failure starts at the key's first unacknowledged row;
  *   - the producer is idempotent with the gapless guarantee: within a
  *     partition nothing after a lost message is written; if librdkafka
  *     cannot keep that it raises a fatal error and the producer is rebuilt;
  *   - at most max_inflight messages are produced and unacknowledged: a slow
  *     broker slows the relay, it does not grow it.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -54,6 +61,17 @@
 #define NOTIFY_CHANNEL "ferry_outbox"
 #define MAX_SHARDS 4096
 #define FAILURES_MAX 1024
+/* Busy this long (every sweep finding rows) before writers are told to
+ * stop notifying: while it lasts, the relay looks again without being
+ * woken, and a NOTIFY would only serialize the writers' commits. */
+#define BUSY_QUIET_MS 100
+/* Sweeps that find nothing this soon after one that produced are a gap in
+ * a busy stream, not its end: the relay looks again a few times before it
+ * asks writers to notify. */
+#define IDLE_GRACE_MS 50
+/* After an acknowledgement failed with the connection still up (a lock
+ * timeout, say), wait this long before the next. */
+#define ACK_RETRY_MS 100
 
 static volatile sig_atomic_t stop_requested;
 
@@ -61,7 +79,7 @@ void relay_request_stop(void) { stop_requested = 1; }
 
 /* One produced message waiting for its delivery report. */
 typedef struct slot {
-    char id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid id;
     int shard;
     int64_t epoch;
     int64_t created_ms;         /* wall clock, for end-to-end latency */
@@ -70,7 +88,7 @@ typedef struct slot {
 } slot;
 
 typedef struct ack {
-    char id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid id;              /* binary: it goes out as a binary uuid[] */
     int shard;
     int64_t epoch;
 } ack;
@@ -91,7 +109,11 @@ typedef struct relay {
     char holder[256];
     char heartbeat_name[300];
 
+    /* Two sessions, usable only together (db_ok): db for leases, fetches,
+     * failures and LISTEN, in blocking calls; ackdb for acknowledgements
+     * only, non-blocking, so the loop never waits for a DELETE. */
     PGconn *db;
+    PGconn *ackdb;
     int db_ok;
     int64_t db_retry_at;
     int db_backoff_ms;
@@ -103,6 +125,7 @@ typedef struct relay {
     char bootstrap[512];
     unsigned gen;
     int event_pipe[2];
+    char *known_topic;          /* see topic_know() */
 
     /* leases: epoch of each held shard, or 0 */
     int64_t held[MAX_SHARDS];
@@ -114,9 +137,15 @@ typedef struct relay {
     int free_slot;
     int inflight;
 
+    /* Delivered, to acknowledge. acks[0 .. ack_sent) are in the statement
+     * in flight on ackdb (0: none), the rest wait for the next one. */
     ack *acks;
     int ack_count;
-    int64_t first_ack_ms;
+    int ack_sent;
+    int ack_flushing;           /* ackdb has not taken the whole statement yet */
+    PGresult *ack_res;          /* its result, until the statement's end */
+    int64_t first_ack_ms;       /* when the oldest unsent one came */
+    int64_t ack_retry_at;       /* after a failed one */
 
     failure failures[FAILURES_MAX];
     int failure_count;
@@ -135,6 +164,10 @@ typedef struct relay {
     int64_t sweep_fetch_ms;     /* when the current batch was fetched */
     int sweeps_done;            /* complete sweeps; with --once, the retries */
     int wakeups_asked;          /* we set ferry.settings.wake_relays */
+    int64_t busy_since_ms;      /* busy (see IDLE_GRACE_MS) since; 0: idle */
+    int64_t last_busy_ms;       /* the last sweep that produced ended */
+    int empty_sweeps;           /* in a row */
+    int64_t next_look_ms;       /* in a gap: sweep again then; 0: not in one */
     int queue_full;             /* librdkafka's queue refused: wait for reports */
     int sweep_produced;         /* messages produced by the current sweep */
     int failed_sweeps;          /* in a row, for the backoff */
@@ -179,7 +212,11 @@ static json_t *fields_shard(int shard, int64_t epoch)
 static void db_lost(relay *r, const char *what, ferry_error *err)
 {
     count(r, M_FAIL_DB, 1);
-    if (PQstatus(r->db) == CONNECTION_OK) {
+    /* A prepared statement gone (26000), or planned for columns that have
+     * changed since (0A000, "cached plan must not change result type"):
+     * fresh sessions prepare them again. */
+    int stale = strcmp(err->sqlstate, "26000") == 0 || strcmp(err->sqlstate, "0A000") == 0;
+    if (PQstatus(r->db) == CONNECTION_OK && PQstatus(r->ackdb) == CONNECTION_OK && !stale) {
         ferry_log(FERRY_LOG_WARN, "db.error", "%s: %s", what, err->message);
         return;
     }
@@ -190,24 +227,94 @@ static void db_lost(relay *r, const char *what, ferry_error *err)
         metrics_set_health(r->m, 0, "database connection lost");
 }
 
-static int db_setup_session(relay *r)
+static int exec_ok(PGconn *conn, const char *sql)
 {
-    PGresult *res = PQexec(r->db, "SET application_name = 'ferry-relay'; "
-                                  "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
-                                  "LISTEN " NOTIFY_CHANNEL);
+    PGresult *res = PQexec(conn, sql);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
     return ok;
 }
 
+static int ack_prepare(relay *r);
+
+/*
+ * The fetch: ready rows of the held shards ($1) after the cursor ($2..$5),
+ * in (shard, topic, key, position) order, at most $6; the columns are
+ * C_ID ... C_READY below, and come in binary. Prepared once per session.
+ *
+ * shard + 0: a filter, not an index condition. As a condition, PostgreSQL
+ * 15 starts one index scan per listed shard and reads every remaining
+ * entry of the shards before the cursor, so a drain got slower the further
+ * it went.
+ */
+#define FETCH_STATEMENT "ferry_relay_fetch"
+#define FETCH_SQL                                                                          \
+    "SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload::text, "      \
+    "       o.headers::text, o.seq, o.shard, o.created_at, o.available_at <= now() "       \
+    "FROM ferry.outbox o "                                                                 \
+    "WHERE (o.shard + 0) = ANY ($1) AND o.published_at IS NULL "                           \
+    "  AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2, $3, $4, $5) "                   \
+    "  AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "           \
+    "                  AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "          \
+    "ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                                     \
+    "LIMIT $6"
+
+/*
+ * The main session. enable_sort is off for the fetch: it must walk
+ * outbox_position in order and stop at its LIMIT, and the planner cannot
+ * see that. It estimates the rows past the cursor from the row
+ * comparison's first column and the held-shards filter from a default, and
+ * where that came out low it read every remaining row of the held shards
+ * and sorted them instead: 20 to 35 times the work, on a fifth of the
+ * batches of a 200,000-row drain (bench/bench_relay.c), which alone halved
+ * the drain's rate. With sorting off, the ordered index scan is the only
+ * plan without a penalty. Nothing else on this session sorts more than the
+ * lease rows, but the lease takeover's ORDER BY random() now carries the
+ * penalty in its cost, which would start JIT compilation for a 16-row
+ * sort: hence jit = off (nothing the relay runs is long enough for it).
+ */
+static int db_setup_main(relay *r)
+{
+    static const Oid types[6] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
+                                 25 /* text */, 20 /* int8 */, 23 /* int4 */};
+    if (!exec_ok(r->db, "SET application_name = 'ferry-relay'; "
+                        "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
+                        "SET enable_sort = off; SET jit = off; "
+                        "LISTEN " NOTIFY_CHANNEL))
+        return 0;
+    PGresult *res = PQprepare(r->db, FETCH_STATEMENT, FETCH_SQL, 6, types);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok;
+}
+
+/* The acknowledging session: the statement prepared once, then
+ * non-blocking (PQreset keeps that flag, and PQprepare wants it off). */
+static int db_setup_ack(relay *r)
+{
+    return PQsetnonblocking(r->ackdb, 0) == 0 &&
+           exec_ok(r->ackdb, "SET application_name = 'ferry-relay'; "
+                             "SET statement_timeout = '60s'; SET lock_timeout = '10s'") &&
+           ack_prepare(r) && PQsetnonblocking(r->ackdb, 1) == 0;
+}
+
 /* Reconnect with backoff, without blocking the loop for longer than one
- * connection attempt. */
+ * connection attempt per session. Both sessions start afresh: after a lost
+ * one the other is rarely healthy (a restarted server, a terminated relay),
+ * and an acknowledgement in flight on it is simply sent again (deleting a
+ * deleted row changes nothing). */
 static void db_maybe_reconnect(relay *r)
 {
     if (r->db_ok || ferry_now_ms() < r->db_retry_at)
         return;
+    r->ack_sent = 0;
+    r->ack_flushing = 0;
+    PQclear(r->ack_res);
+    r->ack_res = NULL;
     PQreset(r->db);
-    if (PQstatus(r->db) == CONNECTION_OK && db_setup_session(r)) {
+    PQreset(r->ackdb);
+    if (PQstatus(r->db) == CONNECTION_OK && PQstatus(r->ackdb) == CONNECTION_OK &&
+        db_setup_main(r) && db_setup_ack(r)) {
         r->db_ok = 1;
         r->db_backoff_ms = 100;
         r->dirty = 1;
@@ -426,68 +533,150 @@ static int sbuf_put(sbuf *b, const char *s)
 }
 
 /*
- * Acknowledge every queued delivery in one statement. The lease rows are
- * read FOR SHARE in the same statement: a takeover that committed first is
- * seen (its epoch differs) and the rows of that shard are left alone; a
- * takeover in progress waits for this statement to commit.
+ * The acknowledgement: delete (or mark) the rows $1 whose shard ($2) and
+ * epoch ($3) still hold. The lease rows are read FOR SHARE in the same
+ * statement: a takeover that committed first is seen (its epoch differs)
+ * and the rows of that shard are left alone; a takeover in progress waits
+ * for this statement to commit. The rows are found through the primary key
+ * (id = ANY (ARRAY(...))), whatever the planner believes about the
+ * arrays' sizes. Returns (rows changed, acknowledgements refused).
  */
-static void flush_acks(relay *r)
+#define ACK_STATEMENT "ferry_relay_ack"
+#define ACK_SQL(change)                                                                    \
+    "WITH l AS (SELECT substr(name, 7)::int AS shard, epoch FROM ferry.lease "             \
+    "           WHERE name = ANY ($4::text[]) AND holder = $5 AND expires_at > now() "     \
+    "           FOR SHARE), "                                                             \
+    "ok AS (SELECT a.id FROM unnest($1::uuid[], $2::int[], $3::bigint[]) "                 \
+    "       AS a(id, shard, epoch) JOIN l ON l.shard = a.shard AND l.epoch = a.epoch), "   \
+    "d AS (" change ") "                                                                   \
+    "SELECT (SELECT count(*) FROM d), cardinality($1::uuid[]) - (SELECT count(*) FROM ok)"
+_Static_assert(sizeof SHARD_PREFIX == 7, "substr(name, 7) skips the lease names' prefix");
+
+static int ack_prepare(relay *r)
 {
-    if (r->ack_count == 0 || !r->db_ok)
+    static const Oid types[5] = {2951 /* uuid[] */, 1007 /* int4[] */, 1016 /* int8[] */,
+                                 1009 /* text[] */, 25 /* text */};
+    const char *sql = r->cfg->retention == RELAY_RETENTION_MARK
+        ? ACK_SQL("UPDATE ferry.outbox SET published_at = now() "
+                  "WHERE id = ANY (ARRAY(SELECT id FROM ok)) AND published_at IS NULL "
+                  "RETURNING 1")
+        : ACK_SQL("DELETE FROM ferry.outbox WHERE id = ANY (ARRAY(SELECT id FROM ok)) "
+                  "RETURNING 1");
+    PGresult *res = PQprepare(r->ackdb, ACK_STATEMENT, sql, 5, types);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok;
+}
+
+/* Big-endian, as PostgreSQL's binary formats are. */
+static unsigned char *put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    return p + 4;
+}
+
+static unsigned char *put64(unsigned char *p, uint64_t v)
+{
+    return put32(put32(p, (uint32_t)(v >> 32)), (uint32_t)v);
+}
+
+/* The header of a one-dimensional array of n elements without NULLs in
+ * the binary format (array_recv); each element follows as its length and
+ * its bytes. */
+enum { ARRAY_HEADER = 20 };
+static unsigned char *put_array_header(unsigned char *p, uint32_t elem_type, int n)
+{
+    p = put32(p, 1);                /* dimensions */
+    p = put32(p, 0);                /* no NULLs */
+    p = put32(p, elem_type);
+    p = put32(p, (uint32_t)n);
+    return put32(p, 1);             /* lower bound */
+}
+
+/*
+ * Send one statement acknowledging every queued delivery, on ackdb,
+ * without waiting for it; ack_poll() collects the outcome. The ids, shards
+ * and epochs go in binary: as text, parsing them took the server about
+ * 1.2 ms per 1,000 rows, more than a tenth of the statement. Only one
+ * acknowledgement is in flight at a time: what is
+ * delivered meanwhile goes with the next, so a slow database makes them
+ * larger, not more numerous.
+ */
+static void ack_send(relay *r)
+{
+    if (r->ack_sent > 0 || r->ack_count == 0 || !r->db_ok || ferry_now_ms() < r->ack_retry_at)
         return;
-    sbuf ids = {0}, shards = {0}, epochs = {0}, names = {0};
+    int n = r->ack_count;
+    size_t id_len = ARRAY_HEADER + (size_t)n * (4 + 16);
+    size_t shard_len = ARRAY_HEADER + (size_t)n * (4 + 4);
+    size_t epoch_len = ARRAY_HEADER + (size_t)n * (4 + 8);
+    unsigned char *buf = malloc(id_len + shard_len + epoch_len);
+    sbuf names = {0};
+    if (buf == NULL) {
+        ferry_log(FERRY_LOG_ERROR, "ack.oom", "out of memory building acknowledgements");
+        return;     /* kept: tried again on the next turn of the loop */
+    }
+    unsigned char *ids = buf, *shards = ids + id_len, *epochs = shards + shard_len;
+    unsigned char *pi = put_array_header(ids, 2950 /* uuid */, n);
+    unsigned char *ps = put_array_header(shards, 23 /* int4 */, n);
+    unsigned char *pe = put_array_header(epochs, 20 /* int8 */, n);
+    uint64_t seen[MAX_SHARDS / 64] = {0};    /* lease names, each once */
     char num[48];
     int oom = 0;
-    uint64_t seen[MAX_SHARDS / 64] = {0};    /* lease names, each once */
-    for (int i = 0; i < r->ack_count && !oom; i++) {
-        const char *sep = i == 0 ? "{" : ",";
-        int sh = r->acks[i].shard;
-        oom |= sbuf_put(&ids, sep) | sbuf_put(&ids, r->acks[i].id);
-        snprintf(num, sizeof num, "%s%d", sep, sh);
-        oom |= sbuf_put(&shards, num);
-        snprintf(num, sizeof num, "%s%" PRId64, sep, r->acks[i].epoch);
-        oom |= sbuf_put(&epochs, num);
-        if (!(seen[sh / 64] & (UINT64_C(1) << (sh % 64)))) {
-            seen[sh / 64] |= UINT64_C(1) << (sh % 64);
-            snprintf(num, sizeof num, "%s" SHARD_PREFIX "%d", names.len ? "," : "{", sh);
+    for (int i = 0; i < n; i++) {
+        const ack *a = &r->acks[i];
+        pi = put32(pi, 16);
+        memcpy(pi, a->id.bytes, 16);
+        pi += 16;
+        ps = put32(put32(ps, 4), (uint32_t)a->shard);
+        pe = put64(put32(pe, 8), (uint64_t)a->epoch);
+        if (!(seen[a->shard / 64] & (UINT64_C(1) << (a->shard % 64)))) {
+            seen[a->shard / 64] |= UINT64_C(1) << (a->shard % 64);
+            snprintf(num, sizeof num, "%s" SHARD_PREFIX "%d", names.len ? "," : "{", a->shard);
             oom |= sbuf_put(&names, num);
         }
     }
-    oom |= sbuf_put(&ids, "}") | sbuf_put(&shards, "}") | sbuf_put(&epochs, "}") |
-           sbuf_put(&names, "}");
+    oom |= sbuf_put(&names, "}");
     if (oom) {
         ferry_log(FERRY_LOG_ERROR, "ack.oom", "out of memory building acknowledgements");
         goto out;
     }
-    /* The rows are found through the primary key (id = ANY (ARRAY(...))),
-     * whatever the planner believes about the arrays' sizes. */
-    const char *change = r->cfg->retention == RELAY_RETENTION_MARK
-        ? "UPDATE ferry.outbox SET published_at = now() "
-          "WHERE id = ANY (ARRAY(SELECT id FROM ok)) AND published_at IS NULL RETURNING 1"
-        : "DELETE FROM ferry.outbox WHERE id = ANY (ARRAY(SELECT id FROM ok)) RETURNING 1";
-    char sql[1536];
-    snprintf(sql, sizeof sql,
-             "WITH l AS (SELECT substr(name, %d)::int AS shard, epoch FROM ferry.lease "
-             "           WHERE name = ANY ($4::text[]) AND holder = $5 AND expires_at > now() "
-             "           FOR SHARE), "
-             "ok AS (SELECT a.id FROM unnest($1::uuid[], $2::int[], $3::bigint[]) "
-             "       AS a(id, shard, epoch) JOIN l ON l.shard = a.shard AND l.epoch = a.epoch), "
-             "d AS (%s) "
-             "SELECT (SELECT count(*) FROM d), "
-             "       cardinality($1::uuid[]) - (SELECT count(*) FROM ok)",
-             (int)strlen(SHARD_PREFIX) + 1, change);
-    const char *params[5] = {ids.p, shards.p, epochs.p, names.p, r->holder};
-    PGresult *res = PQexecParams(r->db, sql, 5, NULL, params, NULL, NULL, 0);
+    const char *params[5] = {(const char *)ids, (const char *)shards, (const char *)epochs,
+                             names.p, r->holder};
+    const int lengths[5] = {(int)id_len, (int)shard_len, (int)epoch_len, 0, 0};
+    static const int formats[5] = {1, 1, 1, 0, 0};
+    if (!PQsendQueryPrepared(r->ackdb, ACK_STATEMENT, 5, params, lengths, formats, 0)) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->ackdb, NULL, "could not acknowledge");
+        db_lost(r, "acknowledgement", &err);
+        goto out;   /* kept: sent again once the database is back */
+    }
+    r->ack_sent = n;
+    r->ack_flushing = 1;
+out:
+    free(buf);
+    free(names.p);
+}
+
+/* The acknowledgement in flight is over: forget what it covered, or, when
+ * it failed, keep everything for the next. */
+static void ack_done(relay *r, PGresult *res)
+{
+    int sent = r->ack_sent;
+    r->ack_sent = 0;
+    r->ack_flushing = 0;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ferry_error err;
-        ferry_error_from_pg(&err, r->db, res, "could not acknowledge");
-        PQclear(res);
+        ferry_error_from_pg(&err, r->ackdb, res, "could not acknowledge");
         db_lost(r, "acknowledgement", &err);
-        goto out;   /* kept: retried once the database is back */
+        r->ack_retry_at = ferry_now_ms() + ACK_RETRY_MS;   /* not a hot loop */
+        return;
     }
     long done = atol(PQgetvalue(res, 0, 0));
     long refused = atol(PQgetvalue(res, 0, 1));
-    PQclear(res);
     count(r, M_ACKED, (uint64_t)done);
     if (refused > 0) {
         count(r, M_ACK_REFUSED, (uint64_t)refused);
@@ -499,12 +688,67 @@ static void flush_acks(relay *r)
     }
     if (r->m != NULL)
         metrics_observe(r->m, H_BATCH_SECONDS, (double)(ferry_now_ms() - r->sweep_fetch_ms) / 1e3);
-    r->ack_count = 0;
-out:
-    free(ids.p);
-    free(shards.p);
-    free(epochs.p);
-    free(names.p);
+    r->ack_count -= sent;
+    memmove(r->acks, r->acks + sent, (size_t)r->ack_count * sizeof *r->acks);
+}
+
+/* Push the statement out and collect its result if it has come, without
+ * blocking; or, with wait, until it is over. */
+static void ack_poll(relay *r, int wait)
+{
+    ferry_error err;
+    while (r->ack_sent > 0) {
+        if (r->ack_flushing) {
+            int rc = PQflush(r->ackdb);
+            if (rc < 0)
+                goto lost;
+            r->ack_flushing = rc;
+        }
+        if (!PQconsumeInput(r->ackdb))
+            goto lost;
+        if (PQisBusy(r->ackdb)) {
+            if (!wait)
+                return;
+            struct pollfd pfd = {.fd = PQsocket(r->ackdb),
+                                 .events = POLLIN | (r->ack_flushing ? POLLOUT : 0)};
+            poll(&pfd, 1, 1000);
+            continue;
+        }
+        PGresult *res = PQgetResult(r->ackdb);
+        if (res != NULL) {
+            /* Keep the statement's one result until its end (NULL). */
+            if (r->ack_res == NULL)
+                r->ack_res = res;
+            else
+                PQclear(res);
+            continue;
+        }
+        if (r->ack_res == NULL)
+            goto lost;      /* an end without a result: not from this server */
+        ack_done(r, r->ack_res);
+        PQclear(r->ack_res);
+        r->ack_res = NULL;
+    }
+    return;
+lost:
+    ferry_error_from_pg(&err, r->ackdb, NULL, "could not acknowledge");
+    PQclear(r->ack_res);
+    r->ack_res = NULL;
+    r->ack_sent = 0;
+    r->ack_flushing = 0;
+    db_lost(r, "acknowledgement", &err);
+}
+
+/* Acknowledge everything delivered so far and wait for it: before the
+ * leases are given back, at the end. */
+static void ack_all_and_wait(relay *r)
+{
+    for (int tries = 0; tries < 3 && r->ack_count > 0 && r->db_ok; tries++) {
+        ack_poll(r, 1);
+        r->ack_retry_at = 0;    /* the last chance: no waiting */
+        ack_send(r);
+        ack_poll(r, 1);
+    }
 }
 
 /* ------------------------------------------------------------------ failures */
@@ -614,10 +858,10 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
     slot *s = &r->slots[idx];
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR && s->gen == r->gen) {
         ack *a = &r->acks[r->ack_count++];
-        memcpy(a->id, s->id, sizeof a->id);
+        a->id = s->id;
         a->shard = s->shard;
         a->epoch = s->epoch;
-        if (r->ack_count == 1)
+        if (r->ack_count - r->ack_sent == 1)
             r->first_ack_ms = ferry_now_ms();
         r->delivered++;
         count(r, M_PUBLISHED, 1);
@@ -629,7 +873,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
                  rd_kafka_err2name(msg->err));
         count(r, M_FAIL_DELIVERY, 1);
         r->undelivered++;
-        note_failure(r, s->id, s->shard, s->epoch, error_is_permanent(msg->err), reason);
+        char id[FERRY_UUID_STRING_SIZE];
+        ferry_uuid_format(&s->id, id);
+        note_failure(r, id, s->shard, s->epoch, error_is_permanent(msg->err), reason);
     }
     s->next_free = r->free_slot;
     r->free_slot = idx;
@@ -722,6 +968,7 @@ static int producer_create(relay *r)
     rd_kafka_queue_io_event_enable(q, r->event_pipe[1], "d", 1);
     rd_kafka_queue_destroy(q);
     r->gen++;
+    set_str(&r->known_topic, NULL);
     return 0;
 fail:
     rd_kafka_conf_destroy(conf);
@@ -760,36 +1007,105 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value)
     rd_kafka_header_add(h, name, -1, value, -1);
 }
 
+/*
+ * One fetched row. The fetch returns its results in binary, which saves
+ * the server formatting the uuid, the numbers and the time (to_char() and
+ * extract() were a fifth of the fetch) and saves us parsing them; the text
+ * columns come as they are, and libpq ends every value with a NUL.
+ */
 enum {
     C_ID, C_TOPIC, C_KEY, C_AGGTYPE, C_TYPE, C_PAYLOAD, C_HEADERS, C_SEQ, C_SHARD,
-    C_CE_TIME, C_CREATED_MS, C_READY
+    C_CREATED_AT, C_READY, C_COUNT
 };
 
-/* Produce row i of res. Returns 0, 1 when the producer queue is full (try
- * again later), -1 when this row failed for good (its key is blocked). */
-static int produce_row(relay *r, PGresult *res, int i)
+typedef struct row {
+    ferry_uuid id;
+    const char *topic, *key, *aggtype, *type, *payload, *headers;
+    size_t payload_len;
+    int64_t seq;
+    int shard;
+    int64_t created_us;         /* Unix microseconds */
+    int ready;                  /* available_at has come */
+} row;
+
+static uint64_t get64(const char *p)
 {
-    const char *id = PQgetvalue(res, i, C_ID);
-    const char *topic = PQgetvalue(res, i, C_TOPIC);
-    const char *key = PQgetvalue(res, i, C_KEY);
-    int shard = atoi(PQgetvalue(res, i, C_SHARD));
-    char reason[256];
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | u[i];
+    return v;
+}
+
+static uint32_t get32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+/* PostgreSQL's timestamps count microseconds from 2000-01-01 UTC. */
+#define PG_EPOCH_UNIX_US INT64_C(946684800000000)
+
+static void row_read(const PGresult *res, int i, row *out)
+{
+    /* The statement fixes the types, so the lengths are the types'. */
+    assert(PQgetlength(res, i, C_ID) == 16 && PQgetlength(res, i, C_SEQ) == 8 &&
+           PQgetlength(res, i, C_SHARD) == 4 && PQgetlength(res, i, C_CREATED_AT) == 8 &&
+           PQgetlength(res, i, C_READY) == 1);
+    memcpy(out->id.bytes, PQgetvalue(res, i, C_ID), 16);
+    out->topic = PQgetvalue(res, i, C_TOPIC);
+    out->key = PQgetvalue(res, i, C_KEY);
+    out->aggtype = PQgetvalue(res, i, C_AGGTYPE);
+    out->type = PQgetvalue(res, i, C_TYPE);
+    out->payload = PQgetvalue(res, i, C_PAYLOAD);
+    out->payload_len = (size_t)PQgetlength(res, i, C_PAYLOAD);
+    out->headers = PQgetvalue(res, i, C_HEADERS);
+    out->seq = (int64_t)get64(PQgetvalue(res, i, C_SEQ));
+    out->shard = (int32_t)get32(PQgetvalue(res, i, C_SHARD));
+    out->created_us = (int64_t)get64(PQgetvalue(res, i, C_CREATED_AT)) + PG_EPOCH_UNIX_US;
+    out->ready = PQgetvalue(res, i, C_READY)[0] != 0;
+}
+
+/* ce_time: RFC 3339 in UTC with microseconds, 2026-11-22T01:02:03.456789Z. */
+static void format_time(int64_t unix_us, char out[40])
+{
+    int64_t sec = unix_us / 1000000, us = unix_us % 1000000;
+    if (us < 0) {
+        us += 1000000;
+        sec--;
+    }
+    time_t t = (time_t)sec;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)us);
+}
+
+/* Produce row w. Returns 0, 1 when the producer queue is full (try again
+ * later), -1 when this row failed for good (its key is blocked). */
+static int produce_row(relay *r, const row *w)
+{
+    if (r->free_slot < 0)
+        return 1;
+    char id[FERRY_UUID_STRING_SIZE], seq[24], ce_time[40], reason[256];
+    ferry_uuid_format(&w->id, id);
+    snprintf(seq, sizeof seq, "%" PRId64, w->seq);
+    format_time(w->created_us, ce_time);
 
     rd_kafka_headers_t *h = rd_kafka_headers_new(16);
     header(h, "ferry_id", id);
-    header(h, "ferry_type", PQgetvalue(res, i, C_TYPE));
-    header(h, "ferry_aggregate_type", PQgetvalue(res, i, C_AGGTYPE));
-    header(h, "ferry_seq", PQgetvalue(res, i, C_SEQ));
+    header(h, "ferry_type", w->type);
+    header(h, "ferry_aggregate_type", w->aggtype);
+    header(h, "ferry_seq", seq);
     header(h, "ce_specversion", "1.0");
     header(h, "ce_id", id);
-    header(h, "ce_type", PQgetvalue(res, i, C_TYPE));
+    header(h, "ce_type", w->type);
     header(h, "ce_source", r->cfg->source);
-    header(h, "ce_time", PQgetvalue(res, i, C_CE_TIME));
+    header(h, "ce_time", ce_time);
     header(h, "content-type", "application/json");
-    const char *hjson = PQgetvalue(res, i, C_HEADERS);
-    if (strcmp(hjson, "{}") != 0) {
+    if (strcmp(w->headers, "{}") != 0) {
         json_error_t jerr;
-        json_t *obj = json_loads(hjson, 0, &jerr);
+        json_t *obj = json_loads(w->headers, 0, &jerr);
         const char *name;
         json_t *v;
         if (json_is_object(obj)) {
@@ -801,22 +1117,17 @@ static int produce_row(relay *r, PGresult *res, int i)
         json_decref(obj);
     }
 
-    if (r->free_slot < 0) {
-        rd_kafka_headers_destroy(h);
-        return 1;
-    }
     int idx = r->free_slot;
     slot *s = &r->slots[idx];
-    snprintf(s->id, sizeof s->id, "%s", id);
-    s->shard = shard;
-    s->epoch = r->held[shard];
-    s->created_ms = strtoll(PQgetvalue(res, i, C_CREATED_MS), NULL, 10);
+    s->id = w->id;
+    s->shard = w->shard;
+    s->epoch = r->held[w->shard];
+    s->created_ms = w->created_us / 1000;
     s->gen = r->gen;
 
-    const char *payload = PQgetvalue(res, i, C_PAYLOAD);
     rd_kafka_resp_err_t err = rd_kafka_producev(
-        r->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
-        RD_KAFKA_V_VALUE((void *)payload, (size_t)PQgetlength(res, i, C_PAYLOAD)),
+        r->rk, RD_KAFKA_V_TOPIC(w->topic), RD_KAFKA_V_KEY(w->key, strlen(w->key)),
+        RD_KAFKA_V_VALUE((void *)w->payload, w->payload_len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
         RD_KAFKA_V_OPAQUE((void *)(intptr_t)idx), RD_KAFKA_V_END);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
@@ -835,7 +1146,7 @@ static int produce_row(relay *r, PGresult *res, int i)
     r->undelivered++;
     int failed_before = r->sweep_failed;
     int permanent = error_is_permanent(err);
-    note_failure(r, id, shard, r->held[shard], permanent, reason);
+    note_failure(r, id, w->shard, r->held[w->shard], permanent, reason);
     if (permanent)
         r->sweep_failed = failed_before;   /* nothing of this key went out: go on */
     return -1;
@@ -870,6 +1181,7 @@ static void set_wakeups(relay *r, int on)
 
 static void sweep_restart(relay *r)
 {
+    r->empty_sweeps = r->sweep_produced == 0 && !r->sweep_failed ? r->empty_sweeps + 1 : 0;
     r->sweep = SWEEP_RUNNING;
     r->cursor_shard = -1;
     set_str(&r->cursor_topic, "");
@@ -887,6 +1199,22 @@ static int is_blocked(relay *r, const char *topic, const char *key)
 {
     return r->blocked_key != NULL && strcmp(r->blocked_key, key) == 0 &&
            strcmp(r->blocked_topic, topic) == 0;
+}
+
+/*
+ * Make sure the producer knows topic before the first message to it. A
+ * topic that librdkafka first meets in produce() waits for its once-a-second
+ * scan before its metadata is asked for, so the first messages of each
+ * topic after a start sat up to a second in the queue; rd_kafka_topic_new()
+ * asks at once. Rows come in (shard, topic, ...) order, so this runs when
+ * the topic changes, a few times a sweep.
+ */
+static void topic_know(relay *r, const char *topic)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(r->rk, topic, NULL);
+    if (t != NULL)
+        rd_kafka_topic_destroy(t);     /* the producer keeps the topic itself */
+    set_str(&r->known_topic, topic);
 }
 
 static void fetch_and_produce(relay *r)
@@ -919,27 +1247,9 @@ static void fetch_and_produce(relay *r)
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[6] = {shards.p, cshard, r->cursor_topic, r->cursor_key, cseq, lim};
     r->sweep_fetch_ms = ferry_now_ms();
-    PGresult *res = PQexecParams(
-        r->db,
-        "SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload::text, "
-        "       o.headers::text, o.seq, o.shard, "
-        "       to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-        "       (extract(epoch FROM o.created_at) * 1000)::bigint, "
-        "       o.available_at <= now() "
-        "FROM ferry.outbox o "
-        /* shard + 0: a filter, not an index condition. As a condition,
-         * PostgreSQL 15 starts one index scan per listed shard and reads
-         * every remaining entry of the shards before the cursor, so a drain
-         * got slower the further it went. */
-        "WHERE (o.shard + 0) = ANY ($1::int[]) AND o.published_at IS NULL "
-        "  AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2::int, $3, $4, $5::bigint) "
-        "  AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "
-        "                  AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "
-        "ORDER BY o.shard, o.topic, o.aggregateid, o.seq "
-        "LIMIT $6::int",
-        6, NULL, params, NULL, NULL, 0);
+    PGresult *res = PQexecPrepared(r->db, FETCH_STATEMENT, 6, params, NULL, NULL, 1);
     free(shards.p);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != C_COUNT) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db, res, "could not fetch");
         PQclear(res);
@@ -948,28 +1258,30 @@ static void fetch_and_produce(relay *r)
     }
     int rows = PQntuples(res);
     int produced_all = 1;
+    row w;
+    int last = -1;      /* the last row dealt with: the cursor moves past it */
     for (int i = 0; i < rows; i++) {
-        const char *topic = PQgetvalue(res, i, C_TOPIC);
-        const char *key = PQgetvalue(res, i, C_KEY);
-        int shard = atoi(PQgetvalue(res, i, C_SHARD));
-        if (r->held[shard] == 0 || is_blocked(r, topic, key))
+        row_read(res, i, &w);
+        if (r->held[w.shard] == 0 || is_blocked(r, w.topic, w.key))
             goto advance;
-        if (strcmp(PQgetvalue(res, i, C_READY), "t") != 0) {
+        if (!w.ready) {
             /* Delayed: it and everything after it in its key wait (order
              * before availability). */
-            set_str(&r->blocked_topic, topic);
-            set_str(&r->blocked_key, key);
+            set_str(&r->blocked_topic, w.topic);
+            set_str(&r->blocked_key, w.key);
             goto advance;
         }
-        int rc = produce_row(r, res, i);
+        if (r->known_topic == NULL || strcmp(r->known_topic, w.topic) != 0)
+            topic_know(r, w.topic);
+        int rc = produce_row(r, &w);
         if (rc == 1) {
             produced_all = 0;
             r->queue_full = 1;   /* resume from this row after some reports */
             break;
         }
         if (rc < 0) {
-            set_str(&r->blocked_topic, topic);
-            set_str(&r->blocked_key, key);
+            set_str(&r->blocked_topic, w.topic);
+            set_str(&r->blocked_key, w.key);
         }
         if (r->fatal_test_after > 0 && r->produced >= (uint64_t)r->fatal_test_after) {
             /* Test hook: make librdkafka raise the fatal error it raises
@@ -979,10 +1291,14 @@ static void fetch_and_produce(relay *r)
             r->fatal_test_after = 0;
         }
     advance:
-        r->cursor_shard = shard;
-        set_str(&r->cursor_topic, topic);
-        set_str(&r->cursor_key, key);
-        r->cursor_seq = strtoll(PQgetvalue(res, i, C_SEQ), NULL, 10);
+        last = i;
+    }
+    if (last >= 0) {
+        row_read(res, last, &w);
+        r->cursor_shard = w.shard;
+        set_str(&r->cursor_topic, w.topic);
+        set_str(&r->cursor_key, w.key);
+        r->cursor_seq = w.seq;
     }
     PQclear(res);
     if (rows > 0)
@@ -1061,11 +1377,14 @@ static void relay_free(relay *r)
         rd_kafka_mock_cluster_destroy(r->mock);
     if (r->mock_host != NULL)
         rd_kafka_destroy(r->mock_host);
+    PQclear(r->ack_res);
+    PQfinish(r->ackdb);
     PQfinish(r->db);
     if (r->event_pipe[0] >= 0) {
         close(r->event_pipe[0]);
         close(r->event_pipe[1]);
     }
+    free(r->known_topic);
     free(r->cursor_topic);
     free(r->cursor_key);
     free(r->blocked_topic);
@@ -1112,9 +1431,13 @@ static int relay_start(relay *r)
                                        "tcp_user_timeout", "dbname", NULL};
     const char *values[] = {"10", "1", "10", "5", "3", "30000", cfg->db, NULL};
     r->db = PQconnectdbParams(keys, values, 1);
-    if (PQstatus(r->db) != CONNECTION_OK) {
-        ferry_log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %s",
-                  strtok(PQerrorMessage(r->db), "\n"));
+    if (PQstatus(r->db) == CONNECTION_OK)
+        r->ackdb = PQconnectdbParams(keys, values, 1);
+    PGconn *failed = PQstatus(r->db) != CONNECTION_OK ? r->db : r->ackdb;
+    if (PQstatus(failed) != CONNECTION_OK) {
+        const char *msg = PQerrorMessage(failed);
+        ferry_log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %.*s",
+                  (int)strcspn(msg, "\n"), msg);
         return -1;
     }
     int version = 0;
@@ -1123,9 +1446,14 @@ static int relay_start(relay *r)
                   "ferry-relay migrate --db ...", version < 1 ? "version 0" : err.message);
         return -1;
     }
-    if (!db_setup_session(r)) {
+    if (!db_setup_main(r)) {
         ferry_log(FERRY_LOG_ERROR, "db.listen", "could not LISTEN: %s",
                   PQerrorMessage(r->db));
+        return -1;
+    }
+    if (!db_setup_ack(r)) {
+        ferry_log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
+                  PQerrorMessage(r->ackdb));
         return -1;
     }
     if (refresh_shards(r) != 0)
@@ -1179,12 +1507,16 @@ static void drain_notifies(relay *r)
     }
 }
 
+/* Delivery reports, NOTIFYs and the acknowledgement's result wake us. */
 static void wait_for_events(relay *r, int timeout_ms)
 {
-    struct pollfd fds[2] = {{.fd = r->event_pipe[0], .events = POLLIN},
-                            {.fd = r->db_ok ? PQsocket(r->db) : -1, .events = POLLIN}};
+    struct pollfd fds[3] = {
+        {.fd = r->event_pipe[0], .events = POLLIN},
+        {.fd = r->db_ok ? PQsocket(r->db) : -1, .events = POLLIN},
+        {.fd = r->ack_sent > 0 ? PQsocket(r->ackdb) : -1,
+         .events = POLLIN | (r->ack_flushing ? POLLOUT : 0)}};
     if (timeout_ms > 0)
-        poll(fds, 2, timeout_ms);
+        poll(fds, 3, timeout_ms);
     char buf[256];
     while (read(r->event_pipe[0], buf, sizeof buf) > 0)
         ;
@@ -1226,24 +1558,30 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         db_maybe_reconnect(r);
         if (r->db_ok && now >= r->next_lease_tick) {
             /* Also while stopping: the leases must hold until the last
-             * acknowledgement, or it is refused. */
+             * acknowledgement, or it is refused. Not beside one, though:
+             * the acknowledgement reads the lease rows FOR SHARE in its
+             * own order, which a renewal updating several of them in
+             * another could deadlock with. */
+            ack_poll(r, 1);
             lease_tick(r);
             r->next_lease_tick = now + cfg->lease_ttl_ms / 3;
         }
 
         rd_kafka_poll(r->rk, 0);
         if (rd_kafka_fatal_error(r->rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            flush_acks(r);
+            ack_send(r);
             if (producer_rebuild(r, fatal) != 0)
                 goto out;
         }
         record_failures(r);
         /* Acknowledge in batches while fetching, at once when the sweep is
          * done: the next sweep waits for these. */
-        if (r->ack_count > 0 &&
-            (r->ack_count >= cfg->batch_size || r->inflight == 0 ||
-             r->sweep == SWEEP_AT_END || now - r->first_ack_ms >= 5))
-            flush_acks(r);
+        ack_poll(r, 0);
+        int unsent = r->ack_count - r->ack_sent;
+        if (r->ack_sent == 0 && unsent > 0 &&
+            (unsent >= cfg->batch_size || r->inflight == 0 || r->sweep == SWEEP_AT_END ||
+             now - r->first_ack_ms >= 5))
+            ack_send(r);
 
         if (r->sweep == SWEEP_RUNNING && r->sweep_failed)
             r->sweep = SWEEP_AT_END;
@@ -1274,14 +1612,36 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                 status = r->refused == 0 ? 0 : 1;
                 break;
             }
+            r->next_look_ms = 0;
             if (r->sweep_produced > 0 && !r->sweep_failed) {
-                /* Busy: look again at once; writers need not notify. */
+                /* Busy: look again at once; writers need not notify. Tell
+                 * them so once it has lasted BUSY_QUIET_MS, not at the
+                 * first row: a trickle would flip the flag (an UPDATE
+                 * each way) for every message. */
                 r->dirty = 1;
-            } else if (!r->wakeups_asked && r->db_ok && !r->dirty && !r->sweep_failed) {
-                /* Nothing came: ask for NOTIFYs, then look once more
-                 * before sleeping. */
-                set_wakeups(r, 1);
-                r->dirty = 1;
+                if (r->busy_since_ms == 0)
+                    r->busy_since_ms = now;
+                r->last_busy_ms = now;
+                if (r->wakeups_asked && r->db_ok && now - r->busy_since_ms >= BUSY_QUIET_MS)
+                    set_wakeups(r, 0);
+            } else if (!r->wakeups_asked && !r->sweep_failed && r->busy_since_ms != 0 &&
+                       now - r->last_busy_ms < IDLE_GRACE_MS) {
+                /* Busy a moment ago, and writers are not notifying: a gap
+                 * in the stream is likelier than its end. Look again after
+                 * 1, 2, 4 ... ms before asking for NOTIFYs, or every gap
+                 * would have the writers notify for BUSY_QUIET_MS. */
+                r->next_look_ms = r->sweep_ended_ms + ((int64_t)1 << (r->empty_sweeps < 6
+                                                                         ? r->empty_sweeps : 6));
+                if (now >= r->next_look_ms)
+                    r->dirty = 1;
+            } else {
+                r->busy_since_ms = 0;
+                if (!r->wakeups_asked && r->db_ok && !r->dirty && !r->sweep_failed) {
+                    /* Nothing came: ask for NOTIFYs, then look once more
+                     * before sleeping. */
+                    set_wakeups(r, 1);
+                    r->dirty = 1;
+                }
             }
             /* After a failed sweep, back off before resending: 100 ms,
              * doubling to 5 s, so a failure that does not pass is not a
@@ -1330,6 +1690,8 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         if (idle && !stopping) {
             int64_t next_poll = r->sweep_failed ? 100
                                                 : r->sweep_started_ms + cfg->poll_interval_ms - now;
+            if (r->next_look_ms != 0 && r->next_look_ms - now < next_poll)
+                next_poll = r->next_look_ms - now;
             if (next_poll < timeout)
                 timeout = (int)next_poll;
         }
@@ -1345,7 +1707,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     rd_kafka_flush(r->rk, 10000);
     rd_kafka_poll(r->rk, 0);
     record_failures(r);
-    flush_acks(r);
+    ack_all_and_wait(r);
     if (r->ack_count > 0 || r->inflight > 0)
         status = 1;
     if (r->db_ok)
