@@ -695,6 +695,37 @@ static void database_restart_loses_nothing(void **state)
     assert_int_equal(tc.distinct, 200);
 }
 
+/* A column type changed under a running relay: its prepared statements
+ * now fail ("cached plan must not change result type"); it starts fresh
+ * sessions, prepares them again, and publishes everything. */
+static void schema_change_under_a_running_relay(void **state)
+{
+    const char *topic = "t.altered";
+    relay_proc p = relay_spawn("alter-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'alter-a' "
+                "AND name LIKE 'shard:%'", 30000);
+    emit_n(topic, 50, 5);
+    await_outbox_empty(topic, 30000);
+    tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE varchar(255)");
+    emit_n(topic, 50, 5);
+    await_log(&p, "\"event\":\"db.reconnected\"", 30000);
+    await_outbox_empty(topic, 30000);
+    tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE text");
+    emit_n(topic, 50, 5);
+    await_outbox_empty(topic, 30000);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(relay_wait(&p, 30000), 0);
+    char *log = relay_log(&p);
+    /* The fault fired: a stale statement, seen as such. */
+    assert_non_null(strstr(log, "cached plan must not change result type"));
+    free(log);
+    relay_done(&p);
+    PQfinish(c);
+    topic_check tc = check_topic(topic, 150, 10000);
+    assert_int_equal(tc.distinct, 150);
+}
+
 /* GET path from 127.0.0.1:port; returns the whole response (malloc'd). */
 static char *http_get(int port, const char *path)
 {
@@ -890,6 +921,7 @@ int main(void)
         cmocka_unit_test(two_relays_share_the_shards),
         cmocka_unit_test(paused_relay_loses_shards_and_acks),
         cmocka_unit_test(database_restart_loses_nothing),
+        cmocka_unit_test(schema_change_under_a_running_relay),
         cmocka_unit_test(metrics_endpoint_counts),
         cmocka_unit_test(delayed_message_holds_its_key),
         cmocka_unit_test(retention_marks_instead_of_deleting),
