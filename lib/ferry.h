@@ -455,6 +455,405 @@ FERRY_API void ferry_consumer_destroy(ferry_consumer *c);
  * applied = applied + drained; held = held_gap + held_parked. */
 FERRY_API void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out);
 
+/* ------------------------------------------------------------------ */
+/* Saga definitions (YAML)                                              */
+
+/* Limits on a definition; documents beyond them are refused on load. */
+#define FERRY_SAGA_STEPS_MAX      64
+#define FERRY_SAGA_NAME_MAX       128       /* saga and step names: [A-Za-z0-9._-] */
+#define FERRY_SAGA_FILE_MAX       (1024 * 1024)  /* bytes of YAML */
+#define FERRY_SAGA_DEPTH_MAX      32        /* nesting of YAML collections */
+#define FERRY_SAGA_TIMEOUT_MAX_MS (366LL * 24 * 3600 * 1000)
+#define FERRY_SAGA_ATTEMPTS_MAX   1000
+
+/* A command sent to a participant: its event type and a payload template,
+ * a JSON value whose strings "${context.a.b}" (the whole string) are
+ * replaced by that value of the saga's context when the command is built. */
+typedef struct ferry_saga_command {
+    char *type;
+    json_t *payload;            /* owned by the definition */
+} ferry_saga_command;
+
+typedef struct ferry_saga_retry {
+    int attempts;               /* sends of the action before it is given up; >= 1 */
+    int64_t backoff_ms;         /* wait before the 2nd send, doubling ... */
+    int64_t max_backoff_ms;     /* ... up to this */
+} ferry_saga_retry;
+
+typedef struct ferry_saga_step_def {
+    char *name;                 /* unique within the saga */
+    char *topic;                /* the participant's command topic */
+    ferry_saga_command action;
+    ferry_saga_command compensation; /* required unless the step is the pivot
+                                        or comes after it */
+    int has_compensation;
+    int64_t timeout_ms;         /* for one send of the action to be answered */
+    ferry_saga_retry retry;
+    int pivot;                  /* after this step the saga only goes forward */
+} ferry_saga_step_def;
+
+typedef struct ferry_saga_def {
+    char *name;
+    int version;                /* >= 1 */
+    int64_t deadline_ms;        /* the whole saga, from start */
+    size_t step_count;          /* 1..FERRY_SAGA_STEPS_MAX */
+    ferry_saga_step_def *steps;
+    int pivot_index;            /* index of the pivot step, or -1 */
+    char hash[17];              /* FNV-1a 64 of the document's bytes, hex */
+    char *file;                 /* where it was loaded from, for messages */
+} ferry_saga_def;
+
+/* Where and why a document was refused. Each error names the file, line
+ * and column (1-based; 0 when unknown) and the offending field path
+ * ("steps[2].timeout"). */
+#define FERRY_SAGA_ERRORS_MAX 32
+typedef struct ferry_saga_load_error {
+    char file[256];
+    int line, column;
+    char field[128];
+    char message[256];
+} ferry_saga_load_error;
+
+typedef struct ferry_saga_load_errors {
+    size_t count;               /* errors found, up to FERRY_SAGA_ERRORS_MAX kept */
+    size_t total;               /* errors found in all */
+    ferry_saga_load_error errors[FERRY_SAGA_ERRORS_MAX];
+} ferry_saga_load_errors;
+
+/*
+ * Load and check one saga definition from a YAML file. On success *out is
+ * a new definition (free with ferry_saga_def_free). On failure returns
+ * FERRY_EINVAL with every error found in errs (not only the first):
+ * syntax errors, unknown keys, wrong types, duplicate step names, a
+ * missing compensation, impossible timeouts (a step's timeout times its
+ * attempts longer than the saga's deadline, zero or negative durations),
+ * and documents too large, too deep or with aliases. errs may be NULL.
+ */
+FERRY_API ferry_code ferry_saga_def_load(const char *path, ferry_saga_def **out,
+                                         ferry_saga_load_errors *errs);
+/* The same from memory; name is used in error messages as the file. */
+FERRY_API ferry_code ferry_saga_def_parse(const char *yaml, size_t len, const char *name,
+                                          ferry_saga_def **out, ferry_saga_load_errors *errs);
+FERRY_API void ferry_saga_def_free(ferry_saga_def *def);
+
+/* ------------------------------------------------------------------ */
+/* Saga engine (pure)                                                   */
+
+/*
+ * The orchestrator's core is one pure function, ferry_saga_step(): given a
+ * definition, the stored state of one saga, an event and the time, it
+ * computes the next state and the actions the shell must take. It does no
+ * I/O, reads no clock and allocates nothing; the same inputs always give
+ * the same outputs. The shell (the driver) loads the saga row, calls it,
+ * and in one transaction stores the next state (UPDATE ... WHERE revision
+ * = old revision) together with the commands it emits through the outbox.
+ *
+ * Statuses. Every status change is checked against one table, generated
+ * with the enum and the names from FERRY_SAGA_STATUS_LIST below. Columns:
+ * the status, its name (the stored ones are exactly those of the CHECK on
+ * ferry.saga.state), whether it is stored, then for each event kind (in
+ * ferry_saga_event_kind order: start, reply, timeout, cancel) the set of
+ * statuses that event may lead to from here; 0 means the event is refused
+ * in this status. "new" is the zeroed state before start and is never
+ * stored: the driver inserts the row with the state start returns.
+ * "failed" is reserved: the engine never enters it (it refuses a
+ * definition that could not run to an end, see ferry_saga_step); the
+ * driver may write it for a saga whose definition is gone. Finished
+ * sagas take replies and timeouts as harmless no-ops (late messages,
+ * late timers) and refuse start and cancel.
+ */
+#define FERRY_SAGA_TO(s) (1u << FERRY_SAGA_##s)
+#define FERRY_SAGA_STATUS_LIST(X)                                                        \
+    /* id           name           stored start              reply / timeout / cancel */ \
+    X(NEW,          "new",          0, FERRY_SAGA_TO(RUNNING), 0, 0, 0)                  \
+    X(RUNNING,      "running",      1, 0,                                                \
+      FERRY_SAGA_TO(RUNNING) | FERRY_SAGA_TO(COMPENSATING) | FERRY_SAGA_TO(COMPLETED)    \
+          | FERRY_SAGA_TO(COMPENSATED),                                                  \
+      FERRY_SAGA_TO(RUNNING) | FERRY_SAGA_TO(COMPENSATING),                              \
+      FERRY_SAGA_TO(COMPENSATING))                                                       \
+    X(COMPENSATING, "compensating", 1, 0,                                                \
+      FERRY_SAGA_TO(COMPENSATING) | FERRY_SAGA_TO(COMPENSATED),                          \
+      FERRY_SAGA_TO(COMPENSATING), FERRY_SAGA_TO(COMPENSATING))                          \
+    X(COMPLETED,    "completed",    1, 0, FERRY_SAGA_TO(COMPLETED),                      \
+      FERRY_SAGA_TO(COMPLETED), 0)                                                       \
+    X(COMPENSATED,  "compensated",  1, 0, FERRY_SAGA_TO(COMPENSATED),                    \
+      FERRY_SAGA_TO(COMPENSATED), 0)                                                     \
+    X(FAILED,       "failed",       1, 0, FERRY_SAGA_TO(FAILED), FERRY_SAGA_TO(FAILED), 0)
+
+typedef enum ferry_saga_status {
+#define FERRY_SAGA_STATUS_ENUM_(id, name, stored, start, reply, timeout, cancel) \
+    FERRY_SAGA_##id,
+    FERRY_SAGA_STATUS_LIST(FERRY_SAGA_STATUS_ENUM_)
+#undef FERRY_SAGA_STATUS_ENUM_
+    FERRY_SAGA_STATUS_COUNT
+} ferry_saga_status;
+
+/* What is known of one command (a step's action or its compensation). The
+ * names are those of ferry.saga_step.status, plus "pending" (not sent). */
+#define FERRY_SAGA_STEP_STATUS_LIST(X) \
+    X(PENDING,   "pending")   /* not sent */                                   \
+    X(SENT,      "sent")      /* outstanding: it may run, or have run */       \
+    X(SUCCEEDED, "succeeded") /* the participant applied it */                 \
+    X(FAILED,    "failed")    /* the participant refused it: never applied */  \
+    X(TIMED_OUT, "timed_out") /* given up without an answer: may have run */
+
+typedef enum ferry_saga_step_status {
+#define FERRY_SAGA_STEP_STATUS_ENUM_(id, name) FERRY_SAGA_STEP_##id,
+    FERRY_SAGA_STEP_STATUS_LIST(FERRY_SAGA_STEP_STATUS_ENUM_)
+#undef FERRY_SAGA_STEP_STATUS_ENUM_
+    FERRY_SAGA_STEP_STATUS_COUNT
+} ferry_saga_step_status;
+
+/* The two commands of a step; names as in ferry.saga_step.kind. */
+typedef enum ferry_saga_command_kind {
+    FERRY_SAGA_CMD_ACTION = 0,
+    FERRY_SAGA_CMD_COMPENSATION = 1
+} ferry_saga_command_kind;
+
+/* Why a saga compensates (state.reason). */
+#define FERRY_SAGA_REASON_LIST(X) \
+    X(NONE,      "none")                                                  \
+    X(FAILED,    "failed")    /* step reason_step refused its action */   \
+    X(TIMED_OUT, "timed_out") /* its sends were all unanswered */         \
+    X(CANCELLED, "cancelled") /* a cancel event */                        \
+    X(DEADLINE,  "deadline")  /* the saga's deadline passed */
+
+typedef enum ferry_saga_reason {
+#define FERRY_SAGA_REASON_ENUM_(id, name) FERRY_SAGA_REASON_##id,
+    FERRY_SAGA_REASON_LIST(FERRY_SAGA_REASON_ENUM_)
+#undef FERRY_SAGA_REASON_ENUM_
+    FERRY_SAGA_REASON_COUNT
+} ferry_saga_reason;
+
+/* Why an event changed nothing (state.ignored). None of these is a bug:
+ * at-least-once delivery, lost replies and early timers make them normal. */
+#define FERRY_SAGA_IGNORED_LIST(X) \
+    X(NONE,        "none")        /* the event was applied */                      \
+    X(STALE_REPLY, "stale_reply") /* a reply to no outstanding command: another */ \
+                                  /* step or kind, an older round, an attempt   */ \
+                                  /* not sent, or a step already settled         */ \
+    X(EARLY,       "early")       /* a timeout before any stored deadline */       \
+    X(FINISHED,    "finished")    /* a reply or timeout after the saga ended */    \
+    X(COMPENSATING, "compensating") /* a cancel while already compensating */
+
+typedef enum ferry_saga_ignored {
+#define FERRY_SAGA_IGNORED_ENUM_(id, name) FERRY_SAGA_IGNORED_##id,
+    FERRY_SAGA_IGNORED_LIST(FERRY_SAGA_IGNORED_ENUM_)
+#undef FERRY_SAGA_IGNORED_ENUM_
+    FERRY_SAGA_IGNORED_COUNT
+} ferry_saga_ignored;
+
+/* One step of one saga. Attempts count sends (resends included) over all
+ * rounds; the round is the idempotency-key part that changes only after a
+ * definite refusal (see "Keys" below). Counters saturate at UINT32_MAX. */
+typedef struct ferry_saga_step_state {
+    uint8_t action;                  /* ferry_saga_step_status */
+    uint8_t compensation;            /* pending, sent or succeeded */
+    uint8_t reserved_[2];            /* zero */
+    uint32_t action_attempts;
+    uint32_t action_round;
+    uint32_t compensation_attempts;
+    uint32_t compensation_round;
+} ferry_saga_step_state;
+
+/*
+ * The whole state of one saga: fixed size, no pointers, no padding, so the
+ * driver may store it as bytes or as columns. A zeroed struct is a "new"
+ * saga, ready for start. Times are in the caller's milliseconds (now_ms).
+ */
+typedef struct ferry_saga_state {
+    uint64_t revision;               /* +1 on every event applied; the
+                                        optimistic lock (ferry.saga.version) */
+    int64_t started_ms;              /* now_ms of start */
+    int64_t deadline_ms;             /* started_ms + def->deadline_ms */
+    int64_t timer_ms;                /* the outstanding command is answered by
+                                        then (its send delay included); 0: none */
+    int64_t wake_ms;                 /* the earliest time a timeout event can
+                                        change anything: the timer, or the
+                                        deadline while it still matters; 0 once
+                                        finished. Store it as ferry.saga.deadline */
+    uint8_t status;                  /* ferry_saga_status */
+    uint8_t reason;                  /* ferry_saga_reason: why compensating */
+    uint8_t ignored;                 /* ferry_saga_ignored, of the last call
+                                        only: not durable, never read */
+    uint8_t reserved_;               /* zero */
+    uint32_t step_count;             /* def->step_count, fixed at start */
+    uint32_t current;                /* the step whose action (running) or
+                                        compensation (compensating) is out */
+    uint32_t reason_step;            /* the step the reason is about */
+    ferry_saga_step_state steps[FERRY_SAGA_STEPS_MAX];
+} ferry_saga_state;
+
+#define FERRY_SAGA_EVENT_LIST(X) \
+    X(START,   "start")                                                      \
+    X(REPLY,   "reply")   /* a participant answered a command */             \
+    X(TIMEOUT, "timeout") /* a stored deadline (state.wake_ms) may be due */ \
+    X(CANCEL,  "cancel")  /* a user asked to undo the saga */
+
+typedef enum ferry_saga_event_kind {
+#define FERRY_SAGA_EVENT_ENUM_(id, name) FERRY_SAGA_EV_##id,
+    FERRY_SAGA_EVENT_LIST(FERRY_SAGA_EVENT_ENUM_)
+#undef FERRY_SAGA_EVENT_ENUM_
+    FERRY_SAGA_EV_COUNT
+} ferry_saga_event_kind;
+
+typedef struct ferry_saga_event {
+    ferry_saga_event_kind kind;
+    /* REPLY only, copied from the command answered: */
+    ferry_saga_command_kind command;
+    uint32_t step;                   /* < def->step_count */
+    uint32_t round;
+    uint32_t attempt;
+    int succeeded;                   /* 1: applied; 0: refused, not applied */
+} ferry_saga_event;
+
+#define FERRY_SAGA_ACTION_LIST(X) \
+    X(SEND,         "send")         /* publish a command to the step's topic */ \
+    X(SET_DEADLINE, "set_deadline") /* store at_ms; fire a timeout then */      \
+    X(FINISH,       "finish")       /* the saga ended with status */
+
+typedef enum ferry_saga_action_kind {
+#define FERRY_SAGA_ACTION_ENUM_(id, name) FERRY_SAGA_DO_##id,
+    FERRY_SAGA_ACTION_LIST(FERRY_SAGA_ACTION_ENUM_)
+#undef FERRY_SAGA_ACTION_ENUM_
+    FERRY_SAGA_DO_COUNT
+} ferry_saga_action_kind;
+
+/* Room the caller must give ferry_saga_step() for actions. */
+#define FERRY_SAGA_ACTIONS_MAX 4
+
+typedef struct ferry_saga_action {
+    ferry_saga_action_kind kind;
+    ferry_saga_status status;        /* FINISH: completed or compensated */
+    ferry_saga_command_kind command; /* SEND */
+    uint32_t step;                   /* SEND */
+    uint32_t round;                  /* SEND: key part */
+    uint32_t attempt;                /* SEND: 1, 2, ... (for replies and logs) */
+    int64_t delay_ms;                /* SEND: publish no earlier than now + this
+                                        (the retry backoff; emit's delay_ms) */
+    int64_t at_ms;                   /* SET_DEADLINE: = next->wake_ms */
+} ferry_saga_action;
+
+/* The largest now_ms taken (year 9999), so that no deadline overflows. */
+#define FERRY_SAGA_NOW_MAX_MS 253402300799999LL
+
+/*
+ * ferry_saga_step — apply one event to one saga.
+ *
+ * def is borrowed and checked on every call (FERRY_EINVAL, field
+ * "definition", if it could not run to an end: no steps or too many, a
+ * duration <= 0 or above FERRY_SAGA_TIMEOUT_MAX_MS, attempts outside
+ * 1..FERRY_SAGA_ATTEMPTS_MAX, max_backoff < backoff, pivot_index not the
+ * one step marked pivot, or a step before the pivot -- every step when
+ * there is none -- without a compensation). state must come from an
+ * earlier call with the same definition (or be zeroed, for start), else
+ * FERRY_EINVAL, field "state"; a malformed event (a reply to a step index
+ * out of range) is FERRY_EINVAL, field "event". now_ms is the caller's
+ * clock, 0..FERRY_SAGA_NOW_MAX_MS. actions must have room for
+ * FERRY_SAGA_ACTIONS_MAX (actions_cap is checked). next may be state.
+ * On any error nothing is written (next, actions, *n_actions untouched).
+ *
+ * Keys. A command's idempotency key is (saga id, step, command kind,
+ * round); the saga id is the driver's. A resend after a timeout keeps the
+ * key, so the participant applies it at most once however many copies
+ * arrive. Participants record the outcome of every key they process,
+ * refusals included, so a refusal is final for its key; a command that
+ * must be tried again after a refusal (a step after the pivot, a
+ * compensation) is sent in the next round, i.e. under a new key. Before
+ * the pivot a refusal is never retried, so actions there stay in round 0.
+ * Any attempt of the current round answers the command (they share the
+ * key, hence the outcome); other replies are stale.
+ *
+ * Backoff. Send n (n >= 2) of a command is delayed by backoff_ms *
+ * 2^(n-2), at most max_backoff_ms (the step's retry policy, also used for
+ * its compensation). The command's timer is now + delay + timeout_ms.
+ *
+ * Events, by status (anything not listed is refused as an invalid
+ * transition, FERRY_ESTATE, "invalid saga transition <from> -> <to> on
+ * <event>", field "event"):
+ *
+ *   new, start: running; send step 0's action (attempt 1, round 0); the
+ *     timer is now + its timeout; deadline_ms = now + def->deadline_ms.
+ *
+ *   running, reply to the current step's action:
+ *     success: the step succeeded; send the next step's action, or finish
+ *       completed after the last. If the deadline has passed and the pivot
+ *       has not succeeded, compensate (reason deadline) instead of
+ *       starting the next step.
+ *     refusal, at or before the pivot (or with no pivot): the step failed
+ *       and never ran; compensate the steps before it (reason failed).
+ *     refusal after the pivot: resend in the next round, with backoff;
+ *       such steps are never compensated (the saga only goes forward).
+ *
+ *   running, timeout: judged by now_ms against the stored times, so an
+ *     early timer changes nothing (ignored "early").
+ *     now >= deadline_ms, while the deadline matters (the pivot has not
+ *       succeeded and the current step has a compensation): the current
+ *       step may have run (timed_out); compensate it and those before it
+ *       (reason deadline).
+ *     now >= timer_ms: if the step has sends left, or can never be given
+ *       up (it comes after the pivot, or has no compensation -- the pivot
+ *       may lack one), resend it in the same round (same key) with
+ *       backoff. Otherwise it is ambiguous (timed_out): compensate it and
+ *       those before it (reason timed_out).
+ *
+ *   running, cancel: the current step may have run; compensate it and
+ *     those before it (reason cancelled). Refused, with nothing changed
+ *     and FERRY_ESTATE: after the pivot succeeded (not retriable: the saga
+ *     only goes forward), and while a step without compensation (a pivot
+ *     that has none) is outstanding (retriable: its answer decides).
+ *
+ *   compensating: the steps to compensate are those whose action
+ *     succeeded or timed out (ran or may have run), highest index first;
+ *     one compensation is outstanding at a time. A compensation's success
+ *     moves to the next lower such step, or finishes compensated when none
+ *     is left (at once, from running, when none was needed). A refusal
+ *     resends it in the next round, a timeout (now >= timer_ms) in the
+ *     same round, both with backoff and without limit: compensations must
+ *     eventually succeed. The deadline no longer matters. A cancel is
+ *     ignored ("compensating").
+ *
+ *   completed, compensated, failed: replies and timeouts are ignored
+ *     ("finished"); start and cancel are refused.
+ *
+ * Replies that answer no outstanding command (duplicates, late or stale:
+ * another step or kind, an older round, an unsent attempt, a settled
+ * step) are ignored ("stale_reply"). An ignored event returns FERRY_OK
+ * with no actions and next equal to *state but for next->ignored; the
+ * driver need not store it. An applied event sets next->ignored to none,
+ * raises the revision by one and returns one or two actions: a SEND and
+ * then a SET_DEADLINE with the new wake_ms, or a FINISH (which clears
+ * the deadline: a finished saga has none).
+ *
+ * A saga thus ends completed or compensated: never "failed", and never
+ * running past its deadline unless its pivot succeeded or is outstanding
+ * without a compensation.
+ */
+FERRY_API ferry_code ferry_saga_step(const ferry_saga_def *def, const ferry_saga_state *state,
+                                     const ferry_saga_event *event, int64_t now_ms,
+                                     ferry_saga_state *next, ferry_saga_action *actions,
+                                     size_t actions_cap, size_t *n_actions, ferry_error *err);
+
+/* Static names for logs, "?" when out of range: "running", "timed_out",
+ * "compensation", "reply", "send", "deadline", "stale_reply". */
+FERRY_API const char *ferry_saga_status_name(ferry_saga_status s);
+FERRY_API const char *ferry_saga_step_status_name(ferry_saga_step_status s);
+FERRY_API const char *ferry_saga_command_name(ferry_saga_command_kind k);
+FERRY_API const char *ferry_saga_event_name(ferry_saga_event_kind k);
+FERRY_API const char *ferry_saga_action_name(ferry_saga_action_kind k);
+FERRY_API const char *ferry_saga_reason_name(ferry_saga_reason r);
+FERRY_API const char *ferry_saga_ignored_name(ferry_saga_ignored i);
+
+/* One line for a log, e.g. "reply action step 2 round 0 attempt 1 refused"
+ * or "send compensation step 1 round 1 attempt 3 delay 200ms". Returns
+ * what snprintf returns. */
+FERRY_API int ferry_saga_event_format(const ferry_saga_event *ev, char *buf, size_t size);
+FERRY_API int ferry_saga_action_format(const ferry_saga_action *a, char *buf, size_t size);
+
+/* The idempotency key of a SEND: "<saga_id>/<step>/<action|compensation>/<round>". */
+FERRY_API int ferry_saga_key_format(const char *saga_id, const ferry_saga_action *send,
+                                    char *buf, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

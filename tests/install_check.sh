@@ -7,7 +7,7 @@ tmp=$(mktemp -d /tmp/ferry-install-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 make --no-print-directory -s install PREFIX="$tmp/prefix" >/dev/null
 for f in include/ferry.h lib/libferry.a lib/libferry.so lib/libferry.so.0 \
-         lib/pkgconfig/ferry.pc bin/ferry-relay share/ferry/001_ferry.sql; do
+         lib/pkgconfig/ferry.pc bin/ferry-relay bin/ferry-reconcile share/ferry/001_ferry.sql; do
     [ -e "$tmp/prefix/$f" ] || { echo "install_check: missing $f" >&2; exit 1; }
 done
 cat > "$tmp/app.c" <<'C'
@@ -33,6 +33,7 @@ cc "$tmp/app.c" $(pkg-config --cflags ferry) "$tmp/prefix/lib/libferry.a" \
 "$tmp/app-shared" >/dev/null
 "$tmp/app-static" >/dev/null
 "$tmp/prefix/bin/ferry-relay" --version >/dev/null
+"$tmp/prefix/bin/ferry-reconcile" --version >/dev/null
 # Only the API is exported from the shared library.
 if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep -v '^ferry_' | grep -q .; then
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2

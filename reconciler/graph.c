@@ -1,0 +1,153 @@
+/*
+ * graph.c — `ferry-reconcile graph FILE`: a saga definition as a Graphviz
+ * digraph, so that a user can look at the flow instead of reading YAML.
+ *
+ * Forward, left to right: start, the steps in order (action type, topic,
+ * timeout and attempts), completed. Below each step that has one, its
+ * compensation; a step that fails or times out leads to its own
+ * compensation (it may have run: the participant turns an undo of
+ * something it never did into a recorded no-op) or, without one, to the
+ * previous step's; the compensations chain back in reverse order to
+ * "compensated". The pivot is a double octagon: from it on there is no
+ * way back, so its successors have no failure edges (they are retried
+ * until they succeed).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "reconcile.h"
+
+/* s as the inside of a DOT string: quotes and backslashes escaped. */
+static void put_escaped(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            fputc('\\', out);
+        if (*s == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+static const char *duration(int64_t ms, char *buf, size_t len)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}};
+    size_t used = 0;
+    snprintf(buf, len, "0s");
+    for (size_t i = 0; i < sizeof units / sizeof units[0] && ms > 0 && used < len; i++) {
+        if (ms < units[i].ms)
+            continue;
+        int w = snprintf(buf + used, len - used, "%lld%s", (long long)(ms / units[i].ms),
+                         units[i].unit);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+        ms %= units[i].ms;
+    }
+    return buf;
+}
+
+/* The compensation a failure of step i leads to: c<k> for the nearest
+ * k <= i (own first) with one, else "compensated". */
+static void failure_target(const ferry_saga_def *def, size_t i, char *buf, size_t len)
+{
+    for (size_t k = i + 1; k-- > 0;) {
+        if (def->steps[k].has_compensation) {
+            snprintf(buf, len, "c%zu", k);
+            return;
+        }
+    }
+    snprintf(buf, len, "compensated");
+}
+
+static void print_graph(FILE *out, const ferry_saga_def *def)
+{
+    char a[32], b[32];
+    fputs("digraph \"", out);
+    put_escaped(out, def->name);
+    fputs("\" {\n", out);
+    fprintf(out, "    label=\"saga %s version %d, deadline %s, hash %s\";\n    labelloc=t;\n",
+            def->name, def->version, duration(def->deadline_ms, a, sizeof a), def->hash);
+    fputs("    rankdir=LR;\n"
+          "    node [shape=box, style=rounded, fontname=\"Helvetica\", fontsize=10];\n"
+          "    edge [fontname=\"Helvetica\", fontsize=9];\n"
+          "    start [shape=circle, label=\"start\"];\n"
+          "    completed [shape=doublecircle, label=\"completed\"];\n"
+          "    compensated [shape=doublecircle, label=\"compensated\", color=firebrick];\n",
+          out);
+
+    for (size_t i = 0; i < def->step_count; i++) {
+        const ferry_saga_step_def *s = &def->steps[i];
+        fprintf(out, "    s%zu [", i);
+        if (s->pivot)
+            fputs("shape=doubleoctagon, style=\"bold\", ", out);
+        fputs("label=\"", out);
+        put_escaped(out, s->name);
+        if (s->pivot)
+            fputs(" (pivot)", out);
+        fputs("\\n", out);
+        put_escaped(out, s->action.type);
+        fprintf(out, " -> %s\\ntimeout %s", s->topic, duration(s->timeout_ms, a, sizeof a));
+        if (s->retry.attempts > 1)
+            fprintf(out, " x %d, backoff %s", s->retry.attempts,
+                    duration(s->retry.backoff_ms, b, sizeof b));
+        fputs("\"];\n", out);
+        if (s->has_compensation) {
+            fprintf(out, "    c%zu [style=\"rounded,dashed\", color=firebrick, label=\"undo ", i);
+            put_escaped(out, s->name);
+            fputs("\\n", out);
+            put_escaped(out, s->compensation.type);
+            fprintf(out, " -> %s\"];\n", s->topic);
+            fprintf(out, "    { rank=same; s%zu; c%zu; }\n", i, i);
+        }
+    }
+
+    /* Forward. */
+    fputs("    start -> s0;\n", out);
+    for (size_t i = 0; i + 1 < def->step_count; i++)
+        fprintf(out, "    s%zu -> s%zu [label=\"ok\"];\n", i, i + 1);
+    fprintf(out, "    s%zu -> completed [label=\"ok\"];\n", def->step_count - 1);
+
+    /* Failures, up to and including the pivot. */
+    size_t last = def->pivot_index >= 0 ? (size_t)def->pivot_index : def->step_count - 1;
+    for (size_t i = 0; i <= last; i++) {
+        char target[32];
+        failure_target(def, i, target, sizeof target);
+        fprintf(out, "    s%zu -> %s [label=\"fails or times out\", style=dashed, "
+                "color=firebrick];\n", i, target);
+    }
+
+    /* Compensations, in reverse. */
+    for (size_t i = def->step_count; i-- > 0;) {
+        if (!def->steps[i].has_compensation)
+            continue;
+        char target[32];
+        if (i == 0)
+            snprintf(target, sizeof target, "compensated");
+        else
+            failure_target(def, i - 1, target, sizeof target);
+        fprintf(out, "    c%zu -> %s [style=dashed, color=firebrick];\n", i, target);
+    }
+    fputs("}\n", out);
+}
+
+int reconcile_graph(int argc, char **argv)
+{
+    if (argc != 2 || (argv[1][0] == '-' && argv[1][1] != '\0')) {
+        fprintf(stderr, "usage: ferry-reconcile graph FILE\n");
+        return RECONCILE_EXIT_USAGE;
+    }
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_load(argv[1], &def, &errs) != FERRY_OK) {
+        reconcile_print_errors(stderr, argv[1], &errs);
+        return RECONCILE_EXIT_INVALID;
+    }
+    print_graph(stdout, def);
+    ferry_saga_def_free(def);
+    return fflush(stdout) == 0 ? RECONCILE_EXIT_OK : RECONCILE_EXIT_INVALID;
+}
