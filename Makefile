@@ -137,7 +137,8 @@ build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/li
 build/rel/ferry-reconcile: $(RECONCILE_SRC:%.c=build/rel/%.o) build/rel/libferry.a
 	$(CC) -o $@ $^ $(PKG_LIBS) -pthread
 
-build/rel/emit-demo: build/rel/examples/emit_demo.o $(HARNESS:%.c=build/rel/%.o) \
+build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/examples/narrate.o \
+                     $(HARNESS:%.c=build/rel/%.o) \
                      build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
@@ -145,19 +146,20 @@ build/rel/emit-demo: build/rel/examples/emit_demo.o $(HARNESS:%.c=build/rel/%.o)
 build/rel/account-service: build/rel/examples/account_service.o build/rel/libferry.a
 	$(CC) -o $@ $^ $(shell pkg-config --libs $(PKGS)) -pthread
 
-build/rel/account-demo: build/rel/examples/account_demo.o $(HARNESS:%.c=build/rel/%.o) \
+build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/narrate.o \
+                        $(HARNESS:%.c=build/rel/%.o) \
                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
-build/rel/bench-consume: build/rel/bench/bench_consume.o $(HARNESS:%.c=build/rel/%.o) \
+build/rel/bench-consume: build/rel/bench/bench_consume.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
                          build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
-build/rel/bench-emit: build/rel/bench/bench_emit.o $(HARNESS:%.c=build/rel/%.o) \
+build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
                       build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
-build/rel/bench-relay: build/rel/bench/bench_relay.o $(HARNESS:%.c=build/rel/%.o) \
+build/rel/bench-relay: build/rel/bench/bench_relay.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
                        build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 

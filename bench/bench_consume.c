@@ -85,6 +85,7 @@
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
+#include "benchutil.h"
 
 enum {
     DEFAULT_MSGS = 20000,
@@ -150,66 +151,11 @@ static int64_t mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n)
-{
-    double s[ROUNDS_MAX];
-    memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static double min_of(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] < m ? v[i] : m;
-    return m;
-}
-
-static double max_of(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] > m ? v[i] : m;
-    return m;
-}
-
-static int exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
-    if (!ok)
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
-/* The first column of the only row of sql, as text (copied into out). */
-static int query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                      char *out, size_t size)
-{
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
-    if (ok)
-        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0));
-    else
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 static int query_ll(PGconn *conn, const char *sql, const char *param, long long *out)
 {
     char buf[64];
     const char *params[1] = {param};
-    if (query_text(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
+    if (bench_query_text(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
         return -1;
     *out = strtoll(buf, NULL, 10);
     return 0;
@@ -616,7 +562,7 @@ static void window_result(const window *w, long msgs, long long wal_before,
  * checkpoint, no dead account versions left from the run before. */
 static int before_run(bench *b)
 {
-    return exec_ok(b->admin, "VACUUM bench_account") || exec_ok(b->admin, "CHECKPOINT") ? -1
+    return bench_exec(b->admin, "VACUUM bench_account") || bench_exec(b->admin, "CHECKPOINT") ? -1
                                                                                           : 0;
 }
 
@@ -995,7 +941,7 @@ rollback:
 /* Sorts v. */
 static double median_of_sorted(double *v, long n)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
@@ -1079,7 +1025,7 @@ static double med_of(const figures *f, workload wl, size_t off)
 {
     double v[ROUNDS_MAX];
     column(f, wl, off, v);
-    return median(v, f->rounds);
+    return bench_median(v, f->rounds);
 }
 
 static void print_report(const bench *b, const figures *f, const anatomy *an,
@@ -1118,7 +1064,7 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
         printf("  %-7s", wl_name[wl]);
         for (int r = 0; r < n; r++)
             printf(" %9.0f", v[r]);
-        printf(" %9.0f %9.0f - %-9.0f\n", median(v, n), min_of(v, n), max_of(v, n));
+        printf(" %9.0f %9.0f - %-9.0f\n", bench_median(v, n), bench_min(v, n), bench_max(v, n));
     }
     double mi = med_of(f, WL_INBOX, offsetof(run_result, rate));
     double mb = med_of(f, WL_BARE, offsetof(run_result, rate));
@@ -1126,7 +1072,7 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
     for (int r = 0; r < n; r++)
         pr[r] = f->r[WL_INBOX][r].rate / f->r[WL_BARE][r].rate;
     printf("  inbox / bare  %.3f  (target >= 0.75; per round: median %.3f, %.3f - %.3f)\n",
-           mi / mb, median(pr, n), min_of(pr, n), max_of(pr, n));
+           mi / mb, bench_median(pr, n), bench_min(pr, n), bench_max(pr, n));
     printf("  time per message: inbox %.1f us, bare %.1f us, the inbox adds %.1f us "
            "(%+.1f%%)\n", 1e6 / mi, 1e6 / mb, 1e6 / mi - 1e6 / mb, (mb / mi - 1) * 100);
 
@@ -1146,7 +1092,7 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
         printf("  %-7s %14.1f %14s %12.0f %9.2f %9.0f\n", wl_name[wl],
                med_of(f, (workload)wl, offsetof(run_result, client_cpu_us)), be_text,
                med_of(f, (workload)wl, offsetof(run_result, wal_bytes)),
-               med_of(f, (workload)wl, offsetof(run_result, start_s)), median(retries, n));
+               med_of(f, (workload)wl, offsetof(run_result, start_s)), bench_median(retries, n));
     }
     printf("  client CPU: this process, all threads (librdkafka's too); backend CPU: the "
            "applying connection's\n  server process, from /proc (n/a for a server that is "
@@ -1188,7 +1134,7 @@ static int setup_schema(bench *b)
     };
     _Static_assert(KEYS == 1000, "the INSERT's series");
     for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
-        if (exec_ok(b->admin, sql[i]) != 0)
+        if (bench_exec(b->admin, sql[i]) != 0)
             return -1;
     return 0;
 }
@@ -1236,11 +1182,11 @@ int main(void)
     if (setup_schema(&b) != 0)
         goto out;
     char server[64], fsync_s[16], sync_commit[16], shared[16];
-    if (query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        query_text(b.admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
+    if (bench_query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        bench_query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
+        bench_query_text(b.admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
                    sizeof sync_commit) != 0 ||
-        query_text(b.admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+        bench_query_text(b.admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
         goto out;
 
     if ((kb = kt_start(1)) == NULL)

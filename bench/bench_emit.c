@@ -37,6 +37,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/pgtmp.h"
+#include "benchutil.h"
 
 enum {
     ROUNDS = 5,
@@ -85,61 +86,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n)
-{
-    double s[ROUNDS > BATCH_ROUNDS ? ROUNDS : BATCH_ROUNDS];
-    memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static double min_of(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] < m ? v[i] : m;
-    return m;
-}
-
-static double max_of(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] > m ? v[i] : m;
-    return m;
-}
-
-/* Run sql (no parameters) and require success; on failure print why. */
-static int exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
-    if (!ok)
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
-/* First column of the first row, or "" (copied into out). */
-static int query_text(PGconn *conn, const char *sql, char *out, size_t size)
-{
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
-    if (ok)
-        snprintf(out, size, "%s", PQgetvalue(res, 0, 0));
-    else
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
 }
 
 /* A realistic event body of about 200 bytes, different every time. */
@@ -340,7 +286,7 @@ static int run_level(client *clients, int n, double seconds, level_result *out)
                 r + 1, ROUNDS);
     }
     for (int w = 0; w < WL_COUNT; w++)
-        out->med[w] = median(out->tps[w], ROUNDS);
+        out->med[w] = bench_median(out->tps[w], ROUNDS);
     return 0;
 }
 
@@ -358,7 +304,7 @@ typedef struct batch_data {
 static double time_batch(PGconn *conn, const batch_data *b, int batched)
 {
     double t0 = now_s();
-    if (exec_ok(conn, "BEGIN") != 0)
+    if (bench_exec(conn, "BEGIN") != 0)
         return -1;
     ferry_error err;
     ferry_code rc = FERRY_OK;
@@ -375,7 +321,7 @@ static double time_batch(PGconn *conn, const batch_data *b, int batched)
         PQclear(PQexec(conn, "ROLLBACK"));
         return -1;
     }
-    if (exec_ok(conn, "COMMIT") != 0)
+    if (bench_exec(conn, "COMMIT") != 0)
         return -1;
     return (now_s() - t0) * 1000;
 }
@@ -451,7 +397,7 @@ static int setup_schema(PGconn *conn)
         "CHECKPOINT",
     };
     for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
-        if (exec_ok(conn, sql[i]) != 0)
+        if (bench_exec(conn, sql[i]) != 0)
             return -1;
     return 0;
 }
@@ -485,8 +431,8 @@ static void print_level(const level_result *lr)
         printf("  %-7s", wl_name[w]);
         for (int r = 0; r < ROUNDS; r++)
             printf(" %10.1f", lr->tps[w][r]);
-        printf(" %10.1f %10.1f - %-10.1f\n", lr->med[w], min_of(lr->tps[w], ROUNDS),
-               max_of(lr->tps[w], ROUNDS));
+        printf(" %10.1f %10.1f - %-10.1f\n", lr->med[w], bench_min(lr->tps[w], ROUNDS),
+               bench_max(lr->tps[w], ROUNDS));
     }
     /* The same ratio taken within each round, as a check on the medians:
      * rounds see the same noise across their three workloads. */
@@ -501,11 +447,11 @@ static void print_level(const level_result *lr)
     double mv = lr->med[WL_INSERT] / lr->med[WL_EMIT];
     printf("  cost ratios (from the medians; median of the per-round ratios, min-max):\n");
     printf("    emit   vs bare   %6.3f  (%+5.1f%% time)   per round %.3f, %.3f - %.3f\n", me,
-           (me - 1) * 100, median(pe, ROUNDS), min_of(pe, ROUNDS), max_of(pe, ROUNDS));
+           (me - 1) * 100, bench_median(pe, ROUNDS), bench_min(pe, ROUNDS), bench_max(pe, ROUNDS));
     printf("    insert vs bare   %6.3f  (%+5.1f%% time)   per round %.3f, %.3f - %.3f\n", mi,
-           (mi - 1) * 100, median(pi, ROUNDS), min_of(pi, ROUNDS), max_of(pi, ROUNDS));
+           (mi - 1) * 100, bench_median(pi, ROUNDS), bench_min(pi, ROUNDS), bench_max(pi, ROUNDS));
     printf("    emit   vs insert %6.3f  (%+5.1f%% time)   per round %.3f, %.3f - %.3f\n", mv,
-           (mv - 1) * 100, median(pv, ROUNDS), min_of(pv, ROUNDS), max_of(pv, ROUNDS));
+           (mv - 1) * 100, bench_median(pv, ROUNDS), bench_min(pv, ROUNDS), bench_max(pv, ROUNDS));
 }
 
 static void print_figures(const level_result *lr)
@@ -525,8 +471,8 @@ static void print_figures(const level_result *lr)
 static int check_counts(PGconn *conn, uint64_t emits, uint64_t inserts)
 {
     char a[32], b[32];
-    if (query_text(conn, "SELECT count(*) FROM ferry.outbox", a, sizeof a) != 0 ||
-        query_text(conn, "SELECT count(*) FROM bench_outbox", b, sizeof b) != 0)
+    if (bench_query_text(conn, "SELECT count(*) FROM ferry.outbox", 0, NULL, a, sizeof a) != 0 ||
+        bench_query_text(conn, "SELECT count(*) FROM bench_outbox", 0, NULL, b, sizeof b) != 0)
         return -1;
     uint64_t got_e = strtoull(a, NULL, 10), got_i = strtoull(b, NULL, 10);
     if (got_e != emits || got_i != inserts) {
@@ -572,11 +518,13 @@ int main(void)
         goto out;
 
     char server[64], fsync_s[16], sync_commit[16], sync_method[32], shared[16];
-    if (query_text(admin, "SHOW server_version", server, sizeof server) != 0 ||
-        query_text(admin, "SHOW fsync", fsync_s, sizeof fsync_s) != 0 ||
-        query_text(admin, "SHOW synchronous_commit", sync_commit, sizeof sync_commit) != 0 ||
-        query_text(admin, "SHOW wal_sync_method", sync_method, sizeof sync_method) != 0 ||
-        query_text(admin, "SHOW shared_buffers", shared, sizeof shared) != 0)
+    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
+        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
+                         sizeof sync_commit) != 0 ||
+        bench_query_text(admin, "SHOW wal_sync_method", 0, NULL, sync_method,
+                         sizeof sync_method) != 0 ||
+        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
         goto out;
 
     for (int i = 0; i < MAX_CLIENTS; i++) {
@@ -616,13 +564,14 @@ int main(void)
     fprintf(stderr, "bench: batch vs single emits\n");
     if (run_batch(admin, batch_ms, single_ms, &batch_emitted) != 0)
         goto out;
-    double bm = median(batch_ms, BATCH_ROUNDS), sm = median(single_ms, BATCH_ROUNDS);
+    double bm = bench_median(batch_ms, BATCH_ROUNDS), sm = bench_median(single_ms, BATCH_ROUNDS);
     printf("\n%d messages in one transaction (%d keys; ms BEGIN to COMMIT, median of %d, "
            "min-max):\n", BATCH_N, BATCH_KEYS, BATCH_ROUNDS);
     printf("  ferry_emit_batch  %9.1f ms   %.1f - %.1f   (%.1f us per message)\n", bm,
-           min_of(batch_ms, BATCH_ROUNDS), max_of(batch_ms, BATCH_ROUNDS), bm * 1000 / BATCH_N);
+           bench_min(batch_ms, BATCH_ROUNDS), bench_max(batch_ms, BATCH_ROUNDS),
+           bm * 1000 / BATCH_N);
     printf("  ferry_emit x %d %9.1f ms   %.1f - %.1f   (%.1f us per message)\n", BATCH_N, sm,
-           min_of(single_ms, BATCH_ROUNDS), max_of(single_ms, BATCH_ROUNDS),
+           bench_min(single_ms, BATCH_ROUNDS), bench_max(single_ms, BATCH_ROUNDS),
            sm * 1000 / BATCH_N);
     printf("  batch speedup     %9.2f x\n", sm / bm);
 

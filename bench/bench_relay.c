@@ -95,6 +95,7 @@
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
+#include "benchutil.h"
 
 enum {
     DRAIN_KEYS = 1000,              /* the preloaded rows spread over this many keys */
@@ -156,35 +157,10 @@ static void sleep_until_mono_us(int64_t t)
         ;
 }
 
-static int exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
-    if (!ok)
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
-/* The first column of the only row of sql, as text (copied into out). */
-static int query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                      char *out, size_t size)
-{
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
-    if (ok)
-        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0));
-    else
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 static int query_ll(PGconn *conn, const char *sql, long long *out)
 {
     char buf[64];
-    if (query_text(conn, sql, 0, NULL, buf, sizeof buf) != 0)
+    if (bench_query_text(conn, sql, 0, NULL, buf, sizeof buf) != 0)
         return -1;
     *out = strtoll(buf, NULL, 10);
     return 0;
@@ -217,12 +193,6 @@ static double percentile(const double *v, size_t n, double p)
     return v[rank == 0 ? 0 : rank - 1];
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* What a durable commit costs on this disk right now: the median of
  * FSYNC_PROBES 8 kB writes each followed by fdatasync(), in ms, or -1. On
  * shared virtual disks this moves by orders of magnitude from one minute
@@ -246,7 +216,7 @@ static double fsync_probe_ms(void)
         v[i] = (double)(mono_us() - t) / 1000.0;
     }
     close(fd);
-    qsort(v, FSYNC_PROBES, sizeof v[0], cmp_double);
+    qsort(v, FSYNC_PROBES, sizeof v[0], bench_cmp_double);
     return v[FSYNC_PROBES / 2];
 }
 
@@ -401,7 +371,7 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
     char buf[32] = "";
     int64_t deadline = mono_us() + (int64_t)LEASE_WAIT_MS * 1000;
     while (mono_us() < deadline) {
-        if (query_text(conn,
+        if (bench_query_text(conn,
                        "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
                        "AND holder = $1 AND expires_at > now()",
                        1, params, buf, sizeof buf) != 0)
@@ -640,7 +610,7 @@ static dist dist_of(double *v, size_t n)
     double sum = 0;
     for (size_t i = 0; i < n; i++)
         sum += v[i];
-    qsort(v, n, sizeof *v, cmp_double);
+    qsort(v, n, sizeof *v, bench_cmp_double);
     d.p50 = percentile(v, n, 50);
     d.p90 = percentile(v, n, 90);
     d.p99 = percentile(v, n, 99);
@@ -1096,10 +1066,10 @@ out:
 static int copy_outbox(PGconn *conn, long rows)
 {
     long long n = -1;
-    if (exec_ok(conn, "CREATE TABLE bench_copy (LIKE ferry.outbox INCLUDING ALL)") != 0 ||
-        exec_ok(conn, "SET synchronize_seqscans = off") != 0 ||
-        exec_ok(conn, "INSERT INTO bench_copy SELECT * FROM ferry.outbox") != 0 ||
-        exec_ok(conn, "RESET synchronize_seqscans") != 0 ||
+    if (bench_exec(conn, "CREATE TABLE bench_copy (LIKE ferry.outbox INCLUDING ALL)") != 0 ||
+        bench_exec(conn, "SET synchronize_seqscans = off") != 0 ||
+        bench_exec(conn, "INSERT INTO bench_copy SELECT * FROM ferry.outbox") != 0 ||
+        bench_exec(conn, "RESET synchronize_seqscans") != 0 ||
         query_ll(conn, "SELECT count(*) FROM bench_copy", &n) != 0)
         return -1;
     if (n != rows) {
@@ -1273,12 +1243,12 @@ int main(void)
         goto out;
     }
     char server[64], fsync_s[16], sync_commit[16], shared[16], shards_s[16];
-    if (query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
+    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
+        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
                    sizeof sync_commit) != 0 ||
-        query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0 ||
-        query_text(admin, "SELECT shard_count FROM ferry.settings", 0, NULL, shards_s,
+        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0 ||
+        bench_query_text(admin, "SELECT shard_count FROM ferry.settings", 0, NULL, shards_s,
                    sizeof shards_s) != 0)
         goto out;
     int shards = atoi(shards_s);
@@ -1302,21 +1272,22 @@ int main(void)
     if (preload(pg, rows) != 0 || copy_outbox(admin, rows) != 0)
         goto out;
     char payload_avg[32];
-    if (query_text(admin, "SELECT round(avg(octet_length(payload::text))) FROM ferry.outbox",
+    if (bench_query_text(admin, "SELECT round(avg(octet_length(payload::text))) FROM ferry.outbox",
                    0, NULL, payload_avg, sizeof payload_avg) != 0)
         goto out;
 
     fprintf(stderr, "bench: baseline: raw DELETE ... RETURNING * loop over bench_copy\n");
-    if (exec_ok(admin, "VACUUM ANALYZE bench_copy") != 0 || exec_ok(admin, "CHECKPOINT") != 0)
+    if (bench_exec(admin, "VACUUM ANALYZE bench_copy") != 0 || bench_exec(admin, "CHECKPOINT") != 0)
         goto out;
     fsync_raw = fsync_probe_ms();
     if (raw_delete_loop(admin, rows, &raw_s) != 0 ||
-        exec_ok(admin, "DROP TABLE bench_copy") != 0)
+        bench_exec(admin, "DROP TABLE bench_copy") != 0)
         goto out;
     fprintf(stderr, "bench: raw loop: %ld rows in %.2f s\n", rows, raw_s);
 
     fprintf(stderr, "bench: ferry-relay run --once draining ferry.outbox\n");
-    if (exec_ok(admin, "VACUUM ANALYZE ferry.outbox") != 0 || exec_ok(admin, "CHECKPOINT") != 0)
+    if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
+        bench_exec(admin, "CHECKPOINT") != 0)
         goto out;
     fsync_drain = fsync_probe_ms();
     if (drain_relay(pg, admin, bootstrap, rows, &drain_pr) != 0)
@@ -1329,7 +1300,8 @@ int main(void)
      * autovacuum comes by, and every sweep of the latency run would read
      * past them (about 10 ms a sweep after 1,000,000 rows), which measures
      * autovacuum's schedule rather than the relay at a steady rate. */
-    if (exec_ok(admin, "VACUUM ANALYZE ferry.outbox") != 0 || exec_ok(admin, "CHECKPOINT") != 0)
+    if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
+        bench_exec(admin, "CHECKPOINT") != 0)
         goto out;
     fsync_lat = fsync_probe_ms();
     if (latency_relay(pg, admin, bootstrap, shards, seconds, &lat_relay, &lat_pr) != 0 ||

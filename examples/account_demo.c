@@ -42,6 +42,7 @@
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
+#include "narrate.h"
 
 enum {
     RELAY_TIMEOUT_MS = 60000,       /* `run --once` of a few messages takes well under 1 s */
@@ -63,55 +64,6 @@ static const char *const wallet_ids[WALLETS] = {"w-ada", "w-bob", "w-cy"};
 static const long wallet_start[WALLETS] = {500, 300, 200};
 static const char *const account_ids[ACCOUNTS] = {"acct-1", "acct-2", "acct-3", "acct-4"};
 
-static int g_step;
-
-/* ------------------------------------------------------------ narration */
-
-/* A new step of the walkthrough. */
-static void step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void step(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("\n[%d] ", ++g_step);
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-}
-
-/* A detail of the current step. */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("    ");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-}
-
-/* The walkthrough did not go as described: say so and return -1. */
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fflush(stdout);
-    fprintf(stderr, "demo: FAILED at step %d: ", g_step);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    return -1;
-}
-
-static int ferry_failed(const char *what, ferry_code rc, const ferry_error *err)
-{
-    return fail("%s: %s: %s [sqlstate %s, field %s]", what, ferry_code_name(rc),
-                err->message, err->sqlstate[0] ? err->sqlstate : "-",
-                err->field[0] ? err->field : "-");
-}
-
 static long long now_ms(void)
 {
     struct timespec ts;
@@ -124,85 +76,6 @@ static void sleep_ms(long ms)
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-}
-
-/* ------------------------------------------------------------ SQL */
-
-/* Run a statement that returns no rows. */
-static int exec_cmd(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    return ok ? 0 : fail("%s: %s", sql, PQerrorMessage(conn));
-}
-
-/* Run sql with text parameters; it must return one row: copy its first
- * column into out. */
-static int query1(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                  char *out, size_t size)
-{
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int rc = 0;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        rc = fail("%s: %s", sql, PQerrorMessage(conn));
-    else if (PQntuples(res) != 1)
-        rc = fail("%s: %d rows, expected 1", sql, PQntuples(res));
-    else
-        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return rc;
-}
-
-static int query_long(PGconn *conn, const char *sql, const char *param, long *out)
-{
-    char buf[32];
-    const char *params[1] = {param};
-    if (query1(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
-        return -1;
-    *out = strtol(buf, NULL, 10);
-    return 0;
-}
-
-/* Print a query's result as an aligned table, as psql would. */
-static int print_table(PGconn *conn, const char *sql, const char *param)
-{
-    const char *params[1] = {param};
-    PGresult *res = PQexecParams(conn, sql, param ? 1 : 0, NULL, param ? params : NULL, NULL,
-                                 NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int rc = fail("%s: %s", sql, PQerrorMessage(conn));
-        PQclear(res);
-        return rc;
-    }
-    enum { MAX_COLS = 16 };
-    int cols = PQnfields(res) < MAX_COLS ? PQnfields(res) : MAX_COLS;
-    int width[MAX_COLS];
-    for (int c = 0; c < cols; c++) {
-        width[c] = (int)strlen(PQfname(res, c));
-        for (int r = 0; r < PQntuples(res); r++)
-            if (PQgetlength(res, r, c) > width[c])
-                width[c] = PQgetlength(res, r, c);
-    }
-    printf("      ");
-    for (int c = 0; c < cols; c++)
-        printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0, PQfname(res, c));
-    printf("\n      ");
-    for (int c = 0; c < cols; c++) {
-        printf("%s", c ? "-+-" : "");
-        for (int i = 0; i < width[c]; i++)
-            putchar('-');
-    }
-    printf("\n");
-    for (int r = 0; r < PQntuples(res); r++) {
-        printf("      ");
-        for (int c = 0; c < cols; c++)
-            printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0,
-                   PQgetvalue(res, r, c));
-        printf("\n");
-    }
-    PQclear(res);
-    return 0;
 }
 
 /* ------------------------------------------------------------ the second service */
@@ -223,10 +96,10 @@ static int service_start(service *svc, const char *bin, const char *db, const ch
     svc->out = -1;
     svc->log = tmpfile();
     if (svc->log == NULL)
-        return fail("tmpfile: %s", strerror(errno));
+        return demo_fail("tmpfile: %s", strerror(errno));
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
-        return fail("pipe: %s", strerror(errno));
+        return demo_fail("pipe: %s", strerror(errno));
     const char *argv[] = {bin, "--db", db, "--kafka", bootstrap, "--name", CONSUMER,
                           "--topic", TOPIC, NULL};
     fflush(stdout);
@@ -236,7 +109,7 @@ static int service_start(service *svc, const char *bin, const char *db, const ch
     if (pid < 0) {
         close(fds[0]);
         close(fds[1]);
-        return fail("fork: %s", strerror(errno));
+        return demo_fail("fork: %s", strerror(errno));
     }
     if (pid == 0) {
         /* Die with the demo; async-signal-safe calls only until exec. */
@@ -285,7 +158,7 @@ static void service_show_log(service *svc)
 /* The service died on its own: that is a failure of the step waiting on it. */
 static int service_died(service *svc)
 {
-    int rc = fail("account-service exited with status %d", svc->status);
+    int rc = demo_fail("account-service exited with status %d", svc->status);
     service_show_log(svc);
     return rc;
 }
@@ -333,7 +206,7 @@ static int service_stop(service *svc, char *out, size_t size)
         svc->pid = 0;
     }
     if (timed_out)
-        return fail("account-service did not exit within %d ms of SIGTERM (killed)",
+        return demo_fail("account-service did not exit within %d ms of SIGTERM (killed)",
                     STOP_TIMEOUT_MS);
     return 0;
 }
@@ -364,14 +237,14 @@ static int await_value(PGconn *conn, service *svc, const char *sql, const char *
     long long t0 = now_ms();
     long got = -1;
     for (;;) {
-        if (query_long(conn, sql, param, &got) != 0)
+        if (demo_query_long(conn, sql, param, &got) != 0)
             return -1;
         if (got == want)
             break;
         if (service_exited(svc))
             return service_died(svc);
         if (now_ms() - t0 > WAIT_TIMEOUT_MS) {
-            int rc = fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
+            int rc = demo_fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
                           sql, want, got);
             service_show_log(svc);
             return rc;
@@ -394,11 +267,11 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
                           "--holder", "demo-relay", NULL};
     char *log = malloc(LOG_MAX + 1);
     if (log == NULL)
-        return fail("out of memory");
+        return demo_fail("out of memory");
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
         free(log);
-        return fail("pipe: %s", strerror(errno));
+        return demo_fail("pipe: %s", strerror(errno));
     }
     fflush(stdout);
     fflush(stderr);
@@ -408,7 +281,7 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
         close(fds[0]);
         close(fds[1]);
         free(log);
-        return fail("fork: %s", strerror(errno));
+        return demo_fail("fork: %s", strerror(errno));
     }
     if (pid == 0) {
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
@@ -458,7 +331,7 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
         const char *level = json_string_value(json_object_get(o, "level"));
         const char *msg = json_string_value(json_object_get(o, "msg"));
         if (level != NULL && (strcmp(level, "warn") == 0 || strcmp(level, "error") == 0))
-            say("  relay log, %s %s: %.90s", level, event ? event : "-", msg ? msg : "");
+            demo_say("  relay log, %s %s: %.90s", level, event ? event : "-", msg ? msg : "");
         if (event != NULL && strcmp(event, "relay.stop") == 0 &&
             json_is_integer(json_object_get(o, "delivered")))
             delivered = (long long)json_integer_value(json_object_get(o, "delivered"));
@@ -466,9 +339,9 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
     }
     free(log);
     if (timed_out)
-        return fail("%s did not finish within %d ms (killed)", bin, RELAY_TIMEOUT_MS);
+        return demo_fail("%s did not finish within %d ms (killed)", bin, RELAY_TIMEOUT_MS);
     if (status != 0 || delivered < 0)
-        return fail("the relay exited with status %d%s", status,
+        return demo_fail("the relay exited with status %d%s", status,
                     delivered < 0 ? " and no relay.stop line" : "");
     *delivered_out = delivered;
     return 0;
@@ -479,16 +352,16 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
 static int relay_all(const char *bin, const char *db, PGconn *payments, const char *bootstrap,
                      long want)
 {
-    say("$ ferry-relay run --once --db <payments> --kafka %s", bootstrap);
+    demo_say("$ ferry-relay run --once --db <payments> --kafka %s", bootstrap);
     long long delivered = 0;
     long left = -1;
     if (run_relay(bin, db, bootstrap, &delivered) != 0 ||
-        query_long(payments, "SELECT count(*) FROM ferry.outbox", NULL, &left) != 0)
+        demo_query_long(payments, "SELECT count(*) FROM ferry.outbox", NULL, &left) != 0)
         return -1;
-    say("delivered %lld message%s; the outbox of payments now holds %ld", delivered,
+    demo_say("delivered %lld message%s; the outbox of payments now holds %ld", delivered,
         delivered == 1 ? "" : "s", left);
     if (delivered != want || left != 0)
-        return fail("expected %ld delivered and an empty outbox", want);
+        return demo_fail("expected %ld delivered and an empty outbox", want);
     return 0;
 }
 
@@ -546,7 +419,7 @@ static int total_of(PGconn *conn, const char *table, long *out)
 {
     char sql[96];
     snprintf(sql, sizeof sql, "SELECT coalesce(sum(balance), 0) FROM %s", table);
-    return query_long(conn, sql, NULL, out);
+    return demo_query_long(conn, sql, NULL, out);
 }
 
 /* Show both sides and check that the money is all there: the total, and
@@ -554,27 +427,27 @@ static int total_of(PGconn *conn, const char *table, long *out)
 static int check_books(PGconn *payments, PGconn *accounts, const long expect[ACCOUNTS])
 {
     long wallets = 0, credited = 0;
-    say("payments.wallet:");
-    if (print_table(payments, "SELECT id, balance FROM wallet ORDER BY id", NULL) != 0)
+    demo_say("payments.wallet:");
+    if (demo_print_table(payments, "SELECT id, balance FROM wallet ORDER BY id", NULL, 6, 0) != 0)
         return -1;
-    say("accounts.account:");
-    if (print_table(accounts, "SELECT id, balance FROM account ORDER BY id", NULL) != 0)
+    demo_say("accounts.account:");
+    if (demo_print_table(accounts, "SELECT id, balance FROM account ORDER BY id", NULL, 6, 0) != 0)
         return -1;
     if (total_of(payments, "wallet", &wallets) != 0 ||
         total_of(accounts, "account", &credited) != 0)
         return -1;
-    say("sum(wallet) %ld + sum(account) %ld = %ld (started with %d)", wallets, credited,
+    demo_say("sum(wallet) %ld + sum(account) %ld = %ld (started with %d)", wallets, credited,
         wallets + credited, INITIAL_TOTAL);
     if (wallets + credited != INITIAL_TOTAL)
-        return fail("the books do not balance: %ld, expected %d", wallets + credited,
+        return demo_fail("the books do not balance: %ld, expected %d", wallets + credited,
                     INITIAL_TOTAL);
     for (int a = 0; a < ACCOUNTS; a++) {
         long bal = 0;
-        if (query_long(accounts, "SELECT coalesce(sum(balance), 0) FROM account WHERE id = $1",
+        if (demo_query_long(accounts, "SELECT coalesce(sum(balance), 0) FROM account WHERE id = $1",
                        account_ids[a], &bal) != 0)
             return -1;
         if (bal != expect[a])
-            return fail("%s holds %ld, but was sent %ld", account_ids[a], bal, expect[a]);
+            return demo_fail("%s holds %ld, but was sent %ld", account_ids[a], bal, expect[a]);
     }
     return 0;
 }
@@ -609,13 +482,13 @@ static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *copy_o
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
-        return fail("bootstrap.servers: %s", errstr);
+        return demo_fail("bootstrap.servers: %s", errstr);
     }
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
-        return fail("could not create a Kafka producer: %s", errstr);
+        return demo_fail("could not create a Kafka producer: %s", errstr);
     }
     /* conf belongs to rk now. */
     int rc = 0;
@@ -632,12 +505,12 @@ static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *copy_o
         RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_headers_destroy(h);    /* still ours: producev failed */
-        rc = fail("could not produce the copy: %s", rd_kafka_err2str(err));
+        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
     } else {
         /* The copy is published when its delivery report says so. */
         rd_kafka_flush(rk, 10000);
         if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = fail("the copy was not delivered: %s",
+            rc = demo_fail("the copy was not delivered: %s",
                       d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
     }
     rd_kafka_destroy(rk);
@@ -662,62 +535,62 @@ static int setting_up(demo *d)
 {
     ferry_error err;
     ferry_code rc;
-    step("Starting a throwaway PostgreSQL with two databases: payments (the first service) "
+    demo_step("Starting a throwaway PostgreSQL with two databases: payments (the first service) "
          "and accounts (the second)");
     d->pg = fpg_start(NULL);
     if (d->pg == NULL)
-        return fail("could not start PostgreSQL (see above)");
+        return demo_fail("could not start PostgreSQL (see above)");
     PGconn *admin = fpg_connect(d->pg);
     if (admin == NULL)
-        return fail("could not connect");
-    int bad = exec_cmd(admin, "CREATE DATABASE payments") != 0 ||
-              exec_cmd(admin, "CREATE DATABASE accounts") != 0;
+        return demo_fail("could not connect");
+    int bad = demo_exec(admin, "CREATE DATABASE payments") != 0 ||
+              demo_exec(admin, "CREATE DATABASE accounts") != 0;
     PQfinish(admin);
     if (bad)
         return -1;
     d->payments_db = fpg_conninfo_for(d->pg, NULL, "payments");
     d->accounts_db = fpg_conninfo_for(d->pg, NULL, "accounts");
     if (d->payments_db == NULL || d->accounts_db == NULL)
-        return fail("could not make the conninfo strings");
+        return demo_fail("could not make the conninfo strings");
     d->payments = PQconnectdb(d->payments_db);
     d->accounts = PQconnectdb(d->accounts_db);
     if (PQstatus(d->payments) != CONNECTION_OK || PQstatus(d->accounts) != CONNECTION_OK)
-        return fail("could not connect: %s%s", PQerrorMessage(d->payments),
+        return demo_fail("could not connect: %s%s", PQerrorMessage(d->payments),
                     PQerrorMessage(d->accounts));
-    say("payments: %s", d->payments_db);
-    say("accounts: %s", d->accounts_db);
+    demo_say("payments: %s", d->payments_db);
+    demo_say("accounts: %s", d->accounts_db);
 
-    step("ferry_migrate() on both: payments needs the outbox, accounts the inbox");
+    demo_step("ferry_migrate() on both: payments needs the outbox, accounts the inbox");
     PGconn *both[2] = {d->payments, d->accounts};
     static const char *const names[2] = {"payments", "accounts"};
     for (int i = 0; i < 2; i++) {
         int version = 0;
         if ((rc = ferry_migrate(both[i], &version, &err)) != FERRY_OK)
-            return ferry_failed("ferry_migrate", rc, &err);
-        say("%s: ferry schema version %d", names[i], version);
+            return demo_ferry_failed("ferry_migrate", rc, &err);
+        demo_say("%s: ferry schema version %d", names[i], version);
         if (version != ferry_schema_version_known())
-            return fail("migrated to version %d, expected %d", version,
+            return demo_fail("migrated to version %d, expected %d", version,
                         ferry_schema_version_known());
     }
 
-    step("Starting a Kafka-protocol broker (`ferry-relay devkafka`, librdkafka's mock "
+    demo_step("Starting a Kafka-protocol broker (`ferry-relay devkafka`, librdkafka's mock "
          "cluster) and creating topic %s", TOPIC);
     d->kb = kt_start(1);
     if (d->kb == NULL)
-        return fail("could not start the broker (see above)");
+        return demo_fail("could not start the broker (see above)");
     /* As an operator would, before any service uses it (the mock would
      * also create it on first use). */
     if (kt_command(d->kb, "topic-create %s 4 1", TOPIC) != 0)
-        return fail("could not create topic %s (see above)", TOPIC);
-    say("bootstrap servers %s; %s has 4 partitions", kt_bootstrap(d->kb), TOPIC);
+        return demo_fail("could not create topic %s (see above)", TOPIC);
+    demo_say("bootstrap servers %s; %s has 4 partitions", kt_bootstrap(d->kb), TOPIC);
     return 0;
 }
 
 /* Steps 4-5: the wallets, and the second service up. */
 static int services_up(demo *d)
 {
-    step("payments: table wallet, holding %d in all", INITIAL_TOTAL);
-    if (exec_cmd(d->payments, "CREATE TABLE wallet (id text PRIMARY KEY, "
+    demo_step("payments: table wallet, holding %d in all", INITIAL_TOTAL);
+    if (demo_exec(d->payments, "CREATE TABLE wallet (id text PRIMARY KEY, "
                               "balance bigint NOT NULL CHECK (balance >= 0))") != 0)
         return -1;
     for (int w = 0; w < WALLETS; w++) {
@@ -729,17 +602,18 @@ static int services_up(demo *d)
         int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
         PQclear(res);
         if (!ok)
-            return fail("INSERT INTO wallet: %s", PQerrorMessage(d->payments));
+            return demo_fail("INSERT INTO wallet: %s", PQerrorMessage(d->payments));
     }
     long total = 0;
-    if (print_table(d->payments, "SELECT id, balance FROM wallet ORDER BY id", NULL) != 0 ||
+    if (demo_print_table(d->payments, "SELECT id, balance FROM wallet ORDER BY id", NULL, 6,
+                         0) != 0 ||
         total_of(d->payments, "wallet", &total) != 0)
         return -1;
     if (total != INITIAL_TOTAL)
-        return fail("the wallets hold %ld, expected %d", total, INITIAL_TOTAL);
+        return demo_fail("the wallets hold %ld, expected %d", total, INITIAL_TOTAL);
 
-    step("Starting the second service: account-service, on database accounts");
-    say("$ account-service --db <accounts> --kafka %s --name %s --topic %s",
+    demo_step("Starting the second service: account-service, on database accounts");
+    demo_say("$ account-service --db <accounts> --kafka %s --name %s --topic %s",
         kt_bootstrap(d->kb), CONSUMER, TOPIC);
     if (service_start(&d->svc, d->service_bin, d->accounts_db, kt_bootstrap(d->kb)) != 0)
         return -1;
@@ -748,7 +622,7 @@ static int services_up(demo *d)
                     "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
                     "AND tablename = 'account'", NULL, 1, &waited) != 0)
         return -1;
-    say("pid %ld; up after %lld ms: it created its table account (balance >= 0 enforced "
+    demo_say("pid %ld; up after %lld ms: it created its table account (balance >= 0 enforced "
         "by a CHECK) and is joining consumer group %s", (long)d->svc.pid, waited, CONSUMER);
     return 0;
 }
@@ -761,7 +635,7 @@ static int transfers(demo *d, long expect[ACCOUNTS])
     ferry_code rc;
     long n = 0;
 
-    step("%d transfers in payments, each one ferry_tx_run(): ferry_emit() a Credited "
+    demo_step("%d transfers in payments, each one ferry_tx_run(): ferry_emit() a Credited "
          "message to %s (keyed by the receiving account) and debit the wallet, in one "
          "transaction", TRANSFERS, TOPIC);
     long sent = 0;
@@ -770,62 +644,63 @@ static int transfers(demo *d, long expect[ACCOUNTS])
                       .account = account_ids[(i * 3 + i / ACCOUNTS) % ACCOUNTS],
                       .amount = 5 + (i * 7) % 23};
         if ((rc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err)) != FERRY_OK)
-            return ferry_failed("transfer", rc, &err);
+            return demo_ferry_failed("transfer", rc, &err);
         for (int a = 0; a < ACCOUNTS; a++)
             if (strcmp(account_ids[a], t.account) == 0)
                 expect[a] += t.amount;
         sent += t.amount;
         if (i < 3 || i == TRANSFERS - 1)
-            say("%2d: %-5s -> %-6s %3ld", i + 1, t.wallet, t.account, t.amount);
+            demo_say("%2d: %-5s -> %-6s %3ld", i + 1, t.wallet, t.account, t.amount);
         else if (i == 3)
-            say("...");
+            demo_say("...");
     }
-    if (query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
+    if (demo_query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
         return -1;
-    say("committed: %ld moved out of the wallets; the outbox holds %ld Credited messages",
+    demo_say("committed: %ld moved out of the wallets; the outbox holds %ld Credited messages",
         sent, n);
     if (n != TRANSFERS)
-        return fail("the outbox holds %ld messages, expected %d", n, TRANSFERS);
+        return demo_fail("the outbox holds %ld messages, expected %d", n, TRANSFERS);
 
-    step("A transfer the wallet cannot pay: w-cy -> acct-2, 1000. The message is emitted, "
+    demo_step("A transfer the wallet cannot pay: w-cy -> acct-2, 1000. The message is emitted, "
          "then the debit trips wallet's CHECK");
     transfer t = {.wallet = "w-cy", .account = "acct-2", .amount = 1000};
     rc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err);
     char doomed[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&t.id, doomed);
-    say("ferry_tx_run -> %s [sqlstate %s]: %s", ferry_code_name(rc), err.sqlstate, err.message);
+    demo_say("ferry_tx_run -> %s [sqlstate %s]: %s", ferry_code_name(rc), err.sqlstate,
+             err.message);
     if (rc != FERRY_EDB || strcmp(err.sqlstate, "23514") != 0 || !t.emitted)
-        return fail("expected FERRY_EDB with SQLSTATE 23514 after the emit");
+        return demo_fail("expected FERRY_EDB with SQLSTATE 23514 after the emit");
     const char *doomed_param[1] = {doomed};
     char gone[8];
-    if (query1(d->payments, "SELECT count(*) FROM ferry.outbox WHERE id = $1::uuid", 1,
+    if (demo_query1(d->payments, "SELECT count(*) FROM ferry.outbox WHERE id = $1::uuid", 1,
                doomed_param, gone, sizeof gone) != 0 ||
-        query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
+        demo_query_long(d->payments, "SELECT count(*) FROM ferry.outbox", NULL, &n) != 0)
         return -1;
-    say("rolled back: its message %s is not in the outbox (%s), which still holds %ld",
+    demo_say("rolled back: its message %s is not in the outbox (%s), which still holds %ld",
         doomed, strcmp(gone, "0") == 0 ? "gone" : "STILL THERE", n);
     if (strcmp(gone, "0") != 0 || n != TRANSFERS)
-        return fail("the rolled-back credit is in the outbox");
+        return demo_fail("the rolled-back credit is in the outbox");
 
-    step("ferry-relay run --once publishes the outbox of payments to %s", TOPIC);
+    demo_step("ferry-relay run --once publishes the outbox of payments to %s", TOPIC);
     if (relay_all(d->relay_bin, d->payments_db, d->payments, kt_bootstrap(d->kb),
                   TRANSFERS) != 0)
         return -1;
 
-    step("account-service applies them: waiting until ferry.inbox of accounts holds all %d",
+    demo_step("account-service applies them: waiting until ferry.inbox of accounts holds all %d",
          TRANSFERS);
     long long waited = 0;
     if (await_value(d->accounts, &d->svc,
                     "SELECT count(*) FROM ferry.inbox WHERE consumer = $1", CONSUMER,
                     TRANSFERS, &waited) != 0)
         return -1;
-    if (query1(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE message_id = $1::uuid", 1,
+    if (demo_query1(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE message_id = $1::uuid", 1,
                doomed_param, gone, sizeof gone) != 0)
         return -1;
-    say("all %d applied, %lld ms after the relay finished; the rolled-back credit never "
+    demo_say("all %d applied, %lld ms after the relay finished; the rolled-back credit never "
         "arrived (%s in the inbox)", TRANSFERS, waited, gone);
     if (strcmp(gone, "0") != 0)
-        return fail("the rolled-back credit was applied");
+        return demo_fail("the rolled-back credit was applied");
     return check_books(d->payments, d->accounts, expect);
 }
 
@@ -841,14 +716,14 @@ typedef struct copied {
 static int publish_duplicate(demo *d, copied *out)
 {
     const char *bootstrap = kt_bootstrap(d->kb);
-    step("Kafka delivers a message twice: a relay that crashed after publishing, before "
+    demo_step("Kafka delivers a message twice: a relay that crashed after publishing, before "
          "deleting the outbox row, publishes it again. We publish that copy by hand");
     kt_msgs *got = kt_consume(bootstrap, TOPIC, TRANSFERS, CONSUME_TIMEOUT_MS);
     if (got == NULL)
-        return fail("could not read %s back (see above)", TOPIC);
+        return demo_fail("could not read %s back (see above)", TOPIC);
     int rc = -1;
     if (got->count != TRANSFERS) {
-        fail("read %zu messages back from %s, expected %d", got->count, TOPIC, TRANSFERS);
+        demo_fail("read %zu messages back from %s, expected %d", got->count, TOPIC, TRANSFERS);
         goto out;
     }
     /* The last message of the first partition: a copy of it lands after
@@ -859,20 +734,20 @@ static int publish_duplicate(demo *d, copied *out)
     const char *id = kt_header(orig, "ferry_id");
     const char *seq = kt_header(orig, "ferry_seq");
     if (orig->key == NULL || id == NULL || seq == NULL) {
-        fail("the message at %s [%d] offset %lld has no key, ferry_id or ferry_seq", TOPIC,
+        demo_fail("the message at %s [%d] offset %lld has no key, ferry_id or ferry_seq", TOPIC,
              (int)orig->partition, (long long)orig->offset);
         goto out;
     }
-    say("original: %s [%d] offset %lld, key %s, ferry_id %s, ferry_seq %s", TOPIC,
+    demo_say("original: %s [%d] offset %lld, key %s, ferry_id %s, ferry_seq %s", TOPIC,
         (int)orig->partition, (long long)orig->offset, orig->key, id, seq);
-    say("          value %s, %zu headers", orig->value ? orig->value : "(null)",
+    demo_say("          value %s, %zu headers", orig->value ? orig->value : "(null)",
         orig->header_count);
     if (publish_copy(bootstrap, orig, &out->copy) != 0)
         goto out;
-    say("copy:     %s [%d] offset %lld, the same key, value and headers", TOPIC,
+    demo_say("copy:     %s [%d] offset %lld, the same key, value and headers", TOPIC,
         (int)out->copy.partition, (long long)out->copy.offset);
     if (out->copy.partition != orig->partition || out->copy.offset <= orig->offset) {
-        fail("the copy landed at [%d] offset %lld", (int)out->copy.partition,
+        demo_fail("the copy landed at [%d] offset %lld", (int)out->copy.partition,
              (long long)out->copy.offset);
         goto out;
     }
@@ -894,23 +769,23 @@ out:
 static int follow_the_copy(demo *d, const copied *c, long expect[ACCOUNTS])
 {
     const char *bootstrap = kt_bootstrap(d->kb);
-    step("To know when the service has dealt with the copy: one more real transfer to %s, "
+    demo_step("To know when the service has dealt with the copy: one more real transfer to %s, "
          "relayed to the same partition, after the copy", c->key);
     transfer t = {.wallet = "w-ada", .account = NULL, .amount = 1};
     int a = 0;
     while (a < ACCOUNTS && strcmp(account_ids[a], c->key) != 0)
         a++;
     if (a == ACCOUNTS)
-        return fail("key %s is not one of the demo's accounts", c->key);
+        return demo_fail("key %s is not one of the demo's accounts", c->key);
     t.account = account_ids[a];
     ferry_error err;
     ferry_code frc = ferry_tx_run(d->payments, NULL, transfer_fn, &t, NULL, &err);
     if (frc != FERRY_OK)
-        return ferry_failed("transfer", frc, &err);
+        return demo_ferry_failed("transfer", frc, &err);
     expect[a] += t.amount;
     char id[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&t.id, id);
-    say("w-ada -> %s, 1: message %s", t.account, id);
+    demo_say("w-ada -> %s, 1: message %s", t.account, id);
     if (relay_all(d->relay_bin, d->payments_db, d->payments, bootstrap, 1) != 0)
         return -1;
     long long waited = 0;
@@ -918,12 +793,12 @@ static int follow_the_copy(demo *d, const copied *c, long expect[ACCOUNTS])
                     "SELECT count(*) FROM ferry.inbox WHERE message_id = $1::uuid", id, 1,
                     &waited) != 0)
         return -1;
-    say("applied %lld ms after the relay finished", waited);
+    demo_say("applied %lld ms after the relay finished", waited);
 
     /* The premise: it really is behind the copy. */
     kt_msgs *all = kt_consume(bootstrap, TOPIC, TRANSFERS + 2, CONSUME_TIMEOUT_MS);
     if (all == NULL)
-        return fail("could not read %s back (see above)", TOPIC);
+        return demo_fail("could not read %s back (see above)", TOPIC);
     const kt_msg *last = NULL;
     for (size_t i = 0; i < all->count; i++) {
         const char *mid = kt_header(&all->msgs[i], "ferry_id");
@@ -933,10 +808,10 @@ static int follow_the_copy(demo *d, const copied *c, long expect[ACCOUNTS])
     int rc = 0;
     if (last == NULL || last->partition != c->copy.partition ||
         last->offset <= c->copy.offset)
-        rc = fail("the new credit is not after the copy on [%d] (%s)", (int)c->copy.partition,
+        rc = demo_fail("the new credit is not after the copy on [%d] (%s)", (int)c->copy.partition,
                   last == NULL ? "not found" : "elsewhere");
     else
-        say("it sits at %s [%d] offset %lld, after the copy at offset %lld; the topic now "
+        demo_say("it sits at %s [%d] offset %lld, after the copy at offset %lld; the topic now "
             "holds %zu messages", TOPIC, (int)last->partition, (long long)last->offset,
             (long long)c->copy.offset, all->count);
     kt_msgs_free(all);
@@ -947,36 +822,36 @@ static int follow_the_copy(demo *d, const copied *c, long expect[ACCOUNTS])
  * still balance. */
 static int copy_changed_nothing(demo *d, const copied *c, const long expect[ACCOUNTS])
 {
-    step("The copy changed nothing");
+    demo_step("The copy changed nothing");
     long inbox = 0;
-    if (query_long(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
+    if (demo_query_long(d->accounts, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
                    CONSUMER, &inbox) != 0)
         return -1;
-    say("ferry.inbox holds %ld rows: one per real credit (%d), none for the copy", inbox,
+    demo_say("ferry.inbox holds %ld rows: one per real credit (%d), none for the copy", inbox,
         TRANSFERS + 1);
     if (inbox != TRANSFERS + 1)
-        return fail("expected %d inbox rows", TRANSFERS + 1);
-    say("key %s in the inbox; position %s, the message copied, is there once:", c->key,
+        return demo_fail("expected %d inbox rows", TRANSFERS + 1);
+    demo_say("key %s in the inbox; position %s, the message copied, is there once:", c->key,
         c->seq);
-    if (print_table(d->accounts, "SELECT seq AS position, message_id, "
+    if (demo_print_table(d->accounts, "SELECT seq AS position, message_id, "
                                  "to_char(applied_at, 'HH24:MI:SS.MS') AS applied_at "
-                                 "FROM ferry.inbox WHERE key = $1 ORDER BY seq", c->key) != 0)
+                                 "FROM ferry.inbox WHERE key = $1 ORDER BY seq", c->key, 6, 0) != 0)
         return -1;
     /* Every account: positions 1..n each applied once, in that order (one
      * consumer applies a key's messages one transaction after another, so
      * applied_at, the transaction's start, rises with the position). */
     long disorder = -1;
-    if (query_long(d->accounts,
+    if (demo_query_long(d->accounts,
                    "SELECT count(*) FROM (SELECT seq, row_number() OVER w AS n, "
                    "applied_at < lag(applied_at) OVER w AS before_prev "
                    "FROM ferry.inbox WHERE consumer = $1 "
                    "WINDOW w AS (PARTITION BY topic, key ORDER BY seq)) x "
                    "WHERE seq <> n OR before_prev", CONSUMER, &disorder) != 0)
         return -1;
-    say("every account likewise: positions 1, 2, 3 ... each applied once, in order "
+    demo_say("every account likewise: positions 1, 2, 3 ... each applied once, in order "
         "(%ld out of place)", disorder);
     if (disorder != 0)
-        return fail("%ld inbox rows out of place", disorder);
+        return demo_fail("%ld inbox rows out of place", disorder);
     return check_books(d->payments, d->accounts, expect);
 }
 
@@ -991,7 +866,7 @@ static long stat_of(const char *line, const char *name)
 /* Step 13: stop the service and read what it counted. */
 static int stop_service(demo *d)
 {
-    step("SIGTERM to account-service: it finishes, commits its offsets, prints its stats");
+    demo_step("SIGTERM to account-service: it finishes, commits its offsets, prints its stats");
     char out[512];
     if (service_stop(&d->svc, out, sizeof out) != 0) {
         service_show_log(&d->svc);
@@ -1000,20 +875,20 @@ static int stop_service(demo *d)
     char *nl = strchr(out, '\n');
     if (nl != NULL)
         *nl = '\0';
-    say("exit status %d; stdout: %s", d->svc.status, out);
+    demo_say("exit status %d; stdout: %s", d->svc.status, out);
     if (d->svc.status != 0 || strncmp(out, "stats ", 6) != 0) {
-        int rc = fail("expected exit status 0 and a stats line");
+        int rc = demo_fail("expected exit status 0 and a stats line");
         service_show_log(&d->svc);
         return rc;
     }
     long applied = stat_of(out, "applied"), dup = stat_of(out, "duplicates"),
          late = stat_of(out, "late"), held = stat_of(out, "held"),
          dead = stat_of(out, "dead_lettered");
-    say("applied %ld (the %d credits); skipped %ld (duplicates %ld + late %ld: the copy, "
+    demo_say("applied %ld (the %d credits); skipped %ld (duplicates %ld + late %ld: the copy, "
         "its position already applied); held %ld, dead-lettered %ld", applied,
         TRANSFERS + 1, dup + late, dup, late, held, dead);
     if (applied != TRANSFERS + 1 || dup + late != 1 || held != 0 || dead != 0)
-        return fail("expected applied=%d, duplicates + late = 1, held=0, dead_lettered=0",
+        return demo_fail("expected applied=%d, duplicates + late = 1, held=0, dead_lettered=0",
                     TRANSFERS + 1);
     return 0;
 }
@@ -1052,22 +927,22 @@ int main(void)
         rc = stop_service(&d);
 
     if (rc == 0) {
-        step("What happened");
-        say("payments committed %d transfers; each debit and its Credited message in one "
+        demo_step("What happened");
+        demo_say("payments committed %d transfers; each debit and its Credited message in one "
             "transaction;", TRANSFERS + 1);
-        say("the one it rolled back took its message with it, and it never reached Kafka;");
-        say("account-service applied each credit once, in per-account order, though Kafka "
+        demo_say("the one it rolled back took its message with it, and it never reached Kafka;");
+        demo_say("account-service applied each credit once, in per-account order, though Kafka "
             "delivered one twice;");
-        say("money moved between two databases through Kafka, and the total stayed %d.",
+        demo_say("money moved between two databases through Kafka, and the total stayed %d.",
             INITIAL_TOTAL);
     }
 
-    step("Tearing down the service, the broker and the cluster");
+    demo_step("Tearing down the service, the broker and the cluster");
     service_cleanup(&d.svc);
     if (d.kb != NULL) {
         int st = kt_terminate(d.kb);
         if (st != 0 && rc == 0)
-            rc = fail("the broker exited with status %d on SIGTERM, expected 0", st);
+            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
         kt_stop(d.kb);
     }
     PQfinish(d.payments);
@@ -1079,6 +954,6 @@ int main(void)
         fprintf(stderr, "demo: FAILED\n");
         return 1;
     }
-    say("done: every step behaved as described");
+    demo_say("done: every step behaved as described");
     return 0;
 }

@@ -36,6 +36,7 @@
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
+#include "narrate.h"
 
 enum {
     RELAY_TIMEOUT_MS = 60000,     /* `run --once` of four messages takes well under 1 s */
@@ -46,143 +47,20 @@ enum {
 
 static const char TOPIC[] = "accounts";
 
-static int g_step;
-
-/* A new step of the walkthrough. */
-static void step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void step(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("\n[%d] ", ++g_step);
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-}
-
-/* A detail of the current step. */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("    ");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-}
-
-/* The walkthrough did not go as described: say so and return -1. */
-static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fflush(stdout);
-    fprintf(stderr, "demo: FAILED at step %d: ", g_step);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    return -1;
-}
-
-static int ferry_failed(const char *what, ferry_code rc, const ferry_error *err)
-{
-    return fail("%s: %s: %s [sqlstate %s, field %s]", what, ferry_code_name(rc),
-                err->message, err->sqlstate[0] ? err->sqlstate : "-",
-                err->field[0] ? err->field : "-");
-}
-
-/* Run a statement that returns no rows. */
-static int exec_cmd(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    return ok ? 0 : fail("%s: %s", sql, PQerrorMessage(conn));
-}
-
-/* Run sql with text parameters; it must return one row: copy its first
- * column into out. */
-static int query1(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                  char *out, size_t size)
-{
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int rc = 0;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        rc = fail("%s: %s", sql, PQerrorMessage(conn));
-    else if (PQntuples(res) != 1)
-        rc = fail("%s: %d rows, expected 1", sql, PQntuples(res));
-    else
-        snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "NULL" : PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return rc;
-}
-
-static int query_long(PGconn *conn, const char *sql, const char *param, long *out)
-{
-    char buf[32];
-    const char *params[1] = {param};
-    if (query1(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
-        return -1;
-    *out = strtol(buf, NULL, 10);
-    return 0;
-}
-
 static int balance_of(PGconn *conn, const char *account, long *out)
 {
-    return query_long(conn, "SELECT balance FROM accounts WHERE id = $1", account, out);
+    return demo_query_long(conn, "SELECT balance FROM accounts WHERE id = $1", account, out);
 }
 
 static int outbox_count(PGconn *conn, long *out)
 {
-    return query_long(conn, "SELECT count(*) FROM ferry.outbox", NULL, out);
+    return demo_query_long(conn, "SELECT count(*) FROM ferry.outbox", NULL, out);
 }
 
 /* The position ferry gave message id (its seq within topic and key). */
 static int position_of(PGconn *conn, const char *id, long *out)
 {
-    return query_long(conn, "SELECT seq FROM ferry.outbox WHERE id = $1::uuid", id, out);
-}
-
-/* Print a query's result as an aligned table, as psql would. */
-static int print_table(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int rc = fail("%s: %s", sql, PQerrorMessage(conn));
-        PQclear(res);
-        return rc;
-    }
-    enum { MAX_COLS = 16 };
-    int cols = PQnfields(res) < MAX_COLS ? PQnfields(res) : MAX_COLS;
-    int width[MAX_COLS];
-    for (int c = 0; c < cols; c++) {
-        width[c] = (int)strlen(PQfname(res, c));
-        for (int r = 0; r < PQntuples(res); r++)
-            if (PQgetlength(res, r, c) > width[c])
-                width[c] = PQgetlength(res, r, c);
-    }
-    printf("    ");
-    for (int c = 0; c < cols; c++)
-        printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0, PQfname(res, c));
-    printf("\n    ");
-    for (int c = 0; c < cols; c++) {
-        printf("%s", c ? "-+-" : "");
-        for (int i = 0; i < width[c]; i++)
-            putchar('-');
-    }
-    printf("\n");
-    for (int r = 0; r < PQntuples(res); r++) {
-        printf("    ");
-        for (int c = 0; c < cols; c++)
-            printf("%s%-*s", c ? " | " : "", c + 1 < cols ? width[c] : 0,
-                   PQgetvalue(res, r, c));
-        printf("\n");
-    }
-    printf("    (%d row%s)\n", PQntuples(res), PQntuples(res) == 1 ? "" : "s");
-    PQclear(res);
-    return 0;
+    return demo_query_long(conn, "SELECT seq FROM ferry.outbox WHERE id = $1::uuid", id, out);
 }
 
 static const char outbox_sql[] =
@@ -245,148 +123,151 @@ static int walkthrough(fpg *pg, PGconn *conn, char doomed_out[FERRY_UUID_STRING_
     ferry_code rc;
     long n, bal, bal_before, pos;
 
-    if (query1(conn, "SHOW server_version", 0, NULL, buf, sizeof buf) != 0)
+    if (demo_query1(conn, "SHOW server_version", 0, NULL, buf, sizeof buf) != 0)
         return -1;
-    say("PostgreSQL %s, connected as %s", buf, fpg_conninfo(pg));
+    demo_say("PostgreSQL %s, connected as %s", buf, fpg_conninfo(pg));
 
     /* ---------------------------------------------------------- migrate */
-    step("ferry_migrate() creates the ferry schema (outbox, inbox, leases, sagas ...)");
+    demo_step("ferry_migrate() creates the ferry schema (outbox, inbox, leases, sagas ...)");
     int version = 0;
     if ((rc = ferry_migrate(conn, &version, &err)) != FERRY_OK)
-        return ferry_failed("ferry_migrate", rc, &err);
-    say("schema version %d in place (this library knows version %d)", version,
+        return demo_ferry_failed("ferry_migrate", rc, &err);
+    demo_say("schema version %d in place (this library knows version %d)", version,
         ferry_schema_version_known());
     if (version != ferry_schema_version_known())
-        return fail("migrated to version %d, expected %d", version,
+        return demo_fail("migrated to version %d, expected %d", version,
                     ferry_schema_version_known());
 
     /* ---------------------------------------------------------- accounts */
-    step("The service's own table: accounts, with acct-1 (balance 100) and acct-2 (20)");
-    if (exec_cmd(conn, "CREATE TABLE accounts (id text PRIMARY KEY, owner text NOT NULL, "
+    demo_step("The service's own table: accounts, with acct-1 (balance 100) and acct-2 (20)");
+    if (demo_exec(conn, "CREATE TABLE accounts (id text PRIMARY KEY, owner text NOT NULL, "
                        "balance bigint NOT NULL)") != 0 ||
-        exec_cmd(conn, "INSERT INTO accounts VALUES ('acct-1', 'Ada', 100), "
+        demo_exec(conn, "INSERT INTO accounts VALUES ('acct-1', 'Ada', 100), "
                        "('acct-2', 'Grace', 20)") != 0)
         return -1;
-    if (print_table(conn, "SELECT id, owner, balance FROM accounts ORDER BY id") != 0)
+    if (demo_print_table(conn, "SELECT id, owner, balance FROM accounts ORDER BY id", NULL, 4,
+                         1) != 0)
         return -1;
 
     /* ---------------------------------------------------------- commit */
-    step("ferry_tx_run(): debit acct-1 by 30 and ferry_emit() two messages, "
+    demo_step("ferry_tx_run(): debit acct-1 by 30 and ferry_emit() two messages, "
          "all in one transaction");
     debit_tx t = {.account = "acct-1", .amount = 30};
     ferry_tx_report report;
     if ((rc = ferry_tx_run(conn, NULL, debit_and_emit, &t, &report, &err)) != FERRY_OK)
-        return ferry_failed("ferry_tx_run", rc, &err);
-    say("committed after %d attempt%s", report.attempts, report.attempts == 1 ? "" : "s");
+        return demo_ferry_failed("ferry_tx_run", rc, &err);
+    demo_say("committed after %d attempt%s", report.attempts, report.attempts == 1 ? "" : "s");
     static const char *const kinds[2] = {"Debited", "BalanceChanged"};
     for (int i = 0; i < 2; i++) {
         char id[FERRY_UUID_STRING_SIZE];
         ferry_uuid_format(&t.ids[i], id);
         if (position_of(conn, id, &pos) != 0)
             return -1;
-        say("message %d: %-14s id %s  position %ld of key acct-1", i + 1, kinds[i], id, pos);
+        demo_say("message %d: %-14s id %s  position %ld of key acct-1", i + 1, kinds[i], id, pos);
         if (pos != i + 1)
-            return fail("message %d has position %ld, expected %d", i + 1, pos, i + 1);
+            return demo_fail("message %d has position %ld, expected %d", i + 1, pos, i + 1);
     }
     if (outbox_count(conn, &n) != 0 || balance_of(conn, "acct-1", &bal) != 0)
         return -1;
     if (n != 2 || bal != 70)
-        return fail("outbox holds %ld messages and acct-1 %ld, expected 2 and 70", n, bal);
-    say("the outbox now holds what the relay will publish:");
-    if (print_table(conn, outbox_sql) != 0)
+        return demo_fail("outbox holds %ld messages and acct-1 %ld, expected 2 and 70", n, bal);
+    demo_say("the outbox now holds what the relay will publish:");
+    if (demo_print_table(conn, outbox_sql, NULL, 4, 1) != 0)
         return -1;
 
     /* ---------------------------------------------------------- rollback */
-    step("BEGIN; debit acct-1 by 1000; ferry_emit() one message; ROLLBACK");
-    if (balance_of(conn, "acct-1", &bal_before) != 0 || exec_cmd(conn, "BEGIN") != 0 ||
-        exec_cmd(conn, "UPDATE accounts SET balance = balance - 1000 WHERE id = 'acct-1'") != 0)
+    demo_step("BEGIN; debit acct-1 by 1000; ferry_emit() one message; ROLLBACK");
+    if (balance_of(conn, "acct-1", &bal_before) != 0 || demo_exec(conn, "BEGIN") != 0 ||
+        demo_exec(conn, "UPDATE accounts SET balance = balance - 1000 WHERE id = 'acct-1'") != 0)
         return -1;
     ferry_msg doomed = {.topic = "accounts", .key = "acct-1", .type = "Debited",
                         .payload = "{\"amount\": 1000, \"currency\": \"EUR\"}"};
     ferry_uuid doomed_id;
     if ((rc = ferry_emit(conn, &doomed, NULL, &doomed_id, &err)) != FERRY_OK)
-        return ferry_failed("ferry_emit", rc, &err);
+        return demo_ferry_failed("ferry_emit", rc, &err);
     char doomed_text[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&doomed_id, doomed_text);
     memcpy(doomed_out, doomed_text, FERRY_UUID_STRING_SIZE);
     if (balance_of(conn, "acct-1", &bal) != 0)
         return -1;
-    say("inside the transaction: emitted %s, acct-1 balance reads %ld", doomed_text, bal);
-    if (exec_cmd(conn, "ROLLBACK") != 0)
+    demo_say("inside the transaction: emitted %s, acct-1 balance reads %ld", doomed_text, bal);
+    if (demo_exec(conn, "ROLLBACK") != 0)
         return -1;
     const char *doomed_param[1] = {doomed_text};
     if (outbox_count(conn, &n) != 0 || balance_of(conn, "acct-1", &bal) != 0 ||
-        query1(conn, "SELECT count(*) FROM ferry.outbox WHERE id = $1::uuid", 1,
+        demo_query1(conn, "SELECT count(*) FROM ferry.outbox WHERE id = $1::uuid", 1,
                doomed_param, buf, sizeof buf) != 0)
         return -1;
-    say("after ROLLBACK: the outbox holds %ld messages (the rolled-back one: %s), "
+    demo_say("after ROLLBACK: the outbox holds %ld messages (the rolled-back one: %s), "
         "acct-1 balance %ld (was %ld)", n, strcmp(buf, "0") == 0 ? "gone" : "STILL THERE",
         bal, bal_before);
     if (n != 2 || strcmp(buf, "0") != 0)
-        return fail("the rolled-back message is in the outbox");
+        return demo_fail("the rolled-back message is in the outbox");
     if (bal != bal_before)
-        return fail("acct-1 balance changed from %ld to %ld", bal_before, bal);
+        return demo_fail("acct-1 balance changed from %ld to %ld", bal_before, bal);
 
     /* ---------------------------------------------------------- SQL path */
-    step("The universal path, plain SQL from any language: credit acct-1 by 5 and "
+    demo_step("The universal path, plain SQL from any language: credit acct-1 by 5 and "
          "SELECT ferry.emit(...)");
     static const char sql_emit[] =
         "SELECT ferry.emit('accounts', 'acct-1', 'Credited', '{\"amount\": 5}')";
-    say("BEGIN; UPDATE accounts SET balance = balance + 5 WHERE id = 'acct-1';");
-    say("%s; COMMIT;", sql_emit);
+    demo_say("BEGIN; UPDATE accounts SET balance = balance + 5 WHERE id = 'acct-1';");
+    demo_say("%s; COMMIT;", sql_emit);
     char sql_id[64];
-    if (exec_cmd(conn, "BEGIN") != 0 ||
-        exec_cmd(conn, "UPDATE accounts SET balance = balance + 5 WHERE id = 'acct-1'") != 0 ||
-        query1(conn, sql_emit, 0, NULL, sql_id, sizeof sql_id) != 0 ||
-        exec_cmd(conn, "COMMIT") != 0)
+    if (demo_exec(conn, "BEGIN") != 0 ||
+        demo_exec(conn, "UPDATE accounts SET balance = balance + 5 WHERE id = 'acct-1'") != 0 ||
+        demo_query1(conn, sql_emit, 0, NULL, sql_id, sizeof sql_id) != 0 ||
+        demo_exec(conn, "COMMIT") != 0)
         return -1;
     if (position_of(conn, sql_id, &pos) != 0 || balance_of(conn, "acct-1", &bal) != 0)
         return -1;
-    say("ferry.emit returned id %s, at position %ld of key acct-1 (no gap: the rolled-back "
+    demo_say("ferry.emit returned id %s, at position %ld of key acct-1 (no gap: the rolled-back "
         "message took no position); acct-1 balance %ld", sql_id, pos, bal);
     if (pos != 3 || bal != 75)
-        return fail("position %ld and balance %ld, expected 3 and 75", pos, bal);
+        return demo_fail("position %ld and balance %ld, expected 3 and 75", pos, bal);
 
     /* ---------------------------------------------------------- refused */
-    step("A bad message is refused before anything is sent, and the transaction "
+    demo_step("A bad message is refused before anything is sent, and the transaction "
          "stays usable");
-    if (exec_cmd(conn, "BEGIN") != 0 ||
-        exec_cmd(conn, "UPDATE accounts SET balance = balance + 10 WHERE id = 'acct-2'") != 0)
+    if (demo_exec(conn, "BEGIN") != 0 ||
+        demo_exec(conn, "UPDATE accounts SET balance = balance + 10 WHERE id = 'acct-2'") != 0)
         return -1;
     ferry_msg bad = {.topic = "bad topic!", .key = "acct-2", .type = "Credited",
                      .payload = "{\"amount\": 10}"};
     rc = ferry_emit(conn, &bad, NULL, NULL, &err);
-    say("ferry_emit(topic \"bad topic!\") -> %s, field \"%s\"", ferry_code_name(rc), err.field);
-    say("  message: %s", err.message);
+    demo_say("ferry_emit(topic \"bad topic!\") -> %s, field \"%s\"", ferry_code_name(rc),
+             err.field);
+    demo_say("  message: %s", err.message);
     if (rc != FERRY_EINVAL || strcmp(err.field, "topic") != 0)
-        return fail("expected FERRY_EINVAL on field \"topic\", got %s on \"%s\"",
+        return demo_fail("expected FERRY_EINVAL on field \"topic\", got %s on \"%s\"",
                     ferry_code_name(rc), err.field);
     if (PQtransactionStatus(conn) != PQTRANS_INTRANS)
-        return fail("the transaction is no longer usable after the refusal");
+        return demo_fail("the transaction is no longer usable after the refusal");
     bad.topic = "accounts";
     ferry_uuid fixed_id;
     if ((rc = ferry_emit(conn, &bad, NULL, &fixed_id, &err)) != FERRY_OK)
-        return ferry_failed("ferry_emit (corrected)", rc, &err);
-    if (exec_cmd(conn, "COMMIT") != 0)
+        return demo_ferry_failed("ferry_emit (corrected)", rc, &err);
+    if (demo_exec(conn, "COMMIT") != 0)
         return -1;
     char fixed_text[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&fixed_id, fixed_text);
     if (position_of(conn, fixed_text, &pos) != 0 || balance_of(conn, "acct-2", &bal) != 0)
         return -1;
-    say("same transaction, topic corrected: emitted %s at position %ld of key acct-2, "
+    demo_say("same transaction, topic corrected: emitted %s at position %ld of key acct-2, "
         "committed with acct-2's credit (balance %ld)", fixed_text, pos, bal);
     if (pos != 1 || bal != 30)
-        return fail("position %ld and balance %ld, expected 1 and 30", pos, bal);
+        return demo_fail("position %ld and balance %ld, expected 1 and 30", pos, bal);
 
     /* ---------------------------------------------------------- the end */
-    step("Where it ended: every committed message in the outbox, in per-key order, "
+    demo_step("Where it ended: every committed message in the outbox, in per-key order, "
          "nothing else");
     if (outbox_count(conn, &n) != 0)
         return -1;
     if (n != 4)
-        return fail("the outbox holds %ld messages, expected 4", n);
-    if (print_table(conn, outbox_sql) != 0 ||
-        print_table(conn, "SELECT id, owner, balance FROM accounts ORDER BY id") != 0)
+        return demo_fail("the outbox holds %ld messages, expected 4", n);
+    if (demo_print_table(conn, outbox_sql, NULL, 4, 1) != 0 ||
+        demo_print_table(conn, "SELECT id, owner, balance FROM accounts ORDER BY id", NULL,
+                         4, 1) != 0)
         return -1;
     return 0;
 }
@@ -413,14 +294,15 @@ static int snapshot_outbox(PGconn *conn, expected *out, int max, int *n_out)
     const char *params[1] = {TOPIC};
     PGresult *res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        int rc = fail("%s: %s", sql, PQerrorMessage(conn));
+        int rc = demo_fail("%s: %s", sql, PQerrorMessage(conn));
         PQclear(res);
         return rc;
     }
     int n = PQntuples(res);
     if (n > max) {
         PQclear(res);
-        return fail("the outbox holds %d messages, more than the %d this demo follows", n, max);
+        return demo_fail("the outbox holds %d messages, more than the %d this demo follows", n,
+                             max);
     }
     for (int i = 0; i < n; i++) {
         expected *e = &out[i];
@@ -468,7 +350,7 @@ static void read_relay_log(char *log, relay_outcome *out)
         if (level != NULL && (strcmp(level, "warn") == 0 || strcmp(level, "error") == 0)) {
             const char *msg = json_string_value(json_object_get(o, "msg"));
             out->errors += strcmp(level, "error") == 0;
-            say("  relay log, %s %s: %.90s%s", level, event ? event : "-", msg ? msg : "",
+            demo_say("  relay log, %s %s: %.90s%s", level, event ? event : "-", msg ? msg : "",
                 msg && strlen(msg) > 90 ? " ..." : "");
         }
         if (event != NULL && strcmp(event, "relay.stop") == 0) {
@@ -491,11 +373,11 @@ static int run_relay(const char *const *argv, relay_outcome *out)
     memset(out, 0, sizeof *out);
     char *log = malloc(RELAY_LOG_MAX + 1);
     if (log == NULL)
-        return fail("out of memory");
+        return demo_fail("out of memory");
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
         free(log);
-        return fail("pipe: %s", strerror(errno));
+        return demo_fail("pipe: %s", strerror(errno));
     }
     fflush(stdout);
     fflush(stderr);
@@ -505,7 +387,7 @@ static int run_relay(const char *const *argv, relay_outcome *out)
         close(fds[0]);
         close(fds[1]);
         free(log);
-        return fail("fork: %s", strerror(errno));
+        return demo_fail("fork: %s", strerror(errno));
     }
     if (pid == 0) {
         /* Die with the demo; async-signal-safe calls only until exec. */
@@ -553,7 +435,7 @@ static int run_relay(const char *const *argv, relay_outcome *out)
     read_relay_log(log, out);
     free(log);
     if (timed_out)
-        return fail("%s did not finish within %d ms (killed)", argv[0], RELAY_TIMEOUT_MS);
+        return demo_fail("%s did not finish within %d ms (killed)", argv[0], RELAY_TIMEOUT_MS);
     return 0;
 }
 
@@ -566,12 +448,12 @@ static int topic_size(const char *bootstrap, const char *topic, long long *out)
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
-        return fail("bootstrap.servers: %s", errstr);
+        return demo_fail("bootstrap.servers: %s", errstr);
     }
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
-        return fail("could not create a Kafka client: %s", errstr);
+        return demo_fail("could not create a Kafka client: %s", errstr);
     }
     int rc = 0;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
@@ -580,7 +462,7 @@ static int topic_size(const char *bootstrap, const char *topic, long long *out)
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR && (md->topic_cnt != 1 || md->topics[0].err))
         err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rc = fail("metadata of topic %s: %s", topic, rd_kafka_err2str(err));
+        rc = demo_fail("metadata of topic %s: %s", topic, rd_kafka_err2str(err));
     } else {
         long long total = 0;
         for (int p = 0; p < md->topics[0].partition_cnt && rc == 0; p++) {
@@ -588,7 +470,7 @@ static int topic_size(const char *bootstrap, const char *topic, long long *out)
             err = rd_kafka_query_watermark_offsets(rk, topic, md->topics[0].partitions[p].id,
                                                    &lo, &hi, 10000);
             if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-                rc = fail("watermarks of %s [%d]: %s", topic, (int)p, rd_kafka_err2str(err));
+                rc = demo_fail("watermarks of %s [%d]: %s", topic, (int)p, rd_kafka_err2str(err));
             total += hi - lo;
         }
         *out = total;
@@ -619,7 +501,7 @@ static void print_headers(const kt_msg *m)
                  m->headers[i].value ? m->headers[i].value : "(null)");
         int g = header_group(m->headers[i].name);
         if (used > 0 && (g != group || used + 2 + strlen(item) > 92)) {
-            say("      %s", line);
+            demo_say("      %s", line);
             used = 0;
         }
         group = g;
@@ -629,7 +511,7 @@ static void print_headers(const kt_msg *m)
             used = sizeof line - 1;
     }
     if (used > 0)
-        say("      %s", line);
+        demo_say("      %s", line);
 }
 
 /* The message read back for e must be e as the relay promises to publish
@@ -645,20 +527,20 @@ static int check_message(const expected *e, const kt_msg *m)
     const char *ce_type = kt_header(m, "ce_type");
     const char *type = kt_header(m, "ferry_type");
     if (m->key == NULL || strcmp(m->key, e->key) != 0)
-        return fail("message %s: key %s, expected %s", e->id, m->key ? m->key : "(null)",
+        return demo_fail("message %s: key %s, expected %s", e->id, m->key ? m->key : "(null)",
                     e->key);
     if (m->value == NULL || strcmp(m->value, e->payload) != 0)
-        return fail("message %s: value %s, expected the outbox payload %s", e->id,
+        return demo_fail("message %s: value %s, expected the outbox payload %s", e->id,
                     m->value ? m->value : "(null)", e->payload);
     if (type == NULL || strcmp(type, e->type) != 0 || seq == NULL ||
         strtol(seq, NULL, 10) != e->seq)
-        return fail("message %s: ferry_type %s, ferry_seq %s; expected %s and %ld", e->id,
+        return demo_fail("message %s: ferry_type %s, ferry_seq %s; expected %s and %ld", e->id,
                     type ? type : "-", seq ? seq : "-", e->type, e->seq);
     if (spec == NULL || strcmp(spec, "1.0") != 0 || ce_id == NULL ||
         strcmp(ce_id, e->id) != 0 || ce_type == NULL || strcmp(ce_type, e->type) != 0 ||
         ce_source == NULL || ce_source[0] == '\0' || ce_time == NULL ||
         strlen(ce_time) != strlen("2025-01-02T03:04:05.678901Z"))
-        return fail("message %s: CloudEvents headers missing or wrong", e->id);
+        return demo_fail("message %s: CloudEvents headers missing or wrong", e->id);
     json_error_t jerr;
     json_t *h = json_loads(e->headers, 0, &jerr);
     const char *name;
@@ -667,7 +549,7 @@ static int check_message(const expected *e, const kt_msg *m)
     json_object_foreach(h, name, v) {
         const char *got = kt_header(m, name);
         if (rc == 0 && (got == NULL || strcmp(got, json_string_value(v)) != 0))
-            rc = fail("message %s: caller header %s is %s, expected %s", e->id, name,
+            rc = demo_fail("message %s: caller header %s is %s, expected %s", e->id, name,
                       got ? got : "missing", json_string_value(v));
     }
     json_decref(h);
@@ -683,12 +565,12 @@ static int read_back(const char *bootstrap, expected *exp, int n_exp, const char
         return -1;
     kt_msgs *got = kt_consume(bootstrap, TOPIC, (size_t)n_exp, CONSUME_TIMEOUT_MS);
     if (got == NULL)
-        return fail("could not set up the consumer (see above)");
+        return demo_fail("could not set up the consumer (see above)");
     int rc = -1;
-    say("the topic holds %lld messages (its partitions' watermarks); the consumer got %zu; "
+    demo_say("the topic holds %lld messages (its partitions' watermarks); the consumer got %zu; "
         "the outbox held %d", in_topic, got->count, n_exp);
     if (in_topic != n_exp || got->count != (size_t)n_exp) {
-        fail("expected exactly the %d committed messages", n_exp);
+        demo_fail("expected exactly the %d committed messages", n_exp);
         goto out;
     }
     for (size_t i = 0; i < got->count; i++) {
@@ -698,18 +580,18 @@ static int read_back(const char *bootstrap, expected *exp, int n_exp, const char
             if (strcmp(exp[k].id, id) == 0)
                 e = &exp[k];
         if (id != NULL && strcmp(id, doomed) == 0) {
-            fail("the rolled-back message %s was published", doomed);
+            demo_fail("the rolled-back message %s was published", doomed);
             goto out;
         }
         if (e == NULL || e->got != NULL) {
-            fail("message %s at %s [%d] offset %lld is %s", id ? id : "without ferry_id",
+            demo_fail("message %s at %s [%d] offset %lld is %s", id ? id : "without ferry_id",
                  TOPIC, (int)got->msgs[i].partition, (long long)got->msgs[i].offset,
                  e == NULL ? "not one the outbox held" : "a duplicate");
             goto out;
         }
         e->got = &got->msgs[i];
     }
-    say("in per-key order (each key on one partition, offsets rising with ferry_seq):");
+    demo_say("in per-key order (each key on one partition, offsets rising with ferry_seq):");
     for (int k = 0; k < n_exp; k++) {
         const expected *e = &exp[k];
         const kt_msg *m = e->got;
@@ -718,18 +600,18 @@ static int read_back(const char *bootstrap, expected *exp, int n_exp, const char
         if (k > 0 && strcmp(exp[k - 1].key, e->key) == 0 &&
             (exp[k - 1].got->partition != m->partition ||
              exp[k - 1].got->offset >= m->offset)) {
-            fail("key %s: position %ld is at [%d] offset %lld, after [%d] offset %lld", e->key,
+            demo_fail("key %s: position %ld is at [%d] offset %lld, after [%d] offset %lld", e->key,
                  e->seq, (int)m->partition, (long long)m->offset,
                  (int)exp[k - 1].got->partition, (long long)exp[k - 1].got->offset);
             goto out;
         }
         if (k == 0 || strcmp(exp[k - 1].key, e->key) != 0)
-            say("key %s:", e->key);
-        say("  %s [%d] offset %lld  key %s  value %s", TOPIC, (int)m->partition,
+            demo_say("key %s:", e->key);
+        demo_say("  %s [%d] offset %lld  key %s  value %s", TOPIC, (int)m->partition,
             (long long)m->offset, m->key, m->value);
         print_headers(m);
     }
-    say("the rolled-back message (%s) is not among them", doomed);
+    demo_say("the rolled-back message (%s) is not among them", doomed);
     rc = 0;
 out:
     kt_msgs_free(got);
@@ -748,48 +630,48 @@ static int publish(fpg *pg, PGconn *conn, const char *relay_bin, const char *doo
         return -1;
 
     /* ---------------------------------------------------------- broker */
-    step("Starting a Kafka-protocol broker: `ferry-relay devkafka` (librdkafka's mock "
+    demo_step("Starting a Kafka-protocol broker: `ferry-relay devkafka` (librdkafka's mock "
          "cluster)");
     kt_broker *kb = kt_start(1);
     if (kb == NULL)
-        return fail("could not start the broker (see above)");
+        return demo_fail("could not start the broker (see above)");
     *kb_out = kb;
     const char *bootstrap = kt_bootstrap(kb);
-    say("bootstrap servers %s (pid %ld); topics are created on first use, 4 partitions each",
+    demo_say("bootstrap servers %s (pid %ld); topics are created on first use, 4 partitions each",
         bootstrap, (long)kt_pid(kb));
 
     /* ---------------------------------------------------------- relay */
-    step("ferry-relay run --once: publish every ready message, wait for each delivery "
+    demo_step("ferry-relay run --once: publish every ready message, wait for each delivery "
          "report, delete what was delivered, exit");
-    say("$ ferry-relay run --once --db \"%s\" --kafka %s", fpg_conninfo(pg), bootstrap);
+    demo_say("$ ferry-relay run --once --db \"%s\" --kafka %s", fpg_conninfo(pg), bootstrap);
     const char *argv[] = {relay_bin, "run", "--once", "--db", fpg_conninfo(pg),
                           "--kafka", bootstrap, "--holder", "demo-relay", NULL};
     relay_outcome ro;
     if (run_relay(argv, &ro) != 0)
         return -1;
-    say("exit status %d; its relay.stop log line: produced %lld, delivered %lld, "
+    demo_say("exit status %d; its relay.stop log line: produced %lld, delivered %lld, "
         "undelivered %lld, refused %lld", ro.status, ro.produced, ro.delivered,
         ro.undelivered, ro.refused);
-    say("  \"%s\"", ro.stop_msg);
+    demo_say("  \"%s\"", ro.stop_msg);
     if (ro.status != 0 || !ro.stopped)
-        return fail("the relay exited with status %d%s", ro.status,
+        return demo_fail("the relay exited with status %d%s", ro.status,
                     ro.stopped ? "" : " and no relay.stop line");
     if (ro.delivered != n_exp || ro.produced != n_exp || ro.undelivered != 0 ||
         ro.refused != 0 || ro.errors != 0)
-        return fail("the relay published %lld of %d messages (%lld undelivered, %lld refused, "
+        return demo_fail("the relay published %lld of %d messages (%lld undelivered, %lld refused, "
                     "%d errors logged)", ro.delivered, n_exp, ro.undelivered, ro.refused,
                     ro.errors);
 
     /* ---------------------------------------------------------- empty */
-    step("The outbox is empty: each row was deleted once its delivery report came back");
+    demo_step("The outbox is empty: each row was deleted once its delivery report came back");
     if (outbox_count(conn, &n) != 0)
         return -1;
-    say("SELECT count(*) FROM ferry.outbox -> %ld", n);
+    demo_say("SELECT count(*) FROM ferry.outbox -> %ld", n);
     if (n != 0)
-        return fail("the outbox still holds %ld messages", n);
+        return demo_fail("the outbox still holds %ld messages", n);
 
     /* ---------------------------------------------------------- read back */
-    step("A fresh consumer reads topic \"%s\" from the beginning", TOPIC);
+    demo_step("A fresh consumer reads topic \"%s\" from the beginning", TOPIC);
     return read_back(bootstrap, exp, n_exp, doomed);
 }
 
@@ -807,17 +689,17 @@ int main(void)
            "in for a real broker; `ferry-relay run --kafka HOST:PORT` works with any Kafka "
            "cluster.)\n");
 
-    step("Starting a throwaway PostgreSQL cluster (private temp dir, removed at exit)");
+    demo_step("Starting a throwaway PostgreSQL cluster (private temp dir, removed at exit)");
     fpg *pg = fpg_start(NULL);
     if (pg == NULL) {
-        fail("could not start PostgreSQL (see above)");
+        demo_fail("could not start PostgreSQL (see above)");
         return 1;
     }
     int rc = -1;
     char doomed[FERRY_UUID_STRING_SIZE] = "";
     PGconn *conn = fpg_connect(pg);
     if (conn == NULL)
-        fail("could not connect");
+        demo_fail("could not connect");
     else
         rc = walkthrough(pg, conn, doomed);
     kt_broker *kb = NULL;
@@ -825,11 +707,11 @@ int main(void)
         rc = publish(pg, conn, relay_bin, doomed, &kb);
     PQfinish(conn);
 
-    step("Tearing the broker and the cluster down");
+    demo_step("Tearing the broker and the cluster down");
     if (kb != NULL) {
         int st = kt_terminate(kb);
         if (st != 0 && rc == 0)
-            rc = fail("the broker exited with status %d on SIGTERM, expected 0", st);
+            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
         kt_stop(kb);
     }
     fpg_destroy(pg);
@@ -837,6 +719,6 @@ int main(void)
         fprintf(stderr, "demo: FAILED\n");
         return 1;
     }
-    say("done: every step behaved as described");
+    demo_say("done: every step behaved as described");
     return 0;
 }

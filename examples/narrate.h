@@ -1,0 +1,38 @@
+/*
+ * narrate.h — what the demos share: narrated steps that check themselves,
+ * and the few libpq calls a demo makes. A demo prints what it does and
+ * verifies that it happened; the first claim that does not hold ends it
+ * with exit 1 (demo_fail), so `make demo` is a smoke test too.
+ */
+#ifndef FERRY_EXAMPLES_NARRATE_H
+#define FERRY_EXAMPLES_NARRATE_H
+
+#include <stddef.h>
+
+#include <libpq-fe.h>
+
+#include "ferry.h"
+
+/* A new step of the walkthrough: "[N] ...". */
+void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A detail of the current step, indented. */
+void demo_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The walkthrough did not go as described: say so on stderr, return -1. */
+int demo_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* demo_fail() with a ferry error's code, message, SQLSTATE and field. */
+int demo_ferry_failed(const char *what, ferry_code rc, const ferry_error *err);
+
+/* Run a statement that returns no rows: 0, or -1 through demo_fail(). */
+int demo_exec(PGconn *conn, const char *sql);
+/* Run sql with text parameters; it must return one row: its first column
+ * (or "NULL") into out. */
+int demo_query1(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                char *out, size_t size);
+/* The same for one optional parameter and an integer answer. */
+int demo_query_long(PGconn *conn, const char *sql, const char *param, long *out);
+/* Print a query's result (one optional parameter) as an aligned table, as
+ * psql would, indented by indent spaces; with_count adds "(N rows)". */
+int demo_print_table(PGconn *conn, const char *sql, const char *param, int indent,
+                     int with_count);
+
+#endif
