@@ -888,6 +888,11 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
     int lvl = level <= 3 ? FERRY_LOG_ERROR : level <= 5 ? FERRY_LOG_WARN
                                                         : level <= 6 ? FERRY_LOG_INFO
                                                                      : FERRY_LOG_DEBUG;
+    /* The relay turns enable.gapless.guarantee on knowingly (the ordering
+     * guarantee rests on it); librdkafka's "experimental" warning about it,
+     * on every start, would teach operators to ignore warnings. */
+    if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee") != NULL)
+        lvl = FERRY_LOG_DEBUG;
     ferry_log_json(lvl, "kafka.log", json_pack("{s:s}", "facility", fac), "%s", buf);
 }
 
