@@ -854,6 +854,152 @@ FERRY_API int ferry_saga_action_format(const ferry_saga_action *a, char *buf, si
 FERRY_API int ferry_saga_key_format(const char *saga_id, const ferry_saga_action *send,
                                     char *buf, size_t size);
 
+/* ------------------------------------------------------------------ */
+/* Saga driver and participants                                         */
+
+/*
+ * The driver is the shell around ferry_saga_step(): it keeps each saga in
+ * ferry.saga (the engine state as JSON in ferry.saga.engine, the revision
+ * in ferry.saga.version, the next timer in ferry.saga.deadline), appends
+ * the audit trail to ferry.saga_step, and turns SEND actions into commands
+ * through ferry_emit() in the same transaction as the state they follow
+ * from. Time is the database clock (now() of the transaction).
+ *
+ * A command goes to the step's topic with the saga id as its key (one
+ * saga's commands keep their order), the step's action or compensation
+ * type, the payload template with every "${context.PATH}" string replaced
+ * from the saga's context, delay_ms from the engine (retry backoff), and
+ * these headers:
+ *   saga_id, saga_name, saga_step (index), saga_step_name,
+ *   saga_kind ("action" | "compensation"), saga_round, saga_attempt,
+ *   saga_key (ferry_saga_key_format: the idempotency key),
+ *   saga_reply_to (the registry's reply topic).
+ * Participants answer on saga_reply_to with a FERRY_SAGA_REPLY_TYPE
+ * message (see ferry_participant_handle) keyed "<saga id>/<participant>".
+ */
+
+#define FERRY_SAGA_REPLY_TOPIC_DEFAULT "ferry.saga.replies"
+#define FERRY_SAGA_REPLY_TYPE          "ferry.saga.reply"
+
+/* The definitions a driver knows, by name. */
+typedef struct ferry_saga_registry ferry_saga_registry;
+
+/* A new, empty registry whose commands ask for replies on reply_topic
+ * (NULL: FERRY_SAGA_REPLY_TOPIC_DEFAULT; copied). */
+FERRY_API ferry_code ferry_saga_registry_new(const char *reply_topic, ferry_saga_registry **out,
+                                             ferry_error *err);
+
+/* Add def. Takes ownership of def on success only (the registry frees it);
+ * a second definition of the same name is refused (FERRY_EINVAL, field
+ * "definition"), as is one the engine could not run. */
+FERRY_API ferry_code ferry_saga_registry_add(ferry_saga_registry *reg, ferry_saga_def *def,
+                                             ferry_error *err);
+
+/* The definition called name, borrowed from the registry; NULL if none. */
+FERRY_API const ferry_saga_def *ferry_saga_registry_find(const ferry_saga_registry *reg,
+                                                         const char *name);
+
+/* The topic replies are asked for on; borrowed. */
+FERRY_API const char *ferry_saga_registry_reply_topic(const ferry_saga_registry *reg);
+
+/* Free the registry and its definitions. Accepts NULL. */
+FERRY_API void ferry_saga_registry_destroy(ferry_saga_registry *reg);
+
+/*
+ * Start a saga of definition def_name inside the caller's open transaction
+ * on conn (FERRY_ESTATE outside one, as ferry_emit): insert its row, the
+ * audit row of the first command, and emit that command. The saga exists,
+ * and its first command is published, iff the caller commits.
+ * context_json is a JSON object; every "${context.PATH}" of the
+ * definition's templates must resolve in it (FERRY_EINVAL, field
+ * "context", naming the path and the step, checked before anything is
+ * written). On success *id_out (if not NULL) holds the saga id.
+ */
+FERRY_API ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg,
+                                      const char *def_name, const char *context_json,
+                                      ferry_uuid *id_out, ferry_error *err);
+
+/*
+ * A ferry_handler_fn for the consumer of the reply topic; arg is the
+ * registry. In the consumer's transaction: lock the saga row, run the
+ * engine on the reply, store the next state (UPDATE ... WHERE version =
+ * the one loaded), add the audit rows and emit the next commands. A reply
+ * the engine ignores (duplicate, stale, after the end) changes nothing. A
+ * malformed reply, or one for a saga stored under another definition hash
+ * than the registry's, is FERRY_EINVAL (the consumer dead-letters it); a
+ * reply to a saga this database does not have is logged and skipped.
+ */
+FERRY_API ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg,
+                                              void *registry, ferry_error *err);
+
+/*
+ * Fire due timers: up to max sagas whose ferry.saga.deadline <= now_ms
+ * (Unix milliseconds; 0 = the database clock), each in its own transaction
+ * (ferry_tx_run: conn must be idle), taken FOR UPDATE SKIP LOCKED so that
+ * any number of workers and the reconciler may run this at once. *fired
+ * (if not NULL) counts the timeouts the engine applied.
+ */
+FERRY_API ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg,
+                                            int64_t now_ms, int max, int *fired,
+                                            ferry_error *err);
+
+/*
+ * Cancel saga saga_id (text UUID) inside the caller's open transaction:
+ * the engine compensates what ran or may have run. FERRY_ESTATE from the
+ * engine when the saga can no longer be cancelled (finished, past its
+ * pivot; err->retriable while a step without compensation is out);
+ * FERRY_EINVAL, field "saga_id", when there is no such saga. Cancelling a
+ * saga that is already compensating is a no-op (FERRY_OK).
+ */
+FERRY_API ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg,
+                                       const char *saga_id, ferry_error *err);
+
+/*
+ * A participant's callback: apply (action) or undo (compensation) the
+ * command msg on conn, in the consumer's transaction, under a savepoint.
+ * Return FERRY_OK when done; FERRY_EINVAL for a business refusal (the
+ * savepoint is rolled back, the refusal recorded and answered as a
+ * failure); any other code rolls the whole message back and goes to the
+ * consumer as it is (retried when err->retriable, else counted towards
+ * its dead letter). Must not begin, commit or roll back.
+ */
+typedef ferry_code (*ferry_participant_fn)(PGconn *conn, const ferry_message *msg, void *arg,
+                                           ferry_error *err);
+
+typedef struct ferry_participant {
+    const char *name;                  /* the outcomes' namespace, 1..200 bytes */
+    ferry_participant_fn action;       /* required */
+    ferry_participant_fn compensation; /* NULL: compensations only tombstone
+                                          (for steps that cannot be undone) */
+    void *arg;
+} ferry_participant;
+
+/* What ferry_participant_handle did with one command. */
+typedef enum ferry_participant_outcome {
+    FERRY_PARTICIPANT_APPLIED = 0,     /* ran the callback, which succeeded */
+    FERRY_PARTICIPANT_REFUSED,         /* the callback refused (FERRY_EINVAL) */
+    FERRY_PARTICIPANT_TOMBSTONE,       /* compensation of a step never run: no-op */
+    FERRY_PARTICIPANT_TOO_LATE,        /* action after its step's compensation */
+    FERRY_PARTICIPANT_DUPLICATE        /* key seen before: its outcome answered again */
+} ferry_participant_outcome;
+
+/*
+ * Handle one saga command inside a consumer handler (conn and msg as the
+ * handler got them): at most once per idempotency key (participant, saga,
+ * step, kind, round), recorded in ferry.participant_command with refusals;
+ * a key seen before is answered again with its recorded outcome. A
+ * compensation of a step whose action never ran is a recorded no-op (the
+ * tombstone); an action after its step's compensation is refused. The
+ * reply (success for applied and tombstone, failure for refused and too
+ * late) is emitted to the command's saga_reply_to in the same transaction.
+ * A message without the saga headers is FERRY_EINVAL. *outcome (may be
+ * NULL) says what happened.
+ */
+FERRY_API ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
+                                              const ferry_participant *participant,
+                                              ferry_participant_outcome *outcome,
+                                              ferry_error *err);
+
 #ifdef __cplusplus
 }
 #endif

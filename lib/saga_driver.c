@@ -1,0 +1,768 @@
+/*
+ * saga_driver.c — the shell around the pure saga engine (saga_step.c).
+ *
+ * Every event goes the same way (drive()): lock the saga row, rebuild the
+ * engine state from ferry.saga.engine, run ferry_saga_step(), and in the
+ * same transaction store the next state over the revision that was loaded,
+ * append the audit rows and emit the commands the engine asked for. So a
+ * saga's state and the commands that follow from it commit together or not
+ * at all, and a crash anywhere repeats the event (a redelivered reply, a
+ * timer still due), which the engine then finds already applied or applies
+ * afresh. The engine gets the database clock (now() of the transaction),
+ * never this machine's.
+ *
+ * The state is stored as JSON (names for the enums), not as the struct's
+ * bytes: portable between builds and readable with ->> in psql.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---------------------------------------------------------------- registry */
+
+struct ferry_saga_registry {
+    char *reply_topic;
+    ferry_saga_def **defs;
+    size_t n, cap;
+};
+
+ferry_code ferry_saga_registry_new(const char *reply_topic, ferry_saga_registry **out,
+                                   ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (out == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "out", "saga registry: out is NULL");
+    if (reply_topic == NULL)
+        reply_topic = FERRY_SAGA_REPLY_TOPIC_DEFAULT;
+    /* Checked as ferry_emit would check it, so that a bad topic shows now
+     * rather than at the first command. */
+    ferry_msg probe = {.topic = reply_topic, .key = "k", .type = "t", .payload = "{}"};
+    ferry_code rc = ferry_msg_check(&probe, NULL, err);
+    if (rc != FERRY_OK)
+        return rc;
+    ferry_saga_registry *r = calloc(1, sizeof *r);
+    if (r == NULL || (r->reply_topic = strdup(reply_topic)) == NULL) {
+        free(r);
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
+    }
+    *out = r;
+    return FERRY_OK;
+}
+
+const ferry_saga_def *ferry_saga_registry_find(const ferry_saga_registry *reg, const char *name)
+{
+    if (reg == NULL || name == NULL)
+        return NULL;
+    for (size_t i = 0; i < reg->n; i++)
+        if (strcmp(reg->defs[i]->name, name) == 0)
+            return reg->defs[i];
+    return NULL;
+}
+
+ferry_code ferry_saga_registry_add(ferry_saga_registry *reg, ferry_saga_def *def,
+                                   ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (reg == NULL || def == NULL || def->name == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "definition",
+                             "saga registry: registry or definition is NULL");
+    if (ferry_saga_registry_find(reg, def->name) != NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "definition",
+                             "saga registry: a definition called \"%s\" is already there",
+                             def->name);
+    /* Let the engine judge the definition once now (a start on a zeroed
+     * state checks it) rather than at the first saga. */
+    ferry_saga_state zero, next;
+    memset(&zero, 0, sizeof zero);
+    ferry_saga_event start = {.kind = FERRY_SAGA_EV_START};
+    ferry_saga_action acts[FERRY_SAGA_ACTIONS_MAX];
+    size_t n_acts;
+    ferry_code rc = ferry_saga_step(def, &zero, &start, 0, &next, acts, FERRY_SAGA_ACTIONS_MAX,
+                                    &n_acts, err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (reg->n == reg->cap) {
+        size_t cap = reg->cap ? reg->cap * 2 : 4;
+        ferry_saga_def **d = realloc(reg->defs, cap * sizeof *d);
+        if (d == NULL)
+            return ferry_err_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
+        reg->defs = d;
+        reg->cap = cap;
+    }
+    reg->defs[reg->n++] = def;
+    return FERRY_OK;
+}
+
+const char *ferry_saga_registry_reply_topic(const ferry_saga_registry *reg)
+{
+    return reg ? reg->reply_topic : NULL;
+}
+
+void ferry_saga_registry_destroy(ferry_saga_registry *reg)
+{
+    if (reg == NULL)
+        return;
+    for (size_t i = 0; i < reg->n; i++)
+        ferry_saga_def_free(reg->defs[i]);
+    free(reg->defs);
+    free(reg->reply_topic);
+    free(reg);
+}
+
+/* ---------------------------------------------------------------- state as JSON */
+
+static int name_index(const char *(*name_of)(int), int count, const char *name)
+{
+    for (int i = 0; name != NULL && i < count; i++)
+        if (strcmp(name_of(i), name) == 0)
+            return i;
+    return -1;
+}
+
+/* Adapters: the name functions take their own enum types. */
+static const char *status_name_i(int i) { return ferry_saga_status_name((ferry_saga_status)i); }
+static const char *step_status_name_i(int i)
+{
+    return ferry_saga_step_status_name((ferry_saga_step_status)i);
+}
+static const char *reason_name_i(int i) { return ferry_saga_reason_name((ferry_saga_reason)i); }
+
+/* A new reference, or NULL when memory is short. */
+static json_t *state_to_json(const ferry_saga_state *st)
+{
+    json_t *steps = json_array();
+    for (uint32_t i = 0; steps != NULL && i < st->step_count; i++) {
+        const ferry_saga_step_state *s = &st->steps[i];
+        json_t *o = json_pack(
+            "{s:s, s:s, s:I, s:I, s:I, s:I}",
+            "action", ferry_saga_step_status_name((ferry_saga_step_status)s->action),
+            "compensation", ferry_saga_step_status_name((ferry_saga_step_status)s->compensation),
+            "action_attempts", (json_int_t)s->action_attempts, "action_round",
+            (json_int_t)s->action_round, "compensation_attempts",
+            (json_int_t)s->compensation_attempts, "compensation_round",
+            (json_int_t)s->compensation_round);
+        if (o == NULL || json_array_append_new(steps, o) != 0) {
+            json_decref(steps);
+            return NULL;
+        }
+    }
+    if (steps == NULL)
+        return NULL;
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:I, s:I, s:I, s:o}",
+                     "revision", (json_int_t)st->revision, "started_ms",
+                     (json_int_t)st->started_ms, "deadline_ms", (json_int_t)st->deadline_ms,
+                     "timer_ms", (json_int_t)st->timer_ms, "wake_ms", (json_int_t)st->wake_ms,
+                     "status", ferry_saga_status_name((ferry_saga_status)st->status), "reason",
+                     ferry_saga_reason_name((ferry_saga_reason)st->reason), "step_count",
+                     (json_int_t)st->step_count, "current", (json_int_t)st->current,
+                     "reason_step", (json_int_t)st->reason_step, "steps", steps);
+}
+
+static int get_u32(const json_t *o, const char *k, uint32_t *out)
+{
+    const json_t *v = json_object_get(o, k);
+    if (!json_is_integer(v) || json_integer_value(v) < 0
+        || json_integer_value(v) > (json_int_t)UINT32_MAX)
+        return -1;
+    *out = (uint32_t)json_integer_value(v);
+    return 0;
+}
+
+static int get_i64(const json_t *o, const char *k, int64_t *out)
+{
+    const json_t *v = json_object_get(o, k);
+    if (!json_is_integer(v))
+        return -1;
+    *out = (int64_t)json_integer_value(v);
+    return 0;
+}
+
+static int get_enum(const json_t *o, const char *k, const char *(*name_of)(int), int count,
+                    uint8_t *out)
+{
+    int i = name_index(name_of, count, json_string_value(json_object_get(o, k)));
+    if (i < 0)
+        return -1;
+    *out = (uint8_t)i;
+    return 0;
+}
+
+/* The engine checks the result against the definition on every call; here
+ * only the shape. */
+static ferry_code state_from_json(const char *text, ferry_saga_state *st, ferry_error *err)
+{
+    json_error_t jerr;
+    json_t *doc = text ? json_loads(text, 0, &jerr) : NULL;
+    memset(st, 0, sizeof *st);
+    int64_t rev = 0;
+    int bad = doc == NULL || get_i64(doc, "revision", &rev) || rev < 0
+              || get_i64(doc, "started_ms", &st->started_ms)
+              || get_i64(doc, "deadline_ms", &st->deadline_ms)
+              || get_i64(doc, "timer_ms", &st->timer_ms) || get_i64(doc, "wake_ms", &st->wake_ms)
+              || get_enum(doc, "status", status_name_i, FERRY_SAGA_STATUS_COUNT, &st->status)
+              || get_enum(doc, "reason", reason_name_i, FERRY_SAGA_REASON_COUNT, &st->reason)
+              || get_u32(doc, "step_count", &st->step_count)
+              || get_u32(doc, "current", &st->current)
+              || get_u32(doc, "reason_step", &st->reason_step);
+    st->revision = (uint64_t)rev;
+    const json_t *steps = doc ? json_object_get(doc, "steps") : NULL;
+    if (!bad && (!json_is_array(steps) || st->step_count > FERRY_SAGA_STEPS_MAX
+                 || json_array_size(steps) != st->step_count))
+        bad = 1;
+    for (uint32_t i = 0; !bad && i < st->step_count; i++) {
+        const json_t *o = json_array_get(steps, i);
+        ferry_saga_step_state *s = &st->steps[i];
+        bad = get_enum(o, "action", step_status_name_i, FERRY_SAGA_STEP_STATUS_COUNT, &s->action)
+              || get_enum(o, "compensation", step_status_name_i, FERRY_SAGA_STEP_STATUS_COUNT,
+                          &s->compensation)
+              || get_u32(o, "action_attempts", &s->action_attempts)
+              || get_u32(o, "action_round", &s->action_round)
+              || get_u32(o, "compensation_attempts", &s->compensation_attempts)
+              || get_u32(o, "compensation_round", &s->compensation_round);
+    }
+    json_decref(doc);
+    if (bad)
+        return ferry_err_set(err, FERRY_EINVAL, "state",
+                             "could not read the stored saga state: not a saga state document");
+    return FERRY_OK;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+/* "${context.a.b}" -> the value at a.b of ctx (borrowed), or NULL; *is_ref
+ * says whether s is such a reference at all. */
+static const json_t *context_lookup(const json_t *ctx, const char *s, int *is_ref)
+{
+    static const char head[] = "${context.";
+    size_t len = strlen(s);
+    *is_ref = strncmp(s, head, sizeof head - 1) == 0 && len > sizeof head && s[len - 1] == '}';
+    if (!*is_ref)
+        return NULL;
+    const json_t *cur = ctx;
+    const char *p = s + sizeof head - 1, *end = s + len - 1;
+    while (cur != NULL && p < end) {
+        const char *dot = memchr(p, '.', (size_t)(end - p));
+        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
+        char seg[FERRY_SAGA_NAME_MAX + 1];
+        if (n == 0 || n > FERRY_SAGA_NAME_MAX)
+            return NULL;
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
+        p += n + (dot ? 1 : 0);
+    }
+    return cur;
+}
+
+/* A new value: tmpl with every context reference replaced. NULL with
+ * *missing set to the first reference that did not resolve (borrowed from
+ * tmpl), or with *missing NULL when memory was short. */
+static json_t *substitute(const json_t *tmpl, const json_t *ctx, const char **missing)
+{
+    *missing = NULL;
+    if (json_is_string(tmpl)) {
+        int is_ref;
+        const json_t *v = context_lookup(ctx, json_string_value(tmpl), &is_ref);
+        if (!is_ref)
+            return json_deep_copy(tmpl);
+        if (v == NULL) {
+            *missing = json_string_value(tmpl);
+            return NULL;
+        }
+        return json_deep_copy(v);
+    }
+    if (json_is_object(tmpl)) {
+        json_t *out = json_object();
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)tmpl, k, v) {
+            json_t *c = out ? substitute(v, ctx, missing) : NULL;
+            if (c == NULL || json_object_set_new(out, k, c) != 0) {
+                json_decref(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    if (json_is_array(tmpl)) {
+        json_t *out = json_array();
+        size_t i;
+        json_t *v;
+        json_array_foreach(tmpl, i, v) {
+            json_t *c = out ? substitute(v, ctx, missing) : NULL;
+            if (c == NULL || json_array_append_new(out, c) != 0) {
+                json_decref(out);
+                return NULL;
+            }
+        }
+        return out;
+    }
+    return json_deep_copy(tmpl);
+}
+
+static const ferry_saga_command *command_of(const ferry_saga_def *def, uint32_t step,
+                                            ferry_saga_command_kind kind)
+{
+    const ferry_saga_step_def *s = &def->steps[step];
+    return kind == FERRY_SAGA_CMD_ACTION ? &s->action : &s->compensation;
+}
+
+/* Every template of def must resolve in ctx: checked at start, so that no
+ * saga stalls later on a command it cannot build. */
+static ferry_code check_templates(const ferry_saga_def *def, const json_t *ctx, ferry_error *err)
+{
+    for (size_t i = 0; i < def->step_count; i++) {
+        for (int k = 0; k < 2; k++) {
+            if (k == 1 && !def->steps[i].has_compensation)
+                continue;
+            const ferry_saga_command *c = command_of(def, (uint32_t)i, (ferry_saga_command_kind)k);
+            const char *missing;
+            json_t *p = substitute(c->payload, ctx, &missing);
+            if (p == NULL && missing != NULL)
+                return ferry_err_set(err, FERRY_EINVAL, "context",
+                                     "could not start saga %s: the context has no value for "
+                                     "\"%s\" (steps[%zu].%s.payload)",
+                                     def->name, missing, i, k ? "compensation" : "action");
+            if (p == NULL)
+                return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not start saga: out of memory");
+            json_decref(p);
+        }
+    }
+    return FERRY_OK;
+}
+
+/* ---------------------------------------------------------------- one event */
+
+typedef struct saga_ctx {
+    const ferry_saga_registry *reg;
+    const ferry_saga_def *def;
+    char id[FERRY_UUID_STRING_SIZE];
+    json_t *context;                 /* owned */
+} saga_ctx;
+
+static ferry_code audit(PGconn *conn, const saga_ctx *s, uint32_t step,
+                        ferry_saga_command_kind kind, const char *status, uint32_t attempt,
+                        const char *message_id, json_t *detail /* stolen */, ferry_error *err)
+{
+    char att[16];
+    snprintf(att, sizeof att, "%" PRIu32, attempt);
+    char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
+    json_decref(detail);
+    const char *p[7] = {s->id, s->def->steps[step].name, ferry_saga_command_name(kind), status,
+                        att, message_id, d};
+    ferry_code rc = ferry_exec(conn, "SELECT ferry.saga_audit($1, $2, $3, $4, $5, $6, $7)", 7,
+                               p, "could not record a saga step", err);
+    free(d);
+    return rc;
+}
+
+static ferry_code send_command(PGconn *conn, const saga_ctx *s, const ferry_saga_action *a,
+                               ferry_error *err)
+{
+    const ferry_saga_step_def *step = &s->def->steps[a->step];
+    const ferry_saga_command *cmd = command_of(s->def, a->step, a->command);
+    const char *missing;
+    json_t *payload = substitute(cmd->payload, s->context, &missing);
+    if (payload == NULL)
+        return missing ? ferry_err_set(err, FERRY_EINVAL, "context",
+                                       "could not build %s of step %s of saga %s: the context "
+                                       "has no value for \"%s\"",
+                                       ferry_saga_command_name(a->command), step->name, s->id,
+                                       missing)
+                       : ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: "
+                                                                "out of memory");
+    char key[FERRY_UUID_STRING_SIZE + 64], num[3][24];
+    ferry_saga_key_format(s->id, a, key, sizeof key);
+    snprintf(num[0], sizeof num[0], "%" PRIu32, a->step);
+    snprintf(num[1], sizeof num[1], "%" PRIu32, a->round);
+    snprintf(num[2], sizeof num[2], "%" PRIu32, a->attempt);
+    json_t *headers = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "saga_id", s->id,
+                                "saga_name", s->def->name, "saga_step", num[0], "saga_step_name",
+                                step->name, "saga_kind", ferry_saga_command_name(a->command),
+                                "saga_round", num[1], "saga_attempt", num[2], "saga_key", key,
+                                "saga_reply_to", s->reg->reply_topic);
+    char *ptext = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *htext = headers ? json_dumps(headers, JSON_COMPACT) : NULL;
+    json_decref(payload);
+    json_decref(headers);
+    ferry_code rc;
+    if (ptext == NULL || htext == NULL) {
+        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
+        goto out;
+    }
+    ferry_msg m = {.topic = step->topic, .key = s->id, .type = cmd->type,
+                   .aggregate_type = s->def->name, .payload = ptext, .headers = htext,
+                   .delay_ms = a->delay_ms};
+    ferry_uuid mid;
+    if ((rc = ferry_emit(conn, &m, NULL, &mid, err)) != FERRY_OK)
+        goto out;
+    char mids[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&mid, mids);
+    rc = audit(conn, s, a->step, a->command, "sent", a->attempt, mids,
+               json_pack("{s:I, s:s, s:I}", "round", (json_int_t)a->round, "key", key,
+                         "delay_ms", (json_int_t)a->delay_ms),
+               err);
+    ferry_log(FERRY_LOG_DEBUG, "saga_send", "saga %s: send %s of step %s round %" PRIu32
+              " attempt %" PRIu32, s->id, ferry_saga_command_name(a->command), step->name,
+              a->round, a->attempt);
+out:
+    free(ptext);
+    free(htext);
+    return rc;
+}
+
+/* What changed between state and next, in the audit trail: the answer
+ * an applied reply brought, and the steps given up without one. */
+static ferry_code audit_changes(PGconn *conn, const saga_ctx *s, const ferry_saga_event *ev,
+                                const ferry_saga_state *state, const ferry_saga_state *next,
+                                ferry_error *err)
+{
+    ferry_code rc;
+    if (ev->kind == FERRY_SAGA_EV_REPLY
+        && (rc = audit(conn, s, ev->step, ev->command, ev->succeeded ? "succeeded" : "failed",
+                       ev->attempt, NULL,
+                       json_pack("{s:I, s:s}", "round", (json_int_t)ev->round, "event", "reply"),
+                       err)) != FERRY_OK)
+        return rc;
+    for (uint32_t i = 0; i < next->step_count; i++) {
+        if (next->steps[i].action == FERRY_SAGA_STEP_TIMED_OUT
+            && state->steps[i].action != FERRY_SAGA_STEP_TIMED_OUT
+            && (rc = audit(conn, s, i, FERRY_SAGA_CMD_ACTION, "timed_out",
+                           next->steps[i].action_attempts, NULL,
+                           json_pack("{s:s, s:s}", "event", ferry_saga_event_name(ev->kind),
+                                     "reason",
+                                     ferry_saga_reason_name((ferry_saga_reason)next->reason)),
+                           err)) != FERRY_OK)
+            return rc;
+    }
+    return FERRY_OK;
+}
+
+/* Store next (insert when state is the zeroed "new"), then audit, then emit. */
+static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_event *ev,
+                              const ferry_saga_state *state, const ferry_saga_state *next,
+                              const ferry_saga_action *acts, size_t n_acts, ferry_error *err)
+{
+    json_t *doc = state_to_json(next);
+    char *engine = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (engine == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+    char cur[16], wake[24], ver[24], old[24];
+    snprintf(cur, sizeof cur, "%" PRIu32, next->current);
+    snprintf(wake, sizeof wake, "%" PRId64, next->wake_ms);
+    snprintf(ver, sizeof ver, "%" PRIu64, next->revision);
+    snprintf(old, sizeof old, "%" PRIu64, state->revision);
+    const char *status = ferry_saga_status_name((ferry_saga_status)next->status);
+    ferry_code rc;
+    if (ev->kind == FERRY_SAGA_EV_START) {
+        char *ctx = json_dumps(s->context, JSON_COMPACT);
+        const char *p[9] = {s->id, s->def->name, s->def->hash, status, cur, ctx, wake, ver,
+                            engine};
+        rc = ctx ? ferry_exec(conn, "SELECT ferry.saga_create($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                              9, p, "could not insert saga", err)
+                 : ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+        free(ctx);
+    } else {
+        const char *p[7] = {s->id, old, ver, status, cur, wake, engine};
+        PGresult *res = PQexecParams(conn,
+                                     "SELECT ferry.saga_save($1, $2, $3, $4, $5, $6, $7)", 7,
+                                     NULL, p, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            rc = ferry_error_from_pg(err, conn, res, "could not store saga");
+        else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+            /* The row is locked while loaded, so this is another writer
+             * that did not lock: retry the event on the newer revision. */
+            rc = ferry_err_set(err, FERRY_EDB, "version",
+                               "could not store saga %s: revision %s is no longer current",
+                               s->id, old);
+            if (err != NULL) {
+                err->retriable = 1;
+                memcpy(err->sqlstate, "40001", 6);
+            }
+        } else
+            rc = FERRY_OK;
+        PQclear(res);
+    }
+    free(engine);
+    if (rc == FERRY_OK)
+        rc = audit_changes(conn, s, ev, state, next, err);
+    for (size_t i = 0; rc == FERRY_OK && i < n_acts; i++) {
+        if (acts[i].kind == FERRY_SAGA_DO_SEND)
+            rc = send_command(conn, s, &acts[i], err);
+        else if (acts[i].kind == FERRY_SAGA_DO_FINISH)
+            ferry_log(FERRY_LOG_INFO, "saga_finished", "saga %s (%s) %s", s->id, s->def->name,
+                      ferry_saga_status_name(acts[i].status));
+        /* SET_DEADLINE is next->wake_ms, stored above as ferry.saga.deadline. */
+    }
+    return rc;
+}
+
+/*
+ * Lock saga id, run ev on it, store the result. now_ms <= 0: the
+ * transaction's time. *applied (may be NULL) is 1 when the engine applied
+ * the event; *found 0 when there is no such saga (then FERRY_OK).
+ */
+static ferry_code drive(PGconn *conn, const ferry_saga_registry *reg, const char *id,
+                        const ferry_saga_event *ev, int64_t now_ms, int *applied, int *found,
+                        ferry_error *err)
+{
+    if (applied)
+        *applied = 0;
+    const char *p[1] = {id};
+    PGresult *res = PQexecParams(conn, "SELECT * FROM ferry.saga_lock($1)", 1, NULL, p, NULL,
+                                 NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not load saga");
+        PQclear(res);
+        return rc;
+    }
+    *found = PQntuples(res) == 1;
+    if (!*found) {
+        PQclear(res);
+        return FERRY_OK;
+    }
+    saga_ctx s = {.reg = reg};
+    snprintf(s.id, sizeof s.id, "%s", id);
+    const char *name = PQgetvalue(res, 0, 0), *hash = PQgetvalue(res, 0, 1);
+    ferry_code rc;
+    s.def = ferry_saga_registry_find(reg, name);
+    if (s.def == NULL) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+                           "saga %s runs definition \"%s\", which this registry does not have",
+                           id, name);
+        goto out;
+    }
+    if (strcmp(s.def->hash, hash) != 0) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+                           "saga %s was started with definition \"%s\" hash %s, but the "
+                           "registry's has hash %s: refusing to run it on another definition",
+                           id, name, hash, s.def->hash);
+        goto out;
+    }
+    json_error_t jerr;
+    s.context = json_loads(PQgetvalue(res, 0, 2), JSON_DECODE_ANY, &jerr);
+    ferry_saga_state state, next;
+    if ((rc = state_from_json(PQgetisnull(res, 0, 4) ? NULL : PQgetvalue(res, 0, 4), &state,
+                              err)) != FERRY_OK)
+        goto out;
+    if (state.revision != strtoull(PQgetvalue(res, 0, 3), NULL, 10)) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "state",
+                           "saga %s: stored state revision %" PRIu64 " differs from version %s",
+                           id, state.revision, PQgetvalue(res, 0, 3));
+        goto out;
+    }
+    if (now_ms <= 0)
+        now_ms = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+    ferry_saga_action acts[FERRY_SAGA_ACTIONS_MAX];
+    size_t n_acts = 0;
+    if ((rc = ferry_saga_step(s.def, &state, ev, now_ms, &next, acts, FERRY_SAGA_ACTIONS_MAX,
+                              &n_acts, err)) != FERRY_OK)
+        goto out;
+    char line[160];
+    ferry_saga_event_format(ev, line, sizeof line);
+    if (next.ignored != FERRY_SAGA_IGNORED_NONE) {
+        ferry_log(FERRY_LOG_DEBUG, "saga_ignored", "saga %s: %s ignored (%s)", id, line,
+                  ferry_saga_ignored_name((ferry_saga_ignored)next.ignored));
+        goto out;
+    }
+    ferry_log(FERRY_LOG_DEBUG, "saga_event", "saga %s: %s: %s -> %s", id, line,
+              ferry_saga_status_name((ferry_saga_status)state.status),
+              ferry_saga_status_name((ferry_saga_status)next.status));
+    rc = apply_event(conn, &s, ev, &state, &next, acts, n_acts, err);
+    if (rc == FERRY_OK && applied)
+        *applied = 1;
+out:
+    json_decref(s.context);
+    PQclear(res);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- API */
+
+ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const char *def_name,
+                            const char *context_json, ferry_uuid *id_out, ferry_error *err)
+{
+    ferry_err_clear(err);
+    ferry_code rc = ferry_conn_check_in_tx(conn, "could not start saga", err);
+    if (rc != FERRY_OK)
+        return rc;
+    saga_ctx s = {.reg = reg, .def = ferry_saga_registry_find(reg, def_name)};
+    if (s.def == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "definition",
+                             "could not start saga: no definition called \"%s\"",
+                             def_name ? def_name : "(null)");
+    json_error_t jerr;
+    s.context = context_json ? json_loads(context_json, 0, &jerr) : json_object();
+    if (!json_is_object(s.context)) {
+        json_decref(s.context);
+        return ferry_err_set(err, FERRY_EINVAL, "context",
+                             "could not start saga %s: the context must be a JSON object",
+                             def_name);
+    }
+    ferry_uuid id;
+    if ((rc = check_templates(s.def, s.context, err)) != FERRY_OK
+        || (rc = ferry_uuid_v7(&id)) != FERRY_OK) {
+        if (rc != FERRY_OK && err != NULL && err->code == FERRY_OK)
+            ferry_err_set(err, rc, NULL, "could not start saga: no id");
+        goto out;
+    }
+    ferry_uuid_format(&id, s.id);
+    PGresult *res = PQexec(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = ferry_error_from_pg(err, conn, res, "could not start saga: no time");
+        PQclear(res);
+        goto out;
+    }
+    int64_t now_ms = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    ferry_saga_state zero, next;
+    memset(&zero, 0, sizeof zero);
+    ferry_saga_event ev = {.kind = FERRY_SAGA_EV_START};
+    ferry_saga_action acts[FERRY_SAGA_ACTIONS_MAX];
+    size_t n_acts;
+    if ((rc = ferry_saga_step(s.def, &zero, &ev, now_ms, &next, acts, FERRY_SAGA_ACTIONS_MAX,
+                              &n_acts, err)) != FERRY_OK
+        || (rc = apply_event(conn, &s, &ev, &zero, &next, acts, n_acts, err)) != FERRY_OK)
+        goto out;
+    ferry_log(FERRY_LOG_DEBUG, "saga_started", "saga %s (%s) started", s.id, s.def->name);
+    if (id_out)
+        *id_out = id;
+out:
+    json_decref(s.context);
+    return rc;
+}
+
+ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const char *saga_id,
+                             ferry_error *err)
+{
+    ferry_err_clear(err);
+    ferry_code rc = ferry_conn_check_in_tx(conn, "could not cancel saga", err);
+    if (rc != FERRY_OK)
+        return rc;
+    ferry_uuid id;
+    if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
+        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga: \"%s\" is "
+                             "not a saga id", saga_id ? saga_id : "(null)");
+    char canon[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&id, canon);
+    ferry_saga_event ev = {.kind = FERRY_SAGA_EV_CANCEL};
+    int found;
+    if ((rc = drive(conn, reg, canon, &ev, 0, NULL, &found, err)) != FERRY_OK)
+        return rc;
+    if (!found)
+        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga %s: no such "
+                             "saga", canon);
+    return FERRY_OK;
+}
+
+ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void *registry,
+                                    ferry_error *err)
+{
+    const ferry_saga_registry *reg = registry;
+    const json_t *p = msg->payload;
+    const char *id = json_string_value(json_object_get(p, "saga_id"));
+    const char *kind = json_string_value(json_object_get(p, "kind"));
+    const json_t *step = json_object_get(p, "step"), *round = json_object_get(p, "round"),
+                 *attempt = json_object_get(p, "attempt"),
+                 *ok = json_object_get(p, "succeeded");
+    ferry_uuid uid;
+    if (id == NULL || ferry_uuid_parse(id, &uid) != FERRY_OK || kind == NULL
+        || (strcmp(kind, "action") != 0 && strcmp(kind, "compensation") != 0)
+        || !json_is_integer(step) || json_integer_value(step) < 0
+        || json_integer_value(step) >= FERRY_SAGA_STEPS_MAX || !json_is_integer(round)
+        || json_integer_value(round) < 0 || json_integer_value(round) > (json_int_t)UINT32_MAX
+        || !json_is_integer(attempt) || json_integer_value(attempt) < 0
+        || json_integer_value(attempt) > (json_int_t)UINT32_MAX || !json_is_boolean(ok))
+        return ferry_err_set(err, FERRY_EINVAL, "payload",
+                             "saga reply %s is malformed: want saga_id, step, kind, round, "
+                             "attempt, succeeded", msg->id);
+    char canon[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&uid, canon);
+    ferry_saga_event ev = {
+        .kind = FERRY_SAGA_EV_REPLY,
+        .command = strcmp(kind, "action") == 0 ? FERRY_SAGA_CMD_ACTION
+                                               : FERRY_SAGA_CMD_COMPENSATION,
+        .step = (uint32_t)json_integer_value(step),
+        .round = (uint32_t)json_integer_value(round),
+        .attempt = (uint32_t)json_integer_value(attempt),
+        .succeeded = json_is_true(ok),
+    };
+    int found;
+    ferry_code rc = drive(conn, reg, canon, &ev, 0, NULL, &found, err);
+    if (rc == FERRY_OK && !found)
+        ferry_log(FERRY_LOG_WARN, "saga_reply_unknown", "saga reply %s: no saga %s here; "
+                  "skipped", msg->id, canon);
+    return rc;
+}
+
+typedef struct fire_arg {
+    const ferry_saga_registry *reg;
+    int64_t now_ms;
+    int none;       /* no due saga left */
+    int applied;
+} fire_arg;
+
+static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
+{
+    fire_arg *f = arg;
+    f->none = 0;
+    f->applied = 0;
+    char now[24];
+    const char *p[1] = {now};
+    int64_t now_ms = f->now_ms;
+    PGresult *res;
+    if (now_ms <= 0) {
+        res = PQexec(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            ferry_code rc = ferry_error_from_pg(err, conn, res, "could not fire saga timers");
+            PQclear(res);
+            return rc;
+        }
+        now_ms = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+    }
+    snprintf(now, sizeof now, "%" PRId64, now_ms);
+    res = PQexecParams(conn, "SELECT ferry.saga_next_due($1)", 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not find due saga timers");
+        PQclear(res);
+        return rc;
+    }
+    if (PQgetisnull(res, 0, 0)) {
+        f->none = 1;
+        PQclear(res);
+        return FERRY_OK;
+    }
+    char id[FERRY_UUID_STRING_SIZE];
+    snprintf(id, sizeof id, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    ferry_saga_event ev = {.kind = FERRY_SAGA_EV_TIMEOUT};
+    int found;
+    return drive(conn, f->reg, id, &ev, now_ms, &f->applied, &found, err);
+}
+
+ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, int64_t now_ms,
+                                  int max, int *fired, ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
+        return ferry_err_set(err, FERRY_EINVAL, reg ? "max" : "registry",
+                             "could not fire saga timers: bad arguments");
+    fire_arg f = {.reg = reg, .now_ms = now_ms};
+    int n = 0;
+    for (int i = 0; i < max; i++) {
+        ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
+        if (rc != FERRY_OK)
+            return rc;
+        if (f.none)
+            break;
+        n += f.applied;
+    }
+    if (fired)
+        *fired = n;
+    return FERRY_OK;
+}

@@ -1,0 +1,586 @@
+/*
+ * test_saga.c — the saga driver (lib/saga_driver.c) and the participant
+ * helper (lib/participant.c) the whole way: a real PostgreSQL, the
+ * development broker, a `ferry-relay run` child publishing the outbox, and
+ * four consumers polled in this thread: the orchestrator's (replies,
+ * ferry_saga_reply_handler) and one per participant (payment, inventory,
+ * shipping, each through ferry_participant_handle).
+ *
+ * The saga is examples/sagas/order.yaml's shape (shipping is the pivot)
+ * with short timeouts. Each command's payload carries "behave" from the
+ * saga's context, telling the test participant what to do with the action:
+ *   ok       apply it (a row in t_effect)
+ *   refuse   refuse it (FERRY_EINVAL from the callback: a business refusal)
+ *   silent   swallow it: no effect, no reply (kept in t_swallowed, so that
+ *            it can be delivered again later as a late action)
+ * Compensations always apply (an 'undo' row), through the helper, which
+ * turns the compensation of a step that never ran into a tombstone.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness/kafkatmp.h"
+#include "testutil.h"
+
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
+static const char order_yaml[] =
+    "saga: order\n"
+    "version: 1\n"
+    "deadline: 2m\n"
+    "steps:\n"
+    "  - name: payment\n"
+    "    topic: payments.commands\n"
+    "    action: {type: ReservePayment, payload: {order: \"${context.order_id}\",\n"
+    "             amount: \"${context.total}\", behave: \"${context.payment}\"}}\n"
+    "    compensation: {type: ReleasePayment, payload: {order: \"${context.order_id}\"}}\n"
+    "    timeout: 30s\n"
+    "  - name: inventory\n"
+    "    topic: inventory.commands\n"
+    "    action: {type: ReserveStock, payload: {order: \"${context.order_id}\",\n"
+    "             behave: \"${context.inventory}\"}}\n"
+    "    compensation: {type: ReleaseStock, payload: {order: \"${context.order_id}\"}}\n"
+    "    timeout: 2s\n"
+    "    retry: {attempts: 2, backoff: 100ms}\n"
+    "  - name: shipping\n"
+    "    topic: shipping.commands\n"
+    "    action: {type: ShipOrder, payload: {order: \"${context.order_id}\",\n"
+    "             behave: \"${context.shipping}\"}}\n"
+    "    pivot: true\n"
+    "    timeout: 30s\n";
+
+static kt_broker *broker;
+static pid_t relay_pid = -1;
+static char relay_log[64];
+static ferry_saga_registry *reg;
+static PGconn *timer_conn;          /* idle: ferry_saga_fire_timers runs its own transactions */
+static long timers_fired;
+
+enum { C_ORCH, C_PAYMENT, C_INVENTORY, C_SHIPPING, C_COUNT };
+static ferry_consumer *cons[C_COUNT];
+
+/* ------------------------------------------------------------------ participants */
+
+static ferry_code effect(PGconn *conn, const ferry_message *m, const char *who,
+                         const char *what, ferry_error *err)
+{
+    const char *p[3] = {who, ferry_message_header(m, "saga_id"), what};
+    PGresult *res = PQexecParams(conn, "INSERT INTO t_effect (participant, saga, what) "
+                                       "VALUES ($1, $2, $3)", 3, NULL, p, NULL, NULL, 0);
+    ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                        ? FERRY_OK : ferry_error_from_pg(err, conn, res, "effect");
+    PQclear(res);
+    return rc;
+}
+
+static ferry_code do_action(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    const char *behave = json_string_value(json_object_get(m->payload, "behave"));
+    if (behave != NULL && strcmp(behave, "refuse") == 0)
+        return ferry_error_set(err, FERRY_EINVAL, 0, "%s refused: out of stock", (char *)arg);
+    return effect(conn, m, arg, "do", err);
+}
+
+static ferry_code do_compensation(PGconn *conn, const ferry_message *m, void *arg,
+                                  ferry_error *err)
+{
+    return effect(conn, m, arg, "undo", err);
+}
+
+static ferry_participant parts[C_COUNT] = {
+    [C_PAYMENT] = {.name = "payment", .action = do_action, .compensation = do_compensation,
+                   .arg = "payment"},
+    [C_INVENTORY] = {.name = "inventory", .action = do_action,
+                     .compensation = do_compensation, .arg = "inventory"},
+    /* The pivot: nothing to undo. */
+    [C_SHIPPING] = {.name = "shipping", .action = do_action, .arg = "shipping"},
+};
+
+static ferry_code participant_handler(PGconn *conn, const ferry_message *m, void *arg,
+                                      ferry_error *err)
+{
+    const ferry_participant *p = arg;
+    const char *behave = json_string_value(json_object_get(m->payload, "behave"));
+    const char *kind = ferry_message_header(m, "saga_kind");
+    if (behave != NULL && strcmp(behave, "silent") == 0 && kind != NULL
+        && strcmp(kind, "action") == 0 && ferry_message_header(m, "test_replay") == NULL) {
+        /* Lost: neither applied nor answered. Kept for a late delivery. */
+        const char *names[] = {"saga_id", "saga_name", "saga_step", "saga_step_name",
+                               "saga_kind", "saga_round", "saga_attempt", "saga_key",
+                               "saga_reply_to"};
+        json_t *h = json_object();
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            json_object_set_new(h, names[i], json_string(ferry_message_header(m, names[i])));
+        json_object_set_new(h, "test_replay", json_string("1"));
+        char *ht = json_dumps(h, JSON_COMPACT);
+        json_decref(h);
+        char *pt = json_dumps(m->payload, JSON_COMPACT | JSON_ENCODE_ANY);
+        const char *pp[6] = {p->name, ferry_message_header(m, "saga_id"), m->topic, m->type,
+                             pt, ht};
+        PGresult *res = PQexecParams(conn, "INSERT INTO t_swallowed (participant, saga, topic, "
+                                           "type, payload, headers) VALUES ($1, $2, $3, $4, "
+                                           "$5, $6)", 6, NULL, pp, NULL, NULL, 0);
+        free(ht);
+        free(pt);
+        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                            ? FERRY_OK : ferry_error_from_pg(err, conn, res, "swallow");
+        PQclear(res);
+        return rc;
+    }
+    ferry_participant_outcome oc;
+    return ferry_participant_handle(conn, m, p, &oc, err);
+}
+
+/* ------------------------------------------------------------------ consumers */
+
+static const char *const group_props[] = {
+    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+    NULL,
+};
+
+static const char *const topic_of[C_COUNT] = {
+    [C_ORCH] = FERRY_SAGA_REPLY_TOPIC_DEFAULT, [C_PAYMENT] = "payments.commands",
+    [C_INVENTORY] = "inventory.commands", [C_SHIPPING] = "shipping.commands",
+};
+static const char *const name_of[C_COUNT] = {
+    [C_ORCH] = "orchestrator", [C_PAYMENT] = "payment", [C_INVENTORY] = "inventory",
+    [C_SHIPPING] = "shipping",
+};
+
+static ferry_consumer *consumer_new(int which)
+{
+    const char *topics[1] = {topic_of[which]};
+    ferry_consumer_conf conf = {
+        .name = name_of[which],
+        .db = fpg_conninfo(tu_pg),
+        .kafka = kt_bootstrap(broker),
+        .topics = topics,
+        .topic_count = 1,
+        .handler = which == C_ORCH ? ferry_saga_reply_handler : participant_handler,
+        .handler_arg = which == C_ORCH ? (void *)reg : (void *)&parts[which],
+        .kafka_props = group_props,
+        .backoff_base_ms = 5,
+        .backoff_max_ms = 50,
+        .held_scan_ms = 50,
+    };
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
+    return c;
+}
+
+static ferry_saga_registry *registry_new(const char *yaml)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_parse(yaml, strlen(yaml), "order-test.yaml", &def, &errs) != FERRY_OK)
+        fail_msg("order yaml: %s: %s", errs.errors[0].field, errs.errors[0].message);
+    ferry_saga_registry *r = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
+    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
+    return r;
+}
+
+/* Poll the consumers in mask and fire due timers until sql (over conn) is
+ * true; fails the test after timeout_ms. */
+static void pump(PGconn *conn, unsigned mask, const char *sql, int timeout_ms)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        ferry_error err;
+        for (int i = 0; i < C_COUNT; i++)
+            if (mask & (1u << i))
+                assert_ferry_ok(ferry_consumer_poll(cons[i], 10, &err), err);
+        int fired = 0;
+        if (reg != NULL)    /* NULL: the orchestrator is down, and its timer worker too */
+            assert_ferry_ok(ferry_saga_fire_timers(timer_conn, reg, 0, 16, &fired, &err), err);
+        timers_fired += fired;
+        char *check = tu_sprintf("SELECT coalesce((%s), false)::int", sql);
+        long long ok = tu_int(conn, check);
+        free(check);
+        if (ok)
+            return;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (ms > timeout_ms)
+            fail_msg("waited %d ms for: %s", timeout_ms, sql);
+    }
+}
+#define ALL ((1u << C_COUNT) - 1)
+
+/* Start a saga in a transaction of our own; its id into id. */
+static void start(PGconn *conn, const char *order, const char *payment, const char *inventory,
+                  const char *shipping, char id[FERRY_UUID_STRING_SIZE])
+{
+    char *ctx = tu_sprintf("{\"order_id\": \"%s\", \"total\": 42, \"payment\": \"%s\", "
+                           "\"inventory\": \"%s\", \"shipping\": \"%s\"}",
+                           order, payment, inventory, shipping);
+    ferry_error err;
+    ferry_uuid uid;
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_start(conn, reg, "order", ctx, &uid, &err), err);
+    tu_exec(conn, "COMMIT");
+    free(ctx);
+    ferry_uuid_format(&uid, id);
+}
+
+/* Formats go through macros so that -Wformat checks them. Each takes the
+ * malloc'd SQL and frees it. */
+static long long q_sql(PGconn *conn, char *sql)
+{
+    long long n = tu_int(conn, sql);
+    free(sql);
+    return n;
+}
+#define q(conn, fmt, id) q_sql((conn), tu_sprintf((fmt), (id)))
+
+static void assert_qs_sql(PGconn *conn, char *sql, const char *want)
+{
+    char *got = tu_str(conn, sql);
+    if (got == NULL || strcmp(got, want) != 0)
+        fail_msg("got \"%s\", want \"%s\" from %s", got ? got : "(null)", want, sql);
+    free(got);
+    free(sql);
+}
+#define assert_qs(conn, fmt, id, want) assert_qs_sql((conn), tu_sprintf((fmt), (id)), (want))
+
+static void await_state(PGconn *conn, unsigned mask, const char *id, const char *state,
+                        int timeout_ms)
+{
+    char *sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.saga WHERE id = '%s' AND state = '%s'",
+                           id, state);
+    pump(conn, mask, sql, timeout_ms);
+    free(sql);
+}
+
+/* The effects, "payment:do,payment:undo,...", in the order applied. */
+#define EFFECTS "SELECT coalesce(string_agg(participant || ':' || what, ',' ORDER BY n), '') " \
+                "FROM t_effect WHERE saga = '%s'"
+/* Compensations the orchestrator saw succeed, in order. */
+#define COMPENSATED "SELECT coalesce(string_agg(step, ',' ORDER BY n), '') FROM ferry.saga_step " \
+                    "WHERE saga_id = '%s' AND kind = 'compensation' AND status = 'succeeded'"
+#define OUTCOMES "SELECT coalesce(string_agg(participant || ':' || kind || ':' || outcome, ',' " \
+                 "ORDER BY at, participant), '') FROM ferry.participant_command " \
+                 "WHERE saga_id = '%s'"
+
+/* ------------------------------------------------------------------ tests */
+
+/* Refused before anything reaches the database or the broker. */
+static void misuse_is_refused(void **state)
+{
+    PGconn *conn = tu_connect();
+    ferry_error err;
+    ferry_uuid id;
+    /* Outside a transaction: the saga row and its command must commit together. */
+    assert_int_equal(ferry_saga_start(conn, reg, "order", "{}", &id, &err), FERRY_ESTATE);
+    tu_exec(conn, "BEGIN");
+    assert_int_equal(ferry_saga_start(conn, reg, "nope", "{}", &id, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "definition");
+    assert_int_equal(ferry_saga_start(conn, reg, "order", "{\"order_id\": 1}", &id, &err),
+                     FERRY_EINVAL);
+    assert_string_equal(err.field, "context");
+    assert_non_null(strstr(err.message, "${context."));
+    assert_int_equal(ferry_saga_start(conn, reg, "order", "[1]", &id, &err), FERRY_EINVAL);
+    tu_exec(conn, "ROLLBACK");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga"), 0);
+
+    /* A saga started under one definition is not run by another one of the
+     * same name. */
+    char sid[FERRY_UUID_STRING_SIZE];
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_start(conn, reg, "order", "{\"order_id\": \"m\", \"total\": 1, "
+                                     "\"payment\": \"ok\", \"inventory\": \"ok\", "
+                                     "\"shipping\": \"ok\"}", &id, &err), err);
+    ferry_uuid_format(&id, sid);
+    char *other_yaml = tu_sprintf("%s# edited\n", order_yaml);
+    ferry_saga_registry *other = registry_new(other_yaml);
+    free(other_yaml);
+    assert_int_equal(ferry_saga_cancel(conn, other, sid, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "definition");
+    assert_non_null(strstr(err.message, "hash"));
+    ferry_saga_registry_destroy(other);
+    tu_exec(conn, "ROLLBACK");
+    /* Duplicate names are refused; the registry keeps the first. */
+    ferry_saga_def *def = NULL;
+    assert_int_equal(ferry_saga_def_parse(order_yaml, strlen(order_yaml), "dup", &def, NULL),
+                     FERRY_OK);
+    assert_int_equal(ferry_saga_registry_add(reg, def, &err), FERRY_EINVAL);
+    ferry_saga_def_free(def);
+    PQfinish(conn);
+}
+
+static void happy_path_completes(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-happy", "ok", "ok", "ok", id);
+    /* Committed together: the saga row and its first command. */
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.saga_step WHERE saga_id = '%s'", id), 1);
+    await_state(conn, ALL, id, "completed", 30000);
+    assert_qs(conn, EFFECTS, id, "payment:do,inventory:do,shipping:do");
+    assert_qs(conn, "SELECT string_agg(step || ':' || kind || ':' || status, ',' ORDER BY n) "
+                    "FROM ferry.saga_step WHERE saga_id = '%s'", id,
+              "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
+              "inventory:action:succeeded,shipping:action:sent,shipping:action:succeeded");
+    assert_qs(conn, OUTCOMES, id,
+              "payment:action:applied,inventory:action:applied,shipping:action:applied");
+    /* Every command carried its idempotency key; every message a message id. */
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.saga_step WHERE saga_id = '%s' AND "
+                             "status = 'sent' AND message_id IS NOT NULL AND detail->>'key' "
+                             "LIKE saga_id || '/%%/action/0'", id), 3);
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.saga WHERE id = '%s' AND deadline IS "
+                             "NULL AND version = 4 AND engine->>'status' = 'completed'", id), 1);
+    PQfinish(conn);
+}
+
+/* Shipping (step 3, the pivot) refuses: it never ran, so inventory (2)
+ * and payment (1) are compensated, in that order. */
+static void refusal_at_step_3_compensates_2_then_1(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-refuse", "ok", "ok", "refuse", id);
+    await_state(conn, ALL, id, "compensated", 30000);
+    /* The fault fired: shipping refused, and says why. */
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.participant_command WHERE saga_id = "
+                             "'%s' AND participant = 'shipping' AND outcome = 'refused' AND "
+                             "reason LIKE 'shipping refused%%'", id), 1);
+    assert_qs(conn, EFFECTS, id,
+              "payment:do,inventory:do,inventory:undo,payment:undo");
+    assert_qs(conn, COMPENSATED, id, "inventory,payment");
+    assert_qs(conn, "SELECT engine->>'reason' FROM ferry.saga WHERE id = '%s'", id, "failed");
+    PQfinish(conn);
+}
+
+/* Run a saga whose inventory never answers until it is compensated. */
+static void run_silent_inventory(PGconn *conn, const char *order, char id[FERRY_UUID_STRING_SIZE])
+{
+    long before = timers_fired;
+    start(conn, order, "ok", "silent", "ok", id);
+    await_state(conn, ALL, id, "compensated", 30000);
+    /* The fault fired: both sends of the action were swallowed, under one
+     * key (a resend is the same command), and the timers did fire. */
+    assert_int_equal(q(conn, "SELECT count(*) FROM t_swallowed WHERE saga = '%s'", id), 2);
+    assert_int_equal(q(conn, "SELECT count(DISTINCT headers->>'saga_key') FROM t_swallowed "
+                             "WHERE saga = '%s'", id), 1);
+    assert_true(timers_fired - before >= 2);
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.saga_step WHERE saga_id = '%s' AND "
+                             "step = 'inventory' AND kind = 'action' AND status = 'timed_out'",
+                       id), 1);
+    assert_qs(conn, "SELECT engine->>'reason' FROM ferry.saga WHERE id = '%s'", id, "timed_out");
+}
+
+/* Inventory may have run (its reply never came): it is compensated too —
+ * a tombstone, since it never did — and then payment. */
+static void timeout_compensates_the_ambiguous_step(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    run_silent_inventory(conn, "o-timeout", id);
+    assert_qs(conn, COMPENSATED, id, "inventory,payment");
+    assert_qs(conn, EFFECTS, id, "payment:do,payment:undo");
+    assert_qs(conn, OUTCOMES, id,
+              "payment:action:applied,inventory:compensation:tombstone,"
+              "payment:compensation:applied");
+    PQfinish(conn);
+}
+
+/* The swallowed action arrives after all: the participant refuses it (its
+ * step was compensated), applies nothing, and the finished saga ignores
+ * the answer. */
+static void late_action_after_compensation_is_refused(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    run_silent_inventory(conn, "o-late", id);
+    long long applied_before = 0;
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(cons[C_ORCH], &s);
+    applied_before = (long long)(s.applied + s.drained);
+    char *sql = tu_sprintf("SELECT count(ferry.emit(topic, saga, type, payload, headers::text)) "
+                           "FROM (SELECT * FROM t_swallowed WHERE saga = '%s' LIMIT 1) s", id);
+    tu_exec(conn, "BEGIN");
+    assert_int_equal(tu_int(conn, sql), 1);
+    tu_exec(conn, "COMMIT");
+    free(sql);
+    char *done = tu_sprintf("SELECT count(*) = 1 FROM ferry.participant_command WHERE saga_id = "
+                            "'%s' AND participant = 'inventory' AND kind = 'action'", id);
+    pump(conn, ALL, done, 30000);
+    free(done);
+    assert_qs(conn, "SELECT outcome FROM ferry.participant_command WHERE saga_id = '%s' AND "
+                    "participant = 'inventory' AND kind = 'action'", id, "too_late");
+    assert_qs(conn, EFFECTS, id, "payment:do,payment:undo");
+    /* Its failure reply reaches the orchestrator, which changes nothing. */
+    for (int i = 0;; i++) {
+        ferry_consumer_stats_get(cons[C_ORCH], &s);
+        if ((long long)(s.applied + s.drained) > applied_before)
+            break;
+        if (i == 3000)
+            fail_msg("the orchestrator never got the late action's reply");
+        pump(conn, 1u << C_ORCH, "SELECT true", 1000);
+    }
+    assert_qs(conn, "SELECT state || ':' || version FROM ferry.saga WHERE id = '%s'", id,
+              "compensated:6");
+    PQfinish(conn);
+}
+
+/* Cancelled while inventory is out: inventory (may have run) and payment
+ * are compensated. */
+static void cancel_compensates(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-cancel", "ok", "silent", "ok", id);
+    char *out = tu_sprintf("SELECT count(*) >= 1 FROM t_swallowed WHERE saga = '%s'", id);
+    pump(conn, ALL, out, 30000);
+    free(out);
+    ferry_error err;
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_cancel(conn, reg, id, &err), err);
+    tu_exec(conn, "COMMIT");
+    assert_qs(conn, "SELECT state || ':' || (engine->>'reason') FROM ferry.saga WHERE id = '%s'",
+              id, "compensating:cancelled");
+    /* A second cancel while compensating changes nothing. */
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_cancel(conn, reg, id, &err), err);
+    tu_exec(conn, "COMMIT");
+    await_state(conn, ALL, id, "compensated", 30000);
+    assert_qs(conn, COMPENSATED, id, "inventory,payment");
+    assert_qs(conn, EFFECTS, id, "payment:do,payment:undo");
+    /* Finished: a cancel is refused now. */
+    tu_exec(conn, "BEGIN");
+    assert_int_equal(ferry_saga_cancel(conn, reg, id, &err), FERRY_ESTATE);
+    tu_exec(conn, "ROLLBACK");
+    PQfinish(conn);
+}
+
+/* The orchestrator goes away mid-saga (its consumer and its registry
+ * dropped, as a process that died would lose them) while payment's command
+ * is out; payment answers with nobody there to hear it; a new
+ * orchestrator, with the definition loaded afresh, carries the saga on from
+ * the database. (Killed at step 1, whose timeout is long: a restart takes
+ * a group rejoin, longer than inventory's 2 s timeout, which would then
+ * rightly compensate instead.) */
+static void orchestrator_killed_mid_saga_resumes(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-kill", "ok", "ok", "ok", id);
+    /* Killed: nothing of the old orchestrator is left in this process. */
+    ferry_consumer_destroy(cons[C_ORCH]);
+    cons[C_ORCH] = NULL;
+    ferry_saga_registry_destroy(reg);
+    reg = NULL;
+    char *sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.participant_command WHERE saga_id = "
+                           "'%s' AND participant = 'payment'", id);
+    pump(conn, ALL & ~(1u << C_ORCH), sql, 30000);
+    free(sql);
+    /* The fault held: payment answered, the saga did not move. */
+    assert_qs(conn, "SELECT state || ':' || current_step || ':' || version FROM ferry.saga "
+                    "WHERE id = '%s'", id, "running:0:1");
+    /* A new orchestrator. */
+    reg = registry_new(order_yaml);
+    cons[C_ORCH] = consumer_new(C_ORCH);
+    await_state(conn, ALL, id, "completed", 30000);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(cons[C_ORCH], &s);
+    assert_true(s.applied + s.drained >= 3);    /* the three replies, the first one late */
+    assert_qs(conn, EFFECTS, id, "payment:do,inventory:do,shipping:do");
+    assert_qs(conn, OUTCOMES, id,
+              "payment:action:applied,inventory:action:applied,shipping:action:applied");
+    PQfinish(conn);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static int relay_start(void)
+{
+    const char *bin = getenv("FERRY_RELAY_BIN") ? getenv("FERRY_RELAY_BIN")
+                                                : "build/asan/ferry-relay";
+    snprintf(relay_log, sizeof relay_log, "/tmp/ferry-saga-relay-XXXXXX");
+    int fd = mkstemp(relay_log);
+    if (fd < 0)
+        return -1;
+    relay_pid = fork();
+    if (relay_pid < 0)
+        return -1;
+    if (relay_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fd, 2);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1", 1);
+        execl(bin, bin, "run", "--db", fpg_conninfo(tu_pg), "--kafka", kt_bootstrap(broker),
+              "--holder", "saga-relay", "--set", "poll_interval_ms=50", (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    return 0;
+}
+
+static int group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    PGconn *c = tu_connect();
+    tu_exec(c, "CREATE TABLE t_effect (n bigserial, participant text, saga uuid, what text)");
+    tu_exec(c, "CREATE TABLE t_swallowed (n bigserial, participant text, saga text, topic text, "
+               "type text, payload text, headers jsonb)");
+    timer_conn = c;
+    broker = kt_start(1);
+    if (broker == NULL)
+        return -1;
+    for (int i = 0; i < C_COUNT; i++)
+        if (kt_command(broker, "topic-create %s 2 1", topic_of[i]) != 0)
+            return -1;
+    if (relay_start() != 0)
+        return -1;
+    reg = registry_new(order_yaml);
+    for (int i = 0; i < C_COUNT; i++)
+        cons[i] = consumer_new(i);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    for (int i = 0; i < C_COUNT; i++)
+        ferry_consumer_destroy(cons[i]);
+    ferry_saga_registry_destroy(reg);
+    if (relay_pid > 0) {
+        kill(relay_pid, SIGTERM);
+        int st;
+        waitpid(relay_pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            fprintf(stderr, "ferry-relay exited with status %d; its log: %s\n", st, relay_log);
+        else
+            unlink(relay_log);
+    }
+    PQfinish(timer_conn);
+    kt_stop(broker);
+    return tu_group_teardown(state);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(misuse_is_refused),
+        cmocka_unit_test(happy_path_completes),
+        cmocka_unit_test(refusal_at_step_3_compensates_2_then_1),
+        cmocka_unit_test(timeout_compensates_the_ambiguous_step),
+        cmocka_unit_test(late_action_after_compensation_is_refused),
+        cmocka_unit_test(cancel_compensates),
+        cmocka_unit_test(orchestrator_killed_mid_saga_resumes),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
