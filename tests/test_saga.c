@@ -66,6 +66,7 @@ static long timers_fired;
 
 enum { C_ORCH, C_PAYMENT, C_INVENTORY, C_SHIPPING, C_COUNT };
 static ferry_consumer *cons[C_COUNT];
+static int timers_off;              /* pump() leaves timers to someone else */
 
 /* ------------------------------------------------------------------ participants */
 
@@ -202,7 +203,8 @@ static void pump(PGconn *conn, unsigned mask, const char *sql, int timeout_ms)
             if (mask & (1u << i))
                 assert_ferry_ok(ferry_consumer_poll(cons[i], 10, &err), err);
         int fired = 0;
-        if (reg != NULL)    /* NULL: the orchestrator is down, and its timer worker too */
+        /* reg NULL: the orchestrator is down, and its timer worker too */
+        if (reg != NULL && !timers_off)
             assert_ferry_ok(ferry_saga_fire_timers(timer_conn, reg, 0, 16, &fired, &err), err);
         timers_fired += fired;
         char *check = tu_sprintf("SELECT coalesce((%s), false)::int", sql);
@@ -501,6 +503,94 @@ static void orchestrator_killed_mid_saga_resumes(void **state)
     PQfinish(conn);
 }
 
+/* --orchestrator CONNINFO BOOTSTRAP: the orchestrator as a process of its
+ * own (replies and timers) until it is killed. */
+static int orchestrator_main(char **argv)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    ferry_saga_registry *r = NULL;
+    ferry_error err;
+    if (ferry_saga_def_parse(order_yaml, strlen(order_yaml), "order-test.yaml", &def,
+                             &errs) != FERRY_OK ||
+        ferry_saga_registry_new(NULL, &r, &err) != FERRY_OK ||
+        ferry_saga_registry_add(r, def, &err) != FERRY_OK)
+        return 2;
+    const char *topics[1] = {FERRY_SAGA_REPLY_TOPIC_DEFAULT};
+    ferry_consumer_conf conf = {
+        .name = name_of[C_ORCH], .db = argv[2], .kafka = argv[3], .topics = topics,
+        .topic_count = 1, .handler = ferry_saga_reply_handler, .handler_arg = r,
+        .kafka_props = group_props, .backoff_base_ms = 5, .backoff_max_ms = 50,
+        .held_scan_ms = 50,
+    };
+    ferry_consumer *c = NULL;
+    PGconn *tconn = PQconnectdb(argv[2]);
+    if (ferry_consumer_new(&conf, &c, &err) != FERRY_OK || PQstatus(tconn) != CONNECTION_OK) {
+        fprintf(stderr, "orchestrator: %s\n", err.message);
+        return 2;
+    }
+    for (;;) {
+        int fired = 0;
+        if (ferry_consumer_poll(c, 20, &err) != FERRY_OK ||
+            ferry_saga_fire_timers(tconn, r, 0, 16, &fired, &err) != FERRY_OK)
+            fprintf(stderr, "orchestrator: %s\n", err.message);
+    }
+}
+
+/* The orchestrator as a separate process, killed with SIGKILL after it
+ * moved the saga to its second step: the saga waits in the database, and
+ * a new orchestrator carries it on to the end, each step applied once. */
+static void orchestrator_process_killed_resumes(void **state)
+{
+    PGconn *conn = tu_connect();
+    /* This process stops being the orchestrator. */
+    ferry_consumer_destroy(cons[C_ORCH]);
+    cons[C_ORCH] = NULL;
+    timers_off = 1;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        execl("/proc/self/exe", "test_saga", "--orchestrator", fpg_conninfo(tu_pg),
+              kt_bootstrap(broker), (char *)NULL);
+        _exit(127);
+    }
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-kill9", "ok", "ok", "ok", id);
+    /* The child applied payment's reply and sent inventory's command. */
+    char *sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.saga WHERE id = '%s' AND "
+                           "current_step = 1", id);
+    pump(conn, ALL & ~(1u << C_ORCH), sql, 60000);
+    free(sql);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);    /* the fault fired */
+    long long version = q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id);
+
+    /* Inventory answers into the void: nobody moves the saga. */
+    sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.participant_command WHERE saga_id = '%s' "
+                     "AND participant = 'inventory'", id);
+    pump(conn, ALL & ~(1u << C_ORCH), sql, 30000);
+    free(sql);
+    assert_int_equal(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id), version);
+
+    /* A new orchestrator; its timers wait until it holds the reply topic
+     * (the dead member leaves the group only when its session times out). */
+    cons[C_ORCH] = consumer_new(C_ORCH);
+    ferry_consumer_stats s = {0};
+    for (int i = 0; i < 3000 && s.assigned == 0; i++) {
+        ferry_error err;
+        assert_ferry_ok(ferry_consumer_poll(cons[C_ORCH], 10, &err), err);
+        ferry_consumer_stats_get(cons[C_ORCH], &s);
+    }
+    assert_true(s.assigned > 0);
+    timers_off = 0;
+    await_state(conn, ALL, id, "completed", 60000);
+    assert_qs(conn, EFFECTS, id, "payment:do,inventory:do,shipping:do");
+    PQfinish(conn);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 static int relay_start(void)
@@ -570,8 +660,10 @@ static int group_teardown(void **state)
     return tu_group_teardown(state);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
+        return orchestrator_main(argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(misuse_is_refused),
         cmocka_unit_test(happy_path_completes),
@@ -580,6 +672,7 @@ int main(void)
         cmocka_unit_test(late_action_after_compensation_is_refused),
         cmocka_unit_test(cancel_compensates),
         cmocka_unit_test(orchestrator_killed_mid_saga_resumes),
+        cmocka_unit_test(orchestrator_process_killed_resumes),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
