@@ -55,8 +55,10 @@ REL_LIB_OBJ  = $(LIB_SRC:%.c=build/rel/%.o) build/rel/gen/migrations.o
 ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
-EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo
-BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume
+EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
+           build/rel/saga-demo
+BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
+           build/rel/bench-saga
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 
 .PHONY: all test demo bench install clean valgrind deps saga-sim-broken \
@@ -96,15 +98,18 @@ saga-sim-broken: build/asan/libferry.a
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
 	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
-demo-inner: $(EXAMPLES) $(PROGRAMS)
+demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
 	    build/rel/account-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_RECONCILE_BIN=build/rel/ferry-reconcile \
+	    build/rel/saga-demo
 
 bench-inner: $(BENCHES) build/rel/ferry-relay
 	@build/rel/bench-emit
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-relay
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -151,8 +156,17 @@ build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/nar
                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
+build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
+                     $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
 build/rel/bench-consume: build/rel/bench/bench_consume.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
                          build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
+build/rel/bench-saga: build/rel/bench/bench_saga.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
+                      build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \

@@ -1,0 +1,716 @@
+/*
+ * bench_saga.c — how many three-step sagas does ferry finish per second,
+ * and how long does one take?
+ *
+ * The setup is tests/test_saga.c's and the demo's: a throwaway PostgreSQL
+ * with the server's durable defaults (fsync, synchronous_commit on), a
+ * `ferry-relay devkafka` broker (librdkafka's mock cluster), one
+ * `ferry-relay run` child publishing the outbox, and ferry consumers in
+ * this process: the orchestrator's (replies, ferry_saga_reply_handler) and
+ * one per participant (payment, inventory, shipping, each through
+ * ferry_participant_handle with callbacks that do nothing else), here each
+ * polled in its own thread, as four services would. All share the one
+ * database. The saga is examples/sagas/order.yaml's shape: three steps,
+ * the last the pivot, with timeouts long enough that no timer fires.
+ *
+ * A saga is timed from before the BEGIN of the transaction that starts it
+ * (ferry_saga_start + COMMIT) to the moment the orchestrator's consumer
+ * has committed the reply that completes it (its handler notes the
+ * completion; the time is taken when ferry_consumer_poll returns, after
+ * the commit). Between the two: six messages (three commands, three
+ * replies), each written to the outbox, published by the relay and applied
+ * by a consumer in a transaction of its own, plus the start.
+ *
+ * Figures:
+ *   saga_completed_per_s   a burst of N sagas (FERRY_BENCH_SAGAS, default
+ *                          400) started back to back on one connection,
+ *                          each in its own transaction: N / (first BEGIN ->
+ *                          last completion).
+ *   saga_latency_p50/p99   start -> completion at a steady start rate, a
+ *                          quarter of the first burst's rate (at most 50/s),
+ *                          for FERRY_BENCH_SECONDS (default 6) per round.
+ *   saga_hop_latency_*     the baseline: one message emitted in a
+ *                          transaction (ferry_emit + COMMIT) -> applied by a
+ *                          consumer through its inbox, timed the same way,
+ *                          at six times the saga start rate (the messages
+ *                          per second the saga run puts through the relay).
+ *                          A saga is six such hops in a row, so
+ *                          saga_vs_hop_p50_ratio near 6 means the saga
+ *                          machinery adds little beyond its messages.
+ *
+ * Noise: FERRY_BENCH_ROUNDS rounds (default 3) of (burst, saga latency,
+ * hop latency), the two latency runs swapped every round; figures are
+ * medians over the rounds.
+ *
+ * A benchmark, not a test: timings never fail it. It exits 1 only when
+ * something did not work: a consumer error, a saga not completed within a
+ * minute of the last start, anything dead-lettered.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+#include "benchutil.h"
+
+enum {
+    DEFAULT_SAGAS = 400,
+    SAGAS_MAX = 20000,
+    DEFAULT_SECONDS = 6,
+    SECONDS_MAX = 600,
+    DEFAULT_ROUNDS = 3,
+    ROUNDS_MAX = 15,
+    STEADY_RATE_MAX = 50,           /* sagas/s */
+    HOPS = 6,                       /* messages per three-step saga */
+    POLL_MS = 50,
+    STALL_TIMEOUT_MS = 60000,       /* nothing completed for this long: give up */
+    PENDING_MAX = 64,
+};
+
+static const char saga_yaml[] =
+    "saga: order\n"
+    "version: 1\n"
+    "deadline: 10m\n"
+    "steps:\n"
+    "  - name: payment\n"
+    "    topic: payments.commands\n"
+    "    action: {type: ReservePayment, payload: {order: \"${context.order_id}\",\n"
+    "             amount: \"${context.total}\"}}\n"
+    "    compensation: {type: ReleasePayment, payload: {order: \"${context.order_id}\"}}\n"
+    "    timeout: 60s\n"
+    "  - name: inventory\n"
+    "    topic: inventory.commands\n"
+    "    action: {type: ReserveStock, payload: {order: \"${context.order_id}\"}}\n"
+    "    compensation: {type: ReleaseStock, payload: {order: \"${context.order_id}\"}}\n"
+    "    timeout: 60s\n"
+    "  - name: shipping\n"
+    "    topic: shipping.commands\n"
+    "    action: {type: ShipOrder, payload: {order: \"${context.order_id}\"}}\n"
+    "    pivot: true\n"
+    "    timeout: 60s\n";
+
+static const char HOP_TOPIC[] = "bench.hop";
+
+enum { C_ORCH, C_PAYMENT, C_INVENTORY, C_SHIPPING, C_HOP, C_COUNT };
+static const char *const topic_of[C_COUNT] = {
+    [C_ORCH] = FERRY_SAGA_REPLY_TOPIC_DEFAULT, [C_PAYMENT] = "payments.commands",
+    [C_INVENTORY] = "inventory.commands", [C_SHIPPING] = "shipping.commands",
+    [C_HOP] = HOP_TOPIC,
+};
+static const char *const name_of[C_COUNT] = {
+    [C_ORCH] = "orchestrator", [C_PAYMENT] = "payment", [C_INVENTORY] = "inventory",
+    [C_SHIPPING] = "shipping", [C_HOP] = "hop",
+};
+
+/* One measured run: what was started when, and when it completed. The
+ * main thread writes start_us, a consumer thread done_us; done counts the
+ * completions (release), so the main thread may read done_us[0..n) once
+ * it has seen done == n (acquire). */
+typedef struct run {
+    long id;                        /* in the context / payload; others are ignored */
+    long n;
+    int64_t *start_us;
+    int64_t *done_us;
+    atomic_long done;
+} run;
+
+static run *_Atomic current;        /* the run in progress, or NULL */
+
+typedef struct worker {
+    int which;
+    ferry_consumer *c;
+    pthread_t thread;
+    int started;                    /* thread is running */
+    long pending[PENDING_MAX];      /* completions seen in the transaction being applied */
+    int n_pending;
+    int overflow;
+    ferry_error err;
+    ferry_code rc;
+} worker;
+
+static ferry_saga_registry *bench_reg;
+static atomic_int stop_flag;
+static atomic_int failed;
+
+static int64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void sleep_until_us(int64_t t)
+{
+    struct timespec ts = {(time_t)(t / 1000000), (long)(t % 1000000) * 1000};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static int read_env_long(const char *name, long def, long lo, long hi, long *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "bench: %s=%s: want a whole number from %ld to %ld\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- handlers */
+
+/* A completion of (run_id, seq) in the transaction being applied: noted,
+ * stamped once the poll that applied it has returned (committed). */
+static void note(worker *w, long run_id, long seq)
+{
+    run *r = atomic_load(&current);
+    if (r == NULL || run_id != r->id || seq < 0 || seq >= r->n)
+        return;
+    if (w->n_pending == PENDING_MAX) {
+        w->overflow = 1;
+        return;
+    }
+    w->pending[w->n_pending++] = seq;
+}
+
+static void stamp(worker *w)
+{
+    run *r = atomic_load(&current);
+    int64_t t = mono_us();
+    for (int i = 0; r != NULL && i < w->n_pending; i++)
+        if (r->done_us[w->pending[i]] == 0) {
+            r->done_us[w->pending[i]] = t;
+            atomic_fetch_add_explicit(&r->done, 1, memory_order_release);
+        }
+    w->n_pending = 0;
+}
+
+static ferry_code orchestrate(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    worker *w = arg;
+    ferry_code rc = ferry_saga_reply_handler(conn, m, bench_reg, err);
+    const char *id = ferry_message_header(m, "saga_id");
+    if (rc != FERRY_OK || id == NULL)
+        return rc;
+    const char *p[1] = {id};
+    PGresult *res = PQexecParams(conn, "SELECT context->>'run', context->>'seq' FROM ferry.saga "
+                                       "WHERE id = $1::uuid AND state = 'completed'",
+                                 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not look at the saga");
+    else if (PQntuples(res) == 1)
+        note(w, strtol(PQgetvalue(res, 0, 0), NULL, 10), strtol(PQgetvalue(res, 0, 1), NULL, 10));
+    PQclear(res);
+    return rc;
+}
+
+/* The participants' callbacks: the step itself costs nothing here. */
+static ferry_code nothing(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    return FERRY_OK;
+}
+
+static ferry_participant parts[C_COUNT] = {
+    [C_PAYMENT] = {.name = "payment", .action = nothing, .compensation = nothing},
+    [C_INVENTORY] = {.name = "inventory", .action = nothing, .compensation = nothing},
+    [C_SHIPPING] = {.name = "shipping", .action = nothing},
+};
+
+static ferry_code participate(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    worker *w = arg;
+    return ferry_participant_handle(conn, m, &parts[w->which], NULL, err);
+}
+
+/* The baseline's consumer: the message is applied (the inbox claims it in
+ * this transaction); the handler notes it. */
+static ferry_code hop(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    note(arg, (long)json_integer_value(json_object_get(m->payload, "run")),
+         (long)json_integer_value(json_object_get(m->payload, "seq")));
+    return FERRY_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    while (!atomic_load(&stop_flag)) {
+        w->rc = ferry_consumer_poll(w->c, POLL_MS, &w->err);
+        if (w->rc != FERRY_OK) {
+            atomic_store(&failed, 1);
+            break;
+        }
+        stamp(w);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+typedef struct bench {
+    fpg *pg;
+    PGconn *conn;
+    kt_broker *kb;
+    pid_t relay_pid;
+    worker w[C_COUNT];
+    long next_run_id;
+} bench;
+
+static int run_init(run *r, bench *b, long n)
+{
+    memset(r, 0, sizeof *r);
+    r->id = ++b->next_run_id;
+    r->n = n;
+    r->start_us = calloc((size_t)n, sizeof *r->start_us);
+    r->done_us = calloc((size_t)n, sizeof *r->done_us);
+    atomic_init(&r->done, 0);
+    if (r->start_us == NULL || r->done_us == NULL) {
+        fprintf(stderr, "bench: out of memory\n");
+        return -1;
+    }
+    atomic_store(&current, r);
+    return 0;
+}
+
+static void run_free(run *r)
+{
+    atomic_store(&current, NULL);
+    free(r->start_us);
+    free(r->done_us);
+    r->start_us = r->done_us = NULL;
+}
+
+static int exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "bench: %s: %s", sql, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* Item seq of run r: a saga started, or (hop) a message emitted, in a
+ * transaction of its own. */
+static int start_one(bench *b, run *r, long seq, int is_hop)
+{
+    char body[128];
+    snprintf(body, sizeof body, "{\"order_id\": \"o-%ld-%ld\", \"total\": 42, \"run\": %ld, "
+                                "\"seq\": %ld}", r->id, seq, r->id, seq);
+    r->start_us[seq] = mono_us();
+    if (exec_ok(b->conn, "BEGIN") != 0)
+        return -1;
+    ferry_error err;
+    ferry_code rc;
+    if (is_hop) {
+        char key[32];
+        snprintf(key, sizeof key, "k-%ld", seq % 64);
+        ferry_msg m = {.topic = HOP_TOPIC, .key = key, .key_len = strlen(key),
+                       .type = "Hop", .payload = body, .payload_len = strlen(body)};
+        rc = ferry_emit(b->conn, &m, NULL, NULL, &err);
+    } else {
+        rc = ferry_saga_start(b->conn, bench_reg, "order", body, NULL, &err);
+    }
+    if (rc != FERRY_OK) {
+        fprintf(stderr, "bench: %s: %s: %s\n", is_hop ? "ferry_emit" : "ferry_saga_start",
+                ferry_code_name(rc), err.message);
+        PQclear(PQexec(b->conn, "ROLLBACK"));
+        return -1;
+    }
+    return exec_ok(b->conn, "COMMIT");
+}
+
+/* Wait until every item of r is done; fail after STALL_TIMEOUT_MS without
+ * progress or when a consumer failed. */
+static int await_all(run *r)
+{
+    long seen = -1;
+    int64_t progress = mono_us();
+    for (;;) {
+        long done = atomic_load_explicit(&r->done, memory_order_acquire);
+        if (done == r->n)
+            return 0;
+        if (atomic_load(&failed))
+            return -1;
+        int64_t t = mono_us();
+        if (done != seen) {
+            seen = done;
+            progress = t;
+        } else if (t - progress > (int64_t)STALL_TIMEOUT_MS * 1000) {
+            fprintf(stderr, "bench: run %ld: %ld of %ld done, none for %d ms\n", r->id, done,
+                    r->n, STALL_TIMEOUT_MS);
+            return -1;
+        }
+        /* Not synchronisation: how often we look at a counter. */
+        sleep_until_us(t + 1000);
+    }
+}
+
+/* Burst: n sagas back to back. *rate gets n / (first BEGIN -> last done). */
+static int run_burst(bench *b, long n, double *rate)
+{
+    run r;
+    if (run_init(&r, b, n) != 0)
+        return -1;
+    int rc = -1;
+    for (long i = 0; i < n; i++)
+        if (start_one(b, &r, i, 0) != 0)
+            goto out;
+    if (await_all(&r) != 0)
+        goto out;
+    int64_t last = 0;
+    for (long i = 0; i < n; i++)
+        if (r.done_us[i] > last)
+            last = r.done_us[i];
+    *rate = (double)n / ((double)(last - r.start_us[0]) / 1e6);
+    rc = 0;
+out:
+    run_free(&r);
+    return rc;
+}
+
+static double percentile(const double *sorted, long n, double p)
+{
+    long i = (long)(p * (double)(n - 1) + 0.5);
+    return sorted[i < 0 ? 0 : i >= n ? n - 1 : i];
+}
+
+/* Steady: rate per second for seconds; p50/p99/max latency in ms. */
+static int run_steady(bench *b, int is_hop, double rate, long seconds, double out[3])
+{
+    long n = (long)(rate * (double)seconds);
+    if (n < 10)
+        n = 10;
+    run r;
+    if (run_init(&r, b, n) != 0)
+        return -1;
+    int rc = -1;
+    double *lat = NULL;
+    int64_t t0 = mono_us(), step = (int64_t)(1e6 / rate);
+    for (long i = 0; i < n; i++) {
+        sleep_until_us(t0 + i * step);      /* pacing, not synchronisation */
+        if (start_one(b, &r, i, is_hop) != 0)
+            goto out;
+    }
+    if (await_all(&r) != 0)
+        goto out;
+    if ((lat = malloc((size_t)n * sizeof *lat)) == NULL)
+        goto out;
+    for (long i = 0; i < n; i++)
+        lat[i] = (double)(r.done_us[i] - r.start_us[i]) / 1e3;
+    qsort(lat, (size_t)n, sizeof *lat, bench_cmp_double);
+    out[0] = percentile(lat, n, 0.50);
+    out[1] = percentile(lat, n, 0.99);
+    out[2] = lat[n - 1];
+    rc = 0;
+out:
+    free(lat);
+    run_free(&r);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static int relay_start(bench *b, const char *bin)
+{
+    const char *argv[] = {bin, "run", "--db", fpg_conninfo(b->pg), "--kafka",
+                          kt_bootstrap(b->kb), "--holder", "bench-saga", "--set",
+                          "log_level=warn", NULL};
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || devnull < 0 ||
+            dup2(devnull, STDOUT_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    b->relay_pid = pid;
+    return 0;
+}
+
+static int consumers_start(bench *b)
+{
+    static const char *const props[] = {
+        "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+        /* The mock holds an empty fetch for the whole wait even when data
+         * arrives meanwhile: the default 500 ms would measure the mock. */
+        "fetch.wait.max.ms=1", NULL,
+    };
+    for (int i = 0; i < C_COUNT; i++) {
+        worker *w = &b->w[i];
+        w->which = i;
+        const char *topics[1] = {topic_of[i]};
+        ferry_consumer_conf conf = {
+            .name = name_of[i],
+            .db = fpg_conninfo(b->pg),
+            .kafka = kt_bootstrap(b->kb),
+            .topics = topics,
+            .topic_count = 1,
+            .kafka_props = props,
+            .handler = i == C_ORCH ? orchestrate : i == C_HOP ? hop : participate,
+            .handler_arg = w,
+        };
+        ferry_error err;
+        ferry_code rc = ferry_consumer_new(&conf, &w->c, &err);
+        if (rc != FERRY_OK) {
+            fprintf(stderr, "bench: consumer %s: %s: %s\n", name_of[i], ferry_code_name(rc),
+                    err.message);
+            return -1;
+        }
+    }
+    for (int i = 0; i < C_COUNT; i++)
+        if (pthread_create(&b->w[i].thread, NULL, worker_main, &b->w[i]) != 0) {
+            fprintf(stderr, "bench: pthread_create failed\n");
+            return -1;
+        } else {
+            b->w[i].started = 1;
+        }
+    return 0;
+}
+
+/* Stop the threads, check what the consumers counted, destroy them. */
+static int consumers_stop(bench *b)
+{
+    atomic_store(&stop_flag, 1);
+    int rc = 0;
+    for (int i = 0; i < C_COUNT; i++) {
+        worker *w = &b->w[i];
+        if (w->c == NULL)
+            continue;
+        if (w->started)
+            pthread_join(w->thread, NULL);
+        if (w->rc != FERRY_OK) {
+            fprintf(stderr, "bench: consumer %s: %s: %s\n", name_of[i], ferry_code_name(w->rc),
+                    w->err.message);
+            rc = -1;
+        }
+        ferry_consumer_stats s;
+        ferry_consumer_stats_get(w->c, &s);
+        if (s.dead_lettered != 0 || s.handler_failures != 0 || w->overflow) {
+            fprintf(stderr, "bench: consumer %s: %llu dead-lettered, %llu handler failures\n",
+                    name_of[i], (unsigned long long)s.dead_lettered,
+                    (unsigned long long)s.handler_failures);
+            rc = -1;
+        }
+        ferry_consumer_destroy(w->c);
+        w->c = NULL;
+    }
+    return rc;
+}
+
+static int registry_setup(void)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_parse(saga_yaml, strlen(saga_yaml), "bench-order.yaml", &def, &errs) !=
+        FERRY_OK) {
+        fprintf(stderr, "bench: saga: %s: %s\n", errs.errors[0].field, errs.errors[0].message);
+        return -1;
+    }
+    ferry_error err;
+    if (ferry_saga_registry_new(NULL, &bench_reg, &err) != FERRY_OK ||
+        ferry_saga_registry_add(bench_reg, def, &err) != FERRY_OK) {
+        ferry_saga_def_free(def);
+        fprintf(stderr, "bench: registry: %s\n", err.message);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+typedef struct figures {
+    int rounds;
+    double rate[ROUNDS_MAX];
+    double saga[3][ROUNDS_MAX];     /* p50, p99, max */
+    double hop[3][ROUNDS_MAX];
+} figures;
+
+static void print_report(const figures *f, long sagas, long seconds, double steady,
+                         const char *server, const char *fsync_s)
+{
+    int n = f->rounds;
+    printf("ferry saga benchmark (libferry %s)\n", ferry_version());
+    printf("server: PostgreSQL %s, fsync=%s (durable defaults); broker: ferry-relay devkafka "
+           "(librdkafka's mock cluster);\none ferry-relay run; five consumers, one thread "
+           "each: orchestrator, payment, inventory, shipping, hop\n", server, fsync_s);
+    printf("saga: three steps (the last the pivot), participants that do nothing but "
+           "ferry_participant_handle;\n  start = BEGIN; ferry_saga_start; COMMIT on one "
+           "connection; done = the completing reply committed\n");
+    printf("method: %d rounds of (burst of %ld sagas, %ld s at %.1f sagas/s, %ld s of hops "
+           "at %.1f msgs/s),\n  the two steady runs swapped every round; medians over the "
+           "rounds\n", n, sagas, seconds, steady, seconds, steady * HOPS);
+    printf("\n%-34s", "");
+    for (int r = 0; r < n; r++)
+        printf(" %7s%d", "round ", r + 1);
+    printf(" %9s\n", "median");
+    printf("%-34s", "sagas completed per second");
+    for (int r = 0; r < n; r++)
+        printf(" %8.1f", f->rate[r]);
+    printf(" %9.1f\n", bench_median(f->rate, n));
+    static const char *const pn[3] = {"p50", "p99", "max"};
+    for (int p = 0; p < 3; p++) {
+        char label[64];
+        snprintf(label, sizeof label, "saga start -> completed %s ms", pn[p]);
+        printf("%-34s", label);
+        for (int r = 0; r < n; r++)
+            printf(" %8.1f", f->saga[p][r]);
+        printf(" %9.1f\n", bench_median(f->saga[p], n));
+    }
+    for (int p = 0; p < 3; p++) {
+        char label[64];
+        snprintf(label, sizeof label, "hop emit -> applied %s ms", pn[p]);
+        printf("%-34s", label);
+        for (int r = 0; r < n; r++)
+            printf(" %8.1f", f->hop[p][r]);
+        printf(" %9.1f\n", bench_median(f->hop[p], n));
+    }
+    double s50 = bench_median(f->saga[0], n), h50 = bench_median(f->hop[0], n);
+    printf("\na saga is %d hops (3 commands, 3 replies): saga p50 / hop p50 = %.2f "
+           "(%.2f per hop)\n", HOPS, s50 / h50, s50 / h50 / HOPS);
+    printf("check: every saga completed, every hop applied, nothing dead-lettered\n\n");
+    printf("bench saga_completed_per_s %.1f sagas/s\n", bench_median(f->rate, n));
+    printf("bench saga_latency_p50_ms %.1f ms\n", s50);
+    printf("bench saga_latency_p99_ms %.1f ms\n", bench_median(f->saga[1], n));
+    printf("bench saga_hop_latency_p50_ms %.1f ms\n", h50);
+    printf("bench saga_hop_latency_p99_ms %.1f ms\n", bench_median(f->hop[1], n));
+    printf("bench saga_vs_hop_p50_ratio %.2f ratio\n", s50 / h50);
+}
+
+int main(void)
+{
+    long sagas, seconds, rounds;
+    if (read_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
+        read_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
+        read_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
+        return 1;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
+    const char *relay_bin = getenv("FERRY_RELAY_BIN");
+    if (relay_bin == NULL || relay_bin[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);     /* for kt_start */
+        relay_bin = getenv("FERRY_RELAY_BIN");
+    }
+    if (access(relay_bin, X_OK) != 0) {
+        fprintf(stderr, "bench: cannot run %s: %s\n", relay_bin, strerror(errno));
+        return 1;
+    }
+
+    int status = 1;
+    static bench b;
+    static figures f;
+    f.rounds = (int)rounds;
+    double steady = 0;
+    char server[64], fsync_s[16];
+    fpg_opts opts = {.conf = NULL, .fsync = 1};
+    if ((b.pg = fpg_start(&opts)) == NULL || (b.conn = fpg_connect(b.pg)) == NULL)
+        goto out;
+    ferry_error err;
+    int version = 0;
+    ferry_code frc = ferry_migrate(b.conn, &version, &err);
+    if (frc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+        goto out;
+    }
+    if (bench_query_text(b.conn, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
+        bench_query_text(b.conn, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0)
+        goto out;
+    if (registry_setup() != 0 || (b.kb = kt_start(1)) == NULL)
+        goto out;
+    for (int i = 0; i < C_COUNT; i++)
+        if (kt_command(b.kb, "topic-create %s 4 1", topic_of[i]) != 0)
+            goto out;
+    if (relay_start(&b, relay_bin) != 0 || consumers_start(&b) != 0)
+        goto out;
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
+            kt_bootstrap(b.kb));
+    /* Warm-up, untimed: the consumers join their groups. */
+    double warm = 0;
+    if (run_burst(&b, 10, &warm) != 0)
+        goto out;
+
+    for (int r = 0; r < f.rounds; r++) {
+        if (run_burst(&b, sagas, &f.rate[r]) != 0)
+            goto out;
+        fprintf(stderr, "bench: round %d/%d burst %8.1f sagas/s\n", r + 1, f.rounds, f.rate[r]);
+        if (r == 0) {
+            steady = f.rate[0] / 4;
+            if (steady > STEADY_RATE_MAX)
+                steady = STEADY_RATE_MAX;
+            if (steady < 1)
+                steady = 1;
+        }
+        for (int k = 0; k < 2; k++) {
+            int is_hop = (r + k) % 2;
+            double v[3];
+            if (run_steady(&b, is_hop, is_hop ? steady * HOPS : steady, seconds, v) != 0)
+                goto out;
+            for (int p = 0; p < 3; p++)
+                (is_hop ? f.hop : f.saga)[p][r] = v[p];
+            fprintf(stderr, "bench: round %d/%d %-4s p50 %.1f ms p99 %.1f ms max %.1f ms\n",
+                    r + 1, f.rounds, is_hop ? "hop" : "saga", v[0], v[1], v[2]);
+        }
+    }
+    long open = -1;
+    char buf[32];
+    if (bench_query_text(b.conn, "SELECT count(*) FROM ferry.saga WHERE state <> 'completed'",
+                         0, NULL, buf, sizeof buf) != 0)
+        goto out;
+    open = strtol(buf, NULL, 10);
+    if (open != 0) {
+        fprintf(stderr, "bench: %ld sagas not completed\n", open);
+        goto out;
+    }
+    status = 0;
+
+out:
+    if (consumers_stop(&b) != 0)
+        status = 1;
+    if (status == 0)
+        print_report(&f, sagas, seconds, steady, server, fsync_s);
+    if (b.relay_pid > 0) {
+        kill(b.relay_pid, SIGTERM);
+        int st;
+        while (waitpid(b.relay_pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "bench: ferry-relay exited with status %d\n", st);
+            status = 1;
+        }
+    }
+    kt_stop(b.kb);
+    ferry_saga_registry_destroy(bench_reg);
+    PQfinish(b.conn);
+    fpg_destroy(b.pg);
+    if (status != 0)
+        fprintf(stderr, "bench: FAILED\n");
+    return status;
+}
