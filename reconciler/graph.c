@@ -10,7 +10,8 @@
  * previous step's; the compensations chain back in reverse order to
  * "compensated". The pivot is a double octagon: from it on there is no
  * way back, so its successors have no failure edges (they are retried
- * until they succeed).
+ * until they succeed); a pivot without a compensation turns back only
+ * when it is refused, as an unanswered one is resent.
  */
 #include <stdint.h>
 #include <string.h>
@@ -117,8 +118,11 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
     for (size_t i = 0; i <= last; i++) {
         char target[32];
         failure_target(def, i, target, sizeof target);
-        fprintf(out, "    s%zu -> %s [label=\"fails or times out\", style=dashed, "
-                "color=firebrick];\n", i, target);
+        /* A pivot with nothing to undo is resent until it is answered
+         * (ferry_saga_step): only a refusal turns the saga back. */
+        int refusal_only = def->steps[i].pivot && !def->steps[i].has_compensation;
+        fprintf(out, "    s%zu -> %s [label=\"%s\", style=dashed, color=firebrick];\n", i,
+                target, refusal_only ? "refused" : "fails or times out");
     }
 
     /* Compensations, in reverse. */

@@ -840,7 +840,8 @@ static void graph_command(void **state)
     at(out, "label=\"undo inventory\\nReleaseStock");
     assert_null(strstr(out, "c2 ["));                       /* the pivot has no undo */
     at(out, "s2 -> completed");
-    at(out, "s2 -> c1 [label=\"fails or times out\"");    /* the pivot failing undoes the rest */
+    /* The pivot refused undoes the rest; unanswered, it is resent instead. */
+    at(out, "s2 -> c1 [label=\"refused\"");
     at(out, "s1 -> c1 [label=\"fails or times out\"");
     at(out, "s0 -> c0 [label=\"fails or times out\"");
     /* Compensations go back in reverse order. */
