@@ -161,23 +161,6 @@ static int query_ll(PGconn *conn, const char *sql, const char *param, long long 
     return 0;
 }
 
-static int read_env_long(const char *name, long def, long lo, long hi, long *out)
-{
-    const char *s = getenv(name);
-    *out = def;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "bench: %s=%s: want a whole number from %ld to %ld\n", name, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* CPU seconds of this process so far, all threads. */
 static double process_cpu_s(void)
 {
@@ -1142,8 +1125,8 @@ static int setup_schema(bench *b)
 int main(void)
 {
     long msgs, rounds;
-    if (read_env_long("FERRY_BENCH_CONSUME_MSGS", DEFAULT_MSGS, MSGS_MIN, MSGS_MAX, &msgs) != 0 ||
-        read_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
+    if (bench_env_long("FERRY_BENCH_CONSUME_MSGS", DEFAULT_MSGS, MSGS_MIN, MSGS_MAX, &msgs) != 0 ||
+        bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *relay_bin = getenv("FERRY_RELAY_BIN");

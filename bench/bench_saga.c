@@ -160,23 +160,6 @@ static void sleep_until_us(int64_t t)
         ;
 }
 
-static int read_env_long(const char *name, long def, long lo, long hi, long *out)
-{
-    const char *s = getenv(name);
-    *out = def;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "bench: %s=%s: want a whole number from %ld to %ld\n", name, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* ---------------------------------------------------------------- handlers */
 
 /* A completion of (run_id, seq) in the transaction being applied: noted,
@@ -608,9 +591,9 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
 int main(void)
 {
     long sagas, seconds, rounds;
-    if (read_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
-        read_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
-        read_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
+    if (bench_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
+        bench_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
+        bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);

@@ -2,6 +2,7 @@
  * benchutil.c — the benchmarks' shared helpers (benchutil.h).
  */
 #include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,23 @@ double bench_max(const double *v, int n)
     for (int i = 1; i < n; i++)
         m = v[i] > m ? v[i] : m;
     return m;
+}
+
+int bench_env_long(const char *name, long def, long lo, long hi, long *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < lo || v > hi) {
+        fprintf(stderr, "bench: %s=%s: want a whole number from %ld to %ld\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 int bench_exec(PGconn *conn, const char *sql)

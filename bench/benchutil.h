@@ -22,6 +22,10 @@ double bench_median(const double *v, int n);
 double bench_min(const double *v, int n);
 double bench_max(const double *v, int n);
 
+/* The environment variable name as a whole number in [lo, hi], def when it
+ * is unset or empty; -1 with the reason on stderr when it is anything else. */
+int bench_env_long(const char *name, long def, long lo, long hi, long *out);
+
 /* Run sql (no parameters); 0, or -1 with the reason on stderr. */
 int bench_exec(PGconn *conn, const char *sql);
 /* The first column of the only row of sql ("" for NULL) into out. */
