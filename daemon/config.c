@@ -59,6 +59,7 @@
  * globals. Call it at start-up.
  */
 #include "config.h"
+#include "../lib/internal.h"
 
 #include <cyaml/cyaml.h>
 #include <yaml.h>
@@ -319,26 +320,16 @@ static int set_string(loader *ld, char **slot, const char *value)
  */
 static int parse_int(const char *text, long min, long max, int *out, char *why, size_t whylen)
 {
-    const char *p = text[0] == '-' ? text + 1 : text;
-    size_t digits = strspn(p, "0123456789");
-    if (digits == 0 || p[digits] != '\0' || (p[0] == '0' && digits > 1)) {
+    long v = 0;
+    switch (ferry_parse_long(text, min, max, &v)) {
+    case FERRY_INT_SYNTAX:
         snprintf(why, whylen, "expected a decimal integer, not \"%.64s\"", text);
         return -1;
-    }
-    long v = 0;
-    bool huge = false;
-    for (size_t i = 0; i < digits && !huge; i++) {
-        int d = p[i] - '0';
-        if (v > (LONG_MAX - d) / 10)
-            huge = true;
-        else
-            v = v * 10 + d;
-    }
-    if (p != text)
-        v = -v;
-    if (huge || v < min || v > max) {
+    case FERRY_INT_RANGE:
         snprintf(why, whylen, "must be between %ld and %ld", min, max);
         return -1;
+    case FERRY_INT_OK:
+        break;
     }
     _Static_assert(INT_MAX >= 1000000, "every maximum fits an int");
     *out = (int)v;

@@ -35,6 +35,15 @@ ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *e
  * *bad_at is the offset of the first bad byte. */
 bool ferry_utf8_valid(const char *s, size_t len, size_t *bad_at);
 
+/* A strict decimal integer, as config files and saga definitions take
+ * them: "0" or -?[1-9][0-9]* and nothing else. */
+typedef enum ferry_int_parse {
+    FERRY_INT_OK = 0,
+    FERRY_INT_SYNTAX,           /* not such an integer */
+    FERRY_INT_RANGE             /* an integer outside [min, max] (or a long) */
+} ferry_int_parse;
+ferry_int_parse ferry_parse_long(const char *text, long min, long max, long *out);
+
 /* Sleep for ms milliseconds (not used for synchronisation: backoff only). */
 void ferry_sleep_ms(long ms);
 

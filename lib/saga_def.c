@@ -527,27 +527,17 @@ static int get_int(loader *ld, yaml_event_t *ev, long min, long max, int *out, b
     if (!is_plain(ev) || is_null(ev))
         return wrong_type(ld, ev, "an integer");
     const char *text = scalar(ev);
-    const char *p = text[0] == '-' ? text + 1 : text;
-    size_t digits = strspn(p, "0123456789");
     place at = place_of(ev->start_mark);
-    if (digits == 0 || p[digits] != '\0' || (p[0] == '0' && digits > 1)) {
+    long v = 0;
+    switch (ferry_parse_long(text, min, max, &v)) {
+    case FERRY_INT_SYNTAX:
         error_here(ld, at, "expected an integer, not \"%.64s\"", text);
         return 0;
-    }
-    long v = 0;
-    bool huge = false;
-    for (size_t i = 0; i < digits && !huge; i++) {
-        int d = p[i] - '0';
-        if (v > (LONG_MAX - d) / 10)
-            huge = true;
-        else
-            v = v * 10 + d;
-    }
-    if (p != text)
-        v = -v;
-    if (huge || v < min || v > max) {
+    case FERRY_INT_RANGE:
         error_here(ld, at, "must be between %ld and %ld, not %.64s", min, max, text);
         return 0;
+    case FERRY_INT_OK:
+        break;
     }
     *out = (int)v;
     *ok = true;

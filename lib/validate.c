@@ -8,6 +8,7 @@
  * and the literals of schemas/001_ferry.sql, and tests/test_emit.c runs
  * every bad input through both paths to keep them in step.
  */
+#include <limits.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -176,4 +177,25 @@ ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
         return ferry_err_set(err, FERRY_EINVAL, "delay_ms",
                              "delay must be between 0 and one year in milliseconds");
     return FERRY_OK;
+}
+
+ferry_int_parse ferry_parse_long(const char *text, long min, long max, long *out)
+{
+    const char *p = text[0] == '-' ? text + 1 : text;
+    size_t digits = strspn(p, "0123456789");
+    if (digits == 0 || p[digits] != '\0' || (p[0] == '0' && digits > 1))
+        return FERRY_INT_SYNTAX;
+    long v = 0;
+    for (size_t i = 0; i < digits; i++) {
+        int d = p[i] - '0';
+        if (v > (LONG_MAX - d) / 10)
+            return FERRY_INT_RANGE;
+        v = v * 10 + d;
+    }
+    if (p != text)
+        v = -v;
+    if (v < min || v > max)
+        return FERRY_INT_RANGE;
+    *out = v;
+    return FERRY_INT_OK;
 }

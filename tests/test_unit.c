@@ -2,6 +2,7 @@
  * test_unit.c — the parts that need no server: message ids, UTF-8, the
  * client-side checks, error mapping.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -164,6 +165,26 @@ static void error_mapping(void **state)
     assert_string_equal(ferry_version(), FERRY_VERSION_STRING);
 }
 
+/* The strict integers of config files and saga definitions. */
+static void strict_integers(void **state)
+{
+    long v = 99;
+    assert_int_equal(ferry_parse_long("0", 0, 10, &v), FERRY_INT_OK);
+    assert_int_equal(v, 0);
+    assert_int_equal(ferry_parse_long("-7", -10, 10, &v), FERRY_INT_OK);
+    assert_int_equal(v, -7);
+    assert_int_equal(ferry_parse_long("9223372036854775807", 0, LONG_MAX, &v), FERRY_INT_OK);
+    assert_true(v == LONG_MAX);
+    v = 99;
+    static const char *const syntax[] = {"", "-", "007", "1x", " 1", "1 ", "+1", "1.0", "0x10"};
+    for (size_t i = 0; i < sizeof syntax / sizeof syntax[0]; i++)
+        assert_int_equal(ferry_parse_long(syntax[i], -100, 100, &v), FERRY_INT_SYNTAX);
+    assert_int_equal(ferry_parse_long("9223372036854775808", 0, LONG_MAX, &v), FERRY_INT_RANGE);
+    assert_int_equal(ferry_parse_long("11", 0, 10, &v), FERRY_INT_RANGE);
+    assert_int_equal(ferry_parse_long("-1", 0, 10, &v), FERRY_INT_RANGE);
+    assert_int_equal(v, 99);        /* untouched on failure */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +194,7 @@ int main(void)
         cmocka_unit_test(utf8_validation),
         cmocka_unit_test(msg_check_accepts_and_refuses),
         cmocka_unit_test(error_mapping),
+        cmocka_unit_test(strict_integers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
