@@ -265,63 +265,10 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
 {
     const char *argv[] = {bin, "run", "--once", "--db", db, "--kafka", bootstrap,
                           "--holder", "demo-relay", NULL};
-    char *log = malloc(LOG_MAX + 1);
-    if (log == NULL)
-        return demo_fail("out of memory");
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        free(log);
-        return demo_fail("pipe: %s", strerror(errno));
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        free(log);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-
-    size_t len = 0;
-    long long deadline = now_ms() + RELAY_TIMEOUT_MS;
-    int timed_out = 0;
-    for (;;) {
-        long long left = deadline - now_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[4096];
-        ssize_t got = read(fds[0], chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;              /* EOF: the relay is exiting */
-        size_t keep = LOG_MAX - len < (size_t)got ? LOG_MAX - len : (size_t)got;
-        memcpy(log + len, chunk, keep);
-        len += keep;
-    }
-    close(fds[0]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int wstatus;
-    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
-        ;
-    int status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    log[len] = '\0';
+    char *log = NULL;
+    int status = 0;
+    if (demo_run(argv, RELAY_TIMEOUT_MS, LOG_MAX, &log, &status) != 0)
+        return -1;
 
     long long delivered = -1;
     for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
@@ -338,8 +285,6 @@ static int run_relay(const char *bin, const char *db, const char *bootstrap,
         json_decref(o);
     }
     free(log);
-    if (timed_out)
-        return demo_fail("%s did not finish within %d ms (killed)", bin, RELAY_TIMEOUT_MS);
     if (status != 0 || delivered < 0)
         return demo_fail("the relay exited with status %d%s", status,
                     delivered < 0 ? " and no relay.stop line" : "");

@@ -371,71 +371,11 @@ static void read_relay_log(char *log, relay_outcome *out)
 static int run_relay(const char *const *argv, relay_outcome *out)
 {
     memset(out, 0, sizeof *out);
-    char *log = malloc(RELAY_LOG_MAX + 1);
-    if (log == NULL)
-        return demo_fail("out of memory");
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) {
-        free(log);
-        return demo_fail("pipe: %s", strerror(errno));
-    }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        free(log);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        /* Die with the demo; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
-
-    size_t len = 0;
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int timed_out = 0;
-    for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long left = RELAY_TIMEOUT_MS - ((now.tv_sec - t0.tv_sec) * 1000 +
-                                        (now.tv_nsec - t0.tv_nsec) / 1000000);
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[4096];
-        ssize_t got = read(fds[0], chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;              /* EOF: the relay is exiting */
-        size_t keep = RELAY_LOG_MAX - len < (size_t)got ? RELAY_LOG_MAX - len : (size_t)got;
-        memcpy(log + len, chunk, keep);
-        len += keep;
-    }
-    close(fds[0]);
-    if (timed_out)
-        kill(pid, SIGKILL);
-    int wstatus;
-    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
-        ;
-    out->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    log[len] = '\0';
+    char *log = NULL;
+    if (demo_run(argv, RELAY_TIMEOUT_MS, RELAY_LOG_MAX, &log, &out->status) != 0)
+        return -1;
     read_relay_log(log, out);
     free(log);
-    if (timed_out)
-        return demo_fail("%s did not finish within %d ms (killed)", argv[0], RELAY_TIMEOUT_MS);
     return 0;
 }
 

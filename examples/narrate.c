@@ -1,10 +1,18 @@
 /*
  * narrate.c — the demos' shared narration and libpq helpers (narrate.h).
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "narrate.h"
 
@@ -122,5 +130,81 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     if (with_count)
         printf("%*s(%d row%s)\n", indent, "", PQntuples(res), PQntuples(res) == 1 ? "" : "s");
     PQclear(res);
+    return 0;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
+             int *status_out)
+{
+    char *log = malloc(log_max + 1);
+    if (log == NULL)
+        return demo_fail("out of memory");
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(log);
+        return demo_fail("pipe: %s", strerror(errno));
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        free(log);
+        return demo_fail("fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        /* Die with the demo; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(fds[1], STDERR_FILENO) < 0)
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+
+    size_t len = 0;
+    long long deadline = mono_ms() + timeout_ms;
+    int timed_out = 0;
+    for (;;) {
+        long long left = deadline - mono_ms();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t got = read(fds[0], chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;              /* EOF: the program is exiting */
+        size_t keep = log_max - len < (size_t)got ? log_max - len : (size_t)got;
+        memcpy(log + len, chunk, keep);
+        len += keep;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int wstatus;
+    while (waitpid(pid, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    log[len] = '\0';
+    if (timed_out) {
+        free(log);
+        return demo_fail("%s did not finish within %d ms (killed)", argv[0], timeout_ms);
+    }
+    *status_out = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    *log_out = log;
     return 0;
 }

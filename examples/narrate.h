@@ -35,4 +35,12 @@ int demo_query_long(PGconn *conn, const char *sql, const char *param, long *out)
 int demo_print_table(PGconn *conn, const char *sql, const char *param, int indent,
                      int with_count);
 
+/* Run argv[0] (a path) with argv, its stderr captured, and wait at most
+ * timeout_ms for it to exit (then it is killed). On 0, *log_out holds up
+ * to log_max bytes of its stderr, NUL-terminated (caller frees), and
+ * *status_out its exit status, or 128 + N when signal N ended it. -1
+ * through demo_fail() when it could not be run or did not finish. */
+int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
+             int *status_out);
+
 #endif
