@@ -743,12 +743,14 @@ static void end_to_end_through_the_relay(void **state)
     free(sql);
     const char *bin = getenv("FERRY_RELAY_BIN") ? getenv("FERRY_RELAY_BIN")
                                                 : "build/asan/ferry-relay";
+    char log_path[] = "/tmp/ferry-e2e-relay-XXXXXX";
+    int log_fd = mkstemp(log_path);
+    assert_true(log_fd >= 0);
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 2);
+        dup2(log_fd, 2);
         setenv("FERRY_RELAY_TEST_FATAL_AFTER", "1000", 1);
         execl(bin, bin, "run", "--once", "--db", fpg_conninfo(tu_pg), "--kafka",
               kt_bootstrap(broker), "--holder", "c-e2e-relay", (char *)NULL);
@@ -757,6 +759,14 @@ static void end_to_end_through_the_relay(void **state)
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* The injected fatal error fired: the relay rebuilt its producer. */
+    char log[1 << 16];
+    ssize_t log_len = pread(log_fd, log, sizeof log - 1, 0);
+    close(log_fd);
+    unlink(log_path);
+    assert_true(log_len > 0);
+    log[log_len] = '\0';
+    assert_non_null(strstr(log, "\"event\":\"kafka.fatal\""));
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.outbox WHERE topic = 'c.e2e'"), 0);
 
     kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, N, 10000);
