@@ -1,6 +1,6 @@
 /*
- * metrics.c — the relay's Prometheus metrics and its /metrics and /healthz
- * endpoints.
+ * metrics.c — the relay's Prometheus metrics and what its /metrics and
+ * /healthz endpoints answer (httpd.c serves them).
  *
  * Who touches what:
  *   - The relay's threads update counters, gauges, histograms and shard
@@ -20,12 +20,9 @@
 
 #include "metrics.h"
 
-#include <arpa/inet.h>
 #include <assert.h>
 #include <inttypes.h>
 #include <math.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -33,11 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-
-#include <microhttpd.h>
 
 #include "ferry.h"
+#include "httpd.h"
 
 /* Updates must never fall back to a lock inside the atomics library. */
 _Static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
@@ -131,7 +126,6 @@ typedef struct shard_gauges {
 } shard_gauges;
 
 #define HEALTH_REASON_SIZE 256
-#define START_ERROR_SIZE 256
 
 struct relay_metrics {
     /* Zeroed by calloc: with lock-free atomics (asserted above) all-zero
@@ -141,15 +135,11 @@ struct relay_metrics {
     histogram histograms[H_HISTOGRAM_COUNT];
     shard_gauges shards[METRICS_SHARDS_MAX];
 
-    struct MHD_Daemon *daemon;              /* NULL until metrics_serve */
+    httpd *server;                          /* NULL until metrics_serve */
 
     pthread_mutex_t lock;                   /* guards everything below */
     int healthy;
     char reason[HEALTH_REASON_SIZE];
-    /* While metrics_serve starts the daemon, libmicrohttpd's log lines go
-     * here, so that a failure can say why (the bind error). */
-    int capture_log;
-    char start_error[START_ERROR_SIZE];
 };
 
 static uint64_t double_bits(double d)
@@ -185,8 +175,7 @@ void metrics_free(relay_metrics *m)
     if (!m)
         return;
     /* Joins the HTTP thread: no request can read m after this. */
-    if (m->daemon)
-        MHD_stop_daemon(m->daemon);
+    httpd_stop(m->server);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }
@@ -439,264 +428,33 @@ char *metrics_render(relay_metrics *m)
 }
 
 /* ------------------------------------------------------------------ */
-/* HTTP                                                                 */
+/* HTTP: httpd.c serves, these two answer                               */
 
-#define TEXT_PLAIN "text/plain; charset=utf-8"
-#define PROMETHEUS_TEXT "text/plain; version=0.0.4; charset=utf-8"
-
-/* Queue a response with body (len bytes). With owned, body was malloc'd
- * and this call takes it over, whatever happens; else it is copied. */
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
-                             char *body, size_t len, int owned, const char *allow)
+static char *render_cb(void *arg)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, body, owned ? MHD_RESPMEM_MUST_FREE
-                                                         : MHD_RESPMEM_MUST_COPY);
-    if (!resp) {
-        /* libmicrohttpd takes the buffer only with the response. */
-        if (owned)
-            free(body);
-        return MHD_NO;
-    }
-    enum MHD_Result ret = MHD_YES;
-    if (MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype) != MHD_YES ||
-        (allow && MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES))
-        ret = MHD_NO;
-    if (ret == MHD_YES)
-        ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return metrics_render(arg);
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status,
-                                  const char *text, const char *allow)
+static int health_cb(void *arg, char *reason, size_t len)
 {
-    return reply(conn, status, TEXT_PLAIN, (char *)text, strlen(text), 0, allow);
-}
-
-static enum MHD_Result serve_healthz(relay_metrics *m, struct MHD_Connection *conn)
-{
-    char body[HEALTH_REASON_SIZE + 2];
+    relay_metrics *m = arg;
     pthread_mutex_lock(&m->lock);
     int healthy = m->healthy;
-    snprintf(body, sizeof body, "%s\n", m->reason[0] ? m->reason : "unhealthy");
+    snprintf(reason, len, "%s", m->reason);
     pthread_mutex_unlock(&m->lock);
-    if (healthy)
-        return reply_text(conn, MHD_HTTP_OK, "ok\n", NULL);
-    return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, body, NULL);
-}
-
-static enum MHD_Result handle_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                      const char *method, const char *version,
-                                      const char *upload_data, size_t *upload_data_size,
-                                      void **con_cls)
-{
-    relay_metrics *m = cls;
-    int is_metrics = strcmp(url, "/metrics") == 0;
-    int is_healthz = strcmp(url, "/healthz") == 0;
-    /* Answered on the first call, before any request body: neither
-     * endpoint takes one, and a refusal needs none. */
-    if (!is_metrics && !is_healthz)
-        return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found\n", NULL);
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n",
-                          "GET, HEAD");
-    if (is_healthz)
-        return serve_healthz(m, conn);
-    char *text = metrics_render(m);
-    if (!text)
-        return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n", NULL);
-    return reply(conn, MHD_HTTP_OK, PROMETHEUS_TEXT, text, strlen(text), 1, NULL);
-}
-
-/* libmicrohttpd's log: kept while metrics_serve starts the daemon (to
- * explain a failure), dropped afterwards — the relay's log is structured
- * and this module has no seam into it. Runs on either thread, hence the
- * lock. */
-__attribute__((format(printf, 2, 0)))
-static void mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    relay_metrics *m = cls;
-    pthread_mutex_lock(&m->lock);
-    if (m->capture_log) {
-        vsnprintf(m->start_error, sizeof m->start_error, fmt, ap);
-        size_t n = strlen(m->start_error);
-        while (n > 0 && (m->start_error[n - 1] == '\n' || m->start_error[n - 1] == '\r'))
-            m->start_error[--n] = '\0';
-    }
-    pthread_mutex_unlock(&m->lock);
-}
-
-__attribute__((format(printf, 3, 4)))
-static void set_error(char *errbuf, size_t errlen, const char *fmt, ...)
-{
-    if (!errbuf || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-}
-
-/*
- * HOST:PORT into a socket address. HOST is a name, an IPv4 address, an
- * IPv6 address in brackets, or "*" or nothing for every IPv4 interface.
- * PORT is 0..65535 (0: the kernel picks).
- */
-static int parse_address(const char *host_port, struct sockaddr_storage *ss, int *ipv6,
-                         char *errbuf, size_t errlen)
-{
-    char host[256];
-    const char *port_text;
-    int bracketed = 0;
-
-    if (!host_port || !*host_port) {
-        set_error(errbuf, errlen, "invalid metrics address \"\": expected HOST:PORT");
-        return -1;
-    }
-    if (host_port[0] == '[') {
-        const char *close = strchr(host_port, ']');
-        if (!close || close[1] != ':') {
-            set_error(errbuf, errlen,
-                      "invalid metrics address \"%s\": expected [IPV6]:PORT", host_port);
-            return -1;
-        }
-        size_t n = (size_t)(close - host_port - 1);
-        if (n == 0 || n >= sizeof host) {
-            set_error(errbuf, errlen, "invalid metrics address \"%s\": bad IPv6 host",
-                      host_port);
-            return -1;
-        }
-        memcpy(host, host_port + 1, n);
-        host[n] = '\0';
-        port_text = close + 2;
-        bracketed = 1;
-    } else {
-        const char *colon = strrchr(host_port, ':');
-        if (!colon) {
-            set_error(errbuf, errlen, "invalid metrics address \"%s\": expected HOST:PORT",
-                      host_port);
-            return -1;
-        }
-        if (memchr(host_port, ':', (size_t)(colon - host_port))) {
-            set_error(errbuf, errlen,
-                      "invalid metrics address \"%s\": an IPv6 host needs brackets, "
-                      "as in [::1]:9100", host_port);
-            return -1;
-        }
-        size_t n = (size_t)(colon - host_port);
-        if (n >= sizeof host) {
-            set_error(errbuf, errlen, "invalid metrics address \"%s\": host too long",
-                      host_port);
-            return -1;
-        }
-        memcpy(host, host_port, n);
-        host[n] = '\0';
-        port_text = colon + 1;
-    }
-
-    /* Digits only: strtol would take a sign, spaces and "0x". */
-    long port = 0;
-    size_t digits = strspn(port_text, "0123456789");
-    if (digits == 0 || digits > 5 || port_text[digits] != '\0' ||
-        (port = strtol(port_text, NULL, 10)) > 65535) {
-        set_error(errbuf, errlen, "invalid metrics address \"%s\": bad port \"%s\"",
-                  host_port, port_text);
-        return -1;
-    }
-
-    memset(ss, 0, sizeof *ss);
-    if (!bracketed && (host[0] == '\0' || strcmp(host, "*") == 0)) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-        sin->sin_family = AF_INET;
-        sin->sin_addr.s_addr = htonl(INADDR_ANY);
-        sin->sin_port = htons((uint16_t)port);
-        *ipv6 = 0;
-        return 0;
-    }
-
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
-    hints.ai_family = bracketed ? AF_INET6 : AF_UNSPEC;
-    if (bracketed)
-        hints.ai_flags |= AI_NUMERICHOST;
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(host, port_text, &hints, &res);
-    if (rc != 0 || !res) {
-        set_error(errbuf, errlen, "could not resolve metrics address \"%s\": %s", host_port,
-                  rc != 0 ? gai_strerror(rc) : "no address");
-        if (res)
-            freeaddrinfo(res);
-        return -1;
-    }
-    /* The first answer, as most servers do for a name with several. */
-    if (res->ai_addrlen > sizeof *ss ||
-        (res->ai_family != AF_INET && res->ai_family != AF_INET6)) {
-        set_error(errbuf, errlen, "could not use metrics address \"%s\": not IPv4 or IPv6",
-                  host_port);
-        freeaddrinfo(res);
-        return -1;
-    }
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *ipv6 = res->ai_family == AF_INET6;
-    freeaddrinfo(res);
-    return 0;
+    return healthy;
 }
 
 int metrics_serve(relay_metrics *m, const char *host_port, int *bound_port,
                   char *errbuf, size_t errlen)
 {
     assert(m);
-    if (m->daemon) {
-        set_error(errbuf, errlen, "could not serve metrics on \"%s\": already serving",
-                  host_port ? host_port : "");
+    if (m->server) {
+        if (errbuf && errlen > 0)
+            snprintf(errbuf, errlen, "could not serve metrics on \"%s\": already serving",
+                     host_port ? host_port : "");
         return -1;
     }
-    struct sockaddr_storage ss;
-    int ipv6 = 0;
-    if (parse_address(host_port, &ss, &ipv6, errbuf, errlen) != 0)
-        return -1;
-    uint16_t port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                   : ((struct sockaddr_in *)&ss)->sin_port);
-
-    pthread_mutex_lock(&m->lock);
-    m->capture_log = 1;
-    m->start_error[0] = '\0';
-    pthread_mutex_unlock(&m->lock);
-
-    /* Without MHD_USE_DUAL_STACK an IPv6 socket is IPV6_V6ONLY: "[::]"
-     * means IPv6 only, as written. The logger must be the first option to
-     * see every message. */
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
-    if (ipv6)
-        flags |= MHD_USE_IPv6;
-    struct MHD_Daemon *d = MHD_start_daemon(
-        flags, port, NULL, NULL, handle_request, m,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-        MHD_OPTION_END);
-
-    char why[START_ERROR_SIZE];
-    pthread_mutex_lock(&m->lock);
-    m->capture_log = 0;
-    snprintf(why, sizeof why, "%s", m->start_error);
-    pthread_mutex_unlock(&m->lock);
-
-    if (!d) {
-        set_error(errbuf, errlen, "could not serve metrics on \"%s\": %s", host_port,
-                  why[0] ? why : "libmicrohttpd did not start");
-        return -1;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    if (!info || info->port == 0) {
-        MHD_stop_daemon(d);
-        set_error(errbuf, errlen,
-                  "could not serve metrics on \"%s\": the bound port is unknown", host_port);
-        return -1;
-    }
-    m->daemon = d;
-    if (bound_port)
-        *bound_port = info->port;
-    return 0;
+    m->server = httpd_start(host_port, render_cb, health_cb, m, bound_port, errbuf, errlen);
+    return m->server ? 0 : -1;
 }

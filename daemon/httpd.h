@@ -1,0 +1,38 @@
+/*
+ * httpd.h — the small HTTP server behind `--metrics HOST:PORT`:
+ * GET/HEAD /metrics (the Prometheus text exposition) and /healthz, on
+ * libmicrohttpd's own thread. It knows nothing of what is measured: the
+ * relay (metrics.c) and the reconciler (rc_metrics.c) each give it two
+ * callbacks and a context.
+ *
+ * The callbacks run on libmicrohttpd's thread, concurrently with whatever
+ * the caller's threads do to arg: they must synchronise with them.
+ * httpd_stop() joins that thread, so no callback runs after it returns.
+ */
+#ifndef FERRY_HTTPD_H
+#define FERRY_HTTPD_H
+
+#include <stddef.h>
+
+typedef struct httpd httpd;
+
+/* The /metrics body: malloc'd text (the server frees it), NULL when out of
+ * memory (the request gets a 500). */
+typedef char *(*httpd_metrics_fn)(void *arg);
+/* 1 when healthy; else 0 with the reason in reason (for the 503 body).
+ * reason holds len bytes and starts empty; an empty reason is answered
+ * as "unhealthy". */
+typedef int (*httpd_health_fn)(void *arg, char *reason, size_t len);
+
+/* Serve GET/HEAD /metrics and /healthz on host_port ("127.0.0.1:9187",
+ * "[::1]:0", ":9187", "*:0"; "*" or nothing is every IPv4 interface, an
+ * IPv6 host needs brackets). *bound_port (may be NULL) gets the port bound
+ * (for ":0"). NULL with errbuf filled on failure, *bound_port untouched.
+ * metrics must not be NULL; health may be (always healthy). arg is
+ * borrowed and must outlive the server. */
+httpd *httpd_start(const char *host_port, httpd_metrics_fn metrics, httpd_health_fn health,
+                   void *arg, int *bound_port, char *errbuf, size_t errlen);
+/* Stop serving and free h; NULL ok. */
+void httpd_stop(httpd *h);
+
+#endif
