@@ -1,0 +1,199 @@
+/*
+ * yaml_walk.h — a checked walk over libyaml's event stream, shared by the
+ * YAML loaders: saga definitions (lib/saga_def.c) and the reconciler's
+ * rules files (reconciler/rules.c, which links libferry statically).
+ * Internal: not in ferry.h, not exported from libferry.so.
+ *
+ * The contract it keeps for its loaders: every error is reported with its
+ * file, line, column and field path (ferry_saga_load_errors), not only the
+ * first. Each value is checked where its event carries its position; a bad
+ * value is recorded and skipped and the walk goes on. What stops the walk
+ * (w->fatal: nothing after it could be trusted): a YAML syntax error
+ * (libyaml cannot resume), any anchor or alias (refused outright, so that
+ * memory stays linear in the document: no "billion laughs"), nesting
+ * deeper than FERRY_YW_DEPTH_MAX, a second document, running out of
+ * memory.
+ *
+ * Functions returning int give -1 when the walk stopped (the caller
+ * unwinds at once) and 0 otherwise, whatever they recorded. Events passed
+ * in are borrowed: the caller deletes them.
+ *
+ * Memory: every allocation made here goes through ferry_saga_malloc_
+ * (saga_def_hook.h), so that tests can fail the Nth one of either loader;
+ * libyaml's own allocations are not covered. Not thread-safe while a test
+ * swaps the hook; otherwise walkers share nothing.
+ */
+#ifndef FERRY_YAML_WALK_H
+#define FERRY_YAML_WALK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <yaml.h>
+
+#include "internal.h"
+
+#define FERRY_YW_DEPTH_MAX FERRY_SAGA_DEPTH_MAX  /* open collections */
+#define FERRY_YW_KEYS_MAX 8                      /* keys of any one mapping read */
+#define FERRY_YW_DURATION_MAX_MS FERRY_SAGA_TIMEOUT_MAX_MS  /* 366 days */
+
+typedef struct ferry_yw_place {
+    int line, column;                 /* 1-based; 0 when unknown */
+} ferry_yw_place;
+
+typedef struct ferry_yw {
+    yaml_parser_t parser;
+    const unsigned char *text;        /* borrowed, len bytes */
+    size_t len;
+    const char *file;                 /* borrowed: the name errors carry */
+    const char *what;                 /* "the saga definition", for messages */
+    ferry_saga_load_errors *errs;     /* borrowed: where errors go */
+    /* Required keys found missing: kept apart, and reported only when the
+     * whole document was read (a syntax error ends mappings early). */
+    ferry_saga_load_errors missing;
+    unsigned depth;                   /* open collections */
+    bool fatal;                       /* the walk stopped */
+    bool oom;
+    char path[128];                   /* field path of what is read now */
+} ferry_yw;
+
+/* The top of a document: a mapping of these keys. */
+typedef int (*ferry_yw_value_fn)(ferry_yw *w, int index, ferry_yw_place key_at,
+                                 yaml_event_t *val, void *arg);
+typedef struct ferry_yw_doc {
+    const char *expected;             /* "a saga definition (a mapping with ...)" */
+    const char *one;                  /* "saga definition": "a file holds one %s" */
+    const char *const *keys;
+    int nkeys;
+    const bool *required;             /* NULL: none */
+    ferry_yw_value_fn value;
+    void *arg;
+} ferry_yw_doc;
+
+/* ------------------------------------------------------------ running a walk */
+
+/* Set w up to read text (borrowed, as are file, what and errs; errs is
+ * added to, not cleared). No allocation. */
+void ferry_yw_init(ferry_yw *w, const char *text, size_t len, const char *file,
+                   const char *what, ferry_saga_load_errors *errs);
+
+/* Read the one document of w's text: its top mapping goes through
+ * ferry_yw_read_mapping with doc's keys, then the deferred "missing"
+ * errors are added unless the walk stopped. 0 when the walk reached the
+ * end (errors or not), -1 when it stopped (w->fatal; w->oom says whether
+ * for lack of memory). */
+int ferry_yw_read_document(ferry_yw *w, const ferry_yw_doc *doc);
+
+/* Read a whole file of at most max bytes (read, not fstat alone: pipes
+ * are capped as well) into *buf_out (free()) and *len_out. On failure
+ * one error goes to errs ("could not open WHAT: ...", "the document is
+ * larger than MAX bytes; ...") and the code is FERRY_EINVAL, or
+ * FERRY_ENOMEM; *unreadable tells a file that could not be opened or read
+ * at all (an operational error) from one that was refused. The outputs
+ * are untouched on failure. */
+ferry_code ferry_yw_read_file(const char *path, size_t max, const char *what, char **buf_out,
+                              size_t *len_out, bool *unreadable, ferry_saga_load_errors *errs);
+
+/* Errors in document order (stable: equal places keep their order). */
+void ferry_yw_sort_errors(ferry_saga_load_errors *e);
+
+/* ------------------------------------------------------------ errors */
+
+/* Record an error in e; errors past FERRY_SAGA_ERRORS_MAX are counted
+ * only. field may be NULL. */
+void ferry_yw_add_error(ferry_saga_load_errors *e, const char *file, ferry_yw_place at,
+                        const char *field, const char *fmt, ...) FERRY_PRINTF(5, 6);
+/* An error about field (NULL or "": none). */
+void ferry_yw_error_at(ferry_yw *w, ferry_yw_place at, const char *field, const char *fmt, ...)
+    FERRY_PRINTF(4, 5);
+/* An error about the field being read now (w->path). */
+void ferry_yw_error(ferry_yw *w, ferry_yw_place at, const char *fmt, ...) FERRY_PRINTF(3, 4);
+/* "out of memory loading WHAT", once; stops the walk. Always -1. */
+int ferry_yw_oom(ferry_yw *w);
+
+/* Append ".key" (or "key" at the top) or "[i]" to w->path; returns the
+ * old length for ferry_yw_pop. A path too long for the buffer is cut. */
+size_t ferry_yw_push_key(ferry_yw *w, const char *key);
+size_t ferry_yw_push_index(ferry_yw *w, size_t i);
+void ferry_yw_pop(ferry_yw *w, size_t old);
+
+/* ------------------------------------------------------------ memory */
+
+/* ferry_saga_malloc_, recording an out-of-memory error on failure. */
+void *ferry_yw_malloc(ferry_yw *w, size_t n);
+/* n bytes of s and a NUL, new; NULL (recorded) when out of memory. */
+char *ferry_yw_strndup(ferry_yw *w, const char *s, size_t n);
+
+/* ------------------------------------------------------------ events */
+
+ferry_yw_place ferry_yw_place_of(yaml_mark_t m);
+/* The next event; the caller deletes it. -1 stops the walk (a syntax
+ * error, an anchor or alias, too deep a nesting); ev then holds nothing.
+ * A tag, or a NUL inside a scalar, is recorded but not fatal. */
+int ferry_yw_next(ferry_yw *w, yaml_event_t *ev);
+/* Read past the value whose first event is ev. */
+int ferry_yw_skip(ferry_yw *w, const yaml_event_t *ev);
+/* Read past the rest of the collection being read, up to its end. */
+int ferry_yw_skip_rest(ferry_yw *w);
+
+const char *ferry_yw_scalar(const yaml_event_t *ev);
+bool ferry_yw_is_plain(const yaml_event_t *ev);
+/* YAML 1.2 core schema null: an empty, "~" or "null" plain scalar. */
+bool ferry_yw_is_null(const yaml_event_t *ev);
+bool ferry_yw_plain_true(const char *v);   /* true, True, TRUE */
+bool ferry_yw_plain_false(const char *v);
+/* What ev is, for "expected X, not Y" messages, into buf. */
+const char *ferry_yw_describe(const yaml_event_t *ev, char *buf, size_t len);
+/* "expected WHAT, not THIS" at ev, then skip it. */
+int ferry_yw_wrong_type(ferry_yw *w, const yaml_event_t *ev, const char *what);
+
+/* ------------------------------------------------------------ mappings */
+
+/*
+ * The pairs of a mapping whose start event was read, up to its end:
+ * unknown keys (the message lists the known ones) and duplicate keys are
+ * errors and their values skipped, each known one goes to fn with the
+ * path extended by the key (fn handles, reads or skips, the value; the
+ * walker deletes it). seen[i] tells afterwards which keys were there.
+ * nkeys <= FERRY_YW_KEYS_MAX.
+ */
+int ferry_yw_read_mapping(ferry_yw *w, const char *const *keys, int nkeys, bool *seen,
+                          ferry_yw_value_fn fn, void *arg);
+/* Errors (deferred to the end of the walk) for the required keys of the
+ * mapping at at that were not seen, each "missing: "KEY" is required". */
+void ferry_yw_require_keys(ferry_yw *w, ferry_yw_place at, const char *const *keys,
+                           const bool *required, const bool *seen, int nkeys);
+
+/* ------------------------------------------------------------ scalars */
+
+/* Each reads a value, recording what is wrong with it; *ok says whether
+ * *out was set. */
+
+/* A non-null scalar copied into *out (new; *out was NULL). what names the
+ * expected value: "expected WHAT, not ...". */
+int ferry_yw_get_string(ferry_yw *w, yaml_event_t *ev, const char *what, char **out, bool *ok);
+/* A plain decimal integer in [min, max] ("12abc" is not 12). */
+int ferry_yw_get_int(ferry_yw *w, yaml_event_t *ev, long min, long max, int *out, bool *ok);
+int ferry_yw_get_bool(ferry_yw *w, yaml_event_t *ev, int *out, bool *ok);
+/* A duration (see ferry_yw_parse_duration), > 0 unless allow_zero. */
+int ferry_yw_get_duration(ferry_yw *w, yaml_event_t *ev, bool allow_zero, int64_t *out,
+                          bool *ok);
+
+/* A plain integer (milliseconds; only when plain, i.e. unquoted) or one
+ * or more NUMBER UNIT terms, units ms, s, m, h, d, at most 366 days.
+ * NULL, or why not ("is not a duration", ...). */
+const char *ferry_yw_parse_duration(const char *text, bool plain, int64_t *out);
+/* "1h30m", "1500ms", "1d2h3m4s5ms": into buf. */
+const char *ferry_yw_format_duration(int64_t ms, char *buf, size_t len);
+
+/* Checks of a value already read (ev gives the place). Each records what
+ * is wrong and returns false then. */
+/* A name: [A-Za-z0-9._-]{1,max}. */
+bool ferry_yw_check_name(ferry_yw *w, const yaml_event_t *ev, const char *name, int max);
+/* Kafka's rules for a topic name, and a message type, as ferry_emit()
+ * applies them (these return -1 only when out of memory). */
+int ferry_yw_check_topic(ferry_yw *w, const yaml_event_t *ev, const char *topic, bool *ok);
+int ferry_yw_check_type(ferry_yw *w, const yaml_event_t *ev, const char *type, bool *ok);
+
+#endif /* FERRY_YAML_WALK_H */
