@@ -237,6 +237,21 @@ static int exec_ok(PGconn *conn, const char *sql)
 
 static int ack_prepare(relay *r);
 
+/* Both sessions are named "ferry-relay <holder>" in pg_stat_activity, so
+ * that ferry-reconcile can tell a lease holder with no session left (a
+ * dead relay) from a live one. */
+static int set_app_name(relay *r, PGconn *conn)
+{
+    char name[64];
+    snprintf(name, sizeof name, "ferry-relay %s", r->holder);   /* the server keeps 63 bytes */
+    const char *p[1] = {name};
+    PGresult *res = PQexecParams(conn, "SELECT set_config('application_name', $1, false)", 1,
+                                 NULL, p, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    PQclear(res);
+    return ok;
+}
+
 /*
  * The fetch: ready rows of the held shards ($1) after the cursor ($2..$5),
  * in (shard, topic, key, position) order, at most $6; the columns are
@@ -277,8 +292,8 @@ static int db_setup_main(relay *r)
 {
     static const Oid types[6] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
                                  25 /* text */, 20 /* int8 */, 23 /* int4 */};
-    if (!exec_ok(r->db, "SET application_name = 'ferry-relay'; "
-                        "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
+    if (!set_app_name(r, r->db) ||
+        !exec_ok(r->db, "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
                         "SET enable_sort = off; SET jit = off; "
                         "LISTEN " NOTIFY_CHANNEL))
         return 0;
@@ -293,8 +308,8 @@ static int db_setup_main(relay *r)
 static int db_setup_ack(relay *r)
 {
     return PQsetnonblocking(r->ackdb, 0) == 0 &&
-           exec_ok(r->ackdb, "SET application_name = 'ferry-relay'; "
-                             "SET statement_timeout = '60s'; SET lock_timeout = '10s'") &&
+           set_app_name(r, r->ackdb) &&
+           exec_ok(r->ackdb, "SET statement_timeout = '60s'; SET lock_timeout = '10s'") &&
            ack_prepare(r) && PQsetnonblocking(r->ackdb, 1) == 0;
 }
 

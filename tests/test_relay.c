@@ -666,7 +666,7 @@ static void database_restart_loses_nothing(void **state)
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'db-a' "
                 "AND name LIKE 'shard:%'", 30000);
     tu_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE application_name = 'ferry-relay'");
+               "WHERE application_name = 'ferry-relay db-a'");
     PQfinish(c);
     emit_n(topic, 100, 5);
     await_log(&p, "\"event\":\"db.reconnected\"", 30000);
