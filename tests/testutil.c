@@ -5,6 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 fpg *tu_pg;
 const char *const *tu_conf;
@@ -139,4 +145,85 @@ void tu_filter_from_env(void)
     const char *f = getenv("FERRY_TEST_FILTER");
     if (f != NULL && f[0] != '\0')
         cmocka_set_test_filter(f);
+}
+
+/* Read what is there on fd into *buf (growing it); 0 at EOF. */
+static int drain_fd(int fd, char **buf, size_t *len, size_t *cap)
+{
+    if (*cap - *len < 4097) {
+        *cap = *cap * 2 + 8192;
+        *buf = realloc(*buf, *cap);
+        assert_non_null(*buf);
+    }
+    ssize_t n = read(fd, *buf + *len, *cap - *len - 1);
+    if (n > 0)
+        *len += (size_t)n;
+    (*buf)[*len] = '\0';
+    return n > 0 || (n < 0 && errno == EINTR);
+}
+
+int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
+{
+    int po[2], pe[2];
+    assert_int_equal(pipe(po), 0);
+    assert_int_equal(pipe(pe), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        close(po[0]);
+        close(pe[0]);
+        close(po[1]);
+        close(pe[1]);
+        execv(argv[0], (char *const *)argv);
+        fprintf(stderr, "tu_run: could not run %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(po[1]);
+    close(pe[1]);
+    char *b[2] = {NULL, NULL};
+    size_t len[2] = {0, 0}, cap[2] = {0, 0};
+    int open_fds[2] = {po[0], pe[0]};
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < 2; i++) {
+        cap[i] = 8192;
+        b[i] = calloc(1, cap[i]);
+        assert_non_null(b[i]);
+    }
+    while (open_fds[0] >= 0 || open_fds[1] >= 0) {
+        struct pollfd fds[2] = {{open_fds[0], POLLIN, 0}, {open_fds[1], POLLIN, 0}};
+        int r = poll(fds, 2, 200);
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (ms > timeout_ms) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            fail_msg("%s ran longer than %d ms; stderr so far:\n%s", argv[0], timeout_ms,
+                     b[1]);
+        }
+        if (r <= 0)
+            continue;
+        for (int i = 0; i < 2; i++)
+            if (open_fds[i] >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+                && !drain_fd(open_fds[i], &b[i], &len[i], &cap[i])) {
+                close(open_fds[i]);
+                open_fds[i] = -1;
+            }
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status))
+        fail_msg("%s died of signal %d; stderr:\n%s", argv[0], WTERMSIG(status), b[1]);
+    if (out)
+        *out = b[0];
+    else
+        free(b[0]);
+    if (err)
+        *err = b[1];
+    else
+        free(b[1]);
+    return WEXITSTATUS(status);
 }

@@ -42,6 +42,12 @@ char *tu_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * returns true; fails the test after timeout_ms. */
 void tu_await(PGconn *conn, const char *sql, int timeout_ms);
 
+/* Run argv (argv[0] a path) to its end with stdout and stderr captured
+ * (*out, *err: malloc'd, NUL-terminated; either may be NULL if unwanted)
+ * and return its exit status; fails the test if it died of a signal or
+ * ran longer than timeout_ms (then it is killed). */
+int tu_run(const char *const *argv, int timeout_ms, char **out, char **err);
+
 /* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
  * glob), when it is set; for working on one test at a time. */
 void tu_filter_from_env(void);
