@@ -944,6 +944,26 @@ FERRY_API ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_regis
                                             ferry_error *err);
 
 /*
+ * Fire the timer of one saga, saga_id (text UUID), if it is due by now_ms
+ * (Unix milliseconds; 0 = the database clock): in a transaction of its own
+ * (ferry_tx_run: conn must be idle), lock the row and give the engine a
+ * timeout, which it judges against the stored timer as any worker's would.
+ * *fired (if not NULL) is 1 when the engine applied the timeout (resent a
+ * command, or began or went on compensating), 0 when nothing was due (not
+ * yet, or no longer: a worker got there first, or the saga has finished).
+ * The reconciler uses it on sagas the workers left past their timer.
+ * FERRY_EINVAL, field "saga_id": a malformed id or no such saga; field
+ * "definition": the saga's definition is not in reg, or reg's has another
+ * hash than the one the saga was started with (the message names the
+ * definition, and both hashes); field "registry": reg is NULL. Anything
+ * else comes from ferry_tx_run() or the engine, as for
+ * ferry_saga_fire_timers().
+ */
+FERRY_API ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
+                                           const char *saga_id, int64_t now_ms, int *fired,
+                                           ferry_error *err);
+
+/*
  * Cancel saga saga_id (text UUID) inside the caller's open transaction:
  * the engine compensates what ran or may have run. FERRY_ESTATE from the
  * engine when the saga can no longer be cancelled (finished, past its

@@ -699,10 +699,14 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
     return rc;
 }
 
+/* One timer firing, in ferry_tx_run's transaction: the next due saga
+ * (ferry_saga_fire_timers) or the one named (ferry_saga_fire_timer). Reset
+ * at every attempt: ferry_tx_run may call fire_one more than once. */
 typedef struct fire_arg {
     const ferry_saga_registry *reg;
     int64_t now_ms;
-    int none;       /* no due saga left */
+    const char *id; /* the saga to fire, canonical; NULL: the next one due */
+    int none;       /* no due saga left (next due), or no such saga (named) */
     int applied;
 } fire_arg;
 
@@ -711,6 +715,15 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
     fire_arg *f = arg;
     f->none = 0;
     f->applied = 0;
+    ferry_saga_event ev = {.kind = FERRY_SAGA_EV_TIMEOUT};
+    int found;
+    if (f->id != NULL) {
+        /* drive() takes the time from the row's lock when now_ms is 0, and
+         * the engine decides whether anything is due. */
+        ferry_code rc = drive(conn, f->reg, f->id, &ev, f->now_ms, &f->applied, &found, err);
+        f->none = !found;
+        return rc;
+    }
     char now[24];
     const char *p[1] = {now};
     int64_t now_ms = f->now_ms;
@@ -740,8 +753,6 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
     char id[FERRY_UUID_STRING_SIZE];
     snprintf(id, sizeof id, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    ferry_saga_event ev = {.kind = FERRY_SAGA_EV_TIMEOUT};
-    int found;
     return drive(conn, f->reg, id, &ev, now_ms, &f->applied, &found, err);
 }
 
@@ -764,5 +775,35 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     }
     if (fired)
         *fired = n;
+    return FERRY_OK;
+}
+
+ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
+                                 const char *saga_id, int64_t now_ms, int *fired,
+                                 ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (reg == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "registry",
+                             "could not fire saga timer: the registry is NULL");
+    if (now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
+        return ferry_err_set(err, FERRY_EINVAL, "now_ms",
+                             "could not fire saga timer: now_ms %" PRId64 " is out of range",
+                             now_ms);
+    ferry_uuid id;
+    if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
+        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not fire saga timer: \"%s\" "
+                             "is not a saga id", saga_id ? saga_id : "(null)");
+    char canon[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&id, canon);
+    fire_arg f = {.reg = reg, .now_ms = now_ms, .id = canon};
+    ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (f.none)
+        return ferry_err_set(err, FERRY_EINVAL, "saga_id",
+                             "could not fire saga timer: no saga %s", canon);
+    if (fired)
+        *fired = f.applied;
     return FERRY_OK;
 }

@@ -591,6 +591,68 @@ static void orchestrator_process_killed_resumes(void **state)
     PQfinish(conn);
 }
 
+/* ferry_saga_fire_timer: one saga's timer, by id, judged by the engine at
+ * now_ms. (No consumer is polled: the saga only moves when fired here.) */
+static void fire_timer_fires_one_saga(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, "o-fire1", "silent", "ok", "ok", id);
+    ferry_error err;
+    int fired = -1;
+    /* Not due yet by the database clock: nothing happens. */
+    assert_ferry_ok(ferry_saga_fire_timer(timer_conn, reg, id, 0, &fired, &err), err);
+    assert_int_equal(fired, 0);
+    assert_int_equal(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id), 1);
+    /* Due by now_ms: payment's only send went unanswered, so it is given
+     * up and compensated, as a worker's timer would have done. */
+    long long due = q(conn, "SELECT (engine->>'timer_ms')::bigint FROM ferry.saga WHERE id = "
+                            "'%s'", id);
+    assert_ferry_ok(ferry_saga_fire_timer(timer_conn, reg, id, due, &fired, &err), err);
+    assert_int_equal(fired, 1);
+    assert_qs(conn, "SELECT state || ':' || version FROM ferry.saga WHERE id = '%s'", id,
+              "compensating:2");
+    assert_int_equal(q(conn, "SELECT count(*) FROM ferry.saga_step WHERE saga_id = '%s' AND "
+                             "step = 'payment' AND kind = 'compensation' AND status = 'sent'",
+                       id), 1);
+    /* Fired again at the same time: nothing due any more (a worker got
+     * there first, as far as the engine can tell). */
+    assert_ferry_ok(ferry_saga_fire_timer(timer_conn, reg, id, due, &fired, &err), err);
+    assert_int_equal(fired, 0);
+    assert_int_equal(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id), 2);
+    /* Refusals: a malformed id, no such saga, another definition hash, a
+     * registry without the definition. */
+    assert_int_equal(ferry_saga_fire_timer(timer_conn, reg, "nope", 0, &fired, &err),
+                     FERRY_EINVAL);
+    assert_string_equal(err.field, "saga_id");
+    assert_int_equal(ferry_saga_fire_timer(timer_conn, reg,
+                                           "01890000-0000-7000-8000-000000000000", 0, &fired,
+                                           &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "saga_id");
+    char *other_yaml = tu_sprintf("%s# edited\n", order_yaml);
+    ferry_saga_registry *other = registry_new(other_yaml);
+    free(other_yaml);
+    assert_int_equal(ferry_saga_fire_timer(timer_conn, other, id, due, &fired, &err),
+                     FERRY_EINVAL);
+    assert_string_equal(err.field, "definition");
+    assert_non_null(strstr(err.message, "hash"));
+    ferry_saga_registry_destroy(other);
+    ferry_saga_registry *empty = NULL;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &empty, &err), err);
+    assert_int_equal(ferry_saga_fire_timer(timer_conn, empty, id, due, &fired, &err),
+                     FERRY_EINVAL);
+    assert_string_equal(err.field, "definition");
+    assert_non_null(strstr(err.message, "\"order\""));
+    ferry_saga_registry_destroy(empty);
+    /* Nothing changed by the refusals; the connection is idle again. */
+    assert_int_equal(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id), 2);
+    assert_int_equal(PQtransactionStatus(timer_conn), PQTRANS_IDLE);
+    /* Out of the way of the tests that pump timers. */
+    assert_int_equal(q(conn, "WITH d AS (DELETE FROM ferry.saga WHERE id = '%s' RETURNING 1) "
+                             "SELECT count(*) FROM d", id), 1);
+    PQfinish(conn);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 static int relay_start(void)
@@ -673,6 +735,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(cancel_compensates),
         cmocka_unit_test(orchestrator_killed_mid_saga_resumes),
         cmocka_unit_test(orchestrator_process_killed_resumes),
+        cmocka_unit_test(fire_timer_fires_one_saga),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
