@@ -243,7 +243,15 @@ static int ack_prepare(relay *r);
 static int set_app_name(relay *r, PGconn *conn)
 {
     char name[64];
-    snprintf(name, sizeof name, "ferry-relay %s", r->holder);   /* the server keeps 63 bytes */
+    int n = snprintf(name, sizeof name, "ferry-relay %s", r->holder); /* the server keeps 63 bytes */
+    if (n >= (int)sizeof name) {
+        /* Cut before a character, never inside one: the server refuses
+         * invalid UTF-8. */
+        size_t len = sizeof name - 1;
+        while (len > 0 && ((unsigned char)name[len] & 0xC0) == 0x80)
+            len--;
+        name[len] = '\0';
+    }
     const char *p[1] = {name};
     PGresult *res = PQexecParams(conn, "SELECT set_config('application_name', $1, false)", 1,
                                  NULL, p, NULL, NULL, 0);
