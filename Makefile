@@ -50,6 +50,9 @@ TEST_SRC  = $(wildcard tests/test_*.c)
 # tests link too.
 RELAYLIB_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
 RECONCILE_SRC = $(wildcard reconciler/*.c)
+# The reconciler's parts, apart from main(), likewise (test_rules links the
+# rules loader).
+RECONCILELIB_SRC = $(filter-out reconciler/main.c,$(RECONCILE_SRC))
 
 REL_LIB_OBJ  = $(LIB_SRC:%.c=build/rel/%.o) build/rel/gen/migrations.o
 ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
@@ -58,7 +61,7 @@ PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
            build/rel/saga-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
-           build/rel/bench-saga
+           build/rel/bench-saga build/rel/bench-reconcile
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 
 .PHONY: all test demo bench install clean valgrind deps saga-sim-broken \
@@ -105,11 +108,12 @@ demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_RECONCILE_BIN=build/rel/ferry-reconcile \
 	    build/rel/saga-demo
 
-bench-inner: $(BENCHES) build/rel/ferry-relay
+bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@build/rel/bench-emit
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-relay
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
+	@FERRY_RECONCILE_BIN=build/rel/ferry-reconcile build/rel/bench-reconcile
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -117,7 +121,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
 
 # ---------------------------------------------------------------- release
-build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h)
+build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h)
 	@mkdir -p $(@D)
 	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/rel/gen/migrations.o: $(GEN) lib/internal.h
@@ -137,10 +141,14 @@ build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
 build/rel/librelay.a: $(RELAYLIB_SRC:%.c=build/rel/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/rel/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/rel/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
-build/rel/ferry-reconcile: $(RECONCILE_SRC:%.c=build/rel/%.o) build/rel/libferry.a
-	$(CC) -o $@ $^ $(PKG_LIBS) -pthread
+build/rel/ferry-reconcile: build/rel/reconciler/main.o build/rel/libreconcile.a build/rel/librelay.a \
+                          build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
@@ -177,8 +185,12 @@ build/rel/bench-relay: build/rel/bench/bench_relay.o build/rel/bench/benchutil.o
                        build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
+build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
+                           build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
 # ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h) tests/testutil.h
+build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h) tests/testutil.h
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/asan/gen/migrations.o: $(GEN) lib/internal.h
@@ -191,20 +203,24 @@ build/asan/libferry.a: $(ASAN_LIB_OBJ)
 build/asan/librelay.a: $(RELAYLIB_SRC:%.c=build/asan/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/asan/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/asan/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/asan/ferry-relay: build/asan/daemon/main.o build/asan/librelay.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
-build/asan/ferry-reconcile: $(RECONCILE_SRC:%.c=build/asan/%.o) build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(PKG_LIBS) -pthread
+build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile.a build/asan/librelay.a \
+                          build/asan/libferry.a
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
                                  build/asan/tests/harness/pgtmp.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 build/asan/tests/test_%: build/asan/tests/test_%.o build/asan/tests/testutil.o \
-                         $(HARNESS:%.c=build/asan/%.o) build/asan/librelay.a \
-                         build/asan/libferry.a
+                         $(HARNESS:%.c=build/asan/%.o) build/asan/libreconcile.a \
+                         build/asan/librelay.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # Valgrind cannot run ASan binaries: the same tests, unsanitized.
-build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h) tests/testutil.h
+build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h) tests/testutil.h
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
@@ -216,8 +232,12 @@ build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
 build/vg/librelay.a: $(RELAYLIB_SRC:%.c=build/vg/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/vg/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/vg/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/vg/tests/test_%: build/vg/tests/test_%.o build/vg/tests/testutil.o \
-                       $(HARNESS:%.c=build/vg/%.o) build/vg/librelay.a build/vg/libferry.a
+                       $(HARNESS:%.c=build/vg/%.o) build/vg/libreconcile.a build/vg/librelay.a \
+                       build/vg/libferry.a
 	$(CC) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- install

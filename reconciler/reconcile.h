@@ -1,27 +1,219 @@
 /*
- * reconcile.h — the commands of ferry-reconcile, each its own file;
- * main.c only dispatches. Each takes the arguments after the command name
- * (argv[0] is the command) and returns the process's exit status.
+ * reconcile.h — the parts of ferry-reconcile. main.c only dispatches; each
+ * command and each sweep is its own file:
+ *
+ *   lint.c, graph.c     offline checks of saga definitions and rules files
+ *   rules.c             the rules file: budgets and compliance rules
+ *   pass.c              check / repair / run: options, connection, the
+ *                       reconciler's lease, one pass over every sweep
+ *   report.c            findings, the report (text or JSON), progress
+ *   sweep_*.c           one sweep each: detect -> plan -> act
+ *
+ * A sweep finds problems and, in repair mode, fixes the ones it can, each
+ * action idempotent and in a short transaction of its own that is fenced
+ * by the reconciler's lease (rc_begin). It tells the report what it found
+ * with rc_found(), and never prints itself.
+ *
+ * Exit status follows fsck(8): the OR of the conditions met.
  */
 #ifndef FERRY_RECONCILE_H
 #define FERRY_RECONCILE_H
 
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
 
 #include "ferry.h"
 
 enum {
-    RECONCILE_EXIT_OK = 0,
-    RECONCILE_EXIT_INVALID = 1,       /* lint, graph: a definition was refused */
-    RECONCILE_EXIT_USAGE = 2,
+    RC_EXIT_OK = 0,          /* nothing wrong */
+    RC_EXIT_REPAIRED = 1,    /* problems found and repaired */
+    RC_EXIT_LEFT = 4,        /* problems left uncorrected (check: any found) */
+    RC_EXIT_ERROR = 8,       /* operational error: connection, bad rules file, a rule failed */
+    RC_EXIT_USAGE = 16,      /* usage or syntax error on the command line */
 };
 
-/* lint FILE...: load every file, print each error to stderr as
- * FILE:LINE:COLUMN: FIELD: MESSAGE and one OK line per valid file. */
-int reconcile_lint(int argc, char **argv);
+/* lint, graph (kept for their callers: lint exits 0, or 4 when a file is
+ * refused, 8 when one cannot be read). */
+#define RECONCILE_EXIT_OK RC_EXIT_OK
+#define RECONCILE_EXIT_INVALID RC_EXIT_LEFT
+#define RECONCILE_EXIT_USAGE RC_EXIT_USAGE
 
-/* graph FILE: the definition as a Graphviz DOT digraph on stdout. */
+/* ------------------------------------------------------------ rules file */
+
+/* The sweeps' budgets: the rules file's `budgets:` map, else these
+ * defaults (rc_budgets_default). */
+typedef struct rc_budgets {
+    int64_t outbox_lag_ms;         /* unpublished longer than this: lag. 60s */
+    int max_attempts;              /* outbox rows attempted this often: dead letter. 10 */
+    int64_t saga_grace_ms;         /* a saga's timer overdue by more than this is
+                                      one the workers missed. 30s */
+    int64_t inbox_retention_ms;    /* inbox rows kept this long (the dedupe window). 7d */
+    int64_t outbox_retention_ms;   /* published rows kept under mark retention. 7d */
+    int64_t statement_timeout_ms;  /* each of the reconciler's own statements. 30s */
+    int batch;                     /* rows per repair transaction. 1000 */
+} rc_budgets;
+
+void rc_budgets_default(rc_budgets *b);
+
+/* One compliance rule: for every row the read-only detect query returns,
+ * emit one message (topic, type) keyed by the row's `key` column, whose
+ * payload is the row's `payload` column if it has one, else the whole row
+ * as a JSON object. */
+typedef struct rc_rule {
+    char *name;                    /* [A-Za-z0-9._-]{1,128}, unique in the file */
+    char *description;             /* NULL when not given */
+    char *detect;                  /* SQL: one SELECT (or WITH ... SELECT) */
+    int64_t timeout_ms;            /* statement timeout of detect. 5s */
+    int max_rows;                  /* rows acted on per pass. 1000 */
+    int64_t repeat_after_ms;       /* a row still found this long after its
+                                      message is sent again. 10m */
+    char *topic;                   /* emit: a valid Kafka topic name */
+    char *type;                    /* emit: the message type */
+    int line;                      /* where the rule starts in the file */
+} rc_rule;
+
+typedef struct rc_rules {
+    char *file;
+    rc_budgets budgets;
+    rc_rule *rules;
+    size_t count;
+} rc_rules;
+
+#define RC_RULES_FILE_MAX (1024 * 1024)
+#define RC_RULES_MAX 256
+
+/*
+ * Load and check a rules file. On success *out is new (rc_rules_free).
+ * On failure every error found goes into errs (file:line:column, field
+ * path, message, as for saga definitions) and the code is FERRY_EINVAL
+ * (also when the file cannot be read). Checks the YAML, the keys,
+ * the types and ranges, the names, and that each detect query is a single
+ * SELECT or WITH statement (no ';' except at the end).
+ */
+ferry_code rc_rules_load(const char *path, rc_rules **out, ferry_saga_load_errors *errs);
+ferry_code rc_rules_parse(const char *text, size_t len, const char *name, rc_rules **out,
+                          ferry_saga_load_errors *errs);
+void rc_rules_free(rc_rules *r);
+
+/* ------------------------------------------------------------------ pass */
+
+typedef enum rc_mode { RC_CHECK = 0, RC_REPAIR = 1 } rc_mode;
+
+typedef enum rc_sweep_id {
+    RC_SWEEP_OUTBOX = 0,           /* lag, dead relay leases, over-attempted rows */
+    RC_SWEEP_SAGAS,                /* running sagas past their timer */
+    RC_SWEEP_COMPENSATIONS,        /* compensating sagas past their timer */
+    RC_SWEEP_DEAD_LETTERS,         /* report; replay / discard on request */
+    RC_SWEEP_GARBAGE,              /* inbox past retention, published outbox rows */
+    RC_SWEEP_RULES,                /* the rules file's compliance rules */
+    RC_SWEEP_COUNT
+} rc_sweep_id;
+
+const char *rc_sweep_name(rc_sweep_id s);  /* "outbox", "sagas", ... */
+
+/* What became of a finding. */
+typedef enum rc_outcome {
+    RC_FOUND = 0,      /* check: found, nothing done                  -> 4 */
+    RC_REPAIRED,       /* repair: fixed in this pass                  -> 1 */
+    RC_LEFT,           /* repair: could not be fixed here (why: text) -> 4 */
+    RC_PENDING,        /* a repair sent earlier has not taken effect yet,
+                          within its time: reported, not a problem    -> 0 */
+} rc_outcome;
+
+typedef enum rc_dead_action { RC_REPLAY = 0, RC_DISCARD = 1 } rc_dead_action;
+
+/* One --replay / --discard of the repair command line. target is a dead
+ * letter id (digits), a message id (UUID: every dead letter of that
+ * message), or TOPIC/KEY (every dead letter of that key, in position
+ * order). */
+typedef struct rc_dead_request {
+    rc_dead_action action;
+    const char *target;
+} rc_dead_request;
+
+struct rc_report;
+
+typedef struct rc_ctx {
+    PGconn *conn;                  /* autocommit; sweeps run their own transactions */
+    rc_mode mode;
+    const rc_budgets *budgets;
+    const rc_rules *rules;         /* NULL: no --rules */
+    const ferry_saga_registry *sagas;  /* NULL: no --sagas */
+    const char *actor;             /* who, for the records: --by, else user@host */
+    const char *reason;            /* --reason, for discards (required with --discard) */
+    const rc_dead_request *requests;
+    size_t n_requests;
+    const char *holder;            /* repair: the reconciler lease's holder and */
+    int64_t epoch;                 /* epoch, checked by rc_begin */
+    volatile sig_atomic_t *stop;   /* set by SIGINT/SIGTERM: finish the batch, return */
+    struct rc_report *report;
+    rc_sweep_id sweep;             /* the sweep running now (set by pass.c) */
+} rc_ctx;
+
+/* Each sweep: 0 when it ran to its end (whatever it found), -1 after an
+ * operational error it reported with rc_error(); the pass goes on with
+ * the next sweep unless the connection is gone. */
+int rc_sweep_outbox(rc_ctx *ctx);
+int rc_sweep_sagas(rc_ctx *ctx);           /* state running */
+int rc_sweep_compensations(rc_ctx *ctx);   /* state compensating */
+int rc_sweep_dead_letters(rc_ctx *ctx);
+int rc_sweep_garbage(rc_ctx *ctx);
+int rc_sweep_rules(rc_ctx *ctx);
+/* Only the --replay / --discard requests of the dead-letter sweep (which
+ * repair carries out first, without the lease), findings in its name. */
+int rc_dead_letter_requests(rc_ctx *ctx);
+
+/*
+ * Record a finding of the current sweep: a problem (a short code such as
+ * "lag", "dead_lease", "past_deadline"), its subject ("shard 3",
+ * "saga 0190…", "rule release-stale"), the rows it covers, what became of
+ * it, and a sentence for people (printf-style). detail (may be NULL) is
+ * any JSON object for --json; the report takes it over.
+ */
+void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t count,
+              rc_outcome outcome, json_t *detail, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+/* An operational error in the current sweep (printed to stderr at once as
+ * "ferry-reconcile: SWEEP: message"; the exit status gets 8). Returns -1. */
+int rc_error(rc_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Progress on a terminal ("outbox: 12000 of 50000 rows"): shown on stderr
+ * only when it is a terminal (or --progress), at most ten times a second,
+ * and overwritten by the next; never in logs. */
+void rc_progress(rc_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * A repair transaction: BEGIN, SET LOCAL statement_timeout (the budget)
+ * and lock_timeout (a second: a sweep never queues behind writers), then
+ * the fence: the reconciler's lease must still be ours under our epoch,
+ * held FOR SHARE to the end of the transaction. FERRY_ESTATE when the
+ * lease is lost (the pass must stop acting). Check mode may use it too:
+ * then it is BEGIN READ ONLY, without the fence.
+ */
+ferry_code rc_begin(rc_ctx *ctx, ferry_error *err);
+ferry_code rc_commit(rc_ctx *ctx, ferry_error *err);
+void rc_rollback(rc_ctx *ctx);
+
+/* Run one statement on ctx->conn; a failure becomes rc_error() with what
+ * ("could not count lagging rows") and returns NULL. The caller PQclears. */
+PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
+                   const char *const *params);
+
+/* "5m12s"-style text of a duration in milliseconds. */
+const char *rc_duration(int64_t ms, char *buf, size_t len);
+
+/* ---------------------------------------------------------- commands */
+
+int reconcile_lint(int argc, char **argv);
 int reconcile_graph(int argc, char **argv);
+int reconcile_check(int argc, char **argv);
+int reconcile_repair(int argc, char **argv);
+int reconcile_run(int argc, char **argv);
 
 /* Every error of errs to out, one per line, in the lint format. */
 void reconcile_print_errors(FILE *out, const char *file, const ferry_saga_load_errors *errs);

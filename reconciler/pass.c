@@ -1,0 +1,839 @@
+/*
+ * pass.c — `check`, `repair` and `run`: the options, the connection, the
+ * reconciler's lease, and one pass over every sweep.
+ *
+ *   check   a dry run: every sweep detects, nothing is changed, no lease
+ *           is needed (any number may run at once).
+ *   repair  the same sweeps, acting. Takes the lease "reconciler" in
+ *           ferry.lease first (waiting up to --wait seconds for another
+ *           reconciler to finish), and every repair transaction re-checks
+ *           it under its epoch (rc_begin), so two reconcilers never act at
+ *           once even if one of them stalls past its lease.
+ *   run     repair every --interval seconds as a daemon. Instances that do
+ *           not hold the lease stand by and take over when it expires.
+ *
+ * Exit status, fsck's: the OR of 1 (problems repaired), 4 (problems left;
+ * for check, problems found), 8 (operational error); 16 for usage.
+ */
+#include <getopt.h>
+#include <glob.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "rc_metrics.h"
+#include "pass.h"
+#include "reconcile.h"
+
+#define SCHEMA_NEEDED 4
+
+typedef struct options {
+    rc_mode mode;
+    int daemon;                 /* run */
+    const char *db;
+    const char *rules_file;
+    const char *sagas_dir;
+    const char *reply_topic;
+    int json;
+    int progress;               /* -1: when stderr is a terminal */
+    const char *by;
+    const char *reason;
+    const char *holder;
+    int wait_s;                 /* repair: wait this long for the lease */
+    int lease_ttl_ms;
+    double interval_s;          /* run */
+    const char *metrics;        /* run: HOST:PORT */
+    rc_dead_request *requests;
+    size_t n_requests;
+} options;
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static void usage_of(FILE *out, const char *cmd)
+{
+    if (strcmp(cmd, "check") == 0)
+        fprintf(out, "usage: ferry-reconcile check --db CONNINFO [--rules FILE] [--sagas DIR] "
+                     "[--reply-topic TOPIC] [--json] [--progress|--no-progress]\n");
+    else if (strcmp(cmd, "repair") == 0)
+        fprintf(out, "usage: ferry-reconcile repair --db CONNINFO [--rules FILE] [--sagas DIR] "
+                     "[--reply-topic TOPIC] [--json]\n"
+                     "           [--replay ID|UUID|TOPIC/KEY]... [--discard ID|UUID|TOPIC/KEY]... "
+                     "[--reason TEXT] [--by NAME]\n"
+                     "           [--wait SECONDS] [--holder NAME] [--progress|--no-progress]\n");
+    else
+        fprintf(out, "usage: ferry-reconcile run --db CONNINFO [--rules FILE] [--sagas DIR] "
+                     "[--reply-topic TOPIC] [--interval SECONDS]\n"
+                     "           [--metrics HOST:PORT] [--holder NAME] [--lease-ttl MS]\n");
+}
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const char *cmd, const char *fmt, ...)
+{
+    fprintf(stderr, "ferry-reconcile %s: ", cmd);
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    usage_of(stderr, cmd);
+    return RC_EXIT_USAGE;
+}
+
+static int add_request(options *o, rc_dead_action action, const char *target)
+{
+    rc_dead_request *r = realloc(o->requests, (o->n_requests + 1) * sizeof *r);
+    if (r == NULL)
+        return -1;
+    o->requests = r;
+    r[o->n_requests++] = (rc_dead_request){.action = action, .target = target};
+    return 0;
+}
+
+static int parse_options(const char *cmd, int argc, char **argv, options *o)
+{
+    enum { O_DB = 256, O_RULES, O_SAGAS, O_REPLY, O_JSON, O_PROGRESS, O_NO_PROGRESS, O_REPLAY,
+           O_DISCARD, O_REASON, O_BY, O_HOLDER, O_WAIT, O_TTL, O_INTERVAL, O_METRICS, O_HELP };
+    static const struct option longs[] = {
+        {"db", required_argument, NULL, O_DB},
+        {"rules", required_argument, NULL, O_RULES},
+        {"sagas", required_argument, NULL, O_SAGAS},
+        {"reply-topic", required_argument, NULL, O_REPLY},
+        {"json", no_argument, NULL, O_JSON},
+        {"progress", no_argument, NULL, O_PROGRESS},
+        {"no-progress", no_argument, NULL, O_NO_PROGRESS},
+        {"replay", required_argument, NULL, O_REPLAY},
+        {"discard", required_argument, NULL, O_DISCARD},
+        {"reason", required_argument, NULL, O_REASON},
+        {"by", required_argument, NULL, O_BY},
+        {"holder", required_argument, NULL, O_HOLDER},
+        {"wait", required_argument, NULL, O_WAIT},
+        {"lease-ttl", required_argument, NULL, O_TTL},
+        {"interval", required_argument, NULL, O_INTERVAL},
+        {"metrics", required_argument, NULL, O_METRICS},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    *o = (options){
+        .mode = strcmp(cmd, "check") == 0 ? RC_CHECK : RC_REPAIR,
+        .daemon = strcmp(cmd, "run") == 0,
+        .db = getenv("FERRY_DB"),
+        .progress = -1,
+        .wait_s = 30,
+        .lease_ttl_ms = 30000,
+        .interval_s = 60,
+    };
+    optind = 1;
+    opterr = 0;
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
+        const int is_check = o->mode == RC_CHECK, is_run = o->daemon;
+        switch (c) {
+        case O_DB: o->db = optarg; break;
+        case O_RULES: o->rules_file = optarg; break;
+        case O_SAGAS: o->sagas_dir = optarg; break;
+        case O_REPLY: o->reply_topic = optarg; break;
+        case O_JSON:
+            if (is_run)
+                return usage_error(cmd, "--json is for check and repair%s", "");
+            o->json = 1;
+            break;
+        case O_PROGRESS: o->progress = 1; break;
+        case O_NO_PROGRESS: o->progress = 0; break;
+        case O_REPLAY:
+        case O_DISCARD:
+            if (is_check || is_run)
+                return usage_error(cmd, "%s is for repair only (check changes nothing)",
+                                   c == O_REPLAY ? "--replay" : "--discard");
+            if (optarg[0] == '\0')
+                return usage_error(cmd, "%s needs an ID, a message UUID or TOPIC/KEY",
+                                   c == O_REPLAY ? "--replay" : "--discard");
+            if (add_request(o, c == O_REPLAY ? RC_REPLAY : RC_DISCARD, optarg) != 0)
+                return RC_EXIT_ERROR;
+            break;
+        case O_REASON: o->reason = optarg; break;
+        case O_BY: o->by = optarg; break;
+        case O_HOLDER: o->holder = optarg; break;
+        case O_WAIT:
+            if (ferry_parse_long(optarg, 0, 86400, &v) != FERRY_INT_OK)
+                return usage_error(cmd, "--wait wants whole seconds, 0..86400, not \"%s\"",
+                                   optarg);
+            o->wait_s = (int)v;
+            break;
+        case O_TTL:
+            if (ferry_parse_long(optarg, 1000, 3600000, &v) != FERRY_INT_OK)
+                return usage_error(cmd, "--lease-ttl wants milliseconds, 1000..3600000, "
+                                   "not \"%s\"", optarg);
+            o->lease_ttl_ms = (int)v;
+            break;
+        case O_INTERVAL: {
+            char *end;
+            double d = strtod(optarg, &end);
+            if (!is_run || end == optarg || *end != '\0' || !(d >= 0.1 && d <= 86400))
+                return usage_error(cmd, "--interval wants seconds, 0.1..86400 (run only), "
+                                   "not \"%s\"", optarg);
+            o->interval_s = d;
+            break;
+        }
+        case O_METRICS:
+            if (!is_run)
+                return usage_error(cmd, "--metrics is for run%s", "");
+            o->metrics = optarg;
+            break;
+        case O_HELP:
+            usage_of(stdout, cmd);
+            exit(RC_EXIT_OK);
+        default:
+            return usage_error(cmd, "unknown or incomplete option \"%s\"", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
+    if (o->db == NULL || o->db[0] == '\0')
+        return usage_error(cmd, "--db CONNINFO (or $FERRY_DB) is required%s", "");
+    for (size_t i = 0; i < o->n_requests; i++)
+        if (o->requests[i].action == RC_DISCARD && (o->reason == NULL || o->reason[0] == '\0'))
+            return usage_error(cmd, "--discard needs --reason TEXT: a discard is recorded "
+                               "with who and why%s", "");
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+static int load_rules(const options *o, rc_rules **out)
+{
+    *out = NULL;
+    if (o->rules_file == NULL)
+        return 0;
+    ferry_saga_load_errors errs;
+    if (rc_rules_load(o->rules_file, out, &errs) != FERRY_OK) {
+        reconcile_print_errors(stderr, o->rules_file, &errs);
+        fprintf(stderr, "ferry-reconcile: the rules file %s was refused; nothing was checked\n",
+                o->rules_file);
+        return -1;
+    }
+    return 0;
+}
+
+/* Every *.yaml and *.yml in dir, into a registry asking for replies on
+ * the reply topic the services use. */
+static int load_sagas(const options *o, ferry_saga_registry **out)
+{
+    *out = NULL;
+    if (o->sagas_dir == NULL)
+        return 0;
+    ferry_error err;
+    if (ferry_saga_registry_new(o->reply_topic, out, &err) != FERRY_OK) {
+        fprintf(stderr, "ferry-reconcile: %s\n", err.message);
+        return -1;
+    }
+    glob_t g = {0};
+    char pattern[4096];
+    int found = 0, bad = 0;
+    static const char *const exts[] = {"*.yaml", "*.yml"};
+    for (size_t e = 0; e < 2; e++) {
+        snprintf(pattern, sizeof pattern, "%s/%s", o->sagas_dir, exts[e]);
+        int rc = glob(pattern, 0, NULL, &g);
+        if (rc == GLOB_NOMATCH)
+            continue;
+        if (rc != 0) {
+            fprintf(stderr, "ferry-reconcile: --sagas %s: could not list the directory\n",
+                    o->sagas_dir);
+            bad = 1;
+            break;
+        }
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            ferry_saga_def *def = NULL;
+            ferry_saga_load_errors errs;
+            found++;
+            if (ferry_saga_def_load(g.gl_pathv[i], &def, &errs) != FERRY_OK) {
+                reconcile_print_errors(stderr, g.gl_pathv[i], &errs);
+                bad = 1;
+                continue;
+            }
+            if (ferry_saga_registry_add(*out, def, &err) != FERRY_OK) {
+                fprintf(stderr, "%s: %s\n", g.gl_pathv[i], err.message);
+                ferry_saga_def_free(def);
+                bad = 1;
+            }
+        }
+        globfree(&g);
+    }
+    if (!bad && found == 0) {
+        fprintf(stderr, "ferry-reconcile: --sagas %s: no *.yaml or *.yml saga definitions "
+                "there\n", o->sagas_dir);
+        bad = 1;
+    }
+    if (bad) {
+        ferry_saga_registry_destroy(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static PGconn *connect_db(const options *o, const char *holder)
+{
+    PGconn *conn = PQconnectdb(o->db);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        const char *m = PQerrorMessage(conn);
+        size_t len = strlen(m);
+        while (len > 0 && m[len - 1] == '\n')
+            len--;
+        fprintf(stderr, "ferry-reconcile: cannot connect to the database: %.*s\n", (int)len, m);
+        PQfinish(conn);
+        return NULL;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "ferry-reconcile %s", holder);
+    const char *p[1] = {name};
+    PQclear(PQexecParams(conn, "SELECT set_config('application_name', $1, false)", 1, NULL, p,
+                         NULL, NULL, 0));
+    int version = 0;
+    ferry_error err;
+    if (ferry_schema_version(conn, &version, &err) != FERRY_OK) {
+        fprintf(stderr, "ferry-reconcile: could not read the ferry schema version: %s\n",
+                err.message);
+        PQfinish(conn);
+        return NULL;
+    }
+    if (version < SCHEMA_NEEDED) {
+        fprintf(stderr, "ferry-reconcile: the database has ferry schema version %d; the "
+                "reconciler needs %d (run `ferry-relay migrate`)\n", version, SCHEMA_NEEDED);
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+/* Every statement of the session, detection included, under the budget's
+ * statement timeout (repair transactions set it again, locally). */
+static int set_timeout(PGconn *conn, const rc_budgets *b)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "SET statement_timeout = %" PRId64, b->statement_timeout_ms);
+    PGresult *res = PQexec(conn, sql);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        fprintf(stderr, "ferry-reconcile: could not set the statement timeout: %s",
+                PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* ----------------------------------------------------------------- lease */
+
+typedef struct lease_state {
+    int ttl_ms;
+    int64_t renewed_at;     /* monotonic ms */
+} lease_state;
+
+static lease_state the_lease;
+
+static int64_t mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Take the lease if it is free or expired: 1 taken, 0 held by another,
+ * -1 error. (The lease functions take a name prefix; no other lease name
+ * starts with "reconciler".) */
+static int lease_try(PGconn *conn, const char *holder, int ttl_ms, int64_t *epoch,
+                     ferry_error *err)
+{
+    const char *names[1] = {RC_LEASE_NAME};
+    if (ferry_lease_ensure(conn, names, 1, err) != FERRY_OK)
+        return -1;
+    ferry_lease got;
+    size_t n = 0;
+    if (ferry_lease_acquire(conn, RC_LEASE_NAME, holder, ttl_ms, 1, &got, &n, err) != FERRY_OK)
+        return -1;
+    if (n == 0)
+        return 0;
+    *epoch = got.epoch;
+    the_lease.ttl_ms = ttl_ms;
+    the_lease.renewed_at = mono_ms();
+    return 1;
+}
+
+ferry_code rc_lease_keep(rc_ctx *ctx, ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (ctx->holder == NULL || mono_ms() - the_lease.renewed_at < the_lease.ttl_ms / 3)
+        return FERRY_OK;
+    /* Extended under the same holder and epoch, even if it ran out
+     * meanwhile (a long detect query): nobody took it then, since a
+     * takeover raises the epoch. */
+    char epoch[24], ttl[16];
+    snprintf(epoch, sizeof epoch, "%" PRId64, ctx->epoch);
+    snprintf(ttl, sizeof ttl, "%d", the_lease.ttl_ms);
+    const char *p[4] = {RC_LEASE_NAME, ctx->holder, epoch, ttl};
+    PGresult *res = PQexecParams(ctx->conn,
+                                 "UPDATE ferry.lease SET expires_at = now() + $4::int * "
+                                 "interval '1 millisecond', renewed_at = now() "
+                                 "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint",
+                                 4, NULL, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, ctx->conn, res, "could not renew the reconciler's lease");
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
+                           "(epoch %" PRId64 "): another reconciler took it over", ctx->epoch);
+    PQclear(res);
+    if (rc == FERRY_OK)
+        the_lease.renewed_at = mono_ms();
+    else if (rc == FERRY_ESTATE && ctx->report)
+        ctx->report->lease_lost = 1;
+    return rc;
+}
+
+/* Who holds the lease now, for the messages of those who wait. */
+static void lease_holder(PGconn *conn, char *buf, size_t len)
+{
+    snprintf(buf, len, "?");
+    const char *p[1] = {RC_LEASE_NAME};
+    PGresult *res = PQexecParams(conn, "SELECT holder || ' (until ' || "
+                                 "to_char(expires_at, 'HH24:MI:SS') || ')' FROM ferry.lease "
+                                 "WHERE name = $1 AND expires_at > now()",
+                                 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+/* ------------------------------------------------------------------ pass */
+
+typedef int (*sweep_fn)(rc_ctx *ctx);
+
+static const sweep_fn sweeps[RC_SWEEP_COUNT] = {
+    [RC_SWEEP_OUTBOX] = rc_sweep_outbox,
+    [RC_SWEEP_SAGAS] = rc_sweep_sagas,
+    [RC_SWEEP_COMPENSATIONS] = rc_sweep_compensations,
+    [RC_SWEEP_DEAD_LETTERS] = rc_sweep_dead_letters,
+    [RC_SWEEP_GARBAGE] = rc_sweep_garbage,
+    [RC_SWEEP_RULES] = rc_sweep_rules,
+};
+
+/* Every sweep in turn; stops early when the connection is gone, the lease
+ * is lost, or a signal asked to stop. */
+static void one_pass(rc_ctx *ctx)
+{
+    for (int s = 0; s < RC_SWEEP_COUNT && !*ctx->stop; s++) {
+        ctx->sweep = (rc_sweep_id)s;
+        ferry_error err;
+        if (ctx->mode == RC_REPAIR && rc_lease_keep(ctx, &err) != FERRY_OK) {
+            ctx->sweep = RC_SWEEP_COUNT;
+            rc_error(ctx, "%s; the pass stopped before %s", err.message,
+                     rc_sweep_name((rc_sweep_id)s));
+            break;
+        }
+        ctx->report->ran[s] = 1;
+        sweeps[s](ctx);
+        rc_progress_done(ctx);
+        rc_rollback(ctx);   /* a sweep that returned inside a transaction */
+        if (PQstatus(ctx->conn) != CONNECTION_OK) {
+            ctx->sweep = RC_SWEEP_COUNT;
+            rc_error(ctx, "lost the database connection; the pass stopped after %s",
+                     rc_sweep_name((rc_sweep_id)s));
+            break;
+        }
+        if (ctx->report->lease_lost) {
+            ctx->sweep = RC_SWEEP_COUNT;
+            rc_error(ctx, "the reconciler's lease was lost; the pass stopped after %s",
+                     rc_sweep_name((rc_sweep_id)s));
+            break;
+        }
+    }
+    ctx->sweep = RC_SWEEP_COUNT;
+}
+
+/* Keep a record of a repair pass in ferry.reconcile_pass. */
+static void record_pass(rc_ctx *ctx, const char *started, int status)
+{
+    json_t *j = rc_report_json(ctx->report, ctx->mode);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char st[16];
+    snprintf(st, sizeof st, "%d", status);
+    const char *p[5] = {ctx->holder, ctx->actor, started, st, text ? text : "{}"};
+    PGresult *res = PQexecParams(ctx->conn,
+                                 "INSERT INTO ferry.reconcile_pass (holder, actor, started_at, "
+                                 "status, report) VALUES ($1, $2, $3, $4::int, $5::jsonb)",
+                                 5, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        ferry_log(FERRY_LOG_WARN, "reconcile.record_failed", "could not record the pass: %s",
+                  PQresultErrorMessage(res));
+    PQclear(res);
+    free(text);
+}
+
+static void db_now(PGconn *conn, char *buf, size_t len)
+{
+    snprintf(buf, len, "now");
+    PGresult *res = PQexec(conn, "SELECT now()::text");
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+static void default_names(const options *o, char *holder, size_t hlen, char *actor,
+                          size_t alen)
+{
+    char host[128] = "localhost";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    if (o->holder)
+        snprintf(holder, hlen, "%s", o->holder);
+    else
+        snprintf(holder, hlen, "%s:%ld", host, (long)getpid());
+    if (o->by) {
+        snprintf(actor, alen, "%s", o->by);
+        return;
+    }
+    const char *user = getenv("SUDO_USER");
+    if (user == NULL || user[0] == '\0') {
+        struct passwd *pw = getpwuid(geteuid());
+        user = pw ? pw->pw_name : "unknown";
+    }
+    snprintf(actor, alen, "%s@%s", user, host);
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* check and repair: one pass, the report on stdout. */
+static int one_shot(const char *cmd, int argc, char **argv)
+{
+    options o;
+    int rc = parse_options(cmd, argc, argv, &o);
+    if (rc != 0) {
+        free(o.requests);
+        return rc;
+    }
+    rc_budgets budgets;
+    rc_budgets_default(&budgets);
+    rc_rules *rules = NULL;
+    ferry_saga_registry *reg = NULL;
+    PGconn *conn = NULL;
+    rc_report *report = NULL;
+    int status = RC_EXIT_ERROR;
+    char holder[256], actor[256];
+    default_names(&o, holder, sizeof holder, actor, sizeof actor);
+    if (load_rules(&o, &rules) != 0 || load_sagas(&o, &reg) != 0)
+        goto out;
+    if (rules)
+        budgets = rules->budgets;
+    install_signals();
+    if ((conn = connect_db(&o, holder)) == NULL || set_timeout(conn, &budgets) != 0)
+        goto out;
+    int progress = o.progress >= 0 ? o.progress : !o.json && isatty(STDERR_FILENO);
+    if ((report = rc_report_new(progress)) == NULL)
+        goto out;
+
+    rc_ctx ctx = {
+        .conn = conn,
+        .mode = o.mode,
+        .budgets = &budgets,
+        .rules = rules,
+        .sagas = reg,
+        .actor = actor,
+        .reason = o.reason,
+        .requests = o.requests,
+        .n_requests = o.n_requests,
+        .stop = &stop_flag,
+        .report = report,
+        .sweep = RC_SWEEP_COUNT,
+    };
+    char started[64];
+    db_now(conn, started, sizeof started);
+    int leased = 0;
+    if (o.mode == RC_REPAIR && o.n_requests > 0) {
+        /* Decisions on dead letters first, without the lease: each locks
+         * its letter, which is all they need, so that an operator's
+         * --replay works while a `run` daemon holds the lease. */
+        ctx.sweep = RC_SWEEP_DEAD_LETTERS;
+        rc_dead_letter_requests(&ctx);
+        rc_rollback(&ctx);
+        ctx.requests = NULL;
+        ctx.n_requests = 0;
+        ctx.sweep = RC_SWEEP_COUNT;
+    }
+    if (o.mode == RC_REPAIR) {
+        ferry_error err;
+        int64_t deadline = mono_ms() + (int64_t)o.wait_s * 1000;
+        int said = 0;
+        for (;;) {
+            int got = lease_try(conn, holder, o.lease_ttl_ms, &ctx.epoch, &err);
+            if (got < 0) {
+                fprintf(stderr, "ferry-reconcile: could not take the reconciler's lease: %s\n",
+                        err.message);
+                goto out;
+            }
+            if (got) {
+                leased = 1;
+                break;
+            }
+            char who[256];
+            lease_holder(conn, who, sizeof who);
+            if (mono_ms() >= deadline || stop_flag) {
+                if (o.n_requests > 0) {
+                    /* The decisions were carried out; the sweeps are the
+                     * other reconciler's. */
+                    fprintf(stderr, "ferry-reconcile: another reconciler is repairing this "
+                            "database (%s): the sweeps are left to it\n", who);
+                    break;
+                }
+                fprintf(stderr, "ferry-reconcile: another reconciler is repairing this "
+                        "database (%s); gave up after --wait %d s\n", who, o.wait_s);
+                goto out;
+            }
+            if (!said) {
+                fprintf(stderr, "ferry-reconcile: waiting for the reconciler's lease, held by "
+                        "%s\n", who);
+                said = 1;
+            }
+            struct timespec t = {0, 200 * 1000000L};
+            nanosleep(&t, NULL);
+        }
+        if (leased)
+            ctx.holder = holder;
+    }
+    if (o.mode == RC_CHECK || leased)
+        one_pass(&ctx);
+    else
+        report->ran[RC_SWEEP_DEAD_LETTERS] = 1;     /* its requests, at least */
+    status = rc_report_status(report);
+    if (leased) {
+        record_pass(&ctx, started, status);
+        ferry_error err;
+        ferry_lease_release(conn, RC_LEASE_NAME, holder, &err);
+    }
+    if (o.json) {
+        json_t *j = rc_report_json(report, o.mode);
+        json_dumpf(j, stdout, JSON_INDENT(2));
+        fputc('\n', stdout);
+        json_decref(j);
+    } else {
+        rc_report_print(stdout, report, o.mode);
+    }
+    if (stop_flag)
+        fprintf(stderr, "ferry-reconcile: interrupted; the report covers what was done\n");
+out:
+    rc_report_free(report);
+    PQfinish(conn);
+    ferry_saga_registry_destroy(reg);
+    rc_rules_free(rules);
+    free(o.requests);
+    return status;
+}
+
+int reconcile_check(int argc, char **argv)
+{
+    return one_shot("check", argc, argv);
+}
+
+int reconcile_repair(int argc, char **argv)
+{
+    return one_shot("repair", argc, argv);
+}
+
+/* ------------------------------------------------------------------- run */
+
+/* Sleep up to ms, waking early on a signal. */
+static void nap(int64_t ms)
+{
+    int64_t until = mono_ms() + ms;
+    while (!stop_flag) {
+        int64_t left = until - mono_ms();
+        if (left <= 0)
+            break;
+        if (left > 200)
+            left = 200;
+        struct timespec t = {(time_t)(left / 1000), (long)(left % 1000) * 1000000L};
+        nanosleep(&t, NULL);
+    }
+}
+
+/* The pass's outcome as one log line, with the counts per sweep. */
+static void log_pass(const rc_report *r, int status, double seconds)
+{
+    json_t *f = json_object();
+    int64_t repaired = 0, left = 0, pending = 0;
+    for (int s = 0; s < RC_SWEEP_COUNT; s++) {
+        const rc_sweep_stats *st = &r->sweep[s];
+        repaired += st->findings[RC_REPAIRED];
+        left += st->findings[RC_LEFT];
+        pending += st->findings[RC_PENDING];
+        json_object_set_new(f, rc_sweep_name(s),
+                            json_pack("{s:I, s:I, s:I, s:i}", "repaired",
+                                      (json_int_t)st->findings[RC_REPAIRED], "left",
+                                      (json_int_t)st->findings[RC_LEFT], "pending",
+                                      (json_int_t)st->findings[RC_PENDING], "errors",
+                                      st->errors));
+    }
+    json_object_set_new(f, "status", json_integer(status));
+    json_object_set_new(f, "seconds", json_real(seconds));
+    ferry_log_json(status & (RC_EXIT_LEFT | RC_EXIT_ERROR) ? FERRY_LOG_WARN : FERRY_LOG_INFO,
+                   "reconcile.pass", f,
+                   "pass done: %" PRId64 " repaired, %" PRId64 " left, %" PRId64 " pending, "
+                   "%d errors, exit status %d",
+                   repaired, left, pending, r->error_count, status);
+    for (size_t i = 0; i < r->n; i++) {
+        const rc_finding *fd = &r->f[i];
+        if (fd->outcome == RC_PENDING)
+            continue;
+        ferry_log_json(fd->outcome == RC_LEFT ? FERRY_LOG_WARN : FERRY_LOG_INFO,
+                       "reconcile.finding",
+                       json_pack("{s:s, s:s, s:s, s:s, s:I}", "sweep", rc_sweep_name(fd->sweep),
+                                 "problem", fd->problem, "subject", fd->subject, "outcome",
+                                 rc_outcome_name(fd->outcome), "count", (json_int_t)fd->count),
+                       "%s", fd->text ? fd->text : fd->subject);
+    }
+}
+
+int reconcile_run(int argc, char **argv)
+{
+    options o;
+    int rc = parse_options("run", argc, argv, &o);
+    if (rc != 0) {
+        free(o.requests);
+        return rc;
+    }
+    rc_budgets budgets;
+    rc_budgets_default(&budgets);
+    rc_rules *rules = NULL;
+    ferry_saga_registry *reg = NULL;
+    rc_metrics *metrics = NULL;
+    PGconn *conn = NULL;
+    int status = RC_EXIT_ERROR;
+    char holder[256], actor[256];
+    default_names(&o, holder, sizeof holder, actor, sizeof actor);
+    if (load_rules(&o, &rules) != 0 || load_sagas(&o, &reg) != 0)
+        goto out;
+    if (rules)
+        budgets = rules->budgets;
+    if (o.metrics && (metrics = rc_metrics_start(o.metrics)) == NULL)
+        goto out;
+    install_signals();
+    signal(SIGPIPE, SIG_IGN);
+    if ((conn = connect_db(&o, holder)) == NULL || set_timeout(conn, &budgets) != 0)
+        goto out;
+    ferry_log_json(FERRY_LOG_INFO, "reconcile.start",
+                   json_pack("{s:s, s:f}", "holder", holder, "interval_s", o.interval_s),
+                   "ferry-reconcile %s running as %s, a pass every %.1f s", ferry_version(),
+                   holder, o.interval_s);
+
+    int active = 0, said_standby = 0;
+    int64_t epoch = 0;
+    while (!stop_flag) {
+        if (PQstatus(conn) != CONNECTION_OK) {
+            PQreset(conn);
+            if (PQstatus(conn) != CONNECTION_OK) {
+                ferry_log(FERRY_LOG_WARN, "reconcile.db_lost", "database unreachable: %s",
+                          PQerrorMessage(conn));
+                rc_metrics_add_error(metrics);
+                nap(2000);
+                continue;
+            }
+            set_timeout(conn, &budgets);
+            ferry_log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
+        }
+        ferry_error err;
+        if (!active) {
+            int got = lease_try(conn, holder, o.lease_ttl_ms, &epoch, &err);
+            if (got < 0) {
+                ferry_log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
+                          "reconciler's lease: %s", err.message);
+                rc_metrics_add_error(metrics);
+                nap(2000);
+                continue;
+            }
+            if (!got) {
+                if (!said_standby) {
+                    char who[256];
+                    lease_holder(conn, who, sizeof who);
+                    ferry_log(FERRY_LOG_INFO, "reconcile.standby", "standing by: %s holds the "
+                              "reconciler's lease", who);
+                    said_standby = 1;
+                }
+                rc_metrics_set_active(metrics, 0);
+                nap(o.lease_ttl_ms / 3);
+                continue;
+            }
+            active = 1;
+            said_standby = 0;
+            rc_metrics_set_active(metrics, 1);
+            ferry_log(FERRY_LOG_INFO, "reconcile.active", "holding the reconciler's lease "
+                      "(epoch %" PRId64 "): repairing", epoch);
+        }
+
+        rc_report *report = rc_report_new(0);
+        if (report == NULL)
+            break;
+        report->log_json = 1;
+        rc_ctx ctx = {
+            .conn = conn, .mode = RC_REPAIR, .budgets = &budgets, .rules = rules,
+            .sagas = reg, .actor = actor, .holder = holder, .epoch = epoch,
+            .stop = &stop_flag, .report = report, .sweep = RC_SWEEP_COUNT,
+        };
+        char started[64];
+        db_now(conn, started, sizeof started);
+        int64_t t0 = mono_ms();
+        one_pass(&ctx);
+        int st = rc_report_status(report);
+        double seconds = (double)(mono_ms() - t0) / 1000.0;
+        if (PQstatus(conn) == CONNECTION_OK)
+            record_pass(&ctx, started, st);
+        log_pass(report, st, seconds);
+        rc_metrics_pass(metrics, report, st, seconds);
+        rc_report_free(report);
+
+        /* Between passes, keep the lease; lose it and we stand by. */
+        int64_t next = mono_ms() + (int64_t)(o.interval_s * 1000);
+        while (!stop_flag && mono_ms() < next) {
+            if (rc_lease_keep(&ctx, &err) != FERRY_OK) {
+                ferry_log(FERRY_LOG_WARN, "reconcile.lease_lost", "%s", err.message);
+                active = 0;
+                rc_metrics_set_active(metrics, 0);
+                break;
+            }
+            int64_t left = next - mono_ms();
+            nap(left < o.lease_ttl_ms / 6 ? left : o.lease_ttl_ms / 6);
+        }
+    }
+    if (active) {
+        ferry_error err;
+        ferry_lease_release(conn, RC_LEASE_NAME, holder, &err);
+    }
+    ferry_log(FERRY_LOG_INFO, "reconcile.stop", "stopped");
+    status = RC_EXIT_OK;
+out:
+    PQfinish(conn);
+    rc_metrics_stop(metrics);
+    ferry_saga_registry_destroy(reg);
+    rc_rules_free(rules);
+    free(o.requests);
+    return status;
+}

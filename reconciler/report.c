@@ -1,0 +1,448 @@
+/*
+ * report.c — what a pass found, and the small tools every sweep shares:
+ * findings, operational errors, progress on a terminal, fenced repair
+ * transactions.
+ *
+ * A sweep never prints. It records findings here; pass.c prints the
+ * report at the end (text for people, one JSON document with --json) and
+ * derives the exit status from it, fsck's way: the OR of 1 (something
+ * repaired), 4 (something left) and 8 (an operational error).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "pass.h"
+#include "reconcile.h"
+
+/* Findings kept per sweep for the report; beyond that only counted. */
+#define KEEP_PER_SWEEP 100
+
+static const char *const sweep_names[RC_SWEEP_COUNT] = {
+    [RC_SWEEP_OUTBOX] = "outbox",
+    [RC_SWEEP_SAGAS] = "sagas",
+    [RC_SWEEP_COMPENSATIONS] = "compensations",
+    [RC_SWEEP_DEAD_LETTERS] = "dead_letters",
+    [RC_SWEEP_GARBAGE] = "garbage",
+    [RC_SWEEP_RULES] = "rules",
+};
+
+static const char *const outcome_names[] = {
+    [RC_FOUND] = "found", [RC_REPAIRED] = "repaired", [RC_LEFT] = "left",
+    [RC_PENDING] = "pending",
+};
+
+const char *rc_sweep_name(rc_sweep_id s)
+{
+    return (unsigned)s < RC_SWEEP_COUNT ? sweep_names[s] : "?";
+}
+
+const char *rc_outcome_name(rc_outcome o)
+{
+    return (unsigned)o <= RC_PENDING ? outcome_names[o] : "?";
+}
+
+rc_report *rc_report_new(int progress)
+{
+    rc_report *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->progress = progress;
+    r->errors = json_array();
+    if (r->errors == NULL) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void rc_report_free(rc_report *r)
+{
+    if (r == NULL)
+        return;
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->f[i].problem);
+        free(r->f[i].subject);
+        free(r->f[i].text);
+        json_decref(r->f[i].detail);
+    }
+    free(r->f);
+    json_decref(r->errors);
+    free(r);
+}
+
+static char *vformat(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        return NULL;
+    return s;
+}
+
+/* Erase a progress line before anything else goes to stderr. */
+static void progress_clear(rc_report *r)
+{
+    if (r->progress_shown) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+        r->progress_shown = 0;
+    }
+}
+
+void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t count,
+              rc_outcome outcome, json_t *detail, const char *fmt, ...)
+{
+    rc_report *r = ctx->report;
+    if ((unsigned)ctx->sweep >= RC_SWEEP_COUNT || (unsigned)outcome > RC_PENDING) {
+        json_decref(detail);
+        rc_error(ctx, "internal: a finding (%s) outside a sweep", problem ? problem : "?");
+        return;
+    }
+    rc_sweep_stats *st = &r->sweep[ctx->sweep];
+    st->findings[outcome]++;
+    st->rows[outcome] += count;
+    if (st->kept >= KEEP_PER_SWEEP) {
+        st->dropped++;
+        json_decref(detail);
+        return;
+    }
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 32;
+        rc_finding *f = realloc(r->f, cap * sizeof *f);
+        if (f == NULL) {
+            st->dropped++;
+            json_decref(detail);
+            return;
+        }
+        r->f = f;
+        r->cap = cap;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = vformat(fmt, ap);
+    va_end(ap);
+    char *p = strdup(problem ? problem : ""), *subj = strdup(subject ? subject : "");
+    if (p == NULL || subj == NULL) {
+        free(p);
+        free(subj);
+        free(text);
+        json_decref(detail);
+        st->dropped++;
+        return;
+    }
+    rc_finding *f = &r->f[r->n++];
+    *f = (rc_finding){
+        .sweep = ctx->sweep,
+        .problem = p,
+        .subject = subj,
+        .count = count,
+        .outcome = outcome,
+        .text = text,
+        .detail = detail,
+    };
+    st->kept++;
+}
+
+int rc_error(rc_ctx *ctx, const char *fmt, ...)
+{
+    rc_report *r = ctx->report;
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = vformat(fmt, ap);
+    va_end(ap);
+    progress_clear(r);
+    const char *sweep = ctx->sweep < RC_SWEEP_COUNT ? rc_sweep_name(ctx->sweep) : "pass";
+    if (r->log_json)
+        ferry_log_json(FERRY_LOG_ERROR, "reconcile.error", json_pack("{s:s}", "sweep", sweep),
+                       "%s", text ? text : fmt);
+    else
+        fprintf(stderr, "ferry-reconcile: %s: %s\n", sweep, text ? text : fmt);
+    if (ctx->sweep < RC_SWEEP_COUNT)
+        r->sweep[ctx->sweep].errors++;
+    r->error_count++;
+    json_array_append_new(r->errors, json_pack("{s:s, s:s}", "sweep", sweep, "message",
+                                               text ? text : fmt));
+    free(text);
+    return -1;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+void rc_progress(rc_ctx *ctx, const char *fmt, ...)
+{
+    rc_report *r = ctx->report;
+    if (!r->progress)
+        return;
+    int64_t now = mono_ms();
+    if (r->progress_shown && now - r->progress_at < 100)
+        return;
+    r->progress_at = now;
+    va_list ap;
+    va_start(ap, fmt);
+    char *text = vformat(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(ctx->sweep), text ? text : "");
+    fflush(stderr);
+    r->progress_shown = 1;
+    free(text);
+}
+
+void rc_progress_done(rc_ctx *ctx)
+{
+    rc_report *r = ctx->report;
+    if (!r->progress)
+        return;
+    progress_clear(r);
+    const rc_sweep_stats *st = &r->sweep[ctx->sweep];
+    int64_t problems = st->findings[RC_FOUND] + st->findings[RC_REPAIRED] + st->findings[RC_LEFT];
+    fprintf(stderr, "%-14s %s\n", rc_sweep_name(ctx->sweep),
+            st->errors ? "error" : problems == 0 ? "clean" : "problems found");
+    fflush(stderr);
+}
+
+/* ------------------------------------------------------------ statements */
+
+/* A library call (ferry_tx_run) may have reset the connection after a
+ * loss: the new session gets the statement timeout again. */
+static void session_keep(rc_ctx *ctx)
+{
+    int pid = PQbackendPID(ctx->conn);
+    if (pid == 0 || pid == ctx->report->backend_pid)
+        return;
+    if (ctx->report->backend_pid != 0 && PQtransactionStatus(ctx->conn) == PQTRANS_IDLE) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "SET statement_timeout = %" PRId64,
+                 ctx->budgets->statement_timeout_ms);
+        PQclear(PQexec(ctx->conn, sql));
+    }
+    ctx->report->backend_pid = pid;
+}
+
+PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
+                   const char *const *params)
+{
+    session_keep(ctx);
+    PGresult *res = PQexecParams(ctx->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (msg == NULL)
+        msg = PQerrorMessage(ctx->conn);
+    size_t len = strlen(msg);
+    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+        len--;
+    rc_error(ctx, "%s: %.*s%s%s%s", what, (int)len, msg, state ? " (SQLSTATE " : "",
+             state ? state : "", state ? ")" : "");
+    PQclear(res);
+    return NULL;
+}
+
+ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
+{
+    ferry_err_clear(err);
+    session_keep(ctx);
+    if (ctx->mode == RC_REPAIR && rc_lease_keep(ctx, err) != FERRY_OK)
+        return err->code;
+    char sql[160];
+    snprintf(sql, sizeof sql,
+             "BEGIN%s; SET LOCAL statement_timeout = %" PRId64 "; SET LOCAL lock_timeout = 1000",
+             ctx->mode == RC_CHECK ? " READ ONLY" : "", ctx->budgets->statement_timeout_ms);
+    PGresult *res = PQexec(ctx->conn, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ferry_code rc = ferry_error_from_pg(err, ctx->conn, res, "could not begin");
+        PQclear(res);
+        rc_rollback(ctx);
+        return rc;
+    }
+    PQclear(res);
+    if (ctx->mode != RC_REPAIR || ctx->holder == NULL)
+        return FERRY_OK;
+    char epoch[24];
+    snprintf(epoch, sizeof epoch, "%" PRId64, ctx->epoch);
+    const char *p[3] = {RC_LEASE_NAME, ctx->holder, epoch};
+    res = PQexecParams(ctx->conn,
+                       "SELECT 1 FROM ferry.lease WHERE name = $1 AND holder = $2 "
+                       "AND epoch = $3::bigint AND expires_at > now() FOR SHARE",
+                       3, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_code rc = ferry_error_from_pg(err, ctx->conn, res, "could not check the lease");
+        PQclear(res);
+        rc_rollback(ctx);
+        return rc;
+    }
+    int held = PQntuples(res) == 1;
+    PQclear(res);
+    if (!held) {
+        ctx->report->lease_lost = 1;
+        rc_rollback(ctx);
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "the reconciler's lease was lost (epoch %" PRId64 "): another "
+                             "reconciler acts now", ctx->epoch);
+    }
+    return FERRY_OK;
+}
+
+ferry_code rc_commit(rc_ctx *ctx, ferry_error *err)
+{
+    ferry_err_clear(err);
+    PGresult *res = PQexec(ctx->conn, "COMMIT");
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, ctx->conn, res, "could not commit");
+    else if (strcmp(PQcmdStatus(res), "ROLLBACK") == 0)
+        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "could not commit: the transaction had "
+                           "failed and was rolled back");
+    PQclear(res);
+    return rc;
+}
+
+void rc_rollback(rc_ctx *ctx)
+{
+    if (PQtransactionStatus(ctx->conn) == PQTRANS_IDLE)
+        return;
+    PQclear(PQexec(ctx->conn, "ROLLBACK"));
+}
+
+const char *rc_duration(int64_t ms, char *buf, size_t len)
+{
+    if (ms < 0)
+        ms = 0;
+    if (ms < 1000) {
+        snprintf(buf, len, "%" PRId64 "ms", ms);
+        return buf;
+    }
+    int64_t s = ms / 1000;
+    int64_t d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60, sec = s % 60;
+    if (d > 0)
+        snprintf(buf, len, "%" PRId64 "d%" PRId64 "h", d, h);
+    else if (h > 0)
+        snprintf(buf, len, "%" PRId64 "h%" PRId64 "m", h, m);
+    else if (m > 0)
+        snprintf(buf, len, "%" PRId64 "m%" PRId64 "s", m, sec);
+    else
+        snprintf(buf, len, "%" PRId64 "s", sec);
+    return buf;
+}
+
+/* ------------------------------------------------------------ the report */
+
+int rc_report_status(const rc_report *r)
+{
+    int status = RC_EXIT_OK;
+    for (int s = 0; s < RC_SWEEP_COUNT; s++) {
+        const rc_sweep_stats *st = &r->sweep[s];
+        if (st->findings[RC_FOUND] || st->findings[RC_LEFT])
+            status |= RC_EXIT_LEFT;
+        if (st->findings[RC_REPAIRED])
+            status |= RC_EXIT_REPAIRED;
+    }
+    if (r->error_count)
+        status |= RC_EXIT_ERROR;
+    return status;
+}
+
+static const char *plural(int64_t n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+void rc_report_print(FILE *out, const rc_report *r, rc_mode mode)
+{
+    int64_t total[RC_PENDING + 1] = {0};
+    for (int s = 0; s < RC_SWEEP_COUNT; s++) {
+        const rc_sweep_stats *st = &r->sweep[s];
+        int64_t problems = st->findings[RC_FOUND] + st->findings[RC_REPAIRED]
+                           + st->findings[RC_LEFT];
+        for (int o = 0; o <= RC_PENDING; o++)
+            total[o] += st->findings[o];
+        if (!r->ran[s]) {
+            fprintf(out, "%-14s skipped\n", rc_sweep_name(s));
+            continue;
+        }
+        if (problems == 0 && st->findings[RC_PENDING] == 0 && st->errors == 0) {
+            fprintf(out, "%-14s clean\n", rc_sweep_name(s));
+            continue;
+        }
+        fprintf(out, "%-14s", rc_sweep_name(s));
+        if (problems == 0)
+            fprintf(out, " no problems");
+        else if (mode == RC_CHECK)
+            fprintf(out, " %" PRId64 " %s", problems, plural(problems, "problem", "problems"));
+        else
+            fprintf(out, " %" PRId64 " %s: %" PRId64 " repaired, %" PRId64 " left", problems,
+                    plural(problems, "problem", "problems"), st->findings[RC_REPAIRED],
+                    st->findings[RC_LEFT]);
+        if (st->findings[RC_PENDING])
+            fprintf(out, "; %" PRId64 " pending", st->findings[RC_PENDING]);
+        if (st->errors)
+            fprintf(out, "; %d %s", st->errors, plural(st->errors, "error", "errors"));
+        fputc('\n', out);
+        for (size_t i = 0; i < r->n; i++) {
+            const rc_finding *f = &r->f[i];
+            if (f->sweep != (rc_sweep_id)s)
+                continue;
+            fprintf(out, "  [%s] %s: %s\n", rc_outcome_name(f->outcome), f->problem,
+                    f->text ? f->text : f->subject);
+        }
+        if (st->dropped)
+            fprintf(out, "  ... and %" PRId64 " more %s\n", st->dropped,
+                    plural(st->dropped, "finding", "findings"));
+    }
+    int64_t problems = total[RC_FOUND] + total[RC_REPAIRED] + total[RC_LEFT];
+    int status = rc_report_status(r);
+    if (problems == 0)
+        fprintf(out, "summary: no problems");
+    else if (mode == RC_CHECK)
+        fprintf(out, "summary: %" PRId64 " %s found, nothing changed (check)", problems,
+                plural(problems, "problem", "problems"));
+    else
+        fprintf(out, "summary: %" PRId64 " %s found, %" PRId64 " repaired, %" PRId64 " left",
+                problems, plural(problems, "problem", "problems"), total[RC_REPAIRED],
+                total[RC_LEFT]);
+    if (r->error_count)
+        fprintf(out, "; %d operational %s", r->error_count,
+                plural(r->error_count, "error", "errors"));
+    fprintf(out, "; exit %d\n", status);
+}
+
+json_t *rc_report_json(const rc_report *r, rc_mode mode)
+{
+    json_t *sweeps = json_object();
+    for (int s = 0; s < RC_SWEEP_COUNT; s++) {
+        const rc_sweep_stats *st = &r->sweep[s];
+        json_t *findings = json_array();
+        for (size_t i = 0; i < r->n; i++) {
+            const rc_finding *f = &r->f[i];
+            if (f->sweep != (rc_sweep_id)s)
+                continue;
+            json_t *j = json_pack("{s:s, s:s, s:I, s:s, s:s}", "problem", f->problem,
+                                  "subject", f->subject, "count", (json_int_t)f->count,
+                                  "outcome", rc_outcome_name(f->outcome), "message",
+                                  f->text ? f->text : "");
+            if (j && f->detail)
+                json_object_set(j, "detail", f->detail);
+            json_array_append_new(findings, j);
+        }
+        json_t *counts = json_object();
+        for (int o = 0; o <= RC_PENDING; o++)
+            json_object_set_new(counts, rc_outcome_name(o), json_integer(st->findings[o]));
+        json_object_set_new(sweeps, rc_sweep_name(s),
+                            json_pack("{s:b, s:o, s:o, s:I, s:i}", "ran", r->ran[s],
+                                      "counts", counts, "findings", findings, "more",
+                                      (json_int_t)st->dropped, "errors", st->errors));
+    }
+    return json_pack("{s:s, s:i, s:o, s:O}", "mode", mode == RC_CHECK ? "check" : "repair",
+                     "status", rc_report_status(r), "sweeps", sweeps, "errors", r->errors);
+}

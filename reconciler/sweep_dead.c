@@ -1,0 +1,445 @@
+/*
+ * sweep_dead.c — dead letters (sweep "dead_letters").
+ *
+ * A dead letter is a message that failed for good, on the relay side
+ * (consumer '') or in a consumer; its key is parked behind it, so every
+ * later message of the key waits too. Only a person can say whether the
+ * cause is fixed (replay) or the message must go (discard), so this sweep
+ * never decides: it carries out the decisions given on the command line
+ * (repair --replay / --discard), then reports what remains, grouped per
+ * (consumer, topic), as needing a decision.
+ *
+ * Each decision is one fenced transaction per letter: the letter is
+ * locked, handed to ferry.replay_dead_letter() or
+ * ferry.discard_dead_letter() (schemas/002_consumer.sql: both sides), and
+ * recorded whole in ferry.dead_letter_log with who and why. A letter
+ * already gone when locked was handled by someone else: skipped, so a
+ * repeated or concurrent request changes nothing.
+ */
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reconcile.h"
+
+#define TEXT_MAX 200            /* reasons quoted in findings */
+
+static int64_t int_at(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static int is_busy(const PGresult *res)
+{
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
+                         strcmp(s, "40001") == 0);
+}
+
+/* One statement of a repair transaction; see sweep_outbox.c. */
+static PGresult *act(rc_ctx *ctx, const char *what, const char *sql, int n,
+                     const char *const *params, int *busy)
+{
+    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    if (busy != NULL && is_busy(res)) {
+        *busy = 1;
+    } else {
+        const char *m = PQresultErrorMessage(res);
+        size_t len = strlen(m);
+        while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
+            len--;
+        rc_error(ctx, "%s: %.*s", what, (int)len, m);
+    }
+    PQclear(res);
+    rc_rollback(ctx);
+    return NULL;
+}
+
+/* ------------------------------------------------------------- targets */
+
+typedef enum target_kind { T_ID, T_UUID, T_KEY, T_BAD } target_kind;
+
+static int is_hex_run(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isxdigit((unsigned char)s[i]))
+            return 0;
+    return 1;
+}
+
+/* digits: a dead letter id; 8-4-4-4-12 hex (or 32 hex digits): a message
+ * id; anything with a '/': TOPIC/KEY, split at the first '/' (a Kafka
+ * topic name cannot hold one, a key can). */
+static target_kind classify(const char *t)
+{
+    size_t len = strlen(t);
+    if (len > 0 && len <= 18 && strspn(t, "0123456789") == len)
+        return T_ID;
+    if (len == 36 && t[8] == '-' && t[13] == '-' && t[18] == '-' && t[23] == '-' &&
+        is_hex_run(t, 8) && is_hex_run(t + 9, 4) && is_hex_run(t + 14, 4) &&
+        is_hex_run(t + 19, 4) && is_hex_run(t + 24, 12))
+        return T_UUID;
+    if (len == 32 && is_hex_run(t, 32))
+        return T_UUID;
+    const char *slash = strchr(t, '/');
+    if (slash != NULL && slash > t && slash[1] != '\0')
+        return T_KEY;
+    return T_BAD;
+}
+
+static const char *action_flag(rc_dead_action a)
+{
+    return a == RC_REPLAY ? "--replay" : "--discard";
+}
+
+/* The ids of the dead letters a target names, in the order to handle
+ * them; NULL after rc_error (no such letter, or a failed query). */
+static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
+{
+    const char *flag = action_flag(rq->action);
+    PGresult *res = NULL;
+    char *topic = NULL;
+    switch (classify(rq->target)) {
+    case T_ID: {
+        const char *p[1] = {rq->target};
+        res = rc_query(ctx, "could not look up a dead letter",
+                       "SELECT id FROM ferry.dead_letter WHERE id = $1::bigint", 1, p);
+        if (res != NULL && PQntuples(res) == 0) {
+            rc_error(ctx, "%s %s: no such dead letter", flag, rq->target);
+            PQclear(res);
+            return NULL;
+        }
+        return res;
+    }
+    case T_UUID: {
+        const char *p[1] = {rq->target};
+        res = rc_query(ctx, "could not look up the dead letters of a message",
+                       "SELECT id FROM ferry.dead_letter WHERE message_id = $1::uuid "
+                       "ORDER BY id", 1, p);
+        if (res != NULL && PQntuples(res) == 0) {
+            rc_error(ctx, "%s %s: no dead letter of that message id", flag, rq->target);
+            PQclear(res);
+            return NULL;
+        }
+        return res;
+    }
+    case T_KEY: {
+        topic = strdup(rq->target);
+        if (topic == NULL) {
+            rc_error(ctx, "out of memory");
+            return NULL;
+        }
+        char *key = strchr(topic, '/');
+        *key++ = '\0';
+        const char *p[2] = {topic, key};
+        res = rc_query(ctx, "could not look up the dead letters of a key",
+                       "SELECT id FROM ferry.dead_letter WHERE topic = $1 AND aggregateid = $2 "
+                       "ORDER BY seq, consumer, id", 2, p);
+        if (res != NULL && PQntuples(res) == 0) {
+            rc_error(ctx, "%s %s: no dead letter of topic \"%s\", key \"%s\"", flag,
+                     rq->target, topic, key);
+            PQclear(res);
+            res = NULL;
+        }
+        free(topic);
+        return res;
+    }
+    case T_BAD:
+        break;
+    }
+    rc_error(ctx, "%s %s: not a dead letter id (digits), a message id (UUID) or TOPIC/KEY",
+             flag, rq->target);
+    return NULL;
+}
+
+/* ------------------------------------------------------------ decisions */
+
+static const char LOCK_SQL[] =
+    "SELECT to_jsonb(d)::text, d.consumer, d.topic, d.aggregateid, d.message_id, d.seq, "
+    "       left(d.reason, $2::int) "
+    "  FROM ferry.dead_letter d WHERE d.id = $1::bigint FOR UPDATE";
+
+static const char LOG_SQL[] =
+    "INSERT INTO ferry.dead_letter_log (dead_letter_id, message_id, consumer, topic, "
+    "                                   aggregateid, seq, action, actor, reason, letter) "
+    "SELECT (l->>'id')::bigint, (l->>'message_id')::uuid, l->>'consumer', l->>'topic', "
+    "       l->>'aggregateid', (l->>'seq')::bigint, $2, $3, $4, l "
+    "  FROM (SELECT $1::jsonb AS l) s";
+
+/* Carry out one decision on one letter. 0 done or nothing to do (gone),
+ * -1 after rc_error; *lost when the reconciler's lease is gone. */
+static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *lost)
+{
+    const int replay = rq->action == RC_REPLAY;
+    const char *verb = replay ? "replay" : "discard";
+    char reason_buf[512];
+    const char *reason = ctx->reason;
+    if (reason == NULL || reason[0] == '\0') {
+        snprintf(reason_buf, sizeof reason_buf, "%s by %s", replay ? "replayed" : "discarded",
+                 ctx->actor ? ctx->actor : "ferry-reconcile");
+        reason = reason_buf;
+    }
+    ferry_error err;
+    ferry_code code = rc_begin(ctx, &err);
+    if (code != FERRY_OK) {
+        rc_rollback(ctx);
+        if (code == FERRY_ESTATE) {
+            *lost = 1;
+            return rc_error(ctx, "stopped before the %s of dead letter %s: %s", verb, id,
+                            err.message);
+        }
+        return rc_error(ctx, "could not begin the %s of dead letter %s: %s", verb, id,
+                        err.message);
+    }
+    char textmax[16];
+    snprintf(textmax, sizeof textmax, "%d", TEXT_MAX);
+    const char *lp[2] = {id, textmax};
+    int busy = 0;
+    char what[160];
+    snprintf(what, sizeof what, "could not lock dead letter %s", id);
+    PGresult *letter = act(ctx, what, LOCK_SQL, 2, lp, &busy);
+    char subject[64];
+    snprintf(subject, sizeof subject, "dead letter %s", id);
+    if (letter == NULL) {
+        if (!busy)
+            return -1;
+        rc_found(ctx, "dead_letter", subject, 1, RC_LEFT,
+                 json_pack("{s:s, s:s, s:s}", "id", id, "action", verb, "target", rq->target),
+                 "dead letter %s was not %s: another session held it past the lock timeout; "
+                 "run repair %s %s again", id, replay ? "replayed" : "discarded",
+                 action_flag(rq->action), rq->target);
+        return 0;
+    }
+    if (PQntuples(letter) == 0) {
+        /* Replayed or discarded by someone else (or an earlier request of
+         * this pass) since we looked it up: done already. */
+        PQclear(letter);
+        rc_rollback(ctx);
+        return 0;
+    }
+    const char *consumer = PQgetvalue(letter, 0, 1), *topic = PQgetvalue(letter, 0, 2);
+    const char *key = PQgetvalue(letter, 0, 3), *message = PQgetvalue(letter, 0, 4);
+    int64_t seq = int_at(letter, 0, 5);
+    const char *why = PQgetvalue(letter, 0, 6);
+    int relay = consumer[0] == '\0';
+
+    const char *fp[1] = {id};
+    snprintf(what, sizeof what, "could not %s dead letter %s", verb, id);
+    PGresult *done = act(ctx, what,
+                         replay ? "SELECT ferry.replay_dead_letter($1::bigint)"
+                                : "SELECT ferry.discard_dead_letter($1::bigint)",
+                         1, fp, NULL);
+    if (done == NULL) {
+        PQclear(letter);
+        return -1;
+    }
+    int did = PQntuples(done) == 1 && PQgetvalue(done, 0, 0)[0] == 't';
+    PQclear(done);
+    if (!did) {             /* cannot happen under the row lock; harmless */
+        PQclear(letter);
+        rc_rollback(ctx);
+        return 0;
+    }
+    const char *gp[4] = {PQgetvalue(letter, 0, 0), verb, ctx->actor ? ctx->actor : "", reason};
+    snprintf(what, sizeof what, "could not record the %s of dead letter %s", verb, id);
+    PGresult *logged = act(ctx, what, LOG_SQL, 4, gp, NULL);
+    if (logged == NULL) {
+        PQclear(letter);
+        return -1;
+    }
+    PQclear(logged);
+    if (rc_commit(ctx, &err) != FERRY_OK) {
+        rc_rollback(ctx);
+        PQclear(letter);
+        return rc_error(ctx, "could not commit the %s of dead letter %s: %s", verb, id,
+                        err.message);
+    }
+
+    char side[300];
+    if (relay)
+        snprintf(side, sizeof side, "the relay's");
+    else
+        snprintf(side, sizeof side, "consumer %s's", consumer);
+    const char *effect;
+    char effect_buf[400];
+    if (replay && relay) {
+        effect = "replayed into the outbox with its id and position: the relay publishes it "
+                 "next, ahead of its key's later messages";
+    } else if (replay) {
+        snprintf(effect_buf, sizeof effect_buf, "handed back to consumer %s, which applies it "
+                 "next; its key is released", consumer);
+        effect = effect_buf;
+    } else if (relay) {
+        effect = "discarded: a marker with its position (payload null, header ferry_discarded) "
+                 "is published in its place so that consumers see no gap, and its key is "
+                 "released";
+    } else {
+        snprintf(effect_buf, sizeof effect_buf, "discarded: consumer %s counts its position "
+                 "as done and its key is released", consumer);
+        effect = effect_buf;
+    }
+    json_t *detail = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s}", "id", id,
+                               "action", verb, "message_id", message, "consumer", consumer,
+                               "topic", topic, "seq", (json_int_t)seq, "key", key, "actor",
+                               ctx->actor ? ctx->actor : "", "reason", reason, "failed_because",
+                               why);
+    rc_found(ctx, "dead_letter", subject, 1, RC_REPAIRED, detail,
+             "dead letter %s (%s, message %s, topic %s key %s, position %" PRId64 ", failed: "
+             "%s) %s; by %s (\"%s\"); the letter is kept in ferry.dead_letter_log",
+             id, side, message, topic, key, seq, why, effect, ctx->actor ? ctx->actor : "?",
+             reason);
+    PQclear(letter);
+    return 0;
+}
+
+/*
+ * Every target is looked up before anything is done: a mistyped one (no
+ * such letter, not a target at all) stops the whole set, because the
+ * person who typed it may have meant something else by the others too.
+ */
+static int requests(rc_ctx *ctx, int *lost)
+{
+    PGresult **ids = calloc(ctx->n_requests, sizeof *ids);
+    if (ids == NULL)
+        return rc_error(ctx, "out of memory");
+    int bad = 0;
+    for (size_t i = 0; i < ctx->n_requests; i++)
+        if ((ids[i] = resolve(ctx, &ctx->requests[i])) == NULL)
+            bad++;
+    int rc = 0;
+    if (bad > 0) {
+        rc = rc_error(ctx, "no dead letter was replayed or discarded: %d of the %zu targets "
+                      "given could not be used (above)", bad, ctx->n_requests);
+    } else {
+        for (size_t i = 0; i < ctx->n_requests && !*lost; i++) {
+            const rc_dead_request *rq = &ctx->requests[i];
+            int n = PQntuples(ids[i]);
+            for (int r = 0; r < n && !*lost; r++) {
+                if (ctx->stop != NULL && *ctx->stop)
+                    break;
+                if (decide(ctx, rq, PQgetvalue(ids[i], r, 0), lost) != 0)
+                    rc = -1;
+                if (n > 1)
+                    rc_progress(ctx, "%s %s: %d of %d dead letters", action_flag(rq->action),
+                                rq->target, r + 1, n);
+            }
+        }
+    }
+    for (size_t i = 0; i < ctx->n_requests; i++)
+        PQclear(ids[i]);
+    free(ids);
+    return rc;
+}
+
+/* ------------------------------------------------------------ remaining */
+
+/*
+ * Per (consumer, topic): letters, keys, the oldest, a few ids (oldest
+ * first), the oldest one's reason; and how many messages wait behind the
+ * parked keys (relay side: the key's unpublished rows, through
+ * outbox_position with the letter's shard; consumer side: its held
+ * messages of the key). Dead letters are few; the table is read whole.
+ */
+static const char REMAINING_SQL[] =
+    "WITH g AS ("
+    "  SELECT consumer, topic, count(*) AS n, count(DISTINCT aggregateid) AS keys, "
+    "         min(failed_at) AS oldest, "
+    "         to_json((array_agg(id ORDER BY failed_at, id))[1:5])::text AS samples, "
+    "         left((array_agg(reason ORDER BY failed_at, id))[1], $1::int) AS reason "
+    "    FROM ferry.dead_letter GROUP BY consumer, topic), "
+    "k AS (SELECT DISTINCT consumer, topic, aggregateid, shard FROM ferry.dead_letter), "
+    "w AS ("
+    "  SELECT k.consumer, k.topic, sum(CASE WHEN k.consumer = '' THEN "
+    "           (SELECT count(*) FROM ferry.outbox o WHERE o.shard = k.shard "
+    "              AND o.topic = k.topic AND o.aggregateid = k.aggregateid "
+    "              AND o.published_at IS NULL) "
+    "         ELSE (SELECT count(*) FROM ferry.inbox_held h WHERE h.consumer = k.consumer "
+    "                 AND h.topic = k.topic AND h.key = k.aggregateid) END) AS waiting "
+    "    FROM k GROUP BY k.consumer, k.topic) "
+    "SELECT g.consumer, g.topic, g.n, g.keys, "
+    "       floor(extract(epoch FROM now() - g.oldest) * 1000)::bigint, g.samples, g.reason, "
+    "       coalesce(w.waiting, 0) "
+    "  FROM g LEFT JOIN w USING (consumer, topic) "
+    " ORDER BY g.consumer, g.topic";
+
+static int remaining(rc_ctx *ctx)
+{
+    char textmax[16];
+    snprintf(textmax, sizeof textmax, "%d", TEXT_MAX);
+    const char *p[1] = {textmax};
+    PGresult *res = rc_query(ctx, "could not list the dead letters", REMAINING_SQL, 1, p);
+    if (res == NULL)
+        return -1;
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *consumer = PQgetvalue(res, r, 0), *topic = PQgetvalue(res, r, 1);
+        int64_t n = int_at(res, r, 2), keys = int_at(res, r, 3), age = int_at(res, r, 4);
+        const char *reason = PQgetvalue(res, r, 6);
+        int64_t waiting = int_at(res, r, 7);
+        int relay = consumer[0] == '\0';
+        json_t *samples = json_loads(PQgetvalue(res, r, 5), 0, NULL);
+        json_t *detail = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:I}", "consumer",
+                                   relay ? "relay" : consumer, "topic", topic, "letters",
+                                   (json_int_t)n, "keys", (json_int_t)keys, "oldest_age_ms",
+                                   (json_int_t)age, "oldest_reason", reason, "waiting",
+                                   (json_int_t)waiting);
+        if (detail != NULL && samples != NULL)
+            json_object_set_new(detail, "samples", samples);
+        else
+            json_decref(samples);
+        /* The ids, for the sentence: "3, 4, 9". */
+        char ids[128] = "";
+        size_t used = 0;
+        json_t *s = detail ? json_object_get(detail, "samples") : NULL;
+        for (size_t i = 0; i < json_array_size(s) && used < sizeof ids; i++) {
+            int w = snprintf(ids + used, sizeof ids - used, "%s%" JSON_INTEGER_FORMAT,
+                             i ? ", " : "", json_integer_value(json_array_get(s, i)));
+            if (w < 0)
+                break;
+            used += (size_t)w;
+        }
+        char who[300], subject[600], d[32];
+        if (relay)
+            snprintf(who, sizeof who, "relay");
+        else
+            snprintf(who, sizeof who, "consumer %s", consumer);
+        snprintf(subject, sizeof subject, "%s, topic %s", who, topic);
+        char behind[96] = "";
+        if (waiting > 0)
+            snprintf(behind, sizeof behind, "; %" PRId64 " later message%s wait%s behind them",
+                     waiting, waiting == 1 ? "" : "s", waiting == 1 ? "s" : "");
+        rc_found(ctx, "dead_letter", subject, n, ctx->mode == RC_CHECK ? RC_FOUND : RC_LEFT,
+                 detail,
+                 "%s, topic %s: %" PRId64 " dead letter%s on %" PRId64 " key%s, the oldest %s "
+                 "old (id%s %s%s; its reason: %s)%s: needs a decision: repair --replay "
+                 "ID|TOPIC/KEY, or --discard ID|TOPIC/KEY --reason WHY",
+                 who, topic, n, n == 1 ? "" : "s", keys, keys == 1 ? "" : "s",
+                 rc_duration(age, d, sizeof d), n == 1 ? "" : "s", ids, n > 5 ? ", ..." : "",
+                 reason, behind);
+    }
+    PQclear(res);
+    return 0;
+}
+
+int rc_dead_letter_requests(rc_ctx *ctx)
+{
+    int lost = 0;
+    if (ctx->mode != RC_REPAIR || ctx->n_requests == 0)
+        return 0;
+    return requests(ctx, &lost) != 0 || lost ? -1 : 0;
+}
+
+int rc_sweep_dead_letters(rc_ctx *ctx)
+{
+    int rc = 0, lost = 0;
+    if (ctx->mode == RC_REPAIR && ctx->n_requests > 0 && requests(ctx, &lost) != 0)
+        rc = -1;
+    if (lost || PQstatus(ctx->conn) != CONNECTION_OK)
+        return -1;
+    if (remaining(ctx) != 0)
+        rc = -1;
+    return rc;
+}

@@ -1,0 +1,428 @@
+/*
+ * sweep_garbage.c — rows kept past their use (sweep "garbage").
+ *
+ *   inbox      ferry.inbox rows applied before the dedupe window
+ *              (budgets->inbox_retention_ms): a redelivery that old is
+ *              not expected, so the dedupe record only takes space.
+ *   published  ferry.outbox rows the relay marked published (retention
+ *              mode "mark") longer ago than budgets->outbox_retention_ms.
+ *
+ * Repair deletes them in batches of budgets->batch rows, each batch its
+ * own short fenced transaction (rc_begin: lock_timeout, statement
+ * timeout, the reconciler's lease), re-checking the age in the statement
+ * that deletes, so that a repeated or concurrent run deletes nothing
+ * twice and nothing young. The cutoff is taken once, at the start: rows
+ * that age past it during the pass wait for the next one, and the loop
+ * ends.
+ *
+ * Each batch starts where the previous one stopped, so a pass reads the
+ * garbage once however much there is (rescanning from the start would
+ * re-read the dead rows of every earlier batch: quadratic):
+ *
+ *   inbox      a moving lower bound on ctid (a TID range scan, PG 14+):
+ *              the rows are in the heap roughly in applied_at order, and
+ *              the BRIN index on applied_at has no order to page by. The
+ *              pass stops once it deleted as many rows as it counted, so
+ *              it does not read the young rest of the table.
+ *   published  keyset paging on (published_at, id) through the partial
+ *              index outbox_published.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reconcile.h"
+
+#define SHOW_MAX 10             /* consumers / topics named in a finding's detail */
+
+static int64_t int_at(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+static int stopping(const rc_ctx *ctx)
+{
+    return ctx->stop != NULL && *ctx->stop;
+}
+
+static int is_busy(const PGresult *res)
+{
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
+                         strcmp(s, "40001") == 0);
+}
+
+/* Why a batch loop ended. */
+typedef enum batch_end { B_DONE = 0, B_STOPPED, B_BUSY, B_LOST, B_ERROR } batch_end;
+
+/*
+ * One batch in its own fenced transaction: setup (may be NULL) then sql,
+ * whose one row is (deleted, scanned, next bound...). *out gets the
+ * result; B_DONE on success (the caller reads *out and PQclears it).
+ */
+static batch_end batch(rc_ctx *ctx, const char *what, const char *setup, const char *sql,
+                       int n, const char *const *params, PGresult **out)
+{
+    *out = NULL;
+    ferry_error err;
+    ferry_code code = rc_begin(ctx, &err);
+    if (code != FERRY_OK) {
+        rc_rollback(ctx);
+        rc_error(ctx, "%s %s: %s", code == FERRY_ESTATE ? "stopped before" : "could not begin",
+                 what, err.message);
+        return code == FERRY_ESTATE ? B_LOST : B_ERROR;
+    }
+    if (setup != NULL) {
+        PGresult *s = PQexec(ctx->conn, setup);
+        int ok = PQresultStatus(s) == PGRES_COMMAND_OK;
+        PQclear(s);
+        if (!ok) {
+            rc_rollback(ctx);
+            rc_error(ctx, "could not prepare %s: %s", what, PQerrorMessage(ctx->conn));
+            return B_ERROR;
+        }
+    }
+    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        int busy = is_busy(res);
+        if (!busy) {
+            const char *m = PQresultErrorMessage(res);
+            size_t len = strlen(m);
+            while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
+                len--;
+            rc_error(ctx, "could not delete %s: %.*s", what, (int)len, m);
+        }
+        PQclear(res);
+        rc_rollback(ctx);
+        return busy ? B_BUSY : B_ERROR;
+    }
+    if (rc_commit(ctx, &err) != FERRY_OK) {
+        PQclear(res);
+        rc_rollback(ctx);
+        rc_error(ctx, "could not commit the deletion of %s: %s", what, err.message);
+        return B_ERROR;
+    }
+    *out = res;
+    return B_DONE;
+}
+
+static const char *end_reason(batch_end e)
+{
+    switch (e) {
+    case B_STOPPED: return "interrupted";
+    case B_BUSY: return "a row stayed locked past the lock timeout";
+    case B_LOST: return "the reconciler's lease was lost";
+    case B_ERROR: return "an error, above";
+    case B_DONE: break;
+    }
+    return "";
+}
+
+/* A retention as people write it: "7d", "36h", "90m" when whole, else
+ * rc_duration's "1h30m". */
+static const char *window_text(int64_t ms, char *buf, size_t len)
+{
+    static const struct {
+        int64_t ms;
+        const char *unit;
+    } units[] = {{86400000, "d"}, {3600000, "h"}, {60000, "m"}, {1000, "s"}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(buf, len, "%" PRId64 "%s", ms / units[i].ms, units[i].unit);
+            return buf;
+        }
+    return rc_duration(ms, buf, len);
+}
+
+/* "SELECT now() - budget" as text, once: the cutoff of the whole pass. */
+static int cutoff_of(rc_ctx *ctx, int64_t ms, char *buf, size_t len)
+{
+    char budget[24];
+    snprintf(budget, sizeof budget, "%" PRId64, ms);
+    const char *p[1] = {budget};
+    PGresult *res = rc_query(ctx, "could not read the database clock",
+                             "SELECT (now() - $1::bigint * interval '1 millisecond')::text", 1, p);
+    if (res == NULL)
+        return -1;
+    snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* The groups of a count query (name, rows) as a JSON object, the first
+ * SHOW_MAX of them; *total and *groups summed over all. */
+static json_t *groups_of(const PGresult *res, int64_t *total, int64_t *groups)
+{
+    json_t *o = json_object();
+    *total = 0;
+    *groups = PQntuples(res);
+    for (int r = 0; r < PQntuples(res); r++) {
+        int64_t n = int_at(res, r, 1);
+        *total += n;
+        if (r < SHOW_MAX)
+            json_object_set_new(o, PQgetvalue(res, r, 0), json_integer(n));
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------------ inbox */
+
+/* Counted through the BRIN index inbox_applied_at, at most 10,000,000
+ * rows (a few seconds): a bigger backlog (a first run on an old inbox) is
+ * taken that much per pass, so that the count never runs into the
+ * statement timeout and the repair always gets going. */
+static const char INBOX_COUNT_SQL[] =
+    "SELECT consumer, count(*) FROM "
+    "  (SELECT consumer FROM ferry.inbox WHERE applied_at < $1::timestamptz LIMIT 10000000) x "
+    " GROUP BY consumer ORDER BY count(*) DESC, consumer";
+
+/*
+ * The next batch after the ctid bound $1, deleted. Plain scans and bitmap
+ * scans are off for it: either would read the table from its start on
+ * every batch (a bitmap heap scan filters ctid, it does not seek), so
+ * the TID range scan from the bound is the plan, and each batch reads on
+ * from where the last stopped. The DELETE re-checks the age: a slot
+ * reused by a young row since the scan is left alone.
+ */
+static const char INBOX_SETUP_SQL[] = "SET LOCAL enable_seqscan = off; "
+                                      "SET LOCAL enable_bitmapscan = off";
+static const char INBOX_BATCH_SQL[] =
+    "WITH b AS MATERIALIZED ("
+    "  SELECT ctid AS t FROM ferry.inbox "
+    "   WHERE ctid > $1::tid AND applied_at < $2::timestamptz LIMIT $3::int), "
+    "d AS (DELETE FROM ferry.inbox i WHERE i.ctid = ANY (ARRAY(SELECT t FROM b)) "
+    "        AND i.applied_at < $2::timestamptz RETURNING 1) "
+    "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM b), (SELECT max(t) FROM b)::text";
+
+static int inbox(rc_ctx *ctx, int *lost)
+{
+    char cutoff[64], keep[32];
+    if (cutoff_of(ctx, ctx->budgets->inbox_retention_ms, cutoff, sizeof cutoff) != 0)
+        return -1;
+    window_text(ctx->budgets->inbox_retention_ms, keep, sizeof keep);
+    const char *cp[1] = {cutoff};
+    PGresult *res = rc_query(ctx, "could not count inbox rows past the dedupe window",
+                             INBOX_COUNT_SQL, 1, cp);
+    if (res == NULL)
+        return -1;
+    int64_t total, consumers;
+    json_t *by = groups_of(res, &total, &consumers);
+    PQclear(res);
+    if (total == 0) {
+        json_decref(by);
+        return 0;
+    }
+    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)total,
+                               "consumers", (json_int_t)consumers, "cutoff", cutoff,
+                               "retention_ms", (json_int_t)ctx->budgets->inbox_retention_ms,
+                               "by_consumer", by);
+    if (ctx->mode == RC_CHECK) {
+        rc_found(ctx, "inbox", "ferry.inbox", total, RC_FOUND, detail,
+                 "%" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe window "
+                 "(applied before %s): garbage to delete",
+                 total, total == 1 ? "" : "s", consumers, consumers == 1 ? "" : "s", keep,
+                 cutoff);
+        return 0;
+    }
+
+    char bound[32] = "(0,0)", size[16];
+    snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
+    int64_t deleted = 0;
+    batch_end end = B_DONE;
+    while (deleted < total) {
+        if (stopping(ctx)) {
+            end = B_STOPPED;
+            break;
+        }
+        const char *p[3] = {bound, cutoff, size};
+        PGresult *b;
+        end = batch(ctx, "inbox rows past the dedupe window", INBOX_SETUP_SQL, INBOX_BATCH_SQL,
+                    3, p, &b);
+        if (end != B_DONE)
+            break;
+        deleted += int_at(b, 0, 0);
+        int64_t scanned = int_at(b, 0, 1);
+        if (scanned > 0)
+            snprintf(bound, sizeof bound, "%s", PQgetvalue(b, 0, 2));
+        PQclear(b);
+        rc_progress(ctx, "inbox: %" PRId64 " of %" PRId64 " rows deleted", deleted, total);
+        if (scanned == 0)
+            break;      /* the end of the table */
+    }
+    *lost = end == B_LOST;
+    json_object_set_new(detail, "deleted", json_integer(deleted));
+    if (end == B_DONE && deleted == 0) {
+        json_decref(detail);        /* all gone meanwhile: nothing was ours to do */
+        return 0;
+    }
+    if (end == B_DONE) {
+        /* Rows counted and gone before we reached them (another
+         * reconciler's pass) are not ours to report as left. */
+        rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, detail,
+                 "deleted %" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe "
+                 "window (applied before %s)",
+                 deleted, deleted == 1 ? "" : "s", consumers, consumers == 1 ? "" : "s", keep,
+                 cutoff);
+        return 0;
+    }
+    if (deleted > 0)
+        rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, json_incref(detail),
+                 "deleted %" PRId64 " of %" PRId64 " inbox rows past the %s dedupe window",
+                 deleted, total, keep);
+    rc_found(ctx, "inbox", "ferry.inbox", total - deleted, RC_LEFT, detail,
+             "%" PRId64 " inbox row%s past the %s dedupe window not deleted in this pass (%s): "
+             "the next pass goes on",
+             total - deleted, total - deleted == 1 ? "" : "s", keep, end_reason(end));
+    return end == B_STOPPED || end == B_BUSY ? 0 : -1;
+}
+
+/* -------------------------------------------------------------- published */
+
+/* Counted through the partial index outbox_published. */
+static const char PUBLISHED_COUNT_SQL[] =
+    "SELECT topic, count(*) FROM ferry.outbox "
+    " WHERE published_at IS NOT NULL AND published_at < $1::timestamptz "
+    " GROUP BY topic ORDER BY count(*) DESC, topic";
+
+/* The next batch after ($2, $3) in (published_at, id) order, deleted; the
+ * row comparison bounds the index scan on published_at, and the ties of
+ * one acknowledgement (one now()) are ordered by id. */
+static const char PUBLISHED_BATCH_SQL[] =
+    "WITH b AS MATERIALIZED ("
+    "  SELECT id, published_at FROM ferry.outbox "
+    "   WHERE published_at IS NOT NULL AND published_at < $1::timestamptz "
+    "     AND (published_at, id) > ($2::timestamptz, $3::uuid) "
+    "   ORDER BY published_at, id LIMIT $4::int), "
+    "d AS (DELETE FROM ferry.outbox o WHERE o.id = ANY (ARRAY(SELECT id FROM b)) "
+    "        AND o.published_at IS NOT NULL AND o.published_at < $1::timestamptz RETURNING 1), "
+    "last AS (SELECT published_at, id FROM b ORDER BY published_at DESC, id DESC LIMIT 1) "
+    "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM b), "
+    "       last.published_at::text, last.id::text "
+    "  FROM (SELECT 1) one LEFT JOIN last ON true";
+
+static int published(rc_ctx *ctx, int *lost)
+{
+    char cutoff[64], keep[32];
+    if (cutoff_of(ctx, ctx->budgets->outbox_retention_ms, cutoff, sizeof cutoff) != 0)
+        return -1;
+    window_text(ctx->budgets->outbox_retention_ms, keep, sizeof keep);
+    const char *cp[1] = {cutoff};
+    PGresult *res = rc_query(ctx, "could not count published outbox rows past retention",
+                             PUBLISHED_COUNT_SQL, 1, cp);
+    if (res == NULL)
+        return -1;
+    int64_t total, topics;
+    json_t *by = groups_of(res, &total, &topics);
+    PQclear(res);
+    if (total == 0) {
+        json_decref(by);
+        return 0;
+    }
+    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)total,
+                               "topics", (json_int_t)topics, "cutoff", cutoff, "retention_ms",
+                               (json_int_t)ctx->budgets->outbox_retention_ms, "by_topic", by);
+    if (ctx->mode == RC_CHECK) {
+        rc_found(ctx, "published", "ferry.outbox", total, RC_FOUND, detail,
+                 "%" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past the %s "
+                 "retention (published before %s): garbage to delete",
+                 total, total == 1 ? "" : "s", topics, topics == 1 ? "" : "s", keep, cutoff);
+        return 0;
+    }
+
+    char at[64] = "-infinity", id[40] = "00000000-0000-0000-0000-000000000000", size[16];
+    snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
+    int64_t deleted = 0;
+    batch_end end = B_DONE;
+    for (;;) {
+        if (stopping(ctx)) {
+            end = B_STOPPED;
+            break;
+        }
+        const char *p[4] = {cutoff, at, id, size};
+        PGresult *b;
+        end = batch(ctx, "published outbox rows past retention", NULL, PUBLISHED_BATCH_SQL, 4,
+                    p, &b);
+        if (end != B_DONE)
+            break;
+        deleted += int_at(b, 0, 0);
+        int64_t scanned = int_at(b, 0, 1);
+        if (scanned > 0) {
+            snprintf(at, sizeof at, "%s", PQgetvalue(b, 0, 2));
+            snprintf(id, sizeof id, "%s", PQgetvalue(b, 0, 3));
+        }
+        PQclear(b);
+        rc_progress(ctx, "published: %" PRId64 " of %" PRId64 " rows deleted", deleted, total);
+        if (scanned == 0)
+            break;
+    }
+    *lost = end == B_LOST;
+    json_object_set_new(detail, "deleted", json_integer(deleted));
+    if (end == B_DONE && deleted == 0) {
+        json_decref(detail);
+        return 0;
+    }
+    if (end == B_DONE) {
+        rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, detail,
+                 "deleted %" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past "
+                 "the %s retention (published before %s)",
+                 deleted, deleted == 1 ? "" : "s", topics, topics == 1 ? "" : "s", keep, cutoff);
+        return 0;
+    }
+    if (deleted > 0)
+        rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, json_incref(detail),
+                 "deleted %" PRId64 " of %" PRId64 " published outbox rows past the %s "
+                 "retention", deleted, total, keep);
+    int64_t left = total > deleted ? total - deleted : 0;
+    rc_found(ctx, "published", "ferry.outbox", left, RC_LEFT, detail,
+             "%" PRId64 " published outbox row%s past the %s retention not deleted in this pass "
+             "(%s): the next pass goes on",
+             left, left == 1 ? "" : "s", keep, end_reason(end));
+    return end == B_STOPPED || end == B_BUSY ? 0 : -1;
+}
+
+/* The reconciler's own records, in repair: passes older than 30 days,
+ * and rule actions not renewed for 30 days (a row still found is sent
+ * again every repeat_after, which renews its action; one not renewed
+ * means the row went away). Housekeeping, not a problem of the system:
+ * no finding. Small tables, one short fenced statement each. */
+static const char RECORDS_SQL[] =
+    "WITH p AS (DELETE FROM ferry.reconcile_pass WHERE finished_at < now() - interval '30 days' "
+    "           RETURNING 1), "
+    "a AS (DELETE FROM ferry.reconcile_action WHERE emitted_at < now() - interval '30 days' "
+    "      RETURNING 1) "
+    "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM a)";
+
+static int records(rc_ctx *ctx, int *lost)
+{
+    if (ctx->mode != RC_REPAIR)
+        return 0;
+    ferry_error err;
+    if (rc_begin(ctx, &err) != FERRY_OK) {
+        *lost = err.code == FERRY_ESTATE;
+        return rc_error(ctx, "could not purge the reconciler's old records: %s", err.message);
+    }
+    PGresult *res = rc_query(ctx, "could not purge the reconciler's old records", RECORDS_SQL, 0,
+                             NULL);
+    if (res == NULL) {
+        rc_rollback(ctx);
+        return -1;
+    }
+    PQclear(res);
+    if (rc_commit(ctx, &err) != FERRY_OK)
+        return rc_error(ctx, "could not purge the reconciler's old records: %s", err.message);
+    return 0;
+}
+
+int rc_sweep_garbage(rc_ctx *ctx)
+{
+    int rc = 0, lost = 0;
+    if (inbox(ctx, &lost) != 0)
+        rc = -1;
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !lost &&
+        published(ctx, &lost) != 0)
+        rc = -1;
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !lost &&
+        records(ctx, &lost) != 0)
+        rc = -1;
+    return rc;
+}

@@ -1,0 +1,479 @@
+/*
+ * test_reconcile.c — ferry-reconcile as a command: usage, exit statuses,
+ * the report (text and JSON), progress, refusals (no database, an old
+ * schema, a bad rules file), and two reconcilers started at once, against
+ * a real throwaway PostgreSQL. The sweeps themselves are tested in
+ * test_reconcile_outbox.c and test_reconcile_saga.c.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "testutil.h"
+
+static const char *bin(void)
+{
+    const char *b = getenv("FERRY_RECONCILE_BIN");
+    b = b && b[0] ? b : "build/asan/ferry-reconcile";
+    if (access(b, X_OK) != 0)
+        fail_msg("%s is not there: build it, or set FERRY_RECONCILE_BIN", b);
+    return b;
+}
+
+static char *conninfo(void)
+{
+    return fpg_conninfo_for(tu_pg, NULL, NULL);
+}
+
+/* Write text to a new temporary file; its path, malloc'd. */
+static char *temp_file(const char *text)
+{
+    char *path = strdup("/tmp/ferry-test-rules-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* ferry-reconcile with up to 12 arguments after the command name; stdout
+ * and stderr into *out and *err (freed by the caller). */
+static int rc(char **out, char **err, const char *const *args)
+{
+    const char *argv[16] = {bin()};
+    size_t n = 1;
+    for (; args[n - 1] && n < 15; n++)
+        argv[n] = args[n - 1];
+    argv[n] = NULL;
+    return tu_run(argv, 120000, out, err);
+}
+
+static void contains(const char *hay, const char *needle)
+{
+    if (strstr(hay, needle) == NULL)
+        fail_msg("no \"%s\" in:\n%s", needle, hay);
+}
+
+/* Every ferry table empty, no leases: a database with nothing wrong. */
+static int clean(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, ferry.inbox, "
+               "ferry.inbox_key, ferry.inbox_held, ferry.saga CASCADE; "
+               "TRUNCATE ferry.lease, ferry.dead_letter_log, ferry.reconcile_action, "
+               "ferry.reconcile_pass, ferry.participant_step, ferry.participant_command; "
+               "DROP TABLE IF EXISTS public.hold");
+    PQfinish(c);
+    return 0;
+}
+
+/* n inbox rows applied a month ago: garbage past the default 7-day window. */
+static void seed_inbox_garbage(PGconn *c, int n)
+{
+    char *sql = tu_sprintf("INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq, "
+                           "applied_at) SELECT 'svc', gen_random_uuid(), 't', 'k' || i, 1, "
+                           "now() - interval '30 days' FROM generate_series(1, %d) i", n);
+    tu_exec(c, sql);
+    free(sql);
+}
+
+/* ---------------------------------------------------------------- usage */
+
+static void usage_errors(void **state)
+{
+    char *db = conninfo();
+    const char *const cases[][6] = {
+        {"check", NULL},                               /* no --db, no $FERRY_DB */
+        {"check", "--db", db, "--replay", "1", NULL},  /* check changes nothing */
+        {"repair", "--db", db, "--discard", "1", NULL},/* a discard needs a reason */
+        {"check", "--db", db, "--bogus", NULL},
+        {"run", "--db", db, "--json", NULL},
+        {"repair", "--db", db, "--wait", "soon", NULL},
+        {"run", "--db", db, "--interval", "0", NULL},
+        {"check", "--db", db, "extra", NULL},
+        {"frobnicate", NULL},
+    };
+    unsetenv("FERRY_DB");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out, *err;
+        int st = rc(&out, &err, cases[i]);
+        if (st != 16)
+            fail_msg("case %zu (%s %s): exit %d, want 16; stderr:\n%s", i, cases[i][0],
+                     cases[i][1] ? cases[i][1] : "", st, err);
+        contains(err, "usage: ferry-reconcile");
+        free(out);
+        free(err);
+    }
+    free(db);
+}
+
+/* ------------------------------------------------------- refusals: 8 */
+
+static void cannot_connect_is_8(void **state)
+{
+    char *out, *err;
+    const char *args[] = {"check", "--db", "host=/nonexistent-ferry-dir dbname=x "
+                          "connect_timeout=2", NULL};
+    assert_int_equal(rc(&out, &err, args), 8);
+    contains(err, "cannot connect to the database");
+    assert_string_equal(out, "");
+    free(out);
+    free(err);
+}
+
+static void unmigrated_database_is_8(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "DROP DATABASE IF EXISTS r_plain");
+    tu_exec(c, "CREATE DATABASE r_plain");
+    PQfinish(c);
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "r_plain");
+    char *out, *err;
+    const char *args[] = {"check", "--db", ci, NULL};
+    assert_int_equal(rc(&out, &err, args), 8);
+    contains(err, "ferry schema version 0; the reconciler needs 4");
+    free(out);
+    free(err);
+    free(ci);
+}
+
+static void bad_rules_file_is_8(void **state)
+{
+    char *db = conninfo();
+    char *path = temp_file("rules:\n  - name: x\n    detect: [unclosed\n");
+    char *out, *err;
+    const char *args[] = {"check", "--db", db, "--rules", path, NULL};
+    assert_int_equal(rc(&out, &err, args), 8);
+    char *where = tu_sprintf("%s:", path);
+    contains(err, where);
+    contains(err, "was refused; nothing was checked");
+    assert_string_equal(out, "");
+    free(where);
+    free(out);
+    free(err);
+    unlink(path);
+    free(path);
+
+    /* A saga directory with a broken definition: refused the same way. */
+    char dir[] = "/tmp/ferry-test-sagas-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *def = tu_sprintf("%s/broken.yaml", dir);
+    FILE *f = fopen(def, "w");
+    assert_non_null(f);
+    fputs("saga: broken\nversion: 1\n", f);
+    fclose(f);
+    const char *args2[] = {"check", "--db", db, "--sagas", dir, NULL};
+    assert_int_equal(rc(&out, &err, args2), 8);
+    contains(err, def);
+    free(out);
+    free(err);
+    unlink(def);
+    free(def);
+    rmdir(dir);
+    free(db);
+}
+
+/* ------------------------------------------------------------ reports */
+
+static void clean_database_is_0(void **state)
+{
+    char *db = conninfo();
+    char *out, *err;
+    const char *args[] = {"check", "--db", db, NULL};
+    assert_int_equal(rc(&out, &err, args), 0);
+    const char *sweeps[] = {"outbox", "sagas", "compensations", "dead_letters", "garbage",
+                            "rules"};
+    for (size_t i = 0; i < 6; i++) {
+        char *line = tu_sprintf("%-14s clean\n", sweeps[i]);
+        contains(out, line);
+        free(line);
+    }
+    contains(out, "summary: no problems; exit 0");
+    /* Not a terminal: no progress. */
+    assert_null(strstr(err, "\033[K"));
+    free(out);
+    free(err);
+    free(db);
+}
+
+static json_t *parse(const char *text)
+{
+    json_error_t e;
+    json_t *j = json_loads(text, 0, &e);
+    if (j == NULL)
+        fail_msg("not JSON (%s at line %d):\n%s", e.text, e.line, text);
+    return j;
+}
+
+/* check finds (4) and changes nothing; repair fixes (1); check again: 0.
+ * Through the JSON report. */
+static void json_report_and_exit_statuses(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_inbox_garbage(c, 25);
+    char *db = conninfo();
+    char *out, *err;
+
+    const char *check[] = {"check", "--db", db, "--json", NULL};
+    assert_int_equal(rc(&out, &err, check), 4);
+    json_t *j = parse(out);
+    assert_string_equal(json_string_value(json_object_get(j, "mode")), "check");
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), 4);
+    json_t *g = json_object_get(json_object_get(j, "sweeps"), "garbage");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(g, "counts"), "found")),
+                     1);
+    json_t *f = json_array_get(json_object_get(g, "findings"), 0);
+    assert_int_equal(json_integer_value(json_object_get(f, "count")), 25);
+    assert_string_equal(json_string_value(json_object_get(f, "outcome")), "found");
+    json_decref(j);
+    free(out);
+    free(err);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 25);   /* unchanged */
+
+    /* The reconciler's own records older than 30 days go with a repair,
+     * without being a problem of their own. */
+    tu_exec(c, "INSERT INTO ferry.reconcile_pass (holder, actor, started_at, finished_at, "
+               "status, report) VALUES ('old', 'old', now() - interval '40 days', "
+               "now() - interval '40 days', 0, '{}'); "
+               "INSERT INTO ferry.reconcile_action (rule, key, message_id, emitted_at) VALUES "
+               "('gone', 'k', gen_random_uuid(), now() - interval '40 days'), "
+               "('kept', 'k', gen_random_uuid(), now() - interval '1 day')");
+    const char *repair[] = {"repair", "--db", db, "--json", "--by", "tester", NULL};
+    assert_int_equal(rc(&out, &err, repair), 1);
+    j = parse(out);
+    assert_string_equal(json_string_value(json_object_get(j, "mode")), "repair");
+    g = json_object_get(json_object_get(j, "sweeps"), "garbage");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(g, "counts"), "repaired")), 1);
+    json_decref(j);
+    free(out);
+    free(err);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
+    /* The pass is on record, with who ran it, and the lease is free again. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.reconcile_pass WHERE actor = "
+                               "'tester' AND status = 1 AND report->>'mode' = 'repair'"),
+                     1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name = 'reconciler' "
+                               "AND expires_at > now()"),
+                     0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.reconcile_pass WHERE actor = 'old'"),
+                     0);
+    assert_int_equal(tu_int(c, "SELECT (string_agg(rule, ',') = 'kept')::int FROM "
+                               "ferry.reconcile_action"),
+                     1);
+
+    const char *again[] = {"check", "--db", db, NULL};
+    assert_int_equal(rc(&out, &err, again), 0);
+    free(out);
+    free(err);
+    free(db);
+    PQfinish(c);
+}
+
+/* Progress shows on request (as on a terminal), with counts as they go,
+ * and never in a pipe by default. */
+static void progress_only_when_asked(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_inbox_garbage(c, 3000);
+    char *db = conninfo();
+    char *rules = temp_file("budgets:\n  batch: 100\n");
+    char *out, *err;
+    const char *quiet[] = {"check", "--db", db, "--rules", rules, NULL};
+    assert_int_equal(rc(&out, &err, quiet), 4);
+    assert_null(strstr(err, "\033[K"));
+    free(out);
+    free(err);
+    const char *loud[] = {"repair", "--db", db, "--rules", rules, "--progress", NULL};
+    assert_int_equal(rc(&out, &err, loud), 1);
+    contains(err, "\r\033[Kgarbage: ");
+    contains(err, "garbage        problems found\n");
+    contains(err, "outbox         clean\n");
+    free(out);
+    free(err);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
+    unlink(rules);
+    free(rules);
+    free(db);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------- one at a time */
+
+/* While another reconciler holds the lease, repair waits (--wait) and
+ * then gives up with 8; check needs no lease. */
+static void repair_waits_for_the_lease(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) VALUES "
+               "('reconciler', 'someone-else', 7, now() + interval '1 hour')");
+    seed_inbox_garbage(c, 3);
+    char *db = conninfo();
+    char *out, *err;
+    const char *repair[] = {"repair", "--db", db, "--wait", "1", NULL};
+    assert_int_equal(rc(&out, &err, repair), 8);
+    contains(err, "waiting for the reconciler's lease, held by someone-else");
+    contains(err, "another reconciler is repairing this database (someone-else");
+    free(out);
+    free(err);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 3);   /* untouched */
+    const char *check[] = {"check", "--db", db, NULL};
+    assert_int_equal(rc(&out, &err, check), 4);
+    free(out);
+    free(err);
+
+    /* A decision on a dead letter needs no lease: it is carried out, the
+     * sweeps are left to the holder. */
+    long long id = tu_int(c, "INSERT INTO ferry.dead_letter (message_id, topic, aggregateid, "
+                             "type, payload, seq, shard, created_at, reason) VALUES "
+                             "(gen_random_uuid(), 'orders', 'k1', 'T', '{}', 1, 0, now(), "
+                             "'broker refused') RETURNING id");
+    char *ids = tu_sprintf("%lld", id);
+    const char *replay[] = {"repair", "--db", db, "--wait", "0", "--replay", ids, "--by", "ops",
+                            NULL};
+    assert_int_equal(rc(&out, &err, replay), 1);
+    contains(err, "the sweeps are left to it");
+    contains(out, "[repaired] dead_letter");
+    contains(out, "garbage        skipped");
+    free(out);
+    free(err);
+    free(ids);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE aggregateid = 'k1'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter_log WHERE actor = 'ops' "
+                               "AND action = 'replay'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 3);   /* still untouched */
+    free(db);
+    PQfinish(c);
+}
+
+typedef struct child {
+    pid_t pid;
+    int out;        /* read end of its stdout+stderr */
+} child;
+
+static child spawn(const char *const *argv)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    child ch = {.pid = fork(), .out = p[0]};
+    assert_true(ch.pid >= 0);
+    if (ch.pid == 0) {
+        dup2(p[1], 1);
+        dup2(p[1], 2);
+        close(p[0]);
+        close(p[1]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(p[1]);
+    return ch;
+}
+
+static int finish(child ch, char **text)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    ssize_t n;
+    while ((n = read(ch.out, buf + len, cap - len - 1)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n > 0);
+        len += (size_t)n;
+        if (cap - len < 1024) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    buf[len] = '\0';
+    close(ch.out);
+    int st;
+    assert_int_equal(waitpid(ch.pid, &st, 0), ch.pid);
+    assert_true(WIFEXITED(st));
+    *text = buf;
+    return WEXITSTATUS(st);
+}
+
+/* Two repairs started at once on a database with problems of several
+ * kinds: every problem is acted on exactly once. The rule's detect query
+ * is slowed down so that the first pass is sure to still hold the lease
+ * when the second asks for it (the second says it waited). */
+static void two_reconcilers_at_once_act_once(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_inbox_garbage(c, 2000);
+    tu_exec(c, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, shard, "
+               "attempts, last_error) SELECT gen_random_uuid(), 'orders', 'k' || i, 'T', "
+               "'{}', 1, 0, 12, 'broker said no' FROM generate_series(1, 20) i");
+    tu_exec(c, "CREATE TABLE public.hold (id int PRIMARY KEY); "
+               "INSERT INTO public.hold SELECT generate_series(1, 40); "
+               "GRANT SELECT ON public.hold TO PUBLIC");
+    char *rules = temp_file(
+        "rules:\n"
+        "  - name: stale-holds\n"
+        "    detect: SELECT id AS key, pg_sleep(0.03) AS slow FROM public.hold\n"
+        "    emit: {topic: shop.inventory, type: ReleaseHold}\n");
+    char *db = conninfo();
+    const char *argv[] = {bin(), "repair", "--db", db, "--rules", rules, "--wait", "60", NULL};
+    child a = spawn(argv), b = spawn(argv);
+    char *ta, *tb;
+    int sa = finish(a, &ta), sb = finish(b, &tb);
+    /* One found everything and repaired it (1), leaving the 20 new dead
+     * letters for a person to decide on (4); the other waited for it, then
+     * found only those dead letters, and repaired nothing. */
+    if (!((sa == 5 && sb == 4) || (sa == 4 && sb == 5)))
+        fail_msg("exits %d and %d, want 5 and 4:\n--- a\n%s\n--- b\n%s", sa, sb, ta, tb);
+    const char *second = sa == 4 ? ta : tb;
+    contains(second, "waiting for the reconciler's lease");
+    contains(second, "summary: 1 problem found, 0 repaired, 1 left; exit 4");
+    contains(second, "[left] dead_letter");
+
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = '' "
+                               "AND topic = 'orders'"),
+                     20);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'orders'"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE type = 'ReleaseHold'"),
+                     40);
+    assert_int_equal(tu_int(c, "SELECT count(DISTINCT aggregateid) FROM ferry.outbox "
+                               "WHERE type = 'ReleaseHold'"),
+                     40);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.reconcile_action "
+                               "WHERE rule = 'stale-holds' AND times = 1"),
+                     40);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.reconcile_pass"), 2);
+    assert_int_equal(tu_int(c, "SELECT count(DISTINCT holder) FROM ferry.reconcile_pass"), 2);
+    free(ta);
+    free(tb);
+    unlink(rules);
+    free(rules);
+    free(db);
+    PQfinish(c);
+}
+
+int main(void)
+{
+    tu_filter_from_env();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(usage_errors),
+        cmocka_unit_test(cannot_connect_is_8),
+        cmocka_unit_test(unmigrated_database_is_8),
+        cmocka_unit_test_setup(bad_rules_file_is_8, clean),
+        cmocka_unit_test_setup(clean_database_is_0, clean),
+        cmocka_unit_test_setup(json_report_and_exit_statuses, clean),
+        cmocka_unit_test_setup(progress_only_when_asked, clean),
+        cmocka_unit_test_setup(repair_waits_for_the_lease, clean),
+        cmocka_unit_test_setup(two_reconcilers_at_once_act_once, clean),
+    };
+    return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
+}
