@@ -33,6 +33,7 @@
 
 #include "ferry.h"
 #include "httpd.h"
+#include "promtext.h"
 
 /* Updates must never fall back to a lock inside the atomics library. */
 _Static_assert(ATOMIC_LONG_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
@@ -310,21 +311,6 @@ static void sb_label_value(strbuf *b, const char *s)
     }
 }
 
-/* The shortest of %.15g and %.17g that reads back as the same double, as
- * Prometheus' own clients print floats ("0.25", not "0.25000000000000000"). */
-static void format_double(char *out, size_t size, double v)
-{
-    if (isnan(v)) {
-        snprintf(out, size, "NaN");
-    } else if (isinf(v)) {
-        snprintf(out, size, v > 0 ? "+Inf" : "-Inf");
-    } else {
-        snprintf(out, size, "%.15g", v);
-        if (strtod(out, NULL) != v)
-            snprintf(out, size, "%.17g", v);
-    }
-}
-
 static void sb_header(strbuf *b, const char *family, const char *type, const char *help)
 {
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
@@ -364,13 +350,13 @@ static void render_histogram(strbuf *b, const metric_desc *d, histogram *h)
     for (int i = 0; i <= BUCKETS; i++) {
         cumulative += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
         if (i < BUCKETS)
-            format_double(num, sizeof num, bucket_bounds[i]);
+            promtext_double(num, sizeof num, bucket_bounds[i]);
         else
             snprintf(num, sizeof num, "+Inf");
         sb_printf(b, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", d->family, num, cumulative);
     }
-    format_double(num, sizeof num,
-                  bits_double(atomic_load_explicit(&h->sum_bits, memory_order_relaxed)));
+    promtext_double(num, sizeof num,
+                    bits_double(atomic_load_explicit(&h->sum_bits, memory_order_relaxed)));
     sb_printf(b, "%s_sum %s\n", d->family, num);
     /* The +Inf bucket, not a counter of its own: the two always agree. */
     sb_printf(b, "%s_count %" PRIu64 "\n", d->family, cumulative);
@@ -393,8 +379,9 @@ static void render_shards(strbuf *b, relay_metrics *m)
         shard_gauges *s = &m->shards[i];
         if (!atomic_load_explicit(&s->set, memory_order_acquire))
             continue;
-        format_double(num, sizeof num,
-                      bits_double(atomic_load_explicit(&s->oldest_bits, memory_order_relaxed)));
+        promtext_double(num, sizeof num,
+                        bits_double(atomic_load_explicit(&s->oldest_bits,
+                                                         memory_order_relaxed)));
         sb_printf(b, "ferry_relay_oldest_unpublished_seconds{shard=\"%d\"} %s\n", i, num);
     }
 }

@@ -46,6 +46,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,9 +492,9 @@ static int step_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
     return rc;
 }
 
-static int read_step(loader *ld, yaml_event_t *ev, size_t index)
+static int read_step(ferry_yw *w, yaml_event_t *ev, size_t index, void *arg)
 {
-    ferry_yw *w = &ld->w;
+    loader *ld = arg;
     step_ctx sc = {ld, index, &ld->def->steps[index], &ld->sp[index]};
     sc.sp->at = ferry_yw_place_of(ev->start_mark);
     sc.sp->retry_ok = true;
@@ -512,36 +513,11 @@ static int read_step(loader *ld, yaml_event_t *ev, size_t index)
 static int read_steps(loader *ld, yaml_event_t *ev)
 {
     ferry_yw *w = &ld->w;
-    if (ev->type != YAML_SEQUENCE_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "a sequence of steps");
     ferry_saga_def *def = ld->def;
-    for (;;) {
-        yaml_event_t item;
-        if (ferry_yw_next(w, &item) != 0)
-            return -1;
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            break;
-        }
-        if (def->step_count == FERRY_SAGA_STEPS_MAX) {
-            /* Say so once and read no further steps. */
-            ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "more than %d steps",
-                           FERRY_SAGA_STEPS_MAX);
-            int rc = ferry_yw_skip(w, &item);
-            yaml_event_delete(&item);
-            if (rc != 0)
-                return -1;
-            return ferry_yw_skip_rest(w);
-        }
-        size_t old = ferry_yw_push_index(w, def->step_count);
-        def->step_count++;            /* counted now: freed with the def on error */
-        int rc = read_step(ld, &item, def->step_count - 1);
-        yaml_event_delete(&item);
-        ferry_yw_pop(w, old);
-        if (rc != 0)
-            return -1;
-    }
-    if (def->step_count == 0)
+    if (ferry_yw_read_sequence(w, ev, "steps", FERRY_SAGA_STEPS_MAX, &def->step_count,
+                               read_step, ld) != 0)
+        return -1;
+    if (ev->type == YAML_SEQUENCE_START_EVENT && def->step_count == 0)
         ferry_yw_error(w, ferry_yw_place_of(ev->start_mark), "a saga needs at least one step");
     return 0;
 }
@@ -662,26 +638,11 @@ static void fnv1a_hex(const unsigned char *p, size_t n, char out[17])
 
 /* ------------------------------------------------------------ entry points */
 
-static const char def_what[] = "the saga definition";   /* in messages */
-
-static ferry_code parse(const char *yaml, size_t len, const char *name, ferry_saga_def **out,
-                        ferry_saga_load_errors *errs)
+/* The walk of one text, in the loader ferry_yw_parse made for it. */
+static ferry_code read_def(void *arg, void *out)
 {
-    static const place nowhere = {0, 0};
-    if (len > FERRY_SAGA_FILE_MAX) {
-        ferry_yw_add_error(errs, name, nowhere, "", "the document is larger than %d bytes; "
-                           "refusing to read it", FERRY_SAGA_FILE_MAX);
-        return FERRY_EINVAL;
-    }
-    /* Large (a place per possible step): not on the stack. */
-    loader *ld = ferry_saga_malloc_(sizeof *ld);
-    if (!ld) {
-        ferry_yw_add_error(errs, name, nowhere, "", "out of memory loading %s", def_what);
-        return FERRY_ENOMEM;
-    }
-    memset(ld, 0, sizeof *ld);
+    loader *ld = arg;
     ferry_yw *w = &ld->w;
-    ferry_yw_init(w, yaml, len, name, def_what, errs);
     ferry_code rc = FERRY_ENOMEM;
 
     ferry_saga_def *def = ferry_saga_malloc_(sizeof *def);
@@ -690,14 +651,14 @@ static ferry_code parse(const char *yaml, size_t len, const char *name, ferry_sa
         free(def);
         free(steps);
         ferry_yw_oom(w);
-        goto out_free_loader;
+        return rc;
     }
     memset(def, 0, sizeof *def);
     memset(steps, 0, FERRY_SAGA_STEPS_MAX * sizeof *steps);
     def->steps = steps;
     def->pivot_index = -1;
     ld->def = def;
-    def->file = ferry_yw_strndup(w, name, strlen(name));
+    def->file = ferry_yw_strndup(w, w->file, strlen(w->file));
     if (!def->file)
         goto out_free_def;
 
@@ -712,62 +673,35 @@ static ferry_code parse(const char *yaml, size_t len, const char *name, ferry_sa
     };
     if (ferry_yw_read_document(w, &doc) == 0)
         check_steps(ld);
-    if (w->oom)
+    rc = ferry_yw_outcome(w);
+    if (rc != FERRY_OK)
         goto out_free_def;
-    if (errs->total > 0) {
-        rc = FERRY_EINVAL;
-        goto out_free_def;
-    }
     fnv1a_hex(w->text, w->len, def->hash);
-    *out = def;
-    rc = FERRY_OK;
-    goto out_free_loader;
+    *(ferry_saga_def **)out = def;
+    return FERRY_OK;
 
 out_free_def:
     ferry_saga_def_free(def);
-out_free_loader:
-    free(ld);
     return rc;
 }
+
+_Static_assert(offsetof(loader, w) == 0, "ferry_yw_loader: the walker comes first");
+static const ferry_yw_loader def_loader = {
+    .what = "the saga definition",
+    .text_arg = "yaml",
+    .max = FERRY_SAGA_FILE_MAX,
+    .size = sizeof(loader),
+    .read = read_def,
+};
 
 ferry_code ferry_saga_def_parse(const char *yaml, size_t len, const char *name,
                                 ferry_saga_def **out, ferry_saga_load_errors *errs)
 {
-    ferry_saga_load_errors local;
-    if (!errs)
-        errs = &local;
-    memset(errs, 0, sizeof *errs);
-    if (!name)
-        name = "<memory>";
-    if (!yaml || !out) {
-        ferry_yw_add_error(errs, name, (place){0, 0}, "", "%s is NULL", yaml ? "out" : "yaml");
-        return FERRY_EINVAL;
-    }
-    ferry_code rc = parse(yaml, len, name, out, errs);
-    ferry_yw_sort_errors(errs);
-    return rc;
+    return ferry_yw_parse(&def_loader, yaml, len, name, out, errs);
 }
 
 ferry_code ferry_saga_def_load(const char *path, ferry_saga_def **out,
                                ferry_saga_load_errors *errs)
 {
-    ferry_saga_load_errors local;
-    if (!errs)
-        errs = &local;
-    memset(errs, 0, sizeof *errs);
-    if (!path || !out) {
-        ferry_yw_add_error(errs, path ? path : "(null)", (place){0, 0}, "", "%s is NULL",
-                           path ? "out" : "path");
-        return FERRY_EINVAL;
-    }
-    char *buf;
-    size_t used;
-    bool unreadable;
-    ferry_code rc = ferry_yw_read_file(path, FERRY_SAGA_FILE_MAX, def_what, &buf, &used,
-                                       &unreadable, errs);
-    if (rc != FERRY_OK)
-        return rc;
-    rc = ferry_saga_def_parse(buf, used, path, out, errs);
-    free(buf);
-    return rc;
+    return ferry_yw_load(&def_loader, path, out, errs);
 }

@@ -411,6 +411,43 @@ void ferry_yw_require_keys(ferry_yw *w, place at, const char *const *keys, const
     }
 }
 
+/* ------------------------------------------------------------ sequences */
+
+int ferry_yw_read_sequence(ferry_yw *w, const yaml_event_t *ev, const char *items, size_t max,
+                           size_t *count, ferry_yw_item_fn fn, void *arg)
+{
+    if (ev->type != YAML_SEQUENCE_START_EVENT) {
+        char what[64];
+        snprintf(what, sizeof what, "a sequence of %s", items);
+        return ferry_yw_wrong_type(w, ev, what);
+    }
+    for (;;) {
+        yaml_event_t item;
+        if (ferry_yw_next(w, &item) != 0)
+            return -1;
+        if (item.type == YAML_SEQUENCE_END_EVENT) {
+            yaml_event_delete(&item);
+            return 0;
+        }
+        if (*count == max) {
+            /* Say so once and read no further items. */
+            ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "more than %zu %s", max, items);
+            int rc = ferry_yw_skip(w, &item);
+            yaml_event_delete(&item);
+            if (rc != 0)
+                return -1;
+            return ferry_yw_skip_rest(w);
+        }
+        size_t old = ferry_yw_push_index(w, *count);
+        (*count)++;                   /* counted now: freed with the rest on error */
+        int rc = fn(w, &item, *count - 1, arg);
+        yaml_event_delete(&item);
+        ferry_yw_pop(w, old);
+        if (rc != 0)
+            return -1;
+    }
+}
+
 /* ------------------------------------------------------------ the document */
 
 static int read_stream(ferry_yw *w, const ferry_yw_doc *doc)
@@ -538,6 +575,78 @@ ferry_code ferry_yw_read_file(const char *path, size_t max, const char *what, ch
 out:
     free(buf);
     close(fd);
+    return rc;
+}
+
+/* ------------------------------------------------------------ loaders */
+
+ferry_code ferry_yw_outcome(const ferry_yw *w)
+{
+    if (w->oom)
+        return FERRY_ENOMEM;
+    return w->errs->total > 0 ? FERRY_EINVAL : FERRY_OK;
+}
+
+static ferry_code parse(const ferry_yw_loader *l, const char *text, size_t len,
+                        const char *name, void *out, ferry_saga_load_errors *errs)
+{
+    static const place nowhere = {0, 0};
+    if (len > l->max) {
+        ferry_yw_add_error(errs, name, nowhere, "", "the document is larger than %zu bytes; "
+                           "refusing to read it", l->max);
+        return FERRY_EINVAL;
+    }
+    void *loader = ferry_saga_malloc_(l->size);
+    if (!loader) {
+        ferry_yw_add_error(errs, name, nowhere, "", "out of memory loading %s", l->what);
+        return FERRY_ENOMEM;
+    }
+    memset(loader, 0, l->size);
+    ferry_yw_init(loader, text, len, name, l->what, errs);   /* its first member */
+    ferry_code rc = l->read(loader, out);
+    free(loader);
+    return rc;
+}
+
+ferry_code ferry_yw_parse(const ferry_yw_loader *l, const char *text, size_t len,
+                          const char *name, void *out, ferry_saga_load_errors *errs)
+{
+    ferry_saga_load_errors local;
+    if (!errs)
+        errs = &local;
+    memset(errs, 0, sizeof *errs);
+    if (!name)
+        name = "<memory>";
+    if (!text || !out) {
+        ferry_yw_add_error(errs, name, (place){0, 0}, "", "%s is NULL",
+                           text ? "out" : l->text_arg);
+        return FERRY_EINVAL;
+    }
+    ferry_code rc = parse(l, text, len, name, out, errs);
+    ferry_yw_sort_errors(errs);
+    return rc;
+}
+
+ferry_code ferry_yw_load(const ferry_yw_loader *l, const char *path, void *out,
+                         ferry_saga_load_errors *errs)
+{
+    ferry_saga_load_errors local;
+    if (!errs)
+        errs = &local;
+    memset(errs, 0, sizeof *errs);
+    if (!path || !out) {
+        ferry_yw_add_error(errs, path ? path : "(null)", (place){0, 0}, "", "%s is NULL",
+                           path ? "out" : "path");
+        return FERRY_EINVAL;
+    }
+    char *buf;
+    size_t len;
+    bool unreadable;
+    ferry_code rc = ferry_yw_read_file(path, l->max, l->what, &buf, &len, &unreadable, errs);
+    if (rc != FERRY_OK)
+        return rc;
+    rc = ferry_yw_parse(l, buf, len, path, out, errs);
+    free(buf);
     return rc;
 }
 

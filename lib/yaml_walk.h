@@ -98,6 +98,34 @@ ferry_code ferry_yw_read_file(const char *path, size_t max, const char *what, ch
 /* Errors in document order (stable: equal places keep their order). */
 void ferry_yw_sort_errors(ferry_saga_load_errors *e);
 
+/*
+ * The entry points a loader shares (ferry_saga_def_parse and _load,
+ * rc_rules_parse and _load): errs cleared (a local one when NULL), the
+ * arguments checked ("TEXT_ARG is NULL", "out is NULL", ...), a name for
+ * a text given none ("<memory>"), a document over max bytes refused
+ * unread, the file read (ferry_yw_read_file) for _load, and the errors
+ * sorted into document order. In between, a zeroed loader of size bytes
+ * (large, a place per possible item: not on the stack), whose first
+ * member is its ferry_yw, set up for the text and handed to read.
+ */
+typedef struct ferry_yw_loader {
+    const char *what;                 /* "the saga definition", for messages */
+    const char *text_arg;             /* "yaml": said when the text is NULL */
+    size_t max;                       /* bytes of a document, at most */
+    size_t size;                      /* of the loader: struct { ferry_yw w; ... } */
+    /* Walk the text and make the result: on FERRY_OK *out (out is the
+     * caller's T **) is set, otherwise nothing is left allocated. */
+    ferry_code (*read)(void *loader, void *out);
+} ferry_yw_loader;
+
+ferry_code ferry_yw_parse(const ferry_yw_loader *l, const char *text, size_t len,
+                          const char *name, void *out, ferry_saga_load_errors *errs);
+ferry_code ferry_yw_load(const ferry_yw_loader *l, const char *path, void *out,
+                         ferry_saga_load_errors *errs);
+/* What a walk that has ended comes to: FERRY_ENOMEM when it ran out of
+ * memory, else FERRY_EINVAL when it recorded any error, else FERRY_OK. */
+ferry_code ferry_yw_outcome(const ferry_yw *w);
+
 /* ------------------------------------------------------------ errors */
 
 /* Record an error in e; errors past FERRY_SAGA_ERRORS_MAX are counted
@@ -164,6 +192,21 @@ int ferry_yw_read_mapping(ferry_yw *w, const char *const *keys, int nkeys, bool 
  * mapping at at that were not seen, each "missing: "KEY" is required". */
 void ferry_yw_require_keys(ferry_yw *w, ferry_yw_place at, const char *const *keys,
                            const bool *required, const bool *seen, int nkeys);
+
+/* ------------------------------------------------------------ sequences */
+
+/*
+ * The items of a sequence whose start event is ev ("expected a sequence
+ * of ITEMS" when it is something else), each to fn with its index and the
+ * path extended by "[i]" (fn reads the item; the walker deletes it).
+ * *count counts the items read, at most max: the first one past that is
+ * "more than MAX ITEMS", said once, and the rest of the sequence is
+ * skipped. *count is raised before fn reads its item, so that what fn
+ * half-filled is freed with the rest.
+ */
+typedef int (*ferry_yw_item_fn)(ferry_yw *w, yaml_event_t *ev, size_t index, void *arg);
+int ferry_yw_read_sequence(ferry_yw *w, const yaml_event_t *ev, const char *items, size_t max,
+                           size_t *count, ferry_yw_item_fn fn, void *arg);
 
 /* ------------------------------------------------------------ scalars */
 

@@ -523,45 +523,83 @@ static void install_signals(void)
     sigaction(SIGTERM, &sa, NULL);
 }
 
+/* What check, repair and run start from. */
+typedef struct session {
+    options o;
+    char holder[256], actor[256];
+    rc_budgets budgets;             /* the rules file's, else the defaults */
+    rc_rules *rules;                /* NULL: no --rules */
+    ferry_saga_registry *reg;       /* NULL: no --sagas */
+    PGconn *conn;                   /* NULL until session_connect */
+} session;
+
+/* The options, the names, the rules file and the saga definitions. 0, or
+ * the exit status (usage, or RC_EXIT_ERROR when an input was refused,
+ * said on stderr). session_end in either case. */
+static int session_open(session *s, const char *cmd, int argc, char **argv)
+{
+    memset(s, 0, sizeof *s);
+    int rc = parse_options(cmd, argc, argv, &s->o);
+    if (rc != 0)
+        return rc;
+    rc_budgets_default(&s->budgets);
+    default_names(&s->o, s->holder, sizeof s->holder, s->actor, sizeof s->actor);
+    if (load_rules(&s->o, &s->rules) != 0 || load_sagas(&s->o, &s->reg) != 0)
+        return RC_EXIT_ERROR;
+    if (s->rules)
+        s->budgets = s->rules->budgets;
+    return 0;
+}
+
+/* Signals handled, then the database, under the budgets' statement
+ * timeout. -1 when it failed (said on stderr). */
+static int session_connect(session *s)
+{
+    install_signals();
+    s->conn = connect_db(&s->o, s->holder);
+    if (s->conn == NULL || set_timeout(s->conn, &s->budgets) != 0)
+        return -1;
+    return 0;
+}
+
+static void session_end(session *s)
+{
+    PQfinish(s->conn);
+    ferry_saga_registry_destroy(s->reg);
+    rc_rules_free(s->rules);
+    free(s->o.requests);
+}
+
 /* check and repair: one pass, the report on stdout. */
 static int one_shot(const char *cmd, int argc, char **argv)
 {
-    options o;
-    int rc = parse_options(cmd, argc, argv, &o);
+    session s;
+    int rc = session_open(&s, cmd, argc, argv);
     if (rc != 0) {
-        free(o.requests);
+        session_end(&s);
         return rc;
     }
-    rc_budgets budgets;
-    rc_budgets_default(&budgets);
-    rc_rules *rules = NULL;
-    ferry_saga_registry *reg = NULL;
+    const options *o = &s.o;
     PGconn *conn = NULL;
     rc_report *report = NULL;
     int status = RC_EXIT_ERROR;
-    char holder[256], actor[256];
-    default_names(&o, holder, sizeof holder, actor, sizeof actor);
-    if (load_rules(&o, &rules) != 0 || load_sagas(&o, &reg) != 0)
+    if (session_connect(&s) != 0)
         goto out;
-    if (rules)
-        budgets = rules->budgets;
-    install_signals();
-    if ((conn = connect_db(&o, holder)) == NULL || set_timeout(conn, &budgets) != 0)
-        goto out;
-    int progress = o.progress >= 0 ? o.progress : !o.json && isatty(STDERR_FILENO);
+    conn = s.conn;
+    int progress = o->progress >= 0 ? o->progress : !o->json && isatty(STDERR_FILENO);
     if ((report = rc_report_new(progress)) == NULL)
         goto out;
 
     rc_ctx ctx = {
         .conn = conn,
-        .mode = o.mode,
-        .budgets = &budgets,
-        .rules = rules,
-        .sagas = reg,
-        .actor = actor,
-        .reason = o.reason,
-        .requests = o.requests,
-        .n_requests = o.n_requests,
+        .mode = o->mode,
+        .budgets = &s.budgets,
+        .rules = s.rules,
+        .sagas = s.reg,
+        .actor = s.actor,
+        .reason = o->reason,
+        .requests = o->requests,
+        .n_requests = o->n_requests,
         .stop = &stop_flag,
         .report = report,
         .sweep = RC_SWEEP_COUNT,
@@ -569,7 +607,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
     char started[64];
     db_now(conn, started, sizeof started);
     int leased = 0;
-    if (o.mode == RC_REPAIR && o.n_requests > 0) {
+    if (o->mode == RC_REPAIR && o->n_requests > 0) {
         /* Decisions on dead letters first, without the lease: each locks
          * its letter, which is all they need, so that an operator's
          * --replay works while a `run` daemon holds the lease. */
@@ -580,12 +618,12 @@ static int one_shot(const char *cmd, int argc, char **argv)
         ctx.n_requests = 0;
         ctx.sweep = RC_SWEEP_COUNT;
     }
-    if (o.mode == RC_REPAIR) {
+    if (o->mode == RC_REPAIR) {
         ferry_error err;
-        int64_t deadline = mono_ms() + (int64_t)o.wait_s * 1000;
+        int64_t deadline = mono_ms() + (int64_t)o->wait_s * 1000;
         int said = 0;
         for (;;) {
-            int got = lease_try(conn, holder, o.lease_ttl_ms, &ctx.epoch, &err);
+            int got = lease_try(conn, s.holder, o->lease_ttl_ms, &ctx.epoch, &err);
             if (got < 0) {
                 fprintf(stderr, "ferry-reconcile: could not take the reconciler's lease: %s\n",
                         err.message);
@@ -598,7 +636,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
             char who[256];
             lease_holder(conn, who, sizeof who);
             if (mono_ms() >= deadline || stop_flag) {
-                if (o.n_requests > 0) {
+                if (o->n_requests > 0) {
                     /* The decisions were carried out; the sweeps are the
                      * other reconciler's. */
                     fprintf(stderr, "ferry-reconcile: another reconciler is repairing this "
@@ -606,7 +644,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
                     break;
                 }
                 fprintf(stderr, "ferry-reconcile: another reconciler is repairing this "
-                        "database (%s); gave up after --wait %d s\n", who, o.wait_s);
+                        "database (%s); gave up after --wait %d s\n", who, o->wait_s);
                 goto out;
             }
             if (!said) {
@@ -618,9 +656,9 @@ static int one_shot(const char *cmd, int argc, char **argv)
             nanosleep(&t, NULL);
         }
         if (leased)
-            ctx.holder = holder;
+            ctx.holder = s.holder;
     }
-    if (o.mode == RC_CHECK || leased)
+    if (o->mode == RC_CHECK || leased)
         one_pass(&ctx);
     else
         report->ran[RC_SWEEP_DEAD_LETTERS] = 1;     /* its requests, at least */
@@ -628,24 +666,21 @@ static int one_shot(const char *cmd, int argc, char **argv)
     if (leased) {
         record_pass(&ctx, started, status);
         ferry_error err;
-        ferry_lease_release(conn, RC_LEASE_NAME, holder, &err);
+        ferry_lease_release(conn, RC_LEASE_NAME, s.holder, &err);
     }
-    if (o.json) {
-        json_t *j = rc_report_json(report, o.mode);
+    if (o->json) {
+        json_t *j = rc_report_json(report, o->mode);
         json_dumpf(j, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
         json_decref(j);
     } else {
-        rc_report_print(stdout, report, o.mode);
+        rc_report_print(stdout, report, o->mode);
     }
     if (stop_flag)
         fprintf(stderr, "ferry-reconcile: interrupted; the report covers what was done\n");
 out:
     rc_report_free(report);
-    PQfinish(conn);
-    ferry_saga_registry_destroy(reg);
-    rc_rules_free(rules);
-    free(o.requests);
+    session_end(&s);
     return status;
 }
 
@@ -715,35 +750,27 @@ static void log_pass(const rc_report *r, int status, double seconds)
 
 int reconcile_run(int argc, char **argv)
 {
-    options o;
-    int rc = parse_options("run", argc, argv, &o);
+    session s;
+    int rc = session_open(&s, "run", argc, argv);
     if (rc != 0) {
-        free(o.requests);
+        session_end(&s);
         return rc;
     }
-    rc_budgets budgets;
-    rc_budgets_default(&budgets);
-    rc_rules *rules = NULL;
-    ferry_saga_registry *reg = NULL;
+    const options *o = &s.o;
+    const char *holder = s.holder;
     rc_metrics *metrics = NULL;
     PGconn *conn = NULL;
     int status = RC_EXIT_ERROR;
-    char holder[256], actor[256];
-    default_names(&o, holder, sizeof holder, actor, sizeof actor);
-    if (load_rules(&o, &rules) != 0 || load_sagas(&o, &reg) != 0)
+    if (o->metrics && (metrics = rc_metrics_start(o->metrics)) == NULL)
         goto out;
-    if (rules)
-        budgets = rules->budgets;
-    if (o.metrics && (metrics = rc_metrics_start(o.metrics)) == NULL)
-        goto out;
-    install_signals();
     signal(SIGPIPE, SIG_IGN);
-    if ((conn = connect_db(&o, holder)) == NULL || set_timeout(conn, &budgets) != 0)
+    if (session_connect(&s) != 0)
         goto out;
+    conn = s.conn;
     ferry_log_json(FERRY_LOG_INFO, "reconcile.start",
-                   json_pack("{s:s, s:f}", "holder", holder, "interval_s", o.interval_s),
+                   json_pack("{s:s, s:f}", "holder", holder, "interval_s", o->interval_s),
                    "ferry-reconcile %s running as %s, a pass every %.1f s", ferry_version(),
-                   holder, o.interval_s);
+                   holder, o->interval_s);
 
     int active = 0, said_standby = 0;
     int64_t epoch = 0;
@@ -757,12 +784,12 @@ int reconcile_run(int argc, char **argv)
                 nap(2000);
                 continue;
             }
-            set_timeout(conn, &budgets);
+            set_timeout(conn, &s.budgets);
             ferry_log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
         }
         ferry_error err;
         if (!active) {
-            int got = lease_try(conn, holder, o.lease_ttl_ms, &epoch, &err);
+            int got = lease_try(conn, holder, o->lease_ttl_ms, &epoch, &err);
             if (got < 0) {
                 ferry_log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
                           "reconciler's lease: %s", err.message);
@@ -779,7 +806,7 @@ int reconcile_run(int argc, char **argv)
                     said_standby = 1;
                 }
                 rc_metrics_set_active(metrics, 0);
-                nap(o.lease_ttl_ms / 3);
+                nap(o->lease_ttl_ms / 3);
                 continue;
             }
             active = 1;
@@ -794,8 +821,8 @@ int reconcile_run(int argc, char **argv)
             break;
         report->log_json = 1;
         rc_ctx ctx = {
-            .conn = conn, .mode = RC_REPAIR, .budgets = &budgets, .rules = rules,
-            .sagas = reg, .actor = actor, .holder = holder, .epoch = epoch,
+            .conn = conn, .mode = RC_REPAIR, .budgets = &s.budgets, .rules = s.rules,
+            .sagas = s.reg, .actor = s.actor, .holder = holder, .epoch = epoch,
             .stop = &stop_flag, .report = report, .sweep = RC_SWEEP_COUNT,
         };
         char started[64];
@@ -811,7 +838,7 @@ int reconcile_run(int argc, char **argv)
         rc_report_free(report);
 
         /* Between passes, keep the lease; lose it and we stand by. */
-        int64_t next = mono_ms() + (int64_t)(o.interval_s * 1000);
+        int64_t next = mono_ms() + (int64_t)(o->interval_s * 1000);
         while (!stop_flag && mono_ms() < next) {
             if (rc_lease_keep(&ctx, &err) != FERRY_OK) {
                 ferry_log(FERRY_LOG_WARN, "reconcile.lease_lost", "%s", err.message);
@@ -820,7 +847,7 @@ int reconcile_run(int argc, char **argv)
                 break;
             }
             int64_t left = next - mono_ms();
-            nap(left < o.lease_ttl_ms / 6 ? left : o.lease_ttl_ms / 6);
+            nap(left < o->lease_ttl_ms / 6 ? left : o->lease_ttl_ms / 6);
         }
     }
     if (active) {
@@ -830,10 +857,7 @@ int reconcile_run(int argc, char **argv)
     ferry_log(FERRY_LOG_INFO, "reconcile.stop", "stopped");
     status = RC_EXIT_OK;
 out:
-    PQfinish(conn);
     rc_metrics_stop(metrics);
-    ferry_saga_registry_destroy(reg);
-    rc_rules_free(rules);
-    free(o.requests);
+    session_end(&s);
     return status;
 }

@@ -13,7 +13,6 @@
 
 #include <assert.h>
 #include <inttypes.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <time.h>
 
 #include "../daemon/httpd.h"
+#include "../daemon/promtext.h"
 
 /* run only repairs, so found stays 0; rendered all the same, so that a
  * series never appears from nowhere should run ever check. */
@@ -46,21 +46,6 @@ struct rc_metrics {
 
 /* ------------------------------------------------------------------ */
 /* Rendering                                                            */
-
-/* As daemon/metrics.c prints floats: the shortest of %.15g and %.17g that
- * reads back as the same double. */
-static void format_double(char *out, size_t size, double v)
-{
-    if (isnan(v)) {
-        snprintf(out, size, "NaN");
-    } else if (isinf(v)) {
-        snprintf(out, size, v > 0 ? "+Inf" : "-Inf");
-    } else {
-        snprintf(out, size, "%.15g", v);
-        if (strtod(out, NULL) != v)
-            snprintf(out, size, "%.17g", v);
-    }
-}
 
 static void header(FILE *f, const char *family, const char *type, const char *help)
 {
@@ -99,13 +84,13 @@ static void render(FILE *f, const rc_metrics *m)
         fprintf(f, "ferry_reconcile_last_pass_status %d\n", m->last_status);
     header(f, "ferry_reconcile_last_pass_seconds", "gauge", "The last pass's duration.");
     if (m->have_pass) {
-        format_double(num, sizeof num, m->last_seconds);
+        promtext_double(num, sizeof num, m->last_seconds);
         fprintf(f, "ferry_reconcile_last_pass_seconds %s\n", num);
     }
     header(f, "ferry_reconcile_last_pass_timestamp_seconds", "gauge",
            "When the last pass ended, in Unix time.");
     if (m->have_pass) {
-        format_double(num, sizeof num, m->last_timestamp);
+        promtext_double(num, sizeof num, m->last_timestamp);
         fprintf(f, "ferry_reconcile_last_pass_timestamp_seconds %s\n", num);
     }
 }

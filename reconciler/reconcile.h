@@ -204,6 +204,40 @@ void rc_rollback(rc_ctx *ctx);
 PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
                    const char *const *params);
 
+/* SQLSTATEs of a race that the next pass may win: lock_timeout (a relay
+ * or worker held the row), deadlock, serialization failure. */
+int rc_is_busy(const PGresult *res);
+
+/* rc_error "WHAT: MESSAGE", MESSAGE the server's error message of res
+ * without its trailing newline. Returns -1. */
+int rc_result_error(rc_ctx *ctx, const char *what, const PGresult *res);
+
+/* One statement of a repair transaction. NULL on failure, the transaction
+ * rolled back: *busy set and nothing reported for a race (rc_is_busy;
+ * busy may be NULL: then a race is an error too), otherwise
+ * rc_result_error naming what. The caller PQclears. */
+PGresult *rc_act(rc_ctx *ctx, const char *what, const char *sql, int n,
+                 const char *const *params, int *busy);
+
+/* rc_begin, with the failure reported ("stopped before WHAT: ...",
+ * "could not begin WHAT: ..."): -1 then (and no transaction); *lost set
+ * when the reconciler's lease is gone (nothing more may act). */
+int rc_act_begin(rc_ctx *ctx, const char *what, int *lost);
+/* rc_commit, with the failure reported ("could not commit WHAT: ...")
+ * and the transaction rolled back: -1 then. */
+int rc_act_commit(rc_ctx *ctx, const char *what);
+
+/* A signal asked the pass to stop: finish the batch, return. */
+int rc_stopping(const rc_ctx *ctx);
+
+/* Column col of row: a number (0 when NULL), a boolean ('t'), text
+ * (NULL when NULL; res owns it), JSON (new; NULL when NULL or not JSON:
+ * the finding goes on without it). */
+int64_t rc_int_at(const PGresult *res, int row, int col);
+int rc_bool_at(const PGresult *res, int row, int col);
+const char *rc_str_at(const PGresult *res, int row, int col);
+json_t *rc_json_at(const PGresult *res, int row, int col);
+
 /* "5m12s"-style text of a duration in milliseconds. */
 const char *rc_duration(int64_t ms, char *buf, size_t len);
 

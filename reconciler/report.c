@@ -1,7 +1,7 @@
 /*
  * report.c — what a pass found, and the small tools every sweep shares:
  * findings, operational errors, progress on a terminal, fenced repair
- * transactions.
+ * transactions and their statements, the columns of a result.
  *
  * A sweep never prints. It records findings here; pass.c prints the
  * report at the end (text for people, one JSON document with --json) and
@@ -314,6 +314,92 @@ void rc_rollback(rc_ctx *ctx)
         return;
     PQclear(PQexec(ctx->conn, "ROLLBACK"));
 }
+
+int rc_is_busy(const PGresult *res)
+{
+    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
+                         strcmp(s, "40001") == 0);
+}
+
+int rc_result_error(rc_ctx *ctx, const char *what, const PGresult *res)
+{
+    const char *m = PQresultErrorMessage(res);
+    size_t len = strlen(m);
+    while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
+        len--;
+    return rc_error(ctx, "%s: %.*s", what, (int)len, m);
+}
+
+PGresult *rc_act(rc_ctx *ctx, const char *what, const char *sql, int n,
+                 const char *const *params, int *busy)
+{
+    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return res;
+    if (busy != NULL && rc_is_busy(res))
+        *busy = 1;
+    else
+        rc_result_error(ctx, what, res);
+    PQclear(res);
+    rc_rollback(ctx);
+    return NULL;
+}
+
+int rc_act_begin(rc_ctx *ctx, const char *what, int *lost)
+{
+    ferry_error err;
+    ferry_code rc = rc_begin(ctx, &err);
+    if (rc == FERRY_OK)
+        return 0;
+    rc_rollback(ctx);
+    if (rc == FERRY_ESTATE) {
+        *lost = 1;
+        return rc_error(ctx, "stopped before %s: %s", what, err.message);
+    }
+    return rc_error(ctx, "could not begin %s: %s", what, err.message);
+}
+
+int rc_act_commit(rc_ctx *ctx, const char *what)
+{
+    ferry_error err;
+    if (rc_commit(ctx, &err) == FERRY_OK)
+        return 0;
+    rc_rollback(ctx);
+    return rc_error(ctx, "could not commit %s: %s", what, err.message);
+}
+
+/* ------------------------------------------------------------ rows */
+
+int rc_stopping(const rc_ctx *ctx)
+{
+    return ctx->stop != NULL && *ctx->stop;
+}
+
+int64_t rc_int_at(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+int rc_bool_at(const PGresult *res, int row, int col)
+{
+    return !PQgetisnull(res, row, col) && PQgetvalue(res, row, col)[0] == 't';
+}
+
+const char *rc_str_at(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+json_t *rc_json_at(const PGresult *res, int row, int col)
+{
+    if (PQgetisnull(res, row, col))
+        return NULL;
+    return json_loads(PQgetvalue(res, row, col), JSON_DECODE_ANY, NULL);
+}
+
+/* ------------------------------------------------------------ durations */
 
 const char *rc_duration(int64_t ms, char *buf, size_t len)
 {

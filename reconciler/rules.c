@@ -53,6 +53,7 @@
  */
 #include <limits.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -541,9 +542,9 @@ static int rule_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
     }
 }
 
-static int read_rule(rules_loader *ld, yaml_event_t *ev, size_t index)
+static int read_rule(ferry_yw *w, yaml_event_t *ev, size_t index, void *arg)
 {
-    ferry_yw *w = &ld->w;
+    rules_loader *ld = arg;
     rule_ctx rc = {ld, index, &ld->r->rules[index]};
     rc.rule->line = ferry_yw_place_of(ev->start_mark).line;
     rc.rule->timeout_ms = RC_RULE_TIMEOUT_DEFAULT_MS;
@@ -561,38 +562,10 @@ static int read_rule(rules_loader *ld, yaml_event_t *ev, size_t index)
 
 static int read_rules(rules_loader *ld, yaml_event_t *ev)
 {
-    ferry_yw *w = &ld->w;
-    rc_rules *r = ld->r;
     if (ferry_yw_is_null(ev))
         return 0;
-    if (ev->type != YAML_SEQUENCE_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "a sequence of rules");
-    for (;;) {
-        yaml_event_t item;
-        if (ferry_yw_next(w, &item) != 0)
-            return -1;
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            return 0;
-        }
-        if (r->count == RC_RULES_MAX) {
-            /* Say so once and read no further rules. */
-            ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "more than %d rules",
-                           RC_RULES_MAX);
-            int rc = ferry_yw_skip(w, &item);
-            yaml_event_delete(&item);
-            if (rc != 0)
-                return -1;
-            return ferry_yw_skip_rest(w);
-        }
-        size_t old = ferry_yw_push_index(w, r->count);
-        r->count++;                   /* counted now: freed with the rules on error */
-        int rc = read_rule(ld, &item, r->count - 1);
-        yaml_event_delete(&item);
-        ferry_yw_pop(w, old);
-        if (rc != 0)
-            return -1;
-    }
+    return ferry_yw_read_sequence(&ld->w, ev, "rules", RC_RULES_MAX, &ld->r->count, read_rule,
+                                  ld);
 }
 
 static int top_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
@@ -605,29 +578,16 @@ static int top_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, vo
 
 /* ------------------------------------------------------------ entry points */
 
-static ferry_code parse(const char *text, size_t len, const char *name, rc_rules **out,
-                        ferry_saga_load_errors *errs)
+/* The walk of one text, in the loader ferry_yw_parse made for it. */
+static ferry_code read_rules_file(void *arg, void *out)
 {
-    static const place nowhere = {0, 0};
-    if (len > RC_RULES_FILE_MAX) {
-        ferry_yw_add_error(errs, name, nowhere, "", "the document is larger than %d bytes; "
-                           "refusing to read it", RC_RULES_FILE_MAX);
-        return FERRY_EINVAL;
-    }
-    /* Large (a place per possible rule): not on the stack. */
-    rules_loader *ld = ferry_saga_malloc_(sizeof *ld);
-    if (!ld) {
-        ferry_yw_add_error(errs, name, nowhere, "", "out of memory loading %s", rules_what);
-        return FERRY_ENOMEM;
-    }
-    memset(ld, 0, sizeof *ld);
+    rules_loader *ld = arg;
     ferry_yw *w = &ld->w;
-    ferry_yw_init(w, text, len, name, rules_what, errs);
     ferry_code rc = FERRY_ENOMEM;
 
     rc_rules *r = ferry_yw_malloc(w, sizeof *r);
     if (!r)
-        goto out_free_loader;
+        return rc;
     memset(r, 0, sizeof *r);
     rc_budgets_default(&r->budgets);
     ld->r = r;
@@ -635,7 +595,7 @@ static ferry_code parse(const char *text, size_t len, const char *name, rc_rules
     if (!r->rules)
         goto out_free_rules;
     memset(r->rules, 0, RC_RULES_MAX * sizeof *r->rules);
-    r->file = ferry_yw_strndup(w, name, strlen(name));
+    r->file = ferry_yw_strndup(w, w->file, strlen(w->file));
     if (!r->file)
         goto out_free_rules;
 
@@ -649,39 +609,30 @@ static ferry_code parse(const char *text, size_t len, const char *name, rc_rules
         .arg = ld,
     };
     ferry_yw_read_document(w, &doc);
-    if (w->oom)
+    rc = ferry_yw_outcome(w);
+    if (rc != FERRY_OK)
         goto out_free_rules;
-    if (errs->total > 0) {
-        rc = FERRY_EINVAL;
-        goto out_free_rules;
-    }
-    *out = r;
-    rc = FERRY_OK;
-    goto out_free_loader;
+    *(rc_rules **)out = r;
+    return FERRY_OK;
 
 out_free_rules:
     rc_rules_free(r);
-out_free_loader:
-    free(ld);
     return rc;
 }
+
+_Static_assert(offsetof(rules_loader, w) == 0, "ferry_yw_loader: the walker comes first");
+static const ferry_yw_loader rules_file_loader = {
+    .what = rules_what,
+    .text_arg = "text",
+    .max = RC_RULES_FILE_MAX,
+    .size = sizeof(rules_loader),
+    .read = read_rules_file,
+};
 
 ferry_code rc_rules_parse(const char *text, size_t len, const char *name, rc_rules **out,
                           ferry_saga_load_errors *errs)
 {
-    ferry_saga_load_errors local;
-    if (!errs)
-        errs = &local;
-    memset(errs, 0, sizeof *errs);
-    if (!name)
-        name = "<memory>";
-    if (!text || !out) {
-        ferry_yw_add_error(errs, name, (place){0, 0}, "", "%s is NULL", text ? "out" : "text");
-        return FERRY_EINVAL;
-    }
-    ferry_code rc = parse(text, len, name, out, errs);
-    ferry_yw_sort_errors(errs);
-    return rc;
+    return ferry_yw_parse(&rules_file_loader, text, len, name, out, errs);
 }
 
 /* A file that cannot be read is FERRY_EINVAL too, with its error: the
@@ -689,23 +640,5 @@ ferry_code rc_rules_parse(const char *text, size_t len, const char *name, rc_rul
  * must tell it apart read the file with ferry_yw_read_file, as lint does. */
 ferry_code rc_rules_load(const char *path, rc_rules **out, ferry_saga_load_errors *errs)
 {
-    ferry_saga_load_errors local;
-    if (!errs)
-        errs = &local;
-    memset(errs, 0, sizeof *errs);
-    if (!path || !out) {
-        ferry_yw_add_error(errs, path ? path : "(null)", (place){0, 0}, "", "%s is NULL",
-                           path ? "out" : "path");
-        return FERRY_EINVAL;
-    }
-    char *buf;
-    size_t len;
-    bool unreadable;
-    ferry_code rc = ferry_yw_read_file(path, RC_RULES_FILE_MAX, rules_what, &buf, &len,
-                                       &unreadable, errs);
-    if (rc != FERRY_OK)
-        return rc;
-    rc = rc_rules_parse(buf, len, path, out, errs);
-    free(buf);
-    return rc;
+    return ferry_yw_load(&rules_file_loader, path, out, errs);
 }

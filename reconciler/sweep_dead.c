@@ -25,40 +25,6 @@
 
 #define TEXT_MAX 200            /* reasons quoted in findings */
 
-static int64_t int_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-static int is_busy(const PGresult *res)
-{
-    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
-                         strcmp(s, "40001") == 0);
-}
-
-/* One statement of a repair transaction; see sweep_outbox.c. */
-static PGresult *act(rc_ctx *ctx, const char *what, const char *sql, int n,
-                     const char *const *params, int *busy)
-{
-    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return res;
-    if (busy != NULL && is_busy(res)) {
-        *busy = 1;
-    } else {
-        const char *m = PQresultErrorMessage(res);
-        size_t len = strlen(m);
-        while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
-            len--;
-        rc_error(ctx, "%s: %.*s", what, (int)len, m);
-    }
-    PQclear(res);
-    rc_rollback(ctx);
-    return NULL;
-}
-
 /* ------------------------------------------------------------- targets */
 
 typedef enum target_kind { T_ID, T_UUID, T_KEY, T_BAD } target_kind;
@@ -96,35 +62,44 @@ static const char *action_flag(rc_dead_action a)
     return a == RC_REPLAY ? "--replay" : "--discard";
 }
 
+/* rc_query for the ids a target names: NULL after rc_error, or when it
+ * names none (*none set, nothing said: the caller says how). */
+static PGresult *lookup(rc_ctx *ctx, const char *what, const char *sql, int n,
+                        const char *const *params, int *none)
+{
+    PGresult *res = rc_query(ctx, what, sql, n, params);
+    *none = res != NULL && PQntuples(res) == 0;
+    if (*none) {
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
 /* The ids of the dead letters a target names, in the order to handle
  * them; NULL after rc_error (no such letter, or a failed query). */
 static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
 {
     const char *flag = action_flag(rq->action);
     PGresult *res = NULL;
+    int none;
     char *topic = NULL;
     switch (classify(rq->target)) {
     case T_ID: {
         const char *p[1] = {rq->target};
-        res = rc_query(ctx, "could not look up a dead letter",
-                       "SELECT id FROM ferry.dead_letter WHERE id = $1::bigint", 1, p);
-        if (res != NULL && PQntuples(res) == 0) {
+        res = lookup(ctx, "could not look up a dead letter",
+                     "SELECT id FROM ferry.dead_letter WHERE id = $1::bigint", 1, p, &none);
+        if (none)
             rc_error(ctx, "%s %s: no such dead letter", flag, rq->target);
-            PQclear(res);
-            return NULL;
-        }
         return res;
     }
     case T_UUID: {
         const char *p[1] = {rq->target};
-        res = rc_query(ctx, "could not look up the dead letters of a message",
-                       "SELECT id FROM ferry.dead_letter WHERE message_id = $1::uuid "
-                       "ORDER BY id", 1, p);
-        if (res != NULL && PQntuples(res) == 0) {
+        res = lookup(ctx, "could not look up the dead letters of a message",
+                     "SELECT id FROM ferry.dead_letter WHERE message_id = $1::uuid "
+                     "ORDER BY id", 1, p, &none);
+        if (none)
             rc_error(ctx, "%s %s: no dead letter of that message id", flag, rq->target);
-            PQclear(res);
-            return NULL;
-        }
         return res;
     }
     case T_KEY: {
@@ -136,15 +111,12 @@ static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
         char *key = strchr(topic, '/');
         *key++ = '\0';
         const char *p[2] = {topic, key};
-        res = rc_query(ctx, "could not look up the dead letters of a key",
-                       "SELECT id FROM ferry.dead_letter WHERE topic = $1 AND aggregateid = $2 "
-                       "ORDER BY seq, consumer, id", 2, p);
-        if (res != NULL && PQntuples(res) == 0) {
+        res = lookup(ctx, "could not look up the dead letters of a key",
+                     "SELECT id FROM ferry.dead_letter WHERE topic = $1 AND aggregateid = $2 "
+                     "ORDER BY seq, consumer, id", 2, p, &none);
+        if (none)
             rc_error(ctx, "%s %s: no dead letter of topic \"%s\", key \"%s\"", flag,
                      rq->target, topic, key);
-            PQclear(res);
-            res = NULL;
-        }
         free(topic);
         return res;
     }
@@ -183,25 +155,17 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
                  ctx->actor ? ctx->actor : "ferry-reconcile");
         reason = reason_buf;
     }
-    ferry_error err;
-    ferry_code code = rc_begin(ctx, &err);
-    if (code != FERRY_OK) {
-        rc_rollback(ctx);
-        if (code == FERRY_ESTATE) {
-            *lost = 1;
-            return rc_error(ctx, "stopped before the %s of dead letter %s: %s", verb, id,
-                            err.message);
-        }
-        return rc_error(ctx, "could not begin the %s of dead letter %s: %s", verb, id,
-                        err.message);
-    }
+    char deed[96];                    /* "the replay of dead letter 12" */
+    snprintf(deed, sizeof deed, "the %s of dead letter %s", verb, id);
+    if (rc_act_begin(ctx, deed, lost) != 0)
+        return -1;
     char textmax[16];
     snprintf(textmax, sizeof textmax, "%d", TEXT_MAX);
     const char *lp[2] = {id, textmax};
     int busy = 0;
     char what[160];
     snprintf(what, sizeof what, "could not lock dead letter %s", id);
-    PGresult *letter = act(ctx, what, LOCK_SQL, 2, lp, &busy);
+    PGresult *letter = rc_act(ctx, what, LOCK_SQL, 2, lp, &busy);
     char subject[64];
     snprintf(subject, sizeof subject, "dead letter %s", id);
     if (letter == NULL) {
@@ -223,16 +187,16 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
     }
     const char *consumer = PQgetvalue(letter, 0, 1), *topic = PQgetvalue(letter, 0, 2);
     const char *key = PQgetvalue(letter, 0, 3), *message = PQgetvalue(letter, 0, 4);
-    int64_t seq = int_at(letter, 0, 5);
+    int64_t seq = rc_int_at(letter, 0, 5);
     const char *why = PQgetvalue(letter, 0, 6);
     int relay = consumer[0] == '\0';
 
     const char *fp[1] = {id};
     snprintf(what, sizeof what, "could not %s dead letter %s", verb, id);
-    PGresult *done = act(ctx, what,
-                         replay ? "SELECT ferry.replay_dead_letter($1::bigint)"
-                                : "SELECT ferry.discard_dead_letter($1::bigint)",
-                         1, fp, NULL);
+    PGresult *done = rc_act(ctx, what,
+                            replay ? "SELECT ferry.replay_dead_letter($1::bigint)"
+                                   : "SELECT ferry.discard_dead_letter($1::bigint)",
+                            1, fp, NULL);
     if (done == NULL) {
         PQclear(letter);
         return -1;
@@ -246,17 +210,15 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
     }
     const char *gp[4] = {PQgetvalue(letter, 0, 0), verb, ctx->actor ? ctx->actor : "", reason};
     snprintf(what, sizeof what, "could not record the %s of dead letter %s", verb, id);
-    PGresult *logged = act(ctx, what, LOG_SQL, 4, gp, NULL);
+    PGresult *logged = rc_act(ctx, what, LOG_SQL, 4, gp, NULL);
     if (logged == NULL) {
         PQclear(letter);
         return -1;
     }
     PQclear(logged);
-    if (rc_commit(ctx, &err) != FERRY_OK) {
-        rc_rollback(ctx);
+    if (rc_act_commit(ctx, deed) != 0) {
         PQclear(letter);
-        return rc_error(ctx, "could not commit the %s of dead letter %s: %s", verb, id,
-                        err.message);
+        return -1;
     }
 
     char side[300];
@@ -319,7 +281,7 @@ static int requests(rc_ctx *ctx, int *lost)
             const rc_dead_request *rq = &ctx->requests[i];
             int n = PQntuples(ids[i]);
             for (int r = 0; r < n && !*lost; r++) {
-                if (ctx->stop != NULL && *ctx->stop)
+                if (rc_stopping(ctx))
                     break;
                 if (decide(ctx, rq, PQgetvalue(ids[i], r, 0), lost) != 0)
                     rc = -1;
@@ -376,9 +338,10 @@ static int remaining(rc_ctx *ctx)
         return -1;
     for (int r = 0; r < PQntuples(res); r++) {
         const char *consumer = PQgetvalue(res, r, 0), *topic = PQgetvalue(res, r, 1);
-        int64_t n = int_at(res, r, 2), keys = int_at(res, r, 3), age = int_at(res, r, 4);
+        int64_t n = rc_int_at(res, r, 2), keys = rc_int_at(res, r, 3);
+        int64_t age = rc_int_at(res, r, 4);
         const char *reason = PQgetvalue(res, r, 6);
-        int64_t waiting = int_at(res, r, 7);
+        int64_t waiting = rc_int_at(res, r, 7);
         int relay = consumer[0] == '\0';
         json_t *samples = json_loads(PQgetvalue(res, r, 5), 0, NULL);
         json_t *detail = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:I}", "consumer",

@@ -35,23 +35,6 @@
 
 #define SHOW_MAX 10             /* consumers / topics named in a finding's detail */
 
-static int64_t int_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-static int stopping(const rc_ctx *ctx)
-{
-    return ctx->stop != NULL && *ctx->stop;
-}
-
-static int is_busy(const PGresult *res)
-{
-    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
-                         strcmp(s, "40001") == 0);
-}
-
 /* Why a batch loop ended. */
 typedef enum batch_end { B_DONE = 0, B_STOPPED, B_BUSY, B_LOST, B_ERROR } batch_end;
 
@@ -64,14 +47,9 @@ static batch_end batch(rc_ctx *ctx, const char *what, const char *setup, const c
                        int n, const char *const *params, PGresult **out)
 {
     *out = NULL;
-    ferry_error err;
-    ferry_code code = rc_begin(ctx, &err);
-    if (code != FERRY_OK) {
-        rc_rollback(ctx);
-        rc_error(ctx, "%s %s: %s", code == FERRY_ESTATE ? "stopped before" : "could not begin",
-                 what, err.message);
-        return code == FERRY_ESTATE ? B_LOST : B_ERROR;
-    }
+    int lost = 0;
+    if (rc_act_begin(ctx, what, &lost) != 0)
+        return lost ? B_LOST : B_ERROR;
     if (setup != NULL) {
         PGresult *s = PQexec(ctx->conn, setup);
         int ok = PQresultStatus(s) == PGRES_COMMAND_OK;
@@ -83,23 +61,20 @@ static batch_end batch(rc_ctx *ctx, const char *what, const char *setup, const c
         }
     }
     PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
+    char doing[160];
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        int busy = is_busy(res);
+        int busy = rc_is_busy(res);
         if (!busy) {
-            const char *m = PQresultErrorMessage(res);
-            size_t len = strlen(m);
-            while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
-                len--;
-            rc_error(ctx, "could not delete %s: %.*s", what, (int)len, m);
+            snprintf(doing, sizeof doing, "could not delete %s", what);
+            rc_result_error(ctx, doing, res);
         }
         PQclear(res);
         rc_rollback(ctx);
         return busy ? B_BUSY : B_ERROR;
     }
-    if (rc_commit(ctx, &err) != FERRY_OK) {
+    snprintf(doing, sizeof doing, "the deletion of %s", what);
+    if (rc_act_commit(ctx, doing) != 0) {
         PQclear(res);
-        rc_rollback(ctx);
-        rc_error(ctx, "could not commit the deletion of %s: %s", what, err.message);
         return B_ERROR;
     }
     *out = res;
@@ -134,35 +109,49 @@ static const char *window_text(int64_t ms, char *buf, size_t len)
     return rc_duration(ms, buf, len);
 }
 
-/* "SELECT now() - budget" as text, once: the cutoff of the whole pass. */
-static int cutoff_of(rc_ctx *ctx, int64_t ms, char *buf, size_t len)
+/* The rows past a retention, counted per group (consumer, topic). */
+typedef struct past {
+    char cutoff[64];            /* now() - retention, read once: the cutoff of the whole pass */
+    char keep[32];              /* the retention as people write it (window_text) */
+    int64_t total, groups;      /* rows, summed over all groups; groups */
+    json_t *by;                 /* new: the first SHOW_MAX groups, name: rows */
+} past;
+
+/* Fill in *p: the cutoff of retention ms, then count_sql ($1 the cutoff;
+ * one row (name, rows) per group) run. 1 when rows are past it (p->by is
+ * the caller's), 0 when none are (nothing to free), -1 after rc_error. */
+static int count_past(rc_ctx *ctx, int64_t ms, const char *what, const char *count_sql,
+                      past *p)
 {
     char budget[24];
     snprintf(budget, sizeof budget, "%" PRId64, ms);
-    const char *p[1] = {budget};
+    const char *bp[1] = {budget};
     PGresult *res = rc_query(ctx, "could not read the database clock",
-                             "SELECT (now() - $1::bigint * interval '1 millisecond')::text", 1, p);
+                             "SELECT (now() - $1::bigint * interval '1 millisecond')::text", 1, bp);
     if (res == NULL)
         return -1;
-    snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    snprintf(p->cutoff, sizeof p->cutoff, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    return 0;
-}
-
-/* The groups of a count query (name, rows) as a JSON object, the first
- * SHOW_MAX of them; *total and *groups summed over all. */
-static json_t *groups_of(const PGresult *res, int64_t *total, int64_t *groups)
-{
-    json_t *o = json_object();
-    *total = 0;
-    *groups = PQntuples(res);
+    window_text(ms, p->keep, sizeof p->keep);
+    const char *cp[1] = {p->cutoff};
+    res = rc_query(ctx, what, count_sql, 1, cp);
+    if (res == NULL)
+        return -1;
+    p->by = json_object();
+    p->total = 0;
+    p->groups = PQntuples(res);
     for (int r = 0; r < PQntuples(res); r++) {
-        int64_t n = int_at(res, r, 1);
-        *total += n;
+        int64_t n = rc_int_at(res, r, 1);
+        p->total += n;
         if (r < SHOW_MAX)
-            json_object_set_new(o, PQgetvalue(res, r, 0), json_integer(n));
+            json_object_set_new(p->by, PQgetvalue(res, r, 0), json_integer(n));
     }
-    return o;
+    PQclear(res);
+    if (p->total == 0) {
+        json_decref(p->by);
+        return 0;
+    }
+    return 1;
 }
 
 /* ------------------------------------------------------------------ inbox */
@@ -196,32 +185,22 @@ static const char INBOX_BATCH_SQL[] =
 
 static int inbox(rc_ctx *ctx, int *lost)
 {
-    char cutoff[64], keep[32];
-    if (cutoff_of(ctx, ctx->budgets->inbox_retention_ms, cutoff, sizeof cutoff) != 0)
-        return -1;
-    window_text(ctx->budgets->inbox_retention_ms, keep, sizeof keep);
-    const char *cp[1] = {cutoff};
-    PGresult *res = rc_query(ctx, "could not count inbox rows past the dedupe window",
-                             INBOX_COUNT_SQL, 1, cp);
-    if (res == NULL)
-        return -1;
-    int64_t total, consumers;
-    json_t *by = groups_of(res, &total, &consumers);
-    PQclear(res);
-    if (total == 0) {
-        json_decref(by);
-        return 0;
-    }
-    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)total,
-                               "consumers", (json_int_t)consumers, "cutoff", cutoff,
+    past g;
+    int found = count_past(ctx, ctx->budgets->inbox_retention_ms,
+                           "could not count inbox rows past the dedupe window", INBOX_COUNT_SQL,
+                           &g);
+    if (found <= 0)
+        return found;
+    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
+                               "consumers", (json_int_t)g.groups, "cutoff", g.cutoff,
                                "retention_ms", (json_int_t)ctx->budgets->inbox_retention_ms,
-                               "by_consumer", by);
+                               "by_consumer", g.by);
     if (ctx->mode == RC_CHECK) {
-        rc_found(ctx, "inbox", "ferry.inbox", total, RC_FOUND, detail,
+        rc_found(ctx, "inbox", "ferry.inbox", g.total, RC_FOUND, detail,
                  "%" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe window "
                  "(applied before %s): garbage to delete",
-                 total, total == 1 ? "" : "s", consumers, consumers == 1 ? "" : "s", keep,
-                 cutoff);
+                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
         return 0;
     }
 
@@ -229,23 +208,23 @@ static int inbox(rc_ctx *ctx, int *lost)
     snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
     int64_t deleted = 0;
     batch_end end = B_DONE;
-    while (deleted < total) {
-        if (stopping(ctx)) {
+    while (deleted < g.total) {
+        if (rc_stopping(ctx)) {
             end = B_STOPPED;
             break;
         }
-        const char *p[3] = {bound, cutoff, size};
+        const char *p[3] = {bound, g.cutoff, size};
         PGresult *b;
         end = batch(ctx, "inbox rows past the dedupe window", INBOX_SETUP_SQL, INBOX_BATCH_SQL,
                     3, p, &b);
         if (end != B_DONE)
             break;
-        deleted += int_at(b, 0, 0);
-        int64_t scanned = int_at(b, 0, 1);
+        deleted += rc_int_at(b, 0, 0);
+        int64_t scanned = rc_int_at(b, 0, 1);
         if (scanned > 0)
             snprintf(bound, sizeof bound, "%s", PQgetvalue(b, 0, 2));
         PQclear(b);
-        rc_progress(ctx, "inbox: %" PRId64 " of %" PRId64 " rows deleted", deleted, total);
+        rc_progress(ctx, "inbox: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
         if (scanned == 0)
             break;      /* the end of the table */
     }
@@ -261,18 +240,18 @@ static int inbox(rc_ctx *ctx, int *lost)
         rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, detail,
                  "deleted %" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe "
                  "window (applied before %s)",
-                 deleted, deleted == 1 ? "" : "s", consumers, consumers == 1 ? "" : "s", keep,
-                 cutoff);
+                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
         return 0;
     }
     if (deleted > 0)
         rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, json_incref(detail),
                  "deleted %" PRId64 " of %" PRId64 " inbox rows past the %s dedupe window",
-                 deleted, total, keep);
-    rc_found(ctx, "inbox", "ferry.inbox", total - deleted, RC_LEFT, detail,
+                 deleted, g.total, g.keep);
+    rc_found(ctx, "inbox", "ferry.inbox", g.total - deleted, RC_LEFT, detail,
              "%" PRId64 " inbox row%s past the %s dedupe window not deleted in this pass (%s): "
              "the next pass goes on",
-             total - deleted, total - deleted == 1 ? "" : "s", keep, end_reason(end));
+             g.total - deleted, g.total - deleted == 1 ? "" : "s", g.keep, end_reason(end));
     return end == B_STOPPED || end == B_BUSY ? 0 : -1;
 }
 
@@ -302,30 +281,22 @@ static const char PUBLISHED_BATCH_SQL[] =
 
 static int published(rc_ctx *ctx, int *lost)
 {
-    char cutoff[64], keep[32];
-    if (cutoff_of(ctx, ctx->budgets->outbox_retention_ms, cutoff, sizeof cutoff) != 0)
-        return -1;
-    window_text(ctx->budgets->outbox_retention_ms, keep, sizeof keep);
-    const char *cp[1] = {cutoff};
-    PGresult *res = rc_query(ctx, "could not count published outbox rows past retention",
-                             PUBLISHED_COUNT_SQL, 1, cp);
-    if (res == NULL)
-        return -1;
-    int64_t total, topics;
-    json_t *by = groups_of(res, &total, &topics);
-    PQclear(res);
-    if (total == 0) {
-        json_decref(by);
-        return 0;
-    }
-    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)total,
-                               "topics", (json_int_t)topics, "cutoff", cutoff, "retention_ms",
-                               (json_int_t)ctx->budgets->outbox_retention_ms, "by_topic", by);
+    past g;
+    int found = count_past(ctx, ctx->budgets->outbox_retention_ms,
+                           "could not count published outbox rows past retention",
+                           PUBLISHED_COUNT_SQL, &g);
+    if (found <= 0)
+        return found;
+    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
+                               "topics", (json_int_t)g.groups, "cutoff", g.cutoff,
+                               "retention_ms", (json_int_t)ctx->budgets->outbox_retention_ms,
+                               "by_topic", g.by);
     if (ctx->mode == RC_CHECK) {
-        rc_found(ctx, "published", "ferry.outbox", total, RC_FOUND, detail,
+        rc_found(ctx, "published", "ferry.outbox", g.total, RC_FOUND, detail,
                  "%" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past the %s "
                  "retention (published before %s): garbage to delete",
-                 total, total == 1 ? "" : "s", topics, topics == 1 ? "" : "s", keep, cutoff);
+                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
         return 0;
     }
 
@@ -334,24 +305,24 @@ static int published(rc_ctx *ctx, int *lost)
     int64_t deleted = 0;
     batch_end end = B_DONE;
     for (;;) {
-        if (stopping(ctx)) {
+        if (rc_stopping(ctx)) {
             end = B_STOPPED;
             break;
         }
-        const char *p[4] = {cutoff, at, id, size};
+        const char *p[4] = {g.cutoff, at, id, size};
         PGresult *b;
         end = batch(ctx, "published outbox rows past retention", NULL, PUBLISHED_BATCH_SQL, 4,
                     p, &b);
         if (end != B_DONE)
             break;
-        deleted += int_at(b, 0, 0);
-        int64_t scanned = int_at(b, 0, 1);
+        deleted += rc_int_at(b, 0, 0);
+        int64_t scanned = rc_int_at(b, 0, 1);
         if (scanned > 0) {
             snprintf(at, sizeof at, "%s", PQgetvalue(b, 0, 2));
             snprintf(id, sizeof id, "%s", PQgetvalue(b, 0, 3));
         }
         PQclear(b);
-        rc_progress(ctx, "published: %" PRId64 " of %" PRId64 " rows deleted", deleted, total);
+        rc_progress(ctx, "published: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
         if (scanned == 0)
             break;
     }
@@ -365,18 +336,19 @@ static int published(rc_ctx *ctx, int *lost)
         rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, detail,
                  "deleted %" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past "
                  "the %s retention (published before %s)",
-                 deleted, deleted == 1 ? "" : "s", topics, topics == 1 ? "" : "s", keep, cutoff);
+                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
         return 0;
     }
     if (deleted > 0)
         rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, json_incref(detail),
                  "deleted %" PRId64 " of %" PRId64 " published outbox rows past the %s "
-                 "retention", deleted, total, keep);
-    int64_t left = total > deleted ? total - deleted : 0;
+                 "retention", deleted, g.total, g.keep);
+    int64_t left = g.total > deleted ? g.total - deleted : 0;
     rc_found(ctx, "published", "ferry.outbox", left, RC_LEFT, detail,
              "%" PRId64 " published outbox row%s past the %s retention not deleted in this pass "
              "(%s): the next pass goes on",
-             left, left == 1 ? "" : "s", keep, end_reason(end));
+             left, left == 1 ? "" : "s", g.keep, end_reason(end));
     return end == B_STOPPED || end == B_BUSY ? 0 : -1;
 }
 
@@ -418,10 +390,10 @@ int rc_sweep_garbage(rc_ctx *ctx)
     int rc = 0, lost = 0;
     if (inbox(ctx, &lost) != 0)
         rc = -1;
-    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !lost &&
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
         published(ctx, &lost) != 0)
         rc = -1;
-    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !lost &&
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
         records(ctx, &lost) != 0)
         rc = -1;
     return rc;

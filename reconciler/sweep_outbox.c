@@ -48,93 +48,6 @@ typedef struct outbox_pass {
     int lost;                           /* the reconciler's lease is lost: act no more */
 } outbox_pass;
 
-static int64_t int_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-static int bool_at(const PGresult *res, int row, int col)
-{
-    return !PQgetisnull(res, row, col) && PQgetvalue(res, row, col)[0] == 't';
-}
-
-static const char *str_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
-}
-
-/* A JSON value from a column of JSON text (NULL on SQL NULL or bad text:
- * the finding goes on without it). */
-static json_t *json_at(const PGresult *res, int row, int col)
-{
-    if (PQgetisnull(res, row, col))
-        return NULL;
-    return json_loads(PQgetvalue(res, row, col), JSON_DECODE_ANY, NULL);
-}
-
-static int stopping(const rc_ctx *ctx)
-{
-    return ctx->stop != NULL && *ctx->stop;
-}
-
-/* SQLSTATEs of a race that the next pass may win: lock_timeout (a relay
- * held the row), deadlock, serialization failure. */
-static int is_busy(const PGresult *res)
-{
-    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
-                         strcmp(s, "40001") == 0);
-}
-
-/* One statement of a repair transaction. NULL on failure, the transaction
- * rolled back: *busy set and nothing reported for a race (is_busy),
- * otherwise rc_error naming what. */
-static PGresult *act(rc_ctx *ctx, const char *what, const char *sql, int n,
-                     const char *const *params, int *busy)
-{
-    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return res;
-    if (busy != NULL && is_busy(res)) {
-        *busy = 1;
-    } else {
-        const char *m = PQresultErrorMessage(res);
-        size_t len = strlen(m);
-        while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
-            len--;
-        rc_error(ctx, "%s: %.*s", what, (int)len, m);
-    }
-    PQclear(res);
-    rc_rollback(ctx);
-    return NULL;
-}
-
-/* rc_begin, with the failure reported: -1 then (and no transaction);
- * *lost set when the reconciler's lease is gone (nothing more may act). */
-static int begin(rc_ctx *ctx, const char *what, int *lost)
-{
-    ferry_error err;
-    ferry_code rc = rc_begin(ctx, &err);
-    if (rc == FERRY_OK)
-        return 0;
-    rc_rollback(ctx);
-    if (rc == FERRY_ESTATE) {
-        *lost = 1;
-        return rc_error(ctx, "stopped before %s: %s", what, err.message);
-    }
-    return rc_error(ctx, "could not begin %s: %s", what, err.message);
-}
-
-static int commit(rc_ctx *ctx, const char *what)
-{
-    ferry_error err;
-    if (rc_commit(ctx, &err) == FERRY_OK)
-        return 0;
-    rc_rollback(ctx);
-    return rc_error(ctx, "could not commit %s: %s", what, err.message);
-}
-
 /* ------------------------------------------------------------ dead leases */
 
 /*
@@ -216,12 +129,12 @@ static int dead_leases(rc_ctx *ctx, outbox_pass *op)
     int rc = 0;
     for (int r = 0; r < PQntuples(res) && PQstatus(ctx->conn) == CONNECTION_OK; r++) {
         const char *holder = PQgetvalue(res, r, 0);
-        int64_t shards = int_at(res, r, 1);
+        int64_t shards = rc_int_at(res, r, 1);
         const char *shard_list = PQgetvalue(res, r, 5);
-        int session = bool_at(res, r, 6);
-        int hb_live = bool_at(res, r, 8);
-        int64_t hb_expired_ms = PQgetisnull(res, r, 9) ? -1 : int_at(res, r, 9);
-        int64_t runs_ms = int_at(res, r, 10);
+        int session = rc_bool_at(res, r, 6);
+        int hb_live = rc_bool_at(res, r, 8);
+        int64_t hb_expired_ms = PQgetisnull(res, r, 9) ? -1 : rc_int_at(res, r, 9);
+        int64_t runs_ms = rc_int_at(res, r, 10);
         char d1[32], d2[32], why[160];
         if (hb_expired_ms >= 0)
             snprintf(why, sizeof why, "its heartbeat lease relay:%s expired %s ago%s", holder,
@@ -233,7 +146,7 @@ static int dead_leases(rc_ctx *ctx, outbox_pass *op)
                                    (json_int_t)shards, "session", session, "heartbeat",
                                    hb_expired_ms >= 0 ? "expired" : hb_live ? "live" : "none",
                                    "lease_left_ms", (json_int_t)runs_ms);
-        json_t *list = json_at(res, r, 4);
+        json_t *list = rc_json_at(res, r, 4);
         if (detail != NULL && list != NULL)
             json_object_set_new(detail, "shard_ids", list);
         else
@@ -253,16 +166,16 @@ static int dead_leases(rc_ctx *ctx, outbox_pass *op)
         int busy = 0;
         int64_t expired = 0;
         int hb_done = 0;
-        if (begin(ctx, "expiring dead leases", &op->lost) != 0) {
+        if (rc_act_begin(ctx, "expiring dead leases", &op->lost) != 0) {
             json_decref(detail);
             rc = -1;
             break;          /* the lease is lost or the connection is gone */
         }
         const char *p[3] = {holder, PQgetvalue(res, r, 2), PQgetvalue(res, r, 3)};
-        PGresult *up = act(ctx, "could not expire the leases of a dead relay", EXPIRE_SQL, 3, p,
-                           &busy);
+        PGresult *up = rc_act(ctx, "could not expire the leases of a dead relay", EXPIRE_SQL, 3,
+                              p, &busy);
         if (up != NULL) {
-            if (commit(ctx, "expiring dead leases") != 0) {
+            if (rc_act_commit(ctx, "expiring dead leases") != 0) {
                 PQclear(up);
                 json_decref(detail);
                 rc = -1;
@@ -414,7 +327,7 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
             topics_free(&t);
             return rc_error(ctx, "out of memory");
         }
-        tc->found = int_at(res, r, 1);
+        tc->found = rc_int_at(res, r, 1);
         total += tc->found;
     }
 
@@ -426,7 +339,7 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
         snprintf(batch, sizeof batch, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
         char last[64] = "00000000-0000-0000-0000-000000000000";
         for (;;) {
-            if (stopping(ctx)) {
+            if (rc_stopping(ctx)) {
                 stopped = 1;
                 break;
             }
@@ -448,28 +361,29 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
                 rc = rc_error(ctx, "out of memory");
                 break;
             }
-            if (begin(ctx, "moving over-attempted rows to the dead letters", &op->lost) != 0) {
+            if (rc_act_begin(ctx, "moving over-attempted rows to the dead letters",
+                             &op->lost) != 0) {
                 free(ids);
                 rc = -1;
                 break;
             }
             const char *mp[2] = {ids, max};
-            PGresult *m = act(ctx, "could not move over-attempted rows to the dead letters",
-                              OVER_MOVE_SQL, 2, mp, &busy);
+            PGresult *m = rc_act(ctx, "could not move over-attempted rows to the dead letters",
+                                 OVER_MOVE_SQL, 2, mp, &busy);
             free(ids);
             if (m == NULL) {
                 if (!busy)
                     rc = -1;
                 break;
             }
-            if (commit(ctx, "moving over-attempted rows to the dead letters") != 0) {
+            if (rc_act_commit(ctx, "moving over-attempted rows to the dead letters") != 0) {
                 PQclear(m);
                 rc = -1;
                 break;
             }
             for (int i = 0; i < PQntuples(m); i++) {
                 topic_count *tc = topic_find(&t, PQgetvalue(m, i, 0), 1);
-                int64_t n = int_at(m, i, 1);
+                int64_t n = rc_int_at(m, i, 1);
                 if (tc != NULL)
                     tc->moved += n;
                 moved += n;
@@ -486,15 +400,16 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
         for (int k = 0; k < rows; k++)
             if (strcmp(PQgetvalue(res, k, 0), tc->topic) == 0)
                 r = k;
-        int64_t lo = r >= 0 ? int_at(res, r, 2) : 0, hi = r >= 0 ? int_at(res, r, 3) : 0;
-        int64_t keys = r >= 0 ? int_at(res, r, 4) : 0;
-        const char *last_error = r >= 0 ? str_at(res, r, 6) : NULL;
+        int64_t lo = r >= 0 ? rc_int_at(res, r, 2) : 0;
+        int64_t hi = r >= 0 ? rc_int_at(res, r, 3) : 0;
+        int64_t keys = r >= 0 ? rc_int_at(res, r, 4) : 0;
+        const char *last_error = r >= 0 ? rc_str_at(res, r, 6) : NULL;
         json_t *detail = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:s?}", "topic", tc->topic,
                                    "rows", (json_int_t)tc->found, "max_attempts",
                                    ctx->budgets->max_attempts, "attempts_min", (json_int_t)lo,
                                    "attempts_max", (json_int_t)hi, "keys", (json_int_t)keys,
                                    "last_error", last_error);
-        json_t *samples = r >= 0 ? json_at(res, r, 5) : NULL;
+        json_t *samples = r >= 0 ? rc_json_at(res, r, 5) : NULL;
         if (detail != NULL && samples != NULL)
             json_object_set_new(detail, "samples", samples);
         else
@@ -620,14 +535,15 @@ static int lag(rc_ctx *ctx, const outbox_pass *op)
     char bud[32];
     rc_duration(ctx->budgets->outbox_lag_ms, bud, sizeof bud);
     for (int r = 0; r < PQntuples(res); r++) {
-        int64_t shard = int_at(res, r, 0), n = int_at(res, r, 1), keys = int_at(res, r, 2);
-        int64_t age_ms = int_at(res, r, 3);
+        int64_t shard = rc_int_at(res, r, 0), n = rc_int_at(res, r, 1);
+        int64_t keys = rc_int_at(res, r, 2);
+        int64_t age_ms = rc_int_at(res, r, 3);
         const char *id = PQgetvalue(res, r, 4), *topic = PQgetvalue(res, r, 5);
         const char *key = PQgetvalue(res, r, 6);
-        const char *holder = str_at(res, r, 7);
-        int held = bool_at(res, r, 8), alive = bool_at(res, r, 9);
-        int64_t live = int_at(res, r, 10);
-        const char *a_live = str_at(res, r, 11);
+        const char *holder = rc_str_at(res, r, 7);
+        int held = rc_bool_at(res, r, 8), alive = rc_bool_at(res, r, 9);
+        int64_t live = rc_int_at(res, r, 10);
+        const char *a_live = rc_str_at(res, r, 11);
         int expired_now = shard >= 0 && shard < SHARDS_MAX && op->expired[shard];
 
         /* Why it is not published, and whether this pass changed that. */
@@ -693,10 +609,11 @@ int rc_sweep_outbox(rc_ctx *ctx)
     int rc = 0;
     if (dead_leases(ctx, op) != 0)
         rc = -1;
-    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !op->lost &&
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !op->lost &&
         over_attempted(ctx, op) != 0)
         rc = -1;
-    if (PQstatus(ctx->conn) == CONNECTION_OK && !stopping(ctx) && !op->lost && lag(ctx, op) != 0)
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !op->lost &&
+        lag(ctx, op) != 0)
         rc = -1;
     free(op);
     return rc;

@@ -247,7 +247,7 @@ static int repair(rc_ctx *ctx, const rc_rule *r, const rule_row *rows, size_t n,
         status = rc_error(ctx, "rule %s (%s:%d): out of memory", r->name, file, r->line);
         goto out;
     }
-    for (size_t off = 0; off < n && !*ctx->stop; off += batch) {
+    for (size_t off = 0; off < n && !rc_stopping(ctx); off += batch) {
         size_t m = 0;
         for (size_t i = off; i < n && i < off + batch; i++) {
             ferry_msg msg = {.topic = r->topic, .key = rows[i].key, .type = r->type,
@@ -416,7 +416,7 @@ int rc_sweep_rules(rc_ctx *ctx)
     if (ctx->rules == NULL)
         return 0;
     int status = 0;
-    for (size_t i = 0; i < ctx->rules->count && !*ctx->stop; i++) {
+    for (size_t i = 0; i < ctx->rules->count && !rc_stopping(ctx); i++) {
         rc_progress(ctx, "rule %zu of %zu: %s", i + 1, ctx->rules->count,
                     ctx->rules->rules[i].name);
         if (run_rule(ctx, &ctx->rules->rules[i]) != 0)

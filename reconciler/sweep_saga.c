@@ -469,7 +469,7 @@ static int sweep_overdue(rc_ctx *ctx, const saga_kind *k)
     }
     int64_t seen = 0;
     int since_fence = FENCE_EVERY;
-    while (!*ctx->stop && status == 0) {
+    while (!rc_stopping(ctx) && status == 0) {
         const char *p[4] = {cutoff, after_deadline, after_id[0] ? after_id : NULL, limit};
         res = rc_query(ctx, "could not look for sagas past their timer", k->overdue_sql, 4, p);
         if (res == NULL) {
@@ -477,7 +477,7 @@ static int sweep_overdue(rc_ctx *ctx, const saga_kind *k)
             break;
         }
         int n = PQntuples(res);
-        for (int i = 0; i < n && status == 0 && !(repair && *ctx->stop); i++) {
+        for (int i = 0; i < n && status == 0 && !(repair && rc_stopping(ctx)); i++) {
             const char *id = PQgetvalue(res, i, 0), *def_name = PQgetvalue(res, i, 1),
                        *hash = PQgetvalue(res, i, 2);
             int64_t overdue = strtoll(PQgetvalue(res, i, 4), NULL, 10);
@@ -539,7 +539,7 @@ static int sweep(rc_ctx *ctx, const saga_kind *k)
     int status = sweep_overdue(ctx, k);
     if (PQstatus(ctx->conn) != CONNECTION_OK)
         return -1;
-    if (!*ctx->stop && sweep_no_timer(ctx, k) != 0)
+    if (!rc_stopping(ctx) && sweep_no_timer(ctx, k) != 0)
         status = -1;
     return status;
 }
