@@ -46,6 +46,8 @@ SCHEMAS   = $(sort $(wildcard schemas/[0-9][0-9][0-9]_*.sql))
 GEN       = build/gen/migrations.c
 HARNESS   = $(filter-out %_selftest.c,$(wildcard tests/harness/*.c))
 TEST_SRC  = $(wildcard tests/test_*.c)
+# What every test links besides the harness: tests/testutil.c and tests/tu_*.c.
+TESTUTIL  = tests/testutil.c $(wildcard tests/tu_*.c)
 # The relay's parts, apart from main(), go into a static library that the
 # tests link too.
 RELAYLIB_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
@@ -190,7 +192,7 @@ build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/ben
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 # ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h) tests/testutil.h
+build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/asan/gen/migrations.o: $(GEN) lib/internal.h
@@ -214,13 +216,13 @@ build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
                                  build/asan/tests/harness/pgtmp.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
-build/asan/tests/test_%: build/asan/tests/test_%.o build/asan/tests/testutil.o \
+build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o) \
                          $(HARNESS:%.c=build/asan/%.o) build/asan/libreconcile.a \
                          build/asan/librelay.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # Valgrind cannot run ASan binaries: the same tests, unsanitized.
-build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h) tests/testutil.h
+build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
@@ -235,7 +237,7 @@ build/vg/librelay.a: $(RELAYLIB_SRC:%.c=build/vg/%.o)
 build/vg/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/vg/%.o)
 	rm -f $@
 	ar rcs $@ $^
-build/vg/tests/test_%: build/vg/tests/test_%.o build/vg/tests/testutil.o \
+build/vg/tests/test_%: build/vg/tests/test_%.o $(TESTUTIL:%.c=build/vg/%.o) \
                        $(HARNESS:%.c=build/vg/%.o) build/vg/libreconcile.a build/vg/librelay.a \
                        build/vg/libferry.a
 	$(CC) -o $@ $^ $(TEST_LIBS)

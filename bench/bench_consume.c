@@ -84,6 +84,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/pgtmp.h"
 #include "benchutil.h"
 
@@ -144,23 +145,6 @@ typedef struct bench {
 
 /* ---------------------------------------------------------------- util */
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int query_ll(PGconn *conn, const char *sql, const char *param, long long *out)
-{
-    char buf[64];
-    const char *params[1] = {param};
-    if (bench_query_text(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
-        return -1;
-    *out = strtoll(buf, NULL, 10);
-    return 0;
-}
-
 /* CPU seconds of this process so far, all threads. */
 static double process_cpu_s(void)
 {
@@ -197,7 +181,7 @@ static double pid_cpu_s(long pid)
 /* The server's WAL position as bytes since 0/0. */
 static int wal_lsn(PGconn *conn, long long *out)
 {
-    return query_ll(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", NULL,
+    return bench_query_ll(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", NULL,
                     out);
 }
 
@@ -375,7 +359,7 @@ static int preload(bench *b)
 
     int rc = -1;
     uint64_t rnd = 0x9E3779B97F4A7C15ULL;
-    int64_t t0 = mono_us();
+    int64_t t0 = clk_mono_us();
     for (long i = 0; i < b->msgs; i++) {
         int k = (int)(next_random(&rnd) % KEYS);
         long amount = 1 + (long)(next_random(&rnd) % 997);
@@ -396,7 +380,7 @@ static int preload(bench *b)
     for (int k = 0; k < KEYS; k++)
         b->keys_used += b->key_msgs[k] > 0;
     fprintf(stderr, "bench: preloaded %ld messages over %d keys in %.1f s\n", b->msgs,
-            b->keys_used, (double)(mono_us() - t0) / 1e6);
+            b->keys_used, (double)(clk_mono_us() - t0) / 1e6);
     rc = 0;
 out:
     rd_kafka_destroy(rk);
@@ -480,15 +464,15 @@ static int check_accounts(bench *b)
 static int check_inbox(bench *b, const char *name)
 {
     long long rows = -1, keys = -1, seq_sum = -1, held = -1, dead = -1;
-    if (query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1", name,
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1", name,
                  &rows) != 0 ||
-        query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = $1", name,
+        bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = $1", name,
                  &keys) != 0 ||
-        query_ll(b->admin, "SELECT coalesce(sum(seq), 0) FROM ferry.inbox_key "
+        bench_query_ll(b->admin, "SELECT coalesce(sum(seq), 0) FROM ferry.inbox_key "
                            "WHERE consumer = $1", name, &seq_sum) != 0 ||
-        query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = $1", name,
+        bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = $1", name,
                  &held) != 0 ||
-        query_ll(b->admin, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = $1", name,
+        bench_query_ll(b->admin, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = $1", name,
                  &dead) != 0)
         return -1;
     if (rows != b->msgs || keys != b->keys_used || seq_sum != b->msgs || held != 0 ||
@@ -513,7 +497,7 @@ typedef struct window {
 
 static void window_mark(window *w, int first)
 {
-    int64_t now = mono_us();
+    int64_t now = clk_mono_us();
     double cpu = process_cpu_s(), be = pid_cpu_s(w->backend_pid);
     if (first) {
         w->t_first = now;
@@ -552,7 +536,7 @@ static int before_run(bench *b)
 static long backend_of(PGconn *admin, const char *application_name)
 {
     long long pid = -1;
-    if (query_ll(admin, "SELECT coalesce(max(pid), -1) FROM pg_stat_activity "
+    if (bench_query_ll(admin, "SELECT coalesce(max(pid), -1) FROM pg_stat_activity "
                         "WHERE application_name = $1", application_name, &pid) != 0)
         return -1;
     return (long)pid;
@@ -581,7 +565,7 @@ static int run_inbox(bench *b, int round, run_result *out)
 
     window w;
     memset(&w, 0, sizeof w);
-    w.t_made = mono_us();
+    w.t_made = clk_mono_us();
     /* The consumer's connection is libpq's to make: name it, to find its
      * backend. */
     setenv("PGAPPNAME", name, 1);
@@ -612,8 +596,8 @@ static int run_inbox(bench *b, int round, run_result *out)
         if (s.applied != before) {
             if (before == 0)
                 window_mark(&w, 1);
-            last_progress = mono_us();
-        } else if (mono_us() - last_progress >
+            last_progress = clk_mono_us();
+        } else if (clk_mono_us() - last_progress >
                    (int64_t)(before == 0 ? START_TIMEOUT_MS : STALL_TIMEOUT_MS) * 1000) {
             fprintf(stderr, "bench: %s: %" PRIu64 " of %ld messages applied, then nothing "
                             "for %d s\n", name, s.applied, b->msgs, STALL_TIMEOUT_MS / 1000);
@@ -681,7 +665,7 @@ static int run_bare(bench *b, int round, run_result *out)
 
     window w;
     memset(&w, 0, sizeof w);
-    w.t_made = mono_us();
+    w.t_made = clk_mono_us();
     PGconn *conn = fpg_connect(b->pg);
     if (conn == NULL)
         return -1;
@@ -725,7 +709,7 @@ static int run_bare(bench *b, int round, run_result *out)
     while (applied < b->msgs) {
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(rk, POLL_MS);
         if (rkm == NULL) {
-            if (mono_us() - last_progress >
+            if (clk_mono_us() - last_progress >
                 (int64_t)(applied == 0 ? START_TIMEOUT_MS : STALL_TIMEOUT_MS) * 1000) {
                 fprintf(stderr, "bench: %s: %ld of %ld messages applied, then nothing for "
                                 "%d s\n", name, applied, b->msgs, STALL_TIMEOUT_MS / 1000);
@@ -801,7 +785,7 @@ static int run_bare(bench *b, int round, run_result *out)
         }
         if (++applied == 1)
             window_mark(&w, 1);
-        last_progress = mono_us();
+        last_progress = clk_mono_us();
     }
     window_mark(&w, 0);
     rc = 0;
@@ -859,16 +843,6 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Takes res; 0 when it has the status wanted. */
-static int result_ok(PGconn *conn, PGresult *res, ExecStatusType want, const char *what)
-{
-    int ok = PQresultStatus(res) == want;
-    if (!ok)
-        fprintf(stderr, "bench: anatomy: %s failed: %s", what, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 /* One message of variant v in its own transaction; t gets each step's us. */
 static int an_message(PGconn *conn, int v, const char *consumer, int k, long seq,
                       double t[ST_COUNT])
@@ -884,7 +858,7 @@ static int an_message(PGconn *conn, int v, const char *consumer, int k, long seq
     const char *up[2] = {key, "1"};
 
     int64_t t0 = mono_ns();
-    if (result_ok(conn, PQexec(conn, begin_sql), PGRES_TUPLES_OK, "BEGIN") != 0)
+    if (bench_result_ok(conn, PQexec(conn, begin_sql), PGRES_TUPLES_OK, "BEGIN") != 0)
         return -1;
     int64_t t1 = mono_ns();
     if (v != AN_BARE) {
@@ -902,11 +876,11 @@ static int an_message(PGconn *conn, int v, const char *consumer, int k, long seq
             goto rollback;
     }
     int64_t t2 = mono_ns();
-    if (result_ok(conn, PQexecPrepared(conn, "bench_apply", 2, up, NULL, NULL, 0),
-                  PGRES_COMMAND_OK, "UPDATE") != 0)
+    if (bench_result_ok(conn, PQexecPrepared(conn, "bench_apply", 2, up, NULL, NULL, 0),
+                        PGRES_COMMAND_OK, "UPDATE") != 0)
         goto rollback;
     int64_t t3 = mono_ns();
-    if (result_ok(conn, PQexec(conn, "COMMIT"), PGRES_COMMAND_OK, "COMMIT") != 0)
+    if (bench_result_ok(conn, PQexec(conn, "COMMIT"), PGRES_COMMAND_OK, "COMMIT") != 0)
         return -1;
     int64_t t4 = mono_ns();
     t[ST_BEGIN] = (double)(t1 - t0) / 1e3;
@@ -955,10 +929,10 @@ static int run_anatomy(bench *b, long n, anatomy *an)
     PGconn *conn = fpg_connect(b->pg);
     if (conn == NULL)
         goto fail;
-    if (result_ok(conn, PQprepare(conn, "bench_apply", update_sql, 0, NULL), PGRES_COMMAND_OK,
-                  "PREPARE bench_apply") != 0 ||
-        result_ok(conn, PQprepare(conn, "bench_claim", claim_sql, 0, NULL), PGRES_COMMAND_OK,
-                  "PREPARE bench_claim") != 0)
+    if (bench_result_ok(conn, PQprepare(conn, "bench_apply", update_sql, 0, NULL),
+                        PGRES_COMMAND_OK, "PREPARE bench_apply") != 0 ||
+        bench_result_ok(conn, PQprepare(conn, "bench_claim", claim_sql, 0, NULL),
+                        PGRES_COMMAND_OK, "PREPARE bench_claim") != 0)
         goto fail_conn;
     double scratch[ST_COUNT];
     for (int k = 0; k < KEYS; k++)
@@ -1116,10 +1090,7 @@ static int setup_schema(bench *b)
         "VACUUM ANALYZE bench_account",
     };
     _Static_assert(KEYS == 1000, "the INSERT's series");
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
-        if (bench_exec(b->admin, sql[i]) != 0)
-            return -1;
-    return 0;
+    return bench_exec_all(b->admin, sql, sizeof sql / sizeof sql[0]);
 }
 
 int main(void)
@@ -1155,13 +1126,9 @@ int main(void)
         goto out;
     if ((b.admin = fpg_connect(b.pg)) == NULL)
         goto out;
-    ferry_error err;
     int version = 0;
-    ferry_code frc = ferry_migrate(b.admin, &version, &err);
-    if (frc != FERRY_OK) {
-        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+    if (bench_migrate(b.admin, &version) != 0)
         goto out;
-    }
     if (setup_schema(&b) != 0)
         goto out;
     char server[64], fsync_s[16], sync_commit[16], shared[16];

@@ -396,10 +396,7 @@ static int setup_schema(PGconn *conn)
         "VACUUM ANALYZE bench_account",
         "CHECKPOINT",
     };
-    for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
-        if (bench_exec(conn, sql[i]) != 0)
-            return -1;
-    return 0;
+    return bench_exec_all(conn, sql, sizeof sql / sizeof sql[0]);
 }
 
 static int read_seconds(double *out)
@@ -507,13 +504,9 @@ int main(void)
         return 1;
     if ((admin = fpg_connect(pg)) == NULL)
         goto out;
-    ferry_error err;
     int version = 0;
-    ferry_code rc = ferry_migrate(admin, &version, &err);
-    if (rc != FERRY_OK) {
-        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(rc), err.message);
+    if (bench_migrate(admin, &version) != 0)
         goto out;
-    }
     if (setup_schema(admin) != 0)
         goto out;
 

@@ -88,6 +88,7 @@
 #include <jansson.h>
 
 #include "ferry.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/pgtmp.h"
 #include "benchutil.h"
 
@@ -153,39 +154,6 @@ typedef struct bench {
 } bench;
 
 /* ---------------------------------------------------------------- util */
-
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&t, &t) != 0 && errno == EINTR)
-        ;
-}
-
-static int query_long(PGconn *conn, const char *sql, long *out)
-{
-    char buf[64];
-    if (bench_query_text(conn, sql, 0, NULL, buf, sizeof buf) != 0)
-        return -1;
-    *out = strtol(buf, NULL, 10);
-    return 0;
-}
-
-/* Nearest-rank percentile of sorted v[0..n-1], n >= 1. */
-static double percentile(const double *v, size_t n, double p)
-{
-    double exact = p / 100.0 * (double)n;
-    size_t rank = (size_t)exact;
-    if ((double)rank < exact)
-        rank++;
-    return v[rank == 0 ? 0 : rank - 1];
-}
 
 /* ---------------------------------------------------------------- seeding */
 
@@ -265,13 +233,19 @@ static const char seed_dead_sql[] =
     "       t0 - interval '2 hours', 5, 'handler failed: no account o-x' || k "
     "  FROM p, generate_series(1, p.consumer) AS k";
 
-static int exec_params(PGconn *conn, const char *what, const char *sql, int n,
-                       const char *const *params)
+/* One seeding statement, timed: "seeded ROWS rows of TABLE in S s" on
+ * stderr; 0, or -1 with the reason there. */
+static int seed_table(PGconn *conn, const char *table, long rows, const char *sql, int n,
+                      const char *const *params)
 {
+    int64_t t = clk_mono_us();
     PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        fprintf(stderr, "bench: %s failed: %s", what, PQerrorMessage(conn));
+    if (ok)
+        fprintf(stderr, "bench: seeded %ld rows of %s in %.1f s\n", rows, table,
+                (double)(clk_mono_us() - t) / 1e6);
+    else
+        fprintf(stderr, "bench: seeding %s failed: %s", table, PQerrorMessage(conn));
     PQclear(res);
     return ok ? 0 : -1;
 }
@@ -290,10 +264,8 @@ static int seed(bench *b)
         "CREATE TABLE bench_writer_3 (LIKE bench_writer_0 INCLUDING ALL)",
     };
     _Static_assert(WRITERS == 4, "one table per writer");
-    for (size_t i = 0; i < sizeof setup / sizeof setup[0]; i++)
-        if (bench_exec(b->admin, setup[i]) != 0)
-            return -1;
-    if (bench_exec(b->admin, uuid_fn_sql) != 0)
+    if (bench_exec_all(b->admin, setup, sizeof setup / sizeof setup[0]) != 0 ||
+        bench_exec(b->admin, uuid_fn_sql) != 0)
         return -1;
     /* The shape of the ids: version 7, variant 10, and ordered against the
      * ids ferry.uuid_v7() makes now. */
@@ -320,56 +292,48 @@ static int seed(bench *b)
     snprintf(over, sizeof over, "%d", OVER_ATTEMPTED);
     snprintf(shards, sizeof shards, "%d", SHARDS);
     const char *po[6] = {t0, n, old, keys, over, shards};
-    int64_t t = mono_us();
-    if (exec_params(b->admin, "seeding ferry.outbox", seed_outbox_sql, 6, po) != 0)
+    if (seed_table(b->admin, "ferry.outbox", b->outbox, seed_outbox_sql, 6, po) != 0)
         return -1;
-    fprintf(stderr, "bench: seeded %ld outbox rows in %.1f s\n", b->outbox,
-            (double)(mono_us() - t) / 1e6);
 
     snprintf(n, sizeof n, "%ld", b->sagas);
     snprintf(overdue, sizeof overdue, "%d", OVERDUE_SAGAS);
     const char *ps[3] = {t0, n, overdue};
-    t = mono_us();
-    if (exec_params(b->admin, "seeding ferry.saga", seed_saga_sql, 3, ps) != 0)
+    if (seed_table(b->admin, "ferry.saga", b->sagas, seed_saga_sql, 3, ps) != 0)
         return -1;
-    fprintf(stderr, "bench: seeded %ld sagas in %.1f s\n", b->sagas,
-            (double)(mono_us() - t) / 1e6);
 
     snprintf(n, sizeof n, "%ld", b->inbox);
     snprintf(old, sizeof old, "%d", OLD_INBOX);
     snprintf(keys, sizeof keys, "%d", INBOX_KEYS);
     const char *pi[4] = {t0, n, old, keys};
-    t = mono_us();
-    if (exec_params(b->admin, "seeding ferry.inbox", seed_inbox_sql, 4, pi) != 0)
+    if (seed_table(b->admin, "ferry.inbox", b->inbox, seed_inbox_sql, 4, pi) != 0)
         return -1;
-    fprintf(stderr, "bench: seeded %ld inbox rows in %.1f s\n", b->inbox,
-            (double)(mono_us() - t) / 1e6);
 
     snprintf(relay, sizeof relay, "%d", DEAD_RELAY);
     snprintf(consumer, sizeof consumer, "%d", DEAD_CONSUMER);
     const char *pd[3] = {t0, relay, consumer};
-    if (exec_params(b->admin, "seeding ferry.dead_letter", seed_dead_sql, 3, pd) != 0)
+    if (seed_table(b->admin, "ferry.dead_letter", DEAD_RELAY + DEAD_CONSUMER, seed_dead_sql, 3,
+                   pd) != 0)
         return -1;
 
     /* On a live database autovacuum keeps the statistics and the
      * visibility map; here the bench does it rather than wait for it. */
-    t = mono_us();
+    int64_t t = clk_mono_us();
     if (bench_exec(b->admin, "VACUUM (ANALYZE) ferry.outbox, ferry.saga, ferry.inbox, "
                              "ferry.dead_letter, ferry.lease") != 0 ||
         bench_exec(b->admin, "CHECKPOINT") != 0 ||
         bench_exec(b->admin, "SET synchronous_commit = on") != 0)
         return -1;
     fprintf(stderr, "bench: VACUUM ANALYZE + CHECKPOINT in %.1f s\n",
-            (double)(mono_us() - t) / 1e6);
+            (double)(clk_mono_us() - t) / 1e6);
 
-    long got[3];
-    if (query_long(b->admin, "SELECT count(*) FROM ferry.outbox", &got[0]) != 0 ||
-        query_long(b->admin, "SELECT count(*) FROM ferry.saga", &got[1]) != 0 ||
-        query_long(b->admin, "SELECT count(*) FROM ferry.inbox", &got[2]) != 0)
+    long long got[3];
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.outbox", NULL, &got[0]) != 0 ||
+        bench_query_ll(b->admin, "SELECT count(*) FROM ferry.saga", NULL, &got[1]) != 0 ||
+        bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox", NULL, &got[2]) != 0)
         return -1;
     if (got[0] != b->outbox || got[1] != b->sagas || got[2] != b->inbox) {
-        fprintf(stderr, "bench: seeded %ld/%ld/%ld rows, wanted %ld/%ld/%ld\n", got[0], got[1],
-                got[2], b->outbox, b->sagas, b->inbox);
+        fprintf(stderr, "bench: seeded %lld/%lld/%lld rows, wanted %ld/%ld/%ld\n", got[0],
+                got[1], got[2], b->outbox, b->sagas, b->inbox);
         return -1;
     }
     return 0;
@@ -403,7 +367,7 @@ static int run_check(const bench *b, check_run *r)
     fflush(stdout);
     fflush(stderr);
     pid_t parent = getpid();
-    int64_t t0 = mono_us();
+    int64_t t0 = clk_mono_us();
     pid_t pid = fork();
     if (pid == 0) {
         /* Die with the bench; async-signal-safe calls only until exec. */
@@ -422,7 +386,7 @@ static int run_check(const bench *b, check_run *r)
     int rc = 0;
     int64_t deadline = t0 + (int64_t)CHECK_TIMEOUT_MS * 1000;
     for (;;) {
-        int64_t left = deadline - mono_us();
+        int64_t left = deadline - clk_mono_us();
         if (left <= 0) {
             fprintf(stderr, "bench: ferry-reconcile check ran for over %d s; killed\n",
                     CHECK_TIMEOUT_MS / 1000);
@@ -467,7 +431,7 @@ static int run_check(const bench *b, check_run *r)
             fprintf(stderr, "bench: waitpid: %s\n", strerror(errno));
             return -1;
         }
-    r->seconds = (double)(mono_us() - t0) / 1e6;
+    r->seconds = (double)(clk_mono_us() - t0) / 1e6;
     r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     if (r->status == 127) {
         fprintf(stderr, "bench: could not run %s\n", b->bin);
@@ -637,17 +601,17 @@ static int full_scan(const bench *b, PGconn *conn, double *seconds)
                                        "SELECT count(*) FROM ferry.saga",
                                        "SELECT count(*) FROM ferry.inbox"};
     const long want[3] = {b->outbox, b->sagas, b->inbox};
-    int64_t t0 = mono_us();
+    int64_t t0 = clk_mono_us();
     for (int i = 0; i < 3; i++) {
-        long n;
-        if (query_long(conn, sql[i], &n) != 0)
+        long long n;
+        if (bench_query_ll(conn, sql[i], NULL, &n) != 0)
             return -1;
         if (n != want[i]) {
-            fprintf(stderr, "bench: %s: %ld rows, wanted %ld\n", sql[i], n, want[i]);
+            fprintf(stderr, "bench: %s: %lld rows, wanted %ld\n", sql[i], n, want[i]);
             return -1;
         }
     }
-    *seconds = (double)(mono_us() - t0) / 1e6;
+    *seconds = (double)(clk_mono_us() - t0) / 1e6;
     return 0;
 }
 
@@ -665,15 +629,6 @@ typedef struct writer {
 static atomic_int g_stop;       /* the phase is over */
 static atomic_int g_failed;     /* a writer or the sampler failed */
 
-static int exec_ok(PGconn *conn, PGresult *res, ExecStatusType want, const char *what)
-{
-    int ok = PQresultStatus(res) == want;
-    if (!ok)
-        fprintf(stderr, "bench: writer: %s failed: %s", what, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 static int writer_connect(const bench *b, writer *w)
 {
     if ((w->conn = fpg_connect(b->pg)) == NULL)
@@ -684,12 +639,12 @@ static int writer_connect(const bench *b, writer *w)
     char app[64];
     snprintf(app, sizeof app, "SET application_name = '%s'", WRITER_APP);
     if (bench_exec(w->conn, app) != 0 ||
-        exec_ok(w->conn, PQprepare(w->conn, "w_emit",
-                                   "SELECT ferry.emit('bench.w', $1::text, 'WriterEvent', "
-                                   "'{}'::jsonb)", 0, NULL),
-                PGRES_COMMAND_OK, "PREPARE w_emit") != 0 ||
-        exec_ok(w->conn, PQprepare(w->conn, "w_insert", insert, 0, NULL), PGRES_COMMAND_OK,
-                "PREPARE w_insert") != 0)
+        bench_result_ok(w->conn, PQprepare(w->conn, "w_emit",
+                                           "SELECT ferry.emit('bench.w', $1::text, 'WriterEvent', "
+                                           "'{}'::jsonb)", 0, NULL),
+                        PGRES_COMMAND_OK, "PREPARE w_emit") != 0 ||
+        bench_result_ok(w->conn, PQprepare(w->conn, "w_insert", insert, 0, NULL),
+                        PGRES_COMMAND_OK, "PREPARE w_insert") != 0)
         return -1;
     return 0;
 }
@@ -702,20 +657,20 @@ static double writer_txn(writer *w)
     snprintf(key, sizeof key, "w%d-%ld", w->index, w->serial % WRITER_KEYS);
     snprintf(n, sizeof n, "%ld", w->serial);
     const char *pe[1] = {key}, *pn[1] = {n};
-    int64_t t0 = mono_us();
-    if (exec_ok(w->conn, PQexec(w->conn, "BEGIN"), PGRES_COMMAND_OK, "BEGIN") != 0)
+    int64_t t0 = clk_mono_us();
+    if (bench_result_ok(w->conn, PQexec(w->conn, "BEGIN"), PGRES_COMMAND_OK, "BEGIN") != 0)
         return -1;
-    if (exec_ok(w->conn, PQexecPrepared(w->conn, "w_emit", 1, pe, NULL, NULL, 0),
-                PGRES_TUPLES_OK, "ferry.emit") != 0 ||
-        exec_ok(w->conn, PQexecPrepared(w->conn, "w_insert", 1, pn, NULL, NULL, 0),
-                PGRES_COMMAND_OK, "INSERT") != 0) {
+    if (bench_result_ok(w->conn, PQexecPrepared(w->conn, "w_emit", 1, pe, NULL, NULL, 0),
+                        PGRES_TUPLES_OK, "ferry.emit") != 0 ||
+        bench_result_ok(w->conn, PQexecPrepared(w->conn, "w_insert", 1, pn, NULL, NULL, 0),
+                        PGRES_COMMAND_OK, "INSERT") != 0) {
         PQclear(PQexec(w->conn, "ROLLBACK"));
         return -1;
     }
-    if (exec_ok(w->conn, PQexec(w->conn, "COMMIT"), PGRES_COMMAND_OK, "COMMIT") != 0)
+    if (bench_result_ok(w->conn, PQexec(w->conn, "COMMIT"), PGRES_COMMAND_OK, "COMMIT") != 0)
         return -1;
     w->serial++;
-    return (double)(mono_us() - t0) / 1000.0;
+    return (double)(clk_mono_us() - t0) / 1000.0;
 }
 
 static void *writer_main(void *arg)
@@ -757,14 +712,11 @@ static void *sampler_main(void *arg)
     sampler *s = arg;
     const char *p[1] = {WRITER_APP};
     while (!atomic_load(&g_stop) && !atomic_load(&g_failed)) {
-        PGresult *res = PQexecParams(
-            s->conn,
+        PGresult *res = bench_query(
+            s->conn, "sampler",
             "SELECT count(*), min(wait_event || ': ' || left(query, 60)) FROM pg_stat_activity "
-            "WHERE application_name = $1 AND wait_event_type = 'Lock'",
-            1, NULL, p, NULL, NULL, 0);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            fprintf(stderr, "bench: sampler: %s", PQerrorMessage(s->conn));
-            PQclear(res);
+            "WHERE application_name = $1 AND wait_event_type = 'Lock'", 1, p);
+        if (res == NULL) {
             atomic_store(&g_failed, 1);
             break;
         }
@@ -774,7 +726,7 @@ static void *sampler_main(void *arg)
                 snprintf(s->what, sizeof s->what, "%s", PQgetvalue(res, 0, 1));
         }
         PQclear(res);
-        sleep_ms(SAMPLE_MS);
+        clk_sleep_ms(SAMPLE_MS);
     }
     return NULL;
 }
@@ -809,7 +761,7 @@ static int run_phase(bench *b, writer *w, int with_check, phase *ph)
     int started = 0, sampling = 0, rc = -1;
     for (int i = 0; i < WRITERS; i++)
         w[i].n = 0;
-    int64_t t0 = mono_us();
+    int64_t t0 = clk_mono_us();
     for (; started < WRITERS; started++)
         if (pthread_create(&w[started].thread, NULL, writer_main, &w[started]) != 0) {
             fprintf(stderr, "bench: pthread_create failed\n");
@@ -828,10 +780,10 @@ static int run_phase(bench *b, writer *w, int with_check, phase *ph)
                 goto stop;
             ph->checks++;
             ph->check_total_s += sec;
-        } while (mono_us() < end && !atomic_load(&g_failed));
+        } while (clk_mono_us() < end && !atomic_load(&g_failed));
     } else {
-        while (mono_us() < end && !atomic_load(&g_failed))
-            sleep_ms(50);
+        while (clk_mono_us() < end && !atomic_load(&g_failed))
+            clk_sleep_ms(50);
     }
     rc = 0;
 stop:
@@ -840,7 +792,7 @@ stop:
         pthread_join(w[i].thread, NULL);
     if (sampling)
         pthread_join(s.thread, NULL);
-    ph->seconds = (double)(mono_us() - t0) / 1e6;
+    ph->seconds = (double)(clk_mono_us() - t0) / 1e6;
     PQfinish(s.conn);
     if (atomic_load(&g_failed))
         rc = -1;
@@ -922,21 +874,17 @@ static char *collect_statements(const bench *b)
     char top[16];
     snprintf(top, sizeof top, "%d", TOP_STATEMENTS);
     const char *p[2] = {ROLE, top};
-    PGresult *res = PQexecParams(
-        b->admin,
+    PGresult *res = bench_query(
+        b->admin, "pg_stat_statements",
         "SELECT calls, round(total_exec_time::numeric, 1), rows, "
         "       (shared_blks_hit + shared_blks_read) / greatest(calls, 1), "
         "       left(regexp_replace(query, '\\s+', ' ', 'g'), 200), "
         "       round((sum(total_exec_time) OVER ())::numeric, 1) "
         "  FROM pg_stat_statements "
         " WHERE userid = $1::regrole "
-        " ORDER BY total_exec_time DESC LIMIT $2::int",
-        2, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "bench: pg_stat_statements: %s", PQerrorMessage(b->admin));
-        PQclear(res);
+        " ORDER BY total_exec_time DESC LIMIT $2::int", 2, p);
+    if (res == NULL)
         return NULL;
-    }
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
@@ -980,8 +928,8 @@ static void print_report(const bench *b, const figures *f, const char *server,
 {
     int n = b->rounds;
     double check = bench_median(f->check_s, n), scan = bench_median(f->scan_s, n);
-    double p99_base = percentile(f->base.v, f->base.n, 99);
-    double p99_check = percentile(f->during.v, f->during.n, 99);
+    double p99_base = bench_percentile(f->base.v, f->base.n, 99);
+    double p99_check = bench_percentile(f->during.v, f->during.n, 99);
     double max_check = f->during.v[f->during.n - 1];
     long blocked = over_ms(&f->during, BLOCKED_MS);
 
@@ -1025,8 +973,8 @@ static void print_report(const bench *b, const figures *f, const char *server,
         char waits[32];
         snprintf(waits, sizeof waits, "%ld/%ld", p->waiting, p->samples);
         printf("  %-6s %8zu %8.0f %8.2f %8.2f %9.2f %9ld %8d %14s\n", i ? "check" : "base",
-               p->n, (double)p->n / p->seconds, percentile(p->v, p->n, 50),
-               percentile(p->v, p->n, 99), p->v[p->n - 1], over_ms(p, BLOCKED_MS), p->checks,
+               p->n, (double)p->n / p->seconds, bench_percentile(p->v, p->n, 50),
+               bench_percentile(p->v, p->n, 99), p->v[p->n - 1], over_ms(p, BLOCKED_MS), p->checks,
                waits);
     }
     printf("  lock waits: looks at pg_stat_activity every %d ms that saw a writer waiting on "
@@ -1136,13 +1084,9 @@ int main(void)
     fpg_opts opts = {.conf = b.have_pgss ? pgss_conf : NULL, .fsync = 1};
     if ((b.pg = fpg_start(&opts)) == NULL || (b.admin = fpg_connect(b.pg)) == NULL)
         goto out;
-    ferry_error err;
     int version = 0;
-    ferry_code frc = ferry_migrate(b.admin, &version, &err);
-    if (frc != FERRY_OK) {
-        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+    if (bench_migrate(b.admin, &version) != 0)
         goto out;
-    }
     char server[64], fsync_s[16];
     if (bench_query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
         bench_query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0)

@@ -94,6 +94,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/pgtmp.h"
 #include "benchutil.h"
 
@@ -128,13 +129,6 @@ static int g_log_fd = -1;
 
 /* ---------------------------------------------------------------- util */
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Wall clock: compared across processes (emitter, relay, consumer). */
 static int64_t real_us(void)
 {
@@ -143,27 +137,11 @@ static int64_t real_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static void sleep_until_mono_us(int64_t t)
 {
     struct timespec ts = {(time_t)(t / 1000000), (long)(t % 1000000) * 1000};
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
         ;
-}
-
-static int query_ll(PGconn *conn, const char *sql, long long *out)
-{
-    char buf[64];
-    if (bench_query_text(conn, sql, 0, NULL, buf, sizeof buf) != 0)
-        return -1;
-    *out = strtoll(buf, NULL, 10);
-    return 0;
 }
 
 static int read_env_double(const char *name, double def, double lo, double hi, double *out)
@@ -182,17 +160,6 @@ static int read_env_double(const char *name, double def, double lo, double hi, d
     return 0;
 }
 
-/* Nearest-rank percentile of sorted v[0..n-1]: the smallest value with at
- * least p% of the values at or below it. */
-static double percentile(const double *v, size_t n, double p)
-{
-    double exact = p / 100.0 * (double)n;
-    size_t rank = (size_t)exact;
-    if ((double)rank < exact)
-        rank++;
-    return v[rank == 0 ? 0 : rank - 1];
-}
-
 /* What a durable commit costs on this disk right now: the median of
  * FSYNC_PROBES 8 kB writes each followed by fdatasync(), in ms, or -1. On
  * shared virtual disks this moves by orders of magnitude from one minute
@@ -208,12 +175,12 @@ static double fsync_probe_ms(void)
     memset(buf, 'x', sizeof buf);
     double v[FSYNC_PROBES];
     for (int i = 0; i < FSYNC_PROBES; i++) {
-        int64_t t = mono_us();
+        int64_t t = clk_mono_us();
         if (pwrite(fd, buf, sizeof buf, 0) != (ssize_t)sizeof buf || fdatasync(fd) != 0) {
             close(fd);
             return -1;
         }
-        v[i] = (double)(mono_us() - t) / 1000.0;
+        v[i] = (double)(clk_mono_us() - t) / 1000.0;
     }
     close(fd);
     qsort(v, FSYNC_PROBES, sizeof v[0], bench_cmp_double);
@@ -291,7 +258,7 @@ static void wait_relay(pid_t pid, int64_t spawned_us, int timeout_ms, proc_resul
     out->hwm_kib = -1;
     int64_t deadline = spawned_us + (int64_t)timeout_ms * 1000, next_sample = 0;
     for (;;) {
-        int64_t now = mono_us();
+        int64_t now = clk_mono_us();
         if (now >= next_sample) {
             long h = vm_hwm_kib(pid);
             if (h > 0)
@@ -302,7 +269,7 @@ static void wait_relay(pid_t pid, int64_t spawned_us, int timeout_ms, proc_resul
         struct rusage ru;
         pid_t r = wait4(pid, &wstatus, WNOHANG, &ru);
         if (r == pid) {
-            out->wall_s = (double)(mono_us() - spawned_us) / 1e6;
+            out->wall_s = (double)(clk_mono_us() - spawned_us) / 1e6;
             out->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
             out->maxrss_kib = ru.ru_maxrss;
             out->cpu_s = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
@@ -315,7 +282,7 @@ static void wait_relay(pid_t pid, int64_t spawned_us, int timeout_ms, proc_resul
         }
         if (now >= deadline)
             return;
-        sleep_ms(2);
+        clk_sleep_ms(2);
     }
 }
 
@@ -323,13 +290,13 @@ static void wait_relay(pid_t pid, int64_t spawned_us, int timeout_ms, proc_resul
 static void stop_relay(pid_t pid, int64_t spawned_us, proc_result *out)
 {
     kill(pid, SIGTERM);
-    int64_t waited_from = mono_us();
+    int64_t waited_from = clk_mono_us();
     wait_relay(pid, waited_from, STOP_TIMEOUT_MS, out);
     if (out->status < 0) {
         fprintf(stderr, "bench: relay %ld ignored SIGTERM for %d ms; killing it\n", (long)pid,
                 STOP_TIMEOUT_MS);
         kill(pid, SIGKILL);
-        wait_relay(pid, mono_us(), STOP_TIMEOUT_MS, out);
+        wait_relay(pid, clk_mono_us(), STOP_TIMEOUT_MS, out);
     }
     out->wall_s += (double)(waited_from - spawned_us) / 1e6;
 }
@@ -369,8 +336,8 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
 {
     const char *params[1] = {holder};
     char buf[32] = "";
-    int64_t deadline = mono_us() + (int64_t)LEASE_WAIT_MS * 1000;
-    while (mono_us() < deadline) {
+    int64_t deadline = clk_mono_us() + (int64_t)LEASE_WAIT_MS * 1000;
+    while (clk_mono_us() < deadline) {
         if (bench_query_text(conn,
                        "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
                        "AND holder = $1 AND expires_at > now()",
@@ -378,7 +345,7 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
             return -1;
         if (atoi(buf) >= shards)
             return 0;
-        sleep_ms(20);
+        clk_sleep_ms(20);
     }
     fprintf(stderr, "bench: relay %s holds %s of %d shard leases after %d ms\n", holder, buf,
             shards, LEASE_WAIT_MS);
@@ -564,9 +531,9 @@ static int consumer_start(consumer *c, pthread_t *tid, const char *bootstrap,
 /* Wait (bounded) until flag is set or the consumer gave up. */
 static int await_flag(consumer *c, atomic_int *flag, int timeout_ms, const char *what)
 {
-    int64_t deadline = mono_us() + (int64_t)timeout_ms * 1000;
-    while (!atomic_load(flag) && c->error[0] == '\0' && mono_us() < deadline)
-        sleep_ms(5);
+    int64_t deadline = clk_mono_us() + (int64_t)timeout_ms * 1000;
+    while (!atomic_load(flag) && c->error[0] == '\0' && clk_mono_us() < deadline)
+        clk_sleep_ms(5);
     if (atomic_load(flag))
         return 0;
     fprintf(stderr, "bench: %s: %s\n", what, c->error[0] ? c->error : "timed out");
@@ -576,9 +543,9 @@ static int await_flag(consumer *c, atomic_int *flag, int timeout_ms, const char 
 /* Wait (bounded) until want messages arrived. */
 static int await_all(consumer *c, long want, int timeout_ms)
 {
-    int64_t deadline = mono_us() + (int64_t)timeout_ms * 1000;
-    while (atomic_load(&c->received) < want && mono_us() < deadline)
-        sleep_ms(5);
+    int64_t deadline = clk_mono_us() + (int64_t)timeout_ms * 1000;
+    while (atomic_load(&c->received) < want && clk_mono_us() < deadline)
+        clk_sleep_ms(5);
     return atomic_load(&c->received) >= want ? 0 : -1;
 }
 
@@ -611,10 +578,10 @@ static dist dist_of(double *v, size_t n)
     for (size_t i = 0; i < n; i++)
         sum += v[i];
     qsort(v, n, sizeof *v, bench_cmp_double);
-    d.p50 = percentile(v, n, 50);
-    d.p90 = percentile(v, n, 90);
-    d.p99 = percentile(v, n, 99);
-    d.p999 = percentile(v, n, 99.9);
+    d.p50 = bench_percentile(v, n, 50);
+    d.p90 = bench_percentile(v, n, 90);
+    d.p99 = bench_percentile(v, n, 99);
+    d.p999 = bench_percentile(v, n, 99.9);
     d.max = v[n - 1];
     d.mean = sum / (double)n;
     return d;
@@ -694,7 +661,7 @@ static void emitter_collect(emitter *em, int64_t timeout_us)
         }
     if (n == 0) {
         if (timeout_us > 0)
-            sleep_until_mono_us(mono_us() + timeout_us);
+            sleep_until_mono_us(clk_mono_us() + timeout_us);
         return;
     }
     struct timespec ts = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
@@ -767,11 +734,11 @@ static int emitter_send(emitter *em, long n)
 static int emit_paced(emitter *em, long total, lat_result *r)
 {
     const double period_us = 1e6 / LAT_RATE;
-    int64_t t0 = mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
+    int64_t t0 = clk_mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
     long i = 0;
     double max_lag = 0;
     while (i < total && !em->failed) {
-        int64_t due = t0 + (int64_t)((double)i * period_us), now = mono_us();
+        int64_t due = t0 + (int64_t)((double)i * period_us), now = clk_mono_us();
         if (now >= end)
             break;
         if (now < due) {
@@ -826,7 +793,7 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
 
     const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
                           "--holder", "bench-latency", "--set", "log_level=warn", NULL};
-    int64_t spawned = mono_us();
+    int64_t spawned = clk_mono_us();
     pid_t pid = spawn_relay(args);
     if (pid < 0) {
         free(em.ack_us);
@@ -869,10 +836,10 @@ out_relay:
     /* Everything delivered must also be acknowledged. */
     if (rc == 0) {
         long long left = -1;
-        int64_t deadline = mono_us() + 10000000;
-        while (query_ll(admin, "SELECT count(*) FROM ferry.outbox", &left) == 0 && left > 0 &&
-               mono_us() < deadline)
-            sleep_ms(20);
+        int64_t deadline = clk_mono_us() + 10000000;
+        while (bench_query_ll(admin, "SELECT count(*) FROM ferry.outbox", NULL, &left) == 0 &&
+               left > 0 && clk_mono_us() < deadline)
+            clk_sleep_ms(20);
         if (left != 0) {
             fprintf(stderr, "bench: %lld rows left in ferry.outbox after the latency run\n",
                     left);
@@ -952,15 +919,15 @@ static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
     fprintf(stderr, "bench: latency of the direct producer: %ld messages at %d/s\n", total,
             LAT_RATE);
     const double period_us = 1e6 / LAT_RATE;
-    int64_t t0 = mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
+    int64_t t0 = clk_mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
     double max_lag = 0;
     r->scheduled = total;
     for (long i = 0; i < total; i++) {
         int64_t due = t0 + (int64_t)((double)i * period_us);
         rd_kafka_poll(rk, 0);
-        if (mono_us() < due)
+        if (clk_mono_us() < due)
             sleep_until_mono_us(due);
-        int64_t now = mono_us();
+        int64_t now = clk_mono_us();
         if (now >= end)
             break;
         if (produce_direct(rk, i) != 0)
@@ -1011,7 +978,7 @@ static int preload(fpg *pg, long rows)
     for (int j = 0; j < PRELOAD_CONNS; j++)
         if ((conns[j] = fpg_connect(pg)) == NULL)
             goto out;
-    int64_t t0 = mono_us(), next_report = t0 + 5000000;
+    int64_t t0 = clk_mono_us(), next_report = t0 + 5000000;
     char keys[16];
     snprintf(keys, sizeof keys, "%d", DRAIN_KEYS / PRELOAD_CONNS);
     for (long a = 1; a <= rows;) {
@@ -1045,13 +1012,13 @@ static int preload(fpg *pg, long rows)
             if (!ok)
                 goto out;
         }
-        if (mono_us() >= next_report) {
+        if (clk_mono_us() >= next_report) {
             fprintf(stderr, "bench: preloaded %ld of %ld rows\n", a - 1 < rows ? a - 1 : rows,
                     rows);
             next_report += 5000000;
         }
     }
-    double secs = (double)(mono_us() - t0) / 1e6;
+    double secs = (double)(clk_mono_us() - t0) / 1e6;
     fprintf(stderr, "bench: preloaded %ld rows through ferry.emit() in %.1f s (%.0f rows/s)\n",
             rows, secs, (double)rows / secs);
     rc = 0;
@@ -1070,7 +1037,7 @@ static int copy_outbox(PGconn *conn, long rows)
         bench_exec(conn, "SET synchronize_seqscans = off") != 0 ||
         bench_exec(conn, "INSERT INTO bench_copy SELECT * FROM ferry.outbox") != 0 ||
         bench_exec(conn, "RESET synchronize_seqscans") != 0 ||
-        query_ll(conn, "SELECT count(*) FROM bench_copy", &n) != 0)
+        bench_query_ll(conn, "SELECT count(*) FROM bench_copy", NULL, &n) != 0)
         return -1;
     if (n != rows) {
         fprintf(stderr, "bench: bench_copy holds %lld rows, expected %ld\n", n, rows);
@@ -1091,7 +1058,7 @@ static int raw_delete_loop(PGconn *conn, long rows, double *seconds)
         "RETURNING *";
     _Static_assert(RAW_BATCH == 1000, "the statement's LIMIT");
     long deleted = 0;
-    int64_t t0 = mono_us(), next_report = t0 + 5000000;
+    int64_t t0 = clk_mono_us(), next_report = t0 + 5000000;
     for (;;) {
         PGresult *res = PQexec(conn, sql);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -1104,14 +1071,14 @@ static int raw_delete_loop(PGconn *conn, long rows, double *seconds)
         if (n == 0)
             break;
         deleted += n;
-        if (mono_us() >= next_report) {
+        if (clk_mono_us() >= next_report) {
             fprintf(stderr, "bench: raw loop: %ld of %ld rows deleted\n", deleted, rows);
             next_report += 5000000;
         }
     }
-    *seconds = (double)(mono_us() - t0) / 1e6;
+    *seconds = (double)(clk_mono_us() - t0) / 1e6;
     long long left = -1;
-    if (query_ll(conn, "SELECT count(*) FROM bench_copy", &left) != 0)
+    if (bench_query_ll(conn, "SELECT count(*) FROM bench_copy", NULL, &left) != 0)
         return -1;
     if (deleted != rows || left != 0) {
         fprintf(stderr, "bench: raw loop deleted %ld rows of %ld, %lld left\n", deleted, rows,
@@ -1127,13 +1094,13 @@ static int idle_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
 {
     const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
                           "--holder", "bench-idle", "--set", "log_level=warn", NULL};
-    int64_t spawned = mono_us();
+    int64_t spawned = clk_mono_us();
     pid_t pid = spawn_relay(args);
     if (pid < 0)
         return -1;
     int rc = await_leases(admin, "bench-idle", shards);
     if (rc == 0)
-        sleep_ms(IDLE_SETTLE_MS);
+        clk_sleep_ms(IDLE_SETTLE_MS);
     stop_relay(pid, spawned, pr);
     if (relay_log_report("idle") > 0 || pr->status != 0) {
         fprintf(stderr, "bench: the idle relay exited with status %d\n", pr->status);
@@ -1151,7 +1118,7 @@ static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
     const char *args[] = {"--once", "--db", fpg_conninfo(pg), "--kafka", bootstrap,
                           "--holder", "bench-drain", "--set", "log_level=warn",
                           "--set", batch, NULL};
-    int64_t spawned = mono_us();
+    int64_t spawned = clk_mono_us();
     pid_t pid = spawn_relay(args);
     if (pid < 0)
         return -1;
@@ -1161,7 +1128,7 @@ static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
                 DRAIN_TIMEOUT_MS / 1000);
         kill(pid, SIGKILL);
         proc_result ignored;
-        wait_relay(pid, mono_us(), STOP_TIMEOUT_MS, &ignored);
+        wait_relay(pid, clk_mono_us(), STOP_TIMEOUT_MS, &ignored);
         return -1;
     }
     int rc = 0;
@@ -1172,7 +1139,7 @@ static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
         rc = -1;
     }
     long long left = -1, published = topic_appended(bootstrap, DRAIN_TOPIC);
-    if (query_ll(admin, "SELECT count(*) FROM ferry.outbox", &left) != 0 || left != 0) {
+    if (bench_query_ll(admin, "SELECT count(*) FROM ferry.outbox", NULL, &left) != 0 || left != 0) {
         fprintf(stderr, "bench: %lld rows left in ferry.outbox after the drain\n", left);
         rc = -1;
     }
@@ -1235,13 +1202,9 @@ int main(void)
         goto out;
     if ((admin = fpg_connect(pg)) == NULL)
         goto out;
-    ferry_error err;
     int version = 0;
-    ferry_code frc = ferry_migrate(admin, &version, &err);
-    if (frc != FERRY_OK) {
-        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+    if (bench_migrate(admin, &version) != 0)
         goto out;
-    }
     char server[64], fsync_s[16], sync_commit[16], shared[16], shards_s[16];
     if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
         bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||

@@ -64,6 +64,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/pgtmp.h"
 #include "benchutil.h"
 
@@ -146,13 +147,6 @@ static ferry_saga_registry *bench_reg;
 static atomic_int stop_flag;
 static atomic_int failed;
 
-static int64_t mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void sleep_until_us(int64_t t)
 {
     struct timespec ts = {(time_t)(t / 1000000), (long)(t % 1000000) * 1000};
@@ -179,7 +173,7 @@ static void note(worker *w, long run_id, long seq)
 static void stamp(worker *w)
 {
     run *r = atomic_load(&current);
-    int64_t t = mono_us();
+    int64_t t = clk_mono_us();
     for (int i = 0; r != NULL && i < w->n_pending; i++)
         if (r->done_us[w->pending[i]] == 0) {
             r->done_us[w->pending[i]] = t;
@@ -300,7 +294,7 @@ static int start_one(bench *b, run *r, long seq, int is_hop)
     char body[128];
     snprintf(body, sizeof body, "{\"order_id\": \"o-%ld-%ld\", \"total\": 42, \"run\": %ld, "
                                 "\"seq\": %ld}", r->id, seq, r->id, seq);
-    r->start_us[seq] = mono_us();
+    r->start_us[seq] = clk_mono_us();
     if (exec_ok(b->conn, "BEGIN") != 0)
         return -1;
     ferry_error err;
@@ -328,14 +322,14 @@ static int start_one(bench *b, run *r, long seq, int is_hop)
 static int await_all(run *r)
 {
     long seen = -1;
-    int64_t progress = mono_us();
+    int64_t progress = clk_mono_us();
     for (;;) {
         long done = atomic_load_explicit(&r->done, memory_order_acquire);
         if (done == r->n)
             return 0;
         if (atomic_load(&failed))
             return -1;
-        int64_t t = mono_us();
+        int64_t t = clk_mono_us();
         if (done != seen) {
             seen = done;
             progress = t;
@@ -389,7 +383,7 @@ static int run_steady(bench *b, int is_hop, double rate, long seconds, double ou
         return -1;
     int rc = -1;
     double *lat = NULL;
-    int64_t t0 = mono_us(), step = (int64_t)(1e6 / rate);
+    int64_t t0 = clk_mono_us(), step = (int64_t)(1e6 / rate);
     for (long i = 0; i < n; i++) {
         sleep_until_us(t0 + i * step);      /* pacing, not synchronisation */
         if (start_one(b, &r, i, is_hop) != 0)
@@ -616,13 +610,9 @@ int main(void)
     fpg_opts opts = {.conf = NULL, .fsync = 1};
     if ((b.pg = fpg_start(&opts)) == NULL || (b.conn = fpg_connect(b.pg)) == NULL)
         goto out;
-    ferry_error err;
     int version = 0;
-    ferry_code frc = ferry_migrate(b.conn, &version, &err);
-    if (frc != FERRY_OK) {
-        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(frc), err.message);
+    if (bench_migrate(b.conn, &version) != 0)
         goto out;
-    }
     if (bench_query_text(b.conn, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
         bench_query_text(b.conn, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0)
         goto out;

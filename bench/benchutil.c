@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ferry.h"
 #include "benchutil.h"
 
 int bench_cmp_double(const void *a, const void *b)
@@ -40,6 +41,15 @@ double bench_max(const double *v, int n)
     return m;
 }
 
+double bench_percentile(const double *v, size_t n, double p)
+{
+    double exact = p / 100.0 * (double)n;
+    size_t rank = (size_t)exact;
+    if ((double)rank < exact)
+        rank++;
+    return v[rank == 0 ? 0 : rank - 1];
+}
+
 int bench_env_long(const char *name, long def, long lo, long hi, long *out)
 {
     const char *s = getenv(name);
@@ -68,15 +78,66 @@ int bench_exec(PGconn *conn, const char *sql)
     return ok ? 0 : -1;
 }
 
+int bench_exec_all(PGconn *conn, const char *const *sql, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bench_exec(conn, sql[i]) != 0)
+            return -1;
+    return 0;
+}
+
+int bench_migrate(PGconn *conn, int *version)
+{
+    ferry_error err;
+    ferry_code rc = ferry_migrate(conn, version, &err);
+    if (rc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_migrate: %s: %s\n", ferry_code_name(rc), err.message);
+        return -1;
+    }
+    return 0;
+}
+
+int bench_result_ok(PGconn *conn, PGresult *res, ExecStatusType want, const char *what)
+{
+    int ok = PQresultStatus(res) == want;
+    if (!ok)
+        fprintf(stderr, "bench: %s failed: %s", what, PQerrorMessage(conn));
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+PGresult *bench_query(PGconn *conn, const char *what, const char *sql, int nparams,
+                      const char *const *params)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        return res;
+    fprintf(stderr, "bench: %s: %s", what, PQerrorMessage(conn));
+    PQclear(res);
+    return NULL;
+}
+
 int bench_query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
                      char *out, size_t size)
 {
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    PGresult *res = bench_query(conn, sql, sql, nparams, params);
+    if (res == NULL)
+        return -1;
+    int ok = PQntuples(res) == 1;
     if (ok)
         snprintf(out, size, "%s", PQgetisnull(res, 0, 0) ? "" : PQgetvalue(res, 0, 0));
     else
-        fprintf(stderr, "bench: %s\n  failed: %s", sql, PQerrorMessage(conn));
+        fprintf(stderr, "bench: %s\n  returned %d rows, not 1\n", sql, PQntuples(res));
     PQclear(res);
     return ok ? 0 : -1;
+}
+
+int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *out)
+{
+    char buf[64];
+    const char *params[1] = {param};
+    if (bench_query_text(conn, sql, param ? 1 : 0, param ? params : NULL, buf, sizeof buf) != 0)
+        return -1;
+    *out = strtoll(buf, NULL, 10);
+    return 0;
 }

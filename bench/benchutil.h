@@ -1,6 +1,7 @@
 /*
- * benchutil.h — what the benchmarks share: medians and ranges over rounds,
- * and the two libpq calls every bench makes. A bench fails (exit 1) only
+ * benchutil.h — what the benchmarks share: medians, ranges and
+ * percentiles over rounds, and the libpq calls every bench makes (the
+ * clock is tests/harness/clock.h). A bench fails (exit 1) only
  * when something did not work, never on a timing; these helpers print why
  * on stderr and return -1.
  */
@@ -22,14 +23,32 @@ double bench_median(const double *v, int n);
 double bench_min(const double *v, int n);
 double bench_max(const double *v, int n);
 
+/* Nearest-rank percentile of sorted v[0..n-1], n >= 1: the smallest value
+ * with at least p% of the values at or below it. */
+double bench_percentile(const double *v, size_t n, double p);
+
 /* The environment variable name as a whole number in [lo, hi], def when it
  * is unset or empty; -1 with the reason on stderr when it is anything else. */
 int bench_env_long(const char *name, long def, long lo, long hi, long *out);
 
 /* Run sql (no parameters); 0, or -1 with the reason on stderr. */
 int bench_exec(PGconn *conn, const char *sql);
+/* bench_exec each of sql[0..n-1] in turn, up to the first failure. */
+int bench_exec_all(PGconn *conn, const char *const *sql, size_t n);
+/* ferry_migrate, the schema version into *version; 0, or -1 with the
+ * reason on stderr. */
+int bench_migrate(PGconn *conn, int *version);
+/* Takes res (and PQclears it): 0 when its status is want, else -1 with
+ * "bench: WHAT failed: ..." on stderr. */
+int bench_result_ok(PGconn *conn, PGresult *res, ExecStatusType want, const char *what);
+/* The rows of sql with nparams params: the caller PQclears them; NULL
+ * with "bench: WHAT: ..." on stderr when the query failed. */
+PGresult *bench_query(PGconn *conn, const char *what, const char *sql, int nparams,
+                      const char *const *params);
 /* The first column of the only row of sql ("" for NULL) into out. */
 int bench_query_text(PGconn *conn, const char *sql, int nparams, const char *const *params,
                      char *out, size_t size);
+/* The same as a number; param, when not NULL, is $1. */
+int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *out);
 
 #endif

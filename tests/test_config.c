@@ -24,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "testutil.h"
 #include "../daemon/config.h"
 
 #define DATA "tests/data/config"
@@ -571,12 +572,8 @@ static void file_size_is_capped(void **state)
     LOAD_FAILS(want, "--config", path);
 
     /* The same through a pipe, where no size is known in advance. */
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "cat %s", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
     char fdpath[64];
-    snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fileno(p));
+    FILE *p = tu_cat_pipe(path, fdpath, sizeof fdpath);
     LOAD_FAILS("is larger than 1048576 bytes", "--config", fdpath);
     pclose(p);
 

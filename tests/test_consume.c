@@ -15,7 +15,6 @@
  * the distinct messages' amounts.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +29,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_proc.h"
 
 /* Message tables below give only the fields that matter. */
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
@@ -136,34 +136,10 @@ static void produce(const char *topic, const pmsg *msgs, size_t n,
 
 /* ------------------------------------------------------------------ consuming */
 
-/* A member that dies (kill -9) stays in the group until its session times
- * out, and a rebalance waits for it: keep that short here. */
-static const char *const group_props[] = {
-    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
-    NULL,
-};
-
 static ferry_consumer *consumer_new(const char *name, const char *topic, int max_attempts)
 {
-    const char *topics[1] = {topic};
-    ferry_consumer_conf conf = {
-        .name = name,
-        .db = fpg_conninfo(tu_pg),
-        .kafka = kt_bootstrap(broker),
-        .topics = topics,
-        .topic_count = 1,
-        .handler = apply_credit,
-        .handler_arg = (void *)name,
-        .kafka_props = group_props,
-        .max_attempts = max_attempts,
-        .backoff_base_ms = 5,
-        .backoff_max_ms = 50,
-        .held_scan_ms = 50,
-    };
-    ferry_consumer *c = NULL;
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
-    return c;
+    return tu_consumer_new(name, kt_bootstrap(broker), topic, apply_credit, (void *)name, NULL,
+                           max_attempts);
 }
 
 typedef int (*stats_pred)(const ferry_consumer_stats *s, long want);
@@ -232,13 +208,7 @@ static void assert_order(PGconn *conn, const char *consumer, const char *key,
     free(got);
 }
 
-static long long count_sql(PGconn *conn, char *sql)
-{
-    long long n = tu_int(conn, sql);
-    free(sql);
-    return n;
-}
-#define count(conn, fmt, arg) count_sql((conn), tu_sprintf((fmt), (arg)))
+#define count(conn, fmt, arg) tu_int_of((conn), tu_sprintf((fmt), (arg)))
 
 /* ------------------------------------------------------------------ tests */
 
@@ -599,7 +569,7 @@ static int child_main(char **argv)
     ferry_consumer_conf conf = {.name = argv[2], .db = argv[4], .kafka = argv[5],
                                 .topics = topics, .topic_count = 1,
                                 .handler = apply_credit, .handler_arg = argv[2],
-                                .kafka_props = group_props,
+                                .kafka_props = tu_group_props,
                                 .backoff_base_ms = 5, .backoff_max_ms = 50,
                                 .held_scan_ms = 50};
     ferry_error err;
@@ -749,32 +719,16 @@ static void end_to_end_through_the_relay(void **state)
     tu_exec(conn, sql);
     tu_exec(conn, "COMMIT");
     free(sql);
-    const char *bin = getenv("FERRY_RELAY_BIN") ? getenv("FERRY_RELAY_BIN")
-                                                : "build/asan/ferry-relay";
-    char log_path[] = "/tmp/ferry-e2e-relay-XXXXXX";
-    int log_fd = mkstemp(log_path);
-    assert_true(log_fd >= 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(log_fd, 2);
-        setenv("FERRY_RELAY_TEST_FATAL_AFTER", "1000", 1);
-        execl(bin, bin, "run", "--once", "--db", fpg_conninfo(tu_pg), "--kafka",
-              kt_bootstrap(broker), "--holder", "c-e2e-relay", (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    const char *once[] = {"--once", NULL};
+    const char *fatal[] = {"FERRY_RELAY_TEST_FATAL_AFTER=1000", NULL};
+    tu_proc relay = tu_relay_start(kt_bootstrap(broker), "c-e2e-relay", once, fatal);
+    if (tu_proc_wait(&relay, 120000) != 0)
+        tu_proc_fail(&relay, "ferry-relay run --once exited with %d", relay.status);
     /* The injected fatal error fired: the relay rebuilt its producer. */
-    char log[1 << 16];
-    ssize_t log_len = pread(log_fd, log, sizeof log - 1, 0);
-    close(log_fd);
-    unlink(log_path);
-    assert_true(log_len > 0);
-    log[log_len] = '\0';
+    char *log = tu_proc_log(&relay);
     assert_non_null(strstr(log, "\"event\":\"kafka.fatal\""));
+    free(log);
+    tu_proc_done(&relay);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.outbox WHERE topic = 'c.e2e'"), 0);
 
     kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, N, 10000);

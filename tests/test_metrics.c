@@ -3,14 +3,7 @@
  * text, lock-free updates from several threads, and the HTTP endpoints
  * over a real socket with a tiny HTTP/1.0 client.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-
-#include <cmocka.h>
-
 #include <arpa/inet.h>
-#include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -20,10 +13,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
-#include "ferry.h"
+#include "testutil.h"
+#include "tu_http.h"
 #include "../daemon/metrics.h"
 
 /* ------------------------------------------------------------------ */
@@ -38,27 +31,12 @@ static int count_of(const char *text, const char *needle)
     return n;
 }
 
-/* The value of the sample named exactly `series` (name plus labels) into
- * *v: 0, or -1 when it is missing, repeated or malformed. Calls no cmocka
- * function, so threads other than the test's may use it. */
-static int find_sample(const char *text, const char *series, double *v)
-{
-    char key[256];
-    snprintf(key, sizeof key, "\n%s ", series);
-    const char *p = strstr(text, key);
-    if (!p || strstr(p + 1, key))
-        return -1;
-    p += strlen(key);
-    char *end;
-    *v = strtod(p, &end);
-    return end == p || *end != '\n' ? -1 : 0;
-}
-
-/* The same, failing the test unless the sample is there exactly once. */
+/* The value of the sample named exactly `series` (name plus labels),
+ * failing the test unless it is there exactly once. */
 static double sample(const char *text, const char *series)
 {
     double v;
-    if (find_sample(text, series, &v) != 0)
+    if (tu_prom_find(text, series, &v) != 0)
         fail_msg("no single well-formed sample %s in:\n%s", series, text);
     return v;
 }
@@ -315,9 +293,9 @@ static void *scrape(void *arg)
         if (!t)
             return "render failed";
         double inf, count, published;
-        int bad = find_sample(t, "ferry_relay_end_to_end_seconds_bucket{le=\"+Inf\"}", &inf) ||
-                  find_sample(t, "ferry_relay_end_to_end_seconds_count", &count) ||
-                  find_sample(t, "ferry_relay_published_total", &published);
+        int bad = tu_prom_find(t, "ferry_relay_end_to_end_seconds_bucket{le=\"+Inf\"}", &inf) ||
+                  tu_prom_find(t, "ferry_relay_end_to_end_seconds_count", &count) ||
+                  tu_prom_find(t, "ferry_relay_published_total", &published);
         free(t);
         if (bad)
             return "a sample is missing or malformed";
@@ -363,88 +341,8 @@ static void concurrent_updates_are_exact(void **state)
 /* ------------------------------------------------------------------ */
 /* HTTP                                                                 */
 
-typedef struct http_reply {
-    int status;
-    char *raw;          /* the whole response, NUL-terminated */
-    const char *body;   /* into raw */
-} http_reply;
-
-/* Connect to family/address, send request as is, read to EOF. HTTP/1.0:
- * the server closes after one response. Fails the test on error. */
-static http_reply http_raw(int family, const char *address, int port, const char *request)
-{
-    struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof ss);
-    if (family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        assert_int_equal(inet_pton(AF_INET6, address, &a->sin6_addr), 1);
-        len = sizeof *a;
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)port);
-        assert_int_equal(inet_pton(AF_INET, address, &a->sin_addr), 1);
-        len = sizeof *a;
-    }
-    int fd = socket(family, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    /* A server that never answers fails the test instead of hanging it. */
-    struct timeval tv = {.tv_sec = 10};
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv), 0);
-    if (connect(fd, (struct sockaddr *)&ss, len) != 0)
-        fail_msg("connect to %s port %d: %s", address, port, strerror(errno));
-    size_t n = strlen(request);
-    for (size_t off = 0; off < n;) {
-        ssize_t w = send(fd, request + off, n - off, MSG_NOSIGNAL);
-        if (w <= 0)
-            fail_msg("send: %s", strerror(errno));
-        off += (size_t)w;
-    }
-    size_t cap = 4096, got = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    for (;;) {
-        if (cap - got < 1024) {
-            cap *= 2;
-            char *p = realloc(buf, cap);
-            assert_non_null(p);
-            buf = p;
-        }
-        ssize_t r = recv(fd, buf + got, cap - got - 1, 0);
-        if (r < 0) {
-            free(buf);
-            close(fd);
-            fail_msg("recv: %s", strerror(errno));
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = '\0';
-
-    http_reply rep = {.raw = buf};
-    int minor;
-    if (sscanf(buf, "HTTP/1.%d %d ", &minor, &rep.status) != 2)
-        fail_msg("not an HTTP response: %.80s", buf);
-    const char *sep = strstr(buf, "\r\n\r\n");
-    assert_non_null(sep);
-    rep.body = sep + 4;
-    return rep;
-}
-
-static http_reply http_get(int port, const char *path)
-{
-    char req[256];
-    snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path);
-    return http_raw(AF_INET, "127.0.0.1", port, req);
-}
-
 /* The value of header name (case-insensitive) in raw headers, copied. */
-static void header(const http_reply *r, const char *name, char *out, size_t size)
+static void header(const tu_http_reply *r, const char *name, char *out, size_t size)
 {
     out[0] = '\0';
     size_t n = strlen(name);
@@ -473,7 +371,7 @@ static void serve_metrics_and_health(void **state)
 
     metrics_add(m, M_ACKED, 42);
     metrics_observe(m, H_BATCH_SECONDS, 0.02);
-    http_reply r = http_get(port, "/metrics");
+    tu_http_reply r = tu_http_get(port, "/metrics");
     assert_int_equal(r.status, 200);
     char ctype[128];
     header(&r, "Content-Type", ctype, sizeof ctype);
@@ -484,17 +382,17 @@ static void serve_metrics_and_health(void **state)
     free(r.raw);
 
     /* Query strings are not part of the path. */
-    r = http_get(port, "/metrics?name[]=x");
+    r = tu_http_get(port, "/metrics?name[]=x");
     assert_int_equal(r.status, 200);
     free(r.raw);
 
-    r = http_get(port, "/healthz");
+    r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
     free(r.raw);
 
     metrics_set_health(m, 0, "database unreachable");
-    r = http_get(port, "/healthz");
+    r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 503);
     assert_string_equal(r.body, "database unreachable\n");
     free(r.raw);
@@ -504,37 +402,37 @@ static void serve_metrics_and_health(void **state)
     memset(longer, 'x', sizeof longer - 1);
     longer[sizeof longer - 1] = '\0';
     metrics_set_health(m, 0, longer);
-    r = http_get(port, "/healthz");
+    r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 503);
     assert_true(strlen(r.body) > 100 && strlen(r.body) < sizeof longer);
     free(r.raw);
 
     metrics_set_health(m, 1, NULL);
-    r = http_get(port, "/healthz");
+    r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
     free(r.raw);
 
-    r = http_get(port, "/nope");
+    r = tu_http_get(port, "/nope");
     assert_int_equal(r.status, 404);
     free(r.raw);
-    r = http_get(port, "/");
+    r = tu_http_get(port, "/");
     assert_int_equal(r.status, 404);
     free(r.raw);
 
-    r = http_raw(AF_INET, "127.0.0.1", port,
-                 "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
+    r = tu_http_raw(AF_INET, "127.0.0.1", port,
+                    "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
     assert_int_equal(r.status, 405);
     char allow[64];
     header(&r, "Allow", allow, sizeof allow);
     assert_string_equal(allow, "GET, HEAD");
     free(r.raw);
-    r = http_raw(AF_INET, "127.0.0.1", port, "DELETE /healthz HTTP/1.0\r\n\r\n");
+    r = tu_http_raw(AF_INET, "127.0.0.1", port, "DELETE /healthz HTTP/1.0\r\n\r\n");
     assert_int_equal(r.status, 405);
     free(r.raw);
 
     /* HEAD: the headers of GET, no body. */
-    r = http_raw(AF_INET, "127.0.0.1", port, "HEAD /metrics HTTP/1.0\r\n\r\n");
+    r = tu_http_raw(AF_INET, "127.0.0.1", port, "HEAD /metrics HTTP/1.0\r\n\r\n");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "");
     free(r.raw);
@@ -560,7 +458,7 @@ static void serve_all_interfaces_and_ipv6(void **state)
         if (metrics_serve(m, any[i], &port, err, sizeof err) != 0)
             fail_msg("metrics_serve %s: %s", any[i], err);
         assert_true(port > 0);
-        http_reply r = http_get(port, "/healthz");   /* 127.0.0.1 is one of all */
+        tu_http_reply r = tu_http_get(port, "/healthz");   /* 127.0.0.1 is one of all */
         assert_int_equal(r.status, 200);
         free(r.raw);
         metrics_free(m);
@@ -583,7 +481,7 @@ static void serve_all_interfaces_and_ipv6(void **state)
     if (metrics_serve(m, "[::1]:0", &port, err, sizeof err) != 0)
         fail_msg("metrics_serve [::1]:0: %s", err);
     assert_true(port > 0);
-    http_reply r = http_raw(AF_INET6, "::1", port, "GET /healthz HTTP/1.0\r\n\r\n");
+    tu_http_reply r = tu_http_raw(AF_INET6, "::1", port, "GET /healthz HTTP/1.0\r\n\r\n");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
     free(r.raw);
@@ -630,7 +528,7 @@ static void bad_addresses_are_refused(void **state)
     int port = -1;
     if (metrics_serve(m, "127.0.0.1:0", &port, err, sizeof err) != 0)
         fail_msg("metrics_serve after refusals: %s", err);
-    http_reply r = http_get(port, "/healthz");
+    tu_http_reply r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 200);
     free(r.raw);
     metrics_free(m);
@@ -659,7 +557,7 @@ static void port_in_use_is_refused(void **state)
         fail_msg("error does not say why: %s", err);
 
     /* The first server is unharmed. */
-    http_reply r = http_get(port, "/healthz");
+    tu_http_reply r = tu_http_get(port, "/healthz");
     assert_int_equal(r.status, 200);
     free(r.raw);
     metrics_free(second);

@@ -5,55 +5,25 @@
  * a real throwaway PostgreSQL. The sweeps themselves are tested in
  * test_reconcile_outbox.c and test_reconcile_saga.c.
  */
-#include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "testutil.h"
 
-static const char *bin(void)
-{
-    const char *b = getenv("FERRY_RECONCILE_BIN");
-    b = b && b[0] ? b : "build/asan/ferry-reconcile";
-    if (access(b, X_OK) != 0)
-        fail_msg("%s is not there: build it, or set FERRY_RECONCILE_BIN", b);
-    return b;
-}
-
 static char *conninfo(void)
 {
     return fpg_conninfo_for(tu_pg, NULL, NULL);
 }
 
-/* Write text to a new temporary file; its path, malloc'd. */
-static char *temp_file(const char *text)
-{
-    char *path = strdup("/tmp/ferry-test-rules-XXXXXX");
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-    return path;
-}
-
-/* ferry-reconcile with up to 12 arguments after the command name; stdout
- * and stderr into *out and *err (freed by the caller). */
+/* ferry-reconcile ARGS; stdout and stderr into *out and *err (freed by
+ * the caller). */
 static int rc(char **out, char **err, const char *const *args)
 {
-    const char *argv[16] = {bin()};
-    size_t n = 1;
-    for (; args[n - 1] && n < 15; n++)
-        argv[n] = args[n - 1];
-    argv[n] = NULL;
-    return tu_run(argv, 120000, out, err);
+    return tu_reconcile(args, 120000, out, err);
 }
 
 static void contains(const char *hay, const char *needle)
@@ -65,14 +35,12 @@ static void contains(const char *hay, const char *needle)
 /* Every ferry table empty, no leases: a database with nothing wrong. */
 static int clean(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, ferry.inbox, "
-               "ferry.inbox_key, ferry.inbox_held, ferry.saga CASCADE; "
-               "TRUNCATE ferry.lease, ferry.dead_letter_log, ferry.reconcile_action, "
-               "ferry.reconcile_pass, ferry.participant_step, ferry.participant_command; "
-               "DROP TABLE IF EXISTS public.hold");
-    PQfinish(c);
-    return 0;
+    return tu_exec_once("TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, ferry.inbox, "
+                        "ferry.inbox_key, ferry.inbox_held, ferry.saga CASCADE; "
+                        "TRUNCATE ferry.lease, ferry.dead_letter_log, ferry.reconcile_action, "
+                        "ferry.reconcile_pass, ferry.participant_step, "
+                        "ferry.participant_command; "
+                        "DROP TABLE IF EXISTS public.hold");
 }
 
 /* n inbox rows applied a month ago: garbage past the default 7-day window. */
@@ -148,7 +116,7 @@ static void unmigrated_database_is_8(void **state)
 static void bad_rules_file_is_8(void **state)
 {
     char *db = conninfo();
-    char *path = temp_file("rules:\n  - name: x\n    detect: [unclosed\n");
+    char *path = tu_temp_file("rules:\n  - name: x\n    detect: [unclosed\n");
     char *out, *err;
     const char *args[] = {"check", "--db", db, "--rules", path, NULL};
     assert_int_equal(rc(&out, &err, args), 8);
@@ -159,8 +127,7 @@ static void bad_rules_file_is_8(void **state)
     free(where);
     free(out);
     free(err);
-    unlink(path);
-    free(path);
+    tu_temp_remove(path);
 
     /* A saga directory with a broken definition: refused the same way. */
     char dir[] = "/tmp/ferry-test-sagas-XXXXXX";
@@ -175,8 +142,7 @@ static void bad_rules_file_is_8(void **state)
     contains(err, def);
     free(out);
     free(err);
-    unlink(def);
-    free(def);
+    tu_temp_remove(def);
     rmdir(dir);
     free(db);
 }
@@ -285,7 +251,7 @@ static void progress_only_when_asked(void **state)
     PGconn *c = tu_connect();
     seed_inbox_garbage(c, 3000);
     char *db = conninfo();
-    char *rules = temp_file("budgets:\n  batch: 100\n");
+    char *rules = tu_temp_file("budgets:\n  batch: 100\n");
     char *out, *err;
     const char *quiet[] = {"check", "--db", db, "--rules", rules, NULL};
     assert_int_equal(rc(&out, &err, quiet), 4);
@@ -300,8 +266,7 @@ static void progress_only_when_asked(void **state)
     free(out);
     free(err);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
-    unlink(rules);
-    free(rules);
+    tu_temp_remove(rules);
     free(db);
     PQfinish(c);
 }
@@ -355,55 +320,6 @@ static void repair_waits_for_the_lease(void **state)
     PQfinish(c);
 }
 
-typedef struct child {
-    pid_t pid;
-    int out;        /* read end of its stdout+stderr */
-} child;
-
-static child spawn(const char *const *argv)
-{
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    child ch = {.pid = fork(), .out = p[0]};
-    assert_true(ch.pid >= 0);
-    if (ch.pid == 0) {
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        close(p[0]);
-        close(p[1]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    return ch;
-}
-
-static int finish(child ch, char **text)
-{
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t n;
-    while ((n = read(ch.out, buf + len, cap - len - 1)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        len += (size_t)n;
-        if (cap - len < 1024) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    buf[len] = '\0';
-    close(ch.out);
-    int st;
-    assert_int_equal(waitpid(ch.pid, &st, 0), ch.pid);
-    assert_true(WIFEXITED(st));
-    *text = buf;
-    return WEXITSTATUS(st);
-}
-
 /* Two repairs started at once on a database with problems of several
  * kinds: every problem is acted on exactly once. The rule's detect query
  * is slowed down so that the first pass is sure to still hold the lease
@@ -418,16 +334,18 @@ static void two_reconcilers_at_once_act_once(void **state)
     tu_exec(c, "CREATE TABLE public.hold (id int PRIMARY KEY); "
                "INSERT INTO public.hold SELECT generate_series(1, 40); "
                "GRANT SELECT ON public.hold TO PUBLIC");
-    char *rules = temp_file(
+    char *rules = tu_temp_file(
         "rules:\n"
         "  - name: stale-holds\n"
         "    detect: SELECT id AS key, pg_sleep(0.03) AS slow FROM public.hold\n"
         "    emit: {topic: shop.inventory, type: ReleaseHold}\n");
     char *db = conninfo();
-    const char *argv[] = {bin(), "repair", "--db", db, "--rules", rules, "--wait", "60", NULL};
-    child a = spawn(argv), b = spawn(argv);
-    char *ta, *tb;
-    int sa = finish(a, &ta), sb = finish(b, &tb);
+    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db, "--rules", rules,
+                          "--wait", "60", NULL};
+    tu_child a = tu_start(argv), b = tu_start(argv);
+    char *oa, *ea, *ob, *eb;
+    int sa = tu_finish(a, 120000, &oa, &ea), sb = tu_finish(b, 120000, &ob, &eb);
+    char *ta = tu_sprintf("%s%s", oa, ea), *tb = tu_sprintf("%s%s", ob, eb);
     /* One found everything and repaired it (1), leaving the 20 new dead
      * letters for a person to decide on (4); the other waited for it, then
      * found only those dead letters, and repaired nothing. */
@@ -455,8 +373,11 @@ static void two_reconcilers_at_once_act_once(void **state)
     assert_int_equal(tu_int(c, "SELECT count(DISTINCT holder) FROM ferry.reconcile_pass"), 2);
     free(ta);
     free(tb);
-    unlink(rules);
-    free(rules);
+    free(oa);
+    free(ea);
+    free(ob);
+    free(eb);
+    tu_temp_remove(rules);
     free(db);
     PQfinish(c);
 }

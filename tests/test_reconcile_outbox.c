@@ -10,50 +10,21 @@
  * --json. The reconciler runs as a separate process, the ASan build of
  * ferry-reconcile ($FERRY_RECONCILE_BIN overrides).
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_proc.h"
 
 static kt_broker *broker;       /* started by the one test that needs it */
 
-static const char *reconcile_bin(void)
-{
-    const char *b = getenv("FERRY_RECONCILE_BIN");
-    return b ? b : "build/asan/ferry-reconcile";
-}
-
-static const char *relay_bin(void)
-{
-    const char *b = getenv("FERRY_RELAY_BIN");
-    return b ? b : "build/asan/ferry-relay";
-}
-
 /* ------------------------------------------------------------ running it */
-
-/* A rules file holding text, for --rules; the caller unlinks and frees. */
-static char *rules_file(const char *text)
-{
-    char *path = strdup("/tmp/ferry-rc-outbox-XXXXXX.yaml");
-    assert_non_null(path);
-    int fd = mkstemps(path, 5);
-    assert_true(fd >= 0);
-    size_t len = strlen(text);
-    assert_int_equal(write(fd, text, len), (ssize_t)len);
-    close(fd);
-    return path;
-}
 
 typedef struct run_result {
     int status;
@@ -78,23 +49,17 @@ static run_result reconcile_as(const char *user, const char *cmd, const char *ru
 {
     char *conninfo = user ? fpg_conninfo_for(tu_pg, user, NULL) : strdup(fpg_conninfo(tu_pg));
     assert_non_null(conninfo);
-    const char *argv[40];
-    int n = 0;
-    argv[n++] = reconcile_bin();
-    argv[n++] = cmd;
-    argv[n++] = "--db";
-    argv[n++] = conninfo;
-    argv[n++] = "--json";
-    argv[n++] = "--no-progress";
+    const char *a[40] = {cmd, "--db", conninfo, "--json", "--no-progress"};
+    int n = 5;
     if (rules != NULL) {
-        argv[n++] = "--rules";
-        argv[n++] = rules;
+        a[n++] = "--rules";
+        a[n++] = rules;
     }
     for (int i = 0; args != NULL && args[i] != NULL && n < 39; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
+        a[n++] = args[i];
+    a[n] = NULL;
     run_result r = {0};
-    r.status = tu_run(argv, 60000, &r.out, &r.err);
+    r.status = tu_reconcile(a, 60000, &r.out, &r.err);
     r.json = json_loads(r.out, 0, NULL);
     if (getenv("FERRY_TEST_VERBOSE"))
         fprintf(stderr, "ferry-reconcile %s -> %d\n%s\n%s\n", cmd, r.status, r.out, r.err);
@@ -197,11 +162,18 @@ static run_result check_finds(PGconn *c, const char *rules)
     return r;
 }
 
+/* A run whose report is not looked at: only its exit status, want. */
+static void reconcile_exits(const char *user, const char *cmd, const char *rules,
+                            const char *const *args, int want)
+{
+    run_result r = reconcile_as(user, cmd, rules, args);
+    expect_status(&r, want);
+    run_free(&r);
+}
+
 static void check_clean(const char *rules)
 {
-    run_result r = reconcile("check", rules, NULL);
-    expect_status(&r, 0);
-    run_free(&r);
+    reconcile_exits(NULL, "check", rules, NULL, 0);
 }
 
 /* Make rows of topic look created and available an hour ago, ids
@@ -229,13 +201,10 @@ static void emit_n(PGconn *c, const char *topic, int n, int keys)
 
 static int reset(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, "
-               "ferry.dead_letter_log, ferry.inbox, ferry.inbox_key, ferry.inbox_held, "
-               "ferry.reconcile_pass");
-    tu_exec(c, "DELETE FROM ferry.lease");
-    PQfinish(c);
-    return 0;
+    return tu_exec_once("TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, "
+                        "ferry.dead_letter_log, ferry.inbox, ferry.inbox_key, ferry.inbox_held, "
+                        "ferry.reconcile_pass; "
+                        "DELETE FROM ferry.lease");
 }
 
 /* A connection that looks like a live relay named holder to the sweeps. */
@@ -314,9 +283,7 @@ static void dead_leases_are_expired(void **state)
                                "AND expires_at > now() + interval '50 minutes'"), 3);
     check_clean(NULL);
     /* Idempotent: nothing left to do. */
-    r = reconcile("repair", NULL, NULL);
-    expect_status(&r, 0);
-    run_free(&r);
+    reconcile_exits(NULL, "repair", NULL, NULL, 0);
     PQfinish(stale);
     PQfinish(alive);
     PQfinish(c);
@@ -326,7 +293,7 @@ static void dead_leases_are_expired(void **state)
 
 static void over_attempted_rows_become_dead_letters(void **state)
 {
-    char *rules = rules_file("budgets: {max_attempts: 3}\n");
+    char *rules = tu_temp_file("budgets: {max_attempts: 3}\n");
     PGconn *c = tu_connect();
     emit_n(c, "t.oa1", 2, 2);       /* k0, k1 */
     emit_n(c, "t.oa2", 1, 1);       /* k0 */
@@ -379,8 +346,7 @@ static void over_attempted_rows_become_dead_letters(void **state)
     assert_int_equal(findings(&r, "dead_letters", "dead_letter", "repaired", NULL), 3);
     run_free(&r);
     check_clean(rules);
-    unlink(rules);
-    free(rules);
+    tu_temp_remove(rules);
     PQfinish(c);
 }
 
@@ -454,45 +420,14 @@ static void lag_is_reported_per_shard_with_the_reason(void **state)
 
 /* ------------------------------------------------------------ a real relay */
 
-typedef struct relay_proc {
-    pid_t pid;
-    int status;
-} relay_proc;
-
-static relay_proc relay_spawn(const char *holder, const char *ttl_ms)
+/* `ferry-relay run` as holder, with its lease_ttl_ms set to ttl_ms. */
+static tu_proc relay_spawn(const char *holder, const char *ttl_ms)
 {
-    relay_proc p = {.status = -1};
     char set[64];
     snprintf(set, sizeof set, "lease_ttl_ms=%s", ttl_ms);
-    const char *argv[] = {relay_bin(), "run", "--db", fpg_conninfo(tu_pg), "--kafka",
-                          kt_bootstrap(broker), "--holder", holder, "--set", set, NULL};
-    p.pid = fork();
-    assert_true(p.pid >= 0);
-    if (p.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        if (!getenv("FERRY_TEST_VERBOSE"))
-            dup2(devnull, 2);
-        setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1", 1);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return p;
-}
-
-/* Its exit status (128+N for signal N) once it ended within timeout_ms. */
-static int relay_wait(relay_proc *p, int timeout_ms)
-{
-    struct timespec tick = {0, 10 * 1000 * 1000};
-    for (int waited = 0; p->status < 0 && waited <= timeout_ms; waited += 10) {
-        int st;
-        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
-            p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        else
-            nanosleep(&tick, NULL);
-    }
-    return p->status;
+    const char *args[] = {"--set", set, NULL};
+    const char *env[] = {TU_RELAY_ASAN, NULL};
+    return tu_relay_start(kt_bootstrap(broker), holder, args, env);
 }
 
 /*
@@ -508,12 +443,12 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
         assert_non_null(broker);
     }
     PGconn *c = tu_connect();
-    relay_proc a = relay_spawn("rc-dead-a", "600000");
+    tu_proc a = relay_spawn("rc-dead-a", "600000");
     tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'rc-dead-a' "
                 "AND starts_with(name, 'shard:') AND expires_at > now() + interval '5 minutes'",
              30000);
     kill(a.pid, SIGKILL);
-    assert_int_equal(relay_wait(&a, 10000), 128 + SIGKILL);
+    assert_int_equal(tu_proc_wait(&a, 10000), 128 + SIGKILL);
     tu_await(c, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
                 "WHERE application_name = 'ferry-relay rc-dead-a')", 10000);
     /* No session is not enough: its heartbeat must have gone silent too
@@ -523,7 +458,7 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     emit_n(c, "t.takeover", 40, 8);
     backdate(c, "t.takeover");
 
-    relay_proc b = relay_spawn("rc-live-b", "3000");
+    tu_proc b = relay_spawn("rc-live-b", "3000");
     tu_await(c, "SELECT count(*) = 1 FROM ferry.lease WHERE name = 'relay:rc-live-b' "
                 "AND expires_at > now()", 30000);
     tu_await(c, "SELECT count(*) > 0 FROM pg_stat_activity "
@@ -562,8 +497,9 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     kt_msgs_free(got);
     check_clean(NULL);
 
-    kill(b.pid, SIGTERM);
-    assert_int_equal(relay_wait(&b, 30000), 0);
+    assert_int_equal(tu_proc_stop(&b, 30000), 0);
+    tu_proc_done(&a);
+    tu_proc_done(&b);
     PQfinish(c);
 }
 
@@ -653,9 +589,7 @@ static void dead_letters_replayed_and_discarded(void **state)
      * (held, applied next) and its key released. */
     const char *by_uuid[] = {"--replay", "01900000-0000-7000-8000-0000000000c1", "--by", "bob",
                              "--reason", "handler fixed", NULL};
-    r = reconcile("repair", NULL, by_uuid);
-    expect_status(&r, 1 | 4);
-    run_free(&r);
+    reconcile_exits(NULL, "repair", NULL, by_uuid, 1 | 4);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = 'billing' "
                                "AND message_id = '01900000-0000-7000-8000-0000000000c1' "
                                "AND reason = 'replay'"), 1);
@@ -692,7 +626,8 @@ static void dead_letters_replayed_and_discarded(void **state)
 
 static void garbage_is_collected_in_batches(void **state)
 {
-    char *rules = rules_file("budgets: {inbox_retention: 1h, outbox_retention: 1h, batch: 100}\n");
+    char *rules = tu_temp_file("budgets: {inbox_retention: 1h, outbox_retention: 1h, "
+                               "batch: 100}\n");
     PGconn *c = tu_connect();
     tu_exec(c, "INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq, applied_at) "
                "SELECT 'c' || (g % 2), gen_random_uuid(), 't', 'k' || g, g, "
@@ -727,8 +662,7 @@ static void garbage_is_collected_in_batches(void **state)
                      355 - 320);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.unpub'"), 3);
     check_clean(rules);
-    unlink(rules);
-    free(rules);
+    tu_temp_remove(rules);
     PQfinish(c);
 }
 
@@ -741,8 +675,8 @@ static void repair_as_the_reconciler_role(void **state)
     PGconn *c = tu_connect();
     PGresult *res = PQexec(c, "CREATE ROLE rc_sweeper LOGIN IN ROLE ferry_reconciler");
     PQclear(res);   /* may exist from an earlier run against an external server */
-    char *rules = rules_file("budgets: {max_attempts: 3, inbox_retention: 1h, "
-                             "outbox_retention: 1h}\n");
+    char *rules = tu_temp_file("budgets: {max_attempts: 3, inbox_retention: 1h, "
+                               "outbox_retention: 1h}\n");
     PGconn *alive = fake_relay_session("priv-alive");
     seed_leases(c, "priv-ghost", 0, 7, 0);
     seed_leases(c, "priv-alive", 8, 15, 0);
@@ -784,14 +718,9 @@ static void repair_as_the_reconciler_role(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.privpub'"), 0);
 
     const char *discard[] = {"--discard", "t.priv/k0", "--reason", "cannot be sent", NULL};
-    r = reconcile_as("rc_sweeper", "repair", rules, discard);
-    expect_status(&r, 1);
-    run_free(&r);
-    r = reconcile_as("rc_sweeper", "check", rules, NULL);
-    expect_status(&r, 0);
-    run_free(&r);
-    unlink(rules);
-    free(rules);
+    reconcile_exits("rc_sweeper", "repair", rules, discard, 1);
+    reconcile_exits("rc_sweeper", "check", rules, NULL, 0);
+    tu_temp_remove(rules);
     PQfinish(alive);
     PQfinish(c);
 }

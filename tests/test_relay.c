@@ -7,135 +7,39 @@
  * that tests can kill -9 it, stop it with SIGSTOP, and read its JSON log.
  * Each test uses its own topic, so tests do not see each other's messages.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_http.h"
+#include "tu_proc.h"
 
 static kt_broker *broker;
 
-static const char *relay_bin(void)
-{
-    const char *b = getenv("FERRY_RELAY_BIN");
-    return b ? b : "build/asan/ferry-relay";
-}
-
 /* ------------------------------------------------------------------ processes */
 
-typedef struct relay_proc {
-    pid_t pid;
-    int status;                 /* exit status once collected, else -1 */
-    char log[64];
-} relay_proc;
-
-/* Start `ferry-relay run --db ... --kafka ... ARGS` with its log in a file. */
-static relay_proc relay_spawn(const char *holder, const char *const *args, const char *env)
+/* Start `ferry-relay run --db ... --kafka ... ARGS` logging at debug into
+ * its log file (tu_proc.h). env: one "NAME=VALUE" or NULL. */
+static tu_proc relay_spawn(const char *holder, const char *const *args, const char *env)
 {
-    relay_proc p = {.status = -1};
-    snprintf(p.log, sizeof p.log, "/tmp/ferry-relay-test-XXXXXX");
-    int fd = mkstemp(p.log);
-    assert_true(fd >= 0);
-    const char *argv[48];
-    int n = 0;
-    argv[n++] = relay_bin();
-    argv[n++] = "run";
-    argv[n++] = "--db";
-    argv[n++] = fpg_conninfo(tu_pg);
-    argv[n++] = "--kafka";
-    argv[n++] = kt_bootstrap(broker);
-    argv[n++] = "--holder";
-    argv[n++] = holder;
-    argv[n++] = "--set";
-    argv[n++] = "log_level=debug";
+    const char *a[48] = {"--set", "log_level=debug"};
+    int n = 2;
     for (int i = 0; args != NULL && args[i] != NULL && n < 46; i++)
-        argv[n++] = args[i];
-    argv[n] = NULL;
-    p.pid = fork();
-    assert_true(p.pid >= 0);
-    if (p.pid == 0) {
-        /* A failed test must not leave relays behind. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fd, 2);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        if (env != NULL)
-            putenv((char *)env);
-        /* The relay's own leak report would only repeat libraries' ones. */
-        setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1", 1);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
+        a[n++] = args[i];
+    a[n] = NULL;
+    /* The relay's own leak report would only repeat libraries' ones. */
+    const char *e[3] = {TU_RELAY_ASAN, NULL, NULL};
+    if (env != NULL) {
+        e[0] = env;
+        e[1] = TU_RELAY_ASAN;
     }
-    close(fd);
-    return p;
-}
-
-/* Wait up to timeout_ms for the relay to exit (polling its status: an
- * event, with a deadline). Its exit status, 128+N for signal N, or -1. */
-static int relay_wait(relay_proc *p, int timeout_ms)
-{
-    struct timespec tick = {0, 10 * 1000 * 1000};
-    for (int waited = 0; p->status < 0 && waited <= timeout_ms; waited += 10) {
-        int st;
-        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
-            p->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        else
-            nanosleep(&tick, NULL);
-    }
-    return p->status;
-}
-
-static char *relay_log(const relay_proc *p)
-{
-    FILE *f = fopen(p->log, "r");
-    assert_non_null(f);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        fwrite(chunk, 1, n, mem);
-    fclose(f);
-    fclose(mem);
-    return buf;
-}
-
-/* Wait (bounded, polling the log file) until the relay logged needle. */
-static void await_log(const relay_proc *p, const char *needle, int timeout_ms)
-{
-    struct timespec tick = {0, 10 * 1000 * 1000};
-    for (int waited = 0; waited <= timeout_ms; waited += 10) {
-        char *log = relay_log(p);
-        int found = log != NULL && strstr(log, needle) != NULL;
-        free(log);
-        if (found)
-            return;
-        nanosleep(&tick, NULL);
-    }
-    fail_msg("relay %d did not log %s within %d ms", (int)p->pid, needle, timeout_ms);
-}
-
-static void relay_done(relay_proc *p)
-{
-    if (p->status < 0) {
-        kill(p->pid, SIGKILL);
-        relay_wait(p, 10000);
-    }
-    unlink(p->log);
+    return tu_relay_start(kt_bootstrap(broker), holder, a, e);
 }
 
 /* Run --once to completion and return its exit status. */
@@ -147,11 +51,11 @@ static int relay_once(const char *holder, const char *const *args, const char *e
     for (int i = 0; args != NULL && args[i] != NULL && n < 38; i++)
         a[n++] = args[i];
     a[n] = NULL;
-    relay_proc p = relay_spawn(holder, a, env);
-    int st = relay_wait(&p, 120000);
+    tu_proc p = relay_spawn(holder, a, env);
+    int st = tu_proc_wait(&p, 120000);
     if (log_out != NULL)
-        *log_out = relay_log(&p);
-    relay_done(&p);
+        *log_out = tu_proc_log(&p);
+    tu_proc_done(&p);
     return st;
 }
 
@@ -287,7 +191,7 @@ static void notify_wakes_the_relay(void **state)
 {
     const char *topic = "t.notify";
     const char *args[] = {"--set", "poll_interval_ms=600000", NULL};
-    relay_proc p = relay_spawn("notify-a", args, NULL);
+    tu_proc p = relay_spawn("notify-a", args, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'notify-a' "
                 "AND name LIKE 'shard:%'", 30000);
@@ -297,8 +201,8 @@ static void notify_wakes_the_relay(void **state)
     emit_n(topic, 3, 3);
     await_outbox_empty(topic, 20000);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    relay_done(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    tu_proc_done(&p);
     topic_check tc = check_topic(topic, 3, 5000);
     assert_int_equal(tc.distinct, 3);
 }
@@ -342,7 +246,7 @@ static void order_holds_with_concurrent_writers(void **state)
 {
     const char *topic = "t.order";
     assert_int_equal(kt_command(broker, "topic-create %s 4 1", topic), 0);
-    relay_proc p = relay_spawn("order-a", NULL, NULL);
+    tu_proc p = relay_spawn("order-a", NULL, NULL);
     enum { W = 6, ROUNDS = 60 };
     pthread_t th[W];
     writer_arg w[W];
@@ -356,8 +260,8 @@ static void order_holds_with_concurrent_writers(void **state)
     }
     await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    relay_done(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    tu_proc_done(&p);
     topic_check tc = check_topic(topic, W * ROUNDS * 3, 10000);
     assert_int_equal(tc.distinct, W * ROUNDS * 3);
     assert_int_equal(tc.keys, 5);
@@ -370,16 +274,16 @@ static void graceful_shutdown_loses_nothing(void **state)
 {
     const char *topic = "t.graceful";
     emit_n(topic, 20000, 50);
-    relay_proc p = relay_spawn("graceful-a", NULL, NULL);
+    tu_proc p = relay_spawn("graceful-a", NULL, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) < 20000 FROM ferry.outbox WHERE topic = 't.graceful'", 60000);
     PQfinish(c);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 60000), 0);
-    char *log = relay_log(&p);
+    assert_int_equal(tu_proc_wait(&p, 60000), 0);
+    char *log = tu_proc_log(&p);
     assert_non_null(strstr(log, "\"event\":\"relay.stopping\""));
     free(log);
-    relay_done(&p);
+    tu_proc_done(&p);
     long long left = outbox_rows(topic);
     topic_check tc = check_topic(topic, (size_t)(20000 - left), 10000);
     assert_int_equal(tc.duplicates, 0);
@@ -397,13 +301,13 @@ static void kill9_mid_batch_loses_nothing(void **state)
 {
     const char *topic = "t.kill9";
     emit_n(topic, 30000, 40);
-    relay_proc p = relay_spawn("kill9-a", NULL, NULL);
+    tu_proc p = relay_spawn("kill9-a", NULL, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) < 25000 FROM ferry.outbox WHERE topic = 't.kill9'", 60000);
     PQfinish(c);
     kill(p.pid, SIGKILL);
-    assert_int_equal(relay_wait(&p, 10000), 128 + SIGKILL);
-    relay_done(&p);
+    assert_int_equal(tu_proc_wait(&p, 10000), 128 + SIGKILL);
+    tu_proc_done(&p);
     long long left = outbox_rows(topic);
     assert_true(left > 0);                          /* it really died mid-way */
     /* Restarted under the same name (as a supervisor would), it takes its
@@ -424,7 +328,7 @@ static void broker_down_then_up(void **state)
 {
     const char *topic = "t.down";
     assert_int_equal(kt_command(broker, "topic-create %s 2 1", topic), 0);
-    relay_proc p = relay_spawn("down-a", NULL, NULL);
+    tu_proc p = relay_spawn("down-a", NULL, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'down-a'", 30000);
     PQfinish(c);
@@ -432,15 +336,15 @@ static void broker_down_then_up(void **state)
     emit_n(topic, 200, 10);
     /* The relay produced them and librdkafka saw the broker gone (the
      * fault fired); nothing could be acknowledged ... */
-    await_log(&p, "\"event\":\"batch.produced\"", 30000);
-    await_log(&p, "\"event\":\"kafka.error\"", 30000);
+    tu_proc_await_log(&p, "\"event\":\"batch.produced\"", 30000);
+    tu_proc_await_log(&p, "\"event\":\"kafka.error\"", 30000);
     assert_int_equal(outbox_rows(topic), 200);
     /* ... and once it is back they go. */
     assert_int_equal(kt_command(broker, "up 1"), 0);
     await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    relay_done(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    tu_proc_done(&p);
     topic_check tc = check_topic(topic, 200, 10000);
     assert_int_equal(tc.distinct, 200);
 }
@@ -553,8 +457,8 @@ static void two_relays_share_the_shards(void **state)
 {
     const char *topic = "t.share";
     const char *args[] = {"--set", "lease_ttl_ms=3000", NULL};
-    relay_proc a = relay_spawn("share-a", args, NULL);
-    relay_proc b = relay_spawn("share-b", args, NULL);
+    tu_proc a = relay_spawn("share-a", args, NULL);
+    tu_proc b = relay_spawn("share-b", args, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) = 8 FROM ferry.lease WHERE holder = 'share-a' "
                 "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
@@ -564,10 +468,10 @@ static void two_relays_share_the_shards(void **state)
     await_outbox_empty(topic, 60000);
     kill(a.pid, SIGTERM);
     kill(b.pid, SIGTERM);
-    assert_int_equal(relay_wait(&a, 30000), 0);
-    assert_int_equal(relay_wait(&b, 30000), 0);
-    relay_done(&a);
-    relay_done(&b);
+    assert_int_equal(tu_proc_wait(&a, 30000), 0);
+    assert_int_equal(tu_proc_wait(&b, 30000), 0);
+    tu_proc_done(&a);
+    tu_proc_done(&b);
     topic_check tc = check_topic(topic, 2000, 10000);
     assert_int_equal(tc.distinct, 2000);
     assert_int_equal(tc.duplicates, 0);
@@ -587,7 +491,7 @@ static void paused_relay_loses_shards_and_acks(void **state)
     const char *topic = "t.pause";
     const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
     assert_int_equal(kt_command(broker, "topic-create %s 2 1", topic), 0);
-    relay_proc a = relay_spawn("pause-a", args, NULL);
+    tu_proc a = relay_spawn("pause-a", args, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'pause-a' "
                 "AND name LIKE 'shard:%' AND expires_at > now()", 30000);
@@ -595,9 +499,9 @@ static void paused_relay_loses_shards_and_acks(void **state)
     assert_int_equal(kt_command(broker, "rtt 1 1500"), 0);
     emit_n(topic, 100, 4);
     /* A produced them (it cannot ack before the slow broker answers). */
-    await_log(&a, "\"event\":\"batch.produced\"", 30000);
+    tu_proc_await_log(&a, "\"event\":\"batch.produced\"", 30000);
     kill(a.pid, SIGSTOP);
-    relay_proc b = relay_spawn("pause-b", args, NULL);
+    tu_proc b = relay_spawn("pause-b", args, NULL);
     tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'pause-b' "
                 "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
     assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
@@ -606,9 +510,9 @@ static void paused_relay_loses_shards_and_acks(void **state)
     /* A wakes up, gets its delivery reports, tries to acknowledge. */
     kill(a.pid, SIGTERM);
     kill(b.pid, SIGTERM);
-    int sa = relay_wait(&a, 60000);
-    assert_int_equal(relay_wait(&b, 60000), 0);
-    char *log = relay_log(&a);
+    int sa = tu_proc_wait(&a, 60000);
+    assert_int_equal(tu_proc_wait(&b, 60000), 0);
+    char *log = tu_proc_log(&a);
     if (getenv("FERRY_TEST_VERBOSE"))
         fprintf(stderr, "%s\n", log);
     /* B holding every shard (awaited above) is the lease loss; this is
@@ -617,8 +521,8 @@ static void paused_relay_loses_shards_and_acks(void **state)
         fail_msg("the paused relay's late acknowledgements were not refused (exit %d)", sa);
     assert_int_equal(sa, 1);                  /* it knows not all it sent was its to ack */
     free(log);
-    relay_done(&a);
-    relay_done(&b);
+    tu_proc_done(&a);
+    tu_proc_done(&b);
     /* Duplicates expected (A's deliveries and B's resends): read it all. */
     topic_check tc = check_topic(topic, 0, 6000);
     assert_int_equal(tc.distinct, 100);
@@ -661,7 +565,7 @@ static void database_restart_loses_nothing(void **state)
     if (fpg_external(tu_pg))
         skip();
     const char *topic = "t.dbrestart";
-    relay_proc p = relay_spawn("db-a", NULL, NULL);
+    tu_proc p = relay_spawn("db-a", NULL, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'db-a' "
                 "AND name LIKE 'shard:%'", 30000);
@@ -669,12 +573,12 @@ static void database_restart_loses_nothing(void **state)
                "WHERE application_name = 'ferry-relay db-a'");
     PQfinish(c);
     emit_n(topic, 100, 5);
-    await_log(&p, "\"event\":\"db.reconnected\"", 30000);
+    tu_proc_await_log(&p, "\"event\":\"db.reconnected\"", 30000);
     await_outbox_empty(topic, 30000);
 
     /* While the server is down the relay waits; it must not spin. */
     assert_int_equal(fpg_stop(tu_pg, "fast"), 0);
-    await_log(&p, "\"event\":\"db.lost\"", 30000);
+    tu_proc_await_log(&p, "\"event\":\"db.lost\"", 30000);
     long cpu0 = cpu_ticks(p.pid);
     struct timespec two = {2, 0};
     nanosleep(&two, NULL);      /* the window measured, not a synchronisation */
@@ -685,12 +589,12 @@ static void database_restart_loses_nothing(void **state)
     emit_n(topic, 100, 5);
     await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    char *log = relay_log(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
     assert_true(count_in(log, "\"event\":\"db.lost\"") >= 2);
     assert_true(count_in(log, "\"event\":\"db.reconnected\"") >= 2);
     free(log);
-    relay_done(&p);
+    tu_proc_done(&p);
     topic_check tc = check_topic(topic, 200, 10000);
     assert_int_equal(tc.distinct, 200);
 }
@@ -701,7 +605,7 @@ static void database_restart_loses_nothing(void **state)
 static void schema_change_under_a_running_relay(void **state)
 {
     const char *topic = "t.altered";
-    relay_proc p = relay_spawn("alter-a", NULL, NULL);
+    tu_proc p = relay_spawn("alter-a", NULL, NULL);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'alter-a' "
                 "AND name LIKE 'shard:%'", 30000);
@@ -709,43 +613,21 @@ static void schema_change_under_a_running_relay(void **state)
     await_outbox_empty(topic, 30000);
     tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE varchar(255)");
     emit_n(topic, 50, 5);
-    await_log(&p, "\"event\":\"db.reconnected\"", 30000);
+    tu_proc_await_log(&p, "\"event\":\"db.reconnected\"", 30000);
     await_outbox_empty(topic, 30000);
     tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE text");
     emit_n(topic, 50, 5);
     await_outbox_empty(topic, 30000);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    char *log = relay_log(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
     /* The fault fired: a stale statement, seen as such. */
     assert_non_null(strstr(log, "cached plan must not change result type"));
     free(log);
-    relay_done(&p);
+    tu_proc_done(&p);
     PQfinish(c);
     topic_check tc = check_topic(topic, 150, 10000);
     assert_int_equal(tc.distinct, 150);
-}
-
-/* GET path from 127.0.0.1:port; returns the whole response (malloc'd). */
-static char *http_get(int port, const char *path)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n", path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    ssize_t r;
-    while ((r = read(fd, chunk, sizeof chunk)) > 0)
-        fwrite(chunk, 1, (size_t)r, mem);
-    fclose(mem);
-    close(fd);
-    return buf;
 }
 
 /* The metrics endpoint of a running relay counts what it published. */
@@ -753,9 +635,9 @@ static void metrics_endpoint_counts(void **state)
 {
     const char *topic = "t.metrics";
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
-    relay_proc p = relay_spawn("metrics-a", args, NULL);
-    await_log(&p, "\"event\":\"metrics.listen\"", 30000);
-    char *log = relay_log(&p);
+    tu_proc p = relay_spawn("metrics-a", args, NULL);
+    tu_proc_await_log(&p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = tu_proc_log(&p);
     const char *at = strstr(log, "\"port\":");
     assert_non_null(at);
     int port = atoi(at + strlen("\"port\":"));
@@ -763,19 +645,21 @@ static void metrics_endpoint_counts(void **state)
     assert_true(port > 0);
     emit_n(topic, 50, 5);
     await_outbox_empty(topic, 30000);
-    char *health = http_get(port, "/healthz");
-    assert_non_null(strstr(health, " 200 "));
-    free(health);
-    char *text = http_get(port, "/metrics");
-    const char *pub = strstr(text, "\nferry_relay_published_total ");
-    assert_non_null(pub);
-    assert_true(atol(pub + strlen("\nferry_relay_published_total ")) >= 50);
-    assert_non_null(strstr(text, "ferry_relay_leases_held 16"));
-    assert_non_null(strstr(text, "ferry_relay_end_to_end_seconds_count"));
-    free(text);
+    tu_http_reply health = tu_http_get(port, "/healthz");
+    assert_int_equal(health.status, 200);
+    free(health.raw);
+    tu_http_reply r = tu_http_get(port, "/metrics");
+    assert_int_equal(r.status, 200);
+    double published = 0, held = 0, e2e = 0;
+    assert_int_equal(tu_prom_find(r.body, "ferry_relay_published_total", &published), 0);
+    assert_true(published >= 50);
+    assert_int_equal(tu_prom_find(r.body, "ferry_relay_leases_held", &held), 0);
+    assert_true(held == 16);
+    assert_int_equal(tu_prom_find(r.body, "ferry_relay_end_to_end_seconds_count", &e2e), 0);
+    free(r.raw);
     kill(p.pid, SIGTERM);
-    assert_int_equal(relay_wait(&p, 30000), 0);
-    relay_done(&p);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    tu_proc_done(&p);
 }
 
 /* A delayed message holds back the messages after it in its key (order

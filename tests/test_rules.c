@@ -2,37 +2,21 @@
  * test_rules.c — the reconciler's rules file (reconciler/rules.c) and
  * `ferry-reconcile lint` on rules files. Needs no server.
  *
- * Data-driven, from the repository root, as test_saga_def.c:
- *   tests/data/rules/valid/CASE/rules.yaml     must load; CASE/expected, if
- *                                              there, lists KEY=VALUE lines
- *                                              that the summary must hold
- *   tests/data/rules/invalid/CASE/rules.yaml   must be refused; every line of
- *                                              CASE/expected must be part of
- *                                              one reported error, formatted
- *                                              FILE:LINE:COLUMN: FIELD: MESSAGE,
- *                                              and no other error may come
+ * Data-driven, from the repository root, as test_saga_def.c (the cases'
+ * format is tu_load.h's): tests/data/rules/{valid,invalid}/CASE/rules.yaml.
  * Cases too large to commit (too many rules, too many bytes, too many
  * errors) are generated here. The program runs $FERRY_RECONCILE_BIN
  * (default build/asan/ferry-reconcile) for the command-line tests.
  */
-#include <errno.h>
 #include <glob.h>
-#include <setjmp.h>
-#include <stdarg.h>
 #include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
-
-#include "ferry.h"
-#include "../lib/saga_def_hook.h"
+#include "testutil.h"
+#include "tu_load.h"
 #include "../reconciler/reconcile.h"
 
 #define DATA "tests/data/rules"
@@ -40,146 +24,52 @@
 
 /* ------------------------------------------------------------ helpers */
 
-/* The whole file, NUL-terminated, or NULL if it does not exist. */
-static char *slurp(const char *path, size_t *len_out)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        assert_int_equal(errno, ENOENT);
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    for (;;) {
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0)
-            break;
-        if (len + 1 == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    assert_false(ferror(f));
-    fclose(f);
-    buf[len] = '\0';
-    if (len_out)
-        *len_out = len;
-    return buf;
-}
-
-/* One error as lint prints it. */
-static void format_error(const ferry_saga_load_error *e, char *buf, size_t len)
-{
-    int n = e->line > 0 ? snprintf(buf, len, "%s:%d:%d: ", e->file, e->line, e->column)
-                        : snprintf(buf, len, "%s: ", e->file);
-    if (e->field[0])
-        n += snprintf(buf + n, len - (size_t)n, "%s: ", e->field);
-    snprintf(buf + n, len - (size_t)n, "%s", e->message);
-}
-
-static void print_errors(const ferry_saga_load_errors *errs)
-{
-    for (size_t i = 0; i < errs->count; i++) {
-        char line[1024];
-        format_error(&errs->errors[i], line, sizeof line);
-        print_error("    %s\n", line);
-    }
-}
-
-/* Does some error of errs contain want? */
-static bool has_error(const ferry_saga_load_errors *errs, const char *want)
-{
-    for (size_t i = 0; i < errs->count; i++) {
-        char line[1024];
-        format_error(&errs->errors[i], line, sizeof line);
-        if (strstr(line, want))
-            return true;
-    }
-    return false;
-}
-
-/* Exactly one error, containing want. */
-static void assert_one_error(const ferry_saga_load_errors *errs, const char *want,
-                             const char *what)
-{
-    if (errs->total != 1 || !has_error(errs, want)) {
-        print_errors(errs);
-        fail_msg("%s: expected one error containing \"%s\", got %zu", what, want, errs->total);
-    }
-}
-
-/* Append printf output to a growing, malloc'd string. */
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-__attribute__((format(printf, 2, 3)))
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        assert_true(n >= 0);
-        if (b->s && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = (b->cap + (size_t)n + 1) * 2;
-        b->s = realloc(b->s, b->cap);
-        assert_non_null(b->s);
-    }
-}
-
 /* s with newlines and tabs as \n and \t, so that it fits one line. */
-static void sb_escaped(sbuf *b, const char *s)
+static void sb_escaped(tu_sbuf *b, const char *s)
 {
     for (; *s; s++) {
         if (*s == '\n')
-            sb_printf(b, "\\n");
+            tu_sb_printf(b, "\\n");
         else if (*s == '\t')
-            sb_printf(b, "\\t");
+            tu_sb_printf(b, "\\t");
         else
-            sb_printf(b, "%c", *s);
+            tu_sb_printf(b, "%c", *s);
     }
 }
 
 /* Every field, one KEY=VALUE per line after a first newline: what
  * expected files check. */
-static char *summary(const rc_rules *r)
+static char *summary(const void *obj)
 {
-    sbuf b = {0};
+    const rc_rules *r = obj;
+    tu_sbuf b = {0};
     const rc_budgets *g = &r->budgets;
-    sb_printf(&b, "\nbudgets.outbox_lag_ms=%lld\nbudgets.max_attempts=%d\n"
-              "budgets.saga_grace_ms=%lld\nbudgets.inbox_retention_ms=%lld\n"
-              "budgets.outbox_retention_ms=%lld\nbudgets.statement_timeout_ms=%lld\n"
-              "budgets.batch=%d\ncount=%zu\n", (long long)g->outbox_lag_ms, g->max_attempts,
-              (long long)g->saga_grace_ms, (long long)g->inbox_retention_ms,
-              (long long)g->outbox_retention_ms, (long long)g->statement_timeout_ms, g->batch,
-              r->count);
+    tu_sb_printf(&b, "\nbudgets.outbox_lag_ms=%lld\nbudgets.max_attempts=%d\n"
+                 "budgets.saga_grace_ms=%lld\nbudgets.inbox_retention_ms=%lld\n"
+                 "budgets.outbox_retention_ms=%lld\nbudgets.statement_timeout_ms=%lld\n"
+                 "budgets.batch=%d\ncount=%zu\n", (long long)g->outbox_lag_ms, g->max_attempts,
+                 (long long)g->saga_grace_ms, (long long)g->inbox_retention_ms,
+                 (long long)g->outbox_retention_ms, (long long)g->statement_timeout_ms, g->batch,
+                 r->count);
     for (size_t i = 0; i < r->count; i++) {
         const rc_rule *x = &r->rules[i];
-        sb_printf(&b, "rules[%zu].name=%s\nrules[%zu].line=%d\nrules[%zu].description=", i,
-                  x->name, i, x->line, i);
+        tu_sb_printf(&b, "rules[%zu].name=%s\nrules[%zu].line=%d\nrules[%zu].description=", i,
+                     x->name, i, x->line, i);
         sb_escaped(&b, x->description ? x->description : "(null)");
-        sb_printf(&b, "\nrules[%zu].detect=", i);
+        tu_sb_printf(&b, "\nrules[%zu].detect=", i);
         sb_escaped(&b, x->detect);
-        sb_printf(&b, "\nrules[%zu].timeout_ms=%lld\nrules[%zu].max_rows=%d\n"
-                  "rules[%zu].repeat_after_ms=%lld\nrules[%zu].topic=%s\nrules[%zu].type=%s\n",
-                  i, (long long)x->timeout_ms, i, x->max_rows, i, (long long)x->repeat_after_ms,
-                  i, x->topic, i, x->type);
+        tu_sb_printf(&b, "\nrules[%zu].timeout_ms=%lld\nrules[%zu].max_rows=%d\n"
+                     "rules[%zu].repeat_after_ms=%lld\nrules[%zu].topic=%s\nrules[%zu].type=%s\n",
+                     i, (long long)x->timeout_ms, i, x->max_rows, i, (long long)x->repeat_after_ms,
+                     i, x->topic, i, x->type);
     }
     return b.s;
 }
 
 /* What holds for every rules file that loads. */
-static void check_invariants(const rc_rules *r)
+static void check_invariants(const void *obj)
 {
+    const rc_rules *r = obj;
     const rc_budgets *g = &r->budgets;
     assert_non_null(r->file);
     assert_true(g->outbox_lag_ms > 0 && g->saga_grace_ms > 0 && g->inbox_retention_ms > 0 &&
@@ -210,119 +100,40 @@ static void check_invariants(const rc_rules *r)
 
 /* ------------------------------------------------------------ data-driven */
 
+/* rc_rules through tu_load.h's void pointers; *out passed through. */
+static ferry_code load(const char *path, const char *text, size_t len, void **out,
+                       ferry_saga_load_errors *errs)
+{
+    rc_rules *r = *out;
+    ferry_code rc = text ? rc_rules_parse(text, len, path, &r, errs)
+                         : rc_rules_load(path, &r, errs);
+    *out = r;
+    return rc;
+}
+
+static void free_rules(void *r)
+{
+    rc_rules_free(r);
+}
+
+static const char *file_of(const void *r)
+{
+    return ((const rc_rules *)r)->file;
+}
+
+static const tu_loader rules = {
+    .file = "rules.yaml", .load = load, .free = free_rules,
+    .file_of = file_of, .summary = summary, .check = check_invariants,
+};
+
 static void valid_cases_load(void **state)
 {
-    glob_t g;
-    assert_int_equal(glob(DATA "/valid/*/rules.yaml", 0, NULL, &g), 0);
-    assert_true(g.gl_pathc >= 8);
-    int failures = 0;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *path = g.gl_pathv[i];
-        rc_rules *r = NULL;
-        ferry_saga_load_errors errs;
-        if (rc_rules_load(path, &r, &errs) != FERRY_OK) {
-            print_error("%s: did not load:\n", path);
-            print_errors(&errs);
-            failures++;
-            continue;
-        }
-        assert_int_equal(errs.total, 0);
-        assert_string_equal(r->file, path);
-        check_invariants(r);
-
-        char expect_path[512];
-        snprintf(expect_path, sizeof expect_path, "%.*s/expected",
-                 (int)(strlen(path) - strlen("/rules.yaml")), path);
-        char *expect = slurp(expect_path, NULL);
-        char *got = summary(r);
-        int checked = 0, bad = 0;
-        for (char *line = expect ? strtok(expect, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-            char want[4096];
-            snprintf(want, sizeof want, "\n%s\n", line);
-            if (!strstr(got, want)) {
-                print_error("%s: expected the line \"%s\"\n", path, line);
-                bad++;
-            }
-            checked++;
-        }
-        if (!expect || checked == 0) {
-            print_error("%s: checks nothing\n", expect_path);
-            bad++;
-        }
-        if (bad)
-            print_error("%s: the summary is:%s", path, got);
-        failures += bad;
-        free(got);
-        free(expect);
-        rc_rules_free(r);
-    }
-    globfree(&g);
-    assert_int_equal(failures, 0);
+    tu_load_valid_cases(&rules, DATA, 8);
 }
 
 static void invalid_cases_fail(void **state)
 {
-    glob_t g;
-    assert_int_equal(glob(DATA "/invalid/*/rules.yaml", 0, NULL, &g), 0);
-    assert_true(g.gl_pathc >= 20);
-    int failures = 0;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *path = g.gl_pathv[i];
-        char expect_path[512];
-        snprintf(expect_path, sizeof expect_path, "%.*s/expected",
-                 (int)(strlen(path) - strlen("/rules.yaml")), path);
-        char *expect = slurp(expect_path, NULL);
-        if (!expect || !expect[0]) {
-            print_error("%s: no expected errors (%s)\n", path, expect_path);
-            failures++;
-            free(expect);
-            continue;
-        }
-        rc_rules *r = (rc_rules *)&r;   /* must stay untouched */
-        ferry_saga_load_errors errs;
-        ferry_code rc = rc_rules_load(path, &r, &errs);
-        if (rc == FERRY_OK) {
-            print_error("%s: loaded\n", path);
-            rc_rules_free(r);
-            failures++;
-            free(expect);
-            continue;
-        }
-        assert_int_equal(rc, FERRY_EINVAL);
-        assert_ptr_equal(r, (rc_rules *)&r);
-        size_t lines = 0;
-        bool bad = false;
-        for (char *line = strtok(expect, "\n"); line; line = strtok(NULL, "\n")) {
-            lines++;
-            if (!has_error(&errs, line)) {
-                print_error("%s: expected an error containing\n    %s\n", path, line);
-                bad = true;
-            }
-        }
-        if (errs.total != lines) {
-            print_error("%s: %zu errors expected, %zu reported\n", path, lines, errs.total);
-            bad = true;
-        }
-        for (size_t k = 0; k < errs.count; k++) {
-            /* Every error names the file; positions are 1-based or unknown;
-             * errors come in document order. */
-            assert_string_equal(errs.errors[k].file, path);
-            assert_true(errs.errors[k].line >= 0 && errs.errors[k].column >= 0);
-            assert_true(errs.errors[k].message[0] != '\0');
-            if (k > 0)
-                assert_true(errs.errors[k - 1].line < errs.errors[k].line ||
-                            (errs.errors[k - 1].line == errs.errors[k].line &&
-                             errs.errors[k - 1].column <= errs.errors[k].column));
-        }
-        if (bad) {
-            print_error("%s: reported:\n", path);
-            print_errors(&errs);
-            failures++;
-        }
-        free(expect);
-    }
-    globfree(&g);
-    assert_int_equal(failures, 0);
+    tu_load_invalid_cases(&rules, DATA, 20);
 }
 
 /* Every refusal the loader promises, each in a case of its own at least. */
@@ -335,13 +146,7 @@ static void every_refusal_is_covered(void **state)
         "detect-two-statements", "detect-empty-or-unterminated", "empty-document",
         "top-sequence", "several-errors", "too-deep", "tag",
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char path[256];
-        struct stat st;
-        snprintf(path, sizeof path, DATA "/invalid/%s/rules.yaml", cases[i]);
-        if (stat(path, &st) != 0)
-            fail_msg("missing case %s", path);
-    }
+    tu_load_cases_exist(&rules, DATA, cases, sizeof cases / sizeof cases[0]);
     /* The several-errors case reports all of them. */
     rc_rules *r = NULL;
     ferry_saga_load_errors errs;
@@ -415,15 +220,16 @@ static void defaults_are_applied(void **state)
 
 /* ------------------------------------------------------------ generated cases */
 
-static void add_rule(sbuf *b, int i)
+static void add_rule(tu_sbuf *b, int i)
 {
-    sb_printf(b, "  - name: rule-%d\n    detect: SELECT %d\n    emit: {topic: t, type: T}\n", i, i);
+    tu_sb_printf(b, "  - name: rule-%d\n    detect: SELECT %d\n    emit: {topic: t, type: T}\n",
+                 i, i);
 }
 
 static void too_many_rules(void **state)
 {
-    sbuf b = {0};
-    sb_printf(&b, "rules:\n");
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "rules:\n");
     for (int i = 0; i < RC_RULES_MAX; i++)
         add_rule(&b, i);
 
@@ -438,85 +244,40 @@ static void too_many_rules(void **state)
     /* One more, and an error in the one after it, which is not read. */
     int line = 2 + 3 * RC_RULES_MAX;
     add_rule(&b, RC_RULES_MAX);
-    sb_printf(&b, "  - name: bad name\n");
+    tu_sb_printf(&b, "  - name: bad name\n");
     r = NULL;
     assert_int_equal(rc_rules_parse(b.s, b.len, "many.yaml", &r, &errs), FERRY_EINVAL);
     assert_null(r);
     char want[128];
     snprintf(want, sizeof want, "many.yaml:%d:5: rules: more than %d rules", line, RC_RULES_MAX);
-    assert_one_error(&errs, want, "too many rules");
+    tu_load_assert_one_error(&errs, want, "too many rules");
     free(b.s);
 }
 
-/* A valid rules file padded with a comment to exactly size bytes. */
-static char *padded(size_t size)
-{
-    static const char head[] = "rules:\n  - {name: a, detect: SELECT 1, emit: {topic: t, "
-                               "type: T}}\n#";
-    char *buf = malloc(size + 1);
-    assert_non_null(buf);
-    memcpy(buf, head, sizeof head - 1);
-    memset(buf + sizeof head - 1, 'x', size - sizeof head);
-    buf[size - 1] = '\n';
-    buf[size] = '\0';
-    return buf;
-}
+/* A valid rules file, to be padded with a comment (tu_load_padded). */
+static const char padded_head[] = "rules:\n  - {name: a, detect: SELECT 1, emit: {topic: t, "
+                                  "type: T}}\n#";
 
 static void too_large(void **state)
 {
-    rc_rules *r = NULL;
-    ferry_saga_load_errors errs;
     char want[128];
     snprintf(want, sizeof want, "the document is larger than %d bytes", RC_RULES_FILE_MAX);
-
-    char *ok = padded(RC_RULES_FILE_MAX);
-    assert_int_equal(rc_rules_parse(ok, RC_RULES_FILE_MAX, "big.yaml", &r, &errs), FERRY_OK);
-    rc_rules_free(r);
-    free(ok);
-
-    char *big = padded(RC_RULES_FILE_MAX + 1);
-    r = NULL;
-    assert_int_equal(rc_rules_parse(big, RC_RULES_FILE_MAX + 1, "big.yaml", &r, &errs),
-                     FERRY_EINVAL);
-    assert_null(r);
-    assert_one_error(&errs, want, "too large");
-    assert_int_equal(errs.errors[0].line, 0);
-
-    /* The same from a file, and through a pipe, whose size is unknown. */
-    char path[] = "/tmp/ferry-test-rules-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, big, RC_RULES_FILE_MAX + 1), RC_RULES_FILE_MAX + 1);
-    close(fd);
-    assert_int_equal(rc_rules_load(path, &r, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, want, "too large, file");
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "cat %s", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    char fdpath[64];
-    snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fileno(p));
-    assert_int_equal(rc_rules_load(fdpath, &r, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, want, "too large, pipe");
-    pclose(p);
-    assert_null(r);
-    unlink(path);
-    free(big);
+    tu_load_size_limit(&rules, padded_head, RC_RULES_FILE_MAX, want);
 }
 
 static void errors_are_capped_and_counted(void **state)
 {
-    sbuf b = {0};
-    sb_printf(&b, "rules: []\n");
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "rules: []\n");
     for (int i = 0; i < 40; i++)
-        sb_printf(&b, "unknown%d: 1\n", i);
+        tu_sb_printf(&b, "unknown%d: 1\n", i);
     rc_rules *r = NULL;
     ferry_saga_load_errors errs;
     assert_int_equal(rc_rules_parse(b.s, b.len, "many-errors.yaml", &r, &errs), FERRY_EINVAL);
     assert_int_equal(errs.count, FERRY_SAGA_ERRORS_MAX);
     assert_int_equal(errs.total, 40);
-    assert_true(has_error(&errs, "many-errors.yaml:2:1: unknown0: unknown key \"unknown0\" "
-                          "(expected budgets, rules)"));
+    assert_true(tu_load_has_error(&errs, "many-errors.yaml:2:1: unknown0: unknown key \"unknown0\" "
+                                  "(expected budgets, rules)"));
     free(b.s);
 }
 
@@ -593,7 +354,7 @@ static void detect_queries(void **state)
         rc_rules *r = NULL;
         ferry_saga_load_errors errs;
         if (load_detect(good[i].yaml, &r, &errs) != FERRY_OK) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("detect %s: refused", good[i].yaml);
         }
         if (strcmp(r->rules[0].detect, good[i].stored) != 0)
@@ -608,8 +369,8 @@ static void detect_queries(void **state)
             rc_rules_free(r);
             fail_msg("detect %s: loaded", bad[i].yaml);
         }
-        assert_one_error(&errs, "q.yaml:4:13: rules[0].detect: ", bad[i].yaml);
-        assert_one_error(&errs, bad[i].error, bad[i].yaml);
+        tu_load_assert_one_error(&errs, "q.yaml:4:13: rules[0].detect: ", bad[i].yaml);
+        tu_load_assert_one_error(&errs, bad[i].error, bad[i].yaml);
     }
 }
 
@@ -659,7 +420,7 @@ static void budget_values(void **state)
         rc_rules *r = NULL;
         ferry_saga_load_errors errs;
         if (load_budget(good[i].key, good[i].text, &r, &errs) != FERRY_OK) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("%s: %s: refused", good[i].key, good[i].text);
         }
         const rc_budgets *b = &r->budgets;
@@ -684,8 +445,8 @@ static void budget_values(void **state)
         char want[128];
         snprintf(want, sizeof want, "b.yaml:2:%zu: budgets.%s: ", 5 + strlen(bad[i].key),
                  bad[i].key);
-        assert_one_error(&errs, want, bad[i].text);
-        assert_one_error(&errs, bad[i].error, bad[i].text);
+        tu_load_assert_one_error(&errs, want, bad[i].text);
+        tu_load_assert_one_error(&errs, bad[i].error, bad[i].text);
     }
 }
 
@@ -695,45 +456,27 @@ static void null_arguments_and_missing_files(void **state)
     ferry_saga_load_errors errs;
     rc_rules_free(NULL);
     assert_int_equal(rc_rules_parse(NULL, 0, "x", &r, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, "x: text is NULL", "NULL text");
+    tu_load_assert_one_error(&errs, "x: text is NULL", "NULL text");
     assert_int_equal(rc_rules_parse("{}", 2, "x", NULL, NULL), FERRY_EINVAL);
     assert_int_equal(rc_rules_load(NULL, &r, NULL), FERRY_EINVAL);
     assert_int_equal(rc_rules_load("x", NULL, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, "x: out is NULL", "NULL out");
+    tu_load_assert_one_error(&errs, "x: out is NULL", "NULL out");
     assert_int_equal(rc_rules_load(DATA "/nope.yaml", &r, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, DATA "/nope.yaml: could not open the rules file: No such file or "
-                     "directory", "missing file");
+    tu_load_assert_one_error(&errs, DATA "/nope.yaml: could not open the rules file: No such "
+                             "file or directory", "missing file");
     assert_int_equal(rc_rules_load(DATA, &r, &errs), FERRY_EINVAL);
-    assert_one_error(&errs, "could not read the rules file: Is a directory", "directory");
+    tu_load_assert_one_error(&errs, "could not read the rules file: Is a directory", "directory");
     assert_null(r);
     /* Bytes after a NUL in memory are part of the document, not its end. */
     static const char nul[] = "rules: []\0x\n";
     assert_int_equal(rc_rules_parse(nul, sizeof nul - 1, "nul", &r, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, "invalid YAML"));
+    assert_true(tu_load_has_error(&errs, "invalid YAML"));
     assert_null(r);
 }
 
 /* ------------------------------------------------------------ allocation failures */
 
-static long countdown = -1;           /* allocations left before failing; -1: never */
-static long failed;
-
-static void *failing_malloc(size_t n)
-{
-    if (countdown == 0) {             /* fail this one only: the loader must cope
-                                         with the allocations after it succeeding */
-        countdown = -1;
-        failed++;
-        return NULL;
-    }
-    if (countdown > 0)
-        countdown--;
-    return malloc(n);
-}
-
-/* Fail the 1st allocation, then the 2nd, ...: each load fails cleanly
- * with FERRY_ENOMEM (LeakSanitizer checks nothing is left behind) until
- * one succeeds. libyaml's own allocations are not covered. Through
+/* Every allocation failed in turn (tu_load_alloc_failures), through
  * rc_rules_load too, whose file buffer is the first allocation. */
 static void allocation_failures(void **state)
 {
@@ -741,96 +484,19 @@ static void allocation_failures(void **state)
         EXAMPLES "/shop.yaml", DATA "/valid/full/rules.yaml", DATA "/valid/detect-forms/rules.yaml",
         DATA "/invalid/several-errors/rules.yaml",
     };
-    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
-        for (int from_file = 0; from_file < 2; from_file++) {
-            size_t len;
-            char *text = slurp(files[f], &len);
-            assert_non_null(text);
-            ferry_saga_load_errors errs;
-            rc_rules *r = NULL;
-            ferry_code clean = from_file ? rc_rules_load(files[f], &r, &errs)
-                                         : rc_rules_parse(text, len, "x.yaml", &r, &errs);
-            rc_rules_free(r);
-            size_t clean_total = errs.total;
-
-            long n = 0;
-            failed = 0;
-            ferry_saga_malloc_ = failing_malloc;
-            for (;; n++) {
-                countdown = n;
-                r = NULL;
-                long before = failed;
-                ferry_code rc = from_file ? rc_rules_load(files[f], &r, &errs)
-                                          : rc_rules_parse(text, len, "x.yaml", &r, &errs);
-                bool fired = failed > before;
-                countdown = -1;
-                if (!fired) {
-                    assert_int_equal(rc, clean);
-                    assert_int_equal(errs.total, clean_total);
-                    rc_rules_free(r);
-                    break;
-                }
-                if (rc != FERRY_ENOMEM) {
-                    print_errors(&errs);
-                    fail_msg("%s: allocation %ld failed: %s, expected FERRY_ENOMEM", files[f], n,
-                             ferry_code_name(rc));
-                }
-                assert_null(r);
-                assert_true(has_error(&errs, "out of memory loading the rules file"));
-            }
-            ferry_saga_malloc_ = malloc;
-            assert_true(n > 5);
-            assert_int_equal(failed, n);  /* the fault fired in every round but the last */
-            free(text);
-        }
-    }
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++)
+        for (int from_file = 0; from_file < 2; from_file++)
+            tu_load_alloc_failures(&rules, files[f], from_file,
+                                   "out of memory loading the rules file", 5);
 }
 
 /* ------------------------------------------------------------ the program */
-
-static const char *bin(void)
-{
-    const char *b = getenv("FERRY_RECONCILE_BIN");
-    b = b && b[0] ? b : "build/asan/ferry-reconcile";
-    if (access(b, X_OK) != 0)
-        fail_msg("%s is not there: build it, or set FERRY_RECONCILE_BIN", b);
-    return b;
-}
-
-/* Run bin ARGS; its stdout and stderr into *out and *err; exit status. */
-static int run(char **out, char **err, const char *args)
-{
-    char out_path[] = "/tmp/ferry-test-out-XXXXXX", err_path[] = "/tmp/ferry-test-err-XXXXXX";
-    int fo = mkstemp(out_path), fe = mkstemp(err_path);
-    assert_true(fo >= 0 && fe >= 0);
-    close(fo);
-    close(fe);
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", bin(), args, out_path, err_path);
-    int status = system(cmd);
-    assert_true(status != -1 && WIFEXITED(status));
-    *out = slurp(out_path, NULL);
-    *err = slurp(err_path, NULL);
-    assert_non_null(*out);
-    assert_non_null(*err);
-    unlink(out_path);
-    unlink(err_path);
-    return WEXITSTATUS(status);
-}
-
-static size_t count_lines(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
 
 static void lint_command(void **state)
 {
     char *out, *err;
 
-    assert_int_equal(run(&out, &err, "lint " EXAMPLES "/shop.yaml"), 0);
+    assert_int_equal(tu_lint(&out, &err, "lint " EXAMPLES "/shop.yaml"), 0);
     assert_string_equal(err, "");
     assert_string_equal(out,
         EXAMPLES "/shop.yaml: OK: rules file, 1 rule, budgets: outbox_lag 1m, max_attempts 10, "
@@ -840,11 +506,11 @@ static void lint_command(void **state)
     free(err);
 
     /* Rules files and saga definitions on one command line. */
-    assert_int_equal(run(&out, &err, "lint " EXAMPLES "/shop.yaml examples/sagas/order.yaml "
+    assert_int_equal(tu_lint(&out, &err, "lint " EXAMPLES "/shop.yaml examples/sagas/order.yaml "
                          DATA "/valid/budgets-only/rules.yaml " DATA "/valid/full/rules.yaml"),
                      0);
     assert_string_equal(err, "");
-    assert_int_equal(count_lines(out), 4);
+    assert_int_equal(tu_count_lines(out), 4);
     assert_non_null(strstr(out, "examples/sagas/order.yaml: OK: saga order version 1, 3 steps"));
     assert_non_null(strstr(out, DATA "/valid/budgets-only/rules.yaml: OK: rules file, 0 rules, "
                            "budgets: outbox_lag 2m, max_attempts 5, saga_grace 250ms, "
@@ -855,15 +521,15 @@ static void lint_command(void **state)
     free(err);
 
     /* A refused rules file: every error, the good files still said OK, exit 4. */
-    assert_int_equal(run(&out, &err, "lint examples/sagas/order.yaml "
+    assert_int_equal(tu_lint(&out, &err, "lint examples/sagas/order.yaml "
                          DATA "/invalid/duplicate-rule-name/rules.yaml " EXAMPLES "/shop.yaml"),
                      4);
-    assert_int_equal(count_lines(out), 2);
-    char *want = slurp(DATA "/invalid/duplicate-rule-name/expected", NULL);
+    assert_int_equal(tu_count_lines(out), 2);
+    char *want = tu_slurp(DATA "/invalid/duplicate-rule-name/expected", NULL);
     assert_non_null(want);
-    sbuf b = {0};
+    tu_sbuf b = {0};
     for (char *line = strtok(want, "\n"); line; line = strtok(NULL, "\n"))
-        sb_printf(&b, DATA "/invalid/duplicate-rule-name/%s\n", line);
+        tu_sb_printf(&b, DATA "/invalid/duplicate-rule-name/%s\n", line);
     assert_string_equal(err, b.s);
     free(b.s);
     free(want);
@@ -871,7 +537,7 @@ static void lint_command(void **state)
     free(err);
 
     /* A rules file and a saga definition refused on one command line. */
-    assert_int_equal(run(&out, &err, "lint " DATA "/invalid/bad-emit/rules.yaml "
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/invalid/bad-emit/rules.yaml "
                          "tests/data/saga/invalid/zero-timeout/saga.yaml"), 4);
     assert_string_equal(out, "");
     assert_non_null(strstr(err, DATA "/invalid/bad-emit/rules.yaml:"));
@@ -881,23 +547,23 @@ static void lint_command(void **state)
     free(err);
 
     /* What is not a rules file is a saga definition: its messages. */
-    assert_int_equal(run(&out, &err, "lint " DATA "/invalid/empty-document/rules.yaml"), 4);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/invalid/empty-document/rules.yaml"), 4);
     assert_non_null(strstr(err, "empty document: expected a saga definition"));
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "lint " DATA "/invalid/syntax/rules.yaml"), 4);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/invalid/syntax/rules.yaml"), 4);
     assert_non_null(strstr(err, DATA "/invalid/syntax/rules.yaml:5:4: invalid YAML: "));
     free(out);
     free(err);
 
     /* A file that cannot be read: 8; with a refused one as well: 4 | 8. */
-    assert_int_equal(run(&out, &err, "lint " DATA "/nope.yaml " EXAMPLES "/shop.yaml"), 8);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/nope.yaml " EXAMPLES "/shop.yaml"), 8);
     assert_string_equal(err, DATA "/nope.yaml: could not open the saga definition: No such file "
                         "or directory\n");
-    assert_int_equal(count_lines(out), 1);
+    assert_int_equal(tu_count_lines(out), 1);
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "lint " DATA " " DATA "/invalid/bad-emit/rules.yaml"), 12);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA " " DATA "/invalid/bad-emit/rules.yaml"), 12);
     assert_non_null(strstr(err, DATA ": could not read the saga definition: Is a directory\n"));
     free(out);
     free(err);
@@ -906,28 +572,28 @@ static void lint_command(void **state)
     char path[] = "/tmp/ferry-test-lint-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
-    char *big = padded(RC_RULES_FILE_MAX + 1);
+    char *big = tu_load_padded(padded_head, RC_RULES_FILE_MAX + 1);
     assert_int_equal(write(fd, big, RC_RULES_FILE_MAX + 1), RC_RULES_FILE_MAX + 1);
     close(fd);
     free(big);
     char args[128];
     snprintf(args, sizeof args, "lint %s", path);
-    assert_int_equal(run(&out, &err, args), 4);
+    assert_int_equal(tu_lint(&out, &err, args), 4);
     assert_non_null(strstr(err, "the document is larger than"));
     unlink(path);
     free(out);
     free(err);
 
     /* Usage. */
-    assert_int_equal(run(&out, &err, "lint"), 16);
+    assert_int_equal(tu_lint(&out, &err, "lint"), 16);
     assert_non_null(strstr(err, "usage: ferry-reconcile lint FILE..."));
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "lint --rules " EXAMPLES "/shop.yaml"), 16);
+    assert_int_equal(tu_lint(&out, &err, "lint --rules " EXAMPLES "/shop.yaml"), 16);
     free(out);
     free(err);
     /* "--" ends the options. */
-    assert_int_equal(run(&out, &err, "lint -- " EXAMPLES "/shop.yaml"), 0);
+    assert_int_equal(tu_lint(&out, &err, "lint -- " EXAMPLES "/shop.yaml"), 0);
     free(out);
     free(err);
 }
@@ -942,14 +608,14 @@ static void examples_load(void **state)
         rc_rules *r = NULL;
         ferry_saga_load_errors errs;
         if (rc_rules_load(g.gl_pathv[i], &r, &errs) != FERRY_OK) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("%s does not load", g.gl_pathv[i]);
         }
         check_invariants(r);
         rc_rules_free(r);
         char *out, *err, args[600];
         snprintf(args, sizeof args, "lint %s", g.gl_pathv[i]);
-        assert_int_equal(run(&out, &err, args), 0);
+        assert_int_equal(tu_lint(&out, &err, args), 0);
         assert_string_equal(err, "");
         assert_non_null(strstr(out, ": OK: rules file, "));
         free(out);
@@ -981,12 +647,7 @@ static void examples_load(void **state)
 
 static int check_cwd(void **state)
 {
-    struct stat st;
-    if (stat(DATA, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "test_rules: run from the repository root (no %s here)\n", DATA);
-        return -1;
-    }
-    return 0;
+    return tu_load_need_dir(DATA, "test_rules");
 }
 
 int main(void)

@@ -16,7 +16,6 @@
  * Compensations always apply (an 'undo' row), through the helper, which
  * turns the compensation of a step that never ran into a tombstone.
  */
-#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -27,8 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_saga.h"
 
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
@@ -58,52 +57,15 @@ static const char order_yaml[] =
     "    timeout: 30s\n";
 
 static kt_broker *broker;
-static pid_t relay_pid = -1;
-static char relay_log[64];
+static tu_proc relay;
 static ferry_saga_registry *reg;
 static PGconn *timer_conn;          /* idle: ferry_saga_fire_timers runs its own transactions */
 static long timers_fired;
 
-enum { C_ORCH, C_PAYMENT, C_INVENTORY, C_SHIPPING, C_COUNT };
-static ferry_consumer *cons[C_COUNT];
+static ferry_consumer *cons[TU_C_COUNT];
 static int timers_off;              /* pump() leaves timers to someone else */
 
 /* ------------------------------------------------------------------ participants */
-
-static ferry_code effect(PGconn *conn, const ferry_message *m, const char *who,
-                         const char *what, ferry_error *err)
-{
-    const char *p[3] = {who, ferry_message_header(m, "saga_id"), what};
-    PGresult *res = PQexecParams(conn, "INSERT INTO t_effect (participant, saga, what) "
-                                       "VALUES ($1, $2, $3)", 3, NULL, p, NULL, NULL, 0);
-    ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
-                        ? FERRY_OK : ferry_error_from_pg(err, conn, res, "effect");
-    PQclear(res);
-    return rc;
-}
-
-static ferry_code do_action(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
-{
-    const char *behave = json_string_value(json_object_get(m->payload, "behave"));
-    if (behave != NULL && strcmp(behave, "refuse") == 0)
-        return ferry_error_set(err, FERRY_EINVAL, 0, "%s refused: out of stock", (char *)arg);
-    return effect(conn, m, arg, "do", err);
-}
-
-static ferry_code do_compensation(PGconn *conn, const ferry_message *m, void *arg,
-                                  ferry_error *err)
-{
-    return effect(conn, m, arg, "undo", err);
-}
-
-static ferry_participant parts[C_COUNT] = {
-    [C_PAYMENT] = {.name = "payment", .action = do_action, .compensation = do_compensation,
-                   .arg = "payment"},
-    [C_INVENTORY] = {.name = "inventory", .action = do_action,
-                     .compensation = do_compensation, .arg = "inventory"},
-    /* The pivot: nothing to undo. */
-    [C_SHIPPING] = {.name = "shipping", .action = do_action, .arg = "shipping"},
-};
 
 static ferry_code participant_handler(PGconn *conn, const ferry_message *m, void *arg,
                                       ferry_error *err)
@@ -142,40 +104,14 @@ static ferry_code participant_handler(PGconn *conn, const ferry_message *m, void
 
 /* ------------------------------------------------------------------ consumers */
 
-static const char *const group_props[] = {
-    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
-    NULL,
-};
-
-static const char *const topic_of[C_COUNT] = {
-    [C_ORCH] = FERRY_SAGA_REPLY_TOPIC_DEFAULT, [C_PAYMENT] = "payments.commands",
-    [C_INVENTORY] = "inventory.commands", [C_SHIPPING] = "shipping.commands",
-};
-static const char *const name_of[C_COUNT] = {
-    [C_ORCH] = "orchestrator", [C_PAYMENT] = "payment", [C_INVENTORY] = "inventory",
-    [C_SHIPPING] = "shipping",
+static const char *const topic_of[TU_C_COUNT] = {
+    [TU_C_ORCH] = FERRY_SAGA_REPLY_TOPIC_DEFAULT, [TU_C_PAYMENT] = "payments.commands",
+    [TU_C_INVENTORY] = "inventory.commands", [TU_C_SHIPPING] = "shipping.commands",
 };
 
 static ferry_consumer *consumer_new(int which)
 {
-    const char *topics[1] = {topic_of[which]};
-    ferry_consumer_conf conf = {
-        .name = name_of[which],
-        .db = fpg_conninfo(tu_pg),
-        .kafka = kt_bootstrap(broker),
-        .topics = topics,
-        .topic_count = 1,
-        .handler = which == C_ORCH ? ferry_saga_reply_handler : participant_handler,
-        .handler_arg = which == C_ORCH ? (void *)reg : (void *)&parts[which],
-        .kafka_props = group_props,
-        .backoff_base_ms = 5,
-        .backoff_max_ms = 50,
-        .held_scan_ms = 50,
-    };
-    ferry_consumer *c = NULL;
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
-    return c;
+    return tu_saga_consumer_new(which, broker, topic_of[which], reg, participant_handler, NULL);
 }
 
 static ferry_saga_registry *registry_new(const char *yaml)
@@ -199,7 +135,7 @@ static void pump(PGconn *conn, unsigned mask, const char *sql, int timeout_ms)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (;;) {
         ferry_error err;
-        for (int i = 0; i < C_COUNT; i++)
+        for (int i = 0; i < TU_C_COUNT; i++)
             if (mask & (1u << i))
                 assert_ferry_ok(ferry_consumer_poll(cons[i], 10, &err), err);
         int fired = 0;
@@ -218,7 +154,7 @@ static void pump(PGconn *conn, unsigned mask, const char *sql, int timeout_ms)
             fail_msg("waited %d ms for: %s", timeout_ms, sql);
     }
 }
-#define ALL ((1u << C_COUNT) - 1)
+#define ALL ((1u << TU_C_COUNT) - 1)
 
 /* Start a saga in a transaction of our own; its id into id. */
 static void start(PGconn *conn, const char *order, const char *payment, const char *inventory,
@@ -227,34 +163,13 @@ static void start(PGconn *conn, const char *order, const char *payment, const ch
     char *ctx = tu_sprintf("{\"order_id\": \"%s\", \"total\": 42, \"payment\": \"%s\", "
                            "\"inventory\": \"%s\", \"shipping\": \"%s\"}",
                            order, payment, inventory, shipping);
-    ferry_error err;
-    ferry_uuid uid;
-    tu_exec(conn, "BEGIN");
-    assert_ferry_ok(ferry_saga_start(conn, reg, "order", ctx, &uid, &err), err);
-    tu_exec(conn, "COMMIT");
+    tu_saga_start(conn, reg, "order", ctx, id);
     free(ctx);
-    ferry_uuid_format(&uid, id);
 }
 
-/* Formats go through macros so that -Wformat checks them. Each takes the
- * malloc'd SQL and frees it. */
-static long long q_sql(PGconn *conn, char *sql)
-{
-    long long n = tu_int(conn, sql);
-    free(sql);
-    return n;
-}
-#define q(conn, fmt, id) q_sql((conn), tu_sprintf((fmt), (id)))
-
-static void assert_qs_sql(PGconn *conn, char *sql, const char *want)
-{
-    char *got = tu_str(conn, sql);
-    if (got == NULL || strcmp(got, want) != 0)
-        fail_msg("got \"%s\", want \"%s\" from %s", got ? got : "(null)", want, sql);
-    free(got);
-    free(sql);
-}
-#define assert_qs(conn, fmt, id, want) assert_qs_sql((conn), tu_sprintf((fmt), (id)), (want))
+/* Formats go through tu_sprintf, so that -Wformat checks them. */
+#define q(conn, fmt, id) tu_int_of((conn), tu_sprintf((fmt), (id)))
+#define assert_qs(conn, fmt, id, want) tu_assert_str_of((conn), tu_sprintf((fmt), (id)), (want))
 
 static void await_state(PGconn *conn, unsigned mask, const char *id, const char *state,
                         int timeout_ms)
@@ -407,7 +322,7 @@ static void late_action_after_compensation_is_refused(void **state)
     run_silent_inventory(conn, "o-late", id);
     long long applied_before = 0;
     ferry_consumer_stats s;
-    ferry_consumer_stats_get(cons[C_ORCH], &s);
+    ferry_consumer_stats_get(cons[TU_C_ORCH], &s);
     applied_before = (long long)(s.applied + s.drained);
     char *sql = tu_sprintf("SELECT count(ferry.emit(topic, saga, type, payload, headers::text)) "
                            "FROM (SELECT * FROM t_swallowed WHERE saga = '%s' LIMIT 1) s", id);
@@ -424,12 +339,12 @@ static void late_action_after_compensation_is_refused(void **state)
     assert_qs(conn, EFFECTS, id, "payment:do,payment:undo");
     /* Its failure reply reaches the orchestrator, which changes nothing. */
     for (int i = 0;; i++) {
-        ferry_consumer_stats_get(cons[C_ORCH], &s);
+        ferry_consumer_stats_get(cons[TU_C_ORCH], &s);
         if ((long long)(s.applied + s.drained) > applied_before)
             break;
         if (i == 3000)
             fail_msg("the orchestrator never got the late action's reply");
-        pump(conn, 1u << C_ORCH, "SELECT true", 1000);
+        pump(conn, 1u << TU_C_ORCH, "SELECT true", 1000);
     }
     assert_qs(conn, "SELECT state || ':' || version FROM ferry.saga WHERE id = '%s'", id,
               "compensated:6");
@@ -479,23 +394,23 @@ static void orchestrator_killed_mid_saga_resumes(void **state)
     char id[FERRY_UUID_STRING_SIZE];
     start(conn, "o-kill", "ok", "ok", "ok", id);
     /* Killed: nothing of the old orchestrator is left in this process. */
-    ferry_consumer_destroy(cons[C_ORCH]);
-    cons[C_ORCH] = NULL;
+    ferry_consumer_destroy(cons[TU_C_ORCH]);
+    cons[TU_C_ORCH] = NULL;
     ferry_saga_registry_destroy(reg);
     reg = NULL;
     char *sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.participant_command WHERE saga_id = "
                            "'%s' AND participant = 'payment'", id);
-    pump(conn, ALL & ~(1u << C_ORCH), sql, 30000);
+    pump(conn, ALL & ~(1u << TU_C_ORCH), sql, 30000);
     free(sql);
     /* The fault held: payment answered, the saga did not move. */
     assert_qs(conn, "SELECT state || ':' || current_step || ':' || version FROM ferry.saga "
                     "WHERE id = '%s'", id, "running:0:1");
     /* A new orchestrator. */
     reg = registry_new(order_yaml);
-    cons[C_ORCH] = consumer_new(C_ORCH);
+    cons[TU_C_ORCH] = consumer_new(TU_C_ORCH);
     await_state(conn, ALL, id, "completed", 30000);
     ferry_consumer_stats s;
-    ferry_consumer_stats_get(cons[C_ORCH], &s);
+    ferry_consumer_stats_get(cons[TU_C_ORCH], &s);
     assert_true(s.applied + s.drained >= 3);    /* the three replies, the first one late */
     assert_qs(conn, EFFECTS, id, "payment:do,inventory:do,shipping:do");
     assert_qs(conn, OUTCOMES, id,
@@ -518,9 +433,9 @@ static int orchestrator_main(char **argv)
         return 2;
     const char *topics[1] = {FERRY_SAGA_REPLY_TOPIC_DEFAULT};
     ferry_consumer_conf conf = {
-        .name = name_of[C_ORCH], .db = argv[2], .kafka = argv[3], .topics = topics,
+        .name = tu_saga_name_of[TU_C_ORCH], .db = argv[2], .kafka = argv[3], .topics = topics,
         .topic_count = 1, .handler = ferry_saga_reply_handler, .handler_arg = r,
-        .kafka_props = group_props, .backoff_base_ms = 5, .backoff_max_ms = 50,
+        .kafka_props = tu_group_props, .backoff_base_ms = 5, .backoff_max_ms = 50,
         .held_scan_ms = 50,
     };
     ferry_consumer *c = NULL;
@@ -544,8 +459,8 @@ static void orchestrator_process_killed_resumes(void **state)
 {
     PGconn *conn = tu_connect();
     /* This process stops being the orchestrator. */
-    ferry_consumer_destroy(cons[C_ORCH]);
-    cons[C_ORCH] = NULL;
+    ferry_consumer_destroy(cons[TU_C_ORCH]);
+    cons[TU_C_ORCH] = NULL;
     timers_off = 1;
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -560,7 +475,7 @@ static void orchestrator_process_killed_resumes(void **state)
     /* The child applied payment's reply and sent inventory's command. */
     char *sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.saga WHERE id = '%s' AND "
                            "current_step = 1", id);
-    pump(conn, ALL & ~(1u << C_ORCH), sql, 60000);
+    pump(conn, ALL & ~(1u << TU_C_ORCH), sql, 60000);
     free(sql);
     assert_int_equal(kill(pid, SIGKILL), 0);
     int st;
@@ -571,18 +486,18 @@ static void orchestrator_process_killed_resumes(void **state)
     /* Inventory answers into the void: nobody moves the saga. */
     sql = tu_sprintf("SELECT count(*) = 1 FROM ferry.participant_command WHERE saga_id = '%s' "
                      "AND participant = 'inventory'", id);
-    pump(conn, ALL & ~(1u << C_ORCH), sql, 30000);
+    pump(conn, ALL & ~(1u << TU_C_ORCH), sql, 30000);
     free(sql);
     assert_int_equal(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id), version);
 
     /* A new orchestrator; its timers wait until it holds the reply topic
      * (the dead member leaves the group only when its session times out). */
-    cons[C_ORCH] = consumer_new(C_ORCH);
+    cons[TU_C_ORCH] = consumer_new(TU_C_ORCH);
     ferry_consumer_stats s = {0};
     for (int i = 0; i < 3000 && s.assigned == 0; i++) {
         ferry_error err;
-        assert_ferry_ok(ferry_consumer_poll(cons[C_ORCH], 10, &err), err);
-        ferry_consumer_stats_get(cons[C_ORCH], &s);
+        assert_ferry_ok(ferry_consumer_poll(cons[TU_C_ORCH], 10, &err), err);
+        ferry_consumer_stats_get(cons[TU_C_ORCH], &s);
     }
     assert_true(s.assigned > 0);
     timers_off = 0;
@@ -655,70 +570,29 @@ static void fire_timer_fires_one_saga(void **state)
 
 /* ------------------------------------------------------------------ setup */
 
-static int relay_start(void)
-{
-    const char *bin = getenv("FERRY_RELAY_BIN") ? getenv("FERRY_RELAY_BIN")
-                                                : "build/asan/ferry-relay";
-    snprintf(relay_log, sizeof relay_log, "/tmp/ferry-saga-relay-XXXXXX");
-    int fd = mkstemp(relay_log);
-    if (fd < 0)
-        return -1;
-    relay_pid = fork();
-    if (relay_pid < 0)
-        return -1;
-    if (relay_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fd, 2);
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        setenv("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1", 1);
-        execl(bin, bin, "run", "--db", fpg_conninfo(tu_pg), "--kafka", kt_bootstrap(broker),
-              "--holder", "saga-relay", "--set", "poll_interval_ms=50", (char *)NULL);
-        _exit(127);
-    }
-    close(fd);
-    return 0;
-}
-
 static int group_setup(void **state)
 {
     if (tu_group_setup(state) != 0)
         return -1;
     PGconn *c = tu_connect();
-    tu_exec(c, "CREATE TABLE t_effect (n bigserial, participant text, saga uuid, what text)");
     tu_exec(c, "CREATE TABLE t_swallowed (n bigserial, participant text, saga text, topic text, "
                "type text, payload text, headers jsonb)");
     timer_conn = c;
-    broker = kt_start(1);
-    if (broker == NULL)
+    if ((broker = tu_saga_setup(c, topic_of)) == NULL)
         return -1;
-    for (int i = 0; i < C_COUNT; i++)
-        if (kt_command(broker, "topic-create %s 2 1", topic_of[i]) != 0)
-            return -1;
-    if (relay_start() != 0)
-        return -1;
+    const char *args[] = {"--set", "poll_interval_ms=50", NULL};
+    const char *env[] = {TU_RELAY_ASAN, NULL};
+    relay = tu_relay_start(kt_bootstrap(broker), "saga-relay", args, env);
     reg = registry_new(order_yaml);
-    for (int i = 0; i < C_COUNT; i++)
+    for (int i = 0; i < TU_C_COUNT; i++)
         cons[i] = consumer_new(i);
     return 0;
 }
 
 static int group_teardown(void **state)
 {
-    for (int i = 0; i < C_COUNT; i++)
-        ferry_consumer_destroy(cons[i]);
-    ferry_saga_registry_destroy(reg);
-    if (relay_pid > 0) {
-        kill(relay_pid, SIGTERM);
-        int st;
-        waitpid(relay_pid, &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            fprintf(stderr, "ferry-relay exited with status %d; its log: %s\n", st, relay_log);
-        else
-            unlink(relay_log);
-    }
     PQfinish(timer_conn);
-    kt_stop(broker);
+    tu_saga_teardown(cons, reg, &relay, broker);
     return tu_group_teardown(state);
 }
 

@@ -2,169 +2,72 @@
  * test_saga_def.c — saga definitions from YAML (lib/saga_def.c) and the
  * `ferry-reconcile lint` and `graph` commands. Needs no server.
  *
- * Data-driven, from the repository root:
- *   tests/data/saga/valid/CASE/saga.yaml     must load; CASE/expected, if
- *                                            there, lists KEY=VALUE lines
- *                                            that the summary must hold
- *   tests/data/saga/invalid/CASE/saga.yaml   must be refused; every line of
- *                                            CASE/expected must be part of
- *                                            one reported error, formatted
- *                                            FILE:LINE:COLUMN: FIELD: MESSAGE,
- *                                            and no other error may come
+ * Data-driven, from the repository root (the cases' format is
+ * tu_load.h's): tests/data/saga/{valid,invalid}/CASE/saga.yaml.
  * Cases too large to commit (too many steps, too many bytes, too many
  * errors) are generated here. The program runs $FERRY_RECONCILE_BIN
  * (default build/asan/ferry-reconcile) for the command-line tests.
  */
-#include <errno.h>
 #include <glob.h>
-#include <setjmp.h>
-#include <stdarg.h>
 #include <stdbool.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
 #include <jansson.h>
 
-#include "ferry.h"
-#include "../lib/saga_def_hook.h"
+#include "testutil.h"
+#include "tu_load.h"
 
 #define DATA "tests/data/saga"
 #define EXAMPLES "examples/sagas"
 
 /* ------------------------------------------------------------ helpers */
 
-/* The whole file, NUL-terminated, or NULL if it does not exist. */
-static char *slurp(const char *path, size_t *len_out)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        assert_int_equal(errno, ENOENT);
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    for (;;) {
-        size_t n = fread(buf + len, 1, cap - len - 1, f);
-        len += n;
-        if (n == 0)
-            break;
-        if (len + 1 == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    assert_false(ferror(f));
-    fclose(f);
-    buf[len] = '\0';
-    if (len_out)
-        *len_out = len;
-    return buf;
-}
-
-/* One error as lint prints it. */
-static void format_error(const ferry_saga_load_error *e, char *buf, size_t len)
-{
-    int n = e->line > 0 ? snprintf(buf, len, "%s:%d:%d: ", e->file, e->line, e->column)
-                        : snprintf(buf, len, "%s: ", e->file);
-    if (e->field[0])
-        n += snprintf(buf + n, len - (size_t)n, "%s: ", e->field);
-    snprintf(buf + n, len - (size_t)n, "%s", e->message);
-}
-
-static void print_errors(const ferry_saga_load_errors *errs)
-{
-    for (size_t i = 0; i < errs->count; i++) {
-        char line[1024];
-        format_error(&errs->errors[i], line, sizeof line);
-        print_error("    %s\n", line);
-    }
-}
-
-/* Does some error of errs contain want? */
-static bool has_error(const ferry_saga_load_errors *errs, const char *want)
-{
-    for (size_t i = 0; i < errs->count; i++) {
-        char line[1024];
-        format_error(&errs->errors[i], line, sizeof line);
-        if (strstr(line, want))
-            return true;
-    }
-    return false;
-}
-
-/* Append printf output to a growing, malloc'd string. */
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-__attribute__((format(printf, 2, 3)))
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        assert_true(n >= 0);
-        if (b->s && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = (b->cap + (size_t)n + 1) * 2;
-        b->s = realloc(b->s, b->cap);
-        assert_non_null(b->s);
-    }
-}
-
-static void sb_json(sbuf *b, const json_t *v)
+static void sb_json(tu_sbuf *b, const json_t *v)
 {
     char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
     assert_non_null(text);
-    sb_printf(b, "%s", text);
+    tu_sb_printf(b, "%s", text);
     free(text);
 }
 
 /* Every field of def, one KEY=VALUE per line after a first newline:
  * what expected files check. */
-static char *summary(const ferry_saga_def *def)
+static char *summary(const void *obj)
 {
-    sbuf b = {0};
-    sb_printf(&b, "\nsaga=%s\nversion=%d\ndeadline_ms=%lld\nstep_count=%zu\npivot_index=%d\n",
-              def->name, def->version, (long long)def->deadline_ms, def->step_count,
-              def->pivot_index);
+    const ferry_saga_def *def = obj;
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "\nsaga=%s\nversion=%d\ndeadline_ms=%lld\nstep_count=%zu\npivot_index=%d\n",
+                 def->name, def->version, (long long)def->deadline_ms, def->step_count,
+                 def->pivot_index);
     for (size_t i = 0; i < def->step_count; i++) {
         const ferry_saga_step_def *s = &def->steps[i];
-        sb_printf(&b, "steps[%zu].name=%s\nsteps[%zu].topic=%s\nsteps[%zu].action.type=%s\n",
-                  i, s->name, i, s->topic, i, s->action.type);
-        sb_printf(&b, "steps[%zu].action.payload=", i);
+        tu_sb_printf(&b, "steps[%zu].name=%s\nsteps[%zu].topic=%s\nsteps[%zu].action.type=%s\n",
+                     i, s->name, i, s->topic, i, s->action.type);
+        tu_sb_printf(&b, "steps[%zu].action.payload=", i);
         sb_json(&b, s->action.payload);
-        sb_printf(&b, "\nsteps[%zu].has_compensation=%d\n", i, s->has_compensation);
+        tu_sb_printf(&b, "\nsteps[%zu].has_compensation=%d\n", i, s->has_compensation);
         if (s->has_compensation) {
-            sb_printf(&b, "steps[%zu].compensation.type=%s\nsteps[%zu].compensation.payload=", i,
-                      s->compensation.type, i);
+            tu_sb_printf(&b, "steps[%zu].compensation.type=%s\nsteps[%zu].compensation.payload=", i,
+                         s->compensation.type, i);
             sb_json(&b, s->compensation.payload);
-            sb_printf(&b, "\n");
+            tu_sb_printf(&b, "\n");
         }
-        sb_printf(&b, "steps[%zu].timeout_ms=%lld\nsteps[%zu].retry=%d/%lld/%lld\n"
-                  "steps[%zu].pivot=%d\n", i, (long long)s->timeout_ms, i, s->retry.attempts,
-                  (long long)s->retry.backoff_ms, (long long)s->retry.max_backoff_ms, i, s->pivot);
+        tu_sb_printf(&b, "steps[%zu].timeout_ms=%lld\nsteps[%zu].retry=%d/%lld/%lld\n"
+                     "steps[%zu].pivot=%d\n", i, (long long)s->timeout_ms, i, s->retry.attempts,
+                     (long long)s->retry.backoff_ms, (long long)s->retry.max_backoff_ms, i,
+                     s->pivot);
     }
     return b.s;
 }
 
 /* What holds for every definition that loads. */
-static void check_invariants(const ferry_saga_def *def)
+static void check_invariants(const void *obj)
 {
+    const ferry_saga_def *def = obj;
     assert_non_null(def->name);
     assert_non_null(def->file);
     assert_true(def->version >= 1);
@@ -208,113 +111,40 @@ static uint64_t fnv1a(const char *p, size_t n)
 
 /* ------------------------------------------------------------ data-driven */
 
+/* ferry_saga_def through tu_load.h's void pointers; *out passed through. */
+static ferry_code load(const char *path, const char *text, size_t len, void **out,
+                       ferry_saga_load_errors *errs)
+{
+    ferry_saga_def *def = *out;
+    ferry_code rc = text ? ferry_saga_def_parse(text, len, path, &def, errs)
+                         : ferry_saga_def_load(path, &def, errs);
+    *out = def;
+    return rc;
+}
+
+static void free_def(void *def)
+{
+    ferry_saga_def_free(def);
+}
+
+static const char *file_of(const void *def)
+{
+    return ((const ferry_saga_def *)def)->file;
+}
+
+static const tu_loader sagas = {
+    .file = "saga.yaml", .load = load, .free = free_def,
+    .file_of = file_of, .summary = summary, .check = check_invariants,
+};
+
 static void valid_cases_load(void **state)
 {
-    glob_t g;
-    assert_int_equal(glob(DATA "/valid/*/saga.yaml", 0, NULL, &g), 0);
-    assert_true(g.gl_pathc >= 8);
-    int failures = 0;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *path = g.gl_pathv[i];
-        ferry_saga_def *def = NULL;
-        ferry_saga_load_errors errs;
-        if (ferry_saga_def_load(path, &def, &errs) != FERRY_OK) {
-            print_error("%s: did not load:\n", path);
-            print_errors(&errs);
-            failures++;
-            continue;
-        }
-        assert_int_equal(errs.total, 0);
-        assert_string_equal(def->file, path);
-        check_invariants(def);
-
-        char expect_path[512];
-        snprintf(expect_path, sizeof expect_path, "%.*s/expected",
-                 (int)(strlen(path) - strlen("/saga.yaml")), path);
-        char *expect = slurp(expect_path, NULL);
-        char *got = summary(def);
-        int checked = 0;
-        for (char *line = expect ? strtok(expect, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-            char want[4096];
-            snprintf(want, sizeof want, "\n%s\n", line);
-            if (!strstr(got, want)) {
-                print_error("%s: expected the line \"%s\"\n", path, line);
-                failures++;
-            }
-            checked++;
-        }
-        if (expect && checked == 0) {
-            print_error("%s: checks nothing\n", expect_path);
-            failures++;
-        }
-        if (failures)
-            print_error("%s: the summary is:\n%s", path, got);
-        free(got);
-        free(expect);
-        ferry_saga_def_free(def);
-    }
-    globfree(&g);
-    assert_int_equal(failures, 0);
+    tu_load_valid_cases(&sagas, DATA, 8);
 }
 
 static void invalid_cases_fail(void **state)
 {
-    glob_t g;
-    assert_int_equal(glob(DATA "/invalid/*/saga.yaml", 0, NULL, &g), 0);
-    assert_true(g.gl_pathc >= 20);
-    int failures = 0;
-    for (size_t i = 0; i < g.gl_pathc; i++) {
-        const char *path = g.gl_pathv[i];
-        char expect_path[512];
-        snprintf(expect_path, sizeof expect_path, "%.*s/expected",
-                 (int)(strlen(path) - strlen("/saga.yaml")), path);
-        char *expect = slurp(expect_path, NULL);
-        if (!expect || !expect[0]) {
-            print_error("%s: no expected errors (%s)\n", path, expect_path);
-            failures++;
-            free(expect);
-            continue;
-        }
-        ferry_saga_def *def = (ferry_saga_def *)&def;    /* must stay untouched */
-        ferry_saga_load_errors errs;
-        ferry_code rc = ferry_saga_def_load(path, &def, &errs);
-        if (rc == FERRY_OK) {
-            print_error("%s: loaded\n", path);
-            ferry_saga_def_free(def);
-            failures++;
-            free(expect);
-            continue;
-        }
-        assert_int_equal(rc, FERRY_EINVAL);
-        assert_ptr_equal(def, (ferry_saga_def *)&def);
-        size_t lines = 0;
-        bool bad = false;
-        for (char *line = strtok(expect, "\n"); line; line = strtok(NULL, "\n")) {
-            lines++;
-            if (!has_error(&errs, line)) {
-                print_error("%s: expected an error containing\n    %s\n", path, line);
-                bad = true;
-            }
-        }
-        if (errs.total != lines) {
-            print_error("%s: %zu errors expected, %zu reported\n", path, lines, errs.total);
-            bad = true;
-        }
-        for (size_t k = 0; k < errs.count; k++) {
-            /* Every error names the file; positions are 1-based or unknown. */
-            assert_string_equal(errs.errors[k].file, path);
-            assert_true(errs.errors[k].line >= 0 && errs.errors[k].column >= 0);
-            assert_true(errs.errors[k].message[0] != '\0');
-        }
-        if (bad) {
-            print_error("%s: reported:\n", path);
-            print_errors(&errs);
-            failures++;
-        }
-        free(expect);
-    }
-    globfree(&g);
-    assert_int_equal(failures, 0);
+    tu_load_invalid_cases(&sagas, DATA, 20);
 }
 
 /* The lint format, and the classes the issue names, each at least once. */
@@ -327,13 +157,7 @@ static void every_error_class_is_covered(void **state)
         "bad-names", "bad-topics", "several-errors", "backoff-above-max", "negative-duration",
         "compensation-after-pivot",
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char path[256];
-        struct stat st;
-        snprintf(path, sizeof path, DATA "/invalid/%s/saga.yaml", cases[i]);
-        if (stat(path, &st) != 0)
-            fail_msg("missing case %s", path);
-    }
+    tu_load_cases_exist(&sagas, DATA, cases, sizeof cases / sizeof cases[0]);
     /* The several-errors case reports all of them, in document order. */
     ferry_saga_def *def = NULL;
     ferry_saga_load_errors errs;
@@ -349,16 +173,16 @@ static void every_error_class_is_covered(void **state)
 
 /* ------------------------------------------------------------ generated cases */
 
-static void add_step(sbuf *b, int i)
+static void add_step(tu_sbuf *b, int i)
 {
-    sb_printf(b, "  - name: step-%d\n    topic: t\n    action: {type: Do}\n"
-              "    compensation: {type: Undo}\n    timeout: 1s\n", i);
+    tu_sb_printf(b, "  - name: step-%d\n    topic: t\n    action: {type: Do}\n"
+                 "    compensation: {type: Undo}\n    timeout: 1s\n", i);
 }
 
 static void too_many_steps(void **state)
 {
-    sbuf b = {0};
-    sb_printf(&b, "saga: many\nversion: 1\ndeadline: 1h\nsteps:\n");
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "saga: many\nversion: 1\ndeadline: 1h\nsteps:\n");
     for (int i = 0; i < FERRY_SAGA_STEPS_MAX; i++)
         add_step(&b, i);
 
@@ -372,93 +196,47 @@ static void too_many_steps(void **state)
     /* One more, and an error in the one after it, which is not read. */
     int line = 5 + 5 * FERRY_SAGA_STEPS_MAX;
     add_step(&b, FERRY_SAGA_STEPS_MAX);
-    sb_printf(&b, "  - name: bad name\n");
+    tu_sb_printf(&b, "  - name: bad name\n");
     def = NULL;
     assert_int_equal(ferry_saga_def_parse(b.s, b.len, "many.yaml", &def, &errs), FERRY_EINVAL);
     assert_null(def);
     char want[128];
     snprintf(want, sizeof want, "many.yaml:%d:5: steps: more than %d steps", line,
              FERRY_SAGA_STEPS_MAX);
-    if (!has_error(&errs, want) || errs.total != 1) {
-        print_errors(&errs);
+    if (!tu_load_has_error(&errs, want) || errs.total != 1) {
+        tu_load_print_errors(&errs);
         fail_msg("expected only \"%s\"", want);
     }
     free(b.s);
 }
 
-/* A valid definition padded with a comment to exactly size bytes. */
-static char *padded(size_t size)
-{
-    static const char head[] = "saga: big\nversion: 1\ndeadline: 1m\nsteps:\n"
-                               "  - {name: a, topic: t, action: {type: A}, "
-                               "compensation: {type: B}, timeout: 1s}\n#";
-    char *buf = malloc(size + 1);
-    assert_non_null(buf);
-    memcpy(buf, head, sizeof head - 1);
-    memset(buf + sizeof head - 1, 'x', size - sizeof head);
-    buf[size - 1] = '\n';
-    buf[size] = '\0';
-    return buf;
-}
+/* A valid definition, to be padded with a comment (tu_load_padded). */
+static const char padded_head[] = "saga: big\nversion: 1\ndeadline: 1m\nsteps:\n"
+                                  "  - {name: a, topic: t, action: {type: A}, "
+                                  "compensation: {type: B}, timeout: 1s}\n#";
 
 static void too_large(void **state)
 {
-    ferry_saga_def *def = NULL;
-    ferry_saga_load_errors errs;
     char want[128];
     snprintf(want, sizeof want, "the document is larger than %d bytes", FERRY_SAGA_FILE_MAX);
-
-    char *ok = padded(FERRY_SAGA_FILE_MAX);
-    assert_int_equal(ferry_saga_def_parse(ok, FERRY_SAGA_FILE_MAX, "big.yaml", &def, &errs),
-                     FERRY_OK);
-    ferry_saga_def_free(def);
-    free(ok);
-
-    char *big = padded(FERRY_SAGA_FILE_MAX + 1);
-    def = NULL;
-    assert_int_equal(ferry_saga_def_parse(big, FERRY_SAGA_FILE_MAX + 1, "big.yaml", &def, &errs),
-                     FERRY_EINVAL);
-    assert_null(def);
-    assert_int_equal(errs.total, 1);
-    assert_true(has_error(&errs, want));
-    assert_int_equal(errs.errors[0].line, 0);
-
-    /* The same from a file, and through a pipe, whose size is unknown. */
-    char path[] = "/tmp/ferry-test-saga-XXXXXX";
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, big, FERRY_SAGA_FILE_MAX + 1), FERRY_SAGA_FILE_MAX + 1);
-    close(fd);
-    assert_int_equal(ferry_saga_def_load(path, &def, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, want));
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "cat %s", path);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    char fdpath[64];
-    snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fileno(p));
-    assert_int_equal(ferry_saga_def_load(fdpath, &def, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, want));
-    pclose(p);
-    assert_null(def);
-    unlink(path);
-    free(big);
+    tu_load_size_limit(&sagas, padded_head, FERRY_SAGA_FILE_MAX, want);
 }
 
 static void errors_are_capped_and_counted(void **state)
 {
-    sbuf b = {0};
-    sb_printf(&b, "saga: s\nversion: 1\ndeadline: 1m\nsteps:\n");
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "saga: s\nversion: 1\ndeadline: 1m\nsteps:\n");
     add_step(&b, 0);
     for (int i = 0; i < 40; i++)
-        sb_printf(&b, "unknown%d: 1\n", i);
+        tu_sb_printf(&b, "unknown%d: 1\n", i);
     ferry_saga_def *def = NULL;
     ferry_saga_load_errors errs;
     assert_int_equal(ferry_saga_def_parse(b.s, b.len, "many-errors.yaml", &def, &errs),
                      FERRY_EINVAL);
     assert_int_equal(errs.count, FERRY_SAGA_ERRORS_MAX);
     assert_int_equal(errs.total, 40);
-    assert_true(has_error(&errs, "many-errors.yaml:10:1: unknown0: unknown key \"unknown0\""));
+    assert_true(tu_load_has_error(&errs, "many-errors.yaml:10:1: unknown0: unknown key "
+                                         "\"unknown0\""));
     free(b.s);
 }
 
@@ -503,7 +281,7 @@ static void durations(void **state)
         ferry_saga_def *def = NULL;
         ferry_saga_load_errors errs;
         if (load_deadline(good[i].text, &def, &errs) != FERRY_OK) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("deadline %s: refused", good[i].text);
         }
         if (def->deadline_ms != good[i].ms)
@@ -520,8 +298,9 @@ static void durations(void **state)
         }
         char want[256];
         snprintf(want, sizeof want, "d.yaml:3:11: deadline: ");
-        if (!has_error(&errs, want) || !has_error(&errs, bad[i].error) || errs.total != 1) {
-            print_errors(&errs);
+        if (!tu_load_has_error(&errs, want) || !tu_load_has_error(&errs, bad[i].error) ||
+            errs.total != 1) {
+            tu_load_print_errors(&errs);
             fail_msg("deadline %s: expected one error \"%s...%s\"", bad[i].text, want,
                      bad[i].error);
         }
@@ -559,12 +338,12 @@ static void retry_budget(void **state)
         ferry_saga_load_errors errs;
         ferry_code rc = ferry_saga_def_parse(doc, (size_t)n, "r.yaml", &def, &errs);
         if ((rc == FERRY_OK) != cases[i].ok) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("deadline %s, retry %s: expected %s", cases[i].deadline, cases[i].retry,
                      cases[i].ok ? "to load" : "an error");
         }
         if (!cases[i].ok)
-            assert_true(has_error(&errs, "steps[0].timeout: timeout 10s"));
+            assert_true(tu_load_has_error(&errs, "steps[0].timeout: timeout 10s"));
         ferry_saga_def_free(def);
     }
 }
@@ -572,7 +351,7 @@ static void retry_budget(void **state)
 static void hash_is_fnv1a_of_the_bytes(void **state)
 {
     size_t len;
-    char *text = slurp(EXAMPLES "/order.yaml", &len);
+    char *text = tu_slurp(EXAMPLES "/order.yaml", &len);
     assert_non_null(text);
     ferry_saga_def *a = NULL, *b = NULL;
     assert_int_equal(ferry_saga_def_load(EXAMPLES "/order.yaml", &a, NULL), FERRY_OK);
@@ -610,10 +389,10 @@ static void null_arguments_and_missing_files(void **state)
     assert_int_equal(ferry_saga_def_parse("saga: x", 7, "x", NULL, NULL), FERRY_EINVAL);
     assert_int_equal(ferry_saga_def_load(NULL, &def, NULL), FERRY_EINVAL);
     assert_int_equal(ferry_saga_def_load(DATA "/nope.yaml", &def, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, DATA "/nope.yaml: could not open the saga definition: "
-                          "No such file or directory"));
+    assert_true(tu_load_has_error(&errs, DATA "/nope.yaml: could not open the saga definition: "
+                                  "No such file or directory"));
     assert_int_equal(ferry_saga_def_load(DATA, &def, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, "could not read the saga definition: Is a directory"));
+    assert_true(tu_load_has_error(&errs, "could not read the saga definition: Is a directory"));
     /* errs may be NULL either way. */
     assert_int_equal(ferry_saga_def_load(DATA "/invalid/syntax/saga.yaml", &def, NULL),
                      FERRY_EINVAL);
@@ -623,137 +402,45 @@ static void null_arguments_and_missing_files(void **state)
     /* Bytes after a NUL in memory are part of the document, not its end. */
     static const char nul[] = "saga: s\0x\n";
     assert_int_equal(ferry_saga_def_parse(nul, sizeof nul - 1, "nul", &def, &errs), FERRY_EINVAL);
-    assert_true(has_error(&errs, "invalid YAML"));
+    assert_true(tu_load_has_error(&errs, "invalid YAML"));
 }
 
 /* ------------------------------------------------------------ allocation failures */
 
-static long countdown = -1;           /* allocations left before failing; -1: never */
-static long failed;
-
-static void *failing_malloc(size_t n)
-{
-    if (countdown == 0) {             /* fail this one only: the loader must cope
-                                         with the allocations after it succeeding */
-        countdown = -1;
-        failed++;
-        return NULL;
-    }
-    if (countdown > 0)
-        countdown--;
-    return malloc(n);
-}
-
-/* Fail the 1st allocation, then the 2nd, ...: each load fails cleanly
- * with FERRY_ENOMEM (LeakSanitizer checks nothing is left behind) until
- * one succeeds. libyaml's own allocations are not covered. */
+/* Every allocation failed in turn (tu_load_alloc_failures), payload
+ * templates' (jansson's) included. */
 static void allocation_failures(void **state)
 {
     static const char *const files[] = {
         EXAMPLES "/order.yaml", DATA "/valid/payload-types/saga.yaml",
         DATA "/invalid/several-errors/saga.yaml",
     };
-    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
-        size_t len;
-        char *text = slurp(files[f], &len);
-        assert_non_null(text);
-        ferry_saga_load_errors errs;
-        ferry_saga_def *def = NULL;
-        ferry_code clean = ferry_saga_def_parse(text, len, "x.yaml", &def, &errs);
-        ferry_saga_def_free(def);
-        size_t clean_total = errs.total;
-
-        long n = 0;
-        failed = 0;
-        ferry_saga_malloc_ = failing_malloc;
-        json_set_alloc_funcs(failing_malloc, free);
-        for (;; n++) {
-            countdown = n;
-            def = NULL;
-            long before = failed;
-            ferry_code rc = ferry_saga_def_parse(text, len, "x.yaml", &def, &errs);
-            bool fired = failed > before;
-            countdown = -1;
-            if (!fired) {
-                assert_int_equal(rc, clean);
-                assert_int_equal(errs.total, clean_total);
-                ferry_saga_def_free(def);
-                break;
-            }
-            if (rc != FERRY_ENOMEM) {
-                print_errors(&errs);
-                fail_msg("%s: allocation %ld failed: %s, expected FERRY_ENOMEM", files[f], n,
-                         ferry_code_name(rc));
-            }
-            assert_null(def);
-            assert_true(has_error(&errs, "out of memory"));
-        }
-        ferry_saga_malloc_ = malloc;
-        json_set_alloc_funcs(malloc, free);
-        assert_true(n > 10);
-        assert_int_equal(failed, n);  /* the fault fired in every round but the last */
-        free(text);
-    }
+    json_set_alloc_funcs(tu_failing_malloc, free);
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++)
+        tu_load_alloc_failures(&sagas, files[f], 0, "out of memory", 10);
+    json_set_alloc_funcs(malloc, free);
 }
 
 /* ------------------------------------------------------------ the program */
-
-static const char *bin(void)
-{
-    const char *b = getenv("FERRY_RECONCILE_BIN");
-    b = b && b[0] ? b : "build/asan/ferry-reconcile";
-    if (access(b, X_OK) != 0)
-        fail_msg("%s is not there: build it, or set FERRY_RECONCILE_BIN", b);
-    return b;
-}
-
-/* Run bin ARGS; its stdout and stderr into *out and *err; exit status. */
-static int run(char **out, char **err, const char *args)
-{
-    char out_path[] = "/tmp/ferry-test-out-XXXXXX", err_path[] = "/tmp/ferry-test-err-XXXXXX";
-    int fo = mkstemp(out_path), fe = mkstemp(err_path);
-    assert_true(fo >= 0 && fe >= 0);
-    close(fo);
-    close(fe);
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s", bin(), args, out_path, err_path);
-    int status = system(cmd);
-    assert_true(status != -1 && WIFEXITED(status));
-    *out = slurp(out_path, NULL);
-    *err = slurp(err_path, NULL);
-    assert_non_null(*out);
-    assert_non_null(*err);
-    unlink(out_path);
-    unlink(err_path);
-    return WEXITSTATUS(status);
-}
-
-static size_t count_lines(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
-}
 
 static void lint_command(void **state)
 {
     char *out, *err;
 
-    assert_int_equal(run(&out, &err, "lint " EXAMPLES "/order.yaml " DATA "/valid/minimal/saga.yaml"),
-                     0);
+    assert_int_equal(tu_lint(&out, &err, "lint " EXAMPLES "/order.yaml "
+                             DATA "/valid/minimal/saga.yaml"), 0);
     assert_string_equal(err, "");
-    assert_int_equal(count_lines(out), 2);
+    assert_int_equal(tu_count_lines(out), 2);
     assert_non_null(strstr(out, EXAMPLES "/order.yaml: OK: saga order version 1, 3 steps, hash "));
     assert_non_null(strstr(out, DATA "/valid/minimal/saga.yaml: OK: saga minimal"));
     free(out);
     free(err);
 
     /* One bad file makes the run fail; the good one is still said OK. */
-    assert_int_equal(run(&out, &err, "lint " DATA "/valid/minimal/saga.yaml "
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/valid/minimal/saga.yaml "
                          DATA "/invalid/two-pivots/saga.yaml " DATA "/invalid/zero-timeout/saga.yaml"),
                      4);
-    assert_int_equal(count_lines(out), 1);
+    assert_int_equal(tu_count_lines(out), 1);
     assert_string_equal(err,
         DATA "/invalid/two-pivots/saga.yaml:18:12: steps[2].pivot: a second pivot: steps[1] at "
         "line 10 is the pivot already; a saga has at most one\n"
@@ -763,12 +450,12 @@ static void lint_command(void **state)
     free(err);
 
     /* Errors without a place or a field leave those parts out. */
-    assert_int_equal(run(&out, &err, "lint " DATA "/nope.yaml"), 8);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/nope.yaml"), 8);
     assert_string_equal(err, DATA "/nope.yaml: could not open the saga definition: No such file "
                         "or directory\n");
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "lint " DATA "/invalid/syntax/saga.yaml"), 4);
+    assert_int_equal(tu_lint(&out, &err, "lint " DATA "/invalid/syntax/saga.yaml"), 4);
     assert_non_null(strstr(err, "saga.yaml:7:4: invalid YAML: did not find expected '-' indicator"));
     free(out);
     free(err);
@@ -784,8 +471,8 @@ static void lint_command(void **state)
     fclose(f);
     char args[128];
     snprintf(args, sizeof args, "lint %s", path);
-    assert_int_equal(run(&out, &err, args), 4);
-    assert_int_equal(count_lines(err), FERRY_SAGA_ERRORS_MAX + 1);
+    assert_int_equal(tu_lint(&out, &err, args), 4);
+    assert_int_equal(tu_count_lines(err), FERRY_SAGA_ERRORS_MAX + 1);
     char want[128];
     snprintf(want, sizeof want, "%s: 9 more errors not shown\n", path);
     assert_non_null(strstr(err, want));
@@ -797,17 +484,17 @@ static void lint_command(void **state)
     static const char *const usage_errors[] = {"", "bogus", "lint", "lint --strict x.yaml",
                                                "--bogus"};
     for (size_t i = 0; i < sizeof usage_errors / sizeof usage_errors[0]; i++) {
-        if (run(&out, &err, usage_errors[i]) != 16)
+        if (tu_lint(&out, &err, usage_errors[i]) != 16)
             fail_msg("\"%s\": expected exit 16", usage_errors[i]);
         assert_non_null(strstr(err, "usage: ferry-reconcile"));
         free(out);
         free(err);
     }
-    assert_int_equal(run(&out, &err, "--help"), 0);
+    assert_int_equal(tu_lint(&out, &err, "--help"), 0);
     assert_non_null(strstr(out, "ferry-reconcile lint FILE..."));
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "--version"), 0);
+    assert_int_equal(tu_lint(&out, &err, "--version"), 0);
     assert_string_equal(out, "ferry-reconcile " FERRY_VERSION_STRING "\n");
     free(out);
     free(err);
@@ -827,7 +514,7 @@ static void graph_command(void **state)
     char *out, *err;
 
     /* Shipping is the pivot and last: no failure edge leaves it forward. */
-    assert_int_equal(run(&out, &err, "graph " EXAMPLES "/order.yaml"), 0);
+    assert_int_equal(tu_lint(&out, &err, "graph " EXAMPLES "/order.yaml"), 0);
     assert_string_equal(err, "");
     assert_int_equal(at(out, "digraph \"order\" {"), 0);
     at(out, "start -> s0;");
@@ -851,7 +538,7 @@ static void graph_command(void **state)
     free(err);
 
     /* No pivot: every step undoable, the undo chain covers all three. */
-    assert_int_equal(run(&out, &err, "graph " EXAMPLES "/transfer.yaml"), 0);
+    assert_int_equal(tu_lint(&out, &err, "graph " EXAMPLES "/transfer.yaml"), 0);
     assert_null(strstr(out, "doubleoctagon"));
     assert_true(at(out, "c2 -> c1 [") < at(out, "c1 -> c0 [") &&
                 at(out, "c1 -> c0 [") < at(out, "c0 -> compensated ["));
@@ -860,7 +547,7 @@ static void graph_command(void **state)
     free(err);
 
     /* A pivot in the middle: the steps after it have no failure edges. */
-    assert_int_equal(run(&out, &err, "graph " DATA "/valid/pivot-middle/saga.yaml"), 0);
+    assert_int_equal(tu_lint(&out, &err, "graph " DATA "/valid/pivot-middle/saga.yaml"), 0);
     at(out, "s1 [shape=doubleoctagon");
     assert_null(strstr(out, "s2 -> c0"));
     assert_null(strstr(out, "s2 -> c1"));
@@ -871,15 +558,15 @@ static void graph_command(void **state)
     free(out);
     free(err);
 
-    assert_int_equal(run(&out, &err, "graph " DATA "/invalid/two-pivots/saga.yaml"), 4);
+    assert_int_equal(tu_lint(&out, &err, "graph " DATA "/invalid/two-pivots/saga.yaml"), 4);
     assert_string_equal(out, "");
     at(err, "saga.yaml:18:12: steps[2].pivot: a second pivot");
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "graph"), 16);
+    assert_int_equal(tu_lint(&out, &err, "graph"), 16);
     free(out);
     free(err);
-    assert_int_equal(run(&out, &err, "graph a.yaml b.yaml"), 16);
+    assert_int_equal(tu_lint(&out, &err, "graph a.yaml b.yaml"), 16);
     free(out);
     free(err);
 }
@@ -894,14 +581,14 @@ static void examples_lint_clean(void **state)
         ferry_saga_def *def = NULL;
         ferry_saga_load_errors errs;
         if (ferry_saga_def_load(g.gl_pathv[i], &def, &errs) != FERRY_OK) {
-            print_errors(&errs);
+            tu_load_print_errors(&errs);
             fail_msg("%s does not load", g.gl_pathv[i]);
         }
         check_invariants(def);
         ferry_saga_def_free(def);
         char *out, *err, args[600];
         snprintf(args, sizeof args, "lint %s", g.gl_pathv[i]);
-        assert_int_equal(run(&out, &err, args), 0);
+        assert_int_equal(tu_lint(&out, &err, args), 0);
         assert_string_equal(err, "");
         free(out);
         free(err);
@@ -955,12 +642,7 @@ static void schema_matches_the_loader(void **state)
 
 static int check_cwd(void **state)
 {
-    struct stat st;
-    if (stat(DATA, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "test_saga_def: run from the repository root (no %s here)\n", DATA);
-        return -1;
-    }
-    return 0;
+    return tu_load_need_dir(DATA, "test_saga_def");
 }
 
 int main(void)

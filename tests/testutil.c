@@ -44,10 +44,7 @@ int tu_group_teardown(void **state)
 
 int tu_clean_outbox(void **state)
 {
-    PGconn *conn = tu_connect();
-    tu_exec(conn, "TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter");
-    PQfinish(conn);
-    return 0;
+    return tu_exec_once("TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter");
 }
 
 PGconn *tu_connect(void)
@@ -80,6 +77,14 @@ void tu_exec(PGconn *conn, const char *sql)
         fail_msg("SQL failed: %s\n  %s", sql, msg);
     }
     PQclear(res);
+}
+
+int tu_exec_once(const char *sql)
+{
+    PGconn *conn = tu_connect();
+    tu_exec(conn, sql);
+    PQfinish(conn);
+    return 0;
 }
 
 static PGresult *one_row(PGconn *conn, const char *sql)
@@ -122,21 +127,40 @@ char *tu_sprintf(const char *fmt, ...)
     return s;
 }
 
+long long tu_int_of(PGconn *conn, char *sql)
+{
+    long long n = tu_int(conn, sql);
+    free(sql);
+    return n;
+}
+
+char *tu_str_of(PGconn *conn, char *sql)
+{
+    char *v = tu_str(conn, sql);
+    free(sql);
+    return v;
+}
+
+void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
+{
+    char *got = tu_str(conn, sql);
+    if (got == NULL || strcmp(got, want) != 0)
+        fail_msg("got \"%s\", want \"%s\" from %s", got ? got : "(null)", want, sql);
+    free(got);
+    free(sql);
+}
+
 void tu_await(PGconn *conn, const char *sql, int timeout_ms)
 {
-    struct timespec t0, now, tick = {0, 2 * 1000 * 1000};
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
+    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
         char *v = tu_str(conn, sql);
         int done = v != NULL && strcmp(v, "t") == 0;
         free(v);
         if (done)
             return;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long ms = (now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (ms > timeout_ms)
+        if (clk_mono_ms() > end)
             fail_msg("timed out after %d ms waiting for: %s", timeout_ms, sql);
-        nanosleep(&tick, NULL);   /* polling interval of the condition */
+        clk_sleep_ms(2);   /* polling interval of the condition */
     }
 }
 
@@ -162,7 +186,7 @@ static int drain_fd(int fd, char **buf, size_t *len, size_t *cap)
     return n > 0 || (n < 0 && errno == EINTR);
 }
 
-int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
+tu_child tu_start(const char *const *argv)
 {
     int po[2], pe[2];
     assert_int_equal(pipe(po), 0);
@@ -182,11 +206,15 @@ int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
     }
     close(po[1]);
     close(pe[1]);
+    return (tu_child){.pid = pid, .out = po[0], .err = pe[0], .name = argv[0]};
+}
+
+int tu_finish(tu_child ch, int timeout_ms, char **out, char **err)
+{
     char *b[2] = {NULL, NULL};
     size_t len[2] = {0, 0}, cap[2] = {0, 0};
-    int open_fds[2] = {po[0], pe[0]};
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int open_fds[2] = {ch.out, ch.err};
+    int64_t t0 = clk_mono_ms();
     for (int i = 0; i < 2; i++) {
         cap[i] = 8192;
         b[i] = calloc(1, cap[i]);
@@ -195,13 +223,10 @@ int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
     while (open_fds[0] >= 0 || open_fds[1] >= 0) {
         struct pollfd fds[2] = {{open_fds[0], POLLIN, 0}, {open_fds[1], POLLIN, 0}};
         int r = poll(fds, 2, 200);
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        long ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
-        if (ms > timeout_ms) {
-            kill(pid, SIGKILL);
-            waitpid(pid, NULL, 0);
-            fail_msg("%s ran longer than %d ms; stderr so far:\n%s", argv[0], timeout_ms,
+        if (clk_mono_ms() - t0 > timeout_ms) {
+            kill(ch.pid, SIGKILL);
+            waitpid(ch.pid, NULL, 0);
+            fail_msg("%s ran longer than %d ms; stderr so far:\n%s", ch.name, timeout_ms,
                      b[1]);
         }
         if (r <= 0)
@@ -214,9 +239,9 @@ int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
             }
     }
     int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(waitpid(ch.pid, &status, 0), ch.pid);
     if (!WIFEXITED(status))
-        fail_msg("%s died of signal %d; stderr:\n%s", argv[0], WTERMSIG(status), b[1]);
+        fail_msg("%s died of signal %d; stderr:\n%s", ch.name, WTERMSIG(status), b[1]);
     if (out)
         *out = b[0];
     else
@@ -226,4 +251,129 @@ int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
     else
         free(b[1]);
     return WEXITSTATUS(status);
+}
+
+int tu_run(const char *const *argv, int timeout_ms, char **out, char **err)
+{
+    return tu_finish(tu_start(argv), timeout_ms, out, err);
+}
+
+static const char *program(const char *env, const char *def)
+{
+    const char *b = getenv(env);
+    b = b && b[0] ? b : def;
+    if (access(b, X_OK) != 0)
+        fail_msg("%s is not there: build it, or set %s", b, env);
+    return b;
+}
+
+const char *tu_relay_bin(void)
+{
+    return program("FERRY_RELAY_BIN", "build/asan/ferry-relay");
+}
+
+const char *tu_reconcile_bin(void)
+{
+    return program("FERRY_RECONCILE_BIN", "build/asan/ferry-reconcile");
+}
+
+int tu_reconcile(const char *const *args, int timeout_ms, char **out, char **err)
+{
+    enum { MAX = 60 };
+    const char *argv[MAX + 2] = {tu_reconcile_bin()};
+    size_t n = 1;
+    for (; args[n - 1] != NULL; n++) {
+        assert_true(n <= MAX);
+        argv[n] = args[n - 1];
+    }
+    argv[n] = NULL;
+    return tu_run(argv, timeout_ms, out, err);
+}
+
+char *tu_slurp(const char *path, size_t *len_out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno != ENOENT)
+            fail_msg("could not open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (;;) {
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0)
+            break;
+        if (len + 1 == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    assert_false(ferror(f));
+    fclose(f);
+    buf[len] = '\0';
+    if (len_out)
+        *len_out = len;
+    return buf;
+}
+
+char *tu_temp_file(const char *text)
+{
+    char *path = strdup("/tmp/ferry-test-XXXXXX.yaml");
+    assert_non_null(path);
+    int fd = mkstemps(path, 5);
+    assert_true(fd >= 0);
+    size_t len = strlen(text);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+void tu_temp_remove(char *path)
+{
+    unlink(path);
+    free(path);
+}
+
+FILE *tu_cat_pipe(const char *path, char *name, size_t size)
+{
+    char *cmd = tu_sprintf("cat %s", path);
+    FILE *p = popen(cmd, "r");
+    free(cmd);
+    assert_non_null(p);
+    snprintf(name, size, "/dev/fd/%d", fileno(p));
+    return p;
+}
+
+const char *const tu_group_props[] = {
+    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+    NULL,
+};
+
+ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char *topic,
+                                ferry_handler_fn handler, void *arg,
+                                const char *const *kafka_props, int max_attempts)
+{
+    const char *topics[1] = {topic};
+    ferry_consumer_conf conf = {
+        .name = name,
+        .db = fpg_conninfo(tu_pg),
+        .kafka = kafka,
+        .topics = topics,
+        .topic_count = 1,
+        .handler = handler,
+        .handler_arg = arg,
+        .kafka_props = kafka_props ? kafka_props : tu_group_props,
+        .max_attempts = max_attempts,
+        .backoff_base_ms = 5,
+        .backoff_max_ms = 50,
+        .held_scan_ms = 50,
+    };
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
+    return c;
 }

@@ -1,7 +1,11 @@
 /*
  * testutil.h — what the integration tests share: one throwaway PostgreSQL
- * per test binary (tests/harness/pgtmp.c), migrated, and small assertions
- * over libpq. Every helper fails the running cmocka test on error.
+ * per test binary (tests/harness/pgtmp.c), migrated, small assertions
+ * over libpq, the programs under test run to their end, temporary files,
+ * and consumers. Every helper fails the running cmocka test on error.
+ * Beside it: tu_proc.h (programs running beside a test), tu_http.h
+ * (metrics endpoints), tu_load.h (the YAML loaders' cases), tu_saga.h
+ * (the saga tests' participants).
  */
 #ifndef FERRY_TESTUTIL_H
 #define FERRY_TESTUTIL_H
@@ -10,10 +14,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 #include <cmocka.h>
 
 #include "ferry.h"
+#include "harness/clock.h"
 #include "harness/pgtmp.h"
 
 /* The cluster of this test binary, started by tu_group_setup. */
@@ -31,12 +38,20 @@ int tu_clean_outbox(void **state);
 PGconn *tu_connect(void);
 PGconn *tu_connect_as(const char *user);
 void tu_exec(PGconn *conn, const char *sql);
+/* tu_exec on a connection of its own, for fixtures; returns 0. */
+int tu_exec_once(const char *sql);
 /* Run sql and return the first column of the first row as an integer. */
 long long tu_int(PGconn *conn, const char *sql);
 /* ... as a string: malloc'd, caller frees; NULL for SQL NULL. */
 char *tu_str(PGconn *conn, const char *sql);
 /* printf-style SQL into a static-free buffer: caller frees. */
 char *tu_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* tu_int and tu_str of sql, which they then free: for SQL that tu_sprintf
+ * made, so that -Wformat checks the format where it is written. */
+long long tu_int_of(PGconn *conn, char *sql);
+char *tu_str_of(PGconn *conn, char *sql);
+/* Fail the test unless sql (freed after) returns the text want. */
+void tu_assert_str_of(PGconn *conn, char *sql, const char *want);
 
 /* Wait (bounded, polling the server, never a blind sleep) until sql
  * returns true; fails the test after timeout_ms. */
@@ -47,6 +62,54 @@ void tu_await(PGconn *conn, const char *sql, int timeout_ms);
  * and return its exit status; fails the test if it died of a signal or
  * ran longer than timeout_ms (then it is killed). */
 int tu_run(const char *const *argv, int timeout_ms, char **out, char **err);
+
+/* The same in two halves, for children that must run at the same time:
+ * tu_start forks argv with stdout and stderr on pipes; tu_finish reads
+ * both to EOF and reaps it, as tu_run does (timeout_ms counted from the
+ * call). tu_run(argv, ...) is tu_finish(tu_start(argv), ...). */
+typedef struct tu_child {
+    pid_t pid;
+    int out, err;               /* read ends of its stdout and stderr */
+    const char *name;           /* argv[0], borrowed */
+} tu_child;
+tu_child tu_start(const char *const *argv);
+int tu_finish(tu_child ch, int timeout_ms, char **out, char **err);
+
+/* The programs under test: $FERRY_RELAY_BIN and $FERRY_RECONCILE_BIN, by
+ * default the ASan builds build/asan/ferry-relay and
+ * build/asan/ferry-reconcile (relative to the repository root, where make
+ * runs the tests). Fail the test when the file is not executable. */
+const char *tu_relay_bin(void);
+const char *tu_reconcile_bin(void);
+
+/* tu_run of `ferry-reconcile ARGS...` (args NULL-terminated, at most 60). */
+int tu_reconcile(const char *const *args, int timeout_ms, char **out, char **err);
+
+/* The whole file, NUL-terminated and malloc'd, its length into *len when
+ * len is not NULL; NULL when it does not exist. Other errors fail the test. */
+char *tu_slurp(const char *path, size_t *len);
+
+/* A new temporary file /tmp/ferry-test-XXXXXX.yaml holding text: its
+ * path, malloc'd, for tu_temp_remove to unlink and free. */
+char *tu_temp_file(const char *text);
+void tu_temp_remove(char *path);
+/* The file at path through a pipe (`cat path`), whose size a reader
+ * cannot know in advance; its name, /dev/fd/N, into name. pclose it. */
+FILE *tu_cat_pipe(const char *path, char *name, size_t size);
+
+/* The group settings of the consumers the tests make: a member that dies
+ * (kill -9) stays in the group until its session times out, and a
+ * rebalance waits for it, so the session is short. NULL-terminated. */
+extern const char *const tu_group_props[];
+
+/* A consumer named name of one topic, applying to the test cluster's
+ * database from the broker at kafka, with retry backoffs (5 to 50 ms) and
+ * held-message scans (every 50 ms) short enough for tests. kafka_props
+ * NULL means tu_group_props; max_attempts 0 the default. Fails the test if
+ * it cannot be made. */
+ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char *topic,
+                                ferry_handler_fn handler, void *arg,
+                                const char *const *kafka_props, int max_attempts);
 
 /* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
  * glob), when it is set; for working on one test at a time. */

@@ -5,6 +5,7 @@
  * instead of killing the test with SIGPIPE; its stdout is a pipe. Out of
  * memory aborts: this is a test harness. */
 #include "kafkatmp.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -61,20 +62,6 @@ static char *kt_xmemdup(const void *data, size_t len)
     return p;
 }
 
-static long long kt_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void kt_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 static int kt_decode_status(int wstatus)
 {
     if (WIFEXITED(wstatus))
@@ -89,7 +76,7 @@ static int kt_decode_status(int wstatus)
 
 int kt_read_line(kt_broker *kb, char *line, size_t len, int timeout_ms)
 {
-    long long deadline = kt_now_ms() + timeout_ms;
+    long long deadline = clk_mono_ms() + timeout_ms;
     for (;;) {
         char *nl = memchr(kb->rbuf, '\n', kb->rlen);
         if (nl != NULL) {
@@ -108,7 +95,7 @@ int kt_read_line(kt_broker *kb, char *line, size_t len, int timeout_ms)
             kb->rlen = 0;
             return -1;
         }
-        long long left = deadline - kt_now_ms();
+        long long left = deadline - clk_mono_ms();
         if (left <= 0) {
             fprintf(stderr, "kafkatmp: no reply from devkafka (pid %ld) within %d ms\n",
                     (long)kb->pid, timeout_ms);
@@ -319,7 +306,7 @@ pid_t kt_pid(const kt_broker *kb)
 
 int kt_wait(kt_broker *kb, int timeout_ms)
 {
-    long long deadline = kt_now_ms() + timeout_ms;
+    long long deadline = clk_mono_ms() + timeout_ms;
     while (!kb->reaped) {
         int wstatus;
         pid_t r = waitpid(kb->pid, &wstatus, WNOHANG);
@@ -332,9 +319,9 @@ int kt_wait(kt_broker *kb, int timeout_ms)
             fprintf(stderr, "kafkatmp: waitpid %ld: %s\n", (long)kb->pid, strerror(errno));
             return -1;
         }
-        if (kt_now_ms() >= deadline)
+        if (clk_mono_ms() >= deadline)
             return -1;
-        kt_sleep_ms(5);   /* polling interval for the child's exit */
+        clk_sleep_ms(5);   /* polling interval for the child's exit */
     }
     return kb->status;
 }
@@ -444,7 +431,7 @@ static int kt_partition_count(rd_kafka_t *rk, const char *topic, long long deadl
     int count = 0;
     rd_kafka_resp_err_t last = RD_KAFKA_RESP_ERR_NO_ERROR;
     for (;;) {
-        long long left = deadline - kt_now_ms();
+        long long left = deadline - clk_mono_ms();
         if (left <= 0)
             break;
         const struct rd_kafka_metadata *md = NULL;
@@ -460,7 +447,7 @@ static int kt_partition_count(rd_kafka_t *rk, const char *topic, long long deadl
         if (count > 0)
             break;
         last = err;
-        kt_sleep_ms(50);   /* the topic is created by its first producer */
+        clk_sleep_ms(50);   /* the topic is created by its first producer */
     }
     if (count == 0)
         fprintf(stderr, "kt_consume: topic %s did not appear: %s\n", topic,
@@ -472,10 +459,10 @@ static int kt_partition_count(rd_kafka_t *rk, const char *topic, long long deadl
 kt_msgs *kt_consume(const char *bootstrap, const char *topic, size_t want, int timeout_ms)
 {
     static unsigned long serial;
-    long long deadline = kt_now_ms() + timeout_ms;
+    long long deadline = clk_mono_ms() + timeout_ms;
     char group[96];
     snprintf(group, sizeof group, "kafkatmp-%ld-%lu-%lld", (long)getpid(), ++serial,
-             kt_now_ms());
+             (long long)clk_mono_ms());
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (!kt_set(conf, "bootstrap.servers", bootstrap) || !kt_set(conf, "group.id", group) ||
@@ -511,7 +498,7 @@ kt_msgs *kt_consume(const char *bootstrap, const char *topic, size_t want, int t
         if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
             fprintf(stderr, "kt_consume: assign: %s\n", rd_kafka_err2str(err));
         while (err == RD_KAFKA_RESP_ERR_NO_ERROR && (want == 0 || out->count < want)) {
-            long long left = deadline - kt_now_ms();
+            long long left = deadline - clk_mono_ms();
             if (left <= 0)
                 break;
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, (int)(left < 100 ? left : 100));
