@@ -100,7 +100,7 @@ saga-sim-broken: build/asan/libferry.a
 	sh tests/saga_sim_broken.sh "$(CC) $(ASAN_CFLAGS)" build/asan/libferry.a "$(TEST_LIBS)" \
 	    build/asan/saga-broken
 
-valgrind-inner: $(TESTS:build/asan/%=build/vg/%)
+valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
 demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile

@@ -252,6 +252,10 @@ static void dead_leases_are_expired(void **state)
     /* A name the server cannot keep in application_name (ASCII only): its
      * session cannot be told, so only its heartbeat may judge it. */
     seed_leases(c, "g\xc3\xabist", 16, 17, 0);
+    /* No session, but a heartbeat renewed just now: a relay reconnecting
+     * after a database restart, not a dead one. */
+    seed_leases(c, "reconnecting", 18, 19, 0);
+    tu_exec(c, "UPDATE ferry.lease SET renewed_at = now() WHERE name = 'relay:reconnecting'");
 
     run_result r = check_finds(c, NULL);
     long long rows = 0;
@@ -280,6 +284,8 @@ static void dead_leases_are_expired(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'alive-1' "
                                "AND expires_at > now() + interval '50 minutes'"), 6);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'g\xc3\xabist' "
+                               "AND expires_at > now() + interval '50 minutes'"), 3);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'reconnecting' "
                                "AND expires_at > now() + interval '50 minutes'"), 3);
     check_clean(NULL);
     /* Idempotent: nothing left to do. */
