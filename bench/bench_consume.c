@@ -247,16 +247,6 @@ static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
 
 /* ---------------------------------------------------------------- Kafka */
 
-static int kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "bench: kafka property %s=%s: %s\n", name, value, errstr);
-        return -1;
-    }
-    return 0;
-}
-
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     (void)rk;
@@ -333,24 +323,11 @@ static int produce_one(rd_kafka_t *rk, const char *key, long seq, long amount, l
  * up to. */
 static int preload(bench *b)
 {
-    char errstr[512];
     long failed = 0;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
     /* As the relay produces: idempotent, acks=all, Java's partitioner. */
-    if (kconf_set(conf, "bootstrap.servers", b->bootstrap) ||
-        kconf_set(conf, "enable.idempotence", "true") || kconf_set(conf, "acks", "all") ||
-        kconf_set(conf, "linger.ms", "5") || kconf_set(conf, "partitioner", "murmur2_random")) {
-        rd_kafka_conf_destroy(conf);
+    rd_kafka_t *rk = bench_relay_like_producer(b->bootstrap, "5", on_delivery, &failed);
+    if (rk == NULL)
         return -1;
-    }
-    rd_kafka_conf_set_opaque(conf, &failed);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        fprintf(stderr, "bench: producer: %s\n", errstr);
-        return -1;
-    }
     char ce_time[32];
     time_t now = time(NULL);
     struct tm tm;
@@ -393,7 +370,7 @@ static int check_topic(bench *b)
 {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (kconf_set(conf, "bootstrap.servers", b->bootstrap) != 0) {
+    if (bench_kconf_set(conf, "bootstrap.servers", b->bootstrap) != 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
@@ -673,12 +650,12 @@ static int run_bare(bench *b, int round, run_result *out)
 
     /* The ferry consumer's settings (lib/consume.c, kafka_new). */
     rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    if (kconf_set(kc, "bootstrap.servers", b->bootstrap) || kconf_set(kc, "group.id", name) ||
-        kconf_set(kc, "enable.auto.offset.store", "false") ||
-        kconf_set(kc, "enable.auto.commit", "true") ||
-        kconf_set(kc, "auto.commit.interval.ms", "1000") ||
-        kconf_set(kc, "auto.offset.reset", "earliest") ||
-        kconf_set(kc, "enable.partition.eof", "false") || kconf_set(kc, "client.id", name)) {
+    if (bench_kconf_set(kc, "bootstrap.servers", b->bootstrap) || bench_kconf_set(kc, "group.id", name) ||
+        bench_kconf_set(kc, "enable.auto.offset.store", "false") ||
+        bench_kconf_set(kc, "enable.auto.commit", "true") ||
+        bench_kconf_set(kc, "auto.commit.interval.ms", "1000") ||
+        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
+        bench_kconf_set(kc, "enable.partition.eof", "false") || bench_kconf_set(kc, "client.id", name)) {
         rd_kafka_conf_destroy(kc);
         PQfinish(conn);
         return -1;
@@ -1100,15 +1077,8 @@ int main(void)
         bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    const char *relay_bin = getenv("FERRY_RELAY_BIN");
-    if (relay_bin == NULL || relay_bin[0] == '\0') {
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);     /* for kt_start */
-        relay_bin = getenv("FERRY_RELAY_BIN");
-    }
-    if (access(relay_bin, X_OK) != 0) {
-        fprintf(stderr, "bench: cannot run %s: %s\n", relay_bin, strerror(errno));
+    if (bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay") == NULL)  /* kt_start's */
         return 1;
-    }
 
     int status = 1;
     static bench b;

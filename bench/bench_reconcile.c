@@ -1067,13 +1067,8 @@ int main(void)
     b.rounds = (int)rounds;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
-    b.bin = getenv("FERRY_RECONCILE_BIN");
-    if (b.bin == NULL || b.bin[0] == '\0')
-        b.bin = "build/rel/ferry-reconcile";
-    if (access(b.bin, X_OK) != 0) {
-        fprintf(stderr, "bench: cannot run %s: %s\n", b.bin, strerror(errno));
+    if ((b.bin = bench_program("FERRY_RECONCILE_BIN", "build/rel/ferry-reconcile")) == NULL)
         return 1;
-    }
 
     int status = 1, nph = 0;
     for (int i = 0; i < WRITERS; i++)

@@ -354,16 +354,6 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
 
 /* ---------------------------------------------------------------- Kafka */
 
-static int kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
-{
-    char errstr[512];
-    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "bench: kafka property %s=%s: %s\n", name, value, errstr);
-        return -1;
-    }
-    return 0;
-}
-
 /* Messages ever appended to topic: the sum of its partitions' high
  * watermarks (the topic is new, so its offsets start at 0). Not high - low:
  * the mock moves the low watermark past what it drops. */
@@ -371,7 +361,7 @@ static long long topic_appended(const char *bootstrap, const char *topic)
 {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (kconf_set(conf, "bootstrap.servers", bootstrap) != 0) {
+    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0) {
         rd_kafka_conf_destroy(conf);
         return -1;
     }
@@ -429,10 +419,10 @@ static void *consumer_main(void *arg)
     char errstr[512], group[64];
     snprintf(group, sizeof group, "bench-%ld-%s", (long)getpid(), c->topic);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (kconf_set(conf, "bootstrap.servers", c->bootstrap) ||
-        kconf_set(conf, "group.id", group) || kconf_set(conf, "enable.auto.commit", "false") ||
-        kconf_set(conf, "enable.partition.eof", "false") ||
-        kconf_set(conf, "fetch.wait.max.ms", "1")) {
+    if (bench_kconf_set(conf, "bootstrap.servers", c->bootstrap) ||
+        bench_kconf_set(conf, "group.id", group) || bench_kconf_set(conf, "enable.auto.commit", "false") ||
+        bench_kconf_set(conf, "enable.partition.eof", "false") ||
+        bench_kconf_set(conf, "fetch.wait.max.ms", "1")) {
         rd_kafka_conf_destroy(conf);
         snprintf(c->error, sizeof c->error, "consumer configuration refused");
         return NULL;
@@ -891,22 +881,10 @@ static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
 {
     memset(r, 0, sizeof *r);
     long total = (long)(seconds * LAT_RATE), failed = 0;
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (kconf_set(conf, "bootstrap.servers", bootstrap) ||
-        kconf_set(conf, "enable.idempotence", "true") || kconf_set(conf, "acks", "all") ||
-        kconf_set(conf, "linger.ms", "2") || kconf_set(conf, "partitioner", "murmur2_random")) {
-        rd_kafka_conf_destroy(conf);
+    /* As the relay produces: idempotent, acks=all, Java's partitioner. */
+    rd_kafka_t *rk = bench_relay_like_producer(bootstrap, "2", on_direct_delivery, &failed);
+    if (rk == NULL)
         return -1;
-    }
-    rd_kafka_conf_set_opaque(conf, &failed);
-    rd_kafka_conf_set_dr_msg_cb(conf, on_direct_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        fprintf(stderr, "bench: producer: %s\n", errstr);
-        return -1;
-    }
     int rc = -1;
     consumer c;
     pthread_t tid;
@@ -1171,15 +1149,9 @@ int main(void)
         return 1;
     long rows = (long)rows_d;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    g_relay_bin = getenv("FERRY_RELAY_BIN");
-    if (g_relay_bin == NULL || g_relay_bin[0] == '\0') {
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);   /* kt_start's too */
-        g_relay_bin = getenv("FERRY_RELAY_BIN");
-    }
-    if (access(g_relay_bin, X_OK) != 0) {
-        fprintf(stderr, "bench: cannot run %s: %s\n", g_relay_bin, strerror(errno));
+    g_relay_bin = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");  /* kt_start's too */
+    if (g_relay_bin == NULL)
         return 1;
-    }
     snprintf(g_log_path, sizeof g_log_path, "/tmp/ferry-bench-relay-XXXXXX");
     g_log_fd = mkstemp(g_log_path);
     if (g_log_fd < 0) {

@@ -591,15 +591,9 @@ int main(void)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
-    const char *relay_bin = getenv("FERRY_RELAY_BIN");
-    if (relay_bin == NULL || relay_bin[0] == '\0') {
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);     /* for kt_start */
-        relay_bin = getenv("FERRY_RELAY_BIN");
-    }
-    if (access(relay_bin, X_OK) != 0) {
-        fprintf(stderr, "bench: cannot run %s: %s\n", relay_bin, strerror(errno));
+    const char *relay_bin = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
+    if (relay_bin == NULL)      /* kt_start runs it too */
         return 1;
-    }
 
     int status = 1;
     static bench b;

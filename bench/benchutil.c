@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ferry.h"
 #include "benchutil.h"
@@ -140,4 +141,52 @@ int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *
         return -1;
     *out = strtoll(buf, NULL, 10);
     return 0;
+}
+
+const char *bench_program(const char *env, const char *fallback)
+{
+    const char *bin = getenv(env);
+    if (bin == NULL || bin[0] == '\0') {
+        setenv(env, fallback, 1);
+        bin = getenv(env);
+    }
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr, "bench: cannot run %s: %s\n", bin, strerror(errno));
+        return NULL;
+    }
+    return bin;
+}
+
+int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "bench: kafka property %s=%s: %s\n", name, value, errstr);
+        return -1;
+    }
+    return 0;
+}
+
+rd_kafka_t *bench_relay_like_producer(const char *bootstrap, const char *linger,
+                                      void (*dr)(rd_kafka_t *, const rd_kafka_message_t *,
+                                                 void *),
+                                      void *opaque)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) ||
+        bench_kconf_set(conf, "enable.idempotence", "true") ||
+        bench_kconf_set(conf, "acks", "all") || bench_kconf_set(conf, "linger.ms", linger) ||
+        bench_kconf_set(conf, "partitioner", "murmur2_random")) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rd_kafka_conf_set_dr_msg_cb(conf, dr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: producer: %s\n", errstr);
+    }
+    return rk;
 }

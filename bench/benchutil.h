@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 
 /* Up to this many samples per figure (rounds); more are an error of ours. */
 #define BENCH_SAMPLES_MAX 64
@@ -50,5 +51,20 @@ int bench_query_text(PGconn *conn, const char *sql, int nparams, const char *con
                      char *out, size_t size);
 /* The same as a number; param, when not NULL, is $1. */
 int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *out);
+
+/* The program $env names, else fallback, which is then exported as $env
+ * (for kt_start and child processes); NULL, with why on stderr, when it
+ * cannot be run. */
+const char *bench_program(const char *env, const char *fallback);
+
+/* rd_kafka_conf_set, with "bench: kafka property ..." on stderr: 0 or -1. */
+int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value);
+/* A producer that produces as the relay does (idempotent, acks=all,
+ * Java's partitioner) with linger.ms linger, delivery reports to dr with
+ * opaque; NULL, with why on stderr. */
+rd_kafka_t *bench_relay_like_producer(const char *bootstrap, const char *linger,
+                                      void (*dr)(rd_kafka_t *, const rd_kafka_message_t *,
+                                                 void *),
+                                      void *opaque);
 
 #endif
