@@ -242,22 +242,8 @@ static int ack_prepare(relay *r);
  * dead relay) from a live one. */
 static int set_app_name(relay *r, PGconn *conn)
 {
-    char name[64];
-    int n = snprintf(name, sizeof name, "ferry-relay %s", r->holder); /* the server keeps 63 bytes */
-    if (n >= (int)sizeof name) {
-        /* Cut before a character, never inside one: the server refuses
-         * invalid UTF-8. */
-        size_t len = sizeof name - 1;
-        while (len > 0 && ((unsigned char)name[len] & 0xC0) == 0x80)
-            len--;
-        name[len] = '\0';
-    }
-    const char *p[1] = {name};
-    PGresult *res = PQexecParams(conn, "SELECT set_config('application_name', $1, false)", 1,
-                                 NULL, p, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-    PQclear(res);
-    return ok;
+    ferry_error err;
+    return ferry_set_application_name(conn, "ferry-relay", r->holder, &err) == FERRY_OK;
 }
 
 /*

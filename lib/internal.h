@@ -24,6 +24,13 @@ ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
 ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err);
 
+/* Name this session "<program> <name>" in pg_stat_activity: cut to the
+ * 63 bytes the server keeps, before a character rather than inside one
+ * (the server refuses invalid UTF-8). The relay's name is how
+ * ferry-reconcile tells a live lease holder from a dead one. */
+ferry_code ferry_set_application_name(PGconn *conn, const char *program, const char *name,
+                                      ferry_error *err);
+
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry_sqlstate_is_conflict(const char *sqlstate);
 

@@ -298,13 +298,9 @@ static PGconn *connect_db(const options *o, const char *holder)
         PQfinish(conn);
         return NULL;
     }
-    char name[64];
-    snprintf(name, sizeof name, "ferry-reconcile %s", holder);
-    const char *p[1] = {name};
-    PQclear(PQexecParams(conn, "SELECT set_config('application_name', $1, false)", 1, NULL, p,
-                         NULL, NULL, 0));
     int version = 0;
     ferry_error err;
+    ferry_set_application_name(conn, "ferry-reconcile", holder, &err);  /* a courtesy */
     if (ferry_schema_version(conn, &version, &err) != FERRY_OK) {
         fprintf(stderr, "ferry-reconcile: could not read the ferry schema version: %s\n",
                 err.message);
