@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -92,18 +91,9 @@ static int name_ok(const char *s, size_t max)
     return 1;
 }
 
-/* Full jitter: a random wait in [0, min(max, base * 2^(attempt-1))]. */
 static void backoff(const ferry_consumer *c, int attempt)
 {
-    long cap = c->backoff_base_ms;
-    for (int i = 1; i < attempt && cap < c->backoff_max_ms; i++)
-        cap *= 2;
-    if (cap > c->backoff_max_ms)
-        cap = c->backoff_max_ms;
-    unsigned r = 0;
-    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-        r = (unsigned)ferry_now_ms();
-    ferry_sleep_ms((long)(r % (unsigned)(cap + 1)));
+    ferry_backoff_sleep(c->backoff_base_ms, c->backoff_max_ms, attempt);
 }
 
 /* A stand-in id for a message that carries none (not from a ferry relay):
@@ -575,12 +565,6 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
     return w->from_held ? unhold(conn, a, err) : FERRY_OK;
 }
 
-static void rollback_quietly(PGconn *conn)
-{
-    if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
-        PQclear(PQexec(conn, "ROLLBACK"));
-}
-
 /*
  * One try at one message: BEGIN + claim, the body, COMMIT. Unlike
  * ferry_tx_run() it needs no transaction id to find out what a COMMIT
@@ -609,7 +593,7 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
                                  "the handler returned success but left the transaction "
                                  "aborted or closed");
     if (rc != FERRY_OK) {
-        rollback_quietly(conn);
+        ferry_rollback_quietly(conn);
         return rc;
     }
     PGresult *res = PQexec(conn, "COMMIT");

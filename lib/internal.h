@@ -56,6 +56,10 @@ void ferry_sleep_ms(long ms);
 
 /* Monotonic clock in milliseconds. */
 int64_t ferry_now_ms(void);
+/* Full jitter: sleep a random time in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
+void ferry_backoff_sleep(long base_ms, long max_ms, int attempt);
+/* ROLLBACK if a transaction is open on a live connection; errors ignored. */
+void ferry_rollback_quietly(PGconn *conn);
 
 /* Embedded migrations, generated from schemas/NNN_*.sql at build time. */
 typedef struct ferry_migration {

@@ -59,21 +59,25 @@ static const char *begin_sql(ferry_isolation iso)
     return "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id()::text";
 }
 
-/* Full jitter: a random wait in [0, min(max, base * 2^attempt)]. */
-static void backoff(const tx_settings *s, int attempt)
+void ferry_backoff_sleep(long base_ms, long max_ms, int attempt)
 {
-    long cap = s->base_ms;
-    for (int i = 1; i < attempt && cap < s->max_ms; i++)
+    long cap = base_ms;
+    for (int i = 1; i < attempt && cap < max_ms; i++)
         cap *= 2;
-    if (cap > s->max_ms)
-        cap = s->max_ms;
+    if (cap > max_ms)
+        cap = max_ms;
     unsigned r = 0;
     if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
         r = (unsigned)ferry_now_ms();
     ferry_sleep_ms((long)(r % (unsigned)(cap + 1)));
 }
 
-static void rollback_quietly(PGconn *conn)
+static void backoff(const tx_settings *s, int attempt)
+{
+    ferry_backoff_sleep(s->base_ms, s->max_ms, attempt);
+}
+
+void ferry_rollback_quietly(PGconn *conn)
 {
     if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
         PQclear(PQexec(conn, "ROLLBACK"));
@@ -186,7 +190,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             rc = ferry_error_from_pg(e, conn, res, "could not begin transaction");
             PQclear(res);
-            rollback_quietly(conn);
+            ferry_rollback_quietly(conn);
             goto retry_or_fail;
         }
         uint64_t xid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
@@ -208,7 +212,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                 ferry_err_set(e, rc, NULL, "the transaction function failed (%s)",
                               ferry_code_name(rc));
             }
-            rollback_quietly(conn);
+            ferry_rollback_quietly(conn);
             goto retry_or_fail;
         }
 
