@@ -277,16 +277,6 @@ static void run_free(run *r)
     r->start_us = r->done_us = NULL;
 }
 
-static int exec_ok(PGconn *conn, const char *sql)
-{
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        fprintf(stderr, "bench: %s: %s", sql, PQerrorMessage(conn));
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 /* Item seq of run r: a saga started, or (hop) a message emitted, in a
  * transaction of its own. */
 static int start_one(bench *b, run *r, long seq, int is_hop)
@@ -295,7 +285,7 @@ static int start_one(bench *b, run *r, long seq, int is_hop)
     snprintf(body, sizeof body, "{\"order_id\": \"o-%ld-%ld\", \"total\": 42, \"run\": %ld, "
                                 "\"seq\": %ld}", r->id, seq, r->id, seq);
     r->start_us[seq] = clk_mono_us();
-    if (exec_ok(b->conn, "BEGIN") != 0)
+    if (bench_exec(b->conn, "BEGIN") != 0)
         return -1;
     ferry_error err;
     ferry_code rc;
@@ -314,7 +304,7 @@ static int start_one(bench *b, run *r, long seq, int is_hop)
         PQclear(PQexec(b->conn, "ROLLBACK"));
         return -1;
     }
-    return exec_ok(b->conn, "COMMIT");
+    return bench_exec(b->conn, "COMMIT");
 }
 
 /* Wait until every item of r is done; fail after STALL_TIMEOUT_MS without

@@ -229,10 +229,8 @@ static void db_lost(relay *r, const char *what, ferry_error *err)
 
 static int exec_ok(PGconn *conn, const char *sql)
 {
-    PGresult *res = PQexec(conn, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    return ok;
+    ferry_error err;
+    return ferry_exec(conn, sql, 0, NULL, "could not set up the session", &err) == FERRY_OK;
 }
 
 static int ack_prepare(relay *r);
