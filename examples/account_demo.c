@@ -40,6 +40,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "ferry.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
 #include "narrate.h"
@@ -63,20 +64,6 @@ static const char CONSUMER[] = "accounts";     /* the service's consumer name (i
 static const char *const wallet_ids[WALLETS] = {"w-ada", "w-bob", "w-cy"};
 static const long wallet_start[WALLETS] = {500, 300, 200};
 static const char *const account_ids[ACCOUNTS] = {"acct-1", "acct-2", "acct-3", "acct-4"};
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
 
 /* ------------------------------------------------------------ the second service */
 
@@ -171,10 +158,10 @@ static int service_stop(service *svc, char *out, size_t size)
     out[0] = '\0';
     if (svc->pid != 0)
         kill(svc->pid, SIGTERM);
-    long long deadline = now_ms() + STOP_TIMEOUT_MS;
+    long long deadline = clk_mono_ms() + STOP_TIMEOUT_MS;
     int timed_out = 0;
     while (svc->out >= 0) {
-        long long left = deadline - now_ms();
+        long long left = deadline - clk_mono_ms();
         if (left <= 0) {
             timed_out = 1;
             break;
@@ -234,7 +221,7 @@ static void service_cleanup(service *svc)
 static int await_value(PGconn *conn, service *svc, const char *sql, const char *param,
                        long want, long long *waited_ms)
 {
-    long long t0 = now_ms();
+    long long t0 = clk_mono_ms();
     long got = -1;
     for (;;) {
         if (demo_query_long(conn, sql, param, &got) != 0)
@@ -243,15 +230,15 @@ static int await_value(PGconn *conn, service *svc, const char *sql, const char *
             break;
         if (service_exited(svc))
             return service_died(svc);
-        if (now_ms() - t0 > WAIT_TIMEOUT_MS) {
+        if (clk_mono_ms() - t0 > WAIT_TIMEOUT_MS) {
             int rc = demo_fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
                           sql, want, got);
             service_show_log(svc);
             return rc;
         }
-        sleep_ms(POLL_INTERVAL_MS);
+        clk_sleep_ms(POLL_INTERVAL_MS);
     }
-    *waited_ms = now_ms() - t0;
+    *waited_ms = clk_mono_ms() - t0;
     return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "narrate.h"
+#include "../tests/harness/clock.h"
 
 static int g_step;
 
@@ -133,13 +134,6 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     return 0;
 }
 
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
              int *status_out)
 {
@@ -172,10 +166,10 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
     close(fds[1]);
 
     size_t len = 0;
-    long long deadline = mono_ms() + timeout_ms;
+    long long deadline = clk_mono_ms() + timeout_ms;
     int timed_out = 0;
     for (;;) {
-        long long left = deadline - mono_ms();
+        long long left = deadline - clk_mono_ms();
         if (left <= 0) {
             timed_out = 1;
             break;

@@ -51,6 +51,7 @@
 #include <jansson.h>
 
 #include "ferry.h"
+#include "../tests/harness/clock.h"
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
 #include "narrate.h"
@@ -99,13 +100,6 @@ typedef struct demo {
     int fire_timers;                /* 0 in the last act: only the reconciler fires them */
     long timers_fired;
 } demo;
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------ the participants */
 
@@ -382,7 +376,7 @@ static ferry_consumer *consumer_new(demo *d, int which, ferry_error *err)
 static int pump_until(demo *d, const char *sql, const char *param, int timeout_ms,
                       long long *waited_ms)
 {
-    long long t0 = now_ms();
+    long long t0 = clk_mono_ms();
     for (;;) {
         ferry_error err;
         ferry_code rc;
@@ -400,7 +394,7 @@ static int pump_until(demo *d, const char *sql, const char *param, int timeout_m
             return -1;
         if (ok) {
             if (waited_ms != NULL)
-                *waited_ms = now_ms() - t0;
+                *waited_ms = clk_mono_ms() - t0;
             return 0;
         }
         if (d->relay_pid > 0 && waitpid(d->relay_pid, NULL, WNOHANG) == d->relay_pid) {
@@ -409,7 +403,7 @@ static int pump_until(demo *d, const char *sql, const char *param, int timeout_m
             relay_show_log(d);
             return frc;
         }
-        if (now_ms() - t0 > timeout_ms) {
+        if (clk_mono_ms() - t0 > timeout_ms) {
             int frc = demo_fail("waited %d ms for: %s", timeout_ms, sql);
             relay_show_log(d);
             return frc;
@@ -546,7 +540,7 @@ static int consumers_up(demo *d)
                              : "  (ferry_participant_handle)");
     }
     /* Joined before the first saga, so that its timings are the saga's. */
-    long long t0 = now_ms();
+    long long t0 = clk_mono_ms();
     for (;;) {
         int joined = 0;
         for (int i = 0; i < C_COUNT; i++) {
@@ -560,12 +554,12 @@ static int consumers_up(demo *d)
         }
         if (joined == C_COUNT)
             break;
-        if (now_ms() - t0 > SAGA_TIMEOUT_MS)
+        if (clk_mono_ms() - t0 > SAGA_TIMEOUT_MS)
             return demo_fail("%d of %d consumers got partitions within %d ms", joined, C_COUNT,
                              SAGA_TIMEOUT_MS);
     }
     demo_say("all four polled in this one thread, which also fires due saga timers; their "
-             "partitions assigned after %lld ms", now_ms() - t0);
+             "partitions assigned after %lld ms", clk_mono_ms() - t0);
     return 0;
 }
 
@@ -855,12 +849,12 @@ static int relay_dies(demo *d, char id[FERRY_UUID_STRING_SIZE])
     /* Its backends see their sockets close and end: poll until they have. */
     char app[64], until[32];
     snprintf(app, sizeof app, "ferry-relay %s", RELAY_HOLDER);
-    long long t0 = now_ms();
+    long long t0 = clk_mono_ms();
     for (long sessions = 1; sessions > 0;) {
         if (demo_query_long(d->conn, "SELECT count(*) FROM pg_stat_activity WHERE "
                                      "application_name = $1", app, &sessions) != 0)
             return -1;
-        if (sessions > 0 && now_ms() - t0 > SESSION_GONE_MS)
+        if (sessions > 0 && clk_mono_ms() - t0 > SESSION_GONE_MS)
             return demo_fail("%ld sessions \"%s\" still there %d ms after the kill", sessions,
                              app, SESSION_GONE_MS);
         if (sessions > 0)
@@ -874,7 +868,7 @@ static int relay_dies(demo *d, char id[FERRY_UUID_STRING_SIZE])
                              "WHERE holder = $1", 1, p, until, sizeof until) != 0)
         return -1;
     demo_say("ferry-relay (pid %ld) killed with SIGKILL: no drain, no goodbye; its database "
-             "sessions (\"%s\") ended within %lld ms", (long)pid, app, now_ms() - t0);
+             "sessions (\"%s\") ended within %lld ms", (long)pid, app, clk_mono_ms() - t0);
     demo_say("but its leases outlive it: %ld of %ld (its heartbeat and %ld shards) still say "
              "%s until %s (lease_ttl_ms=%d here): no other relay may publish those shards",
              live, shards + heartbeat, shards, RELAY_HOLDER, until, RELAY_LEASE_TTL_MS);
