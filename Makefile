@@ -25,7 +25,7 @@ TEST_PKGS   = $(DAEMON_PKGS) cmocka
 PKG_CFLAGS  = $(shell pkg-config --cflags $(TEST_PKGS))
 PKG_LIBS    = $(shell pkg-config --libs $(PKGS))
 DAEMON_LIBS = $(shell pkg-config --libs $(DAEMON_PKGS)) -pthread
-TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS)) -pthread
+TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS)) -pthread -lm
 
 # Error messages live in fixed-size buffers (ferry_error) and are cut short
 # on purpose when too long, hence -Wno-format-truncation.

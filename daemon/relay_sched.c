@@ -1,0 +1,1254 @@
+/*
+ * relay_sched.c — the relay's decisions; see relay_sched.h.
+ *
+ * Keys and partitions live in glibc's search trees (tsearch), keyed by
+ * "topic\x1fkey" and "topic\x1fpartition": a topic is [A-Za-z0-9._-]+
+ * (ferry.emit_with_id checks it), so the separator cannot occur in it and
+ * the names cannot collide. Only keys with something to remember (in
+ * flight, unacknowledged, failing) have an entry, so the tree holds at
+ * most max_inflight entries plus the failing keys.
+ *
+ * Why a stuck partition cannot reorder a key. The producer never times a
+ * message out (message.timeout.ms = 0, relay.c): a message for a partition
+ * without a leader waits in librdkafka's queue, in order, until the
+ * partition is back, and the gapless guarantee turns every other loss into
+ * a fatal error, after which everything in flight fails and each key
+ * restarts at its first unacknowledged row. What this file adds is that
+ * waiting no longer stops anyone else: a new sweep does not wait for what
+ * is in flight, it skips the keys that have anything in flight or
+ * unacknowledged; and a partition whose messages stopped coming back is
+ * held, so that no further key is produced into it and the slots it takes
+ * stay bounded (at most half of max_inflight).
+ */
+#include "relay_sched.h"
+
+#include <assert.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SEP '\x1f'
+/* A partition with messages in flight and no report for this long (or
+ * stuck_ms, if shorter) takes no new keys. */
+#define HOLD_MS 1000
+/* Rows a second at which writers are asked not to notify: below it a
+ * NOTIFY costs them little and saves the relay from looking. */
+#define BUSY_RATE 1000
+#define RATE_WINDOW_MS 100
+/* While busy, an empty sweep is looked at again this soon, for this long
+ * before the relay counts itself idle. */
+#define BUSY_LOOK_MS 1
+#define IDLE_GRACE_MS 50
+/* Retry of a failed key: 100 ms doubling to 5 s. */
+#define RETRY_BASE_MS 100
+#define RETRY_MAX_MS 5000
+/* An acknowledgement that failed is sent again after this. */
+#define ACK_RETRY_MS 100
+/* The handshake is tried again after 1, 2, 4 ... this many ms. */
+#define HANDSHAKE_MAX_MS 32
+
+enum { SLOT_FREE, SLOT_INFLIGHT, SLOT_DELIVERED };
+
+typedef struct skey skey;
+typedef struct spart spart;
+
+struct skey {
+    char *name;
+    int inflight, unacked;
+    int64_t sweep;              /* the sweep that produced what is in flight */
+    int64_t failed_sweep;       /* the last sweep in which it failed */
+    int failures;               /* in a row */
+    int64_t retry_at;
+    int failing;                /* in the failing list */
+    int64_t failing_since;
+    int stuck;                  /* EV_KEY_STUCK told */
+    int skipped;                /* a sweep skipped it: free means look again */
+    skey *fprev, *fnext;        /* the failing list */
+};
+
+struct spart {
+    char *name;
+    int partition;
+    int inflight;
+    int head, tail;             /* its in-flight slots, oldest first */
+    int64_t last_report;
+    int stuck;                  /* EV_PARTITION_STUCK told */
+    int skipped;
+    spart *aprev, *anext;       /* the list of partitions with anything in flight */
+};
+
+typedef struct stopic {
+    char *name;
+    int partitions;
+} stopic;
+
+typedef struct sslot {
+    unsigned char id[16];
+    skey *key;
+    spart *part;
+    int shard;
+    int64_t epoch;
+    int64_t produced_ms, created_ms;
+    unsigned gen;
+    int state;
+    int prev, next;             /* partition list, or the free list */
+} sslot;
+
+struct sched {
+    sched_config cfg;
+    sched_broken broken;
+
+    /* keys and partitions */
+    void *keys, *parts, *topics;
+    skey *failing;
+    spart *active;
+    int stuck_keys, stuck_parts;
+
+    /* slots */
+    sslot *slots;
+    int free_slot;
+    int used;                   /* slots not free */
+    int inflight;
+
+    /* acks: slot numbers in delivery order; the first ack_sent are in the
+     * statement in flight */
+    int *acks;
+    int ack_count, ack_sent;
+    int64_t ack_retry_at;
+
+    /* leases */
+    int64_t held[SCHED_SHARDS_MAX];
+    unsigned char draining[SCHED_SHARDS_MAX];
+    int busy[SCHED_SHARDS_MAX];     /* slots per shard */
+    int held_count;
+    int draining_count;
+    int64_t drain_since;
+    int drain_last;                 /* the shard that did not settle last */
+    int target;                     /* -1: no target */
+
+    /* the sweep */
+    int running;
+    int64_t sweep_id;
+    int cur_shard;
+    char *cur_topic, *cur_key;
+    int64_t cur_seq;
+    char *blocked;                  /* the key skipped last, for this sweep */
+    int dirty;
+    int sweep_produced;
+    int sweep_failed;               /* a transient failure since the sweep began */
+    int64_t sweep_started;
+    int sweeps;
+    int64_t next_look;              /* 0: none */
+
+    /* the rate, for wake-ups */
+    int64_t win_start;
+    int win_rows;
+    int rate;                       /* rows a second, last window */
+    int64_t last_rows_ms;           /* a sweep last produced */
+
+    /* wake-ups */
+    int db_ok;
+    int wake_on;                    /* as the flag is in the database */
+    int wake_known;
+    int handshake;                  /* pending */
+    int handshake_tries;
+    int64_t handshake_at;
+
+    /* stopping */
+    int stopping;
+    int64_t stop_deadline;
+
+    sched_event events[SCHED_EVENTS_MAX];
+    int event_count;
+    uint64_t skipped_busy;
+};
+
+/* ------------------------------------------------------------------ names */
+
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static char *key_name(const char *topic, const char *key)
+{
+    size_t t = strlen(topic), k = strlen(key);
+    char *n = malloc(t + k + 2);
+    if (n == NULL)
+        return NULL;
+    memcpy(n, topic, t);
+    n[t] = SEP;
+    memcpy(n + t + 1, key, k + 1);
+    return n;
+}
+
+static char *part_name(const char *topic, int partition)
+{
+    char num[16], *p = num + sizeof num;
+    unsigned v = partition < 0 ? 0u - (unsigned)partition : (unsigned)partition;
+    *--p = '\0';
+    do
+        *--p = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    if (partition < 0)
+        *--p = '-';
+    return key_name(topic, p);
+}
+
+static void *find(void *root, const char *name)
+{
+    void *p = tfind(&name, &root, cmp_name);
+    return p ? *(void **)p : NULL;
+}
+
+/* ------------------------------------------------------------------ events */
+
+static void event(sched *s, sched_event_kind kind, const char *name, int partition,
+                  int64_t age)
+{
+    if (s->event_count >= SCHED_EVENTS_MAX)
+        return;     /* the log is behind; the gauges still tell */
+    sched_event *e = &s->events[s->event_count++];
+    e->kind = kind;
+    const char *sep = strchr(name, SEP);
+    size_t tl = sep ? (size_t)(sep - name) : strlen(name);
+    snprintf(e->topic, sizeof e->topic, "%.*s", (int)tl, name);
+    snprintf(e->key, sizeof e->key, "%s", sep ? sep + 1 : "");
+    e->partition = partition;
+    e->age_ms = age;
+}
+
+int sched_events(sched *s, sched_event *out, int max)
+{
+    int n = s->event_count < max ? s->event_count : max;
+    memcpy(out, s->events, (size_t)n * sizeof *out);
+    memmove(s->events, s->events + n, (size_t)(s->event_count - n) * sizeof *out);
+    s->event_count -= n;
+    return n;
+}
+
+/* ------------------------------------------------------------------ keys */
+
+/* Look a name up without allocating, for names that fit on the stack
+ * (every name the outbox allows: topic 249, key 1024 bytes). */
+static void *find2(void *root, const char *a, const char *b)
+{
+    char buf[1400];
+    size_t la = strlen(a), lb = strlen(b);
+    if (la + lb + 2 > sizeof buf) {
+        char *n = key_name(a, b);
+        void *r = n ? find(root, n) : NULL;
+        free(n);
+        return r;
+    }
+    memcpy(buf, a, la);
+    buf[la] = SEP;
+    memcpy(buf + la + 1, b, lb + 1);
+    return find(root, buf);
+}
+
+static skey *key_get(sched *s, const char *topic, const char *key)
+{
+    return find2(s->keys, topic, key);
+}
+
+/* The entry of a key, made if need be. */
+static skey *key_make(sched *s, const char *topic, const char *key)
+{
+    char *name = key_name(topic, key);
+    if (name == NULL)
+        return NULL;
+    skey *k = find(s->keys, name);
+    if (k != NULL) {
+        free(name);
+        return k;
+    }
+    k = calloc(1, sizeof *k);
+    if (k == NULL) {
+        free(name);
+        return NULL;
+    }
+    k->name = name;
+    if (tsearch(k, &s->keys, cmp_name) == NULL) {
+        free(name);
+        free(k);
+        return NULL;
+    }
+    return k;
+}
+
+static void failing_unlink(sched *s, skey *k)
+{
+    if (!k->failing)
+        return;
+    k->failing = 0;
+    if (k->fprev)
+        k->fprev->fnext = k->fnext;
+    else
+        s->failing = k->fnext;
+    if (k->fnext)
+        k->fnext->fprev = k->fprev;
+    k->fprev = k->fnext = NULL;
+    k->failing_since = 0;
+    if (k->stuck) {
+        k->stuck = 0;
+        s->stuck_keys--;
+    }
+}
+
+/* Forget a key with nothing left to remember. Returns whether a sweep
+ * skipped it (so that one should look again). */
+static int key_release(sched *s, skey *k)
+{
+    if (k->inflight > 0 || k->unacked > 0 || k->failing)
+        return 0;
+    int skipped = k->skipped;
+    tdelete(k, &s->keys, cmp_name);
+    free(k->name);
+    free(k);
+    return skipped;
+}
+
+/* ------------------------------------------------------------------ partitions */
+
+static spart *part_make(sched *s, const char *topic, int partition)
+{
+    char *name = part_name(topic, partition);
+    if (name == NULL)
+        return NULL;
+    spart *p = find(s->parts, name);
+    if (p != NULL) {
+        free(name);
+        return p;
+    }
+    p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        free(name);
+        return NULL;
+    }
+    p->name = name;
+    p->partition = partition;
+    p->head = p->tail = -1;
+    if (tsearch(p, &s->parts, cmp_name) == NULL) {
+        free(name);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static spart *part_find(sched *s, const char *topic, int partition)
+{
+    char num[16];
+    snprintf(num, sizeof num, "%d", partition);
+    return find2(s->parts, topic, num);
+}
+
+static int hold_ms(const sched *s)
+{
+    return s->cfg.stuck_ms < HOLD_MS ? s->cfg.stuck_ms : HOLD_MS;
+}
+
+static int part_cap(const sched *s)
+{
+    int cap = s->cfg.max_inflight / 2;
+    return cap > s->cfg.batch_size ? cap : s->cfg.batch_size;
+}
+
+/* Held: messages in it have had no answer for hold_ms, or it has its
+ * share of the slots. No new key goes in until it answers. */
+static int part_held(const sched *s, const spart *p, int64_t now)
+{
+    if (p == NULL || p->inflight == 0 || s->broken == SCHED_BROKEN_NO_HOLD)
+        return 0;
+    if (p->inflight >= part_cap(s))
+        return 1;
+    int64_t since = s->slots[p->head].produced_ms;
+    if (p->last_report > since)
+        since = p->last_report;
+    return now - since >= hold_ms(s);
+}
+
+static void part_link(sched *s, spart *p, int slot)
+{
+    sslot *x = &s->slots[slot];
+    x->prev = p->tail;
+    x->next = -1;
+    if (p->tail >= 0)
+        s->slots[p->tail].next = slot;
+    else
+        p->head = slot;
+    p->tail = slot;
+    if (p->inflight++ == 0) {
+        p->aprev = NULL;
+        p->anext = s->active;
+        if (s->active)
+            s->active->aprev = p;
+        s->active = p;
+    }
+}
+
+/* Take a slot out of its partition; forget the partition when idle.
+ * Returns whether a sweep skipped the partition (look again). */
+static int part_unlink(sched *s, spart *p, int slot)
+{
+    sslot *x = &s->slots[slot];
+    if (x->prev >= 0)
+        s->slots[x->prev].next = x->next;
+    else
+        p->head = x->next;
+    if (x->next >= 0)
+        s->slots[x->next].prev = x->prev;
+    else
+        p->tail = x->prev;
+    x->prev = x->next = -1;
+    if (--p->inflight > 0)
+        return 0;
+    if (p->aprev)
+        p->aprev->anext = p->anext;
+    else
+        s->active = p->anext;
+    if (p->anext)
+        p->anext->aprev = p->aprev;
+    int skipped = p->skipped;
+    if (p->stuck) {
+        s->stuck_parts--;
+        event(s, EV_PARTITION_RECOVERED, p->name, p->partition, 0);
+    }
+    tdelete(p, &s->parts, cmp_name);
+    free(p->name);
+    free(p);
+    return skipped;
+}
+
+/* ------------------------------------------------------------------ life */
+
+sched *sched_new(const sched_config *cfg)
+{
+    assert(cfg->max_inflight >= 1 && cfg->batch_size >= 1 && cfg->stuck_ms >= 1);
+    sched *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    s->cfg = *cfg;
+    s->slots = calloc((size_t)cfg->max_inflight, sizeof *s->slots);
+    s->acks = calloc((size_t)cfg->max_inflight, sizeof *s->acks);
+    s->cur_topic = strdup("");
+    s->cur_key = strdup("");
+    if (s->slots == NULL || s->acks == NULL || s->cur_topic == NULL || s->cur_key == NULL) {
+        sched_free(s);
+        return NULL;
+    }
+    for (int i = 0; i < cfg->max_inflight; i++) {
+        s->slots[i].next = i + 1 < cfg->max_inflight ? i + 1 : -1;
+        s->slots[i].prev = -1;
+    }
+    s->target = -1;
+    s->drain_last = -1;
+    s->db_ok = 1;
+    s->cur_shard = -1;
+    s->dirty = 1;
+    return s;
+}
+
+static void free_key(void *p)
+{
+    skey *k = p;
+    free(k->name);
+    free(k);
+}
+
+static void free_part(void *p)
+{
+    spart *x = p;
+    free(x->name);
+    free(x);
+}
+
+static void free_topic(void *p)
+{
+    stopic *t = p;
+    free(t->name);
+    free(t);
+}
+
+void sched_free(sched *s)
+{
+    if (s == NULL)
+        return;
+    tdestroy(s->keys, free_key);
+    tdestroy(s->parts, free_part);
+    tdestroy(s->topics, free_topic);
+    free(s->slots);
+    free(s->acks);
+    free(s->cur_topic);
+    free(s->cur_key);
+    free(s->blocked);
+    free(s);
+}
+
+void sched_set_broken(sched *s, sched_broken b) { s->broken = b; }
+
+/* ------------------------------------------------------------------ leases */
+
+void sched_lease_set(sched *s, int shard, int64_t epoch)
+{
+    assert(shard >= 0 && shard < SCHED_SHARDS_MAX && epoch > 0);
+    if (s->held[shard] == 0)
+        s->held_count++;
+    s->held[shard] = epoch;
+    s->draining_count -= s->draining[shard];
+    s->draining[shard] = 0;
+    s->dirty = 1;
+}
+
+void sched_lease_lost(sched *s, int shard)
+{
+    assert(shard >= 0 && shard < SCHED_SHARDS_MAX);
+    if (s->held[shard] != 0)
+        s->held_count--;
+    s->held[shard] = 0;
+    s->draining_count -= s->draining[shard];
+    s->draining[shard] = 0;
+}
+
+int64_t sched_lease_epoch(const sched *s, int shard)
+{
+    return shard >= 0 && shard < SCHED_SHARDS_MAX ? s->held[shard] : 0;
+}
+
+int sched_leases_held(const sched *s) { return s->held_count; }
+
+int sched_shard_draining(const sched *s, int shard)
+{
+    return shard >= 0 && shard < SCHED_SHARDS_MAX && s->draining[shard];
+}
+
+int sched_shard_busy(const sched *s, int shard)
+{
+    return shard >= 0 && shard < SCHED_SHARDS_MAX ? s->busy[shard] : 0;
+}
+
+void sched_lease_target(sched *s, int target)
+{
+    s->target = target;
+}
+
+static void drain(sched *s, int shard, int on, int64_t now)
+{
+    if (s->draining[shard] == on)
+        return;
+    s->draining[shard] = (unsigned char)on;
+    s->draining_count += on ? 1 : -1;
+    s->drain_since = now;
+    if (!on)
+        s->dirty = 1;
+}
+
+/*
+ * Over the target (a relay joined), give one shard back per plan: one with
+ * nothing in flight or unacknowledged if there is one, at once; else stop
+ * fetching the least busy one and give it back once it has settled. A
+ * shard that does not settle within stuck_ms (its partition stopped
+ * answering) is taken up again and another one tried, so that a stuck
+ * partition never stalls a whole shard. Under the target, nothing drains.
+ */
+static int pick_release(sched *s, int64_t now)
+{
+    if (s->target < 0 || s->held_count <= s->target) {
+        for (int i = 0; i < SCHED_SHARDS_MAX && s->draining_count > 0; i++)
+            if (s->draining[i])
+                drain(s, i, 0, now);
+        return -1;
+    }
+    int best = -1;
+    for (int i = 0; i < SCHED_SHARDS_MAX; i++) {
+        if (!s->held[i])
+            continue;
+        if (s->busy[i] == 0)
+            return i;
+        if (!s->draining[i] && i != s->drain_last && (best < 0 || s->busy[i] < s->busy[best]))
+            best = i;
+    }
+    for (int i = 0; i < SCHED_SHARDS_MAX && s->draining_count > 0; i++)
+        if (s->draining[i] && now - s->drain_since >= s->cfg.stuck_ms) {
+            drain(s, i, 0, now);
+            s->drain_last = i;
+        }
+    if (s->draining_count == 0 && best >= 0)
+        drain(s, best, 1, now);
+    return -1;
+}
+
+/* ------------------------------------------------------------------ the sweep */
+
+static void set_str(char **dst, const char *src)
+{
+    char *c = strdup(src);
+    if (c == NULL)
+        return;     /* keep the old one: a stale cursor repeats, never skips */
+    free(*dst);
+    *dst = c;
+}
+
+static void sweep_start(sched *s, int64_t now)
+{
+    s->running = 1;
+    s->sweep_id++;
+    s->cur_shard = -1;
+    set_str(&s->cur_topic, "");
+    set_str(&s->cur_key, "");
+    s->cur_seq = 0;
+    free(s->blocked);
+    s->blocked = NULL;
+    s->dirty = 0;
+    s->sweep_produced = 0;
+    s->sweep_failed = 0;
+    s->sweep_started = now;
+    s->next_look = 0;
+}
+
+void sched_cursor(const sched *s, int *shard, const char **topic, const char **key,
+                  int64_t *seq)
+{
+    *shard = s->cur_shard;
+    *topic = s->cur_topic;
+    *key = s->cur_key;
+    *seq = s->cur_seq;
+}
+
+int sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq)
+{
+    s->cur_shard = shard;
+    /* Mostly the same key as before, a position further: no copies. */
+    if (strcmp(s->cur_topic, topic) != 0)
+        set_str(&s->cur_topic, topic);
+    if (strcmp(s->cur_key, key) != 0)
+        set_str(&s->cur_key, key);
+    s->cur_seq = seq;
+    return 0;
+}
+
+static void rate_count(sched *s, int rows, int64_t now)
+{
+    if (now - s->win_start >= RATE_WINDOW_MS) {
+        int64_t span = now - s->win_start;
+        /* A long quiet spell is a rate of zero, not of the last window. */
+        s->rate = span > 2 * RATE_WINDOW_MS ? 0 : (int)((int64_t)s->win_rows * 1000 / span);
+        s->win_start = now;
+        s->win_rows = 0;
+    }
+    s->win_rows += rows;
+}
+
+void sched_fetched(sched *s, int rows, int limit, int64_t now)
+{
+    if (rows < limit) {
+        s->running = 0;
+        s->sweeps++;
+        if (s->sweep_produced > 0)
+            s->last_rows_ms = now;
+    }
+}
+
+void sched_dirty(sched *s) { s->dirty = 1; }
+
+int sched_sweeps(const sched *s) { return s->sweeps; }
+
+/* ------------------------------------------------------------------ topics */
+
+void sched_topic_partitions(sched *s, const char *topic, int count)
+{
+    char *name = strdup(topic);
+    if (name == NULL)
+        return;
+    stopic *t = find(s->topics, name);
+    if (t != NULL) {
+        free(name);
+        t->partitions = count;
+        return;
+    }
+    t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        free(name);
+        return;
+    }
+    t->name = name;
+    t->partitions = count;
+    if (tsearch(t, &s->topics, cmp_name) == NULL) {
+        free(name);
+        free(t);
+    }
+}
+
+int sched_topic_partition_count(const sched *s, const char *topic)
+{
+    stopic *t = find(s->topics, topic);
+    return t ? t->partitions : 0;
+}
+
+/* ------------------------------------------------------------------ admission */
+
+static int blocked(const sched *s, const char *topic, const char *key)
+{
+    if (s->blocked == NULL)
+        return 0;
+    size_t t = strlen(topic);
+    return strncmp(s->blocked, topic, t) == 0 && s->blocked[t] == SEP &&
+           strcmp(s->blocked + t + 1, key) == 0;
+}
+
+static void block(sched *s, const char *topic, const char *key)
+{
+    char *n = key_name(topic, key);
+    if (n == NULL)
+        return;
+    free(s->blocked);
+    s->blocked = n;
+}
+
+sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *key,
+                            int partition, int ready, int64_t now, sched_skip *why)
+{
+    sched_skip w = SKIP_NONE;
+    sched_admit a = ADMIT_SKIP;
+    skey *k = NULL;
+    if (shard < 0 || shard >= SCHED_SHARDS_MAX || s->held[shard] == 0 || s->draining[shard]) {
+        /* Blocked like any other skip: a shard served again before the
+         * sweep ends must not resume its keys halfway. */
+        w = SKIP_SHARD;
+        block(s, topic, key);
+        goto out;
+    }
+    if (blocked(s, topic, key)) {
+        w = SKIP_BLOCKED;
+        goto out;
+    }
+    k = key_get(s, topic, key);
+    if (k != NULL && k->inflight + k->unacked > 0 && k->sweep != s->sweep_id) {
+        w = SKIP_BUSY;
+        goto skip_key;
+    }
+    if (k != NULL && (k->retry_at > now || k->failed_sweep == s->sweep_id) &&
+        !(s->broken == SCHED_BROKEN_RESEND_AHEAD && k->sweep == s->sweep_id)) {
+        w = SKIP_FAILING;
+        goto skip_key;
+    }
+    if (!ready) {
+        w = SKIP_DELAYED;
+        block(s, topic, key);
+        goto out;
+    }
+    spart *p = part_find(s, topic, partition);
+    /* Also a key already in flight in this sweep: its rest waits for a
+     * later sweep, which resumes it at its first unacknowledged row. */
+    if (part_held(s, p, now)) {
+        p->skipped = 1;
+        w = SKIP_PARTITION;
+        block(s, topic, key);
+        s->skipped_busy++;
+        goto out;
+    }
+    if (s->used >= s->cfg.max_inflight || s->free_slot < 0) {
+        a = ADMIT_NO_ROOM;
+        goto out;
+    }
+    a = ADMIT_PRODUCE;
+    goto out;
+skip_key:
+    k->skipped = 1;
+    s->skipped_busy++;
+    block(s, topic, key);
+out:
+    if (why != NULL)
+        *why = w;
+    return a;
+}
+
+int sched_produced(sched *s, int shard, const char *topic, const char *key, int partition,
+                   const unsigned char id[16], int64_t created_ms, unsigned gen, int64_t now)
+{
+    if (s->free_slot < 0)
+        return -1;
+    skey *k = key_make(s, topic, key);
+    spart *p = k ? part_make(s, topic, partition) : NULL;
+    if (p == NULL) {
+        if (k != NULL)
+            key_release(s, k);
+        return -1;
+    }
+    int i = s->free_slot;
+    sslot *x = &s->slots[i];
+    s->free_slot = x->next;
+    memcpy(x->id, id, 16);
+    x->key = k;
+    x->part = p;
+    x->shard = shard;
+    x->epoch = s->held[shard];
+    x->produced_ms = now;
+    x->created_ms = created_ms;
+    x->gen = gen;
+    x->state = SLOT_INFLIGHT;
+    k->inflight++;
+    k->sweep = s->sweep_id;
+    part_link(s, p, i);
+    s->busy[shard]++;
+    s->used++;
+    s->inflight++;
+    s->sweep_produced++;
+    rate_count(s, 1, now);
+    if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE) {
+        /* Deliberately wrong: the ack is queued before any report. */
+        s->acks[s->ack_count++] = i;
+        k->unacked++;
+    }
+    return i;
+}
+
+static int64_t retry_after(int failures)
+{
+    int64_t d = RETRY_BASE_MS;
+    for (int i = 1; i < failures && d < RETRY_MAX_MS; i++)
+        d *= 2;
+    return d < RETRY_MAX_MS ? d : RETRY_MAX_MS;
+}
+
+static void key_failed(sched *s, skey *k, int64_t now)
+{
+    /* Its later rows may already be behind the cursor or in the next
+     * batch of this sweep: none of them goes out before this one. */
+    if (s->broken != SCHED_BROKEN_RESEND_AHEAD)
+        k->failed_sweep = s->sweep_id;
+    k->failures++;
+    k->retry_at = now + retry_after(k->failures);
+    k->skipped = 1;
+    if (!k->failing) {
+        k->failing = 1;
+        k->failing_since = now;
+        k->fprev = NULL;
+        k->fnext = s->failing;
+        if (s->failing)
+            s->failing->fprev = k;
+        s->failing = k;
+    }
+    s->sweep_failed = 1;
+}
+
+void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t now)
+{
+    block(s, topic, key);
+    skey *k = key_make(s, topic, key);
+    if (k != NULL)
+        key_failed(s, k, now);
+}
+
+/* ------------------------------------------------------------------ reports */
+
+static void slot_free(sched *s, int i)
+{
+    sslot *x = &s->slots[i];
+    s->busy[x->shard]--;
+    x->state = SLOT_FREE;
+    x->key = NULL;
+    x->part = NULL;
+    x->next = s->free_slot;
+    x->prev = -1;
+    s->free_slot = i;
+    s->used--;
+}
+
+void sched_delivered(sched *s, int i, int ok, int64_t now)
+{
+    assert(i >= 0 && i < s->cfg.max_inflight);
+    sslot *x = &s->slots[i];
+    if (x->state != SLOT_INFLIGHT)
+        return;     /* a report after sched_inflight_lost(): already failed */
+    skey *k = x->key;
+    spart *p = x->part;
+    s->inflight--;
+    k->inflight--;
+    int again = 0;
+    if (ok) {
+        /* The partition answered: it is neither stuck nor held now, and
+         * the keys a sweep skipped for it may go. */
+        p->last_report = now;
+        if (p->stuck) {
+            p->stuck = 0;
+            s->stuck_parts--;
+            event(s, EV_PARTITION_RECOVERED, p->name, p->partition, 0);
+        }
+        again |= p->skipped;
+        p->skipped = 0;
+    }
+    again |= part_unlink(s, p, i);     /* p may be gone now */
+    if (ok) {
+        k->failures = 0;
+        k->retry_at = 0;
+        if (k->stuck)
+            event(s, EV_KEY_RECOVERED, k->name, -1, now - k->failing_since);
+        failing_unlink(s, k);
+        x->state = SLOT_DELIVERED;
+        if (s->broken != SCHED_BROKEN_ACK_ON_PRODUCE) {
+            k->unacked++;
+            s->acks[s->ack_count++] = i;
+        }
+    } else {
+        key_failed(s, k, now);
+        if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE) {
+            x->state = SLOT_DELIVERED;      /* its ack is queued already */
+        } else {
+            slot_free(s, i);
+            again |= key_release(s, k);
+        }
+    }
+    if (again)
+        s->dirty = 1;
+}
+
+void sched_inflight_lost(sched *s, int64_t now)
+{
+    for (int i = 0; i < s->cfg.max_inflight; i++)
+        if (s->slots[i].state == SLOT_INFLIGHT)
+            sched_delivered(s, i, 0, now);
+}
+
+int sched_slot_info(const sched *s, int i, unsigned char id[16], int *shard, int64_t *epoch,
+                    unsigned *gen, int64_t *created_ms)
+{
+    if (i < 0 || i >= s->cfg.max_inflight || s->slots[i].state == SLOT_FREE)
+        return -1;
+    const sslot *x = &s->slots[i];
+    if (id)
+        memcpy(id, x->id, 16);
+    if (shard)
+        *shard = x->shard;
+    if (epoch)
+        *epoch = x->epoch;
+    if (gen)
+        *gen = x->gen;
+    if (created_ms)
+        *created_ms = x->created_ms;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ acks */
+
+int sched_ack_pending(const sched *s) { return s->ack_count - s->ack_sent; }
+int sched_ack_in_flight(const sched *s) { return s->ack_sent; }
+
+void sched_ack_item(const sched *s, int i, unsigned char id[16], int *shard, int64_t *epoch)
+{
+    assert(i >= 0 && i < s->ack_count);
+    const sslot *x = &s->slots[s->acks[i]];
+    memcpy(id, x->id, 16);
+    *shard = x->shard;
+    *epoch = x->epoch;
+}
+
+void sched_ack_sent(sched *s, int n, int64_t now)
+{
+    assert(s->ack_sent == 0 && n <= s->ack_count);
+    s->ack_sent = n;
+}
+
+void sched_ack_done(sched *s, int ok, int64_t now)
+{
+    int n = s->ack_sent;
+    s->ack_sent = 0;
+    if (!ok) {
+        s->ack_retry_at = now + ACK_RETRY_MS;
+        return;
+    }
+    int again = 0;
+    for (int j = 0; j < n; j++) {
+        int i = s->acks[j];
+        sslot *x = &s->slots[i];
+        skey *k = x->key;
+        k->unacked--;
+        if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE && x->state == SLOT_INFLIGHT) {
+            /* Acknowledged before its report: the report finds it gone. */
+            s->inflight--;
+            k->inflight--;
+            part_unlink(s, x->part, i);
+        }
+        slot_free(s, i);
+        again |= key_release(s, k);
+    }
+    s->ack_count -= n;
+    memmove(s->acks, s->acks + n, (size_t)s->ack_count * sizeof *s->acks);
+    if (again)
+        s->dirty = 1;
+}
+
+/* ------------------------------------------------------------------ db, wake-ups */
+
+void sched_db_state(sched *s, int ok)
+{
+    if (ok && !s->db_ok) {
+        s->dirty = 1;
+        s->wake_known = 0;      /* a restarted server may have another flag */
+        s->handshake = 0;
+    }
+    s->db_ok = ok;
+    if (!ok && s->ack_sent > 0)
+        sched_ack_done(s, 0, 0);
+}
+
+void sched_wake_set(sched *s, int on)
+{
+    s->wake_on = on;
+    s->wake_known = 1;
+    s->handshake = on;
+    s->handshake_tries = 0;
+    s->handshake_at = 0;
+}
+
+void sched_handshake(sched *s, int got, int64_t now)
+{
+    if (!s->handshake)
+        return;
+    if (got) {
+        /* No writer that read the flag off is still open: one last look
+         * sees all of them, and every later one notifies. */
+        s->handshake = 0;
+        s->dirty = 1;
+        return;
+    }
+    int64_t d = (int64_t)1 << (s->handshake_tries < 5 ? s->handshake_tries : 5);
+    s->handshake_tries++;
+    s->handshake_at = now + (d < HANDSHAKE_MAX_MS ? d : HANDSHAKE_MAX_MS);
+    s->dirty = 1;       /* and look meanwhile: the writer may have committed */
+}
+
+void sched_stop(sched *s, int64_t now)
+{
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    s->stop_deadline = now + s->cfg.stop_grace_ms;
+}
+
+/* ------------------------------------------------------------------ stuck */
+
+static void check_stuck(sched *s, int64_t now)
+{
+    for (spart *p = s->active; p != NULL; p = p->anext) {
+        int64_t age = now - s->slots[p->head].produced_ms;
+        if (!p->stuck && age >= s->cfg.stuck_ms && now - p->last_report >= s->cfg.stuck_ms) {
+            p->stuck = 1;
+            s->stuck_parts++;
+            event(s, EV_PARTITION_STUCK, p->name, p->partition, age);
+        }
+    }
+    for (skey *k = s->failing; k != NULL; k = k->fnext) {
+        if (!k->stuck && now - k->failing_since >= s->cfg.stuck_ms) {
+            k->stuck = 1;
+            s->stuck_keys++;
+            event(s, EV_KEY_STUCK, k->name, -1, now - k->failing_since);
+        }
+    }
+}
+
+/* Failing keys whose retry time has come, and whose entries can go: a key
+ * with nothing in flight is forgotten once it is due again, so that a key
+ * whose rows went away (dead-lettered, discarded) does not stay for ever;
+ * its next failure starts its count again, bounded by max_attempts in the
+ * database. Returns the next retry time, or 0. */
+static int64_t retries_due(sched *s, int64_t now)
+{
+    int64_t next = 0;
+    for (skey *k = s->failing, *n; k != NULL; k = n) {
+        n = k->fnext;
+        if (k->retry_at > now) {
+            if (next == 0 || k->retry_at < next)
+                next = k->retry_at;
+            continue;
+        }
+        if (k->skipped) {
+            s->dirty = 1;
+            k->skipped = 0;
+        }
+        if (k->inflight == 0 && k->unacked == 0 && !s->running &&
+            now - k->retry_at >= s->cfg.poll_interval_ms) {
+            /* Due for a whole poll interval and not seen again: its rows
+             * went away. */
+            if (k->stuck)
+                event(s, EV_KEY_RECOVERED, k->name, -1, now - k->failing_since);
+            failing_unlink(s, k);
+            key_release(s, k);
+        }
+    }
+    return next;
+}
+
+/* ------------------------------------------------------------------ the plan */
+
+static int settled(const sched *s)
+{
+    return s->used == 0 && s->ack_count == 0;
+}
+
+static void at_most(int *timeout, int64_t at, int64_t now)
+{
+    if (at <= 0)
+        return;
+    int64_t d = at - now;
+    if (d < 0)
+        d = 0;
+    if (d < *timeout)
+        *timeout = (int)d;
+}
+
+void sched_plan_next(sched *s, int64_t now, sched_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    out->release_shard = -1;
+    out->timeout_ms = 1000;
+    check_stuck(s, now);
+    int64_t next_retry = retries_due(s, now);
+    rate_count(s, 0, now);
+
+    /* Acknowledge what is delivered: one statement at a time, so a slow
+     * database makes them larger, not more numerous. */
+    if (s->db_ok && s->ack_sent == 0 && s->ack_count > 0) {
+        if (now >= s->ack_retry_at)
+            out->send_ack = 1;
+        else
+            at_most(&out->timeout_ms, s->ack_retry_at, now);
+    }
+
+    if (s->stopping) {
+        if (settled(s)) {
+            out->stop = 1;
+            out->stop_clean = 1;
+        } else if (now >= s->stop_deadline) {
+            out->stop = 1;
+        }
+        at_most(&out->timeout_ms, s->stop_deadline, now);
+        if (out->timeout_ms > 100)
+            out->timeout_ms = 100;
+        return;
+    }
+
+    if (s->db_ok)
+        out->release_shard = pick_release(s, now);
+
+    if (!s->db_ok) {
+        out->timeout_ms = 50;
+        return;
+    }
+
+    /* Wake-ups: writers notify unless the relay is busy enough to look
+     * again at once; see relay.c, set_wakeups. */
+    int64_t quiet = now - s->last_rows_ms;
+    if (!s->cfg.once) {
+        int busy = (s->rate >= BUSY_RATE || s->win_rows * 1000 >= BUSY_RATE * RATE_WINDOW_MS) &&
+                   quiet < IDLE_GRACE_MS;
+        if (!s->wake_known)
+            out->wake = busy ? -1 : 1;
+        else if (busy && s->wake_on)
+            out->wake = -1;
+        else if (!busy && !s->wake_on)
+            out->wake = 1;
+    }
+
+    if (s->cfg.once) {
+        if (s->running) {
+            /* nothing */
+        } else if (settled(s)) {
+            if (s->sweep_failed && s->sweeps < s->cfg.max_attempts) {
+                if (next_retry == 0)
+                    sweep_start(s, now);      /* every failed key is due */
+            } else if (s->sweeps > 0) {
+                out->stop = 1;
+                out->stop_clean = !s->sweep_failed;
+                return;
+            } else {
+                sweep_start(s, now);
+            }
+        }
+    } else if (!s->running) {
+        int look = s->dirty;
+        if (s->handshake && now >= s->handshake_at) {
+            out->try_handshake = 1;
+        }
+        if (!s->wake_on || s->handshake) {
+            /* Writers may not notify (or one that read the flag off may
+             * still be open): look again soon, every BUSY_LOOK_MS while
+             * rows came lately, then less often. */
+            if (s->next_look == 0) {
+                int64_t d = BUSY_LOOK_MS;
+                for (int64_t q = quiet; q >= IDLE_GRACE_MS && d < HANDSHAKE_MAX_MS; q /= 2)
+                    d *= 2;
+                s->next_look = now + d;
+            }
+            if (now >= s->next_look)
+                look = 1;
+            else
+                at_most(&out->timeout_ms, s->next_look, now);
+        }
+        if (now - s->sweep_started >= s->cfg.poll_interval_ms)
+            look = 1;
+        if (s->broken == SCHED_BROKEN_WAIT_ALL && !settled(s))
+            look = 0;
+        if (look)
+            sweep_start(s, now);
+        else
+            at_most(&out->timeout_ms, s->sweep_started + s->cfg.poll_interval_ms, now);
+    }
+
+    if (s->running) {
+        int room = s->cfg.max_inflight - s->used;
+        if (s->held_count == 0) {
+            sched_fetched(s, 0, 1, now);
+        } else if (room > 0) {
+            out->fetch = 1;
+            out->limit = room < s->cfg.batch_size ? room : s->cfg.batch_size;
+            out->timeout_ms = 0;
+        }
+        /* else: no room; a report or an ack frees some and wakes us. */
+    }
+    if (s->handshake)
+        at_most(&out->timeout_ms, s->handshake_at > 0 ? s->handshake_at : now, now);
+    at_most(&out->timeout_ms, next_retry, now);
+    /* Stuck checks once a second while anything is out. */
+    if (s->inflight > 0 && out->timeout_ms > 250)
+        out->timeout_ms = 250;
+}
+
+/* ------------------------------------------------------------------ stats */
+
+void sched_stats_get(const sched *s, int64_t now, sched_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->inflight = s->inflight;
+    out->unacked = s->used - s->inflight;
+    out->stuck_partitions = s->stuck_parts;
+    out->stuck_keys = s->stuck_keys;
+    out->rows_skipped_busy = s->skipped_busy;
+    for (const spart *p = s->active; p != NULL; p = p->anext) {
+        int64_t age = now - s->slots[p->head].produced_ms;
+        if (age > out->oldest_inflight_ms)
+            out->oldest_inflight_ms = age;
+        if (p->stuck && out->stuck_reason[0] == '\0') {
+            const char *sep = strchr(p->name, SEP);
+            int tl = sep ? (int)(sep - p->name) : (int)strlen(p->name);
+            if (p->partition >= 0)
+                snprintf(out->stuck_reason, sizeof out->stuck_reason,
+                         "partition %.*s/%d stuck for %lld s (%d in flight)", tl, p->name,
+                         p->partition, (long long)(age / 1000), p->inflight);
+            else
+                snprintf(out->stuck_reason, sizeof out->stuck_reason,
+                         "topic %.*s stuck for %lld s (%d in flight, partitions unknown)", tl,
+                         p->name, (long long)(age / 1000), p->inflight);
+        }
+    }
+    for (const skey *k = s->failing; k != NULL && out->stuck_reason[0] == '\0'; k = k->fnext)
+        if (k->stuck) {
+            const char *sep = strchr(k->name, SEP);
+            int tl = sep ? (int)(sep - k->name) : (int)strlen(k->name);
+            snprintf(out->stuck_reason, sizeof out->stuck_reason,
+                     "key %.*s/%.80s stuck for %lld s (failing)", tl, k->name,
+                     sep ? sep + 1 : "", (long long)((now - k->failing_since) / 1000));
+        }
+}

@@ -1,0 +1,945 @@
+/*
+ * test_relay_sim.c — the relay's scheduler (daemon/relay_sched.c) under a
+ * seeded, deterministic simulation.
+ *
+ * Each seed builds a small world and drives two relays through it, each a
+ * real sched with a shell that does here what relay.c does against
+ * PostgreSQL and librdkafka:
+ *
+ *   - a database: outbox rows of KEYS keys over SHARDS shards, written by
+ *     writers at random times (some delayed, a few poison: produce refuses
+ *     them, so they fail until max_attempts moves them to the dead letters,
+ *     which parks their key); shard leases with holder, epoch and expiry;
+ *     acknowledgements that delete a row only under its shard's current
+ *     epoch and holder, whose replies may be lost (the delete happened, the
+ *     relay hears a failure); connections lost for a while;
+ *   - a broker: per (topic, partition) a log, and per relay a producer with
+ *     one FIFO per partition (the idempotent, gapless producer keeps a
+ *     partition's order); partitions that stop answering for a while;
+ *     fatal producer errors (everything in flight fails, and what was
+ *     already on the wire may or may not have been written);
+ *   - relays that pause past their lease, take each other's shards over,
+ *     and share the shards ceil(SHARDS / live).
+ *
+ * Phases: STORM (every fault at random), STUCK (one partition stops
+ * answering, nothing else goes wrong: every other key must keep flowing),
+ * CALM (everything heals: every committed row must be published and
+ * acknowledged). Checked throughout:
+ *   - a row is deleted only if its message is in the broker's log
+ *     (acknowledged after the delivery report, never on enqueue);
+ *   - an acknowledgement carries the epoch its message was produced under;
+ *   - per key, each message in the log is at most one past the highest
+ *     position already there (a resend repeats, it never skips ahead);
+ *   - in STUCK, every row of a healthy key written before its last
+ *     second is published before it ends;
+ *   - in CALM, everything is published within CALM_MS.
+ *
+ * No rand(), no clock: FERRY_SIM_SEED=n replays one seed byte for byte,
+ * FERRY_SIM_TRACE=1 prints its trace (FERRY_SIM_PLANS=1: every plan and
+ * admission too), FERRY_SIM_SEEDS=n runs seeds 0..n-1
+ * (default 10,000). FERRY_SIM_BROKEN=v runs a deliberately broken
+ * scheduler (relay_sched.h, sched_broken); the test `broken_are_caught`
+ * requires each to fail within 1,000 seeds.
+ */
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "../daemon/relay_sched.h"
+
+#define SHARDS 4
+#define KEYS 12
+#define TOPICS 2
+#define PARTS 3
+#define RELAYS 2
+#define ROWS_MAX 600
+#define LOG_MAX 4096
+#define INFLIGHT 16
+#define TTL_MS 600
+#define STORM_MS 2000
+#define STUCK_MS 2500           /* the STUCK phase */
+#define CALM_MS 40000           /* poison rows need max_attempts retries */
+#define SIM_SEEDS_DEFAULT 10000
+
+/* -------------------------------------------------------------- PRNG */
+
+static uint64_t rnd_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* -------------------------------------------------------------- world */
+
+typedef struct srow {
+    int key;
+    int64_t seq;
+    int64_t ready_at;
+    int64_t written;
+    int poison;
+    int attempts;
+    int deleted;        /* acknowledged */
+    int dead;           /* moved to the dead letters */
+} srow;
+
+typedef struct msg {
+    int row;            /* in rows[] */
+    int slot;
+    int relay;
+    unsigned gen;
+    int64_t epoch;      /* as produced */
+    int64_t at;         /* delivered not before */
+    int wire;           /* sent: a purge may still let it through */
+} msg;
+
+typedef struct lease {
+    int holder;         /* relay, or -1 */
+    int64_t epoch;
+    int64_t expires;
+} lease;
+
+typedef struct relay_sim {
+    sched *s;
+    int alive;
+    int64_t paused_until;
+    int db_down_until_set;
+    int64_t db_down_until;
+    int db_ok;
+    unsigned gen;
+    int64_t wake_at;
+    int64_t next_lease_tick;
+    int64_t heartbeat;          /* expires */
+    /* the ack statement in flight */
+    int ack_n;
+    int64_t ack_done_at;
+    int ack_reply_lost;
+    unsigned char ack_ids[INFLIGHT][16];
+    int ack_shard[INFLIGHT];
+    int64_t ack_epoch[INFLIGHT];
+    /* produce epochs by slot, to check the ack's */
+    int64_t slot_epoch[INFLIGHT];
+    int slot_row[INFLIGHT];
+} relay_sim;
+
+typedef struct world {
+    uint64_t rng;
+    int64_t now;
+    int broken;
+    srow rows[ROWS_MAX];
+    int nrows;
+    int krows[KEYS][ROWS_MAX];  /* each key's rows in position order */
+    int kn[KEYS], khead[KEYS];  /* how many; the first not yet gone */
+    int order[KEYS];            /* keys in the fetch's order */
+    int64_t key_seq[KEYS];
+    int key_dead[KEYS];         /* parked by a dead letter */
+    lease leases[SHARDS];
+    /* the broker */
+    msg q[RELAYS][TOPICS * PARTS][LOG_MAX / 8];
+    int qn[RELAYS][TOPICS * PARTS];
+    int logs[TOPICS * PARTS][LOG_MAX];       /* row numbers */
+    int logn[TOPICS * PARTS];
+    int64_t stuck_until[TOPICS * PARTS];
+    int stuck_part;                           /* in STUCK */
+    int64_t t_write, t_fatal[RELAYS], t_db[RELAYS], t_pause[RELAYS], t_stuck;
+    int wake_flag;                            /* ferry.settings.wake_relays */
+    relay_sim r[RELAYS];
+    /* rates, per mille */
+    unsigned p_write, p_delay, p_poison, p_lost_reply, p_fatal, p_db, p_pause, p_stuck;
+    int max_attempts;
+    int tracing;
+    char why[512];
+    int failed;
+    uint64_t trace_hash;
+    /* probes */
+    uint64_t pr_fatal, pr_lost_reply, pr_db, pr_pause, pr_stuck, pr_takeover, pr_refused,
+        pr_dead, pr_delayed, pr_skipped;
+} world;
+
+static world W;
+static uint64_t current_seed;    /* for a debugger */
+static const char *prog = "test_relay_sim";
+
+static int key_topic(int k) { return k % TOPICS; }
+static int key_part(int k) { return (k / TOPICS) % PARTS; }
+static int key_shard(int k) { return (k * 7 + 3) % SHARDS; }
+static int qi(int k) { return key_topic(k) * PARTS + key_part(k); }
+
+static const char *topic_name(int t) { return t == 0 ? "orders" : "payments"; }
+static void key_str(int k, char out[16])
+{
+    out[0] = 'k';
+    out[1] = (char)('0' + k / 10);
+    out[2] = (char)('0' + k % 10);
+    out[3] = '\0';
+}
+
+/* The fetch's order of keys, (shard, topic, key), as one number. */
+static int key_rank(int k) { return key_shard(k) * 1000 + key_topic(k) * 100 + k; }
+
+static void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int hashing;     /* replay_is_exact compares traces */
+static int plans;       /* FERRY_SIM_PLANS=1: trace every plan too */
+static void trace(const char *fmt, ...)
+{
+    if (!W.tracing && !hashing)
+        return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    for (int i = 0; i < n && i < (int)sizeof buf; i++)
+        W.trace_hash = (W.trace_hash ^ (unsigned char)buf[i]) * 0x100000001b3ULL;
+    if (W.tracing)
+        printf("%6" PRId64 " %s\n", W.now, buf);
+}
+
+static void sim_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sim_fail(const char *fmt, ...)
+{
+    if (W.failed)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(W.why, sizeof W.why, fmt, ap);
+    va_end(ap);
+    W.failed = 1;
+    trace("FAIL %s", W.why);
+}
+
+static int chance(unsigned per_mille) { return rnd_next(&W.rng) % 1000 < per_mille; }
+
+/* When a process that fires with per_mille chance each millisecond fires
+ * next: a geometric draw, so that quiet milliseconds cost nothing. */
+static int64_t next_at(unsigned per_mille)
+{
+    if (per_mille == 0)
+        return INT64_MAX;
+    double u = ((double)(rnd_next(&W.rng) >> 11) + 0.5) / 9007199254740992.0;
+    return W.now + 1 + (int64_t)(log(u) / log(1.0 - per_mille / 1000.0));
+}
+static int64_t between(int64_t a, int64_t b) { return a + (int64_t)(rnd_next(&W.rng) % (uint64_t)(b - a + 1)); }
+
+static void row_id(int row, unsigned char id[16])
+{
+    memset(id, 0, 16);
+    memcpy(id, &row, sizeof row);
+    id[15] = 0xfe;
+}
+
+static int id_row(const unsigned char id[16])
+{
+    int row;
+    memcpy(&row, id, sizeof row);
+    return row;
+}
+
+/* -------------------------------------------------------------- the database */
+
+static void write_row(void)
+{
+    if (W.nrows >= ROWS_MAX)
+        return;
+    int k = (int)(rnd_next(&W.rng) % KEYS);
+    srow *w = &W.rows[W.nrows];
+    w->key = k;
+    w->seq = ++W.key_seq[k];
+    w->written = W.now;
+    w->ready_at = W.now;
+    if (chance(W.p_delay)) {
+        w->ready_at = W.now + between(50, 800);
+        W.pr_delayed++;
+    }
+    w->poison = chance(W.p_poison);
+    W.krows[k][W.kn[k]++] = W.nrows;
+    trace("write row %d key %d seq %" PRId64 "%s%s", W.nrows, k, w->seq,
+          w->ready_at > W.now ? " delayed" : "", w->poison ? " poison" : "");
+    W.nrows++;
+    if (W.wake_flag)                /* the writer's NOTIFY */
+        for (int i = 0; i < RELAYS; i++) {
+            sched_dirty(W.r[i].s);
+            W.r[i].wake_at = W.now;
+        }
+}
+
+static int lease_valid(int shard, int relay)
+{
+    return W.leases[shard].holder == relay && W.leases[shard].expires > W.now;
+}
+
+/* The fetch: ready and not ready rows of the relay's served shards after
+ * the cursor, in (shard, topic, key, seq) order, parked keys left out. */
+static int fetch(int ri, int limit, int *out)
+{
+    relay_sim *r = &W.r[ri];
+    int shard;
+    const char *topic, *key;
+    int64_t seq;
+    sched_cursor(r->s, &shard, &topic, &key, &seq);
+    /* The cursor as a rank: (shard, topic, key) compare as the fetch's
+     * ORDER BY does, since the topic and key names sort as their numbers. */
+    int crank = -1;
+    if (shard >= 0) {
+        int t = strcmp(topic, topic_name(0)) == 0 ? 0 : strcmp(topic, "") == 0 ? -1 : 1;
+        int k = key[0] == 'k' ? (key[1] - '0') * 10 + (key[2] - '0') : -1;
+        crank = t < 0 ? shard * 1000 - 1 : shard * 1000 + t * 100 + k;
+    }
+    int n = 0;
+    for (int o = 0; o < KEYS && n < limit; o++) {
+        int k = W.order[o];
+        int rank = key_rank(k);
+        if (rank < crank || W.key_dead[k] || sched_lease_epoch(r->s, key_shard(k)) == 0)
+            continue;
+        while (W.khead[k] < W.kn[k] && (W.rows[W.krows[k][W.khead[k]]].deleted ||
+                                        W.rows[W.krows[k][W.khead[k]]].dead))
+            W.khead[k]++;
+        for (int j = W.khead[k]; j < W.kn[k] && n < limit; j++) {
+            srow *w = &W.rows[W.krows[k][j]];
+            if (w->deleted || w->dead || (rank == crank && w->seq <= seq))
+                continue;
+            out[n++] = W.krows[k][j];
+        }
+    }
+    return n;
+}
+
+/* -------------------------------------------------------------- the broker */
+
+static void log_append(int row)
+{
+    int p = qi(W.rows[row].key);
+    if (W.logn[p] >= LOG_MAX)
+        return;
+    /* Per key: never more than one past the highest position there. */
+    int64_t max = 0;
+    for (int i = 0; i < W.logn[p]; i++) {
+        const srow *o = &W.rows[W.logs[p][i]];
+        if (o->key == W.rows[row].key && o->seq > max)
+            max = o->seq;
+    }
+    if (W.rows[row].seq > max + 1) {
+        /* Positions of dead-lettered rows are skipped by design. */
+        int64_t gap_ok = 1;
+        for (int64_t q = max + 1; q < W.rows[row].seq && gap_ok; q++) {
+            gap_ok = 0;
+            for (int i = 0; i < W.nrows; i++)
+                if (W.rows[i].key == W.rows[row].key && W.rows[i].seq == q && W.rows[i].dead)
+                    gap_ok = 1;
+        }
+        if (!gap_ok)
+            sim_fail("key %d: position %" PRId64 " published after %" PRId64 ": out of order",
+                 W.rows[row].key, W.rows[row].seq, max);
+    }
+    W.logs[p][W.logn[p]++] = row;
+    trace("log p%d row %d key %d seq %" PRId64, p, row, W.rows[row].key, W.rows[row].seq);
+}
+
+static int in_log(int row)
+{
+    int p = qi(W.rows[row].key);
+    for (int i = 0; i < W.logn[p]; i++)
+        if (W.logs[p][i] == row)
+            return 1;
+    return 0;
+}
+
+static void report(int ri, int slot, unsigned gen, int ok)
+{
+    relay_sim *r = &W.r[ri];
+    if (!r->alive || gen != r->gen)
+        return;     /* a report of a destroyed producer never comes */
+    sched_delivered(r->s, slot, ok, W.now);
+    r->wake_at = W.now;
+}
+
+static void produce(int ri, int rowi, int slot)
+{
+    relay_sim *r = &W.r[ri];
+    int p = qi(W.rows[rowi].key);
+    if (W.qn[ri][p] >= LOG_MAX / 8) {
+        sim_fail("producer queue overflow");
+        return;
+    }
+    msg *m = &W.q[ri][p][W.qn[ri][p]++];
+    m->row = rowi;
+    m->slot = slot;
+    m->relay = ri;
+    m->gen = r->gen;
+    m->epoch = r->slot_epoch[slot];
+    m->at = W.now + between(1, 8);
+    m->wire = 0;
+}
+
+/* Deliver what is due, in FIFO order per partition. */
+static void broker_step(void)
+{
+    for (int ri = 0; ri < RELAYS; ri++)
+        for (int p = 0; p < TOPICS * PARTS; p++) {
+            while (W.qn[ri][p] > 0) {
+                msg *m = &W.q[ri][p][0];
+                if (W.stuck_until[p] > W.now) {
+                    m->wire = 1;
+                    break;
+                }
+                if (m->at > W.now)
+                    break;
+                msg c = *m;
+                memmove(m, m + 1, (size_t)(--W.qn[ri][p]) * sizeof *m);
+                log_append(c.row);
+                report(ri, c.slot, c.gen, 1);
+            }
+        }
+}
+
+/* A fatal producer error: everything in flight fails; what was on the
+ * wire may have been written. The relay builds a new producer. */
+static void fatal(int ri)
+{
+    relay_sim *r = &W.r[ri];
+    W.pr_fatal++;
+    trace("relay %d fatal producer error", ri);
+    for (int p = 0; p < TOPICS * PARTS; p++) {
+        for (int i = 0; i < W.qn[ri][p]; i++) {
+            msg *m = &W.q[ri][p][i];
+            if (W.stuck_until[p] <= W.now && (m->wire || chance(300)) && i == 0)
+                log_append(m->row);     /* it got there before the purge */
+            report(ri, m->slot, m->gen, 0);
+        }
+        W.qn[ri][p] = 0;
+    }
+    sched_inflight_lost(r->s, W.now);
+    r->gen++;
+}
+
+/* -------------------------------------------------------------- the relay shell */
+
+static int live_relays(void)
+{
+    int n = 0;
+    for (int i = 0; i < RELAYS; i++)
+        if (W.r[i].alive && W.r[i].heartbeat > W.now)
+            n++;
+    return n ? n : 1;
+}
+
+static void lease_tick(int ri)
+{
+    relay_sim *r = &W.r[ri];
+    r->heartbeat = W.now + TTL_MS;
+    /* Renew: every unexpired lease of ours, including any we did not
+     * know about (an acquire whose reply was lost), which we adopt. */
+    for (int sh = 0; sh < SHARDS; sh++) {
+        if (lease_valid(sh, ri)) {
+            W.leases[sh].expires = W.now + TTL_MS;
+            if (sched_lease_epoch(r->s, sh) != W.leases[sh].epoch)
+                sched_lease_set(r->s, sh, W.leases[sh].epoch);
+        } else if (sched_lease_epoch(r->s, sh) != 0) {
+            trace("relay %d lost shard %d", ri, sh);
+            sched_lease_lost(r->s, sh);
+        }
+    }
+    int live = live_relays();
+    int target = (SHARDS + live - 1) / live;
+    int held = sched_leases_held(r->s);
+    for (int sh = 0; sh < SHARDS && held < target; sh++) {
+        lease *l = &W.leases[sh];
+        if (l->holder < 0 || l->expires <= W.now) {
+            if (l->holder >= 0 && l->holder != ri)
+                W.pr_takeover++;
+            l->holder = ri;
+            l->epoch++;
+            l->expires = W.now + TTL_MS;
+            if (chance(50)) {
+                /* The reply is lost: renewal finds it later. */
+                trace("relay %d acquired shard %d, reply lost", ri, sh);
+                W.pr_lost_reply++;
+                held++;
+                continue;
+            }
+            sched_lease_set(r->s, sh, l->epoch);
+            trace("relay %d acquired shard %d epoch %" PRId64, ri, sh, l->epoch);
+            held++;
+        }
+    }
+    sched_lease_target(r->s, target);
+}
+
+static void ack_complete(int ri)
+{
+    relay_sim *r = &W.r[ri];
+    int refused = 0;
+    for (int i = 0; i < r->ack_n; i++) {
+        int rowi = id_row(r->ack_ids[i]);
+        int sh = r->ack_shard[i];
+        if (!(W.leases[sh].holder == ri && W.leases[sh].epoch == r->ack_epoch[i] &&
+              W.leases[sh].expires > W.now)) {
+            refused++;
+            continue;
+        }
+        if (W.rows[rowi].deleted)
+            continue;
+        if (!in_log(rowi))
+            sim_fail("row %d (key %d seq %" PRId64 ") acknowledged before it was published", rowi,
+                 W.rows[rowi].key, W.rows[rowi].seq);
+        W.rows[rowi].deleted = 1;
+        trace("relay %d acked row %d", ri, rowi);
+    }
+    if (refused)
+        W.pr_refused++;
+    int ok = !r->ack_reply_lost;
+    r->ack_n = 0;
+    r->ack_done_at = 0;
+    sched_ack_done(r->s, ok, W.now);
+    r->wake_at = W.now;
+}
+
+static void record_failure(int rowi)
+{
+    srow *w = &W.rows[rowi];
+    if (++w->attempts >= W.max_attempts) {
+        w->dead = 1;
+        W.key_dead[w->key] = 1;
+        W.pr_dead++;
+        trace("row %d dead-lettered; key %d parked", rowi, w->key);
+    }
+}
+
+static void relay_step(int ri)
+{
+    relay_sim *r = &W.r[ri];
+    if (r->paused_until > W.now)
+        return;
+    if (r->db_down_until > W.now) {
+        if (r->db_ok) {
+            r->db_ok = 0;
+            sched_db_state(r->s, 0);
+            r->ack_n = 0;
+            r->ack_done_at = 0;
+        }
+    } else if (!r->db_ok) {
+        r->db_ok = 1;
+        sched_db_state(r->s, 1);
+        r->next_lease_tick = 0;
+    }
+    if (r->db_ok && W.now >= r->next_lease_tick && r->ack_n == 0) {
+        lease_tick(ri);
+        r->next_lease_tick = W.now + TTL_MS / 3;
+    }
+    sched_plan plan;
+    sched_plan_next(r->s, W.now, &plan);
+    if (plans) {
+        sched_stats st;
+        sched_stats_get(r->s, W.now, &st);
+        trace("relay %d plan fetch=%d limit=%d ack=%d wake=%d hs=%d rel=%d timeout=%d "
+              "inflight=%d unacked=%d held=%d", ri, plan.fetch, plan.limit, plan.send_ack,
+              plan.wake, plan.try_handshake, plan.release_shard, plan.timeout_ms, st.inflight,
+              st.unacked, sched_leases_held(r->s));
+    }
+    if (plan.send_ack && r->db_ok) {
+        int n = sched_ack_pending(r->s);
+        if (n > INFLIGHT)
+            n = INFLIGHT;
+        for (int i = 0; i < n; i++) {
+            sched_ack_item(r->s, i, r->ack_ids[i], &r->ack_shard[i], &r->ack_epoch[i]);
+            int rowi = id_row(r->ack_ids[i]);
+            /* The epoch must be the one the message went out under. */
+            int found = 0;
+            for (int sl = 0; sl < INFLIGHT; sl++)
+                if (r->slot_row[sl] == rowi && r->slot_epoch[sl] == r->ack_epoch[i])
+                    found = 1;
+            if (!found)
+                sim_fail("relay %d acknowledges row %d under epoch %" PRId64
+                     ", not the one it produced it under", ri, rowi, r->ack_epoch[i]);
+        }
+        sched_ack_sent(r->s, n, W.now);
+        r->ack_n = n;
+        r->ack_done_at = W.now + between(1, 6);
+        r->ack_reply_lost = chance(W.p_lost_reply);
+        if (r->ack_reply_lost)
+            W.pr_lost_reply++;
+    }
+    if (plan.release_shard >= 0) {
+        int sh = plan.release_shard;
+        if (W.leases[sh].holder == ri) {
+            W.leases[sh].holder = -1;
+            W.leases[sh].expires = W.now;
+        }
+        sched_lease_lost(r->s, sh);
+        trace("relay %d released shard %d", ri, sh);
+    }
+    if (plan.wake != 0) {
+        W.wake_flag = plan.wake > 0;
+        sched_wake_set(r->s, plan.wake > 0);
+    }
+    if (plan.try_handshake)
+        sched_handshake(r->s, 1, W.now);
+    if (plan.fetch && r->db_ok) {
+        int rows[64];
+        int limit = plan.limit < 64 ? plan.limit : 64;
+        int n = fetch(ri, limit, rows);
+        int stopped = 0;
+        for (int i = 0; i < n; i++) {
+            srow *w = &W.rows[rows[i]];
+            char key[16];
+            key_str(w->key, key);
+            const char *topic = topic_name(key_topic(w->key));
+            int shard = key_shard(w->key);
+            sched_skip why;
+            sched_admit a = sched_admit_row(r->s, shard, topic, key, key_part(w->key),
+                                            w->ready_at <= W.now, W.now, &why);
+            if (plans)
+                trace("relay %d admit row %d -> %d why %d", ri, rows[i], (int)a, (int)why);
+            if (a == ADMIT_NO_ROOM) {
+                stopped = 1;
+                break;
+            }
+            if (a == ADMIT_PRODUCE) {
+                if (w->poison) {
+                    sched_produce_failed(r->s, topic, key, W.now);
+                    record_failure(rows[i]);
+                } else {
+                    unsigned char id[16];
+                    row_id(rows[i], id);
+                    int slot = sched_produced(r->s, shard, topic, key, key_part(w->key), id,
+                                              w->written, r->gen, W.now);
+                    if (slot < 0) {
+                        sim_fail("no slot after ADMIT_PRODUCE");
+                        return;
+                    }
+                    r->slot_epoch[slot] = sched_lease_epoch(r->s, shard);
+                    r->slot_row[slot] = rows[i];
+                    trace("relay %d produce row %d key %d seq %" PRId64 " slot %d", ri, rows[i],
+                          w->key, w->seq, slot);
+                    produce(ri, rows[i], slot);
+                }
+            } else {
+                W.pr_skipped++;
+                if (plans)
+                    trace("relay %d skip row %d key %d seq %" PRId64 " why %d", ri, rows[i], w->key,
+                          w->seq, (int)why);
+            }
+            sched_advance(r->s, shard, topic, key, w->seq);
+        }
+        sched_fetched(r->s, stopped ? limit : n, limit, W.now);
+    }
+    sched_event ev[8];
+    while (sched_events(r->s, ev, 8) > 0)
+        ;
+    r->wake_at = W.now + (plan.fetch ? 0 : (plan.timeout_ms > 0 ? plan.timeout_ms : 1));
+    if (plan.fetch)
+        r->wake_at = W.now + 1;
+}
+
+/* -------------------------------------------------------------- a run */
+
+static int published(int rowi) { return W.rows[rowi].deleted; }
+
+static void check_healthy_flowed(int64_t phase_start)
+{
+    for (int i = 0; i < W.nrows; i++) {
+        srow *w = &W.rows[i];
+        if (qi(w->key) == W.stuck_part || W.key_dead[w->key] || w->dead || w->poison)
+            continue;
+        /* Written in the first part of the phase, ready, and every earlier
+         * row of its key published too (an earlier poison or delayed row
+         * holds it back by design). */
+        if (w->written < phase_start || w->written > W.now - 1000 || w->ready_at > W.now - 1000)
+            continue;
+        int held_back = 0;
+        for (int j = 0; j < W.nrows; j++)
+            if (W.rows[j].key == w->key && W.rows[j].seq < w->seq && !published(j))
+                held_back = 1;
+        if (!held_back && !published(i))
+            sim_fail("row %d of healthy key %d (partition %d) not published while partition %d "
+                 "was stuck", i, w->key, qi(w->key), W.stuck_part);
+    }
+}
+
+/* The next time anything can happen, once the weather is calm. */
+static void at_least(int64_t *next, int64_t t)
+{
+    if (t > W.now && t < *next)
+        *next = t;
+}
+
+static int64_t next_event(int64_t calm_start)
+{
+    int64_t next = W.now + 1000;
+    int64_t phase[] = {STORM_MS, calm_start - 1, calm_start, W.now - W.now % 256 + 256};
+    for (size_t i = 0; i < sizeof phase / sizeof phase[0]; i++)
+        at_least(&next, phase[i]);
+    if (W.now < calm_start - 1200)
+        at_least(&next, W.t_write);
+    if (W.now < STORM_MS) {
+        at_least(&next, W.t_stuck);
+        for (int i = 0; i < RELAYS; i++) {
+            at_least(&next, W.t_fatal[i]);
+            at_least(&next, W.t_db[i]);
+            at_least(&next, W.t_pause[i]);
+        }
+    }
+    for (int i = 0; i < RELAYS; i++) {
+        at_least(&next, W.r[i].wake_at <= W.now ? W.now + 1 : W.r[i].wake_at);
+        at_least(&next, W.r[i].paused_until);
+        at_least(&next, W.r[i].db_down_until);
+        if (W.r[i].ack_n > 0)
+            at_least(&next, W.r[i].ack_done_at <= W.now ? W.now + 1 : W.r[i].ack_done_at);
+        for (int p = 0; p < TOPICS * PARTS; p++)
+            if (W.qn[i][p] > 0)
+                at_least(&next, W.q[i][p][0].at <= W.now ? W.now + 1 : W.q[i][p][0].at);
+    }
+    for (int p = 0; p < TOPICS * PARTS; p++)
+        at_least(&next, W.stuck_until[p]);
+    return next;
+}
+
+static int run_seed(uint64_t seed, int tracing)
+{
+    for (int i = 0; i < RELAYS; i++)
+        sched_free(W.r[i].s);
+    memset(&W, 0, sizeof W);
+    current_seed = seed;
+    W.rng = seed * 0x2545F4914F6CDD1DULL + 1;
+    W.tracing = tracing;
+    plans = tracing && getenv("FERRY_SIM_PLANS") != NULL;
+    W.trace_hash = 0xcbf29ce484222325ULL;
+    const char *b = getenv("FERRY_SIM_BROKEN");
+    W.broken = b ? atoi(b) : 0;
+    W.p_write = (unsigned)between(20, 200);
+    W.p_delay = (unsigned)between(0, 80);
+    W.p_poison = (unsigned)between(0, 1) ? (unsigned)between(1, 20) : 0;
+    W.p_lost_reply = (unsigned)between(0, 200);
+    W.p_fatal = (unsigned)between(0, 3);
+    W.p_db = (unsigned)between(0, 2);
+    W.p_pause = (unsigned)between(0, 2);
+    W.p_stuck = (unsigned)between(0, 3);
+    W.max_attempts = (int)between(2, 5);
+    for (int sh = 0; sh < SHARDS; sh++)
+        W.leases[sh].holder = -1;
+    W.t_write = next_at(W.p_write);
+    W.t_stuck = next_at(W.p_stuck);
+    for (int i = 0; i < RELAYS; i++) {
+        W.t_fatal[i] = next_at(W.p_fatal);
+        W.t_db[i] = next_at(W.p_db);
+        W.t_pause[i] = next_at(W.p_pause);
+    }
+    sched_config cfg = {.max_inflight = INFLIGHT, .batch_size = (int)between(2, 8),
+                        .stuck_ms = (int)between(200, 800), .poll_interval_ms = 200,
+                        .stop_grace_ms = 1000, .once = 0, .max_attempts = W.max_attempts};
+    for (int i = 0; i < RELAYS; i++) {
+        W.r[i].s = sched_new(&cfg);
+        sched_set_broken(W.r[i].s, (sched_broken)W.broken);
+        W.r[i].alive = 1;
+        W.r[i].db_ok = 1;
+        for (int sl = 0; sl < INFLIGHT; sl++)
+            W.r[i].slot_row[sl] = -1;
+    }
+    for (int k = 0; k < KEYS; k++)
+        W.order[k] = k;
+    for (int i = 1; i < KEYS; i++)           /* insertion sort by rank */
+        for (int j = i; j > 0 && key_rank(W.order[j]) < key_rank(W.order[j - 1]); j--) {
+            int t = W.order[j];
+            W.order[j] = W.order[j - 1];
+            W.order[j - 1] = t;
+        }
+    W.stuck_part = -1;
+    int64_t stuck_start = STORM_MS, calm_start = STORM_MS + STUCK_MS;
+    int64_t end = calm_start + CALM_MS;
+    for (W.now = 0; W.now < end && !W.failed; W.now++) {
+        int storm = W.now < stuck_start, stuck = !storm && W.now < calm_start;
+        if (W.now < calm_start - 1200 && W.now >= W.t_write) {
+            write_row();
+            W.t_write = next_at(W.p_write);
+        }
+        if (storm) {
+            for (int i = 0; i < RELAYS; i++) {
+                if (W.now >= W.t_fatal[i]) {
+                    fatal(i);
+                    W.t_fatal[i] = next_at(W.p_fatal);
+                }
+                if (W.now >= W.t_db[i]) {
+                    W.t_db[i] = next_at(W.p_db);
+                    W.r[i].db_down_until = W.now + between(10, 400);
+                    W.pr_db++;
+                    trace("relay %d database lost", i);
+                }
+                if (W.now >= W.t_pause[i]) {
+                    W.t_pause[i] = next_at(W.p_pause);
+                    W.r[i].paused_until = W.now + between(50, 2 * TTL_MS);
+                    W.pr_pause++;
+                    trace("relay %d paused", i);
+                }
+            }
+            if (W.now >= W.t_stuck) {
+                W.t_stuck = next_at(W.p_stuck);
+                int p = (int)(rnd_next(&W.rng) % (TOPICS * PARTS));
+                W.stuck_until[p] = W.now + between(50, 1500);
+                W.pr_stuck++;
+                trace("partition %d stuck", p);
+            }
+        } else if (stuck && W.stuck_part < 0) {
+            W.stuck_part = (int)(rnd_next(&W.rng) % (TOPICS * PARTS));
+            for (int p = 0; p < TOPICS * PARTS; p++)
+                W.stuck_until[p] = 0;
+            for (int i = 0; i < RELAYS; i++)
+                W.r[i].paused_until = W.r[i].db_down_until = 0;
+            W.stuck_until[W.stuck_part] = calm_start;
+            trace("STUCK phase: partition %d", W.stuck_part);
+        }
+        if (W.now == calm_start - 1)
+            check_healthy_flowed(stuck_start + 1000);
+        broker_step();
+        for (int i = 0; i < RELAYS; i++) {
+            relay_sim *r = &W.r[i];
+            if (r->ack_n > 0 && r->ack_done_at <= W.now && r->db_ok)
+                ack_complete(i);
+            if (W.now >= r->wake_at)
+                relay_step(i);
+        }
+        /* Done early once everything is published. */
+        if (W.now > calm_start && W.now % 256 == 0) {
+            int left = 0;
+            for (int i = 0; i < W.nrows && !left; i++)
+                left = !W.rows[i].deleted && !W.rows[i].dead && !W.key_dead[W.rows[i].key];
+            if (!left)
+                break;
+        }
+        W.now = next_event(calm_start) - 1;     /* skip the quiet milliseconds */
+    }
+    for (int i = 0; i < W.nrows && !W.failed; i++) {
+        srow *w = &W.rows[i];
+        if (!w->deleted && !w->dead && !W.key_dead[w->key])
+            sim_fail("row %d (key %d seq %" PRId64 ") never published after the faults healed", i,
+                 w->key, w->seq);
+    }
+    return W.failed;
+}
+
+static uint64_t env_u64(const char *name, uint64_t dflt, int *set)
+{
+    const char *v = getenv(name);
+    if (set != NULL)
+        *set = v != NULL && v[0] != '\0';
+    if (v == NULL || v[0] == '\0')
+        return dflt;
+    return strtoull(v, NULL, 10);
+}
+
+static int run_seeds(uint64_t first, uint64_t last, int tracing, uint64_t *failed_seed)
+{
+    for (uint64_t seed = first; seed < last; seed++)
+        if (run_seed(seed, tracing)) {
+            *failed_seed = seed;
+            return 1;
+        }
+    return 0;
+}
+
+static void simulate(void **state)
+{
+    (void)state;
+    int one = 0;
+    uint64_t only = env_u64("FERRY_SIM_SEED", 0, &one);
+    uint64_t seeds = env_u64("FERRY_SIM_SEEDS", SIM_SEEDS_DEFAULT, NULL);
+    int tracing = env_u64("FERRY_SIM_TRACE", 0, NULL) != 0;
+    uint64_t first = one ? only : 0, last = one ? only + 1 : seeds;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    uint64_t bad = 0;
+    uint64_t fatal_n = 0, lost = 0, db = 0, pause = 0, stuck = 0, takeover = 0, refused = 0,
+             dead = 0, delayed = 0, skipped = 0;
+    for (uint64_t seed = first; seed < last; seed++) {
+        if (run_seed(seed, tracing)) {
+            bad = seed;
+            fprintf(stderr,
+                    "relay sim: seed %" PRIu64 " FAILED: %s\n"
+                    "  replay: FERRY_SIM_SEED=%" PRIu64 " FERRY_SIM_TRACE=1%s%s %s\n",
+                    bad, W.why, bad, W.broken ? " FERRY_SIM_BROKEN=" : "",
+                    W.broken ? getenv("FERRY_SIM_BROKEN") : "", prog);
+            fail_msg("relay simulation failed at seed %" PRIu64, bad);
+        }
+        fatal_n += W.pr_fatal, lost += W.pr_lost_reply, db += W.pr_db, pause += W.pr_pause;
+        stuck += W.pr_stuck, takeover += W.pr_takeover, refused += W.pr_refused;
+        dead += W.pr_dead, delayed += W.pr_delayed, skipped += W.pr_skipped;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    fprintf(stderr,
+            "relay sim: %" PRIu64 " seeds passed (%.0f seeds/s); probes: fatal=%" PRIu64
+            " lost_reply=%" PRIu64 " db=%" PRIu64 " pause=%" PRIu64 " stuck=%" PRIu64
+            " takeover=%" PRIu64 " refused=%" PRIu64 " dead=%" PRIu64 " delayed=%" PRIu64
+            " skipped=%" PRIu64 "\n",
+            last - first, secs > 0 ? (double)(last - first) / secs : 0.0, fatal_n, lost, db,
+            pause, stuck, takeover, refused, dead, delayed, skipped);
+    if (!one && seeds >= 1000) {
+        /* Every fault must have fired somewhere, or the simulator is not
+         * testing what it claims. */
+        assert_true(fatal_n > 0 && lost > 0 && db > 0 && pause > 0 && stuck > 0);
+        assert_true(takeover > 0 && refused > 0 && dead > 0 && delayed > 0 && skipped > 0);
+    }
+}
+
+/* The same seed gives the same run, to the byte of its trace. */
+static void replay_is_exact(void **state)
+{
+    (void)state;
+    if (getenv("FERRY_SIM_BROKEN") != NULL)
+        skip();
+    hashing = 1;
+    for (uint64_t seed = 0; seed < 50; seed++) {
+        assert_int_equal(run_seed(seed, 0), 0);
+        uint64_t h = W.trace_hash;
+        assert_int_equal(run_seed(seed, 0), 0);
+        assert_int_equal(W.trace_hash, h);
+    }
+    hashing = 0;
+}
+
+/* Each deliberately broken scheduler fails within 1,000 seeds. */
+static void broken_are_caught(void **state)
+{
+    (void)state;
+    if (getenv("FERRY_SIM_SEED") != NULL)
+        skip();
+    for (int v = 1; v < SCHED_BROKEN_COUNT; v++) {
+        char num[8];
+        snprintf(num, sizeof num, "%d", v);
+        setenv("FERRY_SIM_BROKEN", num, 1);
+        uint64_t seed = 0;
+        int caught = run_seeds(0, 1000, 0, &seed);
+        fprintf(stderr, "relay sim: broken variant %d %s%s%s\n", v,
+                caught ? "caught at seed " : "MISSED in 1000 seeds", caught ? "" : "",
+                caught ? W.why : "");
+        if (caught)
+            fprintf(stderr, "  replay: FERRY_SIM_BROKEN=%d FERRY_SIM_SEED=%" PRIu64
+                    " FERRY_SIM_TRACE=1 %s\n", v, seed, prog);
+        assert_true(caught);
+    }
+    unsetenv("FERRY_SIM_BROKEN");
+}
+
+int main(int argc, char **argv)
+{
+    prog = argv[0];
+    (void)argc;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(simulate),
+        cmocka_unit_test(replay_is_exact),
+        cmocka_unit_test(broken_are_caught),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    for (int i = 0; i < RELAYS; i++)
+        sched_free(W.r[i].s);
+    return rc;
+}
