@@ -319,6 +319,10 @@ static void detect_queries(void **state)
         {"\"SELECT /* /* ; */ ; */ 1\"", "SELECT /* /* ; */ ; */ 1"},
         {"\"SELECT 1 - -1\"", "SELECT 1 - -1"},
         {"\"SELECT 1--x;\\n\"", "SELECT 1"},
+        /* PostgreSQL's lexer ends a "--" comment at \r as at \n. */
+        {"\"SELECT 'k' AS key --c\\r FROM no_such_table WHERE false\"",
+         "SELECT 'k' AS key --c\r FROM no_such_table WHERE false"},
+        {"\"-- lead\\rSELECT 4\"", "-- lead\rSELECT 4"},
     };
     static const struct {
         const char *yaml, *error;
@@ -336,6 +340,8 @@ static void detect_queries(void **state)
         {"\"SELECT 1;\\n  SELECT 2;\"", "the ';' at line 1, column 9"},
         {"\"SELECT (1;)\"", "the ';' at line 1, column 10"},
         {"\"SELECT 1;;x\"", "the ';' at line 1, column 9"},
+        {"\"SELECT 1 --c\\r; DROP TABLE t\"", "the ';' at line 1, column 14"},
+        {"\"-- SELECT\\rDELETE FROM t\"", "not \"DELETE\""},
         {"\"SELECT 1; 'x'\"", "the ';' at line 1, column 9"},
         {"\"SELECT 'x\"", "an unterminated quoted string (at line 1, column 8 of the query)"},
         {"\"SELECT \\\"x\"", "an unterminated quoted identifier"},
