@@ -36,10 +36,12 @@ ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, con
     ferry_err_clear(err);
     err->code = code;
     err->retriable = retriable != 0;
+    char text[FERRY_ERROR_MESSAGE_SIZE];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    ferry_escape_text(err->message, sizeof err->message, text);
     return code;
 }
 
@@ -70,10 +72,15 @@ ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
     err->index = index;
     err->code = code;
     copy_field(err->field, sizeof err->field, field);
+    /* Messages quote input (a topic, a header name, jansson's "near
+     * '...'"): escaped, so that no terminal or log reader gets a control
+     * sequence from a message. */
+    char text[FERRY_ERROR_MESSAGE_SIZE];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    ferry_escape_text(err->message, sizeof err->message, text);
     return code;
 }
 
@@ -153,10 +160,14 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
     if (sqlstate != NULL)
         copy_field(err->sqlstate, sizeof err->sqlstate, sqlstate);
     copy_field(err->field, sizeof err->field, column);
+    /* The server's message may quote the input ("invalid input syntax
+     * for type json: ..."): escaped as ours are. */
+    char whole[FERRY_ERROR_MESSAGE_SIZE];
     if (context != NULL)
-        snprintf(err->message, sizeof err->message, "%s: %s", context, text);
+        snprintf(whole, sizeof whole, "%s: %s", context, text);
     else
-        snprintf(err->message, sizeof err->message, "%s", text);
+        snprintf(whole, sizeof whole, "%s", text);
+    ferry_escape_text(err->message, sizeof err->message, whole);
     return code;
 }
 
@@ -265,6 +276,44 @@ bad:
     if (bad_at != NULL)
         *bad_at = i;
     return false;
+}
+
+size_t ferry_escape_text(char *dst, size_t size, const char *src)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)src;
+    size_t used = 0, i = 0;
+    if (size == 0)
+        return 0;
+    while (p[i] != '\0') {
+        unsigned c = p[i];
+        size_t n = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        bool ok = true;
+        for (size_t k = 1; k < n && ok; k++)
+            ok = p[i + k] != '\0';
+        ok = ok && (n == 1 || ferry_utf8_valid(src + i, n, NULL));
+        /* C0 controls, DEL, C1 controls (U+0080..U+009F), and bytes that
+         * are no UTF-8 character: each byte as \xNN. */
+        bool escape = !ok || c < 0x20 || c == 0x7f || (c == 0xC2 && p[i + 1] <= 0x9F);
+        if (!ok)
+            n = 1;
+        size_t need = escape ? 4 * n : n;
+        if (used + need >= size)
+            break;                    /* never half a character or escape */
+        for (size_t k = 0; k < n; k++) {
+            if (escape) {
+                dst[used++] = '\\';
+                dst[used++] = 'x';
+                dst[used++] = hex[p[i + k] >> 4];
+                dst[used++] = hex[p[i + k] & 0xF];
+            } else {
+                dst[used++] = (char)p[i + k];
+            }
+        }
+        i += n;
+    }
+    dst[used] = '\0';
+    return used;
 }
 
 void ferry_sleep_ms(long ms)

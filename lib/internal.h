@@ -42,6 +42,13 @@ ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *e
  * *bad_at is the offset of the first bad byte. */
 bool ferry_utf8_valid(const char *s, size_t len, size_t *bad_at);
 
+/* src into dst (size bytes, NUL-terminated, cut only between characters)
+ * with each byte of a control character (C0, DEL, C1) or of what is not
+ * UTF-8 written as \xNN: for every message that quotes input, so that
+ * none carries a terminal escape sequence. Returns the length written.
+ * Allocates nothing. */
+size_t ferry_escape_text(char *dst, size_t size, const char *src);
+
 /* A strict decimal integer, as config files and saga definitions take
  * them: "0" or -?[1-9][0-9]* and nothing else. */
 typedef enum ferry_int_parse {

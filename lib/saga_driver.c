@@ -702,12 +702,17 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
 /* One timer firing, in ferry_tx_run's transaction: the next due saga
  * (ferry_saga_fire_timers) or the one named (ferry_saga_fire_timer). Reset
  * at every attempt: ferry_tx_run may call fire_one more than once. */
+#define FIRE_SKIP_MAX 64 /* sagas one ferry_saga_fire_timers call gets past */
+_Static_assert(FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2 < 4096, "skip list text");
+
 typedef struct fire_arg {
     const ferry_saga_registry *reg;
     int64_t now_ms;
     const char *id; /* the saga to fire, canonical; NULL: the next one due */
     int none;       /* no due saga left (next due), or no such saga (named) */
     int applied;
+    char picked[FERRY_UUID_STRING_SIZE]; /* the next due one taken ("" if none) */
+    const char *skip; /* "{id,...}": due sagas this call failed on, passed by */
 } fire_arg;
 
 static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
@@ -715,6 +720,7 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
     fire_arg *f = arg;
     f->none = 0;
     f->applied = 0;
+    f->picked[0] = '\0';
     ferry_saga_event ev = {.kind = FERRY_SAGA_EV_TIMEOUT};
     int found;
     if (f->id != NULL) {
@@ -725,7 +731,7 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
         return rc;
     }
     char now[24];
-    const char *p[1] = {now};
+    const char *p[2] = {now, f->skip};
     int64_t now_ms = f->now_ms;
     PGresult *res;
     if (now_ms <= 0) {
@@ -739,7 +745,8 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
         PQclear(res);
     }
     snprintf(now, sizeof now, "%" PRId64, now_ms);
-    res = PQexecParams(conn, "SELECT ferry.saga_next_due($1)", 1, NULL, p, NULL, NULL, 0);
+    res = PQexecParams(conn, "SELECT ferry.saga_next_due($1, $2::uuid[])", 2, NULL, p, NULL,
+                       NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, res, "could not find due saga timers");
         PQclear(res);
@@ -750,12 +757,21 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
         PQclear(res);
         return FERRY_OK;
     }
-    char id[FERRY_UUID_STRING_SIZE];
-    snprintf(id, sizeof id, "%s", PQgetvalue(res, 0, 0));
+    snprintf(f->picked, sizeof f->picked, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
-    return drive(conn, f->reg, id, &ev, now_ms, &f->applied, &found, err);
+    return drive(conn, f->reg, f->picked, &ev, now_ms, &f->applied, &found, err);
 }
 
+/*
+ * One saga a worker cannot run (its definition changed, its context is
+ * refused, ...) must not stop the timers of every other saga: the due
+ * saga that failed is logged, left as it is (still due, so the
+ * reconciler reports it) and passed by for the rest of this call
+ * (saga_next_due's skip list), at most FIRE_SKIP_MAX of them. What is
+ * not about one saga ends the call with its error: a connection lost,
+ * the query for the next due saga refused, or as many sagas failed as
+ * the skip list holds (then something is wrong with all of them).
+ */
 ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, int64_t now_ms,
                                   int max, int *fired, ferry_error *err)
 {
@@ -763,12 +779,25 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
         return ferry_err_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
-    fire_arg f = {.reg = reg, .now_ms = now_ms};
+    char skip[FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2] = "{}";
+    size_t skipped = 0;
+    fire_arg f = {.reg = reg, .now_ms = now_ms, .skip = skip};
     int n = 0;
     for (int i = 0; i < max; i++) {
         ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
-        if (rc != FERRY_OK)
-            return rc;
+        if (rc != FERRY_OK) {
+            if (f.picked[0] == '\0' || rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK ||
+                skipped == FIRE_SKIP_MAX)
+                return rc;
+            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
+                      "timer, passed by until the next call: %s", f.picked,
+                      err ? err->message : ferry_code_name(rc));
+            size_t used = strlen(skip) - 1;   /* over the closing brace */
+            snprintf(skip + used, sizeof skip - used, "%s%s}", skipped ? "," : "", f.picked);
+            skipped++;
+            ferry_err_clear(err);
+            continue;
+        }
         if (f.none)
             break;
         n += f.applied;

@@ -73,6 +73,301 @@ static ferry_code check_text(const char *field, const char *what, const char *s,
     return FERRY_OK;
 }
 
+/* ------------------------------------------------------------ JSON as jsonb takes it */
+
+/*
+ * The payload is checked against what PostgreSQL's jsonb input takes
+ * (PostgreSQL 15's jsonapi.c lexer and numeric.c's numeric_in), not
+ * against jansson's reading: jansson refused numbers jsonb stores (1e400)
+ * and took ones it refuses (1e-16384, 0e1073741823, 16,384 digits after
+ * the point), and a server-side refusal aborts the caller's transaction.
+ * tests/test_emit.c (payload_check_agrees_with_jsonb) runs a table of
+ * tricky inputs through both, PostgreSQL deciding.
+ *
+ * numeric's limits (numeric.c): an exponent of at least INT_MAX / 2 in
+ * absolute value is refused outright; the display scale (digits after
+ * the point, trailing zeros included, less the exponent) is at most
+ * NUMERIC_DSCALE_MAX, 16383; the weight of the first non-zero digit in
+ * base 10,000 fits an int16, i.e. its decimal exponent is below 131072.
+ *
+ * Depth is the one place where ferry refuses more than jsonb: jsonb's
+ * limit is the server's stack, ours a constant (jansson's, as before).
+ */
+#define JSON_DEPTH_MAX 2048
+#define NUMERIC_EXPONENT_LIMIT 1073741823L   /* INT_MAX / 2 */
+#define NUMERIC_DSCALE_MAX 16383
+#define NUMERIC_DECIMAL_WEIGHT_MAX 131071    /* 4 * (PG_INT16_MAX + 1) - 1 */
+_Static_assert(NUMERIC_EXPONENT_LIMIT == INT_MAX / 2, "numeric.c's exponent bound");
+
+typedef struct jscan {
+    const unsigned char *s;
+    size_t n, i;
+    const char *why;              /* the fault, static text */
+    size_t at;                    /* where */
+    bool number;                  /* why is about the number at at */
+} jscan;
+
+static bool jfault(jscan *j, size_t at, const char *why)
+{
+    j->why = why;
+    j->at = at;
+    return false;
+}
+
+static bool jdigit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* What PostgreSQL's lexer reads as part of a word or number. */
+static bool jalnum(unsigned char c)
+{
+    return jdigit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+           c >= 0x80;
+}
+
+static void jspace(jscan *j)
+{
+    while (j->i < j->n && (j->s[j->i] == ' ' || j->s[j->i] == '\t' || j->s[j->i] == '\n' ||
+                           j->s[j->i] == '\r'))
+        j->i++;
+}
+
+static int jhex(unsigned char c)
+{
+    if (jdigit(c))
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits at i into *cp. */
+static bool jhex4(const jscan *j, size_t i, unsigned *cp)
+{
+    *cp = 0;
+    if (j->n - i < 4)
+        return false;
+    for (size_t k = 0; k < 4; k++) {
+        int h = jhex(j->s[i + k]);
+        if (h < 0)
+            return false;
+        *cp = *cp << 4 | (unsigned)h;
+    }
+    return true;
+}
+
+static bool jstring(jscan *j)
+{
+    size_t start = j->i++;
+    while (j->i < j->n) {
+        unsigned char c = j->s[j->i];
+        if (c == '"') {
+            j->i++;
+            return true;
+        }
+        if (c < 0x20)
+            return jfault(j, j->i, "a control character in a string must be escaped");
+        if (c >= 0x80) {
+            size_t len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+            if (len > j->n - j->i || !ferry_utf8_valid((const char *)j->s + j->i, len, NULL))
+                return jfault(j, j->i, "not valid UTF-8");
+            j->i += len;
+            continue;
+        }
+        if (c != '\\') {
+            j->i++;
+            continue;
+        }
+        size_t esc = j->i++;
+        if (j->i >= j->n)
+            break;
+        c = j->s[j->i];
+        if (strchr("\"\\/bfnrt", c) != NULL && c != '\0') {
+            j->i++;
+            continue;
+        }
+        unsigned cp, lo;
+        if (c != 'u' || !jhex4(j, j->i + 1, &cp))
+            return jfault(j, esc, "an invalid escape sequence");
+        j->i += 5;
+        if (cp == 0)
+            return jfault(j, esc, "\\u0000, which jsonb cannot store");
+        if (cp >= 0xDC00 && cp <= 0xDFFF)
+            return jfault(j, esc, "a Unicode low surrogate without a high one");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (j->n - j->i < 2 || j->s[j->i] != '\\' || j->s[j->i + 1] != 'u' ||
+                !jhex4(j, j->i + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
+                return jfault(j, esc, "a Unicode high surrogate not followed by a low one");
+            j->i += 6;
+        }
+    }
+    return jfault(j, start, "an unterminated string");
+}
+
+/* A number by JSON's grammar, within numeric's limits. */
+static bool jnumber(jscan *j)
+{
+    const unsigned char *s = j->s;
+    size_t start = j->i, i = j->i, n = j->n;
+    if (i < n && s[i] == '-')
+        i++;
+    if (i >= n || !jdigit(s[i]))
+        return jfault(j, start, "an invalid number");
+    size_t int_at = i;
+    if (s[i] == '0')
+        i++;
+    else
+        while (i < n && jdigit(s[i]))
+            i++;
+    size_t int_len = i - int_at, frac_at = i, frac_len = 0;
+    if (i < n && s[i] == '.') {
+        frac_at = ++i;
+        while (i < n && jdigit(s[i]))
+            i++;
+        frac_len = i - frac_at;
+        if (frac_len == 0)
+            return jfault(j, start, "an invalid number");
+    }
+    long exp = 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        bool neg = i < n && s[i] == '-';
+        if (i < n && (s[i] == '-' || s[i] == '+'))
+            i++;
+        if (i >= n || !jdigit(s[i]))
+            return jfault(j, start, "an invalid number");
+        for (; i < n && jdigit(s[i]); i++)
+            if (exp < NUMERIC_EXPONENT_LIMIT)   /* saturates: no overflow */
+                exp = exp * 10 + (s[i] - '0');
+        if (neg)
+            exp = -exp;
+    }
+    if (i < n && jalnum(s[i]))
+        return jfault(j, start, "an invalid number");
+    j->i = i;
+    j->number = true;
+    if (exp >= NUMERIC_EXPONENT_LIMIT || exp <= -NUMERIC_EXPONENT_LIMIT)
+        return jfault(j, start, "an exponent of 1073741823 or more in absolute value");
+    if ((int64_t)frac_len - exp > NUMERIC_DSCALE_MAX)
+        return jfault(j, start, "more than 16383 digits after the decimal point");
+    /* The decimal exponent of the first non-zero digit. */
+    size_t k = 0;
+    while (k < int_len && s[int_at + k] == '0')
+        k++;
+    if (k == int_len) {
+        size_t f = 0;
+        while (f < frac_len && s[frac_at + f] == '0')
+            f++;
+        if (f == frac_len) {
+            j->number = false;
+            return true;                         /* zero */
+        }
+        k += f;
+    }
+    if ((int64_t)int_len - 1 - (int64_t)k + exp > NUMERIC_DECIMAL_WEIGHT_MAX)
+        return jfault(j, start, "more than 131072 digits before the decimal point");
+    j->number = false;
+    return true;
+}
+
+static bool jword(jscan *j)
+{
+    size_t start = j->i;
+    while (j->i < j->n && jalnum(j->s[j->i]))
+        j->i++;
+    size_t len = j->i - start;
+    const char *w = (const char *)j->s + start;
+    if ((len == 4 && memcmp(w, "true", 4) == 0) || (len == 5 && memcmp(w, "false", 5) == 0) ||
+        (len == 4 && memcmp(w, "null", 4) == 0))
+        return true;
+    return jfault(j, start, "an invalid token");
+}
+
+/* A key and its ':' (after a '{' or a ','). */
+static bool jkey(jscan *j)
+{
+    jspace(j);
+    if (j->i >= j->n || j->s[j->i] != '"')
+        return jfault(j, j->i, "expected a string as the key");
+    if (!jstring(j))
+        return false;
+    jspace(j);
+    if (j->i >= j->n || j->s[j->i] != ':')
+        return jfault(j, j->i, "expected ':' after the key");
+    j->i++;
+    return true;
+}
+
+/* One JSON text: a value, whitespace around it, nothing else. No
+ * recursion: the open containers are a stack of JSON_DEPTH_MAX. */
+static bool json_check(jscan *j)
+{
+    char open[JSON_DEPTH_MAX];
+    size_t depth = 0;
+    for (;;) {
+        /* a value */
+        jspace(j);
+        if (j->i >= j->n)
+            return jfault(j, j->i, "the input ends where a value was expected");
+        unsigned char c = j->s[j->i];
+        if (c == '{' || c == '[') {
+            if (depth == JSON_DEPTH_MAX)
+                return jfault(j, j->i, "nested more than 2048 levels deep");
+            open[depth++] = (char)c;
+            j->i++;
+            jspace(j);
+            char close = c == '{' ? '}' : ']';
+            if (j->i < j->n && j->s[j->i] == close) {
+                depth--;
+                j->i++;
+            } else {
+                if (c == '{' && !jkey(j))
+                    return false;
+                continue;
+            }
+        } else if (c == '"') {
+            if (!jstring(j))
+                return false;
+        } else if (c == '-' || jdigit(c)) {
+            if (!jnumber(j))
+                return false;
+        } else if (jalnum(c)) {
+            if (!jword(j))
+                return false;
+        } else {
+            return jfault(j, j->i, "an unexpected character");
+        }
+        /* after a value: close what ends here, or go on after a ',' */
+        for (;;) {
+            jspace(j);
+            if (depth == 0) {
+                if (j->i != j->n)
+                    return jfault(j, j->i, "more after the end of the value");
+                return true;
+            }
+            if (j->i >= j->n)
+                return jfault(j, j->i, "the input ends inside an array or object");
+            char top = open[depth - 1];
+            c = j->s[j->i];
+            if ((top == '[' && c == ']') || (top == '{' && c == '}')) {
+                depth--;
+                j->i++;
+                continue;
+            }
+            if (c != ',')
+                return jfault(j, j->i, top == '[' ? "expected ',' or ']'"
+                                                  : "expected ',' or '}'");
+            j->i++;
+            if (top == '{' && !jkey(j))
+                return false;
+            break;
+        }
+    }
+}
+
 static ferry_code check_payload(const char *payload, size_t len, size_t max,
                                 ferry_error *err)
 {
@@ -88,18 +383,29 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
     if (len > max)
         return ferry_err_set(err, FERRY_EINVAL, "payload",
                              "payload is over the limit of %zu bytes", max);
-    /* jansson validates UTF-8, refuses \u0000 (as jsonb does) and bounds
-     * nesting depth. Integers too big for int64 are read as reals; numbers
-     * beyond a double's range are refused (RFC 8259 warns against them). */
-    json_error_t jerr;
-    json_t *doc = json_loadb(payload, len,
-                             JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
-    if (doc == NULL)
+    jscan j = {.s = (const unsigned char *)payload, .n = len};
+    if (json_check(&j))
+        return FERRY_OK;
+    int line = 1, column = 1;
+    for (size_t i = 0; i < j.at; i++) {
+        if (j.s[i] == '\n') {
+            line++;
+            column = 1;
+        } else if ((j.s[i] & 0xC0) != 0x80) {
+            column++;
+        }
+    }
+    if (j.number) {
+        size_t nlen = j.i - j.at;
         return ferry_err_set(err, FERRY_EINVAL, "payload",
-                             "payload is not valid JSON: %s at line %d, column %d",
-                             jerr.text, jerr.line, jerr.column);
-    json_decref(doc);
-    return FERRY_OK;
+                             "payload has a number PostgreSQL's numeric cannot hold (%s) at "
+                             "line %d, column %d: \"%.*s%s\"", j.why, line, column,
+                             (int)(nlen > 40 ? 40 : nlen), payload + j.at,
+                             nlen > 40 ? "..." : "");
+    }
+    return ferry_err_set(err, FERRY_EINVAL, "payload",
+                         "payload is not valid JSON: %s at line %d, column %d", j.why, line,
+                         column);
 }
 
 static bool header_name_reserved(const char *name)

@@ -43,11 +43,16 @@ static void add_error_v(ferry_saga_load_errors *e, const char *file, place at,
     if (e->count == FERRY_SAGA_ERRORS_MAX)
         return;
     ferry_saga_load_error *x = &e->errors[e->count++];
-    snprintf(x->file, sizeof x->file, "%s", file);
+    /* Messages and field paths quote the document (keys, values), and
+     * lint prints them on terminals: control characters and what is not
+     * UTF-8 are escaped, in the file name too. */
+    char text[sizeof x->message];
+    ferry_escape_text(x->file, sizeof x->file, file);
     x->line = at.line;
     x->column = at.column;
-    snprintf(x->field, sizeof x->field, "%s", field ? field : "");
-    vsnprintf(x->message, sizeof x->message, fmt, ap);
+    ferry_escape_text(x->field, sizeof x->field, field ? field : "");
+    vsnprintf(text, sizeof text, fmt, ap);
+    ferry_escape_text(x->message, sizeof x->message, text);
 }
 
 void ferry_yw_add_error(ferry_saga_load_errors *e, const char *file, place at,

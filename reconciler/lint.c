@@ -46,7 +46,11 @@ void reconcile_print_errors(FILE *out, const char *file, const ferry_saga_load_e
  * Is text a rules file? Reads the keys of the top mapping only, and stops
  * at the first thing that is not one (a syntax error included: the loader
  * reports it). Anchors and aliases are events like any other here; no
- * value is built, so nothing can expand.
+ * value is built, so nothing can expand. Nesting deeper than the loaders
+ * allow (FERRY_YW_DEPTH_MAX) stops it as well: libyaml's scanner spends
+ * time in the depth on every token, so walking a deep flow collection to
+ * its end is quadratic (80,000 levels took 17 s), and either loader
+ * refuses the nesting anyway, naming its place.
  */
 static bool is_rules_file(const char *text, size_t len)
 {
@@ -67,7 +71,8 @@ static bool is_rules_file(const char *text, size_t len)
                 done = true;          /* a sequence at the top */
             if (depth == 1)
                 is_key = !is_key;
-            depth++;
+            if (++depth > FERRY_YW_DEPTH_MAX)
+                done = true;          /* the loader says "nested more than ..." */
             break;
         case YAML_MAPPING_END_EVENT:
         case YAML_SEQUENCE_END_EVENT:

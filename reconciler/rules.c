@@ -199,7 +199,10 @@ static size_t skip_opaque(const char *q, size_t n, size_t i, sql_fault *f)
 {
     size_t start = i;
     if (q[i] == '-' && i + 1 < n && q[i + 1] == '-') {
-        while (i < n && q[i] != '\n')
+        /* As PostgreSQL's lexer (scan.l: comment is "--" then [^\n\r]*):
+         * a line comment ends at \r as well, or the query checked and
+         * stored would not be the one the server runs. */
+        while (i < n && q[i] != '\n' && q[i] != '\r')
             i++;
         return i;
     }

@@ -4,6 +4,7 @@
  * of bad input through both the C and the SQL path, and the roles.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -410,6 +411,130 @@ static void bad_input_refused_naming_field(void **state)
     free(big_payload);
 }
 
+/* ------------------------------------------------------------ jsonb as the oracle */
+
+/* text repeated: head, n times fill, tail (new). */
+static char *repeated(const char *head, const char *fill, size_t n, const char *tail)
+{
+    size_t hl = strlen(head), fl = strlen(fill), tl = strlen(tail);
+    char *s = malloc(hl + fl * n + tl + 1);
+    assert_non_null(s);
+    memcpy(s, head, hl);
+    for (size_t i = 0; i < n; i++)
+        memcpy(s + hl + i * fl, fill, fl);
+    memcpy(s + hl + fl * n, tail, tl + 1);
+    return s;
+}
+
+/* Does PostgreSQL's jsonb take text? In a savepoint of c's transaction. */
+static bool jsonb_accepts(PGconn *c, const char *text)
+{
+    tu_exec(c, "SAVEPOINT oracle");
+    const char *p[1] = {text};
+    PGresult *res = PQexecParams(c, "SELECT $1::jsonb IS NOT NULL", 1, NULL, p, NULL, NULL, 0);
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok) {
+        /* A data error, nothing else (not a lost connection). */
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state == NULL || strncmp(state, "22", 2) != 0)
+            fail_msg("jsonb oracle: %s", PQresultErrorMessage(res));
+    }
+    PQclear(res);
+    tu_exec(c, "ROLLBACK TO SAVEPOINT oracle");
+    return ok;
+}
+
+/*
+ * The client-side check refuses exactly the payloads jsonb refuses, so a
+ * refusal never aborts the caller's transaction (22003 from the server
+ * did: issue 12 item 5). PostgreSQL itself decides each case: tricky
+ * numbers at and past numeric's limits (16,383 digits after the point,
+ * weight 32,767 in base 10,000, exponents of INT_MAX/2), JSON's grammar,
+ * strings and escapes. Each refused one is also sent through the SQL
+ * ferry.emit(), which must refuse it with a clean data error.
+ */
+static void payload_check_agrees_with_jsonb(void **state)
+{
+    char *gen[8];
+    size_t ng = 0;
+    gen[ng++] = repeated("0.", "0", 16383, "");              /* 16,383 after the point */
+    gen[ng++] = repeated("0.", "0", 16384, "");
+    gen[ng++] = repeated("0.", "0", 16382, "1");
+    gen[ng++] = repeated("-0.", "0", 16383, "1");
+    gen[ng++] = repeated("1", "0", 131071, "");             /* 10^131071 */
+    gen[ng++] = repeated("9", "9", 131071, ".5");            /* just under 10^131072 */
+    gen[ng++] = repeated("1", "0", 131072, "");
+    gen[ng++] = repeated("[", "1,", 1000, "1e-16384]");
+    const char *const fixed[] = {
+        /* numbers near numeric's limits */
+        "0", "-0", "1e131071", "1e131072", "9.9e131071", "-9.9e131071", "0.00001e131076",
+        "0.0001e131076", "10e131070", "100e131070", "1e-16383", "1e-16384", "-1e-16383",
+        "1.5e-16383", "0.0e-16383", "0e-16383", "0e-16384", "-0e-16384", "1e-16382",
+        "15e-16384", "10e-16384", "0e1073741822", "0e1073741823", "0e-1073741822",
+        "0e-1073741823", "1e1073741823", "0E+1073741822", "1e0000000000000000000000005",
+        "1e99999999999999999999", "0e99999999999999999999", "1e-99999999999999999999",
+        "1e400", "-1e-400", "1e-400", "1e308", "123456789012345678901234567890",
+        "-123456789012345678901234567890.123456789", "0.1", "1E+5", "1e-5", "2.5E-3",
+        "{\"n\": 1e-16384}", "[0e1073741823]", "{\"a\": [1, {\"b\": 1e131072}]}",
+        /* JSON's number grammar, as PostgreSQL's lexer reads it */
+        "01", "-01", "00", "1.", ".5", "-", "+1", "1e", "1e+", "1e-", "0x10", "NaN",
+        "Infinity", "-Infinity", "1.5.3", "1x", "1e5x", "- 1", "--1", "1_000", "1.e5",
+        "-.5", "1ee5", "1e5.5",
+        /* the rest of the grammar */
+        "\"\\u0000\"", "\"a\\u0000b\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\udc00\"",
+        "\"\\ud800x\"", "\"\\ud800\\u0041\"", "\"\\uDBFF\\uDFFF\"", "\"\\u00e9\"",
+        "\"\\u00E9\"", "\"\\u12\"", "\"\\u12g4\"", "\"\\x\"", "\"\\'\"", "\"\\/\"",
+        "\"a\tb\"", "\"a\x7f" "b\"", "\"\xc3\xa9\"", "\"\\b\\f\\n\\r\\t\\\"\\\\\"",
+        "\"unterminated", "\"", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\" 1}", "{\"a\":}",
+        "{1: 2}", "{\"a\":1,\"a\":2}", "{'a': 1}", "[]", "{}", "[[[]]]", "[1 2]", "1 2",
+        "tru", "true", "truex", "True", "null", "nul", "false", " 1 ", "\t\r\n1\n",
+        "\f1", "\v1", "", " ", "[", "]", "{", "}", "{\"a\":[1,2,{\"b\":null}],\"c\":\"d\"}",
+        "[1]]", "{}}", "\"a\"\"b\"", "[true false]", "/* c */ 1", "1 // c",
+    };
+    size_t total = ng + sizeof fixed / sizeof fixed[0];
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    size_t refused = 0;
+    for (size_t i = 0; i < total; i++) {
+        const char *text = i < ng ? gen[i] : fixed[i - ng];
+        bool pg = jsonb_accepts(c, text);
+        ferry_msg m = msg("t", "k", text);
+        ferry_error err;
+        ferry_code rc = ferry_msg_check(&m, NULL, &err);
+        if ((rc == FERRY_OK) != pg)
+            fail_msg("payload \"%.60s\" (%zu bytes): jsonb %s it, ferry_msg_check %s it%s%s",
+                     text, strlen(text), pg ? "takes" : "refuses", rc == FERRY_OK ? "takes"
+                     : "refuses", rc == FERRY_OK ? "" : ": ", rc == FERRY_OK ? "" : err.message);
+        if (pg)
+            continue;
+        refused++;
+        /* ferry_emit refuses it before sending: the transaction goes on. */
+        assert_int_equal(ferry_emit(c, &m, NULL, NULL, &err), FERRY_EINVAL);
+        assert_string_equal(err.field, "payload");
+        assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+        tu_exec(c, "SELECT 1");
+        /* The SQL path: a clean data error, the connection still usable. */
+        tu_exec(c, "SAVEPOINT sql");
+        const char *p[1] = {text};
+        PGresult *res = PQexecParams(c, "SELECT ferry.emit('t', 'k', 'T', $1)", 1, NULL, p,
+                                     NULL, NULL, 0);
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (PQresultStatus(res) != PGRES_FATAL_ERROR || st == NULL ||
+            strncmp(st, "22", 2) != 0)
+            fail_msg("SQL ferry.emit(\"%.60s\"): want a data error (class 22), got %s %s: %s",
+                     text, PQresStatus(PQresultStatus(res)), st ? st : "-",
+                     PQresultErrorMessage(res));
+        PQclear(res);
+        tu_exec(c, "ROLLBACK TO SAVEPOINT sql");
+    }
+    tu_exec(c, "COMMIT");
+    assert_true(refused > 40);            /* the table does test refusals */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    PQfinish(c);
+    for (size_t i = 0; i < ng; i++)
+        free(gen[i]);
+}
+
 /* Limits are inclusive: the largest allowed values are accepted. */
 static void limits_inclusive(void **state)
 {
@@ -616,6 +741,7 @@ int main(void)
         cmocka_unit_test_setup(batch_server_refusal_mid_pipeline, tu_clean_outbox),
         cmocka_unit_test_setup(concurrent_writers, tu_clean_outbox),
         cmocka_unit_test_setup(bad_input_refused_naming_field, tu_clean_outbox),
+        cmocka_unit_test_setup(payload_check_agrees_with_jsonb, tu_clean_outbox),
         cmocka_unit_test_setup(limits_inclusive, tu_clean_outbox),
         cmocka_unit_test_setup(hostile_strings_stored_verbatim, tu_clean_outbox),
         cmocka_unit_test_setup(sql_emit_any_language, tu_clean_outbox),

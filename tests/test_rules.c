@@ -319,6 +319,10 @@ static void detect_queries(void **state)
         {"\"SELECT /* /* ; */ ; */ 1\"", "SELECT /* /* ; */ ; */ 1"},
         {"\"SELECT 1 - -1\"", "SELECT 1 - -1"},
         {"\"SELECT 1--x;\\n\"", "SELECT 1"},
+        /* PostgreSQL's lexer ends a "--" comment at \r as at \n. */
+        {"\"SELECT 'k' AS key --c\\r FROM no_such_table WHERE false\"",
+         "SELECT 'k' AS key --c\r FROM no_such_table WHERE false"},
+        {"\"-- lead\\rSELECT 4\"", "-- lead\rSELECT 4"},
     };
     static const struct {
         const char *yaml, *error;
@@ -336,6 +340,8 @@ static void detect_queries(void **state)
         {"\"SELECT 1;\\n  SELECT 2;\"", "the ';' at line 1, column 9"},
         {"\"SELECT (1;)\"", "the ';' at line 1, column 10"},
         {"\"SELECT 1;;x\"", "the ';' at line 1, column 9"},
+        {"\"SELECT 1 --c\\r; DROP TABLE t\"", "the ';' at line 1, column 14"},
+        {"\"-- SELECT\\rDELETE FROM t\"", "not \"DELETE\""},
         {"\"SELECT 1; 'x'\"", "the ';' at line 1, column 9"},
         {"\"SELECT 'x\"", "an unterminated quoted string (at line 1, column 8 of the query)"},
         {"\"SELECT \\\"x\"", "an unterminated quoted identifier"},
@@ -645,6 +651,62 @@ static void examples_load(void **state)
     rc_rules_free(r);
 }
 
+/* Write a file of head then n bytes of fill (a temporary path into path). */
+static void write_nested(char *path, const char *head, char fill, size_t n)
+{
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    size_t hl = strlen(head);
+    char *buf = malloc(hl + n);
+    assert_non_null(buf);
+    memcpy(buf, head, hl);
+    memset(buf + hl, fill, n);
+    assert_int_equal(write(fd, buf, hl + n), (ssize_t)(hl + n));
+    close(fd);
+    free(buf);
+}
+
+/*
+ * Deep flow collections: lint tells a rules file from a saga definition
+ * by a walk of its own over the top keys, which had no depth limit, and
+ * libyaml's scanner costs time in the depth for every token (80,000
+ * levels took 17 s, a 1 MiB file over ten minutes). Now every walk stops
+ * at FERRY_YW_DEPTH_MAX and the loader says where. The errors are
+ * asserted here; how fast is the bench's business.
+ */
+static void deep_nesting_is_refused_where_it_is(void **state)
+{
+    static const struct {
+        const char *head;
+        char fill;
+        size_t n;
+        const char *error;            /* after "PATH:" */
+    } cases[] = {
+        {"", '[', 80000, ":1:33: nested more than 32 levels deep\n"},
+        {"", '{', 80000, ":1:33: nested more than 32 levels deep\n"},
+        {"", '{', 1024 * 1024, ":1:33: nested more than 32 levels deep\n"},
+        /* A rules file, then its rules' values nested deep. */
+        {"rules: ", '[', 80000, ":1:39: rules[0]: nested more than 32 levels deep\n"},
+        {"budgets: {}\nrules:\n  - ", '[', 80000, ":3:35: rules[0]: nested more than 32 levels deep\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[] = "/tmp/ferry-test-deep-XXXXXX";
+        write_nested(path, cases[i].head, cases[i].fill, cases[i].n - strlen(cases[i].head));
+        char args[128], *out, *err;
+        snprintf(args, sizeof args, "lint %s", path);
+        assert_int_equal(tu_lint(&out, &err, args), 4);
+        char want[256];
+        snprintf(want, sizeof want, "%s%s", path, cases[i].error);
+        if (strstr(err, want) == NULL)
+            fail_msg("case %zu: lint said \"%.300s\", expected \"%s...\"", i, err, want);
+        assert_non_null(strstr(err, "nested more than 32 levels deep"));
+        assert_string_equal(out, "");
+        unlink(path);
+        free(out);
+        free(err);
+    }
+}
+
 static int check_cwd(void **state)
 {
     return tu_load_need_dir(DATA, "test_rules");
@@ -665,6 +727,7 @@ int main(void)
         cmocka_unit_test(null_arguments_and_missing_files),
         cmocka_unit_test(allocation_failures),
         cmocka_unit_test(lint_command),
+        cmocka_unit_test(deep_nesting_is_refused_where_it_is),
         cmocka_unit_test(examples_load),
     };
     return cmocka_run_group_tests(tests, check_cwd, NULL);

@@ -596,6 +596,77 @@ static int group_teardown(void **state)
     return tu_group_teardown(state);
 }
 
+/* A saga whose definition changed under it (a worker cannot run it) and
+ * one it can, both due: the first, due earlier, used to stop every call
+ * of ferry_saga_fire_timers (saga_next_due handed back the same row, and
+ * the call returned at the first error), so no timer of any saga fired.
+ * Now it is logged and skipped, the good one fires, and the call ends. */
+static void one_bad_saga_does_not_block_the_timers(void **state)
+{
+    static const char bad_v1[] = "saga: t8-bad\nversion: 1\ndeadline: 1h\nsteps:\n"
+                                 "  - {name: a, topic: payments.commands, action: {type: A}, "
+                                 "compensation: {type: B}, timeout: 1s}\n";
+    static const char bad_v2[] = "saga: t8-bad\nversion: 1\ndeadline: 1h\nsteps:\n"
+                                 "  - {name: a, topic: payments.commands, action: {type: A}, "
+                                 "compensation: {type: C}, timeout: 1s}\n";
+    static const char good[] = "saga: t8-good\nversion: 1\ndeadline: 1h\nsteps:\n"
+                               "  - {name: a, topic: payments.commands, action: {type: A}, "
+                               "compensation: {type: B}, timeout: 2s}\n";
+    ferry_error err;
+    ferry_saga_registry *r1 = NULL, *r2 = NULL;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r1, &err), err);
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r2, &err), err);
+    const struct {
+        ferry_saga_registry *r;
+        const char *yaml;
+    } adds[] = {{r1, bad_v1}, {r1, good}, {r2, bad_v2}, {r2, good}};
+    for (size_t i = 0; i < sizeof adds / sizeof adds[0]; i++) {
+        ferry_saga_def *def = NULL;
+        ferry_saga_load_errors errs;
+        assert_int_equal(ferry_saga_def_parse(adds[i].yaml, strlen(adds[i].yaml), "t8.yaml",
+                                              &def, &errs), FERRY_OK);
+        assert_ferry_ok(ferry_saga_registry_add(adds[i].r, def, &err), err);
+    }
+    PGconn *conn = tu_connect();
+    char bad_id[FERRY_UUID_STRING_SIZE], good_id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid uid;
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_start(conn, r1, "t8-bad", "{}", &uid, &err), err);
+    ferry_uuid_format(&uid, bad_id);
+    assert_ferry_ok(ferry_saga_start(conn, r1, "t8-good", "{}", &uid, &err), err);
+    ferry_uuid_format(&uid, good_id);
+    tu_exec(conn, "COMMIT");
+    /* Both due a minute from now; the bad one first (1s against 2s). */
+    long long now_ms = tu_int(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+    char q[256];
+    snprintf(q, sizeof q, "SELECT version FROM ferry.saga WHERE id = '%s'", good_id);
+    long long good_version = tu_int(conn, q);
+    snprintf(q, sizeof q, "SELECT version FROM ferry.saga WHERE id = '%s'", bad_id);
+    long long bad_version = tu_int(conn, q);
+
+    int fired = -1;
+    for (int round = 0; round < 2; round++) {
+        ferry_code rc = ferry_saga_fire_timers(timer_conn, r2, now_ms + 60000, 16, &fired, &err);
+        if (rc != FERRY_OK)
+            fail_msg("round %d: %s", round, err.message);
+        /* The good saga's timer fired in the first round, not again. */
+        assert_int_equal(fired, round == 0 ? 1 : 0);
+    }
+    snprintf(q, sizeof q, "SELECT version FROM ferry.saga WHERE id = '%s'", good_id);
+    assert_true(tu_int(conn, q) > good_version);
+    /* The bad one is untouched, still due: the reconciler reports it. */
+    snprintf(q, sizeof q, "SELECT version FROM ferry.saga WHERE id = '%s'", bad_id);
+    assert_int_equal(tu_int(conn, q), bad_version);
+    snprintf(q, sizeof q, "SELECT count(*) FROM ferry.saga WHERE id = '%s' AND deadline <= "
+             "now() + interval '1 minute'", bad_id);
+    assert_int_equal(tu_int(conn, q), 1);
+    /* Cancel both out of the way of the other tests' timers. */
+    tu_exec(conn, "UPDATE ferry.saga SET state = 'completed' WHERE definition LIKE 't8-%'");
+    PQfinish(conn);
+    ferry_saga_registry_destroy(r1);
+    ferry_saga_registry_destroy(r2);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
@@ -610,6 +681,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(orchestrator_killed_mid_saga_resumes),
         cmocka_unit_test(orchestrator_process_killed_resumes),
         cmocka_unit_test(fire_timer_fires_one_saga),
+        cmocka_unit_test(one_bad_saga_does_not_block_the_timers),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
