@@ -1055,6 +1055,143 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
     printf("bench consume_inbox_vs_bare_ratio %.3f ratio\n", mi / mb);
 }
 
+/* ---------------------------------------------------------------- held drain */
+
+/*
+ * What does draining held messages cost per message, and does it grow
+ * with the held backlog (issue 12, item 13)? A consumer starts with
+ * HELD_READY messages held and ready — HELD_READY_KEYS keys whose
+ * position 1 is applied and 2, 3 ... held — beside (held - HELD_READY)
+ * held messages that are not ready (a gap before each of their keys, 100
+ * per key), written straight into ferry.inbox_held. Timed: from the first
+ * ferry_consumer_poll() until the HELD_READY are drained (the handler does
+ * nothing, so this is the drain's own cost). The figure is the cost per
+ * message at HELD_BIG held over the cost at HELD_SMALL held, medians of
+ * FERRY_BENCH_ROUNDS runs each, interleaved; target <= 1.5.
+ */
+enum {
+    HELD_READY = 2000, HELD_READY_KEYS = 20, HELD_SMALL = 2000, HELD_BIG = 50000,
+    HELD_PER_KEY = 100,
+};
+_Static_assert(HELD_READY % HELD_READY_KEYS == 0 && HELD_SMALL >= HELD_READY &&
+               (HELD_BIG - HELD_READY) % HELD_PER_KEY == 0, "whole keys");
+static const char HELD_TOPIC[] = "bench.held";
+
+static ferry_code held_handler(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    return FERRY_OK;
+}
+
+/* One run: held messages in all, of which HELD_READY ready; the drain's
+ * time per message into *us. */
+static int run_held(bench *b, long held, int round, double *us)
+{
+    char name[64];
+    snprintf(name, sizeof name, "bench-held-%ld-%d", held, round);
+    const char *p[5];
+    char ready_keys[16], per_ready[16], blocked_keys[16], per_blocked[16];
+    snprintf(ready_keys, sizeof ready_keys, "%d", HELD_READY_KEYS);
+    snprintf(per_ready, sizeof per_ready, "%d", HELD_READY / HELD_READY_KEYS);
+    snprintf(blocked_keys, sizeof blocked_keys, "%ld", (held - HELD_READY) / HELD_PER_KEY);
+    snprintf(per_blocked, sizeof per_blocked, "%d", HELD_PER_KEY);
+    p[0] = name;
+    p[1] = ready_keys;
+    p[2] = per_ready;
+    p[3] = blocked_keys;
+    p[4] = per_blocked;
+    /* Ready keys r<k>: position 1 applied, 2 .. per+1 held. Blocked keys
+     * b<k>: nothing applied, 2 .. per+1 held (position 1 never came). */
+    PGresult *res = PQexecParams(
+        b->admin,
+        "WITH k AS (INSERT INTO ferry.inbox_key (consumer, topic, key, seq) "
+        "  SELECT $1, 'bench.held', 'r' || g, 1 FROM generate_series(1, $2::int) g "
+        "  UNION ALL SELECT $1, 'bench.held', 'b' || g, 0 FROM generate_series(1, $4::int) g) "
+        "INSERT INTO ferry.inbox_held (consumer, topic, key, seq, message_id, payload, reason) "
+        "SELECT $1, 'bench.held', 'r' || g, s, gen_random_uuid(), '{\"amount\": 1}', 'gap' "
+        "  FROM generate_series(1, $2::int) g, generate_series(2, $3::int + 1) s "
+        "UNION ALL "
+        "SELECT $1, 'bench.held', 'b' || g, s, gen_random_uuid(), '{\"amount\": 1}', 'gap' "
+        "  FROM generate_series(1, $4::int) g, generate_series(2, $5::int + 1) s",
+        5, NULL, p, NULL, NULL, 0);
+    if (bench_result_ok(b->admin, res, PGRES_COMMAND_OK, "held backlog") != 0 ||
+        bench_exec(b->admin, "VACUUM ANALYZE ferry.inbox_held, ferry.inbox_key") != 0 ||
+        bench_exec(b->admin, "CHECKPOINT") != 0)    /* the backlog's writes not in the timing */
+        return -1;
+
+    const char *topics[1] = {HELD_TOPIC};
+    ferry_consumer_conf conf = {.name = name, .db = fpg_conninfo(b->pg), .kafka = b->bootstrap,
+                                .topics = topics, .topic_count = 1,
+                                .handler = held_handler};
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    ferry_code frc = ferry_consumer_new(&conf, &c, &err);
+    if (frc != FERRY_OK) {
+        fprintf(stderr, "bench: ferry_consumer_new: %s: %s\n", ferry_code_name(frc),
+                err.message);
+        return -1;
+    }
+    int status = -1;
+    ferry_consumer_stats s = {0};
+    int64_t t0 = clk_mono_us(), deadline = t0 + 600 * 1000000LL;
+    while (s.drained < HELD_READY) {
+        if ((frc = ferry_consumer_poll(c, 10, &err)) != FERRY_OK) {
+            fprintf(stderr, "bench: ferry_consumer_poll: %s: %s\n", ferry_code_name(frc),
+                    err.message);
+            goto out;
+        }
+        ferry_consumer_stats_get(c, &s);
+        if (clk_mono_us() > deadline) {
+            fprintf(stderr, "bench: %s: %" PRIu64 " of %d held messages drained in 600 s\n",
+                    name, s.drained, HELD_READY);
+            goto out;
+        }
+    }
+    *us = (double)(clk_mono_us() - t0) / HELD_READY;
+    long long left = -1;
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = $1",
+                       name, &left) != 0)
+        goto out;
+    if (left != held - HELD_READY || s.drained != HELD_READY) {
+        fprintf(stderr, "bench: %s: drained %" PRIu64 ", %lld left held (want %d, %ld)\n",
+                name, s.drained, left, HELD_READY, held - HELD_READY);
+        goto out;
+    }
+    status = 0;
+out:
+    ferry_consumer_destroy(c);
+    /* The next run starts with only its own backlog. */
+    if (bench_exec(b->admin, "TRUNCATE ferry.inbox_held") != 0)
+        status = -1;
+    return status;
+}
+
+/* The held-drain figure: per-message cost at HELD_BIG over HELD_SMALL. */
+static int run_held_drain(bench *b, kt_broker *kb, int rounds, double *ratio)
+{
+    double small[ROUNDS_MAX], big[ROUNDS_MAX];
+    if (kt_command(kb, "topic-create %s 1 1", HELD_TOPIC) != 0)
+        return -1;
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 2; k++) {
+            int is_big = (r + k) % 2;       /* order swapped every round */
+            long held = is_big ? HELD_BIG : HELD_SMALL;
+            double *out = is_big ? &big[r] : &small[r];
+            if (run_held(b, held, r + 1, out) != 0)
+                return -1;
+            fprintf(stderr, "bench: round %d/%d held drain at %ld held: %.1f us/msg\n", r + 1,
+                    rounds, held, *out);
+        }
+    }
+    *ratio = bench_median(big, rounds) / bench_median(small, rounds);
+    printf("\nheld drain: %d ready held messages drained by a new consumer, beside a "
+           "backlog of held ones\nthat are not ready (a gap before each key), median of %d "
+           "rounds:\n", HELD_READY, rounds);
+    printf("  at %6d held  %8.1f us per message\n", HELD_SMALL, bench_median(small, rounds));
+    printf("  at %6d held  %8.1f us per message\n", HELD_BIG, bench_median(big, rounds));
+    printf("bench consume_held_drain_ratio %.3f ratio\n", *ratio);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int setup_schema(bench *b)
@@ -1134,6 +1271,9 @@ int main(void)
     if (run_anatomy(&b, ANATOMY_MSGS, &an) != 0)
         goto out;
     print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
+    double held_ratio;
+    if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
+        goto out;
     status = 0;
 
 out:

@@ -45,8 +45,23 @@ enum {
     TOPICS_MAX = 1000,
     DRAIN_BATCH = 100,              /* held messages looked at per query */
     DRAIN_ROUNDS_MAX = 10,          /* queries per poll, so Kafka is polled too */
+    DUE_MAX = 16,                   /* keys remembered for a keyed drain */
     REASON_MAX = 1024,
+    /* A failure that is neither the handler's nor the message's (a missing
+     * function, a permission, a database that stays down) is tried this
+     * many times for one message; then ferry_consumer_poll() returns it
+     * and the message is delivered again on the next poll. */
+    SYSTEM_ATTEMPTS_MAX = 10,
+    TRANSIENT_ATTEMPTS_MAX = 100,
 };
+_Static_assert(SYSTEM_ATTEMPTS_MAX > 0 && TRANSIENT_ATTEMPTS_MAX >= SYSTEM_ATTEMPTS_MAX,
+               "bounded, and transient failures get at least as many tries");
+
+/* A key whose held messages an apply made ready (claim said apply_more). */
+typedef struct due_key {
+    char topic[FERRY_TOPIC_MAX + 1];
+    char key[2 * FERRY_KEY_MAX + 8];
+} due_key;
 
 /* The claim is prepared once per session: planning it every time cost a
  * fifth of the inbox's overhead (bench-consume). */
@@ -69,6 +84,9 @@ struct ferry_consumer {
     volatile sig_atomic_t stop;
     int closed;
     int drain_due;                  /* an apply said a held message is next */
+    int scan_due;                   /* look at every held key (inbox_ready) */
+    due_key due[DUE_MAX];           /* keys to drain by key (inbox_ready_key) */
+    int due_count;
     int64_t next_scan_ms;
     long kill_after_commits;        /* test hook, see ferry_consumer_new */
     long commits;
@@ -94,6 +112,51 @@ static int name_ok(const char *s, size_t max)
 static void backoff(const ferry_consumer *c, int attempt)
 {
     ferry_backoff_sleep(c->backoff_base_ms, c->backoff_max_ms, attempt);
+}
+
+/* The length of the UTF-8 character at p (at most len bytes), or 0 when
+ * the bytes there are not one. */
+static size_t utf8_char_len(const char *p, size_t len)
+{
+    unsigned char b = (unsigned char)p[0];
+    size_t n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3
+             : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    size_t bad;
+    if (n == 0 || n > len || (n == 1 && b == 0) || !ferry_utf8_valid(p, n, &bad))
+        return 0;
+    return n;
+}
+
+/*
+ * src (len bytes, any bytes) as text PostgreSQL can hold, into dst:
+ * valid UTF-8 characters are copied, every other byte (and NUL) is
+ * written as \xNN, and the result is cut only between characters. A
+ * reason or a name read from a hostile message goes through here before
+ * it is stored. Returns 1 when src was already clean and fitted.
+ */
+static int text_clean(char *dst, size_t size, const char *src, size_t len)
+{
+    size_t o = 0;
+    int clean = 1;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_char_len(src + i, len - i);
+        size_t out = n ? n : 4;
+        if (o + out >= size) {
+            clean = 0;      /* cut, between two characters */
+            break;
+        }
+        if (n == 0) {
+            snprintf(dst + o, size - o, "\\x%02x", (unsigned char)src[i]);
+            clean = 0;
+            i++;
+        } else {
+            memcpy(dst + o, src + i, n);
+            i += n;
+        }
+        o += out;
+    }
+    dst[o] = '\0';
+    return clean;
 }
 
 /* A stand-in id for a message that carries none (not from a ferry relay):
@@ -142,6 +205,7 @@ typedef struct work {
     char poison[REASON_MAX];    /* non-empty: cannot be applied, whatever the handler */
     int from_held;
     int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
+    int unholdable;             /* a name that text cannot hold: poison at once */
     int marker;                 /* a position discarded at the relay */
     rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
 } work;
@@ -154,8 +218,10 @@ static void work_free(work *w)
 }
 
 /* The map of every header, built from Kafka's on first use. Later
- * occurrences win, as ferry_message_header() promises; a value that is not
- * UTF-8 text is left out. Returns NULL only when memory is short. */
+ * occurrences win, as ferry_message_header() promises; a value that
+ * PostgreSQL text cannot hold (not UTF-8, or with a NUL byte: jsonb
+ * refuses \u0000) is left out, so that a held message or a dead letter
+ * keeps every other header. Returns NULL only when memory is short. */
 static json_t *ensure_headers(work *w)
 {
     if (w->headers != NULL)
@@ -168,7 +234,7 @@ static json_t *ensure_headers(work *w)
     size_t size;
     for (size_t i = 0; rd_kafka_header_get_all(w->kafka_headers, i, &name, &val, &size) ==
                        RD_KAFKA_RESP_ERR_NO_ERROR; i++) {
-        json_t *s = val ? json_stringn(val, size) : NULL;
+        json_t *s = val && memchr(val, 0, size) == NULL ? json_stringn(val, size) : NULL;
         if (s != NULL)
             json_object_set_new(w->headers, name, s);
     }
@@ -229,6 +295,29 @@ static int payload_text_ok(const char *p, size_t len)
     return memchr(p, 0, len) == NULL && ferry_utf8_valid(p, len, &bad);
 }
 
+/*
+ * A position as the relay writes it: decimal digits, no sign, space or
+ * leading zero, 1 .. 2^63-2 (the claim needs position + 1). Anything else
+ * is not a position, however strtoll() would read it.
+ */
+static int position_parse(const char *s, int64_t *out)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 19 || s[0] == '0')
+        return 0;
+    int64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        int d = s[i] - '0';
+        if (v > (INT64_MAX - 1 - d) / 10)
+            return 0;       /* over 2^63-2 */
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 1;
+}
+
 /* Fill in what both sources share once msg's key, payload text and
  * headers are in place: id, position, type, parsed payload, poison. */
 static void work_finish(ferry_consumer *c, work *w)
@@ -248,26 +337,44 @@ static void work_finish(ferry_consumer *c, work *w)
         coordinates_id(m->topic, m->partition, m->offset, w->id);
     m->id = w->id;
 
-    m->type = header(w, "ferry_type", w->type, sizeof w->type);
-    if (*m->type == '\0')
-        m->type = header(w, "ce_type", w->type, sizeof w->type);
+    const char *type_name = "ferry_type";
+    m->type = header(w, type_name, w->type, sizeof w->type);
+    if (*m->type == '\0') {
+        type_name = "ce_type";
+        m->type = header(w, type_name, w->type, sizeof w->type);
+    }
     m->aggregate_type = header(w, "ferry_aggregate_type", w->aggregate_type,
                                sizeof w->aggregate_type);
+    /* Names stored in text columns when the message is held or
+     * dead-lettered: bytes that are not UTF-8 make it poison (it cannot be
+     * kept faithfully) and are stored escaped. */
+    char clean[FERRY_TYPE_MAX + 1];
+    if (!text_clean(clean, sizeof clean, w->type, strlen(w->type))) {
+        snprintf(w->poison, sizeof w->poison, "header %s is not UTF-8 text", type_name);
+        snprintf(w->type, sizeof w->type, "%s", clean);
+        w->unholdable = 1;
+    }
+    if (!text_clean(clean, sizeof clean, w->aggregate_type, strlen(w->aggregate_type))) {
+        snprintf(w->poison, sizeof w->poison, "header ferry_aggregate_type is not UTF-8 text");
+        snprintf(w->aggregate_type, sizeof w->aggregate_type, "%s", clean);
+        w->unholdable = 1;
+    }
     w->marker = has_header(w, "ferry_discarded");
 
     char seqbuf[64];
     const char *seq = header(w, "ferry_seq", seqbuf, sizeof seqbuf);
     m->position = 0;
     w->seq_text[0] = '\0';
-    if (*seq != '\0') {
-        char *end = NULL;
-        long long v = strtoll(seq, &end, 10);
-        if (end == seq || *end != '\0' || v <= 0)
+    if (*seq != '\0' || has_header(w, "ferry_seq")) {
+        int64_t v;
+        if (!position_parse(seq, &v)) {
+            char shown[64];
+            text_clean(shown, sizeof shown, seq, strlen(seq));
             snprintf(w->poison, sizeof w->poison,
-                     "header ferry_seq is \"%.40s\", not a position", seq);
-        else {
+                     "header ferry_seq is \"%s\", not a position", shown);
+        } else {
             m->position = v;
-            snprintf(w->seq_text, sizeof w->seq_text, "%lld", v);
+            snprintf(w->seq_text, sizeof w->seq_text, "%" PRId64, v);
         }
     }
 
@@ -509,7 +616,7 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
     case V_PARKED:
         if (w->from_held)
             return FERRY_OK;        /* not its turn after all: stays held */
-        if (!w->payload_is_text) {
+        if (!w->payload_is_text || w->unholdable) {
             /* Cannot be kept as text until its turn: dead-lettered now,
              * which parks its key behind it. */
             a->poisoned = 1;
@@ -611,7 +718,8 @@ typedef struct dead_ctx {
     ferry_consumer *c;
     work *w;
     int attempts;
-    const char *reason;
+    const char *reason;         /* clean text (see text_clean) */
+    int bare;                   /* last resort: no headers, the payload as hex */
 } dead_ctx;
 
 static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
@@ -620,7 +728,7 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
     work *w = d->w;
     char attempts[16];
     snprintf(attempts, sizeof attempts, "%d", d->attempts);
-    char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
+    char *hjson = d->bare ? strdup("{}") : json_dumps(ensure_headers(w), JSON_COMPACT);
     if (hjson == NULL)
         return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
     /* The payload goes as bytes (it need not end in a NUL); one that is
@@ -628,13 +736,13 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
     char *hex = NULL;
     const char *payload = w->msg.payload_text;
     size_t plen = w->msg.payload_len;
-    if (!w->payload_is_text) {
+    if (!w->payload_is_text || d->bare) {
         hex = malloc(2 * plen + 64);
         if (hex == NULL) {
             free(hjson);
             return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
         }
-        char *q = hex + sprintf(hex, "not UTF-8 text, hex: ");
+        char *q = hex + sprintf(hex, "%s, hex: ", d->bare ? "as received" : "not UTF-8 text");
         for (size_t i = 0; i < plen; i++)
             q += sprintf(q, "%02x", (unsigned char)payload[i]);
         payload = hex;
@@ -667,6 +775,14 @@ static int transient(const ferry_consumer *c, ferry_code rc, const ferry_error *
            PQstatus(c->conn) != CONNECTION_OK;
 }
 
+/* PostgreSQL refused the data it was given (SQLSTATE class 22, data
+ * exception: bad encoding, out of range, \u0000; class 54: too large for
+ * an index): the message's fault, not the database's. */
+static int data_error(const ferry_error *e)
+{
+    return strncmp(e->sqlstate, "22", 2) == 0 || strncmp(e->sqlstate, "54", 2) == 0;
+}
+
 /* fn's own transaction, through the library's helper. */
 static ferry_code helper_tx(ferry_consumer *c, ferry_tx_fn fn, void *arg, ferry_error *err)
 {
@@ -677,15 +793,16 @@ static ferry_code helper_tx(ferry_consumer *c, ferry_tx_fn fn, void *arg, ferry_
     return rc;
 }
 
-/* Run fn, retrying transient failures until it works or a stop is asked
- * for (*stopped = 1). Other failures come back as they are. own: fn runs
- * its transaction itself (apply_tx); otherwise ferry_tx_run() does. */
+/* Run fn, retrying transient failures — at most TRANSIENT_ATTEMPTS_MAX
+ * tries, or until a stop is asked for (*stopped = 1). Other failures come
+ * back as they are. own: fn runs its transaction itself (apply_tx);
+ * otherwise ferry_tx_run() does. */
 static ferry_code run_tx(ferry_consumer *c, ferry_tx_fn fn, int own, void *arg, int *stopped,
                          ferry_error *err)
 {
     for (int attempt = 1;; attempt++) {
         ferry_code rc = own ? fn(c->conn, arg, err) : helper_tx(c, fn, arg, err);
-        if (rc == FERRY_OK || !transient(c, rc, err))
+        if (rc == FERRY_OK || !transient(c, rc, err) || attempt >= TRANSIENT_ATTEMPTS_MAX)
             return rc;
         c->stats.transient_retries++;
         ferry_log(attempt == 1 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "consumer.retry",
@@ -727,89 +844,130 @@ static void after_commit(ferry_consumer *c)
     }
 }
 
-static void dead_letter(ferry_consumer *c, work *w, int attempts, const char *reason,
-                        int *stopped)
+/* What became of a message: done with (its offset may be stored), left
+ * for redelivery by a stop, or left for redelivery by a failure that is
+ * not the message's, which ferry_consumer_poll() returns. */
+typedef enum outcome { O_DONE, O_STOPPED, O_FAILED } outcome;
+
+/*
+ * Write the dead letter, within bounded attempts. The reason may quote
+ * anything (a handler's message, jansson's error text cut inside a
+ * character): it is stored cleaned. If PostgreSQL refuses the message's
+ * data even so, the dead letter is written once more bare — no headers,
+ * the payload as hex — so that the message is kept whatever it holds.
+ */
+static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char *reason,
+                           ferry_error *e)
 {
-    dead_ctx d = {c, w, attempts, reason};
-    ferry_error e;
-    for (;;) {
-        ferry_code rc = run_tx(c, dead_fn, 0, &d, stopped, &e);
+    char clean[REASON_MAX];
+    text_clean(clean, sizeof clean, reason, strlen(reason));
+    dead_ctx d = {c, w, attempts, clean, 0};
+    int stopped = 0;
+    for (int tries = 1;; tries++) {
+        ferry_code rc = run_tx(c, dead_fn, 0, &d, &stopped, e);
         if (rc == FERRY_OK)
             break;
-        if (*stopped)
-            return;
-        /* Not transient, yet the dead letter must be written before Kafka
-         * moves on: keep trying, slowly, and say so. */
+        if (stopped)
+            return O_STOPPED;
         ferry_log(FERRY_LOG_ERROR, "consumer.dead_letter_failed", "consumer %s: %s",
-                  c->name, e.message);
-        backoff(c, 20);
-        if (c->stop) {
-            *stopped = 1;
-            return;
+                  c->name, e->message);
+        if (data_error(e) && !d.bare) {
+            d.bare = 1;         /* at once: the same data would fail the same way */
+            continue;
         }
+        if (tries >= SYSTEM_ATTEMPTS_MAX || transient(c, rc, e))
+            return O_FAILED;    /* transient: run_tx spent its tries already */
+        backoff(c, 20);
+        if (c->stop)
+            return O_STOPPED;
     }
     after_commit(c);
     c->stats.dead_lettered++;
     json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "consumer", c->name, "topic",
                           w->msg.topic, "key", w->msg.key, "message_id", w->id, "attempts",
-                          attempts, "reason", reason);
+                          attempts, "reason", clean);
     ferry_log_json(FERRY_LOG_WARN, "consumer.dead_lettered", f,
                    "consumer %s: message %s dead-lettered after %d attempts: %s", c->name,
-                   w->id, attempts, reason);
+                   w->id, attempts, clean);
+    return O_DONE;
+}
+
+/* Remember msg's key for a keyed drain; when the list is full, the next
+ * drain looks at every held key instead. */
+static void due_add(ferry_consumer *c, const work *w)
+{
+    for (int i = 0; i < c->due_count; i++)
+        if (strcmp(c->due[i].key, w->msg.key) == 0 && strcmp(c->due[i].topic, w->msg.topic) == 0)
+            return;
+    if (c->due_count == DUE_MAX) {
+        c->scan_due = 1;
+        return;
+    }
+    due_key *k = &c->due[c->due_count++];
+    snprintf(k->topic, sizeof k->topic, "%s", w->msg.topic);
+    snprintf(k->key, sizeof k->key, "%s", w->msg.key);
 }
 
 /*
- * Apply one message, whatever it takes: transient failures are retried,
- * handler failures counted, the poison dead-lettered. Returns 1 when the
- * message is done with (its offset may be stored), 0 when a stop left it
- * for redelivery.
+ * Apply one message, whatever it takes, within bounded attempts:
+ * transient failures are retried, handler failures counted, the poison
+ * dead-lettered. A data error from PostgreSQL on the claim or the hold
+ * makes the message poison too. Any other failure is tried
+ * SYSTEM_ATTEMPTS_MAX times, then returned in *e (O_FAILED).
  */
-static int process(ferry_consumer *c, work *w)
+static outcome process(ferry_consumer *c, work *w, ferry_error *e)
 {
     apply_ctx a = {c, w, V_APPLY, 0, 0};
-    ferry_error e;
     int stopped = 0;
-    for (int failures = 0;;) {
-        ferry_code rc = run_tx(c, apply_tx, 1, &a, &stopped, &e);
+    for (int failures = 0, system_failures = 0;;) {
+        ferry_code rc = run_tx(c, apply_tx, 1, &a, &stopped, e);
         if (stopped)
-            return 0;
+            return O_STOPPED;
         if (rc == FERRY_OK)
             break;
-        if (a.poisoned) {
-            dead_letter(c, w, 0, w->poison, &stopped);
-            return !stopped;
+        if (a.poisoned)
+            return dead_letter(c, w, 0, w->poison, e);
+        if (!a.handler_failed && data_error(e)) {
+            /* PostgreSQL cannot take this message's data: it is poison,
+             * whatever the handler would say. */
+            snprintf(w->poison, sizeof w->poison, "PostgreSQL refused the message: %s",
+                     e->message);
+            w->unholdable = 1;
+            return dead_letter(c, w, 0, w->poison, e);
         }
         if (!a.handler_failed) {
-            /* The claim itself failed for a reason that is not transient
-             * (permissions, a schema change): not the message's fault, so
-             * no attempt is counted; wait and try again. */
+            /* The claim itself failed for a reason that is not the
+             * message's (permissions, a schema change, a database that
+             * stays down): no attempt is counted against the message;
+             * wait and try again, a bounded number of times. */
             ferry_log(FERRY_LOG_ERROR, "consumer.claim_failed", "consumer %s: %s", c->name,
-                      e.message);
+                      e->message);
+            if (++system_failures >= SYSTEM_ATTEMPTS_MAX || transient(c, rc, e))
+                return O_FAILED;
             backoff(c, 20);
             if (c->stop)
-                return 0;
+                return O_STOPPED;
             continue;
         }
         c->stats.handler_failures++;
         /* EINVAL: the handler refuses the message itself; no retry helps. */
         if (++failures >= c->max_attempts || rc == FERRY_EINVAL) {
             char reason[REASON_MAX];
-            snprintf(reason, sizeof reason, "%s", e.message);
-            dead_letter(c, w, failures, reason, &stopped);
-            return !stopped;
+            snprintf(reason, sizeof reason, "%s", e->message);
+            return dead_letter(c, w, failures, reason, e);
         }
         ferry_log(FERRY_LOG_INFO, "consumer.handler_failed",
                   "consumer %s: message %s, failure %d of %d: %s", c->name, w->id, failures,
-                  c->max_attempts, e.message);
+                  c->max_attempts, e->message);
         backoff(c, failures);
         if (c->stop)
-            return 0;
+            return O_STOPPED;
     }
     after_commit(c);
 
     switch (a.v) {
     case V_APPLY_MORE:
-        c->drain_due = 1;
+        due_add(c, w);
         /* fall through */
     case V_APPLY:
         if (w->marker)
@@ -825,6 +983,8 @@ static int process(ferry_consumer *c, work *w)
             c->stats.duplicates++;
         else
             c->stats.late++;
+        if (w->from_held)
+            due_add(c, w);      /* more stale copies, or the next position, may follow */
         if (ferry_log_threshold() >= FERRY_LOG_DEBUG)
             ferry_log(FERRY_LOG_DEBUG, "consumer.skipped",
                       "consumer %s: message %s (%s/%s position %" PRId64 ") skipped: %s",
@@ -844,53 +1004,120 @@ static int process(ferry_consumer *c, work *w)
             c->stats.held_parked++;
         break;
     }
-    return 1;
+    return O_DONE;
 }
 
-/* Apply held messages that became ready. Bounded per call, so that a long
- * backlog does not keep Kafka from being polled. */
-static void drain(ferry_consumer *c)
+static uint64_t progress(const ferry_consumer *c)
 {
-    c->drain_due = 0;
-    c->next_scan_ms = ferry_now_ms() + c->held_scan_ms;
+    return c->stats.drained + c->stats.discard_markers + c->stats.dead_lettered +
+           c->stats.late + c->stats.duplicates;
+}
+
+/* Process the held rows in res. Returns FERRY_OK, or the failure that
+ * stopped it (in *e). */
+static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
+{
+    for (int i = 0; i < PQntuples(res) && !c->stop; i++) {
+        work w;
+        work_from_held(c, &w, res, i);
+        outcome o = process(c, &w, e);
+        work_free(&w);
+        if (o == O_FAILED)
+            return e->code != FERRY_OK ? e->code : FERRY_EDB;
+    }
+    return FERRY_OK;
+}
+
+static PGresult *held_query(ferry_consumer *c, const due_key *k)
+{
     char limit[16];
     snprintf(limit, sizeof limit, "%d", DRAIN_BATCH);
-    const char *p[2] = {c->name, limit};
+    static const char cols[] = "SELECT consumer, topic, key, seq, message_id, type, "
+                               "aggregatetype, payload, headers, kafka_partition, "
+                               "kafka_offset, reason, held_at ";
+    char sql[400];
+    if (k == NULL) {
+        snprintf(sql, sizeof sql, "%sFROM ferry.inbox_ready($1, $2::integer)", cols);
+        const char *p[2] = {c->name, limit};
+        return PQexecParams(c->conn, sql, 2, NULL, p, NULL, NULL, 0);
+    }
+    snprintf(sql, sizeof sql, "%sFROM ferry.inbox_ready_key($1, $2, $3, $4::integer)", cols);
+    const char *p[4] = {c->name, k->topic, k->key, limit};
+    return PQexecParams(c->conn, sql, 4, NULL, p, NULL, NULL, 0);
+}
+
+/*
+ * Apply held messages that became ready. What an apply made ready (claim
+ * said apply_more) is drained by key, at a cost that does not grow with
+ * the held backlog; every held key is looked at on a timer and at start,
+ * the safety net for keys released from outside (a replay, a discard, a
+ * skipped gap) and for a hold that raced an apply. Bounded per call, so
+ * that a long backlog does not keep Kafka from being polled.
+ */
+static ferry_code drain(ferry_consumer *c, ferry_error *e)
+{
+    c->drain_due = 0;
+    if (ferry_now_ms() >= c->next_scan_ms) {
+        c->scan_due = 1;
+        c->next_scan_ms = ferry_now_ms() + c->held_scan_ms;
+    }
     for (int round = 0; round < DRAIN_ROUNDS_MAX && !c->stop; round++) {
         if (PQstatus(c->conn) != CONNECTION_OK)
-            return;         /* the next message's transaction reconnects */
-        PGresult *res = PQexecParams(c->conn,
-                                     "SELECT consumer, topic, key, seq, message_id, type, "
-                                     "aggregatetype, payload, headers, kafka_partition, "
-                                     "kafka_offset, reason, held_at "
-                                     "FROM ferry.inbox_ready($1, $2::integer)",
-                                     2, NULL, p, NULL, NULL, 0);
+            return FERRY_OK;    /* the next message's transaction reconnects */
+        due_key k;
+        int keyed = !c->scan_due && c->due_count > 0;
+        if (keyed) {
+            k = c->due[--c->due_count];
+        } else if (c->scan_due) {
+            c->scan_due = 0;
+        } else {
+            return FERRY_OK;    /* nothing due */
+        }
+        PGresult *res = held_query(c, keyed ? &k : NULL);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            ferry_error e;
-            ferry_error_from_pg(&e, c->conn, res, "could not look for held messages");
+            ferry_error qe;
+            ferry_error_from_pg(&qe, c->conn, res, "could not look for held messages");
             ferry_log(FERRY_LOG_WARN, "consumer.drain_failed", "consumer %s: %s", c->name,
-                      e.message);
+                      qe.message);
             PQclear(res);
-            return;
+            return FERRY_OK;    /* the timer tries again */
         }
+        uint64_t before = progress(c);
         int n = PQntuples(res);
-        uint64_t before = c->stats.drained + c->stats.discard_markers +
-                          c->stats.dead_lettered + c->stats.late + c->stats.duplicates;
-        for (int i = 0; i < n && !c->stop; i++) {
-            work w;
-            work_from_held(c, &w, res, i);
-            process(c, &w);
-            work_free(&w);
-        }
+        ferry_code rc = drain_rows(c, res, e);
         PQclear(res);
-        uint64_t after = c->stats.drained + c->stats.discard_markers +
-                         c->stats.dead_lettered + c->stats.late + c->stats.duplicates;
-        if ((n < DRAIN_BATCH && !c->drain_due) || after == before) {
-            c->drain_due = 0;   /* nothing more, or nothing moved: do not spin */
-            return;
-        }
+        if (rc != FERRY_OK)
+            return rc;
+        /* A full batch from the scan may have more behind it; a scan that
+         * moved nothing must not spin. */
+        if (!keyed && n == DRAIN_BATCH && progress(c) != before)
+            c->scan_due = 1;
     }
-    c->drain_due = 1;       /* more to do: the next poll goes on */
+    c->drain_due = c->scan_due || c->due_count > 0;    /* the next poll goes on */
+    return FERRY_OK;
+}
+
+/* The message comes again on the next poll: Kafka is sent back to it,
+ * since the ones after it may be fetched already. */
+static void redeliver(ferry_consumer *c, const work *w)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, w->msg.topic, w->msg.partition)->offset =
+        w->msg.offset;
+    rd_kafka_error_t *kerr = rd_kafka_seek_partitions(c->rk, l, 5000);
+    if (kerr != NULL) {
+        ferry_log(FERRY_LOG_ERROR, "consumer.seek_failed",
+                  "consumer %s: could not go back to %s [%" PRId32 "] offset %" PRId64
+                  ": %s (the message comes again after a restart or rebalance)", c->name,
+                  w->msg.topic, w->msg.partition, w->msg.offset, rd_kafka_error_string(kerr));
+        rd_kafka_error_destroy(kerr);
+    } else if (l->elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ferry_log(FERRY_LOG_ERROR, "consumer.seek_failed",
+                  "consumer %s: could not go back to %s [%" PRId32 "] offset %" PRId64 ": %s",
+                  c->name, w->msg.topic, w->msg.partition, w->msg.offset,
+                  rd_kafka_err2str(l->elems[0].err));
+    }
+    rd_kafka_topic_partition_list_destroy(l);
 }
 
 /* ---------------------------------------------------------------- Kafka */
@@ -1107,6 +1334,7 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
      * the helper still resolves a COMMIT whose reply was lost. */
     c->tx = (ferry_tx_opts){.isolation = conf->isolation, .max_attempts = 1};
     c->drain_due = 1;       /* held messages left by an earlier run */
+    c->scan_due = 1;
 
     /* Test hook (tests/test_consume.c): die by SIGKILL right after the Nth
      * database commit, before the offset is stored — the crash the inbox
@@ -1151,8 +1379,9 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     if (c->closed)
         return ferry_err_set(e, FERRY_ESTATE, NULL, "the consumer is closed");
 
-    if (c->drain_due || ferry_now_ms() >= c->next_scan_ms)
-        drain(c);
+    ferry_code drc;
+    if ((c->drain_due || ferry_now_ms() >= c->next_scan_ms) && (drc = drain(c, e)) != FERRY_OK)
+        return drc;
     if (c->stop)
         return FERRY_OK;
 
@@ -1174,12 +1403,17 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     c->stats.received++;
     work w;
     work_from_kafka(c, &w, rkm);
-    if (process(c, &w))
+    outcome o = process(c, &w, e);
+    if (o == O_DONE)
         store_offset(c, &w);
+    else if (o == O_FAILED)
+        redeliver(c, &w);
     work_free(&w);
     rd_kafka_message_destroy(rkm);
+    if (o == O_FAILED)
+        return e->code != FERRY_OK ? e->code : FERRY_EDB;
     if (c->drain_due && !c->stop)
-        drain(c);
+        return drain(c, e);
     return FERRY_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "internal.h"     /* ferry_migrations_count */
 #include "testutil.h"
 
 /* A new, empty database; returns a connection to it. */
@@ -59,8 +60,10 @@ static void fresh_then_noop(void **state)
     assert_int_equal(version, ferry_schema_version_known());
     char *after = fingerprint(c);
     assert_string_equal(before, after);
+    /* One row per embedded migration: versions may have gaps (a number
+     * kept for a change not merged yet), so count them, not the last. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
-                     ferry_schema_version_known());
+                     (long long)ferry_migrations_count);
     free(before);
     free(after);
     PQfinish(c);
@@ -104,8 +107,10 @@ static void concurrent_migrators(void **state)
     char *ci = fpg_conninfo_for(tu_pg, NULL, "m_race");
     PGconn *c = PQconnectdb(ci);
     free(ci);
+    /* One row per embedded migration: versions may have gaps (a number
+     * kept for a change not merged yet), so count them, not the last. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
-                     ferry_schema_version_known());
+                     (long long)ferry_migrations_count);
     PQfinish(c);
 }
 
