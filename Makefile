@@ -267,7 +267,10 @@ FUZZ_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLAGS)
 
-build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h tests/fuzz/*.h)
+build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
+build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h lib/ferry.h $(wildcard daemon/*.h reconciler/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
 build/fuzz/gen/migrations.o: $(GEN) lib/internal.h

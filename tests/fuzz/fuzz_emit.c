@@ -30,54 +30,13 @@
 
 #define FIELDS 7
 
-/* UTF-8 as PostgreSQL's pg_utf8_islegal takes it: no overlongs, no
- * surrogates, nothing above U+10FFFF. Written apart from lib/ on purpose. */
-static bool utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            if (c == 0xe0)
-                lo = 0xa0;
-            if (c == 0xed)
-                hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            if (c == 0xf0)
-                lo = 0x90;
-            if (c == 0xf4)
-                hi = 0x8f;
-        } else {
-            return false;
-        }
-        if (n - i < len)
-            return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k < len; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
-                return false;
-        i += len;
-    }
-    return true;
-}
-
 static bool text_ok(const char *s, size_t n, size_t max, bool required)
 {
     if (s == NULL)
         return !required;
     if (memchr(s, '\0', n) || n > max || (required && n == 0))
         return false;
-    return utf8_ok((const unsigned char *)s, n);
+    return fuzz_utf8_ok((const unsigned char *)s, n);
 }
 
 static bool topic_ok(const char *t)
@@ -230,8 +189,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(known, "refused with field \"%s\": %s", err.field, err.message);
         FUZZ_CHECK(err.message[0] != '\0', "refused without a message");
         /* issue 12 item 11: messages quote hostile bytes (validate.c). */
-        if (fuzz_pending())
-            FUZZ_CHECK(!fuzz_has_control(err.message) && utf8_ok((const unsigned char *)
+        if (fuzz_pending(11))
+            FUZZ_CHECK(!fuzz_has_control(err.message) && fuzz_utf8_ok((const unsigned char *)
                        err.message, strlen(err.message)),
                        "message quotes control or invalid bytes: %s", err.message);
     } else {
@@ -242,7 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(msg.aggregate_type == NULL ||
                    text_ok(msg.aggregate_type, strlen(msg.aggregate_type), FERRY_TYPE_MAX,
                            false), "accepted a bad aggregate type");
-        FUZZ_CHECK(utf8_ok((const unsigned char *)msg.payload, payload_n) &&
+        FUZZ_CHECK(fuzz_utf8_ok((const unsigned char *)msg.payload, payload_n) &&
                    !memchr(msg.payload, '\0', payload_n), "accepted a payload PostgreSQL "
                    "cannot store as text");
         FUZZ_CHECK(payload_n <= (opts.max_payload ? opts.max_payload
@@ -255,7 +214,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* issue 12 item 5: numbers jsonb's numeric refuses (validate.c ~95). */
         size_t at;
         const char *bad = bad_number(msg.payload, payload_n, &at);
-        if (fuzz_pending())
+        if (fuzz_pending(5))
             FUZZ_CHECK(bad == NULL, "accepted a number PostgreSQL refuses at offset %zu: "
                        "%.40s", at, bad);
     }
