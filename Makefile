@@ -10,6 +10,7 @@
 #   make bench      benchmarks, as ratios against a same-run baseline
 #   make install PREFIX=/usr/local
 #   make valgrind   the suite under valgrind instead of the sanitizers
+#   make fuzz       each libFuzzer target for FUZZ_SECONDS (60) s  (build/fuzz)
 #   make clean
 
 PREFIX  ?= /usr/local
@@ -65,9 +66,11 @@ EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo 
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
            build/rel/bench-saga build/rel/bench-reconcile
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
+FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test demo bench install clean valgrind deps saga-sim-broken \
-        all-inner test-inner demo-inner bench-inner valgrind-inner
+.PHONY: all test demo bench install clean valgrind deps saga-sim-broken fuzz \
+        all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are not intermediate to us.
 .SECONDARY:
@@ -82,6 +85,8 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-inner
 valgrind: deps
 	@$(MAKE) --no-print-directory valgrind-inner
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-inner
 deps:
 	@sh scripts/deps.sh
 
@@ -93,12 +98,23 @@ test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             build/asan/ferry-reconcile all-inner $(EXAMPLES) $(BENCHES)
 	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
 	@$(MAKE) --no-print-directory saga-sim-broken
+	@$(MAKE) --no-print-directory fuzz-smoke
 
 # The saga simulator must catch every deliberately broken engine
 # (lib/saga_step.c, FERRY_SAGA_BROKEN=N) within 1,000 seeds.
 saga-sim-broken: build/asan/libferry.a
 	sh tests/saga_sim_broken.sh "$(CC) $(ASAN_CFLAGS)" build/asan/libferry.a "$(TEST_LIBS)" \
 	    build/asan/saga-broken
+
+# libFuzzer targets: tests/fuzz/fuzz_NAME.c, seeds in tests/fuzz/corpus/NAME/
+# (scripts/run-fuzz.sh says how they run). `make test` runs each for
+# FUZZ_SMOKE_SECONDS; `make fuzz` for FUZZ_SECONDS, e.g. make fuzz FUZZ_SECONDS=3600.
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 12
+fuzz-inner: $(FUZZERS)
+	@sh scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZERS)
+fuzz-smoke: $(FUZZERS)
+	@sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
 
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
@@ -241,6 +257,37 @@ build/vg/tests/test_%: build/vg/tests/test_%.o $(TESTUTIL:%.c=build/vg/%.o) \
                        $(HARNESS:%.c=build/vg/%.o) build/vg/libreconcile.a build/vg/librelay.a \
                        build/vg/libferry.a
 	$(CC) -o $@ $^ $(TEST_LIBS)
+
+# ---------------------------------------------------------------- fuzz
+# clang, for libFuzzer: the library and the programs' parts instrumented
+# for coverage (fuzzer-no-link) under ASan+UBSan; each target links
+# libFuzzer's main. clang has no -Wformat-truncation to turn off.
+FUZZ_CC     = clang
+FUZZ_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+              -fno-omit-frame-pointer
+FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLAGS)
+
+build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
+build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h lib/ferry.h $(wildcard daemon/*.h reconciler/*.h)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
+build/fuzz/gen/migrations.o: $(GEN) lib/internal.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
+build/fuzz/libferry.a: $(LIB_SRC:%.c=build/fuzz/%.o) build/fuzz/gen/migrations.o
+	rm -f $@
+	ar rcs $@ $^
+build/fuzz/librelay.a: $(RELAYLIB_SRC:%.c=build/fuzz/%.o)
+	rm -f $@
+	ar rcs $@ $^
+build/fuzz/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/fuzz/%.o)
+	rm -f $@
+	ar rcs $@ $^
+build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
+                   build/fuzz/librelay.a build/fuzz/libferry.a
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- install
 install: all

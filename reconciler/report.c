@@ -76,6 +76,7 @@ void rc_report_free(rc_report *r)
     free(r);
 }
 
+__attribute__((format(printf, 1, 0)))
 static char *vformat(const char *fmt, va_list ap)
 {
     char *s = NULL;

@@ -7,9 +7,11 @@
 # something is missing.
 set -eu
 
+# clang and its runtime (libFuzzer, the sanitizers) build tests/fuzz/;
+# --no-install-recommends would leave libclang-rt out, so it is named.
 packages="gcc make pkg-config libc6-dev
 libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
-libcmocka-dev postgresql"
+libcmocka-dev postgresql clang libclang-rt-14-dev"
 
 missing=""
 for p in $packages; do
