@@ -114,6 +114,24 @@ enum {
     DRAIN_TIMEOUT_MS = 600000,
     STOP_TIMEOUT_MS = 30000,        /* a SIGTERM'd relay must be gone by then */
     ARRIVAL_TIMEOUT_MS = 30000,     /* the last latency message must arrive by then */
+    LL_RATE = 2000,                 /* leaderless runs: messages/s over LAT_KEYS keys */
+    LL_SECONDS = 5,                 /* ... for this long */
+    LL_PARTITION = 0,               /* ... the partition left without a leader */
+    LL_GRACE_MS = 1000,             /* ... healthy keys may arrive this long after the sends */
+    LL_CLEAN_BOUND_MS = 60000,      /* ... without the fault, everything must arrive by then */
+    LL_RECOVER_BOUND_MS = 60000,    /* ... and everything once the leader is back */
+    SCALE_RATE = 1000,              /* scale-out: messages/s while relay B starts */
+    SCALE_LEASE_TTL_MS = 3000,      /* ... both relays' lease_ttl_ms */
+    SCALE_WARM_MS = 2000,           /* ... load before B starts */
+    SCALE_BOUND_MS = 20000,         /* ... B's share is waited for this long */
+    SCALE_TAIL_MS = 1000,           /* ... load after B got it */
+    OUTAGE_RATE = 50,               /* outage: the trickle, messages/s */
+    OUTAGE_WARM_MS = 2000,
+    OUTAGE_MS = 10000,              /* ... every broker down this long */
+    OUTAGE_BOUND_MS = 30000,        /* ... the first publish after is waited for this long */
+    OUTAGE_TAIL_MS = 1000,
+    OUTAGE_DRAIN_BOUND_MS = 60000,
+    KAFKA_BROKERS = 1,              /* devkafka's brokers (kt_start) */
     LOG_LINES_SHOWN = 3,
     FSYNC_PROBES = 21,
 };
@@ -200,8 +218,9 @@ typedef struct proc_result {
 } proc_result;
 
 /* Start `FERRY_RELAY_BIN run ARGS...` with its stderr in the log file
- * (emptied first) and its stdout on /dev/null. */
-static pid_t spawn_relay(const char *const *args)
+ * (emptied first unless keep_log: a second relay beside a running one)
+ * and its stdout on /dev/null. */
+static pid_t spawn_relay_log(const char *const *args, int keep_log)
 {
     const char *argv[40];
     int n = 0;
@@ -210,7 +229,7 @@ static pid_t spawn_relay(const char *const *args)
     for (int i = 0; args[i] != NULL && n < 39; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    if (ftruncate(g_log_fd, 0) != 0 || lseek(g_log_fd, 0, SEEK_SET) != 0) {
+    if (!keep_log && (ftruncate(g_log_fd, 0) != 0 || lseek(g_log_fd, 0, SEEK_SET) != 0)) {
         fprintf(stderr, "bench: cannot empty %s: %s\n", g_log_path, strerror(errno));
         return -1;
     }
@@ -233,6 +252,11 @@ static pid_t spawn_relay(const char *const *args)
     if (pid < 0)
         fprintf(stderr, "bench: fork: %s\n", strerror(errno));
     return pid;
+}
+
+static pid_t spawn_relay(const char *const *args)
+{
+    return spawn_relay_log(args, 0);
 }
 
 static long vm_hwm_kib(pid_t pid)
@@ -333,6 +357,32 @@ static int relay_log_report(const char *what)
     return errors;
 }
 
+/* How many live shard leases holder holds, into *n; 0 or -1. */
+static int lease_count(PGconn *conn, const char *holder, long *n)
+{
+    long long v = -1;
+    if (bench_query_ll(conn,
+                       "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
+                       "AND holder = $1 AND expires_at > now()",
+                       holder, &v) != 0)
+        return -1;
+    *n = (long)v;
+    return 0;
+}
+
+/* Rows of topic still in ferry.outbox once they are gone or timeout_ms
+ * passed (-1 if the count failed). */
+static long long await_outbox_empty(PGconn *conn, const char *topic, int timeout_ms)
+{
+    long long left = -1;
+    int64_t deadline = clk_mono_us() + (int64_t)timeout_ms * 1000;
+    while (bench_query_ll(conn, "SELECT count(*) FROM ferry.outbox WHERE topic = $1", topic,
+                          &left) == 0 &&
+           left > 0 && clk_mono_us() < deadline)
+        clk_sleep_ms(20);
+    return left;
+}
+
 /* Wait until holder holds all the shard leases. */
 static int await_leases(PGconn *conn, const char *holder, int shards)
 {
@@ -421,6 +471,21 @@ typedef struct consumer {
     char error[512];
 } consumer;
 
+/* librdkafka's log lines of the consumers: during an injected fault they
+ * come by the dozen (each also arrives as an error event, counted); show
+ * the first few of the whole run. */
+static atomic_int g_consumer_log_lines;
+
+static void consumer_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    int n = atomic_fetch_add(&g_consumer_log_lines, 1);
+    if (n < 3)
+        fprintf(stderr, "bench: consumer log %d %s: %s\n", level, fac, buf);
+    else if (n == 3)
+        fprintf(stderr, "bench: consumer log: more lines not shown\n");
+}
+
 static void *consumer_main(void *arg)
 {
     consumer *c = arg;
@@ -439,6 +504,7 @@ static void *consumer_main(void *arg)
         snprintf(c->error, sizeof c->error, "consumer configuration refused");
         return NULL;
     }
+    rd_kafka_conf_set_log_cb(conf, consumer_log);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
@@ -1035,6 +1101,487 @@ out_producer:
     return rc;
 }
 
+/* ---------------------------------------------------------------- faults and scale-out */
+
+/* A writer thread: emit_paced on its own emitter until its schedule ends
+ * or em.stop is set. */
+typedef struct writer {
+    emitter em;
+    lat_result r;
+    pthread_t tid;
+    int rc;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    w->rc = emit_paced(&w->em, w->em.total, &w->r);
+    return NULL;
+}
+
+/* Which partition the relay's partitioner (murmur2_random: murmur2 for a
+ * key, as Java's client) puts key on. */
+static int32_t key_partition(const char *key)
+{
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, strlen(key), TOPIC_PARTITIONS, NULL,
+                                            NULL);
+}
+
+/* Check a finished run read by c: every one of want messages arrived once,
+ * each key's positions in order. 0, or -1 with the reason on stderr. */
+static int check_delivery(const consumer *c, long want, const char *what)
+{
+    long got = atomic_load(&c->received);
+    if (got == want && c->duplicates == 0 && c->order_errors == 0 && c->strays == 0)
+        return 0;
+    fprintf(stderr, "bench: %s: %ld of %ld messages arrived, %ld duplicates, %ld strays, "
+                    "%ld out of key order\n", what, got, want, c->duplicates, c->strays,
+            c->order_errors);
+    return -1;
+}
+
+/* The leaderless-partition runs: writers emit LL_RATE msgs/s over LAT_KEYS
+ * keys for LL_SECONDS to a running relay; once without a fault, once with
+ * partition LL_PARTITION leaderless from before the first write. Healthy
+ * keys: those on the other partitions. Steady writes, not a preloaded
+ * backlog: rows committed while a partition is stuck are what a relay
+ * that waits for "nothing in flight" never fetches. */
+typedef struct ll_result {
+    long healthy[2];            /* messages of healthy keys sent ([0] no fault, [1] fault) */
+    long healthy_got[2];        /* ... of those received within the window */
+    double window_s[2];         /* first send -> the last of them received, or the end of
+                                   the sends + LL_GRACE_MS when they did not all arrive */
+    double healthy_rate[2];     /* healthy_got / window_s */
+    long sent[2];
+    int complete_fault;         /* every healthy message arrived within the window */
+    double recover_s;           /* leader restored -> every message arrived (or -1) */
+} ll_result;
+
+static int leaderless_one(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                          int fault, int32_t *key_part, ll_result *res)
+{
+    char topic[64];
+    snprintf(topic, sizeof topic, "bench.leaderless.%s", fault ? "fault" : "clean");
+    if (kt_command(kb, "topic-create %s %d 1", topic, TOPIC_PARTITIONS) != 0)
+        return -1;
+    long total = (long)LL_RATE * LL_SECONDS;
+    emitter em;
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t tid;
+    int rc = -1, leaderless = 0, consuming = 0;
+    lat_result r;
+    memset(&r, 0, sizeof r);
+    if (emitter_open(&em, pg, topic, LL_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    /* The probe (key k-0, on a healthy partition: checked below) lets the
+     * relay learn the topic and its leaders before the fault. */
+    if (emit_probe(&em, &c, "leaderless probe") != 0)
+        goto out;
+    if (fault && kt_command(kb, "leader %s %d -1", topic, LL_PARTITION) != 0) {
+        fprintf(stderr, "bench: devkafka refused to take the leader of %s/%d away\n", topic,
+                LL_PARTITION);
+        goto out;
+    }
+    leaderless = fault;
+
+    fprintf(stderr, "bench: leaderless: %ld messages at %d/s over %d keys, %s\n", total,
+            LL_RATE, LAT_KEYS, fault ? "partition 0 without a leader" : "no fault");
+    int64_t started = real_us();
+    if (emit_paced(&em, total, &r) != 0)
+        goto out;
+    int64_t ended_mono = clk_mono_us();
+    long healthy = 0;
+    for (long n = 0; n < r.sent; n++)
+        healthy += key_part[n % LAT_KEYS] != LL_PARTITION;
+    res->healthy[fault] = healthy;
+    res->sent[fault] = r.sent;
+
+    /* Healthy keys' messages, bounded: missing ones count against the rate. */
+    int64_t deadline = ended_mono + (int64_t)(fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) * 1000;
+    long got = 0;
+    for (;;) {
+        got = 0;
+        for (int p = 0; p < TOPIC_PARTITIONS; p++)
+            if (p != LL_PARTITION)
+                got += atomic_load(&c.per_part[p]);
+        if (got >= healthy || clk_mono_us() >= deadline)
+            break;
+        clk_sleep_ms(5);
+    }
+    int complete = got >= healthy;
+    int64_t last = started;
+    for (long n = 0; n < r.sent; n++)
+        if (c.recv_us[n] != 0 && c.part[n] != LL_PARTITION && c.recv_us[n] > last)
+            last = c.recv_us[n];
+    double window = complete ? (double)(last - started) / 1e6
+                             : r.seconds + (fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) / 1000.0;
+    if (window <= 0)
+        window = 1e-6;
+    res->healthy_got[fault] = got;
+    res->window_s[fault] = window;
+    res->healthy_rate[fault] = (double)got / window;
+    if (!complete)
+        fprintf(stderr, "bench: leaderless (%s): only %ld of %ld healthy-key messages arrived "
+                        "within %.1f s of the last send\n", fault ? "fault" : "no fault", got,
+                healthy, (fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) / 1000.0);
+    if (fault) {
+        res->complete_fault = complete;
+        int64_t restored = real_us();
+        if (kt_command(kb, "leader %s %d 1", topic, LL_PARTITION) != 0)
+            goto out;
+        leaderless = 0;
+        fprintf(stderr, "bench: leaderless: leader restored; waiting for every message\n");
+        if (await_all(&c, r.sent, LL_RECOVER_BOUND_MS) == 0) {
+            int64_t t = restored;
+            for (long n = 0; n < r.sent; n++)
+                t = c.recv_us[n] > t ? c.recv_us[n] : t;
+            res->recover_s = (double)(t - restored) / 1e6;
+        } else {
+            res->recover_s = -1;
+            fprintf(stderr, "bench: leaderless: not every message arrived within %d s of the "
+                            "leader's return\n", LL_RECOVER_BOUND_MS / 1000);
+        }
+    } else if (await_all(&c, r.sent, LL_CLEAN_BOUND_MS) != 0) {
+        fprintf(stderr, "bench: leaderless (no fault): not every message arrived within %d s\n",
+                LL_CLEAN_BOUND_MS / 1000);
+    }
+    consumer_stop(&c, tid);
+    consuming = 0;
+    rc = check_delivery(&c, r.sent, fault ? "leaderless (fault)" : "leaderless (no fault)");
+    /* The keys' partitions are murmur2's by the relay's configuration; if
+     * they are not, say so and count healthy keys by where they went. */
+    long moved = 0;
+    for (long n = 0; n < r.sent; n++)
+        if (c.recv_us[n] != 0 && c.part[n] != key_part[n % LAT_KEYS]) {
+            moved++;
+            key_part[n % LAT_KEYS] = c.part[n];
+        }
+    if (moved > 0)
+        fprintf(stderr, "bench: leaderless: %ld messages were not on murmur2's partition%s\n",
+                moved, fault ? "; this run's healthy count is off" : "");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: leaderless: %lld rows of %s left in ferry.outbox\n", left, topic);
+        rc = -1;
+    }
+out:
+    if (leaderless)
+        kt_command(kb, "leader %s %d 1", topic, LL_PARTITION);
+    if (consuming)
+        consumer_stop(&c, tid);
+    consumer_free(&c);
+    emitter_close(&em);
+    return rc;
+}
+
+static int leaderless_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                            int shards, ll_result *res)
+{
+    memset(res, 0, sizeof *res);
+    int32_t key_part[LAT_KEYS];
+    for (int k = 0; k < LAT_KEYS; k++) {
+        char key[24];
+        snprintf(key, sizeof key, "k-%d", k);
+        key_part[k] = key_partition(key);
+    }
+    if (key_part[0] == LL_PARTITION) {  /* the probe's key must stay healthy */
+        fprintf(stderr, "bench: leaderless: key k-0 is on partition %d\n", LL_PARTITION);
+        return -1;
+    }
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-leaderless", "--set", "log_level=warn", NULL};
+    int64_t spawned = clk_mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    int rc = await_leases(admin, "bench-leaderless", shards);
+    if (rc == 0)
+        rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
+    if (rc == 0)
+        rc = leaderless_one(pg, admin, kb, bootstrap, 1, key_part, res);
+    proc_result pr;
+    stop_relay(pid, spawned, &pr);
+    relay_log_report("leaderless");     /* errors while a fault lasts are no failure */
+    if (pr.status != 0) {
+        fprintf(stderr, "bench: the leaderless relay exited with status %d\n", pr.status);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Scale-out: relay A holds every shard, writers emit SCALE_RATE msgs/s;
+ * then relay B starts. How long until B holds its share? */
+typedef struct scale_result {
+    double share_s;             /* B's start -> B holds its share (or the bound) */
+    int happened;
+    long want, b_final, a_final;
+    long sent;
+    double emit_rate;
+} scale_result;
+
+static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
+                           scale_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->want = (shards + 1) / 2;
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "lease_ttl_ms=%d", SCALE_LEASE_TTL_MS);
+    const char *args_a[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
+                            "bench-scale-a", "--set", "log_level=warn", "--set", ttl, NULL};
+    const char *args_b[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
+                            "bench-scale-b", "--set", "log_level=warn", "--set", ttl, NULL};
+    static const char topic[] = "bench.scaleout";
+    long total = (long)SCALE_RATE * (SCALE_WARM_MS + SCALE_BOUND_MS + SCALE_TAIL_MS) / 1000;
+    writer w;
+    memset(&w, 0, sizeof w);
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t ctid;
+    int rc = -1, writing = 0, consuming = 0;
+    pid_t pid_b = -1;
+    int64_t spawned_b = 0;
+
+    int64_t spawned_a = clk_mono_us();
+    pid_t pid_a = spawn_relay(args_a);
+    if (pid_a < 0)
+        return -1;
+    if (await_leases(admin, "bench-scale-a", shards) != 0)
+        goto out;
+    if (emitter_open(&w.em, pg, topic, SCALE_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    if (emit_probe(&w.em, &c, "scale-out probe") != 0)
+        goto out;
+    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        goto out;
+    }
+    writing = 1;
+    fprintf(stderr, "bench: scale-out: relay A holds %d shards, writers at %d msgs/s; relay B "
+                    "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
+            SCALE_WARM_MS / 1000.0, SCALE_LEASE_TTL_MS);
+    clk_sleep_ms(SCALE_WARM_MS);         /* the load, steady before B comes */
+    spawned_b = clk_mono_us();
+    pid_b = spawn_relay_log(args_b, 1);
+    if (pid_b < 0)
+        goto out;
+    int64_t deadline = spawned_b + (int64_t)SCALE_BOUND_MS * 1000;
+    long held = 0;
+    for (;;) {
+        if (lease_count(admin, "bench-scale-b", &held) != 0)
+            goto out;
+        if (held >= res->want) {
+            res->happened = 1;
+            res->share_s = (double)(clk_mono_us() - spawned_b) / 1e6;
+            break;
+        }
+        if (clk_mono_us() >= deadline || w.em.failed)
+            break;
+        clk_sleep_ms(20);
+    }
+    if (!res->happened) {
+        res->share_s = SCALE_BOUND_MS / 1000.0;
+        fprintf(stderr, "bench: scale-out: relay B did not get its share within %d s (holds %ld "
+                        "of the %ld it should)\n", SCALE_BOUND_MS / 1000, held, res->want);
+    } else {
+        fprintf(stderr, "bench: scale-out: relay B holds %ld shards %.2f s after its start\n",
+                held, res->share_s);
+        clk_sleep_ms(SCALE_TAIL_MS);     /* both relays publishing under the load */
+    }
+    atomic_store(&w.em.stop, 1);
+    pthread_join(w.tid, NULL);
+    writing = 0;
+    if (w.rc != 0)
+        goto out;
+    res->sent = w.r.sent;
+    res->emit_rate = w.r.seconds > 0 ? (double)w.r.sent / w.r.seconds : 0;
+    if (await_all(&c, w.r.sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: scale-out: not every message arrived within %d s\n",
+                ARRIVAL_TIMEOUT_MS / 1000);
+    consumer_stop(&c, ctid);
+    consuming = 0;
+    rc = check_delivery(&c, w.r.sent, "scale-out");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: scale-out: %lld rows left in ferry.outbox\n", left);
+        rc = -1;
+    }
+    if (lease_count(admin, "bench-scale-a", &res->a_final) != 0 ||
+        lease_count(admin, "bench-scale-b", &res->b_final) != 0)
+        rc = -1;
+out:
+    if (writing) {
+        atomic_store(&w.em.stop, 1);
+        pthread_join(w.tid, NULL);
+    }
+    if (consuming)
+        consumer_stop(&c, ctid);
+    consumer_free(&c);
+    emitter_close(&w.em);
+    proc_result pr_a, pr_b;
+    if (pid_b > 0) {
+        stop_relay(pid_b, spawned_b, &pr_b);
+        if (pr_b.status != 0) {
+            fprintf(stderr, "bench: scale-out relay B exited with status %d\n", pr_b.status);
+            rc = -1;
+        }
+    }
+    stop_relay(pid_a, spawned_a, &pr_a);
+    if (pr_a.status != 0) {
+        fprintf(stderr, "bench: scale-out relay A exited with status %d\n", pr_a.status);
+        rc = -1;
+    }
+    if (relay_log_report("scale-out") > 0)
+        rc = -1;
+    return rc;
+}
+
+/* Broker outage: a relay with a trickle of writes, every broker down for
+ * OUTAGE_MS, then back. How long from their return to the first publish? */
+typedef struct outage_result {
+    double resume_s;            /* brokers up -> the first row acknowledged (deleted) after */
+    double resume_consumer_s;   /* brokers up -> the consumer's first receipt after */
+    int happened;
+    long queued;                /* rows waiting when the brokers came back */
+    long sent;
+} outage_result;
+
+static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                        int shards, outage_result *res)
+{
+    memset(res, 0, sizeof *res);
+    static const char topic[] = "bench.outage";
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-outage", "--set", "log_level=warn", NULL};
+    long total = (long)OUTAGE_RATE *
+                 (OUTAGE_WARM_MS + OUTAGE_MS + OUTAGE_BOUND_MS + OUTAGE_TAIL_MS) / 1000;
+    writer w;
+    memset(&w, 0, sizeof w);
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t ctid;
+    int rc = -1, writing = 0, consuming = 0, down = 0;
+
+    int64_t spawned = clk_mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    if (await_leases(admin, "bench-outage", shards) != 0)
+        goto out;
+    if (emitter_open(&w.em, pg, topic, OUTAGE_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    if (emit_probe(&w.em, &c, "outage probe") != 0)
+        goto out;
+    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        goto out;
+    }
+    writing = 1;
+    clk_sleep_ms(OUTAGE_WARM_MS);
+    fprintf(stderr, "bench: outage: all %d broker(s) down for %.1f s, writers at %d msgs/s\n",
+            KAFKA_BROKERS, OUTAGE_MS / 1000.0, OUTAGE_RATE);
+    for (int b = 1; b <= KAFKA_BROKERS; b++) {
+        if (kt_command(kb, "down %d", b) != 0)
+            goto out;
+        down = b;
+    }
+    clk_sleep_ms(OUTAGE_MS);             /* the outage itself */
+    /* The rows committed so far (created by then; a later commit with an
+     * earlier created_at only adds to the count): one of them gone or
+     * marked = acknowledged after delivery = published. */
+    char upto[64] = "";
+    if (bench_query_text(admin, "SELECT coalesce(max(created_at), now())::text FROM ferry.outbox",
+                         0, NULL, upto, sizeof upto) != 0)
+        goto out;
+    static const char waiting_sql[] =
+        "SELECT count(*) FROM ferry.outbox WHERE topic = 'bench.outage' "
+        "AND created_at <= $1::timestamptz AND published_at IS NULL";
+    long long queued = -1, now_left = -1;
+    if (bench_query_ll(admin, waiting_sql, upto, &queued) != 0)
+        goto out;
+    res->queued = (long)queued;
+    int64_t up_real = real_us(), up_mono = clk_mono_us();
+    for (int b = 1; b <= KAFKA_BROKERS; b++) {
+        if (kt_command(kb, "up %d", b) != 0)
+            goto out;
+    }
+    down = 0;
+    int64_t deadline = up_mono + (int64_t)OUTAGE_BOUND_MS * 1000;
+    for (;;) {
+        if (bench_query_ll(admin, waiting_sql, upto, &now_left) != 0)
+            goto out;
+        if (now_left < queued) {
+            res->happened = 1;
+            res->resume_s = (double)(clk_mono_us() - up_mono) / 1e6;
+            break;
+        }
+        if (clk_mono_us() >= deadline)
+            break;
+        clk_sleep_ms(5);
+    }
+    if (queued == 0)
+        fprintf(stderr, "bench: outage: no row was waiting when the brokers came back\n");
+    if (!res->happened) {
+        res->resume_s = OUTAGE_BOUND_MS / 1000.0;
+        fprintf(stderr, "bench: outage: nothing was published within %d s of the brokers' "
+                        "return\n", OUTAGE_BOUND_MS / 1000);
+    } else {
+        fprintf(stderr, "bench: outage: first publish %.3f s after the brokers' return\n",
+                res->resume_s);
+        clk_sleep_ms(OUTAGE_TAIL_MS);
+    }
+    atomic_store(&w.em.stop, 1);
+    pthread_join(w.tid, NULL);
+    writing = 0;
+    if (w.rc != 0)
+        goto out;
+    res->sent = w.r.sent;
+    if (await_all(&c, w.r.sent, OUTAGE_DRAIN_BOUND_MS) != 0)
+        fprintf(stderr, "bench: outage: not every message arrived within %d s\n",
+                OUTAGE_DRAIN_BOUND_MS / 1000);
+    consumer_stop(&c, ctid);
+    consuming = 0;
+    int64_t first = 0;
+    for (long n = 0; n < c.expected; n++)
+        if (c.recv_us[n] >= up_real && (first == 0 || c.recv_us[n] < first))
+            first = c.recv_us[n];
+    res->resume_consumer_s = first != 0 ? (double)(first - up_real) / 1e6 : -1;
+    rc = check_delivery(&c, w.r.sent, "outage");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: outage: %lld rows left in ferry.outbox\n", left);
+        rc = -1;
+    }
+out:
+    for (int b = 1; b <= down; b++)
+        kt_command(kb, "up %d", b);
+    if (writing) {
+        atomic_store(&w.em.stop, 1);
+        pthread_join(w.tid, NULL);
+    }
+    if (consuming)
+        consumer_stop(&c, ctid);
+    consumer_free(&c);
+    emitter_close(&w.em);
+    proc_result pr;
+    stop_relay(pid, spawned, &pr);
+    relay_log_report("outage");         /* errors while the brokers are away are no failure */
+    if (pr.status != 0) {
+        fprintf(stderr, "bench: the outage relay exited with status %d\n", pr.status);
+        rc = -1;
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- throughput */
 
 /* rows messages into ferry.outbox through ferry.emit(), PRELOAD_TX_ROWS a
@@ -1344,7 +1891,7 @@ int main(void)
         goto out;
     int shards = atoi(shards_s);
 
-    if ((kb = kt_start(1)) == NULL)
+    if ((kb = kt_start(KAFKA_BROKERS)) == NULL)
         goto out;
     const char *bootstrap = kt_bootstrap(kb);
     for (int i = 0; i < 2; i++) {
@@ -1425,6 +1972,20 @@ int main(void)
             }
     }
 
+    /* ------------------------------------------------------------ faults, scale-out */
+    /* Each says on stderr what went wrong; the figures of the others still
+     * count, so a failure here marks the run failed and goes on. */
+    ll_result ll;
+    scale_result so;
+    outage_result ou;
+    if (leaderless_relay(pg, admin, kb, bootstrap, shards, &ll) != 0)
+        checks_ok = 0;
+    if (scaleout_relays(pg, admin, bootstrap, shards, &so) != 0)
+        checks_ok = 0;
+    if (outage_relay(pg, admin, kb, bootstrap, shards, &ou) != 0)
+        checks_ok = 0;
+    double ll_ratio = ll.healthy_rate[0] > 0 ? ll.healthy_rate[1] / ll.healthy_rate[0] : 0;
+
     /* ------------------------------------------------------------ results */
     double relay_rate = (double)rows / drain_pr.wall_s, raw_rate = (double)rows / raw_s;
     printf("ferry-relay benchmark (ferry %s, schema %d)\n", ferry_version(), version);
@@ -1468,6 +2029,51 @@ int main(void)
         printf("  %-12d %10.2f %10.2f %12.2f %12.2f %10ld\n", lat_relay[i].rate,
                lat_relay[i].total.p50, lat_relay[i].total.p99, lat_direct[i].total.p50,
                lat_direct[i].total.p99, lat_relay[i].received);
+
+    printf("\nleaderless partition: writers emit %d msgs/s over %d keys for %d s to a running "
+           "relay; healthy keys:\n  those not on partition %d. Their throughput: healthy "
+           "messages received / (first send -> the last\n  of them received), or -> %.0f s "
+           "after the last send when they did not all arrive by then.\n", LL_RATE, LAT_KEYS,
+           LL_SECONDS, LL_PARTITION, LL_GRACE_MS / 1000.0);
+    printf("  %-44s %12.0f msgs/s  (%ld of %ld in %.2f s)\n", "no fault", ll.healthy_rate[0],
+           ll.healthy_got[0], ll.healthy[0], ll.window_s[0]);
+    printf("  %-44s %12.0f msgs/s  (%ld of %ld in %.2f s%s)\n",
+           "partition 0 leaderless (leader T 0 -1)", ll.healthy_rate[1], ll.healthy_got[1],
+           ll.healthy[1], ll.window_s[1], ll.complete_fault ? "" : ": did NOT all arrive");
+    printf("  %-44s %12.3f         (target >= 0.9)\n", "fault / no fault", ll_ratio);
+    if (ll.recover_s >= 0)
+        printf("  after the leader's return every message arrived in %.2f s, each key in "
+               "order\n", ll.recover_s);
+    else
+        printf("  after the leader's return NOT every message arrived within %d s\n",
+               LL_RECOVER_BOUND_MS / 1000);
+
+    printf("\nscale-out: relay A holds all %d shards, writers emit %d msgs/s (achieved %.0f); "
+           "relay B starts.\n  Both run with lease_ttl_ms=%d. B's share: %ld shard leases.\n",
+           shards, SCALE_RATE, so.emit_rate, SCALE_LEASE_TTL_MS, so.want);
+    if (so.happened)
+        printf("  %-44s %12.2f s       (%.1f lease periods; target: a few)\n",
+               "B's start -> B holds its share", so.share_s,
+               so.share_s * 1000.0 / SCALE_LEASE_TTL_MS);
+    else
+        printf("  %-44s %12.2f s       (did NOT happen within %d s; target: a few lease "
+               "periods)\n", "B's start -> B holds its share", so.share_s,
+               SCALE_BOUND_MS / 1000);
+    printf("  leases at the end: A %ld, B %ld; %ld messages, all delivered once in key order "
+           "unless stderr says otherwise\n", so.a_final, so.b_final, so.sent);
+
+    printf("\nbroker outage: a relay, writers trickling %d msgs/s, all %d broker(s) down for "
+           "%.0f s, then up\n  (%ld rows waiting when they came back)\n", OUTAGE_RATE,
+           KAFKA_BROKERS, OUTAGE_MS / 1000.0, ou.queued);
+    if (ou.happened)
+        printf("  %-44s %12.3f s       (target < 1)\n",
+               "brokers up -> first row acknowledged", ou.resume_s);
+    else
+        printf("  %-44s %12.3f s       (did NOT happen within %d s; target < 1)\n",
+               "brokers up -> first row acknowledged", ou.resume_s, OUTAGE_BOUND_MS / 1000);
+    printf("  %-44s %12.3f s       (the consumer reconnects within 0.1 s)\n",
+           "brokers up -> first message received", ou.resume_consumer_s);
+
     printf("\n");
     printf("bench relay_drain_msgs_per_s %.0f msgs/s\n", relay_rate);
     printf("bench raw_delete_loop_rows_per_s %.0f rows/s\n", raw_rate);
@@ -1498,6 +2104,15 @@ int main(void)
         printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
                lat_relay[i].after.p99);
     }
+    printf("bench relay_leaderless_healthy_ratio %.3f ratio\n", ll_ratio);
+    printf("bench relay_leaderless_healthy_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[1]);
+    printf("bench relay_leaderless_baseline_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[0]);
+    printf("bench relay_leaderless_recover_s %.2f s\n",
+           ll.recover_s >= 0 ? ll.recover_s : LL_RECOVER_BOUND_MS / 1000.0);
+    printf("bench relay_scaleout_s %.2f s\n", so.share_s);
+    printf("bench relay_scaleout_lease_ttl_ms %d ms\n", SCALE_LEASE_TTL_MS);
+    printf("bench relay_outage_resume_s %.3f s\n", ou.resume_s);
+    printf("bench relay_outage_resume_consumer_s %.3f s\n", ou.resume_consumer_s);
     printf("bench disk_fdatasync_before_raw_ms %.2f ms\n", fsync_raw);
     printf("bench disk_fdatasync_before_drain_ms %.2f ms\n", fsync_drain);
     printf("bench disk_fdatasync_before_latency_ms %.2f ms\n", fsync_lat[1]);
