@@ -2068,6 +2068,8 @@ int main(void)
            "partition 0 leaderless (leader T 0 -1)", ll.healthy_rate[1], ll.healthy_got[1],
            ll.healthy[1], ll.window_s[1], ll.complete_fault ? "" : ": did NOT all arrive");
     printf("  %-44s %12.3f         (target >= 0.9)\n", "fault / no fault", ll_ratio);
+    printf("  writers sent %ld of %ld messages without the fault, %ld with it (all connections "
+           "busy = fewer)\n", ll.sent[0], (long)LL_RATE * LL_SECONDS, ll.sent[1]);
     if (ll.recover_s >= 0)
         printf("  after the leader's return every message arrived in %.2f s, each key in "
                "order\n", ll.recover_s);
