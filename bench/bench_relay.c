@@ -4,8 +4,8 @@
  *
  * On a throwaway cluster with the server's durable defaults (fsync,
  * synchronous_commit, full_page_writes on) and a `ferry-relay devkafka`
- * broker (librdkafka's mock cluster), three figures, each beside a
- * baseline measured in the same run:
+ * broker (librdkafka's mock cluster), these figures, each beside a
+ * baseline measured in the same run (targets are issue 11's):
  *
  *   throughput  N rows (FERRY_BENCH_ROWS, default 1,000,000; 1000 keys,
  *               ~100-byte payloads) preloaded into ferry.outbox through
@@ -18,21 +18,48 @@
  *               --once` draining ferry.outbox to the broker, wall time from
  *               fork to exit; then the relay must have exited 0, the outbox
  *               must be empty and exactly N messages must have been
- *               appended to the topic.
+ *               appended to the topic. Target: relay / raw >= 1.0.
  *   memory      the drain's peak RSS (wait4's ru_maxrss), beside the peak
- *               RSS of an idle relay on an empty outbox.
+ *               RSS of an idle relay on an empty outbox. Target: < 20 MiB.
  *   latency     on the outbox vacuumed after the drain, with a relay
  *               daemon running, one emitter thread commits one message per
- *               transaction, scheduled at 2,000 messages/s for
- *               FERRY_BENCH_SECONDS (default 10) seconds by absolute
- *               deadlines; a consumer assigned to the topic from its
- *               beginning records receipt time minus the time the payload
- *               carries. Baseline: a producer writing straight to the broker
- *               on the same schedule, with the relay's producer settings.
+ *               transaction, scheduled at 100 messages/s for 1.2 x
+ *               FERRY_BENCH_SECONDS (default 10: 1,200 messages, enough for
+ *               a p99), then at 2,000 messages/s for FERRY_BENCH_SECONDS, by
+ *               absolute deadlines; a consumer assigned to the topic from
+ *               its beginning records receipt time minus the time the
+ *               payload carries. Baseline (the floor): a producer writing
+ *               straight to the broker on the same schedule, with the
+ *               relay's producer settings, right after each relay run.
+ *               Target at both rates: p50 <= 3 ms, p99 <= 10 ms.
+ *   leaderless  a relay daemon, writers at 2,000 messages/s over 1,000 keys
+ *               for 5 s; once with partition 0 of the topic without a
+ *               leader (devkafka `leader T 0 -1`) from before the first
+ *               write, once without. Figure: the healthy keys' (those on
+ *               other partitions, by murmur2, checked against where the
+ *               clean run's messages went) messages received per second,
+ *               fault over no fault (target >= 0.9); missing ones count
+ *               against it, waited for 1 s after the last send. Then the
+ *               leader comes back and every message must arrive.
+ *   scale-out   relay A holds every shard, writers at 1,000 messages/s;
+ *               relay B starts; time until B holds ceil(shard_count / 2)
+ *               live shard leases, both relays at lease_ttl_ms=3000 (target:
+ *               a few lease periods; waited for 20 s).
+ *   outage      a relay, writers trickling 50 messages/s, every devkafka
+ *               broker down for 10 s, then up; time from their return to
+ *               the first row acknowledged (deleted after its delivery
+ *               report) of those waiting then (target < 1 s; waited for
+ *               30 s), and to the consumer's first receipt.
  *
- * A benchmark, not a test: timings never fail it. It exits 1 only when
- * something did not work — a relay that exits non-zero or logs an error,
- * rows left behind, messages missing or duplicated. Progress goes to
+ * Every message of every run must arrive exactly once, each key's
+ * ferry_seq positions one after the other; the consumers reconnect within
+ * 0.1 s, so an outage times the relay, not them.
+ *
+ * A benchmark, not a test: timings never fail it, and a wait that runs
+ * out is reported as its bound with a line on stderr. It exits 1 only when
+ * something did not work — a relay that exits non-zero or logs an error
+ * (except while a fault is injected), rows left behind, messages missing,
+ * duplicated or out of key order. Progress goes to
  * stderr, results to stdout: a table, then one `bench <name> <value>
  * <unit>` line per figure.
  *
@@ -104,7 +131,9 @@ enum {
     PRELOAD_CONNS = 2,              /* preload transactions at a time */
     RAW_BATCH = 1000,               /* rows per DELETE of the baseline loop */
     RELAY_BATCH = 1000,             /* --set batch_size for the drain */
-    LAT_RATE = 2000,                /* messages per second, both latency runs */
+    LAT_RATE_LOW = 100,             /* messages per second, the first pair of latency runs */
+    LAT_RATE_HIGH = 2000,           /* ... and the second; the unsuffixed names are this one's */
+    LAT_LOW_MIN_MSGS = 1000,        /* messages at the low rate for a p99 worth printing */
     LAT_KEYS = 1000,
     EMIT_CONNS = 32,                /* the emitter thread's connection pool */
     IDLE_SETTLE_MS = 1500,          /* the idle relay runs this long holding its leases */
@@ -112,14 +141,32 @@ enum {
     DRAIN_TIMEOUT_MS = 600000,
     STOP_TIMEOUT_MS = 30000,        /* a SIGTERM'd relay must be gone by then */
     ARRIVAL_TIMEOUT_MS = 30000,     /* the last latency message must arrive by then */
+    LL_RATE = 2000,                 /* leaderless runs: messages/s over LAT_KEYS keys */
+    LL_SECONDS = 5,                 /* ... for this long */
+    LL_PARTITION = 0,               /* ... the partition left without a leader */
+    LL_GRACE_MS = 1000,             /* ... healthy keys may arrive this long after the sends */
+    LL_CLEAN_BOUND_MS = 60000,      /* ... without the fault, everything must arrive by then */
+    LL_RECOVER_BOUND_MS = 60000,    /* ... and everything once the leader is back */
+    SCALE_RATE = 1000,              /* scale-out: messages/s while relay B starts */
+    SCALE_LEASE_TTL_MS = 3000,      /* ... both relays' lease_ttl_ms */
+    SCALE_WARM_MS = 2000,           /* ... load before B starts */
+    SCALE_BOUND_MS = 20000,         /* ... B's share is waited for this long */
+    SCALE_TAIL_MS = 1000,           /* ... load after B got it */
+    OUTAGE_RATE = 50,               /* outage: the trickle, messages/s */
+    OUTAGE_WARM_MS = 2000,
+    OUTAGE_MS = 10000,              /* ... every broker down this long */
+    OUTAGE_BOUND_MS = 30000,        /* ... the first publish after is waited for this long */
+    OUTAGE_TAIL_MS = 1000,
+    OUTAGE_DRAIN_BOUND_MS = 60000,
+    KAFKA_BROKERS = 1,              /* devkafka's brokers (kt_start) */
     LOG_LINES_SHOWN = 3,
     FSYNC_PROBES = 21,
 };
 
 static const char DRAIN_TOPIC[] = "bench.drain";
-static const char LAT_TOPIC[] = "bench.latency";
-static const char DIRECT_TOPIC[] = "bench.direct";
-static const int TOPIC_PARTITIONS = 4;  /* what the mock gives auto-created topics */
+static const char LAT_TOPIC_FMT[] = "bench.latency.%d";     /* per rate */
+static const char DIRECT_TOPIC_FMT[] = "bench.direct.%d";
+enum { TOPIC_PARTITIONS = 4 };  /* what the mock gives auto-created topics; ours alike */
 /* Pads a latency payload to about 100 bytes, like the drained ones. */
 static const char PAD[] = "padding-to-one-hundred-bytes-xxxxxxxxxxxxxxxx";
 
@@ -198,8 +245,9 @@ typedef struct proc_result {
 } proc_result;
 
 /* Start `FERRY_RELAY_BIN run ARGS...` with its stderr in the log file
- * (emptied first) and its stdout on /dev/null. */
-static pid_t spawn_relay(const char *const *args)
+ * (emptied first unless keep_log: a second relay beside a running one)
+ * and its stdout on /dev/null. */
+static pid_t spawn_relay_log(const char *const *args, int keep_log)
 {
     const char *argv[40];
     int n = 0;
@@ -208,7 +256,7 @@ static pid_t spawn_relay(const char *const *args)
     for (int i = 0; args[i] != NULL && n < 39; i++)
         argv[n++] = args[i];
     argv[n] = NULL;
-    if (ftruncate(g_log_fd, 0) != 0 || lseek(g_log_fd, 0, SEEK_SET) != 0) {
+    if (!keep_log && (ftruncate(g_log_fd, 0) != 0 || lseek(g_log_fd, 0, SEEK_SET) != 0)) {
         fprintf(stderr, "bench: cannot empty %s: %s\n", g_log_path, strerror(errno));
         return -1;
     }
@@ -231,6 +279,11 @@ static pid_t spawn_relay(const char *const *args)
     if (pid < 0)
         fprintf(stderr, "bench: fork: %s\n", strerror(errno));
     return pid;
+}
+
+static pid_t spawn_relay(const char *const *args)
+{
+    return spawn_relay_log(args, 0);
 }
 
 static long vm_hwm_kib(pid_t pid)
@@ -331,6 +384,32 @@ static int relay_log_report(const char *what)
     return errors;
 }
 
+/* How many live shard leases holder holds, into *n; 0 or -1. */
+static int lease_count(PGconn *conn, const char *holder, long *n)
+{
+    long long v = -1;
+    if (bench_query_ll(conn,
+                       "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
+                       "AND holder = $1 AND expires_at > now()",
+                       holder, &v) != 0)
+        return -1;
+    *n = (long)v;
+    return 0;
+}
+
+/* Rows of topic still in ferry.outbox once they are gone or timeout_ms
+ * passed (-1 if the count failed). */
+static long long await_outbox_empty(PGconn *conn, const char *topic, int timeout_ms)
+{
+    long long left = -1;
+    int64_t deadline = clk_mono_us() + (int64_t)timeout_ms * 1000;
+    while (bench_query_ll(conn, "SELECT count(*) FROM ferry.outbox WHERE topic = $1", topic,
+                          &left) == 0 &&
+           left > 0 && clk_mono_us() < deadline)
+        clk_sleep_ms(20);
+    return left;
+}
+
 /* Wait until holder holds all the shard leases. */
 static int await_leases(PGconn *conn, const char *holder, int shards)
 {
@@ -406,12 +485,33 @@ typedef struct consumer {
     int64_t *recv_us;           /* ... and when it arrived; 0 until then */
     int64_t *create_us;         /* ... and its Kafka timestamp (CreateTime: when the
                                    producer was handed it), in whole ms */
+    int32_t *part;              /* ... and the partition it came from */
+    long nkeys;                 /* keys "k-0" .. "k-(nkeys-1)" are order-checked */
+    int64_t *last_seq;          /* per key: the last ferry_seq header seen, 0 = none */
     atomic_long received;
+    atomic_long per_part[TOPIC_PARTITIONS];   /* measured messages per partition */
     atomic_int primed;          /* the probe arrived */
     atomic_int stop;
     long duplicates, strays;
+    long order_errors;          /* a key's ferry_seq not one more than the last one seen */
+    long errors_seen;           /* consumer errors (broker down, no leader): shown up to 3 */
     char error[512];
 } consumer;
+
+/* librdkafka's log lines of the consumers: during an injected fault they
+ * come by the dozen (each also arrives as an error event, counted); show
+ * the first few of the whole run. */
+static atomic_int g_consumer_log_lines;
+
+static void consumer_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    int n = atomic_fetch_add(&g_consumer_log_lines, 1);
+    if (n < 3)
+        fprintf(stderr, "bench: consumer log %d %s: %s\n", level, fac, buf);
+    else if (n == 3)
+        fprintf(stderr, "bench: consumer log: more lines not shown\n");
+}
 
 static void *consumer_main(void *arg)
 {
@@ -422,11 +522,16 @@ static void *consumer_main(void *arg)
     if (bench_kconf_set(conf, "bootstrap.servers", c->bootstrap) ||
         bench_kconf_set(conf, "group.id", group) || bench_kconf_set(conf, "enable.auto.commit", "false") ||
         bench_kconf_set(conf, "enable.partition.eof", "false") ||
-        bench_kconf_set(conf, "fetch.wait.max.ms", "1")) {
+        bench_kconf_set(conf, "fetch.wait.max.ms", "1") ||
+        /* Back after an outage as soon as the relay is: the default backoff
+         * grows to 10 s, which would time the consumer, not the relay. */
+        bench_kconf_set(conf, "reconnect.backoff.ms", "10") ||
+        bench_kconf_set(conf, "reconnect.backoff.max.ms", "100")) {
         rd_kafka_conf_destroy(conf);
         snprintf(c->error, sizeof c->error, "consumer configuration refused");
         return NULL;
     }
+    rd_kafka_conf_set_log_cb(conf, consumer_log);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
@@ -451,12 +556,41 @@ static void *consumer_main(void *arg)
         if (m == NULL)
             continue;
         if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            fprintf(stderr, "bench: consumer of %s: %s\n", c->topic, rd_kafka_message_errstr(m));
+            /* Expected while a fault is injected: show a few, count all. */
+            if (c->errors_seen++ < 3)
+                fprintf(stderr, "bench: consumer of %s: %s\n", c->topic,
+                        rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
             continue;
         }
         rd_kafka_timestamp_type_t tstype;
         int64_t created_ms = rd_kafka_message_timestamp(m, &tstype);
+        int32_t partition = m->partition;
+        /* The key's position: ferry_seq, present on the relay's messages. */
+        long key = -1;
+        int64_t seq = 0;
+        if (m->key != NULL && m->key_len > 2 && m->key_len < 24 &&
+            memcmp(m->key, "k-", 2) == 0) {
+            char kbuf[24];
+            memcpy(kbuf, m->key, m->key_len);
+            kbuf[m->key_len] = '\0';
+            char *end;
+            key = strtol(kbuf + 2, &end, 10);
+            if (*end != '\0' || key < 0 || key >= c->nkeys)
+                key = -1;
+        }
+        rd_kafka_headers_t *hdrs = NULL;
+        const void *hv = NULL;
+        size_t hlen = 0;
+        if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            rd_kafka_header_get_last(hdrs, "ferry_seq", &hv, &hlen) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            hv != NULL && hlen > 0 && hlen < 24) {
+            char sbuf[24];
+            memcpy(sbuf, hv, hlen);
+            sbuf[hlen] = '\0';
+            seq = strtoll(sbuf, NULL, 10);
+        }
         char text[256];
         size_t len = m->len < sizeof text - 1 ? m->len : sizeof text - 1;
         memcpy(text, m->payload ? m->payload : "", m->payload ? len : 0);
@@ -469,16 +603,30 @@ static void *consumer_main(void *arg)
         }
         long n = strtol(pn + 5, NULL, 10);
         long long t = strtoll(pt + 8, NULL, 10);
+        int dup = n >= 0 && n < c->expected && c->recv_us[n] != 0;
+        /* Per-key order: a key's positions arrive one after the other,
+         * none skipped, none repeated (a duplicate is counted as such). */
+        if (key >= 0 && seq > 0 && !dup) {
+            if (c->last_seq[key] != 0 && seq != c->last_seq[key] + 1) {
+                if (c->order_errors++ < 3)
+                    fprintf(stderr, "bench: consumer of %s: key k-%ld position %lld after %lld\n",
+                            c->topic, key, (long long)seq, (long long)c->last_seq[key]);
+            }
+            c->last_seq[key] = seq;
+        }
         if (n == -1) {
             atomic_store(&c->primed, 1);
         } else if (n < 0 || n >= c->expected) {
             c->strays++;
-        } else if (c->recv_us[n] != 0) {
+        } else if (dup) {
             c->duplicates++;
         } else {
             c->sent_us[n] = t;
             c->recv_us[n] = now;
             c->create_us[n] = tstype == RD_KAFKA_TIMESTAMP_CREATE_TIME ? created_ms * 1000 : 0;
+            c->part[n] = partition;
+            if (partition >= 0 && partition < TOPIC_PARTITIONS)
+                atomic_fetch_add(&c->per_part[partition], 1);
             atomic_fetch_add(&c->received, 1);
         }
     }
@@ -492,20 +640,28 @@ static void consumer_free(consumer *c)
     free(c->sent_us);
     free(c->recv_us);
     free(c->create_us);
+    free(c->part);
+    free(c->last_seq);
     c->sent_us = c->recv_us = c->create_us = NULL;
+    c->part = NULL;
+    c->last_seq = NULL;
 }
 
 static int consumer_start(consumer *c, pthread_t *tid, const char *bootstrap,
-                          const char *topic, long expected)
+                          const char *topic, long expected, long nkeys)
 {
     memset(c, 0, sizeof *c);
     c->bootstrap = bootstrap;
     c->topic = topic;
     c->expected = expected;
+    c->nkeys = nkeys;
     c->sent_us = calloc((size_t)expected, sizeof *c->sent_us);
     c->recv_us = calloc((size_t)expected, sizeof *c->recv_us);
     c->create_us = calloc((size_t)expected, sizeof *c->create_us);
-    if (c->sent_us == NULL || c->recv_us == NULL || c->create_us == NULL) {
+    c->part = calloc((size_t)expected, sizeof *c->part);
+    c->last_seq = calloc((size_t)nkeys, sizeof *c->last_seq);
+    if (c->sent_us == NULL || c->recv_us == NULL || c->create_us == NULL || c->part == NULL ||
+        c->last_seq == NULL) {
         fprintf(stderr, "bench: out of memory\n");
         consumer_free(c);
         return -1;
@@ -547,7 +703,8 @@ typedef struct dist {
 } dist;
 
 typedef struct lat_result {
-    long scheduled, sent, received, duplicates, strays;
+    long scheduled, sent, received, duplicates, strays, order_errors;
+    int rate;                   /* messages per second offered */
     dist total;                 /* the time in the payload -> receipt */
     dist commit;                /* relay only: that time -> COMMIT acknowledged */
     dist after;                 /* relay only: COMMIT acknowledged -> receipt */
@@ -584,6 +741,7 @@ static int lat_summarize(const consumer *c, const int64_t *ack_us, lat_result *r
     r->received = atomic_load(&c->received);
     r->duplicates = c->duplicates;
     r->strays = c->strays;
+    r->order_errors = c->order_errors;
     size_t cap = (size_t)(r->received > 0 ? r->received : 1);
     double *tot = malloc(cap * sizeof *tot), *com = malloc(cap * sizeof *com),
            *aft = malloc(cap * sizeof *aft), *pick = malloc(cap * sizeof *pick),
@@ -636,6 +794,9 @@ typedef struct emitter {
     int failed;
     int64_t *ack_us;            /* per message: when its COMMIT was acknowledged */
     long total;
+    const char *topic;
+    int rate;                   /* messages per second emit_paced offers */
+    atomic_int stop;            /* emit_paced ends early when set (another thread) */
 } emitter;
 
 /* Collect finished transactions, waiting up to timeout_us (-1: until one
@@ -705,7 +866,7 @@ static int emitter_send(emitter *em, long n)
     snprintf(sql, sizeof sql,
              "BEGIN; SELECT ferry.emit('%s', 'k-%ld', 'BenchLatency', "
              "'{\"n\": %ld, \"pad\": \"%s\", \"t_us\": %lld}'); COMMIT",
-             LAT_TOPIC, n < 0 ? 0 : n % LAT_KEYS, n, PAD, t);
+             em->topic, n < 0 ? 0 : n % LAT_KEYS, n, PAD, t);
     if (!PQsendQuery(em->conns[i], sql)) {
         fprintf(stderr, "bench: emit: %s", PQerrorMessage(em->conns[i]));
         em->failed = 1;
@@ -717,17 +878,18 @@ static int emitter_send(emitter *em, long n)
     return 0;
 }
 
-/* Send messages 0 .. total-1 at LAT_RATE per second, by absolute
- * deadlines: message i is due at t0 + i / LAT_RATE. The schedule ends at
- * t0 + total / LAT_RATE whatever happened: a sender that fell behind (all
- * its connections busy) sends fewer than total messages, and says so. */
+/* Send messages 0 .. total-1 at em->rate per second, by absolute
+ * deadlines: message i is due at t0 + i / rate. The schedule ends at
+ * t0 + total / rate whatever happened: a sender that fell behind (all
+ * its connections busy) sends fewer than total messages, and says so.
+ * Setting em->stop ends it early. */
 static int emit_paced(emitter *em, long total, lat_result *r)
 {
-    const double period_us = 1e6 / LAT_RATE;
+    const double period_us = 1e6 / em->rate;
     int64_t t0 = clk_mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
     long i = 0;
     double max_lag = 0;
-    while (i < total && !em->failed) {
+    while (i < total && !em->failed && !atomic_load(&em->stop)) {
         int64_t due = t0 + (int64_t)((double)i * period_us), now = clk_mono_us();
         if (now >= end)
             break;
@@ -763,20 +925,59 @@ static void consumer_stop(consumer *c, pthread_t tid)
     pthread_join(tid, NULL);
 }
 
-/* Latency through the relay: a relay daemon, the consumer, the emitter. */
-static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
-                         double seconds, lat_result *r, proc_result *relay_pr)
+/* An emitter of messages 0 .. total-1 to topic at rate per second, its
+ * pool connected; emitter_close frees it (also after a failure here). */
+static int emitter_open(emitter *em, fpg *pg, const char *topic, int rate, long total)
 {
-    memset(r, 0, sizeof *r);
-    long total = (long)(seconds * LAT_RATE);
-    emitter em;
-    memset(&em, 0, sizeof em);
-    em.total = total;
-    em.ack_us = calloc((size_t)total, sizeof *em.ack_us);
-    if (em.ack_us == NULL) {
+    memset(em, 0, sizeof *em);
+    em->total = total;
+    em->topic = topic;
+    em->rate = rate;
+    em->ack_us = calloc((size_t)(total > 0 ? total : 1), sizeof *em->ack_us);
+    if (em->ack_us == NULL) {
         fprintf(stderr, "bench: out of memory\n");
         return -1;
     }
+    for (int i = 0; i < EMIT_CONNS; i++)
+        if ((em->conns[i] = fpg_connect(pg)) == NULL)
+            return -1;
+    return 0;
+}
+
+static void emitter_close(emitter *em)
+{
+    for (int i = 0; i < EMIT_CONNS; i++)
+        PQfinish(em->conns[i]);
+    memset(em->conns, 0, sizeof em->conns);
+    free(em->ack_us);
+    em->ack_us = NULL;
+}
+
+/* Prime the whole path (the relay's topic metadata, the consumer's fetch
+ * loop) with one probe message (n = -1, key k-0), not measured. */
+static int emit_probe(emitter *em, consumer *c, const char *what)
+{
+    if (emitter_send(em, -1) != 0)
+        return -1;
+    while (em->nbusy > 0 && !em->failed)
+        emitter_collect(em, 1000000);
+    if (em->failed || await_flag(c, &c->primed, ARRIVAL_TIMEOUT_MS, what) != 0)
+        return -1;
+    return 0;
+}
+
+/* Latency through the relay at rate messages/s: a relay daemon, the
+ * consumer, the emitter. */
+static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards, int rate,
+                         double seconds, lat_result *r, proc_result *relay_pr)
+{
+    memset(r, 0, sizeof *r);
+    r->rate = rate;
+    long total = (long)(seconds * rate);
+    char topic[64];
+    snprintf(topic, sizeof topic, LAT_TOPIC_FMT, rate);
+    emitter em;
+    memset(&em, 0, sizeof em);
     consumer c;
     pthread_t tid;
     int rc = -1;
@@ -785,29 +986,19 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
                           "--holder", "bench-latency", "--set", "log_level=warn", NULL};
     int64_t spawned = clk_mono_us();
     pid_t pid = spawn_relay(args);
-    if (pid < 0) {
-        free(em.ack_us);
+    if (pid < 0)
         return -1;
-    }
     if (await_leases(admin, "bench-latency", shards) != 0)
         goto out_relay;
-    for (int i = 0; i < EMIT_CONNS; i++)
-        if ((em.conns[i] = fpg_connect(pg)) == NULL)
-            goto out_conns;
-    if (consumer_start(&c, &tid, bootstrap, LAT_TOPIC, total) != 0)
+    if (emitter_open(&em, pg, topic, rate, total) != 0)
         goto out_conns;
-
-    /* Prime the whole path (relay's topic metadata, consumer's fetch loop)
-     * with one probe message, not measured. */
-    if (emitter_send(&em, -1) != 0)
-        goto out_consumer;
-    while (em.nbusy > 0 && !em.failed)
-        emitter_collect(&em, 1000000);
-    if (em.failed || await_flag(&c, &c.primed, ARRIVAL_TIMEOUT_MS, "probe via the relay") != 0)
+    if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out_conns;
+    if (emit_probe(&em, &c, "probe via the relay") != 0)
         goto out_consumer;
 
     fprintf(stderr, "bench: latency via the relay: %ld messages at %d/s on %d connections\n",
-            total, LAT_RATE, EMIT_CONNS);
+            total, rate, EMIT_CONNS);
     if (emit_paced(&em, total, r) != 0)
         goto out_consumer;
     if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
@@ -820,8 +1011,7 @@ out_consumer:
         rc = lat_summarize(&c, em.ack_us, r);
     consumer_free(&c);
 out_conns:
-    for (int i = 0; i < EMIT_CONNS; i++)
-        PQfinish(em.conns[i]);
+    emitter_close(&em);
 out_relay:
     /* Everything delivered must also be acknowledged. */
     if (rc == 0) {
@@ -836,7 +1026,6 @@ out_relay:
             rc = -1;
         }
     }
-    free(em.ack_us);
     stop_relay(pid, spawned, relay_pr);
     if (relay_log_report("latency") > 0 && rc == 0)
         rc = -1;
@@ -854,14 +1043,14 @@ static void on_direct_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void
         (*(long *)opaque)++;
 }
 
-static int produce_direct(rd_kafka_t *rk, long n)
+static int produce_direct(rd_kafka_t *rk, const char *topic, long n)
 {
     char key[24], value[256];
     snprintf(key, sizeof key, "k-%ld", n < 0 ? 0 : n % LAT_KEYS);
     int len = snprintf(value, sizeof value, "{\"n\": %ld, \"pad\": \"%s\", \"t_us\": %lld}", n,
                        PAD, (long long)real_us());
     rd_kafka_resp_err_t err;
-    while ((err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(DIRECT_TOPIC),
+    while ((err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
                                     RD_KAFKA_V_KEY(key, strlen(key)),
                                     RD_KAFKA_V_VALUE(value, (size_t)len),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END)) ==
@@ -877,10 +1066,13 @@ static int produce_direct(rd_kafka_t *rk, long n)
 /* The baseline: a producer writing straight to the broker at the same
  * rate, with the relay's producer settings (idempotent, acks=all,
  * linger.ms=2), so that the difference is what the database path adds. */
-static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
+static int latency_direct(const char *bootstrap, int rate, double seconds, lat_result *r)
 {
     memset(r, 0, sizeof *r);
-    long total = (long)(seconds * LAT_RATE), failed = 0;
+    r->rate = rate;
+    long total = (long)(seconds * rate), failed = 0;
+    char topic[64];
+    snprintf(topic, sizeof topic, DIRECT_TOPIC_FMT, rate);
     /* As the relay produces: idempotent, acks=all, Java's partitioner. */
     rd_kafka_t *rk = bench_relay_like_producer(bootstrap, "2", on_direct_delivery, &failed);
     if (rk == NULL)
@@ -888,15 +1080,15 @@ static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
     int rc = -1;
     consumer c;
     pthread_t tid;
-    if (consumer_start(&c, &tid, bootstrap, DIRECT_TOPIC, total) != 0)
+    if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
         goto out_producer;
-    if (produce_direct(rk, -1) != 0 || rd_kafka_flush(rk, 10000) != 0 ||
+    if (produce_direct(rk, topic, -1) != 0 || rd_kafka_flush(rk, 10000) != 0 ||
         await_flag(&c, &c.primed, ARRIVAL_TIMEOUT_MS, "probe via the direct producer") != 0)
         goto out_consumer;
 
     fprintf(stderr, "bench: latency of the direct producer: %ld messages at %d/s\n", total,
-            LAT_RATE);
-    const double period_us = 1e6 / LAT_RATE;
+            rate);
+    const double period_us = 1e6 / rate;
     int64_t t0 = clk_mono_us() + 1000, last = t0, end = t0 + (int64_t)((double)total * period_us);
     double max_lag = 0;
     r->scheduled = total;
@@ -908,7 +1100,7 @@ static int latency_direct(const char *bootstrap, double seconds, lat_result *r)
         int64_t now = clk_mono_us();
         if (now >= end)
             break;
-        if (produce_direct(rk, i) != 0)
+        if (produce_direct(rk, topic, i) != 0)
             goto out_consumer;
         double lag = (double)(now - due) / 1000.0;
         max_lag = lag > max_lag ? lag : max_lag;
@@ -933,6 +1125,487 @@ out_consumer:
     consumer_free(&c);
 out_producer:
     rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- faults and scale-out */
+
+/* A writer thread: emit_paced on its own emitter until its schedule ends
+ * or em.stop is set. */
+typedef struct writer {
+    emitter em;
+    lat_result r;
+    pthread_t tid;
+    int rc;
+} writer;
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    w->rc = emit_paced(&w->em, w->em.total, &w->r);
+    return NULL;
+}
+
+/* Which partition the relay's partitioner (murmur2_random: murmur2 for a
+ * key, as Java's client) puts key on. */
+static int32_t key_partition(const char *key)
+{
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, strlen(key), TOPIC_PARTITIONS, NULL,
+                                            NULL);
+}
+
+/* Check a finished run read by c: every one of want messages arrived once,
+ * each key's positions in order. 0, or -1 with the reason on stderr. */
+static int check_delivery(const consumer *c, long want, const char *what)
+{
+    long got = atomic_load(&c->received);
+    if (got == want && c->duplicates == 0 && c->order_errors == 0 && c->strays == 0)
+        return 0;
+    fprintf(stderr, "bench: %s: %ld of %ld messages arrived, %ld duplicates, %ld strays, "
+                    "%ld out of key order\n", what, got, want, c->duplicates, c->strays,
+            c->order_errors);
+    return -1;
+}
+
+/* The leaderless-partition runs: writers emit LL_RATE msgs/s over LAT_KEYS
+ * keys for LL_SECONDS to a running relay; once without a fault, once with
+ * partition LL_PARTITION leaderless from before the first write. Healthy
+ * keys: those on the other partitions. Steady writes, not a preloaded
+ * backlog: rows committed while a partition is stuck are what a relay
+ * that waits for "nothing in flight" never fetches. */
+typedef struct ll_result {
+    long healthy[2];            /* messages of healthy keys sent ([0] no fault, [1] fault) */
+    long healthy_got[2];        /* ... of those received within the window */
+    double window_s[2];         /* first send -> the last of them received, or the end of
+                                   the sends + LL_GRACE_MS when they did not all arrive */
+    double healthy_rate[2];     /* healthy_got / window_s */
+    long sent[2];
+    int complete_fault;         /* every healthy message arrived within the window */
+    double recover_s;           /* leader restored -> every message arrived (or -1) */
+} ll_result;
+
+static int leaderless_one(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                          int fault, int32_t *key_part, ll_result *res)
+{
+    char topic[64];
+    snprintf(topic, sizeof topic, "bench.leaderless.%s", fault ? "fault" : "clean");
+    if (kt_command(kb, "topic-create %s %d 1", topic, TOPIC_PARTITIONS) != 0)
+        return -1;
+    long total = (long)LL_RATE * LL_SECONDS;
+    emitter em;
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t tid;
+    int rc = -1, leaderless = 0, consuming = 0;
+    lat_result r;
+    memset(&r, 0, sizeof r);
+    if (emitter_open(&em, pg, topic, LL_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    /* The probe (key k-0, on a healthy partition: checked below) lets the
+     * relay learn the topic and its leaders before the fault. */
+    if (emit_probe(&em, &c, "leaderless probe") != 0)
+        goto out;
+    if (fault && kt_command(kb, "leader %s %d -1", topic, LL_PARTITION) != 0) {
+        fprintf(stderr, "bench: devkafka refused to take the leader of %s/%d away\n", topic,
+                LL_PARTITION);
+        goto out;
+    }
+    leaderless = fault;
+
+    fprintf(stderr, "bench: leaderless: %ld messages at %d/s over %d keys, %s\n", total,
+            LL_RATE, LAT_KEYS, fault ? "partition 0 without a leader" : "no fault");
+    int64_t started = real_us();
+    if (emit_paced(&em, total, &r) != 0)
+        goto out;
+    int64_t ended_mono = clk_mono_us();
+    long healthy = 0;
+    for (long n = 0; n < r.sent; n++)
+        healthy += key_part[n % LAT_KEYS] != LL_PARTITION;
+    res->healthy[fault] = healthy;
+    res->sent[fault] = r.sent;
+
+    /* Healthy keys' messages, bounded: missing ones count against the rate. */
+    int64_t deadline = ended_mono + (int64_t)(fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) * 1000;
+    long got = 0;
+    for (;;) {
+        got = 0;
+        for (int p = 0; p < TOPIC_PARTITIONS; p++)
+            if (p != LL_PARTITION)
+                got += atomic_load(&c.per_part[p]);
+        if (got >= healthy || clk_mono_us() >= deadline)
+            break;
+        clk_sleep_ms(5);
+    }
+    int complete = got >= healthy;
+    int64_t last = started;
+    for (long n = 0; n < r.sent; n++)
+        if (c.recv_us[n] != 0 && c.part[n] != LL_PARTITION && c.recv_us[n] > last)
+            last = c.recv_us[n];
+    double window = complete ? (double)(last - started) / 1e6
+                             : r.seconds + (fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) / 1000.0;
+    if (window <= 0)
+        window = 1e-6;
+    res->healthy_got[fault] = got;
+    res->window_s[fault] = window;
+    res->healthy_rate[fault] = (double)got / window;
+    if (!complete)
+        fprintf(stderr, "bench: leaderless (%s): only %ld of %ld healthy-key messages arrived "
+                        "within %.1f s of the last send\n", fault ? "fault" : "no fault", got,
+                healthy, (fault ? LL_GRACE_MS : LL_CLEAN_BOUND_MS) / 1000.0);
+    if (fault) {
+        res->complete_fault = complete;
+        int64_t restored = real_us();
+        if (kt_command(kb, "leader %s %d 1", topic, LL_PARTITION) != 0)
+            goto out;
+        leaderless = 0;
+        fprintf(stderr, "bench: leaderless: leader restored; waiting for every message\n");
+        if (await_all(&c, r.sent, LL_RECOVER_BOUND_MS) == 0) {
+            int64_t t = restored;
+            for (long n = 0; n < r.sent; n++)
+                t = c.recv_us[n] > t ? c.recv_us[n] : t;
+            res->recover_s = (double)(t - restored) / 1e6;
+        } else {
+            res->recover_s = -1;
+            fprintf(stderr, "bench: leaderless: not every message arrived within %d s of the "
+                            "leader's return\n", LL_RECOVER_BOUND_MS / 1000);
+        }
+    } else if (await_all(&c, r.sent, LL_CLEAN_BOUND_MS) != 0) {
+        fprintf(stderr, "bench: leaderless (no fault): not every message arrived within %d s\n",
+                LL_CLEAN_BOUND_MS / 1000);
+    }
+    consumer_stop(&c, tid);
+    consuming = 0;
+    rc = check_delivery(&c, r.sent, fault ? "leaderless (fault)" : "leaderless (no fault)");
+    /* The keys' partitions are murmur2's by the relay's configuration; if
+     * they are not, say so and count healthy keys by where they went. */
+    long moved = 0;
+    for (long n = 0; n < r.sent; n++)
+        if (c.recv_us[n] != 0 && c.part[n] != key_part[n % LAT_KEYS]) {
+            moved++;
+            key_part[n % LAT_KEYS] = c.part[n];
+        }
+    if (moved > 0)
+        fprintf(stderr, "bench: leaderless: %ld messages were not on murmur2's partition%s\n",
+                moved, fault ? "; this run's healthy count is off" : "");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: leaderless: %lld rows of %s left in ferry.outbox\n", left, topic);
+        rc = -1;
+    }
+out:
+    if (leaderless)
+        kt_command(kb, "leader %s %d 1", topic, LL_PARTITION);
+    if (consuming)
+        consumer_stop(&c, tid);
+    consumer_free(&c);
+    emitter_close(&em);
+    return rc;
+}
+
+static int leaderless_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                            int shards, ll_result *res)
+{
+    memset(res, 0, sizeof *res);
+    int32_t key_part[LAT_KEYS];
+    for (int k = 0; k < LAT_KEYS; k++) {
+        char key[24];
+        snprintf(key, sizeof key, "k-%d", k);
+        key_part[k] = key_partition(key);
+    }
+    if (key_part[0] == LL_PARTITION) {  /* the probe's key must stay healthy */
+        fprintf(stderr, "bench: leaderless: key k-0 is on partition %d\n", LL_PARTITION);
+        return -1;
+    }
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-leaderless", "--set", "log_level=warn", NULL};
+    int64_t spawned = clk_mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    int rc = await_leases(admin, "bench-leaderless", shards);
+    if (rc == 0)
+        rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
+    if (rc == 0)
+        rc = leaderless_one(pg, admin, kb, bootstrap, 1, key_part, res);
+    proc_result pr;
+    stop_relay(pid, spawned, &pr);
+    relay_log_report("leaderless");     /* errors while a fault lasts are no failure */
+    if (pr.status != 0) {
+        fprintf(stderr, "bench: the leaderless relay exited with status %d\n", pr.status);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Scale-out: relay A holds every shard, writers emit SCALE_RATE msgs/s;
+ * then relay B starts. How long until B holds its share? */
+typedef struct scale_result {
+    double share_s;             /* B's start -> B holds its share (or the bound) */
+    int happened;
+    long want, b_final, a_final;
+    long sent;
+    double emit_rate;
+} scale_result;
+
+static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
+                           scale_result *res)
+{
+    memset(res, 0, sizeof *res);
+    res->want = (shards + 1) / 2;
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "lease_ttl_ms=%d", SCALE_LEASE_TTL_MS);
+    const char *args_a[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
+                            "bench-scale-a", "--set", "log_level=warn", "--set", ttl, NULL};
+    const char *args_b[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
+                            "bench-scale-b", "--set", "log_level=warn", "--set", ttl, NULL};
+    static const char topic[] = "bench.scaleout";
+    long total = (long)SCALE_RATE * (SCALE_WARM_MS + SCALE_BOUND_MS + SCALE_TAIL_MS) / 1000;
+    writer w;
+    memset(&w, 0, sizeof w);
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t ctid;
+    int rc = -1, writing = 0, consuming = 0;
+    pid_t pid_b = -1;
+    int64_t spawned_b = 0;
+
+    int64_t spawned_a = clk_mono_us();
+    pid_t pid_a = spawn_relay(args_a);
+    if (pid_a < 0)
+        return -1;
+    if (await_leases(admin, "bench-scale-a", shards) != 0)
+        goto out;
+    if (emitter_open(&w.em, pg, topic, SCALE_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    if (emit_probe(&w.em, &c, "scale-out probe") != 0)
+        goto out;
+    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        goto out;
+    }
+    writing = 1;
+    fprintf(stderr, "bench: scale-out: relay A holds %d shards, writers at %d msgs/s; relay B "
+                    "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
+            SCALE_WARM_MS / 1000.0, SCALE_LEASE_TTL_MS);
+    clk_sleep_ms(SCALE_WARM_MS);         /* the load, steady before B comes */
+    spawned_b = clk_mono_us();
+    pid_b = spawn_relay_log(args_b, 1);
+    if (pid_b < 0)
+        goto out;
+    int64_t deadline = spawned_b + (int64_t)SCALE_BOUND_MS * 1000;
+    long held = 0;
+    for (;;) {
+        if (lease_count(admin, "bench-scale-b", &held) != 0)
+            goto out;
+        if (held >= res->want) {
+            res->happened = 1;
+            res->share_s = (double)(clk_mono_us() - spawned_b) / 1e6;
+            break;
+        }
+        if (clk_mono_us() >= deadline || w.em.failed)
+            break;
+        clk_sleep_ms(20);
+    }
+    if (!res->happened) {
+        res->share_s = SCALE_BOUND_MS / 1000.0;
+        fprintf(stderr, "bench: scale-out: relay B did not get its share within %d s (holds %ld "
+                        "of the %ld it should)\n", SCALE_BOUND_MS / 1000, held, res->want);
+    } else {
+        fprintf(stderr, "bench: scale-out: relay B holds %ld shards %.2f s after its start\n",
+                held, res->share_s);
+        clk_sleep_ms(SCALE_TAIL_MS);     /* both relays publishing under the load */
+    }
+    atomic_store(&w.em.stop, 1);
+    pthread_join(w.tid, NULL);
+    writing = 0;
+    if (w.rc != 0)
+        goto out;
+    res->sent = w.r.sent;
+    res->emit_rate = w.r.seconds > 0 ? (double)w.r.sent / w.r.seconds : 0;
+    if (await_all(&c, w.r.sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: scale-out: not every message arrived within %d s\n",
+                ARRIVAL_TIMEOUT_MS / 1000);
+    consumer_stop(&c, ctid);
+    consuming = 0;
+    rc = check_delivery(&c, w.r.sent, "scale-out");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: scale-out: %lld rows left in ferry.outbox\n", left);
+        rc = -1;
+    }
+    if (lease_count(admin, "bench-scale-a", &res->a_final) != 0 ||
+        lease_count(admin, "bench-scale-b", &res->b_final) != 0)
+        rc = -1;
+out:
+    if (writing) {
+        atomic_store(&w.em.stop, 1);
+        pthread_join(w.tid, NULL);
+    }
+    if (consuming)
+        consumer_stop(&c, ctid);
+    consumer_free(&c);
+    emitter_close(&w.em);
+    proc_result pr_a, pr_b;
+    if (pid_b > 0) {
+        stop_relay(pid_b, spawned_b, &pr_b);
+        if (pr_b.status != 0) {
+            fprintf(stderr, "bench: scale-out relay B exited with status %d\n", pr_b.status);
+            rc = -1;
+        }
+    }
+    stop_relay(pid_a, spawned_a, &pr_a);
+    if (pr_a.status != 0) {
+        fprintf(stderr, "bench: scale-out relay A exited with status %d\n", pr_a.status);
+        rc = -1;
+    }
+    if (relay_log_report("scale-out") > 0)
+        rc = -1;
+    return rc;
+}
+
+/* Broker outage: a relay with a trickle of writes, every broker down for
+ * OUTAGE_MS, then back. How long from their return to the first publish? */
+typedef struct outage_result {
+    double resume_s;            /* brokers up -> the first row acknowledged (deleted) after */
+    double resume_consumer_s;   /* brokers up -> the consumer's first receipt after */
+    int happened;
+    long queued;                /* rows waiting when the brokers came back */
+    long sent;
+} outage_result;
+
+static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *bootstrap,
+                        int shards, outage_result *res)
+{
+    memset(res, 0, sizeof *res);
+    static const char topic[] = "bench.outage";
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
+                          "--holder", "bench-outage", "--set", "log_level=warn", NULL};
+    long total = (long)OUTAGE_RATE *
+                 (OUTAGE_WARM_MS + OUTAGE_MS + OUTAGE_BOUND_MS + OUTAGE_TAIL_MS) / 1000;
+    writer w;
+    memset(&w, 0, sizeof w);
+    consumer c;
+    memset(&c, 0, sizeof c);
+    pthread_t ctid;
+    int rc = -1, writing = 0, consuming = 0, down = 0;
+
+    int64_t spawned = clk_mono_us();
+    pid_t pid = spawn_relay(args);
+    if (pid < 0)
+        return -1;
+    if (await_leases(admin, "bench-outage", shards) != 0)
+        goto out;
+    if (emitter_open(&w.em, pg, topic, OUTAGE_RATE, total) != 0)
+        goto out;
+    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        goto out;
+    consuming = 1;
+    if (emit_probe(&w.em, &c, "outage probe") != 0)
+        goto out;
+    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        goto out;
+    }
+    writing = 1;
+    clk_sleep_ms(OUTAGE_WARM_MS);
+    fprintf(stderr, "bench: outage: all %d broker(s) down for %.1f s, writers at %d msgs/s\n",
+            KAFKA_BROKERS, OUTAGE_MS / 1000.0, OUTAGE_RATE);
+    for (int b = 1; b <= KAFKA_BROKERS; b++) {
+        if (kt_command(kb, "down %d", b) != 0)
+            goto out;
+        down = b;
+    }
+    clk_sleep_ms(OUTAGE_MS);             /* the outage itself */
+    /* The rows committed so far (created by then; a later commit with an
+     * earlier created_at only adds to the count): one of them gone or
+     * marked = acknowledged after delivery = published. */
+    char upto[64] = "";
+    if (bench_query_text(admin, "SELECT coalesce(max(created_at), now())::text FROM ferry.outbox",
+                         0, NULL, upto, sizeof upto) != 0)
+        goto out;
+    static const char waiting_sql[] =
+        "SELECT count(*) FROM ferry.outbox WHERE topic = 'bench.outage' "
+        "AND created_at <= $1::timestamptz AND published_at IS NULL";
+    long long queued = -1, now_left = -1;
+    if (bench_query_ll(admin, waiting_sql, upto, &queued) != 0)
+        goto out;
+    res->queued = (long)queued;
+    int64_t up_real = real_us(), up_mono = clk_mono_us();
+    for (int b = 1; b <= KAFKA_BROKERS; b++) {
+        if (kt_command(kb, "up %d", b) != 0)
+            goto out;
+    }
+    down = 0;
+    int64_t deadline = up_mono + (int64_t)OUTAGE_BOUND_MS * 1000;
+    for (;;) {
+        if (bench_query_ll(admin, waiting_sql, upto, &now_left) != 0)
+            goto out;
+        if (now_left < queued) {
+            res->happened = 1;
+            res->resume_s = (double)(clk_mono_us() - up_mono) / 1e6;
+            break;
+        }
+        if (clk_mono_us() >= deadline)
+            break;
+        clk_sleep_ms(5);
+    }
+    if (queued == 0)
+        fprintf(stderr, "bench: outage: no row was waiting when the brokers came back\n");
+    if (!res->happened) {
+        res->resume_s = OUTAGE_BOUND_MS / 1000.0;
+        fprintf(stderr, "bench: outage: nothing was published within %d s of the brokers' "
+                        "return\n", OUTAGE_BOUND_MS / 1000);
+    } else {
+        fprintf(stderr, "bench: outage: first publish %.3f s after the brokers' return\n",
+                res->resume_s);
+        clk_sleep_ms(OUTAGE_TAIL_MS);
+    }
+    atomic_store(&w.em.stop, 1);
+    pthread_join(w.tid, NULL);
+    writing = 0;
+    if (w.rc != 0)
+        goto out;
+    res->sent = w.r.sent;
+    if (await_all(&c, w.r.sent, OUTAGE_DRAIN_BOUND_MS) != 0)
+        fprintf(stderr, "bench: outage: not every message arrived within %d s\n",
+                OUTAGE_DRAIN_BOUND_MS / 1000);
+    consumer_stop(&c, ctid);
+    consuming = 0;
+    int64_t first = 0;
+    for (long n = 0; n < c.expected; n++)
+        if (c.recv_us[n] >= up_real && (first == 0 || c.recv_us[n] < first))
+            first = c.recv_us[n];
+    res->resume_consumer_s = first != 0 ? (double)(first - up_real) / 1e6 : -1;
+    rc = check_delivery(&c, w.r.sent, "outage");
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: outage: %lld rows left in ferry.outbox\n", left);
+        rc = -1;
+    }
+out:
+    for (int b = 1; b <= down; b++)
+        kt_command(kb, "up %d", b);
+    if (writing) {
+        atomic_store(&w.em.stop, 1);
+        pthread_join(w.tid, NULL);
+    }
+    if (consuming)
+        consumer_stop(&c, ctid);
+    consumer_free(&c);
+    emitter_close(&w.em);
+    proc_result pr;
+    stop_relay(pid, spawned, &pr);
+    relay_log_report("outage");         /* errors while the brokers are away are no failure */
+    if (pr.status != 0) {
+        fprintf(stderr, "bench: the outage relay exited with status %d\n", pr.status);
+        rc = -1;
+    }
     return rc;
 }
 
@@ -1141,6 +1814,62 @@ static double dist_field(const dist *d, size_t off)
     return *(const double *)(const void *)((const char *)d + off);
 }
 
+/* The latency table of one rate: via the relay r, direct d. */
+static void print_latency_table(const lat_result *r, const lat_result *d, const proc_result *pr,
+                                double fsync_ms)
+{
+    printf("\nlatency in ms: commit -> consumer receipt (an upper bound of commit -> delivery "
+           "report)\n");
+    printf("  one message per transaction, offered at %d messages/s for %.1f s by one emitter "
+           "thread\n  (%d connections); the time in the payload is taken just before BEGIN; "
+           "SELECT ferry.emit(...);\n  COMMIT goes out in one round trip, so \"total\" "
+           "includes the COMMIT, and splits into the\n  COMMIT round trip (until the emitter "
+           "has the reply) and what follows it (the relay's share).\n  The target, commit -> "
+           "delivery report, is read against \"after it\": a commit is acknowledged\n  when "
+           "its reply comes, and no relay can see the row sooner. \"total\" adds the "
+           "writer's statement\n  and COMMIT (WAL flush included), which the relay can only "
+           "slow down: watch \"COMMIT rt\" for that.\n", r->rate, r->seconds, EMIT_CONNS);
+    printf("  baseline: a producer writing straight to the broker at the same rate, with the "
+           "relay's\n  producer settings: produce -> receipt. Disk: an 8 kB write + fdatasync "
+           "took %.2f ms just before.\n", fsync_ms);
+    printf("  %-7s %41s %27s\n", "", "------------- via the relay -------------",
+           "-------- direct ---------");
+    printf("  %-7s %8s %10s %10s %10s %10s %13s %13s\n", "", "total", "COMMIT rt",
+           "after it", "= pickup", "+ to cons.", "total", "to consumer");
+    const struct {
+        const char *name;
+        size_t off;
+    } rows_[] = {{"p50", offsetof(dist, p50)}, {"p90", offsetof(dist, p90)},
+                 {"p99", offsetof(dist, p99)}, {"p99.9", offsetof(dist, p999)},
+                 {"max", offsetof(dist, max)}, {"mean", offsetof(dist, mean)}};
+    for (size_t i = 0; i < sizeof rows_ / sizeof rows_[0]; i++)
+        printf("  %-7s %8.2f %10.2f %10.2f %10.2f %10.2f %13.2f %13.2f%s\n", rows_[i].name,
+               dist_field(&r->total, rows_[i].off),
+               dist_field(&r->commit, rows_[i].off),
+               dist_field(&r->after, rows_[i].off),
+               dist_field(&r->pickup, rows_[i].off),
+               dist_field(&r->produced, rows_[i].off),
+               dist_field(&d->total, rows_[i].off),
+               dist_field(&d->produced, rows_[i].off),
+               rows_[i].off == offsetof(dist, p50)   ? "  (target: total <= 3)"
+               : rows_[i].off == offsetof(dist, p99) ? "  (target: total <= 10)"
+                                                     : "");
+    printf("  total: the time in the payload -> receipt. COMMIT rt: that time -> the emitter "
+           "has COMMIT's reply.\n  after it: COMMIT's reply -> receipt, = pickup: -> the "
+           "relay's produce() call, + to cons.: produce()\n  -> receipt (both by the message's "
+           "Kafka CreateTime, whole ms, so each is +-1 ms).\n");
+    printf("  received/sent/scheduled: via the relay %ld/%ld/%ld, direct %ld/%ld/%ld\n",
+           r->received, r->sent, r->scheduled, d->received,
+           d->sent, d->scheduled);
+    printf("  sending: %.0f msgs/s achieved via the relay (%ld sends more than 1 ms behind "
+           "schedule, at most %.1f ms),\n           %.0f msgs/s direct (%ld late, at most "
+           "%.1f ms)\n", (double)r->sent / r->seconds, r->late_sends,
+           r->emit_max_lag_ms, (double)d->sent / d->seconds,
+           d->late_sends, d->emit_max_lag_ms);
+    printf("  relay CPU while serving it: %.1f s user+system over %.1f s\n", pr->cpu_s,
+           pr->wall_s);
+}
+
 int main(void)
 {
     double rows_d, seconds;
@@ -1164,9 +1893,10 @@ int main(void)
     int status = 1, checks_ok = 1;
     PGconn *admin = NULL;
     kt_broker *kb = NULL;
-    proc_result idle_pr, drain_pr, lat_pr;
-    lat_result lat_relay, lat_direct;
-    double raw_s = 0, fsync_raw, fsync_drain, fsync_lat;
+    proc_result idle_pr, drain_pr, lat_pr[2];
+    lat_result lat_relay[2], lat_direct[2];   /* [0] at LAT_RATE_LOW, [1] at LAT_RATE_HIGH */
+    const int lat_rates[2] = {LAT_RATE_LOW, LAT_RATE_HIGH};
+    double raw_s = 0, fsync_raw, fsync_drain, fsync_lat[2];
 
     fpg_opts opts = {.conf = NULL, .fsync = 1};
     fpg *pg = fpg_start(&opts);
@@ -1188,12 +1918,17 @@ int main(void)
         goto out;
     int shards = atoi(shards_s);
 
-    if ((kb = kt_start(1)) == NULL)
+    if ((kb = kt_start(KAFKA_BROKERS)) == NULL)
         goto out;
     const char *bootstrap = kt_bootstrap(kb);
-    if (kt_command(kb, "topic-create %s %d 1", LAT_TOPIC, TOPIC_PARTITIONS) != 0 ||
-        kt_command(kb, "topic-create %s %d 1", DIRECT_TOPIC, TOPIC_PARTITIONS) != 0)
-        goto out;
+    for (int i = 0; i < 2; i++) {
+        char lt[64], dt[64];
+        snprintf(lt, sizeof lt, LAT_TOPIC_FMT, lat_rates[i]);
+        snprintf(dt, sizeof dt, DIRECT_TOPIC_FMT, lat_rates[i]);
+        if (kt_command(kb, "topic-create %s %d 1", lt, TOPIC_PARTITIONS) != 0 ||
+            kt_command(kb, "topic-create %s %d 1", dt, TOPIC_PARTITIONS) != 0)
+            goto out;
+    }
     fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", server,
             fsync_s, bootstrap, g_relay_bin);
 
@@ -1235,21 +1970,48 @@ int main(void)
      * autovacuum comes by, and every sweep of the latency run would read
      * past them (about 10 ms a sweep after 1,000,000 rows), which measures
      * autovacuum's schedule rather than the relay at a steady rate. */
-    if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
-        bench_exec(admin, "CHECKPOINT") != 0)
-        goto out;
-    fsync_lat = fsync_probe_ms();
-    if (latency_relay(pg, admin, bootstrap, shards, seconds, &lat_relay, &lat_pr) != 0 ||
-        latency_direct(bootstrap, seconds, &lat_direct) != 0)
-        goto out;
-    const lat_result *lr[2] = {&lat_relay, &lat_direct};
-    for (int i = 0; i < 2; i++)
-        if (lr[i]->received != lr[i]->sent || lr[i]->duplicates != 0 || lr[i]->strays != 0) {
-            fprintf(stderr, "bench: %s latency run: %ld sent, %ld received, %ld duplicates, "
-                            "%ld strays\n", i == 0 ? "relay" : "direct", lr[i]->sent,
-                    lr[i]->received, lr[i]->duplicates, lr[i]->strays);
-            checks_ok = 0;
-        }
+    /* At the low rate, long enough for LAT_LOW_MIN_MSGS messages at the
+     * default FERRY_BENCH_SECONDS, scaled with it. */
+    double lat_seconds[2] = {seconds * 1.2, seconds};
+    if (lat_seconds[0] * LAT_RATE_LOW < LAT_LOW_MIN_MSGS)
+        fprintf(stderr, "bench: note: %.0f messages at %d/s (FERRY_BENCH_SECONDS=%g); its p99 "
+                        "wants at least %d\n", lat_seconds[0] * LAT_RATE_LOW, LAT_RATE_LOW,
+                seconds, LAT_LOW_MIN_MSGS);
+    for (int i = 0; i < 2; i++) {
+        if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
+            bench_exec(admin, "CHECKPOINT") != 0)
+            goto out;
+        fsync_lat[i] = fsync_probe_ms();
+        if (latency_relay(pg, admin, bootstrap, shards, lat_rates[i], lat_seconds[i],
+                          &lat_relay[i], &lat_pr[i]) != 0 ||
+            latency_direct(bootstrap, lat_rates[i], lat_seconds[i], &lat_direct[i]) != 0)
+            goto out;
+        const lat_result *lr[2] = {&lat_relay[i], &lat_direct[i]};
+        for (int j = 0; j < 2; j++)
+            if (lr[j]->received != lr[j]->sent || lr[j]->duplicates != 0 || lr[j]->strays != 0 ||
+                lr[j]->order_errors != 0) {
+                fprintf(stderr, "bench: %s latency run at %d/s: %ld sent, %ld received, %ld "
+                                "duplicates, %ld strays, %ld out of key order\n",
+                        j == 0 ? "relay" : "direct", lat_rates[i], lr[j]->sent,
+                        lr[j]->received, lr[j]->duplicates, lr[j]->strays,
+                        lr[j]->order_errors);
+                checks_ok = 0;
+            }
+    }
+
+    /* ------------------------------------------------------------ faults, scale-out */
+    /* Each says on stderr what went wrong; the figures of the others still
+     * count, so a failure here marks the run failed and goes on. */
+    ll_result ll;
+    scale_result so;
+    outage_result ou;
+    if (leaderless_relay(pg, admin, kb, bootstrap, shards, &ll) != 0)
+        checks_ok = 0;
+    if (scaleout_relays(pg, admin, bootstrap, shards, &so) != 0)
+        checks_ok = 0;
+    if (outage_relay(pg, admin, kb, bootstrap, shards, &ou) != 0)
+        checks_ok = 0;
+    double ll_ratio = ll.healthy_rate[0] > 0 ? ll.healthy_rate[1] / ll.healthy_rate[0] : 0;
 
     /* ------------------------------------------------------------ results */
     double relay_rate = (double)rows / drain_pr.wall_s, raw_rate = (double)rows / raw_s;
@@ -1264,7 +2026,7 @@ int main(void)
            "relay: ferry-relay run --once -> broker", relay_rate, drain_pr.wall_s);
     printf("  %-44s %12.0f rows/s  (%.2f s; the same rows in an identical table)\n",
            "baseline: raw DELETE loop, no Kafka", raw_rate, raw_s);
-    printf("  %-44s %12.3f         (target >= 0.70)\n", "relay / raw", relay_rate / raw_rate);
+    printf("  %-44s %12.3f         (target >= 1.0)\n", "relay / raw", relay_rate / raw_rate);
     printf("  baseline statement, %d rows at a time until the table is empty (the ready rows "
            "in the\n  relay's order, through the same partial index):\n"
            "    DELETE FROM t WHERE id IN (SELECT id FROM t WHERE published_at IS NULL\n"
@@ -1277,61 +2039,69 @@ int main(void)
            FSYNC_PROBES, fsync_raw);
 
     printf("\nmemory: peak RSS (wait4 ru_maxrss)\n");
-    printf("  %-44s %12.1f MiB    (target < 50; VmHWM seen while running: %.1f MiB)\n",
+    printf("  %-44s %12.1f MiB    (target < 20; VmHWM seen while running: %.1f MiB)\n",
            "relay: run --once draining the outbox", mib(drain_pr.maxrss_kib),
            mib(drain_pr.hwm_kib));
     printf("  %-44s %12.1f MiB    (%d leases held, %.1f s)\n",
            "baseline: idle relay, empty outbox", mib(idle_pr.maxrss_kib), shards,
            IDLE_SETTLE_MS / 1000.0);
 
-    printf("\nlatency in ms: commit -> consumer receipt (an upper bound of commit -> delivery "
-           "report)\n");
-    printf("  one message per transaction, offered at %d messages/s for %.1f s by one emitter "
-           "thread\n  (%d connections); the time in the payload is taken just before BEGIN; "
-           "SELECT ferry.emit(...);\n  COMMIT goes out in one round trip, so \"total\" "
-           "includes the COMMIT, and splits into the\n  COMMIT round trip (until the emitter "
-           "has the reply) and what follows it (the relay's share).\n  The target, commit -> "
-           "delivery report, is read against \"after it\": a commit is acknowledged\n  when "
-           "its reply comes, and no relay can see the row sooner. \"total\" adds the "
-           "writer's statement\n  and COMMIT (WAL flush included), which the relay can only "
-           "slow down: watch \"COMMIT rt\" for that.\n", LAT_RATE, seconds, EMIT_CONNS);
-    printf("  baseline: a producer writing straight to the broker at the same rate, with the "
-           "relay's\n  producer settings: produce -> receipt. Disk: an 8 kB write + fdatasync "
-           "took %.2f ms just before.\n", fsync_lat);
-    printf("  %-7s %41s %27s\n", "", "------------- via the relay -------------",
-           "-------- direct ---------");
-    printf("  %-7s %8s %10s %10s %10s %10s %13s %13s\n", "", "total", "COMMIT rt",
-           "after it", "= pickup", "+ to cons.", "total", "to consumer");
-    const struct {
-        const char *name;
-        size_t off;
-    } rows_[] = {{"p50", offsetof(dist, p50)}, {"p90", offsetof(dist, p90)},
-                 {"p99", offsetof(dist, p99)}, {"p99.9", offsetof(dist, p999)},
-                 {"max", offsetof(dist, max)}, {"mean", offsetof(dist, mean)}};
-    for (size_t i = 0; i < sizeof rows_ / sizeof rows_[0]; i++)
-        printf("  %-7s %8.2f %10.2f %10.2f %10.2f %10.2f %13.2f %13.2f%s\n", rows_[i].name,
-               dist_field(&lat_relay.total, rows_[i].off),
-               dist_field(&lat_relay.commit, rows_[i].off),
-               dist_field(&lat_relay.after, rows_[i].off),
-               dist_field(&lat_relay.pickup, rows_[i].off),
-               dist_field(&lat_relay.produced, rows_[i].off),
-               dist_field(&lat_direct.total, rows_[i].off),
-               dist_field(&lat_direct.produced, rows_[i].off),
-               rows_[i].off == offsetof(dist, p99) ? "  (target: after it < 20)" : "");
-    printf("  total: the time in the payload -> receipt. COMMIT rt: that time -> the emitter "
-           "has COMMIT's reply.\n  after it: COMMIT's reply -> receipt, = pickup: -> the "
-           "relay's produce() call, + to cons.: produce()\n  -> receipt (both by the message's "
-           "Kafka CreateTime, whole ms, so each is +-1 ms).\n");
-    printf("  received/sent/scheduled: via the relay %ld/%ld/%ld, direct %ld/%ld/%ld\n",
-           lat_relay.received, lat_relay.sent, lat_relay.scheduled, lat_direct.received,
-           lat_direct.sent, lat_direct.scheduled);
-    printf("  sending: %.0f msgs/s achieved via the relay (%ld sends more than 1 ms behind "
-           "schedule, at most %.1f ms),\n           %.0f msgs/s direct (%ld late, at most "
-           "%.1f ms)\n", (double)lat_relay.sent / lat_relay.seconds, lat_relay.late_sends,
-           lat_relay.emit_max_lag_ms, (double)lat_direct.sent / lat_direct.seconds,
-           lat_direct.late_sends, lat_direct.emit_max_lag_ms);
-    printf("  relay CPU while serving it: %.1f s user+system over %.1f s\n", lat_pr.cpu_s,
-           lat_pr.wall_s);
+    print_latency_table(&lat_relay[0], &lat_direct[0], &lat_pr[0], fsync_lat[0]);
+    print_latency_table(&lat_relay[1], &lat_direct[1], &lat_pr[1], fsync_lat[1]);
+    printf("\nlatency against the floor, both rates (commit -> consumer receipt, \"total\" above; "
+           "target at both:\np50 <= 3 ms and p99 <= 10 ms, i.e. within a few ms of the floor)\n");
+    printf("  %-12s %10s %10s %12s %12s %10s\n", "msgs/s", "relay p50", "relay p99",
+           "floor p50", "floor p99", "messages");
+    for (int i = 0; i < 2; i++)
+        printf("  %-12d %10.2f %10.2f %12.2f %12.2f %10ld\n", lat_relay[i].rate,
+               lat_relay[i].total.p50, lat_relay[i].total.p99, lat_direct[i].total.p50,
+               lat_direct[i].total.p99, lat_relay[i].received);
+
+    printf("\nleaderless partition: writers emit %d msgs/s over %d keys for %d s to a running "
+           "relay; healthy keys:\n  those not on partition %d. Their throughput: healthy "
+           "messages received / (first send -> the last\n  of them received), or -> %.0f s "
+           "after the last send when they did not all arrive by then.\n", LL_RATE, LAT_KEYS,
+           LL_SECONDS, LL_PARTITION, LL_GRACE_MS / 1000.0);
+    printf("  %-44s %12.0f msgs/s  (%ld of %ld in %.2f s)\n", "no fault", ll.healthy_rate[0],
+           ll.healthy_got[0], ll.healthy[0], ll.window_s[0]);
+    printf("  %-44s %12.0f msgs/s  (%ld of %ld in %.2f s%s)\n",
+           "partition 0 leaderless (leader T 0 -1)", ll.healthy_rate[1], ll.healthy_got[1],
+           ll.healthy[1], ll.window_s[1], ll.complete_fault ? "" : ": did NOT all arrive");
+    printf("  %-44s %12.3f         (target >= 0.9)\n", "fault / no fault", ll_ratio);
+    printf("  writers sent %ld of %ld messages without the fault, %ld with it (all connections "
+           "busy = fewer)\n", ll.sent[0], (long)LL_RATE * LL_SECONDS, ll.sent[1]);
+    if (ll.recover_s >= 0)
+        printf("  after the leader's return every message arrived in %.2f s, each key in "
+               "order\n", ll.recover_s);
+    else
+        printf("  after the leader's return NOT every message arrived within %d s\n",
+               LL_RECOVER_BOUND_MS / 1000);
+
+    printf("\nscale-out: relay A holds all %d shards, writers emit %d msgs/s (achieved %.0f); "
+           "relay B starts.\n  Both run with lease_ttl_ms=%d. B's share: %ld shard leases.\n",
+           shards, SCALE_RATE, so.emit_rate, SCALE_LEASE_TTL_MS, so.want);
+    if (so.happened)
+        printf("  %-44s %12.2f s       (%.1f lease periods; target: a few)\n",
+               "B's start -> B holds its share", so.share_s,
+               so.share_s * 1000.0 / SCALE_LEASE_TTL_MS);
+    else
+        printf("  %-44s %12.2f s       (did NOT happen within %d s; target: a few lease "
+               "periods)\n", "B's start -> B holds its share", so.share_s,
+               SCALE_BOUND_MS / 1000);
+    printf("  leases at the end: A %ld, B %ld; %ld messages, all delivered once in key order "
+           "unless stderr says otherwise\n", so.a_final, so.b_final, so.sent);
+
+    printf("\nbroker outage: a relay, writers trickling %d msgs/s, all %d broker(s) down for "
+           "%.0f s, then up\n  (%ld rows waiting when they came back)\n", OUTAGE_RATE,
+           KAFKA_BROKERS, OUTAGE_MS / 1000.0, ou.queued);
+    if (ou.happened)
+        printf("  %-44s %12.3f s       (target < 1)\n",
+               "brokers up -> first row acknowledged", ou.resume_s);
+    else
+        printf("  %-44s %12.3f s       (did NOT happen within %d s; target < 1)\n",
+               "brokers up -> first row acknowledged", ou.resume_s, OUTAGE_BOUND_MS / 1000);
+    printf("  %-44s %12.3f s       (the consumer reconnects within 0.1 s)\n",
+           "brokers up -> first message received", ou.resume_consumer_s);
 
     printf("\n");
     printf("bench relay_drain_msgs_per_s %.0f msgs/s\n", relay_rate);
@@ -1339,23 +2109,42 @@ int main(void)
     printf("bench relay_vs_raw_ratio %.3f ratio\n", relay_rate / raw_rate);
     printf("bench relay_peak_rss_mib %.1f MiB\n", mib(drain_pr.maxrss_kib));
     printf("bench relay_idle_rss_mib %.1f MiB\n", mib(idle_pr.maxrss_kib));
-    printf("bench relay_latency_p50_ms %.2f ms\n", lat_relay.total.p50);
-    printf("bench relay_latency_p99_ms %.2f ms\n", lat_relay.total.p99);
-    printf("bench relay_latency_max_ms %.2f ms\n", lat_relay.total.max);
-    printf("bench relay_after_commit_latency_p50_ms %.2f ms\n", lat_relay.after.p50);
-    printf("bench relay_after_commit_latency_p99_ms %.2f ms\n", lat_relay.after.p99);
-    printf("bench relay_after_commit_latency_max_ms %.2f ms\n", lat_relay.after.max);
-    printf("bench relay_commit_roundtrip_p50_ms %.2f ms\n", lat_relay.commit.p50);
-    printf("bench relay_commit_roundtrip_p99_ms %.2f ms\n", lat_relay.commit.p99);
-    printf("bench relay_pickup_p99_ms %.2f ms\n", lat_relay.pickup.p99);
+    printf("bench relay_latency_p50_ms %.2f ms\n", lat_relay[1].total.p50);
+    printf("bench relay_latency_p99_ms %.2f ms\n", lat_relay[1].total.p99);
+    printf("bench relay_latency_max_ms %.2f ms\n", lat_relay[1].total.max);
+    printf("bench relay_after_commit_latency_p50_ms %.2f ms\n", lat_relay[1].after.p50);
+    printf("bench relay_after_commit_latency_p99_ms %.2f ms\n", lat_relay[1].after.p99);
+    printf("bench relay_after_commit_latency_max_ms %.2f ms\n", lat_relay[1].after.max);
+    printf("bench relay_commit_roundtrip_p50_ms %.2f ms\n", lat_relay[1].commit.p50);
+    printf("bench relay_commit_roundtrip_p99_ms %.2f ms\n", lat_relay[1].commit.p99);
+    printf("bench relay_pickup_p99_ms %.2f ms\n", lat_relay[1].pickup.p99);
     printf("bench relay_latency_emit_rate_msgs_per_s %.0f msgs/s\n",
-           (double)lat_relay.sent / lat_relay.seconds);
-    printf("bench kafka_direct_latency_p50_ms %.2f ms\n", lat_direct.total.p50);
-    printf("bench kafka_direct_latency_p99_ms %.2f ms\n", lat_direct.total.p99);
-    printf("bench kafka_direct_latency_max_ms %.2f ms\n", lat_direct.total.max);
+           (double)lat_relay[1].sent / lat_relay[1].seconds);
+    printf("bench kafka_direct_latency_p50_ms %.2f ms\n", lat_direct[1].total.p50);
+    printf("bench kafka_direct_latency_p99_ms %.2f ms\n", lat_direct[1].total.p99);
+    printf("bench kafka_direct_latency_max_ms %.2f ms\n", lat_direct[1].total.max);
+    for (int i = 0; i < 2; i++) {
+        printf("bench relay_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p50);
+        printf("bench relay_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p99);
+        printf("bench floor_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p50);
+        printf("bench floor_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p99);
+        printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", lat_rates[i],
+               lat_relay[i].after.p50);
+        printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
+               lat_relay[i].after.p99);
+    }
+    printf("bench relay_leaderless_healthy_ratio %.3f ratio\n", ll_ratio);
+    printf("bench relay_leaderless_healthy_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[1]);
+    printf("bench relay_leaderless_baseline_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[0]);
+    printf("bench relay_leaderless_recover_s %.2f s\n",
+           ll.recover_s >= 0 ? ll.recover_s : LL_RECOVER_BOUND_MS / 1000.0);
+    printf("bench relay_scaleout_s %.2f s\n", so.share_s);
+    printf("bench relay_scaleout_lease_ttl_ms %d ms\n", SCALE_LEASE_TTL_MS);
+    printf("bench relay_outage_resume_s %.3f s\n", ou.resume_s);
+    printf("bench relay_outage_resume_consumer_s %.3f s\n", ou.resume_consumer_s);
     printf("bench disk_fdatasync_before_raw_ms %.2f ms\n", fsync_raw);
     printf("bench disk_fdatasync_before_drain_ms %.2f ms\n", fsync_drain);
-    printf("bench disk_fdatasync_before_latency_ms %.2f ms\n", fsync_lat);
+    printf("bench disk_fdatasync_before_latency_ms %.2f ms\n", fsync_lat[1]);
     status = checks_ok ? 0 : 1;
 
 out:
