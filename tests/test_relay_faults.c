@@ -410,8 +410,13 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
  * max_attempts is high, so that the refused messages stay failing rather
  * than become dead letters during the test.
  *
- * Today: see the output of this test under FERRY_TEST_TODAY=1 (noted in
- * the report): the allowed topic's second round stays in the outbox.
+ * Today: librdkafka cannot place the refused topic's messages ("f.refused
+ * [0] is unknown (partition_cnt 0)") and, with message.timeout.ms=0,
+ * keeps them for ever; the relay counts them in flight and starts no new
+ * sweep, so the allowed topic's second round stays in the outbox:
+ * "timed out after 15000 ms waiting for: SELECT count(*) = 0 FROM
+ * ferry.outbox WHERE topic = 'f.allowed'". (Nothing is dead-lettered:
+ * no delivery report ever comes.)
  */
 static void a_refused_topic_stalls_only_its_keys(void **state)
 {
