@@ -1,0 +1,1189 @@
+/*
+ * test_relay_faults.c — the relay under the faults of issue 11, each item
+ * one test: a stuck partition or a refused topic, stopping with a stuck
+ * partition, the lost wake-up, a lease renewed but not served, sizes,
+ * partitioners, lag metrics, two relays with one name, scale-out under
+ * load, recovery after a broker outage, starting before Kafka.
+ *
+ * Like test_relay.c: a real PostgreSQL (tests/harness/pgtmp.c), the
+ * development broker (`ferry-relay devkafka`, tests/harness/kafkatmp.c)
+ * with its fault commands, the relay as a child process (tu_proc.h), its
+ * /metrics and /healthz through tu_http.h. Each test has its own topics;
+ * after each, whatever it left (relays, faults, rows, leases, settings) is
+ * cleared, so that a failing test does not fail the next.
+ *
+ * These tests are written against the relay of issue 11 (the interface in
+ * its spec: stuck_ms, stop_grace_ms, /healthz reasons, partition.stuck,
+ * kafka.waiting, ...). Each says what the relay before it does instead.
+ * Today's relay refuses the new settings (`--set stuck_ms=...`: exit 2,
+ * unknown setting); FERRY_TEST_TODAY=1 leaves the new settings out, to see
+ * where today's relay fails on behaviour.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "harness/kafkatmp.h"
+#include "testutil.h"
+#include "tu_http.h"
+#include "tu_proc.h"
+
+static kt_broker *broker;
+
+enum { PARTITIONS = 4, SHARDS = 16 };
+
+/* ------------------------------------------------------------------ processes */
+
+/* Every relay a test starts, so that the teardown stops what a failed
+ * test left running (it would hold leases and publish the next test's
+ * rows). */
+enum { MAX_PROCS = 8 };
+static tu_proc procs[MAX_PROCS];
+static int nprocs;
+
+/* Settings today's relay does not know, left out under FERRY_TEST_TODAY. */
+static int new_setting(const char *arg)
+{
+    static const char *const names[] = {"stuck_ms=", "stop_grace_ms=", NULL};
+    for (int i = 0; names[i] != NULL; i++)
+        if (strncmp(arg, names[i], strlen(names[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* `ferry-relay run --db ... --kafka ... --holder HOLDER ARGS` logging at
+ * debug into its log file; owned by the registry above. */
+static tu_proc *relay_spawn(const char *holder, const char *const *args)
+{
+    const char *a[48] = {"--set", "log_level=debug"};
+    int n = 2;
+    int today = getenv("FERRY_TEST_TODAY") != NULL;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 46; i++) {
+        if (today && strcmp(args[i], "--set") == 0 && args[i + 1] != NULL &&
+            new_setting(args[i + 1])) {
+            i++;
+            continue;
+        }
+        a[n++] = args[i];
+    }
+    a[n] = NULL;
+    const char *e[2] = {TU_RELAY_ASAN, NULL};
+    assert_true(nprocs < MAX_PROCS);
+    procs[nprocs] = tu_relay_start(kt_bootstrap(broker), holder, a, e);
+    return &procs[nprocs++];
+}
+
+/* Run --once to completion: its exit status and log. */
+static int relay_once(const char *holder, const char *const *args, char **log_out)
+{
+    const char *a[40] = {"--once"};
+    int n = 1;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 38; i++)
+        a[n++] = args[i];
+    a[n] = NULL;
+    tu_proc *p = relay_spawn(holder, a);
+    int st = tu_proc_wait(p, 60000);
+    if (st < 0)
+        tu_proc_fail(p, "ferry-relay --once did not finish within 60 s");
+    if (log_out != NULL)
+        *log_out = tu_proc_log(p);
+    return st;
+}
+
+/* The port of the relay's metrics endpoint (started with --metrics
+ * 127.0.0.1:0), from its log. */
+static int metrics_port(tu_proc *p)
+{
+    tu_proc_await_log(p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = tu_proc_log(p);
+    const char *at = strstr(log, "\"port\":");
+    assert_non_null(at);
+    int port = atoi(at + strlen("\"port\":"));
+    free(log);
+    assert_true(port > 0);
+    return port;
+}
+
+static int count_in(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+static int log_count(const tu_proc *p, const char *event)
+{
+    char *needle = tu_sprintf("\"event\":\"%s\"", event);
+    char *log = tu_proc_log(p);
+    int n = count_in(log, needle);
+    free(log);
+    free(needle);
+    return n;
+}
+
+/* SIGTERM and wait for the exit; the status (fails if it does not exit). */
+static int relay_stop(tu_proc *p, int timeout_ms)
+{
+    int st = tu_proc_stop(p, timeout_ms);
+    if (st < 0)
+        tu_proc_fail(p, "%s did not exit within %d ms of SIGTERM", p->name, timeout_ms);
+    return st;
+}
+
+/* ------------------------------------------------------------------ health, metrics */
+
+/* Wait until /healthz answers status with a body containing want (NULL:
+ * anything); fails with the last answer after timeout_ms. */
+static void await_health(int port, int status, const char *want, int timeout_ms)
+{
+    char last[512] = "";
+    int last_status = 0;
+    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
+        tu_http_reply r = tu_http_get(port, "/healthz");
+        int ok = r.status == status && (want == NULL || (r.body && strstr(r.body, want)));
+        last_status = r.status;
+        snprintf(last, sizeof last, "%s", r.body ? r.body : "");
+        free(r.raw);
+        if (ok)
+            return;
+        if (clk_mono_ms() > end)
+            fail_msg("/healthz did not answer %d \"...%s...\" within %d ms; last: %d \"%s\"",
+                     status, want ? want : "", timeout_ms, last_status, last);
+        clk_sleep_ms(50);
+    }
+}
+
+/* /metrics: malloc'd reply (free raw). */
+static tu_http_reply metrics_get(int port)
+{
+    tu_http_reply r = tu_http_get(port, "/metrics");
+    assert_int_equal(r.status, 200);
+    return r;
+}
+
+/* The value of one series, or fail. */
+static double metric(int port, const char *series)
+{
+    tu_http_reply r = metrics_get(port);
+    double v = 0;
+    if (tu_prom_find(r.body, series, &v) != 0) {
+        print_error("%s\n", r.body);
+        free(r.raw);
+        fail_msg("metric %s is missing (or repeated)", series);
+    }
+    free(r.raw);
+    return v;
+}
+
+/* Wait until the series reads at least lo and at most hi. */
+static void await_metric(int port, const char *series, double lo, double hi, int timeout_ms)
+{
+    double v = -1;
+    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
+        v = metric(port, series);
+        if (v >= lo && v <= hi)
+            return;
+        if (clk_mono_ms() > end)
+            fail_msg("%s stayed %g, not in [%g, %g], for %d ms", series, v, lo, hi, timeout_ms);
+        clk_sleep_ms(50);
+    }
+}
+
+/* ------------------------------------------------------------------ data */
+
+/* The partition librdkafka's murmur2 (and murmur2_random, for keys: Java's
+ * default) gives key among PARTITIONS. */
+static int partition_of(const char *key)
+{
+    return rd_kafka_msg_partitioner_murmur2(NULL, key, strlen(key), PARTITIONS, NULL, NULL);
+}
+
+/* Commit per_key messages for each of the keys PREFIX0 .. PREFIX<nkeys-1>
+ * of topic in one transaction; payload {"g": i}. */
+static void emit_keys(const char *topic, const char *prefix, int nkeys, int per_key)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(ferry.emit('%s', '%s' || (g %% %d), 'Tested', "
+                           "json_build_object('g', g)::text)) "
+                           "FROM generate_series(0, %d) g", topic, prefix, nkeys,
+                           nkeys * per_key - 1);
+    tu_exec(c, "BEGIN");
+    tu_exec(c, sql);
+    tu_exec(c, "COMMIT");
+    free(sql);
+    PQfinish(c);
+}
+
+/* The keys PREFIX0 .. PREFIX<nkeys-1> that go to partition part, as an SQL
+ * array literal '{a,b}' (malloc'd); their number into *n. */
+static char *keys_on_partition(const char *prefix, int nkeys, int part, int *n)
+{
+    size_t cap = 16 + (size_t)nkeys * (strlen(prefix) + 12);
+    char *arr = malloc(cap);
+    assert_non_null(arr);
+    size_t o = (size_t)snprintf(arr, cap, "'{");
+    *n = 0;
+    for (int i = 0; i < nkeys; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s%d", prefix, i);
+        if (partition_of(key) != part)
+            continue;
+        o += (size_t)snprintf(arr + o, cap - o, "%s%s", *n ? "," : "", key);
+        (*n)++;
+    }
+    snprintf(arr + o, cap - o, "}'");
+    return arr;
+}
+
+static long long outbox_rows(const char *topic)
+{
+    PGconn *c = tu_connect();
+    long long n = tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox "
+                                          "WHERE topic = '%s'", topic));
+    PQfinish(c);
+    return n;
+}
+
+static void await_outbox_empty(const char *topic, int timeout_ms)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s'", topic);
+    tu_await(c, sql, timeout_ms);
+    free(sql);
+    PQfinish(c);
+}
+
+/* Wait until holder has n live shard leases; fail at once, with its log,
+ * if the relay p exits first. */
+static void await_leases(tu_proc *p, const char *holder, int n, int timeout_ms)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT count(*) FROM ferry.lease WHERE holder = '%s' "
+                           "AND name LIKE 'shard:%%' AND expires_at > now()", holder);
+    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
+        long long got = tu_int(c, sql);
+        if (got == n)
+            break;
+        if (tu_proc_poll(p) >= 0)
+            tu_proc_fail(p, "%s exited with %d while holding %lld of the %d leases awaited",
+                         p->name, p->status, got, n);
+        if (clk_mono_ms() > end)
+            tu_proc_fail(p, "%s held %lld shard leases, not %d, for %d ms", holder, got, n,
+                         timeout_ms);
+        clk_sleep_ms(10);
+    }
+    free(sql);
+    PQfinish(c);
+}
+
+/* What a topic holds, checked as in test_relay.c: every key on one
+ * partition, its positions (ferry_seq) rising one by one from 1 in
+ * partition order; a position seen before is a duplicate (counted), never
+ * a gap, never a step back to something unseen. */
+typedef struct topic_check {
+    size_t messages, distinct, duplicates, keys;
+} topic_check;
+
+static topic_check check_topic(const char *topic, size_t want, int timeout_ms)
+{
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, want, timeout_ms);
+    assert_non_null(got);
+    topic_check tc = {.messages = got->count};
+    enum { MAXKEYS = 256 };
+    char *keys[MAXKEYS];
+    long last[MAXKEYS];
+    int partition[MAXKEYS];
+    for (size_t i = 0; i < got->count; i++) {
+        const kt_msg *m = &got->msgs[i];
+        const char *seq_text = kt_header(m, "ferry_seq");
+        assert_non_null(seq_text);
+        long seq = atol(seq_text);
+        size_t k = 0;
+        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
+            k++;
+        if (k == tc.keys) {
+            assert_true(tc.keys < MAXKEYS);
+            keys[k] = m->key;
+            last[k] = 0;
+            partition[k] = m->partition;
+            tc.keys++;
+        }
+        assert_int_equal(partition[k], m->partition);
+        if (seq <= last[k]) {
+            tc.duplicates++;
+        } else {
+            if (seq != last[k] + 1)
+                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
+                         topic, m->key, seq, last[k]);
+            last[k] = seq;
+            tc.distinct++;
+        }
+    }
+    kt_msgs_free(got);
+    return tc;
+}
+
+/* ------------------------------------------------------------------ 1. stuck */
+
+/*
+ * Item 1. Partition 0 of a 4-partition topic loses its leader while the
+ * relay publishes: the keys of partitions 1-3 keep flowing, the relay
+ * says it is stuck (/healthz 503 "stuck", one partition.stuck, the
+ * gauges), and once the leader is back everything arrives in per-key
+ * order, with one partition.recovered.
+ *
+ * Today: the first round's messages for partition 0 stay in flight for
+ * ever (message.timeout.ms=0) and a new sweep starts only when nothing is
+ * in flight, so the second round of the healthy keys stays in the outbox:
+ * "timed out after 15000 ms waiting for: ... count(*) = 0 ... <> ALL".
+ * (/healthz would answer 200 and nothing would be logged.)
+ */
+static void a_leaderless_partition_stalls_only_its_keys(void **state)
+{
+    const char *topic = "f.leaderless";
+    enum { KEYS = 40 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500", NULL};
+    tu_proc *p = relay_spawn("stuck-a", args);
+    int port = metrics_port(p);
+    await_leases(p, "stuck-a", SHARDS, 30000);
+    await_health(port, 200, NULL, 10000);
+
+    int nstuck = 0;
+    char *stuck = keys_on_partition("k", KEYS, 0, &nstuck);
+    assert_true(nstuck > 0 && nstuck < KEYS);
+    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
+    PGconn *c = tu_connect();
+    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
+                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
+    /* Round 1: one message per key; the relay takes them all (the healthy
+     * ones are delivered, partition 0's stay in flight) ... */
+    emit_keys(topic, "k", KEYS, 1);
+    tu_await(c, healthy_left, 15000);
+    /* ... round 2 comes while they are in flight: the healthy keys flow. */
+    emit_keys(topic, "k", KEYS, 2);
+    tu_await(c, healthy_left, 15000);
+    /* The fault held: partition 0's keys are all still there. */
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE "
+                                             "topic = '%s' AND aggregateid = ANY (%s::text[])",
+                                             topic, stuck)),
+                     3 * nstuck);
+
+    /* Seen and said: not ready, stuck, the gauges. */
+    await_health(port, 503, "stuck", 10000);
+    await_metric(port, "ferry_relay_stuck_partitions", 1, 1e9, 10000);
+    double inflight_age = metric(port, "ferry_relay_oldest_inflight_seconds");
+    assert_true(inflight_age >= 0);
+    tu_proc_await_log(p, "\"event\":\"partition.stuck\"", 10000);
+
+    /* The leader comes back: everything goes, in order, and it says so. */
+    assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
+    await_outbox_empty(topic, 30000);
+    await_health(port, 200, NULL, 10000);
+    await_metric(port, "ferry_relay_stuck_partitions", 0, 0, 10000);
+    tu_proc_await_log(p, "\"event\":\"partition.recovered\"", 10000);
+    /* Once each, not once per retry or per look. */
+    assert_int_equal(log_count(p, "partition.stuck"), 1);
+    assert_int_equal(log_count(p, "partition.recovered"), 1);
+    assert_int_equal(relay_stop(p, 30000), 0);
+
+    topic_check tc = check_topic(topic, KEYS * 3, 10000);
+    assert_int_equal(tc.distinct, KEYS * 3);
+    assert_int_equal(tc.keys, KEYS);
+    free(healthy_left);
+    free(stuck);
+    PQfinish(c);
+}
+
+/*
+ * Item 1, the other half: a topic the broker refuses (its metadata says
+ * TOPIC_AUTHORIZATION_FAILED; devkafka's topic-error affects Metadata
+ * replies only) stops only its own keys; another topic keeps flowing.
+ * max_attempts is high, so that the refused messages stay failing rather
+ * than become dead letters during the test.
+ *
+ * Today: librdkafka cannot place the refused topic's messages ("f.refused
+ * [0] is unknown (partition_cnt 0)") and, with message.timeout.ms=0,
+ * keeps them for ever; the relay counts them in flight and starts no new
+ * sweep, so the allowed topic's second round stays in the outbox:
+ * "timed out after 15000 ms waiting for: SELECT count(*) = 0 FROM
+ * ferry.outbox WHERE topic = 'f.allowed'". (Nothing is dead-lettered:
+ * no delivery report ever comes.)
+ */
+static void a_refused_topic_stalls_only_its_keys(void **state)
+{
+    const char *refused = "f.refused", *allowed = "f.allowed";
+    enum { KEYS = 8 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", refused, PARTITIONS), 0);
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", allowed, PARTITIONS), 0);
+    assert_int_equal(kt_command(broker, "topic-error %s TOPIC_AUTHORIZATION_FAILED", refused),
+                     0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500",
+                          "--set", "max_attempts=1000", NULL};
+    tu_proc *p = relay_spawn("refused-a", args);
+    int port = metrics_port(p);
+    await_leases(p, "refused-a", SHARDS, 30000);
+
+    PGconn *c = tu_connect();
+    char *allowed_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox "
+                                    "WHERE topic = '%s'", allowed);
+    emit_keys(refused, "r", KEYS, 1);
+    emit_keys(allowed, "a", KEYS, 1);
+    tu_await(c, allowed_left, 15000);
+    emit_keys(allowed, "a", KEYS, 2);
+    tu_await(c, allowed_left, 15000);
+    /* The fault held: nothing of the refused topic was acknowledged or
+     * dead-lettered. */
+    assert_int_equal(outbox_rows(refused), KEYS);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter"), 0);
+
+    await_health(port, 503, "stuck", 10000);
+    /* Said once per partition or key, not once per retry: at most one
+     * event per refused key (KEYS) or partition (PARTITIONS). */
+    for (int64_t end = clk_mono_ms() + 10000;
+         log_count(p, "partition.stuck") + log_count(p, "key.stuck") == 0;) {
+        if (clk_mono_ms() > end)
+            tu_proc_fail(p, "neither partition.stuck nor key.stuck was logged");
+        clk_sleep_ms(50);
+    }
+
+    /* Authorised again: everything arrives, in order. */
+    assert_int_equal(kt_command(broker, "topic-error %s NO_ERROR", refused), 0);
+    await_outbox_empty(refused, 30000);
+    await_health(port, 200, NULL, 10000);
+    int stuck = log_count(p, "partition.stuck") + log_count(p, "key.stuck");
+    int recovered = log_count(p, "partition.recovered") + log_count(p, "key.recovered");
+    assert_true(stuck >= 1 && stuck <= KEYS + PARTITIONS);
+    assert_true(recovered >= 1 && recovered <= stuck);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    topic_check tc = check_topic(refused, KEYS, 10000);
+    assert_int_equal(tc.distinct, KEYS);
+    tc = check_topic(allowed, KEYS * 3, 10000);
+    assert_int_equal(tc.distinct, KEYS * 3);
+    free(allowed_left);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 2. stop */
+
+/*
+ * Item 2. SIGTERM with messages in flight to a leaderless partition: the
+ * relay exits within stop_grace_ms (2 s; we wait 10 s, today's relay
+ * takes 30 s and more), with status 1 (not everything it produced was
+ * delivered), and the stuck rows stay in the outbox.
+ *
+ * Today: it waits 30 s ("gave up after 30 s with N in flight"):
+ * "did not exit within 10000 ms of SIGTERM".
+ */
+static void sigterm_finishes_within_the_grace_with_a_stuck_partition(void **state)
+{
+    const char *topic = "f.grace";
+    enum { KEYS = 12 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--set", "stop_grace_ms=2000", NULL};
+    tu_proc *p = relay_spawn("grace-a", args);
+    await_leases(p, "grace-a", SHARDS, 30000);
+    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
+    int nstuck = 0;
+    char *stuck = keys_on_partition("g", KEYS, 0, &nstuck);
+    assert_true(nstuck > 0 && nstuck < KEYS);
+    emit_keys(topic, "g", KEYS, 2);
+    /* The healthy keys went; partition 0's are in flight. */
+    PGconn *c = tu_connect();
+    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
+                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
+    tu_await(c, healthy_left, 15000);
+    tu_proc_await_log(p, "\"event\":\"batch.produced\"", 10000);
+
+    kill(p->pid, SIGTERM);
+    int st = tu_proc_wait(p, 10000);
+    if (st < 0)
+        tu_proc_fail(p, "did not exit within 10000 ms of SIGTERM (stop_grace_ms=2000)");
+    assert_int_equal(st, 1);
+    /* Not acknowledged: still there, for the next relay. */
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE "
+                                             "topic = '%s' AND aggregateid = ANY (%s::text[]) "
+                                             "AND published_at IS NULL", topic, stuck)),
+                     2 * nstuck);
+    assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
+    free(healthy_left);
+    free(stuck);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 3. wake-up */
+
+/*
+ * Item 3, the interleaving of the lost wake-up, made to happen: a writer
+ * emits while wake_relays is off (so its emit will not NOTIFY) and keeps
+ * its transaction open; the relay starts, finds nothing, turns wake-ups
+ * on and takes its last look; only then does the writer commit. The
+ * backstop poll is a minute away: the message must still go within 15 s.
+ *
+ * Today: the relay's last look comes before the commit and no NOTIFY is
+ * sent, so the row waits for the 60 s poll: "timed out after 15000 ms
+ * waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE topic = 'f.wake'".
+ */
+static void a_commit_is_never_left_for_the_poll(void **state)
+{
+    const char *topic = "f.wake";
+    PGconn *c = tu_connect();
+    tu_exec(c, "UPDATE ferry.settings SET wake_relays = false");
+    PGconn *w = tu_connect();
+    tu_exec(w, "BEGIN");
+    tu_exec(w, "SELECT ferry.emit('f.wake', 'w', 'Tested', '{\"n\": 1}')");
+    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
+    tu_proc *p = relay_spawn("wake-a", args);
+    await_leases(p, "wake-a", SHARDS, 30000);
+    /* The relay has gone idle and asks to be woken. */
+    tu_await(c, "SELECT wake_relays FROM ferry.settings", 30000);
+    /* The interleaving needs the commit after the relay's last look. The
+     * relay of issue 11 takes that look only once it gets the lock the
+     * writer holds, i.e. after the commit, so there is nothing of it to
+     * await; today's takes it within milliseconds of setting the flag.
+     * This window lets it: a way to force the interleaving, not a
+     * synchronisation (without it, the commit sometimes comes first and
+     * the test passes by luck on today's relay). */
+    clk_sleep_ms(500);
+    assert_int_equal(tu_proc_poll(p), -1);
+    tu_exec(w, "COMMIT");
+    await_outbox_empty(topic, 15000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    topic_check tc = check_topic(topic, 1, 10000);
+    assert_int_equal(tc.distinct, 1);
+    PQfinish(w);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 4. leases */
+
+/*
+ * Item 4. The state an acquire leaves when its UPDATE committed but its
+ * reply was lost: a shard lease under the relay's name that the relay
+ * does not know it holds. It must serve it (or release it, and then take
+ * it like any free shard): its rows get published.
+ *
+ * So that the relay does not hold every shard, shards 0-7 are held for an
+ * hour by "lease-other", which has no heartbeat: it counts as no relay,
+ * so the relay's share stays all 16 and a released shard is free for it
+ * to acquire again (with a live other relay, a release would leave the
+ * shard to nobody, since the relay would be at its share of 8).
+ *
+ * Today: renewal extends the injected lease for ever but the relay only
+ * serves the shards in its held[]: "timed out after 15000 ms waiting for:
+ * SELECT count(*) = 0 FROM ferry.outbox WHERE shard = N".
+ */
+static void a_lease_renewed_but_not_served_is_served(void **state)
+{
+    const char *topic = "f.lease";
+    PGconn *c = tu_connect();
+    tu_exec(c, "INSERT INTO ferry.lease (name) SELECT 'shard:' || s "
+               "FROM generate_series(0, 15) s ON CONFLICT (name) DO NOTHING");
+    tu_exec(c, "UPDATE ferry.lease SET holder = 'lease-other', epoch = epoch + 1, "
+               "expires_at = now() + interval '1 hour', acquired_at = now(), "
+               "renewed_at = now() "
+               "WHERE name IN (SELECT 'shard:' || s FROM generate_series(0, 7) s)");
+    const char *args[] = {"--set", "lease_ttl_ms=3000", NULL};
+    tu_proc *p = relay_spawn("lease-a", args);
+    await_leases(p, "lease-a", SHARDS / 2, 30000);
+    /* Rows in every shard: the relay's go, shards 0-7's stay. */
+    emit_keys(topic, "l", 64, 2);
+    tu_await(c, "SELECT count(*) = 0 FROM ferry.outbox o JOIN ferry.lease l "
+                "ON l.name = 'shard:' || o.shard WHERE l.holder = 'lease-a'", 15000);
+    long long n = tu_int(c, "SELECT min(shard) FROM ferry.outbox WHERE topic = 'f.lease'");
+    assert_true(n >= 0 && n < SHARDS / 2);
+    long long rows = tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox "
+                                             "WHERE shard = %lld", n));
+    assert_true(rows > 0);
+    /* The lost reply's state: ours by name, unknown to the relay. */
+    assert_int_equal(tu_int_of(c, tu_sprintf("WITH u AS (UPDATE ferry.lease SET "
+                                             "holder = 'lease-a', epoch = epoch + 1, "
+                                             "expires_at = now() + interval '3 s', "
+                                             "acquired_at = now(), renewed_at = now() "
+                                             "WHERE name = 'shard:%lld' RETURNING 1) "
+                                             "SELECT count(*) FROM u", n)),
+                     1);
+    char *sql = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE shard = %lld", n);
+    tu_await(c, sql, 15000);
+    free(sql);
+    /* The other holder's shards were not touched. */
+    assert_true(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE shard <> %lld",
+                                        n)) > 0);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 5. sizes */
+
+/* A compact JSON array of n ones: 2n + 1 bytes; as jsonb's canonical text
+ * ("[1, 1, ...]") 3n bytes. malloc'd. */
+static char *ones(int n)
+{
+    char *s = malloc((size_t)n * 2 + 2);
+    assert_non_null(s);
+    size_t o = 0;
+    s[o++] = '[';
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            s[o++] = ',';
+        s[o++] = '1';
+    }
+    s[o++] = ']';
+    s[o] = '\0';
+    return s;
+}
+
+/*
+ * Item 5. With max_payload_bytes = 1000: a compact array of 801 bytes
+ * whose canonical text (what the relay publishes) is 1200 bytes is
+ * refused by ferry.emit() and by ferry_emit(), naming the field payload;
+ * one of 601 bytes (canonical 900) is accepted and published.
+ *
+ * Today: the server checks the input's size, so the 801-byte array is
+ * accepted: "ferry.emit() accepted a payload whose canonical text is
+ * 1200 bytes".
+ */
+static void oversized_canonical_payloads_are_refused_at_emit(void **state)
+{
+    const char *topic = "f.size";
+    PGconn *c = tu_connect();
+    tu_exec(c, "UPDATE ferry.settings SET max_payload_bytes = 1000");
+    char *big = ones(400), *fits = ones(300);
+    assert_int_equal(strlen(big), 801);
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT octet_length('%s'::jsonb::text)", big)),
+                     1200);
+
+    /* SQL: the text overload (an untyped literal), as a service would. */
+    const char *params[1] = {big};
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit('f.size', 'big', 'Tested', $1)", 1, NULL,
+                                 params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        fail_msg("ferry.emit() accepted a payload whose canonical text is 1200 bytes");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+    assert_non_null(PQresultErrorField(res, PG_DIAG_COLUMN_NAME));
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
+    PQclear(res);
+
+    /* The C API, in a transaction of the caller's. */
+    ferry_error err;
+    tu_exec(c, "BEGIN");
+    ferry_msg m = {.topic = topic, .key = "big", .type = "Tested", .payload = big};
+    ferry_code rc = ferry_emit(c, &m, NULL, NULL, &err);
+    if (rc == FERRY_OK)
+        fail_msg("ferry_emit() accepted a payload whose canonical text is 1200 bytes");
+    assert_string_equal(err.field, "payload");
+    tu_exec(c, "ROLLBACK");
+
+    /* What fits as published goes, both ways. */
+    params[0] = fits;
+    res = PQexecParams(c, "SELECT ferry.emit('f.size', 'fits', 'Tested', $1)", 1, NULL, params,
+                       NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("ferry.emit() refused a payload of 900 canonical bytes: %s",
+                 PQresultErrorMessage(res));
+    PQclear(res);
+    tu_exec(c, "BEGIN");
+    m.key = "fits";
+    m.payload = fits;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(outbox_rows(topic), 2);
+    assert_int_equal(relay_once("size-a", NULL, NULL), 0);
+    assert_int_equal(outbox_rows(topic), 0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 2, 10000);
+    assert_non_null(got);
+    assert_int_equal(got->count, 2);
+    for (size_t i = 0; i < got->count; i++)
+        assert_int_equal(got->msgs[i].value_len, 900);
+    kt_msgs_free(got);
+    free(big);
+    free(fits);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 6. partitioner */
+
+/*
+ * Item 6. A partitioner that does not keep a key on one partition is a
+ * configuration error (exit 2, naming the property); murmur2 is fine.
+ *
+ * Today: partitioner=random is accepted and the relay exits 0:
+ * "0 != 2".
+ */
+static void a_partitioner_that_moves_keys_is_refused(void **state)
+{
+    char *log = NULL;
+    const char *random_[] = {"--kafka-prop", "partitioner=random", NULL};
+    int st = relay_once("part-a", random_, &log);
+    if (st != 2)
+        fail_msg("--kafka-prop partitioner=random: exit %d, not 2; log:\n%s", st, log);
+    assert_non_null(strstr(log, "partitioner"));
+    free(log);
+    const char *murmur2[] = {"--kafka-prop", "partitioner=murmur2", NULL};
+    assert_int_equal(relay_once("part-b", murmur2, NULL), 0);
+}
+
+/* ------------------------------------------------------------------ 7. lag */
+
+/* Does the exposition hold a sample of ferry_relay_unpublished_rows for
+ * shard s? Its value into *v. 1 yes, 0 no; repeated or malformed fails. */
+static int shard_series(const char *text, const char *name, int s, double *v)
+{
+    char series[96];
+    snprintf(series, sizeof series, "%s{shard=\"%d\"}", name, s);
+    char line[112];
+    snprintf(line, sizeof line, "\n%s ", series);
+    if (strstr(text, line) == NULL && strncmp(text, line + 1, strlen(line + 1)) != 0)
+        return 0;
+    if (tu_prom_find(text, series, v) != 0)
+        fail_msg("%s is repeated or malformed", series);
+    return 1;
+}
+
+/*
+ * Item 7. Two relays share the 16 shards, each with a metrics endpoint.
+ * Some rows are stuck on a leaderless partition (unpublished, counted);
+ * some are delayed by an hour and made to look an hour old (not lag: not
+ * counted, not making the oldest age large). Then, eventually and
+ * steadily: every shard's ferry_relay_unpublished_rows appears in exactly
+ * one relay's /metrics, its lease holder's, zeros included, with the
+ * count of ready unpublished rows; ferry_relay_oldest_unpublished_seconds
+ * stays under 10 minutes.
+ *
+ * Today: each relay exports the shards that have rows, every relay the
+ * same ones, and counts delayed rows (an hour old): the shards without
+ * rows are missing and the others are in both: "shard N: in 2 relays'
+ * /metrics (want exactly its holder's)" / "... missing".
+ */
+static void lag_metrics_come_once_per_shard_without_delayed_rows(void **state)
+{
+    const char *topic = "f.lag", *delayed = "f.lag.delayed";
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "lease_ttl_ms=3000", NULL};
+    tu_proc *a = relay_spawn("lag-a", args);
+    tu_proc *b = relay_spawn("lag-b", args);
+    int port[2] = {metrics_port(a), metrics_port(b)};
+    const char *holder[2] = {"lag-a", "lag-b"};
+    await_leases(a, "lag-a", SHARDS / 2, 30000);
+    await_leases(b, "lag-b", SHARDS / 2, 30000);
+
+    /* Stuck rows (ready, unpublished) and delayed ones, backdated. */
+    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
+    emit_keys(topic, "s", 32, 1);
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    for (int i = 0; i < 32; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "d%d", i);
+        ferry_msg m = {.topic = delayed, .key = key, .type = "Tested", .payload = "{}",
+                       .delay_ms = 3600 * 1000};
+        ferry_error err;
+        assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    }
+    tu_exec(c, "COMMIT");
+    tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '1 hour' "
+               "WHERE topic = 'f.lag.delayed'");
+    /* The healthy keys went out. */
+    int nstuck = 0;
+    char *stuck = keys_on_partition("s", 32, 0, &nstuck);
+    assert_true(nstuck > 0);
+    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
+                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
+    tu_await(c, healthy_left, 15000);
+    free(healthy_left);
+    free(stuck);
+
+    char why[256] = "";
+    for (int64_t end = clk_mono_ms() + 20000;; clk_sleep_ms(200)) {
+        if (clk_mono_ms() > end)
+            fail_msg("lag metrics never came right within 20 s: %s", why);
+        /* The truth, from the database. */
+        long long want[SHARDS] = {0};
+        int held_by[SHARDS];
+        PGresult *res = PQexec(c, "SELECT shard, count(*) FROM ferry.outbox "
+                                  "WHERE published_at IS NULL AND available_at <= now() "
+                                  "GROUP BY shard");
+        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+        for (int i = 0; i < PQntuples(res); i++)
+            want[atoi(PQgetvalue(res, i, 0))] = atoll(PQgetvalue(res, i, 1));
+        PQclear(res);
+        for (int s = 0; s < SHARDS; s++) {
+            char *h = tu_str_of(c, tu_sprintf("SELECT holder FROM ferry.lease "
+                                              "WHERE name = 'shard:%d' AND expires_at > now()",
+                                              s));
+            held_by[s] = h == NULL ? -1 : strcmp(h, holder[0]) == 0 ? 0
+                                          : strcmp(h, holder[1]) == 0 ? 1 : -1;
+            free(h);
+        }
+        tu_http_reply r[2] = {metrics_get(port[0]), metrics_get(port[1])};
+        int good = 1;
+        for (int s = 0; s < SHARDS && good; s++) {
+            double v[2] = {-1, -1}, age[2] = {-1, -1};
+            int in[2], in_age[2];
+            for (int k = 0; k < 2; k++) {
+                in[k] = shard_series(r[k].body, "ferry_relay_unpublished_rows", s, &v[k]);
+                in_age[k] = shard_series(r[k].body, "ferry_relay_oldest_unpublished_seconds", s,
+                                         &age[k]);
+            }
+            int h = held_by[s];
+            if (h < 0) {
+                snprintf(why, sizeof why, "shard %d has no live holder", s);
+                good = 0;
+            } else if (in[0] + in[1] != 1 || in_age[0] + in_age[1] != 1) {
+                snprintf(why, sizeof why, "shard %d: in %d relays' /metrics (want exactly its "
+                         "holder's, %s)", s, in[0] + in[1], holder[h]);
+                good = 0;
+            } else if (!in[h] || !in_age[h]) {
+                snprintf(why, sizeof why, "shard %d: exported by %s, not by its holder %s", s,
+                         holder[1 - h], holder[h]);
+                good = 0;
+            } else if (v[h] != (double)want[s]) {
+                snprintf(why, sizeof why, "shard %d: ferry_relay_unpublished_rows %g, the "
+                         "outbox has %lld ready", s, v[h], want[s]);
+                good = 0;
+            } else if (age[h] >= 600) {
+                snprintf(why, sizeof why, "shard %d: ferry_relay_oldest_unpublished_seconds %g "
+                         "(delayed rows counted as lag)", s, age[h]);
+                good = 0;
+            }
+        }
+        free(r[0].raw);
+        free(r[1].raw);
+        if (good)
+            break;
+    }
+    /* The stuck rows were counted (want above), the delayed ones not. */
+    assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
+    await_outbox_empty(topic, 30000);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    assert_int_equal(relay_stop(b, 30000), 0);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 8. one name */
+
+/*
+ * Item 8. A second relay under a holder name that a live relay uses
+ * refuses to start (exit 1 at once, saying "already" and the name); the
+ * first keeps its shards and keeps publishing.
+ *
+ * Today: the second takes every shard over (reclaim) and runs on:
+ * "the second relay named same did not exit within 10 s".
+ */
+static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
+{
+    const char *topic = "f.samename";
+    tu_proc *a = relay_spawn("same", NULL);
+    await_leases(a, "same", SHARDS, 30000);
+    tu_proc *b = relay_spawn("same", NULL);
+    int st = tu_proc_wait(b, 10000);
+    if (st < 0)
+        tu_proc_fail(b, "the second relay named same did not exit within 10 s");
+    assert_int_equal(st, 1);
+    char *log = tu_proc_log(b);
+    /* One line says both: "already" and the name. */
+    const char *at = strstr(log, "already");
+    const char *bol = at, *eol = at ? strchr(at, '\n') : NULL;
+    while (bol != NULL && bol > log && bol[-1] != '\n')
+        bol--;
+    int named = 0;
+    for (const char *q = bol; q != NULL && (q = strstr(q, "same")) != NULL &&
+                              (eol == NULL || q < eol); q++)
+        named = 1;
+    if (at == NULL || !named)
+        tu_proc_fail(b, "no message with \"already\" and the holder name");
+    assert_non_null(strstr(log, "\"event\":\"relay.holder_live\""));
+    free(log);
+    /* The first one is unharmed. */
+    assert_int_equal(tu_proc_poll(a), -1);
+    emit_keys(topic, "n", 8, 2);
+    await_outbox_empty(topic, 15000);
+    assert_int_equal(tu_proc_poll(a), -1);
+    assert_int_equal(log_count(a, "lease.lost"), 0);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    topic_check tc = check_topic(topic, 16, 10000);
+    assert_int_equal(tc.distinct, 16);
+}
+
+/* ------------------------------------------------------------------ 9. scale-out */
+
+typedef struct load_writer {
+    const char *topic;
+    int keys;
+    atomic_int stop;
+    atomic_long committed;
+    ferry_code rc;
+    ferry_error err;
+} load_writer;
+
+typedef struct load_tx {
+    load_writer *w;
+    long n;
+} load_tx;
+
+static ferry_code load_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    load_tx *t = arg;
+    char key[32], payload[48];
+    snprintf(key, sizeof key, "w%ld", t->n % t->w->keys);
+    snprintf(payload, sizeof payload, "{\"n\": %ld}", t->n);
+    ferry_msg m = {.topic = t->w->topic, .key = key, .type = "Tested", .payload = payload};
+    return ferry_emit(conn, &m, NULL, NULL, err);
+}
+
+/* One transaction of one message after another, about 300 a second
+ * (paced, so that the load is steady rather than as fast as the machine
+ * allows), until told to stop. */
+static void *load_main(void *arg)
+{
+    load_writer *w = arg;
+    PGconn *c = fpg_connect(tu_pg);
+    int64_t start = clk_mono_us();
+    for (long n = 0; !atomic_load(&w->stop) && w->rc == FERRY_OK; n++) {
+        load_tx t = {w, n};
+        w->rc = ferry_tx_run(c, NULL, load_fn, &t, NULL, &w->err);
+        if (w->rc == FERRY_OK)
+            atomic_fetch_add(&w->committed, 1);
+        int64_t due = start + (n + 1) * 3333;       /* 300/s */
+        int64_t now = clk_mono_us();
+        if (due > now)
+            clk_sleep_ms((long)((due - now) / 1000));
+    }
+    PQfinish(c);
+    return NULL;
+}
+
+/*
+ * Item 9. Relay A publishes a steady load (~300 transactions/s over 64
+ * keys, each delivery taking 300 ms, so that A always has something in
+ * flight); relay B starts while the writer writes and must hold its
+ * share, 8 of the 16 shards, within 8 s (four lease periods of 2 s), the
+ * writer still writing; at the end everything arrives, every key in order.
+ *
+ * Today: A gives shards back only when its sweep is at its end with
+ * nothing in flight and nothing to acknowledge at a lease tick, which
+ * under this load is rare (with 100 ms deliveries and 15 s it still
+ * happened after 9-12 s): "relay B held 0 of 8 shards after 8 s of load".
+ */
+static void scale_out_under_load_takes_a_share(void **state)
+{
+    const char *topic = "f.scale";
+    const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
+    tu_proc *a = relay_spawn("scale-a", args);
+    await_leases(a, "scale-a", SHARDS, 30000);
+    load_writer w = {.topic = topic, .keys = 64};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, load_main, &w), 0);
+    /* Under load: A is publishing. */
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.outbox_key WHERE topic = 'f.scale'", 10000);
+    /* Every delivery takes 300 ms, so that something is nearly always in
+     * flight (the load is steady whatever the speed of the machine). */
+    assert_int_equal(kt_command(broker, "rtt 1 300"), 0);
+    tu_proc *b = relay_spawn("scale-b", args);
+    long before = atomic_load(&w.committed);
+    int64_t t0 = clk_mono_ms();
+    for (;;) {
+        long long got = tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'scale-b' "
+                                  "AND name LIKE 'shard:%' AND expires_at > now()");
+        if (got == SHARDS / 2)
+            break;
+        if (clk_mono_ms() - t0 > 8000 || w.rc != FERRY_OK) {
+            atomic_store(&w.stop, 1);
+            pthread_join(th, NULL);
+            fail_msg("relay B held %lld of %d shards after 8 s of load (writer: %s)", got,
+                     SHARDS / 2, ferry_code_name(w.rc));
+        }
+        clk_sleep_ms(20);
+    }
+    /* It was under load the whole time. */
+    long during = atomic_load(&w.committed) - before;
+    atomic_store(&w.stop, 1);
+    pthread_join(th, NULL);
+    assert_ferry_ok(w.rc, w.err);
+    assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
+    print_message("B held its share after %lld ms, %ld transactions meanwhile\n",
+                  (long long)(clk_mono_ms() - t0), during);
+    assert_true(during > 0);
+    await_leases(a, "scale-a", SHARDS / 2, 15000);
+    await_outbox_empty(topic, 60000);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    assert_int_equal(relay_stop(b, 30000), 0);
+    long total = atomic_load(&w.committed);
+    topic_check tc = check_topic(topic, (size_t)total, 20000);
+    assert_int_equal(tc.distinct, total);
+    assert_int_equal(tc.keys, 64);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ 10. outage */
+
+/*
+ * Item 10. Every broker down for a while (at least 4 s) while the relay
+ * has messages to publish, then back: the rows are published within 3 s
+ * of the brokers' return (reconnect.backoff.max.ms defaults to 1000).
+ *
+ * When a reconnect attempt falls relative to the return is chance, so the
+ * broker comes back just after one (librdkafka's debug=broker log shows
+ * each "Connecting to"): the next attempt is then a whole backoff away,
+ * at most ~1.5 s with the new default (1 s, jitter +50%), ~5 s or more
+ * with librdkafka's own (100 ms doubling up to 10 s) after 4 s of outage.
+ * (Without that, a single outage of 10 s let today's relay through in
+ * 0.8 s once in four runs.)
+ *
+ * Today: "timed out after 3000 ms waiting for: SELECT count(*) = 0 FROM
+ * ferry.outbox WHERE topic = 'f.outage'" (it resumes 5-10 s later).
+ */
+static void publishing_resumes_promptly_after_a_broker_outage(void **state)
+{
+    const char *topic = "f.outage";
+    static const char attempt[] = "Connecting to ipv4#";
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--kafka-prop", "debug=broker", NULL};
+    tu_proc *p = relay_spawn("outage-a", args);
+    await_leases(p, "outage-a", SHARDS, 30000);
+    /* Connected: one message through before the outage. */
+    emit_keys(topic, "o", 1, 1);
+    await_outbox_empty(topic, 15000);
+    int64_t down_at = clk_mono_ms();
+    assert_int_equal(kt_command(broker, "down 1"), 0);
+    emit_keys(topic, "o", 10, 10);
+    /* The relay saw the outage (its producer lost the broker) ... */
+    tu_proc_await_log(p, "\"event\":\"kafka.error\"", 15000);
+    /* ... which lasts long enough for the backoff to grow: the fault's
+     * duration, not a synchronisation ... */
+    int64_t left = down_at + 4000 - clk_mono_ms();
+    if (left > 0)
+        clk_sleep_ms((long)left);
+    assert_int_equal(outbox_rows(topic), 100);
+    /* ... and ends right after a reconnect attempt. */
+    char *log = tu_proc_log(p);
+    int attempts = count_in(log, attempt);
+    free(log);
+    int seen = 0;
+    for (int64_t end = clk_mono_ms() + 15000; !seen && clk_mono_ms() < end;) {
+        clk_sleep_ms(5);
+        log = tu_proc_log(p);
+        seen = count_in(log, attempt) > attempts;
+        free(log);
+    }
+    if (!seen)
+        print_message("no reconnect attempt logged within 15 s; bringing the broker back\n");
+    assert_int_equal(kt_command(broker, "up 1"), 0);
+    int64_t up_at = clk_mono_ms();
+    await_outbox_empty(topic, 3000);
+    print_message("published %lld ms after the brokers' return\n",
+                  (long long)(clk_mono_ms() - up_at));
+    assert_int_equal(relay_stop(p, 30000), 0);
+    topic_check tc = check_topic(topic, 101, 10000);
+    assert_int_equal(tc.distinct, 101);
+}
+
+/* ------------------------------------------------------------------ 11. before Kafka */
+
+/*
+ * Item 11. Started while every broker is down, the relay waits: it says
+ * so (kafka.waiting, /healthz 503 "kafka"), holds no shard, stays up;
+ * when the broker comes it starts publishing and /healthz turns 200.
+ *
+ * Today: it gives up after 10 s of metadata requests and exits 1 ("could
+ * not reach Kafka"): "ferry-relay exited with 1 before logging
+ * "event":"kafka.waiting"".
+ */
+static void a_relay_started_before_kafka_waits_for_it(void **state)
+{
+    const char *topic = "f.early";
+    assert_int_equal(kt_command(broker, "down 1"), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc *p = relay_spawn("early-a", args);
+    int port = metrics_port(p);
+    tu_proc_await_log(p, "\"event\":\"kafka.waiting\"", 15000);
+    await_health(port, 503, "kafka", 10000);
+    /* Still waiting a little later: it did not give up. (A bounded wait
+     * for something that must not happen.) */
+    assert_int_equal(tu_proc_wait(p, 2000), -1);
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'early-a' "
+                               "AND name LIKE 'shard:%' AND expires_at > now()"),
+                     0);
+    emit_keys(topic, "e", 4, 2);
+    assert_int_equal(outbox_rows(topic), 8);
+    assert_int_equal(log_count(p, "kafka.waiting"), 1);
+    /* The broker comes: it takes its shards and publishes. */
+    assert_int_equal(kt_command(broker, "up 1"), 0);
+    await_outbox_empty(topic, 20000);
+    await_health(port, 200, NULL, 10000);
+    assert_true(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'early-a' "
+                          "AND name LIKE 'shard:%' AND expires_at > now()") > 0);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    topic_check tc = check_topic(topic, 8, 10000);
+    assert_int_equal(tc.distinct, 8);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+/* After each test, whatever it leaves: relays, a broker down, rows,
+ * leases and settings. */
+static int cleanup(void **state)
+{
+    for (int i = 0; i < nprocs; i++) {
+        if (getenv("FERRY_TEST_VERBOSE") != NULL) {
+            char *log = tu_slurp(procs[i].log, NULL);
+            fprintf(stderr, "---- %s %d (status %d):\n%s\n", procs[i].name, (int)procs[i].pid,
+                    procs[i].status, log ? log : "");
+            free(log);
+        }
+        tu_proc_done(&procs[i]);
+    }
+    nprocs = 0;
+    kt_command(broker, "up 1");
+    kt_command(broker, "rtt 1 0");
+    tu_exec_once("UPDATE ferry.settings SET wake_relays = true, max_payload_bytes = 1048576");
+    tu_exec_once("UPDATE ferry.lease SET holder = NULL, expires_at = now()");
+    return tu_clean_outbox(state);
+}
+
+static int group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    broker = kt_start(1);
+    return broker == NULL ? -1 : 0;
+}
+
+static int group_teardown(void **state)
+{
+    kt_stop(broker);
+    return tu_group_teardown(state);
+}
+
+#define T(f) cmocka_unit_test_teardown(f, cleanup)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(a_leaderless_partition_stalls_only_its_keys),
+        T(a_refused_topic_stalls_only_its_keys),
+        T(sigterm_finishes_within_the_grace_with_a_stuck_partition),
+        T(a_commit_is_never_left_for_the_poll),
+        T(a_lease_renewed_but_not_served_is_served),
+        T(oversized_canonical_payloads_are_refused_at_emit),
+        T(a_partitioner_that_moves_keys_is_refused),
+        T(lag_metrics_come_once_per_shard_without_delayed_rows),
+        T(a_second_relay_with_the_same_name_refuses_to_start),
+        T(scale_out_under_load_takes_a_share),
+        T(publishing_resumes_promptly_after_a_broker_outage),
+        T(a_relay_started_before_kafka_waits_for_it),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
