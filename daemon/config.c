@@ -97,7 +97,9 @@ enum {
     X(max_inflight,        1,   1000000)      \
     X(poll_interval_ms,   10,   3600000)      \
     X(lease_ttl_ms,     1000,   3600000)      \
-    X(max_attempts,        1,      1000)
+    X(max_attempts,        1,      1000)      \
+    X(stuck_ms,          100,   3600000)      \
+    X(stop_grace_ms,       0,   3600000)
 
 /* What libcyaml loads the file into; every pointer is NULL when unset. */
 typedef struct file_settings {
@@ -1164,6 +1166,32 @@ static int check_final(loader *ld)
         return fail(ld, "no Kafka: give --kafka BOOTSTRAP (\"embedded\" for an in-process mock "
                     "cluster), set FERRY_KAFKA, or set kafka: bootstrap.servers: in %s", where);
 
+    /* Kafka properties the order guarantee rests on (daemon/relay_kafka.c
+     * says why each): refused here, with the other configuration errors. */
+    static const char *const fixed[][2] = {
+        {"enable.idempotence", "true"}, {"enable.gapless.guarantee", "true"},
+        {"acks", "all"}, {"message.timeout.ms", "0"},
+    };
+    static const char *const keyed[] = {"murmur2_random", "murmur2", "consistent_random",
+                                        "consistent", "fnv1a_random", "fnv1a"};
+    for (size_t i = 0; i < c->kafka_props_count; i++) {
+        const relay_kv *kv = &c->kafka_props[i];
+        for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
+            if (strcmp(kv->name, fixed[f][0]) == 0 && strcmp(kv->value, fixed[f][1]) != 0)
+                return fail(ld, "kafka property %s=%s: ferry-relay needs %s=%s to keep per-key "
+                            "order and lose nothing", kv->name, kv->value, fixed[f][0],
+                            fixed[f][1]);
+        if (strcmp(kv->name, "partitioner") == 0) {
+            bool ok = false;
+            for (size_t k = 0; k < sizeof keyed / sizeof keyed[0]; k++)
+                ok = ok || strcmp(kv->value, keyed[k]) == 0;
+            if (!ok)
+                return fail(ld, "kafka property partitioner=%s: ferry-relay needs a partitioner "
+                            "that keeps a key on one partition (murmur2_random, murmur2, "
+                            "consistent_random, consistent, fnv1a_random, fnv1a)", kv->value);
+        }
+    }
+
     if (c->max_inflight < c->batch_size) {
         /* Blame the one that was set; max_inflight if both were. */
         bool inflight = ld->from[INT_max_inflight].kind != FROM_DEFAULT;
@@ -1202,6 +1230,8 @@ int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, si
     ld->cfg.poll_interval_ms = 1000;
     ld->cfg.lease_ttl_ms = 10000;
     ld->cfg.max_attempts = 5;
+    ld->cfg.stuck_ms = 5000;
+    ld->cfg.stop_grace_ms = 20000;
     ld->cfg.log_level = 2;
     ld->cfg.retention = RELAY_RETENTION_DELETE;
     if (set_string(ld, &ld->cfg.source, DEFAULT_SOURCE) != 0)

@@ -37,6 +37,10 @@ typedef struct relay_config {
     int lease_ttl_ms;         /* default 10000, 1000..3600000 */
     int max_attempts;         /* failed deliveries before a dead letter;
                                  default 5, 1..1000 */
+    int stuck_ms;             /* a partition or key waiting this long is
+                                 stuck; default 5000, 100..3600000 */
+    int stop_grace_ms;        /* SIGTERM waits at most this for deliveries;
+                                 default 20000, 0..3600000 */
     int log_level;            /* 0 error, 1 warn, 2 info (default), 3 debug */
     relay_retention retention;
     relay_kv kafka_props[RELAY_KAFKA_PROPS_MAX];  /* the kafka: map */

@@ -91,6 +91,13 @@ static const metric_desc gauge_desc[] = {
     [G_ACK_PENDING] = {"ferry_relay_queue_depth", "queue=\"ack\"", QUEUE_HELP},
     [G_KAFKA_QUEUE] = {"ferry_relay_queue_depth", "queue=\"kafka\"", QUEUE_HELP},
 #undef QUEUE_HELP
+    [G_STUCK_PARTITIONS] = {"ferry_relay_stuck_partitions", NULL,
+                            "Partitions whose oldest message in flight has waited longer than "
+                            "stuck_ms; their keys wait, every other key goes on."},
+    [G_STUCK_KEYS] = {"ferry_relay_stuck_keys", NULL,
+                      "Keys whose deliveries have failed for longer than stuck_ms."},
+    [G_OLDEST_INFLIGHT_MS] = {"ferry_relay_oldest_inflight_seconds", NULL,
+                              "Age of the oldest message produced and not yet reported."},
 };
 _Static_assert(sizeof gauge_desc / sizeof gauge_desc[0] == G_GAUGE_COUNT,
                "one descriptor per metric_gauge");
@@ -335,7 +342,13 @@ static void render_table(strbuf *b, const metric_desc *desc, int count, const ch
             sb_printf(b, " %" PRIu64 "\n",
                       atomic_load_explicit((_Atomic uint64_t *)&m->counters[i],
                                            memory_order_relaxed));
-        else
+        else if (i == G_OLDEST_INFLIGHT_MS) {
+            char num[32];
+            promtext_double(num, sizeof num,
+                            (double)atomic_load_explicit((_Atomic int64_t *)&m->gauges[i],
+                                                         memory_order_relaxed) / 1e3);
+            sb_printf(b, " %s\n", num);
+        } else
             sb_printf(b, " %" PRId64 "\n",
                       atomic_load_explicit((_Atomic int64_t *)&m->gauges[i],
                                            memory_order_relaxed));

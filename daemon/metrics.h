@@ -33,6 +33,9 @@ typedef enum metric_gauge {
     G_INFLIGHT,               /* ferry_relay_queue_depth{queue="inflight"} */
     G_ACK_PENDING,            /* ferry_relay_queue_depth{queue="ack"} */
     G_KAFKA_QUEUE,            /* ferry_relay_queue_depth{queue="kafka"} */
+    G_STUCK_PARTITIONS,       /* ferry_relay_stuck_partitions */
+    G_STUCK_KEYS,             /* ferry_relay_stuck_keys */
+    G_OLDEST_INFLIGHT_MS,     /* ferry_relay_oldest_inflight_seconds (rendered in s) */
     G_GAUGE_COUNT
 } metric_gauge;
 

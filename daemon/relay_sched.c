@@ -136,7 +136,7 @@ struct sched {
     char *blocked;                  /* the key skipped last, for this sweep */
     int dirty;
     int sweep_produced;
-    int sweep_failed;               /* a transient failure since the sweep began */
+    int sweep_failed;               /* a message lost (not failed) since the sweep began */
     int64_t sweep_started;
     int sweeps;
     int64_t next_look;              /* 0: none */
@@ -813,14 +813,21 @@ static int64_t retry_after(int failures)
     return d < RETRY_MAX_MS ? d : RETRY_MAX_MS;
 }
 
-static void key_failed(sched *s, skey *k, int64_t now)
+/* A message of k failed. Its later rows may already be behind the cursor
+ * or in the next batch of this sweep: none of them goes out before it. The
+ * retry time grows once per sweep that fails, not per message (a purge
+ * fails a whole run of a key at once); lost (a purge: nobody's fault) is
+ * retried at once. */
+static void key_failed(sched *s, skey *k, int lost, int64_t now)
 {
-    /* Its later rows may already be behind the cursor or in the next
-     * batch of this sweep: none of them goes out before this one. */
+    int again = k->failed_sweep == s->sweep_id && k->failures > 0;
     if (s->broken != SCHED_BROKEN_RESEND_AHEAD)
         k->failed_sweep = s->sweep_id;
-    k->failures++;
-    k->retry_at = now + retry_after(k->failures);
+    if (!lost && !again)
+        k->failures++;
+    int64_t at = lost ? now : now + retry_after(k->failures > 0 ? k->failures : 1);
+    if (at > k->retry_at)
+        k->retry_at = at;
     k->skipped = 1;
     if (!k->failing) {
         k->failing = 1;
@@ -831,7 +838,11 @@ static void key_failed(sched *s, skey *k, int64_t now)
             s->failing->fprev = k;
         s->failing = k;
     }
-    s->sweep_failed = 1;
+    /* With --once, a lost message is sent again by another sweep; one
+     * that failed for its own reason is counted in the database and waits
+     * for the next run (ferry-relay's exit status says so). */
+    if (lost)
+        s->sweep_failed = 1;
 }
 
 void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t now)
@@ -839,7 +850,7 @@ void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t 
     block(s, topic, key);
     skey *k = key_make(s, topic, key);
     if (k != NULL)
-        key_failed(s, k, now);
+        key_failed(s, k, 0, now);
 }
 
 /* ------------------------------------------------------------------ reports */
@@ -868,7 +879,7 @@ void sched_delivered(sched *s, int i, int ok, int64_t now)
     s->inflight--;
     k->inflight--;
     int again = 0;
-    if (ok) {
+    if (ok > 0) {
         /* The partition answered: it is neither stuck nor held now, and
          * the keys a sweep skipped for it may go. */
         p->last_report = now;
@@ -881,7 +892,7 @@ void sched_delivered(sched *s, int i, int ok, int64_t now)
         p->skipped = 0;
     }
     again |= part_unlink(s, p, i);     /* p may be gone now */
-    if (ok) {
+    if (ok > 0) {
         k->failures = 0;
         k->retry_at = 0;
         if (k->stuck)
@@ -893,7 +904,7 @@ void sched_delivered(sched *s, int i, int ok, int64_t now)
             s->acks[s->ack_count++] = i;
         }
     } else {
-        key_failed(s, k, now);
+        key_failed(s, k, ok < 0, now);
         if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE) {
             x->state = SLOT_DELIVERED;      /* its ack is queued already */
         } else {
@@ -909,8 +920,10 @@ void sched_inflight_lost(sched *s, int64_t now)
 {
     for (int i = 0; i < s->cfg.max_inflight; i++)
         if (s->slots[i].state == SLOT_INFLIGHT)
-            sched_delivered(s, i, 0, now);
+            sched_delivered(s, i, -1, now);
 }
+
+int sched_inflight(const sched *s) { return s->inflight; }
 
 int sched_slot_info(const sched *s, int i, unsigned char id[16], int *shard, int64_t *epoch,
                     unsigned *gen, int64_t *created_ms)

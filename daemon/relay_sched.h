@@ -152,10 +152,14 @@ int sched_produced(sched *s, int shard, const char *topic, const char *key, int 
 void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t now);
 
 /* ---- delivery reports and acknowledgements */
-/* A delivery report. ok: persisted, so the slot joins the ack queue. */
+/* A delivery report. ok > 0: persisted, so the slot joins the ack queue;
+ * 0: failed (the key retries after a backoff); < 0: lost without fault of
+ * its own (purged with its producer: the key retries at once). */
 void sched_delivered(sched *s, int slot, int ok, int64_t now);
 /* The producer was thrown away: every slot still in flight failed. */
 void sched_inflight_lost(sched *s, int64_t now);
+/* Slots with no report yet. */
+int sched_inflight(const sched *s);
 int sched_slot_info(const sched *s, int slot, unsigned char id[16], int *shard, int64_t *epoch,
                     unsigned *gen, int64_t *created_ms);
 /* The acks to send: the first n of the queue (shard, epoch, id each). */

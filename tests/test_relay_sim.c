@@ -414,7 +414,7 @@ static void fatal(int ri)
             msg *m = &W.q[ri][p][i];
             if (W.stuck_until[p] <= W.now && (m->wire || chance(300)) && i == 0)
                 log_append(m->row);     /* it got there before the purge */
-            report(ri, m->slot, m->gen, 0);
+            report(ri, m->slot, m->gen, -1);
         }
         W.qn[ri][p] = 0;
     }

@@ -1,0 +1,237 @@
+/*
+ * relay_db.c — the relay's two database sessions: connecting, setting
+ * them up, noticing a loss, reconnecting with backoff, and the settings
+ * they read.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "relay_int.h"
+
+void relay_db_lost(relay *r, const char *what, ferry_error *err)
+{
+    relay_count(r, M_FAIL_DB, 1);
+    /* A prepared statement gone (26000), or planned for columns that have
+     * changed since (0A000, "cached plan must not change result type"):
+     * fresh sessions prepare them again. */
+    int stale = strcmp(err->sqlstate, "26000") == 0 || strcmp(err->sqlstate, "0A000") == 0;
+    if (PQstatus(r->db.main) == CONNECTION_OK && PQstatus(r->db.ack) == CONNECTION_OK &&
+        !stale) {
+        ferry_log(FERRY_LOG_WARN, "db.error", "%s: %s", what, err->message);
+        return;
+    }
+    if (r->db.ok)
+        ferry_log(FERRY_LOG_WARN, "db.lost", "%s: %s; reconnecting", what, err->message);
+    r->db.ok = 0;
+    relay_ack_forget(r);
+    sched_db_state(r->s, 0);
+}
+
+static int exec_ok(PGconn *conn, const char *sql, ferry_error *err)
+{
+    return ferry_exec(conn, sql, 0, NULL, "could not set up the session", err) == FERRY_OK;
+}
+
+/*
+ * The main session. enable_sort is off for the fetch: it must walk
+ * outbox_position in order and stop at its LIMIT, and the planner cannot
+ * see that (relay_fetch.c says more). jit is off: nothing the relay runs
+ * is long enough for it.
+ */
+static int setup_main(relay *r, ferry_error *err)
+{
+    return ferry_set_application_name(r->db.main, "ferry-relay", r->holder, err) == FERRY_OK &&
+           exec_ok(r->db.main, "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
+                               "SET enable_sort = off; SET jit = off; "
+                               "LISTEN " NOTIFY_CHANNEL, err) &&
+           relay_fetch_prepare(r);
+}
+
+/* The acknowledging session: the statement prepared once, then
+ * non-blocking (PQreset keeps that flag, and PQprepare wants it off). */
+static int setup_ack(relay *r, ferry_error *err)
+{
+    return PQsetnonblocking(r->db.ack, 0) == 0 &&
+           ferry_set_application_name(r->db.ack, "ferry-relay", r->holder, err) == FERRY_OK &&
+           exec_ok(r->db.ack, "SET statement_timeout = '60s'; SET lock_timeout = '10s'", err) &&
+           relay_ack_prepare(r) && PQsetnonblocking(r->db.ack, 1) == 0;
+}
+
+/* Another process already relaying under our name: a live session named
+ * "ferry-relay <holder>" besides ours. A process of that name killed a
+ * moment ago may leave its sessions for a few milliseconds, so look a few
+ * times before refusing. Returns 1 if one is live, 0 if not, -1 on error. */
+static int holder_live(relay *r)
+{
+    for (int tries = 0; tries < 20; tries++) {
+        PGresult *res = PQexec(r->db.main,
+                               "SELECT count(*) FROM pg_stat_activity "
+                               "WHERE application_name = current_setting('application_name') "
+                               "  AND pid <> pg_backend_pid()");
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+        long n = ok ? atol(PQgetvalue(res, 0, 0)) : -1;
+        PQclear(res);
+        if (n <= 0)
+            return n < 0 ? -1 : 0;
+        ferry_sleep_ms(100);
+    }
+    return 1;
+}
+
+int relay_db_connect(relay *r)
+{
+    ferry_error err;
+    /* Defaults first, then the user's conninfo (expanded from "dbname"),
+     * which overrides them: a black-holed server must not hang the relay
+     * for the kernel's TCP timeout. */
+    static const char *const keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
+                                       "keepalives_interval", "keepalives_count",
+                                       "tcp_user_timeout", "dbname", NULL};
+    const char *values[] = {"10", "1", "10", "5", "3", "30000", r->cfg->db, NULL};
+    r->db.main = PQconnectdbParams(keys, values, 1);
+    if (PQstatus(r->db.main) == CONNECTION_OK)
+        r->db.ack = PQconnectdbParams(keys, values, 1);
+    PGconn *failed = PQstatus(r->db.main) != CONNECTION_OK ? r->db.main : r->db.ack;
+    if (PQstatus(failed) != CONNECTION_OK) {
+        const char *msg = PQerrorMessage(failed);
+        ferry_log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %.*s",
+                  (int)strcspn(msg, "\n"), msg);
+        return -1;
+    }
+    int version = 0;
+    if (ferry_schema_version(r->db.main, &version, &err) != FERRY_OK) {
+        /* Say what went wrong: a role without the grant on schema_version
+         * is not an unmigrated database. */
+        ferry_log(FERRY_LOG_ERROR, "db.schema", "could not read the ferry schema's version: %s",
+                  err.message);
+        return -1;
+    }
+    if (version < 1) {
+        ferry_log(FERRY_LOG_ERROR, "db.schema", "ferry schema not found (version 0): run "
+                  "ferry-relay migrate --db ...");
+        return -1;
+    }
+    if (!setup_main(r, &err)) {
+        ferry_log(FERRY_LOG_ERROR, "db.setup", "could not set up the session: %s",
+                  err.message[0] ? err.message : PQerrorMessage(r->db.main));
+        return -1;
+    }
+    int live = holder_live(r);
+    if (live != 0) {
+        ferry_log_json(FERRY_LOG_ERROR, "relay.holder_live",
+                       json_pack("{s:s}", "holder", r->holder),
+                       live > 0 ? "another relay named %s is already live (a session named "
+                                  "'ferry-relay %s' is connected): refusing to start; give "
+                                  "each relay its own --holder"
+                                : "could not check whether a relay named %s is live%s",
+                       r->holder, live > 0 ? r->holder : "");
+        return -1;
+    }
+    if (!setup_ack(r, &err)) {
+        ferry_log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
+                  err.message[0] ? err.message : PQerrorMessage(r->db.ack));
+        return -1;
+    }
+    if (relay_db_refresh_settings(r) != 0)
+        return -1;
+    r->db.ok = 1;
+    r->db.backoff_ms = 100;
+    return 0;
+}
+
+/* Reconnect with backoff, without blocking the loop for longer than one
+ * connection attempt per session. Both sessions start afresh: after a lost
+ * one the other is rarely healthy (a restarted server, a terminated relay),
+ * and an acknowledgement in flight on it is simply sent again (deleting a
+ * deleted row changes nothing). */
+void relay_db_maybe_reconnect(relay *r)
+{
+    if (r->db.ok || ferry_now_ms() < r->db.retry_at)
+        return;
+    ferry_error err;
+    relay_ack_forget(r);
+    PQreset(r->db.main);
+    PQreset(r->db.ack);
+    if (PQstatus(r->db.main) == CONNECTION_OK && PQstatus(r->db.ack) == CONNECTION_OK &&
+        setup_main(r, &err) && setup_ack(r, &err)) {
+        r->db.ok = 1;
+        r->db.backoff_ms = 100;
+        r->next_lease_tick = 0;     /* find out at once what we still hold */
+        sched_db_state(r->s, 1);
+        ferry_log(FERRY_LOG_INFO, "db.reconnected", "database connection restored");
+        return;
+    }
+    r->db.retry_at = ferry_now_ms() + r->db.backoff_ms;
+    if (r->db.backoff_ms < 5000)
+        r->db.backoff_ms *= 2;
+}
+
+/* Read shard_count (it may have grown since the last look) and
+ * max_payload_bytes, and make sure a lease row exists for every shard.
+ * Returns 0, or -1 (logged). */
+int relay_db_refresh_settings(relay *r)
+{
+    PGresult *res = PQexec(r->db.main, "SELECT shard_count, max_payload_bytes FROM ferry.settings");
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    int count = ok ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    int max_payload = ok ? atoi(PQgetvalue(res, 0, 1)) : 0;
+    if (!ok) {
+        ferry_log(FERRY_LOG_ERROR, "db.settings", "could not read ferry.settings: %s",
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    if (count < 1 || count > MAX_SHARDS) {
+        ferry_log(FERRY_LOG_ERROR, "db.settings", "ferry.settings.shard_count %d is out of range",
+                  count);
+        return -1;
+    }
+    r->db.max_payload = max_payload;
+    if (count == r->db.shard_count)
+        return 0;
+    ferry_error err;
+    char **names = calloc((size_t)count, sizeof *names);
+    for (int s = 0; names != NULL && s < count; s++) {
+        names[s] = malloc(32);
+        if (names[s] != NULL)
+            snprintf(names[s], 32, SHARD_PREFIX "%d", s);
+    }
+    ferry_code rc = names ? ferry_lease_ensure(r->db.main, (const char *const *)names,
+                                               (size_t)count, &err)
+                          : FERRY_ENOMEM;
+    for (int s = 0; names != NULL && s < count; s++)
+        free(names[s]);
+    free(names);
+    if (rc != FERRY_OK) {
+        ferry_log(FERRY_LOG_ERROR, "lease.setup", "%s", rc == FERRY_ENOMEM ? "out of memory"
+                                                                           : err.message);
+        return -1;
+    }
+    if (r->db.shard_count != 0)
+        ferry_log(FERRY_LOG_INFO, "shards.grown", "shard_count grew from %d to %d",
+                  r->db.shard_count, count);
+    r->db.shard_count = count;
+    return 0;
+}
+
+void relay_db_drain_notifies(relay *r)
+{
+    if (!r->db.ok)
+        return;
+    if (!PQconsumeInput(r->db.main)) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db.main, NULL, "connection");
+        relay_db_lost(r, "listen", &err);
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(r->db.main)) != NULL) {
+        sched_dirty(r->s);
+        relay_count(r, M_WAKEUPS_NOTIFY, 1);
+        PQfreemem(n);
+    }
+}

@@ -1,0 +1,396 @@
+/*
+ * relay_fetch.c — the sweep's fetch, and the produce of every row the
+ * scheduler admits; failed messages counted in the database.
+ */
+#include <assert.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "relay_int.h"
+
+/* Bytes a fetch may bring at most, beside its rows: payload and key of
+ * each row (headers are at most 64 KiB a row). The first row always comes,
+ * whatever its size. */
+#define FETCH_BYTES (8 * 1024 * 1024)
+
+/*
+ * The fetch: rows of the served shards ($1) after the cursor ($2..$5), in
+ * (shard, topic, key, position) order, at most $6 rows and, counting each
+ * payload as its published size (payload_bytes, or $7 for rows written
+ * before it was kept), at most $8 bytes after the first row; the columns
+ * are C_ID ... C_READY below, and come in binary. Prepared once per
+ * session.
+ *
+ * shard + 0: a filter, not an index condition. As a condition, PostgreSQL
+ * 15 starts one index scan per listed shard and reads every remaining
+ * entry of the shards before the cursor, so a drain got slower the further
+ * it went.
+ *
+ * The window runs over the ordered index scan with its LIMIT, and only the
+ * rows within the byte budget have their payload turned into text: a
+ * backlog of 1 MiB payloads is fetched a few at a time, not 1,000 at once.
+ *
+ * enable_sort is off on this session: the planner estimates the rows past
+ * the cursor from the row comparison's first column and the shard filter
+ * from a default, and where that came out low it read every remaining row
+ * of the held shards and sorted them instead: 20 to 35 times the work, on
+ * a fifth of the batches of a 200,000-row drain, which alone halved its
+ * rate. With sorting off, the ordered index scan is the only plan without
+ * a penalty.
+ */
+#define FETCH_STATEMENT "ferry_relay_fetch"
+#define FETCH_SQL                                                                          \
+    "SELECT s.id, s.topic, s.aggregateid, s.aggregatetype, s.type, s.payload::text, "      \
+    "       s.headers::text, s.seq, s.shard, s.created_at, s.available_at <= now(), s.run " \
+    "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
+    "             o.headers, o.seq, o.shard, o.created_at, o.available_at, "               \
+    "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) AS size, "   \
+    "             sum(coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid)) "       \
+    "               OVER (ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                \
+    "                     ROWS UNBOUNDED PRECEDING) AS run "                               \
+    "      FROM ferry.outbox o "                                                           \
+    "      WHERE (o.shard + 0) = ANY ($1) AND o.published_at IS NULL "                     \
+    "        AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2, $3, $4, $5) "             \
+    "        AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "     \
+    "                        AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "    \
+    "      ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                               \
+    "      LIMIT $6) s "                                                                   \
+    "WHERE s.run - s.size < $8 "                                                           \
+    "ORDER BY s.shard, s.topic, s.aggregateid, s.seq"
+
+int relay_fetch_prepare(relay *r)
+{
+    static const Oid types[8] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
+                                 25 /* text */, 20 /* int8 */, 23 /* int4 */, 23 /* int4 */,
+                                 20 /* int8 */};
+    PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 8, types);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        ferry_log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
+                  PQresultErrorMessage(res));
+    PQclear(res);
+    return ok;
+}
+
+enum {
+    C_ID, C_TOPIC, C_KEY, C_AGGTYPE, C_TYPE, C_PAYLOAD, C_HEADERS, C_SEQ, C_SHARD,
+    C_CREATED_AT, C_READY, C_RUN, C_COUNT
+};
+
+typedef struct row {
+    ferry_uuid id;
+    const char *topic, *key, *aggtype, *type, *payload, *headers;
+    size_t payload_len;
+    int64_t seq;
+    int shard;
+    int64_t created_us;         /* Unix microseconds */
+    int ready;                  /* available_at has come */
+} row;
+
+static uint64_t get64(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | u[i];
+    return v;
+}
+
+static uint32_t get32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+/* PostgreSQL's timestamps count microseconds from 2000-01-01 UTC. */
+#define PG_EPOCH_UNIX_US INT64_C(946684800000000)
+
+/* One fetched row. The fetch returns binary results, which saves the
+ * server formatting the uuid, the numbers and the time; text columns come
+ * as they are, each ending in a NUL. Returns 0, or -1 for a row whose
+ * fixed-size columns are not of their size (not from this statement). */
+static int row_read(const PGresult *res, int i, row *out)
+{
+    if (PQgetlength(res, i, C_ID) != 16 || PQgetlength(res, i, C_SEQ) != 8 ||
+        PQgetlength(res, i, C_SHARD) != 4 || PQgetlength(res, i, C_CREATED_AT) != 8 ||
+        PQgetlength(res, i, C_READY) != 1)
+        return -1;
+    memcpy(out->id.bytes, PQgetvalue(res, i, C_ID), 16);
+    out->topic = PQgetvalue(res, i, C_TOPIC);
+    out->key = PQgetvalue(res, i, C_KEY);
+    out->aggtype = PQgetvalue(res, i, C_AGGTYPE);
+    out->type = PQgetvalue(res, i, C_TYPE);
+    out->payload = PQgetvalue(res, i, C_PAYLOAD);
+    out->payload_len = (size_t)PQgetlength(res, i, C_PAYLOAD);
+    out->headers = PQgetvalue(res, i, C_HEADERS);
+    out->seq = (int64_t)get64(PQgetvalue(res, i, C_SEQ));
+    out->shard = (int32_t)get32(PQgetvalue(res, i, C_SHARD));
+    out->created_us = (int64_t)get64(PQgetvalue(res, i, C_CREATED_AT)) + PG_EPOCH_UNIX_US;
+    out->ready = PQgetvalue(res, i, C_READY)[0] != 0;
+    return 0;
+}
+
+/* ce_time: RFC 3339 in UTC with microseconds, 2026-11-22T01:02:03.456789Z. */
+static void format_time(int64_t unix_us, char out[40])
+{
+    int64_t sec = unix_us / 1000000, us = unix_us % 1000000;
+    if (us < 0) {
+        us += 1000000;
+        sec--;
+    }
+    time_t t = (time_t)sec;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 40, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)us);
+}
+
+/* Add one header; values are copied by librdkafka. */
+static void header(rd_kafka_headers_t *h, const char *name, const char *value)
+{
+    rd_kafka_header_add(h, name, -1, value, -1);
+}
+
+static rd_kafka_headers_t *headers_of(relay *r, const row *w, const char *id)
+{
+    char seq[24], ce_time[40];
+    snprintf(seq, sizeof seq, "%" PRId64, w->seq);
+    format_time(w->created_us, ce_time);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(16);
+    header(h, "ferry_id", id);
+    header(h, "ferry_type", w->type);
+    header(h, "ferry_aggregate_type", w->aggtype);
+    header(h, "ferry_seq", seq);
+    header(h, "ce_specversion", "1.0");
+    header(h, "ce_id", id);
+    header(h, "ce_type", w->type);
+    header(h, "ce_source", r->cfg->source);
+    header(h, "ce_time", ce_time);
+    header(h, "content-type", "application/json");
+    if (strcmp(w->headers, "{}") != 0) {
+        json_error_t jerr;
+        json_t *obj = json_loads(w->headers, 0, &jerr);
+        const char *name;
+        json_t *v;
+        if (json_is_object(obj)) {
+            json_object_foreach(obj, name, v) {
+                if (json_is_string(v))
+                    header(h, name, json_string_value(v));
+            }
+        }
+        json_decref(obj);
+    }
+    return h;
+}
+
+/* Produce an admitted row. Returns 0, or -1 when the producer refused it
+ * (the scheduler has it failed; a refusal that is the message's own is
+ * counted in the database). */
+static int produce_row(relay *r, const row *w, relay_topic *t, int partition, int64_t now)
+{
+    char id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&w->id, id);
+    int slot = sched_produced(r->s, w->shard, w->topic, w->key, partition, w->id.bytes,
+                              w->created_us / 1000, r->k.gen, now);
+    if (slot < 0) {
+        sched_produce_failed(r->s, w->topic, w->key, now);
+        return -1;
+    }
+    rd_kafka_headers_t *h = headers_of(r, w, id);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        r->k.rk, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_KEY(w->key, strlen(w->key)),
+        RD_KAFKA_V_VALUE((void *)w->payload, w->payload_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE(relay_kafka_opaque(r, slot)), RD_KAFKA_V_END);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        r->produced++;
+        return 0;
+    }
+    rd_kafka_headers_destroy(h);
+    /* Not produced: the slot goes back as a failure, and the key waits for
+     * its retry time. A full queue is nobody's fault; anything else is the
+     * message's (too large, say), counted towards its dead letter. */
+    int lost = err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL;
+    sched_delivered(r->s, slot, lost ? -1 : 0, now);
+    if (lost)
+        return -1;      /* the producer's state, not the message's */
+    char reason[256];
+    snprintf(reason, sizeof reason, "could not produce: %s (%s)", rd_kafka_err2str(err),
+             rd_kafka_err2name(err));
+    relay_count(r, M_FAIL_PRODUCE, 1);
+    r->undelivered++;
+    relay_note_failure(r, w->id.bytes, w->shard, sched_lease_epoch(r->s, w->shard), reason);
+    return -1;
+}
+
+void relay_fetch_and_produce(relay *r, int limit)
+{
+    char *shards = malloc(16 + (size_t)MAX_SHARDS * 6);
+    if (shards == NULL)
+        return;
+    size_t n = 0;
+    shards[n++] = '{';
+    for (int s = 0; s < MAX_SHARDS; s++)
+        if (sched_lease_epoch(r->s, s) != 0 && !sched_shard_draining(r->s, s))
+            n += (size_t)sprintf(shards + n, "%s%d", n > 1 ? "," : "", s);
+    shards[n++] = '}';
+    shards[n] = '\0';
+
+    int cshard;
+    const char *ctopic, *ckey;
+    int64_t cseq;
+    sched_cursor(r->s, &cshard, &ctopic, &ckey, &cseq);
+    char scshard[16], scseq[24], slim[16], smaxp[16], sbytes[24];
+    snprintf(scshard, sizeof scshard, "%d", cshard);
+    snprintf(scseq, sizeof scseq, "%" PRId64, cseq);
+    snprintf(slim, sizeof slim, "%d", limit);
+    snprintf(smaxp, sizeof smaxp, "%d", r->db.max_payload > 0 ? r->db.max_payload : 1048576);
+    snprintf(sbytes, sizeof sbytes, "%d", FETCH_BYTES);
+    const char *params[8] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes};
+    PGresult *res = PQexecPrepared(r->db.main, FETCH_STATEMENT, 8, params, NULL, NULL, 1);
+    free(shards);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != C_COUNT) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db.main, res, "could not fetch");
+        PQclear(res);
+        relay_db_lost(r, "fetch", &err);
+        return;
+    }
+    int rows = PQntuples(res);
+    int stopped = 0;
+    int64_t now = ferry_now_ms();
+    relay_topic *t = NULL;
+    row w;
+    for (int i = 0; i < rows; i++) {
+        if (row_read(res, i, &w) != 0) {
+            ferry_log(FERRY_LOG_ERROR, "fetch.row", "a fetched row has columns of the wrong "
+                      "size; ending this batch");
+            stopped = 1;
+            break;
+        }
+        if (t == NULL || strcmp(t->name, w.topic) != 0)
+            t = relay_kafka_topic(r, w.topic);
+        if (t == NULL) {
+            stopped = 1;        /* out of memory: resume from this row */
+            break;
+        }
+        int partition = relay_kafka_partition(r, t, w.key);
+        sched_admit a = sched_admit_row(r->s, w.shard, w.topic, w.key, partition, w.ready, now,
+                                        NULL);
+        if (a == ADMIT_NO_ROOM) {
+            stopped = 1;
+            break;
+        }
+        if (a == ADMIT_PRODUCE) {
+            produce_row(r, &w, t, partition, now);
+            if (r->k.fatal_test_after > 0 && r->produced >= (uint64_t)r->k.fatal_test_after) {
+                /* Test hook: make librdkafka raise the fatal error it raises
+                 * when it cannot keep the gapless guarantee. */
+                rd_kafka_test_fatal_error(r->k.rk,
+                                          RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                          "injected by FERRY_RELAY_TEST_FATAL_AFTER");
+                r->k.fatal_test_after = 0;
+            }
+        }
+        sched_advance(r->s, w.shard, w.topic, w.key, w.seq);
+    }
+    if (rows > 0)
+        ferry_log_json(FERRY_LOG_DEBUG, "batch.produced",
+                       json_pack("{s:i, s:i}", "rows", rows, "inflight", sched_inflight(r->s)),
+                       "fetched %d rows", rows);
+    /* Fewer rows than asked for is the end of the sweep, unless we stopped
+     * early or the byte budget cut the batch: then the last row's running
+     * total reached the budget, and more rows may follow. */
+    int full = stopped || rows == limit;
+    if (!full && rows > 0 && PQgetlength(res, rows - 1, C_RUN) == 8)
+        full = (int64_t)get64(PQgetvalue(res, rows - 1, C_RUN)) >= FETCH_BYTES;
+    PQclear(res);
+    sched_fetched(r->s, full ? limit : rows, limit, now);
+}
+
+/* ------------------------------------------------------------------ failures */
+
+void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
+                        const char *reason)
+{
+    if (r->fail.count >= FAILURES_MAX)
+        return;     /* counted next time it fails */
+    r->permanent_failures++;
+    failure *f = &r->fail.list[r->fail.count++];
+    ferry_uuid u;
+    memcpy(u.bytes, id, 16);
+    ferry_uuid_format(&u, f->id);
+    f->shard = shard;
+    f->epoch = epoch;
+    snprintf(f->reason, sizeof f->reason, "%s", reason);
+}
+
+/*
+ * A message failed for a reason of its own. Count the attempt; at
+ * max_attempts move it to the dead letters, which parks its key (the fetch
+ * skips keys with a relay dead letter). Both under the lease.
+ */
+void relay_record_failures(relay *r)
+{
+    if (!r->db.ok)
+        return;
+    while (r->fail.count > 0) {
+        failure *f = &r->fail.list[r->fail.count - 1];
+        char shard[16], epoch[24], max[16];
+        snprintf(shard, sizeof shard, "%d", f->shard);
+        snprintf(epoch, sizeof epoch, "%" PRId64, f->epoch);
+        snprintf(max, sizeof max, "%d", r->cfg->max_attempts);
+        const char *params[6] = {f->id, shard, epoch, r->holder, max, f->reason};
+        PGresult *res = PQexecParams(
+            r->db.main,
+            /* The row is either updated (one more attempt) or moved, never
+             * both: sub-statements of one statement cannot see each other's
+             * changes, so both decide from the same snapshot of it (cur). */
+            "WITH l AS (SELECT 1 FROM ferry.lease WHERE name = 'shard:' || $2 "
+            "           AND epoch = $3::bigint AND holder = $4 AND expires_at > now() FOR SHARE), "
+            "cur AS (SELECT * FROM ferry.outbox WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM l)), "
+            "u AS (UPDATE ferry.outbox o SET attempts = o.attempts + 1, last_error = $6 FROM cur "
+            "      WHERE o.id = cur.id AND cur.attempts + 1 < $5::int RETURNING o.attempts), "
+            "m AS (DELETE FROM ferry.outbox o USING cur WHERE o.id = cur.id "
+            "      AND cur.attempts + 1 >= $5::int RETURNING o.*), "
+            "dl AS (INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
+            "         aggregateid, type, payload, headers, seq, shard, created_at, attempts, reason) "
+            "       SELECT m.id, '', m.topic, m.aggregatetype, m.aggregateid, m.type, m.payload, "
+            "         m.headers, m.seq, m.shard, m.created_at, m.attempts + 1, $6 FROM m "
+            "       ON CONFLICT (message_id, consumer) DO NOTHING RETURNING 1) "
+            "SELECT (SELECT attempts + 1 FROM cur), (SELECT count(*) FROM dl)",
+            6, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            ferry_error err;
+            ferry_error_from_pg(&err, r->db.main, res, "could not record a failed delivery");
+            PQclear(res);
+            relay_db_lost(r, "failure record", &err);
+            if (r->db.ok)
+                r->fail.count--;    /* not the connection: drop it rather than loop */
+            return;
+        }
+        const char *attempts = PQgetisnull(res, 0, 0) ? "?" : PQgetvalue(res, 0, 0);
+        int moved = atoi(PQgetvalue(res, 0, 1));
+        json_t *fields = json_pack("{s:s, s:i, s:s, s:s}", "id", f->id, "shard", f->shard,
+                                   "attempts", attempts, "reason", f->reason);
+        if (moved) {
+            r->dead_lettered++;
+            relay_count(r, M_DEAD_LETTERED, 1);
+            ferry_log_json(FERRY_LOG_ERROR, "message.dead_lettered", fields,
+                           "message %s moved to ferry.dead_letter after %s attempts: %s; "
+                           "its key waits until the dead letter is replayed or discarded",
+                           f->id, attempts, f->reason);
+        } else {
+            ferry_log_json(FERRY_LOG_WARN, "message.failed", fields,
+                           "message %s could not be published (attempt %s): %s", f->id,
+                           attempts, f->reason);
+        }
+        PQclear(res);
+        r->fail.count--;
+    }
+}

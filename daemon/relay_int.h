@@ -1,0 +1,165 @@
+/*
+ * relay_int.h — the relay's shell, shared by its stage files:
+ *
+ *   relay.c        the loop: ask relay_sched what to do, do it, wait
+ *   relay_db.c     the two database sessions, reconnecting
+ *   relay_lease.c  shard leases: renew what we hold, adopt, take our share
+ *   relay_fetch.c  the fetch and the produce of each admitted row
+ *   relay_ack.c    the acknowledging statement, sent without waiting
+ *   relay_kafka.c  the producer: configuration, partitioning, reports,
+ *                  rebuilding after a fatal error
+ *
+ * Each stage keeps its state in its own part of struct relay; the
+ * decisions (what to fetch, when to ack, which shard to give back, wake-ups,
+ * when to stop) are relay_sched's.
+ */
+#ifndef FERRY_RELAY_INT_H
+#define FERRY_RELAY_INT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "../lib/internal.h"
+#include "config.h"
+#include "metrics.h"
+#include "relay_sched.h"
+
+#define SHARD_PREFIX "shard:"
+#define RELAY_PREFIX "relay:"
+#define NOTIFY_CHANNEL "ferry_outbox"
+#define MAX_SHARDS SCHED_SHARDS_MAX
+#define FAILURES_MAX 1024
+
+/* The two sessions, usable only together (ok): main for leases, fetches,
+ * failures and LISTEN, in blocking calls; ack for acknowledgements only,
+ * non-blocking, so the loop never waits for a DELETE. */
+typedef struct relay_db {
+    PGconn *main;
+    PGconn *ack;
+    int ok;
+    int64_t retry_at;
+    int backoff_ms;
+    int shard_count;
+    int max_payload;            /* ferry.settings.max_payload_bytes */
+} relay_db;
+
+/* What the broker knows of a topic: its partition count, written by the
+ * partitioner (any librdkafka thread), read by the loop. */
+typedef struct relay_topic {
+    char *name;
+    rd_kafka_topic_t *rkt;
+    atomic_int partitions;
+} relay_topic;
+
+typedef int32_t (*relay_partitioner)(const rd_kafka_topic_t *rkt, const void *key,
+                                     size_t keylen, int32_t partition_cnt, void *rkt_opaque,
+                                     void *msg_opaque);
+
+typedef struct relay_kafka {
+    rd_kafka_t *rk;
+    rd_kafka_mock_cluster_t *mock;
+    rd_kafka_t *mock_host;
+    char bootstrap[512];
+    unsigned gen;               /* producer generation, in every message's opaque */
+    int event_pipe[2];
+    void *topics;               /* tsearch tree of relay_topic */
+    relay_partitioner partition;
+    atomic_int down;            /* every broker down, as librdkafka last said */
+    int fatal_test_after;       /* FERRY_RELAY_TEST_FATAL_AFTER */
+} relay_kafka;
+
+/* The acknowledgement in flight on the ack session. */
+typedef struct relay_ack {
+    int sent;                   /* acks in the statement; 0: none */
+    int flushing;               /* the session has not taken it all yet */
+    PGresult *res;              /* its result, until the statement's end */
+    int64_t sent_ms;
+} relay_ack;
+
+/* A failed message, to count in the database (and maybe dead-letter). */
+typedef struct failure {
+    char id[FERRY_UUID_STRING_SIZE];
+    int shard;
+    int64_t epoch;
+    char reason[256];
+} failure;
+
+typedef struct relay_failures {
+    failure list[FAILURES_MAX];
+    int count;
+} relay_failures;
+
+typedef struct relay_lag relay_lag;
+
+typedef struct relay {
+    const relay_config *cfg;
+    relay_metrics *m;
+    char holder[256];
+    char heartbeat_name[300];
+    sched *s;
+
+    relay_db db;
+    relay_kafka k;
+    relay_ack ack;
+    relay_failures fail;
+    relay_lag *lag;
+    int64_t next_lease_tick;
+    int reclaimed;              /* took back our name's leases at start */
+
+    /* outcome, for --once and the exit status */
+    uint64_t produced, delivered, undelivered, refused, dead_lettered, permanent_failures;
+    int64_t next_stats;
+    int healthy;                /* as last told to /healthz */
+    char health_reason[256];
+} relay;
+
+/* relay.c */
+void relay_count(relay *r, metric_counter c, uint64_t n);
+int64_t relay_wall_ms(void);
+
+/* relay_db.c */
+int relay_db_connect(relay *r);
+void relay_db_lost(relay *r, const char *what, ferry_error *err);
+void relay_db_maybe_reconnect(relay *r);
+int relay_db_refresh_settings(relay *r);
+void relay_db_drain_notifies(relay *r);
+
+/* relay_lease.c */
+void relay_lease_tick(relay *r);
+void relay_lease_release(relay *r, int shard);
+void relay_leases_release_all(relay *r);
+
+/* relay_ack.c */
+int relay_ack_prepare(relay *r);
+void relay_ack_send(relay *r);
+void relay_ack_poll(relay *r, int wait);
+void relay_ack_forget(relay *r);
+
+/* relay_fetch.c */
+int relay_fetch_prepare(relay *r);
+void relay_fetch_and_produce(relay *r, int limit);
+void relay_record_failures(relay *r);
+void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
+                        const char *reason);
+
+/* relay_lag.c */
+relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m);    /* NULL: none */
+void relay_lag_sync(relay_lag *l, const sched *s);
+void relay_lag_stop(relay_lag *l);
+
+/* relay_kafka.c */
+int relay_kafka_start(relay *r);
+int relay_kafka_create(relay *r);
+int relay_kafka_rebuild(relay *r, const char *reason);
+void relay_kafka_stop(relay *r, int wait_ms);
+relay_topic *relay_kafka_topic(relay *r, const char *name);
+int relay_kafka_partition(relay *r, relay_topic *t, const char *key);
+void *relay_kafka_opaque(relay *r, int slot);
+void relay_kafka_free(relay *r);
+int relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen);
+
+#endif

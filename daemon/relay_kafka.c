@@ -1,0 +1,390 @@
+/*
+ * relay_kafka.c — the producer: its configuration, the partitioner, the
+ * delivery reports, and rebuilding it after a fatal error.
+ *
+ * Partitions. The relay needs to know which partition a key goes to
+ * before it produces, so that a partition that stops answering holds only
+ * its own keys (relay_sched.c). So it partitions the way librdkafka would,
+ * with the same function: each topic handle gets a partitioner callback
+ * that calls the configured keyed partitioner (murmur2_random by default,
+ * Kafka's Java default for keyed messages) and notes the topic's partition
+ * count, which the loop then uses to place keys ahead of producing. Until
+ * the count is known (a topic's first messages), its keys count as one
+ * group, "partition -1" of the topic.
+ */
+#include <fcntl.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "relay_int.h"
+
+/* ------------------------------------------------------------------ reports */
+
+/* Each message's opaque: its slot and the producer generation, so that a
+ * report from a producer thrown away never touches a slot reused since. */
+static void *opaque_of(int slot, unsigned gen)
+{
+    return (void *)(uintptr_t)(((uint64_t)gen << 32) | (uint32_t)slot);
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+    relay *r = opaque;
+    uint64_t v = (uint64_t)(uintptr_t)msg->_private;
+    int slot = (int)(uint32_t)v;
+    unsigned gen = (unsigned)(v >> 32);
+    if (gen != r->k.gen)
+        return;     /* the slot was given up with its producer */
+    unsigned slot_gen;
+    int shard;
+    int64_t epoch, created_ms;
+    unsigned char id[16];
+    if (sched_slot_info(r->s, slot, id, &shard, &epoch, &slot_gen, &created_ms) != 0 ||
+        slot_gen != gen)
+        return;
+    int64_t now = ferry_now_ms();
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        atomic_store(&r->k.down, 0);
+        r->delivered++;
+        relay_count(r, M_PUBLISHED, 1);
+        if (r->m != NULL)
+            metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - created_ms) / 1e3);
+        sched_delivered(r->s, slot, 1, now);
+        return;
+    }
+    char reason[256];
+    snprintf(reason, sizeof reason, "delivery failed: %s (%s)", rd_kafka_err2str(msg->err),
+             rd_kafka_err2name(msg->err));
+    relay_count(r, M_FAIL_DELIVERY, 1);
+    r->undelivered++;
+    /* A purge is ours (a rebuild or a stop), and a fatal error the
+     * producer's: not the message's fault, and not counted against it. */
+    int lost = msg->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               msg->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT ||
+               msg->err == RD_KAFKA_RESP_ERR__FATAL;
+    sched_delivered(r->s, slot, lost ? -1 : 0, now);
+    if (!lost)
+        relay_note_failure(r, id, shard, epoch, reason);
+}
+
+static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    int lvl = level <= 3 ? FERRY_LOG_ERROR : level <= 5 ? FERRY_LOG_WARN
+                                                        : level <= 6 ? FERRY_LOG_INFO
+                                                                     : FERRY_LOG_DEBUG;
+    /* The relay turns enable.gapless.guarantee on knowingly (the ordering
+     * guarantee rests on it); librdkafka's "experimental" warning about it,
+     * on every start, would teach operators to ignore warnings. */
+    if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee") != NULL)
+        lvl = FERRY_LOG_DEBUG;
+    ferry_log_json(lvl, "kafka.log", json_pack("{s:s}", "facility", fac), "%s", buf);
+}
+
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    relay *r = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        atomic_store(&r->k.down, 1);
+    ferry_log_json(FERRY_LOG_WARN, "kafka.error",
+                   json_pack("{s:s}", "error", rd_kafka_err2name((rd_kafka_resp_err_t)err)),
+                   "%s", reason);
+}
+
+/* ------------------------------------------------------------------ partitions */
+
+static const struct {
+    const char *name;
+    relay_partitioner fn;
+} partitioners[] = {
+    {"murmur2_random", rd_kafka_msg_partitioner_murmur2_random},
+    {"murmur2", rd_kafka_msg_partitioner_murmur2},
+    {"consistent_random", rd_kafka_msg_partitioner_consistent_random},
+    {"consistent", rd_kafka_msg_partitioner_consistent},
+    {"fnv1a_random", rd_kafka_msg_partitioner_fnv1a_random},
+    {"fnv1a", rd_kafka_msg_partitioner_fnv1a},
+};
+
+static int cmp_topic(const void *a, const void *b)
+{
+    return strcmp(((const relay_topic *)a)->name, ((const relay_topic *)b)->name);
+}
+
+/* The configured partitioner: set with the producer, read by librdkafka's
+ * threads through keyed_cb, one relay per process. */
+static relay_partitioner chosen = rd_kafka_msg_partitioner_murmur2_random;
+
+static int32_t keyed_cb(const rd_kafka_topic_t *rkt, const void *key, size_t keylen,
+                        int32_t partition_cnt, void *rkt_opaque, void *msg_opaque)
+{
+    relay_topic *t = rkt_opaque;
+    atomic_store(&t->partitions, partition_cnt);
+    return chosen(rkt, key, keylen, partition_cnt, NULL, msg_opaque);
+}
+
+/* The topic's handle, made (and kept for the producer's life) on first
+ * use: creating it also asks the broker for its metadata at once, where a
+ * topic first met in produce() waited for the once-a-second scan. */
+relay_topic *relay_kafka_topic(relay *r, const char *name)
+{
+    relay_topic probe = {.name = (char *)name};
+    void *found = tfind(&probe, &r->k.topics, cmp_topic);
+    if (found != NULL)
+        return *(relay_topic **)found;
+    relay_topic *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->name = strdup(name);
+    rd_kafka_topic_conf_t *tc = rd_kafka_topic_conf_new();
+    if (t->name == NULL || tc == NULL)
+        goto fail;
+    rd_kafka_topic_conf_set_partitioner_cb(tc, keyed_cb);
+    rd_kafka_topic_conf_set_opaque(tc, t);
+    t->rkt = rd_kafka_topic_new(r->k.rk, name, tc);     /* takes tc */
+    tc = NULL;
+    if (t->rkt == NULL || tsearch(t, &r->k.topics, cmp_topic) == NULL)
+        goto fail;
+    return t;
+fail:
+    if (tc != NULL)
+        rd_kafka_topic_conf_destroy(tc);
+    if (t->rkt != NULL)
+        rd_kafka_topic_destroy(t->rkt);
+    free(t->name);
+    free(t);
+    return NULL;
+}
+
+/* The partition the producer will give key, or -1 while the topic's
+ * partition count is not known. */
+int relay_kafka_partition(relay *r, relay_topic *t, const char *key)
+{
+    int n = t ? atomic_load(&t->partitions) : 0;
+    if (n <= 0)
+        return -1;
+    return chosen(t->rkt, key, strlen(key), n, NULL, NULL);
+}
+
+static void free_topic(void *p)
+{
+    relay_topic *t = p;
+    if (t->rkt != NULL)
+        rd_kafka_topic_destroy(t->rkt);
+    free(t->name);
+    free(t);
+}
+
+/* ------------------------------------------------------------------ the producer */
+
+static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        ferry_log(FERRY_LOG_ERROR, "kafka.config", "kafka property %s=%s: %s", name, value,
+                  errstr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Properties that the order guarantee rests on: the kafka: map may not
+ * change them (config.c refuses it at load time, exit 2). message.timeout.ms
+ * is 0 (never) because librdkafka lets a timed-out message leave a gap
+ * even under the gapless guarantee, and a later message of the key could
+ * then be acknowledged before it; a partition that does not answer is held
+ * instead (relay_sched.c). The partitioner is ours (keyed_cb): the
+ * "partitioner" property only chooses which keyed function it calls. */
+static const char *const fixed_props[][2] = {
+    {"enable.idempotence", "true"},
+    {"enable.gapless.guarantee", "true"},
+    {"acks", "all"},
+    {"message.timeout.ms", "0"},
+};
+
+int relay_kafka_create(relay *r)
+{
+    const relay_config *cfg = r->cfg;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char num[32], maxbytes[32];
+    snprintf(num, sizeof num, "%d", cfg->max_inflight + 1000);
+    /* The largest message ferry can ask for: the payload limit, a key of
+     * 1024 bytes, 64 KiB of caller headers, ferry's own headers and
+     * Kafka's record overhead. librdkafka's default (1,000,000) refused
+     * payloads that emit accepted. */
+    long max = (long)(r->db.max_payload > 0 ? r->db.max_payload : 1048576) + 1024 + 65536 + 4096;
+    if (max > 1000000000)
+        max = 1000000000;
+    snprintf(maxbytes, sizeof maxbytes, "%ld", max);
+    chosen = rd_kafka_msg_partitioner_murmur2_random;
+    /* Defaults first, so that the kafka: map can override any of them. A
+     * broker that was away is tried again within a second of its return
+     * (librdkafka's default backoff grows to 10 s). */
+    if (conf_set(conf, "bootstrap.servers", r->k.bootstrap) ||
+        conf_set(conf, "socket.nagle.disable", "true") ||
+        conf_set(conf, "linger.ms", "2") ||
+        conf_set(conf, "queue.buffering.max.messages", num) ||
+        conf_set(conf, "message.max.bytes", maxbytes) ||
+        conf_set(conf, "reconnect.backoff.ms", "50") ||
+        conf_set(conf, "reconnect.backoff.max.ms", "1000") ||
+        conf_set(conf, "client.id", "ferry-relay"))
+        goto fail;
+    for (size_t i = 0; i < cfg->kafka_props_count; i++) {
+        const relay_kv *kv = &cfg->kafka_props[i];
+        if (strcmp(kv->name, "partitioner") == 0) {
+            int found = 0;
+            for (size_t p = 0; p < sizeof partitioners / sizeof partitioners[0]; p++)
+                if (strcmp(kv->value, partitioners[p].name) == 0) {
+                    chosen = partitioners[p].fn;
+                    found = 1;
+                }
+            if (!found) {
+                ferry_log(FERRY_LOG_ERROR, "kafka.config",
+                          "kafka property partitioner=%s: ferry-relay needs a partitioner that "
+                          "keeps a key on one partition", kv->value);
+                goto fail;
+            }
+            continue;
+        }
+        if (conf_set(conf, kv->name, kv->value))
+            goto fail;
+    }
+    for (size_t f = 0; f < sizeof fixed_props / sizeof fixed_props[0]; f++)
+        if (conf_set(conf, fixed_props[f][0], fixed_props[f][1]))
+            goto fail;
+    rd_kafka_conf_set_opaque(conf, r);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+
+    char errstr[512];
+    r->k.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (r->k.rk == NULL) {
+        ferry_log(FERRY_LOG_ERROR, "kafka.producer", "could not create the producer: %s",
+                  errstr);
+        goto fail;   /* rd_kafka_new() takes conf only when it succeeds */
+    }
+    /* Delivery reports wake the loop through this pipe. */
+    rd_kafka_queue_t *q = rd_kafka_queue_get_main(r->k.rk);
+    rd_kafka_queue_io_event_enable(q, r->k.event_pipe[1], "d", 1);
+    rd_kafka_queue_destroy(q);
+    r->k.gen++;
+    return 0;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return -1;
+}
+
+void *relay_kafka_opaque(relay *r, int slot)
+{
+    return opaque_of(slot, r->k.gen);
+}
+
+/* Throw the producer away: purge what it holds (failed reports for all of
+ * it), wait at most wait_ms for them, destroy it. Whatever it still held
+ * the scheduler counts as failed: each key restarts at its first
+ * unacknowledged row. */
+void relay_kafka_stop(relay *r, int wait_ms)
+{
+    if (r->k.rk == NULL)
+        return;
+    rd_kafka_purge(r->k.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+                            RD_KAFKA_PURGE_F_NON_BLOCKING);
+    int64_t until = ferry_now_ms() + wait_ms;
+    do
+        rd_kafka_poll(r->k.rk, 10);
+    while (sched_inflight(r->s) > 0 && ferry_now_ms() < until);
+    tdestroy(r->k.topics, free_topic);
+    r->k.topics = NULL;
+    r->k.gen++;     /* reports from here on belong to nobody */
+    rd_kafka_destroy(r->k.rk);
+    r->k.rk = NULL;
+    sched_inflight_lost(r->s, ferry_now_ms());
+}
+
+int relay_kafka_rebuild(relay *r, const char *reason)
+{
+    relay_count(r, M_FAIL_FATAL, 1);
+    ferry_log(FERRY_LOG_ERROR, "kafka.fatal", "fatal producer error: %s; rebuilding the "
+              "producer and resending from the first unacknowledged row of each key", reason);
+    relay_kafka_stop(r, 1000);
+    return relay_kafka_create(r);
+}
+
+/* "--kafka embedded": librdkafka's mock cluster in this process. */
+static int start_embedded(relay *r)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    /* As in devkafka: the mock brokers' sockets take this setting. */
+    rd_kafka_conf_set(conf, "socket.nagle.disable", "true", errstr, sizeof errstr);
+    r->k.mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (r->k.mock_host == NULL) {
+        rd_kafka_conf_destroy(conf);
+        ferry_log(FERRY_LOG_ERROR, "kafka.embedded", "%s", errstr);
+        return -1;
+    }
+    r->k.mock = rd_kafka_mock_cluster_new(r->k.mock_host, 3);
+    if (r->k.mock == NULL) {
+        ferry_log(FERRY_LOG_ERROR, "kafka.embedded", "could not start the mock cluster");
+        return -1;
+    }
+    snprintf(r->k.bootstrap, sizeof r->k.bootstrap, "%s",
+             rd_kafka_mock_cluster_bootstraps(r->k.mock));
+    ferry_log(FERRY_LOG_INFO, "kafka.embedded", "embedded development cluster at %s",
+              r->k.bootstrap);
+    return 0;
+}
+
+int relay_kafka_start(relay *r)
+{
+    if (pipe2(r->k.event_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+        ferry_log(FERRY_LOG_ERROR, "relay.start", "pipe: out of descriptors");
+        return -1;
+    }
+    if (strcmp(r->cfg->kafka, "embedded") == 0) {
+        if (start_embedded(r) != 0)
+            return -1;
+    } else {
+        snprintf(r->k.bootstrap, sizeof r->k.bootstrap, "%s", r->cfg->kafka);
+    }
+    const char *fatal = getenv("FERRY_RELAY_TEST_FATAL_AFTER");
+    r->k.fatal_test_after = fatal ? atoi(fatal) : 0;
+    return relay_kafka_create(r);
+}
+
+/* Whether a broker answers a metadata request within timeout_ms. */
+int relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(r->k.rk, 0, NULL, &md, timeout_ms);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(why, whylen, "%s", rd_kafka_err2str(err));
+        return 0;
+    }
+    rd_kafka_metadata_destroy(md);
+    atomic_store(&r->k.down, 0);
+    return 1;
+}
+
+void relay_kafka_free(relay *r)
+{
+    if (r->k.rk != NULL) {
+        tdestroy(r->k.topics, free_topic);
+        r->k.topics = NULL;
+        rd_kafka_destroy(r->k.rk);
+        r->k.rk = NULL;
+    }
+    if (r->k.mock != NULL)
+        rd_kafka_mock_cluster_destroy(r->k.mock);
+    if (r->k.mock_host != NULL)
+        rd_kafka_destroy(r->k.mock_host);
+    if (r->k.event_pipe[0] >= 0) {
+        close(r->k.event_pipe[0]);
+        close(r->k.event_pipe[1]);
+    }
+}
