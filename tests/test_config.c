@@ -393,7 +393,7 @@ static void set_errors(void **state)
     LOAD_FAILS("--set batch_size=0x10: expected a decimal integer", BASE, "--set", "batch_size=0x10");
     LOAD_FAILS("--set batch_size: expected NAME=VALUE", BASE, "--set", "batch_size");
     LOAD_FAILS("--set nope=1: unknown setting \"nope\" (one of batch_size, max_inflight, "
-               "poll_interval_ms, lease_ttl_ms, max_attempts, log_level, retention)",
+               "poll_interval_ms, lease_ttl_ms, max_attempts, stuck_ms, stop_grace_ms, log_level, retention)",
                BASE, "--set", "nope=1");
     LOAD_FAILS("--set db=x: unknown setting \"db\"", BASE, "--set", "db=x");
     LOAD_FAILS("--set retention=keep: expected delete or mark", BASE, "--set", "retention=keep");
