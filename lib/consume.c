@@ -1358,6 +1358,20 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
                            version, ferry_schema_version_known());
         goto out_conn;
     }
+    /* May this session use the name? (ferry.consumer_owner, schema 8.) A
+     * role that may not would otherwise fail on every message; say so
+     * now, naming the cause. Reads nothing: the limit is 0. */
+    const char *np[1] = {c->name};
+    PGresult *res = PQexecParams(c->conn, "SELECT count(*) FROM ferry.inbox_ready($1, 0)", 1,
+                                 NULL, np, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        char context[NAME_MAX_LEN + 64];
+        snprintf(context, sizeof context, "consumer \"%s\" may not consume", c->name);
+        rc = ferry_error_from_pg(e, c->conn, res, context);
+        PQclear(res);
+        goto out_conn;
+    }
+    PQclear(res);
     if ((rc = kafka_new(c, conf, e)) != FERRY_OK)
         goto out_conn;
     *out = c;

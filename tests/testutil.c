@@ -353,6 +353,8 @@ const char *const tu_group_props[] = {
     NULL,
 };
 
+const char *tu_consumer_db;
+
 ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char *topic,
                                 ferry_handler_fn handler, void *arg,
                                 const char *const *kafka_props, int max_attempts)
@@ -360,7 +362,7 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
     const char *topics[1] = {topic};
     ferry_consumer_conf conf = {
         .name = name,
-        .db = fpg_conninfo(tu_pg),
+        .db = tu_consumer_db ? tu_consumer_db : fpg_conninfo(tu_pg),
         .kafka = kafka,
         .topics = topics,
         .topic_count = 1,

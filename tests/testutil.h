@@ -107,6 +107,10 @@ extern const char *const tu_group_props[];
  * held-message scans (every 50 ms) short enough for tests. kafka_props
  * NULL means tu_group_props; max_attempts 0 the default. Fails the test if
  * it cannot be made. */
+/* The conninfo tu_consumer_new's consumers apply with: NULL (the default)
+ * for the test cluster's, as its superuser; a test that runs consumers as
+ * a role sets it (test_roles_run.c). Borrowed. */
+extern const char *tu_consumer_db;
 ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char *topic,
                                 ferry_handler_fn handler, void *arg,
                                 const char *const *kafka_props, int max_attempts);

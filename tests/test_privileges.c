@@ -1,0 +1,590 @@
+/*
+ * test_privileges.c — what each shipped role may do, as one table.
+ *
+ * FUNCS and TABLES below say, for every function, table and sequence of
+ * the ferry schema and every shipped role, what the role may do. The test
+ * generates the checks from them and runs each as a login role that is a
+ * member of that one role only (and of nothing, for "nobody"): an allowed
+ * cell must work, a refused one must fail with 42501. It also reads the
+ * schema's objects from pg_catalog and fails on any the tables do not
+ * list (or list but the schema lacks): a new function, table or column
+ * cannot be forgotten — whoever adds one says here who may use it.
+ *
+ * Beyond the object level, the rows: a consumer is confined to the names
+ * its role owns (ferry.consumer_owner), no one uses the relay's empty
+ * name through the inbox, and the relay and the reconciler make relay
+ * dead letters only (issue 12, item 6).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+/* The shipped roles, and a login role in none of them. */
+enum { R_WRITER, R_CONSUMER, R_RELAY, R_RECONCILER, R_NOBODY, R_COUNT };
+#define W (1u << R_WRITER)
+#define C (1u << R_CONSUMER)
+#define R (1u << R_RELAY)
+#define X (1u << R_RECONCILER)
+#define NONE 0u
+
+static const char *const role_of[R_COUNT] = {"ferry_writer", "ferry_consumer", "ferry_relay",
+                                             "ferry_reconciler", NULL};
+/* The login role of each column: a member of that role only. */
+static const char *const login_of[R_COUNT] = {"pv_writer", "pv_consumer", "pv_relay",
+                                              "pv_reconciler", "pv_nobody"};
+
+/* The consumer name pv_consumer owns; another role's; a name no one owns. */
+#define OWN "pv-own"
+#define OTHERS "pv-others"
+#define UNOWNED "pv-unowned"
+
+/* A saga and a participant step that exist (fixtures), for the calls
+ * that need one. */
+#define SAGA "'00000000-0000-7000-8000-0000000000aa'::uuid"
+
+typedef struct fn_cell {
+    const char *fn;         /* as regprocedure prints it */
+    unsigned may;           /* the roles that may call it */
+    const char *call;       /* a call that works for them; @C: a consumer name */
+    int confined;           /* its first argument is a consumer name, checked */
+} fn_cell;
+
+static const fn_cell FUNCS[] = {
+    {"ferry.uuid_v7()", W | C | X, "SELECT ferry.uuid_v7()", 0},
+    {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
+    {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
+    {"ferry.emit(text,text,text,jsonb,jsonb)", W | C | X,
+     "SELECT ferry.emit('pv', 'k', 'T', '{}'::jsonb)", 0},
+    {"ferry.emit(text,text,text,text,text)", W | C,
+     "SELECT ferry.emit('pv', 'k', 'T', '{}'::text)", 0},
+    {"ferry.emit_with_id(uuid,text,text,text,text,text,text,bigint)", W | C | X,
+     "SELECT ferry.emit_with_id(gen_random_uuid(), 'pv', 'k', 'T', '{}')", 0},
+    {"ferry.replay_dead_letter(bigint)", X, "SELECT ferry.replay_dead_letter(-1)", 0},
+    {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
+    {"ferry.inbox_claim(text,uuid,text,text,bigint,boolean)", C,
+     "SELECT ferry.inbox_claim('@C', gen_random_uuid(), 'pv', 'k', 1)", 1},
+    {"ferry.inbox_hold(text,uuid,text,text,bigint,text,text,text,jsonb,integer,bigint,text)", C,
+     "SELECT ferry.inbox_hold('@C', gen_random_uuid(), 'pv', 'k', 2, 'T', '', '{}', '{}', "
+     "0, 0, 'gap')", 1},
+    {"ferry.inbox_dead_letter(text,uuid,text,text,bigint,text,text,text,jsonb,integer,text)", C,
+     "SELECT ferry.inbox_dead_letter('@C', gen_random_uuid(), 'pv', 'k', 1, 'T', '', '{}', "
+     "'{}', 1, 'test')", 1},
+    {"ferry.inbox_ready(text,integer)", C, "SELECT count(*) FROM ferry.inbox_ready('@C', 5)", 1},
+    {"ferry.inbox_ready_key(text,text,text,integer)", C,
+     "SELECT count(*) FROM ferry.inbox_ready_key('@C', 'pv', 'k', 5)", 1},
+    {"ferry.inbox_unhold(text,uuid)", C, "SELECT ferry.inbox_unhold('@C', gen_random_uuid())",
+     1},
+    /* The reconciler's, for any consumer (an operator's repair). */
+    {"ferry.inbox_skip_gap(text,text,text)", X, "SELECT ferry.inbox_skip_gap('@C', 'pv', 'k')",
+     0},
+    {"ferry.inbox_repark_(text,text,text,bigint)", NONE,
+     "SELECT ferry.inbox_repark_('@C', 'pv', 'k', -1)", 0},
+    {"ferry.consumer_guard_(text)", NONE, "SELECT ferry.consumer_guard_('@C')", 0},
+    {"ferry.saga_create(uuid,text,text,text,integer,jsonb,bigint,bigint,jsonb)", W | C,
+     "SELECT ferry.saga_create(gen_random_uuid(), 'd', 'h', 'running', 0, '{}', 0, 0, '{}')", 0},
+    {"ferry.saga_lock(uuid)", W | C | X, "SELECT count(*) FROM ferry.saga_lock(" SAGA ")", 0},
+    {"ferry.saga_next_due(bigint)", W | C | X, "SELECT count(*) FROM ferry.saga_next_due(0)", 0},
+    {"ferry.saga_next_due(bigint,uuid[])", W | C | X,
+     "SELECT count(*) FROM ferry.saga_next_due(0, '{}')", 0},
+    {"ferry.saga_save(uuid,bigint,bigint,text,integer,bigint,jsonb)", W | C | X,
+     "SELECT ferry.saga_save(" SAGA ", 0, 1, 'running', 0, 0, '{}')", 0},
+    {"ferry.saga_audit(uuid,text,text,text,integer,uuid,jsonb)", W | C | X,
+     "SELECT ferry.saga_audit(" SAGA ", 's', 'action', 'sent', 1, NULL, NULL)", 0},
+    {"ferry.participant_begin(text,uuid,integer,text,integer)", W | C,
+     "SELECT count(*) FROM ferry.participant_begin('p', " SAGA ", 0, 'action', 0)", 0},
+    {"ferry.participant_record(text,uuid,integer,text,integer,text,text,uuid)", W | C,
+     "SELECT ferry.participant_record('p', " SAGA ", 0, 'action', 7, 'applied', NULL, NULL)", 0},
+};
+
+/* Per table: who may SELECT, INSERT, DELETE; and per role the columns it
+ * may UPDATE ("*": all of them, a comma-separated list, NULL: none).
+ * TRUNCATE, REFERENCES and TRIGGER: no one. Sequences: no one, for
+ * anything (identity columns need no sequence privilege). */
+typedef struct tab_cell {
+    const char *table;
+    char kind;              /* 'r' table, 'S' sequence */
+    unsigned sel, ins, del;
+    const char *upd[R_COUNT];
+} tab_cell;
+
+static const tab_cell TABLES[] = {
+    {"schema_version", 'r', W | C | R | X, NONE, NONE, {0}},
+    {"settings", 'r', R | X, NONE, NONE, {[R_RELAY] = "wake_relays"}},
+    {"outbox", 'r', R | X, NONE, R | X,
+     {[R_RELAY] = "attempts,last_error,published_at",
+      [R_RECONCILER] = "available_at,attempts,last_error"}},
+    {"outbox_key", 'r', R | X, NONE, NONE, {0}},
+    /* Row-confined by policy: see the dead letter tests below. */
+    {"dead_letter", 'r', R | X, R | X, R | X, {[R_RELAY] = "*", [R_RECONCILER] = "*"}},
+    {"dead_letter_id_seq", 'S', NONE, NONE, NONE, {0}},
+    {"inbox", 'r', X, NONE, X, {0}},
+    {"inbox_key", 'r', X, NONE, NONE, {0}},
+    {"inbox_held", 'r', X, NONE, X, {0}},
+    {"lease", 'r', R | X, R | X, R | X, {[R_RELAY] = "*", [R_RECONCILER] = "*"}},
+    {"saga", 'r', X, X, X, {[R_RECONCILER] = "*"}},
+    {"saga_step", 'r', X, X, X, {[R_RECONCILER] = "*"}},
+    {"participant_step", 'r', X, NONE, NONE, {0}},
+    {"participant_command", 'r', X, NONE, NONE, {0}},
+    {"dead_letter_log", 'r', X, X, NONE, {0}},
+    {"dead_letter_log_id_seq", 'S', NONE, NONE, NONE, {0}},
+    {"reconcile_action", 'r', X, X, X, {[R_RECONCILER] = "*"}},
+    {"reconcile_pass", 'r', X, X, X, {0}},
+    {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
+    {"consumer_owner", 'r', X, NONE, NONE, {0}},
+};
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+static PGconn *as[R_COUNT];
+static int checks;          /* how many cells were asserted */
+
+static int setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    PGconn *admin = tu_connect();
+    for (int r = 0; r < R_COUNT; r++) {
+        char *sql = role_of[r]
+                        ? tu_sprintf("CREATE ROLE %s LOGIN IN ROLE %s", login_of[r], role_of[r])
+                        : tu_sprintf("CREATE ROLE %s LOGIN", login_of[r]);
+        tu_exec(admin, sql);
+        free(sql);
+    }
+    tu_exec(admin, "CREATE ROLE pv_other LOGIN IN ROLE ferry_consumer; "
+                   "INSERT INTO ferry.consumer_owner (consumer, role) VALUES "
+                   "('" OWN "', 'pv_consumer'), ('" OTHERS "', 'pv_other'); "
+                   "SELECT ferry.saga_create(" SAGA ", 'd', 'h', 'running', 0, '{}', 0, 0, "
+                   "'{}'); "
+                   "SELECT ferry.participant_begin('p', " SAGA ", 0, 'action', 0)");
+    PQfinish(admin);
+    for (int r = 0; r < R_COUNT; r++)
+        as[r] = tu_connect_as(login_of[r]);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    for (int r = 0; r < R_COUNT; r++)
+        PQfinish(as[r]);
+    return tu_group_teardown(state);
+}
+
+/* Run sql as role r in a transaction rolled back after: NULL if it
+ * worked, else its SQLSTATE and message in buf. */
+static const char *try_as(int r, const char *sql, char *buf, size_t size)
+{
+    tu_exec(as[r], "BEGIN");
+    PGresult *res = PQexec(as[r], sql);
+    const char *out = NULL;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        snprintf(buf, size, "%s %s", st ? st : "?????", PQresultErrorMessage(res));
+        out = buf;
+    }
+    PQclear(res);
+    tu_exec(as[r], "ROLLBACK");
+    return out;
+}
+
+/* One cell, both ways: allowed works, refused is 42501. */
+static void cell(int r, int allowed, const char *what, const char *sql)
+{
+    char buf[1024];
+    const char *got = try_as(r, sql, buf, sizeof buf);
+    checks++;
+    if (allowed && got != NULL)
+        fail_msg("%s should be allowed %s, but: %s\n  (%s)", login_of[r], what, got, sql);
+    if (!allowed && got == NULL)
+        fail_msg("%s should be refused %s, but it worked\n  (%s)", login_of[r], what, sql);
+    if (!allowed && strncmp(got, "42501", 5) != 0)
+        fail_msg("%s refused %s with %s, not 42501\n  (%s)", login_of[r], what, got, sql);
+}
+
+/* call with each @C replaced by name: malloc'd. */
+static char *with_name(const char *call, const char *name)
+{
+    size_t n = strlen(call) + 1;
+    for (const char *p = call; (p = strstr(p, "@C")) != NULL; p += 2)
+        n += strlen(name);
+    char *out = malloc(n);
+    assert_non_null(out);
+    char *o = out;
+    for (const char *p = call; *p != '\0';) {
+        if (p[0] == '@' && p[1] == 'C') {
+            o = stpcpy(o, name);
+            p += 2;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* ------------------------------------------------------------ coverage */
+
+static int listed_fn(const char *fn)
+{
+    for (size_t i = 0; i < COUNT(FUNCS); i++)
+        if (strcmp(FUNCS[i].fn, fn) == 0)
+            return 1;
+    return 0;
+}
+
+static const tab_cell *listed_tab(const char *name)
+{
+    for (size_t i = 0; i < COUNT(TABLES); i++)
+        if (strcmp(TABLES[i].table, name) == 0)
+            return &TABLES[i];
+    return NULL;
+}
+
+/* Every function and relation of the schema is in the matrix, and every
+ * row of the matrix is in the schema. */
+static void matrix_covers_the_whole_schema(void **state)
+{
+    PGconn *c = tu_connect();
+    PGresult *res = PQexec(c, "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                              "WHERE p.pronamespace = 'ferry'::regnamespace ORDER BY 1");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    char missing[4096] = "";
+    for (int i = 0; i < PQntuples(res); i++)
+        if (!listed_fn(PQgetvalue(res, i, 0)))
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing), "\n  %s",
+                     PQgetvalue(res, i, 0));
+    if (missing[0] != '\0')
+        fail_msg("functions of the ferry schema missing from FUNCS (say who may call "
+                 "them):%s", missing);
+    assert_int_equal(PQntuples(res), (int)COUNT(FUNCS));   /* and none listed that is gone */
+    PQclear(res);
+
+    res = PQexec(c, "SELECT relname, relkind FROM pg_class "
+                    "WHERE relnamespace = 'ferry'::regnamespace "
+                    "  AND relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY 1");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    for (int i = 0; i < PQntuples(res); i++) {
+        const tab_cell *t = listed_tab(PQgetvalue(res, i, 0));
+        if (t == NULL || t->kind != PQgetvalue(res, i, 1)[0])
+            snprintf(missing + strlen(missing), sizeof missing - strlen(missing),
+                     "\n  %s (relkind %s)", PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    }
+    if (missing[0] != '\0')
+        fail_msg("relations of the ferry schema missing from TABLES (say who may use "
+                 "them):%s", missing);
+    assert_int_equal(PQntuples(res), (int)COUNT(TABLES));
+    PQclear(res);
+    /* A function whose first argument is a consumer name is confined,
+     * unless the matrix says why not (the reconciler's skip_gap, the
+     * internal helpers, granted to no one). */
+    res = PQexec(c, "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                    "WHERE p.pronamespace = 'ferry'::regnamespace "
+                    "  AND p.proargnames[1] = 'p_consumer' ORDER BY 1");
+    for (int i = 0; i < PQntuples(res); i++)
+        for (size_t f = 0; f < COUNT(FUNCS); f++)
+            if (strcmp(FUNCS[f].fn, PQgetvalue(res, i, 0)) == 0 && !FUNCS[f].confined &&
+                (FUNCS[f].may & (W | C)) != 0)
+                fail_msg("%s takes a consumer name and a service may call it, but it is not "
+                         "marked confined", FUNCS[f].fn);
+    PQclear(res);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------ the cells */
+
+static void functions_as_the_matrix_says(void **state)
+{
+    checks = 0;
+    for (size_t f = 0; f < COUNT(FUNCS); f++) {
+        char *sql = with_name(FUNCS[f].call, OWN);
+        for (int r = 0; r < R_COUNT; r++)
+            cell(r, (FUNCS[f].may >> r) & 1, FUNCS[f].fn, sql);
+        free(sql);
+    }
+    assert_int_equal(checks, (int)COUNT(FUNCS) * R_COUNT);
+}
+
+/* Is column col in the list ("*" is every column)? */
+static int in_list(const char *list, const char *col)
+{
+    if (list == NULL)
+        return 0;
+    if (strcmp(list, "*") == 0)
+        return 1;
+    size_t n = strlen(col);
+    for (const char *p = list; *p != '\0';) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && strncmp(p, col, n) == 0)
+            return 1;
+        p += len + (end != NULL);
+    }
+    return 0;
+}
+
+static void tables_as_the_matrix_says(void **state)
+{
+    PGconn *c = tu_connect();
+    checks = 0;
+    int want = 0;
+    for (size_t t = 0; t < COUNT(TABLES); t++) {
+        const tab_cell *tc = &TABLES[t];
+        char *sql;
+        if (tc->kind == 'S') {
+            for (int r = 0; r < R_COUNT; r++) {
+                sql = tu_sprintf("SELECT nextval('ferry.%s')", tc->table);
+                cell(r, 0, "nextval", sql);
+                free(sql);
+                sql = tu_sprintf("SELECT last_value FROM ferry.%s", tc->table);
+                cell(r, 0, "to read the sequence", sql);
+                free(sql);
+                want += 2;
+            }
+            continue;
+        }
+        /* The columns, from the catalog: a new column is checked too. */
+        sql = tu_sprintf("SELECT attname, attidentity = '' AND attgenerated = '' "
+                         "FROM pg_attribute WHERE attrelid = 'ferry.%s'::regclass "
+                         "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", tc->table);
+        PGresult *cols = PQexec(c, sql);
+        free(sql);
+        assert_int_equal(PQresultStatus(cols), PGRES_TUPLES_OK);
+        const char *plain = NULL;   /* a column INSERT may name */
+        for (int i = 0; i < PQntuples(cols) && plain == NULL; i++)
+            if (strcmp(PQgetvalue(cols, i, 1), "t") == 0)
+                plain = PQgetvalue(cols, i, 0);
+        assert_non_null(plain);
+
+        for (int r = 0; r < R_COUNT; r++) {
+            char what[160];
+            sql = tu_sprintf("SELECT 1 FROM ferry.%s LIMIT 0", tc->table);
+            snprintf(what, sizeof what, "SELECT on %s", tc->table);
+            cell(r, (tc->sel >> r) & 1, what, sql);
+            free(sql);
+            sql = tu_sprintf("INSERT INTO ferry.%s (%s) SELECT NULL WHERE false", tc->table,
+                             plain);
+            snprintf(what, sizeof what, "INSERT on %s", tc->table);
+            cell(r, (tc->ins >> r) & 1, what, sql);
+            free(sql);
+            sql = tu_sprintf("DELETE FROM ferry.%s WHERE false", tc->table);
+            snprintf(what, sizeof what, "DELETE on %s", tc->table);
+            cell(r, (tc->del >> r) & 1, what, sql);
+            free(sql);
+            sql = tu_sprintf("TRUNCATE ferry.%s", tc->table);
+            snprintf(what, sizeof what, "TRUNCATE on %s", tc->table);
+            cell(r, 0, what, sql);
+            free(sql);
+            want += 4;
+            for (int i = 0; i < PQntuples(cols); i++) {
+                const char *col = PQgetvalue(cols, i, 0);
+                sql = tu_sprintf("UPDATE ferry.%s SET %s = DEFAULT WHERE false", tc->table, col);
+                snprintf(what, sizeof what, "UPDATE on %s.%s", tc->table, col);
+                cell(r, in_list(tc->upd[r], col), what, sql);
+                free(sql);
+                want++;
+            }
+            /* And what no check above can show. */
+            if (role_of[r] != NULL) {
+                sql = tu_sprintf("SELECT has_table_privilege('%s', 'ferry.%s', "
+                                 "'REFERENCES, TRIGGER')", login_of[r], tc->table);
+                assert_int_equal(tu_int_of(c, sql), 0);
+            }
+        }
+        PQclear(cols);
+    }
+    assert_int_equal(checks, want);
+    /* Each list names columns that exist (a typo would refuse silently). */
+    for (size_t t = 0; t < COUNT(TABLES); t++)
+        for (int r = 0; r < R_COUNT; r++) {
+            const char *l = TABLES[t].upd[r];
+            if (l == NULL || strcmp(l, "*") == 0)
+                continue;
+            char *sql = tu_sprintf("SELECT count(*) FROM pg_attribute WHERE attrelid = "
+                                   "'ferry.%s'::regclass AND attname = ANY "
+                                   "(string_to_array('%s', ','))", TABLES[t].table, l);
+            long long n = tu_int_of(c, sql);
+            int listed = 1;
+            for (const char *p = l; (p = strchr(p, ',')) != NULL; p++)
+                listed++;
+            assert_int_equal(n, listed);
+        }
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------ the rows */
+
+/* Every function a consumer may call refuses a name its role does not
+ * own (another service's, or no one's) and the relay's empty name. */
+static void consumer_confined_to_its_own_names(void **state)
+{
+    char buf[1024];
+    int n = 0;
+    for (size_t f = 0; f < COUNT(FUNCS); f++) {
+        if (!FUNCS[f].confined)
+            continue;
+        static const char *const foreign[] = {OTHERS, UNOWNED};
+        for (size_t i = 0; i < COUNT(foreign); i++) {
+            char *sql = with_name(FUNCS[f].call, foreign[i]);
+            const char *got = try_as(R_CONSUMER, sql, buf, sizeof buf);
+            if (got == NULL || strncmp(got, "42501", 5) != 0)
+                fail_msg("%s as consumer \"%s\": %s, not 42501", FUNCS[f].fn, foreign[i],
+                         got ? got : "allowed");
+            assert_non_null(strstr(got, foreign[i]));   /* the message names it */
+            free(sql);
+        }
+        char *sql = with_name(FUNCS[f].call, "");
+        const char *got = try_as(R_CONSUMER, sql, buf, sizeof buf);
+        if (got == NULL || strncmp(got, "22023", 5) != 0)
+            fail_msg("%s as consumer \"\": %s, not 22023", FUNCS[f].fn, got ? got : "allowed");
+        free(sql);
+        /* The other service may use its own name. */
+        PGconn *other = tu_connect_as("pv_other");
+        sql = with_name(FUNCS[f].call, OTHERS);
+        tu_exec(other, "BEGIN");
+        tu_exec(other, sql);
+        tu_exec(other, "ROLLBACK");
+        free(sql);
+        PQfinish(other);
+        n++;
+    }
+    assert_int_equal(n, 6);
+}
+
+/* SET ROLE narrows: a session that set a role is judged as that role. */
+static void consumer_name_judged_by_the_role_set(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "CREATE ROLE pv_both LOGIN IN ROLE pv_consumer, pv_other");
+    PQfinish(admin);
+    PGconn *c = tu_connect_as("pv_both");
+    tu_exec(c, "BEGIN; SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 'pv', 'k', 1); "
+               "SELECT ferry.inbox_claim('" OTHERS "', gen_random_uuid(), 'pv', 'k', 1); "
+               "ROLLBACK");
+    tu_exec(c, "SET ROLE pv_other");
+    PGresult *res = PQexec(c, "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 'pv', "
+                              "'k', 1)");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    PQfinish(c);
+}
+
+/* Item 6: a writer cannot make a relay dead letter (consumer '', shard
+ * -1) through the inbox, nor claim under any consumer's name. */
+static void writer_cannot_forge_relay_dead_letters(void **state)
+{
+    PGconn *admin = tu_connect();
+    long long before = tu_int(admin, "SELECT count(*) FROM ferry.dead_letter");
+    PGresult *res = PQexec(as[R_WRITER],
+                           "SELECT ferry.inbox_dead_letter('', gen_random_uuid(), 't', 'k', 1, "
+                           "'T', '', '{}', '{}', 1, 'forged')");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    res = PQexec(as[R_WRITER], "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 't', "
+                               "'k', 1)");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    /* Not even the schema's owner makes one through the inbox. */
+    res = PQexec(admin, "SELECT ferry.inbox_dead_letter('', gen_random_uuid(), 't', 'k', 1, "
+                        "'T', '', '{}', '{}', 1, 'forged')");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+    PQclear(res);
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.dead_letter"), before);
+    PQfinish(admin);
+}
+
+#define DL_INSERT(consumer, shard)                                                          \
+    "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregateid, type, "       \
+    "payload, seq, shard, created_at, reason) VALUES (gen_random_uuid(), '" consumer "', " \
+    "'pv-dl', 'k', 'T', '{}', 1, " shard ", now(), 'test')"
+
+/* The relay and the reconciler write relay dead letters only; the relay
+ * cannot touch a consumer's, nor hand one back to a consumer. */
+static void relay_makes_relay_dead_letters_only(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'");
+    long long mine = tu_int(admin, "SELECT ferry.inbox_dead_letter('" OWN "', "
+                                   "gen_random_uuid(), 'pv-dl', 'k', 1, 'T', '', '{}', '{}', "
+                                   "1, 'test')");
+    char buf[1024];
+    static const int roles[] = {R_RELAY, R_RECONCILER};
+    for (size_t i = 0; i < COUNT(roles); i++) {
+        int r = roles[i];
+        const char *got = try_as(r, DL_INSERT("", "0"), buf, sizeof buf);
+        if (got != NULL)
+            fail_msg("%s could not write a relay dead letter: %s", login_of[r], got);
+        got = try_as(r, DL_INSERT(OWN, "-1"), buf, sizeof buf);
+        if (got == NULL || strncmp(got, "42501", 5) != 0)
+            fail_msg("%s wrote a consumer dead letter: %s", login_of[r], got ? got : "allowed");
+        got = try_as(r, DL_INSERT("", "-1"), buf, sizeof buf);
+        if (got == NULL || strncmp(got, "42501", 5) != 0)
+            fail_msg("%s wrote a relay dead letter on shard -1: %s", login_of[r],
+                     got ? got : "allowed");
+        /* Nor turns one into a consumer's. */
+        tu_exec(admin, DL_INSERT("", "0"));
+        got = try_as(r, "UPDATE ferry.dead_letter SET consumer = '" OWN "' "
+                        "WHERE topic = 'pv-dl' AND consumer = ''", buf, sizeof buf);
+        if (got == NULL || strncmp(got, "42501", 5) != 0)
+            fail_msg("%s turned a relay dead letter into a consumer's: %s", login_of[r],
+                     got ? got : "allowed");
+        tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl' AND consumer = ''");
+    }
+    /* The relay does not see a consumer's to change or delete it ... */
+    tu_exec(as[R_RELAY], "UPDATE ferry.dead_letter SET reason = 'x' WHERE topic = 'pv-dl'; "
+                         "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.dead_letter "
+                                   "WHERE topic = 'pv-dl' AND reason = 'test'"), 1);
+    /* ... but reads it (its status page counts every dead letter). */
+    assert_int_equal(tu_int(as[R_RELAY], "SELECT count(*) FROM ferry.dead_letter "
+                                         "WHERE topic = 'pv-dl'"), 1);
+    /* ... and cannot replay it into the consumer; the reconciler can. */
+    char *sql = tu_sprintf("SELECT ferry.replay_dead_letter(%lld)", mine);
+    PGresult *res = PQexec(as[R_RELAY], sql);
+    /* (tu_assert_str_of frees sql) */
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
+    PQclear(res);
+    tu_assert_str_of(as[R_RECONCILER], sql, "t");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.inbox_held "
+                                   "WHERE topic = 'pv-dl' AND reason = 'replay'"), 1);
+    tu_exec(admin, "DELETE FROM ferry.inbox_held WHERE topic = 'pv-dl'; "
+                   "DELETE FROM ferry.inbox_key WHERE topic = 'pv-dl'");
+    PQfinish(admin);
+}
+
+/* Item 7, the SQL half: every shipped role reads the schema version, as
+ * every program does first (the programs themselves: test_roles_run.c),
+ * and a role that may not says so rather than "version 0". */
+static void every_role_reads_the_schema_version(void **state)
+{
+    ferry_error err;
+    for (int r = 0; r < R_COUNT; r++) {
+        int version = -1;
+        ferry_code rc = ferry_schema_version(as[r], &version, &err);
+        if (role_of[r] != NULL) {
+            assert_ferry_ok(rc, err);
+            assert_int_equal(version, ferry_schema_version_known());
+        } else {
+            assert_int_not_equal(rc, FERRY_OK);
+            assert_int_equal(version, -1);      /* untouched on failure */
+            assert_string_equal(err.sqlstate, "42501");
+            assert_non_null(strstr(err.message, "permission denied"));
+        }
+    }
+}
+
+int main(void)
+{
+    tu_filter_from_env();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(matrix_covers_the_whole_schema),
+        cmocka_unit_test(functions_as_the_matrix_says),
+        cmocka_unit_test(tables_as_the_matrix_says),
+        cmocka_unit_test(consumer_confined_to_its_own_names),
+        cmocka_unit_test(consumer_name_judged_by_the_role_set),
+        cmocka_unit_test(writer_cannot_forge_relay_dead_letters),
+        cmocka_unit_test(relay_makes_relay_dead_letters_only),
+        cmocka_unit_test(every_role_reads_the_schema_version),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
