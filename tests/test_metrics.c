@@ -96,6 +96,9 @@ static void render_every_family_once(void **state)
         {"ferry_relay_wakeups_total", "counter"},
         {"ferry_relay_leases_held", "gauge"},
         {"ferry_relay_queue_depth", "gauge"},
+        {"ferry_relay_stuck_partitions", "gauge"},
+        {"ferry_relay_stuck_keys", "gauge"},
+        {"ferry_relay_oldest_inflight_seconds", "gauge"},
         {"ferry_relay_batch_seconds", "histogram"},
         {"ferry_relay_end_to_end_seconds", "histogram"},
         {"ferry_relay_unpublished_rows", "gauge"},
@@ -103,9 +106,9 @@ static void render_every_family_once(void **state)
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         assert_family(t, families[i].family, families[i].type);
-    /* Sixteen families, no more. */
-    assert_int_equal(count_of(t, "# HELP "), 16);
-    assert_int_equal(count_of(t, "# TYPE "), 16);
+    /* Nineteen families, no more. */
+    assert_int_equal(count_of(t, "# HELP "), 19);
+    assert_int_equal(count_of(t, "# TYPE "), 19);
 
     assert_true(sample(t, "ferry_relay_up") == 1);
     char info[128];
