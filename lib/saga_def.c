@@ -21,6 +21,15 @@
  * 1.2 core schema (null, true/false, integers, floats), everything else is
  * a string. A string holding "${" must be exactly "${context.PATH}".
  *
+ * Numbers keep the digits they are written with (saga_tmpl.h says why):
+ * each payload is also built as JSON text, and that text is what the
+ * driver sends. Only what JSON cannot spell is respelled: a leading "+"
+ * and leading zeros are dropped, ".5" becomes "0.5" and "3." "3". A
+ * number PostgreSQL's numeric (so jsonb) cannot hold, such as 1e-16384,
+ * is refused where it is written. The public ferry_saga_command.payload
+ * is the same value as jansson holds it, for reading: there a number
+ * beyond int64 or a double is the nearest double (1e400: DBL_MAX).
+ *
  * Why our own reader over libyaml's events, not libcyaml. The contract is
  * to report every error with its line, column and field. libcyaml stops
  * at the first error, knows no positions past its log lines, cannot
@@ -43,6 +52,7 @@
  * bytes are not parsed at all.
  */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -58,6 +68,7 @@
 
 #include "internal.h"
 #include "saga_def_hook.h"
+#include "saga_tmpl.h"
 #include "yaml_walk.h"
 
 _Static_assert(FERRY_SAGA_STEPS_MAX >= 1 && FERRY_SAGA_STEPS_MAX <= 1024, "steps limit");
@@ -88,6 +99,30 @@ typedef struct loader {
     step_places sp[FERRY_SAGA_STEPS_MAX];
 } loader;
 
+/* What the loader allocates: the public definition and, beside it, each
+ * command's payload as JSON text. ferry_saga_def_tmpl and
+ * ferry_saga_def_free find the templates from the definition, which is
+ * why a definition must come from the loader (the registry frees it with
+ * ferry_saga_def_free in any case). */
+typedef struct def_full {
+    ferry_saga_def def;                        /* first: a def is its def_full */
+    ferry_tmpl tmpl[FERRY_SAGA_STEPS_MAX][2];  /* [step][ferry_saga_command_kind] */
+} def_full;
+_Static_assert(offsetof(def_full, def) == 0, "def_full: the definition comes first");
+_Static_assert(FERRY_SAGA_CMD_ACTION == 0 && FERRY_SAGA_CMD_COMPENSATION == 1,
+               "def_full's templates are indexed by command kind");
+
+static def_full *full_of(const ferry_saga_def *def)
+{
+    return (def_full *)def;
+}
+
+const ferry_tmpl *ferry_saga_def_tmpl(const ferry_saga_def *def, size_t step,
+                                      ferry_saga_command_kind kind)
+{
+    return &full_of(def)->tmpl[step][kind == FERRY_SAGA_CMD_COMPENSATION];
+}
+
 /* ------------------------------------------------------------ memory */
 
 static void command_free(ferry_saga_command *c)
@@ -108,6 +143,10 @@ void ferry_saga_def_free(ferry_saga_def *def)
         free(s->topic);
         command_free(&s->action);
         command_free(&s->compensation);
+    }
+    for (size_t i = 0; i < FERRY_SAGA_STEPS_MAX; i++) {
+        ferry_tmpl_free(&full_of(def)->tmpl[i][0]);
+        ferry_tmpl_free(&full_of(def)->tmpl[i][1]);
     }
     free(def->steps);
     free(def->name);
@@ -169,8 +208,60 @@ static bool is_float(const char *s)
     return *p == '\0' && frac;
 }
 
-/* A scalar as JSON: *out NULL after an error. */
-static int json_scalar(ferry_yw *w, const yaml_event_t *ev, json_t **out)
+/* The nearest double to a number jansson cannot hold exactly: for the
+ * public payload only (the text keeps the digits). */
+static json_t *json_nearest(const char *v)
+{
+    double d = strtod(v, NULL);
+    if (!isfinite(d))
+        d = d < 0 ? -DBL_MAX : DBL_MAX;
+    return json_real(d);
+}
+
+/*
+ * A plain scalar that is a number (integer or float by is_float) onto t as
+ * JSON, its digits as written: a leading "+" and leading zeros dropped,
+ * ".5" -> "0.5", "3." -> "3", the exponent as it is. Refused (*ok false)
+ * when PostgreSQL's numeric cannot hold it, as ferry_emit would refuse
+ * the command later: checked by ferry_msg_check, the one place that knows
+ * numeric's limits.
+ */
+static int number_text(ferry_yw *w, ferry_tmpl *t, const char *v, place at, bool *ok)
+{
+    static const char digits[] = "0123456789";
+    const char *p = v + (*v == '+');
+    size_t start = t->len;
+    *ok = false;
+    if (*p == '-' && ferry_tmpl_append(t, p++, 1) != 0)
+        return ferry_yw_oom(w);
+    size_t lead = strspn(p, digits), zeros = 0;
+    while (zeros + 1 < lead && p[zeros] == '0')
+        zeros++;
+    if (lead == 0 ? ferry_tmpl_append(t, "0", 1) : ferry_tmpl_append(t, p + zeros, lead - zeros))
+        return ferry_yw_oom(w);
+    p += lead;
+    if (*p == '.') {
+        size_t frac = strspn(p + 1, digits);
+        if (frac > 0 && ferry_tmpl_append(t, p, frac + 1) != 0)
+            return ferry_yw_oom(w);
+        p += 1 + frac;
+    }
+    if (ferry_tmpl_append(t, p, strlen(p)) != 0)
+        return ferry_yw_oom(w);
+    ferry_msg probe = {.topic = "t", .key = "k", .type = "t", .payload = t->text + start,
+                       .payload_len = t->len - start};
+    ferry_error err;
+    if (ferry_msg_check(&probe, NULL, &err) != FERRY_OK) {
+        ferry_yw_error(w, at, "number %.64s is out of range: PostgreSQL's numeric cannot hold it "
+                       "(quote it to keep a string)", v);
+        return 0;
+    }
+    *ok = true;
+    return 0;
+}
+
+/* A scalar as JSON, into *out and onto t: *out NULL after an error. */
+static int json_scalar(ferry_yw *w, const yaml_event_t *ev, ferry_tmpl *t, json_t **out)
 {
     const char *v = ferry_yw_scalar(ev);
     size_t len = ev->data.scalar.length;
@@ -179,36 +270,35 @@ static int json_scalar(ferry_yw *w, const yaml_event_t *ev, json_t **out)
     if (ferry_yw_is_plain(ev)) {
         const char *digits = v + (*v == '-' || *v == '+');
         size_t nd = strspn(digits, "0123456789");
+        const char *word = NULL;
         if (ferry_yw_is_null(ev)) {
             *out = json_null();
-            return 0;
-        }
-        if (ferry_yw_plain_true(v) || ferry_yw_plain_false(v)) {
+            word = "null";
+        } else if (ferry_yw_plain_true(v) || ferry_yw_plain_false(v)) {
             *out = json_boolean(ferry_yw_plain_true(v));
-            return 0;
+            word = ferry_yw_plain_true(v) ? "true" : "false";
         }
+        if (word)
+            return ferry_tmpl_append(t, word, strlen(word)) != 0 ? ferry_yw_oom(w) : 0;
         if (nd > 0 && digits[nd] == '\0') {
             if (digits[0] == '0' && nd > 1) {
                 ferry_yw_error(w, at, "ambiguous number \"%.64s\": quote it to keep a string, or "
                            "drop the leading zeros", v);
                 return 0;
             }
+            bool ok;
+            if (number_text(w, t, v, at, &ok) != 0 || !ok)
+                return w->fatal ? -1 : 0;
             errno = 0;
             long long n = strtoll(v, NULL, 10);
-            if (errno == ERANGE) {
-                ferry_yw_error(w, at, "integer %.64s is out of range (quote it to keep a string)", v);
-                return 0;
-            }
-            *out = json_integer(n);
+            *out = errno == ERANGE ? json_nearest(v) : json_integer(n);
             return *out ? 0 : ferry_yw_oom(w);
         }
         if (is_float(v)) {
-            double d = strtod(v, NULL);
-            if (!isfinite(d)) {
-                ferry_yw_error(w, at, "number %.64s is out of range", v);
-                return 0;
-            }
-            *out = json_real(d);
+            bool ok;
+            if (number_text(w, t, v, at, &ok) != 0 || !ok)
+                return w->fatal ? -1 : 0;
+            *out = json_nearest(v);
             return *out ? 0 : ferry_yw_oom(w);
         }
         if (digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'o') && digits[2] &&
@@ -223,30 +313,41 @@ static int json_scalar(ferry_yw *w, const yaml_event_t *ev, json_t **out)
             return 0;
         }
     }
-    if (strstr(v, "${") && !valid_template(v)) {
-        ferry_yw_error(w, at, "\"%.64s\" is not a template: a template is a whole string "
-                   "\"${context.PATH}\", PATH being names separated by dots", v);
-        return 0;
+    if (strstr(v, "${")) {
+        static const char head[] = "${context.";
+        if (!valid_template(v)) {
+            ferry_yw_error(w, at, "\"%.64s\" is not a template: a template is a whole string "
+                       "\"${context.PATH}\", PATH being names separated by dots", v);
+            return 0;
+        }
+        if (ferry_tmpl_append_ref(t, v + sizeof head - 1, len - sizeof head) != 0)
+            return ferry_yw_oom(w);
+    } else if (ferry_tmpl_append_string(t, v, len) != 0) {
+        return ferry_yw_oom(w);
     }
     *out = json_stringn(v, len);
     return *out ? 0 : ferry_yw_oom(w);
 }
 
 /*
- * Any YAML value as JSON, its first event in ev (deleted by the caller).
- * *out is NULL after an error in it (recorded) or when the walk stopped.
+ * Any YAML value as JSON, its first event in ev (deleted by the caller):
+ * as a jansson value into *out and as text onto t (which holds garbage
+ * after an error: the load fails then anyway). *out is NULL after an
+ * error in it (recorded) or when the walk stopped.
  */
-static int read_json(ferry_yw *w, yaml_event_t *ev, json_t **out)
+static int read_json(ferry_yw *w, yaml_event_t *ev, ferry_tmpl *t, json_t **out)
 {
     *out = NULL;
     if (ev->type == YAML_SCALAR_EVENT)
-        return json_scalar(w, ev, out);
+        return json_scalar(w, ev, t, out);
 
     bool mapping = ev->type == YAML_MAPPING_START_EVENT;
     json_t *c = mapping ? json_object() : json_array();
     bool bad = false;
     if (!c)
         return ferry_yw_oom(w);
+    if (ferry_tmpl_append(t, mapping ? "{" : "[", 1) != 0)
+        goto out_oom;
     for (size_t i = 0;; i++) {
         yaml_event_t item, val;
         if (ferry_yw_next(w, &item) != 0)
@@ -255,21 +356,23 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, json_t **out)
             yaml_event_delete(&item);
             break;
         }
+        if (i > 0 && ferry_tmpl_append(t, ",", 1) != 0) {
+            yaml_event_delete(&item);
+            goto out_oom;
+        }
         json_t *v = NULL;
         int rc;
         if (!mapping) {
             size_t old = ferry_yw_push_index(w, i);
-            rc = read_json(w, &item, &v);
+            rc = read_json(w, &item, t, &v);
             yaml_event_delete(&item);
             ferry_yw_pop(w, old);
             if (rc != 0)
                 goto out_fatal;
             if (!v)
                 bad = true;
-            else if (json_array_append_new(c, v) != 0) {
-                ferry_yw_oom(w);
-                goto out_fatal;
-            }
+            else if (json_array_append_new(c, v) != 0)
+                goto out_oom;
             continue;
         }
         if (item.type != YAML_SCALAR_EVENT) {
@@ -293,11 +396,16 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, json_t **out)
             ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "duplicate key \"%.64s\"", ferry_yw_scalar(&item));
             bad = true;
         }
+        if (ferry_tmpl_append_string(t, ferry_yw_scalar(&item), item.data.scalar.length) != 0 ||
+            ferry_tmpl_append(t, ":", 1) != 0) {
+            yaml_event_delete(&item);
+            goto out_oom;
+        }
         if (ferry_yw_next(w, &val) != 0) {
             yaml_event_delete(&item);
             goto out_fatal;
         }
-        rc = dup ? ferry_yw_skip(w, &val) : read_json(w, &val, &v);
+        rc = dup ? ferry_yw_skip(w, &val) : read_json(w, &val, t, &v);
         yaml_event_delete(&val);
         ferry_yw_pop(w, old);
         if (rc == 0 && v && json_object_set_new(c, ferry_yw_scalar(&item), v) != 0)
@@ -308,6 +416,8 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, json_t **out)
         if (!dup && !v)
             bad = true;
     }
+    if (ferry_tmpl_append(t, mapping ? "}" : "]", 1) != 0)
+        goto out_oom;
     if (bad) {
         json_decref(c);
         return 0;
@@ -315,6 +425,8 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, json_t **out)
     *out = c;
     return 0;
 
+out_oom:
+    ferry_yw_oom(w);
 out_fatal:
     json_decref(c);
     return -1;
@@ -326,12 +438,18 @@ static const char *const command_keys[] = {"type", "payload"};
 enum { CMD_TYPE, CMD_PAYLOAD, N_CMD_KEYS };
 static const bool command_required[N_CMD_KEYS] = {[CMD_TYPE] = true};
 
+typedef struct command_ctx {
+    ferry_saga_command *cmd;
+    ferry_tmpl *tmpl;
+} command_ctx;
+
 static int command_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
-    ferry_saga_command *cmd = arg;
+    command_ctx *cc = arg;
+    ferry_saga_command *cmd = cc->cmd;
     if (index == CMD_PAYLOAD) {
         json_t *payload = NULL;
-        if (read_json(w, val, &payload) != 0)
+        if (read_json(w, val, cc->tmpl, &payload) != 0)
             return -1;
         cmd->payload = payload;
         return 0;
@@ -343,23 +461,30 @@ static int command_value(ferry_yw *w, int index, place key_at, yaml_event_t *val
     return ferry_yw_check_type(w, val, cmd->type, &ok);
 }
 
-/* action: or compensation: — a mapping of type and payload (default {}). */
-static int read_command(ferry_yw *w, yaml_event_t *ev, ferry_saga_command *cmd, bool *ok)
+/* action: or compensation: — a mapping of type and payload (default {}),
+ * the payload's text onto tmpl. */
+static int read_command(ferry_yw *w, yaml_event_t *ev, ferry_saga_command *cmd, ferry_tmpl *tmpl,
+                        bool *ok)
 {
     *ok = false;
     if (ev->type != YAML_MAPPING_START_EVENT)
         return ferry_yw_wrong_type(w, ev, "a command (a mapping with type and payload)");
     bool seen[N_CMD_KEYS];
     size_t before = w->errs->total;
-    if (ferry_yw_read_mapping(w, command_keys, N_CMD_KEYS, seen, command_value, cmd) != 0)
+    command_ctx cc = {cmd, tmpl};
+    if (ferry_yw_read_mapping(w, command_keys, N_CMD_KEYS, seen, command_value, &cc) != 0)
         return -1;
     ferry_yw_require_keys(w, ferry_yw_place_of(ev->start_mark), command_keys, command_required,
                           seen, N_CMD_KEYS);
     if (!seen[CMD_PAYLOAD]) {
         cmd->payload = json_object();
-        if (!cmd->payload)
+        if (!cmd->payload || ferry_tmpl_append(tmpl, "{}", 2) != 0)
             return ferry_yw_oom(w);
     }
+    /* A payload that is one reference has no text of its own: give it its
+     * NUL, so that the text is never NULL. */
+    if (ferry_tmpl_append(tmpl, "", 0) != 0)
+        return ferry_yw_oom(w);
     *ok = w->errs->total == before;
     return 0;
 }
@@ -457,14 +582,14 @@ static int step_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
             rc = ferry_yw_check_topic(w, val, s->topic, &ok);
         break;
     case STEP_ACTION:
-        rc = read_command(w, val, &s->action, &ok);
+        rc = read_command(w, val, &s->action, &full_of(def)->tmpl[sc->index][0], &ok);
         break;
     case STEP_COMPENSATION:
         if (ferry_yw_is_null(val))    /* "none", said explicitly */
             break;
         sc->sp->compensation_given = true;
         sc->sp->compensation = key_at;
-        rc = read_command(w, val, &s->compensation, &ok);
+        rc = read_command(w, val, &s->compensation, &full_of(def)->tmpl[sc->index][1], &ok);
         s->has_compensation = rc == 0 && ok;
         break;
     case STEP_TIMEOUT:
@@ -645,15 +770,16 @@ static ferry_code read_def(void *arg, void *out)
     ferry_yw *w = &ld->w;
     ferry_code rc = FERRY_ENOMEM;
 
-    ferry_saga_def *def = ferry_saga_malloc_(sizeof *def);
+    def_full *full = ferry_saga_malloc_(sizeof *full);
     ferry_saga_step_def *steps = ferry_saga_malloc_(FERRY_SAGA_STEPS_MAX * sizeof *steps);
-    if (!def || !steps) {
-        free(def);
+    if (!full || !steps) {
+        free(full);
         free(steps);
         ferry_yw_oom(w);
         return rc;
     }
-    memset(def, 0, sizeof *def);
+    memset(full, 0, sizeof *full);
+    ferry_saga_def *def = &full->def;
     memset(steps, 0, FERRY_SAGA_STEPS_MAX * sizeof *steps);
     def->steps = steps;
     def->pivot_index = -1;

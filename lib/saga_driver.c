@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "saga_tmpl.h"
 
 /* ---------------------------------------------------------------- registry */
 
@@ -232,77 +233,6 @@ static ferry_code state_from_json(const char *text, ferry_saga_state *st, ferry_
 
 /* ---------------------------------------------------------------- commands */
 
-/* "${context.a.b}" -> the value at a.b of ctx (borrowed), or NULL; *is_ref
- * says whether s is such a reference at all. */
-static const json_t *context_lookup(const json_t *ctx, const char *s, int *is_ref)
-{
-    static const char head[] = "${context.";
-    size_t len = strlen(s);
-    *is_ref = strncmp(s, head, sizeof head - 1) == 0 && len > sizeof head && s[len - 1] == '}';
-    if (!*is_ref)
-        return NULL;
-    const json_t *cur = ctx;
-    const char *p = s + sizeof head - 1, *end = s + len - 1;
-    while (cur != NULL && p < end) {
-        const char *dot = memchr(p, '.', (size_t)(end - p));
-        size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
-        char seg[FERRY_SAGA_NAME_MAX + 1];
-        if (n == 0 || n > FERRY_SAGA_NAME_MAX)
-            return NULL;
-        memcpy(seg, p, n);
-        seg[n] = '\0';
-        cur = json_is_object(cur) ? json_object_get(cur, seg) : NULL;
-        p += n + (dot ? 1 : 0);
-    }
-    return cur;
-}
-
-/* A new value: tmpl with every context reference replaced. NULL with
- * *missing set to the first reference that did not resolve (borrowed from
- * tmpl), or with *missing NULL when memory was short. */
-static json_t *substitute(const json_t *tmpl, const json_t *ctx, const char **missing)
-{
-    *missing = NULL;
-    if (json_is_string(tmpl)) {
-        int is_ref;
-        const json_t *v = context_lookup(ctx, json_string_value(tmpl), &is_ref);
-        if (!is_ref)
-            return json_deep_copy(tmpl);
-        if (v == NULL) {
-            *missing = json_string_value(tmpl);
-            return NULL;
-        }
-        return json_deep_copy(v);
-    }
-    if (json_is_object(tmpl)) {
-        json_t *out = json_object();
-        const char *k;
-        json_t *v;
-        json_object_foreach((json_t *)tmpl, k, v) {
-            json_t *c = out ? substitute(v, ctx, missing) : NULL;
-            if (c == NULL || json_object_set_new(out, k, c) != 0) {
-                json_decref(out);
-                return NULL;
-            }
-        }
-        return out;
-    }
-    if (json_is_array(tmpl)) {
-        json_t *out = json_array();
-        size_t i;
-        json_t *v;
-        json_array_foreach(tmpl, i, v) {
-            json_t *c = out ? substitute(v, ctx, missing) : NULL;
-            if (c == NULL || json_array_append_new(out, c) != 0) {
-                json_decref(out);
-                return NULL;
-            }
-        }
-        return out;
-    }
-    return json_deep_copy(tmpl);
-}
-
 static const ferry_saga_command *command_of(const ferry_saga_def *def, uint32_t step,
                                             ferry_saga_command_kind kind)
 {
@@ -312,23 +242,25 @@ static const ferry_saga_command *command_of(const ferry_saga_def *def, uint32_t 
 
 /* Every template of def must resolve in ctx: checked at start, so that no
  * saga stalls later on a command it cannot build. */
-static ferry_code check_templates(const ferry_saga_def *def, const json_t *ctx, ferry_error *err)
+static ferry_code check_templates(const ferry_saga_def *def, const char *ctx, size_t ctx_len,
+                                  ferry_error *err)
 {
     for (size_t i = 0; i < def->step_count; i++) {
         for (int k = 0; k < 2; k++) {
             if (k == 1 && !def->steps[i].has_compensation)
                 continue;
-            const ferry_saga_command *c = command_of(def, (uint32_t)i, (ferry_saga_command_kind)k);
             const char *missing;
-            json_t *p = substitute(c->payload, ctx, &missing);
-            if (p == NULL && missing != NULL)
-                return ferry_err_set(err, FERRY_EINVAL, "context",
-                                     "could not start saga %s: the context has no value for "
-                                     "\"%s\" (steps[%zu].%s.payload)",
-                                     def->name, missing, i, k ? "compensation" : "action");
-            if (p == NULL)
-                return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not start saga: out of memory");
-            json_decref(p);
+            char *p;
+            if (ferry_tmpl_render(ferry_saga_def_tmpl(def, i, (ferry_saga_command_kind)k), ctx,
+                                  ctx_len, &p, &missing) != 0)
+                return missing ? ferry_err_set(err, FERRY_EINVAL, "context",
+                                               "could not start saga %s: the context has no "
+                                               "value for \"${context.%s}\" "
+                                               "(steps[%zu].%s.payload)", def->name, missing, i,
+                                               k ? "compensation" : "action")
+                               : ferry_err_set(err, FERRY_ENOMEM, NULL,
+                                               "could not start saga: out of memory");
+            free(p);
         }
     }
     return FERRY_OK;
@@ -336,11 +268,15 @@ static ferry_code check_templates(const ferry_saga_def *def, const json_t *ctx, 
 
 /* ---------------------------------------------------------------- one event */
 
+/* The context stays JSON text from the caller (at start) or from jsonb
+ * (ferry.saga.context, at every event), never parsed into jansson values:
+ * its numbers keep their digits (saga_tmpl.h). */
 typedef struct saga_ctx {
     const ferry_saga_registry *reg;
     const ferry_saga_def *def;
     char id[FERRY_UUID_STRING_SIZE];
-    json_t *context;                 /* owned */
+    const char *context;             /* borrowed JSON text, an object */
+    size_t context_len;
 } saga_ctx;
 
 static ferry_code audit(PGconn *conn, const saga_ctx *s, uint32_t step,
@@ -365,11 +301,12 @@ static ferry_code send_command(PGconn *conn, const saga_ctx *s, const ferry_saga
     const ferry_saga_step_def *step = &s->def->steps[a->step];
     const ferry_saga_command *cmd = command_of(s->def, a->step, a->command);
     const char *missing;
-    json_t *payload = substitute(cmd->payload, s->context, &missing);
-    if (payload == NULL)
+    char *ptext = NULL;
+    if (ferry_tmpl_render(ferry_saga_def_tmpl(s->def, a->step, a->command), s->context,
+                          s->context_len, &ptext, &missing) != 0)
         return missing ? ferry_err_set(err, FERRY_EINVAL, "context",
                                        "could not build %s of step %s of saga %s: the context "
-                                       "has no value for \"%s\"",
+                                       "has no value for \"${context.%s}\"",
                                        ferry_saga_command_name(a->command), step->name, s->id,
                                        missing)
                        : ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: "
@@ -384,9 +321,7 @@ static ferry_code send_command(PGconn *conn, const saga_ctx *s, const ferry_saga
                                 step->name, "saga_kind", ferry_saga_command_name(a->command),
                                 "saga_round", num[1], "saga_attempt", num[2], "saga_key", key,
                                 "saga_reply_to", s->reg->reply_topic);
-    char *ptext = json_dumps(payload, JSON_COMPACT | JSON_ENCODE_ANY);
     char *htext = headers ? json_dumps(headers, JSON_COMPACT) : NULL;
-    json_decref(payload);
     json_decref(headers);
     ferry_code rc;
     if (ptext == NULL || htext == NULL) {
@@ -459,13 +394,12 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
     const char *status = ferry_saga_status_name((ferry_saga_status)next->status);
     ferry_code rc;
     if (ev->kind == FERRY_SAGA_EV_START) {
-        char *ctx = json_dumps(s->context, JSON_COMPACT);
-        const char *p[9] = {s->id, s->def->name, s->def->hash, status, cur, ctx, wake, ver,
-                            engine};
-        rc = ctx ? ferry_exec(conn, "SELECT ferry.saga_create($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                              9, p, "could not insert saga", err)
-                 : ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
-        free(ctx);
+        /* The caller's text as it is (checked by ferry_saga_start): jsonb
+         * keeps its numbers' digits. The context is written only here. */
+        const char *p[9] = {s->id, s->def->name, s->def->hash, status, cur, s->context, wake,
+                            ver, engine};
+        rc = ferry_exec(conn, "SELECT ferry.saga_create($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9,
+                        p, "could not insert saga", err);
     } else {
         const char *p[7] = {s->id, old, ver, status, cur, wake, engine};
         PGresult *res = PQexecParams(conn,
@@ -543,8 +477,8 @@ static ferry_code drive(PGconn *conn, const ferry_saga_registry *reg, const char
                            id, name, hash, s.def->hash);
         goto out;
     }
-    json_error_t jerr;
-    s.context = json_loads(PQgetvalue(res, 0, 2), JSON_DECODE_ANY, &jerr);
+    s.context = PQgetvalue(res, 0, 2);
+    s.context_len = (size_t)PQgetlength(res, 0, 2);
     ferry_saga_state state, next;
     if ((rc = state_from_json(PQgetisnull(res, 0, 4) ? NULL : PQgetvalue(res, 0, 4), &state,
                               err)) != FERRY_OK)
@@ -576,12 +510,38 @@ static ferry_code drive(PGconn *conn, const ferry_saga_registry *reg, const char
     if (rc == FERRY_OK && applied)
         *applied = 1;
 out:
-    json_decref(s.context);
     PQclear(res);
     return rc;
 }
 
 /* ---------------------------------------------------------------- API */
+
+/*
+ * A context must be a JSON object that jsonb stores as it is: checked as
+ * ferry_emit checks a payload (the one place that knows what jsonb takes,
+ * numbers numeric cannot hold included), so that a bad context is
+ * refused here, with the transaction still usable, not by the server. Up
+ * to SAGA_CONTEXT_MAX bytes.
+ */
+#define SAGA_CONTEXT_MAX ((size_t)16 * 1024 * 1024)
+static ferry_code context_check(const ferry_saga_def *def, const char *context_json,
+                                ferry_error *err)
+{
+    if (context_json == NULL)
+        return FERRY_OK;
+    ferry_msg probe = {.topic = "t", .key = "k", .type = "t", .payload = context_json};
+    ferry_emit_opts opts = {.max_payload = SAGA_CONTEXT_MAX};
+    ferry_error why;
+    if (ferry_msg_check(&probe, &opts, &why) != FERRY_OK)
+        return ferry_err_set(err, FERRY_EINVAL, "context",
+                             "could not start saga %s: the context, checked as a payload: %s",
+                             def->name, why.message);
+    if (context_json[strspn(context_json, " \t\r\n")] != '{')
+        return ferry_err_set(err, FERRY_EINVAL, "context",
+                             "could not start saga %s: the context must be a JSON object",
+                             def->name);
+    return FERRY_OK;
+}
 
 ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const char *def_name,
                             const char *context_json, ferry_uuid *id_out, ferry_error *err)
@@ -595,16 +555,12 @@ ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const 
         return ferry_err_set(err, FERRY_EINVAL, "definition",
                              "could not start saga: no definition called \"%s\"",
                              def_name ? def_name : "(null)");
-    json_error_t jerr;
-    s.context = context_json ? json_loads(context_json, 0, &jerr) : json_object();
-    if (!json_is_object(s.context)) {
-        json_decref(s.context);
-        return ferry_err_set(err, FERRY_EINVAL, "context",
-                             "could not start saga %s: the context must be a JSON object",
-                             def_name);
-    }
+    if ((rc = context_check(s.def, context_json, err)) != FERRY_OK)
+        return rc;
+    s.context = context_json ? context_json : "{}";
+    s.context_len = strlen(s.context);
     ferry_uuid id;
-    if ((rc = check_templates(s.def, s.context, err)) != FERRY_OK
+    if ((rc = check_templates(s.def, s.context, s.context_len, err)) != FERRY_OK
         || (rc = ferry_uuid_v7(&id)) != FERRY_OK) {
         if (rc != FERRY_OK && err != NULL && err->code == FERRY_OK)
             ferry_err_set(err, rc, NULL, "could not start saga: no id");
@@ -632,7 +588,6 @@ ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const 
     if (id_out)
         *id_out = id;
 out:
-    json_decref(s.context);
     return rc;
 }
 

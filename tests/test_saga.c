@@ -667,6 +667,107 @@ static void one_bad_saga_does_not_block_the_timers(void **state)
     ferry_saga_registry_destroy(r2);
 }
 
+/*
+ * Issue 12: numbers in a saga's payloads and context keep their digits.
+ * They used to go through jansson's doubles: 0.1 went out as
+ * 0.10000000000000001 and 1e-400 as 0.0, integers beyond int64 were
+ * refused in a definition and made the context "not a JSON object", and
+ * a context number jsonb cannot hold (1e-16384) was taken as 0.
+ *
+ * All in one transaction that is rolled back, so no command reaches the
+ * broker: the start (the definition's numbers, the context stored), then
+ * a cancel, which reads the context back from its jsonb column and
+ * builds the compensation from it. The outbox and the context column are
+ * jsonb, so what is compared is jsonb's own text of the expected value:
+ * the same numeric values with the same scale ("2.50" stays "2.50";
+ * jsonb spells 1e-400 with 400 digits after the point).
+ */
+static void saga_numbers_keep_their_digits(void **state)
+{
+    static const char yaml[] =
+        "saga: t12-numbers\nversion: 1\ndeadline: 1h\nsteps:\n"
+        "  - name: quote\n"
+        "    topic: t12.commands\n"
+        "    action:\n"
+        "      type: Quote\n"
+        "      payload:\n"
+        "        tenth: 0.1\n"
+        "        tiny: 1e-400\n"
+        "        big: 123456789012345678901234567890\n"
+        "        huge: 1e400\n"
+        "        small: -0.0000001234\n"
+        "        scale: 2.50\n"
+        "        list: [0.1, 1e-400, +7, .5]\n"
+        "        amount: \"${context.amount}\"\n"
+        "        nested: \"${context.nested}\"\n"
+        "    compensation:\n"
+        "      type: Unquote\n"
+        "      payload: {amount: \"${context.amount}\", tiny: \"${context.tiny}\",\n"
+        "                big: \"${context.big}\", nested: \"${context.nested}\"}\n"
+        "    timeout: 1s\n";
+    static const char ctx[] = "{\"amount\": 0.1, \"tiny\": 1e-400, "
+                              "\"big\": 123456789012345678901234567890, "
+                              "\"nested\": {\"x\": [1e400, 2.50, -0.0000001234]}}";
+    static const char want_action[] =
+        "{\"tenth\": 0.1, \"tiny\": 1e-400, \"big\": 123456789012345678901234567890, "
+        "\"huge\": 1e400, \"small\": -0.0000001234, \"scale\": 2.50, "
+        "\"list\": [0.1, 1e-400, 7, 0.5], \"amount\": 0.1, "
+        "\"nested\": {\"x\": [1e400, 2.50, -0.0000001234]}}";
+    static const char want_compensation[] =
+        "{\"amount\": 0.1, \"tiny\": 1e-400, \"big\": 123456789012345678901234567890, "
+        "\"nested\": {\"x\": [1e400, 2.50, -0.0000001234]}}";
+
+    ferry_saga_registry *r = registry_new(yaml);
+    PGconn *conn = tu_connect();
+    ferry_error err;
+    ferry_uuid uid;
+    char id[FERRY_UUID_STRING_SIZE];
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_start(conn, r, "t12-numbers", ctx, &uid, &err), err);
+    ferry_uuid_format(&uid, id);
+
+    /* The context as given. */
+    char *stored = tu_str_of(conn, tu_sprintf("SELECT context::text FROM ferry.saga WHERE "
+                                              "id = '%s'", id));
+    char *want_ctx = tu_str_of(conn, tu_sprintf("SELECT '%s'::jsonb::text", ctx));
+    assert_string_equal(stored, want_ctx);
+    free(want_ctx);
+
+    /* The action: the definition's numbers and the context's. */
+    char *want_text = tu_str_of(conn, tu_sprintf("SELECT '%s'::jsonb::text", want_action));
+    tu_assert_str_of(conn, tu_sprintf("SELECT payload::text FROM ferry.outbox WHERE "
+                                      "aggregateid = '%s' AND type = 'Quote'", id), want_text);
+    free(want_text);
+    tu_assert_str_of(conn, tu_sprintf("SELECT (payload->>'tenth') || ' ' || (payload->>'big') "
+                                      "FROM ferry.outbox WHERE aggregateid = '%s' AND type = "
+                                      "'Quote'", id), "0.1 123456789012345678901234567890");
+
+    /* A cancel: the context read back from the database, the
+     * compensation built from it, the state saved. */
+    assert_ferry_ok(ferry_saga_cancel(conn, r, id, &err), err);
+    want_text = tu_str_of(conn, tu_sprintf("SELECT '%s'::jsonb::text", want_compensation));
+    tu_assert_str_of(conn, tu_sprintf("SELECT payload::text FROM ferry.outbox WHERE "
+                                      "aggregateid = '%s' AND type = 'Unquote'", id), want_text);
+    free(want_text);
+    /* Saved again, the context unchanged. */
+    assert_true(q(conn, "SELECT version FROM ferry.saga WHERE id = '%s'", id) >= 2);
+    tu_assert_str_of(conn, tu_sprintf("SELECT context::text FROM ferry.saga WHERE id = '%s'", id),
+                     stored);
+    free(stored);
+
+    /* A context number jsonb cannot hold is refused on the client, naming
+     * the context, and the transaction stays usable. */
+    assert_int_equal(ferry_saga_start(conn, r, "t12-numbers",
+                                      "{\"amount\": 1e-16384, \"tiny\": 0, \"big\": 0, "
+                                      "\"nested\": 0}", &uid, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "context");
+    assert_non_null(strstr(err.message, "1e-16384"));
+    assert_int_equal(tu_int(conn, "SELECT 1"), 1);
+    tu_exec(conn, "ROLLBACK");
+    PQfinish(conn);
+    ferry_saga_registry_destroy(r);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
@@ -682,6 +783,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(orchestrator_process_killed_resumes),
         cmocka_unit_test(fire_timer_fires_one_saga),
         cmocka_unit_test(one_bad_saga_does_not_block_the_timers),
+        cmocka_unit_test(saga_numbers_keep_their_digits),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

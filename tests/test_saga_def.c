@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "saga_tmpl.h"
 #include "testutil.h"
 #include "tu_load.h"
 
@@ -34,8 +35,22 @@ static void sb_json(tu_sbuf *b, const json_t *v)
     free(text);
 }
 
+/* The payload's JSON text as the driver sends it (lib/saga_tmpl.h), each
+ * context reference shown as its "${context.PATH}" string. */
+static void sb_tmpl(tu_sbuf *b, const ferry_saga_def *def, size_t step,
+                    ferry_saga_command_kind kind)
+{
+    char *text;
+    const char *missing;
+    assert_int_equal(ferry_tmpl_render(ferry_saga_def_tmpl(def, step, kind), NULL, 0, &text,
+                                       &missing), 0);
+    tu_sb_printf(b, "%s", text);
+    free(text);
+}
+
 /* Every field of def, one KEY=VALUE per line after a first newline:
- * what expected files check. */
+ * what expected files check. ".payload" is the public jansson value,
+ * ".json" the text with the numbers as written. */
 static char *summary(const void *obj)
 {
     const ferry_saga_def *def = obj;
@@ -49,11 +64,15 @@ static char *summary(const void *obj)
                      i, s->name, i, s->topic, i, s->action.type);
         tu_sb_printf(&b, "steps[%zu].action.payload=", i);
         sb_json(&b, s->action.payload);
+        tu_sb_printf(&b, "\nsteps[%zu].action.json=", i);
+        sb_tmpl(&b, def, i, FERRY_SAGA_CMD_ACTION);
         tu_sb_printf(&b, "\nsteps[%zu].has_compensation=%d\n", i, s->has_compensation);
         if (s->has_compensation) {
             tu_sb_printf(&b, "steps[%zu].compensation.type=%s\nsteps[%zu].compensation.payload=", i,
                          s->compensation.type, i);
             sb_json(&b, s->compensation.payload);
+            tu_sb_printf(&b, "\nsteps[%zu].compensation.json=", i);
+            sb_tmpl(&b, def, i, FERRY_SAGA_CMD_COMPENSATION);
             tu_sb_printf(&b, "\n");
         }
         tu_sb_printf(&b, "steps[%zu].timeout_ms=%lld\nsteps[%zu].retry=%d/%lld/%lld\n"
@@ -82,6 +101,19 @@ static void check_invariants(const void *obj)
         assert_non_null(s->topic);
         assert_non_null(s->action.type);
         assert_non_null(s->action.payload);
+        /* What the driver will send is JSON that ferry_emit takes. */
+        for (int k = 0; k < 1 + !!s->has_compensation; k++) {
+            char *text;
+            const char *missing;
+            ferry_error err;
+            assert_int_equal(ferry_tmpl_render(ferry_saga_def_tmpl(def, i,
+                                                                   (ferry_saga_command_kind)k),
+                                               NULL, 0, &text, &missing), 0);
+            ferry_msg m = {.topic = "t", .key = "k", .type = "T", .payload = text};
+            if (ferry_msg_check(&m, NULL, &err) != FERRY_OK)
+                fail_msg("steps[%zu] %d: %s: %s", i, k, err.message, text);
+            free(text);
+        }
         assert_true(s->timeout_ms > 0);
         assert_true(s->retry.attempts >= 1);
         assert_true(s->retry.backoff_ms <= s->retry.max_backoff_ms);
@@ -640,6 +672,60 @@ static void schema_matches_the_loader(void **state)
     json_decref(s);
 }
 
+/* The driver fills templates in from the context's JSON text (jsonb's,
+ * or the caller's at start), copying each value byte for byte: escaped
+ * keys match, the last of repeated keys counts (as in jsonb), a path
+ * through a non-object or to a key that is not there is missing. */
+static void templates_fill_in_from_context_text(void **state)
+{
+    static const char yaml[] =
+        "saga: s\nversion: 1\ndeadline: 1m\nsteps:\n"
+        "  - name: a\n    topic: t\n    timeout: 1s\n    compensation: {type: B}\n"
+        "    action:\n      type: A\n"
+        "      payload: {n: 0.1, v: [\"${context.a.b}\", \"${context.ab}\", \"${context.x}\"],\n"
+        "                s: \"${context.s}\", \"${context.k}\": 1e-400}\n";
+    ferry_saga_def *def = NULL;
+    assert_int_equal(ferry_saga_def_parse(yaml, strlen(yaml), "t.yaml", &def, NULL), FERRY_OK);
+    const ferry_tmpl *t = ferry_saga_def_tmpl(def, 0, FERRY_SAGA_CMD_ACTION);
+    static const char ctx[] = " {\"a\" : {\"b\":[1e-400, 0.1,{\"]\":\"}\"}], \"c\": 1},\n"
+                              "\"a\\u0062\": 123456789012345678901234567890, \"x\": 1, "
+                              "\"s\": \"q\\\"}\", \"x\": 2.50}";
+    char *out;
+    const char *missing = "unset";
+    assert_int_equal(ferry_tmpl_render(t, ctx, strlen(ctx), &out, &missing), 0);
+    assert_null(missing);
+    assert_string_equal(out, "{\"n\":0.1,\"v\":[[1e-400, 0.1,{\"]\":\"}\"}],"
+                             "123456789012345678901234567890,2.50],\"s\":\"q\\\"}\","
+                             "\"${context.k}\":1e-400}");
+    free(out);
+    static const struct {
+        const char *ctx, *missing;
+    } gone[] = {
+        {"{}", "a.b"},
+        {"{\"a\": 1, \"ab\": 1, \"x\": 1, \"s\": 1}", "a.b"},
+        {"{\"a\": {\"bb\": 1}, \"ab\": 1, \"x\": 1, \"s\": 1}", "a.b"},
+        {"{\"a\": {\"b\": 1}, \"a\\u00e2\": 1, \"x\": 1, \"s\": 1}", "ab"},
+        {"{\"a\": {\"b\": 1}, \"ab\": 1, \"s\": 1, \"y\": {\"x\": 1}}", "x"},
+        /* not JSON (never given: the text is jsonb's, or checked) */
+        {"{\"a\": {\"b\": 1}, \"ab\": 1, \"x\": 1, \"s\"", "a.b"},
+    };
+    for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
+        out = NULL;
+        assert_int_equal(ferry_tmpl_render(t, gone[i].ctx, strlen(gone[i].ctx), &out, &missing),
+                         -1);
+        assert_null(out);
+        assert_non_null(missing);
+        assert_string_equal(missing, gone[i].missing);
+    }
+    /* Cut inside a string, after an escape: whatever comes out, nothing is
+     * read beyond the text (ASan watches). */
+    static const char cut[] = "{\"a\": {\"b\": 1}, \"ab\": 1, \"x\": 1, \"s\": \"\\";
+    out = NULL;
+    if (ferry_tmpl_render(t, cut, strlen(cut), &out, &missing) == 0)
+        free(out);
+    ferry_saga_def_free(def);
+}
+
 static int check_cwd(void **state)
 {
     return tu_load_need_dir(DATA, "test_saga_def");
@@ -663,6 +749,7 @@ int main(void)
         cmocka_unit_test(graph_command),
         cmocka_unit_test(examples_lint_clean),
         cmocka_unit_test(schema_matches_the_loader),
+        cmocka_unit_test(templates_fill_in_from_context_text),
     };
     return cmocka_run_group_tests(tests, check_cwd, NULL);
 }
