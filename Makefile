@@ -139,7 +139,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
 
 # ---------------------------------------------------------------- release
-build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h)
+build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/rel/gen/migrations.o: $(GEN) lib/internal.h
@@ -208,7 +208,7 @@ build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/ben
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 # ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h tests/*.h)
+build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/asan/gen/migrations.o: $(GEN) lib/internal.h
@@ -238,7 +238,7 @@ build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # Valgrind cannot run ASan binaries: the same tests, unsanitized.
-build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h tests/*.h)
+build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
@@ -267,7 +267,7 @@ FUZZ_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLAGS)
 
-build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*_hook.h lib/yaml_walk.h)
+build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
 build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h lib/ferry.h $(wildcard daemon/*.h reconciler/*.h)
