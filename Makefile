@@ -100,13 +100,17 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 # (scripts/run-tests.sh says how). Everything is built first, here, so that
 # no job builds. CPU_JOBS are those that compute rather than wait: the
 # runner keeps a core free of them for the tests that wait on deadlines.
-CPU_JOBS = test_relay_sim test_saga_sim saga-sim-broken $(notdir $(FUZZERS))
+# The fuzzers are not among them: a smoke run lasts FUZZ_SMOKE_SECONDS
+# however much CPU it gets, so each runs at the lowest priority (nice 19)
+# alongside the rest, on the cycles the waiting tests leave idle, rather
+# than one after another on the critical path.
+CPU_JOBS = test_relay_sim test_saga_sim saga-sim-broken
 test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             build/asan/ferry-reconcile build/asan/libferry.a $(FUZZERS) \
             all-inner $(EXAMPLES) $(BENCHES)
 	@bash scripts/run-tests.sh \
 	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
-	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
+	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
 	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
 	    build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
 
