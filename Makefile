@@ -95,7 +95,7 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 # Also builds the release tree, the demo and the benchmark, so that a change
 # that breaks any of them fails here rather than in `make demo`.
 #
-# One runner runs it all, FERRY_TEST_JOBS (4) at a time: the test binaries,
+# One runner runs it all, FERRY_TEST_JOBS (6) at a time: the test binaries,
 # the broken-saga check and each fuzzer's smoke run, logs in build/test-logs/
 # (scripts/run-tests.sh says how). Everything is built first, here, so that
 # no job builds. CPU_JOBS are those that compute rather than wait: the
