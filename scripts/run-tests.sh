@@ -18,7 +18,7 @@
 # they were written; I/O-bound ones fill the other slots meanwhile.
 #
 # Order: slowest first, by the durations the last run kept in
-# build/test-logs/durations, so that a long test does not start last and
+# build/test-logs/durations (-valgrind), so that a long test does not start last and
 # keep everyone waiting; a job never timed counts as slowest (it is new,
 # or this is the first run). With FERRY_TEST_JOBS=1 they run one by one in
 # the order given, tests before extra jobs, as they used to.
@@ -84,7 +84,8 @@ for i in "${!extra_names[@]}"; do add_job "${extra_names[i]}" "${extra_cmds[i]}"
 [ ${#names[@]} -gt 0 ] || usage
 
 logdir=build/test-logs
-durations=$logdir/durations
+# valgrind times differ from the sanitizers' by far more than their order.
+durations=$logdir/durations${FERRY_VALGRIND:+-valgrind}
 mkdir -p "$logdir" || exit 2
 
 # The previous run's durations: "NAME SECONDS" lines.
