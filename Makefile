@@ -94,17 +94,32 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 
 # Also builds the release tree, the demo and the benchmark, so that a change
 # that breaks any of them fails here rather than in `make demo`.
+#
+# One runner runs it all, FERRY_TEST_JOBS (6) at a time: the test binaries,
+# the broken-saga check and each fuzzer's smoke run, logs in build/test-logs/
+# (scripts/run-tests.sh says how). Everything is built first, here, so that
+# no job builds. CPU_JOBS are those that compute rather than wait: the
+# runner keeps a core free of them for the tests that wait on deadlines.
+# The fuzzers are not among them: a smoke run lasts FUZZ_SMOKE_SECONDS
+# however much CPU it gets, so each runs at the lowest priority (nice 19)
+# alongside the rest, on the cycles the waiting tests leave idle, rather
+# than one after another on the critical path.
+CPU_JOBS = test_relay_sim test_saga_sim saga-sim-broken
 test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
-            build/asan/ferry-reconcile all-inner $(EXAMPLES) $(BENCHES)
-	@sh scripts/run-tests.sh build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
-	@$(MAKE) --no-print-directory saga-sim-broken
-	@$(MAKE) --no-print-directory fuzz-smoke
+            build/asan/ferry-reconcile build/asan/libferry.a $(FUZZERS) \
+            all-inner $(EXAMPLES) $(BENCHES)
+	@bash scripts/run-tests.sh \
+	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
+	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
+	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
+	    build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
 
 # The saga simulator must catch every deliberately broken engine
 # (lib/saga_step.c, FERRY_SAGA_BROKEN=N) within 1,000 seeds.
+SAGA_SIM_BROKEN = sh tests/saga_sim_broken.sh "$(CC) $(ASAN_CFLAGS)" build/asan/libferry.a \
+                  "$(TEST_LIBS)" build/asan/saga-broken
 saga-sim-broken: build/asan/libferry.a
-	sh tests/saga_sim_broken.sh "$(CC) $(ASAN_CFLAGS)" build/asan/libferry.a "$(TEST_LIBS)" \
-	    build/asan/saga-broken
+	$(SAGA_SIM_BROKEN)
 
 # libFuzzer targets: tests/fuzz/fuzz_NAME.c, seeds in tests/fuzz/corpus/NAME/
 # (scripts/run-fuzz.sh says how they run). `make test` runs each for
@@ -117,7 +132,7 @@ fuzz-smoke: $(FUZZERS)
 	@sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
 
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
-	@FERRY_VALGRIND=1 sh scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
+	@FERRY_VALGRIND=1 bash scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
 demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo

@@ -1,7 +1,9 @@
 #!/bin/sh
 # run-fuzz.sh SECONDS FUZZER... — run each libFuzzer target for SECONDS,
 # one at a time; report; fail if any found a crash, leak, hang or broken
-# promise.
+# promise. (`make test` runs it once per target, as jobs of
+# scripts/run-tests.sh beside the rest of the suite; `make fuzz` once for
+# all.)
 #
 # A target build/fuzz/fuzz_NAME starts from its seeds, tests/fuzz/corpus/NAME/
 # (read, never written), and from build/fuzz/corpus/NAME/, where libFuzzer

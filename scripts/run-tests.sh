@@ -1,33 +1,195 @@
-#!/bin/sh
-# run-tests.sh TEST... — run each test binary, report, fail if any failed.
-# Tests start their own throwaway PostgreSQL (tests/harness/pgtmp.c), so
-# they run one at a time: two cores, and every cluster wants one.
+#!/bin/bash
+# run-tests.sh [--job NAME COMMAND]... [--cpu NAME]... TEST...
+#
+# Run each TEST binary and each extra job (COMMAND, run by bash -c), several
+# at a time; print PASS or FAIL as each ends; then the end of every failed
+# one's log and a summary. Exit status 0 only if every one passed.
+#
+# Why in parallel: the tests mostly wait — for their own PostgreSQL, for
+# the development broker, for relays they run as processes — and hardly
+# use a core. They share nothing: each binary starts its own cluster in its
+# own mkdtemp directory, listening on a Unix socket there only
+# (tests/harness/pgtmp.c), its own broker on ports the kernel picks
+# (kafkatmp.c), metrics servers on port 0, temporary files from mkstemp.
+#
+# A few jobs do compute (the simulators, the fuzzers): name them with --cpu.
+# No more than FERRY_TEST_CPU_JOBS of those run at once, so that on a small
+# machine the waiting tests always have a core and their deadlines stay as
+# they were written; I/O-bound ones fill the other slots meanwhile.
+#
+# Order: slowest first, by the durations the last run kept in
+# build/test-logs/durations (-valgrind), so that a long test does not start last and
+# keep everyone waiting; a job never timed counts as slowest (it is new,
+# or this is the first run). With FERRY_TEST_JOBS=1 they run one by one in
+# the order given, tests before extra jobs, as they used to.
+#
+# Each job's stdout and stderr go to build/test-logs/NAME.log (stdin is
+# /dev/null). Each runs in a session of its own; on SIGINT or SIGTERM the
+# runner stops them all (a test's clusters are torn down by their
+# watchdogs, pgtmp.c) and fails.
+#
+# Environment:
+#   FERRY_TEST_JOBS      jobs at once (default 6; 1 under FERRY_VALGRIND,
+#                        which makes every test compute)
+#   FERRY_TEST_CPU_JOBS  --cpu jobs at once (default: cores - 1, at least 1)
+#   FERRY_TEST_TAIL      lines of a failed job's log to print (default 80)
+#   FERRY_VALGRIND=1     run the TEST binaries under valgrind
 set -u
+
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # libpq, jansson and glibc keep a few process-lifetime allocations.
 export LSAN_OPTIONS="${LSAN_OPTIONS:-suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0}"
 
-failed=""
-passed=0
-for t in "$@"; do
-    name=$(basename "$t")
-    start=$(date +%s)
-    if [ -n "${FERRY_VALGRIND:-}" ]; then
-        valgrind --quiet --error-exitcode=99 --leak-check=full \
-            --errors-for-leak-kinds=definite --trace-children=no "$t"
-    else
-        "$t"
+usage() {
+    echo "usage: $0 [--job NAME COMMAND]... [--cpu NAME]... TEST..." >&2
+    exit 2
+}
+
+if [ -n "${FERRY_VALGRIND:-}" ]; then
+    max_jobs=${FERRY_TEST_JOBS:-1}
+else
+    max_jobs=${FERRY_TEST_JOBS:-6}
+fi
+cores=$(nproc 2>/dev/null || echo 2)
+max_cpu=${FERRY_TEST_CPU_JOBS:-$((cores > 1 ? cores - 1 : 1))}
+tail_lines=${FERRY_TEST_TAIL:-80}
+for v in "$max_jobs" "$max_cpu" "$tail_lines"; do
+    case $v in ''|*[!0-9]*|0) echo "$0: FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS and FERRY_TEST_TAIL take a number > 0" >&2; exit 2 ;; esac
+done
+
+# Jobs, by index: name, what to run (a path, or a command when kind is cmd).
+names=() what=() kind=()
+declare -A is_cpu=() seen=()
+extra_names=() extra_cmds=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        --job) [ $# -ge 3 ] || usage; extra_names+=("$2"); extra_cmds+=("$3"); shift 3 ;;
+        --cpu) [ $# -ge 2 ] || usage; is_cpu[$2]=1; shift 2 ;;
+        --) shift; break ;;
+        -*) usage ;;
+        *) break ;;
+    esac
+done
+add_job() {
+    if [ -n "${seen[$1]:-}" ]; then
+        echo "$0: two jobs named $1 (their logs would collide)" >&2
+        exit 2
     fi
+    seen[$1]=1
+    names+=("$1"); what+=("$2"); kind+=("$3")
+}
+for t in "$@"; do add_job "$(basename "$t")" "$t" bin; done
+for i in "${!extra_names[@]}"; do add_job "${extra_names[i]}" "${extra_cmds[i]}" cmd; done
+[ ${#names[@]} -gt 0 ] || usage
+
+logdir=build/test-logs
+# valgrind times differ from the sanitizers' by far more than their order.
+durations=$logdir/durations${FERRY_VALGRIND:+-valgrind}
+mkdir -p "$logdir" || exit 2
+
+# The previous run's durations: "NAME SECONDS" lines.
+declare -A took_before=()
+if [ -f "$durations" ]; then
+    while read -r n s; do
+        case $s in ''|*[!0-9]*) ;; *) took_before[$n]=$s ;; esac
+    done <"$durations"
+fi
+
+# The queue: indexes into names[], in the order they should start.
+queue=()
+if [ "$max_jobs" -eq 1 ]; then
+    queue=("${!names[@]}")
+else
+    # sort -s keeps the given order among equals; never timed sorts first.
+    while read -r _ i; do queue+=("$i"); done < <(
+        for i in "${!names[@]}"; do
+            echo "${took_before[${names[i]}]:-999999} $i"
+        done | sort -s -k1,1nr)
+fi
+
+declare -A job_of=() started=()   # by pid
+running=0 running_cpu=0
+passed=0 failed=()
+declare -A took=()
+
+start_job() {
+    local i=$1 name=${names[$1]} log="$logdir/${names[$1]}.log"
+    # setsid: a session, hence a process group, of its own, which
+    # stop_all() can signal as a whole (relays, brokers, compilers...).
+    if [ "${kind[i]}" = cmd ]; then
+        setsid bash -c "${what[i]}" >"$log" 2>&1 </dev/null &
+    elif [ -n "${FERRY_VALGRIND:-}" ]; then
+        setsid valgrind --quiet --error-exitcode=99 --leak-check=full \
+            --errors-for-leak-kinds=definite --trace-children=no "${what[i]}" \
+            >"$log" 2>&1 </dev/null &
+    else
+        setsid "${what[i]}" >"$log" 2>&1 </dev/null &
+    fi
+    job_of[$!]=$i
+    started[$!]=$(date +%s)
+    running=$((running + 1))
+    [ -n "${is_cpu[$name]:-}" ] && running_cpu=$((running_cpu + 1))
+}
+
+stop_all() {
+    trap '' INT TERM HUP
+    echo "---- interrupted: stopping ${#job_of[@]} running job(s)" >&2
+    for pid in "${!job_of[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+    wait
+    exit 130
+}
+trap stop_all INT TERM HUP
+
+echo "---- ${#names[@]} jobs, up to $max_jobs at once ($max_cpu computing); logs in $logdir/"
+declare -A done_or_running=()
+while :; do
+    # Start what may start: the first jobs in the queue that fit.
+    if [ "$running" -lt "$max_jobs" ]; then
+        for q in "${queue[@]}"; do
+            [ "$running" -lt "$max_jobs" ] || break
+            [ -z "${done_or_running[$q]:-}" ] || continue
+            if [ -n "${is_cpu[${names[q]}]:-}" ] && [ "$running_cpu" -ge "$max_cpu" ]; then
+                continue
+            fi
+            done_or_running[$q]=1
+            start_job "$q"
+        done
+    fi
+    [ "$running" -gt 0 ] || break
+
+    wait -n -p pid
     rc=$?
-    secs=$(( $(date +%s) - start ))
+    [ -n "${pid:-}" ] && [ -n "${job_of[$pid]:-}" ] || continue
+    i=${job_of[$pid]}
+    name=${names[i]}
+    secs=$(( $(date +%s) - ${started[$pid]} ))
+    unset "job_of[$pid]" "started[$pid]"
+    running=$((running - 1))
+    [ -n "${is_cpu[$name]:-}" ] && running_cpu=$((running_cpu - 1))
     if [ $rc -eq 0 ]; then
         passed=$((passed + 1))
+        took[$name]=$secs
         echo "PASS  $name (${secs}s)"
     else
-        failed="$failed $name"
+        failed+=("$name")
         echo "FAIL  $name (exit $rc, ${secs}s)"
     fi
 done
-echo "---- $passed passed, $(echo $failed | wc -w) failed${failed:+:$failed}"
-[ -z "$failed" ]
+trap - INT TERM HUP
+
+# Keep the durations for the next run's order: this run's for what passed
+# (a failure may have ended early), the last known for the rest.
+for n in "${!took_before[@]}"; do
+    [ -n "${took[$n]:-}" ] || took[$n]=${took_before[$n]}
+done
+for n in "${!took[@]}"; do echo "$n ${took[$n]}"; done | sort >"$durations.tmp" &&
+    mv "$durations.tmp" "$durations"
+
+for name in "${failed[@]}"; do
+    echo
+    echo "==== FAIL $name: the last $tail_lines lines of $logdir/$name.log"
+    tail -n "$tail_lines" "$logdir/$name.log"
+done
+echo "---- $passed passed, ${#failed[@]} failed${failed[*]:+: ${failed[*]}}"
+[ ${#failed[@]} -eq 0 ]
