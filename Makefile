@@ -247,6 +247,21 @@ build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
                                  build/asan/tests/harness/pgtmp.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
+# The relay simulator links the scheduler built with its deliberately
+# broken variants (-DFERRY_SCHED_TEST); the relay never has them.
+build/%/tests/relay_sched_test.o: daemon/relay_sched.c daemon/relay_sched.h
+	@mkdir -p $(@D)
+	$(CC) $(if $(filter build/vg/%,$@),$(BASE_CFLAGS) -O1,$(ASAN_CFLAGS)) -DFERRY_BUILDING \
+	    -DFERRY_SCHED_TEST -c $< -o $@
+build/%/tests/test_relay_sim.o: tests/test_relay_sim.c daemon/relay_sched.h
+	@mkdir -p $(@D)
+	$(CC) $(if $(filter build/vg/%,$@),$(BASE_CFLAGS) -O1,$(ASAN_CFLAGS)) -DFERRY_BUILDING \
+	    -DFERRY_SCHED_TEST -c $< -o $@
+build/asan/tests/test_relay_sim: build/asan/tests/test_relay_sim.o build/asan/tests/relay_sched_test.o
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
+build/vg/tests/test_relay_sim: build/vg/tests/test_relay_sim.o build/vg/tests/relay_sched_test.o
+	$(CC) -o $@ $^ $(TEST_LIBS)
+
 build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o) \
                          $(HARNESS:%.c=build/asan/%.o) build/asan/libreconcile.a \
                          build/asan/librelay.a build/asan/libferry.a

@@ -50,6 +50,15 @@
 
 enum { SLOT_FREE, SLOT_INFLIGHT, SLOT_DELIVERED };
 
+/* The deliberately broken variants the simulator must catch exist only in
+ * its build (-DFERRY_SCHED_TEST, the Makefile's test_relay_sim rule): the
+ * relay itself has no switch that could turn one on. */
+#ifdef FERRY_SCHED_TEST
+#define BROKEN(s, v) ((s)->broken == (v))
+#else
+#define BROKEN(s, v) 0
+#endif
+
 typedef struct skey skey;
 typedef struct spart spart;
 
@@ -97,7 +106,9 @@ typedef struct sslot {
 
 struct sched {
     sched_config cfg;
+#ifdef FERRY_SCHED_TEST
     sched_broken broken;
+#endif
 
     /* keys and partitions */
     void *keys, *parts, *topics;
@@ -360,7 +371,7 @@ static int part_cap(const sched *s)
  * share of the slots. No new key goes in until it answers. */
 static int part_held(const sched *s, const spart *p, int64_t now)
 {
-    if (p == NULL || p->inflight == 0 || s->broken == SCHED_BROKEN_NO_HOLD)
+    if (p == NULL || p->inflight == 0 || BROKEN(s, SCHED_BROKEN_NO_HOLD))
         return 0;
     if (p->inflight >= part_cap(s))
         return 1;
@@ -487,7 +498,9 @@ void sched_free(sched *s)
     free(s);
 }
 
+#ifdef FERRY_SCHED_TEST
 void sched_set_broken(sched *s, sched_broken b) { s->broken = b; }
+#endif
 
 /* ------------------------------------------------------------------ leases */
 
@@ -730,7 +743,7 @@ sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *
         goto skip_key;
     }
     if (k != NULL && (k->retry_at > now || k->failed_sweep == s->sweep_id) &&
-        !(s->broken == SCHED_BROKEN_RESEND_AHEAD && k->sweep == s->sweep_id)) {
+        !(BROKEN(s, SCHED_BROKEN_RESEND_AHEAD) && k->sweep == s->sweep_id)) {
         w = SKIP_FAILING;
         goto skip_key;
     }
@@ -797,7 +810,7 @@ int sched_produced(sched *s, int shard, const char *topic, const char *key, int 
     s->inflight++;
     s->sweep_produced++;
     rate_count(s, 1, now);
-    if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE) {
+    if (BROKEN(s, SCHED_BROKEN_ACK_ON_PRODUCE)) {
         /* Deliberately wrong: the ack is queued before any report. */
         s->acks[s->ack_count++] = i;
         k->unacked++;
@@ -821,7 +834,7 @@ static int64_t retry_after(int failures)
 static void key_failed(sched *s, skey *k, int lost, int64_t now)
 {
     int again = k->failed_sweep == s->sweep_id && k->failures > 0;
-    if (s->broken != SCHED_BROKEN_RESEND_AHEAD)
+    if (!BROKEN(s, SCHED_BROKEN_RESEND_AHEAD))
         k->failed_sweep = s->sweep_id;
     if (!lost && !again)
         k->failures++;
@@ -899,13 +912,13 @@ void sched_delivered(sched *s, int i, int ok, int64_t now)
             event(s, EV_KEY_RECOVERED, k->name, -1, now - k->failing_since);
         failing_unlink(s, k);
         x->state = SLOT_DELIVERED;
-        if (s->broken != SCHED_BROKEN_ACK_ON_PRODUCE) {
+        if (!BROKEN(s, SCHED_BROKEN_ACK_ON_PRODUCE)) {
             k->unacked++;
             s->acks[s->ack_count++] = i;
         }
     } else {
         key_failed(s, k, ok < 0, now);
-        if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE) {
+        if (BROKEN(s, SCHED_BROKEN_ACK_ON_PRODUCE)) {
             x->state = SLOT_DELIVERED;      /* its ack is queued already */
         } else {
             slot_free(s, i);
@@ -978,7 +991,7 @@ void sched_ack_done(sched *s, int ok, int64_t now)
         sslot *x = &s->slots[i];
         skey *k = x->key;
         k->unacked--;
-        if (s->broken == SCHED_BROKEN_ACK_ON_PRODUCE && x->state == SLOT_INFLIGHT) {
+        if (BROKEN(s, SCHED_BROKEN_ACK_ON_PRODUCE) && x->state == SLOT_INFLIGHT) {
             /* Acknowledged before its report: the report finds it gone. */
             s->inflight--;
             k->inflight--;
@@ -1202,7 +1215,7 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
         }
         if (now - s->sweep_started >= s->cfg.poll_interval_ms)
             look = 1;
-        if (s->broken == SCHED_BROKEN_WAIT_ALL && !settled(s))
+        if (BROKEN(s, SCHED_BROKEN_WAIT_ALL) && !settled(s))
             look = 0;
         if (look)
             sweep_start(s, now);

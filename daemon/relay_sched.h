@@ -200,7 +200,8 @@ typedef struct sched_stats {
 } sched_stats;
 void sched_stats_get(const sched *s, int64_t now, sched_stats *out);
 
-/* Test hooks for the simulator's deliberately broken variants. */
+/* The simulator's deliberately broken variants: compiled in only with
+ * -DFERRY_SCHED_TEST (tests/test_relay_sim.c's build). */
 typedef enum sched_broken {
     SCHED_OK = 0,
     SCHED_BROKEN_ACK_ON_PRODUCE,    /* queues the ack when produced */
@@ -211,6 +212,8 @@ typedef enum sched_broken {
     SCHED_BROKEN_NO_HOLD,           /* produces into held partitions */
     SCHED_BROKEN_COUNT
 } sched_broken;
+#ifdef FERRY_SCHED_TEST
 void sched_set_broken(sched *s, sched_broken b);
+#endif
 
 #endif
