@@ -430,7 +430,14 @@ int cmd_run(int argc, char **argv)
 {
     relay_config cfg;
     char errbuf[1024];
-    if (relay_config_load(&cfg, argc, argv, errbuf, sizeof errbuf) != 0) {
+    int loaded = relay_config_load(&cfg, argc, argv, errbuf, sizeof errbuf);
+    if (loaded == 1) {
+        printf("usage: ferry-relay [run] [--db CONNINFO] [--kafka BOOTSTRAP] [OPTION]...\n\n"
+               "Publish the outbox to Kafka until SIGTERM or SIGINT.\n\n");
+        relay_config_usage(stdout);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (loaded != 0) {
         fprintf(stderr, "ferry-relay run: %s\n", errbuf);
         return 2;
     }

@@ -90,7 +90,10 @@ static void st_usage(FILE *out)
             "database clock.\n"
             "\n"
             "  --db CONNINFO   libpq connection string or URI (default: $FERRY_DB)\n"
-            "  --json          one JSON object instead of tables\n");
+            "  --json          one JSON object instead of tables\n"
+            "  --help          this text\n"
+            "\n"
+            "Exit status: 0 read, 1 could not read (connection, schema), 2 usage error.\n");
 }
 
 /* ------------------------------------------------------------------ */
