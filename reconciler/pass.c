@@ -648,7 +648,9 @@ static int one_shot(const char *cmd, int argc, char **argv)
         goto out;
     conn = s.conn;
     int progress = o->progress >= 0 ? o->progress : !o->json && isatty(STDERR_FILENO);
-    if ((report = rc_report_new(progress)) == NULL)
+    if ((report = rc_report_new(progress)) != NULL)
+        report->progress_tty = isatty(STDERR_FILENO);
+    if (report == NULL)
         goto out;
 
     rc_ctx ctx = {

@@ -38,6 +38,7 @@ typedef struct rc_report {
     int backend_pid;                    /* the session the settings were made on */
     int log_json;                       /* run: errors as JSON log lines */
     int progress;                       /* show progress on stderr */
+    int progress_tty;                   /* ... redrawn in place: stderr is a terminal */
     int progress_shown;
     int64_t progress_at;
 } rc_report;
