@@ -354,6 +354,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
 static PGconn *connect_db(const options *o, const char *holder)
 {
     PGconn *conn = PQconnectdb(o->db);
+    ferry_log_pq_notices(conn, "reconciler");
     if (PQstatus(conn) != CONNECTION_OK) {
         const char *m = PQerrorMessage(conn);
         size_t len = strlen(m);
