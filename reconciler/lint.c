@@ -172,7 +172,8 @@ static int lint_file(const char *path)
 static void lint_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-reconcile lint [--] FILE...\n"
+            "usage: ferry-reconcile lint FILE...\n"
+            "       ferry-reconcile lint -- FILE...   (names that start with -)\n"
             "\n"
             "Check saga definitions and rules files (told apart by their content) without\n"
             "a database. Every error goes to stderr as FILE:LINE:COLUMN: FIELD: MESSAGE.\n"
