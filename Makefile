@@ -8,7 +8,8 @@
 #   make test       the whole suite under ASan+UBSan             (build/asan)
 #   make demo       ferry end to end on a throwaway PostgreSQL
 #   make bench      benchmarks, as ratios against a same-run baseline
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   (after `make`; installs only)
+#   make uninstall PREFIX=/usr/local
 #   make valgrind   the suite under valgrind instead of the sanitizers
 #   make fuzz       each libFuzzer target for FUZZ_SECONDS (60) s  (build/fuzz)
 #   make clean
@@ -69,7 +70,7 @@ TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test demo bench install clean valgrind deps saga-sim-broken fuzz \
+.PHONY: all test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
         all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are not intermediate to us.
@@ -320,7 +321,19 @@ build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- install
-install: all
+# Installs only: no scripts/deps.sh (it may apt-get a PostgreSQL server,
+# which installing a library has no business doing); `make` builds first.
+# ferry.pc carries an rpath to $(PREFIX)/lib, so a program built with
+# `pkg-config --libs ferry` runs without LD_LIBRARY_PATH; RPATH= turns it
+# off (a distribution package). As root into /usr or /usr/local of the
+# live system, ldconfig refreshes the loader's cache.
+RPATH ?= -Wl,-rpath,$${libdir}
+INSTALLED = include/ferry.h lib/libferry.a lib/libferry.so.$(VERSION) \
+            lib/libferry.so.$(SOMAJOR) lib/libferry.so lib/pkgconfig/ferry.pc \
+            bin/ferry-relay bin/ferry-reconcile share/ferry/saga.schema.json \
+            $(SCHEMAS:schemas/%=share/ferry/%)
+
+install: all-inner
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	    $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/ferry
 	install -m 644 lib/ferry.h $(DESTDIR)$(PREFIX)/include/
@@ -328,10 +341,17 @@ install: all
 	install -m 755 build/rel/libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
 	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libferry.so.$(SOMAJOR)
 	ln -sf libferry.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libferry.so
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' scripts/ferry.pc.in \
-	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@RPATH@|$(RPATH)|' \
+	    scripts/ferry.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 $(SCHEMAS) $(DESTDIR)$(PREFIX)/share/ferry/
+	install -m 644 $(SCHEMAS) schemas/saga.schema.json $(DESTDIR)$(PREFIX)/share/ferry/
+	@case "$(DESTDIR):$(PREFIX)" in :/usr|:/usr/local) \
+	    if [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then echo ldconfig; ldconfig; fi;; \
+	esac
+
+uninstall:
+	rm -f $(INSTALLED:%=$(DESTDIR)$(PREFIX)/%)
+	-rmdir $(DESTDIR)$(PREFIX)/share/ferry 2>/dev/null
 
 clean:
 	rm -rf build

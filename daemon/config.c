@@ -88,18 +88,20 @@ enum {
 
 /*
  * The numeric settings: YAML name (also the relay_config member and the
- * --set name), minimum, maximum. max_inflight must also be >= batch_size,
- * checked once every layer is applied. config.h gives no range for
- * poll_interval_ms; 10 ms .. 1 h is ours.
+ * --set name), default, minimum, maximum, and what it means (for --help).
+ * max_inflight must also be >= batch_size, checked once every layer is
+ * applied. config.h gives no range for poll_interval_ms; 10 ms .. 1 h is
+ * ours. The defaults, the parser, the file schema and the help text are
+ * all generated from this one list.
  */
-#define INT_SETTINGS(X)                       \
-    X(batch_size,          1,    100000)      \
-    X(max_inflight,        1,   1000000)      \
-    X(poll_interval_ms,   10,   3600000)      \
-    X(lease_ttl_ms,     1000,   3600000)      \
-    X(max_attempts,        1,      1000)      \
-    X(stuck_ms,          100,   3600000)      \
-    X(stop_grace_ms,       0,   3600000)
+#define INT_SETTINGS(X)                                                              \
+    X(batch_size,        1000,    1,  100000, "rows per fetch")                     \
+    X(max_inflight,     20000,    1, 1000000, "produced, not yet acknowledged (>= batch_size)") \
+    X(poll_interval_ms,  1000,   10, 3600000, "backstop poll when no NOTIFY arrives") \
+    X(lease_ttl_ms,     10000, 1000, 3600000, "shard lease time to live; renewed every third") \
+    X(max_attempts,         5,    1,    1000, "failed deliveries before a dead letter") \
+    X(stuck_ms,          5000,  100, 3600000, "a partition or key waiting longer is stuck") \
+    X(stop_grace_ms,    20000,    0, 3600000, "how long SIGTERM waits for deliveries")
 
 /* What libcyaml loads the file into; every pointer is NULL when unset. */
 typedef struct file_settings {
@@ -107,7 +109,7 @@ typedef struct file_settings {
     char *metrics;
     char *holder;
     char *source;
-#define X_MEMBER(name, lo, hi) char *name;   /* text: see parse_int() */
+#define X_MEMBER(name, def, lo, hi, doc) char *name;   /* text: see parse_int() */
     INT_SETTINGS(X_MEMBER)
 #undef X_MEMBER
     int *log_level;
@@ -118,19 +120,21 @@ typedef struct int_setting {
     const char *name;
     size_t cfg_offset;                /* int in relay_config */
     size_t file_offset;               /* char * in file_settings */
-    long min, max;
+    long def, min, max;
+    const char *doc;
 } int_setting;
 
 enum {
-#define X_INDEX(name, lo, hi) INT_##name,
+#define X_INDEX(name, def, lo, hi, doc) INT_##name,
     INT_SETTINGS(X_INDEX)
 #undef X_INDEX
     N_INT_SETTINGS
 };
 
 static const int_setting int_settings[N_INT_SETTINGS] = {
-#define X_ROW(name, lo, hi) \
-    [INT_##name] = {#name, offsetof(relay_config, name), offsetof(file_settings, name), lo, hi},
+#define X_ROW(name, def, lo, hi, doc) \
+    [INT_##name] = {#name, offsetof(relay_config, name), offsetof(file_settings, name), \
+                    def, lo, hi, doc},
     INT_SETTINGS(X_ROW)
 #undef X_ROW
 };
@@ -156,12 +160,17 @@ typedef struct enum_setting {
     const char *name;
     const cyaml_strval_t *names;
     unsigned count;
+    int def;                          /* a value of names */
+    const char *doc;                  /* for --help */
 } enum_setting;
 
 enum { ENUM_LOG_LEVEL, ENUM_RETENTION, N_ENUM_SETTINGS };
 static const enum_setting enum_settings[N_ENUM_SETTINGS] = {
-    [ENUM_LOG_LEVEL] = {"log_level", log_level_names, CYAML_ARRAY_LEN(log_level_names)},
-    [ENUM_RETENTION] = {"retention", retention_names, CYAML_ARRAY_LEN(retention_names)},
+    [ENUM_LOG_LEVEL] = {"log_level", log_level_names, CYAML_ARRAY_LEN(log_level_names), 2,
+                        "the least severe log event written"},
+    [ENUM_RETENTION] = {"retention", retention_names, CYAML_ARRAY_LEN(retention_names),
+                        RELAY_RETENTION_DELETE,
+                        "an acknowledged row is deleted, or marked published_at"},
 };
 
 static void set_enum(relay_config *c, int which, int value)
@@ -181,7 +190,7 @@ static const cyaml_schema_field_t file_fields[] = {
     CYAML_FIELD_STRING_PTR("metrics", STRING_FLAGS, file_settings, metrics, 0, CYAML_UNLIMITED),
     CYAML_FIELD_STRING_PTR("holder", STRING_FLAGS, file_settings, holder, 0, CYAML_UNLIMITED),
     CYAML_FIELD_STRING_PTR("source", STRING_FLAGS, file_settings, source, 0, CYAML_UNLIMITED),
-#define X_FIELD(name, lo, hi) \
+#define X_FIELD(name, def, lo, hi, doc) \
     CYAML_FIELD_STRING_PTR(#name, STRING_FLAGS, file_settings, name, 0, CYAML_UNLIMITED),
     INT_SETTINGS(X_FIELD)
 #undef X_FIELD
@@ -947,18 +956,23 @@ static int load_file(loader *ld)
 
 /* ------------------------------------------------------------ environment */
 
+/* The variables, in the order they are applied; --help lists them. */
+static const struct env_var {
+    const char *name;
+    size_t offset;                    /* char * in relay_config */
+    const char *flag;                 /* the flag that overrides it */
+} env_vars[] = {
+    {"FERRY_DB", offsetof(relay_config, db), "--db"},
+    {"FERRY_KAFKA", offsetof(relay_config, kafka), "--kafka"},
+    {"FERRY_METRICS", offsetof(relay_config, metrics), "--metrics"},
+    {"FERRY_HOLDER", offsetof(relay_config, holder), "--holder"},
+};
+enum { N_ENV_VARS = sizeof env_vars / sizeof env_vars[0] };
+
 static int apply_env(loader *ld)
 {
-    static const struct {
-        const char *name;
-        size_t offset;
-    } vars[] = {
-        {"FERRY_DB", offsetof(relay_config, db)},
-        {"FERRY_KAFKA", offsetof(relay_config, kafka)},
-        {"FERRY_METRICS", offsetof(relay_config, metrics)},
-        {"FERRY_HOLDER", offsetof(relay_config, holder)},
-    };
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    const struct env_var *vars = env_vars;
+    for (size_t i = 0; i < N_ENV_VARS; i++) {
         const char *value = getenv(vars[i].name);
         if (!value || !value[0])
             continue;
@@ -976,22 +990,116 @@ static int apply_env(loader *ld)
 
 /* ------------------------------------------------------------ flags */
 
+/*
+ * The flags: name, argument (NULL: none), and the help line. The getopt
+ * table and --help are both generated from this list.
+ */
+#define RUN_FLAGS(X)                                                                      \
+    X(OPT_DB, "db", "CONNINFO", "libpq connection string or URI")                         \
+    X(OPT_KAFKA, "kafka", "BOOTSTRAP",                                                    \
+      "Kafka bootstrap servers; \"embedded\" starts librdkafka's mock cluster in process") \
+    X(OPT_CONFIG, "config", "FILE", "YAML settings (README: ferry-relay); flags override it") \
+    X(OPT_ONCE, "once", NULL,                                                             \
+      "publish what is ready, wait for every delivery report, exit (1 if any failed)")   \
+    X(OPT_METRICS, "metrics", "HOST:PORT",                                                \
+      "serve /metrics and /healthz (port 0 picks one, logged); default: off")            \
+    X(OPT_HOLDER, "holder", "NAME", "this relay's name in the leases (default host:pid)")  \
+    X(OPT_SET, "set", "NAME=VALUE", "a setting, as in the file (below; repeatable)")      \
+    X(OPT_KAFKA_PROP, "kafka-prop", "NAME=VALUE",                                         \
+      "a librdkafka property, passed through (TLS, SASL, ...; repeatable)")              \
+    X(OPT_HELP, "help", NULL, "this text")
+
 enum {
-    OPT_DB = 256, OPT_KAFKA, OPT_CONFIG, OPT_ONCE, OPT_METRICS, OPT_HOLDER, OPT_SET,
-    OPT_KAFKA_PROP,
+    OPT_BASE_ = 255,
+#define X_ENUM(id, name, arg, doc) id,
+    RUN_FLAGS(X_ENUM)
+#undef X_ENUM
 };
 
 static const struct option long_options[] = {
-    {"db", required_argument, NULL, OPT_DB},
-    {"kafka", required_argument, NULL, OPT_KAFKA},
-    {"config", required_argument, NULL, OPT_CONFIG},
-    {"once", no_argument, NULL, OPT_ONCE},
-    {"metrics", required_argument, NULL, OPT_METRICS},
-    {"holder", required_argument, NULL, OPT_HOLDER},
-    {"set", required_argument, NULL, OPT_SET},
-    {"kafka-prop", required_argument, NULL, OPT_KAFKA_PROP},
+#define X_OPT(id, name, arg, doc) {name, (arg) ? required_argument : no_argument, NULL, id},
+    RUN_FLAGS(X_OPT)
+#undef X_OPT
     {NULL, 0, NULL, 0},
 };
+
+static const struct flag_doc {
+    const char *name, *arg, *doc;
+} flag_docs[] = {
+#define X_DOC(id, name, arg, doc) {name, arg, doc},
+    RUN_FLAGS(X_DOC)
+#undef X_DOC
+};
+
+const struct option *relay_config_options(void)
+{
+    return long_options;
+}
+
+size_t relay_config_setting_count(void)
+{
+    return N_INT_SETTINGS + N_ENUM_SETTINGS;
+}
+
+const char *relay_config_setting_name(size_t i)
+{
+    if (i < N_INT_SETTINGS)
+        return int_settings[i].name;
+    if (i < N_INT_SETTINGS + N_ENUM_SETTINGS)
+        return enum_settings[i - N_INT_SETTINGS].name;
+    return NULL;
+}
+
+static const char *env_of(const char *flag_name)
+{
+    for (size_t i = 0; i < N_ENV_VARS; i++)
+        if (strcmp(env_vars[i].flag + 2, flag_name) == 0)
+            return env_vars[i].name;
+    return strcmp(flag_name, "config") == 0 ? "FERRY_CONFIG" : NULL;
+}
+
+void relay_config_usage(FILE *out)
+{
+    fprintf(out, "Options (defaults < file < environment < flags):\n");
+    for (size_t i = 0; i < sizeof flag_docs / sizeof flag_docs[0]; i++) {
+        const struct flag_doc *f = &flag_docs[i];
+        char left[40];
+        snprintf(left, sizeof left, "--%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
+        const char *env = env_of(f->name);
+        fprintf(out, "  %-24s %s%s%s%s\n", left, f->doc, env ? " ($" : "", env ? env : "",
+                env ? ")" : "");
+    }
+    fprintf(out, "\nSettings (--set NAME=VALUE, or NAME: in the file): default (range)\n");
+    for (size_t k = 0; k < N_INT_SETTINGS; k++) {
+        const int_setting *s = &int_settings[k];
+        char range[48];
+        snprintf(range, sizeof range, "%ld (%ld..%ld)", s->def, s->min, s->max);
+        fprintf(out, "  %-17s %-28s %s\n", s->name, range, s->doc);
+    }
+    for (int e = 0; e < N_ENUM_SETTINGS; e++) {
+        const enum_setting *s = &enum_settings[e];
+        char range[160];
+        const char *def = "?";
+        size_t used = 0;
+        for (unsigned i = 0; i < s->count; i++)
+            if ((int)s->names[i].val == s->def)
+                def = s->names[i].str;
+        used = (size_t)snprintf(range, sizeof range, "%s (", def);
+        for (unsigned i = 0; i < s->count && used < sizeof range; i++)
+            used += (size_t)snprintf(range + used, sizeof range - used, "%s%s", i ? "|" : "",
+                                     s->names[i].str);
+        if (used < sizeof range)
+            snprintf(range + used, sizeof range - used, ")");
+        fprintf(out, "  %-17s %-28s %s\n", s->name, range, s->doc);
+    }
+    fprintf(out, "  %-17s %-28s %s\n", "source", "ferry", "CloudEvents ce_source (file only)");
+    fprintf(out, "\nEnvironment, each standing in for its flag (empty means unset):\n"
+                 "  FERRY_CONFIG");
+    for (size_t i = 0; i < N_ENV_VARS; i++)
+        fprintf(out, ", %s", env_vars[i].name);
+    fprintf(out, "\n\nExit status: 0 stopped cleanly (--once: all published), 1 an operational\n"
+                 "failure, 2 a configuration or usage error.\n");
+}
 
 typedef struct flag {
     int id;
@@ -1011,7 +1119,9 @@ static int parse_flags(loader *ld, int argc, char **argv, flag *list, size_t *co
     optind = 0;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "+:", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:h", long_options, NULL)) != -1) {
+        if (c == 'h')
+            c = OPT_HELP;
         const char *arg = argv[optind - 1];
         if (c == ':')
             return fail(ld, "%s: needs a value", arg);
@@ -1114,6 +1224,7 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
         const char *name = NULL;
         switch (list[i].id) {
         case OPT_CONFIG:              /* read already */
+        case OPT_HELP:                /* answered before loading */
             continue;
         case OPT_ONCE:
             c->once = 1;
@@ -1225,20 +1336,21 @@ int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, si
     }
     ld->err = errbuf;
     ld->errlen = errlen;
-    ld->cfg.batch_size = 1000;
-    ld->cfg.max_inflight = 20000;
-    ld->cfg.poll_interval_ms = 1000;
-    ld->cfg.lease_ttl_ms = 10000;
-    ld->cfg.max_attempts = 5;
-    ld->cfg.stuck_ms = 5000;
-    ld->cfg.stop_grace_ms = 20000;
-    ld->cfg.log_level = 2;
-    ld->cfg.retention = RELAY_RETENTION_DELETE;
+    for (size_t k = 0; k < N_INT_SETTINGS; k++)
+        *int_slot(&ld->cfg, &int_settings[k]) = (int)int_settings[k].def;
+    for (int e = 0; e < N_ENUM_SETTINGS; e++)
+        set_enum(&ld->cfg, e, enum_settings[e].def);
     if (set_string(ld, &ld->cfg.source, DEFAULT_SOURCE) != 0)
         goto out;
 
     if (parse_flags(ld, argc, argv, flags, &nflags) != 0)
         goto out;
+    for (size_t i = 0; i < nflags; i++) {
+        if (flags[i].id == OPT_HELP) {
+            rc = 1;
+            goto out;
+        }
+    }
     for (size_t i = 0; i < nflags; i++)
         if (flags[i].id == OPT_CONFIG)
             ld->path = flags[i].arg;

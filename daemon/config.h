@@ -6,6 +6,9 @@
 #define FERRY_RELAY_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
+
+struct option;
 
 typedef enum relay_retention {
     RELAY_RETENTION_DELETE = 0,   /* acknowledged rows are deleted */
@@ -56,13 +59,23 @@ typedef struct relay_config {
  * name, and --kafka-prop NAME=VALUE, repeatable; bootstrap.servers sets
  * cfg->kafka). Not thread-safe: it uses getopt_long.
  *
- * Returns 0, or -1 with a message in errbuf that names the place: the
+ * Returns 1 (cfg zeroed, nothing else read) when argv has --help or -h:
+ * print relay_config_usage() then. Returns 0, or -1 with a message in errbuf that names the place: the
  * file, line and column and the key for a bad file; the variable for a
  * bad environment value; the flag for a bad flag. Validates every limit
  * and that db and kafka are set. *cfg's previous contents are ignored, not
  * freed; on failure *cfg is zeroed (relay_config_free is then a no-op).
  */
 int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, size_t errlen);
+
+/* The options, every setting with its default and range, and the
+ * environment, generated from the tables the parser uses. */
+void relay_config_usage(FILE *out);
+/* The getopt table relay_config_load parses, NULL-terminated (for tests). */
+const struct option *relay_config_options(void);
+/* The --set names: count, and the i-th (NULL past the end). */
+size_t relay_config_setting_count(void);
+const char *relay_config_setting_name(size_t i);
 
 /* Free what relay_config_load allocated; accepts a zeroed cfg. */
 void relay_config_free(relay_config *cfg);

@@ -14,30 +14,46 @@
 #include "devkafka.h"
 #include "relay.h"
 #include "status.h"
+#include "config.h"
 
 enum { EXIT_USAGE = 2 };
 
+/* The commands; run's options come from daemon/config.c's tables, so the
+ * text and the parser cannot disagree. */
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay [run] --db CONNINFO --kafka BOOTSTRAP [--config FILE] [--once]\n"
-            "                   [--metrics HOST:PORT] [--holder NAME] [--set NAME=VALUE]...\n"
-            "                   [--kafka-prop NAME=VALUE]...\n"
+            "usage: ferry-relay [run] --db CONNINFO --kafka BOOTSTRAP [OPTION]...\n"
             "       ferry-relay migrate --db CONNINFO\n"
             "       ferry-relay status --db CONNINFO [--json]\n"
             "       ferry-relay devkafka [--brokers N]\n"
             "       ferry-relay --version\n"
+            "       ferry-relay COMMAND --help\n"
             "\n"
-            "  run       publish the outbox to Kafka until SIGTERM/SIGINT (--once: publish\n"
-            "            what is ready, wait for every delivery report, exit)\n"
+            "Commands:\n"
+            "  run       publish the outbox to Kafka until SIGTERM/SIGINT (the default)\n"
             "  migrate   apply the ferry schema to the database (idempotent)\n"
-            "  status    per shard: unpublished rows, oldest age, lease; dead letters\n"
+            "  status    is a relay live and keeping up: a verdict, then relays, shards with\n"
+            "            ready rows, dead letters (exit 0 ok, 4 a problem)\n"
             "  devkafka  run librdkafka's mock cluster as a development broker; prints its\n"
             "            bootstrap servers first, runs until SIGTERM/SIGINT\n"
+            "  --version print the version and the schema version it migrates to\n"
+            "\n");
+    relay_config_usage(out);
+}
+
+static void migrate_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry-relay migrate [--db CONNINFO]\n"
             "\n"
-            "  --db CONNINFO       libpq connection string or URI ($FERRY_DB)\n"
-            "  --kafka BOOTSTRAP   Kafka bootstrap servers, or \"embedded\" ($FERRY_KAFKA)\n"
-            "  --config FILE       YAML settings ($FERRY_CONFIG); flags override it\n");
+            "Apply the ferry schema (schemas/NNN_*.sql, built in) in one transaction;\n"
+            "running it again changes nothing.\n"
+            "\n"
+            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB)\n"
+            "  --help          this text\n"
+            "\n"
+            "Exit status: 0 migrated or already current, 1 failed, 2 usage error.\n");
 }
 
 static int cmd_migrate(int argc, char **argv)
@@ -56,10 +72,10 @@ static int cmd_migrate(int argc, char **argv)
             db = optarg;
             break;
         case 'h':
-            usage(stdout);
+            migrate_usage(stdout);
             return 0;
         default:
-            usage(stderr);
+            migrate_usage(stderr);
             return EXIT_USAGE;
         }
     }

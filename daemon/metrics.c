@@ -419,6 +419,11 @@ char *metrics_render(relay_metrics *m)
     for (int h = 0; h < H_HISTOGRAM_COUNT; h++)
         render_histogram(&b, &histogram_desc[h], &m->histograms[h]);
     render_shards(&b, m);
+    char process[2048];
+    if (promtext_process(process, sizeof process) < (int)sizeof process)
+        sb_printf(&b, "%s", process);
+    else
+        b.failed = 1;
 
     if (b.failed) {
         free(b.p);

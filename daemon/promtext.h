@@ -15,4 +15,15 @@
  * Into out (size bytes; 32 hold any double). */
 void promtext_double(char *out, size_t size, double v);
 
+/*
+ * The process_* families Prometheus' own clients export, read from
+ * /proc/self and getrusage: process_cpu_seconds_total,
+ * process_resident_memory_bytes, process_virtual_memory_bytes,
+ * process_start_time_seconds, process_open_fds, process_max_fds, each
+ * with its HELP and TYPE. A value that cannot be read is left out (its
+ * HELP and TYPE stay). Into out (size bytes; 2048 hold them); the length
+ * written, as snprintf's. Safe on any thread.
+ */
+int promtext_process(char *out, size_t size);
+
 #endif

@@ -45,6 +45,9 @@
 #include "relay_int.h"
 
 static volatile sig_atomic_t stop_requested;
+/* SIGHUP: the relay reloads nothing (its settings are read at start); the
+ * loop says so rather than staying silent or dying of the default action. */
+static volatile sig_atomic_t hup_received;
 
 void relay_request_stop(void) { stop_requested = 1; }
 
@@ -326,6 +329,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     char fatal[512];
     for (;;) {
         int64_t now = ferry_now_ms();
+        if (hup_received) {
+            hup_received = 0;
+            ferry_log_json(FERRY_LOG_WARN, "signal.ignored", json_pack("{s:s}", "signal", "SIGHUP"),
+                           "SIGHUP ignored: ferry-relay reloads nothing; restart it to apply "
+                           "new settings");
+        }
         if (stop_requested && !stopping) {
             stopping = 1;
             sched_stop(r->s, now);
@@ -422,15 +431,24 @@ out:
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    relay_request_stop();
+    if (sig == SIGHUP)
+        hup_received = 1;
+    else
+        relay_request_stop();
 }
 
 int cmd_run(int argc, char **argv)
 {
     relay_config cfg;
     char errbuf[1024];
-    if (relay_config_load(&cfg, argc, argv, errbuf, sizeof errbuf) != 0) {
+    int loaded = relay_config_load(&cfg, argc, argv, errbuf, sizeof errbuf);
+    if (loaded == 1) {
+        printf("usage: ferry-relay [run] [--db CONNINFO] [--kafka BOOTSTRAP] [OPTION]...\n\n"
+               "Publish the outbox to Kafka until SIGTERM or SIGINT.\n\n");
+        relay_config_usage(stdout);
+        return fflush(stdout) == 0 ? 0 : 1;
+    }
+    if (loaded != 0) {
         fprintf(stderr, "ferry-relay run: %s\n", errbuf);
         return 2;
     }
@@ -438,6 +456,7 @@ int cmd_run(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     relay_metrics *m = metrics_new();

@@ -92,8 +92,11 @@ int relay_db_connect(relay *r)
                                        "tcp_user_timeout", "dbname", NULL};
     const char *values[] = {"10", "1", "10", "5", "3", "30000", r->cfg->db, NULL};
     r->db.main = PQconnectdbParams(keys, values, 1);
-    if (PQstatus(r->db.main) == CONNECTION_OK)
+    ferry_log_pq_notices(r->db.main, "main");
+    if (PQstatus(r->db.main) == CONNECTION_OK) {
         r->db.ack = PQconnectdbParams(keys, values, 1);
+        ferry_log_pq_notices(r->db.ack, "ack");
+    }
     PGconn *failed = PQstatus(r->db.main) != CONNECTION_OK ? r->db.main : r->db.ack;
     if (PQstatus(failed) != CONNECTION_OK) {
         const char *msg = PQerrorMessage(failed);

@@ -82,6 +82,12 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
      * on every start, would teach operators to ignore warnings. */
     if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee") != NULL)
         lvl = FERRY_LOG_DEBUG;
+    /* A broker connection failure reaches us twice: as this "FAIL" log
+     * line and, with the same text, through the error callback, which
+     * logs it as kafka.error with the error's name. One event per cause:
+     * the log line is kept for debug only. */
+    if (strcmp(fac, "FAIL") == 0 && lvl < FERRY_LOG_DEBUG)
+        lvl = FERRY_LOG_DEBUG;
     ferry_log_json(lvl, "kafka.log", json_pack("{s:s}", "facility", fac), "%s", buf);
 }
 

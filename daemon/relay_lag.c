@@ -64,6 +64,7 @@ static void *lag_main(void *arg)
         if (c == NULL || PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
             c = PQconnectdb(l->conninfo);
+            ferry_log_pq_notices(c, "lag");
             if (PQstatus(c) == CONNECTION_OK) {
                 ferry_error err;
                 ferry_set_application_name(c, "ferry-relay", "lag", &err);

@@ -1,6 +1,16 @@
 /*
- * status.c — `ferry-relay status`: lag per shard, shard leases, dead
- * letters.
+ * status.c — `ferry-relay status`: is a relay running, and is it keeping
+ * up? A verdict first, then the live relays (their `relay:NAME`
+ * heartbeat leases) with the shards each holds, the shards with
+ * unpublished rows, and the dead letters.
+ *
+ * The verdict is a PROBLEM (exit 4, as `ferry-reconcile check` finding
+ * one) when ready rows wait on a shard that no live relay serves (a shard
+ * is served when its lease is held, unexpired, by a holder whose heartbeat
+ * is unexpired), or when the oldest ready row has waited longer than
+ * --max-lag (60 s, the reconciler's outbox_lag default). Dead letters are
+ * counted in the verdict line but need a person, not a relay: they do not
+ * make it a problem.
  *
  * Everything is read in one REPEATABLE READ READ ONLY transaction, so the
  * shard table, the totals and the dead letters describe the same instant,
@@ -29,6 +39,7 @@
 enum {
     ST_EXIT_FAIL = 1,
     ST_EXIT_USAGE = 2,
+    ST_EXIT_PROBLEM = 4,          /* as ferry-reconcile's "problems left" */
     ST_DEAD_LETTERS_SHOWN = 10,   /* the oldest ones listed */
     ST_CELL_MAX = 48,             /* characters of a text cell in the table */
     ST_REASON_MAX = 80,           /* ... of a dead letter's reason */
@@ -52,7 +63,10 @@ static const char st_sql_shards[] =
     "WITH o AS ("
     "    SELECT shard, count(*) AS unpublished,"
     "           count(*) FILTER (WHERE available_at <= now()) AS ready,"
-    "           min(created_at) AS oldest"
+    "           min(created_at) AS oldest,"
+    /* A delayed row is waiting only since it became available. */
+    "           min(greatest(created_at, available_at)) FILTER (WHERE available_at <= now())"
+    "             AS oldest_ready"
     "      FROM ferry.outbox WHERE published_at IS NULL GROUP BY shard),"
     " sh AS ("
     "    SELECT generate_series(0, (SELECT shard_count FROM ferry.settings) - 1) AS shard"
@@ -65,10 +79,33 @@ static const char st_sql_shards[] =
     "       l.holder, l.epoch,"
     "       CASE WHEN isfinite(l.expires_at) THEN " ST_ISO_UTC("l.expires_at") " END,"
     "       CASE WHEN isfinite(l.expires_at)"
-    "            THEN round(extract(epoch FROM l.expires_at - now())::numeric, 3) END"
+    "            THEN round(extract(epoch FROM l.expires_at - now())::numeric, 3) END,"
+    "       CASE WHEN o.oldest_ready IS NOT NULL"
+    "            THEN round(greatest(0, extract(epoch FROM now() - o.oldest_ready))::numeric, 3)"
+    "       END,"
+    "       l.holder IS NOT NULL AND l.expires_at > now()"
+    "       AND EXISTS (SELECT 1 FROM ferry.lease hb WHERE hb.name = 'relay:' || l.holder"
+    "                      AND hb.holder = l.holder AND hb.expires_at > now())"
     "  FROM sh LEFT JOIN o USING (shard)"
     "  LEFT JOIN ferry.lease l ON l.name = 'shard:' || sh.shard"
     " ORDER BY sh.shard";
+
+/* Every relay that has not released its heartbeat, live or not, with the
+ * shards it holds unexpired. */
+static const char st_sql_relays[] =
+    "SELECT substr(h.name, 7), h.holder, h.epoch, h.expires_at > now(),"
+    "       CASE WHEN isfinite(h.expires_at)"
+    "            THEN round(extract(epoch FROM h.expires_at - now())::numeric, 3) END,"
+    "       CASE WHEN h.renewed_at IS NOT NULL"
+    "            THEN round(greatest(0, extract(epoch FROM now() - h.renewed_at))::numeric, 3)"
+    "       END,"
+    "       coalesce((SELECT json_agg(substr(s.name, 7)::int ORDER BY substr(s.name, 7)::int)"
+    "                   FROM ferry.lease s"
+    "                  WHERE starts_with(s.name, 'shard:') AND substr(s.name, 7) ~ '^[0-9]{1,9}$'"
+    "                    AND s.holder = h.holder AND s.expires_at > now()), '[]')::text"
+    "  FROM ferry.lease h"
+    " WHERE starts_with(h.name, 'relay:') AND h.holder IS NOT NULL"
+    " ORDER BY h.name";
 
 static const char st_sql_dead_by_consumer[] =
     "SELECT consumer, count(*) FROM ferry.dead_letter GROUP BY consumer ORDER BY consumer";
@@ -83,14 +120,22 @@ _Static_assert(ST_DEAD_LETTERS_SHOWN == 10, "keep the LIMIT above in step");
 static void st_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay status [--db CONNINFO] [--json]\n"
+            "usage: ferry-relay status [--db CONNINFO] [--json] [--max-lag SECONDS]\n"
             "\n"
-            "Unpublished rows, the age of the oldest one and the lease of every shard,\n"
-            "and the dead letters (count per consumer, the 10 oldest), by the\n"
-            "database clock.\n"
+            "Is a relay running, and is it keeping up? The first line is the verdict\n"
+            "(\"ok: ...\" or \"PROBLEM: ...\"); then the relays with a heartbeat lease and\n"
+            "the shards each holds, the shards with unpublished rows (count, ready,\n"
+            "oldest, lease), and the dead letters (per consumer, the 10 oldest), all by\n"
+            "the database clock.\n"
             "\n"
-            "  --db CONNINFO   libpq connection string or URI (default: $FERRY_DB)\n"
-            "  --json          one JSON object instead of tables\n");
+            "  --db CONNINFO      libpq connection string or URI (default: $FERRY_DB)\n"
+            "  --json             one JSON object (with \"verdict\") instead of tables\n"
+            "  --max-lag SECONDS  a ready row waiting longer is a problem (default 60)\n"
+            "  --help             this text\n"
+            "\n"
+            "Exit status: 0 ok; 4 a problem (ready rows on a shard no live relay serves,\n"
+            "or older than --max-lag); 1 could not read (connection, schema); 2 usage\n"
+            "error. The same with --json.\n");
 }
 
 /* ------------------------------------------------------------------ */
@@ -174,12 +219,105 @@ static json_t *st_shards(st_build *b, const PGresult *res, long long *unpublishe
         st_set(b, lease, "epoch", st_int(b, res, r, 6));
         st_set(b, lease, "expires_at", st_text(b, res, r, 7));
         st_set(b, lease, "expires_in_s", st_real(b, res, r, 8));
+        st_set(b, s, "oldest_ready_age_s", st_real(b, res, r, 9));
+        st_set(b, s, "served", st_keep(b, json_boolean(PQgetvalue(res, r, 10)[0] == 't')));
         st_set(b, s, "lease", lease);
         st_append(b, shards, s);
         *unpublished += strtoll(PQgetvalue(res, r, 1), NULL, 10);
         *ready += strtoll(PQgetvalue(res, r, 2), NULL, 10);
     }
     return shards;
+}
+
+static json_t *st_relays(st_build *b, const PGresult *res)
+{
+    json_t *list = st_keep(b, json_array());
+    for (int r = 0; r < PQntuples(res); r++) {
+        json_t *o = st_keep(b, json_object());
+        st_set(b, o, "name", st_text(b, res, r, 0));
+        st_set(b, o, "holder", st_text(b, res, r, 1));
+        st_set(b, o, "epoch", st_int(b, res, r, 2));
+        st_set(b, o, "live", st_keep(b, json_boolean(PQgetvalue(res, r, 3)[0] == 't')));
+        st_set(b, o, "expires_in_s", st_real(b, res, r, 4));
+        st_set(b, o, "heartbeat_age_s", st_real(b, res, r, 5));
+        st_set(b, o, "shards", st_keep(b, json_loads(PQgetvalue(res, r, 6), 0, NULL)));
+        st_append(b, list, o);
+    }
+    return list;
+}
+
+/* The verdict, from the model: see the top of the file. */
+static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
+{
+    long long shard_count = json_integer_value(json_object_get(root, "shard_count"));
+    long long ready = json_integer_value(json_object_get(root, "ready"));
+    long long dead = json_integer_value(
+        json_object_get(json_object_get(root, "dead_letters"), "total"));
+    long long live = 0, served = 0;
+    double oldest = -1;
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(root, "relays"), i, x)
+        live += json_is_true(json_object_get(x, "live"));
+    json_t *unserved = st_keep(b, json_array());
+    json_array_foreach(json_object_get(root, "shards"), i, x) {
+        long long n = json_integer_value(json_object_get(x, "shard"));
+        bool is_served = json_is_true(json_object_get(x, "served"));
+        served += is_served && n < shard_count;
+        const json_t *age = json_object_get(x, "oldest_ready_age_s");
+        if (json_is_real(age) && json_real_value(age) > oldest)
+            oldest = json_real_value(age);
+        if (!is_served && json_integer_value(json_object_get(x, "ready")) > 0)
+            st_append(b, unserved, st_keep(b, json_integer(n)));
+    }
+
+    char text[512], tail[64] = "";
+    bool ok = false;
+    if (dead > 0)
+        snprintf(tail, sizeof tail, "; %lld dead letter%s", dead, dead == 1 ? "" : "s");
+    const char *rows = ready == 1 ? "row" : "rows";
+    if (ready > 0 && live == 0) {
+        snprintf(text, sizeof text, "PROBLEM: no relay is live; %lld %s ready, oldest %.1f s%s",
+                 ready, rows, oldest, tail);
+    } else if (json_array_size(unserved) > 0) {
+        char list[160] = "";
+        size_t used = 0;
+        json_array_foreach(unserved, i, x)
+            if (used < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%lld",
+                                         i ? ", " : "", (long long)json_integer_value(x));
+        snprintf(text, sizeof text,
+                 "PROBLEM: ready rows on %zu shard%s no live relay serves (%s); %lld relay%s live, "
+                 "%lld %s ready, oldest %.1f s%s",
+                 json_array_size(unserved), json_array_size(unserved) == 1 ? "" : "s", list,
+                 live, live == 1 ? "" : "s", ready, rows, oldest, tail);
+    } else if (oldest > max_lag_s) {
+        snprintf(text, sizeof text,
+                 "PROBLEM: behind: oldest ready row %.1f s, over --max-lag %g s; %lld %s ready, "
+                 "%lld relay%s live%s", oldest, max_lag_s, ready, rows, live,
+                 live == 1 ? "" : "s", tail);
+    } else if (live == 0) {
+        ok = true;
+        snprintf(text, sizeof text, "ok: nothing ready to publish; no relay is live%s", tail);
+    } else {
+        ok = true;
+        char age[48] = "nothing ready";
+        if (oldest >= 0)
+            snprintf(age, sizeof age, "oldest ready row %.1f s", oldest);
+        snprintf(text, sizeof text, "ok: %lld relay%s live, %lld/%lld shards served, %s%s", live,
+                 live == 1 ? "" : "s", served, shard_count, age, tail);
+    }
+
+    json_t *v = st_keep(b, json_object());
+    st_set(b, v, "ok", st_keep(b, json_boolean(ok)));
+    st_set(b, v, "text", st_keep(b, json_string(text)));
+    st_set(b, v, "live_relays", st_keep(b, json_integer(live)));
+    st_set(b, v, "shards_served", st_keep(b, json_integer(served)));
+    st_set(b, v, "ready", st_keep(b, json_integer(ready)));
+    st_set(b, v, "oldest_ready_age_s", st_keep(b, oldest >= 0 ? json_real(oldest) : json_null()));
+    st_set(b, v, "max_lag_s", st_keep(b, json_real(max_lag_s)));
+    st_set(b, v, "unserved_shards_with_ready_rows", unserved);
+    return v;
 }
 
 static json_t *st_dead_letters(st_build *b, const PGresult *by_consumer,
@@ -216,11 +354,11 @@ static json_t *st_dead_letters(st_build *b, const PGresult *by_consumer,
 }
 
 /* Read everything into one object; NULL after printing why. */
-static json_t *st_collect(PGconn *conn, bool *no_schema)
+static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
 {
     json_t *root = NULL;
     PGresult *begin = NULL, *schema = NULL, *clock = NULL, *shards = NULL, *by_consumer = NULL,
-             *oldest = NULL;
+             *oldest = NULL, *relays = NULL;
     *no_schema = false;
 
     begin = st_query(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "the database");
@@ -235,6 +373,7 @@ static json_t *st_collect(PGconn *conn, bool *no_schema)
     }
     if ((clock = st_query(conn, st_sql_clock, "ferry.settings")) == NULL ||
         (shards = st_query(conn, st_sql_shards, "the outbox and the leases")) == NULL ||
+        (relays = st_query(conn, st_sql_relays, "the relays' heartbeats")) == NULL ||
         (by_consumer = st_query(conn, st_sql_dead_by_consumer, "the dead letters")) == NULL ||
         (oldest = st_query(conn, st_sql_dead_oldest, "the dead letters")) == NULL)
         goto out;
@@ -242,13 +381,18 @@ static json_t *st_collect(PGconn *conn, bool *no_schema)
     st_build b = {.oom = false};
     long long unpublished, ready;
     root = st_keep(&b, json_object());
+    /* The verdict first; filled in once the rest is there. */
+    st_set(&b, root, "verdict", st_keep(&b, json_null()));
     st_set(&b, root, "database_time", st_text(&b, clock, 0, 0));
     st_set(&b, root, "shard_count", st_int(&b, clock, 0, 1));
     json_t *shard_list = st_shards(&b, shards, &unpublished, &ready);
     st_set(&b, root, "unpublished", st_keep(&b, json_integer(unpublished)));
     st_set(&b, root, "ready", st_keep(&b, json_integer(ready)));
     st_set(&b, root, "shards", shard_list);
+    st_set(&b, root, "relays", st_relays(&b, relays));
     st_set(&b, root, "dead_letters", st_dead_letters(&b, by_consumer, oldest));
+    if (!b.oom)
+        st_set(&b, root, "verdict", st_verdict(&b, root, max_lag_s));
     if (b.oom) {
         fprintf(stderr, "ferry-relay status: out of memory\n");
         json_decref(root);
@@ -256,6 +400,7 @@ static json_t *st_collect(PGconn *conn, bool *no_schema)
     }
 
 out:
+    PQclear(relays);
     PQclear(oldest);
     PQclear(by_consumer);
     PQclear(shards);
@@ -401,10 +546,35 @@ static void st_table_free(st_table *t)
     free(t->cells);
 }
 
+/* Shard numbers as ranges: [0,1,2,3,7] -> "0-3, 7"; "-" when none. */
+static char *st_cell_ranges(const json_t *list)
+{
+    char buf[256] = "";
+    size_t used = 0, n = json_array_size(list);
+    for (size_t i = 0; i < n && used < sizeof buf;) {
+        json_int_t lo = json_integer_value(json_array_get(list, i)), hi = lo;
+        size_t j = i + 1;
+        while (j < n && json_integer_value(json_array_get(list, j)) == hi + 1)
+            hi = json_integer_value(json_array_get(list, j++));
+        int w = hi == lo ? snprintf(buf + used, sizeof buf - used, "%s%" JSON_INTEGER_FORMAT,
+                                    i ? ", " : "", lo)
+                         : snprintf(buf + used, sizeof buf - used,
+                                    "%s%" JSON_INTEGER_FORMAT "-%" JSON_INTEGER_FORMAT,
+                                    i ? ", " : "", lo, hi);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+        i = j;
+    }
+    return strdup(used ? buf : "-");
+}
+
 static int st_print_tables(const json_t *root, FILE *out)
 {
     bool oom = false;
     const json_t *count = json_object_get(root, "shard_count");
+    fprintf(out, "%s\n\n", json_string_value(json_object_get(json_object_get(root, "verdict"),
+                                                             "text")));
     fprintf(out, "ferry status at %s (database clock)\n",
             json_string_value(json_object_get(root, "database_time")));
     if (json_is_integer(count))
@@ -413,32 +583,74 @@ static int st_print_tables(const json_t *root, FILE *out)
     else
         fprintf(out, "shards: unknown (ferry.settings has no row)\n\n");
 
-    static const char *const shard_heads[] = {"SHARD", "UNPUBLISHED", "READY", "OLDEST_AGE_S",
-                                              "LEASE", "HOLDER",      "EPOCH", "EXPIRES_IN_S"};
-    st_table t = {.ncols = 8, .heads = shard_heads, .right = 0x1 | 0x2 | 0x4 | 0x8 | 0x40 | 0x80};
     size_t i;
     json_t *s;
+    const json_t *relays = json_object_get(root, "relays");
+    if (json_array_size(relays) == 0) {
+        fprintf(out, "relays: none (no relay:NAME heartbeat lease is held)\n\n");
+    } else {
+        fprintf(out, "relays: %" JSON_INTEGER_FORMAT " live\n",
+                json_integer_value(json_object_get(json_object_get(root, "verdict"),
+                                                   "live_relays")));
+        static const char *const relay_heads[] = {"RELAY", "LIVE", "HEARTBEAT_AGE_S",
+                                                  "EXPIRES_IN_S", "SHARDS"};
+        st_table tr = {.ncols = 5, .heads = relay_heads, .right = 0x4 | 0x8};
+        json_array_foreach(relays, i, s) {
+            bool live = json_is_true(json_object_get(s, "live"));
+            char *cells[5] = {
+                st_cell_json(json_object_get(s, "holder"), ST_CELL_MAX),
+                strdup(live ? "yes" : "no"),
+                st_cell_json(json_object_get(s, "heartbeat_age_s"), ST_CELL_MAX),
+                live ? st_cell_json(json_object_get(s, "expires_in_s"), ST_CELL_MAX)
+                     : strdup("-"),
+                st_cell_ranges(json_object_get(s, "shards")),
+            };
+            st_row(&tr, cells);
+        }
+        if (!tr.oom)
+            st_table_print(&tr, out);
+        oom |= tr.oom;
+        st_table_free(&tr);
+        fputc('\n', out);
+    }
+
+    /* Only the shards with unpublished rows: sixteen rows of zeros tell an
+     * operator nothing. --json has every shard. */
+    static const char *const shard_heads[] = {"SHARD", "UNPUBLISHED", "READY", "OLDEST_READY_S",
+                                              "OLDEST_AGE_S", "LEASE", "HOLDER", "EPOCH",
+                                              "EXPIRES_IN_S"};
+    st_table t = {.ncols = 9, .heads = shard_heads,
+                  .right = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x80 | 0x100};
     json_array_foreach(json_object_get(root, "shards"), i, s) {
+        if (json_integer_value(json_object_get(s, "unpublished")) == 0)
+            continue;
         const json_t *l = json_object_get(s, "lease");
-        char *cells[8] = {
+        /* An expired or released lease's expiry is history, not a countdown. */
+        bool held = strcmp(json_string_value(json_object_get(l, "state")) ?: "", "held") == 0;
+        char *cells[9] = {
             st_cell_json(json_object_get(s, "shard"), ST_CELL_MAX),
             st_cell_json(json_object_get(s, "unpublished"), ST_CELL_MAX),
             st_cell_json(json_object_get(s, "ready"), ST_CELL_MAX),
+            st_cell_json(json_object_get(s, "oldest_ready_age_s"), ST_CELL_MAX),
             st_cell_json(json_object_get(s, "oldest_age_s"), ST_CELL_MAX),
             st_cell_json(json_object_get(l, "state"), ST_CELL_MAX),
             st_cell_json(json_object_get(l, "holder"), ST_CELL_MAX),
             st_cell_json(json_object_get(l, "epoch"), ST_CELL_MAX),
-            st_cell_json(json_object_get(l, "expires_in_s"), ST_CELL_MAX),
+            held ? st_cell_json(json_object_get(l, "expires_in_s"), ST_CELL_MAX) : strdup("-"),
         };
         st_row(&t, cells);
     }
-    char *total[8] = {strdup("total"),
-                      st_cell_json(json_object_get(root, "unpublished"), ST_CELL_MAX),
-                      st_cell_json(json_object_get(root, "ready"), ST_CELL_MAX),
-                      strdup(""), strdup(""), strdup(""), strdup(""), strdup("")};
-    st_row(&t, total);
-    if (!t.oom)
-        st_table_print(&t, out);
+    if (t.nrows == 0 && !t.oom) {
+        fprintf(out, "unpublished rows: none\n");
+    } else {
+        char *total[9] = {strdup("total"),
+                          st_cell_json(json_object_get(root, "unpublished"), ST_CELL_MAX),
+                          st_cell_json(json_object_get(root, "ready"), ST_CELL_MAX),
+                          strdup(""), strdup(""), strdup(""), strdup(""), strdup(""), strdup("")};
+        st_row(&t, total);
+        if (!t.oom)
+            st_table_print(&t, out);
+    }
     oom |= t.oom;
     st_table_free(&t);
 
@@ -499,20 +711,31 @@ int cmd_status(int argc, char **argv)
     static const struct option longopts[] = {
         {"db", required_argument, NULL, 'd'},
         {"json", no_argument, NULL, 'j'},
+        {"max-lag", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *db = getenv("FERRY_DB");
     bool as_json = false;
+    double max_lag_s = 60;
     int c;
     optind = 0;   /* full reset: tests call us more than once in a process */
     while ((c = getopt_long(argc, argv, "+d:jh", longopts, NULL)) != -1) {
+        char *end;
         switch (c) {
         case 'd':
             db = optarg;
             break;
         case 'j':
             as_json = true;
+            break;
+        case 'm':
+            max_lag_s = strtod(optarg, &end);
+            if (end == optarg || *end != '\0' || !(max_lag_s >= 0 && max_lag_s <= 86400)) {
+                fprintf(stderr, "ferry-relay status: --max-lag wants seconds, 0..86400, not "
+                        "\"%s\"\n", optarg);
+                return ST_EXIT_USAGE;
+            }
             break;
         case 'h':
             st_usage(stdout);
@@ -542,7 +765,7 @@ int cmd_status(int argc, char **argv)
         return ST_EXIT_FAIL;
     }
     bool no_schema;
-    json_t *root = st_collect(conn, &no_schema);
+    json_t *root = st_collect(conn, max_lag_s, &no_schema);
     PQfinish(conn);
     if (no_schema) {
         fprintf(stderr, "ferry-relay status: ferry schema not found: run ferry-relay migrate\n");
@@ -564,6 +787,8 @@ int cmd_status(int argc, char **argv)
     } else {
         status = st_print_tables(root, stdout);
     }
+    if (status == 0 && !json_is_true(json_object_get(json_object_get(root, "verdict"), "ok")))
+        status = ST_EXIT_PROBLEM;
     json_decref(root);
     if (fflush(stdout) != 0 && status == 0) {
         fprintf(stderr, "ferry-relay status: could not write the output\n");

@@ -97,6 +97,14 @@ void ferry_log_json(int level, const char *event, struct json_t *fields, const c
     FERRY_PRINTF(4, 5);
 #define ferry_log(level, event, ...) ferry_log_json((level), (event), NULL, __VA_ARGS__)
 
+/* Route conn's notices and asynchronous errors (a FATAL sent to an idle
+ * session, say), which libpq would print raw on stderr, through
+ * ferry_log_json as "db.notice" events, each naming session (a static
+ * string: "main", "ack", "lag", "reconciler"). For the programs, whose
+ * stderr is JSON lines; the library never installs it on a caller's
+ * connection. */
+void ferry_log_pq_notices(PGconn *conn, const char *session);
+
 /* ---------------------------------------------------------------- leases */
 
 /*

@@ -4,6 +4,7 @@
  * A line is written with one write(2), so lines from several threads do
  * not interleave.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <libpq-fe.h>
 
 #include "internal.h"
 
@@ -68,4 +70,49 @@ void ferry_log_json(int level, const char *event, json_t *fields, const char *fm
         free(out);
     }
     free(line);
+}
+
+/* libpq hands the notice processor the whole formatted message, e.g.
+ * "FATAL:  terminating connection due to administrator command\n": the
+ * severity before the first ":  ", then the text. */
+static void pq_notice(void *arg, const char *message)
+{
+    static const struct {
+        const char *name;
+        int level;
+    } severities[] = {
+        {"PANIC", FERRY_LOG_ERROR}, {"FATAL", FERRY_LOG_ERROR}, {"ERROR", FERRY_LOG_ERROR},
+        {"WARNING", FERRY_LOG_WARN}, {"NOTICE", FERRY_LOG_INFO}, {"INFO", FERRY_LOG_INFO},
+        {"LOG", FERRY_LOG_INFO},     {"DEBUG", FERRY_LOG_DEBUG},
+    };
+    const char *session = arg ? arg : "?";
+    const char *text = message;
+    const char *severity = "NOTICE";
+    int level = FERRY_LOG_INFO;
+    const char *sep = strstr(message, ":  ");
+    char sev[16] = "";
+    if (sep != NULL && (size_t)(sep - message) < sizeof sev) {
+        memcpy(sev, message, (size_t)(sep - message));
+        sev[sep - message] = '\0';
+        for (size_t i = 0; i < sizeof severities / sizeof severities[0]; i++) {
+            if (strncmp(sev, severities[i].name, strlen(severities[i].name)) == 0) {
+                severity = sev;
+                level = severities[i].level;
+                text = sep + 3;
+                break;
+            }
+        }
+    }
+    size_t len = strlen(text);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+        len--;
+    ferry_log_json(level, "db.notice", json_pack("{s:s, s:s}", "session", session,
+                                                 "severity", severity),
+                   "%.*s", (int)len, text);
+}
+
+void ferry_log_pq_notices(PGconn *conn, const char *session)
+{
+    if (conn != NULL)
+        PQsetNoticeProcessor(conn, pq_notice, (void *)(uintptr_t)session);
 }

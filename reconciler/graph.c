@@ -139,10 +139,29 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
     fputs("}\n", out);
 }
 
+static void graph_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry-reconcile graph FILE\n"
+            "\n"
+            "Print the saga definition FILE as a Graphviz digraph on stdout: its steps in\n"
+            "order, their compensations in reverse, the pivot. Render it with\n"
+            "`ferry-reconcile graph order.yaml | dot -Tsvg > order.svg`.\n"
+            "\n"
+            "  --help   this text\n"
+            "\n"
+            "Exit status: 0 printed, 4 the definition was refused (errors on stderr as\n"
+            "FILE:LINE:COLUMN: FIELD: MESSAGE), 16 usage error.\n");
+}
+
 int reconcile_graph(int argc, char **argv)
 {
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        graph_usage(stdout);
+        return fflush(stdout) == 0 ? RECONCILE_EXIT_OK : RECONCILE_EXIT_INVALID;
+    }
     if (argc != 2 || (argv[1][0] == '-' && argv[1][1] != '\0')) {
-        fprintf(stderr, "usage: ferry-reconcile graph FILE\n");
+        graph_usage(stderr);
         return RECONCILE_EXIT_USAGE;
     }
     ferry_saga_def *def = NULL;

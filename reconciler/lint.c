@@ -169,20 +169,40 @@ static int lint_file(const char *path)
     return status;
 }
 
+static void lint_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry-reconcile lint FILE...\n"
+            "       ferry-reconcile lint -- FILE...   (names that start with -)\n"
+            "\n"
+            "Check saga definitions and rules files (told apart by their content) without\n"
+            "a database. Every error goes to stderr as FILE:LINE:COLUMN: FIELD: MESSAGE.\n"
+            "\n"
+            "  --help   this text\n"
+            "  --       the arguments after it are files, even if they start with -\n"
+            "\n"
+            "Exit status, the sum of: 4 a file was refused, 8 a file could not be read;\n"
+            "0 every file is valid; 16 usage error.\n");
+}
+
 int reconcile_lint(int argc, char **argv)
 {
     int first = 1;
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        lint_usage(stdout);
+        return fflush(stdout) == 0 ? RC_EXIT_OK : RC_EXIT_ERROR;
+    }
     if (argc > 1 && strcmp(argv[1], "--") == 0)
         first = 2;
     else
         for (int i = 1; i < argc; i++)
             if (argv[i][0] == '-' && argv[i][1] != '\0') {
-                fprintf(stderr, "ferry-reconcile lint: unknown option \"%s\"\n"
-                        "usage: ferry-reconcile lint FILE...\n", argv[i]);
+                fprintf(stderr, "ferry-reconcile lint: unknown option \"%s\"\n", argv[i]);
+                lint_usage(stderr);
                 return RC_EXIT_USAGE;
             }
     if (first >= argc) {
-        fprintf(stderr, "usage: ferry-reconcile lint FILE...\n");
+        lint_usage(stderr);
         return RC_EXIT_USAGE;
     }
 

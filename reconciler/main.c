@@ -26,6 +26,7 @@ static void usage(FILE *out)
             "       ferry-reconcile lint FILE...\n"
             "       ferry-reconcile graph FILE\n"
             "       ferry-reconcile --version\n"
+            "       ferry-reconcile COMMAND --help   (every option, with its default)\n"
             "\n"
             "  check   find every problem, change nothing, print a report (--json: one JSON\n"
             "          document). Sweeps: outbox lag and dead relay leases, over-attempted\n"

@@ -61,21 +61,106 @@ static void on_signal(int sig)
     stop_flag = 1;
 }
 
+/*
+ * The options of check, repair and run: id, name, argument (NULL: none),
+ * the commands it is for (RC_FOR_*), and its help line with the default.
+ * The getopt table and every command's --help come from this one list.
+ */
+enum { RC_FOR_CHECK = 1, RC_FOR_REPAIR = 2, RC_FOR_RUN = 4, RC_FOR_ALL = 7 };
+#define RC_OPTIONS(X)                                                                        \
+    X(O_DB, "db", "CONNINFO", RC_FOR_ALL, "libpq connection string or URI ($FERRY_DB)")      \
+    X(O_RULES, "rules", "FILE", RC_FOR_ALL, "the rules file: budgets and compliance rules")  \
+    X(O_SAGAS, "sagas", "DIR", RC_FOR_ALL,                                                   \
+      "saga definitions (*.yaml), to fire missed timers; without: reported only")           \
+    X(O_REPLY, "reply-topic", "TOPIC", RC_FOR_ALL,                                           \
+      "the sagas' reply topic (default ferry.saga.replies)")                                \
+    X(O_JSON, "json", NULL, RC_FOR_CHECK | RC_FOR_REPAIR,                                    \
+      "the report as one JSON document on stdout")                                          \
+    X(O_PROGRESS, "progress", NULL, RC_FOR_CHECK | RC_FOR_REPAIR,                            \
+      "show progress on stderr (default: only when stderr is a terminal)")                  \
+    X(O_NO_PROGRESS, "no-progress", NULL, RC_FOR_CHECK | RC_FOR_REPAIR, "never show progress") \
+    X(O_REPLAY, "replay", "ID|UUID|TOPIC/KEY", RC_FOR_REPAIR,                                \
+      "put dead letters back in their place (repeatable)")                                  \
+    X(O_DISCARD, "discard", "ID|UUID|TOPIC/KEY", RC_FOR_REPAIR,                              \
+      "drop dead letters, recorded with --reason (repeatable)")                             \
+    X(O_REASON, "reason", "TEXT", RC_FOR_REPAIR, "why, recorded with each --discard")        \
+    X(O_BY, "by", "NAME", RC_FOR_REPAIR, "who, recorded with each decision (default user@host)") \
+    X(O_HOLDER, "holder", "NAME", RC_FOR_REPAIR | RC_FOR_RUN,                                \
+      "this reconciler's name in the lease (default host:pid)")                             \
+    X(O_WAIT, "wait", "SECONDS", RC_FOR_REPAIR,                                              \
+      "wait this long for another reconciler's lease (default 30, 0..86400)")               \
+    X(O_TTL, "lease-ttl", "MS", RC_FOR_REPAIR | RC_FOR_RUN,                                  \
+      "the reconciler lease's time to live (default 30000, 1000..3600000)")                 \
+    X(O_INTERVAL, "interval", "SECONDS", RC_FOR_RUN,                                         \
+      "seconds between passes (default 60, 0.1..86400)")                                    \
+    X(O_METRICS, "metrics", "HOST:PORT", RC_FOR_RUN,                                         \
+      "serve /metrics and /healthz (port 0 picks one, logged); default: off")              \
+    X(O_HELP, "help", NULL, RC_FOR_ALL, "this text")
+
+enum {
+    O_BASE_ = 255,
+#define X_ENUM(id, name, arg, cmds, doc) id,
+    RC_OPTIONS(X_ENUM)
+#undef X_ENUM
+};
+
+static const struct option rc_longs[] = {
+#define X_OPT(id, name, arg, cmds, doc) {name, (arg) ? required_argument : no_argument, NULL, id},
+    RC_OPTIONS(X_OPT)
+#undef X_OPT
+    {NULL, 0, NULL, 0},
+};
+
+static const rc_option_doc rc_docs[] = {
+#define X_DOC(id, name, arg, cmds, doc) {name, arg, cmds, doc},
+    RC_OPTIONS(X_DOC)
+#undef X_DOC
+    {NULL, NULL, 0, NULL},
+};
+
+const struct option *rc_pass_options(void)
+{
+    return rc_longs;
+}
+
+const rc_option_doc *rc_option_docs(void)
+{
+    return rc_docs;
+}
+
+static int rc_for(const char *cmd)
+{
+    return strcmp(cmd, "check") == 0 ? RC_FOR_CHECK
+           : strcmp(cmd, "repair") == 0 ? RC_FOR_REPAIR : RC_FOR_RUN;
+}
+
+int rc_option_applies(const rc_option_doc *d, const char *cmd)
+{
+    return (d->commands & rc_for(cmd)) != 0;
+}
+
 static void usage_of(FILE *out, const char *cmd)
 {
-    if (strcmp(cmd, "check") == 0)
-        fprintf(out, "usage: ferry-reconcile check --db CONNINFO [--rules FILE] [--sagas DIR] "
-                     "[--reply-topic TOPIC] [--json] [--progress|--no-progress]\n");
-    else if (strcmp(cmd, "repair") == 0)
-        fprintf(out, "usage: ferry-reconcile repair --db CONNINFO [--rules FILE] [--sagas DIR] "
-                     "[--reply-topic TOPIC] [--json]\n"
-                     "           [--replay ID|UUID|TOPIC/KEY]... [--discard ID|UUID|TOPIC/KEY]... "
-                     "[--reason TEXT] [--by NAME]\n"
-                     "           [--wait SECONDS] [--holder NAME] [--progress|--no-progress]\n");
-    else
-        fprintf(out, "usage: ferry-reconcile run --db CONNINFO [--rules FILE] [--sagas DIR] "
-                     "[--reply-topic TOPIC] [--interval SECONDS]\n"
-                     "           [--metrics HOST:PORT] [--holder NAME] [--lease-ttl MS]\n");
+    static const char *const what[] = {
+        [RC_FOR_CHECK] = "Find every problem and change nothing; print a report.",
+        [RC_FOR_REPAIR] = "Find every problem and fix what can be fixed (one reconciler at a\n"
+                          "time: it takes the lease \"reconciler\" in ferry.lease).",
+        [RC_FOR_RUN] = "Repair every --interval seconds as a daemon until SIGTERM/SIGINT;\n"
+                       "other instances stand by and take over when it stops or dies.",
+    };
+    int for_cmd = rc_for(cmd);
+    fprintf(out, "usage: ferry-reconcile %s [--db CONNINFO] [OPTION]...\n\n%s\n\nOptions:\n",
+            cmd, what[for_cmd]);
+    for (const rc_option_doc *d = rc_docs; d->name != NULL; d++) {
+        if (!(d->commands & for_cmd))
+            continue;
+        char left[48];
+        snprintf(left, sizeof left, "--%s%s%s", d->name, d->arg ? " " : "", d->arg ? d->arg : "");
+        fprintf(out, "  %-28s %s\n", left, d->doc);
+    }
+    fprintf(out, "\nEnvironment: FERRY_DB (the default of --db).\n"
+                 "Exit status, as fsck, the sum of: 1 problems repaired, 4 problems left (check:\n"
+                 "found), 8 operational error; 0 nothing wrong; 16 usage error.\n");
 }
 
 static int usage_error(const char *cmd, const char *fmt, ...)
@@ -105,28 +190,6 @@ static int add_request(options *o, rc_dead_action action, const char *target)
 
 static int parse_options(const char *cmd, int argc, char **argv, options *o)
 {
-    enum { O_DB = 256, O_RULES, O_SAGAS, O_REPLY, O_JSON, O_PROGRESS, O_NO_PROGRESS, O_REPLAY,
-           O_DISCARD, O_REASON, O_BY, O_HOLDER, O_WAIT, O_TTL, O_INTERVAL, O_METRICS, O_HELP };
-    static const struct option longs[] = {
-        {"db", required_argument, NULL, O_DB},
-        {"rules", required_argument, NULL, O_RULES},
-        {"sagas", required_argument, NULL, O_SAGAS},
-        {"reply-topic", required_argument, NULL, O_REPLY},
-        {"json", no_argument, NULL, O_JSON},
-        {"progress", no_argument, NULL, O_PROGRESS},
-        {"no-progress", no_argument, NULL, O_NO_PROGRESS},
-        {"replay", required_argument, NULL, O_REPLAY},
-        {"discard", required_argument, NULL, O_DISCARD},
-        {"reason", required_argument, NULL, O_REASON},
-        {"by", required_argument, NULL, O_BY},
-        {"holder", required_argument, NULL, O_HOLDER},
-        {"wait", required_argument, NULL, O_WAIT},
-        {"lease-ttl", required_argument, NULL, O_TTL},
-        {"interval", required_argument, NULL, O_INTERVAL},
-        {"metrics", required_argument, NULL, O_METRICS},
-        {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0},
-    };
     *o = (options){
         .mode = strcmp(cmd, "check") == 0 ? RC_CHECK : RC_REPAIR,
         .daemon = strcmp(cmd, "run") == 0,
@@ -140,7 +203,7 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o)
     opterr = 0;
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "h", rc_longs, NULL)) != -1) {
         const int is_check = o->mode == RC_CHECK, is_run = o->daemon;
         switch (c) {
         case O_DB: o->db = optarg; break;
@@ -194,9 +257,11 @@ static int parse_options(const char *cmd, int argc, char **argv, options *o)
                 return usage_error(cmd, "--metrics is for run%s", "");
             o->metrics = optarg;
             break;
+        case 'h':
         case O_HELP:
             usage_of(stdout, cmd);
-            exit(RC_EXIT_OK);
+            free(o->requests);
+            exit(fflush(stdout) == 0 ? RC_EXIT_OK : RC_EXIT_ERROR);
         default:
             return usage_error(cmd, "unknown or incomplete option \"%s\"", argv[optind - 1]);
         }
@@ -289,6 +354,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
 static PGconn *connect_db(const options *o, const char *holder)
 {
     PGconn *conn = PQconnectdb(o->db);
+    ferry_log_pq_notices(conn, "reconciler");
     if (PQstatus(conn) != CONNECTION_OK) {
         const char *m = PQerrorMessage(conn);
         size_t len = strlen(m);
@@ -583,7 +649,9 @@ static int one_shot(const char *cmd, int argc, char **argv)
         goto out;
     conn = s.conn;
     int progress = o->progress >= 0 ? o->progress : !o->json && isatty(STDERR_FILENO);
-    if ((report = rc_report_new(progress)) == NULL)
+    if ((report = rc_report_new(progress)) != NULL)
+        report->progress_tty = isatty(STDERR_FILENO);
+    if (report == NULL)
         goto out;
 
     rc_ctx ctx = {

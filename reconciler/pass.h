@@ -38,6 +38,7 @@ typedef struct rc_report {
     int backend_pid;                    /* the session the settings were made on */
     int log_json;                       /* run: errors as JSON log lines */
     int progress;                       /* show progress on stderr */
+    int progress_tty;                   /* ... redrawn in place: stderr is a terminal */
     int progress_shown;
     int64_t progress_at;
 } rc_report;
@@ -55,5 +56,19 @@ void rc_progress_done(rc_ctx *ctx);
 /* Renew the reconciler's lease when a third of its time has gone by
  * (pass.c); FERRY_ESTATE when it was lost. */
 ferry_code rc_lease_keep(rc_ctx *ctx, ferry_error *err);
+
+/* The options of check, repair and run, as --help shows them: name,
+ * argument (NULL: none), the commands it is for, what it does. The list
+ * ends with a NULL name. rc_pass_options() is the getopt table parsed. */
+typedef struct rc_option_doc {
+    const char *name, *arg;
+    int commands;
+    const char *doc;
+} rc_option_doc;
+struct option;
+const rc_option_doc *rc_option_docs(void);
+const struct option *rc_pass_options(void);
+/* d is for cmd ("check", "repair", "run"). */
+int rc_option_applies(const rc_option_doc *d, const char *cmd);
 
 #endif

@@ -21,6 +21,9 @@
 
 #include "../daemon/httpd.h"
 #include "../daemon/promtext.h"
+#include "internal.h"
+
+#include <jansson.h>
 
 /* run only repairs, so found stays 0; rendered all the same, so that a
  * series never appears from nowhere should run ever check. */
@@ -93,6 +96,9 @@ static void render(FILE *f, const rc_metrics *m)
         promtext_double(num, sizeof num, m->last_timestamp);
         fprintf(f, "ferry_reconcile_last_pass_timestamp_seconds %s\n", num);
     }
+    char process[2048];
+    if (promtext_process(process, sizeof process) < (int)sizeof process)
+        fputs(process, f);
 }
 
 /* On the HTTP thread. */
@@ -146,11 +152,15 @@ rc_metrics *rc_metrics_start(const char *host_port)
         goto out_free;
     }
     char err[512] = "";
-    m->server = httpd_start(host_port, render_cb, health_cb, m, NULL, err, sizeof err);
+    int port = 0;
+    m->server = httpd_start(host_port, render_cb, health_cb, m, &port, err, sizeof err);
     if (!m->server) {
         fprintf(stderr, "ferry-reconcile: %s\n", err);
         goto out_destroy_lock;
     }
+    /* As the relay does: with port 0 this is the only way to find it. */
+    ferry_log_json(FERRY_LOG_INFO, "metrics.listen", json_pack("{s:i}", "port", port),
+                   "serving /metrics and /healthz on %s (port %d)", host_port, port);
     return m;
 
 out_destroy_lock:

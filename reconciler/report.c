@@ -85,10 +85,18 @@ static char *vformat(const char *fmt, va_list ap)
     return s;
 }
 
+/*
+ * Progress on stderr. On a terminal, one line redrawn in place ("\r" and
+ * erase-line) and erased when its sweep ends: the report on stdout names
+ * every sweep, so nothing of the progress stays on screen. Into a file or
+ * a pipe (--progress), plain lines, at most one a second, and a line when
+ * a sweep ends: no control sequences in a log.
+ */
+
 /* Erase a progress line before anything else goes to stderr. */
 static void progress_clear(rc_report *r)
 {
-    if (r->progress_shown) {
+    if (r->progress_shown && r->progress_tty) {
         fputs("\r\033[K", stderr);
         fflush(stderr);
         r->progress_shown = 0;
@@ -185,14 +193,17 @@ void rc_progress(rc_ctx *ctx, const char *fmt, ...)
     if (!r->progress)
         return;
     int64_t now = mono_ms();
-    if (r->progress_shown && now - r->progress_at < 100)
+    if (r->progress_shown && now - r->progress_at < (r->progress_tty ? 100 : 1000))
         return;
     r->progress_at = now;
     va_list ap;
     va_start(ap, fmt);
     char *text = vformat(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(ctx->sweep), text ? text : "");
+    if (r->progress_tty)
+        fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(ctx->sweep), text ? text : "");
+    else
+        fprintf(stderr, "%s: %s\n", rc_sweep_name(ctx->sweep), text ? text : "");
     fflush(stderr);
     r->progress_shown = 1;
     free(text);
@@ -204,6 +215,9 @@ void rc_progress_done(rc_ctx *ctx)
     if (!r->progress)
         return;
     progress_clear(r);
+    r->progress_shown = 0;
+    if (r->progress_tty)
+        return;               /* the report says how the sweep went */
     const rc_sweep_stats *st = &r->sweep[ctx->sweep];
     int64_t problems = st->findings[RC_FOUND] + st->findings[RC_REPAIRED] + st->findings[RC_LEFT];
     fprintf(stderr, "%-14s %s\n", rc_sweep_name(ctx->sweep),

@@ -1,13 +1,16 @@
 #!/bin/sh
 # install_check.sh — `make install PREFIX=…` installs what a user needs: the
-# header, both libraries, ferry.pc, the programs and the SQL; a program
-# built against it with pkg-config links and runs, statically and shared.
+# header, both libraries, ferry.pc, the programs, the SQL and the saga
+# schema; a program built against it with pkg-config alone links and runs,
+# statically and shared (no LD_LIBRARY_PATH: ferry.pc has the rpath);
+# `make uninstall` takes it all away again.
 set -eu
 tmp=$(mktemp -d /tmp/ferry-install-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 make --no-print-directory -s install PREFIX="$tmp/prefix" >/dev/null
 for f in include/ferry.h lib/libferry.a lib/libferry.so lib/libferry.so.0 \
-         lib/pkgconfig/ferry.pc bin/ferry-relay bin/ferry-reconcile share/ferry/001_ferry.sql; do
+         lib/pkgconfig/ferry.pc bin/ferry-relay bin/ferry-reconcile share/ferry/001_ferry.sql \
+         share/ferry/saga.schema.json; do
     [ -e "$tmp/prefix/$f" ] || { echo "install_check: missing $f" >&2; exit 1; }
 done
 cat > "$tmp/app.c" <<'C'
@@ -26,17 +29,23 @@ int main(void)
 }
 C
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
-cc "$tmp/app.c" $(pkg-config --cflags --libs ferry) -Wl,-rpath,"$tmp/prefix/lib" -o "$tmp/app-shared"
+cc "$tmp/app.c" $(pkg-config --cflags --libs ferry) -o "$tmp/app-shared"
 # libferry.a with the shared libpq and jansson: Debian ships no static libpq.
 cc "$tmp/app.c" $(pkg-config --cflags ferry) "$tmp/prefix/lib/libferry.a" \
     $(pkg-config --libs libpq jansson) -o "$tmp/app-static"
-"$tmp/app-shared" >/dev/null
+env -u LD_LIBRARY_PATH "$tmp/app-shared" >/dev/null
 "$tmp/app-static" >/dev/null
 "$tmp/prefix/bin/ferry-relay" --version >/dev/null
 "$tmp/prefix/bin/ferry-reconcile" --version >/dev/null
 # Only the API is exported from the shared library.
 if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep -v '^ferry_' | grep -q .; then
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
+    exit 1
+fi
+make --no-print-directory -s uninstall PREFIX="$tmp/prefix" >/dev/null
+left=$(find "$tmp/prefix" -type f -o -type l)
+if [ -n "$left" ]; then
+    echo "install_check: make uninstall left: $left" >&2
     exit 1
 fi
 echo "install_check: OK"

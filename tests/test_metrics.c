@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "testutil.h"
@@ -103,12 +104,18 @@ static void render_every_family_once(void **state)
         {"ferry_relay_end_to_end_seconds", "histogram"},
         {"ferry_relay_unpublished_rows", "gauge"},
         {"ferry_relay_oldest_unpublished_seconds", "gauge"},
+        {"process_cpu_seconds_total", "counter"},
+        {"process_resident_memory_bytes", "gauge"},
+        {"process_virtual_memory_bytes", "gauge"},
+        {"process_start_time_seconds", "gauge"},
+        {"process_open_fds", "gauge"},
+        {"process_max_fds", "gauge"},
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         assert_family(t, families[i].family, families[i].type);
-    /* Nineteen families, no more. */
-    assert_int_equal(count_of(t, "# HELP "), 19);
-    assert_int_equal(count_of(t, "# TYPE "), 19);
+    /* Twenty-five families, no more. */
+    assert_int_equal(count_of(t, "# HELP "), 25);
+    assert_int_equal(count_of(t, "# TYPE "), 25);
 
     assert_true(sample(t, "ferry_relay_up") == 1);
     char info[128];
@@ -119,6 +126,14 @@ static void render_every_family_once(void **state)
     assert_true(sample(t, "ferry_relay_failures_total{kind=\"database\"}") == 0);
     assert_true(sample(t, "ferry_relay_queue_depth{queue=\"kafka\"}") == 0);
     assert_true(sample(t, "ferry_relay_batch_seconds_count") == 0);
+    /* The process, from /proc/self: this test process's own figures. */
+    assert_true(sample(t, "process_cpu_seconds_total") > 0);
+    assert_true(sample(t, "process_resident_memory_bytes") > 1e6);
+    assert_true(sample(t, "process_virtual_memory_bytes") >= sample(t, "process_resident_memory_bytes"));
+    assert_true(sample(t, "process_open_fds") >= 3);
+    assert_true(sample(t, "process_max_fds") >= sample(t, "process_open_fds"));
+    double started = sample(t, "process_start_time_seconds");
+    assert_true(started > (double)time(NULL) - 3600 && started <= (double)time(NULL) + 1);
     assert_int_equal(t[strlen(t) - 1], '\n');
     assert_null(strstr(t, "\n\n"));
     free(t);

@@ -5,9 +5,12 @@
  * a real throwaway PostgreSQL. The sweeps themselves are tested in
  * test_reconcile_outbox.c and test_reconcile_saga.c.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -258,14 +261,95 @@ static void progress_only_when_asked(void **state)
     assert_null(strstr(err, "\033[K"));
     free(out);
     free(err);
+    /* Forced into a pipe: plain lines, no control sequences. */
     const char *loud[] = {"repair", "--db", db, "--rules", rules, "--progress", NULL};
     assert_int_equal(rc(&out, &err, loud), 1);
-    contains(err, "\r\033[Kgarbage: ");
+    contains(err, "garbage: ");
     contains(err, "garbage        problems found\n");
     contains(err, "outbox         clean\n");
+    assert_null(strchr(err, '\033'));
+    assert_null(strchr(err, '\r'));
     free(out);
     free(err);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
+    tu_temp_remove(rules);
+    free(db);
+    PQfinish(c);
+}
+
+/* Run argv with stderr on a pseudo-terminal (stdout and stdin on
+ * /dev/null); what it wrote there, malloc'd; its exit status into *st. */
+static char *run_on_tty(const char *const *argv, int *st)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY);
+    assert_true(m >= 0);
+    assert_int_equal(grantpt(m), 0);
+    assert_int_equal(unlockpt(m), 0);
+    char *name = ptsname(m);
+    assert_non_null(name);
+    int slave = open(name, O_RDWR | O_NOCTTY);
+    assert_true(slave >= 0);
+    /* Raw: the terminal must not turn "\n" into "\r\n" for us. */
+    struct termios tio;
+    assert_int_equal(tcgetattr(slave, &tio), 0);
+    cfmakeraw(&tio);
+    assert_int_equal(tcsetattr(slave, TCSANOW, &tio), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+        dup2(slave, 2);
+        close(m);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(slave);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    for (;;) {                       /* until EIO: the child closed the terminal */
+        if (cap - len < 1024) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        ssize_t n = read(m, buf + len, cap - len - 1);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    close(m);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    *st = WEXITSTATUS(status);
+    return buf;
+}
+
+/* On a terminal, progress redraws one line and is erased at the end of
+ * each sweep: nothing of it stays on screen beside the report. */
+static void progress_on_a_terminal_is_erased(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_inbox_garbage(c, 3000);
+    char *db = conninfo();
+    char *rules = tu_temp_file("budgets:\n  batch: 100\n");
+    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db, "--rules", rules, NULL};
+    int st;
+    char *err = run_on_tty(argv, &st);
+    assert_int_equal(st, 1);
+    contains(err, "\r\033[Kgarbage: ");
+    /* What a terminal shows once it has applied the erasures: nothing. */
+    const char *last = strrchr(err, '\r');
+    assert_non_null(last);
+    assert_string_equal(last, "\r\033[K");
+    assert_null(strstr(err, "problems found"));
+    assert_null(strstr(err, "clean\n"));
+    assert_null(strchr(err, '\n'));
+    free(err);
     tu_temp_remove(rules);
     free(db);
     PQfinish(c);
@@ -393,6 +477,7 @@ int main(void)
         cmocka_unit_test_setup(clean_database_is_0, clean),
         cmocka_unit_test_setup(json_report_and_exit_statuses, clean),
         cmocka_unit_test_setup(progress_only_when_asked, clean),
+        cmocka_unit_test_setup(progress_on_a_terminal_is_erased, clean),
         cmocka_unit_test_setup(repair_waits_for_the_lease, clean),
         cmocka_unit_test_setup(two_reconcilers_at_once_act_once, clean),
     };

@@ -31,22 +31,6 @@ static const char *const sweeps[] = {"outbox", "sagas", "compensations", "dead_l
                                      "garbage", "rules"};
 static const char *const outcomes[] = {"found", "repaired", "left", "pending"};
 
-/* A port nobody listens on now: the kernel's pick for a socket bound to
- * port 0, closed again. The daemon does not say which port it bound, so
- * it must be told one; another process could take it in between, which
- * the daemon would report as "in use" (and the test would show). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 /* ------------------------------------------------------------------ */
 /* The daemon                                                           */
 
@@ -57,13 +41,19 @@ typedef struct daemon_proc {
 
 static daemon_proc spawn_run(const char *holder)
 {
-    daemon_proc d = {.port = free_port()};
-    char address[64];
-    snprintf(address, sizeof address, "127.0.0.1:%d", d.port);
+    /* Port 0: the kernel picks one, and the daemon must say which. */
+    daemon_proc d = {.port = 0};
     const char *argv[] = {tu_reconcile_bin(), "run", "--db", fpg_conninfo(tu_pg),
                           "--interval", "0.2", "--lease-ttl", LEASE_TTL, "--holder", holder,
-                          "--metrics", address, NULL};
+                          "--metrics", "127.0.0.1:0", NULL};
     d.proc = tu_proc_start(argv, NULL);
+    tu_proc_await_log(&d.proc, "\"event\":\"metrics.listen\"", STARTUP_MS);
+    char *log = tu_proc_log(&d.proc);
+    const char *at = strstr(log, "\"event\":\"metrics.listen\"");
+    const char *port = at ? strstr(at, "\"port\":") : NULL;
+    if (port == NULL || (d.port = atoi(port + strlen("\"port\":"))) <= 0)
+        tu_proc_fail(&d.proc, "metrics.listen names no port");
+    free(log);
     return d;
 }
 
@@ -167,6 +157,23 @@ static void run_serves_metrics_and_hands_over(void **state)
         "ferry_reconcile_last_pass_seconds gauge",
         "ferry_reconcile_last_pass_timestamp_seconds gauge",
     };
+    /* The process's own, as Prometheus' clients export them. */
+    assert_true(sample(&a, t, "process_cpu_seconds_total") > 0);
+    assert_true(sample(&a, t, "process_resident_memory_bytes") > 1e6);
+    assert_true(sample(&a, t, "process_open_fds") >= 3);
+    double started = sample(&a, t, "process_start_time_seconds");
+    assert_true(started > (double)time(NULL) - 600 && started <= (double)time(NULL) + 1);
+    static const char *const process_families[] = {
+        "process_cpu_seconds_total counter", "process_resident_memory_bytes gauge",
+        "process_virtual_memory_bytes gauge", "process_start_time_seconds gauge",
+        "process_open_fds gauge", "process_max_fds gauge",
+    };
+    for (size_t i = 0; i < sizeof process_families / sizeof process_families[0]; i++) {
+        char line[160];
+        snprintf(line, sizeof line, "# TYPE %s\n", process_families[i]);
+        if (!strstr(t, line))
+            tu_proc_fail(&a.proc, "no \"%.*s\" in:\n%s", (int)strlen(line) - 1, line, t);
+    }
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++) {
         char line[160];
         snprintf(line, sizeof line, "# TYPE %s\n", families[i]);

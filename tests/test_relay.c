@@ -8,6 +8,7 @@
  * Each test uses its own topic, so tests do not see each other's messages.
  */
 #include <pthread.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -329,7 +330,39 @@ static void kill9_mid_batch_loses_nothing(void **state)
     print_message("kill -9: %lld rows left, %zu duplicates published\n", left, tc.duplicates);
 }
 
-/* All brokers down: nothing is acknowledged; back up: everything goes. */
+/* Every line of log is a JSON object: nothing (libpq's notices, say)
+ * writes raw text between them. */
+static void assert_all_json(const char *log)
+{
+    for (const char *l = log; *l; ) {
+        size_t n = strcspn(l, "\n");
+        if (n > 0 && (l[0] != '{' || l[n - 1] != '}'))
+            fail_msg("a log line that is not JSON: %.*s", (int)n, l);
+        l += n + (l[n] == '\n');
+    }
+}
+
+/* Lines of log holding every one of the NULL-terminated needles. */
+static int lines_with(const char *log, ...)
+{
+    int count = 0;
+    for (const char *l = log; *l; ) {
+        size_t n = strcspn(l, "\n");
+        int all = 1;
+        va_list ap;
+        va_start(ap, log);
+        for (const char *w = va_arg(ap, const char *); w && all; w = va_arg(ap, const char *))
+            all = memmem(l, n, w, strlen(w)) != NULL;
+        va_end(ap);
+        count += all;
+        l += n + (l[n] == '\n');
+    }
+    return count;
+}
+
+/* All brokers down: nothing is acknowledged; back up: everything goes.
+ * Each connection failure is logged once (kafka.error), not again as
+ * librdkafka's own "FAIL" log line above debug. */
 static void broker_down_then_up(void **state)
 {
     const char *topic = "t.down";
@@ -350,6 +383,16 @@ static void broker_down_then_up(void **state)
     await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
+    assert_true(lines_with(log, "\"event\":\"kafka.error\"", NULL) >= 1);
+    int twice = lines_with(log, "\"event\":\"kafka.log\"", "\"facility\":\"FAIL\"",
+                           "\"level\":\"warn\"", NULL) +
+                lines_with(log, "\"event\":\"kafka.log\"", "\"facility\":\"FAIL\"",
+                           "\"level\":\"error\"", NULL);
+    if (twice != 0)
+        fail_msg("%d connection failures logged twice (kafka.log FAIL and kafka.error):\n%s",
+                 twice, log);
+    free(log);
     tu_proc_done(&p);
     topic_check tc = check_topic(topic, 200, 10000);
     assert_int_equal(tc.distinct, 200);
@@ -563,6 +606,25 @@ static long cpu_ticks(pid_t pid)
     return utime + stime;
 }
 
+/* SIGHUP reloads nothing: the relay says so in its log, and keeps
+ * running until SIGTERM. */
+static void sighup_is_logged_and_ignored(void **state)
+{
+    tu_proc p = relay_spawn("hup-a", NULL, NULL);
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'hup-a'", 30000);
+    PQfinish(c);
+    kill(p.pid, SIGHUP);
+    tu_proc_await_log(&p, "\"event\":\"signal.ignored\"", 30000);
+    assert_int_equal(tu_proc_poll(&p), -1);
+    kill(p.pid, SIGTERM);
+    assert_int_equal(tu_proc_wait(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
+    assert_int_equal(lines_with(log, "\"event\":\"signal.ignored\"", "SIGHUP", NULL), 1);
+    free(log);
+    tu_proc_done(&p);
+}
+
 /* The relay's connection is killed, then the whole server restarts: the
  * relay reconnects each time (the faults fired: it logged both losses)
  * and publishes what was committed meanwhile. */
@@ -599,6 +661,10 @@ static void database_restart_loses_nothing(void **state)
     char *log = tu_proc_log(&p);
     assert_true(count_in(log, "\"event\":\"db.lost\"") >= 2);
     assert_true(count_in(log, "\"event\":\"db.reconnected\"") >= 2);
+    /* The server's FATAL notices came through the logger (the fault
+     * fired), and nothing raw landed between the JSON lines. */
+    assert_true(lines_with(log, "\"event\":\"db.notice\"", "terminating connection", NULL) >= 1);
+    assert_all_json(log);
     free(log);
     tu_proc_done(&p);
     topic_check tc = check_topic(topic, 200, 10000);
@@ -811,6 +877,7 @@ int main(void)
         cmocka_unit_test(poison_message_parks_its_key_only),
         cmocka_unit_test(two_relays_share_the_shards),
         cmocka_unit_test(paused_relay_loses_shards_and_acks),
+        cmocka_unit_test(sighup_is_logged_and_ignored),
         cmocka_unit_test(database_restart_loses_nothing),
         cmocka_unit_test(schema_change_under_a_running_relay),
         cmocka_unit_test(metrics_endpoint_counts),

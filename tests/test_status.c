@@ -165,8 +165,10 @@ static void empty_database(void **state)
     assert_non_null(strstr(r.out, "\ndead letters: 0\n"));
     assert_null(strstr(r.out, "CONSUMER"));
     size_t len;
-    assert_non_null(line_starting(r.out, "15", &len));
-    assert_null(line_starting(r.out, "16", &len));
+    /* Empty shards are not listed; nothing ready and no relay is ok. */
+    assert_null(line_starting(r.out, "15", &len));
+    assert_null(line_starting(r.out, "0", &len));
+    assert_int_equal(strncmp(r.out, "ok: ", 4), 0);
     run_free(&r);
 }
 
@@ -199,8 +201,9 @@ static void shards_and_leases(void **state)
                "('shard:1', 'relay-b:202', 7, now() - interval '10 seconds'),"
                "('shard:2', NULL, 2, now() - interval '1 second')");
 
+    /* Shard 0's holder has no heartbeat: ready rows nobody serves, exit 4. */
     run r = run_status("--json", "--db", fpg_conninfo(tu_pg), NULL);
-    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.rc, 4);
     json_t *root = parse_json(&r);
     assert_int_equal(json_integer_value(json_object_get(root, "shard_count")), 4);
     assert_int_equal(json_array_size(json_object_get(root, "shards")), 5);
@@ -246,7 +249,7 @@ static void shards_and_leases(void **state)
 
     /* The table: the same numbers, and columns that line up. */
     r = run_status("--db", fpg_conninfo(tu_pg), NULL);
-    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.rc, 4);
     size_t hlen, len;
     const char *head = line_starting(r.out, "SHARD", &hlen);
     assert_non_null(head);
@@ -405,6 +408,126 @@ static void usage_and_connection_errors(void **state)
     unsetenv("FERRY_DB");
 }
 
+/* The first line of text, NUL-terminated into buf. */
+static const char *first_line(const char *text, char *buf, size_t len)
+{
+    size_t n = strcspn(text, "\n");
+    snprintf(buf, len, "%.*s", (int)n, text);
+    return buf;
+}
+
+/* No relay has a live heartbeat and rows are ready: the verdict says so
+ * in the first line, the exit is 4 (as `ferry-reconcile check` finding a
+ * problem), and no age in the output is negative. */
+static void verdict_no_relay(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t', 'k' || i, 'T', '{}') FROM generate_series(1, 4) i");
+    tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '200 seconds', "
+               "  available_at = now() - interval '200 seconds' WHERE aggregateid = 'k1'");
+    long long shard = tu_int(c, "SELECT shard FROM ferry.outbox WHERE aggregateid = 'k1'");
+    /* Its shard's lease was released long ago: free, expired 300 s back. */
+    char *sql = tu_sprintf("INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                           "VALUES ('shard:%lld', NULL, 4, now() - interval '300 seconds')",
+                           shard);
+    tu_exec(c, sql);
+    free(sql);
+    /* A relay that stopped: its heartbeat expired. */
+    tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at, renewed_at) VALUES "
+               "('relay:gone', 'gone', 1, now() - interval '5 seconds', "
+               " now() - interval '15 seconds')");
+
+    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
+    char line[256];
+    assert_int_equal(r.rc, 4);
+    first_line(r.out, line, sizeof line);
+    if (strncmp(line, "PROBLEM: no relay is live; 4 rows ready, oldest 20", 50) != 0)
+        fail_msg("verdict: %s", line);
+    for (const char *m = r.out; (m = strstr(m, " -")) != NULL; m++)   /* no negative number */
+        if (m[2] >= '0' && m[2] <= '9')
+            fail_msg("a negative number in:\n%s", r.out);
+    size_t len;
+    char key[24];
+    snprintf(key, sizeof key, "%lld", shard);
+    assert_non_null(line_starting(r.out, key, &len));
+    /* Shards without rows are not listed: 4 rows are on at most 4 shards. */
+    int listed = 0;
+    for (int n = 0; n < 16; n++) {
+        snprintf(key, sizeof key, "%d", n);
+        listed += line_starting(r.out, key, &len) != NULL;
+    }
+    assert_true(listed >= 1 && listed <= 4);
+    assert_non_null(strstr(r.out, "gone"));    /* the stopped relay is shown, not live */
+    run_free(&r);
+
+    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
+    assert_int_equal(r.rc, 4);
+    json_t *root = parse_json(&r);
+    json_t *v = json_object_get(root, "verdict");
+    assert_true(json_is_false(json_object_get(v, "ok")));
+    assert_int_equal(json_integer_value(json_object_get(v, "live_relays")), 0);
+    assert_int_equal(json_integer_value(json_object_get(v, "ready")), 4);
+    double oldest = json_real_value(json_object_get(v, "oldest_ready_age_s"));
+    assert_true(oldest >= 200.0 && oldest < 300.0);
+    assert_non_null(strstr(json_string_value(json_object_get(v, "text")), "PROBLEM: no relay"));
+    json_t *relays = json_object_get(root, "relays");
+    assert_int_equal(json_array_size(relays), 1);
+    assert_true(json_is_false(json_object_get(json_array_get(relays, 0), "live")));
+    json_decref(root);
+    run_free(&r);
+    PQfinish(c);
+}
+
+/* A live relay holding every shard, rows fresh: ok, exit 0, the relay
+ * with its shards. Then one ready row older than --max-lag: behind. */
+static void verdict_relay_keeping_up(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at, renewed_at) VALUES "
+               "('relay:r1', 'r1', 1, now() + interval '10 seconds', now())");
+    tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at, renewed_at) "
+               "SELECT 'shard:' || i, 'r1', 1, now() + interval '10 seconds', now() "
+               "  FROM generate_series(0, 15) i");
+    tu_exec(c, "SELECT ferry.emit('t', 'k' || i, 'T', '{}') FROM generate_series(1, 3) i");
+
+    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
+    char line[256];
+    assert_int_equal(r.rc, 0);
+    first_line(r.out, line, sizeof line);
+    if (strncmp(line, "ok: 1 relay live, 16/16 shards served, oldest ready row ", 56) != 0)
+        fail_msg("verdict: %s", line);
+    size_t len;
+    const char *relay = line_starting(r.out, "r1", &len);
+    assert_non_null(relay);
+    run_free(&r);
+
+    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
+    assert_int_equal(r.rc, 0);
+    json_t *root = parse_json(&r);
+    json_t *v = json_object_get(root, "verdict");
+    assert_true(json_is_true(json_object_get(v, "ok")));
+    assert_int_equal(json_integer_value(json_object_get(v, "shards_served")), 16);
+    json_t *r1 = json_array_get(json_object_get(root, "relays"), 0);
+    assert_string_equal(json_string_value(json_object_get(r1, "holder")), "r1");
+    assert_true(json_is_true(json_object_get(r1, "live")));
+    assert_int_equal(json_array_size(json_object_get(r1, "shards")), 16);
+    json_decref(root);
+    run_free(&r);
+
+    tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '100 seconds', "
+               "  available_at = now() - interval '100 seconds' WHERE aggregateid = 'k1'");
+    r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "30", NULL);
+    assert_int_equal(r.rc, 4);
+    first_line(r.out, line, sizeof line);
+    if (strncmp(line, "PROBLEM: behind: oldest ready row 10", 36) != 0)
+        fail_msg("verdict: %s", line);
+    run_free(&r);
+    r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "300", NULL);
+    assert_int_equal(r.rc, 0);
+    run_free(&r);
+    PQfinish(c);
+}
+
 static void database_without_schema(void **state)
 {
     PGconn *c = tu_connect();
@@ -434,6 +557,8 @@ int main(void)
         cmocka_unit_test_setup(dead_letters, clean),
         cmocka_unit_test_setup(usage_and_connection_errors, clean),
         cmocka_unit_test_setup(database_without_schema, clean),
+        cmocka_unit_test_setup(verdict_no_relay, clean),
+        cmocka_unit_test_setup(verdict_relay_keeping_up, clean),
     };
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
 }
