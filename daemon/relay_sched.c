@@ -40,6 +40,7 @@
  * before the relay counts itself idle. */
 #define BUSY_LOOK_MS 1
 #define IDLE_GRACE_MS 50
+#define SKIPPY_LOOK_MS 8
 /* Retry of a failed key: 100 ms doubling to 5 s. */
 #define RETRY_BASE_MS 100
 #define RETRY_MAX_MS 5000
@@ -147,6 +148,8 @@ struct sched {
     char *blocked;                  /* the key skipped last, for this sweep */
     int dirty;
     int sweep_produced;
+    int sweep_skipped;
+    int last_produced, last_skipped;    /* of the last complete sweep */
     int sweep_failed;               /* a message lost (not failed) since the sweep began */
     int64_t sweep_started;
     int sweeps;
@@ -604,6 +607,8 @@ static void set_str(char **dst, const char *src)
     *dst = c;
 }
 
+static int blocked(const sched *s, const char *topic, const char *key);
+
 static void sweep_start(sched *s, int64_t now)
 {
     s->running = 1;
@@ -616,6 +621,7 @@ static void sweep_start(sched *s, int64_t now)
     s->blocked = NULL;
     s->dirty = 0;
     s->sweep_produced = 0;
+    s->sweep_skipped = 0;
     s->sweep_failed = 0;
     s->sweep_started = now;
     s->next_look = 0;
@@ -632,6 +638,12 @@ void sched_cursor(const sched *s, int *shard, const char **topic, const char **k
 
 int sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq)
 {
+    /* Past a skipped key at once: the rest of its rows, however many, are
+     * skipped too, so the next batch starts at the next key instead of
+     * bringing them (a stuck partition's backlog would otherwise be read
+     * again by every sweep). */
+    if (blocked(s, topic, key))
+        seq = INT64_MAX;
     s->cur_shard = shard;
     /* Mostly the same key as before, a position further: no copies. */
     if (strcmp(s->cur_topic, topic) != 0)
@@ -659,6 +671,8 @@ void sched_fetched(sched *s, int rows, int limit, int64_t now)
     if (rows < limit) {
         s->running = 0;
         s->sweeps++;
+        s->last_produced = s->sweep_produced;
+        s->last_skipped = s->sweep_skipped;
         if (s->sweep_produced > 0)
             s->last_rows_ms = now;
     }
@@ -773,6 +787,8 @@ skip_key:
     s->skipped_busy++;
     block(s, topic, key);
 out:
+    if (a == ADMIT_SKIP)
+        s->sweep_skipped++;
     if (why != NULL)
         *why = w;
     return a;
@@ -1206,6 +1222,11 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
                 int64_t d = BUSY_LOOK_MS;
                 for (int64_t q = quiet; q >= IDLE_GRACE_MS && d < HANDSHAKE_MAX_MS; q /= 2)
                     d *= 2;
+                /* A sweep that mostly reads rows it must skip (a stuck
+                 * partition's keys) is not worth repeating every
+                 * millisecond: the database's time is the writers'. */
+                if (s->last_skipped > 8 * (s->last_produced + 8) && d < SKIPPY_LOOK_MS)
+                    d = SKIPPY_LOOK_MS;
                 s->next_look = now + d;
             }
             if (now >= s->next_look)
