@@ -33,6 +33,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "consume_intake.h"
 #include "internal.h"
 
 enum {
@@ -46,7 +47,7 @@ enum {
     DRAIN_BATCH = 100,              /* held messages looked at per query */
     DRAIN_ROUNDS_MAX = 10,          /* queries per poll, so Kafka is polled too */
     DUE_MAX = 16,                   /* keys remembered for a keyed drain */
-    REASON_MAX = 1024,
+    REASON_MAX = CONSUME_REASON_MAX,
     /* A failure that is neither the handler's nor the message's (a missing
      * function, a permission, a database that stays down) is tried this
      * many times for one message; then ferry_consumer_poll() returns it
@@ -184,33 +185,10 @@ static void coordinates_id(const char *topic, int32_t partition, int64_t offset,
 
 /* ---------------------------------------------------------------- one message */
 
-/*
- * Everything about one message that the transactions need, whether it came
- * from Kafka or from ferry.inbox_held. Strings point into the Kafka
- * message, the PGresult of the held row, or the buffers here; headers is
- * owned.
- */
-typedef struct work {
-    ferry_message msg;
-    json_t *headers;            /* name -> string; owned. From Kafka it is built
-                                   only when needed (ensure_headers): most
-                                   messages need five headers, not the map */
-    rd_kafka_headers_t *kafka_headers;  /* borrowed from rkm; NULL if none */
-    json_t *payload;            /* owned; NULL when the payload is not JSON */
-    char id[FERRY_UUID_STRING_SIZE];
-    char seq_text[24];          /* "" when the message has no position */
-    char type[FERRY_TYPE_MAX + 1];
-    char aggregate_type[FERRY_TYPE_MAX + 1];
-    char key_text[2 * FERRY_KEY_MAX + 8];   /* the key when it is not text */
-    char poison[REASON_MAX];    /* non-empty: cannot be applied, whatever the handler */
-    int from_held;
-    int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
-    int unholdable;             /* a name that text cannot hold: poison at once */
-    int marker;                 /* a position discarded at the relay */
-    rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
-} work;
+/* consume_intake.h: one message, from Kafka or from ferry.inbox_held. */
+typedef consume_work work;
 
-static void work_free(work *w)
+void consume_work_free(work *w)
 {
     json_decref(w->headers);
     json_decref(w->payload);
@@ -320,7 +298,7 @@ static int position_parse(const char *s, int64_t *out)
 
 /* Fill in what both sources share once msg's key, payload text and
  * headers are in place: id, position, type, parsed payload, poison. */
-static void work_finish(ferry_consumer *c, work *w)
+static void work_finish(work *w, size_t max_payload)
 {
     ferry_message *m = &w->msg;
     m->internal_ = w;
@@ -381,10 +359,10 @@ static void work_finish(ferry_consumer *c, work *w)
     if (w->marker && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
     if (w->poison[0] == '\0' && !w->marker) {
-        if (m->payload_len > c->max_payload) {
+        if (m->payload_len > max_payload) {
             snprintf(w->poison, sizeof w->poison,
                      "payload of %zu bytes is over the consumer's limit of %zu",
-                     m->payload_len, c->max_payload);
+                     m->payload_len, max_payload);
         } else {
             json_error_t jerr;
             w->payload = json_loadb(m->payload_text, m->payload_len,
@@ -406,12 +384,13 @@ static void work_finish(ferry_consumer *c, work *w)
 /* A Kafka message as work. Keys and header values that are not UTF-8 text
  * (PostgreSQL text cannot hold them) are kept hex-encoded, and such a key
  * makes the message poison: it could not be ordered or stored faithfully. */
-static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
+void consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
+                    rd_kafka_headers_t *headers, size_t max_payload)
 {
     memset(w, 0, sizeof *w);
     w->rkm = rkm;
     ferry_message *m = &w->msg;
-    m->topic = rd_kafka_topic_name(rkm->rkt);
+    m->topic = topic;
     m->partition = rkm->partition;
     m->offset = rkm->offset;
     m->payload_text = rkm->payload ? (const char *)rkm->payload : "null";
@@ -437,15 +416,13 @@ static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
     }
     m->key_len = strlen(m->key);
 
-    rd_kafka_headers_t *hdrs = NULL;
-    if (rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
-        w->kafka_headers = hdrs;
+    w->kafka_headers = headers;
     /* Decided by work_finish() for a payload it parses; one too large to
      * parse is checked here. */
     w->payload_is_text = 1;
-    if (m->payload_len > c->max_payload && !payload_text_ok(m->payload_text, m->payload_len))
+    if (m->payload_len > max_payload && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
-    work_finish(c, w);
+    work_finish(w, max_payload);
 }
 
 enum {
@@ -482,7 +459,7 @@ static void work_from_held(ferry_consumer *c, work *w, PGresult *res, int i)
         json_object_set_new(w->headers, "ferry_seq", json_string(PQgetvalue(res, i, H_SEQ)));
     if (*PQgetvalue(res, i, H_TYPE) != '\0')
         json_object_set_new(w->headers, "ferry_type", json_string(PQgetvalue(res, i, H_TYPE)));
-    work_finish(c, w);
+    work_finish(w, c->max_payload);
 }
 
 /* ---------------------------------------------------------------- transactions */
@@ -630,7 +607,7 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
             if (hjson == NULL)
                 return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
             /* Held as received; a payload that is not text is poison and
-             * was caught before (see work_from_kafka). */
+             * was caught before (see consume_intake). */
             const char *hp[12] = {c->name, w->id, w->msg.topic, w->msg.key, w->seq_text,
                                   w->msg.type, w->msg.aggregate_type, w->msg.payload_text,
                                   hjson, part, off, a->v == V_GAP ? "gap" : "parked"};
@@ -1021,7 +998,7 @@ static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
         work w;
         work_from_held(c, &w, res, i);
         outcome o = process(c, &w, e);
-        work_free(&w);
+        consume_work_free(&w);
         if (o == O_FAILED)
             return e->code != FERRY_OK ? e->code : FERRY_EDB;
     }
@@ -1416,13 +1393,16 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     }
     c->stats.received++;
     work w;
-    work_from_kafka(c, &w, rkm);
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        hdrs = NULL;
+    consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
     outcome o = process(c, &w, e);
     if (o == O_DONE)
         store_offset(c, &w);
     else if (o == O_FAILED)
         redeliver(c, &w);
-    work_free(&w);
+    consume_work_free(&w);
     rd_kafka_message_destroy(rkm);
     if (o == O_FAILED)
         return e->code != FERRY_OK ? e->code : FERRY_EDB;
