@@ -346,8 +346,8 @@ static void work_finish(work *w, size_t max_payload)
     if (*seq != '\0' || has_header(w, "ferry_seq")) {
         int64_t v;
         if (!position_parse(seq, &v)) {
-            char shown[64];
-            text_clean(shown, sizeof shown, seq, strlen(seq));
+            char shown[4 * sizeof seqbuf];     /* every byte escaped, if need be */
+            ferry_escape_text(shown, sizeof shown, seq);
             snprintf(w->poison, sizeof w->poison,
                      "header ferry_seq is \"%s\", not a position", shown);
         } else {
@@ -368,8 +368,11 @@ static void work_finish(work *w, size_t max_payload)
             w->payload = json_loadb(m->payload_text, m->payload_len,
                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
             if (w->payload == NULL) {
+                /* jansson quotes the payload ("near '...'"), cut anywhere. */
+                char jtext[4 * JSON_ERROR_TEXT_LENGTH];
+                ferry_escape_text(jtext, sizeof jtext, jerr.text);
                 snprintf(w->poison, sizeof w->poison,
-                         "payload is not valid JSON: %s at line %d, column %d", jerr.text,
+                         "payload is not valid JSON: %s at line %d, column %d", jtext,
                          jerr.line, jerr.column);
                 if (!payload_text_ok(m->payload_text, m->payload_len)) {
                     w->payload_is_text = 0;
@@ -378,6 +381,12 @@ static void work_finish(work *w, size_t max_payload)
             }
         }
     }
+    /* Poisoned before its payload was looked at (the key, a name, the
+     * position): the dead letter may store the payload as text only if it
+     * is text, or it fails and is written bare, without the headers it
+     * could have kept. */
+    if (w->poison[0] != '\0' && w->payload_is_text)
+        w->payload_is_text = payload_text_ok(m->payload_text, m->payload_len);
     m->payload = w->payload ? w->payload : json_null();
 }
 
@@ -695,7 +704,7 @@ typedef struct dead_ctx {
     ferry_consumer *c;
     work *w;
     int attempts;
-    const char *reason;         /* clean text (see text_clean) */
+    const char *reason;         /* clean text (see ferry_escape_text) */
     int bare;                   /* last resort: no headers, the payload as hex */
 } dead_ctx;
 
@@ -829,7 +838,8 @@ typedef enum outcome { O_DONE, O_STOPPED, O_FAILED } outcome;
 /*
  * Write the dead letter, within bounded attempts. The reason may quote
  * anything (a handler's message, jansson's error text cut inside a
- * character): it is stored cleaned. If PostgreSQL refuses the message's
+ * character): it is stored escaped, valid UTF-8 without a control
+ * character (ferry_escape_text). If PostgreSQL refuses the message's
  * data even so, the dead letter is written once more bare — no headers,
  * the payload as hex — so that the message is kept whatever it holds.
  */
@@ -837,7 +847,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
                            ferry_error *e)
 {
     char clean[REASON_MAX];
-    text_clean(clean, sizeof clean, reason, strlen(reason));
+    ferry_escape_text(clean, sizeof clean, reason);
     dead_ctx d = {c, w, attempts, clean, 0};
     int stopped = 0;
     for (int tries = 1;; tries++) {
