@@ -301,7 +301,7 @@ FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLA
 build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
-build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h lib/ferry.h $(wildcard daemon/*.h reconciler/*.h)
+build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard lib/*.h daemon/*.h reconciler/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
 build/fuzz/gen/migrations.o: $(GEN) lib/internal.h

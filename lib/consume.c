@@ -33,6 +33,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "consume_intake.h"
 #include "internal.h"
 
 enum {
@@ -46,7 +47,7 @@ enum {
     DRAIN_BATCH = 100,              /* held messages looked at per query */
     DRAIN_ROUNDS_MAX = 10,          /* queries per poll, so Kafka is polled too */
     DUE_MAX = 16,                   /* keys remembered for a keyed drain */
-    REASON_MAX = 1024,
+    REASON_MAX = CONSUME_REASON_MAX,
     /* A failure that is neither the handler's nor the message's (a missing
      * function, a permission, a database that stays down) is tried this
      * many times for one message; then ferry_consumer_poll() returns it
@@ -184,33 +185,10 @@ static void coordinates_id(const char *topic, int32_t partition, int64_t offset,
 
 /* ---------------------------------------------------------------- one message */
 
-/*
- * Everything about one message that the transactions need, whether it came
- * from Kafka or from ferry.inbox_held. Strings point into the Kafka
- * message, the PGresult of the held row, or the buffers here; headers is
- * owned.
- */
-typedef struct work {
-    ferry_message msg;
-    json_t *headers;            /* name -> string; owned. From Kafka it is built
-                                   only when needed (ensure_headers): most
-                                   messages need five headers, not the map */
-    rd_kafka_headers_t *kafka_headers;  /* borrowed from rkm; NULL if none */
-    json_t *payload;            /* owned; NULL when the payload is not JSON */
-    char id[FERRY_UUID_STRING_SIZE];
-    char seq_text[24];          /* "" when the message has no position */
-    char type[FERRY_TYPE_MAX + 1];
-    char aggregate_type[FERRY_TYPE_MAX + 1];
-    char key_text[2 * FERRY_KEY_MAX + 8];   /* the key when it is not text */
-    char poison[REASON_MAX];    /* non-empty: cannot be applied, whatever the handler */
-    int from_held;
-    int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
-    int unholdable;             /* a name that text cannot hold: poison at once */
-    int marker;                 /* a position discarded at the relay */
-    rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
-} work;
+/* consume_intake.h: one message, from Kafka or from ferry.inbox_held. */
+typedef consume_work work;
 
-static void work_free(work *w)
+void consume_work_free(work *w)
 {
     json_decref(w->headers);
     json_decref(w->payload);
@@ -320,7 +298,7 @@ static int position_parse(const char *s, int64_t *out)
 
 /* Fill in what both sources share once msg's key, payload text and
  * headers are in place: id, position, type, parsed payload, poison. */
-static void work_finish(ferry_consumer *c, work *w)
+static void work_finish(work *w, size_t max_payload)
 {
     ferry_message *m = &w->msg;
     m->internal_ = w;
@@ -368,8 +346,8 @@ static void work_finish(ferry_consumer *c, work *w)
     if (*seq != '\0' || has_header(w, "ferry_seq")) {
         int64_t v;
         if (!position_parse(seq, &v)) {
-            char shown[64];
-            text_clean(shown, sizeof shown, seq, strlen(seq));
+            char shown[4 * sizeof seqbuf];     /* every byte escaped, if need be */
+            ferry_escape_text(shown, sizeof shown, seq);
             snprintf(w->poison, sizeof w->poison,
                      "header ferry_seq is \"%s\", not a position", shown);
         } else {
@@ -381,17 +359,20 @@ static void work_finish(ferry_consumer *c, work *w)
     if (w->marker && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
     if (w->poison[0] == '\0' && !w->marker) {
-        if (m->payload_len > c->max_payload) {
+        if (m->payload_len > max_payload) {
             snprintf(w->poison, sizeof w->poison,
                      "payload of %zu bytes is over the consumer's limit of %zu",
-                     m->payload_len, c->max_payload);
+                     m->payload_len, max_payload);
         } else {
             json_error_t jerr;
             w->payload = json_loadb(m->payload_text, m->payload_len,
                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
             if (w->payload == NULL) {
+                /* jansson quotes the payload ("near '...'"), cut anywhere. */
+                char jtext[4 * JSON_ERROR_TEXT_LENGTH];
+                ferry_escape_text(jtext, sizeof jtext, jerr.text);
                 snprintf(w->poison, sizeof w->poison,
-                         "payload is not valid JSON: %s at line %d, column %d", jerr.text,
+                         "payload is not valid JSON: %s at line %d, column %d", jtext,
                          jerr.line, jerr.column);
                 if (!payload_text_ok(m->payload_text, m->payload_len)) {
                     w->payload_is_text = 0;
@@ -400,18 +381,25 @@ static void work_finish(ferry_consumer *c, work *w)
             }
         }
     }
+    /* Poisoned before its payload was looked at (the key, a name, the
+     * position): the dead letter may store the payload as text only if it
+     * is text, or it fails and is written bare, without the headers it
+     * could have kept. */
+    if (w->poison[0] != '\0' && w->payload_is_text)
+        w->payload_is_text = payload_text_ok(m->payload_text, m->payload_len);
     m->payload = w->payload ? w->payload : json_null();
 }
 
 /* A Kafka message as work. Keys and header values that are not UTF-8 text
  * (PostgreSQL text cannot hold them) are kept hex-encoded, and such a key
  * makes the message poison: it could not be ordered or stored faithfully. */
-static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
+void consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
+                    rd_kafka_headers_t *headers, size_t max_payload)
 {
     memset(w, 0, sizeof *w);
     w->rkm = rkm;
     ferry_message *m = &w->msg;
-    m->topic = rd_kafka_topic_name(rkm->rkt);
+    m->topic = topic;
     m->partition = rkm->partition;
     m->offset = rkm->offset;
     m->payload_text = rkm->payload ? (const char *)rkm->payload : "null";
@@ -437,15 +425,13 @@ static void work_from_kafka(ferry_consumer *c, work *w, rd_kafka_message_t *rkm)
     }
     m->key_len = strlen(m->key);
 
-    rd_kafka_headers_t *hdrs = NULL;
-    if (rd_kafka_message_headers(rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR)
-        w->kafka_headers = hdrs;
+    w->kafka_headers = headers;
     /* Decided by work_finish() for a payload it parses; one too large to
      * parse is checked here. */
     w->payload_is_text = 1;
-    if (m->payload_len > c->max_payload && !payload_text_ok(m->payload_text, m->payload_len))
+    if (m->payload_len > max_payload && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
-    work_finish(c, w);
+    work_finish(w, max_payload);
 }
 
 enum {
@@ -482,7 +468,7 @@ static void work_from_held(ferry_consumer *c, work *w, PGresult *res, int i)
         json_object_set_new(w->headers, "ferry_seq", json_string(PQgetvalue(res, i, H_SEQ)));
     if (*PQgetvalue(res, i, H_TYPE) != '\0')
         json_object_set_new(w->headers, "ferry_type", json_string(PQgetvalue(res, i, H_TYPE)));
-    work_finish(c, w);
+    work_finish(w, c->max_payload);
 }
 
 /* ---------------------------------------------------------------- transactions */
@@ -630,7 +616,7 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
             if (hjson == NULL)
                 return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
             /* Held as received; a payload that is not text is poison and
-             * was caught before (see work_from_kafka). */
+             * was caught before (see consume_intake). */
             const char *hp[12] = {c->name, w->id, w->msg.topic, w->msg.key, w->seq_text,
                                   w->msg.type, w->msg.aggregate_type, w->msg.payload_text,
                                   hjson, part, off, a->v == V_GAP ? "gap" : "parked"};
@@ -718,7 +704,7 @@ typedef struct dead_ctx {
     ferry_consumer *c;
     work *w;
     int attempts;
-    const char *reason;         /* clean text (see text_clean) */
+    const char *reason;         /* clean text (see ferry_escape_text) */
     int bare;                   /* last resort: no headers, the payload as hex */
 } dead_ctx;
 
@@ -852,7 +838,8 @@ typedef enum outcome { O_DONE, O_STOPPED, O_FAILED } outcome;
 /*
  * Write the dead letter, within bounded attempts. The reason may quote
  * anything (a handler's message, jansson's error text cut inside a
- * character): it is stored cleaned. If PostgreSQL refuses the message's
+ * character): it is stored escaped, valid UTF-8 without a control
+ * character (ferry_escape_text). If PostgreSQL refuses the message's
  * data even so, the dead letter is written once more bare — no headers,
  * the payload as hex — so that the message is kept whatever it holds.
  */
@@ -860,7 +847,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
                            ferry_error *e)
 {
     char clean[REASON_MAX];
-    text_clean(clean, sizeof clean, reason, strlen(reason));
+    ferry_escape_text(clean, sizeof clean, reason);
     dead_ctx d = {c, w, attempts, clean, 0};
     int stopped = 0;
     for (int tries = 1;; tries++) {
@@ -1021,7 +1008,7 @@ static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
         work w;
         work_from_held(c, &w, res, i);
         outcome o = process(c, &w, e);
-        work_free(&w);
+        consume_work_free(&w);
         if (o == O_FAILED)
             return e->code != FERRY_OK ? e->code : FERRY_EDB;
     }
@@ -1416,13 +1403,16 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     }
     c->stats.received++;
     work w;
-    work_from_kafka(c, &w, rkm);
+    rd_kafka_headers_t *hdrs = NULL;
+    if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        hdrs = NULL;
+    consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
     outcome o = process(c, &w, e);
     if (o == O_DONE)
         store_offset(c, &w);
     else if (o == O_FAILED)
         redeliver(c, &w);
-    work_free(&w);
+    consume_work_free(&w);
     rd_kafka_message_destroy(rkm);
     if (o == O_FAILED)
         return e->code != FERRY_OK ? e->code : FERRY_EDB;

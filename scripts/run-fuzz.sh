@@ -16,8 +16,8 @@
 # quadratic walk, past it fails; default 10), FUZZ_RUNS (stop after this
 # many inputs, default unlimited), FUZZ_MAX_LEN (longest input tried;
 # default libFuzzer's, 4096 or the largest seed), FUZZ_ARGS (more
-# libFuzzer flags, e.g. -jobs=2), FERRY_FUZZ_PENDING=1 (also check the
-# promises whose fixes are pending; tests/fuzz/fuzz.h).
+# libFuzzer flags, e.g. -jobs=2), FERRY_FUZZ_PENDING=5,11 or =all (also
+# check the promises whose fixes are pending; tests/fuzz/fuzz.h).
 set -u
 [ $# -ge 2 ] || { echo "usage: $0 SECONDS FUZZER..." >&2; exit 2; }
 secs=$1
