@@ -35,10 +35,18 @@ WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wformat=2 -Wvla -Wno-unused-parameter -Wno-format-truncation
 BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib $(PKG_CFLAGS)
 
+# Test hooks (an env var that makes the consumer raise(SIGKILL) after its
+# Nth commit, or the relay inject librdkafka's fatal error) are compiled only
+# into the test builds, build/asan and build/vg, as SQLite's seams are only
+# under SQLITE_TEST. build/rel — what `make install`, `make demo` and
+# `make bench` use — has none; tests/install_check.sh checks both sides.
+TEST_HOOKS  = -DFERRY_TEST_HOOKS
 REL_CFLAGS  = $(BASE_CFLAGS) -O2 -fPIC -fvisibility=hidden
 ASAN_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
-ASAN_CFLAGS = $(BASE_CFLAGS) -O1 -fvisibility=hidden $(ASAN_FLAGS)
+ASAN_CFLAGS = $(BASE_CFLAGS) -O1 -fvisibility=hidden $(ASAN_FLAGS) $(TEST_HOOKS)
+# Valgrind cannot run ASan binaries: the same tests, unsanitized.
+VG_CFLAGS   = $(BASE_CFLAGS) -O1 $(TEST_HOOKS)
 
 VERSION = 0.1.0
 SOMAJOR = 0
@@ -252,11 +260,11 @@ build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
 # broken variants (-DFERRY_SCHED_TEST); the relay never has them.
 build/%/tests/relay_sched_test.o: daemon/relay_sched.c daemon/relay_sched.h
 	@mkdir -p $(@D)
-	$(CC) $(if $(filter build/vg/%,$@),$(BASE_CFLAGS) -O1,$(ASAN_CFLAGS)) -DFERRY_BUILDING \
+	$(CC) $(if $(filter build/vg/%,$@),$(VG_CFLAGS),$(ASAN_CFLAGS)) -DFERRY_BUILDING \
 	    -DFERRY_SCHED_TEST -c $< -o $@
 build/%/tests/test_relay_sim.o: tests/test_relay_sim.c daemon/relay_sched.h
 	@mkdir -p $(@D)
-	$(CC) $(if $(filter build/vg/%,$@),$(BASE_CFLAGS) -O1,$(ASAN_CFLAGS)) -DFERRY_BUILDING \
+	$(CC) $(if $(filter build/vg/%,$@),$(VG_CFLAGS),$(ASAN_CFLAGS)) -DFERRY_BUILDING \
 	    -DFERRY_SCHED_TEST -c $< -o $@
 build/asan/tests/test_relay_sim: build/asan/tests/test_relay_sim.o build/asan/tests/relay_sched_test.o
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
@@ -268,13 +276,13 @@ build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o
                          build/asan/librelay.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
-# Valgrind cannot run ASan binaries: the same tests, unsanitized.
+# Valgrind cannot run ASan binaries: the same tests, unsanitized (VG_CFLAGS).
 build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
+	$(CC) $(VG_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
 	@mkdir -p $(@D)
-	$(CC) $(BASE_CFLAGS) -O1 -DFERRY_BUILDING -c $< -o $@
+	$(CC) $(VG_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
 	rm -f $@
 	ar rcs $@ $^

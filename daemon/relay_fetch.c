@@ -288,6 +288,7 @@ void relay_fetch_and_produce(relay *r, int limit)
         }
         if (a == ADMIT_PRODUCE) {
             produce_row(r, &w, t, partition, now);
+#ifdef FERRY_TEST_HOOKS
             if (r->k.fatal_test_after > 0 && r->produced >= (uint64_t)r->k.fatal_test_after) {
                 /* Test hook: make librdkafka raise the fatal error it raises
                  * when it cannot keep the gapless guarantee. */
@@ -296,6 +297,7 @@ void relay_fetch_and_produce(relay *r, int limit)
                                           "injected by FERRY_RELAY_TEST_FATAL_AFTER");
                 r->k.fatal_test_after = 0;
             }
+#endif
         }
         sched_advance(r->s, w.shard, w.topic, w.key, w.seq);
     }

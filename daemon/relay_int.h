@@ -69,7 +69,9 @@ typedef struct relay_kafka {
     void *topics;               /* tsearch tree of relay_topic */
     relay_partitioner partition;
     atomic_int down;            /* every broker down, as librdkafka last said */
-    int fatal_test_after;       /* FERRY_RELAY_TEST_FATAL_AFTER */
+#ifdef FERRY_TEST_HOOKS
+    int fatal_test_after;       /* FERRY_RELAY_TEST_FATAL_AFTER, test build only */
+#endif
 } relay_kafka;
 
 /* The acknowledgement in flight on the ack session. */

@@ -358,8 +358,14 @@ int relay_kafka_start(relay *r)
     } else {
         snprintf(r->k.bootstrap, sizeof r->k.bootstrap, "%s", r->cfg->kafka);
     }
+#ifdef FERRY_TEST_HOOKS
+    /* Test hook (tests/test_relay.c, test_consume.c): after N rows
+     * produced, inject librdkafka's fatal error (relay_fetch.c). Only the
+     * test build (-DFERRY_TEST_HOOKS) reads it; the shipped relay does not
+     * even hold the name (tests/install_check.sh). */
     const char *fatal = getenv("FERRY_RELAY_TEST_FATAL_AFTER");
     r->k.fatal_test_after = fatal ? atoi(fatal) : 0;
+#endif
     return relay_kafka_create(r);
 }
 

@@ -89,8 +89,10 @@ struct ferry_consumer {
     due_key due[DUE_MAX];           /* keys to drain by key (inbox_ready_key) */
     int due_count;
     int64_t next_scan_ms;
+#ifdef FERRY_TEST_HOOKS
     long kill_after_commits;        /* test hook, see ferry_consumer_new */
     long commits;
+#endif
     ferry_consumer_stats stats;
 };
 
@@ -818,9 +820,13 @@ static void store_offset(ferry_consumer *c, const work *w)
 }
 
 /* After a committed transaction: the test hook that dies right between
- * the database commit and the offset store. */
+ * the database commit and the offset store. Only the test build
+ * (-DFERRY_TEST_HOOKS: build/asan, build/vg) has it; the shipped library
+ * must hold no raise(SIGKILL) a stray environment variable could reach,
+ * and tests/install_check.sh checks that it does not. */
 static void after_commit(ferry_consumer *c)
 {
+#ifdef FERRY_TEST_HOOKS
     c->commits++;
     if (c->kill_after_commits > 0 && c->commits == c->kill_after_commits) {
         ferry_log(FERRY_LOG_WARN, "consumer.test_kill",
@@ -828,6 +834,9 @@ static void after_commit(ferry_consumer *c)
                   c->name, c->commits);
         raise(SIGKILL);
     }
+#else
+    (void)c;
+#endif
 }
 
 /* What became of a message: done with (its offset may be stored), left
@@ -1323,12 +1332,14 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     c->drain_due = 1;       /* held messages left by an earlier run */
     c->scan_due = 1;
 
+#ifdef FERRY_TEST_HOOKS
     /* Test hook (tests/test_consume.c): die by SIGKILL right after the Nth
      * database commit, before the offset is stored — the crash the inbox
-     * exists for. */
+     * exists for. Test build only, see after_commit(). */
     const char *hook = getenv("FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT");
     if (hook != NULL)
         c->kill_after_commits = strtol(hook, NULL, 10);
+#endif
 
     c->conn = PQconnectdb(conf->db);
     if (PQstatus(c->conn) != CONNECTION_OK) {

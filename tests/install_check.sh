@@ -3,7 +3,8 @@
 # header, both libraries, ferry.pc, the programs, the SQL and the saga
 # schema; a program built against it with pkg-config alone links and runs,
 # statically and shared (no LD_LIBRARY_PATH: ferry.pc has the rpath);
-# `make uninstall` takes it all away again.
+# `make uninstall` takes it all away again. What is installed holds no test
+# hook (Makefile, TEST_HOOKS), while the test build does.
 set -eu
 tmp=$(mktemp -d /tmp/ferry-install-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
@@ -42,6 +43,39 @@ if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep 
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
     exit 1
 fi
+# No test hook ships. The hooks are env vars named FERRY_<PART>_TEST_<WHAT>
+# (lib/consume.c, daemon/relay_kafka.c), compiled only with
+# -DFERRY_TEST_HOOKS into build/asan and build/vg: the installed library and
+# programs must not hold such a name, nor import librdkafka's test API, and
+# libferry.so no raise() (the consumer's hook is a raise(SIGKILL)).
+hook_names='FERRY_[A-Z]*_TEST_[A-Z_]*'
+for f in lib/libferry.so lib/libferry.a bin/ferry-relay bin/ferry-reconcile; do
+    found=$(grep -a -o "$hook_names" "$tmp/prefix/$f" | sort -u | tr '\n' ' ')
+    if [ -n "$found" ]; then
+        echo "install_check: $f holds test hooks: $found" >&2
+        exit 1
+    fi
+done
+for f in lib/libferry.so bin/ferry-relay bin/ferry-reconcile; do
+    if nm -D --undefined-only "$tmp/prefix/$f" | grep -q 'rd_kafka_test_'; then
+        echo "install_check: $f calls librdkafka's test API" >&2
+        exit 1
+    fi
+done
+if nm -D --undefined-only "$tmp/prefix/lib/libferry.so" | grep -qw 'raise'; then
+    echo "install_check: libferry.so calls raise()" >&2
+    exit 1
+fi
+# ... and the test build has them, so the search above would see a hook.
+for want in build/asan/libferry.a:FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT \
+            build/asan/ferry-relay:FERRY_RELAY_TEST_FATAL_AFTER; do
+    f=${want%%:*} name=${want#*:}
+    [ -e "$f" ] || { echo "install_check: no $f (build the tests: make test)" >&2; exit 1; }
+    if ! grep -a -o "$hook_names" "$f" | grep -qx "$name"; then
+        echo "install_check: the test build's $f lacks the hook $name" >&2
+        exit 1
+    fi
+done
 make --no-print-directory -s uninstall PREFIX="$tmp/prefix" >/dev/null
 left=$(find "$tmp/prefix" -type f -o -type l)
 if [ -n "$left" ]; then
