@@ -352,20 +352,19 @@ void relay_record_failures(relay *r)
             r->db.main,
             /* The row is either updated (one more attempt) or moved, never
              * both: sub-statements of one statement cannot see each other's
-             * changes, so both decide from the same snapshot of it (cur). */
+             * changes, so both decide from the same snapshot of it (cur).
+             * The move is ferry.outbox_dead_letter (schema 9), the one path
+             * from the outbox to the dead letters, which rechecks the row
+             * under its lock and never drops it on a clash. */
             "WITH l AS (SELECT 1 FROM ferry.lease WHERE name = 'shard:' || $2 "
             "           AND epoch = $3::bigint AND holder = $4 AND expires_at > now() FOR SHARE), "
-            "cur AS (SELECT * FROM ferry.outbox WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM l)), "
+            "cur AS (SELECT id, attempts FROM ferry.outbox "
+            "         WHERE id = $1::uuid AND EXISTS (SELECT 1 FROM l)), "
             "u AS (UPDATE ferry.outbox o SET attempts = o.attempts + 1, last_error = $6 FROM cur "
             "      WHERE o.id = cur.id AND cur.attempts + 1 < $5::int RETURNING o.attempts), "
-            "m AS (DELETE FROM ferry.outbox o USING cur WHERE o.id = cur.id "
-            "      AND cur.attempts + 1 >= $5::int RETURNING o.*), "
-            "dl AS (INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
-            "         aggregateid, type, payload, headers, seq, shard, created_at, attempts, reason) "
-            "       SELECT m.id, '', m.topic, m.aggregatetype, m.aggregateid, m.type, m.payload, "
-            "         m.headers, m.seq, m.shard, m.created_at, m.attempts + 1, $6 FROM m "
-            "       ON CONFLICT (message_id, consumer) DO NOTHING RETURNING 1) "
-            "SELECT (SELECT attempts + 1 FROM cur), (SELECT count(*) FROM dl)",
+            "m AS (SELECT d.outcome FROM cur, ferry.outbox_dead_letter(cur.id, $5::int, true, $6) d "
+            "      WHERE cur.attempts + 1 >= $5::int) "
+            "SELECT (SELECT attempts + 1 FROM cur), (SELECT outcome FROM m)",
             6, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             ferry_error err;
@@ -377,7 +376,8 @@ void relay_record_failures(relay *r)
             return;
         }
         const char *attempts = PQgetisnull(res, 0, 0) ? "?" : PQgetvalue(res, 0, 0);
-        int moved = atoi(PQgetvalue(res, 0, 1));
+        const char *outcome = PQgetisnull(res, 0, 1) ? "" : PQgetvalue(res, 0, 1);
+        int moved = strcmp(outcome, "moved") == 0;
         json_t *fields = json_pack("{s:s, s:i, s:s, s:s}", "id", f->id, "shard", f->shard,
                                    "attempts", attempts, "reason", f->reason);
         if (moved) {
@@ -387,6 +387,13 @@ void relay_record_failures(relay *r)
                            "message %s moved to ferry.dead_letter after %s attempts: %s; "
                            "its key waits until the dead letter is replayed or discarded",
                            f->id, attempts, f->reason);
+        } else if (strcmp(outcome, "clash") == 0) {
+            /* Left in the outbox, never dropped: see schemas/009. */
+            ferry_log_json(FERRY_LOG_ERROR, "message.dead_letter_clash", fields,
+                           "message %s failed %s attempts (%s) but cannot be moved to "
+                           "ferry.dead_letter, which already holds a relay dead letter with its "
+                           "id (another message): it stays in the outbox until a person removes "
+                           "one of the two", f->id, attempts, f->reason);
         } else {
             ferry_log_json(FERRY_LOG_WARN, "message.failed", fields,
                            "message %s could not be published (attempt %s): %s", f->id,

@@ -14,9 +14,9 @@
  *   over_attempted  unpublished rows attempted budgets->max_attempts times
  *                   or more (the relay's own limit may be higher, or the
  *                   relay that counted died). Repair moves them to the
- *                   relay's dead letters exactly as the relay does at its
- *                   max_attempts: the key is parked behind the letter
- *                   until someone replays or discards it.
+ *                   relay's dead letters through the relay's own path,
+ *                   ferry.outbox_dead_letter: the key is parked behind
+ *                   the letter until someone replays or discards it.
  *   lag             unpublished rows ready for longer than the lag budget,
  *                   per shard. The reconciler cannot publish (only a
  *                   relay talks to Kafka), so it can only remove a cause:
@@ -229,6 +229,7 @@ static int dead_leases(rc_ctx *ctx, outbox_pass *op)
 typedef struct topic_count {
     char *topic;
     int64_t found, moved;
+    int64_t clash;              /* left: their id already has a relay dead letter */
 } topic_count;
 
 typedef struct topics {
@@ -281,27 +282,26 @@ static const char OVER_BATCH_SQL[] =
     "     AND o.id > $2::uuid "
     "   ORDER BY o.id LIMIT $3::int) b";
 
-/* Move the batch to the relay's dead letters, as the relay does at its
- * max_attempts (daemon/relay.c): re-checked in the statement, so a row
- * published, dead-lettered or moved meanwhile is left alone. */
+/* Move the batch to the relay's dead letters through
+ * ferry.outbox_dead_letter (schema 9), the path the relay takes at its
+ * max_attempts: re-checked under the row's lock, so a row published or
+ * moved meanwhile is left alone ('gone'), and a row whose id already has
+ * a relay dead letter stays in the outbox ('clash') rather than failing
+ * the batch. The rows are locked here first (FOR UPDATE), so the reason
+ * quotes the attempts and last error the letter is written with. Per
+ * topic: rows moved, rows left by a clash. */
 static const char OVER_MOVE_SQL[] =
-    "WITH m AS ("
-    "  DELETE FROM ferry.outbox o "
+    "WITH c AS MATERIALIZED ("
+    "  SELECT o.id, o.topic, o.attempts, o.last_error FROM ferry.outbox o "
     "   WHERE o.id = ANY ($1::uuid[]) AND o.attempts >= $2::int AND o.published_at IS NULL "
-    "     AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d "
-    "                      WHERE d.message_id = o.id AND d.consumer = '') "
-    "  RETURNING o.*), "
-    "dl AS ("
-    "  INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, aggregateid, "
-    "                                 type, payload, headers, seq, shard, created_at, attempts, "
-    "                                 reason) "
-    "  SELECT m.id, '', m.topic, m.aggregatetype, m.aggregateid, m.type, m.payload, m.headers, "
-    "         m.seq, m.shard, m.created_at, m.attempts, "
-    "         'reconciler: ' || m.attempts || ' delivery attempts, last error: ' "
-    "           || coalesce(m.last_error, 'none') "
-    "    FROM m "   /* no ON CONFLICT: a clash fails the move, never drops the row */
-    "  RETURNING topic) "
-    "SELECT topic, count(*) FROM dl GROUP BY topic";
+    "   ORDER BY o.id FOR UPDATE), "
+    "m AS MATERIALIZED ("
+    "  SELECT c.topic, d.outcome FROM c, ferry.outbox_dead_letter(c.id, $2::int, false, "
+    "         'reconciler: ' || c.attempts || ' delivery attempts, last error: ' "
+    "           || coalesce(c.last_error, 'none')) d) "
+    "SELECT topic, count(*) FILTER (WHERE outcome = 'moved'), "
+    "       count(*) FILTER (WHERE outcome = 'clash') "
+    "  FROM m GROUP BY topic";
 
 static int over_attempted(rc_ctx *ctx, outbox_pass *op)
 {
@@ -384,8 +384,10 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
             for (int i = 0; i < PQntuples(m); i++) {
                 topic_count *tc = topic_find(&t, PQgetvalue(m, i, 0), 1);
                 int64_t n = rc_int_at(m, i, 1);
-                if (tc != NULL)
+                if (tc != NULL) {
                     tc->moved += n;
+                    tc->clash += rc_int_at(m, i, 2);
+                }
                 moved += n;
             }
             PQclear(m);
@@ -431,8 +433,11 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
                      last_error ? last_error : "none");
             continue;
         }
-        if (detail != NULL)
+        if (detail != NULL) {
             json_object_set_new(detail, "moved", json_integer(tc->moved));
+            if (tc->clash > 0)
+                json_object_set_new(detail, "clash", json_integer(tc->clash));
+        }
         if (tc->moved > 0)
             rc_found(ctx, "over_attempted", subject, tc->moved, RC_REPAIRED, json_incref(detail),
                      "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
@@ -440,10 +445,22 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
                      "where their keys wait for a replay or a discard",
                      tc->moved, tc->moved == 1 ? "" : "s", tc->topic,
                      ctx->budgets->max_attempts, last_error ? last_error : "none");
+        /* Left by a clash: kept in the outbox, never dropped, until a
+         * person removes the letter or the row (schemas/009). */
+        if (tc->clash > 0)
+            rc_found(ctx, "over_attempted", subject, tc->clash, RC_LEFT, json_incref(detail),
+                     "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
+                     "attempts but cannot be moved: ferry.dead_letter already holds a relay "
+                     "dead letter with the same message id, another message (emitted again "
+                     "with an id used before?); a person decides which stands, deletes the "
+                     "other, then runs repair again",
+                     tc->clash, tc->clash == 1 ? "" : "s", tc->topic,
+                     ctx->budgets->max_attempts);
         /* Left: those the loop did not reach (a busy row, a signal, an
-         * error). Those it reached and did not move were published or
-         * dead-lettered by a relay meanwhile: nothing left to do. */
-        int64_t left = busy || stopped || rc != 0 ? tc->found - tc->moved : 0;
+         * error). Those it reached and did not move otherwise were
+         * published or dead-lettered by a relay meanwhile: nothing left to
+         * do. */
+        int64_t left = busy || stopped || rc != 0 ? tc->found - tc->moved - tc->clash : 0;
         if (left > 0)
             rc_found(ctx, "over_attempted", subject, left, RC_LEFT, json_incref(detail),
                      "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "

@@ -63,6 +63,8 @@ static const fn_cell FUNCS[] = {
      "SELECT ferry.emit_with_id(gen_random_uuid(), 'pv', 'k', 'T', '{}')", 0},
     {"ferry.replay_dead_letter(bigint)", X, "SELECT ferry.replay_dead_letter(-1)", 0},
     {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
+    {"ferry.outbox_dead_letter(uuid,integer,boolean,text)", R | X,
+     "SELECT * FROM ferry.outbox_dead_letter(gen_random_uuid(), 1, true, 'pv')", 0},
     {"ferry.inbox_claim(text,uuid,text,text,bigint,boolean)", C,
      "SELECT ferry.inbox_claim('@C', gen_random_uuid(), 'pv', 'k', 1)", 1},
     {"ferry.inbox_hold(text,uuid,text,text,bigint,text,text,text,jsonb,integer,bigint,text)", C,

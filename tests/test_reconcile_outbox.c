@@ -356,6 +356,73 @@ static void over_attempted_rows_become_dead_letters(void **state)
     PQfinish(c);
 }
 
+/* A row whose id already has a relay dead letter (a service emitted again
+ * with an id it used before, after the first was moved): moving it must
+ * neither drop the row nor overwrite the letter, on either path — the
+ * relay's (its attempt counted) and the reconciler's — and must not stop
+ * the rest of the batch. Once a person has removed one of the two, the
+ * move goes through. (schemas/009_outbox_dead_letter.sql) */
+static void a_dead_letter_clash_keeps_the_row(void **state)
+{
+    char *rules = tu_temp_file("budgets: {max_attempts: 3}\n");
+    PGconn *c = tu_connect();
+    emit_n(c, "t.clash", 2, 2);     /* k0, k1 */
+    tu_exec(c, "UPDATE ferry.outbox SET attempts = 5, last_error = 'too large' "
+               "WHERE topic = 't.clash'");
+    tu_exec(c, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregateid, type, "
+               "  payload, seq, shard, created_at, reason) "
+               "SELECT id, '', 't.earlier', 'kx', 'Earlier', '{}', 1, shard, created_at, "
+               "  'the earlier message' FROM ferry.outbox "
+               "WHERE topic = 't.clash' AND aggregateid = 'k0'");
+    const char *letter_sql = "SELECT concat_ws(',', topic, aggregateid, type, reason, attempts) "
+                             "FROM ferry.dead_letter WHERE topic = 't.earlier'";
+    char *letter = tu_str(c, letter_sql);
+
+    /* The relay's path: the attempt is counted, the row stays. */
+    char *outcome = tu_str(c, "SELECT outcome FROM ferry.outbox o, "
+                              "ferry.outbox_dead_letter(o.id, 3, true, 'broker says no') "
+                              "WHERE o.topic = 't.clash' AND o.aggregateid = 'k0'");
+    assert_string_equal(outcome, "clash");
+    free(outcome);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.clash' "
+                               "AND aggregateid = 'k0' AND attempts = 6 "
+                               "AND last_error = 'broker says no'"), 1);
+
+    /* The reconciler's: the other row moves, this one is left, said why. */
+    run_result r = reconcile("repair", rules, NULL);
+    expect_status(&r, 1 | 4);
+    long long rows = 0;
+    assert_int_equal(findings(&r, "outbox", "over_attempted", "repaired", &rows), 1);
+    assert_int_equal(rows, 1);
+    assert_int_equal(findings(&r, "outbox", "over_attempted", "left", &rows), 1);
+    assert_int_equal(rows, 1);
+    json_t *f = finding(&r, "outbox", "over_attempted", "topic t.clash");
+    assert_non_null(f);
+    run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.clash' "
+                               "AND aggregateid = 'k0'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 't.clash' "
+                               "AND aggregateid = 'k1'"), 1);
+    char *still = tu_str(c, letter_sql);
+    assert_string_equal(letter, still);     /* the earlier letter, untouched */
+    free(still);
+    free(letter);
+
+    /* Two messages share one id: no replay or discard can help (each
+     * would write the id into the outbox again), a person picks one.
+     * The earlier letter deleted, the next repair moves the row. */
+    tu_exec(c, "DELETE FROM ferry.dead_letter WHERE topic = 't.earlier'");
+    r = reconcile("repair", rules, NULL);
+    assert_int_equal(findings(&r, "outbox", "over_attempted", "repaired", &rows), 1);
+    assert_int_equal(rows, 1);
+    run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.clash'"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 't.clash' "
+                               "AND consumer = '' AND attempts = 6"), 1);
+    tu_temp_remove(rules);
+    PQfinish(c);
+}
+
 /* -------------------------------------------------------------------- lag */
 
 /*
@@ -745,6 +812,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(dead_leases_are_expired, reset),
         cmocka_unit_test_setup(over_attempted_rows_become_dead_letters, reset),
+        cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
