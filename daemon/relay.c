@@ -188,6 +188,14 @@ static void update_health(relay *r, int64_t now)
         metrics_set(r->m, G_OLDEST_INFLIGHT_MS, st.oldest_inflight_ms);
     }
     relay_lag_sync(r->lag, r->s);
+    /* librdkafka says when every broker is down, not when one is back: with
+     * nothing in flight no delivery report would tell us, so ask, at most
+     * once a second and for at most 200 ms. */
+    if (atomic_load(&r->k.down) && sched_inflight(r->s) == 0 && now >= r->next_kafka_probe) {
+        char why[256];
+        relay_kafka_reachable(r, 200, why, sizeof why);
+        r->next_kafka_probe = now + 1000;
+    }
     if (!r->db.ok)
         set_health(r, 0, "database unreachable: reconnecting");
     else if (atomic_load(&r->k.down))

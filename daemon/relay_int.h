@@ -115,6 +115,7 @@ typedef struct relay {
     /* outcome, for --once and the exit status */
     uint64_t produced, delivered, undelivered, refused, dead_lettered, permanent_failures;
     int64_t next_stats;
+    int64_t next_kafka_probe;   /* while every broker seemed down */
     int healthy;                /* as last told to /healthz */
     char health_reason[256];
 } relay;

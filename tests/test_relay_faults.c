@@ -1129,6 +1129,28 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
     PQfinish(c);
 }
 
+/*
+ * After an outage with nothing to publish, /healthz turns 200 again once a
+ * broker is back. librdkafka reports every broker going down but not one
+ * coming back, and an idle relay has no delivery report to tell it.
+ *
+ * Before the fix: /healthz stayed 503 "kafka unreachable" for as long as
+ * nothing was published.
+ */
+static void an_idle_relay_is_healthy_again_after_an_outage(void **state)
+{
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc *p = relay_spawn("idle-a", args);
+    int port = metrics_port(p);
+    await_leases(p, "idle-a", SHARDS, 30000);
+    await_health(port, 200, NULL, 10000);
+    assert_int_equal(kt_command(broker, "down 1"), 0);
+    await_health(port, 503, "kafka", 30000);
+    assert_int_equal(kt_command(broker, "up 1"), 0);
+    await_health(port, 200, NULL, 15000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 /* After each test, whatever it leaves: relays, a broker down, rows,
@@ -1183,6 +1205,7 @@ int main(void)
         T(scale_out_under_load_takes_a_share),
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(a_relay_started_before_kafka_waits_for_it),
+        T(an_idle_relay_is_healthy_again_after_an_outage),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
