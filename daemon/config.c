@@ -252,8 +252,14 @@ static void append_v(loader *ld, const char *fmt, va_list ap)
     if (!ld->err || ld->errlen == 0)
         return;
     size_t used = strlen(ld->err);
-    if (used < ld->errlen)
-        vsnprintf(ld->err + used, ld->errlen - used, fmt, ap);
+    if (used + 1 >= ld->errlen)
+        return;
+    /* Messages quote the input (keys, values, flags), cut at a length that
+     * can fall inside a character: escaped, so that every message is
+     * valid UTF-8 without control characters (the fuzz target checks). */
+    char raw[2048];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    ferry_escape_text(ld->err + used, ld->errlen - used, raw);
 }
 
 __attribute__((format(printf, 2, 3)))
