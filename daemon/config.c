@@ -1285,12 +1285,12 @@ static int check_final(loader *ld)
 
     /* Kafka properties the order guarantee rests on (daemon/relay_kafka.c
      * says why each): refused here, with the other configuration errors. */
-    static const char *const fixed[][2] = {
-        {"enable.idempotence", "true"}, {"enable.gapless.guarantee", "true"},
-        {"acks", "all"}, {"message.timeout.ms", "0"},
-    };
-    static const char *const keyed[] = {"murmur2_random", "murmur2", "consistent_random",
-                                        "consistent", "fnv1a_random", "fnv1a"};
+#define X_FIXED(name, value) {name, value},
+    static const char *const fixed[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
+#undef X_FIXED
+#define X_NAME(name) #name,
+    static const char *const keyed[] = {RELAY_KEYED_PARTITIONERS(X_NAME)};
+#undef X_NAME
     for (size_t i = 0; i < c->kafka_props_count; i++) {
         const relay_kv *kv = &c->kafka_props[i];
         for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
@@ -1303,9 +1303,11 @@ static int check_final(loader *ld)
             for (size_t k = 0; k < sizeof keyed / sizeof keyed[0]; k++)
                 ok = ok || strcmp(kv->value, keyed[k]) == 0;
             if (!ok)
+#define X_LIST(name) " " #name
                 return fail(ld, "kafka property partitioner=%s: ferry-relay needs a partitioner "
-                            "that keeps a key on one partition (murmur2_random, murmur2, "
-                            "consistent_random, consistent, fnv1a_random, fnv1a)", kv->value);
+                            "that keeps a key on one partition (one of"
+                            RELAY_KEYED_PARTITIONERS(X_LIST) ")", kv->value);
+#undef X_LIST
         }
     }
 

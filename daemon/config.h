@@ -23,6 +23,21 @@ typedef struct relay_kv {
 
 #define RELAY_KAFKA_PROPS_MAX 128
 
+/* Kafka properties the per-key order rests on, each with the only value
+ * the relay accepts (daemon/relay_kafka.c says why each): the kafka: map
+ * may not change them. One list, for the check at load time (config.c)
+ * and for the producer (relay_kafka.c). */
+#define RELAY_FIXED_KAFKA_PROPS(X)            \
+    X("enable.idempotence", "true")           \
+    X("enable.gapless.guarantee", "true")     \
+    X("acks", "all")                          \
+    X("message.timeout.ms", "0")
+
+/* The partitioners that keep a key on one partition, by their librdkafka
+ * names (rd_kafka_msg_partitioner_NAME); the first is the default. */
+#define RELAY_KEYED_PARTITIONERS(X) \
+    X(murmur2_random) X(murmur2) X(consistent_random) X(consistent) X(fnv1a_random) X(fnv1a)
+
 typedef struct relay_config {
     char *db;                 /* libpq conninfo (--db, FERRY_DB, db:) */
     char *kafka;              /* bootstrap servers (--kafka, FERRY_KAFKA,

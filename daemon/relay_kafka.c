@@ -103,17 +103,12 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
 
 /* ------------------------------------------------------------------ partitions */
 
+#define X_ROW(name) {#name, rd_kafka_msg_partitioner_##name},
 static const struct {
     const char *name;
     relay_partitioner fn;
-} partitioners[] = {
-    {"murmur2_random", rd_kafka_msg_partitioner_murmur2_random},
-    {"murmur2", rd_kafka_msg_partitioner_murmur2},
-    {"consistent_random", rd_kafka_msg_partitioner_consistent_random},
-    {"consistent", rd_kafka_msg_partitioner_consistent},
-    {"fnv1a_random", rd_kafka_msg_partitioner_fnv1a_random},
-    {"fnv1a", rd_kafka_msg_partitioner_fnv1a},
-};
+} partitioners[] = {RELAY_KEYED_PARTITIONERS(X_ROW)};
+#undef X_ROW
 
 static int cmp_topic(const void *a, const void *b)
 {
@@ -197,19 +192,16 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
     return 0;
 }
 
-/* Properties that the order guarantee rests on: the kafka: map may not
- * change them (config.c refuses it at load time, exit 2). message.timeout.ms
+/* The properties the order guarantee rests on (RELAY_FIXED_KAFKA_PROPS;
+ * config.c refuses any other value at load time, exit 2). message.timeout.ms
  * is 0 (never) because librdkafka lets a timed-out message leave a gap
  * even under the gapless guarantee, and a later message of the key could
  * then be acknowledged before it; a partition that does not answer is held
  * instead (relay_sched.c). The partitioner is ours (keyed_cb): the
  * "partitioner" property only chooses which keyed function it calls. */
-static const char *const fixed_props[][2] = {
-    {"enable.idempotence", "true"},
-    {"enable.gapless.guarantee", "true"},
-    {"acks", "all"},
-    {"message.timeout.ms", "0"},
-};
+#define X_FIXED(name, value) {name, value},
+static const char *const fixed_props[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
+#undef X_FIXED
 
 int relay_kafka_create(relay *r)
 {
@@ -225,7 +217,7 @@ int relay_kafka_create(relay *r)
     if (max > 1000000000)
         max = 1000000000;
     snprintf(maxbytes, sizeof maxbytes, "%ld", max);
-    chosen = rd_kafka_msg_partitioner_murmur2_random;
+    chosen = partitioners[0].fn;
     /* Defaults first, so that the kafka: map can override any of them. A
      * broker that was away is tried again within a second of its return
      * (librdkafka's default backoff grows to 10 s). */
@@ -241,18 +233,10 @@ int relay_kafka_create(relay *r)
     for (size_t i = 0; i < cfg->kafka_props_count; i++) {
         const relay_kv *kv = &cfg->kafka_props[i];
         if (strcmp(kv->name, "partitioner") == 0) {
-            int found = 0;
+            /* config.c accepted only names of this table. */
             for (size_t p = 0; p < sizeof partitioners / sizeof partitioners[0]; p++)
-                if (strcmp(kv->value, partitioners[p].name) == 0) {
+                if (strcmp(kv->value, partitioners[p].name) == 0)
                     chosen = partitioners[p].fn;
-                    found = 1;
-                }
-            if (!found) {
-                ferry_log(FERRY_LOG_ERROR, "kafka.config",
-                          "kafka property partitioner=%s: ferry-relay needs a partitioner that "
-                          "keeps a key on one partition", kv->value);
-                goto fail;
-            }
             continue;
         }
         if (conf_set(conf, kv->name, kv->value))

@@ -175,7 +175,6 @@ struct sched {
 
     sched_event events[SCHED_EVENTS_MAX];
     int event_count;
-    uint64_t skipped_busy;
 };
 
 /* ------------------------------------------------------------------ names */
@@ -636,7 +635,7 @@ void sched_cursor(const sched *s, int *shard, const char **topic, const char **k
     *seq = s->cur_seq;
 }
 
-int sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq)
+void sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq)
 {
     /* Past a skipped key at once: the rest of its rows, however many, are
      * skipped too, so the next batch starts at the next key instead of
@@ -651,7 +650,6 @@ int sched_advance(sched *s, int shard, const char *topic, const char *key, int64
     if (strcmp(s->cur_key, key) != 0)
         set_str(&s->cur_key, key);
     s->cur_seq = seq;
-    return 0;
 }
 
 static void rate_count(sched *s, int rows, int64_t now)
@@ -773,7 +771,6 @@ sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *
         p->skipped = 1;
         w = SKIP_PARTITION;
         block(s, topic, key);
-        s->skipped_busy++;
         goto out;
     }
     if (s->used >= s->cfg.max_inflight || s->free_slot < 0) {
@@ -784,7 +781,6 @@ sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *
     goto out;
 skip_key:
     k->skipped = 1;
-    s->skipped_busy++;
     block(s, topic, key);
 out:
     if (a == ADMIT_SKIP)
@@ -1272,7 +1268,6 @@ void sched_stats_get(const sched *s, int64_t now, sched_stats *out)
     out->unacked = s->used - s->inflight;
     out->stuck_partitions = s->stuck_parts;
     out->stuck_keys = s->stuck_keys;
-    out->rows_skipped_busy = s->skipped_busy;
     for (const spart *p = s->active; p != NULL; p = p->anext) {
         int64_t age = now - s->slots[p->head].produced_ms;
         if (age > out->oldest_inflight_ms)

@@ -129,7 +129,7 @@ void sched_cursor(const sched *s, int *shard, const char **topic, const char **k
 /* The fetch of a batch came back with rows rows of limit. */
 void sched_fetched(sched *s, int rows, int limit, int64_t now);
 /* Move the cursor past a row that was dealt with (produced or skipped). */
-int sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq);
+void sched_advance(sched *s, int shard, const char *topic, const char *key, int64_t seq);
 /* Something that may make rows ready: a NOTIFY, a lease gained. */
 void sched_dirty(sched *s);
 /* The number of complete sweeps so far. */
@@ -196,7 +196,6 @@ typedef struct sched_stats {
     int stuck_keys;
     int64_t oldest_inflight_ms;     /* age; 0 when nothing is in flight */
     char stuck_reason[256];         /* "" or why the relay is not ready */
-    uint64_t rows_skipped_busy;     /* SKIP_BUSY, SKIP_FAILING, SKIP_PARTITION */
 } sched_stats;
 void sched_stats_get(const sched *s, int64_t now, sched_stats *out);
 
