@@ -208,7 +208,6 @@ typedef enum sched_broken {
                                        next rows in the same sweep */
     SCHED_BROKEN_WAIT_ALL,          /* a new sweep waits for everything
                                        in flight, as the old relay did */
-    SCHED_BROKEN_NO_HOLD,           /* produces into held partitions */
     SCHED_BROKEN_COUNT
 } sched_broken;
 #ifdef FERRY_SCHED_TEST
