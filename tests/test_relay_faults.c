@@ -1090,6 +1090,46 @@ static void an_idle_relay_is_healthy_again_after_an_outage(void **state)
     assert_int_equal(relay_stop(p, 30000), 0);
 }
 
+/* ------------------------------------------------------------------ refusals */
+
+/*
+ * A broker that refuses a produce for good (every Produce request answered
+ * TOPIC_AUTHORIZATION_FAILED, a permanent error): under the gapless
+ * guarantee librdkafka makes that a fatal error, the relay rebuilds its
+ * producer and sends the row again. That must end: the row counts an
+ * attempt each time and becomes a dead letter after max_attempts, naming
+ * the broker's error, and the relay keeps publishing once the broker
+ * accepts again. (Nothing from outside may keep a retry loop going for
+ * ever.)
+ */
+static void a_broker_that_refuses_every_produce_ends_in_a_dead_letter(void **state)
+{
+    const char *topic = "f.denied";
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "max_attempts=3", NULL};
+    tu_proc *p = relay_spawn("denied-a", args);
+    await_leases(p, "denied-a", SHARDS, 30000);
+    assert_int_equal(kt_command(broker, "produce-errors 100000 TOPIC_AUTHORIZATION_FAILED"), 0);
+    emit_keys(topic, "d", 1, 1);
+
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) = 1 FROM ferry.dead_letter WHERE topic = 'f.denied' "
+                "AND consumer = '' AND reason LIKE '%TOPIC_AUTHORIZATION_FAILED%'", 30000);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    /* Bounded: the producer was rebuilt a few times, not for ever. */
+    int fatal = log_count(p, "kafka.fatal");
+    assert_true(fatal <= 3 + 1);
+
+    /* The broker accepts again: the next message goes out. */
+    assert_int_equal(kt_command(broker, "clear-errors Produce"), 0);
+    emit_keys(topic, "e", 1, 1);
+    tu_await_outbox_empty(topic, 20000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 1, 10000);
+    assert_int_equal(tc.distinct, 1);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 /* After each test, whatever it leaves: relays, a broker down, rows,
@@ -1108,6 +1148,7 @@ static int cleanup(void **state)
     nprocs = 0;
     kt_command(broker, "up 1");
     kt_command(broker, "rtt 1 0");
+    kt_command(broker, "clear-errors Produce");
     tu_exec_once("UPDATE ferry.settings SET wake_relays = true, max_payload_bytes = 1048576");
     tu_exec_once("UPDATE ferry.lease SET holder = NULL, expires_at = now()");
     return tu_clean_outbox(state);
@@ -1145,6 +1186,7 @@ int main(void)
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(a_relay_started_before_kafka_waits_for_it),
         T(an_idle_relay_is_healthy_again_after_an_outage),
+        T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
