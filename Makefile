@@ -71,7 +71,7 @@ ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
-           build/rel/saga-demo
+           build/rel/saga-demo build/rel/lang-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
            build/rel/bench-saga build/rel/bench-reconcile
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
@@ -151,6 +151,8 @@ demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile $(NODE_MODULES)
 	    build/rel/account-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_RECONCILE_BIN=build/rel/ferry-reconcile \
 	    build/rel/saga-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
+	    build/rel/lang-demo
 
 bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@build/rel/bench-emit
@@ -214,6 +216,10 @@ build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/nar
                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
+build/rel/lang-demo: build/rel/examples/lang_demo.o build/rel/examples/narrate.o \
+                     $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
                      build/rel/librelay.a build/rel/libferry.a
