@@ -158,22 +158,24 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value)
 }
 
 /*
- * The names the relay sets itself. A caller's header of such a name is
- * dropped, not published beside the relay's: readers see one value (kafkajs
- * returned both content-type headers, and the CloudEvents SDK threw).
- * ferry.emit refuses ferry_* and these ce_* names already; content-type it
- * accepts (schema 1), so the relay's value wins here, whatever the case of
- * the caller's name — and a row written around emit by another role is
- * hostile input all the same.
+ * The names the relay sets itself (headers_of, below). A row's header of
+ * such a name is dropped, not published beside the relay's: readers see one
+ * value (kafkajs returned both content-type headers, and the CloudEvents SDK
+ * threw). ferry.emit refuses these ferry_* and ce_* names already;
+ * content-type it accepts (schema 1), so the relay's value wins here,
+ * whatever the case of the caller's name — and a row written around emit
+ * by another role is hostile input all the same. Other ferry_* names are
+ * not dropped: ferry_discarded on a discard marker comes from the row.
  */
 int relay_header_reserved(const char *name)
 {
-    static const char *const ce[] = {"ce_specversion", "ce_id", "ce_type", "ce_source",
-                                     "ce_time"};
-    if (strncmp(name, "ferry_", 6) == 0 || strcasecmp(name, "content-type") == 0)
+    static const char *const set[] = {"ferry_id", "ferry_type", "ferry_aggregate_type",
+                                      "ferry_seq", "ce_specversion", "ce_id", "ce_type",
+                                      "ce_source", "ce_time"};
+    if (strcasecmp(name, "content-type") == 0)
         return 1;
-    for (size_t i = 0; i < sizeof ce / sizeof ce[0]; i++)
-        if (strcmp(name, ce[i]) == 0)
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        if (strcmp(name, set[i]) == 0)
             return 1;
     return 0;
 }

@@ -72,6 +72,37 @@ static void a_callers_content_type_is_dropped_for_the_relays_own(void **state)
     kt_msgs_free(m);
 }
 
+/* A row whose headers were written around emit (an owner's UPDATE) does
+ * not forge what the relay sets: one ferry_seq, one ce_source, the real
+ * ones. */
+static void a_row_written_around_emit_cannot_forge_the_relays_headers(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('ce.forged', 'k', 'T', '{}'::text)");
+    tu_exec(c, "UPDATE ferry.outbox SET headers = '{\"ferry_seq\": \"999\", "
+               "\"ce_source\": \"forged\", \"x-kept\": \"yes\"}' "
+               "WHERE topic = 'ce.forged'");
+    tu_exec(c, "COMMIT");
+    PQfinish(c);
+    const char *argv[] = {tu_relay_bin(), "run", "--once", "--db", fpg_conninfo(tu_pg),
+                          "--kafka", kt_bootstrap(broker), "--holder", "ce-relay", NULL};
+    assert_int_equal(tu_run(argv, 60000, NULL, NULL), 0);
+    kt_msgs *m = kt_consume(kt_bootstrap(broker), "ce.forged", 1, 30000);
+    assert_non_null(m);
+    assert_int_equal(m->count, 1);
+    int seqs = 0, sources = 0;
+    for (size_t i = 0; i < m->msgs[0].header_count; i++) {
+        seqs += strcmp(m->msgs[0].headers[i].name, "ferry_seq") == 0;
+        sources += strcmp(m->msgs[0].headers[i].name, "ce_source") == 0;
+    }
+    assert_int_equal(seqs, 1);
+    assert_int_equal(sources, 1);
+    assert_string_equal(kt_header(&m->msgs[0], "ferry_seq"), "1");
+    assert_string_equal(kt_header(&m->msgs[0], "x-kept"), "yes");
+    kt_msgs_free(m);
+}
+
 static void the_default_source_tells_databases_apart(void **state)
 {
     kt_msgs *m = publish("ce.default", "{}", NULL);
@@ -134,6 +165,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(a_callers_content_type_is_dropped_for_the_relays_own),
+        cmocka_unit_test(a_row_written_around_emit_cannot_forge_the_relays_headers),
         cmocka_unit_test(the_default_source_tells_databases_apart),
         cmocka_unit_test(the_source_is_set_by_flag_environment_and_file),
         cmocka_unit_test(a_source_that_is_not_a_uri_reference_is_refused_at_start),
