@@ -95,13 +95,31 @@ static void relay_once(const char *db)
     PQfinish(c);
 }
 
+/* name's path on $PATH, into buf; name itself when it is not there. */
+static const char *on_path(const char *name, char *buf, size_t size)
+{
+    const char *path = getenv("PATH");
+    while (path && *path) {
+        size_t n = strcspn(path, ":");
+        snprintf(buf, size, "%.*s/%s", (int)n, path, name);
+        if (n > 0 && access(buf, X_OK) == 0)
+            return buf;
+        path += n + (path[n] == ':');
+    }
+    return name;
+}
+
 static tu_proc start_service(const char *lang, const char *topic, const char *emit_topic)
 {
     char *ci = fpg_conninfo_for(tu_pg, NULL, lang);
     const char *py = getenv("FERRY_PYTHON");
     const char *node = getenv("FERRY_NODE");
-    const char *interp = strcmp(lang, "py") == 0 ? (py && *py ? py : "/usr/bin/python3")
-                                                 : (node && *node ? node : "/usr/bin/node");
+    char found[4096];
+    /* Debian's python3, where python3-psycopg2 is, whatever else comes
+     * first on PATH (a pyenv shim, say); node wherever it is. */
+    const char *interp = strcmp(lang, "py") == 0
+                             ? (py && *py ? py : "/usr/bin/python3")
+                             : (node && *node ? node : on_path("node", found, sizeof found));
     const char *script = strcmp(lang, "py") == 0 ? "examples/python/credit_service.py"
                                                  : "examples/node/credit_service.js";
     if (access(interp, X_OK) != 0)
