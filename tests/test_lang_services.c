@@ -23,6 +23,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_proc.h"
@@ -35,6 +37,49 @@ enum {
 };
 
 static kt_broker *broker;
+
+/* The offsets group `group` committed on topic, summed over its
+ * partitions: how many messages Kafka will not hand a restarted member
+ * again. */
+static long committed_total(const char *group, const char *topic)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", kt_bootstrap(broker), errstr,
+                          sizeof errstr) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
+        fail_msg("%s", errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (rk == NULL)
+        fail_msg("%s", errstr);
+    const rd_kafka_metadata_t *md;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    if (rd_kafka_metadata(rk, 0, t, &md, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        md->topic_cnt != 1)
+        fail_msg("no metadata for %s", topic);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    for (int i = 0; i < md->topics[0].partition_cnt; i++)
+        rd_kafka_topic_partition_list_add(l, topic, md->topics[0].partitions[i].id);
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    if (rd_kafka_committed(rk, l, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        fail_msg("could not read %s's committed offsets", group);
+    long total = 0;
+    for (int i = 0; i < l->cnt; i++)
+        if (l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[i].offset > 0)
+            total += (long)l->elems[i].offset;
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(rk);
+    return total;
+}
+
+static long count_of(const char *text, const char *needle)
+{
+    long n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
 
 static int group_setup(void **state)
 {
@@ -171,6 +216,10 @@ static void killed_mid_stream_applies_each_credit_once(const char *lang, const c
     long after_kill = (long)tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.inbox "
                                                     "WHERE consumer = '%s'", lang));
     assert_true(after_kill < CREDITS);
+    /* What it applied but Kafka had not heard of comes again: each must
+     * be skipped, not applied twice (the totals below), and said so. */
+    long committed = committed_total(lang, topic);
+    assert_true(committed <= after_kill);
 
     tu_proc again = start_service(lang, topic, emit_topic);
     await_applied(&again, c, lang, CREDITS);
@@ -191,6 +240,14 @@ static void killed_mid_stream_applies_each_credit_once(const char *lang, const c
                                "FROM ferry.outbox GROUP BY aggregateid) x "
                                "WHERE a <> (SELECT array_agg(v ORDER BY v) FROM unnest(a) v)"),
                      0);
+    char *log = tu_proc_log(&again);
+    long skipped = count_of(log, "\"consumer.skipped\"");
+    free(log);
+    fprintf(stderr, "%s: killed with %ld applied, %ld committed in Kafka; the restart skipped "
+            "%ld\n", lang, after_kill, committed, skipped);
+    if (skipped < after_kill - committed)
+        fail_msg("%ld redelivered messages were applied before, but only %ld were skipped",
+                 after_kill - committed, skipped);
     assert_int_equal(tu_proc_finish(&again, 30000), 0);
     PQfinish(c);
 }

@@ -278,10 +278,10 @@ class Service {
         continue;
       }
       if (res.verdict === 'apply') this.stats[fromHeld ? 'drained' : 'applied']++;
-      else if (res.verdict === 'duplicate') {
-        this.stats.duplicates++;
-        log('consumer.duplicate', { id: m.id, key: m.key });
-      } else if (res.verdict === 'late') this.stats.late++;
+      else if (res.verdict === 'duplicate' || res.verdict === 'late') {
+        this.stats[res.verdict === 'late' ? 'late' : 'duplicates']++;
+        log('consumer.skipped', { verdict: res.verdict, id: m.id, key: m.key, seq: m.seq });
+      }
       else if ((res.verdict === 'held' || res.verdict === 'parked') && !fromHeld) this.stats.held++;
       return res.drain;
     }

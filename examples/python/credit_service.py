@@ -260,8 +260,7 @@ class Service:
                 self.stats["drained" if from_held else "applied"] += 1
             elif verdict in ("duplicate", "late"):
                 self.stats["duplicates" if verdict == "duplicate" else "late"] += 1
-                if verdict == "duplicate":
-                    log("consumer.duplicate", id=m.id, key=m.key)
+                log("consumer.skipped", verdict=verdict, id=m.id, key=m.key, seq=m.seq)
             elif verdict in ("held", "parked") and not from_held:
                 self.stats["held"] += 1
             return True, drain
