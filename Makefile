@@ -71,10 +71,12 @@ ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
-           build/rel/saga-demo
+           build/rel/saga-demo build/rel/lang-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
            build/rel/bench-saga build/rel/bench-reconcile
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
+# The stamp of examples/node's modules (npm ci from package-lock.json).
+NODE_MODULES = examples/node/node_modules/.package-lock.json
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
@@ -116,7 +118,7 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 CPU_JOBS = test_relay_sim test_saga_sim saga-sim-broken
 test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             build/asan/ferry-reconcile build/asan/libferry.a $(FUZZERS) \
-            all-inner $(EXAMPLES) $(BENCHES)
+            all-inner $(EXAMPLES) $(BENCHES) $(NODE_MODULES)
 	@bash scripts/run-tests.sh \
 	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
 	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
@@ -143,12 +145,14 @@ fuzz-smoke: $(FUZZERS)
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 bash scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
-demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile
+demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile $(NODE_MODULES)
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
 	    build/rel/account-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_RECONCILE_BIN=build/rel/ferry-reconcile \
 	    build/rel/saga-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
+	    build/rel/lang-demo
 
 bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@build/rel/bench-emit
@@ -156,6 +160,12 @@ bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
 	@FERRY_RECONCILE_BIN=build/rel/ferry-reconcile build/rel/bench-reconcile
+
+# The Node.js reference service's modules (NODE_MODULES, above), exactly
+# as its lock file pins them; installed once, again only when the lock
+# file changes. npm ci writes node_modules/.package-lock.json last.
+$(NODE_MODULES): examples/node/package-lock.json examples/node/package.json
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -206,6 +216,10 @@ build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/nar
                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
+build/rel/lang-demo: build/rel/examples/lang_demo.o build/rel/examples/narrate.o \
+                     $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
                      build/rel/librelay.a build/rel/libferry.a

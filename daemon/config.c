@@ -8,7 +8,8 @@
  *   db: "host=/tmp/x port=5432 dbname=app user=relay"   # libpq conninfo
  *   metrics: "127.0.0.1:9187"   # HOST:PORT of /metrics and /healthz
  *   holder: "relay-a"           # this relay's name in leases; default host:pid
- *   source: "ferry://orders-service"   # CloudEvents ce_source; default "ferry"
+ *   source: "ferry://orders-service"   # CloudEvents ce_source, a URI-reference;
+ *                               # default ferry://HOST/DBNAME of the database
  *   batch_size: 1000            # rows per fetch, 1..100000
  *   max_inflight: 20000         # produced, not yet acknowledged: batch_size..1000000
  *   poll_interval_ms: 1000      # backstop poll without NOTIFY, 10..3600000
@@ -64,6 +65,7 @@
 #include <cyaml/cyaml.h>
 #include <yaml.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -82,7 +84,45 @@ enum {
     YAML_DEPTH_MAX = 16,              /* nested mappings and sequences */
 };
 
-#define DEFAULT_SOURCE "ferry"
+/*
+ * ce_source must be a URI-reference (RFC 3986, section 4.1): CloudEvents
+ * SDKs refuse an event whose source is not one ("orders service" was
+ * published, and the JavaScript SDK threw). Checked by characters, which
+ * is what a reader's parser trips on: only unreserved, reserved and
+ * percent-encoded octets, and a scheme, when there is one, of a letter
+ * followed by letters, digits, "+", "-" or ".".
+ */
+const char *relay_source_problem(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return "must not be empty";
+    if (n > RELAY_SOURCE_MAX)
+        return "is longer than 1024 bytes";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '%') {
+            if (!isxdigit((unsigned char)s[i + 1]) || !isxdigit((unsigned char)s[i + 2]))
+                return "has a \"%\" that is not followed by two hex digits";
+            i += 2;
+        } else if (!(isalnum(ch) || strchr("-._~:/?#[]@!$&'()*+,;=", ch))) {
+            return "is not a URI-reference (RFC 3986): a space, a quote, \"<>\\^`{|}\", a "
+                   "control or a non-ASCII character must be percent-encoded";
+        }
+    }
+    /* Before the first ":" of the first segment is a scheme: it must look
+     * like one (a relative reference cannot have a ":" there). */
+    size_t seg = strcspn(s, "/?#");
+    const char *colon = memchr(s, ':', seg);
+    if (colon != NULL) {
+        if (colon == s || !isalpha((unsigned char)s[0]))
+            return "has a \":\" in its first segment that does not end a scheme";
+        for (const char *p = s; p < colon; p++)
+            if (!(isalnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.'))
+                return "has a \":\" in its first segment that does not end a scheme";
+    }
+    return NULL;
+}
 
 /* ------------------------------------------------------------ settings */
 
@@ -836,6 +876,11 @@ static int apply_file_string(loader *ld, const outline *o, const char *key, char
             return fail_at(ld, o->value_at[field_index(key)], "metrics: %s, not \"%.64s\"", why,
                            value);
     }
+    if (strcmp(key, "source") == 0) {
+        const char *why = relay_source_problem(value);
+        if (why)
+            return fail_at(ld, o->value_at[field_index(key)], "source: %s", why);
+    }
     return set_string(ld, slot, value);
 }
 
@@ -972,6 +1017,7 @@ static const struct env_var {
     {"FERRY_KAFKA", offsetof(relay_config, kafka), "--kafka"},
     {"FERRY_METRICS", offsetof(relay_config, metrics), "--metrics"},
     {"FERRY_HOLDER", offsetof(relay_config, holder), "--holder"},
+    {"FERRY_SOURCE", offsetof(relay_config, source), "--set source="},
 };
 enum { N_ENV_VARS = sizeof env_vars / sizeof env_vars[0] };
 
@@ -986,6 +1032,11 @@ static int apply_env(loader *ld)
             const char *why = metrics_problem(value);
             if (why)
                 return fail(ld, "FERRY_METRICS=%.64s: %s", value, why);
+        }
+        if (vars[i].offset == offsetof(relay_config, source)) {
+            const char *why = relay_source_problem(value);
+            if (why)
+                return fail(ld, "FERRY_SOURCE: %s", why);
         }
         char **slot = (char **)(void *)((char *)&ld->cfg + vars[i].offset);
         if (set_string(ld, slot, value) != 0)
@@ -1098,7 +1149,8 @@ void relay_config_usage(FILE *out)
             snprintf(range + used, sizeof range - used, ")");
         fprintf(out, "  %-17s %-28s %s\n", s->name, range, s->doc);
     }
-    fprintf(out, "  %-17s %-28s %s\n", "source", "ferry", "CloudEvents ce_source (file only)");
+    fprintf(out, "  %-17s %-28s %s\n", "source", "ferry://HOST/DBNAME",
+            "CloudEvents ce_source, a URI-reference");
     fprintf(out, "\nEnvironment, each standing in for its flag (empty means unset):\n"
                  "  FERRY_CONFIG");
     for (size_t i = 0; i < N_ENV_VARS; i++)
@@ -1169,6 +1221,12 @@ static int apply_set(loader *ld, const char *arg)
     const char *value = eq + 1;
     char why[128];
 
+    if (n == strlen("source") && memcmp(arg, "source", n) == 0) {
+        const char *problem = relay_source_problem(value);
+        if (problem)
+            return fail(ld, "--set source: %s", problem);
+        return set_string(ld, &ld->cfg.source, value);
+    }
     for (size_t k = 0; k < N_INT_SETTINGS; k++) {
         const int_setting *s = &int_settings[k];
         if (strlen(s->name) != n || memcmp(s->name, arg, n) != 0)
@@ -1348,8 +1406,6 @@ int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, si
         *int_slot(&ld->cfg, &int_settings[k]) = (int)int_settings[k].def;
     for (int e = 0; e < N_ENUM_SETTINGS; e++)
         set_enum(&ld->cfg, e, enum_settings[e].def);
-    if (set_string(ld, &ld->cfg.source, DEFAULT_SOURCE) != 0)
-        goto out;
 
     if (parse_flags(ld, argc, argv, flags, &nflags) != 0)
         goto out;

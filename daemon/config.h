@@ -45,7 +45,10 @@ typedef struct relay_config {
                                  librdkafka's mock cluster in process */
     char *metrics;            /* HOST:PORT for /metrics and /healthz, or NULL */
     char *holder;             /* this relay's name in leases; NULL = host:pid */
-    char *source;             /* CloudEvents ce_source; default "ferry" */
+    char *source;             /* CloudEvents ce_source, a URI-reference
+                                 (--set source=, FERRY_SOURCE, source:);
+                                 NULL: the relay derives
+                                 ferry://HOST/DBNAME from its connection */
     int once;                 /* --once */
     int batch_size;           /* rows per fetch; default 1000, 1..100000 */
     int max_inflight;         /* produced, not yet acknowledged; default
@@ -91,6 +94,11 @@ const struct option *relay_config_options(void);
 /* The --set names: count, and the i-th (NULL past the end). */
 size_t relay_config_setting_count(void);
 const char *relay_config_setting_name(size_t i);
+
+/* Why s is not an RFC 3986 URI-reference of at most RELAY_SOURCE_MAX
+ * bytes (CloudEvents requires one for ce_source), or NULL when it is. */
+enum { RELAY_SOURCE_MAX = 1024 };
+const char *relay_source_problem(const char *s);
 
 /* Free what relay_config_load allocated; accepts a zeroed cfg. */
 void relay_config_free(relay_config *cfg);

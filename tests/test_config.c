@@ -281,7 +281,7 @@ static void flags_only_get_defaults(void **state)
     assert_value(&cfg, "kafka", "embedded");
     assert_value(&cfg, "metrics", "(null)");
     assert_value(&cfg, "holder", "(null)");
-    assert_value(&cfg, "source", "ferry");
+    assert_value(&cfg, "source", "(null)");   /* derived from the database */
     assert_value(&cfg, "once", "0");
     assert_value(&cfg, "batch_size", "1000");
     assert_value(&cfg, "max_inflight", "20000");
@@ -317,7 +317,7 @@ static void file_then_env_then_flags(void **state)
     assert_value(&cfg, "kafka", "env:9092");
     assert_value(&cfg, "metrics", "0.0.0.0:1");
     assert_value(&cfg, "holder", "relay-a");
-    assert_value(&cfg, "source", "ferry://orders-service");   /* file only */
+    assert_value(&cfg, "source", "ferry://orders-service");   /* the file's */
     assert_value(&cfg, "kafka.compression.type", "lz4");
     relay_config_free(&cfg);
 
@@ -337,7 +337,7 @@ static void file_then_env_then_flags(void **state)
     LOAD_OK(&cfg, "--once");
     assert_value(&cfg, "db", "dbname=from-env");
     assert_value(&cfg, "holder", "env-holder");
-    assert_value(&cfg, "source", "ferry");
+    assert_value(&cfg, "source", "(null)");   /* derived from the database */
     relay_config_free(&cfg);
 }
 
@@ -521,7 +521,7 @@ static void empty_file_is_all_defaults(void **state)
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         relay_config cfg;
         LOAD_OK(&cfg, "--config", files[i], "--db", "x", "--kafka", "embedded");
-        assert_value(&cfg, "source", "ferry");
+        assert_value(&cfg, "source", "(null)");   /* derived from the database */
         assert_value(&cfg, "batch_size", "1000");
         assert_value(&cfg, "kafka_props_count", "0");
         relay_config_free(&cfg);

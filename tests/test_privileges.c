@@ -78,6 +78,22 @@ static const fn_cell FUNCS[] = {
      "SELECT count(*) FROM ferry.inbox_ready_key('@C', 'pv', 'k', 5)", 1},
     {"ferry.inbox_unhold(text,uuid)", C, "SELECT ferry.inbox_unhold('@C', gen_random_uuid())",
      1},
+    /* The consumer protocol, version 1 (schema 12). */
+    {"ferry.consume_protocol()", C, "SELECT ferry.consume_protocol()", 0},
+    {"ferry.consume_claim(text,uuid,text,text,bigint,text,jsonb,text,text,integer,bigint,"
+     "boolean)", C,
+     "SELECT * FROM ferry.consume_claim('@C', gen_random_uuid(), 'pv', 'k', 1)", 1},
+    {"ferry.consume_finish(text,uuid)", C,
+     "SELECT ferry.consume_finish('@C', gen_random_uuid())", 1},
+    {"ferry.consume_fail(text,uuid,text,text,text,bigint,text,jsonb,text,text,integer,"
+     "boolean)", C,
+     "SELECT * FROM ferry.consume_fail('@C', gen_random_uuid(), 'pv', 'k', 'test')", 1},
+    {"ferry.consume_ready(text,text,text,integer)", C,
+     "SELECT count(*) FROM ferry.consume_ready('@C')", 1},
+    {"ferry.consume_skip_gap(text,text,text)", C,
+     "SELECT ferry.consume_skip_gap('@C', 'pv', 'k')", 1},
+    {"ferry.emit_message(text,text,text,text,text,text,bigint,uuid)", W | C,
+     "SELECT ferry.emit_message('pv', 'k', 'T', '{}')", 0},
     /* The reconciler's, for any consumer (an operator's repair). */
     {"ferry.inbox_skip_gap(text,text,text)", X, "SELECT ferry.inbox_skip_gap('@C', 'pv', 'k')",
      0},
@@ -135,6 +151,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass", 'r', X, X, X, {0}},
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
+    {"inbox_attempt", 'r', X, NONE, NONE, {0}},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -450,7 +467,7 @@ static void consumer_confined_to_its_own_names(void **state)
         PQfinish(other);
         n++;
     }
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 11);      /* 6 inbox_* and 5 consume_* (schema 12) */
 }
 
 /* SET ROLE narrows: a session that set a role is judged as that role. */
