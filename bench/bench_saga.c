@@ -38,6 +38,10 @@
  *                          saga_vs_hop_p50_ratio near 6 means the saga
  *                          machinery adds little beyond its messages.
  *
+ * FERRY_BENCH_STATEMENTS=1 loads pg_stat_statements and prints, at the
+ * end, the statements that took the server the most time (a profile of
+ * the path, not a figure).
+ *
  * Noise: FERRY_BENCH_ROUNDS rounds (default 3) of (burst, saga latency,
  * hop latency), the two latency runs swapped every round; figures are
  * medians over the rounds.
@@ -77,6 +81,7 @@ enum {
     ROUNDS_MAX = 15,
     STEADY_RATE_MAX = 50,           /* sagas/s */
     HOPS = 6,                       /* messages per three-step saga */
+    LAST_STEP = 2,                  /* the pivot: its success completes the saga */
     POLL_MS = 50,
     STALL_TIMEOUT_MS = 60000,       /* nothing completed for this long: give up */
     PENDING_MAX = 64,
@@ -189,6 +194,16 @@ static ferry_code orchestrate(PGconn *conn, const ferry_message *m, void *arg, f
     const char *id = ferry_message_header(m, "saga_id");
     if (rc != FERRY_OK || id == NULL)
         return rc;
+    /* Only the reply that can complete the saga (the last step's action
+     * succeeded) is looked at: the look-up is the benchmark's, not
+     * ferry's, and one per reply was a round trip in every orchestrator
+     * transaction that the hop baseline does not pay. The database still
+     * says whether the saga completed. */
+    const json_t *step = json_object_get(m->payload, "step");
+    const char *kind = json_string_value(json_object_get(m->payload, "kind"));
+    if (!json_is_integer(step) || json_integer_value(step) != LAST_STEP || kind == NULL ||
+        strcmp(kind, "action") != 0 || !json_is_true(json_object_get(m->payload, "succeeded")))
+        return FERRY_OK;
     const char *p[1] = {id};
     PGresult *res = PQexecParams(conn, "SELECT context->>'run', context->>'seq' FROM ferry.saga "
                                        "WHERE id = $1::uuid AND state = 'completed'",
@@ -514,6 +529,24 @@ static int registry_setup(void)
 
 /* ---------------------------------------------------------------- main */
 
+/* The 30 statements that took the most server time, on stderr. */
+static void print_statements(PGconn *conn)
+{
+    PGresult *q = PQexec(conn, "SELECT calls, round(total_exec_time::numeric, 1), "
+                               "round(mean_exec_time::numeric, 3), "
+                               "left(regexp_replace(query, '\\s+', ' ', 'g'), 100) "
+                               "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30");
+    if (PQresultStatus(q) != PGRES_TUPLES_OK)
+        fprintf(stderr, "bench: pg_stat_statements: %s", PQerrorMessage(conn));
+    else
+        fprintf(stderr, "bench: statements by server time (wall, on a shared machine)\n"
+                        "%8s %10s %8s %s\n", "calls", "total ms", "mean ms", "query");
+    for (int i = 0; PQresultStatus(q) == PGRES_TUPLES_OK && i < PQntuples(q); i++)
+        fprintf(stderr, "%8s %10s %8s %s\n", PQgetvalue(q, i, 0), PQgetvalue(q, i, 1),
+                PQgetvalue(q, i, 2), PQgetvalue(q, i, 3));
+    PQclear(q);
+}
+
 typedef struct figures {
     int rounds;
     double rate[ROUNDS_MAX];
@@ -591,11 +624,20 @@ int main(void)
     f.rounds = (int)rounds;
     double steady = 0;
     char server[64], fsync_s[16];
-    fpg_opts opts = {.conf = NULL, .fsync = 1};
+        /* FERRY_BENCH_STATEMENTS=1: where the server's time went, by statement
+     * (pg_stat_statements, nested statements included), printed on
+     * stderr at the end. A profile, not a figure: off by default. */
+    static const char *const statements_conf[] = {
+        "shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = all",
+        NULL};
+    int statements = getenv("FERRY_BENCH_STATEMENTS") != NULL;
+    fpg_opts opts = {.conf = statements ? statements_conf : NULL, .fsync = 1};
     if ((b.pg = fpg_start(&opts)) == NULL || (b.conn = fpg_connect(b.pg)) == NULL)
         goto out;
     int version = 0;
     if (bench_migrate(b.conn, &version) != 0)
+        goto out;
+    if (statements && bench_exec(b.conn, "CREATE EXTENSION pg_stat_statements") != 0)
         goto out;
     if (bench_query_text(b.conn, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
         bench_query_text(b.conn, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0)
@@ -647,6 +689,8 @@ int main(void)
         goto out;
     }
     status = 0;
+    if (statements)
+        print_statements(b.conn);
 
 out:
     if (consumers_stop(&b) != 0)
