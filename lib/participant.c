@@ -73,6 +73,10 @@ static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_i
 {
     if (keep != NULL)
         *keep = NULL;
+    /* Not inside a caller's pipeline: leaving ours would end theirs. */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return ferry_err_set(err, FERRY_ESTATE, NULL, "%s: the connection is in pipeline mode",
+                             context);
     if (!PQenterPipelineMode(conn))
         return ferry_error_from_pg(err, conn, NULL, context);
     ferry_code rc = FERRY_OK;
