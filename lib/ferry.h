@@ -922,8 +922,9 @@ FERRY_API ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *r
 /*
  * A ferry_handler_fn for the consumer of the reply topic; arg is the
  * registry. In the consumer's transaction: lock the saga row, run the
- * engine on the reply, store the next state (UPDATE ... WHERE version =
- * the one loaded), add the audit rows and emit the next commands. A reply
+ * engine on the reply, then in one statement store the next state
+ * (UPDATE ... WHERE version = the one loaded), add the audit rows and emit
+ * the next commands (nothing of it when the revision is stale). A reply
  * the engine ignores (duplicate, stale, after the end) changes nothing. A
  * malformed reply, or one for a saga stored under another definition hash
  * than the registry's, is FERRY_EINVAL (the consumer dead-letters it); a
@@ -1018,8 +1019,10 @@ typedef enum ferry_participant_outcome {
  * tombstone); an action after its step's compensation is refused. The
  * reply (success for applied and tombstone, failure for refused and too
  * late) is emitted to the command's saga_reply_to in the same transaction.
- * A message without the saga headers is FERRY_EINVAL. *outcome (may be
- * NULL) says what happened.
+ * A message without the saga headers is FERRY_EINVAL; conn outside a
+ * transaction, or in pipeline mode, is FERRY_ESTATE before anything runs.
+ * Two round trips besides the callback's (libpq pipeline mode, left
+ * before it returns). *outcome (may be NULL) says what happened.
  */
 FERRY_API ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                                               const ferry_participant *participant,

@@ -66,8 +66,6 @@ typedef struct pipe_stmt {
     const char *const *params;
 } pipe_stmt;
 
-enum { PIPE_MAX = 4 };
-
 static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_index,
                             PGresult **keep, const char *context, ferry_error *err)
 {
@@ -85,16 +83,18 @@ static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_i
         if (!PQsendQueryParams(conn, st[sent].sql, st[sent].nparams, NULL, st[sent].params,
                                NULL, NULL, 0))
             break;
-    if (sent < n || !PQpipelineSync(conn)) {
+    if (sent < n)
         rc = ferry_error_from_pg(err, conn, NULL, context);
-        /* What was sent is discarded with the connection's state; the
-         * caller's transaction is lost either way. */
+    if (!PQpipelineSync(conn)) {
+        /* The connection is gone: nothing will come back. */
+        if (rc == FERRY_OK)
+            rc = ferry_error_from_pg(err, conn, NULL, context);
         PQexitPipelineMode(conn);
         return rc;
     }
-    /* Each statement: its result, then NULL; then the sync. A statement
-     * after a failed one comes back PGRES_PIPELINE_ABORTED. */
-    for (int i = 0; i < n; i++) {
+    /* Each statement sent: its result, then NULL; then the sync. A
+     * statement after a failed one comes back PGRES_PIPELINE_ABORTED. */
+    for (int i = 0; i < sent; i++) {
         PGresult *res = PQgetResult(conn);
         if (res == NULL) {
             if (rc == FERRY_OK)
@@ -191,6 +191,11 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                              PARTICIPANT_NAME_MAX);
     if (msg == NULL)
         return ferry_err_set(err, FERRY_EINVAL, "msg", "saga participant: msg is NULL");
+    /* In the consumer's transaction, as ferry_emit would insist at the
+     * reply: checked first, before the callback could run outside one. */
+    ferry_code rc = ferry_conn_check_in_tx(conn, "could not apply a saga command", err);
+    if (rc != FERRY_OK)
+        return rc;
     const char *saga_id = ferry_message_header(msg, "saga_id");
     const char *kind = ferry_message_header(msg, "saga_kind");
     const char *reply_to = ferry_message_header(msg, "saga_reply_to");
@@ -219,7 +224,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
         {"SAVEPOINT ferry_participant", 0, NULL},
     };
     PGresult *res;
-    ferry_code rc = pipe_exec(conn, begin, 2, 0, &res, "could not look up a saga command", err);
+    rc = pipe_exec(conn, begin, 2, 0, &res, "could not look up a saga command", err);
     if (rc != FERRY_OK)
         return rc;
     if (PQntuples(res) != 1 || PQnfields(res) < 4) {

@@ -214,6 +214,32 @@ static void next_due_is_loaded_with_it_by_the_database_clock(void **state)
     PQfinish(conn);
 }
 
+static int calls;
+
+static ferry_code count_call(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    calls++;
+    return FERRY_OK;
+}
+
+/* A participant called outside a transaction is refused before anything
+ * runs: its callback would otherwise apply in autocommit, with no reply
+ * and no record to go with it. */
+static void a_participant_outside_a_transaction_is_refused_first(void **state)
+{
+    PGconn *conn = tu_connect();
+    ferry_participant p = {.name = "t13-p", .action = count_call, .compensation = count_call};
+    ferry_message m = {.topic = "t13.a", .key = "", .id = "00000000-0000-7000-8000-000000000001",
+                       .type = "DoA", .aggregate_type = "", .offset = -1, .attempt = 1};
+    ferry_error err;
+    calls = 0;
+    assert_int_equal(ferry_participant_handle(conn, &m, &p, NULL, &err), FERRY_ESTATE);
+    assert_non_null(strstr(err.message, "no transaction is open"));
+    assert_int_equal(calls, 0);
+    assert_int_equal(PQtransactionStatus(conn), PQTRANS_IDLE);
+    PQfinish(conn);
+}
+
 static int setup(void **state)
 {
     if (tu_group_setup(state) != 0)
@@ -236,6 +262,7 @@ int main(void)
         cmocka_unit_test(a_store_over_a_stale_revision_writes_nothing),
         cmocka_unit_test(audit_rows_follow_those_of_an_older_library),
         cmocka_unit_test(next_due_is_loaded_with_it_by_the_database_clock),
+        cmocka_unit_test(a_participant_outside_a_transaction_is_refused_first),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
