@@ -935,12 +935,14 @@ FERRY_API ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message 
 
 /*
  * Fire due timers: up to max sagas whose ferry.saga.deadline <= now_ms
- * (Unix milliseconds; 0 = the database clock), each in its own transaction
- * (ferry_tx_run: conn must be idle), taken FOR UPDATE SKIP LOCKED so that
- * any number of workers and the reconciler may run this at once. *fired
- * (if not NULL) counts the timeouts the engine applied. A saga whose
- * timer cannot be fired (its definition changed or is not in reg, ...)
- * is logged (event saga_timer_failed), left as it is for the reconciler
+ * (Unix milliseconds; 0 = the database clock), up to 32 to a transaction
+ * (ferry_tx_run: conn must be idle), each under a savepoint of its own,
+ * taken FOR UPDATE SKIP LOCKED so that any number of workers and the
+ * reconciler may run this at once (a batch holds its sagas' locks until
+ * it commits). *fired (if not NULL) counts the timeouts the engine
+ * applied. A saga whose timer cannot be fired (its definition changed or
+ * is not in reg, ...) is rolled back to its savepoint, logged (event
+ * saga_timer_failed), left as it is for the reconciler
  * to report, and passed by for the rest of the call: one such saga does
  * not stop the others' timers. Errors not about one saga (a lost
  * connection, or FIRE_SKIP_MAX = 64 sagas failing in one call) are

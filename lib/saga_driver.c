@@ -740,7 +740,6 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
  * (ferry_saga_fire_timers) or the one named (ferry_saga_fire_timer). Reset
  * at every attempt: ferry_tx_run may call fire_one more than once. */
 #define FIRE_SKIP_MAX 64 /* sagas one ferry_saga_fire_timers call gets past */
-_Static_assert(FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2 < 4096, "skip list text");
 
 typedef struct fire_arg {
     const ferry_saga_registry *reg;
@@ -790,15 +789,95 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
 }
 
 /*
+ * Timers fire in batches: up to FIRE_BATCH due sagas in one transaction,
+ * each under a savepoint, so that many timers due at once (a participant
+ * or the broker away for a while) cost one commit -- one flush of the
+ * log -- per batch instead of one per saga. A batch holds its sagas' row
+ * locks until it commits, so replies to them wait that long at most.
+ *
  * One saga a worker cannot run (its definition changed, its context is
  * refused, ...) must not stop the timers of every other saga: the due
- * saga that failed is logged, left as it is (still due, so the
- * reconciler reports it) and passed by for the rest of this call
- * (saga_next_due's skip list), at most FIRE_SKIP_MAX of them. What is
- * not about one saga ends the call with its error: a connection lost,
- * the query for the next due saga refused, or as many sagas failed as
- * the skip list holds (then something is wrong with all of them).
+ * saga that failed is rolled back to its savepoint, logged, left as it is
+ * (still due, so the reconciler reports it) and passed by for the rest of
+ * this call (saga_lock_next_due's skip list), at most FIRE_SKIP_MAX of
+ * them. A retriable error (a serialization failure, a deadlock) rolls the
+ * whole batch back for ferry_tx_run to run again. What is not about one
+ * saga ends the call with its error: a connection lost, the query for
+ * the next due saga refused, or as many sagas failed as the skip list
+ * holds (then something is wrong with all of them).
  */
+#define FIRE_BATCH 32 /* due sagas fired in one transaction */
+#define FIRE_LIST_TEXT ((FIRE_SKIP_MAX + FIRE_BATCH) * (FERRY_UUID_STRING_SIZE + 1) + 2)
+_Static_assert(FIRE_LIST_TEXT < 4096, "skip list text");
+
+typedef struct fire_batch_arg {
+    fire_arg f;
+    int want;                   /* sagas to take in this batch */
+    int taken, fired, none;     /* this attempt's */
+    char failed[FIRE_SKIP_MAX][FERRY_UUID_STRING_SIZE];
+    size_t n_failed;            /* over the whole call */
+    char taken_ids[FIRE_BATCH][FERRY_UUID_STRING_SIZE];
+    char list[FIRE_LIST_TEXT];  /* "{failed..., taken...}" for saga_lock_next_due */
+} fire_batch_arg;
+
+static void fire_list(fire_batch_arg *b)
+{
+    size_t used = 0;
+    b->list[used++] = '{';
+    for (size_t i = 0; i < b->n_failed + (size_t)b->taken; i++) {
+        const char *id = i < b->n_failed ? b->failed[i] : b->taken_ids[i - b->n_failed];
+        used += (size_t)snprintf(b->list + used, sizeof b->list - used, "%s%s", i ? "," : "",
+                                 id);
+    }
+    snprintf(b->list + used, sizeof b->list - used, "}");
+}
+
+static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
+{
+    fire_batch_arg *b = arg;
+    b->taken = b->fired = b->none = 0;
+    ferry_code rc = FERRY_OK;
+    int open = 0;               /* a savepoint is open */
+    while (b->taken < b->want) {
+        fire_list(b);
+        b->f.skip = b->list;
+        /* The last saga's savepoint released and the next one's taken in
+         * one round trip (two statements in one simple query). */
+        if ((rc = ferry_exec(conn, open ? "RELEASE SAVEPOINT ferry_timer; "
+                                          "SAVEPOINT ferry_timer" : "SAVEPOINT ferry_timer",
+                             0, NULL, "could not fire saga timers", err)) != FERRY_OK)
+            return rc;
+        open = 1;
+        rc = fire_one(conn, &b->f, err);
+        if (rc != FERRY_OK) {
+            if (b->f.picked[0] == '\0' || (err != NULL && err->retriable) ||
+                PQstatus(conn) != CONNECTION_OK || b->n_failed == FIRE_SKIP_MAX)
+                return rc;
+            ferry_error why = err ? *err : (ferry_error){.code = rc};
+            ferry_err_clear(err);
+            if ((rc = ferry_exec(conn, "ROLLBACK TO SAVEPOINT ferry_timer", 0, NULL,
+                                 "could not fire saga timers", err)) != FERRY_OK)
+                return rc;
+            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
+                      "timer, passed by until the next call: %s", b->f.picked,
+                      why.message[0] ? why.message : ferry_code_name(why.code));
+            snprintf(b->failed[b->n_failed++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
+            b->want--;          /* a failed saga counts against max too */
+            continue;
+        }
+        if (b->f.none) {
+            b->none = 1;
+            break;
+        }
+        snprintf(b->taken_ids[b->taken++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
+        b->fired += b->f.applied;
+    }
+    if (open)
+        rc = ferry_exec(conn, "RELEASE SAVEPOINT ferry_timer", 0, NULL,
+                        "could not fire saga timers", err);
+    return rc;
+}
+
 ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, int64_t now_ms,
                                   int max, int *fired, ferry_error *err)
 {
@@ -806,32 +885,27 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
         return ferry_err_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
-    char skip[FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2] = "{}";
-    size_t skipped = 0;
-    fire_arg f = {.reg = reg, .now_ms = now_ms, .skip = skip};
-    int n = 0;
-    for (int i = 0; i < max; i++) {
-        ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
-        if (rc != FERRY_OK) {
-            if (f.picked[0] == '\0' || rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK ||
-                skipped == FIRE_SKIP_MAX)
-                return rc;
-            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
-                      "timer, passed by until the next call: %s", f.picked,
-                      err ? err->message : ferry_code_name(rc));
-            size_t used = strlen(skip) - 1;   /* over the closing brace */
-            snprintf(skip + used, sizeof skip - used, "%s%s}", skipped ? "," : "", f.picked);
-            skipped++;
-            ferry_err_clear(err);
-            continue;
-        }
-        if (f.none)
+    fire_batch_arg *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
+                                                      "memory");
+    b->f = (fire_arg){.reg = reg, .now_ms = now_ms};
+    int n = 0, left = max;
+    ferry_code rc = FERRY_OK;
+    while (left > 0) {
+        b->want = left < FIRE_BATCH ? left : FIRE_BATCH;
+        size_t failed_before = b->n_failed;
+        if ((rc = ferry_tx_run(conn, NULL, fire_batch, b, NULL, err)) != FERRY_OK)
             break;
-        n += f.applied;
+        n += b->fired;
+        left -= b->taken + (int)(b->n_failed - failed_before);
+        if (b->none)
+            break;
     }
-    if (fired)
+    free(b);
+    if (rc == FERRY_OK && fired)
         *fired = n;
-    return FERRY_OK;
+    return rc;
 }
 
 ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,

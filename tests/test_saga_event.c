@@ -240,6 +240,45 @@ static void a_participant_outside_a_transaction_is_refused_first(void **state)
     PQfinish(conn);
 }
 
+/* Timers due together fire in batches, each batch one transaction (its
+ * sagas share one updated_at, the transaction's now()), not one
+ * transaction -- one commit, one flush -- per saga; each saga's timeout is
+ * applied once. */
+static void timers_due_together_fire_in_a_few_transactions(void **state)
+{
+    enum { N = 40 };
+    PGconn *conn = tu_connect(), *idle = tu_connect();
+    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed'"));
+    tu_exec(conn, "CREATE TABLE t_batch (id uuid)");
+    for (int i = 0; i < N; i++) {
+        char id[FERRY_UUID_STRING_SIZE];
+        start(conn, id);
+        exec_of(conn, tu_sprintf("INSERT INTO t_batch VALUES ('%s')", id));
+    }
+    long long now_ms = tu_int(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+    int fired = -1;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_fire_timers(idle, reg, now_ms + 120000, 1000, &fired, &err),
+                    err);
+    assert_int_equal(fired, N);
+    /* Step a never answered: it may have run, so it is compensated. */
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga s JOIN t_batch b USING (id) "
+                                  "WHERE s.state = 'compensating' AND s.version = 2"), N);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.outbox o JOIN t_batch b ON "
+                                  "o.aggregateid = b.id::text WHERE o.type = 'UndoA'"), N);
+    /* 40 sagas, batches of 32: two transactions (one per saga before). */
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT s.updated_at) FROM ferry.saga s "
+                                  "JOIN t_batch b USING (id)"), 2);
+    /* Nothing is due any more: a second call fires nothing. */
+    assert_ferry_ok(ferry_saga_fire_timers(idle, reg, now_ms + 120000, 1000, &fired, &err),
+                    err);
+    assert_int_equal(fired, 0);
+    assert_int_equal(PQtransactionStatus(idle), PQTRANS_IDLE);
+    tu_exec(conn, "UPDATE ferry.saga SET state = 'completed'");
+    PQfinish(idle);
+    PQfinish(conn);
+}
+
 static int setup(void **state)
 {
     if (tu_group_setup(state) != 0)
@@ -263,6 +302,7 @@ int main(void)
         cmocka_unit_test(audit_rows_follow_those_of_an_older_library),
         cmocka_unit_test(next_due_is_loaded_with_it_by_the_database_clock),
         cmocka_unit_test(a_participant_outside_a_transaction_is_refused_first),
+        cmocka_unit_test(timers_due_together_fire_in_a_few_transactions),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
