@@ -114,6 +114,21 @@ static const fn_cell FUNCS[] = {
      "SELECT count(*) FROM ferry.participant_begin('p', " SAGA ", 0, 'action', 0)", 0},
     {"ferry.participant_record(text,uuid,integer,text,integer,text,text,uuid)", W | C,
      "SELECT ferry.participant_record('p', " SAGA ", 0, 'action', 7, 'applied', NULL, NULL)", 0},
+    /* Schema 013: an event's store, audit rows and commands in one call. */
+    {"ferry.saga_record(uuid,jsonb,jsonb)", NONE,
+     "SELECT ferry.saga_record(" SAGA ", '[]', '[]')", 0},
+    {"ferry.saga_begin(uuid,text,text,text,integer,jsonb,bigint,bigint,jsonb,jsonb,jsonb)",
+     W | C,
+     "SELECT ferry.saga_begin(gen_random_uuid(), 'd', 'h', 'running', 0, '{}', 0, 0, '{}', "
+     "'[]', '[]')", 0},
+    {"ferry.saga_store(uuid,bigint,bigint,text,integer,bigint,jsonb,jsonb,jsonb)", W | C | X,
+     "SELECT ferry.saga_store(" SAGA ", 0, 1, 'running', 0, 0, '{}', '[]', '[]')", 0},
+    {"ferry.saga_lock_next_due(bigint,uuid[])", W | C | X,
+     "SELECT count(*) FROM ferry.saga_lock_next_due(0, '{}')", 0},
+    {"ferry.participant_finish(text,uuid,integer,text,integer,boolean,text,text,uuid,uuid,"
+     "text,text,text,text,text)", W | C,
+     "SELECT ferry.participant_finish('p', " SAGA ", 0, 'action', 9, true, 'applied', NULL, "
+     "NULL, gen_random_uuid(), 'pv', 'k', 'T', '{}', '{}')", 0},
 };
 
 /* Per table: who may SELECT, INSERT, DELETE; and per role the columns it
