@@ -218,18 +218,20 @@ int relay_kafka_create(relay *r)
         max = 1000000000;
     snprintf(maxbytes, sizeof maxbytes, "%ld", max);
     chosen = partitioners[0].fn;
-    /* Defaults first, so that the kafka: map can override any of them. A
-     * broker that was away is tried again within a second of its return
-     * (librdkafka's default backoff grows to 10 s). */
+    /* Defaults first (RELAY_DEFAULT_KAFKA_PROPS), so that the kafka: map
+     * can override any of them. A broker that was away is tried again
+     * within a second of its return (librdkafka's default backoff grows to
+     * 10 s); linger.ms 2 and no Nagle keep a quiet relay's latency low. */
+#define X_DEFAULT(name, value) {name, value},
+    static const char *const defaults[][2] = {RELAY_DEFAULT_KAFKA_PROPS(X_DEFAULT)};
+#undef X_DEFAULT
     if (conf_set(conf, "bootstrap.servers", r->k.bootstrap) ||
-        conf_set(conf, "socket.nagle.disable", "true") ||
-        conf_set(conf, "linger.ms", "2") ||
         conf_set(conf, "queue.buffering.max.messages", num) ||
-        conf_set(conf, "message.max.bytes", maxbytes) ||
-        conf_set(conf, "reconnect.backoff.ms", "50") ||
-        conf_set(conf, "reconnect.backoff.max.ms", "1000") ||
-        conf_set(conf, "client.id", "ferry-relay"))
+        conf_set(conf, "message.max.bytes", maxbytes))
         goto fail;
+    for (size_t d = 0; d < sizeof defaults / sizeof defaults[0]; d++)
+        if (conf_set(conf, defaults[d][0], defaults[d][1]))
+            goto fail;
     for (size_t i = 0; i < cfg->kafka_props_count; i++) {
         const relay_kv *kv = &cfg->kafka_props[i];
         if (strcmp(kv->name, "partitioner") == 0) {

@@ -844,7 +844,8 @@ static void bad_setup_exits_with_a_clear_error(void **state)
     PQfinish(c);
 
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
-    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 1);
+    /* A configuration error (exit 2), caught before any connection. */
+    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 2);
     assert_non_null(strstr(log, "no.such.property"));
     free(log);
 }
