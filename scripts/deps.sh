@@ -9,9 +9,10 @@ set -eu
 
 # clang and its runtime (libFuzzer, the sanitizers) build tests/fuzz/;
 # --no-install-recommends would leave libclang-rt out, so it is named.
+# systemd: systemd-analyze verify checks the units (tests/install_check.sh).
 packages="gcc make pkg-config libc6-dev
 libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
-libcmocka-dev postgresql clang libclang-rt-14-dev"
+libcmocka-dev postgresql clang libclang-rt-14-dev systemd"
 
 missing=""
 for p in $packages; do
