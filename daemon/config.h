@@ -44,7 +44,8 @@ typedef struct relay_kv {
     X("linger.ms", "2")                       \
     X("socket.nagle.disable", "true")         \
     X("reconnect.backoff.ms", "50")           \
-    X("reconnect.backoff.max.ms", "1000")
+    X("reconnect.backoff.max.ms", "1000")     \
+    X("statistics.interval.ms", "15000")
 #define RELAY_DERIVED_KAFKA_PROPS(X) \
     X("queue.buffering.max.messages") X("message.max.bytes")
 

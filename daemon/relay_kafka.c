@@ -101,6 +101,17 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
                    "%s", reason);
 }
 
+/* librdkafka's statistics, every statistics.interval.ms, from the thread
+ * that polls: to the metrics. 0: librdkafka frees json. */
+static int on_kafka_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+    relay *r = opaque;
+    if (r->m && metrics_kafka_stats(r->m, json, json_len) != 0)
+        ferry_log(FERRY_LOG_WARN, "kafka.stats", "librdkafka's statistics could not be read; "
+                  "the ferry_kafka_* metrics keep the last ones");
+    return 0;
+}
+
 /* ------------------------------------------------------------------ partitions */
 
 #define X_ROW(name) {#name, rd_kafka_msg_partitioner_##name},
@@ -221,7 +232,8 @@ int relay_kafka_create(relay *r)
     /* Defaults first (RELAY_DEFAULT_KAFKA_PROPS), so that the kafka: map
      * can override any of them. A broker that was away is tried again
      * within a second of its return (librdkafka's default backoff grows to
-     * 10 s); linger.ms 2 and no Nagle keep a quiet relay's latency low. */
+     * 10 s); linger.ms 2 and no Nagle keep a quiet relay's latency low;
+     * statistics every 15 s feed the ferry_kafka_* metrics. */
 #define X_DEFAULT(name, value) {name, value},
     static const char *const defaults[][2] = {RELAY_DEFAULT_KAFKA_PROPS(X_DEFAULT)};
 #undef X_DEFAULT
@@ -251,6 +263,7 @@ int relay_kafka_create(relay *r)
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    rd_kafka_conf_set_stats_cb(conf, on_kafka_stats);
 
     char errstr[512];
     r->k.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
