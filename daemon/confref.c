@@ -121,11 +121,6 @@ fail:
     return -1;
 }
 
-int confref_has_ref(const char *in)
-{
-    return strstr(in, "${") != NULL;
-}
-
 int confref_expand(const char *in, char **out, char *why, size_t whylen)
 {
     buf b = {0};

@@ -36,7 +36,4 @@ enum {
  */
 int confref_expand(const char *in, char **out, char *why, size_t whylen);
 
-/* in has a reference in it (or a `$${`): its value may differ from in. */
-int confref_has_ref(const char *in);
-
 #endif
