@@ -55,6 +55,20 @@ cc "$tmp/app.c" $(pkg-config --cflags --libs ferry) -o "$tmp/app-shared"
 cc "$tmp/app.c" $(pkg-config --cflags ferry) "$tmp/prefix/lib/libferry.a" \
     $(pkg-config --libs libpq jansson) -o "$tmp/app-static"
 env -u LD_LIBRARY_PATH "$tmp/app-shared" >/dev/null
+# The README's emit example compiles against what was installed, warnings
+# as errors: its statements, after its #include, as the body of a function.
+awk '/^## Emitting a message/ { on = 1 } on && /^```c$/ { code = 1; next }
+     code && /^```$/ { exit } code { print }' README.md > "$tmp/readme.txt"
+grep -q ferry_emit "$tmp/readme.txt" || { echo "install_check: no emit example in README.md" >&2; exit 1; }
+{ grep '^#include' "$tmp/readme.txt"
+  echo '#include <stdio.h>'
+  echo 'void example(PGconn *conn);'
+  echo 'void example(PGconn *conn) {'
+  grep -v '^#include' "$tmp/readme.txt"
+  echo '}'
+  echo 'int main(void) { return 0; }'; } > "$tmp/readme.c"
+cc -std=c11 -Wall -Wextra -Werror "$tmp/readme.c" $(pkg-config --cflags --libs ferry) -o "$tmp/readme" ||
+    { echo "install_check: README.md's emit example does not compile" >&2; exit 1; }
 "$tmp/app-static" >/dev/null
 "$tmp/prefix/bin/ferry-relay" --version >/dev/null
 "$tmp/prefix/bin/ferry-reconcile" --version >/dev/null
