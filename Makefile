@@ -88,7 +88,11 @@ all: deps
 	@$(MAKE) --no-print-directory all-inner
 test: deps
 	@$(MAKE) --no-print-directory test-inner
+# The build first and quietly (-s: a failing command still shows), so that
+# the demo's story is what is on the screen.
 demo: deps
+	@echo "make demo: building the demos and programs quietly..."
+	@$(MAKE) -s --no-print-directory $(EXAMPLES) $(PROGRAMS)
 	@$(MAKE) --no-print-directory demo-inner
 bench: deps
 	@$(MAKE) --no-print-directory bench-inner
