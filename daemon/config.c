@@ -1634,6 +1634,35 @@ out:
     return rc;
 }
 
+int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
+                         size_t errlen)
+{
+    loader *ld = calloc(1, sizeof *ld);
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!ld) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "out of memory reading the configuration");
+        return -1;
+    }
+    ld->err = errbuf;
+    ld->errlen = errlen;
+    ld->path = path;
+    ld->path_from_env = path_from_env != 0;
+    /* The whole file is checked as run checks it, but only db is kept:
+     * the cross-checks of check_final are run's. */
+    for (size_t k = 0; k < N_INT_SETTINGS; k++)
+        *int_slot(&ld->cfg, &int_settings[k]) = (int)int_settings[k].def;
+    int rc = path[0] ? load_file(ld) : fail(ld, "--config: must not be empty");
+    if (rc == 0) {
+        *db = ld->cfg.db;
+        ld->cfg.db = NULL;
+    }
+    relay_config_free(&ld->cfg);
+    free(ld);
+    return rc;
+}
+
 void relay_config_free(relay_config *cfg)
 {
     if (!cfg)

@@ -119,6 +119,13 @@ const char *relay_config_setting_flag(size_t i);
 const char *relay_config_file_key(size_t i);
 int relay_config_file_key_is_setting(const char *key);
 
+/* For `migrate` and `status`, which need the database alone: the file at
+ * path (named by FERRY_CONFIG when path_from_env), checked as `run` checks
+ * it, and its db: into *db (new, the caller frees; NULL when the file has
+ * none). Returns 0, or -1 with the place in errbuf. */
+int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
+                         size_t errlen);
+
 /* Free what relay_config_load allocated; accepts a zeroed cfg. */
 void relay_config_free(relay_config *cfg);
 

@@ -147,11 +147,15 @@ static void relay_subcommands_answer_help(void **state)
     must_mention("status", st, "--db");
     must_mention("status", st, "--json");
     must_mention("status", st, "FERRY_DB");
+    must_mention("status", st, "--config");
+    must_mention("status", st, "FERRY_CONFIG");
     must_mention("status", st, "Exit status");
     free(st);
     char *mig = help_of(tu_relay_bin(), (const char *const[]){"migrate", "--help", NULL});
     must_mention("migrate", mig, "--db");
     must_mention("migrate", mig, "FERRY_DB");
+    must_mention("migrate", mig, "--config");
+    must_mention("migrate", mig, "FERRY_CONFIG");
     free(mig);
     char *dk = help_of(tu_relay_bin(), (const char *const[]){"devkafka", "--help", NULL});
     must_mention("devkafka", dk, "--brokers");
