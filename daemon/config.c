@@ -1213,7 +1213,7 @@ static int apply_env(loader *ld)
             continue;
         const char *name = *e + sizeof KAFKA_PROP_ENV - 1;
         const char *eq = strchr(name, '=');
-        if (!eq)
+        if (!eq || eq[1] == '\0')       /* empty: unset, as for the settings */
             continue;
         char label[128], prop[96];
         size_t n = (size_t)(eq - name);

@@ -778,6 +778,8 @@ static void kafka_props_from_env(void **state)
     char bad[128] = "";
     bool underscore = false;
     for (size_t i = 0; i < cnt && !bad[0]; i += 2) {
+        if (dump[i + 1][0] == '\0')     /* an empty variable is unset */
+            continue;
         char var[160] = "FERRY_KAFKA_PROP_";
         size_t n = strlen(var);
         for (const char *c = dump[i]; *c && n + 4 < sizeof var; c++) {
@@ -824,6 +826,12 @@ static void kafka_props_from_env(void **state)
     /* The flag over the variable. */
     LOAD_OK(&cfg, "--config", DATA "/valid/full.yaml", "--kafka-prop", "compression.type=lz4");
     assert_value(&cfg, "kafka.compression.type", "lz4");
+    relay_config_free(&cfg);
+    /* Empty is unset, as for the settings. */
+    setenv("FERRY_KAFKA_PROP_CLIENT_ID", "", 1);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "e:1");
+    assert_value(&cfg, "kafka.client.id", "(null)");
+    assert_value(&cfg, "kafka.compression.type", "zstd");
     relay_config_free(&cfg);
     setenv("FERRY_KAFKA_PROP_ACKS", "1", 1);
     LOAD_FAILS("kafka property acks=1: ferry-relay needs acks=all", "--db", "x");
