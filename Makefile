@@ -90,7 +90,11 @@ all: deps
 	@$(MAKE) --no-print-directory all-inner
 test: deps
 	@$(MAKE) --no-print-directory test-inner
+# The build first and quietly (-s: a failing command still shows), so that
+# the demo's story is what is on the screen.
 demo: deps
+	@echo "make demo: building the demos and programs quietly..."
+	@$(MAKE) -s --no-print-directory $(EXAMPLES) $(PROGRAMS)
 	@$(MAKE) --no-print-directory demo-inner
 bench: deps
 	@$(MAKE) --no-print-directory bench-inner
@@ -349,11 +353,18 @@ build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
 # `pkg-config --libs ferry` runs without LD_LIBRARY_PATH; RPATH= turns it
 # off (a distribution package). As root into /usr or /usr/local of the
 # live system, ldconfig refreshes the loader's cache.
+#
+# Under share/ferry also the samples (packaging/*.yaml), the systemd units
+# (packaging/systemd/, with @PREFIX@ made this PREFIX), LICENSE and
+# CHANGELOG.md; tests/install_check.sh has systemd-analyze verify the units.
 RPATH ?= -Wl,-rpath,$${libdir}
+UNITS = $(notdir $(wildcard packaging/systemd/*.service))
+SAMPLES = $(notdir $(wildcard packaging/*.yaml))
 INSTALLED = include/ferry.h lib/libferry.a lib/libferry.so.$(VERSION) \
             lib/libferry.so.$(SOMAJOR) lib/libferry.so lib/pkgconfig/ferry.pc \
             bin/ferry-relay bin/ferry-reconcile share/ferry/saga.schema.json \
-            $(SCHEMAS:schemas/%=share/ferry/%)
+            $(SCHEMAS:schemas/%=share/ferry/%) $(SAMPLES:%=share/ferry/%) \
+            $(UNITS:%=share/ferry/systemd/%) share/ferry/LICENSE share/ferry/CHANGELOG.md
 
 install: all-inner
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
@@ -367,13 +378,19 @@ install: all-inner
 	    scripts/ferry.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(SCHEMAS) schemas/saga.schema.json $(DESTDIR)$(PREFIX)/share/ferry/
+	install -d $(DESTDIR)$(PREFIX)/share/ferry/systemd
+	install -m 644 $(SAMPLES:%=packaging/%) LICENSE CHANGELOG.md $(DESTDIR)$(PREFIX)/share/ferry/
+	for u in $(UNITS); do \
+	    sed -e 's|@PREFIX@|$(PREFIX)|g' packaging/systemd/$$u > $(DESTDIR)$(PREFIX)/share/ferry/systemd/$$u; \
+	    chmod 644 $(DESTDIR)$(PREFIX)/share/ferry/systemd/$$u; \
+	done
 	@case "$(DESTDIR):$(PREFIX)" in :/usr|:/usr/local) \
 	    if [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then echo ldconfig; ldconfig; fi;; \
 	esac
 
 uninstall:
 	rm -f $(INSTALLED:%=$(DESTDIR)$(PREFIX)/%)
-	-rmdir $(DESTDIR)$(PREFIX)/share/ferry 2>/dev/null
+	-rmdir $(DESTDIR)$(PREFIX)/share/ferry/systemd $(DESTDIR)$(PREFIX)/share/ferry 2>/dev/null
 
 clean:
 	rm -rf build

@@ -924,8 +924,11 @@ static int relay_dies(demo *d, char id[FERRY_UUID_STRING_SIZE])
     demo_say("  saga_grace 1s: a timer overdue by more than that is one the workers missed "
              "(default 30s, room for busy workers)");
     demo_say("  outbox_lag 2s: a ready row unpublished for longer is lag (default 1m)");
-    demo_say("waiting for the timer to be overdue by more than the grace, polling ferry.saga "
-             "(and the consumers, who get nothing)...");
+    demo_say("waiting about %lld s for the timer to be overdue by more than the grace: the "
+             "timeout is %s's own, kept as written rather than shortened for the demo, because "
+             "the point is what happens when nobody fires it (polling ferry.saga; the consumers "
+             "get nothing meanwhile)...",
+             (long long)(pay->timeout_ms + SAGA_GRACE_MS) / 1000, SAGA_FILE);
     char sql[256];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM ferry.saga WHERE id = $1::uuid AND "
                               "state = 'running' AND deadline < now() - interval '%d ms'",

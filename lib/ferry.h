@@ -103,8 +103,10 @@ FERRY_API ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retr
 
 /* The library and its programs log one JSON object per line on stderr
  * (librdkafka's own messages included); events below the level are not
- * written. The default is FERRY_LOG_LEVEL_INFO. Not thread-safe: set it
- * before starting work. */
+ * written. Until ferry_log_level_set is called, the level is the
+ * environment's FERRY_LOG_LEVEL (error, warn, info or debug), else
+ * FERRY_LOG_LEVEL_INFO; a bad value is logged once as a warning. Not
+ * thread-safe: set it before starting work. */
 typedef enum ferry_log_level {
     FERRY_LOG_LEVEL_ERROR = 0,
     FERRY_LOG_LEVEL_WARN,

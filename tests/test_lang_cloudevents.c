@@ -140,10 +140,10 @@ static void a_source_that_is_not_a_uri_reference_is_refused_at_start(void **stat
     static const struct {
         const char *flag, *env, *want;
     } cases[] = {
-        {"source=orders service", NULL, "--set source: is not a URI-reference"},
-        {"source=", NULL, "--set source: must not be empty"},
-        {"source=50%off", NULL, "--set source: has a \"%\" that is not followed"},
-        {"source=1x:y", NULL, "--set source: has a \":\" in its first segment"},
+        {"source=orders service", NULL, "--set source=orders service: is not a URI-reference"},
+        {"source=", NULL, "--set source=: must not be empty"},
+        {"source=50%off", NULL, "--set source=50%off: has a \"%\" that is not followed"},
+        {"source=1x:y", NULL, "--set source=1x:y: has a \":\" in its first segment"},
         {NULL, "caf\xc3\xa9", "FERRY_SOURCE: is not a URI-reference"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

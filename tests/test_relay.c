@@ -639,17 +639,24 @@ static void schema_change_under_a_running_relay(void **state)
     assert_int_equal(tc.distinct, 150);
 }
 
-/* The metrics endpoint of a running relay counts what it published. */
+/* The metrics endpoint of a running relay counts what it published, and
+ * has librdkafka's statistics of the broker it talks to. */
 static void metrics_endpoint_counts(void **state)
 {
     const char *topic = "t.metrics";
-    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--kafka-prop",
+                          "statistics.interval.ms=100", NULL};
     tu_proc p = relay_spawn("metrics-a", args, NULL);
     tu_proc_await_log(&p, "\"event\":\"metrics.listen\"", 30000);
     char *log = tu_proc_log(&p);
     const char *at = strstr(log, "\"port\":");
     assert_non_null(at);
     int port = atoi(at + strlen("\"port\":"));
+    /* The address it serves, logged whole. */
+    char address[64];
+    snprintf(address, sizeof address, "\"address\":\"127.0.0.1:%d\"", port);
+    if (!strstr(log, address))
+        fail_msg("no %s in the log:\n%s", address, log);
     free(log);
     assert_true(port > 0);
     emit_n(topic, 50, 5);
@@ -666,6 +673,34 @@ static void metrics_endpoint_counts(void **state)
     assert_true(held == 16);
     assert_int_equal(tu_prom_find(r.body, "ferry_relay_end_to_end_seconds_count", &e2e), 0);
     free(r.raw);
+
+    /* librdkafka's statistics arrive every 100 ms: within 10 s a document
+     * that shows the broker up, with a round-trip time (bounded polls of
+     * the endpoint; nothing else says when a document came). */
+    /* librdkafka names a broker HOST:PORT/ID, as the metadata says. */
+    int is_up = 0;
+    double updates = 0, sent = 0;
+    for (int tries = 0; tries < 200 && !is_up; tries++) {
+        r = tu_http_get(port, "/metrics");
+        assert_int_equal(r.status, 200);
+        const char *line = strstr(r.body, "\nferry_kafka_broker_up{broker=\"");
+        if (line && strstr(line, "/1\"} 1\n") == strchr(line, '}') - 3) {
+            is_up = 1;
+            const char *rtt = strstr(r.body, "\nferry_kafka_broker_rtt_seconds{broker=\"");
+            assert_non_null(rtt);
+            double seconds = atof(strchr(rtt, '}') + 2);
+            assert_true(seconds > 0 && seconds < 10);
+            assert_int_equal(tu_prom_find(r.body, "ferry_kafka_stats_updates_total", &updates), 0);
+            assert_int_equal(tu_prom_find(r.body, "ferry_kafka_sent_messages_total", &sent), 0);
+        }
+        free(r.raw);
+        if (!is_up)
+            usleep(50 * 1000);
+    }
+    if (!is_up)
+        fail_msg("no ferry_kafka_broker_up{broker=\"...\"} 1 within 10 s");
+    assert_true(updates >= 1);
+    assert_true(sent >= 50);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
@@ -781,7 +816,8 @@ static void bad_setup_exits_with_a_clear_error(void **state)
     PQfinish(c);
 
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
-    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 1);
+    /* A configuration error (exit 2), caught before any connection. */
+    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 2);
     assert_non_null(strstr(log, "no.such.property"));
     free(log);
 }
