@@ -20,7 +20,7 @@
 #ifndef FERRY_RC_METRICS_H
 #define FERRY_RC_METRICS_H
 
-#include "pass.h"
+#include "report.h"
 
 typedef struct rc_metrics rc_metrics;
 
