@@ -11,6 +11,7 @@
  *   rc_ctx.c            a sweep's findings, errors and progress, in its name
  *   rc_tx.c             fenced repair transactions, statements, columns
  *   rc_lease.c          the reconciler's lease (rc_lease.h)
+ *   plan.c              the sweeps' decisions, pure functions (plan.h)
  *   sweep_*.c           one sweep each: detect -> plan -> act
  *
  * A sweep finds problems and, in repair mode, fixes the ones it can, each
