@@ -33,7 +33,7 @@ TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS)) -pthread -lm
 # on purpose when too long, hence -Wno-format-truncation.
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wformat=2 -Wvla -Wno-unused-parameter -Wno-format-truncation
-BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib $(PKG_CFLAGS)
+BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib -Icommon $(PKG_CFLAGS)
 
 # Test hooks (an env var that makes the consumer raise(SIGKILL) after its
 # Nth commit, or the relay inject librdkafka's fatal error) are compiled only
@@ -58,6 +58,10 @@ HARNESS   = $(filter-out %_selftest.c,$(wildcard tests/harness/*.c))
 TEST_SRC  = $(wildcard tests/test_*.c)
 # What every test links besides the harness: tests/testutil.c and tests/tu_*.c.
 TESTUTIL  = tests/testutil.c $(wildcard tests/tu_*.c)
+# What both programs share and services do not (the lease protocol, the
+# HTTP server behind --metrics, Prometheus text): common/, a static library
+# both programs link, kept out of libferry.
+COMMON_SRC = $(wildcard common/*.c)
 # The relay's parts, apart from main(), go into a static library that the
 # tests link too.
 RELAYLIB_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
@@ -163,7 +167,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
 
 # ---------------------------------------------------------------- release
-build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h)
+build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h common/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/rel/gen/migrations.o: $(GEN) lib/internal.h
@@ -183,18 +187,22 @@ build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
 build/rel/librelay.a: $(RELAYLIB_SRC:%.c=build/rel/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/rel/libcommon.a: $(COMMON_SRC:%.c=build/rel/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/rel/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/rel/%.o)
 	rm -f $@
 	ar rcs $@ $^
-build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/libferry.a
+build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
-build/rel/ferry-reconcile: build/rel/reconciler/main.o build/rel/libreconcile.a build/rel/librelay.a \
+# The reconciler links common/, never the relay (tests/install_check.sh).
+build/rel/ferry-reconcile: build/rel/reconciler/main.o build/rel/libreconcile.a build/rel/libcommon.a \
                           build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
+                     build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 # The account service links libferry alone, as a user's service would.
@@ -203,36 +211,36 @@ build/rel/account-service: build/rel/examples/account_service.o build/rel/libfer
 
 build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/narrate.o \
                         $(HARNESS:%.c=build/rel/%.o) \
-                        build/rel/librelay.a build/rel/libferry.a
+                        build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
+                     build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-consume: build/rel/bench/bench_consume.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                         build/rel/librelay.a build/rel/libferry.a
+                         build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-saga: build/rel/bench/bench_saga.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                      build/rel/librelay.a build/rel/libferry.a
+                      build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                      build/rel/librelay.a build/rel/libferry.a
+                      build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-relay: build/rel/bench/bench_relay.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                       build/rel/librelay.a build/rel/libferry.a
+                       build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                           build/rel/librelay.a build/rel/libferry.a
+                           build/rel/librelay.a build/rel/libcommon.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 # ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
+build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h common/*.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/asan/gen/migrations.o: $(GEN) lib/internal.h
@@ -245,12 +253,15 @@ build/asan/libferry.a: $(ASAN_LIB_OBJ)
 build/asan/librelay.a: $(RELAYLIB_SRC:%.c=build/asan/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/asan/libcommon.a: $(COMMON_SRC:%.c=build/asan/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/asan/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/asan/%.o)
 	rm -f $@
 	ar rcs $@ $^
-build/asan/ferry-relay: build/asan/daemon/main.o build/asan/librelay.a build/asan/libferry.a
+build/asan/ferry-relay: build/asan/daemon/main.o build/asan/librelay.a build/asan/libcommon.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
-build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile.a build/asan/librelay.a \
+build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile.a build/asan/libcommon.a \
                           build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
 build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
@@ -273,11 +284,11 @@ build/vg/tests/test_relay_sim: build/vg/tests/test_relay_sim.o build/vg/tests/re
 
 build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o) \
                          $(HARNESS:%.c=build/asan/%.o) build/asan/libreconcile.a \
-                         build/asan/librelay.a build/asan/libferry.a
+                         build/asan/librelay.a build/asan/libcommon.a build/asan/libferry.a
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # Valgrind cannot run ASan binaries: the same tests, unsanitized (VG_CFLAGS).
-build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
+build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h common/*.h tests/*.h)
 	@mkdir -p $(@D)
 	$(CC) $(VG_CFLAGS) -DFERRY_BUILDING -c $< -o $@
 build/vg/gen/migrations.o: $(GEN) lib/internal.h
@@ -289,12 +300,15 @@ build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
 build/vg/librelay.a: $(RELAYLIB_SRC:%.c=build/vg/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/vg/libcommon.a: $(COMMON_SRC:%.c=build/vg/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/vg/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/vg/%.o)
 	rm -f $@
 	ar rcs $@ $^
 build/vg/tests/test_%: build/vg/tests/test_%.o $(TESTUTIL:%.c=build/vg/%.o) \
                        $(HARNESS:%.c=build/vg/%.o) build/vg/libreconcile.a build/vg/librelay.a \
-                       build/vg/libferry.a
+                       build/vg/libcommon.a build/vg/libferry.a
 	$(CC) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- fuzz
@@ -306,10 +320,10 @@ FUZZ_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLAGS)
 
-build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*.h)
+build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*.h common/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
-build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard lib/*.h daemon/*.h reconciler/*.h)
+build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard lib/*.h daemon/*.h reconciler/*.h common/*.h)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
 build/fuzz/gen/migrations.o: $(GEN) lib/internal.h
@@ -321,11 +335,14 @@ build/fuzz/libferry.a: $(LIB_SRC:%.c=build/fuzz/%.o) build/fuzz/gen/migrations.o
 build/fuzz/librelay.a: $(RELAYLIB_SRC:%.c=build/fuzz/%.o)
 	rm -f $@
 	ar rcs $@ $^
+build/fuzz/libcommon.a: $(COMMON_SRC:%.c=build/fuzz/%.o)
+	rm -f $@
+	ar rcs $@ $^
 build/fuzz/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/fuzz/%.o)
 	rm -f $@
 	ar rcs $@ $^
 build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
-                   build/fuzz/librelay.a build/fuzz/libferry.a
+                   build/fuzz/librelay.a build/fuzz/libcommon.a build/fuzz/libferry.a
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_FLAGS) -o $@ $^ $(TEST_LIBS)
 
 # ---------------------------------------------------------------- install

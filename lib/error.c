@@ -185,22 +185,6 @@ ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *co
     return rc;
 }
 
-ferry_code ferry_set_application_name(PGconn *conn, const char *program, const char *name,
-                                      ferry_error *err)
-{
-    char text[64];
-    int n = snprintf(text, sizeof text, "%s %s", program, name);
-    if (n >= (int)sizeof text) {
-        size_t len = sizeof text - 1;
-        while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
-            len--;
-        text[len] = '\0';
-    }
-    const char *p[1] = {text};
-    return ferry_exec(conn, "SELECT set_config('application_name', $1, false)", 1, p,
-                      "could not set application_name", err);
-}
-
 ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
 {
     if (conn == NULL)

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "lease.h"
 #include "pass.h"
 #include "rc_lease.h"
 #include "rc_metrics.h"

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lease.h"
 #include "rc_lease.h"
 
 /* (The lease functions take a name prefix; no other lease name starts
