@@ -82,7 +82,7 @@ enum {
 };
 
 struct json_t;
-void ferry_log_set_level(int level);
+/* The threshold is set with the public ferry_log_level_set. */
 int ferry_log_threshold(void);
 /* One JSON line on stderr. Takes ownership of fields (a JSON object of
  * extra fields, or NULL). */

@@ -19,7 +19,6 @@
 
 static int log_threshold = FERRY_LOG_INFO;
 
-void ferry_log_set_level(int level) { log_threshold = level; }
 void ferry_log_level_set(ferry_log_level level) { log_threshold = (int)level; }
 int ferry_log_threshold(void) { return log_threshold; }
 
