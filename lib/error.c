@@ -27,6 +27,17 @@ const char *ferry_code_name(ferry_code code)
     return "FERRY_E?";
 }
 
+/* Messages quote input (a topic, a header name, jansson's "near
+ * '...'"): escaped, so that no terminal or log reader gets a control
+ * sequence from a message. */
+FERRY_PRINTF(2, 0)
+static void set_message(ferry_error *err, const char *fmt, va_list ap)
+{
+    char text[FERRY_ERROR_MESSAGE_SIZE];
+    vsnprintf(text, sizeof text, fmt, ap);
+    ferry_escape_text(err->message, sizeof err->message, text);
+}
+
 ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, const char *fmt,
                            ...)
 {
@@ -35,12 +46,10 @@ ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, con
     ferry_err_clear(err);
     err->code = code;
     err->retriable = retriable != 0;
-    char text[FERRY_ERROR_MESSAGE_SIZE];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    set_message(err, fmt, ap);
     va_end(ap);
-    ferry_escape_text(err->message, sizeof err->message, text);
     return code;
 }
 
@@ -61,25 +70,27 @@ static void copy_field(char *dst, size_t size, const char *src)
     snprintf(dst, size, "%s", src);
 }
 
+/* err cleared for a new error of code, keeping the batch index a caller
+ * set (which item of a batch failed). */
+static void renew(ferry_error *err, ferry_code code)
+{
+    long index = err->index;
+    ferry_err_clear(err);
+    err->index = index;
+    err->code = code;
+}
+
 ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...)
 {
     if (err == NULL)
         return code;
-    long index = err->index;
-    ferry_err_clear(err);
-    err->index = index;
-    err->code = code;
+    renew(err, code);
     copy_field(err->field, sizeof err->field, field);
-    /* Messages quote input (a topic, a header name, jansson's "near
-     * '...'"): escaped, so that no terminal or log reader gets a control
-     * sequence from a message. */
-    char text[FERRY_ERROR_MESSAGE_SIZE];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(text, sizeof text, fmt, ap);
+    set_message(err, fmt, ap);
     va_end(ap);
-    ferry_escape_text(err->message, sizeof err->message, text);
     return code;
 }
 
@@ -151,10 +162,7 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
 
     if (err == NULL)
         return code;
-    long index = err->index;
-    ferry_err_clear(err);
-    err->index = index;
-    err->code = code;
+    renew(err, code);
     err->retriable = retriable;
     if (sqlstate != NULL)
         copy_field(err->sqlstate, sizeof err->sqlstate, sqlstate);
