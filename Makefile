@@ -121,18 +121,9 @@ export HELP
 help:
 	@printf '%s\n' "$$HELP"
 
-all: deps
-	@$(MAKE) --no-print-directory all-inner
-test: deps
-	@$(MAKE) --no-print-directory test-inner
-demo: deps
-	@$(MAKE) --no-print-directory demo-inner
-bench: deps
-	@$(MAKE) --no-print-directory bench-inner
-valgrind: deps
-	@$(MAKE) --no-print-directory valgrind-inner
-fuzz: deps
-	@$(MAKE) --no-print-directory fuzz-inner
+# Each public target: the packages first, then NAME-inner in a new make.
+all test demo bench valgrind fuzz: deps
+	@$(MAKE) --no-print-directory $@-inner
 deps:
 	@sh scripts/deps.sh
 
