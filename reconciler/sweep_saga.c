@@ -159,27 +159,21 @@ typedef struct saga_kind {
     " WHERE state = '" state "' AND deadline IS NULL"                                          \
     " GROUP BY definition ORDER BY definition"
 
-static const saga_kind running_kind = {
-    .state = "running",
-    .problem = "past_deadline",
-    .one = "running saga",
-    .what = "running sagas",
-    .cause = "a step's timeout or the saga's deadline the workers never fired",
-    .overdue_sql = OVERDUE_SQL("running"),
-    .recheck_sql = RECHECK_SQL("running"),
-    .no_timer_sql = NO_TIMER_SQL("running"),
-};
+/* One kind from its state: the state in the SQL and in .state cannot
+ * drift apart. */
+#define SAGA_KIND(st, prob, one_, what_, cause_)                                               \
+    {.state = st, .problem = prob, .one = one_, .what = what_, .cause = cause_,                \
+     .overdue_sql = OVERDUE_SQL(st), .recheck_sql = RECHECK_SQL(st),                           \
+     .no_timer_sql = NO_TIMER_SQL(st)}
 
-static const saga_kind compensating_kind = {
-    .state = "compensating",
-    .problem = "compensation_unfinished",
-    .one = "compensating saga",
-    .what = "compensating sagas",
-    .cause = "a compensation command went unanswered and was never resent",
-    .overdue_sql = OVERDUE_SQL("compensating"),
-    .recheck_sql = RECHECK_SQL("compensating"),
-    .no_timer_sql = NO_TIMER_SQL("compensating"),
-};
+static const saga_kind running_kind =
+    SAGA_KIND("running", "past_deadline", "running saga", "running sagas",
+              "a step's timeout or the saga's deadline the workers never fired");
+
+static const saga_kind compensating_kind =
+    SAGA_KIND("compensating", "compensation_unfinished", "compensating saga",
+              "compensating sagas", "a compensation command went unanswered and was never "
+              "resent");
 
 /* ------------------------------------------------------------ no timer */
 
