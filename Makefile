@@ -208,6 +208,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 # it and nothing else. An object without its .d (new, or built before
 # there were any) is rebuilt once: the .d is a prerequisite, named as a
 # target without a recipe, which make counts as just changed when missing.
+# clang writes the .d after the .o, so the .o is touched after both.
 VARIANTS = rel asan vg fuzz
 ALL_C    = $(wildcard lib/*.c common/*.c daemon/*.c reconciler/*.c tests/*.c tests/harness/*.c \
                       tests/fuzz/*.c bench/*.c examples/*.c)
@@ -242,6 +243,7 @@ define VARIANT_RULES
 build/$(1)/%.o: %.c build/$(1)/%.d
 	@mkdir -p $$(@D)
 	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -MMD -MP -c $$< -o $$@
+	@touch $$@
 build/$(1)/gen/migrations.o: $$(GEN) lib/internal.h
 	@mkdir -p $$(@D)
 	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -c $$< -o $$@
@@ -273,9 +275,11 @@ build/$(1)/tests/pgtmp_selftest: build/$(1)/tests/harness/pgtmp_selftest.o \
 build/$(1)/tests/relay_sched_test.o: daemon/relay_sched.c build/$(1)/tests/relay_sched_test.d
 	@mkdir -p $$(@D)
 	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_SCHED_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
 build/$(1)/tests/test_relay_sim.o: tests/test_relay_sim.c build/$(1)/tests/test_relay_sim.d
 	@mkdir -p $$(@D)
 	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_SCHED_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
 build/$(1)/tests/test_relay_sim: build/$(1)/tests/test_relay_sim.o build/$(1)/tests/relay_sched_test.o
 	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
 
