@@ -1,6 +1,6 @@
 /*
  * rc_lease.h — the reconciler's lease: one active reconciler per
- * database, through the row "reconciler" of ferry.lease (lib/lease.c's
+ * database, through the row "reconciler" of ferry.lease (common/lease.c's
  * protocol, judged by the database clock). Who holds it and under which
  * epoch is the state of its holder, passed in: no file-global.
  */
