@@ -25,6 +25,7 @@
 
 #include "../lib/internal.h"
 #include "config.h"
+#include "lease.h"
 #include "metrics.h"
 #include "relay_sched.h"
 
