@@ -349,9 +349,33 @@ typedef struct ferry_message {
 FERRY_API const char *ferry_message_header(const ferry_message *msg, const char *name);
 
 /*
+ * For a handler that must not share its transaction with other messages
+ * (it changes the transaction's settings, holds locks that must be let go
+ * soon, or calls something that may not run twice in one transaction):
+ *
+ *     ferry_code rc = ferry_message_alone(msg, err);
+ *     if (rc != FERRY_OK)
+ *         return rc;
+ *
+ * first thing, before it touches conn. Inside a batch it returns
+ * FERRY_ESTATE (err filled): the handler returns that, the batch is
+ * rolled back, and this message is applied again in a transaction of its
+ * own (the others in batches before and after it, in their order); there
+ * the call returns FERRY_OK. Asking costs no attempt. A consumer whose
+ * every message must run alone sets batch_max = 1 instead.
+ */
+FERRY_API ferry_code ferry_message_alone(const ferry_message *msg, ferry_error *err);
+
+/*
  * Apply msg on conn, inside the transaction the consumer opened. May run
  * statements and emit messages on conn; must not begin, commit or roll
- * back. Return FERRY_OK to commit. Anything else rolls back, and then:
+ * back. The transaction may hold other messages too (a batch, see
+ * batch_max): the handler sees what earlier messages of the batch did, as
+ * if they had committed, and a failure rolls back the batch, after which
+ * the message is applied apart from the others — so a handler keeps its
+ * effects in the database, sets nothing that outlives one message
+ * (SET LOCAL, a temporary table, advisory locks taken for the
+ * transaction), and calls ferry_message_alone() when it must run alone. Return FERRY_OK to commit. Anything else rolls back, and then:
  *   - err->retriable set (ferry_error_from_pg() sets it for serialization
  *     failures, deadlocks and lost connections): the message is retried
  *     after a backoff, without counting an attempt;
@@ -390,6 +414,12 @@ typedef struct ferry_consumer_conf {
                                    the first position that arrives, not at 1 */
     size_t max_payload;         /* bytes; 0 = FERRY_DEFAULT_MAX_PAYLOAD; a
                                    larger message is dead-lettered unread */
+    int batch_max;              /* messages applied in one transaction, at
+                                   most; 0 = 100, 1 = each in its own
+                                   (no batches); up to 1000 */
+    int batch_ms;               /* how long a batch waits for more messages
+                                   after its first; 0 (the default) = none:
+                                   a batch is what has already arrived */
 } ferry_consumer_conf;
 
 /* What a consumer did since it was made; for logs, metrics and tests. */
@@ -409,6 +439,10 @@ typedef struct ferry_consumer_stats {
     uint64_t assigned;          /* partitions assigned, summed over rebalances */
     uint64_t revoked;           /* partitions revoked */
     uint64_t offsets_stored;
+    uint64_t batches;           /* transactions that applied a batch */
+    uint64_t batch_fallbacks;   /* batches rolled back and applied apart */
+    uint64_t batch_dropped;     /* messages let go from a batch being gathered
+                                   when their partition was revoked */
 } ferry_consumer_stats;
 
 /*
