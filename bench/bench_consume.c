@@ -46,6 +46,15 @@
  * that applied the messages (from /proc, when the server is local), and
  * the WAL written — where the inbox's cost goes.
  *
+ * Batches (issue 13): (a) runs the consumer as configured by default,
+ * applying the messages that have arrived in batches of up to 100 per
+ * transaction; beside it (a1) "inbox1", the same consumer with batch_max
+ * 1 (one message per transaction, the path before batches), and (b2)
+ * "bareB", the bare loop with one transaction per batch of what has
+ * arrived (up to 100). Ratios: inbox / inbox1 (target >= 5), inbox /
+ * bareB (target >= 0.9), and inbox1 / bare as before (the inbox's cost
+ * per message; consume_inbox_vs_bare_ratio keeps that meaning).
+ *
  * Then, apart from the ratio, where the inbox's time goes: the statements
  * the consumer sends for one message (BEGIN + xid, the claim, the
  * handler's UPDATE, COMMIT) replayed on one connection without Kafka,
@@ -54,6 +63,10 @@
  * claim as a prepared statement (as lib/consume.c has it, which moreover
  * sends it in BEGIN's round trip); the three interleaved message by
  * message.
+ *
+ * After the held drain (below), a pipeline figure: writers, one relay, one
+ * consumer, end to end, beside the relay's drain rate alone (see
+ * run_pipeline).
  *
  * Noise: the workloads run interleaved, FERRY_BENCH_ROUNDS rounds (default
  * 3), the order swapped every round; a CHECKPOINT and a VACUUM of the
@@ -70,13 +83,19 @@
  * <name> <value> <unit>` line per figure.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -135,6 +154,7 @@ typedef struct run_result {
     double backend_cpu_us;      /* per message, the applying backend; -1 unknown */
     double wal_bytes;           /* per message, the whole run */
     uint64_t retries;           /* transient failures retried (inbox only) */
+    double msgs_per_tx;         /* messages per applying transaction, mean */
 } run_result;
 
 typedef struct bench {
@@ -624,6 +644,11 @@ out:
         return -1;
     window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = s.transient_retries;
+    /* Each message applied in a batch's transaction, or in its own. */
+    out->msgs_per_tx = (double)b->msgs /
+                       (double)(s.batches + ((uint64_t)b->msgs - s.batch_messages));
+    fprintf(stderr, "bench: %s: %" PRIu64 " batches (%.1f messages a transaction), %" PRIu64
+                    " fallbacks\n", name, s.batches, out->msgs_per_tx, s.batch_fallbacks);
     return 0;
 }
 
@@ -1255,6 +1280,292 @@ static int run_held_drain(bench *b, kt_broker *kb, int rounds, double *ratio)
     return 0;
 }
 
+/* ---------------------------------------------------------------- pipeline */
+
+/*
+ * The whole way, end to end (issue 13): PIPE_WRITERS writer threads emit
+ * (ferry.emit, PIPE_PER_TX messages per transaction, keys at random over
+ * the 1000 accounts) for PIPE_SECONDS; one `ferry-relay run` publishes;
+ * one ferry consumer (the default configuration: batches) applies each
+ * message to bench_pipe. Sampled every 100 ms: emitted (committed rows the
+ * writers counted) and applied (the consumer's counter); the lag is their
+ * difference. Figures: the emit rate, the apply rate over the same window,
+ * the largest and the last lag, and how long the consumer took to catch
+ * up once the writers stopped. Beside them, the relay's drain rate alone:
+ * the same number of messages emitted in one transaction and drained by
+ * `ferry-relay run --once`, no consumer. Checked: the consumer's inbox
+ * holds exactly every emitted message.
+ */
+enum { PIPE_WRITERS = 4, PIPE_PER_TX = 10, PIPE_SECONDS = 10, PIPE_CATCHUP_S = 120 };
+static const char PIPE_TOPIC[] = "bench.pipe";
+
+typedef struct pipe_writer {
+    pthread_t tid;
+    const char *conninfo;
+    unsigned seed;
+    atomic_long emitted;
+    atomic_int *stop;
+    int failed;
+} pipe_writer;
+
+static void *pipe_write(void *arg)
+{
+    pipe_writer *w = arg;
+    PGconn *conn = PQconnectdb(w->conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "bench: writer: %s", PQerrorMessage(conn));
+        w->failed = 1;
+        PQfinish(conn);
+        return NULL;
+    }
+    char sql[512];
+    while (!atomic_load(w->stop)) {
+        int k = (int)(rand_r(&w->seed) % KEYS);
+        /* One transaction of PIPE_PER_TX messages, each key's positions in
+         * commit order (ferry.emit). */
+        snprintf(sql, sizeof sql,
+                 "SELECT count(ferry.emit('%s', 'acct-' || lpad(((%d + g * 37) %% %d)::text, 4, "
+                 "'0'), 'PaymentApplied', '{\"amount\": 1}'::jsonb)) "
+                 "FROM generate_series(1, %d) g", PIPE_TOPIC, k, KEYS, PIPE_PER_TX);
+        PGresult *res = PQexec(conn, sql);
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        if (!ok)
+            fprintf(stderr, "bench: writer: %s", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok) {
+            w->failed = 1;
+            break;
+        }
+        atomic_fetch_add(&w->emitted, PIPE_PER_TX);
+    }
+    PQfinish(conn);
+    return NULL;
+}
+
+static ferry_code pipe_apply(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    handler_state *h = arg;
+    if (h->prepared_on != conn) {
+        PGresult *res = PQprepare(conn, "bench_pipe_apply",
+                                  "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 0, NULL);
+        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                            ? FERRY_OK
+                            : ferry_error_from_pg(err, conn, res, "could not prepare");
+        PQclear(res);
+        if (rc != FERRY_OK)
+            return rc;
+        h->prepared_on = conn;
+    }
+    const char *p[1] = {m->key};
+    PGresult *res = PQexecPrepared(conn, "bench_pipe_apply", 1, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not count");
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = handler_fail(err, "no account %s", m->key);
+    PQclear(res);
+    return rc;
+}
+
+static pid_t pipe_spawn_relay(bench *b, int once)
+{
+    const char *relay = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
+    const char *argv[16];
+    int n = 0;
+    argv[n++] = relay;
+    argv[n++] = "run";
+    if (once)
+        argv[n++] = "--once";
+    argv[n++] = "--db";
+    argv[n++] = fpg_conninfo(b->pg);
+    argv[n++] = "--kafka";
+    argv[n++] = b->bootstrap;
+    argv[n++] = "--holder";
+    argv[n++] = once ? "bench-pipe-drain" : "bench-pipe";
+    argv[n++] = "--set";
+    argv[n++] = "log_level=warn";
+    argv[n] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDOUT_FILENO);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int pipe_wait(pid_t pid, int *status)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return 0;
+}
+
+static int run_pipeline(bench *b, kt_broker *kb)
+{
+    if (kt_command(kb, "topic-create %s 8 1", PIPE_TOPIC) != 0 ||
+        bench_exec(b->admin, "CREATE TABLE bench_pipe (id text PRIMARY KEY, "
+                             "n bigint NOT NULL DEFAULT 0)") != 0 ||
+        bench_exec(b->admin, "INSERT INTO bench_pipe (id) SELECT id FROM bench_account") != 0)
+        return -1;
+
+    /* The pipeline. */
+    atomic_int stop = 0;
+    static pipe_writer ws[PIPE_WRITERS];
+    handler_state h = {NULL};
+    const char *topics[1] = {PIPE_TOPIC};
+    ferry_consumer_conf conf = {.name = "bench-pipe", .db = fpg_conninfo(b->pg),
+                                .kafka = b->bootstrap, .topics = topics, .topic_count = 1,
+                                .handler = pipe_apply, .handler_arg = &h};
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    if (ferry_consumer_new(&conf, &c, &err) != FERRY_OK) {
+        fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+        return -1;
+    }
+    pid_t relay = pipe_spawn_relay(b, 0);
+    if (relay < 0) {
+        ferry_consumer_destroy(c);
+        return -1;
+    }
+    int rc = -1, started = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        ws[i].conninfo = fpg_conninfo(b->pg);
+        ws[i].seed = 0x5eed + (unsigned)i;
+        ws[i].stop = &stop;
+        atomic_store(&ws[i].emitted, 0);
+        if (pthread_create(&ws[i].tid, NULL, pipe_write, &ws[i]) != 0)
+            goto out;
+        started++;
+    }
+    ferry_consumer_stats s;
+    int64_t t0 = clk_mono_us(), t_end = t0 + PIPE_SECONDS * 1000000LL, next_sample = t0;
+    long max_lag = 0, emitted = 0, lag = 0;
+    uint64_t applied_at_end = 0;
+    for (;;) {
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        int64_t now = clk_mono_us();
+        if (now >= next_sample) {
+            emitted = 0;
+            for (int i = 0; i < PIPE_WRITERS; i++)
+                emitted += atomic_load(&ws[i].emitted);
+            ferry_consumer_stats_get(c, &s);
+            lag = emitted - (long)s.applied;
+            if (lag > max_lag)
+                max_lag = lag;
+            next_sample = now + 100000;
+        }
+        if (now >= t_end)
+            break;
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+    started = 0;
+    emitted = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        emitted += atomic_load(&ws[i].emitted);
+        if (ws[i].failed)
+            goto out;
+    }
+    ferry_consumer_stats_get(c, &s);
+    applied_at_end = s.applied;
+    double window_s = (double)(clk_mono_us() - t0) / 1e6;
+    int64_t t_stop = clk_mono_us();
+    while (s.applied < (uint64_t)emitted) {
+        if (clk_mono_us() - t_stop > PIPE_CATCHUP_S * 1000000LL) {
+            fprintf(stderr, "bench: pipeline: %" PRIu64 " of %ld applied %d s after the "
+                            "writers stopped\n", s.applied, emitted, PIPE_CATCHUP_S);
+            goto out;
+        }
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        ferry_consumer_stats_get(c, &s);
+    }
+    double catchup_s = (double)(clk_mono_us() - t_stop) / 1e6;
+    long long inbox = -1;
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
+                       "bench-pipe", &inbox) != 0 || inbox != emitted ||
+        s.applied != (uint64_t)emitted) {
+        fprintf(stderr, "bench: pipeline: %ld emitted, %" PRIu64 " applied, %lld in the inbox\n",
+                emitted, s.applied, inbox);
+        goto out;
+    }
+
+    /* The relay alone: as many messages, one transaction, one --once drain. */
+    kill(relay, SIGTERM);
+    int st;
+    if (pipe_wait(relay, &st) != 0)
+        goto out_no_relay;
+    relay = -1;
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT count(ferry.emit('%s', 'acct-' || lpad((g %% %d)::text, 4, '0'), "
+             "'PaymentApplied', '{\"amount\": 1}'::jsonb)) FROM generate_series(1, %ld) g",
+             PIPE_TOPIC, KEYS, emitted);
+    if (bench_exec(b->admin, sql) != 0 || bench_exec(b->admin, "CHECKPOINT") != 0)
+        goto out_no_relay;
+    int64_t r0 = clk_mono_us();
+    pid_t once = pipe_spawn_relay(b, 1);
+    if (once < 0 || pipe_wait(once, &st) != 0 || st != 0) {
+        fprintf(stderr, "bench: ferry-relay run --once: status %d\n", st);
+        goto out_no_relay;
+    }
+    double relay_s = (double)(clk_mono_us() - r0) / 1e6;
+    long long left = -1;
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.outbox WHERE topic = $1",
+                       PIPE_TOPIC, &left) != 0 || left != 0) {
+        fprintf(stderr, "bench: ferry-relay --once left %lld rows\n", left);
+        goto out_no_relay;
+    }
+
+    double e2e = (double)applied_at_end / window_s;
+    printf("\npipeline: %d writers emitting (%d messages a transaction) for %d s, one "
+           "ferry-relay, one consumer (batches):\n", PIPE_WRITERS, PIPE_PER_TX, PIPE_SECONDS);
+    printf("  emitted %8.0f msgs/s   applied end to end %8.0f msgs/s over the same window\n",
+           (double)emitted / window_s, e2e);
+    printf("  consumer lag: at most %ld messages, %ld when the writers stopped; caught up "
+           "%.2f s later\n", max_lag, lag, catchup_s);
+    printf("  the relay alone: %ld messages drained by ferry-relay run --once in %.2f s "
+           "(%.0f msgs/s, start-up included)\n", emitted, relay_s, (double)emitted / relay_s);
+    printf("  check: the consumer's inbox holds each of the %ld emitted messages once\n",
+           emitted);
+    printf("bench consume_pipeline_msgs_per_s %.0f msgs/s\n", e2e);
+    printf("bench consume_pipeline_emit_msgs_per_s %.0f msgs/s\n", (double)emitted / window_s);
+    printf("bench consume_pipeline_max_lag_msgs %ld msgs\n", max_lag);
+    printf("bench consume_pipeline_catchup_s %.2f s\n", catchup_s);
+    printf("bench consume_pipeline_relay_alone_msgs_per_s %.0f msgs/s\n",
+           (double)emitted / relay_s);
+    rc = 0;
+    goto out_no_relay;
+
+out:
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+out_no_relay:
+    if (relay > 0) {
+        kill(relay, SIGTERM);
+        int st2;
+        pipe_wait(relay, &st2);
+    }
+    ferry_consumer_destroy(c);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int setup_schema(bench *b)
@@ -1339,6 +1650,9 @@ int main(void)
     print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
     double held_ratio;
     if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
+        goto out;
+    fprintf(stderr, "bench: pipeline: writers, relay, consumer for %d s\n", PIPE_SECONDS);
+    if (run_pipeline(&b, kb) != 0)
         goto out;
     status = 0;
 

@@ -1416,6 +1416,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         if (rc == FERRY_OK) {
             after_commit(c);
             c->stats.batches++;
+            c->stats.batch_messages += (uint64_t)(j - i);
             int held = 0, applied = 0;
             for (int k = i; k < j; k++) {
                 account(c, &ws[k], v[k - i]);
@@ -1455,6 +1456,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
             if (batch_tx(c, ws + i, k - i, v, &f2) == FERRY_OK) {
                 after_commit(c);
                 c->stats.batches++;
+                c->stats.batch_messages += (uint64_t)(k - i);
                 for (int m = i; m < k; m++) {
                     account(c, &ws[m], v[m - i]);
                     store_offset(c, &ws[m]);
@@ -1594,6 +1596,38 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
 
 /* ---------------------------------------------------------------- Kafka */
 
+/* "topic[p]" for each partition of l, as a JSON array. */
+static json_t *partitions_json(const rd_kafka_topic_partition_list_t *l)
+{
+    json_t *a = json_array();
+    for (int i = 0; l != NULL && i < l->cnt; i++) {
+        char one[FERRY_TOPIC_MAX + 16];
+        snprintf(one, sizeof one, "%s[%" PRId32 "]", l->elems[i].topic, l->elems[i].partition);
+        json_array_append_new(a, json_string(one));
+    }
+    return a;
+}
+
+/*
+ * One JSON event per assignment change (consumer.assigned, .revoked,
+ * .lost): the partitions that moved, and those held after the change.
+ * Logged after the change is made, so "held" is the new assignment.
+ */
+static void log_assignment(ferry_consumer *c, const char *event, const char *what,
+                           const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *held = NULL;
+    if (rd_kafka_assignment(c->rk, &held) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        held = NULL;
+    json_t *f = json_pack("{s:s, s:s, s:o, s:i, s:o}", "consumer", c->name, "change", what,
+                          "partitions", partitions_json(parts), "held_count",
+                          held ? held->cnt : -1, "held", partitions_json(held));
+    ferry_log_json(FERRY_LOG_INFO, event, f, "consumer %s: %d partitions %s, %d held",
+                   c->name, parts->cnt, what, held ? held->cnt : -1);
+    if (held != NULL)
+        rd_kafka_topic_partition_list_destroy(held);
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -1601,8 +1635,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         c->stats.assigned += (uint64_t)parts->cnt;
-        ferry_log(FERRY_LOG_INFO, "consumer.assigned", "consumer %s: %d partitions assigned",
-                  c->name, parts->cnt);
         if (cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
             if (e)
@@ -1610,6 +1642,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         } else {
             rd_kafka_assign(rk, parts);
         }
+        log_assignment(c, "consumer.assigned", "assigned", parts);
         return;
     }
     /* Revoked (or lost): what was applied is committed before the
@@ -1618,9 +1651,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
      * messages. */
     c->stats.revoked += (uint64_t)parts->cnt;
     c->revoke_gen++;            /* a batch being gathered lets their messages go */
-    ferry_log(FERRY_LOG_INFO, "consumer.revoked", "consumer %s: %d partitions revoked",
-              c->name, parts->cnt);
-    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !rd_kafka_assignment_lost(rk)) {
+    int lost = rd_kafka_assignment_lost(rk);
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !lost) {
         rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
         if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
             ferry_log(FERRY_LOG_WARN, "consumer.commit_failed",
@@ -1635,6 +1667,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         rd_kafka_assign(rk, NULL);
     }
+    log_assignment(c, lost ? "consumer.lost" : "consumer.revoked", lost ? "lost" : "revoked",
+                   parts);
 }
 
 /* librdkafka's own log lines, as ferry's JSON lines. */
@@ -2010,6 +2044,23 @@ void ferry_consumer_destroy(ferry_consumer *c)
     free(c->batch);
     free(c->batch_verdicts);
     free(c);
+}
+
+int ferry_consumer_partitions(ferry_consumer *c, ferry_partition *out, size_t max)
+{
+    if (c == NULL || c->rk == NULL || (out == NULL && max > 0))
+        return -1;
+    rd_kafka_topic_partition_list_t *held = NULL;
+    if (rd_kafka_assignment(c->rk, &held) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return -1;
+    rd_kafka_topic_partition_list_sort(held, NULL, NULL);
+    int n = held->cnt;
+    for (int i = 0; i < n && (size_t)i < max; i++) {
+        snprintf(out[i].topic, sizeof out[i].topic, "%s", held->elems[i].topic);
+        out[i].partition = held->elems[i].partition;
+    }
+    rd_kafka_topic_partition_list_destroy(held);
+    return n;
 }
 
 void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out)

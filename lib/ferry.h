@@ -440,6 +440,8 @@ typedef struct ferry_consumer_stats {
     uint64_t revoked;           /* partitions revoked */
     uint64_t offsets_stored;
     uint64_t batches;           /* transactions that applied a batch */
+    uint64_t batch_messages;    /* messages those transactions applied, held
+                                   or skipped */
     uint64_t batch_fallbacks;   /* batches rolled back and applied apart */
     uint64_t batch_dropped;     /* messages let go from a batch being gathered
                                    when their partition was revoked */
@@ -483,6 +485,23 @@ FERRY_API ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err);
 
 /* Close (if not closed) and free. Accepts NULL. */
 FERRY_API void ferry_consumer_destroy(ferry_consumer *c);
+
+/* One partition a consumer holds. */
+typedef struct ferry_partition {
+    char topic[FERRY_TOPIC_MAX + 1];
+    int32_t partition;
+} ferry_partition;
+
+/*
+ * The partitions c holds now (its assignment in the group), sorted by
+ * topic and partition: the first max of them into out (NULL when max is
+ * 0). Returns how many it holds — more than max means out was too short —
+ * or -1 when c is closed or librdkafka cannot say. Call it from the
+ * thread that polls. Every change is also logged, as one JSON event
+ * (consumer.assigned, consumer.revoked or consumer.lost) with the
+ * partitions that moved and those held after.
+ */
+FERRY_API int ferry_consumer_partitions(ferry_consumer *c, ferry_partition *out, size_t max);
 
 /* A copy of the counters. Call it from the thread that polls: the
  * counters are plain integers updated by ferry_consumer_poll(). Messages

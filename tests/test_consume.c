@@ -800,6 +800,71 @@ static void end_to_end_through_the_relay(void **state)
 }
 
 
+/* The API says which partitions a consumer holds, and every change is
+ * one JSON log event naming what moved and what is held after. */
+static void the_assignment_is_known_and_logged(void **state)
+{
+    const char *topic = "c.assign";
+    pmsg m[1] = {{"as", 1}};
+    produce(topic, m, 1, NULL);         /* the topic, with the broker's 4 partitions */
+    /* The log goes to stderr: to a file while the consumer joins. */
+    char path[] = "/tmp/ferry-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    ferry_consumer *c = consumer_new("c-assign", topic, 0);
+    ferry_partition none[1];
+    assert_int_equal(ferry_consumer_partitions(c, none, 0), 0);   /* not yet in the group */
+    poll_until(c, applied_at_least, 1);
+    ferry_partition held[8];
+    int n = ferry_consumer_partitions(c, held, 8);
+    assert_int_equal(ferry_consumer_partitions(c, NULL, 0), n);
+    assert_int_equal(ferry_consumer_partitions(c, held, 2), n);     /* says how many */
+    consumer_done(c);
+    fflush(stderr);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    close(fd);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(held[i].topic, topic);
+        assert_int_equal(held[i].partition, i);
+    }
+    size_t len = 0;
+    char *log = tu_slurp(path, &len);
+    unlink(path);
+    fprintf(stderr, "%s", log);
+    /* The join, then the close's revocation: one event each, as JSON. */
+    int assigned = 0, revoked = 0;
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        if (j == NULL)
+            continue;
+        const char *ev = json_string_value(json_object_get(j, "event"));
+        const char *who = json_string_value(json_object_get(j, "consumer"));
+        if (ev != NULL && who != NULL && strcmp(who, "c-assign") == 0) {
+            if (strcmp(ev, "consumer.assigned") == 0) {
+                assigned++;
+                assert_int_equal(json_array_size(json_object_get(j, "partitions")), 4);
+                assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 4);
+                assert_string_equal(json_string_value(json_array_get(
+                                        json_object_get(j, "held"), 0)), "c.assign[0]");
+            } else if (strcmp(ev, "consumer.revoked") == 0) {
+                revoked++;
+                assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 0);
+            }
+        }
+        json_decref(j);
+    }
+    free(log);
+    assert_int_equal(assigned, 1);
+    assert_int_equal(revoked, 1);
+}
+
 /* ------------------------------------------------------------------ batches */
 
 /* A topic of one partition, so that what is produced comes in order and
@@ -1050,6 +1115,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(rebalance_applies_each_once),
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
+        cmocka_unit_test(the_assignment_is_known_and_logged),
     };
     tu_filter_from_env();
     /* One group (one cluster, one broker): the batch tests join it in the
