@@ -1287,22 +1287,30 @@ static int run_held_drain(bench *b, kt_broker *kb, int rounds, double *ratio)
  * (ferry.emit, PIPE_PER_TX messages per transaction, keys at random over
  * the 1000 accounts) for PIPE_SECONDS; one `ferry-relay run` publishes;
  * one ferry consumer (the default configuration: batches) applies each
- * message to bench_pipe. Sampled every 100 ms: emitted (committed rows the
- * writers counted) and applied (the consumer's counter); the lag is their
- * difference. Figures: the emit rate, the apply rate over the same window,
- * the largest and the last lag, and how long the consumer took to catch
- * up once the writers stopped. Beside them, the relay's drain rate alone:
- * the same number of messages emitted in one transaction and drained by
- * `ferry-relay run --once`, no consumer. Checked: the consumer's inbox
- * holds exactly every emitted message.
+ * message to bench_pipe. Sampled every 100 ms: emitted (committed
+ * messages the writers counted) and applied (the consumer's counter); the
+ * lag is their difference. Two phases:
+ *
+ *   flood      the writers as fast as they go: how fast the consumer
+ *              applies while it falls behind, how far behind it falls,
+ *              and how long it takes to catch up once they stop;
+ *   sustained  the writers held to PIPE_SUSTAIN of the flood's apply rate:
+ *              the rate end to end and the largest lag, which stays
+ *              bounded when the consumer keeps up.
+ *
+ * Beside them, the relay's drain rate alone: as many messages emitted in
+ * one transaction and drained by `ferry-relay run --once`, no consumer.
+ * Checked: the consumer's inbox holds exactly every emitted message.
  */
 enum { PIPE_WRITERS = 4, PIPE_PER_TX = 10, PIPE_SECONDS = 10, PIPE_CATCHUP_S = 120 };
+#define PIPE_SUSTAIN 0.8
 static const char PIPE_TOPIC[] = "bench.pipe";
 
 typedef struct pipe_writer {
     pthread_t tid;
     const char *conninfo;
     unsigned seed;
+    double rate;                /* messages/s for this writer; 0: no limit */
     atomic_long emitted;
     atomic_int *stop;
     int failed;
@@ -1319,7 +1327,20 @@ static void *pipe_write(void *arg)
         return NULL;
     }
     char sql[512];
+    int64_t t0 = clk_mono_us();
+    long mine = 0;
     while (!atomic_load(w->stop)) {
+        if (w->rate > 0) {
+            /* Held to the rate: the next transaction when it is due. */
+            int64_t due = t0 + (int64_t)((double)mine / w->rate * 1e6);
+            int64_t now = clk_mono_us();
+            if (due > now) {
+                int64_t us = due - now < 50000 ? due - now : 50000;
+                struct timespec ts = {0, (long)us * 1000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+        }
         int k = (int)(rand_r(&w->seed) % KEYS);
         /* One transaction of PIPE_PER_TX messages, each key's positions in
          * commit order (ferry.emit). */
@@ -1336,6 +1357,7 @@ static void *pipe_write(void *arg)
             w->failed = 1;
             break;
         }
+        mine += PIPE_PER_TX;
         atomic_fetch_add(&w->emitted, PIPE_PER_TX);
     }
     PQfinish(conn);
@@ -1409,6 +1431,95 @@ static int pipe_wait(pid_t pid, int *status)
     return 0;
 }
 
+/* What one phase measured. */
+typedef struct pipe_result {
+    long emitted;
+    double window_s;
+    double emit_rate, apply_rate;   /* over the window */
+    long max_lag, end_lag;
+    double catchup_s;               /* writers stopped -> all applied */
+} pipe_result;
+
+/* Writers at rate messages/s in all (0: no limit) for PIPE_SECONDS, the
+ * consumer c applying meanwhile, then until it has caught up. */
+static int pipe_phase(bench *b, ferry_consumer *c, double rate, pipe_result *r)
+{
+    memset(r, 0, sizeof *r);
+    atomic_int stop = 0;
+    static pipe_writer ws[PIPE_WRITERS];
+    ferry_consumer_stats s;
+    ferry_error err;
+    ferry_consumer_stats_get(c, &s);
+    uint64_t base = s.applied;
+    int rc = -1, started = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        ws[i].conninfo = fpg_conninfo(b->pg);
+        ws[i].seed = 0x5eed + (unsigned)i + (rate > 0 ? 100u : 0u);
+        ws[i].rate = rate / PIPE_WRITERS;
+        ws[i].stop = &stop;
+        ws[i].failed = 0;
+        atomic_store(&ws[i].emitted, 0);
+        if (pthread_create(&ws[i].tid, NULL, pipe_write, &ws[i]) != 0)
+            goto out;
+        started++;
+    }
+    int64_t t0 = clk_mono_us(), t_end = t0 + PIPE_SECONDS * 1000000LL, next_sample = t0;
+    long emitted = 0;
+    for (;;) {
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        int64_t now = clk_mono_us();
+        if (now >= next_sample) {
+            emitted = 0;
+            for (int i = 0; i < PIPE_WRITERS; i++)
+                emitted += atomic_load(&ws[i].emitted);
+            ferry_consumer_stats_get(c, &s);
+            r->end_lag = emitted - (long)(s.applied - base);
+            if (r->end_lag > r->max_lag)
+                r->max_lag = r->end_lag;
+            next_sample = now + 100000;
+        }
+        if (now >= t_end)
+            break;
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+    started = 0;
+    r->emitted = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        r->emitted += atomic_load(&ws[i].emitted);
+        if (ws[i].failed)
+            goto out;
+    }
+    ferry_consumer_stats_get(c, &s);
+    r->window_s = (double)(clk_mono_us() - t0) / 1e6;
+    r->emit_rate = (double)r->emitted / r->window_s;
+    r->apply_rate = (double)(s.applied - base) / r->window_s;
+    int64_t t_stop = clk_mono_us();
+    while (s.applied - base < (uint64_t)r->emitted) {
+        if (clk_mono_us() - t_stop > PIPE_CATCHUP_S * 1000000LL) {
+            fprintf(stderr, "bench: pipeline: %" PRIu64 " of %ld applied %d s after the "
+                            "writers stopped\n", s.applied - base, r->emitted, PIPE_CATCHUP_S);
+            goto out;
+        }
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        ferry_consumer_stats_get(c, &s);
+    }
+    r->catchup_s = (double)(clk_mono_us() - t_stop) / 1e6;
+    rc = 0;
+out:
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+    return rc;
+}
+
 static int run_pipeline(bench *b, kt_broker *kb)
 {
     if (kt_command(kb, "topic-create %s 8 1", PIPE_TOPIC) != 0 ||
@@ -1417,9 +1528,6 @@ static int run_pipeline(bench *b, kt_broker *kb)
         bench_exec(b->admin, "INSERT INTO bench_pipe (id) SELECT id FROM bench_account") != 0)
         return -1;
 
-    /* The pipeline. */
-    atomic_int stop = 0;
-    static pipe_writer ws[PIPE_WRITERS];
     handler_state h = {NULL};
     const char *topics[1] = {PIPE_TOPIC};
     ferry_consumer_conf conf = {.name = "bench-pipe", .db = fpg_conninfo(b->pg),
@@ -1436,131 +1544,82 @@ static int run_pipeline(bench *b, kt_broker *kb)
         ferry_consumer_destroy(c);
         return -1;
     }
-    int rc = -1, started = 0;
-    for (int i = 0; i < PIPE_WRITERS; i++) {
-        ws[i].conninfo = fpg_conninfo(b->pg);
-        ws[i].seed = 0x5eed + (unsigned)i;
-        ws[i].stop = &stop;
-        atomic_store(&ws[i].emitted, 0);
-        if (pthread_create(&ws[i].tid, NULL, pipe_write, &ws[i]) != 0)
-            goto out;
-        started++;
-    }
-    ferry_consumer_stats s;
-    int64_t t0 = clk_mono_us(), t_end = t0 + PIPE_SECONDS * 1000000LL, next_sample = t0;
-    long max_lag = 0, emitted = 0, lag = 0;
-    uint64_t applied_at_end = 0;
-    for (;;) {
-        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
-            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
-            goto out;
-        }
-        int64_t now = clk_mono_us();
-        if (now >= next_sample) {
-            emitted = 0;
-            for (int i = 0; i < PIPE_WRITERS; i++)
-                emitted += atomic_load(&ws[i].emitted);
-            ferry_consumer_stats_get(c, &s);
-            lag = emitted - (long)s.applied;
-            if (lag > max_lag)
-                max_lag = lag;
-            next_sample = now + 100000;
-        }
-        if (now >= t_end)
-            break;
-    }
-    atomic_store(&stop, 1);
-    for (int i = 0; i < started; i++)
-        pthread_join(ws[i].tid, NULL);
-    started = 0;
-    emitted = 0;
-    for (int i = 0; i < PIPE_WRITERS; i++) {
-        emitted += atomic_load(&ws[i].emitted);
-        if (ws[i].failed)
-            goto out;
-    }
-    ferry_consumer_stats_get(c, &s);
-    applied_at_end = s.applied;
-    double window_s = (double)(clk_mono_us() - t0) / 1e6;
-    int64_t t_stop = clk_mono_us();
-    while (s.applied < (uint64_t)emitted) {
-        if (clk_mono_us() - t_stop > PIPE_CATCHUP_S * 1000000LL) {
-            fprintf(stderr, "bench: pipeline: %" PRIu64 " of %ld applied %d s after the "
-                            "writers stopped\n", s.applied, emitted, PIPE_CATCHUP_S);
-            goto out;
-        }
-        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
-            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
-            goto out;
-        }
-        ferry_consumer_stats_get(c, &s);
-    }
-    double catchup_s = (double)(clk_mono_us() - t_stop) / 1e6;
+    int rc = -1, st;
+    pipe_result flood, sustained;
+    fprintf(stderr, "bench: pipeline: the writers unthrottled for %d s\n", PIPE_SECONDS);
+    if (pipe_phase(b, c, 0, &flood) != 0)
+        goto out;
+    double rate = PIPE_SUSTAIN * flood.apply_rate;
+    fprintf(stderr, "bench: pipeline: the writers held to %.0f msgs/s for %d s\n", rate,
+            PIPE_SECONDS);
+    if (pipe_phase(b, c, rate, &sustained) != 0)
+        goto out;
+    long total = flood.emitted + sustained.emitted;
     long long inbox = -1;
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
     if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
-                       "bench-pipe", &inbox) != 0 || inbox != emitted ||
-        s.applied != (uint64_t)emitted) {
+                       "bench-pipe", &inbox) != 0 || inbox != total ||
+        s.applied != (uint64_t)total) {
         fprintf(stderr, "bench: pipeline: %ld emitted, %" PRIu64 " applied, %lld in the inbox\n",
-                emitted, s.applied, inbox);
+                total, s.applied, inbox);
         goto out;
     }
 
-    /* The relay alone: as many messages, one transaction, one --once drain. */
+    /* The relay alone: as many messages as the flood, one transaction,
+     * one --once drain. */
     kill(relay, SIGTERM);
-    int st;
     if (pipe_wait(relay, &st) != 0)
-        goto out_no_relay;
+        goto out;
     relay = -1;
     char sql[512];
     snprintf(sql, sizeof sql,
              "SELECT count(ferry.emit('%s', 'acct-' || lpad((g %% %d)::text, 4, '0'), "
              "'PaymentApplied', '{\"amount\": 1}'::jsonb)) FROM generate_series(1, %ld) g",
-             PIPE_TOPIC, KEYS, emitted);
+             PIPE_TOPIC, KEYS, flood.emitted);
     if (bench_exec(b->admin, sql) != 0 || bench_exec(b->admin, "CHECKPOINT") != 0)
-        goto out_no_relay;
+        goto out;
     int64_t r0 = clk_mono_us();
     pid_t once = pipe_spawn_relay(b, 1);
     if (once < 0 || pipe_wait(once, &st) != 0 || st != 0) {
         fprintf(stderr, "bench: ferry-relay run --once: status %d\n", st);
-        goto out_no_relay;
+        goto out;
     }
     double relay_s = (double)(clk_mono_us() - r0) / 1e6;
     long long left = -1;
     if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.outbox WHERE topic = $1",
                        PIPE_TOPIC, &left) != 0 || left != 0) {
         fprintf(stderr, "bench: ferry-relay --once left %lld rows\n", left);
-        goto out_no_relay;
+        goto out;
     }
+    double relay_rate = (double)flood.emitted / relay_s;
 
-    double e2e = (double)applied_at_end / window_s;
-    printf("\npipeline: %d writers emitting (%d messages a transaction) for %d s, one "
-           "ferry-relay, one consumer (batches):\n", PIPE_WRITERS, PIPE_PER_TX, PIPE_SECONDS);
-    printf("  emitted %8.0f msgs/s   applied end to end %8.0f msgs/s over the same window\n",
-           (double)emitted / window_s, e2e);
-    printf("  consumer lag: at most %ld messages, %ld when the writers stopped; caught up "
-           "%.2f s later\n", max_lag, lag, catchup_s);
+    printf("\npipeline: %d writers emitting (%d messages a transaction), one ferry-relay, one "
+           "consumer (batches), %d s a phase:\n", PIPE_WRITERS, PIPE_PER_TX, PIPE_SECONDS);
+    printf("  flood      emitted %7.0f msgs/s, applied %7.0f msgs/s; lag up to %ld messages, "
+           "caught up %.2f s after\n", flood.emit_rate, flood.apply_rate, flood.max_lag,
+           flood.catchup_s);
+    printf("  sustained  emitted %7.0f msgs/s (held to %.0f%% of the flood's apply rate), "
+           "applied %7.0f msgs/s;\n             lag up to %ld messages, %ld at the end\n",
+           sustained.emit_rate, PIPE_SUSTAIN * 100, sustained.apply_rate, sustained.max_lag,
+           sustained.end_lag);
     printf("  the relay alone: %ld messages drained by ferry-relay run --once in %.2f s "
-           "(%.0f msgs/s, start-up included)\n", emitted, relay_s, (double)emitted / relay_s);
+           "(%.0f msgs/s, start-up included)\n", flood.emitted, relay_s, relay_rate);
     printf("  check: the consumer's inbox holds each of the %ld emitted messages once\n",
-           emitted);
-    printf("bench consume_pipeline_msgs_per_s %.0f msgs/s\n", e2e);
-    printf("bench consume_pipeline_emit_msgs_per_s %.0f msgs/s\n", (double)emitted / window_s);
-    printf("bench consume_pipeline_max_lag_msgs %ld msgs\n", max_lag);
-    printf("bench consume_pipeline_catchup_s %.2f s\n", catchup_s);
-    printf("bench consume_pipeline_relay_alone_msgs_per_s %.0f msgs/s\n",
-           (double)emitted / relay_s);
+           total);
+    printf("bench consume_pipeline_msgs_per_s %.0f msgs/s\n", sustained.apply_rate);
+    printf("bench consume_pipeline_max_lag_msgs %ld msgs\n", sustained.max_lag);
+    printf("bench consume_pipeline_flood_msgs_per_s %.0f msgs/s\n", flood.apply_rate);
+    printf("bench consume_pipeline_flood_emit_msgs_per_s %.0f msgs/s\n", flood.emit_rate);
+    printf("bench consume_pipeline_flood_catchup_s %.2f s\n", flood.catchup_s);
+    printf("bench consume_pipeline_relay_alone_msgs_per_s %.0f msgs/s\n", relay_rate);
+    printf("bench consume_pipeline_vs_relay_ratio %.3f ratio\n",
+           sustained.apply_rate / relay_rate);
     rc = 0;
-    goto out_no_relay;
-
 out:
-    atomic_store(&stop, 1);
-    for (int i = 0; i < started; i++)
-        pthread_join(ws[i].tid, NULL);
-out_no_relay:
     if (relay > 0) {
         kill(relay, SIGTERM);
-        int st2;
-        pipe_wait(relay, &st2);
+        pipe_wait(relay, &st);
     }
     ferry_consumer_destroy(c);
     return rc;
@@ -1651,7 +1710,6 @@ int main(void)
     double held_ratio;
     if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
         goto out;
-    fprintf(stderr, "bench: pipeline: writers, relay, consumer for %d s\n", PIPE_SECONDS);
     if (run_pipeline(&b, kb) != 0)
         goto out;
     status = 0;
