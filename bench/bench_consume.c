@@ -46,6 +46,15 @@
  * that applied the messages (from /proc, when the server is local), and
  * the WAL written — where the inbox's cost goes.
  *
+ * Batches (issue 13): (a) runs the consumer as configured by default,
+ * applying the messages that have arrived in batches of up to 100 per
+ * transaction; beside it (a1) "inbox1", the same consumer with batch_max
+ * 1 (one message per transaction, the path before batches), and (b2)
+ * "bareB", the bare loop with one transaction per batch of what has
+ * arrived (up to 100). Ratios: inbox / inbox1 (target >= 5), inbox /
+ * bareB (target >= 0.9), and inbox1 / bare as before (the inbox's cost
+ * per message; consume_inbox_vs_bare_ratio keeps that meaning).
+ *
  * Then, apart from the ratio, where the inbox's time goes: the statements
  * the consumer sends for one message (BEGIN + xid, the claim, the
  * handler's UPDATE, COMMIT) replayed on one connection without Kafka,
@@ -54,6 +63,10 @@
  * claim as a prepared statement (as lib/consume.c has it, which moreover
  * sends it in BEGIN's round trip); the three interleaved message by
  * message.
+ *
+ * After the held drain (below), a pipeline figure: writers, one relay, one
+ * consumer, end to end, beside the relay's drain rate alone (see
+ * run_pipeline).
  *
  * Noise: the workloads run interleaved, FERRY_BENCH_ROUNDS rounds (default
  * 3), the order swapped every round; a CHECKPOINT and a VACUUM of the
@@ -70,13 +83,19 @@
  * <name> <value> <unit>` line per figure.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,8 +132,14 @@ _Static_assert((MSGS_MAX + MSGS_PER_PARTITION - 1) / MSGS_PER_PARTITION <= PARTI
 static const char TOPIC[] = "bench.consume";
 static const char EVENT_TYPE[] = "PaymentApplied";
 
-typedef enum workload { WL_INBOX, WL_BARE, WL_COUNT } workload;
-static const char *const wl_name[WL_COUNT] = {"inbox", "bare"};
+/* inbox: the ferry consumer as configured by default (batches); inbox1:
+ * batch_max 1, one message per transaction (the path before batches);
+ * bare: the plain loop, one message per transaction; bareB: the plain
+ * loop, one transaction per batch of what has arrived (BARE_BATCH_MAX,
+ * the consumer's default batch_max). */
+typedef enum workload { WL_INBOX, WL_INBOX1, WL_BARE, WL_BAREB, WL_COUNT } workload;
+static const char *const wl_name[WL_COUNT] = {"inbox", "inbox1", "bare", "bareB"};
+enum { BARE_BATCH_MAX = 100 };
 
 static const char update_sql[] =
     "UPDATE bench_account SET balance = balance + $2::bigint, applied = applied + 1 "
@@ -129,6 +154,7 @@ typedef struct run_result {
     double backend_cpu_us;      /* per message, the applying backend; -1 unknown */
     double wal_bytes;           /* per message, the whole run */
     uint64_t retries;           /* transient failures retried (inbox only) */
+    double msgs_per_tx;         /* messages per applying transaction, mean */
 } run_result;
 
 typedef struct bench {
@@ -519,11 +545,13 @@ static long backend_of(PGconn *admin, const char *application_name)
     return (long)pid;
 }
 
-/* (a) ferry_consumer until N messages are applied. */
-static int run_inbox(bench *b, int round, run_result *out)
+/* (a) ferry_consumer until N messages are applied; batch_max as in its
+ * configuration (0: the default, batches; 1: one message per
+ * transaction, the path before batches). */
+static int run_inbox(bench *b, int round, int batch_max, run_result *out)
 {
     char name[64];
-    snprintf(name, sizeof name, "bench-inbox-%d", round);
+    snprintf(name, sizeof name, "bench-inbox%s-%d", batch_max == 1 ? "-unbatched" : "", round);
     handler_state h = {NULL};
     const char *topics[1] = {TOPIC};
     ferry_consumer_conf conf = {
@@ -535,6 +563,7 @@ static int run_inbox(bench *b, int round, run_result *out)
         .handler = apply_payment,
         .handler_arg = &h,
         .isolation = FERRY_READ_COMMITTED,
+        .batch_max = batch_max,
     };
     long long wal_before, wal_after;
     if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
@@ -615,27 +644,65 @@ out:
         return -1;
     window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = s.transient_retries;
+    /* Each message applied in a batch's transaction, or in its own. */
+    out->msgs_per_tx = (double)b->msgs /
+                       (double)(s.batches + ((uint64_t)b->msgs - s.batch_messages));
+    fprintf(stderr, "bench: %s: %" PRIu64 " batches (%.1f messages a transaction), %" PRIu64
+                    " fallbacks\n", name, s.batches, out->msgs_per_tx, s.batch_fallbacks);
     return 0;
 }
 
-/* (b)'s transaction body: the handler on the message. */
+/* (b)'s transaction body: the handler on each message, as the ferry
+ * consumer shows it (the payload parsed, the view filled in). */
 typedef struct bare_ctx {
     handler_state *h;
-    const ferry_message *msg;
+    rd_kafka_message_t **rkms;
+    int n;
 } bare_ctx;
 
 static ferry_code bare_apply(PGconn *conn, void *arg, ferry_error *err)
 {
     bare_ctx *bc = arg;
-    return apply_payment(conn, bc->msg, bc->h, err);
+    for (int i = 0; i < bc->n; i++) {
+        const rd_kafka_message_t *rkm = bc->rkms[i];
+        char key[64];
+        size_t klen = rkm->key_len < sizeof key - 1 ? rkm->key_len : sizeof key - 1;
+        memcpy(key, rkm->key ? rkm->key : "", rkm->key ? klen : 0);
+        key[rkm->key ? klen : 0] = '\0';
+        json_error_t jerr;
+        json_t *payload = json_loadb(rkm->payload ? rkm->payload : "null",
+                                     rkm->payload ? rkm->len : 4,
+                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        ferry_message m = {
+            .topic = rd_kafka_topic_name(rkm->rkt),
+            .partition = rkm->partition,
+            .offset = rkm->offset,
+            .key = key,
+            .key_len = strlen(key),
+            .id = "",
+            .type = "",
+            .aggregate_type = "",
+            .position = 0,
+            .payload = payload ? payload : json_null(),
+            .payload_text = rkm->payload ? rkm->payload : "null",
+            .payload_len = rkm->payload ? rkm->len : 4,
+            .attempt = 1,
+            .internal_ = NULL,
+        };
+        ferry_code rc = apply_payment(conn, &m, bc->h, err);
+        json_decref(payload);
+        if (rc != FERRY_OK)
+            return rc;
+    }
+    return FERRY_OK;
 }
 
 /* (b) a plain consumer loop: the same handler in a transaction per
- * message, no inbox. */
-static int run_bare(bench *b, int round, run_result *out)
+ * message (batch_max 1), or per batch of what has arrived, no inbox. */
+static int run_bare(bench *b, int round, int batch_max, run_result *out)
 {
     char name[64], errstr[512];
-    snprintf(name, sizeof name, "bench-bare-%d", round);
+    snprintf(name, sizeof name, "bench-bare%s-%d", batch_max > 1 ? "-batched" : "", round);
     long long wal_before, wal_after;
     if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
         return -1;
@@ -683,6 +750,7 @@ static int run_bare(bench *b, int round, run_result *out)
     ferry_tx_opts tx = {.isolation = FERRY_READ_COMMITTED, .max_attempts = 1};
     long applied = 0;
     int64_t last_progress = w.t_made;
+    rd_kafka_message_t *rkms[BARE_BATCH_MAX];
     while (applied < b->msgs) {
         rd_kafka_message_t *rkm = rd_kafka_consumer_poll(rk, POLL_MS);
         if (rkm == NULL) {
@@ -694,75 +762,70 @@ static int run_bare(bench *b, int round, run_result *out)
             }
             continue;
         }
-        if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            char fatal[512];
-            int is_fatal = rd_kafka_fatal_error(rk, fatal, sizeof fatal) != 0;
-            fprintf(stderr, "bench: %s: %s\n", name,
-                    is_fatal ? fatal : rd_kafka_message_errstr(rkm));
-            rd_kafka_message_destroy(rkm);
-            if (is_fatal)
-                goto out;
-            continue;
+        /* A batch: this one and what else has arrived, as the ferry
+         * consumer gathers with batch_ms 0. */
+        int n = 0;
+        int failed = 0;
+        while (rkm != NULL) {
+            if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                char fatal[512];
+                int is_fatal = rd_kafka_fatal_error(rk, fatal, sizeof fatal) != 0;
+                fprintf(stderr, "bench: %s: %s\n", name,
+                        is_fatal ? fatal : rd_kafka_message_errstr(rkm));
+                rd_kafka_message_destroy(rkm);
+                failed = is_fatal;
+                break;
+            }
+            /* One consumer, no rebalance: every partition in order, once. */
+            if (rkm->partition < 0 || rkm->partition >= b->partitions ||
+                rkm->offset != next_offset[rkm->partition]) {
+                fprintf(stderr, "bench: %s: got partition %" PRId32 " offset %" PRId64 " out of "
+                                "order\n", name, rkm->partition, rkm->offset);
+                rd_kafka_message_destroy(rkm);
+                failed = 1;
+                break;
+            }
+            next_offset[rkm->partition]++;
+            rkms[n++] = rkm;
+            if (n >= batch_max)
+                break;
+            rkm = rd_kafka_consumer_poll(rk, 0);
         }
-        /* One consumer, no rebalance: every partition in order, once. */
-        if (rkm->partition < 0 || rkm->partition >= b->partitions ||
-            rkm->offset != next_offset[rkm->partition]) {
-            fprintf(stderr, "bench: %s: got partition %" PRId32 " offset %" PRId64 " out of "
-                            "order\n", name, rkm->partition, rkm->offset);
-            rd_kafka_message_destroy(rkm);
+        if (n > 0) {
+            bare_ctx bc = {&h, rkms, n};
+            ferry_error err;
+            ferry_code frc = ferry_tx_run(conn, &tx, bare_apply, &bc, NULL, &err);
+            if (frc != FERRY_OK) {
+                fprintf(stderr, "bench: %s: %s: %s\n", name, ferry_code_name(frc), err.message);
+                failed = 1;
+            }
+            /* Committed: Kafka may move past them. */
+            for (int i = 0; i < n && !failed; i++) {
+                rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+                rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(rkms[i]->rkt),
+                                                  rkms[i]->partition)->offset =
+                    rkms[i]->offset + 1;
+                kerr = rd_kafka_offsets_store(rk, l);
+                if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR)
+                    kerr = l->elems[0].err;
+                rd_kafka_topic_partition_list_destroy(l);
+                if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                    fprintf(stderr, "bench: %s: offsets_store: %s\n", name,
+                            rd_kafka_err2str(kerr));
+                    failed = 1;
+                }
+            }
+            for (int i = 0; i < n; i++)
+                rd_kafka_message_destroy(rkms[i]);
+            if (!failed) {
+                if (applied == 0)
+                    window_mark(&w, 1);
+                applied += n;
+                last_progress = clk_mono_us();
+            }
+        }
+        if (failed)
             goto out;
-        }
-        next_offset[rkm->partition]++;
-
-        /* What the handler reads, as the ferry consumer would show it. */
-        char key[64];
-        size_t klen = rkm->key_len < sizeof key - 1 ? rkm->key_len : sizeof key - 1;
-        memcpy(key, rkm->key ? rkm->key : "", rkm->key ? klen : 0);
-        key[rkm->key ? klen : 0] = '\0';
-        json_error_t jerr;
-        json_t *payload = json_loadb(rkm->payload ? rkm->payload : "null",
-                                     rkm->payload ? rkm->len : 4,
-                                     JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        ferry_message m = {
-            .topic = rd_kafka_topic_name(rkm->rkt),
-            .partition = rkm->partition,
-            .offset = rkm->offset,
-            .key = key,
-            .key_len = strlen(key),
-            .id = "",
-            .type = "",
-            .aggregate_type = "",
-            .position = 0,
-            .payload = payload ? payload : json_null(),
-            .payload_text = rkm->payload ? rkm->payload : "null",
-            .payload_len = rkm->payload ? rkm->len : 4,
-            .attempt = 1,
-            .internal_ = NULL,
-        };
-        bare_ctx bc = {&h, &m};
-        ferry_error err;
-        ferry_code frc = ferry_tx_run(conn, &tx, bare_apply, &bc, NULL, &err);
-        json_decref(payload);
-        if (frc != FERRY_OK) {
-            fprintf(stderr, "bench: %s: %s: %s\n", name, ferry_code_name(frc), err.message);
-            rd_kafka_message_destroy(rkm);
-            goto out;
-        }
-        /* Committed: Kafka may move past it. */
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, m.topic, m.partition)->offset = m.offset + 1;
-        kerr = rd_kafka_offsets_store(rk, l);
-        if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR)
-            kerr = l->elems[0].err;
-        rd_kafka_topic_partition_list_destroy(l);
-        rd_kafka_message_destroy(rkm);
-        if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            fprintf(stderr, "bench: %s: offsets_store: %s\n", name, rd_kafka_err2str(kerr));
-            goto out;
-        }
-        if (++applied == 1)
-            window_mark(&w, 1);
-        last_progress = clk_mono_us();
     }
     window_mark(&w, 0);
     rc = 0;
@@ -1001,14 +1064,28 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
         printf(" %9.0f %9.0f - %-9.0f\n", bench_median(v, n), bench_min(v, n), bench_max(v, n));
     }
     double mi = med_of(f, WL_INBOX, offsetof(run_result, rate));
+    double mi1 = med_of(f, WL_INBOX1, offsetof(run_result, rate));
     double mb = med_of(f, WL_BARE, offsetof(run_result, rate));
+    double mbb = med_of(f, WL_BAREB, offsetof(run_result, rate));
     double pr[ROUNDS_MAX];
     for (int r = 0; r < n; r++)
-        pr[r] = f->r[WL_INBOX][r].rate / f->r[WL_BARE][r].rate;
-    printf("  inbox / bare  %.3f  (target >= 0.75; per round: median %.3f, %.3f - %.3f)\n",
-           mi / mb, bench_median(pr, n), bench_min(pr, n), bench_max(pr, n));
-    printf("  time per message: inbox %.1f us, bare %.1f us, the inbox adds %.1f us "
-           "(%+.1f%%)\n", 1e6 / mi, 1e6 / mb, 1e6 / mi - 1e6 / mb, (mb / mi - 1) * 100);
+        pr[r] = f->r[WL_INBOX1][r].rate / f->r[WL_BARE][r].rate;
+    printf("  inbox1 / bare   %.3f  (one message per transaction: the inbox's cost; target "
+           ">= 0.75;\n                  per round: median %.3f, %.3f - %.3f)\n",
+           mi1 / mb, bench_median(pr, n), bench_min(pr, n), bench_max(pr, n));
+    for (int r = 0; r < n; r++)
+        pr[r] = f->r[WL_INBOX][r].rate / f->r[WL_INBOX1][r].rate;
+    printf("  inbox / inbox1  %.3f  (batches against one message per transaction; target "
+           ">= 5;\n                  per round: median %.3f, %.3f - %.3f)\n",
+           mi / mi1, bench_median(pr, n), bench_min(pr, n), bench_max(pr, n));
+    for (int r = 0; r < n; r++)
+        pr[r] = f->r[WL_INBOX][r].rate / f->r[WL_BAREB][r].rate;
+    printf("  inbox / bareB   %.3f  (batches, with and without the inbox; target >= 0.9;\n"
+           "                  per round: median %.3f, %.3f - %.3f)\n",
+           mi / mbb, bench_median(pr, n), bench_min(pr, n), bench_max(pr, n));
+    printf("  time per message: inbox1 %.1f us, bare %.1f us, the inbox adds %.1f us "
+           "(%+.1f%%);\n  batched: inbox %.1f us, bareB %.1f us\n", 1e6 / mi1, 1e6 / mb,
+           1e6 / mi1 - 1e6 / mb, (mb / mi1 - 1) * 100, 1e6 / mi, 1e6 / mbb);
 
     printf("\nper message (medians over the rounds):\n");
     printf("  %-7s %14s %14s %12s %9s %9s\n", "", "client CPU us", "backend CPU us",
@@ -1052,7 +1129,11 @@ static void print_report(const bench *b, const figures *f, const anatomy *an,
     printf("\n");
     printf("bench consume_inbox_msgs_per_s %.0f msgs/s\n", mi);
     printf("bench consume_bare_msgs_per_s %.0f msgs/s\n", mb);
-    printf("bench consume_inbox_vs_bare_ratio %.3f ratio\n", mi / mb);
+    printf("bench consume_inbox_vs_bare_ratio %.3f ratio\n", mi1 / mb);
+    printf("bench consume_inbox_unbatched_msgs_per_s %.0f msgs/s\n", mi1);
+    printf("bench consume_bare_batched_msgs_per_s %.0f msgs/s\n", mbb);
+    printf("bench consume_batch_vs_unbatched_ratio %.3f ratio\n", mi / mi1);
+    printf("bench consume_inbox_vs_bare_batched_ratio %.3f ratio\n", mi / mbb);
 }
 
 /* ---------------------------------------------------------------- held drain */
@@ -1113,7 +1194,14 @@ static int run_held(bench *b, long held, int round, double *us)
         "SELECT $1, 'bench.held', 'b' || g, s, gen_random_uuid(), '{\"amount\": 1}', 'gap' "
         "  FROM generate_series(1, $4::int) g, generate_series(2, $5::int + 1) s",
         5, NULL, p, NULL, NULL, 0);
-    if (bench_result_ok(b->admin, res, PGRES_COMMAND_OK, "held backlog") != 0 ||
+    if (bench_result_ok(b->admin, res, PGRES_COMMAND_OK, "held backlog") != 0)
+        return -1;
+    /* Written straight into the tables: each key's ready flag (schema 10)
+     * as the protocol's functions would have left it. */
+    res = PQexecParams(b->admin, "SELECT count(ferry.inbox_settle_(consumer, topic, key)) "
+                                 "FROM ferry.inbox_key WHERE consumer = $1",
+                       1, NULL, p, NULL, NULL, 0);
+    if (bench_result_ok(b->admin, res, PGRES_TUPLES_OK, "ready flags") != 0 ||
         bench_exec(b->admin, "VACUUM ANALYZE ferry.inbox_held, ferry.inbox_key") != 0 ||
         bench_exec(b->admin, "CHECKPOINT") != 0)    /* the backlog's writes not in the timing */
         return -1;
@@ -1192,6 +1280,351 @@ static int run_held_drain(bench *b, kt_broker *kb, int rounds, double *ratio)
     return 0;
 }
 
+/* ---------------------------------------------------------------- pipeline */
+
+/*
+ * The whole way, end to end (issue 13): PIPE_WRITERS writer threads emit
+ * (ferry.emit, PIPE_PER_TX messages per transaction, keys at random over
+ * the 1000 accounts) for PIPE_SECONDS; one `ferry-relay run` publishes;
+ * one ferry consumer (the default configuration: batches) applies each
+ * message to bench_pipe. Sampled every 100 ms: emitted (committed
+ * messages the writers counted) and applied (the consumer's counter); the
+ * lag is their difference. Two phases:
+ *
+ *   flood      the writers as fast as they go: how fast the consumer
+ *              applies while it falls behind, how far behind it falls,
+ *              and how long it takes to catch up once they stop;
+ *   sustained  the writers held to PIPE_SUSTAIN of the flood's apply rate:
+ *              the rate end to end and the largest lag, which stays
+ *              bounded when the consumer keeps up.
+ *
+ * Beside them, the relay's drain rate alone: as many messages emitted in
+ * one transaction and drained by `ferry-relay run --once`, no consumer.
+ * Checked: the consumer's inbox holds exactly every emitted message.
+ */
+enum { PIPE_WRITERS = 4, PIPE_PER_TX = 10, PIPE_SECONDS = 10, PIPE_CATCHUP_S = 120 };
+#define PIPE_SUSTAIN 0.8
+static const char PIPE_TOPIC[] = "bench.pipe";
+
+typedef struct pipe_writer {
+    pthread_t tid;
+    const char *conninfo;
+    unsigned seed;
+    double rate;                /* messages/s for this writer; 0: no limit */
+    atomic_long emitted;
+    atomic_int *stop;
+    int failed;
+} pipe_writer;
+
+static void *pipe_write(void *arg)
+{
+    pipe_writer *w = arg;
+    PGconn *conn = PQconnectdb(w->conninfo);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "bench: writer: %s", PQerrorMessage(conn));
+        w->failed = 1;
+        PQfinish(conn);
+        return NULL;
+    }
+    char sql[512];
+    int64_t t0 = clk_mono_us();
+    long mine = 0;
+    while (!atomic_load(w->stop)) {
+        if (w->rate > 0) {
+            /* Held to the rate: the next transaction when it is due. */
+            int64_t due = t0 + (int64_t)((double)mine / w->rate * 1e6);
+            int64_t now = clk_mono_us();
+            if (due > now) {
+                int64_t us = due - now < 50000 ? due - now : 50000;
+                struct timespec ts = {0, (long)us * 1000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+        }
+        int k = (int)(rand_r(&w->seed) % KEYS);
+        /* One transaction of PIPE_PER_TX messages, each key's positions in
+         * commit order (ferry.emit). */
+        snprintf(sql, sizeof sql,
+                 "SELECT count(ferry.emit('%s', 'acct-' || lpad(((%d + g * 37) %% %d)::text, 4, "
+                 "'0'), 'PaymentApplied', '{\"amount\": 1}'::jsonb)) "
+                 "FROM generate_series(1, %d) g", PIPE_TOPIC, k, KEYS, PIPE_PER_TX);
+        PGresult *res = PQexec(conn, sql);
+        int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+        if (!ok)
+            fprintf(stderr, "bench: writer: %s", PQerrorMessage(conn));
+        PQclear(res);
+        if (!ok) {
+            w->failed = 1;
+            break;
+        }
+        mine += PIPE_PER_TX;
+        atomic_fetch_add(&w->emitted, PIPE_PER_TX);
+    }
+    PQfinish(conn);
+    return NULL;
+}
+
+static ferry_code pipe_apply(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    handler_state *h = arg;
+    if (h->prepared_on != conn) {
+        PGresult *res = PQprepare(conn, "bench_pipe_apply",
+                                  "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 0, NULL);
+        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
+                            ? FERRY_OK
+                            : ferry_error_from_pg(err, conn, res, "could not prepare");
+        PQclear(res);
+        if (rc != FERRY_OK)
+            return rc;
+        h->prepared_on = conn;
+    }
+    const char *p[1] = {m->key};
+    PGresult *res = PQexecPrepared(conn, "bench_pipe_apply", 1, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not count");
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = handler_fail(err, "no account %s", m->key);
+    PQclear(res);
+    return rc;
+}
+
+static pid_t pipe_spawn_relay(bench *b, int once)
+{
+    const char *relay = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
+    const char *argv[16];
+    int n = 0;
+    argv[n++] = relay;
+    argv[n++] = "run";
+    if (once)
+        argv[n++] = "--once";
+    argv[n++] = "--db";
+    argv[n++] = fpg_conninfo(b->pg);
+    argv[n++] = "--kafka";
+    argv[n++] = b->bootstrap;
+    argv[n++] = "--holder";
+    argv[n++] = once ? "bench-pipe-drain" : "bench-pipe";
+    argv[n++] = "--set";
+    argv[n++] = "log_level=warn";
+    argv[n] = NULL;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDOUT_FILENO);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int pipe_wait(pid_t pid, int *status)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return 0;
+}
+
+/* What one phase measured. */
+typedef struct pipe_result {
+    long emitted;
+    double window_s;
+    double emit_rate, apply_rate;   /* over the window */
+    long max_lag, end_lag;
+    double catchup_s;               /* writers stopped -> all applied */
+} pipe_result;
+
+/* Writers at rate messages/s in all (0: no limit) for PIPE_SECONDS, the
+ * consumer c applying meanwhile, then until it has caught up. */
+static int pipe_phase(bench *b, ferry_consumer *c, double rate, pipe_result *r)
+{
+    memset(r, 0, sizeof *r);
+    atomic_int stop = 0;
+    static pipe_writer ws[PIPE_WRITERS];
+    ferry_consumer_stats s;
+    ferry_error err;
+    ferry_consumer_stats_get(c, &s);
+    uint64_t base = s.applied;
+    int rc = -1, started = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        ws[i].conninfo = fpg_conninfo(b->pg);
+        ws[i].seed = 0x5eed + (unsigned)i + (rate > 0 ? 100u : 0u);
+        ws[i].rate = rate / PIPE_WRITERS;
+        ws[i].stop = &stop;
+        ws[i].failed = 0;
+        atomic_store(&ws[i].emitted, 0);
+        if (pthread_create(&ws[i].tid, NULL, pipe_write, &ws[i]) != 0)
+            goto out;
+        started++;
+    }
+    int64_t t0 = clk_mono_us(), t_end = t0 + PIPE_SECONDS * 1000000LL, next_sample = t0;
+    long emitted = 0;
+    for (;;) {
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        int64_t now = clk_mono_us();
+        if (now >= next_sample) {
+            emitted = 0;
+            for (int i = 0; i < PIPE_WRITERS; i++)
+                emitted += atomic_load(&ws[i].emitted);
+            ferry_consumer_stats_get(c, &s);
+            r->end_lag = emitted - (long)(s.applied - base);
+            if (r->end_lag > r->max_lag)
+                r->max_lag = r->end_lag;
+            next_sample = now + 100000;
+        }
+        if (now >= t_end)
+            break;
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+    started = 0;
+    r->emitted = 0;
+    for (int i = 0; i < PIPE_WRITERS; i++) {
+        r->emitted += atomic_load(&ws[i].emitted);
+        if (ws[i].failed)
+            goto out;
+    }
+    ferry_consumer_stats_get(c, &s);
+    r->window_s = (double)(clk_mono_us() - t0) / 1e6;
+    r->emit_rate = (double)r->emitted / r->window_s;
+    r->apply_rate = (double)(s.applied - base) / r->window_s;
+    int64_t t_stop = clk_mono_us();
+    while (s.applied - base < (uint64_t)r->emitted) {
+        if (clk_mono_us() - t_stop > PIPE_CATCHUP_S * 1000000LL) {
+            fprintf(stderr, "bench: pipeline: %" PRIu64 " of %ld applied %d s after the "
+                            "writers stopped\n", s.applied - base, r->emitted, PIPE_CATCHUP_S);
+            goto out;
+        }
+        if (ferry_consumer_poll(c, 10, &err) != FERRY_OK) {
+            fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+            goto out;
+        }
+        ferry_consumer_stats_get(c, &s);
+    }
+    r->catchup_s = (double)(clk_mono_us() - t_stop) / 1e6;
+    rc = 0;
+out:
+    atomic_store(&stop, 1);
+    for (int i = 0; i < started; i++)
+        pthread_join(ws[i].tid, NULL);
+    return rc;
+}
+
+static int run_pipeline(bench *b, kt_broker *kb)
+{
+    if (kt_command(kb, "topic-create %s 8 1", PIPE_TOPIC) != 0 ||
+        bench_exec(b->admin, "CREATE TABLE bench_pipe (id text PRIMARY KEY, "
+                             "n bigint NOT NULL DEFAULT 0)") != 0 ||
+        bench_exec(b->admin, "INSERT INTO bench_pipe (id) SELECT id FROM bench_account") != 0)
+        return -1;
+
+    handler_state h = {NULL};
+    const char *topics[1] = {PIPE_TOPIC};
+    ferry_consumer_conf conf = {.name = "bench-pipe", .db = fpg_conninfo(b->pg),
+                                .kafka = b->bootstrap, .topics = topics, .topic_count = 1,
+                                .handler = pipe_apply, .handler_arg = &h};
+    ferry_consumer *c = NULL;
+    ferry_error err;
+    if (ferry_consumer_new(&conf, &c, &err) != FERRY_OK) {
+        fprintf(stderr, "bench: pipeline consumer: %s\n", err.message);
+        return -1;
+    }
+    pid_t relay = pipe_spawn_relay(b, 0);
+    if (relay < 0) {
+        ferry_consumer_destroy(c);
+        return -1;
+    }
+    int rc = -1, st;
+    pipe_result flood, sustained;
+    fprintf(stderr, "bench: pipeline: the writers unthrottled for %d s\n", PIPE_SECONDS);
+    if (pipe_phase(b, c, 0, &flood) != 0)
+        goto out;
+    double rate = PIPE_SUSTAIN * flood.apply_rate;
+    fprintf(stderr, "bench: pipeline: the writers held to %.0f msgs/s for %d s\n", rate,
+            PIPE_SECONDS);
+    if (pipe_phase(b, c, rate, &sustained) != 0)
+        goto out;
+    long total = flood.emitted + sustained.emitted;
+    long long inbox = -1;
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.inbox WHERE consumer = $1",
+                       "bench-pipe", &inbox) != 0 || inbox != total ||
+        s.applied != (uint64_t)total) {
+        fprintf(stderr, "bench: pipeline: %ld emitted, %" PRIu64 " applied, %lld in the inbox\n",
+                total, s.applied, inbox);
+        goto out;
+    }
+
+    /* The relay alone: as many messages as the flood, one transaction,
+     * one --once drain. */
+    kill(relay, SIGTERM);
+    if (pipe_wait(relay, &st) != 0)
+        goto out;
+    relay = -1;
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT count(ferry.emit('%s', 'acct-' || lpad((g %% %d)::text, 4, '0'), "
+             "'PaymentApplied', '{\"amount\": 1}'::jsonb)) FROM generate_series(1, %ld) g",
+             PIPE_TOPIC, KEYS, flood.emitted);
+    if (bench_exec(b->admin, sql) != 0 || bench_exec(b->admin, "CHECKPOINT") != 0)
+        goto out;
+    int64_t r0 = clk_mono_us();
+    pid_t once = pipe_spawn_relay(b, 1);
+    if (once < 0 || pipe_wait(once, &st) != 0 || st != 0) {
+        fprintf(stderr, "bench: ferry-relay run --once: status %d\n", st);
+        goto out;
+    }
+    double relay_s = (double)(clk_mono_us() - r0) / 1e6;
+    long long left = -1;
+    if (bench_query_ll(b->admin, "SELECT count(*) FROM ferry.outbox WHERE topic = $1",
+                       PIPE_TOPIC, &left) != 0 || left != 0) {
+        fprintf(stderr, "bench: ferry-relay --once left %lld rows\n", left);
+        goto out;
+    }
+    double relay_rate = (double)flood.emitted / relay_s;
+
+    printf("\npipeline: %d writers emitting (%d messages a transaction), one ferry-relay, one "
+           "consumer (batches), %d s a phase:\n", PIPE_WRITERS, PIPE_PER_TX, PIPE_SECONDS);
+    printf("  flood      emitted %7.0f msgs/s, applied %7.0f msgs/s; lag up to %ld messages, "
+           "caught up %.2f s after\n", flood.emit_rate, flood.apply_rate, flood.max_lag,
+           flood.catchup_s);
+    printf("  sustained  emitted %7.0f msgs/s (held to %.0f%% of the flood's apply rate), "
+           "applied %7.0f msgs/s;\n             lag up to %ld messages, %ld at the end\n",
+           sustained.emit_rate, PIPE_SUSTAIN * 100, sustained.apply_rate, sustained.max_lag,
+           sustained.end_lag);
+    printf("  the relay alone: %ld messages drained by ferry-relay run --once in %.2f s "
+           "(%.0f msgs/s, start-up included)\n", flood.emitted, relay_s, relay_rate);
+    printf("  check: the consumer's inbox holds each of the %ld emitted messages once\n",
+           total);
+    printf("bench consume_pipeline_msgs_per_s %.0f msgs/s\n", sustained.apply_rate);
+    printf("bench consume_pipeline_max_lag_msgs %ld msgs\n", sustained.max_lag);
+    printf("bench consume_pipeline_flood_msgs_per_s %.0f msgs/s\n", flood.apply_rate);
+    printf("bench consume_pipeline_flood_emit_msgs_per_s %.0f msgs/s\n", flood.emit_rate);
+    printf("bench consume_pipeline_flood_catchup_s %.2f s\n", flood.catchup_s);
+    printf("bench consume_pipeline_relay_alone_msgs_per_s %.0f msgs/s\n", relay_rate);
+    printf("bench consume_pipeline_vs_relay_ratio %.3f ratio\n",
+           sustained.apply_rate / relay_rate);
+    rc = 0;
+out:
+    if (relay > 0) {
+        kill(relay, SIGTERM);
+        pipe_wait(relay, &st);
+    }
+    ferry_consumer_destroy(c);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static int setup_schema(bench *b)
@@ -1260,7 +1693,10 @@ int main(void)
         for (int k = 0; k < WL_COUNT; k++) {
             workload wl = (workload)((r + k) % WL_COUNT);     /* swapped every round */
             run_result *res = &f.r[wl][r];
-            int rc = wl == WL_INBOX ? run_inbox(&b, r + 1, res) : run_bare(&b, r + 1, res);
+            int rc = wl == WL_INBOX    ? run_inbox(&b, r + 1, 0, res)
+                     : wl == WL_INBOX1 ? run_inbox(&b, r + 1, 1, res)
+                     : wl == WL_BARE   ? run_bare(&b, r + 1, 1, res)
+                                       : run_bare(&b, r + 1, BARE_BATCH_MAX, res);
             if (rc != 0)
                 goto out;
             fprintf(stderr, "bench: round %d/%d %-5s %8.0f msgs/s (%.2f s; start %.2f s)\n",
@@ -1273,6 +1709,8 @@ int main(void)
     print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
     double held_ratio;
     if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
+        goto out;
+    if (run_pipeline(&b, kb) != 0)
         goto out;
     status = 0;
 

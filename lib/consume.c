@@ -54,6 +54,11 @@ enum {
      * and the message is delivered again on the next poll. */
     SYSTEM_ATTEMPTS_MAX = 10,
     TRANSIENT_ATTEMPTS_MAX = 100,
+    /* Messages applied in one transaction (see apply_batch): enough that
+     * the commit's WAL flush is a small share of each message's cost. */
+    DEFAULT_BATCH_MAX = 100,
+    BATCH_MAX_LIMIT = 1000,
+    BATCH_MS_LIMIT = 60000,
 };
 _Static_assert(SYSTEM_ATTEMPTS_MAX > 0 && TRANSIENT_ATTEMPTS_MAX >= SYSTEM_ATTEMPTS_MAX,
                "bounded, and transient failures get at least as many tries");
@@ -63,6 +68,11 @@ typedef struct due_key {
     char topic[FERRY_TOPIC_MAX + 1];
     char key[2 * FERRY_KEY_MAX + 8];
 } due_key;
+
+/* What ferry.inbox_claim said of a message. */
+typedef enum verdict {
+    V_APPLY, V_APPLY_MORE, V_DUPLICATE, V_LATE, V_GAP, V_PARKED
+} verdict;
 
 /* The claim is prepared once per session: planning it every time cost a
  * fifth of the inbox's overhead (bench-consume). */
@@ -80,6 +90,11 @@ struct ferry_consumer {
     int max_attempts, backoff_base_ms, backoff_max_ms, held_scan_ms;
     int first_any;
     size_t max_payload;
+    int batch_max, batch_ms;
+    consume_work *batch;            /* batch_max slots, when batch_max > 1 */
+    verdict *batch_verdicts;        /* as many */
+    unsigned revoke_gen;            /* counts revocations: a batch in hand
+                                       checks its partitions when it moved */
 
     int claim_pid;                  /* backend where CLAIM_STMT is prepared */
     volatile sig_atomic_t stop;
@@ -92,6 +107,7 @@ struct ferry_consumer {
 #ifdef FERRY_TEST_HOOKS
     long kill_after_commits;        /* test hook, see ferry_consumer_new */
     long commits;
+    const char *gather_file;        /* test hook, see poll_batch */
 #endif
     ferry_consumer_stats stats;
 };
@@ -228,6 +244,20 @@ const char *ferry_message_header(const ferry_message *msg, const char *name)
     /* The view is read-only to the handler; the lazily built map is ours. */
     work *w = (work *)msg->internal_;
     return json_string_value(json_object_get(ensure_headers(w), name));
+}
+
+ferry_code ferry_message_alone(const ferry_message *msg, ferry_error *err)
+{
+    if (msg == NULL || msg->internal_ == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "msg", "ferry_message_alone: no message");
+    work *w = (work *)msg->internal_;
+    if (!w->in_batch)
+        return FERRY_OK;
+    /* The batch rolls back; this message then runs in a transaction of
+     * its own (apply_batch), where this call returns FERRY_OK. */
+    w->alone_asked = 1;
+    return ferry_err_set(err, FERRY_ESTATE, NULL,
+                         "message %s asks for a transaction of its own", w->id);
 }
 
 /*
@@ -475,10 +505,6 @@ static void work_from_held(ferry_consumer *c, work *w, PGresult *res, int i)
 
 /* ---------------------------------------------------------------- transactions */
 
-typedef enum verdict {
-    V_APPLY, V_APPLY_MORE, V_DUPLICATE, V_LATE, V_GAP, V_PARKED
-} verdict;
-
 typedef struct apply_ctx {
     ferry_consumer *c;
     work *w;
@@ -533,6 +559,34 @@ static PGresult *pipeline_result(PGconn *conn)
     return res;
 }
 
+/* The claim as a prepared statement on this backend: a new backend
+ * (after a reset) has none. */
+static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *err)
+{
+    if (PQbackendPID(conn) == c->claim_pid)
+        return FERRY_OK;
+    PGresult *pr = PQprepare(conn, CLAIM_STMT, claim_sql, 6, NULL);
+    if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
+        ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
+        PQclear(pr);
+        return rc;
+    }
+    PQclear(pr);
+    c->claim_pid = PQbackendPID(conn);
+    return FERRY_OK;
+}
+
+/* The claim's parameters for w, into p[6]. */
+static void claim_params(const ferry_consumer *c, const work *w, const char *p[6])
+{
+    p[0] = c->name;
+    p[1] = w->id;
+    p[2] = w->msg.topic;
+    p[3] = w->msg.key;
+    p[4] = w->seq_text[0] ? w->seq_text : NULL;
+    p[5] = c->first_any ? "t" : "f";
+}
+
 /*
  * BEGIN and the claim, in one round trip (pipeline mode): the inbox then
  * costs the server's work on two rows, not an extra round trip.
@@ -541,19 +595,11 @@ static ferry_code begin_and_claim(PGconn *conn, apply_ctx *a, ferry_error *err)
 {
     ferry_consumer *c = a->c;
     work *w = a->w;
-    /* A new backend (after a reset) has no prepared statements. */
-    if (PQbackendPID(conn) != c->claim_pid) {
-        PGresult *pr = PQprepare(conn, CLAIM_STMT, claim_sql, 6, NULL);
-        if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
-            ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
-            PQclear(pr);
-            return rc;
-        }
-        PQclear(pr);
-        c->claim_pid = PQbackendPID(conn);
-    }
-    const char *p[6] = {c->name, w->id, w->msg.topic, w->msg.key,
-                        w->seq_text[0] ? w->seq_text : NULL, c->first_any ? "t" : "f"};
+    ferry_code prc = prepare_claim(conn, c, err);
+    if (prc != FERRY_OK)
+        return prc;
+    const char *p[6];
+    claim_params(c, w, p);
     if (!PQenterPipelineMode(conn) ||
         !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0) ||
         !PQsendQueryPrepared(conn, CLAIM_STMT, 6, p, NULL, NULL, 0) || !PQpipelineSync(conn)) {
@@ -911,11 +957,13 @@ static void due_add(ferry_consumer *c, const work *w)
  * makes the message poison too. Any other failure is tried
  * SYSTEM_ATTEMPTS_MAX times, then returned in *e (O_FAILED).
  */
-static outcome process(ferry_consumer *c, work *w, ferry_error *e)
+static void account(ferry_consumer *c, const work *w, verdict v);
+
+static outcome process(ferry_consumer *c, work *w, int failures_before, ferry_error *e)
 {
     apply_ctx a = {c, w, V_APPLY, 0, 0};
     int stopped = 0;
-    for (int failures = 0, system_failures = 0;;) {
+    for (int failures = failures_before, system_failures = 0;;) {
         ferry_code rc = run_tx(c, apply_tx, 1, &a, &stopped, e);
         if (stopped)
             return O_STOPPED;
@@ -960,10 +1008,18 @@ static outcome process(ferry_consumer *c, work *w, ferry_error *e)
             return O_STOPPED;
     }
     after_commit(c);
+    account(c, w, a.v);
+    return O_DONE;
+}
 
-    switch (a.v) {
+/* The counters, logs and keyed drains for a message whose transaction
+ * committed with verdict v. */
+static void account(ferry_consumer *c, const work *w, verdict v)
+{
+    switch (v) {
     case V_APPLY_MORE:
         due_add(c, w);
+        c->drain_due = 1;
         /* fall through */
     case V_APPLY:
         if (w->marker)
@@ -975,17 +1031,19 @@ static outcome process(ferry_consumer *c, work *w, ferry_error *e)
         break;
     case V_DUPLICATE:
     case V_LATE:
-        if (a.v == V_DUPLICATE)
+        if (v == V_DUPLICATE)
             c->stats.duplicates++;
         else
             c->stats.late++;
-        if (w->from_held)
+        if (w->from_held) {
             due_add(c, w);      /* more stale copies, or the next position, may follow */
+            c->drain_due = 1;
+        }
         if (ferry_log_threshold() >= FERRY_LOG_DEBUG)
             ferry_log(FERRY_LOG_DEBUG, "consumer.skipped",
                       "consumer %s: message %s (%s/%s position %" PRId64 ") skipped: %s",
                       c->name, w->id, w->msg.topic, w->msg.key, w->msg.position,
-                      a.v == V_DUPLICATE ? "already applied" : "position already applied");
+                      v == V_DUPLICATE ? "already applied" : "position already applied");
         break;
     case V_GAP:
         if (!w->from_held) {
@@ -1000,7 +1058,6 @@ static outcome process(ferry_consumer *c, work *w, ferry_error *e)
             c->stats.held_parked++;
         break;
     }
-    return O_DONE;
 }
 
 static uint64_t progress(const ferry_consumer *c)
@@ -1016,7 +1073,7 @@ static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
     for (int i = 0; i < PQntuples(res) && !c->stop; i++) {
         work w;
         work_from_held(c, &w, res, i);
-        outcome o = process(c, &w, e);
+        outcome o = process(c, &w, 0, e);
         consume_work_free(&w);
         if (o == O_FAILED)
             return e->code != FERRY_OK ? e->code : FERRY_EDB;
@@ -1116,7 +1173,460 @@ static void redeliver(ferry_consumer *c, const work *w)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* ---------------------------------------------------------------- batches */
+
+/*
+ * A batch: up to batch_max messages from Kafka applied in one transaction,
+ * so that one WAL flush and one COMMIT serve them all:
+ *
+ *   BEGIN; claim 1; claim 2; ... claim n     -- one round trip (pipeline)
+ *   body 1 (handler, or hold); body 2; ...   -- in Kafka order
+ *   COMMIT;
+ *   store the offsets of 1 .. n              -- only now
+ *
+ * Every guarantee of the one-message path holds because each message is
+ * still claimed under its key's row lock in the transaction that applies
+ * it, and the claims run in the order the messages came: per-key order,
+ * the inbox's dedupe, gaps held. The claims of a batch all run before its
+ * handlers; nothing a handler does is read by a claim, so that changes no
+ * verdict.
+ *
+ * Isolation of a failure: when anything in the batch fails, the whole
+ * transaction rolls back, and the batch goes again in three parts — the
+ * messages before the failing one (as a batch), the failing one alone
+ * through process() (retries, dead letter, parked key), then the rest
+ * (as a batch) — so a poison message is rolled back and dead-lettered
+ * alone while the others commit, in their order. A failure that names no
+ * message (COMMIT, the connection) sends every message of the batch
+ * through process() one by one, where the claim tells what committed.
+ * Each failure takes at least one message out of the batches, so a batch
+ * of n costs at most 2n transactions. Offsets are stored only after the
+ * transaction that applied (or held, or skipped) the message committed,
+ * in Kafka order, so a crash anywhere repeats what was not stored and
+ * the inbox makes the repeat a no-op.
+ */
+
+/* The batch's transaction failed: which message, if one, and why. */
+typedef struct batch_failure {
+    int index;                  /* the failing message; -1: none in particular */
+    int handler_failed;         /* its handler failed (counted as an attempt) */
+    int alone;                  /* its handler asked for its own transaction */
+    ferry_code rc;
+    ferry_error err;
+} batch_failure;
+
+/* BEGIN and the claims of ws[0..n) in one round trip; verdicts into v. */
+static ferry_code batch_claims(ferry_consumer *c, work *ws, int n, verdict *v,
+                               batch_failure *f)
+{
+    PGconn *conn = c->conn;
+    ferry_error *err = &f->err;
+    ferry_code rc = prepare_claim(conn, c, err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (!PQenterPipelineMode(conn) ||
+        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0))
+        goto send_failed;
+    for (int i = 0; i < n; i++) {
+        const char *p[6];
+        claim_params(c, &ws[i], p);
+        if (!PQsendQueryPrepared(conn, CLAIM_STMT, 6, p, NULL, NULL, 0))
+            goto send_failed;
+    }
+    if (!PQpipelineSync(conn))
+        goto send_failed;
+
+    /* BEGIN's result, then each claim's; each followed by a NULL; then the
+     * sync. After an error the rest come back PGRES_PIPELINE_ABORTED. */
+    rc = FERRY_OK;
+    for (int q = -1; q < n; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == FERRY_OK && q < 0 && st != PGRES_COMMAND_OK) {
+            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
+        } else if (rc == FERRY_OK && q >= 0) {
+            if (st != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+                rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
+                f->index = q;
+                if (strcmp(err->sqlstate, "26000") == 0) {
+                    c->claim_pid = 0;   /* lost (see begin_and_claim) */
+                    err->retriable = 1;
+                }
+            } else if (parse_verdict(PQgetvalue(res, 0, 0), &v[q]) != 0) {
+                rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+                                   "ferry.inbox_claim gave an answer this library does not "
+                                   "know");
+                f->index = q;
+            }
+        }
+        PQclear(res);
+        if (st != PGRES_PIPELINE_SYNC) {
+            PGresult *end = PQgetResult(conn);
+            PQclear(end);
+        }
+    }
+    PGresult *sync = PQgetResult(conn);
+    PQclear(sync);
+    PQexitPipelineMode(conn);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry_err_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    return rc;
+
+send_failed:
+    rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    PQexitPipelineMode(conn);
+    return rc;
+}
+
+/* One try at ws[0..n) in one transaction. FERRY_OK: committed, verdicts
+ * in v. Otherwise rolled back, and f says what failed. */
+static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch_failure *f)
+{
+    PGconn *conn = c->conn;
+    memset(f, 0, sizeof *f);
+    f->index = -1;
+    ferry_error *err = &f->err;
+    if (PQstatus(conn) != CONNECTION_OK) {
+        PQreset(conn);
+        if (PQstatus(conn) != CONNECTION_OK)
+            return f->rc = ferry_error_from_pg(err, conn, NULL, "could not reconnect");
+        c->stats.reconnects++;
+    }
+    ferry_code rc = batch_claims(c, ws, n, v, f);
+    for (int i = 0; rc == FERRY_OK && i < n; i++) {
+        apply_ctx a = {c, &ws[i], v[i], 0, 0};
+        ws[i].msg.attempt++;
+        ws[i].in_batch = 1;
+        ferry_err_clear(err);
+        rc = apply_body(conn, &a, err);
+        ws[i].in_batch = 0;
+        if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
+            rc = PQstatus(conn) != CONNECTION_OK
+                     ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
+                     : ferry_err_set(err, FERRY_EUSER, NULL,
+                                     "the handler returned success but left the transaction "
+                                     "aborted or closed");
+        if (rc != FERRY_OK) {
+            f->index = i;
+            f->alone = ws[i].alone_asked;
+            /* An attempt counted against the message, as process() would. */
+            f->handler_failed = a.handler_failed && !f->alone && !transient(c, rc, err);
+        }
+    }
+    if (rc != FERRY_OK) {
+        ferry_rollback_quietly(conn);
+        return f->rc = rc;
+    }
+    PGresult *res = PQexec(conn, "COMMIT");
+    if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
+        rc = FERRY_OK;
+    else if (PQresultStatus(res) == PGRES_COMMAND_OK)
+        rc = ferry_err_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+    else
+        rc = ferry_error_from_pg(err, conn, res, "could not commit");
+    PQclear(res);
+    return f->rc = rc;
+}
+
+/* Send Kafka back to the first of ws[from..n) in each partition, so that
+ * what was not done comes again (a failure, or a stop). */
+static void redeliver_rest(ferry_consumer *c, const work *ws, int from, int n)
+{
+    for (int i = from; i < n; i++) {
+        int seen = 0;
+        for (int j = from; j < i && !seen; j++)
+            seen = ws[j].msg.partition == ws[i].msg.partition &&
+                   strcmp(ws[j].msg.topic, ws[i].msg.topic) == 0;
+        if (!seen)
+            redeliver(c, &ws[i]);
+    }
+}
+
+/* ws[0..n) one by one through process(), the way the one-message path
+ * applies them. Returns the index of the first message not done (n when
+ * all were), its outcome in *o. */
+static int one_by_one(ferry_consumer *c, work *ws, int n, outcome *o, ferry_error *e)
+{
+    *o = O_DONE;
+    for (int i = 0; i < n; i++) {
+        *o = process(c, &ws[i], 0, e);
+        if (*o != O_DONE)
+            return i;
+        store_offset(c, &ws[i]);
+    }
+    return n;
+}
+
+/* The message that failed its batch, alone: what its failure in the batch
+ * already told is not asked again. */
+static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, ferry_error *e)
+{
+    if (!f->handler_failed)
+        return process(c, w, 0, e);
+    c->stats.handler_failures++;
+    if (f->rc == FERRY_EINVAL || c->max_attempts <= 1) {
+        char reason[REASON_MAX];
+        snprintf(reason, sizeof reason, "%s", f->err.message);
+        return dead_letter(c, w, 1, reason, e);
+    }
+    ferry_log(FERRY_LOG_INFO, "consumer.handler_failed",
+              "consumer %s: message %s, failure 1 of %d: %s", c->name, w->id,
+              c->max_attempts, f->err.message);
+    backoff(c, 1);
+    return process(c, w, 1, e);
+}
+
+/*
+ * Apply ws[0..n), all from Kafka, in batches (see above). Returns the
+ * index of the first message not done (n when all were), its outcome in
+ * *o (O_DONE when all were).
+ */
+static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_error *e)
+{
+    verdict *v = c->batch_verdicts;
+    int i = 0;
+    *o = O_DONE;
+    while (i < n && !c->stop) {
+        /* A message already known to be poison goes alone: it is
+         * dead-lettered (or held) in a transaction of its own. */
+        if (ws[i].poison[0] != '\0') {
+            if ((*o = process(c, &ws[i], 0, e)) != O_DONE)
+                return i;
+            store_offset(c, &ws[i]);
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < n && ws[j].poison[0] == '\0')
+            j++;
+        if (j - i == 1) {
+            if ((*o = process(c, &ws[i], 0, e)) != O_DONE)
+                return i;
+            store_offset(c, &ws[i]);
+            i = j;
+            continue;
+        }
+        batch_failure f;
+        ferry_code rc = batch_tx(c, ws + i, j - i, v, &f);
+        if (rc == FERRY_OK) {
+            after_commit(c);
+            c->stats.batches++;
+            c->stats.batch_messages += (uint64_t)(j - i);
+            int held = 0, applied = 0;
+            for (int k = i; k < j; k++) {
+                account(c, &ws[k], v[k - i]);
+                held += v[k - i] == V_GAP || v[k - i] == V_PARKED;
+                applied += v[k - i] == V_APPLY || v[k - i] == V_APPLY_MORE;
+                store_offset(c, &ws[k]);
+            }
+            /* A position held in the batch may have been made ready by a
+             * later one of the batch (whose claim ran before the hold):
+             * look, at the cost of what is ready (inbox_ready). */
+            if (held && applied) {
+                c->scan_due = 1;
+                c->drain_due = 1;
+            }
+            i = j;
+            continue;
+        }
+        c->stats.batch_fallbacks++;
+        if (f.err.retriable || transient(c, rc, &f.err))
+            c->stats.transient_retries++;
+        ferry_log(FERRY_LOG_INFO, "consumer.batch_failed",
+                  "consumer %s: a batch of %d rolled back at message %d (%s): %s", c->name,
+                  j - i, f.index, f.alone ? "its handler asks to run alone" : "applied apart",
+                  f.err.message);
+        if (f.index < 0) {
+            int done = one_by_one(c, ws + i, j - i, o, e);
+            if (*o != O_DONE)
+                return i + done;
+            i = j;
+            continue;
+        }
+        /* The messages before the failing one, as a batch again (or alone,
+         * if one), then the failing one alone; the rest on the next turn. */
+        int k = i + f.index;
+        if (k - i >= 2) {
+            batch_failure f2;
+            if (batch_tx(c, ws + i, k - i, v, &f2) == FERRY_OK) {
+                after_commit(c);
+                c->stats.batches++;
+                c->stats.batch_messages += (uint64_t)(k - i);
+                for (int m = i; m < k; m++) {
+                    account(c, &ws[m], v[m - i]);
+                    store_offset(c, &ws[m]);
+                }
+            } else {
+                c->stats.batch_fallbacks++;
+                int done = one_by_one(c, ws + i, k - i, o, e);
+                if (*o != O_DONE)
+                    return i + done;
+            }
+        } else if (k - i == 1) {
+            int done = one_by_one(c, ws + i, 1, o, e);
+            if (*o != O_DONE)
+                return i + done;
+        }
+        ws[k].alone_asked = 0;
+        if ((*o = failed_alone(c, &ws[k], &f, e)) != O_DONE)
+            return k;
+        store_offset(c, &ws[k]);
+        i = k + 1;
+    }
+    if (i < n)
+        *o = O_STOPPED;
+    return i;
+}
+
+/* Is w's partition still assigned to this member (assignment: from
+ * rd_kafka_assignment())? */
+static int assigned(const rd_kafka_topic_partition_list_t *assignment, const work *w)
+{
+    for (int i = 0; i < assignment->cnt; i++)
+        if (assignment->elems[i].partition == w->msg.partition &&
+            strcmp(assignment->elems[i].topic, w->msg.topic) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * Partitions were revoked while a batch was being gathered: its messages
+ * of partitions this member no longer holds are let go, unapplied — their
+ * offsets were not stored, so the next owner gets them, in their order.
+ * Returns how many are left in ws.
+ */
+static int drop_revoked(ferry_consumer *c, work *ws, int n)
+{
+    rd_kafka_topic_partition_list_t *assignment = NULL;
+    if (rd_kafka_assignment(c->rk, &assignment) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        assignment = rd_kafka_topic_partition_list_new(0);   /* none: let all go */
+    }
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        if (assigned(assignment, &ws[i])) {
+            if (kept != i) {
+                ws[kept] = ws[i];
+                ws[kept].msg.internal_ = &ws[kept];
+            }
+            kept++;
+        } else {
+            rd_kafka_message_t *rkm = ws[i].rkm;
+            consume_work_free(&ws[i]);
+            rd_kafka_message_destroy(rkm);
+            c->stats.batch_dropped++;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(assignment);
+    return kept;
+}
+
+/*
+ * Gather a batch that starts with first: what else has arrived, up to
+ * batch_max messages, waiting at most batch_ms for more; then apply it.
+ * An error event met on the way ends the gathering and is returned in
+ * *event for the caller to handle after the batch.
+ */
+static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
+                             rd_kafka_message_t **event, ferry_error *e)
+{
+    work *ws = c->batch;
+    int n = 0;
+    unsigned gen = c->revoke_gen;
+    int64_t deadline = ferry_now_ms() + c->batch_ms;
+    rd_kafka_message_t *rkm = first;
+    *event = NULL;
+    for (;;) {
+        if (rkm != NULL) {
+            rd_kafka_headers_t *hdrs = NULL;
+            if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+                hdrs = NULL;
+            c->stats.received++;
+            consume_intake(&ws[n], rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
+            n++;
+            if (n >= c->batch_max)
+                break;
+#ifdef FERRY_TEST_HOOKS
+            /* Test hook: say (by making a file, once) that a batch is in
+             * hand and waiting for more, for a test that rebalances then. */
+            if (c->gather_file != NULL && c->batch_ms > 0) {
+                FILE *note = fopen(c->gather_file, "w");
+                if (note != NULL)
+                    fclose(note);
+                c->gather_file = NULL;
+            }
+#endif
+        }
+        if (c->stop)
+            break;
+        /* Waits in slices, so that a stop is seen soon. */
+        int64_t left = deadline - ferry_now_ms();
+        rkm = rd_kafka_consumer_poll(c->rk, left > 100 ? 100 : left > 0 ? (int)left : 0);
+        if (c->revoke_gen != gen) {
+            n = drop_revoked(c, ws, n);
+            gen = c->revoke_gen;
+        }
+        if (rkm == NULL && left > 100)
+            continue;
+        if (rkm == NULL)
+            break;
+        if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            *event = rkm;
+            break;
+        }
+    }
+
+    outcome o = O_DONE;
+    int done = apply_batch(c, ws, n, &o, e);
+    if (done < n)
+        redeliver_rest(c, ws, done, n);
+    for (int i = 0; i < n; i++) {
+        rd_kafka_message_t *m = ws[i].rkm;
+        consume_work_free(&ws[i]);
+        rd_kafka_message_destroy(m);
+    }
+    if (o == O_FAILED)
+        return e->code != FERRY_OK ? e->code : FERRY_EDB;
+    return FERRY_OK;
+}
+
 /* ---------------------------------------------------------------- Kafka */
+
+/* "topic[p]" for each partition of l, as a JSON array. */
+static json_t *partitions_json(const rd_kafka_topic_partition_list_t *l)
+{
+    json_t *a = json_array();
+    for (int i = 0; l != NULL && i < l->cnt; i++) {
+        char one[FERRY_TOPIC_MAX + 16];
+        snprintf(one, sizeof one, "%s[%" PRId32 "]", l->elems[i].topic, l->elems[i].partition);
+        json_array_append_new(a, json_string(one));
+    }
+    return a;
+}
+
+/*
+ * One JSON event per assignment change (consumer.assigned, .revoked,
+ * .lost): the partitions that moved, and those held after the change.
+ * Logged after the change is made, so "held" is the new assignment.
+ */
+static void log_assignment(ferry_consumer *c, const char *event, const char *what,
+                           const rd_kafka_topic_partition_list_t *parts)
+{
+    rd_kafka_topic_partition_list_t *held = NULL;
+    if (rd_kafka_assignment(c->rk, &held) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        held = NULL;
+    json_t *f = json_pack("{s:s, s:s, s:o, s:i, s:o}", "consumer", c->name, "change", what,
+                          "partitions", partitions_json(parts), "held_count",
+                          held ? held->cnt : -1, "held", partitions_json(held));
+    ferry_log_json(FERRY_LOG_INFO, event, f, "consumer %s: %d partitions %s, %d held",
+                   c->name, parts->cnt, what, held ? held->cnt : -1);
+    if (held != NULL)
+        rd_kafka_topic_partition_list_destroy(held);
+}
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -1125,8 +1635,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         c->stats.assigned += (uint64_t)parts->cnt;
-        ferry_log(FERRY_LOG_INFO, "consumer.assigned", "consumer %s: %d partitions assigned",
-                  c->name, parts->cnt);
         if (cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
             if (e)
@@ -1134,6 +1642,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         } else {
             rd_kafka_assign(rk, parts);
         }
+        log_assignment(c, "consumer.assigned", "assigned", parts);
         return;
     }
     /* Revoked (or lost): what was applied is committed before the
@@ -1141,9 +1650,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
      * hand here: this runs inside rd_kafka_consumer_poll(), between
      * messages. */
     c->stats.revoked += (uint64_t)parts->cnt;
-    ferry_log(FERRY_LOG_INFO, "consumer.revoked", "consumer %s: %d partitions revoked",
-              c->name, parts->cnt);
-    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !rd_kafka_assignment_lost(rk)) {
+    c->revoke_gen++;            /* a batch being gathered lets their messages go */
+    int lost = rd_kafka_assignment_lost(rk);
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !lost) {
         rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
         if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
             ferry_log(FERRY_LOG_WARN, "consumer.commit_failed",
@@ -1158,6 +1667,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         rd_kafka_assign(rk, NULL);
     }
+    log_assignment(c, lost ? "consumer.lost" : "consumer.revoked", lost ? "lost" : "revoked",
+                   parts);
 }
 
 /* librdkafka's own log lines, as ferry's JSON lines. */
@@ -1294,6 +1805,12 @@ static ferry_code check_conf(const ferry_consumer_conf *conf, ferry_error *err)
         conf->held_scan_ms > 3600000)
         return ferry_err_set(err, FERRY_EINVAL, "backoff_ms",
                              "backoff and scan intervals must be 0..600000 ms");
+    if (conf->batch_max < 0 || conf->batch_max > BATCH_MAX_LIMIT)
+        return ferry_err_set(err, FERRY_EINVAL, "batch_max", "batch_max must be 0..%d",
+                             BATCH_MAX_LIMIT);
+    if (conf->batch_ms < 0 || conf->batch_ms > BATCH_MS_LIMIT)
+        return ferry_err_set(err, FERRY_EINVAL, "batch_ms", "batch_ms must be 0..%d",
+                             BATCH_MS_LIMIT);
     if (conf->isolation != FERRY_READ_COMMITTED && conf->isolation != FERRY_REPEATABLE_READ &&
         conf->isolation != FERRY_SERIALIZABLE)
         return ferry_err_set(err, FERRY_EINVAL, "isolation", "unknown isolation level");
@@ -1331,6 +1848,8 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     c->tx = (ferry_tx_opts){.isolation = conf->isolation, .max_attempts = 1};
     c->drain_due = 1;       /* held messages left by an earlier run */
     c->scan_due = 1;
+    c->batch_max = conf->batch_max ? conf->batch_max : DEFAULT_BATCH_MAX;
+    c->batch_ms = conf->batch_ms;
 
 #ifdef FERRY_TEST_HOOKS
     /* Test hook (tests/test_consume.c): die by SIGKILL right after the Nth
@@ -1339,7 +1858,26 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     const char *hook = getenv("FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT");
     if (hook != NULL)
         c->kill_after_commits = strtol(hook, NULL, 10);
+    /* Test hook: the batch size of a consumer whose configuration leaves
+     * it at the default, so that a whole test binary runs with batches
+     * and without (tests/test_consume.c runs itself both ways). */
+    c->gather_file = getenv("FERRY_CONSUMER_TEST_GATHER_FILE");
+    const char *batch_hook = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
+    if (batch_hook != NULL && conf->batch_max == 0) {
+        long b = strtol(batch_hook, NULL, 10);
+        if (b >= 1 && b <= BATCH_MAX_LIMIT)
+            c->batch_max = (int)b;
+    }
 #endif
+    if (c->batch_max > 1) {
+        c->batch = calloc((size_t)c->batch_max, sizeof *c->batch);
+        c->batch_verdicts = calloc((size_t)c->batch_max, sizeof *c->batch_verdicts);
+        if (c->batch == NULL || c->batch_verdicts == NULL) {
+            rc = ferry_err_set(e, FERRY_ENOMEM, NULL, "out of memory");
+            c->conn = NULL;
+            goto out_conn;
+        }
+    }
 
     c->conn = PQconnectdb(conf->db);
     if (PQstatus(c->conn) != CONNECTION_OK) {
@@ -1377,6 +1915,8 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
 
 out_conn:
     PQfinish(c->conn);
+    free(c->batch);
+    free(c->batch_verdicts);
     free(c);
     return rc;
 }
@@ -1412,13 +1952,32 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
         rd_kafka_message_destroy(rkm);
         return rc;
     }
+    if (c->batch_max > 1) {
+        rd_kafka_message_t *event = NULL;
+        ferry_code brc = poll_batch(c, rkm, &event, e);
+        if (event != NULL) {
+            char fatal[512];
+            if (brc == FERRY_OK &&
+                rd_kafka_fatal_error(c->rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR)
+                brc = ferry_err_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
+            else
+                ferry_log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
+                          rd_kafka_message_errstr(event));
+            rd_kafka_message_destroy(event);
+        }
+        if (brc != FERRY_OK)
+            return brc;
+        if (c->drain_due && !c->stop)
+            return drain(c, e);
+        return FERRY_OK;
+    }
     c->stats.received++;
     work w;
     rd_kafka_headers_t *hdrs = NULL;
     if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
         hdrs = NULL;
     consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
-    outcome o = process(c, &w, e);
+    outcome o = process(c, &w, 0, e);
     if (o == O_DONE)
         store_offset(c, &w);
     else if (o == O_FAILED)
@@ -1482,7 +2041,26 @@ void ferry_consumer_destroy(ferry_consumer *c)
     if (c == NULL)
         return;
     ferry_consumer_close(c, NULL);
+    free(c->batch);
+    free(c->batch_verdicts);
     free(c);
+}
+
+int ferry_consumer_partitions(ferry_consumer *c, ferry_partition *out, size_t max)
+{
+    if (c == NULL || c->rk == NULL || (out == NULL && max > 0))
+        return -1;
+    rd_kafka_topic_partition_list_t *held = NULL;
+    if (rd_kafka_assignment(c->rk, &held) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return -1;
+    rd_kafka_topic_partition_list_sort(held, NULL, NULL);
+    int n = held->cnt;
+    for (int i = 0; i < n && (size_t)i < max; i++) {
+        snprintf(out[i].topic, sizeof out[i].topic, "%s", held->elems[i].topic);
+        out[i].partition = held->elems[i].partition;
+    }
+    rd_kafka_topic_partition_list_destroy(held);
+    return n;
 }
 
 void ferry_consumer_stats_get(const ferry_consumer *c, ferry_consumer_stats *out)

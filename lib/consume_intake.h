@@ -42,6 +42,9 @@ typedef struct consume_work {
     int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
     int unholdable;             /* a name that text cannot hold: poison at once */
     int marker;                 /* a position discarded at the relay */
+    int in_batch;               /* being applied with others in one transaction */
+    int alone_asked;            /* its handler asked for its own transaction
+                                   (ferry_message_alone) */
     rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
 } consume_work;
 

@@ -351,9 +351,33 @@ typedef struct ferry_message {
 FERRY_API const char *ferry_message_header(const ferry_message *msg, const char *name);
 
 /*
+ * For a handler that must not share its transaction with other messages
+ * (it changes the transaction's settings, holds locks that must be let go
+ * soon, or calls something that may not run twice in one transaction):
+ *
+ *     ferry_code rc = ferry_message_alone(msg, err);
+ *     if (rc != FERRY_OK)
+ *         return rc;
+ *
+ * first thing, before it touches conn. Inside a batch it returns
+ * FERRY_ESTATE (err filled): the handler returns that, the batch is
+ * rolled back, and this message is applied again in a transaction of its
+ * own (the others in batches before and after it, in their order); there
+ * the call returns FERRY_OK. Asking costs no attempt. A consumer whose
+ * every message must run alone sets batch_max = 1 instead.
+ */
+FERRY_API ferry_code ferry_message_alone(const ferry_message *msg, ferry_error *err);
+
+/*
  * Apply msg on conn, inside the transaction the consumer opened. May run
  * statements and emit messages on conn; must not begin, commit or roll
- * back. Return FERRY_OK to commit. Anything else rolls back, and then:
+ * back. The transaction may hold other messages too (a batch, see
+ * batch_max): the handler sees what earlier messages of the batch did, as
+ * if they had committed, and a failure rolls back the batch, after which
+ * the message is applied apart from the others — so a handler keeps its
+ * effects in the database, sets nothing that outlives one message
+ * (SET LOCAL, a temporary table, advisory locks taken for the
+ * transaction), and calls ferry_message_alone() when it must run alone. Return FERRY_OK to commit. Anything else rolls back, and then:
  *   - err->retriable set (ferry_error_from_pg() sets it for serialization
  *     failures, deadlocks and lost connections): the message is retried
  *     after a backoff, without counting an attempt;
@@ -392,6 +416,12 @@ typedef struct ferry_consumer_conf {
                                    the first position that arrives, not at 1 */
     size_t max_payload;         /* bytes; 0 = FERRY_DEFAULT_MAX_PAYLOAD; a
                                    larger message is dead-lettered unread */
+    int batch_max;              /* messages applied in one transaction, at
+                                   most; 0 = 100, 1 = each in its own
+                                   (no batches); up to 1000 */
+    int batch_ms;               /* how long a batch waits for more messages
+                                   after its first; 0 (the default) = none:
+                                   a batch is what has already arrived */
 } ferry_consumer_conf;
 
 /* What a consumer did since it was made; for logs, metrics and tests. */
@@ -411,6 +441,12 @@ typedef struct ferry_consumer_stats {
     uint64_t assigned;          /* partitions assigned, summed over rebalances */
     uint64_t revoked;           /* partitions revoked */
     uint64_t offsets_stored;
+    uint64_t batches;           /* transactions that applied a batch */
+    uint64_t batch_messages;    /* messages those transactions applied, held
+                                   or skipped */
+    uint64_t batch_fallbacks;   /* batches rolled back and applied apart */
+    uint64_t batch_dropped;     /* messages let go from a batch being gathered
+                                   when their partition was revoked */
 } ferry_consumer_stats;
 
 /*
@@ -451,6 +487,23 @@ FERRY_API ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err);
 
 /* Close (if not closed) and free. Accepts NULL. */
 FERRY_API void ferry_consumer_destroy(ferry_consumer *c);
+
+/* One partition a consumer holds. */
+typedef struct ferry_partition {
+    char topic[FERRY_TOPIC_MAX + 1];
+    int32_t partition;
+} ferry_partition;
+
+/*
+ * The partitions c holds now (its assignment in the group), sorted by
+ * topic and partition: the first max of them into out (NULL when max is
+ * 0). Returns how many it holds — more than max means out was too short —
+ * or -1 when c is closed or librdkafka cannot say. Call it from the
+ * thread that polls. Every change is also logged, as one JSON event
+ * (consumer.assigned, consumer.revoked or consumer.lost) with the
+ * partitions that moved and those held after.
+ */
+FERRY_API int ferry_consumer_partitions(ferry_consumer *c, ferry_partition *out, size_t max);
 
 /* A copy of the counters. Call it from the thread that polls: the
  * counters are plain integers updated by ferry_consumer_poll(). Messages

@@ -10,9 +10,16 @@
  * child processes: this same binary started with --child (see main()).
  *
  * The handler (apply_credit) adds the message's amount to an account
- * row and records the application in t_applied; a message applied twice
- * would show there and in the account total, which must equal the sum of
- * the distinct messages' amounts.
+ * row and records the application in t_applied (with the id of the
+ * transaction that applied it); a message applied twice would show there
+ * and in the account total, which must equal the sum of the distinct
+ * messages' amounts.
+ *
+ * The binary runs its tests twice, at the same time, each pass with its
+ * own cluster and broker: with batches (the default) and with one message
+ * per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
+ * library, inherited by the child consumers). The tests of batches
+ * themselves run in the first pass only.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -43,15 +50,28 @@ static int accept_poison;           /* flipped by tests before a replay */
 static long handler_calls;
 static long kill_at_call;           /* child mode: SIGKILL inside the transaction */
 
+/* Is this pass the one with batches? */
+static int batches_on(void)
+{
+    const char *b = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
+    return b == NULL || strcmp(b, "1") != 0;
+}
+
 /*
  * Payload {"amount": N} credits N to account <key>. {"fail": true} fails
  * (not retriable) unless accept_poison; {"retriable": N} fails retriably
- * on the first N attempts.
+ * on the first N attempts; {"alone": true} asks for a transaction of its
+ * own (ferry_message_alone).
  */
 static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
                                ferry_error *err)
 {
     handler_calls++;
+    if (json_is_true(json_object_get(m->payload, "alone"))) {
+        ferry_code arc = ferry_message_alone(m, err);
+        if (arc != FERRY_OK)
+            return arc;
+    }
     const json_t *fail = json_object_get(m->payload, "fail");
     if (json_is_true(fail) && !accept_poison)
         return ferry_error_set(err, FERRY_EUSER, 0, "refused: this one always fails");
@@ -505,8 +525,8 @@ typedef struct child {
     int out;                    /* read end of its stdout */
 } child;
 
-/* Start this binary as a consumer process (see child_main). env: one
- * "NAME=VALUE" or NULL. */
+/* Start this binary as a consumer process (see child_main). env:
+ * "NAME=VALUE" settings separated by spaces, or NULL. */
 static child child_start(const char *name, const char *topic, const char *env)
 {
     int fds[2];
@@ -518,8 +538,12 @@ static child child_start(const char *name, const char *topic, const char *env)
         dup2(fds[1], 1);
         close(fds[0]);
         close(fds[1]);
-        if (env != NULL)
-            putenv((char *)env);
+        if (env != NULL) {
+            char *all = strdup(env);        /* the environment keeps it */
+            for (char *save = NULL, *one = strtok_r(all, " ", &save); one != NULL;
+                 one = strtok_r(NULL, " ", &save))
+                putenv(one);
+        }
         execl("/proc/self/exe", "test_consume", "--child", name, topic, fpg_conninfo(tu_pg),
               kt_bootstrap(broker), (char *)NULL);
         _exit(127);
@@ -560,7 +584,8 @@ static void on_term(int sig)
 
 /* --child NAME TOPIC CONNINFO BOOTSTRAP: consume with apply_credit until
  * SIGTERM, then print the stats on stdout and exit 0. Env:
- * FERRY_TEST_HANDLER_KILL_AT=N dies inside the Nth handler call. */
+ * FERRY_TEST_HANDLER_KILL_AT=N dies inside the Nth handler call;
+ * FERRY_TEST_BATCH_MS=N sets batch_ms. */
 static int child_main(char **argv)
 {
     const char *kill_at = getenv("FERRY_TEST_HANDLER_KILL_AT");
@@ -572,6 +597,9 @@ static int child_main(char **argv)
                                 .kafka_props = tu_group_props,
                                 .backoff_base_ms = 5, .backoff_max_ms = 50,
                                 .held_scan_ms = 50};
+    const char *batch_ms = getenv("FERRY_TEST_BATCH_MS");
+    if (batch_ms != NULL)
+        conf.batch_ms = (int)strtol(batch_ms, NULL, 10);
     ferry_error err;
     if (ferry_consumer_new(&conf, &child_consumer, &err) != FERRY_OK) {
         fprintf(stderr, "child: %s\n", err.message);
@@ -583,7 +611,8 @@ static int child_main(char **argv)
     ferry_consumer_stats s;
     ferry_consumer_stats_get(child_consumer, &s);
     printf("applied=%" PRIu64 " duplicates=%" PRIu64 " late=%" PRIu64 " assigned=%" PRIu64
-           " revoked=%" PRIu64 "\n", s.applied, s.duplicates, s.late, s.assigned, s.revoked);
+           " revoked=%" PRIu64 " batches=%" PRIu64 " batch_dropped=%" PRIu64 "\n", s.applied,
+           s.duplicates, s.late, s.assigned, s.revoked, s.batches, s.batch_dropped);
     fflush(stdout);
     ferry_consumer_destroy(child_consumer);
     if (rc != FERRY_OK) {
@@ -621,20 +650,30 @@ static void crash_between_commit_and_offset(void **state)
     const char *topic = "c.crash1";
     enum { N = 40 };
     produce_credits(topic, N, 4, "x");
-    child ch = child_start("c-crash1", topic, "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
+    /* With batches (of at most 8 here), the third commit is still inside
+     * the 40 messages. */
+    child ch = child_start("c-crash1", topic,
+                           batches_on() ? "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=3 "
+                                          "FERRY_CONSUMER_TEST_BATCH_MAX=8"
+                                        : "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
     assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
-    /* It died right after its 10th commit. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
-                     10);
+    /* It died right after its 10th commit (one message each), or its
+     * third (batches). */
+    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'");
+    if (batches_on())
+        assert_true(done >= 3 && done < N);
+    else
+        assert_int_equal(done, 10);
     ferry_consumer *c = consumer_new("c-crash1", topic, 0);
-    /* The rest applied, and the 10th come again and skipped: it may be the
-     * last of its partition, so it can arrive after all the others. */
-    poll_until(c, applied_and_one_late, N - 10);
+    /* The rest applied, and the last committed come again and skipped: it
+     * may be the last of its partition, so it can arrive after all the
+     * others. */
+    poll_until(c, applied_and_one_late, N - done);
     ferry_consumer_stats s;
     ferry_consumer_stats_get(c, &s);
-    assert_true(s.late >= 1);               /* the 10th came again, and was skipped */
-    assert_int_equal(s.applied, N - 10);
+    assert_true(s.late >= 1);               /* the last came again, and was skipped */
+    assert_int_equal(s.applied, N - done);
     consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
                      N);
@@ -654,10 +693,15 @@ static void crash_inside_the_transaction(void **state)
     child ch = child_start("c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
     assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'"),
-                     6);
+    /* One message per transaction: the 6 before it committed. With
+     * batches, its batch rolled back with it: those of earlier batches. */
+    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'");
+    if (batches_on())
+        assert_true(done < 7);
+    else
+        assert_int_equal(done, 6);
     ferry_consumer *c = consumer_new("c-crash2", topic, 0);
-    poll_until(c, applied_at_least, N - 6);
+    poll_until(c, applied_at_least, N - done);
     consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
                                   "WHERE consumer = 'c-crash2'"), N);
@@ -755,6 +799,236 @@ static void end_to_end_through_the_relay(void **state)
     PQfinish(conn);
 }
 
+
+/* The API says which partitions a consumer holds, and every change is
+ * one JSON log event naming what moved and what is held after. */
+static void the_assignment_is_known_and_logged(void **state)
+{
+    const char *topic = "c.assign";
+    pmsg m[1] = {{"as", 1}};
+    produce(topic, m, 1, NULL);         /* the topic, with the broker's 4 partitions */
+    /* The log goes to stderr: to a file while the consumer joins. */
+    char path[] = "/tmp/ferry-test-log-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    assert_true(dup2(fd, STDERR_FILENO) >= 0);
+    ferry_consumer *c = consumer_new("c-assign", topic, 0);
+    ferry_partition none[1];
+    assert_int_equal(ferry_consumer_partitions(c, none, 0), 0);   /* not yet in the group */
+    poll_until(c, applied_at_least, 1);
+    ferry_partition held[8];
+    int n = ferry_consumer_partitions(c, held, 8);
+    assert_int_equal(ferry_consumer_partitions(c, NULL, 0), n);
+    assert_int_equal(ferry_consumer_partitions(c, held, 2), n);     /* says how many */
+    consumer_done(c);
+    fflush(stderr);
+    assert_true(dup2(saved, STDERR_FILENO) >= 0);
+    close(saved);
+    close(fd);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < n; i++) {
+        assert_string_equal(held[i].topic, topic);
+        assert_int_equal(held[i].partition, i);
+    }
+    size_t len = 0;
+    char *log = tu_slurp(path, &len);
+    unlink(path);
+    fprintf(stderr, "%s", log);
+    /* The join, then the close's revocation: one event each, as JSON. */
+    int assigned = 0, revoked = 0;
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        json_error_t jerr;
+        json_t *j = json_loads(line, 0, &jerr);
+        if (j == NULL)
+            continue;
+        const char *ev = json_string_value(json_object_get(j, "event"));
+        const char *who = json_string_value(json_object_get(j, "consumer"));
+        if (ev != NULL && who != NULL && strcmp(who, "c-assign") == 0) {
+            if (strcmp(ev, "consumer.assigned") == 0) {
+                assigned++;
+                assert_int_equal(json_array_size(json_object_get(j, "partitions")), 4);
+                assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 4);
+                assert_string_equal(json_string_value(json_array_get(
+                                        json_object_get(j, "held"), 0)), "c.assign[0]");
+            } else if (strcmp(ev, "consumer.revoked") == 0) {
+                revoked++;
+                assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 0);
+            }
+        }
+        json_decref(j);
+    }
+    free(log);
+    assert_int_equal(assigned, 1);
+    assert_int_equal(revoked, 1);
+}
+
+/* ------------------------------------------------------------------ batches */
+
+/* A topic of one partition, so that what is produced comes in order and
+ * in one fetch: a batch holds all of it. */
+static void one_partition_topic(const char *topic)
+{
+    assert_int_equal(kt_command(broker, "topic-create %s 1 1", topic), 0);
+}
+
+/* A poison message in the middle of a batch: the batch rolls back, the
+ * messages before it commit as a batch, the poison is tried alone and
+ * dead-lettered (its key parked, its later message held), and the rest
+ * commit as a batch — in their order. */
+static void poison_in_a_batch_parks_only_its_key(void **state)
+{
+    const char *topic = "c.bpoison";
+    one_partition_topic(topic);
+    pmsg m[8] = {{"a", 1}, {"a", 2}, {"b", 1}, {"p", 1, "{\"fail\": true, \"amount\": 10}"},
+                 {"c", 1}, {"a", 3}, {"p", 2}, {"c", 2}};
+    produce(topic, m, 8, NULL);
+    accept_poison = 0;
+    ferry_consumer *c = consumer_new("c-bpoison", topic, 3);
+    poll_until(c, seen_at_least, 8);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.batch_fallbacks >= 1);        /* the poison was in a batch */
+    assert_true(s.batches >= 1);
+    assert_int_equal(s.dead_lettered, 1);
+    assert_int_equal(s.handler_failures, 3);    /* the batch's try counts */
+    assert_int_equal(s.held_parked, 1);
+    assert_int_equal(s.applied, 6);
+    assert_int_equal(s.offsets_stored, 8);
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-bpoison' AND aggregateid = 'p' AND seq = 1 AND "
+                                  "attempts = 3"), 1);
+    assert_order(conn, "c-bpoison", "a", "1,2,3");
+    assert_order(conn, "c-bpoison", "b", "1");
+    assert_order(conn, "c-bpoison", "c", "1,2");
+    assert_order(conn, "c-bpoison", "p", "");
+    /* The others shared transactions: fewer transactions than messages. */
+    assert_true(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
+                             "WHERE consumer = 'c-bpoison'") < 6);
+    PQfinish(conn);
+}
+
+/* Killed (SIGKILL) right after a batch's commit, before its offsets are
+ * stored: the whole batch comes again, and every message of it is
+ * skipped; nothing is applied twice. */
+static void crash_after_a_batch_commit_repeats_the_batch(void **state)
+{
+    const char *topic = "c.bcrash";
+    enum { N = 40 };
+    one_partition_topic(topic);
+    produce_credits(topic, N, 4, "v");
+    child ch = child_start("c-bcrash", topic, "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=1 "
+                                              "FERRY_CONSUMER_TEST_BATCH_MAX=8");
+    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
+    PGconn *conn = tu_connect();
+    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'");
+    assert_true(done >= 2 && done <= 8);        /* one commit, a batch */
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
+                                  "WHERE consumer = 'c-bcrash'"), 1);
+    ferry_consumer *c = consumer_new("c-bcrash", topic, 0);
+    poll_until(c, seen_at_least, N);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_int_equal(s.late, done);             /* the batch again, all skipped */
+    assert_int_equal(s.applied, N - done);
+    consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'"),
+                     N);
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
+                                  "WHERE consumer = 'c-bcrash'"), N);
+    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'v_'"), N);
+    PQfinish(conn);
+}
+
+/* A handler that may not share its transaction says so: the batch rolls
+ * back, that message is applied in a transaction of its own, the others
+ * in batches, in order, and no attempt is counted against it. */
+static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
+{
+    const char *topic = "c.balone";
+    one_partition_topic(topic);
+    pmsg m[6] = {{"k", 1}, {"m", 1}, {"k", 2, "{\"alone\": true, \"amount\": 1}"}, {"k", 3},
+                 {"m", 2}, {"k", 4}};
+    char ids[6][FERRY_UUID_STRING_SIZE];
+    produce(topic, m, 6, ids);
+    ferry_consumer *c = consumer_new("c-balone", topic, 0);
+    poll_until(c, applied_at_least, 6);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.batch_fallbacks >= 1);        /* it asked, inside a batch */
+    assert_int_equal(s.handler_failures, 0);
+    assert_int_equal(s.dead_lettered, 0);
+    consumer_done(c);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-balone", "k", "1,2,3,4");
+    assert_order(conn, "c-balone", "m", "1,2");
+    /* Alone in its transaction; the others shared theirs. */
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_applied WHERE xid = "
+                                                "(SELECT xid FROM t_applied WHERE id = '%s')",
+                                                ids[2])), 1);
+    assert_true(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
+                             "WHERE consumer = 'c-balone'") < 6);
+    PQfinish(conn);
+}
+
+/* A second member joins while the first is gathering a batch (it holds
+ * up to 1000 and waits 8 s for more): the first lets go of the messages
+ * of the partitions it lost, unapplied, and the new owner applies them.
+ * Every message once, in order per key. */
+static void a_rebalance_while_a_batch_is_gathered(void **state)
+{
+    const char *topic = "c.brebalance";
+    enum { N = 400 };
+    PGconn *conn = tu_connect();
+    produce_credits(topic, N, 8, "w");
+    char note[] = "/tmp/ferry-test-gather-XXXXXX";
+    int fd = mkstemp(note);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(note);
+    char *env_a = tu_sprintf("FERRY_CONSUMER_TEST_BATCH_MAX=1000 FERRY_TEST_BATCH_MS=8000 "
+                             "FERRY_CONSUMER_TEST_GATHER_FILE=%s", note);
+    child a = child_start("c-brebalance", topic, env_a);
+    /* The hook's file: a holds a batch and waits for more. */
+    int64_t deadline = (int64_t)time(NULL) + 60;
+    while (access(note, F_OK) != 0) {
+        if ((int64_t)time(NULL) > deadline)
+            fail_msg("the first consumer never gathered a batch");
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    unlink(note);
+    child b = child_start("c-brebalance", topic,
+                          "FERRY_CONSUMER_TEST_BATCH_MAX=1000 FERRY_TEST_BATCH_MS=8000");
+    char *sql = tu_sprintf("SELECT count(DISTINCT id) = %d FROM t_applied "
+                           "WHERE consumer = 'c-brebalance'", N);
+    tu_await(conn, sql, 120000);
+    free(sql);
+    kill(a.pid, SIGTERM);
+    kill(b.pid, SIGTERM);
+    char *out_a = NULL, *out_b = NULL;
+    assert_int_equal(child_wait(&a, &out_a), 0);
+    assert_int_equal(child_wait(&b, &out_b), 0);
+    fprintf(stderr, "batch rebalance: a: %sb: %s", out_a, out_b);
+    assert_true(stat_of(out_a, "revoked") >= 1);
+    assert_true(stat_of(out_a, "batch_dropped") >= 1);     /* mid-batch, and let go */
+    assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), N);
+    free(out_a);
+    free(out_b);
+    free(env_a);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
+                                  "'c-brebalance'"), N);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
+                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
+                                  "WHERE consumer = 'c-brebalance') x "
+                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    PQfinish(conn);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 static int group_setup(void **state)
@@ -764,7 +1038,7 @@ static int group_setup(void **state)
     PGconn *c = tu_connect();
     tu_exec(c, "CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL)");
     tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-               "seq bigint, id uuid, amount bigint)");
+               "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
     PQfinish(c);
     broker = kt_start(1);
     if (broker == NULL)
@@ -799,10 +1073,33 @@ static int group_teardown(void **state)
     return tu_group_teardown(state);
 }
 
+/* The pass without batches: this binary again, at the same time. */
+static pid_t start_unbatched_pass(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
+        execl("/proc/self/exe", "test_consume", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv);
+    pid_t unbatched = -1;
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
+        unbatched = start_unbatched_pass();
+    fprintf(stderr, "test_consume: the pass %s batches (pid %d)\n",
+            batches_on() ? "with" : "without", (int)getpid());
+    const struct CMUnitTest batch_tests[] = {
+        cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
+        cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
+        cmocka_unit_test(a_handler_that_must_run_alone_gets_its_own_transaction),
+        cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
+    };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_configuration_is_refused),
         cmocka_unit_test(applies_once_in_order),
@@ -818,7 +1115,30 @@ int main(int argc, char **argv)
         cmocka_unit_test(rebalance_applies_each_once),
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
+        cmocka_unit_test(the_assignment_is_known_and_logged),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    /* One group (one cluster, one broker): the batch tests join it in the
+     * pass with batches. */
+    enum { NT = sizeof tests / sizeof tests[0], NB = sizeof batch_tests / sizeof batch_tests[0] };
+    struct CMUnitTest all[NT + NB];
+    memcpy(all, tests, sizeof tests);
+    size_t n = NT;
+    if (batches_on()) {
+        memcpy(all + NT, batch_tests, sizeof batch_tests);
+        n += NB;
+    }
+    int failed = _cmocka_run_group_tests(batches_on() ? "test_consume, with batches"
+                                                      : "test_consume, one per transaction",
+                                         all, n, group_setup, group_teardown);
+    if (unbatched > 0) {
+        int st = 0;
+        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "test_consume: the pass without batches failed (status %d)\n", st);
+            failed++;
+        }
+    }
+    return failed;
 }

@@ -13,11 +13,13 @@
  * A consumer that loops for ever inside ferry_consumer_poll() would hang
  * this binary; a watchdog (alarm) turns that into a failure.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -410,8 +412,24 @@ static int group_teardown(void **state)
     return tu_group_teardown(state);
 }
 
+/*
+ * The tests run twice, at the same time, each pass with its own cluster
+ * and broker: with batches (the default) and with one message per
+ * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
+ * library).
+ */
 int main(void)
 {
+    pid_t unbatched = -1;
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL &&
+        getenv("FERRY_TEST_ONE_PASS") == NULL) {
+        unbatched = fork();
+        if (unbatched == 0) {
+            setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
+            execl("/proc/self/exe", "test_consume_hostile", (char *)NULL);
+            _exit(127);
+        }
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(discard_consumes_exactly_its_own_position),
         cmocka_unit_test(hostile_messages_end_and_neighbours_flow),
@@ -420,5 +438,16 @@ int main(void)
         cmocka_unit_test(replayed_non_json_is_as_received),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    if (unbatched > 0) {
+        int st = 0;
+        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "test_consume_hostile: the pass without batches failed "
+                            "(status %d)\n", st);
+            failed++;
+        }
+    }
+    return failed;
 }

@@ -100,6 +100,8 @@ static const fn_cell FUNCS[] = {
     {"ferry.inbox_repark_(text,text,text,bigint)", NONE,
      "SELECT ferry.inbox_repark_('@C', 'pv', 'k', -1)", 0},
     {"ferry.consumer_guard_(text)", NONE, "SELECT ferry.consumer_guard_('@C')", 0},
+    {"ferry.inbox_settle_(text,text,text)", NONE,
+     "SELECT ferry.inbox_settle_('@C', 'pv', 'k')", 0},
     {"ferry.saga_create(uuid,text,text,text,integer,jsonb,bigint,bigint,jsonb)", W | C,
      "SELECT ferry.saga_create(gen_random_uuid(), 'd', 'h', 'running', 0, '{}', 0, 0, '{}')", 0},
     {"ferry.saga_lock(uuid)", W | C | X, "SELECT count(*) FROM ferry.saga_lock(" SAGA ")", 0},
