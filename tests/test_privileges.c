@@ -55,6 +55,7 @@ static const fn_cell FUNCS[] = {
     {"ferry.uuid_v7()", W | C | X, "SELECT ferry.uuid_v7()", 0},
     {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
     {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
+    {"ferry.settings_emit_mode_guard()", NONE, "SELECT ferry.settings_emit_mode_guard()", 0},
     {"ferry.emit(text,text,text,jsonb,jsonb)", W | C | X,
      "SELECT ferry.emit('pv', 'k', 'T', '{}'::jsonb)", 0},
     {"ferry.emit(text,text,text,text,text)", W | C,
@@ -135,6 +136,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass", 'r', X, X, X, {0}},
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
+    {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
