@@ -16,6 +16,7 @@
  *   max_attempts: 5             # failed deliveries before a dead letter, 1..1000
  *   log_level: info             # error | warn | info | debug
  *   retention: delete           # delete | mark
+ *   outbox_source: table        # table | wal (--source; "source" is ce_source)
  *   kafka:                      # librdkafka properties, passed through as is
  *     bootstrap.servers: "broker1:9092,broker2:9092"   # or "embedded"
  *     compression.type: lz4
@@ -114,6 +115,7 @@ typedef struct file_settings {
 #undef X_MEMBER
     int *log_level;
     int *retention;
+    int *outbox_source;
 } file_settings;
 
 typedef struct int_setting {
@@ -155,6 +157,9 @@ static const cyaml_strval_t log_level_names[] = {
 static const cyaml_strval_t retention_names[] = {
     {"delete", RELAY_RETENTION_DELETE}, {"mark", RELAY_RETENTION_MARK},
 };
+static const cyaml_strval_t outbox_source_names[] = {
+    {"table", RELAY_SOURCE_TABLE}, {"wal", RELAY_SOURCE_WAL},
+};
 
 typedef struct enum_setting {
     const char *name;
@@ -164,21 +169,26 @@ typedef struct enum_setting {
     const char *doc;                  /* for --help */
 } enum_setting;
 
-enum { ENUM_LOG_LEVEL, ENUM_RETENTION, N_ENUM_SETTINGS };
+enum { ENUM_LOG_LEVEL, ENUM_RETENTION, ENUM_OUTBOX_SOURCE, N_ENUM_SETTINGS };
 static const enum_setting enum_settings[N_ENUM_SETTINGS] = {
     [ENUM_LOG_LEVEL] = {"log_level", log_level_names, CYAML_ARRAY_LEN(log_level_names), 2,
                         "the least severe log event written"},
     [ENUM_RETENTION] = {"retention", retention_names, CYAML_ARRAY_LEN(retention_names),
                         RELAY_RETENTION_DELETE,
                         "an acknowledged row is deleted, or marked published_at"},
+    [ENUM_OUTBOX_SOURCE] = {"outbox_source", outbox_source_names,
+                            CYAML_ARRAY_LEN(outbox_source_names), RELAY_SOURCE_TABLE,
+                            "poll the outbox table, or stream the WAL slot (--source)"},
 };
 
 static void set_enum(relay_config *c, int which, int value)
 {
     if (which == ENUM_LOG_LEVEL)
         c->log_level = value;
-    else
+    else if (which == ENUM_RETENTION)
         c->retention = (relay_retention)value;
+    else
+        c->outbox_source = (relay_outbox_source)value;
 }
 
 #define STRING_FLAGS (CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR)
@@ -198,6 +208,8 @@ static const cyaml_schema_field_t file_fields[] = {
                          CYAML_ARRAY_LEN(log_level_names)),
     CYAML_FIELD_ENUM_PTR("retention", ENUM_FLAGS, file_settings, retention, retention_names,
                          CYAML_ARRAY_LEN(retention_names)),
+    CYAML_FIELD_ENUM_PTR("outbox_source", ENUM_FLAGS, file_settings, outbox_source,
+                         outbox_source_names, CYAML_ARRAY_LEN(outbox_source_names)),
     /* Read by the outline: librdkafka property names are open-ended. */
     CYAML_FIELD_IGNORE("kafka", CYAML_FLAG_OPTIONAL),
     CYAML_FIELD_END,
@@ -866,6 +878,8 @@ static int apply_file(loader *ld, const outline *o, const file_settings *fs)
         set_enum(c, ENUM_LOG_LEVEL, *fs->log_level);
     if (fs->retention)
         set_enum(c, ENUM_RETENTION, *fs->retention);
+    if (fs->outbox_source)
+        set_enum(c, ENUM_OUTBOX_SOURCE, *fs->outbox_source);
     return 0;
 }
 
@@ -1010,6 +1024,8 @@ static int apply_env(loader *ld)
     X(OPT_METRICS, "metrics", "HOST:PORT",                                                \
       "serve /metrics and /healthz (port 0 picks one, logged); default: off")            \
     X(OPT_HOLDER, "holder", "NAME", "this relay's name in the leases (default host:pid)")  \
+    X(OPT_SOURCE, "source", "table|wal",                                                  \
+      "where to read the outbox: the table, or the WAL slot (outbox_source)")           \
     X(OPT_SET, "set", "NAME=VALUE", "a setting, as in the file (below; repeatable)")      \
     X(OPT_KAFKA_PROP, "kafka-prop", "NAME=VALUE",                                         \
       "a librdkafka property, passed through (TLS, SASL, ...; repeatable)")              \
@@ -1243,6 +1259,13 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
             if (apply_kafka_prop(ld, arg) != 0)
                 return -1;
             continue;
+        case OPT_SOURCE: {
+            int v;
+            if (!lookup_name(&enum_settings[ENUM_OUTBOX_SOURCE], arg, &v))
+                return fail(ld, "--source %s: expected table or wal", arg);
+            set_enum(c, ENUM_OUTBOX_SOURCE, v);
+            continue;
+        }
         case OPT_DB:
             slot = &c->db, name = "--db";
             break;

@@ -134,6 +134,9 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
                   wal_scratch *scratch, wal_msg *out, char *why, size_t whylen);
 void wal_scratch_free(wal_scratch *s);
 
+/* `ferry-relay slot ...` (relay_wal_slot.c). */
+int cmd_slot(int argc, char **argv);
+
 /* "X/Y", PostgreSQL's text form of an LSN; out holds 32. And back: 0, or
  * -1 when text is not one. */
 void wal_lsn_format(uint64_t lsn, char out[32]);

@@ -59,7 +59,13 @@ CREATE TABLE ferry.wal_slot (
     created_at     timestamptz NOT NULL DEFAULT now(),
     created_lsn    pg_lsn,
     confirmed_lsn  pg_lsn,                 -- the relay's last confirmed flush position
-    confirmed_at   timestamptz
+    confirmed_at   timestamptz,
+    -- Set by `ferry-relay slot recreate`: WAL messages between these
+    -- positions (and times) may never have been published.
+    missed_from_lsn pg_lsn,
+    missed_to_lsn   pg_lsn,
+    missed_from_at  timestamptz,
+    recreated_at    timestamptz
 );
 REVOKE ALL ON ferry.wal_slot FROM PUBLIC;
 GRANT SELECT ON ferry.wal_slot TO ferry_relay, ferry_reconciler;

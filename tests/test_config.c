@@ -393,7 +393,7 @@ static void set_errors(void **state)
     LOAD_FAILS("--set batch_size=0x10: expected a decimal integer", BASE, "--set", "batch_size=0x10");
     LOAD_FAILS("--set batch_size: expected NAME=VALUE", BASE, "--set", "batch_size");
     LOAD_FAILS("--set nope=1: unknown setting \"nope\" (one of batch_size, max_inflight, "
-               "poll_interval_ms, lease_ttl_ms, max_attempts, stuck_ms, stop_grace_ms, log_level, retention)",
+               "poll_interval_ms, lease_ttl_ms, max_attempts, stuck_ms, stop_grace_ms, log_level, retention, outbox_source)",
                BASE, "--set", "nope=1");
     LOAD_FAILS("--set db=x: unknown setting \"db\"", BASE, "--set", "db=x");
     LOAD_FAILS("--set retention=keep: expected delete or mark", BASE, "--set", "retention=keep");
@@ -431,6 +431,29 @@ static void kafka_props_from_flags(void **state)
     LOAD_OK(&cfg, "--db", "x", "--kafka-prop", "bootstrap.servers=b:2", "--kafka", "a:1");
     assert_value(&cfg, "kafka", "a:1");
     relay_config_free(&cfg);
+}
+
+/* The source: table by default; --source and --set outbox_source say
+ * wal, the last one given winning; anything else is refused. The YAML
+ * source: key stays CloudEvents' ce_source. */
+static void outbox_source_by_flag_and_setting(void **state)
+{
+    relay_config cfg;
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--source", "wal");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_WAL);
+    assert_string_equal(cfg.source, "ferry");
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--source", "wal", "--set",
+            "outbox_source=table");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    relay_config_free(&cfg);
+    LOAD_FAILS("--source WAL: expected table or wal", "--db", "x", "--kafka", "embedded",
+               "--source", "WAL");
+    LOAD_FAILS("--set outbox_source=x: expected table or wal", "--db", "x", "--kafka",
+               "embedded", "--set", "outbox_source=x");
 }
 
 static void kafka_prop_errors(void **state)
@@ -641,6 +664,7 @@ int main(void)
         cmocka_unit_test_setup(set_errors, clear_env),
         cmocka_unit_test_setup(kafka_props_from_flags, clear_env),
         cmocka_unit_test_setup(kafka_prop_errors, clear_env),
+        cmocka_unit_test_setup(outbox_source_by_flag_and_setting, clear_env),
         cmocka_unit_test_setup(bad_flags, clear_env),
         cmocka_unit_test_setup(env_errors, clear_env),
         cmocka_unit_test_setup(db_and_kafka_required, clear_env),
