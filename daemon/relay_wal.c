@@ -41,6 +41,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,7 +79,92 @@ struct relay_wal {
     int slot_problem;           /* missing or lost: told once */
     uint64_t decoded, refused, restarts;
     int64_t confirmed_at_ms;    /* when confirmed_sent last moved */
+    int64_t lease_epoch;        /* of the lease wal:<slot>; 0: not held */
+    int64_t next_lease;
+
+    /* Poison: the message that failed last, how often in a row, why. At
+     * max_attempts it goes to the dead letters when it comes again. */
+    ferry_uuid poison;
+    int poison_fails;
+    char poison_reason[256];
+    /* Keys parked behind a relay dead letter: "topic\x1fkey" (a topic has
+     * no \x1f), a tsearch tree. Their messages go to the table. */
+    void *parked;
+    size_t parked_count;
 };
+
+#define PARKED_MAX 100000
+
+/* ------------------------------------------------------------------ poison */
+
+static void note_failure(relay_wal *w, const ferry_uuid *id, const char *reason)
+{
+    if (memcmp(w->poison.bytes, id->bytes, 16) == 0) {
+        w->poison_fails++;
+    } else {
+        w->poison = *id;
+        w->poison_fails = 1;
+    }
+    snprintf(w->poison_reason, sizeof w->poison_reason, "%s", reason);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static char *park_name(const char *topic, const char *key)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%s\x1f%s", topic, key) < 0)
+        return NULL;
+    return s;
+}
+
+static int is_parked(relay_wal *w, const char *topic, const char *key)
+{
+    if (w->parked == NULL)
+        return 0;
+    char *n = park_name(topic, key);
+    int found = n != NULL && tfind(n, &w->parked, cmp_str) != NULL;
+    free(n);
+    return found;
+}
+
+static void park(relay_wal *w, const char *topic, const char *key)
+{
+    char *n = park_name(topic, key);
+    if (n == NULL || w->parked_count >= PARKED_MAX) {
+        free(n);
+        return;
+    }
+    void *found = tsearch(n, &w->parked, cmp_str);
+    if (found == NULL || *(char **)found != n)
+        free(n);
+    else
+        w->parked_count++;
+}
+
+/* The keys parked now, as the table says (at every stream start). */
+static int load_parked(relay *r)
+{
+    relay_wal *w = r->wal;
+    tdestroy(w->parked, free);
+    w->parked = NULL;
+    w->parked_count = 0;
+    PGresult *res = PQexec(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
+                                   "WHERE consumer = '' LIMIT 100000");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        park(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    PQclear(res);
+    return 0;
+}
 
 /* ------------------------------------------------------------------ reports */
 
@@ -98,6 +184,24 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
     if (!ours) {
         r->undelivered++;
         relay_count(r, M_FAIL_DELIVERY, 1);
+        rd_kafka_headers_t *hdrs = NULL;
+        const void *val = NULL;
+        size_t size = 0;
+        char idtext[FERRY_UUID_STRING_SIZE];
+        ferry_uuid id;
+        if (msg->err != RD_KAFKA_RESP_ERR__FATAL &&
+            rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            rd_kafka_header_get_last(hdrs, "ferry_id", &val, &size) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            size == FERRY_UUID_STRING_SIZE - 1) {
+            memcpy(idtext, val, size);
+            idtext[size] = '\0';
+            char reason[256];
+            snprintf(reason, sizeof reason, "delivery failed: %s (%s)",
+                     rd_kafka_err2str(msg->err), rd_kafka_err2name(msg->err));
+            if (ferry_uuid_parse(idtext, &id) == FERRY_OK)
+                note_failure(w, &id, reason);
+        }
         ferry_log_json(FERRY_LOG_ERROR, "wal.delivery_failed",
                        json_pack("{s:s}", "error", rd_kafka_err2name(msg->err)),
                        "delivery failed: %s; the stream restarts from the slot's confirmed "
@@ -221,6 +325,62 @@ static void stop_stream(relay *r)
     w->repl = NULL;
 }
 
+/* ------------------------------------------------------------------ the lease */
+
+/*
+ * The lease wal:<slot> in ferry.lease says who streams the slot, for
+ * `ferry-relay status` and for the standbys, which try the slot only once
+ * it has expired (or was given back). It is not the fence: PostgreSQL
+ * lets one session stream a slot and refuses the next (55006), so a
+ * relay paused past its lease and a standby that took the lease cannot
+ * both stream; the paused one, on waking, finds its lease gone and stops.
+ * Taken or renewed in one statement, judged by the database clock; the
+ * epoch rises with every change of holder. Returns the epoch, 0 when
+ * another holds it, -1 on error.
+ */
+static int64_t lease_take(relay *r)
+{
+    relay_wal *w = r->wal;
+    char name[80], ttl[24];
+    snprintf(name, sizeof name, "wal:%s", w->slot);
+    snprintf(ttl, sizeof ttl, "%d", r->cfg->lease_ttl_ms);
+    const char *p[3] = {name, r->holder, ttl};
+    PGresult *res = PQexecParams(
+        w->sql,
+        "INSERT INTO ferry.lease AS l (name, holder, epoch, expires_at, acquired_at, renewed_at) "
+        "VALUES ($1, $2, 1, now() + $3::int * interval '1 ms', now(), now()) "
+        "ON CONFLICT (name) DO UPDATE SET holder = $2, "
+        "  epoch = CASE WHEN l.holder = $2 THEN l.epoch ELSE l.epoch + 1 END, "
+        "  acquired_at = CASE WHEN l.holder = $2 THEN l.acquired_at ELSE now() END, "
+        "  expires_at = EXCLUDED.expires_at, renewed_at = now() "
+        "WHERE l.holder = $2 OR l.holder IS NULL OR l.expires_at < now() "
+        "RETURNING epoch",
+        3, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name,
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    int64_t epoch = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    return epoch;
+}
+
+static void lease_release(relay *r)
+{
+    relay_wal *w = r->wal;
+    if (w->lease_epoch <= 0)
+        return;
+    char name[80];
+    snprintf(name, sizeof name, "wal:%s", w->slot);
+    const char *p[2] = {name, r->holder};
+    PQclear(PQexecParams(w->sql, "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
+                                 "WHERE name = $1 AND holder = $2",
+                         2, NULL, p, NULL, NULL, 0));
+    w->lease_epoch = 0;
+}
+
 /* Start streaming from the slot's confirmed position. 0 running; -1 not
  * (logged, retried later). */
 static int start_stream(relay *r)
@@ -239,6 +399,20 @@ static int start_stream(relay *r)
     if (w->slot_problem)
         ferry_log(FERRY_LOG_INFO, "wal.slot", "the replication slot \"%s\" is back", w->slot);
     w->slot_problem = 0;
+
+    int64_t epoch = lease_take(r);
+    if (epoch == 0) {
+        if (!w->standby)
+            ferry_log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
+                           "standing by: another relay holds the lease wal:%s", w->slot);
+        w->standby = 1;
+        set_health(r, 1, "");
+        return -1;
+    }
+    if (epoch < 0)
+        return -1;
+    w->lease_epoch = epoch;
+    w->next_lease = ferry_now_ms() + r->cfg->lease_ttl_ms / 3;
 
     w->repl = connect_db(r->cfg->db, 1);
     if (PQstatus(w->repl) != CONNECTION_OK) {
@@ -278,6 +452,7 @@ static int start_stream(relay *r)
     wal_track_reset(w->t);
     w->confirmed_sent = wal_track_confirmable(w->t);
     w->backoff_ms = 100;
+    load_parked(r);
     set_health(r, 1, "");
     ferry_log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
                    "streaming the slot \"%s\" from its confirmed position", w->slot);
@@ -358,14 +533,106 @@ static void produce(relay *r, const wal_msg *m)
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_headers_destroy(h);
         relay_count(r, M_FAIL_PRODUCE, 1);
+        r->undelivered++;
         ferry_log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
                   rd_kafka_err2str(err));
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && err != RD_KAFKA_RESP_ERR__FATAL) {
+            char reason[256];
+            snprintf(reason, sizeof reason, "could not produce: %s (%s)", rd_kafka_err2str(err),
+                     rd_kafka_err2name(err));
+            note_failure(w, &m->id, reason);
+        }
         wal_track_report(w->t, ticket, 0);
         return;
     }
     r->produced++;
     if (r->m != NULL)
         metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - m->created_us / 1000) / 1e3);
+}
+
+/* A message done without Kafka (dead-lettered, or put in the table): its
+ * transaction may be confirmed past it. */
+static void done_without_kafka(relay_wal *w)
+{
+    wal_track_report(w->t, wal_track_message(w->t), 1);
+}
+
+static void msg_params(const wal_msg *m, char id[FERRY_UUID_STRING_SIZE], char seq[24],
+                       char created[40])
+{
+    ferry_uuid_format(&m->id, id);
+    snprintf(seq, 24, "%" PRId64, m->seq);
+    snprintf(created, 40, "%.6f", (double)m->created_us / 1e6);
+}
+
+/*
+ * The message failed max_attempts times in a row: a relay dead letter,
+ * which parks its key (its later messages go to the table, and emit sends
+ * the key's new ones there too) until the dead letter is replayed or
+ * discarded. Under the lease, as the table source's are under theirs.
+ */
+static int dead_letter(relay *r, const wal_msg *m)
+{
+    relay_wal *w = r->wal;
+    char id[FERRY_UUID_STRING_SIZE], seq[24], created[40], attempts[16];
+    msg_params(m, id, seq, created);
+    snprintf(attempts, sizeof attempts, "%d", w->poison_fails);
+    const char *p[11] = {id, m->topic, m->aggtype, m->key, m->type, m->payload, m->headers,
+                         seq, created, attempts, w->poison_reason};
+    PGresult *res = PQexecParams(
+        w->sql,
+        "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
+        "  aggregateid, type, payload, headers, seq, shard, created_at, attempts, reason) "
+        "SELECT $1::uuid, '', $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::bigint, k.shard, "
+        "       to_timestamp($9::float8), $10::int, $11 "
+        "  FROM ferry.outbox_key k WHERE k.topic = $2 AND k.key = $4 "
+        "ON CONFLICT (message_id, consumer) DO NOTHING",
+        11, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.dead_letter", "could not move message %s to the dead "
+                  "letters: %s", id, PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    park(w, m->topic, m->key);
+    r->dead_lettered++;
+    relay_count(r, M_DEAD_LETTERED, 1);
+    ferry_log_json(FERRY_LOG_ERROR, "message.dead_lettered",
+                   json_pack("{s:s, s:s, s:s, s:i, s:s}", "id", id, "topic", m->topic, "key",
+                             m->key, "attempts", w->poison_fails, "reason", w->poison_reason),
+                   "message %s moved to ferry.dead_letter after %d attempts: %s; its key's "
+                   "later messages wait in the table until the dead letter is replayed or "
+                   "discarded", id, w->poison_fails, w->poison_reason);
+    w->poison_fails = 0;
+    done_without_kafka(w);
+    return 0;
+}
+
+/* A later message of a parked key: into the table, at its position. */
+static int to_table(relay *r, const wal_msg *m)
+{
+    relay_wal *w = r->wal;
+    char id[FERRY_UUID_STRING_SIZE], seq[24], created[40];
+    msg_params(m, id, seq, created);
+    const char *p[9] = {id, m->topic, m->key, m->aggtype, m->type, m->payload, m->headers, seq,
+                        created};
+    PGresult *res = PQexecParams(w->sql,
+                                 "SELECT ferry.wal_park($1::uuid, $2, $3, $4, $5, $6::jsonb, "
+                                 "$7::jsonb, $8::bigint, to_timestamp($9::float8))",
+                                 9, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.park", "could not put message %s of the parked key "
+                  "%s/%s in the table: %s", id, m->topic, m->key, PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    ferry_log_json(FERRY_LOG_INFO, "wal.parked",
+                   json_pack("{s:s, s:s, s:s}", "id", id, "topic", m->topic, "key", m->key),
+                   "message %s waits in the outbox behind its key's dead letter", id);
+    done_without_kafka(w);
+    return 0;
 }
 
 static void on_data(relay *r, const wal_frame *f)
@@ -400,7 +667,16 @@ static void on_data(relay *r, const wal_frame *f)
                      "transactional ones)");
         } else if (wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
                                  &w->scratch, &m, why, sizeof why) == 0) {
-            produce(r, &m);
+            if (w->poison_fails >= r->cfg->max_attempts &&
+                memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
+                if (dead_letter(r, &m) != 0)
+                    restart_stream(r, "could not write a dead letter");
+            } else if (is_parked(w, m.topic, m.key)) {
+                if (to_table(r, &m) != 0)
+                    restart_stream(r, "could not put a parked key's message in the table");
+            } else {
+                produce(r, &m);
+            }
             break;
         }
         /* Refused, never guessed at: it is not a message of ferry.emit. */
@@ -423,6 +699,11 @@ static int read_stream(relay *r)
     relay_wal *w = r->wal;
     for (int n = 0; n < 10000 && w->repl != NULL; n++) {
         if (wal_track_inflight(w->t) >= r->cfg->max_inflight || wal_track_full(w->t))
+            return 0;
+        /* After a failure nothing more is produced: a key's later message
+         * must not go out before the one that failed; the stream restarts
+         * from the slot. */
+        if (wal_track_failed(w->t))
             return 0;
         char *buf = NULL;
         int len = PQgetCopyData(w->repl, &buf, 1);
@@ -476,6 +757,31 @@ static void heartbeat(relay *r, int64_t now)
         ferry_log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
+}
+
+/* Renew the lease every third of its time; lost (we were paused past
+ * it, and another took it): stop streaming and stand by. */
+static void lease_tick(relay *r, int64_t now)
+{
+    relay_wal *w = r->wal;
+    if (w->repl == NULL || now < w->next_lease)
+        return;
+    w->next_lease = now + r->cfg->lease_ttl_ms / 3;
+    int64_t epoch = lease_take(r);
+    if (epoch == w->lease_epoch)
+        return;
+    if (epoch < 0)
+        return;                 /* the database: the stream will say */
+    ferry_log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
+              "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
+              (long long)epoch, (long long)w->lease_epoch);
+    w->lease_epoch = epoch > 0 ? epoch : 0;
+    if (epoch == 0) {
+        stop_stream(r);
+        wal_track_reset(w->t);
+        w->standby = 1;
+        w->retry_at = now + STANDBY_RETRY_MS;
+    }
 }
 
 /* Every second: the slot's state, the gauges, and the confirmed position
@@ -606,6 +912,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         }
         if (w->repl != NULL && !stopping)
             heartbeat(r, now);
+        lease_tick(r, now);
         health(r, now);
         if (stopping && wal_track_inflight(w->t) == 0) {
             clean = 1;
@@ -626,7 +933,13 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         PQputCopyEnd(w->repl, NULL);
         PQflush(w->repl);
     }
-    status = clean && r->cfg->once ? (w->refused > 0 ? 1 : 0) : clean ? 0 : 1;
+    PQfinish(w->repl);
+    w->repl = NULL;
+    lease_release(r);
+    /* --once: 0 only when everything went out the first time (no message
+     * refused, none failed), as the table source says. */
+    status = clean && r->cfg->once ? (w->refused > 0 || r->undelivered > 0 ? 1 : 0)
+                                   : clean ? 0 : 1;
     if (r->cfg->once && w->slot_problem)
         status = 1;
     ferry_log_json(FERRY_LOG_INFO, "relay.stop",
@@ -643,6 +956,7 @@ out:
     PQfinish(w->sql);
     wal_track_free(w->t);
     wal_scratch_free(&w->scratch);
+    tdestroy(w->parked, free);
     free(w);
     return status;
 }

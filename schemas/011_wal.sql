@@ -289,3 +289,33 @@ BEGIN
 END
 $fn$;
 
+
+-- The WAL source's way into the table, for a message it must not publish
+-- yet: a later message of a key it has just parked behind a dead letter
+-- (daemon/relay_wal.c). The row takes the position the message was given
+-- at emit, so the table path publishes it in its place once the dead
+-- letter is replayed or discarded. A resend of the same message after a
+-- crash changes nothing.
+CREATE FUNCTION ferry.wal_park(p_id uuid, p_topic text, p_key text, p_aggregatetype text,
+                               p_type text, p_payload jsonb, p_headers jsonb, p_seq bigint,
+                               p_created_at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type, payload, headers,
+                              seq, shard, created_at, available_at, payload_bytes)
+    SELECT p_id, p_topic, coalesce(p_aggregatetype, ''), p_key, p_type, p_payload,
+           coalesce(p_headers, '{}'), p_seq, k.shard, p_created_at, now(),
+           octet_length(p_payload::text)
+      FROM ferry.outbox_key k
+     WHERE k.topic = p_topic AND k.key = p_key
+    ON CONFLICT DO NOTHING;
+    RETURN FOUND;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ferry.wal_park(uuid, text, text, text, text, jsonb, jsonb, bigint,
+                                      timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ferry.wal_park(uuid, text, text, text, text, jsonb, jsonb, bigint,
+                                         timestamptz) TO ferry_relay;

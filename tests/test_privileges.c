@@ -62,6 +62,8 @@ static const fn_cell FUNCS[] = {
      "SELECT ferry.emit('pv', 'k', 'T', '{}'::text)", 0},
     {"ferry.emit_with_id(uuid,text,text,text,text,text,text,bigint)", W | C | X,
      "SELECT ferry.emit_with_id(gen_random_uuid(), 'pv', 'k', 'T', '{}')", 0},
+    {"ferry.wal_park(uuid,text,text,text,text,jsonb,jsonb,bigint,timestamp with time zone)", R,
+     "SELECT ferry.wal_park(gen_random_uuid(), 'pv', 'nokey', '', 'T', '{}', '{}', 1, now())", 0},
     {"ferry.replay_dead_letter(bigint)", X, "SELECT ferry.replay_dead_letter(-1)", 0},
     {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
     {"ferry.outbox_dead_letter(uuid,integer,boolean,text)", R | X,

@@ -119,6 +119,18 @@ static topic_check check_topic(const char *topic, size_t want, int timeout_ms)
     return tc;
 }
 
+/* The slot there and wal mode on, whatever ran before (FERRY_TEST_FILTER
+ * runs one test alone): as `ferry-relay slot create` leaves them. */
+static void wal_ready(PGconn *c)
+{
+    if (tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'") == 0) {
+        char *out = NULL;
+        assert_int_equal(slot_cmd("create", &out, NULL), 0);
+        free(out);
+    }
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
+}
+
 static char *current_lsn(PGconn *c)
 {
     return tu_str(c, "SELECT pg_current_wal_lsn()::text");
@@ -195,6 +207,7 @@ static void once_publishes_committed_messages_only(void **state)
 static void kill9_mid_stream_loses_nothing(void **state)
 {
     PGconn *c = tu_connect();
+    wal_ready(c);
     char *start = current_lsn(c);
     emit_n("w.kill9", 30000, 40, 1000);
     char *end = current_lsn(c);
@@ -223,16 +236,22 @@ static void kill9_mid_stream_loses_nothing(void **state)
 }
 
 /*
- * One reader per slot: PostgreSQL refuses a second, which waits as a
- * standby; when the active relay dies, the standby takes the slot and
- * publishes what follows.
+ * One reader per slot: the second relay finds the lease wal:ferry held
+ * and waits as a standby (PostgreSQL would refuse it the slot anyway);
+ * when the active relay dies, the lease expires, the standby takes it and
+ * the slot, and publishes what follows.
  */
 static void a_standby_takes_the_slot_over(void **state)
 {
-    tu_proc a = relay_spawn("wal-a", NULL);
+    const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
+    tu_proc a = relay_spawn("wal-a", args);
     tu_proc_await_log(&a, "\"event\":\"wal.streaming\"", 30000);
-    tu_proc b = relay_spawn("wal-b", NULL);
+    tu_proc b = relay_spawn("wal-b", args);
     tu_proc_await_log(&b, "\"event\":\"wal.standby\"", 30000);
+    PGconn *c = tu_connect();
+    char *holder = tu_str(c, "SELECT holder FROM ferry.lease WHERE name = 'wal:ferry'");
+    assert_string_equal(holder, "wal-a");
+    free(holder);
     emit_n("w.standby", 50, 5, 10);
     topic_check tc = check_topic("w.standby", 50, 20000);
     assert_int_equal(tc.distinct, 50);
@@ -240,10 +259,17 @@ static void a_standby_takes_the_slot_over(void **state)
     assert_int_equal(tu_proc_wait(&a, 10000), 128 + SIGKILL);
     tu_proc_done(&a);
     tu_proc_await_log(&b, "\"event\":\"wal.active\"", 60000);
+    holder = tu_str(c, "SELECT holder FROM ferry.lease WHERE name = 'wal:ferry'");
+    assert_string_equal(holder, "wal-b");
+    free(holder);
     emit_n("w.standby", 50, 5, 10);             /* positions 11..20 of each key */
     tc = check_topic("w.standby", 100, 20000);
     assert_int_equal(tc.distinct, 100);
     assert_int_equal(tu_proc_finish(&b, 30000), 0);
+    /* Given back at a clean stop. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name = 'wal:ferry' "
+                               "AND holder IS NULL"), 1);
+    PQfinish(c);
 }
 
 /*
@@ -364,6 +390,66 @@ static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
     PQfinish(c);
 }
 
+/*
+ * A message Kafka refuses (too large for message.max.bytes) fails
+ * max_attempts times — the stream restarting from the slot each time —
+ * and then goes to the dead letters, parking its key: the key's later
+ * message, already in WAL, goes to the table at its position, and so does
+ * one emitted after; every other key flows. Discarding the dead letter
+ * lets the table path publish the key's rest, in order.
+ */
+static void a_poison_message_parks_its_key_only(void **state)
+{
+    PGconn *c = tu_connect();
+    wal_ready(c);
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', "
+               "json_build_object('big', repeat('x', 200000))::text)");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', '{\"after\": 1}')");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
+    const char *args[] = {"--once", "--kafka-prop", "message.max.bytes=100000", "--set",
+                          "max_attempts=2", NULL};
+    tu_proc p = relay_spawn("wal-poison", args);
+    int st = tu_proc_wait(&p, 120000);
+    char *log = tu_proc_log(&p);
+    tu_proc_done(&p);
+    assert_int_equal(st, 1);                        /* something failed on the way */
+    assert_non_null(strstr(log, "\"event\":\"wal.restart\""));
+    assert_non_null(strstr(log, "\"event\":\"message.dead_lettered\""));
+    assert_non_null(strstr(log, "\"event\":\"wal.parked\""));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 1 AND attempts = 2 "
+                               "AND reason LIKE '%too large%'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 2 "
+                               "AND payload = '{\"after\": 1}'"), 1);
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', '{\"after\": 2}')");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 3"), 1);
+    /* Only the healthy key went out (more than once: each restart from the
+     * slot sends its transaction again). */
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), "w.poison", 0, 3000);
+    assert_true(got->count >= 1);
+    for (size_t i = 0; i < got->count; i++)
+        assert_string_equal(got->msgs[i].key, "healthy");
+    kt_msgs_free(got);
+    /* Discarded: the table path publishes a marker in its place, then the
+     * key's rest. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
+                               "ferry.discard_dead_letter(d.id)"), 1);
+    const char *targs[] = {"--once", NULL};
+    tu_proc t = tu_relay_start(kt_bootstrap(broker), "table-poison", targs,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    assert_int_equal(tu_proc_wait(&t, 60000), 0);
+    tu_proc_done(&t);
+    topic_check tc = check_topic("w.poison", 0, 5000);
+    assert_int_equal(tc.distinct, 4);                 /* healthy 1; poison 1 (marker), 2, 3 */
+    PQfinish(c);
+}
+
 static int group_setup(void **state)
 {
     if (tu_group_setup(state) != 0)
@@ -385,6 +471,7 @@ int main(void)
         cmocka_unit_test(kill9_mid_stream_loses_nothing),
         cmocka_unit_test(a_standby_takes_the_slot_over),
         cmocka_unit_test(a_forged_message_is_refused),
+        cmocka_unit_test(a_poison_message_parks_its_key_only),
         cmocka_unit_test(a_quiet_database_does_not_pin_wal),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
     };
