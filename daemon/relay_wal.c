@@ -784,6 +784,23 @@ static void lease_tick(relay *r, int64_t now)
     }
 }
 
+/* The confirmed position in ferry.wal_slot, for `slot recreate` to
+ * report from should the slot be lost. */
+static void record_confirmed(relay *r)
+{
+    relay_wal *w = r->wal;
+    if (w->confirmed_sent == 0)
+        return;
+    char lsn[32];
+    wal_lsn_format(w->confirmed_sent, lsn);
+    const char *p[2] = {w->slot, lsn};
+    PQclear(PQexecParams(w->sql,
+                         "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
+                         "confirmed_at = now() WHERE slot_name = $1 "
+                         "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
+                         2, NULL, p, NULL, NULL, 0));
+}
+
 /* Every second: the slot's state, the gauges, and the confirmed position
  * for `ferry-relay slot recreate` to report from. */
 static void health(relay *r, int64_t now)
@@ -814,17 +831,8 @@ static void health(relay *r, int64_t now)
         w->retry_at = now + 5000;
         return;
     }
-    if (st == SLOT_OK && w->confirmed_sent > 0) {
-        char lsn[32];
-        wal_lsn_format(w->confirmed_sent, lsn);
-        const char *p[2] = {w->slot, lsn};
-        PGresult *res = PQexecParams(w->sql,
-                                     "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
-                                     "confirmed_at = now() WHERE slot_name = $1 "
-                                     "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
-                                     2, NULL, p, NULL, NULL, 0);
-        PQclear(res);
-    }
+    if (st == SLOT_OK)
+        record_confirmed(r);
     if (atomic_load(&r->k.down))
         set_health(r, 0, "kafka unreachable: every broker is down");
     else
@@ -935,6 +943,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     }
     PQfinish(w->repl);
     w->repl = NULL;
+    record_confirmed(r);
     lease_release(r);
     /* --once: 0 only when everything went out the first time (no message
      * refused, none failed), as the table source says. */
