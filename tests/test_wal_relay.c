@@ -8,6 +8,7 @@
  * advances. The faults — poison, a large transaction killed in its
  * middle, a lost slot — are test_wal_faults.c's.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +158,96 @@ static void a_standby_takes_the_slot_over(void **state)
     PQfinish(c);
 }
 
+typedef struct writer {
+    int id, rounds;
+    ferry_code rc;
+    ferry_error err;
+} writer;
+
+/* Three messages on hot keys per transaction, through the C API. */
+static ferry_code writer_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    writer *w = arg;
+    char payload[64], keys[3][16];
+    ferry_msg m[3];
+    snprintf(payload, sizeof payload, "{\"writer\": %d}", w->id);
+    for (int i = 0; i < 3; i++) {
+        snprintf(keys[i], sizeof keys[i], "key-%d", (w->id + i) % 5);
+        m[i] = (ferry_msg){.topic = "w.order", .key = keys[i], .type = "Tested",
+                           .payload = payload};
+    }
+    return ferry_emit_batch(conn, m, 3, NULL, NULL, err);
+}
+
+static void *writer_main(void *arg)
+{
+    writer *w = arg;
+    PGconn *c = fpg_connect(tu_pg);
+    for (int i = 0; i < w->rounds && w->rc == FERRY_OK; i++)
+        w->rc = ferry_tx_run(c, NULL, writer_fn, w, NULL, &w->err);
+    PQfinish(c);
+    return NULL;
+}
+
+/*
+ * Writers on a few hot keys while the WAL relay publishes, and a batch of
+ * transactions committed in the reverse of their start order: each key's
+ * positions reach Kafka complete and in order, across partitions.
+ */
+static void per_key_order_holds_with_concurrent_writers(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    assert_int_equal(kt_command(tu_wal_broker, "topic-create w.order 4 1"), 0);
+    tu_proc p = tu_wal_relay_start("wal-order", NULL);
+    enum { W = 6, ROUNDS = 40, REV = 5 };
+    pthread_t th[W];
+    writer w[W];
+    for (int i = 0; i < W; i++) {
+        w[i] = (writer){.id = i, .rounds = ROUNDS};
+        assert_int_equal(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+    }
+    /* Reverse commit order on one key: begun 0..4, committed 4..0. */
+    PGconn *rc[REV];
+    for (int i = 0; i < REV; i++) {
+        rc[i] = tu_connect();
+        tu_exec(rc[i], "BEGIN");
+        tu_exec(rc[i], "SELECT txid_current()");
+    }
+    for (int i = REV - 1; i >= 0; i--) {
+        char *sql = tu_sprintf("SELECT ferry.emit('w.order', 'rev', 'Tested', "
+                               "'{\"tx\": %d}')", i);
+        tu_exec(rc[i], sql);
+        free(sql);
+        tu_exec(rc[i], "COMMIT");
+        PQfinish(rc[i]);
+    }
+    for (int i = 0; i < W; i++) {
+        pthread_join(th[i], NULL);
+        assert_ferry_ok(w[i].rc, w[i].err);
+    }
+    tu_wal_topic tc = tu_wal_check_topic("w.order", W * ROUNDS * 3 + REV, 30000);
+    assert_int_equal(tc.distinct, W * ROUNDS * 3 + REV);
+    assert_int_equal(tc.keys, 6);
+    /* The reverse-committed key: position k came from transaction 5 - k. */
+    kt_msgs *got = kt_consume(kt_bootstrap(tu_wal_broker), "w.order", W * ROUNDS * 3 + REV,
+                              10000);
+    int seen = 0;
+    for (size_t i = 0; i < got->count; i++) {
+        const kt_msg *m = &got->msgs[i];
+        if (strcmp(m->key, "rev") != 0)
+            continue;
+        char want[32];
+        snprintf(want, sizeof want, "{\"tx\": %d}", REV - atoi(kt_header(m, "ferry_seq")));
+        assert_string_equal(m->value, want);
+        seen++;
+    }
+    kt_msgs_free(got);
+    assert_int_equal(seen, REV);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    PQfinish(c);
+}
+
 /*
  * A 'ferry' message that emit did not write — pg_logical_emit_message
  * is open to every role — is refused, named by its position, counted;
@@ -238,6 +329,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(once_publishes_committed_messages_only),
         cmocka_unit_test(kill9_mid_stream_loses_nothing),
+        cmocka_unit_test(per_key_order_holds_with_concurrent_writers),
         cmocka_unit_test(a_standby_takes_the_slot_over),
         cmocka_unit_test(a_forged_message_is_refused),
         cmocka_unit_test(a_quiet_database_does_not_pin_wal),
