@@ -73,7 +73,7 @@ PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
            build/rel/saga-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
-           build/rel/bench-saga build/rel/bench-reconcile
+           build/rel/bench-saga build/rel/bench-reconcile build/rel/bench-wal
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
@@ -156,6 +156,7 @@ bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
 	@FERRY_RECONCILE_BIN=build/rel/ferry-reconcile build/rel/bench-reconcile
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-wal
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -225,6 +226,10 @@ build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/bench/benchutil.o $
 
 build/rel/bench-relay: build/rel/bench/bench_relay.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
                        build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
+
+build/rel/bench-wal: build/rel/bench/bench_wal.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
 build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \

@@ -893,8 +893,14 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         }
         if (w->repl == NULL && !stopping && now >= w->retry_at) {
             if (start_stream(r) != 0) {
-                if (r->cfg->once && !w->standby)
+                /* --once publishes what is there now, or says it cannot
+                 * (the slot missing, or another relay streaming it). */
+                if (r->cfg->once) {
+                    if (w->standby)
+                        ferry_log(FERRY_LOG_WARN, "relay.once", "another relay streams the "
+                                  "slot \"%s\": nothing to do", w->slot);
                     break;
+                }
                 w->retry_at = now + (w->standby ? STANDBY_RETRY_MS : w->backoff_ms);
                 if (!w->standby)
                     w->backoff_ms = w->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
