@@ -129,6 +129,9 @@ static void kill9_mid_stream_loses_nothing(void **state)
  */
 static void a_standby_takes_the_slot_over(void **state)
 {
+    PGconn *c0 = tu_connect();
+    tu_wal_ready(c0);
+    PQfinish(c0);
     const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
     tu_proc a = tu_wal_relay_start("wal-a", args);
     tu_proc_await_log(&a, "\"event\":\"wal.streaming\"", 30000);
@@ -256,6 +259,7 @@ static void per_key_order_holds_with_concurrent_writers(void **state)
 static void a_forged_message_is_refused(void **state)
 {
     PGconn *c = tu_connect();
+    tu_wal_ready(c);
     tu_exec(c, "DO $$ BEGIN CREATE ROLE forger LOGIN; "
                "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
     tu_wal_emit_n("w.forged", 2, 1, 1);
@@ -288,6 +292,7 @@ static void a_forged_message_is_refused(void **state)
 static void a_quiet_database_does_not_pin_wal(void **state)
 {
     PGconn *c = tu_connect();
+    tu_wal_ready(c);
     tu_exec(c, "DROP DATABASE IF EXISTS busy");
     tu_exec(c, "CREATE DATABASE busy");
     tu_proc p = tu_wal_relay_start("wal-quiet", NULL);
