@@ -71,10 +71,12 @@ ASAN_LIB_OBJ = $(LIB_SRC:%.c=build/asan/%.o) build/asan/gen/migrations.o
 
 PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
-           build/rel/saga-demo
+           build/rel/saga-demo build/rel/lang-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
            build/rel/bench-saga build/rel/bench-reconcile build/rel/bench-wal
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
+# The stamp of examples/node's modules (npm ci from package-lock.json).
+NODE_MODULES = examples/node/node_modules/.package-lock.json
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
@@ -88,7 +90,11 @@ all: deps
 	@$(MAKE) --no-print-directory all-inner
 test: deps
 	@$(MAKE) --no-print-directory test-inner
+# The build first and quietly (-s: a failing command still shows), so that
+# the demo's story is what is on the screen.
 demo: deps
+	@echo "make demo: building the demos and programs quietly..."
+	@$(MAKE) -s --no-print-directory $(EXAMPLES) $(PROGRAMS)
 	@$(MAKE) --no-print-directory demo-inner
 bench: deps
 	@$(MAKE) --no-print-directory bench-inner
@@ -116,7 +122,7 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 CPU_JOBS = test_relay_sim test_saga_sim saga-sim-broken
 test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             build/asan/ferry-reconcile build/asan/libferry.a $(FUZZERS) \
-            all-inner $(EXAMPLES) $(BENCHES)
+            all-inner $(EXAMPLES) $(BENCHES) $(NODE_MODULES)
 	@bash scripts/run-tests.sh \
 	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
 	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
@@ -143,12 +149,14 @@ fuzz-smoke: $(FUZZERS)
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 bash scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
-demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile
+demo-inner: $(EXAMPLES) $(PROGRAMS) build/rel/ferry-reconcile $(NODE_MODULES)
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/emit-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
 	    build/rel/account-demo
 	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_RECONCILE_BIN=build/rel/ferry-reconcile \
 	    build/rel/saga-demo
+	@FERRY_RELAY_BIN=build/rel/ferry-relay FERRY_ACCOUNT_SERVICE_BIN=build/rel/account-service \
+	    build/rel/lang-demo
 
 bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@build/rel/bench-emit
@@ -157,6 +165,12 @@ bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
 	@FERRY_RECONCILE_BIN=build/rel/ferry-reconcile build/rel/bench-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-wal
+
+# The Node.js reference service's modules (NODE_MODULES, above), exactly
+# as its lock file pins them; installed once, again only when the lock
+# file changes. npm ci writes node_modules/.package-lock.json last.
+$(NODE_MODULES): examples/node/package-lock.json examples/node/package.json
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------- generated
 $(GEN): $(SCHEMAS) scripts/embed-sql.sh
@@ -207,6 +221,10 @@ build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/nar
                         build/rel/librelay.a build/rel/libferry.a
 	$(CC) -o $@ $^ $(DAEMON_LIBS)
 
+build/rel/lang-demo: build/rel/examples/lang_demo.o build/rel/examples/narrate.o \
+                     $(HARNESS:%.c=build/rel/%.o) \
+                     build/rel/librelay.a build/rel/libferry.a
+	$(CC) -o $@ $^ $(DAEMON_LIBS)
 build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
                      $(HARNESS:%.c=build/rel/%.o) \
                      build/rel/librelay.a build/rel/libferry.a
@@ -340,11 +358,18 @@ build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
 # `pkg-config --libs ferry` runs without LD_LIBRARY_PATH; RPATH= turns it
 # off (a distribution package). As root into /usr or /usr/local of the
 # live system, ldconfig refreshes the loader's cache.
+#
+# Under share/ferry also the samples (packaging/*.yaml), the systemd units
+# (packaging/systemd/, with @PREFIX@ made this PREFIX), LICENSE and
+# CHANGELOG.md; tests/install_check.sh has systemd-analyze verify the units.
 RPATH ?= -Wl,-rpath,$${libdir}
+UNITS = $(notdir $(wildcard packaging/systemd/*.service))
+SAMPLES = $(notdir $(wildcard packaging/*.yaml))
 INSTALLED = include/ferry.h lib/libferry.a lib/libferry.so.$(VERSION) \
             lib/libferry.so.$(SOMAJOR) lib/libferry.so lib/pkgconfig/ferry.pc \
             bin/ferry-relay bin/ferry-reconcile share/ferry/saga.schema.json \
-            $(SCHEMAS:schemas/%=share/ferry/%)
+            $(SCHEMAS:schemas/%=share/ferry/%) $(SAMPLES:%=share/ferry/%) \
+            $(UNITS:%=share/ferry/systemd/%) share/ferry/LICENSE share/ferry/CHANGELOG.md
 
 install: all-inner
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
@@ -358,13 +383,19 @@ install: all-inner
 	    scripts/ferry.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ferry.pc
 	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(SCHEMAS) schemas/saga.schema.json $(DESTDIR)$(PREFIX)/share/ferry/
+	install -d $(DESTDIR)$(PREFIX)/share/ferry/systemd
+	install -m 644 $(SAMPLES:%=packaging/%) LICENSE CHANGELOG.md $(DESTDIR)$(PREFIX)/share/ferry/
+	for u in $(UNITS); do \
+	    sed -e 's|@PREFIX@|$(PREFIX)|g' packaging/systemd/$$u > $(DESTDIR)$(PREFIX)/share/ferry/systemd/$$u; \
+	    chmod 644 $(DESTDIR)$(PREFIX)/share/ferry/systemd/$$u; \
+	done
 	@case "$(DESTDIR):$(PREFIX)" in :/usr|:/usr/local) \
 	    if [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then echo ldconfig; ldconfig; fi;; \
 	esac
 
 uninstall:
 	rm -f $(INSTALLED:%=$(DESTDIR)$(PREFIX)/%)
-	-rmdir $(DESTDIR)$(PREFIX)/share/ferry 2>/dev/null
+	-rmdir $(DESTDIR)$(PREFIX)/share/ferry/systemd $(DESTDIR)$(PREFIX)/share/ferry 2>/dev/null
 
 clean:
 	rm -rf build

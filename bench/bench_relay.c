@@ -1065,7 +1065,7 @@ static int produce_direct(rd_kafka_t *rk, const char *topic, long n)
 
 /* The baseline: a producer writing straight to the broker at the same
  * rate, with the relay's producer settings (idempotent, acks=all,
- * linger.ms=2), so that the difference is what the database path adds. */
+ * linger.ms=0), so that the difference is what the database path adds. */
 static int latency_direct(const char *bootstrap, int rate, double seconds, lat_result *r)
 {
     memset(r, 0, sizeof *r);
@@ -1074,7 +1074,7 @@ static int latency_direct(const char *bootstrap, int rate, double seconds, lat_r
     char topic[64];
     snprintf(topic, sizeof topic, DIRECT_TOPIC_FMT, rate);
     /* As the relay produces: idempotent, acks=all, Java's partitioner. */
-    rd_kafka_t *rk = bench_relay_like_producer(bootstrap, "2", on_direct_delivery, &failed);
+    rd_kafka_t *rk = bench_relay_like_producer(bootstrap, "0", on_direct_delivery, &failed);
     if (rk == NULL)
         return -1;
     int rc = -1;

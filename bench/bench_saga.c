@@ -38,6 +38,16 @@
  *                          saga_vs_hop_p50_ratio near 6 means the saga
  *                          machinery adds little beyond its messages.
  *
+ * FERRY_BENCH_CONSUMERS=N (1..4, default 1) runs N consumers per role,
+ * in one group each (the topics have four partitions): how far more
+ * orchestrators and participants, whose commits the server then flushes
+ * together, carry the rate. The figures' names do not change; the report
+ * says how many ran.
+ *
+ * FERRY_BENCH_STATEMENTS=1 loads pg_stat_statements and prints, at the
+ * end, the statements that took the server the most time (a profile of
+ * the path, not a figure).
+ *
  * Noise: FERRY_BENCH_ROUNDS rounds (default 3) of (burst, saga latency,
  * hop latency), the two latency runs swapped every round; figures are
  * medians over the rounds.
@@ -77,9 +87,11 @@ enum {
     ROUNDS_MAX = 15,
     STEADY_RATE_MAX = 50,           /* sagas/s */
     HOPS = 6,                       /* messages per three-step saga */
+    LAST_STEP = 2,                  /* the pivot: its success completes the saga */
     POLL_MS = 50,
     STALL_TIMEOUT_MS = 60000,       /* nothing completed for this long: give up */
     PENDING_MAX = 64,
+    CONSUMERS_MAX = 4,              /* per role: the topics have 4 partitions */
 };
 
 static const char saga_yaml[] =
@@ -136,6 +148,7 @@ typedef struct worker {
     ferry_consumer *c;
     pthread_t thread;
     int started;                    /* thread is running */
+    atomic_int assigned;            /* has had partitions assigned */
     long pending[PENDING_MAX];      /* completions seen in the transaction being applied */
     int n_pending;
     int overflow;
@@ -189,6 +202,16 @@ static ferry_code orchestrate(PGconn *conn, const ferry_message *m, void *arg, f
     const char *id = ferry_message_header(m, "saga_id");
     if (rc != FERRY_OK || id == NULL)
         return rc;
+    /* Only the reply that can complete the saga (the last step's action
+     * succeeded) is looked at: the look-up is the benchmark's, not
+     * ferry's, and one per reply was a round trip in every orchestrator
+     * transaction that the hop baseline does not pay. The database still
+     * says whether the saga completed. */
+    const json_t *step = json_object_get(m->payload, "step");
+    const char *kind = json_string_value(json_object_get(m->payload, "kind"));
+    if (!json_is_integer(step) || json_integer_value(step) != LAST_STEP || kind == NULL ||
+        strcmp(kind, "action") != 0 || !json_is_true(json_object_get(m->payload, "succeeded")))
+        return FERRY_OK;
     const char *p[1] = {id};
     PGresult *res = PQexecParams(conn, "SELECT context->>'run', context->>'seq' FROM ferry.saga "
                                        "WHERE id = $1::uuid AND state = 'completed'",
@@ -238,6 +261,12 @@ static void *worker_main(void *arg)
             break;
         }
         stamp(w);
+        if (!atomic_load(&w->assigned)) {
+            ferry_consumer_stats s;
+            ferry_consumer_stats_get(w->c, &s);
+            if (s.assigned > 0)
+                atomic_store(&w->assigned, 1);
+        }
     }
     return NULL;
 }
@@ -249,7 +278,8 @@ typedef struct bench {
     PGconn *conn;
     kt_broker *kb;
     pid_t relay_pid;
-    worker w[C_COUNT];
+    worker w[C_COUNT * CONSUMERS_MAX];
+    int n_workers;                  /* C_COUNT * consumers per role */
     long next_run_id;
 } bench;
 
@@ -343,6 +373,9 @@ static int run_burst(bench *b, long n, double *rate)
     for (long i = 0; i < n; i++)
         if (start_one(b, &r, i, 0) != 0)
             goto out;
+    /* Whether the starting connection, not the pipeline, set the pace. */
+    fprintf(stderr, "bench: burst of %ld started in %.0f ms\n", n,
+            (double)(clk_mono_us() - r.start_us[0]) / 1e3);
     if (await_all(&r) != 0)
         goto out;
     int64_t last = 0;
@@ -431,9 +464,11 @@ static int consumers_start(bench *b)
          * arrives meanwhile: the default 500 ms would measure the mock. */
         "fetch.wait.max.ms=1", NULL,
     };
-    for (int i = 0; i < C_COUNT; i++) {
-        worker *w = &b->w[i];
+    for (int k = 0; k < b->n_workers; k++) {
+        worker *w = &b->w[k];
+        int i = k % C_COUNT;
         w->which = i;
+        atomic_init(&w->assigned, 0);
         const char *topics[1] = {topic_of[i]};
         ferry_consumer_conf conf = {
             .name = name_of[i],
@@ -453,12 +488,24 @@ static int consumers_start(bench *b)
             return -1;
         }
     }
-    for (int i = 0; i < C_COUNT; i++)
-        if (pthread_create(&b->w[i].thread, NULL, worker_main, &b->w[i]) != 0) {
+    for (int k = 0; k < b->n_workers; k++)
+        if (pthread_create(&b->w[k].thread, NULL, worker_main, &b->w[k]) != 0) {
             fprintf(stderr, "bench: pthread_create failed\n");
             return -1;
         } else {
-            b->w[i].started = 1;
+            b->w[k].started = 1;
+        }
+    /* Every consumer in its group before anything is timed: with more
+     * than one per group, a late joiner's rebalance would stall a run. */
+    int64_t t0 = clk_mono_us();
+    for (int k = 0; k < b->n_workers; k++)
+        while (!atomic_load(&b->w[k].assigned)) {
+            if (atomic_load(&failed) || clk_mono_us() - t0 > (int64_t)STALL_TIMEOUT_MS * 1000) {
+                fprintf(stderr, "bench: consumer %s got no partitions\n",
+                        name_of[b->w[k].which]);
+                return -1;
+            }
+            sleep_until_us(clk_mono_us() + 1000);   /* looking at a flag, not a wait */
         }
     return 0;
 }
@@ -468,8 +515,9 @@ static int consumers_stop(bench *b)
 {
     atomic_store(&stop_flag, 1);
     int rc = 0;
-    for (int i = 0; i < C_COUNT; i++) {
-        worker *w = &b->w[i];
+    for (int k = 0; k < b->n_workers; k++) {
+        worker *w = &b->w[k];
+        int i = w->which;
         if (w->c == NULL)
             continue;
         if (w->started)
@@ -514,6 +562,25 @@ static int registry_setup(void)
 
 /* ---------------------------------------------------------------- main */
 
+/* The 30 statements that took the most server time, on stderr. */
+static void print_statements(PGconn *conn)
+{
+    PGresult *q = PQexec(conn, "SELECT calls, round(total_exec_time::numeric, 1), "
+                               "round(mean_exec_time::numeric, 3) || '/' || "
+                               "round(mean_plan_time::numeric, 3), "
+                               "left(regexp_replace(query, '\\s+', ' ', 'g'), 100) "
+                               "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30");
+    if (PQresultStatus(q) != PGRES_TUPLES_OK)
+        fprintf(stderr, "bench: pg_stat_statements: %s", PQerrorMessage(conn));
+    else
+        fprintf(stderr, "bench: statements by server time (wall, on a shared machine)\n"
+                        "%8s %10s %12s %s\n", "calls", "total ms", "exec/plan ms", "query");
+    for (int i = 0; PQresultStatus(q) == PGRES_TUPLES_OK && i < PQntuples(q); i++)
+        fprintf(stderr, "%8s %10s %12s %s\n", PQgetvalue(q, i, 0), PQgetvalue(q, i, 1),
+                PQgetvalue(q, i, 2), PQgetvalue(q, i, 3));
+    PQclear(q);
+}
+
 typedef struct figures {
     int rounds;
     double rate[ROUNDS_MAX];
@@ -522,13 +589,14 @@ typedef struct figures {
 } figures;
 
 static void print_report(const figures *f, long sagas, long seconds, double steady,
-                         const char *server, const char *fsync_s)
+                         long per_role, const char *server, const char *fsync_s)
 {
     int n = f->rounds;
     printf("ferry saga benchmark (libferry %s)\n", ferry_version());
     printf("server: PostgreSQL %s, fsync=%s (durable defaults); broker: ferry-relay devkafka "
-           "(librdkafka's mock cluster);\none ferry-relay run; five consumers, one thread "
-           "each: orchestrator, payment, inventory, shipping, hop\n", server, fsync_s);
+           "(librdkafka's mock cluster);\none ferry-relay run; %ld consumer%s (one thread "
+           "each) per role: orchestrator, payment, inventory, shipping, hop\n", server, fsync_s,
+           per_role, per_role > 1 ? "s" : "");
     printf("saga: three steps (the last the pivot), participants that do nothing but "
            "ferry_participant_handle;\n  start = BEGIN; ferry_saga_start; COMMIT on one "
            "connection; done = the completing reply committed\n");
@@ -574,8 +642,9 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
 
 int main(void)
 {
-    long sagas, seconds, rounds;
+    long sagas, seconds, rounds, per_role;
     if (bench_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
+        bench_env_long("FERRY_BENCH_CONSUMERS", 1, 1, CONSUMERS_MAX, &per_role) != 0 ||
         bench_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
         bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
         return 1;
@@ -589,13 +658,23 @@ int main(void)
     static bench b;
     static figures f;
     f.rounds = (int)rounds;
+    b.n_workers = C_COUNT * (int)per_role;
     double steady = 0;
     char server[64], fsync_s[16];
-    fpg_opts opts = {.conf = NULL, .fsync = 1};
+        /* FERRY_BENCH_STATEMENTS=1: where the server's time went, by statement
+     * (pg_stat_statements, nested statements included), printed on
+     * stderr at the end. A profile, not a figure: off by default. */
+    static const char *const statements_conf[] = {
+        "shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = all",
+        "pg_stat_statements.track_planning = on", NULL};
+    int statements = getenv("FERRY_BENCH_STATEMENTS") != NULL;
+    fpg_opts opts = {.conf = statements ? statements_conf : NULL, .fsync = 1};
     if ((b.pg = fpg_start(&opts)) == NULL || (b.conn = fpg_connect(b.pg)) == NULL)
         goto out;
     int version = 0;
     if (bench_migrate(b.conn, &version) != 0)
+        goto out;
+    if (statements && bench_exec(b.conn, "CREATE EXTENSION pg_stat_statements") != 0)
         goto out;
     if (bench_query_text(b.conn, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
         bench_query_text(b.conn, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0)
@@ -647,12 +726,14 @@ int main(void)
         goto out;
     }
     status = 0;
+    if (statements)
+        print_statements(b.conn);
 
 out:
     if (consumers_stop(&b) != 0)
         status = 1;
     if (status == 0)
-        print_report(&f, sagas, seconds, steady, server, fsync_s);
+        print_report(&f, sagas, seconds, steady, per_role, server, fsync_s);
     if (b.relay_pid > 0) {
         kill(b.relay_pid, SIGTERM);
         int st;

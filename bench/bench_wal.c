@@ -162,7 +162,7 @@ typedef struct run_result {
 static int run_relay(const char *source, run_result *out)
 {
     const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
-                          kt_bootstrap(g_kb), "--once", "--source", source, "--set",
+                          kt_bootstrap(g_kb), "--once", "--outbox-source", source, "--set",
                           "log_level=warn", NULL};
     fflush(stdout);
     fflush(stderr);
@@ -337,7 +337,7 @@ static int latency(PGconn *c, const char *source, long rate, double out[2])
         if (set_mode(c, strcmp(source, "wal") == 0 ? "wal" : "table") != 0)
             goto out;
         const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
-                              kt_bootstrap(g_kb), "--source", source, "--set",
+                              kt_bootstrap(g_kb), "--outbox-source", source, "--set",
                               "log_level=warn", NULL};
         fflush(stdout);
         relay = fork();

@@ -8,7 +8,8 @@
  *   db: "host=/tmp/x port=5432 dbname=app user=relay"   # libpq conninfo
  *   metrics: "127.0.0.1:9187"   # HOST:PORT of /metrics and /healthz
  *   holder: "relay-a"           # this relay's name in leases; default host:pid
- *   source: "ferry://orders-service"   # CloudEvents ce_source; default "ferry"
+ *   source: "ferry://orders-service"   # CloudEvents ce_source, a URI-reference;
+ *                               # default ferry://HOST/DBNAME of the database
  *   batch_size: 1000            # rows per fetch, 1..100000
  *   max_inflight: 20000         # produced, not yet acknowledged: batch_size..1000000
  *   poll_interval_ms: 1000      # backstop poll without NOTIFY, 10..3600000
@@ -16,7 +17,7 @@
  *   max_attempts: 5             # failed deliveries before a dead letter, 1..1000
  *   log_level: info             # error | warn | info | debug
  *   retention: delete           # delete | mark
- *   outbox_source: table        # table | wal (--source; "source" is ce_source)
+ *   outbox_source: table        # table | wal (--outbox-source; "source" is ce_source)
  *   kafka:                      # librdkafka properties, passed through as is
  *     bootstrap.servers: "broker1:9092,broker2:9092"   # or "embedded"
  *     compression.type: lz4
@@ -27,10 +28,15 @@
  * leading zeros. kafka: bootstrap.servers ends up in cfg->kafka, never in
  * cfg->kafka_props, so that it is not given to librdkafka twice.
  *
- * Over that: FERRY_DB, FERRY_KAFKA, FERRY_METRICS, FERRY_HOLDER (empty
- * means unset), then the flags --db, --kafka, --metrics, --holder, --once,
- * --set NAME=VALUE (a number or log_level/retention by its YAML name) and
- * --kafka-prop NAME=VALUE, applied in the order given.
+ * Over that the environment: FERRY_<NAME> for every setting (FERRY_DB,
+ * FERRY_BATCH_SIZE, FERRY_LOG_LEVEL, ...; empty means unset) and
+ * FERRY_KAFKA_PROP_<NAME> for librdkafka properties; then the flags
+ * --<name> for every setting (--db, --batch-size, ...), --set NAME=VALUE,
+ * --kafka-prop NAME=VALUE and --once, applied in the order given. All
+ * three are generated from one list of settings (settings_table), and
+ * every value goes through apply_value(). Any value may hold ${env:NAME}
+ * and ${file:/path} references (confref.h), resolved where it is read, so
+ * that an error names the setting and the place.
  *
  * The file is read into memory (at most CONFIG_FILE_MAX bytes) and passed
  * over three times; each pass reports the first problem it finds, as
@@ -60,11 +66,15 @@
  * globals. Call it at start-up.
  */
 #include "config.h"
+#include "confref.h"
 #include "../lib/internal.h"
 
 #include <cyaml/cyaml.h>
+#include <librdkafka/rdkafka.h>
 #include <yaml.h>
 
+#include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -83,7 +93,45 @@ enum {
     YAML_DEPTH_MAX = 16,              /* nested mappings and sequences */
 };
 
-#define DEFAULT_SOURCE "ferry"
+/*
+ * ce_source must be a URI-reference (RFC 3986, section 4.1): CloudEvents
+ * SDKs refuse an event whose source is not one ("orders service" was
+ * published, and the JavaScript SDK threw). Checked by characters, which
+ * is what a reader's parser trips on: only unreserved, reserved and
+ * percent-encoded octets, and a scheme, when there is one, of a letter
+ * followed by letters, digits, "+", "-" or ".".
+ */
+const char *relay_source_problem(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0)
+        return "must not be empty";
+    if (n > RELAY_SOURCE_MAX)
+        return "is longer than 1024 bytes";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '%') {
+            if (!isxdigit((unsigned char)s[i + 1]) || !isxdigit((unsigned char)s[i + 2]))
+                return "has a \"%\" that is not followed by two hex digits";
+            i += 2;
+        } else if (!(isalnum(ch) || strchr("-._~:/?#[]@!$&'()*+,;=", ch))) {
+            return "is not a URI-reference (RFC 3986): a space, a quote, \"<>\\^`{|}\", a "
+                   "control or a non-ASCII character must be percent-encoded";
+        }
+    }
+    /* Before the first ":" of the first segment is a scheme: it must look
+     * like one (a relative reference cannot have a ":" there). */
+    size_t seg = strcspn(s, "/?#");
+    const char *colon = memchr(s, ':', seg);
+    if (colon != NULL) {
+        if (colon == s || !isalpha((unsigned char)s[0]))
+            return "has a \":\" in its first segment that does not end a scheme";
+        for (const char *p = s; p < colon; p++)
+            if (!(isalnum((unsigned char)*p) || *p == '+' || *p == '-' || *p == '.'))
+                return "has a \":\" in its first segment that does not end a scheme";
+    }
+    return NULL;
+}
 
 /* ------------------------------------------------------------ settings */
 
@@ -113,9 +161,9 @@ typedef struct file_settings {
 #define X_MEMBER(name, def, lo, hi, doc) char *name;   /* text: see parse_int() */
     INT_SETTINGS(X_MEMBER)
 #undef X_MEMBER
-    int *log_level;
-    int *retention;
-    int *outbox_source;
+    char *log_level;                  /* text: names looked up by apply_value() */
+    char *retention;
+    char *outbox_source;
 } file_settings;
 
 typedef struct int_setting {
@@ -178,7 +226,7 @@ static const enum_setting enum_settings[N_ENUM_SETTINGS] = {
                         "an acknowledged row is deleted, or marked published_at"},
     [ENUM_OUTBOX_SOURCE] = {"outbox_source", outbox_source_names,
                             CYAML_ARRAY_LEN(outbox_source_names), RELAY_SOURCE_TABLE,
-                            "poll the outbox table, or stream the WAL slot (--source)"},
+                            "poll the outbox table, or stream the WAL slot (README, Two sources)"},
 };
 
 static void set_enum(relay_config *c, int which, int value)
@@ -191,8 +239,98 @@ static void set_enum(relay_config *c, int which, int value)
         c->outbox_source = (relay_outbox_source)value;
 }
 
+/*
+ * The settings that are text: name (the file's key, --set name and
+ * relay_config member), the default --help shows, what it means. kafka is
+ * `kafka: bootstrap.servers:` in the file.
+ */
+#define STRING_SETTINGS(X)                                                                  \
+    X(db, "none", "libpq connection string or URI (required)")                              \
+    X(kafka, "none", "Kafka bootstrap servers (required; file: kafka: bootstrap.servers:); "  \
+      "\"embedded\": a mock cluster in process")                                             \
+    X(metrics, "off", "HOST:PORT of /metrics and /healthz (port 0 picks one, logged)")       \
+    X(holder, "host:pid", "this relay's name in the leases")                                 \
+    X(source, "ferry://HOST/DBNAME", "CloudEvents ce_source of every message, a URI-reference")
+
+enum {
+#define X_INDEX(name, def, doc) STR_##name,
+    STRING_SETTINGS(X_INDEX)
+#undef X_INDEX
+    N_STRING_SETTINGS
+};
+
+static const struct string_setting {
+    const char *name;
+    size_t cfg_offset;                /* char * in relay_config */
+    const char *def;                  /* for --help */
+    const char *doc;
+} string_settings[N_STRING_SETTINGS] = {
+#define X_ROW(name, def, doc) [STR_##name] = {#name, offsetof(relay_config, name), def, doc},
+    STRING_SETTINGS(X_ROW)
+#undef X_ROW
+};
+
+/*
+ * Every setting, text, number or name, in one list: the file's key, the
+ * environment variable FERRY_<KEY> and the flag --<key> (dashes for
+ * underscores) are all derived from the name, so that a setting added to
+ * any of the three tables above is settable the three ways, and --help
+ * lists it with its default and variable, without a further edit.
+ */
+typedef enum setting_kind { SETTING_STRING, SETTING_INT, SETTING_ENUM } setting_kind;
+
+enum { N_SETTINGS = N_STRING_SETTINGS + N_INT_SETTINGS + N_ENUM_SETTINGS };
+
+typedef struct setting {
+    const char *name;
+    setting_kind kind;
+    int index;                        /* into string_, int_ or enum_settings */
+    char env[48];                     /* FERRY_BATCH_SIZE */
+    char flag[48];                    /* --batch-size */
+} setting;
+
+static setting settings[N_SETTINGS];
+
+static const setting *settings_table(void)
+{
+    static bool built;
+    if (built)
+        return settings;
+    size_t k = 0;
+    for (int i = 0; i < N_STRING_SETTINGS; i++)
+        settings[k++] = (setting){.name = string_settings[i].name, .kind = SETTING_STRING, .index = i};
+    for (int i = 0; i < N_INT_SETTINGS; i++)
+        settings[k++] = (setting){.name = int_settings[i].name, .kind = SETTING_INT, .index = i};
+    for (int i = 0; i < N_ENUM_SETTINGS; i++)
+        settings[k++] = (setting){.name = enum_settings[i].name, .kind = SETTING_ENUM, .index = i};
+    for (k = 0; k < N_SETTINGS; k++) {
+        setting *s = &settings[k];
+        size_t n = strlen(s->name);
+        assert(n + sizeof "FERRY_" <= sizeof s->env && n + 3 <= sizeof s->flag);
+        memcpy(s->env, "FERRY_", 6);
+        memcpy(s->flag, "--", 2);
+        for (size_t i = 0; i < n; i++) {
+            char c = s->name[i];
+            s->env[6 + i] = c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c;
+            s->flag[2 + i] = c == '_' ? '-' : c;
+        }
+        s->env[6 + n] = '\0';
+        s->flag[2 + n] = '\0';
+    }
+    built = true;
+    return settings;
+}
+
+static int setting_by_name(const char *name, size_t n)
+{
+    const setting *t = settings_table();
+    for (int k = 0; k < N_SETTINGS; k++)
+        if (strlen(t[k].name) == n && memcmp(t[k].name, name, n) == 0)
+            return k;
+    return -1;
+}
+
 #define STRING_FLAGS (CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR)
-#define ENUM_FLAGS (CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR | CYAML_FLAG_STRICT)
 
 /* The keys of the file: the outline refuses any other. */
 static const cyaml_schema_field_t file_fields[] = {
@@ -204,17 +342,30 @@ static const cyaml_schema_field_t file_fields[] = {
     CYAML_FIELD_STRING_PTR(#name, STRING_FLAGS, file_settings, name, 0, CYAML_UNLIMITED),
     INT_SETTINGS(X_FIELD)
 #undef X_FIELD
-    CYAML_FIELD_ENUM_PTR("log_level", ENUM_FLAGS, file_settings, log_level, log_level_names,
-                         CYAML_ARRAY_LEN(log_level_names)),
-    CYAML_FIELD_ENUM_PTR("retention", ENUM_FLAGS, file_settings, retention, retention_names,
-                         CYAML_ARRAY_LEN(retention_names)),
-    CYAML_FIELD_ENUM_PTR("outbox_source", ENUM_FLAGS, file_settings, outbox_source,
-                         outbox_source_names, CYAML_ARRAY_LEN(outbox_source_names)),
+    /* Text, not libcyaml enums: a value may be a ${env:...} reference. */
+    CYAML_FIELD_STRING_PTR("log_level", STRING_FLAGS, file_settings, log_level, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_STRING_PTR("retention", STRING_FLAGS, file_settings, retention, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_STRING_PTR("outbox_source", STRING_FLAGS, file_settings, outbox_source, 0,
+                           CYAML_UNLIMITED),
     /* Read by the outline: librdkafka property names are open-ended. */
     CYAML_FIELD_IGNORE("kafka", CYAML_FLAG_OPTIONAL),
     CYAML_FIELD_END,
 };
 enum { N_FIELDS = sizeof file_fields / sizeof file_fields[0] - 1 };
+
+/* Where file_settings keeps each text and name setting (kafka: none). */
+static const size_t string_file_offset[N_STRING_SETTINGS] = {
+    [STR_db] = offsetof(file_settings, db),
+    [STR_kafka] = 0,
+    [STR_metrics] = offsetof(file_settings, metrics),
+    [STR_holder] = offsetof(file_settings, holder),
+    [STR_source] = offsetof(file_settings, source),
+};
+static const size_t enum_file_offset[N_ENUM_SETTINGS] = {
+    [ENUM_LOG_LEVEL] = offsetof(file_settings, log_level),
+    [ENUM_RETENTION] = offsetof(file_settings, retention),
+    [ENUM_OUTBOX_SOURCE] = offsetof(file_settings, outbox_source),
+};
 
 static const cyaml_schema_value_t file_schema = {
     CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, file_settings, file_fields),
@@ -242,16 +393,18 @@ typedef struct place {
     unsigned long line, column;
 } place;
 
-/* Where a numeric setting's value came from, for the cross-checks. */
-typedef struct origin {
-    enum { FROM_DEFAULT, FROM_FILE, FROM_FLAG } kind;
-    place at;                         /* FROM_FILE */
-    const char *arg;                  /* FROM_FLAG: the --set argument */
-} origin;
+/* Where a value came from: for its messages, which name the place, and
+ * for the cross-checks. */
+typedef struct where {
+    enum { FROM_DEFAULT, FROM_FILE, FROM_ENV, FROM_FLAG } kind;
+    place at;                         /* FROM_FILE: the value's place */
+    const char *label;                /* FROM_ENV: the variable; FROM_FLAG: the flag */
+    const char *arg;                  /* FROM_FLAG: --set's NAME=VALUE, or NULL */
+} where;
 
 typedef struct loader {
     relay_config cfg;                 /* being built; the caller's on success */
-    origin from[N_INT_SETTINGS];
+    where from[N_INT_SETTINGS];
     char *err;
     size_t errlen;
     const char *path;                 /* the config file, or NULL */
@@ -295,6 +448,22 @@ static int fail_at(loader *ld, place at, const char *fmt, ...)
         fail(ld, "%s:%lu:%lu: ", ld->path, at.line, at.column);
     else
         fail(ld, "%s: ", ld->path);
+    va_start(ap, fmt);
+    append_v(ld, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The message, after the place w names: "FILE:LINE:COLUMN: KEY: ",
+ * "FERRY_KEY: ", "--key: " or "--set KEY=VALUE: ". */
+__attribute__((format(printf, 4, 5)))
+static int fail_in(loader *ld, const where *w, const char *key, const char *fmt, ...)
+{
+    va_list ap;
+    if (w->kind == FROM_FILE)
+        fail_at(ld, w->at, "%s: ", key);
+    else
+        fail(ld, "%s%s%s: ", w->label, w->arg ? " " : "", w->arg ? w->arg : "");
     va_start(ap, fmt);
     append_v(ld, fmt, ap);
     va_end(ap);
@@ -398,6 +567,65 @@ static const char *metrics_problem(const char *s)
     if (digits == 0 || digits > 5 || port[digits] != '\0' || strtol(port, NULL, 10) > 65535)
         return "the port must be a number from 0 to 65535";
     return NULL;
+}
+
+/*
+ * One setting's value from any layer, w saying which: its references
+ * resolved (confref.h), checked, stored. The only way a setting is set
+ * after its default, so that the file, the environment and the flags
+ * accept the same values and refuse them with the same words.
+ */
+static int apply_value(loader *ld, int k, const char *raw, const where *w)
+{
+    const setting *s = &settings_table()[k];
+    char why[512];
+    char *text = NULL;
+    int rc = -1;
+    if (confref_expand(raw, &text, why, sizeof why) != 0)
+        return fail_in(ld, w, s->name, "%s", why);
+    switch (s->kind) {
+    case SETTING_STRING: {
+        const char *problem = NULL;
+        if (!text[0])
+            problem = "must not be empty";
+        else if (s->index == STR_metrics)
+            problem = metrics_problem(text);
+        else if (s->index == STR_source)
+            problem = relay_source_problem(text);
+        if (problem && s->index == STR_metrics && text[0])
+            fail_in(ld, w, s->name, "%s, not \"%.64s\"", problem, text);
+        else if (problem)
+            fail_in(ld, w, s->name, "%s", problem);
+        else
+            rc = set_string(ld, (char **)(void *)((char *)&ld->cfg +
+                                                  string_settings[s->index].cfg_offset), text);
+        break;
+    }
+    case SETTING_INT: {
+        const int_setting *is = &int_settings[s->index];
+        if (parse_int(text, is->min, is->max, int_slot(&ld->cfg, is), why, sizeof why) != 0) {
+            fail_in(ld, w, s->name, "%s", why);
+            break;
+        }
+        ld->from[s->index] = *w;
+        rc = 0;
+        break;
+    }
+    case SETTING_ENUM: {
+        const enum_setting *es = &enum_settings[s->index];
+        int v;
+        if (!lookup_name(es, text, &v)) {
+            format_names(es->names, es->count, why, sizeof why);
+            fail_in(ld, w, s->name, "invalid value \"%.64s\" (expected %s)", text, why);
+            break;
+        }
+        set_enum(&ld->cfg, s->index, v);
+        rc = 0;
+        break;
+    }
+    }
+    free(text);
+    return rc;
 }
 
 /* Non-empty, printable ASCII, no spaces: librdkafka's names are like that. */
@@ -579,6 +807,16 @@ static const char *kind_of(const yaml_event_t *ev)
     return ev->type == YAML_MAPPING_START_EVENT ? "a mapping" : "a sequence";
 }
 
+/* A property's value with its references resolved (confref.h), into
+ * *out (the caller frees it); or -1, said at the value's place. */
+static int expand_value(outline *o, place at, const char *raw, char **out)
+{
+    char why[512];
+    if (confref_expand(raw, out, why, sizeof why) != 0)
+        return outline_fail(o, at, "%s", why);
+    return 0;
+}
+
 /* One NAME: VALUE of the kafka: map; the name event is consumed. */
 static int read_kafka_prop(outline *o, yaml_event_t *key)
 {
@@ -593,6 +831,7 @@ static int read_kafka_prop(outline *o, yaml_event_t *key)
     size_t n = key->data.scalar.length;
     int rc = -1;
     yaml_event_t val;
+    char *value = NULL;
     const relay_kv *dup = find_prop(&ld->cfg, name, n);
 
     if (!valid_prop_name(name, n)) {
@@ -617,10 +856,13 @@ static int read_kafka_prop(outline *o, yaml_event_t *key)
         outline_fail(o, key_at, "expected a single value, not %s", kind_of(&val));
     } else if (is_null(&val)) {
         outline_fail(o, place_of(val.start_mark), "no value");
+    } else if (expand_value(o, place_of(val.start_mark), (const char *)val.data.scalar.value,
+                            &value) != 0) {
+        /* said */
     } else if (is_bootstrap(name, n)) {
-        if (val.data.scalar.length == 0) {
+        if (value[0] == '\0') {
             outline_fail(o, place_of(val.start_mark), "must not be empty");
-        } else if (set_string(ld, &ld->cfg.kafka, (const char *)val.data.scalar.value) == 0) {
+        } else if (set_string(ld, &ld->cfg.kafka, value) == 0) {
             o->bootstrap_at = key_at;
             rc = 0;
         }
@@ -629,8 +871,9 @@ static int read_kafka_prop(outline *o, yaml_event_t *key)
         outline_fail(o, key_at, "more than %d properties", RELAY_KAFKA_PROPS_MAX);
     } else {
         o->prop_at[ld->cfg.kafka_props_count] = key_at;
-        rc = append_prop(ld, name, n, (const char *)val.data.scalar.value);
+        rc = append_prop(ld, name, n, value);
     }
+    free(value);
     yaml_event_delete(&val);
 out_key:
     o->in_prop = NULL;                /* name dies with the key event */
@@ -817,69 +1060,45 @@ static int cyaml_failure(outline *o, cyaml_err_t err, const cyaml_capture *cap)
 
     const char *key = file_fields[i].key;
     place at = o->value_at[i];
-    static const char bad_enum[] = "Invalid ENUM value: ";
     /* A block collection starts on the line after its key: point at the key. */
     if (strncmp(what, "Expecting ", 10) == 0 && strstr(what, "MAPPING_START"))
         return fail_at(ld, o->key_at[i], "%s: expected a single value, not a mapping", key);
     if (strncmp(what, "Expecting ", 10) == 0 && strstr(what, "SEQUENCE_START"))
         return fail_at(ld, o->key_at[i], "%s: expected a single value, not a sequence", key);
-    for (int e = 0; e < N_ENUM_SETTINGS; e++) {
-        if (strcmp(enum_settings[e].name, key) == 0 &&
-            strncmp(what, bad_enum, sizeof bad_enum - 1) == 0) {
-            char names[128];
-            format_names(enum_settings[e].names, enum_settings[e].count, names, sizeof names);
-            return fail_at(ld, at, "%s: invalid value \"%s\" (expected %s)", key,
-                           what + sizeof bad_enum - 1, names);
-        }
-    }
     return fail_at(ld, at, "%s: %s", key, what);
 }
 
 /* ------------------------------------------------------------ pass 3: values */
 
-static int apply_file_string(loader *ld, const outline *o, const char *key, char **slot,
-                             const char *value)
-{
-    if (!value)
-        return 0;
-    if (strcmp(key, "metrics") == 0) {
-        const char *why = metrics_problem(value);
-        if (why)
-            return fail_at(ld, o->value_at[field_index(key)], "metrics: %s, not \"%.64s\"", why,
-                           value);
-    }
-    return set_string(ld, slot, value);
-}
-
 static int apply_file(loader *ld, const outline *o, const file_settings *fs)
 {
-    relay_config *c = &ld->cfg;
-    if (apply_file_string(ld, o, "db", &c->db, fs->db) != 0 ||
-        apply_file_string(ld, o, "metrics", &c->metrics, fs->metrics) != 0 ||
-        apply_file_string(ld, o, "holder", &c->holder, fs->holder) != 0 ||
-        apply_file_string(ld, o, "source", &c->source, fs->source) != 0)
-        return -1;
-
-    for (size_t k = 0; k < N_INT_SETTINGS; k++) {
-        const int_setting *s = &int_settings[k];
-        const char *text = file_text(fs, s);
+    /* libcyaml has read each setting as text; apply_value() does the rest. */
+    const setting *t = settings_table();
+    for (int k = 0; k < N_SETTINGS; k++) {
+        const char *text = NULL;
+        switch (t[k].kind) {
+        case SETTING_STRING:
+            if (t[k].index == STR_kafka)
+                continue;               /* kafka: bootstrap.servers, read by the outline */
+            text = *(char *const *)(const void *)((const char *)fs + string_file_offset[t[k].index]);
+            break;
+        case SETTING_INT:
+            text = file_text(fs, &int_settings[t[k].index]);
+            break;
+        case SETTING_ENUM:
+            text = *(char *const *)(const void *)((const char *)fs + enum_file_offset[t[k].index]);
+            break;
+        }
         if (!text)
             continue;
-        int i = field_index(s->name);
-        char why[128];
-        if (o->quoted[i])
+        int i = field_index(t[k].name);
+        if (t[k].kind == SETTING_INT && o->quoted[i])
             return fail_at(ld, o->value_at[i], "%s: expected a decimal integer, not a quoted "
-                           "string", s->name);
-        if (parse_int(text, s->min, s->max, int_slot(c, s), why, sizeof why) != 0)
-            return fail_at(ld, o->value_at[i], "%s: %s", s->name, why);
-        ld->from[k] = (origin){.kind = FROM_FILE, .at = o->value_at[i]};
+                           "string", t[k].name);
+        where w = {.kind = FROM_FILE, .at = o->value_at[i]};
+        if (apply_value(ld, k, text, &w) != 0)
+            return -1;
     }
-    if (fs->log_level)
-        set_enum(c, ENUM_LOG_LEVEL, *fs->log_level);
-    if (fs->retention)
-        set_enum(c, ENUM_RETENTION, *fs->retention);
-    if (fs->outbox_source)
-        set_enum(c, ENUM_OUTBOX_SOURCE, *fs->outbox_source);
     return 0;
 }
 
@@ -974,35 +1193,105 @@ static int load_file(loader *ld)
     return rc;
 }
 
+/* ------------------------------------------------------------ kafka properties */
+
+/*
+ * One librdkafka property from the environment or a flag: adds it or
+ * replaces the file's; bootstrap.servers is cfg->kafka. label names the
+ * place in messages ("--kafka-prop NAME=VALUE", "FERRY_KAFKA_PROP_X").
+ */
+static int apply_prop(loader *ld, const char *label, const char *name, size_t n,
+                      const char *raw)
+{
+    relay_config *c = &ld->cfg;
+    char why[512];
+    char *value = NULL;
+    if (!valid_prop_name(name, n))
+        return fail(ld, "%s: invalid property name: expected printable characters without "
+                    "spaces", label);
+    if (confref_expand(raw, &value, why, sizeof why) != 0)
+        return fail(ld, "%s: %s", label, why);
+    int rc;
+    relay_kv *kv;
+    if (is_bootstrap(name, n)) {
+        rc = value[0] ? set_string(ld, &c->kafka, value)
+                      : fail(ld, "%s: must not be empty", label);
+    } else if ((kv = find_prop(c, name, n)) != NULL) {
+        rc = set_string(ld, &kv->value, value);
+    } else if (c->kafka_props_count == RELAY_KAFKA_PROPS_MAX) {
+        rc = fail(ld, "%s: more than %d kafka properties", label, RELAY_KAFKA_PROPS_MAX);
+    } else {
+        rc = append_prop(ld, name, n, value);
+    }
+    free(value);
+    return rc;
+}
+
+/* --kafka-prop NAME=VALUE */
+static int apply_kafka_prop(loader *ld, const char *arg)
+{
+    char label[160];
+    snprintf(label, sizeof label, "--kafka-prop %s", arg);
+    const char *eq = strchr(arg, '=');
+    if (!eq)
+        return fail(ld, "%s: expected NAME=VALUE", label);
+    return apply_prop(ld, label, arg, (size_t)(eq - arg), eq + 1);
+}
+
 /* ------------------------------------------------------------ environment */
 
-/* The variables, in the order they are applied; --help lists them. */
-static const struct env_var {
-    const char *name;
-    size_t offset;                    /* char * in relay_config */
-    const char *flag;                 /* the flag that overrides it */
-} env_vars[] = {
-    {"FERRY_DB", offsetof(relay_config, db), "--db"},
-    {"FERRY_KAFKA", offsetof(relay_config, kafka), "--kafka"},
-    {"FERRY_METRICS", offsetof(relay_config, metrics), "--metrics"},
-    {"FERRY_HOLDER", offsetof(relay_config, holder), "--holder"},
-};
-enum { N_ENV_VARS = sizeof env_vars / sizeof env_vars[0] };
+#define KAFKA_PROP_ENV "FERRY_KAFKA_PROP_"
 
+/*
+ * FERRY_<SETTING> for every setting (empty means unset), then each
+ * FERRY_KAFKA_PROP_<NAME>, NAME spelt as Confluent's Kafka images read
+ * CONNECT_<NAME>: in capitals, "_" for a dot, "__" for an underscore
+ * (librdkafka has enabled_events), "___" for a dash; e.g.
+ * FERRY_KAFKA_PROP_SASL_PASSWORD is sasl.password. tests/test_config.c
+ * checks every librdkafka property comes back from its spelling. In the
+ * order of environ, so that the outcome does not depend on a sort.
+ */
 static int apply_env(loader *ld)
 {
-    const struct env_var *vars = env_vars;
-    for (size_t i = 0; i < N_ENV_VARS; i++) {
-        const char *value = getenv(vars[i].name);
+    extern char **environ;
+    const setting *t = settings_table();
+    for (int k = 0; k < N_SETTINGS; k++) {
+        const char *value = getenv(t[k].env);
         if (!value || !value[0])
             continue;
-        if (vars[i].offset == offsetof(relay_config, metrics)) {
-            const char *why = metrics_problem(value);
-            if (why)
-                return fail(ld, "FERRY_METRICS=%.64s: %s", value, why);
+        where w = {.kind = FROM_ENV, .label = t[k].env};
+        if (apply_value(ld, k, value, &w) != 0)
+            return -1;
+    }
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, KAFKA_PROP_ENV, sizeof KAFKA_PROP_ENV - 1) != 0)
+            continue;
+        const char *name = *e + sizeof KAFKA_PROP_ENV - 1;
+        const char *eq = strchr(name, '=');
+        if (!eq || eq[1] == '\0')       /* empty: unset, as for the settings */
+            continue;
+        char label[128], prop[96];
+        size_t n = (size_t)(eq - name);
+        snprintf(label, sizeof label, "%.*s", (int)(eq - *e), *e);
+        if (n == 0 || n >= sizeof prop)
+            return fail(ld, "%s: expected %sNAME, NAME a librdkafka property in capitals",
+                        label, KAFKA_PROP_ENV);
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            char c = name[i];
+            if (c != '_') {
+                prop[m++] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+                continue;
+            }
+            size_t run = strspn(name + i, "_");
+            if (run > 3 || i + run >= n)
+                return fail(ld, "%s: expected %sNAME, NAME a librdkafka property in capitals "
+                            "with _ for a dot, __ for an underscore, ___ for a dash", label,
+                            KAFKA_PROP_ENV);
+            prop[m++] = run == 1 ? '.' : run == 2 ? '_' : '-';
+            i += run - 1;
         }
-        char **slot = (char **)(void *)((char *)&ld->cfg + vars[i].offset);
-        if (set_string(ld, slot, value) != 0)
+        if (apply_prop(ld, label, prop, m, eq + 1) != 0)
             return -1;
     }
     return 0;
@@ -1011,22 +1300,15 @@ static int apply_env(loader *ld)
 /* ------------------------------------------------------------ flags */
 
 /*
- * The flags: name, argument (NULL: none), and the help line. The getopt
- * table and --help are both generated from this list.
+ * The flags that are not settings: name, argument (NULL: none), and the
+ * help line. Each setting has a flag of its own besides (settings_table);
+ * the getopt table and --help are both generated from the two lists.
  */
 #define RUN_FLAGS(X)                                                                      \
-    X(OPT_DB, "db", "CONNINFO", "libpq connection string or URI")                         \
-    X(OPT_KAFKA, "kafka", "BOOTSTRAP",                                                    \
-      "Kafka bootstrap servers; \"embedded\" starts librdkafka's mock cluster in process") \
     X(OPT_CONFIG, "config", "FILE", "YAML settings (README: ferry-relay); flags override it") \
     X(OPT_ONCE, "once", NULL,                                                             \
       "publish what is ready, wait for every delivery report, exit (1 if any failed)")   \
-    X(OPT_METRICS, "metrics", "HOST:PORT",                                                \
-      "serve /metrics and /healthz (port 0 picks one, logged); default: off")            \
-    X(OPT_HOLDER, "holder", "NAME", "this relay's name in the leases (default host:pid)")  \
-    X(OPT_SOURCE, "source", "table|wal",                                                  \
-      "where to read the outbox: the table, or the WAL slot (outbox_source)")           \
-    X(OPT_SET, "set", "NAME=VALUE", "a setting, as in the file (below; repeatable)")      \
+    X(OPT_SET, "set", "NAME=VALUE", "any setting below, by its name (repeatable)")        \
     X(OPT_KAFKA_PROP, "kafka-prop", "NAME=VALUE",                                         \
       "a librdkafka property, passed through (TLS, SASL, ...; repeatable)")              \
     X(OPT_HELP, "help", NULL, "this text")
@@ -1036,13 +1318,7 @@ enum {
 #define X_ENUM(id, name, arg, doc) id,
     RUN_FLAGS(X_ENUM)
 #undef X_ENUM
-};
-
-static const struct option long_options[] = {
-#define X_OPT(id, name, arg, doc) {name, (arg) ? required_argument : no_argument, NULL, id},
-    RUN_FLAGS(X_OPT)
-#undef X_OPT
-    {NULL, 0, NULL, 0},
+    OPT_SETTING_ = 1024,              /* + the setting's index in settings_table() */
 };
 
 static const struct flag_doc {
@@ -1052,74 +1328,121 @@ static const struct flag_doc {
     RUN_FLAGS(X_DOC)
 #undef X_DOC
 };
+enum { N_RUN_FLAGS = sizeof flag_docs / sizeof flag_docs[0] };
+
+static struct option long_options[N_RUN_FLAGS + N_SETTINGS + 1];
 
 const struct option *relay_config_options(void)
 {
+    if (long_options[0].name)
+        return long_options;
+    static const int ids[] = {
+#define X_ID(id, name, arg, doc) id,
+        RUN_FLAGS(X_ID)
+#undef X_ID
+    };
+    size_t n = 0;
+    for (size_t i = 0; i < N_RUN_FLAGS; i++)
+        long_options[n++] = (struct option){flag_docs[i].name,
+                                            flag_docs[i].arg ? required_argument : no_argument,
+                                            NULL, ids[i]};
+    const setting *t = settings_table();
+    for (int k = 0; k < N_SETTINGS; k++)
+        long_options[n++] = (struct option){t[k].flag + 2, required_argument, NULL,
+                                            OPT_SETTING_ + k};
+    long_options[n] = (struct option){NULL, 0, NULL, 0};
     return long_options;
 }
 
 size_t relay_config_setting_count(void)
 {
-    return N_INT_SETTINGS + N_ENUM_SETTINGS;
+    return N_SETTINGS;
 }
 
 const char *relay_config_setting_name(size_t i)
 {
-    if (i < N_INT_SETTINGS)
-        return int_settings[i].name;
-    if (i < N_INT_SETTINGS + N_ENUM_SETTINGS)
-        return enum_settings[i - N_INT_SETTINGS].name;
-    return NULL;
+    return i < N_SETTINGS ? settings_table()[i].name : NULL;
 }
 
-static const char *env_of(const char *flag_name)
+const char *relay_config_setting_env(size_t i)
 {
-    for (size_t i = 0; i < N_ENV_VARS; i++)
-        if (strcmp(env_vars[i].flag + 2, flag_name) == 0)
-            return env_vars[i].name;
-    return strcmp(flag_name, "config") == 0 ? "FERRY_CONFIG" : NULL;
+    return i < N_SETTINGS ? settings_table()[i].env : NULL;
+}
+
+const char *relay_config_setting_flag(size_t i)
+{
+    return i < N_SETTINGS ? settings_table()[i].flag : NULL;
+}
+
+int relay_config_file_key_is_setting(const char *key)
+{
+    return strcmp(key, "kafka") == 0 || setting_by_name(key, strlen(key)) >= 0;
+}
+
+const char *relay_config_file_key(size_t i)
+{
+    return i < N_FIELDS ? file_fields[i].key : NULL;
+}
+
+/* "DEFAULT (RANGE)" of setting k, for --help. */
+static void describe_default(const setting *s, char *buf, size_t len)
+{
+    switch (s->kind) {
+    case SETTING_STRING:
+        snprintf(buf, len, "%s", string_settings[s->index].def);
+        return;
+    case SETTING_INT: {
+        const int_setting *is = &int_settings[s->index];
+        snprintf(buf, len, "%ld (%ld..%ld)", is->def, is->min, is->max);
+        return;
+    }
+    case SETTING_ENUM: {
+        const enum_setting *es = &enum_settings[s->index];
+        const char *def = "?";
+        for (unsigned i = 0; i < es->count; i++)
+            if ((int)es->names[i].val == es->def)
+                def = es->names[i].str;
+        size_t used = (size_t)snprintf(buf, len, "%s (", def);
+        for (unsigned i = 0; i < es->count && used < len; i++)
+            used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? "|" : "",
+                                     es->names[i].str);
+        if (used < len)
+            snprintf(buf + used, len - used, ")");
+        return;
+    }
+    }
 }
 
 void relay_config_usage(FILE *out)
 {
+    const setting *t = settings_table();
     fprintf(out, "Options (defaults < file < environment < flags):\n");
-    for (size_t i = 0; i < sizeof flag_docs / sizeof flag_docs[0]; i++) {
+    for (size_t i = 0; i < N_RUN_FLAGS; i++) {
         const struct flag_doc *f = &flag_docs[i];
         char left[40];
         snprintf(left, sizeof left, "--%s%s%s", f->name, f->arg ? " " : "", f->arg ? f->arg : "");
-        const char *env = env_of(f->name);
-        fprintf(out, "  %-24s %s%s%s%s\n", left, f->doc, env ? " ($" : "", env ? env : "",
-                env ? ")" : "");
+        fprintf(out, "  %-24s %s\n", left, f->doc);
+        if (strcmp(f->name, "config") == 0)
+            fprintf(out, "  %-24s $FERRY_CONFIG\n", "");
+        if (strcmp(f->name, "kafka-prop") == 0)
+            fprintf(out, "  %-24s $" KAFKA_PROP_ENV "NAME: _ for a dot, __ for _, ___ for -\n"
+                    "  %-24s (sasl.password: $" KAFKA_PROP_ENV "SASL_PASSWORD)\n", "", "");
     }
-    fprintf(out, "\nSettings (--set NAME=VALUE, or NAME: in the file): default (range)\n");
-    for (size_t k = 0; k < N_INT_SETTINGS; k++) {
-        const int_setting *s = &int_settings[k];
-        char range[48];
-        snprintf(range, sizeof range, "%ld (%ld..%ld)", s->def, s->min, s->max);
-        fprintf(out, "  %-17s %-28s %s\n", s->name, range, s->doc);
+    fprintf(out, "\nSettings: NAME: in the file, $FERRY_NAME, --name VALUE or --set NAME=VALUE.\n"
+                 "  NAME              DEFAULT (RANGE)              MEANING\n");
+    for (int k = 0; k < N_SETTINGS; k++) {
+        const char *doc = t[k].kind == SETTING_STRING ? string_settings[t[k].index].doc
+                          : t[k].kind == SETTING_INT  ? int_settings[t[k].index].doc
+                                                      : enum_settings[t[k].index].doc;
+        char def[160];
+        describe_default(&t[k], def, sizeof def);
+        fprintf(out, "  %-17s %-28s %s\n", t[k].name, def, doc);
+        fprintf(out, "  %-17s %s VALUE, $%s\n", "", t[k].flag, t[k].env);
     }
-    for (int e = 0; e < N_ENUM_SETTINGS; e++) {
-        const enum_setting *s = &enum_settings[e];
-        char range[160];
-        const char *def = "?";
-        size_t used = 0;
-        for (unsigned i = 0; i < s->count; i++)
-            if ((int)s->names[i].val == s->def)
-                def = s->names[i].str;
-        used = (size_t)snprintf(range, sizeof range, "%s (", def);
-        for (unsigned i = 0; i < s->count && used < sizeof range; i++)
-            used += (size_t)snprintf(range + used, sizeof range - used, "%s%s", i ? "|" : "",
-                                     s->names[i].str);
-        if (used < sizeof range)
-            snprintf(range + used, sizeof range - used, ")");
-        fprintf(out, "  %-17s %-28s %s\n", s->name, range, s->doc);
-    }
-    fprintf(out, "  %-17s %-28s %s\n", "source", "ferry", "CloudEvents ce_source (file only)");
-    fprintf(out, "\nEnvironment, each standing in for its flag (empty means unset):\n"
-                 "  FERRY_CONFIG");
-    for (size_t i = 0; i < N_ENV_VARS; i++)
-        fprintf(out, ", %s", env_vars[i].name);
-    fprintf(out, "\n\nExit status: 0 stopped cleanly (--once: all published), 1 an operational\n"
+    fprintf(out, "\nAny value may hold ${env:NAME} (a variable) or ${file:/path} (a file's\n"
+                 "contents, one trailing newline dropped), e.g. for passwords; $${ is a\n"
+                 "literal ${. An empty variable counts as unset.\n"
+                 "\nExit status: 0 stopped cleanly (--once: all published), 1 an operational\n"
                  "failure, 2 a configuration or usage error.\n");
 }
 
@@ -1138,10 +1461,11 @@ static int parse_flags(loader *ld, int argc, char **argv, flag *list, size_t *co
      * non-option instead of permuting argv; ":": report a missing value
      * as ':'. opterr = 0: the messages are ours, in errbuf.
      */
+    const struct option *options = relay_config_options();
     optind = 0;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, "+:h", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+:h", options, NULL)) != -1) {
         if (c == 'h')
             c = OPT_HELP;
         const char *arg = argv[optind - 1];
@@ -1163,12 +1487,11 @@ static int parse_flags(loader *ld, int argc, char **argv, flag *list, size_t *co
 
 static void list_settings(char *buf, size_t len)
 {
+    const setting *t = settings_table();
     size_t used = 0;
     buf[0] = '\0';
-    for (size_t k = 0; k < N_INT_SETTINGS + N_ENUM_SETTINGS && used < len; k++) {
-        const char *name = k < N_INT_SETTINGS ? int_settings[k].name
-                                              : enum_settings[k - N_INT_SETTINGS].name;
-        int n = snprintf(buf + used, len - used, "%s%s", k ? ", " : "", name);
+    for (int k = 0; k < N_SETTINGS && used < len; k++) {
+        int n = snprintf(buf + used, len - used, "%s%s", k ? ", " : "", t[k].name);
         if (n < 0)
             break;
         used += (size_t)n;
@@ -1182,59 +1505,15 @@ static int apply_set(loader *ld, const char *arg)
     if (!eq)
         return fail(ld, "--set %s: expected NAME=VALUE", arg);
     size_t n = (size_t)(eq - arg);
-    const char *value = eq + 1;
-    char why[128];
-
-    for (size_t k = 0; k < N_INT_SETTINGS; k++) {
-        const int_setting *s = &int_settings[k];
-        if (strlen(s->name) != n || memcmp(s->name, arg, n) != 0)
-            continue;
-        if (parse_int(value, s->min, s->max, int_slot(&ld->cfg, s), why, sizeof why) != 0)
-            return fail(ld, "--set %s: %s", arg, why);
-        ld->from[k] = (origin){.kind = FROM_FLAG, .arg = arg};
-        return 0;
+    int k = setting_by_name(arg, n);
+    if (k < 0) {
+        char names[512];
+        list_settings(names, sizeof names);
+        return fail(ld, "--set %s: unknown setting \"%.*s\" (one of %s)", arg, (int)n, arg,
+                    names);
     }
-    for (int e = 0; e < N_ENUM_SETTINGS; e++) {
-        const enum_setting *s = &enum_settings[e];
-        int v;
-        if (strlen(s->name) != n || memcmp(s->name, arg, n) != 0)
-            continue;
-        if (!lookup_name(s, value, &v)) {
-            format_names(s->names, s->count, why, sizeof why);
-            return fail(ld, "--set %s: expected %s", arg, why);
-        }
-        set_enum(&ld->cfg, e, v);
-        return 0;
-    }
-    char names[256];
-    list_settings(names, sizeof names);
-    return fail(ld, "--set %s: unknown setting \"%.*s\" (one of %s)", arg, (int)n, arg, names);
-}
-
-/* --kafka-prop NAME=VALUE: adds a property or replaces the file's. */
-static int apply_kafka_prop(loader *ld, const char *arg)
-{
-    relay_config *c = &ld->cfg;
-    const char *eq = strchr(arg, '=');
-    if (!eq)
-        return fail(ld, "--kafka-prop %s: expected NAME=VALUE", arg);
-    size_t n = (size_t)(eq - arg);
-    const char *value = eq + 1;
-    if (!valid_prop_name(arg, n))
-        return fail(ld, "--kafka-prop %s: invalid property name: expected printable "
-                    "characters without spaces", arg);
-    if (is_bootstrap(arg, n)) {
-        if (!value[0])
-            return fail(ld, "--kafka-prop %s: must not be empty", arg);
-        return set_string(ld, &c->kafka, value);
-    }
-    relay_kv *kv = find_prop(c, arg, n);
-    if (kv)
-        return set_string(ld, &kv->value, value);
-    if (c->kafka_props_count == RELAY_KAFKA_PROPS_MAX)
-        return fail(ld, "--kafka-prop %s: more than %d kafka properties", arg,
-                    RELAY_KAFKA_PROPS_MAX);
-    return append_prop(ld, arg, n, value);
+    where w = {.kind = FROM_FLAG, .label = "--set", .arg = arg};
+    return apply_value(ld, k, eq + 1, &w);
 }
 
 static int apply_flags(loader *ld, const flag *list, size_t count)
@@ -1242,8 +1521,6 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
     relay_config *c = &ld->cfg;
     for (size_t i = 0; i < count; i++) {
         const char *arg = list[i].arg;
-        char **slot = NULL;
-        const char *name = NULL;
         switch (list[i].id) {
         case OPT_CONFIG:              /* read already */
         case OPT_HELP:                /* answered before loading */
@@ -1259,35 +1536,14 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
             if (apply_kafka_prop(ld, arg) != 0)
                 return -1;
             continue;
-        case OPT_SOURCE: {
-            int v;
-            if (!lookup_name(&enum_settings[ENUM_OUTBOX_SOURCE], arg, &v))
-                return fail(ld, "--source %s: expected table or wal", arg);
-            set_enum(c, ENUM_OUTBOX_SOURCE, v);
-            continue;
-        }
-        case OPT_DB:
-            slot = &c->db, name = "--db";
-            break;
-        case OPT_KAFKA:
-            slot = &c->kafka, name = "--kafka";
-            break;
-        case OPT_HOLDER:
-            slot = &c->holder, name = "--holder";
-            break;
-        case OPT_METRICS: {
-            slot = &c->metrics, name = "--metrics";
-            const char *why = arg[0] ? metrics_problem(arg) : NULL;
-            if (why)
-                return fail(ld, "--metrics %s: %s", arg, why);
-            break;
-        }
         default:
-            return fail(ld, "internal error: flag %d not handled", list[i].id);
+            break;
         }
-        if (!arg[0])
-            return fail(ld, "%s: must not be empty", name);
-        if (set_string(ld, slot, arg) != 0)
+        int k = list[i].id - OPT_SETTING_;
+        if (k < 0 || k >= N_SETTINGS)
+            return fail(ld, "internal error: flag %d not handled", list[i].id);
+        where w = {.kind = FROM_FLAG, .label = settings_table()[k].flag};
+        if (apply_value(ld, k, arg, &w) != 0)
             return -1;
     }
     return 0;
@@ -1299,12 +1555,12 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
 static int check_final(loader *ld)
 {
     const relay_config *c = &ld->cfg;
-    const char *where = ld->path ? ld->path : "the config file";
+    const char *file = ld->path ? ld->path : "the config file";
     if (!c->db)
-        return fail(ld, "no database: give --db CONNINFO, set FERRY_DB, or set db: in %s", where);
+        return fail(ld, "no database: give --db CONNINFO, set FERRY_DB, or set db: in %s", file);
     if (!c->kafka)
         return fail(ld, "no Kafka: give --kafka BOOTSTRAP (\"embedded\" for an in-process mock "
-                    "cluster), set FERRY_KAFKA, or set kafka: bootstrap.servers: in %s", where);
+                    "cluster), set FERRY_KAFKA, or set kafka: bootstrap.servers: in %s", file);
 
     /* Kafka properties the order guarantee rests on (daemon/relay_kafka.c
      * says why each): refused here, with the other configuration errors. */
@@ -1334,19 +1590,38 @@ static int check_final(loader *ld)
         }
     }
 
+    /* Every other property by librdkafka's own check, on a scratch
+     * configuration: an unknown name or a bad value is a configuration
+     * error (exit 2) here rather than a failure (exit 1) at start.
+     * plugin.library.paths is left to the producer: setting it loads the
+     * plugins. The value is not quoted: it may be a password. */
+    rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+    if (!scratch)
+        return out_of_memory(ld);
+    for (size_t i = 0; i < c->kafka_props_count; i++) {
+        const relay_kv *kv = &c->kafka_props[i];
+        char errstr[256];
+        if (strcmp(kv->name, "partitioner") == 0 || strcmp(kv->name, "plugin.library.paths") == 0)
+            continue;
+        if (rd_kafka_conf_set(scratch, kv->name, kv->value, errstr, sizeof errstr) !=
+            RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(scratch);
+            return fail(ld, "kafka property %s: %s", kv->name, errstr);
+        }
+    }
+    rd_kafka_conf_destroy(scratch);
+
     if (c->max_inflight < c->batch_size) {
         /* Blame the one that was set; max_inflight if both were. */
         bool inflight = ld->from[INT_max_inflight].kind != FROM_DEFAULT;
-        const origin *o = &ld->from[inflight ? INT_max_inflight : INT_batch_size];
+        const where *o = &ld->from[inflight ? INT_max_inflight : INT_batch_size];
         const char *key = inflight ? "max_inflight" : "batch_size";
         char what[64];
         if (inflight)
             snprintf(what, sizeof what, "must be at least batch_size (%d)", c->batch_size);
         else
             snprintf(what, sizeof what, "must be at most max_inflight (%d)", c->max_inflight);
-        if (o->kind == FROM_FILE)
-            return fail_at(ld, o->at, "%s: %s", key, what);
-        return fail(ld, "--set %s: %s", o->arg, what);
+        return fail_in(ld, o, key, "%s", what);
     }
     return 0;
 }
@@ -1371,8 +1646,6 @@ int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, si
         *int_slot(&ld->cfg, &int_settings[k]) = (int)int_settings[k].def;
     for (int e = 0; e < N_ENUM_SETTINGS; e++)
         set_enum(&ld->cfg, e, enum_settings[e].def);
-    if (set_string(ld, &ld->cfg.source, DEFAULT_SOURCE) != 0)
-        goto out;
 
     if (parse_flags(ld, argc, argv, flags, &nflags) != 0)
         goto out;
@@ -1411,6 +1684,35 @@ out:
     free(flags);
     if (rc != 0)
         memset(cfg, 0, sizeof *cfg);
+    return rc;
+}
+
+int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
+                         size_t errlen)
+{
+    loader *ld = calloc(1, sizeof *ld);
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    if (!ld) {
+        if (errbuf && errlen)
+            snprintf(errbuf, errlen, "out of memory reading the configuration");
+        return -1;
+    }
+    ld->err = errbuf;
+    ld->errlen = errlen;
+    ld->path = path;
+    ld->path_from_env = path_from_env != 0;
+    /* The whole file is checked as run checks it, but only db is kept:
+     * the cross-checks of check_final are run's. */
+    for (size_t k = 0; k < N_INT_SETTINGS; k++)
+        *int_slot(&ld->cfg, &int_settings[k]) = (int)int_settings[k].def;
+    int rc = path[0] ? load_file(ld) : fail(ld, "--config: must not be empty");
+    if (rc == 0) {
+        *db = ld->cfg.db;
+        ld->cfg.db = NULL;
+    }
+    relay_config_free(&ld->cfg);
+    free(ld);
     return rc;
 }
 

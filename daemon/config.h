@@ -39,6 +39,22 @@ typedef struct relay_kv {
     X("acks", "all")                          \
     X("message.timeout.ms", "0")
 
+/* The relay's own defaults, set before the kafka: map, which may change
+ * any of them (daemon/relay_kafka.c says why each). Besides these, two
+ * follow from other settings: queue.buffering.max.messages (max_inflight
+ * + 1000) and message.max.bytes (the database's payload limit plus
+ * key, headers and record overhead). The README's table is checked
+ * against both lists (tests/test_config.c). */
+#define RELAY_DEFAULT_KAFKA_PROPS(X)          \
+    X("client.id", "ferry-relay")             \
+    X("linger.ms", "0")                       \
+    X("socket.nagle.disable", "true")         \
+    X("reconnect.backoff.ms", "50")           \
+    X("reconnect.backoff.max.ms", "1000")     \
+    X("statistics.interval.ms", "15000")
+#define RELAY_DERIVED_KAFKA_PROPS(X) \
+    X("queue.buffering.max.messages") X("message.max.bytes")
+
 /* The partitioners that keep a key on one partition, by their librdkafka
  * names (rd_kafka_msg_partitioner_NAME); the first is the default. */
 #define RELAY_KEYED_PARTITIONERS(X) \
@@ -51,7 +67,10 @@ typedef struct relay_config {
                                  librdkafka's mock cluster in process */
     char *metrics;            /* HOST:PORT for /metrics and /healthz, or NULL */
     char *holder;             /* this relay's name in leases; NULL = host:pid */
-    char *source;             /* CloudEvents ce_source; default "ferry" */
+    char *source;             /* CloudEvents ce_source, a URI-reference
+                                 (--set source=, FERRY_SOURCE, source:);
+                                 NULL: the relay derives
+                                 ferry://HOST/DBNAME from its connection */
     int once;                 /* --once */
     int batch_size;           /* rows per fetch; default 1000, 1..100000 */
     int max_inflight;         /* produced, not yet acknowledged; default
@@ -74,12 +93,15 @@ typedef struct relay_config {
 
 /*
  * Fill cfg for `ferry-relay run`: defaults; the file named by --config (or
- * FERRY_CONFIG), if any; FERRY_DB, FERRY_KAFKA, FERRY_METRICS, FERRY_HOLDER
- * from the environment; then the flags in argv (argv[0] is the command
- * name; --db, --kafka, --config, --once, --metrics, --holder, --set
- * NAME=VALUE for any numeric setting, log_level or retention by its YAML
- * name, and --kafka-prop NAME=VALUE, repeatable; bootstrap.servers sets
- * cfg->kafka). Not thread-safe: it uses getopt_long.
+ * FERRY_CONFIG), if any; the environment; then the flags in argv (argv[0]
+ * is the command name), in the order given. Every setting (db, kafka,
+ * metrics, holder, source, the numbers, log_level, retention) has a file
+ * key NAME, a variable FERRY_NAME and a flag --name (dashes for
+ * underscores), and --set NAME=VALUE; librdkafka properties come from
+ * the file's kafka: map, FERRY_KAFKA_PROP_<NAME> and --kafka-prop
+ * NAME=VALUE (repeatable; bootstrap.servers sets cfg->kafka). Any value
+ * may hold ${env:NAME} and ${file:/path} references (confref.h). Not
+ * thread-safe: it uses getopt_long.
  *
  * Returns 1 (cfg zeroed, nothing else read) when argv has --help or -h:
  * print relay_config_usage() then. Returns 0, or -1 with a message in errbuf that names the place: the
@@ -95,9 +117,29 @@ int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, si
 void relay_config_usage(FILE *out);
 /* The getopt table relay_config_load parses, NULL-terminated (for tests). */
 const struct option *relay_config_options(void);
-/* The --set names: count, and the i-th (NULL past the end). */
+/* The settings: count, and the i-th's name (the file's key and the --set
+ * name), variable and flag (NULL past the end). */
 size_t relay_config_setting_count(void);
 const char *relay_config_setting_name(size_t i);
+const char *relay_config_setting_env(size_t i);
+const char *relay_config_setting_flag(size_t i);
+/* The file's keys, the i-th (NULL past the end), and whether a key is a
+ * setting of the list above (or the kafka: map): for the test that keeps
+ * a key from being settable in the file alone. */
+const char *relay_config_file_key(size_t i);
+int relay_config_file_key_is_setting(const char *key);
+
+/* For `migrate` and `status`, which need the database alone: the file at
+ * path (named by FERRY_CONFIG when path_from_env), checked as `run` checks
+ * it, and its db: into *db (new, the caller frees; NULL when the file has
+ * none). Returns 0, or -1 with the place in errbuf. */
+int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
+                         size_t errlen);
+
+/* Why s is not an RFC 3986 URI-reference of at most RELAY_SOURCE_MAX
+ * bytes (CloudEvents requires one for ce_source), or NULL when it is. */
+enum { RELAY_SOURCE_MAX = 1024 };
+const char *relay_source_problem(const char *s);
 
 /* Free what relay_config_load allocated; accepts a zeroed cfg. */
 void relay_config_free(relay_config *cfg);

@@ -321,3 +321,13 @@ void httpd_stop(httpd *h)
     pthread_mutex_destroy(&h->lock);
     free(h);
 }
+
+void httpd_address(const char *host_port, int bound_port, char *out, size_t len)
+{
+    const char *colon = strrchr(host_port, ':');
+    size_t host = colon ? (size_t)(colon - host_port) : strlen(host_port);
+    if (host == 0 || (host == 1 && host_port[0] == '*'))
+        snprintf(out, len, "0.0.0.0:%d", bound_port);
+    else
+        snprintf(out, len, "%.*s:%d", (int)host, host_port, bound_port);
+}

@@ -32,6 +32,10 @@ typedef int (*httpd_health_fn)(void *arg, char *reason, size_t len);
  * borrowed and must outlive the server. */
 httpd *httpd_start(const char *host_port, httpd_metrics_fn metrics, httpd_health_fn health,
                    void *arg, int *bound_port, char *errbuf, size_t errlen);
+/* The address served, for the log: host_port's host ("0.0.0.0" for
+ * nothing or "*") and the bound port, "127.0.0.1:43817", "[::1]:9187".
+ * Into out (len bytes). */
+void httpd_address(const char *host_port, int bound_port, char *out, size_t len);
 /* Stop serving and free h; NULL ok. */
 void httpd_stop(httpd *h);
 

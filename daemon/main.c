@@ -49,12 +49,14 @@ static void usage(FILE *out)
 static void migrate_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay migrate [--db CONNINFO]\n"
+            "usage: ferry-relay migrate [--db CONNINFO] [--config FILE]\n"
             "\n"
             "Apply the ferry schema (schemas/NNN_*.sql, built in) in one transaction;\n"
             "running it again changes nothing.\n"
             "\n"
-            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB)\n"
+            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB; default: db: of\n"
+            "                  the --config file)\n"
+            "  --config FILE   ferry-relay run's YAML settings: its db: ($FERRY_CONFIG)\n"
             "  --help          this text\n"
             "\n"
             "Exit status: 0 migrated or already current, 1 failed, 2 usage error.\n");
@@ -64,16 +66,20 @@ static int cmd_migrate(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"db", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = getenv("FERRY_DB");
+    const char *db = NULL, *config = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'd':
             db = optarg;
+            break;
+        case 'c':
+            config = optarg;
             break;
         case 'h':
             migrate_usage(stdout);
@@ -87,12 +93,28 @@ static int cmd_migrate(int argc, char **argv)
         fprintf(stderr, "ferry-relay migrate: unexpected argument \"%s\"\n", argv[optind]);
         return EXIT_USAGE;
     }
+    /* As run: the file's db:, then FERRY_DB, then --db. */
+    char *file_db = NULL;
+    const char *env = getenv("FERRY_CONFIG");
+    if (config || (env && env[0])) {
+        char errbuf[1024];
+        if (relay_config_file_db(config ? config : env, config == NULL, &file_db, errbuf,
+                                 sizeof errbuf) != 0) {
+            fprintf(stderr, "ferry-relay migrate: %s\n", errbuf);
+            return EXIT_USAGE;
+        }
+    }
+    if (db == NULL)
+        db = getenv("FERRY_DB") && getenv("FERRY_DB")[0] ? getenv("FERRY_DB") : file_db;
     if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay migrate: no database: give --db CONNINFO or set FERRY_DB\n");
+        fprintf(stderr, "ferry-relay migrate: no database: give --db CONNINFO, set FERRY_DB, "
+                "or db: in the --config file\n");
+        free(file_db);
         return EXIT_USAGE;
     }
 
     PGconn *conn = PQconnectdb(db);
+    free(file_db);
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay migrate: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);

@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "metrics.h"
+#include "kafka_stats.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -158,6 +159,7 @@ struct relay_metrics {
     shard_gauges shards[METRICS_SHARDS_MAX];
 
     httpd *server;                          /* NULL until metrics_serve */
+    kafka_stats *kafka;                     /* librdkafka's statistics, latest */
 
     pthread_mutex_t lock;                   /* guards everything below */
     int healthy;
@@ -183,7 +185,12 @@ relay_metrics *metrics_new(void)
     relay_metrics *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
+    if ((m->kafka = kafka_stats_new()) == NULL) {
+        free(m);
+        return NULL;
+    }
     if (pthread_mutex_init(&m->lock, NULL) != 0) {
+        kafka_stats_free(m->kafka);
         free(m);
         return NULL;
     }
@@ -199,6 +206,7 @@ void metrics_free(relay_metrics *m)
     /* Joins the HTTP thread: no request can read m after this. */
     httpd_stop(m->server);
     pthread_mutex_destroy(&m->lock);
+    kafka_stats_free(m->kafka);
     free(m);
 }
 
@@ -433,6 +441,12 @@ char *metrics_render(relay_metrics *m)
     for (int h = 0; h < H_HISTOGRAM_COUNT; h++)
         render_histogram(&b, &histogram_desc[h], &m->histograms[h]);
     render_shards(&b, m);
+    char *kafka = kafka_stats_render(m->kafka);
+    if (kafka)
+        sb_printf(&b, "%s", kafka);
+    else
+        b.failed = 1;
+    free(kafka);
     char process[2048];
     if (promtext_process(process, sizeof process) < (int)sizeof process)
         sb_printf(&b, "%s", process);
@@ -444,6 +458,12 @@ char *metrics_render(relay_metrics *m)
         return NULL;
     }
     return b.p;
+}
+
+int metrics_kafka_stats(relay_metrics *m, const char *json, size_t len)
+{
+    assert(m);
+    return kafka_stats_update(m->kafka, json, len);
 }
 
 /* ------------------------------------------------------------------ */

@@ -69,6 +69,11 @@ void metrics_set_health(relay_metrics *m, int healthy, const char *reason);
 
 uint64_t metrics_get(const relay_metrics *m, metric_counter c);
 
+/* librdkafka's statistics document (statistics.interval.ms; borrowed),
+ * rendered as the ferry_kafka_* families from now on (kafka_stats.h).
+ * Returns -1, keeping the last, for a document that is not one. */
+int metrics_kafka_stats(relay_metrics *m, const char *json, size_t len);
+
 /* The Prometheus text exposition; malloc'd, caller frees. */
 char *metrics_render(relay_metrics *m);
 

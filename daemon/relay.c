@@ -43,6 +43,7 @@
 
 #include "relay.h"
 #include "relay_int.h"
+#include "httpd.h"
 
 static volatile sig_atomic_t stop_requested;
 /* SIGHUP: the relay reloads nothing (its settings are read at start); the
@@ -483,8 +484,15 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "ferry-relay run: --metrics %s: %s\n", cfg.metrics, errbuf);
             goto out;
         }
-        ferry_log_json(FERRY_LOG_INFO, "metrics.listen", json_pack("{s:i}", "port", port),
-                       "serving /metrics and /healthz on %s (port %d)", cfg.metrics, port);
+        {
+            /* The address too: with port 0, or behind a proxy, the one way to
+             * know where to scrape. */
+            char address[300];
+            httpd_address(cfg.metrics, port, address, sizeof address);
+            ferry_log_json(FERRY_LOG_INFO, "metrics.listen",
+                           json_pack("{s:s, s:i}", "address", address, "port", port),
+                           "serving /metrics and /healthz on %s", address);
+        }
     }
     status = relay_run(&cfg, m);
 out:

@@ -3,6 +3,7 @@
  * them up, noticing a loss, reconnecting with backoff, and the settings
  * they read.
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +82,52 @@ static int holder_live(relay *r)
     return 1;
 }
 
+/* s with every octet but RFC 3986's unreserved ones percent-encoded,
+ * appended at out (room for size bytes, NUL included); the new end. */
+static char *uri_encode(char *out, size_t size, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (; *s && size > 4; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            *out++ = (char)ch;
+            size--;
+        } else {
+            *out++ = '%';
+            *out++ = hex[ch >> 4];
+            *out++ = hex[ch & 15];
+            size -= 3;
+        }
+    }
+    *out = '\0';
+    return out;
+}
+
+/*
+ * The default ce_source, ferry://HOST[:PORT]/DBNAME: each service has its
+ * database, so this tells them apart where one fixed name ("ferry", as
+ * before) made every service's events look alike. A Unix socket is
+ * "localhost"; an IPv6 address is bracketed; anything else unusual is
+ * percent-encoded, so the result is always a URI.
+ */
+static void default_source(PGconn *conn, char *out, size_t size)
+{
+    const char *host = PQhost(conn), *port = PQport(conn), *db = PQdb(conn);
+    int socket = host == NULL || host[0] == '\0' || host[0] == '/' || host[0] == '@';
+    char *p = out + snprintf(out, size, "ferry://");
+    if (socket)
+        p += snprintf(p, size - (size_t)(p - out), "localhost");
+    else if (strchr(host, ':') != NULL && strspn(host, "0123456789abcdefABCDEF:.") == strlen(host))
+        p += snprintf(p, size - (size_t)(p - out), "[%s]", host);
+    else
+        p = uri_encode(p, size - (size_t)(p - out), host);
+    if (!socket && port != NULL && port[0] != '\0' && strcmp(port, "5432") != 0 &&
+        strspn(port, "0123456789") == strlen(port))
+        p += snprintf(p, size - (size_t)(p - out), ":%s", port);
+    p += snprintf(p, size - (size_t)(p - out), "/");
+    uri_encode(p, size - (size_t)(p - out), db ? db : "");
+}
+
 int relay_db_connect(relay *r)
 {
     ferry_error err;
@@ -104,6 +151,10 @@ int relay_db_connect(relay *r)
                   (int)strcspn(msg, "\n"), msg);
         return -1;
     }
+    if (r->cfg->source != NULL)
+        snprintf(r->source, sizeof r->source, "%s", r->cfg->source);
+    else
+        default_source(r->db.main, r->source, sizeof r->source);
     int version = 0;
     if (ferry_schema_version(r->db.main, &version, &err) != FERRY_OK) {
         /* Say what went wrong: a role without the grant on schema_version

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -148,6 +149,29 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value)
     rd_kafka_header_add(h, name, -1, value, -1);
 }
 
+/*
+ * The names the relay sets itself (relay_headers_of, below). A row's header of
+ * such a name is dropped, not published beside the relay's: readers see one
+ * value (kafkajs returned both content-type headers, and the CloudEvents SDK
+ * threw). ferry.emit refuses these ferry_* and ce_* names already;
+ * content-type it accepts (schema 1), so the relay's value wins here,
+ * whatever the case of the caller's name — and a row written around emit
+ * by another role is hostile input all the same. Other ferry_* names are
+ * not dropped: ferry_discarded on a discard marker comes from the row.
+ */
+int relay_header_reserved(const char *name)
+{
+    static const char *const set[] = {"ferry_id", "ferry_type", "ferry_aggregate_type",
+                                      "ferry_seq", "ce_specversion", "ce_id", "ce_type",
+                                      "ce_source", "ce_time"};
+    if (strcasecmp(name, "content-type") == 0)
+        return 1;
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        if (strcmp(name, set[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* The WAL source (relay_wal.c) sends the same headers: one function. */
 rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id)
 {
@@ -162,7 +186,7 @@ rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *i
     header(h, "ce_specversion", "1.0");
     header(h, "ce_id", id);
     header(h, "ce_type", w->type);
-    header(h, "ce_source", r->cfg->source);
+    header(h, "ce_source", r->source);
     header(h, "ce_time", ce_time);
     header(h, "content-type", "application/json");
     if (strcmp(w->headers, "{}") != 0) {
@@ -172,7 +196,7 @@ rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *i
         json_t *v;
         if (json_is_object(obj)) {
             json_object_foreach(obj, name, v) {
-                if (json_is_string(v))
+                if (json_is_string(v) && !relay_header_reserved(name))
                     header(h, name, json_string_value(v));
             }
         }

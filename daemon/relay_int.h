@@ -116,6 +116,9 @@ typedef struct relay {
     relay_metrics *m;
     char holder[256];
     char heartbeat_name[300];
+    /* ce_source: cfg->source, or ferry://HOST/DBNAME of the database
+     * (relay_db_connect), so that services are told apart by default. */
+    char source[RELAY_SOURCE_MAX + 1];
     sched *s;
 
     relay_db db;
@@ -141,6 +144,9 @@ int64_t relay_wall_ms(void);
 
 /* relay_db.c */
 int relay_db_connect(relay *r);
+/* 1 when a caller's header called name is dropped: the relay sets it
+ * (relay_fetch.c says why). */
+int relay_header_reserved(const char *name);
 void relay_db_lost(relay *r, const char *what, ferry_error *err);
 void relay_db_maybe_reconnect(relay *r);
 int relay_db_refresh_settings(relay *r);

@@ -105,6 +105,17 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
                    "%s", reason);
 }
 
+/* librdkafka's statistics, every statistics.interval.ms, from the thread
+ * that polls: to the metrics. 0: librdkafka frees json. */
+static int on_kafka_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+    relay *r = opaque;
+    if (r->m && metrics_kafka_stats(r->m, json, json_len) != 0)
+        ferry_log(FERRY_LOG_WARN, "kafka.stats", "librdkafka's statistics could not be read; "
+                  "the ferry_kafka_* metrics keep the last ones");
+    return 0;
+}
+
 /* ------------------------------------------------------------------ partitions */
 
 #define X_ROW(name) {#name, rd_kafka_msg_partitioner_##name},
@@ -222,18 +233,24 @@ int relay_kafka_create(relay *r)
         max = 1000000000;
     snprintf(maxbytes, sizeof maxbytes, "%ld", max);
     chosen = partitioners[0].fn;
-    /* Defaults first, so that the kafka: map can override any of them. A
-     * broker that was away is tried again within a second of its return
-     * (librdkafka's default backoff grows to 10 s). */
+    /* Defaults first (RELAY_DEFAULT_KAFKA_PROPS), so that the kafka: map
+     * can override any of them. A broker that was away is tried again
+     * within a second of its return (librdkafka's default backoff grows to
+     * 10 s); no Nagle, and no linger: the relay batches at the source (a
+     * sweep produces its rows in one burst, and under load they queue
+     * behind the requests in flight anyway), so a linger only held the
+     * last message of each burst back, 2 ms at a low rate;
+     * statistics every 15 s feed the ferry_kafka_* metrics. */
+#define X_DEFAULT(name, value) {name, value},
+    static const char *const defaults[][2] = {RELAY_DEFAULT_KAFKA_PROPS(X_DEFAULT)};
+#undef X_DEFAULT
     if (conf_set(conf, "bootstrap.servers", r->k.bootstrap) ||
-        conf_set(conf, "socket.nagle.disable", "true") ||
-        conf_set(conf, "linger.ms", "2") ||
         conf_set(conf, "queue.buffering.max.messages", num) ||
-        conf_set(conf, "message.max.bytes", maxbytes) ||
-        conf_set(conf, "reconnect.backoff.ms", "50") ||
-        conf_set(conf, "reconnect.backoff.max.ms", "1000") ||
-        conf_set(conf, "client.id", "ferry-relay"))
+        conf_set(conf, "message.max.bytes", maxbytes))
         goto fail;
+    for (size_t d = 0; d < sizeof defaults / sizeof defaults[0]; d++)
+        if (conf_set(conf, defaults[d][0], defaults[d][1]))
+            goto fail;
     for (size_t i = 0; i < cfg->kafka_props_count; i++) {
         const relay_kv *kv = &cfg->kafka_props[i];
         if (strcmp(kv->name, "partitioner") == 0) {
@@ -253,6 +270,7 @@ int relay_kafka_create(relay *r)
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    rd_kafka_conf_set_stats_cb(conf, on_kafka_stats);
 
     char errstr[512];
     r->k.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);

@@ -24,6 +24,7 @@
  * cannot disagree.
  */
 #include "status.h"
+#include "config.h"
 
 #include <assert.h>
 #include <getopt.h>
@@ -128,7 +129,9 @@ static void st_usage(FILE *out)
             "oldest, lease), and the dead letters (per consumer, the 10 oldest), all by\n"
             "the database clock.\n"
             "\n"
-            "  --db CONNINFO      libpq connection string or URI (default: $FERRY_DB)\n"
+            "  --db CONNINFO      libpq connection string or URI ($FERRY_DB; default: db:\n"
+            "                     of the --config file)\n"
+            "  --config FILE      ferry-relay run's YAML settings: its db: ($FERRY_CONFIG)\n"
             "  --json             one JSON object (with \"verdict\") instead of tables\n"
             "  --max-lag SECONDS  a ready row waiting longer is a problem (default 60)\n"
             "  --help             this text\n"
@@ -710,12 +713,13 @@ int cmd_status(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"db", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
         {"max-lag", required_argument, NULL, 'm'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = getenv("FERRY_DB");
+    const char *db = NULL, *config = NULL;
     bool as_json = false;
     double max_lag_s = 60;
     int c;
@@ -725,6 +729,9 @@ int cmd_status(int argc, char **argv)
         switch (c) {
         case 'd':
             db = optarg;
+            break;
+        case 'c':
+            config = optarg;
             break;
         case 'j':
             as_json = true;
@@ -750,8 +757,23 @@ int cmd_status(int argc, char **argv)
         st_usage(stderr);
         return ST_EXIT_USAGE;
     }
+    /* As run: the file's db:, then FERRY_DB, then --db. */
+    char *file_db = NULL;
+    const char *env = getenv("FERRY_CONFIG");
+    if (config || (env && env[0])) {
+        char errbuf[1024];
+        if (relay_config_file_db(config ? config : env, config == NULL, &file_db, errbuf,
+                                 sizeof errbuf) != 0) {
+            fprintf(stderr, "ferry-relay status: %s\n", errbuf);
+            return ST_EXIT_USAGE;
+        }
+    }
+    if (db == NULL)
+        db = getenv("FERRY_DB") && getenv("FERRY_DB")[0] ? getenv("FERRY_DB") : file_db;
     if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay status: no database: give --db CONNINFO or set FERRY_DB\n");
+        fprintf(stderr, "ferry-relay status: no database: give --db CONNINFO, set FERRY_DB, "
+                "or db: in the --config file\n");
+        free(file_db);
         return ST_EXIT_USAGE;
     }
 
@@ -759,6 +781,7 @@ int cmd_status(int argc, char **argv)
     const char *const keys[] = {"dbname", "fallback_application_name", NULL};
     const char *const values[] = {db, "ferry-relay status", NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
+    free(file_db);   /* values[0] is not needed past the connection */
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);

@@ -616,7 +616,7 @@ static int publish(fpg *pg, PGconn *conn, const char *relay_bin, const char *doo
 }
 
 /* The WAL source: the operator creates the slot, emit writes logical
- * messages instead of rows, `ferry-relay run --source wal` publishes them
+ * messages instead of rows, `ferry-relay run --outbox-source wal` publishes them
  * and confirms the slot. */
 static int wal_source(fpg *pg, PGconn *conn, const char *relay_bin, kt_broker *kb)
 {
@@ -654,9 +654,9 @@ static int wal_source(fpg *pg, PGconn *conn, const char *relay_bin, kt_broker *k
     if (n != 0)
         return demo_fail("wal mode wrote %ld outbox rows", n);
 
-    demo_step("ferry-relay run --once --source wal: stream the slot, publish, confirm the slot "
+    demo_step("ferry-relay run --once --outbox-source wal: stream the slot, publish, confirm the slot "
               "past what Kafka acknowledged");
-    const char *argv[] = {relay_bin, "run", "--once", "--source", "wal", "--db",
+    const char *argv[] = {relay_bin, "run", "--once", "--outbox-source", "wal", "--db",
                           fpg_conninfo(pg), "--kafka", kt_bootstrap(kb), NULL};
     relay_outcome ro;
     if (run_relay(argv, &ro) != 0)

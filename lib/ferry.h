@@ -103,8 +103,10 @@ FERRY_API ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retr
 
 /* The library and its programs log one JSON object per line on stderr
  * (librdkafka's own messages included); events below the level are not
- * written. The default is FERRY_LOG_LEVEL_INFO. Not thread-safe: set it
- * before starting work. */
+ * written. Until ferry_log_level_set is called, the level is the
+ * environment's FERRY_LOG_LEVEL (error, warn, info or debug), else
+ * FERRY_LOG_LEVEL_INFO; a bad value is logged once as a warning. Not
+ * thread-safe: set it before starting work. */
 typedef enum ferry_log_level {
     FERRY_LOG_LEVEL_ERROR = 0,
     FERRY_LOG_LEVEL_WARN,
@@ -922,8 +924,9 @@ FERRY_API ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *r
 /*
  * A ferry_handler_fn for the consumer of the reply topic; arg is the
  * registry. In the consumer's transaction: lock the saga row, run the
- * engine on the reply, store the next state (UPDATE ... WHERE version =
- * the one loaded), add the audit rows and emit the next commands. A reply
+ * engine on the reply, then in one statement store the next state
+ * (UPDATE ... WHERE version = the one loaded), add the audit rows and emit
+ * the next commands (nothing of it when the revision is stale). A reply
  * the engine ignores (duplicate, stale, after the end) changes nothing. A
  * malformed reply, or one for a saga stored under another definition hash
  * than the registry's, is FERRY_EINVAL (the consumer dead-letters it); a
@@ -934,12 +937,14 @@ FERRY_API ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message 
 
 /*
  * Fire due timers: up to max sagas whose ferry.saga.deadline <= now_ms
- * (Unix milliseconds; 0 = the database clock), each in its own transaction
- * (ferry_tx_run: conn must be idle), taken FOR UPDATE SKIP LOCKED so that
- * any number of workers and the reconciler may run this at once. *fired
- * (if not NULL) counts the timeouts the engine applied. A saga whose
- * timer cannot be fired (its definition changed or is not in reg, ...)
- * is logged (event saga_timer_failed), left as it is for the reconciler
+ * (Unix milliseconds; 0 = the database clock), up to 32 to a transaction
+ * (ferry_tx_run: conn must be idle), each under a savepoint of its own,
+ * taken FOR UPDATE SKIP LOCKED so that any number of workers and the
+ * reconciler may run this at once (a batch holds its sagas' locks until
+ * it commits). *fired (if not NULL) counts the timeouts the engine
+ * applied. A saga whose timer cannot be fired (its definition changed or
+ * is not in reg, ...) is rolled back to its savepoint, logged (event
+ * saga_timer_failed), left as it is for the reconciler
  * to report, and passed by for the rest of the call: one such saga does
  * not stop the others' timers. Errors not about one saga (a lost
  * connection, or FIRE_SKIP_MAX = 64 sagas failing in one call) are
@@ -1018,8 +1023,10 @@ typedef enum ferry_participant_outcome {
  * tombstone); an action after its step's compensation is refused. The
  * reply (success for applied and tombstone, failure for refused and too
  * late) is emitted to the command's saga_reply_to in the same transaction.
- * A message without the saga headers is FERRY_EINVAL. *outcome (may be
- * NULL) says what happened.
+ * A message without the saga headers is FERRY_EINVAL; conn outside a
+ * transaction, or in pipeline mode, is FERRY_ESTATE before anything runs.
+ * Two round trips besides the callback's (libpq pipeline mode, left
+ * before it returns). *outcome (may be NULL) says what happened.
  */
 FERRY_API ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                                               const ferry_participant *participant,

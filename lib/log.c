@@ -4,6 +4,7 @@
  * A line is written with one write(2), so lines from several threads do
  * not interleave.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,22 +13,64 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <stdarg.h>
+
 #include <jansson.h>
 #include <libpq-fe.h>
 
 #include "internal.h"
 
-static int log_threshold = FERRY_LOG_INFO;
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/*
+ * The threshold: -1 until a program or service sets one, and until then
+ * FERRY_LOG_LEVEL's (error, warn, info, debug; default info), read once,
+ * so that every program and every service linking the library honours
+ * the variable without a line of its own (the relay and the reconciler
+ * also take it as their log_level setting, where a bad value is refused).
+ * A bad value cannot be refused here: it is logged once, as a warning,
+ * and info applies.
+ */
+static int log_threshold = -1;
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+static int env_threshold = FERRY_LOG_INFO;
+static char env_bad[40];                /* the bad value, cut; "" if none */
+static int env_bad_said;
+
+static void read_env(void)
+{
+    const char *v = getenv("FERRY_LOG_LEVEL");
+    if (v == NULL || v[0] == '\0')
+        return;
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(v, level_names[i]) == 0) {
+            env_threshold = i;
+            return;
+        }
+    }
+    snprintf(env_bad, sizeof env_bad, "%s", v);
+}
 
 void ferry_log_set_level(int level) { log_threshold = level; }
 void ferry_log_level_set(ferry_log_level level) { log_threshold = (int)level; }
-int ferry_log_threshold(void) { return log_threshold; }
 
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
+int ferry_log_threshold(void)
+{
+    if (log_threshold >= 0)
+        return log_threshold;
+    pthread_once(&env_once, read_env);
+    /* Said after pthread_once returns: ferry_log_json calls us. */
+    if (env_bad[0] && !__atomic_exchange_n(&env_bad_said, 1, __ATOMIC_SEQ_CST))
+        ferry_log_json(FERRY_LOG_WARN, "log.level",
+                       json_pack("{s:s}", "variable", "FERRY_LOG_LEVEL"),
+                       "FERRY_LOG_LEVEL=%s: expected error, warn, info or debug; logging at info",
+                       env_bad);
+    return env_threshold;
+}
 
 void ferry_log_json(int level, const char *event, json_t *fields, const char *fmt, ...)
 {
-    if (level > log_threshold) {
+    if (level > ferry_log_threshold()) {
         json_decref(fields);
         return;
     }

@@ -52,11 +52,86 @@ static int header_u32(const ferry_message *msg, const char *name, uint64_t limit
     return 0;
 }
 
-static ferry_code reply(PGconn *conn, const ferry_message *msg, const ferry_participant *p,
-                        const char *saga_id, const char *kind, uint32_t step, uint32_t round,
-                        uint32_t attempt, int outcome, const char *reason, ferry_error *err)
+/*
+ * A few statements in one round trip (libpq's pipeline mode), stopping at
+ * the first that fails: the participant's look-up and its savepoint go
+ * together, and so do the release and the answer. On a busy machine every
+ * round trip is a wake-up of the backend and of this thread, and the
+ * statements do not depend on each other's results. *keep (may be NULL)
+ * gets the result of statement keep_index when all went well.
+ */
+typedef struct pipe_stmt {
+    const char *sql;
+    int nparams;
+    const char *const *params;
+} pipe_stmt;
+
+static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_index,
+                            PGresult **keep, const char *context, ferry_error *err)
 {
-    const char *reply_to = ferry_message_header(msg, "saga_reply_to");
+    if (keep != NULL)
+        *keep = NULL;
+    /* Not inside a caller's pipeline: leaving ours would end theirs. */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return ferry_err_set(err, FERRY_ESTATE, NULL, "%s: the connection is in pipeline mode",
+                             context);
+    if (!PQenterPipelineMode(conn))
+        return ferry_error_from_pg(err, conn, NULL, context);
+    ferry_code rc = FERRY_OK;
+    int sent = 0;
+    for (; sent < n; sent++)
+        if (!PQsendQueryParams(conn, st[sent].sql, st[sent].nparams, NULL, st[sent].params,
+                               NULL, NULL, 0))
+            break;
+    if (sent < n)
+        rc = ferry_error_from_pg(err, conn, NULL, context);
+    if (!PQpipelineSync(conn)) {
+        /* The connection is gone: nothing will come back. */
+        if (rc == FERRY_OK)
+            rc = ferry_error_from_pg(err, conn, NULL, context);
+        PQexitPipelineMode(conn);
+        return rc;
+    }
+    /* Each statement sent: its result, then NULL; then the sync. A
+     * statement after a failed one comes back PGRES_PIPELINE_ABORTED. */
+    for (int i = 0; i < sent; i++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, context);
+            break;
+        }
+        ExecStatusType status = PQresultStatus(res);
+        if (rc == FERRY_OK && status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+            rc = ferry_error_from_pg(err, conn, res, context);
+        if (rc == FERRY_OK && i == keep_index && keep != NULL)
+            *keep = res;
+        else
+            PQclear(res);
+        PQclear(PQgetResult(conn));     /* the NULL that ends it */
+    }
+    PGresult *sync;
+    while ((sync = PQgetResult(conn)) != NULL) {
+        int done = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+        PQclear(sync);
+        if (done)
+            break;
+    }
+    if (!PQexitPipelineMode(conn) && rc == FERRY_OK)
+        rc = ferry_error_from_pg(err, conn, NULL, context);
+    if (rc != FERRY_OK && keep != NULL && *keep != NULL) {
+        PQclear(*keep);
+        *keep = NULL;
+    }
+    return rc;
+}
+
+/* The reply's payload and headers, as JSON text (free both); -1 when
+ * memory is short. */
+static int reply_text(const ferry_participant *p, const char *saga_id, const char *kind,
+                      uint32_t step, uint32_t round, uint32_t attempt, int outcome,
+                      const char *reason, char **ptext, char **htext)
+{
     int ok = outcome == FERRY_PARTICIPANT_APPLIED || outcome == FERRY_PARTICIPANT_TOMBSTONE;
     json_t *payload = json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:s, s:s, s:s*}", "saga_id",
                                 saga_id, "step", (json_int_t)step, "kind", kind, "round",
@@ -65,50 +140,37 @@ static ferry_code reply(PGconn *conn, const ferry_message *msg, const ferry_part
                                 "reason", reason);
     json_t *headers = json_pack("{s:s, s:s, s:s}", "saga_id", saga_id, "saga_kind", kind,
                                 "saga_outcome", outcome_names[outcome]);
-    char *ptext = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
-    char *htext = headers ? json_dumps(headers, JSON_COMPACT) : NULL;
+    *ptext = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    *htext = headers ? json_dumps(headers, JSON_COMPACT) : NULL;
     json_decref(payload);
     json_decref(headers);
-    /* Keyed per (saga, participant): positions are per (topic, key) of the
-     * emitting database, and participants may each have their own. */
-    char key[FERRY_UUID_STRING_SIZE + PARTICIPANT_NAME_MAX + 2];
-    snprintf(key, sizeof key, "%s/%s", saga_id, p->name);
-    ferry_code rc;
-    if (ptext == NULL || htext == NULL)
-        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not reply to a saga: out of memory");
-    else {
-        ferry_msg m = {.topic = reply_to, .key = key, .type = FERRY_SAGA_REPLY_TYPE,
-                       .aggregate_type = p->name, .payload = ptext, .headers = htext};
-        rc = ferry_emit(conn, &m, NULL, NULL, err);
+    if (*ptext == NULL || *htext == NULL) {
+        free(*ptext);
+        free(*htext);
+        *ptext = *htext = NULL;
+        return -1;
     }
-    free(ptext);
-    free(htext);
-    return rc;
+    return 0;
 }
 
-/* Run cb under a savepoint. FERRY_OK: applied. A business refusal
- * (FERRY_EINVAL, not retriable): rolled back to the savepoint, *refused
- * set, reason copied, FERRY_OK. Anything else comes back as it is. */
+/* Run cb under the savepoint ferry_participant_handle took. FERRY_OK:
+ * applied, or a business refusal (FERRY_EINVAL, not retriable: *refused
+ * set, reason copied; the caller rolls back to the savepoint). Anything
+ * else comes back as it is. */
 static ferry_code run_callback(PGconn *conn, const ferry_message *msg, ferry_participant_fn cb,
                                void *arg, int *refused, char *reason, size_t reason_size,
                                ferry_error *err)
 {
     *refused = 0;
-    ferry_code rc = ferry_exec(conn, "SAVEPOINT ferry_participant", 0, NULL,
-                               "could not apply a saga command", err);
-    if (rc != FERRY_OK)
-        return rc;
     ferry_error cerr;
     memset(&cerr, 0, sizeof cerr);
-    rc = cb(conn, msg, arg, &cerr);
+    ferry_code rc = cb(conn, msg, arg, &cerr);
     if (rc == FERRY_OK)
-        return ferry_exec(conn, "RELEASE SAVEPOINT ferry_participant", 0, NULL,
-                          "could not apply a saga command", err);
+        return FERRY_OK;
     if (rc == FERRY_EINVAL && !cerr.retriable) {
         *refused = 1;
         snprintf(reason, reason_size, "%s", cerr.message[0] ? cerr.message : "refused");
-        return ferry_exec(conn, "ROLLBACK TO SAVEPOINT ferry_participant", 0, NULL,
-                          "could not apply a saga command", err);
+        return FERRY_OK;
     }
     if (err != NULL)
         *err = cerr;
@@ -129,6 +191,11 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                              PARTICIPANT_NAME_MAX);
     if (msg == NULL)
         return ferry_err_set(err, FERRY_EINVAL, "msg", "saga participant: msg is NULL");
+    /* In the consumer's transaction, as ferry_emit would insist at the
+     * reply: checked first, before the callback could run outside one. */
+    ferry_code rc = ferry_conn_check_in_tx(conn, "could not apply a saga command", err);
+    if (rc != FERRY_OK)
+        return rc;
     const char *saga_id = ferry_message_header(msg, "saga_id");
     const char *kind = ferry_message_header(msg, "saga_kind");
     const char *reply_to = ferry_message_header(msg, "saga_reply_to");
@@ -148,13 +215,22 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
     snprintf(sstep, sizeof sstep, "%" PRIu32, step);
     snprintf(sround, sizeof sround, "%" PRIu32, round);
 
+    /* The look-up (which takes the step's lock) and the savepoint a
+     * callback runs under, in one round trip; the savepoint is released
+     * unused when no callback runs. */
     const char *bp[5] = {p->name, saga_id, sstep, kind, sround};
-    PGresult *res = PQexecParams(conn, "SELECT * FROM ferry.participant_begin($1, $2, $3, $4, $5)",
-                                 5, NULL, bp, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not look up a saga command");
-        PQclear(res);
+    const pipe_stmt begin[2] = {
+        {"SELECT * FROM ferry.participant_begin($1, $2, $3, $4, $5)", 5, bp},
+        {"SAVEPOINT ferry_participant", 0, NULL},
+    };
+    PGresult *res;
+    rc = pipe_exec(conn, begin, 2, 0, &res, "could not look up a saga command", err);
+    if (rc != FERRY_OK)
         return rc;
+    if (PQntuples(res) != 1 || PQnfields(res) < 4) {
+        PQclear(res);
+        return ferry_err_set(err, FERRY_ESCHEMA, NULL, "ferry.participant_begin gave an "
+                             "answer this library does not know");
     }
     int seen = !PQgetisnull(res, 0, 0);
     int outcome = seen ? outcome_of(PQgetvalue(res, 0, 0)) : -1;
@@ -169,9 +245,8 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                              "recorded outcome for %s/%s/%s/%s", p->name, saga_id, sstep, kind,
                              sround);
 
-    ferry_code rc;
+    int refused = 0;
     if (!seen) {
-        int refused = 0;
         if (is_action && compensated) {
             outcome = FERRY_PARTICIPANT_TOO_LATE;
             snprintf(reason, sizeof reason, "the step was compensated before this action came");
@@ -189,18 +264,51 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                 return rc;
             outcome = refused ? FERRY_PARTICIPANT_REFUSED : FERRY_PARTICIPANT_APPLIED;
         }
-        const char *rp[8] = {p->name, saga_id, sstep, kind, sround, outcome_names[outcome],
-                             reason[0] ? reason : NULL, msg->id};
-        if ((rc = ferry_exec(conn, "SELECT ferry.participant_record($1, $2, $3, $4, $5, $6, $7, "
-                                   "$8::uuid)",
-                             8, rp, "could not record a saga command", err)) != FERRY_OK)
-            return rc;
+    }
+
+    /* Then, in one round trip: undo a refused callback's effects, let the
+     * savepoint go, record the outcome of a new key and emit the reply. */
+    char *ptext, *htext;
+    if (reply_text(p, saga_id, kind, step, round, attempt, outcome, reason[0] ? reason : NULL,
+                   &ptext, &htext) != 0)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not reply to a saga: out of memory");
+    /* Keyed per (saga, participant): positions are per (topic, key) of the
+     * emitting database, and participants may each have their own. */
+    char key[FERRY_UUID_STRING_SIZE + PARTICIPANT_NAME_MAX + 2];
+    snprintf(key, sizeof key, "%s/%s", saga_id, p->name);
+    ferry_msg m = {.topic = reply_to, .key = key, .type = FERRY_SAGA_REPLY_TYPE,
+                   .aggregate_type = p->name, .payload = ptext, .headers = htext};
+    ferry_uuid rid;
+    char rids[FERRY_UUID_STRING_SIZE];
+    /* ferry_emit's own check first: a bad reply topic is refused here,
+     * naming its field, before anything is sent. */
+    if ((rc = ferry_msg_check(&m, NULL, err)) != FERRY_OK)
+        goto out;
+    if (ferry_uuid_v7(&rid) != FERRY_OK) {
+        rc = ferry_err_set(err, FERRY_EDB, NULL, "could not reply to a saga: no random bytes");
+        goto out;
+    }
+    ferry_uuid_format(&rid, rids);
+    const char *fp[15] = {p->name, saga_id, sstep, kind, sround, seen ? "f" : "t",
+                          outcome_names[outcome], reason[0] ? reason : NULL, msg->id,
+                          rids, reply_to, key, FERRY_SAGA_REPLY_TYPE, ptext, htext};
+    pipe_stmt finish[3];
+    int n = 0;
+    if (refused)
+        finish[n++] = (pipe_stmt){"ROLLBACK TO SAVEPOINT ferry_participant", 0, NULL};
+    finish[n++] = (pipe_stmt){"RELEASE SAVEPOINT ferry_participant", 0, NULL};
+    finish[n++] = (pipe_stmt){"SELECT ferry.participant_finish($1, $2, $3, $4, $5, $6, $7, $8, "
+                              "$9::uuid, $10, $11, $12, $13, $14, $15)", 15, fp};
+    if ((rc = pipe_exec(conn, finish, n, -1, NULL, "could not answer a saga command",
+                        err)) != FERRY_OK)
+        goto out;
+    if (!seen)
         ferry_log(FERRY_LOG_DEBUG, "saga_participant", "%s: saga %s step %s %s round %s: %s",
                   p->name, saga_id, sstep, kind, sround, outcome_names[outcome]);
-    }
-    rc = reply(conn, msg, p, saga_id, kind, step, round, attempt, outcome,
-               reason[0] ? reason : NULL, err);
-    if (rc == FERRY_OK && outcome_out != NULL)
+    if (outcome_out != NULL)
         *outcome_out = seen ? FERRY_PARTICIPANT_DUPLICATE : (ferry_participant_outcome)outcome;
+out:
+    free(ptext);
+    free(htext);
     return rc;
 }

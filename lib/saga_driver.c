@@ -279,23 +279,57 @@ typedef struct saga_ctx {
     size_t context_len;
 } saga_ctx;
 
-static ferry_code audit(PGconn *conn, const saga_ctx *s, uint32_t step,
+/*
+ * What one event writes besides the saga row, gathered in memory and sent
+ * with it in one statement (ferry.saga_begin / ferry.saga_store, schema
+ * 013): the audit rows and the commands, each in the order it was added.
+ * So an event costs two round trips (lock and load, then store) whatever
+ * it sends, instead of one per audit row and per command; on a busy
+ * machine every round trip is a wake-up of the backend and of this
+ * thread. The commands still reach the outbox through ferry.emit_with_id,
+ * checked here first as ferry_emit checks them.
+ */
+typedef struct saga_writes {
+    json_t *audit;      /* array of {step, kind, status, attempt, message_id, detail} */
+    json_t *commands;   /* array of {id, topic, key, type, aggregate_type, payload,
+                           headers, delay_ms} */
+} saga_writes;
+
+static ferry_code writes_init(saga_writes *w, ferry_error *err)
+{
+    w->audit = json_array();
+    w->commands = json_array();
+    if (w->audit == NULL || w->commands == NULL) {
+        json_decref(w->audit);
+        json_decref(w->commands);
+        w->audit = w->commands = NULL;
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+    }
+    return FERRY_OK;
+}
+
+static void writes_free(saga_writes *w)
+{
+    json_decref(w->audit);
+    json_decref(w->commands);
+    w->audit = w->commands = NULL;
+}
+
+static ferry_code audit(saga_writes *w, const saga_ctx *s, uint32_t step,
                         ferry_saga_command_kind kind, const char *status, uint32_t attempt,
                         const char *message_id, json_t *detail /* stolen */, ferry_error *err)
 {
-    char att[16];
-    snprintf(att, sizeof att, "%" PRIu32, attempt);
-    char *d = detail ? json_dumps(detail, JSON_COMPACT) : NULL;
-    json_decref(detail);
-    const char *p[7] = {s->id, s->def->steps[step].name, ferry_saga_command_name(kind), status,
-                        att, message_id, d};
-    ferry_code rc = ferry_exec(conn, "SELECT ferry.saga_audit($1, $2, $3, $4, $5, $6, $7)", 7,
-                               p, "could not record a saga step", err);
-    free(d);
-    return rc;
+    json_t *row = json_pack("{s:s, s:s, s:s, s:I, s:s*, s:o*}", "step",
+                            s->def->steps[step].name, "kind", ferry_saga_command_name(kind),
+                            "status", status, "attempt", (json_int_t)attempt, "message_id",
+                            message_id, "detail", detail);
+    if (row == NULL || json_array_append_new(w->audit, row) != 0)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not record a saga step: out of "
+                                                      "memory");
+    return FERRY_OK;
 }
 
-static ferry_code send_command(PGconn *conn, const saga_ctx *s, const ferry_saga_action *a,
+static ferry_code send_command(saga_writes *w, const saga_ctx *s, const ferry_saga_action *a,
                                ferry_error *err)
 {
     const ferry_saga_step_def *step = &s->def->steps[a->step];
@@ -331,12 +365,28 @@ static ferry_code send_command(PGconn *conn, const saga_ctx *s, const ferry_saga
     ferry_msg m = {.topic = step->topic, .key = s->id, .type = cmd->type,
                    .aggregate_type = s->def->name, .payload = ptext, .headers = htext,
                    .delay_ms = a->delay_ms};
-    ferry_uuid mid;
-    if ((rc = ferry_emit(conn, &m, NULL, &mid, err)) != FERRY_OK)
+    /* ferry_emit's own check, so that a refusal names its field here,
+     * before anything is sent. */
+    if ((rc = ferry_msg_check(&m, NULL, err)) != FERRY_OK)
         goto out;
+    ferry_uuid mid;
+    if (ferry_uuid_v7(&mid) != FERRY_OK) {
+        rc = ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
+        goto out;
+    }
     char mids[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&mid, mids);
-    rc = audit(conn, s, a->step, a->command, "sent", a->attempt, mids,
+    /* The payload travels as a JSON string holding its text: its numbers
+     * keep their digits (saga_tmpl.h). */
+    json_t *c = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I}", "id", mids, "topic",
+                          m.topic, "key", m.key, "type", m.type, "aggregate_type",
+                          m.aggregate_type, "payload", ptext, "headers", htext, "delay_ms",
+                          (json_int_t)a->delay_ms);
+    if (c == NULL || json_array_append_new(w->commands, c) != 0) {
+        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
+        goto out;
+    }
+    rc = audit(w, s, a->step, a->command, "sent", a->attempt, mids,
                json_pack("{s:I, s:s, s:I}", "round", (json_int_t)a->round, "key", key,
                          "delay_ms", (json_int_t)a->delay_ms),
                err);
@@ -351,13 +401,13 @@ out:
 
 /* What changed between state and next, in the audit trail: the answer
  * an applied reply brought, and the steps given up without one. */
-static ferry_code audit_changes(PGconn *conn, const saga_ctx *s, const ferry_saga_event *ev,
+static ferry_code audit_changes(saga_writes *w, const saga_ctx *s, const ferry_saga_event *ev,
                                 const ferry_saga_state *state, const ferry_saga_state *next,
                                 ferry_error *err)
 {
     ferry_code rc;
     if (ev->kind == FERRY_SAGA_EV_REPLY
-        && (rc = audit(conn, s, ev->step, ev->command, ev->succeeded ? "succeeded" : "failed",
+        && (rc = audit(w, s, ev->step, ev->command, ev->succeeded ? "succeeded" : "failed",
                        ev->attempt, NULL,
                        json_pack("{s:I, s:s}", "round", (json_int_t)ev->round, "event", "reply"),
                        err)) != FERRY_OK)
@@ -365,7 +415,7 @@ static ferry_code audit_changes(PGconn *conn, const saga_ctx *s, const ferry_sag
     for (uint32_t i = 0; i < next->step_count; i++) {
         if (next->steps[i].action == FERRY_SAGA_STEP_TIMED_OUT
             && state->steps[i].action != FERRY_SAGA_STEP_TIMED_OUT
-            && (rc = audit(conn, s, i, FERRY_SAGA_CMD_ACTION, "timed_out",
+            && (rc = audit(w, s, i, FERRY_SAGA_CMD_ACTION, "timed_out",
                            next->steps[i].action_attempts, NULL,
                            json_pack("{s:s, s:s}", "event", ferry_saga_event_name(ev->kind),
                                      "reason",
@@ -376,35 +426,53 @@ static ferry_code audit_changes(PGconn *conn, const saga_ctx *s, const ferry_sag
     return FERRY_OK;
 }
 
-/* Store next (insert when state is the zeroed "new"), then audit, then emit. */
+/* Store next (insert when state is the zeroed "new") with its audit rows
+ * and commands, in one statement. */
 static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_event *ev,
                               const ferry_saga_state *state, const ferry_saga_state *next,
                               const ferry_saga_action *acts, size_t n_acts, ferry_error *err)
 {
+    saga_writes w;
+    ferry_code rc = writes_init(&w, err);
+    if (rc != FERRY_OK)
+        return rc;
+    char *engine = NULL, *audit_text = NULL, *cmd_text = NULL;
+    rc = audit_changes(&w, s, ev, state, next, err);
+    for (size_t i = 0; rc == FERRY_OK && i < n_acts; i++) {
+        if (acts[i].kind == FERRY_SAGA_DO_SEND)
+            rc = send_command(&w, s, &acts[i], err);
+        /* SET_DEADLINE is next->wake_ms, stored below as ferry.saga.deadline;
+         * FINISH is logged once the store went through. */
+    }
+    if (rc != FERRY_OK)
+        goto out;
     json_t *doc = state_to_json(next);
-    char *engine = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    engine = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
-    if (engine == NULL)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+    audit_text = json_dumps(w.audit, JSON_COMPACT);
+    cmd_text = json_dumps(w.commands, JSON_COMPACT);
+    if (engine == NULL || audit_text == NULL || cmd_text == NULL) {
+        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+        goto out;
+    }
     char cur[16], wake[24], ver[24], old[24];
     snprintf(cur, sizeof cur, "%" PRIu32, next->current);
     snprintf(wake, sizeof wake, "%" PRId64, next->wake_ms);
     snprintf(ver, sizeof ver, "%" PRIu64, next->revision);
     snprintf(old, sizeof old, "%" PRIu64, state->revision);
     const char *status = ferry_saga_status_name((ferry_saga_status)next->status);
-    ferry_code rc;
     if (ev->kind == FERRY_SAGA_EV_START) {
         /* The caller's text as it is (checked by ferry_saga_start): jsonb
          * keeps its numbers' digits. The context is written only here. */
-        const char *p[9] = {s->id, s->def->name, s->def->hash, status, cur, s->context, wake,
-                            ver, engine};
-        rc = ferry_exec(conn, "SELECT ferry.saga_create($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9,
-                        p, "could not insert saga", err);
+        const char *p[11] = {s->id, s->def->name, s->def->hash, status, cur, s->context, wake,
+                             ver, engine, audit_text, cmd_text};
+        rc = ferry_exec(conn, "SELECT ferry.saga_begin($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+                              "$10, $11)", 11, p, "could not insert saga", err);
     } else {
-        const char *p[7] = {s->id, old, ver, status, cur, wake, engine};
+        const char *p[9] = {s->id, old, ver, status, cur, wake, engine, audit_text, cmd_text};
         PGresult *res = PQexecParams(conn,
-                                     "SELECT ferry.saga_save($1, $2, $3, $4, $5, $6, $7)", 7,
-                                     NULL, p, NULL, NULL, 0);
+                                     "SELECT ferry.saga_store($1, $2, $3, $4, $5, $6, $7, $8, "
+                                     "$9)", 9, NULL, p, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             rc = ferry_error_from_pg(err, conn, res, "could not store saga");
         else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
@@ -417,21 +485,87 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
                 err->retriable = 1;
                 memcpy(err->sqlstate, "40001", 6);
             }
-        } else
-            rc = FERRY_OK;
+        }
         PQclear(res);
     }
-    free(engine);
-    if (rc == FERRY_OK)
-        rc = audit_changes(conn, s, ev, state, next, err);
-    for (size_t i = 0; rc == FERRY_OK && i < n_acts; i++) {
-        if (acts[i].kind == FERRY_SAGA_DO_SEND)
-            rc = send_command(conn, s, &acts[i], err);
-        else if (acts[i].kind == FERRY_SAGA_DO_FINISH)
+    for (size_t i = 0; rc == FERRY_OK && i < n_acts; i++)
+        if (acts[i].kind == FERRY_SAGA_DO_FINISH)
             ferry_log(FERRY_LOG_INFO, "saga_finished", "saga %s (%s) %s", s->id, s->def->name,
                       ferry_saga_status_name(acts[i].status));
-        /* SET_DEADLINE is next->wake_ms, stored above as ferry.saga.deadline. */
+out:
+    free(engine);
+    free(audit_text);
+    free(cmd_text);
+    writes_free(&w);
+    return rc;
+}
+
+/*
+ * Run ev on the saga loaded and locked in row 0 of res from column c0 on
+ * (definition, definition_hash, context, version, engine, now_ms: what
+ * ferry.saga_lock returns), store the result. now_ms <= 0: the
+ * transaction's time. *applied (may be NULL) is 1 when the engine applied
+ * the event. Takes res.
+ */
+static ferry_code drive_loaded(PGconn *conn, const ferry_saga_registry *reg, const char *id,
+                               PGresult *res, int c0, const ferry_saga_event *ev,
+                               int64_t now_ms, int *applied, ferry_error *err)
+{
+    if (applied)
+        *applied = 0;
+    saga_ctx s = {.reg = reg};
+    snprintf(s.id, sizeof s.id, "%s", id);
+    const char *name = PQgetvalue(res, 0, c0 + 0), *hash = PQgetvalue(res, 0, c0 + 1);
+    ferry_code rc;
+    s.def = ferry_saga_registry_find(reg, name);
+    if (s.def == NULL) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+                           "saga %s runs definition \"%s\", which this registry does not have",
+                           id, name);
+        goto out;
     }
+    if (strcmp(s.def->hash, hash) != 0) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+                           "saga %s was started with definition \"%s\" hash %s, but the "
+                           "registry's has hash %s: refusing to run it on another definition",
+                           id, name, hash, s.def->hash);
+        goto out;
+    }
+    s.context = PQgetvalue(res, 0, c0 + 2);
+    s.context_len = (size_t)PQgetlength(res, 0, c0 + 2);
+    ferry_saga_state state, next;
+    if ((rc = state_from_json(PQgetisnull(res, 0, c0 + 4) ? NULL
+                                                          : PQgetvalue(res, 0, c0 + 4),
+                              &state, err)) != FERRY_OK)
+        goto out;
+    if (state.revision != strtoull(PQgetvalue(res, 0, c0 + 3), NULL, 10)) {
+        rc = ferry_err_set(err, FERRY_EINVAL, "state",
+                           "saga %s: stored state revision %" PRIu64 " differs from version %s",
+                           id, state.revision, PQgetvalue(res, 0, c0 + 3));
+        goto out;
+    }
+    if (now_ms <= 0)
+        now_ms = strtoll(PQgetvalue(res, 0, c0 + 5), NULL, 10);
+    ferry_saga_action acts[FERRY_SAGA_ACTIONS_MAX];
+    size_t n_acts = 0;
+    if ((rc = ferry_saga_step(s.def, &state, ev, now_ms, &next, acts, FERRY_SAGA_ACTIONS_MAX,
+                              &n_acts, err)) != FERRY_OK)
+        goto out;
+    char line[160];
+    ferry_saga_event_format(ev, line, sizeof line);
+    if (next.ignored != FERRY_SAGA_IGNORED_NONE) {
+        ferry_log(FERRY_LOG_DEBUG, "saga_ignored", "saga %s: %s ignored (%s)", id, line,
+                  ferry_saga_ignored_name((ferry_saga_ignored)next.ignored));
+        goto out;
+    }
+    ferry_log(FERRY_LOG_DEBUG, "saga_event", "saga %s: %s: %s -> %s", id, line,
+              ferry_saga_status_name((ferry_saga_status)state.status),
+              ferry_saga_status_name((ferry_saga_status)next.status));
+    rc = apply_event(conn, &s, ev, &state, &next, acts, n_acts, err);
+    if (rc == FERRY_OK && applied)
+        *applied = 1;
+out:
+    PQclear(res);
     return rc;
 }
 
@@ -459,59 +593,7 @@ static ferry_code drive(PGconn *conn, const ferry_saga_registry *reg, const char
         PQclear(res);
         return FERRY_OK;
     }
-    saga_ctx s = {.reg = reg};
-    snprintf(s.id, sizeof s.id, "%s", id);
-    const char *name = PQgetvalue(res, 0, 0), *hash = PQgetvalue(res, 0, 1);
-    ferry_code rc;
-    s.def = ferry_saga_registry_find(reg, name);
-    if (s.def == NULL) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
-                           "saga %s runs definition \"%s\", which this registry does not have",
-                           id, name);
-        goto out;
-    }
-    if (strcmp(s.def->hash, hash) != 0) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
-                           "saga %s was started with definition \"%s\" hash %s, but the "
-                           "registry's has hash %s: refusing to run it on another definition",
-                           id, name, hash, s.def->hash);
-        goto out;
-    }
-    s.context = PQgetvalue(res, 0, 2);
-    s.context_len = (size_t)PQgetlength(res, 0, 2);
-    ferry_saga_state state, next;
-    if ((rc = state_from_json(PQgetisnull(res, 0, 4) ? NULL : PQgetvalue(res, 0, 4), &state,
-                              err)) != FERRY_OK)
-        goto out;
-    if (state.revision != strtoull(PQgetvalue(res, 0, 3), NULL, 10)) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "state",
-                           "saga %s: stored state revision %" PRIu64 " differs from version %s",
-                           id, state.revision, PQgetvalue(res, 0, 3));
-        goto out;
-    }
-    if (now_ms <= 0)
-        now_ms = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
-    ferry_saga_action acts[FERRY_SAGA_ACTIONS_MAX];
-    size_t n_acts = 0;
-    if ((rc = ferry_saga_step(s.def, &state, ev, now_ms, &next, acts, FERRY_SAGA_ACTIONS_MAX,
-                              &n_acts, err)) != FERRY_OK)
-        goto out;
-    char line[160];
-    ferry_saga_event_format(ev, line, sizeof line);
-    if (next.ignored != FERRY_SAGA_IGNORED_NONE) {
-        ferry_log(FERRY_LOG_DEBUG, "saga_ignored", "saga %s: %s ignored (%s)", id, line,
-                  ferry_saga_ignored_name((ferry_saga_ignored)next.ignored));
-        goto out;
-    }
-    ferry_log(FERRY_LOG_DEBUG, "saga_event", "saga %s: %s: %s -> %s", id, line,
-              ferry_saga_status_name((ferry_saga_status)state.status),
-              ferry_saga_status_name((ferry_saga_status)next.status));
-    rc = apply_event(conn, &s, ev, &state, &next, acts, n_acts, err);
-    if (rc == FERRY_OK && applied)
-        *applied = 1;
-out:
-    PQclear(res);
-    return rc;
+    return drive_loaded(conn, reg, id, res, 0, ev, now_ms, applied, err);
 }
 
 /* ---------------------------------------------------------------- API */
@@ -658,7 +740,6 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
  * (ferry_saga_fire_timers) or the one named (ferry_saga_fire_timer). Reset
  * at every attempt: ferry_tx_run may call fire_one more than once. */
 #define FIRE_SKIP_MAX 64 /* sagas one ferry_saga_fire_timers call gets past */
-_Static_assert(FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2 < 4096, "skip list text");
 
 typedef struct fire_arg {
     const ferry_saga_registry *reg;
@@ -685,48 +766,118 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
         f->none = !found;
         return rc;
     }
+    /* The next due saga found, locked and loaded in one statement
+     * (ferry.saga_lock_next_due); a NULL time is the transaction's. */
     char now[24];
-    const char *p[2] = {now, f->skip};
-    int64_t now_ms = f->now_ms;
-    PGresult *res;
-    if (now_ms <= 0) {
-        res = PQexec(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-            ferry_code rc = ferry_error_from_pg(err, conn, res, "could not fire saga timers");
-            PQclear(res);
-            return rc;
-        }
-        now_ms = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        PQclear(res);
-    }
-    snprintf(now, sizeof now, "%" PRId64, now_ms);
-    res = PQexecParams(conn, "SELECT ferry.saga_next_due($1, $2::uuid[])", 2, NULL, p, NULL,
-                       NULL, 0);
+    if (f->now_ms > 0)
+        snprintf(now, sizeof now, "%" PRId64, f->now_ms);
+    const char *p[2] = {f->now_ms > 0 ? now : NULL, f->skip};
+    PGresult *res = PQexecParams(conn, "SELECT * FROM ferry.saga_lock_next_due($1, "
+                                       "$2::uuid[])", 2, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, res, "could not find due saga timers");
         PQclear(res);
         return rc;
     }
-    if (PQgetisnull(res, 0, 0)) {
+    if (PQntuples(res) == 0) {
         f->none = 1;
         PQclear(res);
         return FERRY_OK;
     }
     snprintf(f->picked, sizeof f->picked, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return drive(conn, f->reg, f->picked, &ev, now_ms, &f->applied, &found, err);
+    return drive_loaded(conn, f->reg, f->picked, res, 1, &ev, f->now_ms, &f->applied, err);
 }
 
 /*
+ * Timers fire in batches: up to FIRE_BATCH due sagas in one transaction,
+ * each under a savepoint, so that many timers due at once (a participant
+ * or the broker away for a while) cost one commit -- one flush of the
+ * log -- per batch instead of one per saga. A batch holds its sagas' row
+ * locks until it commits, so replies to them wait that long at most.
+ *
  * One saga a worker cannot run (its definition changed, its context is
  * refused, ...) must not stop the timers of every other saga: the due
- * saga that failed is logged, left as it is (still due, so the
- * reconciler reports it) and passed by for the rest of this call
- * (saga_next_due's skip list), at most FIRE_SKIP_MAX of them. What is
- * not about one saga ends the call with its error: a connection lost,
- * the query for the next due saga refused, or as many sagas failed as
- * the skip list holds (then something is wrong with all of them).
+ * saga that failed is rolled back to its savepoint, logged, left as it is
+ * (still due, so the reconciler reports it) and passed by for the rest of
+ * this call (saga_lock_next_due's skip list), at most FIRE_SKIP_MAX of
+ * them. A retriable error (a serialization failure, a deadlock) rolls the
+ * whole batch back for ferry_tx_run to run again. What is not about one
+ * saga ends the call with its error: a connection lost, the query for
+ * the next due saga refused, or as many sagas failed as the skip list
+ * holds (then something is wrong with all of them).
  */
+#define FIRE_BATCH 32 /* due sagas fired in one transaction */
+#define FIRE_LIST_TEXT ((FIRE_SKIP_MAX + FIRE_BATCH) * (FERRY_UUID_STRING_SIZE + 1) + 2)
+_Static_assert(FIRE_LIST_TEXT < 4096, "skip list text");
+
+typedef struct fire_batch_arg {
+    fire_arg f;
+    int want;                   /* sagas to take in this batch */
+    int taken, fired, none;     /* this attempt's */
+    char failed[FIRE_SKIP_MAX][FERRY_UUID_STRING_SIZE];
+    size_t n_failed;            /* over the whole call */
+    char taken_ids[FIRE_BATCH][FERRY_UUID_STRING_SIZE];
+    char list[FIRE_LIST_TEXT];  /* "{failed..., taken...}" for saga_lock_next_due */
+} fire_batch_arg;
+
+static void fire_list(fire_batch_arg *b)
+{
+    size_t used = 0;
+    b->list[used++] = '{';
+    for (size_t i = 0; i < b->n_failed + (size_t)b->taken; i++) {
+        const char *id = i < b->n_failed ? b->failed[i] : b->taken_ids[i - b->n_failed];
+        used += (size_t)snprintf(b->list + used, sizeof b->list - used, "%s%s", i ? "," : "",
+                                 id);
+    }
+    snprintf(b->list + used, sizeof b->list - used, "}");
+}
+
+static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
+{
+    fire_batch_arg *b = arg;
+    b->taken = b->fired = b->none = 0;
+    ferry_code rc = FERRY_OK;
+    int open = 0;               /* a savepoint is open */
+    while (b->taken < b->want) {
+        fire_list(b);
+        b->f.skip = b->list;
+        /* The last saga's savepoint released and the next one's taken in
+         * one round trip (two statements in one simple query). */
+        if ((rc = ferry_exec(conn, open ? "RELEASE SAVEPOINT ferry_timer; "
+                                          "SAVEPOINT ferry_timer" : "SAVEPOINT ferry_timer",
+                             0, NULL, "could not fire saga timers", err)) != FERRY_OK)
+            return rc;
+        open = 1;
+        rc = fire_one(conn, &b->f, err);
+        if (rc != FERRY_OK) {
+            if (b->f.picked[0] == '\0' || (err != NULL && err->retriable) ||
+                PQstatus(conn) != CONNECTION_OK || b->n_failed == FIRE_SKIP_MAX)
+                return rc;
+            ferry_error why = err ? *err : (ferry_error){.code = rc};
+            ferry_err_clear(err);
+            if ((rc = ferry_exec(conn, "ROLLBACK TO SAVEPOINT ferry_timer", 0, NULL,
+                                 "could not fire saga timers", err)) != FERRY_OK)
+                return rc;
+            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
+                      "timer, passed by until the next call: %s", b->f.picked,
+                      why.message[0] ? why.message : ferry_code_name(why.code));
+            snprintf(b->failed[b->n_failed++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
+            b->want--;          /* a failed saga counts against max too */
+            continue;
+        }
+        if (b->f.none) {
+            b->none = 1;
+            break;
+        }
+        snprintf(b->taken_ids[b->taken++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
+        b->fired += b->f.applied;
+    }
+    if (open)
+        rc = ferry_exec(conn, "RELEASE SAVEPOINT ferry_timer", 0, NULL,
+                        "could not fire saga timers", err);
+    return rc;
+}
+
 ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, int64_t now_ms,
                                   int max, int *fired, ferry_error *err)
 {
@@ -734,32 +885,27 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
         return ferry_err_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
-    char skip[FIRE_SKIP_MAX * (FERRY_UUID_STRING_SIZE + 1) + 2] = "{}";
-    size_t skipped = 0;
-    fire_arg f = {.reg = reg, .now_ms = now_ms, .skip = skip};
-    int n = 0;
-    for (int i = 0; i < max; i++) {
-        ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
-        if (rc != FERRY_OK) {
-            if (f.picked[0] == '\0' || rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK ||
-                skipped == FIRE_SKIP_MAX)
-                return rc;
-            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
-                      "timer, passed by until the next call: %s", f.picked,
-                      err ? err->message : ferry_code_name(rc));
-            size_t used = strlen(skip) - 1;   /* over the closing brace */
-            snprintf(skip + used, sizeof skip - used, "%s%s}", skipped ? "," : "", f.picked);
-            skipped++;
-            ferry_err_clear(err);
-            continue;
-        }
-        if (f.none)
+    fire_batch_arg *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
+                                                      "memory");
+    b->f = (fire_arg){.reg = reg, .now_ms = now_ms};
+    int n = 0, left = max;
+    ferry_code rc = FERRY_OK;
+    while (left > 0) {
+        b->want = left < FIRE_BATCH ? left : FIRE_BATCH;
+        size_t failed_before = b->n_failed;
+        if ((rc = ferry_tx_run(conn, NULL, fire_batch, b, NULL, err)) != FERRY_OK)
             break;
-        n += f.applied;
+        n += b->fired;
+        left -= b->taken + (int)(b->n_failed - failed_before);
+        if (b->none)
+            break;
     }
-    if (fired)
+    free(b);
+    if (rc == FERRY_OK && fired)
         *fired = n;
-    return FERRY_OK;
+    return rc;
 }
 
 ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,

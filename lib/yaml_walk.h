@@ -35,7 +35,7 @@
 #include "internal.h"
 
 #define FERRY_YW_DEPTH_MAX FERRY_SAGA_DEPTH_MAX  /* open collections */
-#define FERRY_YW_KEYS_MAX 8                      /* keys of any one mapping read */
+#define FERRY_YW_KEYS_MAX 16                     /* keys of any one mapping read */
 #define FERRY_YW_DURATION_MAX_MS FERRY_SAGA_TIMEOUT_MAX_MS  /* 366 days */
 
 typedef struct ferry_yw_place {

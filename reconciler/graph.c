@@ -4,14 +4,21 @@
  *
  * Forward, left to right: start, the steps in order (action type, topic,
  * timeout and attempts), completed. Below each step that has one, its
- * compensation; a step that fails or times out leads to its own
- * compensation (it may have run: the participant turns an undo of
- * something it never did into a recorded no-op) or, without one, to the
- * previous step's; the compensations chain back in reverse order to
- * "compensated". The pivot is a double octagon: from it on there is no
- * way back, so its successors have no failure edges (they are retried
- * until they succeed); a pivot without a compensation turns back only
- * when it is refused, as an unanswered one is resent.
+ * compensation. Two ways back, as ferry_saga_step takes them: a step that
+ * times out (no answer after its attempts: it may have run) leads to its
+ * own compensation (the participant turns an undo of something it never
+ * did into a recorded no-op) or, without one, to the previous step's; a
+ * step that is refused did not run, so it leads past its own compensation
+ * to the previous step's. Where both lead to the same place, one edge says
+ * both. The compensations chain back in reverse order to "compensated".
+ * The pivot is a double octagon: from it on there is no way back, so its
+ * successors have no failure edges (they are retried until they succeed);
+ * a pivot without a compensation turns back only when it is refused, as
+ * an unanswered one is resent.
+ *
+ * Layout: the failure edges' labels are xlabels, placed after the layout
+ * beside their edges (a label on an edge between two nodes of one rank
+ * sits across the edge); the title has the nodes' font.
  */
 #include <stdint.h>
 #include <string.h>
@@ -74,6 +81,9 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
     fprintf(out, "    label=\"saga %s version %d, deadline %s, hash %s\";\n    labelloc=t;\n",
             def->name, def->version, duration(def->deadline_ms, a, sizeof a), def->hash);
     fputs("    rankdir=LR;\n"
+          "    fontname=\"Helvetica\";\n"
+          "    fontsize=12;\n"
+          "    forcelabels=true;\n"
           "    node [shape=box, style=rounded, fontname=\"Helvetica\", fontsize=10];\n"
           "    edge [fontname=\"Helvetica\", fontsize=9];\n"
           "    start [shape=circle, label=\"start\"];\n"
@@ -116,13 +126,25 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
     /* Failures, up to and including the pivot. */
     size_t last = def->pivot_index >= 0 ? (size_t)def->pivot_index : def->step_count - 1;
     for (size_t i = 0; i <= last; i++) {
-        char target[32];
-        failure_target(def, i, target, sizeof target);
+        char timed_out[32], refused[32];
+        failure_target(def, i, timed_out, sizeof timed_out);
+        if (i == 0)
+            snprintf(refused, sizeof refused, "compensated");
+        else
+            failure_target(def, i - 1, refused, sizeof refused);
         /* A pivot with nothing to undo is resent until it is answered
          * (ferry_saga_step): only a refusal turns the saga back. */
-        int refusal_only = def->steps[i].pivot && !def->steps[i].has_compensation;
-        fprintf(out, "    s%zu -> %s [label=\"%s\", style=dashed, color=firebrick];\n", i,
-                target, refusal_only ? "refused" : "fails or times out");
+        int resent = def->steps[i].pivot && !def->steps[i].has_compensation;
+        if (!resent && strcmp(timed_out, refused) == 0) {
+            fprintf(out, "    s%zu -> %s [xlabel=\"refused or times out\", style=dashed, "
+                    "color=firebrick];\n", i, refused);
+            continue;
+        }
+        if (!resent)
+            fprintf(out, "    s%zu -> %s [xlabel=\"times out\", style=dashed, color=firebrick];\n",
+                    i, timed_out);
+        fprintf(out, "    s%zu -> %s [xlabel=\"refused\", style=dashed, color=firebrick];\n", i,
+                refused);
     }
 
     /* Compensations, in reverse. */

@@ -27,31 +27,15 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "rc_config.h"
 #include "rc_metrics.h"
 #include "pass.h"
 #include "reconcile.h"
 
 #define SCHEMA_NEEDED 4
 
-typedef struct options {
-    rc_mode mode;
-    int daemon;                 /* run */
-    const char *db;
-    const char *rules_file;
-    const char *sagas_dir;
-    const char *reply_topic;
-    int json;
-    int progress;               /* -1: when stderr is a terminal */
-    const char *by;
-    const char *reason;
-    const char *holder;
-    int wait_s;                 /* repair: wait this long for the lease */
-    int lease_ttl_ms;
-    double interval_s;          /* run */
-    const char *metrics;        /* run: HOST:PORT */
-    rc_dead_request *requests;
-    size_t n_requests;
-} options;
+/* The settings and flags (rc_config.c: file, environment, flags). */
+typedef rc_options options;
 
 static volatile sig_atomic_t stop_flag;
 
@@ -59,222 +43,6 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_flag = 1;
-}
-
-/*
- * The options of check, repair and run: id, name, argument (NULL: none),
- * the commands it is for (RC_FOR_*), and its help line with the default.
- * The getopt table and every command's --help come from this one list.
- */
-enum { RC_FOR_CHECK = 1, RC_FOR_REPAIR = 2, RC_FOR_RUN = 4, RC_FOR_ALL = 7 };
-#define RC_OPTIONS(X)                                                                        \
-    X(O_DB, "db", "CONNINFO", RC_FOR_ALL, "libpq connection string or URI ($FERRY_DB)")      \
-    X(O_RULES, "rules", "FILE", RC_FOR_ALL, "the rules file: budgets and compliance rules")  \
-    X(O_SAGAS, "sagas", "DIR", RC_FOR_ALL,                                                   \
-      "saga definitions (*.yaml), to fire missed timers; without: reported only")           \
-    X(O_REPLY, "reply-topic", "TOPIC", RC_FOR_ALL,                                           \
-      "the sagas' reply topic (default ferry.saga.replies)")                                \
-    X(O_JSON, "json", NULL, RC_FOR_CHECK | RC_FOR_REPAIR,                                    \
-      "the report as one JSON document on stdout")                                          \
-    X(O_PROGRESS, "progress", NULL, RC_FOR_CHECK | RC_FOR_REPAIR,                            \
-      "show progress on stderr (default: only when stderr is a terminal)")                  \
-    X(O_NO_PROGRESS, "no-progress", NULL, RC_FOR_CHECK | RC_FOR_REPAIR, "never show progress") \
-    X(O_REPLAY, "replay", "ID|UUID|TOPIC/KEY", RC_FOR_REPAIR,                                \
-      "put dead letters back in their place (repeatable)")                                  \
-    X(O_DISCARD, "discard", "ID|UUID|TOPIC/KEY", RC_FOR_REPAIR,                              \
-      "drop dead letters, recorded with --reason (repeatable)")                             \
-    X(O_REASON, "reason", "TEXT", RC_FOR_REPAIR, "why, recorded with each --discard")        \
-    X(O_BY, "by", "NAME", RC_FOR_REPAIR, "who, recorded with each decision (default user@host)") \
-    X(O_HOLDER, "holder", "NAME", RC_FOR_REPAIR | RC_FOR_RUN,                                \
-      "this reconciler's name in the lease (default host:pid)")                             \
-    X(O_WAIT, "wait", "SECONDS", RC_FOR_REPAIR,                                              \
-      "wait this long for another reconciler's lease (default 30, 0..86400)")               \
-    X(O_TTL, "lease-ttl", "MS", RC_FOR_REPAIR | RC_FOR_RUN,                                  \
-      "the reconciler lease's time to live (default 30000, 1000..3600000)")                 \
-    X(O_INTERVAL, "interval", "SECONDS", RC_FOR_RUN,                                         \
-      "seconds between passes (default 60, 0.1..86400)")                                    \
-    X(O_METRICS, "metrics", "HOST:PORT", RC_FOR_RUN,                                         \
-      "serve /metrics and /healthz (port 0 picks one, logged); default: off")              \
-    X(O_HELP, "help", NULL, RC_FOR_ALL, "this text")
-
-enum {
-    O_BASE_ = 255,
-#define X_ENUM(id, name, arg, cmds, doc) id,
-    RC_OPTIONS(X_ENUM)
-#undef X_ENUM
-};
-
-static const struct option rc_longs[] = {
-#define X_OPT(id, name, arg, cmds, doc) {name, (arg) ? required_argument : no_argument, NULL, id},
-    RC_OPTIONS(X_OPT)
-#undef X_OPT
-    {NULL, 0, NULL, 0},
-};
-
-static const rc_option_doc rc_docs[] = {
-#define X_DOC(id, name, arg, cmds, doc) {name, arg, cmds, doc},
-    RC_OPTIONS(X_DOC)
-#undef X_DOC
-    {NULL, NULL, 0, NULL},
-};
-
-const struct option *rc_pass_options(void)
-{
-    return rc_longs;
-}
-
-const rc_option_doc *rc_option_docs(void)
-{
-    return rc_docs;
-}
-
-static int rc_for(const char *cmd)
-{
-    return strcmp(cmd, "check") == 0 ? RC_FOR_CHECK
-           : strcmp(cmd, "repair") == 0 ? RC_FOR_REPAIR : RC_FOR_RUN;
-}
-
-int rc_option_applies(const rc_option_doc *d, const char *cmd)
-{
-    return (d->commands & rc_for(cmd)) != 0;
-}
-
-static void usage_of(FILE *out, const char *cmd)
-{
-    static const char *const what[] = {
-        [RC_FOR_CHECK] = "Find every problem and change nothing; print a report.",
-        [RC_FOR_REPAIR] = "Find every problem and fix what can be fixed (one reconciler at a\n"
-                          "time: it takes the lease \"reconciler\" in ferry.lease).",
-        [RC_FOR_RUN] = "Repair every --interval seconds as a daemon until SIGTERM/SIGINT;\n"
-                       "other instances stand by and take over when it stops or dies.",
-    };
-    int for_cmd = rc_for(cmd);
-    fprintf(out, "usage: ferry-reconcile %s [--db CONNINFO] [OPTION]...\n\n%s\n\nOptions:\n",
-            cmd, what[for_cmd]);
-    for (const rc_option_doc *d = rc_docs; d->name != NULL; d++) {
-        if (!(d->commands & for_cmd))
-            continue;
-        char left[48];
-        snprintf(left, sizeof left, "--%s%s%s", d->name, d->arg ? " " : "", d->arg ? d->arg : "");
-        fprintf(out, "  %-28s %s\n", left, d->doc);
-    }
-    fprintf(out, "\nEnvironment: FERRY_DB (the default of --db).\n"
-                 "Exit status, as fsck, the sum of: 1 problems repaired, 4 problems left (check:\n"
-                 "found), 8 operational error; 0 nothing wrong; 16 usage error.\n");
-}
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int usage_error(const char *cmd, const char *fmt, ...)
-{
-    fprintf(stderr, "ferry-reconcile %s: ", cmd);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    usage_of(stderr, cmd);
-    return RC_EXIT_USAGE;
-}
-
-static int add_request(options *o, rc_dead_action action, const char *target)
-{
-    rc_dead_request *r = realloc(o->requests, (o->n_requests + 1) * sizeof *r);
-    if (r == NULL)
-        return -1;
-    o->requests = r;
-    r[o->n_requests++] = (rc_dead_request){.action = action, .target = target};
-    return 0;
-}
-
-static int parse_options(const char *cmd, int argc, char **argv, options *o)
-{
-    *o = (options){
-        .mode = strcmp(cmd, "check") == 0 ? RC_CHECK : RC_REPAIR,
-        .daemon = strcmp(cmd, "run") == 0,
-        .db = getenv("FERRY_DB"),
-        .progress = -1,
-        .wait_s = 30,
-        .lease_ttl_ms = 30000,
-        .interval_s = 60,
-    };
-    optind = 1;
-    opterr = 0;
-    int c;
-    long v;
-    while ((c = getopt_long(argc, argv, "h", rc_longs, NULL)) != -1) {
-        const int is_check = o->mode == RC_CHECK, is_run = o->daemon;
-        switch (c) {
-        case O_DB: o->db = optarg; break;
-        case O_RULES: o->rules_file = optarg; break;
-        case O_SAGAS: o->sagas_dir = optarg; break;
-        case O_REPLY: o->reply_topic = optarg; break;
-        case O_JSON:
-            if (is_run)
-                return usage_error(cmd, "--json is for check and repair%s", "");
-            o->json = 1;
-            break;
-        case O_PROGRESS: o->progress = 1; break;
-        case O_NO_PROGRESS: o->progress = 0; break;
-        case O_REPLAY:
-        case O_DISCARD:
-            if (is_check || is_run)
-                return usage_error(cmd, "%s is for repair only (check changes nothing)",
-                                   c == O_REPLAY ? "--replay" : "--discard");
-            if (optarg[0] == '\0')
-                return usage_error(cmd, "%s needs an ID, a message UUID or TOPIC/KEY",
-                                   c == O_REPLAY ? "--replay" : "--discard");
-            if (add_request(o, c == O_REPLAY ? RC_REPLAY : RC_DISCARD, optarg) != 0)
-                return RC_EXIT_ERROR;
-            break;
-        case O_REASON: o->reason = optarg; break;
-        case O_BY: o->by = optarg; break;
-        case O_HOLDER: o->holder = optarg; break;
-        case O_WAIT:
-            if (ferry_parse_long(optarg, 0, 86400, &v) != FERRY_INT_OK)
-                return usage_error(cmd, "--wait wants whole seconds, 0..86400, not \"%s\"",
-                                   optarg);
-            o->wait_s = (int)v;
-            break;
-        case O_TTL:
-            if (ferry_parse_long(optarg, 1000, 3600000, &v) != FERRY_INT_OK)
-                return usage_error(cmd, "--lease-ttl wants milliseconds, 1000..3600000, "
-                                   "not \"%s\"", optarg);
-            o->lease_ttl_ms = (int)v;
-            break;
-        case O_INTERVAL: {
-            char *end;
-            double d = strtod(optarg, &end);
-            if (!is_run || end == optarg || *end != '\0' || !(d >= 0.1 && d <= 86400))
-                return usage_error(cmd, "--interval wants seconds, 0.1..86400 (run only), "
-                                   "not \"%s\"", optarg);
-            o->interval_s = d;
-            break;
-        }
-        case O_METRICS:
-            if (!is_run)
-                return usage_error(cmd, "--metrics is for run%s", "");
-            o->metrics = optarg;
-            break;
-        case 'h':
-        case O_HELP:
-            usage_of(stdout, cmd);
-            free(o->requests);
-            exit(fflush(stdout) == 0 ? RC_EXIT_OK : RC_EXIT_ERROR);
-        default:
-            return usage_error(cmd, "unknown or incomplete option \"%s\"", argv[optind - 1]);
-        }
-    }
-    if (optind < argc)
-        return usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
-    if (o->db == NULL || o->db[0] == '\0')
-        return usage_error(cmd, "--db CONNINFO (or $FERRY_DB) is required%s", "");
-    for (size_t i = 0; i < o->n_requests; i++)
-        if (o->requests[i].action == RC_DISCARD && (o->reason == NULL || o->reason[0] == '\0'))
-            return usage_error(cmd, "--discard needs --reason TEXT: a discard is recorded "
-                               "with who and why%s", "");
-    return 0;
 }
 
 /* ---------------------------------------------------------------- inputs */
@@ -601,7 +369,7 @@ typedef struct session {
 static int session_open(session *s, const char *cmd, int argc, char **argv)
 {
     memset(s, 0, sizeof *s);
-    int rc = parse_options(cmd, argc, argv, &s->o);
+    int rc = rc_options_parse(cmd, argc, argv, &s->o);
     if (rc != 0)
         return rc;
     rc_budgets_default(&s->budgets);
@@ -629,7 +397,7 @@ static void session_end(session *s)
     PQfinish(s->conn);
     ferry_saga_registry_destroy(s->reg);
     rc_rules_free(s->rules);
-    free(s->o.requests);
+    rc_options_free(&s->o);
 }
 
 /* check and repair: one pass, the report on stdout. */

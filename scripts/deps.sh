@@ -9,12 +9,24 @@ set -eu
 
 # clang and its runtime (libFuzzer, the sanitizers) build tests/fuzz/;
 # --no-install-recommends would leave libclang-rt out, so it is named.
+# python3-psycopg2, python3-confluent-kafka, nodejs and npm run the
+# reference services in examples/python and examples/node
+# (tests/test_lang_services.c, the demo); their Node modules come from
+# examples/node/package-lock.json (`npm ci`, run by make).
+# systemd: systemd-analyze verify checks the units (tests/install_check.sh).
 packages="gcc make pkg-config libc6-dev
 libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
-libcmocka-dev postgresql clang libclang-rt-14-dev"
+libcmocka-dev postgresql clang libclang-rt-14-dev
+python3 python3-psycopg2 python3-confluent-kafka nodejs npm systemd"
 
 missing=""
 for p in $packages; do
+    # A Node.js from elsewhere (NodeSource's nodejs carries its own npm,
+    # and conflicts with Debian's npm package) serves as well.
+    case $p in
+        nodejs) command -v node >/dev/null 2>&1 && continue ;;
+        npm) command -v npm >/dev/null 2>&1 && continue ;;
+    esac
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     case "$status" in
         *"install ok installed"*) ;;

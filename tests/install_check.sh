@@ -11,9 +11,29 @@ trap 'rm -rf "$tmp"' EXIT
 make --no-print-directory -s install PREFIX="$tmp/prefix" >/dev/null
 for f in include/ferry.h lib/libferry.a lib/libferry.so lib/libferry.so.0 \
          lib/pkgconfig/ferry.pc bin/ferry-relay bin/ferry-reconcile share/ferry/001_ferry.sql \
-         share/ferry/saga.schema.json; do
+         share/ferry/saga.schema.json share/ferry/relay.yaml share/ferry/reconcile.yaml \
+         share/ferry/systemd/ferry-relay@.service share/ferry/systemd/ferry-reconcile.service \
+         share/ferry/LICENSE share/ferry/CHANGELOG.md; do
     [ -e "$tmp/prefix/$f" ] || { echo "install_check: missing $f" >&2; exit 1; }
 done
+# The units name the installed programs and pass systemd-analyze verify,
+# which says what it finds wrong on stderr, often with exit 0 (an unknown
+# key, a bad value): any word from it fails. An instance of the template
+# is verified as well. scripts/deps.sh installs systemd.
+if command -v systemd-analyze >/dev/null; then
+    units="$tmp/prefix/share/ferry/systemd"
+    grep -q "ExecStart=$tmp/prefix/bin/ferry-relay run" "$units/ferry-relay@.service" ||
+        { echo "install_check: ferry-relay@.service does not run the installed ferry-relay" >&2; exit 1; }
+    cp "$units/ferry-relay@.service" "$tmp/ferry-relay@orders.service"
+    if ! out=$(systemd-analyze verify "$units/ferry-relay@.service" "$tmp/ferry-relay@orders.service" \
+                   "$units/ferry-reconcile.service" 2>&1) || [ -n "$out" ]; then
+        echo "install_check: systemd-analyze verify:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+else
+    echo "install_check: SKIPPED systemd-analyze verify: no systemd-analyze on this machine" >&2
+fi
 cat > "$tmp/app.c" <<'C'
 #include <ferry.h>
 #include <stdio.h>
@@ -35,6 +55,20 @@ cc "$tmp/app.c" $(pkg-config --cflags --libs ferry) -o "$tmp/app-shared"
 cc "$tmp/app.c" $(pkg-config --cflags ferry) "$tmp/prefix/lib/libferry.a" \
     $(pkg-config --libs libpq jansson) -o "$tmp/app-static"
 env -u LD_LIBRARY_PATH "$tmp/app-shared" >/dev/null
+# The README's emit example compiles against what was installed, warnings
+# as errors: its statements, after its #include, as the body of a function.
+awk '/^## Emitting a message/ { on = 1 } on && /^```c$/ { code = 1; next }
+     code && /^```$/ { exit } code { print }' README.md > "$tmp/readme.txt"
+grep -q ferry_emit "$tmp/readme.txt" || { echo "install_check: no emit example in README.md" >&2; exit 1; }
+{ grep '^#include' "$tmp/readme.txt"
+  echo '#include <stdio.h>'
+  echo 'void example(PGconn *conn);'
+  echo 'void example(PGconn *conn) {'
+  grep -v '^#include' "$tmp/readme.txt"
+  echo '}'
+  echo 'int main(void) { return 0; }'; } > "$tmp/readme.c"
+cc -std=c11 -Wall -Wextra -Werror "$tmp/readme.c" $(pkg-config --cflags --libs ferry) -o "$tmp/readme" ||
+    { echo "install_check: README.md's emit example does not compile" >&2; exit 1; }
 "$tmp/app-static" >/dev/null
 "$tmp/prefix/bin/ferry-relay" --version >/dev/null
 "$tmp/prefix/bin/ferry-reconcile" --version >/dev/null

@@ -15,7 +15,7 @@
 
 #include "testutil.h"
 #include "../daemon/config.h"
-#include "../reconciler/pass.h"
+#include "../reconciler/rc_config.h"
 
 /* Run PROGRAM ARGS... --help; its stdout (caller frees), after checking
  * exit 0 and an empty stderr. */
@@ -105,12 +105,28 @@ static void relay_run_help_lists_every_option_and_setting(void **state)
     line_says("run", run, "  stop_grace_ms ", (const char *const[]){"20000", "0..3600000", NULL});
     line_says("run", run, "  log_level ", (const char *const[]){"info", "error", "debug", NULL});
     line_says("run", run, "  retention ", (const char *const[]){"delete", "mark", NULL});
-    for (size_t i = 0; i < relay_config_setting_count(); i++)
-        must_mention("run: --set names", run, relay_config_setting_name(i));
+    line_says("run", run, "  db ", (const char *const[]){"none", NULL});
+    line_says("run", run, "  source ", (const char *const[]){"ferry", NULL});
+    /* Every setting, with its flag and its variable on the line below its
+     * default. */
+    for (size_t i = 0; i < relay_config_setting_count(); i++) {
+        char name[64], vars[128];
+        snprintf(name, sizeof name, "\n  %s ", relay_config_setting_name(i));
+        must_mention("run: settings", run, name);
+        snprintf(vars, sizeof vars, "%s VALUE, $%s\n", relay_config_setting_flag(i),
+                 relay_config_setting_env(i));
+        const char *at = strstr(run, name);
+        const char *next = strchr(at + 1, '\n');
+        if (next == NULL || strncmp(strchr(next + 1, '-'), vars, strlen(vars)) != 0)
+            fail_msg("run: %s is not followed by a line \"%s\":\n%s", name + 1, vars, run);
+    }
+    must_mention("run", run, "${env:NAME}");
+    must_mention("run", run, "${file:/path}");
+    must_mention("run", run, "FERRY_KAFKA_PROP_");
 
     /* The environment. */
     static const char *const env[] = {"FERRY_DB", "FERRY_KAFKA", "FERRY_CONFIG", "FERRY_METRICS",
-                                      "FERRY_HOLDER"};
+                                      "FERRY_HOLDER", "FERRY_LOG_LEVEL", "FERRY_BATCH_SIZE"};
     for (size_t i = 0; i < sizeof env / sizeof env[0]; i++) {
         must_mention("run", run, env[i]);
         must_mention("top", top, env[i]);
@@ -132,11 +148,15 @@ static void relay_subcommands_answer_help(void **state)
     must_mention("status", st, "--db");
     must_mention("status", st, "--json");
     must_mention("status", st, "FERRY_DB");
+    must_mention("status", st, "--config");
+    must_mention("status", st, "FERRY_CONFIG");
     must_mention("status", st, "Exit status");
     free(st);
     char *mig = help_of(tu_relay_bin(), (const char *const[]){"migrate", "--help", NULL});
     must_mention("migrate", mig, "--db");
     must_mention("migrate", mig, "FERRY_DB");
+    must_mention("migrate", mig, "--config");
+    must_mention("migrate", mig, "FERRY_CONFIG");
     free(mig);
     char *dk = help_of(tu_relay_bin(), (const char *const[]){"devkafka", "--help", NULL});
     must_mention("devkafka", dk, "--brokers");
@@ -161,6 +181,23 @@ static void reconcile_commands_list_their_options_and_defaults(void **state)
             n++;
         }
         assert_true(n >= 6);
+        /* Every setting: its default, then its variable and file key. */
+        for (const rc_option_doc *d = rc_option_docs(); d->name != NULL; d++) {
+            if (!d->key || !rc_option_applies(d, cmds[c]))
+                continue;
+            char flag[64], vars[128];
+            snprintf(flag, sizeof flag, "  --%s ", d->name);
+            line_says(cmds[c], h, flag, (const char *const[]){"default", NULL});
+            snprintf(vars, sizeof vars, "$%s, file: %s\n", d->env, d->key);
+            const char *next = strchr(strstr(h, flag), '\n');
+            next += strspn(next, "\n ");
+            if (strncmp(next, vars, strlen(vars)) != 0)
+                fail_msg("%s: %s is not followed by \"%s\":\n%s", cmds[c], flag, vars, h);
+        }
+        must_mention(cmds[c], h, "--config");
+        must_mention(cmds[c], h, "FERRY_RECONCILE_CONFIG");
+        must_mention(cmds[c], h, "FERRY_LOG_LEVEL");
+        must_mention(cmds[c], h, "${file:/path}");
         must_mention(cmds[c], h, "FERRY_DB");
         must_mention(cmds[c], h, "Exit status");
         if (strcmp(cmds[c], "run") == 0) {

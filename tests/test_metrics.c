@@ -597,6 +597,76 @@ static void free_accepts_null(void **state)
     metrics_free(metrics_new());
 }
 
+/* ------------------------------------------------------------------ */
+/* librdkafka's statistics                                              */
+
+/* A document as librdkafka sends it, cut to what is read: an internal
+ * broker (nodeid -1, left out) and a real one whose name needs escaping. */
+static const char stats_doc[] =
+    "{\"name\":\"rdkafka#producer-1\",\"msg_cnt\":7,\"msg_size\":700,\"txmsgs\":50,"
+    "\"tx_bytes\":12345,\"brokers\":{"
+    "\":0/internal\":{\"name\":\":0/internal\",\"nodeid\":-1,\"state\":\"UP\"},"
+    "\"b\\\"1:9092/1\":{\"nodeid\":1,\"state\":\"UP\",\"outbuf_cnt\":2,\"waitresp_cnt\":3,"
+    "\"tx\":10,\"txerrs\":1,\"txretries\":4,\"req_timeouts\":5,\"rxerrs\":6,\"connects\":2,"
+    "\"disconnects\":1,\"rtt\":{\"avg\":1500,\"p99\":9000},\"int_latency\":{\"avg\":250}}}}";
+
+static void kafka_statistics_become_families(void **state)
+{
+    relay_metrics *m = metrics_new();
+    assert_non_null(m);
+    char *before = metrics_render(m);
+    assert_null(strstr(before, "ferry_kafka_"));        /* nothing until a document */
+    free(before);
+
+    assert_int_equal(metrics_kafka_stats(m, stats_doc, strlen(stats_doc)), 0);
+    char *text = metrics_render(m);
+    assert_non_null(text);
+    assert_family(text, "ferry_kafka_broker_up", "gauge");
+    assert_family(text, "ferry_kafka_broker_rtt_seconds", "gauge");
+    assert_family(text, "ferry_kafka_broker_timeouts_total", "counter");
+    assert_family(text, "ferry_kafka_stats_updates_total", "counter");
+    const char *b = "{broker=\"b\\\"1:9092/1\"}";
+    char series[128];
+    static const struct {
+        const char *family;
+        double want;
+    } want[] = {
+        {"ferry_kafka_broker_up", 1}, {"ferry_kafka_broker_rtt_seconds", 0.0015},
+        {"ferry_kafka_broker_rtt_p99_seconds", 0.009},
+        {"ferry_kafka_broker_internal_latency_seconds", 0.00025},
+        {"ferry_kafka_broker_outbuf_requests", 2}, {"ferry_kafka_broker_waitresp_requests", 3},
+        {"ferry_kafka_broker_requests_total", 10}, {"ferry_kafka_broker_tx_errors_total", 1},
+        {"ferry_kafka_broker_retries_total", 4}, {"ferry_kafka_broker_timeouts_total", 5},
+        {"ferry_kafka_broker_rx_errors_total", 6}, {"ferry_kafka_broker_connects_total", 2},
+        {"ferry_kafka_broker_disconnects_total", 1},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        snprintf(series, sizeof series, "%s%s", want[i].family, b);
+        assert_true(fabs(sample(text, series) - want[i].want) < 1e-12);
+    }
+    assert_true(sample(text, "ferry_kafka_producer_queue_messages") == 7);
+    assert_true(sample(text, "ferry_kafka_producer_queue_bytes") == 700);
+    assert_true(sample(text, "ferry_kafka_sent_messages_total") == 50);
+    assert_true(sample(text, "ferry_kafka_stats_updates_total") == 1);
+    assert_null(strstr(text, ":0/internal"));
+    free(text);
+
+    /* Not a document: refused, and the last one stays. */
+    assert_int_equal(metrics_kafka_stats(m, "[1]", 3), -1);
+    assert_int_equal(metrics_kafka_stats(m, "{\"msg_cnt\":", 11), -1);
+    text = metrics_render(m);
+    assert_true(sample(text, "ferry_kafka_producer_queue_messages") == 7);
+    free(text);
+    /* A second one replaces the first. */
+    assert_int_equal(metrics_kafka_stats(m, "{\"msg_cnt\":1}", 13), 0);
+    text = metrics_render(m);
+    assert_true(sample(text, "ferry_kafka_producer_queue_messages") == 1);
+    assert_true(sample(text, "ferry_kafka_stats_updates_total") == 2);
+    assert_null(strstr(text, "ferry_kafka_broker_up{"));
+    free(text);
+    metrics_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -610,6 +680,7 @@ int main(void)
         cmocka_unit_test(bad_addresses_are_refused),
         cmocka_unit_test(port_in_use_is_refused),
         cmocka_unit_test(free_accepts_null),
+        cmocka_unit_test(kafka_statistics_become_families),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -81,6 +81,22 @@ static const fn_cell FUNCS[] = {
      "SELECT count(*) FROM ferry.inbox_ready_key('@C', 'pv', 'k', 5)", 1},
     {"ferry.inbox_unhold(text,uuid)", C, "SELECT ferry.inbox_unhold('@C', gen_random_uuid())",
      1},
+    /* The consumer protocol, version 1 (schema 12). */
+    {"ferry.consume_protocol()", C, "SELECT ferry.consume_protocol()", 0},
+    {"ferry.consume_claim(text,uuid,text,text,bigint,text,jsonb,text,text,integer,bigint,"
+     "boolean)", C,
+     "SELECT * FROM ferry.consume_claim('@C', gen_random_uuid(), 'pv', 'k', 1)", 1},
+    {"ferry.consume_finish(text,uuid)", C,
+     "SELECT ferry.consume_finish('@C', gen_random_uuid())", 1},
+    {"ferry.consume_fail(text,uuid,text,text,text,bigint,text,jsonb,text,text,integer,"
+     "boolean)", C,
+     "SELECT * FROM ferry.consume_fail('@C', gen_random_uuid(), 'pv', 'k', 'test')", 1},
+    {"ferry.consume_ready(text,text,text,integer)", C,
+     "SELECT count(*) FROM ferry.consume_ready('@C')", 1},
+    {"ferry.consume_skip_gap(text,text,text)", C,
+     "SELECT ferry.consume_skip_gap('@C', 'pv', 'k')", 1},
+    {"ferry.emit_message(text,text,text,text,text,text,bigint,uuid)", W | C,
+     "SELECT ferry.emit_message('pv', 'k', 'T', '{}')", 0},
     /* The reconciler's, for any consumer (an operator's repair). */
     {"ferry.inbox_skip_gap(text,text,text)", X, "SELECT ferry.inbox_skip_gap('@C', 'pv', 'k')",
      0},
@@ -101,6 +117,21 @@ static const fn_cell FUNCS[] = {
      "SELECT count(*) FROM ferry.participant_begin('p', " SAGA ", 0, 'action', 0)", 0},
     {"ferry.participant_record(text,uuid,integer,text,integer,text,text,uuid)", W | C,
      "SELECT ferry.participant_record('p', " SAGA ", 0, 'action', 7, 'applied', NULL, NULL)", 0},
+    /* Schema 013: an event's store, audit rows and commands in one call. */
+    {"ferry.saga_record(uuid,jsonb,jsonb)", NONE,
+     "SELECT ferry.saga_record(" SAGA ", '[]', '[]')", 0},
+    {"ferry.saga_begin(uuid,text,text,text,integer,jsonb,bigint,bigint,jsonb,jsonb,jsonb)",
+     W | C,
+     "SELECT ferry.saga_begin(gen_random_uuid(), 'd', 'h', 'running', 0, '{}', 0, 0, '{}', "
+     "'[]', '[]')", 0},
+    {"ferry.saga_store(uuid,bigint,bigint,text,integer,bigint,jsonb,jsonb,jsonb)", W | C | X,
+     "SELECT ferry.saga_store(" SAGA ", 0, 1, 'running', 0, 0, '{}', '[]', '[]')", 0},
+    {"ferry.saga_lock_next_due(bigint,uuid[])", W | C | X,
+     "SELECT count(*) FROM ferry.saga_lock_next_due(0, '{}')", 0},
+    {"ferry.participant_finish(text,uuid,integer,text,integer,boolean,text,text,uuid,uuid,"
+     "text,text,text,text,text)", W | C,
+     "SELECT ferry.participant_finish('p', " SAGA ", 0, 'action', 9, true, 'applied', NULL, "
+     "NULL, gen_random_uuid(), 'pv', 'k', 'T', '{}', '{}')", 0},
 };
 
 /* Per table: who may SELECT, INSERT, DELETE; and per role the columns it
@@ -138,6 +169,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass", 'r', X, X, X, {0}},
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
+    {"inbox_attempt", 'r', X, NONE, NONE, {0}},
     {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
 };
 
@@ -454,7 +486,7 @@ static void consumer_confined_to_its_own_names(void **state)
         PQfinish(other);
         n++;
     }
-    assert_int_equal(n, 6);
+    assert_int_equal(n, 11);      /* 6 inbox_* and 5 consume_* (schema 12) */
 }
 
 /* SET ROLE narrows: a session that set a role is judged as that role. */

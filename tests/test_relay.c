@@ -20,6 +20,7 @@
 #include "testutil.h"
 #include "tu_http.h"
 #include "tu_proc.h"
+#include "tu_relay.h"
 
 static kt_broker *broker;
 
@@ -83,72 +84,8 @@ static void emit_n(const char *topic, int n, int k)
     PQfinish(c);
 }
 
-static long long outbox_rows(const char *topic)
-{
-    PGconn *c = tu_connect();
-    char *sql = tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = '%s'", topic);
-    long long n = tu_int(c, sql);
-    free(sql);
-    PQfinish(c);
-    return n;
-}
 
-static void await_outbox_empty(const char *topic, int timeout_ms)
-{
-    PGconn *c = tu_connect();
-    char *sql = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s'", topic);
-    tu_await(c, sql, timeout_ms);
-    free(sql);
-    PQfinish(c);
-}
 
-/* What a topic holds, checked: every key's positions, in partition order,
- * rise one by one from 1; a position seen before is a duplicate (allowed
- * after a crash, counted); never a gap, never a step back to something
- * unseen. Returns the number of distinct messages. */
-typedef struct topic_check {
-    size_t messages, distinct, duplicates, keys;
-} topic_check;
-
-static topic_check check_topic(const char *topic, size_t want, int timeout_ms)
-{
-    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, want, timeout_ms);
-    assert_non_null(got);
-    topic_check tc = {.messages = got->count};
-    enum { MAXKEYS = 256 };
-    char *keys[MAXKEYS];
-    long last[MAXKEYS];
-    int partition[MAXKEYS];
-    for (size_t i = 0; i < got->count; i++) {
-        const kt_msg *m = &got->msgs[i];
-        const char *seq_text = kt_header(m, "ferry_seq");
-        assert_non_null(seq_text);
-        long seq = atol(seq_text);
-        size_t k = 0;
-        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
-            k++;
-        if (k == tc.keys) {
-            assert_true(tc.keys < MAXKEYS);
-            keys[k] = m->key;
-            last[k] = 0;
-            partition[k] = m->partition;
-            tc.keys++;
-        }
-        /* One key, one partition. */
-        assert_int_equal(partition[k], m->partition);
-        if (seq <= last[k]) {
-            tc.duplicates++;
-        } else {
-            if (seq != last[k] + 1)
-                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
-                         topic, m->key, seq, last[k]);
-            last[k] = seq;
-            tc.distinct++;
-        }
-    }
-    kt_msgs_free(got);
-    return tc;
-}
 
 /* ------------------------------------------------------------------ tests */
 
@@ -167,7 +104,7 @@ static void once_publishes_committed_only(void **state)
     assert_non_null(strstr(log, "\"event\":\"relay.stop\""));
     assert_non_null(strstr(log, "\"delivered\":500"));
     free(log);
-    assert_int_equal(outbox_rows(topic), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
 
     kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 501, 5000);
     assert_int_equal(got->count, 500);              /* and not the rolled-back one */
@@ -187,7 +124,7 @@ static void once_publishes_committed_only(void **state)
         assert_null(strstr(got->msgs[i].value, "\"no\""));
     kt_msgs_free(got);
 
-    topic_check tc = check_topic(topic, 500, 5000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 500, 5000);
     assert_int_equal(tc.distinct, 500);
     assert_int_equal(tc.duplicates, 0);
     assert_int_equal(tc.keys, 7);
@@ -206,11 +143,11 @@ static void notify_wakes_the_relay(void **state)
     tu_await(c, "SELECT count(*) = 0 FROM ferry.outbox", 30000);
     PQfinish(c);
     emit_n(topic, 3, 3);
-    await_outbox_empty(topic, 20000);
+    tu_await_outbox_empty(topic, 20000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
-    topic_check tc = check_topic(topic, 3, 5000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 3, 5000);
     assert_int_equal(tc.distinct, 3);
 }
 
@@ -265,11 +202,11 @@ static void order_holds_with_concurrent_writers(void **state)
         pthread_join(th[i], NULL);
         assert_ferry_ok(w[i].rc, w[i].err);
     }
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
-    topic_check tc = check_topic(topic, W * ROUNDS * 3, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, W * ROUNDS * 3, 10000);
     assert_int_equal(tc.distinct, W * ROUNDS * 3);
     assert_int_equal(tc.keys, 5);
 }
@@ -291,13 +228,13 @@ static void graceful_shutdown_loses_nothing(void **state)
     assert_non_null(strstr(log, "\"event\":\"relay.stopping\""));
     free(log);
     tu_proc_done(&p);
-    long long left = outbox_rows(topic);
-    topic_check tc = check_topic(topic, (size_t)(20000 - left), 10000);
+    long long left = tu_outbox_rows(topic);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, (size_t)(20000 - left), 10000);
     assert_int_equal(tc.duplicates, 0);
     assert_true(tc.distinct >= (size_t)(20000 - left));
     /* The rest goes out on the next run. */
     assert_int_equal(relay_once("graceful-b", NULL, NULL, NULL), 0);
-    tc = check_topic(topic, 20000, 10000);
+    tc = tu_check_topic(kt_bootstrap(broker), topic, 20000, 10000);
     assert_int_equal(tc.distinct, 20000);
 }
 
@@ -315,7 +252,7 @@ static void kill9_mid_batch_loses_nothing(void **state)
     kill(p.pid, SIGKILL);
     assert_int_equal(tu_proc_wait(&p, 10000), 128 + SIGKILL);
     tu_proc_done(&p);
-    long long left = outbox_rows(topic);
+    long long left = tu_outbox_rows(topic);
     assert_true(left > 0);                          /* it really died mid-way */
     /* Restarted under the same name (as a supervisor would), it takes its
      * unexpired leases back under a new epoch rather than wait for them. */
@@ -323,9 +260,9 @@ static void kill9_mid_batch_loses_nothing(void **state)
     assert_int_equal(relay_once("kill9-a", NULL, NULL, &log), 0);
     assert_non_null(strstr(log, "\"event\":\"lease.reclaimed\""));
     free(log);
-    assert_int_equal(outbox_rows(topic), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
     /* Read all there is (duplicates included), not just 30000. */
-    topic_check tc = check_topic(topic, 0, 8000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 8000);
     assert_int_equal(tc.distinct, 30000);
     print_message("kill -9: %lld rows left, %zu duplicates published\n", left, tc.duplicates);
 }
@@ -377,10 +314,10 @@ static void broker_down_then_up(void **state)
      * fault fired); nothing could be acknowledged ... */
     tu_proc_await_log(&p, "\"event\":\"batch.produced\"", 30000);
     tu_proc_await_log(&p, "\"event\":\"kafka.error\"", 30000);
-    assert_int_equal(outbox_rows(topic), 200);
+    assert_int_equal(tu_outbox_rows(topic), 200);
     /* ... and once it is back they go. */
     assert_int_equal(kt_command(broker, "up 1"), 0);
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     char *log = tu_proc_log(&p);
@@ -394,7 +331,7 @@ static void broker_down_then_up(void **state)
                  twice, log);
     free(log);
     tu_proc_done(&p);
-    topic_check tc = check_topic(topic, 200, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 200, 10000);
     assert_int_equal(tc.distinct, 200);
 }
 
@@ -416,7 +353,7 @@ static void produce_errors_and_latency(void **state)
     assert_non_null(strstr(log, "Not enough in-sync replicas (actions Retry"));
     free(log);
     assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
-    topic_check tc = check_topic(topic, 300, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 300, 10000);
     assert_int_equal(tc.distinct, 300);
 }
 
@@ -431,9 +368,9 @@ static void fatal_error_rebuilds_producer(void **state)
     assert_int_equal(relay_once("fatal-a", NULL, "FERRY_RELAY_TEST_FATAL_AFTER=1500", &log), 0);
     assert_non_null(strstr(log, "\"event\":\"kafka.fatal\""));
     free(log);
-    assert_int_equal(outbox_rows(topic), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
     /* Purged in-flight messages may have been written: read it all. */
-    topic_check tc = check_topic(topic, 0, 6000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 6000);
     assert_int_equal(tc.distinct, 3000);
 }
 
@@ -514,14 +451,14 @@ static void two_relays_share_the_shards(void **state)
     tu_await(c, "SELECT count(*) = 8 FROM ferry.lease WHERE holder = 'share-b' "
                 "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
     emit_n(topic, 2000, 64);
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     kill(a.pid, SIGTERM);
     kill(b.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&a, 30000), 0);
     assert_int_equal(tu_proc_wait(&b, 30000), 0);
     tu_proc_done(&a);
     tu_proc_done(&b);
-    topic_check tc = check_topic(topic, 2000, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 2000, 10000);
     assert_int_equal(tc.distinct, 2000);
     assert_int_equal(tc.duplicates, 0);
     /* Released on the way out: nobody holds a shard now. */
@@ -554,7 +491,7 @@ static void paused_relay_loses_shards_and_acks(void **state)
     tu_await(c, "SELECT count(*) = 16 FROM ferry.lease WHERE holder = 'pause-b' "
                 "AND name LIKE 'shard:%' AND expires_at > now()", 60000);
     assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     kill(a.pid, SIGCONT);
     /* A wakes up, gets its delivery reports, tries to acknowledge. */
     kill(a.pid, SIGTERM);
@@ -573,7 +510,7 @@ static void paused_relay_loses_shards_and_acks(void **state)
     tu_proc_done(&a);
     tu_proc_done(&b);
     /* Duplicates expected (A's deliveries and B's resends): read it all. */
-    topic_check tc = check_topic(topic, 0, 6000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 6000);
     assert_int_equal(tc.distinct, 100);
     assert_true(tc.duplicates > 0);
     PQfinish(c);
@@ -642,7 +579,7 @@ static void database_restart_loses_nothing(void **state)
     PQfinish(c);
     emit_n(topic, 100, 5);
     tu_proc_await_log(&p, "\"event\":\"db.reconnected\"", 30000);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
 
     /* While the server is down the relay waits; it must not spin. */
     assert_int_equal(fpg_stop(tu_pg, "fast"), 0);
@@ -655,7 +592,7 @@ static void database_restart_loses_nothing(void **state)
         fail_msg("relay used %ld ticks of CPU in 2 s with the database down", busy);
     assert_int_equal(fpg_start_again(tu_pg), 0);
     emit_n(topic, 100, 5);
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     char *log = tu_proc_log(&p);
@@ -667,7 +604,7 @@ static void database_restart_loses_nothing(void **state)
     assert_all_json(log);
     free(log);
     tu_proc_done(&p);
-    topic_check tc = check_topic(topic, 200, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 200, 10000);
     assert_int_equal(tc.distinct, 200);
 }
 
@@ -682,14 +619,14 @@ static void schema_change_under_a_running_relay(void **state)
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'alter-a' "
                 "AND name LIKE 'shard:%'", 30000);
     emit_n(topic, 50, 5);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE varchar(255)");
     emit_n(topic, 50, 5);
     tu_proc_await_log(&p, "\"event\":\"db.reconnected\"", 30000);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     tu_exec(c, "ALTER TABLE ferry.outbox ALTER COLUMN type TYPE text");
     emit_n(topic, 50, 5);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     char *log = tu_proc_log(&p);
@@ -698,25 +635,32 @@ static void schema_change_under_a_running_relay(void **state)
     free(log);
     tu_proc_done(&p);
     PQfinish(c);
-    topic_check tc = check_topic(topic, 150, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 150, 10000);
     assert_int_equal(tc.distinct, 150);
 }
 
-/* The metrics endpoint of a running relay counts what it published. */
+/* The metrics endpoint of a running relay counts what it published, and
+ * has librdkafka's statistics of the broker it talks to. */
 static void metrics_endpoint_counts(void **state)
 {
     const char *topic = "t.metrics";
-    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--kafka-prop",
+                          "statistics.interval.ms=100", NULL};
     tu_proc p = relay_spawn("metrics-a", args, NULL);
     tu_proc_await_log(&p, "\"event\":\"metrics.listen\"", 30000);
     char *log = tu_proc_log(&p);
     const char *at = strstr(log, "\"port\":");
     assert_non_null(at);
     int port = atoi(at + strlen("\"port\":"));
+    /* The address it serves, logged whole. */
+    char address[64];
+    snprintf(address, sizeof address, "\"address\":\"127.0.0.1:%d\"", port);
+    if (!strstr(log, address))
+        fail_msg("no %s in the log:\n%s", address, log);
     free(log);
     assert_true(port > 0);
     emit_n(topic, 50, 5);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     tu_http_reply health = tu_http_get(port, "/healthz");
     assert_int_equal(health.status, 200);
     free(health.raw);
@@ -729,6 +673,34 @@ static void metrics_endpoint_counts(void **state)
     assert_true(held == 16);
     assert_int_equal(tu_prom_find(r.body, "ferry_relay_end_to_end_seconds_count", &e2e), 0);
     free(r.raw);
+
+    /* librdkafka's statistics arrive every 100 ms: within 10 s a document
+     * that shows the broker up, with a round-trip time (bounded polls of
+     * the endpoint; nothing else says when a document came). */
+    /* librdkafka names a broker HOST:PORT/ID, as the metadata says. */
+    int is_up = 0;
+    double updates = 0, sent = 0;
+    for (int tries = 0; tries < 200 && !is_up; tries++) {
+        r = tu_http_get(port, "/metrics");
+        assert_int_equal(r.status, 200);
+        const char *line = strstr(r.body, "\nferry_kafka_broker_up{broker=\"");
+        if (line && strstr(line, "/1\"} 1\n") == strchr(line, '}') - 3) {
+            is_up = 1;
+            const char *rtt = strstr(r.body, "\nferry_kafka_broker_rtt_seconds{broker=\"");
+            assert_non_null(rtt);
+            double seconds = atof(strchr(rtt, '}') + 2);
+            assert_true(seconds > 0 && seconds < 10);
+            assert_int_equal(tu_prom_find(r.body, "ferry_kafka_stats_updates_total", &updates), 0);
+            assert_int_equal(tu_prom_find(r.body, "ferry_kafka_sent_messages_total", &sent), 0);
+        }
+        free(r.raw);
+        if (!is_up)
+            usleep(50 * 1000);
+    }
+    if (!is_up)
+        fail_msg("no ferry_kafka_broker_up{broker=\"...\"} 1 within 10 s");
+    assert_true(updates >= 1);
+    assert_true(sent >= 50);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
@@ -756,8 +728,8 @@ static void delayed_message_holds_its_key(void **state)
     /* When its time comes, both go, in order. */
     tu_exec(c, "UPDATE ferry.outbox SET available_at = now() WHERE topic = 't.delay'");
     assert_int_equal(relay_once("delay-a", NULL, NULL, NULL), 0);
-    assert_int_equal(outbox_rows(topic), 0);
-    topic_check tc = check_topic(topic, 3, 5000);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 3, 5000);
     assert_int_equal(tc.distinct, 3);
     PQfinish(c);
 }
@@ -774,7 +746,7 @@ static void retention_marks_instead_of_deleting(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.mark' "
                                "AND published_at IS NOT NULL"), 20);
     assert_int_equal(relay_once("mark-a", args, NULL, NULL), 0);
-    topic_check tc = check_topic(topic, 0, 3000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 3000);
     assert_int_equal(tc.distinct, 20);
     assert_int_equal(tc.duplicates, 0);
     tu_exec(c, "DELETE FROM ferry.outbox WHERE topic = 't.mark'");
@@ -801,7 +773,7 @@ static void replayed_dead_letter_goes_first(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
                                "topic = 't.replay' AND ferry.replay_dead_letter(d.id)"), 1);
     assert_int_equal(relay_once("replay-a", NULL, NULL, NULL), 0);
-    topic_check tc = check_topic(topic, 2, 5000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 2, 5000);
     assert_int_equal(tc.distinct, 2);       /* positions 1 then 2: the replayed one first */
     PQfinish(c);
 }
@@ -844,7 +816,8 @@ static void bad_setup_exits_with_a_clear_error(void **state)
     PQfinish(c);
 
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
-    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 1);
+    /* A configuration error (exit 2), caught before any connection. */
+    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 2);
     assert_non_null(strstr(log, "no.such.property"));
     free(log);
 }

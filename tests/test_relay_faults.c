@@ -34,6 +34,7 @@
 #include "testutil.h"
 #include "tu_http.h"
 #include "tu_proc.h"
+#include "tu_relay.h"
 
 static kt_broker *broker;
 
@@ -243,23 +244,7 @@ static char *keys_on_partition(const char *prefix, int nkeys, int part, int *n)
     return arr;
 }
 
-static long long outbox_rows(const char *topic)
-{
-    PGconn *c = tu_connect();
-    long long n = tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox "
-                                          "WHERE topic = '%s'", topic));
-    PQfinish(c);
-    return n;
-}
 
-static void await_outbox_empty(const char *topic, int timeout_ms)
-{
-    PGconn *c = tu_connect();
-    char *sql = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s'", topic);
-    tu_await(c, sql, timeout_ms);
-    free(sql);
-    PQfinish(c);
-}
 
 /* Wait until holder has n live shard leases; fail at once, with its log,
  * if the relay p exits first. */
@@ -284,52 +269,6 @@ static void await_leases(tu_proc *p, const char *holder, int n, int timeout_ms)
     PQfinish(c);
 }
 
-/* What a topic holds, checked as in test_relay.c: every key on one
- * partition, its positions (ferry_seq) rising one by one from 1 in
- * partition order; a position seen before is a duplicate (counted), never
- * a gap, never a step back to something unseen. */
-typedef struct topic_check {
-    size_t messages, distinct, duplicates, keys;
-} topic_check;
-
-static topic_check check_topic(const char *topic, size_t want, int timeout_ms)
-{
-    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, want, timeout_ms);
-    assert_non_null(got);
-    topic_check tc = {.messages = got->count};
-    enum { MAXKEYS = 256 };
-    char *keys[MAXKEYS];
-    long last[MAXKEYS];
-    int partition[MAXKEYS];
-    for (size_t i = 0; i < got->count; i++) {
-        const kt_msg *m = &got->msgs[i];
-        const char *seq_text = kt_header(m, "ferry_seq");
-        assert_non_null(seq_text);
-        long seq = atol(seq_text);
-        size_t k = 0;
-        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
-            k++;
-        if (k == tc.keys) {
-            assert_true(tc.keys < MAXKEYS);
-            keys[k] = m->key;
-            last[k] = 0;
-            partition[k] = m->partition;
-            tc.keys++;
-        }
-        assert_int_equal(partition[k], m->partition);
-        if (seq <= last[k]) {
-            tc.duplicates++;
-        } else {
-            if (seq != last[k] + 1)
-                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
-                         topic, m->key, seq, last[k]);
-            last[k] = seq;
-            tc.distinct++;
-        }
-    }
-    kt_msgs_free(got);
-    return tc;
-}
 
 /* ------------------------------------------------------------------ 1. stuck */
 
@@ -386,7 +325,7 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
 
     /* The leader comes back: everything goes, in order, and it says so. */
     assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     await_health(port, 200, NULL, 10000);
     await_metric(port, "ferry_relay_stuck_partitions", 0, 0, 10000);
     tu_proc_await_log(p, "\"event\":\"partition.recovered\"", 10000);
@@ -395,7 +334,7 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
     assert_int_equal(log_count(p, "partition.recovered"), 1);
     assert_int_equal(relay_stop(p, 30000), 0);
 
-    topic_check tc = check_topic(topic, KEYS * 3, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, KEYS * 3, 10000);
     assert_int_equal(tc.distinct, KEYS * 3);
     assert_int_equal(tc.keys, KEYS);
     free(healthy_left);
@@ -442,7 +381,7 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     tu_await(c, allowed_left, 15000);
     /* The fault held: nothing of the refused topic was acknowledged or
      * dead-lettered. */
-    assert_int_equal(outbox_rows(refused), KEYS);
+    assert_int_equal(tu_outbox_rows(refused), KEYS);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter"), 0);
 
     await_health(port, 503, "stuck", 10000);
@@ -457,16 +396,16 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
 
     /* Authorised again: everything arrives, in order. */
     assert_int_equal(kt_command(broker, "topic-error %s NO_ERROR", refused), 0);
-    await_outbox_empty(refused, 30000);
+    tu_await_outbox_empty(refused, 30000);
     await_health(port, 200, NULL, 10000);
     int stuck = log_count(p, "partition.stuck") + log_count(p, "key.stuck");
     int recovered = log_count(p, "partition.recovered") + log_count(p, "key.recovered");
     assert_true(stuck >= 1 && stuck <= KEYS + PARTITIONS);
     assert_true(recovered >= 1 && recovered <= stuck);
     assert_int_equal(relay_stop(p, 30000), 0);
-    topic_check tc = check_topic(refused, KEYS, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), refused, KEYS, 10000);
     assert_int_equal(tc.distinct, KEYS);
-    tc = check_topic(allowed, KEYS * 3, 10000);
+    tc = tu_check_topic(kt_bootstrap(broker), allowed, KEYS * 3, 10000);
     assert_int_equal(tc.distinct, KEYS * 3);
     free(allowed_left);
     PQfinish(c);
@@ -555,9 +494,9 @@ static void a_commit_is_never_left_for_the_poll(void **state)
     clk_sleep_ms(500);
     assert_int_equal(tu_proc_poll(p), -1);
     tu_exec(w, "COMMIT");
-    await_outbox_empty(topic, 15000);
+    tu_await_outbox_empty(topic, 15000);
     assert_int_equal(relay_stop(p, 30000), 0);
-    topic_check tc = check_topic(topic, 1, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 1, 10000);
     assert_int_equal(tc.distinct, 1);
     PQfinish(w);
     PQfinish(c);
@@ -695,9 +634,9 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
     m.payload = fits;
     assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
     tu_exec(c, "COMMIT");
-    assert_int_equal(outbox_rows(topic), 2);
+    assert_int_equal(tu_outbox_rows(topic), 2);
     assert_int_equal(relay_once("size-a", NULL, NULL), 0);
-    assert_int_equal(outbox_rows(topic), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
     kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 2, 10000);
     assert_non_null(got);
     assert_int_equal(got->count, 2);
@@ -862,7 +801,7 @@ static void lag_metrics_come_once_per_shard_without_delayed_rows(void **state)
     }
     /* The stuck rows were counted (want above), the delayed ones not. */
     assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
-    await_outbox_empty(topic, 30000);
+    tu_await_outbox_empty(topic, 30000);
     assert_int_equal(relay_stop(a, 30000), 0);
     assert_int_equal(relay_stop(b, 30000), 0);
     PQfinish(c);
@@ -905,11 +844,11 @@ static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
     /* The first one is unharmed. */
     assert_int_equal(tu_proc_poll(a), -1);
     emit_keys(topic, "n", 8, 2);
-    await_outbox_empty(topic, 15000);
+    tu_await_outbox_empty(topic, 15000);
     assert_int_equal(tu_proc_poll(a), -1);
     assert_int_equal(log_count(a, "lease.lost"), 0);
     assert_int_equal(relay_stop(a, 30000), 0);
-    topic_check tc = check_topic(topic, 16, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 16, 10000);
     assert_int_equal(tc.distinct, 16);
 }
 
@@ -1014,11 +953,11 @@ static void scale_out_under_load_takes_a_share(void **state)
                   (long long)(clk_mono_ms() - t0), during);
     assert_true(during > 0);
     await_leases(a, "scale-a", SHARDS / 2, 15000);
-    await_outbox_empty(topic, 60000);
+    tu_await_outbox_empty(topic, 60000);
     assert_int_equal(relay_stop(a, 30000), 0);
     assert_int_equal(relay_stop(b, 30000), 0);
     long total = atomic_load(&w.committed);
-    topic_check tc = check_topic(topic, (size_t)total, 20000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, (size_t)total, 20000);
     assert_int_equal(tc.distinct, total);
     assert_int_equal(tc.keys, 64);
     PQfinish(c);
@@ -1052,7 +991,7 @@ static void publishing_resumes_promptly_after_a_broker_outage(void **state)
     await_leases(p, "outage-a", SHARDS, 30000);
     /* Connected: one message through before the outage. */
     emit_keys(topic, "o", 1, 1);
-    await_outbox_empty(topic, 15000);
+    tu_await_outbox_empty(topic, 15000);
     int64_t down_at = clk_mono_ms();
     assert_int_equal(kt_command(broker, "down 1"), 0);
     emit_keys(topic, "o", 10, 10);
@@ -1063,7 +1002,7 @@ static void publishing_resumes_promptly_after_a_broker_outage(void **state)
     int64_t left = down_at + 4000 - clk_mono_ms();
     if (left > 0)
         clk_sleep_ms((long)left);
-    assert_int_equal(outbox_rows(topic), 100);
+    assert_int_equal(tu_outbox_rows(topic), 100);
     /* ... and ends right after a reconnect attempt. */
     char *log = tu_proc_log(p);
     int attempts = count_in(log, attempt);
@@ -1079,11 +1018,11 @@ static void publishing_resumes_promptly_after_a_broker_outage(void **state)
         print_message("no reconnect attempt logged within 15 s; bringing the broker back\n");
     assert_int_equal(kt_command(broker, "up 1"), 0);
     int64_t up_at = clk_mono_ms();
-    await_outbox_empty(topic, 3000);
+    tu_await_outbox_empty(topic, 3000);
     print_message("published %lld ms after the brokers' return\n",
                   (long long)(clk_mono_ms() - up_at));
     assert_int_equal(relay_stop(p, 30000), 0);
-    topic_check tc = check_topic(topic, 101, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 101, 10000);
     assert_int_equal(tc.distinct, 101);
 }
 
@@ -1115,16 +1054,16 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
                                "AND name LIKE 'shard:%' AND expires_at > now()"),
                      0);
     emit_keys(topic, "e", 4, 2);
-    assert_int_equal(outbox_rows(topic), 8);
+    assert_int_equal(tu_outbox_rows(topic), 8);
     assert_int_equal(log_count(p, "kafka.waiting"), 1);
     /* The broker comes: it takes its shards and publishes. */
     assert_int_equal(kt_command(broker, "up 1"), 0);
-    await_outbox_empty(topic, 20000);
+    tu_await_outbox_empty(topic, 20000);
     await_health(port, 200, NULL, 10000);
     assert_true(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'early-a' "
                           "AND name LIKE 'shard:%' AND expires_at > now()") > 0);
     assert_int_equal(relay_stop(p, 30000), 0);
-    topic_check tc = check_topic(topic, 8, 10000);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 8, 10000);
     assert_int_equal(tc.distinct, 8);
     PQfinish(c);
 }
@@ -1151,6 +1090,46 @@ static void an_idle_relay_is_healthy_again_after_an_outage(void **state)
     assert_int_equal(relay_stop(p, 30000), 0);
 }
 
+/* ------------------------------------------------------------------ refusals */
+
+/*
+ * A broker that refuses a produce for good (every Produce request answered
+ * TOPIC_AUTHORIZATION_FAILED, a permanent error): under the gapless
+ * guarantee librdkafka makes that a fatal error, the relay rebuilds its
+ * producer and sends the row again. That must end: the row counts an
+ * attempt each time and becomes a dead letter after max_attempts, naming
+ * the broker's error, and the relay keeps publishing once the broker
+ * accepts again. (Nothing from outside may keep a retry loop going for
+ * ever.)
+ */
+static void a_broker_that_refuses_every_produce_ends_in_a_dead_letter(void **state)
+{
+    const char *topic = "f.denied";
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "max_attempts=3", NULL};
+    tu_proc *p = relay_spawn("denied-a", args);
+    await_leases(p, "denied-a", SHARDS, 30000);
+    assert_int_equal(kt_command(broker, "produce-errors 100000 TOPIC_AUTHORIZATION_FAILED"), 0);
+    emit_keys(topic, "d", 1, 1);
+
+    PGconn *c = tu_connect();
+    tu_await(c, "SELECT count(*) = 1 FROM ferry.dead_letter WHERE topic = 'f.denied' "
+                "AND consumer = '' AND reason LIKE '%TOPIC_AUTHORIZATION_FAILED%'", 30000);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    /* Bounded: the producer was rebuilt a few times, not for ever. */
+    int fatal = log_count(p, "kafka.fatal");
+    assert_true(fatal <= 3 + 1);
+
+    /* The broker accepts again: the next message goes out. */
+    assert_int_equal(kt_command(broker, "clear-errors Produce"), 0);
+    emit_keys(topic, "e", 1, 1);
+    tu_await_outbox_empty(topic, 20000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 1, 10000);
+    assert_int_equal(tc.distinct, 1);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 /* After each test, whatever it leaves: relays, a broker down, rows,
@@ -1169,6 +1148,7 @@ static int cleanup(void **state)
     nprocs = 0;
     kt_command(broker, "up 1");
     kt_command(broker, "rtt 1 0");
+    kt_command(broker, "clear-errors Produce");
     tu_exec_once("UPDATE ferry.settings SET wake_relays = true, max_payload_bytes = 1048576");
     tu_exec_once("UPDATE ferry.lease SET holder = NULL, expires_at = now()");
     return tu_clean_outbox(state);
@@ -1206,6 +1186,7 @@ int main(void)
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(a_relay_started_before_kafka_waits_for_it),
         T(an_idle_relay_is_healthy_again_after_an_outage),
+        T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -565,7 +565,11 @@ static void relay_step(int ri)
         sched_ack_sent(r->s, n, W.now);
         r->ack_n = n;
         r->ack_done_at = W.now + between(1, 6);
-        r->ack_reply_lost = chance(W.p_lost_reply);
+        /* Drawn in every phase, so that a seed's storm replays as before,
+         * but lost only in the storm: in STUCK nothing but the partition
+         * goes wrong (a reply lost there costs ACK_RETRY_MS a time, and a
+         * few in a row read as a healthy key starved). */
+        r->ack_reply_lost = chance(W.p_lost_reply) && W.now < STORM_MS;
         if (r->ack_reply_lost)
             W.pr_lost_reply++;
     }

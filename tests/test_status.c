@@ -406,6 +406,37 @@ static void usage_and_connection_errors(void **state)
     json_decref(parse_json(&r));
     run_free(&r);
     unsetenv("FERRY_DB");
+
+    /* The relay's config file stands in as well (--config or FERRY_CONFIG),
+     * below FERRY_DB and --db, as for run; a bad one is refused, placed. */
+    char path[] = "/tmp/ferry-test-status-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fprintf(f, "db: \"%s\"\nkafka: {bootstrap.servers: \"x:1\"}\n", fpg_conninfo(tu_pg));
+    assert_int_equal(fclose(f), 0);
+    r = run_status("--config", path, "--json", NULL);
+    assert_int_equal(r.rc, 0);
+    json_decref(parse_json(&r));
+    run_free(&r);
+    setenv("FERRY_CONFIG", path, 1);
+    r = run_status("--json", NULL);
+    assert_int_equal(r.rc, 0);
+    run_free(&r);
+    r = run_status("--db", "host=/nonexistent/ferry-test port=1 dbname=x", NULL);
+    assert_int_equal(r.rc, 1);                   /* --db over the file */
+    run_free(&r);
+    unsetenv("FERRY_CONFIG");
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "db: x\nbatch_size: lots\n");
+    assert_int_equal(fclose(f), 0);
+    r = run_status("--config", path, NULL);
+    assert_int_equal(r.rc, 2);
+    assert_non_null(strstr(r.err, ":2:13: batch_size: expected a decimal integer"));
+    run_free(&r);
+    assert_int_equal(unlink(path), 0);
 }
 
 /* The first line of text, NUL-terminated into buf. */

@@ -1,5 +1,5 @@
 /*
- * test_wal_relay.c — `ferry-relay run --source wal` against a real
+ * test_wal_relay.c — `ferry-relay run --outbox-source wal` against a real
  * PostgreSQL (wal_level = logical, tests/harness/pgtmp.c) and the
  * development broker, every topic read back: what committed is published
  * and nothing rolled back (also to a savepoint); a kill -9 mid-stream

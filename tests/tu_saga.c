@@ -27,9 +27,12 @@ static ferry_code effect(PGconn *conn, const ferry_message *m, const char *who,
 static ferry_code do_action(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
     const char *behave = json_string_value(json_object_get(m->payload, "behave"));
-    if (behave != NULL && strcmp(behave, "refuse") == 0)
+    ferry_code rc = effect(conn, m, arg, "do", err);
+    /* A refusal after the callback wrote: ferry_participant_handle must
+     * roll the write back (to its savepoint), so no 'do' row stays. */
+    if (rc == FERRY_OK && behave != NULL && strcmp(behave, "refuse") == 0)
         return ferry_error_set(err, FERRY_EINVAL, 0, "%s refused: out of stock", (char *)arg);
-    return effect(conn, m, arg, "do", err);
+    return rc;
 }
 
 static ferry_code do_compensation(PGconn *conn, const ferry_message *m, void *arg,

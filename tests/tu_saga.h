@@ -9,8 +9,9 @@
  *
  * Each action or compensation a participant applies is a row of t_effect
  * (participant, saga, what: "do" or "undo"), in the order applied. An
- * action whose payload says behave "refuse" is refused (FERRY_EINVAL from
- * the callback: a business refusal). How a command gets lost on the way
+ * action whose payload says behave "refuse" writes its row and then
+ * refuses (FERRY_EINVAL from the callback: a business refusal), so the
+ * row stays only if the refusal was not rolled back. How a command gets lost on the way
  * is each test's own participant handler.
  */
 #ifndef FERRY_TU_SAGA_H

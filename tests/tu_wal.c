@@ -63,7 +63,7 @@ kt_broker *tu_wal_broker;
 
 tu_proc tu_wal_relay_start(const char *holder, const char *const *args)
 {
-    const char *a[48] = {"--source", "wal", "--set", "log_level=debug"};
+    const char *a[48] = {"--outbox-source", "wal", "--set", "log_level=debug"};
     int n = 4;
     for (int i = 0; args != NULL && args[i] != NULL && n < 46; i++)
         a[n++] = args[i];

@@ -26,7 +26,7 @@ void tu_wal_mode(PGconn *c, const char *mode);
 /* The relay tests' broker (test_wal_relay.c, test_wal_faults.c). */
 extern kt_broker *tu_wal_broker;
 
-/* `ferry-relay run --source wal --set log_level=debug ARGS` as holder. */
+/* `ferry-relay run --outbox-source wal --set log_level=debug ARGS` as holder. */
 tu_proc tu_wal_relay_start(const char *holder, const char *const *args);
 /* The same with --once, to its end: the exit status; its log into
  * *log_out (caller frees) when not NULL, and on stderr when it failed. */

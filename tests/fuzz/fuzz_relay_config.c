@@ -23,10 +23,9 @@ static char path[64];
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     /* Only the file may set anything. */
-    static const char *const vars[] = {"FERRY_CONFIG", "FERRY_DB", "FERRY_KAFKA",
-                                       "FERRY_METRICS", "FERRY_HOLDER"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
-        unsetenv(vars[i]);
+    unsetenv("FERRY_CONFIG");
+    for (size_t i = 0; i < relay_config_setting_count(); i++)
+        unsetenv(relay_config_setting_env(i));
     fd = memfd_create("fuzz-relay-config", MFD_CLOEXEC);
     if (fd < 0) {
         perror("memfd_create");

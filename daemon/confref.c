@@ -1,0 +1,207 @@
+/*
+ * confref.c — `${env:NAME}` and `${file:/path}` in setting values
+ * (confref.h says what and why).
+ */
+#include "confref.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* A growing result, capped at CONFREF_VALUE_MAX. */
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+} buf;
+
+static int put(buf *b, const char *s, size_t n, char *why, size_t whylen)
+{
+    if (n > CONFREF_VALUE_MAX - b->len) {
+        snprintf(why, whylen, "the value would be longer than %d bytes", CONFREF_VALUE_MAX);
+        return -1;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 64;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            snprintf(why, whylen, "out of memory");
+            return -1;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+static bool valid_env_name(const char *s, size_t n)
+{
+    if (n == 0 || (s[0] >= '0' && s[0] <= '9'))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '_'))
+            return false;
+    }
+    return true;
+}
+
+/* The file's contents appended to b; the reference text is ref (n bytes)
+ * for the messages. One trailing "\n" or "\r\n" is dropped: secret files
+ * written by editors, `echo` and Kubernetes often end with one. */
+static int put_file(buf *b, const char *path, const char *ref, int n, char *why, size_t whylen)
+{
+    char ebuf[128];
+    if (path[0] != '/') {
+        snprintf(why, whylen, "%.*s: the path must be absolute", n, ref);
+        return -1;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        snprintf(why, whylen, "%.*s: could not open the file: %s", n, ref,
+                 strerror_r(errno, ebuf, sizeof ebuf));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "%.*s: not a regular file", n, ref);
+        close(fd);
+        return -1;
+    }
+    char *text = malloc((size_t)CONFREF_FILE_MAX + 1);
+    if (!text) {
+        close(fd);
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    size_t used = 0;
+    /* One byte more than the limit tells a full file from a longer one. */
+    while (used <= CONFREF_FILE_MAX) {
+        ssize_t r = read(fd, text + used, (size_t)CONFREF_FILE_MAX + 1 - used);
+        if (r == 0)
+            break;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            snprintf(why, whylen, "%.*s: could not read the file: %s", n, ref,
+                     strerror_r(errno, ebuf, sizeof ebuf));
+            goto fail;
+        }
+        used += (size_t)r;
+    }
+    if (used > CONFREF_FILE_MAX) {
+        snprintf(why, whylen, "%.*s: the file is larger than %d bytes", n, ref, CONFREF_FILE_MAX);
+        goto fail;
+    }
+    if (memchr(text, '\0', used)) {
+        snprintf(why, whylen, "%.*s: the file contains a NUL byte", n, ref);
+        goto fail;
+    }
+    if (used > 0 && text[used - 1] == '\n')
+        used--;
+    if (used > 0 && text[used - 1] == '\r')
+        used--;
+    int rc = put(b, text, used, why, whylen);
+    free(text);
+    close(fd);
+    return rc;
+fail:
+    free(text);
+    close(fd);
+    return -1;
+}
+
+int confref_expand(const char *in, char **out, char *why, size_t whylen)
+{
+    buf b = {0};
+    int refs = 0;
+    const char *p = in;
+    if (put(&b, "", 0, why, whylen) != 0)
+        return -1;
+    for (;;) {
+        const char *dollar = strchr(p, '$');
+        if (!dollar) {
+            if (put(&b, p, strlen(p), why, whylen) != 0)
+                goto fail;
+            break;
+        }
+        if (put(&b, p, (size_t)(dollar - p), why, whylen) != 0)
+            goto fail;
+        if (strncmp(dollar, "$${", 3) == 0) {       /* a literal "${" */
+            if (put(&b, "${", 2, why, whylen) != 0)
+                goto fail;
+            p = dollar + 3;
+            continue;
+        }
+        if (dollar[1] != '{') {                     /* a lone '$' is itself */
+            if (put(&b, "$", 1, why, whylen) != 0)
+                goto fail;
+            p = dollar + 1;
+            continue;
+        }
+        const char *close = strchr(dollar, '}');
+        const char *body = dollar + 2;
+        if (!close) {
+            snprintf(why, whylen, "\"%.32s\": a reference without its closing \"}\" "
+                     "(write $${ for a literal ${)", dollar);
+            goto fail;
+        }
+        int reflen = (int)(close - dollar + 1);
+        if (++refs > CONFREF_MAX) {
+            snprintf(why, whylen, "more than %d references in one value", CONFREF_MAX);
+            goto fail;
+        }
+        size_t n = (size_t)(close - body);
+        if (n > 4 && strncmp(body, "env:", 4) == 0) {
+            if (!valid_env_name(body + 4, n - 4)) {
+                snprintf(why, whylen, "%.*s: not a variable name", reflen > 80 ? 80 : reflen,
+                         dollar);
+                goto fail;
+            }
+            char name[256];
+            if (n - 4 >= sizeof name) {
+                snprintf(why, whylen, "%.80s...: the variable name is too long", dollar);
+                goto fail;
+            }
+            memcpy(name, body + 4, n - 4);
+            name[n - 4] = '\0';
+            const char *v = getenv(name);
+            if (!v) {
+                snprintf(why, whylen, "%.*s: the variable is not set", reflen, dollar);
+                goto fail;
+            }
+            if (put(&b, v, strlen(v), why, whylen) != 0)
+                goto fail;
+        } else if (n > 5 && strncmp(body, "file:", 5) == 0) {
+            char path[4096];
+            if (n - 5 >= sizeof path) {
+                snprintf(why, whylen, "%.80s...: the path is too long", dollar);
+                goto fail;
+            }
+            memcpy(path, body + 5, n - 5);
+            path[n - 5] = '\0';
+            if (put_file(&b, path, dollar, reflen > 300 ? 300 : reflen, why, whylen) != 0)
+                goto fail;
+        } else {
+            snprintf(why, whylen, "%.*s: expected ${env:NAME} or ${file:/path} "
+                     "(write $${ for a literal ${)", reflen > 80 ? 80 : reflen, dollar);
+            goto fail;
+        }
+        p = close + 1;
+    }
+    *out = b.p;
+    return 0;
+fail:
+    free(b.p);
+    return -1;
+}

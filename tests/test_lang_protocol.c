@@ -1,0 +1,520 @@
+/*
+ * test_lang_protocol.c — the SQL consumer protocol (schema 12) as a
+ * service in another language uses it: plain SQL over one connection, a
+ * handler that is an UPDATE, a client that keeps nothing in memory. The
+ * cases are the C consumer's (tests/test_consume.c): order, gaps, late
+ * duplicates, poison, replay and discard, a crash between the commit and
+ * the offset; and emit from SQL with everything the C API has.
+ *
+ * The "Kafka" side here is the list of messages a test hands the client,
+ * in the order the broker would: redeliveries are handing one again. The
+ * integration with a broker is tests/test_lang_services.c.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define CONSUMER "lang"
+
+/* A message as the client read it from Kafka. */
+typedef struct lmsg {
+    const char *id;
+    const char *key;
+    long seq;               /* 0: no ferry_seq header */
+    const char *payload;
+    const char *headers;
+} lmsg;
+
+static int setup_each(void **state)
+{
+    return tu_exec_once("TRUNCATE ferry.inbox, ferry.inbox_key, ferry.inbox_held, "
+                        "ferry.inbox_attempt, ferry.dead_letter, ferry.outbox, "
+                        "ferry.outbox_key; "
+                        "DROP TABLE IF EXISTS credit; "
+                        "CREATE TABLE credit (id uuid PRIMARY KEY, key text, seq bigint, "
+                        "n bigserial)");
+}
+
+static char *uuid_n(int n)
+{
+    return tu_sprintf("00000000-0000-7000-8000-%012d", n);
+}
+
+/* consume_claim's verdict and drain as "verdict/drain", in the open
+ * transaction; malloc'd. */
+static char *claim(PGconn *c, const lmsg *m)
+{
+    char seq[24];
+    snprintf(seq, sizeof seq, "%ld", m->seq);
+    const char *p[6] = {CONSUMER, m->id, m->key, m->seq ? seq : NULL, m->payload,
+                        m->headers ? m->headers : "{}"};
+    PGresult *res = PQexecParams(c,
+                                 "SELECT verdict || '/' || drain FROM ferry.consume_claim("
+                                 "consumer => $1, id => $2::uuid, topic => 'credits', key => $3, "
+                                 "seq => $4::bigint, payload => $5, headers => $6::jsonb, "
+                                 "type => 'Credited')",
+                                 6, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("consume_claim: %s", PQresultErrorMessage(res));
+    char *out = strdup(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return out;
+}
+
+/*
+ * One try at one message, the whole per-message sequence of the README:
+ * BEGIN; claim; the handler if the verdict says apply (fail_handler: it
+ * fails instead); finish; COMMIT. Returns the verdict ("apply", "held",
+ * ...), or "failed" after a ROLLBACK. malloc'd.
+ */
+static char *try_message(PGconn *c, const lmsg *m, int fail_handler)
+{
+    tu_exec(c, "BEGIN");
+    char *v = claim(c, m);
+    char *slash = strchr(v, '/');
+    *slash = '\0';
+    if (strcmp(v, "apply") == 0) {
+        if (fail_handler) {
+            tu_exec(c, "ROLLBACK");
+            free(v);
+            return strdup("failed");
+        }
+        char *sql = tu_sprintf("INSERT INTO credit (id, key, seq) VALUES ('%s', '%s', %ld)",
+                               m->id, m->key, m->seq);
+        tu_exec(c, sql);
+        free(sql);
+    }
+    char *fin = tu_sprintf("SELECT ferry.consume_finish(consumer => '%s', id => '%s')",
+                           CONSUMER, m->id);
+    tu_exec(c, fin);
+    free(fin);
+    tu_exec(c, "COMMIT");
+    return v;
+}
+
+static void expect(PGconn *c, const lmsg *m, const char *want)
+{
+    char *v = try_message(c, m, 0);
+    if (strcmp(v, want) != 0)
+        fail_msg("message %s (key %s, seq %ld): verdict %s, expected %s", m->id, m->key, m->seq,
+                 v, want);
+    free(v);
+}
+
+/* consume_fail after a failed try: "outcome/attempts". */
+static char *fail_once(PGconn *c, const lmsg *m, int permanent)
+{
+    char seq[24] = "NULL";
+    if (m->seq)
+        snprintf(seq, sizeof seq, "%ld", m->seq);
+    char *sql = tu_sprintf("SELECT outcome || '/' || attempts FROM ferry.consume_fail("
+                           "consumer => '%s', id => '%s', topic => 'credits', key => '%s', "
+                           "error => 'handler said no', seq => %s, payload => '%s', "
+                           "max_attempts => 3, permanent => %s)",
+                           CONSUMER, m->id, m->key, seq, m->payload,
+                           permanent ? "true" : "false");
+    char *out = tu_str(c, sql);
+    free(sql);
+    return out;
+}
+
+/* Drain what consume_ready gives (one key, or all when key is NULL), each
+ * row claimed as a message of its own, until nothing is ready; returns
+ * how many rows were handled. */
+static int drain(PGconn *c, const char *key)
+{
+    int handled = 0;
+    for (int round = 0; round < 10; round++) {
+        char *sql = key ? tu_sprintf("SELECT message_id, key, coalesce(seq, 0), payload, "
+                                     "headers FROM ferry.consume_ready(consumer => '%s', "
+                                     "topic => 'credits', key => '%s')", CONSUMER, key)
+                        : tu_sprintf("SELECT message_id, key, coalesce(seq, 0), payload, "
+                                     "headers FROM ferry.consume_ready(consumer => '%s')",
+                                     CONSUMER);
+        PGresult *res = PQexec(c, sql);
+        free(sql);
+        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+        int n = PQntuples(res);
+        for (int i = 0; i < n; i++) {
+            lmsg m = {PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                      atol(PQgetvalue(res, i, 2)), PQgetvalue(res, i, 3), PQgetvalue(res, i, 4)};
+            free(try_message(c, &m, 0));
+            handled++;
+        }
+        PQclear(res);
+        if (n == 0)
+            return handled;
+    }
+    fail_msg("consume_ready kept giving rows");
+    return handled;
+}
+
+static void applied_seqs(PGconn *c, const char *key, const char *want)
+{
+    tu_assert_str_of(c, tu_sprintf("SELECT coalesce(string_agg(seq::text, ',' ORDER BY n), '') "
+                                   "FROM credit WHERE key = '%s'", key), want);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void protocol_says_its_version(void **state)
+{
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT ferry.consume_protocol()"), 1);
+    PQfinish(c);
+}
+
+static void messages_apply_once_in_order_and_repeats_are_skipped(void **state)
+{
+    PGconn *c = tu_connect();
+    char *id[4];
+    for (int i = 1; i <= 3; i++)
+        id[i] = uuid_n(i);
+    lmsg m1 = {id[1], "acct-1", 1, "{\"amount\": 1}", NULL};
+    lmsg m2 = {id[2], "acct-1", 2, "{\"amount\": 2}", NULL};
+    lmsg m3 = {id[3], "acct-1", 3, "{\"amount\": 3}", NULL};
+    expect(c, &m1, "apply");
+    expect(c, &m2, "apply");
+    /* A redelivery of an applied message: its position was applied. */
+    expect(c, &m2, "late");
+    /* A relay resend under another id at an applied position. */
+    lmsg resend = {"00000000-0000-7000-8000-0000000000ff", "acct-1", 1, "{}", NULL};
+    expect(c, &resend, "late");
+    expect(c, &m3, "apply");
+    applied_seqs(c, "acct-1", "1,2,3");
+    /* A message without a position: deduplicated by id only. */
+    lmsg plain = {"00000000-0000-7000-8000-0000000000aa", "acct-2", 0, "{}", NULL};
+    expect(c, &plain, "apply");
+    expect(c, &plain, "duplicate");
+    for (int i = 1; i <= 3; i++)
+        free(id[i]);
+    PQfinish(c);
+}
+
+static void a_gap_is_held_and_drained_when_it_is_filled(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    lmsg m3 = {"00000000-0000-7000-8000-000000000003", "acct-1", 3, "{}", NULL};
+    expect(c, &m3, "held");
+    expect(c, &m2, "held");
+    /* Held once: a redelivery of a held message keeps the first copy. */
+    expect(c, &m2, "held");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_held"), 2);
+    applied_seqs(c, "acct-1", "");
+
+    /* The missing position arrives: the claim says drain. */
+    tu_exec(c, "BEGIN");
+    char *v = claim(c, &m1);
+    assert_string_equal(v, "apply/true");
+    free(v);
+    tu_exec(c, "INSERT INTO credit (id, key, seq) VALUES ('00000000-0000-7000-8000-000000000001', "
+               "'acct-1', 1)");
+    tu_exec(c, "SELECT ferry.consume_finish('" CONSUMER "', "
+               "'00000000-0000-7000-8000-000000000001')");
+    tu_exec(c, "COMMIT");
+    assert_int_equal(drain(c, "acct-1"), 2);
+    applied_seqs(c, "acct-1", "1,2,3");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_held"), 0);
+    /* A late redelivery from Kafka of a position drained from the held
+     * copies is skipped. */
+    expect(c, &m3, "late");
+    lmsg m3_resend = {"00000000-0000-7000-8000-0000000000f3", "acct-1", 3, "{}", NULL};
+    expect(c, &m3_resend, "late");
+    PQfinish(c);
+}
+
+static void a_gap_nobody_will_fill_is_skipped_by_the_consumer(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m4 = {"00000000-0000-7000-8000-000000000004", "acct-1", 4, "{}", NULL};
+    expect(c, &m1, "apply");
+    expect(c, &m4, "held");
+    assert_int_equal(drain(c, NULL), 0);
+    assert_int_equal(tu_int(c, "SELECT ferry.consume_skip_gap(consumer => '" CONSUMER "', "
+                               "topic => 'credits', key => 'acct-1')"), 2);
+    assert_int_equal(drain(c, NULL), 1);
+    applied_seqs(c, "acct-1", "1,4");
+    PQfinish(c);
+}
+
+static void a_discard_marker_consumes_its_position_without_the_handler(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "null",
+               "{\"ferry_discarded\": \"the relay could not publish it\"}"};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    expect(c, &m1, "discarded");
+    expect(c, &m2, "apply");
+    applied_seqs(c, "acct-1", "2");
+    expect(c, &m1, "late");
+    PQfinish(c);
+}
+
+static void poison_is_dead_lettered_after_bounded_attempts_and_parks_its_key_only(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{\"bad\": 1}", NULL};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    lmsg other = {"00000000-0000-7000-8000-000000000003", "acct-2", 1, "{}", NULL};
+
+    /* The handler fails; the count is the database's, so a client that
+     * restarts between tries (a new connection) still stops at the bound. */
+    const char *want[] = {"retry/1", "retry/2", "dead_lettered/3"};
+    for (int i = 0; i < 3; i++) {
+        char *v = try_message(c, &m1, 1);
+        assert_string_equal(v, "failed");
+        free(v);
+        char *o = fail_once(c, &m1, 0);
+        assert_string_equal(o, want[i]);
+        free(o);
+        PQfinish(c);
+        c = tu_connect();
+    }
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = '"
+                               CONSUMER "' AND seq = 1 AND attempts = 3 "
+                               "AND reason = 'handler said no'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_attempt"), 0);
+    /* Its key is parked: later positions are held; other keys flow. */
+    expect(c, &m2, "parked");
+    expect(c, &other, "apply");
+    /* A redelivery of the dead letter itself waits too. */
+    expect(c, &m1, "parked");
+    assert_int_equal(drain(c, NULL), 0);
+    applied_seqs(c, "acct-1", "");
+
+    /* Replayed by the operator: applied at its turn, then the held one. */
+    assert_int_equal(tu_int(c, "SELECT ferry.replay_dead_letter(id)::int FROM ferry.dead_letter"),
+                     1);
+    assert_int_equal(drain(c, NULL), 2);
+    applied_seqs(c, "acct-1", "1,2");
+    PQfinish(c);
+}
+
+static void a_permanent_failure_is_dead_lettered_at_once(void **state)
+{
+    PGconn *c = tu_connect();
+    /* Not JSON: the client knows without the handler. Position NULL as
+     * for a message whose ferry_seq is not a position: nothing parked. */
+    lmsg bad = {"00000000-0000-7000-8000-000000000001", "acct-1", 0, "{not json", NULL};
+    char *o = fail_once(c, &bad, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    tu_assert_str_of(c, strdup("SELECT payload_text FROM ferry.dead_letter"), "{not json");
+    lmsg next = {"00000000-0000-7000-8000-000000000002", "acct-1", 1, "{}", NULL};
+    expect(c, &next, "apply");
+    PQfinish(c);
+}
+
+static void a_position_out_of_range_is_a_data_error(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    PGresult *res = PQexec(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
+                              "gen_random_uuid(), 'credits', 'k', 9223372036854775807)");
+    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22003");
+    PQclear(res);
+    tu_exec(c, "ROLLBACK");
+    PQfinish(c);
+}
+
+static void a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    lmsg m3 = {"00000000-0000-7000-8000-000000000003", "acct-1", 3, "{}", NULL};
+    /* 2 arrives first and is poison: dead-lettered ahead of the gap. */
+    char *o = fail_once(c, &m2, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    expect(c, &m3, "parked");
+    tu_exec(c, "SELECT ferry.discard_dead_letter(id) FROM ferry.dead_letter");
+    /* The gap stays a gap: nothing is ready until 1 arrives. */
+    assert_int_equal(drain(c, NULL), 0);
+    applied_seqs(c, "acct-1", "");
+    expect(c, &m1, "apply");
+    /* 2's marker is consumed without the handler, then 3 is applied. */
+    assert_int_equal(drain(c, "acct-1"), 2);
+    applied_seqs(c, "acct-1", "1,3");
+    expect(c, &m2, "late");
+    PQfinish(c);
+}
+
+static void a_crash_between_commit_and_offset_applies_nothing_twice(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    expect(c, &m1, "apply");
+    expect(c, &m2, "apply");
+    /* The client died after COMMIT, before Kafka's offset moved: the
+     * broker hands both again to the next client. */
+    PQfinish(c);
+    c = tu_connect();
+    expect(c, &m1, "late");
+    expect(c, &m2, "late");
+    applied_seqs(c, "acct-1", "1,2");
+
+    /* Died inside the transaction instead: nothing of it stays, and the
+     * message is applied when it comes again. */
+    lmsg m3 = {"00000000-0000-7000-8000-000000000003", "acct-1", 3, "{}", NULL};
+    tu_exec(c, "BEGIN");
+    free(claim(c, &m3));
+    PQfinish(c);
+    c = tu_connect();
+    expect(c, &m3, "apply");
+    applied_seqs(c, "acct-1", "1,2,3");
+    PQfinish(c);
+}
+
+static void holding_needs_the_payload(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    PGresult *res = PQexec(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
+                              "gen_random_uuid(), 'credits', 'k', 5)");
+    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
+    PQclear(res);
+    tu_exec(c, "ROLLBACK");
+    PQfinish(c);
+}
+
+static void the_protocol_is_confined_to_the_consumer_names_a_role_owns(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DROP ROLE IF EXISTS lang_svc; "
+                   "CREATE ROLE lang_svc LOGIN IN ROLE ferry_consumer; "
+                   "INSERT INTO ferry.consumer_owner VALUES ('lang-own', 'lang_svc') "
+                   "ON CONFLICT DO NOTHING");
+    PGconn *c = tu_connect_as("lang_svc");
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT * FROM ferry.consume_claim(consumer => 'lang-own', "
+               "id => gen_random_uuid(), topic => 't', key => 'k', seq => 1)");
+    tu_exec(c, "ROLLBACK");
+    static const char *const calls[] = {
+        "SELECT * FROM ferry.consume_claim('someone-else', gen_random_uuid(), 't', 'k', 1)",
+        "SELECT ferry.consume_finish('someone-else', gen_random_uuid())",
+        "SELECT * FROM ferry.consume_fail('someone-else', gen_random_uuid(), 't', 'k', 'x')",
+        "SELECT * FROM ferry.consume_ready('someone-else')",
+        "SELECT ferry.consume_skip_gap('someone-else', 't', 'k')",
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
+        PGresult *res = PQexec(c, calls[i]);
+        if (PQresultStatus(res) != PGRES_FATAL_ERROR ||
+            strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501") != 0)
+            fail_msg("%s: expected 42501, got %s", calls[i], PQresultErrorMessage(res));
+        PQclear(res);
+    }
+    PQfinish(c);
+    tu_exec(admin, "DELETE FROM ferry.consumer_owner WHERE consumer = 'lang-own'; "
+                   "DROP ROLE lang_svc");
+    PQfinish(admin);
+}
+
+/* ------------------------------------------------------------------ emit */
+
+static void emit_message_takes_everything_the_c_api_takes_by_name(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "BEGIN");
+    char *id = tu_str(c, "SELECT ferry.emit_message(topic => 'orders', key => 'o-1', "
+                         "type => 'OrderPlaced', payload => '{\"id\": 1}', "
+                         "aggregatetype => 'order', delay_ms => 3600000, "
+                         "headers => '{\"traceparent\": \"00-ab-cd-01\"}', "
+                         "id => '00000000-0000-7000-8000-0000000000e1')");
+    tu_exec(c, "COMMIT");
+    assert_string_equal(id, "00000000-0000-7000-8000-0000000000e1");
+    free(id);
+    tu_assert_str_of(c, strdup("SELECT aggregatetype || '|' || aggregateid || '|' || type || "
+                               "'|' || (headers->>'traceparent') || '|' || "
+                               "(available_at > now() + interval '59 minutes') "
+                               "FROM ferry.outbox"),
+                     "order|o-1|OrderPlaced|00-ab-cd-01|true");
+    /* Without the optional ones: a new UUIDv7, no delay. */
+    char *v = tu_str(c, "SELECT substr(ferry.emit_message('orders', 'o-1', 'OrderPaid', "
+                        "'{}')::text, 15, 1)");
+    assert_string_equal(v, "7");
+    free(v);
+    PQfinish(c);
+}
+
+static void emit_message_refuses_with_the_field_named(void **state)
+{
+    static const struct {
+        const char *call, *field;
+    } cases[] = {
+        {"SELECT ferry.emit_message('t', 'k', 'T', '{not json')", "payload"},
+        {"SELECT ferry.emit_message('t', 'k', 'T', '{}', headers => '[1')", "headers"},
+        {"SELECT ferry.emit_message('t', 'k', 'T', '{}', delay_ms => -1)", "delay_ms"},
+        {"SELECT ferry.emit_message('bad topic', 'k', 'T', '{}')", "topic"},
+        {"SELECT ferry.emit_message('t', '', 'T', '{}')", "key"},
+        {"SELECT ferry.emit_message('t', 'k', 'T', '{}', "
+         "headers => '{\"ferry_seq\": \"1\"}')", "headers"},
+        {"SELECT ferry.emit_message('t', 'k', 'T', '{}', aggregatetype => repeat('a', 256))",
+         "aggregatetype"},
+    };
+    PGconn *c = tu_connect();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        PGresult *res = PQexec(c, cases[i].call);
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
+        if (PQresultStatus(res) != PGRES_FATAL_ERROR || !st || strcmp(st, "22023") != 0 ||
+            !col || strcmp(col, cases[i].field) != 0)
+            fail_msg("%s: expected 22023 on %s, got %s", cases[i].call, cases[i].field,
+                     PQresultErrorMessage(res));
+        PQclear(res);
+    }
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
+    PQfinish(c);
+}
+
+static void the_existing_emit_overloads_still_resolve(void **state)
+{
+    PGconn *c = tu_connect();
+    /* An untyped literal, a jsonb value, four and five arguments. */
+    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}')");
+    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}', '{\"h\": \"v\"}')");
+    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', jsonb_build_object('a', 1))");
+    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}'::jsonb, '{}'::jsonb)");
+    tu_exec(c, "SELECT ferry.emit(p_topic => 't', p_key => 'k', p_type => 'T', "
+               "p_payload => '{}'::text)");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 5);
+    PQfinish(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(protocol_says_its_version, setup_each),
+        cmocka_unit_test_setup(messages_apply_once_in_order_and_repeats_are_skipped, setup_each),
+        cmocka_unit_test_setup(a_gap_is_held_and_drained_when_it_is_filled, setup_each),
+        cmocka_unit_test_setup(a_gap_nobody_will_fill_is_skipped_by_the_consumer, setup_each),
+        cmocka_unit_test_setup(a_discard_marker_consumes_its_position_without_the_handler,
+                               setup_each),
+        cmocka_unit_test_setup(
+            poison_is_dead_lettered_after_bounded_attempts_and_parks_its_key_only, setup_each),
+        cmocka_unit_test_setup(a_permanent_failure_is_dead_lettered_at_once, setup_each),
+        cmocka_unit_test_setup(a_position_out_of_range_is_a_data_error, setup_each),
+        cmocka_unit_test_setup(a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn,
+                               setup_each),
+        cmocka_unit_test_setup(a_crash_between_commit_and_offset_applies_nothing_twice,
+                               setup_each),
+        cmocka_unit_test_setup(holding_needs_the_payload, setup_each),
+        cmocka_unit_test_setup(the_protocol_is_confined_to_the_consumer_names_a_role_owns,
+                               setup_each),
+        cmocka_unit_test_setup(emit_message_takes_everything_the_c_api_takes_by_name,
+                               setup_each),
+        cmocka_unit_test_setup(emit_message_refuses_with_the_field_named, setup_each),
+        cmocka_unit_test_setup(the_existing_emit_overloads_still_resolve, setup_each),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
+}

@@ -1,0 +1,286 @@
+/*
+ * test_rc_config.c — ferry-reconcile's settings (reconciler/rc_config.c):
+ * every one through the file, the environment and its flag, their
+ * precedence, secret references, and errors that name the setting.
+ * Needs no server: the errors come before any connection.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "../reconciler/rc_config.h"
+
+enum { ARGS_MAX = 32 };
+
+static int clear_env(void **state)
+{
+    unsetenv("FERRY_RECONCILE_CONFIG");
+    for (const rc_option_doc *d = rc_option_docs(); d->name; d++)
+        if (d->env)
+            unsetenv(d->env);
+    return 0;
+}
+
+/* rc_options_parse for cmd with args (NULL-terminated); its status. */
+static int parse_v(const char *cmd, rc_options *o, const char *const *args)
+{
+    char *argv[ARGS_MAX + 2];
+    int argc = 0;
+    argv[argc++] = (char *)cmd;
+    while (*args) {
+        assert_true(argc <= ARGS_MAX);
+        argv[argc++] = (char *)*args++;
+    }
+    argv[argc] = NULL;
+    return rc_options_parse(cmd, argc, argv, o);
+}
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* o's value of a setting, by its file key, as text. */
+static void render(const rc_options *o, const char *key, char *buf, size_t len)
+{
+    const char *s = NULL;
+    if (strcmp(key, "db") == 0) s = o->db;
+    else if (strcmp(key, "rules") == 0) s = o->rules_file;
+    else if (strcmp(key, "sagas") == 0) s = o->sagas_dir;
+    else if (strcmp(key, "reply_topic") == 0) s = o->reply_topic;
+    else if (strcmp(key, "holder") == 0) s = o->holder;
+    else if (strcmp(key, "metrics") == 0) s = o->metrics;
+    else if (strcmp(key, "wait") == 0) snprintf(buf, len, "%d", o->wait_s);
+    else if (strcmp(key, "lease_ttl") == 0) snprintf(buf, len, "%d", o->lease_ttl_ms);
+    else if (strcmp(key, "interval") == 0) snprintf(buf, len, "%g", o->interval_s);
+    else if (strcmp(key, "log_level") == 0) snprintf(buf, len, "%d", o->log_level);
+    else fail_msg("setting %s: the test cannot render it; add it to render()", key);
+    if (s || strchr("drshm", key[0]) != NULL)
+        if (strcmp(key, "wait") && strcmp(key, "lease_ttl") && strcmp(key, "interval") &&
+            strcmp(key, "log_level"))
+            snprintf(buf, len, "%s", s ? s : "(null)");
+}
+
+/* A valid value other than the default, and how render shows it. */
+static void sample(const char *key, const char **value, const char **shown)
+{
+    static const struct {
+        const char *key, *value, *shown;
+    } v[] = {
+        {"db", "dbname=sample", "dbname=sample"}, {"rules", "/r.yaml", "/r.yaml"},
+        {"sagas", "/sagas", "/sagas"}, {"reply_topic", "replies", "replies"},
+        {"holder", "h-1", "h-1"}, {"metrics", "127.0.0.1:0", "127.0.0.1:0"},
+        {"wait", "7", "7"}, {"lease_ttl", "4000", "4000"}, {"interval", "0.5", "0.5"},
+        {"log_level", "debug", "3"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        if (strcmp(v[i].key, key) == 0) {
+            *value = v[i].value;
+            *shown = v[i].shown;
+            return;
+        }
+    }
+    fail_msg("setting %s: no sample value; add one", key);
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void every_setting_through_file_env_and_flag(void **state)
+{
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    size_t n = 0;
+    for (const rc_option_doc *d = rc_option_docs(); d->name; d++) {
+        if (!d->key)
+            continue;
+        n++;
+        const char *value, *shown;
+        sample(d->key, &value, &shown);
+        char text[256], got[256], flag[64];
+        rc_options o;
+
+        snprintf(text, sizeof text, "%s%s: \"%s\"\n", strcmp(d->key, "db") ? "db: x\n" : "",
+                 d->key, value);
+        write_file(path, text);
+        assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
+        render(&o, d->key, got, sizeof got);
+        if (strcmp(got, shown) != 0)
+            fail_msg("%s from the file: \"%s\", not \"%s\"", d->key, got, shown);
+        rc_options_free(&o);
+
+        /* The variable over the file. */
+        write_file(path, "db: base\n");
+        setenv(d->env, value, 1);
+        assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
+        render(&o, d->key, got, sizeof got);
+        if (strcmp(got, shown) != 0)
+            fail_msg("%s from $%s: \"%s\", not \"%s\"", d->key, d->env, got, shown);
+        rc_options_free(&o);
+        unsetenv(d->env);
+
+        /* The flag over the file, for a command it is for. */
+        const char *cmd = rc_option_applies(d, "run") ? "run" : "repair";
+        snprintf(flag, sizeof flag, "--%s", d->name);
+        assert_int_equal(parse_v(cmd, &o, ARGS("--config", path, flag, value)), 0);
+        render(&o, d->key, got, sizeof got);
+        if (strcmp(got, shown) != 0)
+            fail_msg("%s from %s: \"%s\", not \"%s\"", d->key, flag, got, shown);
+        rc_options_free(&o);
+    }
+    assert_true(n >= 10);
+    assert_int_equal(unlink(path), 0);
+}
+
+/* The file over the defaults, the variable over the file, the flag over
+ * the variable; FERRY_RECONCILE_CONFIG names the file. */
+static void precedence_and_the_config_variable(void **state)
+{
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, "db: from-file\nwait: 5\nholder: ~\n");
+    setenv("FERRY_RECONCILE_CONFIG", path, 1);
+    rc_options o;
+    assert_int_equal(parse_v("repair", &o, ARGS("--lease-ttl", "2000")), 0);
+    assert_string_equal(o.db, "from-file");
+    assert_int_equal(o.wait_s, 5);
+    assert_null(o.holder);
+    assert_int_equal(o.lease_ttl_ms, 2000);
+    assert_int_equal(o.interval_s, 60);
+    rc_options_free(&o);
+    setenv("FERRY_DB", "from-env", 1);
+    assert_int_equal(parse_v("repair", &o, ARGS("--wait", "6")), 0);
+    assert_string_equal(o.db, "from-env");
+    assert_int_equal(o.wait_s, 6);
+    rc_options_free(&o);
+    assert_int_equal(parse_v("check", &o, ARGS("--db", "from-flag")), 0);
+    assert_string_equal(o.db, "from-flag");
+    rc_options_free(&o);
+    assert_int_equal(unlink(path), 0);
+}
+
+static void secret_references(void **state)
+{
+    char secret[] = "/tmp/ferry-test-secret-XXXXXX";
+    int fd = mkstemp(secret);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "pw\n", 3), 3);
+    close(fd);
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    char text[512];
+    snprintf(text, sizeof text, "db: \"user=r password=${file:%s}\"\ninterval: ${env:T_IV}\n",
+             secret);
+    write_file(path, text);
+    setenv("T_IV", "2.5", 1);
+    rc_options o;
+    assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
+    assert_string_equal(o.db, "user=r password=pw");
+    assert_true(o.interval_s == 2.5);
+    rc_options_free(&o);
+    unsetenv("T_IV");
+
+    /* Missing, through the program: exit 16 and the setting named. */
+    char *out = NULL, *err = NULL;
+    snprintf(text, sizeof text, "--config=%s", path);
+    assert_int_equal(tu_reconcile(ARGS("run", text), 30000, &out, &err), 16);
+    char want[512];
+    snprintf(want, sizeof want, "%s:2:11: interval: ${env:T_IV}: the variable is not set", path);
+    if (!strstr(err, want))
+        fail_msg("expected \"%s\" in:\n%s", want, err);
+    free(out);
+    free(err);
+    assert_int_equal(tu_reconcile(ARGS("check", "--db", "${file:/no/such/pw}"), 30000, &out,
+                                  &err), 16);
+    if (!strstr(err, "--db: ${file:/no/such/pw}: could not open the file: No such file"))
+        fail_msg("stderr:\n%s", err);
+    free(out);
+    free(err);
+    assert_int_equal(unlink(secret), 0);
+    assert_int_equal(unlink(path), 0);
+}
+
+static void errors_name_the_setting_and_place(void **state)
+{
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    static const struct {
+        const char *file, *want;
+    } cases[] = {
+        {"db: x\nwait: soon\n", ":2:7: wait: expected whole seconds, 0..86400, not \"soon\""},
+        {"db: x\nlog_level: loud\n", ":2:12: log_level: invalid value \"loud\""},
+        {"db: x\nmetrics: \"\"\n", ":2:10: metrics: must not be empty"},
+        {"db: x\nintervall: 5\n", ":2:1: "},
+        {"db: x\ndb: y\n", ":2:1: "},
+        {"db: [x]\n", ":1:5: db: expected a single value"},
+        {"- db\n", ":1:1: "},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_file(path, cases[i].file);
+        char arg[128], *out = NULL, *err = NULL, want[256];
+        snprintf(arg, sizeof arg, "--config=%s", path);
+        int st = tu_reconcile(ARGS("check", arg), 30000, &out, &err);
+        snprintf(want, sizeof want, "%s%s", path, cases[i].want);
+        if (st != 16 || !strstr(err, want))
+            fail_msg("case %zu: exit %d, expected 16 and \"%s\" in:\n%s", i, st, want, err);
+        free(out);
+        free(err);
+    }
+    setenv("FERRY_RECONCILE_LEASE_TTL", "5", 1);
+    char *out = NULL, *err = NULL;
+    assert_int_equal(tu_reconcile(ARGS("run", "--db", "x"), 30000, &out, &err), 16);
+    if (!strstr(err, "FERRY_RECONCILE_LEASE_TTL: expected whole milliseconds, 1000..3600000"))
+        fail_msg("stderr:\n%s", err);
+    free(out);
+    free(err);
+    assert_int_equal(unlink(path), 0);
+}
+
+/* The sample make install puts in share/ferry loads, and has every key. */
+static void the_sample_reconcile_yaml_loads_and_has_every_setting(void **state)
+{
+    rc_options o;
+    assert_int_equal(parse_v("run", &o, ARGS("--config", "packaging/reconcile.yaml")), 0);
+    assert_string_equal(o.metrics, "127.0.0.1:9188");
+    assert_int_equal(o.log_level, 2);
+    rc_options_free(&o);
+    FILE *f = fopen("packaging/reconcile.yaml", "r");
+    assert_non_null(f);
+    char text[8192];
+    size_t n = fread(text + 1, 1, sizeof text - 2, f);
+    fclose(f);
+    text[0] = '\n';
+    text[n + 1] = '\0';
+    for (const rc_option_doc *d = rc_option_docs(); d->name; d++) {
+        char key[64];
+        if (!d->key)
+            continue;
+        snprintf(key, sizeof key, "\n%s:", d->key);
+        if (!strstr(text, key))
+            fail_msg("packaging/reconcile.yaml has no line for %s", key + 1);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(every_setting_through_file_env_and_flag, clear_env),
+        cmocka_unit_test_setup(precedence_and_the_config_variable, clear_env),
+        cmocka_unit_test_setup(secret_references, clear_env),
+        cmocka_unit_test_setup(errors_name_the_setting_and_place, clear_env),
+        cmocka_unit_test_setup(the_sample_reconcile_yaml_loads_and_has_every_setting, clear_env),
+    };
+    return cmocka_run_group_tests(tests, clear_env, clear_env);
+}

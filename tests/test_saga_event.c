@@ -1,0 +1,308 @@
+/*
+ * test_saga_event.c — what one saga event writes, and that writing it in
+ * one statement (ferry.saga_begin / ferry.saga_store, schema 013) keeps
+ * the driver's guarantees: the state over the revision loaded or nothing,
+ * the audit rows numbered after the saga's last one in the order they
+ * happened, each "sent" row naming the outbox message it sent, and a
+ * reply applied a second time (a redelivery: a crash after the commit and
+ * before the offset was stored, with or without an inbox in front) writing
+ * nothing at all.
+ *
+ * A real PostgreSQL, no broker: the reply handler reads only the message's
+ * id and payload, so the test hands it replies directly, each in a
+ * transaction of its own as a consumer would.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static const char yaml[] =
+    "saga: t13\nversion: 1\ndeadline: 1h\nsteps:\n"
+    "  - {name: a, topic: t13.a, action: {type: DoA, payload: {o: \"${context.o}\"}},\n"
+    "     compensation: {type: UndoA}, timeout: 1m}\n"
+    "  - {name: b, topic: t13.b, action: {type: DoB}, compensation: {type: UndoB},\n"
+    "     timeout: 1m}\n";
+
+static ferry_saga_registry *reg;
+
+/* tu_exec of SQL that tu_sprintf made, freed after. */
+static void exec_of(PGconn *conn, char *sql)
+{
+    tu_exec(conn, sql);
+    free(sql);
+}
+
+/* tu_assert_str_of with a wanted text that tu_sprintf made. */
+static void assert_str_of(PGconn *conn, char *sql, char *want)
+{
+    tu_assert_str_of(conn, sql, want);
+    free(want);
+}
+
+static ferry_saga_registry *registry_new(void)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_parse(yaml, strlen(yaml), "t13.yaml", &def, &errs) != FERRY_OK)
+        fail_msg("t13 yaml: %s: %s", errs.errors[0].field, errs.errors[0].message);
+    ferry_saga_registry *r = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
+    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
+    return r;
+}
+
+static void start(PGconn *conn, char id[FERRY_UUID_STRING_SIZE])
+{
+    ferry_error err;
+    ferry_uuid uid;
+    tu_exec(conn, "BEGIN");
+    assert_ferry_ok(ferry_saga_start(conn, reg, "t13", "{\"o\": 0.10}", &uid, &err), err);
+    tu_exec(conn, "COMMIT");
+    ferry_uuid_format(&uid, id);
+}
+
+/* The reply a participant would send to the step's latest command, as
+ * the consumer hands it over, applied in a transaction of its own. */
+static void reply(PGconn *conn, const char *id, int step, int succeeded)
+{
+    long long round = tu_int_of(conn, tu_sprintf(
+        "SELECT (headers->>'saga_round')::int FROM ferry.outbox WHERE aggregateid = '%s' "
+        "AND headers->>'saga_step' = '%d' ORDER BY seq DESC LIMIT 1", id, step));
+    long long attempt = tu_int_of(conn, tu_sprintf(
+        "SELECT (headers->>'saga_attempt')::int FROM ferry.outbox WHERE aggregateid = '%s' "
+        "AND headers->>'saga_step' = '%d' ORDER BY seq DESC LIMIT 1", id, step));
+    json_t *payload = json_pack("{s:s, s:i, s:s, s:I, s:I, s:b}", "saga_id", id, "step", step,
+                                "kind", "action", "round", (json_int_t)round, "attempt",
+                                (json_int_t)attempt, "succeeded", succeeded);
+    assert_non_null(payload);
+    ferry_uuid mid;
+    char mids[FERRY_UUID_STRING_SIZE];
+    ferry_error err;
+    assert_ferry_ok(ferry_uuid_v7(&mid), err);
+    ferry_uuid_format(&mid, mids);
+    ferry_message m = {.topic = FERRY_SAGA_REPLY_TOPIC_DEFAULT, .key = "", .id = mids,
+                       .type = FERRY_SAGA_REPLY_TYPE, .aggregate_type = "", .payload = payload,
+                       .offset = -1, .attempt = 1};
+    tu_exec(conn, "BEGIN");
+    ferry_code rc = ferry_saga_reply_handler(conn, &m, reg, &err);
+    json_decref(payload);
+    assert_ferry_ok(rc, err);
+    tu_exec(conn, "COMMIT");
+}
+
+/* The audit trail as "n:step:status", and whether every "sent" row names
+ * an outbox message of the saga with its command's type. */
+#define TRAIL "SELECT string_agg(n || ':' || step || ':' || status, ',' ORDER BY n) " \
+              "FROM ferry.saga_step WHERE saga_id = '%s'"
+#define SENT_MATCH "SELECT count(*) FROM ferry.saga_step s JOIN ferry.outbox o " \
+                   "ON o.id = s.message_id WHERE s.saga_id = '%s' AND s.status = 'sent' " \
+                   "AND o.aggregateid = s.saga_id::text AND o.headers->>'saga_key' = " \
+                   "s.detail->>'key'"
+#define COUNT_OUT "SELECT count(*) FROM ferry.outbox WHERE aggregateid = '%s'"
+#define VERSION "SELECT version FROM ferry.saga WHERE id = '%s'"
+
+/* Start, a reply, the same reply again: the second changes nothing. */
+static void a_reply_applied_twice_writes_nothing_the_second_time(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, id)), 1);
+    /* The command's payload kept its digits through the one statement. */
+    tu_assert_str_of(conn, tu_sprintf("SELECT payload->>'o' FROM ferry.outbox WHERE "
+                                      "aggregateid = '%s'", id), "0.10");
+
+    reply(conn, id, 0, 1);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent,2:a:succeeded,3:b:sent");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, id)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, id)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(VERSION, id)), 2);
+
+    /* Redelivered (a new message id: no inbox would catch it). */
+    reply(conn, id, 0, 1);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent,2:a:succeeded,3:b:sent");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, id)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(VERSION, id)), 2);
+
+    /* The failure of b, twice: a's compensation is sent once. */
+    reply(conn, id, 1, 0);
+    reply(conn, id, 1, 0);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id),
+                     "1:a:sent,2:a:succeeded,3:b:sent,4:b:failed,5:a:sent");
+    tu_assert_str_of(conn, tu_sprintf("SELECT string_agg(type, ',' ORDER BY seq) FROM "
+                                      "ferry.outbox WHERE aggregateid = '%s'", id),
+                     "DoA,DoB,UndoA");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, id)), 3);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(VERSION, id)), 3);
+    PQfinish(conn);
+}
+
+/* A store over a revision that is no longer current writes nothing: not
+ * the state, not the audit rows, not the commands. */
+static void a_store_over_a_stale_revision_writes_nothing(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+    long long version = tu_int_of(conn, tu_sprintf(VERSION, id));
+    tu_assert_str_of(conn, tu_sprintf(
+        "SELECT ferry.saga_store('%s', %lld, %lld, 'compensating', 0, 0, '{}', "
+        "'[{\"step\": \"a\", \"kind\": \"compensation\", \"status\": \"sent\", "
+        "\"attempt\": 1}]', "
+        "'[{\"id\": \"00000000-0000-7000-8000-000000000013\", \"topic\": \"t13.a\", "
+        "\"key\": \"%s\", \"type\": \"UndoA\", \"aggregate_type\": \"t13\", "
+        "\"payload\": \"{}\", \"headers\": \"{}\", \"delay_ms\": 0}]')::text",
+        id, version + 5, version + 6, id), "false");
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, id)), 1);
+    assert_str_of(conn, tu_sprintf("SELECT state || ' ' || version FROM ferry.saga WHERE "
+                                   "id = '%s'", id),
+                  tu_sprintf("running %lld", version));
+    PQfinish(conn);
+}
+
+/* Rows an older library wrote one at a time (ferry.saga_audit) and the
+ * rows of an event written at once share one numbering: no gap, no
+ * number taken twice. */
+static void audit_rows_follow_those_of_an_older_library(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+    exec_of(conn, tu_sprintf("SELECT ferry.saga_audit('%s', 'a', 'action', 'sent', 1, NULL, "
+                             "'{\"by\": \"an older library\"}')", id));
+    reply(conn, id, 0, 1);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id),
+                     "1:a:sent,2:a:sent,3:a:succeeded,4:b:sent");
+    PQfinish(conn);
+}
+
+/* The next due saga is found, locked and loaded in one statement, by the
+ * transaction's clock when no time is given; a saga another worker holds
+ * is passed by. */
+static void next_due_is_loaded_with_it_by_the_database_clock(void **state)
+{
+    PGconn *conn = tu_connect(), *other = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+    /* Out of the way: every other saga of this binary. */
+    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id <> '%s'", id));
+    const char *due = "SELECT count(*) FROM ferry.saga_lock_next_due(NULL, '{}')";
+    assert_int_equal(tu_int(conn, due), 0);       /* its timer is a minute away */
+    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET deadline = now() - interval '1 second' "
+                             "WHERE id = '%s'", id));
+    assert_str_of(conn, tu_sprintf("SELECT id::text || ' ' || definition || ' ' || version "
+                                   "|| ' ' || (engine::jsonb->>'status') FROM "
+                                   "ferry.saga_lock_next_due(NULL, '{}')"),
+                  tu_sprintf("%s t13 1 running", id));
+    /* Held by another worker: skipped, not waited for. */
+    tu_exec(other, "BEGIN");
+    assert_int_equal(tu_int_of(other, tu_sprintf("SELECT count(*) FROM "
+                                                 "ferry.saga_lock_next_due(NULL, '{}')")), 1);
+    assert_int_equal(tu_int(conn, due), 0);
+    tu_exec(other, "ROLLBACK");
+    /* Skipped when named. */
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT count(*) FROM "
+                                                "ferry.saga_lock_next_due(NULL, '{%s}')", id)),
+                     0);
+    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id = '%s'", id));
+    PQfinish(other);
+    PQfinish(conn);
+}
+
+static int calls;
+
+static ferry_code count_call(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
+{
+    calls++;
+    return FERRY_OK;
+}
+
+/* A participant called outside a transaction is refused before anything
+ * runs: its callback would otherwise apply in autocommit, with no reply
+ * and no record to go with it. */
+static void a_participant_outside_a_transaction_is_refused_first(void **state)
+{
+    PGconn *conn = tu_connect();
+    ferry_participant p = {.name = "t13-p", .action = count_call, .compensation = count_call};
+    ferry_message m = {.topic = "t13.a", .key = "", .id = "00000000-0000-7000-8000-000000000001",
+                       .type = "DoA", .aggregate_type = "", .offset = -1, .attempt = 1};
+    ferry_error err;
+    calls = 0;
+    assert_int_equal(ferry_participant_handle(conn, &m, &p, NULL, &err), FERRY_ESTATE);
+    assert_non_null(strstr(err.message, "no transaction is open"));
+    assert_int_equal(calls, 0);
+    assert_int_equal(PQtransactionStatus(conn), PQTRANS_IDLE);
+    PQfinish(conn);
+}
+
+/* Timers due together fire in batches, each batch one transaction (its
+ * sagas share one updated_at, the transaction's now()), not one
+ * transaction -- one commit, one flush -- per saga; each saga's timeout is
+ * applied once. */
+static void timers_due_together_fire_in_a_few_transactions(void **state)
+{
+    enum { N = 40 };
+    PGconn *conn = tu_connect(), *idle = tu_connect();
+    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed'"));
+    tu_exec(conn, "CREATE TABLE t_batch (id uuid)");
+    for (int i = 0; i < N; i++) {
+        char id[FERRY_UUID_STRING_SIZE];
+        start(conn, id);
+        exec_of(conn, tu_sprintf("INSERT INTO t_batch VALUES ('%s')", id));
+    }
+    long long now_ms = tu_int(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+    int fired = -1;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_fire_timers(idle, reg, now_ms + 120000, 1000, &fired, &err),
+                    err);
+    assert_int_equal(fired, N);
+    /* Step a never answered: it may have run, so it is compensated. */
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga s JOIN t_batch b USING (id) "
+                                  "WHERE s.state = 'compensating' AND s.version = 2"), N);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.outbox o JOIN t_batch b ON "
+                                  "o.aggregateid = b.id::text WHERE o.type = 'UndoA'"), N);
+    /* 40 sagas, batches of 32: two transactions (one per saga before). */
+    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT s.updated_at) FROM ferry.saga s "
+                                  "JOIN t_batch b USING (id)"), 2);
+    /* Nothing is due any more: a second call fires nothing. */
+    assert_ferry_ok(ferry_saga_fire_timers(idle, reg, now_ms + 120000, 1000, &fired, &err),
+                    err);
+    assert_int_equal(fired, 0);
+    assert_int_equal(PQtransactionStatus(idle), PQTRANS_IDLE);
+    tu_exec(conn, "UPDATE ferry.saga SET state = 'completed'");
+    PQfinish(idle);
+    PQfinish(conn);
+}
+
+static int setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    reg = registry_new();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    ferry_saga_registry_destroy(reg);
+    return tu_group_teardown(state);
+}
+
+int main(void)
+{
+    tu_filter_from_env();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(a_reply_applied_twice_writes_nothing_the_second_time),
+        cmocka_unit_test(a_store_over_a_stale_revision_writes_nothing),
+        cmocka_unit_test(audit_rows_follow_those_of_an_older_library),
+        cmocka_unit_test(next_due_is_loaded_with_it_by_the_database_clock),
+        cmocka_unit_test(a_participant_outside_a_transaction_is_refused_first),
+        cmocka_unit_test(timers_due_together_fire_in_a_few_transactions),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

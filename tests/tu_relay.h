@@ -1,0 +1,29 @@
+/*
+ * tu_relay.h — what the relay tests ask of the outbox and of a topic:
+ * how many rows wait, waiting for none, and the per-key order check every
+ * publishing test ends with. Every helper fails the running cmocka test on
+ * error.
+ */
+#ifndef FERRY_TU_RELAY_H
+#define FERRY_TU_RELAY_H
+
+#include <stddef.h>
+
+/* Rows of topic in ferry.outbox now. */
+long long tu_outbox_rows(const char *topic);
+/* Wait up to timeout_ms until no row of topic is left in ferry.outbox. */
+void tu_await_outbox_empty(const char *topic, int timeout_ms);
+
+/* What a topic holds, checked: every key on one partition, its positions
+ * (ferry_seq) rising one by one from 1 in partition order; a position seen
+ * before is a duplicate (allowed after a crash, counted), never a gap,
+ * never a step back to something unseen. Reads until want messages or
+ * timeout_ms. */
+typedef struct tu_topic_check {
+    size_t messages, distinct, duplicates, keys;
+} tu_topic_check;
+
+tu_topic_check tu_check_topic(const char *bootstrap, const char *topic, size_t want,
+                              int timeout_ms);
+
+#endif
