@@ -13,6 +13,7 @@
 #   make valgrind   the suite under valgrind instead of the sanitizers
 #   make fuzz       each libFuzzer target for FUZZ_SECONDS (60) s  (build/fuzz)
 #   make clean
+#   make help       the targets, the variants and the variables
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -33,7 +34,7 @@ TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS)) -pthread -lm
 # on purpose when too long, hence -Wno-format-truncation.
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
        -Wpointer-arith -Wformat=2 -Wvla -Wno-unused-parameter -Wno-format-truncation
-BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib $(PKG_CFLAGS)
+BASE_CFLAGS = -std=c11 -D_GNU_SOURCE -g $(WARN) -Ilib -Icommon $(PKG_CFLAGS)
 
 # Test hooks (an env var that makes the consumer raise(SIGKILL) after its
 # Nth commit, or the relay inject librdkafka's fatal error) are compiled only
@@ -58,6 +59,10 @@ HARNESS   = $(filter-out %_selftest.c,$(wildcard tests/harness/*.c))
 TEST_SRC  = $(wildcard tests/test_*.c)
 # What every test links besides the harness: tests/testutil.c and tests/tu_*.c.
 TESTUTIL  = tests/testutil.c $(wildcard tests/tu_*.c)
+# What both programs share and services do not (the lease protocol, the
+# HTTP server behind --metrics, Prometheus text): common/, a static library
+# both programs link, kept out of libferry.
+COMMON_SRC = $(wildcard common/*.c)
 # The relay's parts, apart from main(), go into a static library that the
 # tests link too.
 RELAYLIB_SRC = $(filter-out daemon/main.c,$(wildcard daemon/*.c))
@@ -80,28 +85,53 @@ NODE_MODULES = examples/node/node_modules/.package-lock.json
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
-.PHONY: all test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
+.PHONY: all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
         all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke
 .DEFAULT_GOAL := all
-# Keep objects between runs: they are not intermediate to us.
-.SECONDARY:
+# Keep objects between runs: they are not intermediate to us. (.PRECIOUS,
+# not .SECONDARY: the latter would make every target intermediate, the .d
+# files too, and a missing .d would no longer rebuild its object.)
+.PRECIOUS: build/rel/%.o build/asan/%.o build/vg/%.o build/fuzz/%.o
 
-all: deps
-	@$(MAKE) --no-print-directory all-inner
-test: deps
-	@$(MAKE) --no-print-directory test-inner
-# The build first and quietly (-s: a failing command still shows), so that
-# the demo's story is what is on the screen.
+# `make help`: the targets and the variables a caller sets.
+define HELP
+ferry: make TARGET [VARIABLE=value]...
+
+Targets:
+  all (default)  libferry (static and shared), ferry-relay, ferry-reconcile   build/rel
+  test           the whole suite under ASan+UBSan, in parallel           build/asan
+  valgrind       the same tests unsanitized, under valgrind              build/vg
+  fuzz           each libFuzzer target for FUZZ_SECONDS                  build/fuzz
+  demo           ferry end to end on a throwaway PostgreSQL
+  bench          the benchmarks, as ratios against a same-run baseline
+  install        what `make` built, into $$DESTDIR$$PREFIX; uninstall takes it away
+  saga-sim-broken  the saga simulator against deliberately broken engines
+  clean          remove build/
+  build/VARIANT/THING  one product of one variant, e.g. build/vg/ferry-relay or
+                 build/asan/tests/test_unit; VARIANT is one of: $(VARIANTS)
+
+Variables:
+  PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) RPATH (empty: no rpath in ferry.pc)
+  CC=$(CC) FUZZ_CC=$(FUZZ_CC)
+  FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS)
+  FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL (environment: scripts/run-tests.sh)
+
+Lists: PROGRAMS, EXAMPLES, BENCHES (add to them); TESTS, FUZZERS (found:
+tests/test_*.c, tests/fuzz/fuzz_*.c)
+endef
+export HELP
+help:
+	@printf '%s\n' "$$HELP"
+
+# Each public target: the packages first, then NAME-inner in a new make.
+all test bench valgrind fuzz: deps
+	@$(MAKE) --no-print-directory $@-inner
+# The demo's build first and quietly (-s: a failing command still shows),
+# so that the demo's story is what is on the screen.
 demo: deps
 	@echo "make demo: building the demos and programs quietly..."
 	@$(MAKE) -s --no-print-directory $(EXAMPLES) $(PROGRAMS)
 	@$(MAKE) --no-print-directory demo-inner
-bench: deps
-	@$(MAKE) --no-print-directory bench-inner
-valgrind: deps
-	@$(MAKE) --no-print-directory valgrind-inner
-fuzz: deps
-	@$(MAKE) --no-print-directory fuzz-inner
 deps:
 	@sh scripts/deps.sh
 
@@ -177,150 +207,30 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 	@mkdir -p $(@D)
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
 
-# ---------------------------------------------------------------- release
-build/rel/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h)
-	@mkdir -p $(@D)
-	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
-build/rel/gen/migrations.o: $(GEN) lib/internal.h
-	@mkdir -p $(@D)
-	$(CC) $(REL_CFLAGS) -DFERRY_BUILDING -c $< -o $@
+# ---------------------------------------------------------------- variants
+# One rule set, instantiated once per VARIANT (build/VARIANT/...):
+#
+#   rel    release: -O2, -fPIC, no test hooks; libferry.so, the programs,
+#          the demos and the benchmarks (`make`, `make install`, `make bench`)
+#   asan   ASan+UBSan with the test hooks: the suite (`make test`)
+#   vg     the same tests unsanitized, for valgrind (`make valgrind`)
+#   fuzz   clang, libFuzzer's coverage under ASan+UBSan (`make fuzz`)
+#
+# Each differs only in its compiler, its flags and how it links (CC_V,
+# CFLAGS_V, LDFLAGS_V below). Any product of any variant can be built by
+# its path, e.g. `make build/vg/ferry-relay`.
+#
+# Header dependencies come from the compiler (-MMD -MP: build/V/x.d beside
+# build/V/x.o), so editing a test header rebuilds the tests that include
+# it and nothing else. An object without its .d (new, or built before
+# there were any) is rebuilt once: the .d is a prerequisite, named as a
+# target without a recipe, which make counts as just changed when missing.
+# clang writes the .d after the .o, so the .o is touched after both.
+VARIANTS = rel asan vg fuzz
+ALL_C    = $(wildcard lib/*.c common/*.c daemon/*.c reconciler/*.c tests/*.c tests/harness/*.c \
+                      tests/fuzz/*.c bench/*.c examples/*.c)
+DEPFILES = $(foreach v,$(VARIANTS),$(ALL_C:%.c=build/$(v)/%.d) build/$(v)/tests/relay_sched_test.d)
 
-build/rel/libferry.a: $(REL_LIB_OBJ)
-	rm -f $@
-	ar rcs $@ $^
-build/rel/libferry.so.$(VERSION): $(REL_LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libferry.so.$(SOMAJOR) -Wl,--no-undefined \
-	    -o $@ $^ $(PKG_LIBS)
-build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
-	ln -sf libferry.so.$(VERSION) build/rel/libferry.so.$(SOMAJOR)
-	ln -sf libferry.so.$(VERSION) $@
-
-build/rel/librelay.a: $(RELAYLIB_SRC:%.c=build/rel/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/rel/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/rel/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/rel/ferry-relay: build/rel/daemon/main.o build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-build/rel/ferry-reconcile: build/rel/reconciler/main.o build/rel/libreconcile.a build/rel/librelay.a \
-                          build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/emit-demo: build/rel/examples/emit_demo.o build/rel/examples/narrate.o \
-                     $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-# The account service links libferry alone, as a user's service would.
-build/rel/account-service: build/rel/examples/account_service.o build/rel/libferry.a
-	$(CC) -o $@ $^ $(shell pkg-config --libs $(PKGS)) -pthread
-
-build/rel/account-demo: build/rel/examples/account_demo.o build/rel/examples/narrate.o \
-                        $(HARNESS:%.c=build/rel/%.o) \
-                        build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/lang-demo: build/rel/examples/lang_demo.o build/rel/examples/narrate.o \
-                     $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-build/rel/saga-demo: build/rel/examples/saga_demo.o build/rel/examples/narrate.o \
-                     $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-consume: build/rel/bench/bench_consume.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                         build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-saga: build/rel/bench/bench_saga.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                      build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-emit: build/rel/bench/bench_emit.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                      build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-relay: build/rel/bench/bench_relay.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                       build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-wal: build/rel/bench/bench_wal.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                     build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-build/rel/bench-reconcile: build/rel/bench/bench_reconcile.o build/rel/bench/benchutil.o $(HARNESS:%.c=build/rel/%.o) \
-                           build/rel/librelay.a build/rel/libferry.a
-	$(CC) -o $@ $^ $(DAEMON_LIBS)
-
-# ---------------------------------------------------------------- sanitized
-build/asan/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
-	@mkdir -p $(@D)
-	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
-build/asan/gen/migrations.o: $(GEN) lib/internal.h
-	@mkdir -p $(@D)
-	$(CC) $(ASAN_CFLAGS) -DFERRY_BUILDING -c $< -o $@
-build/asan/libferry.a: $(ASAN_LIB_OBJ)
-	rm -f $@
-	ar rcs $@ $^
-
-build/asan/librelay.a: $(RELAYLIB_SRC:%.c=build/asan/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/asan/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/asan/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/asan/ferry-relay: build/asan/daemon/main.o build/asan/librelay.a build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
-build/asan/ferry-reconcile: build/asan/reconciler/main.o build/asan/libreconcile.a build/asan/librelay.a \
-                          build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DAEMON_LIBS)
-build/asan/tests/pgtmp_selftest: build/asan/tests/harness/pgtmp_selftest.o \
-                                 build/asan/tests/harness/pgtmp.o
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
-# The relay simulator links the scheduler built with its deliberately
-# broken variants (-DFERRY_SCHED_TEST); the relay never has them.
-build/%/tests/relay_sched_test.o: daemon/relay_sched.c daemon/relay_sched.h
-	@mkdir -p $(@D)
-	$(CC) $(if $(filter build/vg/%,$@),$(VG_CFLAGS),$(ASAN_CFLAGS)) -DFERRY_BUILDING \
-	    -DFERRY_SCHED_TEST -c $< -o $@
-build/%/tests/test_relay_sim.o: tests/test_relay_sim.c daemon/relay_sched.h
-	@mkdir -p $(@D)
-	$(CC) $(if $(filter build/vg/%,$@),$(VG_CFLAGS),$(ASAN_CFLAGS)) -DFERRY_BUILDING \
-	    -DFERRY_SCHED_TEST -c $< -o $@
-build/asan/tests/test_relay_sim: build/asan/tests/test_relay_sim.o build/asan/tests/relay_sched_test.o
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
-build/vg/tests/test_relay_sim: build/vg/tests/test_relay_sim.o build/vg/tests/relay_sched_test.o
-	$(CC) -o $@ $^ $(TEST_LIBS)
-
-build/asan/tests/test_%: build/asan/tests/test_%.o $(TESTUTIL:%.c=build/asan/%.o) \
-                         $(HARNESS:%.c=build/asan/%.o) build/asan/libreconcile.a \
-                         build/asan/librelay.a build/asan/libferry.a
-	$(CC) $(ASAN_FLAGS) -o $@ $^ $(TEST_LIBS)
-
-# Valgrind cannot run ASan binaries: the same tests, unsanitized (VG_CFLAGS).
-build/vg/%.o: %.c lib/ferry.h lib/internal.h $(wildcard tests/harness/*.h daemon/*.h reconciler/*.h lib/*.h tests/*.h)
-	@mkdir -p $(@D)
-	$(CC) $(VG_CFLAGS) -DFERRY_BUILDING -c $< -o $@
-build/vg/gen/migrations.o: $(GEN) lib/internal.h
-	@mkdir -p $(@D)
-	$(CC) $(VG_CFLAGS) -DFERRY_BUILDING -c $< -o $@
-build/vg/libferry.a: $(LIB_SRC:%.c=build/vg/%.o) build/vg/gen/migrations.o
-	rm -f $@
-	ar rcs $@ $^
-build/vg/librelay.a: $(RELAYLIB_SRC:%.c=build/vg/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/vg/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/vg/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/vg/tests/test_%: build/vg/tests/test_%.o $(TESTUTIL:%.c=build/vg/%.o) \
-                       $(HARNESS:%.c=build/vg/%.o) build/vg/libreconcile.a build/vg/librelay.a \
-                       build/vg/libferry.a
-	$(CC) -o $@ $^ $(TEST_LIBS)
-
-# ---------------------------------------------------------------- fuzz
 # clang, for libFuzzer: the library and the programs' parts instrumented
 # for coverage (fuzzer-no-link) under ASan+UBSan; each target links
 # libFuzzer's main. clang has no -Wformat-truncation to turn off.
@@ -329,27 +239,94 @@ FUZZ_FLAGS  = -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               -fno-omit-frame-pointer
 FUZZ_CFLAGS = $(filter-out -Wno-format-truncation,$(BASE_CFLAGS)) -O1 $(FUZZ_FLAGS)
 
-build/fuzz/%.o: %.c lib/ferry.h lib/internal.h $(wildcard daemon/*.h reconciler/*.h lib/*.h)
-	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
-build/fuzz/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h $(wildcard lib/*.h daemon/*.h reconciler/*.h)
-	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
-build/fuzz/gen/migrations.o: $(GEN) lib/internal.h
-	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DFERRY_BUILDING -c $< -o $@
-build/fuzz/libferry.a: $(LIB_SRC:%.c=build/fuzz/%.o) build/fuzz/gen/migrations.o
-	rm -f $@
-	ar rcs $@ $^
-build/fuzz/librelay.a: $(RELAYLIB_SRC:%.c=build/fuzz/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/fuzz/libreconcile.a: $(RECONCILELIB_SRC:%.c=build/fuzz/%.o)
-	rm -f $@
-	ar rcs $@ $^
-build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o build/fuzz/libreconcile.a \
-                   build/fuzz/librelay.a build/fuzz/libferry.a
-	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_FLAGS) -o $@ $^ $(TEST_LIBS)
+CC_rel       = $(CC)
+CFLAGS_rel   = $(REL_CFLAGS)
+LDFLAGS_rel  =
+CC_asan      = $(CC)
+CFLAGS_asan  = $(ASAN_CFLAGS)
+LDFLAGS_asan = $(ASAN_FLAGS)
+CC_vg        = $(CC)
+CFLAGS_vg    = $(VG_CFLAGS)
+LDFLAGS_vg   =
+CC_fuzz      = $(FUZZ_CC)
+CFLAGS_fuzz  = $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link
+LDFLAGS_fuzz = $(FUZZ_FLAGS)
+
+# What a test, a demo or a benchmark links besides its own objects: the
+# programs' parts and the library, in link order.
+PARTS = libreconcile.a librelay.a libcommon.a libferry.a
+
+define VARIANT_RULES
+build/$(1)/%.o: %.c build/$(1)/%.d
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -MMD -MP -c $$< -o $$@
+	@touch $$@
+build/$(1)/gen/migrations.o: $$(GEN) lib/internal.h
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -c $$< -o $$@
+
+build/$(1)/libferry.a: $$(LIB_SRC:%.c=build/$(1)/%.o) build/$(1)/gen/migrations.o
+build/$(1)/libcommon.a: $$(COMMON_SRC:%.c=build/$(1)/%.o)
+build/$(1)/librelay.a: $$(RELAYLIB_SRC:%.c=build/$(1)/%.o)
+build/$(1)/libreconcile.a: $$(RECONCILELIB_SRC:%.c=build/$(1)/%.o)
+build/$(1)/libferry.a build/$(1)/libcommon.a build/$(1)/librelay.a build/$(1)/libreconcile.a:
+	rm -f $$@
+	ar rcs $$@ $$^
+
+build/$(1)/ferry-relay: build/$(1)/daemon/main.o build/$(1)/librelay.a build/$(1)/libcommon.a \
+                        build/$(1)/libferry.a
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(DAEMON_LIBS)
+# The reconciler links common/, never the relay (tests/install_check.sh).
+build/$(1)/ferry-reconcile: build/$(1)/reconciler/main.o build/$(1)/libreconcile.a \
+                            build/$(1)/libcommon.a build/$(1)/libferry.a
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(DAEMON_LIBS)
+
+build/$(1)/tests/test_%: build/$(1)/tests/test_%.o $$(TESTUTIL:%.c=build/$(1)/%.o) \
+                         $$(HARNESS:%.c=build/$(1)/%.o) $$(PARTS:%=build/$(1)/%)
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
+build/$(1)/tests/pgtmp_selftest: build/$(1)/tests/harness/pgtmp_selftest.o \
+                                 build/$(1)/tests/harness/pgtmp.o
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
+# The relay simulator links the scheduler built with its deliberately
+# broken variants (-DFERRY_SCHED_TEST); the relay never has them.
+build/$(1)/tests/relay_sched_test.o: daemon/relay_sched.c build/$(1)/tests/relay_sched_test.d
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_SCHED_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
+build/$(1)/tests/test_relay_sim.o: tests/test_relay_sim.c build/$(1)/tests/test_relay_sim.d
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_SCHED_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
+build/$(1)/tests/test_relay_sim: build/$(1)/tests/test_relay_sim.o build/$(1)/tests/relay_sched_test.o
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
+
+# The demos and the benchmarks: their own objects, the harness that starts
+# PostgreSQL and the broker, the relay's parts and the library.
+build/$(1)/bench-%: build/$(1)/bench/bench_%.o build/$(1)/bench/benchutil.o \
+                    $$(HARNESS:%.c=build/$(1)/%.o) $$(PARTS:%=build/$(1)/%)
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(DAEMON_LIBS)
+build/$(1)/%-demo: build/$(1)/examples/%_demo.o build/$(1)/examples/narrate.o \
+                   $$(HARNESS:%.c=build/$(1)/%.o) $$(PARTS:%=build/$(1)/%)
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(DAEMON_LIBS)
+# The account service links libferry alone, as a user's service would.
+build/$(1)/account-service: build/$(1)/examples/account_service.o build/$(1)/libferry.a
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(PKG_LIBS) -pthread
+
+build/$(1)/fuzz_%: build/$(1)/tests/fuzz/fuzz_%.o $$(PARTS:%=build/$(1)/%)
+	$$(CC_$(1)) -fsanitize=fuzzer $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
+endef
+$(foreach v,$(VARIANTS),$(eval $(call VARIANT_RULES,$(v))))
+
+# The shared library: the release variant only (-fPIC).
+build/rel/libferry.so.$(VERSION): $(REL_LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libferry.so.$(SOMAJOR) -Wl,--no-undefined \
+	    -o $@ $^ $(PKG_LIBS)
+build/rel/libferry.so: build/rel/libferry.so.$(VERSION)
+	ln -sf libferry.so.$(VERSION) build/rel/libferry.so.$(SOMAJOR)
+	ln -sf libferry.so.$(VERSION) $@
+
+$(DEPFILES):
+-include $(wildcard $(DEPFILES))
 
 # ---------------------------------------------------------------- install
 # Installs only: no scripts/deps.sh (it may apt-get a PostgreSQL server,

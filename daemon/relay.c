@@ -322,7 +322,7 @@ static void wait_for_events(relay *r, int timeout_ms)
 
 int relay_run(const relay_config *cfg, relay_metrics *m)
 {
-    ferry_log_set_level(cfg->log_level);
+    ferry_log_level_set((ferry_log_level)cfg->log_level);
     relay *r = relay_new(cfg, m);
     if (r == NULL) {
         ferry_log(FERRY_LOG_ERROR, "relay.start", "out of memory");

@@ -26,6 +26,7 @@
 
 #include "../lib/internal.h"
 #include "config.h"
+#include "lease.h"
 #include "metrics.h"
 #include "relay_sched.h"
 

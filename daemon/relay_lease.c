@@ -2,7 +2,7 @@
  * relay_lease.c — shard leases: renew what this relay holds, serve every
  * lease its name has, take its share, give shards back when asked.
  *
- * Every comparison is the database's (lib/lease.c). The scheduler decides
+ * Every comparison is the database's (common/lease.c). The scheduler decides
  * which shard to give back and when (relay_sched.c, pick_release): one
  * with nothing in flight or unacknowledged, so that the next holder never
  * starts a shard whose rows this one may still acknowledge.

@@ -24,13 +24,6 @@ ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
 ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err);
 
-/* Name this session "<program> <name>" in pg_stat_activity: cut to the
- * 63 bytes the server keeps, before a character rather than inside one
- * (the server refuses invalid UTF-8). The relay's name is how
- * ferry-reconcile tells a live lease holder from a dead one. */
-ferry_code ferry_set_application_name(PGconn *conn, const char *program, const char *name,
-                                      ferry_error *err);
-
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry_sqlstate_is_conflict(const char *sqlstate);
 
@@ -89,7 +82,7 @@ enum {
 };
 
 struct json_t;
-void ferry_log_set_level(int level);
+/* The threshold is set with the public ferry_log_level_set. */
 int ferry_log_threshold(void);
 /* One JSON line on stderr. Takes ownership of fields (a JSON object of
  * extra fields, or NULL). */
@@ -104,48 +97,5 @@ void ferry_log_json(int level, const char *event, struct json_t *fields, const c
  * stderr is JSON lines; the library never installs it on a caller's
  * connection. */
 void ferry_log_pq_notices(PGconn *conn, const char *session);
-
-/* ---------------------------------------------------------------- leases */
-
-/*
- * Leases (ferry.lease), always judged by the database clock. A lease is
- * held by holder until expires_at; every change of holder raises epoch,
- * the fencing token that acknowledgements check in the same statement.
- */
-typedef struct ferry_lease {
-    char name[64];
-    int64_t epoch;
-} ferry_lease;
-
-/* Make sure rows exist for every name (no-op for existing ones). */
-ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
-                              ferry_error *err);
-/* Take up to max free or expired leases whose name starts with prefix;
- * out (room for max) gets the ones taken, *n_out how many. */
-ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *holder,
-                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
-                               ferry_error *err);
-/* Extend every unexpired lease of holder under prefix; out (room for max)
- * gets those still held — any other one this holder thought it had is
- * lost. */
-ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
-                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
-                             ferry_error *err);
-/* Take back, under a new epoch, unexpired leases that a previous
- * incarnation of this holder (same name, e.g. a restarted pod) still has:
- * its late acknowledgements are then refused like anyone else's. */
-ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
-                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
-                               ferry_error *err);
-/* Give a lease up at once (so another holder need not wait for the TTL). */
-ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
-                               ferry_error *err);
-/* Take or extend a named lease for holder whatever its state when it is
- * free, expired or already ours (used for heartbeats); *epoch_out set. */
-ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *holder,
-                                 int ttl_ms, int64_t *epoch_out, ferry_error *err);
-/* Unexpired leases under prefix. */
-ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_out,
-                                  ferry_error *err);
 
 #endif /* FERRY_INTERNAL_H */

@@ -51,7 +51,6 @@ static void read_env(void)
     snprintf(env_bad, sizeof env_bad, "%s", v);
 }
 
-void ferry_log_set_level(int level) { log_threshold = level; }
 void ferry_log_level_set(ferry_log_level level) { log_threshold = (int)level; }
 
 int ferry_log_threshold(void)

@@ -27,9 +27,10 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "lease.h"
 #include "rc_config.h"
+#include "rc_lease.h"
 #include "rc_metrics.h"
-#include "pass.h"
 #include "reconcile.h"
 
 #define SCHEMA_NEEDED 4
@@ -165,88 +166,6 @@ static int set_timeout(PGconn *conn, const rc_budgets *b)
     return ok ? 0 : -1;
 }
 
-/* ----------------------------------------------------------------- lease */
-
-typedef struct lease_state {
-    int ttl_ms;
-    int64_t renewed_at;     /* monotonic ms */
-} lease_state;
-
-static lease_state the_lease;
-
-static int64_t mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-/* Take the lease if it is free or expired: 1 taken, 0 held by another,
- * -1 error. (The lease functions take a name prefix; no other lease name
- * starts with "reconciler".) */
-static int lease_try(PGconn *conn, const char *holder, int ttl_ms, int64_t *epoch,
-                     ferry_error *err)
-{
-    const char *names[1] = {RC_LEASE_NAME};
-    if (ferry_lease_ensure(conn, names, 1, err) != FERRY_OK)
-        return -1;
-    ferry_lease got;
-    size_t n = 0;
-    if (ferry_lease_acquire(conn, RC_LEASE_NAME, holder, ttl_ms, 1, &got, &n, err) != FERRY_OK)
-        return -1;
-    if (n == 0)
-        return 0;
-    *epoch = got.epoch;
-    the_lease.ttl_ms = ttl_ms;
-    the_lease.renewed_at = mono_ms();
-    return 1;
-}
-
-ferry_code rc_lease_keep(rc_ctx *ctx, ferry_error *err)
-{
-    ferry_err_clear(err);
-    if (ctx->holder == NULL || mono_ms() - the_lease.renewed_at < the_lease.ttl_ms / 3)
-        return FERRY_OK;
-    /* Extended under the same holder and epoch, even if it ran out
-     * meanwhile (a long detect query): nobody took it then, since a
-     * takeover raises the epoch. */
-    char epoch[24], ttl[16];
-    snprintf(epoch, sizeof epoch, "%" PRId64, ctx->epoch);
-    snprintf(ttl, sizeof ttl, "%d", the_lease.ttl_ms);
-    const char *p[4] = {RC_LEASE_NAME, ctx->holder, epoch, ttl};
-    PGresult *res = PQexecParams(ctx->conn,
-                                 "UPDATE ferry.lease SET expires_at = now() + $4::int * "
-                                 "interval '1 millisecond', renewed_at = now() "
-                                 "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint",
-                                 4, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, ctx->conn, res, "could not renew the reconciler's lease");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
-                           "(epoch %" PRId64 "): another reconciler took it over", ctx->epoch);
-    PQclear(res);
-    if (rc == FERRY_OK)
-        the_lease.renewed_at = mono_ms();
-    else if (rc == FERRY_ESTATE && ctx->report)
-        ctx->report->lease_lost = 1;
-    return rc;
-}
-
-/* Who holds the lease now, for the messages of those who wait. */
-static void lease_holder(PGconn *conn, char *buf, size_t len)
-{
-    snprintf(buf, len, "?");
-    const char *p[1] = {RC_LEASE_NAME};
-    PGresult *res = PQexecParams(conn, "SELECT holder || ' (until ' || "
-                                 "to_char(expires_at, 'HH24:MI:SS') || ')' FROM ferry.lease "
-                                 "WHERE name = $1 AND expires_at > now()",
-                                 1, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-        snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-}
-
 /* ------------------------------------------------------------------ pass */
 
 typedef int (*sweep_fn)(rc_ctx *ctx);
@@ -267,7 +186,8 @@ static void one_pass(rc_ctx *ctx)
     for (int s = 0; s < RC_SWEEP_COUNT && !*ctx->stop; s++) {
         ctx->sweep = (rc_sweep_id)s;
         ferry_error err;
-        if (ctx->mode == RC_REPAIR && rc_lease_keep(ctx, &err) != FERRY_OK) {
+        if (ctx->mode == RC_REPAIR && ctx->lease != NULL &&
+            rc_lease_keep(ctx->conn, ctx->lease, &err) != FERRY_OK) {
             ctx->sweep = RC_SWEEP_COUNT;
             rc_error(ctx, "%s; the pass stopped before %s", err.message,
                      rc_sweep_name((rc_sweep_id)s));
@@ -275,7 +195,7 @@ static void one_pass(rc_ctx *ctx)
         }
         ctx->report->ran[s] = 1;
         sweeps[s](ctx);
-        rc_progress_done(ctx);
+        rc_report_progress_done(ctx->report, ctx->sweep);
         rc_rollback(ctx);   /* a sweep that returned inside a transaction */
         if (PQstatus(ctx->conn) != CONNECTION_OK) {
             ctx->sweep = RC_SWEEP_COUNT;
@@ -283,7 +203,7 @@ static void one_pass(rc_ctx *ctx)
                      rc_sweep_name((rc_sweep_id)s));
             break;
         }
-        if (ctx->report->lease_lost) {
+        if (ctx->lease_lost) {
             ctx->sweep = RC_SWEEP_COUNT;
             rc_error(ctx, "the reconciler's lease was lost; the pass stopped after %s",
                      rc_sweep_name((rc_sweep_id)s));
@@ -301,7 +221,8 @@ static void record_pass(rc_ctx *ctx, const char *started, int status)
     json_decref(j);
     char st[16];
     snprintf(st, sizeof st, "%d", status);
-    const char *p[5] = {ctx->holder, ctx->actor, started, st, text ? text : "{}"};
+    const char *p[5] = {ctx->lease ? ctx->lease->holder : NULL, ctx->actor, started, st,
+                        text ? text : "{}"};
     PGresult *res = PQexecParams(ctx->conn,
                                  "INSERT INTO ferry.reconcile_pass (holder, actor, started_at, "
                                  "status, report) VALUES ($1, $2, $3, $4::int, $5::jsonb)",
@@ -439,6 +360,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
     char started[64];
     db_now(conn, started, sizeof started);
     int leased = 0;
+    rc_lease lease = {0};
     if (o->mode == RC_REPAIR && o->n_requests > 0) {
         /* Decisions on dead letters first, without the lease: each locks
          * its letter, which is all they need, so that an operator's
@@ -452,10 +374,10 @@ static int one_shot(const char *cmd, int argc, char **argv)
     }
     if (o->mode == RC_REPAIR) {
         ferry_error err;
-        int64_t deadline = mono_ms() + (int64_t)o->wait_s * 1000;
+        int64_t deadline = ferry_now_ms() + (int64_t)o->wait_s * 1000;
         int said = 0;
         for (;;) {
-            int got = lease_try(conn, s.holder, o->lease_ttl_ms, &ctx.epoch, &err);
+            int got = rc_lease_try(conn, &lease, s.holder, o->lease_ttl_ms, &err);
             if (got < 0) {
                 fprintf(stderr, "ferry-reconcile: could not take the reconciler's lease: %s\n",
                         err.message);
@@ -466,8 +388,8 @@ static int one_shot(const char *cmd, int argc, char **argv)
                 break;
             }
             char who[256];
-            lease_holder(conn, who, sizeof who);
-            if (mono_ms() >= deadline || stop_flag) {
+            rc_lease_holder(conn, who, sizeof who);
+            if (ferry_now_ms() >= deadline || stop_flag) {
                 if (o->n_requests > 0) {
                     /* The decisions were carried out; the sweeps are the
                      * other reconciler's. */
@@ -488,7 +410,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
             nanosleep(&t, NULL);
         }
         if (leased)
-            ctx.holder = s.holder;
+            ctx.lease = &lease;
     }
     if (o->mode == RC_CHECK || leased)
         one_pass(&ctx);
@@ -497,8 +419,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
     status = rc_report_status(report);
     if (leased) {
         record_pass(&ctx, started, status);
-        ferry_error err;
-        ferry_lease_release(conn, RC_LEASE_NAME, s.holder, &err);
+        rc_lease_release(conn, &lease);
     }
     if (o->json) {
         json_t *j = rc_report_json(report, o->mode);
@@ -531,9 +452,9 @@ int reconcile_repair(int argc, char **argv)
 /* Sleep up to ms, waking early on a signal. */
 static void nap(int64_t ms)
 {
-    int64_t until = mono_ms() + ms;
+    int64_t until = ferry_now_ms() + ms;
     while (!stop_flag) {
-        int64_t left = until - mono_ms();
+        int64_t left = until - ferry_now_ms();
         if (left <= 0)
             break;
         if (left > 200)
@@ -605,7 +526,7 @@ int reconcile_run(int argc, char **argv)
                    holder, o->interval_s);
 
     int active = 0, said_standby = 0;
-    int64_t epoch = 0;
+    rc_lease lease = {0};
     while (!stop_flag) {
         if (PQstatus(conn) != CONNECTION_OK) {
             PQreset(conn);
@@ -621,7 +542,7 @@ int reconcile_run(int argc, char **argv)
         }
         ferry_error err;
         if (!active) {
-            int got = lease_try(conn, holder, o->lease_ttl_ms, &epoch, &err);
+            int got = rc_lease_try(conn, &lease, holder, o->lease_ttl_ms, &err);
             if (got < 0) {
                 ferry_log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
                           "reconciler's lease: %s", err.message);
@@ -632,7 +553,7 @@ int reconcile_run(int argc, char **argv)
             if (!got) {
                 if (!said_standby) {
                     char who[256];
-                    lease_holder(conn, who, sizeof who);
+                    rc_lease_holder(conn, who, sizeof who);
                     ferry_log(FERRY_LOG_INFO, "reconcile.standby", "standing by: %s holds the "
                               "reconciler's lease", who);
                     said_standby = 1;
@@ -645,7 +566,7 @@ int reconcile_run(int argc, char **argv)
             said_standby = 0;
             rc_metrics_set_active(metrics, 1);
             ferry_log(FERRY_LOG_INFO, "reconcile.active", "holding the reconciler's lease "
-                      "(epoch %" PRId64 "): repairing", epoch);
+                      "(epoch %" PRId64 "): repairing", lease.epoch);
         }
 
         rc_report *report = rc_report_new(0);
@@ -654,15 +575,15 @@ int reconcile_run(int argc, char **argv)
         report->log_json = 1;
         rc_ctx ctx = {
             .conn = conn, .mode = RC_REPAIR, .budgets = &s.budgets, .rules = s.rules,
-            .sagas = s.reg, .actor = s.actor, .holder = holder, .epoch = epoch,
+            .sagas = s.reg, .actor = s.actor, .lease = &lease,
             .stop = &stop_flag, .report = report, .sweep = RC_SWEEP_COUNT,
         };
         char started[64];
         db_now(conn, started, sizeof started);
-        int64_t t0 = mono_ms();
+        int64_t t0 = ferry_now_ms();
         one_pass(&ctx);
         int st = rc_report_status(report);
-        double seconds = (double)(mono_ms() - t0) / 1000.0;
+        double seconds = (double)(ferry_now_ms() - t0) / 1000.0;
         if (PQstatus(conn) == CONNECTION_OK)
             record_pass(&ctx, started, st);
         log_pass(report, st, seconds);
@@ -670,22 +591,20 @@ int reconcile_run(int argc, char **argv)
         rc_report_free(report);
 
         /* Between passes, keep the lease; lose it and we stand by. */
-        int64_t next = mono_ms() + (int64_t)(o->interval_s * 1000);
-        while (!stop_flag && mono_ms() < next) {
-            if (rc_lease_keep(&ctx, &err) != FERRY_OK) {
+        int64_t next = ferry_now_ms() + (int64_t)(o->interval_s * 1000);
+        while (!stop_flag && ferry_now_ms() < next) {
+            if (rc_lease_keep(conn, &lease, &err) != FERRY_OK) {
                 ferry_log(FERRY_LOG_WARN, "reconcile.lease_lost", "%s", err.message);
                 active = 0;
                 rc_metrics_set_active(metrics, 0);
                 break;
             }
-            int64_t left = next - mono_ms();
+            int64_t left = next - ferry_now_ms();
             nap(left < o->lease_ttl_ms / 6 ? left : o->lease_ttl_ms / 6);
         }
     }
-    if (active) {
-        ferry_error err;
-        ferry_lease_release(conn, RC_LEASE_NAME, holder, &err);
-    }
+    if (active)
+        rc_lease_release(conn, &lease);
     ferry_log(FERRY_LOG_INFO, "reconcile.stop", "stopped");
     status = RC_EXIT_OK;
 out:

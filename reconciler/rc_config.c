@@ -29,7 +29,7 @@
 
 #include "internal.h"
 #include "yaml_walk.h"
-#include "../daemon/confref.h"
+#include "confref.h"
 #include "rc_config.h"
 
 #define RC_CONFIG_FILE_MAX (64 * 1024)
@@ -555,6 +555,6 @@ int rc_options_parse(const char *cmd, int argc, char **argv, rc_options *o)
     }
     /* Unset, the library reads FERRY_LOG_LEVEL itself (lib/log.c). */
     if (o->log_level >= 0)
-        ferry_log_set_level(o->log_level);
+        ferry_log_level_set((ferry_log_level)o->log_level);
     return 0;
 }

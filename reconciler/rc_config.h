@@ -9,7 +9,7 @@
  * rules, sagas, reply_topic, holder, wait, lease_ttl, interval, metrics
  * (FERRY_RECONCILE_<NAME>) and log_level (FERRY_LOG_LEVEL, shared with
  * every program and the library). Any value may hold ${env:NAME} and
- * ${file:/path} references (daemon/confref.h). What a single invocation
+ * ${file:/path} references (common/confref.h). What a single invocation
  * asks (--json, --progress, --replay, --discard, --reason, --by) is a
  * flag only.
  */

@@ -1,8 +1,8 @@
 /*
  * rc_metrics.c — `ferry-reconcile run --metrics`: the daemon's figures
  * (rc_metrics.h lists them), rendered in the Prometheus text format as
- * the relay renders its own (daemon/metrics.c) and served by the relay's
- * HTTP server (daemon/httpd.c).
+ * the relay renders its own (daemon/metrics.c) and served by the
+ * programs' HTTP server (common/httpd.c).
  *
  * Who touches what: the run loop updates a few times per pass, the HTTP
  * thread renders once per scrape. Neither is a hot path, so one mutex
@@ -19,8 +19,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "../daemon/httpd.h"
-#include "../daemon/promtext.h"
+#include "httpd.h"
+#include "promtext.h"
 #include "internal.h"
 
 #include <jansson.h>

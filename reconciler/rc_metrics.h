@@ -1,7 +1,7 @@
 /*
  * rc_metrics.h — `ferry-reconcile run --metrics HOST:PORT`: the daemon's
  * figures in the Prometheus text format on /metrics, and /healthz, served
- * by the relay's HTTP server (daemon/httpd.c, libmicrohttpd).
+ * by the programs' HTTP server (common/httpd.c, libmicrohttpd).
  *
  *   ferry_reconcile_active                      1 while this instance holds the lease
  *   ferry_reconcile_passes_total                passes run
@@ -20,7 +20,7 @@
 #ifndef FERRY_RC_METRICS_H
 #define FERRY_RC_METRICS_H
 
-#include "pass.h"
+#include "report.h"
 
 typedef struct rc_metrics rc_metrics;
 

@@ -4,9 +4,14 @@
  *
  *   lint.c, graph.c     offline checks of saga definitions and rules files
  *   rules.c             the rules file: budgets and compliance rules
- *   pass.c              check / repair / run: options, connection, the
- *                       reconciler's lease, one pass over every sweep
+ *   pass.c              check / repair / run: options, connection, one
+ *                       pass over every sweep
  *   report.c            findings, the report (text or JSON), progress
+ *                       (report.h; no libpq)
+ *   rc_ctx.c            a sweep's findings, errors and progress, in its name
+ *   rc_tx.c             fenced repair transactions, statements, columns
+ *   rc_lease.c          the reconciler's lease (rc_lease.h)
+ *   plan.c              the sweeps' decisions, pure functions (plan.h)
  *   sweep_*.c           one sweep each: detect -> plan -> act
  *
  * A sweep finds problems and, in repair mode, fixes the ones it can, each
@@ -27,14 +32,9 @@
 #include <libpq-fe.h>
 
 #include "ferry.h"
+#include "report.h"
 
-enum {
-    RC_EXIT_OK = 0,          /* nothing wrong */
-    RC_EXIT_REPAIRED = 1,    /* problems found and repaired */
-    RC_EXIT_LEFT = 4,        /* problems left uncorrected (check: any found) */
-    RC_EXIT_ERROR = 8,       /* operational error: connection, bad rules file, a rule failed */
-    RC_EXIT_USAGE = 16,      /* usage or syntax error on the command line */
-};
+/* Exit statuses: RC_EXIT_* (report.h). */
 
 /* lint, graph (kept for their callers: lint exits 0, or 4 when a file is
  * refused, 8 when one cannot be read). */
@@ -101,29 +101,6 @@ void rc_rules_free(rc_rules *r);
 
 /* ------------------------------------------------------------------ pass */
 
-typedef enum rc_mode { RC_CHECK = 0, RC_REPAIR = 1 } rc_mode;
-
-typedef enum rc_sweep_id {
-    RC_SWEEP_OUTBOX = 0,           /* lag, dead relay leases, over-attempted rows */
-    RC_SWEEP_SAGAS,                /* running sagas past their timer */
-    RC_SWEEP_COMPENSATIONS,        /* compensating sagas past their timer */
-    RC_SWEEP_DEAD_LETTERS,         /* report; replay / discard on request */
-    RC_SWEEP_GARBAGE,              /* inbox past retention, published outbox rows */
-    RC_SWEEP_RULES,                /* the rules file's compliance rules */
-    RC_SWEEP_COUNT
-} rc_sweep_id;
-
-const char *rc_sweep_name(rc_sweep_id s);  /* "outbox", "sagas", ... */
-
-/* What became of a finding. */
-typedef enum rc_outcome {
-    RC_FOUND = 0,      /* check: found, nothing done                  -> 4 */
-    RC_REPAIRED,       /* repair: fixed in this pass                  -> 1 */
-    RC_LEFT,           /* repair: could not be fixed here (why: text) -> 4 */
-    RC_PENDING,        /* a repair sent earlier has not taken effect yet,
-                          within its time: reported, not a problem    -> 0 */
-} rc_outcome;
-
 typedef enum rc_dead_action { RC_REPLAY = 0, RC_DISCARD = 1 } rc_dead_action;
 
 /* One --replay / --discard of the repair command line. target is a dead
@@ -135,7 +112,7 @@ typedef struct rc_dead_request {
     const char *target;
 } rc_dead_request;
 
-struct rc_report;
+struct rc_lease;
 
 typedef struct rc_ctx {
     PGconn *conn;                  /* autocommit; sweeps run their own transactions */
@@ -147,11 +124,14 @@ typedef struct rc_ctx {
     const char *reason;            /* --reason, for discards (required with --discard) */
     const rc_dead_request *requests;
     size_t n_requests;
-    const char *holder;            /* repair: the reconciler lease's holder and */
-    int64_t epoch;                 /* epoch, checked by rc_begin */
+    struct rc_lease *lease;        /* repair: the reconciler's lease, renewed and
+                                      checked by rc_begin; NULL: not held (check,
+                                      or dead-letter decisions before taking it) */
     volatile sig_atomic_t *stop;   /* set by SIGINT/SIGTERM: finish the batch, return */
-    struct rc_report *report;
+    rc_report *report;
     rc_sweep_id sweep;             /* the sweep running now (set by pass.c) */
+    int lease_lost;                /* rc_begin found the lease gone: act no more */
+    int backend_pid;               /* the session the settings were made on (rc_tx.c) */
 } rc_ctx;
 
 /* Each sweep: 0 when it ran to its end (whatever it found), -1 after an
@@ -237,9 +217,6 @@ int64_t rc_int_at(const PGresult *res, int row, int col);
 int rc_bool_at(const PGresult *res, int row, int col);
 const char *rc_str_at(const PGresult *res, int row, int col);
 json_t *rc_json_at(const PGresult *res, int row, int col);
-
-/* "5m12s"-style text of a duration in milliseconds. */
-const char *rc_duration(int64_t ms, char *buf, size_t len);
 
 /* ---------------------------------------------------------- commands */
 

@@ -1,24 +1,20 @@
 /*
- * report.c — what a pass found, and the small tools every sweep shares:
- * findings, operational errors, progress on a terminal, fenced repair
- * transactions and their statements, the columns of a result.
+ * report.c — what a pass found: findings, operational errors, progress on
+ * a terminal, and the report made of them.
  *
- * A sweep never prints. It records findings here; pass.c prints the
- * report at the end (text for people, one JSON document with --json) and
- * derives the exit status from it, fsck's way: the OR of 1 (something
- * repaired), 4 (something left) and 8 (an operational error).
+ * A sweep never prints. It records findings here (through its context,
+ * rc_ctx.c); pass.c prints the report at the end (text for people, one
+ * JSON document with --json) and derives the exit status from it, fsck's
+ * way: the OR of 1 (something repaired), 4 (something left) and 8 (an
+ * operational error). Nothing here talks to the database.
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "internal.h"
-#include "pass.h"
-#include "reconcile.h"
+#include "report.h"
 
 /* Findings kept per sweep for the report; beyond that only counted. */
 #define KEEP_PER_SWEEP 100
@@ -103,16 +99,17 @@ static void progress_clear(rc_report *r)
     }
 }
 
-void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t count,
-              rc_outcome outcome, json_t *detail, const char *fmt, ...)
+void rc_report_vfound(rc_report *r, rc_sweep_id sweep, const char *problem,
+                      const char *subject, int64_t count, rc_outcome outcome, json_t *detail,
+                      const char *fmt, va_list ap)
 {
-    rc_report *r = ctx->report;
-    if ((unsigned)ctx->sweep >= RC_SWEEP_COUNT || (unsigned)outcome > RC_PENDING) {
+    if ((unsigned)sweep >= RC_SWEEP_COUNT || (unsigned)outcome > RC_PENDING) {
         json_decref(detail);
-        rc_error(ctx, "internal: a finding (%s) outside a sweep", problem ? problem : "?");
+        rc_report_error(r, sweep, "internal: a finding (%s) outside a sweep",
+                        problem ? problem : "?");
         return;
     }
-    rc_sweep_stats *st = &r->sweep[ctx->sweep];
+    rc_sweep_stats *st = &r->sweep[sweep];
     st->findings[outcome]++;
     st->rows[outcome] += count;
     if (st->kept >= KEEP_PER_SWEEP) {
@@ -131,10 +128,7 @@ void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t cou
         r->f = f;
         r->cap = cap;
     }
-    va_list ap;
-    va_start(ap, fmt);
     char *text = vformat(fmt, ap);
-    va_end(ap);
     char *p = strdup(problem ? problem : ""), *subj = strdup(subject ? subject : "");
     if (p == NULL || subj == NULL) {
         free(p);
@@ -146,7 +140,7 @@ void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t cou
     }
     rc_finding *f = &r->f[r->n++];
     *f = (rc_finding){
-        .sweep = ctx->sweep,
+        .sweep = sweep,
         .problem = p,
         .subject = subj,
         .count = count,
@@ -157,261 +151,65 @@ void rc_found(rc_ctx *ctx, const char *problem, const char *subject, int64_t cou
     st->kept++;
 }
 
-int rc_error(rc_ctx *ctx, const char *fmt, ...)
+int rc_report_verror(rc_report *r, rc_sweep_id sweep, const char *fmt, va_list ap)
 {
-    rc_report *r = ctx->report;
-    va_list ap;
-    va_start(ap, fmt);
     char *text = vformat(fmt, ap);
-    va_end(ap);
     progress_clear(r);
-    const char *sweep = ctx->sweep < RC_SWEEP_COUNT ? rc_sweep_name(ctx->sweep) : "pass";
+    const char *name = sweep < RC_SWEEP_COUNT ? rc_sweep_name(sweep) : "pass";
     if (r->log_json)
-        ferry_log_json(FERRY_LOG_ERROR, "reconcile.error", json_pack("{s:s}", "sweep", sweep),
+        ferry_log_json(FERRY_LOG_ERROR, "reconcile.error", json_pack("{s:s}", "sweep", name),
                        "%s", text ? text : fmt);
     else
-        fprintf(stderr, "ferry-reconcile: %s: %s\n", sweep, text ? text : fmt);
-    if (ctx->sweep < RC_SWEEP_COUNT)
-        r->sweep[ctx->sweep].errors++;
+        fprintf(stderr, "ferry-reconcile: %s: %s\n", name, text ? text : fmt);
+    if (sweep < RC_SWEEP_COUNT)
+        r->sweep[sweep].errors++;
     r->error_count++;
-    json_array_append_new(r->errors, json_pack("{s:s, s:s}", "sweep", sweep, "message",
+    json_array_append_new(r->errors, json_pack("{s:s, s:s}", "sweep", name, "message",
                                                text ? text : fmt));
     free(text);
     return -1;
 }
 
-static int64_t mono_ms(void)
+int rc_report_error(rc_report *r, rc_sweep_id sweep, const char *fmt, ...)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-void rc_progress(rc_ctx *ctx, const char *fmt, ...)
-{
-    rc_report *r = ctx->report;
-    if (!r->progress)
-        return;
-    int64_t now = mono_ms();
-    if (r->progress_shown && now - r->progress_at < (r->progress_tty ? 100 : 1000))
-        return;
-    r->progress_at = now;
     va_list ap;
     va_start(ap, fmt);
-    char *text = vformat(fmt, ap);
+    rc_report_verror(r, sweep, fmt, ap);
     va_end(ap);
+    return -1;
+}
+
+void rc_report_vprogress(rc_report *r, rc_sweep_id sweep, int64_t now_ms, const char *fmt,
+                         va_list ap)
+{
+    if (!r->progress)
+        return;
+    if (r->progress_shown && now_ms - r->progress_at < (r->progress_tty ? 100 : 1000))
+        return;
+    r->progress_at = now_ms;
+    char *text = vformat(fmt, ap);
     if (r->progress_tty)
-        fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(ctx->sweep), text ? text : "");
+        fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(sweep), text ? text : "");
     else
-        fprintf(stderr, "%s: %s\n", rc_sweep_name(ctx->sweep), text ? text : "");
+        fprintf(stderr, "%s: %s\n", rc_sweep_name(sweep), text ? text : "");
     fflush(stderr);
     r->progress_shown = 1;
     free(text);
 }
 
-void rc_progress_done(rc_ctx *ctx)
+void rc_report_progress_done(rc_report *r, rc_sweep_id sweep)
 {
-    rc_report *r = ctx->report;
     if (!r->progress)
         return;
     progress_clear(r);
     r->progress_shown = 0;
     if (r->progress_tty)
         return;               /* the report says how the sweep went */
-    const rc_sweep_stats *st = &r->sweep[ctx->sweep];
+    const rc_sweep_stats *st = &r->sweep[sweep];
     int64_t problems = st->findings[RC_FOUND] + st->findings[RC_REPAIRED] + st->findings[RC_LEFT];
-    fprintf(stderr, "%-14s %s\n", rc_sweep_name(ctx->sweep),
+    fprintf(stderr, "%-14s %s\n", rc_sweep_name(sweep),
             st->errors ? "error" : problems == 0 ? "clean" : "problems found");
     fflush(stderr);
-}
-
-/* ------------------------------------------------------------ statements */
-
-/* A library call (ferry_tx_run) may have reset the connection after a
- * loss: the new session gets the statement timeout again. */
-static void session_keep(rc_ctx *ctx)
-{
-    int pid = PQbackendPID(ctx->conn);
-    if (pid == 0 || pid == ctx->report->backend_pid)
-        return;
-    if (ctx->report->backend_pid != 0 && PQtransactionStatus(ctx->conn) == PQTRANS_IDLE) {
-        char sql[64];
-        snprintf(sql, sizeof sql, "SET statement_timeout = %" PRId64,
-                 ctx->budgets->statement_timeout_ms);
-        PQclear(PQexec(ctx->conn, sql));
-    }
-    ctx->report->backend_pid = pid;
-}
-
-PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
-                   const char *const *params)
-{
-    session_keep(ctx);
-    PGresult *res = PQexecParams(ctx->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return res;
-    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (msg == NULL)
-        msg = PQerrorMessage(ctx->conn);
-    size_t len = strlen(msg);
-    while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
-        len--;
-    rc_error(ctx, "%s: %.*s%s%s%s", what, (int)len, msg, state ? " (SQLSTATE " : "",
-             state ? state : "", state ? ")" : "");
-    PQclear(res);
-    return NULL;
-}
-
-ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
-{
-    ferry_err_clear(err);
-    session_keep(ctx);
-    if (ctx->mode == RC_REPAIR && rc_lease_keep(ctx, err) != FERRY_OK)
-        return err->code;
-    char sql[160];
-    snprintf(sql, sizeof sql,
-             "BEGIN%s; SET LOCAL statement_timeout = %" PRId64 "; SET LOCAL lock_timeout = 1000",
-             ctx->mode == RC_CHECK ? " READ ONLY" : "", ctx->budgets->statement_timeout_ms);
-    PGresult *res = PQexec(ctx->conn, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        ferry_code rc = ferry_error_from_pg(err, ctx->conn, res, "could not begin");
-        PQclear(res);
-        rc_rollback(ctx);
-        return rc;
-    }
-    PQclear(res);
-    if (ctx->mode != RC_REPAIR || ctx->holder == NULL)
-        return FERRY_OK;
-    char epoch[24];
-    snprintf(epoch, sizeof epoch, "%" PRId64, ctx->epoch);
-    const char *p[3] = {RC_LEASE_NAME, ctx->holder, epoch};
-    res = PQexecParams(ctx->conn,
-                       "SELECT 1 FROM ferry.lease WHERE name = $1 AND holder = $2 "
-                       "AND epoch = $3::bigint AND expires_at > now() FOR SHARE",
-                       3, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry_code rc = ferry_error_from_pg(err, ctx->conn, res, "could not check the lease");
-        PQclear(res);
-        rc_rollback(ctx);
-        return rc;
-    }
-    int held = PQntuples(res) == 1;
-    PQclear(res);
-    if (!held) {
-        ctx->report->lease_lost = 1;
-        rc_rollback(ctx);
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
-                             "the reconciler's lease was lost (epoch %" PRId64 "): another "
-                             "reconciler acts now", ctx->epoch);
-    }
-    return FERRY_OK;
-}
-
-ferry_code rc_commit(rc_ctx *ctx, ferry_error *err)
-{
-    ferry_err_clear(err);
-    PGresult *res = PQexec(ctx->conn, "COMMIT");
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, ctx->conn, res, "could not commit");
-    else if (strcmp(PQcmdStatus(res), "ROLLBACK") == 0)
-        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "could not commit: the transaction had "
-                           "failed and was rolled back");
-    PQclear(res);
-    return rc;
-}
-
-void rc_rollback(rc_ctx *ctx)
-{
-    if (PQtransactionStatus(ctx->conn) == PQTRANS_IDLE)
-        return;
-    PQclear(PQexec(ctx->conn, "ROLLBACK"));
-}
-
-int rc_is_busy(const PGresult *res)
-{
-    const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
-                         strcmp(s, "40001") == 0);
-}
-
-int rc_result_error(rc_ctx *ctx, const char *what, const PGresult *res)
-{
-    const char *m = PQresultErrorMessage(res);
-    size_t len = strlen(m);
-    while (len > 0 && (m[len - 1] == '\n' || m[len - 1] == ' '))
-        len--;
-    return rc_error(ctx, "%s: %.*s", what, (int)len, m);
-}
-
-PGresult *rc_act(rc_ctx *ctx, const char *what, const char *sql, int n,
-                 const char *const *params, int *busy)
-{
-    PGresult *res = PQexecParams(ctx->conn, sql, n, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return res;
-    if (busy != NULL && rc_is_busy(res))
-        *busy = 1;
-    else
-        rc_result_error(ctx, what, res);
-    PQclear(res);
-    rc_rollback(ctx);
-    return NULL;
-}
-
-int rc_act_begin(rc_ctx *ctx, const char *what, int *lost)
-{
-    ferry_error err;
-    ferry_code rc = rc_begin(ctx, &err);
-    if (rc == FERRY_OK)
-        return 0;
-    rc_rollback(ctx);
-    if (rc == FERRY_ESTATE) {
-        *lost = 1;
-        return rc_error(ctx, "stopped before %s: %s", what, err.message);
-    }
-    return rc_error(ctx, "could not begin %s: %s", what, err.message);
-}
-
-int rc_act_commit(rc_ctx *ctx, const char *what)
-{
-    ferry_error err;
-    if (rc_commit(ctx, &err) == FERRY_OK)
-        return 0;
-    rc_rollback(ctx);
-    return rc_error(ctx, "could not commit %s: %s", what, err.message);
-}
-
-/* ------------------------------------------------------------ rows */
-
-int rc_stopping(const rc_ctx *ctx)
-{
-    return ctx->stop != NULL && *ctx->stop;
-}
-
-int64_t rc_int_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
-}
-
-int rc_bool_at(const PGresult *res, int row, int col)
-{
-    return !PQgetisnull(res, row, col) && PQgetvalue(res, row, col)[0] == 't';
-}
-
-const char *rc_str_at(const PGresult *res, int row, int col)
-{
-    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
-}
-
-json_t *rc_json_at(const PGresult *res, int row, int col)
-{
-    if (PQgetisnull(res, row, col))
-        return NULL;
-    return json_loads(PQgetvalue(res, row, col), JSON_DECODE_ANY, NULL);
 }
 
 /* ------------------------------------------------------------ durations */

@@ -16,46 +16,16 @@
  * already gone when locked was handled by someone else: skipped, so a
  * repeated or concurrent request changes nothing.
  */
-#include <ctype.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "plan.h"
 #include "reconcile.h"
 
 #define TEXT_MAX 200            /* reasons quoted in findings */
 
 /* ------------------------------------------------------------- targets */
-
-typedef enum target_kind { T_ID, T_UUID, T_KEY, T_BAD } target_kind;
-
-static int is_hex_run(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isxdigit((unsigned char)s[i]))
-            return 0;
-    return 1;
-}
-
-/* digits: a dead letter id; 8-4-4-4-12 hex (or 32 hex digits): a message
- * id; anything with a '/': TOPIC/KEY, split at the first '/' (a Kafka
- * topic name cannot hold one, a key can). */
-static target_kind classify(const char *t)
-{
-    size_t len = strlen(t);
-    if (len > 0 && len <= 18 && strspn(t, "0123456789") == len)
-        return T_ID;
-    if (len == 36 && t[8] == '-' && t[13] == '-' && t[18] == '-' && t[23] == '-' &&
-        is_hex_run(t, 8) && is_hex_run(t + 9, 4) && is_hex_run(t + 14, 4) &&
-        is_hex_run(t + 19, 4) && is_hex_run(t + 24, 12))
-        return T_UUID;
-    if (len == 32 && is_hex_run(t, 32))
-        return T_UUID;
-    const char *slash = strchr(t, '/');
-    if (slash != NULL && slash > t && slash[1] != '\0')
-        return T_KEY;
-    return T_BAD;
-}
 
 static const char *action_flag(rc_dead_action a)
 {
@@ -84,8 +54,8 @@ static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
     PGresult *res = NULL;
     int none;
     char *topic = NULL;
-    switch (classify(rq->target)) {
-    case T_ID: {
+    switch (rc_dead_target_kind(rq->target)) {
+    case RC_TARGET_ID: {
         const char *p[1] = {rq->target};
         res = lookup(ctx, "could not look up a dead letter",
                      "SELECT id FROM ferry.dead_letter WHERE id = $1::bigint", 1, p, &none);
@@ -93,7 +63,7 @@ static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
             rc_error(ctx, "%s %s: no such dead letter", flag, rq->target);
         return res;
     }
-    case T_UUID: {
+    case RC_TARGET_UUID: {
         const char *p[1] = {rq->target};
         res = lookup(ctx, "could not look up the dead letters of a message",
                      "SELECT id FROM ferry.dead_letter WHERE message_id = $1::uuid "
@@ -102,7 +72,7 @@ static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
             rc_error(ctx, "%s %s: no dead letter of that message id", flag, rq->target);
         return res;
     }
-    case T_KEY: {
+    case RC_TARGET_KEY: {
         topic = strdup(rq->target);
         if (topic == NULL) {
             rc_error(ctx, "out of memory");
@@ -120,7 +90,7 @@ static PGresult *resolve(rc_ctx *ctx, const rc_dead_request *rq)
         free(topic);
         return res;
     }
-    case T_BAD:
+    case RC_TARGET_BAD:
         break;
     }
     rc_error(ctx, "%s %s: not a dead letter id (digits), a message id (UUID) or TOPIC/KEY",
@@ -142,19 +112,49 @@ static const char LOG_SQL[] =
     "       l->>'aggregateid', (l->>'seq')::bigint, $2, $3, $4, l "
     "  FROM (SELECT $1::jsonb AS l) s";
 
-/* Carry out one decision on one letter. 0 done or nothing to do (gone),
- * -1 after rc_error; *lost when the reconciler's lease is gone. */
+/* The report of a decision carried out: letter is the locked row
+ * (LOCK_SQL's columns). */
+static void decided(rc_ctx *ctx, const rc_dead_request *rq, const char *id,
+                    const PGresult *letter, const char *reason)
+{
+    const int replay = rq->action == RC_REPLAY;
+    const char *consumer = PQgetvalue(letter, 0, 1), *topic = PQgetvalue(letter, 0, 2);
+    const char *key = PQgetvalue(letter, 0, 3), *message = PQgetvalue(letter, 0, 4);
+    int64_t seq = rc_int_at(letter, 0, 5);
+    const char *why = PQgetvalue(letter, 0, 6);
+    char side[300], effect_buf[400], subject[64];
+    if (consumer[0] == '\0')
+        snprintf(side, sizeof side, "the relay's");
+    else
+        snprintf(side, sizeof side, "consumer %s's", consumer);
+    const char *effect = rc_dead_effect(replay, consumer, effect_buf, sizeof effect_buf);
+    snprintf(subject, sizeof subject, "dead letter %s", id);
+    json_t *detail = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s}", "id", id,
+                               "action", replay ? "replay" : "discard", "message_id", message,
+                               "consumer", consumer, "topic", topic, "seq", (json_int_t)seq,
+                               "key", key, "actor", ctx->actor ? ctx->actor : "", "reason",
+                               reason, "failed_because", why);
+    rc_found(ctx, "dead_letter", subject, 1, RC_REPAIRED, detail,
+             "dead letter %s (%s, message %s, topic %s key %s, position %" PRId64 ", failed: "
+             "%s) %s; by %s (\"%s\"); the letter is kept in ferry.dead_letter_log",
+             id, side, message, topic, key, seq, why, effect, ctx->actor ? ctx->actor : "?",
+             reason);
+}
+
+/*
+ * Carry out one decision on one letter, in one fenced transaction: detect
+ * (lock the letter: gone means someone else handled it), plan (the SQL
+ * function and the reason to record: plan.c), act (the function, the
+ * record in ferry.dead_letter_log, commit), report. 0 done or nothing to
+ * do, -1 after rc_error; *lost when the reconciler's lease is gone.
+ */
 static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *lost)
 {
     const int replay = rq->action == RC_REPLAY;
     const char *verb = replay ? "replay" : "discard";
     char reason_buf[512];
-    const char *reason = ctx->reason;
-    if (reason == NULL || reason[0] == '\0') {
-        snprintf(reason_buf, sizeof reason_buf, "%s by %s", replay ? "replayed" : "discarded",
-                 ctx->actor ? ctx->actor : "ferry-reconcile");
-        reason = reason_buf;
-    }
+    const char *reason = rc_dead_reason(replay, ctx->actor, ctx->reason, reason_buf,
+                                        sizeof reason_buf);
     char deed[96];                    /* "the replay of dead letter 12" */
     snprintf(deed, sizeof deed, "the %s of dead letter %s", verb, id);
     if (rc_act_begin(ctx, deed, lost) != 0)
@@ -166,11 +166,11 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
     char what[160];
     snprintf(what, sizeof what, "could not lock dead letter %s", id);
     PGresult *letter = rc_act(ctx, what, LOCK_SQL, 2, lp, &busy);
-    char subject[64];
-    snprintf(subject, sizeof subject, "dead letter %s", id);
     if (letter == NULL) {
         if (!busy)
             return -1;
+        char subject[64];
+        snprintf(subject, sizeof subject, "dead letter %s", id);
         rc_found(ctx, "dead_letter", subject, 1, RC_LEFT,
                  json_pack("{s:s, s:s, s:s}", "id", id, "action", verb, "target", rq->target),
                  "dead letter %s was not %s: another session held it past the lock timeout; "
@@ -185,18 +185,10 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
         rc_rollback(ctx);
         return 0;
     }
-    const char *consumer = PQgetvalue(letter, 0, 1), *topic = PQgetvalue(letter, 0, 2);
-    const char *key = PQgetvalue(letter, 0, 3), *message = PQgetvalue(letter, 0, 4);
-    int64_t seq = rc_int_at(letter, 0, 5);
-    const char *why = PQgetvalue(letter, 0, 6);
-    int relay = consumer[0] == '\0';
 
     const char *fp[1] = {id};
     snprintf(what, sizeof what, "could not %s dead letter %s", verb, id);
-    PGresult *done = rc_act(ctx, what,
-                            replay ? "SELECT ferry.replay_dead_letter($1::bigint)"
-                                   : "SELECT ferry.discard_dead_letter($1::bigint)",
-                            1, fp, NULL);
+    PGresult *done = rc_act(ctx, what, rc_dead_action_sql(replay), 1, fp, NULL);
     if (done == NULL) {
         PQclear(letter);
         return -1;
@@ -220,40 +212,7 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
         PQclear(letter);
         return -1;
     }
-
-    char side[300];
-    if (relay)
-        snprintf(side, sizeof side, "the relay's");
-    else
-        snprintf(side, sizeof side, "consumer %s's", consumer);
-    const char *effect;
-    char effect_buf[400];
-    if (replay && relay) {
-        effect = "replayed into the outbox with its id and position: the relay publishes it "
-                 "next, ahead of its key's later messages";
-    } else if (replay) {
-        snprintf(effect_buf, sizeof effect_buf, "handed back to consumer %s, which applies it "
-                 "next; its key is released", consumer);
-        effect = effect_buf;
-    } else if (relay) {
-        effect = "discarded: a marker with its position (payload null, header ferry_discarded) "
-                 "is published in its place so that consumers see no gap, and its key is "
-                 "released";
-    } else {
-        snprintf(effect_buf, sizeof effect_buf, "discarded: consumer %s counts its position "
-                 "as done and its key is released", consumer);
-        effect = effect_buf;
-    }
-    json_t *detail = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s, s:s}", "id", id,
-                               "action", verb, "message_id", message, "consumer", consumer,
-                               "topic", topic, "seq", (json_int_t)seq, "key", key, "actor",
-                               ctx->actor ? ctx->actor : "", "reason", reason, "failed_because",
-                               why);
-    rc_found(ctx, "dead_letter", subject, 1, RC_REPAIRED, detail,
-             "dead letter %s (%s, message %s, topic %s key %s, position %" PRId64 ", failed: "
-             "%s) %s; by %s (\"%s\"); the letter is kept in ferry.dead_letter_log",
-             id, side, message, topic, key, seq, why, effect, ctx->actor ? ctx->actor : "?",
-             reason);
+    decided(ctx, rq, id, letter, reason);
     PQclear(letter);
     return 0;
 }

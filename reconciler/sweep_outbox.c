@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plan.h"
 #include "reconcile.h"
 
 #define SHARDS_MAX 4096         /* ferry.settings.shard_count's CHECK */
@@ -226,39 +227,54 @@ static int dead_leases(rc_ctx *ctx, outbox_pass *op)
 
 /* ------------------------------------------------------- over-attempted */
 
-typedef struct topic_count {
+/*
+ * Detect (per topic: rows, attempts, keys, samples, the first last error),
+ * plan (rc_over_plan_move: repair, and anything found), act (batches of
+ * moves, each its own fenced transaction), then the report: each topic's
+ * verdict (rc_over_verdict_of) from what was found and what the moves did.
+ */
+
+/* One topic's over-attempted rows: what detection found, what the act did. */
+typedef struct over_topic {
     char *topic;
-    int64_t found, moved;
+    int64_t found;
+    int64_t attempts_min, attempts_max, keys;
+    char *last_error;           /* the first row's; NULL when none */
+    json_t *samples;            /* a few ids; NULL when unread */
+    int64_t moved;
     int64_t clash;              /* left: their id already has a relay dead letter */
-} topic_count;
+} over_topic;
 
-typedef struct topics {
-    topic_count *v;
+typedef struct over_topics {
+    over_topic *v;
     size_t n;
-} topics;
+} over_topics;
 
-static topic_count *topic_find(topics *t, const char *topic, int add)
+static over_topic *topic_find(over_topics *t, const char *topic, int add)
 {
     for (size_t i = 0; i < t->n; i++)
         if (strcmp(t->v[i].topic, topic) == 0)
             return &t->v[i];
     if (!add)
         return NULL;
-    topic_count *v = realloc(t->v, (t->n + 1) * sizeof *v);
+    over_topic *v = realloc(t->v, (t->n + 1) * sizeof *v);
     if (v == NULL)
         return NULL;
     t->v = v;
     char *name = strdup(topic);
     if (name == NULL)
         return NULL;
-    t->v[t->n] = (topic_count){.topic = name};
+    t->v[t->n] = (over_topic){.topic = name};
     return &t->v[t->n++];
 }
 
-static void topics_free(topics *t)
+static void topics_free(over_topics *t)
 {
-    for (size_t i = 0; i < t->n; i++)
+    for (size_t i = 0; i < t->n; i++) {
         free(t->v[i].topic);
+        free(t->v[i].last_error);
+        json_decref(t->v[i].samples);
+    }
     free(t->v);
 }
 
@@ -303,7 +319,8 @@ static const char OVER_MOVE_SQL[] =
     "       count(*) FILTER (WHERE outcome = 'clash') "
     "  FROM m GROUP BY topic";
 
-static int over_attempted(rc_ctx *ctx, outbox_pass *op)
+/* Detect: the over-attempted rows per topic into t. 0, or -1 after rc_error. */
+static int over_detect(rc_ctx *ctx, over_topics *t, int64_t *total)
 {
     char max[16], textmax[16];
     snprintf(max, sizeof max, "%d", ctx->budgets->max_attempts);
@@ -313,167 +330,164 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
                              p);
     if (res == NULL)
         return -1;
-    int rows = PQntuples(res);
-    if (rows == 0) {
-        PQclear(res);
-        return 0;
-    }
-    topics t = {0};
-    int64_t total = 0;
-    for (int r = 0; r < rows; r++) {
-        topic_count *tc = topic_find(&t, PQgetvalue(res, r, 0), 1);
-        if (tc == NULL) {
+    *total = 0;
+    for (int r = 0; r < PQntuples(res); r++) {
+        over_topic *tc = topic_find(t, PQgetvalue(res, r, 0), 1);
+        const char *last_error = rc_str_at(res, r, 6);
+        if (tc == NULL || (last_error != NULL && (tc->last_error = strdup(last_error)) == NULL)) {
             PQclear(res);
-            topics_free(&t);
             return rc_error(ctx, "out of memory");
         }
         tc->found = rc_int_at(res, r, 1);
-        total += tc->found;
-    }
-
-    /* Repair: batches, each its own fenced transaction. */
-    int rc = 0, busy = 0, stopped = 0;
-    int64_t moved = 0;
-    if (ctx->mode == RC_REPAIR) {
-        char batch[16];
-        snprintf(batch, sizeof batch, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
-        char last[64] = "00000000-0000-0000-0000-000000000000";
-        for (;;) {
-            if (rc_stopping(ctx)) {
-                stopped = 1;
-                break;
-            }
-            const char *bp[3] = {max, last, batch};
-            PGresult *b = rc_query(ctx, "could not read a batch of over-attempted rows",
-                                   OVER_BATCH_SQL, 3, bp);
-            if (b == NULL) {
-                rc = -1;
-                break;
-            }
-            if (PQgetisnull(b, 0, 0)) {
-                PQclear(b);
-                break;
-            }
-            char *ids = strdup(PQgetvalue(b, 0, 0));
-            snprintf(last, sizeof last, "%s", PQgetvalue(b, 0, 1));
-            PQclear(b);
-            if (ids == NULL) {
-                rc = rc_error(ctx, "out of memory");
-                break;
-            }
-            if (rc_act_begin(ctx, "moving over-attempted rows to the dead letters",
-                             &op->lost) != 0) {
-                free(ids);
-                rc = -1;
-                break;
-            }
-            const char *mp[2] = {ids, max};
-            PGresult *m = rc_act(ctx, "could not move over-attempted rows to the dead letters",
-                                 OVER_MOVE_SQL, 2, mp, &busy);
-            free(ids);
-            if (m == NULL) {
-                if (!busy)
-                    rc = -1;
-                break;
-            }
-            if (rc_act_commit(ctx, "moving over-attempted rows to the dead letters") != 0) {
-                PQclear(m);
-                rc = -1;
-                break;
-            }
-            for (int i = 0; i < PQntuples(m); i++) {
-                topic_count *tc = topic_find(&t, PQgetvalue(m, i, 0), 1);
-                int64_t n = rc_int_at(m, i, 1);
-                if (tc != NULL) {
-                    tc->moved += n;
-                    tc->clash += rc_int_at(m, i, 2);
-                }
-                moved += n;
-            }
-            PQclear(m);
-            rc_progress(ctx, "over-attempted: %" PRId64 " of %" PRId64 " rows moved to the dead "
-                        "letters", moved, total);
-        }
-    }
-
-    for (size_t i = 0; i < t.n; i++) {
-        topic_count *tc = &t.v[i];
-        int r = -1;
-        for (int k = 0; k < rows; k++)
-            if (strcmp(PQgetvalue(res, k, 0), tc->topic) == 0)
-                r = k;
-        int64_t lo = r >= 0 ? rc_int_at(res, r, 2) : 0;
-        int64_t hi = r >= 0 ? rc_int_at(res, r, 3) : 0;
-        int64_t keys = r >= 0 ? rc_int_at(res, r, 4) : 0;
-        const char *last_error = r >= 0 ? rc_str_at(res, r, 6) : NULL;
-        json_t *detail = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:s?}", "topic", tc->topic,
-                                   "rows", (json_int_t)tc->found, "max_attempts",
-                                   ctx->budgets->max_attempts, "attempts_min", (json_int_t)lo,
-                                   "attempts_max", (json_int_t)hi, "keys", (json_int_t)keys,
-                                   "last_error", last_error);
-        json_t *samples = r >= 0 ? rc_json_at(res, r, 5) : NULL;
-        if (detail != NULL && samples != NULL)
-            json_object_set_new(detail, "samples", samples);
-        else
-            json_decref(samples);
-        char subject[300];
-        snprintf(subject, sizeof subject, "topic %s", tc->topic);
-        if (ctx->mode == RC_CHECK) {
-            char range[48];
-            if (lo == hi)
-                snprintf(range, sizeof range, "%" PRId64, lo);
-            else
-                snprintf(range, sizeof range, "%" PRId64 " to %" PRId64, lo, hi);
-            rc_found(ctx, "over_attempted", subject, tc->found, RC_FOUND, detail,
-                     "%" PRId64 " unpublished row%s of topic %s (%" PRId64 " key%s) failed "
-                     "%s delivery attempts, at or over the budget of %d (last error: %s): "
-                     "they belong in the dead letters",
-                     tc->found, tc->found == 1 ? "" : "s", tc->topic, keys,
-                     keys == 1 ? "" : "s", range, ctx->budgets->max_attempts,
-                     last_error ? last_error : "none");
-            continue;
-        }
-        if (detail != NULL) {
-            json_object_set_new(detail, "moved", json_integer(tc->moved));
-            if (tc->clash > 0)
-                json_object_set_new(detail, "clash", json_integer(tc->clash));
-        }
-        if (tc->moved > 0)
-            rc_found(ctx, "over_attempted", subject, tc->moved, RC_REPAIRED, json_incref(detail),
-                     "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
-                     "attempts (last error: %s); moved to ferry.dead_letter with the reason, "
-                     "where their keys wait for a replay or a discard",
-                     tc->moved, tc->moved == 1 ? "" : "s", tc->topic,
-                     ctx->budgets->max_attempts, last_error ? last_error : "none");
-        /* Left by a clash: kept in the outbox, never dropped, until a
-         * person removes the letter or the row (schemas/009). */
-        if (tc->clash > 0)
-            rc_found(ctx, "over_attempted", subject, tc->clash, RC_LEFT, json_incref(detail),
-                     "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
-                     "attempts but cannot be moved: ferry.dead_letter already holds a relay "
-                     "dead letter with the same message id, another message (emitted again "
-                     "with an id used before?); a person decides which stands, deletes the "
-                     "other, then runs repair again",
-                     tc->clash, tc->clash == 1 ? "" : "s", tc->topic,
-                     ctx->budgets->max_attempts);
-        /* Left: those the loop did not reach (a busy row, a signal, an
-         * error). Those it reached and did not move otherwise were
-         * published or dead-lettered by a relay meanwhile: nothing left to
-         * do. */
-        int64_t left = busy || stopped || rc != 0 ? tc->found - tc->moved - tc->clash : 0;
-        if (left > 0)
-            rc_found(ctx, "over_attempted", subject, left, RC_LEFT, json_incref(detail),
-                     "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
-                     "attempts and could not be moved to the dead letters in this pass (%s): "
-                     "run repair again",
-                     left, left == 1 ? "" : "s", tc->topic, ctx->budgets->max_attempts,
-                     busy ? "a row stayed locked past the lock timeout"
-                     : stopped ? "interrupted" : "an error, above");
-        json_decref(detail);
+        tc->attempts_min = rc_int_at(res, r, 2);
+        tc->attempts_max = rc_int_at(res, r, 3);
+        tc->keys = rc_int_at(res, r, 4);
+        tc->samples = rc_json_at(res, r, 5);
+        *total += tc->found;
     }
     PQclear(res);
+    return 0;
+}
+
+/* Act: move every over-attempted row, a batch at a time, each batch its
+ * own fenced transaction; per topic, rows moved and rows left by a clash
+ * (a topic the detection did not see is added). How it ended. */
+static rc_act_end over_move(rc_ctx *ctx, outbox_pass *op, over_topics *t, int64_t total)
+{
+    char max[16], batch[16];
+    snprintf(max, sizeof max, "%d", ctx->budgets->max_attempts);
+    snprintf(batch, sizeof batch, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
+    char last[64] = "00000000-0000-0000-0000-000000000000";
+    int64_t moved = 0;
+    for (;;) {
+        if (rc_stopping(ctx))
+            return RC_ACT_STOPPED;
+        const char *bp[3] = {max, last, batch};
+        PGresult *b = rc_query(ctx, "could not read a batch of over-attempted rows",
+                               OVER_BATCH_SQL, 3, bp);
+        if (b == NULL)
+            return RC_ACT_FAILED;
+        if (PQgetisnull(b, 0, 0)) {
+            PQclear(b);
+            return RC_ACT_DONE;
+        }
+        char *ids = strdup(PQgetvalue(b, 0, 0));
+        snprintf(last, sizeof last, "%s", PQgetvalue(b, 0, 1));
+        PQclear(b);
+        if (ids == NULL) {
+            rc_error(ctx, "out of memory");
+            return RC_ACT_FAILED;
+        }
+        if (rc_act_begin(ctx, "moving over-attempted rows to the dead letters",
+                         &op->lost) != 0) {
+            free(ids);
+            return RC_ACT_FAILED;
+        }
+        const char *mp[2] = {ids, max};
+        int busy = 0;
+        PGresult *m = rc_act(ctx, "could not move over-attempted rows to the dead letters",
+                             OVER_MOVE_SQL, 2, mp, &busy);
+        free(ids);
+        if (m == NULL)
+            return busy ? RC_ACT_BUSY : RC_ACT_FAILED;
+        if (rc_act_commit(ctx, "moving over-attempted rows to the dead letters") != 0) {
+            PQclear(m);
+            return RC_ACT_FAILED;
+        }
+        for (int i = 0; i < PQntuples(m); i++) {
+            over_topic *tc = topic_find(t, PQgetvalue(m, i, 0), 1);
+            int64_t n = rc_int_at(m, i, 1);
+            if (tc != NULL) {
+                tc->moved += n;
+                tc->clash += rc_int_at(m, i, 2);
+            }
+            moved += n;
+        }
+        PQclear(m);
+        rc_progress(ctx, "over-attempted: %" PRId64 " of %" PRId64 " rows moved to the dead "
+                    "letters", moved, total);
+    }
+}
+
+/* The report: one topic's verdict as findings. */
+static void over_report(rc_ctx *ctx, const over_topic *tc, const rc_over_verdict *v)
+{
+    const int max_attempts = ctx->budgets->max_attempts;
+    const char *last_error = tc->last_error;
+    json_t *detail = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I, s:s?}", "topic", tc->topic,
+                               "rows", (json_int_t)tc->found, "max_attempts", max_attempts,
+                               "attempts_min", (json_int_t)tc->attempts_min, "attempts_max",
+                               (json_int_t)tc->attempts_max, "keys", (json_int_t)tc->keys,
+                               "last_error", last_error);
+    if (detail != NULL && tc->samples != NULL)
+        json_object_set(detail, "samples", tc->samples);
+    char subject[300];
+    snprintf(subject, sizeof subject, "topic %s", tc->topic);
+    if (ctx->mode == RC_CHECK) {
+        char range[48];
+        if (tc->attempts_min == tc->attempts_max)
+            snprintf(range, sizeof range, "%" PRId64, tc->attempts_min);
+        else
+            snprintf(range, sizeof range, "%" PRId64 " to %" PRId64, tc->attempts_min,
+                     tc->attempts_max);
+        rc_found(ctx, "over_attempted", subject, v->found, RC_FOUND, detail,
+                 "%" PRId64 " unpublished row%s of topic %s (%" PRId64 " key%s) failed "
+                 "%s delivery attempts, at or over the budget of %d (last error: %s): "
+                 "they belong in the dead letters",
+                 v->found, v->found == 1 ? "" : "s", tc->topic, tc->keys,
+                 tc->keys == 1 ? "" : "s", range, max_attempts,
+                 last_error ? last_error : "none");
+        return;
+    }
+    if (detail != NULL) {
+        json_object_set_new(detail, "moved", json_integer(tc->moved));
+        if (tc->clash > 0)
+            json_object_set_new(detail, "clash", json_integer(tc->clash));
+    }
+    if (v->repaired > 0)
+        rc_found(ctx, "over_attempted", subject, v->repaired, RC_REPAIRED, json_incref(detail),
+                 "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
+                 "attempts (last error: %s); moved to ferry.dead_letter with the reason, "
+                 "where their keys wait for a replay or a discard",
+                 v->repaired, v->repaired == 1 ? "" : "s", tc->topic, max_attempts,
+                 last_error ? last_error : "none");
+    /* Left by a clash: kept in the outbox, never dropped, until a
+     * person removes the letter or the row (schemas/009). */
+    if (v->clash > 0)
+        rc_found(ctx, "over_attempted", subject, v->clash, RC_LEFT, json_incref(detail),
+                 "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
+                 "attempts but cannot be moved: ferry.dead_letter already holds a relay "
+                 "dead letter with the same message id, another message (emitted again "
+                 "with an id used before?); a person decides which stands, deletes the "
+                 "other, then runs repair again",
+                 v->clash, v->clash == 1 ? "" : "s", tc->topic, max_attempts);
+    if (v->left > 0)
+        rc_found(ctx, "over_attempted", subject, v->left, RC_LEFT, json_incref(detail),
+                 "%" PRId64 " unpublished row%s of topic %s failed at least %d delivery "
+                 "attempts and could not be moved to the dead letters in this pass (%s): "
+                 "run repair again",
+                 v->left, v->left == 1 ? "" : "s", tc->topic, max_attempts, v->left_why);
+    json_decref(detail);
+}
+
+static int over_attempted(rc_ctx *ctx, outbox_pass *op)
+{
+    over_topics t = {0};
+    int64_t total = 0;
+    if (over_detect(ctx, &t, &total) != 0) {
+        topics_free(&t);
+        return -1;
+    }
+    rc_act_end end = RC_ACT_DONE;
+    if (rc_over_plan_move(ctx->mode, total))
+        end = over_move(ctx, op, &t, total);
+    for (size_t i = 0; i < t.n; i++) {
+        const over_topic *tc = &t.v[i];
+        rc_over_verdict v = rc_over_verdict_of(ctx->mode, tc->found, tc->moved, tc->clash, end);
+        over_report(ctx, tc, &v);
+    }
     topics_free(&t);
-    return rc;
+    return end == RC_ACT_FAILED ? -1 : 0;
 }
 
 /* -------------------------------------------------------------------- lag */

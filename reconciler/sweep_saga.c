@@ -44,29 +44,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "plan.h"
 #include "reconcile.h"
 
 #define SAMPLES_MAX 5
 
-/* What became of one overdue saga, in the order the findings are listed. */
-typedef enum saga_class {
-    SC_FOUND = 0,       /* check: found */
-    SC_FIRED,           /* repair: timer fired (by us, or a worker meanwhile) */
-    SC_NOT_LOADED,      /* left: its definition is not in --sagas */
-    SC_HASH,            /* left: stored under another hash than the loaded one */
-    SC_STILL_DUE,       /* left: fired, the engine found nothing due, still overdue */
-    SC_BUSY,            /* left: another session held the row past lock_timeout */
-    SC_REFUSED,         /* left: the engine or the driver refused the timeout */
-} saga_class;
-
 /* One finding in the making: sagas of one definition with one fate. */
 typedef struct agg {
     char *definition;
-    saga_class cls;
-    char *hash;                 /* SC_HASH: the stored hash */
-    char *why;                  /* SC_REFUSED: the first refusal */
+    rc_saga_class cls;
+    char *hash;                 /* RC_SAGA_HASH: the stored hash */
+    char *why;                  /* RC_SAGA_REFUSED: the first refusal */
     int64_t count;
-    int64_t elsewhere;          /* SC_FIRED: of count, found fired by a worker meanwhile */
+    int64_t elsewhere;          /* RC_SAGA_FIRED: of count, found fired by a worker meanwhile */
     int64_t max_overdue_ms;
     json_t *samples;            /* up to SAMPLES_MAX saga ids */
     json_t *steps;              /* compensations: step name -> sagas */
@@ -98,7 +88,7 @@ static int streq_null(const char *a, const char *b)
 
 /* The aggregate of (definition, cls, hash), made on first sight; NULL when
  * memory is short. */
-static agg *aggs_get(aggs *a, const char *definition, saga_class cls, const char *hash)
+static agg *aggs_get(aggs *a, const char *definition, rc_saga_class cls, const char *hash)
 {
     for (size_t i = 0; i < a->n; i++)
         if (a->v[i].cls == cls && strcmp(a->v[i].definition, definition) == 0
@@ -169,27 +159,21 @@ typedef struct saga_kind {
     " WHERE state = '" state "' AND deadline IS NULL"                                          \
     " GROUP BY definition ORDER BY definition"
 
-static const saga_kind running_kind = {
-    .state = "running",
-    .problem = "past_deadline",
-    .one = "running saga",
-    .what = "running sagas",
-    .cause = "a step's timeout or the saga's deadline the workers never fired",
-    .overdue_sql = OVERDUE_SQL("running"),
-    .recheck_sql = RECHECK_SQL("running"),
-    .no_timer_sql = NO_TIMER_SQL("running"),
-};
+/* One kind from its state: the state in the SQL and in .state cannot
+ * drift apart. */
+#define SAGA_KIND(st, prob, one_, what_, cause_)                                               \
+    {.state = st, .problem = prob, .one = one_, .what = what_, .cause = cause_,                \
+     .overdue_sql = OVERDUE_SQL(st), .recheck_sql = RECHECK_SQL(st),                           \
+     .no_timer_sql = NO_TIMER_SQL(st)}
 
-static const saga_kind compensating_kind = {
-    .state = "compensating",
-    .problem = "compensation_unfinished",
-    .one = "compensating saga",
-    .what = "compensating sagas",
-    .cause = "a compensation command went unanswered and was never resent",
-    .overdue_sql = OVERDUE_SQL("compensating"),
-    .recheck_sql = RECHECK_SQL("compensating"),
-    .no_timer_sql = NO_TIMER_SQL("compensating"),
-};
+static const saga_kind running_kind =
+    SAGA_KIND("running", "past_deadline", "running saga", "running sagas",
+              "a step's timeout or the saga's deadline the workers never fired");
+
+static const saga_kind compensating_kind =
+    SAGA_KIND("compensating", "compensation_unfinished", "compensating saga",
+              "compensating sagas", "a compensation command went unanswered and was never "
+              "resent");
 
 /* ------------------------------------------------------------ no timer */
 
@@ -270,31 +254,23 @@ static void agg_add(agg *g, const char *id, int64_t overdue_ms, const char *step
     }
 }
 
-/* Fire one saga's timer. Returns the class, or -1 after an operational
- * error (reported; the sweep stops). *elsewhere: a worker got there
- * first. *why (SC_REFUSED): the engine's or driver's message. */
+/* Act: fire one saga's timer. Returns its class (plan.c reads the
+ * result), or -1 after an operational error (reported; the sweep stops).
+ * *elsewhere: a worker got there first. *why (RC_SAGA_REFUSED): the
+ * engine's or driver's message. */
 static int fire(rc_ctx *ctx, const saga_kind *k, const char *id, int *elsewhere,
                 char *why, size_t why_len)
 {
-    *elsewhere = 0;
     int fired = 0;
     ferry_error err;
     ferry_code rc = ferry_saga_fire_timer(ctx->conn, ctx->sagas, id, 0, &fired, &err);
-    if (rc == FERRY_EINVAL && strcmp(err.field, "saga_id") == 0) {
-        /* Gone since we read it (deleted): nothing overdue any more. */
-        *elsewhere = 1;
-        return SC_FIRED;
-    }
-    if (rc == FERRY_EINVAL || rc == FERRY_ESTATE) {
+    int cls = rc_saga_fire_class(rc, err.field, err.sqlstate, fired, elsewhere);
+    if (cls == RC_SAGA_REFUSED)
         snprintf(why, why_len, "%s", err.message);
-        return SC_REFUSED;
-    }
-    if (rc == FERRY_EDB && strcmp(err.sqlstate, "55P03") == 0)
-        return SC_BUSY;
-    if (rc != FERRY_OK)
+    if (cls < 0)
         return rc_error(ctx, "could not fire the timer of saga %s: %s", id, err.message);
-    if (fired)
-        return SC_FIRED;
+    if (cls != RC_SAGA_FIRE)
+        return cls;
     /* The engine found nothing due. Fine if a worker fired it meanwhile
      * (then it is no longer overdue); not if the row still says overdue. */
     char grace[24];
@@ -306,10 +282,7 @@ static int fire(rc_ctx *ctx, const saga_kind *k, const char *id, int *elsewhere,
         return -1;
     int still = strcmp(PQgetvalue(res, 0, 0), "0") != 0;
     PQclear(res);
-    if (still)
-        return SC_STILL_DUE;
-    *elsewhere = 1;
-    return SC_FIRED;
+    return rc_saga_recheck(still, elsewhere);
 }
 
 /* "1 running saga", "3 running sagas". */
@@ -318,8 +291,9 @@ static const char *sagas_word(const saga_kind *k, int64_t n)
     return n == 1 ? k->one : k->what;
 }
 
-/* Report every aggregate as one finding: "definition D: N sagas past
- * their timer (most overdue by T[; compensating ...])" and its fate. */
+/* The report: every aggregate as one finding, "definition D: N sagas
+ * past their timer (most overdue by T[; compensating ...])" and its fate,
+ * its outcome rc_saga_outcome's. */
 static void report(rc_ctx *ctx, const saga_kind *k, aggs *a)
 {
     int comp = k == &compensating_kind;
@@ -356,53 +330,57 @@ static void report(rc_ctx *ctx, const saga_kind *k, aggs *a)
             json_object_set_new(detail, "max_attempts", json_integer(g->max_attempts));
         }
         const ferry_saga_def *def = ferry_saga_registry_find(ctx->sagas, g->definition);
+        const rc_outcome outcome = rc_saga_outcome(g->cls, g->count, g->elsewhere);
         switch (g->cls) {
-        case SC_FOUND:
-            rc_found(ctx, k->problem, subject, g->count, RC_FOUND, detail,
+        case RC_SAGA_FOUND:
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s, beyond the %s grace: %s", head, gr, k->cause);
             break;
-        case SC_FIRED:
+        case RC_SAGA_FIRED:
             if (detail)
                 json_object_set_new(detail, "fired_by_a_worker",
                                     json_integer(g->elsewhere));
-            if (g->elsewhere == g->count)   /* not ours: not counted as a repair */
-                rc_found(ctx, k->problem, subject, g->count, RC_PENDING, detail,
+            if (outcome == RC_PENDING)      /* not ours: not counted as a repair */
+                rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                          "%s: a worker fired %s meanwhile", head,
                          g->count == 1 ? "it" : "them");
             else if (g->elsewhere > 0)
-                rc_found(ctx, k->problem, subject, g->count, RC_REPAIRED, detail,
+                rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                          "%s: fired the missed %s (%" PRId64 " of them a worker fired "
                          "meanwhile)", head, g->count == 1 ? "timer" : "timers", g->elsewhere);
             else
-                rc_found(ctx, k->problem, subject, g->count, RC_REPAIRED, detail,
+                rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                          "%s: fired the missed %s", head, g->count == 1 ? "timer" : "timers");
             break;
-        case SC_NOT_LOADED:
-            rc_found(ctx, k->problem, subject, g->count, RC_LEFT, detail,
+        case RC_SAGA_NOT_LOADED:
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s left: definition %s not loaded: pass --sagas DIR", head,
                      g->definition);
             break;
-        case SC_HASH:
+        case RC_SAGA_HASH:
             if (detail)
                 json_object_set_new(detail, "stored_hash", json_string(g->hash));
-            rc_found(ctx, k->problem, subject, g->count, RC_LEFT, detail,
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s left: stored under definition hash %s, the loaded %s has hash %s",
                      head, g->hash, g->definition, def ? def->hash : "?");
             break;
-        case SC_STILL_DUE:
-            rc_found(ctx, k->problem, subject, g->count, RC_LEFT, detail,
+        case RC_SAGA_STILL_DUE:
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s left: the engine found no timeout due, so ferry.saga.deadline "
                      "disagrees with the stored engine state (ferry.saga.engine)", head);
             break;
-        case SC_BUSY:
-            rc_found(ctx, k->problem, subject, g->count, RC_LEFT, detail,
+        case RC_SAGA_BUSY:
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s left: another session held the saga's row; the next pass tries "
                      "again", head);
             break;
-        case SC_REFUSED:
+        case RC_SAGA_FIRE:          /* a plan, never what became of a saga */
+            json_decref(detail);
+            break;
+        case RC_SAGA_REFUSED:
             if (detail)
                 json_object_set_new(detail, "error", json_string(g->why ? g->why : ""));
-            rc_found(ctx, k->problem, subject, g->count, RC_LEFT, detail,
+            rc_found(ctx, k->problem, subject, g->count, outcome, detail,
                      "%s left: the timeout was refused: %s", head, g->why ? g->why : "?");
             break;
         }
@@ -487,14 +465,10 @@ static int sweep_overdue(rc_ctx *ctx, const saga_kind *k)
             char buf[24], why[FERRY_ERROR_MESSAGE_SIZE] = "";
             const char *step = k == &compensating_kind
                                    ? step_name(def, hash, cur, buf, sizeof buf) : NULL;
-            int cls, elsewhere = 0;
-            if (!repair)
-                cls = SC_FOUND;
-            else if (def == NULL)
-                cls = SC_NOT_LOADED;
-            else if (strcmp(def->hash, hash) != 0)
-                cls = SC_HASH;
-            else {
+            int elsewhere = 0;
+            /* Plan (plan.c), then act on what the plan says to fire. */
+            int cls = rc_saga_plan(ctx->mode, def ? def->hash : NULL, hash);
+            if (cls == RC_SAGA_FIRE) {
                 if (since_fence >= FENCE_EVERY) {
                     if ((status = fence(ctx)) != 0)
                         break;
@@ -506,12 +480,12 @@ static int sweep_overdue(rc_ctx *ctx, const saga_kind *k)
                     break;
                 }
             }
-            agg *g = aggs_get(&a, def_name, (saga_class)cls, cls == SC_HASH ? hash : NULL);
+            agg *g = aggs_get(&a, def_name, (rc_saga_class)cls, cls == RC_SAGA_HASH ? hash : NULL);
             if (g == NULL) {
                 status = rc_error(ctx, "out of memory");
                 break;
             }
-            if (cls == SC_REFUSED && g->why == NULL)
+            if (cls == RC_SAGA_REFUSED && g->why == NULL)
                 g->why = strdup(why);
             g->elsewhere += elsewhere;
             agg_add(g, id, overdue, step, attempts);

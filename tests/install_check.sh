@@ -77,6 +77,32 @@ if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep 
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
     exit 1
 fi
+# Code only the programs use lives in common/ (the lease protocol, the HTTP
+# server behind --metrics, Prometheus text) and is linked by them, never
+# into the library services link; the reconciler links common/, not the
+# relay; and the reconciler's report talks to no database.
+globals() { nm -g --defined-only "$1" | awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' | sort -u; }
+for lib in build/rel/libcommon.a build/rel/librelay.a build/rel/reconciler/report.o; do
+    [ -e "$lib" ] || { echo "install_check: no $lib (make)" >&2; exit 1; }
+done
+found=$(nm "$tmp/prefix/lib/libferry.so" "$tmp/prefix/lib/libferry.a" 2>/dev/null | awk '{print $NF}' |
+        grep -Fx -f "$(globals build/rel/libcommon.a > "$tmp/common.syms"; echo "$tmp/common.syms")" |
+        sort -u | tr '\n' ' ')
+if [ -n "$found" ]; then
+    echo "install_check: libferry holds the programs' common code: $found" >&2
+    exit 1
+fi
+globals build/rel/librelay.a > "$tmp/relay.syms"
+found=$(nm "$tmp/prefix/bin/ferry-reconcile" | awk '{print $NF}' | grep -Fx -f "$tmp/relay.syms" |
+        sort -u | tr '\n' ' ')
+if [ -n "$found" ]; then
+    echo "install_check: ferry-reconcile links the relay: $found" >&2
+    exit 1
+fi
+if nm -u build/rel/reconciler/report.o | grep -q ' PQ'; then
+    echo "install_check: reconciler/report.c calls libpq" >&2
+    exit 1
+fi
 # No test hook ships. The hooks are env vars named FERRY_<PART>_TEST_<WHAT>
 # (lib/consume.c, daemon/relay_kafka.c), compiled only with
 # -DFERRY_TEST_HOOKS into build/asan and build/vg: the installed library and

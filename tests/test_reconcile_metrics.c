@@ -231,6 +231,31 @@ static void run_serves_metrics_and_hands_over(void **state)
     PQfinish(c);
 }
 
+/* Another reconciler takes the lease while this one waits between
+ * passes: it notices at its next renewal, says so, and stands by (once,
+ * this wrote into the last pass's freed report: ASan stopped it here). */
+static void run_that_loses_its_lease_between_passes_stands_by(void **state)
+{
+    PGconn *c = tu_connect();
+    daemon_proc d = spawn_run("rcm-robbed");
+    await_sample(&d, "ferry_reconcile_active", 1, STARTUP_MS);
+    await_sample(&d, "ferry_reconcile_passes_total", 1, STARTUP_MS);
+    tu_exec(c, "UPDATE ferry.lease SET holder = 'rcm-thief', epoch = epoch + 1, "
+               "expires_at = now() + interval '1 hour' WHERE name = 'reconciler'");
+    tu_proc_await_log(&d.proc, "\"event\":\"reconcile.lease_lost\"", 30000);
+    tu_proc_await_log(&d.proc, "rcm-thief", 30000);      /* "standing by: rcm-thief holds" */
+    char *t = scrape(&d);
+    assert_true(sample(&d, t, "ferry_reconcile_active") == 0);
+    free(t);
+    assert_int_equal(kill(d.proc.pid, SIGTERM), 0);
+    int st = tu_proc_wait(&d.proc, 30000);
+    if (st != 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGTERM, want 0", st);
+    tu_proc_done(&d.proc);
+    tu_exec(c, "UPDATE ferry.lease SET expires_at = now() WHERE name = 'reconciler'");
+    PQfinish(c);
+}
+
 /* An address it cannot serve on: refused at start, before any database
  * work, with the reason on stderr. */
 static void bad_metrics_address_is_refused(void **state)
@@ -269,6 +294,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(run_serves_metrics_and_hands_over),
         cmocka_unit_test(bad_metrics_address_is_refused),
+        cmocka_unit_test(run_that_loses_its_lease_between_passes_stands_by),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);

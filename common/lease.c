@@ -5,13 +5,16 @@
  * caller's clock, so relays on hosts whose clocks disagree still agree on
  * who holds what. A takeover raises epoch; acknowledgements name the epoch
  * they were fetched under and are refused once it moved (see
- * daemon/relay.c).
+ * daemon/relay.c). And the session name (application_name) a program
+ * runs under, by which ferry-reconcile tells a live holder from a dead one.
+ *
+ * Shared by the two programs (common/), not part of libferry.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "lease.h"
 
 static ferry_code leases_from(PGresult *res, size_t max, ferry_lease *out, size_t *n_out)
 {
@@ -192,4 +195,20 @@ ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_o
         *count_out = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     return rc;
+}
+
+ferry_code ferry_set_application_name(PGconn *conn, const char *program, const char *name,
+                                      ferry_error *err)
+{
+    char text[64];
+    int n = snprintf(text, sizeof text, "%s %s", program, name);
+    if (n >= (int)sizeof text) {
+        size_t len = sizeof text - 1;
+        while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
+            len--;
+        text[len] = '\0';
+    }
+    const char *p[1] = {text};
+    return ferry_exec(conn, "SELECT set_config('application_name', $1, false)", 1, p,
+                      "could not set application_name", err);
 }

@@ -1,0 +1,60 @@
+/*
+ * exec.c — statements on a caller's connection: one run with its failure
+ * turned into a ferry_error, and the check that a connection holds an
+ * open, healthy transaction before the library writes in it.
+ */
+#include <stdio.h>
+
+#include "internal.h"
+
+ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      const char *context, ferry_error *err)
+{
+    PGresult *res = nparams > 0
+        ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
+        : PQexec(conn, sql);
+    ExecStatusType st = PQresultStatus(res);
+    ferry_code rc = FERRY_OK;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        rc = ferry_error_from_pg(err, conn, res, context);
+    PQclear(res);
+    return rc;
+}
+
+ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
+{
+    if (conn == NULL)
+        return ferry_err_set(err, FERRY_EINVAL, "conn", "%s: connection is NULL", what);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        ferry_err_set(err, FERRY_ECONN, NULL, "%s: connection is not open", what);
+        if (err != NULL)
+            err->retriable = 1;
+        return FERRY_ECONN;
+    }
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "%s: connection is in pipeline mode", what);
+    switch (PQtransactionStatus(conn)) {
+    case PQTRANS_INTRANS:
+        return FERRY_OK;
+    case PQTRANS_IDLE:
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "%s: no transaction is open on this connection "
+                             "(BEGIN first, so that the message commits with "
+                             "the update it belongs to)", what);
+    case PQTRANS_INERROR:
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "%s: the transaction is aborted by an earlier error; "
+                             "roll it back", what);
+    case PQTRANS_ACTIVE:
+        return ferry_err_set(err, FERRY_ESTATE, NULL,
+                             "%s: a command is still in progress on this connection",
+                             what);
+    case PQTRANS_UNKNOWN:
+        break;
+    }
+    ferry_err_set(err, FERRY_ECONN, NULL, "%s: connection state is unknown", what);
+    if (err != NULL)
+        err->retriable = 1;
+    return FERRY_ECONN;
+}

@@ -1,0 +1,83 @@
+/*
+ * rc_lease.c — the reconciler's lease (rc_lease.h). pass.c takes and
+ * releases it; rc_tx.c renews it before each repair transaction and
+ * fences the transaction with it.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "lease.h"
+#include "rc_lease.h"
+
+/* (The lease functions take a name prefix; no other lease name starts
+ * with "reconciler".) */
+int rc_lease_try(PGconn *conn, rc_lease *l, const char *holder, int ttl_ms, ferry_error *err)
+{
+    const char *names[1] = {RC_LEASE_NAME};
+    if (ferry_lease_ensure(conn, names, 1, err) != FERRY_OK)
+        return -1;
+    ferry_lease got;
+    size_t n = 0;
+    if (ferry_lease_acquire(conn, RC_LEASE_NAME, holder, ttl_ms, 1, &got, &n, err) != FERRY_OK)
+        return -1;
+    if (n == 0)
+        return 0;
+    *l = (rc_lease){.holder = holder, .ttl_ms = ttl_ms, .epoch = got.epoch,
+                    .renewed_at = ferry_now_ms()};
+    return 1;
+}
+
+int rc_lease_due(const rc_lease *l, int64_t now_ms)
+{
+    return now_ms - l->renewed_at >= l->ttl_ms / 3;
+}
+
+ferry_code rc_lease_keep(PGconn *conn, rc_lease *l, ferry_error *err)
+{
+    ferry_err_clear(err);
+    if (!rc_lease_due(l, ferry_now_ms()))
+        return FERRY_OK;
+    /* Extended under the same holder and epoch, even if it ran out
+     * meanwhile (a long detect query): nobody took it then, since a
+     * takeover raises the epoch. */
+    char epoch[24], ttl[16];
+    snprintf(epoch, sizeof epoch, "%" PRId64, l->epoch);
+    snprintf(ttl, sizeof ttl, "%d", l->ttl_ms);
+    const char *p[4] = {RC_LEASE_NAME, l->holder, epoch, ttl};
+    PGresult *res = PQexecParams(conn,
+                                 "UPDATE ferry.lease SET expires_at = now() + $4::int * "
+                                 "interval '1 millisecond', renewed_at = now() "
+                                 "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint",
+                                 4, NULL, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, "could not renew the reconciler's lease");
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
+                           "(epoch %" PRId64 "): another reconciler took it over", l->epoch);
+    PQclear(res);
+    if (rc == FERRY_OK)
+        l->renewed_at = ferry_now_ms();
+    return rc;
+}
+
+void rc_lease_holder(PGconn *conn, char *buf, size_t len)
+{
+    snprintf(buf, len, "?");
+    const char *p[1] = {RC_LEASE_NAME};
+    PGresult *res = PQexecParams(conn, "SELECT holder || ' (until ' || "
+                                 "to_char(expires_at, 'HH24:MI:SS') || ')' FROM ferry.lease "
+                                 "WHERE name = $1 AND expires_at > now()",
+                                 1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        snprintf(buf, len, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+void rc_lease_release(PGconn *conn, const rc_lease *l)
+{
+    ferry_error err;
+    ferry_lease_release(conn, RC_LEASE_NAME, l->holder, &err);
+}
