@@ -78,7 +78,7 @@ PROGRAMS = build/rel/ferry-relay build/rel/ferry-reconcile
 EXAMPLES = build/rel/emit-demo build/rel/account-service build/rel/account-demo \
            build/rel/saga-demo build/rel/lang-demo
 BENCHES  = build/rel/bench-emit build/rel/bench-relay build/rel/bench-consume \
-           build/rel/bench-saga build/rel/bench-reconcile
+           build/rel/bench-saga build/rel/bench-reconcile build/rel/bench-wal
 TESTS    = $(TEST_SRC:tests/%.c=build/asan/tests/%)
 # The stamp of examples/node's modules (npm ci from package-lock.json).
 NODE_MODULES = examples/node/node_modules/.package-lock.json
@@ -194,6 +194,7 @@ bench-inner: $(BENCHES) build/rel/ferry-relay build/rel/ferry-reconcile
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-consume
 	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-saga
 	@FERRY_RECONCILE_BIN=build/rel/ferry-reconcile build/rel/bench-reconcile
+	@FERRY_RELAY_BIN=build/rel/ferry-relay build/rel/bench-wal
 
 # The Node.js reference service's modules (NODE_MODULES, above), exactly
 # as its lock file pins them; installed once, again only when the lock

@@ -17,6 +17,7 @@
  *   max_attempts: 5             # failed deliveries before a dead letter, 1..1000
  *   log_level: info             # error | warn | info | debug
  *   retention: delete           # delete | mark
+ *   outbox_source: table        # table | wal (--outbox-source; "source" is ce_source)
  *   kafka:                      # librdkafka properties, passed through as is
  *     bootstrap.servers: "broker1:9092,broker2:9092"   # or "embedded"
  *     compression.type: lz4
@@ -162,6 +163,7 @@ typedef struct file_settings {
 #undef X_MEMBER
     char *log_level;                  /* text: names looked up by apply_value() */
     char *retention;
+    char *outbox_source;
 } file_settings;
 
 typedef struct int_setting {
@@ -203,6 +205,9 @@ static const cyaml_strval_t log_level_names[] = {
 static const cyaml_strval_t retention_names[] = {
     {"delete", RELAY_RETENTION_DELETE}, {"mark", RELAY_RETENTION_MARK},
 };
+static const cyaml_strval_t outbox_source_names[] = {
+    {"table", RELAY_SOURCE_TABLE}, {"wal", RELAY_SOURCE_WAL},
+};
 
 typedef struct enum_setting {
     const char *name;
@@ -212,21 +217,26 @@ typedef struct enum_setting {
     const char *doc;                  /* for --help */
 } enum_setting;
 
-enum { ENUM_LOG_LEVEL, ENUM_RETENTION, N_ENUM_SETTINGS };
+enum { ENUM_LOG_LEVEL, ENUM_RETENTION, ENUM_OUTBOX_SOURCE, N_ENUM_SETTINGS };
 static const enum_setting enum_settings[N_ENUM_SETTINGS] = {
     [ENUM_LOG_LEVEL] = {"log_level", log_level_names, CYAML_ARRAY_LEN(log_level_names), 2,
                         "the least severe log event written"},
     [ENUM_RETENTION] = {"retention", retention_names, CYAML_ARRAY_LEN(retention_names),
                         RELAY_RETENTION_DELETE,
                         "an acknowledged row is deleted, or marked published_at"},
+    [ENUM_OUTBOX_SOURCE] = {"outbox_source", outbox_source_names,
+                            CYAML_ARRAY_LEN(outbox_source_names), RELAY_SOURCE_TABLE,
+                            "poll the outbox table, or stream the WAL slot (README, Two sources)"},
 };
 
 static void set_enum(relay_config *c, int which, int value)
 {
     if (which == ENUM_LOG_LEVEL)
         c->log_level = value;
-    else
+    else if (which == ENUM_RETENTION)
         c->retention = (relay_retention)value;
+    else
+        c->outbox_source = (relay_outbox_source)value;
 }
 
 /*
@@ -335,6 +345,8 @@ static const cyaml_schema_field_t file_fields[] = {
     /* Text, not libcyaml enums: a value may be a ${env:...} reference. */
     CYAML_FIELD_STRING_PTR("log_level", STRING_FLAGS, file_settings, log_level, 0, CYAML_UNLIMITED),
     CYAML_FIELD_STRING_PTR("retention", STRING_FLAGS, file_settings, retention, 0, CYAML_UNLIMITED),
+    CYAML_FIELD_STRING_PTR("outbox_source", STRING_FLAGS, file_settings, outbox_source, 0,
+                           CYAML_UNLIMITED),
     /* Read by the outline: librdkafka property names are open-ended. */
     CYAML_FIELD_IGNORE("kafka", CYAML_FLAG_OPTIONAL),
     CYAML_FIELD_END,
@@ -352,6 +364,7 @@ static const size_t string_file_offset[N_STRING_SETTINGS] = {
 static const size_t enum_file_offset[N_ENUM_SETTINGS] = {
     [ENUM_LOG_LEVEL] = offsetof(file_settings, log_level),
     [ENUM_RETENTION] = offsetof(file_settings, retention),
+    [ENUM_OUTBOX_SOURCE] = offsetof(file_settings, outbox_source),
 };
 
 static const cyaml_schema_value_t file_schema = {

@@ -15,6 +15,12 @@ typedef enum relay_retention {
     RELAY_RETENTION_MARK          /* acknowledged rows get published_at */
 } relay_retention;
 
+/* Where the relay reads the outbox from (README, "Two sources"). */
+typedef enum relay_outbox_source {
+    RELAY_SOURCE_TABLE = 0,       /* poll ferry.outbox */
+    RELAY_SOURCE_WAL              /* stream the logical slot (relay_wal.c) */
+} relay_outbox_source;
+
 /* One librdkafka property, passed through as is. */
 typedef struct relay_kv {
     char *name;
@@ -80,6 +86,7 @@ typedef struct relay_config {
                                  default 20000, 0..3600000 */
     int log_level;            /* 0 error, 1 warn, 2 info (default), 3 debug */
     relay_retention retention;
+    relay_outbox_source outbox_source;  /* --source, outbox_source: */
     relay_kv kafka_props[RELAY_KAFKA_PROPS_MAX];  /* the kafka: map */
     size_t kafka_props_count;
 } relay_config;

@@ -13,6 +13,7 @@
 #include "ferry.h"
 #include "devkafka.h"
 #include "relay.h"
+#include "relay_wal.h"
 #include "status.h"
 #include "config.h"
 
@@ -27,6 +28,7 @@ static void usage(FILE *out)
             "       ferry-relay migrate --db CONNINFO\n"
             "       ferry-relay status --db CONNINFO [--json]\n"
             "       ferry-relay devkafka [--brokers N]\n"
+            "       ferry-relay slot create|recreate|status --db CONNINFO\n"
             "       ferry-relay --version\n"
             "       ferry-relay COMMAND --help\n"
             "\n"
@@ -35,6 +37,8 @@ static void usage(FILE *out)
             "  migrate   apply the ferry schema to the database (idempotent)\n"
             "  status    is a relay live and keeping up: a verdict, then relays, shards with\n"
             "            ready rows, dead letters (exit 0 ok, 4 a problem)\n"
+            "  slot      the WAL source's replication slot: create it, recreate a lost one\n"
+            "            (reports what may have been missed), status (exit 4 a problem)\n"
             "  devkafka  run librdkafka's mock cluster as a development broker; prints its\n"
             "            bootstrap servers first, runs until SIGTERM/SIGINT\n"
             "  --version print the version and the schema version it migrates to\n"
@@ -149,6 +153,8 @@ int main(int argc, char **argv)
         return cmd_devkafka(argc - 1, argv + 1);
     if (strcmp(cmd, "status") == 0)
         return cmd_status(argc - 1, argv + 1);
+    if (strcmp(cmd, "slot") == 0)
+        return cmd_slot(argc - 1, argv + 1);
     if (cmd[0] == '-' && strcmp(cmd, "--version") != 0 && strcmp(cmd, "--help") != 0 &&
         strcmp(cmd, "-h") != 0) {
         /* `ferry-relay --db ... --kafka ...`: run is the default command. */

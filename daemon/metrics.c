@@ -78,6 +78,10 @@ static const metric_desc counter_desc[] = {
     [M_WAKEUPS_NOTIFY] = {"ferry_relay_wakeups_total", "by=\"notify\"", WAKEUPS_HELP},
     [M_WAKEUPS_POLL] = {"ferry_relay_wakeups_total", "by=\"poll\"", WAKEUPS_HELP},
 #undef WAKEUPS_HELP
+    [M_WAL_DECODED] = {"ferry_relay_wal_messages_decoded_total", NULL,
+                       "WAL source: 'ferry' logical messages decoded from the slot."},
+    [M_WAL_REFUSED] = {"ferry_relay_wal_messages_refused_total", NULL,
+                       "WAL source: 'ferry' messages refused (no valid token or content)."},
 };
 /* A value added to the enum without a descriptor shortens this table. */
 _Static_assert(sizeof counter_desc / sizeof counter_desc[0] == M_COUNTER_COUNT,
@@ -99,6 +103,16 @@ static const metric_desc gauge_desc[] = {
                       "Keys whose deliveries have failed for longer than stuck_ms."},
     [G_OLDEST_INFLIGHT_MS] = {"ferry_relay_oldest_inflight_seconds", NULL,
                               "Age of the oldest message produced and not yet reported."},
+    [G_WAL_SLOT_OK] = {"ferry_relay_wal_slot_ok", NULL,
+                       "WAL source: 1 while the replication slot exists and is valid, 0 when "
+                       "it is missing or lost (never recreated by the relay)."},
+    [G_WAL_RETAINED_BYTES] = {"ferry_relay_wal_retained_bytes", NULL,
+                              "WAL source: WAL the slot keeps (current position - restart_lsn)."},
+    [G_WAL_LAG_BYTES] = {"ferry_relay_wal_confirmed_lag_bytes", NULL,
+                         "WAL source: current position - the slot's confirmed flush position."},
+    [G_WAL_LAG_MS] = {"ferry_relay_wal_confirmed_lag_seconds", NULL,
+                      "WAL source: how long the confirmed position has not moved while "
+                      "messages were in flight."},
 };
 _Static_assert(sizeof gauge_desc / sizeof gauge_desc[0] == G_GAUGE_COUNT,
                "one descriptor per metric_gauge");
@@ -350,7 +364,7 @@ static void render_table(strbuf *b, const metric_desc *desc, int count, const ch
             sb_printf(b, " %" PRIu64 "\n",
                       atomic_load_explicit((_Atomic uint64_t *)&m->counters[i],
                                            memory_order_relaxed));
-        else if (i == G_OLDEST_INFLIGHT_MS) {
+        else if (i == G_OLDEST_INFLIGHT_MS || i == G_WAL_LAG_MS) {
             char num[32];
             promtext_double(num, sizeof num,
                             (double)atomic_load_explicit((_Atomic int64_t *)&m->gauges[i],

@@ -25,6 +25,8 @@ typedef enum metric_counter {
     M_LEASES_LOST,            /* ferry_relay_leases_lost_total */
     M_WAKEUPS_NOTIFY,         /* ferry_relay_wakeups_total{by="notify"} */
     M_WAKEUPS_POLL,           /* ...{by="poll"} */
+    M_WAL_DECODED,            /* ferry_relay_wal_messages_decoded_total (WAL source) */
+    M_WAL_REFUSED,            /* ferry_relay_wal_messages_refused_total */
     M_COUNTER_COUNT
 } metric_counter;
 
@@ -36,6 +38,10 @@ typedef enum metric_gauge {
     G_STUCK_PARTITIONS,       /* ferry_relay_stuck_partitions */
     G_STUCK_KEYS,             /* ferry_relay_stuck_keys */
     G_OLDEST_INFLIGHT_MS,     /* ferry_relay_oldest_inflight_seconds (rendered in s) */
+    G_WAL_SLOT_OK,            /* ferry_relay_wal_slot_ok: 1, or 0 missing/lost (WAL source) */
+    G_WAL_RETAINED_BYTES,     /* ferry_relay_wal_retained_bytes: WAL the slot pins */
+    G_WAL_LAG_BYTES,          /* ferry_relay_wal_confirmed_lag_bytes */
+    G_WAL_LAG_MS,             /* ferry_relay_wal_confirmed_lag_seconds (rendered in s) */
     G_GAUGE_COUNT
 } metric_gauge;
 

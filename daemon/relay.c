@@ -329,6 +329,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         return 1;
     }
     int status = 1;
+    if (cfg->outbox_source == RELAY_SOURCE_WAL) {
+        /* The WAL source has its own loop (relay_wal.c), with this one's
+         * producer, headers and partitioning. */
+        status = relay_wal_run(r, &stop_requested);
+        goto out;
+    }
     if (relay_start(r) != 0)
         goto out;
     if (!cfg->once)

@@ -83,15 +83,7 @@ enum {
     C_CREATED_AT, C_READY, C_RUN, C_COUNT
 };
 
-typedef struct row {
-    ferry_uuid id;
-    const char *topic, *key, *aggtype, *type, *payload, *headers;
-    size_t payload_len;
-    int64_t seq;
-    int shard;
-    int64_t created_us;         /* Unix microseconds */
-    int ready;                  /* available_at has come */
-} row;
+typedef relay_row row;
 
 static uint64_t get64(const char *p)
 {
@@ -158,7 +150,7 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value)
 }
 
 /*
- * The names the relay sets itself (headers_of, below). A row's header of
+ * The names the relay sets itself (relay_headers_of, below). A row's header of
  * such a name is dropped, not published beside the relay's: readers see one
  * value (kafkajs returned both content-type headers, and the CloudEvents SDK
  * threw). ferry.emit refuses these ferry_* and ce_* names already;
@@ -180,7 +172,8 @@ int relay_header_reserved(const char *name)
     return 0;
 }
 
-static rd_kafka_headers_t *headers_of(relay *r, const row *w, const char *id)
+/* The WAL source (relay_wal.c) sends the same headers: one function. */
+rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id)
 {
     char seq[24], ce_time[40];
     snprintf(seq, sizeof seq, "%" PRId64, w->seq);
@@ -225,7 +218,7 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
         sched_produce_failed(r->s, w->topic, w->key, now);
         return -1;
     }
-    rd_kafka_headers_t *h = headers_of(r, w, id);
+    rd_kafka_headers_t *h = relay_headers_of(r, w, id);
     rd_kafka_resp_err_t err = rd_kafka_producev(
         r->k.rk, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_KEY(w->key, strlen(w->key)),
         RD_KAFKA_V_VALUE((void *)w->payload, w->payload_len),

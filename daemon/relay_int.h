@@ -16,6 +16,7 @@
 #ifndef FERRY_RELAY_INT_H
 #define FERRY_RELAY_INT_H
 
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -97,6 +98,19 @@ typedef struct relay_failures {
 } relay_failures;
 
 typedef struct relay_lag relay_lag;
+typedef struct relay_wal relay_wal;
+
+/* A message to publish, from a fetched row (relay_fetch.c) or from the
+ * WAL (relay_wal.c); the strings are NUL-terminated. */
+typedef struct relay_row {
+    ferry_uuid id;
+    const char *topic, *key, *aggtype, *type, *payload, *headers;
+    size_t payload_len;
+    int64_t seq;
+    int shard;
+    int64_t created_us;         /* Unix microseconds */
+    int ready;                  /* available_at has come */
+} relay_row;
 
 typedef struct relay {
     const relay_config *cfg;
@@ -113,6 +127,7 @@ typedef struct relay {
     relay_ack ack;
     relay_failures fail;
     relay_lag *lag;
+    relay_wal *wal;             /* the WAL source's state; NULL: the table source */
     int64_t next_lease_tick;
     int reclaimed;              /* took back our name's leases at start */
 
@@ -155,6 +170,12 @@ void relay_fetch_and_produce(relay *r, int limit);
 void relay_record_failures(relay *r);
 void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
                         const char *reason);
+rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id);
+
+/* relay_wal.c: the WAL source's loop (instead of relay.c's), and its
+ * delivery reports (relay_kafka.c hands them over while r->wal is set). */
+int relay_wal_run(relay *r, volatile sig_atomic_t *stop);
+void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg);
 
 /* relay_lag.c */
 relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m);    /* NULL: none */

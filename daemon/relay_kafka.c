@@ -35,6 +35,10 @@ static void *opaque_of(int slot, unsigned gen)
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
     relay *r = opaque;
+    if (r->wal != NULL) {
+        relay_wal_delivered(r, msg);
+        return;
+    }
     uint64_t v = (uint64_t)(uintptr_t)msg->_private;
     int slot = (int)(uint32_t)v;
     unsigned gen = (unsigned)(v >> 32);

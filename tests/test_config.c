@@ -129,6 +129,9 @@ static bool render(const relay_config *c, const char *key, char *buf, size_t len
     else if (strcmp(key, "retention") == 0)
         s = c->retention == RELAY_RETENTION_DELETE ? "delete"
             : c->retention == RELAY_RETENTION_MARK ? "mark" : "?";
+    else if (strcmp(key, "outbox_source") == 0)
+        s = c->outbox_source == RELAY_SOURCE_TABLE ? "table"
+            : c->outbox_source == RELAY_SOURCE_WAL ? "wal" : "?";
     else if (strncmp(key, "kafka.", 6) == 0) {
         s = NULL;
         for (size_t i = 0; i < c->kafka_props_count; i++)
@@ -408,7 +411,7 @@ static void set_errors(void **state)
     LOAD_FAILS("--set batch_size: expected NAME=VALUE", BASE, "--set", "batch_size");
     LOAD_FAILS("--set nope=1: unknown setting \"nope\" (one of db, kafka, metrics, holder, "
                "source, batch_size, max_inflight, poll_interval_ms, lease_ttl_ms, max_attempts, "
-               "stuck_ms, stop_grace_ms, log_level, retention)",
+               "stuck_ms, stop_grace_ms, log_level, retention, outbox_source)",
                BASE, "--set", "nope=1");
     LOAD_FAILS("--set db=: must not be empty", BASE, "--set", "db=");
     LOAD_FAILS("--set retention=keep: invalid value \"keep\" (expected delete or mark)", BASE,
@@ -452,6 +455,28 @@ static void kafka_props_from_flags(void **state)
     LOAD_OK(&cfg, "--db", "x", "--kafka-prop", "bootstrap.servers=b:2", "--kafka", "a:1");
     assert_value(&cfg, "kafka", "a:1");
     relay_config_free(&cfg);
+}
+
+/* The source: table by default; --outbox-source and --set outbox_source
+ * say wal, the last one given winning; anything else is refused. --source
+ * and source: stay CloudEvents' ce_source. */
+static void outbox_source_by_flag_and_setting(void **state)
+{
+    relay_config cfg;
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--outbox-source", "wal");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_WAL);
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--outbox-source", "wal", "--set",
+            "outbox_source=table");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    relay_config_free(&cfg);
+    LOAD_FAILS("expected table or wal", "--db", "x", "--kafka", "embedded",
+               "--outbox-source", "WAL");
+    LOAD_FAILS("expected table or wal", "--db", "x", "--kafka", "embedded", "--set",
+               "outbox_source=x");
 }
 
 static void kafka_prop_errors(void **state)
@@ -669,7 +694,7 @@ static void sample_value(const char *name, char *buf, size_t len)
     } fixed[] = {
         {"db", "dbname=sample"}, {"kafka", "sample:9092"}, {"metrics", "127.0.0.1:0"},
         {"holder", "sample-holder"}, {"source", "ferry://sample"}, {"log_level", "debug"},
-        {"retention", "mark"},
+        {"retention", "mark"}, {"outbox_source", "wal"},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
         if (strcmp(fixed[i].name, name) == 0) {
@@ -1017,6 +1042,7 @@ int main(void)
         cmocka_unit_test_setup(set_errors, clear_env),
         cmocka_unit_test_setup(kafka_props_from_flags, clear_env),
         cmocka_unit_test_setup(kafka_prop_errors, clear_env),
+        cmocka_unit_test_setup(outbox_source_by_flag_and_setting, clear_env),
         cmocka_unit_test_setup(bad_flags, clear_env),
         cmocka_unit_test_setup(env_errors, clear_env),
         cmocka_unit_test_setup(db_and_kafka_required, clear_env),

@@ -132,7 +132,8 @@ static void relay_run_help_lists_every_option_and_setting(void **state)
         must_mention("top", top, env[i]);
     }
     /* The top-level help names every command. */
-    static const char *const cmds[] = {"run", "migrate", "status", "devkafka", "--version"};
+    static const char *const cmds[] = {"run", "migrate", "status", "slot", "devkafka",
+                                       "--version"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         must_mention("top", top, cmds[i]);
     free(run);

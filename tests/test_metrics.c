@@ -100,6 +100,12 @@ static void render_every_family_once(void **state)
         {"ferry_relay_stuck_partitions", "gauge"},
         {"ferry_relay_stuck_keys", "gauge"},
         {"ferry_relay_oldest_inflight_seconds", "gauge"},
+        {"ferry_relay_wal_messages_decoded_total", "counter"},
+        {"ferry_relay_wal_messages_refused_total", "counter"},
+        {"ferry_relay_wal_slot_ok", "gauge"},
+        {"ferry_relay_wal_retained_bytes", "gauge"},
+        {"ferry_relay_wal_confirmed_lag_bytes", "gauge"},
+        {"ferry_relay_wal_confirmed_lag_seconds", "gauge"},
         {"ferry_relay_batch_seconds", "histogram"},
         {"ferry_relay_end_to_end_seconds", "histogram"},
         {"ferry_relay_unpublished_rows", "gauge"},
@@ -113,9 +119,9 @@ static void render_every_family_once(void **state)
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         assert_family(t, families[i].family, families[i].type);
-    /* Twenty-five families, no more. */
-    assert_int_equal(count_of(t, "# HELP "), 25);
-    assert_int_equal(count_of(t, "# TYPE "), 25);
+    /* Thirty-one families, no more. */
+    assert_int_equal(count_of(t, "# HELP "), 31);
+    assert_int_equal(count_of(t, "# TYPE "), 31);
 
     assert_true(sample(t, "ferry_relay_up") == 1);
     char info[128];
@@ -173,6 +179,8 @@ static void counters_and_gauges_render_their_values(void **state)
         {M_LEASES_LOST, "ferry_relay_leases_lost_total"},
         {M_WAKEUPS_NOTIFY, "ferry_relay_wakeups_total{by=\"notify\"}"},
         {M_WAKEUPS_POLL, "ferry_relay_wakeups_total{by=\"poll\"}"},
+        {M_WAL_DECODED, "ferry_relay_wal_messages_decoded_total"},
+        {M_WAL_REFUSED, "ferry_relay_wal_messages_refused_total"},
     };
     assert_int_equal(sizeof want / sizeof want[0], M_COUNTER_COUNT);
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)

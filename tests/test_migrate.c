@@ -191,6 +191,11 @@ static int run_relay(const char *const argv[], char *out, size_t outsize)
     while (n + 1 < outsize && (r = read(pipefd[0], out + n, outsize - 1 - n)) > 0)
         n += (size_t)r;
     out[n] = '\0';
+    /* Read the rest to its end, unkept: a child whose output outgrew the
+     * buffer (the usage after an unknown command) must not die of SIGPIPE. */
+    char rest[1024];
+    while (read(pipefd[0], rest, sizeof rest) > 0)
+        ;
     close(pipefd[0]);
     int status;
     waitpid(pid, &status, 0);

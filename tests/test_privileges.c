@@ -55,12 +55,15 @@ static const fn_cell FUNCS[] = {
     {"ferry.uuid_v7()", W | C | X, "SELECT ferry.uuid_v7()", 0},
     {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
     {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
+    {"ferry.settings_emit_mode_guard()", NONE, "SELECT ferry.settings_emit_mode_guard()", 0},
     {"ferry.emit(text,text,text,jsonb,jsonb)", W | C | X,
      "SELECT ferry.emit('pv', 'k', 'T', '{}'::jsonb)", 0},
     {"ferry.emit(text,text,text,text,text)", W | C,
      "SELECT ferry.emit('pv', 'k', 'T', '{}'::text)", 0},
     {"ferry.emit_with_id(uuid,text,text,text,text,text,text,bigint)", W | C | X,
      "SELECT ferry.emit_with_id(gen_random_uuid(), 'pv', 'k', 'T', '{}')", 0},
+    {"ferry.wal_park(uuid,text,text,text,text,jsonb,jsonb,bigint,timestamp with time zone)", R,
+     "SELECT ferry.wal_park(gen_random_uuid(), 'pv', 'nokey', '', 'T', '{}', '{}', 1, now())", 0},
     {"ferry.replay_dead_letter(bigint)", X, "SELECT ferry.replay_dead_letter(-1)", 0},
     {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
     {"ferry.outbox_dead_letter(uuid,integer,boolean,text)", R | X,
@@ -169,6 +172,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
     {"inbox_attempt", 'r', X, NONE, NONE, {0}},
+    {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

@@ -1,0 +1,553 @@
+/*
+ * bench_wal.c — the WAL source against the table source, in one run
+ * (issue 14), on a throwaway cluster with the server's durable defaults
+ * and a `ferry-relay devkafka` broker:
+ *
+ *   emit      transactions/s of UPDATE + emit in table mode and in wal
+ *             mode, against UPDATE + a bare INSERT into an outbox-shaped
+ *             table (the baseline), 1 and 4 clients
+ *   wal       WAL bytes per message all-in: emit, the relay's side (the
+ *             table source's DELETE and the VACUUM after it; the WAL
+ *             source's none), less what the UPDATE alone writes
+ *   drain     a backlog drained by `ferry-relay run --once`, table source
+ *             against WAL source (FERRY_BENCH_WAL_BACKLOG messages,
+ *             50,000 by default: writing the issue's 1,000,000 takes many
+ *             minutes on a shared machine)
+ *   rss       the WAL relay's peak RSS draining one transaction of
+ *             100,000 messages (FERRY_BENCH_WAL_BIGTX)
+ *   latency   commit -> consumer receipt, p50 and p99, at 100 and 2,000
+ *             messages/s offered (a transaction every 10 ms), each source
+ *             with its relay running, beside the floor: the same rate
+ *             produced straight to the broker with the relay's producer
+ *             settings and read by the same consumer (no database)
+ *
+ * Every ratio compares figures of this run.
+ *
+ * A bench fails (exit 1) only when something did not work, never on a
+ * timing. Lines `bench NAME VALUE UNIT` are for machines.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ferry.h"
+#include "../tests/harness/clock.h"
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+#include "benchutil.h"
+
+enum { ROUNDS = 3, MAX_CLIENTS = 4, WAL_MSGS = 3000 };
+
+static fpg *g_pg;
+static const char *g_relay;
+static kt_broker *g_kb;
+
+typedef enum workload { WL_INSERT, WL_TABLE, WL_WAL, WL_COUNT } workload;
+static const char *const wl_name[WL_COUNT] = {"insert", "table", "wal"};
+
+typedef struct client {
+    int id;
+    workload wl;
+    double seconds;
+    long count;
+    int failed;
+    pthread_barrier_t *start;
+} client;
+
+static int set_mode(PGconn *c, const char *mode)
+{
+    char sql[96];
+    snprintf(sql, sizeof sql, "UPDATE ferry.settings SET emit_mode = '%s'", mode);
+    return bench_exec(c, sql);
+}
+
+/* One client's loop: BEGIN; UPDATE its account; emit or INSERT; COMMIT. */
+static void *client_main(void *arg)
+{
+    client *cl = arg;
+    PGconn *c = fpg_connect(g_pg);
+    char key[24], payload[300];
+    snprintf(key, sizeof key, "acct-%d", cl->id);
+    long seq = 1000000L * (cl->id + 1);
+    PGresult *res = PQprepare(c, "upd", "UPDATE bench_account SET balance = balance + 1 "
+                                        "WHERE id = $1", 1, NULL);
+    PQclear(res);
+    res = PQprepare(c, "ins",
+                    "INSERT INTO bench_outbox (id, topic, aggregateid, type, payload, seq, "
+                    "shard) VALUES (gen_random_uuid(), 'bench.wal', $1, 'T', $2::jsonb, $3, 0)",
+                    3, NULL);
+    PQclear(res);
+    char idtext[16];
+    snprintf(idtext, sizeof idtext, "%d", cl->id);
+    pthread_barrier_wait(cl->start);
+    int64_t until = clk_mono_us() + (int64_t)(cl->seconds * 1e6), t0 = clk_mono_us();
+    while (clk_mono_us() < until && !cl->failed) {
+        snprintf(payload, sizeof payload, "{\"account\": %d, \"n\": %ld, \"pad\": \"%0200d\"}",
+                 cl->id, cl->count, 0);
+        PQclear(PQexec(c, "BEGIN"));
+        const char *p1[1] = {idtext};
+        res = PQexecPrepared(c, "upd", 1, p1, NULL, NULL, 0);
+        cl->failed |= PQresultStatus(res) != PGRES_COMMAND_OK;
+        PQclear(res);
+        if (cl->wl == WL_INSERT) {
+            char s[24];
+            snprintf(s, sizeof s, "%ld", seq++);
+            const char *p3[3] = {key, payload, s};
+            res = PQexecPrepared(c, "ins", 3, p3, NULL, NULL, 0);
+            cl->failed |= PQresultStatus(res) != PGRES_COMMAND_OK;
+            PQclear(res);
+        } else {
+            ferry_msg m = {.topic = "bench.wal", .key = key, .type = "T", .payload = payload};
+            ferry_error err;
+            if (ferry_emit(c, &m, NULL, NULL, &err) != FERRY_OK) {
+                fprintf(stderr, "bench: emit: %s\n", err.message);
+                cl->failed = 1;
+            }
+        }
+        res = PQexec(c, "COMMIT");
+        cl->failed |= PQresultStatus(res) != PGRES_COMMAND_OK;
+        PQclear(res);
+        cl->count++;
+    }
+    cl->seconds = (double)(clk_mono_us() - t0) / 1e6;
+    PQfinish(c);
+    return NULL;
+}
+
+/* Transactions per second of workload wl with n clients. */
+static double measure(PGconn *admin, workload wl, int n, double seconds)
+{
+    if (wl != WL_INSERT && set_mode(admin, wl == WL_WAL ? "wal" : "table") != 0)
+        return -1;
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)n);
+    client cl[MAX_CLIENTS];
+    pthread_t th[MAX_CLIENTS];
+    for (int i = 0; i < n; i++) {
+        cl[i] = (client){.id = i + 1, .wl = wl, .seconds = seconds, .start = &start};
+        pthread_create(&th[i], NULL, client_main, &cl[i]);
+    }
+    double tps = 0;
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        tps += (double)cl[i].count / cl[i].seconds;
+        failed |= cl[i].failed;
+    }
+    pthread_barrier_destroy(&start);
+    /* Keep the tables small between rounds: what is measured is the
+     * write, not a growing backlog. */
+    bench_exec(admin, "TRUNCATE bench_outbox, ferry.outbox");
+    bench_exec(admin, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())");
+    return failed ? -1 : tps;
+}
+
+/* ------------------------------------------------------------------ the relay */
+
+typedef struct run_result {
+    int status;
+    double wall_s;
+    long maxrss_kib;
+} run_result;
+
+static int run_relay(const char *source, run_result *out)
+{
+    const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
+                          kt_bootstrap(g_kb), "--once", "--outbox-source", source, "--set",
+                          "log_level=warn", NULL};
+    fflush(stdout);
+    fflush(stderr);
+    int64_t t0 = clk_mono_us();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(devnull, STDOUT_FILENO);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (pid < 0)
+        return -1;
+    int ws;
+    struct rusage ru;
+    if (wait4(pid, &ws, 0, &ru) != pid)
+        return -1;
+    out->wall_s = (double)(clk_mono_us() - t0) / 1e6;
+    out->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    out->maxrss_kib = ru.ru_maxrss;
+    if (out->status != 0)
+        fprintf(stderr, "bench: ferry-relay --source %s --once exited %d\n", source,
+                out->status);
+    return out->status == 0 ? 0 : -1;
+}
+
+/* n messages over 100 keys in transactions of per_tx, by ferry.emit(). */
+static int backlog(PGconn *c, long n, long per_tx)
+{
+    char sql[512];
+    for (long done = 0; done < n; done += per_tx) {
+        long hi = done + per_tx < n ? done + per_tx : n;
+        snprintf(sql, sizeof sql,
+                 "SELECT count(ferry.emit('bench.drain', 'k' || (g %% 100), 'T', "
+                 "json_build_object('g', g, 'pad', repeat('x', 200))::text)) "
+                 "FROM generate_series(%ld, %ld) g", done + 1, hi);
+        if (bench_exec(c, "BEGIN") || bench_exec(c, sql) || bench_exec(c, "COMMIT"))
+            return -1;
+    }
+    return 0;
+}
+
+static long long wal_lsn(PGconn *c)
+{
+    long long v = -1;
+    bench_query_ll(c, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint", NULL, &v);
+    return v;
+}
+
+/* WAL bytes of n transactions of workload (bare UPDATE when emit is 0),
+ * one client, plus the relay's drain and a VACUUM. */
+static double wal_bytes(PGconn *c, const char *mode, int emit, long n)
+{
+    if (mode && set_mode(c, mode) != 0)
+        return -1;
+    bench_exec(c, "CHECKPOINT");
+    long long a = wal_lsn(c);
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "DO $$ BEGIN FOR i IN 1..%ld LOOP "
+             "UPDATE bench_account SET balance = balance + 1 WHERE id = 1 + i %% 4; %s "
+             "COMMIT; END LOOP; END $$",
+             n, emit ? "PERFORM ferry.emit('bench.walbytes', 'k' || (i % 4), 'T', "
+                       "json_build_object('i', i, 'pad', repeat('x', 200))::text);" : "");
+    if (bench_exec(c, sql) != 0)
+        return -1;
+    if (emit) {
+        run_result rr;
+        if (run_relay(strcmp(mode, "wal") == 0 ? "wal" : "table", &rr) != 0)
+            return -1;
+        bench_exec(c, "VACUUM ferry.outbox");
+    }
+    long long b = wal_lsn(c);
+    return (double)(b - a) / (double)n;
+}
+
+/* ------------------------------------------------------------------ latency */
+
+enum { LAT_SECONDS = 5, LAT_MAX = 2000 * (LAT_SECONDS + 1), LAT_PARTITIONS = 4 };
+
+typedef struct lat_run {
+    const char *topic;
+    long expected;
+    int64_t sent_us[LAT_MAX];   /* by message number: commit (or produce) time */
+    double lat_ms[LAT_MAX];
+    long got;
+    volatile int stop, ready;
+} lat_run;
+
+/* A consumer of its own group reads topic and matches each message's
+ * {"n": N} to the time N was committed. */
+static void *lat_consumer(void *arg)
+{
+    lat_run *L = arg;
+    char errstr[512], group[64];
+    snprintf(group, sizeof group, "bench-wal-%s", L->topic);
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    if (bench_kconf_set(kc, "bootstrap.servers", kt_bootstrap(g_kb)) ||
+        bench_kconf_set(kc, "group.id", group) ||
+        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
+        bench_kconf_set(kc, "fetch.wait.max.ms", "5") ||
+        bench_kconf_set(kc, "enable.auto.commit", "false") ||
+        bench_kconf_set(kc, "enable.partition.eof", "false")) {
+        rd_kafka_conf_destroy(kc);
+        L->ready = 1;           /* and gets nothing: the run fails */
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    if (rk == NULL) {
+        fprintf(stderr, "bench: consumer: %s\n", errstr);
+        rd_kafka_conf_destroy(kc);
+        L->ready = 1;
+        return NULL;
+    }
+    /* The topic's partitions assigned from the start, no group to join:
+     * a rebalance would delay the first messages by seconds, which is
+     * the consumer's, not the path's. */
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(LAT_PARTITIONS);
+    for (int p = 0; p < LAT_PARTITIONS; p++)
+        rd_kafka_topic_partition_list_add(t, L->topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(rk, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    L->ready = 1;
+    while (!L->stop && L->got < L->expected) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 50);
+        if (m == NULL)
+            continue;
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && m->payload != NULL) {
+            int64_t now = clk_mono_us();
+            char buf[64];
+            size_t n = m->len < sizeof buf - 1 ? m->len : sizeof buf - 1;
+            memcpy(buf, m->payload, n);
+            buf[n] = '\0';
+            const char *at = strstr(buf, "\"n\": ");
+            long i = at ? atol(at + 5) : -1;
+            if (i >= 0 && i < LAT_MAX && L->sent_us[i] > 0 && L->got < LAT_MAX)
+                L->lat_ms[L->got++] = (double)(now - L->sent_us[i]) / 1e3;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return NULL;
+}
+
+static void floor_dr(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+}
+
+/* Offer rate messages/s for LAT_SECONDS: every 10 ms one transaction of
+ * rate/100 emits (source NULL: produce straight to the broker). p50 and
+ * p99 of commit -> receipt into out[0..1]; -1 when fewer than 99% came. */
+static int latency(PGconn *c, const char *source, long rate, double out[2])
+{
+    lat_run *L = calloc(1, sizeof *L);
+    char topic[64];
+    snprintf(topic, sizeof topic, "bench.lat.%s.%ld", source ? source : "floor", rate);
+    L->topic = topic;
+    long per_tick = rate / 100 > 0 ? rate / 100 : 1;
+    long ticks = LAT_SECONDS * 100;
+    L->expected = per_tick * ticks;
+    pid_t relay = -1;
+    if (kt_command(g_kb, "topic-create %s %d 1", topic, LAT_PARTITIONS) != 0) {
+        free(L);
+        return -1;
+    }
+    rd_kafka_t *prod = NULL;
+    int rc = -1;
+    if (source != NULL) {
+        if (set_mode(c, strcmp(source, "wal") == 0 ? "wal" : "table") != 0)
+            goto out;
+        const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
+                              kt_bootstrap(g_kb), "--outbox-source", source, "--set",
+                              "log_level=warn", NULL};
+        fflush(stdout);
+        relay = fork();
+        if (relay == 0) {
+            int devnull = open("/dev/null", O_WRONLY);
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            dup2(devnull, STDOUT_FILENO);
+            execv(argv[0], (char *const *)argv);
+            _exit(127);
+        }
+        clk_sleep_ms(1500);     /* its start-up, not part of what is measured */
+    } else {
+        prod = bench_relay_like_producer(kt_bootstrap(g_kb), "2", floor_dr, NULL);
+        if (prod == NULL)
+            goto out;
+        /* Warm: the producer's metadata and connection, as a running
+         * relay's are (the consumer skips this message: no "n"). */
+        rd_kafka_producev(prod, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_VALUE("{}", 2),
+                          RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+        rd_kafka_flush(prod, 5000);
+    }
+    pthread_t th;
+    pthread_create(&th, NULL, lat_consumer, L);
+    while (!L->ready)
+        clk_sleep_ms(10);
+    clk_sleep_ms(300);          /* its first fetch requests are out */
+    long n = 0;
+    int64_t next = clk_mono_us();
+    char sql[4096], payload[64];
+    for (long t = 0; t < ticks; t++) {
+        if (prod == NULL) {
+            size_t used = (size_t)snprintf(sql, sizeof sql, "BEGIN;");
+            for (long k = 0; k < per_tick && used < sizeof sql - 200; k++)
+                used += (size_t)snprintf(sql + used, sizeof sql - used,
+                                         "SELECT ferry.emit('%s', 'k%ld', 'T', "
+                                         "'{\"n\": %ld}');", topic, (n + k) % 20, n + k);
+            snprintf(sql + used, sizeof sql - used, "COMMIT");
+            if (bench_exec(c, sql) != 0)
+                break;
+            int64_t now = clk_mono_us();
+            for (long k = 0; k < per_tick; k++)
+                L->sent_us[n + k] = now;
+            n += per_tick;
+        } else {
+            for (long k = 0; k < per_tick; k++, n++) {
+                char key[16];
+                snprintf(key, sizeof key, "k%ld", n % 20);
+                snprintf(payload, sizeof payload, "{\"n\": %ld}", n);
+                L->sent_us[n] = clk_mono_us();
+                rd_kafka_producev(prod, RD_KAFKA_V_TOPIC(topic),
+                                  RD_KAFKA_V_KEY(key, strlen(key)),
+                                  RD_KAFKA_V_VALUE(payload, strlen(payload)),
+                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+            }
+            rd_kafka_poll(prod, 0);
+        }
+        next += 10000;
+        int64_t wait = next - clk_mono_us();
+        if (wait > 0)
+            clk_sleep_ms((long)(wait / 1000));
+    }
+    for (int i = 0; i < 300 && L->got < L->expected; i++) {
+        if (prod != NULL)
+            rd_kafka_poll(prod, 10);
+        clk_sleep_ms(50);
+    }
+    L->stop = 1;
+    pthread_join(th, NULL);
+    if (L->got >= L->expected * 99 / 100 && L->got > 0) {
+        qsort(L->lat_ms, (size_t)L->got, sizeof L->lat_ms[0], bench_cmp_double);
+        out[0] = bench_percentile(L->lat_ms, (size_t)L->got, 50);
+        out[1] = bench_percentile(L->lat_ms, (size_t)L->got, 99);
+        rc = 0;
+    } else {
+        fprintf(stderr, "bench: latency %s at %ld/s: %ld of %ld messages arrived\n",
+                source ? source : "floor", rate, L->got, L->expected);
+    }
+out:
+    if (prod != NULL) {
+        rd_kafka_flush(prod, 5000);
+        rd_kafka_destroy(prod);
+    }
+    if (relay > 0) {
+        kill(relay, SIGTERM);
+        waitpid(relay, NULL, 0);
+    }
+    free(L);
+    return rc;
+}
+
+int main(void)
+{
+    long backlog_n, bigtx_n, secs;
+    if (bench_env_long("FERRY_BENCH_WAL_BACKLOG", 50000, 1000, 10000000, &backlog_n) ||
+        bench_env_long("FERRY_BENCH_WAL_BIGTX", 100000, 1000, 10000000, &bigtx_n) ||
+        bench_env_long("FERRY_BENCH_SECONDS", 2, 1, 600, &secs))
+        return 1;
+    g_relay = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
+    if (g_relay == NULL)
+        return 1;
+    fpg_opts opts = {.fsync = 1};
+    if ((g_pg = fpg_start(&opts)) == NULL)
+        return 1;
+    int rc = 1;
+    PGconn *c = fpg_connect(g_pg);
+    int version;
+    if (c == NULL || bench_migrate(c, &version) != 0)
+        goto out;
+    if ((g_kb = kt_start(1)) == NULL)
+        goto out;
+    if (bench_exec(c, "SELECT pg_create_logical_replication_slot('ferry', 'pgoutput')") ||
+        bench_exec(c, "INSERT INTO ferry.wal_slot (slot_name) VALUES ('ferry')") ||
+        bench_exec(c, "CREATE TABLE bench_account (id int PRIMARY KEY, balance bigint) "
+                      "WITH (fillfactor = 50)") ||
+        bench_exec(c, "INSERT INTO bench_account SELECT g, 0 FROM generate_series(1, 8) g") ||
+        bench_exec(c, "CREATE TABLE bench_outbox (LIKE ferry.outbox INCLUDING ALL)") ||
+        bench_exec(c, "CREATE UNIQUE INDEX ON bench_outbox (shard, topic, aggregateid, seq)"))
+        goto out;
+
+    printf("ferry WAL-source benchmark (ferry %s, schema %d); PostgreSQL with durable "
+           "defaults, broker: ferry-relay devkafka\n", ferry_version(), version);
+
+    /* Emit transactions/s. */
+    static const int clients[2] = {1, 4};
+    for (int ci = 0; ci < 2; ci++) {
+        double v[WL_COUNT][ROUNDS];
+        for (int r = 0; r < ROUNDS; r++)
+            for (int k = 0; k < WL_COUNT; k++) {
+                workload wl = (workload)((k + r) % WL_COUNT);
+                if ((v[wl][r] = measure(c, wl, clients[ci], (double)secs)) < 0)
+                    goto out;
+            }
+        double med[WL_COUNT];
+        for (int w = 0; w < WL_COUNT; w++)
+            med[w] = bench_median(v[w], ROUNDS);
+        printf("emit, %d client%s (median of %d x %ld s): UPDATE+INSERT %.0f tx/s, "
+               "UPDATE+emit table %.0f tx/s (%.2fx), UPDATE+emit wal %.0f tx/s (%.2fx)\n",
+               clients[ci], clients[ci] > 1 ? "s" : "", ROUNDS, secs, med[WL_INSERT],
+               med[WL_TABLE], med[WL_TABLE] / med[WL_INSERT], med[WL_WAL],
+               med[WL_WAL] / med[WL_INSERT]);
+        for (int w = 0; w < WL_COUNT; w++)
+            printf("bench wal_emit_%s_%dc %.0f tx/s\n", wl_name[w], clients[ci], med[w]);
+        printf("bench wal_emit_wal_vs_insert_%dc %.3f ratio\n", clients[ci],
+               med[WL_WAL] / med[WL_INSERT]);
+        printf("bench wal_emit_table_vs_insert_%dc %.3f ratio\n", clients[ci],
+               med[WL_TABLE] / med[WL_INSERT]);
+    }
+
+    /* WAL bytes per message, all-in. */
+    double bare = wal_bytes(c, NULL, 0, WAL_MSGS);
+    double tbl = wal_bytes(c, "table", 1, WAL_MSGS);
+    double wal = wal_bytes(c, "wal", 1, WAL_MSGS);
+    if (bare < 0 || tbl < 0 || wal < 0)
+        goto out;
+    printf("WAL per message, all-in (emit + relay + VACUUM, less the UPDATE's %.0f B), "
+           "%d messages: table %.0f B, wal %.0f B (%.2fx)\n", bare, WAL_MSGS, tbl - bare,
+           wal - bare, (wal - bare) / (tbl - bare));
+    printf("bench wal_bytes_per_msg_table %.0f B\n", tbl - bare);
+    printf("bench wal_bytes_per_msg_wal %.0f B\n", wal - bare);
+
+    /* Drain a backlog. */
+    run_result rt, rw;
+    if (set_mode(c, "table") || backlog(c, backlog_n, 1000) || run_relay("table", &rt))
+        goto out;
+    /* The slot starts past the table backlog, as it would in steady
+     * state (its rows would be decoded, and skipped, otherwise). */
+    if (bench_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())") ||
+        set_mode(c, "wal") || backlog(c, backlog_n, 1000) || run_relay("wal", &rw))
+        goto out;
+    printf("drain of a %ld-message backlog (ferry-relay --once): table %.2f s (%.0f msg/s), "
+           "wal %.2f s (%.0f msg/s): %.2fx\n", backlog_n, rt.wall_s,
+           (double)backlog_n / rt.wall_s, rw.wall_s, (double)backlog_n / rw.wall_s,
+           rt.wall_s / rw.wall_s);
+    printf("bench wal_drain_table %.0f msg/s\n", (double)backlog_n / rt.wall_s);
+    printf("bench wal_drain_wal %.0f msg/s\n", (double)backlog_n / rw.wall_s);
+    printf("bench wal_drain_ratio %.3f ratio\n", rt.wall_s / rw.wall_s);
+    printf("bench wal_drain_rss_table %.1f MiB\n", (double)rt.maxrss_kib / 1024);
+    printf("bench wal_drain_rss_wal %.1f MiB\n", (double)rw.maxrss_kib / 1024);
+
+    /* One large transaction. */
+    run_result rb;
+    if (backlog(c, bigtx_n, bigtx_n) || run_relay("wal", &rb))
+        goto out;
+    printf("one transaction of %ld messages, WAL source: drained in %.2f s, relay peak RSS "
+           "%.1f MiB (a relay of 0 messages: see wal_drain_rss_*)\n", bigtx_n, rb.wall_s,
+           (double)rb.maxrss_kib / 1024);
+    printf("bench wal_bigtx_rss %.1f MiB\n", (double)rb.maxrss_kib / 1024);
+    printf("bench wal_bigtx_seconds %.2f s\n", rb.wall_s);
+
+    /* Commit -> consumer. */
+    static const long rates[2] = {100, 2000};
+    for (int ri = 0; ri < 2; ri++) {
+        double fl[2], tb[2], wl[2];
+        if (latency(c, NULL, rates[ri], fl) || latency(c, "table", rates[ri], tb) ||
+            latency(c, "wal", rates[ri], wl))
+            goto out;
+        printf("commit -> consumer at %ld msg/s, p50/p99: floor (produce -> consume) "
+               "%.1f/%.1f ms, table %.1f/%.1f ms, wal %.1f/%.1f ms\n", rates[ri], fl[0], fl[1],
+               tb[0], tb[1], wl[0], wl[1]);
+        printf("bench wal_latency_floor_%ld_p50 %.1f ms\nbench wal_latency_floor_%ld_p99 %.1f ms\n",
+               rates[ri], fl[0], rates[ri], fl[1]);
+        printf("bench wal_latency_table_%ld_p50 %.1f ms\nbench wal_latency_table_%ld_p99 %.1f ms\n",
+               rates[ri], tb[0], rates[ri], tb[1]);
+        printf("bench wal_latency_wal_%ld_p50 %.1f ms\nbench wal_latency_wal_%ld_p99 %.1f ms\n",
+               rates[ri], wl[0], rates[ri], wl[1]);
+    }
+    rc = 0;
+out:
+    PQfinish(c);
+    kt_stop(g_kb);
+    fpg_destroy(g_pg);
+    return rc;
+}

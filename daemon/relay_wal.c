@@ -1,0 +1,977 @@
+/*
+ * relay_wal.c — the WAL source: stream the logical slot with pgoutput,
+ * produce every 'ferry' message, confirm the slot only past what Kafka
+ * acknowledged.
+ *
+ * One thread runs the loop; librdkafka's delivery reports come back
+ * through rd_kafka_poll() (relay_kafka.c hands them to
+ * relay_wal_delivered). Each turn:
+ *
+ *   stream     start it if it is not running: check the slot (missing or
+ *              lost: loud, and never recreated here), START_REPLICATION
+ *              from the slot's confirmed position; a refusal because
+ *              another relay reads the slot makes this one a standby,
+ *              which tries again every second
+ *   reports    delivery reports to the track (relay_wal_track.c)
+ *   read       frames while fewer than max_inflight messages are in
+ *              flight: BEGIN, each 'ferry' message produced at once,
+ *              COMMIT; keepalives
+ *   confirm    the track says how far; feedback to the server with that
+ *              as the flush position, at once when it moved, else every
+ *              second
+ *   health     every second: the slot's state and the WAL it retains
+ *
+ * Invariants:
+ *   - the slot is confirmed only past transactions whose every message
+ *     Kafka acknowledged, and all before them (relay_wal_track.c);
+ *   - after a failed message the stream restarts from the slot: the
+ *     server sends again everything not confirmed (duplicates, never a
+ *     loss), in commit order;
+ *   - messages are produced in stream order, which is commit order, with
+ *     the table source's idempotent, gapless producer, partitioner and
+ *     headers (relay_kafka.c, relay_fetch.c): a key's messages reach its
+ *     partition in the order their transactions committed;
+ *   - memory is bounded by max_inflight messages (the server keeps what
+ *     we do not read yet, and spills a large transaction to disk itself).
+ *
+ * Table rows are not published here: the publication carries the
+ * outbox's inserts, which this loop skips; a table-source relay beside it
+ * publishes them (README, "Two sources").
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <search.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "relay_int.h"
+#include "relay_wal.h"
+
+#define FEEDBACK_MS 1000
+#define HEALTH_MS 1000
+#define STANDBY_RETRY_MS 1000
+#define RETRY_MAX_MS 30000
+#define TRACK_TXS 65536
+#define PUBLICATION "ferry_outbox"
+#define PREFIX "ferry"
+
+struct relay_wal {
+    PGconn *sql;                /* settings, the slot's state, heartbeats */
+    PGconn *repl;               /* the replication stream; NULL: not running */
+    wal_track *t;
+    wal_scratch scratch;
+    char token[128];
+    char slot[64];
+    long max_payload;
+    int64_t heartbeat_ms;
+
+    uint64_t confirmed_sent;    /* the flush position last sent */
+    uint64_t wal_end;           /* the server's end of WAL, last heard */
+    uint64_t once_target;       /* --once: the WAL end at start */
+    int64_t next_feedback, next_health, next_heartbeat, retry_at, last_data;
+    int backoff_ms;
+    int standby;                /* another relay reads the slot */
+    int slot_problem;           /* missing or lost: told once */
+    uint64_t decoded, refused, restarts;
+    int64_t confirmed_at_ms;    /* when confirmed_sent last moved */
+    int64_t lease_epoch;        /* of the lease wal:<slot>; 0: not held */
+    int64_t next_lease;
+
+    /* Poison: the message that failed last, how often in a row, why. At
+     * max_attempts it goes to the dead letters when it comes again. */
+    ferry_uuid poison;
+    int poison_fails;
+    char poison_reason[256];
+    /* Keys parked behind a relay dead letter: "topic\x1fkey" (a topic has
+     * no \x1f), a tsearch tree. Their messages go to the table. */
+    void *parked;
+    size_t parked_count;
+};
+
+#define PARKED_MAX 100000
+
+/* ------------------------------------------------------------------ poison */
+
+static void note_failure(relay_wal *w, const ferry_uuid *id, const char *reason)
+{
+    if (memcmp(w->poison.bytes, id->bytes, 16) == 0) {
+        w->poison_fails++;
+    } else {
+        w->poison = *id;
+        w->poison_fails = 1;
+    }
+    snprintf(w->poison_reason, sizeof w->poison_reason, "%s", reason);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static char *park_name(const char *topic, const char *key)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%s\x1f%s", topic, key) < 0)
+        return NULL;
+    return s;
+}
+
+static int is_parked(relay_wal *w, const char *topic, const char *key)
+{
+    if (w->parked == NULL)
+        return 0;
+    char *n = park_name(topic, key);
+    int found = n != NULL && tfind(n, &w->parked, cmp_str) != NULL;
+    free(n);
+    return found;
+}
+
+static void park(relay_wal *w, const char *topic, const char *key)
+{
+    char *n = park_name(topic, key);
+    if (n == NULL || w->parked_count >= PARKED_MAX) {
+        free(n);
+        return;
+    }
+    void *found = tsearch(n, &w->parked, cmp_str);
+    if (found == NULL || *(char **)found != n)
+        free(n);
+    else
+        w->parked_count++;
+}
+
+/* The keys parked now, as the table says (at every stream start). */
+static int load_parked(relay *r)
+{
+    relay_wal *w = r->wal;
+    tdestroy(w->parked, free);
+    w->parked = NULL;
+    w->parked_count = 0;
+    PGresult *res = PQexec(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
+                                   "WHERE consumer = '' LIMIT 100000");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        park(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+    PQclear(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ reports */
+
+void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
+{
+    relay_wal *w = r->wal;
+    uint64_t ticket = (uint64_t)(uintptr_t)msg->_private;
+    if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        atomic_store(&r->k.down, 0);
+        r->delivered++;
+        relay_count(r, M_PUBLISHED, 1);
+        wal_track_report(w->t, ticket, 1);
+        return;
+    }
+    int ours = msg->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
+               msg->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT;
+    if (!ours) {
+        r->undelivered++;
+        relay_count(r, M_FAIL_DELIVERY, 1);
+        rd_kafka_headers_t *hdrs = NULL;
+        const void *val = NULL;
+        size_t size = 0;
+        char idtext[FERRY_UUID_STRING_SIZE];
+        ferry_uuid id;
+        if (msg->err != RD_KAFKA_RESP_ERR__FATAL &&
+            rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            rd_kafka_header_get_last(hdrs, "ferry_id", &val, &size) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            size == FERRY_UUID_STRING_SIZE - 1) {
+            memcpy(idtext, val, size);
+            idtext[size] = '\0';
+            char reason[256];
+            snprintf(reason, sizeof reason, "delivery failed: %s (%s)",
+                     rd_kafka_err2str(msg->err), rd_kafka_err2name(msg->err));
+            if (ferry_uuid_parse(idtext, &id) == FERRY_OK)
+                note_failure(w, &id, reason);
+        }
+        ferry_log_json(FERRY_LOG_ERROR, "wal.delivery_failed",
+                       json_pack("{s:s}", "error", rd_kafka_err2name(msg->err)),
+                       "delivery failed: %s; the stream restarts from the slot's confirmed "
+                       "position", rd_kafka_err2str(msg->err));
+    }
+    wal_track_report(w->t, ticket, 0);
+}
+
+/* ------------------------------------------------------------------ health */
+
+static void set_health(relay *r, int healthy, const char *reason)
+{
+    if (healthy == r->healthy && strcmp(reason, r->health_reason) == 0)
+        return;
+    r->healthy = healthy;
+    snprintf(r->health_reason, sizeof r->health_reason, "%s", reason);
+    if (r->m != NULL)
+        metrics_set_health(r->m, healthy, healthy ? NULL : reason);
+}
+
+/* ------------------------------------------------------------------ sessions */
+
+static PGconn *connect_db(const char *conninfo, int replication)
+{
+    /* expand_dbname: conninfo may be a URI or key=value pairs; the later
+     * keywords override what it says. */
+    const char *keys[] = {"dbname", "replication", "application_name", NULL};
+    const char *vals[] = {conninfo, replication ? "database" : NULL, "ferry-relay wal", NULL};
+    if (!replication) {
+        keys[1] = "application_name";
+        vals[1] = "ferry-relay wal";
+        keys[2] = NULL;
+    }
+    return PQconnectdbParams(keys, vals, 1);
+}
+
+/* The settings the source needs: the token, the slot's name, the payload
+ * limit. 0, or -1 (logged). */
+static int read_settings(relay *r)
+{
+    relay_wal *w = r->wal;
+    PGresult *res = PQexec(w->sql, "SELECT wal_token, wal_slot, max_payload_bytes "
+                                   "FROM ferry.settings");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        ferry_log(FERRY_LOG_ERROR, "wal.settings", "could not read ferry.settings (is the "
+                  "schema at version 11, and may this role read it?): %s",
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    snprintf(w->token, sizeof w->token, "%s", PQgetvalue(res, 0, 0));
+    snprintf(w->slot, sizeof w->slot, "%s", PQgetvalue(res, 0, 1));
+    w->max_payload = atol(PQgetvalue(res, 0, 2));
+    r->db.max_payload = (int)w->max_payload;
+    PQclear(res);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the slot */
+
+typedef enum slot_state { SLOT_OK, SLOT_MISSING, SLOT_LOST, SLOT_WRONG, SLOT_ERROR } slot_state;
+
+/* The slot as the server sees it; why says what is wrong. */
+static slot_state check_slot(relay *r, char *why, size_t whylen)
+{
+    relay_wal *w = r->wal;
+    const char *p[1] = {w->slot};
+    PGresult *res = PQexecParams(
+        w->sql,
+        "SELECT s.plugin, s.database = current_database(), coalesce(s.wal_status, ''), "
+        "       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, "
+        "       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, "
+        "       pg_current_wal_lsn()::text "
+        "  FROM pg_replication_slots s WHERE s.slot_name = $1",
+        1, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        snprintf(why, whylen, "could not read pg_replication_slots: %s",
+                 PQresultErrorMessage(res));
+        PQclear(res);
+        return SLOT_ERROR;
+    }
+    slot_state st = SLOT_OK;
+    if (PQntuples(res) == 0) {
+        snprintf(why, whylen, "the replication slot \"%s\" does not exist: messages emitted "
+                 "in wal mode since it went are not decoded; it is never recreated "
+                 "silently: see `ferry-relay slot recreate`, and set emit_mode = 'table' "
+                 "meanwhile", w->slot);
+        st = SLOT_MISSING;
+    } else if (strcmp(PQgetvalue(res, 0, 0), "pgoutput") != 0 ||
+               strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+        snprintf(why, whylen, "the replication slot \"%s\" is not a pgoutput slot of this "
+                 "database", w->slot);
+        st = SLOT_WRONG;
+    } else if (strcmp(PQgetvalue(res, 0, 2), "lost") == 0) {
+        snprintf(why, whylen, "the replication slot \"%s\" is invalidated (wal_status = "
+                 "lost: it passed max_slot_wal_keep_size); messages in the WAL it lost may "
+                 "not have been published: see `ferry-relay slot recreate`", w->slot);
+        st = SLOT_LOST;
+    } else if (r->m != NULL) {
+        metrics_set(r->m, G_WAL_RETAINED_BYTES,
+                    PQgetisnull(res, 0, 3) ? 0 : atoll(PQgetvalue(res, 0, 3)));
+        metrics_set(r->m, G_WAL_LAG_BYTES,
+                    PQgetisnull(res, 0, 4) ? 0 : atoll(PQgetvalue(res, 0, 4)));
+    }
+    if (st == SLOT_OK && w->once_target == 0 && r->cfg->once)
+        wal_lsn_parse(PQgetvalue(res, 0, 5), &w->once_target);
+    PQclear(res);
+    if (r->m != NULL)
+        metrics_set(r->m, G_WAL_SLOT_OK, st == SLOT_OK);
+    return st;
+}
+
+/* ------------------------------------------------------------------ the stream */
+
+static void stop_stream(relay *r)
+{
+    relay_wal *w = r->wal;
+    if (w->repl == NULL)
+        return;
+    PQfinish(w->repl);
+    w->repl = NULL;
+}
+
+/* ------------------------------------------------------------------ the lease */
+
+/*
+ * The lease wal:<slot> in ferry.lease says who streams the slot, for
+ * `ferry-relay status` and for the standbys, which try the slot only once
+ * it has expired (or was given back). It is not the fence: PostgreSQL
+ * lets one session stream a slot and refuses the next (55006), so a
+ * relay paused past its lease and a standby that took the lease cannot
+ * both stream; the paused one, on waking, finds its lease gone and stops.
+ * Taken or renewed in one statement, judged by the database clock; the
+ * epoch rises with every change of holder. Returns the epoch, 0 when
+ * another holds it, -1 on error.
+ */
+static int64_t lease_take(relay *r)
+{
+    relay_wal *w = r->wal;
+    char name[80], ttl[24];
+    snprintf(name, sizeof name, "wal:%s", w->slot);
+    snprintf(ttl, sizeof ttl, "%d", r->cfg->lease_ttl_ms);
+    const char *p[3] = {name, r->holder, ttl};
+    PGresult *res = PQexecParams(
+        w->sql,
+        "INSERT INTO ferry.lease AS l (name, holder, epoch, expires_at, acquired_at, renewed_at) "
+        "VALUES ($1, $2, 1, now() + $3::int * interval '1 ms', now(), now()) "
+        "ON CONFLICT (name) DO UPDATE SET holder = $2, "
+        "  epoch = CASE WHEN l.holder = $2 THEN l.epoch ELSE l.epoch + 1 END, "
+        "  acquired_at = CASE WHEN l.holder = $2 THEN l.acquired_at ELSE now() END, "
+        "  expires_at = EXCLUDED.expires_at, renewed_at = now() "
+        "WHERE l.holder = $2 OR l.holder IS NULL OR l.expires_at < now() "
+        "RETURNING epoch",
+        3, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name,
+                  PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    int64_t epoch = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    return epoch;
+}
+
+static void lease_release(relay *r)
+{
+    relay_wal *w = r->wal;
+    if (w->lease_epoch <= 0)
+        return;
+    char name[80];
+    snprintf(name, sizeof name, "wal:%s", w->slot);
+    const char *p[2] = {name, r->holder};
+    PQclear(PQexecParams(w->sql, "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
+                                 "WHERE name = $1 AND holder = $2",
+                         2, NULL, p, NULL, NULL, 0));
+    w->lease_epoch = 0;
+}
+
+/* Start streaming from the slot's confirmed position. 0 running; -1 not
+ * (logged, retried later). */
+static int start_stream(relay *r)
+{
+    relay_wal *w = r->wal;
+    char why[512];
+    slot_state st = check_slot(r, why, sizeof why);
+    if (st != SLOT_OK) {
+        if (!w->slot_problem || st == SLOT_ERROR)
+            ferry_log_json(FERRY_LOG_ERROR, st == SLOT_ERROR ? "wal.db" : "wal.slot",
+                           json_pack("{s:s}", "slot", w->slot), "%s", why);
+        w->slot_problem = st != SLOT_ERROR;
+        set_health(r, 0, why);
+        return -1;
+    }
+    if (w->slot_problem)
+        ferry_log(FERRY_LOG_INFO, "wal.slot", "the replication slot \"%s\" is back", w->slot);
+    w->slot_problem = 0;
+
+    int64_t epoch = lease_take(r);
+    if (epoch == 0) {
+        if (!w->standby)
+            ferry_log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
+                           "standing by: another relay holds the lease wal:%s", w->slot);
+        w->standby = 1;
+        set_health(r, 1, "");
+        return -1;
+    }
+    if (epoch < 0)
+        return -1;
+    w->lease_epoch = epoch;
+    w->next_lease = ferry_now_ms() + r->cfg->lease_ttl_ms / 3;
+
+    w->repl = connect_db(r->cfg->db, 1);
+    if (PQstatus(w->repl) != CONNECTION_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.connect", "could not open a replication session (the "
+                  "role needs REPLICATION): %s", PQerrorMessage(w->repl));
+        set_health(r, 0, "database unreachable: reconnecting");
+        stop_stream(r);
+        return -1;
+    }
+    char cmd[256];
+    snprintf(cmd, sizeof cmd,
+             "START_REPLICATION SLOT \"%s\" LOGICAL 0/0 (proto_version '1', "
+             "publication_names '\"" PUBLICATION "\"', messages 'true')", w->slot);
+    PGresult *res = PQexec(w->repl, cmd);
+    if (PQresultStatus(res) != PGRES_COPY_BOTH) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state != NULL && strcmp(state, "55006") == 0) {
+            /* PostgreSQL lets one session read a slot: the fence. */
+            if (!w->standby)
+                ferry_log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
+                               "standing by: %s", PQresultErrorMessage(res));
+            w->standby = 1;
+            set_health(r, 1, "");
+        } else {
+            ferry_log(FERRY_LOG_ERROR, "wal.start", "could not start streaming the slot "
+                      "\"%s\": %s", w->slot, PQresultErrorMessage(res));
+            set_health(r, 0, "could not start streaming the replication slot");
+        }
+        PQclear(res);
+        stop_stream(r);
+        return -1;
+    }
+    PQclear(res);
+    if (w->standby)
+        ferry_log(FERRY_LOG_INFO, "wal.active", "took over the slot \"%s\"", w->slot);
+    w->standby = 0;
+    wal_track_reset(w->t);
+    w->confirmed_sent = wal_track_confirmable(w->t);
+    w->backoff_ms = 100;
+    load_parked(r);
+    set_health(r, 1, "");
+    ferry_log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
+                   "streaming the slot \"%s\" from its confirmed position", w->slot);
+    return 0;
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)v;
+        v >>= 8;
+    }
+}
+
+/* Standby status update: written, flushed and applied all at the
+ * confirmed position; the server takes flushed as the slot's. */
+static int send_feedback(relay *r, int reply)
+{
+    relay_wal *w = r->wal;
+    uint64_t c = wal_track_confirmable(w->t);
+    unsigned char buf[34];
+    buf[0] = 'r';
+    put64(buf + 1, c);
+    put64(buf + 9, c);
+    put64(buf + 17, c);
+    int64_t now_us = relay_wall_ms() * 1000 - INT64_C(946684800000000);
+    put64(buf + 25, (uint64_t)now_us);
+    buf[33] = (unsigned char)(reply != 0);
+    if (PQputCopyData(w->repl, (const char *)buf, sizeof buf) != 1 || PQflush(w->repl) != 0) {
+        ferry_log(FERRY_LOG_WARN, "wal.feedback", "could not send feedback: %s",
+                  PQerrorMessage(w->repl));
+        return -1;
+    }
+    if (c > w->confirmed_sent) {
+        w->confirmed_sent = c;
+        w->confirmed_at_ms = ferry_now_ms();
+    }
+    w->next_feedback = ferry_now_ms() + FEEDBACK_MS;
+    return 0;
+}
+
+/* A restart from the slot: after a failed message, a protocol error or a
+ * lost session. What was not confirmed comes again. */
+static void restart_stream(relay *r, const char *why)
+{
+    relay_wal *w = r->wal;
+    w->restarts++;
+    ferry_log_json(FERRY_LOG_WARN, "wal.restart", json_pack("{s:s}", "reason", why),
+                   "restarting the stream from the slot: %s", why);
+    stop_stream(r);
+    wal_track_reset(w->t);
+    w->retry_at = ferry_now_ms() + w->backoff_ms;
+    w->backoff_ms = w->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : w->backoff_ms * 2;
+}
+
+/* Produce one 'ferry' message of the open transaction. */
+static void produce(relay *r, const wal_msg *m)
+{
+    relay_wal *w = r->wal;
+    relay_topic *t = relay_kafka_topic(r, m->topic);
+    uint64_t ticket = wal_track_message(w->t);
+    if (t == NULL || ticket == 0) {
+        wal_track_report(w->t, ticket, 0);
+        return;
+    }
+    char id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&m->id, id);
+    relay_row row = {.id = m->id, .topic = m->topic, .key = m->key, .aggtype = m->aggtype,
+                     .type = m->type, .payload = m->payload, .headers = m->headers,
+                     .payload_len = m->payload_len, .seq = m->seq, .shard = -1,
+                     .created_us = m->created_us, .ready = 1};
+    rd_kafka_headers_t *h = relay_headers_of(r, &row, id);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        r->k.rk, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
+        RD_KAFKA_V_VALUE((void *)m->payload, m->payload_len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE((void *)(uintptr_t)ticket), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(h);
+        relay_count(r, M_FAIL_PRODUCE, 1);
+        r->undelivered++;
+        ferry_log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
+                  rd_kafka_err2str(err));
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && err != RD_KAFKA_RESP_ERR__FATAL) {
+            char reason[256];
+            snprintf(reason, sizeof reason, "could not produce: %s (%s)", rd_kafka_err2str(err),
+                     rd_kafka_err2name(err));
+            note_failure(w, &m->id, reason);
+        }
+        wal_track_report(w->t, ticket, 0);
+        return;
+    }
+    r->produced++;
+    if (r->m != NULL)
+        metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - m->created_us / 1000) / 1e3);
+}
+
+/* A message done without Kafka (dead-lettered, or put in the table): its
+ * transaction may be confirmed past it. */
+static void done_without_kafka(relay_wal *w)
+{
+    wal_track_report(w->t, wal_track_message(w->t), 1);
+}
+
+static void msg_params(const wal_msg *m, char id[FERRY_UUID_STRING_SIZE], char seq[24],
+                       char created[40])
+{
+    ferry_uuid_format(&m->id, id);
+    snprintf(seq, 24, "%" PRId64, m->seq);
+    snprintf(created, 40, "%.6f", (double)m->created_us / 1e6);
+}
+
+/*
+ * The message failed max_attempts times in a row: a relay dead letter,
+ * which parks its key (its later messages go to the table, and emit sends
+ * the key's new ones there too) until the dead letter is replayed or
+ * discarded. Under the lease, as the table source's are under theirs.
+ */
+static int dead_letter(relay *r, const wal_msg *m)
+{
+    relay_wal *w = r->wal;
+    char id[FERRY_UUID_STRING_SIZE], seq[24], created[40], attempts[16];
+    msg_params(m, id, seq, created);
+    snprintf(attempts, sizeof attempts, "%d", w->poison_fails);
+    const char *p[11] = {id, m->topic, m->aggtype, m->key, m->type, m->payload, m->headers,
+                         seq, created, attempts, w->poison_reason};
+    PGresult *res = PQexecParams(
+        w->sql,
+        "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
+        "  aggregateid, type, payload, headers, seq, shard, created_at, attempts, reason) "
+        "SELECT $1::uuid, '', $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::bigint, k.shard, "
+        "       to_timestamp($9::float8), $10::int, $11 "
+        "  FROM ferry.outbox_key k WHERE k.topic = $2 AND k.key = $4 "
+        "ON CONFLICT (message_id, consumer) DO NOTHING",
+        11, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.dead_letter", "could not move message %s to the dead "
+                  "letters: %s", id, PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    park(w, m->topic, m->key);
+    r->dead_lettered++;
+    relay_count(r, M_DEAD_LETTERED, 1);
+    ferry_log_json(FERRY_LOG_ERROR, "message.dead_lettered",
+                   json_pack("{s:s, s:s, s:s, s:i, s:s}", "id", id, "topic", m->topic, "key",
+                             m->key, "attempts", w->poison_fails, "reason", w->poison_reason),
+                   "message %s moved to ferry.dead_letter after %d attempts: %s; its key's "
+                   "later messages wait in the table until the dead letter is replayed or "
+                   "discarded", id, w->poison_fails, w->poison_reason);
+    w->poison_fails = 0;
+    done_without_kafka(w);
+    return 0;
+}
+
+/* A later message of a parked key: into the table, at its position. */
+static int to_table(relay *r, const wal_msg *m)
+{
+    relay_wal *w = r->wal;
+    char id[FERRY_UUID_STRING_SIZE], seq[24], created[40];
+    msg_params(m, id, seq, created);
+    const char *p[9] = {id, m->topic, m->key, m->aggtype, m->type, m->payload, m->headers, seq,
+                        created};
+    PGresult *res = PQexecParams(w->sql,
+                                 "SELECT ferry.wal_park($1::uuid, $2, $3, $4, $5, $6::jsonb, "
+                                 "$7::jsonb, $8::bigint, to_timestamp($9::float8))",
+                                 9, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.park", "could not put message %s of the parked key "
+                  "%s/%s in the table: %s", id, m->topic, m->key, PQresultErrorMessage(res));
+        PQclear(res);
+        return -1;
+    }
+    PQclear(res);
+    ferry_log_json(FERRY_LOG_INFO, "wal.parked",
+                   json_pack("{s:s, s:s, s:s}", "id", id, "topic", m->topic, "key", m->key),
+                   "message %s waits in the outbox behind its key's dead letter", id);
+    done_without_kafka(w);
+    return 0;
+}
+
+static void on_data(relay *r, const wal_frame *f)
+{
+    relay_wal *w = r->wal;
+    wal_pgout p;
+    char why[256];
+    if (wal_pgout_parse(f->data, f->len, &p, why, sizeof why) != 0) {
+        restart_stream(r, why);
+        return;
+    }
+    switch (p.tag) {
+    case 'B':
+        if (wal_track_begin(w->t) != 0)
+            restart_stream(r, "BEGIN inside a transaction, or too many unconfirmed "
+                              "transactions");
+        break;
+    case 'C':
+        if (wal_track_commit(w->t, p.end_lsn) != 0)
+            restart_stream(r, "COMMIT outside a transaction, or before the last one");
+        break;
+    case 'M': {
+        if (strcmp(p.prefix, PREFIX) != 0)
+            break;              /* heartbeats, other programs' messages */
+        w->decoded++;
+        relay_count(r, M_WAL_DECODED, 1);
+        wal_msg m;
+        char lsn[32];
+        wal_lsn_format(p.lsn, lsn);
+        if (!p.transactional) {
+            snprintf(why, sizeof why, "a non-transactional message (emit writes only "
+                     "transactional ones)");
+        } else if (wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
+                                 &w->scratch, &m, why, sizeof why) == 0) {
+            if (w->poison_fails >= r->cfg->max_attempts &&
+                memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
+                if (dead_letter(r, &m) != 0)
+                    restart_stream(r, "could not write a dead letter");
+            } else if (is_parked(w, m.topic, m.key)) {
+                if (to_table(r, &m) != 0)
+                    restart_stream(r, "could not put a parked key's message in the table");
+            } else {
+                produce(r, &m);
+            }
+            break;
+        }
+        /* Refused, never guessed at: it is not a message of ferry.emit. */
+        w->refused++;
+        relay_count(r, M_WAL_REFUSED, 1);
+        ferry_log_json(FERRY_LOG_ERROR, "wal.refused", json_pack("{s:s, s:s}", "lsn", lsn,
+                                                                 "reason", why),
+                       "refused the 'ferry' message at %s: %s", lsn, why);
+        break;
+    }
+    default:
+        break;                  /* outbox rows: the table path's */
+    }
+}
+
+/* Read what the server sent, while there is room. 0, or -1 when the
+ * stream ended (restarted). */
+static int read_stream(relay *r)
+{
+    relay_wal *w = r->wal;
+    for (int n = 0; n < 10000 && w->repl != NULL; n++) {
+        if (wal_track_inflight(w->t) >= r->cfg->max_inflight || wal_track_full(w->t))
+            return 0;
+        /* After a failure nothing more is produced: a key's later message
+         * must not go out before the one that failed; the stream restarts
+         * from the slot. */
+        if (wal_track_failed(w->t))
+            return 0;
+        char *buf = NULL;
+        int len = PQgetCopyData(w->repl, &buf, 1);
+        if (len == 0)
+            return 0;
+        if (len < 0) {
+            char why[512];
+            PGresult *res = PQgetResult(w->repl);
+            snprintf(why, sizeof why, "the server ended the stream: %s",
+                     len == -2 ? PQerrorMessage(w->repl)
+                               : res ? PQresultErrorMessage(res) : "no reason given");
+            PQclear(res);
+            restart_stream(r, why);
+            return -1;
+        }
+        wal_frame f;
+        char why[256];
+        if (wal_frame_parse(buf, (size_t)len, &f, why, sizeof why) != 0) {
+            PQfreemem(buf);
+            restart_stream(r, why);
+            return -1;
+        }
+        if (f.wal_end > w->wal_end)
+            w->wal_end = f.wal_end;
+        w->last_data = ferry_now_ms();
+        if (f.kind == 'w') {
+            on_data(r, &f);
+        } else {
+            wal_track_idle(w->t, f.wal_end);
+            if (f.reply)
+                send_feedback(r, 0);
+        }
+        PQfreemem(buf);
+    }
+    return 0;
+}
+
+/* A heartbeat on a quiet database: a non-transactional message of its
+ * own prefix, which the loop skips, gives the server something of ours
+ * to decode, and the keepalive after it a position to confirm. */
+static void heartbeat(relay *r, int64_t now)
+{
+    relay_wal *w = r->wal;
+    if (now < w->next_heartbeat)
+        return;
+    w->next_heartbeat = now + w->heartbeat_ms;
+    if (now - w->last_data < w->heartbeat_ms)
+        return;
+    PGresult *res = PQexec(w->sql, "SELECT pg_logical_emit_message(false, 'ferry-heartbeat', '')");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        ferry_log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
+                  PQresultErrorMessage(res));
+    PQclear(res);
+}
+
+/* Renew the lease every third of its time; lost (we were paused past
+ * it, and another took it): stop streaming and stand by. */
+static void lease_tick(relay *r, int64_t now)
+{
+    relay_wal *w = r->wal;
+    if (w->repl == NULL || now < w->next_lease)
+        return;
+    w->next_lease = now + r->cfg->lease_ttl_ms / 3;
+    int64_t epoch = lease_take(r);
+    if (epoch == w->lease_epoch)
+        return;
+    if (epoch < 0)
+        return;                 /* the database: the stream will say */
+    ferry_log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
+              "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
+              (long long)epoch, (long long)w->lease_epoch);
+    w->lease_epoch = epoch > 0 ? epoch : 0;
+    if (epoch == 0) {
+        stop_stream(r);
+        wal_track_reset(w->t);
+        w->standby = 1;
+        w->retry_at = now + STANDBY_RETRY_MS;
+    }
+}
+
+/* The confirmed position in ferry.wal_slot, for `slot recreate` to
+ * report from should the slot be lost. */
+static void record_confirmed(relay *r)
+{
+    relay_wal *w = r->wal;
+    if (w->confirmed_sent == 0)
+        return;
+    char lsn[32];
+    wal_lsn_format(w->confirmed_sent, lsn);
+    const char *p[2] = {w->slot, lsn};
+    PQclear(PQexecParams(w->sql,
+                         "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
+                         "confirmed_at = now() WHERE slot_name = $1 "
+                         "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
+                         2, NULL, p, NULL, NULL, 0));
+}
+
+/* Every second: the slot's state, the gauges, and the confirmed position
+ * for `ferry-relay slot recreate` to report from. */
+static void health(relay *r, int64_t now)
+{
+    relay_wal *w = r->wal;
+    if (now < w->next_health)
+        return;
+    w->next_health = now + HEALTH_MS;
+    if (PQstatus(w->sql) != CONNECTION_OK)
+        PQreset(w->sql);
+    if (r->m != NULL) {
+        metrics_set(r->m, G_INFLIGHT, wal_track_inflight(w->t));
+        metrics_set(r->m, G_KAFKA_QUEUE, r->k.rk ? rd_kafka_outq_len(r->k.rk) : 0);
+        int64_t behind = wal_track_inflight(w->t) > 0 && w->confirmed_at_ms > 0
+                             ? now - w->confirmed_at_ms : 0;
+        metrics_set(r->m, G_WAL_LAG_MS, behind);
+    }
+    if (w->repl == NULL)
+        return;
+    char why[512];
+    slot_state st = check_slot(r, why, sizeof why);
+    if (st == SLOT_LOST) {
+        ferry_log_json(FERRY_LOG_ERROR, "wal.slot", json_pack("{s:s}", "slot", w->slot), "%s",
+                       why);
+        w->slot_problem = 1;
+        set_health(r, 0, why);
+        stop_stream(r);
+        w->retry_at = now + 5000;
+        return;
+    }
+    if (st == SLOT_OK)
+        record_confirmed(r);
+    if (atomic_load(&r->k.down))
+        set_health(r, 0, "kafka unreachable: every broker is down");
+    else
+        set_health(r, 1, "");
+}
+
+static void wait_for_events(relay *r, int timeout_ms)
+{
+    relay_wal *w = r->wal;
+    struct pollfd fds[2] = {
+        {.fd = r->k.event_pipe[0], .events = POLLIN},
+        {.fd = w->repl != NULL && wal_track_inflight(w->t) < r->cfg->max_inflight
+                   ? PQsocket(w->repl) : -1,
+         .events = POLLIN}};
+    poll(fds, 2, timeout_ms);
+    if (fds[1].revents & POLLIN)
+        PQconsumeInput(w->repl);
+    char buf[256];
+    while (read(r->k.event_pipe[0], buf, sizeof buf) > 0)
+        ;
+}
+
+int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
+{
+    relay_wal *w = calloc(1, sizeof *w);
+    int status = 1;
+    if (w == NULL)
+        return 1;
+    w->t = wal_track_new(TRACK_TXS);
+    w->backoff_ms = 100;
+    w->heartbeat_ms = 10000;
+    w->sql = connect_db(r->cfg->db, 0);
+    if (w->t == NULL || PQstatus(w->sql) != CONNECTION_OK) {
+        ferry_log(FERRY_LOG_ERROR, "wal.connect", "could not connect: %s",
+                  w->sql ? PQerrorMessage(w->sql) : "out of memory");
+        goto out;
+    }
+    r->wal = w;
+    if (read_settings(r) != 0)
+        goto out;
+    if (relay_kafka_start(r) != 0)
+        goto out;
+    ferry_log_json(FERRY_LOG_INFO, "relay.start",
+                   json_pack("{s:s, s:s, s:s}", "holder", r->holder, "source", "wal", "slot",
+                             w->slot),
+                   "ferry-relay %s started, streaming the WAL", ferry_version());
+
+    int stopping = 0, clean = 0;
+    int64_t stop_by = 0;
+    for (;;) {
+        int64_t now = ferry_now_ms();
+        if (*stop && !stopping) {
+            stopping = 1;
+            stop_by = now + r->cfg->stop_grace_ms;
+            ferry_log(FERRY_LOG_INFO, "relay.stopping", "stopping: waiting up to %d ms for "
+                      "%" PRId64 " in-flight deliveries", r->cfg->stop_grace_ms,
+                      wal_track_inflight(w->t));
+        }
+        if (w->repl == NULL && !stopping && now >= w->retry_at) {
+            if (start_stream(r) != 0) {
+                /* --once publishes what is there now, or says it cannot
+                 * (the slot missing, or another relay streaming it). */
+                if (r->cfg->once) {
+                    if (w->standby)
+                        ferry_log(FERRY_LOG_WARN, "relay.once", "another relay streams the "
+                                  "slot \"%s\": nothing to do", w->slot);
+                    break;
+                }
+                w->retry_at = now + (w->standby ? STANDBY_RETRY_MS : w->backoff_ms);
+                if (!w->standby)
+                    w->backoff_ms = w->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS
+                                                                      : w->backoff_ms * 2;
+            }
+        }
+        rd_kafka_poll(r->k.rk, 0);
+        char fatal[512];
+        if (rd_kafka_fatal_error(r->k.rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            restart_stream(r, fatal);
+            if (relay_kafka_rebuild(r, fatal) != 0)
+                goto out;
+        }
+        if (wal_track_failed(w->t) && w->repl != NULL)
+            restart_stream(r, "a message failed");
+        if (w->repl != NULL && !stopping)
+            read_stream(r);
+        if (w->repl != NULL) {
+            uint64_t c = wal_track_confirmable(w->t);
+            if (c > w->confirmed_sent || now >= w->next_feedback)
+                if (send_feedback(r, 0) != 0)
+                    restart_stream(r, "the replication session is gone");
+        }
+        if (w->repl != NULL && !stopping)
+            heartbeat(r, now);
+        lease_tick(r, now);
+        health(r, now);
+        if (stopping && wal_track_inflight(w->t) == 0) {
+            clean = 1;
+            break;
+        }
+        if (stopping && now >= stop_by)
+            break;
+        if (r->cfg->once && w->repl != NULL && w->once_target > 0 &&
+            w->confirmed_sent >= w->once_target && wal_track_inflight(w->t) == 0) {
+            clean = 1;
+            break;
+        }
+        wait_for_events(r, w->repl != NULL && wal_track_inflight(w->t) == 0 ? 100 : 20);
+    }
+    if (w->repl != NULL) {
+        wal_track_confirmable(w->t);
+        send_feedback(r, 0);
+        PQputCopyEnd(w->repl, NULL);
+        PQflush(w->repl);
+    }
+    PQfinish(w->repl);
+    w->repl = NULL;
+    record_confirmed(r);
+    lease_release(r);
+    /* --once: 0 only when everything went out the first time (no message
+     * refused, none failed), as the table source says. */
+    status = clean && r->cfg->once ? (w->refused > 0 || r->undelivered > 0 ? 1 : 0)
+                                   : clean ? 0 : 1;
+    if (r->cfg->once && w->slot_problem)
+        status = 1;
+    ferry_log_json(FERRY_LOG_INFO, "relay.stop",
+                   json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
+                             "delivered", (json_int_t)r->delivered, "decoded",
+                             (json_int_t)w->decoded, "refused", (json_int_t)w->refused),
+                   "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
+                                                           : "not everything delivered");
+out:
+    if (r->k.rk != NULL)
+        relay_kafka_stop(r, 200);
+    PQfinish(w->repl);
+    r->wal = NULL;
+    PQfinish(w->sql);
+    wal_track_free(w->t);
+    wal_scratch_free(&w->scratch);
+    tdestroy(w->parked, free);
+    free(w);
+    return status;
+}

@@ -1,0 +1,341 @@
+/*
+ * relay_wal_msg.c — reading the replication stream: CopyData frames
+ * (PostgreSQL's streaming replication protocol), pgoutput's messages
+ * (protocol version 1) and the content emit writes (schemas/011_wal.sql).
+ *
+ * Pure and hostile-proof: every length is checked against what is left
+ * before it is used, every number against its range, and a message that
+ * does not parse is refused with what is wrong, never guessed at. The
+ * content in particular can come from any role of the database
+ * (pg_logical_emit_message is open to all): it must carry the database's
+ * wal_token, which only the relay and the owner can read.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "relay_wal.h"
+#include "../lib/internal.h"
+
+/* PostgreSQL's timestamps count microseconds from 2000-01-01 UTC. */
+#define PG_EPOCH_UNIX_US INT64_C(946684800000000)
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+int wal_frame_parse(const char *buf, size_t len, wal_frame *out, char *why, size_t whylen)
+{
+    const unsigned char *p = (const unsigned char *)buf;
+    if (len < 1) {
+        snprintf(why, whylen, "empty CopyData message");
+        return -1;
+    }
+    wal_frame f = {.kind = (char)p[0]};
+    if (p[0] == 'w') {
+        /* XLogData: start, end of WAL, send time, then the data. */
+        if (len < 25) {
+            snprintf(why, whylen, "XLogData of %zu bytes, shorter than its 25-byte header", len);
+            return -1;
+        }
+        f.start = get64(p + 1);
+        f.wal_end = get64(p + 9);
+        f.data = buf + 25;
+        f.len = len - 25;
+    } else if (p[0] == 'k') {
+        /* Primary keepalive: end of WAL, send time, reply requested. */
+        if (len < 18) {
+            snprintf(why, whylen, "keepalive of %zu bytes, not 18", len);
+            return -1;
+        }
+        f.wal_end = get64(p + 1);
+        f.reply = p[17] != 0;
+    } else {
+        snprintf(why, whylen, "unknown CopyData message type 0x%02x", p[0]);
+        return -1;
+    }
+    *out = f;
+    return 0;
+}
+
+int wal_pgout_parse(const char *data, size_t len, wal_pgout *out, char *why, size_t whylen)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    if (len < 1) {
+        snprintf(why, whylen, "empty pgoutput message");
+        return -1;
+    }
+    wal_pgout m = {.tag = (char)p[0]};
+    switch (p[0]) {
+    case 'B':   /* final LSN, commit time, xid */
+        if (len != 21) {
+            snprintf(why, whylen, "BEGIN of %zu bytes, not 21", len);
+            return -1;
+        }
+        m.commit_us = (int64_t)get64(p + 9) + PG_EPOCH_UNIX_US;
+        m.xid = get32(p + 17);
+        break;
+    case 'C':   /* flags, commit LSN, end LSN, commit time */
+        if (len != 26) {
+            snprintf(why, whylen, "COMMIT of %zu bytes, not 26", len);
+            return -1;
+        }
+        m.commit_lsn = get64(p + 2);
+        m.end_lsn = get64(p + 10);
+        m.commit_us = (int64_t)get64(p + 18) + PG_EPOCH_UNIX_US;
+        if (m.end_lsn == 0 || m.end_lsn < m.commit_lsn) {
+            snprintf(why, whylen, "COMMIT ends at %" PRIu64 ", before it starts (%" PRIu64 ")",
+                     m.end_lsn, m.commit_lsn);
+            return -1;
+        }
+        break;
+    case 'M': { /* flags, LSN, prefix\0, length, content */
+        if (len < 11) {
+            snprintf(why, whylen, "logical message of %zu bytes, shorter than its header", len);
+            return -1;
+        }
+        m.transactional = (p[1] & 1) != 0;
+        m.lsn = get64(p + 2);
+        const unsigned char *nul = memchr(p + 10, '\0', len - 10);
+        if (nul == NULL) {
+            snprintf(why, whylen, "logical message at %" PRIu64 ": its prefix has no end", m.lsn);
+            return -1;
+        }
+        size_t at = (size_t)(nul - p) + 1;
+        if (len - at < 4) {
+            snprintf(why, whylen, "logical message at %" PRIu64 ": no content length", m.lsn);
+            return -1;
+        }
+        uint32_t n = get32(p + at);
+        if ((size_t)n != len - at - 4) {
+            snprintf(why, whylen, "logical message at %" PRIu64 ": content length %" PRIu32
+                     " but %zu bytes follow", m.lsn, n, len - at - 4);
+            return -1;
+        }
+        m.prefix = data + 10;
+        m.content = data + at + 4;
+        m.content_len = n;
+        break;
+    }
+    default:
+        break;  /* relations, types, rows, origins: not ours to read here */
+    }
+    *out = m;
+    return 0;
+}
+
+void wal_scratch_free(wal_scratch *s)
+{
+    free(s->buf);
+    s->buf = NULL;
+    s->cap = 0;
+}
+
+/* The next space- or newline-ended field of the header line. */
+static const char *field(const char **at, const char *end, size_t *n)
+{
+    const char *s = *at;
+    const char *e = s;
+    while (e < end && *e != ' ' && *e != '\n')
+        e++;
+    if (e == end)
+        return NULL;
+    *n = (size_t)(e - s);
+    *at = e + 1;
+    return s;
+}
+
+static int number(const char *s, size_t n, long long max, long long *out)
+{
+    if (n == 0 || n > 19 || (n > 1 && s[0] == '0'))
+        return -1;
+    long long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        if (v > (max - (s[i] - '0')) / 10)
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static int topic_ok(const char *t, size_t n)
+{
+    if (n == 0 || n > 249 || (n == 1 && t[0] == '.') || (n == 2 && t[0] == '.' && t[1] == '.'))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = t[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+int wal_msg_parse(const char *content, size_t len, const char *token, long max_payload,
+                  wal_scratch *scratch, wal_msg *out, char *why, size_t whylen)
+{
+    const char *at = content, *end = content + len;
+    const char *f[10];
+    size_t n[10];
+    /* Version, token, id, seq, created, and five lengths. */
+    for (int i = 0; i < 10; i++) {
+        f[i] = field(&at, end, &n[i]);
+        if (f[i] == NULL || (i < 9 && at[-1] != ' ') || (i == 9 && at[-1] != '\n')) {
+            snprintf(why, whylen, "content: the header line is cut short at field %d", i + 1);
+            return -1;
+        }
+    }
+    if (n[0] != 1 || f[0][0] != '1') {
+        snprintf(why, whylen, "content: version \"%.*s\" is not 1", (int)(n[0] > 8 ? 8 : n[0]),
+                 f[0]);
+        return -1;
+    }
+    if (n[1] != strlen(token) || memcmp(f[1], token, n[1]) != 0) {
+        snprintf(why, whylen, "content: the token is not this database's wal_token (not "
+                 "written by ferry.emit)");
+        return -1;
+    }
+    char idtext[FERRY_UUID_STRING_SIZE];
+    if (n[2] != FERRY_UUID_STRING_SIZE - 1) {
+        snprintf(why, whylen, "content: id is not a UUID");
+        return -1;
+    }
+    memcpy(idtext, f[2], n[2]);
+    idtext[n[2]] = '\0';
+    wal_msg m = {0};
+    if (ferry_uuid_parse(idtext, &m.id) != FERRY_OK) {
+        snprintf(why, whylen, "content: id is not a UUID");
+        return -1;
+    }
+    long long seq, created, lens[5];
+    if (number(f[3], n[3], INT64_MAX, &seq) != 0 || seq < 1) {
+        snprintf(why, whylen, "content: seq is not a position");
+        return -1;
+    }
+    if (number(f[4], n[4], INT64_MAX, &created) != 0) {
+        snprintf(why, whylen, "content: created is not a time");
+        return -1;
+    }
+    static const char *const names[5] = {"topic", "key", "aggregate type", "type", "headers"};
+    /* Headers: emit limits its input to 64 KiB, and the canonical text
+     * it writes can be longer. */
+    static const long long maxes[5] = {249, 1024, 255, 255, 1048576};
+    size_t total = 0;
+    for (int i = 0; i < 5; i++) {
+        if (number(f[5 + i], n[5 + i], maxes[i], &lens[i]) != 0) {
+            snprintf(why, whylen, "content: the length of %s is not a number up to %lld",
+                     names[i], maxes[i]);
+            return -1;
+        }
+        total += (size_t)lens[i];
+    }
+    size_t rest = (size_t)(end - at);
+    if (total > rest) {
+        snprintf(why, whylen, "content: its fields need %zu bytes, %zu are left", total, rest);
+        return -1;
+    }
+    size_t payload_len = rest - total;
+    if (max_payload > 0 && payload_len > (size_t)max_payload) {
+        snprintf(why, whylen, "content: payload of %zu bytes is over the limit of %ld",
+                 payload_len, max_payload);
+        return -1;
+    }
+    if (memchr(at, '\0', rest) != NULL) {
+        snprintf(why, whylen, "content: a NUL byte");
+        return -1;
+    }
+    /* NUL-terminated copies, back to back. */
+    size_t need = rest + 6;
+    if (scratch->cap < need) {
+        char *b = realloc(scratch->buf, need);
+        if (b == NULL) {
+            snprintf(why, whylen, "out of memory");
+            return -1;
+        }
+        scratch->buf = b;
+        scratch->cap = need;
+    }
+    char *w = scratch->buf;
+    const char *ptr[6];
+    size_t plen[6] = {(size_t)lens[0], (size_t)lens[1], (size_t)lens[2], (size_t)lens[3],
+                      (size_t)lens[4], payload_len};
+    for (int i = 0; i < 6; i++) {
+        memcpy(w, at, plen[i]);
+        w[plen[i]] = '\0';
+        ptr[i] = w;
+        w += plen[i] + 1;
+        at += plen[i];
+    }
+    if (!topic_ok(ptr[0], plen[0])) {
+        snprintf(why, whylen, "content: topic is not a valid Kafka topic name");
+        return -1;
+    }
+    if (plen[1] == 0 || plen[3] == 0) {
+        snprintf(why, whylen, "content: %s is empty", plen[1] == 0 ? "key" : "type");
+        return -1;
+    }
+    size_t bad;
+    for (int i = 1; i < 6; i++)
+        if (!ferry_utf8_valid(ptr[i], plen[i], &bad)) {
+            snprintf(why, whylen, "content: %s is not UTF-8 (byte %zu)",
+                     i < 5 ? names[i] : "payload", bad);
+            return -1;
+        }
+    if (plen[4] > 0) {
+        /* Headers: a JSON object of strings, as emit checked. */
+        json_error_t jerr;
+        json_t *h = json_loadb(ptr[4], plen[4], 0, &jerr);
+        int ok = json_is_object(h);
+        const char *k;
+        json_t *v;
+        if (ok)
+            json_object_foreach(h, k, v) ok = ok && json_is_string(v);
+        json_decref(h);
+        if (!ok) {
+            snprintf(why, whylen, "content: headers are not a JSON object of strings");
+            return -1;
+        }
+    }
+    m.seq = seq;
+    m.created_us = created;
+    m.topic = ptr[0];
+    m.key = ptr[1];
+    m.aggtype = ptr[2];
+    m.type = ptr[3];
+    m.headers = plen[4] > 0 ? ptr[4] : "{}";
+    m.payload = ptr[5];
+    m.payload_len = payload_len;
+    *out = m;
+    return 0;
+}
+
+void wal_lsn_format(uint64_t lsn, char out[32])
+{
+    snprintf(out, 32, "%X/%X", (unsigned)(lsn >> 32), (unsigned)(lsn & 0xffffffffu));
+}
+
+int wal_lsn_parse(const char *text, uint64_t *out)
+{
+    unsigned hi, lo;
+    int used = 0;
+    if (text == NULL || sscanf(text, "%8X/%8X%n", &hi, &lo, &used) != 2 ||
+        text[used] != '\0')
+        return -1;
+    *out = (uint64_t)hi << 32 | lo;
+    return 0;
+}

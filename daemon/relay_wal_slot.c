@@ -1,0 +1,254 @@
+/*
+ * relay_wal_slot.c — `ferry-relay slot create|recreate|status`: the
+ * operator's commands for the WAL source's replication slot.
+ *
+ * The relay never creates a slot: a slot made silently after one was lost
+ * would start at the present, and every message of the WAL the old one
+ * lost would be skipped without a word (the data loss of Debezium and
+ * others). So creating is explicit, once (`create` refuses when
+ * ferry.wal_slot says a slot of that name existed before), and
+ * recreating is a separate command that says what may have been missed
+ * — the WAL between the last position the relay confirmed and the new
+ * slot's start, with their times — and records that window in
+ * ferry.wal_slot for the reconciler and the operator.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "relay_int.h"
+#include "relay_wal.h"
+
+static void slot_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: ferry-relay slot create|recreate|status --db CONNINFO\n"
+            "\n"
+            "The WAL source's logical replication slot (ferry.settings.wal_slot, pgoutput).\n"
+            "\n"
+            "  create     create it; refused if it exists, or existed before (use recreate)\n"
+            "  recreate   drop a lost (invalidated) or missing slot and create it again;\n"
+            "             reports and records the WAL window whose messages may have been\n"
+            "             missed\n"
+            "  status     the slot: exists, wal_status, active, WAL retained, lag\n"
+            "\n"
+            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB); the role needs\n"
+            "                  REPLICATION (or superuser) to create a slot\n"
+            "\n"
+            "Exit status: 0 done / slot healthy, 1 failed, 2 usage error, 4 status found a\n"
+            "problem (missing, lost, inactive).\n");
+}
+
+static PGresult *q(PGconn *c, const char *sql, int n, const char *const *p)
+{
+    return PQexecParams(c, sql, n, NULL, p, NULL, NULL, 0);
+}
+
+static int fail_res(const char *what, PGresult *res)
+{
+    fprintf(stderr, "ferry-relay slot: %s: %s", what, PQresultErrorMessage(res));
+    PQclear(res);
+    return 1;
+}
+
+/* The slot's name, whether it exists, and its wal_status. */
+static int slot_info(PGconn *c, char *name, size_t len, int *exists, char *status,
+                     size_t slen)
+{
+    PGresult *res = q(c, "SELECT s.wal_slot, p.slot_name IS NOT NULL, "
+                         "       coalesce(p.wal_status, '') "
+                         "  FROM ferry.settings s LEFT JOIN pg_replication_slots p "
+                         "    ON p.slot_name = s.wal_slot", 0, NULL);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return fail_res("could not read the slot", res);
+    snprintf(name, len, "%s", PQgetvalue(res, 0, 0));
+    *exists = PQgetvalue(res, 0, 1)[0] == 't';
+    snprintf(status, slen, "%s", PQgetvalue(res, 0, 2));
+    PQclear(res);
+    return 0;
+}
+
+static int create(PGconn *c, const char *name, char *lsn, size_t lsnlen)
+{
+    const char *p[1] = {name};
+    PGresult *res = q(c, "SELECT lsn::text FROM pg_create_logical_replication_slot($1, "
+                         "'pgoutput')", 1, p);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return fail_res("could not create the slot", res);
+    snprintf(lsn, lsnlen, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 0;
+}
+
+static int cmd_create(PGconn *c)
+{
+    char name[64], status[32], lsn[32];
+    int exists;
+    if (slot_info(c, name, sizeof name, &exists, status, sizeof status) != 0)
+        return 1;
+    if (exists) {
+        fprintf(stderr, "ferry-relay slot create: the slot \"%s\" exists already%s%s\n", name,
+                status[0] ? ", wal_status " : "", status);
+        return 1;
+    }
+    const char *p[1] = {name};
+    PGresult *res = q(c, "SELECT created_at::text, coalesce(confirmed_lsn::text, '?') "
+                         "FROM ferry.wal_slot WHERE slot_name = $1", 1, p);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return fail_res("could not read ferry.wal_slot", res);
+    if (PQntuples(res) > 0) {
+        fprintf(stderr, "ferry-relay slot create: a slot \"%s\" was created before (%s) and "
+                "is gone, last confirmed at %s; messages may have been missed: use `ferry-relay "
+                "slot recreate`, which reports them\n", name, PQgetvalue(res, 0, 0),
+                PQgetvalue(res, 0, 1));
+        PQclear(res);
+        return 1;
+    }
+    PQclear(res);
+    if (create(c, name, lsn, sizeof lsn) != 0)
+        return 1;
+    const char *p2[2] = {name, lsn};
+    res = q(c, "INSERT INTO ferry.wal_slot (slot_name, created_lsn) VALUES ($1, $2::pg_lsn)",
+            2, p2);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return fail_res("created the slot, but could not record it in ferry.wal_slot", res);
+    PQclear(res);
+    printf("created the replication slot \"%s\" (pgoutput) at %s\n"
+           "emit in wal mode: UPDATE ferry.settings SET emit_mode = 'wal'\n", name, lsn);
+    return 0;
+}
+
+static int cmd_recreate(PGconn *c)
+{
+    char name[64], status[32], lsn[32];
+    int exists;
+    if (slot_info(c, name, sizeof name, &exists, status, sizeof status) != 0)
+        return 1;
+    if (exists && strcmp(status, "lost") != 0) {
+        fprintf(stderr, "ferry-relay slot recreate: the slot \"%s\" exists and is not lost "
+                "(wal_status %s): nothing to recreate\n", name, status);
+        return 1;
+    }
+    const char *p[1] = {name};
+    if (exists) {
+        PGresult *res = q(c, "SELECT pg_drop_replication_slot($1)", 1, p);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK)
+            return fail_res("could not drop the lost slot", res);
+        PQclear(res);
+    }
+    if (create(c, name, lsn, sizeof lsn) != 0)
+        return 1;
+    const char *p2[2] = {name, lsn};
+    PGresult *res = q(
+        c,
+        "INSERT INTO ferry.wal_slot AS w (slot_name, created_lsn) VALUES ($1, $2::pg_lsn) "
+        "ON CONFLICT (slot_name) DO UPDATE SET "
+        "  missed_from_lsn = coalesce(w.confirmed_lsn, w.created_lsn), "
+        "  missed_from_at = coalesce(w.confirmed_at, w.created_at), "
+        "  missed_to_lsn = $2::pg_lsn, recreated_at = now(), "
+        "  created_lsn = $2::pg_lsn, created_at = now(), "
+        "  confirmed_lsn = NULL, confirmed_at = NULL "
+        "RETURNING coalesce(missed_from_lsn::text, '?'), coalesce(missed_from_at::text, '?'), "
+        "          now()::text",
+        2, p2);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return fail_res("recreated the slot, but could not record it in ferry.wal_slot", res);
+    printf("recreated the replication slot \"%s\" at %s.\n"
+           "Messages emitted in wal mode between WAL %s (last confirmed, %s) and %s (%s)\n"
+           "may never have been published: that WAL was %s. Consumers see them as gaps in\n"
+           "each key's positions (ferry-reconcile check); the window is kept in\n"
+           "ferry.wal_slot (missed_from_lsn .. missed_to_lsn).\n",
+           name, lsn, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), lsn, PQgetvalue(res, 0, 2),
+           exists ? "invalidated with the slot" : "not decoded while the slot was missing");
+    PQclear(res);
+    return 0;
+}
+
+static int cmd_status(PGconn *c)
+{
+    PGresult *res = q(c,
+                      "SELECT s.wal_slot, s.emit_mode, p.slot_name IS NOT NULL, "
+                      "       coalesce(p.wal_status, ''), p.active, "
+                      "       pg_wal_lsn_diff(pg_current_wal_lsn(), p.restart_lsn)::bigint, "
+                      "       pg_wal_lsn_diff(pg_current_wal_lsn(), p.confirmed_flush_lsn)::bigint, "
+                      "       coalesce(p.confirmed_flush_lsn::text, '') "
+                      "  FROM ferry.settings s LEFT JOIN pg_replication_slots p "
+                      "    ON p.slot_name = s.wal_slot",
+                      0, NULL);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return fail_res("could not read the slot", res);
+    const char *name = PQgetvalue(res, 0, 0), *mode = PQgetvalue(res, 0, 1);
+    int exists = PQgetvalue(res, 0, 2)[0] == 't';
+    int rc = 0;
+    if (!exists) {
+        printf("slot %s: MISSING (emit_mode %s)%s\n", name, mode,
+               strcmp(mode, "wal") == 0 ? ": messages emitted now are not decoded; set "
+                                          "emit_mode = 'table' and see `slot recreate`" : "");
+        rc = strcmp(mode, "wal") == 0 ? 4 : 0;
+    } else {
+        const char *ws = PQgetvalue(res, 0, 3);
+        int active = PQgetvalue(res, 0, 4)[0] == 't';
+        printf("slot %s: wal_status %s, %s, retains %s bytes of WAL, confirmed %s (%s bytes "
+               "behind), emit_mode %s\n", name, ws, active ? "active" : "INACTIVE",
+               PQgetvalue(res, 0, 5), PQgetvalue(res, 0, 7), PQgetvalue(res, 0, 6), mode);
+        if (strcmp(ws, "lost") == 0 || !active)
+            rc = 4;
+    }
+    PQclear(res);
+    return rc;
+}
+
+int cmd_slot(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *db = getenv("FERRY_DB");
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            db = optarg;
+            break;
+        case 'h':
+            slot_usage(stdout);
+            return 0;
+        default:
+            slot_usage(stderr);
+            return 2;
+        }
+    }
+    if (optind + 1 != argc) {
+        slot_usage(stderr);
+        return 2;
+    }
+    const char *what = argv[optind];
+    int (*fn)(PGconn *) = strcmp(what, "create") == 0     ? cmd_create
+                          : strcmp(what, "recreate") == 0 ? cmd_recreate
+                          : strcmp(what, "status") == 0   ? cmd_status
+                                                          : NULL;
+    if (fn == NULL) {
+        fprintf(stderr, "ferry-relay slot: unknown action \"%s\"\n", what);
+        slot_usage(stderr);
+        return 2;
+    }
+    if (db == NULL || db[0] == '\0') {
+        fprintf(stderr, "ferry-relay slot: no database: give --db CONNINFO or set FERRY_DB\n");
+        return 2;
+    }
+    PGconn *conn = PQconnectdb(db);
+    if (PQstatus(conn) != CONNECTION_OK) {
+        fprintf(stderr, "ferry-relay slot: could not connect: %s", PQerrorMessage(conn));
+        PQfinish(conn);
+        return 1;
+    }
+    int rc = fn(conn);
+    PQfinish(conn);
+    return rc;
+}

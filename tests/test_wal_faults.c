@@ -1,0 +1,218 @@
+/*
+ * test_wal_faults.c — the WAL source when things go wrong (beside
+ * test_wal_relay.c, to run in parallel with it): a message Kafka refuses
+ * parks its key through the table; a transaction of 20,000 messages is
+ * published completely and in order, also when the relay is killed in
+ * its middle; a lost slot is loud and never recreated by the relay.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness/kafkatmp.h"
+#include "testutil.h"
+#include "tu_http.h"
+#include "tu_proc.h"
+#include "tu_wal.h"
+
+/*
+ * A message Kafka refuses (too large for message.max.bytes) fails
+ * max_attempts times — the stream restarting from the slot each time —
+ * and then goes to the dead letters, parking its key: the key's later
+ * message, already in WAL, goes to the table at its position, and so does
+ * one emitted after; every other key flows. Discarding the dead letter
+ * lets the table path publish the key's rest, in order.
+ */
+static void a_poison_message_parks_its_key_only(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', "
+               "json_build_object('big', repeat('x', 200000))::text)");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', '{\"after\": 1}')");
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
+    const char *args[] = {"--once", "--kafka-prop", "message.max.bytes=100000", "--set",
+                          "max_attempts=2", NULL};
+    tu_proc p = tu_wal_relay_start("wal-poison", args);
+    int st = tu_proc_wait(&p, 120000);
+    char *log = tu_proc_log(&p);
+    tu_proc_done(&p);
+    assert_int_equal(st, 1);                        /* something failed on the way */
+    assert_non_null(strstr(log, "\"event\":\"wal.restart\""));
+    assert_non_null(strstr(log, "\"event\":\"message.dead_lettered\""));
+    assert_non_null(strstr(log, "\"event\":\"wal.parked\""));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 1 AND attempts = 2 "
+                               "AND reason LIKE '%too large%'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 2 "
+                               "AND payload = '{\"after\": 1}'"), 1);
+    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', '{\"after\": 2}')");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.poison' "
+                               "AND aggregateid = 'poison' AND seq = 3"), 1);
+    /* Only the healthy key went out (more than once: each restart from the
+     * slot sends its transaction again). */
+    kt_msgs *got = kt_consume(kt_bootstrap(tu_wal_broker), "w.poison", 0, 3000);
+    assert_true(got->count >= 1);
+    for (size_t i = 0; i < got->count; i++)
+        assert_string_equal(got->msgs[i].key, "healthy");
+    kt_msgs_free(got);
+    /* Discarded: the table path publishes a marker in its place, then the
+     * key's rest. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
+                               "ferry.discard_dead_letter(d.id)"), 1);
+    const char *targs[] = {"--once", NULL};
+    tu_proc t = tu_relay_start(kt_bootstrap(tu_wal_broker), "table-poison", targs,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    assert_int_equal(tu_proc_wait(&t, 60000), 0);
+    tu_proc_done(&t);
+    tu_wal_topic tc = tu_wal_check_topic("w.poison", 0, 5000);
+    assert_int_equal(tc.distinct, 4);                 /* healthy 1; poison 1 (marker), 2, 3 */
+    PQfinish(c);
+}
+/*
+ * One transaction of 20,000 messages (bench_wal drains one of 100,000;
+ * here the time goes to ASan), and the relay killed -9 while it
+ * streams it (some of it already in Kafka: the fault fired mid-way). The
+ * slot cannot have been confirmed inside the transaction, so the restart
+ * sends it all again: every message arrives, each key in order. The relay
+ * reads only while fewer than max_inflight messages are in flight, so it
+ * never holds the transaction (bench_wal measures its peak RSS).
+ */
+static void a_large_transaction_survives_kill9_in_its_middle(void **state)
+{
+    enum { N = 20000, BEFORE_KILL = 2000, INFLIGHT = 500 };
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    tu_wal_emit_n("w.big", N, 50, N);
+    char *end = tu_wal_lsn(c);
+    const char *args[] = {"--set", "max_inflight=500", "--set", "batch_size=500", "--metrics",
+                          "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-big", args);
+    tu_proc_await_log(&p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = tu_proc_log(&p);
+    int port = atoi(strstr(log, "\"port\":") + strlen("\"port\":"));
+    free(log);
+    /* Wait (bounded, polling the relay's own counter) until part of the
+     * transaction is in Kafka. */
+    double published = 0;
+    for (int i = 0; i < 600 && published < BEFORE_KILL; i++) {
+        tu_http_reply h = tu_http_get(port, "/metrics");
+        if (h.status == 200)
+            tu_prom_find(h.body, "ferry_relay_published_total", &published);
+        free(h.raw);
+        if (published < BEFORE_KILL)
+            usleep(100000);
+    }
+    assert_true(published >= BEFORE_KILL);
+    kill(p.pid, SIGKILL);
+    assert_int_equal(tu_proc_wait(&p, 10000), 128 + SIGKILL);
+    tu_proc_done(&p);
+    /* Killed inside the transaction: the slot is still before its end. */
+    char *sql = tu_sprintf("SELECT (confirmed_flush_lsn < '%s')::int FROM pg_replication_slots "
+                           "WHERE slot_name = 'ferry'", end);
+    assert_int_equal(tu_int_of(c, sql), 1);
+    tu_await(c, "SELECT NOT active FROM pg_replication_slots WHERE slot_name = 'ferry'", 30000);
+    const char *once[] = {"--once", "--set", "max_inflight=500", "--set", "batch_size=500", NULL};
+    tu_proc q = tu_wal_relay_start("wal-big", once);
+    assert_int_equal(tu_proc_wait(&q, 300000), 0);
+    tu_proc_done(&q);
+    tu_wal_topic tc = tu_wal_check_topic("w.big", 0, 15000);
+    assert_int_equal(tc.distinct, N);
+    assert_true(tc.duplicates >= BEFORE_KILL - INFLIGHT);   /* sent again from the slot */
+    print_message("20,000-message transaction, kill -9 at %.0f published: %zu duplicates\n",
+                  published, tc.duplicates);
+    free(end);
+    PQfinish(c);
+}
+
+/*
+ * The slot dropped while the relay is down: the relay says so loudly
+ * (log, /healthz 503, ferry_relay_wal_slot_ok 0; --once exits 1) and
+ * does not create it; `slot status` exits 4; `slot create` refuses a
+ * slot that existed before; `slot recreate` creates it and reports the
+ * WAL window whose messages may have been missed, kept in ferry.wal_slot.
+ */
+static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    tu_wal_emit_n("w.lost", 3, 1, 1);
+    assert_int_equal(tu_wal_relay_once("wal-before", NULL), 0);
+    /* What the relay confirmed is recorded, for recreate to report from. */
+    tu_await(c, "SELECT confirmed_lsn IS NOT NULL FROM ferry.wal_slot WHERE slot_name = 'ferry'",
+             30000);
+    tu_exec(c, "SELECT pg_drop_replication_slot('ferry')");
+    char *log = NULL;
+    assert_int_equal(tu_wal_relay_once("wal-lost", &log), 1);
+    assert_non_null(strstr(log, "\"event\":\"wal.slot\""));
+    assert_non_null(strstr(log, "does not exist"));
+    free(log);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-lost2", args);
+    tu_proc_await_log(&p, "\"event\":\"metrics.listen\"", 30000);
+    char *plog = tu_proc_log(&p);
+    int port = atoi(strstr(plog, "\"port\":") + strlen("\"port\":"));
+    free(plog);
+    tu_proc_await_log(&p, "\"event\":\"wal.slot\"", 30000);
+    tu_http_reply h = tu_http_get(port, "/healthz");
+    assert_int_equal(h.status, 503);
+    assert_non_null(strstr(h.body, "does not exist"));
+    free(h.raw);
+    h = tu_http_get(port, "/metrics");
+    double v = -1;
+    assert_int_equal(tu_prom_find(h.body, "ferry_relay_wal_slot_ok", &v), 0);
+    assert_true(v == 0);
+    free(h.raw);
+    tu_proc_finish(&p, 30000);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots"), 0);
+
+    char *out = NULL;
+    assert_int_equal(tu_wal_slot_cmd("status", &out, NULL), 4);
+    assert_non_null(strstr(out, "MISSING"));
+    free(out);
+    char *err = NULL;
+    assert_int_equal(tu_wal_slot_cmd("create", NULL, &err), 1);
+    assert_non_null(strstr(err, "was created before"));
+    free(err);
+    assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
+    assert_non_null(strstr(out, "may never have been published"));
+    free(out);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.wal_slot WHERE missed_from_lsn IS "
+                               "NOT NULL AND missed_to_lsn > missed_from_lsn AND recreated_at "
+                               "IS NOT NULL"), 1);
+    assert_int_equal(tu_wal_slot_cmd("status", &out, NULL), 4);      /* inactive: no relay */
+    assert_non_null(strstr(out, "INACTIVE"));
+    free(out);
+    PQfinish(c);
+}
+static int group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    tu_wal_broker = kt_start(1);
+    return tu_wal_broker == NULL ? -1 : 0;
+}
+
+static int group_teardown(void **state)
+{
+    kt_stop(tu_wal_broker);
+    return tu_group_teardown(state);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(a_poison_message_parks_its_key_only),
+        cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
+        cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,174 @@
+/*
+ * tu_wal.c — see tu_wal.h.
+ */
+#include "tu_wal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness/kafkatmp.h"
+#include "tu_proc.h"
+
+#include "testutil.h"
+
+/* pgoutput's Message ('M'): flags (1 byte), LSN (8), the prefix as a
+ * C string, the content's length (4), the content. With the prefix
+ * "ferry" the content starts at byte 21 (1-based). The content is emit's
+ * (schemas/011_wal.sql): a header line, then the fields back to back. */
+static const char msgs_fn[] =
+    "CREATE OR REPLACE FUNCTION public.tu_wal_msgs() RETURNS TABLE ("
+    "  ord bigint, lsn pg_lsn, xid xid, token text, id uuid, seq bigint, created_us bigint,"
+    "  topic text, key text, aggtype text, type text, headers jsonb, payload jsonb) "
+    "LANGUAGE sql AS $$ "
+    "WITH c AS (SELECT row_number() OVER () AS ord, c.lsn, c.xid, c.data "
+    "             FROM pg_logical_slot_peek_binary_changes('ferry', NULL, NULL, "
+    "                  'proto_version', '1', 'publication_names', 'ferry_outbox', "
+    "                  'messages', 'true') c), "
+    "m AS (SELECT ord, lsn, xid, substring(data FROM 21) AS content FROM c "
+    "       WHERE get_byte(data, 0) = 77 "
+    "         AND substring(data FROM 11 FOR 6) = '\\x666572727900'::bytea), "
+    "h AS (SELECT ord, lsn, xid, content, position('\\x0a'::bytea IN content) AS nl FROM m), "
+    "f AS (SELECT ord, lsn, xid, content, nl + 1 AS b, "
+    "             string_to_array(convert_from(substring(content FROM 1 FOR nl - 1), 'UTF8'), ' ') a "
+    "        FROM h) "
+    "SELECT ord, lsn, xid, a[2], a[3]::uuid, a[4]::bigint, a[5]::bigint, "
+    "  convert_from(substring(content FROM b FOR a[6]::int), 'UTF8'), "
+    "  convert_from(substring(content FROM b + a[6]::int FOR a[7]::int), 'UTF8'), "
+    "  convert_from(substring(content FROM b + a[6]::int + a[7]::int FOR a[8]::int), 'UTF8'), "
+    "  convert_from(substring(content FROM b + a[6]::int + a[7]::int + a[8]::int "
+    "                         FOR a[9]::int), 'UTF8'), "
+    "  convert_from(substring(content FROM b + a[6]::int + a[7]::int + a[8]::int + a[9]::int "
+    "                         FOR a[10]::int), 'UTF8')::jsonb, "
+    "  convert_from(substring(content FROM b + a[6]::int + a[7]::int + a[8]::int + a[9]::int "
+    "                         + a[10]::int), 'UTF8')::jsonb "
+    "  FROM f ORDER BY ord $$";
+
+void tu_wal_prepare(PGconn *c)
+{
+    tu_exec(c, "SELECT pg_create_logical_replication_slot('ferry', 'pgoutput') "
+               "WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = 'ferry')");
+    tu_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())");
+    tu_exec(c, msgs_fn);
+}
+
+void tu_wal_mode(PGconn *c, const char *mode)
+{
+    char *sql = tu_sprintf("UPDATE ferry.settings SET emit_mode = '%s'", mode);
+    tu_exec(c, sql);
+    free(sql);
+}
+
+kt_broker *tu_wal_broker;
+
+tu_proc tu_wal_relay_start(const char *holder, const char *const *args)
+{
+    const char *a[48] = {"--outbox-source", "wal", "--set", "log_level=debug"};
+    int n = 4;
+    for (int i = 0; args != NULL && args[i] != NULL && n < 46; i++)
+        a[n++] = args[i];
+    a[n] = NULL;
+    const char *e[2] = {TU_RELAY_ASAN, NULL};
+    return tu_relay_start(kt_bootstrap(tu_wal_broker), holder, a, e);
+}
+
+int tu_wal_relay_once(const char *holder, char **log_out)
+{
+    const char *a[] = {"--once", NULL};
+    tu_proc p = tu_wal_relay_start(holder, a);
+    int st = tu_proc_wait(&p, 120000);
+    char *log = tu_proc_log(&p);
+    if (st != 0 && log != NULL)
+        fprintf(stderr, "relay %s exited %d; its log ends:\n%s\n", holder, st,
+                strlen(log) > 4000 ? log + strlen(log) - 4000 : log);
+    if (log_out != NULL)
+        *log_out = log;
+    else
+        free(log);
+    tu_proc_done(&p);
+    return st;
+}
+
+int tu_wal_slot_cmd(const char *action, char **out, char **err)
+{
+    const char *argv[] = {tu_relay_bin(), "slot", action, "--db", fpg_conninfo(tu_pg), NULL};
+    return tu_run(argv, 60000, out, err);
+}
+
+/* n messages over k keys of topic in transactions of per_tx. */
+void tu_wal_emit_n(const char *topic, int n, int k, int per_tx)
+{
+    PGconn *c = tu_connect();
+    for (int done = 0; done < n; done += per_tx) {
+        char *sql = tu_sprintf("SELECT count(ferry.emit('%s', 'key-' || (g %% %d), 'Tested', "
+                               "json_build_object('g', g)::text, "
+                               "'{\"traceparent\": \"00-t-s-01\"}')) "
+                               "FROM generate_series(%d, %d) g", topic, k, done + 1,
+                               done + per_tx < n ? done + per_tx : n);
+        tu_exec(c, "BEGIN");
+        tu_exec(c, sql);
+        tu_exec(c, "COMMIT");
+        free(sql);
+    }
+    PQfinish(c);
+}
+
+/* Every key's positions rise one by one from 1 in its partition; a
+ * position seen before is a duplicate (allowed after a crash); never a
+ * gap or a step back to something unseen. */
+tu_wal_topic tu_wal_check_topic(const char *topic, size_t want, int timeout_ms)
+{
+    kt_msgs *got = kt_consume(kt_bootstrap(tu_wal_broker), topic, want, timeout_ms);
+    assert_non_null(got);
+    tu_wal_topic tc = {.messages = got->count};
+    enum { MAXKEYS = 256 };
+    char *keys[MAXKEYS];
+    long last[MAXKEYS];
+    int partition[MAXKEYS];
+    for (size_t i = 0; i < got->count; i++) {
+        const kt_msg *m = &got->msgs[i];
+        const char *seq_text = kt_header(m, "ferry_seq");
+        assert_non_null(seq_text);
+        long seq = atol(seq_text);
+        size_t k = 0;
+        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
+            k++;
+        if (k == tc.keys) {
+            assert_true(tc.keys < MAXKEYS);
+            keys[k] = m->key;
+            last[k] = 0;
+            partition[k] = m->partition;
+            tc.keys++;
+        }
+        assert_int_equal(partition[k], m->partition);
+        if (seq <= last[k]) {
+            tc.duplicates++;
+        } else {
+            if (seq != last[k] + 1)
+                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
+                         topic, m->key, seq, last[k]);
+            last[k] = seq;
+            tc.distinct++;
+        }
+    }
+    kt_msgs_free(got);
+    return tc;
+}
+
+/* The slot there and wal mode on, whatever ran before (FERRY_TEST_FILTER
+ * runs one test alone): as `ferry-relay slot create` leaves them. */
+void tu_wal_ready(PGconn *c)
+{
+    if (tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'") == 0) {
+        char *out = NULL;
+        assert_int_equal(tu_wal_slot_cmd("create", &out, NULL), 0);
+        free(out);
+    }
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
+}
+
+char *tu_wal_lsn(PGconn *c)
+{
+    return tu_str(c, "SELECT pg_current_wal_lsn()::text");
+}
+
