@@ -1532,7 +1532,8 @@ static int run_pipeline(bench *b, kt_broker *kb)
     const char *topics[1] = {PIPE_TOPIC};
     ferry_consumer_conf conf = {.name = "bench-pipe", .db = fpg_conninfo(b->pg),
                                 .kafka = b->bootstrap, .topics = topics, .topic_count = 1,
-                                .handler = pipe_apply, .handler_arg = &h};
+                                .handler = pipe_apply, .handler_arg = &h,
+                                .batch_max = BARE_BATCH_MAX};
     ferry_consumer *c = NULL;
     ferry_error err;
     if (ferry_consumer_new(&conf, &c, &err) != FERRY_OK) {
@@ -1693,7 +1694,7 @@ int main(void)
         for (int k = 0; k < WL_COUNT; k++) {
             workload wl = (workload)((r + k) % WL_COUNT);     /* swapped every round */
             run_result *res = &f.r[wl][r];
-            int rc = wl == WL_INBOX    ? run_inbox(&b, r + 1, 0, res)
+            int rc = wl == WL_INBOX    ? run_inbox(&b, r + 1, BARE_BATCH_MAX, res)
                      : wl == WL_INBOX1 ? run_inbox(&b, r + 1, 1, res)
                      : wl == WL_BARE   ? run_bare(&b, r + 1, 1, res)
                                        : run_bare(&b, r + 1, BARE_BATCH_MAX, res);

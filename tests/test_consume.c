@@ -16,7 +16,7 @@
  * messages' amounts.
  *
  * The binary runs its tests twice, at the same time, each pass with its
- * own cluster and broker: with batches (the default) and with one message
+ * own cluster and broker: with batches (batch_max 100; batches are opt-in) and with one message
  * per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
  * library, inherited by the child consumers). The tests of batches
  * themselves run in the first pass only.
@@ -1092,6 +1092,10 @@ int main(int argc, char **argv)
     pid_t unbatched = -1;
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
         unbatched = start_unbatched_pass();
+    /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
+     * turns them on for every consumer it makes. */
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "100", 1);
     fprintf(stderr, "test_consume: the pass %s batches (pid %d)\n",
             batches_on() ? "with" : "without", (int)getpid());
     const struct CMUnitTest batch_tests[] = {

@@ -414,7 +414,7 @@ static int group_teardown(void **state)
 
 /*
  * The tests run twice, at the same time, each pass with its own cluster
- * and broker: with batches (the default) and with one message per
+ * and broker: with batches (batch_max 100; batches are opt-in) and with one message per
  * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
  * library).
  */
@@ -430,6 +430,10 @@ int main(void)
             _exit(127);
         }
     }
+    /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
+     * turns them on for every consumer it makes. */
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "100", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(discard_consumes_exactly_its_own_position),
         cmocka_unit_test(hostile_messages_end_and_neighbours_flow),
