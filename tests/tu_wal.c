@@ -113,46 +113,9 @@ void tu_wal_emit_n(const char *topic, int n, int k, int per_tx)
     PQfinish(c);
 }
 
-/* Every key's positions rise one by one from 1 in its partition; a
- * position seen before is a duplicate (allowed after a crash); never a
- * gap or a step back to something unseen. */
 tu_wal_topic tu_wal_check_topic(const char *topic, size_t want, int timeout_ms)
 {
-    kt_msgs *got = kt_consume(kt_bootstrap(tu_wal_broker), topic, want, timeout_ms);
-    assert_non_null(got);
-    tu_wal_topic tc = {.messages = got->count};
-    enum { MAXKEYS = 256 };
-    char *keys[MAXKEYS];
-    long last[MAXKEYS];
-    int partition[MAXKEYS];
-    for (size_t i = 0; i < got->count; i++) {
-        const kt_msg *m = &got->msgs[i];
-        const char *seq_text = kt_header(m, "ferry_seq");
-        assert_non_null(seq_text);
-        long seq = atol(seq_text);
-        size_t k = 0;
-        while (k < tc.keys && strcmp(keys[k], m->key) != 0)
-            k++;
-        if (k == tc.keys) {
-            assert_true(tc.keys < MAXKEYS);
-            keys[k] = m->key;
-            last[k] = 0;
-            partition[k] = m->partition;
-            tc.keys++;
-        }
-        assert_int_equal(partition[k], m->partition);
-        if (seq <= last[k]) {
-            tc.duplicates++;
-        } else {
-            if (seq != last[k] + 1)
-                fail_msg("topic %s key %s: position %ld after %ld (a gap or reordering)",
-                         topic, m->key, seq, last[k]);
-            last[k] = seq;
-            tc.distinct++;
-        }
-    }
-    kt_msgs_free(got);
-    return tc;
+    return tu_check_topic(kt_bootstrap(tu_wal_broker), topic, want, timeout_ms);
 }
 
 /* The slot there and wal mode on, whatever ran before (FERRY_TEST_FILTER

@@ -13,6 +13,7 @@
 
 #include "harness/kafkatmp.h"
 #include "tu_proc.h"
+#include "tu_relay.h"
 
 /* Create the slot "ferry" (pgoutput) if it is missing, skip it to the end
  * of WAL (nothing from earlier tests left in it), and create
@@ -37,12 +38,11 @@ int tu_wal_slot_cmd(const char *action, char **out, char **err);
  * through ferry.emit(). */
 void tu_wal_emit_n(const char *topic, int n, int k, int per_tx);
 
-/* What a topic holds, checked: every key's positions rise one by one from
- * 1 in one partition; a position seen before is a duplicate (allowed
- * after a crash); a gap or a step back fails the test. */
-typedef struct tu_wal_topic {
-    size_t messages, distinct, duplicates, keys;
-} tu_wal_topic;
+/* What a topic holds, checked as every relay test checks it
+ * (tu_relay.h): every key's positions rise one by one from 1 in one
+ * partition; a position seen before is a duplicate (allowed after a
+ * crash); a gap or a step back fails the test. */
+typedef tu_topic_check tu_wal_topic;
 tu_wal_topic tu_wal_check_topic(const char *topic, size_t want, int timeout_ms);
 
 /* The slot there and wal mode on (`slot create` if it is missing). */
