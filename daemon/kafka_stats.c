@@ -13,6 +13,7 @@
  * an object, or is larger than STATS_JSON_MAX, is refused.
  */
 #include "kafka_stats.h"
+#include "strbuf.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -58,53 +59,18 @@ void kafka_stats_free(kafka_stats *s)
     free(s);
 }
 
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-    int failed;
-} buf;
-
-__attribute__((format(printf, 2, 3)))
-static void put(buf *b, const char *fmt, ...)
-{
-    if (b->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2 + (size_t)n;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-}
-
 /* A label value as the exposition format wants it: \, " and newline
  * escaped; bytes below 0x20 dropped. */
-static void put_label(buf *b, const char *v)
+static void put_label(strbuf *b, const char *v)
 {
     for (; *v; v++) {
         unsigned char c = (unsigned char)*v;
         if (c == '\\' || c == '"')
-            put(b, "\\%c", c);
+            sb_printf(b, "\\%c", c);
         else if (c == '\n')
-            put(b, "\\n");
+            sb_printf(b, "\\n");
         else if (c >= 0x20)
-            put(b, "%c", c);
+            sb_printf(b, "%c", c);
     }
 }
 
@@ -173,10 +139,10 @@ static size_t real_brokers(json_t *root, const char **names, json_t **objs)
     return n;
 }
 
-static void render(buf *b, json_t *root, unsigned long long updates)
+static void render(strbuf *b, json_t *root, unsigned long long updates)
 {
     char v[32];
-    put(b, "# HELP ferry_kafka_stats_updates_total librdkafka statistics documents taken in "
+    sb_printf(b, "# HELP ferry_kafka_stats_updates_total librdkafka statistics documents taken in "
            "(statistics.interval.ms).\n# TYPE ferry_kafka_stats_updates_total counter\n"
            "ferry_kafka_stats_updates_total %llu\n", updates);
 
@@ -192,37 +158,37 @@ static void render(buf *b, json_t *root, unsigned long long updates)
     };
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) {
         double x = num(root, top[i].key);
-        put(b, "# HELP %s %s\n# TYPE %s %s\n", top[i].name, top[i].help, top[i].name,
+        sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", top[i].name, top[i].help, top[i].name,
             top[i].type);
         if (x >= 0) {
             promtext_double(v, sizeof v, x);
-            put(b, "%s %s\n", top[i].name, v);
+            sb_printf(b, "%s %s\n", top[i].name, v);
         }
     }
 
     const char *names[STATS_BROKERS_MAX];
     json_t *objs[STATS_BROKERS_MAX];
     size_t n = real_brokers(root, names, objs);
-    put(b, "# HELP ferry_kafka_broker_up 1 when the connection to the broker is up (state UP).\n"
+    sb_printf(b, "# HELP ferry_kafka_broker_up 1 when the connection to the broker is up (state UP).\n"
            "# TYPE ferry_kafka_broker_up gauge\n");
     for (size_t i = 0; i < n; i++) {
         const char *state = json_string_value(json_object_get(objs[i], "state"));
-        put(b, "ferry_kafka_broker_up{broker=\"");
+        sb_printf(b, "ferry_kafka_broker_up{broker=\"");
         put_label(b, names[i]);
-        put(b, "\"} %d\n", state && strcmp(state, "UP") == 0);
+        sb_printf(b, "\"} %d\n", state && strcmp(state, "UP") == 0);
     }
     for (size_t f = 0; f < sizeof broker_families / sizeof broker_families[0]; f++) {
         const broker_family *fam = &broker_families[f];
-        put(b, "# HELP %s %s\n# TYPE %s %s\n", fam->name, fam->help, fam->name, fam->type);
+        sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", fam->name, fam->help, fam->name, fam->type);
         for (size_t i = 0; i < n; i++) {
             json_t *holder = fam->sub ? json_object_get(objs[i], fam->key) : objs[i];
             double x = num(holder, fam->sub ? fam->sub : fam->key);
             if (x < 0)
                 continue;
             promtext_double(v, sizeof v, x * fam->scale);
-            put(b, "%s{broker=\"", fam->name);
+            sb_printf(b, "%s{broker=\"", fam->name);
             put_label(b, names[i]);
-            put(b, "\"} %s\n", v);
+            sb_printf(b, "\"} %s\n", v);
         }
     }
 }
@@ -240,7 +206,7 @@ int kafka_stats_update(kafka_stats *s, const char *json, size_t json_len)
     pthread_mutex_lock(&s->lock);
     unsigned long long updates = s->updates + 1;
     pthread_mutex_unlock(&s->lock);
-    buf b = {.p = malloc(8192), .cap = 8192};
+    strbuf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p) {
         json_decref(root);
         return -1;

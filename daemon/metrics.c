@@ -19,6 +19,7 @@
 #include <stddef.h>
 
 #include "metrics.h"
+#include "strbuf.h"
 #include "kafka_stats.h"
 
 #include <assert.h>
@@ -287,45 +288,6 @@ uint64_t metrics_get(const relay_metrics *m, metric_counter c)
 
 /* ------------------------------------------------------------------ */
 /* Rendering                                                            */
-
-/* A growable string. The first failed allocation sets failed and every
- * later append is a no-op, so callers check once at the end. */
-typedef struct strbuf {
-    char *p;
-    size_t len, cap;
-    int failed;
-} strbuf;
-
-__attribute__((format(printf, 2, 3)))
-static void sb_printf(strbuf *b, const char *fmt, ...)
-{
-    if (b->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap * 2;
-        if (cap < b->len + (size_t)n + 1)
-            cap = b->len + (size_t)n + 1;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-}
 
 /* A label value: backslash, double quote and newline are escaped. */
 static void sb_label_value(strbuf *b, const char *s)
