@@ -171,7 +171,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass", 'r', X, X, X, {0}},
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
-    {"inbox_attempt", 'r', X, NONE, NONE, {0}},
+    {"inbox_attempt", 'r', X, NONE, X, {0}},      /* the garbage sweep (schema 16) */
     {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
 };
 
