@@ -47,6 +47,7 @@ static rd_kafka_t *producer;
 /* ------------------------------------------------------------------ the handler */
 
 static int accept_poison;           /* flipped by tests before a replay */
+static int probe_attempt_max;       /* the highest attempt a {"probe": true} message saw */
 static long handler_calls;
 static long kill_at_call;           /* child mode: SIGKILL inside the transaction */
 
@@ -67,6 +68,8 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
                                ferry_error *err)
 {
     handler_calls++;
+    if (json_is_true(json_object_get(m->payload, "probe")) && m->attempt > probe_attempt_max)
+        probe_attempt_max = m->attempt;
     if (json_is_true(json_object_get(m->payload, "alone"))) {
         ferry_code arc = ferry_message_alone(m, err);
         if (arc != FERRY_OK)
@@ -977,6 +980,31 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
     PQfinish(conn);
 }
 
+/* A message whose batch rolled back because a neighbour failed is tried
+ * again as if for the first time: msg->attempt counts the tries that
+ * failed at the message itself (the neighbour's own retry sees 2). */
+static void a_neighbours_failure_costs_a_message_no_attempt(void **state)
+{
+    const char *topic = "c.battempt";
+    one_partition_topic(topic);
+    pmsg m[2] = {{"q", 1, "{\"probe\": true, \"amount\": 1}"},
+                 {"r", 1, "{\"retriable\": 1, \"amount\": 1}"}};
+    produce(topic, m, 2, NULL);
+    probe_attempt_max = 0;
+    ferry_consumer *c = consumer_new("c-battempt", topic, 0);
+    poll_until(c, applied_at_least, 2);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.batch_fallbacks >= 1);        /* r's failure rolled q's batch back */
+    assert_int_equal(s.dead_lettered, 0);
+    consumer_done(c);
+    assert_int_equal(probe_attempt_max, 1);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-battempt", "q", "1");
+    assert_order(conn, "c-battempt", "r", "1");     /* at its attempt 2 */
+    PQfinish(conn);
+}
+
 /* A second member joins while the first is gathering a batch (it holds
  * up to 1000 and waits 8 s for more): the first lets go of the messages
  * of the partitions it lost, unapplied, and the new owner applies them.
@@ -1104,6 +1132,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
         cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
         cmocka_unit_test(a_handler_that_must_run_alone_gets_its_own_transaction),
+        cmocka_unit_test(a_neighbours_failure_costs_a_message_no_attempt),
         cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
     };
     const struct CMUnitTest tests[] = {
