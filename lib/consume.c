@@ -1033,6 +1033,36 @@ static void store_offset(ferry_consumer *c, const work *w)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* Store the offsets after ws[0..n), a committed batch in Kafka order:
+ * one list and one call for the batch, the last offset of each partition
+ * (one call per message cost a list, two locks and a lookup each). */
+static void store_offsets(ferry_consumer *c, const work *ws, int n)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (int i = 0; i < n; i++) {
+        if (ws[i].from_held)
+            continue;
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(l, ws[i].msg.topic, ws[i].msg.partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(l, ws[i].msg.topic, ws[i].msg.partition);
+        p->offset = ws[i].msg.offset + 1;
+    }
+    /* A partition this member no longer holds is refused (see
+     * store_offset); the others are stored. */
+    if (l->cnt > 0 && rd_kafka_offsets_store(c->rk, l) != RD_KAFKA_RESP_ERR__INVALID_ARG) {
+        for (int i = 0; i < n; i++) {
+            const rd_kafka_topic_partition_t *p =
+                ws[i].from_held ? NULL
+                                : rd_kafka_topic_partition_list_find(l, ws[i].msg.topic,
+                                                                     ws[i].msg.partition);
+            if (p != NULL && p->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                c->stats.offsets_stored++;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* After a committed transaction: the test hook that dies right between
  * the database commit and the offset store. Only the test build
  * (-DFERRY_TEST_HOOKS: build/asan, build/vg) has it; the shipped library
@@ -1547,10 +1577,9 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
             /* A position held in the batch and made ready by a later
              * one of it needs no scan: the claims run in order, each
              * holding what it holds, so the later claim says drain. */
-            for (int k = i; k < j; k++) {
+            for (int k = i; k < j; k++)
                 account(c, &ws[k], v[k - i]);
-                store_offset(c, &ws[k]);
-            }
+            store_offsets(c, ws + i, j - i);
             i = j;
             continue;
         }
@@ -1577,10 +1606,9 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
                 after_commit(c);
                 c->stats.batches++;
                 c->stats.batch_messages += (uint64_t)(k - i);
-                for (int m = i; m < k; m++) {
+                for (int m = i; m < k; m++)
                     account(c, &ws[m], v[m - i]);
-                    store_offset(c, &ws[m]);
-                }
+                store_offsets(c, ws + i, k - i);
             } else {
                 c->stats.batch_fallbacks++;
                 int done = one_by_one(c, ws + i, k - i, o, e);
