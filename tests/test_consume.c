@@ -177,6 +177,12 @@ static int applied_and_one_late(const ferry_consumer_stats *s, long want)
     return applied_at_least(s, want) && s->late >= 1;
 }
 
+/* want applied (or drained), and one dead letter. */
+static int applied_and_dead(const ferry_consumer_stats *s, long want)
+{
+    return (long)(s->applied + s->drained) >= want && s->dead_lettered >= 1;
+}
+
 static int seen_at_least(const ferry_consumer_stats *s, long want)
 {
     return (long)(s->applied + s->drained + s->duplicates + s->late + s->held_gap +
@@ -980,6 +986,51 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
     PQfinish(conn);
 }
 
+/* The C consumer is a client of the SQL consumer protocol: a login role
+ * granted the protocol's functions and nothing else of ferry's (no inbox
+ * function, no ferry role) applies, holds and drains, and dead-letters
+ * after attempts counted by consume_fail. */
+static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
+{
+    const char *topic = "c.protoonly";
+    PGconn *conn = tu_connect();
+    PQclear(PQexec(conn, "CREATE ROLE c_proto_only LOGIN"));    /* this pass's cluster */
+    tu_exec(conn, "GRANT USAGE ON SCHEMA ferry TO c_proto_only; "
+                  "GRANT SELECT ON ferry.schema_version TO c_proto_only; "
+                  "GRANT EXECUTE ON FUNCTION "
+                  "  ferry.consume_claim(text, uuid, text, text, bigint, text, jsonb, text, text, "
+                  "                      integer, bigint, boolean), "
+                  "  ferry.consume_finish(text, uuid), "
+                  "  ferry.consume_fail(text, uuid, text, text, text, bigint, text, jsonb, text, "
+                  "                     text, integer, boolean), "
+                  "  ferry.consume_ready(text, text, text, integer) TO c_proto_only; "
+                  "GRANT SELECT, INSERT, UPDATE ON t_account, t_applied TO c_proto_only; "
+                  "GRANT USAGE ON SEQUENCE t_applied_n_seq TO c_proto_only; "
+                  "INSERT INTO ferry.consumer_owner (consumer, role) "
+                  "VALUES ('c-protoonly', 'c_proto_only') ON CONFLICT DO NOTHING");
+    assert_int_equal(tu_int(conn, "SELECT has_function_privilege('c_proto_only', "
+                                  "'ferry.inbox_claim(text,uuid,text,text,bigint,boolean)', "
+                                  "'EXECUTE')::int + pg_has_role('c_proto_only', "
+                                  "'ferry_writer', 'MEMBER')::int"), 0);
+    pmsg m[4] = {{"a", 1}, {"a", 3}, {"a", 2}, {"p", 1, "{\"fail\": true, \"amount\": 1}"}};
+    produce(topic, m, 4, NULL);
+    accept_poison = 0;
+    char *db = fpg_conninfo_for(tu_pg, "c_proto_only", NULL);
+    tu_consumer_db = db;
+    ferry_consumer *c = consumer_new("c-protoonly", topic, 2);
+    tu_consumer_db = NULL;
+    free(db);
+    assert_non_null(c);
+    poll_until(c, applied_and_dead, 3);
+    consumer_done(c);
+    assert_order(conn, "c-protoonly", "a", "1,2,3");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-protoonly' AND aggregateid = 'p' AND attempts = 2"), 1);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
+                                  "'c-protoonly'"), 0);
+    PQfinish(conn);
+}
+
 /* A message whose batch rolled back because a neighbour failed is tried
  * again as if for the first time: msg->attempt counts the tries that
  * failed at the message itself (the neighbour's own retry sees 2). */
@@ -1151,6 +1202,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
         cmocka_unit_test(the_assignment_is_known_and_logged),
+        cmocka_unit_test(a_role_with_only_the_protocol_runs_the_consumer),
     };
     tu_filter_from_env();
     /* One group (one cluster, one broker): the batch tests join it in the
