@@ -102,6 +102,9 @@ static const char claim_sql[] =
     "$12::boolean)";
 #define FINISH_STMT "ferry_consume_finish_v1"
 static const char finish_sql[] = "SELECT ferry.consume_finish($1, $2::uuid)";
+/* A batch's finishes in one statement (protocol 1.1, schema 16). */
+#define FINISH_MANY_STMT "ferry_consume_finish_many_v1"
+static const char finish_many_sql[] = "SELECT ferry.consume_finish_many($1, $2::uuid[])";
 
 struct ferry_consumer {
     char name[NAME_MAX_LEN + 1];
@@ -582,6 +585,10 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
         PQclear(pr);
         pr = PQprepare(conn, FINISH_STMT, finish_sql, 2, NULL);
     }
+    if (PQresultStatus(pr) == PGRES_COMMAND_OK) {
+        PQclear(pr);
+        pr = PQprepare(conn, FINISH_MANY_STMT, finish_many_sql, 2, NULL);
+    }
     if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
         PQclear(pr);
@@ -761,23 +768,51 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
 /*
  * The finishes of ws[0..n) and COMMIT, in one round trip (pipeline mode):
  * consume_finish drops what is done with (a held copy, counted
- * attempts), then the transaction commits. On a failure the transaction
- * is rolled back.
+ * attempts), then the transaction commits. A batch is finished by one
+ * consume_finish_many (one statement and one name check, not n). On a
+ * failure the transaction is rolled back.
  */
 static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, ferry_error *err)
 {
     PGconn *conn = c->conn;
     ferry_code rc = FERRY_OK;
-    if (!PQenterPipelineMode(conn))
+    /* The ids as a uuid[] literal: {id,id,...}; ids are canonical UUID
+     * text (work_finish), nothing to quote. */
+    char *ids = NULL;
+    if (n > 1) {
+        ids = malloc((size_t)n * FERRY_UUID_STRING_SIZE + 3);
+        if (ids == NULL) {
+            ferry_rollback_quietly(conn);
+            return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+        }
+        char *q = ids;
+        *q++ = '{';
+        for (int i = 0; i < n; i++) {
+            size_t len = strlen(ws[i].id);
+            if (i > 0)
+                *q++ = ',';
+            memcpy(q, ws[i].id, len);
+            q += len;
+        }
+        *q++ = '}';
+        *q = '\0';
+    }
+    int nf = n > 1 ? 1 : n;         /* finish statements */
+    if (!PQenterPipelineMode(conn)) {
+        free(ids);
         return ferry_error_from_pg(err, conn, NULL, "could not send the commit");
-    /* Sent: the finishes, then the COMMIT as query n; on a failure to
+    }
+    /* Sent: the finishes, then the COMMIT as query nf; on a failure to
      * send, what was sent is synced and read, and no COMMIT goes. */
     int sent = 0;
-    for (; sent < n; sent++) {
-        const char *p[2] = {c->name, ws[sent].id};
-        if (!PQsendQueryPrepared(conn, FINISH_STMT, 2, p, NULL, NULL, 0))
+    for (; sent < nf; sent++) {
+        const char *p[2] = {c->name, n > 1 ? ids : ws[sent].id};
+        if (!PQsendQueryPrepared(conn, n > 1 ? FINISH_MANY_STMT : FINISH_STMT, 2, p, NULL,
+                                 NULL, 0))
             break;
     }
+    free(ids);
+    n = nf;
     if (sent == n && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
         sent = n + 1;
     if (sent <= n)

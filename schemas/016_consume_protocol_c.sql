@@ -13,6 +13,13 @@
 --     and deletes nothing, and delete its attempts, which are none) is
 --     done only when there is a held copy or a failed attempt to drop.
 --     What a call means is unchanged.
+--   * ferry.consume_finish_many(consumer, ids): consume_finish for many
+--     messages of one transaction in one call (protocol version 1.1, an
+--     added function: consume_protocol() still says 1, and nothing of
+--     version 1 changes). The C consumer finishes a batch with it: one
+--     statement and one name check per batch, not per message, and only
+--     the ids that have a held copy or a counted failure go through
+--     consume_finish itself.
 --   * ferry.inbox_attempt rows of messages applied long ago (a consumer
 --     that gave up on a message outside the protocol, a row left by a
 --     version-1 client that never called consume_finish) are garbage:
@@ -45,6 +52,41 @@ BEGIN
     END IF;
 END
 $fn$;
+
+-- consume_finish(consumer, id) for each of ids, in their order, in the
+-- caller's transaction: what a client that applied several messages in
+-- one transaction calls last, instead of one consume_finish each. At most
+-- 10000 ids a call.
+CREATE FUNCTION ferry.consume_finish_many(consumer text, ids uuid[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_id uuid;
+BEGIN
+    PERFORM ferry.consumer_guard_($1);
+    IF coalesce(cardinality($2), 0) > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 ids a call'
+            USING ERRCODE = 'invalid_parameter_value', COLUMN = 'ids';
+    END IF;
+    -- consume_finish's usual case (nothing held, no failed try) for all
+    -- of them in one statement; the others one by one, through it.
+    FOR v_id IN
+        SELECT u.mid FROM unnest($2) WITH ORDINALITY AS u(mid, n)
+         WHERE u.mid IS NOT NULL
+           AND (EXISTS (SELECT 1 FROM ferry.inbox_held h
+                         WHERE h.consumer = $1 AND h.message_id = u.mid)
+                OR EXISTS (SELECT 1 FROM ferry.inbox_attempt a
+                            WHERE a.consumer = $1 AND a.message_id = u.mid))
+         ORDER BY u.n
+    LOOP
+        PERFORM ferry.consume_finish($1, v_id);
+    END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION ferry.consume_finish_many(text, uuid[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ferry.consume_finish_many(text, uuid[]) TO ferry_consumer;
 
 -- The garbage sweep (reconciler/sweep_garbage.c) deletes attempts of
 -- messages long gone.
