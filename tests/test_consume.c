@@ -987,9 +987,10 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
 }
 
 /* The C consumer is a client of the SQL consumer protocol: a login role
- * granted the protocol's functions and nothing else of ferry's (no inbox
- * function, no ferry role) applies, holds and drains, and dead-letters
- * after attempts counted by consume_fail. */
+ * granted the protocol's functions (1.1's consume_finish_many included)
+ * and nothing else of ferry's (no inbox function, no ferry role) applies,
+ * holds and drains, and dead-letters after attempts counted by
+ * consume_fail. */
 static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
 {
     const char *topic = "c.protoonly";
@@ -1003,7 +1004,8 @@ static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
                   "  ferry.consume_finish(text, uuid), "
                   "  ferry.consume_fail(text, uuid, text, text, text, bigint, text, jsonb, text, "
                   "                     text, integer, boolean), "
-                  "  ferry.consume_ready(text, text, text, integer) TO c_proto_only; "
+                  "  ferry.consume_ready(text, text, text, integer), "
+                  "  ferry.consume_finish_many(text, uuid[]) TO c_proto_only; "
                   "GRANT SELECT, INSERT, UPDATE ON t_account, t_applied TO c_proto_only; "
                   "GRANT USAGE ON SEQUENCE t_applied_n_seq TO c_proto_only; "
                   "INSERT INTO ferry.consumer_owner (consumer, role) "
@@ -1022,6 +1024,11 @@ static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
     free(db);
     assert_non_null(c);
     poll_until(c, applied_and_dead, 3);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    /* The poison's batch, if any, rolled back once; no batch failed for
+     * want of a privilege (consume_finish_many's, say). */
+    assert_true(s.batch_fallbacks <= 1);
     consumer_done(c);
     assert_order(conn, "c-protoonly", "a", "1,2,3");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
