@@ -592,9 +592,12 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
     if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
         PQclear(pr);
-        /* One of the two may be there: DEALLOCATE ALL, so that the next
-         * try prepares both on a clean slate. */
-        PQclear(PQexec(conn, "DEALLOCATE ALL"));
+        /* Some may be there: dropped (errors ignored), so that the next
+         * try prepares all on a clean slate. Only ours: the handler's own
+         * prepared statements live on the same session. */
+        PQclear(PQexec(conn, "DEALLOCATE " CLAIM_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " FINISH_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " FINISH_MANY_STMT));
         return rc;
     }
     PQclear(pr);
