@@ -424,7 +424,7 @@ static void append_v(loader *ld, const char *fmt, va_list ap)
      * valid UTF-8 without control characters (the fuzz target checks). */
     char raw[2048];
     vsnprintf(raw, sizeof raw, fmt, ap);
-    ferry_escape_text(ld->err + used, ld->errlen - used, raw);
+    ferry__escape_text(ld->err + used, ld->errlen - used, raw);
 }
 
 __attribute__((format(printf, 2, 3)))
@@ -519,7 +519,7 @@ static int set_string(loader *ld, char **slot, const char *value)
 static int parse_int(const char *text, long min, long max, int *out, char *why, size_t whylen)
 {
     long v = 0;
-    switch (ferry_parse_long(text, min, max, &v)) {
+    switch (ferry__parse_long(text, min, max, &v)) {
     case FERRY_INT_SYNTAX:
         snprintf(why, whylen, "expected a decimal integer, not \"%.64s\"", text);
         return -1;
