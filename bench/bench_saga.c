@@ -90,7 +90,13 @@ enum {
     LAST_STEP = 2,                  /* the pivot: its success completes the saga */
     POLL_MS = 50,
     STALL_TIMEOUT_MS = 60000,       /* nothing completed for this long: give up */
-    PENDING_MAX = 64,
+    /* Completions noted in one poll: a poll applies a batch (up to the
+     * consumer's batch_max, 1000 at most) and may drain held messages, so
+     * the list grows; this only bounds it. With a fixed 64 here a batch
+     * of 100 replies that completed more than 64 sagas lost the rest from
+     * sight: the sagas completed in the database, the bench waited for
+     * them for a minute and failed -- the "stuck sagas" of batch_max 100. */
+    PENDING_MAX = 1 << 20,
     CONSUMERS_MAX = 4,              /* per role: the topics have 4 partitions */
 };
 
@@ -149,14 +155,16 @@ typedef struct worker {
     pthread_t thread;
     int started;                    /* thread is running */
     atomic_int assigned;            /* has had partitions assigned */
-    long pending[PENDING_MAX];      /* completions seen in the transaction being applied */
-    int n_pending;
+    long *pending;                  /* completions seen in the transactions being applied */
+    size_t n_pending, cap_pending;
     int overflow;
     ferry_error err;
     ferry_code rc;
+    ferry_consumer_stats stats;     /* at the end, for the report */
 } worker;
 
 static ferry_saga_registry *bench_reg;
+static long bench_batch_max;       /* FERRY_BENCH_BATCH_MAX; 0: the library's default */
 static atomic_int stop_flag;
 static atomic_int failed;
 
@@ -176,9 +184,15 @@ static void note(worker *w, long run_id, long seq)
     run *r = atomic_load(&current);
     if (r == NULL || run_id != r->id || seq < 0 || seq >= r->n)
         return;
-    if (w->n_pending == PENDING_MAX) {
-        w->overflow = 1;
-        return;
+    if (w->n_pending == w->cap_pending) {
+        size_t cap = w->cap_pending ? w->cap_pending * 2 : 256;
+        long *p = cap <= PENDING_MAX ? realloc(w->pending, cap * sizeof *p) : NULL;
+        if (p == NULL) {
+            w->overflow = 1;        /* consumers_stop says so and the bench fails */
+            return;
+        }
+        w->pending = p;
+        w->cap_pending = cap;
     }
     w->pending[w->n_pending++] = seq;
 }
@@ -187,7 +201,7 @@ static void stamp(worker *w)
 {
     run *r = atomic_load(&current);
     int64_t t = clk_mono_us();
-    for (int i = 0; r != NULL && i < w->n_pending; i++)
+    for (size_t i = 0; r != NULL && i < w->n_pending; i++)
         if (r->done_us[w->pending[i]] == 0) {
             r->done_us[w->pending[i]] = t;
             atomic_fetch_add_explicit(&r->done, 1, memory_order_release);
@@ -479,6 +493,7 @@ static int consumers_start(bench *b)
             .kafka_props = props,
             .handler = i == C_ORCH ? orchestrate : i == C_HOP ? hop : participate,
             .handler_arg = w,
+            .batch_max = (int)bench_batch_max,
         };
         ferry_error err;
         ferry_code rc = ferry_consumer_new(&conf, &w->c, &err);
@@ -529,14 +544,19 @@ static int consumers_stop(bench *b)
         }
         ferry_consumer_stats s;
         ferry_consumer_stats_get(w->c, &s);
+        w->stats = s;
         if (s.dead_lettered != 0 || s.handler_failures != 0 || w->overflow) {
-            fprintf(stderr, "bench: consumer %s: %llu dead-lettered, %llu handler failures\n",
+            fprintf(stderr, "bench: consumer %s: %llu dead-lettered, %llu handler failures%s\n",
                     name_of[i], (unsigned long long)s.dead_lettered,
-                    (unsigned long long)s.handler_failures);
+                    (unsigned long long)s.handler_failures,
+                    w->overflow ? ", completions lost from sight (the bench's list is full)"
+                                : "");
             rc = -1;
         }
         ferry_consumer_destroy(w->c);
         w->c = NULL;
+        free(w->pending);
+        w->pending = NULL;
     }
     return rc;
 }
@@ -589,7 +609,8 @@ typedef struct figures {
 } figures;
 
 static void print_report(const figures *f, long sagas, long seconds, double steady,
-                         long per_role, const char *server, const char *fsync_s)
+                         long per_role, const char *server, const char *fsync_s,
+                         const worker *w, int nw)
 {
     int n = f->rounds;
     printf("ferry saga benchmark (libferry %s)\n", ferry_version());
@@ -631,7 +652,17 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
     double s50 = bench_median(f->saga[0], n), h50 = bench_median(f->hop[0], n);
     printf("\na saga is %d hops (3 commands, 3 replies): saga p50 / hop p50 = %.2f "
            "(%.2f per hop)\n", HOPS, s50 / h50, s50 / h50 / HOPS);
-    printf("check: every saga completed, every hop applied, nothing dead-lettered\n\n");
+    printf("check: every saga completed, every hop applied, nothing dead-lettered\n");
+    printf("batches (batch_max %s): messages per transaction, by consumer:",
+           bench_batch_max ? "from FERRY_BENCH_BATCH_MAX" : "the library's default");
+    for (int k = 0; k < nw; k++) {
+        const ferry_consumer_stats *st = &w[k].stats;
+        uint64_t msgs = st->applied + st->duplicates + st->late;
+        uint64_t tx = msgs > st->batch_messages ? msgs - st->batch_messages + st->batches
+                                                : st->batches;
+        printf(" %s %.1f", name_of[w[k].which], tx ? (double)msgs / (double)tx : 0.0);
+    }
+    printf("\n\n");
     printf("bench saga_completed_per_s %.1f sagas/s\n", bench_median(f->rate, n));
     printf("bench saga_latency_p50_ms %.1f ms\n", s50);
     printf("bench saga_latency_p99_ms %.1f ms\n", bench_median(f->saga[1], n));
@@ -646,7 +677,8 @@ int main(void)
     if (bench_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
         bench_env_long("FERRY_BENCH_CONSUMERS", 1, 1, CONSUMERS_MAX, &per_role) != 0 ||
         bench_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
-        bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0)
+        bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0 ||
+        bench_env_long("FERRY_BENCH_BATCH_MAX", 0, 0, 1000, &bench_batch_max) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
@@ -730,10 +762,20 @@ int main(void)
         print_statements(b.conn);
 
 out:
+    if (status != 0 && b.conn != NULL) {
+        /* What the database says, beside what the consumers reported: a
+         * saga the bench lost sight of is not one the library left. */
+        PGresult *res = PQexec(b.conn, "SELECT state, count(*) FROM ferry.saga GROUP BY 1 "
+                                       "ORDER BY 1");
+        for (int i = 0; PQresultStatus(res) == PGRES_TUPLES_OK && i < PQntuples(res); i++)
+            fprintf(stderr, "bench: sagas %s: %s\n", PQgetvalue(res, i, 0),
+                    PQgetvalue(res, i, 1));
+        PQclear(res);
+    }
     if (consumers_stop(&b) != 0)
         status = 1;
     if (status == 0)
-        print_report(&f, sagas, seconds, steady, per_role, server, fsync_s);
+        print_report(&f, sagas, seconds, steady, per_role, server, fsync_s, b.w, b.n_workers);
     if (b.relay_pid > 0) {
         kill(b.relay_pid, SIGTERM);
         int st;
