@@ -98,6 +98,7 @@ enum {
      * them for a minute and failed -- the "stuck sagas" of batch_max 100. */
     PENDING_MAX = 1 << 20,
     CONSUMERS_MAX = 4,              /* per role: the topics have 4 partitions */
+    STARTERS_MAX = 16,              /* connections starting a burst's sagas */
 };
 
 static const char saga_yaml[] =
@@ -173,8 +174,11 @@ static size_t id_hash(uint64_t hi, uint64_t lo)
     return (size_t)(h ^ (h >> 29));
 }
 
+static pthread_mutex_t ids_lock = PTHREAD_MUTEX_INITIALIZER;  /* starters put */
+
 static void id_put(run *r, const ferry_uuid *u, long seq)
 {
+    pthread_mutex_lock(&ids_lock);
     uint64_t hi, lo;
     id_split(u, &hi, &lo);
     size_t i = id_hash(hi, lo) & r->ids_mask;
@@ -183,6 +187,7 @@ static void id_put(run *r, const ferry_uuid *u, long seq)
     atomic_store_explicit(&r->ids[i].lo, lo, memory_order_relaxed);
     atomic_store_explicit(&r->ids[i].seq, seq, memory_order_relaxed);
     atomic_store_explicit(&r->ids[i].hi, hi, memory_order_release);
+    pthread_mutex_unlock(&ids_lock);
 }
 
 /* The seq of saga u in r, or -1. */
@@ -216,6 +221,7 @@ typedef struct worker {
 } worker;
 
 static ferry_saga_registry *bench_reg;
+static long bench_starters = 1;    /* FERRY_BENCH_STARTERS: connections starting a burst */
 static long bench_batch_max;       /* FERRY_BENCH_BATCH_MAX; 0: the library's default */
 static atomic_int stop_flag;
 static atomic_int failed;
@@ -380,13 +386,13 @@ static void run_free(run *r)
 
 /* Item seq of run r: a saga started, or (hop) a message emitted, in a
  * transaction of its own. */
-static int start_one(bench *b, run *r, long seq, int is_hop)
+static int start_one(PGconn *conn, run *r, long seq, int is_hop)
 {
     char body[128];
     snprintf(body, sizeof body, "{\"order_id\": \"o-%ld-%ld\", \"total\": 42, \"run\": %ld, "
                                 "\"seq\": %ld}", r->id, seq, r->id, seq);
     r->start_us[seq] = clk_mono_us();
-    if (bench_exec(b->conn, "BEGIN") != 0)
+    if (bench_exec(conn, "BEGIN") != 0)
         return -1;
     ferry_error err;
     ferry_code rc;
@@ -395,20 +401,20 @@ static int start_one(bench *b, run *r, long seq, int is_hop)
         snprintf(key, sizeof key, "k-%ld", seq % 64);
         ferry_msg m = {.topic = HOP_TOPIC, .key = key, .key_len = strlen(key),
                        .type = "Hop", .payload = body, .payload_len = strlen(body)};
-        rc = ferry_emit(b->conn, &m, NULL, NULL, &err);
+        rc = ferry_emit(conn, &m, NULL, NULL, &err);
     } else {
         ferry_uuid id;
-        rc = ferry_saga_start(b->conn, bench_reg, "order", body, &id, &err);
+        rc = ferry_saga_start(conn, bench_reg, "order", body, &id, &err);
         if (rc == FERRY_OK)
             id_put(r, &id, seq);    /* before the COMMIT: before any reply */
     }
     if (rc != FERRY_OK) {
         fprintf(stderr, "bench: %s: %s: %s\n", is_hop ? "ferry_emit" : "ferry_saga_start",
                 ferry_code_name(rc), err.message);
-        PQclear(PQexec(b->conn, "ROLLBACK"));
+        PQclear(PQexec(conn, "ROLLBACK"));
         return -1;
     }
-    return bench_exec(b->conn, "COMMIT");
+    return bench_exec(conn, "COMMIT");
 }
 
 /* Wait until every item of r is done; fail after STALL_TIMEOUT_MS without
@@ -438,27 +444,76 @@ static int await_all(run *r)
 }
 
 /* Burst: n sagas back to back. *rate gets n / (first BEGIN -> last done). */
-static int run_burst(bench *b, long n, double *rate)
+/* One starting connection of a burst: items k, k + step, ... of r. */
+typedef struct starter {
+    bench *b;
+    run *r;
+    PGconn *conn;
+    long k, step;
+    int rc;
+    pthread_t thread;
+} starter;
+
+static void *starter_main(void *arg)
+{
+    starter *st = arg;
+    st->rc = 0;
+    for (long i = st->k; i < st->r->n && st->rc == 0; i += st->step)
+        st->rc = start_one(st->conn, st->r, i, 0);
+    return NULL;
+}
+
+/* Burst: n sagas back to back, from starters connections at once (1 by
+ * default: FERRY_BENCH_STARTERS). *rate gets n / (first BEGIN -> last
+ * done). */
+static int run_burst(bench *b, long n, long starters, double *rate)
 {
     run r;
     if (run_init(&r, b, n) != 0)
         return -1;
     int rc = -1;
-    for (long i = 0; i < n; i++)
-        if (start_one(b, &r, i, 0) != 0)
+    starter st[STARTERS_MAX];
+    long made = 0;
+    int64_t t0 = clk_mono_us();
+    if (starters <= 1) {
+        for (long i = 0; i < n; i++)
+            if (start_one(b->conn, &r, i, 0) != 0)
+                goto out;
+    } else {
+        for (; made < starters; made++) {
+            st[made] = (starter){.b = b, .r = &r, .k = made, .step = starters};
+            if ((st[made].conn = fpg_connect(b->pg)) == NULL)
+                break;
+        }
+        int started = 0;
+        for (long k = 0; made == starters && k < starters; k++, started++)
+            if (pthread_create(&st[k].thread, NULL, starter_main, &st[k]) != 0)
+                break;
+        int failed_start = started < starters;
+        for (int k = 0; k < started; k++) {
+            pthread_join(st[k].thread, NULL);
+            failed_start |= st[k].rc != 0;
+        }
+        if (failed_start)
             goto out;
-    /* Whether the starting connection, not the pipeline, set the pace. */
-    fprintf(stderr, "bench: burst of %ld started in %.0f ms\n", n,
-            (double)(clk_mono_us() - r.start_us[0]) / 1e3);
+    }
+    /* Whether the starting connections, not the pipeline, set the pace. */
+    fprintf(stderr, "bench: burst of %ld started in %.0f ms (%ld connection%s)\n", n,
+            (double)(clk_mono_us() - t0) / 1e3, starters, starters > 1 ? "s" : "");
     if (await_all(&r) != 0)
         goto out;
-    int64_t last = 0;
-    for (long i = 0; i < n; i++)
+    int64_t first = r.start_us[0], last = 0;
+    for (long i = 0; i < n; i++) {
         if (r.done_us[i] > last)
             last = r.done_us[i];
-    *rate = (double)n / ((double)(last - r.start_us[0]) / 1e6);
+        if (r.start_us[i] < first)
+            first = r.start_us[i];
+    }
+    *rate = (double)n / ((double)(last - first) / 1e6);
     rc = 0;
 out:
+    for (long k = 0; k < made; k++)
+        PQfinish(st[k].conn);
     run_free(&r);
     return rc;
 }
@@ -483,7 +538,7 @@ static int run_steady(bench *b, int is_hop, double rate, long seconds, double ou
     int64_t t0 = clk_mono_us(), step = (int64_t)(1e6 / rate);
     for (long i = 0; i < n; i++) {
         sleep_until_us(t0 + i * step);      /* pacing, not synchronisation */
-        if (start_one(b, &r, i, is_hop) != 0)
+        if (start_one(b->conn, &r, i, is_hop) != 0)
             goto out;
     }
     if (await_all(&r) != 0)
@@ -681,9 +736,10 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
     printf("saga: three steps (the last the pivot), participants that do nothing but "
            "ferry_participant_handle;\n  start = BEGIN; ferry_saga_start; COMMIT on one "
            "connection; done = the completing reply committed\n");
-    printf("method: %d rounds of (burst of %ld sagas, %ld s at %.1f sagas/s, %ld s of hops "
-           "at %.1f msgs/s),\n  the two steady runs swapped every round; medians over the "
-           "rounds\n", n, sagas, seconds, steady, seconds, steady * HOPS);
+    printf("method: %d rounds of (burst of %ld sagas from %ld connection%s, %ld s at %.1f "
+           "sagas/s, %ld s of hops\n  at %.1f msgs/s), the two steady runs swapped every "
+           "round; medians over the rounds\n", n, sagas, bench_starters,
+           bench_starters > 1 ? "s" : "", seconds, steady, seconds, steady * HOPS);
     printf("\n%-34s", "");
     for (int r = 0; r < n; r++)
         printf(" %7s%d", "round ", r + 1);
@@ -733,13 +789,15 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
 
 int main(void)
 {
-    long sagas, seconds, rounds, per_role;
+    long sagas, seconds, rounds, per_role, starters;
     if (bench_env_long("FERRY_BENCH_SAGAS", DEFAULT_SAGAS, 10, SAGAS_MAX, &sagas) != 0 ||
         bench_env_long("FERRY_BENCH_CONSUMERS", 1, 1, CONSUMERS_MAX, &per_role) != 0 ||
         bench_env_long("FERRY_BENCH_SECONDS", DEFAULT_SECONDS, 1, SECONDS_MAX, &seconds) != 0 ||
         bench_env_long("FERRY_BENCH_ROUNDS", DEFAULT_ROUNDS, 1, ROUNDS_MAX, &rounds) != 0 ||
-        bench_env_long("FERRY_BENCH_BATCH_MAX", 0, 0, 1000, &bench_batch_max) != 0)
+        bench_env_long("FERRY_BENCH_BATCH_MAX", 0, 0, 1000, &bench_batch_max) != 0 ||
+        bench_env_long("FERRY_BENCH_STARTERS", 1, 1, STARTERS_MAX, &starters) != 0)
         return 1;
+    bench_starters = starters;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
     const char *relay_bin = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
@@ -782,11 +840,11 @@ int main(void)
             kt_bootstrap(b.kb));
     /* Warm-up, untimed: the consumers join their groups. */
     double warm = 0;
-    if (run_burst(&b, 10, &warm) != 0)
+    if (run_burst(&b, 10, 1, &warm) != 0)
         goto out;
 
     for (int r = 0; r < f.rounds; r++) {
-        if (run_burst(&b, sagas, &f.rate[r]) != 0)
+        if (run_burst(&b, sagas, starters, &f.rate[r]) != 0)
             goto out;
         fprintf(stderr, "bench: round %d/%d burst %8.1f sagas/s\n", r + 1, f.rounds, f.rate[r]);
         if (r == 0) {
