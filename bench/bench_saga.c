@@ -44,6 +44,13 @@
  * together, carry the rate. The figures' names do not change; the report
  * says how many ran.
  *
+ * FERRY_BENCH_STARTERS=N (1..16, default 1) starts a burst's sagas from
+ * N connections at once: one connection, each saga in its own
+ * transaction, waits for a WAL flush per saga and can set the pace
+ * itself. FERRY_BENCH_BATCH_MAX=N gives every consumer batch_max N (0,
+ * the default: the library's); the report prints messages per
+ * transaction by consumer.
+ *
  * FERRY_BENCH_STATEMENTS=1 loads pg_stat_statements and prints, at the
  * end, the statements that took the server the most time (a profile of
  * the path, not a figure).
@@ -136,15 +143,15 @@ static const char *const name_of[C_COUNT] = {
     [C_SHIPPING] = "shipping", [C_HOP] = "hop",
 };
 
-/* One measured run: what was started when, and when it completed. The
- * main thread writes start_us, a consumer thread done_us; done counts the
- * completions (release), so the main thread may read done_us[0..n) once
- * it has seen done == n (acquire). */
 typedef struct idslot {
     _Atomic uint64_t hi, lo;        /* the saga's id; hi 0: free */
     atomic_long seq;
 } idslot;
 
+/* One measured run: what was started when, and when it completed. The
+ * main thread writes start_us, a consumer thread done_us; done counts the
+ * completions (release), so the main thread may read done_us[0..n) once
+ * it has seen done == n (acquire). */
 typedef struct run {
     long id;                        /* in the context / payload; others are ignored */
     long n;
