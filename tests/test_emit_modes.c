@@ -6,7 +6,10 @@
  *     jsonb's canonical text, so that a payload over the limit only
  *     canonically is refused before anything is sent and the caller's
  *     transaction goes on (before, the server refused it and aborted the
- *     transaction).
+ *     transaction);
+ *   - a message id emitted again: refused alike in table and wal mode
+ *     while a message with that id waits in the outbox table, and what
+ *     neither mode promises beyond that.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -14,6 +17,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "tu_wal.h"
 #include "../lib/internal.h"
 
 /* ------------------------------------------------------------ canonical size */
@@ -140,6 +144,95 @@ static void a_payload_over_the_limit_only_canonically_is_refused_by_the_client(v
     PQfinish(c);
 }
 
+/* --------------------------------------------------------------- message ids */
+
+/* Emit id under key, delayed by delay_ms, with ferry.emit_message in a
+ * transaction of its own: the SQLSTATE of the refusal, or NULL if it
+ * committed (caller frees). A unique violation must name the outbox's
+ * primary key, as table mode's does. */
+static char *emit_id(PGconn *c, const char *id, const char *key, const char *delay_ms)
+{
+    const char *p[3] = {id, key, delay_ms};
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit_message(topic => 'ids', key => $2, "
+                                    "type => 'T', payload => '{}', delay_ms => $3::bigint, "
+                                    "id => $1::uuid)", 3, NULL, p, NULL, NULL, 0);
+    char *st = NULL;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        st = strdup(PQresultErrorField(res, PG_DIAG_SQLSTATE));
+        const char *cons = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+        if (strcmp(st, "23505") == 0)
+            assert_string_equal(cons ? cons : "-", "outbox_pkey");
+    }
+    PQclear(res);
+    return st;
+}
+
+static void want_refused(char *st, const char *mode, const char *what)
+{
+    if (st == NULL || strcmp(st, "23505") != 0)
+        fail_msg("%s mode, %s: want 23505, got %s", mode, what, st ? st : "a commit");
+    free(st);
+}
+
+/*
+ * A message id is the consumers' dedupe key, so an id emitted again is a
+ * mistake the caller should hear of. Table mode refuses it by the
+ * outbox's primary key, which holds only while the first message waits
+ * in the table: once the relay has published and deleted it, the id is
+ * taken again. wal mode now refuses it the same way, with the same
+ * error, while a message with that id waits in the table (a delayed one,
+ * one of a parked key) — before, a second message under another key
+ * went to WAL beside it. A message that went to WAL left no row, and
+ * finding its id again would need the very row wal mode exists to avoid,
+ * so a second one is written (README, "What is refused": ids are the caller's to
+ * keep unique). The test pins all of it down in both modes.
+ */
+static void an_id_emitted_again_is_refused_alike_in_both_modes_while_one_waits_in_the_table(
+    void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_prepare(c);
+    static const char *const modes[2] = {"table", "wal"};
+    static const char *const ids[2] = {"0190a5c0-0000-7000-8000-000000000001",
+                                       "0190a5c0-0000-7000-8000-000000000002"};
+    for (int mo = 0; mo < 2; mo++) {
+        tu_exec(c, "DELETE FROM ferry.outbox");       /* published, as by a relay */
+        tu_wal_mode(c, modes[mo]);
+        const char *id = ids[mo];
+        /* The first waits in the table (delayed, in either mode). */
+        assert_null(emit_id(c, id, "k", "600000"));
+        /* Again under another key, which has nothing waiting (so in wal
+         * mode it would go to WAL): refused. */
+        want_refused(emit_id(c, id, "k2", "0"), modes[mo], "another key");
+        /* Again under the same key, delayed or not: refused. */
+        want_refused(emit_id(c, id, "k", "0"), modes[mo], "same key");
+        want_refused(emit_id(c, id, "k", "600000"), modes[mo], "same key, delayed");
+        /* Published and deleted, as the relay does: the id is free again. */
+        char *sql = tu_sprintf("DELETE FROM ferry.outbox WHERE id = '%s'", id);
+        tu_exec(c, sql);
+        free(sql);
+        assert_null(emit_id(c, id, "k2", "0"));
+        /* In table mode a row; in wal mode a logical message. */
+        assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox "
+                                                 "WHERE id = '%s'", id)), mo == 0 ? 1 : 0);
+        assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM tu_wal_msgs() "
+                                                 "WHERE id = '%s'", id)), mo == 0 ? 0 : 1);
+    }
+    /* One more in wal mode is not refused: two messages with one id
+     * reach WAL. */
+    assert_null(emit_id(c, ids[1], "k2", "0"));
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM tu_wal_msgs() WHERE id = '%s'",
+                                             ids[1])), 2);
+    /* The refused ones gave their positions back: k has one committed
+     * message per mode, k2 one in table mode and two in wal mode. */
+    assert_int_equal(tu_int(c, "SELECT seq FROM ferry.outbox_key WHERE topic = 'ids' "
+                               "AND key = 'k'"), 2);
+    assert_int_equal(tu_int(c, "SELECT seq FROM ferry.outbox_key WHERE topic = 'ids' "
+                               "AND key = 'k2'"), 3);
+    tu_wal_mode(c, "table");
+    PQfinish(c);
+}
+
 int main(void)
 {
     tu_filter_from_env();
@@ -147,6 +240,9 @@ int main(void)
         cmocka_unit_test(the_client_measures_a_payload_as_jsonb_prints_it),
         cmocka_unit_test_setup(
             a_payload_over_the_limit_only_canonically_is_refused_by_the_client,
+            tu_clean_outbox),
+        cmocka_unit_test_setup(
+            an_id_emitted_again_is_refused_alike_in_both_modes_while_one_waits_in_the_table,
             tu_clean_outbox),
     };
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
