@@ -42,6 +42,7 @@ DECLARE
     v_htext text;
     v_dup boolean;
     v_waits boolean;
+    v_ptext text;
 BEGIN
     IF p_id IS NULL THEN
         RAISE EXCEPTION 'message id must not be null'
@@ -95,7 +96,8 @@ BEGIN
     -- what was written ("[1,2]" is "[1, 2]"; "1e5" is "100000"): the limit
     -- is checked on that, the size that will be published.
     v_payload := p_payload::jsonb;
-    v_bytes := octet_length(v_payload::text);
+    v_ptext := v_payload::text;          -- once: wal mode writes this text
+    v_bytes := octet_length(v_ptext);
     IF v_bytes > v_max THEN
         RAISE EXCEPTION 'payload is over the limit of % bytes (ferry.settings.max_payload_bytes) as it will be published: % bytes of canonical JSON',
                         v_max, v_bytes
@@ -192,7 +194,7 @@ BEGIN
                 || octet_length(p_topic)::text || ' ' || octet_length(p_key)::text || ' '
                 || octet_length(v_aggtype)::text || ' ' || octet_length(p_type)::text || ' '
                 || octet_length(v_htext)::text || E'\n'
-                || p_topic || p_key || v_aggtype || p_type || v_htext || v_payload::text);
+                || p_topic || p_key || v_aggtype || p_type || v_htext || v_ptext);
             RETURN v_seq;      -- no wake-up: no table relay has a row to fetch
         END IF;
         INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type,
