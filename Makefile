@@ -114,7 +114,8 @@ Variables:
   PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) RPATH (empty: no rpath in ferry.pc)
   CC=$(CC) FUZZ_CC=$(FUZZ_CC)
   FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS)
-  FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL (environment: scripts/run-tests.sh)
+  FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL, FERRY_TEST_TIMEOUT
+                 (environment: scripts/run-tests.sh)
 
 Lists: PROGRAMS, EXAMPLES, BENCHES (add to them); TESTS, FUZZERS (found:
 tests/test_*.c, tests/fuzz/fuzz_*.c)
@@ -155,6 +156,7 @@ test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             all-inner $(EXAMPLES) $(BENCHES) $(NODE_MODULES)
 	@bash scripts/run-tests.sh \
 	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
+	    --job run_tests_selftest 'bash tests/run_tests_selftest.sh' \
 	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
 	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
 	    build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
