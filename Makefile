@@ -19,10 +19,11 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 
-# libferry reads saga definitions with libyaml's event parser (lib/saga_def.c
-# says why not libcyaml); the relay's config still uses libcyaml.
+# Every YAML file (saga definitions, rules, both programs' configuration)
+# is read with libyaml's event parser through lib/yaml_walk.c (the README's
+# Layout says why not libcyaml).
 PKGS        = libpq jansson rdkafka yaml-0.1
-DAEMON_PKGS = $(PKGS) libcyaml libmicrohttpd
+DAEMON_PKGS = $(PKGS) libmicrohttpd
 TEST_PKGS   = $(DAEMON_PKGS) cmocka
 # Lazy (=): evaluated by the inner make, after deps.sh has run.
 PKG_CFLAGS  = $(shell pkg-config --cflags $(TEST_PKGS))

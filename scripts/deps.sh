@@ -15,7 +15,7 @@ set -eu
 # examples/node/package-lock.json (`npm ci`, run by make).
 # systemd: systemd-analyze verify checks the units (tests/install_check.sh).
 packages="gcc make pkg-config libc6-dev
-libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
+libpq-dev librdkafka-dev libyaml-dev libjansson-dev libmicrohttpd-dev
 libcmocka-dev postgresql clang libclang-rt-14-dev
 python3 python3-psycopg2 python3-confluent-kafka nodejs npm systemd"
 
