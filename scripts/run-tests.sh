@@ -34,7 +34,7 @@
 #   FERRY_TEST_CPU_JOBS  --cpu jobs at once (default: cores - 1, at least 1)
 #   FERRY_TEST_TAIL      lines of a failed job's log to print (default 80)
 #   FERRY_TEST_TIMEOUT   seconds a job may run before it is stopped and
-#                        fails, naming itself and its log (default 600;
+#                        fails, naming itself and its log (default 1800;
 #                        6000 under FERRY_VALGRIND)
 #   FERRY_TEST_LOGDIR    where the logs and durations go (build/test-logs)
 #   FERRY_VALGRIND=1     run the TEST binaries under valgrind
@@ -59,13 +59,14 @@ cores=$(nproc 2>/dev/null || echo 2)
 max_cpu=${FERRY_TEST_CPU_JOBS:-$((cores > 1 ? cores - 1 : 1))}
 tail_lines=${FERRY_TEST_TAIL:-80}
 # A hung binary would otherwise hold the whole run until CI's own limit
-# (90 min) kills it without saying which one. Every test waits on events
-# with deadlines of its own, well under a minute each; ten minutes is far
-# beyond the slowest whole binary on a loaded machine (a few minutes).
+# (90 min) kills it without saying which one. Half an hour: test_relay_sim,
+# 76 s alone on 2 cores, took 626 to 629 s while five other suites shared
+# the same 2 cores (and one run past 600 s), so ten minutes would fail a
+# slow but healthy job.
 if [ -n "${FERRY_VALGRIND:-}" ]; then
     timeout_secs=${FERRY_TEST_TIMEOUT:-6000}
 else
-    timeout_secs=${FERRY_TEST_TIMEOUT:-600}
+    timeout_secs=${FERRY_TEST_TIMEOUT:-1800}
 fi
 for v in "$max_jobs" "$max_cpu" "$tail_lines" "$timeout_secs"; do
     case $v in ''|*[!0-9]*|0) echo "$0: FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL and FERRY_TEST_TIMEOUT take a number > 0" >&2; exit 2 ;; esac
