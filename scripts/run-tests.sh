@@ -18,9 +18,9 @@
 # they were written; I/O-bound ones fill the other slots meanwhile.
 #
 # Order: slowest first, by the durations the last run kept in
-# build/test-logs/durations (-valgrind), so that a long test does not start last and
-# keep everyone waiting; a job never timed counts as slowest (it is new,
-# or this is the first run). With FERRY_TEST_JOBS=1 they run one by one in
+# build/test-logs/durations (-valgrind), or on a first run those in
+# tests/durations, so that a long test does not start last and keep
+# everyone waiting; a job never timed counts as slowest (it is new). With FERRY_TEST_JOBS=1 they run one by one in
 # the order given, tests before extra jobs, as they used to.
 #
 # Each job's stdout and stderr go to build/test-logs/NAME.log (stdin is
@@ -102,12 +102,19 @@ logdir=${FERRY_TEST_LOGDIR:-build/test-logs}
 durations=$logdir/durations${FERRY_VALGRIND:+-valgrind}
 mkdir -p "$logdir" || exit 2
 
-# The previous run's durations: "NAME SECONDS" lines.
+# The previous run's durations: "NAME SECONDS" lines. A fresh clone (CI
+# always is one) has none: tests/durations, measured once on 2 busy cores,
+# gives the order instead, so that the longest jobs (test_relay_sim, a
+# simulator that computes for minutes) do not start last and hold up the
+# end; without it they start in the order given, test_relay_sim among the
+# last.
 declare -A took_before=()
-if [ -f "$durations" ]; then
+order_from=$durations
+[ -f "$order_from" ] || [ -n "${FERRY_VALGRIND:-}" ] || order_from=tests/durations
+if [ -f "$order_from" ]; then
     while read -r n s; do
         case $s in ''|*[!0-9]*) ;; *) took_before[$n]=$s ;; esac
-    done <"$durations"
+    done <"$order_from"
 fi
 
 # The queue: indexes into names[], in the order they should start.
