@@ -67,152 +67,21 @@ static const char *const account_ids[ACCOUNTS] = {"acct-1", "acct-2", "acct-3", 
 
 /* ------------------------------------------------------------ the second service */
 
-/* account-service running as a child: its stdout (the stats line) comes
- * through a pipe, its stderr (ferry's JSON log) goes to a temporary file,
- * shown when something goes wrong. */
-typedef struct service {
-    pid_t pid;                  /* 0 once collected */
-    int out;                    /* read end of its stdout */
-    FILE *log;                  /* its stderr */
-    int status;                 /* exit status once collected; 128 + N for signal N */
-} service;
+typedef demo_service service;
 
 static int service_start(service *svc, const char *bin, const char *db, const char *bootstrap)
 {
-    memset(svc, 0, sizeof *svc);
-    svc->out = -1;
-    svc->log = tmpfile();
-    if (svc->log == NULL)
-        return demo_fail("tmpfile: %s", strerror(errno));
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return demo_fail("pipe: %s", strerror(errno));
     const char *argv[] = {bin, "--db", db, "--kafka", bootstrap, "--name", CONSUMER,
                           "--topic", TOPIC, NULL};
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        /* Die with the demo; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        static const char msg[] = "could not execute $FERRY_ACCOUNT_SERVICE_BIN\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)w;
-        _exit(127);
-    }
-    close(fds[1]);
-    svc->pid = pid;
-    svc->out = fds[0];
-    return 0;
-}
-
-/* Collect the child if it has exited (without waiting): 1 if it has. */
-static int service_exited(service *svc)
-{
-    if (svc->pid == 0)
-        return 1;
-    int wstatus;
-    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
-        return 0;
-    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    svc->pid = 0;
-    return 1;
-}
-
-/* Its log so far, indented, for a failure report (on stderr). */
-static void service_show_log(service *svc)
-{
-    if (svc->log == NULL)
-        return;
-    fflush(stdout);
-    fprintf(stderr, "demo: account-service's stderr:\n");
-    char line[1024];
-    rewind(svc->log);
-    while (fgets(line, sizeof line, svc->log) != NULL)
-        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
-    fseek(svc->log, 0, SEEK_END);
+    return demo_service_start(svc, "account-service", argv);
 }
 
 /* The service died on its own: that is a failure of the step waiting on it. */
 static int service_died(service *svc)
 {
     int rc = demo_fail("account-service exited with status %d", svc->status);
-    service_show_log(svc);
+    demo_service_show_log(svc);
     return rc;
-}
-
-/* SIGTERM, then read its stdout to EOF and collect it, within
- * STOP_TIMEOUT_MS (SIGKILL after that). */
-static int service_stop(service *svc, char *out, size_t size)
-{
-    size_t len = 0;
-    out[0] = '\0';
-    if (svc->pid != 0)
-        kill(svc->pid, SIGTERM);
-    long long deadline = clk_mono_ms() + STOP_TIMEOUT_MS;
-    int timed_out = 0;
-    while (svc->out >= 0) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[512];
-        ssize_t got = read(svc->out, chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
-        memcpy(out + len, chunk, keep);
-        len += keep;
-        out[len] = '\0';
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->pid != 0) {
-        if (timed_out)
-            kill(svc->pid, SIGKILL);
-        int wstatus;
-        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
-            ;
-        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-        svc->pid = 0;
-    }
-    if (timed_out)
-        return demo_fail("account-service did not exit within %d ms of SIGTERM (killed)",
-                    STOP_TIMEOUT_MS);
-    return 0;
-}
-
-/* Whatever state it is in: gone, and its files closed. */
-static void service_cleanup(service *svc)
-{
-    if (svc->pid != 0) {
-        kill(svc->pid, SIGKILL);
-        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        svc->pid = 0;
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->log != NULL)
-        fclose(svc->log);
-    svc->log = NULL;
 }
 
 /* Poll sql (one number) on conn until it equals want, at most
@@ -228,12 +97,12 @@ static int await_value(PGconn *conn, service *svc, const char *sql, const char *
             return -1;
         if (got == want)
             break;
-        if (service_exited(svc))
+        if (demo_service_exited(svc))
             return service_died(svc);
         if (clk_mono_ms() - t0 > WAIT_TIMEOUT_MS) {
             int rc = demo_fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
                           sql, want, got);
-            service_show_log(svc);
+            demo_service_show_log(svc);
             return rc;
         }
         clk_sleep_ms(POLL_INTERVAL_MS);
@@ -800,8 +669,8 @@ static int stop_service(demo *d)
 {
     demo_step("SIGTERM to account-service: it finishes, commits its offsets, prints its stats");
     char out[512];
-    if (service_stop(&d->svc, out, sizeof out) != 0) {
-        service_show_log(&d->svc);
+    if (demo_service_stop(&d->svc, STOP_TIMEOUT_MS, out, sizeof out) != 0) {
+        demo_service_show_log(&d->svc);
         return -1;
     }
     char *nl = strchr(out, '\n');
@@ -810,7 +679,7 @@ static int stop_service(demo *d)
     demo_say("exit status %d; stdout: %s", d->svc.status, out);
     if (d->svc.status != 0 || strncmp(out, "stats ", 6) != 0) {
         int rc = demo_fail("expected exit status 0 and a stats line");
-        service_show_log(&d->svc);
+        demo_service_show_log(&d->svc);
         return rc;
     }
     long applied = stat_of(out, "applied"), dup = stat_of(out, "duplicates"),
@@ -870,7 +739,7 @@ int main(void)
     }
 
     demo_step("Tearing down the service, the broker and the cluster");
-    service_cleanup(&d.svc);
+    demo_service_cleanup(&d.svc);
     if (d.kb != NULL) {
         int st = kt_terminate(d.kb);
         if (st != 0 && rc == 0)

@@ -202,3 +202,133 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
     *log_out = log;
     return 0;
 }
+
+/* ------------------------------------------------------------ a service */
+
+int demo_service_start(demo_service *svc, const char *name, const char *const *argv)
+{
+    memset(svc, 0, sizeof *svc);
+    svc->name = name;
+    svc->out = -1;
+    svc->log = tmpfile();
+    if (svc->log == NULL)
+        return demo_fail("tmpfile: %s", strerror(errno));
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return demo_fail("pipe: %s", strerror(errno));
+    /* Formatted before the fork: the child makes async-signal-safe calls
+     * only until exec. */
+    char msg[512];
+    int msglen = snprintf(msg, sizeof msg, "could not execute %s\n", argv[0]);
+    if (msglen < 0 || (size_t)msglen >= sizeof msg)
+        msglen = (int)strlen(msg);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return demo_fail("fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
+            _exit(127);
+        execvp(argv[0], (char *const *)argv);
+        ssize_t w = write(STDERR_FILENO, msg, (size_t)msglen);
+        (void)w;
+        _exit(127);
+    }
+    close(fds[1]);
+    svc->pid = pid;
+    svc->out = fds[0];
+    return 0;
+}
+
+int demo_service_exited(demo_service *svc)
+{
+    if (svc->pid == 0)
+        return 1;
+    int wstatus;
+    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
+        return 0;
+    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    svc->pid = 0;
+    return 1;
+}
+
+void demo_service_show_log(demo_service *svc)
+{
+    if (svc->log == NULL)
+        return;
+    fflush(stdout);
+    fprintf(stderr, "demo: %s's stderr:\n", svc->name);
+    char line[1024];
+    rewind(svc->log);
+    while (fgets(line, sizeof line, svc->log) != NULL)
+        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
+    fseek(svc->log, 0, SEEK_END);
+}
+
+int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    if (svc->pid != 0)
+        kill(svc->pid, SIGTERM);
+    long long deadline = clk_mono_ms() + timeout_ms;
+    int timed_out = 0;
+    while (svc->out >= 0) {
+        long long left = deadline - clk_mono_ms();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[512];
+        ssize_t got = read(svc->out, chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
+        memcpy(out + len, chunk, keep);
+        len += keep;
+        out[len] = '\0';
+    }
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->pid != 0) {
+        if (timed_out)
+            kill(svc->pid, SIGKILL);
+        int wstatus;
+        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
+            ;
+        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+        svc->pid = 0;
+    }
+    if (timed_out)
+        return demo_fail("%s did not exit within %d ms of SIGTERM (killed)", svc->name,
+                         timeout_ms);
+    return 0;
+}
+
+void demo_service_cleanup(demo_service *svc)
+{
+    if (svc->pid != 0) {
+        kill(svc->pid, SIGKILL);
+        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        svc->pid = 0;
+    }
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->log != NULL)
+        fclose(svc->log);
+    svc->log = NULL;
+}
