@@ -255,71 +255,6 @@ static int check_books(PGconn *payments, PGconn *accounts, const long expect[ACC
 
 /* ------------------------------------------------------------ the duplicate */
 
-typedef struct delivery {
-    rd_kafka_resp_err_t err;
-    int32_t partition;
-    int64_t offset;
-    int done;
-} delivery;
-
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    (void)rk;
-    (void)opaque;
-    delivery *d = m->_private;
-    d->err = m->err;
-    d->partition = m->partition;
-    d->offset = m->offset;
-    d->done = 1;
-}
-
-/* Publish an exact copy of m — key, value, every header in order — to the
- * partition it came from, as a relay resending it would (same key, same
- * partitioner). *copy_out gets where the copy landed. */
-static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *copy_out)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
-    }
-    /* conf belongs to rk now. */
-    int rc = 0;
-    delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
-    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
-    for (size_t i = 0; i < m->header_count; i++)
-        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
-                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
-        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
-        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_headers_destroy(h);    /* still ours: producev failed */
-        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
-    } else {
-        /* The copy is published when its delivery report says so. */
-        rd_kafka_flush(rk, 10000);
-        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = demo_fail("the copy was not delivered: %s",
-                      d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
-    }
-    rd_kafka_destroy(rk);
-    if (rc == 0)
-        *copy_out = d;
-    return rc;
-}
-
 /* ------------------------------------------------------------ the walk */
 
 typedef struct demo {
@@ -510,7 +445,7 @@ typedef struct copied {
     char key[64];
     char id[FERRY_UUID_STRING_SIZE];
     char seq[24];               /* its position, ferry_seq */
-    delivery copy;
+    demo_delivery copy;
 } copied;
 
 /* Step 10: publish an exact copy of one message already applied. */
@@ -543,7 +478,7 @@ static int publish_duplicate(demo *d, copied *out)
         (int)orig->partition, (long long)orig->offset, orig->key, id, seq);
     demo_say("          value %s, %zu headers", orig->value ? orig->value : "(null)",
         orig->header_count);
-    if (publish_copy(bootstrap, orig, &out->copy) != 0)
+    if (demo_publish_copy(bootstrap, orig, &out->copy) != 0)
         goto out;
     demo_say("copy:     %s [%d] offset %lld, the same key, value and headers", TOPIC,
         (int)out->copy.partition, (long long)out->copy.offset);

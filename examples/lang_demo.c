@@ -84,68 +84,6 @@ static long stat_of(const char *line, const char *name)
 
 /* ------------------------------------------------------------ Kafka */
 
-typedef struct delivery {
-    rd_kafka_resp_err_t err;
-    int32_t partition;
-    int64_t offset;
-    int done;
-} delivery;
-
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    (void)rk;
-    (void)opaque;
-    delivery *d = m->_private;
-    d->err = m->err;
-    d->partition = m->partition;
-    d->offset = m->offset;
-    d->done = 1;
-}
-
-/* An exact copy of m — key, value, every header — on its partition, as a
- * relay resending it would publish it. */
-static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *out)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
-    }
-    int rc = 0;
-    delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
-    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
-    for (size_t i = 0; i < m->header_count; i++)
-        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
-                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
-        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
-        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_headers_destroy(h);
-        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
-    } else {
-        rd_kafka_flush(rk, 10000);
-        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = demo_fail("the copy was not delivered: %s",
-                           d.done ? rd_kafka_err2str(d.err) : "no delivery report in 10 s");
-    }
-    rd_kafka_destroy(rk);
-    if (rc == 0)
-        *out = d;
-    return rc;
-}
-
 /* The offset consumer group `group` committed on topic/partition, or -1. */
 static int64_t committed(rd_kafka_t *rk, const char *topic, int32_t partition)
 {
@@ -309,8 +247,8 @@ static int one_hop(demo *d, const hop *h)
              kt_header(m, "ferry_id") ? kt_header(m, "ferry_id") : "-",
              kt_header(m, "ferry_seq") ? kt_header(m, "ferry_seq") : "-",
              kt_header(m, "ce_source") ? kt_header(m, "ce_source") : "-");
-    delivery copy = {0};
-    int rc = publish_copy(kt_bootstrap(d->kb), m, &copy);
+    demo_delivery copy = {0};
+    int rc = demo_publish_copy(kt_bootstrap(d->kb), m, &copy);
     int32_t partition = m->partition;
     kt_msgs_free(got);
     if (rc != 0)

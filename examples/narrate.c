@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "narrate.h"
 #include "../tests/harness/clock.h"
 
@@ -331,4 +333,61 @@ void demo_service_cleanup(demo_service *svc)
     if (svc->log != NULL)
         fclose(svc->log);
     svc->log = NULL;
+}
+
+/* ------------------------------------------------------------ a duplicate */
+
+static void on_copy_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    demo_delivery *d = m->_private;
+    d->err = m->err;
+    d->partition = m->partition;
+    d->offset = m->offset;
+    d->done = 1;
+}
+
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return demo_fail("bootstrap.servers: %s", errstr);
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_copy_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return demo_fail("could not create a Kafka producer: %s", errstr);
+    }
+    /* conf belongs to rk now. */
+    int rc = 0;
+    demo_delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
+    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
+    for (size_t i = 0; i < m->header_count; i++)
+        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
+                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
+        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
+        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(h);    /* still ours: producev failed */
+        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
+    } else {
+        /* The copy is published when its delivery report says so. */
+        rd_kafka_flush(rk, 10000);
+        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            rc = demo_fail("the copy was not delivered: %s",
+                      d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
+    }
+    rd_kafka_destroy(rk);
+    if (rc == 0)
+        *copy_out = d;
+    return rc;
 }

@@ -8,12 +8,15 @@
 #define FERRY_EXAMPLES_NARRATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
 
 #include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 
 #include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
 
 /* A new step of the walkthrough: "[N] ...". */
 void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -69,5 +72,19 @@ void demo_service_show_log(demo_service *svc);
 int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size);
 /* Whatever state it is in: gone, and its files closed. */
 void demo_service_cleanup(demo_service *svc);
+
+/* Where a message landed, from its delivery report. */
+typedef struct demo_delivery {
+    rd_kafka_resp_err_t err;
+    int32_t partition;
+    int64_t offset;
+    int done;
+} demo_delivery;
+
+/* Publish an exact copy of m — key, value, every header in order — to the
+ * partition it came from, as a relay resending it would (same key, same
+ * partitioner), and wait up to 10 s for its delivery report. 0 with
+ * *copy_out where the copy landed, or -1 through demo_fail(). */
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out);
 
 #endif
