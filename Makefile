@@ -87,12 +87,13 @@ FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
 .PHONY: all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
-        all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke
+        all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke \
+        coverage coverage-inner
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are not intermediate to us. (.PRECIOUS,
 # not .SECONDARY: the latter would make every target intermediate, the .d
 # files too, and a missing .d would no longer rebuild its object.)
-.PRECIOUS: build/rel/%.o build/asan/%.o build/vg/%.o build/fuzz/%.o
+.PRECIOUS: build/rel/%.o build/asan/%.o build/vg/%.o build/fuzz/%.o build/cov/%.o
 
 # `make help`: the targets and the variables a caller sets.
 define HELP
@@ -102,6 +103,9 @@ Targets:
   all (default)  libferry (static and shared), ferry-relay, ferry-reconcile   build/rel
   test           the whole suite under ASan+UBSan, in parallel           build/asan
   valgrind       the same tests unsanitized, under valgrind              build/vg
+  coverage       the same tests built with --coverage, and gcovr's line and
+                 branch summary of lib/ common/ daemon/ reconciler/      build/cov
+                 (report: build/cov/coverage.html)
   fuzz           each libFuzzer target for FUZZ_SECONDS                  build/fuzz
   demo           ferry end to end on a throwaway PostgreSQL
   bench          the benchmarks, as ratios against a same-run baseline
@@ -186,6 +190,27 @@ fuzz-inner: $(FUZZERS)
 fuzz-smoke: $(FUZZERS)
 	@sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
 
+# The suite built with --coverage (build/cov), the relays and reconcilers
+# it starts as processes too, then gcovr's summary of the code ferry ships
+# (not the tests'). gcovr is a Debian package (scripts/deps.sh coverage);
+# only this target needs it. Counts start from zero on every run. The
+# timing-sensitive tests run unsanitized here, as under valgrind.
+COV_TESTS = $(TESTS:build/asan/%=build/cov/%)
+coverage: deps
+	@sh scripts/deps.sh coverage
+	@$(MAKE) $(INNER_J) --no-print-directory coverage-inner
+coverage-inner: $(COV_TESTS) build/cov/ferry-relay build/cov/ferry-reconcile
+	@find build/cov -name '*.gcda' -delete
+	@FERRY_RELAY_BIN=build/cov/ferry-relay FERRY_RECONCILE_BIN=build/cov/ferry-reconcile \
+	    FERRY_TEST_LOGDIR=build/cov/test-logs bash scripts/run-tests.sh $(COV_TESTS); \
+	    rc=$$?; \
+	    gcovr --root . --object-directory build/cov --filter 'lib/' --filter 'common/' \
+	        --filter 'daemon/' --filter 'reconciler/' --exclude-unreachable-branches \
+	        --print-summary --txt build/cov/coverage.txt \
+	        --html-details build/cov/coverage.html build/cov && \
+	    echo "coverage: build/cov/coverage.txt, build/cov/coverage.html"; \
+	    exit $$rc
+
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 bash scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
 
@@ -225,6 +250,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 #   asan   ASan+UBSan with the test hooks: the suite (`make test`)
 #   vg     the same tests unsanitized, for valgrind (`make valgrind`)
 #   fuzz   clang, libFuzzer's coverage under ASan+UBSan (`make fuzz`)
+#   cov    the tests with --coverage, unsanitized (`make coverage`)
 #
 # Each differs only in its compiler, its flags and how it links (CC_V,
 # CFLAGS_V, LDFLAGS_V below). Any product of any variant can be built by
@@ -236,7 +262,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 # there were any) is rebuilt once: the .d is a prerequisite, named as a
 # target without a recipe, which make counts as just changed when missing.
 # clang writes the .d after the .o, so the .o is touched after both.
-VARIANTS = rel asan vg fuzz
+VARIANTS = rel asan vg fuzz cov
 ALL_C    = $(wildcard lib/*.c common/*.c daemon/*.c reconciler/*.c tests/*.c tests/harness/*.c \
                       tests/fuzz/*.c bench/*.c examples/*.c)
 DEPFILES = $(foreach v,$(VARIANTS),$(ALL_C:%.c=build/$(v)/%.d) build/$(v)/tests/relay_sched_test.d)
@@ -258,6 +284,9 @@ LDFLAGS_asan = $(ASAN_FLAGS)
 CC_vg        = $(CC)
 CFLAGS_vg    = $(VG_CFLAGS)
 LDFLAGS_vg   =
+CC_cov       = $(CC)
+CFLAGS_cov   = $(BASE_CFLAGS) -O0 --coverage $(TEST_HOOKS)
+LDFLAGS_cov  = --coverage
 CC_fuzz      = $(FUZZ_CC)
 CFLAGS_fuzz  = $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link
 LDFLAGS_fuzz = $(FUZZ_FLAGS)
