@@ -561,6 +561,17 @@ typedef struct ferry_saga_step_def {
     int pivot;                  /* after this step the saga only goes forward */
 } ferry_saga_step_def;
 
+/*
+ * A loaded definition, read-only for callers. Not opaque (yet): the pure
+ * engine, the driver, the reconciler, the simulator and the tests read its
+ * fields in some 130 places, and the saga engine is still being changed;
+ * accessors will replace the fields before 1.0 (README, Layout). Until
+ * then, to keep the ABI change to additions: only ferry_saga_def_load and
+ * _parse make one (the library allocates it, with more behind it), so
+ * never declare, allocate, copy or embed a ferry_saga_def or a
+ * ferry_saga_step_def, never write a field, and free it with
+ * ferry_saga_def_destroy; new fields are only ever appended.
+ */
 typedef struct ferry_saga_def {
     char *name;
     int version;                /* >= 1 */
