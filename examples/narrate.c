@@ -136,6 +136,66 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     return 0;
 }
 
+/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
+ * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
+ * with the demo. Its pid, or -1 through demo_fail(); the caller closes its
+ * descriptors either way. */
+static pid_t spawn(const char *const *argv, int out_fd, int err_fd)
+{
+    /* Formatted before the fork: the child makes async-signal-safe calls
+     * only until exec. */
+    char msg[512];
+    int msglen = snprintf(msg, sizeof msg, "could not execute %s\n", argv[0]);
+    if (msglen < 0 || (size_t)msglen >= sizeof msg)
+        msglen = (int)strlen(msg);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return demo_fail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            (out_fd >= 0 && dup2(out_fd, STDOUT_FILENO) < 0) ||
+            (err_fd >= 0 && dup2(err_fd, STDERR_FILENO) < 0))
+            _exit(127);
+        execvp(argv[0], (char *const *)argv);
+        ssize_t w = write(STDERR_FILENO, msg, (size_t)msglen);
+        (void)w;
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Read fd to EOF into buf (at most max bytes kept, *len so far), until the
+ * monotonic deadline: 1 if it passed first, else 0. */
+static int read_until(int fd, long long deadline, char *buf, size_t max, size_t *len)
+{
+    for (;;) {
+        long long left = deadline - clk_mono_ms();
+        if (left <= 0)
+            return 1;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t got = read(fd, chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return 0;           /* EOF: the program is exiting */
+        size_t keep = max - *len < (size_t)got ? max - *len : (size_t)got;
+        memcpy(buf + *len, chunk, keep);
+        *len += keep;
+    }
+}
+
+/* A wait status as an exit status: 128 + N when signal N ended it. */
+static int exit_status(int wstatus)
+{
+    return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+}
+
 int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
              int *status_out)
 {
@@ -147,48 +207,16 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("pipe: %s", strerror(errno));
     }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = spawn(argv, -1, fds[1]);
+    close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
-        close(fds[1]);
         free(log);
-        return demo_fail("fork: %s", strerror(errno));
+        return -1;
     }
-    if (pid == 0) {
-        /* Die with the demo; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
 
     size_t len = 0;
-    long long deadline = clk_mono_ms() + timeout_ms;
-    int timed_out = 0;
-    for (;;) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[4096];
-        ssize_t got = read(fds[0], chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;              /* EOF: the program is exiting */
-        size_t keep = log_max - len < (size_t)got ? log_max - len : (size_t)got;
-        memcpy(log + len, chunk, keep);
-        len += keep;
-    }
+    int timed_out = read_until(fds[0], clk_mono_ms() + timeout_ms, log, log_max, &len);
     close(fds[0]);
     if (timed_out)
         kill(pid, SIGKILL);
@@ -200,7 +228,7 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("%s did not finish within %d ms (killed)", argv[0], timeout_ms);
     }
-    *status_out = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    *status_out = exit_status(wstatus);
     *log_out = log;
     return 0;
 }
@@ -218,31 +246,12 @@ int demo_service_start(demo_service *svc, const char *name, const char *const *a
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return demo_fail("pipe: %s", strerror(errno));
-    /* Formatted before the fork: the child makes async-signal-safe calls
-     * only until exec. */
-    char msg[512];
-    int msglen = snprintf(msg, sizeof msg, "could not execute %s\n", argv[0]);
-    if (msglen < 0 || (size_t)msglen >= sizeof msg)
-        msglen = (int)strlen(msg);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = spawn(argv, fds[1], fileno(svc->log));
+    close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
-        close(fds[1]);
-        return demo_fail("fork: %s", strerror(errno));
+        return -1;
     }
-    if (pid == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
-            _exit(127);
-        execvp(argv[0], (char *const *)argv);
-        ssize_t w = write(STDERR_FILENO, msg, (size_t)msglen);
-        (void)w;
-        _exit(127);
-    }
-    close(fds[1]);
     svc->pid = pid;
     svc->out = fds[0];
     return 0;
@@ -255,7 +264,7 @@ int demo_service_exited(demo_service *svc)
     int wstatus;
     if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
         return 0;
-    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    svc->status = exit_status(wstatus);
     svc->pid = 0;
     return 1;
 }
@@ -276,31 +285,11 @@ void demo_service_show_log(demo_service *svc)
 int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size)
 {
     size_t len = 0;
-    out[0] = '\0';
     if (svc->pid != 0)
         kill(svc->pid, SIGTERM);
-    long long deadline = clk_mono_ms() + timeout_ms;
-    int timed_out = 0;
-    while (svc->out >= 0) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[512];
-        ssize_t got = read(svc->out, chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
-        memcpy(out + len, chunk, keep);
-        len += keep;
-        out[len] = '\0';
-    }
+    int timed_out = svc->out >= 0 &&
+                    read_until(svc->out, clk_mono_ms() + timeout_ms, out, size - 1, &len);
+    out[len] = '\0';
     if (svc->out >= 0)
         close(svc->out);
     svc->out = -1;
@@ -310,7 +299,7 @@ int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size)
         int wstatus;
         while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
             ;
-        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+        svc->status = exit_status(wstatus);
         svc->pid = 0;
     }
     if (timed_out)
