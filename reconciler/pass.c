@@ -101,7 +101,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
             }
             if (ferry_saga_registry_add(*out, def, &err) != FERRY_OK) {
                 fprintf(stderr, "%s: %s\n", g.gl_pathv[i], err.message);
-                ferry_saga_def_free(def);
+                ferry_saga_def_destroy(def);
                 bad = 1;
             }
         }
