@@ -695,7 +695,7 @@ static int registry_setup(void)
     ferry_error err;
     if (ferry_saga_registry_new(NULL, &bench_reg, &err) != FERRY_OK ||
         ferry_saga_registry_add(bench_reg, def, &err) != FERRY_OK) {
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
         fprintf(stderr, "bench: registry: %s\n", err.message);
         return -1;
     }

@@ -236,7 +236,7 @@ static void misuse_is_refused(void **state)
     assert_int_equal(ferry_saga_def_parse(order_yaml, strlen(order_yaml), "dup", &def, NULL),
                      FERRY_OK);
     assert_int_equal(ferry_saga_registry_add(reg, def, &err), FERRY_EINVAL);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     PQfinish(conn);
 }
 
