@@ -11,8 +11,11 @@
  *             source's none), less what the UPDATE alone writes
  *   drain     a backlog drained by `ferry-relay run --once`, table source
  *             against WAL source (FERRY_BENCH_WAL_BACKLOG messages,
- *             50,000 by default: writing the issue's 1,000,000 takes many
- *             minutes on a shared machine)
+ *             50,000 by default: the issue's 1,000,000 is not the
+ *             default because writing it dominates — 200,000 took 6 min
+ *             50 s of wall time here, at a load average of 18 on two
+ *             cores, of which the drains were 31 s — so 1,000,000 would
+ *             take over half an hour; set FERRY_BENCH_WAL_BACKLOG for it)
  *   rss       the WAL relay's peak RSS draining one transaction of
  *             100,000 messages (FERRY_BENCH_WAL_BIGTX)
  *   latency   commit -> consumer receipt, p50 and p99, at 100 and 2,000
