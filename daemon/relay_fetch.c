@@ -44,12 +44,28 @@
  * rate. With sorting off, the ordered index scan is the only plan without
  * a penalty.
  */
+/*
+ * In wal mode a row is ready only once the WAL source's slot is confirmed
+ * past the row's wal_lsn: every earlier message of its key that went
+ * through WAL is then in Kafka, so a delayed row cannot overtake one
+ * (schemas/014_wal_gate.sql says why that holds). Not ready, it waits as
+ * a delayed row does: its key blocked, every other key flowing. NULL (no
+ * slot, a lost one, table mode): no wait. One InitPlan per fetch.
+ */
+#define WAL_CONFIRMED                                                                      \
+    "SELECT r.confirmed_flush_lsn FROM ferry.settings st "                                 \
+    "  JOIN pg_replication_slots r ON r.slot_name = st.wal_slot "                          \
+    "   AND r.database = current_database() "                                              \
+    " WHERE st.emit_mode = 'wal' AND r.wal_status IS DISTINCT FROM 'lost'"
+
 #define FETCH_STATEMENT "ferry_relay_fetch"
 #define FETCH_SQL                                                                          \
     "SELECT s.id, s.topic, s.aggregateid, s.aggregatetype, s.type, s.payload::text, "      \
-    "       s.headers::text, s.seq, s.shard, s.created_at, s.available_at <= now(), s.run " \
+    "       s.headers::text, s.seq, s.shard, s.created_at, "                               \
+    "       s.available_at <= now() AND coalesce(s.wal_lsn <= (" WAL_CONFIRMED "), true), "   \
+    "       s.run "                                                                        \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
-    "             o.headers, o.seq, o.shard, o.created_at, o.available_at, "               \
+    "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
     "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) AS size, "   \
     "             sum(coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid)) "       \
     "               OVER (ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                \

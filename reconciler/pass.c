@@ -177,6 +177,7 @@ static const sweep_fn sweeps[RC_SWEEP_COUNT] = {
     [RC_SWEEP_DEAD_LETTERS] = rc_sweep_dead_letters,
     [RC_SWEEP_GARBAGE] = rc_sweep_garbage,
     [RC_SWEEP_RULES] = rc_sweep_rules,
+    [RC_SWEEP_WAL_SLOT] = rc_sweep_wal_slot,
 };
 
 /* Every sweep in turn; stops early when the connection is gone, the lease
