@@ -683,6 +683,21 @@ void sched_fetched(sched *s, int rows, int limit, int64_t now)
     }
 }
 
+int sched_fetch_exclude(const sched *s, unsigned char (*ids)[16], int max)
+{
+    if (s->used > max)
+        return 0;
+    int n = 0;
+    /* In flight: the partitions' lists; delivered: the ack queue (a
+     * delivered slot has left its partition's list). */
+    for (const spart *p = s->active; p != NULL; p = p->anext)
+        for (int i = p->head; i >= 0 && n < max; i = s->slots[i].next)
+            memcpy(ids[n++], s->slots[i].id, 16);
+    for (int j = 0; j < s->ack_count && n < max; j++)
+        memcpy(ids[n++], s->slots[s->acks[j]].id, 16);
+    return n;
+}
+
 void sched_dirty(sched *s) { s->dirty = 1; }
 
 int sched_sweeps(const sched *s) { return s->sweeps; }
