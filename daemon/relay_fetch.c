@@ -19,10 +19,12 @@
  * whatever its size. */
 #define FETCH_BYTES (8 * 1024 * 1024)
 /* Rows this relay has out that the fetch leaves out ($9), at most: at
- * 2,000 rows/s some tens; a drain's thousands go unlisted (and are read,
- * then skipped, as before) rather than make every fetch's parameters
- * hundreds of kB. */
-#define FETCH_EXCLUDE_MAX 512
+ * 2,000 rows/s some tens. More go unlisted (and are read, then skipped,
+ * as before): every row the fetch reads is compared with each listed id
+ * (a prepared statement's generic plan does not hash the array), and a
+ * drain's thousands would make that, and the parameters, cost more than
+ * the rows saved. */
+#define FETCH_EXCLUDE_MAX 128
 
 /*
  * The fetch: rows of the served shards ($1) after the cursor ($2..$5), in
