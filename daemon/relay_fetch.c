@@ -18,6 +18,13 @@
  * each row (headers are at most 64 KiB a row). The first row always comes,
  * whatever its size. */
 #define FETCH_BYTES (8 * 1024 * 1024)
+/* Rows this relay has out that the fetch leaves out ($9), at most: at
+ * 2,000 rows/s some tens. More go unlisted (and are read, then skipped,
+ * as before): every row the fetch reads is compared with each listed id
+ * (a prepared statement's generic plan does not hash the array), and a
+ * drain's thousands would make that, and the parameters, cost more than
+ * the rows saved. */
+#define FETCH_EXCLUDE_MAX 128
 
 /*
  * The fetch: rows of the served shards ($1) after the cursor ($2..$5), in
@@ -31,6 +38,12 @@
  * 15 starts one index scan per listed shard and reads every remaining
  * entry of the shards before the cursor, so a drain got slower the further
  * it went.
+ *
+ * $9 lists the rows this relay has out (sched_fetch_exclude): the sweep
+ * would skip them (their keys are busy), and at 2,000 rows/s, when every
+ * sweep came 1 ms after the last, the tens of rows whose acknowledgement
+ * was in flight were most of what each fetch read, turned into text and
+ * sent. A key's later rows are still read, and skipped for its busy key.
  *
  * The window runs over the ordered index scan with its LIMIT, and only the
  * rows within the byte budget have their payload turned into text: a
@@ -73,6 +86,7 @@
     "      FROM ferry.outbox o "                                                           \
     "      WHERE (o.shard + 0) = ANY ($1) AND o.published_at IS NULL "                     \
     "        AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2, $3, $4, $5) "             \
+    "        AND o.id <> ALL ($9) "                                                         \
     "        AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "     \
     "                        AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "    \
     "      ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                               \
@@ -82,10 +96,10 @@
 
 int relay_fetch_prepare(relay *r)
 {
-    static const Oid types[8] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
+    static const Oid types[9] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
                                  25 /* text */, 20 /* int8 */, 23 /* int4 */, 23 /* int4 */,
-                                 20 /* int8 */};
-    PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 8, types);
+                                 20 /* int8 */, 2951 /* uuid[] */};
+    PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 9, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)
         ferry_log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
@@ -261,6 +275,36 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     return -1;
 }
 
+static unsigned char *put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    return p + 4;
+}
+
+/* $9: a one-dimensional uuid[] in the binary format (array_recv), possibly
+ * empty. Returns its length in out (room for 20 + n * 20 bytes). */
+static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids)[16])
+{
+    int n = sched_fetch_exclude(r->s, ids, FETCH_EXCLUDE_MAX);
+    unsigned char *p = out;
+    p = put32(p, n > 0 ? 1 : 0);    /* dimensions: an empty array has none */
+    p = put32(p, 0);                /* no NULLs */
+    p = put32(p, 2950);             /* uuid */
+    if (n > 0) {
+        p = put32(p, (uint32_t)n);
+        p = put32(p, 1);            /* lower bound */
+        for (int i = 0; i < n; i++) {
+            p = put32(p, 16);
+            memcpy(p, ids[i], 16);
+            p += 16;
+        }
+    }
+    return (int)(p - out);
+}
+
 void relay_fetch_and_produce(relay *r, int limit)
 {
     char *shards = malloc(16 + (size_t)MAX_SHARDS * 6);
@@ -284,9 +328,23 @@ void relay_fetch_and_produce(relay *r, int limit)
     snprintf(slim, sizeof slim, "%d", limit);
     snprintf(smaxp, sizeof smaxp, "%d", r->db.max_payload > 0 ? r->db.max_payload : 1048576);
     snprintf(sbytes, sizeof sbytes, "%d", FETCH_BYTES);
-    const char *params[8] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes};
-    PGresult *res = PQexecPrepared(r->db.main, FETCH_STATEMENT, 8, params, NULL, NULL, 1);
+    unsigned char(*ids)[16] = malloc(FETCH_EXCLUDE_MAX * sizeof *ids);
+    unsigned char *excl = malloc(20 + FETCH_EXCLUDE_MAX * 20);
+    if (ids == NULL || excl == NULL) {
+        free(ids);
+        free(excl);
+        free(shards);
+        return;     /* out of memory: the plan asks again */
+    }
+    int excl_len = exclude_array(r, excl, ids);
+    const char *params[9] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes,
+                             (const char *)excl};
+    const int lengths[9] = {0, 0, 0, 0, 0, 0, 0, 0, excl_len};
+    static const int formats[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    PGresult *res = PQexecPrepared(r->db.main, FETCH_STATEMENT, 9, params, lengths, formats, 1);
     free(shards);
+    free(ids);
+    free(excl);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != C_COUNT) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not fetch");
