@@ -16,7 +16,7 @@
 
 #include "lease.h"
 
-static ferry_code leases_from(PGresult *res, size_t max, ferry_lease *out, size_t *n_out)
+static ferry_code leases_from(PGresult *res, size_t max, ferry__lease *out, size_t *n_out)
 {
     size_t n = 0;
     for (int r = 0; r < PQntuples(res) && n < max; r++, n++) {
@@ -29,7 +29,7 @@ static ferry_code leases_from(PGresult *res, size_t max, ferry_lease *out, size_
 
 /* Run a statement returning (name, epoch) rows. */
 static ferry_code lease_query(PGconn *conn, const char *sql, int nparams,
-                              const char *const *params, size_t max, ferry_lease *out,
+                              const char *const *params, size_t max, ferry__lease *out,
                               size_t *n_out, const char *context, ferry_error *err)
 {
     PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
@@ -42,7 +42,7 @@ static ferry_code lease_query(PGconn *conn, const char *sql, int nparams,
     return rc;
 }
 
-ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
+ferry_code ferry__lease_ensure(PGconn *conn, const char *const *names, size_t n,
                               ferry_error *err)
 {
     /* One array literal: names are ours ("shard:12", "relay:host:pid"),
@@ -52,7 +52,7 @@ ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
         cap += 2 * strlen(names[i]) + 4;
     char *arr = malloc(cap);
     if (arr == NULL)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not ensure leases: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not ensure leases: out of memory");
     size_t o = 0;
     arr[o++] = '{';
     for (size_t i = 0; i < n; i++) {
@@ -69,7 +69,7 @@ ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
     arr[o++] = '}';
     arr[o] = '\0';
     const char *params[1] = {arr};
-    ferry_code rc = ferry_exec(conn,
+    ferry_code rc = ferry__exec(conn,
                                "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
                                "ON CONFLICT (name) DO NOTHING",
                                1, params, "could not create lease rows", err);
@@ -77,8 +77,8 @@ ferry_code ferry_lease_ensure(PGconn *conn, const char *const *names, size_t n,
     return rc;
 }
 
-ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *holder,
-                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+ferry_code ferry__lease_acquire(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry__lease *out, size_t *n_out,
                                ferry_error *err)
 {
     char ttl[24], limit[24];
@@ -103,7 +103,7 @@ ferry_code ferry_lease_acquire(PGconn *conn, const char *prefix, const char *hol
 /* Extend holder's unexpired leases under prefix; with bump, under a new
  * epoch (a takeover from an earlier process of the same name). */
 static ferry_code extend(PGconn *conn, const char *prefix, const char *holder, int ttl_ms,
-                         int bump, size_t max, ferry_lease *out, size_t *n_out,
+                         int bump, size_t max, ferry__lease *out, size_t *n_out,
                          ferry_error *err)
 {
     char ttl[24];
@@ -124,37 +124,37 @@ static ferry_code extend(PGconn *conn, const char *prefix, const char *holder, i
                        bump ? "could not reclaim leases" : "could not renew leases", err);
 }
 
-ferry_code ferry_lease_renew(PGconn *conn, const char *prefix, const char *holder,
-                             int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+ferry_code ferry__lease_renew(PGconn *conn, const char *prefix, const char *holder,
+                             int ttl_ms, size_t max, ferry__lease *out, size_t *n_out,
                              ferry_error *err)
 {
     return extend(conn, prefix, holder, ttl_ms, 0, max, out, n_out, err);
 }
 
-ferry_code ferry_lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
-                               int ttl_ms, size_t max, ferry_lease *out, size_t *n_out,
+ferry_code ferry__lease_reclaim(PGconn *conn, const char *prefix, const char *holder,
+                               int ttl_ms, size_t max, ferry__lease *out, size_t *n_out,
                                ferry_error *err)
 {
     return extend(conn, prefix, holder, ttl_ms, 1, max, out, n_out, err);
 }
 
-ferry_code ferry_lease_release(PGconn *conn, const char *name, const char *holder,
+ferry_code ferry__lease_release(PGconn *conn, const char *name, const char *holder,
                                ferry_error *err)
 {
     const char *params[2] = {name, holder};
-    return ferry_exec(conn,
+    return ferry__exec(conn,
                       "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
                       "WHERE name = $1 AND holder = $2",
                       2, params, "could not release lease", err);
 }
 
-ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *holder,
+ferry_code ferry__lease_heartbeat(PGconn *conn, const char *name, const char *holder,
                                  int ttl_ms, int64_t *epoch_out, ferry_error *err)
 {
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%d", ttl_ms);
     const char *params[3] = {name, holder, ttl};
-    ferry_lease l;
+    ferry__lease l;
     size_t n = 0;
     ferry_code rc = lease_query(
         conn,
@@ -172,14 +172,14 @@ ferry_code ferry_lease_heartbeat(PGconn *conn, const char *name, const char *hol
     if (rc != FERRY_OK)
         return rc;
     if (n == 0)
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "lease %s is held by another holder", name);
     if (epoch_out != NULL)
         *epoch_out = l.epoch;
     return FERRY_OK;
 }
 
-ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_out,
+ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_out,
                                   ferry_error *err)
 {
     const char *params[1] = {prefix};
@@ -197,7 +197,7 @@ ferry_code ferry_lease_count_live(PGconn *conn, const char *prefix, int *count_o
     return rc;
 }
 
-ferry_code ferry_set_application_name(PGconn *conn, const char *program, const char *name,
+ferry_code ferry__set_application_name(PGconn *conn, const char *program, const char *name,
                                       ferry_error *err)
 {
     char text[64];
@@ -209,6 +209,6 @@ ferry_code ferry_set_application_name(PGconn *conn, const char *program, const c
         text[len] = '\0';
     }
     const char *p[1] = {text};
-    return ferry_exec(conn, "SELECT set_config('application_name', $1, false)", 1, p,
+    return ferry__exec(conn, "SELECT set_config('application_name', $1, false)", 1, p,
                       "could not set application_name", err);
 }

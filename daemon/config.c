@@ -350,7 +350,7 @@ typedef struct loader {
     size_t errlen;
     const char *path;                 /* the config file, or NULL */
     bool path_from_env;               /* named by FERRY_CONFIG */
-    ferry_yw *walk;                   /* while the file is walked: where its errors go */
+    ferry__yw *walk;                   /* while the file is walked: where its errors go */
     bool oom;
 } loader;
 
@@ -367,7 +367,7 @@ static void append_v(loader *ld, const char *fmt, va_list ap)
      * valid UTF-8 without control characters (the fuzz target checks). */
     char raw[2048];
     vsnprintf(raw, sizeof raw, fmt, ap);
-    ferry_escape_text(ld->err + used, ld->errlen - used, raw);
+    ferry__escape_text(ld->err + used, ld->errlen - used, raw);
 }
 
 __attribute__((format(printf, 2, 3)))
@@ -409,7 +409,7 @@ static int fail_in(loader *ld, const where *w, const char *key, const char *fmt,
         va_start(ap, fmt);
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
-        ferry_yw_error_at(ld->walk, (ferry_yw_place){(int)w->at.line, (int)w->at.column}, key,
+        ferry__yw_error_at(ld->walk, (ferry__yw_place){(int)w->at.line, (int)w->at.column}, key,
                           "%s", msg);
         return -1;
     }
@@ -473,7 +473,7 @@ static int set_string(loader *ld, char **slot, const char *value)
 static int parse_int(const char *text, long min, long max, int *out, char *why, size_t whylen)
 {
     long v = 0;
-    switch (ferry_parse_long(text, min, max, &v)) {
+    switch (ferry__parse_long(text, min, max, &v)) {
     case FERRY_INT_SYNTAX:
         snprintf(why, whylen, "expected a decimal integer, not \"%.64s\"", text);
         return -1;
@@ -622,17 +622,17 @@ static int append_prop(loader *ld, const char *name, size_t n, const char *value
 
 typedef struct file_walk {
     loader *ld;
-    ferry_yw_place prop_at[RELAY_KAFKA_PROPS_MAX];  /* parallel to cfg.kafka_props */
-    ferry_yw_place bootstrap_at;
+    ferry__yw_place prop_at[RELAY_KAFKA_PROPS_MAX];  /* parallel to cfg.kafka_props */
+    ferry__yw_place bootstrap_at;
     bool too_many;                    /* "more than N properties" said */
 } file_walk;
 
-static ferry_yw_place at_of(const yaml_event_t *ev)
+static ferry__yw_place at_of(const yaml_event_t *ev)
 {
-    return ferry_yw_place_of(ev->start_mark);
+    return ferry__yw_place_of(ev->start_mark);
 }
 
-static place place_from(ferry_yw_place p)
+static place place_from(ferry__yw_place p)
 {
     return (place){(unsigned long)p.line, (unsigned long)p.column};
 }
@@ -640,32 +640,32 @@ static place place_from(ferry_yw_place p)
 /* The value of one NAME: VALUE of the kafka: map, whose name event is key
  * (the caller deletes it). Errors about the name are "kafka: ...", about
  * the value "kafka: NAME: ...", as the relay has always said them. */
-static int read_kafka_prop(file_walk *fw, ferry_yw *w, const yaml_event_t *key)
+static int read_kafka_prop(file_walk *fw, ferry__yw *w, const yaml_event_t *key)
 {
     loader *ld = fw->ld;
-    ferry_yw_place key_at = at_of(key);
+    ferry__yw_place key_at = at_of(key);
     char buf[96];
     const char *name = NULL;
     size_t n = 0;
     if (key->type != YAML_SCALAR_EVENT) {
-        ferry_yw_error(w, key_at, "a property name must be a string, not %s",
-                       ferry_yw_describe(key, buf, sizeof buf));
-        if (ferry_yw_skip(w, key) != 0)
+        ferry__yw_error(w, key_at, "a property name must be a string, not %s",
+                       ferry__yw_describe(key, buf, sizeof buf));
+        if (ferry__yw_skip(w, key) != 0)
             return -1;
     } else {
-        name = ferry_yw_scalar(key);
+        name = ferry__yw_scalar(key);
         n = strlen(name);
         const relay_kv *dup = find_prop(&ld->cfg, name, n);
         if (!valid_prop_name(name, n)) {
-            ferry_yw_error(w, key_at, "invalid property name \"%.64s\": expected printable "
+            ferry__yw_error(w, key_at, "invalid property name \"%.64s\": expected printable "
                            "characters without spaces", name);
             name = NULL;
         } else if (dup) {
-            ferry_yw_error(w, key_at, "duplicate property \"%s\" (first at line %d)", name,
+            ferry__yw_error(w, key_at, "duplicate property \"%s\" (first at line %d)", name,
                            fw->prop_at[dup - ld->cfg.kafka_props].line);
             name = NULL;
         } else if (is_bootstrap(name, n) && ld->cfg.kafka) {
-            ferry_yw_error(w, key_at, "duplicate property \"%s\": the bootstrap servers are set "
+            ferry__yw_error(w, key_at, "duplicate property \"%s\": the bootstrap servers are set "
                            "at line %d already", name, fw->bootstrap_at.line);
             name = NULL;
         }
@@ -675,7 +675,7 @@ static int read_kafka_prop(file_walk *fw, ferry_yw *w, const yaml_event_t *key)
     if (name)
         snprintf(w->path + old, sizeof w->path - old, ": %s", name);
     yaml_event_t val;
-    if (ferry_yw_next(w, &val) != 0) {
+    if (ferry__yw_next(w, &val) != 0) {
         w->path[old] = '\0';
         return -1;
     }
@@ -683,24 +683,24 @@ static int read_kafka_prop(file_walk *fw, ferry_yw *w, const yaml_event_t *key)
     char *value = NULL;
     char why[512];
     if (!name) {
-        rc = ferry_yw_skip(w, &val);
+        rc = ferry__yw_skip(w, &val);
     } else if (val.type != YAML_SCALAR_EVENT) {
-        ferry_yw_error(w, key_at, "expected a single value, not %s",
-                       ferry_yw_describe(&val, buf, sizeof buf));
-        rc = ferry_yw_skip(w, &val);
-    } else if (ferry_yw_is_null(&val)) {
-        ferry_yw_error(w, at_of(&val), "no value");
-    } else if (confref_expand(ferry_yw_scalar(&val), &value, why, sizeof why) != 0) {
-        ferry_yw_error(w, at_of(&val), "%s", why);
+        ferry__yw_error(w, key_at, "expected a single value, not %s",
+                       ferry__yw_describe(&val, buf, sizeof buf));
+        rc = ferry__yw_skip(w, &val);
+    } else if (ferry__yw_is_null(&val)) {
+        ferry__yw_error(w, at_of(&val), "no value");
+    } else if (confref_expand(ferry__yw_scalar(&val), &value, why, sizeof why) != 0) {
+        ferry__yw_error(w, at_of(&val), "%s", why);
     } else if (is_bootstrap(name, n)) {
         if (value[0] == '\0')
-            ferry_yw_error(w, at_of(&val), "must not be empty");
+            ferry__yw_error(w, at_of(&val), "must not be empty");
         else if (set_string(ld, &ld->cfg.kafka, value) == 0)
             fw->bootstrap_at = key_at;
     } else if (ld->cfg.kafka_props_count == RELAY_KAFKA_PROPS_MAX) {
         w->path[old] = '\0';
         if (!fw->too_many)
-            ferry_yw_error(w, key_at, "more than %d properties", RELAY_KAFKA_PROPS_MAX);
+            ferry__yw_error(w, key_at, "more than %d properties", RELAY_KAFKA_PROPS_MAX);
         fw->too_many = true;
     } else {
         fw->prop_at[ld->cfg.kafka_props_count] = key_at;
@@ -709,27 +709,27 @@ static int read_kafka_prop(file_walk *fw, ferry_yw *w, const yaml_event_t *key)
     free(value);
     yaml_event_delete(&val);
     w->path[old] = '\0';
-    return ld->oom ? ferry_yw_oom(w) : rc;
+    return ld->oom ? ferry__yw_oom(w) : rc;
 }
 
 /* The value of kafka:, its first event ev (the walker deletes it). */
-static int read_kafka(file_walk *fw, ferry_yw *w, const yaml_event_t *ev)
+static int read_kafka(file_walk *fw, ferry__yw *w, const yaml_event_t *ev)
 {
     char buf[96];
     if (ev->type == YAML_SCALAR_EVENT) {
-        if (!ferry_yw_is_null(ev))
-            ferry_yw_error(w, at_of(ev), "expected a mapping of librdkafka properties "
-                           "(NAME: VALUE), not \"%.64s\"", ferry_yw_scalar(ev));
+        if (!ferry__yw_is_null(ev))
+            ferry__yw_error(w, at_of(ev), "expected a mapping of librdkafka properties "
+                           "(NAME: VALUE), not \"%.64s\"", ferry__yw_scalar(ev));
         return 0;
     }
     if (ev->type != YAML_MAPPING_START_EVENT) {
-        ferry_yw_error(w, at_of(ev), "expected a mapping of librdkafka properties (NAME: VALUE), "
-                       "not %s", ferry_yw_describe(ev, buf, sizeof buf));
-        return ferry_yw_skip(w, ev);
+        ferry__yw_error(w, at_of(ev), "expected a mapping of librdkafka properties (NAME: VALUE), "
+                       "not %s", ferry__yw_describe(ev, buf, sizeof buf));
+        return ferry__yw_skip(w, ev);
     }
     for (;;) {
         yaml_event_t key;
-        if (ferry_yw_next(w, &key) != 0)
+        if (ferry__yw_next(w, &key) != 0)
             return -1;
         if (key.type == YAML_MAPPING_END_EVENT) {
             yaml_event_delete(&key);
@@ -743,7 +743,7 @@ static int read_kafka(file_walk *fw, ferry_yw *w, const yaml_event_t *ev)
 }
 
 /* One setting of the file: its value applied where it is read. */
-static int file_value(ferry_yw *w, int index, ferry_yw_place key_at, yaml_event_t *val,
+static int file_value(ferry__yw *w, int index, ferry__yw_place key_at, yaml_event_t *val,
                       void *arg)
 {
     file_walk *fw = arg;
@@ -753,23 +753,23 @@ static int file_value(ferry_yw *w, int index, ferry_yw_place key_at, yaml_event_
         return read_kafka(fw, w, val);
     if (val->type != YAML_SCALAR_EVENT) {
         /* At the key: a block collection starts on the line after it. */
-        ferry_yw_error(w, key_at, "expected a single value, not %s",
-                       ferry_yw_describe(val, buf, sizeof buf));
-        return ferry_yw_skip(w, val);
+        ferry__yw_error(w, key_at, "expected a single value, not %s",
+                       ferry__yw_describe(val, buf, sizeof buf));
+        return ferry__yw_skip(w, val);
     }
-    if (ferry_yw_is_null(val))
+    if (ferry__yw_is_null(val))
         return 0;                     /* not set here */
-    if (s->kind == SETTING_INT && !ferry_yw_is_plain(val)) {
-        ferry_yw_error(w, at_of(val), "expected a decimal integer, not a quoted string");
+    if (s->kind == SETTING_INT && !ferry__yw_is_plain(val)) {
+        ferry__yw_error(w, at_of(val), "expected a decimal integer, not a quoted string");
         return 0;
     }
     where from = {.kind = FROM_FILE, .at = place_from(at_of(val))};
-    apply_value(fw->ld, index, ferry_yw_scalar(val), &from);
-    return fw->ld->oom ? ferry_yw_oom(w) : 0;
+    apply_value(fw->ld, index, ferry__yw_scalar(val), &from);
+    return fw->ld->oom ? ferry__yw_oom(w) : 0;
 }
 
 /* The walker's errors into the caller's buffer, one a line (the texts
- * are escaped already: ferry_yw_add_error). The first is always there,
+ * are escaped already: ferry__yw_add_error). The first is always there,
  * cut between characters if it must be; a later one only whole. */
 static int report_errors(loader *ld, const ferry_saga_load_errors *errs)
 {
@@ -800,15 +800,15 @@ static int walk_file(loader *ld, const char *text, size_t len)
     /* Large (an error list, a place per kafka property): not on the stack. */
     ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
     file_walk *fw = calloc(1, sizeof *fw);
-    ferry_yw *w = calloc(1, sizeof *w);
+    ferry__yw *w = calloc(1, sizeof *w);
     int rc = -1;
     if (!errs || !fw || !w) {
         out_of_memory(ld);
         goto out;
     }
     fw->ld = ld;
-    ferry_yw_init(w, text, len, ld->path, "the configuration file", errs);
-    const ferry_yw_doc doc = {
+    ferry__yw_init(w, text, len, ld->path, "the configuration file", errs);
+    const ferry__yw_doc doc = {
         .expected = "a mapping of settings (NAME: VALUE)",
         .one = "configuration",
         .keys = file_keys(),
@@ -818,12 +818,12 @@ static int walk_file(loader *ld, const char *text, size_t len)
         .empty_ok = true,
     };
     ld->walk = w;
-    ferry_yw_read_document(w, &doc);
+    ferry__yw_read_document(w, &doc);
     ld->walk = NULL;
     if (ld->oom || w->oom) {
         out_of_memory(ld);
     } else if (errs->total > 0) {
-        ferry_yw_sort_errors(errs);
+        ferry__yw_sort_errors(errs);
         report_errors(ld, errs);
     } else {
         rc = 0;

@@ -87,7 +87,7 @@ void relay_count(relay *r, metric_counter c, uint64_t n)
 static void set_wakeups(relay *r, int on)
 {
     ferry_error err;
-    if (ferry_exec(r->db.main, on ? "UPDATE ferry.settings SET wake_relays = true "
+    if (ferry__exec(r->db.main, on ? "UPDATE ferry.settings SET wake_relays = true "
                                     "WHERE NOT wake_relays"
                                   : "UPDATE ferry.settings SET wake_relays = false "
                                     "WHERE wake_relays",
@@ -112,7 +112,7 @@ static void try_handshake(relay *r)
     }
     int got = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
-    sched_handshake(r->s, got, ferry_now_ms());
+    sched_handshake(r->s, got, ferry__now_ms());
 }
 
 /* ------------------------------------------------------------------ health */
@@ -129,25 +129,25 @@ static void log_events(relay *r)
                 json_t *f = json_pack("{s:s, s:i, s:I}", "topic", e->topic, "partition",
                                       e->partition, "age_ms", (json_int_t)e->age_ms);
                 if (e->partition >= 0)
-                    ferry_log_json(FERRY_LOG_WARN, "partition.stuck", f,
+                    ferry__log_json(FERRY_LOG_WARN, "partition.stuck", f,
                                    "partition %s/%d has not answered for %lld ms; its keys "
                                    "wait, every other key goes on", e->topic, e->partition,
                                    (long long)e->age_ms);
                 else
-                    ferry_log_json(FERRY_LOG_WARN, "partition.stuck", f,
+                    ferry__log_json(FERRY_LOG_WARN, "partition.stuck", f,
                                    "topic %s has no partition the producer can use after "
                                    "%lld ms (unknown? not authorised?); its keys wait, every "
                                    "other key goes on", e->topic, (long long)e->age_ms);
                 break;
             }
             case EV_PARTITION_RECOVERED:
-                ferry_log_json(FERRY_LOG_INFO, "partition.recovered",
+                ferry__log_json(FERRY_LOG_INFO, "partition.recovered",
                                json_pack("{s:s, s:i}", "topic", e->topic, "partition",
                                          e->partition),
                                "partition %s/%d answers again", e->topic, e->partition);
                 break;
             case EV_KEY_STUCK:
-                ferry_log_json(FERRY_LOG_WARN, "key.stuck",
+                ferry__log_json(FERRY_LOG_WARN, "key.stuck",
                                json_pack("{s:s, s:s, s:I}", "topic", e->topic, "key", e->key,
                                          "age_ms", (json_int_t)e->age_ms),
                                "key %s/%s has failed for %lld ms; it is retried with backoff "
@@ -155,7 +155,7 @@ static void log_events(relay *r)
                                e->topic, e->key, (long long)e->age_ms);
                 break;
             case EV_KEY_RECOVERED:
-                ferry_log_json(FERRY_LOG_INFO, "key.recovered",
+                ferry__log_json(FERRY_LOG_INFO, "key.recovered",
                                json_pack("{s:s, s:s}", "topic", e->topic, "key", e->key),
                                "key %s/%s is no longer failing", e->topic, e->key);
                 break;
@@ -263,18 +263,18 @@ static int await_kafka(relay *r)
     for (;;) {
         if (relay_kafka_reachable(r, told ? 1000 : 5000, why, sizeof why)) {
             if (told)
-                ferry_log(FERRY_LOG_INFO, "kafka.reachable", "Kafka at %s answers",
+                ferry__log(FERRY_LOG_INFO, "kafka.reachable", "Kafka at %s answers",
                           r->k.bootstrap);
             return 0;
         }
         if (r->cfg->once) {
             /* --once publishes what is ready now, or says it cannot. */
-            ferry_log(FERRY_LOG_ERROR, "kafka.connect", "could not reach Kafka at %s: %s",
+            ferry__log(FERRY_LOG_ERROR, "kafka.connect", "could not reach Kafka at %s: %s",
                       r->k.bootstrap, why);
             return -1;
         }
         if (!told) {
-            ferry_log_json(FERRY_LOG_WARN, "kafka.waiting",
+            ferry__log_json(FERRY_LOG_WARN, "kafka.waiting",
                            json_pack("{s:s, s:s}", "kafka", r->k.bootstrap, "error", why),
                            "could not reach Kafka at %s (%s); waiting for it, holding no "
                            "shard", r->k.bootstrap, why);
@@ -296,7 +296,7 @@ static int relay_start(relay *r)
         return -1;
     if (await_kafka(r) != 0)
         return -1;
-    ferry_log_json(FERRY_LOG_INFO, "relay.start",
+    ferry__log_json(FERRY_LOG_INFO, "relay.start",
                    json_pack("{s:s, s:i, s:s}", "holder", r->holder, "shards",
                              r->db.shard_count, "kafka", r->k.bootstrap),
                    "ferry-relay %s started", ferry_version());
@@ -325,7 +325,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     ferry_log_level_set((ferry_log_level)cfg->log_level);
     relay *r = relay_new(cfg, m);
     if (r == NULL) {
-        ferry_log(FERRY_LOG_ERROR, "relay.start", "out of memory");
+        ferry__log(FERRY_LOG_ERROR, "relay.start", "out of memory");
         return 1;
     }
     int status = 1;
@@ -343,17 +343,17 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     int stopping = 0, clean = 0;
     char fatal[512];
     for (;;) {
-        int64_t now = ferry_now_ms();
+        int64_t now = ferry__now_ms();
         if (hup_received) {
             hup_received = 0;
-            ferry_log_json(FERRY_LOG_WARN, "signal.ignored", json_pack("{s:s}", "signal", "SIGHUP"),
+            ferry__log_json(FERRY_LOG_WARN, "signal.ignored", json_pack("{s:s}", "signal", "SIGHUP"),
                            "SIGHUP ignored: ferry-relay reloads nothing; restart it to apply "
                            "new settings");
         }
         if (stop_requested && !stopping) {
             stopping = 1;
             sched_stop(r->s, now);
-            ferry_log(FERRY_LOG_INFO, "relay.stopping",
+            ferry__log(FERRY_LOG_INFO, "relay.stopping",
                       "stopping: no more fetches; waiting up to %d ms for %d in-flight "
                       "deliveries", cfg->stop_grace_ms, sched_inflight(r->s));
         }
@@ -383,7 +383,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         relay_record_failures(r);
         relay_ack_poll(r, 0);
 
-        now = ferry_now_ms();
+        now = ferry__now_ms();
         sched_plan plan;
         sched_plan_next(r->s, now, &plan);
         log_events(r);
@@ -415,7 +415,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         /* The grace is over with messages in flight (a partition that does
          * not answer, a broker away): they stay in the outbox and go out
          * again later, from the first unacknowledged row of each key. */
-        ferry_log(FERRY_LOG_ERROR, "relay.stop_timeout",
+        ferry__log(FERRY_LOG_ERROR, "relay.stop_timeout",
                   "gave up after %d ms with %d in flight and %d acknowledgements pending",
                   cfg->stop_grace_ms, sched_inflight(r->s), sched_ack_pending(r->s));
         relay_kafka_stop(r, 200);
@@ -435,11 +435,11 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     if (sched_ack_pending(r->s) > 0 || sched_inflight(r->s) > 0)
         status = 1;
     if (cfg->once && sched_leases_held(r->s) == 0)
-        ferry_log(FERRY_LOG_WARN, "relay.once",
+        ferry__log(FERRY_LOG_WARN, "relay.once",
                   "every shard is leased by another relay: nothing to do");
     if (r->db.ok)
         relay_leases_release_all(r);
-    ferry_log_json(FERRY_LOG_INFO, "relay.stop",
+    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
                    json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
                              "delivered", (json_int_t)r->delivered, "undelivered",
                              (json_int_t)r->undelivered, "refused", (json_int_t)r->refused),
@@ -497,7 +497,7 @@ int cmd_run(int argc, char **argv)
              * know where to scrape. */
             char address[300];
             httpd_address(cfg.metrics, port, address, sizeof address);
-            ferry_log_json(FERRY_LOG_INFO, "metrics.listen",
+            ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
                            json_pack("{s:s, s:i}", "address", address, "port", port),
                            "serving /metrics and /healthz on %s", address);
         }

@@ -96,7 +96,7 @@ void relay_ack_send(relay *r)
     size_t names_cap = 16 + (size_t)MAX_SHARDS * 12;
     char *names = malloc(names_cap);
     if (buf == NULL || names == NULL) {
-        ferry_log(FERRY_LOG_ERROR, "ack.oom", "out of memory building acknowledgements");
+        ferry__log(FERRY_LOG_ERROR, "ack.oom", "out of memory building acknowledgements");
         goto out;     /* kept: tried again on the next turn of the loop */
     }
     unsigned char *ids = buf, *shards = ids + id_len, *epochs = shards + shard_len;
@@ -136,7 +136,7 @@ void relay_ack_send(relay *r)
     }
     r->ack.sent = n;
     r->ack.flushing = 1;
-    r->ack.sent_ms = ferry_now_ms();
+    r->ack.sent_ms = ferry__now_ms();
     sched_ack_sent(r->s, n, r->ack.sent_ms);
 out:
     free(buf);
@@ -147,7 +147,7 @@ out:
  * failed, keep everything for the next. */
 static void ack_done(relay *r, PGresult *res)
 {
-    int64_t now = ferry_now_ms();
+    int64_t now = ferry__now_ms();
     r->ack.sent = 0;
     r->ack.flushing = 0;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -163,7 +163,7 @@ static void ack_done(relay *r, PGresult *res)
     if (refused > 0) {
         relay_count(r, M_ACK_REFUSED, (uint64_t)refused);
         r->refused += (uint64_t)refused;
-        ferry_log_json(FERRY_LOG_WARN, "ack.refused",
+        ferry__log_json(FERRY_LOG_WARN, "ack.refused",
                        json_pack("{s:i}", "refused", (int)refused),
                        "%ld acknowledgements refused: their lease epoch no longer holds "
                        "(the new holder publishes those rows again)", refused);
@@ -177,7 +177,7 @@ static void ack_done(relay *r, PGresult *res)
 void relay_ack_forget(relay *r)
 {
     if (r->ack.sent > 0)
-        sched_ack_done(r->s, 0, ferry_now_ms());
+        sched_ack_done(r->s, 0, ferry__now_ms());
     r->ack.sent = 0;
     r->ack.flushing = 0;
     PQclear(r->ack.res);

@@ -21,11 +21,11 @@ void relay_db_lost(relay *r, const char *what, ferry_error *err)
     int stale = strcmp(err->sqlstate, "26000") == 0 || strcmp(err->sqlstate, "0A000") == 0;
     if (PQstatus(r->db.main) == CONNECTION_OK && PQstatus(r->db.ack) == CONNECTION_OK &&
         !stale) {
-        ferry_log(FERRY_LOG_WARN, "db.error", "%s: %s", what, err->message);
+        ferry__log(FERRY_LOG_WARN, "db.error", "%s: %s", what, err->message);
         return;
     }
     if (r->db.ok)
-        ferry_log(FERRY_LOG_WARN, "db.lost", "%s: %s; reconnecting", what, err->message);
+        ferry__log(FERRY_LOG_WARN, "db.lost", "%s: %s; reconnecting", what, err->message);
     r->db.ok = 0;
     relay_ack_forget(r);
     sched_db_state(r->s, 0);
@@ -33,7 +33,7 @@ void relay_db_lost(relay *r, const char *what, ferry_error *err)
 
 static int exec_ok(PGconn *conn, const char *sql, ferry_error *err)
 {
-    return ferry_exec(conn, sql, 0, NULL, "could not set up the session", err) == FERRY_OK;
+    return ferry__exec(conn, sql, 0, NULL, "could not set up the session", err) == FERRY_OK;
 }
 
 /*
@@ -44,7 +44,7 @@ static int exec_ok(PGconn *conn, const char *sql, ferry_error *err)
  */
 static int setup_main(relay *r, ferry_error *err)
 {
-    return ferry_set_application_name(r->db.main, "ferry-relay", r->holder, err) == FERRY_OK &&
+    return ferry__set_application_name(r->db.main, "ferry-relay", r->holder, err) == FERRY_OK &&
            exec_ok(r->db.main, "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
                                "SET enable_sort = off; SET jit = off; "
                                "LISTEN " NOTIFY_CHANNEL, err) &&
@@ -56,7 +56,7 @@ static int setup_main(relay *r, ferry_error *err)
 static int setup_ack(relay *r, ferry_error *err)
 {
     return PQsetnonblocking(r->db.ack, 0) == 0 &&
-           ferry_set_application_name(r->db.ack, "ferry-relay", r->holder, err) == FERRY_OK &&
+           ferry__set_application_name(r->db.ack, "ferry-relay", r->holder, err) == FERRY_OK &&
            exec_ok(r->db.ack, "SET statement_timeout = '60s'; SET lock_timeout = '10s'", err) &&
            relay_ack_prepare(r) && PQsetnonblocking(r->db.ack, 1) == 0;
 }
@@ -77,7 +77,7 @@ static int holder_live(relay *r)
         PQclear(res);
         if (n <= 0)
             return n < 0 ? -1 : 0;
-        ferry_sleep_ms(100);
+        ferry__sleep_ms(100);
     }
     return 1;
 }
@@ -139,15 +139,15 @@ int relay_db_connect(relay *r)
                                        "tcp_user_timeout", "dbname", NULL};
     const char *values[] = {"10", "1", "10", "5", "3", "30000", r->cfg->db, NULL};
     r->db.main = PQconnectdbParams(keys, values, 1);
-    ferry_log_pq_notices(r->db.main, "main");
+    ferry__log_pq_notices(r->db.main, "main");
     if (PQstatus(r->db.main) == CONNECTION_OK) {
         r->db.ack = PQconnectdbParams(keys, values, 1);
-        ferry_log_pq_notices(r->db.ack, "ack");
+        ferry__log_pq_notices(r->db.ack, "ack");
     }
     PGconn *failed = PQstatus(r->db.main) != CONNECTION_OK ? r->db.main : r->db.ack;
     if (PQstatus(failed) != CONNECTION_OK) {
         const char *msg = PQerrorMessage(failed);
-        ferry_log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %.*s",
+        ferry__log(FERRY_LOG_ERROR, "db.connect", "could not connect to the database: %.*s",
                   (int)strcspn(msg, "\n"), msg);
         return -1;
     }
@@ -159,23 +159,23 @@ int relay_db_connect(relay *r)
     if (ferry_schema_version(r->db.main, &version, &err) != FERRY_OK) {
         /* Say what went wrong: a role without the grant on schema_version
          * is not an unmigrated database. */
-        ferry_log(FERRY_LOG_ERROR, "db.schema", "could not read the ferry schema's version: %s",
+        ferry__log(FERRY_LOG_ERROR, "db.schema", "could not read the ferry schema's version: %s",
                   err.message);
         return -1;
     }
     if (version < 1) {
-        ferry_log(FERRY_LOG_ERROR, "db.schema", "ferry schema not found (version 0): run "
+        ferry__log(FERRY_LOG_ERROR, "db.schema", "ferry schema not found (version 0): run "
                   "ferry-relay migrate --db ...");
         return -1;
     }
     if (!setup_main(r, &err)) {
-        ferry_log(FERRY_LOG_ERROR, "db.setup", "could not set up the session: %s",
+        ferry__log(FERRY_LOG_ERROR, "db.setup", "could not set up the session: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.main));
         return -1;
     }
     int live = holder_live(r);
     if (live != 0) {
-        ferry_log_json(FERRY_LOG_ERROR, "relay.holder_live",
+        ferry__log_json(FERRY_LOG_ERROR, "relay.holder_live",
                        json_pack("{s:s}", "holder", r->holder),
                        live > 0 ? "another relay named %s is already live (a session named "
                                   "'ferry-relay %s' is connected): refusing to start; give "
@@ -185,7 +185,7 @@ int relay_db_connect(relay *r)
         return -1;
     }
     if (!setup_ack(r, &err)) {
-        ferry_log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
+        ferry__log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.ack));
         return -1;
     }
@@ -203,7 +203,7 @@ int relay_db_connect(relay *r)
  * deleted row changes nothing). */
 void relay_db_maybe_reconnect(relay *r)
 {
-    if (r->db.ok || ferry_now_ms() < r->db.retry_at)
+    if (r->db.ok || ferry__now_ms() < r->db.retry_at)
         return;
     ferry_error err;
     relay_ack_forget(r);
@@ -215,10 +215,10 @@ void relay_db_maybe_reconnect(relay *r)
         r->db.backoff_ms = 100;
         r->next_lease_tick = 0;     /* find out at once what we still hold */
         sched_db_state(r->s, 1);
-        ferry_log(FERRY_LOG_INFO, "db.reconnected", "database connection restored");
+        ferry__log(FERRY_LOG_INFO, "db.reconnected", "database connection restored");
         return;
     }
-    r->db.retry_at = ferry_now_ms() + r->db.backoff_ms;
+    r->db.retry_at = ferry__now_ms() + r->db.backoff_ms;
     if (r->db.backoff_ms < 5000)
         r->db.backoff_ms *= 2;
 }
@@ -233,14 +233,14 @@ int relay_db_refresh_settings(relay *r)
     int count = ok ? atoi(PQgetvalue(res, 0, 0)) : 0;
     int max_payload = ok ? atoi(PQgetvalue(res, 0, 1)) : 0;
     if (!ok) {
-        ferry_log(FERRY_LOG_ERROR, "db.settings", "could not read ferry.settings: %s",
+        ferry__log(FERRY_LOG_ERROR, "db.settings", "could not read ferry.settings: %s",
                   PQresultErrorMessage(res));
         PQclear(res);
         return -1;
     }
     PQclear(res);
     if (count < 1 || count > MAX_SHARDS) {
-        ferry_log(FERRY_LOG_ERROR, "db.settings", "ferry.settings.shard_count %d is out of range",
+        ferry__log(FERRY_LOG_ERROR, "db.settings", "ferry.settings.shard_count %d is out of range",
                   count);
         return -1;
     }
@@ -254,19 +254,19 @@ int relay_db_refresh_settings(relay *r)
         if (names[s] != NULL)
             snprintf(names[s], 32, SHARD_PREFIX "%d", s);
     }
-    ferry_code rc = names ? ferry_lease_ensure(r->db.main, (const char *const *)names,
+    ferry_code rc = names ? ferry__lease_ensure(r->db.main, (const char *const *)names,
                                                (size_t)count, &err)
                           : FERRY_ENOMEM;
     for (int s = 0; names != NULL && s < count; s++)
         free(names[s]);
     free(names);
     if (rc != FERRY_OK) {
-        ferry_log(FERRY_LOG_ERROR, "lease.setup", "%s", rc == FERRY_ENOMEM ? "out of memory"
+        ferry__log(FERRY_LOG_ERROR, "lease.setup", "%s", rc == FERRY_ENOMEM ? "out of memory"
                                                                            : err.message);
         return -1;
     }
     if (r->db.shard_count != 0)
-        ferry_log(FERRY_LOG_INFO, "shards.grown", "shard_count grew from %d to %d",
+        ferry__log(FERRY_LOG_INFO, "shards.grown", "shard_count grew from %d to %d",
                   r->db.shard_count, count);
     r->db.shard_count = count;
     return 0;

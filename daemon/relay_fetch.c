@@ -102,7 +102,7 @@ int relay_fetch_prepare(relay *r)
     PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 9, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)
-        ferry_log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
+        ferry__log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
     return ok;
@@ -354,12 +354,12 @@ void relay_fetch_and_produce(relay *r, int limit)
     }
     int rows = PQntuples(res);
     int stopped = 0;
-    int64_t now = ferry_now_ms();
+    int64_t now = ferry__now_ms();
     relay_topic *t = NULL;
     row w;
     for (int i = 0; i < rows; i++) {
         if (row_read(res, i, &w) != 0) {
-            ferry_log(FERRY_LOG_ERROR, "fetch.row", "a fetched row has columns of the wrong "
+            ferry__log(FERRY_LOG_ERROR, "fetch.row", "a fetched row has columns of the wrong "
                       "size; ending this batch");
             stopped = 1;
             break;
@@ -393,7 +393,7 @@ void relay_fetch_and_produce(relay *r, int limit)
         sched_advance(r->s, w.shard, w.topic, w.key, w.seq);
     }
     if (rows > 0)
-        ferry_log_json(FERRY_LOG_DEBUG, "batch.produced",
+        ferry__log_json(FERRY_LOG_DEBUG, "batch.produced",
                        json_pack("{s:i, s:i}", "rows", rows, "inflight", sched_inflight(r->s)),
                        "fetched %d rows", rows);
     /* Fewer rows than asked for is the end of the sweep, unless we stopped
@@ -474,19 +474,19 @@ void relay_record_failures(relay *r)
         if (moved) {
             r->dead_lettered++;
             relay_count(r, M_DEAD_LETTERED, 1);
-            ferry_log_json(FERRY_LOG_ERROR, "message.dead_lettered", fields,
+            ferry__log_json(FERRY_LOG_ERROR, "message.dead_lettered", fields,
                            "message %s moved to ferry.dead_letter after %s attempts: %s; "
                            "its key waits until the dead letter is replayed or discarded",
                            f->id, attempts, f->reason);
         } else if (strcmp(outcome, "clash") == 0) {
             /* Left in the outbox, never dropped: see schemas/009. */
-            ferry_log_json(FERRY_LOG_ERROR, "message.dead_letter_clash", fields,
+            ferry__log_json(FERRY_LOG_ERROR, "message.dead_letter_clash", fields,
                            "message %s failed %s attempts (%s) but cannot be moved to "
                            "ferry.dead_letter, which already holds a relay dead letter with its "
                            "id (another message): it stays in the outbox until a person removes "
                            "one of the two", f->id, attempts, f->reason);
         } else {
-            ferry_log_json(FERRY_LOG_WARN, "message.failed", fields,
+            ferry__log_json(FERRY_LOG_WARN, "message.failed", fields,
                            "message %s could not be published (attempt %s): %s", f->id,
                            attempts, f->reason);
         }

@@ -51,7 +51,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
     if (sched_slot_info(r->s, slot, id, &shard, &epoch, &slot_gen, &created_ms) != 0 ||
         slot_gen != gen)
         return;
-    int64_t now = ferry_now_ms();
+    int64_t now = ferry__now_ms();
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         atomic_store(&r->k.down, 0);
         r->delivered++;
@@ -92,7 +92,7 @@ static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const
      * the log line is kept for debug only. */
     if (strcmp(fac, "FAIL") == 0 && lvl < FERRY_LOG_DEBUG)
         lvl = FERRY_LOG_DEBUG;
-    ferry_log_json(lvl, "kafka.log", json_pack("{s:s}", "facility", fac), "%s", buf);
+    ferry__log_json(lvl, "kafka.log", json_pack("{s:s}", "facility", fac), "%s", buf);
 }
 
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -100,7 +100,7 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     relay *r = opaque;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         atomic_store(&r->k.down, 1);
-    ferry_log_json(FERRY_LOG_WARN, "kafka.error",
+    ferry__log_json(FERRY_LOG_WARN, "kafka.error",
                    json_pack("{s:s}", "error", rd_kafka_err2name((rd_kafka_resp_err_t)err)),
                    "%s", reason);
 }
@@ -111,7 +111,7 @@ static int on_kafka_stats(rd_kafka_t *rk, char *json, size_t json_len, void *opa
 {
     relay *r = opaque;
     if (r->m && metrics_kafka_stats(r->m, json, json_len) != 0)
-        ferry_log(FERRY_LOG_WARN, "kafka.stats", "librdkafka's statistics could not be read; "
+        ferry__log(FERRY_LOG_WARN, "kafka.stats", "librdkafka's statistics could not be read; "
                   "the ferry_kafka_* metrics keep the last ones");
     return 0;
 }
@@ -200,7 +200,7 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
 {
     char errstr[512];
     if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
-        ferry_log(FERRY_LOG_ERROR, "kafka.config", "kafka property %s=%s: %s", name, value,
+        ferry__log(FERRY_LOG_ERROR, "kafka.config", "kafka property %s=%s: %s", name, value,
                   errstr);
         return -1;
     }
@@ -275,7 +275,7 @@ int relay_kafka_create(relay *r)
     char errstr[512];
     r->k.rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (r->k.rk == NULL) {
-        ferry_log(FERRY_LOG_ERROR, "kafka.producer", "could not create the producer: %s",
+        ferry__log(FERRY_LOG_ERROR, "kafka.producer", "could not create the producer: %s",
                   errstr);
         goto fail;   /* rd_kafka_new() takes conf only when it succeeds */
     }
@@ -305,22 +305,22 @@ void relay_kafka_stop(relay *r, int wait_ms)
         return;
     rd_kafka_purge(r->k.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
                             RD_KAFKA_PURGE_F_NON_BLOCKING);
-    int64_t until = ferry_now_ms() + wait_ms;
+    int64_t until = ferry__now_ms() + wait_ms;
     do
         rd_kafka_poll(r->k.rk, 10);
-    while (sched_inflight(r->s) > 0 && ferry_now_ms() < until);
+    while (sched_inflight(r->s) > 0 && ferry__now_ms() < until);
     tdestroy(r->k.topics, free_topic);
     r->k.topics = NULL;
     r->k.gen++;     /* reports from here on belong to nobody */
     rd_kafka_destroy(r->k.rk);
     r->k.rk = NULL;
-    sched_inflight_lost(r->s, ferry_now_ms());
+    sched_inflight_lost(r->s, ferry__now_ms());
 }
 
 int relay_kafka_rebuild(relay *r, const char *reason)
 {
     relay_count(r, M_FAIL_FATAL, 1);
-    ferry_log(FERRY_LOG_ERROR, "kafka.fatal", "fatal producer error: %s; rebuilding the "
+    ferry__log(FERRY_LOG_ERROR, "kafka.fatal", "fatal producer error: %s; rebuilding the "
               "producer and resending from the first unacknowledged row of each key", reason);
     relay_kafka_stop(r, 1000);
     return relay_kafka_create(r);
@@ -337,17 +337,17 @@ static int start_embedded(relay *r)
     r->k.mock_host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (r->k.mock_host == NULL) {
         rd_kafka_conf_destroy(conf);
-        ferry_log(FERRY_LOG_ERROR, "kafka.embedded", "%s", errstr);
+        ferry__log(FERRY_LOG_ERROR, "kafka.embedded", "%s", errstr);
         return -1;
     }
     r->k.mock = rd_kafka_mock_cluster_new(r->k.mock_host, 3);
     if (r->k.mock == NULL) {
-        ferry_log(FERRY_LOG_ERROR, "kafka.embedded", "could not start the mock cluster");
+        ferry__log(FERRY_LOG_ERROR, "kafka.embedded", "could not start the mock cluster");
         return -1;
     }
     snprintf(r->k.bootstrap, sizeof r->k.bootstrap, "%s",
              rd_kafka_mock_cluster_bootstraps(r->k.mock));
-    ferry_log(FERRY_LOG_INFO, "kafka.embedded", "embedded development cluster at %s",
+    ferry__log(FERRY_LOG_INFO, "kafka.embedded", "embedded development cluster at %s",
               r->k.bootstrap);
     return 0;
 }
@@ -355,7 +355,7 @@ static int start_embedded(relay *r)
 int relay_kafka_start(relay *r)
 {
     if (pipe2(r->k.event_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
-        ferry_log(FERRY_LOG_ERROR, "relay.start", "pipe: out of descriptors");
+        ferry__log(FERRY_LOG_ERROR, "relay.start", "pipe: out of descriptors");
         return -1;
     }
     if (strcmp(r->cfg->kafka, "embedded") == 0) {

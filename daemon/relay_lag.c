@@ -64,10 +64,10 @@ static void *lag_main(void *arg)
         if (c == NULL || PQstatus(c) != CONNECTION_OK) {
             PQfinish(c);
             c = PQconnectdb(l->conninfo);
-            ferry_log_pq_notices(c, "lag");
+            ferry__log_pq_notices(c, "lag");
             if (PQstatus(c) == CONNECTION_OK) {
                 ferry_error err;
-                ferry_set_application_name(c, "ferry-relay", "lag", &err);
+                ferry__set_application_name(c, "ferry-relay", "lag", &err);
                 PQclear(PQexec(c, "SET statement_timeout = '10s'; SET enable_sort = off"));
             }
         }

@@ -25,7 +25,7 @@ static int shard_of_lease(const char *name)
     if (strncmp(name, SHARD_PREFIX, strlen(SHARD_PREFIX)) != 0)
         return -1;
     long v;
-    if (ferry_parse_long(name + strlen(SHARD_PREFIX), 0, MAX_SHARDS - 1, &v) != 0)
+    if (ferry__parse_long(name + strlen(SHARD_PREFIX), 0, MAX_SHARDS - 1, &v) != 0)
         return -1;
     return (int)v;
 }
@@ -59,13 +59,13 @@ void relay_lease_tick(relay *r)
     if (relay_db_refresh_settings(r) != 0)
         return;
     size_t cap = (size_t)r->db.shard_count;
-    ferry_lease *got = malloc(cap * sizeof *got);
+    ferry__lease *got = malloc(cap * sizeof *got);
     if (got == NULL)
         return;
     size_t n = 0;
     gained g = {{0}, 0, 0};
 
-    if (ferry_lease_heartbeat(r->db.main, r->heartbeat_name, r->holder, cfg->lease_ttl_ms, NULL,
+    if (ferry__lease_heartbeat(r->db.main, r->heartbeat_name, r->holder, cfg->lease_ttl_ms, NULL,
                               &err) != FERRY_OK && err.code != FERRY_ESTATE) {
         relay_db_lost(r, "heartbeat", &err);
         goto out;
@@ -75,7 +75,7 @@ void relay_lease_tick(relay *r)
          * same name (relay_db.c refused to start beside a live one): take
          * them over with a new epoch, so that its acknowledgements, if any
          * are still on their way, are refused. */
-        if (ferry_lease_reclaim(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms, cap, got,
+        if (ferry__lease_reclaim(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms, cap, got,
                                 &n, &err) != FERRY_OK) {
             relay_db_lost(r, "lease reclaim", &err);
             goto out;
@@ -88,14 +88,14 @@ void relay_lease_tick(relay *r)
             gained_add(&g, s);
         }
         if (n > 0)
-            ferry_log_json(FERRY_LOG_INFO, "lease.reclaimed",
+            ferry__log_json(FERRY_LOG_INFO, "lease.reclaimed",
                            json_pack("{s:s}", "shards", g.list),
                            "took back shards %s from an earlier process named %s", g.list,
                            r->holder);
         g = (gained){{0}, 0, 0};
         r->reclaimed = 1;
     }
-    if (ferry_lease_renew(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms, cap, got, &n,
+    if (ferry__lease_renew(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms, cap, got, &n,
                           &err) != FERRY_OK) {
         relay_db_lost(r, "lease renewal", &err);
         goto out;
@@ -109,14 +109,14 @@ void relay_lease_tick(relay *r)
     for (int s = 0; s < MAX_SHARDS; s++) {
         int64_t mine = sched_lease_epoch(r->s, s);
         if (mine != 0 && still[s] != mine) {
-            ferry_log_json(FERRY_LOG_WARN, "lease.lost", fields_shard(s, mine),
+            ferry__log_json(FERRY_LOG_WARN, "lease.lost", fields_shard(s, mine),
                            "lease of shard %d lost; stopping work on it", s);
             sched_lease_lost(r->s, s);
             relay_count(r, M_LEASES_LOST, 1);
             mine = 0;
         }
         if (still[s] != 0 && mine == 0) {
-            ferry_log_json(FERRY_LOG_WARN, "lease.adopted", fields_shard(s, still[s]),
+            ferry__log_json(FERRY_LOG_WARN, "lease.adopted", fields_shard(s, still[s]),
                            "shard %d is leased under our name but was not served (a lost "
                            "reply?): serving it", s);
             sched_lease_set(r->s, s, still[s]);
@@ -124,7 +124,7 @@ void relay_lease_tick(relay *r)
     }
 
     int live = 1;
-    if (ferry_lease_count_live(r->db.main, RELAY_PREFIX, &live, &err) != FERRY_OK) {
+    if (ferry__lease_count_live(r->db.main, RELAY_PREFIX, &live, &err) != FERRY_OK) {
         relay_db_lost(r, "lease count", &err);
         goto out;
     }
@@ -133,7 +133,7 @@ void relay_lease_tick(relay *r)
     int target = cfg->once ? r->db.shard_count : (r->db.shard_count + live - 1) / live;
     int held = sched_leases_held(r->s);
     if (held < target) {
-        if (ferry_lease_acquire(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms,
+        if (ferry__lease_acquire(r->db.main, SHARD_PREFIX, r->holder, cfg->lease_ttl_ms,
                                 (size_t)(target - held), got, &n, &err) != FERRY_OK) {
             relay_db_lost(r, "lease acquisition", &err);
             goto out;
@@ -147,7 +147,7 @@ void relay_lease_tick(relay *r)
             gained_add(&g, s);
         }
         if (g.n > 0)
-            ferry_log_json(FERRY_LOG_INFO, "lease.acquired",
+            ferry__log_json(FERRY_LOG_INFO, "lease.acquired",
                            json_pack("{s:s, s:i}", "shards", g.list, "count", g.n),
                            "took the lease of %d shard%s: %s", g.n, g.n == 1 ? "" : "s", g.list);
     }
@@ -164,11 +164,11 @@ void relay_lease_release(relay *r, int shard)
     char name[32];
     snprintf(name, sizeof name, SHARD_PREFIX "%d", shard);
     int64_t epoch = sched_lease_epoch(r->s, shard);
-    if (ferry_lease_release(r->db.main, name, r->holder, &err) != FERRY_OK) {
+    if (ferry__lease_release(r->db.main, name, r->holder, &err) != FERRY_OK) {
         relay_db_lost(r, "lease release", &err);
         return;
     }
-    ferry_log_json(FERRY_LOG_INFO, "lease.released", fields_shard(shard, epoch),
+    ferry__log_json(FERRY_LOG_INFO, "lease.released", fields_shard(shard, epoch),
                    "gave the lease of shard %d back (its share went to another relay)", shard);
     sched_lease_lost(r->s, shard);
 }
@@ -181,9 +181,9 @@ void relay_leases_release_all(relay *r)
             continue;
         char name[32];
         snprintf(name, sizeof name, SHARD_PREFIX "%d", s);
-        if (ferry_lease_release(r->db.main, name, r->holder, &err) != FERRY_OK)
+        if (ferry__lease_release(r->db.main, name, r->holder, &err) != FERRY_OK)
             break;
         sched_lease_lost(r->s, s);
     }
-    ferry_lease_release(r->db.main, r->heartbeat_name, r->holder, &err);
+    ferry__lease_release(r->db.main, r->heartbeat_name, r->holder, &err);
 }

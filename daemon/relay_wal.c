@@ -155,7 +155,7 @@ static int load_parked(relay *r)
     PGresult *res = PQexec(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
                                    "WHERE consumer = '' LIMIT 100000");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry_log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
+        ferry__log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
                   PQresultErrorMessage(res));
         PQclear(res);
         return -1;
@@ -202,7 +202,7 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
             if (ferry_uuid_parse(idtext, &id) == FERRY_OK)
                 note_failure(w, &id, reason);
         }
-        ferry_log_json(FERRY_LOG_ERROR, "wal.delivery_failed",
+        ferry__log_json(FERRY_LOG_ERROR, "wal.delivery_failed",
                        json_pack("{s:s}", "error", rd_kafka_err2name(msg->err)),
                        "delivery failed: %s; the stream restarts from the slot's confirmed "
                        "position", rd_kafka_err2str(msg->err));
@@ -246,7 +246,7 @@ static int read_settings(relay *r)
     PGresult *res = PQexec(w->sql, "SELECT wal_token, wal_slot, max_payload_bytes "
                                    "FROM ferry.settings");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        ferry_log(FERRY_LOG_ERROR, "wal.settings", "could not read ferry.settings (is the "
+        ferry__log(FERRY_LOG_ERROR, "wal.settings", "could not read ferry.settings (is the "
                   "schema at version 11, and may this role read it?): %s",
                   PQresultErrorMessage(res));
         PQclear(res);
@@ -357,7 +357,7 @@ static int64_t lease_take(relay *r)
         "RETURNING epoch",
         3, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry_log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name,
+        ferry__log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name,
                   PQresultErrorMessage(res));
         PQclear(res);
         return -1;
@@ -390,20 +390,20 @@ static int start_stream(relay *r)
     slot_state st = check_slot(r, why, sizeof why);
     if (st != SLOT_OK) {
         if (!w->slot_problem || st == SLOT_ERROR)
-            ferry_log_json(FERRY_LOG_ERROR, st == SLOT_ERROR ? "wal.db" : "wal.slot",
+            ferry__log_json(FERRY_LOG_ERROR, st == SLOT_ERROR ? "wal.db" : "wal.slot",
                            json_pack("{s:s}", "slot", w->slot), "%s", why);
         w->slot_problem = st != SLOT_ERROR;
         set_health(r, 0, why);
         return -1;
     }
     if (w->slot_problem)
-        ferry_log(FERRY_LOG_INFO, "wal.slot", "the replication slot \"%s\" is back", w->slot);
+        ferry__log(FERRY_LOG_INFO, "wal.slot", "the replication slot \"%s\" is back", w->slot);
     w->slot_problem = 0;
 
     int64_t epoch = lease_take(r);
     if (epoch == 0) {
         if (!w->standby)
-            ferry_log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
+            ferry__log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
                            "standing by: another relay holds the lease wal:%s", w->slot);
         w->standby = 1;
         set_health(r, 1, "");
@@ -412,11 +412,11 @@ static int start_stream(relay *r)
     if (epoch < 0)
         return -1;
     w->lease_epoch = epoch;
-    w->next_lease = ferry_now_ms() + r->cfg->lease_ttl_ms / 3;
+    w->next_lease = ferry__now_ms() + r->cfg->lease_ttl_ms / 3;
 
     w->repl = connect_db(r->cfg->db, 1);
     if (PQstatus(w->repl) != CONNECTION_OK) {
-        ferry_log(FERRY_LOG_ERROR, "wal.connect", "could not open a replication session (the "
+        ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not open a replication session (the "
                   "role needs REPLICATION): %s", PQerrorMessage(w->repl));
         set_health(r, 0, "database unreachable: reconnecting");
         stop_stream(r);
@@ -432,12 +432,12 @@ static int start_stream(relay *r)
         if (state != NULL && strcmp(state, "55006") == 0) {
             /* PostgreSQL lets one session read a slot: the fence. */
             if (!w->standby)
-                ferry_log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
+                ferry__log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
                                "standing by: %s", PQresultErrorMessage(res));
             w->standby = 1;
             set_health(r, 1, "");
         } else {
-            ferry_log(FERRY_LOG_ERROR, "wal.start", "could not start streaming the slot "
+            ferry__log(FERRY_LOG_ERROR, "wal.start", "could not start streaming the slot "
                       "\"%s\": %s", w->slot, PQresultErrorMessage(res));
             set_health(r, 0, "could not start streaming the replication slot");
         }
@@ -447,14 +447,14 @@ static int start_stream(relay *r)
     }
     PQclear(res);
     if (w->standby)
-        ferry_log(FERRY_LOG_INFO, "wal.active", "took over the slot \"%s\"", w->slot);
+        ferry__log(FERRY_LOG_INFO, "wal.active", "took over the slot \"%s\"", w->slot);
     w->standby = 0;
     wal_track_reset(w->t);
     w->confirmed_sent = wal_track_confirmable(w->t);
     w->backoff_ms = 100;
     load_parked(r);
     set_health(r, 1, "");
-    ferry_log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
+    ferry__log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
                    "streaming the slot \"%s\" from its confirmed position", w->slot);
     return 0;
 }
@@ -482,15 +482,15 @@ static int send_feedback(relay *r, int reply)
     put64(buf + 25, (uint64_t)now_us);
     buf[33] = (unsigned char)(reply != 0);
     if (PQputCopyData(w->repl, (const char *)buf, sizeof buf) != 1 || PQflush(w->repl) != 0) {
-        ferry_log(FERRY_LOG_WARN, "wal.feedback", "could not send feedback: %s",
+        ferry__log(FERRY_LOG_WARN, "wal.feedback", "could not send feedback: %s",
                   PQerrorMessage(w->repl));
         return -1;
     }
     if (c > w->confirmed_sent) {
         w->confirmed_sent = c;
-        w->confirmed_at_ms = ferry_now_ms();
+        w->confirmed_at_ms = ferry__now_ms();
     }
-    w->next_feedback = ferry_now_ms() + FEEDBACK_MS;
+    w->next_feedback = ferry__now_ms() + FEEDBACK_MS;
     return 0;
 }
 
@@ -500,11 +500,11 @@ static void restart_stream(relay *r, const char *why)
 {
     relay_wal *w = r->wal;
     w->restarts++;
-    ferry_log_json(FERRY_LOG_WARN, "wal.restart", json_pack("{s:s}", "reason", why),
+    ferry__log_json(FERRY_LOG_WARN, "wal.restart", json_pack("{s:s}", "reason", why),
                    "restarting the stream from the slot: %s", why);
     stop_stream(r);
     wal_track_reset(w->t);
-    w->retry_at = ferry_now_ms() + w->backoff_ms;
+    w->retry_at = ferry__now_ms() + w->backoff_ms;
     w->backoff_ms = w->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : w->backoff_ms * 2;
 }
 
@@ -534,7 +534,7 @@ static void produce(relay *r, const wal_msg *m)
         rd_kafka_headers_destroy(h);
         relay_count(r, M_FAIL_PRODUCE, 1);
         r->undelivered++;
-        ferry_log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
+        ferry__log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
                   rd_kafka_err2str(err));
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && err != RD_KAFKA_RESP_ERR__FATAL) {
             char reason[256];
@@ -589,7 +589,7 @@ static int dead_letter(relay *r, const wal_msg *m)
         "ON CONFLICT (message_id, consumer) DO NOTHING",
         11, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        ferry_log(FERRY_LOG_ERROR, "wal.dead_letter", "could not move message %s to the dead "
+        ferry__log(FERRY_LOG_ERROR, "wal.dead_letter", "could not move message %s to the dead "
                   "letters: %s", id, PQresultErrorMessage(res));
         PQclear(res);
         return -1;
@@ -598,7 +598,7 @@ static int dead_letter(relay *r, const wal_msg *m)
     park(w, m->topic, m->key);
     r->dead_lettered++;
     relay_count(r, M_DEAD_LETTERED, 1);
-    ferry_log_json(FERRY_LOG_ERROR, "message.dead_lettered",
+    ferry__log_json(FERRY_LOG_ERROR, "message.dead_lettered",
                    json_pack("{s:s, s:s, s:s, s:i, s:s}", "id", id, "topic", m->topic, "key",
                              m->key, "attempts", w->poison_fails, "reason", w->poison_reason),
                    "message %s moved to ferry.dead_letter after %d attempts: %s; its key's "
@@ -622,13 +622,13 @@ static int to_table(relay *r, const wal_msg *m)
                                  "$7::jsonb, $8::bigint, to_timestamp($9::float8))",
                                  9, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry_log(FERRY_LOG_ERROR, "wal.park", "could not put message %s of the parked key "
+        ferry__log(FERRY_LOG_ERROR, "wal.park", "could not put message %s of the parked key "
                   "%s/%s in the table: %s", id, m->topic, m->key, PQresultErrorMessage(res));
         PQclear(res);
         return -1;
     }
     PQclear(res);
-    ferry_log_json(FERRY_LOG_INFO, "wal.parked",
+    ferry__log_json(FERRY_LOG_INFO, "wal.parked",
                    json_pack("{s:s, s:s, s:s}", "id", id, "topic", m->topic, "key", m->key),
                    "message %s waits in the outbox behind its key's dead letter", id);
     done_without_kafka(w);
@@ -682,7 +682,7 @@ static void on_data(relay *r, const wal_frame *f)
         /* Refused, never guessed at: it is not a message of ferry.emit. */
         w->refused++;
         relay_count(r, M_WAL_REFUSED, 1);
-        ferry_log_json(FERRY_LOG_ERROR, "wal.refused", json_pack("{s:s, s:s}", "lsn", lsn,
+        ferry__log_json(FERRY_LOG_ERROR, "wal.refused", json_pack("{s:s, s:s}", "lsn", lsn,
                                                                  "reason", why),
                        "refused the 'ferry' message at %s: %s", lsn, why);
         break;
@@ -728,7 +728,7 @@ static int read_stream(relay *r)
         }
         if (f.wal_end > w->wal_end)
             w->wal_end = f.wal_end;
-        w->last_data = ferry_now_ms();
+        w->last_data = ferry__now_ms();
         if (f.kind == 'w') {
             on_data(r, &f);
         } else {
@@ -754,7 +754,7 @@ static void heartbeat(relay *r, int64_t now)
         return;
     PGresult *res = PQexec(w->sql, "SELECT pg_logical_emit_message(false, 'ferry-heartbeat', '')");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        ferry_log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
+        ferry__log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
 }
@@ -772,7 +772,7 @@ static void lease_tick(relay *r, int64_t now)
         return;
     if (epoch < 0)
         return;                 /* the database: the stream will say */
-    ferry_log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
+    ferry__log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
               "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
               (long long)epoch, (long long)w->lease_epoch);
     w->lease_epoch = epoch > 0 ? epoch : 0;
@@ -823,7 +823,7 @@ static void health(relay *r, int64_t now)
     char why[512];
     slot_state st = check_slot(r, why, sizeof why);
     if (st == SLOT_LOST) {
-        ferry_log_json(FERRY_LOG_ERROR, "wal.slot", json_pack("{s:s}", "slot", w->slot), "%s",
+        ferry__log_json(FERRY_LOG_ERROR, "wal.slot", json_pack("{s:s}", "slot", w->slot), "%s",
                        why);
         w->slot_problem = 1;
         set_health(r, 0, why);
@@ -866,7 +866,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     w->heartbeat_ms = 10000;
     w->sql = connect_db(r->cfg->db, 0);
     if (w->t == NULL || PQstatus(w->sql) != CONNECTION_OK) {
-        ferry_log(FERRY_LOG_ERROR, "wal.connect", "could not connect: %s",
+        ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not connect: %s",
                   w->sql ? PQerrorMessage(w->sql) : "out of memory");
         goto out;
     }
@@ -875,7 +875,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         goto out;
     if (relay_kafka_start(r) != 0)
         goto out;
-    ferry_log_json(FERRY_LOG_INFO, "relay.start",
+    ferry__log_json(FERRY_LOG_INFO, "relay.start",
                    json_pack("{s:s, s:s, s:s}", "holder", r->holder, "source", "wal", "slot",
                              w->slot),
                    "ferry-relay %s started, streaming the WAL", ferry_version());
@@ -883,11 +883,11 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     int stopping = 0, clean = 0;
     int64_t stop_by = 0;
     for (;;) {
-        int64_t now = ferry_now_ms();
+        int64_t now = ferry__now_ms();
         if (*stop && !stopping) {
             stopping = 1;
             stop_by = now + r->cfg->stop_grace_ms;
-            ferry_log(FERRY_LOG_INFO, "relay.stopping", "stopping: waiting up to %d ms for "
+            ferry__log(FERRY_LOG_INFO, "relay.stopping", "stopping: waiting up to %d ms for "
                       "%" PRId64 " in-flight deliveries", r->cfg->stop_grace_ms,
                       wal_track_inflight(w->t));
         }
@@ -897,7 +897,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                  * (the slot missing, or another relay streaming it). */
                 if (r->cfg->once) {
                     if (w->standby)
-                        ferry_log(FERRY_LOG_WARN, "relay.once", "another relay streams the "
+                        ferry__log(FERRY_LOG_WARN, "relay.once", "another relay streams the "
                                   "slot \"%s\": nothing to do", w->slot);
                     break;
                 }
@@ -957,7 +957,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                                    : clean ? 0 : 1;
     if (r->cfg->once && w->slot_problem)
         status = 1;
-    ferry_log_json(FERRY_LOG_INFO, "relay.stop",
+    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
                    json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
                              "delivered", (json_int_t)r->delivered, "decoded",
                              (json_int_t)w->decoded, "refused", (json_int_t)w->refused),

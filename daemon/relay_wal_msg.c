@@ -291,7 +291,7 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
     }
     size_t bad;
     for (int i = 1; i < 6; i++)
-        if (!ferry_utf8_valid(ptr[i], plen[i], &bad)) {
+        if (!ferry__utf8_valid(ptr[i], plen[i], &bad)) {
             snprintf(why, whylen, "content: %s is not UTF-8 (byte %zu)",
                      i < 5 ? names[i] : "payload", bad);
             return -1;

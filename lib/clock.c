@@ -7,14 +7,14 @@
 
 #include "internal.h"
 
-void ferry_sleep_ms(long ms)
+void ferry__sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
         ;
 }
 
-int64_t ferry_now_ms(void)
+int64_t ferry__now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

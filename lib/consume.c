@@ -135,7 +135,7 @@ static int name_ok(const char *s, size_t max)
 
 static void backoff(const ferry_consumer *c, int attempt)
 {
-    ferry_backoff_sleep(c->backoff_base_ms, c->backoff_max_ms, attempt);
+    ferry__backoff_sleep(c->backoff_base_ms, c->backoff_max_ms, attempt);
 }
 
 /* The length of the UTF-8 character at p (at most len bytes), or 0 when
@@ -146,7 +146,7 @@ static size_t utf8_char_len(const char *p, size_t len)
     size_t n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3
              : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
     size_t bad;
-    if (n == 0 || n > len || (n == 1 && b == 0) || !ferry_utf8_valid(p, n, &bad))
+    if (n == 0 || n > len || (n == 1 && b == 0) || !ferry__utf8_valid(p, n, &bad))
         return 0;
     return n;
 }
@@ -254,14 +254,14 @@ const char *ferry_message_header(const ferry_message *msg, const char *name)
 ferry_code ferry_message_alone(const ferry_message *msg, ferry_error *err)
 {
     if (msg == NULL || msg->internal_ == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "msg", "ferry_message_alone: no message");
+        return ferry__error_set(err, FERRY_EINVAL, "msg", "ferry_message_alone: no message");
     work *w = (work *)msg->internal_;
     if (!w->in_batch)
         return FERRY_OK;
     /* The batch rolls back; this message then runs in a transaction of
      * its own (apply_batch), where this call returns FERRY_OK. */
     w->alone_asked = 1;
-    return ferry_err_set(err, FERRY_ESTATE, NULL,
+    return ferry__error_set(err, FERRY_ESTATE, NULL,
                          "message %s asks for a transaction of its own", w->id);
 }
 
@@ -307,7 +307,7 @@ static int has_header(work *w, const char *name)
 static int payload_text_ok(const char *p, size_t len)
 {
     size_t bad;
-    return memchr(p, 0, len) == NULL && ferry_utf8_valid(p, len, &bad);
+    return memchr(p, 0, len) == NULL && ferry__utf8_valid(p, len, &bad);
 }
 
 /*
@@ -384,7 +384,7 @@ static void work_finish(work *w, size_t max_payload)
         int64_t v;
         if (!position_parse(seq, &v)) {
             char shown[4 * sizeof seqbuf];     /* every byte escaped, if need be */
-            ferry_escape_text(shown, sizeof shown, seq);
+            ferry__escape_text(shown, sizeof shown, seq);
             snprintf(w->poison, sizeof w->poison,
                      "header ferry_seq is \"%s\", not a position", shown);
         } else {
@@ -407,7 +407,7 @@ static void work_finish(work *w, size_t max_payload)
             if (w->payload == NULL) {
                 /* jansson quotes the payload ("near '...'"), cut anywhere. */
                 char jtext[4 * JSON_ERROR_TEXT_LENGTH];
-                ferry_escape_text(jtext, sizeof jtext, jerr.text);
+                ferry__escape_text(jtext, sizeof jtext, jerr.text);
                 snprintf(w->poison, sizeof w->poison,
                          "payload is not valid JSON: %s at line %d, column %d", jtext,
                          jerr.line, jerr.column);
@@ -446,7 +446,7 @@ void consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
     if (rkm->key == NULL) {
         m->key = "";
     } else if (rkm->key_len <= FERRY_KEY_MAX && memchr(rkm->key, 0, rkm->key_len) == NULL &&
-               ferry_utf8_valid(rkm->key, rkm->key_len, &bad)) {
+               ferry__utf8_valid(rkm->key, rkm->key_len, &bad)) {
         memcpy(w->key_text, rkm->key, rkm->key_len);
         w->key_text[rkm->key_len] = '\0';
         m->key = w->key_text;
@@ -536,7 +536,7 @@ static int parse_verdict(const char *s, verdict *out)
 static ferry_code unhold(PGconn *conn, apply_ctx *a, ferry_error *err)
 {
     const char *p[2] = {a->c->name, a->w->id};
-    return ferry_exec(conn, "SELECT ferry.inbox_unhold($1, $2::uuid)", 2, p,
+    return ferry__exec(conn, "SELECT ferry.inbox_unhold($1, $2::uuid)", 2, p,
                       "could not drop a held message", err);
 }
 
@@ -632,13 +632,13 @@ static ferry_code begin_and_claim(PGconn *conn, apply_ctx *a, ferry_error *err)
             err->retriable = 1;
         }
     } else if (parse_verdict(PQgetvalue(res, 0, 0), &a->v) != 0) {
-        rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
                            "ferry.inbox_claim gave an answer this library does not know");
     }
     PQclear(begin);
     PQclear(res);
     if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry_err_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
     return rc;
 }
 
@@ -659,7 +659,7 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
             /* Cannot be kept as text until its turn: dead-lettered now,
              * which parks its key behind it. */
             a->poisoned = 1;
-            return ferry_err_set(err, FERRY_EINVAL, "payload", "%s (arrived while its key "
+            return ferry__error_set(err, FERRY_EINVAL, "payload", "%s (arrived while its key "
                                  "was held)", w->poison);
         } else {
             char part[16], off[24];
@@ -667,7 +667,7 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
             snprintf(off, sizeof off, "%" PRId64, w->msg.offset);
             char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
             if (hjson == NULL)
-                return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+                return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
             /* Held as received; a payload that is not text is poison and
              * was caught before (see consume_intake). */
             const char *hp[12] = {c->name, w->id, w->msg.topic, w->msg.key, w->seq_text,
@@ -696,15 +696,15 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
 
     if (w->poison[0] != '\0') {
         a->poisoned = 1;
-        return ferry_err_set(err, FERRY_EINVAL, "payload", "%s", w->poison);
+        return ferry__error_set(err, FERRY_EINVAL, "payload", "%s", w->poison);
     }
     if (!w->marker) {
-        ferry_err_clear(err);
+        ferry__err_clear(err);
         ferry_code rc = c->handler(conn, &w->msg, c->handler_arg, err);
         if (rc != FERRY_OK) {
             a->handler_failed = 1;
             if (err->code == FERRY_OK)
-                ferry_err_set(err, rc, NULL, "the handler failed (%s)", ferry_code_name(rc));
+                ferry__error_set(err, rc, NULL, "the handler failed (%s)", ferry_code_name(rc));
             return rc;
         }
     }
@@ -722,7 +722,7 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
     apply_ctx *a = arg;
     a->handler_failed = a->poisoned = 0;
     a->w->msg.attempt++;
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (PQstatus(conn) != CONNECTION_OK) {
         PQreset(conn);
         if (PQstatus(conn) != CONNECTION_OK)
@@ -735,18 +735,18 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
     if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
         rc = PQstatus(conn) != CONNECTION_OK
                  ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
-                 : ferry_err_set(err, FERRY_EUSER, NULL,
+                 : ferry__error_set(err, FERRY_EUSER, NULL,
                                  "the handler returned success but left the transaction "
                                  "aborted or closed");
     if (rc != FERRY_OK) {
-        ferry_rollback_quietly(conn);
+        ferry__rollback_quietly(conn);
         return rc;
     }
     PGresult *res = PQexec(conn, "COMMIT");
     if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
         rc = FERRY_OK;
     else if (PQresultStatus(res) == PGRES_COMMAND_OK)
-        rc = ferry_err_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+        rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
     else
         rc = ferry_error_from_pg(err, conn, res, "could not commit");
     PQclear(res);
@@ -757,7 +757,7 @@ typedef struct dead_ctx {
     ferry_consumer *c;
     work *w;
     int attempts;
-    const char *reason;         /* clean text (see ferry_escape_text) */
+    const char *reason;         /* clean text (see ferry__escape_text) */
     int bare;                   /* last resort: no headers, the payload as hex */
 } dead_ctx;
 
@@ -769,7 +769,7 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
     snprintf(attempts, sizeof attempts, "%d", d->attempts);
     char *hjson = d->bare ? strdup("{}") : json_dumps(ensure_headers(w), JSON_COMPACT);
     if (hjson == NULL)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
     /* The payload goes as bytes (it need not end in a NUL); one that is
      * not text is kept hex-encoded rather than lost. */
     char *hex = NULL;
@@ -779,7 +779,7 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
         hex = malloc(2 * plen + 64);
         if (hex == NULL) {
             free(hjson);
-            return ferry_err_set(err, FERRY_ENOMEM, NULL, "out of memory");
+            return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
         }
         char *q = hex + sprintf(hex, "%s, hex: ", d->bare ? "as received" : "not UTF-8 text");
         for (size_t i = 0; i < plen; i++)
@@ -844,7 +844,7 @@ static ferry_code run_tx(ferry_consumer *c, ferry_tx_fn fn, int own, void *arg, 
         if (rc == FERRY_OK || !transient(c, rc, err) || attempt >= TRANSIENT_ATTEMPTS_MAX)
             return rc;
         c->stats.transient_retries++;
-        ferry_log(attempt == 1 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "consumer.retry",
+        ferry__log(attempt == 1 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG, "consumer.retry",
                   "consumer %s: %s; retrying", c->name, err->message);
         if (c->stop) {
             *stopped = 1;
@@ -880,7 +880,7 @@ static void after_commit(ferry_consumer *c)
 #ifdef FERRY_TEST_HOOKS
     c->commits++;
     if (c->kill_after_commits > 0 && c->commits == c->kill_after_commits) {
-        ferry_log(FERRY_LOG_WARN, "consumer.test_kill",
+        ferry__log(FERRY_LOG_WARN, "consumer.test_kill",
                   "consumer %s: killed after commit %ld (FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT)",
                   c->name, c->commits);
         raise(SIGKILL);
@@ -899,7 +899,7 @@ typedef enum outcome { O_DONE, O_STOPPED, O_FAILED } outcome;
  * Write the dead letter, within bounded attempts. The reason may quote
  * anything (a handler's message, jansson's error text cut inside a
  * character): it is stored escaped, valid UTF-8 without a control
- * character (ferry_escape_text). If PostgreSQL refuses the message's
+ * character (ferry__escape_text). If PostgreSQL refuses the message's
  * data even so, the dead letter is written once more bare — no headers,
  * the payload as hex — so that the message is kept whatever it holds.
  */
@@ -907,7 +907,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
                            ferry_error *e)
 {
     char clean[REASON_MAX];
-    ferry_escape_text(clean, sizeof clean, reason);
+    ferry__escape_text(clean, sizeof clean, reason);
     dead_ctx d = {c, w, attempts, clean, 0};
     int stopped = 0;
     for (int tries = 1;; tries++) {
@@ -916,7 +916,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
             break;
         if (stopped)
             return O_STOPPED;
-        ferry_log(FERRY_LOG_ERROR, "consumer.dead_letter_failed", "consumer %s: %s",
+        ferry__log(FERRY_LOG_ERROR, "consumer.dead_letter_failed", "consumer %s: %s",
                   c->name, e->message);
         if (data_error(e) && !d.bare) {
             d.bare = 1;         /* at once: the same data would fail the same way */
@@ -933,7 +933,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
     json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "consumer", c->name, "topic",
                           w->msg.topic, "key", w->msg.key, "message_id", w->id, "attempts",
                           attempts, "reason", clean);
-    ferry_log_json(FERRY_LOG_WARN, "consumer.dead_lettered", f,
+    ferry__log_json(FERRY_LOG_WARN, "consumer.dead_lettered", f,
                    "consumer %s: message %s dead-lettered after %d attempts: %s", c->name,
                    w->id, attempts, clean);
     return O_DONE;
@@ -989,7 +989,7 @@ static outcome process(ferry_consumer *c, work *w, int failures_before, ferry_er
              * message's (permissions, a schema change, a database that
              * stays down): no attempt is counted against the message;
              * wait and try again, a bounded number of times. */
-            ferry_log(FERRY_LOG_ERROR, "consumer.claim_failed", "consumer %s: %s", c->name,
+            ferry__log(FERRY_LOG_ERROR, "consumer.claim_failed", "consumer %s: %s", c->name,
                       e->message);
             if (++system_failures >= SYSTEM_ATTEMPTS_MAX || transient(c, rc, e))
                 return O_FAILED;
@@ -1005,7 +1005,7 @@ static outcome process(ferry_consumer *c, work *w, int failures_before, ferry_er
             snprintf(reason, sizeof reason, "%s", e->message);
             return dead_letter(c, w, failures, reason, e);
         }
-        ferry_log(FERRY_LOG_INFO, "consumer.handler_failed",
+        ferry__log(FERRY_LOG_INFO, "consumer.handler_failed",
                   "consumer %s: message %s, failure %d of %d: %s", c->name, w->id, failures,
                   c->max_attempts, e->message);
         backoff(c, failures);
@@ -1044,8 +1044,8 @@ static void account(ferry_consumer *c, const work *w, verdict v)
             due_add(c, w);      /* more stale copies, or the next position, may follow */
             c->drain_due = 1;
         }
-        if (ferry_log_threshold() >= FERRY_LOG_DEBUG)
-            ferry_log(FERRY_LOG_DEBUG, "consumer.skipped",
+        if (ferry__log_threshold() >= FERRY_LOG_DEBUG)
+            ferry__log(FERRY_LOG_DEBUG, "consumer.skipped",
                       "consumer %s: message %s (%s/%s position %" PRId64 ") skipped: %s",
                       c->name, w->id, w->msg.topic, w->msg.key, w->msg.position,
                       v == V_DUPLICATE ? "already applied" : "position already applied");
@@ -1053,7 +1053,7 @@ static void account(ferry_consumer *c, const work *w, verdict v)
     case V_GAP:
         if (!w->from_held) {
             c->stats.held_gap++;
-            ferry_log(FERRY_LOG_INFO, "consumer.gap",
+            ferry__log(FERRY_LOG_INFO, "consumer.gap",
                       "consumer %s: %s/%s position %" PRId64 " held: positions before it "
                       "have not arrived", c->name, w->msg.topic, w->msg.key, w->msg.position);
         }
@@ -1115,9 +1115,9 @@ static PGresult *held_query(ferry_consumer *c, const due_key *k)
 static ferry_code drain(ferry_consumer *c, ferry_error *e)
 {
     c->drain_due = 0;
-    if (ferry_now_ms() >= c->next_scan_ms) {
+    if (ferry__now_ms() >= c->next_scan_ms) {
         c->scan_due = 1;
-        c->next_scan_ms = ferry_now_ms() + c->held_scan_ms;
+        c->next_scan_ms = ferry__now_ms() + c->held_scan_ms;
     }
     for (int round = 0; round < DRAIN_ROUNDS_MAX && !c->stop; round++) {
         if (PQstatus(c->conn) != CONNECTION_OK)
@@ -1135,7 +1135,7 @@ static ferry_code drain(ferry_consumer *c, ferry_error *e)
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             ferry_error qe;
             ferry_error_from_pg(&qe, c->conn, res, "could not look for held messages");
-            ferry_log(FERRY_LOG_WARN, "consumer.drain_failed", "consumer %s: %s", c->name,
+            ferry__log(FERRY_LOG_WARN, "consumer.drain_failed", "consumer %s: %s", c->name,
                       qe.message);
             PQclear(res);
             return FERRY_OK;    /* the timer tries again */
@@ -1164,13 +1164,13 @@ static void redeliver(ferry_consumer *c, const work *w)
         w->msg.offset;
     rd_kafka_error_t *kerr = rd_kafka_seek_partitions(c->rk, l, 5000);
     if (kerr != NULL) {
-        ferry_log(FERRY_LOG_ERROR, "consumer.seek_failed",
+        ferry__log(FERRY_LOG_ERROR, "consumer.seek_failed",
                   "consumer %s: could not go back to %s [%" PRId32 "] offset %" PRId64
                   ": %s (the message comes again after a restart or rebalance)", c->name,
                   w->msg.topic, w->msg.partition, w->msg.offset, rd_kafka_error_string(kerr));
         rd_kafka_error_destroy(kerr);
     } else if (l->elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        ferry_log(FERRY_LOG_ERROR, "consumer.seek_failed",
+        ferry__log(FERRY_LOG_ERROR, "consumer.seek_failed",
                   "consumer %s: could not go back to %s [%" PRId32 "] offset %" PRId64 ": %s",
                   c->name, w->msg.topic, w->msg.partition, w->msg.offset,
                   rd_kafka_err2str(l->elems[0].err));
@@ -1263,7 +1263,7 @@ static ferry_code batch_claims(ferry_consumer *c, work *ws, int n, verdict *v,
                     err->retriable = 1;
                 }
             } else if (parse_verdict(PQgetvalue(res, 0, 0), &v[q]) != 0) {
-                rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+                rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
                                    "ferry.inbox_claim gave an answer this library does not "
                                    "know");
                 f->index = q;
@@ -1279,7 +1279,7 @@ static ferry_code batch_claims(ferry_consumer *c, work *ws, int n, verdict *v,
     PQclear(sync);
     PQexitPipelineMode(conn);
     if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry_err_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
     return rc;
 
 send_failed:
@@ -1307,13 +1307,13 @@ static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch
         apply_ctx a = {c, &ws[i], v[i], 0, 0};
         ws[i].msg.attempt++;
         ws[i].in_batch = 1;
-        ferry_err_clear(err);
+        ferry__err_clear(err);
         rc = apply_body(conn, &a, err);
         ws[i].in_batch = 0;
         if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
             rc = PQstatus(conn) != CONNECTION_OK
                      ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
-                     : ferry_err_set(err, FERRY_EUSER, NULL,
+                     : ferry__error_set(err, FERRY_EUSER, NULL,
                                      "the handler returned success but left the transaction "
                                      "aborted or closed");
         if (rc != FERRY_OK) {
@@ -1324,14 +1324,14 @@ static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch
         }
     }
     if (rc != FERRY_OK) {
-        ferry_rollback_quietly(conn);
+        ferry__rollback_quietly(conn);
         return f->rc = rc;
     }
     PGresult *res = PQexec(conn, "COMMIT");
     if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
         rc = FERRY_OK;
     else if (PQresultStatus(res) == PGRES_COMMAND_OK)
-        rc = ferry_err_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+        rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
     else
         rc = ferry_error_from_pg(err, conn, res, "could not commit");
     PQclear(res);
@@ -1379,7 +1379,7 @@ static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, 
         snprintf(reason, sizeof reason, "%s", f->err.message);
         return dead_letter(c, w, 1, reason, e);
     }
-    ferry_log(FERRY_LOG_INFO, "consumer.handler_failed",
+    ferry__log(FERRY_LOG_INFO, "consumer.handler_failed",
               "consumer %s: message %s, failure 1 of %d: %s", c->name, w->id,
               c->max_attempts, f->err.message);
     backoff(c, 1);
@@ -1442,7 +1442,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         c->stats.batch_fallbacks++;
         if (f.err.retriable || transient(c, rc, &f.err))
             c->stats.transient_retries++;
-        ferry_log(FERRY_LOG_INFO, "consumer.batch_failed",
+        ferry__log(FERRY_LOG_INFO, "consumer.batch_failed",
                   "consumer %s: a batch of %d rolled back at message %d (%s): %s", c->name,
                   j - i, f.index, f.alone ? "its handler asks to run alone" : "applied apart",
                   f.err.message);
@@ -1542,7 +1542,7 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
     work *ws = c->batch;
     int n = 0;
     unsigned gen = c->revoke_gen;
-    int64_t deadline = ferry_now_ms() + c->batch_ms;
+    int64_t deadline = ferry__now_ms() + c->batch_ms;
     rd_kafka_message_t *rkm = first;
     *event = NULL;
     for (;;) {
@@ -1569,7 +1569,7 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
         if (c->stop)
             break;
         /* Waits in slices, so that a stop is seen soon. */
-        int64_t left = deadline - ferry_now_ms();
+        int64_t left = deadline - ferry__now_ms();
         rkm = rd_kafka_consumer_poll(c->rk, left > 100 ? 100 : left > 0 ? (int)left : 0);
         if (c->revoke_gen != gen) {
             n = drop_revoked(c, ws, n);
@@ -1634,7 +1634,7 @@ static void log_assignment(ferry_consumer *c, const char *event, const char *wha
     json_t *f = json_pack("{s:s, s:s, s:o, s:i, s:o}", "consumer", c->name, "change", what,
                           "partitions", partitions_json(parts), "held_count",
                           held ? held->cnt : -1, "held", partitions_json(held));
-    ferry_log_json(FERRY_LOG_INFO, event, f, "consumer %s: %d partitions %s, %d held",
+    ferry__log_json(FERRY_LOG_INFO, event, f, "consumer %s: %d partitions %s, %d held",
                    c->name, parts->cnt, what, held ? held->cnt : -1);
     if (held != NULL)
         rd_kafka_topic_partition_list_destroy(held);
@@ -1667,7 +1667,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !lost) {
         rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
         if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
-            ferry_log(FERRY_LOG_WARN, "consumer.commit_failed",
+            ferry__log(FERRY_LOG_WARN, "consumer.commit_failed",
                       "consumer %s: could not commit offsets before the rebalance: %s "
                       "(the next owner will skip what was applied)", c->name,
                       rd_kafka_err2str(cerr));
@@ -1688,10 +1688,10 @@ static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const ch
 {
     int ours = level <= 3 ? FERRY_LOG_ERROR : level == 4 ? FERRY_LOG_WARN
              : level <= 6 ? FERRY_LOG_INFO : FERRY_LOG_DEBUG;
-    if (ours > ferry_log_threshold())
+    if (ours > ferry__log_threshold())
         return;
     json_t *f = json_pack("{s:s, s:s}", "client", rd_kafka_name(rk), "facility", fac);
-    ferry_log_json(ours, "kafka.log", f, "%s", buf);
+    ferry__log_json(ours, "kafka.log", f, "%s", buf);
 }
 
 static ferry_code kafka_set(rd_kafka_conf_t *conf, const char *name, const char *value,
@@ -1699,7 +1699,7 @@ static ferry_code kafka_set(rd_kafka_conf_t *conf, const char *name, const char 
 {
     char errstr[512];
     if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
-        return ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+        return ferry__error_set(err, FERRY_EINVAL, "kafka_props",
                              "Kafka property %s=%s: %s", name, value, errstr);
     return FERRY_OK;
 }
@@ -1732,14 +1732,14 @@ static ferry_code kafka_new(ferry_consumer *c, const ferry_consumer_conf *conf, 
         const char *eq = strchr(*p, '=');
         char name[256];
         if (eq == NULL || eq == *p || (size_t)(eq - *p) >= sizeof name) {
-            rc = ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+            rc = ferry__error_set(err, FERRY_EINVAL, "kafka_props",
                                "Kafka property \"%.100s\" is not name=value", *p);
             goto out_conf;
         }
         memcpy(name, *p, (size_t)(eq - *p));
         name[eq - *p] = '\0';
         if (fixed_property(name)) {
-            rc = ferry_err_set(err, FERRY_EINVAL, "kafka_props",
+            rc = ferry__error_set(err, FERRY_EINVAL, "kafka_props",
                                "Kafka property %s is set by the consumer and may not be "
                                "changed (the inbox guarantee depends on it)", name);
             goto out_conf;
@@ -1754,7 +1754,7 @@ static ferry_code kafka_new(ferry_consumer *c, const ferry_consumer_conf *conf, 
     char errstr[512];
     c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
     if (c->rk == NULL) {
-        rc = ferry_err_set(err, FERRY_EKAFKA, NULL, "could not create the Kafka consumer: %s",
+        rc = ferry__error_set(err, FERRY_EKAFKA, NULL, "could not create the Kafka consumer: %s",
                            errstr);
         goto out_conf;
     }
@@ -1768,7 +1768,7 @@ static ferry_code kafka_new(ferry_consumer *c, const ferry_consumer_conf *conf, 
     rd_kafka_resp_err_t kerr = rd_kafka_subscribe(c->rk, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rc = ferry_err_set(err, FERRY_EKAFKA, NULL, "could not subscribe: %s",
+        rc = ferry__error_set(err, FERRY_EKAFKA, NULL, "could not subscribe: %s",
                            rd_kafka_err2str(kerr));
         rd_kafka_destroy(c->rk);
         c->rk = NULL;
@@ -1786,46 +1786,46 @@ out_conf:
 static ferry_code check_conf(const ferry_consumer_conf *conf, ferry_error *err)
 {
     if (conf == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "conf", "the consumer configuration is NULL");
+        return ferry__error_set(err, FERRY_EINVAL, "conf", "the consumer configuration is NULL");
     if (!name_ok(conf->name, NAME_MAX_LEN))
-        return ferry_err_set(err, FERRY_EINVAL, "name",
+        return ferry__error_set(err, FERRY_EINVAL, "name",
                              "consumer name \"%.64s\" must be 1..%d of [A-Za-z0-9._-]",
                              conf->name ? conf->name : "(null)", NAME_MAX_LEN);
     if (conf->group != NULL && !name_ok(conf->group, 255))
-        return ferry_err_set(err, FERRY_EINVAL, "group",
+        return ferry__error_set(err, FERRY_EINVAL, "group",
                              "consumer group \"%.64s\" must be 1..255 of [A-Za-z0-9._-]",
                              conf->group);
     if (conf->db == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "db", "no database conninfo given");
+        return ferry__error_set(err, FERRY_EINVAL, "db", "no database conninfo given");
     if (conf->kafka == NULL || *conf->kafka == '\0')
-        return ferry_err_set(err, FERRY_EINVAL, "kafka", "no Kafka bootstrap servers given");
+        return ferry__error_set(err, FERRY_EINVAL, "kafka", "no Kafka bootstrap servers given");
     if (conf->handler == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "handler", "no handler given");
+        return ferry__error_set(err, FERRY_EINVAL, "handler", "no handler given");
     if (conf->topics == NULL || conf->topic_count == 0 || conf->topic_count > TOPICS_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "topics", "give 1..%d topics", TOPICS_MAX);
+        return ferry__error_set(err, FERRY_EINVAL, "topics", "give 1..%d topics", TOPICS_MAX);
     for (size_t i = 0; i < conf->topic_count; i++) {
         if (!name_ok(conf->topics[i], FERRY_TOPIC_MAX))
-            return ferry_err_set(err, FERRY_EINVAL, "topics",
+            return ferry__error_set(err, FERRY_EINVAL, "topics",
                                  "topic \"%.64s\" is not a valid Kafka topic name",
                                  conf->topics[i] ? conf->topics[i] : "(null)");
     }
     if (conf->max_attempts < 0 || conf->max_attempts > MAX_ATTEMPTS_LIMIT)
-        return ferry_err_set(err, FERRY_EINVAL, "max_attempts",
+        return ferry__error_set(err, FERRY_EINVAL, "max_attempts",
                              "max_attempts must be 0..%d", MAX_ATTEMPTS_LIMIT);
     if (conf->backoff_base_ms < 0 || conf->backoff_max_ms < 0 || conf->held_scan_ms < 0 ||
         conf->backoff_base_ms > 600000 || conf->backoff_max_ms > 600000 ||
         conf->held_scan_ms > 3600000)
-        return ferry_err_set(err, FERRY_EINVAL, "backoff_ms",
+        return ferry__error_set(err, FERRY_EINVAL, "backoff_ms",
                              "backoff and scan intervals must be 0..600000 ms");
     if (conf->batch_max < 0 || conf->batch_max > BATCH_MAX_LIMIT)
-        return ferry_err_set(err, FERRY_EINVAL, "batch_max", "batch_max must be 0..%d",
+        return ferry__error_set(err, FERRY_EINVAL, "batch_max", "batch_max must be 0..%d",
                              BATCH_MAX_LIMIT);
     if (conf->batch_ms < 0 || conf->batch_ms > BATCH_MS_LIMIT)
-        return ferry_err_set(err, FERRY_EINVAL, "batch_ms", "batch_ms must be 0..%d",
+        return ferry__error_set(err, FERRY_EINVAL, "batch_ms", "batch_ms must be 0..%d",
                              BATCH_MS_LIMIT);
     if (conf->isolation != FERRY_READ_COMMITTED && conf->isolation != FERRY_REPEATABLE_READ &&
         conf->isolation != FERRY_SERIALIZABLE)
-        return ferry_err_set(err, FERRY_EINVAL, "isolation", "unknown isolation level");
+        return ferry__error_set(err, FERRY_EINVAL, "isolation", "unknown isolation level");
     return FERRY_OK;
 }
 
@@ -1834,16 +1834,16 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
 {
     ferry_error local;
     ferry_error *e = err ? err : &local;
-    ferry_err_clear(e);
+    ferry__err_clear(e);
     ferry_code rc = check_conf(conf, e);
     if (rc != FERRY_OK)
         return rc;
     if (out == NULL)
-        return ferry_err_set(e, FERRY_EINVAL, "out", "ferry_consumer_new: out is NULL");
+        return ferry__error_set(e, FERRY_EINVAL, "out", "ferry_consumer_new: out is NULL");
 
     ferry_consumer *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return ferry_err_set(e, FERRY_ENOMEM, NULL, "out of memory");
+        return ferry__error_set(e, FERRY_ENOMEM, NULL, "out of memory");
     snprintf(c->name, sizeof c->name, "%s", conf->name);
     c->handler = conf->handler;
     c->handler_arg = conf->handler_arg;
@@ -1885,7 +1885,7 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
         c->batch = calloc((size_t)c->batch_max, sizeof *c->batch);
         c->batch_verdicts = calloc((size_t)c->batch_max, sizeof *c->batch_verdicts);
         if (c->batch == NULL || c->batch_verdicts == NULL) {
-            rc = ferry_err_set(e, FERRY_ENOMEM, NULL, "out of memory");
+            rc = ferry__error_set(e, FERRY_ENOMEM, NULL, "out of memory");
             c->conn = NULL;
             goto out_conn;
         }
@@ -1900,7 +1900,7 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     if ((rc = ferry_schema_version(c->conn, &version, e)) != FERRY_OK)
         goto out_conn;
     if (version != ferry_schema_version_known()) {
-        rc = ferry_err_set(e, FERRY_ESCHEMA, NULL,
+        rc = ferry__error_set(e, FERRY_ESCHEMA, NULL,
                            "the database's ferry schema is at version %d, this library "
                            "needs %d: run ferry_migrate() or `ferry-relay migrate`",
                            version, ferry_schema_version_known());
@@ -1937,14 +1937,14 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
 {
     ferry_error local;
     ferry_error *e = err ? err : &local;
-    ferry_err_clear(e);
+    ferry__err_clear(e);
     if (c == NULL)
-        return ferry_err_set(e, FERRY_EINVAL, "c", "ferry_consumer_poll: c is NULL");
+        return ferry__error_set(e, FERRY_EINVAL, "c", "ferry_consumer_poll: c is NULL");
     if (c->closed)
-        return ferry_err_set(e, FERRY_ESTATE, NULL, "the consumer is closed");
+        return ferry__error_set(e, FERRY_ESTATE, NULL, "the consumer is closed");
 
     ferry_code drc;
-    if ((c->drain_due || ferry_now_ms() >= c->next_scan_ms) && (drc = drain(c, e)) != FERRY_OK)
+    if ((c->drain_due || ferry__now_ms() >= c->next_scan_ms) && (drc = drain(c, e)) != FERRY_OK)
         return drc;
     if (c->stop)
         return FERRY_OK;
@@ -1957,9 +1957,9 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
         rd_kafka_resp_err_t ferr = rd_kafka_fatal_error(c->rk, fatal, sizeof fatal);
         ferry_code rc = FERRY_OK;
         if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = ferry_err_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
+            rc = ferry__error_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
         else
-            ferry_log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
+            ferry__log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
                       rd_kafka_message_errstr(rkm));
         rd_kafka_message_destroy(rkm);
         return rc;
@@ -1971,9 +1971,9 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
             char fatal[512];
             if (brc == FERRY_OK &&
                 rd_kafka_fatal_error(c->rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR)
-                brc = ferry_err_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
+                brc = ferry__error_set(e, FERRY_EKAFKA, NULL, "fatal Kafka error: %s", fatal);
             else
-                ferry_log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
+                ferry__log(FERRY_LOG_WARN, "consumer.kafka_error", "consumer %s: %s", c->name,
                           rd_kafka_message_errstr(event));
             rd_kafka_message_destroy(event);
         }
@@ -2011,7 +2011,7 @@ ferry_code ferry_consumer_run(ferry_consumer *c, ferry_error *err)
     while (c != NULL && !c->stop && rc == FERRY_OK)
         rc = ferry_consumer_poll(c, 100, e);
     if (c == NULL)
-        return ferry_err_set(e, FERRY_EINVAL, "c", "ferry_consumer_run: c is NULL");
+        return ferry__error_set(e, FERRY_EINVAL, "c", "ferry_consumer_run: c is NULL");
     ferry_error cerr;
     ferry_code crc = ferry_consumer_close(c, &cerr);
     if (rc == FERRY_OK && crc != FERRY_OK) {
@@ -2031,7 +2031,7 @@ ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err)
 {
     ferry_error local;
     ferry_error *e = err ? err : &local;
-    ferry_err_clear(e);
+    ferry__err_clear(e);
     if (c == NULL || c->closed)
         return FERRY_OK;
     c->closed = 1;
@@ -2039,7 +2039,7 @@ ferry_code ferry_consumer_close(ferry_consumer *c, ferry_error *err)
     /* Leaves the group; the revoke callback commits the stored offsets. */
     rd_kafka_resp_err_t kerr = rd_kafka_consumer_close(c->rk);
     if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
-        rc = ferry_err_set(e, FERRY_EKAFKA, NULL, "could not close the Kafka consumer: %s",
+        rc = ferry__error_set(e, FERRY_EKAFKA, NULL, "could not close the Kafka consumer: %s",
                            rd_kafka_err2str(kerr));
     rd_kafka_destroy(c->rk);
     c->rk = NULL;

@@ -84,7 +84,7 @@ static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
 {
     conn_state *st = conn_state_of(conn);
     if (st == NULL)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not emit: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not emit: out of memory");
     if (st->prepared)
         return FERRY_OK;
     PGresult *res = PQprepare(conn, EMIT_STMT, emit_sql, EMIT_NPARAMS, emit_types);
@@ -142,16 +142,16 @@ static void params_fill(emit_params *p, const ferry_msg *m, const ferry_uuid *id
 ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts *opts,
                       ferry_uuid *id_out, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     ferry_code rc = ferry_msg_check(msg, opts, err);
     if (rc != FERRY_OK)
         return rc;
-    if ((rc = ferry_conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK)
+    if ((rc = ferry__conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK)
         return rc;
 
     ferry_uuid id;
     if (ferry_uuid_v7(&id) != FERRY_OK)
-        return ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
+        return ferry__error_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
     emit_params p;
     params_fill(&p, msg, &id);
 
@@ -242,9 +242,9 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
                             const ferry_emit_opts *opts, ferry_uuid *ids_out,
                             ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (msgs == NULL || n == 0 || n > FERRY_BATCH_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "n",
+        return ferry__error_set(err, FERRY_EINVAL, "n",
                              "a batch holds 1 to %d messages, not %zu", FERRY_BATCH_MAX,
                              msgs == NULL ? 0 : n);
     for (size_t i = 0; i < n; i++) {
@@ -260,7 +260,7 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
             return rc;
         }
     }
-    ferry_code rc = ferry_conn_check_in_tx(conn, "could not emit batch", err);
+    ferry_code rc = ferry__conn_check_in_tx(conn, "could not emit batch", err);
     if (rc != FERRY_OK || (rc = ensure_prepared(conn, err)) != FERRY_OK)
         return rc;
 
@@ -271,13 +271,13 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
     if (ids == NULL || slots == NULL) {
         free(ids);
         free(slots);
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not emit batch: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not emit batch: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
         if (ferry_uuid_v7(&ids[i]) != FERRY_OK) {
             free(ids);
             free(slots);
-            return ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
+            return ferry__error_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
         }
         slots[i] = (batch_slot){&msgs[i], msgs[i].key_len ? msgs[i].key_len
                                                           : strlen(msgs[i].key), i};

@@ -35,7 +35,7 @@ static void set_message(ferry_error *err, const char *fmt, va_list ap)
 {
     char text[FERRY_ERROR_MESSAGE_SIZE];
     vsnprintf(text, sizeof text, fmt, ap);
-    ferry_escape_text(err->message, sizeof err->message, text);
+    ferry__escape_text(err->message, sizeof err->message, text);
 }
 
 ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, const char *fmt,
@@ -43,7 +43,7 @@ ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, con
 {
     if (err == NULL)
         return code;
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     err->code = code;
     err->retriable = retriable != 0;
     va_list ap;
@@ -53,7 +53,7 @@ ferry_code ferry_error_set(ferry_error *err, ferry_code code, int retriable, con
     return code;
 }
 
-void ferry_err_clear(ferry_error *err)
+void ferry__err_clear(ferry_error *err)
 {
     if (err == NULL)
         return;
@@ -75,12 +75,12 @@ static void copy_field(char *dst, size_t size, const char *src)
 static void renew(ferry_error *err, ferry_code code)
 {
     long index = err->index;
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     err->index = index;
     err->code = code;
 }
 
-ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
+ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...)
 {
     if (err == NULL)
@@ -94,7 +94,7 @@ ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
     return code;
 }
 
-bool ferry_sqlstate_is_conflict(const char *sqlstate)
+bool ferry__sqlstate_is_conflict(const char *sqlstate)
 {
     return sqlstate != NULL &&
            (strcmp(sqlstate, "40001") == 0 ||   /* serialization_failure */
@@ -146,7 +146,7 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
 
     ferry_code code;
     bool retriable = false;
-    if (sqlstate != NULL && ferry_sqlstate_is_conflict(sqlstate)) {
+    if (sqlstate != NULL && ferry__sqlstate_is_conflict(sqlstate)) {
         code = FERRY_EDB;
         retriable = true;
     } else if (conn_bad || (sqlstate != NULL && sqlstate_is_transient(sqlstate))) {
@@ -174,6 +174,6 @@ ferry_code ferry_error_from_pg(ferry_error *err, const PGconn *conn,
         snprintf(whole, sizeof whole, "%s: %s", context, text);
     else
         snprintf(whole, sizeof whole, "%s", text);
-    ferry_escape_text(err->message, sizeof err->message, whole);
+    ferry__escape_text(err->message, sizeof err->message, whole);
     return code;
 }

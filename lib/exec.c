@@ -7,7 +7,7 @@
 
 #include "internal.h"
 
-ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err)
 {
     PGresult *res = nparams > 0
@@ -21,39 +21,39 @@ ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *co
     return rc;
 }
 
-ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
+ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
 {
     if (conn == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "conn", "%s: connection is NULL", what);
+        return ferry__error_set(err, FERRY_EINVAL, "conn", "%s: connection is NULL", what);
     if (PQstatus(conn) != CONNECTION_OK) {
-        ferry_err_set(err, FERRY_ECONN, NULL, "%s: connection is not open", what);
+        ferry__error_set(err, FERRY_ECONN, NULL, "%s: connection is not open", what);
         if (err != NULL)
             err->retriable = 1;
         return FERRY_ECONN;
     }
     if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "%s: connection is in pipeline mode", what);
     switch (PQtransactionStatus(conn)) {
     case PQTRANS_INTRANS:
         return FERRY_OK;
     case PQTRANS_IDLE:
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "%s: no transaction is open on this connection "
                              "(BEGIN first, so that the message commits with "
                              "the update it belongs to)", what);
     case PQTRANS_INERROR:
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "%s: the transaction is aborted by an earlier error; "
                              "roll it back", what);
     case PQTRANS_ACTIVE:
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "%s: a command is still in progress on this connection",
                              what);
     case PQTRANS_UNKNOWN:
         break;
     }
-    ferry_err_set(err, FERRY_ECONN, NULL, "%s: connection state is unknown", what);
+    ferry__error_set(err, FERRY_ECONN, NULL, "%s: connection state is unknown", what);
     if (err != NULL)
         err->retriable = 1;
     return FERRY_ECONN;

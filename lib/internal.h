@@ -12,72 +12,72 @@
 #define FERRY_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 /* Reset err to "no error". err may be NULL. */
-void ferry_err_clear(ferry_error *err);
+void ferry__err_clear(ferry_error *err);
 
 /* Set err (if not NULL) to code with a printf-style message; field may be
- * NULL. Returns code so that callers can `return ferry_err_set(...)`. */
-ferry_code ferry_err_set(ferry_error *err, ferry_code code, const char *field,
+ * NULL. Returns code so that callers can `return ferry__error_set(...)`. */
+ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...) FERRY_PRINTF(4, 5);
 
 /* Run a statement with text parameters (nparams may be 0) and require it
  * to succeed; otherwise fill err with context. Results are discarded. */
-ferry_code ferry_exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err);
 
 /* SQLSTATEs that mean "run the same transaction again". */
-bool ferry_sqlstate_is_conflict(const char *sqlstate);
+bool ferry__sqlstate_is_conflict(const char *sqlstate);
 
 /* Check that conn holds an open, healthy transaction block and is not in
  * pipeline mode; what names the caller in the message. */
-ferry_code ferry_conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err);
+ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err);
 
 /* Valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF)? On failure
  * *bad_at is the offset of the first bad byte. */
-bool ferry_utf8_valid(const char *s, size_t len, size_t *bad_at);
+bool ferry__utf8_valid(const char *s, size_t len, size_t *bad_at);
 
 /* Whether text[0..len) is JSON that jsonb takes (validate.c), and if so
  * the length in bytes of jsonb's canonical text of it into *out — exact
  * in a UTF-8 database but for objects with duplicate keys, where jsonb
  * keeps the last and the length given is that of all of them (an upper
  * bound). Saturates at SIZE_MAX / 2. */
-bool ferry_json_canonical_len(const char *text, size_t len, size_t *out);
+bool ferry__json_canonical_len(const char *text, size_t len, size_t *out);
 
 /* src into dst (size bytes, NUL-terminated, cut only between characters)
  * with each byte of a control character (C0, DEL, C1) or of what is not
  * UTF-8 written as \xNN: for every message that quotes input, so that
  * none carries a terminal escape sequence. Returns the length written.
  * Allocates nothing. */
-size_t ferry_escape_text(char *dst, size_t size, const char *src);
+size_t ferry__escape_text(char *dst, size_t size, const char *src);
 
 /* A strict decimal integer, as config files and saga definitions take
  * them: "0" or -?[1-9][0-9]* and nothing else. */
-typedef enum ferry_int_parse {
+typedef enum ferry__int_parse {
     FERRY_INT_OK = 0,
     FERRY_INT_SYNTAX,           /* not such an integer */
     FERRY_INT_RANGE             /* an integer outside [min, max] (or a long) */
-} ferry_int_parse;
-ferry_int_parse ferry_parse_long(const char *text, long min, long max, long *out);
+} ferry__int_parse;
+ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out);
 
 /* Sleep for ms milliseconds (not used for synchronisation: backoff only). */
-void ferry_sleep_ms(long ms);
+void ferry__sleep_ms(long ms);
 
 /* Monotonic clock in milliseconds. */
-int64_t ferry_now_ms(void);
+int64_t ferry__now_ms(void);
 /* Full jitter: sleep a random time in [0, min(max_ms, base_ms * 2^(attempt-1))]. */
-void ferry_backoff_sleep(long base_ms, long max_ms, int attempt);
+void ferry__backoff_sleep(long base_ms, long max_ms, int attempt);
 /* ROLLBACK if a transaction is open on a live connection; errors ignored. */
-void ferry_rollback_quietly(PGconn *conn);
+void ferry__rollback_quietly(PGconn *conn);
 
 /* Embedded migrations, generated from schemas/NNN_*.sql at build time. */
-typedef struct ferry_migration {
+typedef struct ferry__migration {
     int version;
     const char *name;
     const char *sql;
     size_t len;
-} ferry_migration;
+} ferry__migration;
 
-extern const ferry_migration ferry_migrations[];
-extern const size_t ferry_migrations_count;
+extern const ferry__migration ferry__migrations[];
+extern const size_t ferry__migrations_count;
 
 /* ---------------------------------------------------------------- logs */
 
@@ -90,19 +90,19 @@ enum {
 
 struct json_t;
 /* The threshold is set with the public ferry_log_level_set. */
-int ferry_log_threshold(void);
+int ferry__log_threshold(void);
 /* One JSON line on stderr. Takes ownership of fields (a JSON object of
  * extra fields, or NULL). */
-void ferry_log_json(int level, const char *event, struct json_t *fields, const char *fmt, ...)
+void ferry__log_json(int level, const char *event, struct json_t *fields, const char *fmt, ...)
     FERRY_PRINTF(4, 5);
-#define ferry_log(level, event, ...) ferry_log_json((level), (event), NULL, __VA_ARGS__)
+#define ferry__log(level, event, ...) ferry__log_json((level), (event), NULL, __VA_ARGS__)
 
 /* Route conn's notices and asynchronous errors (a FATAL sent to an idle
  * session, say), which libpq would print raw on stderr, through
- * ferry_log_json as "db.notice" events, each naming session (a static
+ * ferry__log_json as "db.notice" events, each naming session (a static
  * string: "main", "ack", "lag", "reconciler"). For the programs, whose
  * stderr is JSON lines; the library never installs it on a caller's
  * connection. */
-void ferry_log_pq_notices(PGconn *conn, const char *session);
+void ferry__log_pq_notices(PGconn *conn, const char *session);
 
 #endif /* FERRY_INTERNAL_H */

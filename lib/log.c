@@ -53,23 +53,23 @@ static void read_env(void)
 
 void ferry_log_level_set(ferry_log_level level) { log_threshold = (int)level; }
 
-int ferry_log_threshold(void)
+int ferry__log_threshold(void)
 {
     if (log_threshold >= 0)
         return log_threshold;
     pthread_once(&env_once, read_env);
-    /* Said after pthread_once returns: ferry_log_json calls us. */
+    /* Said after pthread_once returns: ferry__log_json calls us. */
     if (env_bad[0] && !__atomic_exchange_n(&env_bad_said, 1, __ATOMIC_SEQ_CST))
-        ferry_log_json(FERRY_LOG_WARN, "log.level",
+        ferry__log_json(FERRY_LOG_WARN, "log.level",
                        json_pack("{s:s}", "variable", "FERRY_LOG_LEVEL"),
                        "FERRY_LOG_LEVEL=%s: expected error, warn, info or debug; logging at info",
                        env_bad);
     return env_threshold;
 }
 
-void ferry_log_json(int level, const char *event, json_t *fields, const char *fmt, ...)
+void ferry__log_json(int level, const char *event, json_t *fields, const char *fmt, ...)
 {
-    if (level > ferry_log_threshold()) {
+    if (level > ferry__log_threshold()) {
         json_decref(fields);
         return;
     }
@@ -148,12 +148,12 @@ static void pq_notice(void *arg, const char *message)
     size_t len = strlen(text);
     while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
         len--;
-    ferry_log_json(level, "db.notice", json_pack("{s:s, s:s}", "session", session,
+    ferry__log_json(level, "db.notice", json_pack("{s:s, s:s}", "session", session,
                                                  "severity", severity),
                    "%.*s", (int)len, text);
 }
 
-void ferry_log_pq_notices(PGconn *conn, const char *session)
+void ferry__log_pq_notices(PGconn *conn, const char *session)
 {
     if (conn != NULL)
         PQsetNoticeProcessor(conn, pq_notice, (void *)(uintptr_t)session);

@@ -29,7 +29,7 @@ static const char bootstrap_sql[] =
 
 int ferry_schema_version_known(void)
 {
-    return ferry_migrations[ferry_migrations_count - 1].version;
+    return ferry__migrations[ferry__migrations_count - 1].version;
 }
 
 /* The line of sql holding the 1-based character position pos. */
@@ -43,7 +43,7 @@ static int line_of(const char *sql, const char *pos_text)
     return line;
 }
 
-static ferry_code apply_one(PGconn *conn, const ferry_migration *m, ferry_error *err)
+static ferry_code apply_one(PGconn *conn, const ferry__migration *m, ferry_error *err)
 {
     PGresult *res = PQexec(conn, m->sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -59,14 +59,14 @@ static ferry_code apply_one(PGconn *conn, const ferry_migration *m, ferry_error 
     char version[16];
     snprintf(version, sizeof version, "%d", m->version);
     const char *params[3] = {version, m->name, m->sql};
-    return ferry_exec(conn,
+    return ferry__exec(conn,
                       "INSERT INTO ferry.schema_version (version, name, checksum) "
                       "VALUES ($1, $2, encode(sha256(convert_to($3, 'UTF8')), 'hex'))",
                       3, params, "could not record migration", err);
 }
 
 /* Which migrations are recorded, and do they still match their text?
- * applied[i] is set for ferry_migrations[i]. */
+ * applied[i] is set for ferry__migrations[i]. */
 static ferry_code read_applied(PGconn *conn, bool *applied, ferry_error *err)
 {
     PGresult *res = PQexec(conn, "SELECT version, name, checksum FROM ferry.schema_version "
@@ -80,16 +80,16 @@ static ferry_code read_applied(PGconn *conn, bool *applied, ferry_error *err)
     for (int r = 0; r < PQntuples(res) && rc == FERRY_OK; r++) {
         int version = atoi(PQgetvalue(res, r, 0));
         size_t i = 0;
-        while (i < ferry_migrations_count && ferry_migrations[i].version != version)
+        while (i < ferry__migrations_count && ferry__migrations[i].version != version)
             i++;
-        if (i == ferry_migrations_count) {
-            rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+        if (i == ferry__migrations_count) {
+            rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
                                "the database has ferry schema migration %d (%s), which "
                                "this library (schema %d) does not know: upgrade libferry",
                                version, PQgetvalue(res, r, 1), ferry_schema_version_known());
             break;
         }
-        const ferry_migration *m = &ferry_migrations[i];
+        const ferry__migration *m = &ferry__migrations[i];
         const char *params[2] = {m->sql, PQgetvalue(res, r, 2)};
         PGresult *cmp = PQexecParams(conn,
                                      "SELECT encode(sha256(convert_to($1, 'UTF8')), 'hex') = $2",
@@ -97,7 +97,7 @@ static ferry_code read_applied(PGconn *conn, bool *applied, ferry_error *err)
         if (PQresultStatus(cmp) != PGRES_TUPLES_OK)
             rc = ferry_error_from_pg(err, conn, cmp, "could not check migration checksum");
         else if (strcmp(PQgetvalue(cmp, 0, 0), "t") != 0)
-            rc = ferry_err_set(err, FERRY_ESCHEMA, NULL,
+            rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
                                "migration %s was applied with a different text than this "
                                "library ships (checksum %.16s...): the schema was edited "
                                "after it was released", m->name, PQgetvalue(res, r, 2));
@@ -110,19 +110,19 @@ static ferry_code read_applied(PGconn *conn, bool *applied, ferry_error *err)
 
 ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
         return ferry_error_from_pg(err, conn, NULL, "could not migrate");
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "could not migrate: the connection is in a transaction");
 
     bool applied[64] = {false};
     _Static_assert(sizeof applied / sizeof applied[0] >= 64, "room for migrations");
-    if (ferry_migrations_count > sizeof applied / sizeof applied[0])
-        return ferry_err_set(err, FERRY_ESCHEMA, NULL, "too many migrations");
+    if (ferry__migrations_count > sizeof applied / sizeof applied[0])
+        return ferry__error_set(err, FERRY_ESCHEMA, NULL, "too many migrations");
 
-    ferry_code rc = ferry_exec(conn, "BEGIN; SET LOCAL client_min_messages = warning; "
+    ferry_code rc = ferry__exec(conn, "BEGIN; SET LOCAL client_min_messages = warning; "
                                   "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", 0, NULL,
                             "could not begin migration", err);
     if (rc != FERRY_OK)
@@ -136,19 +136,19 @@ ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
     }
     bool fresh = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
-    if (fresh && (rc = ferry_exec(conn, bootstrap_sql, 0, NULL, "could not create the ferry schema",
+    if (fresh && (rc = ferry__exec(conn, bootstrap_sql, 0, NULL, "could not create the ferry schema",
                                err)) != FERRY_OK)
         goto out_rollback;
 
     if ((rc = read_applied(conn, applied, err)) != FERRY_OK)
         goto out_rollback;
     int version = 0;
-    for (size_t i = 0; i < ferry_migrations_count; i++) {
-        if (!applied[i] && (rc = apply_one(conn, &ferry_migrations[i], err)) != FERRY_OK)
+    for (size_t i = 0; i < ferry__migrations_count; i++) {
+        if (!applied[i] && (rc = apply_one(conn, &ferry__migrations[i], err)) != FERRY_OK)
             goto out_rollback;
-        version = ferry_migrations[i].version;
+        version = ferry__migrations[i].version;
     }
-    if ((rc = ferry_exec(conn, "COMMIT", 0, NULL, "could not commit migration", err)) != FERRY_OK)
+    if ((rc = ferry__exec(conn, "COMMIT", 0, NULL, "could not commit migration", err)) != FERRY_OK)
         goto out_rollback;
     if (version_out != NULL)
         *version_out = version;
@@ -162,7 +162,7 @@ out_rollback:
 
 ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
         return ferry_error_from_pg(err, conn, NULL, "could not read schema version");
     /* Two statements: a query naming a missing table fails at parse time,

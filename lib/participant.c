@@ -73,7 +73,7 @@ static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_i
         *keep = NULL;
     /* Not inside a caller's pipeline: leaving ours would end theirs. */
     if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        return ferry_err_set(err, FERRY_ESTATE, NULL, "%s: the connection is in pipeline mode",
+        return ferry__error_set(err, FERRY_ESTATE, NULL, "%s: the connection is in pipeline mode",
                              context);
     if (!PQenterPipelineMode(conn))
         return ferry_error_from_pg(err, conn, NULL, context);
@@ -183,17 +183,17 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                                     const ferry_participant *p,
                                     ferry_participant_outcome *outcome_out, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (p == NULL || p->name == NULL || p->name[0] == '\0'
         || strlen(p->name) > PARTICIPANT_NAME_MAX || p->action == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "participant",
+        return ferry__error_set(err, FERRY_EINVAL, "participant",
                              "saga participant: a name (1..%d bytes) and an action are required",
                              PARTICIPANT_NAME_MAX);
     if (msg == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "msg", "saga participant: msg is NULL");
+        return ferry__error_set(err, FERRY_EINVAL, "msg", "saga participant: msg is NULL");
     /* In the consumer's transaction, as ferry_emit would insist at the
      * reply: checked first, before the callback could run outside one. */
-    ferry_code rc = ferry_conn_check_in_tx(conn, "could not apply a saga command", err);
+    ferry_code rc = ferry__conn_check_in_tx(conn, "could not apply a saga command", err);
     if (rc != FERRY_OK)
         return rc;
     const char *saga_id = ferry_message_header(msg, "saga_id");
@@ -206,7 +206,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
         || reply_to == NULL || header_u32(msg, "saga_step", FERRY_SAGA_STEPS_MAX, &step)
         || header_u32(msg, "saga_round", UINT32_MAX, &round)
         || header_u32(msg, "saga_attempt", UINT32_MAX, &attempt))
-        return ferry_err_set(err, FERRY_EINVAL, "headers",
+        return ferry__error_set(err, FERRY_EINVAL, "headers",
                              "message %s is not a saga command: it lacks saga_id, saga_kind, "
                              "saga_step, saga_round, saga_attempt or saga_reply_to",
                              msg->id ? msg->id : "?");
@@ -229,7 +229,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
         return rc;
     if (PQntuples(res) != 1 || PQnfields(res) < 4) {
         PQclear(res);
-        return ferry_err_set(err, FERRY_ESCHEMA, NULL, "ferry.participant_begin gave an "
+        return ferry__error_set(err, FERRY_ESCHEMA, NULL, "ferry.participant_begin gave an "
                              "answer this library does not know");
     }
     int seen = !PQgetisnull(res, 0, 0);
@@ -241,7 +241,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
     int compensated = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
     PQclear(res);
     if (seen && outcome < 0)
-        return ferry_err_set(err, FERRY_EINVAL, "outcome", "saga participant %s: unknown "
+        return ferry__error_set(err, FERRY_EINVAL, "outcome", "saga participant %s: unknown "
                              "recorded outcome for %s/%s/%s/%s", p->name, saga_id, sstep, kind,
                              sround);
 
@@ -271,7 +271,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
     char *ptext, *htext;
     if (reply_text(p, saga_id, kind, step, round, attempt, outcome, reason[0] ? reason : NULL,
                    &ptext, &htext) != 0)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not reply to a saga: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not reply to a saga: out of memory");
     /* Keyed per (saga, participant): positions are per (topic, key) of the
      * emitting database, and participants may each have their own. */
     char key[FERRY_UUID_STRING_SIZE + PARTICIPANT_NAME_MAX + 2];
@@ -285,7 +285,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
     if ((rc = ferry_msg_check(&m, NULL, err)) != FERRY_OK)
         goto out;
     if (ferry_uuid_v7(&rid) != FERRY_OK) {
-        rc = ferry_err_set(err, FERRY_EDB, NULL, "could not reply to a saga: no random bytes");
+        rc = ferry__error_set(err, FERRY_EDB, NULL, "could not reply to a saga: no random bytes");
         goto out;
     }
     ferry_uuid_format(&rid, rids);
@@ -303,7 +303,7 @@ ferry_code ferry_participant_handle(PGconn *conn, const ferry_message *msg,
                         err)) != FERRY_OK)
         goto out;
     if (!seen)
-        ferry_log(FERRY_LOG_DEBUG, "saga_participant", "%s: saga %s step %s %s round %s: %s",
+        ferry__log(FERRY_LOG_DEBUG, "saga_participant", "%s: saga %s step %s %s round %s: %s",
                   p->name, saga_id, sstep, kind, sround, outcome_names[outcome]);
     if (outcome_out != NULL)
         *outcome_out = seen ? FERRY_PARTICIPANT_DUPLICATE : (ferry_participant_outcome)outcome;

@@ -77,7 +77,7 @@ _Static_assert(FERRY_SAGA_TIMEOUT_MAX_MS < INT64_MAX / FERRY_SAGA_ATTEMPTS_MAX /
                "timeout x attempts + backoffs cannot overflow");
 _Static_assert(FERRY_SAGA_FILE_MAX <= INT_MAX, "positions fit an int");
 
-typedef ferry_yw_place place;
+typedef ferry__yw_place place;
 
 /* Where each step's parts were, for the checks after the walk. */
 typedef struct step_places {
@@ -92,7 +92,7 @@ typedef struct step_places {
 
 /* A walker and what the walk fills in. */
 typedef struct loader {
-    ferry_yw w;
+    ferry__yw w;
     ferry_saga_def *def;
     place deadline_at;
     bool deadline_ok;
@@ -100,13 +100,13 @@ typedef struct loader {
 } loader;
 
 /* What the loader allocates: the public definition and, beside it, each
- * command's payload as JSON text. ferry_saga_def_tmpl and
+ * command's payload as JSON text. ferry__saga_def_tmpl and
  * ferry_saga_def_destroy find the templates from the definition, which is
  * why a definition must come from the loader (the registry frees it with
  * ferry_saga_def_destroy in any case). */
 typedef struct def_full {
     ferry_saga_def def;                        /* first: a def is its def_full */
-    ferry_tmpl tmpl[FERRY_SAGA_STEPS_MAX][2];  /* [step][ferry_saga_command_kind] */
+    ferry__tmpl tmpl[FERRY_SAGA_STEPS_MAX][2];  /* [step][ferry_saga_command_kind] */
 } def_full;
 _Static_assert(offsetof(def_full, def) == 0, "def_full: the definition comes first");
 _Static_assert(FERRY_SAGA_CMD_ACTION == 0 && FERRY_SAGA_CMD_COMPENSATION == 1,
@@ -117,7 +117,7 @@ static def_full *full_of(const ferry_saga_def *def)
     return (def_full *)def;
 }
 
-const ferry_tmpl *ferry_saga_def_tmpl(const ferry_saga_def *def, size_t step,
+const ferry__tmpl *ferry__saga_def_tmpl(const ferry_saga_def *def, size_t step,
                                       ferry_saga_command_kind kind)
 {
     return &full_of(def)->tmpl[step][kind == FERRY_SAGA_CMD_COMPENSATION];
@@ -145,8 +145,8 @@ void ferry_saga_def_destroy(ferry_saga_def *def)
         command_free(&s->compensation);
     }
     for (size_t i = 0; i < FERRY_SAGA_STEPS_MAX; i++) {
-        ferry_tmpl_free(&full_of(def)->tmpl[i][0]);
-        ferry_tmpl_free(&full_of(def)->tmpl[i][1]);
+        ferry__tmpl_free(&full_of(def)->tmpl[i][0]);
+        ferry__tmpl_free(&full_of(def)->tmpl[i][1]);
     }
     free(def->steps);
     free(def->name);
@@ -232,33 +232,33 @@ static json_t *json_nearest(const char *v)
  * the command later: checked by ferry_msg_check, the one place that knows
  * numeric's limits.
  */
-static int number_text(ferry_yw *w, ferry_tmpl *t, const char *v, place at, bool *ok)
+static int number_text(ferry__yw *w, ferry__tmpl *t, const char *v, place at, bool *ok)
 {
     static const char digits[] = "0123456789";
     const char *p = v + (*v == '+');
     size_t start = t->len;
     *ok = false;
-    if (*p == '-' && ferry_tmpl_append(t, p++, 1) != 0)
-        return ferry_yw_oom(w);
+    if (*p == '-' && ferry__tmpl_append(t, p++, 1) != 0)
+        return ferry__yw_oom(w);
     size_t lead = strspn(p, digits), zeros = 0;
     while (zeros + 1 < lead && p[zeros] == '0')
         zeros++;
-    if (lead == 0 ? ferry_tmpl_append(t, "0", 1) : ferry_tmpl_append(t, p + zeros, lead - zeros))
-        return ferry_yw_oom(w);
+    if (lead == 0 ? ferry__tmpl_append(t, "0", 1) : ferry__tmpl_append(t, p + zeros, lead - zeros))
+        return ferry__yw_oom(w);
     p += lead;
     if (*p == '.') {
         size_t frac = strspn(p + 1, digits);
-        if (frac > 0 && ferry_tmpl_append(t, p, frac + 1) != 0)
-            return ferry_yw_oom(w);
+        if (frac > 0 && ferry__tmpl_append(t, p, frac + 1) != 0)
+            return ferry__yw_oom(w);
         p += 1 + frac;
     }
-    if (ferry_tmpl_append(t, p, strlen(p)) != 0)
-        return ferry_yw_oom(w);
+    if (ferry__tmpl_append(t, p, strlen(p)) != 0)
+        return ferry__yw_oom(w);
     ferry_msg probe = {.topic = "t", .key = "k", .type = "t", .payload = t->text + start,
                        .payload_len = t->len - start};
     ferry_error err;
     if (ferry_msg_check(&probe, NULL, &err) != FERRY_OK) {
-        ferry_yw_error(w, at, "number %.64s is out of range: PostgreSQL's numeric cannot hold it "
+        ferry__yw_error(w, at, "number %.64s is out of range: PostgreSQL's numeric cannot hold it "
                        "(quote it to keep a string)", v);
         return 0;
     }
@@ -267,28 +267,28 @@ static int number_text(ferry_yw *w, ferry_tmpl *t, const char *v, place at, bool
 }
 
 /* A scalar as JSON, into *out and onto t: *out NULL after an error. */
-static int json_scalar(ferry_yw *w, const yaml_event_t *ev, ferry_tmpl *t, json_t **out)
+static int json_scalar(ferry__yw *w, const yaml_event_t *ev, ferry__tmpl *t, json_t **out)
 {
-    const char *v = ferry_yw_scalar(ev);
+    const char *v = ferry__yw_scalar(ev);
     size_t len = ev->data.scalar.length;
-    place at = ferry_yw_place_of(ev->start_mark);
+    place at = ferry__yw_place_of(ev->start_mark);
     *out = NULL;
-    if (ferry_yw_is_plain(ev)) {
+    if (ferry__yw_is_plain(ev)) {
         const char *digits = v + (*v == '-' || *v == '+');
         size_t nd = strspn(digits, "0123456789");
         const char *word = NULL;
-        if (ferry_yw_is_null(ev)) {
+        if (ferry__yw_is_null(ev)) {
             *out = json_null();
             word = "null";
-        } else if (ferry_yw_plain_true(v) || ferry_yw_plain_false(v)) {
-            *out = json_boolean(ferry_yw_plain_true(v));
-            word = ferry_yw_plain_true(v) ? "true" : "false";
+        } else if (ferry__yw_plain_true(v) || ferry__yw_plain_false(v)) {
+            *out = json_boolean(ferry__yw_plain_true(v));
+            word = ferry__yw_plain_true(v) ? "true" : "false";
         }
         if (word)
-            return ferry_tmpl_append(t, word, strlen(word)) != 0 ? ferry_yw_oom(w) : 0;
+            return ferry__tmpl_append(t, word, strlen(word)) != 0 ? ferry__yw_oom(w) : 0;
         if (nd > 0 && digits[nd] == '\0') {
             if (digits[0] == '0' && nd > 1) {
-                ferry_yw_error(w, at, "ambiguous number \"%.64s\": quote it to keep a string, or "
+                ferry__yw_error(w, at, "ambiguous number \"%.64s\": quote it to keep a string, or "
                            "drop the leading zeros", v);
                 return 0;
             }
@@ -298,41 +298,41 @@ static int json_scalar(ferry_yw *w, const yaml_event_t *ev, ferry_tmpl *t, json_
             errno = 0;
             long long n = strtoll(v, NULL, 10);
             *out = errno == ERANGE ? json_nearest(v) : json_integer(n);
-            return *out ? 0 : ferry_yw_oom(w);
+            return *out ? 0 : ferry__yw_oom(w);
         }
         if (is_float(v)) {
             bool ok;
             if (number_text(w, t, v, at, &ok) != 0 || !ok)
                 return w->fatal ? -1 : 0;
             *out = json_nearest(v);
-            return *out ? 0 : ferry_yw_oom(w);
+            return *out ? 0 : ferry__yw_oom(w);
         }
         if (digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'o') && digits[2] &&
             strspn(digits + 2, "0123456789abcdefABCDEF") == strlen(digits + 2)) {
-            ferry_yw_error(w, at, "ambiguous number \"%.64s\": quote it to keep a string, or write "
+            ferry__yw_error(w, at, "ambiguous number \"%.64s\": quote it to keep a string, or write "
                        "it in decimal", v);
             return 0;
         }
         if (strcasecmp(v, ".inf") == 0 || strcasecmp(v, "-.inf") == 0 ||
             strcasecmp(v, "+.inf") == 0 || strcasecmp(v, ".nan") == 0) {
-            ferry_yw_error(w, at, "%s has no JSON value (quote it to keep a string)", v);
+            ferry__yw_error(w, at, "%s has no JSON value (quote it to keep a string)", v);
             return 0;
         }
     }
     if (strstr(v, "${")) {
         static const char head[] = "${context.";
         if (!valid_template(v)) {
-            ferry_yw_error(w, at, "\"%.64s\" is not a template: a template is a whole string "
+            ferry__yw_error(w, at, "\"%.64s\" is not a template: a template is a whole string "
                        "\"${context.PATH}\", PATH being names separated by dots", v);
             return 0;
         }
-        if (ferry_tmpl_append_ref(t, v + sizeof head - 1, len - sizeof head) != 0)
-            return ferry_yw_oom(w);
-    } else if (ferry_tmpl_append_string(t, v, len) != 0) {
-        return ferry_yw_oom(w);
+        if (ferry__tmpl_append_ref(t, v + sizeof head - 1, len - sizeof head) != 0)
+            return ferry__yw_oom(w);
+    } else if (ferry__tmpl_append_string(t, v, len) != 0) {
+        return ferry__yw_oom(w);
     }
     *out = json_stringn(v, len);
-    return *out ? 0 : ferry_yw_oom(w);
+    return *out ? 0 : ferry__yw_oom(w);
 }
 
 /*
@@ -341,7 +341,7 @@ static int json_scalar(ferry_yw *w, const yaml_event_t *ev, ferry_tmpl *t, json_
  * after an error: the load fails then anyway). *out is NULL after an
  * error in it (recorded) or when the walk stopped.
  */
-static int read_json(ferry_yw *w, yaml_event_t *ev, ferry_tmpl *t, json_t **out)
+static int read_json(ferry__yw *w, yaml_event_t *ev, ferry__tmpl *t, json_t **out)
 {
     *out = NULL;
     if (ev->type == YAML_SCALAR_EVENT)
@@ -351,28 +351,28 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, ferry_tmpl *t, json_t **out)
     json_t *c = mapping ? json_object() : json_array();
     bool bad = false;
     if (!c)
-        return ferry_yw_oom(w);
-    if (ferry_tmpl_append(t, mapping ? "{" : "[", 1) != 0)
+        return ferry__yw_oom(w);
+    if (ferry__tmpl_append(t, mapping ? "{" : "[", 1) != 0)
         goto out_oom;
     for (size_t i = 0;; i++) {
         yaml_event_t item, val;
-        if (ferry_yw_next(w, &item) != 0)
+        if (ferry__yw_next(w, &item) != 0)
             goto out_fatal;
         if (item.type == YAML_MAPPING_END_EVENT || item.type == YAML_SEQUENCE_END_EVENT) {
             yaml_event_delete(&item);
             break;
         }
-        if (i > 0 && ferry_tmpl_append(t, ",", 1) != 0) {
+        if (i > 0 && ferry__tmpl_append(t, ",", 1) != 0) {
             yaml_event_delete(&item);
             goto out_oom;
         }
         json_t *v = NULL;
         int rc;
         if (!mapping) {
-            size_t old = ferry_yw_push_index(w, i);
+            size_t old = ferry__yw_push_index(w, i);
             rc = read_json(w, &item, t, &v);
             yaml_event_delete(&item);
-            ferry_yw_pop(w, old);
+            ferry__yw_pop(w, old);
             if (rc != 0)
                 goto out_fatal;
             if (!v)
@@ -383,46 +383,46 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, ferry_tmpl *t, json_t **out)
         }
         if (item.type != YAML_SCALAR_EVENT) {
             char buf[96];
-            ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "a key must be a string, not %s",
-                       ferry_yw_describe(&item, buf, sizeof buf));
+            ferry__yw_error(w, ferry__yw_place_of(item.start_mark), "a key must be a string, not %s",
+                       ferry__yw_describe(&item, buf, sizeof buf));
             bad = true;
-            rc = ferry_yw_skip(w, &item);
+            rc = ferry__yw_skip(w, &item);
             yaml_event_delete(&item);
-            if (rc != 0 || ferry_yw_next(w, &val) != 0)
+            if (rc != 0 || ferry__yw_next(w, &val) != 0)
                 goto out_fatal;
-            rc = ferry_yw_skip(w, &val);
+            rc = ferry__yw_skip(w, &val);
             yaml_event_delete(&val);
             if (rc != 0)
                 goto out_fatal;
             continue;
         }
-        size_t old = ferry_yw_push_key(w, ferry_yw_scalar(&item));
-        bool dup = json_object_get(c, ferry_yw_scalar(&item)) != NULL;
+        size_t old = ferry__yw_push_key(w, ferry__yw_scalar(&item));
+        bool dup = json_object_get(c, ferry__yw_scalar(&item)) != NULL;
         if (dup) {
-            ferry_yw_error(w, ferry_yw_place_of(item.start_mark), "duplicate key \"%.64s\"", ferry_yw_scalar(&item));
+            ferry__yw_error(w, ferry__yw_place_of(item.start_mark), "duplicate key \"%.64s\"", ferry__yw_scalar(&item));
             bad = true;
         }
-        if (ferry_tmpl_append_string(t, ferry_yw_scalar(&item), item.data.scalar.length) != 0 ||
-            ferry_tmpl_append(t, ":", 1) != 0) {
+        if (ferry__tmpl_append_string(t, ferry__yw_scalar(&item), item.data.scalar.length) != 0 ||
+            ferry__tmpl_append(t, ":", 1) != 0) {
             yaml_event_delete(&item);
             goto out_oom;
         }
-        if (ferry_yw_next(w, &val) != 0) {
+        if (ferry__yw_next(w, &val) != 0) {
             yaml_event_delete(&item);
             goto out_fatal;
         }
-        rc = dup ? ferry_yw_skip(w, &val) : read_json(w, &val, t, &v);
+        rc = dup ? ferry__yw_skip(w, &val) : read_json(w, &val, t, &v);
         yaml_event_delete(&val);
-        ferry_yw_pop(w, old);
-        if (rc == 0 && v && json_object_set_new(c, ferry_yw_scalar(&item), v) != 0)
-            rc = ferry_yw_oom(w);
+        ferry__yw_pop(w, old);
+        if (rc == 0 && v && json_object_set_new(c, ferry__yw_scalar(&item), v) != 0)
+            rc = ferry__yw_oom(w);
         yaml_event_delete(&item);
         if (rc != 0)
             goto out_fatal;
         if (!dup && !v)
             bad = true;
     }
-    if (ferry_tmpl_append(t, mapping ? "}" : "]", 1) != 0)
+    if (ferry__tmpl_append(t, mapping ? "}" : "]", 1) != 0)
         goto out_oom;
     if (bad) {
         json_decref(c);
@@ -432,7 +432,7 @@ static int read_json(ferry_yw *w, yaml_event_t *ev, ferry_tmpl *t, json_t **out)
     return 0;
 
 out_oom:
-    ferry_yw_oom(w);
+    ferry__yw_oom(w);
 out_fatal:
     json_decref(c);
     return -1;
@@ -446,10 +446,10 @@ static const bool command_required[N_CMD_KEYS] = {[CMD_TYPE] = true};
 
 typedef struct command_ctx {
     ferry_saga_command *cmd;
-    ferry_tmpl *tmpl;
+    ferry__tmpl *tmpl;
 } command_ctx;
 
-static int command_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int command_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     command_ctx *cc = arg;
     ferry_saga_command *cmd = cc->cmd;
@@ -461,36 +461,36 @@ static int command_value(ferry_yw *w, int index, place key_at, yaml_event_t *val
         return 0;
     }
     bool ok;
-    if (ferry_yw_get_string(w, val, "an event type", &cmd->type, &ok) != 0 || !ok)
+    if (ferry__yw_get_string(w, val, "an event type", &cmd->type, &ok) != 0 || !ok)
         return w->fatal ? -1 : 0;
     /* The type becomes the message's type: check it as ferry_emit will. */
-    return ferry_yw_check_type(w, val, cmd->type, &ok);
+    return ferry__yw_check_type(w, val, cmd->type, &ok);
 }
 
 /* action: or compensation: — a mapping of type and payload (default {}),
  * the payload's text onto tmpl. */
-static int read_command(ferry_yw *w, yaml_event_t *ev, ferry_saga_command *cmd, ferry_tmpl *tmpl,
+static int read_command(ferry__yw *w, yaml_event_t *ev, ferry_saga_command *cmd, ferry__tmpl *tmpl,
                         bool *ok)
 {
     *ok = false;
     if (ev->type != YAML_MAPPING_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "a command (a mapping with type and payload)");
+        return ferry__yw_wrong_type(w, ev, "a command (a mapping with type and payload)");
     bool seen[N_CMD_KEYS];
     size_t before = w->errs->total;
     command_ctx cc = {cmd, tmpl};
-    if (ferry_yw_read_mapping(w, command_keys, N_CMD_KEYS, seen, command_value, &cc) != 0)
+    if (ferry__yw_read_mapping(w, command_keys, N_CMD_KEYS, seen, command_value, &cc) != 0)
         return -1;
-    ferry_yw_require_keys(w, ferry_yw_place_of(ev->start_mark), command_keys, command_required,
+    ferry__yw_require_keys(w, ferry__yw_place_of(ev->start_mark), command_keys, command_required,
                           seen, N_CMD_KEYS);
     if (!seen[CMD_PAYLOAD]) {
         cmd->payload = json_object();
-        if (!cmd->payload || ferry_tmpl_append(tmpl, "{}", 2) != 0)
-            return ferry_yw_oom(w);
+        if (!cmd->payload || ferry__tmpl_append(tmpl, "{}", 2) != 0)
+            return ferry__yw_oom(w);
     }
     /* A payload that is one reference has no text of its own: give it its
      * NUL, so that the text is never NULL. */
-    if (ferry_tmpl_append(tmpl, "", 0) != 0)
-        return ferry_yw_oom(w);
+    if (ferry__tmpl_append(tmpl, "", 0) != 0)
+        return ferry__yw_oom(w);
     *ok = w->errs->total == before;
     return 0;
 }
@@ -507,26 +507,26 @@ typedef struct step_ctx {
     step_places *sp;
 } step_ctx;
 
-static int retry_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int retry_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     step_ctx *sc = arg;
     ferry_saga_retry *r = &sc->step->retry;
     bool ok;
     int rc;
-    place at = ferry_yw_place_of(val->start_mark);
+    place at = ferry__yw_place_of(val->start_mark);
     switch (index) {
     case RETRY_ATTEMPTS:
         sc->sp->attempts = at;
-        rc = ferry_yw_get_int(w, val, 1, FERRY_SAGA_ATTEMPTS_MAX, &r->attempts, &ok);
+        rc = ferry__yw_get_int(w, val, 1, FERRY_SAGA_ATTEMPTS_MAX, &r->attempts, &ok);
         break;
     case RETRY_BACKOFF:
         sc->sp->backoff = at;
-        rc = ferry_yw_get_duration(w, val, true, &r->backoff_ms, &ok);
+        rc = ferry__yw_get_duration(w, val, true, &r->backoff_ms, &ok);
         sc->sp->backoff_given = ok;
         break;
     default:
         sc->sp->max_backoff = at;
-        rc = ferry_yw_get_duration(w, val, true, &r->max_backoff_ms, &ok);
+        rc = ferry__yw_get_duration(w, val, true, &r->max_backoff_ms, &ok);
         sc->sp->max_backoff_given = ok;
         break;
     }
@@ -535,17 +535,17 @@ static int retry_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, 
     return rc;
 }
 
-static int read_retry(ferry_yw *w, yaml_event_t *ev, step_ctx *sc)
+static int read_retry(ferry__yw *w, yaml_event_t *ev, step_ctx *sc)
 {
-    if (ferry_yw_is_null(ev))
+    if (ferry__yw_is_null(ev))
         return 0;
     if (ev->type != YAML_MAPPING_START_EVENT) {
         sc->sp->retry_ok = false;
-        return ferry_yw_wrong_type(w, ev, "a retry policy (a mapping with attempts, backoff, "
+        return ferry__yw_wrong_type(w, ev, "a retry policy (a mapping with attempts, backoff, "
                                    "max_backoff)");
     }
     bool seen[N_RETRY_KEYS];
-    return ferry_yw_read_mapping(w, retry_keys, N_RETRY_KEYS, seen, retry_value, sc);
+    return ferry__yw_read_mapping(w, retry_keys, N_RETRY_KEYS, seen, retry_value, sc);
 }
 
 /* ------------------------------------------------------------ steps */
@@ -558,40 +558,40 @@ static const bool step_required[N_STEP_KEYS] = {
     [STEP_NAME] = true, [STEP_TOPIC] = true, [STEP_ACTION] = true, [STEP_TIMEOUT] = true,
 };
 
-static int step_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int step_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     step_ctx *sc = arg;
     loader *ld = sc->ld;
     ferry_saga_step_def *s = sc->step;
     ferry_saga_def *def = ld->def;
-    place at = ferry_yw_place_of(val->start_mark);
+    place at = ferry__yw_place_of(val->start_mark);
     bool ok;
     int rc = 0;
     switch (index) {
     case STEP_NAME:
         sc->sp->name = at;
-        rc = ferry_yw_get_string(w, val, "a step name", &s->name, &ok);
+        rc = ferry__yw_get_string(w, val, "a step name", &s->name, &ok);
         if (rc != 0 || !ok)
             break;
-        ferry_yw_check_name(w, val, s->name, FERRY_SAGA_NAME_MAX);
+        ferry__yw_check_name(w, val, s->name, FERRY_SAGA_NAME_MAX);
         for (size_t i = 0; i < sc->index; i++) {
             if (def->steps[i].name && strcmp(def->steps[i].name, s->name) == 0) {
-                ferry_yw_error(w, at, "duplicate step name \"%.64s\" (steps[%zu] at line %d)",
+                ferry__yw_error(w, at, "duplicate step name \"%.64s\" (steps[%zu] at line %d)",
                                s->name, i, ld->sp[i].name.line);
                 break;
             }
         }
         break;
     case STEP_TOPIC:
-        rc = ferry_yw_get_string(w, val, "a topic name", &s->topic, &ok);
+        rc = ferry__yw_get_string(w, val, "a topic name", &s->topic, &ok);
         if (rc == 0 && ok)
-            rc = ferry_yw_check_topic(w, val, s->topic, &ok);
+            rc = ferry__yw_check_topic(w, val, s->topic, &ok);
         break;
     case STEP_ACTION:
         rc = read_command(w, val, &s->action, &full_of(def)->tmpl[sc->index][0], &ok);
         break;
     case STEP_COMPENSATION:
-        if (ferry_yw_is_null(val))    /* "none", said explicitly */
+        if (ferry__yw_is_null(val))    /* "none", said explicitly */
             break;
         sc->sp->compensation_given = true;
         sc->sp->compensation = key_at;
@@ -600,18 +600,18 @@ static int step_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
         break;
     case STEP_TIMEOUT:
         sc->sp->timeout = at;
-        rc = ferry_yw_get_duration(w, val, false, &s->timeout_ms, &sc->sp->timeout_ok);
+        rc = ferry__yw_get_duration(w, val, false, &s->timeout_ms, &sc->sp->timeout_ok);
         break;
     case STEP_RETRY:
         sc->sp->retry = key_at;
         rc = read_retry(w, val, sc);
         break;
     case STEP_PIVOT:
-        rc = ferry_yw_get_bool(w, val, &s->pivot, &ok);
+        rc = ferry__yw_get_bool(w, val, &s->pivot, &ok);
         if (rc != 0 || !ok || !s->pivot)
             break;
         if (def->pivot_index >= 0) {
-            ferry_yw_error(w, at, "a second pivot: steps[%d] at line %d is the pivot already; a "
+            ferry__yw_error(w, at, "a second pivot: steps[%d] at line %d is the pivot already; a "
                            "saga has at most one", def->pivot_index,
                            ld->sp[def->pivot_index].at.line);
             s->pivot = 0;
@@ -623,33 +623,33 @@ static int step_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
     return rc;
 }
 
-static int read_step(ferry_yw *w, yaml_event_t *ev, size_t index, void *arg)
+static int read_step(ferry__yw *w, yaml_event_t *ev, size_t index, void *arg)
 {
     loader *ld = arg;
     step_ctx sc = {ld, index, &ld->def->steps[index], &ld->sp[index]};
-    sc.sp->at = ferry_yw_place_of(ev->start_mark);
+    sc.sp->at = ferry__yw_place_of(ev->start_mark);
     sc.sp->retry_ok = true;
     sc.step->retry.attempts = 1;
     if (ev->type != YAML_MAPPING_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "a step (a mapping with name, topic, action, "
+        return ferry__yw_wrong_type(w, ev, "a step (a mapping with name, topic, action, "
                                    "compensation, timeout, ...)");
     sc.sp->is_mapping = true;
     bool seen[N_STEP_KEYS];
-    if (ferry_yw_read_mapping(w, step_keys, N_STEP_KEYS, seen, step_value, &sc) != 0)
+    if (ferry__yw_read_mapping(w, step_keys, N_STEP_KEYS, seen, step_value, &sc) != 0)
         return -1;
-    ferry_yw_require_keys(w, sc.sp->at, step_keys, step_required, seen, N_STEP_KEYS);
+    ferry__yw_require_keys(w, sc.sp->at, step_keys, step_required, seen, N_STEP_KEYS);
     return 0;
 }
 
 static int read_steps(loader *ld, yaml_event_t *ev)
 {
-    ferry_yw *w = &ld->w;
+    ferry__yw *w = &ld->w;
     ferry_saga_def *def = ld->def;
-    if (ferry_yw_read_sequence(w, ev, "steps", FERRY_SAGA_STEPS_MAX, &def->step_count,
+    if (ferry__yw_read_sequence(w, ev, "steps", FERRY_SAGA_STEPS_MAX, &def->step_count,
                                read_step, ld) != 0)
         return -1;
     if (ev->type == YAML_SEQUENCE_START_EVENT && def->step_count == 0)
-        ferry_yw_error(w, ferry_yw_place_of(ev->start_mark), "a saga needs at least one step");
+        ferry__yw_error(w, ferry__yw_place_of(ev->start_mark), "a saga needs at least one step");
     return 0;
 }
 
@@ -662,23 +662,23 @@ _Static_assert(N_SAGA_KEYS <= FERRY_YW_KEYS_MAX && N_STEP_KEYS <= FERRY_YW_KEYS_
                "ferry_yw_read_mapping's table");
 static const bool saga_required[N_SAGA_KEYS] = {true, true, true, true};
 
-static int saga_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int saga_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     loader *ld = arg;
     ferry_saga_def *def = ld->def;
     bool ok;
     switch (index) {
     case SAGA_NAME: {
-        int rc = ferry_yw_get_string(w, val, "a saga name", &def->name, &ok);
+        int rc = ferry__yw_get_string(w, val, "a saga name", &def->name, &ok);
         if (rc == 0 && ok)
-            ferry_yw_check_name(w, val, def->name, FERRY_SAGA_NAME_MAX);
+            ferry__yw_check_name(w, val, def->name, FERRY_SAGA_NAME_MAX);
         return rc;
     }
     case SAGA_VERSION:
-        return ferry_yw_get_int(w, val, 1, INT_MAX, &def->version, &ok);
+        return ferry__yw_get_int(w, val, 1, INT_MAX, &def->version, &ok);
     case SAGA_DEADLINE:
-        ld->deadline_at = ferry_yw_place_of(val->start_mark);
-        return ferry_yw_get_duration(w, val, false, &def->deadline_ms, &ld->deadline_ok);
+        ld->deadline_at = ferry__yw_place_of(val->start_mark);
+        return ferry__yw_get_duration(w, val, false, &def->deadline_ms, &ld->deadline_ok);
     default:
         return read_steps(ld, val);
     }
@@ -701,7 +701,7 @@ static int64_t step_budget(const ferry_saga_step_def *s, int64_t *backoffs)
 
 static void check_steps(loader *ld)
 {
-    ferry_yw *w = &ld->w;
+    ferry__yw *w = &ld->w;
     ferry_saga_def *def = ld->def;
     char field[64];
     for (size_t i = 0; i < def->step_count; i++) {
@@ -713,12 +713,12 @@ static void check_steps(loader *ld)
 
         snprintf(field, sizeof field, "steps[%zu].compensation", i);
         if (before_pivot && !sp->compensation_given)
-            ferry_yw_error_at(w, sp->at, field, "missing: %s",
+            ferry__yw_error_at(w, sp->at, field, "missing: %s",
                               def->pivot_index < 0
                                   ? "every step needs a compensation when the saga has no pivot"
                                   : "every step before the pivot needs a compensation");
         if (def->pivot_index >= 0 && (int)i > def->pivot_index && sp->compensation_given)
-            ferry_yw_error_at(w, sp->compensation, field, "a step after the pivot (steps[%d]) is "
+            ferry__yw_error_at(w, sp->compensation, field, "a step after the pivot (steps[%d]) is "
                               "never compensated: remove the compensation", def->pivot_index);
 
         if (!sp->retry_ok)
@@ -728,10 +728,10 @@ static void check_steps(loader *ld)
         else if (sp->backoff_given && s->retry.backoff_ms > s->retry.max_backoff_ms) {
             char a[32], b[32];
             snprintf(field, sizeof field, "steps[%zu].retry.max_backoff", i);
-            ferry_yw_error_at(w, sp->max_backoff, field, "max_backoff %s is shorter than "
+            ferry__yw_error_at(w, sp->max_backoff, field, "max_backoff %s is shorter than "
                               "backoff %s",
-                              ferry_yw_format_duration(s->retry.max_backoff_ms, a, sizeof a),
-                              ferry_yw_format_duration(s->retry.backoff_ms, b, sizeof b));
+                              ferry__yw_format_duration(s->retry.max_backoff_ms, a, sizeof a),
+                              ferry__yw_format_duration(s->retry.backoff_ms, b, sizeof b));
             continue;
         }
         if (!sp->timeout_ok || !ld->deadline_ok)
@@ -742,16 +742,16 @@ static void check_steps(loader *ld)
             snprintf(field, sizeof field, "steps[%zu].timeout", i);
             if (s->retry.attempts == 1)
                 snprintf(how, sizeof how, "timeout %s",
-                         ferry_yw_format_duration(s->timeout_ms, t, sizeof t));
+                         ferry__yw_format_duration(s->timeout_ms, t, sizeof t));
             else
                 snprintf(how, sizeof how, "timeout %s x %d attempts%s%s = %s",
-                         ferry_yw_format_duration(s->timeout_ms, t, sizeof t), s->retry.attempts,
+                         ferry__yw_format_duration(s->timeout_ms, t, sizeof t), s->retry.attempts,
                          backoffs ? " + backoff " : "",
-                         backoffs ? ferry_yw_format_duration(backoffs, bo, sizeof bo) : "",
-                         ferry_yw_format_duration(budget, all, sizeof all));
-            ferry_yw_error_at(w, sp->timeout, field, "%s is longer than the saga's deadline of "
+                         backoffs ? ferry__yw_format_duration(backoffs, bo, sizeof bo) : "",
+                         ferry__yw_format_duration(budget, all, sizeof all));
+            ferry__yw_error_at(w, sp->timeout, field, "%s is longer than the saga's deadline of "
                               "%s (line %d)", how,
-                              ferry_yw_format_duration(def->deadline_ms, dl, sizeof dl),
+                              ferry__yw_format_duration(def->deadline_ms, dl, sizeof dl),
                               ld->deadline_at.line);
         }
     }
@@ -769,19 +769,19 @@ static void fnv1a_hex(const unsigned char *p, size_t n, char out[17])
 
 /* ------------------------------------------------------------ entry points */
 
-/* The walk of one text, in the loader ferry_yw_parse made for it. */
+/* The walk of one text, in the loader ferry__yw_parse made for it. */
 static ferry_code read_def(void *arg, void *out)
 {
     loader *ld = arg;
-    ferry_yw *w = &ld->w;
+    ferry__yw *w = &ld->w;
     ferry_code rc = FERRY_ENOMEM;
 
-    def_full *full = ferry_saga_malloc_(sizeof *full);
-    ferry_saga_step_def *steps = ferry_saga_malloc_(FERRY_SAGA_STEPS_MAX * sizeof *steps);
+    def_full *full = ferry__saga_malloc_(sizeof *full);
+    ferry_saga_step_def *steps = ferry__saga_malloc_(FERRY_SAGA_STEPS_MAX * sizeof *steps);
     if (!full || !steps) {
         free(full);
         free(steps);
-        ferry_yw_oom(w);
+        ferry__yw_oom(w);
         return rc;
     }
     memset(full, 0, sizeof *full);
@@ -790,11 +790,11 @@ static ferry_code read_def(void *arg, void *out)
     def->steps = steps;
     def->pivot_index = -1;
     ld->def = def;
-    def->file = ferry_yw_strndup(w, w->file, strlen(w->file));
+    def->file = ferry__yw_strndup(w, w->file, strlen(w->file));
     if (!def->file)
         goto out_free_def;
 
-    const ferry_yw_doc doc = {
+    const ferry__yw_doc doc = {
         .expected = "a saga definition (a mapping with saga, version, deadline and steps)",
         .one = "saga definition",
         .keys = saga_keys,
@@ -803,9 +803,9 @@ static ferry_code read_def(void *arg, void *out)
         .value = saga_value,
         .arg = ld,
     };
-    if (ferry_yw_read_document(w, &doc) == 0)
+    if (ferry__yw_read_document(w, &doc) == 0)
         check_steps(ld);
-    rc = ferry_yw_outcome(w);
+    rc = ferry__yw_outcome(w);
     if (rc != FERRY_OK)
         goto out_free_def;
     fnv1a_hex(w->text, w->len, def->hash);
@@ -818,7 +818,7 @@ out_free_def:
 }
 
 _Static_assert(offsetof(loader, w) == 0, "ferry_yw_loader: the walker comes first");
-static const ferry_yw_loader def_loader = {
+static const ferry__yw_loader def_loader = {
     .what = "the saga definition",
     .text_arg = "yaml",
     .max = FERRY_SAGA_FILE_MAX,
@@ -829,11 +829,11 @@ static const ferry_yw_loader def_loader = {
 ferry_code ferry_saga_def_parse(const char *yaml, size_t len, const char *name,
                                 ferry_saga_def **out, ferry_saga_load_errors *errs)
 {
-    return ferry_yw_parse(&def_loader, yaml, len, name, out, errs);
+    return ferry__yw_parse(&def_loader, yaml, len, name, out, errs);
 }
 
 ferry_code ferry_saga_def_load(const char *path, ferry_saga_def **out,
                                ferry_saga_load_errors *errs)
 {
-    return ferry_yw_load(&def_loader, path, out, errs);
+    return ferry__yw_load(&def_loader, path, out, errs);
 }

@@ -1,7 +1,7 @@
 /*
  * saga_def_hook.h — the allocation seam of saga_def.c, for tests only.
  *
- * Every allocation the loader makes itself goes through ferry_saga_malloc_
+ * Every allocation the loader makes itself goes through ferry__saga_malloc_
  * (malloc unless a test swaps it), so that a test can fail the Nth one and
  * check that loading then fails cleanly with FERRY_ENOMEM and no leak.
  * Payload templates are jansson values: set json_set_alloc_funcs() as well
@@ -13,6 +13,6 @@
 
 #include <stddef.h>
 
-extern void *(*ferry_saga_malloc_)(size_t size);
+extern void *(*ferry__saga_malloc_)(size_t size);
 
 #endif

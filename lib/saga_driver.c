@@ -33,9 +33,9 @@ struct ferry_saga_registry {
 ferry_code ferry_saga_registry_new(const char *reply_topic, ferry_saga_registry **out,
                                    ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (out == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "out", "saga registry: out is NULL");
+        return ferry__error_set(err, FERRY_EINVAL, "out", "saga registry: out is NULL");
     if (reply_topic == NULL)
         reply_topic = FERRY_SAGA_REPLY_TOPIC_DEFAULT;
     /* Checked as ferry_emit would check it, so that a bad topic shows now
@@ -47,7 +47,7 @@ ferry_code ferry_saga_registry_new(const char *reply_topic, ferry_saga_registry 
     ferry_saga_registry *r = calloc(1, sizeof *r);
     if (r == NULL || (r->reply_topic = strdup(reply_topic)) == NULL) {
         free(r);
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
     }
     *out = r;
     return FERRY_OK;
@@ -66,12 +66,12 @@ const ferry_saga_def *ferry_saga_registry_find(const ferry_saga_registry *reg, c
 ferry_code ferry_saga_registry_add(ferry_saga_registry *reg, ferry_saga_def *def,
                                    ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (reg == NULL || def == NULL || def->name == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "saga registry: registry or definition is NULL");
     if (ferry_saga_registry_find(reg, def->name) != NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "saga registry: a definition called \"%s\" is already there",
                              def->name);
     /* Let the engine judge the definition once now (a start on a zeroed
@@ -89,7 +89,7 @@ ferry_code ferry_saga_registry_add(ferry_saga_registry *reg, ferry_saga_def *def
         size_t cap = reg->cap ? reg->cap * 2 : 4;
         ferry_saga_def **d = realloc(reg->defs, cap * sizeof *d);
         if (d == NULL)
-            return ferry_err_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
+            return ferry__error_set(err, FERRY_ENOMEM, NULL, "saga registry: out of memory");
         reg->defs = d;
         reg->cap = cap;
     }
@@ -226,7 +226,7 @@ static ferry_code state_from_json(const char *text, ferry_saga_state *st, ferry_
     }
     json_decref(doc);
     if (bad)
-        return ferry_err_set(err, FERRY_EINVAL, "state",
+        return ferry__error_set(err, FERRY_EINVAL, "state",
                              "could not read the stored saga state: not a saga state document");
     return FERRY_OK;
 }
@@ -251,14 +251,14 @@ static ferry_code check_templates(const ferry_saga_def *def, const char *ctx, si
                 continue;
             const char *missing;
             char *p;
-            if (ferry_tmpl_render(ferry_saga_def_tmpl(def, i, (ferry_saga_command_kind)k), ctx,
+            if (ferry__tmpl_render(ferry__saga_def_tmpl(def, i, (ferry_saga_command_kind)k), ctx,
                                   ctx_len, &p, &missing) != 0)
-                return missing ? ferry_err_set(err, FERRY_EINVAL, "context",
+                return missing ? ferry__error_set(err, FERRY_EINVAL, "context",
                                                "could not start saga %s: the context has no "
                                                "value for \"${context.%s}\" "
                                                "(steps[%zu].%s.payload)", def->name, missing, i,
                                                k ? "compensation" : "action")
-                               : ferry_err_set(err, FERRY_ENOMEM, NULL,
+                               : ferry__error_set(err, FERRY_ENOMEM, NULL,
                                                "could not start saga: out of memory");
             free(p);
         }
@@ -303,7 +303,7 @@ static ferry_code writes_init(saga_writes *w, ferry_error *err)
         json_decref(w->audit);
         json_decref(w->commands);
         w->audit = w->commands = NULL;
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
     }
     return FERRY_OK;
 }
@@ -324,7 +324,7 @@ static ferry_code audit(saga_writes *w, const saga_ctx *s, uint32_t step,
                             "status", status, "attempt", (json_int_t)attempt, "message_id",
                             message_id, "detail", detail);
     if (row == NULL || json_array_append_new(w->audit, row) != 0)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not record a saga step: out of "
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not record a saga step: out of "
                                                       "memory");
     return FERRY_OK;
 }
@@ -336,14 +336,14 @@ static ferry_code send_command(saga_writes *w, const saga_ctx *s, const ferry_sa
     const ferry_saga_command *cmd = command_of(s->def, a->step, a->command);
     const char *missing;
     char *ptext = NULL;
-    if (ferry_tmpl_render(ferry_saga_def_tmpl(s->def, a->step, a->command), s->context,
+    if (ferry__tmpl_render(ferry__saga_def_tmpl(s->def, a->step, a->command), s->context,
                           s->context_len, &ptext, &missing) != 0)
-        return missing ? ferry_err_set(err, FERRY_EINVAL, "context",
+        return missing ? ferry__error_set(err, FERRY_EINVAL, "context",
                                        "could not build %s of step %s of saga %s: the context "
                                        "has no value for \"${context.%s}\"",
                                        ferry_saga_command_name(a->command), step->name, s->id,
                                        missing)
-                       : ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: "
+                       : ferry__error_set(err, FERRY_ENOMEM, NULL, "could not build a command: "
                                                                 "out of memory");
     char key[FERRY_UUID_STRING_SIZE + 64], num[3][24];
     ferry_saga_key_format(s->id, a, key, sizeof key);
@@ -359,7 +359,7 @@ static ferry_code send_command(saga_writes *w, const saga_ctx *s, const ferry_sa
     json_decref(headers);
     ferry_code rc;
     if (ptext == NULL || htext == NULL) {
-        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
+        rc = ferry__error_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
         goto out;
     }
     ferry_msg m = {.topic = step->topic, .key = s->id, .type = cmd->type,
@@ -371,7 +371,7 @@ static ferry_code send_command(saga_writes *w, const saga_ctx *s, const ferry_sa
         goto out;
     ferry_uuid mid;
     if (ferry_uuid_v7(&mid) != FERRY_OK) {
-        rc = ferry_err_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
+        rc = ferry__error_set(err, FERRY_EDB, NULL, "could not emit: no random bytes");
         goto out;
     }
     char mids[FERRY_UUID_STRING_SIZE];
@@ -383,14 +383,14 @@ static ferry_code send_command(saga_writes *w, const saga_ctx *s, const ferry_sa
                           m.aggregate_type, "payload", ptext, "headers", htext, "delay_ms",
                           (json_int_t)a->delay_ms);
     if (c == NULL || json_array_append_new(w->commands, c) != 0) {
-        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
+        rc = ferry__error_set(err, FERRY_ENOMEM, NULL, "could not build a command: out of memory");
         goto out;
     }
     rc = audit(w, s, a->step, a->command, "sent", a->attempt, mids,
                json_pack("{s:I, s:s, s:I}", "round", (json_int_t)a->round, "key", key,
                          "delay_ms", (json_int_t)a->delay_ms),
                err);
-    ferry_log(FERRY_LOG_DEBUG, "saga_send", "saga %s: send %s of step %s round %" PRIu32
+    ferry__log(FERRY_LOG_DEBUG, "saga_send", "saga %s: send %s of step %s round %" PRIu32
               " attempt %" PRIu32, s->id, ferry_saga_command_name(a->command), step->name,
               a->round, a->attempt);
 out:
@@ -452,7 +452,7 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
     audit_text = json_dumps(w.audit, JSON_COMPACT);
     cmd_text = json_dumps(w.commands, JSON_COMPACT);
     if (engine == NULL || audit_text == NULL || cmd_text == NULL) {
-        rc = ferry_err_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
+        rc = ferry__error_set(err, FERRY_ENOMEM, NULL, "could not store saga: out of memory");
         goto out;
     }
     char cur[16], wake[24], ver[24], old[24];
@@ -466,7 +466,7 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
          * keeps its numbers' digits. The context is written only here. */
         const char *p[11] = {s->id, s->def->name, s->def->hash, status, cur, s->context, wake,
                              ver, engine, audit_text, cmd_text};
-        rc = ferry_exec(conn, "SELECT ferry.saga_begin($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+        rc = ferry__exec(conn, "SELECT ferry.saga_begin($1, $2, $3, $4, $5, $6, $7, $8, $9, "
                               "$10, $11)", 11, p, "could not insert saga", err);
     } else {
         const char *p[9] = {s->id, old, ver, status, cur, wake, engine, audit_text, cmd_text};
@@ -478,7 +478,7 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
         else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
             /* The row is locked while loaded, so this is another writer
              * that did not lock: retry the event on the newer revision. */
-            rc = ferry_err_set(err, FERRY_EDB, "version",
+            rc = ferry__error_set(err, FERRY_EDB, "version",
                                "could not store saga %s: revision %s is no longer current",
                                s->id, old);
             if (err != NULL) {
@@ -490,7 +490,7 @@ static ferry_code apply_event(PGconn *conn, const saga_ctx *s, const ferry_saga_
     }
     for (size_t i = 0; rc == FERRY_OK && i < n_acts; i++)
         if (acts[i].kind == FERRY_SAGA_DO_FINISH)
-            ferry_log(FERRY_LOG_INFO, "saga_finished", "saga %s (%s) %s", s->id, s->def->name,
+            ferry__log(FERRY_LOG_INFO, "saga_finished", "saga %s (%s) %s", s->id, s->def->name,
                       ferry_saga_status_name(acts[i].status));
 out:
     free(engine);
@@ -519,13 +519,13 @@ static ferry_code drive_loaded(PGconn *conn, const ferry_saga_registry *reg, con
     ferry_code rc;
     s.def = ferry_saga_registry_find(reg, name);
     if (s.def == NULL) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+        rc = ferry__error_set(err, FERRY_EINVAL, "definition",
                            "saga %s runs definition \"%s\", which this registry does not have",
                            id, name);
         goto out;
     }
     if (strcmp(s.def->hash, hash) != 0) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "definition",
+        rc = ferry__error_set(err, FERRY_EINVAL, "definition",
                            "saga %s was started with definition \"%s\" hash %s, but the "
                            "registry's has hash %s: refusing to run it on another definition",
                            id, name, hash, s.def->hash);
@@ -539,7 +539,7 @@ static ferry_code drive_loaded(PGconn *conn, const ferry_saga_registry *reg, con
                               &state, err)) != FERRY_OK)
         goto out;
     if (state.revision != strtoull(PQgetvalue(res, 0, c0 + 3), NULL, 10)) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "state",
+        rc = ferry__error_set(err, FERRY_EINVAL, "state",
                            "saga %s: stored state revision %" PRIu64 " differs from version %s",
                            id, state.revision, PQgetvalue(res, 0, c0 + 3));
         goto out;
@@ -554,11 +554,11 @@ static ferry_code drive_loaded(PGconn *conn, const ferry_saga_registry *reg, con
     char line[160];
     ferry_saga_event_format(ev, line, sizeof line);
     if (next.ignored != FERRY_SAGA_IGNORED_NONE) {
-        ferry_log(FERRY_LOG_DEBUG, "saga_ignored", "saga %s: %s ignored (%s)", id, line,
+        ferry__log(FERRY_LOG_DEBUG, "saga_ignored", "saga %s: %s ignored (%s)", id, line,
                   ferry_saga_ignored_name((ferry_saga_ignored)next.ignored));
         goto out;
     }
-    ferry_log(FERRY_LOG_DEBUG, "saga_event", "saga %s: %s: %s -> %s", id, line,
+    ferry__log(FERRY_LOG_DEBUG, "saga_event", "saga %s: %s: %s -> %s", id, line,
               ferry_saga_status_name((ferry_saga_status)state.status),
               ferry_saga_status_name((ferry_saga_status)next.status));
     rc = apply_event(conn, &s, ev, &state, &next, acts, n_acts, err);
@@ -615,11 +615,11 @@ static ferry_code context_check(const ferry_saga_def *def, const char *context_j
     ferry_emit_opts opts = {.max_payload = SAGA_CONTEXT_MAX};
     ferry_error why;
     if (ferry_msg_check(&probe, &opts, &why) != FERRY_OK)
-        return ferry_err_set(err, FERRY_EINVAL, "context",
+        return ferry__error_set(err, FERRY_EINVAL, "context",
                              "could not start saga %s: the context, checked as a payload: %s",
                              def->name, why.message);
     if (context_json[strspn(context_json, " \t\r\n")] != '{')
-        return ferry_err_set(err, FERRY_EINVAL, "context",
+        return ferry__error_set(err, FERRY_EINVAL, "context",
                              "could not start saga %s: the context must be a JSON object",
                              def->name);
     return FERRY_OK;
@@ -628,13 +628,13 @@ static ferry_code context_check(const ferry_saga_def *def, const char *context_j
 ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const char *def_name,
                             const char *context_json, ferry_uuid *id_out, ferry_error *err)
 {
-    ferry_err_clear(err);
-    ferry_code rc = ferry_conn_check_in_tx(conn, "could not start saga", err);
+    ferry__err_clear(err);
+    ferry_code rc = ferry__conn_check_in_tx(conn, "could not start saga", err);
     if (rc != FERRY_OK)
         return rc;
     saga_ctx s = {.reg = reg, .def = ferry_saga_registry_find(reg, def_name)};
     if (s.def == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "could not start saga: no definition called \"%s\"",
                              def_name ? def_name : "(null)");
     if ((rc = context_check(s.def, context_json, err)) != FERRY_OK)
@@ -645,7 +645,7 @@ ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const 
     if ((rc = check_templates(s.def, s.context, s.context_len, err)) != FERRY_OK
         || (rc = ferry_uuid_v7(&id)) != FERRY_OK) {
         if (rc != FERRY_OK && err != NULL && err->code == FERRY_OK)
-            ferry_err_set(err, rc, NULL, "could not start saga: no id");
+            ferry__error_set(err, rc, NULL, "could not start saga: no id");
         goto out;
     }
     ferry_uuid_format(&id, s.id);
@@ -666,7 +666,7 @@ ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const 
                               &n_acts, err)) != FERRY_OK
         || (rc = apply_event(conn, &s, &ev, &zero, &next, acts, n_acts, err)) != FERRY_OK)
         goto out;
-    ferry_log(FERRY_LOG_DEBUG, "saga_started", "saga %s (%s) started", s.id, s.def->name);
+    ferry__log(FERRY_LOG_DEBUG, "saga_started", "saga %s (%s) started", s.id, s.def->name);
     if (id_out)
         *id_out = id;
 out:
@@ -676,13 +676,13 @@ out:
 ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const char *saga_id,
                              ferry_error *err)
 {
-    ferry_err_clear(err);
-    ferry_code rc = ferry_conn_check_in_tx(conn, "could not cancel saga", err);
+    ferry__err_clear(err);
+    ferry_code rc = ferry__conn_check_in_tx(conn, "could not cancel saga", err);
     if (rc != FERRY_OK)
         return rc;
     ferry_uuid id;
     if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
-        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga: \"%s\" is "
+        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga: \"%s\" is "
                              "not a saga id", saga_id ? saga_id : "(null)");
     char canon[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&id, canon);
@@ -691,7 +691,7 @@ ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const
     if ((rc = drive(conn, reg, canon, &ev, 0, NULL, &found, err)) != FERRY_OK)
         return rc;
     if (!found)
-        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga %s: no such "
+        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga %s: no such "
                              "saga", canon);
     return FERRY_OK;
 }
@@ -714,7 +714,7 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
         || json_integer_value(round) < 0 || json_integer_value(round) > (json_int_t)UINT32_MAX
         || !json_is_integer(attempt) || json_integer_value(attempt) < 0
         || json_integer_value(attempt) > (json_int_t)UINT32_MAX || !json_is_boolean(ok))
-        return ferry_err_set(err, FERRY_EINVAL, "payload",
+        return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "saga reply %s is malformed: want saga_id, step, kind, round, "
                              "attempt, succeeded", msg->id);
     char canon[FERRY_UUID_STRING_SIZE];
@@ -731,7 +731,7 @@ ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message *msg, void
     int found;
     ferry_code rc = drive(conn, reg, canon, &ev, 0, NULL, &found, err);
     if (rc == FERRY_OK && !found)
-        ferry_log(FERRY_LOG_WARN, "saga_reply_unknown", "saga reply %s: no saga %s here; "
+        ferry__log(FERRY_LOG_WARN, "saga_reply_unknown", "saga reply %s: no saga %s here; "
                   "skipped", msg->id, canon);
     return rc;
 }
@@ -843,7 +843,7 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
         b->f.skip = b->list;
         /* The last saga's savepoint released and the next one's taken in
          * one round trip (two statements in one simple query). */
-        if ((rc = ferry_exec(conn, open ? "RELEASE SAVEPOINT ferry_timer; "
+        if ((rc = ferry__exec(conn, open ? "RELEASE SAVEPOINT ferry_timer; "
                                           "SAVEPOINT ferry_timer" : "SAVEPOINT ferry_timer",
                              0, NULL, "could not fire saga timers", err)) != FERRY_OK)
             return rc;
@@ -854,11 +854,11 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
                 PQstatus(conn) != CONNECTION_OK || b->n_failed == FIRE_SKIP_MAX)
                 return rc;
             ferry_error why = err ? *err : (ferry_error){.code = rc};
-            ferry_err_clear(err);
-            if ((rc = ferry_exec(conn, "ROLLBACK TO SAVEPOINT ferry_timer", 0, NULL,
+            ferry__err_clear(err);
+            if ((rc = ferry__exec(conn, "ROLLBACK TO SAVEPOINT ferry_timer", 0, NULL,
                                  "could not fire saga timers", err)) != FERRY_OK)
                 return rc;
-            ferry_log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
+            ferry__log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
                       "timer, passed by until the next call: %s", b->f.picked,
                       why.message[0] ? why.message : ferry_code_name(why.code));
             snprintf(b->failed[b->n_failed++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
@@ -873,7 +873,7 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
         b->fired += b->f.applied;
     }
     if (open)
-        rc = ferry_exec(conn, "RELEASE SAVEPOINT ferry_timer", 0, NULL,
+        rc = ferry__exec(conn, "RELEASE SAVEPOINT ferry_timer", 0, NULL,
                         "could not fire saga timers", err);
     return rc;
 }
@@ -881,13 +881,13 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
 ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, int64_t now_ms,
                                   int max, int *fired, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
-        return ferry_err_set(err, FERRY_EINVAL, reg ? "max" : "registry",
+        return ferry__error_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
     fire_batch_arg *b = calloc(1, sizeof *b);
     if (b == NULL)
-        return ferry_err_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
                                                       "memory");
     b->f = (fire_arg){.reg = reg, .now_ms = now_ms};
     int n = 0, left = max;
@@ -912,17 +912,17 @@ ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
                                  const char *saga_id, int64_t now_ms, int *fired,
                                  ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     if (reg == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "registry",
+        return ferry__error_set(err, FERRY_EINVAL, "registry",
                              "could not fire saga timer: the registry is NULL");
     if (now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
-        return ferry_err_set(err, FERRY_EINVAL, "now_ms",
+        return ferry__error_set(err, FERRY_EINVAL, "now_ms",
                              "could not fire saga timer: now_ms %" PRId64 " is out of range",
                              now_ms);
     ferry_uuid id;
     if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
-        return ferry_err_set(err, FERRY_EINVAL, "saga_id", "could not fire saga timer: \"%s\" "
+        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "could not fire saga timer: \"%s\" "
                              "is not a saga id", saga_id ? saga_id : "(null)");
     char canon[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&id, canon);
@@ -931,7 +931,7 @@ ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
     if (rc != FERRY_OK)
         return rc;
     if (f.none)
-        return ferry_err_set(err, FERRY_EINVAL, "saga_id",
+        return ferry__error_set(err, FERRY_EINVAL, "saga_id",
                              "could not fire saga timer: no saga %s", canon);
     if (fired)
         *fired = f.applied;

@@ -163,14 +163,14 @@ static ferry_code check_def(const ferry_saga_def *def, ferry_error *err)
 {
     if (def == NULL || def->steps == NULL || def->step_count < 1
         || def->step_count > FERRY_SAGA_STEPS_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "saga definition must have 1 to %d steps", FERRY_SAGA_STEPS_MAX);
     if (def->deadline_ms <= 0 || def->deadline_ms > FERRY_SAGA_TIMEOUT_MAX_MS)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "saga definition: deadline out of range: %" PRId64,
                              def->deadline_ms);
     if (def->pivot_index < -1 || def->pivot_index >= (long)def->step_count)
-        return ferry_err_set(err, FERRY_EINVAL, "definition",
+        return ferry__error_set(err, FERRY_EINVAL, "definition",
                              "saga definition: pivot_index out of range: %d", def->pivot_index);
     for (size_t i = 0; i < def->step_count; i++) {
         const ferry_saga_step_def *s = &def->steps[i];
@@ -189,7 +189,7 @@ static ferry_code check_def(const ferry_saga_def *def, ferry_error *err)
         else if (!s->has_compensation && (def->pivot_index < 0 || (long)i < def->pivot_index))
             bad = "compensation";
         if (bad != NULL)
-            return ferry_err_set(err, FERRY_EINVAL, "definition",
+            return ferry__error_set(err, FERRY_EINVAL, "definition",
                                  "saga definition: steps[%zu].%s is invalid", i, bad);
     }
     return FERRY_OK;
@@ -199,19 +199,19 @@ static ferry_code check_state(const ferry_saga_def *def, const ferry_saga_state 
                               ferry_error *err)
 {
     if (st->status >= FERRY_SAGA_STATUS_COUNT)
-        return ferry_err_set(err, FERRY_EINVAL, "state", "saga state: bad status %u",
+        return ferry__error_set(err, FERRY_EINVAL, "state", "saga state: bad status %u",
                              (unsigned)st->status);
     if (st->status == FERRY_SAGA_NEW)
         return FERRY_OK;            /* start rebuilds everything */
     if (st->step_count != def->step_count || st->current >= st->step_count)
-        return ferry_err_set(err, FERRY_EINVAL, "state",
+        return ferry__error_set(err, FERRY_EINVAL, "state",
                              "saga state does not match its definition: %" PRIu32
                              " steps, current %" PRIu32 ", definition has %zu steps",
                              st->step_count, st->current, def->step_count);
     for (uint32_t i = 0; i < st->step_count; i++)
         if (st->steps[i].action >= FERRY_SAGA_STEP_STATUS_COUNT
             || st->steps[i].compensation >= FERRY_SAGA_STEP_STATUS_COUNT)
-            return ferry_err_set(err, FERRY_EINVAL, "state", "saga state: bad step %" PRIu32,
+            return ferry__error_set(err, FERRY_EINVAL, "state", "saga state: bad step %" PRIu32,
                                  i);
     return FERRY_OK;
 }
@@ -347,7 +347,7 @@ static ferry_code compensate_next(step_ctx *c)
      * pivot without a compensation is never given up, and the steps after
      * it never run before it succeeded. */
     if (!c->def->steps[s].has_compensation)
-        return ferry_err_set(c->err, FERRY_ESTATE, "definition",
+        return ferry__error_set(c->err, FERRY_ESTATE, "definition",
                              "saga step %ld (%s) may have run but has no compensation", s,
                              c->def->steps[s].name ? c->def->steps[s].name : "?");
     send(c, (uint32_t)s, FERRY_SAGA_CMD_COMPENSATION, 0);
@@ -515,12 +515,12 @@ static ferry_code on_cancel_running(step_ctx *c)
     uint32_t s = c->st.current;
     const char *name = c->def->steps[s].name ? c->def->steps[s].name : "?";
     if (forward_only(c, s))
-        return ferry_err_set(c->err, FERRY_ESTATE, "event",
+        return ferry__error_set(c->err, FERRY_ESTATE, "event",
                              "cannot cancel saga: running -> compensating refused: the pivot "
                              "step %d succeeded and the saga only goes forward",
                              c->def->pivot_index);
     if (!can_give_up(c, s)) {
-        ferry_err_set(c->err, FERRY_ESTATE, "event",
+        ferry__error_set(c->err, FERRY_ESTATE, "event",
                       "cannot cancel saga yet: running -> compensating refused: step %" PRIu32
                       " (%s) has no compensation and its answer has not come",
                       s, name);
@@ -534,7 +534,7 @@ static ferry_code on_cancel_running(step_ctx *c)
 static ferry_code invalid(step_ctx *c, ferry_saga_status from, ferry_saga_status to,
                           ferry_saga_event_kind ev)
 {
-    return ferry_err_set(c->err, FERRY_ESTATE, "event",
+    return ferry__error_set(c->err, FERRY_ESTATE, "event",
                          "invalid saga transition %s -> %s on %s", ferry_saga_status_name(from),
                          ferry_saga_status_name(to), ferry_saga_event_name(ev));
 }
@@ -545,13 +545,13 @@ ferry_code ferry_saga_step(const ferry_saga_def *def, const ferry_saga_state *st
                            ferry_error *err)
 {
     if (state == NULL || event == NULL || next == NULL || actions == NULL || n_actions == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, NULL, "ferry_saga_step: NULL argument");
+        return ferry__error_set(err, FERRY_EINVAL, NULL, "ferry_saga_step: NULL argument");
     if (actions_cap < FERRY_SAGA_ACTIONS_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "actions_cap",
+        return ferry__error_set(err, FERRY_EINVAL, "actions_cap",
                              "ferry_saga_step needs room for %d actions, got %zu",
                              FERRY_SAGA_ACTIONS_MAX, actions_cap);
     if (now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
-        return ferry_err_set(err, FERRY_EINVAL, "now_ms", "now_ms out of range: %" PRId64,
+        return ferry__error_set(err, FERRY_EINVAL, "now_ms", "now_ms out of range: %" PRId64,
                              now_ms);
     ferry_code rc = check_def(def, err);
     if (rc != FERRY_OK)
@@ -562,7 +562,7 @@ ferry_code ferry_saga_step(const ferry_saga_def *def, const ferry_saga_state *st
         || (event->kind == FERRY_SAGA_EV_REPLY
             && ((unsigned)event->command > FERRY_SAGA_CMD_COMPENSATION
                 || event->step >= def->step_count)))
-        return ferry_err_set(err, FERRY_EINVAL, "event", "malformed saga event");
+        return ferry__error_set(err, FERRY_EINVAL, "event", "malformed saga event");
 
     /* Work on a copy: on error nothing the caller owns is written, and
      * next may alias state. The copy is ~1.3 KB, on the stack. */

@@ -23,7 +23,7 @@ static int grow(void **p, size_t *cap, size_t used, size_t need, size_t elem)
             return -1;
         want *= 2;
     }
-    void *q = ferry_saga_malloc_(want * elem);
+    void *q = ferry__saga_malloc_(want * elem);
     if (q == NULL)
         return -1;
     if (used)
@@ -34,7 +34,7 @@ static int grow(void **p, size_t *cap, size_t used, size_t need, size_t elem)
     return 0;
 }
 
-int ferry_tmpl_append(ferry_tmpl *t, const char *s, size_t n)
+int ferry__tmpl_append(ferry__tmpl *t, const char *s, size_t n)
 {
     /* + 1: the text always ends in a NUL */
     if (grow((void **)&t->text, &t->cap, t->len, n + 1, 1) != 0)
@@ -45,10 +45,10 @@ int ferry_tmpl_append(ferry_tmpl *t, const char *s, size_t n)
     return 0;
 }
 
-int ferry_tmpl_append_string(ferry_tmpl *t, const char *s, size_t n)
+int ferry__tmpl_append_string(ferry__tmpl *t, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    if (ferry_tmpl_append(t, "\"", 1) != 0)
+    if (ferry__tmpl_append(t, "\"", 1) != 0)
         return -1;
     size_t run = 0;        /* bytes of s[..i) not yet appended */
     for (size_t i = 0; i < n; i++) {
@@ -74,29 +74,29 @@ int ferry_tmpl_append_string(ferry_tmpl *t, const char *s, size_t n)
             esc[5] = hex[c & 15];
             elen = 6;
         }
-        if (ferry_tmpl_append(t, s + i - run, run) != 0 || ferry_tmpl_append(t, esc, elen) != 0)
+        if (ferry__tmpl_append(t, s + i - run, run) != 0 || ferry__tmpl_append(t, esc, elen) != 0)
             return -1;
         run = 0;
     }
-    if (ferry_tmpl_append(t, s + n - run, run) != 0)
+    if (ferry__tmpl_append(t, s + n - run, run) != 0)
         return -1;
-    return ferry_tmpl_append(t, "\"", 1);
+    return ferry__tmpl_append(t, "\"", 1);
 }
 
-int ferry_tmpl_append_ref(ferry_tmpl *t, const char *path, size_t n)
+int ferry__tmpl_append_ref(ferry__tmpl *t, const char *path, size_t n)
 {
     if (grow((void **)&t->refs, &t->refs_cap, t->n_refs, 1, sizeof *t->refs) != 0)
         return -1;
-    char *p = ferry_saga_malloc_(n + 1);
+    char *p = ferry__saga_malloc_(n + 1);
     if (p == NULL)
         return -1;
     memcpy(p, path, n);
     p[n] = '\0';
-    t->refs[t->n_refs++] = (ferry_tmpl_ref){.at = t->len, .path = p};
+    t->refs[t->n_refs++] = (ferry__tmpl_ref){.at = t->len, .path = p};
     return 0;
 }
 
-void ferry_tmpl_free(ferry_tmpl *t)
+void ferry__tmpl_free(ferry__tmpl *t)
 {
     for (size_t i = 0; i < t->n_refs; i++)
         free(t->refs[i].path);
@@ -258,7 +258,7 @@ static const char ref_head[] = "\"${context.", ref_tail[] = "}\"";
 
 /* The text that goes in for ref r: a span of ctx, or the reference
  * itself (ctx NULL). */
-static bool value_of(const ferry_tmpl_ref *r, const char *ctx, size_t ctx_len,
+static bool value_of(const ferry__tmpl_ref *r, const char *ctx, size_t ctx_len,
                      const char **v, size_t *vlen)
 {
     if (ctx == NULL) {
@@ -274,7 +274,7 @@ static bool value_of(const ferry_tmpl_ref *r, const char *ctx, size_t ctx_len,
     return true;
 }
 
-int ferry_tmpl_render(const ferry_tmpl *t, const char *ctx, size_t ctx_len, char **out,
+int ferry__tmpl_render(const ferry__tmpl *t, const char *ctx, size_t ctx_len, char **out,
                       const char **missing)
 {
     *missing = NULL;
@@ -295,7 +295,7 @@ int ferry_tmpl_render(const ferry_tmpl *t, const char *ctx, size_t ctx_len, char
         return -1;
     size_t from = 0;
     for (size_t i = 0; i < t->n_refs; i++) {
-        const ferry_tmpl_ref *r = &t->refs[i];
+        const ferry__tmpl_ref *r = &t->refs[i];
         const char *v;
         size_t vlen;
         value_of(r, ctx, ctx_len, &v, &vlen);   /* found above */

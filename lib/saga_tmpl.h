@@ -26,33 +26,33 @@
 
 #include "ferry.h"
 
-typedef struct ferry_tmpl_ref {
+typedef struct ferry__tmpl_ref {
     size_t at;                  /* offset in text where the value goes */
     char *path;                 /* "a.b" of "${context.a.b}", owned */
-} ferry_tmpl_ref;
+} ferry__tmpl_ref;
 
-typedef struct ferry_tmpl {
+typedef struct ferry__tmpl {
     char *text;                 /* owned; NUL-terminated once built */
     size_t len, cap;
-    ferry_tmpl_ref *refs;       /* owned, in order of at */
+    ferry__tmpl_ref *refs;       /* owned, in order of at */
     size_t n_refs, refs_cap;
-} ferry_tmpl;
+} ferry__tmpl;
 
 /* ------------------------------------------------------------ building */
 
 /* Append to t: raw JSON text; s[0..n) as a JSON string; a context
  * reference to path[0..n). Every allocation goes through the loader's
  * seam (saga_def_hook.h). 0, or -1 when memory ran out: t then holds
- * what it held, ready for ferry_tmpl_free. */
-int ferry_tmpl_append(ferry_tmpl *t, const char *s, size_t n);
-int ferry_tmpl_append_string(ferry_tmpl *t, const char *s, size_t n);
-int ferry_tmpl_append_ref(ferry_tmpl *t, const char *path, size_t n);
+ * what it held, ready for ferry__tmpl_free. */
+int ferry__tmpl_append(ferry__tmpl *t, const char *s, size_t n);
+int ferry__tmpl_append_string(ferry__tmpl *t, const char *s, size_t n);
+int ferry__tmpl_append_ref(ferry__tmpl *t, const char *path, size_t n);
 /* Frees what t owns and zeroes it; t may be zeroed already. */
-void ferry_tmpl_free(ferry_tmpl *t);
+void ferry__tmpl_free(ferry__tmpl *t);
 
 /* The template of def's step's action or compensation. def must come from
  * ferry_saga_def_load/parse (the templates live beside it). */
-const ferry_tmpl *ferry_saga_def_tmpl(const ferry_saga_def *def, size_t step,
+const ferry__tmpl *ferry__saga_def_tmpl(const ferry_saga_def *def, size_t step,
                                       ferry_saga_command_kind kind);
 
 /* ------------------------------------------------------------ filling in */
@@ -67,7 +67,7 @@ const ferry_tmpl *ferry_saga_def_tmpl(const ferry_saga_def *def, size_t step,
  * with *missing the path of the first reference ctx has no value for
  * (borrowed from t), or *missing NULL when memory ran out.
  */
-int ferry_tmpl_render(const ferry_tmpl *t, const char *ctx, size_t ctx_len, char **out,
+int ferry__tmpl_render(const ferry__tmpl *t, const char *ctx, size_t ctx_len, char **out,
                       const char **missing);
 
 #endif

@@ -59,7 +59,7 @@ static const char *begin_sql(ferry_isolation iso)
     return "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id()::text";
 }
 
-void ferry_backoff_sleep(long base_ms, long max_ms, int attempt)
+void ferry__backoff_sleep(long base_ms, long max_ms, int attempt)
 {
     long cap = base_ms;
     for (int i = 1; i < attempt && cap < max_ms; i++)
@@ -68,16 +68,16 @@ void ferry_backoff_sleep(long base_ms, long max_ms, int attempt)
         cap = max_ms;
     unsigned r = 0;
     if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-        r = (unsigned)ferry_now_ms();
-    ferry_sleep_ms((long)(r % (unsigned)(cap + 1)));
+        r = (unsigned)ferry__now_ms();
+    ferry__sleep_ms((long)(r % (unsigned)(cap + 1)));
 }
 
 static void backoff(const tx_settings *s, int attempt)
 {
-    ferry_backoff_sleep(s->base_ms, s->max_ms, attempt);
+    ferry__backoff_sleep(s->base_ms, s->max_ms, attempt);
 }
 
-void ferry_rollback_quietly(PGconn *conn)
+void ferry__rollback_quietly(PGconn *conn)
 {
     if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
         PQclear(PQexec(conn, "ROLLBACK"));
@@ -90,7 +90,7 @@ static bool reconnect(PGconn *conn, const tx_settings *s, int64_t deadline)
         PQreset(conn);
         if (PQstatus(conn) == CONNECTION_OK)
             return true;
-        if (ferry_now_ms() >= deadline)
+        if (ferry__now_ms() >= deadline)
             return false;
         backoff(s, i);
     }
@@ -107,7 +107,7 @@ typedef enum { FATE_COMMITTED, FATE_ABORTED, FATE_UNKNOWN } commit_fate;
 static commit_fate resolve_commit(PGconn *conn, const tx_settings *s, uint64_t xid,
                                   ferry_error *err)
 {
-    int64_t deadline = ferry_now_ms() + s->resolve_ms;
+    int64_t deadline = ferry__now_ms() + s->resolve_ms;
     char xid_text[24];
     snprintf(xid_text, sizeof xid_text, "%" PRIu64, xid);
     const char *params[1] = {xid_text};
@@ -130,7 +130,7 @@ static commit_fate resolve_commit(PGconn *conn, const tx_settings *s, uint64_t x
                 return fate;
             if (!pending) {
                 /* NULL: so old that its status was truncated away. */
-                ferry_err_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
+                ferry__error_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
                               "COMMIT of transaction %s: the server no longer knows "
                               "its status", xid_text);
                 return FATE_UNKNOWN;
@@ -138,11 +138,11 @@ static commit_fate resolve_commit(PGconn *conn, const tx_settings *s, uint64_t x
         } else {
             PQclear(res);
         }
-        if (ferry_now_ms() >= deadline)
+        if (ferry__now_ms() >= deadline)
             break;
         backoff(s, i);
     }
-    ferry_err_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
+    ferry__error_set(err, FERRY_ECOMMIT_UNKNOWN, NULL,
                   "the connection was lost during COMMIT of transaction %s and its "
                   "outcome could not be learned within %d ms: check "
                   "pg_xact_status('%s') before repeating the work",
@@ -156,28 +156,28 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
     ferry_tx_report rep = {0};
     ferry_error local;
     ferry_error *e = err ? err : &local;
-    ferry_err_clear(e);
+    ferry__err_clear(e);
     ferry_code rc;
 
     if (conn == NULL || fn == NULL) {
-        rc = ferry_err_set(e, FERRY_EINVAL, conn ? "fn" : "conn",
+        rc = ferry__error_set(e, FERRY_EINVAL, conn ? "fn" : "conn",
                            "ferry_tx_run: %s is NULL", conn ? "fn" : "conn");
         goto out;
     }
     if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
-        rc = ferry_err_set(e, FERRY_ESTATE, NULL,
+        rc = ferry__error_set(e, FERRY_ESTATE, NULL,
                            "ferry_tx_run: the connection is already in a transaction");
         goto out;
     }
     if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF) {
-        rc = ferry_err_set(e, FERRY_ESTATE, NULL,
+        rc = ferry__error_set(e, FERRY_ESTATE, NULL,
                            "ferry_tx_run: the connection is in pipeline mode");
         goto out;
     }
     tx_settings s = settings_from(opts);
 
     for (int attempt = 1;; attempt++) {
-        ferry_err_clear(e);
+        ferry__err_clear(e);
         if (PQstatus(conn) != CONNECTION_OK) {
             PQreset(conn);
             if (PQstatus(conn) != CONNECTION_OK) {
@@ -190,7 +190,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             rc = ferry_error_from_pg(e, conn, res, "could not begin transaction");
             PQclear(res);
-            ferry_rollback_quietly(conn);
+            ferry__rollback_quietly(conn);
             goto retry_or_fail;
         }
         uint64_t xid = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
@@ -204,15 +204,15 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                 /* fn swallowed an error: COMMIT would quietly roll back. */
                 rc = PQstatus(conn) != CONNECTION_OK
                          ? ferry_error_from_pg(e, conn, NULL, "connection lost in transaction")
-                         : ferry_err_set(e, FERRY_EUSER, NULL,
+                         : ferry__error_set(e, FERRY_EUSER, NULL,
                                          "the transaction function returned success "
                                          "but left the transaction aborted or closed");
             } else if (e->code == FERRY_OK) {
                 /* fn failed without saying why: keep its code, give a reason. */
-                ferry_err_set(e, rc, NULL, "the transaction function failed (%s)",
+                ferry__error_set(e, rc, NULL, "the transaction function failed (%s)",
                               ferry_code_name(rc));
             }
-            ferry_rollback_quietly(conn);
+            ferry__rollback_quietly(conn);
             goto retry_or_fail;
         }
 
@@ -227,7 +227,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
             /* The server answered: a deferred constraint or a serialization
              * failure at commit. The transaction is over either way. */
             rc = PQresultStatus(res) == PGRES_COMMAND_OK
-                     ? ferry_err_set(e, FERRY_EDB, NULL, "COMMIT rolled back")
+                     ? ferry__error_set(e, FERRY_EDB, NULL, "COMMIT rolled back")
                      : ferry_error_from_pg(e, conn, res, "could not commit");
             PQclear(res);
             goto retry_or_fail;
@@ -238,12 +238,12 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
         switch (resolve_commit(conn, &s, xid, e)) {
         case FATE_COMMITTED:
             rep.resolved_committed++;
-            ferry_err_clear(e);
+            ferry__err_clear(e);
             rc = FERRY_OK;
             goto out;
         case FATE_ABORTED:
             rep.resolved_aborted++;
-            rc = ferry_err_set(e, FERRY_ECONN, NULL,
+            rc = ferry__error_set(e, FERRY_ECONN, NULL,
                                "the connection was lost during COMMIT and the "
                                "transaction was rolled back");
             e->retriable = 1;
@@ -260,7 +260,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
          * timeouts, too many connections) are the caller's to judge. */
         if (attempt >= s.max_attempts)
             goto out;
-        if (ferry_sqlstate_is_conflict(e->sqlstate) || strcmp(e->sqlstate, "26000") == 0)
+        if (ferry__sqlstate_is_conflict(e->sqlstate) || strcmp(e->sqlstate, "26000") == 0)
             rep.retries_conflict++;
         else if (rc == FERRY_ECONN || PQstatus(conn) != CONNECTION_OK)
             rep.retries_connection++;

@@ -7,7 +7,7 @@
 
 #include "internal.h"
 
-bool ferry_utf8_valid(const char *s, size_t len, size_t *bad_at)
+bool ferry__utf8_valid(const char *s, size_t len, size_t *bad_at)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
@@ -46,7 +46,7 @@ bad:
     return false;
 }
 
-size_t ferry_escape_text(char *dst, size_t size, const char *src)
+size_t ferry__escape_text(char *dst, size_t size, const char *src)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)src;
@@ -59,7 +59,7 @@ size_t ferry_escape_text(char *dst, size_t size, const char *src)
         bool ok = true;
         for (size_t k = 1; k < n && ok; k++)
             ok = p[i + k] != '\0';
-        ok = ok && (n == 1 || ferry_utf8_valid(src + i, n, NULL));
+        ok = ok && (n == 1 || ferry__utf8_valid(src + i, n, NULL));
         /* C0 controls, DEL, C1 controls (U+0080..U+009F), and bytes that
          * are no UTF-8 character: each byte as \xNN. */
         bool escape = !ok || c < 0x20 || c == 0x7f || (c == 0xC2 && p[i + 1] <= 0x9F);

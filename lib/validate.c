@@ -28,20 +28,20 @@ static bool topic_char_ok(char c)
 static ferry_code check_topic(const char *topic, ferry_error *err)
 {
     if (topic == NULL || topic[0] == '\0')
-        return ferry_err_set(err, FERRY_EINVAL, "topic", "topic must not be empty");
+        return ferry__error_set(err, FERRY_EINVAL, "topic", "topic must not be empty");
     size_t len = strlen(topic);
     if (len > FERRY_TOPIC_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "topic",
+        return ferry__error_set(err, FERRY_EINVAL, "topic",
                              "topic is %zu bytes, longer than %d", len, FERRY_TOPIC_MAX);
     for (size_t i = 0; i < len; i++) {
         if (!topic_char_ok(topic[i]))
-            return ferry_err_set(err, FERRY_EINVAL, "topic",
+            return ferry__error_set(err, FERRY_EINVAL, "topic",
                                  "topic \"%.64s\" is not a valid Kafka topic name "
                                  "(letters, digits, \".\", \"_\", \"-\"): bad byte at %zu",
                                  topic, i);
     }
     if (strcmp(topic, ".") == 0 || strcmp(topic, "..") == 0)
-        return ferry_err_set(err, FERRY_EINVAL, "topic",
+        return ferry__error_set(err, FERRY_EINVAL, "topic",
                              "topic \"%s\" is not a valid Kafka topic name", topic);
     return FERRY_OK;
 }
@@ -53,23 +53,23 @@ static ferry_code check_text(const char *field, const char *what, const char *s,
 {
     if (s == NULL) {
         if (required)
-            return ferry_err_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
+            return ferry__error_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
         return FERRY_OK;
     }
     size_t slen = strnlen(s, len ? len : max + 1);
     if (len == 0)
         len = slen;
     else if (slen < len)
-        return ferry_err_set(err, FERRY_EINVAL, field,
+        return ferry__error_set(err, FERRY_EINVAL, field,
                              "%s contains a NUL byte at offset %zu", what, slen);
     if (len == 0 && required)
-        return ferry_err_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
+        return ferry__error_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
     if (len > max)
-        return ferry_err_set(err, FERRY_EINVAL, field, "%s is longer than %zu bytes",
+        return ferry__error_set(err, FERRY_EINVAL, field, "%s is longer than %zu bytes",
                              what, max);
     size_t bad;
-    if (!ferry_utf8_valid(s, len, &bad))
-        return ferry_err_set(err, FERRY_EINVAL, field,
+    if (!ferry__utf8_valid(s, len, &bad))
+        return ferry__error_set(err, FERRY_EINVAL, field,
                              "%s is not valid UTF-8 (bad byte at offset %zu)", what, bad);
     return FERRY_OK;
 }
@@ -197,7 +197,7 @@ static bool jstring(jscan *j)
             return jfault(j, j->i, "a control character in a string must be escaped");
         if (c >= 0x80) {
             size_t len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-            if (len > j->n - j->i || !ferry_utf8_valid((const char *)j->s + j->i, len, NULL))
+            if (len > j->n - j->i || !ferry__utf8_valid((const char *)j->s + j->i, len, NULL))
                 return jfault(j, j->i, "not valid UTF-8");
             j->i += len;
             jcanon(j, len);
@@ -429,16 +429,16 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
                                 ferry_error *err)
 {
     if (payload == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "payload",
+        return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload must not be NULL (use the JSON text \"null\")");
     size_t slen = strnlen(payload, len ? len : max + 1);
     if (len == 0)
         len = slen;
     else if (slen < len)
-        return ferry_err_set(err, FERRY_EINVAL, "payload",
+        return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload contains a NUL byte at offset %zu", slen);
     if (len > max)
-        return ferry_err_set(err, FERRY_EINVAL, "payload",
+        return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload is over the limit of %zu bytes", max);
     jscan j = {.s = (const unsigned char *)payload, .n = len};
     if (json_check(&j)) {
@@ -448,7 +448,7 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
          * payload through that the server then refused, aborting the
          * caller's transaction. */
         if (j.canon > max)
-            return ferry_err_set(err, FERRY_EINVAL, "payload",
+            return ferry__error_set(err, FERRY_EINVAL, "payload",
                                  "payload is over the limit of %zu bytes as it will be "
                                  "published: %zu%s bytes of canonical JSON", max, j.canon,
                                  j.canon == SIZE_MAX / 2 ? " or more" : "");
@@ -465,18 +465,18 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
     }
     if (j.number) {
         size_t nlen = j.i - j.at;
-        return ferry_err_set(err, FERRY_EINVAL, "payload",
+        return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload has a number PostgreSQL's numeric cannot hold (%s) at "
                              "line %d, column %d: \"%.*s%s\"", j.why, line, column,
                              (int)(nlen > 40 ? 40 : nlen), payload + j.at,
                              nlen > 40 ? "..." : "");
     }
-    return ferry_err_set(err, FERRY_EINVAL, "payload",
+    return ferry__error_set(err, FERRY_EINVAL, "payload",
                          "payload is not valid JSON: %s at line %d, column %d", j.why, line,
                          column);
 }
 
-bool ferry_json_canonical_len(const char *text, size_t len, size_t *out)
+bool ferry__json_canonical_len(const char *text, size_t len, size_t *out)
 {
     jscan j = {.s = (const unsigned char *)text, .n = len};
     if (!json_check(&j))
@@ -503,17 +503,17 @@ static ferry_code check_headers(const char *headers, ferry_error *err)
         return FERRY_OK;
     size_t len = strnlen(headers, FERRY_HEADERS_MAX + 1);
     if (len > FERRY_HEADERS_MAX)
-        return ferry_err_set(err, FERRY_EINVAL, "headers",
+        return ferry__error_set(err, FERRY_EINVAL, "headers",
                              "headers are longer than %d bytes", FERRY_HEADERS_MAX);
     json_error_t jerr;
     json_t *doc = json_loadb(headers, len, JSON_DECODE_ANY, &jerr);
     if (doc == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "headers",
+        return ferry__error_set(err, FERRY_EINVAL, "headers",
                              "headers are not valid JSON: %s at line %d, column %d",
                              jerr.text, jerr.line, jerr.column);
     ferry_code rc = FERRY_OK;
     if (!json_is_object(doc)) {
-        rc = ferry_err_set(err, FERRY_EINVAL, "headers",
+        rc = ferry__error_set(err, FERRY_EINVAL, "headers",
                            "headers must be a JSON object of strings");
         goto out;
     }
@@ -521,12 +521,12 @@ static ferry_code check_headers(const char *headers, ferry_error *err)
     json_t *value;
     json_object_foreach(doc, name, value) {
         if (!json_is_string(value)) {
-            rc = ferry_err_set(err, FERRY_EINVAL, "headers",
+            rc = ferry__error_set(err, FERRY_EINVAL, "headers",
                                "header \"%.64s\" is not a string", name);
             goto out;
         }
         if (header_name_reserved(name)) {
-            rc = ferry_err_set(err, FERRY_EINVAL, "headers",
+            rc = ferry__error_set(err, FERRY_EINVAL, "headers",
                                "header name \"%.64s\" is empty or reserved for the relay",
                                name);
             goto out;
@@ -541,7 +541,7 @@ ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
                            ferry_error *err)
 {
     if (msg == NULL)
-        return ferry_err_set(err, FERRY_EINVAL, "msg", "message is NULL");
+        return ferry__error_set(err, FERRY_EINVAL, "msg", "message is NULL");
     size_t max_payload = opts && opts->max_payload ? opts->max_payload
                                                    : FERRY_DEFAULT_MAX_PAYLOAD;
     ferry_code rc;
@@ -557,12 +557,12 @@ ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
         (rc = check_headers(msg->headers, err)) != FERRY_OK)
         return rc;
     if (msg->delay_ms < 0 || msg->delay_ms > FERRY_DELAY_MAX_MS)
-        return ferry_err_set(err, FERRY_EINVAL, "delay_ms",
+        return ferry__error_set(err, FERRY_EINVAL, "delay_ms",
                              "delay must be between 0 and one year in milliseconds");
     return FERRY_OK;
 }
 
-ferry_int_parse ferry_parse_long(const char *text, long min, long max, long *out)
+ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out)
 {
     const char *p = text[0] == '-' ? text + 1 : text;
     size_t digits = strspn(p, "0123456789");

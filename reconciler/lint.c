@@ -139,11 +139,11 @@ static int lint_rules(const char *path, const char *text, size_t len)
     printf("%s: OK: rules file, %zu rule%s, budgets: outbox_lag %s, max_attempts %d, "
            "saga_grace %s, inbox_retention %s, outbox_retention %s, statement_timeout %s, "
            "batch %d\n", path, r->count, r->count == 1 ? "" : "s",
-           ferry_yw_format_duration(b->outbox_lag_ms, lag, sizeof lag), b->max_attempts,
-           ferry_yw_format_duration(b->saga_grace_ms, grace, sizeof grace),
-           ferry_yw_format_duration(b->inbox_retention_ms, inbox, sizeof inbox),
-           ferry_yw_format_duration(b->outbox_retention_ms, outbox, sizeof outbox),
-           ferry_yw_format_duration(b->statement_timeout_ms, stmt, sizeof stmt), b->batch);
+           ferry__yw_format_duration(b->outbox_lag_ms, lag, sizeof lag), b->max_attempts,
+           ferry__yw_format_duration(b->saga_grace_ms, grace, sizeof grace),
+           ferry__yw_format_duration(b->inbox_retention_ms, inbox, sizeof inbox),
+           ferry__yw_format_duration(b->outbox_retention_ms, outbox, sizeof outbox),
+           ferry__yw_format_duration(b->statement_timeout_ms, stmt, sizeof stmt), b->batch);
     rc_rules_free(r);
     return RC_EXIT_OK;
 }
@@ -157,7 +157,7 @@ static int lint_file(const char *path)
     bool unreadable;
     /* Its kind is not known yet: a file that cannot be read is said to be
      * a saga definition, as it always was. */
-    ferry_code rc = ferry_yw_read_file(path, LINT_FILE_MAX, "the saga definition", &text, &len,
+    ferry_code rc = ferry__yw_read_file(path, LINT_FILE_MAX, "the saga definition", &text, &len,
                                        &unreadable, &errs);
     if (rc != FERRY_OK) {
         reconcile_print_errors(stderr, path, &errs);

@@ -123,7 +123,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
 static PGconn *connect_db(const options *o, const char *holder)
 {
     PGconn *conn = PQconnectdb(o->db);
-    ferry_log_pq_notices(conn, "reconciler");
+    ferry__log_pq_notices(conn, "reconciler");
     if (PQstatus(conn) != CONNECTION_OK) {
         const char *m = PQerrorMessage(conn);
         size_t len = strlen(m);
@@ -135,7 +135,7 @@ static PGconn *connect_db(const options *o, const char *holder)
     }
     int version = 0;
     ferry_error err;
-    ferry_set_application_name(conn, "ferry-reconcile", holder, &err);  /* a courtesy */
+    ferry__set_application_name(conn, "ferry-reconcile", holder, &err);  /* a courtesy */
     if (ferry_schema_version(conn, &version, &err) != FERRY_OK) {
         fprintf(stderr, "ferry-reconcile: could not read the ferry schema version: %s\n",
                 err.message);
@@ -229,7 +229,7 @@ static void record_pass(rc_ctx *ctx, const char *started, int status)
                                  "status, report) VALUES ($1, $2, $3, $4::int, $5::jsonb)",
                                  5, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        ferry_log(FERRY_LOG_WARN, "reconcile.record_failed", "could not record the pass: %s",
+        ferry__log(FERRY_LOG_WARN, "reconcile.record_failed", "could not record the pass: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
     free(text);
@@ -375,7 +375,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
     }
     if (o->mode == RC_REPAIR) {
         ferry_error err;
-        int64_t deadline = ferry_now_ms() + (int64_t)o->wait_s * 1000;
+        int64_t deadline = ferry__now_ms() + (int64_t)o->wait_s * 1000;
         int said = 0;
         for (;;) {
             int got = rc_lease_try(conn, &lease, s.holder, o->lease_ttl_ms, &err);
@@ -390,7 +390,7 @@ static int one_shot(const char *cmd, int argc, char **argv)
             }
             char who[256];
             rc_lease_holder(conn, who, sizeof who);
-            if (ferry_now_ms() >= deadline || stop_flag) {
+            if (ferry__now_ms() >= deadline || stop_flag) {
                 if (o->n_requests > 0) {
                     /* The decisions were carried out; the sweeps are the
                      * other reconciler's. */
@@ -453,9 +453,9 @@ int reconcile_repair(int argc, char **argv)
 /* Sleep up to ms, waking early on a signal. */
 static void nap(int64_t ms)
 {
-    int64_t until = ferry_now_ms() + ms;
+    int64_t until = ferry__now_ms() + ms;
     while (!stop_flag) {
-        int64_t left = until - ferry_now_ms();
+        int64_t left = until - ferry__now_ms();
         if (left <= 0)
             break;
         if (left > 200)
@@ -484,7 +484,7 @@ static void log_pass(const rc_report *r, int status, double seconds)
     }
     json_object_set_new(f, "status", json_integer(status));
     json_object_set_new(f, "seconds", json_real(seconds));
-    ferry_log_json(status & (RC_EXIT_LEFT | RC_EXIT_ERROR) ? FERRY_LOG_WARN : FERRY_LOG_INFO,
+    ferry__log_json(status & (RC_EXIT_LEFT | RC_EXIT_ERROR) ? FERRY_LOG_WARN : FERRY_LOG_INFO,
                    "reconcile.pass", f,
                    "pass done: %" PRId64 " repaired, %" PRId64 " left, %" PRId64 " pending, "
                    "%d errors, exit status %d",
@@ -493,7 +493,7 @@ static void log_pass(const rc_report *r, int status, double seconds)
         const rc_finding *fd = &r->f[i];
         if (fd->outcome == RC_PENDING)
             continue;
-        ferry_log_json(fd->outcome == RC_LEFT ? FERRY_LOG_WARN : FERRY_LOG_INFO,
+        ferry__log_json(fd->outcome == RC_LEFT ? FERRY_LOG_WARN : FERRY_LOG_INFO,
                        "reconcile.finding",
                        json_pack("{s:s, s:s, s:s, s:s, s:I}", "sweep", rc_sweep_name(fd->sweep),
                                  "problem", fd->problem, "subject", fd->subject, "outcome",
@@ -521,7 +521,7 @@ int reconcile_run(int argc, char **argv)
     if (session_connect(&s) != 0)
         goto out;
     conn = s.conn;
-    ferry_log_json(FERRY_LOG_INFO, "reconcile.start",
+    ferry__log_json(FERRY_LOG_INFO, "reconcile.start",
                    json_pack("{s:s, s:f}", "holder", holder, "interval_s", o->interval_s),
                    "ferry-reconcile %s running as %s, a pass every %.1f s", ferry_version(),
                    holder, o->interval_s);
@@ -532,20 +532,20 @@ int reconcile_run(int argc, char **argv)
         if (PQstatus(conn) != CONNECTION_OK) {
             PQreset(conn);
             if (PQstatus(conn) != CONNECTION_OK) {
-                ferry_log(FERRY_LOG_WARN, "reconcile.db_lost", "database unreachable: %s",
+                ferry__log(FERRY_LOG_WARN, "reconcile.db_lost", "database unreachable: %s",
                           PQerrorMessage(conn));
                 rc_metrics_add_error(metrics);
                 nap(2000);
                 continue;
             }
             set_timeout(conn, &s.budgets);
-            ferry_log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
+            ferry__log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
         }
         ferry_error err;
         if (!active) {
             int got = rc_lease_try(conn, &lease, holder, o->lease_ttl_ms, &err);
             if (got < 0) {
-                ferry_log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
+                ferry__log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
                           "reconciler's lease: %s", err.message);
                 rc_metrics_add_error(metrics);
                 nap(2000);
@@ -555,7 +555,7 @@ int reconcile_run(int argc, char **argv)
                 if (!said_standby) {
                     char who[256];
                     rc_lease_holder(conn, who, sizeof who);
-                    ferry_log(FERRY_LOG_INFO, "reconcile.standby", "standing by: %s holds the "
+                    ferry__log(FERRY_LOG_INFO, "reconcile.standby", "standing by: %s holds the "
                               "reconciler's lease", who);
                     said_standby = 1;
                 }
@@ -566,7 +566,7 @@ int reconcile_run(int argc, char **argv)
             active = 1;
             said_standby = 0;
             rc_metrics_set_active(metrics, 1);
-            ferry_log(FERRY_LOG_INFO, "reconcile.active", "holding the reconciler's lease "
+            ferry__log(FERRY_LOG_INFO, "reconcile.active", "holding the reconciler's lease "
                       "(epoch %" PRId64 "): repairing", lease.epoch);
         }
 
@@ -581,10 +581,10 @@ int reconcile_run(int argc, char **argv)
         };
         char started[64];
         db_now(conn, started, sizeof started);
-        int64_t t0 = ferry_now_ms();
+        int64_t t0 = ferry__now_ms();
         one_pass(&ctx);
         int st = rc_report_status(report);
-        double seconds = (double)(ferry_now_ms() - t0) / 1000.0;
+        double seconds = (double)(ferry__now_ms() - t0) / 1000.0;
         if (PQstatus(conn) == CONNECTION_OK)
             record_pass(&ctx, started, st);
         log_pass(report, st, seconds);
@@ -592,21 +592,21 @@ int reconcile_run(int argc, char **argv)
         rc_report_free(report);
 
         /* Between passes, keep the lease; lose it and we stand by. */
-        int64_t next = ferry_now_ms() + (int64_t)(o->interval_s * 1000);
-        while (!stop_flag && ferry_now_ms() < next) {
+        int64_t next = ferry__now_ms() + (int64_t)(o->interval_s * 1000);
+        while (!stop_flag && ferry__now_ms() < next) {
             if (rc_lease_keep(conn, &lease, &err) != FERRY_OK) {
-                ferry_log(FERRY_LOG_WARN, "reconcile.lease_lost", "%s", err.message);
+                ferry__log(FERRY_LOG_WARN, "reconcile.lease_lost", "%s", err.message);
                 active = 0;
                 rc_metrics_set_active(metrics, 0);
                 break;
             }
-            int64_t left = next - ferry_now_ms();
+            int64_t left = next - ferry__now_ms();
             nap(left < o->lease_ttl_ms / 6 ? left : o->lease_ttl_ms / 6);
         }
     }
     if (active)
         rc_lease_release(conn, &lease);
-    ferry_log(FERRY_LOG_INFO, "reconcile.stop", "stopped");
+    ferry__log(FERRY_LOG_INFO, "reconcile.stop", "stopped");
     status = RC_EXIT_OK;
 out:
     rc_metrics_stop(metrics);

@@ -261,7 +261,7 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
         break;
     }
     case K_INT:
-        if (ferry_parse_long(text, s->lo, s->hi, &v) != FERRY_INT_OK) {
+        if (ferry__parse_long(text, s->lo, s->hi, &v) != FERRY_INT_OK) {
             rc = config_error(cmd, "%s: expected whole %s, %ld..%ld, not \"%.64s\"", where,
                               k == S_WAIT - S_DB ? "seconds" : "milliseconds", s->lo, s->hi,
                               text);
@@ -310,23 +310,23 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
 
 typedef struct file_values {
     char *text[N_SETTINGS];           /* NULL: not in the file, or null */
-    ferry_yw_place at[N_SETTINGS];
+    ferry__yw_place at[N_SETTINGS];
 } file_values;
 
 typedef struct file_loader {
-    ferry_yw w;                       /* first: ferry_yw_loader */
+    ferry__yw w;                       /* first: ferry__yw_loader */
     file_values *v;
 } file_loader;
 
-static int file_value(ferry_yw *w, int index, ferry_yw_place key_at, yaml_event_t *val,
+static int file_value(ferry__yw *w, int index, ferry__yw_place key_at, yaml_event_t *val,
                       void *arg)
 {
     file_loader *ld = arg;
-    if (val->type == YAML_SCALAR_EVENT && ferry_yw_is_null(val))
+    if (val->type == YAML_SCALAR_EVENT && ferry__yw_is_null(val))
         return 0;
     bool ok;
-    ld->v->at[index] = ferry_yw_place_of(val->start_mark);
-    if (ferry_yw_get_string(w, val, "a single value", &ld->v->text[index], &ok) != 0)
+    ld->v->at[index] = ferry__yw_place_of(val->start_mark);
+    if (ferry__yw_get_string(w, val, "a single value", &ld->v->text[index], &ok) != 0)
         return -1;
     return 0;
 }
@@ -343,12 +343,12 @@ static void file_values_free(file_values *v)
 static ferry_code read_config_file(void *arg, void *out)
 {
     file_loader *ld = arg;
-    ferry_yw *w = &ld->w;
-    ld->v = ferry_yw_malloc(w, sizeof *ld->v);
+    ferry__yw *w = &ld->w;
+    ld->v = ferry__yw_malloc(w, sizeof *ld->v);
     if (!ld->v)
         return FERRY_ENOMEM;
     memset(ld->v, 0, sizeof *ld->v);
-    const ferry_yw_doc doc = {
+    const ferry__yw_doc doc = {
         .expected = "a mapping of settings (NAME: VALUE)",
         .one = "configuration",
         .keys = setting_keys,
@@ -357,8 +357,8 @@ static ferry_code read_config_file(void *arg, void *out)
         .value = file_value,
         .arg = ld,
     };
-    ferry_yw_read_document(w, &doc);
-    ferry_code rc = ferry_yw_outcome(w);
+    ferry__yw_read_document(w, &doc);
+    ferry_code rc = ferry__yw_outcome(w);
     if (rc != FERRY_OK) {
         file_values_free(ld->v);
         return rc;
@@ -368,7 +368,7 @@ static ferry_code read_config_file(void *arg, void *out)
 }
 
 _Static_assert(offsetof(file_loader, w) == 0, "ferry_yw_loader: the walker comes first");
-static const ferry_yw_loader config_file_loader = {
+static const ferry__yw_loader config_file_loader = {
     .what = "the configuration file",
     .text_arg = "text",
     .max = RC_CONFIG_FILE_MAX,
@@ -380,7 +380,7 @@ static int apply_file(const char *cmd, rc_options *o, const char *path)
 {
     ferry_saga_load_errors errs;
     file_values *v = NULL;
-    ferry_code code = ferry_yw_load(&config_file_loader, path, &v, &errs);
+    ferry_code code = ferry__yw_load(&config_file_loader, path, &v, &errs);
     if (code != FERRY_OK) {
         reconcile_print_errors(stderr, path, &errs);
         fprintf(stderr, "ferry-reconcile %s: the configuration file %s was refused\n", cmd, path);

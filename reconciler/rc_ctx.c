@@ -31,7 +31,7 @@ void rc_progress(rc_ctx *ctx, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    rc_report_vprogress(ctx->report, ctx->sweep, ferry_now_ms(), fmt, ap);
+    rc_report_vprogress(ctx->report, ctx->sweep, ferry__now_ms(), fmt, ap);
     va_end(ap);
 }
 

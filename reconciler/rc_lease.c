@@ -16,16 +16,16 @@
 int rc_lease_try(PGconn *conn, rc_lease *l, const char *holder, int ttl_ms, ferry_error *err)
 {
     const char *names[1] = {RC_LEASE_NAME};
-    if (ferry_lease_ensure(conn, names, 1, err) != FERRY_OK)
+    if (ferry__lease_ensure(conn, names, 1, err) != FERRY_OK)
         return -1;
-    ferry_lease got;
+    ferry__lease got;
     size_t n = 0;
-    if (ferry_lease_acquire(conn, RC_LEASE_NAME, holder, ttl_ms, 1, &got, &n, err) != FERRY_OK)
+    if (ferry__lease_acquire(conn, RC_LEASE_NAME, holder, ttl_ms, 1, &got, &n, err) != FERRY_OK)
         return -1;
     if (n == 0)
         return 0;
     *l = (rc_lease){.holder = holder, .ttl_ms = ttl_ms, .epoch = got.epoch,
-                    .renewed_at = ferry_now_ms()};
+                    .renewed_at = ferry__now_ms()};
     return 1;
 }
 
@@ -36,8 +36,8 @@ int rc_lease_due(const rc_lease *l, int64_t now_ms)
 
 ferry_code rc_lease_keep(PGconn *conn, rc_lease *l, ferry_error *err)
 {
-    ferry_err_clear(err);
-    if (!rc_lease_due(l, ferry_now_ms()))
+    ferry__err_clear(err);
+    if (!rc_lease_due(l, ferry__now_ms()))
         return FERRY_OK;
     /* Extended under the same holder and epoch, even if it ran out
      * meanwhile (a long detect query): nobody took it then, since a
@@ -55,11 +55,11 @@ ferry_code rc_lease_keep(PGconn *conn, rc_lease *l, ferry_error *err)
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = ferry_error_from_pg(err, conn, res, "could not renew the reconciler's lease");
     else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
+        rc = ferry__error_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
                            "(epoch %" PRId64 "): another reconciler took it over", l->epoch);
     PQclear(res);
     if (rc == FERRY_OK)
-        l->renewed_at = ferry_now_ms();
+        l->renewed_at = ferry__now_ms();
     return rc;
 }
 
@@ -79,5 +79,5 @@ void rc_lease_holder(PGconn *conn, char *buf, size_t len)
 void rc_lease_release(PGconn *conn, const rc_lease *l)
 {
     ferry_error err;
-    ferry_lease_release(conn, RC_LEASE_NAME, l->holder, &err);
+    ferry__lease_release(conn, RC_LEASE_NAME, l->holder, &err);
 }

@@ -164,7 +164,7 @@ rc_metrics *rc_metrics_start(const char *host_port)
          * know where to scrape. */
         char address[300];
         httpd_address(host_port, port, address, sizeof address);
-        ferry_log_json(FERRY_LOG_INFO, "metrics.listen",
+        ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
                        json_pack("{s:s, s:i}", "address", address, "port", port),
                        "serving /metrics and /healthz on %s", address);
     }

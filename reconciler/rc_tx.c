@@ -54,7 +54,7 @@ PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
 
 ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     session_keep(ctx);
     if (ctx->mode == RC_REPAIR && ctx->lease != NULL) {
         ferry_code rc = rc_lease_keep(ctx->conn, ctx->lease, err);
@@ -95,7 +95,7 @@ ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
     if (!held) {
         ctx->lease_lost = 1;
         rc_rollback(ctx);
-        return ferry_err_set(err, FERRY_ESTATE, NULL,
+        return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "the reconciler's lease was lost (epoch %" PRId64 "): another "
                              "reconciler acts now", ctx->lease->epoch);
     }
@@ -104,13 +104,13 @@ ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
 
 ferry_code rc_commit(rc_ctx *ctx, ferry_error *err)
 {
-    ferry_err_clear(err);
+    ferry__err_clear(err);
     PGresult *res = PQexec(ctx->conn, "COMMIT");
     ferry_code rc = FERRY_OK;
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = ferry_error_from_pg(err, ctx->conn, res, "could not commit");
     else if (strcmp(PQcmdStatus(res), "ROLLBACK") == 0)
-        rc = ferry_err_set(err, FERRY_ESTATE, NULL, "could not commit: the transaction had "
+        rc = ferry__error_set(err, FERRY_ESTATE, NULL, "could not commit: the transaction had "
                            "failed and was rolled back");
     PQclear(res);
     return rc;

@@ -158,7 +158,7 @@ int rc_report_verror(rc_report *r, rc_sweep_id sweep, const char *fmt, va_list a
     progress_clear(r);
     const char *name = sweep < RC_SWEEP_COUNT ? rc_sweep_name(sweep) : "pass";
     if (r->log_json)
-        ferry_log_json(FERRY_LOG_ERROR, "reconcile.error", json_pack("{s:s}", "sweep", name),
+        ferry__log_json(FERRY_LOG_ERROR, "reconcile.error", json_pack("{s:s}", "sweep", name),
                        "%s", text ? text : fmt);
     else
         fprintf(stderr, "ferry-reconcile: %s: %s\n", name, text ? text : fmt);

@@ -81,13 +81,13 @@ _Static_assert(RC_RULES_MAX >= 1 && RC_RULES_MAX <= 4096, "rules limit");
 _Static_assert(RC_STATEMENT_TIMEOUT_MAX_MS <= INT_MAX, "PostgreSQL's statement_timeout is an int");
 _Static_assert(RC_RULE_TIMEOUT_DEFAULT_MS <= RC_RULE_TIMEOUT_MAX_MS, "default within the limit");
 
-typedef ferry_yw_place place;
+typedef ferry__yw_place place;
 
 static const char rules_what[] = "the rules file";   /* in messages */
 
 /* A walker and what the walk fills in. */
 typedef struct rules_loader {
-    ferry_yw w;
+    ferry__yw w;
     rc_rules *r;
     place name_at[RC_RULES_MAX];      /* of each rule's name, for duplicates */
 } rules_loader;
@@ -123,31 +123,31 @@ void rc_rules_free(rc_rules *r)
 /* ------------------------------------------------------------ values */
 
 /* A duration in (0, max]. */
-static int get_duration_max(ferry_yw *w, yaml_event_t *ev, int64_t max, int64_t *out)
+static int get_duration_max(ferry__yw *w, yaml_event_t *ev, int64_t max, int64_t *out)
 {
     int64_t ms = 0;
     bool ok;
-    if (ferry_yw_get_duration(w, ev, false, &ms, &ok) != 0 || !ok)
+    if (ferry__yw_get_duration(w, ev, false, &ms, &ok) != 0 || !ok)
         return w->fatal ? -1 : 0;
     if (ms > max) {
         char lim[32];
-        ferry_yw_error(w, ferry_yw_place_of(ev->start_mark), "\"%.64s\" is longer than the limit "
-                       "of %s", ferry_yw_scalar(ev), ferry_yw_format_duration(max, lim, sizeof lim));
+        ferry__yw_error(w, ferry__yw_place_of(ev->start_mark), "\"%.64s\" is longer than the limit "
+                       "of %s", ferry__yw_scalar(ev), ferry__yw_format_duration(max, lim, sizeof lim));
         return 0;
     }
     *out = ms;
     return 0;
 }
 
-static int get_duration_pos(ferry_yw *w, yaml_event_t *ev, int64_t *out)
+static int get_duration_pos(ferry__yw *w, yaml_event_t *ev, int64_t *out)
 {
     return get_duration_max(w, ev, FERRY_YW_DURATION_MAX_MS, out);
 }
 
-static int get_int_in(ferry_yw *w, yaml_event_t *ev, long min, long max, int *out)
+static int get_int_in(ferry__yw *w, yaml_event_t *ev, long min, long max, int *out)
 {
     bool ok;
-    return ferry_yw_get_int(w, ev, min, max, out, &ok);
+    return ferry__yw_get_int(w, ev, min, max, out, &ok);
 }
 
 /* Offset of the first control character of s (n bytes) that allow does
@@ -352,9 +352,9 @@ static void query_place(const char *q, size_t at, int *line, int *column)
 
 /* Check the detect query *q (new, from the document) and cut what
  * follows its last token. */
-static void check_detect(ferry_yw *w, const yaml_event_t *ev, char *q)
+static void check_detect(ferry__yw *w, const yaml_event_t *ev, char *q)
 {
-    place at = ferry_yw_place_of(ev->start_mark);
+    place at = ferry__yw_place_of(ev->start_mark);
     size_t n = strlen(q), end = n;
     sql_fault f = check_query(q, n, &end);
     int line, column;
@@ -362,7 +362,7 @@ static void check_detect(ferry_yw *w, const yaml_event_t *ev, char *q)
     if (!f.what) {
         q[end] = '\0';
     } else if (strcmp(f.what, "empty") == 0) {
-        ferry_yw_error(w, at, "the detect query is empty");
+        ferry__yw_error(w, at, "the detect query is empty");
     } else if (strcmp(f.what, "start") == 0) {
         /* The word it starts with, in ASCII only: it is echoed. */
         size_t len = 0;
@@ -371,19 +371,19 @@ static void check_detect(ferry_yw *w, const yaml_event_t *ev, char *q)
             len++;
         unsigned char c = (unsigned char)q[f.at];
         if (len > 0)
-            ferry_yw_error(w, at, "a detect query must be a single read query, starting with "
+            ferry__yw_error(w, at, "a detect query must be a single read query, starting with "
                            "SELECT, WITH, VALUES or TABLE, not \"%.*s\"", (int)len, q + f.at);
         else if (c > 0x20 && c < 0x7f)
-            ferry_yw_error(w, at, "a detect query must be a single read query, starting with "
+            ferry__yw_error(w, at, "a detect query must be a single read query, starting with "
                            "SELECT, WITH, VALUES or TABLE, not \"%c\"", c);
         else
-            ferry_yw_error(w, at, "a detect query must be a single read query, starting with "
+            ferry__yw_error(w, at, "a detect query must be a single read query, starting with "
                            "SELECT, WITH, VALUES or TABLE, not byte 0x%02x", c);
     } else if (strcmp(f.what, "semicolon") == 0) {
-        ferry_yw_error(w, at, "a detect query must be a single statement: the ';' at line %d, "
+        ferry__yw_error(w, at, "a detect query must be a single statement: the ';' at line %d, "
                        "column %d of the query is followed by more", line, column);
     } else {
-        ferry_yw_error(w, at, "the detect query has %s (at line %d, column %d of the query)",
+        ferry__yw_error(w, at, "the detect query has %s (at line %d, column %d of the query)",
                        f.what, line, column);
     }
 }
@@ -396,7 +396,7 @@ static const char *const budget_keys[] = {"outbox_lag", "max_attempts", "saga_gr
 enum { B_OUTBOX_LAG, B_MAX_ATTEMPTS, B_SAGA_GRACE, B_INBOX_RETENTION, B_OUTBOX_RETENTION,
        B_STATEMENT_TIMEOUT, B_BATCH, N_BUDGET_KEYS };
 
-static int budget_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int budget_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     rc_budgets *b = arg;
     switch (index) {
@@ -417,15 +417,15 @@ static int budget_value(ferry_yw *w, int index, place key_at, yaml_event_t *val,
     }
 }
 
-static int read_budgets(ferry_yw *w, yaml_event_t *ev, rc_budgets *b)
+static int read_budgets(ferry__yw *w, yaml_event_t *ev, rc_budgets *b)
 {
-    if (ferry_yw_is_null(ev))         /* "budgets:" with every line commented out */
+    if (ferry__yw_is_null(ev))         /* "budgets:" with every line commented out */
         return 0;
     if (ev->type != YAML_MAPPING_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "the budgets (a mapping with outbox_lag, "
+        return ferry__yw_wrong_type(w, ev, "the budgets (a mapping with outbox_lag, "
                                    "max_attempts, ...)");
     bool seen[N_BUDGET_KEYS];
-    return ferry_yw_read_mapping(w, budget_keys, N_BUDGET_KEYS, seen, budget_value, b);
+    return ferry__yw_read_mapping(w, budget_keys, N_BUDGET_KEYS, seen, budget_value, b);
 }
 
 /* ------------------------------------------------------------ rules */
@@ -455,82 +455,82 @@ typedef struct rule_ctx {
     rc_rule *rule;
 } rule_ctx;
 
-static int emit_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int emit_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     rc_rule *x = arg;
     bool ok;
     if (index == E_TOPIC) {
-        if (ferry_yw_get_string(w, val, "a topic name", &x->topic, &ok) != 0 || !ok)
+        if (ferry__yw_get_string(w, val, "a topic name", &x->topic, &ok) != 0 || !ok)
             return w->fatal ? -1 : 0;
-        return ferry_yw_check_topic(w, val, x->topic, &ok);
+        return ferry__yw_check_topic(w, val, x->topic, &ok);
     }
-    if (ferry_yw_get_string(w, val, "a message type", &x->type, &ok) != 0 || !ok)
+    if (ferry__yw_get_string(w, val, "a message type", &x->type, &ok) != 0 || !ok)
         return w->fatal ? -1 : 0;
-    return ferry_yw_check_type(w, val, x->type, &ok);
+    return ferry__yw_check_type(w, val, x->type, &ok);
 }
 
-static int read_emit(ferry_yw *w, yaml_event_t *ev, rc_rule *x)
+static int read_emit(ferry__yw *w, yaml_event_t *ev, rc_rule *x)
 {
     if (ev->type != YAML_MAPPING_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "what to emit (a mapping with topic and type)");
+        return ferry__yw_wrong_type(w, ev, "what to emit (a mapping with topic and type)");
     bool seen[N_EMIT_KEYS];
-    if (ferry_yw_read_mapping(w, emit_keys, N_EMIT_KEYS, seen, emit_value, x) != 0)
+    if (ferry__yw_read_mapping(w, emit_keys, N_EMIT_KEYS, seen, emit_value, x) != 0)
         return -1;
-    ferry_yw_require_keys(w, ferry_yw_place_of(ev->start_mark), emit_keys, emit_required, seen,
+    ferry__yw_require_keys(w, ferry__yw_place_of(ev->start_mark), emit_keys, emit_required, seen,
                           N_EMIT_KEYS);
     return 0;
 }
 
-static void check_rule_name(ferry_yw *w, rule_ctx *rc, const yaml_event_t *ev)
+static void check_rule_name(ferry__yw *w, rule_ctx *rc, const yaml_event_t *ev)
 {
     rules_loader *ld = rc->ld;
     const char *name = rc->rule->name;
-    place at = ferry_yw_place_of(ev->start_mark);
+    place at = ferry__yw_place_of(ev->start_mark);
     long bad = control_at(name, strlen(name), "");
     if (bad >= 0)                     /* not echoed: it could drive a terminal */
-        ferry_yw_error(w, at, "a name must not contain control characters (byte 0x%02x at "
+        ferry__yw_error(w, at, "a name must not contain control characters (byte 0x%02x at "
                        "offset %ld)", (unsigned)(unsigned char)name[bad], bad);
     else
-        ferry_yw_check_name(w, ev, name, RC_NAME_MAX);
+        ferry__yw_check_name(w, ev, name, RC_NAME_MAX);
     for (size_t i = 0; i < rc->index; i++) {
         if (ld->r->rules[i].name && strcmp(ld->r->rules[i].name, name) == 0) {
-            ferry_yw_error(w, at, "duplicate rule name \"%.64s\" (rules[%zu] at line %d)", name, i,
+            ferry__yw_error(w, at, "duplicate rule name \"%.64s\" (rules[%zu] at line %d)", name, i,
                            ld->name_at[i].line);
             break;
         }
     }
 }
 
-static int rule_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int rule_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     rule_ctx *rc = arg;
     rc_rule *x = rc->rule;
-    place at = ferry_yw_place_of(val->start_mark);
+    place at = ferry__yw_place_of(val->start_mark);
     bool ok;
     int err;
     switch (index) {
     case R_NAME:
         rc->ld->name_at[rc->index] = at;
-        if ((err = ferry_yw_get_string(w, val, "a rule name", &x->name, &ok)) != 0 || !ok)
+        if ((err = ferry__yw_get_string(w, val, "a rule name", &x->name, &ok)) != 0 || !ok)
             return err;
         check_rule_name(w, rc, val);
         return 0;
     case R_DESCRIPTION: {
-        if ((err = ferry_yw_get_string(w, val, "a description", &x->description, &ok)) != 0 || !ok)
+        if ((err = ferry__yw_get_string(w, val, "a description", &x->description, &ok)) != 0 || !ok)
             return err;
         size_t n = strlen(x->description);
         long bad = control_at(x->description, n, "\t\n");
         if (n > RC_DESCRIPTION_MAX)
-            ferry_yw_error(w, at, "a description must have at most %d bytes, not %zu",
+            ferry__yw_error(w, at, "a description must have at most %d bytes, not %zu",
                            RC_DESCRIPTION_MAX, n);
         else if (bad >= 0)
-            ferry_yw_error(w, at, "a description must not contain control characters other "
+            ferry__yw_error(w, at, "a description must not contain control characters other "
                            "than tabs and newlines (byte 0x%02x at offset %ld)",
                            (unsigned)(unsigned char)x->description[bad], bad);
         return 0;
     }
     case R_DETECT:
-        if ((err = ferry_yw_get_string(w, val, "a query", &x->detect, &ok)) != 0 || !ok)
+        if ((err = ferry__yw_get_string(w, val, "a query", &x->detect, &ok)) != 0 || !ok)
             return err;
         check_detect(w, val, x->detect);
         return 0;
@@ -545,33 +545,33 @@ static int rule_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, v
     }
 }
 
-static int read_rule(ferry_yw *w, yaml_event_t *ev, size_t index, void *arg)
+static int read_rule(ferry__yw *w, yaml_event_t *ev, size_t index, void *arg)
 {
     rules_loader *ld = arg;
     rule_ctx rc = {ld, index, &ld->r->rules[index]};
-    rc.rule->line = ferry_yw_place_of(ev->start_mark).line;
+    rc.rule->line = ferry__yw_place_of(ev->start_mark).line;
     rc.rule->timeout_ms = RC_RULE_TIMEOUT_DEFAULT_MS;
     rc.rule->max_rows = RC_RULE_MAX_ROWS_DEFAULT;
     rc.rule->repeat_after_ms = RC_RULE_REPEAT_AFTER_DEFAULT_MS;
     if (ev->type != YAML_MAPPING_START_EVENT)
-        return ferry_yw_wrong_type(w, ev, "a rule (a mapping with name, detect, emit, ...)");
+        return ferry__yw_wrong_type(w, ev, "a rule (a mapping with name, detect, emit, ...)");
     bool seen[N_RULE_KEYS];
-    if (ferry_yw_read_mapping(w, rule_keys, N_RULE_KEYS, seen, rule_value, &rc) != 0)
+    if (ferry__yw_read_mapping(w, rule_keys, N_RULE_KEYS, seen, rule_value, &rc) != 0)
         return -1;
-    ferry_yw_require_keys(w, ferry_yw_place_of(ev->start_mark), rule_keys, rule_required, seen,
+    ferry__yw_require_keys(w, ferry__yw_place_of(ev->start_mark), rule_keys, rule_required, seen,
                           N_RULE_KEYS);
     return 0;
 }
 
 static int read_rules(rules_loader *ld, yaml_event_t *ev)
 {
-    if (ferry_yw_is_null(ev))
+    if (ferry__yw_is_null(ev))
         return 0;
-    return ferry_yw_read_sequence(&ld->w, ev, "rules", RC_RULES_MAX, &ld->r->count, read_rule,
+    return ferry__yw_read_sequence(&ld->w, ev, "rules", RC_RULES_MAX, &ld->r->count, read_rule,
                                   ld);
 }
 
-static int top_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, void *arg)
+static int top_value(ferry__yw *w, int index, place key_at, yaml_event_t *val, void *arg)
 {
     rules_loader *ld = arg;
     if (index == T_BUDGETS)
@@ -581,28 +581,28 @@ static int top_value(ferry_yw *w, int index, place key_at, yaml_event_t *val, vo
 
 /* ------------------------------------------------------------ entry points */
 
-/* The walk of one text, in the loader ferry_yw_parse made for it. */
+/* The walk of one text, in the loader ferry__yw_parse made for it. */
 static ferry_code read_rules_file(void *arg, void *out)
 {
     rules_loader *ld = arg;
-    ferry_yw *w = &ld->w;
+    ferry__yw *w = &ld->w;
     ferry_code rc = FERRY_ENOMEM;
 
-    rc_rules *r = ferry_yw_malloc(w, sizeof *r);
+    rc_rules *r = ferry__yw_malloc(w, sizeof *r);
     if (!r)
         return rc;
     memset(r, 0, sizeof *r);
     rc_budgets_default(&r->budgets);
     ld->r = r;
-    r->rules = ferry_yw_malloc(w, RC_RULES_MAX * sizeof *r->rules);
+    r->rules = ferry__yw_malloc(w, RC_RULES_MAX * sizeof *r->rules);
     if (!r->rules)
         goto out_free_rules;
     memset(r->rules, 0, RC_RULES_MAX * sizeof *r->rules);
-    r->file = ferry_yw_strndup(w, w->file, strlen(w->file));
+    r->file = ferry__yw_strndup(w, w->file, strlen(w->file));
     if (!r->file)
         goto out_free_rules;
 
-    const ferry_yw_doc doc = {
+    const ferry__yw_doc doc = {
         .expected = "a rules file (a mapping with budgets and rules)",
         .one = "rules document",
         .keys = top_keys,
@@ -611,8 +611,8 @@ static ferry_code read_rules_file(void *arg, void *out)
         .value = top_value,
         .arg = ld,
     };
-    ferry_yw_read_document(w, &doc);
-    rc = ferry_yw_outcome(w);
+    ferry__yw_read_document(w, &doc);
+    rc = ferry__yw_outcome(w);
     if (rc != FERRY_OK)
         goto out_free_rules;
     *(rc_rules **)out = r;
@@ -624,7 +624,7 @@ out_free_rules:
 }
 
 _Static_assert(offsetof(rules_loader, w) == 0, "ferry_yw_loader: the walker comes first");
-static const ferry_yw_loader rules_file_loader = {
+static const ferry__yw_loader rules_file_loader = {
     .what = rules_what,
     .text_arg = "text",
     .max = RC_RULES_FILE_MAX,
@@ -635,13 +635,13 @@ static const ferry_yw_loader rules_file_loader = {
 ferry_code rc_rules_parse(const char *text, size_t len, const char *name, rc_rules **out,
                           ferry_saga_load_errors *errs)
 {
-    return ferry_yw_parse(&rules_file_loader, text, len, name, out, errs);
+    return ferry__yw_parse(&rules_file_loader, text, len, name, out, errs);
 }
 
 /* A file that cannot be read is FERRY_EINVAL too, with its error: the
  * FERRY_EIO that reconcile.h names is not a ferry_code (yet). Callers that
- * must tell it apart read the file with ferry_yw_read_file, as lint does. */
+ * must tell it apart read the file with ferry__yw_read_file, as lint does. */
 ferry_code rc_rules_load(const char *path, rc_rules **out, ferry_saga_load_errors *errs)
 {
-    return ferry_yw_load(&rules_file_loader, path, out, errs);
+    return ferry__yw_load(&rules_file_loader, path, out, errs);
 }

@@ -17,7 +17,7 @@ tmp=$out.tmp
         od -An -v -tx1 "$f" | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g' -e 's/^/   /'
         echo '    0x00};'
     done
-    echo 'const ferry_migration ferry_migrations[] = {'
+    echo 'const ferry__migration ferry__migrations[] = {'
     n=0
     for f in "$@"; do
         n=$((n + 1))
@@ -27,6 +27,6 @@ tmp=$out.tmp
         echo "    {$version, \"$base\", m$n, sizeof m$n - 1},"
     done
     echo '};'
-    echo "const size_t ferry_migrations_count = $n;"
+    echo "const size_t ferry__migrations_count = $n;"
 } > "$tmp"
 mv "$tmp" "$out"

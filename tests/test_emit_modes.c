@@ -23,7 +23,7 @@
 /* ------------------------------------------------------------ canonical size */
 
 /*
- * ferry_json_canonical_len() gives the length of jsonb's text of each
+ * ferry__json_canonical_len() gives the length of jsonb's text of each
  * payload, PostgreSQL deciding: numbers whose canonical form is longer or
  * shorter than written (exponents, signs of zero, trailing zeros kept as
  * scale), escapes that print shorter, longer or the same, separators and
@@ -46,7 +46,7 @@ static void the_client_measures_a_payload_as_jsonb_prints_it(void **state)
     PGconn *c = tu_connect();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t got = 0;
-        if (!ferry_json_canonical_len(cases[i], strlen(cases[i]), &got))
+        if (!ferry__json_canonical_len(cases[i], strlen(cases[i]), &got))
             fail_msg("case %zu (%s): the client refuses it", i, cases[i]);
         const char *p[1] = {cases[i]};
         PGresult *res = PQexecParams(c, "SELECT octet_length($1::jsonb::text)", 1, NULL, p,
@@ -62,7 +62,7 @@ static void the_client_measures_a_payload_as_jsonb_prints_it(void **state)
     /* Duplicate keys are the one place the client counts more than jsonb
      * prints (jsonb keeps the last): it errs on the side of refusing. */
     size_t dup = 0;
-    assert_true(ferry_json_canonical_len("{\"a\":1,\"a\":2}", 13, &dup));
+    assert_true(ferry__json_canonical_len("{\"a\":1,\"a\":2}", 13, &dup));
     assert_int_equal(dup, strlen("{\"a\": 1, \"a\": 2}"));
     assert_int_equal(tu_int(c, "SELECT octet_length('{\"a\":1,\"a\":2}'::jsonb::text)"),
                      strlen("{\"a\": 2}"));

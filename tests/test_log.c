@@ -33,10 +33,10 @@ static char *log_of(const char *env, int set)
             unsetenv("FERRY_LOG_LEVEL");
         if (set >= 0)
             ferry_log_level_set((ferry_log_level)set);
-        ferry_log(FERRY_LOG_ERROR, "t.error", "e");
-        ferry_log(FERRY_LOG_WARN, "t.warn", "w");
-        ferry_log(FERRY_LOG_INFO, "t.info", "i");
-        ferry_log(FERRY_LOG_DEBUG, "t.debug", "d");
+        ferry__log(FERRY_LOG_ERROR, "t.error", "e");
+        ferry__log(FERRY_LOG_WARN, "t.warn", "w");
+        ferry__log(FERRY_LOG_INFO, "t.info", "i");
+        ferry__log(FERRY_LOG_DEBUG, "t.debug", "d");
         _exit(0);
     }
     close(p[1]);

@@ -10,7 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"     /* ferry_migrations_count */
+#include "internal.h"     /* ferry__migrations_count */
 #include "testutil.h"
 
 /* A new, empty database; returns a connection to it. */
@@ -63,7 +63,7 @@ static void fresh_then_noop(void **state)
     /* One row per embedded migration: versions may have gaps (a number
      * kept for a change not merged yet), so count them, not the last. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
-                     (long long)ferry_migrations_count);
+                     (long long)ferry__migrations_count);
     free(before);
     free(after);
     PQfinish(c);
@@ -110,7 +110,7 @@ static void concurrent_migrators(void **state)
     /* One row per embedded migration: versions may have gaps (a number
      * kept for a change not merged yet), so count them, not the last. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.schema_version"),
-                     (long long)ferry_migrations_count);
+                     (long long)ferry__migrations_count);
     PQfinish(c);
 }
 

@@ -42,7 +42,7 @@ static void sb_tmpl(tu_sbuf *b, const ferry_saga_def *def, size_t step,
 {
     char *text;
     const char *missing;
-    assert_int_equal(ferry_tmpl_render(ferry_saga_def_tmpl(def, step, kind), NULL, 0, &text,
+    assert_int_equal(ferry__tmpl_render(ferry__saga_def_tmpl(def, step, kind), NULL, 0, &text,
                                        &missing), 0);
     tu_sb_printf(b, "%s", text);
     free(text);
@@ -106,7 +106,7 @@ static void check_invariants(const void *obj)
             char *text;
             const char *missing;
             ferry_error err;
-            assert_int_equal(ferry_tmpl_render(ferry_saga_def_tmpl(def, i,
+            assert_int_equal(ferry__tmpl_render(ferry__saga_def_tmpl(def, i,
                                                                    (ferry_saga_command_kind)k),
                                                NULL, 0, &text, &missing), 0);
             ferry_msg m = {.topic = "t", .key = "k", .type = "T", .payload = text};
@@ -698,13 +698,13 @@ static void templates_fill_in_from_context_text(void **state)
         "                s: \"${context.s}\", \"${context.k}\": 1e-400}\n";
     ferry_saga_def *def = NULL;
     assert_int_equal(ferry_saga_def_parse(yaml, strlen(yaml), "t.yaml", &def, NULL), FERRY_OK);
-    const ferry_tmpl *t = ferry_saga_def_tmpl(def, 0, FERRY_SAGA_CMD_ACTION);
+    const ferry__tmpl *t = ferry__saga_def_tmpl(def, 0, FERRY_SAGA_CMD_ACTION);
     static const char ctx[] = " {\"a\" : {\"b\":[1e-400, 0.1,{\"]\":\"}\"}], \"c\": 1},\n"
                               "\"a\\u0062\": 123456789012345678901234567890, \"x\": 1, "
                               "\"s\": \"q\\\"}\", \"x\": 2.50}";
     char *out;
     const char *missing = "unset";
-    assert_int_equal(ferry_tmpl_render(t, ctx, strlen(ctx), &out, &missing), 0);
+    assert_int_equal(ferry__tmpl_render(t, ctx, strlen(ctx), &out, &missing), 0);
     assert_null(missing);
     assert_string_equal(out, "{\"n\":0.1,\"v\":[[1e-400, 0.1,{\"]\":\"}\"}],"
                              "123456789012345678901234567890,2.50],\"s\":\"q\\\"}\","
@@ -723,7 +723,7 @@ static void templates_fill_in_from_context_text(void **state)
     };
     for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
         out = NULL;
-        assert_int_equal(ferry_tmpl_render(t, gone[i].ctx, strlen(gone[i].ctx), &out, &missing),
+        assert_int_equal(ferry__tmpl_render(t, gone[i].ctx, strlen(gone[i].ctx), &out, &missing),
                          -1);
         assert_null(out);
         assert_non_null(missing);
@@ -733,7 +733,7 @@ static void templates_fill_in_from_context_text(void **state)
      * read beyond the text (ASan watches). */
     static const char cut[] = "{\"a\": {\"b\": 1}, \"ab\": 1, \"x\": 1, \"s\": \"\\";
     out = NULL;
-    if (ferry_tmpl_render(t, cut, strlen(cut), &out, &missing) == 0)
+    if (ferry__tmpl_render(t, cut, strlen(cut), &out, &missing) == 0)
         free(out);
     ferry_saga_def_destroy(def);
 }

@@ -106,7 +106,7 @@ static void utf8_validation(void **state)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t bad = 999;
-        bool ok = ferry_utf8_valid(cases[i].s, strlen(cases[i].s), &bad);
+        bool ok = ferry__utf8_valid(cases[i].s, strlen(cases[i].s), &bad);
         if ((int)ok != cases[i].ok)
             fail_msg("case %zu: want %d", i, cases[i].ok);
         if (!ok)
@@ -161,7 +161,7 @@ static void msg_check_accepts_and_refuses(void **state)
 static void assert_printable(const char *s, const char *what)
 {
     size_t bad;
-    if (!ferry_utf8_valid(s, strlen(s), &bad))
+    if (!ferry__utf8_valid(s, strlen(s), &bad))
         fail_msg("%s: not UTF-8 at %zu: %s", what, bad, s);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++)
         if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
@@ -199,7 +199,7 @@ static void error_messages_escape_what_they_quote(void **state)
     }
     /* A server's message is escaped as well: it may quote the input. */
     ferry_error err;
-    ferry_err_set(&err, FERRY_EINVAL, "x", "value \"%s\" refused", "\x1b[2J\x9b");
+    ferry__error_set(&err, FERRY_EINVAL, "x", "value \"%s\" refused", "\x1b[2J\x9b");
     assert_string_equal(err.message, "value \"\\x1b[2J\\x9b\" refused");
 }
 
@@ -210,9 +210,9 @@ static void error_mapping(void **state)
     assert_int_equal(err.retriable, 1);
     assert_non_null(strstr(err.message, "could not frobnicate: "));
     assert_string_equal(ferry_code_name(FERRY_ECOMMIT_UNKNOWN), "FERRY_ECOMMIT_UNKNOWN");
-    assert_true(ferry_sqlstate_is_conflict("40001"));
-    assert_true(ferry_sqlstate_is_conflict("40P01"));
-    assert_false(ferry_sqlstate_is_conflict("23505"));
+    assert_true(ferry__sqlstate_is_conflict("40001"));
+    assert_true(ferry__sqlstate_is_conflict("40P01"));
+    assert_false(ferry__sqlstate_is_conflict("23505"));
     assert_string_equal(ferry_version(), FERRY_VERSION_STRING);
 }
 
@@ -220,19 +220,19 @@ static void error_mapping(void **state)
 static void strict_integers(void **state)
 {
     long v = 99;
-    assert_int_equal(ferry_parse_long("0", 0, 10, &v), FERRY_INT_OK);
+    assert_int_equal(ferry__parse_long("0", 0, 10, &v), FERRY_INT_OK);
     assert_int_equal(v, 0);
-    assert_int_equal(ferry_parse_long("-7", -10, 10, &v), FERRY_INT_OK);
+    assert_int_equal(ferry__parse_long("-7", -10, 10, &v), FERRY_INT_OK);
     assert_int_equal(v, -7);
-    assert_int_equal(ferry_parse_long("9223372036854775807", 0, LONG_MAX, &v), FERRY_INT_OK);
+    assert_int_equal(ferry__parse_long("9223372036854775807", 0, LONG_MAX, &v), FERRY_INT_OK);
     assert_true(v == LONG_MAX);
     v = 99;
     static const char *const syntax[] = {"", "-", "007", "1x", " 1", "1 ", "+1", "1.0", "0x10"};
     for (size_t i = 0; i < sizeof syntax / sizeof syntax[0]; i++)
-        assert_int_equal(ferry_parse_long(syntax[i], -100, 100, &v), FERRY_INT_SYNTAX);
-    assert_int_equal(ferry_parse_long("9223372036854775808", 0, LONG_MAX, &v), FERRY_INT_RANGE);
-    assert_int_equal(ferry_parse_long("11", 0, 10, &v), FERRY_INT_RANGE);
-    assert_int_equal(ferry_parse_long("-1", 0, 10, &v), FERRY_INT_RANGE);
+        assert_int_equal(ferry__parse_long(syntax[i], -100, 100, &v), FERRY_INT_SYNTAX);
+    assert_int_equal(ferry__parse_long("9223372036854775808", 0, LONG_MAX, &v), FERRY_INT_RANGE);
+    assert_int_equal(ferry__parse_long("11", 0, 10, &v), FERRY_INT_RANGE);
+    assert_int_equal(ferry__parse_long("-1", 0, 10, &v), FERRY_INT_RANGE);
     assert_int_equal(v, 99);        /* untouched on failure */
 }
 

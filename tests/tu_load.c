@@ -306,7 +306,7 @@ void tu_load_alloc_failures(const tu_loader *l, const char *path, int from_file,
 
     long n = 0;
     failed = 0;
-    ferry_saga_malloc_ = tu_failing_malloc;
+    ferry__saga_malloc_ = tu_failing_malloc;
     for (;; n++) {
         countdown = n;
         obj = NULL;
@@ -329,7 +329,7 @@ void tu_load_alloc_failures(const tu_loader *l, const char *path, int from_file,
         assert_null(obj);
         assert_true(tu_load_has_error(&errs, oom));
     }
-    ferry_saga_malloc_ = malloc;
+    ferry__saga_malloc_ = malloc;
     assert_true(n > more_than);
     assert_int_equal(failed, n);  /* the fault fired in every round but the last */
     free(text);

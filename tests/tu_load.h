@@ -81,7 +81,7 @@ void tu_load_cases_exist(const tu_loader *l, const char *dir, const char *const 
  * and through a pipe (whose size is unknown). */
 void tu_load_size_limit(const tu_loader *l, const char *head, size_t max, const char *want);
 
-/* ferry_saga_malloc_'s stand-in: fails the allocation tu_alloc_countdown
+/* ferry__saga_malloc_'s stand-in: fails the allocation tu_alloc_countdown
  * allocations on (0: the next), once; tu_alloc_failed counts the failures.
  * For jansson too: json_set_alloc_funcs(tu_failing_malloc, free). */
 void *tu_failing_malloc(size_t n);
