@@ -194,19 +194,7 @@ static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
     free(out);
     PQfinish(c);
 }
-static int group_setup(void **state)
-{
-    if (tu_group_setup(state) != 0)
-        return -1;
-    tu_wal_broker = kt_start(1);
-    return tu_wal_broker == NULL ? -1 : 0;
-}
 
-static int group_teardown(void **state)
-{
-    kt_stop(tu_wal_broker);
-    return tu_group_teardown(state);
-}
 
 int main(void)
 {
@@ -216,5 +204,5 @@ int main(void)
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
 }

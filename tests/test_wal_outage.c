@@ -400,19 +400,6 @@ static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(v
     PQfinish(c);
 }
 
-static int group_setup(void **state)
-{
-    if (tu_group_setup(state) != 0)
-        return -1;
-    tu_wal_broker = kt_start(1);
-    return tu_wal_broker == NULL ? -1 : 0;
-}
-
-static int group_teardown(void **state)
-{
-    kt_stop(tu_wal_broker);
-    return tu_group_teardown(state);
-}
 
 int main(void)
 {
@@ -425,5 +412,5 @@ int main(void)
         cmocka_unit_test(status_is_a_problem_when_wal_mode_has_no_slot),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
 }

@@ -63,6 +63,20 @@ void tu_wal_mode(PGconn *c, const char *mode)
 
 kt_broker *tu_wal_broker;
 
+int tu_wal_group_setup(void **state)
+{
+    if (tu_group_setup(state) != 0)
+        return -1;
+    tu_wal_broker = kt_start(1);
+    return tu_wal_broker == NULL ? -1 : 0;
+}
+
+int tu_wal_group_teardown(void **state)
+{
+    kt_stop(tu_wal_broker);
+    return tu_group_teardown(state);
+}
+
 tu_proc tu_wal_relay_start(const char *holder, const char *const *args)
 {
     const char *a[48] = {"--outbox-source", "wal", "--set", "log_level=debug"};
