@@ -1434,3 +1434,33 @@ void relay_config_free(relay_config *cfg)
     }
     memset(cfg, 0, sizeof *cfg);
 }
+
+int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char *config,
+                               char **db)
+{
+    char *file_db = NULL;
+    const char *path = config ? config : getenv("FERRY_CONFIG");
+    if (path != NULL && path[0] != '\0') {
+        char errbuf[1024];
+        if (relay_config_file_db(path, config == NULL, &file_db, errbuf, sizeof errbuf) != 0) {
+            fprintf(stderr, "ferry-relay %s: %s\n", cmd, errbuf);
+            return -1;
+        }
+    }
+    const char *env = getenv("FERRY_DB");
+    const char *use = flag_db ? flag_db : env && env[0] ? env : file_db;
+    if (use == NULL || use[0] == '\0') {
+        fprintf(stderr, "ferry-relay %s: no database: give --db CONNINFO, set FERRY_DB, "
+                "or db: in the --config file\n", cmd);
+        free(file_db);
+        return -1;
+    }
+    *db = use == file_db ? file_db : strdup(use);
+    if (use != file_db)
+        free(file_db);
+    if (*db == NULL) {
+        fprintf(stderr, "ferry-relay %s: out of memory\n", cmd);
+        return -1;
+    }
+    return 0;
+}

@@ -832,31 +832,15 @@ int cmd_status(int argc, char **argv)
         st_usage(stderr);
         return ST_EXIT_USAGE;
     }
-    /* As run: the file's db:, then FERRY_DB, then --db. */
-    char *file_db = NULL;
-    const char *env = getenv("FERRY_CONFIG");
-    if (config || (env && env[0])) {
-        char errbuf[1024];
-        if (relay_config_file_db(config ? config : env, config == NULL, &file_db, errbuf,
-                                 sizeof errbuf) != 0) {
-            fprintf(stderr, "ferry-relay status: %s\n", errbuf);
-            return ST_EXIT_USAGE;
-        }
-    }
-    if (db == NULL)
-        db = getenv("FERRY_DB") && getenv("FERRY_DB")[0] ? getenv("FERRY_DB") : file_db;
-    if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay status: no database: give --db CONNINFO, set FERRY_DB, "
-                "or db: in the --config file\n");
-        free(file_db);
+    char *dbo = NULL;
+    if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
         return ST_EXIT_USAGE;
-    }
 
     /* The conninfo may name its own application_name; ours is a fallback. */
     const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {db, "ferry-relay status", NULL};
+    const char *const values[] = {dbo, "ferry-relay status", NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
-    free(file_db);   /* values[0] is not needed past the connection */
+    free(dbo);   /* values[0] is not needed past the connection */
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);
