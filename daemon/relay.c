@@ -164,7 +164,7 @@ static void log_events(relay *r)
     }
 }
 
-static void set_health(relay *r, int healthy, const char *reason)
+void relay_set_health(relay *r, int healthy, const char *reason)
 {
     if (healthy == r->healthy && strcmp(reason, r->health_reason) == 0)
         return;
@@ -198,13 +198,13 @@ static void update_health(relay *r, int64_t now)
         r->next_kafka_probe = now + 1000;
     }
     if (!r->db.ok)
-        set_health(r, 0, "database unreachable: reconnecting");
+        relay_set_health(r, 0, "database unreachable: reconnecting");
     else if (atomic_load(&r->k.down))
-        set_health(r, 0, "kafka unreachable: every broker is down");
+        relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else if (st.stuck_reason[0] != '\0')
-        set_health(r, 0, st.stuck_reason);
+        relay_set_health(r, 0, st.stuck_reason);
     else
-        set_health(r, 1, "");
+        relay_set_health(r, 1, "");
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -281,7 +281,7 @@ static int await_kafka(relay *r)
             told = 1;
         }
         atomic_store(&r->k.down, 1);
-        set_health(r, 0, "kafka unreachable: waiting for a broker to answer");
+        relay_set_health(r, 0, "kafka unreachable: waiting for a broker to answer");
         if (stop_requested)
             return -1;
         rd_kafka_poll(r->k.rk, 0);

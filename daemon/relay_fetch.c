@@ -275,32 +275,16 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     return -1;
 }
 
-static unsigned char *put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-    return p + 4;
-}
-
 /* $9: a one-dimensional uuid[] in the binary format (array_recv), possibly
  * empty. Returns its length in out (room for 20 + n * 20 bytes). */
 static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids)[16])
 {
     int n = sched_fetch_exclude(r->s, ids, FETCH_EXCLUDE_MAX);
-    unsigned char *p = out;
-    p = put32(p, n > 0 ? 1 : 0);    /* dimensions: an empty array has none */
-    p = put32(p, 0);                /* no NULLs */
-    p = put32(p, 2950);             /* uuid */
-    if (n > 0) {
-        p = put32(p, (uint32_t)n);
-        p = put32(p, 1);            /* lower bound */
-        for (int i = 0; i < n; i++) {
-            p = put32(p, 16);
-            memcpy(p, ids[i], 16);
-            p += 16;
-        }
+    unsigned char *p = relay_put_array_header(out, 2950 /* uuid */, n);
+    for (int i = 0; i < n; i++) {
+        p = relay_put32(p, 16);
+        memcpy(p, ids[i], 16);
+        p += 16;
     }
     return (int)(p - out);
 }
