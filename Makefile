@@ -19,10 +19,11 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= cc
 
-# libferry reads saga definitions with libyaml's event parser (lib/saga_def.c
-# says why not libcyaml); the relay's config still uses libcyaml.
+# Every YAML file (saga definitions, rules, both programs' configuration)
+# is read with libyaml's event parser through lib/yaml_walk.c (the README's
+# Layout says why not libcyaml).
 PKGS        = libpq jansson rdkafka yaml-0.1
-DAEMON_PKGS = $(PKGS) libcyaml libmicrohttpd
+DAEMON_PKGS = $(PKGS) libmicrohttpd
 TEST_PKGS   = $(DAEMON_PKGS) cmocka
 # Lazy (=): evaluated by the inner make, after deps.sh has run.
 PKG_CFLAGS  = $(shell pkg-config --cflags $(TEST_PKGS))
@@ -86,12 +87,13 @@ FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
 .PHONY: all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
-        all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke
+        all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke \
+        coverage coverage-inner
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are not intermediate to us. (.PRECIOUS,
 # not .SECONDARY: the latter would make every target intermediate, the .d
 # files too, and a missing .d would no longer rebuild its object.)
-.PRECIOUS: build/rel/%.o build/asan/%.o build/vg/%.o build/fuzz/%.o
+.PRECIOUS: build/rel/%.o build/asan/%.o build/vg/%.o build/fuzz/%.o build/cov/%.o
 
 # `make help`: the targets and the variables a caller sets.
 define HELP
@@ -101,6 +103,9 @@ Targets:
   all (default)  libferry (static and shared), ferry-relay, ferry-reconcile   build/rel
   test           the whole suite under ASan+UBSan, in parallel           build/asan
   valgrind       the same tests unsanitized, under valgrind              build/vg
+  coverage       the same tests built with --coverage, and gcovr's line and
+                 branch summary of lib/ common/ daemon/ reconciler/      build/cov
+                 (report: build/cov/coverage.html)
   fuzz           each libFuzzer target for FUZZ_SECONDS                  build/fuzz
   demo           ferry end to end on a throwaway PostgreSQL
   bench          the benchmarks, as ratios against a same-run baseline
@@ -114,7 +119,9 @@ Variables:
   PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) RPATH (empty: no rpath in ferry.pc)
   CC=$(CC) FUZZ_CC=$(FUZZ_CC)
   FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS)
-  FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL (environment: scripts/run-tests.sh)
+  JOBS=$(JOBS) (files built at once, unless make was given -jN)
+  FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL, FERRY_TEST_TIMEOUT
+                 (environment: scripts/run-tests.sh)
 
 Lists: PROGRAMS, EXAMPLES, BENCHES (add to them); TESTS, FUZZERS (found:
 tests/test_*.c, tests/fuzz/fuzz_*.c)
@@ -123,9 +130,15 @@ export HELP
 help:
 	@printf '%s\n' "$$HELP"
 
-# Each public target: the packages first, then NAME-inner in a new make.
+# Each public target: the packages first, then NAME-inner in a new make,
+# which builds a file per core unless the caller said how many (-jN): from
+# a clean tree, `make test` spent 7.5 of its 20 minutes compiling one file
+# at a time. What runs after the build (the runner, the benchmarks one by
+# one) is one recipe and keeps its own order.
+JOBS    ?= $(shell nproc 2>/dev/null || echo 1)
+INNER_J  = $(if $(filter -j%,$(MAKEFLAGS)),,-j$(JOBS))
 all test bench valgrind fuzz: deps
-	@$(MAKE) --no-print-directory $@-inner
+	@$(MAKE) $(INNER_J) --no-print-directory $@-inner
 # The demo's build first and quietly (-s: a failing command still shows),
 # so that the demo's story is what is on the screen.
 demo: deps
@@ -155,6 +168,7 @@ test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             all-inner $(EXAMPLES) $(BENCHES) $(NODE_MODULES)
 	@bash scripts/run-tests.sh \
 	    --job saga-sim-broken '$(SAGA_SIM_BROKEN)' \
+	    --job run_tests_selftest 'bash tests/run_tests_selftest.sh' \
 	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
 	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
 	    build/asan/tests/pgtmp_selftest $(TESTS) tests/install_check.sh
@@ -175,6 +189,27 @@ fuzz-inner: $(FUZZERS)
 	@sh scripts/run-fuzz.sh $(FUZZ_SECONDS) $(FUZZERS)
 fuzz-smoke: $(FUZZERS)
 	@sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
+
+# The suite built with --coverage (build/cov), the relays and reconcilers
+# it starts as processes too, then gcovr's summary of the code ferry ships
+# (not the tests'). gcovr is a Debian package (scripts/deps.sh coverage);
+# only this target needs it. Counts start from zero on every run. The
+# timing-sensitive tests run unsanitized here, as under valgrind.
+COV_TESTS = $(TESTS:build/asan/%=build/cov/%)
+coverage: deps
+	@sh scripts/deps.sh coverage
+	@$(MAKE) $(INNER_J) --no-print-directory coverage-inner
+coverage-inner: $(COV_TESTS) build/cov/ferry-relay build/cov/ferry-reconcile
+	@find build/cov -name '*.gcda' -delete
+	@FERRY_RELAY_BIN=build/cov/ferry-relay FERRY_RECONCILE_BIN=build/cov/ferry-reconcile \
+	    FERRY_TEST_LOGDIR=build/cov/test-logs bash scripts/run-tests.sh $(COV_TESTS); \
+	    rc=$$?; \
+	    gcovr --root . --object-directory build/cov --filter 'lib/' --filter 'common/' \
+	        --filter 'daemon/' --filter 'reconciler/' --exclude-unreachable-branches \
+	        --print-summary --txt build/cov/coverage.txt \
+	        --html-details build/cov/coverage.html build/cov && \
+	    echo "coverage: build/cov/coverage.txt, build/cov/coverage.html"; \
+	    exit $$rc
 
 valgrind-inner: $(TESTS:build/asan/%=build/vg/%) build/asan/ferry-relay build/asan/ferry-reconcile
 	@FERRY_VALGRIND=1 bash scripts/run-tests.sh $(TESTS:build/asan/%=build/vg/%)
@@ -215,6 +250,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 #   asan   ASan+UBSan with the test hooks: the suite (`make test`)
 #   vg     the same tests unsanitized, for valgrind (`make valgrind`)
 #   fuzz   clang, libFuzzer's coverage under ASan+UBSan (`make fuzz`)
+#   cov    the tests with --coverage, unsanitized (`make coverage`)
 #
 # Each differs only in its compiler, its flags and how it links (CC_V,
 # CFLAGS_V, LDFLAGS_V below). Any product of any variant can be built by
@@ -226,7 +262,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 # there were any) is rebuilt once: the .d is a prerequisite, named as a
 # target without a recipe, which make counts as just changed when missing.
 # clang writes the .d after the .o, so the .o is touched after both.
-VARIANTS = rel asan vg fuzz
+VARIANTS = rel asan vg fuzz cov
 ALL_C    = $(wildcard lib/*.c common/*.c daemon/*.c reconciler/*.c tests/*.c tests/harness/*.c \
                       tests/fuzz/*.c bench/*.c examples/*.c)
 DEPFILES = $(foreach v,$(VARIANTS),$(ALL_C:%.c=build/$(v)/%.d) build/$(v)/tests/relay_sched_test.d)
@@ -248,6 +284,9 @@ LDFLAGS_asan = $(ASAN_FLAGS)
 CC_vg        = $(CC)
 CFLAGS_vg    = $(VG_CFLAGS)
 LDFLAGS_vg   =
+CC_cov       = $(CC)
+CFLAGS_cov   = $(BASE_CFLAGS) -O0 --coverage $(TEST_HOOKS)
+LDFLAGS_cov  = --coverage
 CC_fuzz      = $(FUZZ_CC)
 CFLAGS_fuzz  = $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link
 LDFLAGS_fuzz = $(FUZZ_FLAGS)

@@ -1,6 +1,6 @@
 /*
- * promtext.c — the Prometheus text exposition's number format
- * (promtext.h).
+ * promtext.c — the Prometheus text exposition's number format and label
+ * values (promtext.h).
  */
 #include "promtext.h"
 
@@ -23,6 +23,19 @@ void promtext_double(char *out, size_t size, double v)
         snprintf(out, size, "%.15g", v);
         if (strtod(out, NULL) != v)
             snprintf(out, size, "%.17g", v);
+    }
+}
+
+void promtext_label_value(strbuf *b, const char *v)
+{
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c == '\\' || c == '"')
+            sb_printf(b, "\\%c", c);
+        else if (c == '\n')
+            sb_printf(b, "\\n");
+        else if (c >= 0x20)
+            sb_printf(b, "%c", c);
     }
 }
 

@@ -9,6 +9,8 @@
 
 #include <stddef.h>
 
+#include "strbuf.h"
+
 /* A sample value as Prometheus' own clients print floats: the shortest of
  * %.15g and %.17g that reads back as the same double ("0.25", not
  * "0.25000000000000000"); NaN, +Inf and -Inf as the format spells them.
@@ -25,5 +27,11 @@ void promtext_double(char *out, size_t size, double v);
  * written, as snprintf's. Safe on any thread.
  */
 int promtext_process(char *out, size_t size);
+
+/* A label value, between the quotes, as the format wants it: backslash,
+ * double quote and newline escaped; other bytes below 0x20 dropped (a
+ * broker name or a version comes from outside and must not break a
+ * line). The one escaping of every exporter of ours. */
+void promtext_label_value(strbuf *b, const char *v);
 
 #endif

@@ -38,29 +38,22 @@
  * and ${file:/path} references (confref.h), resolved where it is read, so
  * that an error names the setting and the place.
  *
- * The file is read into memory (at most CONFIG_FILE_MAX bytes) and passed
- * over three times; each pass reports the first problem it finds, as
- * "FILE:LINE:COLUMN: KEY: ...":
+ * The file is read into memory (at most CONFIG_FILE_MAX bytes) and walked
+ * once by lib/yaml_walk.c, the reader of every YAML file of ferry's (saga
+ * definitions, the reconciler's rules and configuration): every problem
+ * in it is reported, not only the first, each as "FILE:LINE:COLUMN: KEY:
+ * ..." (one a line, in document order). The walker refuses YAML syntax
+ * errors, a second document, anchors and aliases ("billion laughs": so
+ * memory stays linear in the file, whose size is capped), tags, nesting
+ * deeper than FERRY_YW_DEPTH_MAX, unknown and duplicate keys; each value
+ * it reads goes through apply_value(), as a value from the environment or
+ * a flag does, and the kafka: map (any property name) is read here.
  *
- *  1. The outline, from libyaml's events: YAML syntax, one document, a
- *     mapping at the top, no aliases, no duplicate keys, no key that the
- *     libcyaml schema does not name, and the kafka: map (any property name,
- *     which a libcyaml schema cannot express). It remembers where every key
- *     and value is, for the messages of the later passes.
- *  2. libcyaml with file_schema: each setting is a single value, and the
- *     names of log_level and retention. Its errors arrive as log lines; we
- *     keep the message and the backtrace's field and put the place first.
- *  3. Ours: numbers and their ranges, HOST:PORT.
- *
- * Numbers pass through libcyaml as text: libcyaml 1.3.1 reads an integer
- * with strtoll(value, &end, 0) and never looks at end, so "12abc" loads
- * as 12, "1.5" as 1 and "010" as 8. They go through parse_int() instead,
- * the same parser --set uses.
- *
- * Aliases ("billion laughs"): libyaml's event parser never expands them;
- * the outline refuses every alias event and libcyaml runs with
- * CYAML_CFG_NO_ALIAS as well, so memory stays linear in the file, whose
- * size is capped, and nesting is capped at YAML_DEPTH_MAX.
+ * Why not libcyaml, which this file used before: its schema stops at the
+ * first error, cannot express the kafka: map, and reads an integer with
+ * strtoll(value, &end, 0) without looking at end ("12abc" loaded as 12):
+ * it needed an outline pass before it and our checks after it, and the
+ * three reported in three styles.
  *
  * relay_config_load is not thread-safe: getopt_long keeps its state in
  * globals. Call it at start-up.
@@ -68,8 +61,8 @@
 #include "config.h"
 #include "confref.h"
 #include "../lib/internal.h"
+#include "../lib/yaml_walk.h"
 
-#include <cyaml/cyaml.h>
 #include <librdkafka/rdkafka.h>
 #include <yaml.h>
 
@@ -90,7 +83,6 @@
 
 enum {
     CONFIG_FILE_MAX = 1 << 20,        /* bytes of YAML we read at most */
-    YAML_DEPTH_MAX = 16,              /* nested mappings and sequences */
 };
 
 /*
@@ -152,24 +144,9 @@ const char *relay_source_problem(const char *s)
     X(stuck_ms,          5000,  100, 3600000, "a partition or key waiting longer is stuck") \
     X(stop_grace_ms,    20000,    0, 3600000, "how long SIGTERM waits for deliveries")
 
-/* What libcyaml loads the file into; every pointer is NULL when unset. */
-typedef struct file_settings {
-    char *db;
-    char *metrics;
-    char *holder;
-    char *source;
-#define X_MEMBER(name, def, lo, hi, doc) char *name;   /* text: see parse_int() */
-    INT_SETTINGS(X_MEMBER)
-#undef X_MEMBER
-    char *log_level;                  /* text: names looked up by apply_value() */
-    char *retention;
-    char *outbox_source;
-} file_settings;
-
 typedef struct int_setting {
     const char *name;
     size_t cfg_offset;                /* int in relay_config */
-    size_t file_offset;               /* char * in file_settings */
     long def, min, max;
     const char *doc;
 } int_setting;
@@ -183,8 +160,7 @@ enum {
 
 static const int_setting int_settings[N_INT_SETTINGS] = {
 #define X_ROW(name, def, lo, hi, doc) \
-    [INT_##name] = {#name, offsetof(relay_config, name), offsetof(file_settings, name), \
-                    def, lo, hi, doc},
+    [INT_##name] = {#name, offsetof(relay_config, name), def, lo, hi, doc},
     INT_SETTINGS(X_ROW)
 #undef X_ROW
 };
@@ -194,24 +170,26 @@ static int *int_slot(relay_config *c, const int_setting *s)
     return (int *)(void *)((char *)c + s->cfg_offset);
 }
 
-static const char *file_text(const file_settings *fs, const int_setting *s)
-{
-    return *(char *const *)(const void *)((const char *)fs + s->file_offset);
-}
+/* A name a setting takes, and its value. */
+typedef struct name_value {
+    const char *str;
+    int val;
+} name_value;
+#define N_NAMES(a) ((unsigned)(sizeof(a) / sizeof((a)[0])))
 
-static const cyaml_strval_t log_level_names[] = {
+static const name_value log_level_names[] = {
     {"error", 0}, {"warn", 1}, {"info", 2}, {"debug", 3},
 };
-static const cyaml_strval_t retention_names[] = {
+static const name_value retention_names[] = {
     {"delete", RELAY_RETENTION_DELETE}, {"mark", RELAY_RETENTION_MARK},
 };
-static const cyaml_strval_t outbox_source_names[] = {
+static const name_value outbox_source_names[] = {
     {"table", RELAY_SOURCE_TABLE}, {"wal", RELAY_SOURCE_WAL},
 };
 
 typedef struct enum_setting {
     const char *name;
-    const cyaml_strval_t *names;
+    const name_value *names;
     unsigned count;
     int def;                          /* a value of names */
     const char *doc;                  /* for --help */
@@ -219,13 +197,13 @@ typedef struct enum_setting {
 
 enum { ENUM_LOG_LEVEL, ENUM_RETENTION, ENUM_OUTBOX_SOURCE, N_ENUM_SETTINGS };
 static const enum_setting enum_settings[N_ENUM_SETTINGS] = {
-    [ENUM_LOG_LEVEL] = {"log_level", log_level_names, CYAML_ARRAY_LEN(log_level_names), 2,
+    [ENUM_LOG_LEVEL] = {"log_level", log_level_names, N_NAMES(log_level_names), 2,
                         "the least severe log event written"},
-    [ENUM_RETENTION] = {"retention", retention_names, CYAML_ARRAY_LEN(retention_names),
+    [ENUM_RETENTION] = {"retention", retention_names, N_NAMES(retention_names),
                         RELAY_RETENTION_DELETE,
                         "an acknowledged row is deleted, or marked published_at"},
     [ENUM_OUTBOX_SOURCE] = {"outbox_source", outbox_source_names,
-                            CYAML_ARRAY_LEN(outbox_source_names), RELAY_SOURCE_TABLE,
+                            N_NAMES(outbox_source_names), RELAY_SOURCE_TABLE,
                             "poll the outbox table, or stream the WAL slot (README, Two sources)"},
 };
 
@@ -330,54 +308,17 @@ static int setting_by_name(const char *name, size_t n)
     return -1;
 }
 
-#define STRING_FLAGS (CYAML_FLAG_OPTIONAL | CYAML_FLAG_POINTER_NULL_STR)
-
-/* The keys of the file: the outline refuses any other. */
-static const cyaml_schema_field_t file_fields[] = {
-    CYAML_FIELD_STRING_PTR("db", STRING_FLAGS, file_settings, db, 0, CYAML_UNLIMITED),
-    CYAML_FIELD_STRING_PTR("metrics", STRING_FLAGS, file_settings, metrics, 0, CYAML_UNLIMITED),
-    CYAML_FIELD_STRING_PTR("holder", STRING_FLAGS, file_settings, holder, 0, CYAML_UNLIMITED),
-    CYAML_FIELD_STRING_PTR("source", STRING_FLAGS, file_settings, source, 0, CYAML_UNLIMITED),
-#define X_FIELD(name, def, lo, hi, doc) \
-    CYAML_FIELD_STRING_PTR(#name, STRING_FLAGS, file_settings, name, 0, CYAML_UNLIMITED),
-    INT_SETTINGS(X_FIELD)
-#undef X_FIELD
-    /* Text, not libcyaml enums: a value may be a ${env:...} reference. */
-    CYAML_FIELD_STRING_PTR("log_level", STRING_FLAGS, file_settings, log_level, 0, CYAML_UNLIMITED),
-    CYAML_FIELD_STRING_PTR("retention", STRING_FLAGS, file_settings, retention, 0, CYAML_UNLIMITED),
-    CYAML_FIELD_STRING_PTR("outbox_source", STRING_FLAGS, file_settings, outbox_source, 0,
-                           CYAML_UNLIMITED),
-    /* Read by the outline: librdkafka property names are open-ended. */
-    CYAML_FIELD_IGNORE("kafka", CYAML_FLAG_OPTIONAL),
-    CYAML_FIELD_END,
-};
-enum { N_FIELDS = sizeof file_fields / sizeof file_fields[0] - 1 };
-
-/* Where file_settings keeps each text and name setting (kafka: none). */
-static const size_t string_file_offset[N_STRING_SETTINGS] = {
-    [STR_db] = offsetof(file_settings, db),
-    [STR_kafka] = 0,
-    [STR_metrics] = offsetof(file_settings, metrics),
-    [STR_holder] = offsetof(file_settings, holder),
-    [STR_source] = offsetof(file_settings, source),
-};
-static const size_t enum_file_offset[N_ENUM_SETTINGS] = {
-    [ENUM_LOG_LEVEL] = offsetof(file_settings, log_level),
-    [ENUM_RETENTION] = offsetof(file_settings, retention),
-    [ENUM_OUTBOX_SOURCE] = offsetof(file_settings, outbox_source),
-};
-
-static const cyaml_schema_value_t file_schema = {
-    CYAML_VALUE_MAPPING(CYAML_FLAG_POINTER, file_settings, file_fields),
-};
-
-static int field_index(const char *key)
+/* The keys of the file, in the settings' order (kafka: is the map of
+ * librdkafka properties, its bootstrap.servers the kafka setting). */
+static const char *const *file_keys(void)
 {
-    for (int i = 0; i < N_FIELDS; i++)
-        if (strcmp(file_fields[i].key, key) == 0)
-            return i;
-    return -1;
+    static const char *keys[N_SETTINGS];
+    const setting *t = settings_table();
+    for (int k = 0; k < N_SETTINGS; k++)
+        keys[k] = t[k].name;
+    return keys;
 }
+_Static_assert(N_SETTINGS <= FERRY_YW_KEYS_MAX, "ferry_yw_read_mapping's table");
 
 /* librdkafka's two names for the bootstrap servers. */
 static bool is_bootstrap(const char *name, size_t n)
@@ -409,6 +350,8 @@ typedef struct loader {
     size_t errlen;
     const char *path;                 /* the config file, or NULL */
     bool path_from_env;               /* named by FERRY_CONFIG */
+    ferry__yw *walk;                   /* while the file is walked: where its errors go */
+    bool oom;
 } loader;
 
 __attribute__((format(printf, 2, 0)))
@@ -460,6 +403,16 @@ __attribute__((format(printf, 4, 5)))
 static int fail_in(loader *ld, const where *w, const char *key, const char *fmt, ...)
 {
     va_list ap;
+    if (w->kind == FROM_FILE && ld->walk) {
+        /* One of the file's errors; the walk goes on to find the others. */
+        char msg[512];
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        ferry__yw_error_at(ld->walk, (ferry__yw_place){(int)w->at.line, (int)w->at.column}, key,
+                          "%s", msg);
+        return -1;
+    }
     if (w->kind == FROM_FILE)
         fail_at(ld, w->at, "%s: ", key);
     else
@@ -472,11 +425,12 @@ static int fail_in(loader *ld, const where *w, const char *key, const char *fmt,
 
 static int out_of_memory(loader *ld)
 {
+    ld->oom = true;
     return fail(ld, "out of memory reading the configuration");
 }
 
 /* "a, b or c" */
-static void format_names(const cyaml_strval_t *names, unsigned count, char *buf, size_t len)
+static void format_names(const name_value *names, unsigned count, char *buf, size_t len)
 {
     size_t used = 0;
     buf[0] = '\0';
@@ -664,462 +618,220 @@ static int append_prop(loader *ld, const char *name, size_t n, const char *value
     return 0;
 }
 
-/* ------------------------------------------------------------ pass 1: outline */
+/* ------------------------------------------------------------ the file */
 
-typedef struct outline {
+typedef struct file_walk {
     loader *ld;
-    yaml_parser_t parser;
-    const unsigned char *text;
-    size_t len;
-    unsigned depth;
-    const char *in_key;               /* top-level key being read, or NULL */
-    const char *in_prop;              /* kafka property being read, or NULL */
-    bool any;                         /* the top is a mapping with keys */
-    bool seen[N_FIELDS];
-    bool quoted[N_FIELDS];            /* the value is a quoted scalar */
-    place key_at[N_FIELDS];
-    place value_at[N_FIELDS];
-    place prop_at[RELAY_KAFKA_PROPS_MAX];   /* parallel to cfg.kafka_props */
-    place bootstrap_at;
-} outline;
+    ferry__yw_place prop_at[RELAY_KAFKA_PROPS_MAX];  /* parallel to cfg.kafka_props */
+    ferry__yw_place bootstrap_at;
+    bool too_many;                    /* "more than N properties" said */
+} file_walk;
 
-static place place_of(yaml_mark_t m)
+static ferry__yw_place at_of(const yaml_event_t *ev)
 {
-    return (place){(unsigned long)m.line + 1, (unsigned long)m.column + 1};
+    return ferry__yw_place_of(ev->start_mark);
 }
 
-/* libyaml's reader errors come with a byte offset only. */
-static place place_of_offset(const unsigned char *text, size_t len, size_t offset)
+static place place_from(ferry__yw_place p)
 {
-    place at = {1, 1};
-    for (size_t i = 0; i < offset && i < len; i++) {
-        if (text[i] == '\n') {
-            at.line++;
-            at.column = 1;
-        } else {
-            at.column++;
-        }
-    }
-    return at;
+    return (place){(unsigned long)p.line, (unsigned long)p.column};
 }
 
-/* The message, after "FILE:LINE:COLUMN: " and the key we are in. */
-__attribute__((format(printf, 3, 4)))
-static int outline_fail(outline *o, place at, const char *fmt, ...)
+/* The value of one NAME: VALUE of the kafka: map, whose name event is key
+ * (the caller deletes it). Errors about the name are "kafka: ...", about
+ * the value "kafka: NAME: ...", as the relay has always said them. */
+static int read_kafka_prop(file_walk *fw, ferry__yw *w, const yaml_event_t *key)
 {
-    va_list ap;
-    fail_at(o->ld, at, "%s%s%s%s", o->in_key ? o->in_key : "", o->in_key ? ": " : "",
-            o->in_prop ? o->in_prop : "", o->in_prop ? ": " : "");
-    va_start(ap, fmt);
-    append_v(o->ld, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-static int syntax_error(outline *o)
-{
-    const yaml_parser_t *p = &o->parser;
-    if (p->error == YAML_MEMORY_ERROR)
-        return out_of_memory(o->ld);
-    const char *problem = p->problem ? p->problem : "unknown error";
-    o->in_key = o->in_prop = NULL;    /* a syntax error is often past the value */
-    if (p->error == YAML_READER_ERROR) {
-        place at = place_of_offset(o->text, o->len, p->problem_offset);
-        if (p->problem_value != -1)
-            return outline_fail(o, at, "invalid YAML: %s (byte 0x%02x)", problem,
-                                (unsigned)p->problem_value & 0xffu);
-        return outline_fail(o, at, "invalid YAML: %s", problem);
-    }
-    if (p->context) {
-        place ctx = place_of(p->context_mark);
-        return outline_fail(o, place_of(p->problem_mark), "invalid YAML: %s (%s at line %lu, column %lu)",
-                            problem, p->context, ctx.line, ctx.column);
-    }
-    return outline_fail(o, place_of(p->problem_mark), "invalid YAML: %s", problem);
-}
-
-/*
- * The next event, or -1 after a syntax error, an alias, too deep a nesting
- * or a NUL in a scalar. On 0 the caller deletes the event.
- */
-static int next_event(outline *o, yaml_event_t *ev)
-{
-    if (!yaml_parser_parse(&o->parser, ev))
-        return syntax_error(o);
-    switch (ev->type) {
-    case YAML_ALIAS_EVENT: {
-        outline_fail(o, place_of(ev->start_mark), "aliases are not allowed (*%.64s)",
-                     (const char *)ev->data.alias.anchor);
-        yaml_event_delete(ev);
-        return -1;
-    }
-    case YAML_MAPPING_START_EVENT:
-    case YAML_SEQUENCE_START_EVENT:
-        if (++o->depth > YAML_DEPTH_MAX) {
-            outline_fail(o, place_of(ev->start_mark), "nested more than %d levels deep",
-                         YAML_DEPTH_MAX);
-            yaml_event_delete(ev);
-            return -1;
-        }
-        break;
-    case YAML_MAPPING_END_EVENT:
-    case YAML_SEQUENCE_END_EVENT:
-        o->depth--;
-        break;
-    case YAML_SCALAR_EVENT:
-        /* A double-quoted "\0" would cut every string we copy short. */
-        if (memchr(ev->data.scalar.value, '\0', ev->data.scalar.length)) {
-            outline_fail(o, place_of(ev->start_mark), "a value contains a NUL character");
-            yaml_event_delete(ev);
-            return -1;
-        }
-        break;
-    default:
-        break;
-    }
-    return 0;
-}
-
-/* Read to the end of the collection whose start event was just read. */
-static int skip_collection(outline *o)
-{
-    unsigned level = o->depth - 1;
-    while (o->depth > level) {
-        yaml_event_t ev;
-        if (next_event(o, &ev) != 0)
-            return -1;
-        yaml_event_delete(&ev);
-    }
-    return 0;
-}
-
-/* YAML's null: an empty, "~" or "null" plain scalar. */
-static bool is_null(const yaml_event_t *ev)
-{
-    const char *v = (const char *)ev->data.scalar.value;
-    return ev->type == YAML_SCALAR_EVENT && ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-           (v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
-            strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0);
-}
-
-static const char *kind_of(const yaml_event_t *ev)
-{
-    return ev->type == YAML_MAPPING_START_EVENT ? "a mapping" : "a sequence";
-}
-
-/* A property's value with its references resolved (confref.h), into
- * *out (the caller frees it); or -1, said at the value's place. */
-static int expand_value(outline *o, place at, const char *raw, char **out)
-{
-    char why[512];
-    if (confref_expand(raw, out, why, sizeof why) != 0)
-        return outline_fail(o, at, "%s", why);
-    return 0;
-}
-
-/* One NAME: VALUE of the kafka: map; the name event is consumed. */
-static int read_kafka_prop(outline *o, yaml_event_t *key)
-{
-    loader *ld = o->ld;
-    place key_at = place_of(key->start_mark);
+    loader *ld = fw->ld;
+    ferry__yw_place key_at = at_of(key);
+    char buf[96];
+    const char *name = NULL;
+    size_t n = 0;
     if (key->type != YAML_SCALAR_EVENT) {
-        outline_fail(o, key_at, "a property name must be a string, not %s", kind_of(key));
-        yaml_event_delete(key);
+        ferry__yw_error(w, key_at, "a property name must be a string, not %s",
+                       ferry__yw_describe(key, buf, sizeof buf));
+        if (ferry__yw_skip(w, key) != 0)
+            return -1;
+    } else {
+        name = ferry__yw_scalar(key);
+        n = strlen(name);
+        const relay_kv *dup = find_prop(&ld->cfg, name, n);
+        if (!valid_prop_name(name, n)) {
+            ferry__yw_error(w, key_at, "invalid property name \"%.64s\": expected printable "
+                           "characters without spaces", name);
+            name = NULL;
+        } else if (dup) {
+            ferry__yw_error(w, key_at, "duplicate property \"%s\" (first at line %d)", name,
+                           fw->prop_at[dup - ld->cfg.kafka_props].line);
+            name = NULL;
+        } else if (is_bootstrap(name, n) && ld->cfg.kafka) {
+            ferry__yw_error(w, key_at, "duplicate property \"%s\": the bootstrap servers are set "
+                           "at line %d already", name, fw->bootstrap_at.line);
+            name = NULL;
+        }
+    }
+
+    size_t old = strlen(w->path);
+    if (name)
+        snprintf(w->path + old, sizeof w->path - old, ": %s", name);
+    yaml_event_t val;
+    if (ferry__yw_next(w, &val) != 0) {
+        w->path[old] = '\0';
         return -1;
     }
-    const char *name = (const char *)key->data.scalar.value;
-    size_t n = key->data.scalar.length;
-    int rc = -1;
-    yaml_event_t val;
+    int rc = 0;
     char *value = NULL;
-    const relay_kv *dup = find_prop(&ld->cfg, name, n);
-
-    if (!valid_prop_name(name, n)) {
-        outline_fail(o, key_at, "invalid property name \"%.64s\": expected printable characters "
-                     "without spaces", name);
-        goto out_key;
-    }
-    if (dup) {
-        outline_fail(o, key_at, "duplicate property \"%s\" (first at line %lu)", name,
-                     o->prop_at[dup - ld->cfg.kafka_props].line);
-        goto out_key;
-    }
-    if (is_bootstrap(name, n) && ld->cfg.kafka) {
-        outline_fail(o, key_at, "duplicate property \"%s\": the bootstrap servers are set at "
-                     "line %lu already", name, o->bootstrap_at.line);
-        goto out_key;
-    }
-    o->in_prop = name;
-    if (next_event(o, &val) != 0)
-        goto out_key;
-    if (val.type != YAML_SCALAR_EVENT) {
-        outline_fail(o, key_at, "expected a single value, not %s", kind_of(&val));
-    } else if (is_null(&val)) {
-        outline_fail(o, place_of(val.start_mark), "no value");
-    } else if (expand_value(o, place_of(val.start_mark), (const char *)val.data.scalar.value,
-                            &value) != 0) {
-        /* said */
+    char why[512];
+    if (!name) {
+        rc = ferry__yw_skip(w, &val);
+    } else if (val.type != YAML_SCALAR_EVENT) {
+        ferry__yw_error(w, key_at, "expected a single value, not %s",
+                       ferry__yw_describe(&val, buf, sizeof buf));
+        rc = ferry__yw_skip(w, &val);
+    } else if (ferry__yw_is_null(&val)) {
+        ferry__yw_error(w, at_of(&val), "no value");
+    } else if (confref_expand(ferry__yw_scalar(&val), &value, why, sizeof why) != 0) {
+        ferry__yw_error(w, at_of(&val), "%s", why);
     } else if (is_bootstrap(name, n)) {
-        if (value[0] == '\0') {
-            outline_fail(o, place_of(val.start_mark), "must not be empty");
-        } else if (set_string(ld, &ld->cfg.kafka, value) == 0) {
-            o->bootstrap_at = key_at;
-            rc = 0;
-        }
+        if (value[0] == '\0')
+            ferry__yw_error(w, at_of(&val), "must not be empty");
+        else if (set_string(ld, &ld->cfg.kafka, value) == 0)
+            fw->bootstrap_at = key_at;
     } else if (ld->cfg.kafka_props_count == RELAY_KAFKA_PROPS_MAX) {
-        o->in_prop = NULL;
-        outline_fail(o, key_at, "more than %d properties", RELAY_KAFKA_PROPS_MAX);
+        w->path[old] = '\0';
+        if (!fw->too_many)
+            ferry__yw_error(w, key_at, "more than %d properties", RELAY_KAFKA_PROPS_MAX);
+        fw->too_many = true;
     } else {
-        o->prop_at[ld->cfg.kafka_props_count] = key_at;
-        rc = append_prop(ld, name, n, value);
+        fw->prop_at[ld->cfg.kafka_props_count] = key_at;
+        append_prop(ld, name, n, value);
     }
     free(value);
     yaml_event_delete(&val);
-out_key:
-    o->in_prop = NULL;                /* name dies with the key event */
-    yaml_event_delete(key);
-    return rc;
+    w->path[old] = '\0';
+    return ld->oom ? ferry__yw_oom(w) : rc;
 }
 
-/* The value of kafka:, its first event in ev (consumed). */
-static int read_kafka(outline *o, yaml_event_t *ev)
+/* The value of kafka:, its first event ev (the walker deletes it). */
+static int read_kafka(file_walk *fw, ferry__yw *w, const yaml_event_t *ev)
 {
+    char buf[96];
     if (ev->type == YAML_SCALAR_EVENT) {
-        bool null = is_null(ev);
-        if (!null)
-            outline_fail(o, place_of(ev->start_mark),
-                         "expected a mapping of librdkafka properties (NAME: VALUE), not \"%.64s\"",
-                         (const char *)ev->data.scalar.value);
-        yaml_event_delete(ev);
-        return null ? 0 : -1;
+        if (!ferry__yw_is_null(ev))
+            ferry__yw_error(w, at_of(ev), "expected a mapping of librdkafka properties "
+                           "(NAME: VALUE), not \"%.64s\"", ferry__yw_scalar(ev));
+        return 0;
     }
     if (ev->type != YAML_MAPPING_START_EVENT) {
-        outline_fail(o, place_of(ev->start_mark),
-                     "expected a mapping of librdkafka properties (NAME: VALUE), not %s",
-                     kind_of(ev));
-        yaml_event_delete(ev);
-        return -1;
+        ferry__yw_error(w, at_of(ev), "expected a mapping of librdkafka properties (NAME: VALUE), "
+                       "not %s", ferry__yw_describe(ev, buf, sizeof buf));
+        return ferry__yw_skip(w, ev);
     }
-    yaml_event_delete(ev);
     for (;;) {
         yaml_event_t key;
-        if (next_event(o, &key) != 0)
+        if (ferry__yw_next(w, &key) != 0)
             return -1;
         if (key.type == YAML_MAPPING_END_EVENT) {
             yaml_event_delete(&key);
             return 0;
         }
-        if (read_kafka_prop(o, &key) != 0)
-            return -1;
-    }
-}
-
-/* The pairs of the top-level mapping, up to and including its end. */
-static int read_settings(outline *o)
-{
-    for (;;) {
-        yaml_event_t key, val;
-        if (next_event(o, &key) != 0)
-            return -1;
-        if (key.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&key);
-            return 0;
-        }
-        place key_at = place_of(key.start_mark);
-        if (key.type != YAML_SCALAR_EVENT) {
-            outline_fail(o, key_at, "a setting's name must be a string, not %s", kind_of(&key));
-            yaml_event_delete(&key);
-            return -1;
-        }
-        int i = field_index((const char *)key.data.scalar.value);
-        if (i < 0) {
-            outline_fail(o, key_at, "unknown setting \"%.64s\"", (const char *)key.data.scalar.value);
-            yaml_event_delete(&key);
-            return -1;
-        }
+        int rc = read_kafka_prop(fw, w, &key);
         yaml_event_delete(&key);
-        o->in_key = file_fields[i].key;
-        if (o->seen[i])
-            return outline_fail(o, key_at, "duplicate setting (first at line %lu)",
-                                o->key_at[i].line);
-        o->seen[i] = true;
-        o->any = true;
-        o->key_at[i] = key_at;
-
-        if (next_event(o, &val) != 0)
+        if (rc != 0)
             return -1;
-        o->value_at[i] = place_of(val.start_mark);
-        if (strcmp(file_fields[i].key, "kafka") == 0) {
-            if (read_kafka(o, &val) != 0)
-                return -1;
-        } else if (val.type == YAML_SCALAR_EVENT) {
-            o->quoted[i] = val.data.scalar.style != YAML_PLAIN_SCALAR_STYLE;
-            yaml_event_delete(&val);
-        } else {
-            /* Wrong, but libcyaml says so in pass 2. */
-            yaml_event_delete(&val);
-            if (skip_collection(o) != 0)
-                return -1;
-        }
-        o->in_key = NULL;
     }
 }
 
-/* Stream, at most one document, whose top is a mapping or null. */
-static int read_outline(outline *o)
+/* One setting of the file: its value applied where it is read. */
+static int file_value(ferry__yw *w, int index, ferry__yw_place key_at, yaml_event_t *val,
+                      void *arg)
 {
-    yaml_event_t ev;
-    if (next_event(o, &ev) != 0)              /* STREAM-START */
-        return -1;
-    yaml_event_delete(&ev);
-    if (next_event(o, &ev) != 0)
-        return -1;
-    if (ev.type == YAML_STREAM_END_EVENT) {   /* empty, or comments only */
-        yaml_event_delete(&ev);
+    file_walk *fw = arg;
+    const setting *s = &settings_table()[index];
+    char buf[96];
+    if (s->kind == SETTING_STRING && s->index == STR_kafka)
+        return read_kafka(fw, w, val);
+    if (val->type != YAML_SCALAR_EVENT) {
+        /* At the key: a block collection starts on the line after it. */
+        ferry__yw_error(w, key_at, "expected a single value, not %s",
+                       ferry__yw_describe(val, buf, sizeof buf));
+        return ferry__yw_skip(w, val);
+    }
+    if (ferry__yw_is_null(val))
+        return 0;                     /* not set here */
+    if (s->kind == SETTING_INT && !ferry__yw_is_plain(val)) {
+        ferry__yw_error(w, at_of(val), "expected a decimal integer, not a quoted string");
         return 0;
     }
-    yaml_event_delete(&ev);                   /* DOCUMENT-START */
-
-    if (next_event(o, &ev) != 0)
-        return -1;
-    if (ev.type == YAML_MAPPING_START_EVENT) {
-        yaml_event_delete(&ev);
-        if (read_settings(o) != 0)
-            return -1;
-    } else if (is_null(&ev)) {
-        yaml_event_delete(&ev);
-    } else {
-        outline_fail(o, place_of(ev.start_mark),
-                     "expected a mapping of settings (NAME: VALUE) at the top");
-        yaml_event_delete(&ev);
-        return -1;
-    }
-
-    if (next_event(o, &ev) != 0)              /* DOCUMENT-END */
-        return -1;
-    yaml_event_delete(&ev);
-    if (next_event(o, &ev) != 0)
-        return -1;
-    if (ev.type != YAML_STREAM_END_EVENT) {
-        outline_fail(o, place_of(ev.start_mark), "a second YAML document; only one is allowed");
-        yaml_event_delete(&ev);
-        return -1;
-    }
-    yaml_event_delete(&ev);
-    return 0;
+    where from = {.kind = FROM_FILE, .at = place_from(at_of(val))};
+    apply_value(fw->ld, index, ferry__yw_scalar(val), &from);
+    return fw->ld->oom ? ferry__yw_oom(w) : 0;
 }
 
-static int outline_file(outline *o)
+/* The walker's errors into the caller's buffer, one a line (the texts
+ * are escaped already: ferry__yw_add_error). The first is always there,
+ * cut between characters if it must be; a later one only whole. */
+static int report_errors(loader *ld, const ferry_saga_load_errors *errs)
 {
-    if (!yaml_parser_initialize(&o->parser))
-        return out_of_memory(o->ld);
-    yaml_parser_set_input_string(&o->parser, o->text, o->len);
-    int rc = read_outline(o);
-    yaml_parser_delete(&o->parser);
-    return rc;
-}
-
-/* ------------------------------------------------------------ pass 2: libcyaml */
-
-/* libcyaml's first error line and the innermost field of its backtrace. */
-typedef struct cyaml_capture {
-    char message[256];
-    char field[64];
-} cyaml_capture;
-
-__attribute__((format(printf, 3, 0)))
-static void capture_cyaml_log(cyaml_log_t level, void *ctx, const char *fmt, va_list args)
-{
-    static const char field_prefix[] = "  in mapping field";
-    cyaml_capture *cap = ctx;
-    char line[512];
-    if (level < CYAML_LOG_ERROR)
-        return;
-    vsnprintf(line, sizeof line, fmt, args);
-    line[strcspn(line, "\n")] = '\0';
-    if (strncmp(line, "Load: ", 6) == 0 && strcmp(line + 6, "Backtrace:") != 0) {
-        if (!cap->message[0])
-            snprintf(cap->message, sizeof cap->message, "%s", line + 6);
-    } else if (strncmp(line, field_prefix, sizeof field_prefix - 1) == 0 && !cap->field[0]) {
-        /* 1.3: "  in mapping field 'KEY' (line: L, column: C)"; older: ": KEY" */
-        const char *key = line + sizeof field_prefix - 1;
-        key += strspn(key, " :'");
-        snprintf(cap->field, sizeof cap->field, "%.*s", (int)strcspn(key, "' "), key);
-    }
-}
-
-static int cyaml_failure(outline *o, cyaml_err_t err, const cyaml_capture *cap)
-{
-    loader *ld = o->ld;
-    if (err == CYAML_ERR_OOM)
-        return out_of_memory(ld);
-    const char *what = cap->message[0] ? cap->message : cyaml_strerror(err);
-    int i = cap->field[0] ? field_index(cap->field) : -1;
-    if (i < 0)
-        return fail(ld, "%s: %s", ld->path, what);
-
-    const char *key = file_fields[i].key;
-    place at = o->value_at[i];
-    /* A block collection starts on the line after its key: point at the key. */
-    if (strncmp(what, "Expecting ", 10) == 0 && strstr(what, "MAPPING_START"))
-        return fail_at(ld, o->key_at[i], "%s: expected a single value, not a mapping", key);
-    if (strncmp(what, "Expecting ", 10) == 0 && strstr(what, "SEQUENCE_START"))
-        return fail_at(ld, o->key_at[i], "%s: expected a single value, not a sequence", key);
-    return fail_at(ld, at, "%s: %s", key, what);
-}
-
-/* ------------------------------------------------------------ pass 3: values */
-
-static int apply_file(loader *ld, const outline *o, const file_settings *fs)
-{
-    /* libcyaml has read each setting as text; apply_value() does the rest. */
-    const setting *t = settings_table();
-    for (int k = 0; k < N_SETTINGS; k++) {
-        const char *text = NULL;
-        switch (t[k].kind) {
-        case SETTING_STRING:
-            if (t[k].index == STR_kafka)
-                continue;               /* kafka: bootstrap.servers, read by the outline */
-            text = *(char *const *)(const void *)((const char *)fs + string_file_offset[t[k].index]);
-            break;
-        case SETTING_INT:
-            text = file_text(fs, &int_settings[t[k].index]);
-            break;
-        case SETTING_ENUM:
-            text = *(char *const *)(const void *)((const char *)fs + enum_file_offset[t[k].index]);
-            break;
-        }
-        if (!text)
+    for (size_t i = 0; i < errs->count && ld->err && ld->errlen; i++) {
+        const ferry_saga_load_error *e = &errs->errors[i];
+        char line[sizeof e->file + sizeof e->field + sizeof e->message + 64];
+        int n;
+        if (e->line > 0)
+            n = snprintf(line, sizeof line, "%s%s:%d:%d: %s%s%s", i ? "\n" : "", e->file, e->line,
+                         e->column, e->field, e->field[0] ? ": " : "", e->message);
+        else
+            n = snprintf(line, sizeof line, "%s%s: %s%s%s", i ? "\n" : "", e->file, e->field,
+                         e->field[0] ? ": " : "", e->message);
+        if (i == 0) {
+            fail(ld, "%s", line);
             continue;
-        int i = field_index(t[k].name);
-        if (t[k].kind == SETTING_INT && o->quoted[i])
-            return fail_at(ld, o->value_at[i], "%s: expected a decimal integer, not a quoted "
-                           "string", t[k].name);
-        where w = {.kind = FROM_FILE, .at = o->value_at[i]};
-        if (apply_value(ld, k, text, &w) != 0)
-            return -1;
+        }
+        size_t used = strlen(ld->err);
+        if (n < 0 || used + (size_t)n >= ld->errlen)
+            break;
+        memcpy(ld->err + used, line, (size_t)n + 1);
     }
-    return 0;
+    return -1;
 }
 
-static int load_settings(outline *o)
+static int walk_file(loader *ld, const char *text, size_t len)
 {
-    cyaml_capture cap = {{0}, {0}};
-    const cyaml_config_t config = {
-        .log_fn = capture_cyaml_log,
-        .log_ctx = &cap,
-        .mem_fn = cyaml_mem,
-        .log_level = CYAML_LOG_ERROR,
-        .flags = CYAML_CFG_NO_ALIAS,
+    /* Large (an error list, a place per kafka property): not on the stack. */
+    ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
+    file_walk *fw = calloc(1, sizeof *fw);
+    ferry__yw *w = calloc(1, sizeof *w);
+    int rc = -1;
+    if (!errs || !fw || !w) {
+        out_of_memory(ld);
+        goto out;
+    }
+    fw->ld = ld;
+    ferry__yw_init(w, text, len, ld->path, "the configuration file", errs);
+    const ferry__yw_doc doc = {
+        .expected = "a mapping of settings (NAME: VALUE)",
+        .one = "configuration",
+        .keys = file_keys(),
+        .nkeys = N_SETTINGS,
+        .value = file_value,
+        .arg = fw,
+        .empty_ok = true,
     };
-    cyaml_data_t *data = NULL;
-    cyaml_err_t err = cyaml_load_data(o->text, o->len, &config, &file_schema, &data, NULL);
-    if (err != CYAML_OK)
-        return cyaml_failure(o, err, &cap);
-    if (!data)                        /* only kafka: */
-        return 0;
-    int rc = apply_file(o->ld, o, data);
-    cyaml_free(&config, &file_schema, data, 0);
+    ld->walk = w;
+    ferry__yw_read_document(w, &doc);
+    ld->walk = NULL;
+    if (ld->oom || w->oom) {
+        out_of_memory(ld);
+    } else if (errs->total > 0) {
+        ferry__yw_sort_errors(errs);
+        report_errors(ld, errs);
+    } else {
+        rc = 0;
+    }
+out:
+    free(w);
+    free(fw);
+    free(errs);
     return rc;
 }
 
@@ -1175,21 +887,12 @@ out_too_big:
 
 static int load_file(loader *ld)
 {
-    /* Large (per-key places, one per kafka property): not on the stack. */
-    outline *o = calloc(1, sizeof *o);
-    if (!o)
-        return out_of_memory(ld);
-    o->ld = ld;
     unsigned char *text = NULL;
-    int rc = read_file(ld, &text, &o->len);
-    if (rc == 0) {
-        o->text = text;
-        rc = outline_file(o);
-    }
-    if (rc == 0 && o->any)
-        rc = load_settings(o);
+    size_t len = 0;
+    int rc = read_file(ld, &text, &len);
+    if (rc == 0)
+        rc = walk_file(ld, (const char *)text, len);
     free(text);
-    free(o);
     return rc;
 }
 
@@ -1381,7 +1084,7 @@ int relay_config_file_key_is_setting(const char *key)
 
 const char *relay_config_file_key(size_t i)
 {
-    return i < N_FIELDS ? file_fields[i].key : NULL;
+    return i < N_SETTINGS ? file_keys()[i] : NULL;
 }
 
 /* "DEFAULT (RANGE)" of setting k, for --help. */
@@ -1730,4 +1433,34 @@ void relay_config_free(relay_config *cfg)
         free(cfg->kafka_props[i].value);
     }
     memset(cfg, 0, sizeof *cfg);
+}
+
+int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char *config,
+                               char **db)
+{
+    char *file_db = NULL;
+    const char *path = config ? config : getenv("FERRY_CONFIG");
+    if (path != NULL && path[0] != '\0') {
+        char errbuf[1024];
+        if (relay_config_file_db(path, config == NULL, &file_db, errbuf, sizeof errbuf) != 0) {
+            fprintf(stderr, "ferry-relay %s: %s\n", cmd, errbuf);
+            return -1;
+        }
+    }
+    const char *env = getenv("FERRY_DB");
+    const char *use = flag_db ? flag_db : env && env[0] ? env : file_db;
+    if (use == NULL || use[0] == '\0') {
+        fprintf(stderr, "ferry-relay %s: no database: give --db CONNINFO, set FERRY_DB, "
+                "or db: in the --config file\n", cmd);
+        free(file_db);
+        return -1;
+    }
+    *db = use == file_db ? file_db : strdup(use);
+    if (use != file_db)
+        free(file_db);
+    if (*db == NULL) {
+        fprintf(stderr, "ferry-relay %s: out of memory\n", cmd);
+        return -1;
+    }
+    return 0;
 }

@@ -136,6 +136,13 @@ int relay_config_file_key_is_setting(const char *key);
 int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
                          size_t errlen);
 
+/* The database of `migrate` and `status`, found as `run` finds it: the
+ * --db flag (flag_db), else FERRY_DB, else db: in the --config file
+ * (config, or FERRY_CONFIG's). Into *db (new, the caller frees): 0; or -1
+ * after saying why on stderr as "ferry-relay CMD: ...". */
+int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char *config,
+                               char **db);
+
 /* Why s is not an RFC 3986 URI-reference of at most RELAY_SOURCE_MAX
  * bytes (CloudEvents requires one for ce_source), or NULL when it is. */
 enum { RELAY_SOURCE_MAX = 1024 };

@@ -24,6 +24,11 @@
  *     which is how a test proves that an injected error was consumed.
  *   - Setting the leader of a partition of a topic that does not exist
  *     creates the topic with PARTITION+1 partitions.
+ *   - Sequence numbers are checked only for transactional producers, so
+ *     with an injected produce error and several requests in flight a
+ *     later request is appended ahead of the failed one's retry (a real
+ *     broker refuses it, OUT_OF_ORDER_SEQUENCE_NUMBER). Order tests that
+ *     inject produce errors set max.in.flight.requests.per.connection=1.
  */
 #include "devkafka.h"
 

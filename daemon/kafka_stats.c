@@ -59,21 +59,6 @@ void kafka_stats_free(kafka_stats *s)
     free(s);
 }
 
-/* A label value as the exposition format wants it: \, " and newline
- * escaped; bytes below 0x20 dropped. */
-static void put_label(strbuf *b, const char *v)
-{
-    for (; *v; v++) {
-        unsigned char c = (unsigned char)*v;
-        if (c == '\\' || c == '"')
-            sb_printf(b, "\\%c", c);
-        else if (c == '\n')
-            sb_printf(b, "\\n");
-        else if (c >= 0x20)
-            sb_printf(b, "%c", c);
-    }
-}
-
 static double num(json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -174,7 +159,7 @@ static void render(strbuf *b, json_t *root, unsigned long long updates)
     for (size_t i = 0; i < n; i++) {
         const char *state = json_string_value(json_object_get(objs[i], "state"));
         sb_printf(b, "ferry_kafka_broker_up{broker=\"");
-        put_label(b, names[i]);
+        promtext_label_value(b, names[i]);
         sb_printf(b, "\"} %d\n", state && strcmp(state, "UP") == 0);
     }
     for (size_t f = 0; f < sizeof broker_families / sizeof broker_families[0]; f++) {
@@ -187,7 +172,7 @@ static void render(strbuf *b, json_t *root, unsigned long long updates)
                 continue;
             promtext_double(v, sizeof v, x * fam->scale);
             sb_printf(b, "%s{broker=\"", fam->name);
-            put_label(b, names[i]);
+            promtext_label_value(b, names[i]);
             sb_printf(b, "\"} %s\n", v);
         }
     }

@@ -93,28 +93,12 @@ static int cmd_migrate(int argc, char **argv)
         fprintf(stderr, "ferry-relay migrate: unexpected argument \"%s\"\n", argv[optind]);
         return EXIT_USAGE;
     }
-    /* As run: the file's db:, then FERRY_DB, then --db. */
-    char *file_db = NULL;
-    const char *env = getenv("FERRY_CONFIG");
-    if (config || (env && env[0])) {
-        char errbuf[1024];
-        if (relay_config_file_db(config ? config : env, config == NULL, &file_db, errbuf,
-                                 sizeof errbuf) != 0) {
-            fprintf(stderr, "ferry-relay migrate: %s\n", errbuf);
-            return EXIT_USAGE;
-        }
-    }
-    if (db == NULL)
-        db = getenv("FERRY_DB") && getenv("FERRY_DB")[0] ? getenv("FERRY_DB") : file_db;
-    if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay migrate: no database: give --db CONNINFO, set FERRY_DB, "
-                "or db: in the --config file\n");
-        free(file_db);
+    char *dbo = NULL;
+    if (relay_config_subcommand_db("migrate", db, config, &dbo) != 0)
         return EXIT_USAGE;
-    }
 
-    PGconn *conn = PQconnectdb(db);
-    free(file_db);
+    PGconn *conn = PQconnectdb(dbo);
+    free(dbo);
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay migrate: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);

@@ -289,19 +289,6 @@ uint64_t metrics_get(const relay_metrics *m, metric_counter c)
 /* ------------------------------------------------------------------ */
 /* Rendering                                                            */
 
-/* A label value: backslash, double quote and newline are escaped. */
-static void sb_label_value(strbuf *b, const char *s)
-{
-    for (; *s; s++) {
-        switch (*s) {
-        case '\\': sb_printf(b, "\\\\"); break;
-        case '"':  sb_printf(b, "\\\""); break;
-        case '\n': sb_printf(b, "\\n"); break;
-        default:   sb_printf(b, "%c", *s); break;
-        }
-    }
-}
-
 static void sb_header(strbuf *b, const char *family, const char *type, const char *help)
 {
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", family, help, family, type);
@@ -395,7 +382,7 @@ char *metrics_render(relay_metrics *m)
     sb_printf(&b, "ferry_relay_up 1\n");
     sb_header(&b, "ferry_relay_info", "gauge", "The relay's version, as a label.");
     sb_printf(&b, "ferry_relay_info{version=\"");
-    sb_label_value(&b, ferry_version());
+    promtext_label_value(&b, ferry_version());
     sb_printf(&b, "\"} 1\n");
 
     render_table(&b, counter_desc, M_COUNTER_COUNT, "counter", m, 1);

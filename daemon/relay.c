@@ -164,7 +164,7 @@ static void log_events(relay *r)
     }
 }
 
-static void set_health(relay *r, int healthy, const char *reason)
+void relay_set_health(relay *r, int healthy, const char *reason)
 {
     if (healthy == r->healthy && strcmp(reason, r->health_reason) == 0)
         return;
@@ -198,13 +198,13 @@ static void update_health(relay *r, int64_t now)
         r->next_kafka_probe = now + 1000;
     }
     if (!r->db.ok)
-        set_health(r, 0, "database unreachable: reconnecting");
+        relay_set_health(r, 0, "database unreachable: reconnecting");
     else if (atomic_load(&r->k.down))
-        set_health(r, 0, "kafka unreachable: every broker is down");
+        relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else if (st.stuck_reason[0] != '\0')
-        set_health(r, 0, st.stuck_reason);
+        relay_set_health(r, 0, st.stuck_reason);
     else
-        set_health(r, 1, "");
+        relay_set_health(r, 1, "");
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -281,7 +281,7 @@ static int await_kafka(relay *r)
             told = 1;
         }
         atomic_store(&r->k.down, 1);
-        set_health(r, 0, "kafka unreachable: waiting for a broker to answer");
+        relay_set_health(r, 0, "kafka unreachable: waiting for a broker to answer");
         if (stop_requested)
             return -1;
         rd_kafka_poll(r->k.rk, 0);
@@ -358,15 +358,23 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                       "deliveries", cfg->stop_grace_ms, sched_inflight(r->s));
         }
         relay_db_maybe_reconnect(r);
-        if (r->db.ok && now >= r->next_lease_tick) {
+        int tick_due = r->db.ok && now >= r->next_lease_tick;
+        if (tick_due && (r->ack.sent == 0 || now >= r->next_lease_tick + cfg->lease_ttl_ms / 6)) {
             /* Also while stopping: the leases must hold until the last
              * acknowledgement, or it is refused. Not beside one, though:
              * the acknowledgement reads the lease rows FOR SHARE in its
              * own order, which a renewal updating several of them in
-             * another could deadlock with. */
+             * another could deadlock with. So once the tick is due no
+             * acknowledgement is sent, and the tick runs when the one in
+             * flight has ended, the loop going on meanwhile: at 2,000
+             * rows/s one is nearly always in flight, and waiting for it
+             * here held every fetch back by a commit every TTL/3. Only
+             * an acknowledgement still out a sixth of the TTL later is
+             * waited for, as before, the renewal coming first. */
             relay_ack_poll(r, 1);
             relay_lease_tick(r);
             r->next_lease_tick = now + cfg->lease_ttl_ms / 3;
+            tick_due = 0;
         }
         rd_kafka_poll(r->k.rk, 0);
         if (rd_kafka_fatal_error(r->k.rk, fatal, sizeof fatal) != RD_KAFKA_RESP_ERR_NO_ERROR &&
@@ -385,7 +393,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
             set_wakeups(r, plan.wake > 0);
         if (plan.try_handshake && r->db.ok)
             try_handshake(r);
-        if (plan.send_ack)
+        if (plan.send_ack && !tick_due)
             relay_ack_send(r);
         if (plan.fetch && r->db.ok && !stopping)
             relay_fetch_and_produce(r, plan.limit);
@@ -397,8 +405,8 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
             clean = plan.stop_clean;
             break;
         }
-        if (plan.fetch)
-            plan.timeout_ms = 0;
+        if (plan.fetch || (tick_due && r->ack.sent == 0))
+            plan.timeout_ms = 0;    /* a fetch to go on with, or the tick is free to run */
         wait_for_events(r, plan.timeout_ms);
         relay_db_drain_notifies(r);
     }

@@ -49,34 +49,6 @@ int relay_ack_prepare(relay *r)
     return ok;
 }
 
-/* Big-endian, as PostgreSQL's binary formats are. */
-static unsigned char *put32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-    return p + 4;
-}
-
-static unsigned char *put64(unsigned char *p, uint64_t v)
-{
-    return put32(put32(p, (uint32_t)(v >> 32)), (uint32_t)v);
-}
-
-/* The header of a one-dimensional array of n elements without NULLs in
- * the binary format (array_recv); each element follows as its length and
- * its bytes. */
-enum { ARRAY_HEADER = 20 };
-static unsigned char *put_array_header(unsigned char *p, uint32_t elem_type, int n)
-{
-    p = put32(p, 1);                /* dimensions */
-    p = put32(p, 0);                /* no NULLs */
-    p = put32(p, elem_type);
-    p = put32(p, (uint32_t)n);
-    return put32(p, 1);             /* lower bound */
-}
-
 /*
  * Send one statement acknowledging every queued delivery, without waiting
  * for it; relay_ack_poll() collects the outcome. The ids, shards and epochs
@@ -100,9 +72,9 @@ void relay_ack_send(relay *r)
         goto out;     /* kept: tried again on the next turn of the loop */
     }
     unsigned char *ids = buf, *shards = ids + id_len, *epochs = shards + shard_len;
-    unsigned char *pi = put_array_header(ids, 2950 /* uuid */, n);
-    unsigned char *ps = put_array_header(shards, 23 /* int4 */, n);
-    unsigned char *pe = put_array_header(epochs, 20 /* int8 */, n);
+    unsigned char *pi = relay_put_array_header(ids, 2950 /* uuid */, n);
+    unsigned char *ps = relay_put_array_header(shards, 23 /* int4 */, n);
+    unsigned char *pe = relay_put_array_header(epochs, 20 /* int8 */, n);
     uint64_t seen[MAX_SHARDS / 64] = {0};
     size_t nl = 0;
     names[nl++] = '{';
@@ -111,11 +83,11 @@ void relay_ack_send(relay *r)
         int shard;
         int64_t epoch;
         sched_ack_item(r->s, i, id, &shard, &epoch);
-        pi = put32(pi, 16);
+        pi = relay_put32(pi, 16);
         memcpy(pi, id, 16);
         pi += 16;
-        ps = put32(put32(ps, 4), (uint32_t)shard);
-        pe = put64(put32(pe, 8), (uint64_t)epoch);
+        ps = relay_put32(relay_put32(ps, 4), (uint32_t)shard);
+        pe = relay_put64(relay_put32(pe, 8), (uint64_t)epoch);
         if (!(seen[shard / 64] & (UINT64_C(1) << (shard % 64)))) {
             seen[shard / 64] |= UINT64_C(1) << (shard % 64);
             nl += (size_t)snprintf(names + nl, names_cap - nl, "%s" SHARD_PREFIX "%d",

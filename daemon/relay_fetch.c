@@ -18,6 +18,13 @@
  * each row (headers are at most 64 KiB a row). The first row always comes,
  * whatever its size. */
 #define FETCH_BYTES (8 * 1024 * 1024)
+/* Rows this relay has out that the fetch leaves out ($9), at most: at
+ * 2,000 rows/s some tens. More go unlisted (and are read, then skipped,
+ * as before): every row the fetch reads is compared with each listed id
+ * (a prepared statement's generic plan does not hash the array), and a
+ * drain's thousands would make that, and the parameters, cost more than
+ * the rows saved. */
+#define FETCH_EXCLUDE_MAX 128
 
 /*
  * The fetch: rows of the served shards ($1) after the cursor ($2..$5), in
@@ -32,6 +39,12 @@
  * entry of the shards before the cursor, so a drain got slower the further
  * it went.
  *
+ * $9 lists the rows this relay has out (sched_fetch_exclude): the sweep
+ * would skip them (their keys are busy), and at 2,000 rows/s, when every
+ * sweep came 1 ms after the last, the tens of rows whose acknowledgement
+ * was in flight were most of what each fetch read, turned into text and
+ * sent. A key's later rows are still read, and skipped for its busy key.
+ *
  * The window runs over the ordered index scan with its LIMIT, and only the
  * rows within the byte budget have their payload turned into text: a
  * backlog of 1 MiB payloads is fetched a few at a time, not 1,000 at once.
@@ -44,12 +57,28 @@
  * rate. With sorting off, the ordered index scan is the only plan without
  * a penalty.
  */
+/*
+ * In wal mode a row is ready only once the WAL source's slot is confirmed
+ * past the row's wal_lsn: every earlier message of its key that went
+ * through WAL is then in Kafka, so a delayed row cannot overtake one
+ * (schemas/014_wal_gate.sql says why that holds). Not ready, it waits as
+ * a delayed row does: its key blocked, every other key flowing. NULL (no
+ * slot, a lost one, table mode): no wait. One InitPlan per fetch.
+ */
+#define WAL_CONFIRMED                                                                      \
+    "SELECT r.confirmed_flush_lsn FROM ferry.settings st "                                 \
+    "  JOIN pg_replication_slots r ON r.slot_name = st.wal_slot "                          \
+    "   AND r.database = current_database() "                                              \
+    " WHERE st.emit_mode = 'wal' AND r.wal_status IS DISTINCT FROM 'lost'"
+
 #define FETCH_STATEMENT "ferry_relay_fetch"
 #define FETCH_SQL                                                                          \
     "SELECT s.id, s.topic, s.aggregateid, s.aggregatetype, s.type, s.payload::text, "      \
-    "       s.headers::text, s.seq, s.shard, s.created_at, s.available_at <= now(), s.run " \
+    "       s.headers::text, s.seq, s.shard, s.created_at, "                               \
+    "       s.available_at <= now() AND coalesce(s.wal_lsn <= (" WAL_CONFIRMED "), true), "   \
+    "       s.run "                                                                        \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
-    "             o.headers, o.seq, o.shard, o.created_at, o.available_at, "               \
+    "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
     "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) AS size, "   \
     "             sum(coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid)) "       \
     "               OVER (ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                \
@@ -57,6 +86,7 @@
     "      FROM ferry.outbox o "                                                           \
     "      WHERE (o.shard + 0) = ANY ($1) AND o.published_at IS NULL "                     \
     "        AND (o.shard, o.topic, o.aggregateid, o.seq) > ($2, $3, $4, $5) "             \
+    "        AND o.id <> ALL ($9) "                                                         \
     "        AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "     \
     "                        AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "    \
     "      ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                               \
@@ -66,10 +96,10 @@
 
 int relay_fetch_prepare(relay *r)
 {
-    static const Oid types[8] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
+    static const Oid types[9] = {1007 /* int4[] */, 23 /* int4 */, 25 /* text */,
                                  25 /* text */, 20 /* int8 */, 23 /* int4 */, 23 /* int4 */,
-                                 20 /* int8 */};
-    PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 8, types);
+                                 20 /* int8 */, 2951 /* uuid[] */};
+    PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 9, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)
         ferry__log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
@@ -245,6 +275,20 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     return -1;
 }
 
+/* $9: a one-dimensional uuid[] in the binary format (array_recv), possibly
+ * empty. Returns its length in out (room for 20 + n * 20 bytes). */
+static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids)[16])
+{
+    int n = sched_fetch_exclude(r->s, ids, FETCH_EXCLUDE_MAX);
+    unsigned char *p = relay_put_array_header(out, 2950 /* uuid */, n);
+    for (int i = 0; i < n; i++) {
+        p = relay_put32(p, 16);
+        memcpy(p, ids[i], 16);
+        p += 16;
+    }
+    return (int)(p - out);
+}
+
 void relay_fetch_and_produce(relay *r, int limit)
 {
     char *shards = malloc(16 + (size_t)MAX_SHARDS * 6);
@@ -268,9 +312,23 @@ void relay_fetch_and_produce(relay *r, int limit)
     snprintf(slim, sizeof slim, "%d", limit);
     snprintf(smaxp, sizeof smaxp, "%d", r->db.max_payload > 0 ? r->db.max_payload : 1048576);
     snprintf(sbytes, sizeof sbytes, "%d", FETCH_BYTES);
-    const char *params[8] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes};
-    PGresult *res = PQexecPrepared(r->db.main, FETCH_STATEMENT, 8, params, NULL, NULL, 1);
+    unsigned char(*ids)[16] = malloc(FETCH_EXCLUDE_MAX * sizeof *ids);
+    unsigned char *excl = malloc(20 + FETCH_EXCLUDE_MAX * 20);
+    if (ids == NULL || excl == NULL) {
+        free(ids);
+        free(excl);
+        free(shards);
+        return;     /* out of memory: the plan asks again */
+    }
+    int excl_len = exclude_array(r, excl, ids);
+    const char *params[9] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes,
+                             (const char *)excl};
+    const int lengths[9] = {0, 0, 0, 0, 0, 0, 0, 0, excl_len};
+    static const int formats[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    PGresult *res = PQexecPrepared(r->db.main, FETCH_STATEMENT, 9, params, lengths, formats, 1);
     free(shards);
+    free(ids);
+    free(excl);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != C_COUNT) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not fetch");

@@ -193,4 +193,39 @@ void *relay_kafka_opaque(relay *r, int slot);
 void relay_kafka_free(relay *r);
 int relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen);
 
+/* relay.c: /healthz's verdict and reason, changed only when they change
+ * (both sources call it). */
+void relay_set_health(relay *r, int healthy, const char *reason);
+
+/* PostgreSQL's binary formats (array_recv) for the uuid[], int4[] and
+ * int8[] parameters of the fetch and the acknowledgement: big-endian
+ * numbers, and a one-dimensional array's header of at most ARRAY_HEADER
+ * bytes, each element then following as its length and its bytes. */
+enum { ARRAY_HEADER = 20 };
+static inline unsigned char *relay_put32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+    return p + 4;
+}
+
+static inline unsigned char *relay_put64(unsigned char *p, uint64_t v)
+{
+    return relay_put32(relay_put32(p, (uint32_t)(v >> 32)), (uint32_t)v);
+}
+
+/* An empty array has no dimensions, so no length or lower bound. */
+static inline unsigned char *relay_put_array_header(unsigned char *p, uint32_t elem_type, int n)
+{
+    p = relay_put32(p, n > 0 ? 1 : 0);      /* dimensions */
+    p = relay_put32(p, 0);                  /* no NULLs */
+    p = relay_put32(p, elem_type);
+    if (n == 0)
+        return p;
+    p = relay_put32(p, (uint32_t)n);
+    return relay_put32(p, 1);               /* lower bound */
+}
+
 #endif

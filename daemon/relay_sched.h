@@ -126,6 +126,12 @@ int sched_shard_busy(const sched *s, int shard);
 /* The cursor the next fetch starts after: (shard, topic, key, seq). */
 void sched_cursor(const sched *s, int *shard, const char **topic, const char **key,
                   int64_t *seq);
+/* The ids of the rows this relay has out (in flight, or delivered and not
+ * yet acknowledged), for the fetch to leave out: the sweep would skip each
+ * of them anyway (its key is busy), and at a high rate they were most of
+ * what every fetch read. Writes them to ids (room for max) and returns how
+ * many; 0 when there are more than max (the fetch then leaves none out). */
+int sched_fetch_exclude(const sched *s, unsigned char (*ids)[16], int max);
 /* The fetch of a batch came back with rows rows of limit. */
 void sched_fetched(sched *s, int rows, int limit, int64_t now);
 /* Move the cursor past a row that was dealt with (produced or skipped). */

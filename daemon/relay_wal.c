@@ -210,18 +210,6 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
     wal_track_report(w->t, ticket, 0);
 }
 
-/* ------------------------------------------------------------------ health */
-
-static void set_health(relay *r, int healthy, const char *reason)
-{
-    if (healthy == r->healthy && strcmp(reason, r->health_reason) == 0)
-        return;
-    r->healthy = healthy;
-    snprintf(r->health_reason, sizeof r->health_reason, "%s", reason);
-    if (r->m != NULL)
-        metrics_set_health(r->m, healthy, healthy ? NULL : reason);
-}
-
 /* ------------------------------------------------------------------ sessions */
 
 static PGconn *connect_db(const char *conninfo, int replication)
@@ -393,7 +381,7 @@ static int start_stream(relay *r)
             ferry__log_json(FERRY_LOG_ERROR, st == SLOT_ERROR ? "wal.db" : "wal.slot",
                            json_pack("{s:s}", "slot", w->slot), "%s", why);
         w->slot_problem = st != SLOT_ERROR;
-        set_health(r, 0, why);
+        relay_set_health(r, 0, why);
         return -1;
     }
     if (w->slot_problem)
@@ -406,7 +394,7 @@ static int start_stream(relay *r)
             ferry__log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
                            "standing by: another relay holds the lease wal:%s", w->slot);
         w->standby = 1;
-        set_health(r, 1, "");
+        relay_set_health(r, 1, "");
         return -1;
     }
     if (epoch < 0)
@@ -418,7 +406,7 @@ static int start_stream(relay *r)
     if (PQstatus(w->repl) != CONNECTION_OK) {
         ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not open a replication session (the "
                   "role needs REPLICATION): %s", PQerrorMessage(w->repl));
-        set_health(r, 0, "database unreachable: reconnecting");
+        relay_set_health(r, 0, "database unreachable: reconnecting");
         stop_stream(r);
         return -1;
     }
@@ -435,11 +423,11 @@ static int start_stream(relay *r)
                 ferry__log_json(FERRY_LOG_INFO, "wal.standby", json_pack("{s:s}", "slot", w->slot),
                                "standing by: %s", PQresultErrorMessage(res));
             w->standby = 1;
-            set_health(r, 1, "");
+            relay_set_health(r, 1, "");
         } else {
             ferry__log(FERRY_LOG_ERROR, "wal.start", "could not start streaming the slot "
                       "\"%s\": %s", w->slot, PQresultErrorMessage(res));
-            set_health(r, 0, "could not start streaming the replication slot");
+            relay_set_health(r, 0, "could not start streaming the replication slot");
         }
         PQclear(res);
         stop_stream(r);
@@ -453,7 +441,7 @@ static int start_stream(relay *r)
     w->confirmed_sent = wal_track_confirmable(w->t);
     w->backoff_ms = 100;
     load_parked(r);
-    set_health(r, 1, "");
+    relay_set_health(r, 1, "");
     ferry__log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
                    "streaming the slot \"%s\" from its confirmed position", w->slot);
     return 0;
@@ -826,7 +814,7 @@ static void health(relay *r, int64_t now)
         ferry__log_json(FERRY_LOG_ERROR, "wal.slot", json_pack("{s:s}", "slot", w->slot), "%s",
                        why);
         w->slot_problem = 1;
-        set_health(r, 0, why);
+        relay_set_health(r, 0, why);
         stop_stream(r);
         w->retry_at = now + 5000;
         return;
@@ -834,9 +822,9 @@ static void health(relay *r, int64_t now)
     if (st == SLOT_OK)
         record_confirmed(r);
     if (atomic_load(&r->k.down))
-        set_health(r, 0, "kafka unreachable: every broker is down");
+        relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else
-        set_health(r, 1, "");
+        relay_set_health(r, 1, "");
 }
 
 static void wait_for_events(relay *r, int timeout_ms)

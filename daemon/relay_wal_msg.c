@@ -70,6 +70,18 @@ int wal_frame_parse(const char *buf, size_t len, wal_frame *out, char *why, size
     return 0;
 }
 
+/* A pgoutput time (microseconds since 2000-01-01) as Unix microseconds,
+ * or -1 when it cannot be one: past what int64 holds once moved to 1970
+ * (a real server sends no such time; `infinity` is INT64_MAX). */
+static int pg_time_us(uint64_t raw, int64_t *out)
+{
+    int64_t t = (int64_t)raw;
+    if (t > INT64_MAX - PG_EPOCH_UNIX_US)
+        return -1;
+    *out = t + PG_EPOCH_UNIX_US;
+    return 0;
+}
+
 int wal_pgout_parse(const char *data, size_t len, wal_pgout *out, char *why, size_t whylen)
 {
     const unsigned char *p = (const unsigned char *)data;
@@ -84,7 +96,10 @@ int wal_pgout_parse(const char *data, size_t len, wal_pgout *out, char *why, siz
             snprintf(why, whylen, "BEGIN of %zu bytes, not 21", len);
             return -1;
         }
-        m.commit_us = (int64_t)get64(p + 9) + PG_EPOCH_UNIX_US;
+        if (pg_time_us(get64(p + 9), &m.commit_us) != 0) {
+            snprintf(why, whylen, "BEGIN with a commit time out of range");
+            return -1;
+        }
         m.xid = get32(p + 17);
         break;
     case 'C':   /* flags, commit LSN, end LSN, commit time */
@@ -94,7 +109,10 @@ int wal_pgout_parse(const char *data, size_t len, wal_pgout *out, char *why, siz
         }
         m.commit_lsn = get64(p + 2);
         m.end_lsn = get64(p + 10);
-        m.commit_us = (int64_t)get64(p + 18) + PG_EPOCH_UNIX_US;
+        if (pg_time_us(get64(p + 18), &m.commit_us) != 0) {
+            snprintf(why, whylen, "COMMIT with a commit time out of range");
+            return -1;
+        }
         if (m.end_lsn == 0 || m.end_lsn < m.commit_lsn) {
             snprintf(why, whylen, "COMMIT ends at %" PRIu64 ", before it starts (%" PRIu64 ")",
                      m.end_lsn, m.commit_lsn);

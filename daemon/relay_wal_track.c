@@ -182,9 +182,13 @@ void wal_track_reset(wal_track *t)
     t->open = 0;
     t->inflight = 0;
     t->failed = 0;
-    /* The server resends from the confirmed position: commits at or
-     * before it are not seen again, later ones are, in order. */
-    t->last_end = t->confirmed;
+    /* The server resends from the slot's position, in order — which may
+     * be before what we confirmed: PostgreSQL writes a slot's confirmed
+     * position to disk only at checkpoints, so after a crash it resends
+     * from the last checkpointed one. Those transactions were all
+     * acknowledged (duplicates, never confirmed backwards: confirmed
+     * only rises); the order check starts afresh with the new stream. */
+    t->last_end = 0;
 }
 
 #ifdef FERRY_TEST_HOOKS

@@ -108,6 +108,22 @@ static const char st_sql_relays[] =
     " WHERE starts_with(h.name, 'relay:') AND h.holder IS NOT NULL"
     " ORDER BY h.name";
 
+/* The WAL source (schema 11 on): the emit mode and the slot, as the
+ * server sees it. A database in wal mode whose slot is missing or lost
+ * (wal_status = lost) loses every message emitted since: a PROBLEM. */
+static const char st_sql_has_wal[] =
+    "SELECT to_regclass('ferry.wal_slot') IS NOT NULL";
+
+static const char st_sql_wal[] =
+    "SELECT s.emit_mode, s.wal_slot, r.slot_name IS NOT NULL, r.wal_status, r.active,"
+    "       CASE WHEN NOT pg_is_in_recovery()"
+    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint END,"
+    "       CASE WHEN NOT pg_is_in_recovery()"
+    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint END"
+    "  FROM ferry.settings s"
+    "  LEFT JOIN pg_replication_slots r"
+    "    ON r.slot_name = s.wal_slot AND r.database = current_database()";
+
 static const char st_sql_dead_by_consumer[] =
     "SELECT consumer, count(*) FROM ferry.dead_letter GROUP BY consumer ORDER BY consumer";
 
@@ -137,7 +153,8 @@ static void st_usage(FILE *out)
             "  --help             this text\n"
             "\n"
             "Exit status: 0 ok; 4 a problem (ready rows on a shard no live relay serves,\n"
-            "or older than --max-lag); 1 could not read (connection, schema); 2 usage\n"
+            "or older than --max-lag, or emit_mode = 'wal' with its replication slot\n"
+            "missing or lost); 1 could not read (connection, schema); 2 usage\n"
             "error. The same with --json.\n");
 }
 
@@ -249,6 +266,22 @@ static json_t *st_relays(st_build *b, const PGresult *res)
     return list;
 }
 
+/* The WAL source's part: null before schema 11 (wal NULL). */
+static json_t *st_wal(st_build *b, const PGresult *res)
+{
+    if (res == NULL || PQntuples(res) != 1)
+        return st_keep(b, json_null());
+    json_t *w = st_keep(b, json_object());
+    st_set(b, w, "emit_mode", st_text(b, res, 0, 0));
+    st_set(b, w, "slot", st_text(b, res, 0, 1));
+    st_set(b, w, "slot_exists", st_keep(b, json_boolean(PQgetvalue(res, 0, 2)[0] == 't')));
+    st_set(b, w, "wal_status", st_text(b, res, 0, 3));
+    st_set(b, w, "active", st_keep(b, json_boolean(PQgetvalue(res, 0, 4)[0] == 't')));
+    st_set(b, w, "retained_bytes", st_int(b, res, 0, 5));
+    st_set(b, w, "confirmed_lag_bytes", st_int(b, res, 0, 6));
+    return w;
+}
+
 /* The verdict, from the model: see the top of the file. */
 static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
 {
@@ -279,7 +312,24 @@ static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
     if (dead > 0)
         snprintf(tail, sizeof tail, "; %lld dead letter%s", dead, dead == 1 ? "" : "s");
     const char *rows = ready == 1 ? "row" : "rows";
-    if (ready > 0 && live == 0) {
+    /* First, as the worst: in wal mode, a slot gone or invalidated means
+     * messages emitted meanwhile are not decoded by anyone. */
+    const json_t *wal = json_object_get(root, "wal");
+    const char *mode = json_string_value(json_object_get(wal, "emit_mode"));
+    const char *slot = json_string_value(json_object_get(wal, "slot"));
+    const char *wal_status = json_string_value(json_object_get(wal, "wal_status"));
+    bool wal_mode = mode != NULL && strcmp(mode, "wal") == 0;
+    if (wal_mode && !json_is_true(json_object_get(wal, "slot_exists"))) {
+        snprintf(text, sizeof text, "PROBLEM: emit_mode is 'wal' but the replication slot "
+                 "\"%s\" does not exist: messages emitted since it went are not published; "
+                 "set emit_mode = 'table', then see `ferry-relay slot recreate`%s",
+                 slot ? slot : "?", tail);
+    } else if (wal_mode && wal_status != NULL && strcmp(wal_status, "lost") == 0) {
+        snprintf(text, sizeof text, "PROBLEM: emit_mode is 'wal' but the replication slot "
+                 "\"%s\" is lost (wal_status = lost, past max_slot_wal_keep_size): messages "
+                 "in the WAL it lost may not have been published; set emit_mode = 'table', "
+                 "then see `ferry-relay slot recreate`%s", slot ? slot : "?", tail);
+    } else if (ready > 0 && live == 0) {
         snprintf(text, sizeof text, "PROBLEM: no relay is live; %lld %s ready, oldest %.1f s%s",
                  ready, rows, oldest, tail);
     } else if (json_array_size(unserved) > 0) {
@@ -361,7 +411,7 @@ static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
 {
     json_t *root = NULL;
     PGresult *begin = NULL, *schema = NULL, *clock = NULL, *shards = NULL, *by_consumer = NULL,
-             *oldest = NULL, *relays = NULL;
+             *oldest = NULL, *relays = NULL, *has_wal = NULL, *wal = NULL;
     *no_schema = false;
 
     begin = st_query(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "the database");
@@ -378,7 +428,11 @@ static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
         (shards = st_query(conn, st_sql_shards, "the outbox and the leases")) == NULL ||
         (relays = st_query(conn, st_sql_relays, "the relays' heartbeats")) == NULL ||
         (by_consumer = st_query(conn, st_sql_dead_by_consumer, "the dead letters")) == NULL ||
-        (oldest = st_query(conn, st_sql_dead_oldest, "the dead letters")) == NULL)
+        (oldest = st_query(conn, st_sql_dead_oldest, "the dead letters")) == NULL ||
+        (has_wal = st_query(conn, st_sql_has_wal, "the catalog")) == NULL)
+        goto out;
+    if (strcmp(PQgetvalue(has_wal, 0, 0), "t") == 0 &&
+        (wal = st_query(conn, st_sql_wal, "the replication slot")) == NULL)
         goto out;
 
     st_build b = {.oom = false};
@@ -394,6 +448,7 @@ static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
     st_set(&b, root, "shards", shard_list);
     st_set(&b, root, "relays", st_relays(&b, relays));
     st_set(&b, root, "dead_letters", st_dead_letters(&b, by_consumer, oldest));
+    st_set(&b, root, "wal", st_wal(&b, wal));
     if (!b.oom)
         st_set(&b, root, "verdict", st_verdict(&b, root, max_lag_s));
     if (b.oom) {
@@ -403,6 +458,8 @@ static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
     }
 
 out:
+    PQclear(wal);
+    PQclear(has_wal);
     PQclear(relays);
     PQclear(oldest);
     PQclear(by_consumer);
@@ -585,6 +642,24 @@ static int st_print_tables(const json_t *root, FILE *out)
                 json_integer_value(count));
     else
         fprintf(out, "shards: unknown (ferry.settings has no row)\n\n");
+    const json_t *wal = json_object_get(root, "wal");
+    if (json_is_object(wal)) {
+        const char *mode = json_string_value(json_object_get(wal, "emit_mode"));
+        char *slot = st_cell_text(json_string_value(json_object_get(wal, "slot")), ST_CELL_MAX);
+        if (!json_is_true(json_object_get(wal, "slot_exists")))
+            fprintf(out, "emit mode: %s; replication slot \"%s\": missing\n\n",
+                    mode ? mode : "-", slot ? slot : "-");
+        else
+            fprintf(out, "emit mode: %s; replication slot \"%s\": %s, wal_status %s, retains "
+                    "%" JSON_INTEGER_FORMAT " bytes of WAL, confirmed %" JSON_INTEGER_FORMAT
+                    " bytes behind\n\n", mode ? mode : "-", slot ? slot : "-",
+                    json_is_true(json_object_get(wal, "active")) ? "active" : "inactive",
+                    json_string_value(json_object_get(wal, "wal_status"))
+                        ? json_string_value(json_object_get(wal, "wal_status")) : "-",
+                    json_integer_value(json_object_get(wal, "retained_bytes")),
+                    json_integer_value(json_object_get(wal, "confirmed_lag_bytes")));
+        free(slot);
+    }
 
     size_t i;
     json_t *s;
@@ -757,31 +832,15 @@ int cmd_status(int argc, char **argv)
         st_usage(stderr);
         return ST_EXIT_USAGE;
     }
-    /* As run: the file's db:, then FERRY_DB, then --db. */
-    char *file_db = NULL;
-    const char *env = getenv("FERRY_CONFIG");
-    if (config || (env && env[0])) {
-        char errbuf[1024];
-        if (relay_config_file_db(config ? config : env, config == NULL, &file_db, errbuf,
-                                 sizeof errbuf) != 0) {
-            fprintf(stderr, "ferry-relay status: %s\n", errbuf);
-            return ST_EXIT_USAGE;
-        }
-    }
-    if (db == NULL)
-        db = getenv("FERRY_DB") && getenv("FERRY_DB")[0] ? getenv("FERRY_DB") : file_db;
-    if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay status: no database: give --db CONNINFO, set FERRY_DB, "
-                "or db: in the --config file\n");
-        free(file_db);
+    char *dbo = NULL;
+    if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
         return ST_EXIT_USAGE;
-    }
 
     /* The conninfo may name its own application_name; ours is a fallback. */
     const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {db, "ferry-relay status", NULL};
+    const char *const values[] = {dbo, "ferry-relay status", NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
-    free(file_db);   /* values[0] is not needed past the connection */
+    free(dbo);   /* values[0] is not needed past the connection */
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);

@@ -67,152 +67,21 @@ static const char *const account_ids[ACCOUNTS] = {"acct-1", "acct-2", "acct-3", 
 
 /* ------------------------------------------------------------ the second service */
 
-/* account-service running as a child: its stdout (the stats line) comes
- * through a pipe, its stderr (ferry's JSON log) goes to a temporary file,
- * shown when something goes wrong. */
-typedef struct service {
-    pid_t pid;                  /* 0 once collected */
-    int out;                    /* read end of its stdout */
-    FILE *log;                  /* its stderr */
-    int status;                 /* exit status once collected; 128 + N for signal N */
-} service;
+typedef demo_service service;
 
 static int service_start(service *svc, const char *bin, const char *db, const char *bootstrap)
 {
-    memset(svc, 0, sizeof *svc);
-    svc->out = -1;
-    svc->log = tmpfile();
-    if (svc->log == NULL)
-        return demo_fail("tmpfile: %s", strerror(errno));
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return demo_fail("pipe: %s", strerror(errno));
     const char *argv[] = {bin, "--db", db, "--kafka", bootstrap, "--name", CONSUMER,
                           "--topic", TOPIC, NULL};
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        /* Die with the demo; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        static const char msg[] = "could not execute $FERRY_ACCOUNT_SERVICE_BIN\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)w;
-        _exit(127);
-    }
-    close(fds[1]);
-    svc->pid = pid;
-    svc->out = fds[0];
-    return 0;
-}
-
-/* Collect the child if it has exited (without waiting): 1 if it has. */
-static int service_exited(service *svc)
-{
-    if (svc->pid == 0)
-        return 1;
-    int wstatus;
-    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
-        return 0;
-    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    svc->pid = 0;
-    return 1;
-}
-
-/* Its log so far, indented, for a failure report (on stderr). */
-static void service_show_log(service *svc)
-{
-    if (svc->log == NULL)
-        return;
-    fflush(stdout);
-    fprintf(stderr, "demo: account-service's stderr:\n");
-    char line[1024];
-    rewind(svc->log);
-    while (fgets(line, sizeof line, svc->log) != NULL)
-        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
-    fseek(svc->log, 0, SEEK_END);
+    return demo_service_start(svc, "account-service", argv);
 }
 
 /* The service died on its own: that is a failure of the step waiting on it. */
 static int service_died(service *svc)
 {
     int rc = demo_fail("account-service exited with status %d", svc->status);
-    service_show_log(svc);
+    demo_service_show_log(svc);
     return rc;
-}
-
-/* SIGTERM, then read its stdout to EOF and collect it, within
- * STOP_TIMEOUT_MS (SIGKILL after that). */
-static int service_stop(service *svc, char *out, size_t size)
-{
-    size_t len = 0;
-    out[0] = '\0';
-    if (svc->pid != 0)
-        kill(svc->pid, SIGTERM);
-    long long deadline = clk_mono_ms() + STOP_TIMEOUT_MS;
-    int timed_out = 0;
-    while (svc->out >= 0) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[512];
-        ssize_t got = read(svc->out, chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
-        memcpy(out + len, chunk, keep);
-        len += keep;
-        out[len] = '\0';
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->pid != 0) {
-        if (timed_out)
-            kill(svc->pid, SIGKILL);
-        int wstatus;
-        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
-            ;
-        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-        svc->pid = 0;
-    }
-    if (timed_out)
-        return demo_fail("account-service did not exit within %d ms of SIGTERM (killed)",
-                    STOP_TIMEOUT_MS);
-    return 0;
-}
-
-/* Whatever state it is in: gone, and its files closed. */
-static void service_cleanup(service *svc)
-{
-    if (svc->pid != 0) {
-        kill(svc->pid, SIGKILL);
-        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        svc->pid = 0;
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->log != NULL)
-        fclose(svc->log);
-    svc->log = NULL;
 }
 
 /* Poll sql (one number) on conn until it equals want, at most
@@ -228,12 +97,12 @@ static int await_value(PGconn *conn, service *svc, const char *sql, const char *
             return -1;
         if (got == want)
             break;
-        if (service_exited(svc))
+        if (demo_service_exited(svc))
             return service_died(svc);
         if (clk_mono_ms() - t0 > WAIT_TIMEOUT_MS) {
             int rc = demo_fail("waited %d ms for \"%s\" to reach %ld; it is %ld", WAIT_TIMEOUT_MS,
                           sql, want, got);
-            service_show_log(svc);
+            demo_service_show_log(svc);
             return rc;
         }
         clk_sleep_ms(POLL_INTERVAL_MS);
@@ -385,71 +254,6 @@ static int check_books(PGconn *payments, PGconn *accounts, const long expect[ACC
 }
 
 /* ------------------------------------------------------------ the duplicate */
-
-typedef struct delivery {
-    rd_kafka_resp_err_t err;
-    int32_t partition;
-    int64_t offset;
-    int done;
-} delivery;
-
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    (void)rk;
-    (void)opaque;
-    delivery *d = m->_private;
-    d->err = m->err;
-    d->partition = m->partition;
-    d->offset = m->offset;
-    d->done = 1;
-}
-
-/* Publish an exact copy of m — key, value, every header in order — to the
- * partition it came from, as a relay resending it would (same key, same
- * partitioner). *copy_out gets where the copy landed. */
-static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *copy_out)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
-    }
-    /* conf belongs to rk now. */
-    int rc = 0;
-    delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
-    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
-    for (size_t i = 0; i < m->header_count; i++)
-        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
-                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
-        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
-        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_headers_destroy(h);    /* still ours: producev failed */
-        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
-    } else {
-        /* The copy is published when its delivery report says so. */
-        rd_kafka_flush(rk, 10000);
-        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = demo_fail("the copy was not delivered: %s",
-                      d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
-    }
-    rd_kafka_destroy(rk);
-    if (rc == 0)
-        *copy_out = d;
-    return rc;
-}
 
 /* ------------------------------------------------------------ the walk */
 
@@ -641,7 +445,7 @@ typedef struct copied {
     char key[64];
     char id[FERRY_UUID_STRING_SIZE];
     char seq[24];               /* its position, ferry_seq */
-    delivery copy;
+    demo_delivery copy;
 } copied;
 
 /* Step 10: publish an exact copy of one message already applied. */
@@ -674,7 +478,7 @@ static int publish_duplicate(demo *d, copied *out)
         (int)orig->partition, (long long)orig->offset, orig->key, id, seq);
     demo_say("          value %s, %zu headers", orig->value ? orig->value : "(null)",
         orig->header_count);
-    if (publish_copy(bootstrap, orig, &out->copy) != 0)
+    if (demo_publish_copy(bootstrap, orig, &out->copy) != 0)
         goto out;
     demo_say("copy:     %s [%d] offset %lld, the same key, value and headers", TOPIC,
         (int)out->copy.partition, (long long)out->copy.offset);
@@ -800,8 +604,8 @@ static int stop_service(demo *d)
 {
     demo_step("SIGTERM to account-service: it finishes, commits its offsets, prints its stats");
     char out[512];
-    if (service_stop(&d->svc, out, sizeof out) != 0) {
-        service_show_log(&d->svc);
+    if (demo_service_stop(&d->svc, STOP_TIMEOUT_MS, out, sizeof out) != 0) {
+        demo_service_show_log(&d->svc);
         return -1;
     }
     char *nl = strchr(out, '\n');
@@ -810,7 +614,7 @@ static int stop_service(demo *d)
     demo_say("exit status %d; stdout: %s", d->svc.status, out);
     if (d->svc.status != 0 || strncmp(out, "stats ", 6) != 0) {
         int rc = demo_fail("expected exit status 0 and a stats line");
-        service_show_log(&d->svc);
+        demo_service_show_log(&d->svc);
         return rc;
     }
     long applied = stat_of(out, "applied"), dup = stat_of(out, "duplicates"),
@@ -870,7 +674,7 @@ int main(void)
     }
 
     demo_step("Tearing down the service, the broker and the cluster");
-    service_cleanup(&d.svc);
+    demo_service_cleanup(&d.svc);
     if (d.kb != NULL) {
         int st = kt_terminate(d.kb);
         if (st != 0 && rc == 0)

@@ -74,139 +74,6 @@ typedef struct demo {
     const char *relay_bin, *account_bin, *python, *node;
 } demo;
 
-/* ------------------------------------------------------------ a service */
-
-typedef struct service {
-    pid_t pid;                  /* 0 once collected */
-    int out;                    /* read end of its stdout */
-    FILE *log;                  /* its stderr */
-    int status;
-} service;
-
-static int service_start(service *svc, const char *const *argv)
-{
-    memset(svc, 0, sizeof *svc);
-    svc->out = -1;
-    svc->log = tmpfile();
-    if (svc->log == NULL)
-        return demo_fail("tmpfile: %s", strerror(errno));
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-        return demo_fail("pipe: %s", strerror(errno));
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]);
-        close(fds[1]);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0 || dup2(fileno(svc->log), STDERR_FILENO) < 0)
-            _exit(127);
-        execvp(argv[0], (char *const *)argv);
-        static const char msg[] = "could not execute the service\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)w;
-        _exit(127);
-    }
-    close(fds[1]);
-    svc->pid = pid;
-    svc->out = fds[0];
-    return 0;
-}
-
-static int service_exited(service *svc)
-{
-    if (svc->pid == 0)
-        return 1;
-    int wstatus;
-    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
-        return 0;
-    svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-    svc->pid = 0;
-    return 1;
-}
-
-static void service_show_log(service *svc)
-{
-    if (svc->log == NULL)
-        return;
-    fflush(stdout);
-    fprintf(stderr, "demo: the service's stderr:\n");
-    char line[1024];
-    rewind(svc->log);
-    while (fgets(line, sizeof line, svc->log) != NULL)
-        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
-    fseek(svc->log, 0, SEEK_END);
-}
-
-/* SIGTERM, then its stdout to EOF, then collect it; SIGKILL after
- * STOP_TIMEOUT_MS. */
-static int service_stop(service *svc, char *out, size_t size)
-{
-    size_t len = 0;
-    out[0] = '\0';
-    if (svc->pid != 0)
-        kill(svc->pid, SIGTERM);
-    long long deadline = clk_mono_ms() + STOP_TIMEOUT_MS;
-    int timed_out = 0;
-    while (svc->out >= 0) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = svc->out, .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[512];
-        ssize_t got = read(svc->out, chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        size_t keep = size - 1 - len < (size_t)got ? size - 1 - len : (size_t)got;
-        memcpy(out + len, chunk, keep);
-        len += keep;
-        out[len] = '\0';
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->pid != 0) {
-        if (timed_out)
-            kill(svc->pid, SIGKILL);
-        int wstatus;
-        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
-            ;
-        svc->status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
-        svc->pid = 0;
-    }
-    if (timed_out)
-        return demo_fail("the service did not exit within %d ms of SIGTERM (killed)",
-                         STOP_TIMEOUT_MS);
-    return 0;
-}
-
-static void service_cleanup(service *svc)
-{
-    if (svc->pid != 0) {
-        kill(svc->pid, SIGKILL);
-        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-        svc->pid = 0;
-    }
-    if (svc->out >= 0)
-        close(svc->out);
-    svc->out = -1;
-    if (svc->log != NULL)
-        fclose(svc->log);
-    svc->log = NULL;
-}
-
 static long stat_of(const char *line, const char *name)
 {
     char pat[64];
@@ -216,68 +83,6 @@ static long stat_of(const char *line, const char *name)
 }
 
 /* ------------------------------------------------------------ Kafka */
-
-typedef struct delivery {
-    rd_kafka_resp_err_t err;
-    int32_t partition;
-    int64_t offset;
-    int done;
-} delivery;
-
-static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-    (void)rk;
-    (void)opaque;
-    delivery *d = m->_private;
-    d->err = m->err;
-    d->partition = m->partition;
-    d->offset = m->offset;
-    d->done = 1;
-}
-
-/* An exact copy of m — key, value, every header — on its partition, as a
- * relay resending it would publish it. */
-static int publish_copy(const char *bootstrap, const kt_msg *m, delivery *out)
-{
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
-    }
-    int rc = 0;
-    delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
-    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
-    for (size_t i = 0; i < m->header_count; i++)
-        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
-                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
-        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
-        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
-        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
-        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_headers_destroy(h);
-        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
-    } else {
-        rd_kafka_flush(rk, 10000);
-        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = demo_fail("the copy was not delivered: %s",
-                           d.done ? rd_kafka_err2str(d.err) : "no delivery report in 10 s");
-    }
-    rd_kafka_destroy(rk);
-    if (rc == 0)
-        *out = d;
-    return rc;
-}
 
 /* The offset consumer group `group` committed on topic/partition, or -1. */
 static int64_t committed(rd_kafka_t *rk, const char *topic, int32_t partition)
@@ -442,8 +247,8 @@ static int one_hop(demo *d, const hop *h)
              kt_header(m, "ferry_id") ? kt_header(m, "ferry_id") : "-",
              kt_header(m, "ferry_seq") ? kt_header(m, "ferry_seq") : "-",
              kt_header(m, "ce_source") ? kt_header(m, "ce_source") : "-");
-    delivery copy = {0};
-    int rc = publish_copy(kt_bootstrap(d->kb), m, &copy);
+    demo_delivery copy = {0};
+    int rc = demo_publish_copy(kt_bootstrap(d->kb), m, &copy);
     int32_t partition = m->partition;
     kt_msgs_free(got);
     if (rc != 0)
@@ -464,8 +269,8 @@ static int one_hop(demo *d, const hop *h)
     const char *const *argv = strcmp(h->db, "py") == 0 ? py : strcmp(h->db, "node") == 0 ? js : c;
     demo_say("$ %s %s --name %s --topic %s%s%s", argv[0], argv[1][0] == '-' ? "" : argv[1],
              h->db, h->topic, h->next ? " --emit-topic " : "", h->next ? h->next : "");
-    service svc;
-    rc = service_start(&svc, argv);
+    demo_service svc;
+    rc = demo_service_start(&svc, "the service", argv);
     free(ci);
     if (rc != 0)
         return -1;
@@ -476,13 +281,13 @@ static int one_hop(demo *d, const hop *h)
     int64_t off = -1;
     while (rc == 0 && reader != NULL && (off = committed(reader, h->topic, partition)) <=
                                             copy.offset) {
-        if (service_exited(&svc)) {
+        if (demo_service_exited(&svc)) {
             rc = demo_fail("the service exited with status %d", svc.status);
-            service_show_log(&svc);
+            demo_service_show_log(&svc);
         } else if (clk_mono_ms() - t0 > WAIT_TIMEOUT_MS) {
             rc = demo_fail("the service did not get past both copies in %d ms",
                            WAIT_TIMEOUT_MS);
-            service_show_log(&svc);
+            demo_service_show_log(&svc);
         } else {
             clk_sleep_ms(POLL_INTERVAL_MS);
         }
@@ -496,7 +301,7 @@ static int one_hop(demo *d, const hop *h)
                  (long long)off, clk_mono_ms() - t0);
 
     char out[512];
-    if (rc == 0 && service_stop(&svc, out, sizeof out) != 0)
+    if (rc == 0 && demo_service_stop(&svc, STOP_TIMEOUT_MS, out, sizeof out) != 0)
         rc = -1;
     if (rc == 0) {
         char *nl = strchr(out, '\n');
@@ -507,10 +312,10 @@ static int one_hop(demo *d, const hop *h)
         demo_say("SIGTERM; exit %d; %s", svc.status, out);
         if (svc.status != 0 || applied != 1 || skipped != 1) {
             rc = demo_fail("expected exit 0, applied=1 and one copy skipped");
-            service_show_log(&svc);
+            demo_service_show_log(&svc);
         }
     }
-    service_cleanup(&svc);
+    demo_service_cleanup(&svc);
     if (rc != 0)
         return rc;
 

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "narrate.h"
 #include "../tests/harness/clock.h"
 
@@ -134,6 +136,66 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     return 0;
 }
 
+/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
+ * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
+ * with the demo. Its pid, or -1 through demo_fail(); the caller closes its
+ * descriptors either way. */
+static pid_t spawn(const char *const *argv, int out_fd, int err_fd)
+{
+    /* Formatted before the fork: the child makes async-signal-safe calls
+     * only until exec. */
+    char msg[512];
+    int msglen = snprintf(msg, sizeof msg, "could not execute %s\n", argv[0]);
+    if (msglen < 0 || (size_t)msglen >= sizeof msg)
+        msglen = (int)strlen(msg);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return demo_fail("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            (out_fd >= 0 && dup2(out_fd, STDOUT_FILENO) < 0) ||
+            (err_fd >= 0 && dup2(err_fd, STDERR_FILENO) < 0))
+            _exit(127);
+        execvp(argv[0], (char *const *)argv);
+        ssize_t w = write(STDERR_FILENO, msg, (size_t)msglen);
+        (void)w;
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Read fd to EOF into buf (at most max bytes kept, *len so far), until the
+ * monotonic deadline: 1 if it passed first, else 0. */
+static int read_until(int fd, long long deadline, char *buf, size_t max, size_t *len)
+{
+    for (;;) {
+        long long left = deadline - clk_mono_ms();
+        if (left <= 0)
+            return 1;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)left) <= 0)
+            continue;
+        char chunk[4096];
+        ssize_t got = read(fd, chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return 0;           /* EOF: the program is exiting */
+        size_t keep = max - *len < (size_t)got ? max - *len : (size_t)got;
+        memcpy(buf + *len, chunk, keep);
+        *len += keep;
+    }
+}
+
+/* A wait status as an exit status: 128 + N when signal N ended it. */
+static int exit_status(int wstatus)
+{
+    return WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+}
+
 int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
              int *status_out)
 {
@@ -145,48 +207,16 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("pipe: %s", strerror(errno));
     }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    pid_t pid = spawn(argv, -1, fds[1]);
+    close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
-        close(fds[1]);
         free(log);
-        return demo_fail("fork: %s", strerror(errno));
+        return -1;
     }
-    if (pid == 0) {
-        /* Die with the demo; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(fds[1]);
 
     size_t len = 0;
-    long long deadline = clk_mono_ms() + timeout_ms;
-    int timed_out = 0;
-    for (;;) {
-        long long left = deadline - clk_mono_ms();
-        if (left <= 0) {
-            timed_out = 1;
-            break;
-        }
-        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-        if (poll(&pfd, 1, (int)left) <= 0)
-            continue;
-        char chunk[4096];
-        ssize_t got = read(fds[0], chunk, sizeof chunk);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;              /* EOF: the program is exiting */
-        size_t keep = log_max - len < (size_t)got ? log_max - len : (size_t)got;
-        memcpy(log + len, chunk, keep);
-        len += keep;
-    }
+    int timed_out = read_until(fds[0], clk_mono_ms() + timeout_ms, log, log_max, &len);
     close(fds[0]);
     if (timed_out)
         kill(pid, SIGKILL);
@@ -198,7 +228,155 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("%s did not finish within %d ms (killed)", argv[0], timeout_ms);
     }
-    *status_out = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus);
+    *status_out = exit_status(wstatus);
     *log_out = log;
     return 0;
+}
+
+/* ------------------------------------------------------------ a service */
+
+int demo_service_start(demo_service *svc, const char *name, const char *const *argv)
+{
+    memset(svc, 0, sizeof *svc);
+    svc->name = name;
+    svc->out = -1;
+    svc->log = tmpfile();
+    if (svc->log == NULL)
+        return demo_fail("tmpfile: %s", strerror(errno));
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return demo_fail("pipe: %s", strerror(errno));
+    pid_t pid = spawn(argv, fds[1], fileno(svc->log));
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        return -1;
+    }
+    svc->pid = pid;
+    svc->out = fds[0];
+    return 0;
+}
+
+int demo_service_exited(demo_service *svc)
+{
+    if (svc->pid == 0)
+        return 1;
+    int wstatus;
+    if (waitpid(svc->pid, &wstatus, WNOHANG) != svc->pid)
+        return 0;
+    svc->status = exit_status(wstatus);
+    svc->pid = 0;
+    return 1;
+}
+
+void demo_service_show_log(demo_service *svc)
+{
+    if (svc->log == NULL)
+        return;
+    fflush(stdout);
+    fprintf(stderr, "demo: %s's stderr:\n", svc->name);
+    char line[1024];
+    rewind(svc->log);
+    while (fgets(line, sizeof line, svc->log) != NULL)
+        fprintf(stderr, "  | %s%s", line, strchr(line, '\n') ? "" : "\n");
+    fseek(svc->log, 0, SEEK_END);
+}
+
+int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size)
+{
+    size_t len = 0;
+    if (svc->pid != 0)
+        kill(svc->pid, SIGTERM);
+    int timed_out = svc->out >= 0 &&
+                    read_until(svc->out, clk_mono_ms() + timeout_ms, out, size - 1, &len);
+    out[len] = '\0';
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->pid != 0) {
+        if (timed_out)
+            kill(svc->pid, SIGKILL);
+        int wstatus;
+        while (waitpid(svc->pid, &wstatus, 0) < 0 && errno == EINTR)
+            ;
+        svc->status = exit_status(wstatus);
+        svc->pid = 0;
+    }
+    if (timed_out)
+        return demo_fail("%s did not exit within %d ms of SIGTERM (killed)", svc->name,
+                         timeout_ms);
+    return 0;
+}
+
+void demo_service_cleanup(demo_service *svc)
+{
+    if (svc->pid != 0) {
+        kill(svc->pid, SIGKILL);
+        while (waitpid(svc->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        svc->pid = 0;
+    }
+    if (svc->out >= 0)
+        close(svc->out);
+    svc->out = -1;
+    if (svc->log != NULL)
+        fclose(svc->log);
+    svc->log = NULL;
+}
+
+/* ------------------------------------------------------------ a duplicate */
+
+static void on_copy_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    demo_delivery *d = m->_private;
+    d->err = m->err;
+    d->partition = m->partition;
+    d->offset = m->offset;
+    d->done = 1;
+}
+
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return demo_fail("bootstrap.servers: %s", errstr);
+    }
+    rd_kafka_conf_set_dr_msg_cb(conf, on_copy_delivery);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return demo_fail("could not create a Kafka producer: %s", errstr);
+    }
+    /* conf belongs to rk now. */
+    int rc = 0;
+    demo_delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
+    rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);
+    for (size_t i = 0; i < m->header_count; i++)
+        rd_kafka_header_add(h, m->headers[i].name, -1, m->headers[i].value,
+                            m->headers[i].value ? (ssize_t)m->headers[i].value_len : 0);
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition),
+        RD_KAFKA_V_KEY(m->key, m->key ? m->key_len : 0),
+        RD_KAFKA_V_VALUE(m->value, m->value ? m->value_len : 0),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_OPAQUE(&d), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(h);    /* still ours: producev failed */
+        rc = demo_fail("could not produce the copy: %s", rd_kafka_err2str(err));
+    } else {
+        /* The copy is published when its delivery report says so. */
+        rd_kafka_flush(rk, 10000);
+        if (!d.done || d.err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            rc = demo_fail("the copy was not delivered: %s",
+                      d.done ? rd_kafka_err2str(d.err) : "no delivery report within 10 s");
+    }
+    rd_kafka_destroy(rk);
+    if (rc == 0)
+        *copy_out = d;
+    return rc;
 }

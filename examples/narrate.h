@@ -8,10 +8,15 @@
 #define FERRY_EXAMPLES_NARRATE_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 #include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 
 #include "ferry.h"
+#include "../tests/harness/kafkatmp.h"
 
 /* A new step of the walkthrough: "[N] ...". */
 void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -42,5 +47,44 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
  * through demo_fail() when it could not be run or did not finish. */
 int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log_out,
              int *status_out);
+
+/* A service the demo runs as a child (account-service, the Python and
+ * Node.js services): its stdout (the stats line) through a pipe, its
+ * stderr (its log) into a temporary file, shown when something goes
+ * wrong. It dies with the demo (PR_SET_PDEATHSIG). */
+typedef struct demo_service {
+    const char *name;           /* for messages: "account-service" */
+    pid_t pid;                  /* 0 once collected */
+    int out;                    /* read end of its stdout */
+    FILE *log;                  /* its stderr */
+    int status;                 /* exit status once collected; 128 + N for signal N */
+} demo_service;
+
+/* Start argv (argv[0] a path, or a name looked up in PATH). 0, or -1
+ * through demo_fail(); either way demo_service_cleanup() may follow. */
+int demo_service_start(demo_service *svc, const char *name, const char *const *argv);
+/* Collect the child if it has exited (without waiting): 1 if it has. */
+int demo_service_exited(demo_service *svc);
+/* Its log so far, indented, for a failure report (on stderr). */
+void demo_service_show_log(demo_service *svc);
+/* SIGTERM, then its stdout to EOF into out (size bytes, NUL-terminated),
+ * then collect it; SIGKILL and -1 after timeout_ms. */
+int demo_service_stop(demo_service *svc, int timeout_ms, char *out, size_t size);
+/* Whatever state it is in: gone, and its files closed. */
+void demo_service_cleanup(demo_service *svc);
+
+/* Where a message landed, from its delivery report. */
+typedef struct demo_delivery {
+    rd_kafka_resp_err_t err;
+    int32_t partition;
+    int64_t offset;
+    int done;
+} demo_delivery;
+
+/* Publish an exact copy of m — key, value, every header in order — to the
+ * partition it came from, as a relay resending it would (same key, same
+ * partitioner), and wait up to 10 s for its delivery report. 0 with
+ * *copy_out where the copy landed, or -1 through demo_fail(). */
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out);
 
 #endif

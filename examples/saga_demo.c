@@ -492,11 +492,11 @@ static int load_definition(demo *d)
     ferry_error err;
     ferry_code frc = ferry_saga_registry_new(NULL, &d->reg, &err);
     if (frc != FERRY_OK) {
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
         return demo_ferry_failed("ferry_saga_registry_new", frc, &err);
     }
     if ((frc = ferry_saga_registry_add(d->reg, def, &err)) != FERRY_OK) {
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
         return demo_ferry_failed("ferry_saga_registry_add", frc, &err);
     }
 

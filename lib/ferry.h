@@ -10,6 +10,11 @@
  *   - Out-parameters are written only on success.
  *   - Strings and connections passed in are borrowed for the duration of
  *     the call; the library keeps no pointer to them afterwards.
+ *   - What a *_new, *_load or *_parse call makes is freed by the matching
+ *     *_destroy, which accepts NULL and cannot fail (rd_kafka_new and
+ *     rd_kafka_destroy). A *_close ends an object's work and may fail
+ *     (ferry_consumer_close commits, and says if it could not); it frees
+ *     nothing, so *_destroy still follows it.
  *   - The library never begins, commits or rolls back the caller's
  *     transaction, except inside ferry_tx_run() and ferry_migrate(), whose
  *     whole purpose is to run one.
@@ -33,6 +38,15 @@ extern "C" {
 #define FERRY_API __attribute__((visibility("default")))
 #else
 #define FERRY_API
+#endif
+
+/* A name kept for one release after it was renamed (CHANGELOG.md says
+ * which): it still links, and a caller's compiler says what replaces it.
+ * Not inside ferry's own build, which may keep old callers for a while. */
+#if defined(__GNUC__) && !defined(FERRY_BUILDING)
+#define FERRY_DEPRECATED(use) __attribute__((deprecated(use)))
+#else
+#define FERRY_DEPRECATED(use)
 #endif
 
 #define FERRY_VERSION_MAJOR 0
@@ -549,6 +563,17 @@ typedef struct ferry_saga_step_def {
     int pivot;                  /* after this step the saga only goes forward */
 } ferry_saga_step_def;
 
+/*
+ * A loaded definition, read-only for callers. Not opaque (yet): the pure
+ * engine, the driver, the reconciler, the simulator and the tests read its
+ * fields in some 130 places, and the saga engine is still being changed;
+ * accessors will replace the fields before 1.0 (README, Layout). Until
+ * then, to keep the ABI change to additions: only ferry_saga_def_load and
+ * _parse make one (the library allocates it, with more behind it), so
+ * never declare, allocate, copy or embed a ferry_saga_def or a
+ * ferry_saga_step_def, never write a field, and free it with
+ * ferry_saga_def_destroy; new fields are only ever appended.
+ */
 typedef struct ferry_saga_def {
     char *name;
     int version;                /* >= 1 */
@@ -579,7 +604,7 @@ typedef struct ferry_saga_load_errors {
 
 /*
  * Load and check one saga definition from a YAML file. On success *out is
- * a new definition (free with ferry_saga_def_free). On failure returns
+ * a new definition (free with ferry_saga_def_destroy). On failure returns
  * FERRY_EINVAL with every error found in errs (not only the first):
  * syntax errors, unknown keys, wrong types, duplicate step names, a
  * missing compensation, impossible timeouts (a step's timeout times its
@@ -591,7 +616,11 @@ FERRY_API ferry_code ferry_saga_def_load(const char *path, ferry_saga_def **out,
 /* The same from memory; name is used in error messages as the file. */
 FERRY_API ferry_code ferry_saga_def_parse(const char *yaml, size_t len, const char *name,
                                           ferry_saga_def **out, ferry_saga_load_errors *errs);
-FERRY_API void ferry_saga_def_free(ferry_saga_def *def);
+FERRY_API void ferry_saga_def_destroy(ferry_saga_def *def);
+/* Deprecated: the name of ferry_saga_def_destroy until 0.1; removed in the
+ * release after the next. */
+FERRY_API void ferry_saga_def_free(ferry_saga_def *def)
+    FERRY_DEPRECATED("use ferry_saga_def_destroy");
 
 /* ------------------------------------------------------------------ */
 /* Saga engine (pure)                                                   */

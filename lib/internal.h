@@ -35,6 +35,13 @@ ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *
  * *bad_at is the offset of the first bad byte. */
 bool ferry__utf8_valid(const char *s, size_t len, size_t *bad_at);
 
+/* Whether text[0..len) is JSON that jsonb takes (validate.c), and if so
+ * the length in bytes of jsonb's canonical text of it into *out — exact
+ * in a UTF-8 database but for objects with duplicate keys, where jsonb
+ * keeps the last and the length given is that of all of them (an upper
+ * bound). Saturates at SIZE_MAX / 2. */
+bool ferry__json_canonical_len(const char *text, size_t len, size_t *out);
+
 /* src into dst (size bytes, NUL-terminated, cut only between characters)
  * with each byte of a control character (C0, DEL, C1) or of what is not
  * UTF-8 written as \xNN: for every message that quotes input, so that

@@ -101,9 +101,9 @@ typedef struct loader {
 
 /* What the loader allocates: the public definition and, beside it, each
  * command's payload as JSON text. ferry__saga_def_tmpl and
- * ferry_saga_def_free find the templates from the definition, which is
+ * ferry_saga_def_destroy find the templates from the definition, which is
  * why a definition must come from the loader (the registry frees it with
- * ferry_saga_def_free in any case). */
+ * ferry_saga_def_destroy in any case). */
 typedef struct def_full {
     ferry_saga_def def;                        /* first: a def is its def_full */
     ferry__tmpl tmpl[FERRY_SAGA_STEPS_MAX][2];  /* [step][ferry_saga_command_kind] */
@@ -133,7 +133,7 @@ static void command_free(ferry_saga_command *c)
     c->payload = NULL;
 }
 
-void ferry_saga_def_free(ferry_saga_def *def)
+void ferry_saga_def_destroy(ferry_saga_def *def)
 {
     if (!def)
         return;
@@ -152,6 +152,12 @@ void ferry_saga_def_free(ferry_saga_def *def)
     free(def->name);
     free(def->file);
     free(def);
+}
+
+/* The old name, for one more release (ferry.h). */
+void ferry_saga_def_free(ferry_saga_def *def)
+{
+    ferry_saga_def_destroy(def);
 }
 
 /* ------------------------------------------------------------ payloads */
@@ -807,7 +813,7 @@ static ferry_code read_def(void *arg, void *out)
     return FERRY_OK;
 
 out_free_def:
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     return rc;
 }
 

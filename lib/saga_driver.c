@@ -107,7 +107,7 @@ void ferry_saga_registry_destroy(ferry_saga_registry *reg)
     if (reg == NULL)
         return;
     for (size_t i = 0; i < reg->n; i++)
-        ferry_saga_def_free(reg->defs[i]);
+        ferry_saga_def_destroy(reg->defs[i]);
     free(reg->defs);
     free(reg->reply_topic);
     free(reg);

@@ -9,6 +9,7 @@
  * every bad input through both paths to keep them in step.
  */
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -105,7 +106,16 @@ typedef struct jscan {
     const char *why;              /* the fault, static text */
     size_t at;                    /* where */
     bool number;                  /* why is about the number at at */
+    size_t canon;                 /* bytes of jsonb's canonical text so far */
 } jscan;
+
+/* canon saturates rather than wraps: a number's canonical text can be
+ * 16,000 times its written length ("1e131071"), and only "over the limit"
+ * matters. */
+static void jcanon(jscan *j, size_t add)
+{
+    j->canon = add > SIZE_MAX / 2 - j->canon ? SIZE_MAX / 2 : j->canon + add;
+}
 
 static bool jfault(jscan *j, size_t at, const char *why)
 {
@@ -159,9 +169,24 @@ static bool jhex4(const jscan *j, size_t i, unsigned *cp)
     return true;
 }
 
+/* Bytes of code point cp in jsonb's text: jsonb stores a string decoded
+ * (escapes resolved, in a UTF-8 database as UTF-8) and prints it through
+ * escape_json(): '"', '\\' and \b \f \n \r \t as two-byte escapes, other
+ * control characters as \u00XX, the rest as UTF-8. */
+static size_t jcp_canon(unsigned cp)
+{
+    if (cp == '"' || cp == '\\' || cp == '\b' || cp == '\f' || cp == '\n' || cp == '\r' ||
+        cp == '\t')
+        return 2;
+    if (cp < 0x20)
+        return 6;
+    return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+}
+
 static bool jstring(jscan *j)
 {
     size_t start = j->i++;
+    jcanon(j, 2);                                   /* the quotes */
     while (j->i < j->n) {
         unsigned char c = j->s[j->i];
         if (c == '"') {
@@ -175,10 +200,12 @@ static bool jstring(jscan *j)
             if (len > j->n - j->i || !ferry__utf8_valid((const char *)j->s + j->i, len, NULL))
                 return jfault(j, j->i, "not valid UTF-8");
             j->i += len;
+            jcanon(j, len);
             continue;
         }
         if (c != '\\') {
             j->i++;
+            jcanon(j, 1);
             continue;
         }
         size_t esc = j->i++;
@@ -187,6 +214,7 @@ static bool jstring(jscan *j)
         c = j->s[j->i];
         if (strchr("\"\\/bfnrt", c) != NULL && c != '\0') {
             j->i++;
+            jcanon(j, c == '/' ? 1 : 2);          /* "\/" is printed "/" */
             continue;
         }
         unsigned cp, lo;
@@ -202,9 +230,25 @@ static bool jstring(jscan *j)
                 !jhex4(j, j->i + 2, &lo) || lo < 0xDC00 || lo > 0xDFFF)
                 return jfault(j, esc, "a Unicode high surrogate not followed by a low one");
             j->i += 6;
+            cp = 0x10000;                           /* a pair is one 4-byte character */
         }
+        jcanon(j, jcp_canon(cp));
     }
     return jfault(j, start, "an unterminated string");
+}
+
+/* Bytes of numeric_out()'s text for a number (jsonb stores numbers as
+ * numeric): a '-' unless zero, the digits before the point or "0", and
+ * the display scale's digits after a '.', where the scale is the digits
+ * written after the point less the exponent (numeric_in: "1.50" keeps
+ * two, "1.5e3" is "1500", "15e-4" is "0.0015", "-0.0" is "0.0"). */
+static void jnumber_canon(jscan *j, bool negative, size_t before, size_t frac_len, long exp)
+{
+    int64_t scale = (int64_t)frac_len - exp;
+    size_t n = (negative ? 1 : 0) + (before > 0 ? before : 1);
+    if (scale > 0)
+        n += 1 + (size_t)scale;
+    jcanon(j, n);
 }
 
 /* A number by JSON's grammar, within numeric's limits. */
@@ -263,13 +307,19 @@ static bool jnumber(jscan *j)
             f++;
         if (f == frac_len) {
             j->number = false;
-            return true;                         /* zero */
+            jnumber_canon(j, false, 0, frac_len, exp);   /* zero */
+            return true;
         }
         k += f;
     }
     if ((int64_t)int_len - 1 - (int64_t)k + exp > NUMERIC_DECIMAL_WEIGHT_MAX)
         return jfault(j, start, "more than 131072 digits before the decimal point");
     j->number = false;
+    /* digits before the point as numeric prints them: from the first
+     * non-zero digit (k into int and frac digits) to where the exponent
+     * puts the point */
+    int64_t before = (int64_t)int_len + exp - (int64_t)k;
+    jnumber_canon(j, s[start] == '-', before > 0 ? (size_t)before : 0, frac_len, exp);
     return true;
 }
 
@@ -281,8 +331,10 @@ static bool jword(jscan *j)
     size_t len = j->i - start;
     const char *w = (const char *)j->s + start;
     if ((len == 4 && memcmp(w, "true", 4) == 0) || (len == 5 && memcmp(w, "false", 5) == 0) ||
-        (len == 4 && memcmp(w, "null", 4) == 0))
+        (len == 4 && memcmp(w, "null", 4) == 0)) {
+        jcanon(j, len);
         return true;
+    }
     return jfault(j, start, "an invalid token");
 }
 
@@ -298,6 +350,7 @@ static bool jkey(jscan *j)
     if (j->i >= j->n || j->s[j->i] != ':')
         return jfault(j, j->i, "expected ':' after the key");
     j->i++;
+    jcanon(j, 2);                                   /* ": " */
     return true;
 }
 
@@ -318,11 +371,13 @@ static bool json_check(jscan *j)
                 return jfault(j, j->i, "nested more than 2048 levels deep");
             open[depth++] = (char)c;
             j->i++;
+            jcanon(j, 1);
             jspace(j);
             char close = c == '{' ? '}' : ']';
             if (j->i < j->n && j->s[j->i] == close) {
                 depth--;
                 j->i++;
+                jcanon(j, 1);
             } else {
                 if (c == '{' && !jkey(j))
                     return false;
@@ -355,12 +410,14 @@ static bool json_check(jscan *j)
             if ((top == '[' && c == ']') || (top == '{' && c == '}')) {
                 depth--;
                 j->i++;
+                jcanon(j, 1);
                 continue;
             }
             if (c != ',')
                 return jfault(j, j->i, top == '[' ? "expected ',' or ']'"
                                                   : "expected ',' or '}'");
             j->i++;
+            jcanon(j, 2);                           /* ", " */
             if (top == '{' && !jkey(j))
                 return false;
             break;
@@ -384,8 +441,19 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
         return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload is over the limit of %zu bytes", max);
     jscan j = {.s = (const unsigned char *)payload, .n = len};
-    if (json_check(&j))
+    if (json_check(&j)) {
+        /* The server checks both: the text as sent and what the relay will
+         * publish, jsonb's canonical text, which can be longer ("[1,2]" is
+         * "[1, 2]", "1e5" is "100000"). Checking only the first here let a
+         * payload through that the server then refused, aborting the
+         * caller's transaction. */
+        if (j.canon > max)
+            return ferry__error_set(err, FERRY_EINVAL, "payload",
+                                 "payload is over the limit of %zu bytes as it will be "
+                                 "published: %zu%s bytes of canonical JSON", max, j.canon,
+                                 j.canon == SIZE_MAX / 2 ? " or more" : "");
         return FERRY_OK;
+    }
     int line = 1, column = 1;
     for (size_t i = 0; i < j.at; i++) {
         if (j.s[i] == '\n') {
@@ -406,6 +474,15 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
     return ferry__error_set(err, FERRY_EINVAL, "payload",
                          "payload is not valid JSON: %s at line %d, column %d", j.why, line,
                          column);
+}
+
+bool ferry__json_canonical_len(const char *text, size_t len, size_t *out)
+{
+    jscan j = {.s = (const unsigned char *)text, .n = len};
+    if (!json_check(&j))
+        return false;
+    *out = j.canon;
+    return true;
 }
 
 static bool header_name_reserved(const char *name)

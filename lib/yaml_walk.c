@@ -364,7 +364,7 @@ int ferry__yw_read_mapping(ferry__yw *w, const char *const *keys, int nkeys, boo
                     index = i;
             size_t old = ferry__yw_push_key(w, name);
             if (index < 0) {
-                char names[160];
+                char names[400];
                 list_keys(keys, nkeys, names, sizeof names);
                 ferry__yw_error(w, key_at, "unknown key \"%.64s\" (expected %s)", name, names);
             } else if (seen[index]) {
@@ -463,6 +463,10 @@ static int read_stream(ferry__yw *w, const ferry__yw_doc *doc)
     yaml_event_delete(&ev);
     if (ferry__yw_next(w, &ev) != 0)
         return -1;
+    if (ev.type == YAML_STREAM_END_EVENT && doc->empty_ok) {
+        yaml_event_delete(&ev);
+        return 0;
+    }
     if (ev.type == YAML_STREAM_END_EVENT) {   /* empty, or comments only */
         ferry__yw_error_at(w, ferry__yw_place_of(ev.start_mark), "", "empty document: expected %s",
                           doc->expected);
@@ -473,7 +477,9 @@ static int read_stream(ferry__yw *w, const ferry__yw_doc *doc)
 
     if (ferry__yw_next(w, &ev) != 0)
         return -1;
-    if (ev.type != YAML_MAPPING_START_EVENT) {
+    if (doc->empty_ok && ferry__yw_is_null(&ev)) {
+        yaml_event_delete(&ev);
+    } else if (ev.type != YAML_MAPPING_START_EVENT) {
         ferry__yw_error_at(w, ferry__yw_place_of(ev.start_mark), "", "expected %s at the top",
                           doc->expected);
         int rc = ferry__yw_skip(w, &ev);

@@ -69,6 +69,10 @@ typedef struct ferry__yw_doc {
     const bool *required;             /* NULL: none */
     ferry__yw_value_fn value;
     void *arg;
+    /* An empty document (nothing, or comments only) or a null at the top
+     * reads as a mapping without keys rather than an error: for files in
+     * which every key is optional (the relay's configuration). */
+    bool empty_ok;
 } ferry__yw_doc;
 
 /* ------------------------------------------------------------ running a walk */

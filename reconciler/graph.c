@@ -193,6 +193,6 @@ int reconcile_graph(int argc, char **argv)
         return RECONCILE_EXIT_INVALID;
     }
     print_graph(stdout, def);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     return fflush(stdout) == 0 ? RECONCILE_EXIT_OK : RECONCILE_EXIT_INVALID;
 }

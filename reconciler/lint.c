@@ -121,7 +121,7 @@ static int lint_saga(const char *path, const char *text, size_t len)
     }
     printf("%s: OK: saga %s version %d, %zu step%s, hash %s\n", path, def->name, def->version,
            def->step_count, def->step_count == 1 ? "" : "s", def->hash);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     return RC_EXIT_OK;
 }
 

@@ -101,7 +101,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
             }
             if (ferry_saga_registry_add(*out, def, &err) != FERRY_OK) {
                 fprintf(stderr, "%s: %s\n", g.gl_pathv[i], err.message);
-                ferry_saga_def_free(def);
+                ferry_saga_def_destroy(def);
                 bad = 1;
             }
         }
@@ -177,6 +177,7 @@ static const sweep_fn sweeps[RC_SWEEP_COUNT] = {
     [RC_SWEEP_DEAD_LETTERS] = rc_sweep_dead_letters,
     [RC_SWEEP_GARBAGE] = rc_sweep_garbage,
     [RC_SWEEP_RULES] = rc_sweep_rules,
+    [RC_SWEEP_WAL_SLOT] = rc_sweep_wal_slot,
 };
 
 /* Every sweep in turn; stops early when the connection is gone, the lease

@@ -143,6 +143,7 @@ int rc_sweep_compensations(rc_ctx *ctx);   /* state compensating */
 int rc_sweep_dead_letters(rc_ctx *ctx);
 int rc_sweep_garbage(rc_ctx *ctx);
 int rc_sweep_rules(rc_ctx *ctx);
+int rc_sweep_wal_slot(rc_ctx *ctx);        /* sweep_slot.c */
 /* Only the --replay / --discard requests of the dead-letter sweep (which
  * repair carries out first, without the lease), findings in its name. */
 int rc_dead_letter_requests(rc_ctx *ctx);

@@ -26,6 +26,7 @@ static const char *const sweep_names[RC_SWEEP_COUNT] = {
     [RC_SWEEP_DEAD_LETTERS] = "dead_letters",
     [RC_SWEEP_GARBAGE] = "garbage",
     [RC_SWEEP_RULES] = "rules",
+    [RC_SWEEP_WAL_SLOT] = "wal_slot",
 };
 
 static const char *const outcome_names[] = {

@@ -35,6 +35,7 @@ typedef enum rc_sweep_id {
     RC_SWEEP_DEAD_LETTERS,         /* report; replay / discard on request */
     RC_SWEEP_GARBAGE,              /* inbox past retention, published outbox rows */
     RC_SWEEP_RULES,                /* the rules file's compliance rules */
+    RC_SWEEP_WAL_SLOT,             /* the WAL source's slot: missing, lost, inactive, lagging */
     RC_SWEEP_COUNT
 } rc_sweep_id;
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# deps.sh — install the Debian packages ferry needs that this machine lacks.
+# deps.sh [coverage] — install the Debian packages ferry needs that this
+# machine lacks (and gcovr, with coverage).
 #
 # `make test`, `make demo`, `make bench` and `make all` call this first, so
 # that on a fresh Debian 12 machine, as root, each of them just works. It
@@ -15,9 +16,12 @@ set -eu
 # examples/node/package-lock.json (`npm ci`, run by make).
 # systemd: systemd-analyze verify checks the units (tests/install_check.sh).
 packages="gcc make pkg-config libc6-dev
-libpq-dev librdkafka-dev libcyaml-dev libjansson-dev libmicrohttpd-dev
+libpq-dev librdkafka-dev libyaml-dev libjansson-dev libmicrohttpd-dev
 libcmocka-dev postgresql clang libclang-rt-14-dev
 python3 python3-psycopg2 python3-confluent-kafka nodejs npm systemd"
+# `sh scripts/deps.sh coverage` (make coverage): gcovr as well, which
+# nothing else needs.
+[ "${1:-}" = coverage ] && packages="$packages gcovr"
 
 missing=""
 for p in $packages; do

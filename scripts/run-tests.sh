@@ -18,9 +18,9 @@
 # they were written; I/O-bound ones fill the other slots meanwhile.
 #
 # Order: slowest first, by the durations the last run kept in
-# build/test-logs/durations (-valgrind), so that a long test does not start last and
-# keep everyone waiting; a job never timed counts as slowest (it is new,
-# or this is the first run). With FERRY_TEST_JOBS=1 they run one by one in
+# build/test-logs/durations (-valgrind), or on a first run those in
+# tests/durations, so that a long test does not start last and keep
+# everyone waiting; a job never timed counts as slowest (it is new). With FERRY_TEST_JOBS=1 they run one by one in
 # the order given, tests before extra jobs, as they used to.
 #
 # Each job's stdout and stderr go to build/test-logs/NAME.log (stdin is
@@ -33,6 +33,10 @@
 #                        which makes every test compute)
 #   FERRY_TEST_CPU_JOBS  --cpu jobs at once (default: cores - 1, at least 1)
 #   FERRY_TEST_TAIL      lines of a failed job's log to print (default 80)
+#   FERRY_TEST_TIMEOUT   seconds a job may run before it is stopped and
+#                        fails, naming itself and its log (default 1800;
+#                        6000 under FERRY_VALGRIND)
+#   FERRY_TEST_LOGDIR    where the logs and durations go (build/test-logs)
 #   FERRY_VALGRIND=1     run the TEST binaries under valgrind
 set -u
 
@@ -54,8 +58,18 @@ fi
 cores=$(nproc 2>/dev/null || echo 2)
 max_cpu=${FERRY_TEST_CPU_JOBS:-$((cores > 1 ? cores - 1 : 1))}
 tail_lines=${FERRY_TEST_TAIL:-80}
-for v in "$max_jobs" "$max_cpu" "$tail_lines"; do
-    case $v in ''|*[!0-9]*|0) echo "$0: FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS and FERRY_TEST_TAIL take a number > 0" >&2; exit 2 ;; esac
+# A hung binary would otherwise hold the whole run until CI's own limit
+# (90 min) kills it without saying which one. Half an hour: test_relay_sim,
+# 76 s alone on 2 cores, took 626 to 629 s while five other suites shared
+# the same 2 cores (and one run past 600 s), so ten minutes would fail a
+# slow but healthy job.
+if [ -n "${FERRY_VALGRIND:-}" ]; then
+    timeout_secs=${FERRY_TEST_TIMEOUT:-6000}
+else
+    timeout_secs=${FERRY_TEST_TIMEOUT:-1800}
+fi
+for v in "$max_jobs" "$max_cpu" "$tail_lines" "$timeout_secs"; do
+    case $v in ''|*[!0-9]*|0) echo "$0: FERRY_TEST_JOBS, FERRY_TEST_CPU_JOBS, FERRY_TEST_TAIL and FERRY_TEST_TIMEOUT take a number > 0" >&2; exit 2 ;; esac
 done
 
 # Jobs, by index: name, what to run (a path, or a command when kind is cmd).
@@ -83,17 +97,24 @@ for t in "$@"; do add_job "$(basename "$t")" "$t" bin; done
 for i in "${!extra_names[@]}"; do add_job "${extra_names[i]}" "${extra_cmds[i]}" cmd; done
 [ ${#names[@]} -gt 0 ] || usage
 
-logdir=build/test-logs
+logdir=${FERRY_TEST_LOGDIR:-build/test-logs}
 # valgrind times differ from the sanitizers' by far more than their order.
 durations=$logdir/durations${FERRY_VALGRIND:+-valgrind}
 mkdir -p "$logdir" || exit 2
 
-# The previous run's durations: "NAME SECONDS" lines.
+# The previous run's durations: "NAME SECONDS" lines. A fresh clone (CI
+# always is one) has none: tests/durations, measured once on 2 busy cores,
+# gives the order instead, so that the longest jobs (test_relay_sim, a
+# simulator that computes for minutes) do not start last and hold up the
+# end; without it they start in the order given, test_relay_sim among the
+# last.
 declare -A took_before=()
-if [ -f "$durations" ]; then
+order_from=$durations
+[ -f "$order_from" ] || [ -n "${FERRY_VALGRIND:-}" ] || order_from=tests/durations
+if [ -f "$order_from" ]; then
     while read -r n s; do
         case $s in ''|*[!0-9]*) ;; *) took_before[$n]=$s ;; esac
-    done <"$durations"
+    done <"$order_from"
 fi
 
 # The queue: indexes into names[], in the order they should start.
@@ -117,14 +138,19 @@ start_job() {
     local i=$1 name=${names[$1]} log="$logdir/${names[$1]}.log"
     # setsid: a session, hence a process group, of its own, which
     # stop_all() can signal as a whole (relays, brokers, compilers...).
+    # timeout(1) makes that group its own and, past the limit, sends it
+    # SIGTERM (the tests' clusters go with their watchdogs, pgtmp.c), then
+    # SIGKILL 30 s later; it exits 124 (137 if it had to kill), which
+    # the loop below reports as a timeout.
+    local limit=(timeout -k 30 "$timeout_secs")
     if [ "${kind[i]}" = cmd ]; then
-        setsid bash -c "${what[i]}" >"$log" 2>&1 </dev/null &
+        setsid "${limit[@]}" bash -c "${what[i]}" >"$log" 2>&1 </dev/null &
     elif [ -n "${FERRY_VALGRIND:-}" ]; then
-        setsid valgrind --quiet --error-exitcode=99 --leak-check=full \
+        setsid "${limit[@]}" valgrind --quiet --error-exitcode=99 --leak-check=full \
             --errors-for-leak-kinds=definite --trace-children=no "${what[i]}" \
             >"$log" 2>&1 </dev/null &
     else
-        setsid "${what[i]}" >"$log" 2>&1 </dev/null &
+        setsid "${limit[@]}" "${what[i]}" >"$log" 2>&1 </dev/null &
     fi
     job_of[$!]=$i
     started[$!]=$(date +%s)
@@ -171,6 +197,9 @@ while :; do
         passed=$((passed + 1))
         took[$name]=$secs
         echo "PASS  $name (${secs}s)"
+    elif [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ "$secs" -ge "$timeout_secs" ]; }; then
+        failed+=("$name")
+        echo "FAIL  $name (timed out after ${timeout_secs}s, FERRY_TEST_TIMEOUT; log: $logdir/$name.log)"
     else
         failed+=("$name")
         echo "FAIL  $name (exit $rc, ${secs}s)"

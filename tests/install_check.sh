@@ -77,6 +77,30 @@ if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep 
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
     exit 1
 fi
+# ... and exactly the functions ferry.h declares FERRY_API: nothing internal
+# (ferry__*, lib/internal.h) and nothing it promises missing.
+sed -n 's/^FERRY_API[^(]*[^a-z0-9_]\(ferry_[a-z0-9_]*\)(.*/\1/p' "$tmp/prefix/include/ferry.h" |
+    sort -u > "$tmp/api.syms"
+nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '$2 == "T" {print $3}' | sort -u \
+    > "$tmp/exported.syms"
+if ! cmp -s "$tmp/api.syms" "$tmp/exported.syms" || [ ! -s "$tmp/api.syms" ]; then
+    echo "install_check: libferry.so's exports differ from ferry.h's FERRY_API functions:" >&2
+    diff "$tmp/api.syms" "$tmp/exported.syms" >&2 || true
+    exit 1
+fi
+# A deprecated name (CHANGELOG.md) still links, and its caller's compiler
+# names what replaces it.
+printf '#include <ferry.h>\nint main(void) { ferry_saga_def_free(NULL); return 0; }\n' \
+    > "$tmp/old.c"
+if cc -Werror=deprecated-declarations "$tmp/old.c" $(pkg-config --cflags --libs ferry) \
+        -o "$tmp/old" 2>"$tmp/old.err"; then
+    echo "install_check: ferry_saga_def_free is not marked deprecated" >&2
+    exit 1
+fi
+grep -q 'use ferry_saga_def_destroy' "$tmp/old.err" ||
+    { echo "install_check: the deprecation does not name ferry_saga_def_destroy" >&2; exit 1; }
+cc -Wno-deprecated-declarations "$tmp/old.c" $(pkg-config --cflags --libs ferry) -o "$tmp/old"
+env -u LD_LIBRARY_PATH "$tmp/old"
 # Code only the programs use lives in common/ (the lease protocol, the HTTP
 # server behind --metrics, Prometheus text) and is linked by them, never
 # into the library services link; the reconciler links common/, not the

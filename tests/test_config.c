@@ -721,6 +721,53 @@ static void write_file(const char *path, const char *text)
     assert_int_equal(fclose(f), 0);
 }
 
+/* A file with several mistakes: each is reported, one a line, in the
+ * order of the file, as "FILE:LINE:COLUMN: KEY: ..." (lib/yaml_walk.c,
+ * as for saga definitions and the reconciler's files), not only the
+ * first; the good values around them do not hide them. */
+static void every_error_in_a_file_is_reported_with_its_place(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/ferry-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    write_file(path, "batch_size: 12abc\n"
+                     "log_level: loud\n"
+                     "db: dbname=app\n"
+                     "unknown_thing: 1\n"
+                     "kafka:\n"
+                     "  compression.type:\n"
+                     "  bootstrap.servers: localhost:9092\n"
+                     "max_attempts: \"5\"\n"
+                     "metrics: [1, 2]\n");
+    relay_config cfg;
+    char err[2048];
+    int rc = load_v(&cfg, err, sizeof err, ARGS("--config", path));
+    unlink(path);
+    assert_int_not_equal(rc, 0);
+    const char *const want[] = {
+        ":1:13: batch_size: expected a decimal integer, not \"12abc\"",
+        ":2:12: log_level: invalid value \"loud\" (expected error, warn, info or debug)",
+        ":4:1: unknown_thing: unknown key \"unknown_thing\"",
+        ":6:20: kafka: compression.type: no value",
+        ":8:15: max_attempts: expected a decimal integer, not a quoted string",
+        ":9:1: metrics: expected a single value, not a sequence",
+    };
+    const char *line = err;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        size_t n = strcspn(line, "\n");
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "%s:", path);
+        if (strncmp(line, prefix, strlen(prefix) - 1) != 0 || !strstr(line, want[i]) ||
+            (size_t)(strstr(line, want[i]) - line) > n)
+            fail_msg("error %zu: expected \"%s%s\" on its own line, got:\n%s", i + 1, path,
+                     want[i], err);
+        line += n + (line[n] == '\n');
+    }
+    assert_string_equal(line, "");    /* and nothing else */
+}
+
 /* Every setting the loader has (its own list, so that a new one is
  * covered without an edit here), set in the file, by its variable, by
  * its flag and by --set, each time over a base that sets db and kafka. */
@@ -1035,6 +1082,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(valid_files_load, clear_env),
         cmocka_unit_test_setup(invalid_files_fail, clear_env),
+        cmocka_unit_test_setup(every_error_in_a_file_is_reported_with_its_place, clear_env),
         cmocka_unit_test_setup(flags_only_get_defaults, clear_env),
         cmocka_unit_test_setup(file_then_env_then_flags, clear_env),
         cmocka_unit_test_setup(config_file_from_env, clear_env),

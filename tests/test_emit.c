@@ -555,9 +555,11 @@ static void limits_inclusive(void **state)
                      FERRY_DEFAULT_MAX_PAYLOAD);
     /* The limit is on what will be published: jsonb's canonical text. A
      * compact array under the limit as written, whose canonical text
-     * ("[1, 1, ...]") is half as long again, passes the client's check
-     * (which measures what it was given) and is refused by the server,
-     * naming the field: the relay could not have published it (issue 11). */
+     * ("[1, 1, ...]") is half as long again, is refused by the client,
+     * which measures the canonical text as the server does (issue 13;
+     * before, it passed the client and the server's refusal aborted the
+     * transaction), and by the server, naming the field: the relay could
+     * not have published it (issue 11). */
     size_t n = FERRY_DEFAULT_MAX_PAYLOAD - 1;
     char *compact = malloc(n + 1);
     compact[0] = '[';
@@ -570,10 +572,18 @@ static void limits_inclusive(void **state)
     compact[n] = '\0';
     ferry_msg arr = msg("t", "compact", compact);
     tu_exec(c, "BEGIN");
-    assert_ferry_ok(ferry_msg_check(&arr, NULL, &err), err);
+    assert_int_equal(ferry_msg_check(&arr, NULL, &err), FERRY_EINVAL);
     assert_int_equal(ferry_emit(c, &arr, NULL, NULL, &err), FERRY_EINVAL);
     assert_string_equal(err.field, "payload");
     assert_non_null(strstr(err.message, "as it will be published"));
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+    const char *p[1] = {compact};
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit('t', 'compact', 'T', $1)", 1, NULL, p,
+                                 NULL, NULL, 0);
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
+    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
+    assert_non_null(strstr(PQresultErrorMessage(res), "as it will be published"));
+    PQclear(res);
     tu_exec(c, "ROLLBACK");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE aggregateid = 'compact'"),
                      0);

@@ -19,6 +19,7 @@
 #include "testutil.h"
 #include "tu_http.h"
 #include "../daemon/metrics.h"
+#include "promtext.h"
 
 /* ------------------------------------------------------------------ */
 /* Reading the exposition                                               */
@@ -667,9 +668,22 @@ static void kafka_statistics_become_families(void **state)
     metrics_free(m);
 }
 
+/* The one escaping every exporter uses (common/promtext.c): a broker name
+ * or a version from outside cannot end the quoted value or the line. */
+static void a_label_value_escapes_quotes_backslashes_and_newlines_and_drops_controls(void **state)
+{
+    (void)state;
+    strbuf b = {0};
+    promtext_label_value(&b, "a\\b\"c\nd\te\x01" "f");
+    assert_false(b.failed);
+    assert_string_equal(b.p, "a\\\\b\\\"c\\nd" "ef");
+    free(b.p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(a_label_value_escapes_quotes_backslashes_and_newlines_and_drops_controls),
         cmocka_unit_test(render_every_family_once),
         cmocka_unit_test(counters_and_gauges_render_their_values),
         cmocka_unit_test(histogram_buckets_are_cumulative),

@@ -618,7 +618,7 @@ static ferry_saga_registry *registry_load(void)
         if (ferry_saga_def_load(files[i], &def, &errs) != FERRY_OK
             || ferry_saga_registry_add(r, def, &err) != FERRY_OK) {
             fprintf(stderr, "%s: could not load\n", files[i]);
-            ferry_saga_def_free(def);
+            ferry_saga_def_destroy(def);
             ferry_saga_registry_destroy(r);
             return NULL;
         }

@@ -15,7 +15,11 @@
  *            it can be delivered again later as a late action)
  * Compensations always apply (an 'undo' row), through the helper, which
  * turns the compensation of a step that never ran into a tombstone.
+ *
+ * Every test runs twice, at the same time: with the consumers' batches
+ * (the default) and with one message per transaction (see main).
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -232,7 +236,7 @@ static void misuse_is_refused(void **state)
     assert_int_equal(ferry_saga_def_parse(order_yaml, strlen(order_yaml), "dup", &def, NULL),
                      FERRY_OK);
     assert_int_equal(ferry_saga_registry_add(reg, def, &err), FERRY_EINVAL);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     PQfinish(conn);
 }
 
@@ -768,10 +772,34 @@ static void saga_numbers_keep_their_digits(void **state)
     ferry_saga_registry_destroy(r);
 }
 
+/*
+ * The tests run twice, at the same time, each pass with its own cluster
+ * and broker: with batches (the library's default, batch_max 100) and
+ * with one message per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a
+ * test hook of the library, inherited by the orchestrator process).
+ */
+static pid_t start_unbatched_pass(void)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
+        execl("/proc/self/exe", "test_saga", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
         return orchestrator_main(argv);
+    pid_t unbatched = -1;
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
+        unbatched = start_unbatched_pass();
+    const char *hook = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
+    int batched = hook == NULL || strtol(hook, NULL, 10) != 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(misuse_is_refused),
         cmocka_unit_test(happy_path_completes),
@@ -786,5 +814,18 @@ int main(int argc, char **argv)
         cmocka_unit_test(saga_numbers_keep_their_digits),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    int failed = _cmocka_run_group_tests(batched ? "test_saga, with batches"
+                                                 : "test_saga, one message per transaction",
+                                         tests, sizeof tests / sizeof tests[0], group_setup,
+                                         group_teardown);
+    if (unbatched > 0) {
+        int st = 0;
+        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
+            ;
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "test_saga: the pass without batches failed (status %d)\n", st);
+            failed++;
+        }
+    }
+    return failed;
 }

@@ -156,7 +156,7 @@ static ferry_code load(const char *path, const char *text, size_t len, void **ou
 
 static void free_def(void *def)
 {
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
 }
 
 static const char *file_of(const void *def)
@@ -223,7 +223,7 @@ static void too_many_steps(void **state)
     assert_int_equal(ferry_saga_def_parse(b.s, b.len, "many.yaml", &def, &errs), FERRY_OK);
     assert_int_equal(def->step_count, FERRY_SAGA_STEPS_MAX);
     check_invariants(def);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
 
     /* One more, and an error in the one after it, which is not read. */
     int line = 5 + 5 * FERRY_SAGA_STEPS_MAX;
@@ -319,13 +319,13 @@ static void durations(void **state)
         if (def->deadline_ms != good[i].ms)
             fail_msg("deadline %s: %lld ms, expected %lld", good[i].text,
                      (long long)def->deadline_ms, (long long)good[i].ms);
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
     }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ferry_saga_def *def = NULL;
         ferry_saga_load_errors errs;
         if (load_deadline(bad[i].text, &def, &errs) == FERRY_OK) {
-            ferry_saga_def_free(def);
+            ferry_saga_def_destroy(def);
             fail_msg("deadline %s: loaded", bad[i].text);
         }
         char want[256];
@@ -376,7 +376,7 @@ static void retry_budget(void **state)
         }
         if (!cases[i].ok)
             assert_true(tu_load_has_error(&errs, "steps[0].timeout: timeout 10s"));
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
     }
 }
 
@@ -393,7 +393,7 @@ static void hash_is_fnv1a_of_the_bytes(void **state)
     assert_string_equal(a->hash, want);
     assert_string_equal(b->hash, want);
     assert_string_equal(b->file, "<memory>");
-    ferry_saga_def_free(b);
+    ferry_saga_def_destroy(b);
 
     /* A comment changes the bytes, so the hash. */
     char *more = malloc(len + 3);
@@ -402,8 +402,8 @@ static void hash_is_fnv1a_of_the_bytes(void **state)
     memcpy(more + len, "#\n", 3);
     assert_int_equal(ferry_saga_def_parse(more, len + 2, "x", &b, NULL), FERRY_OK);
     assert_string_not_equal(a->hash, b->hash);
-    ferry_saga_def_free(a);
-    ferry_saga_def_free(b);
+    ferry_saga_def_destroy(a);
+    ferry_saga_def_destroy(b);
     free(more);
     free(text);
     /* Known vectors of FNV-1a 64. */
@@ -415,7 +415,7 @@ static void null_arguments_and_missing_files(void **state)
 {
     ferry_saga_def *def = NULL;
     ferry_saga_load_errors errs;
-    ferry_saga_def_free(NULL);
+    ferry_saga_def_destroy(NULL);
     assert_int_equal(ferry_saga_def_parse(NULL, 0, "x", &def, &errs), FERRY_EINVAL);
     assert_int_equal(errs.total, 1);
     assert_int_equal(ferry_saga_def_parse("saga: x", 7, "x", NULL, NULL), FERRY_EINVAL);
@@ -430,7 +430,7 @@ static void null_arguments_and_missing_files(void **state)
                      FERRY_EINVAL);
     assert_null(def);
     assert_int_equal(ferry_saga_def_load(EXAMPLES "/order.yaml", &def, NULL), FERRY_OK);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     /* Bytes after a NUL in memory are part of the document, not its end. */
     static const char nul[] = "saga: s\0x\n";
     assert_int_equal(ferry_saga_def_parse(nul, sizeof nul - 1, "nul", &def, &errs), FERRY_EINVAL);
@@ -629,7 +629,7 @@ static void examples_lint_clean(void **state)
             fail_msg("%s does not load", g.gl_pathv[i]);
         }
         check_invariants(def);
-        ferry_saga_def_free(def);
+        ferry_saga_def_destroy(def);
         char *out, *err, args[600];
         snprintf(args, sizeof args, "lint %s", g.gl_pathv[i]);
         assert_int_equal(tu_lint(&out, &err, args), 0);
@@ -735,7 +735,7 @@ static void templates_fill_in_from_context_text(void **state)
     out = NULL;
     if (ferry__tmpl_render(t, cut, strlen(cut), &out, &missing) == 0)
         free(out);
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
 }
 
 static int check_cwd(void **state)

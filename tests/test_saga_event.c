@@ -10,7 +10,8 @@
  *
  * A real PostgreSQL, no broker: the reply handler reads only the message's
  * id and payload, so the test hands it replies directly, each in a
- * transaction of its own as a consumer would.
+ * transaction of its own as a consumer would, or several in one as a
+ * consumer's batch does.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,8 +66,9 @@ static void start(PGconn *conn, char id[FERRY_UUID_STRING_SIZE])
 }
 
 /* The reply a participant would send to the step's latest command, as
- * the consumer hands it over, applied in a transaction of its own. */
-static void reply(PGconn *conn, const char *id, int step, int succeeded)
+ * the consumer hands it over, applied in the transaction open on conn
+ * (a consumer's batch applies several in one). */
+static void reply_in_tx(PGconn *conn, const char *id, int step, int succeeded)
 {
     long long round = tu_int_of(conn, tu_sprintf(
         "SELECT (headers->>'saga_round')::int FROM ferry.outbox WHERE aggregateid = '%s' "
@@ -86,10 +88,16 @@ static void reply(PGconn *conn, const char *id, int step, int succeeded)
     ferry_message m = {.topic = FERRY_SAGA_REPLY_TOPIC_DEFAULT, .key = "", .id = mids,
                        .type = FERRY_SAGA_REPLY_TYPE, .aggregate_type = "", .payload = payload,
                        .offset = -1, .attempt = 1};
-    tu_exec(conn, "BEGIN");
     ferry_code rc = ferry_saga_reply_handler(conn, &m, reg, &err);
     json_decref(payload);
     assert_ferry_ok(rc, err);
+}
+
+/* As reply_in_tx, in a transaction of its own. */
+static void reply(PGconn *conn, const char *id, int step, int succeeded)
+{
+    tu_exec(conn, "BEGIN");
+    reply_in_tx(conn, id, step, succeeded);
     tu_exec(conn, "COMMIT");
 }
 
@@ -138,6 +146,54 @@ static void a_reply_applied_twice_writes_nothing_the_second_time(void **state)
                      "DoA,DoB,UndoA");
     assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, id)), 3);
     assert_int_equal(tu_int_of(conn, tu_sprintf(VERSION, id)), 3);
+    PQfinish(conn);
+}
+
+/*
+ * Several events of two sagas in one transaction, as a consumer's batch
+ * applies them: each event sees the one before it on its saga (the row
+ * locked and updated again in the same transaction, the revision check
+ * passing on the revision the first stored), a repeat in the same
+ * transaction writes nothing, and a rollback takes every event back at
+ * once -- after which the same events apply again, the way a batch
+ * applied apart does.
+ */
+static void events_of_two_sagas_in_one_transaction_see_each_other(void **state)
+{
+    PGconn *conn = tu_connect();
+    char s1[FERRY_UUID_STRING_SIZE], s2[FERRY_UUID_STRING_SIZE];
+    start(conn, s1);
+    start(conn, s2);
+    for (int pass = 0; pass < 2; pass++) {
+        tu_exec(conn, "BEGIN");
+        reply_in_tx(conn, s1, 0, 1);
+        reply_in_tx(conn, s2, 0, 1);
+        reply_in_tx(conn, s1, 0, 1);        /* the same reply again */
+        reply_in_tx(conn, s1, 1, 1);        /* b succeeded: s1 completes */
+        tu_assert_str_of(conn, tu_sprintf("SELECT state || ' ' || version FROM ferry.saga "
+                                          "WHERE id = '%s'", s1), "completed 3");
+        tu_exec(conn, pass == 0 ? "ROLLBACK" : "COMMIT");
+        if (pass == 0) {
+            /* Nothing of it stays. */
+            for (int k = 0; k < 2; k++) {
+                const char *id = k ? s2 : s1;
+                tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent");
+                assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, id)), 1);
+                assert_int_equal(tu_int_of(conn, tu_sprintf(VERSION, id)), 1);
+            }
+        }
+    }
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, s1),
+                     "1:a:sent,2:a:succeeded,3:b:sent,4:b:succeeded");
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, s2), "1:a:sent,2:a:succeeded,3:b:sent");
+    tu_assert_str_of(conn, tu_sprintf("SELECT state FROM ferry.saga WHERE id = '%s'", s1),
+                     "completed");
+    tu_assert_str_of(conn, tu_sprintf("SELECT state FROM ferry.saga WHERE id = '%s'", s2),
+                     "running");
+    assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, s1)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(SENT_MATCH, s2)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, s1)), 2);
+    assert_int_equal(tu_int_of(conn, tu_sprintf(COUNT_OUT, s2)), 2);
     PQfinish(conn);
 }
 
@@ -299,6 +355,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(a_reply_applied_twice_writes_nothing_the_second_time),
         cmocka_unit_test(a_store_over_a_stale_revision_writes_nothing),
+        cmocka_unit_test(events_of_two_sagas_in_one_transaction_see_each_other),
         cmocka_unit_test(audit_rows_follow_those_of_an_older_library),
         cmocka_unit_test(next_due_is_loaded_with_it_by_the_database_clock),
         cmocka_unit_test(a_participant_outside_a_transaction_is_refused_first),

@@ -146,6 +146,18 @@ static void frames_and_pgoutput_messages_are_length_checked(void **state)
     c[17] = 10;
     assert_int_equal(wal_pgout_parse((char *)c, sizeof c, &p, why, sizeof why), 0);
     assert_int_equal(p.end_lsn, 10);
+    /* A commit time past what Unix microseconds hold in int64 (found by
+     * fuzz_wal: a signed overflow, which UBSan aborts on). */
+    c[18] = 0x7f;
+    memset(c + 19, 0xff, 7);
+    assert_int_equal(wal_pgout_parse((char *)c, sizeof c, &p, why, sizeof why), -1);
+    assert_non_null(strstr(why, "out of range"));
+    unsigned char b[21] = {'B'};
+    b[9] = 0x7f;
+    memset(b + 10, 0xff, 7);
+    assert_int_equal(wal_pgout_parse((char *)b, sizeof b, &p, why, sizeof why), -1);
+    b[9] = 0;
+    assert_int_equal(wal_pgout_parse((char *)b, sizeof b, &p, why, sizeof why), 0);
     /* 'M': a prefix without its end; a length that disagrees. */
     unsigned char m1[14] = {'M', 1, 0, 0, 0, 0, 0, 0, 0, 5, 'f', 'e', 'r', 'r'};
     assert_int_equal(wal_pgout_parse((char *)m1, sizeof m1, &p, why, sizeof why), -1);

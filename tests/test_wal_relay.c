@@ -314,21 +314,6 @@ static void a_quiet_database_does_not_pin_wal(void **state)
 }
 
 
-
-static int group_setup(void **state)
-{
-    if (tu_group_setup(state) != 0)
-        return -1;
-    tu_wal_broker = kt_start(1);
-    return tu_wal_broker == NULL ? -1 : 0;
-}
-
-static int group_teardown(void **state)
-{
-    kt_stop(tu_wal_broker);
-    return tu_group_teardown(state);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -340,5 +325,5 @@ int main(void)
         cmocka_unit_test(a_quiet_database_does_not_pin_wal),
     };
     tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
 }

@@ -27,6 +27,11 @@ void tu_wal_mode(PGconn *c, const char *mode);
 /* The relay tests' broker (test_wal_relay.c, test_wal_faults.c). */
 extern kt_broker *tu_wal_broker;
 
+/* cmocka group setup and teardown of the WAL tests: the cluster (with
+ * wal_level = logical, tu_group_setup) and one broker, tu_wal_broker. */
+int tu_wal_group_setup(void **state);
+int tu_wal_group_teardown(void **state);
+
 /* `ferry-relay run --outbox-source wal --set log_level=debug ARGS` as holder. */
 tu_proc tu_wal_relay_start(const char *holder, const char *const *args);
 /* The same with --once, to its end: the exit status; its log into

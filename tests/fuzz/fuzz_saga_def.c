@@ -58,9 +58,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                    "second parse of the same bytes failed");
         FUZZ_CHECK(strcmp(again->hash, def->hash) == 0, "hash %s, then %s", def->hash,
                    again->hash);
-        ferry_saga_def_free(again);
+        ferry_saga_def_destroy(again);
     }
-    ferry_saga_def_free(def);
+    ferry_saga_def_destroy(def);
     free(errs);
     free(yaml);
     return 0;

@@ -1,0 +1,28 @@
+-- ferry schema, version 14: a row of the outbox waits for the WAL source
+-- (issue 14).
+--
+-- In wal mode a delayed message goes to the outbox table and the table
+-- path publishes it when due. The WAL relay may at that moment still be
+-- behind with an earlier message of the same key (down, stuck on Kafka,
+-- or just slower): published first, the row would reach Kafka before
+-- that message, against the key's commit order
+-- (tests/test_wal_outage.c, a_delayed_message_never_overtakes_...).
+--
+-- wal_lsn: where WAL was when the row was inserted. emit takes the key's
+-- position under the key row's lock, after every earlier writer of the
+-- key has committed, and inserts the row after that: every earlier
+-- message of the key, in WAL or not, ends in WAL before wal_lsn. Once the
+-- slot's confirmed position is at or past wal_lsn, the WAL relay has had
+-- Kafka acknowledge all of them (it confirms only the acknowledged
+-- prefix, daemon/relay_wal_track.c), so the row cannot overtake one. The
+-- table path (daemon/relay_fetch.c) treats a row whose wal_lsn the slot
+-- has not confirmed as not ready yet, as it treats a delayed one: the key
+-- waits, every other key flows. It asks only while emit_mode is 'wal' and
+-- the slot exists and is not lost: in table mode nothing is in WAL, and a
+-- lost slot will never confirm (its messages may be gone; README, "When
+-- the slot is lost").
+--
+-- Added without a default first and the default set apart, so that
+-- existing rows stay NULL (never held) and the table is not rewritten.
+ALTER TABLE ferry.outbox ADD COLUMN wal_lsn pg_lsn;
+ALTER TABLE ferry.outbox ALTER COLUMN wal_lsn SET DEFAULT pg_current_wal_insert_lsn();

@@ -1,0 +1,416 @@
+/*
+ * test_wal_outage.c — the WAL source through outages (issue 14's fault
+ * tests, beside test_wal_faults.c so that they run in parallel with it):
+ * every broker down and back while the relay streams; PostgreSQL
+ * restarted (pg_ctl restart -m immediate) under it; the slot invalidated
+ * past max_slot_wal_keep_size while the relay is down. Each proves its
+ * fault fired, and that nothing committed is missing afterwards.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "harness/clock.h"
+#include "harness/kafkatmp.h"
+#include "harness/pgtmp.h"
+#include "testutil.h"
+#include "tu_http.h"
+#include "tu_proc.h"
+#include "tu_wal.h"
+
+static int metrics_port(tu_proc *p)
+{
+    tu_proc_await_log(p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = tu_proc_log(p);
+    int port = atoi(strstr(log, "\"port\":") + strlen("\"port\":"));
+    free(log);
+    return port;
+}
+
+static double metric(int port, const char *series)
+{
+    double v = -1;
+    tu_http_reply h = tu_http_get(port, "/metrics");
+    if (h.status == 200)
+        tu_prom_find(h.body, series, &v);
+    free(h.raw);
+    return v;
+}
+
+/* Whether the slot's confirmed position is at or past lsn (text). */
+static int confirmed_past(PGconn *c, const char *lsn)
+{
+    char *sql = tu_sprintf("SELECT (confirmed_flush_lsn >= '%s')::int FROM pg_replication_slots "
+                           "WHERE slot_name = 'ferry'", lsn);
+    return (int)tu_int_of(c, sql);
+}
+
+/* `ferry-reconcile check --json` with an outbox lag budget of 1 s: its
+ * exit status, stdout into *out (caller frees). */
+static int reconcile_check(char **out)
+{
+    char *rules = tu_temp_file("budgets: {outbox_lag: 1s}\n");
+    const char *args[] = {"check", "--json", "--db", fpg_conninfo(tu_pg), "--rules", rules, NULL};
+    int st = tu_reconcile(args, 60000, out, NULL);
+    tu_temp_remove(rules);
+    return st;
+}
+
+/* The wal_slot sweep's finding of problem in a check's --json output, as
+ * compact JSON text ("" when none). Caller frees. */
+static char *slot_finding(const char *out, const char *problem)
+{
+    json_error_t jerr;
+    json_t *j = json_loads(out, 0, &jerr);
+    if (j == NULL)
+        fail_msg("check --json is not JSON (%s): %s", jerr.text, out);
+    json_t *f, *found = NULL;
+    size_t i;
+    json_t *sweep = json_object_get(json_object_get(j, "sweeps"), "wal_slot");
+    assert_true(json_is_true(json_object_get(sweep, "ran")));
+    json_array_foreach(json_object_get(sweep, "findings"), i, f)
+        if (strcmp(json_string_value(json_object_get(f, "problem")), problem) == 0)
+            found = f;
+    char *text = found ? json_dumps(found, JSON_COMPACT) : strdup("");
+    json_decref(j);
+    return text;
+}
+
+/*
+ * Slot hygiene in `ferry-reconcile check` (sweep wal_slot): a slot no
+ * relay reads, past the lag budget, is a finding (exit 4) naming the WAL
+ * it pins; with a WAL relay streaming it, none.
+ */
+static void reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    tu_wal_emit_n("wo.hygiene", 10, 2, 5);
+    /* Past the budget of 1 s since the relay (or `slot create`) last
+     * confirmed: a relay restarting would not be a finding. */
+    tu_exec(c, "UPDATE ferry.wal_slot SET confirmed_at = now() - interval '2 s', "
+               "created_at = now() - interval '2 s'");
+    char *out = NULL;
+    assert_int_equal(reconcile_check(&out), 4);
+    char *f = slot_finding(out, "inactive");
+    assert_non_null(strstr(f, "\"subject\":\"slot ferry\""));
+    assert_non_null(strstr(f, "pins"));
+    assert_non_null(strstr(f, "\"retained_bytes\":"));
+    assert_null(strstr(f, "\"retained_bytes\":0,"));
+    free(f);
+    free(out);
+
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-hygiene", args);
+    tu_wal_topic tc = tu_wal_check_topic("wo.hygiene", 10, 30000);
+    assert_int_equal(tc.distinct, 10);
+    tu_await(c, "SELECT active FROM pg_replication_slots WHERE slot_name = 'ferry'", 30000);
+    /* Confirmed recently by the running relay: clean. */
+    tu_await(c, "SELECT confirmed_at > now() - interval '1 s' FROM ferry.wal_slot "
+                "WHERE slot_name = 'ferry'", 30000);
+    assert_int_equal(reconcile_check(&out), 0);
+    f = slot_finding(out, "inactive");
+    assert_string_equal(f, "");
+    free(f);
+    free(out);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    PQfinish(c);
+}
+
+/*
+ * Every broker down while the relay streams, with 100 messages emitted
+ * meanwhile, then back. The fault fired: the producer reported it
+ * (kafka.error) and, 3 s into the outage, none of the 100 is in Kafka and
+ * the slot is not confirmed past them (Kafka acknowledged nothing). Once
+ * the broker is back every message arrives, each key in order, and the
+ * slot moves past them.
+ */
+static void a_broker_outage_while_streaming_loses_nothing(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    const char *topic = "wo.outage";
+    assert_int_equal(kt_command(tu_wal_broker, "topic-create %s 4 1", topic), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-outage", args);
+    int port = metrics_port(&p);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_wal_emit_n(topic, 1, 1, 1);           /* connected: one through before */
+    tu_wal_topic tc = tu_wal_check_topic(topic, 1, 20000);
+    assert_int_equal(tc.distinct, 1);
+
+    assert_int_equal(kt_command(tu_wal_broker, "down 1"), 0);
+    int64_t down_at = clk_mono_ms();
+    tu_wal_emit_n(topic, 100, 10, 5);
+    char *end = tu_wal_lsn(c);
+    tu_proc_await_log(&p, "\"event\":\"kafka.error\"", 20000);
+    int64_t left = down_at + 3000 - clk_mono_ms();
+    if (left > 0)
+        clk_sleep_ms((long)left);
+    assert_int_equal(confirmed_past(c, end), 0);
+    assert_true(metric(port, "ferry_relay_published_total") <= 1);
+    /* Stuck behind Kafka past the lag budget: the reconciler says so. */
+    char *out = NULL;
+    assert_int_equal(reconcile_check(&out), 4);
+    char *f = slot_finding(out, "lagging");
+    assert_non_null(strstr(f, "confirmed nothing for"));
+    free(f);
+    free(out);
+    assert_int_equal(kt_command(tu_wal_broker, "up 1"), 0);
+
+    /* Confirmed past them: Kafka acknowledged every one. Then the topic,
+     * read whole (duplicates may be there: a count of 101 would stop
+     * short of the distinct ones). */
+    char *sql = tu_sprintf("SELECT (confirmed_flush_lsn >= '%s') FROM pg_replication_slots "
+                           "WHERE slot_name = 'ferry'", end);
+    tu_await(c, sql, 90000);
+    free(sql);
+    tc = tu_wal_check_topic(topic, 0, 60000);
+    assert_int_equal(tc.distinct, 101);
+    assert_int_equal(tc.keys, 10);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    free(end);
+    PQfinish(c);
+}
+
+/*
+ * PostgreSQL restarted with `pg_ctl restart -m immediate` (a crash: no
+ * shutdown checkpoint, the walsender killed) while the relay streams and
+ * writers emit. The fault fired: the postmaster is a new process and the
+ * relay saw its stream end (wal.restart). Everything committed before and
+ * after the crash is published, each key in order; the relay streams on
+ * by itself.
+ */
+static void postgres_restarted_mid_stream_loses_nothing(void **state)
+{
+    enum { BEFORE = 400, AFTER = 400 };
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    const char *topic = "wo.pgcrash";
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-pgcrash", args);
+    int port = metrics_port(&p);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_wal_emit_n(topic, BEFORE, 20, 4);
+    /* Streaming when the server goes: the slot is active, and some of it
+     * is already in Kafka. */
+    double published = 0;
+    for (int i = 0; i < 300 && published < 1; i++) {
+        published = metric(port, "ferry_relay_published_total");
+        if (published < 1)
+            clk_sleep_ms(50);
+    }
+    assert_true(published >= 1);
+    assert_int_equal(tu_int(c, "SELECT active::int FROM pg_replication_slots "
+                               "WHERE slot_name = 'ferry'"), 1);
+    PQfinish(c);
+    long pid_before = fpg_postmaster_pid(tu_pg);
+    assert_int_equal(fpg_restart(tu_pg, "immediate"), 0);
+    assert_true(fpg_postmaster_pid(tu_pg) != pid_before);
+    tu_proc_await_log(&p, "\"event\":\"wal.restart\"", 30000);
+    c = tu_connect();
+    tu_wal_emit_n(topic, AFTER, 20, 4);
+    /* Confirmed past them all, then the topic read whole: the crash
+     * makes duplicates, so a count of BEFORE + AFTER messages would stop
+     * short of the distinct ones (656 of 800, once). */
+    char *end = tu_wal_lsn(c);
+    char *sql = tu_sprintf("SELECT (confirmed_flush_lsn >= '%s') FROM pg_replication_slots "
+                           "WHERE slot_name = 'ferry'", end);
+    tu_await(c, sql, 90000);
+    free(sql);
+    free(end);
+    tu_wal_topic tc = tu_wal_check_topic(topic, 0, 60000);
+    assert_int_equal(tc.distinct, BEFORE + AFTER);
+    assert_int_equal(tc.keys, 20);
+    print_message("restart at %.0f published: %zu duplicates\n", published, tc.duplicates);
+    /* The server resent from its last checkpointed slot position, before
+     * what the relay had confirmed: taken as duplicates, not refused as
+     * a COMMIT going backwards (which restarted the stream again, with
+     * backoff; relay_wal_track.c, wal_track_reset). */
+    char *log = tu_proc_log(&p);
+    assert_null(strstr(log, "before the last one"));
+    free(log);
+    tu_await(c, "SELECT active FROM pg_replication_slots WHERE slot_name = 'ferry'", 30000);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    PQfinish(c);
+}
+
+/* `ferry-relay status --db <the test cluster>`: its exit status, stdout
+ * into *out (caller frees). */
+static int relay_status(char **out)
+{
+    const char *argv[] = {tu_relay_bin(), "status", "--db", fpg_conninfo(tu_pg), NULL};
+    return tu_run(argv, 60000, out, NULL);
+}
+
+/*
+ * The slot invalidated while the relay is down: max_slot_wal_keep_size
+ * of 1 MB and a few WAL segments written past it (the fault fired:
+ * pg_replication_slots says wal_status = lost). The relay says so loudly
+ * (a wal.slot error naming it, --once exit 1, /healthz 503,
+ * ferry_relay_wal_slot_ok 0) and creates no slot; `ferry-relay status`
+ * exits 4 naming the lost slot; `slot recreate` replaces it and reports
+ * the window that may have been missed, which covers the messages
+ * emitted while it was down.
+ */
+static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    char *out = NULL;
+    assert_int_equal(relay_status(&out), 0);           /* healthy: not a problem yet */
+    free(out);
+    tu_wal_emit_n("wo.lost", 3, 1, 1);
+    assert_int_equal(tu_wal_relay_once("wal-lost-before", NULL), 0);
+    char *confirmed = tu_str(c, "SELECT confirmed_lsn::text FROM ferry.wal_slot "
+                                "WHERE slot_name = 'ferry'");
+    /* Down: these are in the WAL the slot will lose. */
+    char *from = tu_wal_lsn(c);
+    tu_wal_emit_n("wo.lost", 5, 1, 1);
+    tu_exec(c, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    tu_exec(c, "SELECT pg_reload_conf()");
+    tu_exec(c, "CREATE TABLE wo_filler (b text)");
+    int lost = 0;
+    for (int i = 0; i < 8 && !lost; i++) {
+        tu_exec(c, "INSERT INTO wo_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)");
+        tu_exec(c, "SELECT pg_switch_wal()");
+        tu_exec(c, "CHECKPOINT");
+        lost = tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
+                         "AND wal_status = 'lost'") == 1;
+    }
+    tu_exec(c, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+    tu_exec(c, "SELECT pg_reload_conf()");
+    tu_exec(c, "DROP TABLE wo_filler");
+    assert_true(lost);
+
+    char *log = NULL;
+    assert_int_equal(tu_wal_relay_once("wal-lost-once", &log), 1);
+    assert_non_null(strstr(log, "\"event\":\"wal.slot\""));
+    assert_non_null(strstr(log, "wal_status = lost"));
+    free(log);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-lost-run", args);
+    int port = metrics_port(&p);
+    tu_proc_await_log(&p, "\"event\":\"wal.slot\"", 30000);
+    tu_http_reply h = tu_http_get(port, "/healthz");
+    assert_int_equal(h.status, 503);
+    assert_non_null(strstr(h.body, "invalidated"));
+    free(h.raw);
+    assert_true(metric(port, "ferry_relay_wal_slot_ok") == 0);
+    tu_proc_finish(&p, 30000);
+    /* Not recreated behind anyone's back: still the lost one. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
+                               "'ferry' AND wal_status = 'lost'"), 1);
+
+    assert_int_equal(relay_status(&out), 4);
+    assert_non_null(strstr(out, "PROBLEM"));
+    assert_non_null(strstr(out, "is lost"));
+    free(out);
+
+    assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
+    assert_non_null(strstr(out, "may never have been published"));
+    free(out);
+    /* The window reported starts at what the relay last confirmed, before
+     * the messages emitted while it was down. */
+    char *sql = tu_sprintf("SELECT (missed_from_lsn = '%s' AND missed_from_lsn <= '%s' AND "
+                           "missed_to_lsn > '%s')::int FROM ferry.wal_slot "
+                           "WHERE slot_name = 'ferry'", confirmed, from, from);
+    assert_int_equal(tu_int_of(c, sql), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
+                               "'ferry' AND wal_status IS DISTINCT FROM 'lost'"), 1);
+    free(confirmed);
+    free(from);
+    PQfinish(c);
+}
+
+/*
+ * `ferry-relay status` in wal mode with the slot missing: exit 4, the
+ * verdict naming it; in table mode the same missing slot is no problem
+ * (nothing is written to WAL for it).
+ */
+static void status_is_a_problem_when_wal_mode_has_no_slot(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    char *out = NULL;
+    assert_int_equal(relay_status(&out), 0);
+    assert_non_null(strstr(out, "emit mode: wal; replication slot \"ferry\": "));
+    free(out);
+    tu_exec(c, "SELECT pg_drop_replication_slot('ferry')");
+    assert_int_equal(relay_status(&out), 4);
+    assert_non_null(strstr(out, "PROBLEM: emit_mode is 'wal' but the replication slot "
+                                "\"ferry\" does not exist"));
+    free(out);
+    const char *argv[] = {tu_relay_bin(), "status", "--json", "--db", fpg_conninfo(tu_pg), NULL};
+    assert_int_equal(tu_run(argv, 60000, &out, NULL), 4);
+    assert_non_null(strstr(out, "\"slot_exists\": false"));
+    free(out);
+    tu_wal_mode(c, "table");
+    assert_int_equal(relay_status(&out), 0);
+    free(out);
+    assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
+    free(out);
+    PQfinish(c);
+}
+
+/* `ferry-relay run --once` of the table source, to its end: its status. */
+static int table_relay_once(const char *holder)
+{
+    const char *args[] = {"--once", NULL};
+    tu_proc t = tu_relay_start(kt_bootstrap(tu_wal_broker), holder, args,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    int st = tu_proc_wait(&t, 60000);
+    tu_proc_done(&t);
+    return st;
+}
+
+/*
+ * In wal mode a delayed message goes to the table, and the table path
+ * publishes it when due. While the WAL relay lags (here: is down) with
+ * an earlier message of the same key still unpublished, the table path
+ * must not publish the delayed one first: the key's order would break
+ * (position 2 in Kafka before position 1). The fault fired: position 1
+ * is in WAL and position 2 a due row of the table when the table relay
+ * runs. Today (before the fix): the topic holds 2 then 1.
+ */
+static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    const char *topic = "wo.delay";
+    tu_exec(c, "SELECT ferry.emit('wo.delay', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.delay', 'k', 'Tested', "
+               "'{\"n\": 2}', '{}', '', 1)");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.delay' "
+                               "AND seq = 2"), 1);
+    tu_await(c, "SELECT available_at < now() FROM ferry.outbox WHERE topic = 'wo.delay'", 10000);
+    assert_int_equal(table_relay_once("delay-table-1"), 0);
+    /* Position 2 waits for the WAL path, which has not published 1. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.delay' "
+                               "AND published_at IS NULL"), 1);
+    assert_int_equal(tu_wal_relay_once("delay-wal", NULL), 0);
+    assert_int_equal(table_relay_once("delay-table-2"), 0);
+    tu_wal_topic tc = tu_wal_check_topic(topic, 2, 30000);    /* 1 before 2, or it fails */
+    assert_int_equal(tc.distinct, 2);
+    assert_int_equal(tc.duplicates, 0);
+    PQfinish(c);
+}
+
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins),
+        cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
+        cmocka_unit_test(a_broker_outage_while_streaming_loses_nothing),
+        cmocka_unit_test(postgres_restarted_mid_stream_loses_nothing),
+        cmocka_unit_test(a_slot_invalidated_while_the_relay_is_down_is_loud),
+        cmocka_unit_test(status_is_a_problem_when_wal_mode_has_no_slot),
+    };
+    tu_filter_from_env();
+    return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
+}
