@@ -5,10 +5,17 @@
  * One consumer is one Kafka consumer-group member and one PGconn, driven
  * from the caller's thread. For each message:
  *
- *   BEGIN; SELECT ferry.inbox_claim(...)  -- dedupe + order, key row locked
- *          handler(conn, msg)             -- the caller's effect, may emit
+ *   BEGIN; SELECT ferry.consume_claim(...)  -- dedupe + order, key row locked
+ *          handler(conn, msg)               -- the caller's effect, may emit
+ *          SELECT ferry.consume_finish(...)
  *   COMMIT;
- *   store offset+1                        -- only now may Kafka move past it
+ *   store offset+1                          -- only now may Kafka move past it
+ *
+ * The rules (order, dedupe, holding, attempts, dead letters) are the SQL
+ * consumer protocol's (schemas/012_every_language.sql, README "From any
+ * language"): this file calls only its functions — consume_claim,
+ * consume_finish, consume_fail, consume_ready — as a service in any other
+ * language does, so there is one implementation of them.
  *
  * The invariant that makes this exactly once in effect: a message's
  * offset is stored only after the transaction that applied it (or
@@ -20,9 +27,9 @@
  * consumer closes.
  *
  * Messages that may not be applied yet (a gap before them, their key
- * parked behind a dead letter) are copied into ferry.inbox_held in that
- * same kind of transaction, so that Kafka can move on; they are applied
- * from there when their turn comes (see drain()).
+ * parked behind a dead letter) are copied into ferry.inbox_held by their
+ * claim, in that same kind of transaction, so that Kafka can move on; they
+ * are applied from there when their turn comes (see drain()).
  */
 #include <inttypes.h>
 #include <signal.h>
@@ -74,16 +81,30 @@ typedef struct due_key {
     char key[2 * FERRY_KEY_MAX + 8];
 } due_key;
 
-/* What ferry.inbox_claim said of a message. */
+/* What ferry.consume_claim said of a message: apply (with drain: its
+ * key's held messages are ready after it: V_APPLY_MORE), discarded (a
+ * marker: applied without the handler, w->marker), duplicate, late, held
+ * (V_GAP), parked. */
 typedef enum verdict {
     V_APPLY, V_APPLY_MORE, V_DUPLICATE, V_LATE, V_GAP, V_PARKED
 } verdict;
 
-/* The claim is prepared once per session: planning it every time cost a
- * fifth of the inbox's overhead (bench-consume). */
-#define CLAIM_STMT "ferry_inbox_claim_v1"
+/* The claim and the finish are prepared once per session: planning the
+ * claim every time cost a fifth of the inbox's overhead (bench-consume).
+ * The payload goes as bytes (binary format: it need not end in a NUL) and
+ * is NULL when it could not be held as text: a claim that would hold it
+ * then fails (22023), and the message is dead-lettered instead. */
+#define CLAIM_STMT "ferry_consume_claim_v1"
+#define CLAIM_NPARAMS 12
 static const char claim_sql[] =
-    "SELECT ferry.inbox_claim($1, $2::uuid, $3, $4, $5::bigint, $6::boolean)";
+    "SELECT verdict, drain FROM ferry.consume_claim($1, $2::uuid, $3, $4, $5::bigint, "
+    "convert_from($6::bytea, 'UTF8'), $7::jsonb, $8, $9, $10::integer, $11::bigint, "
+    "$12::boolean)";
+#define FINISH_STMT "ferry_consume_finish_v1"
+static const char finish_sql[] = "SELECT ferry.consume_finish($1, $2::uuid)";
+/* A batch's finishes in one statement (protocol 1.1, schema 16). */
+#define FINISH_MANY_STMT "ferry_consume_finish_many_v1"
+static const char finish_many_sql[] = "SELECT ferry.consume_finish_many($1, $2::uuid[])";
 
 struct ferry_consumer {
     char name[NAME_MAX_LEN + 1];
@@ -101,7 +122,8 @@ struct ferry_consumer {
     unsigned revoke_gen;            /* counts revocations: a batch in hand
                                        checks its partitions when it moved */
 
-    int claim_pid;                  /* backend where CLAIM_STMT is prepared */
+    int claim_pid;                  /* backend where CLAIM_STMT and FINISH_STMT
+                                       are prepared */
     volatile sig_atomic_t stop;
     int closed;
     int drain_due;                  /* an apply said a held message is next */
@@ -515,29 +537,28 @@ typedef struct apply_ctx {
     work *w;
     verdict v;
     int handler_failed;         /* the failure came from the handler */
-    int poisoned;               /* claimed for applying, but it is poison */
+    int poisoned;               /* claimed for applying (or holding), but it is poison */
 } apply_ctx;
 
-static int parse_verdict(const char *s, verdict *out)
+/* consume_claim's (verdict, drain) as a verdict; a discard marker is
+ * applied without the handler, so it is marked on w. */
+static int parse_verdict(const char *s, const char *drain, work *w, verdict *out)
 {
     static const struct { const char *name; verdict v; } names[] = {
-        {"apply", V_APPLY}, {"apply_more", V_APPLY_MORE}, {"duplicate", V_DUPLICATE},
-        {"late", V_LATE}, {"gap", V_GAP}, {"parked", V_PARKED},
+        {"apply", V_APPLY}, {"discarded", V_APPLY}, {"duplicate", V_DUPLICATE},
+        {"late", V_LATE}, {"held", V_GAP}, {"parked", V_PARKED},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcmp(s, names[i].name) == 0) {
             *out = names[i].v;
+            if (*out == V_APPLY && strcmp(drain, "t") == 0)
+                *out = V_APPLY_MORE;
+            if (strcmp(s, "discarded") == 0)
+                w->marker = 1;
             return 0;
         }
     }
     return -1;
-}
-
-static ferry_code unhold(PGconn *conn, apply_ctx *a, ferry_error *err)
-{
-    const char *p[2] = {a->c->name, a->w->id};
-    return ferry__exec(conn, "SELECT ferry.inbox_unhold($1, $2::uuid)", 2, p,
-                      "could not drop a held message", err);
 }
 
 static const char *begin_sql(ferry_isolation iso)
@@ -553,27 +574,30 @@ static const char *begin_sql(ferry_isolation iso)
     return "BEGIN ISOLATION LEVEL READ COMMITTED";
 }
 
-/* Read one pipelined statement's result and the NULL that ends it. */
-static PGresult *pipeline_result(PGconn *conn)
-{
-    PGresult *res = PQgetResult(conn);
-    if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
-        PGresult *end = PQgetResult(conn);
-        PQclear(end);
-    }
-    return res;
-}
-
-/* The claim as a prepared statement on this backend: a new backend
- * (after a reset) has none. */
+/* The claim and the finish as prepared statements on this backend: a new
+ * backend (after a reset) has none. */
 static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *err)
 {
     if (PQbackendPID(conn) == c->claim_pid)
         return FERRY_OK;
-    PGresult *pr = PQprepare(conn, CLAIM_STMT, claim_sql, 6, NULL);
+    PGresult *pr = PQprepare(conn, CLAIM_STMT, claim_sql, CLAIM_NPARAMS, NULL);
+    if (PQresultStatus(pr) == PGRES_COMMAND_OK) {
+        PQclear(pr);
+        pr = PQprepare(conn, FINISH_STMT, finish_sql, 2, NULL);
+    }
+    if (PQresultStatus(pr) == PGRES_COMMAND_OK) {
+        PQclear(pr);
+        pr = PQprepare(conn, FINISH_MANY_STMT, finish_many_sql, 2, NULL);
+    }
     if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
         PQclear(pr);
+        /* Some may be there: dropped (errors ignored), so that the next
+         * try prepares all on a clean slate. Only ours: the handler's own
+         * prepared statements live on the same session. */
+        PQclear(PQexec(conn, "DEALLOCATE " CLAIM_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " FINISH_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " FINISH_MANY_STMT));
         return rc;
     }
     PQclear(pr);
@@ -581,68 +605,264 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
     return FERRY_OK;
 }
 
-/* The claim's parameters for w, into p[6]. */
-static void claim_params(const ferry_consumer *c, const work *w, const char *p[6])
+/* consume_claim's parameters for one message; what it allocates,
+ * claim_args_free() frees. */
+typedef struct claim_args {
+    const char *p[CLAIM_NPARAMS];
+    int lens[CLAIM_NPARAMS];
+    int fmts[CLAIM_NPARAMS];
+    char part[16], off[24];
+    char *hjson;
+} claim_args;
+
+static ferry_code claim_args_fill(const ferry_consumer *c, work *w, claim_args *a,
+                                  ferry_error *err)
 {
-    p[0] = c->name;
-    p[1] = w->id;
-    p[2] = w->msg.topic;
-    p[3] = w->msg.key;
-    p[4] = w->seq_text[0] ? w->seq_text : NULL;
-    p[5] = c->first_any ? "t" : "f";
+    memset(a, 0, sizeof *a);
+    /* Every header, as they are held (a hold needs them; a discard marker
+     * is told by them). */
+    a->hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
+    if (a->hjson == NULL)
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
+    snprintf(a->part, sizeof a->part, "%" PRId32, w->msg.partition);
+    snprintf(a->off, sizeof a->off, "%" PRId64, w->msg.offset);
+    a->p[0] = c->name;
+    a->p[1] = w->id;
+    a->p[2] = w->msg.topic;
+    a->p[3] = w->msg.key;
+    a->p[4] = w->seq_text[0] ? w->seq_text : NULL;
+    /* Held as received, when text can hold it; otherwise NULL, which a
+     * claim that must hold it refuses (see claim_failed). */
+    if (w->payload_is_text && !w->unholdable) {
+        a->p[5] = w->msg.payload_text;
+        a->lens[5] = (int)w->msg.payload_len;
+        a->fmts[5] = 1;
+    }
+    a->p[6] = a->hjson;
+    a->p[7] = w->msg.type;
+    a->p[8] = w->msg.aggregate_type;
+    a->p[9] = a->part;
+    a->p[10] = a->off;
+    a->p[11] = c->first_any ? "t" : "f";
+    return FERRY_OK;
+}
+
+static void claim_args_free(claim_args *a)
+{
+    free(a->hjson);
+    a->hjson = NULL;
+}
+
+/* Send w's claim (in pipeline mode). */
+static ferry_code send_claim(PGconn *conn, const ferry_consumer *c, work *w, ferry_error *err)
+{
+    claim_args ca;
+    ferry_code rc = claim_args_fill(c, w, &ca, err);
+    if (rc != FERRY_OK)
+        return rc;
+    /* libpq copies the parameters into its buffer here. */
+    int ok = PQsendQueryPrepared(conn, CLAIM_STMT, CLAIM_NPARAMS, ca.p, ca.lens, ca.fmts, 0);
+    claim_args_free(&ca);
+    if (!ok)
+        return ferry_error_from_pg(err, conn, NULL, "could not send the claim");
+    return FERRY_OK;
+}
+
+/* The claim of w failed with err (res: its result): is it the message's
+ * own fault, or the session's? */
+static void claim_failed(ferry_consumer *c, work *w, int *poisoned, ferry_error *err)
+{
+    if (strcmp(err->sqlstate, "26000") == 0) {
+        /* The session lost the prepared statements (DISCARD ALL in a
+         * handler, a pooler): prepare again on the retry. */
+        c->claim_pid = 0;
+        err->retriable = 1;
+    } else if (strcmp(err->sqlstate, "22023") == 0 && (!w->payload_is_text || w->unholdable)) {
+        /* Its turn has not come and it cannot be kept as text until then
+         * (the claim was given no payload): dead-lettered now, which
+         * parks its key behind it. */
+        *poisoned = 1;
+        ferry__error_set(err, FERRY_EINVAL, "payload", "%s (arrived while its key was held)",
+                      w->poison[0] ? w->poison : "payload is not UTF-8 text");
+    }
+}
+
+/* The claim's row: its verdict into *v. */
+static ferry_code claim_result(PGconn *conn, ferry_consumer *c, work *w, PGresult *res,
+                               verdict *v, int *poisoned, ferry_error *err)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) != 2) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
+        claim_failed(c, w, poisoned, err);
+        return err->code != FERRY_OK ? err->code : rc;
+    }
+    if (parse_verdict(PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), w, v) != 0)
+        return ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                             "ferry.consume_claim gave an answer this library does not know");
+    return FERRY_OK;
 }
 
 /*
- * BEGIN and the claim, in one round trip (pipeline mode): the inbox then
- * costs the server's work on two rows, not an extra round trip.
+ * BEGIN and the claims of ws[0..n), in one round trip (pipeline mode):
+ * the inbox then costs the server's work, not an extra round trip per
+ * message. Verdicts into v; on a failure, *index is the message whose
+ * claim failed (-1: none in particular).
  */
-static ferry_code begin_and_claim(PGconn *conn, apply_ctx *a, ferry_error *err)
+static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *v, int *index,
+                                   int *poisoned, ferry_error *err)
 {
-    ferry_consumer *c = a->c;
-    work *w = a->w;
-    ferry_code prc = prepare_claim(conn, c, err);
-    if (prc != FERRY_OK)
-        return prc;
-    const char *p[6];
-    claim_params(c, w, p);
+    PGconn *conn = c->conn;
+    *index = -1;
+    ferry_code rc = prepare_claim(conn, c, err);
+    if (rc != FERRY_OK)
+        return rc;
     if (!PQenterPipelineMode(conn) ||
-        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0) ||
-        !PQsendQueryPrepared(conn, CLAIM_STMT, 6, p, NULL, NULL, 0) || !PQpipelineSync(conn)) {
-        ferry_code rc = ferry_error_from_pg(err, conn, NULL, "could not send the claim");
+        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
         PQexitPipelineMode(conn);
         return rc;
     }
-    PGresult *begin = pipeline_result(conn);
-    PGresult *res = pipeline_result(conn);
-    PGresult *sync = begin && PQresultStatus(begin) != PGRES_PIPELINE_SYNC &&
-                     res && PQresultStatus(res) != PGRES_PIPELINE_SYNC
-                         ? PQgetResult(conn) : NULL;
+    int sent = n;
+    for (int i = 0; i < n; i++) {
+        if ((rc = send_claim(conn, c, &ws[i], err)) != FERRY_OK) {
+            sent = i;           /* the rest is not sent; what was is read below */
+            break;
+        }
+    }
+    if (!PQpipelineSync(conn)) {
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+        PQexitPipelineMode(conn);
+        return rc;
+    }
+
+    /* BEGIN's result, then each claim's; each followed by a NULL; then the
+     * sync. After an error the rest come back PGRES_PIPELINE_ABORTED. */
+    for (int q = -1; q < sent; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == FERRY_OK && q < 0 && st != PGRES_COMMAND_OK) {
+            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
+        } else if (rc == FERRY_OK && q >= 0) {
+            rc = claim_result(conn, c, &ws[q], res, &v[q], poisoned, err);
+            if (rc != FERRY_OK)
+                *index = q;
+        }
+        PQclear(res);
+        if (st != PGRES_PIPELINE_SYNC) {
+            PGresult *end = PQgetResult(conn);
+            PQclear(end);
+        }
+    }
+    PGresult *sync = PQgetResult(conn);
     PQclear(sync);
     PQexitPipelineMode(conn);
-
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(begin) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, begin, "could not begin a transaction");
-    else if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
-        if (strcmp(err->sqlstate, "26000") == 0) {
-            /* The session lost it (DISCARD ALL in a handler, a pooler):
-             * prepare again on the retry. */
-            c->claim_pid = 0;
-            err->retriable = 1;
-        }
-    } else if (parse_verdict(PQgetvalue(res, 0, 0), &a->v) != 0) {
-        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
-                           "ferry.inbox_claim gave an answer this library does not know");
-    }
-    PQclear(begin);
-    PQclear(res);
     if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
         rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    if (rc != FERRY_OK && sent < n)
+        ferry__rollback_quietly(conn);   /* BEGIN ran; the caller may not roll back */
     return rc;
 }
 
-/* What a claimed message needs inside its transaction. */
+/*
+ * The finishes of ws[0..n) and COMMIT, in one round trip (pipeline mode):
+ * consume_finish drops what is done with (a held copy, counted
+ * attempts), then the transaction commits. A batch is finished by one
+ * consume_finish_many (one statement and one name check, not n). On a
+ * failure the transaction is rolled back.
+ */
+static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, ferry_error *err)
+{
+    PGconn *conn = c->conn;
+    ferry_code rc = FERRY_OK;
+    /* The ids as a uuid[] literal: {id,id,...}; ids are canonical UUID
+     * text (work_finish), nothing to quote. */
+    char *ids = NULL;
+    if (n > 1) {
+        ids = malloc((size_t)n * FERRY_UUID_STRING_SIZE + 3);
+        if (ids == NULL) {
+            ferry__rollback_quietly(conn);
+            return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
+        }
+        char *q = ids;
+        *q++ = '{';
+        for (int i = 0; i < n; i++) {
+            size_t len = strlen(ws[i].id);
+            if (i > 0)
+                *q++ = ',';
+            memcpy(q, ws[i].id, len);
+            q += len;
+        }
+        *q++ = '}';
+        *q = '\0';
+    }
+    int nf = n > 1 ? 1 : n;         /* finish statements */
+    if (!PQenterPipelineMode(conn)) {
+        free(ids);
+        return ferry_error_from_pg(err, conn, NULL, "could not send the commit");
+    }
+    /* Sent: the finishes, then the COMMIT as query nf; on a failure to
+     * send, what was sent is synced and read, and no COMMIT goes. */
+    int sent = 0;
+    for (; sent < nf; sent++) {
+        const char *p[2] = {c->name, n > 1 ? ids : ws[sent].id};
+        if (!PQsendQueryPrepared(conn, n > 1 ? FINISH_MANY_STMT : FINISH_STMT, 2, p, NULL,
+                                 NULL, 0))
+            break;
+    }
+    free(ids);
+    n = nf;
+    if (sent == n && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+        sent = n + 1;
+    if (sent <= n)
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
+    if (!PQpipelineSync(conn)) {
+        if (rc == FERRY_OK)
+            rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
+        PQexitPipelineMode(conn);
+        return rc;      /* the connection is gone: so is the transaction */
+    }
+    for (int q = 0; q < sent; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, "the commit's results ended early");
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == FERRY_OK && q < n && st != PGRES_TUPLES_OK) {
+            rc = ferry_error_from_pg(err, conn, res, "could not finish the message");
+        } else if (rc == FERRY_OK && q == n) {
+            if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
+                rc = FERRY_OK;
+            else if (st == PGRES_COMMAND_OK)
+                rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+            else
+                rc = ferry_error_from_pg(err, conn, res, "could not commit");
+        }
+        PQclear(res);
+        if (st != PGRES_PIPELINE_SYNC) {
+            PGresult *end = PQgetResult(conn);
+            PQclear(end);
+        }
+    }
+    PGresult *sync = PQgetResult(conn);
+    PQclear(sync);
+    PQexitPipelineMode(conn);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    if (rc != FERRY_OK)
+        ferry__rollback_quietly(conn);   /* a finish failed: the COMMIT did not run */
+    return rc;
+}
+
+/* What a claimed message needs inside its transaction, between its claim
+ * and its finish: the handler, for a message whose turn it is. The rest
+ * the claim did (held it) or needs nothing (skipped). */
 static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
 {
     ferry_consumer *c = a->c;
@@ -650,45 +870,9 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
     switch (a->v) {
     case V_DUPLICATE:
     case V_LATE:
-        return w->from_held ? unhold(conn, a, err) : FERRY_OK;
     case V_GAP:
     case V_PARKED:
-        if (w->from_held)
-            return FERRY_OK;        /* not its turn after all: stays held */
-        if (!w->payload_is_text || w->unholdable) {
-            /* Cannot be kept as text until its turn: dead-lettered now,
-             * which parks its key behind it. */
-            a->poisoned = 1;
-            return ferry__error_set(err, FERRY_EINVAL, "payload", "%s (arrived while its key "
-                                 "was held)", w->poison);
-        } else {
-            char part[16], off[24];
-            snprintf(part, sizeof part, "%" PRId32, w->msg.partition);
-            snprintf(off, sizeof off, "%" PRId64, w->msg.offset);
-            char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
-            if (hjson == NULL)
-                return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
-            /* Held as received; a payload that is not text is poison and
-             * was caught before (see consume_intake). */
-            const char *hp[12] = {c->name, w->id, w->msg.topic, w->msg.key, w->seq_text,
-                                  w->msg.type, w->msg.aggregate_type, w->msg.payload_text,
-                                  hjson, part, off, a->v == V_GAP ? "gap" : "parked"};
-            int lens[12] = {0};
-            int fmts[12] = {0};
-            lens[7] = (int)w->msg.payload_len;
-            fmts[7] = 1;    /* binary text: no NUL needed at the end */
-            PGresult *hr = PQexecParams(conn,
-                                        "SELECT ferry.inbox_hold($1, $2::uuid, $3, $4, "
-                                        "$5::bigint, $6, $7, convert_from($8::bytea, 'UTF8'), "
-                                        "$9::jsonb, $10::integer, $11::bigint, $12)",
-                                        12, NULL, hp, lens, fmts, 0);
-            free(hjson);
-            ferry_code rc = PQresultStatus(hr) == PGRES_TUPLES_OK
-                                ? FERRY_OK
-                                : ferry_error_from_pg(err, conn, hr, "could not hold the message");
-            PQclear(hr);
-            return rc;
-        }
+        return FERRY_OK;
     case V_APPLY:
     case V_APPLY_MORE:
         break;
@@ -708,11 +892,23 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
             return rc;
         }
     }
-    return w->from_held ? unhold(conn, a, err) : FERRY_OK;
+    return FERRY_OK;
+}
+
+/* The handler left the transaction as it must be? */
+static ferry_code still_in_transaction(PGconn *conn, ferry_error *err)
+{
+    if (PQtransactionStatus(conn) == PQTRANS_INTRANS)
+        return FERRY_OK;
+    return PQstatus(conn) != CONNECTION_OK
+               ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
+               : ferry__error_set(err, FERRY_EUSER, NULL,
+                               "the handler returned success but left the transaction "
+                               "aborted or closed");
 }
 
 /*
- * One try at one message: BEGIN + claim, the body, COMMIT. Unlike
+ * One try at one message: BEGIN + claim, the body, finish + COMMIT. Unlike
  * ferry_tx_run() it needs no transaction id to find out what a COMMIT
  * whose reply was lost did: trying the message again is the answer, as
  * the claim then finds it applied (or not).
@@ -721,7 +917,8 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
 {
     apply_ctx *a = arg;
     a->handler_failed = a->poisoned = 0;
-    a->w->msg.attempt++;
+    /* Tries that failed at this message, and this one. */
+    a->w->msg.attempt = a->w->failed_tries + 1;
     ferry__err_clear(err);
     if (PQstatus(conn) != CONNECTION_OK) {
         PQreset(conn);
@@ -729,44 +926,40 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
             return ferry_error_from_pg(err, conn, NULL, "could not reconnect");
         a->c->stats.reconnects++;
     }
-    ferry_code rc = begin_and_claim(conn, a, err);
+    int index;
+    ferry_code rc = begin_and_claims(a->c, a->w, 1, &a->v, &index, &a->poisoned, err);
     if (rc == FERRY_OK)
         rc = apply_body(conn, a, err);
-    if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
-        rc = PQstatus(conn) != CONNECTION_OK
-                 ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
-                 : ferry__error_set(err, FERRY_EUSER, NULL,
-                                 "the handler returned success but left the transaction "
-                                 "aborted or closed");
+    if (rc == FERRY_OK)
+        rc = still_in_transaction(conn, err);
     if (rc != FERRY_OK) {
         ferry__rollback_quietly(conn);
+        a->w->failed_tries++;
         return rc;
     }
-    PGresult *res = PQexec(conn, "COMMIT");
-    if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
-        rc = FERRY_OK;
-    else if (PQresultStatus(res) == PGRES_COMMAND_OK)
-        rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
-    else
-        rc = ferry_error_from_pg(err, conn, res, "could not commit");
-    PQclear(res);
+    rc = finish_and_commit(a->c, a->w, 1, err);
+    if (rc != FERRY_OK)
+        a->w->failed_tries++;
     return rc;
 }
 
-typedef struct dead_ctx {
+/* ferry.consume_fail for a message whose try failed (or that is poison). */
+typedef struct fail_ctx {
     ferry_consumer *c;
     work *w;
-    int attempts;
     const char *reason;         /* clean text (see ferry__escape_text) */
+    int permanent;              /* the message itself is bad: no retry */
     int bare;                   /* last resort: no headers, the payload as hex */
-} dead_ctx;
+    int dead_lettered;          /* out: consume_fail's outcome */
+    int attempts;               /* out: its count of failed tries */
+} fail_ctx;
 
-static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
+static ferry_code fail_fn(PGconn *conn, void *arg, ferry_error *err)
 {
-    dead_ctx *d = arg;
+    fail_ctx *d = arg;
     work *w = d->w;
-    char attempts[16];
-    snprintf(attempts, sizeof attempts, "%d", d->attempts);
+    char max[16];
+    snprintf(max, sizeof max, "%d", d->c->max_attempts);
     char *hjson = d->bare ? strdup("{}") : json_dumps(ensure_headers(w), JSON_COMPACT);
     if (hjson == NULL)
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
@@ -787,23 +980,31 @@ static ferry_code dead_fn(PGconn *conn, void *arg, ferry_error *err)
         payload = hex;
         plen = (size_t)(q - hex);
     }
-    const char *p[11] = {d->c->name, w->id, w->msg.topic, w->msg.key,
-                         w->seq_text[0] ? w->seq_text : NULL, w->msg.type,
-                         w->msg.aggregate_type, payload, hjson, attempts, d->reason};
-    int lens[11] = {0};
-    int fmts[11] = {0};
-    lens[7] = (int)plen;
-    fmts[7] = 1;
+    const char *p[12] = {d->c->name, w->id, w->msg.topic, w->msg.key, d->reason,
+                         w->seq_text[0] ? w->seq_text : NULL, payload, hjson, w->msg.type,
+                         w->msg.aggregate_type, max, d->permanent ? "t" : "f"};
+    int lens[12] = {0};
+    int fmts[12] = {0};
+    lens[6] = (int)plen;
+    fmts[6] = 1;
     PGresult *res = PQexecParams(conn,
-                                 "SELECT ferry.inbox_dead_letter($1, $2::uuid, $3, $4, "
-                                 "$5::bigint, $6, $7, convert_from($8::bytea, 'UTF8'), "
-                                 "$9::jsonb, $10::integer, $11)",
-                                 11, NULL, p, lens, fmts, 0);
+                                 "SELECT outcome, attempts FROM ferry.consume_fail($1, "
+                                 "$2::uuid, $3, $4, $5, $6::bigint, "
+                                 "convert_from($7::bytea, 'UTF8'), $8::jsonb, $9, $10, "
+                                 "$11::integer, $12::boolean)",
+                                 12, NULL, p, lens, fmts, 0);
     free(hex);
     free(hjson);
-    ferry_code rc = PQresultStatus(res) == PGRES_TUPLES_OK
-                        ? FERRY_OK
-                        : ferry_error_from_pg(err, conn, res, "could not dead-letter the message");
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        rc = ferry_error_from_pg(err, conn, res, "could not count the failure");
+    } else {
+        d->dead_lettered = strcmp(PQgetvalue(res, 0, 0), "dead_lettered") == 0;
+        d->attempts = atoi(PQgetvalue(res, 0, 1));
+        if (!d->dead_lettered && strcmp(PQgetvalue(res, 0, 0), "retry") != 0)
+            rc = ferry__error_set(err, FERRY_ESCHEMA, NULL, "ferry.consume_fail gave an answer "
+                               "this library does not know");
+    }
     PQclear(res);
     return rc;
 }
@@ -870,6 +1071,36 @@ static void store_offset(ferry_consumer *c, const work *w)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* Store the offsets after ws[0..n), a committed batch in Kafka order:
+ * one list and one call for the batch, the last offset of each partition
+ * (one call per message cost a list, two locks and a lookup each). */
+static void store_offsets(ferry_consumer *c, const work *ws, int n)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (int i = 0; i < n; i++) {
+        if (ws[i].from_held)
+            continue;
+        rd_kafka_topic_partition_t *p =
+            rd_kafka_topic_partition_list_find(l, ws[i].msg.topic, ws[i].msg.partition);
+        if (p == NULL)
+            p = rd_kafka_topic_partition_list_add(l, ws[i].msg.topic, ws[i].msg.partition);
+        p->offset = ws[i].msg.offset + 1;
+    }
+    /* A partition this member no longer holds is refused (see
+     * store_offset); the others are stored. */
+    if (l->cnt > 0 && rd_kafka_offsets_store(c->rk, l) != RD_KAFKA_RESP_ERR__INVALID_ARG) {
+        for (int i = 0; i < n; i++) {
+            const rd_kafka_topic_partition_t *p =
+                ws[i].from_held ? NULL
+                                : rd_kafka_topic_partition_list_find(l, ws[i].msg.topic,
+                                                                     ws[i].msg.partition);
+            if (p != NULL && p->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                c->stats.offsets_stored++;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 /* After a committed transaction: the test hook that dies right between
  * the database commit and the offset store. Only the test build
  * (-DFERRY_TEST_HOOKS: build/asan, build/vg) has it; the shipped library
@@ -896,22 +1127,26 @@ static void after_commit(ferry_consumer *c)
 typedef enum outcome { O_DONE, O_STOPPED, O_FAILED } outcome;
 
 /*
- * Write the dead letter, within bounded attempts. The reason may quote
- * anything (a handler's message, jansson's error text cut inside a
+ * A failed try of w counted by ferry.consume_fail, in a transaction of its
+ * own, within bounded attempts: *retry = 1 when the message is to be
+ * tried again, 0 when it is dead-lettered now (the attempts reached
+ * max_attempts, or permanent: the message itself is bad). The reason may
+ * quote anything (a handler's message, jansson's error text cut inside a
  * character): it is stored escaped, valid UTF-8 without a control
- * character (ferry__escape_text). If PostgreSQL refuses the message's
- * data even so, the dead letter is written once more bare — no headers,
- * the payload as hex — so that the message is kept whatever it holds.
+ * character (ferry__escape_text). If PostgreSQL refuses the message's data
+ * even so, the dead letter is written once more bare — no headers, the
+ * payload as hex — so that the message is kept whatever it holds.
  */
-static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char *reason,
-                           ferry_error *e)
+static outcome fail_message(ferry_consumer *c, work *w, int permanent, const char *reason,
+                            int *retry, ferry_error *e)
 {
     char clean[REASON_MAX];
     ferry__escape_text(clean, sizeof clean, reason);
-    dead_ctx d = {c, w, attempts, clean, 0};
+    fail_ctx d = {c, w, clean, permanent, 0, 0, 0};
     int stopped = 0;
+    *retry = 0;
     for (int tries = 1;; tries++) {
-        ferry_code rc = run_tx(c, dead_fn, 0, &d, &stopped, e);
+        ferry_code rc = run_tx(c, fail_fn, 0, &d, &stopped, e);
         if (rc == FERRY_OK)
             break;
         if (stopped)
@@ -920,6 +1155,7 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
                   c->name, e->message);
         if (data_error(e) && !d.bare) {
             d.bare = 1;         /* at once: the same data would fail the same way */
+            d.permanent = 1;    /* its data is the fault */
             continue;
         }
         if (tries >= SYSTEM_ATTEMPTS_MAX || transient(c, rc, e))
@@ -929,14 +1165,40 @@ static outcome dead_letter(ferry_consumer *c, work *w, int attempts, const char 
             return O_STOPPED;
     }
     after_commit(c);
+    if (!d.dead_lettered) {
+        ferry__log(FERRY_LOG_INFO, "consumer.handler_failed",
+                  "consumer %s: message %s, failure %d of %d: %s", c->name, w->id, d.attempts,
+                  c->max_attempts, clean);
+        *retry = 1;
+        return O_DONE;
+    }
     c->stats.dead_lettered++;
     json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "consumer", c->name, "topic",
                           w->msg.topic, "key", w->msg.key, "message_id", w->id, "attempts",
-                          attempts, "reason", clean);
+                          d.attempts, "reason", clean);
     ferry__log_json(FERRY_LOG_WARN, "consumer.dead_lettered", f,
                    "consumer %s: message %s dead-lettered after %d attempts: %s", c->name,
-                   w->id, attempts, clean);
+                   w->id, d.attempts, clean);
     return O_DONE;
+}
+
+/* Poison: dead-lettered at once. */
+static outcome dead_letter(ferry_consumer *c, work *w, const char *reason, ferry_error *e)
+{
+    int retry;
+    return fail_message(c, w, 1, reason, &retry, e);
+}
+
+/* The handler failed on w with rc (err says why): the failure counted
+ * (FERRY_EINVAL: the handler refuses the message for good). *retry as
+ * fail_message's. */
+static outcome handler_failure(ferry_consumer *c, work *w, ferry_code rc, const ferry_error *err,
+                               int *retry, ferry_error *e)
+{
+    c->stats.handler_failures++;
+    char reason[REASON_MAX];
+    snprintf(reason, sizeof reason, "%s", err->message);
+    return fail_message(c, w, rc == FERRY_EINVAL, reason, retry, e);
 }
 
 /* Remember msg's key for a keyed drain; when the list is full, the next
@@ -957,32 +1219,36 @@ static void due_add(ferry_consumer *c, const work *w)
 
 /*
  * Apply one message, whatever it takes, within bounded attempts:
- * transient failures are retried, handler failures counted, the poison
- * dead-lettered. A data error from PostgreSQL on the claim or the hold
- * makes the message poison too. Any other failure is tried
- * SYSTEM_ATTEMPTS_MAX times, then returned in *e (O_FAILED).
+ * transient failures are retried, handler failures counted (by
+ * consume_fail, which dead-letters the message at max_attempts), the
+ * poison dead-lettered. A data error from PostgreSQL on the claim makes
+ * the message poison too. Any other failure is tried SYSTEM_ATTEMPTS_MAX
+ * times, then returned in *e (O_FAILED).
  */
 static void account(ferry_consumer *c, const work *w, verdict v);
 
-static outcome process(ferry_consumer *c, work *w, int failures_before, ferry_error *e)
+static outcome process(ferry_consumer *c, work *w, ferry_error *e)
 {
     apply_ctx a = {c, w, V_APPLY, 0, 0};
     int stopped = 0;
-    for (int failures = failures_before, system_failures = 0;;) {
+    for (int system_failures = 0;;) {
         ferry_code rc = run_tx(c, apply_tx, 1, &a, &stopped, e);
         if (stopped)
             return O_STOPPED;
         if (rc == FERRY_OK)
             break;
-        if (a.poisoned)
-            return dead_letter(c, w, 0, w->poison, e);
+        if (a.poisoned) {
+            char reason[REASON_MAX];
+            snprintf(reason, sizeof reason, "%s", e->message);
+            return dead_letter(c, w, reason, e);
+        }
         if (!a.handler_failed && data_error(e)) {
             /* PostgreSQL cannot take this message's data: it is poison,
              * whatever the handler would say. */
             snprintf(w->poison, sizeof w->poison, "PostgreSQL refused the message: %s",
                      e->message);
             w->unholdable = 1;
-            return dead_letter(c, w, 0, w->poison, e);
+            return dead_letter(c, w, w->poison, e);
         }
         if (!a.handler_failed) {
             /* The claim itself failed for a reason that is not the
@@ -998,17 +1264,12 @@ static outcome process(ferry_consumer *c, work *w, int failures_before, ferry_er
                 return O_STOPPED;
             continue;
         }
-        c->stats.handler_failures++;
-        /* EINVAL: the handler refuses the message itself; no retry helps. */
-        if (++failures >= c->max_attempts || rc == FERRY_EINVAL) {
-            char reason[REASON_MAX];
-            snprintf(reason, sizeof reason, "%s", e->message);
-            return dead_letter(c, w, failures, reason, e);
-        }
-        ferry__log(FERRY_LOG_INFO, "consumer.handler_failed",
-                  "consumer %s: message %s, failure %d of %d: %s", c->name, w->id, failures,
-                  c->max_attempts, e->message);
-        backoff(c, failures);
+        ferry_error herr = *e;
+        int retry;
+        outcome o = handler_failure(c, w, rc, &herr, &retry, e);
+        if (o != O_DONE || !retry)
+            return o;
+        backoff(c, w->failed_tries);
         if (c->stop)
             return O_STOPPED;
     }
@@ -1078,7 +1339,7 @@ static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
     for (int i = 0; i < PQntuples(res) && !c->stop; i++) {
         work w;
         work_from_held(c, &w, res, i);
-        outcome o = process(c, &w, 0, e);
+        outcome o = process(c, &w, e);
         consume_work_free(&w);
         if (o == O_FAILED)
             return e->code != FERRY_OK ? e->code : FERRY_EDB;
@@ -1095,11 +1356,12 @@ static PGresult *held_query(ferry_consumer *c, const due_key *k)
                                "kafka_offset, reason, held_at ";
     char sql[400];
     if (k == NULL) {
-        snprintf(sql, sizeof sql, "%sFROM ferry.inbox_ready($1, $2::integer)", cols);
+        snprintf(sql, sizeof sql, "%sFROM ferry.consume_ready($1, max_rows => $2::integer)",
+                 cols);
         const char *p[2] = {c->name, limit};
         return PQexecParams(c->conn, sql, 2, NULL, p, NULL, NULL, 0);
     }
-    snprintf(sql, sizeof sql, "%sFROM ferry.inbox_ready_key($1, $2, $3, $4::integer)", cols);
+    snprintf(sql, sizeof sql, "%sFROM ferry.consume_ready($1, $2, $3, $4::integer)", cols);
     const char *p[4] = {c->name, k->topic, k->key, limit};
     return PQexecParams(c->conn, sql, 4, NULL, p, NULL, NULL, 0);
 }
@@ -1220,74 +1482,6 @@ typedef struct batch_failure {
     ferry_error err;
 } batch_failure;
 
-/* BEGIN and the claims of ws[0..n) in one round trip; verdicts into v. */
-static ferry_code batch_claims(ferry_consumer *c, work *ws, int n, verdict *v,
-                               batch_failure *f)
-{
-    PGconn *conn = c->conn;
-    ferry_error *err = &f->err;
-    ferry_code rc = prepare_claim(conn, c, err);
-    if (rc != FERRY_OK)
-        return rc;
-    if (!PQenterPipelineMode(conn) ||
-        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0))
-        goto send_failed;
-    for (int i = 0; i < n; i++) {
-        const char *p[6];
-        claim_params(c, &ws[i], p);
-        if (!PQsendQueryPrepared(conn, CLAIM_STMT, 6, p, NULL, NULL, 0))
-            goto send_failed;
-    }
-    if (!PQpipelineSync(conn))
-        goto send_failed;
-
-    /* BEGIN's result, then each claim's; each followed by a NULL; then the
-     * sync. After an error the rest come back PGRES_PIPELINE_ABORTED. */
-    rc = FERRY_OK;
-    for (int q = -1; q < n; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK && q < 0 && st != PGRES_COMMAND_OK) {
-            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
-        } else if (rc == FERRY_OK && q >= 0) {
-            if (st != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-                rc = ferry_error_from_pg(err, conn, res, "could not claim the message");
-                f->index = q;
-                if (strcmp(err->sqlstate, "26000") == 0) {
-                    c->claim_pid = 0;   /* lost (see begin_and_claim) */
-                    err->retriable = 1;
-                }
-            } else if (parse_verdict(PQgetvalue(res, 0, 0), &v[q]) != 0) {
-                rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
-                                   "ferry.inbox_claim gave an answer this library does not "
-                                   "know");
-                f->index = q;
-            }
-        }
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC) {
-            PGresult *end = PQgetResult(conn);
-            PQclear(end);
-        }
-    }
-    PGresult *sync = PQgetResult(conn);
-    PQclear(sync);
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
-    return rc;
-
-send_failed:
-    rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    PQexitPipelineMode(conn);
-    return rc;
-}
-
 /* One try at ws[0..n) in one transaction. FERRY_OK: committed, verdicts
  * in v. Otherwise rolled back, and f says what failed. */
 static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch_failure *f)
@@ -1302,20 +1496,20 @@ static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch
             return f->rc = ferry_error_from_pg(err, conn, NULL, "could not reconnect");
         c->stats.reconnects++;
     }
-    ferry_code rc = batch_claims(c, ws, n, v, f);
+    /* A message's attempt counts the tries that failed at it, not those
+     * a neighbour in its batch failed. */
+    for (int i = 0; i < n; i++)
+        ws[i].msg.attempt = ws[i].failed_tries + 1;
+    int poisoned = 0;
+    ferry_code rc = begin_and_claims(c, ws, n, v, &f->index, &poisoned, err);
     for (int i = 0; rc == FERRY_OK && i < n; i++) {
         apply_ctx a = {c, &ws[i], v[i], 0, 0};
-        ws[i].msg.attempt++;
         ws[i].in_batch = 1;
         ferry__err_clear(err);
         rc = apply_body(conn, &a, err);
         ws[i].in_batch = 0;
-        if (rc == FERRY_OK && PQtransactionStatus(conn) != PQTRANS_INTRANS)
-            rc = PQstatus(conn) != CONNECTION_OK
-                     ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
-                     : ferry__error_set(err, FERRY_EUSER, NULL,
-                                     "the handler returned success but left the transaction "
-                                     "aborted or closed");
+        if (rc == FERRY_OK)
+            rc = still_in_transaction(conn, err);
         if (rc != FERRY_OK) {
             f->index = i;
             f->alone = ws[i].alone_asked;
@@ -1325,16 +1519,15 @@ static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch
     }
     if (rc != FERRY_OK) {
         ferry__rollback_quietly(conn);
-        return f->rc = rc;
+    } else {
+        rc = finish_and_commit(c, ws, n, err);
     }
-    PGresult *res = PQexec(conn, "COMMIT");
-    if (PQresultStatus(res) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
-        rc = FERRY_OK;
-    else if (PQresultStatus(res) == PGRES_COMMAND_OK)
-        rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
-    else
-        rc = ferry_error_from_pg(err, conn, res, "could not commit");
-    PQclear(res);
+    if (rc != FERRY_OK) {
+        if (f->index >= 0 && !f->alone)
+            ws[f->index].failed_tries++;
+        for (int i = 0; f->index < 0 && i < n; i++)
+            ws[i].failed_tries++;       /* the batch's own failure: each message's try */
+    }
     return f->rc = rc;
 }
 
@@ -1359,7 +1552,7 @@ static int one_by_one(ferry_consumer *c, work *ws, int n, outcome *o, ferry_erro
 {
     *o = O_DONE;
     for (int i = 0; i < n; i++) {
-        *o = process(c, &ws[i], 0, e);
+        *o = process(c, &ws[i], e);
         if (*o != O_DONE)
             return i;
         store_offset(c, &ws[i]);
@@ -1372,18 +1565,15 @@ static int one_by_one(ferry_consumer *c, work *ws, int n, outcome *o, ferry_erro
 static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, ferry_error *e)
 {
     if (!f->handler_failed)
-        return process(c, w, 0, e);
-    c->stats.handler_failures++;
-    if (f->rc == FERRY_EINVAL || c->max_attempts <= 1) {
-        char reason[REASON_MAX];
-        snprintf(reason, sizeof reason, "%s", f->err.message);
-        return dead_letter(c, w, 1, reason, e);
-    }
-    ferry__log(FERRY_LOG_INFO, "consumer.handler_failed",
-              "consumer %s: message %s, failure 1 of %d: %s", c->name, w->id,
-              c->max_attempts, f->err.message);
-    backoff(c, 1);
-    return process(c, w, 1, e);
+        return process(c, w, e);
+    int retry;
+    outcome o = handler_failure(c, w, f->rc, &f->err, &retry, e);
+    if (o != O_DONE || !retry)
+        return o;
+    backoff(c, w->failed_tries);
+    if (c->stop)
+        return O_STOPPED;
+    return process(c, w, e);
 }
 
 /*
@@ -1400,7 +1590,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         /* A message already known to be poison goes alone: it is
          * dead-lettered (or held) in a transaction of its own. */
         if (ws[i].poison[0] != '\0') {
-            if ((*o = process(c, &ws[i], 0, e)) != O_DONE)
+            if ((*o = process(c, &ws[i], e)) != O_DONE)
                 return i;
             store_offset(c, &ws[i]);
             i++;
@@ -1410,7 +1600,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         while (j < n && ws[j].poison[0] == '\0')
             j++;
         if (j - i == 1) {
-            if ((*o = process(c, &ws[i], 0, e)) != O_DONE)
+            if ((*o = process(c, &ws[i], e)) != O_DONE)
                 return i;
             store_offset(c, &ws[i]);
             i = j;
@@ -1422,20 +1612,12 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
             after_commit(c);
             c->stats.batches++;
             c->stats.batch_messages += (uint64_t)(j - i);
-            int held = 0, applied = 0;
-            for (int k = i; k < j; k++) {
+            /* A position held in the batch and made ready by a later
+             * one of it needs no scan: the claims run in order, each
+             * holding what it holds, so the later claim says drain. */
+            for (int k = i; k < j; k++)
                 account(c, &ws[k], v[k - i]);
-                held += v[k - i] == V_GAP || v[k - i] == V_PARKED;
-                applied += v[k - i] == V_APPLY || v[k - i] == V_APPLY_MORE;
-                store_offset(c, &ws[k]);
-            }
-            /* A position held in the batch may have been made ready by a
-             * later one of the batch (whose claim ran before the hold):
-             * look, at the cost of what is ready (inbox_ready). */
-            if (held && applied) {
-                c->scan_due = 1;
-                c->drain_due = 1;
-            }
+            store_offsets(c, ws + i, j - i);
             i = j;
             continue;
         }
@@ -1462,10 +1644,9 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
                 after_commit(c);
                 c->stats.batches++;
                 c->stats.batch_messages += (uint64_t)(k - i);
-                for (int m = i; m < k; m++) {
+                for (int m = i; m < k; m++)
                     account(c, &ws[m], v[m - i]);
-                    store_offset(c, &ws[m]);
-                }
+                store_offsets(c, ws + i, k - i);
             } else {
                 c->stats.batch_fallbacks++;
                 int done = one_by_one(c, ws + i, k - i, o, e);
@@ -1908,10 +2089,11 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     }
     /* May this session use the name? (ferry.consumer_owner, schema 8.) A
      * role that may not would otherwise fail on every message; say so
-     * now, naming the cause. Reads nothing: the limit is 0. */
+     * now, naming the cause. Reads one held row at most. */
     const char *np[1] = {c->name};
-    PGresult *res = PQexecParams(c->conn, "SELECT count(*) FROM ferry.inbox_ready($1, 0)", 1,
-                                 NULL, np, NULL, NULL, 0);
+    PGresult *res = PQexecParams(c->conn,
+                                 "SELECT count(*) FROM ferry.consume_ready($1, max_rows => 1)",
+                                 1, NULL, np, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char context[NAME_MAX_LEN + 64];
         snprintf(context, sizeof context, "consumer \"%s\" may not consume", c->name);
@@ -1989,7 +2171,7 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
         hdrs = NULL;
     consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
-    outcome o = process(c, &w, 0, e);
+    outcome o = process(c, &w, e);
     if (o == O_DONE)
         store_offset(c, &w);
     else if (o == O_FAILED)

@@ -45,6 +45,8 @@ typedef struct consume_work {
     int in_batch;               /* being applied with others in one transaction */
     int alone_asked;            /* its handler asked for its own transaction
                                    (ferry_message_alone) */
+    int failed_tries;           /* tries that failed at this message (not at a
+                                   neighbour in its batch): msg.attempt - 1 */
     rd_kafka_message_t *rkm;    /* borrowed; NULL when from_held */
 } consume_work;
 

@@ -356,7 +356,9 @@ typedef struct ferry_message {
     const char *payload_text;   /* as received */
     size_t payload_len;
     int attempt;                /* 1 on the first try of this message by this
-                                   consumer, 2 on the next (after any failure) */
+                                   consumer, 2 on the next (after a try that
+                                   failed at it: a batch rolled back for a
+                                   neighbour's failure does not count) */
     const void *internal_;      /* for ferry_message_header() */
 } ferry_message;
 

@@ -6,6 +6,13 @@
  *              not expected, so the dedupe record only takes space.
  *   published  ferry.outbox rows the relay marked published (retention
  *              mode "mark") longer ago than budgets->outbox_retention_ms.
+ *   attempts   ferry.inbox_attempt rows (a consumer's count of failed
+ *              tries of a message, schema 12) whose last failure is older
+ *              than the dedupe window: the message was not tried since,
+ *              so it was applied or dead-lettered by a client that did
+ *              not say so (consume_finish and consume_fail delete the
+ *              row), or it never comes again. A message that does come
+ *              again after that starts counting anew.
  *
  * Repair deletes them in batches of budgets->batch rows, each batch its
  * own short fenced transaction (rc_begin: lock_timeout, statement
@@ -26,6 +33,7 @@
  *              it does not read the young rest of the table.
  *   published  keyset paging on (published_at, id) through the partial
  *              index outbox_published.
+ *   attempts   keyset paging on (consumer, message_id), the primary key.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -352,6 +360,104 @@ static int published(rc_ctx *ctx, int *lost)
     return end == B_STOPPED || end == B_BUSY ? 0 : -1;
 }
 
+/* --------------------------------------------------------------- attempts */
+
+static const char ATTEMPTS_COUNT_SQL[] =
+    "SELECT consumer, count(*) FROM ferry.inbox_attempt WHERE failed_at < $1::timestamptz "
+    " GROUP BY consumer ORDER BY count(*) DESC, consumer";
+
+/* The next batch after ($2, $3) in primary-key order, deleted, the age
+ * checked again as it is deleted (a try that failed since keeps its row). */
+static const char ATTEMPTS_BATCH_SQL[] =
+    "WITH b AS MATERIALIZED ("
+    "  SELECT consumer, message_id FROM ferry.inbox_attempt "
+    "   WHERE failed_at < $1::timestamptz AND (consumer, message_id) > ($2, $3::uuid) "
+    "   ORDER BY consumer, message_id LIMIT $4::int), "
+    "d AS (DELETE FROM ferry.inbox_attempt a USING b "
+    "       WHERE a.consumer = b.consumer AND a.message_id = b.message_id "
+    "         AND a.failed_at < $1::timestamptz RETURNING 1), "
+    "last AS (SELECT consumer, message_id FROM b ORDER BY consumer DESC, message_id DESC "
+    "         LIMIT 1) "
+    "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM b), "
+    "       last.consumer, last.message_id::text "
+    "  FROM (SELECT 1) one LEFT JOIN last ON true";
+
+static int attempts(rc_ctx *ctx, int *lost)
+{
+    past g;
+    int found = count_past(ctx, ctx->budgets->inbox_retention_ms,
+                           "could not count failed attempts past the dedupe window",
+                           ATTEMPTS_COUNT_SQL, &g);
+    if (found <= 0)
+        return found;
+    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
+                               "consumers", (json_int_t)g.groups, "cutoff", g.cutoff,
+                               "retention_ms", (json_int_t)ctx->budgets->inbox_retention_ms,
+                               "by_consumer", g.by);
+    if (ctx->mode == RC_CHECK) {
+        rc_found(ctx, "attempts", "ferry.inbox_attempt", g.total, RC_FOUND, detail,
+                 "%" PRId64 " count%s of failed attempts of %" PRId64 " consumer%s last "
+                 "failed before the %s dedupe window (before %s): garbage to delete",
+                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
+        return 0;
+    }
+
+    /* Names are never empty (consumer_guard_), so ('', the nil uuid)
+     * comes before every key. */
+    char consumer[256] = "", id[40] = "00000000-0000-0000-0000-000000000000", size[16];
+    snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
+    int64_t deleted = 0;
+    batch_end end = B_DONE;
+    for (;;) {
+        if (rc_stopping(ctx)) {
+            end = B_STOPPED;
+            break;
+        }
+        const char *p[4] = {g.cutoff, consumer, id, size};
+        PGresult *b;
+        end = batch(ctx, "failed attempts past the dedupe window", NULL, ATTEMPTS_BATCH_SQL, 4,
+                    p, &b);
+        if (end != B_DONE)
+            break;
+        deleted += rc_int_at(b, 0, 0);
+        int64_t scanned = rc_int_at(b, 0, 1);
+        if (scanned > 0) {
+            snprintf(consumer, sizeof consumer, "%s", PQgetvalue(b, 0, 2));
+            snprintf(id, sizeof id, "%s", PQgetvalue(b, 0, 3));
+        }
+        PQclear(b);
+        rc_progress(ctx, "attempts: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
+        if (scanned == 0)
+            break;
+    }
+    *lost = end == B_LOST;
+    json_object_set_new(detail, "deleted", json_integer(deleted));
+    if (end == B_DONE && deleted == 0) {
+        json_decref(detail);
+        return 0;
+    }
+    if (end == B_DONE) {
+        rc_found(ctx, "attempts", "ferry.inbox_attempt", deleted, RC_REPAIRED, detail,
+                 "deleted %" PRId64 " count%s of failed attempts of %" PRId64 " consumer%s "
+                 "last failed before the %s dedupe window (before %s)",
+                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
+                 g.cutoff);
+        return 0;
+    }
+    if (deleted > 0)
+        rc_found(ctx, "attempts", "ferry.inbox_attempt", deleted, RC_REPAIRED,
+                 json_incref(detail),
+                 "deleted %" PRId64 " of %" PRId64 " counts of failed attempts past the %s "
+                 "dedupe window", deleted, g.total, g.keep);
+    int64_t left = g.total > deleted ? g.total - deleted : 0;
+    rc_found(ctx, "attempts", "ferry.inbox_attempt", left, RC_LEFT, detail,
+             "%" PRId64 " count%s of failed attempts past the %s dedupe window not deleted in "
+             "this pass (%s): the next pass goes on",
+             left, left == 1 ? "" : "s", g.keep, end_reason(end));
+    return end == B_STOPPED || end == B_BUSY ? 0 : -1;
+}
+
 /* The reconciler's own records, in repair: passes older than 30 days,
  * and rule actions not renewed for 30 days (a row still found is sent
  * again every repeat_after, which renews its action; one not renewed
@@ -392,6 +498,9 @@ int rc_sweep_garbage(rc_ctx *ctx)
         rc = -1;
     if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
         published(ctx, &lost) != 0)
+        rc = -1;
+    if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
+        attempts(ctx, &lost) != 0)
         rc = -1;
     if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
         records(ctx, &lost) != 0)

@@ -47,6 +47,7 @@ static rd_kafka_t *producer;
 /* ------------------------------------------------------------------ the handler */
 
 static int accept_poison;           /* flipped by tests before a replay */
+static int probe_attempt_max;       /* the highest attempt a {"probe": true} message saw */
 static long handler_calls;
 static long kill_at_call;           /* child mode: SIGKILL inside the transaction */
 
@@ -67,6 +68,8 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
                                ferry_error *err)
 {
     handler_calls++;
+    if (json_is_true(json_object_get(m->payload, "probe")) && m->attempt > probe_attempt_max)
+        probe_attempt_max = m->attempt;
     if (json_is_true(json_object_get(m->payload, "alone"))) {
         ferry_code arc = ferry_message_alone(m, err);
         if (arc != FERRY_OK)
@@ -172,6 +175,12 @@ static int applied_at_least(const ferry_consumer_stats *s, long want)
 static int applied_and_one_late(const ferry_consumer_stats *s, long want)
 {
     return applied_at_least(s, want) && s->late >= 1;
+}
+
+/* want applied (or drained), and one dead letter. */
+static int applied_and_dead(const ferry_consumer_stats *s, long want)
+{
+    return (long)(s->applied + s->drained) >= want && s->dead_lettered >= 1;
 }
 
 static int seen_at_least(const ferry_consumer_stats *s, long want)
@@ -455,8 +464,10 @@ static void bad_payloads_are_dead_lettered(void **state)
     assert_int_equal(handler_calls - calls, 3);
     consumer_done(c);
     PGconn *conn = tu_connect();
+    /* One try each, as ferry.consume_fail counts a permanent failure (the
+     * handler never saw them). */
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND attempts = 0 AND reason LIKE "
+                                  "'c-badjson' AND attempts = 1 AND reason LIKE "
                                   "'payload is not valid JSON%'"), 2);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'c-badjson' AND aggregateid = 'v' AND attempts = 1 AND "
@@ -975,6 +986,83 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
     PQfinish(conn);
 }
 
+/* The C consumer is a client of the SQL consumer protocol: a login role
+ * granted the protocol's functions (1.1's consume_finish_many included)
+ * and nothing else of ferry's (no inbox function, no ferry role) applies,
+ * holds and drains, and dead-letters after attempts counted by
+ * consume_fail. */
+static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
+{
+    const char *topic = "c.protoonly";
+    PGconn *conn = tu_connect();
+    PQclear(PQexec(conn, "CREATE ROLE c_proto_only LOGIN"));    /* this pass's cluster */
+    tu_exec(conn, "GRANT USAGE ON SCHEMA ferry TO c_proto_only; "
+                  "GRANT SELECT ON ferry.schema_version TO c_proto_only; "
+                  "GRANT EXECUTE ON FUNCTION "
+                  "  ferry.consume_claim(text, uuid, text, text, bigint, text, jsonb, text, text, "
+                  "                      integer, bigint, boolean), "
+                  "  ferry.consume_finish(text, uuid), "
+                  "  ferry.consume_fail(text, uuid, text, text, text, bigint, text, jsonb, text, "
+                  "                     text, integer, boolean), "
+                  "  ferry.consume_ready(text, text, text, integer), "
+                  "  ferry.consume_finish_many(text, uuid[]) TO c_proto_only; "
+                  "GRANT SELECT, INSERT, UPDATE ON t_account, t_applied TO c_proto_only; "
+                  "GRANT USAGE ON SEQUENCE t_applied_n_seq TO c_proto_only; "
+                  "INSERT INTO ferry.consumer_owner (consumer, role) "
+                  "VALUES ('c-protoonly', 'c_proto_only') ON CONFLICT DO NOTHING");
+    assert_int_equal(tu_int(conn, "SELECT has_function_privilege('c_proto_only', "
+                                  "'ferry.inbox_claim(text,uuid,text,text,bigint,boolean)', "
+                                  "'EXECUTE')::int + pg_has_role('c_proto_only', "
+                                  "'ferry_writer', 'MEMBER')::int"), 0);
+    pmsg m[4] = {{"a", 1}, {"a", 3}, {"a", 2}, {"p", 1, "{\"fail\": true, \"amount\": 1}"}};
+    produce(topic, m, 4, NULL);
+    accept_poison = 0;
+    char *db = fpg_conninfo_for(tu_pg, "c_proto_only", NULL);
+    tu_consumer_db = db;
+    ferry_consumer *c = consumer_new("c-protoonly", topic, 2);
+    tu_consumer_db = NULL;
+    free(db);
+    assert_non_null(c);
+    poll_until(c, applied_and_dead, 3);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    /* The poison's batch, if any, rolled back once; no batch failed for
+     * want of a privilege (consume_finish_many's, say). */
+    assert_true(s.batch_fallbacks <= 1);
+    consumer_done(c);
+    assert_order(conn, "c-protoonly", "a", "1,2,3");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'c-protoonly' AND aggregateid = 'p' AND attempts = 2"), 1);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
+                                  "'c-protoonly'"), 0);
+    PQfinish(conn);
+}
+
+/* A message whose batch rolled back because a neighbour failed is tried
+ * again as if for the first time: msg->attempt counts the tries that
+ * failed at the message itself (the neighbour's own retry sees 2). */
+static void a_neighbours_failure_costs_a_message_no_attempt(void **state)
+{
+    const char *topic = "c.battempt";
+    one_partition_topic(topic);
+    pmsg m[2] = {{"q", 1, "{\"probe\": true, \"amount\": 1}"},
+                 {"r", 1, "{\"retriable\": 1, \"amount\": 1}"}};
+    produce(topic, m, 2, NULL);
+    probe_attempt_max = 0;
+    ferry_consumer *c = consumer_new("c-battempt", topic, 0);
+    poll_until(c, applied_at_least, 2);
+    ferry_consumer_stats s;
+    ferry_consumer_stats_get(c, &s);
+    assert_true(s.batch_fallbacks >= 1);        /* r's failure rolled q's batch back */
+    assert_int_equal(s.dead_lettered, 0);
+    consumer_done(c);
+    assert_int_equal(probe_attempt_max, 1);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-battempt", "q", "1");
+    assert_order(conn, "c-battempt", "r", "1");     /* at its attempt 2 */
+    PQfinish(conn);
+}
+
 /* A second member joins while the first is gathering a batch (it holds
  * up to 1000 and waits 8 s for more): the first lets go of the messages
  * of the partitions it lost, unapplied, and the new owner applies them.
@@ -1102,6 +1190,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
         cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
         cmocka_unit_test(a_handler_that_must_run_alone_gets_its_own_transaction),
+        cmocka_unit_test(a_neighbours_failure_costs_a_message_no_attempt),
         cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
     };
     const struct CMUnitTest tests[] = {
@@ -1120,6 +1209,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
         cmocka_unit_test(the_assignment_is_known_and_logged),
+        cmocka_unit_test(a_role_with_only_the_protocol_runs_the_consumer),
     };
     tu_filter_from_env();
     /* One group (one cluster, one broker): the batch tests join it in the

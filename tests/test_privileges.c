@@ -95,6 +95,9 @@ static const fn_cell FUNCS[] = {
      "SELECT count(*) FROM ferry.consume_ready('@C')", 1},
     {"ferry.consume_skip_gap(text,text,text)", C,
      "SELECT ferry.consume_skip_gap('@C', 'pv', 'k')", 1},
+    /* Version 1.1 (schema 16). */
+    {"ferry.consume_finish_many(text,uuid[])", C,
+     "SELECT ferry.consume_finish_many('@C', ARRAY[gen_random_uuid()])", 1},
     {"ferry.emit_message(text,text,text,text,text,text,bigint,uuid)", W | C,
      "SELECT ferry.emit_message('pv', 'k', 'T', '{}')", 0},
     /* The reconciler's, for any consumer (an operator's repair). */
@@ -171,7 +174,7 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass", 'r', X, X, X, {0}},
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
-    {"inbox_attempt", 'r', X, NONE, NONE, {0}},
+    {"inbox_attempt", 'r', X, NONE, X, {0}},      /* the garbage sweep (schema 16) */
     {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
 };
 
@@ -488,7 +491,7 @@ static void consumer_confined_to_its_own_names(void **state)
         PQfinish(other);
         n++;
     }
-    assert_int_equal(n, 11);      /* 6 inbox_* and 5 consume_* (schema 12) */
+    assert_int_equal(n, 12);      /* 6 inbox_*, 5 consume_* (schema 12), 1 (schema 16) */
 }
 
 /* SET ROLE narrows: a session that set a role is judged as that role. */

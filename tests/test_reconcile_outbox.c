@@ -203,7 +203,7 @@ static int reset(void **state)
 {
     return tu_exec_once("TRUNCATE ferry.outbox, ferry.outbox_key, ferry.dead_letter, "
                         "ferry.dead_letter_log, ferry.inbox, ferry.inbox_key, ferry.inbox_held, "
-                        "ferry.reconcile_pass; "
+                        "ferry.inbox_attempt, ferry.reconcile_pass; "
                         "DELETE FROM ferry.lease");
 }
 
@@ -713,6 +713,13 @@ static void garbage_is_collected_in_batches(void **state)
     tu_exec(c, "UPDATE ferry.outbox SET published_at = now() WHERE topic = 't.pub' AND seq <= 5 "
                "AND aggregateid = 'k0'");
     emit_n(c, "t.unpub", 3, 3);
+    /* Counts of failed tries: 150 last failed before the window (two
+     * batches), 3 inside it. */
+    tu_exec(c, "INSERT INTO ferry.inbox_attempt (consumer, message_id, attempts, last_error, "
+               "failed_at) SELECT 'c' || (g % 2), gen_random_uuid(), 1, 'x', "
+               "now() - interval '2 hours' FROM generate_series(1, 150) g");
+    tu_exec(c, "INSERT INTO ferry.inbox_attempt (consumer, message_id, attempts, last_error) "
+               "SELECT 'c1', gen_random_uuid(), 2, 'y' FROM generate_series(1, 3) g");
 
     run_result r = check_finds(c, rules);
     json_t *f = finding(&r, "garbage", "inbox", "ferry.inbox");
@@ -720,6 +727,9 @@ static void garbage_is_collected_in_batches(void **state)
     assert_non_null(strstr(message_of(f), "1050 inbox rows of 2 consumers past the 1h dedupe window"));
     f = finding(&r, "garbage", "published", "ferry.outbox");
     assert_int_equal(json_integer_value(json_object_get(f, "count")), 320);
+    f = finding(&r, "garbage", "attempts", "ferry.inbox_attempt");
+    assert_int_equal(json_integer_value(json_object_get(f, "count")), 150);
+    assert_non_null(strstr(message_of(f), "150 counts of failed attempts of 2 consumers"));
     run_free(&r);
 
     r = reconcile("repair", rules, NULL);
@@ -729,8 +739,11 @@ static void garbage_is_collected_in_batches(void **state)
     assert_int_equal(rows, 1050);
     assert_int_equal(findings(&r, "garbage", "published", "repaired", &rows), 1);
     assert_int_equal(rows, 320);
+    assert_int_equal(findings(&r, "garbage", "attempts", "repaired", &rows), 1);
+    assert_int_equal(rows, 150);
     run_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 10);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_attempt"), 3);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.pub'"),
                      355 - 320);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.unpub'"), 3);
@@ -762,6 +775,8 @@ static void repair_as_the_reconciler_role(void **state)
     emit_n(c, "t.privpub", 5, 1);
     tu_exec(c, "UPDATE ferry.outbox SET published_at = now() - interval '2 hours' "
                "WHERE topic = 't.privpub'");
+    tu_exec(c, "INSERT INTO ferry.inbox_attempt (consumer, message_id, attempts, last_error, "
+               "failed_at) VALUES ('c', gen_random_uuid(), 1, 'x', now() - interval '2 hours')");
 
     run_result r = reconcile_as("rc_sweeper", "check", rules, NULL);
     expect_status(&r, 4);
@@ -778,7 +793,9 @@ static void repair_as_the_reconciler_role(void **state)
     assert_int_equal(findings(&r, "dead_letters", "dead_letter", "repaired", NULL), 1);
     assert_int_equal(findings(&r, "garbage", "inbox", "repaired", NULL), 1);
     assert_int_equal(findings(&r, "garbage", "published", "repaired", NULL), 1);
+    assert_int_equal(findings(&r, "garbage", "attempts", "repaired", NULL), 1);
     run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_attempt"), 0);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'priv-ghost' "
                                "AND expires_at > now()"), 0);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'priv-alive' "
