@@ -100,6 +100,15 @@ static const char claim_sql[] =
     "SELECT verdict, drain FROM ferry.consume_claim($1, $2::uuid, $3, $4, $5::bigint, "
     "convert_from($6::bytea, 'UTF8'), $7::jsonb, $8, $9, $10::integer, $11::bigint, "
     "$12::boolean)";
+/* A batch's claims in one statement (protocol 1.2, schema 20): each
+ * array holds one element per message; text in the arrays' literal
+ * syntax (claim_many_args). */
+#define CLAIM_MANY_STMT "ferry_consume_claim_many_v1"
+#define CLAIM_MANY_NPARAMS 12
+static const char claim_many_sql[] =
+    "SELECT verdict, drain FROM ferry.consume_claim_many($1, $2::uuid[], $3::text[], "
+    "$4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::text[], $9::text[], "
+    "$10::integer[], $11::bigint[], $12::boolean)";
 #define FINISH_STMT "ferry_consume_finish_v1"
 static const char finish_sql[] = "SELECT ferry.consume_finish($1, $2::uuid)";
 /* A batch's finishes in one statement (protocol 1.1, schema 16). */
@@ -589,6 +598,10 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
         PQclear(pr);
         pr = PQprepare(conn, FINISH_MANY_STMT, finish_many_sql, 2, NULL);
     }
+    if (PQresultStatus(pr) == PGRES_COMMAND_OK) {
+        PQclear(pr);
+        pr = PQprepare(conn, CLAIM_MANY_STMT, claim_many_sql, CLAIM_MANY_NPARAMS, NULL);
+    }
     if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
         PQclear(pr);
@@ -598,6 +611,7 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
         PQclear(PQexec(conn, "DEALLOCATE " CLAIM_STMT));
         PQclear(PQexec(conn, "DEALLOCATE " FINISH_STMT));
         PQclear(PQexec(conn, "DEALLOCATE " FINISH_MANY_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " CLAIM_MANY_STMT));
         return rc;
     }
     PQclear(pr);
@@ -702,6 +716,182 @@ static ferry_code claim_result(PGconn *conn, ferry_consumer *c, work *w, PGresul
     return FERRY_OK;
 }
 
+/* A PostgreSQL array literal being written: {"a","b",NULL}. */
+typedef struct alit {
+    char *p;
+    size_t len, cap;
+    int n;                          /* elements so far */
+    int failed;                     /* out of memory */
+} alit;
+
+static void alit_put(alit *a, const char *s, size_t len)
+{
+    if (a->failed)
+        return;
+    if (a->len + len + 2 > a->cap) {
+        size_t cap = a->cap ? a->cap : 256;
+        while (a->len + len + 2 > cap)
+            cap *= 2;
+        char *p = realloc(a->p, cap);
+        if (p == NULL) {
+            a->failed = 1;
+            return;
+        }
+        a->p = p;
+        a->cap = cap;
+    }
+    memcpy(a->p + a->len, s, len);
+    a->len += len;
+    a->p[a->len] = '\0';
+}
+
+/* One element: s[0..len) quoted (backslash before " and \), or NULL. */
+static void alit_elem(alit *a, const char *s, size_t len)
+{
+    alit_put(a, a->n++ == 0 ? "{" : ",", 1);
+    if (s == NULL) {
+        alit_put(a, "NULL", 4);
+        return;
+    }
+    alit_put(a, "\"", 1);
+    size_t from = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\') {
+            alit_put(a, s + from, i - from);
+            alit_put(a, "\\", 1);
+            from = i;
+        }
+    }
+    alit_put(a, s + from, len - from);
+    alit_put(a, "\"", 1);
+}
+
+static void alit_str(alit *a, const char *s)
+{
+    alit_elem(a, s, s ? strlen(s) : 0);
+}
+
+static const char *alit_end(alit *a)
+{
+    alit_put(a, a->n == 0 ? "{}" : "}", a->n == 0 ? 2 : 1);
+    return a->failed ? NULL : a->p;
+}
+
+/* consume_claim_many's arrays for ws[0..n): 0, or -1 (out of memory, or a
+ * message that text cannot carry: claimed one by one instead). */
+enum { CM_IDS, CM_TOPICS, CM_KEYS, CM_SEQS, CM_PAYLOADS, CM_HEADERS, CM_TYPES, CM_AGGS,
+       CM_PARTS, CM_OFFS, CM_ARRAYS };
+
+static int claim_many_args(work *ws, int n, alit *a)
+{
+    memset(a, 0, sizeof(alit) * CM_ARRAYS);
+    for (int i = 0; i < n; i++) {
+        work *w = &ws[i];
+        if (w->unholdable)
+            return -1;
+        char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
+        if (hjson == NULL)
+            return -1;
+        char num[24];
+        alit_str(&a[CM_IDS], w->id);
+        alit_str(&a[CM_TOPICS], w->msg.topic);
+        alit_str(&a[CM_KEYS], w->msg.key);
+        alit_str(&a[CM_SEQS], w->seq_text[0] ? w->seq_text : NULL);
+        /* Held as received, when text can hold it (see claim_args_fill). */
+        alit_elem(&a[CM_PAYLOADS], w->payload_is_text ? w->msg.payload_text : NULL,
+                  w->msg.payload_len);
+        alit_str(&a[CM_HEADERS], hjson);
+        free(hjson);
+        alit_str(&a[CM_TYPES], w->msg.type);
+        alit_str(&a[CM_AGGS], w->msg.aggregate_type);
+        snprintf(num, sizeof num, "%" PRId32, w->msg.partition);
+        alit_str(&a[CM_PARTS], num);
+        snprintf(num, sizeof num, "%" PRId64, w->msg.offset);
+        alit_str(&a[CM_OFFS], num);
+    }
+    for (int k = 0; k < CM_ARRAYS; k++)
+        if (alit_end(&a[k]) == NULL)
+            return -1;
+    return 0;
+}
+
+static void claim_many_free(alit *a)
+{
+    for (int k = 0; k < CM_ARRAYS; k++)
+        free(a[k].p);
+}
+
+/*
+ * BEGIN and one consume_claim_many for ws[0..n), in one round trip: the
+ * server claims the batch's usual messages in one UPDATE and one INSERT
+ * (schema 20). Verdicts into v. A failed claim names no message: *index
+ * stays -1 and the batch is applied one by one (apply_batch).
+ */
+static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdict *v,
+                                       const alit *a, ferry_error *err)
+{
+    PGconn *conn = c->conn;
+    const char *p[CLAIM_MANY_NPARAMS] = {
+        c->name, a[CM_IDS].p, a[CM_TOPICS].p, a[CM_KEYS].p, a[CM_SEQS].p, a[CM_PAYLOADS].p,
+        a[CM_HEADERS].p, a[CM_TYPES].p, a[CM_AGGS].p, a[CM_PARTS].p, a[CM_OFFS].p,
+        c->first_any ? "t" : "f"};
+    ferry_code rc = FERRY_OK;
+    if (!PQenterPipelineMode(conn))
+        return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    int sent = 0;
+    if (PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+        sent = 1;
+        if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
+            sent = 2;
+    }
+    if (sent < 2)
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    if (!PQpipelineSync(conn)) {
+        if (rc == FERRY_OK)
+            rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+        PQexitPipelineMode(conn);
+        return rc;      /* the connection is gone: so is the transaction */
+    }
+    for (int q = 0; q < sent; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == FERRY_OK && q == 0 && st != PGRES_COMMAND_OK) {
+            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
+        } else if (rc == FERRY_OK && q == 1) {
+            if (st != PGRES_TUPLES_OK || PQntuples(res) != n || PQnfields(res) != 2) {
+                rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
+                if (strcmp(err->sqlstate, "26000") == 0) {
+                    c->claim_pid = 0;       /* prepare again on the retry */
+                    err->retriable = 1;
+                }
+            } else {
+                for (int i = 0; i < n && rc == FERRY_OK; i++)
+                    if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &ws[i],
+                                      &v[i]) != 0)
+                        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                                              "ferry.consume_claim_many gave an answer this "
+                                              "library does not know");
+            }
+        }
+        PQclear(res);
+        if (st != PGRES_PIPELINE_SYNC) {
+            PGresult *end = PQgetResult(conn);
+            PQclear(end);
+        }
+    }
+    PGresult *sync = PQgetResult(conn);
+    PQclear(sync);
+    PQexitPipelineMode(conn);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    return rc;
+}
+
 /*
  * BEGIN and the claims of ws[0..n), in one round trip (pipeline mode):
  * the inbox then costs the server's work, not an extra round trip per
@@ -716,6 +906,15 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
     ferry_code rc = prepare_claim(conn, c, err);
     if (rc != FERRY_OK)
         return rc;
+    if (n > 1) {
+        alit a[CM_ARRAYS];
+        if (claim_many_args(ws, n, a) == 0) {
+            rc = begin_and_claim_many(c, ws, n, v, a, err);
+            claim_many_free(a);
+            return rc;
+        }
+        claim_many_free(a);     /* and claimed one by one, below */
+    }
     if (!PQenterPipelineMode(conn) ||
         !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");

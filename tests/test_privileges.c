@@ -98,6 +98,11 @@ static const fn_cell FUNCS[] = {
     /* Version 1.1 (schema 16). */
     {"ferry.consume_finish_many(text,uuid[])", C,
      "SELECT ferry.consume_finish_many('@C', ARRAY[gen_random_uuid()])", 1},
+    /* Version 1.2 (schema 20). */
+    {"ferry.consume_claim_many(text,uuid[],text[],text[],bigint[],text[],jsonb[],text[],text[],"
+     "integer[],bigint[],boolean)", C,
+     "SELECT count(*) FROM ferry.consume_claim_many('@C', ARRAY[gen_random_uuid()], "
+     "ARRAY['pv'], ARRAY['k'], ARRAY[NULL::bigint])", 1},
     {"ferry.emit_message(text,text,text,text,text,text,bigint,uuid)", W | C,
      "SELECT ferry.emit_message('pv', 'k', 'T', '{}')", 0},
     /* The reconciler's, for any consumer (an operator's repair). */
@@ -491,7 +496,7 @@ static void consumer_confined_to_its_own_names(void **state)
         PQfinish(other);
         n++;
     }
-    assert_int_equal(n, 12);      /* 6 inbox_*, 5 consume_* (schema 12), 1 (schema 16) */
+    assert_int_equal(n, 13);      /* 6 inbox_*, 5 consume_* (schema 12), 1 (16), 1 (20) */
 }
 
 /* SET ROLE narrows: a session that set a role is judged as that role. */
