@@ -63,7 +63,10 @@
  * (the previous commit to the handler being called: wake-up, relay fetch
  * and produce, broker, consumer fetch, the batch's claims), the handler
  * and the rest up to the commit; saga hops split into commands and
- * replies. FERRY_BENCH_RELAY_PGOPTIONS sets libpq's PGOPTIONS for the
+ * replies; and the hop baseline's transport split again by an observer
+ * (a plain consumer of the hop topic in a group of its own) at the
+ * relay's produce (the message's CreateTime) and the observer's receipt.
+ * FERRY_BENCH_RELAY_PGOPTIONS sets libpq's PGOPTIONS for the
  * relay alone (a server setting of its sessions, tried against the
  * defaults).
  *
@@ -182,6 +185,11 @@ typedef struct run {
      * once each, by one thread; read after the run. */
     int64_t *committed_us;
     _Atomic int64_t (*hop_in_us)[HOPS], (*hop_out_us)[HOPS], (*hop_done_us)[HOPS];
+    /* And for the hop baseline, what a plain Kafka consumer of the topic
+     * (the observer, a group of its own) saw: the message's CreateTime,
+     * stamped by the relay's producer when it produced it (ms, on the
+     * monotonic clock here), and when the observer received it. */
+    _Atomic int64_t *produced_us, *observed_us;
 } run;
 
 static void id_split(const ferry_uuid *u, uint64_t *hi, uint64_t *lo)
@@ -426,6 +434,89 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/*
+ * The observer (FERRY_BENCH_TRACE=1): a plain librdkafka consumer of the
+ * hop topic in a group of its own, so that a hop's transport splits into
+ * the relay's part (the emitting COMMIT -> the message's CreateTime, set
+ * by the relay's producer at produce time, in whole ms: +0.5 ms taken
+ * for the truncation) and the rest (broker and consumer fetch, then the
+ * consumer's claims up to the handler).
+ */
+static rd_kafka_t *observer;
+static pthread_t observer_thread;
+static int64_t real_minus_mono_us;  /* CLOCK_REALTIME - clk_mono_us(), at start */
+
+static void *observer_main(void *arg)
+{
+    while (!atomic_load(&stop_flag)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(observer, POLL_MS);
+        if (m == NULL)
+            continue;
+        int64_t now = clk_mono_us();
+        rd_kafka_timestamp_type_t tt;
+        int64_t ts = rd_kafka_message_timestamp(m, &tt);
+        run *r = atomic_load(&current);
+        json_t *doc = m->err == RD_KAFKA_RESP_ERR_NO_ERROR
+                          ? json_loadb(m->payload, m->len, 0, NULL) : NULL;
+        long run_id = (long)json_integer_value(json_object_get(doc, "run")),
+             seq = (long)json_integer_value(json_object_get(doc, "seq"));
+        if (r != NULL && r->produced_us != NULL && doc != NULL && run_id == r->id && seq >= 0 &&
+            seq < r->n && tt == RD_KAFKA_TIMESTAMP_CREATE_TIME) {
+            atomic_store(&r->produced_us[seq], ts * 1000 + 500 - real_minus_mono_us);
+            atomic_store(&r->observed_us[seq], now);
+        }
+        json_decref(doc);
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int observer_start(const char *bootstrap)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    real_minus_mono_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - clk_mono_us();
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
+        bench_kconf_set(conf, "group.id", "bench-observer") != 0 ||
+        bench_kconf_set(conf, "enable.auto.commit", "false") != 0 ||
+        bench_kconf_set(conf, "auto.offset.reset", "latest") != 0 ||
+        bench_kconf_set(conf, "fetch.wait.max.ms", "1") != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    if ((observer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)) == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: observer: %s\n", errstr);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(observer);
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, HOP_TOPIC, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(observer, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        pthread_create(&observer_thread, NULL, observer_main, NULL) != 0) {
+        fprintf(stderr, "bench: observer: could not start\n");
+        rd_kafka_destroy(observer);
+        observer = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* After consumers_stop (which raises stop_flag). */
+static void observer_stop(void)
+{
+    if (observer == NULL)
+        return;
+    pthread_join(observer_thread, NULL);
+    rd_kafka_consumer_close(observer);
+    rd_kafka_destroy(observer);
+    observer = NULL;
+}
+
 /* ---------------------------------------------------------------- runs */
 
 typedef struct bench {
@@ -456,10 +547,13 @@ static int run_init(run *r, bench *b, long n)
         r->hop_in_us = calloc((size_t)n, sizeof *r->hop_in_us);
         r->hop_out_us = calloc((size_t)n, sizeof *r->hop_out_us);
         r->hop_done_us = calloc((size_t)n, sizeof *r->hop_done_us);
+        r->produced_us = calloc((size_t)n, sizeof *r->produced_us);
+        r->observed_us = calloc((size_t)n, sizeof *r->observed_us);
     }
     if (r->start_us == NULL || r->done_us == NULL || r->ids == NULL ||
         (bench_trace && (r->committed_us == NULL || r->hop_in_us == NULL ||
-                         r->hop_out_us == NULL || r->hop_done_us == NULL))) {
+                         r->hop_out_us == NULL || r->hop_done_us == NULL ||
+                         r->produced_us == NULL || r->observed_us == NULL))) {
         fprintf(stderr, "bench: out of memory\n");
         return -1;
     }
@@ -477,6 +571,9 @@ static void run_free(run *r)
     free(r->hop_in_us);
     free(r->hop_out_us);
     free(r->hop_done_us);
+    free((void *)r->produced_us);
+    free((void *)r->observed_us);
+    r->produced_us = r->observed_us = NULL;
     r->start_us = r->done_us = r->committed_us = NULL;
     r->ids = NULL;
     r->hop_in_us = r->hop_out_us = r->hop_done_us = NULL;
@@ -719,10 +816,25 @@ static void trace_print(const run *r, int is_hop, int round)
     double m[7];
     for (int i = 0; i < 7; i++)
         m[i] = median_ms(v[i], nv[i]);
+    /* The hop's transport split at the relay's produce and the observer's
+     * receipt; v[0..2] reused. */
+    long no = 0;
+    for (long i = 0; is_hop && i < n; i++) {
+        int64_t p = atomic_load(&r->produced_us[i]), o = atomic_load(&r->observed_us[i]),
+                in = atomic_load(&r->hop_in_us[i][0]);
+        if (p == 0 || o == 0 || in == 0 || r->committed_us[i] == 0)
+            continue;
+        v[0][no] = (double)(p - r->committed_us[i]);
+        v[1][no] = (double)(o - p);
+        v[2][no] = (double)(in - o);
+        no++;
+    }
     if (is_hop)
         fprintf(stderr, "bench: trace round %d hop: start tx %.2f ms; transport %.2f, handler "
-                        "%.2f, to commit %.2f (p50s over %ld)\n", round, m[0], m[1], m[3], m[5],
-                nv[1]);
+                        "%.2f, to commit %.2f (p50s over %ld); transport split (p50s over %ld): "
+                        "commit -> produced %.2f, produced -> observed %.2f, observed -> "
+                        "handler %.2f\n", round, m[0], m[1], m[3], m[5], nv[1], no,
+                median_ms(v[0], no), median_ms(v[1], no), median_ms(v[2], no));
     else
         fprintf(stderr, "bench: trace round %d saga: start tx %.2f ms; per command hop: "
                         "transport %.2f, handler %.2f, to commit %.2f; per reply hop: "
@@ -1071,7 +1183,8 @@ int main(void)
     for (int i = 0; i < C_COUNT; i++)
         if (kt_command(b.kb, "topic-create %s 4 1", topic_of[i]) != 0)
             goto out;
-    if (relay_start(&b, relay_bin) != 0 || consumers_start(&b) != 0)
+    if (relay_start(&b, relay_bin) != 0 || consumers_start(&b) != 0 ||
+        (bench_trace && observer_start(kt_bootstrap(b.kb)) != 0))
         goto out;
     fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
             kt_bootstrap(b.kb));
@@ -1129,6 +1242,7 @@ out:
     }
     if (consumers_stop(&b) != 0)
         status = 1;
+    observer_stop();
     if (status == 0)
         print_report(&f, sagas, seconds, steady, per_role, server, fsync_s, b.w, b.n_workers);
     if (b.relay_pid > 0) {
