@@ -52,8 +52,23 @@
  * transaction by consumer.
  *
  * FERRY_BENCH_STATEMENTS=1 loads pg_stat_statements and prints, at the
- * end, the statements that took the server the most time (a profile of
- * the path, not a figure).
+ * end, the statements that took the server the most time (calls/plans:
+ * a prepared statement planned once shows few plans) and the tables read
+ * sequentially, and after every burst what the server counted per saga:
+ * commits, WAL syncs (flushes), WAL records and bytes, top-level
+ * statements (a profile of the path, not a figure).
+ *
+ * FERRY_BENCH_TRACE=1 prints, for every latency run, where a hop's time
+ * went (medians): the starting transaction, then per hop the transport
+ * (the previous commit to the handler being called: wake-up, relay fetch
+ * and produce, broker, consumer fetch, the batch's claims), the handler
+ * and the rest up to the commit; saga hops split into commands and
+ * replies; and the hop baseline's transport split again by an observer
+ * (a plain consumer of the hop topic in a group of its own) at the
+ * relay's produce (the message's CreateTime) and the observer's receipt.
+ * FERRY_BENCH_RELAY_PGOPTIONS sets libpq's PGOPTIONS for the
+ * relay alone (a server setting of its sessions, tried against the
+ * defaults).
  *
  * Noise: FERRY_BENCH_ROUNDS rounds (default 3) of (burst, saga latency,
  * hop latency), the two latency runs swapped every round; figures are
@@ -163,6 +178,18 @@ typedef struct run {
      * reply came: open addressing, never more than half full. */
     idslot *ids;
     size_t ids_mask;
+    /* FERRY_BENCH_TRACE=1 (saga and hop latency runs): per item, when the
+     * starting transaction's COMMIT returned, and per hop when a consumer
+     * called the handler (in_us), when the handler returned (out_us) and
+     * when the poll that applied it returned, committed (done_us). Written
+     * once each, by one thread; read after the run. */
+    int64_t *committed_us;
+    _Atomic int64_t (*hop_in_us)[HOPS], (*hop_out_us)[HOPS], (*hop_done_us)[HOPS];
+    /* And for the hop baseline, what a plain Kafka consumer of the topic
+     * (the observer, a group of its own) saw: the message's CreateTime,
+     * stamped by the relay's producer when it produced it (ms, on the
+     * monotonic clock here), and when the observer received it. */
+    _Atomic int64_t *produced_us, *observed_us;
 } run;
 
 static void id_split(const ferry_uuid *u, uint64_t *hi, uint64_t *lo)
@@ -222,6 +249,8 @@ typedef struct worker {
     long *pending;                  /* completions seen in the transactions being applied */
     size_t n_pending, cap_pending;
     int overflow;
+    _Atomic int64_t **tpending;     /* trace: hop_done_us slots to stamp after the poll */
+    size_t n_tpending, cap_tpending;
     ferry_error err;
     ferry_code rc;
     ferry_consumer_stats stats;     /* at the end, for the report */
@@ -230,6 +259,7 @@ typedef struct worker {
 static ferry_saga_registry *bench_reg;
 static long bench_starters = 1;    /* FERRY_BENCH_STARTERS: connections starting a burst */
 static long bench_batch_max;       /* FERRY_BENCH_BATCH_MAX; 0: the library's default */
+static int bench_trace;            /* FERRY_BENCH_TRACE=1: where a hop's time goes */
 static atomic_int stop_flag;
 static atomic_int failed;
 
@@ -262,10 +292,39 @@ static void note(worker *w, long run_id, long seq)
     w->pending[w->n_pending++] = seq;
 }
 
+/* Trace (FERRY_BENCH_TRACE=1): hop of item seq of the current run was
+ * handed to a handler at t_in and the handler returned at t_out; its
+ * commit is stamped when the poll returns. A redelivered message keeps
+ * its first times. */
+static void trace_hop(worker *w, long seq, int hop, int64_t t_in, int64_t t_out)
+{
+    run *r = atomic_load(&current);
+    if (!bench_trace || r == NULL || r->hop_in_us == NULL || seq < 0 || seq >= r->n ||
+        hop < 0 || hop >= HOPS || atomic_load_explicit(&r->hop_in_us[seq][hop],
+                                                       memory_order_relaxed) != 0)
+        return;
+    if (w->n_tpending == w->cap_tpending) {
+        size_t cap = w->cap_tpending ? w->cap_tpending * 2 : 256;
+        _Atomic int64_t **p = cap <= PENDING_MAX ? realloc(w->tpending, cap * sizeof *p)
+                                                 : NULL;
+        if (p == NULL)
+            return;                 /* a trace only: this hop goes untimed */
+        w->tpending = p;
+        w->cap_tpending = cap;
+    }
+    atomic_store_explicit(&r->hop_in_us[seq][hop], t_in, memory_order_relaxed);
+    atomic_store_explicit(&r->hop_out_us[seq][hop], t_out, memory_order_relaxed);
+    w->tpending[w->n_tpending++] = &r->hop_done_us[seq][hop];
+}
+
 static void stamp(worker *w)
 {
     run *r = atomic_load(&current);
     int64_t t = clk_mono_us();
+    for (size_t i = 0; r != NULL && i < w->n_tpending; i++)
+        if (atomic_load_explicit(w->tpending[i], memory_order_relaxed) == 0)
+            atomic_store_explicit(w->tpending[i], t, memory_order_relaxed);
+    w->n_tpending = 0;
     for (size_t i = 0; r != NULL && i < w->n_pending; i++)
         if (r->done_us[w->pending[i]] == 0) {
             r->done_us[w->pending[i]] = t;
@@ -277,10 +336,21 @@ static void stamp(worker *w)
 static ferry_code orchestrate(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
     worker *w = arg;
+    int64_t t_in = bench_trace ? clk_mono_us() : 0;
     ferry_code rc = ferry_saga_reply_handler(conn, m, bench_reg, err);
     const char *id = ferry_message_header(m, "saga_id");
     if (rc != FERRY_OK || id == NULL)
         return rc;
+    if (bench_trace) {
+        const json_t *st = json_object_get(m->payload, "step");
+        const char *k = json_string_value(json_object_get(m->payload, "kind"));
+        run *r = atomic_load(&current);
+        ferry_uuid u;
+        if (r != NULL && json_is_integer(st) && k != NULL && strcmp(k, "action") == 0 &&
+            ferry_uuid_parse(id, &u) == FERRY_OK)
+            trace_hop(w, id_get(r, &u), 2 * (int)json_integer_value(st) + 1, t_in,
+                      clk_mono_us());
+    }
     /* Only the reply that completes the saga (the last step's action, the
      * pivot's, succeeded: after the pivot a saga only goes forward) is
      * noted, by the saga's id as its start recorded it: no look-up in the
@@ -316,15 +386,31 @@ static ferry_participant parts[C_COUNT] = {
 static ferry_code participate(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
     worker *w = arg;
-    return ferry_participant_handle(conn, m, &parts[w->which], NULL, err);
+    int64_t t_in = bench_trace ? clk_mono_us() : 0;
+    ferry_code rc = ferry_participant_handle(conn, m, &parts[w->which], NULL, err);
+    const char *id = ferry_message_header(m, "saga_id"),
+               *st = ferry_message_header(m, "saga_step"),
+               *k = ferry_message_header(m, "saga_kind");
+    run *r = atomic_load(&current);
+    ferry_uuid u;
+    if (bench_trace && rc == FERRY_OK && r != NULL && id != NULL && st != NULL && k != NULL &&
+        strcmp(k, "action") == 0 && ferry_uuid_parse(id, &u) == FERRY_OK)
+        trace_hop(w, id_get(r, &u), 2 * atoi(st), t_in, clk_mono_us());
+    return rc;
 }
 
 /* The baseline's consumer: the message is applied (the inbox claims it in
  * this transaction); the handler notes it. */
 static ferry_code hop(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
-    note(arg, (long)json_integer_value(json_object_get(m->payload, "run")),
-         (long)json_integer_value(json_object_get(m->payload, "seq")));
+    long run_id = (long)json_integer_value(json_object_get(m->payload, "run")),
+         seq = (long)json_integer_value(json_object_get(m->payload, "seq"));
+    run *r = atomic_load(&current);
+    if (bench_trace && r != NULL && r->id == run_id) {
+        int64_t t = clk_mono_us();
+        trace_hop(arg, seq, 0, t, t);
+    }
+    note(arg, run_id, seq);
     return FERRY_OK;
 }
 
@@ -346,6 +432,89 @@ static void *worker_main(void *arg)
         }
     }
     return NULL;
+}
+
+/*
+ * The observer (FERRY_BENCH_TRACE=1): a plain librdkafka consumer of the
+ * hop topic in a group of its own, so that a hop's transport splits into
+ * the relay's part (the emitting COMMIT -> the message's CreateTime, set
+ * by the relay's producer at produce time, in whole ms: +0.5 ms taken
+ * for the truncation) and the rest (broker and consumer fetch, then the
+ * consumer's claims up to the handler).
+ */
+static rd_kafka_t *observer;
+static pthread_t observer_thread;
+static int64_t real_minus_mono_us;  /* CLOCK_REALTIME - clk_mono_us(), at start */
+
+static void *observer_main(void *arg)
+{
+    while (!atomic_load(&stop_flag)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(observer, POLL_MS);
+        if (m == NULL)
+            continue;
+        int64_t now = clk_mono_us();
+        rd_kafka_timestamp_type_t tt;
+        int64_t ts = rd_kafka_message_timestamp(m, &tt);
+        run *r = atomic_load(&current);
+        json_t *doc = m->err == RD_KAFKA_RESP_ERR_NO_ERROR
+                          ? json_loadb(m->payload, m->len, 0, NULL) : NULL;
+        long run_id = (long)json_integer_value(json_object_get(doc, "run")),
+             seq = (long)json_integer_value(json_object_get(doc, "seq"));
+        if (r != NULL && r->produced_us != NULL && doc != NULL && run_id == r->id && seq >= 0 &&
+            seq < r->n && tt == RD_KAFKA_TIMESTAMP_CREATE_TIME) {
+            atomic_store(&r->produced_us[seq], ts * 1000 + 500 - real_minus_mono_us);
+            atomic_store(&r->observed_us[seq], now);
+        }
+        json_decref(doc);
+        rd_kafka_message_destroy(m);
+    }
+    return NULL;
+}
+
+static int observer_start(const char *bootstrap)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    real_minus_mono_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - clk_mono_us();
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
+        bench_kconf_set(conf, "group.id", "bench-observer") != 0 ||
+        bench_kconf_set(conf, "enable.auto.commit", "false") != 0 ||
+        bench_kconf_set(conf, "auto.offset.reset", "latest") != 0 ||
+        bench_kconf_set(conf, "fetch.wait.max.ms", "1") != 0) {
+        rd_kafka_conf_destroy(conf);
+        return -1;
+    }
+    if ((observer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)) == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: observer: %s\n", errstr);
+        return -1;
+    }
+    rd_kafka_poll_set_consumer(observer);
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, HOP_TOPIC, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(observer, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        pthread_create(&observer_thread, NULL, observer_main, NULL) != 0) {
+        fprintf(stderr, "bench: observer: could not start\n");
+        rd_kafka_destroy(observer);
+        observer = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* After consumers_stop (which raises stop_flag). */
+static void observer_stop(void)
+{
+    if (observer == NULL)
+        return;
+    pthread_join(observer_thread, NULL);
+    rd_kafka_consumer_close(observer);
+    rd_kafka_destroy(observer);
+    observer = NULL;
 }
 
 /* ---------------------------------------------------------------- runs */
@@ -373,7 +542,18 @@ static int run_init(run *r, bench *b, long n)
     r->ids = calloc(cap, sizeof *r->ids);
     r->ids_mask = cap - 1;
     atomic_init(&r->done, 0);
-    if (r->start_us == NULL || r->done_us == NULL || r->ids == NULL) {
+    if (bench_trace) {
+        r->committed_us = calloc((size_t)n, sizeof *r->committed_us);
+        r->hop_in_us = calloc((size_t)n, sizeof *r->hop_in_us);
+        r->hop_out_us = calloc((size_t)n, sizeof *r->hop_out_us);
+        r->hop_done_us = calloc((size_t)n, sizeof *r->hop_done_us);
+        r->produced_us = calloc((size_t)n, sizeof *r->produced_us);
+        r->observed_us = calloc((size_t)n, sizeof *r->observed_us);
+    }
+    if (r->start_us == NULL || r->done_us == NULL || r->ids == NULL ||
+        (bench_trace && (r->committed_us == NULL || r->hop_in_us == NULL ||
+                         r->hop_out_us == NULL || r->hop_done_us == NULL ||
+                         r->produced_us == NULL || r->observed_us == NULL))) {
         fprintf(stderr, "bench: out of memory\n");
         return -1;
     }
@@ -387,8 +567,16 @@ static void run_free(run *r)
     free(r->start_us);
     free(r->done_us);
     free(r->ids);
-    r->start_us = r->done_us = NULL;
+    free(r->committed_us);
+    free(r->hop_in_us);
+    free(r->hop_out_us);
+    free(r->hop_done_us);
+    free((void *)r->produced_us);
+    free((void *)r->observed_us);
+    r->produced_us = r->observed_us = NULL;
+    r->start_us = r->done_us = r->committed_us = NULL;
     r->ids = NULL;
+    r->hop_in_us = r->hop_out_us = r->hop_done_us = NULL;
 }
 
 /* Item seq of run r: a saga started, or (hop) a message emitted, in a
@@ -421,7 +609,11 @@ static int start_one(PGconn *conn, run *r, long seq, int is_hop)
         PQclear(PQexec(conn, "ROLLBACK"));
         return -1;
     }
-    return bench_exec(conn, "COMMIT");
+    if (bench_exec(conn, "COMMIT") != 0)
+        return -1;
+    if (r->committed_us != NULL)
+        r->committed_us[seq] = clk_mono_us();
+    return 0;
 }
 
 /* Wait until every item of r is done; fail after STALL_TIMEOUT_MS without
@@ -450,6 +642,35 @@ static int await_all(run *r)
     }
 }
 
+/* FERRY_BENCH_STATEMENTS=1: what the server counted, for the per-saga
+ * figures of a burst. Statistics reach the views up to a second after a
+ * backend's transaction (PostgreSQL 15), so a snapshot waits that long
+ * first; a profile, not a figure. */
+typedef struct server_counts {
+    double commits, rollbacks, wal_syncs, wal_records, wal_bytes, statements;
+} server_counts;
+
+static int server_counts_get(PGconn *conn, server_counts *c)
+{
+    sleep_until_us(clk_mono_us() + 1200 * 1000);
+    PGresult *res = bench_query(
+        conn, "server counters",
+        "SELECT d.xact_commit, d.xact_rollback, w.wal_sync, w.wal_records, w.wal_bytes, "
+        "(SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE toplevel) "
+        "FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = current_database()",
+        0, NULL);
+    if (res == NULL)
+        return -1;
+    double *f[6] = {&c->commits, &c->rollbacks, &c->wal_syncs, &c->wal_records, &c->wal_bytes,
+                    &c->statements};
+    for (int i = 0; i < 6; i++)
+        *f[i] = PQntuples(res) == 1 ? strtod(PQgetvalue(res, 0, i), NULL) : 0;
+    PQclear(res);
+    return 0;
+}
+
+static int bench_statements;       /* FERRY_BENCH_STATEMENTS=1 */
+
 /* Burst: n sagas back to back. *rate gets n / (first BEGIN -> last done). */
 /* One starting connection of a burst: items k, k + step, ... of r. */
 typedef struct starter {
@@ -475,6 +696,9 @@ static void *starter_main(void *arg)
  * done). */
 static int run_burst(bench *b, long n, long starters, double *rate)
 {
+    server_counts before = {0}, after = {0};
+    if (bench_statements && server_counts_get(b->conn, &before) != 0)
+        return -1;
     run r;
     if (run_init(&r, b, n) != 0)
         return -1;
@@ -517,6 +741,16 @@ static int run_burst(bench *b, long n, long starters, double *rate)
             first = r.start_us[i];
     }
     *rate = (double)n / ((double)(last - first) / 1e6);
+    if (bench_statements && server_counts_get(b->conn, &after) == 0 && n >= 100)
+        fprintf(stderr, "bench: burst per saga (server, everything running): %.2f commits, "
+                        "%.2f rollbacks, %.2f WAL syncs, %.1f WAL records, %.0f WAL bytes, "
+                        "%.1f top-level statements\n",
+                (after.commits - before.commits) / (double)n,
+                (after.rollbacks - before.rollbacks) / (double)n,
+                (after.wal_syncs - before.wal_syncs) / (double)n,
+                (after.wal_records - before.wal_records) / (double)n,
+                (after.wal_bytes - before.wal_bytes) / (double)n,
+                (after.statements - before.statements) / (double)n);
     rc = 0;
 out:
     for (long k = 0; k < made; k++)
@@ -531,8 +765,88 @@ static double percentile(const double *sorted, long n, double p)
     return sorted[i < 0 ? 0 : i >= n ? n - 1 : i];
 }
 
+/* The median of v[0..n) in ms (v in us; sorts v); 0 when n is 0. */
+static double median_ms(double *v, long n)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return percentile(v, n, 0.50) / 1e3;
+}
+
+/*
+ * FERRY_BENCH_TRACE=1: where the time of a steady run went, on stderr, as
+ * medians over its items: the starting transaction (BEGIN .. COMMIT
+ * returned), and per hop the transport (the previous commit -- the
+ * start's or the last hop's consumer's -- to the handler being called:
+ * NOTIFY, relay fetch and produce, broker, consumer fetch, the batch's
+ * claims), the handler itself, and the rest up to the consumer's poll
+ * returning (the batch's other handlers and its COMMIT). Saga hops are
+ * split into the participants' (commands) and the orchestrator's
+ * (replies).
+ */
+static void trace_print(const run *r, int is_hop, int round)
+{
+    long n = r->n, hops = is_hop ? 1 : HOPS;
+    double *v[7];
+    long nv[7] = {0};
+    for (int i = 0; i < 7; i++)
+        if ((v[i] = malloc((size_t)(n * hops + 1) * sizeof *v[i])) == NULL) {
+            for (int j = 0; j < i; j++)
+                free(v[j]);
+            return;
+        }
+    /* 0 start tx; 1/2 transport to participants/orchestrator; 3/4 handler;
+     * 5/6 handler return -> committed. */
+    for (long i = 0; i < n; i++) {
+        v[0][nv[0]++] = (double)(r->committed_us[i] - r->start_us[i]);
+        int64_t prev = r->committed_us[i];
+        for (long k = 0; k < hops; k++) {
+            int64_t in = atomic_load(&r->hop_in_us[i][k]), out = atomic_load(&r->hop_out_us[i][k]),
+                    done = atomic_load(&r->hop_done_us[i][k]);
+            if (in == 0 || done == 0 || prev == 0)
+                break;
+            int o = (int)(k % 2);
+            v[1 + o][nv[1 + o]++] = (double)(in - prev);
+            v[3 + o][nv[3 + o]++] = (double)(out - in);
+            v[5 + o][nv[5 + o]++] = (double)(done - out);
+            prev = done;
+        }
+    }
+    double m[7];
+    for (int i = 0; i < 7; i++)
+        m[i] = median_ms(v[i], nv[i]);
+    /* The hop's transport split at the relay's produce and the observer's
+     * receipt; v[0..2] reused. */
+    long no = 0;
+    for (long i = 0; is_hop && i < n; i++) {
+        int64_t p = atomic_load(&r->produced_us[i]), o = atomic_load(&r->observed_us[i]),
+                in = atomic_load(&r->hop_in_us[i][0]);
+        if (p == 0 || o == 0 || in == 0 || r->committed_us[i] == 0)
+            continue;
+        v[0][no] = (double)(p - r->committed_us[i]);
+        v[1][no] = (double)(o - p);
+        v[2][no] = (double)(in - o);
+        no++;
+    }
+    if (is_hop)
+        fprintf(stderr, "bench: trace round %d hop: start tx %.2f ms; transport %.2f, handler "
+                        "%.2f, to commit %.2f (p50s over %ld); transport split (p50s over %ld): "
+                        "commit -> produced %.2f, produced -> observed %.2f, observed -> "
+                        "handler %.2f\n", round, m[0], m[1], m[3], m[5], nv[1], no,
+                median_ms(v[0], no), median_ms(v[1], no), median_ms(v[2], no));
+    else
+        fprintf(stderr, "bench: trace round %d saga: start tx %.2f ms; per command hop: "
+                        "transport %.2f, handler %.2f, to commit %.2f; per reply hop: "
+                        "transport %.2f, handler %.2f, to commit %.2f (p50s over %ld+%ld)\n",
+                round, m[0], m[1], m[3], m[5], m[2], m[4], m[6], nv[1], nv[2]);
+    for (int i = 0; i < 7; i++)
+        free(v[i]);
+}
+
 /* Steady: rate per second for seconds; p50/p99/max latency in ms. */
-static int run_steady(bench *b, int is_hop, double rate, long seconds, double out[3])
+static int run_steady(bench *b, int is_hop, double rate, long seconds, int round,
+                      double out[3])
 {
     long n = (long)(rate * (double)seconds);
     if (n < 10)
@@ -558,6 +872,8 @@ static int run_steady(bench *b, int is_hop, double rate, long seconds, double ou
     out[0] = percentile(lat, n, 0.50);
     out[1] = percentile(lat, n, 0.99);
     out[2] = lat[n - 1];
+    if (bench_trace)
+        trace_print(&r, is_hop, round);
     rc = 0;
 out:
     free(lat);
@@ -584,6 +900,13 @@ static int relay_start(bench *b, const char *bin)
         int devnull = open("/dev/null", O_WRONLY);
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || devnull < 0 ||
             dup2(devnull, STDOUT_FILENO) < 0)
+            _exit(127);
+        /* FERRY_BENCH_RELAY_PGOPTIONS: libpq's PGOPTIONS for the relay
+         * alone (e.g. "-c plan_cache_mode=force_generic_plan"), to measure
+         * a server setting of the relay's sessions against the same run's
+         * defaults; an experiment, not a figure. */
+        const char *relay_opts = getenv("FERRY_BENCH_RELAY_PGOPTIONS");
+        if (relay_opts != NULL && setenv("PGOPTIONS", relay_opts, 1) != 0)
             _exit(127);
         execv(argv[0], (char *const *)argv);
         _exit(127);
@@ -679,6 +1002,8 @@ static int consumers_stop(bench *b)
         w->c = NULL;
         free(w->pending);
         w->pending = NULL;
+        free(w->tpending);
+        w->tpending = NULL;
     }
     return rc;
 }
@@ -707,19 +1032,35 @@ static int registry_setup(void)
 /* The 30 statements that took the most server time, on stderr. */
 static void print_statements(PGconn *conn)
 {
-    PGresult *q = PQexec(conn, "SELECT calls, round(total_exec_time::numeric, 1), "
+    PGresult *q = PQexec(conn, "SELECT calls || '/' || plans, "
+                               "round((total_exec_time + total_plan_time)::numeric, 1), "
                                "round(mean_exec_time::numeric, 3) || '/' || "
                                "round(mean_plan_time::numeric, 3), "
                                "left(regexp_replace(query, '\\s+', ' ', 'g'), 100) "
-                               "FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 30");
+                               "FROM pg_stat_statements "
+                               "ORDER BY total_exec_time + total_plan_time DESC LIMIT 30");
     if (PQresultStatus(q) != PGRES_TUPLES_OK)
         fprintf(stderr, "bench: pg_stat_statements: %s", PQerrorMessage(conn));
     else
         fprintf(stderr, "bench: statements by server time (wall, on a shared machine)\n"
-                        "%8s %10s %12s %s\n", "calls", "total ms", "exec/plan ms", "query");
+                        "%13s %10s %12s %s\n", "calls/plans", "total ms", "exec/plan ms",
+                "query");
     for (int i = 0; PQresultStatus(q) == PGRES_TUPLES_OK && i < PQntuples(q); i++)
-        fprintf(stderr, "%8s %10s %12s %s\n", PQgetvalue(q, i, 0), PQgetvalue(q, i, 1),
+        fprintf(stderr, "%13s %10s %12s %s\n", PQgetvalue(q, i, 0), PQgetvalue(q, i, 1),
                 PQgetvalue(q, i, 2), PQgetvalue(q, i, 3));
+    PQclear(q);
+    /* Which tables were read whole, and how often: a sequential scan on a
+     * path that runs per message shows here. */
+    q = PQexec(conn, "SELECT relname, seq_scan, seq_tup_read, idx_scan, n_live_tup, n_dead_tup "
+                     "FROM pg_stat_user_tables WHERE schemaname = 'ferry' AND seq_scan > 0 "
+                     "ORDER BY seq_tup_read DESC LIMIT 12");
+    if (PQresultStatus(q) == PGRES_TUPLES_OK)
+        fprintf(stderr, "bench: tables read sequentially\n%-24s %10s %12s %10s %8s %8s\n",
+                "table", "seq_scan", "seq_tup_read", "idx_scan", "live", "dead");
+    for (int i = 0; PQresultStatus(q) == PGRES_TUPLES_OK && i < PQntuples(q); i++)
+        fprintf(stderr, "%-24s %10s %12s %10s %8s %8s\n", PQgetvalue(q, i, 0),
+                PQgetvalue(q, i, 1), PQgetvalue(q, i, 2), PQgetvalue(q, i, 3),
+                PQgetvalue(q, i, 4), PQgetvalue(q, i, 5));
     PQclear(q);
 }
 
@@ -805,6 +1146,7 @@ int main(void)
         bench_env_long("FERRY_BENCH_STARTERS", 1, 1, STARTERS_MAX, &starters) != 0)
         return 1;
     bench_starters = starters;
+    bench_trace = getenv("FERRY_BENCH_TRACE") != NULL;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);
     const char *relay_bin = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
@@ -824,7 +1166,7 @@ int main(void)
     static const char *const statements_conf[] = {
         "shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = all",
         "pg_stat_statements.track_planning = on", NULL};
-    int statements = getenv("FERRY_BENCH_STATEMENTS") != NULL;
+    int statements = bench_statements = getenv("FERRY_BENCH_STATEMENTS") != NULL;
     fpg_opts opts = {.conf = statements ? statements_conf : NULL, .fsync = 1};
     if ((b.pg = fpg_start(&opts)) == NULL || (b.conn = fpg_connect(b.pg)) == NULL)
         goto out;
@@ -841,7 +1183,8 @@ int main(void)
     for (int i = 0; i < C_COUNT; i++)
         if (kt_command(b.kb, "topic-create %s 4 1", topic_of[i]) != 0)
             goto out;
-    if (relay_start(&b, relay_bin) != 0 || consumers_start(&b) != 0)
+    if (relay_start(&b, relay_bin) != 0 || consumers_start(&b) != 0 ||
+        (bench_trace && observer_start(kt_bootstrap(b.kb)) != 0))
         goto out;
     fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
             kt_bootstrap(b.kb));
@@ -864,7 +1207,7 @@ int main(void)
         for (int k = 0; k < 2; k++) {
             int is_hop = (r + k) % 2;
             double v[3];
-            if (run_steady(&b, is_hop, is_hop ? steady * HOPS : steady, seconds, v) != 0)
+            if (run_steady(&b, is_hop, is_hop ? steady * HOPS : steady, seconds, r + 1, v) != 0)
                 goto out;
             for (int p = 0; p < 3; p++)
                 (is_hop ? f.hop : f.saga)[p][r] = v[p];
@@ -899,6 +1242,7 @@ out:
     }
     if (consumers_stop(&b) != 0)
         status = 1;
+    observer_stop();
     if (status == 0)
         print_report(&f, sagas, seconds, steady, per_role, server, fsync_s, b.w, b.n_workers);
     if (b.relay_pid > 0) {

@@ -270,6 +270,91 @@ static void next_due_is_loaded_with_it_by_the_database_clock(void **state)
     PQfinish(conn);
 }
 
+/* The ferry functions this transaction called, by name, and how often
+ * (track_functions = 'pl' set in it): "name:calls,..." for names. */
+#define CALLS "SELECT coalesce(string_agg(funcname || ':' || calls, ',' ORDER BY funcname), '') " \
+              "FROM pg_stat_xact_user_functions WHERE schemaname = 'ferry' AND funcname IN (%s)"
+
+/*
+ * What a reply and a participant's answer cost the server, in calls of
+ * ferry functions: a reply its lock and its store (and the store its
+ * emits), an answer its look-up and its finish -- no helper called in
+ * between (schema 19). Each call of a SECURITY DEFINER function with a
+ * SET clause saves and restores the settings and recomputes the search
+ * path; bench-saga's profile counted them among the server time a saga
+ * costs.
+ */
+static void a_reply_and_an_answer_call_no_helper_function(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+    tu_exec(conn, "BEGIN");
+    tu_exec(conn, "SET LOCAL track_functions = 'pl'");
+    reply_in_tx(conn, id, 0, 1);
+    /* Read in the transaction (the view is its own), compared after it
+     * ended: a failed comparison must not leave the saga's row locked for
+     * the tests after this one. */
+    char *got = tu_str_of(conn, tu_sprintf(CALLS, "'saga_lock', 'saga_store', 'saga_record', "
+                                                  "'saga_audit', 'saga_save'"));
+    tu_exec(conn, "COMMIT");
+    assert_string_equal(got, "saga_lock:1,saga_store:1");
+    free(got);
+    tu_assert_str_of(conn, tu_sprintf(TRAIL, id), "1:a:sent,2:a:succeeded,3:b:sent");
+
+    tu_exec(conn, "BEGIN");
+    tu_exec(conn, "SET LOCAL track_functions = 'pl'");
+    exec_of(conn, tu_sprintf("SELECT * FROM ferry.participant_begin('t19', '%s', 0, 'action', "
+                             "0)", id));
+    exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19', '%s', 0, 'action', 0, "
+                             "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19', "
+                             "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
+                             FERRY_SAGA_REPLY_TYPE));
+    got = tu_str_of(conn, tu_sprintf(CALLS, "'participant_begin', 'participant_finish', "
+                                            "'participant_record'"));
+    tu_exec(conn, "COMMIT");
+    assert_string_equal(got, "participant_begin:1,participant_finish:1");
+    free(got);
+    tu_assert_str_of(conn, tu_sprintf("SELECT outcome FROM ferry.participant_command WHERE "
+                                      "participant = 't19' AND saga_id = '%s'", id), "applied");
+    PQfinish(conn);
+}
+
+/*
+ * What ferry.participant_begin answers, whether it made the step's row
+ * or found it: a new step's first key is new, nothing ran, nothing is
+ * compensated; a key recorded is answered with its outcome; another key
+ * of the step sees the action applied. The outcome of a key is the key's
+ * own: with the step's row gone (removed by hand), a key processed
+ * before is still not new.
+ */
+static void a_participant_look_up_answers_alike_for_a_new_and_a_known_step(void **state)
+{
+    PGconn *conn = tu_connect();
+    char id[FERRY_UUID_STRING_SIZE];
+    start(conn, id);
+#define BEGIN_OF "SELECT coalesce(outcome, '-') || ' ' || action_applied || ' ' || compensated " \
+                 "FROM ferry.participant_begin('t19b', '%s', 0, '%s', 0)"
+    tu_exec(conn, "BEGIN");
+    tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "- false false");
+    exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19b', '%s', 0, 'action', 0, "
+                             "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19b', "
+                             "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
+                             FERRY_SAGA_REPLY_TYPE));
+    tu_exec(conn, "COMMIT");
+    tu_exec(conn, "BEGIN");
+    tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "applied true false");
+    tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "compensation"), "- true false");
+    tu_exec(conn, "COMMIT");
+    exec_of(conn, tu_sprintf("DELETE FROM ferry.participant_step WHERE participant = 't19b' "
+                             "AND saga_id = '%s'", id));
+    tu_exec(conn, "BEGIN");
+    tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "applied false false");
+    tu_exec(conn, "ROLLBACK");
+#undef BEGIN_OF
+    PQfinish(conn);
+}
+
 static int calls;
 
 static ferry_code count_call(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
@@ -357,6 +442,8 @@ int main(void)
         cmocka_unit_test(a_store_over_a_stale_revision_writes_nothing),
         cmocka_unit_test(events_of_two_sagas_in_one_transaction_see_each_other),
         cmocka_unit_test(audit_rows_follow_those_of_an_older_library),
+        cmocka_unit_test(a_reply_and_an_answer_call_no_helper_function),
+        cmocka_unit_test(a_participant_look_up_answers_alike_for_a_new_and_a_known_step),
         cmocka_unit_test(next_due_is_loaded_with_it_by_the_database_clock),
         cmocka_unit_test(a_participant_outside_a_transaction_is_refused_first),
         cmocka_unit_test(timers_due_together_fire_in_a_few_transactions),
