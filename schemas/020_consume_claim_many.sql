@@ -18,7 +18,9 @@
 --     position of its key, the key is not parked, no id was seen before —
 --     is one UPDATE of the keys and one INSERT into the inbox for the
 --     whole batch, after one name check.
---   * Everything else (a new key, a gap, a late or duplicate copy, a
+--     A key the consumer has not seen yet whose batch starts at position
+--     1 (any position, with first_any) is created by that INSERT's twin.
+--   * Everything else (a gap, a late or duplicate copy, a
 --     parked key, a message without a position, an id given twice in the
 --     batch, an id the inbox already has) goes through consume_claim
 --     itself, in the arrays' order within its key, so the rules stay in
@@ -95,6 +97,24 @@ BEGIN
                     HAVING bool_and(m.seq IS NOT NULL AND m.seq = m.s1 + m.r - 1)
                        AND min(m.s1) >= 1
                        AND min(m.s1) <= 9223372036854775806 - max(m.cnt) + 1),
+                -- A key this consumer has not seen: its first position
+                -- (any, with first_any), as inbox_claim would create it.
+                fresh AS (
+                    INSERT INTO ferry.inbox_key AS k (consumer, topic, key, seq, ready)
+                    SELECT v_consumer, ks.topic, ks.key, ks.s1 + ks.cnt - 1,
+                           EXISTS (
+                               SELECT 1 FROM ferry.inbox_held h
+                                WHERE h.consumer = v_consumer AND h.topic = ks.topic
+                                  AND h.key = ks.key AND h.seq <= ks.s1 + ks.cnt
+                                  AND NOT (h.seq = ks.s1 + ks.cnt - 1
+                                           AND h.message_id = ks.last_id))
+                      FROM ks
+                     WHERE (ks.s1 = 1 OR coalesce($12, false))
+                       AND NOT EXISTS (SELECT 1 FROM ferry.inbox_key k2
+                                        WHERE k2.consumer = v_consumer AND k2.topic = ks.topic
+                                          AND k2.key = ks.key)
+                    ON CONFLICT DO NOTHING
+                    RETURNING k.topic, k.key, k.parked_seq),
                 up AS (
                     UPDATE ferry.inbox_key k
                        SET seq = ks.s1 + ks.cnt - 1,
@@ -108,11 +128,13 @@ BEGIN
                                        OR h.seq < k.parked_seq))
                       FROM ks
                      WHERE k.consumer = v_consumer AND k.topic = ks.topic AND k.key = ks.key
-                       AND k.seq = ks.s1 - 1
+                       AND (k.seq = ks.s1 - 1 OR (k.seq = 0 AND coalesce($12, false)))
                        AND (k.parked_seq IS NULL OR ks.s1 + ks.cnt - 1 < k.parked_seq)
                     RETURNING k.topic, k.key, k.parked_seq),
+                claimed AS (
+                    SELECT * FROM up UNION ALL SELECT * FROM fresh),
                 mine AS (
-                    SELECT m.*, up.parked_seq FROM m JOIN up USING (topic, key)),
+                    SELECT m.*, claimed.parked_seq FROM m JOIN claimed USING (topic, key)),
                 ins AS (
                     INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq)
                     SELECT v_consumer, mine.id, mine.topic, mine.key, mine.seq FROM mine
