@@ -348,8 +348,13 @@ FILE *tu_cat_pipe(const char *path, char *name, size_t size)
     return p;
 }
 
+/* A session of 3 s, six heartbeats: librdkafka 2.0.2's mock broker waits
+ * session.timeout.ms - 1 s for the members of a group to rejoin when one
+ * joins, and the whole session before it drops a member killed with
+ * SIGKILL. At 6 s, each crash and rebalance test of the consumer and the
+ * saga waited about 10 s for that; now about 5. */
 const char *const tu_group_props[] = {
-    "session.timeout.ms=6000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+    "session.timeout.ms=3000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
     NULL,
 };
 
