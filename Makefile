@@ -187,9 +187,30 @@ test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
 	    --job run_tests_selftest 'bash tests/run_tests_selftest.sh' \
 	    --job test_relay_sim '$(RELAY_SIM_ASAN)' \
 	    --job test_relay_sim-rel '$(RELAY_SIM_REL)' \
+	    $(foreach j,$(SHARD_JOBS),--job $(call shard_name,$(j)) '$(call shard_cmd,$(j))') \
 	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
 	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
-	    build/asan/tests/pgtmp_selftest $(filter-out %/test_relay_sim,$(TESTS)) tests/install_check.sh
+	    build/asan/tests/pgtmp_selftest \
+	    $(filter-out %/test_relay_sim $(foreach j,$(SHARD_JOBS),%/$(call shard_test,$(j))),$(TESTS)) \
+	    tests/install_check.sh
+
+# The binaries that ran longest, as NAME:I/N: one job for each I, running
+# the tests whose index is I modulo N (tu_shard, FERRY_TEST_SHARD), each
+# job with a cluster and a broker of its own. They mostly wait: on
+# consumer-group joins (3 s each in librdkafka 2.0.2's mock broker, a
+# constant there; test_consume and test_saga join dozens of groups one
+# after another), on relays started and killed as processes. As one job
+# each, test_consume took 118 s, the critical path of the suite,
+# test_relay 55, test_saga 45 and test_relay_faults 39, while the whole
+# suite used one of the 2 cores. A binary whose tests depend on each
+# other cannot be split: test_lang_services (44 s) is one chain, C ->
+# Python -> Node.js.
+SHARD_JOBS = test_consume:0/3 test_consume:1/3 test_consume:2/3 \
+             test_relay:0/2 test_relay:1/2 test_relay_faults:0/2 test_relay_faults:1/2 \
+             test_saga:0/2 test_saga:1/2
+shard_test = $(firstword $(subst :, ,$(1)))
+shard_name = $(call shard_test,$(1))-$(subst /,of,$(lastword $(subst :, ,$(1))))
+shard_cmd  = FERRY_TEST_SHARD=$(lastword $(subst :, ,$(1))) build/asan/tests/$(call shard_test,$(1))
 
 # A make of its own (not this one's jobserver, hence no MAKEFLAGS), one
 # file at a time, with this one's compiler.

@@ -1132,6 +1132,7 @@ int main(int argc, char **argv)
         memcpy(all + NT, batch_tests, sizeof batch_tests);
         n += NB;
     }
+    n = tu_shard(all, n);
     int failed = _cmocka_run_group_tests(batches_on() ? "test_consume, with batches"
                                                       : "test_consume, one per transaction",
                                          all, n, group_setup, group_teardown);

@@ -871,6 +871,5 @@ int main(void)
         cmocka_unit_test(replayed_dead_letter_goes_first),
         cmocka_unit_test(bad_setup_exits_with_a_clear_error),
     };
-    tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return tu_run_group_tests(tests, group_setup, group_teardown);
 }
