@@ -46,7 +46,7 @@ int relay_ack_prepare(relay *r)
     PGresult *res = PQprepare(r->db.ack, ACK_STATEMENT, sql, 5, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
-    return ok;
+    return ok ? 0 : -1;
 }
 
 /*

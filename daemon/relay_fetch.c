@@ -105,7 +105,7 @@ int relay_fetch_prepare(relay *r)
         ferry__log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
-    return ok;
+    return ok ? 0 : -1;
 }
 
 enum {

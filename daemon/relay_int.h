@@ -159,13 +159,13 @@ void relay_lease_release(relay *r, int shard);
 void relay_leases_release_all(relay *r);
 
 /* relay_ack.c */
-int relay_ack_prepare(relay *r);
+int relay_ack_prepare(relay *r);    /* 0, or -1 (the reason in the connection's error) */
 void relay_ack_send(relay *r);
 void relay_ack_poll(relay *r, int wait);
 void relay_ack_forget(relay *r);
 
 /* relay_fetch.c */
-int relay_fetch_prepare(relay *r);
+int relay_fetch_prepare(relay *r);  /* 0, or -1 (logged) */
 void relay_fetch_and_produce(relay *r, int limit);
 void relay_record_failures(relay *r);
 void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
