@@ -210,10 +210,12 @@ int relay_db_connect(relay *r)
  * one the other is rarely healthy (a restarted server, a terminated relay),
  * and an acknowledgement in flight on it is simply sent again (deleting a
  * deleted row changes nothing). */
-void relay_db_maybe_reconnect(relay *r)
+int relay_db_maybe_reconnect(relay *r)
 {
-    if (r->db.ok || ferry__now_ms() < r->db.retry_at)
-        return;
+    if (r->db.ok)
+        return 0;
+    if (ferry__now_ms() < r->db.retry_at)
+        return -1;
     ferry_error err;
     relay_ack_forget(r);
     PQreset(r->db.main);
@@ -225,11 +227,12 @@ void relay_db_maybe_reconnect(relay *r)
         r->next_lease_tick = 0;     /* find out at once what we still hold */
         sched_db_state(r->s, 1);
         ferry__log(FERRY_LOG_INFO, "db.reconnected", "database connection restored");
-        return;
+        return 0;
     }
     r->db.retry_at = ferry__now_ms() + r->db.backoff_ms;
     if (r->db.backoff_ms < 5000)
         r->db.backoff_ms *= 2;
+    return -1;
 }
 
 /* Read shard_count (it may have grown since the last look) and
@@ -281,15 +284,15 @@ int relay_db_refresh_settings(relay *r)
     return 0;
 }
 
-void relay_db_drain_notifies(relay *r)
+int relay_db_drain_notifies(relay *r)
 {
     if (!r->db.ok)
-        return;
+        return -1;
     if (!PQconsumeInput(r->db.main)) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, NULL, "connection");
         relay_db_lost(r, "listen", &err);
-        return;
+        return -1;
     }
     PGnotify *n;
     while ((n = PQnotifies(r->db.main)) != NULL) {
@@ -297,4 +300,5 @@ void relay_db_drain_notifies(relay *r)
         relay_count(r, M_WAKEUPS_NOTIFY, 1);
         PQfreemem(n);
     }
+    return 0;
 }
