@@ -54,17 +54,7 @@ static int relay_once(const char *holder, const char *const *args, const char *e
         a[n++] = args[i];
     a[n] = NULL;
     tu_proc p = relay_spawn(holder, a, env);
-    int st = tu_proc_wait(&p, 120000);
-    char *log = tu_proc_log(&p);
-    if (st != 0 && log != NULL)     /* a failing run says why */
-        fprintf(stderr, "relay %s exited %d; its log ends:\n%s\n", holder, st,
-                strlen(log) > 4000 ? log + strlen(log) - 4000 : log);
-    if (log_out != NULL)
-        *log_out = log;
-    else
-        free(log);
-    tu_proc_done(&p);
-    return st;
+    return tu_relay_once_end(&p, holder, log_out);
 }
 
 /* ------------------------------------------------------------------ data */
