@@ -161,7 +161,7 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 # Also builds the release tree, the demos and the benchmarks, so that a
 # change that breaks any of them fails here rather than in `make demo`.
 #
-# One runner runs it all, FERRY_TEST_JOBS (6) at a time: the test binaries,
+# One runner runs it all, FERRY_TEST_JOBS (10) at a time: the test binaries,
 # the broken-saga check and each fuzzer's smoke run, logs in build/test-logs/
 # (scripts/run-tests.sh says how). What the jobs run is built first, here,
 # so that no two jobs build the same thing. The demos and the benchmarks,
