@@ -443,15 +443,16 @@ static void format_names(const name_value *names, unsigned count, char *buf, siz
     }
 }
 
-static bool lookup_name(const enum_setting *e, const char *text, int *out)
+/* The value named text: 0 with it in *out, or -1 if e has no such name. */
+static int lookup_name(const enum_setting *e, const char *text, int *out)
 {
     for (unsigned i = 0; i < e->count; i++) {
         if (strcmp(e->names[i].str, text) == 0) {
             *out = (int)e->names[i].val;
-            return true;
+            return 0;
         }
     }
-    return false;
+    return -1;
 }
 
 /* ------------------------------------------------------------ values */
@@ -568,7 +569,7 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
     case SETTING_ENUM: {
         const enum_setting *es = &enum_settings[s->index];
         int v;
-        if (!lookup_name(es, text, &v)) {
+        if (lookup_name(es, text, &v) != 0) {
             format_names(es->names, es->count, why, sizeof why);
             fail_in(ld, w, s->name, "invalid value \"%.64s\" (expected %s)", text, why);
             break;

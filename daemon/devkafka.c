@@ -117,19 +117,21 @@ static void dk_usage(FILE *out)
 
 /* ------------------------------------------------------------------ */
 /* Parsing words                                                        */
+/* Each parser returns 0 with its result in *out (or name...), or -1
+ * leaving them untouched; dk_broker_arg also replies why. */
 
 /* A whole decimal number in [min, max]. */
-static bool dk_parse_long(const char *s, long min, long max, long *out)
+static int dk_parse_long(const char *s, long min, long max, long *out)
 {
     if (s == NULL || *s == '\0')
-        return false;
+        return -1;
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || *end != '\0' || v < min || v > max)
-        return false;
+        return -1;
     *out = v;
-    return true;
+    return 0;
 }
 
 /* Kafka's rule for topic names. */
@@ -147,13 +149,13 @@ static bool dk_valid_topic(const char *s)
 /* An error code by number or by name ("NOT_ENOUGH_REPLICAS",
  * "RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS", "_TRANSPORT"), any case.
  * Only codes librdkafka knows are accepted. */
-static bool dk_parse_err(const char *s, rd_kafka_resp_err_t *out)
+static int dk_parse_err(const char *s, rd_kafka_resp_err_t *out)
 {
     const struct rd_kafka_err_desc *descs;
     size_t n;
     rd_kafka_get_err_descs(&descs, &n);
     long num;
-    bool numeric = dk_parse_long(s, INT_MIN, INT_MAX, &num);
+    bool numeric = dk_parse_long(s, INT_MIN, INT_MAX, &num) == 0;
     static const char prefix[] = "RD_KAFKA_RESP_ERR_";
     if (!numeric && strncasecmp(s, prefix, sizeof prefix - 1) == 0)
         s += sizeof prefix - 1;
@@ -162,10 +164,10 @@ static bool dk_parse_err(const char *s, rd_kafka_resp_err_t *out)
             continue;
         if (numeric ? (long)descs[i].code == num : strcasecmp(descs[i].name, s) == 0) {
             *out = descs[i].code;
-            return true;
+            return 0;
         }
     }
-    return false;
+    return -1;
 }
 
 /* Kafka protocol request types by name; a number 0..999 is taken as is. */
@@ -181,47 +183,47 @@ static const struct {
     {"EndTxn", 26},         {"TxnOffsetCommit", 28},
 };
 
-static bool dk_parse_api(const char *s, int16_t *out)
+static int dk_parse_api(const char *s, int16_t *out)
 {
     long num;
-    if (dk_parse_long(s, 0, 999, &num)) {
+    if (dk_parse_long(s, 0, 999, &num) == 0) {
         *out = (int16_t)num;
-        return true;
+        return 0;
     }
     for (size_t i = 0; i < sizeof dk_apis / sizeof dk_apis[0]; i++)
         if (strcasecmp(dk_apis[i].name, s) == 0) {
             *out = dk_apis[i].key;
-            return true;
+            return 0;
         }
-    return false;
+    return -1;
 }
 
 /* "NAME:PARTITIONS[:REPLICATION]" of --topic; replication 0 = default. */
-static bool dk_parse_topic_spec(const char *spec, int brokers, char *name, size_t namelen,
-                                int *partitions, int *replication)
+static int dk_parse_topic_spec(const char *spec, int brokers, char *name, size_t namelen,
+                               int *partitions, int *replication)
 {
     const char *c1 = strchr(spec, ':');
     if (c1 == NULL || (size_t)(c1 - spec) >= namelen)
-        return false;
+        return -1;
     memcpy(name, spec, (size_t)(c1 - spec));
     name[c1 - spec] = '\0';
     if (!dk_valid_topic(name))
-        return false;
+        return -1;
     char num[32];
     const char *c2 = strchr(c1 + 1, ':');
     size_t plen = c2 ? (size_t)(c2 - c1 - 1) : strlen(c1 + 1);
     if (plen >= sizeof num)
-        return false;
+        return -1;
     memcpy(num, c1 + 1, plen);
     num[plen] = '\0';
     long p, r = brokers < 3 ? brokers : 3;
-    if (!dk_parse_long(num, 1, DK_PARTITIONS_MAX, &p))
-        return false;
-    if (c2 != NULL && !dk_parse_long(c2 + 1, 1, brokers, &r))
-        return false;
+    if (dk_parse_long(num, 1, DK_PARTITIONS_MAX, &p) != 0)
+        return -1;
+    if (c2 != NULL && dk_parse_long(c2 + 1, 1, brokers, &r) != 0)
+        return -1;
     *partitions = (int)p;
     *replication = (int)r;
-    return true;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -249,15 +251,15 @@ static void dk_reply_err(rd_kafka_resp_err_t err)
         dk_reply("error: %s (%s)", rd_kafka_err2name(err), rd_kafka_err2str(err));
 }
 
-static bool dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
+static int dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
 {
     long b;
-    if (!dk_parse_long(s, 1, st->brokers, &b)) {
+    if (dk_parse_long(s, 1, st->brokers, &b) != 0) {
         dk_reply("error: no broker \"%s\": brokers are 1..%d", s, st->brokers);
-        return false;
+        return -1;
     }
     *out = (int32_t)b;
-    return true;
+    return 0;
 }
 
 /* COUNT ERR... into a malloc'd array of COUNT codes, the ERRs repeated in
@@ -266,7 +268,7 @@ static rd_kafka_resp_err_t *dk_error_list(const char *count_s, int nerr, char **
                                           size_t *countp)
 {
     long count;
-    if (!dk_parse_long(count_s, 1, DK_ERRORS_MAX, &count)) {
+    if (dk_parse_long(count_s, 1, DK_ERRORS_MAX, &count) != 0) {
         dk_reply("error: COUNT \"%s\" is not a number in 1..%d", count_s, DK_ERRORS_MAX);
         return NULL;
     }
@@ -283,7 +285,7 @@ static rd_kafka_resp_err_t *dk_error_list(const char *count_s, int nerr, char **
         return NULL;
     }
     for (int i = 0; i < nerr; i++) {
-        if (!dk_parse_err(errs[i], &codes[i])) {
+        if (dk_parse_err(errs[i], &codes[i]) != 0) {
             dk_reply("error: unknown error code \"%s\"", errs[i]);
             free(codes);
             free(list);
@@ -310,14 +312,14 @@ static void dk_cmd_bootstrap(dk_state *st, int argc, char **argv)
 static void dk_cmd_down(dk_state *st, int argc, char **argv)
 {
     int32_t b;
-    if (dk_broker_arg(st, argv[1], &b))
+    if (dk_broker_arg(st, argv[1], &b) == 0)
         dk_reply_err(rd_kafka_mock_broker_set_down(st->mc, b));
 }
 
 static void dk_cmd_up(dk_state *st, int argc, char **argv)
 {
     int32_t b;
-    if (dk_broker_arg(st, argv[1], &b))
+    if (dk_broker_arg(st, argv[1], &b) == 0)
         dk_reply_err(rd_kafka_mock_broker_set_up(st->mc, b));
 }
 
@@ -325,9 +327,9 @@ static void dk_cmd_rtt(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     long ms;
-    if (!dk_broker_arg(st, argv[1], &b))
+    if (dk_broker_arg(st, argv[1], &b) != 0)
         return;
-    if (!dk_parse_long(argv[2], 0, DK_RTT_MAX_MS, &ms)) {
+    if (dk_parse_long(argv[2], 0, DK_RTT_MAX_MS, &ms) != 0) {
         dk_reply("error: MS \"%s\" is not a number in 0..%d", argv[2], DK_RTT_MAX_MS);
         return;
     }
@@ -354,7 +356,7 @@ static void dk_cmd_produce_errors(dk_state *st, int argc, char **argv)
 static void dk_cmd_request_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (!dk_parse_api(argv[1], &api)) {
+    if (dk_parse_api(argv[1], &api) != 0) {
         dk_reply("error: unknown request type \"%s\"", argv[1]);
         return;
     }
@@ -365,9 +367,9 @@ static void dk_cmd_broker_errors(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (!dk_broker_arg(st, argv[1], &b))
+    if (dk_broker_arg(st, argv[1], &b) != 0)
         return;
-    if (!dk_parse_api(argv[2], &api)) {
+    if (dk_parse_api(argv[2], &api) != 0) {
         dk_reply("error: unknown request type \"%s\"", argv[2]);
         return;
     }
@@ -388,9 +390,9 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (!dk_broker_arg(st, argv[1], &b))
+    if (dk_broker_arg(st, argv[1], &b) != 0)
         return;
-    if (!dk_parse_api(argv[2], &api)) {
+    if (dk_parse_api(argv[2], &api) != 0) {
         dk_reply("error: unknown request type \"%s\"", argv[2]);
         return;
     }
@@ -405,7 +407,7 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 static void dk_cmd_clear_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (!dk_parse_api(argv[1], &api)) {
+    if (dk_parse_api(argv[1], &api) != 0) {
         dk_reply("error: unknown request type \"%s\"", argv[1]);
         return;
     }
@@ -420,12 +422,12 @@ static void dk_cmd_topic_create(dk_state *st, int argc, char **argv)
         dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
         return;
     }
-    if (!dk_parse_long(argv[2], 1, DK_PARTITIONS_MAX, &p)) {
+    if (dk_parse_long(argv[2], 1, DK_PARTITIONS_MAX, &p) != 0) {
         dk_reply("error: PARTITIONS \"%s\" is not a number in 1..%d", argv[2],
                  DK_PARTITIONS_MAX);
         return;
     }
-    if (!dk_parse_long(argv[3], 1, st->brokers, &r)) {
+    if (dk_parse_long(argv[3], 1, st->brokers, &r) != 0) {
         dk_reply("error: REPLICATION \"%s\" is not a number in 1..%d (the brokers)", argv[3],
                  st->brokers);
         return;
@@ -440,7 +442,7 @@ static void dk_cmd_topic_error(dk_state *st, int argc, char **argv)
         dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
         return;
     }
-    if (!dk_parse_err(argv[2], &err)) {
+    if (dk_parse_err(argv[2], &err) != 0) {
         dk_reply("error: unknown error code \"%s\"", argv[2]);
         return;
     }
@@ -455,12 +457,12 @@ static void dk_cmd_leader(dk_state *st, int argc, char **argv)
         dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
         return;
     }
-    if (!dk_parse_long(argv[2], 0, DK_PARTITIONS_MAX - 1, &part)) {
+    if (dk_parse_long(argv[2], 0, DK_PARTITIONS_MAX - 1, &part) != 0) {
         dk_reply("error: PARTITION \"%s\" is not a number in 0..%d", argv[2],
                  DK_PARTITIONS_MAX - 1);
         return;
     }
-    if (!dk_parse_long(argv[3], -1, st->brokers, &b) || b == 0) {
+    if (dk_parse_long(argv[3], -1, st->brokers, &b) != 0 || b == 0) {
         dk_reply("error: no broker \"%s\": brokers are 1..%d, or -1 for none", argv[3],
                  st->brokers);
         return;
@@ -472,7 +474,7 @@ static void dk_cmd_leader(dk_state *st, int argc, char **argv)
 static void dk_cmd_partitions(dk_state *st, int argc, char **argv)
 {
     long n;
-    if (dk_parse_long(argv[1], 1, DK_PARTITIONS_MAX, &n) && n == DK_MOCK_DEFAULT_PARTITIONS)
+    if (dk_parse_long(argv[1], 1, DK_PARTITIONS_MAX, &n) == 0 && n == DK_MOCK_DEFAULT_PARTITIONS)
         dk_reply("ok");
     else
         dk_reply("error: librdkafka's mock cluster always auto-creates topics with %d "
@@ -651,14 +653,14 @@ int cmd_devkafka(int argc, char **argv)
         long n;
         switch (c) {
         case 'b':
-            if (!dk_parse_long(optarg, 1, DK_BROKERS_MAX, &brokers)) {
+            if (dk_parse_long(optarg, 1, DK_BROKERS_MAX, &brokers) != 0) {
                 fprintf(stderr, "ferry-relay devkafka: --brokers \"%s\" is not a number in 1..%d\n",
                         optarg, DK_BROKERS_MAX);
                 return DK_EXIT_USAGE;
             }
             break;
         case 'p':
-            if (!dk_parse_long(optarg, 1, DK_PARTITIONS_MAX, &n) ||
+            if (dk_parse_long(optarg, 1, DK_PARTITIONS_MAX, &n) != 0 ||
                 n != DK_MOCK_DEFAULT_PARTITIONS) {
                 fprintf(stderr,
                         "ferry-relay devkafka: --partitions %s: librdkafka's mock cluster "
@@ -695,9 +697,9 @@ int cmd_devkafka(int argc, char **argv)
         int partitions, replication;
     } topics[DK_TOPICS_MAX];
     for (int i = 0; i < ntopics; i++) {
-        if (!dk_parse_topic_spec(topic_specs[i], (int)brokers, topics[i].name,
+        if (dk_parse_topic_spec(topic_specs[i], (int)brokers, topics[i].name,
                                  sizeof topics[i].name, &topics[i].partitions,
-                                 &topics[i].replication)) {
+                                 &topics[i].replication) != 0) {
             fprintf(stderr,
                     "ferry-relay devkafka: --topic \"%s\": expected NAME:PARTITIONS[:REPLICATION] "
                     "with a valid topic name, 1..%d partitions and 1..%ld replicas\n",

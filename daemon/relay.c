@@ -97,7 +97,8 @@ static void set_wakeups(relay *r, int on)
         sched_wake_set(r->s, on);
 }
 
-static void try_handshake(relay *r)
+/* 0, or -1 with the database lost (relay_db_lost). */
+static int try_handshake(relay *r)
 {
     PGresult *res = PQexec(r->db.main,
                            "SELECT CASE WHEN pg_try_advisory_lock(w.classid, w.objid) "
@@ -108,11 +109,12 @@ static void try_handshake(relay *r)
         ferry_error_from_pg(&err, r->db.main, res, "could not take the wake-up lock");
         PQclear(res);
         relay_db_lost(r, "wake-up handshake", &err);
-        return;
+        return -1;
     }
     int got = PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
     sched_handshake(r->s, got, ferry__now_ms());
+    return 0;
 }
 
 /* ------------------------------------------------------------------ health */

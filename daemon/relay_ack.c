@@ -46,7 +46,7 @@ int relay_ack_prepare(relay *r)
     PGresult *res = PQprepare(r->db.ack, ACK_STATEMENT, sql, 5, types);
     int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
-    return ok;
+    return ok ? 0 : -1;
 }
 
 /*
@@ -55,11 +55,14 @@ int relay_ack_prepare(relay *r)
  * go in binary: as text, parsing them took the server about 1.2 ms per
  * 1,000 rows, more than a tenth of the statement.
  */
-void relay_ack_send(relay *r)
+int relay_ack_send(relay *r)
 {
     int n = sched_ack_pending(r->s);
-    if (r->ack.sent > 0 || n == 0 || !r->db.ok)
-        return;
+    if (r->ack.sent > 0 || n == 0)
+        return 0;
+    if (!r->db.ok)
+        return -1;
+    int rc = -1;
     size_t id_len = ARRAY_HEADER + (size_t)n * (4 + 16);
     size_t shard_len = ARRAY_HEADER + (size_t)n * (4 + 4);
     size_t epoch_len = ARRAY_HEADER + (size_t)n * (4 + 8);
@@ -110,9 +113,11 @@ void relay_ack_send(relay *r)
     r->ack.flushing = 1;
     r->ack.sent_ms = ferry__now_ms();
     sched_ack_sent(r->s, n, r->ack.sent_ms);
+    rc = 0;
 out:
     free(buf);
     free(names);
+    return rc;
 }
 
 /* The statement in flight is over: forget what it covered, or, when it
@@ -158,7 +163,7 @@ void relay_ack_forget(relay *r)
 
 /* Push the statement out and collect its result if it has come, without
  * blocking; or, with wait, until it is over (at most a second a try). */
-void relay_ack_poll(relay *r, int wait)
+int relay_ack_poll(relay *r, int wait)
 {
     ferry_error err;
     int tries = 0;
@@ -173,7 +178,7 @@ void relay_ack_poll(relay *r, int wait)
             goto lost;
         if (PQisBusy(r->db.ack)) {
             if (!wait || tries++ >= 60)
-                return;
+                return 0;   /* still in flight: collected on a later call */
             struct pollfd pfd = {.fd = PQsocket(r->db.ack),
                                  .events = POLLIN | (r->ack.flushing ? POLLOUT : 0)};
             poll(&pfd, 1, 1000);
@@ -195,9 +200,10 @@ void relay_ack_poll(relay *r, int wait)
         ack_done(r, done);
         PQclear(done);
     }
-    return;
+    return 0;
 lost:
     ferry_error_from_pg(&err, r->db.ack, NULL, "could not acknowledge");
     relay_ack_forget(r);
     relay_db_lost(r, "acknowledgement", &err);
+    return -1;
 }

@@ -31,9 +31,13 @@ void relay_db_lost(relay *r, const char *what, ferry_error *err)
     sched_db_state(r->s, 0);
 }
 
-static int exec_ok(PGconn *conn, const char *sql, ferry_error *err)
+/* The setup steps below return 0, or -1 with the reason in err (or, for
+ * libpq's own steps, in the connection's error message). */
+static int setup_exec(PGconn *conn, const char *sql, ferry_error *err)
 {
-    return ferry__exec(conn, sql, 0, NULL, "could not set up the session", err) == FERRY_OK;
+    return ferry__exec(conn, sql, 0, NULL, "could not set up the session", err) == FERRY_OK
+               ? 0
+               : -1;
 }
 
 /*
@@ -44,21 +48,26 @@ static int exec_ok(PGconn *conn, const char *sql, ferry_error *err)
  */
 static int setup_main(relay *r, ferry_error *err)
 {
-    return ferry__set_application_name(r->db.main, "ferry-relay", r->holder, err) == FERRY_OK &&
-           exec_ok(r->db.main, "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
+    if (ferry__set_application_name(r->db.main, "ferry-relay", r->holder, err) != FERRY_OK ||
+        setup_exec(r->db.main, "SET statement_timeout = '60s'; SET lock_timeout = '10s'; "
                                "SET enable_sort = off; SET jit = off; "
-                               "LISTEN " NOTIFY_CHANNEL, err) &&
-           relay_fetch_prepare(r);
+                               "LISTEN " NOTIFY_CHANNEL, err) != 0 ||
+        relay_fetch_prepare(r) != 0)
+        return -1;
+    return 0;
 }
 
 /* The acknowledging session: the statement prepared once, then
  * non-blocking (PQreset keeps that flag, and PQprepare wants it off). */
 static int setup_ack(relay *r, ferry_error *err)
 {
-    return PQsetnonblocking(r->db.ack, 0) == 0 &&
-           ferry__set_application_name(r->db.ack, "ferry-relay", r->holder, err) == FERRY_OK &&
-           exec_ok(r->db.ack, "SET statement_timeout = '60s'; SET lock_timeout = '10s'", err) &&
-           relay_ack_prepare(r) && PQsetnonblocking(r->db.ack, 1) == 0;
+    if (PQsetnonblocking(r->db.ack, 0) != 0 ||
+        ferry__set_application_name(r->db.ack, "ferry-relay", r->holder, err) != FERRY_OK ||
+        setup_exec(r->db.ack, "SET statement_timeout = '60s'; SET lock_timeout = '10s'",
+                   err) != 0 ||
+        relay_ack_prepare(r) != 0 || PQsetnonblocking(r->db.ack, 1) != 0)
+        return -1;
+    return 0;
 }
 
 /* Another process already relaying under our name: a live session named
@@ -168,7 +177,7 @@ int relay_db_connect(relay *r)
                   "ferry-relay migrate --db ...");
         return -1;
     }
-    if (!setup_main(r, &err)) {
+    if (setup_main(r, &err) != 0) {
         ferry__log(FERRY_LOG_ERROR, "db.setup", "could not set up the session: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.main));
         return -1;
@@ -184,7 +193,7 @@ int relay_db_connect(relay *r)
                        r->holder, live > 0 ? r->holder : "");
         return -1;
     }
-    if (!setup_ack(r, &err)) {
+    if (setup_ack(r, &err) != 0) {
         ferry__log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.ack));
         return -1;
@@ -201,26 +210,29 @@ int relay_db_connect(relay *r)
  * one the other is rarely healthy (a restarted server, a terminated relay),
  * and an acknowledgement in flight on it is simply sent again (deleting a
  * deleted row changes nothing). */
-void relay_db_maybe_reconnect(relay *r)
+int relay_db_maybe_reconnect(relay *r)
 {
-    if (r->db.ok || ferry__now_ms() < r->db.retry_at)
-        return;
+    if (r->db.ok)
+        return 0;
+    if (ferry__now_ms() < r->db.retry_at)
+        return -1;
     ferry_error err;
     relay_ack_forget(r);
     PQreset(r->db.main);
     PQreset(r->db.ack);
     if (PQstatus(r->db.main) == CONNECTION_OK && PQstatus(r->db.ack) == CONNECTION_OK &&
-        setup_main(r, &err) && setup_ack(r, &err)) {
+        setup_main(r, &err) == 0 && setup_ack(r, &err) == 0) {
         r->db.ok = 1;
         r->db.backoff_ms = 100;
         r->next_lease_tick = 0;     /* find out at once what we still hold */
         sched_db_state(r->s, 1);
         ferry__log(FERRY_LOG_INFO, "db.reconnected", "database connection restored");
-        return;
+        return 0;
     }
     r->db.retry_at = ferry__now_ms() + r->db.backoff_ms;
     if (r->db.backoff_ms < 5000)
         r->db.backoff_ms *= 2;
+    return -1;
 }
 
 /* Read shard_count (it may have grown since the last look) and
@@ -272,15 +284,15 @@ int relay_db_refresh_settings(relay *r)
     return 0;
 }
 
-void relay_db_drain_notifies(relay *r)
+int relay_db_drain_notifies(relay *r)
 {
     if (!r->db.ok)
-        return;
+        return -1;
     if (!PQconsumeInput(r->db.main)) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, NULL, "connection");
         relay_db_lost(r, "listen", &err);
-        return;
+        return -1;
     }
     PGnotify *n;
     while ((n = PQnotifies(r->db.main)) != NULL) {
@@ -288,4 +300,5 @@ void relay_db_drain_notifies(relay *r)
         relay_count(r, M_WAKEUPS_NOTIFY, 1);
         PQfreemem(n);
     }
+    return 0;
 }

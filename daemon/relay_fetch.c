@@ -105,7 +105,7 @@ int relay_fetch_prepare(relay *r)
         ferry__log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
-    return ok;
+    return ok ? 0 : -1;
 }
 
 enum {
@@ -189,17 +189,17 @@ static void header(rd_kafka_headers_t *h, const char *name, const char *value)
  * by another role is hostile input all the same. Other ferry_* names are
  * not dropped: ferry_discarded on a discard marker comes from the row.
  */
-int relay_header_reserved(const char *name)
+bool relay_header_reserved(const char *name)
 {
     static const char *const set[] = {"ferry_id", "ferry_type", "ferry_aggregate_type",
                                       "ferry_seq", "ce_specversion", "ce_id", "ce_type",
                                       "ce_source", "ce_time"};
     if (strcasecmp(name, "content-type") == 0)
-        return 1;
+        return true;
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
         if (strcmp(name, set[i]) == 0)
-            return 1;
-    return 0;
+            return true;
+    return false;
 }
 
 /* The WAL source (relay_wal.c) sends the same headers: one function. */
@@ -289,11 +289,11 @@ static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids
     return (int)(p - out);
 }
 
-void relay_fetch_and_produce(relay *r, int limit)
+int relay_fetch_and_produce(relay *r, int limit)
 {
     char *shards = malloc(16 + (size_t)MAX_SHARDS * 6);
     if (shards == NULL)
-        return;
+        return -1;  /* out of memory: the plan asks again */
     size_t n = 0;
     shards[n++] = '{';
     for (int s = 0; s < MAX_SHARDS; s++)
@@ -318,7 +318,7 @@ void relay_fetch_and_produce(relay *r, int limit)
         free(ids);
         free(excl);
         free(shards);
-        return;     /* out of memory: the plan asks again */
+        return -1;  /* out of memory: the plan asks again */
     }
     int excl_len = exclude_array(r, excl, ids);
     const char *params[9] = {shards, scshard, ctopic, ckey, scseq, slim, smaxp, sbytes,
@@ -334,7 +334,7 @@ void relay_fetch_and_produce(relay *r, int limit)
         ferry_error_from_pg(&err, r->db.main, res, "could not fetch");
         PQclear(res);
         relay_db_lost(r, "fetch", &err);
-        return;
+        return -1;
     }
     int rows = PQntuples(res);
     int stopped = 0;
@@ -388,6 +388,7 @@ void relay_fetch_and_produce(relay *r, int limit)
         full = (int64_t)get64(PQgetvalue(res, rows - 1, C_RUN)) >= FETCH_BYTES;
     PQclear(res);
     sched_fetched(r->s, full ? limit : rows, limit, now);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ failures */
@@ -412,10 +413,10 @@ void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t
  * max_attempts move it to the dead letters, which parks its key (the fetch
  * skips keys with a relay dead letter). Both under the lease.
  */
-void relay_record_failures(relay *r)
+int relay_record_failures(relay *r)
 {
     if (!r->db.ok)
-        return;
+        return -1;
     while (r->fail.count > 0) {
         failure *f = &r->fail.list[r->fail.count - 1];
         char shard[16], epoch[24], max[16];
@@ -448,7 +449,7 @@ void relay_record_failures(relay *r)
             relay_db_lost(r, "failure record", &err);
             if (r->db.ok)
                 r->fail.count--;    /* not the connection: drop it rather than loop */
-            return;
+            return -1;
         }
         const char *attempts = PQgetisnull(res, 0, 0) ? "?" : PQgetvalue(res, 0, 0);
         const char *outcome = PQgetisnull(res, 0, 1) ? "" : PQgetvalue(res, 0, 1);
@@ -477,4 +478,5 @@ void relay_record_failures(relay *r)
         PQclear(res);
         r->fail.count--;
     }
+    return 0;
 }

@@ -18,6 +18,7 @@
 
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -143,31 +144,39 @@ typedef struct relay {
 void relay_count(relay *r, metric_counter c, uint64_t n);
 int64_t relay_wall_ms(void);
 
+/* The loop's stages (relay_db_maybe_reconnect, relay_db_drain_notifies,
+ * relay_lease_tick, relay_ack_send, relay_ack_poll,
+ * relay_fetch_and_produce, relay_record_failures) return 0, or -1 when
+ * they could not do their part: the database was or became lost (then
+ * relay_db_lost has logged it and told the scheduler, whose next plan is
+ * what the loop acts on) or memory ran out (logged where it matters,
+ * tried again on the next turn). */
+
 /* relay_db.c */
 int relay_db_connect(relay *r);
-/* 1 when a caller's header called name is dropped: the relay sets it
+/* Is a caller's header called name dropped? The relay sets it
  * (relay_fetch.c says why). */
-int relay_header_reserved(const char *name);
+bool relay_header_reserved(const char *name);
 void relay_db_lost(relay *r, const char *what, ferry_error *err);
-void relay_db_maybe_reconnect(relay *r);
+int relay_db_maybe_reconnect(relay *r);
 int relay_db_refresh_settings(relay *r);
-void relay_db_drain_notifies(relay *r);
+int relay_db_drain_notifies(relay *r);
 
 /* relay_lease.c */
-void relay_lease_tick(relay *r);
+int relay_lease_tick(relay *r);
 void relay_lease_release(relay *r, int shard);
 void relay_leases_release_all(relay *r);
 
 /* relay_ack.c */
-int relay_ack_prepare(relay *r);
-void relay_ack_send(relay *r);
-void relay_ack_poll(relay *r, int wait);
+int relay_ack_prepare(relay *r);    /* 0, or -1 (the reason in the connection's error) */
+int relay_ack_send(relay *r);
+int relay_ack_poll(relay *r, int wait);
 void relay_ack_forget(relay *r);
 
 /* relay_fetch.c */
-int relay_fetch_prepare(relay *r);
-void relay_fetch_and_produce(relay *r, int limit);
-void relay_record_failures(relay *r);
+int relay_fetch_prepare(relay *r);  /* 0, or -1 (logged) */
+int relay_fetch_and_produce(relay *r, int limit);
+int relay_record_failures(relay *r);
 void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
                         const char *reason);
 rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id);
@@ -191,7 +200,9 @@ relay_topic *relay_kafka_topic(relay *r, const char *name);
 int relay_kafka_partition(relay *r, relay_topic *t, const char *key);
 void *relay_kafka_opaque(relay *r, int slot);
 void relay_kafka_free(relay *r);
-int relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen);
+/* Does a broker answer a metadata request within timeout_ms? If not, why
+ * says what librdkafka said. */
+bool relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen);
 
 /* relay.c: /healthz's verdict and reason, changed only when they change
  * (both sources call it). */

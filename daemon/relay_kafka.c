@@ -376,17 +376,17 @@ int relay_kafka_start(relay *r)
 }
 
 /* Whether a broker answers a metadata request within timeout_ms. */
-int relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen)
+bool relay_kafka_reachable(relay *r, int timeout_ms, char *why, size_t whylen)
 {
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(r->k.rk, 0, NULL, &md, timeout_ms);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         snprintf(why, whylen, "%s", rd_kafka_err2str(err));
-        return 0;
+        return false;
     }
     rd_kafka_metadata_destroy(md);
     atomic_store(&r->k.down, 0);
-    return 1;
+    return true;
 }
 
 void relay_kafka_free(relay *r)

@@ -52,16 +52,17 @@ static void gained_add(gained *g, int shard)
  * adopted under the epoch the database has, rather than renewed for ever
  * and never published.
  */
-void relay_lease_tick(relay *r)
+int relay_lease_tick(relay *r)
 {
     const relay_config *cfg = r->cfg;
     ferry_error err;
     if (relay_db_refresh_settings(r) != 0)
-        return;
+        return -1;
     size_t cap = (size_t)r->db.shard_count;
     ferry__lease *got = malloc(cap * sizeof *got);
     if (got == NULL)
-        return;
+        return -1;
+    int rc = -1;
     size_t n = 0;
     gained g = {{0}, 0, 0};
 
@@ -152,10 +153,12 @@ void relay_lease_tick(relay *r)
                            "took the lease of %d shard%s: %s", g.n, g.n == 1 ? "" : "s", g.list);
     }
     sched_lease_target(r->s, target);
+    rc = 0;
 out:
     if (r->m != NULL)
         metrics_set(r->m, G_LEASES_HELD, sched_leases_held(r->s));
     free(got);
+    return rc;
 }
 
 void relay_lease_release(relay *r, int shard)

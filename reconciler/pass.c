@@ -181,17 +181,19 @@ static const sweep_fn sweeps[RC_SWEEP_COUNT] = {
 };
 
 /* Every sweep in turn; stops early when the connection is gone, the lease
- * is lost, or a signal asked to stop. */
-static void one_pass(rc_ctx *ctx)
+ * is lost, or a signal asked to stop. 0, or -1 when it stopped for the
+ * connection or the lease (the report says which). */
+static int one_pass(rc_ctx *ctx)
 {
+    int rc = 0;
     for (int s = 0; s < RC_SWEEP_COUNT && !*ctx->stop; s++) {
         ctx->sweep = (rc_sweep_id)s;
         ferry_error err;
         if (ctx->mode == RC_REPAIR && ctx->lease != NULL &&
             rc_lease_keep(ctx->conn, ctx->lease, &err) != FERRY_OK) {
             ctx->sweep = RC_SWEEP_COUNT;
-            rc_error(ctx, "%s; the pass stopped before %s", err.message,
-                     rc_sweep_name((rc_sweep_id)s));
+            rc = rc_error(ctx, "%s; the pass stopped before %s", err.message,
+                          rc_sweep_name((rc_sweep_id)s));
             break;
         }
         ctx->report->ran[s] = 1;
@@ -200,22 +202,24 @@ static void one_pass(rc_ctx *ctx)
         rc_rollback(ctx);   /* a sweep that returned inside a transaction */
         if (PQstatus(ctx->conn) != CONNECTION_OK) {
             ctx->sweep = RC_SWEEP_COUNT;
-            rc_error(ctx, "lost the database connection; the pass stopped after %s",
-                     rc_sweep_name((rc_sweep_id)s));
+            rc = rc_error(ctx, "lost the database connection; the pass stopped after %s",
+                          rc_sweep_name((rc_sweep_id)s));
             break;
         }
         if (ctx->lease_lost) {
             ctx->sweep = RC_SWEEP_COUNT;
-            rc_error(ctx, "the reconciler's lease was lost; the pass stopped after %s",
-                     rc_sweep_name((rc_sweep_id)s));
+            rc = rc_error(ctx, "the reconciler's lease was lost; the pass stopped after %s",
+                          rc_sweep_name((rc_sweep_id)s));
             break;
         }
     }
     ctx->sweep = RC_SWEEP_COUNT;
+    return rc;
 }
 
-/* Keep a record of a repair pass in ferry.reconcile_pass. */
-static void record_pass(rc_ctx *ctx, const char *started, int status)
+/* Keep a record of a repair pass in ferry.reconcile_pass: 0, or -1
+ * (logged; the pass itself stands). */
+static int record_pass(rc_ctx *ctx, const char *started, int status)
 {
     json_t *j = rc_report_json(ctx->report, ctx->mode);
     char *text = json_dumps(j, JSON_COMPACT);
@@ -228,11 +232,15 @@ static void record_pass(rc_ctx *ctx, const char *started, int status)
                                  "INSERT INTO ferry.reconcile_pass (holder, actor, started_at, "
                                  "status, report) VALUES ($1, $2, $3, $4::int, $5::jsonb)",
                                  5, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+    int rc = 0;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         ferry__log(FERRY_LOG_WARN, "reconcile.record_failed", "could not record the pass: %s",
                   PQresultErrorMessage(res));
+        rc = -1;
+    }
     PQclear(res);
     free(text);
+    return rc;
 }
 
 static void db_now(PGconn *conn, char *buf, size_t len)

@@ -29,7 +29,7 @@
 # watchdogs, pgtmp.c) and fails.
 #
 # Environment:
-#   FERRY_TEST_JOBS      jobs at once (default 6; 1 under FERRY_VALGRIND,
+#   FERRY_TEST_JOBS      jobs at once (default 10; 1 under FERRY_VALGRIND,
 #                        which makes every test compute)
 #   FERRY_TEST_CPU_JOBS  --cpu jobs at once (default: cores - 1, at least 1)
 #   FERRY_TEST_TAIL      lines of a failed job's log to print (default 80)
@@ -53,7 +53,10 @@ usage() {
 if [ -n "${FERRY_VALGRIND:-}" ]; then
     max_jobs=${FERRY_TEST_JOBS:-1}
 else
-    max_jobs=${FERRY_TEST_JOBS:-6}
+    # 10: the jobs mostly wait (their times added up to six times the
+    # test phase at 6), and on 2 shared cores 10 at once took make test
+    # on a built tree from 137 s to 118 s, all passing.
+    max_jobs=${FERRY_TEST_JOBS:-10}
 fi
 cores=$(nproc 2>/dev/null || echo 2)
 max_cpu=${FERRY_TEST_CPU_JOBS:-$((cores > 1 ? cores - 1 : 1))}

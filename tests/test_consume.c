@@ -793,7 +793,7 @@ static void end_to_end_through_the_relay(void **state)
      * and the test failed now and then (applied 1875, late 125). */
     ferry_consumer *c = consumer_new("c-e2e", topic, 0);
     poll_until(c, applied_at_least, N);
-    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 0, 3000);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 0, 60000);
     size_t published = got->count;
     kt_msgs_free(got);
     assert_true(published >= N);
@@ -1222,6 +1222,7 @@ int main(int argc, char **argv)
         memcpy(all + NT, batch_tests, sizeof batch_tests);
         n += NB;
     }
+    n = tu_shard(all, n);
     int failed = _cmocka_run_group_tests(batches_on() ? "test_consume, with batches"
                                                       : "test_consume, one per transaction",
                                          all, n, group_setup, group_teardown);

@@ -1188,6 +1188,5 @@ int main(void)
         T(an_idle_relay_is_healthy_again_after_an_outage),
         T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
     };
-    tu_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return tu_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -813,11 +813,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(one_bad_saga_does_not_block_the_timers),
         cmocka_unit_test(saga_numbers_keep_their_digits),
     };
-    tu_filter_from_env();
-    int failed = _cmocka_run_group_tests(batched ? "test_saga, with batches"
-                                                 : "test_saga, one message per transaction",
-                                         tests, sizeof tests / sizeof tests[0], group_setup,
-                                         group_teardown);
+    int failed = tu_run_group(batched ? "test_saga, with batches"
+                                      : "test_saga, one message per transaction",
+                              tests, sizeof tests / sizeof tests[0], group_setup, group_teardown);
     if (unbatched > 0) {
         int st = 0;
         while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)

@@ -119,6 +119,21 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
  * glob), when it is set; for working on one test at a time. */
 void tu_filter_from_env(void);
 
+/* FERRY_TEST_SHARD=i/n: keep of tests[0..count) only those whose index
+ * is i modulo n (0 <= i < n), in place, and return how many; all of them
+ * when it is unset. A binary that spends its run waiting (consumer-group
+ * joins) runs as n jobs of the suite at once, each with its own cluster
+ * (the Makefile's SHARD_JOBS). Exits with 2 on a malformed value rather
+ * than run the wrong tests. */
+size_t tu_shard(struct CMUnitTest *tests, size_t count);
+
+/* cmocka_run_group_tests with $FERRY_TEST_FILTER and $FERRY_TEST_SHARD
+ * applied (a copy of tests is sharded, tests itself is left alone). */
+int tu_run_group(const char *name, const struct CMUnitTest *tests, size_t count,
+                 CMFixtureFunction setup, CMFixtureFunction teardown);
+#define tu_run_group_tests(tests, setup, teardown)                                        \
+    tu_run_group(#tests, tests, sizeof(tests) / sizeof((tests)[0]), setup, teardown)
+
 /* Fail the test with the ferry error unless rc is FERRY_OK. */
 #define assert_ferry_ok(rc, err)                                                   \
     do {                                                                           \

@@ -123,6 +123,21 @@ int tu_proc_finish(tu_proc *p, int timeout_ms)
     return st;
 }
 
+int tu_relay_once_end(tu_proc *p, const char *holder, char **log_out)
+{
+    int st = tu_proc_wait(p, 120000);
+    char *log = tu_proc_log(p);
+    if (st != 0 && log != NULL)     /* a failing run says why */
+        fprintf(stderr, "relay %s exited %d; its log ends:\n%s\n", holder, st,
+                strlen(log) > 4000 ? log + strlen(log) - 4000 : log);
+    if (log_out != NULL)
+        *log_out = log;
+    else
+        free(log);
+    tu_proc_done(p);
+    return st;
+}
+
 tu_proc tu_relay_start(const char *kafka, const char *holder, const char *const *args,
                        const char *const *env)
 {

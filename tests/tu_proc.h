@@ -59,4 +59,9 @@ int tu_proc_finish(tu_proc *p, int timeout_ms);
 tu_proc tu_relay_start(const char *kafka, const char *holder, const char *const *args,
                        const char *const *env);
 
+/* The end of a relay run with --once: wait up to 120 s for it to exit; if
+ * it did not exit 0, the end of its log on stderr; its log into *log_out
+ * (the caller frees it) or freed; then tu_proc_done. Its exit status. */
+int tu_relay_once_end(tu_proc *p, const char *holder, char **log_out);
+
 #endif

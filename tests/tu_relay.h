@@ -18,7 +18,7 @@ void tu_await_outbox_empty(const char *topic, int timeout_ms);
  * (ferry_seq) rising one by one from 1 in partition order; a position seen
  * before is a duplicate (allowed after a crash, counted), never a gap,
  * never a step back to something unseen. Reads until want messages or
- * timeout_ms. */
+ * timeout_ms; want 0: all the topic holds (kt_consume). */
 typedef struct tu_topic_check {
     size_t messages, distinct, duplicates, keys;
 } tu_topic_check;

@@ -92,17 +92,7 @@ int tu_wal_relay_once(const char *holder, char **log_out)
 {
     const char *a[] = {"--once", NULL};
     tu_proc p = tu_wal_relay_start(holder, a);
-    int st = tu_proc_wait(&p, 120000);
-    char *log = tu_proc_log(&p);
-    if (st != 0 && log != NULL)
-        fprintf(stderr, "relay %s exited %d; its log ends:\n%s\n", holder, st,
-                strlen(log) > 4000 ? log + strlen(log) - 4000 : log);
-    if (log_out != NULL)
-        *log_out = log;
-    else
-        free(log);
-    tu_proc_done(&p);
-    return st;
+    return tu_relay_once_end(&p, holder, log_out);
 }
 
 int tu_wal_slot_cmd(const char *action, char **out, char **err)

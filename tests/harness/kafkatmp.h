@@ -84,8 +84,10 @@ typedef struct kt_msgs {
 /* Read `topic` from the beginning of every partition with a fresh consumer
  * (its own group, no commits) until `want` messages arrived or timeout_ms
  * passed; then stop. Waits for the topic to exist within the timeout. The
- * result may hold fewer than `want` (on timeout) or, if `want` is 0, every
- * message that arrived within the timeout. NULL only if the consumer
+ * result may hold fewer than `want` (on timeout). If `want` is 0: every
+ * message the topic holds when the read begins (up to each partition's
+ * high watermark, then it stops), or, if the broker cannot tell the
+ * watermarks, what arrived within the timeout. NULL only if the consumer
  * could not be set up. The caller frees it with kt_msgs_free. */
 kt_msgs *kt_consume(const char *bootstrap, const char *topic, size_t want, int timeout_ms);
 /* Accepts NULL. */
