@@ -139,7 +139,9 @@ static void default_source(PGconn *conn, char *out, size_t size)
 
 int relay_db_connect(relay *r)
 {
-    ferry_error err;
+    /* Zeroed: not every setup step fills it (the prepares don't), and the
+     * log lines below read its message. */
+    ferry_error err = {0};
     /* Defaults first, then the user's conninfo (expanded from "dbname"),
      * which overrides them: a black-holed server must not hang the relay
      * for the kernel's TCP timeout. */
@@ -216,7 +218,7 @@ int relay_db_maybe_reconnect(relay *r)
         return 0;
     if (ferry__now_ms() < r->db.retry_at)
         return -1;
-    ferry_error err;
+    ferry_error err = {0};
     relay_ack_forget(r);
     PQreset(r->db.main);
     PQreset(r->db.ack);
