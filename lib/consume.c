@@ -716,6 +716,49 @@ static ferry_code claim_result(PGconn *conn, ferry_consumer *c, work *w, PGresul
     return FERRY_OK;
 }
 
+/* One result of a pipeline: query q's, handed over while nothing failed
+ * yet; returns FERRY_OK or the failure (in err). */
+typedef ferry_code (*pipe_result_fn)(void *ctx, int q, PGresult *res, ferry_error *err);
+
+/*
+ * After PQpipelineSync: the results of the sent queries, in order, each
+ * to on_result while rc is FERRY_OK (after a failure the rest come back
+ * PGRES_PIPELINE_ABORTED and are dropped), then the sync; leaves pipeline
+ * mode. rc is what sending already failed with, or FERRY_OK; ended is the
+ * error when results are missing ("the claims' results ended early").
+ */
+static ferry_code pipeline_read(PGconn *conn, int sent, ferry_code rc, pipe_result_fn on_result,
+                                void *ctx, const char *ended, ferry_error *err)
+{
+    for (int q = 0; q < sent; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, ended);
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (rc == FERRY_OK)
+            rc = on_result(ctx, q, res, err);
+        PQclear(res);
+        if (st != PGRES_PIPELINE_SYNC)
+            PQclear(PQgetResult(conn));     /* the NULL after each query's result */
+    }
+    PQclear(PQgetResult(conn));             /* the sync */
+    PQexitPipelineMode(conn);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    return rc;
+}
+
+/* A BEGIN's result, as query 0 of a pipeline. */
+static ferry_code begin_result(PGconn *conn, PGresult *res, ferry_error *err)
+{
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return ferry_error_from_pg(err, conn, res, "could not begin a transaction");
+    return FERRY_OK;
+}
+
 /* A PostgreSQL array literal being written: {"a","b",NULL}. */
 typedef struct alit {
     char *p;
@@ -821,6 +864,38 @@ static void claim_many_free(alit *a)
         free(a[k].p);
 }
 
+typedef struct claim_many_ctx {
+    ferry_consumer *c;
+    work *ws;
+    int n;
+    verdict *v;
+} claim_many_ctx;
+
+/* BEGIN's result, then consume_claim_many's: one row per message. */
+static ferry_code claim_many_result(void *ctx, int q, PGresult *res, ferry_error *err)
+{
+    claim_many_ctx *cm = ctx;
+    PGconn *conn = cm->c->conn;
+    if (q == 0)
+        return begin_result(conn, res, err);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != cm->n ||
+        PQnfields(res) != 2) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
+        if (strcmp(err->sqlstate, "26000") == 0) {
+            cm->c->claim_pid = 0;           /* prepare again on the retry */
+            err->retriable = 1;
+        }
+        return rc;
+    }
+    for (int i = 0; i < cm->n; i++)
+        if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &cm->ws[i],
+                          &cm->v[i]) != 0)
+            return ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                                    "ferry.consume_claim_many gave an answer this library "
+                                    "does not know");
+    return FERRY_OK;
+}
+
 /*
  * BEGIN and one consume_claim_many for ws[0..n), in one round trip: the
  * server claims the batch's usual messages in one UPDATE and one INSERT
@@ -852,43 +927,29 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
         PQexitPipelineMode(conn);
         return rc;      /* the connection is gone: so is the transaction */
     }
-    for (int q = 0; q < sent; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK && q == 0 && st != PGRES_COMMAND_OK) {
-            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
-        } else if (rc == FERRY_OK && q == 1) {
-            if (st != PGRES_TUPLES_OK || PQntuples(res) != n || PQnfields(res) != 2) {
-                rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
-                if (strcmp(err->sqlstate, "26000") == 0) {
-                    c->claim_pid = 0;       /* prepare again on the retry */
-                    err->retriable = 1;
-                }
-            } else {
-                for (int i = 0; i < n && rc == FERRY_OK; i++)
-                    if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &ws[i],
-                                      &v[i]) != 0)
-                        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
-                                              "ferry.consume_claim_many gave an answer this "
-                                              "library does not know");
-            }
-        }
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC) {
-            PGresult *end = PQgetResult(conn);
-            PQclear(end);
-        }
-    }
-    PGresult *sync = PQgetResult(conn);
-    PQclear(sync);
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    claim_many_ctx cm = {c, ws, n, v};
+    return pipeline_read(conn, sent, rc, claim_many_result, &cm,
+                         "the claims' results ended early", err);
+}
+
+typedef struct claims_ctx {
+    ferry_consumer *c;
+    work *ws;
+    verdict *v;
+    int *index;                     /* the message whose claim failed */
+    int *poisoned;
+} claims_ctx;
+
+/* BEGIN's result, then one consume_claim's per message. */
+static ferry_code claims_result(void *ctx, int q, PGresult *res, ferry_error *err)
+{
+    claims_ctx *cl = ctx;
+    if (q == 0)
+        return begin_result(cl->c->conn, res, err);
+    ferry_code rc = claim_result(cl->c->conn, cl->c, &cl->ws[q - 1], res, &cl->v[q - 1],
+                                 cl->poisoned, err);
+    if (rc != FERRY_OK)
+        *cl->index = q - 1;
     return rc;
 }
 
@@ -934,37 +995,34 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
         return rc;
     }
 
-    /* BEGIN's result, then each claim's; each followed by a NULL; then the
-     * sync. After an error the rest come back PGRES_PIPELINE_ABORTED. */
-    for (int q = -1; q < sent; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, "the claims' results ended early");
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK && q < 0 && st != PGRES_COMMAND_OK) {
-            rc = ferry_error_from_pg(err, conn, res, "could not begin a transaction");
-        } else if (rc == FERRY_OK && q >= 0) {
-            rc = claim_result(conn, c, &ws[q], res, &v[q], poisoned, err);
-            if (rc != FERRY_OK)
-                *index = q;
-        }
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC) {
-            PGresult *end = PQgetResult(conn);
-            PQclear(end);
-        }
-    }
-    PGresult *sync = PQgetResult(conn);
-    PQclear(sync);
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    /* BEGIN's result, then each claim's. */
+    claims_ctx cl = {c, ws, v, index, poisoned};
+    rc = pipeline_read(conn, sent + 1, rc, claims_result, &cl, "the claims' results ended early",
+                       err);
     if (rc != FERRY_OK && sent < n)
         ferry__rollback_quietly(conn);   /* BEGIN ran; the caller may not roll back */
     return rc;
+}
+
+typedef struct commit_ctx {
+    PGconn *conn;
+    int finishes;                   /* queries before the COMMIT */
+} commit_ctx;
+
+/* The finishes' results, then the COMMIT's. */
+static ferry_code commit_result(void *ctx, int q, PGresult *res, ferry_error *err)
+{
+    const commit_ctx *cc = ctx;
+    ExecStatusType st = PQresultStatus(res);
+    if (q < cc->finishes)
+        return st == PGRES_TUPLES_OK
+                   ? FERRY_OK
+                   : ferry_error_from_pg(err, cc->conn, res, "could not finish the message");
+    if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
+        return FERRY_OK;
+    if (st == PGRES_COMMAND_OK)
+        return ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
+    return ferry_error_from_pg(err, cc->conn, res, "could not commit");
 }
 
 /*
@@ -1025,35 +1083,9 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
         PQexitPipelineMode(conn);
         return rc;      /* the connection is gone: so is the transaction */
     }
-    for (int q = 0; q < sent; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, "the commit's results ended early");
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK && q < n && st != PGRES_TUPLES_OK) {
-            rc = ferry_error_from_pg(err, conn, res, "could not finish the message");
-        } else if (rc == FERRY_OK && q == n) {
-            if (st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(res), "COMMIT") == 0)
-                rc = FERRY_OK;
-            else if (st == PGRES_COMMAND_OK)
-                rc = ferry__error_set(err, FERRY_EDB, NULL, "COMMIT rolled back");
-            else
-                rc = ferry_error_from_pg(err, conn, res, "could not commit");
-        }
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC) {
-            PGresult *end = PQgetResult(conn);
-            PQclear(end);
-        }
-    }
-    PGresult *sync = PQgetResult(conn);
-    PQclear(sync);
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    commit_ctx cc = {conn, n};
+    rc = pipeline_read(conn, sent, rc, commit_result, &cc, "the commit's results ended early",
+                       err);
     if (rc != FERRY_OK)
         ferry__rollback_quietly(conn);   /* a finish failed: the COMMIT did not run */
     return rc;
