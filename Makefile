@@ -188,7 +188,7 @@ test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
 	    --job test_relay_sim '$(RELAY_SIM_ASAN)' \
 	    --job test_relay_sim-rel '$(RELAY_SIM_REL)' \
 	    $(foreach j,$(SHARD_JOBS),--job $(call shard_name,$(j)) '$(call shard_cmd,$(j))') \
-	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'nice -n 19 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
+	    $(foreach f,$(FUZZERS),--job $(notdir $(f)) 'chrt --idle 0 sh scripts/run-fuzz.sh $(FUZZ_SMOKE_SECONDS) $(f)') \
 	    $(foreach j,$(CPU_JOBS),--cpu $(j)) \
 	    build/asan/tests/pgtmp_selftest \
 	    $(filter-out %/test_relay_sim $(foreach j,$(SHARD_JOBS),%/$(call shard_test,$(j))),$(TESTS)) \

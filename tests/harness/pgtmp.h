@@ -1,7 +1,9 @@
 /* pgtmp: throwaway PostgreSQL clusters for tests, the demo and benchmarks.
  *
  * fpg_start() runs initdb + pg_ctl in a private mkdtemp() directory (unix
- * socket only, no TCP) and forks a watchdog that stops the server and removes
+ * socket only, no TCP) under FERRY_PGTMP_DIR, else TMPDIR, else /tmp (with
+ * FERRY_PGTMP_TEMPLATE set, it copies the data directory instead of running
+ * initdb: pgtmp.c, make_datadir) and forks a watchdog that stops the server and removes
  * the directory as soon as the creating process goes away, so a crashed test
  * (abort, ASan report, SIGKILL) leaves nothing behind.  When running as root
  * the server binaries run as the "postgres" OS user via runuser.

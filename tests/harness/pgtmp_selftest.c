@@ -187,6 +187,68 @@ out:
     return ok;
 }
 
+static int file_exists(const char *dir, const char *name)
+{
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static int rm_tree(const char *dir)
+{
+    const char *argv0 = "rm";
+    pid_t pid = fork();
+    if (pid == 0) {
+        execlp(argv0, argv0, "-rf", "--", dir, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/* With FERRY_PGTMP_TEMPLATE, the first cluster runs initdb and keeps a copy;
+ * the next is copied from it (no initdb), and shares nothing with the first. */
+static int template_copy(void)
+{
+    int ok = 0;
+    PGconn *c = NULL;
+    fpg *a = NULL, *b = NULL;
+    char tpl[] = "/tmp/ferry-pgtpl-XXXXXX";
+    char *old = getenv("FERRY_PGTMP_TEMPLATE") ? strdup(getenv("FERRY_PGTMP_TEMPLATE")) : NULL;
+    CHECK(mkdtemp(tpl));
+    CHECK(setenv("FERRY_PGTMP_TEMPLATE", tpl, 1) == 0);
+
+    CHECK((a = fpg_start(NULL)));
+    char adir[PATH_MAX], bdir[PATH_MAX];
+    dirname_of(fpg_datadir(a), adir, sizeof adir);
+    CHECK(file_exists(adir, "initdb.log")); /* the first made the template */
+    CHECK((c = fpg_connect(a)));
+    CHECK(query_is(c, "CREATE TABLE only_in_a(x int) ; SELECT 'made'", "made"));
+    PQfinish(c);
+    c = NULL;
+
+    CHECK((b = fpg_start(NULL)));
+    dirname_of(fpg_datadir(b), bdir, sizeof bdir);
+    CHECK(!file_exists(bdir, "initdb.log")); /* copied, not initdb'd */
+    CHECK(file_exists(bdir, "template.log"));
+    CHECK((c = fpg_connect(b)));
+    CHECK(query_is(c, "SELECT count(*) FROM pg_class WHERE relname = 'only_in_a'", "0"));
+    CHECK(query_is(c, "SHOW wal_level", "logical")); /* its own settings, appended to its copy */
+    PQfinish(c);
+    c = NULL;
+    printf("selftest: %s initdb'd into template %s, %s copied from it\n", adir, tpl, bdir);
+    ok = 1;
+out:
+    PQfinish(c);
+    fpg_destroy(a);
+    fpg_destroy(b);
+    rm_tree(tpl);
+    if (old) setenv("FERRY_PGTMP_TEMPLATE", old, 1);
+    else unsetenv("FERRY_PGTMP_TEMPLATE");
+    free(old);
+    return ok;
+}
+
 int main(void)
 {
     /* this tests the throwaway cluster, never an external server */
@@ -194,6 +256,7 @@ int main(void)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!lifecycle()) return 1;
     if (!crash_cleanup()) return 1;
+    if (!template_copy()) return 1;
     printf("selftest: OK\n");
     return 0;
 }
