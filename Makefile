@@ -174,9 +174,10 @@ all-inner: build/rel/libferry.a build/rel/libferry.so $(PROGRAMS)
 # CPU_JOBS are those that compute rather than wait: the runner keeps a
 # core free of them for the tests that wait on deadlines.
 # The fuzzers are not among them: a smoke run lasts FUZZ_SMOKE_SECONDS
-# however much CPU it gets, so each runs at the lowest priority (nice 19)
-# alongside the rest, on the cycles the waiting tests leave idle, rather
-# than one after another on the critical path.
+# however much CPU it gets, so each runs alongside the rest under
+# SCHED_IDLE (chrt --idle; nice 19 still took a weighted share), on the
+# cycles the tests leave idle, rather than one after another on the
+# critical path.
 CPU_JOBS = test_relay_sim test_relay_sim-rel test_saga_sim saga-sim-broken
 test-inner: $(TESTS) build/asan/tests/pgtmp_selftest build/asan/ferry-relay \
             build/asan/ferry-reconcile build/asan/libferry.a $(FUZZERS) \
