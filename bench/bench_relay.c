@@ -1171,6 +1171,79 @@ static int check_delivery(const consumer *c, long want, const char *what)
     return -1;
 }
 
+/* A relay under a steady load, as the scale-out and outage runs put it:
+ * writers emitting in a thread of their own, a consumer reading the topic
+ * back. Both runs start it, disturb the relay, and finish it the same way;
+ * load_close undoes whatever load_start got to, also after a failure. */
+typedef struct load {
+    writer w;
+    consumer c;
+    pthread_t ctid;
+    int writing, consuming;
+} load;
+
+/* Writers of total messages at rate per second to topic, after the probe
+ * (named probe) went through: 0, or -1 with the reason on stderr. l is
+ * zeroed by the caller, so that load_close may follow any failure before. */
+static int load_start(load *l, fpg *pg, const char *bootstrap, const char *topic, int rate,
+                      long total, const char *probe)
+{
+    if (emitter_open(&l->w.em, pg, topic, rate, total) != 0)
+        return -1;
+    if (consumer_start(&l->c, &l->ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        return -1;
+    l->consuming = 1;
+    if (emit_probe(&l->w.em, &l->c, probe) != 0)
+        return -1;
+    if (pthread_create(&l->w.tid, NULL, writer_main, &l->w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        return -1;
+    }
+    l->writing = 1;
+    return 0;
+}
+
+/* Stops the writers and waits (up to timeout_ms) for what they sent; then
+ * every message must have arrived once, in key order, and topic's rows
+ * must leave ferry.outbox. 0, or -1 with the reason on stderr; what the
+ * writers and the consumer measured stays in l until load_close. */
+static int load_finish(load *l, PGconn *admin, const char *topic, int timeout_ms,
+                       const char *what)
+{
+    atomic_store(&l->w.em.stop, 1);
+    pthread_join(l->w.tid, NULL);
+    l->writing = 0;
+    if (l->w.rc != 0)
+        return -1;
+    if (await_all(&l->c, l->w.r.sent, timeout_ms) != 0)
+        fprintf(stderr, "bench: %s: not every message arrived within %d s\n", what,
+                timeout_ms / 1000);
+    consumer_stop(&l->c, l->ctid);
+    l->consuming = 0;
+    int rc = check_delivery(&l->c, l->w.r.sent, what);
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: %s: %lld rows left in ferry.outbox\n", what, left);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void load_close(load *l)
+{
+    if (l->writing) {
+        atomic_store(&l->w.em.stop, 1);
+        pthread_join(l->w.tid, NULL);
+        l->writing = 0;
+    }
+    if (l->consuming) {
+        consumer_stop(&l->c, l->ctid);
+        l->consuming = 0;
+    }
+    consumer_free(&l->c);
+    emitter_close(&l->w.em);
+}
+
 /* The leaderless-partition runs: writers emit LL_RATE msgs/s over LAT_KEYS
  * keys for LL_SECONDS to a running relay; once without a fault, once with
  * partition LL_PARTITION leaderless from before the first write. Healthy
@@ -1367,12 +1440,9 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
                             "bench-scale-b", "--set", "log_level=warn", "--set", ttl, NULL};
     static const char topic[] = "bench.scaleout";
     long total = (long)SCALE_RATE * (SCALE_WARM_MS + SCALE_BOUND_MS + SCALE_TAIL_MS) / 1000;
-    writer w;
-    memset(&w, 0, sizeof w);
-    consumer c;
-    memset(&c, 0, sizeof c);
-    pthread_t ctid;
-    int rc = -1, writing = 0, consuming = 0;
+    load l;
+    memset(&l, 0, sizeof l);
+    int rc = -1;
     pid_t pid_b = -1;
     int64_t spawned_b = 0;
 
@@ -1380,20 +1450,9 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
     pid_t pid_a = spawn_relay(args_a);
     if (pid_a < 0)
         return -1;
-    if (await_leases(admin, "bench-scale-a", shards) != 0)
+    if (await_leases(admin, "bench-scale-a", shards) != 0 ||
+        load_start(&l, pg, bootstrap, topic, SCALE_RATE, total, "scale-out probe") != 0)
         goto out;
-    if (emitter_open(&w.em, pg, topic, SCALE_RATE, total) != 0)
-        goto out;
-    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
-        goto out;
-    consuming = 1;
-    if (emit_probe(&w.em, &c, "scale-out probe") != 0)
-        goto out;
-    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
-        fprintf(stderr, "bench: pthread_create failed\n");
-        goto out;
-    }
-    writing = 1;
     fprintf(stderr, "bench: scale-out: relay A holds %d shards, writers at %d msgs/s; relay B "
                     "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
             SCALE_WARM_MS / 1000.0, SCALE_LEASE_TTL_MS);
@@ -1412,7 +1471,7 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
             res->share_s = (double)(clk_mono_us() - spawned_b) / 1e6;
             break;
         }
-        if (clk_mono_us() >= deadline || w.em.failed)
+        if (clk_mono_us() >= deadline || l.w.em.failed)
             break;
         clk_sleep_ms(20);
     }
@@ -1425,36 +1484,16 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
                 held, res->share_s);
         clk_sleep_ms(SCALE_TAIL_MS);     /* both relays publishing under the load */
     }
-    atomic_store(&w.em.stop, 1);
-    pthread_join(w.tid, NULL);
-    writing = 0;
-    if (w.rc != 0)
+    rc = load_finish(&l, admin, topic, ARRIVAL_TIMEOUT_MS, "scale-out");
+    if (l.w.rc != 0)
         goto out;
-    res->sent = w.r.sent;
-    res->emit_rate = w.r.seconds > 0 ? (double)w.r.sent / w.r.seconds : 0;
-    if (await_all(&c, w.r.sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: scale-out: not every message arrived within %d s\n",
-                ARRIVAL_TIMEOUT_MS / 1000);
-    consumer_stop(&c, ctid);
-    consuming = 0;
-    rc = check_delivery(&c, w.r.sent, "scale-out");
-    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
-    if (left != 0) {
-        fprintf(stderr, "bench: scale-out: %lld rows left in ferry.outbox\n", left);
-        rc = -1;
-    }
+    res->sent = l.w.r.sent;
+    res->emit_rate = l.w.r.seconds > 0 ? (double)l.w.r.sent / l.w.r.seconds : 0;
     if (lease_count(admin, "bench-scale-a", &res->a_final) != 0 ||
         lease_count(admin, "bench-scale-b", &res->b_final) != 0)
         rc = -1;
 out:
-    if (writing) {
-        atomic_store(&w.em.stop, 1);
-        pthread_join(w.tid, NULL);
-    }
-    if (consuming)
-        consumer_stop(&c, ctid);
-    consumer_free(&c);
-    emitter_close(&w.em);
+    load_close(&l);
     proc_result pr_a, pr_b;
     if (pid_b > 0) {
         stop_relay(pid_b, spawned_b, &pr_b);
@@ -1492,31 +1531,17 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
                           "--holder", "bench-outage", "--set", "log_level=warn", NULL};
     long total = (long)OUTAGE_RATE *
                  (OUTAGE_WARM_MS + OUTAGE_MS + OUTAGE_BOUND_MS + OUTAGE_TAIL_MS) / 1000;
-    writer w;
-    memset(&w, 0, sizeof w);
-    consumer c;
-    memset(&c, 0, sizeof c);
-    pthread_t ctid;
-    int rc = -1, writing = 0, consuming = 0, down = 0;
+    load l;
+    memset(&l, 0, sizeof l);
+    int rc = -1, down = 0;
 
     int64_t spawned = clk_mono_us();
     pid_t pid = spawn_relay(args);
     if (pid < 0)
         return -1;
-    if (await_leases(admin, "bench-outage", shards) != 0)
+    if (await_leases(admin, "bench-outage", shards) != 0 ||
+        load_start(&l, pg, bootstrap, topic, OUTAGE_RATE, total, "outage probe") != 0)
         goto out;
-    if (emitter_open(&w.em, pg, topic, OUTAGE_RATE, total) != 0)
-        goto out;
-    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
-        goto out;
-    consuming = 1;
-    if (emit_probe(&w.em, &c, "outage probe") != 0)
-        goto out;
-    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
-        fprintf(stderr, "bench: pthread_create failed\n");
-        goto out;
-    }
-    writing = 1;
     clk_sleep_ms(OUTAGE_WARM_MS);
     fprintf(stderr, "bench: outage: all %d broker(s) down for %.1f s, writers at %d msgs/s\n",
             KAFKA_BROKERS, OUTAGE_MS / 1000.0, OUTAGE_RATE);
@@ -1570,39 +1595,19 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
                 res->resume_s);
         clk_sleep_ms(OUTAGE_TAIL_MS);
     }
-    atomic_store(&w.em.stop, 1);
-    pthread_join(w.tid, NULL);
-    writing = 0;
-    if (w.rc != 0)
+    rc = load_finish(&l, admin, topic, OUTAGE_DRAIN_BOUND_MS, "outage");
+    if (l.w.rc != 0)
         goto out;
-    res->sent = w.r.sent;
-    if (await_all(&c, w.r.sent, OUTAGE_DRAIN_BOUND_MS) != 0)
-        fprintf(stderr, "bench: outage: not every message arrived within %d s\n",
-                OUTAGE_DRAIN_BOUND_MS / 1000);
-    consumer_stop(&c, ctid);
-    consuming = 0;
+    res->sent = l.w.r.sent;
     int64_t first = 0;
-    for (long n = 0; n < c.expected; n++)
-        if (c.recv_us[n] >= up_real && (first == 0 || c.recv_us[n] < first))
-            first = c.recv_us[n];
+    for (long n = 0; n < l.c.expected; n++)
+        if (l.c.recv_us[n] >= up_real && (first == 0 || l.c.recv_us[n] < first))
+            first = l.c.recv_us[n];
     res->resume_consumer_s = first != 0 ? (double)(first - up_real) / 1e6 : -1;
-    rc = check_delivery(&c, w.r.sent, "outage");
-    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
-    if (left != 0) {
-        fprintf(stderr, "bench: outage: %lld rows left in ferry.outbox\n", left);
-        rc = -1;
-    }
 out:
     for (int b = 1; b <= down; b++)
         kt_command(kb, "up %d", b);
-    if (writing) {
-        atomic_store(&w.em.stop, 1);
-        pthread_join(w.tid, NULL);
-    }
-    if (consuming)
-        consumer_stop(&c, ctid);
-    consumer_free(&c);
-    emitter_close(&w.em);
+    load_close(&l);
     proc_result pr;
     stop_relay(pid, spawned, &pr);
     relay_log_report("outage");         /* errors while the brokers are away are no failure */
