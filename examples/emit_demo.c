@@ -680,12 +680,7 @@ static int wal_source(fpg *pg, PGconn *conn, const char *relay_bin, kt_broker *k
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
-    const char *relay_bin = getenv("FERRY_RELAY_BIN");
-    if (relay_bin == NULL || relay_bin[0] == '\0') {
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-        relay_bin = getenv("FERRY_RELAY_BIN");
-    }
+    const char *relay_bin = demo_relay_bin();
     printf("ferry %s: the transactional outbox, step by step\n", ferry_version());
     printf("(Kafka here is librdkafka's mock cluster, run by `ferry-relay devkafka`, standing "
            "in for a real broker; `ferry-relay run --kafka HOST:PORT` works with any Kafka "
@@ -712,17 +707,7 @@ int main(void)
     PQfinish(conn);
 
     demo_step("Tearing the broker and the cluster down");
-    if (kb != NULL) {
-        int st = kt_terminate(kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(kb);
-    }
+    rc = demo_broker_stop(kb, rc);
     fpg_destroy(pg);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }

@@ -60,6 +60,43 @@ int demo_ferry_failed(const char *what, ferry_code rc, const ferry_error *err)
                      err->field[0] ? err->field : "-");
 }
 
+const char *demo_env(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : fallback;
+}
+
+const char *demo_relay_bin(void)
+{
+    const char *v = getenv("FERRY_RELAY_BIN");
+    if (v == NULL || v[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
+        v = getenv("FERRY_RELAY_BIN");
+    }
+    return v;
+}
+
+int demo_broker_stop(kt_broker *kb, int rc)
+{
+    if (kb == NULL)
+        return rc;
+    int st = kt_terminate(kb);
+    if (st != 0 && rc == 0)
+        rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
+    kt_stop(kb);
+    return rc;
+}
+
+int demo_exit(int rc)
+{
+    if (rc != 0) {
+        fprintf(stderr, "demo: FAILED\n");
+        return 1;
+    }
+    demo_say("done: every step behaved as described");
+    return 0;
+}
+
 int demo_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);

@@ -27,6 +27,20 @@ int demo_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* demo_fail() with a ferry error's code, message, SQLSTATE and field. */
 int demo_ferry_failed(const char *what, ferry_code rc, const ferry_error *err);
 
+/* $name, or fallback when it is unset or empty. */
+const char *demo_env(const char *name, const char *fallback);
+/* The relay binary: $FERRY_RELAY_BIN, which is set to build/rel/ferry-relay
+ * when unset or empty, as kt_start() runs $FERRY_RELAY_BIN too: one binary
+ * for both. */
+const char *demo_relay_bin(void);
+/* The end of every demo: SIGTERM to the broker kb (NULL: none started),
+ * which must exit 0, and the broker gone; returns rc, or -1 through
+ * demo_fail() when rc was 0 and the broker did not exit cleanly. */
+int demo_broker_stop(kt_broker *kb, int rc);
+/* The demo's exit status for rc: 1 with "demo: FAILED" on stderr, or 0
+ * with the closing line. */
+int demo_exit(int rc);
+
 /* Run a statement that returns no rows: 0, or -1 through demo_fail(). */
 int demo_exec(PGconn *conn, const char *sql);
 /* Run sql with text parameters; it must return one row: its first column

@@ -1148,14 +1148,9 @@ int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);     /* the narration says what happens */
-    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
-    if (getenv("FERRY_RELAY_BIN") == NULL || getenv("FERRY_RELAY_BIN")[0] == '\0')
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-    demo d = {.relay_bin = getenv("FERRY_RELAY_BIN"),
-              .reconcile_bin = getenv("FERRY_RECONCILE_BIN"),
+    demo d = {.relay_bin = demo_relay_bin(),
+              .reconcile_bin = demo_env("FERRY_RECONCILE_BIN", "build/rel/ferry-reconcile"),
               .fire_timers = 1};
-    if (d.reconcile_bin == NULL || d.reconcile_bin[0] == '\0')
-        d.reconcile_bin = "build/rel/ferry-reconcile";
 
     printf("ferry %s: an order saga, one that completes, one that is compensated, and one "
            "that a dead relay leaves to ferry-reconcile\n", ferry_version());
@@ -1204,22 +1199,12 @@ int main(void)
     int relay_rc = relay_stop(&d);
     if (rc == 0)
         rc = relay_rc;
-    if (d.kb != NULL) {
-        int st = kt_terminate(d.kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(d.kb);
-    }
+    rc = demo_broker_stop(d.kb, rc);
     ferry_saga_registry_destroy(d.reg);
     PQfinish(d.conn);
     PQfinish(d.timer_conn);
     fpg_destroy(d.pg);
     if (d.relay_log != NULL)
         fclose(d.relay_log);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }
