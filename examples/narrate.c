@@ -173,11 +173,7 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     return 0;
 }
 
-/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
- * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
- * with the demo. Its pid, or -1 through demo_fail(); the caller closes its
- * descriptors either way. */
-static pid_t spawn(const char *const *argv, int out_fd, int err_fd)
+pid_t demo_spawn(const char *const *argv, int out_fd, int err_fd)
 {
     /* Formatted before the fork: the child makes async-signal-safe calls
      * only until exec. */
@@ -244,7 +240,7 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("pipe: %s", strerror(errno));
     }
-    pid_t pid = spawn(argv, -1, fds[1]);
+    pid_t pid = demo_spawn(argv, -1, fds[1]);
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
@@ -283,7 +279,7 @@ int demo_service_start(demo_service *svc, const char *name, const char *const *a
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return demo_fail("pipe: %s", strerror(errno));
-    pid_t pid = spawn(argv, fds[1], fileno(svc->log));
+    pid_t pid = demo_spawn(argv, fds[1], fileno(svc->log));
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);

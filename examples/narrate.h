@@ -54,6 +54,12 @@ int demo_query_long(PGconn *conn, const char *sql, const char *param, long *out)
 int demo_print_table(PGconn *conn, const char *sql, const char *param, int indent,
                      int with_count);
 
+/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
+ * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
+ * with the demo (PR_SET_PDEATHSIG). Its pid, or -1 through demo_fail();
+ * the caller closes its descriptors either way. */
+pid_t demo_spawn(const char *const *argv, int out_fd, int err_fd);
+
 /* Run argv[0] (a path) with argv, its stderr captured, and wait at most
  * timeout_ms for it to exit (then it is killed). On 0, *log_out holds up
  * to log_max bytes of its stderr, NUL-terminated (caller frees), and

@@ -226,21 +226,13 @@ static int relay_start(demo *d, const char *holder, int ttl_ms, int keep)
                           kt_bootstrap(d->kb), "--holder", holder, "--set",
                           "poll_interval_ms=20", "--set", ttl, keep ? "--set" : NULL,
                           "retention=mark", NULL};
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull < 0)
+        return demo_fail("/dev/null: %s", strerror(errno));
+    pid_t pid = demo_spawn(argv, devnull, fileno(d->relay_log));
+    close(devnull);
     if (pid < 0)
-        return demo_fail("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || devnull < 0 ||
-            dup2(devnull, STDOUT_FILENO) < 0 ||
-            dup2(fileno(d->relay_log), STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+        return -1;
     d->relay_pid = pid;
     return 0;
 }
@@ -284,18 +276,10 @@ static int run_capture(const char *const *argv, char *out, size_t size)
     FILE *f = tmpfile();
     if (f == NULL)
         return demo_fail("tmpfile: %s", strerror(errno));
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
+    pid_t pid = demo_spawn(argv, fileno(f), fileno(f));
     if (pid < 0) {
         fclose(f);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        if (dup2(fileno(f), STDOUT_FILENO) < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
-            _exit(127);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
+        return -1;
     }
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
