@@ -383,18 +383,9 @@ static int run_relay(const char *const *argv, relay_outcome *out)
  * minus low watermark, asked of the broker. */
 static int topic_size(const char *bootstrap, const char *topic, long long *out)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka client: %s", errstr);
-    }
+    rd_kafka_t *rk = demo_kafka_producer(bootstrap, NULL);
+    if (rk == NULL)
+        return -1;
     int rc = 0;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     const struct rd_kafka_metadata *md = NULL;

@@ -370,22 +370,33 @@ static void on_copy_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *
     d->done = 1;
 }
 
-int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+rd_kafka_t *demo_kafka_producer(const char *bootstrap,
+                                void (*dr)(rd_kafka_t *, const rd_kafka_message_t *, void *))
 {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
+        demo_fail("bootstrap.servers: %s", errstr);
+        return NULL;
     }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_copy_delivery);
+    if (dr != NULL)
+        rd_kafka_conf_set_dr_msg_cb(conf, dr);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
+        demo_fail("could not create a Kafka producer: %s", errstr);
+        return NULL;
     }
-    /* conf belongs to rk now. */
+    return rk;                  /* conf belongs to rk now */
+}
+
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+{
+    rd_kafka_t *rk = demo_kafka_producer(bootstrap, on_copy_delivery);
+    if (rk == NULL)
+        return -1;
     int rc = 0;
     demo_delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
     rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);

@@ -101,6 +101,11 @@ typedef struct demo_delivery {
     int done;
 } demo_delivery;
 
+/* A Kafka producer of bootstrap, its delivery reports to dr (NULL: none);
+ * NULL through demo_fail(). */
+rd_kafka_t *demo_kafka_producer(const char *bootstrap,
+                                void (*dr)(rd_kafka_t *, const rd_kafka_message_t *, void *));
+
 /* Publish an exact copy of m — key, value, every header in order — to the
  * partition it came from, as a relay resending it would (same key, same
  * partitioner), and wait up to 10 s for its delivery report. 0 with
