@@ -235,19 +235,19 @@ static ferry_code handler_fail(ferry_error *err, const char *fmt, ...)
 }
 
 /*
- * The service's effect, the same in both workloads: credit the payload's
- * amount to the account named by the key. One prepared UPDATE; the
- * statement is prepared the first time the handler sees a connection
- * (prepared statements outlive the transaction they were made in). An
- * account that is not there fails the message: the topic names only
- * accounts that are.
+ * A handler's one statement: the UPDATE sql as name, prepared the first
+ * time the handler sees a connection (prepared statements outlive the
+ * transaction they were made in), run with p (p[0] is m's key). It must
+ * update the row of m's account: an account that is not there fails the
+ * message, as the topics name only accounts that are. what says what the
+ * statement does, for its error.
  */
-static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
-                                ferry_error *err)
+static ferry_code apply_prepared(handler_state *h, PGconn *conn, const char *name,
+                                 const char *sql, int nparams, const char *const *p,
+                                 const ferry_message *m, const char *what, ferry_error *err)
 {
-    handler_state *h = arg;
     if (h->prepared_on != conn) {
-        PGresult *res = PQprepare(conn, "bench_apply", update_sql, 0, NULL);
+        PGresult *res = PQprepare(conn, name, sql, 0, NULL);
         ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
                             ? FERRY_OK
                             : ferry_error_from_pg(err, conn, res, "could not prepare");
@@ -256,20 +256,29 @@ static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
             return rc;
         h->prepared_on = conn;
     }
+    PGresult *res = PQexecPrepared(conn, name, nparams, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, what);
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = handler_fail(err, "no account %s", m->key);
+    PQclear(res);
+    return rc;
+}
+
+/* The service's effect, the same in both workloads: credit the payload's
+ * amount to the account named by the key, one prepared UPDATE. */
+static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
+                                ferry_error *err)
+{
     json_int_t amount = json_integer_value(json_object_get(m->payload, "amount"));
     if (amount <= 0)
         return handler_fail(err, "message %s has no positive amount", m->id);
     char amount_text[32];
     snprintf(amount_text, sizeof amount_text, "%" JSON_INTEGER_FORMAT, amount);
     const char *p[2] = {m->key, amount_text};
-    PGresult *res = PQexecPrepared(conn, "bench_apply", 2, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit the account");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = handler_fail(err, "no account %s", m->key);
-    PQclear(res);
-    return rc;
+    return apply_prepared(arg, conn, "bench_apply", update_sql, 2, p, m,
+                          "could not credit the account", err);
 }
 
 /* ---------------------------------------------------------------- Kafka */
@@ -1382,27 +1391,10 @@ static void *pipe_write(void *arg)
 
 static ferry_code pipe_apply(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
-    handler_state *h = arg;
-    if (h->prepared_on != conn) {
-        PGresult *res = PQprepare(conn, "bench_pipe_apply",
-                                  "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 0, NULL);
-        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
-                            ? FERRY_OK
-                            : ferry_error_from_pg(err, conn, res, "could not prepare");
-        PQclear(res);
-        if (rc != FERRY_OK)
-            return rc;
-        h->prepared_on = conn;
-    }
     const char *p[1] = {m->key};
-    PGresult *res = PQexecPrepared(conn, "bench_pipe_apply", 1, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not count");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = handler_fail(err, "no account %s", m->key);
-    PQclear(res);
-    return rc;
+    return apply_prepared(arg, conn, "bench_pipe_apply",
+                          "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 1, p, m,
+                          "could not count", err);
 }
 
 static pid_t pipe_spawn_relay(bench *b, int once)
