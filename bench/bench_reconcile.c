@@ -947,18 +947,9 @@ static void print_report(const bench *b, const figures *f, const char *server,
     printf("baseline: count(*) of outbox, saga and inbox with index paths off (full scans), "
            "interleaved with the checks\n");
 
-    printf("\n%-26s", "");
-    for (int r = 0; r < n; r++)
-        printf(" %7s%d", "round ", r + 1);
-    printf(" %9s\n", "median");
-    printf("%-26s", "check s");
-    for (int r = 0; r < n; r++)
-        printf(" %8.3f", f->check_s[r]);
-    printf(" %9.3f\n", check);
-    printf("%-26s", "full scan s");
-    for (int r = 0; r < n; r++)
-        printf(" %8.3f", f->scan_s[r]);
-    printf(" %9.3f\n", scan);
+    bench_rounds_head(26, n);
+    bench_rounds_row(26, "check s", f->check_s, n, 3);
+    bench_rounds_row(26, "full scan s", f->scan_s, n, 3);
     printf("check / full scan %.3f\n", check / scan);
 
     printf("\nwriters: %d threads, a connection each: BEGIN; SELECT ferry.emit(...); INSERT "

@@ -1088,30 +1088,18 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
            "sagas/s, %ld s of hops\n  at %.1f msgs/s), the two steady runs swapped every "
            "round; medians over the rounds\n", n, sagas, bench_starters,
            bench_starters > 1 ? "s" : "", seconds, steady, seconds, steady * HOPS);
-    printf("\n%-34s", "");
-    for (int r = 0; r < n; r++)
-        printf(" %7s%d", "round ", r + 1);
-    printf(" %9s\n", "median");
-    printf("%-34s", "sagas completed per second");
-    for (int r = 0; r < n; r++)
-        printf(" %8.1f", f->rate[r]);
-    printf(" %9.1f\n", bench_median(f->rate, n));
+    bench_rounds_head(34, n);
+    bench_rounds_row(34, "sagas completed per second", f->rate, n, 1);
     static const char *const pn[3] = {"p50", "p99", "max"};
     for (int p = 0; p < 3; p++) {
         char label[64];
         snprintf(label, sizeof label, "saga start -> completed %s ms", pn[p]);
-        printf("%-34s", label);
-        for (int r = 0; r < n; r++)
-            printf(" %8.1f", f->saga[p][r]);
-        printf(" %9.1f\n", bench_median(f->saga[p], n));
+        bench_rounds_row(34, label, f->saga[p], n, 1);
     }
     for (int p = 0; p < 3; p++) {
         char label[64];
         snprintf(label, sizeof label, "hop emit -> applied %s ms", pn[p]);
-        printf("%-34s", label);
-        for (int r = 0; r < n; r++)
-            printf(" %8.1f", f->hop[p][r]);
-        printf(" %9.1f\n", bench_median(f->hop[p], n));
+        bench_rounds_row(34, label, f->hop[p], n, 1);
     }
     double s50 = bench_median(f->saga[0], n), h50 = bench_median(f->hop[0], n);
     printf("\na saga is %d hops (3 commands, 3 replies): saga p50 / hop p50 = %.2f "

@@ -51,6 +51,22 @@ double bench_percentile(const double *v, size_t n, double p)
     return v[rank == 0 ? 0 : rank - 1];
 }
 
+void bench_rounds_head(int label_width, int n)
+{
+    printf("\n%-*s", label_width, "");
+    for (int r = 0; r < n; r++)
+        printf(" %7s%d", "round ", r + 1);
+    printf(" %9s\n", "median");
+}
+
+void bench_rounds_row(int label_width, const char *label, const double *v, int n, int prec)
+{
+    printf("%-*s", label_width, label);
+    for (int r = 0; r < n; r++)
+        printf(" %8.*f", prec, v[r]);
+    printf(" %9.*f\n", prec, bench_median(v, n));
+}
+
 int bench_env_long(const char *name, long def, long lo, long hi, long *out)
 {
     const char *s = getenv(name);

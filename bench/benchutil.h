@@ -28,6 +28,13 @@ double bench_max(const double *v, int n);
  * with at least p% of the values at or below it. */
 double bench_percentile(const double *v, size_t n, double p);
 
+/* A table of one figure per round and their median (bench_saga's and
+ * bench_reconcile's): the head names the columns ("round 1" ... "median"),
+ * each row is label in label_width characters, v[0..n-1] and their median
+ * with prec decimals. */
+void bench_rounds_head(int label_width, int n);
+void bench_rounds_row(int label_width, const char *label, const double *v, int n, int prec);
+
 /* The environment variable name as a whole number in [lo, hi], def when it
  * is unset or empty; -1 with the reason on stderr when it is anything else. */
 int bench_env_long(const char *name, long def, long lo, long hi, long *out);
