@@ -1879,6 +1879,36 @@ static void print_latency_table(const lat_result *r, const lat_result *d, const 
            pr->wall_s);
 }
 
+/* A run starts from a vacuumed table (sql: "VACUUM ANALYZE table") and
+ * after a checkpoint, so that it neither reads past the dead rows of the
+ * run before nor pays for its checkpoint; *fsync_ms is then how long the
+ * disk takes to flush, printed beside the run's figures. */
+static int settle(PGconn *admin, const char *sql, double *fsync_ms)
+{
+    if (bench_exec(admin, sql) != 0 || bench_exec(admin, "CHECKPOINT") != 0)
+        return -1;
+    *fsync_ms = fsync_probe_ms();
+    return 0;
+}
+
+/* The bench lines of one latency rate, the same in a full run and with
+ * FERRY_BENCH_ONLY=latency; the latter (detail) adds the p99 of the COMMIT
+ * round trip and of the pickup. */
+static void print_rate_lines(int rate, const lat_result *relay, const lat_result *direct,
+                             int detail)
+{
+    printf("bench relay_latency_p50_ms_%d %.2f ms\n", rate, relay->total.p50);
+    printf("bench relay_latency_p99_ms_%d %.2f ms\n", rate, relay->total.p99);
+    printf("bench floor_latency_p50_ms_%d %.2f ms\n", rate, direct->total.p50);
+    printf("bench floor_latency_p99_ms_%d %.2f ms\n", rate, direct->total.p99);
+    printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", rate, relay->after.p50);
+    printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", rate, relay->after.p99);
+    if (!detail)
+        return;
+    printf("bench relay_commit_roundtrip_p99_ms_%d %.2f ms\n", rate, relay->commit.p99);
+    printf("bench relay_pickup_p99_ms_%d %.2f ms\n", rate, relay->pickup.p99);
+}
+
 int main(void)
 {
     double rows_d, seconds;
@@ -1981,19 +2011,16 @@ int main(void)
         goto out;
 
     fprintf(stderr, "bench: baseline: raw DELETE ... RETURNING * loop over bench_copy\n");
-    if (bench_exec(admin, "VACUUM ANALYZE bench_copy") != 0 || bench_exec(admin, "CHECKPOINT") != 0)
+    if (settle(admin, "VACUUM ANALYZE bench_copy", &fsync_raw) != 0)
         goto out;
-    fsync_raw = fsync_probe_ms();
     if (raw_delete_loop(admin, rows, &raw_s) != 0 ||
         bench_exec(admin, "DROP TABLE bench_copy") != 0)
         goto out;
     fprintf(stderr, "bench: raw loop: %ld rows in %.2f s\n", rows, raw_s);
 
     fprintf(stderr, "bench: ferry-relay run --once draining ferry.outbox\n");
-    if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
-        bench_exec(admin, "CHECKPOINT") != 0)
+    if (settle(admin, "VACUUM ANALYZE ferry.outbox", &fsync_drain) != 0)
         goto out;
-    fsync_drain = fsync_probe_ms();
     if (drain_relay(pg, admin, bootstrap, rows, &drain_pr) != 0)
         goto out;
     fprintf(stderr, "bench: relay drain: %ld messages in %.2f s\n", rows, drain_pr.wall_s);
@@ -2013,10 +2040,8 @@ latency:
                         "wants at least %d\n", lat_seconds[0] * LAT_RATE_LOW, LAT_RATE_LOW,
                 seconds, LAT_LOW_MIN_MSGS);
     for (int i = 0; i < 2; i++) {
-        if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
-            bench_exec(admin, "CHECKPOINT") != 0)
+        if (settle(admin, "VACUUM ANALYZE ferry.outbox", &fsync_lat[i]) != 0)
             goto out;
-        fsync_lat[i] = fsync_probe_ms();
         if (latency_relay(pg, admin, bootstrap, shards, lat_rates[i], lat_seconds[i],
                           &lat_relay[i], &lat_pr[i]) != 0 ||
             latency_direct(bootstrap, lat_rates[i], lat_seconds[i], &lat_direct[i]) != 0)
@@ -2037,19 +2062,8 @@ latency:
     if (latency_only) {
         for (int i = 0; i < 2; i++)
             print_latency_table(&lat_relay[i], &lat_direct[i], &lat_pr[i], fsync_lat[i]);
-        for (int i = 0; i < 2; i++) {
-            printf("bench relay_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p50);
-            printf("bench relay_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p99);
-            printf("bench floor_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p50);
-            printf("bench floor_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p99);
-            printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].after.p50);
-            printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].after.p99);
-            printf("bench relay_commit_roundtrip_p99_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].commit.p99);
-            printf("bench relay_pickup_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].pickup.p99);
-        }
+        for (int i = 0; i < 2; i++)
+            print_rate_lines(lat_rates[i], &lat_relay[i], &lat_direct[i], 1);
         status = checks_ok ? 0 : 1;
         goto out;
     }
@@ -2181,16 +2195,8 @@ latency:
     printf("bench kafka_direct_latency_p50_ms %.2f ms\n", lat_direct[1].total.p50);
     printf("bench kafka_direct_latency_p99_ms %.2f ms\n", lat_direct[1].total.p99);
     printf("bench kafka_direct_latency_max_ms %.2f ms\n", lat_direct[1].total.max);
-    for (int i = 0; i < 2; i++) {
-        printf("bench relay_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p50);
-        printf("bench relay_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p99);
-        printf("bench floor_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p50);
-        printf("bench floor_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p99);
-        printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", lat_rates[i],
-               lat_relay[i].after.p50);
-        printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
-               lat_relay[i].after.p99);
-    }
+    for (int i = 0; i < 2; i++)
+        print_rate_lines(lat_rates[i], &lat_relay[i], &lat_direct[i], 0);
     printf("bench relay_leaderless_healthy_ratio %.3f ratio\n", ll_ratio);
     printf("bench relay_leaderless_healthy_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[1]);
     printf("bench relay_leaderless_baseline_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[0]);
