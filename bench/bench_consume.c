@@ -506,6 +506,7 @@ typedef struct window {
     double cpu_first, cpu_last;
     double be_first, be_last;
     long backend_pid;
+    long long wal_before;       /* the WAL position when the run began */
 } window;
 
 static void window_mark(window *w, int first)
@@ -523,8 +524,7 @@ static void window_mark(window *w, int first)
     }
 }
 
-static void window_result(const window *w, long msgs, long long wal_before,
-                          long long wal_after, run_result *out)
+static void window_result(const window *w, long msgs, long long wal_after, run_result *out)
 {
     /* Messages 2 .. N were applied inside the window. */
     double n = (double)(msgs - 1);
@@ -535,7 +535,7 @@ static void window_result(const window *w, long msgs, long long wal_before,
     out->backend_cpu_us = w->be_first >= 0 && w->be_last >= 0
                               ? (w->be_last - w->be_first) * 1e6 / n
                               : -1;
-    out->wal_bytes = (double)(wal_after - wal_before) / (double)msgs;
+    out->wal_bytes = (double)(wal_after - w->wal_before) / (double)msgs;
 }
 
 /* The same start for every run: no dirty buffers waiting for a
@@ -544,6 +544,29 @@ static int before_run(bench *b)
 {
     return bench_exec(b->admin, "VACUUM bench_account") || bench_exec(b->admin, "CHECKPOINT") ? -1
                                                                                           : 0;
+}
+
+/* Both workloads' runs begin and end alike: from the same start
+ * (before_run), with the WAL position noted, the clock running from
+ * here; at the end the run counts (check_accounts expects its effect) and
+ * its figures come from the window and the WAL written since. */
+static int window_open(bench *b, window *w)
+{
+    memset(w, 0, sizeof *w);
+    if (before_run(b) != 0 || wal_lsn(b->admin, &w->wal_before) != 0)
+        return -1;
+    w->t_made = clk_mono_us();
+    return 0;
+}
+
+static int window_close(bench *b, const window *w, run_result *out)
+{
+    long long wal_after;
+    b->runs_done++;
+    if (wal_lsn(b->admin, &wal_after) != 0)
+        return -1;
+    window_result(w, b->msgs, wal_after, out);
+    return 0;
 }
 
 static long backend_of(PGconn *admin, const char *application_name)
@@ -575,13 +598,9 @@ static int run_inbox(bench *b, int round, int batch_max, run_result *out)
         .isolation = FERRY_READ_COMMITTED,
         .batch_max = batch_max,
     };
-    long long wal_before, wal_after;
-    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
-        return -1;
-
     window w;
-    memset(&w, 0, sizeof w);
-    w.t_made = clk_mono_us();
+    if (window_open(b, &w) != 0)
+        return -1;
     /* The consumer's connection is libpq's to make: name it, to find its
      * backend. */
     setenv("PGAPPNAME", name, 1);
@@ -648,11 +667,8 @@ out:
                 s.held_gap, s.held_parked, s.drained, s.dead_lettered, s.handler_failures);
         return -1;
     }
-    b->runs_done++;
-    if (wal_lsn(b->admin, &wal_after) != 0 || check_inbox(b, name) != 0 ||
-        check_accounts(b) != 0)
+    if (window_close(b, &w, out) != 0 || check_inbox(b, name) != 0 || check_accounts(b) != 0)
         return -1;
-    window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = s.transient_retries;
     /* Each message applied in a batch's transaction, or in its own. */
     out->msgs_per_tx = (double)b->msgs /
@@ -713,13 +729,9 @@ static int run_bare(bench *b, int round, int batch_max, run_result *out)
 {
     char name[64], errstr[512];
     snprintf(name, sizeof name, "bench-bare%s-%d", batch_max > 1 ? "-batched" : "", round);
-    long long wal_before, wal_after;
-    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
-        return -1;
-
     window w;
-    memset(&w, 0, sizeof w);
-    w.t_made = clk_mono_us();
+    if (window_open(b, &w) != 0)
+        return -1;
     PGconn *conn = fpg_connect(b->pg);
     if (conn == NULL)
         return -1;
@@ -849,10 +861,8 @@ out:
     PQfinish(conn);
     if (rc != 0)
         return -1;
-    b->runs_done++;
-    if (wal_lsn(b->admin, &wal_after) != 0 || check_accounts(b) != 0)
+    if (window_close(b, &w, out) != 0 || check_accounts(b) != 0)
         return -1;
-    window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = 0;
     return 0;
 }
