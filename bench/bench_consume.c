@@ -1059,15 +1059,14 @@ static double med_of(const figures *f, workload wl, size_t off)
 }
 
 static void print_report(const bench *b, const figures *f, const anatomy *an,
-                         const char *server, const char *fsync_s, const char *sync_commit,
-                         const char *shared, int version)
+                         const bench_server *srv, int version)
 {
     int n = f->rounds;
     printf("ferry consumer-inbox benchmark (libferry %s, schema %d)\n", ferry_version(),
            version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
            "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
-           "1 broker)\n", server, fsync_s, sync_commit, shared);
+           "1 broker)\n", srv->version, srv->fsync, srv->sync_commit, srv->shared_buffers);
     printf("topic %s: %ld messages over %d keys, %d partitions, ~200-byte JSON payloads, "
            "the headers a ferry relay sets\n(ferry_id UUIDv7, ferry_type, ferry_seq per key, "
            "CloudEvents); one consumer, one transaction per message:\n", TOPIC, b->msgs,
@@ -1690,12 +1689,8 @@ int main(void)
         goto out;
     if (setup_schema(&b) != 0)
         goto out;
-    char server[64], fsync_s[16], sync_commit[16], shared[16];
-    if (bench_query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(b.admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                   sizeof sync_commit) != 0 ||
-        bench_query_text(b.admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+    bench_server srv;
+    if (bench_server_read(b.admin, &srv) != 0)
         goto out;
 
     if ((kb = kt_start(1)) == NULL)
@@ -1703,7 +1698,7 @@ int main(void)
     b.bootstrap = kt_bootstrap(kb);
     if (kt_command(kb, "topic-create %s %d 1", TOPIC, b.partitions) != 0)
         goto out;
-    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", srv.version, srv.fsync,
             b.bootstrap);
     if (preload(&b) != 0 || check_topic(&b) != 0)
         goto out;
@@ -1725,7 +1720,7 @@ int main(void)
     fprintf(stderr, "bench: anatomy: %ld messages of each variant\n", (long)ANATOMY_MSGS);
     if (run_anatomy(&b, ANATOMY_MSGS, &an) != 0)
         goto out;
-    print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
+    print_report(&b, &f, &an, &srv, version);
     double held_ratio;
     if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
         goto out;

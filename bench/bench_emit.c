@@ -510,14 +510,8 @@ int main(void)
     if (setup_schema(admin) != 0)
         goto out;
 
-    char server[64], fsync_s[16], sync_commit[16], sync_method[32], shared[16];
-    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                         sizeof sync_commit) != 0 ||
-        bench_query_text(admin, "SHOW wal_sync_method", 0, NULL, sync_method,
-                         sizeof sync_method) != 0 ||
-        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+    bench_server srv;
+    if (bench_server_read(admin, &srv) != 0)
         goto out;
 
     for (int i = 0; i < MAX_CLIENTS; i++) {
@@ -532,7 +526,7 @@ int main(void)
            version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, wal_sync_method=%s, "
            "shared_buffers=%s (durable defaults)\n",
-           server, fsync_s, sync_commit, sync_method, shared);
+           srv.version, srv.fsync, srv.sync_commit, srv.sync_method, srv.shared_buffers);
     printf("workloads, each one transaction BEGIN; ...; COMMIT per client connection:\n");
     for (int w = 0; w < WL_COUNT; w++)
         printf("  (%c) %-6s %s\n", 'a' + w, wl_name[w], wl_what[w]);

@@ -1966,12 +1966,9 @@ int main(void)
     int version = 0;
     if (bench_migrate(admin, &version) != 0)
         goto out;
-    char server[64], fsync_s[16], sync_commit[16], shared[16], shards_s[16];
-    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                   sizeof sync_commit) != 0 ||
-        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0 ||
+    bench_server srv;
+    char shards_s[16];
+    if (bench_server_read(admin, &srv) != 0 ||
         bench_query_text(admin, "SELECT shard_count FROM ferry.settings", 0, NULL, shards_s,
                    sizeof shards_s) != 0)
         goto out;
@@ -1988,11 +1985,11 @@ int main(void)
             kt_command(kb, "topic-create %s %d 1", dt, TOPIC_PARTITIONS) != 0)
             goto out;
     }
-    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", server,
-            fsync_s, bootstrap, g_relay_bin);
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", srv.version,
+            srv.fsync, bootstrap, g_relay_bin);
     if (disk_off)
         printf("DIAGNOSTIC RUN (FERRY_BENCH_DISK=off): synchronous_commit=%s, commits do not wait "
-               "for the WAL flush; not durable figures\n", sync_commit);
+               "for the WAL flush; not durable figures\n", srv.sync_commit);
 
     /* ------------------------------------------------------------ memory baseline */
     if (latency_only)
@@ -2087,7 +2084,7 @@ latency:
     printf("ferry-relay benchmark (ferry %s, schema %d)\n", ferry_version(), version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
            "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
-           "1 broker)\n", server, fsync_s, sync_commit, shared);
+           "1 broker)\n", srv.version, srv.fsync, srv.sync_commit, srv.shared_buffers);
 
     printf("\nthroughput: %ld rows over %d keys, payloads of %s bytes on average, "
            "preloaded through ferry.emit()\n", rows, DRAIN_KEYS, payload_avg);

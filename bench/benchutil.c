@@ -159,6 +159,21 @@ int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *
     return 0;
 }
 
+int bench_server_read(PGconn *conn, bench_server *out)
+{
+    if (bench_query_text(conn, "SHOW server_version", 0, NULL, out->version,
+                         sizeof out->version) != 0 ||
+        bench_query_text(conn, "SHOW fsync", 0, NULL, out->fsync, sizeof out->fsync) != 0 ||
+        bench_query_text(conn, "SHOW synchronous_commit", 0, NULL, out->sync_commit,
+                         sizeof out->sync_commit) != 0 ||
+        bench_query_text(conn, "SHOW wal_sync_method", 0, NULL, out->sync_method,
+                         sizeof out->sync_method) != 0 ||
+        bench_query_text(conn, "SHOW shared_buffers", 0, NULL, out->shared_buffers,
+                         sizeof out->shared_buffers) != 0)
+        return -1;
+    return 0;
+}
+
 const char *bench_program(const char *env, const char *fallback)
 {
     const char *bin = getenv(env);

@@ -28,6 +28,18 @@ double bench_max(const double *v, int n);
  * with at least p% of the values at or below it. */
 double bench_percentile(const double *v, size_t n, double p);
 
+/* The server's settings the benches name in their headers, as SHOW
+ * prints them. */
+typedef struct bench_server {
+    char version[64];           /* server_version */
+    char fsync[16];
+    char sync_commit[16];       /* synchronous_commit */
+    char sync_method[32];       /* wal_sync_method */
+    char shared_buffers[16];
+} bench_server;
+/* Read them from conn: 0, or -1 with the reason on stderr. */
+int bench_server_read(PGconn *conn, bench_server *out);
+
 /* A table of one figure per round and their median (bench_saga's and
  * bench_reconcile's): the head names the columns ("round 1" ... "median"),
  * each row is label in label_width characters, v[0..n-1] and their median
