@@ -399,23 +399,6 @@ static int setup_schema(PGconn *conn)
     return bench_exec_all(conn, sql, sizeof sql / sizeof sql[0]);
 }
 
-static int read_seconds(double *out)
-{
-    const char *s = getenv("FERRY_BENCH_SECONDS");
-    *out = 1.5;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (*end != '\0' || !(v >= 0.05 && v <= 600)) {
-        fprintf(stderr, "bench: FERRY_BENCH_SECONDS=%s: want seconds per measurement, "
-                        "0.05 to 600\n", s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static void print_level(const level_result *lr)
 {
     printf("\n%d client%s (tps, one column per round; median, min-max):\n", lr->clients,
@@ -486,7 +469,7 @@ static int check_counts(PGconn *conn, uint64_t emits, uint64_t inserts)
 int main(void)
 {
     double seconds;
-    if (read_seconds(&seconds) != 0)
+    if (bench_env_double("FERRY_BENCH_SECONDS", 1.5, 0.05, 600, &seconds) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
 

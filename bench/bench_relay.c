@@ -195,22 +195,6 @@ static void sleep_until_mono_us(int64_t t)
         ;
 }
 
-static int read_env_double(const char *name, double def, double lo, double hi, double *out)
-{
-    const char *s = getenv(name);
-    *out = def;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (*end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "bench: %s=%s: want a number from %g to %g\n", name, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* What a durable commit costs on this disk right now: the median of
  * FSYNC_PROBES 8 kB writes each followed by fdatasync(), in ms, or -1. On
  * shared virtual disks this moves by orders of magnitude from one minute
@@ -1912,8 +1896,8 @@ static void print_rate_lines(int rate, const lat_result *relay, const lat_result
 int main(void)
 {
     double rows_d, seconds;
-    if (read_env_double("FERRY_BENCH_ROWS", 1000000, 1000, 1e8, &rows_d) != 0 ||
-        read_env_double("FERRY_BENCH_SECONDS", 10, 0.5, 600, &seconds) != 0)
+    if (bench_env_double("FERRY_BENCH_ROWS", 1000000, 1000, 1e8, &rows_d) != 0 ||
+        bench_env_double("FERRY_BENCH_SECONDS", 10, 0.5, 600, &seconds) != 0)
         return 1;
     long rows = (long)rows_d;
     /* FERRY_BENCH_ONLY=latency: the latency runs alone (no drain, no

@@ -84,6 +84,22 @@ int bench_env_long(const char *name, long def, long lo, long hi, long *out)
     return 0;
 }
 
+int bench_env_double(const char *name, double def, double lo, double hi, double *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (*end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "bench: %s=%s: want a number from %g to %g\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 int bench_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);

@@ -50,6 +50,8 @@ void bench_rounds_row(int label_width, const char *label, const double *v, int n
 /* The environment variable name as a whole number in [lo, hi], def when it
  * is unset or empty; -1 with the reason on stderr when it is anything else. */
 int bench_env_long(const char *name, long def, long lo, long hi, long *out);
+/* The same for any number in [lo, hi]. */
+int bench_env_double(const char *name, double def, double lo, double hi, double *out);
 
 /* Run sql (no parameters); 0, or -1 with the reason on stderr. */
 int bench_exec(PGconn *conn, const char *sql);
