@@ -94,7 +94,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1424,18 +1423,7 @@ static pid_t pipe_spawn_relay(bench *b, int once)
     argv[n++] = "--set";
     argv[n++] = "log_level=warn";
     argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
+    return bench_spawn(argv, -1, -1);
 }
 
 static int pipe_wait(pid_t pid, int *status)

@@ -80,7 +80,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -364,22 +363,10 @@ static int run_check(const bench *b, check_run *r)
         fprintf(stderr, "bench: pipe: %s\n", strerror(errno));
         return -1;
     }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
     int64_t t0 = clk_mono_us();
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* Die with the bench; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid = bench_spawn(argv, fds[1], -1);
     close(fds[1]);
     if (pid < 0) {
-        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
         close(fds[0]);
         return -1;
     }

@@ -114,7 +114,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -248,25 +247,7 @@ static pid_t spawn_relay_log(const char *const *args, int keep_log)
         fprintf(stderr, "bench: cannot empty %s: %s\n", g_log_path, strerror(errno));
         return -1;
     }
-    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (devnull < 0)
-        return -1;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* Die with the bench; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(g_log_fd, STDERR_FILENO) < 0 || dup2(devnull, STDOUT_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(devnull);
-    if (pid < 0)
-        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
-    return pid;
+    return bench_spawn(argv, -1, g_log_fd);
 }
 
 static pid_t spawn_relay(const char *const *args)

@@ -37,7 +37,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <stdatomic.h>
@@ -184,17 +183,8 @@ static int run_relay(const char *source, run_result *out)
     const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
                           kt_bootstrap(g_kb), "--once", "--outbox-source", source, "--set",
                           "log_level=warn", NULL};
-    fflush(stdout);
-    fflush(stderr);
     int64_t t0 = clk_mono_us();
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(devnull, STDOUT_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid = bench_spawn(argv, -1, -1);
     if (pid < 0)
         return -1;
     int ws;
@@ -575,16 +565,7 @@ static int latency(PGconn *c, const char *source, long rate, double out[2])
         const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
                               kt_bootstrap(g_kb), "--outbox-source", source, "--set",
                               "log_level=warn", NULL};
-        fflush(stdout);
-        fflush(stderr);
-        relay = fork();
-        if (relay == 0) {
-            int devnull = open("/dev/null", O_WRONLY);
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            dup2(devnull, STDOUT_FILENO);
-            execv(argv[0], (char *const *)argv);
-            _exit(127);
-        }
+        relay = bench_spawn(argv, -1, -1);
         clk_sleep_ms(1500);     /* its start-up, not part of what is measured */
     } else {
         /* No linger, as the relay's producer (relay_kafka.c) and

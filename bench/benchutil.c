@@ -3,9 +3,12 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "ferry.h"
@@ -188,6 +191,36 @@ int bench_server_read(PGconn *conn, bench_server *out)
                          sizeof out->shared_buffers) != 0)
         return -1;
     return 0;
+}
+
+pid_t bench_spawn(const char *const *argv, int out_fd, int err_fd)
+{
+    int devnull = -1;
+    if (out_fd < 0) {
+        devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (devnull < 0) {
+            fprintf(stderr, "bench: /dev/null: %s\n", strerror(errno));
+            return -1;
+        }
+        out_fd = devnull;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Die with the bench; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(out_fd, STDOUT_FILENO) < 0 || (err_fd >= 0 && dup2(err_fd, STDERR_FILENO) < 0))
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (devnull >= 0)
+        close(devnull);
+    if (pid < 0)
+        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
+    return pid;
 }
 
 const char *bench_program(const char *env, const char *fallback)

@@ -9,6 +9,7 @@
 #define FERRY_BENCH_BENCHUTIL_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
@@ -77,6 +78,12 @@ int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *
  * (for kt_start and child processes); NULL, with why on stderr, when it
  * cannot be run. */
 const char *bench_program(const char *env, const char *fallback);
+
+/* Fork and exec argv (argv[0] a path) as a child that dies with the bench,
+ * its stdout on out_fd (-1: /dev/null, so that nothing a child prints
+ * mixes into the bench's report) and its stderr on err_fd (-1: the
+ * bench's own). Its pid, or -1 with why on stderr. */
+pid_t bench_spawn(const char *const *argv, int out_fd, int err_fd);
 
 /* rd_kafka_conf_set, with "bench: kafka property ..." on stderr: 0 or -1. */
 int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value);
