@@ -273,16 +273,8 @@ static int setting_up(demo *d)
     ferry_code rc;
     demo_step("Starting a throwaway PostgreSQL with two databases: payments (the first service) "
          "and accounts (the second)");
-    d->pg = fpg_start(NULL);
-    if (d->pg == NULL)
-        return demo_fail("could not start PostgreSQL (see above)");
-    PGconn *admin = fpg_connect(d->pg);
-    if (admin == NULL)
-        return demo_fail("could not connect");
-    int bad = demo_exec(admin, "CREATE DATABASE payments") != 0 ||
-              demo_exec(admin, "CREATE DATABASE accounts") != 0;
-    PQfinish(admin);
-    if (bad)
+    static const char *const dbs[] = {"payments", "accounts"};
+    if ((d->pg = demo_cluster(dbs, 2)) == NULL)
         return -1;
     d->payments_db = fpg_conninfo_for(d->pg, NULL, "payments");
     d->accounts_db = fpg_conninfo_for(d->pg, NULL, "accounts");

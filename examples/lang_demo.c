@@ -137,21 +137,8 @@ static int setting_up(demo *d)
 {
     demo_step("A throwaway PostgreSQL with one database per service: payments (C), py "
               "(Python), node (Node.js), accounts (C)");
-    d->pg = fpg_start(NULL);
-    if (d->pg == NULL)
-        return demo_fail("could not start PostgreSQL (see above)");
-    PGconn *admin = fpg_connect(d->pg);
-    if (admin == NULL)
-        return demo_fail("could not connect");
     static const char *const dbs[] = {"payments", "py", "node", "accounts"};
-    int bad = 0;
-    for (size_t i = 0; i < 4 && !bad; i++) {
-        char sql[64];
-        snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbs[i]);
-        bad = demo_exec(admin, sql) != 0;
-    }
-    PQfinish(admin);
-    if (bad)
+    if ((d->pg = demo_cluster(dbs, 4)) == NULL)
         return -1;
     for (size_t i = 0; i < 4; i++) {
         PGconn *c = connect_db(d, dbs[i]);

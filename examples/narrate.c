@@ -97,6 +97,30 @@ int demo_exit(int rc)
     return 0;
 }
 
+fpg *demo_cluster(const char *const *names, size_t n)
+{
+    fpg *pg = fpg_start(NULL);
+    if (pg == NULL) {
+        demo_fail("could not start PostgreSQL (see above)");
+        return NULL;
+    }
+    PGconn *admin = fpg_connect(pg);
+    int bad = admin == NULL;
+    if (bad)
+        demo_fail("could not connect");
+    for (size_t i = 0; i < n && !bad; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", names[i]);
+        bad = demo_exec(admin, sql) != 0;
+    }
+    PQfinish(admin);
+    if (bad) {
+        fpg_destroy(pg);
+        return NULL;
+    }
+    return pg;
+}
+
 int demo_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);

@@ -17,6 +17,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
 
 /* A new step of the walkthrough: "[N] ...". */
 void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -40,6 +41,11 @@ int demo_broker_stop(kt_broker *kb, int rc);
 /* The demo's exit status for rc: 1 with "demo: FAILED" on stderr, or 0
  * with the closing line. */
 int demo_exit(int rc);
+
+/* A throwaway PostgreSQL cluster with the databases names[0..n-1] made
+ * (one per service: each service owns its database); NULL through
+ * demo_fail(). */
+fpg *demo_cluster(const char *const *names, size_t n);
 
 /* Run a statement that returns no rows: 0, or -1 through demo_fail(). */
 int demo_exec(PGconn *conn, const char *sql);
