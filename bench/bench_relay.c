@@ -935,6 +935,24 @@ static int emit_probe(emitter *em, consumer *c, const char *what)
     return 0;
 }
 
+/* The end of either latency run, read by c (started as tid): unless the
+ * sending failed (sent_ok 0), wait (bounded) for the r->sent messages sent
+ * (how: the path they took, for the note when some did not come); then
+ * stop and free the consumer, and summarize what it saw into r (ack_us:
+ * each message's COMMIT acknowledged, NULL for the direct producer).
+ * 0, or -1 when the sending failed or the summary could not be made. */
+static int lat_collect(consumer *c, pthread_t tid, const int64_t *ack_us, lat_result *r,
+                       int sent_ok, const char *how)
+{
+    if (sent_ok && await_all(c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: only %ld of %ld messages arrived %s within %d s\n",
+                atomic_load(&c->received), r->sent, how, ARRIVAL_TIMEOUT_MS / 1000);
+    consumer_stop(c, tid);
+    int rc = sent_ok ? lat_summarize(c, ack_us, r) : -1;
+    consumer_free(c);
+    return rc;
+}
+
 /* Latency through the relay at rate messages/s: a relay daemon, the
  * consumer, the emitter. */
 static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards, int rate,
@@ -970,15 +988,9 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
             total, rate, EMIT_CONNS);
     if (emit_paced(&em, total, r) != 0)
         goto out_consumer;
-    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: only %ld of %ld messages arrived through the relay within %d s\n",
-                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
     rc = 0;
 out_consumer:
-    consumer_stop(&c, tid);
-    if (rc == 0)
-        rc = lat_summarize(&c, em.ack_us, r);
-    consumer_free(&c);
+    rc = lat_collect(&c, tid, em.ack_us, r, rc == 0, "through the relay");
 out_conns:
     emitter_close(&em);
 out_relay:
@@ -1083,15 +1095,9 @@ static int latency_direct(const char *bootstrap, int rate, double seconds, lat_r
         fprintf(stderr, "bench: the direct producer lost %ld messages\n", failed);
         goto out_consumer;
     }
-    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: only %ld of %ld direct messages arrived within %d s\n",
-                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
     rc = 0;
 out_consumer:
-    consumer_stop(&c, tid);
-    if (rc == 0)
-        rc = lat_summarize(&c, NULL, r);
-    consumer_free(&c);
+    rc = lat_collect(&c, tid, NULL, r, rc == 0, "from the direct producer");
 out_producer:
     rd_kafka_destroy(rk);
     return rc;
