@@ -1717,10 +1717,5 @@ int main(void)
     status = 0;
 
 out:
-    kt_stop(kb);
-    PQfinish(b.admin);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, kb, b.admin, b.pg);
 }

@@ -564,9 +564,5 @@ int main(void)
 out:
     for (int i = 0; i < MAX_CLIENTS; i++)
         PQfinish(clients[i].conn);
-    PQfinish(admin);
-    fpg_destroy(pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, NULL, admin, pg);
 }

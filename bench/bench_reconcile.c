@@ -1141,9 +1141,5 @@ out:
     if (b.rules_path[0])
         unlink(b.rules_path);
     free(b.check_db);
-    PQfinish(b.admin);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, NULL, b.admin, b.pg);
 }

@@ -2180,11 +2180,6 @@ latency:
     status = checks_ok ? 0 : 1;
 
 out:
-    kt_stop(kb);
-    PQfinish(admin);
-    fpg_destroy(pg);
     close(g_log_fd);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, kb, admin, pg);
 }

@@ -1243,11 +1243,6 @@ out:
             status = 1;
         }
     }
-    kt_stop(b.kb);
     ferry_saga_registry_destroy(bench_reg);
-    PQfinish(b.conn);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, b.kb, b.conn, b.pg);
 }

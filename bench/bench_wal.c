@@ -834,8 +834,5 @@ int main(void)
     }
     rc = 0;
 out:
-    PQfinish(c);
-    kt_stop(g_kb);
-    fpg_destroy(g_pg);
-    return rc;
+    return bench_end(rc, g_kb, c, g_pg);
 }

@@ -103,6 +103,16 @@ int bench_env_double(const char *name, double def, double lo, double hi, double 
     return 0;
 }
 
+int bench_end(int status, kt_broker *kb, PGconn *admin, fpg *pg)
+{
+    kt_stop(kb);
+    PQfinish(admin);
+    fpg_destroy(pg);
+    if (status != 0)
+        fprintf(stderr, "bench: FAILED\n");
+    return status;
+}
+
 int bench_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);

@@ -14,6 +14,9 @@
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
+#include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
+
 /* Up to this many samples per figure (rounds); more are an error of ours. */
 #define BENCH_SAMPLES_MAX 64
 
@@ -53,6 +56,11 @@ void bench_rounds_row(int label_width, const char *label, const double *v, int n
 int bench_env_long(const char *name, long def, long lo, long hi, long *out);
 /* The same for any number in [lo, hi]. */
 int bench_env_double(const char *name, double def, double lo, double hi, double *out);
+
+/* Every bench's end, whatever it got to: the broker kb stopped, admin
+ * closed and the cluster pg removed (each NULL: never started); returns
+ * status, after "bench: FAILED" on stderr when it is not 0. */
+int bench_end(int status, kt_broker *kb, PGconn *admin, fpg *pg);
 
 /* Run sql (no parameters); 0, or -1 with the reason on stderr. */
 int bench_exec(PGconn *conn, const char *sql);
