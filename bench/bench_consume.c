@@ -726,7 +726,7 @@ static ferry_code bare_apply(PGconn *conn, void *arg, ferry_error *err)
  * message (batch_max 1), or per batch of what has arrived, no inbox. */
 static int run_bare(bench *b, int round, int batch_max, run_result *out)
 {
-    char name[64], errstr[512];
+    char name[64];
     snprintf(name, sizeof name, "bench-bare%s-%d", batch_max > 1 ? "-batched" : "", round);
     window w;
     if (window_open(b, &w) != 0)
@@ -737,25 +737,18 @@ static int run_bare(bench *b, int round, int batch_max, run_result *out)
     w.backend_pid = fpg_external(b->pg) ? -1 : PQbackendPID(conn);
 
     /* The ferry consumer's settings (lib/consume.c, kafka_new). */
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    if (bench_kconf_set(kc, "bootstrap.servers", b->bootstrap) || bench_kconf_set(kc, "group.id", name) ||
-        bench_kconf_set(kc, "enable.auto.offset.store", "false") ||
-        bench_kconf_set(kc, "enable.auto.commit", "true") ||
-        bench_kconf_set(kc, "auto.commit.interval.ms", "1000") ||
-        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
-        bench_kconf_set(kc, "enable.partition.eof", "false") || bench_kconf_set(kc, "client.id", name)) {
-        rd_kafka_conf_destroy(kc);
-        PQfinish(conn);
-        return -1;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    const char *const props[] = {"enable.auto.offset.store", "false",
+                                 "enable.auto.commit", "true",
+                                 "auto.commit.interval.ms", "1000",
+                                 "auto.offset.reset", "earliest",
+                                 "enable.partition.eof", "false",
+                                 "client.id", name,
+                                 NULL};
+    rd_kafka_t *rk = bench_consumer_new(b->bootstrap, name, props);
     if (rk == NULL) {
-        rd_kafka_conf_destroy(kc);
         PQfinish(conn);
-        fprintf(stderr, "bench: consumer: %s\n", errstr);
         return -1;
     }
-    rd_kafka_poll_set_consumer(rk);
     int rc = -1;
     int64_t next_offset[PARTITIONS_MAX] = {0};
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);

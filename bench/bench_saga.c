@@ -476,22 +476,12 @@ static int observer_start(const char *bootstrap)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     real_minus_mono_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - clk_mono_us();
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
-        bench_kconf_set(conf, "group.id", "bench-observer") != 0 ||
-        bench_kconf_set(conf, "enable.auto.commit", "false") != 0 ||
-        bench_kconf_set(conf, "auto.offset.reset", "latest") != 0 ||
-        bench_kconf_set(conf, "fetch.wait.max.ms", "1") != 0) {
-        rd_kafka_conf_destroy(conf);
+    static const char *const props[] = {"enable.auto.commit", "false",
+                                        "auto.offset.reset", "latest",
+                                        "fetch.wait.max.ms", "1",
+                                        NULL};
+    if ((observer = bench_consumer_new(bootstrap, "bench-observer", props)) == NULL)
         return -1;
-    }
-    if ((observer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)) == NULL) {
-        rd_kafka_conf_destroy(conf);
-        fprintf(stderr, "bench: observer: %s\n", errstr);
-        return -1;
-    }
-    rd_kafka_poll_set_consumer(observer);
     rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(t, HOP_TOPIC, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(observer, t);

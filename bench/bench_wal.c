@@ -303,30 +303,17 @@ typedef struct lat_sender {
     int index;
 } lat_sender;
 
+/* The topic's partitions are assigned from the start (lat_assign), no
+ * group to join: a rebalance would delay the first messages by seconds,
+ * which is the consumer's, not the path's. */
 static rd_kafka_t *lat_new_consumer(const char *group)
 {
-    char errstr[512];
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    if (bench_kconf_set(kc, "bootstrap.servers", kt_bootstrap(g_kb)) ||
-        bench_kconf_set(kc, "group.id", group) ||
-        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
-        bench_kconf_set(kc, "fetch.wait.max.ms", "5") ||
-        bench_kconf_set(kc, "enable.auto.commit", "false") ||
-        bench_kconf_set(kc, "enable.partition.eof", "false")) {
-        rd_kafka_conf_destroy(kc);
-        return NULL;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
-    if (rk == NULL) {
-        fprintf(stderr, "bench: consumer: %s\n", errstr);
-        rd_kafka_conf_destroy(kc);
-        return NULL;
-    }
-    /* The topic's partitions assigned from the start, no group to join:
-     * a rebalance would delay the first messages by seconds, which is
-     * the consumer's, not the path's. */
-    rd_kafka_poll_set_consumer(rk);
-    return rk;
+    static const char *const props[] = {"auto.offset.reset", "earliest",
+                                        "fetch.wait.max.ms", "5",
+                                        "enable.auto.commit", "false",
+                                        "enable.partition.eof", "false",
+                                        NULL};
+    return bench_consumer_new(kt_bootstrap(g_kb), group, props);
 }
 
 static void lat_assign(rd_kafka_t *rk, const char *topic)

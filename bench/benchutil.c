@@ -257,6 +257,29 @@ int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
     return 0;
 }
 
+rd_kafka_t *bench_consumer_new(const char *bootstrap, const char *group,
+                               const char *const *props)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int bad = bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
+              bench_kconf_set(conf, "group.id", group) != 0;
+    for (size_t i = 0; !bad && props[i] != NULL; i += 2)
+        bad = bench_kconf_set(conf, props[i], props[i + 1]) != 0;
+    if (bad) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: consumer %s: %s\n", group, errstr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
 rd_kafka_t *bench_relay_like_producer(const char *bootstrap, const char *linger,
                                       void (*dr)(rd_kafka_t *, const rd_kafka_message_t *,
                                                  void *),

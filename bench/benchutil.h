@@ -95,6 +95,11 @@ pid_t bench_spawn(const char *const *argv, int out_fd, int err_fd);
 
 /* rd_kafka_conf_set, with "bench: kafka property ..." on stderr: 0 or -1. */
 int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value);
+/* A consumer of bootstrap in group, with the properties props (name,
+ * value, ..., NULL), its messages read with rd_kafka_consumer_poll; NULL,
+ * with why on stderr. */
+rd_kafka_t *bench_consumer_new(const char *bootstrap, const char *group,
+                               const char *const *props);
 /* A producer that produces as the relay does (idempotent, acks=all,
  * Java's partitioner) with linger.ms linger, delivery reports to dr with
  * opaque; NULL, with why on stderr. */
