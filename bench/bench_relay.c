@@ -250,9 +250,17 @@ static pid_t spawn_relay_log(const char *const *args, int keep_log)
     return bench_spawn(argv, -1, g_log_fd);
 }
 
-static pid_t spawn_relay(const char *const *args)
+/* A long-running relay, as every run but the drain starts one: holder on
+ * pg and bootstrap, logging warnings and errors, with one more setting
+ * (set: NULL for none); *spawned is when it started (for stop_relay). Its
+ * pid, or -1. */
+static pid_t spawn_holder(fpg *pg, const char *bootstrap, const char *holder, const char *set,
+                          int keep_log, int64_t *spawned)
 {
-    return spawn_relay_log(args, 0);
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder", holder,
+                          "--set", "log_level=warn", set ? "--set" : NULL, set, NULL};
+    *spawned = clk_mono_us();
+    return spawn_relay_log(args, keep_log);
 }
 
 static long vm_hwm_kib(pid_t pid)
@@ -969,10 +977,8 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
     pthread_t tid;
     int rc = -1;
 
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-latency", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = spawn_holder(pg, bootstrap, "bench-latency", NULL, 0, &spawned);
     if (pid < 0)
         return -1;
     if (await_leases(admin, "bench-latency", shards) != 0)
@@ -1367,10 +1373,8 @@ static int leaderless_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *b
         fprintf(stderr, "bench: leaderless: key k-0 is on partition %d\n", LL_PARTITION);
         return -1;
     }
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-leaderless", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = spawn_holder(pg, bootstrap, "bench-leaderless", NULL, 0, &spawned);
     if (pid < 0)
         return -1;
     int rc = await_leases(admin, "bench-leaderless", shards);
@@ -1405,10 +1409,6 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
     res->want = (shards + 1) / 2;
     char ttl[32];
     snprintf(ttl, sizeof ttl, "lease_ttl_ms=%d", SCALE_LEASE_TTL_MS);
-    const char *args_a[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
-                            "bench-scale-a", "--set", "log_level=warn", "--set", ttl, NULL};
-    const char *args_b[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
-                            "bench-scale-b", "--set", "log_level=warn", "--set", ttl, NULL};
     static const char topic[] = "bench.scaleout";
     long total = (long)SCALE_RATE * (SCALE_WARM_MS + SCALE_BOUND_MS + SCALE_TAIL_MS) / 1000;
     load l;
@@ -1417,8 +1417,8 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
     pid_t pid_b = -1;
     int64_t spawned_b = 0;
 
-    int64_t spawned_a = clk_mono_us();
-    pid_t pid_a = spawn_relay(args_a);
+    int64_t spawned_a;
+    pid_t pid_a = spawn_holder(pg, bootstrap, "bench-scale-a", ttl, 0, &spawned_a);
     if (pid_a < 0)
         return -1;
     if (await_leases(admin, "bench-scale-a", shards) != 0 ||
@@ -1428,8 +1428,7 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
                     "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
             SCALE_WARM_MS / 1000.0, SCALE_LEASE_TTL_MS);
     clk_sleep_ms(SCALE_WARM_MS);         /* the load, steady before B comes */
-    spawned_b = clk_mono_us();
-    pid_b = spawn_relay_log(args_b, 1);
+    pid_b = spawn_holder(pg, bootstrap, "bench-scale-b", ttl, 1, &spawned_b);
     if (pid_b < 0)
         goto out;
     int64_t deadline = spawned_b + (int64_t)SCALE_BOUND_MS * 1000;
@@ -1498,16 +1497,14 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
 {
     memset(res, 0, sizeof *res);
     static const char topic[] = "bench.outage";
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-outage", "--set", "log_level=warn", NULL};
     long total = (long)OUTAGE_RATE *
                  (OUTAGE_WARM_MS + OUTAGE_MS + OUTAGE_BOUND_MS + OUTAGE_TAIL_MS) / 1000;
     load l;
     memset(&l, 0, sizeof l);
     int rc = -1, down = 0;
 
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = spawn_holder(pg, bootstrap, "bench-outage", NULL, 0, &spawned);
     if (pid < 0)
         return -1;
     if (await_leases(admin, "bench-outage", shards) != 0 ||
@@ -1723,10 +1720,8 @@ static int raw_delete_loop(PGconn *conn, long rows, double *seconds)
 static int idle_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
                       proc_result *pr)
 {
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-idle", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = spawn_holder(pg, bootstrap, "bench-idle", NULL, 0, &spawned);
     if (pid < 0)
         return -1;
     int rc = await_leases(admin, "bench-idle", shards);
@@ -1750,7 +1745,7 @@ static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
                           "--holder", "bench-drain", "--set", "log_level=warn",
                           "--set", batch, NULL};
     int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    pid_t pid = spawn_relay_log(args, 0);
     if (pid < 0)
         return -1;
     wait_relay(pid, spawned, DRAIN_TIMEOUT_MS, pr);
