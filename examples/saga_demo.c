@@ -655,59 +655,75 @@ static int expect_trail(demo *d, const char *id, const char *want_steps,
     return 0;
 }
 
+/* One order through its saga, as the first two acts tell it: placed
+ * (qty of sku for total), the saga awaited to state and its history
+ * shown; then its audit trail, the participants' outcomes and what the
+ * shop shows (shop_sql, $1 the order) must read as expected. */
+typedef struct order_run {
+    const char *order, *sku;
+    int qty;
+    double total;
+    const char *state;
+    const char *steps, *outcomes;       /* expect_trail's */
+    const char *shop_sql, *shop;
+} order_run;
+
+static int run_order(demo *d, const order_run *o, char id[FERRY_UUID_STRING_SIZE])
+{
+    if (place_order(d, o->order, o->sku, o->qty, o->total, id) != 0 ||
+        await_saga(d, id, o->state) != 0 || print_history(d, id) != 0 ||
+        expect_trail(d, id, o->steps, o->outcomes) != 0)
+        return -1;
+    char shop[256];
+    const char *p[1] = {o->order};
+    if (demo_query1(d->conn, o->shop_sql, 1, p, shop, sizeof shop) != 0)
+        return -1;
+    demo_say("the shop: payment %s", shop);
+    if (strcmp(shop, o->shop) != 0)
+        return demo_fail("expected \"%s\"", o->shop);
+    return 0;
+}
+
 static int saga_completes(demo *d, char id[FERRY_UUID_STRING_SIZE])
 {
     demo_step("Order o-1001: 2 mugs, 42.00. Payment, inventory and shipping each do their "
               "step; the saga completes");
-    if (place_order(d, "o-1001", "mug", 2, 42.0, id) != 0 ||
-        await_saga(d, id, "completed") != 0 || print_history(d, id) != 0)
-        return -1;
-    if (expect_trail(d, id,
-                     "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
-                     "inventory:action:succeeded,shipping:action:sent,"
-                     "shipping:action:succeeded",
-                     "payment:action:applied,inventory:action:applied,"
-                     "shipping:action:applied") != 0)
-        return -1;
-    char shop[256];
-    const char *p[1] = {"o-1001"};
-    if (demo_query1(d->conn, "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
-                             "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'mug') || "
-                             "' mugs left, ' || (SELECT count(*) FROM shop.shipment WHERE "
-                             "order_id = $1) || ' shipment'", 1, p, shop, sizeof shop) != 0)
-        return -1;
-    demo_say("the shop: payment %s", shop);
-    if (strcmp(shop, "reserved, 8 mugs left, 1 shipment") != 0)
-        return demo_fail("expected \"reserved, 8 mugs left, 1 shipment\"");
-    return 0;
+    static const order_run o = {
+        .order = "o-1001", .sku = "mug", .qty = 2, .total = 42.0, .state = "completed",
+        .steps = "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
+                 "inventory:action:succeeded,shipping:action:sent,"
+                 "shipping:action:succeeded",
+        .outcomes = "payment:action:applied,inventory:action:applied,"
+                    "shipping:action:applied",
+        .shop_sql = "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
+                    "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'mug') || "
+                    "' mugs left, ' || (SELECT count(*) FROM shop.shipment WHERE "
+                    "order_id = $1) || ' shipment'",
+        .shop = "reserved, 8 mugs left, 1 shipment",
+    };
+    return run_order(d, &o, id);
 }
 
 static int saga_compensates(demo *d, char id[FERRY_UUID_STRING_SIZE])
 {
     demo_step("Order o-1002: a lamp, 99.00, but none is on the shelf. Inventory refuses, so "
               "the payment is released; shipping never runs");
-    if (place_order(d, "o-1002", "lamp", 1, 99.0, id) != 0 ||
-        await_saga(d, id, "compensated") != 0 || print_history(d, id) != 0)
+    static const order_run o = {
+        .order = "o-1002", .sku = "lamp", .qty = 1, .total = 99.0, .state = "compensated",
+        .steps = "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
+                 "inventory:action:failed,payment:compensation:sent,"
+                 "payment:compensation:succeeded",
+        .outcomes = "payment:action:applied,inventory:action:refused,"
+                    "payment:compensation:applied",
+        .shop_sql = "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
+                    "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'lamp') || "
+                    "' lamps, ' || (SELECT count(*) FROM shop.reservation WHERE "
+                    "order_id = $1) || ' reserved, ' || (SELECT count(*) FROM "
+                    "shop.shipment WHERE order_id = $1) || ' shipment'",
+        .shop = "released, 0 lamps, 0 reserved, 0 shipment",
+    };
+    if (run_order(d, &o, id) != 0)
         return -1;
-    if (expect_trail(d, id,
-                     "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
-                     "inventory:action:failed,payment:compensation:sent,"
-                     "payment:compensation:succeeded",
-                     "payment:action:applied,inventory:action:refused,"
-                     "payment:compensation:applied") != 0)
-        return -1;
-    char shop[256];
-    const char *p[1] = {"o-1002"};
-    if (demo_query1(d->conn, "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
-                             "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'lamp') || "
-                             "' lamps, ' || (SELECT count(*) FROM shop.reservation WHERE "
-                             "order_id = $1) || ' reserved, ' || (SELECT count(*) FROM "
-                             "shop.shipment WHERE order_id = $1) || ' shipment'", 1, p, shop,
-                    sizeof shop) != 0)
-        return -1;
-    demo_say("the shop: payment %s", shop);
-    if (strcmp(shop, "released, 0 lamps, 0 reserved, 0 shipment") != 0)
-        return demo_fail("expected \"released, 0 lamps, 0 reserved, 0 shipment\"");
     demo_say("inventory was not compensated: it refused, so it never ran; payment, which "
              "ran, was");
     return 0;
