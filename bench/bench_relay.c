@@ -408,6 +408,23 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
     return -1;
 }
 
+/* spawn_holder, then wait until the relay holds every shard's lease, as
+ * each run that times a running relay begins. A relay that does not get
+ * there is stopped and its log shown: -1 then. */
+static pid_t start_holder(fpg *pg, PGconn *admin, const char *bootstrap, const char *holder,
+                          const char *set, int shards, int64_t *spawned)
+{
+    pid_t pid = spawn_holder(pg, bootstrap, holder, set, 0, spawned);
+    if (pid < 0)
+        return -1;
+    if (await_leases(admin, holder, shards) == 0)
+        return pid;
+    proc_result pr;
+    stop_relay(pid, *spawned, &pr);
+    relay_log_report(holder);
+    return -1;
+}
+
 /* ---------------------------------------------------------------- Kafka */
 
 /* Messages ever appended to topic: the sum of its partitions' high
@@ -978,11 +995,9 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
     int rc = -1;
 
     int64_t spawned;
-    pid_t pid = spawn_holder(pg, bootstrap, "bench-latency", NULL, 0, &spawned);
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-latency", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    if (await_leases(admin, "bench-latency", shards) != 0)
-        goto out_relay;
     if (emitter_open(&em, pg, topic, rate, total) != 0)
         goto out_conns;
     if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
@@ -999,7 +1014,6 @@ out_consumer:
     rc = lat_collect(&c, tid, em.ack_us, r, rc == 0, "through the relay");
 out_conns:
     emitter_close(&em);
-out_relay:
     /* Everything delivered must also be acknowledged. */
     if (rc == 0) {
         long long left = -1;
@@ -1374,12 +1388,10 @@ static int leaderless_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *b
         return -1;
     }
     int64_t spawned;
-    pid_t pid = spawn_holder(pg, bootstrap, "bench-leaderless", NULL, 0, &spawned);
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-leaderless", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    int rc = await_leases(admin, "bench-leaderless", shards);
-    if (rc == 0)
-        rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
+    int rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
     if (rc == 0)
         rc = leaderless_one(pg, admin, kb, bootstrap, 1, key_part, res);
     proc_result pr;
@@ -1418,11 +1430,10 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
     int64_t spawned_b = 0;
 
     int64_t spawned_a;
-    pid_t pid_a = spawn_holder(pg, bootstrap, "bench-scale-a", ttl, 0, &spawned_a);
+    pid_t pid_a = start_holder(pg, admin, bootstrap, "bench-scale-a", ttl, shards, &spawned_a);
     if (pid_a < 0)
         return -1;
-    if (await_leases(admin, "bench-scale-a", shards) != 0 ||
-        load_start(&l, pg, bootstrap, topic, SCALE_RATE, total, "scale-out probe") != 0)
+    if (load_start(&l, pg, bootstrap, topic, SCALE_RATE, total, "scale-out probe") != 0)
         goto out;
     fprintf(stderr, "bench: scale-out: relay A holds %d shards, writers at %d msgs/s; relay B "
                     "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
@@ -1504,11 +1515,10 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
     int rc = -1, down = 0;
 
     int64_t spawned;
-    pid_t pid = spawn_holder(pg, bootstrap, "bench-outage", NULL, 0, &spawned);
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-outage", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    if (await_leases(admin, "bench-outage", shards) != 0 ||
-        load_start(&l, pg, bootstrap, topic, OUTAGE_RATE, total, "outage probe") != 0)
+    if (load_start(&l, pg, bootstrap, topic, OUTAGE_RATE, total, "outage probe") != 0)
         goto out;
     clk_sleep_ms(OUTAGE_WARM_MS);
     fprintf(stderr, "bench: outage: all %d broker(s) down for %.1f s, writers at %d msgs/s\n",
@@ -1721,12 +1731,11 @@ static int idle_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
                       proc_result *pr)
 {
     int64_t spawned;
-    pid_t pid = spawn_holder(pg, bootstrap, "bench-idle", NULL, 0, &spawned);
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-idle", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    int rc = await_leases(admin, "bench-idle", shards);
-    if (rc == 0)
-        clk_sleep_ms(IDLE_SETTLE_MS);
+    clk_sleep_ms(IDLE_SETTLE_MS);
+    int rc = 0;
     stop_relay(pid, spawned, pr);
     if (relay_log_report("idle") > 0 || pr->status != 0) {
         fprintf(stderr, "bench: the idle relay exited with status %d\n", pr->status);
