@@ -94,7 +94,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -235,19 +234,19 @@ static ferry_code handler_fail(ferry_error *err, const char *fmt, ...)
 }
 
 /*
- * The service's effect, the same in both workloads: credit the payload's
- * amount to the account named by the key. One prepared UPDATE; the
- * statement is prepared the first time the handler sees a connection
- * (prepared statements outlive the transaction they were made in). An
- * account that is not there fails the message: the topic names only
- * accounts that are.
+ * A handler's one statement: the UPDATE sql as name, prepared the first
+ * time the handler sees a connection (prepared statements outlive the
+ * transaction they were made in), run with p (p[0] is m's key). It must
+ * update the row of m's account: an account that is not there fails the
+ * message, as the topics name only accounts that are. what says what the
+ * statement does, for its error.
  */
-static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
-                                ferry_error *err)
+static ferry_code apply_prepared(handler_state *h, PGconn *conn, const char *name,
+                                 const char *sql, int nparams, const char *const *p,
+                                 const ferry_message *m, const char *what, ferry_error *err)
 {
-    handler_state *h = arg;
     if (h->prepared_on != conn) {
-        PGresult *res = PQprepare(conn, "bench_apply", update_sql, 0, NULL);
+        PGresult *res = PQprepare(conn, name, sql, 0, NULL);
         ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
                             ? FERRY_OK
                             : ferry_error_from_pg(err, conn, res, "could not prepare");
@@ -256,20 +255,29 @@ static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
             return rc;
         h->prepared_on = conn;
     }
+    PGresult *res = PQexecPrepared(conn, name, nparams, p, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, what);
+    else if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc = handler_fail(err, "no account %s", m->key);
+    PQclear(res);
+    return rc;
+}
+
+/* The service's effect, the same in both workloads: credit the payload's
+ * amount to the account named by the key, one prepared UPDATE. */
+static ferry_code apply_payment(PGconn *conn, const ferry_message *m, void *arg,
+                                ferry_error *err)
+{
     json_int_t amount = json_integer_value(json_object_get(m->payload, "amount"));
     if (amount <= 0)
         return handler_fail(err, "message %s has no positive amount", m->id);
     char amount_text[32];
     snprintf(amount_text, sizeof amount_text, "%" JSON_INTEGER_FORMAT, amount);
     const char *p[2] = {m->key, amount_text};
-    PGresult *res = PQexecPrepared(conn, "bench_apply", 2, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit the account");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = handler_fail(err, "no account %s", m->key);
-    PQclear(res);
-    return rc;
+    return apply_prepared(arg, conn, "bench_apply", update_sql, 2, p, m,
+                          "could not credit the account", err);
 }
 
 /* ---------------------------------------------------------------- Kafka */
@@ -497,6 +505,7 @@ typedef struct window {
     double cpu_first, cpu_last;
     double be_first, be_last;
     long backend_pid;
+    long long wal_before;       /* the WAL position when the run began */
 } window;
 
 static void window_mark(window *w, int first)
@@ -514,8 +523,7 @@ static void window_mark(window *w, int first)
     }
 }
 
-static void window_result(const window *w, long msgs, long long wal_before,
-                          long long wal_after, run_result *out)
+static void window_result(const window *w, long msgs, long long wal_after, run_result *out)
 {
     /* Messages 2 .. N were applied inside the window. */
     double n = (double)(msgs - 1);
@@ -526,7 +534,7 @@ static void window_result(const window *w, long msgs, long long wal_before,
     out->backend_cpu_us = w->be_first >= 0 && w->be_last >= 0
                               ? (w->be_last - w->be_first) * 1e6 / n
                               : -1;
-    out->wal_bytes = (double)(wal_after - wal_before) / (double)msgs;
+    out->wal_bytes = (double)(wal_after - w->wal_before) / (double)msgs;
 }
 
 /* The same start for every run: no dirty buffers waiting for a
@@ -535,6 +543,29 @@ static int before_run(bench *b)
 {
     return bench_exec(b->admin, "VACUUM bench_account") || bench_exec(b->admin, "CHECKPOINT") ? -1
                                                                                           : 0;
+}
+
+/* Both workloads' runs begin and end alike: from the same start
+ * (before_run), with the WAL position noted, the clock running from
+ * here; at the end the run counts (check_accounts expects its effect) and
+ * its figures come from the window and the WAL written since. */
+static int window_open(bench *b, window *w)
+{
+    memset(w, 0, sizeof *w);
+    if (before_run(b) != 0 || wal_lsn(b->admin, &w->wal_before) != 0)
+        return -1;
+    w->t_made = clk_mono_us();
+    return 0;
+}
+
+static int window_close(bench *b, const window *w, run_result *out)
+{
+    long long wal_after;
+    b->runs_done++;
+    if (wal_lsn(b->admin, &wal_after) != 0)
+        return -1;
+    window_result(w, b->msgs, wal_after, out);
+    return 0;
 }
 
 static long backend_of(PGconn *admin, const char *application_name)
@@ -566,13 +597,9 @@ static int run_inbox(bench *b, int round, int batch_max, run_result *out)
         .isolation = FERRY_READ_COMMITTED,
         .batch_max = batch_max,
     };
-    long long wal_before, wal_after;
-    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
-        return -1;
-
     window w;
-    memset(&w, 0, sizeof w);
-    w.t_made = clk_mono_us();
+    if (window_open(b, &w) != 0)
+        return -1;
     /* The consumer's connection is libpq's to make: name it, to find its
      * backend. */
     setenv("PGAPPNAME", name, 1);
@@ -639,11 +666,8 @@ out:
                 s.held_gap, s.held_parked, s.drained, s.dead_lettered, s.handler_failures);
         return -1;
     }
-    b->runs_done++;
-    if (wal_lsn(b->admin, &wal_after) != 0 || check_inbox(b, name) != 0 ||
-        check_accounts(b) != 0)
+    if (window_close(b, &w, out) != 0 || check_inbox(b, name) != 0 || check_accounts(b) != 0)
         return -1;
-    window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = s.transient_retries;
     /* Each message applied in a batch's transaction, or in its own. */
     out->msgs_per_tx = (double)b->msgs /
@@ -702,40 +726,29 @@ static ferry_code bare_apply(PGconn *conn, void *arg, ferry_error *err)
  * message (batch_max 1), or per batch of what has arrived, no inbox. */
 static int run_bare(bench *b, int round, int batch_max, run_result *out)
 {
-    char name[64], errstr[512];
+    char name[64];
     snprintf(name, sizeof name, "bench-bare%s-%d", batch_max > 1 ? "-batched" : "", round);
-    long long wal_before, wal_after;
-    if (before_run(b) != 0 || wal_lsn(b->admin, &wal_before) != 0)
-        return -1;
-
     window w;
-    memset(&w, 0, sizeof w);
-    w.t_made = clk_mono_us();
+    if (window_open(b, &w) != 0)
+        return -1;
     PGconn *conn = fpg_connect(b->pg);
     if (conn == NULL)
         return -1;
     w.backend_pid = fpg_external(b->pg) ? -1 : PQbackendPID(conn);
 
     /* The ferry consumer's settings (lib/consume.c, kafka_new). */
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    if (bench_kconf_set(kc, "bootstrap.servers", b->bootstrap) || bench_kconf_set(kc, "group.id", name) ||
-        bench_kconf_set(kc, "enable.auto.offset.store", "false") ||
-        bench_kconf_set(kc, "enable.auto.commit", "true") ||
-        bench_kconf_set(kc, "auto.commit.interval.ms", "1000") ||
-        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
-        bench_kconf_set(kc, "enable.partition.eof", "false") || bench_kconf_set(kc, "client.id", name)) {
-        rd_kafka_conf_destroy(kc);
-        PQfinish(conn);
-        return -1;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    const char *const props[] = {"enable.auto.offset.store", "false",
+                                 "enable.auto.commit", "true",
+                                 "auto.commit.interval.ms", "1000",
+                                 "auto.offset.reset", "earliest",
+                                 "enable.partition.eof", "false",
+                                 "client.id", name,
+                                 NULL};
+    rd_kafka_t *rk = bench_consumer_new(b->bootstrap, name, props);
     if (rk == NULL) {
-        rd_kafka_conf_destroy(kc);
         PQfinish(conn);
-        fprintf(stderr, "bench: consumer: %s\n", errstr);
         return -1;
     }
-    rd_kafka_poll_set_consumer(rk);
     int rc = -1;
     int64_t next_offset[PARTITIONS_MAX] = {0};
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
@@ -840,10 +853,8 @@ out:
     PQfinish(conn);
     if (rc != 0)
         return -1;
-    b->runs_done++;
-    if (wal_lsn(b->admin, &wal_after) != 0 || check_accounts(b) != 0)
+    if (window_close(b, &w, out) != 0 || check_accounts(b) != 0)
         return -1;
-    window_result(&w, b->msgs, wal_before, wal_after, out);
     out->retries = 0;
     return 0;
 }
@@ -1040,15 +1051,14 @@ static double med_of(const figures *f, workload wl, size_t off)
 }
 
 static void print_report(const bench *b, const figures *f, const anatomy *an,
-                         const char *server, const char *fsync_s, const char *sync_commit,
-                         const char *shared, int version)
+                         const bench_server *srv, int version)
 {
     int n = f->rounds;
     printf("ferry consumer-inbox benchmark (libferry %s, schema %d)\n", ferry_version(),
            version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
            "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
-           "1 broker)\n", server, fsync_s, sync_commit, shared);
+           "1 broker)\n", srv->version, srv->fsync, srv->sync_commit, srv->shared_buffers);
     printf("topic %s: %ld messages over %d keys, %d partitions, ~200-byte JSON payloads, "
            "the headers a ferry relay sets\n(ferry_id UUIDv7, ferry_type, ferry_seq per key, "
            "CloudEvents); one consumer, one transaction per message:\n", TOPIC, b->msgs,
@@ -1382,27 +1392,10 @@ static void *pipe_write(void *arg)
 
 static ferry_code pipe_apply(PGconn *conn, const ferry_message *m, void *arg, ferry_error *err)
 {
-    handler_state *h = arg;
-    if (h->prepared_on != conn) {
-        PGresult *res = PQprepare(conn, "bench_pipe_apply",
-                                  "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 0, NULL);
-        ferry_code rc = PQresultStatus(res) == PGRES_COMMAND_OK
-                            ? FERRY_OK
-                            : ferry_error_from_pg(err, conn, res, "could not prepare");
-        PQclear(res);
-        if (rc != FERRY_OK)
-            return rc;
-        h->prepared_on = conn;
-    }
     const char *p[1] = {m->key};
-    PGresult *res = PQexecPrepared(conn, "bench_pipe_apply", 1, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not count");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = handler_fail(err, "no account %s", m->key);
-    PQclear(res);
-    return rc;
+    return apply_prepared(arg, conn, "bench_pipe_apply",
+                          "UPDATE bench_pipe SET n = n + 1 WHERE id = $1", 1, p, m,
+                          "could not count", err);
 }
 
 static pid_t pipe_spawn_relay(bench *b, int once)
@@ -1423,18 +1416,7 @@ static pid_t pipe_spawn_relay(bench *b, int once)
     argv[n++] = "--set";
     argv[n++] = "log_level=warn";
     argv[n] = NULL;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    return pid;
+    return bench_spawn(argv, -1, -1);
 }
 
 static int pipe_wait(pid_t pid, int *status)
@@ -1688,12 +1670,8 @@ int main(void)
         goto out;
     if (setup_schema(&b) != 0)
         goto out;
-    char server[64], fsync_s[16], sync_commit[16], shared[16];
-    if (bench_query_text(b.admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(b.admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(b.admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                   sizeof sync_commit) != 0 ||
-        bench_query_text(b.admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+    bench_server srv;
+    if (bench_server_read(b.admin, &srv) != 0)
         goto out;
 
     if ((kb = kt_start(1)) == NULL)
@@ -1701,7 +1679,7 @@ int main(void)
     b.bootstrap = kt_bootstrap(kb);
     if (kt_command(kb, "topic-create %s %d 1", TOPIC, b.partitions) != 0)
         goto out;
-    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", server, fsync_s,
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s\n", srv.version, srv.fsync,
             b.bootstrap);
     if (preload(&b) != 0 || check_topic(&b) != 0)
         goto out;
@@ -1723,7 +1701,7 @@ int main(void)
     fprintf(stderr, "bench: anatomy: %ld messages of each variant\n", (long)ANATOMY_MSGS);
     if (run_anatomy(&b, ANATOMY_MSGS, &an) != 0)
         goto out;
-    print_report(&b, &f, &an, server, fsync_s, sync_commit, shared, version);
+    print_report(&b, &f, &an, &srv, version);
     double held_ratio;
     if (run_held_drain(&b, kb, f.rounds, &held_ratio) != 0)
         goto out;
@@ -1732,10 +1710,5 @@ int main(void)
     status = 0;
 
 out:
-    kt_stop(kb);
-    PQfinish(b.admin);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, kb, b.admin, b.pg);
 }

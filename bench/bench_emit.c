@@ -399,23 +399,6 @@ static int setup_schema(PGconn *conn)
     return bench_exec_all(conn, sql, sizeof sql / sizeof sql[0]);
 }
 
-static int read_seconds(double *out)
-{
-    const char *s = getenv("FERRY_BENCH_SECONDS");
-    *out = 1.5;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (*end != '\0' || !(v >= 0.05 && v <= 600)) {
-        fprintf(stderr, "bench: FERRY_BENCH_SECONDS=%s: want seconds per measurement, "
-                        "0.05 to 600\n", s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static void print_level(const level_result *lr)
 {
     printf("\n%d client%s (tps, one column per round; median, min-max):\n", lr->clients,
@@ -486,7 +469,7 @@ static int check_counts(PGconn *conn, uint64_t emits, uint64_t inserts)
 int main(void)
 {
     double seconds;
-    if (read_seconds(&seconds) != 0)
+    if (bench_env_double("FERRY_BENCH_SECONDS", 1.5, 0.05, 600, &seconds) != 0)
         return 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
 
@@ -510,14 +493,8 @@ int main(void)
     if (setup_schema(admin) != 0)
         goto out;
 
-    char server[64], fsync_s[16], sync_commit[16], sync_method[32], shared[16];
-    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                         sizeof sync_commit) != 0 ||
-        bench_query_text(admin, "SHOW wal_sync_method", 0, NULL, sync_method,
-                         sizeof sync_method) != 0 ||
-        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0)
+    bench_server srv;
+    if (bench_server_read(admin, &srv) != 0)
         goto out;
 
     for (int i = 0; i < MAX_CLIENTS; i++) {
@@ -532,7 +509,7 @@ int main(void)
            version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, wal_sync_method=%s, "
            "shared_buffers=%s (durable defaults)\n",
-           server, fsync_s, sync_commit, sync_method, shared);
+           srv.version, srv.fsync, srv.sync_commit, srv.sync_method, srv.shared_buffers);
     printf("workloads, each one transaction BEGIN; ...; COMMIT per client connection:\n");
     for (int w = 0; w < WL_COUNT; w++)
         printf("  (%c) %-6s %s\n", 'a' + w, wl_name[w], wl_what[w]);
@@ -587,9 +564,5 @@ int main(void)
 out:
     for (int i = 0; i < MAX_CLIENTS; i++)
         PQfinish(clients[i].conn);
-    PQfinish(admin);
-    fpg_destroy(pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, NULL, admin, pg);
 }

@@ -80,7 +80,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -364,22 +363,10 @@ static int run_check(const bench *b, check_run *r)
         fprintf(stderr, "bench: pipe: %s\n", strerror(errno));
         return -1;
     }
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
     int64_t t0 = clk_mono_us();
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* Die with the bench; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(fds[1], STDOUT_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid = bench_spawn(argv, fds[1], -1);
     close(fds[1]);
     if (pid < 0) {
-        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
         close(fds[0]);
         return -1;
     }
@@ -947,18 +934,9 @@ static void print_report(const bench *b, const figures *f, const char *server,
     printf("baseline: count(*) of outbox, saga and inbox with index paths off (full scans), "
            "interleaved with the checks\n");
 
-    printf("\n%-26s", "");
-    for (int r = 0; r < n; r++)
-        printf(" %7s%d", "round ", r + 1);
-    printf(" %9s\n", "median");
-    printf("%-26s", "check s");
-    for (int r = 0; r < n; r++)
-        printf(" %8.3f", f->check_s[r]);
-    printf(" %9.3f\n", check);
-    printf("%-26s", "full scan s");
-    for (int r = 0; r < n; r++)
-        printf(" %8.3f", f->scan_s[r]);
-    printf(" %9.3f\n", scan);
+    bench_rounds_head(26, n);
+    bench_rounds_row(26, "check s", f->check_s, n, 3);
+    bench_rounds_row(26, "full scan s", f->scan_s, n, 3);
     printf("check / full scan %.3f\n", check / scan);
 
     printf("\nwriters: %d threads, a connection each: BEGIN; SELECT ferry.emit(...); INSERT "
@@ -1163,9 +1141,5 @@ out:
     if (b.rules_path[0])
         unlink(b.rules_path);
     free(b.check_db);
-    PQfinish(b.admin);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, NULL, b.admin, b.pg);
 }

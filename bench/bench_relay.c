@@ -114,7 +114,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -195,22 +194,6 @@ static void sleep_until_mono_us(int64_t t)
         ;
 }
 
-static int read_env_double(const char *name, double def, double lo, double hi, double *out)
-{
-    const char *s = getenv(name);
-    *out = def;
-    if (s == NULL || *s == '\0')
-        return 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (*end != '\0' || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "bench: %s=%s: want a number from %g to %g\n", name, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* What a durable commit costs on this disk right now: the median of
  * FSYNC_PROBES 8 kB writes each followed by fdatasync(), in ms, or -1. On
  * shared virtual disks this moves by orders of magnitude from one minute
@@ -264,30 +247,20 @@ static pid_t spawn_relay_log(const char *const *args, int keep_log)
         fprintf(stderr, "bench: cannot empty %s: %s\n", g_log_path, strerror(errno));
         return -1;
     }
-    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (devnull < 0)
-        return -1;
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* Die with the bench; async-signal-safe calls only until exec. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
-            dup2(g_log_fd, STDERR_FILENO) < 0 || dup2(devnull, STDOUT_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(devnull);
-    if (pid < 0)
-        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
-    return pid;
+    return bench_spawn(argv, -1, g_log_fd);
 }
 
-static pid_t spawn_relay(const char *const *args)
+/* A long-running relay, as every run but the drain starts one: holder on
+ * pg and bootstrap, logging warnings and errors, with one more setting
+ * (set: NULL for none); *spawned is when it started (for stop_relay). Its
+ * pid, or -1. */
+static pid_t spawn_holder(fpg *pg, const char *bootstrap, const char *holder, const char *set,
+                          int keep_log, int64_t *spawned)
 {
-    return spawn_relay_log(args, 0);
+    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder", holder,
+                          "--set", "log_level=warn", set ? "--set" : NULL, set, NULL};
+    *spawned = clk_mono_us();
+    return spawn_relay_log(args, keep_log);
 }
 
 static long vm_hwm_kib(pid_t pid)
@@ -432,6 +405,23 @@ static int await_leases(PGconn *conn, const char *holder, int shards)
     }
     fprintf(stderr, "bench: relay %s holds %s of %d shard leases after %d ms\n", holder, buf,
             shards, LEASE_WAIT_MS);
+    return -1;
+}
+
+/* spawn_holder, then wait until the relay holds every shard's lease, as
+ * each run that times a running relay begins. A relay that does not get
+ * there is stopped and its log shown: -1 then. */
+static pid_t start_holder(fpg *pg, PGconn *admin, const char *bootstrap, const char *holder,
+                          const char *set, int shards, int64_t *spawned)
+{
+    pid_t pid = spawn_holder(pg, bootstrap, holder, set, 0, spawned);
+    if (pid < 0)
+        return -1;
+    if (await_leases(admin, holder, shards) == 0)
+        return pid;
+    proc_result pr;
+    stop_relay(pid, *spawned, &pr);
+    relay_log_report(holder);
     return -1;
 }
 
@@ -970,6 +960,24 @@ static int emit_probe(emitter *em, consumer *c, const char *what)
     return 0;
 }
 
+/* The end of either latency run, read by c (started as tid): unless the
+ * sending failed (sent_ok 0), wait (bounded) for the r->sent messages sent
+ * (how: the path they took, for the note when some did not come); then
+ * stop and free the consumer, and summarize what it saw into r (ack_us:
+ * each message's COMMIT acknowledged, NULL for the direct producer).
+ * 0, or -1 when the sending failed or the summary could not be made. */
+static int lat_collect(consumer *c, pthread_t tid, const int64_t *ack_us, lat_result *r,
+                       int sent_ok, const char *how)
+{
+    if (sent_ok && await_all(c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
+        fprintf(stderr, "bench: only %ld of %ld messages arrived %s within %d s\n",
+                atomic_load(&c->received), r->sent, how, ARRIVAL_TIMEOUT_MS / 1000);
+    consumer_stop(c, tid);
+    int rc = sent_ok ? lat_summarize(c, ack_us, r) : -1;
+    consumer_free(c);
+    return rc;
+}
+
 /* Latency through the relay at rate messages/s: a relay daemon, the
  * consumer, the emitter. */
 static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards, int rate,
@@ -986,14 +994,10 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
     pthread_t tid;
     int rc = -1;
 
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-latency", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-latency", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    if (await_leases(admin, "bench-latency", shards) != 0)
-        goto out_relay;
     if (emitter_open(&em, pg, topic, rate, total) != 0)
         goto out_conns;
     if (consumer_start(&c, &tid, bootstrap, topic, total, LAT_KEYS) != 0)
@@ -1005,18 +1009,11 @@ static int latency_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shar
             total, rate, EMIT_CONNS);
     if (emit_paced(&em, total, r) != 0)
         goto out_consumer;
-    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: only %ld of %ld messages arrived through the relay within %d s\n",
-                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
     rc = 0;
 out_consumer:
-    consumer_stop(&c, tid);
-    if (rc == 0)
-        rc = lat_summarize(&c, em.ack_us, r);
-    consumer_free(&c);
+    rc = lat_collect(&c, tid, em.ack_us, r, rc == 0, "through the relay");
 out_conns:
     emitter_close(&em);
-out_relay:
     /* Everything delivered must also be acknowledged. */
     if (rc == 0) {
         long long left = -1;
@@ -1118,15 +1115,9 @@ static int latency_direct(const char *bootstrap, int rate, double seconds, lat_r
         fprintf(stderr, "bench: the direct producer lost %ld messages\n", failed);
         goto out_consumer;
     }
-    if (await_all(&c, r->sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: only %ld of %ld direct messages arrived within %d s\n",
-                atomic_load(&c.received), r->sent, ARRIVAL_TIMEOUT_MS / 1000);
     rc = 0;
 out_consumer:
-    consumer_stop(&c, tid);
-    if (rc == 0)
-        rc = lat_summarize(&c, NULL, r);
-    consumer_free(&c);
+    rc = lat_collect(&c, tid, NULL, r, rc == 0, "from the direct producer");
 out_producer:
     rd_kafka_destroy(rk);
     return rc;
@@ -1169,6 +1160,79 @@ static int check_delivery(const consumer *c, long want, const char *what)
                     "%ld out of key order\n", what, got, want, c->duplicates, c->strays,
             c->order_errors);
     return -1;
+}
+
+/* A relay under a steady load, as the scale-out and outage runs put it:
+ * writers emitting in a thread of their own, a consumer reading the topic
+ * back. Both runs start it, disturb the relay, and finish it the same way;
+ * load_close undoes whatever load_start got to, also after a failure. */
+typedef struct load {
+    writer w;
+    consumer c;
+    pthread_t ctid;
+    int writing, consuming;
+} load;
+
+/* Writers of total messages at rate per second to topic, after the probe
+ * (named probe) went through: 0, or -1 with the reason on stderr. l is
+ * zeroed by the caller, so that load_close may follow any failure before. */
+static int load_start(load *l, fpg *pg, const char *bootstrap, const char *topic, int rate,
+                      long total, const char *probe)
+{
+    if (emitter_open(&l->w.em, pg, topic, rate, total) != 0)
+        return -1;
+    if (consumer_start(&l->c, &l->ctid, bootstrap, topic, total, LAT_KEYS) != 0)
+        return -1;
+    l->consuming = 1;
+    if (emit_probe(&l->w.em, &l->c, probe) != 0)
+        return -1;
+    if (pthread_create(&l->w.tid, NULL, writer_main, &l->w) != 0) {
+        fprintf(stderr, "bench: pthread_create failed\n");
+        return -1;
+    }
+    l->writing = 1;
+    return 0;
+}
+
+/* Stops the writers and waits (up to timeout_ms) for what they sent; then
+ * every message must have arrived once, in key order, and topic's rows
+ * must leave ferry.outbox. 0, or -1 with the reason on stderr; what the
+ * writers and the consumer measured stays in l until load_close. */
+static int load_finish(load *l, PGconn *admin, const char *topic, int timeout_ms,
+                       const char *what)
+{
+    atomic_store(&l->w.em.stop, 1);
+    pthread_join(l->w.tid, NULL);
+    l->writing = 0;
+    if (l->w.rc != 0)
+        return -1;
+    if (await_all(&l->c, l->w.r.sent, timeout_ms) != 0)
+        fprintf(stderr, "bench: %s: not every message arrived within %d s\n", what,
+                timeout_ms / 1000);
+    consumer_stop(&l->c, l->ctid);
+    l->consuming = 0;
+    int rc = check_delivery(&l->c, l->w.r.sent, what);
+    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
+    if (left != 0) {
+        fprintf(stderr, "bench: %s: %lld rows left in ferry.outbox\n", what, left);
+        rc = -1;
+    }
+    return rc;
+}
+
+static void load_close(load *l)
+{
+    if (l->writing) {
+        atomic_store(&l->w.em.stop, 1);
+        pthread_join(l->w.tid, NULL);
+        l->writing = 0;
+    }
+    if (l->consuming) {
+        consumer_stop(&l->c, l->ctid);
+        l->consuming = 0;
+    }
+    consumer_free(&l->c);
+    emitter_close(&l->w.em);
 }
 
 /* The leaderless-partition runs: writers emit LL_RATE msgs/s over LAT_KEYS
@@ -1323,15 +1387,11 @@ static int leaderless_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *b
         fprintf(stderr, "bench: leaderless: key k-0 is on partition %d\n", LL_PARTITION);
         return -1;
     }
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-leaderless", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-leaderless", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    int rc = await_leases(admin, "bench-leaderless", shards);
-    if (rc == 0)
-        rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
+    int rc = leaderless_one(pg, admin, kb, bootstrap, 0, key_part, res);
     if (rc == 0)
         rc = leaderless_one(pg, admin, kb, bootstrap, 1, key_part, res);
     proc_result pr;
@@ -1361,45 +1421,25 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
     res->want = (shards + 1) / 2;
     char ttl[32];
     snprintf(ttl, sizeof ttl, "lease_ttl_ms=%d", SCALE_LEASE_TTL_MS);
-    const char *args_a[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
-                            "bench-scale-a", "--set", "log_level=warn", "--set", ttl, NULL};
-    const char *args_b[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap, "--holder",
-                            "bench-scale-b", "--set", "log_level=warn", "--set", ttl, NULL};
     static const char topic[] = "bench.scaleout";
     long total = (long)SCALE_RATE * (SCALE_WARM_MS + SCALE_BOUND_MS + SCALE_TAIL_MS) / 1000;
-    writer w;
-    memset(&w, 0, sizeof w);
-    consumer c;
-    memset(&c, 0, sizeof c);
-    pthread_t ctid;
-    int rc = -1, writing = 0, consuming = 0;
+    load l;
+    memset(&l, 0, sizeof l);
+    int rc = -1;
     pid_t pid_b = -1;
     int64_t spawned_b = 0;
 
-    int64_t spawned_a = clk_mono_us();
-    pid_t pid_a = spawn_relay(args_a);
+    int64_t spawned_a;
+    pid_t pid_a = start_holder(pg, admin, bootstrap, "bench-scale-a", ttl, shards, &spawned_a);
     if (pid_a < 0)
         return -1;
-    if (await_leases(admin, "bench-scale-a", shards) != 0)
+    if (load_start(&l, pg, bootstrap, topic, SCALE_RATE, total, "scale-out probe") != 0)
         goto out;
-    if (emitter_open(&w.em, pg, topic, SCALE_RATE, total) != 0)
-        goto out;
-    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
-        goto out;
-    consuming = 1;
-    if (emit_probe(&w.em, &c, "scale-out probe") != 0)
-        goto out;
-    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
-        fprintf(stderr, "bench: pthread_create failed\n");
-        goto out;
-    }
-    writing = 1;
     fprintf(stderr, "bench: scale-out: relay A holds %d shards, writers at %d msgs/s; relay B "
                     "starts in %.1f s (lease TTL %d ms)\n", shards, SCALE_RATE,
             SCALE_WARM_MS / 1000.0, SCALE_LEASE_TTL_MS);
     clk_sleep_ms(SCALE_WARM_MS);         /* the load, steady before B comes */
-    spawned_b = clk_mono_us();
-    pid_b = spawn_relay_log(args_b, 1);
+    pid_b = spawn_holder(pg, bootstrap, "bench-scale-b", ttl, 1, &spawned_b);
     if (pid_b < 0)
         goto out;
     int64_t deadline = spawned_b + (int64_t)SCALE_BOUND_MS * 1000;
@@ -1412,7 +1452,7 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
             res->share_s = (double)(clk_mono_us() - spawned_b) / 1e6;
             break;
         }
-        if (clk_mono_us() >= deadline || w.em.failed)
+        if (clk_mono_us() >= deadline || l.w.em.failed)
             break;
         clk_sleep_ms(20);
     }
@@ -1425,36 +1465,16 @@ static int scaleout_relays(fpg *pg, PGconn *admin, const char *bootstrap, int sh
                 held, res->share_s);
         clk_sleep_ms(SCALE_TAIL_MS);     /* both relays publishing under the load */
     }
-    atomic_store(&w.em.stop, 1);
-    pthread_join(w.tid, NULL);
-    writing = 0;
-    if (w.rc != 0)
+    rc = load_finish(&l, admin, topic, ARRIVAL_TIMEOUT_MS, "scale-out");
+    if (l.w.rc != 0)
         goto out;
-    res->sent = w.r.sent;
-    res->emit_rate = w.r.seconds > 0 ? (double)w.r.sent / w.r.seconds : 0;
-    if (await_all(&c, w.r.sent, ARRIVAL_TIMEOUT_MS) != 0)
-        fprintf(stderr, "bench: scale-out: not every message arrived within %d s\n",
-                ARRIVAL_TIMEOUT_MS / 1000);
-    consumer_stop(&c, ctid);
-    consuming = 0;
-    rc = check_delivery(&c, w.r.sent, "scale-out");
-    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
-    if (left != 0) {
-        fprintf(stderr, "bench: scale-out: %lld rows left in ferry.outbox\n", left);
-        rc = -1;
-    }
+    res->sent = l.w.r.sent;
+    res->emit_rate = l.w.r.seconds > 0 ? (double)l.w.r.sent / l.w.r.seconds : 0;
     if (lease_count(admin, "bench-scale-a", &res->a_final) != 0 ||
         lease_count(admin, "bench-scale-b", &res->b_final) != 0)
         rc = -1;
 out:
-    if (writing) {
-        atomic_store(&w.em.stop, 1);
-        pthread_join(w.tid, NULL);
-    }
-    if (consuming)
-        consumer_stop(&c, ctid);
-    consumer_free(&c);
-    emitter_close(&w.em);
+    load_close(&l);
     proc_result pr_a, pr_b;
     if (pid_b > 0) {
         stop_relay(pid_b, spawned_b, &pr_b);
@@ -1488,35 +1508,18 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
 {
     memset(res, 0, sizeof *res);
     static const char topic[] = "bench.outage";
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-outage", "--set", "log_level=warn", NULL};
     long total = (long)OUTAGE_RATE *
                  (OUTAGE_WARM_MS + OUTAGE_MS + OUTAGE_BOUND_MS + OUTAGE_TAIL_MS) / 1000;
-    writer w;
-    memset(&w, 0, sizeof w);
-    consumer c;
-    memset(&c, 0, sizeof c);
-    pthread_t ctid;
-    int rc = -1, writing = 0, consuming = 0, down = 0;
+    load l;
+    memset(&l, 0, sizeof l);
+    int rc = -1, down = 0;
 
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-outage", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    if (await_leases(admin, "bench-outage", shards) != 0)
+    if (load_start(&l, pg, bootstrap, topic, OUTAGE_RATE, total, "outage probe") != 0)
         goto out;
-    if (emitter_open(&w.em, pg, topic, OUTAGE_RATE, total) != 0)
-        goto out;
-    if (consumer_start(&c, &ctid, bootstrap, topic, total, LAT_KEYS) != 0)
-        goto out;
-    consuming = 1;
-    if (emit_probe(&w.em, &c, "outage probe") != 0)
-        goto out;
-    if (pthread_create(&w.tid, NULL, writer_main, &w) != 0) {
-        fprintf(stderr, "bench: pthread_create failed\n");
-        goto out;
-    }
-    writing = 1;
     clk_sleep_ms(OUTAGE_WARM_MS);
     fprintf(stderr, "bench: outage: all %d broker(s) down for %.1f s, writers at %d msgs/s\n",
             KAFKA_BROKERS, OUTAGE_MS / 1000.0, OUTAGE_RATE);
@@ -1570,39 +1573,19 @@ static int outage_relay(fpg *pg, PGconn *admin, kt_broker *kb, const char *boots
                 res->resume_s);
         clk_sleep_ms(OUTAGE_TAIL_MS);
     }
-    atomic_store(&w.em.stop, 1);
-    pthread_join(w.tid, NULL);
-    writing = 0;
-    if (w.rc != 0)
+    rc = load_finish(&l, admin, topic, OUTAGE_DRAIN_BOUND_MS, "outage");
+    if (l.w.rc != 0)
         goto out;
-    res->sent = w.r.sent;
-    if (await_all(&c, w.r.sent, OUTAGE_DRAIN_BOUND_MS) != 0)
-        fprintf(stderr, "bench: outage: not every message arrived within %d s\n",
-                OUTAGE_DRAIN_BOUND_MS / 1000);
-    consumer_stop(&c, ctid);
-    consuming = 0;
+    res->sent = l.w.r.sent;
     int64_t first = 0;
-    for (long n = 0; n < c.expected; n++)
-        if (c.recv_us[n] >= up_real && (first == 0 || c.recv_us[n] < first))
-            first = c.recv_us[n];
+    for (long n = 0; n < l.c.expected; n++)
+        if (l.c.recv_us[n] >= up_real && (first == 0 || l.c.recv_us[n] < first))
+            first = l.c.recv_us[n];
     res->resume_consumer_s = first != 0 ? (double)(first - up_real) / 1e6 : -1;
-    rc = check_delivery(&c, w.r.sent, "outage");
-    long long left = await_outbox_empty(admin, topic, ARRIVAL_TIMEOUT_MS);
-    if (left != 0) {
-        fprintf(stderr, "bench: outage: %lld rows left in ferry.outbox\n", left);
-        rc = -1;
-    }
 out:
     for (int b = 1; b <= down; b++)
         kt_command(kb, "up %d", b);
-    if (writing) {
-        atomic_store(&w.em.stop, 1);
-        pthread_join(w.tid, NULL);
-    }
-    if (consuming)
-        consumer_stop(&c, ctid);
-    consumer_free(&c);
-    emitter_close(&w.em);
+    load_close(&l);
     proc_result pr;
     stop_relay(pid, spawned, &pr);
     relay_log_report("outage");         /* errors while the brokers are away are no failure */
@@ -1747,15 +1730,12 @@ static int raw_delete_loop(PGconn *conn, long rows, double *seconds)
 static int idle_relay(fpg *pg, PGconn *admin, const char *bootstrap, int shards,
                       proc_result *pr)
 {
-    const char *args[] = {"--db", fpg_conninfo(pg), "--kafka", bootstrap,
-                          "--holder", "bench-idle", "--set", "log_level=warn", NULL};
-    int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    int64_t spawned;
+    pid_t pid = start_holder(pg, admin, bootstrap, "bench-idle", NULL, shards, &spawned);
     if (pid < 0)
         return -1;
-    int rc = await_leases(admin, "bench-idle", shards);
-    if (rc == 0)
-        clk_sleep_ms(IDLE_SETTLE_MS);
+    clk_sleep_ms(IDLE_SETTLE_MS);
+    int rc = 0;
     stop_relay(pid, spawned, pr);
     if (relay_log_report("idle") > 0 || pr->status != 0) {
         fprintf(stderr, "bench: the idle relay exited with status %d\n", pr->status);
@@ -1774,7 +1754,7 @@ static int drain_relay(fpg *pg, PGconn *admin, const char *bootstrap, long rows,
                           "--holder", "bench-drain", "--set", "log_level=warn",
                           "--set", batch, NULL};
     int64_t spawned = clk_mono_us();
-    pid_t pid = spawn_relay(args);
+    pid_t pid = spawn_relay_log(args, 0);
     if (pid < 0)
         return -1;
     wait_relay(pid, spawned, DRAIN_TIMEOUT_MS, pr);
@@ -1874,11 +1854,41 @@ static void print_latency_table(const lat_result *r, const lat_result *d, const 
            pr->wall_s);
 }
 
+/* A run starts from a vacuumed table (sql: "VACUUM ANALYZE table") and
+ * after a checkpoint, so that it neither reads past the dead rows of the
+ * run before nor pays for its checkpoint; *fsync_ms is then how long the
+ * disk takes to flush, printed beside the run's figures. */
+static int settle(PGconn *admin, const char *sql, double *fsync_ms)
+{
+    if (bench_exec(admin, sql) != 0 || bench_exec(admin, "CHECKPOINT") != 0)
+        return -1;
+    *fsync_ms = fsync_probe_ms();
+    return 0;
+}
+
+/* The bench lines of one latency rate, the same in a full run and with
+ * FERRY_BENCH_ONLY=latency; the latter (detail) adds the p99 of the COMMIT
+ * round trip and of the pickup. */
+static void print_rate_lines(int rate, const lat_result *relay, const lat_result *direct,
+                             int detail)
+{
+    printf("bench relay_latency_p50_ms_%d %.2f ms\n", rate, relay->total.p50);
+    printf("bench relay_latency_p99_ms_%d %.2f ms\n", rate, relay->total.p99);
+    printf("bench floor_latency_p50_ms_%d %.2f ms\n", rate, direct->total.p50);
+    printf("bench floor_latency_p99_ms_%d %.2f ms\n", rate, direct->total.p99);
+    printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", rate, relay->after.p50);
+    printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", rate, relay->after.p99);
+    if (!detail)
+        return;
+    printf("bench relay_commit_roundtrip_p99_ms_%d %.2f ms\n", rate, relay->commit.p99);
+    printf("bench relay_pickup_p99_ms_%d %.2f ms\n", rate, relay->pickup.p99);
+}
+
 int main(void)
 {
     double rows_d, seconds;
-    if (read_env_double("FERRY_BENCH_ROWS", 1000000, 1000, 1e8, &rows_d) != 0 ||
-        read_env_double("FERRY_BENCH_SECONDS", 10, 0.5, 600, &seconds) != 0)
+    if (bench_env_double("FERRY_BENCH_ROWS", 1000000, 1000, 1e8, &rows_d) != 0 ||
+        bench_env_double("FERRY_BENCH_SECONDS", 10, 0.5, 600, &seconds) != 0)
         return 1;
     long rows = (long)rows_d;
     /* FERRY_BENCH_ONLY=latency: the latency runs alone (no drain, no
@@ -1931,12 +1941,9 @@ int main(void)
     int version = 0;
     if (bench_migrate(admin, &version) != 0)
         goto out;
-    char server[64], fsync_s[16], sync_commit[16], shared[16], shards_s[16];
-    if (bench_query_text(admin, "SHOW server_version", 0, NULL, server, sizeof server) != 0 ||
-        bench_query_text(admin, "SHOW fsync", 0, NULL, fsync_s, sizeof fsync_s) != 0 ||
-        bench_query_text(admin, "SHOW synchronous_commit", 0, NULL, sync_commit,
-                   sizeof sync_commit) != 0 ||
-        bench_query_text(admin, "SHOW shared_buffers", 0, NULL, shared, sizeof shared) != 0 ||
+    bench_server srv;
+    char shards_s[16];
+    if (bench_server_read(admin, &srv) != 0 ||
         bench_query_text(admin, "SELECT shard_count FROM ferry.settings", 0, NULL, shards_s,
                    sizeof shards_s) != 0)
         goto out;
@@ -1953,11 +1960,11 @@ int main(void)
             kt_command(kb, "topic-create %s %d 1", dt, TOPIC_PARTITIONS) != 0)
             goto out;
     }
-    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", server,
-            fsync_s, bootstrap, g_relay_bin);
+    fprintf(stderr, "bench: PostgreSQL %s (fsync=%s), broker at %s, relay %s\n", srv.version,
+            srv.fsync, bootstrap, g_relay_bin);
     if (disk_off)
         printf("DIAGNOSTIC RUN (FERRY_BENCH_DISK=off): synchronous_commit=%s, commits do not wait "
-               "for the WAL flush; not durable figures\n", sync_commit);
+               "for the WAL flush; not durable figures\n", srv.sync_commit);
 
     /* ------------------------------------------------------------ memory baseline */
     if (latency_only)
@@ -1976,19 +1983,16 @@ int main(void)
         goto out;
 
     fprintf(stderr, "bench: baseline: raw DELETE ... RETURNING * loop over bench_copy\n");
-    if (bench_exec(admin, "VACUUM ANALYZE bench_copy") != 0 || bench_exec(admin, "CHECKPOINT") != 0)
+    if (settle(admin, "VACUUM ANALYZE bench_copy", &fsync_raw) != 0)
         goto out;
-    fsync_raw = fsync_probe_ms();
     if (raw_delete_loop(admin, rows, &raw_s) != 0 ||
         bench_exec(admin, "DROP TABLE bench_copy") != 0)
         goto out;
     fprintf(stderr, "bench: raw loop: %ld rows in %.2f s\n", rows, raw_s);
 
     fprintf(stderr, "bench: ferry-relay run --once draining ferry.outbox\n");
-    if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
-        bench_exec(admin, "CHECKPOINT") != 0)
+    if (settle(admin, "VACUUM ANALYZE ferry.outbox", &fsync_drain) != 0)
         goto out;
-    fsync_drain = fsync_probe_ms();
     if (drain_relay(pg, admin, bootstrap, rows, &drain_pr) != 0)
         goto out;
     fprintf(stderr, "bench: relay drain: %ld messages in %.2f s\n", rows, drain_pr.wall_s);
@@ -2008,10 +2012,8 @@ latency:
                         "wants at least %d\n", lat_seconds[0] * LAT_RATE_LOW, LAT_RATE_LOW,
                 seconds, LAT_LOW_MIN_MSGS);
     for (int i = 0; i < 2; i++) {
-        if (bench_exec(admin, "VACUUM ANALYZE ferry.outbox") != 0 ||
-            bench_exec(admin, "CHECKPOINT") != 0)
+        if (settle(admin, "VACUUM ANALYZE ferry.outbox", &fsync_lat[i]) != 0)
             goto out;
-        fsync_lat[i] = fsync_probe_ms();
         if (latency_relay(pg, admin, bootstrap, shards, lat_rates[i], lat_seconds[i],
                           &lat_relay[i], &lat_pr[i]) != 0 ||
             latency_direct(bootstrap, lat_rates[i], lat_seconds[i], &lat_direct[i]) != 0)
@@ -2032,19 +2034,8 @@ latency:
     if (latency_only) {
         for (int i = 0; i < 2; i++)
             print_latency_table(&lat_relay[i], &lat_direct[i], &lat_pr[i], fsync_lat[i]);
-        for (int i = 0; i < 2; i++) {
-            printf("bench relay_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p50);
-            printf("bench relay_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p99);
-            printf("bench floor_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p50);
-            printf("bench floor_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p99);
-            printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].after.p50);
-            printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].after.p99);
-            printf("bench relay_commit_roundtrip_p99_ms_%d %.2f ms\n", lat_rates[i],
-                   lat_relay[i].commit.p99);
-            printf("bench relay_pickup_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].pickup.p99);
-        }
+        for (int i = 0; i < 2; i++)
+            print_rate_lines(lat_rates[i], &lat_relay[i], &lat_direct[i], 1);
         status = checks_ok ? 0 : 1;
         goto out;
     }
@@ -2068,7 +2059,7 @@ latency:
     printf("ferry-relay benchmark (ferry %s, schema %d)\n", ferry_version(), version);
     printf("server: PostgreSQL %s, fsync=%s, synchronous_commit=%s, shared_buffers=%s "
            "(durable defaults); broker: ferry-relay devkafka (librdkafka's mock cluster, "
-           "1 broker)\n", server, fsync_s, sync_commit, shared);
+           "1 broker)\n", srv.version, srv.fsync, srv.sync_commit, srv.shared_buffers);
 
     printf("\nthroughput: %ld rows over %d keys, payloads of %s bytes on average, "
            "preloaded through ferry.emit()\n", rows, DRAIN_KEYS, payload_avg);
@@ -2176,16 +2167,8 @@ latency:
     printf("bench kafka_direct_latency_p50_ms %.2f ms\n", lat_direct[1].total.p50);
     printf("bench kafka_direct_latency_p99_ms %.2f ms\n", lat_direct[1].total.p99);
     printf("bench kafka_direct_latency_max_ms %.2f ms\n", lat_direct[1].total.max);
-    for (int i = 0; i < 2; i++) {
-        printf("bench relay_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p50);
-        printf("bench relay_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_relay[i].total.p99);
-        printf("bench floor_latency_p50_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p50);
-        printf("bench floor_latency_p99_ms_%d %.2f ms\n", lat_rates[i], lat_direct[i].total.p99);
-        printf("bench relay_after_commit_latency_p50_ms_%d %.2f ms\n", lat_rates[i],
-               lat_relay[i].after.p50);
-        printf("bench relay_after_commit_latency_p99_ms_%d %.2f ms\n", lat_rates[i],
-               lat_relay[i].after.p99);
-    }
+    for (int i = 0; i < 2; i++)
+        print_rate_lines(lat_rates[i], &lat_relay[i], &lat_direct[i], 0);
     printf("bench relay_leaderless_healthy_ratio %.3f ratio\n", ll_ratio);
     printf("bench relay_leaderless_healthy_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[1]);
     printf("bench relay_leaderless_baseline_msgs_per_s %.0f msgs/s\n", ll.healthy_rate[0]);
@@ -2201,11 +2184,6 @@ latency:
     status = checks_ok ? 0 : 1;
 
 out:
-    kt_stop(kb);
-    PQfinish(admin);
-    fpg_destroy(pg);
     close(g_log_fd);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, kb, admin, pg);
 }

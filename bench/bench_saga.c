@@ -476,22 +476,12 @@ static int observer_start(const char *bootstrap)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     real_minus_mono_us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - clk_mono_us();
-    char errstr[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
-        bench_kconf_set(conf, "group.id", "bench-observer") != 0 ||
-        bench_kconf_set(conf, "enable.auto.commit", "false") != 0 ||
-        bench_kconf_set(conf, "auto.offset.reset", "latest") != 0 ||
-        bench_kconf_set(conf, "fetch.wait.max.ms", "1") != 0) {
-        rd_kafka_conf_destroy(conf);
+    static const char *const props[] = {"enable.auto.commit", "false",
+                                        "auto.offset.reset", "latest",
+                                        "fetch.wait.max.ms", "1",
+                                        NULL};
+    if ((observer = bench_consumer_new(bootstrap, "bench-observer", props)) == NULL)
         return -1;
-    }
-    if ((observer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr)) == NULL) {
-        rd_kafka_conf_destroy(conf);
-        fprintf(stderr, "bench: observer: %s\n", errstr);
-        return -1;
-    }
-    rd_kafka_poll_set_consumer(observer);
     rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(t, HOP_TOPIC, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t e = rd_kafka_subscribe(observer, t);
@@ -1088,30 +1078,18 @@ static void print_report(const figures *f, long sagas, long seconds, double stea
            "sagas/s, %ld s of hops\n  at %.1f msgs/s), the two steady runs swapped every "
            "round; medians over the rounds\n", n, sagas, bench_starters,
            bench_starters > 1 ? "s" : "", seconds, steady, seconds, steady * HOPS);
-    printf("\n%-34s", "");
-    for (int r = 0; r < n; r++)
-        printf(" %7s%d", "round ", r + 1);
-    printf(" %9s\n", "median");
-    printf("%-34s", "sagas completed per second");
-    for (int r = 0; r < n; r++)
-        printf(" %8.1f", f->rate[r]);
-    printf(" %9.1f\n", bench_median(f->rate, n));
+    bench_rounds_head(34, n);
+    bench_rounds_row(34, "sagas completed per second", f->rate, n, 1);
     static const char *const pn[3] = {"p50", "p99", "max"};
     for (int p = 0; p < 3; p++) {
         char label[64];
         snprintf(label, sizeof label, "saga start -> completed %s ms", pn[p]);
-        printf("%-34s", label);
-        for (int r = 0; r < n; r++)
-            printf(" %8.1f", f->saga[p][r]);
-        printf(" %9.1f\n", bench_median(f->saga[p], n));
+        bench_rounds_row(34, label, f->saga[p], n, 1);
     }
     for (int p = 0; p < 3; p++) {
         char label[64];
         snprintf(label, sizeof label, "hop emit -> applied %s ms", pn[p]);
-        printf("%-34s", label);
-        for (int r = 0; r < n; r++)
-            printf(" %8.1f", f->hop[p][r]);
-        printf(" %9.1f\n", bench_median(f->hop[p], n));
+        bench_rounds_row(34, label, f->hop[p], n, 1);
     }
     double s50 = bench_median(f->saga[0], n), h50 = bench_median(f->hop[0], n);
     printf("\na saga is %d hops (3 commands, 3 replies): saga p50 / hop p50 = %.2f "
@@ -1255,11 +1233,6 @@ out:
             status = 1;
         }
     }
-    kt_stop(b.kb);
     ferry_saga_registry_destroy(bench_reg);
-    PQfinish(b.conn);
-    fpg_destroy(b.pg);
-    if (status != 0)
-        fprintf(stderr, "bench: FAILED\n");
-    return status;
+    return bench_end(status, b.kb, b.conn, b.pg);
 }

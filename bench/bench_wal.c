@@ -37,7 +37,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <stdatomic.h>
@@ -184,17 +183,8 @@ static int run_relay(const char *source, run_result *out)
     const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
                           kt_bootstrap(g_kb), "--once", "--outbox-source", source, "--set",
                           "log_level=warn", NULL};
-    fflush(stdout);
-    fflush(stderr);
     int64_t t0 = clk_mono_us();
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(devnull, STDOUT_FILENO);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+    pid_t pid = bench_spawn(argv, -1, -1);
     if (pid < 0)
         return -1;
     int ws;
@@ -313,30 +303,17 @@ typedef struct lat_sender {
     int index;
 } lat_sender;
 
+/* The topic's partitions are assigned from the start (lat_assign), no
+ * group to join: a rebalance would delay the first messages by seconds,
+ * which is the consumer's, not the path's. */
 static rd_kafka_t *lat_new_consumer(const char *group)
 {
-    char errstr[512];
-    rd_kafka_conf_t *kc = rd_kafka_conf_new();
-    if (bench_kconf_set(kc, "bootstrap.servers", kt_bootstrap(g_kb)) ||
-        bench_kconf_set(kc, "group.id", group) ||
-        bench_kconf_set(kc, "auto.offset.reset", "earliest") ||
-        bench_kconf_set(kc, "fetch.wait.max.ms", "5") ||
-        bench_kconf_set(kc, "enable.auto.commit", "false") ||
-        bench_kconf_set(kc, "enable.partition.eof", "false")) {
-        rd_kafka_conf_destroy(kc);
-        return NULL;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
-    if (rk == NULL) {
-        fprintf(stderr, "bench: consumer: %s\n", errstr);
-        rd_kafka_conf_destroy(kc);
-        return NULL;
-    }
-    /* The topic's partitions assigned from the start, no group to join:
-     * a rebalance would delay the first messages by seconds, which is
-     * the consumer's, not the path's. */
-    rd_kafka_poll_set_consumer(rk);
-    return rk;
+    static const char *const props[] = {"auto.offset.reset", "earliest",
+                                        "fetch.wait.max.ms", "5",
+                                        "enable.auto.commit", "false",
+                                        "enable.partition.eof", "false",
+                                        NULL};
+    return bench_consumer_new(kt_bootstrap(g_kb), group, props);
 }
 
 static void lat_assign(rd_kafka_t *rk, const char *topic)
@@ -575,16 +552,7 @@ static int latency(PGconn *c, const char *source, long rate, double out[2])
         const char *argv[] = {g_relay, "run", "--db", fpg_conninfo(g_pg), "--kafka",
                               kt_bootstrap(g_kb), "--outbox-source", source, "--set",
                               "log_level=warn", NULL};
-        fflush(stdout);
-        fflush(stderr);
-        relay = fork();
-        if (relay == 0) {
-            int devnull = open("/dev/null", O_WRONLY);
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            dup2(devnull, STDOUT_FILENO);
-            execv(argv[0], (char *const *)argv);
-            _exit(127);
-        }
+        relay = bench_spawn(argv, -1, -1);
         clk_sleep_ms(1500);     /* its start-up, not part of what is measured */
     } else {
         /* No linger, as the relay's producer (relay_kafka.c) and
@@ -853,8 +821,5 @@ int main(void)
     }
     rc = 0;
 out:
-    PQfinish(c);
-    kt_stop(g_kb);
-    fpg_destroy(g_pg);
-    return rc;
+    return bench_end(rc, g_kb, c, g_pg);
 }

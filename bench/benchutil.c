@@ -3,9 +3,12 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "ferry.h"
@@ -51,6 +54,22 @@ double bench_percentile(const double *v, size_t n, double p)
     return v[rank == 0 ? 0 : rank - 1];
 }
 
+void bench_rounds_head(int label_width, int n)
+{
+    printf("\n%-*s", label_width, "");
+    for (int r = 0; r < n; r++)
+        printf(" %7s%d", "round ", r + 1);
+    printf(" %9s\n", "median");
+}
+
+void bench_rounds_row(int label_width, const char *label, const double *v, int n, int prec)
+{
+    printf("%-*s", label_width, label);
+    for (int r = 0; r < n; r++)
+        printf(" %8.*f", prec, v[r]);
+    printf(" %9.*f\n", prec, bench_median(v, n));
+}
+
 int bench_env_long(const char *name, long def, long lo, long hi, long *out)
 {
     const char *s = getenv(name);
@@ -66,6 +85,32 @@ int bench_env_long(const char *name, long def, long lo, long hi, long *out)
     }
     *out = v;
     return 0;
+}
+
+int bench_env_double(const char *name, double def, double lo, double hi, double *out)
+{
+    const char *s = getenv(name);
+    *out = def;
+    if (s == NULL || *s == '\0')
+        return 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (*end != '\0' || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "bench: %s=%s: want a number from %g to %g\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int bench_end(int status, kt_broker *kb, PGconn *admin, fpg *pg)
+{
+    kt_stop(kb);
+    PQfinish(admin);
+    fpg_destroy(pg);
+    if (status != 0)
+        fprintf(stderr, "bench: FAILED\n");
+    return status;
 }
 
 int bench_exec(PGconn *conn, const char *sql)
@@ -143,6 +188,51 @@ int bench_query_ll(PGconn *conn, const char *sql, const char *param, long long *
     return 0;
 }
 
+int bench_server_read(PGconn *conn, bench_server *out)
+{
+    if (bench_query_text(conn, "SHOW server_version", 0, NULL, out->version,
+                         sizeof out->version) != 0 ||
+        bench_query_text(conn, "SHOW fsync", 0, NULL, out->fsync, sizeof out->fsync) != 0 ||
+        bench_query_text(conn, "SHOW synchronous_commit", 0, NULL, out->sync_commit,
+                         sizeof out->sync_commit) != 0 ||
+        bench_query_text(conn, "SHOW wal_sync_method", 0, NULL, out->sync_method,
+                         sizeof out->sync_method) != 0 ||
+        bench_query_text(conn, "SHOW shared_buffers", 0, NULL, out->shared_buffers,
+                         sizeof out->shared_buffers) != 0)
+        return -1;
+    return 0;
+}
+
+pid_t bench_spawn(const char *const *argv, int out_fd, int err_fd)
+{
+    int devnull = -1;
+    if (out_fd < 0) {
+        devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (devnull < 0) {
+            fprintf(stderr, "bench: /dev/null: %s\n", strerror(errno));
+            return -1;
+        }
+        out_fd = devnull;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Die with the bench; async-signal-safe calls only until exec. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+            dup2(out_fd, STDOUT_FILENO) < 0 || (err_fd >= 0 && dup2(err_fd, STDERR_FILENO) < 0))
+            _exit(127);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    if (devnull >= 0)
+        close(devnull);
+    if (pid < 0)
+        fprintf(stderr, "bench: fork: %s\n", strerror(errno));
+    return pid;
+}
+
 const char *bench_program(const char *env, const char *fallback)
 {
     const char *bin = getenv(env);
@@ -165,6 +255,29 @@ int bench_kconf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
         return -1;
     }
     return 0;
+}
+
+rd_kafka_t *bench_consumer_new(const char *bootstrap, const char *group,
+                               const char *const *props)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int bad = bench_kconf_set(conf, "bootstrap.servers", bootstrap) != 0 ||
+              bench_kconf_set(conf, "group.id", group) != 0;
+    for (size_t i = 0; !bad && props[i] != NULL; i += 2)
+        bad = bench_kconf_set(conf, props[i], props[i + 1]) != 0;
+    if (bad) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof errstr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "bench: consumer %s: %s\n", group, errstr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
 }
 
 rd_kafka_t *bench_relay_like_producer(const char *bootstrap, const char *linger,

@@ -273,16 +273,8 @@ static int setting_up(demo *d)
     ferry_code rc;
     demo_step("Starting a throwaway PostgreSQL with two databases: payments (the first service) "
          "and accounts (the second)");
-    d->pg = fpg_start(NULL);
-    if (d->pg == NULL)
-        return demo_fail("could not start PostgreSQL (see above)");
-    PGconn *admin = fpg_connect(d->pg);
-    if (admin == NULL)
-        return demo_fail("could not connect");
-    int bad = demo_exec(admin, "CREATE DATABASE payments") != 0 ||
-              demo_exec(admin, "CREATE DATABASE accounts") != 0;
-    PQfinish(admin);
-    if (bad)
+    static const char *const dbs[] = {"payments", "accounts"};
+    if ((d->pg = demo_cluster(dbs, 2)) == NULL)
         return -1;
     d->payments_db = fpg_conninfo_for(d->pg, NULL, "payments");
     d->accounts_db = fpg_conninfo_for(d->pg, NULL, "accounts");
@@ -632,13 +624,8 @@ static int stop_service(demo *d)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
-    if (getenv("FERRY_RELAY_BIN") == NULL || getenv("FERRY_RELAY_BIN")[0] == '\0')
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-    demo d = {.relay_bin = getenv("FERRY_RELAY_BIN"),
-              .service_bin = getenv("FERRY_ACCOUNT_SERVICE_BIN")};
-    if (d.service_bin == NULL || d.service_bin[0] == '\0')
-        d.service_bin = "build/rel/account-service";
+    demo d = {.relay_bin = demo_relay_bin(),
+              .service_bin = demo_env("FERRY_ACCOUNT_SERVICE_BIN", "build/rel/account-service")};
     d.svc.out = -1;
 
     printf("ferry %s: two services, one ledger, every credit applied once\n",
@@ -675,21 +662,11 @@ int main(void)
 
     demo_step("Tearing down the service, the broker and the cluster");
     demo_service_cleanup(&d.svc);
-    if (d.kb != NULL) {
-        int st = kt_terminate(d.kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(d.kb);
-    }
+    rc = demo_broker_stop(d.kb, rc);
     PQfinish(d.payments);
     PQfinish(d.accounts);
     free(d.payments_db);
     free(d.accounts_db);
     fpg_destroy(d.pg);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }

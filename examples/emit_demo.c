@@ -63,6 +63,24 @@ static int position_of(PGconn *conn, const char *id, long *out)
     return demo_query_long(conn, "SELECT seq FROM ferry.outbox WHERE id = $1::uuid", id, out);
 }
 
+/* Message id committed with a credit to account: say so (what: how it was
+ * emitted; why: why at that position) with id's position and account's
+ * balance, which must be want_pos and want_bal. */
+static int committed_with_credit(PGconn *conn, const char *what, const char *id,
+                                 const char *account, const char *why, long want_pos,
+                                 long want_bal)
+{
+    long pos, bal;
+    if (position_of(conn, id, &pos) != 0 || balance_of(conn, account, &bal) != 0)
+        return -1;
+    demo_say("%s %s, at position %ld of key %s%s; %s balance %ld", what, id, pos, account, why,
+             account, bal);
+    if (pos != want_pos || bal != want_bal)
+        return demo_fail("position %ld and balance %ld, expected %ld and %ld", pos, bal,
+                         want_pos, want_bal);
+    return 0;
+}
+
 static const char outbox_sql[] =
     "SELECT topic, aggregateid AS key, seq, type, payload, headers "
     "FROM ferry.outbox ORDER BY topic, aggregateid, seq";
@@ -219,12 +237,9 @@ static int walkthrough(fpg *pg, PGconn *conn, char doomed_out[FERRY_UUID_STRING_
         demo_query1(conn, sql_emit, 0, NULL, sql_id, sizeof sql_id) != 0 ||
         demo_exec(conn, "COMMIT") != 0)
         return -1;
-    if (position_of(conn, sql_id, &pos) != 0 || balance_of(conn, "acct-1", &bal) != 0)
+    if (committed_with_credit(conn, "ferry.emit returned id", sql_id, "acct-1",
+                              " (no gap: the rolled-back message took no position)", 3, 75) != 0)
         return -1;
-    demo_say("ferry.emit returned id %s, at position %ld of key acct-1 (no gap: the rolled-back "
-        "message took no position); acct-1 balance %ld", sql_id, pos, bal);
-    if (pos != 3 || bal != 75)
-        return demo_fail("position %ld and balance %ld, expected 3 and 75", pos, bal);
 
     /* ---------------------------------------------------------- refused */
     demo_step("A bad message is refused before anything is sent, and the transaction "
@@ -251,12 +266,9 @@ static int walkthrough(fpg *pg, PGconn *conn, char doomed_out[FERRY_UUID_STRING_
         return -1;
     char fixed_text[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&fixed_id, fixed_text);
-    if (position_of(conn, fixed_text, &pos) != 0 || balance_of(conn, "acct-2", &bal) != 0)
+    if (committed_with_credit(conn, "same transaction, topic corrected: emitted", fixed_text,
+                              "acct-2", ", committed with acct-2's credit", 1, 30) != 0)
         return -1;
-    demo_say("same transaction, topic corrected: emitted %s at position %ld of key acct-2, "
-        "committed with acct-2's credit (balance %ld)", fixed_text, pos, bal);
-    if (pos != 1 || bal != 30)
-        return demo_fail("position %ld and balance %ld, expected 1 and 30", pos, bal);
 
     /* ---------------------------------------------------------- the end */
     demo_step("Where it ended: every committed message in the outbox, in per-key order, "
@@ -383,18 +395,9 @@ static int run_relay(const char *const *argv, relay_outcome *out)
  * minus low watermark, asked of the broker. */
 static int topic_size(const char *bootstrap, const char *topic, long long *out)
 {
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka client: %s", errstr);
-    }
+    rd_kafka_t *rk = demo_kafka_producer(bootstrap, NULL);
+    if (rk == NULL)
+        return -1;
     int rc = 0;
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
@@ -680,12 +683,7 @@ static int wal_source(fpg *pg, PGconn *conn, const char *relay_bin, kt_broker *k
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
-    const char *relay_bin = getenv("FERRY_RELAY_BIN");
-    if (relay_bin == NULL || relay_bin[0] == '\0') {
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-        relay_bin = getenv("FERRY_RELAY_BIN");
-    }
+    const char *relay_bin = demo_relay_bin();
     printf("ferry %s: the transactional outbox, step by step\n", ferry_version());
     printf("(Kafka here is librdkafka's mock cluster, run by `ferry-relay devkafka`, standing "
            "in for a real broker; `ferry-relay run --kafka HOST:PORT` works with any Kafka "
@@ -712,17 +710,7 @@ int main(void)
     PQfinish(conn);
 
     demo_step("Tearing the broker and the cluster down");
-    if (kb != NULL) {
-        int st = kt_terminate(kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(kb);
-    }
+    rc = demo_broker_stop(kb, rc);
     fpg_destroy(pg);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }

@@ -137,21 +137,8 @@ static int setting_up(demo *d)
 {
     demo_step("A throwaway PostgreSQL with one database per service: payments (C), py "
               "(Python), node (Node.js), accounts (C)");
-    d->pg = fpg_start(NULL);
-    if (d->pg == NULL)
-        return demo_fail("could not start PostgreSQL (see above)");
-    PGconn *admin = fpg_connect(d->pg);
-    if (admin == NULL)
-        return demo_fail("could not connect");
     static const char *const dbs[] = {"payments", "py", "node", "accounts"};
-    int bad = 0;
-    for (size_t i = 0; i < 4 && !bad; i++) {
-        char sql[64];
-        snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbs[i]);
-        bad = demo_exec(admin, sql) != 0;
-    }
-    PQfinish(admin);
-    if (bad)
+    if ((d->pg = demo_cluster(dbs, 4)) == NULL)
         return -1;
     for (size_t i = 0; i < 4; i++) {
         PGconn *c = connect_db(d, dbs[i]);
@@ -342,17 +329,10 @@ static int one_hop(demo *d, const hop *h)
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (getenv("FERRY_RELAY_BIN") == NULL || getenv("FERRY_RELAY_BIN")[0] == '\0')
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-    demo d = {.relay_bin = getenv("FERRY_RELAY_BIN"),
-              .account_bin = getenv("FERRY_ACCOUNT_SERVICE_BIN"),
-              .python = getenv("FERRY_PYTHON"), .node = getenv("FERRY_NODE")};
-    if (d.account_bin == NULL || d.account_bin[0] == '\0')
-        d.account_bin = "build/rel/account-service";
-    if (d.python == NULL || d.python[0] == '\0')
-        d.python = "/usr/bin/python3";
-    if (d.node == NULL || d.node[0] == '\0')
-        d.node = "node";
+    demo d = {.relay_bin = demo_relay_bin(),
+              .account_bin = demo_env("FERRY_ACCOUNT_SERVICE_BIN", "build/rel/account-service"),
+              .python = demo_env("FERRY_PYTHON", "/usr/bin/python3"),
+              .node = demo_env("FERRY_NODE", "node")};
 
     printf("ferry %s: one credit, C -> Python -> Node.js -> C, each hop exactly once\n",
            ferry_version());
@@ -371,17 +351,7 @@ int main(void)
         demo_say("Kafka delivered it twice at every hop, and every service skipped the copy.");
     }
     demo_step("Tearing down the broker and the cluster");
-    if (d.kb != NULL) {
-        int st = kt_terminate(d.kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(d.kb);
-    }
+    rc = demo_broker_stop(d.kb, rc);
     fpg_destroy(d.pg);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }

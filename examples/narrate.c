@@ -60,6 +60,67 @@ int demo_ferry_failed(const char *what, ferry_code rc, const ferry_error *err)
                      err->field[0] ? err->field : "-");
 }
 
+const char *demo_env(const char *name, const char *fallback)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : fallback;
+}
+
+const char *demo_relay_bin(void)
+{
+    const char *v = getenv("FERRY_RELAY_BIN");
+    if (v == NULL || v[0] == '\0') {
+        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
+        v = getenv("FERRY_RELAY_BIN");
+    }
+    return v;
+}
+
+int demo_broker_stop(kt_broker *kb, int rc)
+{
+    if (kb == NULL)
+        return rc;
+    int st = kt_terminate(kb);
+    if (st != 0 && rc == 0)
+        rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
+    kt_stop(kb);
+    return rc;
+}
+
+int demo_exit(int rc)
+{
+    if (rc != 0) {
+        fprintf(stderr, "demo: FAILED\n");
+        return 1;
+    }
+    demo_say("done: every step behaved as described");
+    return 0;
+}
+
+fpg *demo_cluster(const char *const *names, size_t n)
+{
+    fpg *pg = fpg_start(NULL);
+    if (pg == NULL) {
+        demo_fail("could not start PostgreSQL (see above)");
+        return NULL;
+    }
+    PGconn *admin = fpg_connect(pg);
+    int bad = admin == NULL;
+    if (bad)
+        demo_fail("could not connect");
+    for (size_t i = 0; i < n && !bad; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", names[i]);
+        bad = demo_exec(admin, sql) != 0;
+    }
+    PQfinish(admin);
+    if (bad) {
+        fpg_destroy(pg);
+        return NULL;
+    }
+    return pg;
+}
+
 int demo_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);
@@ -136,11 +197,7 @@ int demo_print_table(PGconn *conn, const char *sql, const char *param, int inden
     return 0;
 }
 
-/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
- * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
- * with the demo. Its pid, or -1 through demo_fail(); the caller closes its
- * descriptors either way. */
-static pid_t spawn(const char *const *argv, int out_fd, int err_fd)
+pid_t demo_spawn(const char *const *argv, int out_fd, int err_fd)
 {
     /* Formatted before the fork: the child makes async-signal-safe calls
      * only until exec. */
@@ -207,7 +264,7 @@ int demo_run(const char *const *argv, int timeout_ms, size_t log_max, char **log
         free(log);
         return demo_fail("pipe: %s", strerror(errno));
     }
-    pid_t pid = spawn(argv, -1, fds[1]);
+    pid_t pid = demo_spawn(argv, -1, fds[1]);
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
@@ -246,7 +303,7 @@ int demo_service_start(demo_service *svc, const char *name, const char *const *a
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
         return demo_fail("pipe: %s", strerror(errno));
-    pid_t pid = spawn(argv, fds[1], fileno(svc->log));
+    pid_t pid = demo_spawn(argv, fds[1], fileno(svc->log));
     close(fds[1]);
     if (pid < 0) {
         close(fds[0]);
@@ -337,22 +394,33 @@ static void on_copy_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *
     d->done = 1;
 }
 
-int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+rd_kafka_t *demo_kafka_producer(const char *bootstrap,
+                                void (*dr)(rd_kafka_t *, const rd_kafka_message_t *, void *))
 {
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(conf);
-        return demo_fail("bootstrap.servers: %s", errstr);
+        demo_fail("bootstrap.servers: %s", errstr);
+        return NULL;
     }
-    rd_kafka_conf_set_dr_msg_cb(conf, on_copy_delivery);
+    if (dr != NULL)
+        rd_kafka_conf_set_dr_msg_cb(conf, dr);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
     if (rk == NULL) {
         rd_kafka_conf_destroy(conf);
-        return demo_fail("could not create a Kafka producer: %s", errstr);
+        demo_fail("could not create a Kafka producer: %s", errstr);
+        return NULL;
     }
-    /* conf belongs to rk now. */
+    return rk;                  /* conf belongs to rk now */
+}
+
+int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *copy_out)
+{
+    rd_kafka_t *rk = demo_kafka_producer(bootstrap, on_copy_delivery);
+    if (rk == NULL)
+        return -1;
     int rc = 0;
     demo_delivery d = {.err = RD_KAFKA_RESP_ERR_NO_ERROR};
     rd_kafka_headers_t *h = rd_kafka_headers_new(m->header_count ? m->header_count : 1);

@@ -17,6 +17,7 @@
 
 #include "ferry.h"
 #include "../tests/harness/kafkatmp.h"
+#include "../tests/harness/pgtmp.h"
 
 /* A new step of the walkthrough: "[N] ...". */
 void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -26,6 +27,25 @@ void demo_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int demo_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* demo_fail() with a ferry error's code, message, SQLSTATE and field. */
 int demo_ferry_failed(const char *what, ferry_code rc, const ferry_error *err);
+
+/* $name, or fallback when it is unset or empty. */
+const char *demo_env(const char *name, const char *fallback);
+/* The relay binary: $FERRY_RELAY_BIN, which is set to build/rel/ferry-relay
+ * when unset or empty, as kt_start() runs $FERRY_RELAY_BIN too: one binary
+ * for both. */
+const char *demo_relay_bin(void);
+/* The end of every demo: SIGTERM to the broker kb (NULL: none started),
+ * which must exit 0, and the broker gone; returns rc, or -1 through
+ * demo_fail() when rc was 0 and the broker did not exit cleanly. */
+int demo_broker_stop(kt_broker *kb, int rc);
+/* The demo's exit status for rc: 1 with "demo: FAILED" on stderr, or 0
+ * with the closing line. */
+int demo_exit(int rc);
+
+/* A throwaway PostgreSQL cluster with the databases names[0..n-1] made
+ * (one per service: each service owns its database); NULL through
+ * demo_fail(). */
+fpg *demo_cluster(const char *const *names, size_t n);
 
 /* Run a statement that returns no rows: 0, or -1 through demo_fail(). */
 int demo_exec(PGconn *conn, const char *sql);
@@ -39,6 +59,12 @@ int demo_query_long(PGconn *conn, const char *sql, const char *param, long *out)
  * psql would, indented by indent spaces; with_count adds "(N rows)". */
 int demo_print_table(PGconn *conn, const char *sql, const char *param, int indent,
                      int with_count);
+
+/* Fork and exec argv (argv[0] a path or a name in PATH) with its stdout
+ * on out_fd and its stderr on err_fd (-1: the demo's own). The child dies
+ * with the demo (PR_SET_PDEATHSIG). Its pid, or -1 through demo_fail();
+ * the caller closes its descriptors either way. */
+pid_t demo_spawn(const char *const *argv, int out_fd, int err_fd);
 
 /* Run argv[0] (a path) with argv, its stderr captured, and wait at most
  * timeout_ms for it to exit (then it is killed). On 0, *log_out holds up
@@ -80,6 +106,11 @@ typedef struct demo_delivery {
     int64_t offset;
     int done;
 } demo_delivery;
+
+/* A Kafka producer of bootstrap, its delivery reports to dr (NULL: none);
+ * NULL through demo_fail(). */
+rd_kafka_t *demo_kafka_producer(const char *bootstrap,
+                                void (*dr)(rd_kafka_t *, const rd_kafka_message_t *, void *));
 
 /* Publish an exact copy of m — key, value, every header in order — to the
  * partition it came from, as a relay resending it would (same key, same

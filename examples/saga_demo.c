@@ -43,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -226,21 +225,13 @@ static int relay_start(demo *d, const char *holder, int ttl_ms, int keep)
                           kt_bootstrap(d->kb), "--holder", holder, "--set",
                           "poll_interval_ms=20", "--set", ttl, keep ? "--set" : NULL,
                           "retention=mark", NULL};
-    fflush(stdout);
-    fflush(stderr);
-    pid_t parent = getpid();
-    pid_t pid = fork();
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull < 0)
+        return demo_fail("/dev/null: %s", strerror(errno));
+    pid_t pid = demo_spawn(argv, devnull, fileno(d->relay_log));
+    close(devnull);
     if (pid < 0)
-        return demo_fail("fork: %s", strerror(errno));
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent || devnull < 0 ||
-            dup2(devnull, STDOUT_FILENO) < 0 ||
-            dup2(fileno(d->relay_log), STDERR_FILENO) < 0)
-            _exit(127);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
+        return -1;
     d->relay_pid = pid;
     return 0;
 }
@@ -284,18 +275,10 @@ static int run_capture(const char *const *argv, char *out, size_t size)
     FILE *f = tmpfile();
     if (f == NULL)
         return demo_fail("tmpfile: %s", strerror(errno));
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
+    pid_t pid = demo_spawn(argv, fileno(f), fileno(f));
     if (pid < 0) {
         fclose(f);
-        return demo_fail("fork: %s", strerror(errno));
-    }
-    if (pid == 0) {
-        if (dup2(fileno(f), STDOUT_FILENO) < 0 || dup2(fileno(f), STDERR_FILENO) < 0)
-            _exit(127);
-        execvp(argv[0], (char *const *)argv);
-        _exit(127);
+        return -1;
     }
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -672,59 +655,75 @@ static int expect_trail(demo *d, const char *id, const char *want_steps,
     return 0;
 }
 
+/* One order through its saga, as the first two acts tell it: placed
+ * (qty of sku for total), the saga awaited to state and its history
+ * shown; then its audit trail, the participants' outcomes and what the
+ * shop shows (shop_sql, $1 the order) must read as expected. */
+typedef struct order_run {
+    const char *order, *sku;
+    int qty;
+    double total;
+    const char *state;
+    const char *steps, *outcomes;       /* expect_trail's */
+    const char *shop_sql, *shop;
+} order_run;
+
+static int run_order(demo *d, const order_run *o, char id[FERRY_UUID_STRING_SIZE])
+{
+    if (place_order(d, o->order, o->sku, o->qty, o->total, id) != 0 ||
+        await_saga(d, id, o->state) != 0 || print_history(d, id) != 0 ||
+        expect_trail(d, id, o->steps, o->outcomes) != 0)
+        return -1;
+    char shop[256];
+    const char *p[1] = {o->order};
+    if (demo_query1(d->conn, o->shop_sql, 1, p, shop, sizeof shop) != 0)
+        return -1;
+    demo_say("the shop: payment %s", shop);
+    if (strcmp(shop, o->shop) != 0)
+        return demo_fail("expected \"%s\"", o->shop);
+    return 0;
+}
+
 static int saga_completes(demo *d, char id[FERRY_UUID_STRING_SIZE])
 {
     demo_step("Order o-1001: 2 mugs, 42.00. Payment, inventory and shipping each do their "
               "step; the saga completes");
-    if (place_order(d, "o-1001", "mug", 2, 42.0, id) != 0 ||
-        await_saga(d, id, "completed") != 0 || print_history(d, id) != 0)
-        return -1;
-    if (expect_trail(d, id,
-                     "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
-                     "inventory:action:succeeded,shipping:action:sent,"
-                     "shipping:action:succeeded",
-                     "payment:action:applied,inventory:action:applied,"
-                     "shipping:action:applied") != 0)
-        return -1;
-    char shop[256];
-    const char *p[1] = {"o-1001"};
-    if (demo_query1(d->conn, "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
-                             "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'mug') || "
-                             "' mugs left, ' || (SELECT count(*) FROM shop.shipment WHERE "
-                             "order_id = $1) || ' shipment'", 1, p, shop, sizeof shop) != 0)
-        return -1;
-    demo_say("the shop: payment %s", shop);
-    if (strcmp(shop, "reserved, 8 mugs left, 1 shipment") != 0)
-        return demo_fail("expected \"reserved, 8 mugs left, 1 shipment\"");
-    return 0;
+    static const order_run o = {
+        .order = "o-1001", .sku = "mug", .qty = 2, .total = 42.0, .state = "completed",
+        .steps = "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
+                 "inventory:action:succeeded,shipping:action:sent,"
+                 "shipping:action:succeeded",
+        .outcomes = "payment:action:applied,inventory:action:applied,"
+                    "shipping:action:applied",
+        .shop_sql = "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
+                    "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'mug') || "
+                    "' mugs left, ' || (SELECT count(*) FROM shop.shipment WHERE "
+                    "order_id = $1) || ' shipment'",
+        .shop = "reserved, 8 mugs left, 1 shipment",
+    };
+    return run_order(d, &o, id);
 }
 
 static int saga_compensates(demo *d, char id[FERRY_UUID_STRING_SIZE])
 {
     demo_step("Order o-1002: a lamp, 99.00, but none is on the shelf. Inventory refuses, so "
               "the payment is released; shipping never runs");
-    if (place_order(d, "o-1002", "lamp", 1, 99.0, id) != 0 ||
-        await_saga(d, id, "compensated") != 0 || print_history(d, id) != 0)
+    static const order_run o = {
+        .order = "o-1002", .sku = "lamp", .qty = 1, .total = 99.0, .state = "compensated",
+        .steps = "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
+                 "inventory:action:failed,payment:compensation:sent,"
+                 "payment:compensation:succeeded",
+        .outcomes = "payment:action:applied,inventory:action:refused,"
+                    "payment:compensation:applied",
+        .shop_sql = "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
+                    "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'lamp') || "
+                    "' lamps, ' || (SELECT count(*) FROM shop.reservation WHERE "
+                    "order_id = $1) || ' reserved, ' || (SELECT count(*) FROM "
+                    "shop.shipment WHERE order_id = $1) || ' shipment'",
+        .shop = "released, 0 lamps, 0 reserved, 0 shipment",
+    };
+    if (run_order(d, &o, id) != 0)
         return -1;
-    if (expect_trail(d, id,
-                     "payment:action:sent,payment:action:succeeded,inventory:action:sent,"
-                     "inventory:action:failed,payment:compensation:sent,"
-                     "payment:compensation:succeeded",
-                     "payment:action:applied,inventory:action:refused,"
-                     "payment:compensation:applied") != 0)
-        return -1;
-    char shop[256];
-    const char *p[1] = {"o-1002"};
-    if (demo_query1(d->conn, "SELECT (SELECT status FROM shop.payment WHERE order_id = $1) || "
-                             "', ' || (SELECT on_hand FROM shop.stock WHERE sku = 'lamp') || "
-                             "' lamps, ' || (SELECT count(*) FROM shop.reservation WHERE "
-                             "order_id = $1) || ' reserved, ' || (SELECT count(*) FROM "
-                             "shop.shipment WHERE order_id = $1) || ' shipment'", 1, p, shop,
-                    sizeof shop) != 0)
-        return -1;
-    demo_say("the shop: payment %s", shop);
-    if (strcmp(shop, "released, 0 lamps, 0 reserved, 0 shipment") != 0)
-        return demo_fail("expected \"released, 0 lamps, 0 reserved, 0 shipment\"");
     demo_say("inventory was not compensated: it refused, so it never ran; payment, which "
              "ran, was");
     return 0;
@@ -1148,14 +1147,9 @@ int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);     /* the narration says what happens */
-    /* kt_start() runs $FERRY_RELAY_BIN too: one binary for both. */
-    if (getenv("FERRY_RELAY_BIN") == NULL || getenv("FERRY_RELAY_BIN")[0] == '\0')
-        setenv("FERRY_RELAY_BIN", "build/rel/ferry-relay", 1);
-    demo d = {.relay_bin = getenv("FERRY_RELAY_BIN"),
-              .reconcile_bin = getenv("FERRY_RECONCILE_BIN"),
+    demo d = {.relay_bin = demo_relay_bin(),
+              .reconcile_bin = demo_env("FERRY_RECONCILE_BIN", "build/rel/ferry-reconcile"),
               .fire_timers = 1};
-    if (d.reconcile_bin == NULL || d.reconcile_bin[0] == '\0')
-        d.reconcile_bin = "build/rel/ferry-reconcile";
 
     printf("ferry %s: an order saga, one that completes, one that is compensated, and one "
            "that a dead relay leaves to ferry-reconcile\n", ferry_version());
@@ -1204,22 +1198,12 @@ int main(void)
     int relay_rc = relay_stop(&d);
     if (rc == 0)
         rc = relay_rc;
-    if (d.kb != NULL) {
-        int st = kt_terminate(d.kb);
-        if (st != 0 && rc == 0)
-            rc = demo_fail("the broker exited with status %d on SIGTERM, expected 0", st);
-        kt_stop(d.kb);
-    }
+    rc = demo_broker_stop(d.kb, rc);
     ferry_saga_registry_destroy(d.reg);
     PQfinish(d.conn);
     PQfinish(d.timer_conn);
     fpg_destroy(d.pg);
     if (d.relay_log != NULL)
         fclose(d.relay_log);
-    if (rc != 0) {
-        fprintf(stderr, "demo: FAILED\n");
-        return 1;
-    }
-    demo_say("done: every step behaved as described");
-    return 0;
+    return demo_exit(rc);
 }
