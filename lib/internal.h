@@ -58,6 +58,10 @@ typedef enum ferry__int_parse {
 } ferry__int_parse;
 ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out);
 
+/* The value of the hex digit c (either case), or -1: for \uXXXX escapes
+ * and UUIDs. */
+int ferry__hex_digit(unsigned char c);
+
 /* Sleep for ms milliseconds (not used for synchronisation: backoff only). */
 void ferry__sleep_ms(long ms);
 

@@ -143,17 +143,6 @@ static void jspace(jscan *j)
         j->i++;
 }
 
-static int jhex(unsigned char c)
-{
-    if (jdigit(c))
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Four hex digits at i into *cp. */
 static bool jhex4(const jscan *j, size_t i, unsigned *cp)
 {
@@ -161,7 +150,7 @@ static bool jhex4(const jscan *j, size_t i, unsigned *cp)
     if (j->n - i < 4)
         return false;
     for (size_t k = 0; k < 4; k++) {
-        int h = jhex(j->s[i + k]);
+        int h = ferry__hex_digit(j->s[i + k]);
         if (h < 0)
             return false;
         *cp = *cp << 4 | (unsigned)h;
@@ -560,6 +549,17 @@ ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
         return ferry__error_set(err, FERRY_EINVAL, "delay_ms",
                              "delay must be between 0 and one year in milliseconds");
     return FERRY_OK;
+}
+
+int ferry__hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out)
