@@ -23,6 +23,10 @@ ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field
  * to succeed; otherwise fill err with context. Results are discarded. */
 ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err);
+/* The same, handing the result to the caller (who PQclears it) in *out;
+ * *out is untouched on failure. */
+ferry_code ferry__query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       const char *context, PGresult **out, ferry_error *err);
 
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry__sqlstate_is_conflict(const char *sqlstate);
