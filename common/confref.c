@@ -121,6 +121,21 @@ fail:
     return -1;
 }
 
+/* A reference's argument (what follows its "env:" or "file:", len bytes
+ * at arg) into dst as a string; -1, why "REF...: the WHAT is too long",
+ * when it does not fit. */
+static int ref_arg(const char *arg, size_t len, char *dst, size_t size, const char *ref,
+                   const char *what, char *why, size_t whylen)
+{
+    if (len >= size) {
+        snprintf(why, whylen, "%.80s...: the %s is too long", ref, what);
+        return -1;
+    }
+    memcpy(dst, arg, len);
+    dst[len] = '\0';
+    return 0;
+}
+
 int confref_expand(const char *in, char **out, char *why, size_t whylen)
 {
     buf b = {0};
@@ -169,12 +184,9 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
                 goto fail;
             }
             char name[256];
-            if (n - 4 >= sizeof name) {
-                snprintf(why, whylen, "%.80s...: the variable name is too long", dollar);
+            if (ref_arg(body + 4, n - 4, name, sizeof name, dollar, "variable name", why,
+                        whylen) != 0)
                 goto fail;
-            }
-            memcpy(name, body + 4, n - 4);
-            name[n - 4] = '\0';
             const char *v = getenv(name);
             if (!v) {
                 snprintf(why, whylen, "%.*s: the variable is not set", reflen, dollar);
@@ -184,12 +196,8 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
                 goto fail;
         } else if (n > 5 && strncmp(body, "file:", 5) == 0) {
             char path[4096];
-            if (n - 5 >= sizeof path) {
-                snprintf(why, whylen, "%.80s...: the path is too long", dollar);
+            if (ref_arg(body + 5, n - 5, path, sizeof path, dollar, "path", why, whylen) != 0)
                 goto fail;
-            }
-            memcpy(path, body + 5, n - 5);
-            path[n - 5] = '\0';
             if (put_file(&b, path, dollar, reflen > 300 ? 300 : reflen, why, whylen) != 0)
                 goto fail;
         } else {
