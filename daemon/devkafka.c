@@ -262,6 +262,16 @@ static int dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
     return 0;
 }
 
+/* A request type by name or number; -1 after replying the error. */
+static int dk_api_arg(const char *s, int16_t *out)
+{
+    if (dk_parse_api(s, out) != 0) {
+        dk_reply("error: unknown request type \"%s\"", s);
+        return -1;
+    }
+    return 0;
+}
+
 /* COUNT ERR... into a malloc'd array of COUNT codes, the ERRs repeated in
  * turn. NULL after replying the error. */
 static rd_kafka_resp_err_t *dk_error_list(const char *count_s, int nerr, char **errs,
@@ -356,10 +366,8 @@ static void dk_cmd_produce_errors(dk_state *st, int argc, char **argv)
 static void dk_cmd_request_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (dk_parse_api(argv[1], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[1]);
+    if (dk_api_arg(argv[1], &api) != 0)
         return;
-    }
     dk_push_errors(st, api, argv[2], argc - 3, argv + 3);
 }
 
@@ -367,12 +375,8 @@ static void dk_cmd_broker_errors(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (dk_broker_arg(st, argv[1], &b) != 0)
+    if (dk_broker_arg(st, argv[1], &b) != 0 || dk_api_arg(argv[2], &api) != 0)
         return;
-    if (dk_parse_api(argv[2], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[2]);
-        return;
-    }
     size_t count;
     rd_kafka_resp_err_t *list = dk_error_list(argv[3], argc - 4, argv + 4, &count);
     if (list == NULL)
@@ -390,12 +394,8 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (dk_broker_arg(st, argv[1], &b) != 0)
+    if (dk_broker_arg(st, argv[1], &b) != 0 || dk_api_arg(argv[2], &api) != 0)
         return;
-    if (dk_parse_api(argv[2], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[2]);
-        return;
-    }
     size_t cnt = 0;
     rd_kafka_resp_err_t err = rd_kafka_mock_broker_error_stack_cnt(st->mc, b, api, &cnt);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -407,10 +407,8 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 static void dk_cmd_clear_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (dk_parse_api(argv[1], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[1]);
+    if (dk_api_arg(argv[1], &api) != 0)
         return;
-    }
     rd_kafka_mock_clear_request_errors(st->mc, api);
     dk_reply("ok");
 }
