@@ -262,6 +262,16 @@ static int dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
     return 0;
 }
 
+/* A topic name as Kafka takes them; -1 after replying the error. */
+static int dk_topic_arg(const char *s)
+{
+    if (!dk_valid_topic(s)) {
+        dk_reply("error: \"%s\" is not a valid topic name", s);
+        return -1;
+    }
+    return 0;
+}
+
 /* A request type by name or number; -1 after replying the error. */
 static int dk_api_arg(const char *s, int16_t *out)
 {
@@ -416,10 +426,8 @@ static void dk_cmd_clear_errors(dk_state *st, int argc, char **argv)
 static void dk_cmd_topic_create(dk_state *st, int argc, char **argv)
 {
     long p, r;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_long(argv[2], 1, DK_PARTITIONS_MAX, &p) != 0) {
         dk_reply("error: PARTITIONS \"%s\" is not a number in 1..%d", argv[2],
                  DK_PARTITIONS_MAX);
@@ -436,10 +444,8 @@ static void dk_cmd_topic_create(dk_state *st, int argc, char **argv)
 static void dk_cmd_topic_error(dk_state *st, int argc, char **argv)
 {
     rd_kafka_resp_err_t err;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_err(argv[2], &err) != 0) {
         dk_reply("error: unknown error code \"%s\"", argv[2]);
         return;
@@ -451,10 +457,8 @@ static void dk_cmd_topic_error(dk_state *st, int argc, char **argv)
 static void dk_cmd_leader(dk_state *st, int argc, char **argv)
 {
     long part, b;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_long(argv[2], 0, DK_PARTITIONS_MAX - 1, &part) != 0) {
         dk_reply("error: PARTITION \"%s\" is not a number in 0..%d", argv[2],
                  DK_PARTITIONS_MAX - 1);
