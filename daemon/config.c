@@ -1465,3 +1465,17 @@ int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char 
     }
     return 0;
 }
+
+int relay_cli_option(int c, void (*usage)(FILE *))
+{
+    usage(c == 'h' ? stdout : stderr);
+    return c == 'h' ? 0 : 2;
+}
+
+int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *))
+{
+    fprintf(stderr, "ferry-relay %s: unexpected argument \"%s\"\n", cmd, arg);
+    if (usage != NULL)
+        usage(stderr);
+    return 2;
+}

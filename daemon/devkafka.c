@@ -30,6 +30,7 @@
  *     broker refuses it, OUT_OF_ORDER_SEQUENCE_NUMBER). Order tests that
  *     inject produce errors set max.in.flight.requests.per.connection=1.
  */
+#include "config.h"
 #include "devkafka.h"
 
 #include <ctype.h>
@@ -680,19 +681,12 @@ int cmd_devkafka(int argc, char **argv)
             }
             topic_specs[ntopics++] = optarg;
             break;
-        case 'h':
-            dk_usage(stdout);
-            return 0;
         default:
-            dk_usage(stderr);
-            return DK_EXIT_USAGE;
+            return relay_cli_option(c, dk_usage);
         }
     }
-    if (optind != argc) {
-        fprintf(stderr, "ferry-relay devkafka: unexpected argument \"%s\"\n", argv[optind]);
-        dk_usage(stderr);
-        return DK_EXIT_USAGE;
-    }
+    if (optind != argc)
+        return relay_cli_unexpected("devkafka", argv[optind], dk_usage);
     /* Check every --topic before starting anything. */
     struct {
         char name[256];

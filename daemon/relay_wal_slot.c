@@ -216,12 +216,8 @@ int cmd_slot(int argc, char **argv)
         case 'd':
             db = optarg;
             break;
-        case 'h':
-            slot_usage(stdout);
-            return 0;
         default:
-            slot_usage(stderr);
-            return 2;
+            return relay_cli_option(c, slot_usage);
         }
     }
     if (optind + 1 != argc) {

@@ -819,19 +819,12 @@ int cmd_status(int argc, char **argv)
                 return ST_EXIT_USAGE;
             }
             break;
-        case 'h':
-            st_usage(stdout);
-            return 0;
         default:
-            st_usage(stderr);
-            return ST_EXIT_USAGE;
+            return relay_cli_option(c, st_usage);
         }
     }
-    if (optind != argc) {
-        fprintf(stderr, "ferry-relay status: unexpected argument \"%s\"\n", argv[optind]);
-        st_usage(stderr);
-        return ST_EXIT_USAGE;
-    }
+    if (optind != argc)
+        return relay_cli_unexpected("status", argv[optind], st_usage);
     char *dbo = NULL;
     if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
         return ST_EXIT_USAGE;
