@@ -945,12 +945,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                                    : clean ? 0 : 1;
     if (r->cfg->once && w->slot_problem)
         status = 1;
-    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
-                   json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
-                             "delivered", (json_int_t)r->delivered, "decoded",
-                             (json_int_t)w->decoded, "refused", (json_int_t)w->refused),
-                   "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
-                                                           : "not everything delivered");
+    relay_log_stop(r, status, "decoded", w->decoded, w->refused);
 out:
     if (r->k.rk != NULL)
         relay_kafka_stop(r, 200);
