@@ -32,8 +32,8 @@
  */
 #include "config.h"
 #include "devkafka.h"
+#include "internal.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -135,18 +135,6 @@ static int dk_parse_long(const char *s, long min, long max, long *out)
     return 0;
 }
 
-/* Kafka's rule for topic names. */
-static bool dk_valid_topic(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 249 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
-            return false;
-    return true;
-}
-
 /* An error code by number or by name ("NOT_ENOUGH_REPLICAS",
  * "RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS", "_TRANSPORT"), any case.
  * Only codes librdkafka knows are accepted. */
@@ -208,7 +196,7 @@ static int dk_parse_topic_spec(const char *spec, int brokers, char *name, size_t
         return -1;
     memcpy(name, spec, (size_t)(c1 - spec));
     name[c1 - spec] = '\0';
-    if (!dk_valid_topic(name))
+    if (!ferry__topic_valid(name, strlen(name)))
         return -1;
     char num[32];
     const char *c2 = strchr(c1 + 1, ':');
@@ -266,7 +254,7 @@ static int dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
 /* A topic name as Kafka takes them; -1 after replying the error. */
 static int dk_topic_arg(const char *s)
 {
-    if (!dk_valid_topic(s)) {
+    if (!ferry__topic_valid(s, strlen(s))) {
         dk_reply("error: \"%s\" is not a valid topic name", s);
         return -1;
     }

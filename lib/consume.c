@@ -155,12 +155,9 @@ static int name_ok(const char *s, size_t max)
     size_t n = s ? strlen(s) : 0;
     if (n == 0 || n > max)
         return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
+    for (size_t i = 0; i < n; i++)
+        if (!ferry__topic_char_ok(s[i]))
             return 0;
-    }
     return 1;
 }
 

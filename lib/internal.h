@@ -62,6 +62,12 @@ typedef enum ferry__int_parse {
 } ferry__int_parse;
 ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out);
 
+/* Kafka's rule for topic names: 1..FERRY_TOPIC_MAX bytes of [A-Za-z0-9._-],
+ * not "." or "..". ferry__topic_char_ok: one byte of that alphabet (which
+ * consumer and group names keep to as well). */
+bool ferry__topic_valid(const char *s, size_t n);
+bool ferry__topic_char_ok(char c);
+
 /* The value of the hex digit c (either case), or -1: for \uXXXX escapes
  * and UUIDs. */
 int ferry__hex_digit(unsigned char c);

@@ -19,10 +19,21 @@
 _Static_assert(FERRY_TOPIC_MAX == 249, "Kafka's topic name limit");
 _Static_assert(FERRY_KEY_MAX < 2000, "keys must fit a btree index entry");
 
-static bool topic_char_ok(char c)
+bool ferry__topic_char_ok(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+bool ferry__topic_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > FERRY_TOPIC_MAX || (n == 1 && s[0] == '.') ||
+        (n == 2 && s[0] == '.' && s[1] == '.'))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!ferry__topic_char_ok(s[i]))
+            return false;
+    return true;
 }
 
 static ferry_code check_topic(const char *topic, ferry_error *err)
@@ -34,7 +45,7 @@ static ferry_code check_topic(const char *topic, ferry_error *err)
         return ferry__error_set(err, FERRY_EINVAL, "topic",
                              "topic is %zu bytes, longer than %d", len, FERRY_TOPIC_MAX);
     for (size_t i = 0; i < len; i++) {
-        if (!topic_char_ok(topic[i]))
+        if (!ferry__topic_char_ok(topic[i]))
             return ferry__error_set(err, FERRY_EINVAL, "topic",
                                  "topic \"%.64s\" is not a valid Kafka topic name "
                                  "(letters, digits, \".\", \"_\", \"-\"): bad byte at %zu",
