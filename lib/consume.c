@@ -567,19 +567,6 @@ static int parse_verdict(const char *s, const char *drain, work *w, verdict *out
     return -1;
 }
 
-static const char *begin_sql(ferry_isolation iso)
-{
-    switch (iso) {
-    case FERRY_REPEATABLE_READ:
-        return "BEGIN ISOLATION LEVEL REPEATABLE READ";
-    case FERRY_SERIALIZABLE:
-        return "BEGIN ISOLATION LEVEL SERIALIZABLE";
-    case FERRY_READ_COMMITTED:
-        break;
-    }
-    return "BEGIN ISOLATION LEVEL READ COMMITTED";
-}
-
 /* The claim and the finish as prepared statements on this backend: a new
  * backend (after a reset) has none. */
 static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *err)
@@ -911,7 +898,8 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     if (!PQenterPipelineMode(conn))
         return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
     int sent = 0;
-    if (PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+    if (PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
+                          NULL, 0)) {
         sent = 1;
         if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
             sent = 2;
@@ -974,7 +962,8 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
         claim_many_free(a);     /* and claimed one by one, below */
     }
     if (!PQenterPipelineMode(conn) ||
-        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+        !PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
+                           NULL, 0)) {
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
         PQexitPipelineMode(conn);
         return rc;

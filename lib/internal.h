@@ -19,6 +19,11 @@ void ferry__err_clear(ferry_error *err);
 ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...) FERRY_PRINTF(4, 5);
 
+/* BEGIN at isolation iso (any unknown value: read committed); with_xid,
+ * followed by "SELECT pg_current_xact_id()::text" in the same string, for
+ * the simple protocol only (PQexec), one round trip. */
+const char *ferry__begin_sql(ferry_isolation iso, bool with_xid);
+
 /* Run a statement with text parameters (nparams may be 0) and require it
  * to succeed; otherwise fill err with context. Results are discarded. */
 ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
