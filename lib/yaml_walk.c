@@ -739,7 +739,7 @@ const char *ferry__yw_format_duration(int64_t ms, char *buf, size_t len)
     } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}};
     size_t used = 0;
     buf[0] = '\0';
-    if (ms == 0)
+    if (ms <= 0)
         snprintf(buf, len, "0s");
     for (size_t i = 0; i < sizeof units / sizeof units[0] && ms > 0 && used < len; i++) {
         if (ms < units[i].ms)
