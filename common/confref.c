@@ -3,6 +3,7 @@
  * (confref.h says what and why).
  */
 #include "confref.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -85,19 +86,10 @@ static int put_file(buf *b, const char *path, const char *ref, int n, char *why,
         return -1;
     }
     size_t used = 0;
-    /* One byte more than the limit tells a full file from a longer one. */
-    while (used <= CONFREF_FILE_MAX) {
-        ssize_t r = read(fd, text + used, (size_t)CONFREF_FILE_MAX + 1 - used);
-        if (r == 0)
-            break;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(why, whylen, "%.*s: could not read the file: %s", n, ref,
-                     strerror_r(errno, ebuf, sizeof ebuf));
-            goto fail;
-        }
-        used += (size_t)r;
+    if (ferry__read_capped(fd, text, CONFREF_FILE_MAX, &used) != 0) {
+        snprintf(why, whylen, "%.*s: could not read the file: %s", n, ref,
+                 strerror_r(errno, ebuf, sizeof ebuf));
+        goto fail;
     }
     if (used > CONFREF_FILE_MAX) {
         snprintf(why, whylen, "%.*s: the file is larger than %d bytes", n, ref, CONFREF_FILE_MAX);

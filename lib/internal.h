@@ -19,6 +19,11 @@ void ferry__err_clear(ferry_error *err);
 ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...) FERRY_PRINTF(4, 5);
 
+/* Read fd to its end into buf, which has room for max + 1 bytes,
+ * retrying interrupted reads; *used gets how many were read, max + 1 when
+ * the file is longer than max. 0, or -1 with errno (readfile.c). */
+int ferry__read_capped(int fd, char *buf, size_t max, size_t *used);
+
 /* BEGIN at isolation iso (any unknown value: read committed); with_xid,
  * followed by "SELECT pg_current_xact_id()::text" in the same string, for
  * the simple protocol only (PQexec), one round trip. */
