@@ -499,15 +499,7 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "ferry-relay run: --metrics %s: %s\n", cfg.metrics, errbuf);
             goto out;
         }
-        {
-            /* The address too: with port 0, or behind a proxy, the one way to
-             * know where to scrape. */
-            char address[300];
-            httpd_address(cfg.metrics, port, address, sizeof address);
-            ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
-                           json_pack("{s:s, s:i}", "address", address, "port", port),
-                           "serving /metrics and /healthz on %s", address);
-        }
+        httpd_log_listen(cfg.metrics, port);
     }
     status = relay_run(&cfg, m);
 out:
