@@ -1793,6 +1793,21 @@ static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, 
     return process(c, w, e);
 }
 
+/* A batch ws[0..n) committed with verdicts v: counted, each message
+ * accounted, the offsets stored. */
+static void batch_committed(ferry_consumer *c, work *ws, int n, const verdict *v)
+{
+    after_commit(c);
+    c->stats.batches++;
+    c->stats.batch_messages += (uint64_t)n;
+    /* A position held in the batch and made ready by a later one of it
+     * needs no scan: the claims run in order, each holding what it holds,
+     * so the later claim says drain. */
+    for (int k = 0; k < n; k++)
+        account(c, &ws[k], v[k]);
+    store_offsets(c, ws, n);
+}
+
 /*
  * Apply ws[0..n), all from Kafka, in batches (see above). Returns the
  * index of the first message not done (n when all were), its outcome in
@@ -1804,37 +1819,23 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
     int i = 0;
     *o = O_DONE;
     while (i < n && !c->stop) {
-        /* A message already known to be poison goes alone: it is
-         * dead-lettered (or held) in a transaction of its own. */
-        if (ws[i].poison[0] != '\0') {
+        int j = i;
+        while (j < n && ws[j].poison[0] == '\0')
+            j++;
+        /* A message already known to be poison (j == i) goes alone: it is
+         * dead-lettered (or held) in a transaction of its own; so does a
+         * lone message before one, or at the end. */
+        if (j - i <= 1) {
             if ((*o = process(c, &ws[i], e)) != O_DONE)
                 return i;
             store_offset(c, &ws[i]);
             i++;
             continue;
         }
-        int j = i;
-        while (j < n && ws[j].poison[0] == '\0')
-            j++;
-        if (j - i == 1) {
-            if ((*o = process(c, &ws[i], e)) != O_DONE)
-                return i;
-            store_offset(c, &ws[i]);
-            i = j;
-            continue;
-        }
         batch_failure f;
         ferry_code rc = batch_tx(c, ws + i, j - i, v, &f);
         if (rc == FERRY_OK) {
-            after_commit(c);
-            c->stats.batches++;
-            c->stats.batch_messages += (uint64_t)(j - i);
-            /* A position held in the batch and made ready by a later
-             * one of it needs no scan: the claims run in order, each
-             * holding what it holds, so the later claim says drain. */
-            for (int k = i; k < j; k++)
-                account(c, &ws[k], v[k - i]);
-            store_offsets(c, ws + i, j - i);
+            batch_committed(c, ws + i, j - i, v);
             i = j;
             continue;
         }
@@ -1858,12 +1859,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         if (k - i >= 2) {
             batch_failure f2;
             if (batch_tx(c, ws + i, k - i, v, &f2) == FERRY_OK) {
-                after_commit(c);
-                c->stats.batches++;
-                c->stats.batch_messages += (uint64_t)(k - i);
-                for (int m = i; m < k; m++)
-                    account(c, &ws[m], v[m - i]);
-                store_offsets(c, ws + i, k - i);
+                batch_committed(c, ws + i, k - i, v);
             } else {
                 c->stats.batch_fallbacks++;
                 int done = one_by_one(c, ws + i, k - i, o, e);
