@@ -362,10 +362,8 @@ static void lease_release(relay *r)
         return;
     char name[80];
     snprintf(name, sizeof name, "wal:%s", w->slot);
-    const char *p[2] = {name, r->holder};
-    PQclear(PQexecParams(w->sql, "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
-                                 "WHERE name = $1 AND holder = $2",
-                         2, NULL, p, NULL, NULL, 0));
+    ferry_error err;
+    ferry__lease_release(w->sql, name, r->holder, &err);   /* else it expires */
     w->lease_epoch = 0;
 }
 
