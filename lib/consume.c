@@ -906,12 +906,8 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     }
     if (sent < 2)
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    if (!PQpipelineSync(conn)) {
-        if (rc == FERRY_OK)
-            rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-        PQexitPipelineMode(conn);
-        return rc;      /* the connection is gone: so is the transaction */
-    }
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
+        return rc;
     claim_many_ctx cm = {c, ws, n, v};
     return pipeline_read(conn, sent, rc, claim_many_result, &cm,
                          "the claims' results ended early", err);
@@ -1063,12 +1059,8 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
         sent = n + 1;
     if (sent <= n)
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
-    if (!PQpipelineSync(conn)) {
-        if (rc == FERRY_OK)
-            rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
-        PQexitPipelineMode(conn);
-        return rc;      /* the connection is gone: so is the transaction */
-    }
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the commit", err))
+        return rc;
     commit_ctx cc = {conn, n};
     rc = pipeline_read(conn, sent, rc, commit_result, &cc, "the commit's results ended early",
                        err);

@@ -33,6 +33,17 @@ ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *c
     return rc;
 }
 
+bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, ferry_error *err)
+{
+    if (PQpipelineSync(conn))
+        return true;
+    /* The connection is gone: nothing will come back. */
+    if (*rc == FERRY_OK)
+        *rc = ferry_error_from_pg(err, conn, NULL, context);
+    PQexitPipelineMode(conn);
+    return false;
+}
+
 ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)
 {
     if (conn == NULL)

@@ -24,6 +24,12 @@ ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field
  * the file is longer than max. 0, or -1 with errno (readfile.c). */
 int ferry__read_capped(int fd, char *buf, size_t max, size_t *used);
 
+/* End what was sent in pipeline mode with a sync. false when it could not
+ * be sent (the connection is gone, and so is any transaction): pipeline
+ * mode is left, and *rc, unless it already holds an error, is one with
+ * context; the caller then returns *rc, there being no results to read. */
+bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, ferry_error *err);
+
 /* BEGIN at isolation iso (any unknown value: read committed); with_xid,
  * followed by "SELECT pg_current_xact_id()::text" in the same string, for
  * the simple protocol only (PQexec), one round trip. */
