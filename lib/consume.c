@@ -2026,6 +2026,22 @@ static void log_assignment(ferry_consumer *c, const char *event, const char *wha
         rd_kafka_topic_partition_list_destroy(held);
 }
 
+/* Take (assign) or give back parts as the rebalance protocol in use
+ * wants: under the cooperative one, those partitions only; under the
+ * eager one, the whole assignment (none when giving back). */
+static void reassign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int assign,
+                     int cooperative)
+{
+    if (cooperative) {
+        rd_kafka_error_t *e = assign ? rd_kafka_incremental_assign(rk, parts)
+                                     : rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, assign ? parts : NULL);
+    }
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -2033,13 +2049,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         c->stats.assigned += (uint64_t)parts->cnt;
-        if (cooperative) {
-            rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
-            if (e)
-                rd_kafka_error_destroy(e);
-        } else {
-            rd_kafka_assign(rk, parts);
-        }
+        reassign(rk, parts, 1, cooperative);
         log_assignment(c, "consumer.assigned", "assigned", parts, 1, cooperative);
         return;
     }
@@ -2058,13 +2068,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       "(the next owner will skip what was applied)", c->name,
                       rd_kafka_err2str(cerr));
     }
-    if (cooperative) {
-        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
-        if (e)
-            rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_assign(rk, NULL);
-    }
+    reassign(rk, parts, 0, cooperative);
     log_assignment(c, lost ? "consumer.lost" : "consumer.revoked", lost ? "lost" : "revoked",
                    parts, 0, cooperative);
 }
