@@ -3,6 +3,7 @@
  * (confref.h says what and why).
  */
 #include "confref.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -85,19 +86,10 @@ static int put_file(buf *b, const char *path, const char *ref, int n, char *why,
         return -1;
     }
     size_t used = 0;
-    /* One byte more than the limit tells a full file from a longer one. */
-    while (used <= CONFREF_FILE_MAX) {
-        ssize_t r = read(fd, text + used, (size_t)CONFREF_FILE_MAX + 1 - used);
-        if (r == 0)
-            break;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            snprintf(why, whylen, "%.*s: could not read the file: %s", n, ref,
-                     strerror_r(errno, ebuf, sizeof ebuf));
-            goto fail;
-        }
-        used += (size_t)r;
+    if (ferry__read_capped(fd, text, CONFREF_FILE_MAX, &used) != 0) {
+        snprintf(why, whylen, "%.*s: could not read the file: %s", n, ref,
+                 strerror_r(errno, ebuf, sizeof ebuf));
+        goto fail;
     }
     if (used > CONFREF_FILE_MAX) {
         snprintf(why, whylen, "%.*s: the file is larger than %d bytes", n, ref, CONFREF_FILE_MAX);
@@ -119,6 +111,21 @@ fail:
     free(text);
     close(fd);
     return -1;
+}
+
+/* A reference's argument (what follows its "env:" or "file:", len bytes
+ * at arg) into dst as a string; -1, why "REF...: the WHAT is too long",
+ * when it does not fit. */
+static int ref_arg(const char *arg, size_t len, char *dst, size_t size, const char *ref,
+                   const char *what, char *why, size_t whylen)
+{
+    if (len >= size) {
+        snprintf(why, whylen, "%.80s...: the %s is too long", ref, what);
+        return -1;
+    }
+    memcpy(dst, arg, len);
+    dst[len] = '\0';
+    return 0;
 }
 
 int confref_expand(const char *in, char **out, char *why, size_t whylen)
@@ -169,12 +176,9 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
                 goto fail;
             }
             char name[256];
-            if (n - 4 >= sizeof name) {
-                snprintf(why, whylen, "%.80s...: the variable name is too long", dollar);
+            if (ref_arg(body + 4, n - 4, name, sizeof name, dollar, "variable name", why,
+                        whylen) != 0)
                 goto fail;
-            }
-            memcpy(name, body + 4, n - 4);
-            name[n - 4] = '\0';
             const char *v = getenv(name);
             if (!v) {
                 snprintf(why, whylen, "%.*s: the variable is not set", reflen, dollar);
@@ -184,12 +188,8 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
                 goto fail;
         } else if (n > 5 && strncmp(body, "file:", 5) == 0) {
             char path[4096];
-            if (n - 5 >= sizeof path) {
-                snprintf(why, whylen, "%.80s...: the path is too long", dollar);
+            if (ref_arg(body + 5, n - 5, path, sizeof path, dollar, "path", why, whylen) != 0)
                 goto fail;
-            }
-            memcpy(path, body + 5, n - 5);
-            path[n - 5] = '\0';
             if (put_file(&b, path, dollar, reflen > 300 ? 300 : reflen, why, whylen) != 0)
                 goto fail;
         } else {

@@ -8,6 +8,7 @@
  * because libmicrohttpd may log from either thread.
  */
 #include "httpd.h"
+#include "internal.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <jansson.h>
 #include <microhttpd.h>
 
 #define HEALTH_REASON_SIZE 256
@@ -330,4 +332,13 @@ void httpd_address(const char *host_port, int bound_port, char *out, size_t len)
         snprintf(out, len, "0.0.0.0:%d", bound_port);
     else
         snprintf(out, len, "%.*s:%d", (int)host, host_port, bound_port);
+}
+
+void httpd_log_listen(const char *host_port, int bound_port)
+{
+    char address[300];
+    httpd_address(host_port, bound_port, address, sizeof address);
+    ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
+                   json_pack("{s:s, s:i}", "address", address, "port", bound_port),
+                   "serving /metrics and /healthz on %s", address);
 }

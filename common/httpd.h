@@ -36,6 +36,10 @@ httpd *httpd_start(const char *host_port, httpd_metrics_fn metrics, httpd_health
  * nothing or "*") and the bound port, "127.0.0.1:43817", "[::1]:9187".
  * Into out (len bytes). */
 void httpd_address(const char *host_port, int bound_port, char *out, size_t len);
+/* Log where the metrics are served (the event "metrics.listen", with the
+ * address and the bound port): with port 0, or behind a proxy, the one
+ * way to know where to scrape. */
+void httpd_log_listen(const char *host_port, int bound_port);
 /* Stop serving and free h; NULL ok. */
 void httpd_stop(httpd *h);
 

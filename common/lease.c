@@ -32,12 +32,11 @@ static ferry_code lease_query(PGconn *conn, const char *sql, int nparams,
                               const char *const *params, size_t max, ferry__lease *out,
                               size_t *n_out, const char *context, ferry_error *err)
 {
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    ferry_code rc;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        rc = ferry_error_from_pg(err, conn, res, context);
-    else
-        rc = leases_from(res, max, out, n_out);
+    PGresult *res;
+    ferry_code rc = ferry__query(conn, sql, nparams, params, context, &res, err);
+    if (rc != FERRY_OK)
+        return rc;
+    rc = leases_from(res, max, out, n_out);
     PQclear(res);
     return rc;
 }
@@ -183,18 +182,18 @@ ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_
                                   ferry_error *err)
 {
     const char *params[1] = {prefix};
-    PGresult *res = PQexecParams(conn,
+    PGresult *res;
+    ferry_code rc = ferry__query(conn,
                                  "SELECT count(*) FROM ferry.lease "
                                  "WHERE starts_with(name, $1) AND holder IS NOT NULL "
                                  "AND expires_at > now()",
-                                 1, NULL, params, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not count live leases");
-    else if (count_out != NULL)
+                                 1, params, "could not count live leases", &res, err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (count_out != NULL)
         *count_out = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
-    return rc;
+    return FERRY_OK;
 }
 
 ferry_code ferry__set_application_name(PGconn *conn, const char *program, const char *name,

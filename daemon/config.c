@@ -856,21 +856,12 @@ static int read_file(loader *ld, unsigned char **text, size_t *len)
         close(fd);
         return out_of_memory(ld);
     }
-    /* One byte more than the limit tells a full file from a longer one. */
-    while (used <= CONFIG_FILE_MAX) {
-        ssize_t n = read(fd, buf + used, (size_t)CONFIG_FILE_MAX + 1 - used);
-        if (n == 0)
-            break;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fail(ld, "%s: could not read the config file%s: %s", ld->path, named,
-                 strerror_r(errno, ebuf, sizeof ebuf));
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        used += (size_t)n;
+    if (ferry__read_capped(fd, (char *)buf, CONFIG_FILE_MAX, &used) != 0) {
+        fail(ld, "%s: could not read the config file%s: %s", ld->path, named,
+             strerror_r(errno, ebuf, sizeof ebuf));
+        free(buf);
+        close(fd);
+        return -1;
     }
     if (used > CONFIG_FILE_MAX)
         goto out_too_big;
@@ -1464,4 +1455,18 @@ int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char 
         return -1;
     }
     return 0;
+}
+
+int relay_cli_option(int c, void (*usage)(FILE *))
+{
+    usage(c == 'h' ? stdout : stderr);
+    return c == 'h' ? 0 : 2;
+}
+
+int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *))
+{
+    fprintf(stderr, "ferry-relay %s: unexpected argument \"%s\"\n", cmd, arg);
+    if (usage != NULL)
+        usage(stderr);
+    return 2;
 }

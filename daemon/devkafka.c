@@ -30,9 +30,10 @@
  *     broker refuses it, OUT_OF_ORDER_SEQUENCE_NUMBER). Order tests that
  *     inject produce errors set max.in.flight.requests.per.connection=1.
  */
+#include "config.h"
 #include "devkafka.h"
+#include "internal.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -134,18 +135,6 @@ static int dk_parse_long(const char *s, long min, long max, long *out)
     return 0;
 }
 
-/* Kafka's rule for topic names. */
-static bool dk_valid_topic(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 249 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && s[i] != '.' && s[i] != '_' && s[i] != '-')
-            return false;
-    return true;
-}
-
 /* An error code by number or by name ("NOT_ENOUGH_REPLICAS",
  * "RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS", "_TRANSPORT"), any case.
  * Only codes librdkafka knows are accepted. */
@@ -207,7 +196,7 @@ static int dk_parse_topic_spec(const char *spec, int brokers, char *name, size_t
         return -1;
     memcpy(name, spec, (size_t)(c1 - spec));
     name[c1 - spec] = '\0';
-    if (!dk_valid_topic(name))
+    if (!ferry__topic_valid(name, strlen(name)))
         return -1;
     char num[32];
     const char *c2 = strchr(c1 + 1, ':');
@@ -259,6 +248,26 @@ static int dk_broker_arg(const dk_state *st, const char *s, int32_t *out)
         return -1;
     }
     *out = (int32_t)b;
+    return 0;
+}
+
+/* A topic name as Kafka takes them; -1 after replying the error. */
+static int dk_topic_arg(const char *s)
+{
+    if (!ferry__topic_valid(s, strlen(s))) {
+        dk_reply("error: \"%s\" is not a valid topic name", s);
+        return -1;
+    }
+    return 0;
+}
+
+/* A request type by name or number; -1 after replying the error. */
+static int dk_api_arg(const char *s, int16_t *out)
+{
+    if (dk_parse_api(s, out) != 0) {
+        dk_reply("error: unknown request type \"%s\"", s);
+        return -1;
+    }
     return 0;
 }
 
@@ -356,10 +365,8 @@ static void dk_cmd_produce_errors(dk_state *st, int argc, char **argv)
 static void dk_cmd_request_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (dk_parse_api(argv[1], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[1]);
+    if (dk_api_arg(argv[1], &api) != 0)
         return;
-    }
     dk_push_errors(st, api, argv[2], argc - 3, argv + 3);
 }
 
@@ -367,12 +374,8 @@ static void dk_cmd_broker_errors(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (dk_broker_arg(st, argv[1], &b) != 0)
+    if (dk_broker_arg(st, argv[1], &b) != 0 || dk_api_arg(argv[2], &api) != 0)
         return;
-    if (dk_parse_api(argv[2], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[2]);
-        return;
-    }
     size_t count;
     rd_kafka_resp_err_t *list = dk_error_list(argv[3], argc - 4, argv + 4, &count);
     if (list == NULL)
@@ -390,12 +393,8 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 {
     int32_t b;
     int16_t api;
-    if (dk_broker_arg(st, argv[1], &b) != 0)
+    if (dk_broker_arg(st, argv[1], &b) != 0 || dk_api_arg(argv[2], &api) != 0)
         return;
-    if (dk_parse_api(argv[2], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[2]);
-        return;
-    }
     size_t cnt = 0;
     rd_kafka_resp_err_t err = rd_kafka_mock_broker_error_stack_cnt(st->mc, b, api, &cnt);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -407,10 +406,8 @@ static void dk_cmd_errors_left(dk_state *st, int argc, char **argv)
 static void dk_cmd_clear_errors(dk_state *st, int argc, char **argv)
 {
     int16_t api;
-    if (dk_parse_api(argv[1], &api) != 0) {
-        dk_reply("error: unknown request type \"%s\"", argv[1]);
+    if (dk_api_arg(argv[1], &api) != 0)
         return;
-    }
     rd_kafka_mock_clear_request_errors(st->mc, api);
     dk_reply("ok");
 }
@@ -418,10 +415,8 @@ static void dk_cmd_clear_errors(dk_state *st, int argc, char **argv)
 static void dk_cmd_topic_create(dk_state *st, int argc, char **argv)
 {
     long p, r;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_long(argv[2], 1, DK_PARTITIONS_MAX, &p) != 0) {
         dk_reply("error: PARTITIONS \"%s\" is not a number in 1..%d", argv[2],
                  DK_PARTITIONS_MAX);
@@ -438,10 +433,8 @@ static void dk_cmd_topic_create(dk_state *st, int argc, char **argv)
 static void dk_cmd_topic_error(dk_state *st, int argc, char **argv)
 {
     rd_kafka_resp_err_t err;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_err(argv[2], &err) != 0) {
         dk_reply("error: unknown error code \"%s\"", argv[2]);
         return;
@@ -453,10 +446,8 @@ static void dk_cmd_topic_error(dk_state *st, int argc, char **argv)
 static void dk_cmd_leader(dk_state *st, int argc, char **argv)
 {
     long part, b;
-    if (!dk_valid_topic(argv[1])) {
-        dk_reply("error: \"%s\" is not a valid topic name", argv[1]);
+    if (dk_topic_arg(argv[1]) != 0)
         return;
-    }
     if (dk_parse_long(argv[2], 0, DK_PARTITIONS_MAX - 1, &part) != 0) {
         dk_reply("error: PARTITION \"%s\" is not a number in 0..%d", argv[2],
                  DK_PARTITIONS_MAX - 1);
@@ -678,19 +669,12 @@ int cmd_devkafka(int argc, char **argv)
             }
             topic_specs[ntopics++] = optarg;
             break;
-        case 'h':
-            dk_usage(stdout);
-            return 0;
         default:
-            dk_usage(stderr);
-            return DK_EXIT_USAGE;
+            return relay_cli_option(c, dk_usage);
         }
     }
-    if (optind != argc) {
-        fprintf(stderr, "ferry-relay devkafka: unexpected argument \"%s\"\n", argv[optind]);
-        dk_usage(stderr);
-        return DK_EXIT_USAGE;
-    }
+    if (optind != argc)
+        return relay_cli_unexpected("devkafka", argv[optind], dk_usage);
     /* Check every --topic before starting anything. */
     struct {
         char name[256];

@@ -81,18 +81,12 @@ static int cmd_migrate(int argc, char **argv)
         case 'c':
             config = optarg;
             break;
-        case 'h':
-            migrate_usage(stdout);
-            return 0;
         default:
-            migrate_usage(stderr);
-            return EXIT_USAGE;
+            return relay_cli_option(c, migrate_usage);
         }
     }
-    if (optind != argc) {
-        fprintf(stderr, "ferry-relay migrate: unexpected argument \"%s\"\n", argv[optind]);
-        return EXIT_USAGE;
-    }
+    if (optind != argc)
+        return relay_cli_unexpected("migrate", argv[optind], NULL);
     char *dbo = NULL;
     if (relay_config_subcommand_db("migrate", db, config, &dbo) != 0)
         return EXIT_USAGE;

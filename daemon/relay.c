@@ -65,6 +65,16 @@ void relay_count(relay *r, metric_counter c, uint64_t n)
         metrics_add(r->m, c, n);
 }
 
+void relay_log_stop(const relay *r, int status, const char *name, uint64_t n, uint64_t refused)
+{
+    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
+                   json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
+                             "delivered", (json_int_t)r->delivered, name, (json_int_t)n,
+                             "refused", (json_int_t)refused),
+                   "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
+                                                           : "not everything delivered");
+}
+
 /* ------------------------------------------------------------------ wake-ups */
 
 /*
@@ -441,12 +451,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
                   "every shard is leased by another relay: nothing to do");
     if (r->db.ok)
         relay_leases_release_all(r);
-    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
-                   json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
-                             "delivered", (json_int_t)r->delivered, "undelivered",
-                             (json_int_t)r->undelivered, "refused", (json_int_t)r->refused),
-                   "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
-                                                           : "not everything delivered");
+    relay_log_stop(r, status, "undelivered", r->undelivered, r->refused);
 out:
     relay_free(r);
     return status;
@@ -494,15 +499,7 @@ int cmd_run(int argc, char **argv)
             fprintf(stderr, "ferry-relay run: --metrics %s: %s\n", cfg.metrics, errbuf);
             goto out;
         }
-        {
-            /* The address too: with port 0, or behind a proxy, the one way to
-             * know where to scrape. */
-            char address[300];
-            httpd_address(cfg.metrics, port, address, sizeof address);
-            ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
-                           json_pack("{s:s, s:i}", "address", address, "port", port),
-                           "serving /metrics and /healthz on %s", address);
-        }
+        httpd_log_listen(cfg.metrics, port);
     }
     status = relay_run(&cfg, m);
 out:

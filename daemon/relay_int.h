@@ -142,6 +142,10 @@ typedef struct relay {
 
 /* relay.c */
 void relay_count(relay *r, metric_counter c, uint64_t n);
+/* The relay.stop line, as both sources end: what was produced and
+ * delivered, the source's own count (name: n), what it refused, and
+ * whether everything went out (status 0). */
+void relay_log_stop(const relay *r, int status, const char *name, uint64_t n, uint64_t refused);
 int64_t relay_wall_ms(void);
 
 /* The loop's stages (relay_db_maybe_reconnect, relay_db_drain_notifies,

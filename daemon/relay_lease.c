@@ -45,6 +45,19 @@ static void gained_add(gained *g, int shard)
     g->n++;
 }
 
+/* Serve each shard lease of got[0..n) (reclaimed or acquired) under the
+ * epoch it was taken with, and add it to g. */
+static void serve_taken(relay *r, const ferry__lease *got, size_t n, gained *g)
+{
+    for (size_t i = 0; i < n; i++) {
+        int s = shard_of_lease(got[i].name);
+        if (s < 0)
+            continue;
+        sched_lease_set(r->s, s, got[i].epoch);
+        gained_add(g, s);
+    }
+}
+
 /*
  * Renew, then move towards this relay's share: ceil(shards / live relays).
  * Renewal returns every unexpired lease under our name, and each is served:
@@ -81,13 +94,7 @@ int relay_lease_tick(relay *r)
             relay_db_lost(r, "lease reclaim", &err);
             goto out;
         }
-        for (size_t i = 0; i < n; i++) {
-            int s = shard_of_lease(got[i].name);
-            if (s < 0)
-                continue;
-            sched_lease_set(r->s, s, got[i].epoch);
-            gained_add(&g, s);
-        }
+        serve_taken(r, got, n, &g);
         if (n > 0)
             ferry__log_json(FERRY_LOG_INFO, "lease.reclaimed",
                            json_pack("{s:s}", "shards", g.list),
@@ -139,14 +146,8 @@ int relay_lease_tick(relay *r)
             relay_db_lost(r, "lease acquisition", &err);
             goto out;
         }
-        for (size_t i = 0; i < n; i++) {
-            int s = shard_of_lease(got[i].name);
-            if (s < 0)
-                continue;
-            sched_lease_set(r->s, s, got[i].epoch);
-            relay_count(r, M_LEASES_ACQUIRED, 1);
-            gained_add(&g, s);
-        }
+        serve_taken(r, got, n, &g);
+        relay_count(r, M_LEASES_ACQUIRED, (uint64_t)g.n);
         if (g.n > 0)
             ferry__log_json(FERRY_LOG_INFO, "lease.acquired",
                            json_pack("{s:s, s:i}", "shards", g.list, "count", g.n),

@@ -219,6 +219,34 @@ static void *find(void *root, const char *name)
     return p ? *(void **)p : NULL;
 }
 
+/* The entry named name in the tree at *root, made if need be: size
+ * bytes, zeroed, with name in its first field (where cmp_name reads it),
+ * and *made set. Takes name, which may be NULL (out of memory); NULL when
+ * memory runs out. */
+static void *entry_make(void **root, char *name, size_t size, int *made)
+{
+    if (name == NULL)
+        return NULL;
+    void *e = find(*root, name);
+    if (e != NULL) {
+        free(name);
+        return e;
+    }
+    e = calloc(1, size);
+    if (e == NULL) {
+        free(name);
+        return NULL;
+    }
+    *(char **)e = name;
+    if (tsearch(e, root, cmp_name) == NULL) {
+        free(name);
+        free(e);
+        return NULL;
+    }
+    *made = 1;
+    return e;
+}
+
 /* ------------------------------------------------------------------ events */
 
 static void event(sched *s, sched_event_kind kind, const char *name, int partition,
@@ -273,26 +301,8 @@ static skey *key_get(sched *s, const char *topic, const char *key)
 /* The entry of a key, made if need be. */
 static skey *key_make(sched *s, const char *topic, const char *key)
 {
-    char *name = key_name(topic, key);
-    if (name == NULL)
-        return NULL;
-    skey *k = find(s->keys, name);
-    if (k != NULL) {
-        free(name);
-        return k;
-    }
-    k = calloc(1, sizeof *k);
-    if (k == NULL) {
-        free(name);
-        return NULL;
-    }
-    k->name = name;
-    if (tsearch(k, &s->keys, cmp_name) == NULL) {
-        free(name);
-        free(k);
-        return NULL;
-    }
-    return k;
+    int made = 0;
+    return entry_make(&s->keys, key_name(topic, key), sizeof(skey), &made);
 }
 
 static void failing_unlink(sched *s, skey *k)
@@ -331,26 +341,11 @@ static int key_release(sched *s, skey *k)
 
 static spart *part_make(sched *s, const char *topic, int partition)
 {
-    char *name = part_name(topic, partition);
-    if (name == NULL)
-        return NULL;
-    spart *p = find(s->parts, name);
-    if (p != NULL) {
-        free(name);
-        return p;
-    }
-    p = calloc(1, sizeof *p);
-    if (p == NULL) {
-        free(name);
-        return NULL;
-    }
-    p->name = name;
-    p->partition = partition;
-    p->head = p->tail = -1;
-    if (tsearch(p, &s->parts, cmp_name) == NULL) {
-        free(name);
-        free(p);
-        return NULL;
+    int made = 0;
+    spart *p = entry_make(&s->parts, part_name(topic, partition), sizeof *p, &made);
+    if (made) {
+        p->partition = partition;
+        p->head = p->tail = -1;
     }
     return p;
 }
@@ -706,26 +701,10 @@ int sched_sweeps(const sched *s) { return s->sweeps; }
 
 void sched_topic_partitions(sched *s, const char *topic, int count)
 {
-    char *name = strdup(topic);
-    if (name == NULL)
-        return;
-    stopic *t = find(s->topics, name);
-    if (t != NULL) {
-        free(name);
+    int made = 0;
+    stopic *t = entry_make(&s->topics, strdup(topic), sizeof *t, &made);
+    if (t != NULL)
         t->partitions = count;
-        return;
-    }
-    t = calloc(1, sizeof *t);
-    if (t == NULL) {
-        free(name);
-        return;
-    }
-    t->name = name;
-    t->partitions = count;
-    if (tsearch(t, &s->topics, cmp_name) == NULL) {
-        free(name);
-        free(t);
-    }
 }
 
 int sched_topic_partition_count(const sched *s, const char *topic)

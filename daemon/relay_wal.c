@@ -362,10 +362,8 @@ static void lease_release(relay *r)
         return;
     char name[80];
     snprintf(name, sizeof name, "wal:%s", w->slot);
-    const char *p[2] = {name, r->holder};
-    PQclear(PQexecParams(w->sql, "UPDATE ferry.lease SET holder = NULL, expires_at = now() "
-                                 "WHERE name = $1 AND holder = $2",
-                         2, NULL, p, NULL, NULL, 0));
+    ferry_error err;
+    ferry__lease_release(w->sql, name, r->holder, &err);   /* else it expires */
     w->lease_epoch = 0;
 }
 
@@ -945,12 +943,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                                    : clean ? 0 : 1;
     if (r->cfg->once && w->slot_problem)
         status = 1;
-    ferry__log_json(FERRY_LOG_INFO, "relay.stop",
-                   json_pack("{s:I, s:I, s:I, s:I}", "produced", (json_int_t)r->produced,
-                             "delivered", (json_int_t)r->delivered, "decoded",
-                             (json_int_t)w->decoded, "refused", (json_int_t)w->refused),
-                   "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
-                                                           : "not everything delivered");
+    relay_log_stop(r, status, "decoded", w->decoded, w->refused);
 out:
     if (r->k.rk != NULL)
         relay_kafka_stop(r, 200);

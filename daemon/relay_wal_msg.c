@@ -191,19 +191,6 @@ static int number(const char *s, size_t n, long long max, long long *out)
     return 0;
 }
 
-static int topic_ok(const char *t, size_t n)
-{
-    if (n == 0 || n > 249 || (n == 1 && t[0] == '.') || (n == 2 && t[0] == '.' && t[1] == '.'))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = t[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
 int wal_msg_parse(const char *content, size_t len, const char *token, long max_payload,
                   wal_scratch *scratch, wal_msg *out, char *why, size_t whylen)
 {
@@ -299,7 +286,7 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
         w += plen[i] + 1;
         at += plen[i];
     }
-    if (!topic_ok(ptr[0], plen[0])) {
+    if (!ferry__topic_valid(ptr[0], plen[0])) {
         snprintf(why, whylen, "content: topic is not a valid Kafka topic name");
         return -1;
     }

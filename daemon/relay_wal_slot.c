@@ -54,9 +54,14 @@ static int fail_res(const char *what, PGresult *res)
     return 1;
 }
 
-/* The slot's name, whether it exists, and its wal_status. */
-static int slot_info(PGconn *c, char *name, size_t len, int *exists, char *status,
-                     size_t slen)
+/* The slot as create and recreate judge it. */
+typedef struct slot_info {
+    char name[64];
+    int exists;
+    char status[32];            /* wal_status; "" when it does not exist */
+} slot_info;
+
+static int read_slot(PGconn *c, slot_info *s)
 {
     PGresult *res = q(c, "SELECT s.wal_slot, p.slot_name IS NOT NULL, "
                          "       coalesce(p.wal_status, '') "
@@ -64,9 +69,9 @@ static int slot_info(PGconn *c, char *name, size_t len, int *exists, char *statu
                          "    ON p.slot_name = s.wal_slot", 0, NULL);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         return fail_res("could not read the slot", res);
-    snprintf(name, len, "%s", PQgetvalue(res, 0, 0));
-    *exists = PQgetvalue(res, 0, 1)[0] == 't';
-    snprintf(status, slen, "%s", PQgetvalue(res, 0, 2));
+    snprintf(s->name, sizeof s->name, "%s", PQgetvalue(res, 0, 0));
+    s->exists = PQgetvalue(res, 0, 1)[0] == 't';
+    snprintf(s->status, sizeof s->status, "%s", PQgetvalue(res, 0, 2));
     PQclear(res);
     return 0;
 }
@@ -85,16 +90,15 @@ static int create(PGconn *c, const char *name, char *lsn, size_t lsnlen)
 
 static int cmd_create(PGconn *c)
 {
-    char name[64], status[32], lsn[32];
-    int exists;
-    if (slot_info(c, name, sizeof name, &exists, status, sizeof status) != 0)
+    slot_info s;
+    if (read_slot(c, &s) != 0)
         return 1;
-    if (exists) {
-        fprintf(stderr, "ferry-relay slot create: the slot \"%s\" exists already%s%s\n", name,
-                status[0] ? ", wal_status " : "", status);
+    if (s.exists) {
+        fprintf(stderr, "ferry-relay slot create: the slot \"%s\" exists already%s%s\n",
+                s.name, s.status[0] ? ", wal_status " : "", s.status);
         return 1;
     }
-    const char *p[1] = {name};
+    const char *p[1] = {s.name};
     PGresult *res = q(c, "SELECT created_at::text, coalesce(confirmed_lsn::text, '?') "
                          "FROM ferry.wal_slot WHERE slot_name = $1", 1, p);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -102,46 +106,47 @@ static int cmd_create(PGconn *c)
     if (PQntuples(res) > 0) {
         fprintf(stderr, "ferry-relay slot create: a slot \"%s\" was created before (%s) and "
                 "is gone, last confirmed at %s; messages may have been missed: use `ferry-relay "
-                "slot recreate`, which reports them\n", name, PQgetvalue(res, 0, 0),
+                "slot recreate`, which reports them\n", s.name, PQgetvalue(res, 0, 0),
                 PQgetvalue(res, 0, 1));
         PQclear(res);
         return 1;
     }
     PQclear(res);
-    if (create(c, name, lsn, sizeof lsn) != 0)
+    char lsn[32];
+    if (create(c, s.name, lsn, sizeof lsn) != 0)
         return 1;
-    const char *p2[2] = {name, lsn};
+    const char *p2[2] = {s.name, lsn};
     res = q(c, "INSERT INTO ferry.wal_slot (slot_name, created_lsn) VALUES ($1, $2::pg_lsn)",
             2, p2);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return fail_res("created the slot, but could not record it in ferry.wal_slot", res);
     PQclear(res);
     printf("created the replication slot \"%s\" (pgoutput) at %s\n"
-           "emit in wal mode: UPDATE ferry.settings SET emit_mode = 'wal'\n", name, lsn);
+           "emit in wal mode: UPDATE ferry.settings SET emit_mode = 'wal'\n", s.name, lsn);
     return 0;
 }
 
 static int cmd_recreate(PGconn *c)
 {
-    char name[64], status[32], lsn[32];
-    int exists;
-    if (slot_info(c, name, sizeof name, &exists, status, sizeof status) != 0)
+    slot_info s;
+    if (read_slot(c, &s) != 0)
         return 1;
-    if (exists && strcmp(status, "lost") != 0) {
+    if (s.exists && strcmp(s.status, "lost") != 0) {
         fprintf(stderr, "ferry-relay slot recreate: the slot \"%s\" exists and is not lost "
-                "(wal_status %s): nothing to recreate\n", name, status);
+                "(wal_status %s): nothing to recreate\n", s.name, s.status);
         return 1;
     }
-    const char *p[1] = {name};
-    if (exists) {
+    const char *p[1] = {s.name};
+    if (s.exists) {
         PGresult *res = q(c, "SELECT pg_drop_replication_slot($1)", 1, p);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             return fail_res("could not drop the lost slot", res);
         PQclear(res);
     }
-    if (create(c, name, lsn, sizeof lsn) != 0)
+    char lsn[32];
+    if (create(c, s.name, lsn, sizeof lsn) != 0)
         return 1;
-    const char *p2[2] = {name, lsn};
+    const char *p2[2] = {s.name, lsn};
     PGresult *res = q(
         c,
         "INSERT INTO ferry.wal_slot AS w (slot_name, created_lsn) VALUES ($1, $2::pg_lsn) "
@@ -161,8 +166,9 @@ static int cmd_recreate(PGconn *c)
            "may never have been published: that WAL was %s. Consumers see them as gaps in\n"
            "each key's positions (ferry-reconcile check); the window is kept in\n"
            "ferry.wal_slot (missed_from_lsn .. missed_to_lsn).\n",
-           name, lsn, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), lsn, PQgetvalue(res, 0, 2),
-           exists ? "invalidated with the slot" : "not decoded while the slot was missing");
+           s.name, lsn, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), lsn,
+           PQgetvalue(res, 0, 2),
+           s.exists ? "invalidated with the slot" : "not decoded while the slot was missing");
     PQclear(res);
     return 0;
 }
@@ -216,12 +222,8 @@ int cmd_slot(int argc, char **argv)
         case 'd':
             db = optarg;
             break;
-        case 'h':
-            slot_usage(stdout);
-            return 0;
         default:
-            slot_usage(stderr);
-            return 2;
+            return relay_cli_option(c, slot_usage);
         }
     }
     if (optind + 1 != argc) {

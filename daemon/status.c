@@ -606,6 +606,16 @@ static void st_table_free(st_table *t)
     free(t->cells);
 }
 
+/* A filled table printed, unless memory ran out while filling it (*oom
+ * then set), and freed. */
+static void st_table_done(st_table *t, FILE *out, bool *oom)
+{
+    if (!t->oom)
+        st_table_print(t, out);
+    *oom |= t->oom;
+    st_table_free(t);
+}
+
 /* Shard numbers as ranges: [0,1,2,3,7] -> "0-3, 7"; "-" when none. */
 static char *st_cell_ranges(const json_t *list)
 {
@@ -685,10 +695,7 @@ static int st_print_tables(const json_t *root, FILE *out)
             };
             st_row(&tr, cells);
         }
-        if (!tr.oom)
-            st_table_print(&tr, out);
-        oom |= tr.oom;
-        st_table_free(&tr);
+        st_table_done(&tr, out, &oom);
         fputc('\n', out);
     }
 
@@ -746,10 +753,7 @@ static int st_print_tables(const json_t *root, FILE *out)
                               st_cell_json(json_object_get(c, "count"), ST_CELL_MAX)};
             st_row(&tc, cells);
         }
-        if (!tc.oom)
-            st_table_print(&tc, out);
-        oom |= tc.oom;
-        st_table_free(&tc);
+        st_table_done(&tc, out, &oom);
 
         const json_t *list = json_object_get(dl, "oldest");
         fprintf(out, "\noldest %zu:\n", json_array_size(list));
@@ -770,10 +774,7 @@ static int st_print_tables(const json_t *root, FILE *out)
             };
             st_row(&td, cells);
         }
-        if (!td.oom)
-            st_table_print(&td, out);
-        oom |= td.oom;
-        st_table_free(&td);
+        st_table_done(&td, out, &oom);
     }
     if (oom) {
         fprintf(stderr, "ferry-relay status: out of memory\n");
@@ -819,19 +820,12 @@ int cmd_status(int argc, char **argv)
                 return ST_EXIT_USAGE;
             }
             break;
-        case 'h':
-            st_usage(stdout);
-            return 0;
         default:
-            st_usage(stderr);
-            return ST_EXIT_USAGE;
+            return relay_cli_option(c, st_usage);
         }
     }
-    if (optind != argc) {
-        fprintf(stderr, "ferry-relay status: unexpected argument \"%s\"\n", argv[optind]);
-        st_usage(stderr);
-        return ST_EXIT_USAGE;
-    }
+    if (optind != argc)
+        return relay_cli_unexpected("status", argv[optind], st_usage);
     char *dbo = NULL;
     if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
         return ST_EXIT_USAGE;

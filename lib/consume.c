@@ -155,12 +155,9 @@ static int name_ok(const char *s, size_t max)
     size_t n = s ? strlen(s) : 0;
     if (n == 0 || n > max)
         return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-'))
+    for (size_t i = 0; i < n; i++)
+        if (!ferry__topic_char_ok(s[i]))
             return 0;
-    }
     return 1;
 }
 
@@ -570,19 +567,6 @@ static int parse_verdict(const char *s, const char *drain, work *w, verdict *out
     return -1;
 }
 
-static const char *begin_sql(ferry_isolation iso)
-{
-    switch (iso) {
-    case FERRY_REPEATABLE_READ:
-        return "BEGIN ISOLATION LEVEL REPEATABLE READ";
-    case FERRY_SERIALIZABLE:
-        return "BEGIN ISOLATION LEVEL SERIALIZABLE";
-    case FERRY_READ_COMMITTED:
-        break;
-    }
-    return "BEGIN ISOLATION LEVEL READ COMMITTED";
-}
-
 /* The claim and the finish as prepared statements on this backend: a new
  * backend (after a reset) has none. */
 static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *err)
@@ -914,19 +898,16 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     if (!PQenterPipelineMode(conn))
         return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
     int sent = 0;
-    if (PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+    if (PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
+                          NULL, 0)) {
         sent = 1;
         if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
             sent = 2;
     }
     if (sent < 2)
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    if (!PQpipelineSync(conn)) {
-        if (rc == FERRY_OK)
-            rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-        PQexitPipelineMode(conn);
-        return rc;      /* the connection is gone: so is the transaction */
-    }
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
+        return rc;
     claim_many_ctx cm = {c, ws, n, v};
     return pipeline_read(conn, sent, rc, claim_many_result, &cm,
                          "the claims' results ended early", err);
@@ -977,7 +958,8 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
         claim_many_free(a);     /* and claimed one by one, below */
     }
     if (!PQenterPipelineMode(conn) ||
-        !PQsendQueryParams(conn, begin_sql(c->tx.isolation), 0, NULL, NULL, NULL, NULL, 0)) {
+        !PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
+                           NULL, 0)) {
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
         PQexitPipelineMode(conn);
         return rc;
@@ -1077,12 +1059,8 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
         sent = n + 1;
     if (sent <= n)
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
-    if (!PQpipelineSync(conn)) {
-        if (rc == FERRY_OK)
-            rc = ferry_error_from_pg(err, conn, NULL, "could not send the commit");
-        PQexitPipelineMode(conn);
-        return rc;      /* the connection is gone: so is the transaction */
-    }
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the commit", err))
+        return rc;
     commit_ctx cc = {conn, n};
     rc = pipeline_read(conn, sent, rc, commit_result, &cc, "the commit's results ended early",
                        err);
@@ -1807,6 +1785,21 @@ static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, 
     return process(c, w, e);
 }
 
+/* A batch ws[0..n) committed with verdicts v: counted, each message
+ * accounted, the offsets stored. */
+static void batch_committed(ferry_consumer *c, work *ws, int n, const verdict *v)
+{
+    after_commit(c);
+    c->stats.batches++;
+    c->stats.batch_messages += (uint64_t)n;
+    /* A position held in the batch and made ready by a later one of it
+     * needs no scan: the claims run in order, each holding what it holds,
+     * so the later claim says drain. */
+    for (int k = 0; k < n; k++)
+        account(c, &ws[k], v[k]);
+    store_offsets(c, ws, n);
+}
+
 /*
  * Apply ws[0..n), all from Kafka, in batches (see above). Returns the
  * index of the first message not done (n when all were), its outcome in
@@ -1818,37 +1811,23 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
     int i = 0;
     *o = O_DONE;
     while (i < n && !c->stop) {
-        /* A message already known to be poison goes alone: it is
-         * dead-lettered (or held) in a transaction of its own. */
-        if (ws[i].poison[0] != '\0') {
+        int j = i;
+        while (j < n && ws[j].poison[0] == '\0')
+            j++;
+        /* A message already known to be poison (j == i) goes alone: it is
+         * dead-lettered (or held) in a transaction of its own; so does a
+         * lone message before one, or at the end. */
+        if (j - i <= 1) {
             if ((*o = process(c, &ws[i], e)) != O_DONE)
                 return i;
             store_offset(c, &ws[i]);
             i++;
             continue;
         }
-        int j = i;
-        while (j < n && ws[j].poison[0] == '\0')
-            j++;
-        if (j - i == 1) {
-            if ((*o = process(c, &ws[i], e)) != O_DONE)
-                return i;
-            store_offset(c, &ws[i]);
-            i = j;
-            continue;
-        }
         batch_failure f;
         ferry_code rc = batch_tx(c, ws + i, j - i, v, &f);
         if (rc == FERRY_OK) {
-            after_commit(c);
-            c->stats.batches++;
-            c->stats.batch_messages += (uint64_t)(j - i);
-            /* A position held in the batch and made ready by a later
-             * one of it needs no scan: the claims run in order, each
-             * holding what it holds, so the later claim says drain. */
-            for (int k = i; k < j; k++)
-                account(c, &ws[k], v[k - i]);
-            store_offsets(c, ws + i, j - i);
+            batch_committed(c, ws + i, j - i, v);
             i = j;
             continue;
         }
@@ -1872,12 +1851,7 @@ static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_err
         if (k - i >= 2) {
             batch_failure f2;
             if (batch_tx(c, ws + i, k - i, v, &f2) == FERRY_OK) {
-                after_commit(c);
-                c->stats.batches++;
-                c->stats.batch_messages += (uint64_t)(k - i);
-                for (int m = i; m < k; m++)
-                    account(c, &ws[m], v[m - i]);
-                store_offsets(c, ws + i, k - i);
+                batch_committed(c, ws + i, k - i, v);
             } else {
                 c->stats.batch_fallbacks++;
                 int done = one_by_one(c, ws + i, k - i, o, e);
@@ -2052,6 +2026,22 @@ static void log_assignment(ferry_consumer *c, const char *event, const char *wha
         rd_kafka_topic_partition_list_destroy(held);
 }
 
+/* Take (assign) or give back parts as the rebalance protocol in use
+ * wants: under the cooperative one, those partitions only; under the
+ * eager one, the whole assignment (none when giving back). */
+static void reassign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int assign,
+                     int cooperative)
+{
+    if (cooperative) {
+        rd_kafka_error_t *e = assign ? rd_kafka_incremental_assign(rk, parts)
+                                     : rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, assign ? parts : NULL);
+    }
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -2059,13 +2049,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         c->stats.assigned += (uint64_t)parts->cnt;
-        if (cooperative) {
-            rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
-            if (e)
-                rd_kafka_error_destroy(e);
-        } else {
-            rd_kafka_assign(rk, parts);
-        }
+        reassign(rk, parts, 1, cooperative);
         log_assignment(c, "consumer.assigned", "assigned", parts, 1, cooperative);
         return;
     }
@@ -2084,13 +2068,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                       "(the next owner will skip what was applied)", c->name,
                       rd_kafka_err2str(cerr));
     }
-    if (cooperative) {
-        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
-        if (e)
-            rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_assign(rk, NULL);
-    }
+    reassign(rk, parts, 0, cooperative);
     log_assignment(c, lost ? "consumer.lost" : "consumer.revoked", lost ? "lost" : "revoked",
                    parts, 0, cooperative);
 }

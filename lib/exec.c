@@ -7,18 +7,41 @@
 
 #include "internal.h"
 
-ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
-                      const char *context, ferry_error *err)
+ferry_code ferry__query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       const char *context, PGresult **out, ferry_error *err)
 {
     PGresult *res = nparams > 0
         ? PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
         : PQexec(conn, sql);
     ExecStatusType st = PQresultStatus(res);
-    ferry_code rc = FERRY_OK;
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
-        rc = ferry_error_from_pg(err, conn, res, context);
-    PQclear(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, context);
+        PQclear(res);
+        return rc;
+    }
+    *out = res;
+    return FERRY_OK;
+}
+
+ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                      const char *context, ferry_error *err)
+{
+    PGresult *res;
+    ferry_code rc = ferry__query(conn, sql, nparams, params, context, &res, err);
+    if (rc == FERRY_OK)
+        PQclear(res);
     return rc;
+}
+
+bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, ferry_error *err)
+{
+    if (PQpipelineSync(conn))
+        return true;
+    /* The connection is gone: nothing will come back. */
+    if (*rc == FERRY_OK)
+        *rc = ferry_error_from_pg(err, conn, NULL, context);
+    PQexitPipelineMode(conn);
+    return false;
 }
 
 ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)

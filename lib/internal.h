@@ -19,10 +19,30 @@ void ferry__err_clear(ferry_error *err);
 ferry_code ferry__error_set(ferry_error *err, ferry_code code, const char *field,
                          const char *fmt, ...) FERRY_PRINTF(4, 5);
 
+/* Read fd to its end into buf, which has room for max + 1 bytes,
+ * retrying interrupted reads; *used gets how many were read, max + 1 when
+ * the file is longer than max. 0, or -1 with errno (readfile.c). */
+int ferry__read_capped(int fd, char *buf, size_t max, size_t *used);
+
+/* End what was sent in pipeline mode with a sync. false when it could not
+ * be sent (the connection is gone, and so is any transaction): pipeline
+ * mode is left, and *rc, unless it already holds an error, is one with
+ * context; the caller then returns *rc, there being no results to read. */
+bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, ferry_error *err);
+
+/* BEGIN at isolation iso (any unknown value: read committed); with_xid,
+ * followed by "SELECT pg_current_xact_id()::text" in the same string, for
+ * the simple protocol only (PQexec), one round trip. */
+const char *ferry__begin_sql(ferry_isolation iso, bool with_xid);
+
 /* Run a statement with text parameters (nparams may be 0) and require it
  * to succeed; otherwise fill err with context. Results are discarded. */
 ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *const *params,
                       const char *context, ferry_error *err);
+/* The same, handing the result to the caller (who PQclears it) in *out;
+ * *out is untouched on failure. */
+ferry_code ferry__query(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                       const char *context, PGresult **out, ferry_error *err);
 
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry__sqlstate_is_conflict(const char *sqlstate);
@@ -57,6 +77,16 @@ typedef enum ferry__int_parse {
     FERRY_INT_RANGE             /* an integer outside [min, max] (or a long) */
 } ferry__int_parse;
 ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out);
+
+/* Kafka's rule for topic names: 1..FERRY_TOPIC_MAX bytes of [A-Za-z0-9._-],
+ * not "." or "..". ferry__topic_char_ok: one byte of that alphabet (which
+ * consumer and group names keep to as well). */
+bool ferry__topic_valid(const char *s, size_t n);
+bool ferry__topic_char_ok(char c);
+
+/* The value of the hex digit c (either case), or -1: for \uXXXX escapes
+ * and UUIDs. */
+int ferry__hex_digit(unsigned char c);
 
 /* Sleep for ms milliseconds (not used for synchronisation: backoff only). */
 void ferry__sleep_ms(long ms);

@@ -85,13 +85,8 @@ static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_i
             break;
     if (sent < n)
         rc = ferry_error_from_pg(err, conn, NULL, context);
-    if (!PQpipelineSync(conn)) {
-        /* The connection is gone: nothing will come back. */
-        if (rc == FERRY_OK)
-            rc = ferry_error_from_pg(err, conn, NULL, context);
-        PQexitPipelineMode(conn);
+    if (!ferry__pipeline_sync(conn, &rc, context, err))
         return rc;
-    }
     /* Each statement sent: its result, then NULL; then the sync. A
      * statement after a failed one comes back PGRES_PIPELINE_ABORTED. */
     for (int i = 0; i < sent; i++) {

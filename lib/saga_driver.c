@@ -673,6 +673,19 @@ out:
     return rc;
 }
 
+/* saga_id in its canonical form into canon; else FERRY_EINVAL, "<doing>:
+ * "X" is not a saga id". */
+static ferry_code saga_id_canon(const char *saga_id, const char *doing,
+                                char canon[FERRY_UUID_STRING_SIZE], ferry_error *err)
+{
+    ferry_uuid id;
+    if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
+        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "%s: \"%s\" is not a saga id",
+                             doing, saga_id ? saga_id : "(null)");
+    ferry_uuid_format(&id, canon);
+    return FERRY_OK;
+}
+
 ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const char *saga_id,
                              ferry_error *err)
 {
@@ -680,12 +693,9 @@ ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not cancel saga", err);
     if (rc != FERRY_OK)
         return rc;
-    ferry_uuid id;
-    if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
-        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "could not cancel saga: \"%s\" is "
-                             "not a saga id", saga_id ? saga_id : "(null)");
     char canon[FERRY_UUID_STRING_SIZE];
-    ferry_uuid_format(&id, canon);
+    if ((rc = saga_id_canon(saga_id, "could not cancel saga", canon, err)) != FERRY_OK)
+        return rc;
     ferry_saga_event ev = {.kind = FERRY_SAGA_EV_CANCEL};
     int found;
     if ((rc = drive(conn, reg, canon, &ev, 0, NULL, &found, err)) != FERRY_OK)
@@ -920,14 +930,12 @@ ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
         return ferry__error_set(err, FERRY_EINVAL, "now_ms",
                              "could not fire saga timer: now_ms %" PRId64 " is out of range",
                              now_ms);
-    ferry_uuid id;
-    if (saga_id == NULL || ferry_uuid_parse(saga_id, &id) != FERRY_OK)
-        return ferry__error_set(err, FERRY_EINVAL, "saga_id", "could not fire saga timer: \"%s\" "
-                             "is not a saga id", saga_id ? saga_id : "(null)");
     char canon[FERRY_UUID_STRING_SIZE];
-    ferry_uuid_format(&id, canon);
+    ferry_code rc = saga_id_canon(saga_id, "could not fire saga timer", canon, err);
+    if (rc != FERRY_OK)
+        return rc;
     fire_arg f = {.reg = reg, .now_ms = now_ms, .id = canon};
-    ferry_code rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
+    rc = ferry_tx_run(conn, NULL, fire_one, &f, NULL, err);
     if (rc != FERRY_OK)
         return rc;
     if (f.none)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "saga_def_hook.h"
 #include "saga_tmpl.h"
 
@@ -162,17 +163,6 @@ static size_t skip_value(const char *s, size_t n, size_t i)
     return i;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Does the string at s[i] == '"', unescaped, equal seg[0..m)? *end past
  * it. Segments are [A-Za-z0-9_-], so an escape that stands for anything
  * beyond ASCII never matches. */
@@ -193,7 +183,7 @@ static bool key_is(const char *s, size_t n, size_t i, const char *seg, size_t m,
             case 'u': {
                 int v = 0;
                 for (int d = 1; d <= 4; d++) {
-                    int h = i + (size_t)d < n ? hexval(s[i + (size_t)d]) : -1;
+                    int h = i + (size_t)d < n ? ferry__hex_digit(s[i + (size_t)d]) : -1;
                     v = h < 0 || v < 0 ? -1 : v * 16 + h;
                 }
                 i += i + 4 < n ? 4 : 0;

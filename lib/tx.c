@@ -46,17 +46,18 @@ static tx_settings settings_from(const ferry_tx_opts *o)
     return s;
 }
 
-static const char *begin_sql(ferry_isolation iso)
+const char *ferry__begin_sql(ferry_isolation iso, bool with_xid)
 {
-    switch (iso) {
-    case FERRY_REPEATABLE_READ:
-        return "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_current_xact_id()::text";
-    case FERRY_SERIALIZABLE:
-        return "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT pg_current_xact_id()::text";
-    case FERRY_READ_COMMITTED:
-        break;
-    }
-    return "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_current_xact_id()::text";
+#define XID_ "; SELECT pg_current_xact_id()::text"
+    static const char *const sql[3][2] = {
+        {"BEGIN ISOLATION LEVEL READ COMMITTED", "BEGIN ISOLATION LEVEL READ COMMITTED" XID_},
+        {"BEGIN ISOLATION LEVEL REPEATABLE READ", "BEGIN ISOLATION LEVEL REPEATABLE READ" XID_},
+        {"BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN ISOLATION LEVEL SERIALIZABLE" XID_},
+    };
+#undef XID_
+    /* Any other value is read committed, the server's default. */
+    int i = iso == FERRY_REPEATABLE_READ ? 1 : iso == FERRY_SERIALIZABLE ? 2 : 0;
+    return sql[i][with_xid];
 }
 
 void ferry__backoff_sleep(long base_ms, long max_ms, int attempt)
@@ -186,7 +187,7 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
             }
         }
 
-        PGresult *res = PQexec(conn, begin_sql(s.isolation));
+        PGresult *res = PQexec(conn, ferry__begin_sql(s.isolation, true));
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             rc = ferry_error_from_pg(e, conn, res, "could not begin transaction");
             PQclear(res);

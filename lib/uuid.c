@@ -100,17 +100,6 @@ void ferry_uuid_format(const ferry_uuid *id, char out[FERRY_UUID_STRING_SIZE])
     out[o] = '\0';
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 ferry_code ferry_uuid_parse(const char *text, ferry_uuid *out)
 {
     if (text == NULL || out == NULL || strlen(text) != 36)
@@ -122,7 +111,7 @@ ferry_code ferry_uuid_parse(const char *text, ferry_uuid *out)
             if (text[p++] != '-')
                 return FERRY_EINVAL;
         }
-        int hi = hexval(text[p]), lo = hexval(text[p + 1]);
+        int hi = ferry__hex_digit(text[p]), lo = ferry__hex_digit(text[p + 1]);
         if (hi < 0 || lo < 0)
             return FERRY_EINVAL;
         id.bytes[i] = (uint8_t)(hi << 4 | lo);

@@ -19,10 +19,21 @@
 _Static_assert(FERRY_TOPIC_MAX == 249, "Kafka's topic name limit");
 _Static_assert(FERRY_KEY_MAX < 2000, "keys must fit a btree index entry");
 
-static bool topic_char_ok(char c)
+bool ferry__topic_char_ok(char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
            (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+}
+
+bool ferry__topic_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > FERRY_TOPIC_MAX || (n == 1 && s[0] == '.') ||
+        (n == 2 && s[0] == '.' && s[1] == '.'))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!ferry__topic_char_ok(s[i]))
+            return false;
+    return true;
 }
 
 static ferry_code check_topic(const char *topic, ferry_error *err)
@@ -34,7 +45,7 @@ static ferry_code check_topic(const char *topic, ferry_error *err)
         return ferry__error_set(err, FERRY_EINVAL, "topic",
                              "topic is %zu bytes, longer than %d", len, FERRY_TOPIC_MAX);
     for (size_t i = 0; i < len; i++) {
-        if (!topic_char_ok(topic[i]))
+        if (!ferry__topic_char_ok(topic[i]))
             return ferry__error_set(err, FERRY_EINVAL, "topic",
                                  "topic \"%.64s\" is not a valid Kafka topic name "
                                  "(letters, digits, \".\", \"_\", \"-\"): bad byte at %zu",
@@ -143,17 +154,6 @@ static void jspace(jscan *j)
         j->i++;
 }
 
-static int jhex(unsigned char c)
-{
-    if (jdigit(c))
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Four hex digits at i into *cp. */
 static bool jhex4(const jscan *j, size_t i, unsigned *cp)
 {
@@ -161,7 +161,7 @@ static bool jhex4(const jscan *j, size_t i, unsigned *cp)
     if (j->n - i < 4)
         return false;
     for (size_t k = 0; k < 4; k++) {
-        int h = jhex(j->s[i + k]);
+        int h = ferry__hex_digit(j->s[i + k]);
         if (h < 0)
             return false;
         *cp = *cp << 4 | (unsigned)h;
@@ -560,6 +560,17 @@ ferry_code ferry_msg_check(const ferry_msg *msg, const ferry_emit_opts *opts,
         return ferry__error_set(err, FERRY_EINVAL, "delay_ms",
                              "delay must be between 0 and one year in milliseconds");
     return FERRY_OK;
+}
+
+int ferry__hex_digit(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
 }
 
 ferry__int_parse ferry__parse_long(const char *text, long min, long max, long *out)

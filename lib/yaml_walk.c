@@ -547,8 +547,7 @@ ferry_code ferry__yw_read_file(const char *path, size_t max, const char *what, c
         *unreadable = true;
         return FERRY_EINVAL;
     }
-    /* One byte more than the limit tells a full file from a longer one;
-     * read, not fstat, so that pipes are capped as well. */
+    /* One byte more than the limit (ferry__read_capped). */
     char *buf = ferry__saga_malloc_(max + 1);
     if (!buf) {
         close(fd);
@@ -559,20 +558,12 @@ ferry_code ferry__yw_read_file(const char *path, size_t max, const char *what, c
     ferry_code rc = FERRY_OK;
     struct stat st;
     bool too_big = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uintmax_t)st.st_size > max;
-    while (!too_big && used <= max) {
-        ssize_t n = read(fd, buf + used, max + 1 - used);
-        if (n == 0)
-            break;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            ferry__yw_add_error(errs, path, nowhere, "", "could not read %s: %s", what,
-                               strerror_r(errno, ebuf, sizeof ebuf));
-            *unreadable = true;
-            rc = FERRY_EINVAL;
-            goto out;
-        }
-        used += (size_t)n;
+    if (!too_big && ferry__read_capped(fd, buf, max, &used) != 0) {
+        ferry__yw_add_error(errs, path, nowhere, "", "could not read %s: %s", what,
+                           strerror_r(errno, ebuf, sizeof ebuf));
+        *unreadable = true;
+        rc = FERRY_EINVAL;
+        goto out;
     }
     if (too_big || used > max) {
         ferry__yw_add_error(errs, path, nowhere, "", "the document is larger than %zu bytes; "
@@ -739,7 +730,7 @@ const char *ferry__yw_format_duration(int64_t ms, char *buf, size_t len)
     } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}};
     size_t used = 0;
     buf[0] = '\0';
-    if (ms == 0)
+    if (ms <= 0)
         snprintf(buf, len, "0s");
     for (size_t i = 0; i < sizeof units / sizeof units[0] && ms > 0 && used < len; i++) {
         if (ms < units[i].ms)

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "reconcile.h"
+#include "yaml_walk.h"
 
 /* s as the inside of a DOT string: quotes and backslashes escaped. */
 static void put_escaped(FILE *out, const char *s)
@@ -36,27 +37,6 @@ static void put_escaped(FILE *out, const char *s)
         else
             fputc(*s, out);
     }
-}
-
-static const char *duration(int64_t ms, char *buf, size_t len)
-{
-    static const struct {
-        const char *unit;
-        int64_t ms;
-    } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1}};
-    size_t used = 0;
-    snprintf(buf, len, "0s");
-    for (size_t i = 0; i < sizeof units / sizeof units[0] && ms > 0 && used < len; i++) {
-        if (ms < units[i].ms)
-            continue;
-        int w = snprintf(buf + used, len - used, "%lld%s", (long long)(ms / units[i].ms),
-                         units[i].unit);
-        if (w < 0)
-            break;
-        used += (size_t)w;
-        ms %= units[i].ms;
-    }
-    return buf;
 }
 
 /* The compensation a failure of step i leads to: c<k> for the nearest
@@ -79,7 +59,8 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
     put_escaped(out, def->name);
     fputs("\" {\n", out);
     fprintf(out, "    label=\"saga %s version %d, deadline %s, hash %s\";\n    labelloc=t;\n",
-            def->name, def->version, duration(def->deadline_ms, a, sizeof a), def->hash);
+            def->name, def->version, ferry__yw_format_duration(def->deadline_ms, a, sizeof a),
+            def->hash);
     fputs("    rankdir=LR;\n"
           "    fontname=\"Helvetica\";\n"
           "    fontsize=12;\n"
@@ -102,10 +83,11 @@ static void print_graph(FILE *out, const ferry_saga_def *def)
             fputs(" (pivot)", out);
         fputs("\\n", out);
         put_escaped(out, s->action.type);
-        fprintf(out, " -> %s\\ntimeout %s", s->topic, duration(s->timeout_ms, a, sizeof a));
+        fprintf(out, " -> %s\\ntimeout %s", s->topic,
+                ferry__yw_format_duration(s->timeout_ms, a, sizeof a));
         if (s->retry.attempts > 1)
             fprintf(out, " x %d, backoff %s", s->retry.attempts,
-                    duration(s->retry.backoff_ms, b, sizeof b));
+                    ferry__yw_format_duration(s->retry.backoff_ms, b, sizeof b));
         fputs("\"];\n", out);
         if (s->has_compensation) {
             fprintf(out, "    c%zu [style=\"rounded,dashed\", color=firebrick, label=\"undo ", i);

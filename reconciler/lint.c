@@ -110,30 +110,28 @@ static int refused(ferry_code rc)
     return rc == FERRY_ENOMEM ? RC_EXIT_ERROR : RC_EXIT_LEFT;
 }
 
-static int lint_saga(const char *path, const char *text, size_t len)
+/* lint_saga, lint_rules: the file's summary on stdout when it loads, else
+ * its errors in errs (lint_file prints them). */
+static ferry_code lint_saga(const char *path, const char *text, size_t len,
+                            ferry_saga_load_errors *errs)
 {
     ferry_saga_def *def = NULL;
-    ferry_saga_load_errors errs;
-    ferry_code rc = ferry_saga_def_parse(text, len, path, &def, &errs);
-    if (rc != FERRY_OK) {
-        reconcile_print_errors(stderr, path, &errs);
-        return refused(rc);
-    }
+    ferry_code rc = ferry_saga_def_parse(text, len, path, &def, errs);
+    if (rc != FERRY_OK)
+        return rc;
     printf("%s: OK: saga %s version %d, %zu step%s, hash %s\n", path, def->name, def->version,
            def->step_count, def->step_count == 1 ? "" : "s", def->hash);
     ferry_saga_def_destroy(def);
-    return RC_EXIT_OK;
+    return FERRY_OK;
 }
 
-static int lint_rules(const char *path, const char *text, size_t len)
+static ferry_code lint_rules(const char *path, const char *text, size_t len,
+                             ferry_saga_load_errors *errs)
 {
     rc_rules *r = NULL;
-    ferry_saga_load_errors errs;
-    ferry_code rc = rc_rules_parse(text, len, path, &r, &errs);
-    if (rc != FERRY_OK) {
-        reconcile_print_errors(stderr, path, &errs);
-        return refused(rc);
-    }
+    ferry_code rc = rc_rules_parse(text, len, path, &r, errs);
+    if (rc != FERRY_OK)
+        return rc;
     const rc_budgets *b = &r->budgets;
     char lag[32], grace[32], inbox[32], outbox[32], stmt[32];
     printf("%s: OK: rules file, %zu rule%s, budgets: outbox_lag %s, max_attempts %d, "
@@ -145,7 +143,7 @@ static int lint_rules(const char *path, const char *text, size_t len)
            ferry__yw_format_duration(b->outbox_retention_ms, outbox, sizeof outbox),
            ferry__yw_format_duration(b->statement_timeout_ms, stmt, sizeof stmt), b->batch);
     rc_rules_free(r);
-    return RC_EXIT_OK;
+    return FERRY_OK;
 }
 
 static int lint_file(const char *path)
@@ -154,19 +152,21 @@ static int lint_file(const char *path)
     memset(&errs, 0, sizeof errs);
     char *text;
     size_t len;
-    bool unreadable;
+    bool unreadable = false;
     /* Its kind is not known yet: a file that cannot be read is said to be
      * a saga definition, as it always was. */
     ferry_code rc = ferry__yw_read_file(path, LINT_FILE_MAX, "the saga definition", &text, &len,
                                        &unreadable, &errs);
+    if (rc == FERRY_OK) {
+        rc = is_rules_file(text, len) ? lint_rules(path, text, len, &errs)
+                                      : lint_saga(path, text, len, &errs);
+        free(text);
+    }
     if (rc != FERRY_OK) {
         reconcile_print_errors(stderr, path, &errs);
         return unreadable ? RC_EXIT_ERROR : refused(rc);
     }
-    int status = is_rules_file(text, len) ? lint_rules(path, text, len)
-                                          : lint_saga(path, text, len);
-    free(text);
-    return status;
+    return RC_EXIT_OK;
 }
 
 static void lint_usage(FILE *out)

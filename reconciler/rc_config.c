@@ -199,22 +199,11 @@ static void usage_of(FILE *out, const char *cmd)
                  "error.\n");
 }
 
+/* "ferry-reconcile CMD: MESSAGE" on stderr; RC_EXIT_USAGE. A configuration
+ * error gives its place first and no usage text; a usage error is followed
+ * by the usage text (parse's out_usage). */
 __attribute__((format(printf, 2, 3)))
-static int usage_error(const char *cmd, const char *fmt, ...)
-{
-    fprintf(stderr, "ferry-reconcile %s: ", cmd);
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    usage_of(stderr, cmd);
-    return RC_EXIT_USAGE;
-}
-
-/* A configuration error: the place first, no usage text. */
-__attribute__((format(printf, 2, 3)))
-static int config_error(const char *cmd, const char *fmt, ...)
+static int cmd_error(const char *cmd, const char *fmt, ...)
 {
     fprintf(stderr, "ferry-reconcile %s: ", cmd);
     va_list ap;
@@ -238,7 +227,7 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
     char why[512];
     char *text = NULL;
     if (confref_expand(raw, &text, why, sizeof why) != 0)
-        return config_error(cmd, "%s: %s", where, why);
+        return cmd_error(cmd, "%s: %s", where, why);
     int rc = 0;
     long v;
     switch (s->kind) {
@@ -246,7 +235,7 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
         /* metrics: rc_metrics_start says what is wrong with an address
          * when it binds (exit 8, the address named). */
         if (text[0] == '\0') {
-            rc = config_error(cmd, "%s: must not be empty", where);
+            rc = cmd_error(cmd, "%s: must not be empty", where);
             break;
         }
         free(o->owned[k]);
@@ -262,9 +251,9 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
     }
     case K_INT:
         if (ferry__parse_long(text, s->lo, s->hi, &v) != FERRY_INT_OK) {
-            rc = config_error(cmd, "%s: expected whole %s, %ld..%ld, not \"%.64s\"", where,
-                              k == S_WAIT - S_DB ? "seconds" : "milliseconds", s->lo, s->hi,
-                              text);
+            rc = cmd_error(cmd, "%s: expected whole %s, %ld..%ld, not \"%.64s\"", where,
+                           k == S_WAIT - S_DB ? "seconds" : "milliseconds", s->lo, s->hi,
+                           text);
             break;
         }
         if (k == S_WAIT - S_DB)
@@ -276,8 +265,8 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
         char *end;
         double d = strtod(text, &end);
         if (end == text || *end != '\0' || !(d >= 0.1 && d <= 86400)) {
-            rc = config_error(cmd, "%s: expected seconds, 0.1..86400, not \"%.64s\"", where,
-                              text);
+            rc = cmd_error(cmd, "%s: expected seconds, 0.1..86400, not \"%.64s\"", where,
+                           text);
             break;
         }
         o->interval_s = d;
@@ -290,8 +279,8 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
             if (strcmp(text, names[i]) == 0)
                 level = i;
         if (level < 0) {
-            rc = config_error(cmd, "%s: invalid value \"%.64s\" (expected error, warn, info or "
-                              "debug)", where, text);
+            rc = cmd_error(cmd, "%s: invalid value \"%.64s\" (expected error, warn, info or "
+                           "debug)", where, text);
             break;
         }
         o->log_level = level;
@@ -446,14 +435,14 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
             exit(fflush(stdout) == 0 ? RC_EXIT_OK : RC_EXIT_ERROR);
         }
         if (c == '?' || c == ':') {
-            rc = usage_error(cmd, "unknown or incomplete option \"%s\"", argv[optind - 1]);
-            goto out;
+            rc = cmd_error(cmd, "unknown or incomplete option \"%s\"", argv[optind - 1]);
+            goto out_usage;
         }
         flags[n++] = (flag){c, optarg};
     }
     if (optind < argc) {
-        rc = usage_error(cmd, "unexpected argument \"%s\"", argv[optind]);
-        goto out;
+        rc = cmd_error(cmd, "unexpected argument \"%s\"", argv[optind]);
+        goto out_usage;
     }
 
     /* The file: the last --config, else $FERRY_RECONCILE_CONFIG. */
@@ -477,8 +466,8 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
             const rc_setting *s = &settings[id - S_DB];
             char where[64];
             if (!(s->commands & for_cmd)) {
-                rc = usage_error(cmd, "--%s is not for %s", s->flag, cmd);
-                goto out;
+                rc = cmd_error(cmd, "--%s is not for %s", s->flag, cmd);
+                goto out_usage;
             }
             snprintf(where, sizeof where, "--%s", s->flag);
             if ((rc = apply_value(cmd, o, id - S_DB, arg, where)) != 0)
@@ -490,8 +479,8 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
             break;
         case O_JSON:
             if (is_run) {
-                rc = usage_error(cmd, "--json is for check and repair");
-                goto out;
+                rc = cmd_error(cmd, "--json is for check and repair");
+                goto out_usage;
             }
             o->json = 1;
             break;
@@ -500,14 +489,14 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
         case O_REPLAY:
         case O_DISCARD:
             if (is_check || is_run) {
-                rc = usage_error(cmd, "%s is for repair only (check changes nothing)",
-                                 id == O_REPLAY ? "--replay" : "--discard");
-                goto out;
+                rc = cmd_error(cmd, "%s is for repair only (check changes nothing)",
+                               id == O_REPLAY ? "--replay" : "--discard");
+                goto out_usage;
             }
             if (arg[0] == '\0') {
-                rc = usage_error(cmd, "%s needs an ID, a message UUID or TOPIC/KEY",
-                                 id == O_REPLAY ? "--replay" : "--discard");
-                goto out;
+                rc = cmd_error(cmd, "%s needs an ID, a message UUID or TOPIC/KEY",
+                               id == O_REPLAY ? "--replay" : "--discard");
+                goto out_usage;
             }
             if (add_request(o, id == O_REPLAY ? RC_REPLAY : RC_DISCARD, arg) != 0) {
                 rc = RC_EXIT_ERROR;
@@ -517,22 +506,26 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
         case O_REASON: o->reason = arg; break;
         case O_BY: o->by = arg; break;
         default:
-            rc = usage_error(cmd, "internal error: option %d not handled", id);
-            goto out;
+            rc = cmd_error(cmd, "internal error: option %d not handled", id);
+            goto out_usage;
         }
     }
     if (o->db == NULL || o->db[0] == '\0') {
-        rc = usage_error(cmd, "--db CONNINFO (or $FERRY_DB, or db: in --config) is required");
-        goto out;
+        rc = cmd_error(cmd, "--db CONNINFO (or $FERRY_DB, or db: in --config) is required");
+        goto out_usage;
     }
     for (size_t i = 0; i < o->n_requests; i++) {
         if (o->requests[i].action == RC_DISCARD && (o->reason == NULL || o->reason[0] == '\0')) {
-            rc = usage_error(cmd, "--discard needs --reason TEXT: a discard is recorded with "
-                             "who and why");
-            goto out;
+            rc = cmd_error(cmd, "--discard needs --reason TEXT: a discard is recorded with "
+                           "who and why");
+            goto out_usage;
         }
     }
 out:
+    free(flags);
+    return rc;
+out_usage:
+    usage_of(stderr, cmd);
     free(flags);
     return rc;
 }

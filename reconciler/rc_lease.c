@@ -46,15 +46,15 @@ ferry_code rc_lease_keep(PGconn *conn, rc_lease *l, ferry_error *err)
     snprintf(epoch, sizeof epoch, "%" PRId64, l->epoch);
     snprintf(ttl, sizeof ttl, "%d", l->ttl_ms);
     const char *p[4] = {RC_LEASE_NAME, l->holder, epoch, ttl};
-    PGresult *res = PQexecParams(conn,
+    PGresult *res;
+    ferry_code rc = ferry__query(conn,
                                  "UPDATE ferry.lease SET expires_at = now() + $4::int * "
                                  "interval '1 millisecond', renewed_at = now() "
                                  "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint",
-                                 4, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not renew the reconciler's lease");
-    else if (strcmp(PQcmdTuples(res), "1") != 0)
+                                 4, p, "could not renew the reconciler's lease", &res, err);
+    if (rc != FERRY_OK)
+        return rc;
+    if (strcmp(PQcmdTuples(res), "1") != 0)
         rc = ferry__error_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
                            "(epoch %" PRId64 "): another reconciler took it over", l->epoch);
     PQclear(res);

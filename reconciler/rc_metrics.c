@@ -158,16 +158,7 @@ rc_metrics *rc_metrics_start(const char *host_port)
         fprintf(stderr, "ferry-reconcile: %s\n", err);
         goto out_destroy_lock;
     }
-    /* As the relay does: with port 0 this is the only way to find it. */
-    {
-        /* The address too: with port 0, or behind a proxy, the one way to
-         * know where to scrape. */
-        char address[300];
-        httpd_address(host_port, port, address, sizeof address);
-        ferry__log_json(FERRY_LOG_INFO, "metrics.listen",
-                       json_pack("{s:s, s:i}", "address", address, "port", port),
-                       "serving /metrics and /healthz on %s", address);
-    }
+    httpd_log_listen(host_port, port);     /* as the relay does */
     return m;
 
 out_destroy_lock:

@@ -162,6 +162,36 @@ static int count_past(rc_ctx *ctx, int64_t ms, const char *what, const char *cou
     return 1;
 }
 
+/*
+ * A kind of garbage: how to count it and delete it in batches, and the
+ * words its findings use. The three kinds differ only in these; the pass
+ * over them is one (sweep).
+ *
+ * batch_sql takes $1 the cutoff, then the keys of the last row of the
+ * previous batch ($2, or $2 and $3), then the batch size; it returns one
+ * row (deleted, scanned, the keys of the last row scanned).
+ */
+typedef struct words {
+    /* "<n> <row>s<row_of> of <g> <group>s <past> the <keep> <window>
+     * (<when>before <cutoff>)" */
+    const char *row, *row_of, *group, *past, *window, *when;
+    const char *groups_key, *by_key;        /* the finding's detail */
+} words;
+
+typedef struct garbage {
+    const char *problem;        /* the finding's problem, and the progress line's */
+    const char *subject;        /* the table */
+    int outbox_retention;       /* budgets->outbox_retention_ms, else inbox_retention_ms */
+    const char *what;           /* "could not count <what>", "could not delete <what>" */
+    const char *count_sql, *setup_sql, *batch_sql;
+    int nkeys;                  /* 1 or 2 */
+    const char *first[2];       /* keys before every row */
+    int stop_at_count;          /* stop once as many rows are deleted as were counted */
+    words w;
+} garbage;
+
+#define KEY_MAX 256             /* a key's text: a tid, a timestamp, a uuid, a consumer's name */
+
 /* ------------------------------------------------------------------ inbox */
 
 /* Counted through the BRIN index inbox_applied_at, at most 10,000,000
@@ -174,7 +204,7 @@ static const char INBOX_COUNT_SQL[] =
     " GROUP BY consumer ORDER BY count(*) DESC, consumer";
 
 /*
- * The next batch after the ctid bound $1, deleted. Plain scans and bitmap
+ * The next batch after the ctid bound $2, deleted. Plain scans and bitmap
  * scans are off for it: either would read the table from its start on
  * every batch (a bitmap heap scan filters ctid, it does not seek), so
  * the TID range scan from the bound is the plan, and each batch reads on
@@ -186,82 +216,18 @@ static const char INBOX_SETUP_SQL[] = "SET LOCAL enable_seqscan = off; "
 static const char INBOX_BATCH_SQL[] =
     "WITH b AS MATERIALIZED ("
     "  SELECT ctid AS t FROM ferry.inbox "
-    "   WHERE ctid > $1::tid AND applied_at < $2::timestamptz LIMIT $3::int), "
+    "   WHERE ctid > $2::tid AND applied_at < $1::timestamptz LIMIT $3::int), "
     "d AS (DELETE FROM ferry.inbox i WHERE i.ctid = ANY (ARRAY(SELECT t FROM b)) "
-    "        AND i.applied_at < $2::timestamptz RETURNING 1) "
+    "        AND i.applied_at < $1::timestamptz RETURNING 1) "
     "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM b), (SELECT max(t) FROM b)::text";
 
-static int inbox(rc_ctx *ctx, int *lost)
-{
-    past g;
-    int found = count_past(ctx, ctx->budgets->inbox_retention_ms,
-                           "could not count inbox rows past the dedupe window", INBOX_COUNT_SQL,
-                           &g);
-    if (found <= 0)
-        return found;
-    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
-                               "consumers", (json_int_t)g.groups, "cutoff", g.cutoff,
-                               "retention_ms", (json_int_t)ctx->budgets->inbox_retention_ms,
-                               "by_consumer", g.by);
-    if (ctx->mode == RC_CHECK) {
-        rc_found(ctx, "inbox", "ferry.inbox", g.total, RC_FOUND, detail,
-                 "%" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe window "
-                 "(applied before %s): garbage to delete",
-                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
-        return 0;
-    }
-
-    char bound[32] = "(0,0)", size[16];
-    snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
-    int64_t deleted = 0;
-    batch_end end = B_DONE;
-    while (deleted < g.total) {
-        if (rc_stopping(ctx)) {
-            end = B_STOPPED;
-            break;
-        }
-        const char *p[3] = {bound, g.cutoff, size};
-        PGresult *b;
-        end = batch(ctx, "inbox rows past the dedupe window", INBOX_SETUP_SQL, INBOX_BATCH_SQL,
-                    3, p, &b);
-        if (end != B_DONE)
-            break;
-        deleted += rc_int_at(b, 0, 0);
-        int64_t scanned = rc_int_at(b, 0, 1);
-        if (scanned > 0)
-            snprintf(bound, sizeof bound, "%s", PQgetvalue(b, 0, 2));
-        PQclear(b);
-        rc_progress(ctx, "inbox: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
-        if (scanned == 0)
-            break;      /* the end of the table */
-    }
-    *lost = end == B_LOST;
-    json_object_set_new(detail, "deleted", json_integer(deleted));
-    if (end == B_DONE && deleted == 0) {
-        json_decref(detail);        /* all gone meanwhile: nothing was ours to do */
-        return 0;
-    }
-    if (end == B_DONE) {
-        /* Rows counted and gone before we reached them (another
-         * reconciler's pass) are not ours to report as left. */
-        rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, detail,
-                 "deleted %" PRId64 " inbox row%s of %" PRId64 " consumer%s past the %s dedupe "
-                 "window (applied before %s)",
-                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
-        return 0;
-    }
-    if (deleted > 0)
-        rc_found(ctx, "inbox", "ferry.inbox", deleted, RC_REPAIRED, json_incref(detail),
-                 "deleted %" PRId64 " of %" PRId64 " inbox rows past the %s dedupe window",
-                 deleted, g.total, g.keep);
-    rc_found(ctx, "inbox", "ferry.inbox", g.total - deleted, RC_LEFT, detail,
-             "%" PRId64 " inbox row%s past the %s dedupe window not deleted in this pass (%s): "
-             "the next pass goes on",
-             g.total - deleted, g.total - deleted == 1 ? "" : "s", g.keep, end_reason(end));
-    return end == B_STOPPED || end == B_BUSY ? 0 : -1;
-}
+static const garbage INBOX = {
+    .problem = "inbox", .subject = "ferry.inbox", .what = "inbox rows past the dedupe window",
+    .count_sql = INBOX_COUNT_SQL, .setup_sql = INBOX_SETUP_SQL, .batch_sql = INBOX_BATCH_SQL,
+    .nkeys = 1, .first = {"(0,0)"}, .stop_at_count = 1,
+    .w = {"inbox row", "", "consumer", "past", "dedupe window", "applied ", "consumers",
+          "by_consumer"},
+};
 
 /* -------------------------------------------------------------- published */
 
@@ -287,78 +253,14 @@ static const char PUBLISHED_BATCH_SQL[] =
     "       last.published_at::text, last.id::text "
     "  FROM (SELECT 1) one LEFT JOIN last ON true";
 
-static int published(rc_ctx *ctx, int *lost)
-{
-    past g;
-    int found = count_past(ctx, ctx->budgets->outbox_retention_ms,
-                           "could not count published outbox rows past retention",
-                           PUBLISHED_COUNT_SQL, &g);
-    if (found <= 0)
-        return found;
-    json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
-                               "topics", (json_int_t)g.groups, "cutoff", g.cutoff,
-                               "retention_ms", (json_int_t)ctx->budgets->outbox_retention_ms,
-                               "by_topic", g.by);
-    if (ctx->mode == RC_CHECK) {
-        rc_found(ctx, "published", "ferry.outbox", g.total, RC_FOUND, detail,
-                 "%" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past the %s "
-                 "retention (published before %s): garbage to delete",
-                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
-        return 0;
-    }
-
-    char at[64] = "-infinity", id[40] = "00000000-0000-0000-0000-000000000000", size[16];
-    snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
-    int64_t deleted = 0;
-    batch_end end = B_DONE;
-    for (;;) {
-        if (rc_stopping(ctx)) {
-            end = B_STOPPED;
-            break;
-        }
-        const char *p[4] = {g.cutoff, at, id, size};
-        PGresult *b;
-        end = batch(ctx, "published outbox rows past retention", NULL, PUBLISHED_BATCH_SQL, 4,
-                    p, &b);
-        if (end != B_DONE)
-            break;
-        deleted += rc_int_at(b, 0, 0);
-        int64_t scanned = rc_int_at(b, 0, 1);
-        if (scanned > 0) {
-            snprintf(at, sizeof at, "%s", PQgetvalue(b, 0, 2));
-            snprintf(id, sizeof id, "%s", PQgetvalue(b, 0, 3));
-        }
-        PQclear(b);
-        rc_progress(ctx, "published: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
-        if (scanned == 0)
-            break;
-    }
-    *lost = end == B_LOST;
-    json_object_set_new(detail, "deleted", json_integer(deleted));
-    if (end == B_DONE && deleted == 0) {
-        json_decref(detail);
-        return 0;
-    }
-    if (end == B_DONE) {
-        rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, detail,
-                 "deleted %" PRId64 " published outbox row%s of %" PRId64 " topic%s kept past "
-                 "the %s retention (published before %s)",
-                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
-        return 0;
-    }
-    if (deleted > 0)
-        rc_found(ctx, "published", "ferry.outbox", deleted, RC_REPAIRED, json_incref(detail),
-                 "deleted %" PRId64 " of %" PRId64 " published outbox rows past the %s "
-                 "retention", deleted, g.total, g.keep);
-    int64_t left = g.total > deleted ? g.total - deleted : 0;
-    rc_found(ctx, "published", "ferry.outbox", left, RC_LEFT, detail,
-             "%" PRId64 " published outbox row%s past the %s retention not deleted in this pass "
-             "(%s): the next pass goes on",
-             left, left == 1 ? "" : "s", g.keep, end_reason(end));
-    return end == B_STOPPED || end == B_BUSY ? 0 : -1;
-}
+static const garbage PUBLISHED = {
+    .problem = "published", .subject = "ferry.outbox", .outbox_retention = 1,
+    .what = "published outbox rows past retention", .count_sql = PUBLISHED_COUNT_SQL,
+    .batch_sql = PUBLISHED_BATCH_SQL,
+    .nkeys = 2, .first = {"-infinity", "00000000-0000-0000-0000-000000000000"},
+    .w = {"published outbox row", "", "topic", "kept past", "retention", "published ",
+          "topics", "by_topic"},
+};
 
 /* --------------------------------------------------------------- attempts */
 
@@ -382,79 +284,105 @@ static const char ATTEMPTS_BATCH_SQL[] =
     "       last.consumer, last.message_id::text "
     "  FROM (SELECT 1) one LEFT JOIN last ON true";
 
-static int attempts(rc_ctx *ctx, int *lost)
+/* Names are never empty (consumer_guard_), so ('', the nil uuid) comes
+ * before every key. */
+static const garbage ATTEMPTS = {
+    .problem = "attempts", .subject = "ferry.inbox_attempt",
+    .what = "failed attempts past the dedupe window", .count_sql = ATTEMPTS_COUNT_SQL,
+    .batch_sql = ATTEMPTS_BATCH_SQL,
+    .nkeys = 2, .first = {"", "00000000-0000-0000-0000-000000000000"},
+    .w = {"count", " of failed attempts", "consumer", "last failed before", "dedupe window", "",
+          "consumers", "by_consumer"},
+};
+
+/* ------------------------------------------------------------- the sweep */
+
+/* "<n> <rows> of <groups> <past> the <keep> <window> (<when>before
+ * <cutoff>)": what a finding found or deleted, whole. */
+static const char *whole_text(const garbage *k, const past *g, int64_t n, char *buf,
+                              size_t len)
 {
+    snprintf(buf, len, "%" PRId64 " %s%s%s of %" PRId64 " %s%s %s the %s %s (%sbefore %s)", n,
+             k->w.row, n == 1 ? "" : "s", k->w.row_of, g->groups, k->w.group,
+             g->groups == 1 ? "" : "s", k->w.past, g->keep, k->w.window, k->w.when,
+             g->cutoff);
+    return buf;
+}
+
+/* One kind of garbage: count it (check mode reports it), else delete it
+ * batch after batch and report what was deleted and what was left. 0, or
+ * -1 after an error; *lost when the lease was lost. */
+static int sweep(rc_ctx *ctx, const garbage *k, int *lost)
+{
+    int64_t ms = k->outbox_retention ? ctx->budgets->outbox_retention_ms
+                                     : ctx->budgets->inbox_retention_ms;
     past g;
-    int found = count_past(ctx, ctx->budgets->inbox_retention_ms,
-                           "could not count failed attempts past the dedupe window",
-                           ATTEMPTS_COUNT_SQL, &g);
+    char what[128];
+    snprintf(what, sizeof what, "could not count %s", k->what);
+    int found = count_past(ctx, ms, what, k->count_sql, &g);
     if (found <= 0)
         return found;
     json_t *detail = json_pack("{s:I, s:I, s:s, s:I, s:o}", "rows", (json_int_t)g.total,
-                               "consumers", (json_int_t)g.groups, "cutoff", g.cutoff,
-                               "retention_ms", (json_int_t)ctx->budgets->inbox_retention_ms,
-                               "by_consumer", g.by);
+                               k->w.groups_key, (json_int_t)g.groups, "cutoff", g.cutoff,
+                               "retention_ms", (json_int_t)ms, k->w.by_key, g.by);
+    char text[512];
     if (ctx->mode == RC_CHECK) {
-        rc_found(ctx, "attempts", "ferry.inbox_attempt", g.total, RC_FOUND, detail,
-                 "%" PRId64 " count%s of failed attempts of %" PRId64 " consumer%s last "
-                 "failed before the %s dedupe window (before %s): garbage to delete",
-                 g.total, g.total == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
+        rc_found(ctx, k->problem, k->subject, g.total, RC_FOUND, detail,
+                 "%s: garbage to delete", whole_text(k, &g, g.total, text, sizeof text));
         return 0;
     }
 
-    /* Names are never empty (consumer_guard_), so ('', the nil uuid)
-     * comes before every key. */
-    char consumer[256] = "", id[40] = "00000000-0000-0000-0000-000000000000", size[16];
+    char keys[2][KEY_MAX], size[16];
+    for (int i = 0; i < k->nkeys; i++)
+        snprintf(keys[i], sizeof keys[i], "%s", k->first[i]);
     snprintf(size, sizeof size, "%d", ctx->budgets->batch > 0 ? ctx->budgets->batch : 1000);
     int64_t deleted = 0;
     batch_end end = B_DONE;
-    for (;;) {
+    while (!k->stop_at_count || deleted < g.total) {
         if (rc_stopping(ctx)) {
             end = B_STOPPED;
             break;
         }
-        const char *p[4] = {g.cutoff, consumer, id, size};
+        const char *p[4] = {g.cutoff, keys[0], keys[1], size};
+        p[k->nkeys + 1] = size;
         PGresult *b;
-        end = batch(ctx, "failed attempts past the dedupe window", NULL, ATTEMPTS_BATCH_SQL, 4,
-                    p, &b);
+        end = batch(ctx, k->what, k->setup_sql, k->batch_sql, k->nkeys + 2, p, &b);
         if (end != B_DONE)
             break;
         deleted += rc_int_at(b, 0, 0);
         int64_t scanned = rc_int_at(b, 0, 1);
-        if (scanned > 0) {
-            snprintf(consumer, sizeof consumer, "%s", PQgetvalue(b, 0, 2));
-            snprintf(id, sizeof id, "%s", PQgetvalue(b, 0, 3));
-        }
+        if (scanned > 0)
+            for (int i = 0; i < k->nkeys; i++)
+                snprintf(keys[i], sizeof keys[i], "%s", PQgetvalue(b, 0, 2 + i));
         PQclear(b);
-        rc_progress(ctx, "attempts: %" PRId64 " of %" PRId64 " rows deleted", deleted, g.total);
+        rc_progress(ctx, "%s: %" PRId64 " of %" PRId64 " rows deleted", k->problem, deleted,
+                    g.total);
         if (scanned == 0)
-            break;
+            break;      /* the end of the table, or of the rows past the cutoff */
     }
     *lost = end == B_LOST;
     json_object_set_new(detail, "deleted", json_integer(deleted));
     if (end == B_DONE && deleted == 0) {
-        json_decref(detail);
+        json_decref(detail);        /* all gone meanwhile: nothing was ours to do */
         return 0;
     }
     if (end == B_DONE) {
-        rc_found(ctx, "attempts", "ferry.inbox_attempt", deleted, RC_REPAIRED, detail,
-                 "deleted %" PRId64 " count%s of failed attempts of %" PRId64 " consumer%s "
-                 "last failed before the %s dedupe window (before %s)",
-                 deleted, deleted == 1 ? "" : "s", g.groups, g.groups == 1 ? "" : "s", g.keep,
-                 g.cutoff);
+        /* Rows counted and gone before we reached them (another
+         * reconciler's pass) are not ours to report as left. */
+        rc_found(ctx, k->problem, k->subject, deleted, RC_REPAIRED, detail, "deleted %s",
+                 whole_text(k, &g, deleted, text, sizeof text));
         return 0;
     }
     if (deleted > 0)
-        rc_found(ctx, "attempts", "ferry.inbox_attempt", deleted, RC_REPAIRED,
-                 json_incref(detail),
-                 "deleted %" PRId64 " of %" PRId64 " counts of failed attempts past the %s "
-                 "dedupe window", deleted, g.total, g.keep);
+        rc_found(ctx, k->problem, k->subject, deleted, RC_REPAIRED, json_incref(detail),
+                 "deleted %" PRId64 " of %" PRId64 " %ss%s past the %s %s", deleted, g.total,
+                 k->w.row, k->w.row_of, g.keep, k->w.window);
     int64_t left = g.total > deleted ? g.total - deleted : 0;
-    rc_found(ctx, "attempts", "ferry.inbox_attempt", left, RC_LEFT, detail,
-             "%" PRId64 " count%s of failed attempts past the %s dedupe window not deleted in "
-             "this pass (%s): the next pass goes on",
-             left, left == 1 ? "" : "s", g.keep, end_reason(end));
+    rc_found(ctx, k->problem, k->subject, left, RC_LEFT, detail,
+             "%" PRId64 " %s%s%s past the %s %s not deleted in this pass (%s): the next pass "
+             "goes on",
+             left, k->w.row, left == 1 ? "" : "s", k->w.row_of, g.keep, k->w.window,
+             end_reason(end));
     return end == B_STOPPED || end == B_BUSY ? 0 : -1;
 }
 
@@ -494,13 +422,13 @@ static int records(rc_ctx *ctx, int *lost)
 int rc_sweep_garbage(rc_ctx *ctx)
 {
     int rc = 0, lost = 0;
-    if (inbox(ctx, &lost) != 0)
+    if (sweep(ctx, &INBOX, &lost) != 0)
         rc = -1;
     if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
-        published(ctx, &lost) != 0)
+        sweep(ctx, &PUBLISHED, &lost) != 0)
         rc = -1;
     if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
-        attempts(ctx, &lost) != 0)
+        sweep(ctx, &ATTEMPTS, &lost) != 0)
         rc = -1;
     if (PQstatus(ctx->conn) == CONNECTION_OK && !rc_stopping(ctx) && !lost &&
         records(ctx, &lost) != 0)
