@@ -91,6 +91,9 @@ struct relay_wal {
      * no \x1f), a tsearch tree. Their messages go to the table. */
     void *parked;
     size_t parked_count;
+    /* More keys are parked than parked[] may hold: a key not in it is
+     * looked up in ferry.dead_letter (is_parked). */
+    int parked_overflow;
 };
 
 #define PARKED_MAX 100000
@@ -121,41 +124,95 @@ static char *park_name(const char *topic, const char *key)
     return s;
 }
 
+/* The most keys parked[] holds: a key takes its name and a tree node,
+ * and the table may hold dead letters without end. */
+static size_t parked_max(void)
+{
+#ifdef FERRY_TEST_HOOKS
+    const char *v = getenv("FERRY_RELAY_TEST_PARKED_MAX");
+    if (v != NULL && atol(v) > 0)
+        return (size_t)atol(v);
+#endif
+    return PARKED_MAX;
+}
+
+static void parked_overflowed(relay_wal *w)
+{
+    if (!w->parked_overflow)
+        ferry__log_json(FERRY_LOG_WARN, "wal.parked_limit",
+                       json_pack("{s:I}", "limit", (json_int_t)parked_max()),
+                       "more than %zu keys are parked: each message of a key not among them "
+                       "is now looked up in ferry.dead_letter", parked_max());
+    w->parked_overflow = 1;
+}
+
+/* Whether a message of the key must go to the table: 1 or 0, -1 when the
+ * dead letters could not be read. Past the limit, a key parked[] does not
+ * hold may still be parked: its later messages must not overtake the dead
+ * letter, so the table answers. */
 static int is_parked(relay_wal *w, const char *topic, const char *key)
 {
-    if (w->parked == NULL)
+    if (w->parked != NULL) {
+        char *n = park_name(topic, key);
+        if (n == NULL)
+            return -1;
+        int found = tfind(n, &w->parked, cmp_str) != NULL;
+        free(n);
+        if (found)
+            return 1;
+    }
+    if (!w->parked_overflow)
         return 0;
-    char *n = park_name(topic, key);
-    int found = n != NULL && tfind(n, &w->parked, cmp_str) != NULL;
-    free(n);
-    return found;
+    const char *p[2] = {topic, key};
+    PGresult *res = PQexecParams(w->sql,
+                                 "SELECT EXISTS (SELECT 1 FROM ferry.dead_letter "
+                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2)",
+                                 2, NULL, p, NULL, NULL, 0);
+    int parked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                     ? strcmp(PQgetvalue(res, 0, 0), "t") == 0
+                     : -1;
+    if (parked < 0)
+        ferry__log(FERRY_LOG_ERROR, "wal.parked", "could not look up whether %s/%s is parked: %s",
+                  topic, key, PQresultErrorMessage(res));
+    PQclear(res);
+    return parked;
 }
 
 static void park(relay_wal *w, const char *topic, const char *key)
 {
-    char *n = park_name(topic, key);
-    if (n == NULL || w->parked_count >= PARKED_MAX) {
-        free(n);
+    if (w->parked_count >= parked_max()) {
+        parked_overflowed(w);
         return;
     }
-    void *found = tsearch(n, &w->parked, cmp_str);
-    if (found == NULL || *(char **)found != n)
+    char *n = park_name(topic, key);
+    void *found = n != NULL ? tsearch(n, &w->parked, cmp_str) : NULL;
+    if (found == NULL) {
         free(n);
-    else
+        parked_overflowed(w);       /* out of memory: the table answers for it */
+    } else if (*(char **)found != n) {
+        free(n);
+    } else {
         w->parked_count++;
+    }
 }
 
-/* The keys parked now, as the table says (at every stream start). */
+/* The keys parked now, as the table says (at every stream start): 0, or
+ * -1 when they could not be read, and the stream must not start. */
 static int load_parked(relay *r)
 {
     relay_wal *w = r->wal;
     tdestroy(w->parked, free);
     w->parked = NULL;
     w->parked_count = 0;
-    PGresult *res = PQexec(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
-                                   "WHERE consumer = '' LIMIT 100000");
+    w->parked_overflow = 0;
+    char limit[24];
+    snprintf(limit, sizeof limit, "%zu", parked_max() + 1);
+    const char *p[1] = {limit};
+    PGresult *res = PQexecParams(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
+                                         "WHERE consumer = '' LIMIT $1::bigint",
+                                 1, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry__log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
+        ferry__log(FERRY_LOG_ERROR, "wal.parked", "could not read the parked keys: %s",
                   PQresultErrorMessage(res));
         PQclear(res);
         return -1;
@@ -437,8 +494,14 @@ static int start_stream(relay *r)
     w->standby = 0;
     wal_track_reset(w->t);
     w->confirmed_sent = wal_track_confirmable(w->t);
+    /* Without them, a parked key's later message would go to Kafka while
+     * the earlier one sits in the dead letters. */
+    if (load_parked(r) != 0) {
+        relay_set_health(r, 0, "could not read the parked keys");
+        stop_stream(r);
+        return -1;
+    }
     w->backoff_ms = 100;
-    load_parked(r);
     relay_set_health(r, 1, "");
     ferry__log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
                    "streaming the slot \"%s\" from its confirmed position", w->slot);
@@ -657,11 +720,14 @@ static void on_data(relay *r, const wal_frame *f)
                 memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
                 if (dead_letter(r, &m) != 0)
                     restart_stream(r, "could not write a dead letter");
-            } else if (is_parked(w, m.topic, m.key)) {
-                if (to_table(r, &m) != 0)
-                    restart_stream(r, "could not put a parked key's message in the table");
             } else {
-                produce(r, &m);
+                int parked = is_parked(w, m.topic, m.key);
+                if (parked < 0)
+                    restart_stream(r, "could not look up whether a key is parked");
+                else if (parked && to_table(r, &m) != 0)
+                    restart_stream(r, "could not put a parked key's message in the table");
+                else if (!parked)
+                    produce(r, &m);
             }
             break;
         }
