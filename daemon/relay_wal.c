@@ -412,16 +412,22 @@ static int64_t lease_take(relay *r)
     return epoch;
 }
 
-static void lease_release(relay *r)
+/* 0, or -1 when the lease could not be given back: it then expires
+ * after its TTL, and a standby waits that long. */
+static int lease_release(relay *r)
 {
     relay_wal *w = r->wal;
     if (w->lease_epoch <= 0)
-        return;
+        return 0;
     char name[80];
     snprintf(name, sizeof name, "wal:%s", w->slot);
     ferry_error err;
-    ferry__lease_release(w->sql, name, r->holder, &err);   /* else it expires */
+    int ok = ferry__lease_release(w->sql, name, r->holder, &err) == FERRY_OK;
+    if (!ok)
+        ferry__log(FERRY_LOG_WARN, "wal.lease", "could not give the lease %s back (it expires "
+                  "by itself): %s", name, err.message);
     w->lease_epoch = 0;
+    return ok ? 0 : -1;
 }
 
 /* Start streaming from the slot's confirmed position. 0 running; -1 not
@@ -558,14 +564,16 @@ static void restart_stream(relay *r, const char *why)
 }
 
 /* Produce one 'ferry' message of the open transaction. */
-static void produce(relay *r, const wal_msg *m)
+/* 0, or -1 when the message could not be produced: reported to the
+ * tracker as failed, which restarts the stream from the slot. */
+static int produce(relay *r, const wal_msg *m)
 {
     relay_wal *w = r->wal;
     relay_topic *t = relay_kafka_topic(r, m->topic);
     uint64_t ticket = wal_track_message(w->t);
     if (t == NULL || ticket == 0) {
         wal_track_report(w->t, ticket, 0);
-        return;
+        return -1;
     }
     char id[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&m->id, id);
@@ -592,11 +600,12 @@ static void produce(relay *r, const wal_msg *m)
             note_failure(w, &m->id, reason);
         }
         wal_track_report(w->t, ticket, 0);
-        return;
+        return -1;
     }
     r->produced++;
     if (r->m != NULL)
         metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - m->created_us / 1000) / 1e3);
+    return 0;
 }
 
 /* A message done without Kafka (dead-lettered, or put in the table): its
@@ -684,24 +693,29 @@ static int to_table(relay *r, const wal_msg *m)
     return 0;
 }
 
-static void on_data(relay *r, const wal_frame *f)
+/* One XLogData frame. 0, or -1 when the stream was restarted. */
+static int on_data(relay *r, const wal_frame *f)
 {
     relay_wal *w = r->wal;
     wal_pgout p;
     char why[256];
     if (wal_pgout_parse(f->data, f->len, &p, why, sizeof why) != 0) {
         restart_stream(r, why);
-        return;
+        return -1;
     }
     switch (p.tag) {
     case 'B':
-        if (wal_track_begin(w->t) != 0)
+        if (wal_track_begin(w->t) != 0) {
             restart_stream(r, "BEGIN inside a transaction, or too many unconfirmed "
                               "transactions");
+            return -1;
+        }
         break;
     case 'C':
-        if (wal_track_commit(w->t, p.end_lsn) != 0)
+        if (wal_track_commit(w->t, p.end_lsn) != 0) {
             restart_stream(r, "COMMIT outside a transaction, or before the last one");
+            return -1;
+        }
         break;
     case 'M': {
         if (strcmp(p.prefix, PREFIX) != 0)
@@ -718,17 +732,25 @@ static void on_data(relay *r, const wal_frame *f)
                                  &w->scratch, &m, why, sizeof why) == 0) {
             if (w->poison_fails >= r->cfg->max_attempts &&
                 memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
-                if (dead_letter(r, &m) != 0)
+                if (dead_letter(r, &m) != 0) {
                     restart_stream(r, "could not write a dead letter");
-            } else {
-                int parked = is_parked(w, m.topic, m.key);
-                if (parked < 0)
-                    restart_stream(r, "could not look up whether a key is parked");
-                else if (parked && to_table(r, &m) != 0)
-                    restart_stream(r, "could not put a parked key's message in the table");
-                else if (!parked)
-                    produce(r, &m);
+                    return -1;
+                }
+                break;
             }
+            int parked = is_parked(w, m.topic, m.key);
+            if (parked < 0) {
+                restart_stream(r, "could not look up whether a key is parked");
+                return -1;
+            }
+            if (parked && to_table(r, &m) != 0) {
+                restart_stream(r, "could not put a parked key's message in the table");
+                return -1;
+            }
+            /* A message that could not be produced is reported to the
+             * tracker as failed; the loop restarts the stream for it. */
+            if (!parked)
+                (void)produce(r, &m);
             break;
         }
         /* Refused, never guessed at: it is not a message of ferry.emit. */
@@ -742,6 +764,7 @@ static void on_data(relay *r, const wal_frame *f)
     default:
         break;                  /* outbox rows: the table path's */
     }
+    return 0;
 }
 
 /* Read what the server sent, while there is room. 0, or -1 when the
@@ -782,7 +805,10 @@ static int read_stream(relay *r)
             w->wal_end = f.wal_end;
         w->last_data = ferry__now_ms();
         if (f.kind == 'w') {
-            on_data(r, &f);
+            if (on_data(r, &f) != 0) {
+                PQfreemem(buf);
+                return -1;
+            }
         } else {
             wal_track_idle(w->t, f.wal_end);
             if (f.reply)
@@ -796,34 +822,38 @@ static int read_stream(relay *r)
 /* A heartbeat on a quiet database: a non-transactional message of its
  * own prefix, which the loop skips, gives the server something of ours
  * to decode, and the keepalive after it a position to confirm. */
-static void heartbeat(relay *r, int64_t now)
+static int heartbeat(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (now < w->next_heartbeat)
-        return;
+        return 0;
     w->next_heartbeat = now + w->heartbeat_ms;
     if (now - w->last_data < w->heartbeat_ms)
-        return;
+        return 0;
     PGresult *res = PQexec(w->sql, "SELECT pg_logical_emit_message(false, 'ferry-heartbeat', '')");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok)
         ferry__log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
+    return ok ? 0 : -1;
 }
 
 /* Renew the lease every third of its time; lost (we were paused past
  * it, and another took it): stop streaming and stand by. */
-static void lease_tick(relay *r, int64_t now)
+/* Renew the lease while streaming; stand by when another relay took it.
+ * 0, or -1 when the database could not be asked (the stream will say). */
+static int lease_tick(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (w->repl == NULL || now < w->next_lease)
-        return;
+        return 0;
     w->next_lease = now + r->cfg->lease_ttl_ms / 3;
     int64_t epoch = lease_take(r);
     if (epoch == w->lease_epoch)
-        return;
+        return 0;
     if (epoch < 0)
-        return;                 /* the database: the stream will say */
+        return -1;
     ferry__log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
               "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
               (long long)epoch, (long long)w->lease_epoch);
@@ -834,32 +864,42 @@ static void lease_tick(relay *r, int64_t now)
         w->standby = 1;
         w->retry_at = now + STANDBY_RETRY_MS;
     }
+    return 0;
 }
 
 /* The confirmed position in ferry.wal_slot, for `slot recreate` to
  * report from should the slot be lost. */
-static void record_confirmed(relay *r)
+static int record_confirmed(relay *r)
 {
     relay_wal *w = r->wal;
     if (w->confirmed_sent == 0)
-        return;
+        return 0;
     char lsn[32];
     wal_lsn_format(w->confirmed_sent, lsn);
     const char *p[2] = {w->slot, lsn};
-    PQclear(PQexecParams(w->sql,
-                         "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
-                         "confirmed_at = now() WHERE slot_name = $1 "
-                         "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
-                         2, NULL, p, NULL, NULL, 0));
+    PGresult *res = PQexecParams(w->sql,
+                                 "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
+                                 "confirmed_at = now() WHERE slot_name = $1 "
+                                 "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
+                                 2, NULL, p, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        ferry__log(FERRY_LOG_WARN, "wal.slot", "could not record the confirmed position %s in "
+                  "ferry.wal_slot: %s", lsn, PQresultErrorMessage(res));
+    PQclear(res);
+    return ok ? 0 : -1;
 }
 
 /* Every second: the slot's state, the gauges, and the confirmed position
  * for `ferry-relay slot recreate` to report from. */
-static void health(relay *r, int64_t now)
+/* Metrics, the slot's state and /healthz, every HEALTH_MS. 0, or -1
+ * when the slot is lost (the stream stopped) or its position could not be
+ * recorded. */
+static int health(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (now < w->next_health)
-        return;
+        return 0;
     w->next_health = now + HEALTH_MS;
     if (PQstatus(w->sql) != CONNECTION_OK)
         PQreset(w->sql);
@@ -871,7 +911,7 @@ static void health(relay *r, int64_t now)
         metrics_set(r->m, G_WAL_LAG_MS, behind);
     }
     if (w->repl == NULL)
-        return;
+        return 0;
     char why[512];
     slot_state st = check_slot(r, why, sizeof why);
     if (st == SLOT_LOST) {
@@ -881,14 +921,14 @@ static void health(relay *r, int64_t now)
         relay_set_health(r, 0, why);
         stop_stream(r);
         w->retry_at = now + 5000;
-        return;
+        return -1;
     }
-    if (st == SLOT_OK)
-        record_confirmed(r);
+    int rc = st == SLOT_OK ? record_confirmed(r) : 0;
     if (atomic_load(&r->k.down))
         relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else
         relay_set_health(r, 1, "");
+    return rc;
 }
 
 static void wait_for_events(relay *r, int timeout_ms)
@@ -976,10 +1016,12 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                 if (send_feedback(r, 0) != 0)
                     restart_stream(r, "the replication session is gone");
         }
+        /* Each logs its own failure and is tried again at its next tick;
+         * the stream's own errors restart it. */
         if (w->repl != NULL && !stopping)
-            heartbeat(r, now);
-        lease_tick(r, now);
-        health(r, now);
+            (void)heartbeat(r, now);
+        (void)lease_tick(r, now);
+        (void)health(r, now);
         if (stopping && wal_track_inflight(w->t) == 0) {
             clean = 1;
             break;
@@ -1001,8 +1043,10 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     }
     PQfinish(w->repl);
     w->repl = NULL;
-    record_confirmed(r);
-    lease_release(r);
+    /* both log their failure; the slot itself is confirmed, the lease
+     * expires */
+    (void)record_confirmed(r);
+    (void)lease_release(r);
     /* --once: 0 only when everything went out the first time (no message
      * refused, none failed), as the table source says. */
     status = clean && r->cfg->once ? (w->refused > 0 || r->undelivered > 0 ? 1 : 0)
