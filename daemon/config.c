@@ -1069,7 +1069,7 @@ const char *relay_config_setting_flag(size_t i)
     return i < N_SETTINGS ? settings_table()[i].flag : NULL;
 }
 
-int relay_config_file_key_is_setting(const char *key)
+bool relay_config_file_key_is_setting(const char *key)
 {
     return strcmp(key, "kafka") == 0 || setting_by_name(key, strlen(key)) >= 0;
 }

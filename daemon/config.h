@@ -5,6 +5,7 @@
 #ifndef FERRY_RELAY_CONFIG_H
 #define FERRY_RELAY_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -127,7 +128,7 @@ const char *relay_config_setting_flag(size_t i);
  * setting of the list above (or the kafka: map): for the test that keeps
  * a key from being settable in the file alone. */
 const char *relay_config_file_key(size_t i);
-int relay_config_file_key_is_setting(const char *key);
+bool relay_config_file_key_is_setting(const char *key);
 
 /* For `migrate` and `status`, which need the database alone: the file at
  * path (named by FERRY_CONFIG when path_from_env), checked as `run` checks

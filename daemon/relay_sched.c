@@ -24,6 +24,7 @@
 
 #include <assert.h>
 #include <search.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -370,12 +371,12 @@ static int part_cap(const sched *s)
 
 /* Held: messages in it have had no answer for hold_ms, or it has its
  * share of the slots. No new key goes in until it answers. */
-static int part_held(const sched *s, const spart *p, int64_t now)
+static bool part_held(const sched *s, const spart *p, int64_t now)
 {
     if (p == NULL || p->inflight == 0)
-        return 0;
+        return false;
     if (p->inflight >= part_cap(s))
-        return 1;
+        return true;
     int64_t since = s->slots[p->head].produced_ms;
     if (p->last_report > since)
         since = p->last_report;
@@ -533,7 +534,7 @@ int64_t sched_lease_epoch(const sched *s, int shard)
 
 int sched_leases_held(const sched *s) { return s->held_count; }
 
-int sched_shard_draining(const sched *s, int shard)
+bool sched_shard_draining(const sched *s, int shard)
 {
     return shard >= 0 && shard < SCHED_SHARDS_MAX && s->draining[shard];
 }
@@ -605,7 +606,7 @@ static void set_str(char **dst, const char *src)
     *dst = c;
 }
 
-static int blocked(const sched *s, const char *topic, const char *key);
+static bool blocked(const sched *s, const char *topic, const char *key);
 
 static void sweep_start(sched *s, int64_t now)
 {
@@ -715,10 +716,10 @@ int sched_topic_partition_count(const sched *s, const char *topic)
 
 /* ------------------------------------------------------------------ admission */
 
-static int blocked(const sched *s, const char *topic, const char *key)
+static bool blocked(const sched *s, const char *topic, const char *key)
 {
     if (s->blocked == NULL)
-        return 0;
+        return false;
     size_t t = strlen(topic);
     return strncmp(s->blocked, topic, t) == 0 && s->blocked[t] == SEP &&
            strcmp(s->blocked + t + 1, key) == 0;
@@ -1146,7 +1147,7 @@ static int64_t retries_due(sched *s, int64_t now)
 
 /* ------------------------------------------------------------------ the plan */
 
-static int settled(const sched *s)
+static bool settled(const sched *s)
 {
     return s->used == 0 && s->ack_count == 0;
 }

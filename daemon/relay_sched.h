@@ -39,6 +39,7 @@
 #ifndef FERRY_RELAY_SCHED_H
 #define FERRY_RELAY_SCHED_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -118,7 +119,7 @@ int sched_leases_held(const sched *s);
  * fetching them; sched_plan() releases each once nothing of it is in
  * flight or unacknowledged. */
 void sched_lease_target(sched *s, int target);
-int sched_shard_draining(const sched *s, int shard);
+bool sched_shard_draining(const sched *s, int shard);
 /* Slots (in flight or unacknowledged) of a shard. */
 int sched_shard_busy(const sched *s, int shard);
 

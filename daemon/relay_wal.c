@@ -91,6 +91,9 @@ struct relay_wal {
      * no \x1f), a tsearch tree. Their messages go to the table. */
     void *parked;
     size_t parked_count;
+    /* More keys are parked than parked[] may hold: a key not in it is
+     * looked up in ferry.dead_letter (is_parked). */
+    int parked_overflow;
 };
 
 #define PARKED_MAX 100000
@@ -121,41 +124,95 @@ static char *park_name(const char *topic, const char *key)
     return s;
 }
 
+/* The most keys parked[] holds: a key takes its name and a tree node,
+ * and the table may hold dead letters without end. */
+static size_t parked_max(void)
+{
+#ifdef FERRY_TEST_HOOKS
+    const char *v = getenv("FERRY_RELAY_TEST_PARKED_MAX");
+    if (v != NULL && atol(v) > 0)
+        return (size_t)atol(v);
+#endif
+    return PARKED_MAX;
+}
+
+static void parked_overflowed(relay_wal *w)
+{
+    if (!w->parked_overflow)
+        ferry__log_json(FERRY_LOG_WARN, "wal.parked_limit",
+                       json_pack("{s:I}", "limit", (json_int_t)parked_max()),
+                       "more than %zu keys are parked: each message of a key not among them "
+                       "is now looked up in ferry.dead_letter", parked_max());
+    w->parked_overflow = 1;
+}
+
+/* Whether a message of the key must go to the table: 1 or 0, -1 when the
+ * dead letters could not be read. Past the limit, a key parked[] does not
+ * hold may still be parked: its later messages must not overtake the dead
+ * letter, so the table answers. */
 static int is_parked(relay_wal *w, const char *topic, const char *key)
 {
-    if (w->parked == NULL)
+    if (w->parked != NULL) {
+        char *n = park_name(topic, key);
+        if (n == NULL)
+            return -1;
+        int found = tfind(n, &w->parked, cmp_str) != NULL;
+        free(n);
+        if (found)
+            return 1;
+    }
+    if (!w->parked_overflow)
         return 0;
-    char *n = park_name(topic, key);
-    int found = n != NULL && tfind(n, &w->parked, cmp_str) != NULL;
-    free(n);
-    return found;
+    const char *p[2] = {topic, key};
+    PGresult *res = PQexecParams(w->sql,
+                                 "SELECT EXISTS (SELECT 1 FROM ferry.dead_letter "
+                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2)",
+                                 2, NULL, p, NULL, NULL, 0);
+    int parked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                     ? strcmp(PQgetvalue(res, 0, 0), "t") == 0
+                     : -1;
+    if (parked < 0)
+        ferry__log(FERRY_LOG_ERROR, "wal.parked", "could not look up whether %s/%s is parked: %s",
+                  topic, key, PQresultErrorMessage(res));
+    PQclear(res);
+    return parked;
 }
 
 static void park(relay_wal *w, const char *topic, const char *key)
 {
-    char *n = park_name(topic, key);
-    if (n == NULL || w->parked_count >= PARKED_MAX) {
-        free(n);
+    if (w->parked_count >= parked_max()) {
+        parked_overflowed(w);
         return;
     }
-    void *found = tsearch(n, &w->parked, cmp_str);
-    if (found == NULL || *(char **)found != n)
+    char *n = park_name(topic, key);
+    void *found = n != NULL ? tsearch(n, &w->parked, cmp_str) : NULL;
+    if (found == NULL) {
         free(n);
-    else
+        parked_overflowed(w);       /* out of memory: the table answers for it */
+    } else if (*(char **)found != n) {
+        free(n);
+    } else {
         w->parked_count++;
+    }
 }
 
-/* The keys parked now, as the table says (at every stream start). */
+/* The keys parked now, as the table says (at every stream start): 0, or
+ * -1 when they could not be read, and the stream must not start. */
 static int load_parked(relay *r)
 {
     relay_wal *w = r->wal;
     tdestroy(w->parked, free);
     w->parked = NULL;
     w->parked_count = 0;
-    PGresult *res = PQexec(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
-                                   "WHERE consumer = '' LIMIT 100000");
+    w->parked_overflow = 0;
+    char limit[24];
+    snprintf(limit, sizeof limit, "%zu", parked_max() + 1);
+    const char *p[1] = {limit};
+    PGresult *res = PQexecParams(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
+                                         "WHERE consumer = '' LIMIT $1::bigint",
+                                 1, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry__log(FERRY_LOG_WARN, "wal.parked", "could not read the parked keys: %s",
+        ferry__log(FERRY_LOG_ERROR, "wal.parked", "could not read the parked keys: %s",
                   PQresultErrorMessage(res));
         PQclear(res);
         return -1;
@@ -355,16 +412,22 @@ static int64_t lease_take(relay *r)
     return epoch;
 }
 
-static void lease_release(relay *r)
+/* 0, or -1 when the lease could not be given back: it then expires
+ * after its TTL, and a standby waits that long. */
+static int lease_release(relay *r)
 {
     relay_wal *w = r->wal;
     if (w->lease_epoch <= 0)
-        return;
+        return 0;
     char name[80];
     snprintf(name, sizeof name, "wal:%s", w->slot);
     ferry_error err;
-    ferry__lease_release(w->sql, name, r->holder, &err);   /* else it expires */
+    int ok = ferry__lease_release(w->sql, name, r->holder, &err) == FERRY_OK;
+    if (!ok)
+        ferry__log(FERRY_LOG_WARN, "wal.lease", "could not give the lease %s back (it expires "
+                  "by itself): %s", name, err.message);
     w->lease_epoch = 0;
+    return ok ? 0 : -1;
 }
 
 /* Start streaming from the slot's confirmed position. 0 running; -1 not
@@ -437,8 +500,14 @@ static int start_stream(relay *r)
     w->standby = 0;
     wal_track_reset(w->t);
     w->confirmed_sent = wal_track_confirmable(w->t);
+    /* Without them, a parked key's later message would go to Kafka while
+     * the earlier one sits in the dead letters. */
+    if (load_parked(r) != 0) {
+        relay_set_health(r, 0, "could not read the parked keys");
+        stop_stream(r);
+        return -1;
+    }
     w->backoff_ms = 100;
-    load_parked(r);
     relay_set_health(r, 1, "");
     ferry__log_json(FERRY_LOG_INFO, "wal.streaming", json_pack("{s:s}", "slot", w->slot),
                    "streaming the slot \"%s\" from its confirmed position", w->slot);
@@ -495,14 +564,16 @@ static void restart_stream(relay *r, const char *why)
 }
 
 /* Produce one 'ferry' message of the open transaction. */
-static void produce(relay *r, const wal_msg *m)
+/* 0, or -1 when the message could not be produced: reported to the
+ * tracker as failed, which restarts the stream from the slot. */
+static int produce(relay *r, const wal_msg *m)
 {
     relay_wal *w = r->wal;
     relay_topic *t = relay_kafka_topic(r, m->topic);
     uint64_t ticket = wal_track_message(w->t);
     if (t == NULL || ticket == 0) {
         wal_track_report(w->t, ticket, 0);
-        return;
+        return -1;
     }
     char id[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&m->id, id);
@@ -529,11 +600,12 @@ static void produce(relay *r, const wal_msg *m)
             note_failure(w, &m->id, reason);
         }
         wal_track_report(w->t, ticket, 0);
-        return;
+        return -1;
     }
     r->produced++;
     if (r->m != NULL)
         metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - m->created_us / 1000) / 1e3);
+    return 0;
 }
 
 /* A message done without Kafka (dead-lettered, or put in the table): its
@@ -621,24 +693,29 @@ static int to_table(relay *r, const wal_msg *m)
     return 0;
 }
 
-static void on_data(relay *r, const wal_frame *f)
+/* One XLogData frame. 0, or -1 when the stream was restarted. */
+static int on_data(relay *r, const wal_frame *f)
 {
     relay_wal *w = r->wal;
     wal_pgout p;
     char why[256];
     if (wal_pgout_parse(f->data, f->len, &p, why, sizeof why) != 0) {
         restart_stream(r, why);
-        return;
+        return -1;
     }
     switch (p.tag) {
     case 'B':
-        if (wal_track_begin(w->t) != 0)
+        if (wal_track_begin(w->t) != 0) {
             restart_stream(r, "BEGIN inside a transaction, or too many unconfirmed "
                               "transactions");
+            return -1;
+        }
         break;
     case 'C':
-        if (wal_track_commit(w->t, p.end_lsn) != 0)
+        if (wal_track_commit(w->t, p.end_lsn) != 0) {
             restart_stream(r, "COMMIT outside a transaction, or before the last one");
+            return -1;
+        }
         break;
     case 'M': {
         if (strcmp(p.prefix, PREFIX) != 0)
@@ -655,14 +732,25 @@ static void on_data(relay *r, const wal_frame *f)
                                  &w->scratch, &m, why, sizeof why) == 0) {
             if (w->poison_fails >= r->cfg->max_attempts &&
                 memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
-                if (dead_letter(r, &m) != 0)
+                if (dead_letter(r, &m) != 0) {
                     restart_stream(r, "could not write a dead letter");
-            } else if (is_parked(w, m.topic, m.key)) {
-                if (to_table(r, &m) != 0)
-                    restart_stream(r, "could not put a parked key's message in the table");
-            } else {
-                produce(r, &m);
+                    return -1;
+                }
+                break;
             }
+            int parked = is_parked(w, m.topic, m.key);
+            if (parked < 0) {
+                restart_stream(r, "could not look up whether a key is parked");
+                return -1;
+            }
+            if (parked && to_table(r, &m) != 0) {
+                restart_stream(r, "could not put a parked key's message in the table");
+                return -1;
+            }
+            /* A message that could not be produced is reported to the
+             * tracker as failed; the loop restarts the stream for it. */
+            if (!parked)
+                (void)produce(r, &m);
             break;
         }
         /* Refused, never guessed at: it is not a message of ferry.emit. */
@@ -676,6 +764,7 @@ static void on_data(relay *r, const wal_frame *f)
     default:
         break;                  /* outbox rows: the table path's */
     }
+    return 0;
 }
 
 /* Read what the server sent, while there is room. 0, or -1 when the
@@ -716,7 +805,10 @@ static int read_stream(relay *r)
             w->wal_end = f.wal_end;
         w->last_data = ferry__now_ms();
         if (f.kind == 'w') {
-            on_data(r, &f);
+            if (on_data(r, &f) != 0) {
+                PQfreemem(buf);
+                return -1;
+            }
         } else {
             wal_track_idle(w->t, f.wal_end);
             if (f.reply)
@@ -730,34 +822,38 @@ static int read_stream(relay *r)
 /* A heartbeat on a quiet database: a non-transactional message of its
  * own prefix, which the loop skips, gives the server something of ours
  * to decode, and the keepalive after it a position to confirm. */
-static void heartbeat(relay *r, int64_t now)
+static int heartbeat(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (now < w->next_heartbeat)
-        return;
+        return 0;
     w->next_heartbeat = now + w->heartbeat_ms;
     if (now - w->last_data < w->heartbeat_ms)
-        return;
+        return 0;
     PGresult *res = PQexec(w->sql, "SELECT pg_logical_emit_message(false, 'ferry-heartbeat', '')");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok)
         ferry__log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
                   PQresultErrorMessage(res));
     PQclear(res);
+    return ok ? 0 : -1;
 }
 
 /* Renew the lease every third of its time; lost (we were paused past
  * it, and another took it): stop streaming and stand by. */
-static void lease_tick(relay *r, int64_t now)
+/* Renew the lease while streaming; stand by when another relay took it.
+ * 0, or -1 when the database could not be asked (the stream will say). */
+static int lease_tick(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (w->repl == NULL || now < w->next_lease)
-        return;
+        return 0;
     w->next_lease = now + r->cfg->lease_ttl_ms / 3;
     int64_t epoch = lease_take(r);
     if (epoch == w->lease_epoch)
-        return;
+        return 0;
     if (epoch < 0)
-        return;                 /* the database: the stream will say */
+        return -1;
     ferry__log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
               "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
               (long long)epoch, (long long)w->lease_epoch);
@@ -768,32 +864,42 @@ static void lease_tick(relay *r, int64_t now)
         w->standby = 1;
         w->retry_at = now + STANDBY_RETRY_MS;
     }
+    return 0;
 }
 
 /* The confirmed position in ferry.wal_slot, for `slot recreate` to
  * report from should the slot be lost. */
-static void record_confirmed(relay *r)
+static int record_confirmed(relay *r)
 {
     relay_wal *w = r->wal;
     if (w->confirmed_sent == 0)
-        return;
+        return 0;
     char lsn[32];
     wal_lsn_format(w->confirmed_sent, lsn);
     const char *p[2] = {w->slot, lsn};
-    PQclear(PQexecParams(w->sql,
-                         "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
-                         "confirmed_at = now() WHERE slot_name = $1 "
-                         "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
-                         2, NULL, p, NULL, NULL, 0));
+    PGresult *res = PQexecParams(w->sql,
+                                 "UPDATE ferry.wal_slot SET confirmed_lsn = $2::pg_lsn, "
+                                 "confirmed_at = now() WHERE slot_name = $1 "
+                                 "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
+                                 2, NULL, p, NULL, NULL, 0);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        ferry__log(FERRY_LOG_WARN, "wal.slot", "could not record the confirmed position %s in "
+                  "ferry.wal_slot: %s", lsn, PQresultErrorMessage(res));
+    PQclear(res);
+    return ok ? 0 : -1;
 }
 
 /* Every second: the slot's state, the gauges, and the confirmed position
  * for `ferry-relay slot recreate` to report from. */
-static void health(relay *r, int64_t now)
+/* Metrics, the slot's state and /healthz, every HEALTH_MS. 0, or -1
+ * when the slot is lost (the stream stopped) or its position could not be
+ * recorded. */
+static int health(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
     if (now < w->next_health)
-        return;
+        return 0;
     w->next_health = now + HEALTH_MS;
     if (PQstatus(w->sql) != CONNECTION_OK)
         PQreset(w->sql);
@@ -805,7 +911,7 @@ static void health(relay *r, int64_t now)
         metrics_set(r->m, G_WAL_LAG_MS, behind);
     }
     if (w->repl == NULL)
-        return;
+        return 0;
     char why[512];
     slot_state st = check_slot(r, why, sizeof why);
     if (st == SLOT_LOST) {
@@ -815,14 +921,14 @@ static void health(relay *r, int64_t now)
         relay_set_health(r, 0, why);
         stop_stream(r);
         w->retry_at = now + 5000;
-        return;
+        return -1;
     }
-    if (st == SLOT_OK)
-        record_confirmed(r);
+    int rc = st == SLOT_OK ? record_confirmed(r) : 0;
     if (atomic_load(&r->k.down))
         relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else
         relay_set_health(r, 1, "");
+    return rc;
 }
 
 static void wait_for_events(relay *r, int timeout_ms)
@@ -910,10 +1016,12 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                 if (send_feedback(r, 0) != 0)
                     restart_stream(r, "the replication session is gone");
         }
+        /* Each logs its own failure and is tried again at its next tick;
+         * the stream's own errors restart it. */
         if (w->repl != NULL && !stopping)
-            heartbeat(r, now);
-        lease_tick(r, now);
-        health(r, now);
+            (void)heartbeat(r, now);
+        (void)lease_tick(r, now);
+        (void)health(r, now);
         if (stopping && wal_track_inflight(w->t) == 0) {
             clean = 1;
             break;
@@ -935,8 +1043,10 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     }
     PQfinish(w->repl);
     w->repl = NULL;
-    record_confirmed(r);
-    lease_release(r);
+    /* both log their failure; the slot itself is confirmed, the lease
+     * expires */
+    (void)record_confirmed(r);
+    (void)lease_release(r);
     /* --once: 0 only when everything went out the first time (no message
      * refused, none failed), as the table source says. */
     status = clean && r->cfg->once ? (w->refused > 0 || r->undelivered > 0 ? 1 : 0)

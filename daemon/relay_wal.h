@@ -14,6 +14,7 @@
 #ifndef FERRY_RELAY_WAL_H
 #define FERRY_RELAY_WAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,10 +65,10 @@ void wal_track_idle(wal_track *t, uint64_t lsn);
 uint64_t wal_track_confirmable(wal_track *t);
 /* A message failed: nothing past it can ever be confirmed until the
  * stream is restarted from the slot. */
-int wal_track_failed(const wal_track *t);
+bool wal_track_failed(const wal_track *t);
 /* Messages produced and not yet reported. */
 int64_t wal_track_inflight(const wal_track *t);
-int wal_track_full(const wal_track *t);
+bool wal_track_full(const wal_track *t);
 /* Forget everything (a restart from the slot); the confirmed position is
  * kept as the starting point. */
 void wal_track_reset(wal_track *t);

@@ -10,6 +10,7 @@
  * serial, so a report finds its entry in O(1), and a report whose serial
  * is below base (confirmed already, or from before a reset) is ignored.
  */
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "relay_wal.h"
@@ -125,7 +126,7 @@ void wal_track_idle(wal_track *t, uint64_t lsn)
         t->confirmed = lsn;
 }
 
-static int complete(const wal_tx *x)
+static bool complete(const wal_tx *x)
 {
     return x->end_lsn != 0 && !x->failed && x->acked == x->messages;
 }
@@ -159,7 +160,7 @@ uint64_t wal_track_confirmable(wal_track *t)
     return t->confirmed;
 }
 
-int wal_track_failed(const wal_track *t)
+bool wal_track_failed(const wal_track *t)
 {
     return t->failed;
 }
@@ -169,7 +170,7 @@ int64_t wal_track_inflight(const wal_track *t)
     return t->inflight;
 }
 
-int wal_track_full(const wal_track *t)
+bool wal_track_full(const wal_track *t)
 {
     return t->count >= t->cap;
 }

@@ -3,6 +3,7 @@
  * detection found and what an act returned.
  */
 #include <ctype.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -10,7 +11,7 @@
 
 /* ------------------------------------------------ over-attempted rows */
 
-int rc_over_plan_move(rc_mode mode, int64_t found)
+bool rc_over_plan_move(rc_mode mode, int64_t found)
 {
     return mode == RC_REPAIR && found > 0;
 }
@@ -33,12 +34,12 @@ rc_over_verdict rc_over_verdict_of(rc_mode mode, int64_t found, int64_t moved, i
 
 /* ------------------------------------------------------ dead letters */
 
-static int is_hex_run(const char *s, size_t n)
+static bool is_hex_run(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (!isxdigit((unsigned char)s[i]))
-            return 0;
-    return 1;
+            return false;
+    return true;
 }
 
 rc_dead_target rc_dead_target_kind(const char *t)

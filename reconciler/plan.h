@@ -7,6 +7,7 @@
 #ifndef FERRY_RECONCILE_PLAN_H
 #define FERRY_RECONCILE_PLAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,7 +27,7 @@ typedef enum rc_act_end {
 
 /* Move over-attempted rows to the dead letters? Only in repair, and only
  * when detection found any. */
-int rc_over_plan_move(rc_mode mode, int64_t found);
+bool rc_over_plan_move(rc_mode mode, int64_t found);
 
 /* What the rows of one topic come to: found by detection, moved and left
  * by a clash (their id already has a relay dead letter) by the act. */

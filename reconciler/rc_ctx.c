@@ -4,6 +4,7 @@
  * pass's report; and whether a signal asked it to stop.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 
 #include "internal.h"
 #include "reconcile.h"
@@ -35,7 +36,7 @@ void rc_progress(rc_ctx *ctx, const char *fmt, ...)
     va_end(ap);
 }
 
-int rc_stopping(const rc_ctx *ctx)
+bool rc_stopping(const rc_ctx *ctx)
 {
     return ctx->stop != NULL && *ctx->stop;
 }

@@ -29,7 +29,7 @@ int rc_lease_try(PGconn *conn, rc_lease *l, const char *holder, int ttl_ms, ferr
     return 1;
 }
 
-int rc_lease_due(const rc_lease *l, int64_t now_ms)
+bool rc_lease_due(const rc_lease *l, int64_t now_ms)
 {
     return now_ms - l->renewed_at >= l->ttl_ms / 3;
 }

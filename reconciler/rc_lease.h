@@ -7,6 +7,7 @@
 #ifndef FERRY_RECONCILE_LEASE_H
 #define FERRY_RECONCILE_LEASE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,7 +27,7 @@ typedef struct rc_lease {
 int rc_lease_try(PGconn *conn, rc_lease *l, const char *holder, int ttl_ms, ferry_error *err);
 
 /* Whether a renewal is due at now_ms: a third of the TTL since the last. */
-int rc_lease_due(const rc_lease *l, int64_t now_ms);
+bool rc_lease_due(const rc_lease *l, int64_t now_ms);
 
 /* Renew the lease when due; FERRY_ESTATE when it was lost (another
  * reconciler took it over), FERRY_OK when not due. */

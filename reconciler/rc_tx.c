@@ -8,6 +8,7 @@
  * never on pass.c: the pass hands both in through the context.
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,25 +17,35 @@
 #include "reconcile.h"
 
 /* A library call (ferry_tx_run) may have reset the connection after a
- * loss: the new session gets the statement timeout again. */
-static void session_keep(rc_ctx *ctx)
+ * loss: the new session gets the statement timeout again. 0, or -1 when
+ * it could not (tried again at the next call): a query outside a
+ * transaction must not run without its bound. */
+static int session_keep(rc_ctx *ctx)
 {
     int pid = PQbackendPID(ctx->conn);
     if (pid == 0 || pid == ctx->backend_pid)
-        return;
+        return 0;
     if (ctx->backend_pid != 0 && PQtransactionStatus(ctx->conn) == PQTRANS_IDLE) {
         char sql[64];
         snprintf(sql, sizeof sql, "SET statement_timeout = %" PRId64,
                  ctx->budgets->statement_timeout_ms);
-        PQclear(PQexec(ctx->conn, sql));
+        PGresult *res = PQexec(ctx->conn, sql);
+        int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        PQclear(res);
+        if (!ok)
+            return -1;
     }
     ctx->backend_pid = pid;
+    return 0;
 }
 
 PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
                    const char *const *params)
 {
-    session_keep(ctx);
+    if (session_keep(ctx) != 0) {
+        rc_error(ctx, "%s: could not set the statement timeout of a new session", what);
+        return NULL;
+    }
     PGresult *res = PQexecParams(ctx->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
@@ -55,7 +66,8 @@ PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
 ferry_code rc_begin(rc_ctx *ctx, ferry_error *err)
 {
     ferry__err_clear(err);
-    session_keep(ctx);
+    /* the transaction sets its own timeouts below, failing or not */
+    (void)session_keep(ctx);
     if (ctx->mode == RC_REPAIR && ctx->lease != NULL) {
         ferry_code rc = rc_lease_keep(ctx->conn, ctx->lease, err);
         if (rc == FERRY_ESTATE)
@@ -123,7 +135,7 @@ void rc_rollback(rc_ctx *ctx)
     PQclear(PQexec(ctx->conn, "ROLLBACK"));
 }
 
-int rc_is_busy(const PGresult *res)
+bool rc_is_busy(const PGresult *res)
 {
     const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     return s != NULL && (strcmp(s, "55P03") == 0 || strcmp(s, "40P01") == 0 ||
@@ -185,7 +197,7 @@ int64_t rc_int_at(const PGresult *res, int row, int col)
     return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
 }
 
-int rc_bool_at(const PGresult *res, int row, int col)
+bool rc_bool_at(const PGresult *res, int row, int col)
 {
     return !PQgetisnull(res, row, col) && PQgetvalue(res, row, col)[0] == 't';
 }

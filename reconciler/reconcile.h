@@ -25,6 +25,7 @@
 #define FERRY_RECONCILE_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -187,7 +188,7 @@ PGresult *rc_query(rc_ctx *ctx, const char *what, const char *sql, int nparams,
 
 /* SQLSTATEs of a race that the next pass may win: lock_timeout (a relay
  * or worker held the row), deadlock, serialization failure. */
-int rc_is_busy(const PGresult *res);
+bool rc_is_busy(const PGresult *res);
 
 /* rc_error "WHAT: MESSAGE", MESSAGE the server's error message of res
  * without its trailing newline. Returns -1. */
@@ -209,13 +210,13 @@ int rc_act_begin(rc_ctx *ctx, const char *what, int *lost);
 int rc_act_commit(rc_ctx *ctx, const char *what);
 
 /* A signal asked the pass to stop: finish the batch, return. */
-int rc_stopping(const rc_ctx *ctx);
+bool rc_stopping(const rc_ctx *ctx);
 
 /* Column col of row: a number (0 when NULL), a boolean ('t'), text
  * (NULL when NULL; res owns it), JSON (new; NULL when NULL or not JSON:
  * the finding goes on without it). */
 int64_t rc_int_at(const PGresult *res, int row, int col);
-int rc_bool_at(const PGresult *res, int row, int col);
+bool rc_bool_at(const PGresult *res, int row, int col);
 const char *rc_str_at(const PGresult *res, int row, int col);
 json_t *rc_json_at(const PGresult *res, int row, int col);
 

@@ -41,6 +41,7 @@
  * count, the most overdue and a few sample ids in the detail.
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,7 +82,7 @@ static void aggs_free(aggs *a)
     *a = (aggs){0};
 }
 
-static int streq_null(const char *a, const char *b)
+static bool streq_null(const char *a, const char *b)
 {
     return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }

@@ -196,12 +196,116 @@ static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
 }
 
 
+/*
+ * Keys parked by an earlier run, and messages of theirs already in WAL
+ * behind the dead letters: transaction 1 (one message per key, seq 1) was
+ * dead-lettered and the slot confirmed past it; transaction 2 (seq 2 of
+ * each key, and one message of a key that is not parked) is what the next
+ * stream start reads. Only the relay's set of parked keys keeps the seq 2
+ * messages out of Kafka: emit checked the dead letters when they were
+ * written, and there were none yet.
+ */
+static void messages_behind_dead_letters(PGconn *c, const char *topic, int keys)
+{
+    tu_wal_ready(c);
+    char *sql = tu_sprintf("SELECT count(ferry.emit('%s', 'p-' || g, 'Tested', '{\"n\": 1}')) "
+                           "FROM generate_series(1, %d) g", topic, keys);
+    tu_exec(c, sql);
+    free(sql);
+    char *after1 = tu_wal_lsn(c);
+    tu_exec(c, "BEGIN");
+    sql = tu_sprintf("SELECT count(ferry.emit('%s', 'p-' || g, 'Tested', '{\"n\": 2}')) "
+                     "FROM generate_series(1, %d) g", topic, keys);
+    tu_exec(c, sql);
+    free(sql);
+    sql = tu_sprintf("SELECT ferry.emit('%s', 'healthy', 'Tested', '{\"n\": 1}')", topic);
+    tu_exec(c, sql);
+    free(sql);
+    tu_exec(c, "COMMIT");
+    sql = tu_sprintf("INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
+                     "  aggregateid, type, payload, seq, shard, created_at, attempts, reason) "
+                     "SELECT gen_random_uuid(), '', k.topic, 'Tested', k.key, 'Tested', '{}', 1, "
+                     "       k.shard, now(), 5, 'parked by the test' "
+                     "  FROM ferry.outbox_key k WHERE k.topic = '%s' AND k.key LIKE 'p-%%'",
+                     topic);
+    tu_exec(c, sql);
+    free(sql);
+    sql = tu_sprintf("SELECT pg_replication_slot_advance('ferry', '%s') IS NOT NULL", after1);
+    tu_exec(c, sql);
+    free(sql);
+    free(after1);
+    sql = tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = '%s'", topic);
+    assert_int_equal(tu_int_of(c, sql), 0);     /* all in WAL */
+}
+
+/* After a clean run: each parked key's seq 2 waits in the table, and the
+ * topic holds the healthy key's message only. */
+static void assert_parked_went_to_the_table(PGconn *c, const char *topic, int keys)
+{
+    char *sql = tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = '%s' "
+                           "AND aggregateid LIKE 'p-%%' AND seq = 2", topic);
+    assert_int_equal(tu_int_of(c, sql), keys);
+    kt_msgs *got = kt_consume(kt_bootstrap(tu_wal_broker), topic, 0, 5000);
+    assert_true(got->count >= 1);
+    for (size_t i = 0; i < got->count; i++)
+        assert_string_equal(got->msgs[i].key, "healthy");
+    kt_msgs_free(got);
+}
+
+/*
+ * The parked keys cannot be read when the stream starts (here the table
+ * is renamed away): the relay must not stream without them — it would
+ * publish a parked key's later message while the earlier one sits in the
+ * dead letters. It says so and does not start (--once exits 1); once the
+ * table is back, the messages go to the table.
+ */
+static void a_stream_does_not_start_without_its_parked_keys(void **state)
+{
+    PGconn *c = tu_connect();
+    messages_behind_dead_letters(c, "w.parkread", 2);
+    tu_exec(c, "ALTER TABLE ferry.dead_letter RENAME TO dead_letter_away");
+    char *log = NULL;
+    int st = tu_wal_relay_once("wal-parkread", &log);
+    tu_exec(c, "ALTER TABLE ferry.dead_letter_away RENAME TO dead_letter");
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(log, "could not read the parked keys"));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.parkread'"),
+                     0);
+    assert_int_equal(tu_wal_relay_once("wal-parkread", NULL), 0);
+    assert_parked_went_to_the_table(c, "w.parkread", 2);
+    PQfinish(c);
+}
+
+/*
+ * More parked keys than the relay keeps in memory (PARKED_MAX, lowered
+ * here through the test build's FERRY_RELAY_TEST_PARKED_MAX): the keys it
+ * could not keep are looked up in ferry.dead_letter, so none of their
+ * messages goes to Kafka.
+ */
+static void keys_past_the_parked_limit_stay_parked(void **state)
+{
+    PGconn *c = tu_connect();
+    messages_behind_dead_letters(c, "w.parkmax", 5);
+    setenv("FERRY_RELAY_TEST_PARKED_MAX", "2", 1);
+    char *log = NULL;
+    int st = tu_wal_relay_once("wal-parkmax", &log);
+    unsetenv("FERRY_RELAY_TEST_PARKED_MAX");
+    assert_int_equal(st, 0);
+    assert_parked_went_to_the_table(c, "w.parkmax", 5);
+    assert_non_null(strstr(log, "\"event\":\"wal.parked_limit\""));
+    free(log);
+    PQfinish(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(a_poison_message_parks_its_key_only),
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
+        cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
+        cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
