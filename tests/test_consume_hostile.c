@@ -27,6 +27,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
@@ -384,32 +385,14 @@ static int group_setup(void **state)
     broker = kt_start(1);
     if (broker == NULL)
         return -1;
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", kt_bootstrap(broker), errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr, sizeof errstr) !=
-            RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "producer conf: %s\n", errstr);
-        rd_kafka_conf_destroy(conf);
-        return -1;
-    }
-    producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (producer == NULL) {
-        fprintf(stderr, "producer: %s\n", errstr);
-        return -1;
-    }
-    return 0;
+    producer = tu_producer_new(kt_bootstrap(broker), NULL);
+    return producer == NULL ? -1 : 0;
 }
 
 static int group_teardown(void **state)
 {
-    if (producer != NULL) {
-        rd_kafka_flush(producer, 10000);
-        rd_kafka_destroy(producer);
-    }
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    tu_producer_destroy(producer);
+    return tu_broker_group_teardown(state, broker);
 }
 
 /*

@@ -33,6 +33,7 @@
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_http.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 #include "tu_relay.h"
 
@@ -1156,16 +1157,12 @@ static int cleanup(void **state)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    broker = kt_start(1);
-    return broker == NULL ? -1 : 0;
+    return tu_broker_group_setup(state, &broker);
 }
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 #define T(f) cmocka_unit_test_teardown(f, cleanup)
