@@ -240,6 +240,25 @@ static void assert_order(PGconn *conn, const char *consumer, const char *key,
 
 #define count(conn, fmt, arg) tu_int_of((conn), tu_sprintf((fmt), (arg)))
 
+static long applied_by(PGconn *conn, const char *consumer)
+{
+    return (long)tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_applied "
+                                            "WHERE consumer = '%s'", consumer));
+}
+
+/* Each of the n credits (one each, to the accounts prefix<digit>) was
+ * applied by consumer exactly once: n applications of n distinct
+ * messages, and n credited. */
+static void assert_each_applied_once(PGconn *conn, const char *consumer, const char *prefix,
+                                     long n)
+{
+    assert_int_equal(applied_by(conn, consumer), n);
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT count(DISTINCT id) FROM t_applied "
+                                                "WHERE consumer = '%s'", consumer)), n);
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT sum(balance) FROM t_account "
+                                                "WHERE id LIKE '%s_'", prefix)), n);
+}
+
 /* ------------------------------------------------------------------ tests */
 
 /* Bad configuration is refused with the setting named, before anything
@@ -522,11 +541,7 @@ static void database_restart_mid_stream(void **state)
     assert_true(s.reconnects >= 1);         /* the restart was felt */
     consumer_done(c);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-restart'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-restart'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'r_'"), N);
+    assert_each_applied_once(conn, "c-restart", "r", N);
     PQfinish(conn);
 }
 
@@ -655,6 +670,16 @@ static void produce_credits(const char *topic, int n, int keys, const char *pref
     free(k);
 }
 
+/* Run the consumer name as a child whose test hooks (env) must kill it
+ * with SIGKILL; how many messages it had applied by then. */
+static long applied_before_the_kill(PGconn *conn, const char *name, const char *topic,
+                                    const char *env)
+{
+    child ch = child_start(name, topic, env);
+    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
+    return applied_by(conn, name);
+}
+
 /* Killed (SIGKILL) between the database commit and the offset store: the
  * message comes again and is skipped; the effect is there once. */
 static void crash_between_commit_and_offset(void **state)
@@ -664,15 +689,13 @@ static void crash_between_commit_and_offset(void **state)
     produce_credits(topic, N, 4, "x");
     /* With batches (of at most 8 here), the third commit is still inside
      * the 40 messages. */
-    child ch = child_start("c-crash1", topic,
-                           batches_on() ? "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=3 "
-                                          "FERRY_CONSUMER_TEST_BATCH_MAX=8"
-                                        : "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
+    long done = applied_before_the_kill(conn, "c-crash1", topic,
+                                        batches_on() ? "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=3 "
+                                                       "FERRY_CONSUMER_TEST_BATCH_MAX=8"
+                                                     : "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
     /* It died right after its 10th commit (one message each), or its
      * third (batches). */
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'");
     if (batches_on())
         assert_true(done >= 3 && done < N);
     else
@@ -687,11 +710,7 @@ static void crash_between_commit_and_offset(void **state)
     assert_true(s.late >= 1);               /* the last came again, and was skipped */
     assert_int_equal(s.applied, N - done);
     consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-crash1'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'x_'"), N);
+    assert_each_applied_once(conn, "c-crash1", "x", N);
     PQfinish(conn);
 }
 
@@ -702,12 +721,10 @@ static void crash_inside_the_transaction(void **state)
     const char *topic = "c.crash2";
     enum { N = 40 };
     produce_credits(topic, N, 4, "y");
-    child ch = child_start("c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
+    long done = applied_before_the_kill(conn, "c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
     /* One message per transaction: the 6 before it committed. With
      * batches, its batch rolled back with it: those of earlier batches. */
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'");
     if (batches_on())
         assert_true(done < 7);
     else
@@ -715,11 +732,7 @@ static void crash_inside_the_transaction(void **state)
     ferry_consumer *c = consumer_new("c-crash2", topic, 0);
     poll_until(c, applied_at_least, N - done);
     consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-crash2'"), N);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'y_'"), N);
+    assert_each_applied_once(conn, "c-crash2", "y", N);
     PQfinish(conn);
 }
 
@@ -933,11 +946,10 @@ static void crash_after_a_batch_commit_repeats_the_batch(void **state)
     enum { N = 40 };
     one_partition_topic(topic);
     produce_credits(topic, N, 4, "v");
-    child ch = child_start("c-bcrash", topic, "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=1 "
-                                              "FERRY_CONSUMER_TEST_BATCH_MAX=8");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'");
+    long done = applied_before_the_kill(conn, "c-bcrash", topic,
+                                        "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=1 "
+                                        "FERRY_CONSUMER_TEST_BATCH_MAX=8");
     assert_true(done >= 2 && done <= 8);        /* one commit, a batch */
     assert_int_equal(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
                                   "WHERE consumer = 'c-bcrash'"), 1);
@@ -948,11 +960,7 @@ static void crash_after_a_batch_commit_repeats_the_batch(void **state)
     assert_int_equal(s.late, done);             /* the batch again, all skipped */
     assert_int_equal(s.applied, N - done);
     consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-bcrash'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'v_'"), N);
+    assert_each_applied_once(conn, "c-bcrash", "v", N);
     PQfinish(conn);
 }
 
