@@ -41,12 +41,8 @@ static void wal_mode_is_refused_without_its_slot(void **state)
     tu_exec(c, "SELECT pg_drop_replication_slot('ferry') FROM pg_replication_slots "
                "WHERE slot_name = 'ferry'");
     tu_wal_mode(c, "table");
-    PGresult *res = PQexec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "55000");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "emit_mode");
-    assert_non_null(strstr(PQresultErrorMessage(res), "ferry-relay slot create"));
-    PQclear(res);
+    tu_assert_sql_error(c, "UPDATE ferry.settings SET emit_mode = 'wal'", "55000", "emit_mode",
+                        "ferry-relay slot create");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings WHERE emit_mode = 'table'"),
                      1);
     /* With the slot it is allowed. */
@@ -316,10 +312,7 @@ static void a_writer_role_emits_in_wal_mode_without_reading_the_token(void **sta
                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
     PGconn *w = tu_connect_as("wal_writer");
     tu_exec(w, "SELECT ferry.emit('orders', 'o-9', 'T', '{\"a\": 1}'::jsonb)");
-    PGresult *res = PQexec(w, "SELECT wal_token FROM ferry.settings");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(w, "SELECT wal_token FROM ferry.settings", "42501", NULL, NULL);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM tu_wal_msgs() w, ferry.settings s "
                                    "WHERE w.key = 'o-9' AND w.token = s.wal_token"), 1);
     PQfinish(w);

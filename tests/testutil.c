@@ -150,6 +150,30 @@ void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
     free(sql);
 }
 
+void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
+                         const char *column, const char *in_message)
+{
+    PGresult *res = PQexec(conn, sql);
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
+    /* Checked in full before failing, so that the message can say what
+     * came instead and res is freed either way. */
+    int ok = PQresultStatus(res) == PGRES_FATAL_ERROR && st != NULL &&
+             strncmp(st, sqlstate, strlen(sqlstate)) == 0 &&
+             (column == NULL || (col != NULL && strcmp(col, column) == 0)) &&
+             (in_message == NULL || strstr(PQresultErrorMessage(res), in_message) != NULL);
+    if (!ok) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s: want %s on %s (\"%s\" in its message), got %s %s on %s: %s",
+                 sql, sqlstate, column ? column : "-", in_message ? in_message : "",
+                 PQresStatus(PQresultStatus(res)), st ? st : "-", col ? col : "-",
+                 PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s", why);
+    }
+    PQclear(res);
+}
+
 void tu_await(PGconn *conn, const char *sql, int timeout_ms)
 {
     for (int64_t end = clk_mono_ms() + timeout_ms;;) {

@@ -53,6 +53,12 @@ char *tu_str_of(PGconn *conn, char *sql);
 /* Fail the test unless sql (freed after) returns the text want. */
 void tu_assert_str_of(PGconn *conn, char *sql, const char *want);
 
+/* Fail the test unless sql fails with sqlstate (two characters: any of
+ * that class), on column when it is not NULL, and with in_message in its
+ * message when that is not NULL. */
+void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
+                         const char *column, const char *in_message);
+
 /* Wait (bounded, polling the server, never a blind sleep) until sql
  * returns true; fails the test after timeout_ms. */
 void tu_await(PGconn *conn, const char *sql, int timeout_ms);
