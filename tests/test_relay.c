@@ -202,19 +202,33 @@ static void order_holds_with_concurrent_writers(void **state)
     assert_int_equal(tc.keys, 5);
 }
 
+/* Emit n messages in transactions of per_tx, start a relay named name,
+ * and once fewer than below are left in the outbox, send it sig and wait
+ * for it to exit with want (it has really been mid-run). The caller reads
+ * its log and calls tu_proc_done. */
+static tu_proc relay_stopped_mid_run(const char *name, const char *topic, int n, int per_tx,
+                                     int below, int sig, int want)
+{
+    emit_n(topic, n, per_tx);
+    tu_proc p = relay_spawn(name, NULL, NULL);
+    PGconn *c = tu_connect();
+    char *mid = tu_sprintf("SELECT count(*) < %d FROM ferry.outbox WHERE topic = '%s'", below,
+                           topic);
+    tu_await(c, mid, 60000);
+    free(mid);
+    PQfinish(c);
+    kill(p.pid, sig);
+    assert_int_equal(tu_proc_wait(&p, 60000), want);
+    return p;
+}
+
 /* SIGTERM while publishing: it stops fetching, waits for what is in
  * flight, acknowledges it and exits 0; what it did not take is still in
  * the outbox, and nothing acknowledged is missing from Kafka. */
 static void graceful_shutdown_loses_nothing(void **state)
 {
     const char *topic = "t.graceful";
-    emit_n(topic, 20000, 50);
-    tu_proc p = relay_spawn("graceful-a", NULL, NULL);
-    PGconn *c = tu_connect();
-    tu_await(c, "SELECT count(*) < 20000 FROM ferry.outbox WHERE topic = 't.graceful'", 60000);
-    PQfinish(c);
-    kill(p.pid, SIGTERM);
-    assert_int_equal(tu_proc_wait(&p, 60000), 0);
+    tu_proc p = relay_stopped_mid_run("graceful-a", topic, 20000, 50, 20000, SIGTERM, 0);
     char *log = tu_proc_log(&p);
     assert_non_null(strstr(log, "\"event\":\"relay.stopping\""));
     free(log);
@@ -235,13 +249,7 @@ static void graceful_shutdown_loses_nothing(void **state)
 static void kill9_mid_batch_loses_nothing(void **state)
 {
     const char *topic = "t.kill9";
-    emit_n(topic, 30000, 40);
-    tu_proc p = relay_spawn("kill9-a", NULL, NULL);
-    PGconn *c = tu_connect();
-    tu_await(c, "SELECT count(*) < 25000 FROM ferry.outbox WHERE topic = 't.kill9'", 60000);
-    PQfinish(c);
-    kill(p.pid, SIGKILL);
-    assert_int_equal(tu_proc_wait(&p, 10000), 128 + SIGKILL);
+    tu_proc p = relay_stopped_mid_run("kill9-a", topic, 30000, 40, 25000, SIGKILL, 128 + SIGKILL);
     tu_proc_done(&p);
     long long left = tu_outbox_rows(topic);
     assert_true(left > 0);                          /* it really died mid-way */
