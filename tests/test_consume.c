@@ -146,14 +146,7 @@ static void produce(const char *topic, const pmsg *msgs, size_t n,
         if (m->extra_name != NULL)
             rd_kafka_header_add(h, m->extra_name, -1, m->extra_value, -1);
         const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
-            RD_KAFKA_V_VALUE((void *)payload, strlen(payload)),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(h);
-            fail_msg("produce: %s", rd_kafka_err2str(e));
-        }
+        tu_produce_one(producer, topic, m->key, payload, strlen(payload), h);
     }
     assert_int_equal(rd_kafka_flush(producer, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }

@@ -99,14 +99,7 @@ static void produce_raw(const char *topic, const rawmsg *msgs, size_t n)
                                 m->extra[j].len ? (ssize_t)m->extra[j].len : -1);
         const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
         size_t plen = m->payload_len ? m->payload_len : strlen(payload);
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
-            RD_KAFKA_V_VALUE((void *)payload, plen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(h);
-            fail_msg("produce: %s", rd_kafka_err2str(e));
-        }
+        tu_produce_one(producer, topic, m->key, payload, plen, h);
     }
     assert_int_equal(rd_kafka_flush(producer, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }

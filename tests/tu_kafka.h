@@ -1,8 +1,8 @@
 /*
  * tu_kafka.h — the mock broker of a test binary, and the plain producer
- * the consumer tests write their input with. Unlike the other helpers
- * these run in cmocka group setup and teardown, so they report failure
- * by returning, not by failing a test.
+ * the consumer tests write their input with. The setup and teardown
+ * helpers run in cmocka group fixtures, so they report failure by
+ * returning; tu_produce_one fails the running test.
  */
 #ifndef FERRY_TU_KAFKA_H
 #define FERRY_TU_KAFKA_H
@@ -24,5 +24,10 @@ int tu_broker_group_teardown(void **state, kt_broker *broker);
 rd_kafka_t *tu_producer_new(const char *bootstrap, const char *const *props);
 /* Flush (bounded) and destroy; NULL is a no-op. */
 void tu_producer_destroy(rd_kafka_t *producer);
+
+/* Enqueue one message (value copied) with headers h, which it takes;
+ * fails the test if it cannot. The caller flushes. */
+void tu_produce_one(rd_kafka_t *producer, const char *topic, const char *key, const void *value,
+                    size_t len, rd_kafka_headers_t *h);
 
 #endif
