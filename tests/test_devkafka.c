@@ -131,6 +131,32 @@ static void prod_drain(prod *p, int timeout_ms)
     rd_kafka_flush(p->rk, timeout_ms);
 }
 
+/* Open a producer, send one message of key k, and wait for its delivery
+ * report, which must be a success. */
+static void send_delivered(kt_broker *kb, const char *topic, const char *value)
+{
+    prod p;
+    prod_open(&p, kt_bootstrap(kb), 10000, 0);
+    prod_send(&p, topic, "k", value, NULL, NULL, NULL, NULL);
+    prod_drain(&p, 10000);
+    assert_int_equal(p.delivered, 1);
+    prod_close(&p);
+}
+
+/* kt_consume of at most max messages (0: to the watermarks), which must
+ * be n, with these values in order when values is not NULL. The caller
+ * frees them. */
+static kt_msgs *consumed(kt_broker *kb, const char *topic, int max, int timeout_ms, int n,
+                         const char *const *values)
+{
+    kt_msgs *got = kt_consume(kt_bootstrap(kb), topic, max, timeout_ms);
+    assert_non_null(got);
+    assert_int_equal(got->count, n);
+    for (int i = 0; values != NULL && i < n; i++)
+        assert_string_equal(got->msgs[i].value, values[i]);
+    return got;
+}
+
 static long long now_ms(void)
 {
     struct timespec ts;
@@ -206,9 +232,7 @@ static void round_trip_keys_headers_order(void **state)
     prod_close(&p);
 
     /* All the topic holds (to its watermarks), proving there is no extra. */
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "orders", 0, 10000);
-    assert_non_null(got);
-    assert_int_equal(got->count, N);
+    kt_msgs *got = consumed(kb, "orders", 0, 10000, N, NULL);
     int partition_of[KEYS], last_seq[KEYS], used[4] = {0};
     for (int k = 0; k < KEYS; k++)
         partition_of[k] = last_seq[k] = -1;
@@ -279,12 +303,7 @@ static void broker_down_then_up(void **state)
     assert_int_equal(p.failed, 1);
     prod_close(&p);
 
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "fault", 3, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 2);
-    assert_string_equal(got->msgs[0].value, "before");
-    assert_string_equal(got->msgs[1].value, "after");
-    kt_msgs_free(got);
+    kt_msgs_free(consumed(kb, "fault", 3, 1500, 2, (const char *const[]){"before", "after"}));
 }
 
 /* Produce requests that fail with a retriable error are retried: the
@@ -336,13 +355,7 @@ static void produce_errors_are_retried(void **state)
     prod_close(&p);
 
     /* Retries did not duplicate anything. */
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "retried", 4, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 3);
-    assert_string_equal(got->msgs[0].value, "m0");
-    assert_string_equal(got->msgs[1].value, "m1");
-    assert_string_equal(got->msgs[2].value, "m2");
-    kt_msgs_free(got);
+    kt_msgs_free(consumed(kb, "retried", 4, 1500, 3, (const char *const[]){"m0", "m1", "m2"}));
 }
 
 /* rtt delays every response of the broker. */
@@ -395,16 +408,8 @@ static void topic_error_in_metadata(void **state)
     prod_close(&p);
 
     assert_int_equal(kt_command(kb, "topic-error secret NO_ERROR"), 0);
-    prod_open(&p, kt_bootstrap(kb), 10000, 0);
-    prod_send(&p, "secret", "k", "accepted", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
-    prod_close(&p);
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "secret", 2, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 1);
-    assert_string_equal(got->msgs[0].value, "accepted");
-    kt_msgs_free(got);
+    send_delivered(kb, "secret", "accepted");
+    kt_msgs_free(consumed(kb, "secret", 2, 1500, 1, (const char *const[]){"accepted"}));
 }
 
 /* Every bad line gets exactly one error line, and the channel stays in
@@ -521,15 +526,8 @@ static void survives_closed_stdin(void **state)
     kt_close_stdin(kb);
     sleep_ms(300);
     assert_int_equal(kt_wait(kb, 0), -1);   /* still running */
-    prod p;
-    prod_open(&p, kt_bootstrap(kb), 10000, 0);
-    prod_send(&p, "after-eof", "k", "v", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
-    prod_close(&p);
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "after-eof", 1, 10000);
-    assert_non_null(got);
-    assert_int_equal(got->count, 1);
+    send_delivered(kb, "after-eof", "v");
+    kt_msgs *got = consumed(kb, "after-eof", 1, 10000, 1, NULL);
     assert_string_equal(got->msgs[0].key, "k");
     kt_msgs_free(got);
     assert_int_equal(kt_terminate(kb), 0);
