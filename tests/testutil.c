@@ -393,6 +393,14 @@ void tu_temp_remove(char *path)
     free(path);
 }
 
+void tu_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
 FILE *tu_cat_pipe(const char *path, char *name, size_t size)
 {
     char *cmd = tu_sprintf("cat %s", path);

@@ -99,6 +99,8 @@ char *tu_slurp(const char *path, size_t *len);
  * path, malloc'd, for tu_temp_remove to unlink and free. */
 char *tu_temp_file(const char *text);
 void tu_temp_remove(char *path);
+/* Replace the file at path with text. */
+void tu_write_file(const char *path, const char *text);
 /* The file at path through a pipe (`cat path`), whose size a reader
  * cannot know in advance; its name, /dev/fd/N, into name. pclose it. */
 FILE *tu_cat_pipe(const char *path, char *name, size_t size);
