@@ -183,31 +183,29 @@ static int seen_at_least(const ferry_consumer_stats *s, long want)
                   s->held_parked + s->dead_lettered + s->discard_markers) >= want;
 }
 
-/* Poll until pred holds (bounded: fails the test after 60 s). */
-static void poll_until(ferry_consumer *c, stats_pred pred, long want)
+typedef struct stats_wait {
+    stats_pred pred;
+    long want;
+    ferry_consumer_stats s;     /* the last read */
+} stats_wait;
+
+static int stats_hold(ferry_consumer *c, void *arg)
 {
-    int64_t deadline = (int64_t)time(NULL) + 60;
-    ferry_consumer_stats s;
-    for (;;) {
-        ferry_consumer_stats_get(c, &s);
-        if (pred(&s, want))
-            return;
-        if ((int64_t)time(NULL) > deadline)
-            fail_msg("consumer: waited 60 s; applied %" PRIu64 " drained %" PRIu64
-                     " dup %" PRIu64 " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64
-                     " dead %" PRIu64 " (want %ld)",
-                     s.applied, s.drained, s.duplicates, s.late, s.held_gap, s.held_parked,
-                     s.dead_lettered, want);
-        ferry_error err;
-        assert_ferry_ok(ferry_consumer_poll(c, 100, &err), err);
-    }
+    stats_wait *w = arg;
+    ferry_consumer_stats_get(c, &w->s);
+    return w->pred(&w->s, w->want);
 }
 
-static void consumer_done(ferry_consumer *c)
+/* Poll until pred holds (bounded: fails the test after 60 s); the
+ * statistics that made it hold, which are those of now, since they change
+ * only inside ferry_consumer_poll. */
+static ferry_consumer_stats poll_until(ferry_consumer *c, stats_pred pred, long want)
 {
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_close(c, &err), err);
-    ferry_consumer_destroy(c);
+    stats_wait w = {pred, want};
+    char what[64];
+    snprintf(what, sizeof what, "the counts to reach %ld", want);
+    tu_poll_until(c, stats_hold, &w, 100, what);
+    return w.s;
 }
 
 /* The positions of key as consumer applied them, in the order applied:
@@ -317,13 +315,11 @@ static void applies_once_in_order(void **state)
     produce(topic, again, 3, NULL);
 
     ferry_consumer *c = consumer_new("c-order", topic, 0);
-    poll_until(c, seen_at_least, 9);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 9);
     assert_int_equal(s.applied, 6);
     assert_int_equal(s.late + s.duplicates, 3);
     assert_int_equal(s.offsets_stored, 9);
-    consumer_done(c);
+    tu_consumer_done(c);
 
     PGconn *conn = tu_connect();
     assert_order(conn, "c-order", "a", "1,2,3");
@@ -342,9 +338,7 @@ static void gap_is_held_until_filled(void **state)
     pmsg m1[3] = {{"g", 1}, {"g", 3}, {"g", 4}};
     produce(topic, m1, 3, NULL);
     ferry_consumer *c = consumer_new("c-gap", topic, 0);
-    poll_until(c, seen_at_least, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 3);
     assert_int_equal(s.applied, 1);
     assert_int_equal(s.held_gap, 2);
     PGconn *conn = tu_connect();
@@ -354,10 +348,9 @@ static void gap_is_held_until_filled(void **state)
 
     pmsg m2[1] = {{"g", 2}};
     produce(topic, m2, 1, NULL);
-    poll_until(c, applied_at_least, 4);
-    ferry_consumer_stats_get(c, &s);
+    s = poll_until(c, applied_at_least, 4);
     assert_int_equal(s.drained, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-gap", "g", "1,2,3,4");
     assert_int_equal(count(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = '%s'",
                            "c-gap"), 0);
@@ -376,7 +369,7 @@ static void gap_skipped_by_an_operator(void **state)
     assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 3);
     assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 0);
     poll_until(c, applied_at_least, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-skip", "s", "1,5");
     PQfinish(conn);
 }
@@ -389,13 +382,11 @@ static void discard_marker_fills_its_position(void **state)
     pmsg m[3] = {{"m", 1}, {"m", 2, "null", NULL, "ferry_discarded", "too large"}, {"m", 3}};
     produce(topic, m, 3, NULL);
     ferry_consumer *c = consumer_new("c-marker", topic, 0);
-    poll_until(c, seen_at_least, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 3);
     assert_int_equal(s.applied, 2);
     assert_int_equal(s.discard_markers, 1);
     assert_int_equal(s.held_gap, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-marker", "m", "1,3");
     PQfinish(conn);
@@ -412,9 +403,7 @@ static void poison_parks_its_key_only(void **state)
     produce(topic, m, 5, NULL);
     accept_poison = 0;
     ferry_consumer *c = consumer_new("c-poison", topic, 3);
-    poll_until(c, seen_at_least, 5);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 5);
     assert_int_equal(s.dead_lettered, 1);
     assert_int_equal(s.handler_failures, 3);
     assert_int_equal(s.held_parked, 1);
@@ -430,7 +419,7 @@ static void poison_parks_its_key_only(void **state)
                                   "'c-poison' AND ferry.replay_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 5);
     accept_poison = 0;
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-poison", "p", "1,2,3");
     assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 'p'"), 12);
     PQfinish(conn);
@@ -451,7 +440,7 @@ static void discarded_dead_letter_releases_the_key(void **state)
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
                                   "'c-discard' AND ferry.discard_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-discard", "d", "2,3");
     PQfinish(conn);
 }
@@ -467,15 +456,13 @@ static void bad_payloads_are_dead_lettered(void **state)
     produce(topic, m, 5, NULL);
     long calls = handler_calls;
     ferry_consumer *c = consumer_new("c-badjson", topic, 0);
-    poll_until(c, seen_at_least, 5);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 5);
     assert_int_equal(s.dead_lettered, 3);
     assert_int_equal(s.applied, 2);
     /* The handler's FERRY_EINVAL refuses the message at once: one call. */
     assert_int_equal(s.handler_failures, 1);
     assert_int_equal(handler_calls - calls, 3);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     /* One try each, as ferry.consume_fail counts a permanent failure (the
      * handler never saw them). */
@@ -499,13 +486,11 @@ static void transient_failures_are_retried(void **state)
     pmsg m[2] = {{"t", 1, "{\"retriable\": 4, \"amount\": 7}"}, {"t", 2}};
     produce(topic, m, 2, NULL);
     ferry_consumer *c = consumer_new("c-transient", topic, 2);
-    poll_until(c, applied_at_least, 2);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 2);
     assert_int_equal(s.transient_retries, 4);
     assert_int_equal(s.handler_failures, 0);
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 't'"), 8);
     PQfinish(conn);
@@ -528,11 +513,9 @@ static void database_restart_mid_stream(void **state)
     ferry_consumer *c = consumer_new("c-restart", topic, 0);
     poll_until(c, applied_at_least, 50);
     assert_int_equal(fpg_restart(tu_pg, "fast"), 0);
-    poll_until(c, applied_at_least, N);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, N);
     assert_true(s.reconnects >= 1);         /* the restart was felt */
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_each_applied_once(conn, "c-restart", "r", N);
     PQfinish(conn);
@@ -697,12 +680,10 @@ static void crash_between_commit_and_offset(void **state)
     /* The rest applied, and the last committed come again and skipped: it
      * may be the last of its partition, so it can arrive after all the
      * others. */
-    poll_until(c, applied_and_one_late, N - done);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_and_one_late, N - done);
     assert_true(s.late >= 1);               /* the last came again, and was skipped */
     assert_int_equal(s.applied, N - done);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_each_applied_once(conn, "c-crash1", "x", N);
     PQfinish(conn);
 }
@@ -724,7 +705,7 @@ static void crash_inside_the_transaction(void **state)
         assert_int_equal(done, 6);
     ferry_consumer *c = consumer_new("c-crash2", topic, 0);
     poll_until(c, applied_at_least, N - done);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_each_applied_once(conn, "c-crash2", "y", N);
     PQfinish(conn);
 }
@@ -804,15 +785,13 @@ static void end_to_end_through_the_relay(void **state)
     size_t published = got->count;
     kt_msgs_free(got);
     assert_true(published >= N);
-    poll_until(c, seen_at_least, (long)published);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, (long)published);
     fprintf(stderr, "e2e: %zu published for %d emitted; %" PRIu64 " late, %" PRIu64
             " duplicates\n", published, N, s.late, s.duplicates);
     assert_int_equal(s.applied, N);
     assert_int_equal(s.late + s.duplicates, published - N);
     assert_int_equal(s.held_gap, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'e%'"), N);
     PQfinish(conn);
 }
@@ -841,7 +820,7 @@ static void the_assignment_is_known_and_logged(void **state)
     int n = ferry_consumer_partitions(c, held, 8);
     assert_int_equal(ferry_consumer_partitions(c, NULL, 0), n);
     assert_int_equal(ferry_consumer_partitions(c, held, 2), n);     /* says how many */
-    consumer_done(c);
+    tu_consumer_done(c);
     fflush(stderr);
     assert_true(dup2(saved, STDERR_FILENO) >= 0);
     close(saved);
@@ -905,9 +884,7 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     produce(topic, m, 8, NULL);
     accept_poison = 0;
     ferry_consumer *c = consumer_new("c-bpoison", topic, 3);
-    poll_until(c, seen_at_least, 8);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 8);
     assert_true(s.batch_fallbacks >= 1);        /* the poison was in a batch */
     assert_true(s.batches >= 1);
     assert_int_equal(s.dead_lettered, 1);
@@ -915,7 +892,7 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     assert_int_equal(s.held_parked, 1);
     assert_int_equal(s.applied, 6);
     assert_int_equal(s.offsets_stored, 8);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'c-bpoison' AND aggregateid = 'p' AND seq = 1 AND "
@@ -947,12 +924,10 @@ static void crash_after_a_batch_commit_repeats_the_batch(void **state)
     assert_int_equal(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
                                   "WHERE consumer = 'c-bcrash'"), 1);
     ferry_consumer *c = consumer_new("c-bcrash", topic, 0);
-    poll_until(c, seen_at_least, N);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, N);
     assert_int_equal(s.late, done);             /* the batch again, all skipped */
     assert_int_equal(s.applied, N - done);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_each_applied_once(conn, "c-bcrash", "v", N);
     PQfinish(conn);
 }
@@ -969,13 +944,11 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
     char ids[6][FERRY_UUID_STRING_SIZE];
     produce(topic, m, 6, ids);
     ferry_consumer *c = consumer_new("c-balone", topic, 0);
-    poll_until(c, applied_at_least, 6);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 6);
     assert_true(s.batch_fallbacks >= 1);        /* it asked, inside a batch */
     assert_int_equal(s.handler_failures, 0);
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-balone", "k", "1,2,3,4");
     assert_order(conn, "c-balone", "m", "1,2");
@@ -1025,13 +998,11 @@ static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
     tu_consumer_db = NULL;
     free(db);
     assert_non_null(c);
-    poll_until(c, applied_and_dead, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_and_dead, 3);
     /* The poison's batch, if any, rolled back once; no batch failed for
      * want of a privilege (consume_finish_many's, say). */
     assert_true(s.batch_fallbacks <= 1);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-protoonly", "a", "1,2,3");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'c-protoonly' AND aggregateid = 'p' AND attempts = 2"), 1);
@@ -1052,12 +1023,10 @@ static void a_neighbours_failure_costs_a_message_no_attempt(void **state)
     produce(topic, m, 2, NULL);
     probe_attempt_max = 0;
     ferry_consumer *c = consumer_new("c-battempt", topic, 0);
-    poll_until(c, applied_at_least, 2);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 2);
     assert_true(s.batch_fallbacks >= 1);        /* r's failure rolled q's batch back */
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(probe_attempt_max, 1);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-battempt", "q", "1");

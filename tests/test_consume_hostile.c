@@ -112,35 +112,26 @@ static ferry_consumer *consumer_new(const char *name, const char *topic, int max
                            max_attempts);
 }
 
+typedef struct sql_wait {
+    PGconn *conn;
+    const char *cond;
+} sql_wait;
+
+static int sql_holds(ferry_consumer *c, void *arg)
+{
+    sql_wait *w = arg;
+    char *v = tu_str(w->conn, w->cond);
+    int holds = strcmp(v, "t") == 0;
+    free(v);
+    return holds;
+}
+
 /* Poll until the SQL condition (a boolean query) holds (bounded: fails after 60 s). Every
  * poll must return: a poll that does not is caught by the watchdog. */
 static void poll_until_sql(ferry_consumer *c, PGconn *conn, const char *cond)
 {
-    int64_t deadline = (int64_t)time(NULL) + 60;
-    for (;;) {
-        char *v = tu_str(conn, cond);
-        int holds = strcmp(v, "t") == 0;
-        free(v);
-        if (holds)
-            return;
-        if ((int64_t)time(NULL) > deadline) {
-            ferry_consumer_stats s;
-            ferry_consumer_stats_get(c, &s);
-            fail_msg("waited 60 s for: %s (applied %" PRIu64 " drained %" PRIu64
-                     " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64 " dead %" PRIu64 ")",
-                     cond, s.applied, s.drained, s.late, s.held_gap, s.held_parked,
-                     s.dead_lettered);
-        }
-        ferry_error err;
-        assert_ferry_ok(ferry_consumer_poll(c, 50, &err), err);
-    }
-}
-
-static void consumer_done(ferry_consumer *c)
-{
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_close(c, &err), err);
-    ferry_consumer_destroy(c);
+    sql_wait w = {conn, cond};
+    tu_poll_until(c, sql_holds, &w, 50, cond);
 }
 
 static void assert_order(PGconn *conn, const char *consumer, const char *key,
@@ -203,7 +194,7 @@ static void discard_consumes_exactly_its_own_position(void **state)
     produce_raw(topic, more, 4);
     poll_until_sql(c, conn, "SELECT count(*) = 2 FROM t_applied WHERE consumer = 'h-discard' "
                             "AND seq = 5");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "h-discard", "k", "1,3,5");
     assert_order(conn, "h-discard", "g", "1,2,3,5");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held "
@@ -288,7 +279,7 @@ static void hostile_messages_end_and_neighbours_flow(void **state)
     enum { NGOOD = sizeof good / sizeof good[0] };
     produce_raw(topic, good, NGOOD);
     poll_until_sql(c, conn, "SELECT count(*) = 11 FROM t_applied WHERE consumer = 'h-hostile'");
-    consumer_done(c);
+    tu_consumer_done(c);
     /* nul-held was held, then applied after 1 (its kept header and all). */
     assert_order(conn, "h-hostile", "nul-held", "1,2");
     assert_order(conn, "h-hostile", "t-type", "1");
@@ -332,7 +323,7 @@ static void claim_failure_is_bounded_and_loses_nothing(void **state)
     tu_exec(conn, "ALTER FUNCTION ferry.inbox_claim_away(text, uuid, text, text, bigint, "
                   "boolean) RENAME TO inbox_claim");
     poll_until_sql(c, conn, "SELECT count(*) = 1 FROM t_applied WHERE consumer = 'h-broken'");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'h-broken'"), 0);
     PQfinish(conn);
@@ -355,7 +346,7 @@ static void replayed_non_json_is_as_received(void **state)
                                   "ferry.dead_letter WHERE consumer = 'h-replay'"), 1);
     poll_until_sql(c, conn, "SELECT count(*) = 1 FROM ferry.dead_letter WHERE consumer = "
                             "'h-replay' AND reason LIKE 'payload is not valid JSON%'");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(handler_calls, calls);
     assert_order(conn, "h-replay", "r", "");
     PQfinish(conn);

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -446,4 +447,29 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
     ferry_error err;
     assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
     return c;
+}
+
+void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg), void *arg,
+                   int poll_ms, const char *what)
+{
+    int64_t deadline = (int64_t)time(NULL) + 60;
+    while (!holds(c, arg)) {
+        if ((int64_t)time(NULL) > deadline) {
+            ferry_consumer_stats s;
+            ferry_consumer_stats_get(c, &s);
+            fail_msg("waited 60 s for %s; applied %" PRIu64 " drained %" PRIu64 " dup %" PRIu64
+                     " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64 " dead %" PRIu64,
+                     what, s.applied, s.drained, s.duplicates, s.late, s.held_gap,
+                     s.held_parked, s.dead_lettered);
+        }
+        ferry_error err;
+        assert_ferry_ok(ferry_consumer_poll(c, poll_ms, &err), err);
+    }
+}
+
+void tu_consumer_done(ferry_consumer *c)
+{
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_close(c, &err), err);
+    ferry_consumer_destroy(c);
 }

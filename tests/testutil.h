@@ -123,6 +123,14 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
                                 ferry_handler_fn handler, void *arg,
                                 const char *const *kafka_props, int max_attempts);
 
+/* Poll c, poll_ms a call, until holds(c, arg) (asked before every poll)
+ * is true; fails the test after 60 s with what and the consumer's counts.
+ * A poll that fails fails the test too. */
+void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg), void *arg,
+                   int poll_ms, const char *what);
+/* Close c (which must succeed) and destroy it. */
+void tu_consumer_done(ferry_consumer *c);
+
 /* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
  * glob), when it is set; for working on one test at a time. */
 void tu_filter_from_env(void);
