@@ -578,12 +578,8 @@ static void limits_inclusive(void **state)
     assert_non_null(strstr(err.message, "as it will be published"));
     assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
     const char *p[1] = {compact};
-    PGresult *res = PQexecParams(c, "SELECT ferry.emit('t', 'compact', 'T', $1)", 1, NULL, p,
-                                 NULL, NULL, 0);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-    assert_non_null(strstr(PQresultErrorMessage(res), "as it will be published"));
-    PQclear(res);
+    tu_assert_sql_error_p(c, "SELECT ferry.emit('t', 'compact', 'T', $1)", 1, p, "22023",
+                          "payload", "as it will be published");
     tu_exec(c, "ROLLBACK");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE aggregateid = 'compact'"),
                      0);
@@ -717,12 +713,8 @@ static void relay_and_reconciler_roles(void **state)
     PGconn *r = tu_connect_as("svc_relay");
     assert_int_equal(tu_int(r, "SELECT count(*) FROM ferry.outbox"), 1);
     tu_exec(r, "UPDATE ferry.outbox SET attempts = attempts + 1");
-    PGresult *res = PQexec(r, "SELECT ferry.emit('t', 'k', 'T', '{}')");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
-    res = PQexec(r, "UPDATE ferry.outbox SET payload = '{}'");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(r, "SELECT ferry.emit('t', 'k', 'T', '{}')", "42501", NULL, NULL);
+    tu_assert_sql_error(r, "UPDATE ferry.outbox SET payload = '{}'", "42501", NULL, NULL);
     tu_exec(r, "DELETE FROM ferry.outbox");
 
     PGconn *rc = tu_connect_as("svc_recon");
@@ -730,13 +722,10 @@ static void relay_and_reconciler_roles(void **state)
     tu_exec(rc, "DELETE FROM ferry.inbox WHERE applied_at < now() - interval '7 days'");
     /* It moves over-attempted rows to the dead letters (DELETE, since
      * schema 4), but never writes or rewrites a message. */
-    res = PQexec(rc, "UPDATE ferry.outbox SET payload = '{}'");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
-    res = PQexec(rc, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, "
-                     "shard) VALUES (gen_random_uuid(), 't', 'k', 'T', '{}', 9, 0)");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(rc, "UPDATE ferry.outbox SET payload = '{}'", "42501", NULL, NULL);
+    tu_assert_sql_error(rc, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, "
+                            "seq, shard) VALUES (gen_random_uuid(), 't', 'k', 'T', '{}', 9, 0)",
+                        "42501", NULL, NULL);
     tu_exec(rc, "DELETE FROM ferry.outbox WHERE false");
     PQfinish(rc);
     PQfinish(r);

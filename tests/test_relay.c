@@ -821,9 +821,7 @@ static void bad_setup_exits_with_a_clear_error(void **state)
 
     /* Lowering the shard count would strand keys on unserved shards. */
     PGconn *c = tu_connect();
-    PGresult *res = PQexec(c, "UPDATE ferry.settings SET shard_count = 4");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    PQclear(res);
+    tu_assert_sql_error(c, "UPDATE ferry.settings SET shard_count = 4", "22023", NULL, NULL);
     PQfinish(c);
 
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};

@@ -603,14 +603,9 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
 
     /* SQL: the text overload (an untyped literal), as a service would. */
     const char *params[1] = {big};
-    PGresult *res = PQexecParams(c, "SELECT ferry.emit('f.size', 'big', 'Tested', $1)", 1, NULL,
-                                 params, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK)
-        fail_msg("ferry.emit() accepted a payload whose canonical text is 1200 bytes");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    assert_non_null(PQresultErrorField(res, PG_DIAG_COLUMN_NAME));
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-    PQclear(res);
+    /* Refused: its canonical text is 1200 bytes. */
+    tu_assert_sql_error_p(c, "SELECT ferry.emit('f.size', 'big', 'Tested', $1)", 1, params,
+                          "22023", "payload", NULL);
 
     /* The C API, in a transaction of the caller's. */
     ferry_error err;
@@ -624,8 +619,8 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
 
     /* What fits as published goes, both ways. */
     params[0] = fits;
-    res = PQexecParams(c, "SELECT ferry.emit('f.size', 'fits', 'Tested', $1)", 1, NULL, params,
-                       NULL, NULL, 0);
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit('f.size', 'fits', 'Tested', $1)", 1,
+                                 NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         fail_msg("ferry.emit() refused a payload of 900 canonical bytes: %s",
                  PQresultErrorMessage(res));

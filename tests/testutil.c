@@ -154,7 +154,16 @@ void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
 void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
                          const char *column, const char *in_message)
 {
-    PGresult *res = PQexec(conn, sql);
+    tu_assert_sql_error_p(conn, sql, 0, NULL, sqlstate, column, in_message);
+}
+
+void tu_assert_sql_error_p(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *sqlstate, const char *column, const char *in_message)
+{
+    /* PQexec without parameters, so that sql may hold several statements
+     * as the callers' fixtures do. */
+    PGresult *res = n == 0 ? PQexec(conn, sql)
+                           : PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
     const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
     /* Checked in full before failing, so that the message can say what

@@ -58,6 +58,9 @@ void tu_assert_str_of(PGconn *conn, char *sql, const char *want);
  * message when that is not NULL. */
 void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
                          const char *column, const char *in_message);
+/* The same for sql with n text parameters $1..$n. */
+void tu_assert_sql_error_p(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *sqlstate, const char *column, const char *in_message);
 
 /* Wait (bounded, polling the server, never a blind sleep) until sql
  * returns true; fails the test after timeout_ms. */
