@@ -88,6 +88,17 @@ static json_t *parse_json(const run *r)
     return root;
 }
 
+/* `status --db <the test cluster> --json`, which must exit with rc: its
+ * document, for the caller to json_decref. */
+static json_t *status_json(int rc)
+{
+    run r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
+    assert_int_equal(r.rc, rc);
+    json_t *root = parse_json(&r);
+    run_free(&r);
+    return root;
+}
+
 static json_t *shard_of(json_t *root, long long n)
 {
     size_t i;
@@ -299,9 +310,7 @@ static void dead_letters(void **state)
     tu_exec(c, "UPDATE ferry.dead_letter SET reason = 'multi\nline ' || repeat('x', 200) "
                "WHERE aggregateid = 'key-1'");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 0);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(0);
     json_t *dl = json_object_get(root, "dead_letters");
     assert_int_equal(json_integer_value(json_object_get(dl, "total")), 12);
     json_t *by = json_object_get(dl, "by_consumer");
@@ -334,9 +343,8 @@ static void dead_letters(void **state)
     assert_non_null(strstr(json_string_value(json_object_get(json_array_get(oldest, 1), "reason")),
                            "multi\nline"));
     json_decref(root);
-    run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), NULL);
+    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
     assert_int_equal(r.rc, 0);
     assert_non_null(strstr(r.out, "\ndead letters: 12\n"));
     size_t len;
@@ -491,9 +499,7 @@ static void verdict_no_relay(void **state)
     assert_non_null(strstr(r.out, "gone"));    /* the stopped relay is shown, not live */
     run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 4);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(4);
     json_t *v = json_object_get(root, "verdict");
     assert_true(json_is_false(json_object_get(v, "ok")));
     assert_int_equal(json_integer_value(json_object_get(v, "live_relays")), 0);
@@ -505,7 +511,6 @@ static void verdict_no_relay(void **state)
     assert_int_equal(json_array_size(relays), 1);
     assert_true(json_is_false(json_object_get(json_array_get(relays, 0), "live")));
     json_decref(root);
-    run_free(&r);
     PQfinish(c);
 }
 
@@ -532,9 +537,7 @@ static void verdict_relay_keeping_up(void **state)
     assert_non_null(relay);
     run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 0);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(0);
     json_t *v = json_object_get(root, "verdict");
     assert_true(json_is_true(json_object_get(v, "ok")));
     assert_int_equal(json_integer_value(json_object_get(v, "shards_served")), 16);
@@ -543,7 +546,6 @@ static void verdict_relay_keeping_up(void **state)
     assert_true(json_is_true(json_object_get(r1, "live")));
     assert_int_equal(json_array_size(json_object_get(r1, "shards")), 16);
     json_decref(root);
-    run_free(&r);
 
     tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '100 seconds', "
                "  available_at = now() - interval '100 seconds' WHERE aggregateid = 'k1'");
