@@ -455,6 +455,21 @@ static const char *first_line(const char *text, char *buf, size_t len)
     return buf;
 }
 
+/* `status --db <the test cluster>` (with --max-lag max_lag unless that is
+ * NULL), which must exit with rc, its first line starting with verdict:
+ * the run, for the caller to run_free. */
+static run status_verdict(const char *max_lag, int rc, const char *verdict)
+{
+    run r = max_lag ? run_status("--db", fpg_conninfo(tu_pg), "--max-lag", max_lag, NULL)
+                    : run_status("--db", fpg_conninfo(tu_pg), NULL);
+    char line[256];
+    assert_int_equal(r.rc, rc);
+    first_line(r.out, line, sizeof line);
+    if (strncmp(line, verdict, strlen(verdict)) != 0)
+        fail_msg("verdict: %s", line);
+    return r;
+}
+
 /* No relay has a live heartbeat and rows are ready: the verdict says so
  * in the first line, the exit is 4 (as `ferry-reconcile check` finding a
  * problem), and no age in the output is negative. */
@@ -476,12 +491,7 @@ static void verdict_no_relay(void **state)
                "('relay:gone', 'gone', 1, now() - interval '5 seconds', "
                " now() - interval '15 seconds')");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
-    char line[256];
-    assert_int_equal(r.rc, 4);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "PROBLEM: no relay is live; 4 rows ready, oldest 20", 50) != 0)
-        fail_msg("verdict: %s", line);
+    run r = status_verdict(NULL, 4, "PROBLEM: no relay is live; 4 rows ready, oldest 20");
     for (const char *m = r.out; (m = strstr(m, " -")) != NULL; m++)   /* no negative number */
         if (m[2] >= '0' && m[2] <= '9')
             fail_msg("a negative number in:\n%s", r.out);
@@ -526,12 +536,7 @@ static void verdict_relay_keeping_up(void **state)
                "  FROM generate_series(0, 15) i");
     tu_exec(c, "SELECT ferry.emit('t', 'k' || i, 'T', '{}') FROM generate_series(1, 3) i");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
-    char line[256];
-    assert_int_equal(r.rc, 0);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "ok: 1 relay live, 16/16 shards served, oldest ready row ", 56) != 0)
-        fail_msg("verdict: %s", line);
+    run r = status_verdict(NULL, 0, "ok: 1 relay live, 16/16 shards served, oldest ready row ");
     size_t len;
     const char *relay = line_starting(r.out, "r1", &len);
     assert_non_null(relay);
@@ -549,11 +554,7 @@ static void verdict_relay_keeping_up(void **state)
 
     tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '100 seconds', "
                "  available_at = now() - interval '100 seconds' WHERE aggregateid = 'k1'");
-    r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "30", NULL);
-    assert_int_equal(r.rc, 4);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "PROBLEM: behind: oldest ready row 10", 36) != 0)
-        fail_msg("verdict: %s", line);
+    r = status_verdict("30", 4, "PROBLEM: behind: oldest ready row 10");
     run_free(&r);
     r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "300", NULL);
     assert_int_equal(r.rc, 0);
