@@ -91,17 +91,14 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
              json_integer_value(json_object_get(m->payload, "amount")));
     snprintf(seq, sizeof seq, "%" PRId64, m->position);
     const char *p[6] = {(const char *)arg, m->topic, m->key, seq, m->id, amount};
-    PGresult *res = PQexecParams(conn,
-                                 "WITH a AS (INSERT INTO t_account AS a (id, balance) "
-                                 "  VALUES ($3, $6::bigint) ON CONFLICT (id) DO UPDATE "
-                                 "  SET balance = a.balance + EXCLUDED.balance) "
-                                 "INSERT INTO t_applied (consumer, topic, key, seq, id, amount) "
-                                 "VALUES ($1, $2, $3, $4::bigint, $5::uuid, $6::bigint)",
-                                 6, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit");
-    PQclear(res);
+    ferry_code rc = tu_handler_exec(conn,
+                                    "WITH a AS (INSERT INTO t_account AS a (id, balance) "
+                                    "  VALUES ($3, $6::bigint) ON CONFLICT (id) DO UPDATE "
+                                    "  SET balance = a.balance + EXCLUDED.balance) "
+                                    "INSERT INTO t_applied (consumer, topic, key, seq, id, "
+                                    "amount) VALUES ($1, $2, $3, $4::bigint, $5::uuid, "
+                                    "$6::bigint)",
+                                    6, p, "could not credit", err);
     if (kill_at_call > 0 && handler_calls == kill_at_call)
         raise(SIGKILL);     /* inside the transaction, before COMMIT */
     return rc;

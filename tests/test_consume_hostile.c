@@ -52,15 +52,10 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
              json_integer_value(json_object_get(m->payload, "amount")));
     snprintf(seq, sizeof seq, "%" PRId64, m->position);
     const char *p[5] = {(const char *)arg, m->topic, m->key, seq, amount};
-    PGresult *res = PQexecParams(conn,
-                                 "INSERT INTO t_applied (consumer, topic, key, seq, amount) "
-                                 "VALUES ($1, $2, $3, $4::bigint, $5::bigint)",
-                                 5, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit");
-    PQclear(res);
-    return rc;
+    return tu_handler_exec(conn,
+                           "INSERT INTO t_applied (consumer, topic, key, seq, amount) "
+                           "VALUES ($1, $2, $3, $4::bigint, $5::bigint)",
+                           5, p, "could not credit", err);
 }
 
 /* ------------------------------------------------------------------ producing */

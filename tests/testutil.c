@@ -458,6 +458,17 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
     return c;
 }
 
+ferry_code tu_handler_exec(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *what, ferry_error *err)
+{
+    PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, what);
+    PQclear(res);
+    return rc;
+}
+
 void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg), void *arg,
                    int poll_ms, const char *what)
 {

@@ -126,6 +126,13 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
                                 ferry_handler_fn handler, void *arg,
                                 const char *const *kafka_props, int max_attempts);
 
+/* For a consumer's handler: run sql with n text parameters, which must
+ * succeed as a command; else the server's error into err, prefixed with
+ * what ("could not credit"), and its code. Calls no cmocka function: the
+ * consumer reports what the handler returns. */
+ferry_code tu_handler_exec(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *what, ferry_error *err);
+
 /* Poll c, poll_ms a call, until holds(c, arg) (asked before every poll)
  * is true; fails the test after 60 s with what and the consumer's counts.
  * A poll that fails fails the test too. */
