@@ -1110,25 +1110,11 @@ static int group_teardown(void **state)
     return tu_broker_group_teardown(state, broker);
 }
 
-/* The pass without batches: this binary again, at the same time. */
-static pid_t start_unbatched_pass(void)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-        execl("/proc/self/exe", "test_consume", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv);
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
-        unbatched = start_unbatched_pass();
+    pid_t unbatched = tu_unbatched_pass_start("test_consume");
     /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
      * turns them on for every consumer it makes. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
@@ -1175,14 +1161,5 @@ int main(int argc, char **argv)
     int failed = _cmocka_run_group_tests(batches_on() ? "test_consume, with batches"
                                                       : "test_consume, one per transaction",
                                          all, n, group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_consume: the pass without batches failed (status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_consume");
 }

@@ -379,16 +379,7 @@ static int group_teardown(void **state)
  */
 int main(void)
 {
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL &&
-        getenv("FERRY_TEST_ONE_PASS") == NULL) {
-        unbatched = fork();
-        if (unbatched == 0) {
-            setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-            execl("/proc/self/exe", "test_consume_hostile", (char *)NULL);
-            _exit(127);
-        }
-    }
+    pid_t unbatched = tu_unbatched_pass_start("test_consume_hostile");
     /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
      * turns them on for every consumer it makes. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
@@ -402,15 +393,5 @@ int main(void)
     };
     tu_filter_from_env();
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_consume_hostile: the pass without batches failed "
-                            "(status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_consume_hostile");
 }

@@ -772,32 +772,14 @@ static void saga_numbers_keep_their_digits(void **state)
     ferry_saga_registry_destroy(r);
 }
 
-/*
- * The tests run twice, at the same time, each pass with its own cluster
- * and broker: with batches (the library's default, batch_max 100) and
- * with one message per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a
- * test hook of the library, inherited by the orchestrator process).
- */
-static pid_t start_unbatched_pass(void)
-{
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-        execl("/proc/self/exe", "test_saga", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
         return orchestrator_main(argv);
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
-        unbatched = start_unbatched_pass();
+    /* The tests run twice at once, the second pass with one message per
+     * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
+     * library, inherited by the orchestrator process). */
+    pid_t unbatched = tu_unbatched_pass_start("test_saga");
     const char *hook = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
     int batched = hook == NULL || strtol(hook, NULL, 10) != 1;
     const struct CMUnitTest tests[] = {
@@ -816,14 +798,5 @@ int main(int argc, char **argv)
     int failed = tu_run_group(batched ? "test_saga, with batches"
                                       : "test_saga, one message per transaction",
                               tests, sizeof tests / sizeof tests[0], group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_saga: the pass without batches failed (status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_saga");
 }

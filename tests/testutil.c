@@ -493,3 +493,32 @@ void tu_consumer_done(ferry_consumer *c)
     assert_ferry_ok(ferry_consumer_close(c, &err), err);
     ferry_consumer_destroy(c);
 }
+
+pid_t tu_unbatched_pass_start(const char *name)
+{
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") != NULL || getenv("FERRY_TEST_ONE_PASS") != NULL)
+        return -1;
+    /* What is buffered would be written twice. */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
+        execl("/proc/self/exe", name, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+int tu_unbatched_pass_wait(pid_t pid, const char *name)
+{
+    if (pid <= 0)
+        return 0;
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    fprintf(stderr, "%s: the pass without batches failed (status %d)\n", name, st);
+    return 1;
+}

@@ -141,6 +141,17 @@ void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg)
 /* Close c (which must succeed) and destroy it. */
 void tu_consumer_done(ferry_consumer *c);
 
+/* The consumer binaries (test_consume, test_consume_hostile, test_saga)
+ * run their tests twice at the same time, each pass with its own cluster:
+ * with batches and with one message a transaction. Called first in main:
+ * unless FERRY_CONSUMER_TEST_BATCH_MAX (this is that second pass) or
+ * FERRY_TEST_ONE_PASS is set, start this binary (name, for argv[0]) again
+ * with FERRY_CONSUMER_TEST_BATCH_MAX=1; its pid, or -1 when not started. */
+pid_t tu_unbatched_pass_start(const char *name);
+/* Wait for that pass (pid -1: none): 0 when it passed, else 1 after
+ * saying so. */
+int tu_unbatched_pass_wait(pid_t pid, const char *name);
+
 /* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
  * glob), when it is set; for working on one test at a time. */
 void tu_filter_from_env(void);
