@@ -296,10 +296,8 @@ static void a_failure_mid_batch_is_applied_apart_and_every_saga_completes(void *
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    PGconn *c = tu_connect();
-    if ((broker = tu_saga_setup(c, topic_of)) == NULL)
+    PGconn *c = tu_saga_group_setup(state, topic_of, &broker);
+    if (c == NULL)
         return -1;
     PQfinish(c);
     const char *args[] = {"--set", "poll_interval_ms=50", NULL};

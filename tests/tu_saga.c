@@ -97,3 +97,16 @@ void tu_saga_teardown(ferry_consumer *cons[TU_C_COUNT], ferry_saga_registry *reg
         tu_proc_finish(relay, 30000);
     kt_stop(broker);
 }
+
+PGconn *tu_saga_group_setup(void **state, const char *const topics[TU_C_COUNT],
+                            kt_broker **broker)
+{
+    if (tu_group_setup(state) != 0)
+        return NULL;
+    PGconn *c = tu_connect();
+    if ((*broker = tu_saga_setup(c, topics)) == NULL) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}

@@ -32,6 +32,12 @@ extern ferry_participant tu_saga_parts[TU_C_COUNT];
  * orchestrator's first; two partitions each): the broker, or NULL with the
  * reason on stderr. */
 kt_broker *tu_saga_setup(PGconn *c, const char *const topics[TU_C_COUNT]);
+/* cmocka group setup of a saga binary: tu_group_setup, then
+ * tu_saga_setup on a new connection, the broker into *broker. That
+ * connection, for the binary's own fixtures (the caller finishes it), or
+ * NULL when something failed. */
+PGconn *tu_saga_group_setup(void **state, const char *const topics[TU_C_COUNT],
+                            kt_broker **broker);
 
 /* The consumer `which` of topic: the orchestrator's applies replies to
  * reg; a participant's runs handler with &tu_saga_parts[which]. props as
