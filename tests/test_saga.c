@@ -120,15 +120,7 @@ static ferry_consumer *consumer_new(int which)
 
 static ferry_saga_registry *registry_new(const char *yaml)
 {
-    ferry_saga_def *def = NULL;
-    ferry_saga_load_errors errs;
-    if (ferry_saga_def_parse(yaml, strlen(yaml), "order-test.yaml", &def, &errs) != FERRY_OK)
-        fail_msg("order yaml: %s: %s", errs.errors[0].field, errs.errors[0].message);
-    ferry_saga_registry *r = NULL;
-    ferry_error err;
-    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
-    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
-    return r;
+    return tu_saga_registry(yaml, "order-test.yaml");
 }
 
 /* Poll the consumers in mask and fire due timers until sql (over conn) is

@@ -110,3 +110,16 @@ PGconn *tu_saga_group_setup(void **state, const char *const topics[TU_C_COUNT],
     }
     return c;
 }
+
+ferry_saga_registry *tu_saga_registry(const char *yaml, const char *name)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_parse(yaml, strlen(yaml), name, &def, &errs) != FERRY_OK)
+        fail_msg("%s: %s: %s", name, errs.errors[0].field, errs.errors[0].message);
+    ferry_saga_registry *r = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
+    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
+    return r;
+}
