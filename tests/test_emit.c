@@ -616,14 +616,13 @@ static void hostile_strings_stored_verbatim(void **state)
     tu_exec(c, "COMMIT");
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const char *params[1] = {keys[i]};
-        PGresult *res = PQexecParams(c, "SELECT count(*) FROM ferry.outbox WHERE "
-                                        "aggregateid = $1 AND type = $1 AND payload->>'q' = "
-                                        "'''\"; DROP TABLE x; --' AND headers->>'x-evil' = "
-                                        "'''); DROP TABLE ferry.outbox; --'",
-                                     1, NULL, params, NULL, NULL, 0);
-        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
-        assert_string_equal(PQgetvalue(res, 0, 0), "1");
-        PQclear(res);
+        char *n = tu_str_p(c, "SELECT count(*) FROM ferry.outbox WHERE "
+                              "aggregateid = $1 AND type = $1 AND payload->>'q' = "
+                              "'''\"; DROP TABLE x; --' AND headers->>'x-evil' = "
+                              "'''); DROP TABLE ferry.outbox; --'",
+                           1, params);
+        assert_string_equal(n, "1");
+        free(n);
     }
     PQfinish(c);
 }

@@ -50,17 +50,12 @@ static char *claim(PGconn *c, const lmsg *m)
     snprintf(seq, sizeof seq, "%ld", m->seq);
     const char *p[6] = {CONSUMER, m->id, m->key, m->seq ? seq : NULL, m->payload,
                         m->headers ? m->headers : "{}"};
-    PGresult *res = PQexecParams(c,
-                                 "SELECT verdict || '/' || drain FROM ferry.consume_claim("
-                                 "consumer => $1, id => $2::uuid, topic => 'credits', key => $3, "
-                                 "seq => $4::bigint, payload => $5, headers => $6::jsonb, "
-                                 "type => 'Credited')",
-                                 6, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("consume_claim: %s", PQresultErrorMessage(res));
-    char *out = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return out;
+    return tu_str_p(c,
+                    "SELECT verdict || '/' || drain FROM ferry.consume_claim("
+                    "consumer => $1, id => $2::uuid, topic => 'credits', key => $3, "
+                    "seq => $4::bigint, payload => $5, headers => $6::jsonb, "
+                    "type => 'Credited')",
+                    6, p);
 }
 
 /*

@@ -88,9 +88,12 @@ int tu_exec_once(const char *sql)
     return 0;
 }
 
-static PGresult *one_row(PGconn *conn, const char *sql)
+/* sql's result, which must have a row; n text parameters $1..$n (0: a
+ * plain PQexec, so that sql may hold several statements). */
+static PGresult *one_row_p(PGconn *conn, const char *sql, int n, const char *const *params)
 {
-    PGresult *res = PQexec(conn, sql);
+    PGresult *res = n == 0 ? PQexec(conn, sql)
+                           : PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
@@ -98,6 +101,11 @@ static PGresult *one_row(PGconn *conn, const char *sql)
         fail_msg("SQL returned no row: %s\n  %s", sql, msg);
     }
     return res;
+}
+
+static PGresult *one_row(PGconn *conn, const char *sql)
+{
+    return one_row_p(conn, sql, 0, NULL);
 }
 
 long long tu_int(PGconn *conn, const char *sql)
@@ -110,7 +118,12 @@ long long tu_int(PGconn *conn, const char *sql)
 
 char *tu_str(PGconn *conn, const char *sql)
 {
-    PGresult *res = one_row(conn, sql);
+    return tu_str_p(conn, sql, 0, NULL);
+}
+
+char *tu_str_p(PGconn *conn, const char *sql, int n, const char *const *params)
+{
+    PGresult *res = one_row_p(conn, sql, n, params);
     char *v = PQgetisnull(res, 0, 0) ? NULL : strdup(PQgetvalue(res, 0, 0));
     PQclear(res);
     return v;

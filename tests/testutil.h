@@ -44,6 +44,8 @@ int tu_exec_once(const char *sql);
 long long tu_int(PGconn *conn, const char *sql);
 /* ... as a string: malloc'd, caller frees; NULL for SQL NULL. */
 char *tu_str(PGconn *conn, const char *sql);
+/* ... of sql with n text parameters $1..$n. */
+char *tu_str_p(PGconn *conn, const char *sql, int n, const char *const *params);
 /* printf-style SQL into a static-free buffer: caller frees. */
 char *tu_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* tu_int and tu_str of sql, which they then free: for SQL that tu_sprintf
