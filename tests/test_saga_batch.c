@@ -179,6 +179,14 @@ static void start_and_pump(PGconn *conn, const char *prefix, const char *(*behav
     free(done);
 }
 
+/* How many actions were applied for the sagas of orders prefix-N. */
+static long long actions_done(PGconn *conn, const char *prefix)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
+                                      "s.id = e.saga WHERE s.context->>'order_id' LIKE '%s-%%' "
+                                      "AND e.what = 'do'", prefix));
+}
+
 static const char *all_ok(int i) { return "ok"; }
 static const char *every_fourth_refused(int i) { return i % 4 == 1 ? "refuse" : "ok"; }
 
@@ -202,9 +210,7 @@ static void many_sagas_at_once_all_complete_in_batches(void **state)
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE context->>'order_id' "
                                   "LIKE 'all-%' AND state <> 'completed'"), 0);
     /* Each action once, nothing undone. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
-                                  "s.id = e.saga WHERE s.context->>'order_id' LIKE 'all-%' "
-                                  "AND e.what = 'do'"), 3 * SAGAS);
+    assert_int_equal(actions_done(conn, "all"), 3 * SAGAS);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT e.saga, e.participant FROM "
                                   "t_effect e GROUP BY 1, 2 HAVING count(*) > 1) d"), 0);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect WHERE what = 'undo'"), 0);
@@ -283,9 +289,7 @@ static void a_failure_mid_batch_is_applied_apart_and_every_saga_completes(void *
     ferry_consumer_stats s;
     stats_of(TU_C_INVENTORY, &s);
     assert_true(s.batch_fallbacks > before.batch_fallbacks);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
-                                  "s.id = e.saga WHERE s.context->>'order_id' LIKE 'mid-%' "
-                                  "AND e.what = 'do'"), 3 * SAGAS);
+    assert_int_equal(actions_done(conn, "mid"), 3 * SAGAS);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT e.saga, e.participant FROM "
                                   "t_effect e GROUP BY 1, 2, e.what HAVING count(*) > 1) d"), 0);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter"), 0);
