@@ -228,6 +228,14 @@ static void assert_order(PGconn *conn, const char *consumer, const char *key,
 
 #define count(conn, fmt, arg) tu_int_of((conn), tu_sprintf((fmt), (arg)))
 
+/* How many rows of ferry.table (dead_letter or inbox_held, as d) belong
+ * to consumer and meet cond. */
+static long long rows_of(PGconn *conn, const char *table, const char *consumer, const char *cond)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM ferry.%s d WHERE consumer = '%s' "
+                                      "AND (%s)", table, consumer, cond));
+}
+
 static long applied_by(PGconn *conn, const char *consumer)
 {
     return (long)tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_applied "
@@ -405,15 +413,14 @@ static void poison_parks_its_key_only(void **state)
     assert_int_equal(s.handler_failures, 3);
     assert_int_equal(s.held_parked, 1);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-poison' AND aggregateid = 'p' AND seq = 2 AND attempts = 3 "
-                                  "AND reason LIKE '%always fails%'"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-poison",
+                             "aggregateid = 'p' AND seq = 2 AND attempts = 3 AND reason LIKE "
+                             "'%always fails%'"), 1);
     assert_order(conn, "c-poison", "p", "1");
     assert_order(conn, "c-poison", "ok", "1,2");
 
     accept_poison = 1;
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
-                                  "'c-poison' AND ferry.replay_dead_letter(d.id)"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-poison", "ferry.replay_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 5);
     accept_poison = 0;
     tu_consumer_done(c);
@@ -432,10 +439,9 @@ static void discarded_dead_letter_releases_the_key(void **state)
     ferry_consumer *c = consumer_new("c-discard", topic, 2);
     poll_until(c, seen_at_least, 3);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
-                                  "'c-discard' AND reason = 'parked'"), 2);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
-                                  "'c-discard' AND ferry.discard_dead_letter(d.id)"), 1);
+    assert_int_equal(rows_of(conn, "inbox_held", "c-discard", "reason = 'parked'"), 2);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-discard",
+                             "ferry.discard_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 2);
     tu_consumer_done(c);
     assert_order(conn, "c-discard", "d", "2,3");
@@ -463,15 +469,14 @@ static void bad_payloads_are_dead_lettered(void **state)
     PGconn *conn = tu_connect();
     /* One try each, as ferry.consume_fail counts a permanent failure (the
      * handler never saw them). */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND attempts = 1 AND reason LIKE "
-                                  "'payload is not valid JSON%'"), 2);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND aggregateid = 'v' AND attempts = 1 AND "
-                                  "reason LIKE '%is not a number'"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "attempts = 1 AND reason LIKE 'payload is not valid JSON%'"), 2);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "aggregateid = 'v' AND attempts = 1 AND "
+                             "reason LIKE '%is not a number'"), 1);
     /* Kept as received, as a JSON string. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND payload = to_jsonb('{not json'::text)"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "payload = to_jsonb('{not json'::text)"), 1);
     PQfinish(conn);
 }
 
@@ -891,9 +896,8 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     assert_int_equal(s.offsets_stored, 8);
     tu_consumer_done(c);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-bpoison' AND aggregateid = 'p' AND seq = 1 AND "
-                                  "attempts = 3"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-bpoison",
+                             "aggregateid = 'p' AND seq = 1 AND attempts = 3"), 1);
     assert_order(conn, "c-bpoison", "a", "1,2,3");
     assert_order(conn, "c-bpoison", "b", "1");
     assert_order(conn, "c-bpoison", "c", "1,2");
@@ -1001,10 +1005,9 @@ static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
     assert_true(s.batch_fallbacks <= 1);
     tu_consumer_done(c);
     assert_order(conn, "c-protoonly", "a", "1,2,3");
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-protoonly' AND aggregateid = 'p' AND attempts = 2"), 1);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
-                                  "'c-protoonly'"), 0);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-protoonly",
+                             "aggregateid = 'p' AND attempts = 2"), 1);
+    assert_int_equal(rows_of(conn, "inbox_held", "c-protoonly", "true"), 0);
     PQfinish(conn);
 }
 
