@@ -242,6 +242,16 @@ static long applied_by(PGconn *conn, const char *consumer)
                                             "WHERE consumer = '%s'", consumer));
 }
 
+/* How many of consumer's applications do not follow the one before of
+ * their key (position + 1), in the order applied. */
+static long long out_of_order(PGconn *conn, const char *consumer)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
+                                      "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
+                                      "WHERE consumer = '%s') x "
+                                      "WHERE prev IS NOT NULL AND seq <> prev + 1", consumer));
+}
+
 /* Each of the n credits (one each, to the accounts prefix<digit>) was
  * applied by consumer exactly once: n applications of n distinct
  * messages, and n credited. */
@@ -738,14 +748,10 @@ static void rebalance_applies_each_once(void **state)
     assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), N);
     free(out_a);
     free(out_b);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
-                                  "'c-rebalance'"), N);
+    assert_int_equal(applied_by(conn, "c-rebalance"), N);
     assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'z%'"), N);
     /* And in order per key. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
-                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
-                                  "WHERE consumer = 'c-rebalance') x "
-                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    assert_int_equal(out_of_order(conn, "c-rebalance"), 0);
     PQfinish(conn);
 }
 
@@ -1079,12 +1085,8 @@ static void a_rebalance_while_a_batch_is_gathered(void **state)
     free(out_a);
     free(out_b);
     free(env_a);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
-                                  "'c-brebalance'"), N);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
-                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
-                                  "WHERE consumer = 'c-brebalance') x "
-                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    assert_int_equal(applied_by(conn, "c-brebalance"), N);
+    assert_int_equal(out_of_order(conn, "c-brebalance"), 0);
     PQfinish(conn);
 }
 
