@@ -1094,16 +1094,11 @@ static void a_rebalance_while_a_batch_is_gathered(void **state)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
+    if (tu_broker_group_setup(state, &broker) != 0)
         return -1;
-    PGconn *c = tu_connect();
-    tu_exec(c, "CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL)");
-    tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-               "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
-    PQfinish(c);
-    broker = kt_start(1);
-    if (broker == NULL)
-        return -1;
+    tu_exec_once("CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL); "
+                 "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
+                 "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
     static const char *const props[] = {"partitioner", "murmur2_random", NULL};
     producer = tu_producer_new(kt_bootstrap(broker), props);
     return producer == NULL ? -1 : 0;

@@ -352,15 +352,10 @@ static void replayed_non_json_is_as_received(void **state)
 static int group_setup(void **state)
 {
     alarm(WATCHDOG_S);      /* a poll that never returns fails the run */
-    if (tu_group_setup(state) != 0)
+    if (tu_broker_group_setup(state, &broker) != 0)
         return -1;
-    PGconn *c = tu_connect();
-    tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-               "seq bigint, amount bigint)");
-    PQfinish(c);
-    broker = kt_start(1);
-    if (broker == NULL)
-        return -1;
+    tu_exec_once("CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
+                 "seq bigint, amount bigint)");
     producer = tu_producer_new(kt_bootstrap(broker), NULL);
     return producer == NULL ? -1 : 0;
 }
