@@ -176,24 +176,6 @@ static void assert_value(const relay_config *c, const char *key, const char *wan
         fail_msg("%s: expected \"%s\", got \"%s\"", key, want, got);
 }
 
-/* The whole file, NUL-terminated, or NULL if it does not exist. */
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        assert_int_equal(errno, ENOENT);
-        return NULL;
-    }
-    char *buf = calloc(1, 65536);
-    assert_non_null(buf);
-    size_t n = fread(buf, 1, 65535, f);
-    assert_false(ferror(f));
-    assert_true(feof(f));
-    fclose(f);
-    buf[n] = '\0';
-    return buf;
-}
-
 /* NAME.yaml -> NAME.SUFFIX */
 static void sibling(const char *yaml, const char *suffix, char *out, size_t len)
 {
@@ -220,7 +202,7 @@ static void valid_files_load(void **state)
             continue;
         }
         sibling(path, "expect", expect_path, sizeof expect_path);
-        char *expect = slurp(expect_path);
+        char *expect = tu_slurp(expect_path, NULL);
         int checked = 0;
         for (char *line = expect ? strtok(expect, "\n") : NULL; line; line = strtok(NULL, "\n")) {
             char *eq = strchr(line, '=');
@@ -263,7 +245,7 @@ static void invalid_files_fail(void **state)
         const char *path = g.gl_pathv[i];
         char err_path[512], err[512];
         sibling(path, "err", err_path, sizeof err_path);
-        char *want = slurp(err_path);
+        char *want = tu_slurp(err_path, NULL);
         if (!want || !want[0]) {
             print_error("%s: no expected error (%s)\n", path, err_path);
             failures++;
@@ -713,14 +695,6 @@ static void sample_value(const char *name, char *buf, size_t len)
     snprintf(buf, len, "%ld", strtol(def, NULL, 10) + 1);
 }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_int_equal(fputs(text, f) >= 0, 1);
-    assert_int_equal(fclose(f), 0);
-}
-
 /* A file with several mistakes: each is reported, one a line, in the
  * order of the file, as "FILE:LINE:COLUMN: KEY: ..." (lib/yaml_walk.c,
  * as for saga definitions and the reconciler's files), not only the
@@ -732,7 +706,7 @@ static void every_error_in_a_file_is_reported_with_its_place(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    write_file(path, "batch_size: 12abc\n"
+    tu_write_file(path, "batch_size: 12abc\n"
                      "log_level: loud\n"
                      "db: dbname=app\n"
                      "unknown_thing: 1\n"
@@ -781,7 +755,7 @@ static void every_setting_through_file_env_and_flags(void **state)
     fd = mkstemp(base);
     assert_true(fd >= 0);
     close(fd);
-    write_file(base, "db: dbname=base\nkafka: {bootstrap.servers: \"base:1\"}\n");
+    tu_write_file(base, "db: dbname=base\nkafka: {bootstrap.servers: \"base:1\"}\n");
 
     size_t n = relay_config_setting_count();
     assert_true(n >= 14);
@@ -801,7 +775,7 @@ static void every_setting_through_file_env_and_flags(void **state)
         else
             snprintf(text, sizeof text, "db: x\nkafka: {bootstrap.servers: e}\n%s: %s\n", name,
                      value);
-        write_file(path, text);
+        tu_write_file(path, text);
         LOAD_OK(&cfg, "--config", path);
         assert_value(&cfg, name, value);
         relay_config_free(&cfg);
@@ -913,15 +887,8 @@ static void kafka_props_from_env(void **state)
 
 static void secret_references_in_any_value(void **state)
 {
-    char secret[] = "/tmp/ferry-test-secret-XXXXXX";
-    int fd = mkstemp(secret);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, "s3cret\n", 7), 7);
-    close(fd);
-    char yaml[] = "/tmp/ferry-test-config-XXXXXX";
-    fd = mkstemp(yaml);
-    assert_true(fd >= 0);
-    close(fd);
+    char *secret = tu_temp_file("s3cret\n");
+    char *yaml = tu_temp_file("");
     char text[1024], ref[256], arg[300];
     snprintf(ref, sizeof ref, "${file:%s}", secret);
     setenv("FERRY_TEST_PW", "envpw", 1);
@@ -934,7 +901,7 @@ static void secret_references_in_any_value(void **state)
              "log_level: ${env:FERRY_TEST_LEVEL}\n"
              "holder: \"a $${literal} and $5\"\n"
              "kafka:\n  bootstrap.servers: b:1\n  sasl.password: ${env:FERRY_TEST_PW}\n", ref);
-    write_file(yaml, text);
+    tu_write_file(yaml, text);
     setenv("FERRY_TEST_LEVEL", "warn", 1);
     relay_config cfg;
     LOAD_OK(&cfg, "--config", yaml);
@@ -979,7 +946,7 @@ static void secret_references_in_any_value(void **state)
     unsetenv("FERRY_SOURCE");
     snprintf(text, sizeof text, "kafka:\n  bootstrap.servers: b:1\n  sasl.password: "
              "${env:FERRY_NO_SUCH_VAR}\n");
-    write_file(yaml, text);
+    tu_write_file(yaml, text);
     snprintf(want, sizeof want, "%s:3:18: kafka: sasl.password: ${env:FERRY_NO_SUCH_VAR}: the "
              "variable is not set", yaml);
     LOAD_FAILS(want, "--config", yaml, "--db", "x");
@@ -1005,6 +972,8 @@ static void secret_references_in_any_value(void **state)
     unsetenv("FERRY_TEST_BATCH");
     assert_int_equal(unlink(secret), 0);
     assert_int_equal(unlink(yaml), 0);
+    free(secret);
+    free(yaml);
 }
 
 /* ------------------------------------------------------------ README */
@@ -1013,12 +982,8 @@ static void secret_references_in_any_value(void **state)
  * daemon/config.h: a row for each, with its value and kind, and no other. */
 static void readme_lists_the_fixed_and_default_kafka_properties(void **state)
 {
-    FILE *f = fopen("README.md", "r");
-    assert_non_null(f);
-    static char text[1 << 20];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = '\0';
+    char *text = tu_slurp("README.md", NULL);
+    assert_non_null(text);
     char *start = strstr(text, "<!-- kafka-props:");
     char *end = start ? strstr(start, "<!-- /kafka-props -->") : NULL;
     if (!start || !end)
@@ -1047,6 +1012,7 @@ static void readme_lists_the_fixed_and_default_kafka_properties(void **state)
         rows++;
     if (rows != want)
         fail_msg("README.md's kafka-props table has %zu rows, daemon/config.h %zu", rows, want);
+    free(text);
 }
 
 /* The sample make install puts in share/ferry loads, and has every key. */
@@ -1056,7 +1022,7 @@ static void the_sample_relay_yaml_loads_and_has_every_setting(void **state)
     LOAD_OK(&cfg, "--config", "packaging/relay.yaml");
     assert_value(&cfg, "batch_size", "1000");
     relay_config_free(&cfg);
-    char *text = slurp("packaging/relay.yaml");
+    char *text = tu_slurp("packaging/relay.yaml", NULL);
     assert_non_null(text);
     for (size_t i = 0; i < relay_config_setting_count(); i++) {
         char key[64];

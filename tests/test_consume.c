@@ -36,6 +36,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 
 /* Message tables below give only the fields that matter. */
@@ -90,17 +91,14 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
              json_integer_value(json_object_get(m->payload, "amount")));
     snprintf(seq, sizeof seq, "%" PRId64, m->position);
     const char *p[6] = {(const char *)arg, m->topic, m->key, seq, m->id, amount};
-    PGresult *res = PQexecParams(conn,
-                                 "WITH a AS (INSERT INTO t_account AS a (id, balance) "
-                                 "  VALUES ($3, $6::bigint) ON CONFLICT (id) DO UPDATE "
-                                 "  SET balance = a.balance + EXCLUDED.balance) "
-                                 "INSERT INTO t_applied (consumer, topic, key, seq, id, amount) "
-                                 "VALUES ($1, $2, $3, $4::bigint, $5::uuid, $6::bigint)",
-                                 6, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit");
-    PQclear(res);
+    ferry_code rc = tu_handler_exec(conn,
+                                    "WITH a AS (INSERT INTO t_account AS a (id, balance) "
+                                    "  VALUES ($3, $6::bigint) ON CONFLICT (id) DO UPDATE "
+                                    "  SET balance = a.balance + EXCLUDED.balance) "
+                                    "INSERT INTO t_applied (consumer, topic, key, seq, id, "
+                                    "amount) VALUES ($1, $2, $3, $4::bigint, $5::uuid, "
+                                    "$6::bigint)",
+                                    6, p, "could not credit", err);
     if (kill_at_call > 0 && handler_calls == kill_at_call)
         raise(SIGKILL);     /* inside the transaction, before COMMIT */
     return rc;
@@ -145,14 +143,7 @@ static void produce(const char *topic, const pmsg *msgs, size_t n,
         if (m->extra_name != NULL)
             rd_kafka_header_add(h, m->extra_name, -1, m->extra_value, -1);
         const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
-            RD_KAFKA_V_VALUE((void *)payload, strlen(payload)),
-            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(h);
-            fail_msg("produce: %s", rd_kafka_err2str(e));
-        }
+        tu_produce_one(producer, topic, m->key, payload, strlen(payload), h);
     }
     assert_int_equal(rd_kafka_flush(producer, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
@@ -189,31 +180,29 @@ static int seen_at_least(const ferry_consumer_stats *s, long want)
                   s->held_parked + s->dead_lettered + s->discard_markers) >= want;
 }
 
-/* Poll until pred holds (bounded: fails the test after 60 s). */
-static void poll_until(ferry_consumer *c, stats_pred pred, long want)
+typedef struct stats_wait {
+    stats_pred pred;
+    long want;
+    ferry_consumer_stats s;     /* the last read */
+} stats_wait;
+
+static int stats_hold(ferry_consumer *c, void *arg)
 {
-    int64_t deadline = (int64_t)time(NULL) + 60;
-    ferry_consumer_stats s;
-    for (;;) {
-        ferry_consumer_stats_get(c, &s);
-        if (pred(&s, want))
-            return;
-        if ((int64_t)time(NULL) > deadline)
-            fail_msg("consumer: waited 60 s; applied %" PRIu64 " drained %" PRIu64
-                     " dup %" PRIu64 " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64
-                     " dead %" PRIu64 " (want %ld)",
-                     s.applied, s.drained, s.duplicates, s.late, s.held_gap, s.held_parked,
-                     s.dead_lettered, want);
-        ferry_error err;
-        assert_ferry_ok(ferry_consumer_poll(c, 100, &err), err);
-    }
+    stats_wait *w = arg;
+    ferry_consumer_stats_get(c, &w->s);
+    return w->pred(&w->s, w->want);
 }
 
-static void consumer_done(ferry_consumer *c)
+/* Poll until pred holds (bounded: fails the test after 60 s); the
+ * statistics that made it hold, which are those of now, since they change
+ * only inside ferry_consumer_poll. */
+static ferry_consumer_stats poll_until(ferry_consumer *c, stats_pred pred, long want)
 {
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_close(c, &err), err);
-    ferry_consumer_destroy(c);
+    stats_wait w = {pred, want};
+    char what[64];
+    snprintf(what, sizeof what, "the counts to reach %ld", want);
+    tu_poll_until(c, stats_hold, &w, 100, what);
+    return w.s;
 }
 
 /* The positions of key as consumer applied them, in the order applied:
@@ -238,6 +227,43 @@ static void assert_order(PGconn *conn, const char *consumer, const char *key,
 }
 
 #define count(conn, fmt, arg) tu_int_of((conn), tu_sprintf((fmt), (arg)))
+
+/* How many rows of ferry.table (dead_letter or inbox_held, as d) belong
+ * to consumer and meet cond. */
+static long long rows_of(PGconn *conn, const char *table, const char *consumer, const char *cond)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM ferry.%s d WHERE consumer = '%s' "
+                                      "AND (%s)", table, consumer, cond));
+}
+
+static long applied_by(PGconn *conn, const char *consumer)
+{
+    return (long)tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_applied "
+                                            "WHERE consumer = '%s'", consumer));
+}
+
+/* How many of consumer's applications do not follow the one before of
+ * their key (position + 1), in the order applied. */
+static long long out_of_order(PGconn *conn, const char *consumer)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
+                                      "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
+                                      "WHERE consumer = '%s') x "
+                                      "WHERE prev IS NOT NULL AND seq <> prev + 1", consumer));
+}
+
+/* Each of the n credits (one each, to the accounts prefix<digit>) was
+ * applied by consumer exactly once: n applications of n distinct
+ * messages, and n credited. */
+static void assert_each_applied_once(PGconn *conn, const char *consumer, const char *prefix,
+                                     long n)
+{
+    assert_int_equal(applied_by(conn, consumer), n);
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT count(DISTINCT id) FROM t_applied "
+                                                "WHERE consumer = '%s'", consumer)), n);
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT sum(balance) FROM t_account "
+                                                "WHERE id LIKE '%s_'", prefix)), n);
+}
 
 /* ------------------------------------------------------------------ tests */
 
@@ -304,13 +330,11 @@ static void applies_once_in_order(void **state)
     produce(topic, again, 3, NULL);
 
     ferry_consumer *c = consumer_new("c-order", topic, 0);
-    poll_until(c, seen_at_least, 9);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 9);
     assert_int_equal(s.applied, 6);
     assert_int_equal(s.late + s.duplicates, 3);
     assert_int_equal(s.offsets_stored, 9);
-    consumer_done(c);
+    tu_consumer_done(c);
 
     PGconn *conn = tu_connect();
     assert_order(conn, "c-order", "a", "1,2,3");
@@ -329,9 +353,7 @@ static void gap_is_held_until_filled(void **state)
     pmsg m1[3] = {{"g", 1}, {"g", 3}, {"g", 4}};
     produce(topic, m1, 3, NULL);
     ferry_consumer *c = consumer_new("c-gap", topic, 0);
-    poll_until(c, seen_at_least, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 3);
     assert_int_equal(s.applied, 1);
     assert_int_equal(s.held_gap, 2);
     PGconn *conn = tu_connect();
@@ -341,10 +363,9 @@ static void gap_is_held_until_filled(void **state)
 
     pmsg m2[1] = {{"g", 2}};
     produce(topic, m2, 1, NULL);
-    poll_until(c, applied_at_least, 4);
-    ferry_consumer_stats_get(c, &s);
+    s = poll_until(c, applied_at_least, 4);
     assert_int_equal(s.drained, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-gap", "g", "1,2,3,4");
     assert_int_equal(count(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = '%s'",
                            "c-gap"), 0);
@@ -363,7 +384,7 @@ static void gap_skipped_by_an_operator(void **state)
     assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 3);
     assert_int_equal(tu_int(conn, "SELECT ferry.inbox_skip_gap('c-skip', 'c.skip', 's')"), 0);
     poll_until(c, applied_at_least, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-skip", "s", "1,5");
     PQfinish(conn);
 }
@@ -376,13 +397,11 @@ static void discard_marker_fills_its_position(void **state)
     pmsg m[3] = {{"m", 1}, {"m", 2, "null", NULL, "ferry_discarded", "too large"}, {"m", 3}};
     produce(topic, m, 3, NULL);
     ferry_consumer *c = consumer_new("c-marker", topic, 0);
-    poll_until(c, seen_at_least, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 3);
     assert_int_equal(s.applied, 2);
     assert_int_equal(s.discard_markers, 1);
     assert_int_equal(s.held_gap, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-marker", "m", "1,3");
     PQfinish(conn);
@@ -399,25 +418,22 @@ static void poison_parks_its_key_only(void **state)
     produce(topic, m, 5, NULL);
     accept_poison = 0;
     ferry_consumer *c = consumer_new("c-poison", topic, 3);
-    poll_until(c, seen_at_least, 5);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 5);
     assert_int_equal(s.dead_lettered, 1);
     assert_int_equal(s.handler_failures, 3);
     assert_int_equal(s.held_parked, 1);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-poison' AND aggregateid = 'p' AND seq = 2 AND attempts = 3 "
-                                  "AND reason LIKE '%always fails%'"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-poison",
+                             "aggregateid = 'p' AND seq = 2 AND attempts = 3 AND reason LIKE "
+                             "'%always fails%'"), 1);
     assert_order(conn, "c-poison", "p", "1");
     assert_order(conn, "c-poison", "ok", "1,2");
 
     accept_poison = 1;
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
-                                  "'c-poison' AND ferry.replay_dead_letter(d.id)"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-poison", "ferry.replay_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 5);
     accept_poison = 0;
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-poison", "p", "1,2,3");
     assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 'p'"), 12);
     PQfinish(conn);
@@ -433,12 +449,11 @@ static void discarded_dead_letter_releases_the_key(void **state)
     ferry_consumer *c = consumer_new("c-discard", topic, 2);
     poll_until(c, seen_at_least, 3);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
-                                  "'c-discard' AND reason = 'parked'"), 2);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter d WHERE consumer = "
-                                  "'c-discard' AND ferry.discard_dead_letter(d.id)"), 1);
+    assert_int_equal(rows_of(conn, "inbox_held", "c-discard", "reason = 'parked'"), 2);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-discard",
+                             "ferry.discard_dead_letter(d.id)"), 1);
     poll_until(c, applied_at_least, 2);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-discard", "d", "2,3");
     PQfinish(conn);
 }
@@ -454,27 +469,24 @@ static void bad_payloads_are_dead_lettered(void **state)
     produce(topic, m, 5, NULL);
     long calls = handler_calls;
     ferry_consumer *c = consumer_new("c-badjson", topic, 0);
-    poll_until(c, seen_at_least, 5);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 5);
     assert_int_equal(s.dead_lettered, 3);
     assert_int_equal(s.applied, 2);
     /* The handler's FERRY_EINVAL refuses the message at once: one call. */
     assert_int_equal(s.handler_failures, 1);
     assert_int_equal(handler_calls - calls, 3);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     /* One try each, as ferry.consume_fail counts a permanent failure (the
      * handler never saw them). */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND attempts = 1 AND reason LIKE "
-                                  "'payload is not valid JSON%'"), 2);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND aggregateid = 'v' AND attempts = 1 AND "
-                                  "reason LIKE '%is not a number'"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "attempts = 1 AND reason LIKE 'payload is not valid JSON%'"), 2);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "aggregateid = 'v' AND attempts = 1 AND "
+                             "reason LIKE '%is not a number'"), 1);
     /* Kept as received, as a JSON string. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-badjson' AND payload = to_jsonb('{not json'::text)"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-badjson",
+                             "payload = to_jsonb('{not json'::text)"), 1);
     PQfinish(conn);
 }
 
@@ -486,13 +498,11 @@ static void transient_failures_are_retried(void **state)
     pmsg m[2] = {{"t", 1, "{\"retriable\": 4, \"amount\": 7}"}, {"t", 2}};
     produce(topic, m, 2, NULL);
     ferry_consumer *c = consumer_new("c-transient", topic, 2);
-    poll_until(c, applied_at_least, 2);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 2);
     assert_int_equal(s.transient_retries, 4);
     assert_int_equal(s.handler_failures, 0);
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 't'"), 8);
     PQfinish(conn);
@@ -515,17 +525,11 @@ static void database_restart_mid_stream(void **state)
     ferry_consumer *c = consumer_new("c-restart", topic, 0);
     poll_until(c, applied_at_least, 50);
     assert_int_equal(fpg_restart(tu_pg, "fast"), 0);
-    poll_until(c, applied_at_least, N);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, N);
     assert_true(s.reconnects >= 1);         /* the restart was felt */
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-restart'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-restart'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'r_'"), N);
+    assert_each_applied_once(conn, "c-restart", "r", N);
     PQfinish(conn);
 }
 
@@ -654,6 +658,16 @@ static void produce_credits(const char *topic, int n, int keys, const char *pref
     free(k);
 }
 
+/* Run the consumer name as a child whose test hooks (env) must kill it
+ * with SIGKILL; how many messages it had applied by then. */
+static long applied_before_the_kill(PGconn *conn, const char *name, const char *topic,
+                                    const char *env)
+{
+    child ch = child_start(name, topic, env);
+    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
+    return applied_by(conn, name);
+}
+
 /* Killed (SIGKILL) between the database commit and the offset store: the
  * message comes again and is skipped; the effect is there once. */
 static void crash_between_commit_and_offset(void **state)
@@ -663,15 +677,13 @@ static void crash_between_commit_and_offset(void **state)
     produce_credits(topic, N, 4, "x");
     /* With batches (of at most 8 here), the third commit is still inside
      * the 40 messages. */
-    child ch = child_start("c-crash1", topic,
-                           batches_on() ? "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=3 "
-                                          "FERRY_CONSUMER_TEST_BATCH_MAX=8"
-                                        : "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
+    long done = applied_before_the_kill(conn, "c-crash1", topic,
+                                        batches_on() ? "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=3 "
+                                                       "FERRY_CONSUMER_TEST_BATCH_MAX=8"
+                                                     : "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=10");
     /* It died right after its 10th commit (one message each), or its
      * third (batches). */
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'");
     if (batches_on())
         assert_true(done >= 3 && done < N);
     else
@@ -680,17 +692,11 @@ static void crash_between_commit_and_offset(void **state)
     /* The rest applied, and the last committed come again and skipped: it
      * may be the last of its partition, so it can arrive after all the
      * others. */
-    poll_until(c, applied_and_one_late, N - done);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_and_one_late, N - done);
     assert_true(s.late >= 1);               /* the last came again, and was skipped */
     assert_int_equal(s.applied, N - done);
-    consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash1'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-crash1'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'x_'"), N);
+    tu_consumer_done(c);
+    assert_each_applied_once(conn, "c-crash1", "x", N);
     PQfinish(conn);
 }
 
@@ -701,24 +707,18 @@ static void crash_inside_the_transaction(void **state)
     const char *topic = "c.crash2";
     enum { N = 40 };
     produce_credits(topic, N, 4, "y");
-    child ch = child_start("c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
+    long done = applied_before_the_kill(conn, "c-crash2", topic, "FERRY_TEST_HANDLER_KILL_AT=7");
     /* One message per transaction: the 6 before it committed. With
      * batches, its batch rolled back with it: those of earlier batches. */
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'");
     if (batches_on())
         assert_true(done < 7);
     else
         assert_int_equal(done, 6);
     ferry_consumer *c = consumer_new("c-crash2", topic, 0);
     poll_until(c, applied_at_least, N - done);
-    consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-crash2'"), N);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-crash2'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'y_'"), N);
+    tu_consumer_done(c);
+    assert_each_applied_once(conn, "c-crash2", "y", N);
     PQfinish(conn);
 }
 
@@ -748,14 +748,10 @@ static void rebalance_applies_each_once(void **state)
     assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), N);
     free(out_a);
     free(out_b);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
-                                  "'c-rebalance'"), N);
+    assert_int_equal(applied_by(conn, "c-rebalance"), N);
     assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'z%'"), N);
     /* And in order per key. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
-                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
-                                  "WHERE consumer = 'c-rebalance') x "
-                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    assert_int_equal(out_of_order(conn, "c-rebalance"), 0);
     PQfinish(conn);
 }
 
@@ -797,15 +793,13 @@ static void end_to_end_through_the_relay(void **state)
     size_t published = got->count;
     kt_msgs_free(got);
     assert_true(published >= N);
-    poll_until(c, seen_at_least, (long)published);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, (long)published);
     fprintf(stderr, "e2e: %zu published for %d emitted; %" PRIu64 " late, %" PRIu64
             " duplicates\n", published, N, s.late, s.duplicates);
     assert_int_equal(s.applied, N);
     assert_int_equal(s.late + s.duplicates, published - N);
     assert_int_equal(s.held_gap, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'e%'"), N);
     PQfinish(conn);
 }
@@ -834,7 +828,7 @@ static void the_assignment_is_known_and_logged(void **state)
     int n = ferry_consumer_partitions(c, held, 8);
     assert_int_equal(ferry_consumer_partitions(c, NULL, 0), n);
     assert_int_equal(ferry_consumer_partitions(c, held, 2), n);     /* says how many */
-    consumer_done(c);
+    tu_consumer_done(c);
     fflush(stderr);
     assert_true(dup2(saved, STDERR_FILENO) >= 0);
     close(saved);
@@ -898,9 +892,7 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     produce(topic, m, 8, NULL);
     accept_poison = 0;
     ferry_consumer *c = consumer_new("c-bpoison", topic, 3);
-    poll_until(c, seen_at_least, 8);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 8);
     assert_true(s.batch_fallbacks >= 1);        /* the poison was in a batch */
     assert_true(s.batches >= 1);
     assert_int_equal(s.dead_lettered, 1);
@@ -908,11 +900,10 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     assert_int_equal(s.held_parked, 1);
     assert_int_equal(s.applied, 6);
     assert_int_equal(s.offsets_stored, 8);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-bpoison' AND aggregateid = 'p' AND seq = 1 AND "
-                                  "attempts = 3"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-bpoison",
+                             "aggregateid = 'p' AND seq = 1 AND attempts = 3"), 1);
     assert_order(conn, "c-bpoison", "a", "1,2,3");
     assert_order(conn, "c-bpoison", "b", "1");
     assert_order(conn, "c-bpoison", "c", "1,2");
@@ -932,26 +923,19 @@ static void crash_after_a_batch_commit_repeats_the_batch(void **state)
     enum { N = 40 };
     one_partition_topic(topic);
     produce_credits(topic, N, 4, "v");
-    child ch = child_start("c-bcrash", topic, "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=1 "
-                                              "FERRY_CONSUMER_TEST_BATCH_MAX=8");
-    assert_int_equal(child_wait(&ch, NULL), 128 + SIGKILL);
     PGconn *conn = tu_connect();
-    long done = (long)tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'");
+    long done = applied_before_the_kill(conn, "c-bcrash", topic,
+                                        "FERRY_CONSUMER_TEST_KILL_AFTER_COMMIT=1 "
+                                        "FERRY_CONSUMER_TEST_BATCH_MAX=8");
     assert_true(done >= 2 && done <= 8);        /* one commit, a batch */
     assert_int_equal(tu_int(conn, "SELECT count(DISTINCT xid) FROM t_applied "
                                   "WHERE consumer = 'c-bcrash'"), 1);
     ferry_consumer *c = consumer_new("c-bcrash", topic, 0);
-    poll_until(c, seen_at_least, N);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, N);
     assert_int_equal(s.late, done);             /* the batch again, all skipped */
     assert_int_equal(s.applied, N - done);
-    consumer_done(c);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'c-bcrash'"),
-                     N);
-    assert_int_equal(tu_int(conn, "SELECT count(DISTINCT id) FROM t_applied "
-                                  "WHERE consumer = 'c-bcrash'"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'v_'"), N);
+    tu_consumer_done(c);
+    assert_each_applied_once(conn, "c-bcrash", "v", N);
     PQfinish(conn);
 }
 
@@ -967,13 +951,11 @@ static void a_handler_that_must_run_alone_gets_its_own_transaction(void **state)
     char ids[6][FERRY_UUID_STRING_SIZE];
     produce(topic, m, 6, ids);
     ferry_consumer *c = consumer_new("c-balone", topic, 0);
-    poll_until(c, applied_at_least, 6);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 6);
     assert_true(s.batch_fallbacks >= 1);        /* it asked, inside a batch */
     assert_int_equal(s.handler_failures, 0);
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-balone", "k", "1,2,3,4");
     assert_order(conn, "c-balone", "m", "1,2");
@@ -1023,18 +1005,15 @@ static void a_role_with_only_the_protocol_runs_the_consumer(void **state)
     tu_consumer_db = NULL;
     free(db);
     assert_non_null(c);
-    poll_until(c, applied_and_dead, 3);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_and_dead, 3);
     /* The poison's batch, if any, rolled back once; no batch failed for
      * want of a privilege (consume_finish_many's, say). */
     assert_true(s.batch_fallbacks <= 1);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "c-protoonly", "a", "1,2,3");
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
-                                  "'c-protoonly' AND aggregateid = 'p' AND attempts = 2"), 1);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
-                                  "'c-protoonly'"), 0);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-protoonly",
+                             "aggregateid = 'p' AND attempts = 2"), 1);
+    assert_int_equal(rows_of(conn, "inbox_held", "c-protoonly", "true"), 0);
     PQfinish(conn);
 }
 
@@ -1050,12 +1029,10 @@ static void a_neighbours_failure_costs_a_message_no_attempt(void **state)
     produce(topic, m, 2, NULL);
     probe_attempt_max = 0;
     ferry_consumer *c = consumer_new("c-battempt", topic, 0);
-    poll_until(c, applied_at_least, 2);
-    ferry_consumer_stats s;
-    ferry_consumer_stats_get(c, &s);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 2);
     assert_true(s.batch_fallbacks >= 1);        /* r's failure rolled q's batch back */
     assert_int_equal(s.dead_lettered, 0);
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(probe_attempt_max, 1);
     PGconn *conn = tu_connect();
     assert_order(conn, "c-battempt", "q", "1");
@@ -1108,12 +1085,8 @@ static void a_rebalance_while_a_batch_is_gathered(void **state)
     free(out_a);
     free(out_b);
     free(env_a);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = "
-                                  "'c-brebalance'"), N);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT seq, lag(seq) OVER "
-                                  "(PARTITION BY key ORDER BY n) AS prev FROM t_applied "
-                                  "WHERE consumer = 'c-brebalance') x "
-                                  "WHERE prev IS NOT NULL AND seq <> prev + 1"), 0);
+    assert_int_equal(applied_by(conn, "c-brebalance"), N);
+    assert_int_equal(out_of_order(conn, "c-brebalance"), 0);
     PQfinish(conn);
 }
 
@@ -1121,65 +1094,27 @@ static void a_rebalance_while_a_batch_is_gathered(void **state)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
+    if (tu_broker_group_setup(state, &broker) != 0)
         return -1;
-    PGconn *c = tu_connect();
-    tu_exec(c, "CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL)");
-    tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-               "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
-    PQfinish(c);
-    broker = kt_start(1);
-    if (broker == NULL)
-        return -1;
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", kt_bootstrap(broker), errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "partitioner", "murmur2_random", errstr, sizeof errstr) !=
-            RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr, sizeof errstr) !=
-            RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "producer conf: %s\n", errstr);
-        rd_kafka_conf_destroy(conf);
-        return -1;
-    }
-    producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (producer == NULL) {
-        fprintf(stderr, "producer: %s\n", errstr);
-        return -1;
-    }
-    return 0;
+    tu_exec_once("CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL); "
+                 "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
+                 "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
+    static const char *const props[] = {"partitioner", "murmur2_random", NULL};
+    producer = tu_producer_new(kt_bootstrap(broker), props);
+    return producer == NULL ? -1 : 0;
 }
 
 static int group_teardown(void **state)
 {
-    if (producer != NULL) {
-        rd_kafka_flush(producer, 10000);
-        rd_kafka_destroy(producer);
-    }
-    kt_stop(broker);
-    return tu_group_teardown(state);
-}
-
-/* The pass without batches: this binary again, at the same time. */
-static pid_t start_unbatched_pass(void)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-        execl("/proc/self/exe", "test_consume", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    tu_producer_destroy(producer);
+    return tu_broker_group_teardown(state, broker);
 }
 
 int main(int argc, char **argv)
 {
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv);
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
-        unbatched = start_unbatched_pass();
+    pid_t unbatched = tu_unbatched_pass_start("test_consume");
     /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
      * turns them on for every consumer it makes. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
@@ -1226,14 +1161,5 @@ int main(int argc, char **argv)
     int failed = _cmocka_run_group_tests(batches_on() ? "test_consume, with batches"
                                                       : "test_consume, one per transaction",
                                          all, n, group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_consume: the pass without batches failed (status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_consume");
 }

@@ -27,6 +27,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
@@ -51,15 +52,10 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
              json_integer_value(json_object_get(m->payload, "amount")));
     snprintf(seq, sizeof seq, "%" PRId64, m->position);
     const char *p[5] = {(const char *)arg, m->topic, m->key, seq, amount};
-    PGresult *res = PQexecParams(conn,
-                                 "INSERT INTO t_applied (consumer, topic, key, seq, amount) "
-                                 "VALUES ($1, $2, $3, $4::bigint, $5::bigint)",
-                                 5, NULL, p, NULL, NULL, 0);
-    ferry_code rc = FERRY_OK;
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not credit");
-    PQclear(res);
-    return rc;
+    return tu_handler_exec(conn,
+                           "INSERT INTO t_applied (consumer, topic, key, seq, amount) "
+                           "VALUES ($1, $2, $3, $4::bigint, $5::bigint)",
+                           5, p, "could not credit", err);
 }
 
 /* ------------------------------------------------------------------ producing */
@@ -98,14 +94,7 @@ static void produce_raw(const char *topic, const rawmsg *msgs, size_t n)
                                 m->extra[j].len ? (ssize_t)m->extra[j].len : -1);
         const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
         size_t plen = m->payload_len ? m->payload_len : strlen(payload);
-        rd_kafka_resp_err_t e = rd_kafka_producev(
-            producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
-            RD_KAFKA_V_VALUE((void *)payload, plen), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(h);
-            fail_msg("produce: %s", rd_kafka_err2str(e));
-        }
+        tu_produce_one(producer, topic, m->key, payload, plen, h);
     }
     assert_int_equal(rd_kafka_flush(producer, 30000), RD_KAFKA_RESP_ERR_NO_ERROR);
 }
@@ -118,35 +107,26 @@ static ferry_consumer *consumer_new(const char *name, const char *topic, int max
                            max_attempts);
 }
 
+typedef struct sql_wait {
+    PGconn *conn;
+    const char *cond;
+} sql_wait;
+
+static int sql_holds(ferry_consumer *c, void *arg)
+{
+    sql_wait *w = arg;
+    char *v = tu_str(w->conn, w->cond);
+    int holds = strcmp(v, "t") == 0;
+    free(v);
+    return holds;
+}
+
 /* Poll until the SQL condition (a boolean query) holds (bounded: fails after 60 s). Every
  * poll must return: a poll that does not is caught by the watchdog. */
 static void poll_until_sql(ferry_consumer *c, PGconn *conn, const char *cond)
 {
-    int64_t deadline = (int64_t)time(NULL) + 60;
-    for (;;) {
-        char *v = tu_str(conn, cond);
-        int holds = strcmp(v, "t") == 0;
-        free(v);
-        if (holds)
-            return;
-        if ((int64_t)time(NULL) > deadline) {
-            ferry_consumer_stats s;
-            ferry_consumer_stats_get(c, &s);
-            fail_msg("waited 60 s for: %s (applied %" PRIu64 " drained %" PRIu64
-                     " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64 " dead %" PRIu64 ")",
-                     cond, s.applied, s.drained, s.late, s.held_gap, s.held_parked,
-                     s.dead_lettered);
-        }
-        ferry_error err;
-        assert_ferry_ok(ferry_consumer_poll(c, 50, &err), err);
-    }
-}
-
-static void consumer_done(ferry_consumer *c)
-{
-    ferry_error err;
-    assert_ferry_ok(ferry_consumer_close(c, &err), err);
-    ferry_consumer_destroy(c);
+    sql_wait w = {conn, cond};
+    tu_poll_until(c, sql_holds, &w, 50, cond);
 }
 
 static void assert_order(PGconn *conn, const char *consumer, const char *key,
@@ -209,7 +189,7 @@ static void discard_consumes_exactly_its_own_position(void **state)
     produce_raw(topic, more, 4);
     poll_until_sql(c, conn, "SELECT count(*) = 2 FROM t_applied WHERE consumer = 'h-discard' "
                             "AND seq = 5");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_order(conn, "h-discard", "k", "1,3,5");
     assert_order(conn, "h-discard", "g", "1,2,3,5");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held "
@@ -294,7 +274,7 @@ static void hostile_messages_end_and_neighbours_flow(void **state)
     enum { NGOOD = sizeof good / sizeof good[0] };
     produce_raw(topic, good, NGOOD);
     poll_until_sql(c, conn, "SELECT count(*) = 11 FROM t_applied WHERE consumer = 'h-hostile'");
-    consumer_done(c);
+    tu_consumer_done(c);
     /* nul-held was held, then applied after 1 (its kept header and all). */
     assert_order(conn, "h-hostile", "nul-held", "1,2");
     assert_order(conn, "h-hostile", "t-type", "1");
@@ -309,11 +289,8 @@ static void hostile_messages_end_and_neighbours_flow(void **state)
 static void claim_refuses_the_last_bigint_as_data(void **state)
 {
     PGconn *conn = tu_connect();
-    PGresult *res = PQexec(conn, "SELECT ferry.inbox_claim('h-sql', gen_random_uuid(), 't', "
-                                 "'k', 9223372036854775807)");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_memory_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22", 2);
-    PQclear(res);
+    tu_assert_sql_error(conn, "SELECT ferry.inbox_claim('h-sql', gen_random_uuid(), 't', "
+                              "'k', 9223372036854775807)", "22", NULL, NULL);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = "
                                   "'h-sql'"), 0);
     PQfinish(conn);
@@ -341,7 +318,7 @@ static void claim_failure_is_bounded_and_loses_nothing(void **state)
     tu_exec(conn, "ALTER FUNCTION ferry.inbox_claim_away(text, uuid, text, text, bigint, "
                   "boolean) RENAME TO inbox_claim");
     poll_until_sql(c, conn, "SELECT count(*) = 1 FROM t_applied WHERE consumer = 'h-broken'");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
                                   "'h-broken'"), 0);
     PQfinish(conn);
@@ -364,7 +341,7 @@ static void replayed_non_json_is_as_received(void **state)
                                   "ferry.dead_letter WHERE consumer = 'h-replay'"), 1);
     poll_until_sql(c, conn, "SELECT count(*) = 1 FROM ferry.dead_letter WHERE consumer = "
                             "'h-replay' AND reason LIKE 'payload is not valid JSON%'");
-    consumer_done(c);
+    tu_consumer_done(c);
     assert_int_equal(handler_calls, calls);
     assert_order(conn, "h-replay", "r", "");
     PQfinish(conn);
@@ -375,41 +352,18 @@ static void replayed_non_json_is_as_received(void **state)
 static int group_setup(void **state)
 {
     alarm(WATCHDOG_S);      /* a poll that never returns fails the run */
-    if (tu_group_setup(state) != 0)
+    if (tu_broker_group_setup(state, &broker) != 0)
         return -1;
-    PGconn *c = tu_connect();
-    tu_exec(c, "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-               "seq bigint, amount bigint)");
-    PQfinish(c);
-    broker = kt_start(1);
-    if (broker == NULL)
-        return -1;
-    char errstr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", kt_bootstrap(broker), errstr,
-                          sizeof errstr) != RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr, sizeof errstr) !=
-            RD_KAFKA_CONF_OK) {
-        fprintf(stderr, "producer conf: %s\n", errstr);
-        rd_kafka_conf_destroy(conf);
-        return -1;
-    }
-    producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
-    if (producer == NULL) {
-        fprintf(stderr, "producer: %s\n", errstr);
-        return -1;
-    }
-    return 0;
+    tu_exec_once("CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
+                 "seq bigint, amount bigint)");
+    producer = tu_producer_new(kt_bootstrap(broker), NULL);
+    return producer == NULL ? -1 : 0;
 }
 
 static int group_teardown(void **state)
 {
-    if (producer != NULL) {
-        rd_kafka_flush(producer, 10000);
-        rd_kafka_destroy(producer);
-    }
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    tu_producer_destroy(producer);
+    return tu_broker_group_teardown(state, broker);
 }
 
 /*
@@ -420,16 +374,7 @@ static int group_teardown(void **state)
  */
 int main(void)
 {
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL &&
-        getenv("FERRY_TEST_ONE_PASS") == NULL) {
-        unbatched = fork();
-        if (unbatched == 0) {
-            setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-            execl("/proc/self/exe", "test_consume_hostile", (char *)NULL);
-            _exit(127);
-        }
-    }
+    pid_t unbatched = tu_unbatched_pass_start("test_consume_hostile");
     /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
      * turns them on for every consumer it makes. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
@@ -443,15 +388,5 @@ int main(void)
     };
     tu_filter_from_env();
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_consume_hostile: the pass without batches failed "
-                            "(status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_consume_hostile");
 }

@@ -131,6 +131,40 @@ static void prod_drain(prod *p, int timeout_ms)
     rd_kafka_flush(p->rk, timeout_ms);
 }
 
+/* Send value (key k, no headers), serve delivery reports for up to
+ * timeout_ms, and then p must count delivered deliveries in all. */
+static void send_k(prod *p, const char *topic, const char *value, int timeout_ms,
+                   int delivered)
+{
+    prod_send(p, topic, "k", value, NULL, NULL, NULL, NULL);
+    prod_drain(p, timeout_ms);
+    assert_int_equal(p->delivered, delivered);
+}
+
+/* Open a producer, send one message of key k, and wait for its delivery
+ * report, which must be a success. */
+static void send_delivered(kt_broker *kb, const char *topic, const char *value)
+{
+    prod p;
+    prod_open(&p, kt_bootstrap(kb), 10000, 0);
+    send_k(&p, topic, value, 10000, 1);
+    prod_close(&p);
+}
+
+/* kt_consume of at most max messages (0: to the watermarks), which must
+ * be n, with these values in order when values is not NULL. The caller
+ * frees them. */
+static kt_msgs *consumed(kt_broker *kb, const char *topic, int max, int timeout_ms, int n,
+                         const char *const *values)
+{
+    kt_msgs *got = kt_consume(kt_bootstrap(kb), topic, max, timeout_ms);
+    assert_non_null(got);
+    assert_int_equal(got->count, n);
+    for (int i = 0; values != NULL && i < n; i++)
+        assert_string_equal(got->msgs[i].value, values[i]);
+    return got;
+}
+
 static long long now_ms(void)
 {
     struct timespec ts;
@@ -206,9 +240,7 @@ static void round_trip_keys_headers_order(void **state)
     prod_close(&p);
 
     /* All the topic holds (to its watermarks), proving there is no extra. */
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "orders", 0, 10000);
-    assert_non_null(got);
-    assert_int_equal(got->count, N);
+    kt_msgs *got = consumed(kb, "orders", 0, 10000, N, NULL);
     int partition_of[KEYS], last_seq[KEYS], used[4] = {0};
     for (int k = 0; k < KEYS; k++)
         partition_of[k] = last_seq[k] = -1;
@@ -260,9 +292,7 @@ static void broker_down_then_up(void **state)
     prod p;
     prod_open(&p, kt_bootstrap(kb), 2000, 0);
     assert_int_equal(partition_count(p.rk, "fault"), 1);
-    prod_send(&p, "fault", "k", "before", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 5000);
-    assert_int_equal(p.delivered, 1);
+    send_k(&p, "fault", "before", 5000, 1);
 
     assert_int_equal(kt_command(kb, "down 2"), 0);
     prod_send(&p, "fault", "k", "while-down", NULL, NULL, NULL, NULL);
@@ -273,18 +303,11 @@ static void broker_down_then_up(void **state)
     assert_int_equal(p.last_err, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT);
 
     assert_int_equal(kt_command(kb, "up 2"), 0);
-    prod_send(&p, "fault", "k", "after", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 2);
+    send_k(&p, "fault", "after", 10000, 2);
     assert_int_equal(p.failed, 1);
     prod_close(&p);
 
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "fault", 3, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 2);
-    assert_string_equal(got->msgs[0].value, "before");
-    assert_string_equal(got->msgs[1].value, "after");
-    kt_msgs_free(got);
+    kt_msgs_free(consumed(kb, "fault", 3, 1500, 2, (const char *const[]){"before", "after"}));
 }
 
 /* Produce requests that fail with a retriable error are retried: the
@@ -296,9 +319,7 @@ static void produce_errors_are_retried(void **state)
     kt_broker *kb = start_or_fail(state, 1);
     prod p;
     prod_open(&p, kt_bootstrap(kb), 20000, 1);
-    prod_send(&p, "retried", "k", "m0", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
+    send_k(&p, "retried", "m0", 10000, 1);
     /* A baseline from statistics made after the first delivery. */
     int seen = p.stats_seen;
     long long t0 = now_ms();
@@ -311,9 +332,7 @@ static void produce_errors_are_retried(void **state)
     /* Cluster-wide errors, named every accepted way. */
     assert_int_equal(kt_command(kb, "produce-errors 3 NOT_ENOUGH_REPLICAS "
                                     "RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS 19"), 0);
-    prod_send(&p, "retried", "k", "m1", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 15000);
-    assert_int_equal(p.delivered, 2);
+    send_k(&p, "retried", "m1", 15000, 2);
     assert_int_equal(p.failed, 0);
     seen = p.stats_seen;
     t0 = now_ms();
@@ -327,22 +346,14 @@ static void produce_errors_are_retried(void **state)
     assert_int_equal(kt_command(kb, "broker-errors 1 Produce 2 NOT_ENOUGH_REPLICAS"), 0);
     assert_int_equal(kt_command_reply(kb, reply, sizeof reply, "errors-left 1 Produce"), 0);
     assert_string_equal(reply, "ok 2");
-    prod_send(&p, "retried", "k", "m2", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 15000);
-    assert_int_equal(p.delivered, 3);
+    send_k(&p, "retried", "m2", 15000, 3);
     assert_int_equal(p.failed, 0);
     assert_int_equal(kt_command_reply(kb, reply, sizeof reply, "errors-left 1 Produce"), 0);
     assert_string_equal(reply, "ok 0");
     prod_close(&p);
 
     /* Retries did not duplicate anything. */
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "retried", 4, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 3);
-    assert_string_equal(got->msgs[0].value, "m0");
-    assert_string_equal(got->msgs[1].value, "m1");
-    assert_string_equal(got->msgs[2].value, "m2");
-    kt_msgs_free(got);
+    kt_msgs_free(consumed(kb, "retried", 4, 1500, 3, (const char *const[]){"m0", "m1", "m2"}));
 }
 
 /* rtt delays every response of the broker. */
@@ -352,9 +363,7 @@ static void rtt_delays_responses(void **state)
     kt_broker *kb = start_or_fail(state, 1);
     prod p;
     prod_open(&p, kt_bootstrap(kb), 20000, 0);
-    prod_send(&p, "slow", "k", "warm", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
+    send_k(&p, "slow", "warm", 10000, 1);
 
     assert_int_equal(kt_command(kb, "rtt 1 %d", RTT), 0);
     long long t0 = now_ms();
@@ -366,9 +375,7 @@ static void rtt_delays_responses(void **state)
 
     assert_int_equal(kt_command(kb, "rtt 1 0"), 0);
     t0 = now_ms();
-    prod_send(&p, "slow", "k", "fast", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 3);
+    send_k(&p, "slow", "fast", 10000, 3);
     assert_true(now_ms() - t0 < RTT);
     prod_close(&p);
 }
@@ -388,23 +395,13 @@ static void topic_error_in_metadata(void **state)
     assert_int_equal(md->topics[0].err, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED);
     rd_kafka_metadata_destroy(md);
     rd_kafka_topic_destroy(rkt);
-    prod_send(&p, "secret", "k", "refused", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 5000);
-    assert_int_equal(p.delivered, 0);
+    send_k(&p, "secret", "refused", 5000, 0);
     assert_int_equal(p.failed, 1);
     prod_close(&p);
 
     assert_int_equal(kt_command(kb, "topic-error secret NO_ERROR"), 0);
-    prod_open(&p, kt_bootstrap(kb), 10000, 0);
-    prod_send(&p, "secret", "k", "accepted", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
-    prod_close(&p);
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "secret", 2, 1500);
-    assert_non_null(got);
-    assert_int_equal(got->count, 1);
-    assert_string_equal(got->msgs[0].value, "accepted");
-    kt_msgs_free(got);
+    send_delivered(kb, "secret", "accepted");
+    kt_msgs_free(consumed(kb, "secret", 2, 1500, 1, (const char *const[]){"accepted"}));
 }
 
 /* Every bad line gets exactly one error line, and the channel stays in
@@ -521,15 +518,8 @@ static void survives_closed_stdin(void **state)
     kt_close_stdin(kb);
     sleep_ms(300);
     assert_int_equal(kt_wait(kb, 0), -1);   /* still running */
-    prod p;
-    prod_open(&p, kt_bootstrap(kb), 10000, 0);
-    prod_send(&p, "after-eof", "k", "v", NULL, NULL, NULL, NULL);
-    prod_drain(&p, 10000);
-    assert_int_equal(p.delivered, 1);
-    prod_close(&p);
-    kt_msgs *got = kt_consume(kt_bootstrap(kb), "after-eof", 1, 10000);
-    assert_non_null(got);
-    assert_int_equal(got->count, 1);
+    send_delivered(kb, "after-eof", "v");
+    kt_msgs *got = consumed(kb, "after-eof", 1, 10000, 1, NULL);
     assert_string_equal(got->msgs[0].key, "k");
     kt_msgs_free(got);
     assert_int_equal(kt_terminate(kb), 0);

@@ -578,12 +578,8 @@ static void limits_inclusive(void **state)
     assert_non_null(strstr(err.message, "as it will be published"));
     assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
     const char *p[1] = {compact};
-    PGresult *res = PQexecParams(c, "SELECT ferry.emit('t', 'compact', 'T', $1)", 1, NULL, p,
-                                 NULL, NULL, 0);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-    assert_non_null(strstr(PQresultErrorMessage(res), "as it will be published"));
-    PQclear(res);
+    tu_assert_sql_error_p(c, "SELECT ferry.emit('t', 'compact', 'T', $1)", 1, p, "22023",
+                          "payload", "as it will be published");
     tu_exec(c, "ROLLBACK");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE aggregateid = 'compact'"),
                      0);
@@ -620,14 +616,13 @@ static void hostile_strings_stored_verbatim(void **state)
     tu_exec(c, "COMMIT");
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const char *params[1] = {keys[i]};
-        PGresult *res = PQexecParams(c, "SELECT count(*) FROM ferry.outbox WHERE "
-                                        "aggregateid = $1 AND type = $1 AND payload->>'q' = "
-                                        "'''\"; DROP TABLE x; --' AND headers->>'x-evil' = "
-                                        "'''); DROP TABLE ferry.outbox; --'",
-                                     1, NULL, params, NULL, NULL, 0);
-        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
-        assert_string_equal(PQgetvalue(res, 0, 0), "1");
-        PQclear(res);
+        char *n = tu_str_p(c, "SELECT count(*) FROM ferry.outbox WHERE "
+                              "aggregateid = $1 AND type = $1 AND payload->>'q' = "
+                              "'''\"; DROP TABLE x; --' AND headers->>'x-evil' = "
+                              "'''); DROP TABLE ferry.outbox; --'",
+                           1, params);
+        assert_string_equal(n, "1");
+        free(n);
     }
     PQfinish(c);
 }
@@ -717,12 +712,8 @@ static void relay_and_reconciler_roles(void **state)
     PGconn *r = tu_connect_as("svc_relay");
     assert_int_equal(tu_int(r, "SELECT count(*) FROM ferry.outbox"), 1);
     tu_exec(r, "UPDATE ferry.outbox SET attempts = attempts + 1");
-    PGresult *res = PQexec(r, "SELECT ferry.emit('t', 'k', 'T', '{}')");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
-    res = PQexec(r, "UPDATE ferry.outbox SET payload = '{}'");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(r, "SELECT ferry.emit('t', 'k', 'T', '{}')", "42501", NULL, NULL);
+    tu_assert_sql_error(r, "UPDATE ferry.outbox SET payload = '{}'", "42501", NULL, NULL);
     tu_exec(r, "DELETE FROM ferry.outbox");
 
     PGconn *rc = tu_connect_as("svc_recon");
@@ -730,13 +721,10 @@ static void relay_and_reconciler_roles(void **state)
     tu_exec(rc, "DELETE FROM ferry.inbox WHERE applied_at < now() - interval '7 days'");
     /* It moves over-attempted rows to the dead letters (DELETE, since
      * schema 4), but never writes or rewrites a message. */
-    res = PQexec(rc, "UPDATE ferry.outbox SET payload = '{}'");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
-    res = PQexec(rc, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, "
-                     "shard) VALUES (gen_random_uuid(), 't', 'k', 'T', '{}', 9, 0)");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(rc, "UPDATE ferry.outbox SET payload = '{}'", "42501", NULL, NULL);
+    tu_assert_sql_error(rc, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, "
+                            "seq, shard) VALUES (gen_random_uuid(), 't', 'k', 'T', '{}', 9, 0)",
+                        "42501", NULL, NULL);
     tu_exec(rc, "DELETE FROM ferry.outbox WHERE false");
     PQfinish(rc);
     PQfinish(r);

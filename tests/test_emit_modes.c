@@ -114,11 +114,8 @@ static void a_payload_over_the_limit_only_canonically_is_refused_by_the_client(v
         /* The server agrees, naming the same field. */
         tu_exec(c, "SAVEPOINT s");
         const char *p[1] = {over[i]};
-        PGresult *res = PQexecParams(c, "SELECT ferry.emit('t', 'k', 'T', $1)", 1, NULL, p,
-                                     NULL, NULL, 0);
-        assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-        assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-        PQclear(res);
+        tu_assert_sql_error_p(c, "SELECT ferry.emit('t', 'k', 'T', $1)", 1, p, "22023", "payload",
+                              NULL);
         tu_exec(c, "ROLLBACK TO SAVEPOINT s");
     }
     /* At the limit exactly, canonically: both take it. "[10, 1, ..., 1]"

@@ -43,6 +43,13 @@ static void must_mention(const char *what, const char *text, const char *needle)
         fail_msg("%s: the help does not mention \"%s\":\n%s", what, needle, text);
 }
 
+/* must_mention of each of needles, a NULL-terminated list. */
+static void must_mention_all(const char *what, const char *text, const char *const *needles)
+{
+    for (size_t i = 0; needles[i] != NULL; i++)
+        must_mention(what, text, needles[i]);
+}
+
 /* The line of text that contains needle; NULL if none. Borrowed, up to
  * the newline (len). */
 static const char *line_with(const char *text, const char *needle, size_t *len)
@@ -120,9 +127,8 @@ static void relay_run_help_lists_every_option_and_setting(void **state)
         if (next == NULL || strncmp(strchr(next + 1, '-'), vars, strlen(vars)) != 0)
             fail_msg("run: %s is not followed by a line \"%s\":\n%s", name + 1, vars, run);
     }
-    must_mention("run", run, "${env:NAME}");
-    must_mention("run", run, "${file:/path}");
-    must_mention("run", run, "FERRY_KAFKA_PROP_");
+    must_mention_all("run", run, (const char *const[]){"${env:NAME}", "${file:/path}",
+                                                       "FERRY_KAFKA_PROP_", NULL});
 
     /* The environment. */
     static const char *const env[] = {"FERRY_DB", "FERRY_KAFKA", "FERRY_CONFIG", "FERRY_METRICS",
@@ -145,18 +151,12 @@ static void relay_subcommands_answer_help(void **state)
 {
     (void)state;
     char *st = help_of(tu_relay_bin(), (const char *const[]){"status", "--help", NULL});
-    must_mention("status", st, "--db");
-    must_mention("status", st, "--json");
-    must_mention("status", st, "FERRY_DB");
-    must_mention("status", st, "--config");
-    must_mention("status", st, "FERRY_CONFIG");
-    must_mention("status", st, "Exit status");
+    must_mention_all("status", st, (const char *const[]){"--db", "--json", "FERRY_DB", "--config",
+                                                         "FERRY_CONFIG", "Exit status", NULL});
     free(st);
     char *mig = help_of(tu_relay_bin(), (const char *const[]){"migrate", "--help", NULL});
-    must_mention("migrate", mig, "--db");
-    must_mention("migrate", mig, "FERRY_DB");
-    must_mention("migrate", mig, "--config");
-    must_mention("migrate", mig, "FERRY_CONFIG");
+    must_mention_all("migrate", mig, (const char *const[]){"--db", "FERRY_DB", "--config",
+                                                           "FERRY_CONFIG", NULL});
     free(mig);
     char *dk = help_of(tu_relay_bin(), (const char *const[]){"devkafka", "--help", NULL});
     must_mention("devkafka", dk, "--brokers");
@@ -194,12 +194,9 @@ static void reconcile_commands_list_their_options_and_defaults(void **state)
             if (strncmp(next, vars, strlen(vars)) != 0)
                 fail_msg("%s: %s is not followed by \"%s\":\n%s", cmds[c], flag, vars, h);
         }
-        must_mention(cmds[c], h, "--config");
-        must_mention(cmds[c], h, "FERRY_RECONCILE_CONFIG");
-        must_mention(cmds[c], h, "FERRY_LOG_LEVEL");
-        must_mention(cmds[c], h, "${file:/path}");
-        must_mention(cmds[c], h, "FERRY_DB");
-        must_mention(cmds[c], h, "Exit status");
+        must_mention_all(cmds[c], h, (const char *const[]){"--config", "FERRY_RECONCILE_CONFIG",
+                                                           "FERRY_LOG_LEVEL", "${file:/path}",
+                                                           "FERRY_DB", "Exit status", NULL});
         if (strcmp(cmds[c], "run") == 0) {
             line_says("run", h, "  --interval", (const char *const[]){"60", NULL});
             line_says("run", h, "  --lease-ttl", (const char *const[]){"30000", NULL});

@@ -11,21 +11,18 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 
 static kt_broker *broker;
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    broker = kt_start(1);
-    return broker ? 0 : -1;
+    return tu_broker_group_setup(state, &broker);
 }
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 /* Emit one message to topic (headers: a JSON object), run the relay

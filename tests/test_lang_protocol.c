@@ -50,17 +50,12 @@ static char *claim(PGconn *c, const lmsg *m)
     snprintf(seq, sizeof seq, "%ld", m->seq);
     const char *p[6] = {CONSUMER, m->id, m->key, m->seq ? seq : NULL, m->payload,
                         m->headers ? m->headers : "{}"};
-    PGresult *res = PQexecParams(c,
-                                 "SELECT verdict || '/' || drain FROM ferry.consume_claim("
-                                 "consumer => $1, id => $2::uuid, topic => 'credits', key => $3, "
-                                 "seq => $4::bigint, payload => $5, headers => $6::jsonb, "
-                                 "type => 'Credited')",
-                                 6, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        fail_msg("consume_claim: %s", PQresultErrorMessage(res));
-    char *out = strdup(PQgetvalue(res, 0, 0));
-    PQclear(res);
-    return out;
+    return tu_str_p(c,
+                    "SELECT verdict || '/' || drain FROM ferry.consume_claim("
+                    "consumer => $1, id => $2::uuid, topic => 'credits', key => $3, "
+                    "seq => $4::bigint, payload => $5, headers => $6::jsonb, "
+                    "type => 'Credited')",
+                    6, p);
 }
 
 /*
@@ -353,11 +348,9 @@ static void a_position_out_of_range_is_a_data_error(void **state)
 {
     PGconn *c = tu_connect();
     tu_exec(c, "BEGIN");
-    PGresult *res = PQexec(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
-                              "gen_random_uuid(), 'credits', 'k', 9223372036854775807)");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22003");
-    PQclear(res);
+    tu_assert_sql_error(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
+                           "gen_random_uuid(), 'credits', 'k', 9223372036854775807)",
+                        "22003", NULL, NULL);
     tu_exec(c, "ROLLBACK");
     PQfinish(c);
 }
@@ -732,12 +725,9 @@ static void holding_needs_the_payload(void **state)
 {
     PGconn *c = tu_connect();
     tu_exec(c, "BEGIN");
-    PGresult *res = PQexec(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
-                              "gen_random_uuid(), 'credits', 'k', 5)");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-    PQclear(res);
+    tu_assert_sql_error(c, "SELECT * FROM ferry.consume_claim('" CONSUMER "', "
+                           "gen_random_uuid(), 'credits', 'k', 5)",
+                        "22023", "payload", NULL);
     tu_exec(c, "ROLLBACK");
     PQfinish(c);
 }
@@ -761,13 +751,8 @@ static void the_protocol_is_confined_to_the_consumer_names_a_role_owns(void **st
         "SELECT * FROM ferry.consume_ready('someone-else')",
         "SELECT ferry.consume_skip_gap('someone-else', 't', 'k')",
     };
-    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
-        PGresult *res = PQexec(c, calls[i]);
-        if (PQresultStatus(res) != PGRES_FATAL_ERROR ||
-            strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501") != 0)
-            fail_msg("%s: expected 42501, got %s", calls[i], PQresultErrorMessage(res));
-        PQclear(res);
-    }
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        tu_assert_sql_error(c, calls[i], "42501", NULL, NULL);
     PQfinish(c);
     tu_exec(admin, "DELETE FROM ferry.consumer_owner WHERE consumer = 'lang-own'; "
                    "DROP ROLE lang_svc");
@@ -817,16 +802,8 @@ static void emit_message_refuses_with_the_field_named(void **state)
          "aggregatetype"},
     };
     PGconn *c = tu_connect();
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        PGresult *res = PQexec(c, cases[i].call);
-        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
-        if (PQresultStatus(res) != PGRES_FATAL_ERROR || !st || strcmp(st, "22023") != 0 ||
-            !col || strcmp(col, cases[i].field) != 0)
-            fail_msg("%s: expected 22023 on %s, got %s", cases[i].call, cases[i].field,
-                     PQresultErrorMessage(res));
-        PQclear(res);
-    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        tu_assert_sql_error(c, cases[i].call, "22023", cases[i].field, NULL);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
     PQfinish(c);
 }

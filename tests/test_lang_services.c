@@ -27,6 +27,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 
 enum {
@@ -108,8 +109,7 @@ static int group_setup(void **state)
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 static PGconn *connect_db(const char *db)

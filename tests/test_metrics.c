@@ -386,15 +386,22 @@ static void header(const tu_http_reply *r, const char *name, char *out, size_t s
     }
 }
 
+/* Serve m's endpoint at address, which must work: the port it took. */
+static int serve_at(relay_metrics *m, const char *address)
+{
+    char err[256] = "";
+    int port = -1;
+    if (metrics_serve(m, address, &port, err, sizeof err) != 0)
+        fail_msg("metrics_serve %s: %s", address, err);
+    assert_true(port > 0 && port < 65536);
+    return port;
+}
+
 static void serve_metrics_and_health(void **state)
 {
     relay_metrics *m = metrics_new();
     assert_non_null(m);
-    char err[256] = "";
-    int port = -1;
-    if (metrics_serve(m, "127.0.0.1:0", &port, err, sizeof err) != 0)
-        fail_msg("metrics_serve: %s", err);
-    assert_true(port > 0 && port < 65536);
+    int port = serve_at(m, "127.0.0.1:0");
 
     metrics_add(m, M_ACKED, 42);
     metrics_observe(m, H_BATCH_SECONDS, 0.02);
@@ -409,20 +416,12 @@ static void serve_metrics_and_health(void **state)
     free(r.raw);
 
     /* Query strings are not part of the path. */
-    r = tu_http_get(port, "/metrics?name[]=x");
-    assert_int_equal(r.status, 200);
-    free(r.raw);
+    tu_http_expect(port, "/metrics?name[]=x", 200, NULL);
 
-    r = tu_http_get(port, "/healthz");
-    assert_int_equal(r.status, 200);
-    assert_string_equal(r.body, "ok\n");
-    free(r.raw);
+    tu_http_expect(port, "/healthz", 200, "ok\n");
 
     metrics_set_health(m, 0, "database unreachable");
-    r = tu_http_get(port, "/healthz");
-    assert_int_equal(r.status, 503);
-    assert_string_equal(r.body, "database unreachable\n");
-    free(r.raw);
+    tu_http_expect(port, "/healthz", 503, "database unreachable\n");
 
     /* A reason longer than the buffer is cut, not overrun. */
     char longer[2000];
@@ -435,17 +434,10 @@ static void serve_metrics_and_health(void **state)
     free(r.raw);
 
     metrics_set_health(m, 1, NULL);
-    r = tu_http_get(port, "/healthz");
-    assert_int_equal(r.status, 200);
-    assert_string_equal(r.body, "ok\n");
-    free(r.raw);
+    tu_http_expect(port, "/healthz", 200, "ok\n");
 
-    r = tu_http_get(port, "/nope");
-    assert_int_equal(r.status, 404);
-    free(r.raw);
-    r = tu_http_get(port, "/");
-    assert_int_equal(r.status, 404);
-    free(r.raw);
+    tu_http_expect(port, "/nope", 404, NULL);
+    tu_http_expect(port, "/", 404, NULL);
 
     r = tu_http_raw(AF_INET, "127.0.0.1", port,
                     "POST /metrics HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc");
@@ -480,14 +472,8 @@ static void serve_all_interfaces_and_ipv6(void **state)
     for (size_t i = 0; i < sizeof any / sizeof any[0]; i++) {
         relay_metrics *m = metrics_new();
         assert_non_null(m);
-        char err[256] = "";
-        int port = -1;
-        if (metrics_serve(m, any[i], &port, err, sizeof err) != 0)
-            fail_msg("metrics_serve %s: %s", any[i], err);
-        assert_true(port > 0);
-        tu_http_reply r = tu_http_get(port, "/healthz");   /* 127.0.0.1 is one of all */
-        assert_int_equal(r.status, 200);
-        free(r.raw);
+        /* 127.0.0.1 is one of all. */
+        tu_http_expect(serve_at(m, any[i]), "/healthz", 200, NULL);
         metrics_free(m);
     }
 
@@ -503,11 +489,7 @@ static void serve_all_interfaces_and_ipv6(void **state)
     }
     relay_metrics *m = metrics_new();
     assert_non_null(m);
-    char err[256] = "";
-    int port = -1;
-    if (metrics_serve(m, "[::1]:0", &port, err, sizeof err) != 0)
-        fail_msg("metrics_serve [::1]:0: %s", err);
-    assert_true(port > 0);
+    int port = serve_at(m, "[::1]:0");
     tu_http_reply r = tu_http_raw(AF_INET6, "::1", port, "GET /healthz HTTP/1.0\r\n\r\n");
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "ok\n");
@@ -551,13 +533,7 @@ static void bad_addresses_are_refused(void **state)
     assert_int_equal(metrics_serve(m, "nonsense", NULL, NULL, 0), -1);
 
     /* Refusals left nothing half-done: the same handle still serves. */
-    char err[256] = "";
-    int port = -1;
-    if (metrics_serve(m, "127.0.0.1:0", &port, err, sizeof err) != 0)
-        fail_msg("metrics_serve after refusals: %s", err);
-    tu_http_reply r = tu_http_get(port, "/healthz");
-    assert_int_equal(r.status, 200);
-    free(r.raw);
+    tu_http_expect(serve_at(m, "127.0.0.1:0"), "/healthz", 200, NULL);
     metrics_free(m);
 }
 
@@ -566,10 +542,8 @@ static void port_in_use_is_refused(void **state)
     relay_metrics *first = metrics_new(), *second = metrics_new();
     assert_non_null(first);
     assert_non_null(second);
+    int port = serve_at(first, "127.0.0.1:0");
     char err[256] = "";
-    int port = -1;
-    if (metrics_serve(first, "127.0.0.1:0", &port, err, sizeof err) != 0)
-        fail_msg("metrics_serve: %s", err);
 
     char address[64];
     snprintf(address, sizeof address, "127.0.0.1:%d", port);
@@ -584,9 +558,7 @@ static void port_in_use_is_refused(void **state)
         fail_msg("error does not say why: %s", err);
 
     /* The first server is unharmed. */
-    tu_http_reply r = tu_http_get(port, "/healthz");
-    assert_int_equal(r.status, 200);
-    free(r.raw);
+    tu_http_expect(port, "/healthz", 200, NULL);
     metrics_free(second);
     metrics_free(first);
 }

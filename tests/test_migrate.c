@@ -114,26 +114,33 @@ static void concurrent_migrators(void **state)
     PQfinish(c);
 }
 
-static void tampered_checksum_refused(void **state)
+/* A fresh database db, migrated, then changed by sql: migrating again is
+ * refused (FERRY_ESCHEMA) with in_message in the error. The connection,
+ * for the caller's further checks. */
+static PGconn *migrate_refused_after(const char *db, const char *sql, const char *in_message)
 {
-    PGconn *c = fresh_db("m_tamper");
+    PGconn *c = fresh_db(db);
     ferry_error err;
     assert_ferry_ok(ferry_migrate(c, NULL, &err), err);
-    tu_exec(c, "UPDATE ferry.schema_version SET checksum = 'deadbeef' WHERE version = 1");
+    tu_exec(c, sql);
     assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_ESCHEMA);
-    assert_non_null(strstr(err.message, "001_ferry.sql"));
+    assert_non_null(strstr(err.message, in_message));
+    return c;
+}
+
+static void tampered_checksum_refused(void **state)
+{
+    PGconn *c = migrate_refused_after("m_tamper", "UPDATE ferry.schema_version SET checksum = "
+                                      "'deadbeef' WHERE version = 1", "001_ferry.sql");
     assert_int_equal(PQtransactionStatus(c), PQTRANS_IDLE);
     PQfinish(c);
 }
 
 static void newer_schema_refused(void **state)
 {
-    PGconn *c = fresh_db("m_newer");
+    PGconn *c = migrate_refused_after("m_newer", "INSERT INTO ferry.schema_version VALUES "
+                                      "(999, '999_future.sql', 'x')", "999");
     ferry_error err;
-    assert_ferry_ok(ferry_migrate(c, NULL, &err), err);
-    tu_exec(c, "INSERT INTO ferry.schema_version VALUES (999, '999_future.sql', 'x')");
-    assert_int_equal(ferry_migrate(c, NULL, &err), FERRY_ESCHEMA);
-    assert_non_null(strstr(err.message, "999"));
     int version = 0;
     assert_ferry_ok(ferry_schema_version(c, &version, &err), err);
     assert_int_equal(version, 999);
@@ -171,42 +178,21 @@ static void failure_is_all_or_nothing(void **state)
 
 /* ---------------------------------------------------------------- CLI */
 
+/* The relay run to its end (tu_run): its exit status, what it wrote to
+ * stdout and then to stderr into out (cut to outsize). */
 static int run_relay(const char *const argv[], char *out, size_t outsize)
 {
-    int pipefd[2];
-    assert_int_equal(pipe(pipefd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(pipefd[1], 1);
-        dup2(pipefd[1], 2);
-        close(pipefd[0]);
-        close(pipefd[1]);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(pipefd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < outsize && (r = read(pipefd[0], out + n, outsize - 1 - n)) > 0)
-        n += (size_t)r;
-    out[n] = '\0';
-    /* Read the rest to its end, unkept: a child whose output outgrew the
-     * buffer (the usage after an unknown command) must not die of SIGPIPE. */
-    char rest[1024];
-    while (read(pipefd[0], rest, sizeof rest) > 0)
-        ;
-    close(pipefd[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    char *o = NULL, *e = NULL;
+    int rc = tu_run(argv, 60000, &o, &e);
+    snprintf(out, outsize, "%s%s", o, e);
+    free(o);
+    free(e);
+    return rc;
 }
 
 static void relay_migrate_command(void **state)
 {
-    const char *relay = getenv("FERRY_RELAY_BIN");
-    if (relay == NULL)
-        relay = "build/asan/ferry-relay";
+    const char *relay = tu_relay_bin();
     PQfinish(fresh_db("m_cli"));
     char *ci = fpg_conninfo_for(tu_pg, NULL, "m_cli");
     char out[4096];

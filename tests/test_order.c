@@ -13,15 +13,9 @@
 #include <time.h>
 
 #include "testutil.h"
+#include "tu_order.h"
 
 static const char *const order_conf[] = {"track_commit_timestamp = on", NULL};
-
-static void emit_one(PGconn *c, const char *key, const char *payload)
-{
-    ferry_msg m = {.topic = "ledger", .key = key, .type = "Posted", .payload = payload};
-    ferry_error err;
-    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
-}
 
 /* For every key, ordering its rows by position must order them by commit
  * timestamp too (equal within one transaction). Returns violations. */
@@ -44,21 +38,8 @@ static void reverse_commit_order(void **state)
 {
     enum { N = 5 };
     PGconn *admin = tu_connect();
-    tu_exec(admin, "CREATE TABLE biz (id serial PRIMARY KEY, tx int)");
     PGconn *c[N];
-    for (int i = 0; i < N; i++) {
-        c[i] = tu_connect();
-        tu_exec(c[i], "BEGIN");
-        char *sql = tu_sprintf("INSERT INTO biz (tx) VALUES (%d)", i);
-        tu_exec(c[i], sql);
-        free(sql);
-    }
-    for (int i = N - 1; i >= 0; i--) {
-        char payload[32];
-        snprintf(payload, sizeof payload, "{\"tx\": %d}", i);
-        emit_one(c[i], "acct-7", payload);
-        tu_exec(c[i], "COMMIT");
-    }
+    tu_reverse_commits(admin, c, N);
     /* Position p belongs to transaction N - p: commit order. */
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox "
                                    "WHERE (payload->>'tx')::int <> 5 - seq"), 0);
@@ -67,9 +48,7 @@ static void reverse_commit_order(void **state)
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM (SELECT created_at, lag(created_at) "
                                    "OVER (ORDER BY seq) prev FROM ferry.outbox) s "
                                    "WHERE created_at >= prev"), 0);
-    for (int i = 0; i < N; i++)
-        PQfinish(c[i]);
-    tu_exec(admin, "DROP TABLE biz");
+    tu_reverse_commits_done(admin, c, N);
     PQfinish(admin);
 }
 
@@ -103,7 +82,7 @@ static void second_emitter_waits(bool a_commits)
     PGconn *a = tu_connect();
     blocked_emit b = {.conn = tu_connect(), .payload = "{\"tx\": \"B\"}"};
     tu_exec(a, "BEGIN");
-    emit_one(a, "acct-9", "{\"tx\": \"A\"}");
+    tu_emit_ledger(a, "acct-9", "{\"tx\": \"A\"}");
     tu_exec(b.conn, "BEGIN");
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, emit_thread, &b), 0);
@@ -265,7 +244,7 @@ static ferry_code rr_fn(PGconn *conn, void *arg, ferry_error *err)
     PQclear(res);
     if (x->calls == 1) {
         tu_exec(x->other, "BEGIN");
-        emit_one(x->other, x->key, "{\"by\": \"other\"}");
+        tu_emit_ledger(x->other, x->key, "{\"by\": \"other\"}");
         tu_exec(x->other, "COMMIT");
     }
     ferry_msg m = {.topic = "ledger", .key = x->key, .type = "Posted", .payload = "{\"by\": \"rr\"}"};
@@ -278,7 +257,7 @@ static void repeatable_read_conflict_retried(const char *key, bool key_exists)
     rr_case x = {.other = tu_connect(), .key = key};
     if (key_exists) {
         tu_exec(c, "BEGIN");
-        emit_one(c, key, "{\"by\": \"setup\"}");
+        tu_emit_ledger(c, key, "{\"by\": \"setup\"}");
         tu_exec(c, "COMMIT");
     }
     ferry_tx_opts opts = {.isolation = FERRY_REPEATABLE_READ};

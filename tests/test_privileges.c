@@ -510,10 +510,8 @@ static void consumer_name_judged_by_the_role_set(void **state)
                "SELECT ferry.inbox_claim('" OTHERS "', gen_random_uuid(), 'pv', 'k', 1); "
                "ROLLBACK");
     tu_exec(c, "SET ROLE pv_other");
-    PGresult *res = PQexec(c, "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 'pv', "
-                              "'k', 1)");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(c, "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 'pv', 'k', 1)",
+                        "42501", NULL, NULL);
     PQfinish(c);
 }
 
@@ -523,20 +521,13 @@ static void writer_cannot_forge_relay_dead_letters(void **state)
 {
     PGconn *admin = tu_connect();
     long long before = tu_int(admin, "SELECT count(*) FROM ferry.dead_letter");
-    PGresult *res = PQexec(as[R_WRITER],
-                           "SELECT ferry.inbox_dead_letter('', gen_random_uuid(), 't', 'k', 1, "
-                           "'T', '', '{}', '{}', 1, 'forged')");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
-    res = PQexec(as[R_WRITER], "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), 't', "
-                               "'k', 1)");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    static const char forge[] = "SELECT ferry.inbox_dead_letter('', gen_random_uuid(), 't', "
+                                "'k', 1, 'T', '', '{}', '{}', 1, 'forged')";
+    tu_assert_sql_error(as[R_WRITER], forge, "42501", NULL, NULL);
+    tu_assert_sql_error(as[R_WRITER], "SELECT ferry.inbox_claim('" OWN "', gen_random_uuid(), "
+                                      "'t', 'k', 1)", "42501", NULL, NULL);
     /* Not even the schema's owner makes one through the inbox. */
-    res = PQexec(admin, "SELECT ferry.inbox_dead_letter('', gen_random_uuid(), 't', 'k', 1, "
-                        "'T', '', '{}', '{}', 1, 'forged')");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    PQclear(res);
+    tu_assert_sql_error(admin, forge, "22023", NULL, NULL);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.dead_letter"), before);
     PQfinish(admin);
 }
@@ -588,10 +579,8 @@ static void relay_makes_relay_dead_letters_only(void **state)
                                          "WHERE topic = 'pv-dl'"), 1);
     /* ... and cannot replay it into the consumer; the reconciler can. */
     char *sql = tu_sprintf("SELECT ferry.replay_dead_letter(%lld)", mine);
-    PGresult *res = PQexec(as[R_RELAY], sql);
+    tu_assert_sql_error(as[R_RELAY], sql, "42501", NULL, NULL);
     /* (tu_assert_str_of frees sql) */
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
     tu_assert_str_of(as[R_RECONCILER], sql, "t");
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.inbox_held "
                                    "WHERE topic = 'pv-dl' AND reason = 'replay'"), 1);

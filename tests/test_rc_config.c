@@ -82,14 +82,6 @@ static void sample(const char *key, const char **value, const char **shown)
     fail_msg("setting %s: no sample value; add one", key);
 }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    assert_true(fputs(text, f) >= 0);
-    assert_int_equal(fclose(f), 0);
-}
-
 static void every_setting_through_file_env_and_flag(void **state)
 {
     char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
@@ -108,7 +100,7 @@ static void every_setting_through_file_env_and_flag(void **state)
 
         snprintf(text, sizeof text, "%s%s: \"%s\"\n", strcmp(d->key, "db") ? "db: x\n" : "",
                  d->key, value);
-        write_file(path, text);
+        tu_write_file(path, text);
         assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
         render(&o, d->key, got, sizeof got);
         if (strcmp(got, shown) != 0)
@@ -116,7 +108,7 @@ static void every_setting_through_file_env_and_flag(void **state)
         rc_options_free(&o);
 
         /* The variable over the file. */
-        write_file(path, "db: base\n");
+        tu_write_file(path, "db: base\n");
         setenv(d->env, value, 1);
         assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
         render(&o, d->key, got, sizeof got);
@@ -146,7 +138,7 @@ static void precedence_and_the_config_variable(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    write_file(path, "db: from-file\nwait: 5\nholder: ~\n");
+    tu_write_file(path, "db: from-file\nwait: 5\nholder: ~\n");
     setenv("FERRY_RECONCILE_CONFIG", path, 1);
     rc_options o;
     assert_int_equal(parse_v("repair", &o, ARGS("--lease-ttl", "2000")), 0);
@@ -169,19 +161,12 @@ static void precedence_and_the_config_variable(void **state)
 
 static void secret_references(void **state)
 {
-    char secret[] = "/tmp/ferry-test-secret-XXXXXX";
-    int fd = mkstemp(secret);
-    assert_true(fd >= 0);
-    assert_int_equal(write(fd, "pw\n", 3), 3);
-    close(fd);
-    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
-    fd = mkstemp(path);
-    assert_true(fd >= 0);
-    close(fd);
+    char *secret = tu_temp_file("pw\n");
+    char *path = tu_temp_file("");
     char text[512];
     snprintf(text, sizeof text, "db: \"user=r password=${file:%s}\"\ninterval: ${env:T_IV}\n",
              secret);
-    write_file(path, text);
+    tu_write_file(path, text);
     setenv("T_IV", "2.5", 1);
     rc_options o;
     assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
@@ -208,6 +193,8 @@ static void secret_references(void **state)
     free(err);
     assert_int_equal(unlink(secret), 0);
     assert_int_equal(unlink(path), 0);
+    free(secret);
+    free(path);
 }
 
 static void errors_name_the_setting_and_place(void **state)
@@ -228,7 +215,7 @@ static void errors_name_the_setting_and_place(void **state)
         {"- db\n", ":1:1: "},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        write_file(path, cases[i].file);
+        tu_write_file(path, cases[i].file);
         char arg[128], *out = NULL, *err = NULL, want[256];
         snprintf(arg, sizeof arg, "--config=%s", path);
         int st = tu_reconcile(ARGS("check", arg), 30000, &out, &err);

@@ -628,10 +628,8 @@ static ferry_saga_registry *registry_load(void)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    PGconn *c = tu_connect();
-    if ((broker = tu_saga_setup(c, topic_of)) == NULL)
+    PGconn *c = tu_saga_group_setup(state, topic_of, &broker);
+    if (c == NULL)
         return -1;
     tu_exec(c, "CREATE TABLE t_swallowed (n bigserial, participant text, saga uuid, kind text, "
                "key text, attempt text)");

@@ -19,6 +19,7 @@
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_http.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 #include "tu_relay.h"
 
@@ -114,8 +115,7 @@ static void once_publishes_committed_only(void **state)
         assert_null(strstr(got->msgs[i].value, "\"no\""));
     kt_msgs_free(got);
 
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 500, 5000);
-    assert_int_equal(tc.distinct, 500);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 500, 5000, 500);
     assert_int_equal(tc.duplicates, 0);
     assert_int_equal(tc.keys, 7);
 }
@@ -137,41 +137,7 @@ static void notify_wakes_the_relay(void **state)
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 3, 5000);
-    assert_int_equal(tc.distinct, 3);
-}
-
-typedef struct writer_arg {
-    const char *topic;
-    int n;
-    int rounds;
-    ferry_code rc;
-    ferry_error err;
-} writer_arg;
-
-static ferry_code writer_fn(PGconn *conn, void *arg, ferry_error *err)
-{
-    writer_arg *w = arg;
-    char payload[64];
-    ferry_msg m[3];
-    char keys[3][16];
-    for (int i = 0; i < 3; i++) {
-        snprintf(keys[i], sizeof keys[i], "key-%d", (w->n + i) % 5);
-        m[i] = (ferry_msg){.topic = w->topic, .key = keys[i], .type = "Tested",
-                           .payload = payload};
-    }
-    snprintf(payload, sizeof payload, "{\"writer\": %d}", w->n);
-    return ferry_emit_batch(conn, m, 3, NULL, NULL, err);
-}
-
-static void *writer_main(void *arg)
-{
-    writer_arg *w = arg;
-    PGconn *c = fpg_connect(tu_pg);
-    for (int i = 0; i < w->rounds && w->rc == FERRY_OK; i++)
-        w->rc = ferry_tx_run(c, NULL, writer_fn, w, NULL, &w->err);
-    PQfinish(c);
-    return NULL;
+    tu_assert_topic(kt_bootstrap(broker), topic, 3, 5000, 3);
 }
 
 /* Many writers on a few hot keys while the relay publishes: every key's
@@ -182,23 +148,34 @@ static void order_holds_with_concurrent_writers(void **state)
     assert_int_equal(kt_command(broker, "topic-create %s 4 1", topic), 0);
     tu_proc p = relay_spawn("order-a", NULL, NULL);
     enum { W = 6, ROUNDS = 60 };
-    pthread_t th[W];
-    writer_arg w[W];
-    for (int i = 0; i < W; i++) {
-        w[i] = (writer_arg){.topic = topic, .n = i, .rounds = ROUNDS};
-        pthread_create(&th[i], NULL, writer_main, &w[i]);
-    }
-    for (int i = 0; i < W; i++) {
-        pthread_join(th[i], NULL);
-        assert_ferry_ok(w[i].rc, w[i].err);
-    }
+    tu_hot_writers_join(tu_hot_writers_start(topic, W, ROUNDS));
     tu_await_outbox_empty(topic, 60000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     tu_proc_done(&p);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, W * ROUNDS * 3, 10000);
-    assert_int_equal(tc.distinct, W * ROUNDS * 3);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, W * ROUNDS * 3, 10000,
+                                        W * ROUNDS * 3);
     assert_int_equal(tc.keys, 5);
+}
+
+/* Emit n messages in transactions of per_tx, start a relay named name,
+ * and once fewer than below are left in the outbox, send it sig and wait
+ * for it to exit with want (it has really been mid-run). The caller reads
+ * its log and calls tu_proc_done. */
+static tu_proc relay_stopped_mid_run(const char *name, const char *topic, int n, int per_tx,
+                                     int below, int sig, int want)
+{
+    emit_n(topic, n, per_tx);
+    tu_proc p = relay_spawn(name, NULL, NULL);
+    PGconn *c = tu_connect();
+    char *mid = tu_sprintf("SELECT count(*) < %d FROM ferry.outbox WHERE topic = '%s'", below,
+                           topic);
+    tu_await(c, mid, 60000);
+    free(mid);
+    PQfinish(c);
+    kill(p.pid, sig);
+    assert_int_equal(tu_proc_wait(&p, 60000), want);
+    return p;
 }
 
 /* SIGTERM while publishing: it stops fetching, waits for what is in
@@ -207,13 +184,7 @@ static void order_holds_with_concurrent_writers(void **state)
 static void graceful_shutdown_loses_nothing(void **state)
 {
     const char *topic = "t.graceful";
-    emit_n(topic, 20000, 50);
-    tu_proc p = relay_spawn("graceful-a", NULL, NULL);
-    PGconn *c = tu_connect();
-    tu_await(c, "SELECT count(*) < 20000 FROM ferry.outbox WHERE topic = 't.graceful'", 60000);
-    PQfinish(c);
-    kill(p.pid, SIGTERM);
-    assert_int_equal(tu_proc_wait(&p, 60000), 0);
+    tu_proc p = relay_stopped_mid_run("graceful-a", topic, 20000, 50, 20000, SIGTERM, 0);
     char *log = tu_proc_log(&p);
     assert_non_null(strstr(log, "\"event\":\"relay.stopping\""));
     free(log);
@@ -224,8 +195,7 @@ static void graceful_shutdown_loses_nothing(void **state)
     assert_true(tc.distinct >= (size_t)(20000 - left));
     /* The rest goes out on the next run. */
     assert_int_equal(relay_once("graceful-b", NULL, NULL, NULL), 0);
-    tc = tu_check_topic(kt_bootstrap(broker), topic, 20000, 10000);
-    assert_int_equal(tc.distinct, 20000);
+    tc = tu_assert_topic(kt_bootstrap(broker), topic, 20000, 10000, 20000);
 }
 
 /* kill -9 in the middle: the next relay publishes the rest; some messages
@@ -234,13 +204,7 @@ static void graceful_shutdown_loses_nothing(void **state)
 static void kill9_mid_batch_loses_nothing(void **state)
 {
     const char *topic = "t.kill9";
-    emit_n(topic, 30000, 40);
-    tu_proc p = relay_spawn("kill9-a", NULL, NULL);
-    PGconn *c = tu_connect();
-    tu_await(c, "SELECT count(*) < 25000 FROM ferry.outbox WHERE topic = 't.kill9'", 60000);
-    PQfinish(c);
-    kill(p.pid, SIGKILL);
-    assert_int_equal(tu_proc_wait(&p, 10000), 128 + SIGKILL);
+    tu_proc p = relay_stopped_mid_run("kill9-a", topic, 30000, 40, 25000, SIGKILL, 128 + SIGKILL);
     tu_proc_done(&p);
     long long left = tu_outbox_rows(topic);
     assert_true(left > 0);                          /* it really died mid-way */
@@ -252,8 +216,7 @@ static void kill9_mid_batch_loses_nothing(void **state)
     free(log);
     assert_int_equal(tu_outbox_rows(topic), 0);
     /* Read all there is (duplicates included), not just 30000. */
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 60000);
-    assert_int_equal(tc.distinct, 30000);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 0, 60000, 30000);
     print_message("kill -9: %lld rows left, %zu duplicates published\n", left, tc.duplicates);
 }
 
@@ -321,8 +284,7 @@ static void broker_down_then_up(void **state)
                  twice, log);
     free(log);
     tu_proc_done(&p);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 200, 10000);
-    assert_int_equal(tc.distinct, 200);
+    tu_assert_topic(kt_bootstrap(broker), topic, 200, 10000, 200);
 }
 
 /* Produce requests fail a few times, and the round trip is slow: the
@@ -352,8 +314,7 @@ static void produce_errors_and_latency(void **state)
     assert_non_null(strstr(log, "Not enough in-sync replicas (actions Retry"));
     free(log);
     assert_int_equal(kt_command(broker, "rtt 1 0"), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 300, 10000);
-    assert_int_equal(tc.distinct, 300);
+    tu_assert_topic(kt_bootstrap(broker), topic, 300, 10000, 300);
 }
 
 /* librdkafka's fatal error (raised on purpose through its test API): the
@@ -369,8 +330,7 @@ static void fatal_error_rebuilds_producer(void **state)
     free(log);
     assert_int_equal(tu_outbox_rows(topic), 0);
     /* Purged in-flight messages may have been written: read it all. */
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 60000);
-    assert_int_equal(tc.distinct, 3000);
+    tu_assert_topic(kt_bootstrap(broker), topic, 0, 60000, 3000);
 }
 
 /* A message the broker will never take parks its key: after max_attempts
@@ -457,8 +417,7 @@ static void two_relays_share_the_shards(void **state)
     assert_int_equal(tu_proc_wait(&b, 30000), 0);
     tu_proc_done(&a);
     tu_proc_done(&b);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 2000, 10000);
-    assert_int_equal(tc.distinct, 2000);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 2000, 10000, 2000);
     assert_int_equal(tc.duplicates, 0);
     /* Released on the way out: nobody holds a shard now. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name LIKE 'shard:%' "
@@ -509,8 +468,7 @@ static void paused_relay_loses_shards_and_acks(void **state)
     tu_proc_done(&a);
     tu_proc_done(&b);
     /* Duplicates expected (A's deliveries and B's resends): read it all. */
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 60000);
-    assert_int_equal(tc.distinct, 100);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 0, 60000, 100);
     assert_true(tc.duplicates > 0);
     PQfinish(c);
 }
@@ -603,8 +561,7 @@ static void database_restart_loses_nothing(void **state)
     assert_all_json(log);
     free(log);
     tu_proc_done(&p);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 200, 10000);
-    assert_int_equal(tc.distinct, 200);
+    tu_assert_topic(kt_bootstrap(broker), topic, 200, 10000, 200);
 }
 
 /* A column type changed under a running relay: its prepared statements
@@ -634,8 +591,7 @@ static void schema_change_under_a_running_relay(void **state)
     free(log);
     tu_proc_done(&p);
     PQfinish(c);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 150, 10000);
-    assert_int_equal(tc.distinct, 150);
+    tu_assert_topic(kt_bootstrap(broker), topic, 150, 10000, 150);
 }
 
 /* The metrics endpoint of a running relay counts what it published, and
@@ -660,9 +616,7 @@ static void metrics_endpoint_counts(void **state)
     assert_true(port > 0);
     emit_n(topic, 50, 5);
     tu_await_outbox_empty(topic, 30000);
-    tu_http_reply health = tu_http_get(port, "/healthz");
-    assert_int_equal(health.status, 200);
-    free(health.raw);
+    tu_http_expect(port, "/healthz", 200, NULL);
     tu_http_reply r = tu_http_get(port, "/metrics");
     assert_int_equal(r.status, 200);
     double published = 0, held = 0, e2e = 0;
@@ -731,8 +685,7 @@ static void delayed_message_holds_its_key(void **state)
     tu_exec(c, "UPDATE ferry.outbox SET available_at = now() WHERE topic = 't.delay'");
     assert_int_equal(relay_once("delay-a", NULL, NULL, NULL), 0);
     assert_int_equal(tu_outbox_rows(topic), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 3, 5000);
-    assert_int_equal(tc.distinct, 3);
+    tu_assert_topic(kt_bootstrap(broker), topic, 3, 5000, 3);
     PQfinish(c);
 }
 
@@ -748,8 +701,7 @@ static void retention_marks_instead_of_deleting(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.mark' "
                                "AND published_at IS NOT NULL"), 20);
     assert_int_equal(relay_once("mark-a", args, NULL, NULL), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 0, 60000);
-    assert_int_equal(tc.distinct, 20);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 0, 60000, 20);
     assert_int_equal(tc.duplicates, 0);
     tu_exec(c, "DELETE FROM ferry.outbox WHERE topic = 't.mark'");
     PQfinish(c);
@@ -775,8 +727,8 @@ static void replayed_dead_letter_goes_first(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d WHERE "
                                "topic = 't.replay' AND ferry.replay_dead_letter(d.id)"), 1);
     assert_int_equal(relay_once("replay-a", NULL, NULL, NULL), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 2, 5000);
-    assert_int_equal(tc.distinct, 2);       /* positions 1 then 2: the replayed one first */
+    /* Positions 1 then 2: the replayed one first. */
+    tu_assert_topic(kt_bootstrap(broker), topic, 2, 5000, 2);
     PQfinish(c);
 }
 
@@ -812,9 +764,7 @@ static void bad_setup_exits_with_a_clear_error(void **state)
 
     /* Lowering the shard count would strand keys on unserved shards. */
     PGconn *c = tu_connect();
-    PGresult *res = PQexec(c, "UPDATE ferry.settings SET shard_count = 4");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    PQclear(res);
+    tu_assert_sql_error(c, "UPDATE ferry.settings SET shard_count = 4", "22023", NULL, NULL);
     PQfinish(c);
 
     const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
@@ -826,16 +776,12 @@ static void bad_setup_exits_with_a_clear_error(void **state)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    broker = kt_start(1);
-    return broker == NULL ? -1 : 0;
+    return tu_broker_group_setup(state, &broker);
 }
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 int main(void)

@@ -33,6 +33,7 @@
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_http.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 #include "tu_relay.h"
 
@@ -334,8 +335,7 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
     assert_int_equal(log_count(p, "partition.recovered"), 1);
     assert_int_equal(relay_stop(p, 30000), 0);
 
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, KEYS * 3, 10000);
-    assert_int_equal(tc.distinct, KEYS * 3);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, KEYS * 3, 10000, KEYS * 3);
     assert_int_equal(tc.keys, KEYS);
     free(healthy_left);
     free(stuck);
@@ -403,10 +403,8 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     assert_true(stuck >= 1 && stuck <= KEYS + PARTITIONS);
     assert_true(recovered >= 1 && recovered <= stuck);
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), refused, KEYS, 10000);
-    assert_int_equal(tc.distinct, KEYS);
-    tc = tu_check_topic(kt_bootstrap(broker), allowed, KEYS * 3, 10000);
-    assert_int_equal(tc.distinct, KEYS * 3);
+    tu_assert_topic(kt_bootstrap(broker), refused, KEYS, 10000, KEYS);
+    tu_assert_topic(kt_bootstrap(broker), allowed, KEYS * 3, 10000, KEYS * 3);
     free(allowed_left);
     PQfinish(c);
 }
@@ -496,8 +494,7 @@ static void a_commit_is_never_left_for_the_poll(void **state)
     tu_exec(w, "COMMIT");
     tu_await_outbox_empty(topic, 15000);
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 1, 10000);
-    assert_int_equal(tc.distinct, 1);
+    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
     PQfinish(w);
     PQfinish(c);
 }
@@ -602,14 +599,9 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
 
     /* SQL: the text overload (an untyped literal), as a service would. */
     const char *params[1] = {big};
-    PGresult *res = PQexecParams(c, "SELECT ferry.emit('f.size', 'big', 'Tested', $1)", 1, NULL,
-                                 params, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK)
-        fail_msg("ferry.emit() accepted a payload whose canonical text is 1200 bytes");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "22023");
-    assert_non_null(PQresultErrorField(res, PG_DIAG_COLUMN_NAME));
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "payload");
-    PQclear(res);
+    /* Refused: its canonical text is 1200 bytes. */
+    tu_assert_sql_error_p(c, "SELECT ferry.emit('f.size', 'big', 'Tested', $1)", 1, params,
+                          "22023", "payload", NULL);
 
     /* The C API, in a transaction of the caller's. */
     ferry_error err;
@@ -623,8 +615,8 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
 
     /* What fits as published goes, both ways. */
     params[0] = fits;
-    res = PQexecParams(c, "SELECT ferry.emit('f.size', 'fits', 'Tested', $1)", 1, NULL, params,
-                       NULL, NULL, 0);
+    PGresult *res = PQexecParams(c, "SELECT ferry.emit('f.size', 'fits', 'Tested', $1)", 1,
+                                 NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         fail_msg("ferry.emit() refused a payload of 900 canonical bytes: %s",
                  PQresultErrorMessage(res));
@@ -848,8 +840,7 @@ static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
     assert_int_equal(tu_proc_poll(a), -1);
     assert_int_equal(log_count(a, "lease.lost"), 0);
     assert_int_equal(relay_stop(a, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 16, 10000);
-    assert_int_equal(tc.distinct, 16);
+    tu_assert_topic(kt_bootstrap(broker), topic, 16, 10000, 16);
 }
 
 /* ------------------------------------------------------------------ 9. scale-out */
@@ -957,8 +948,7 @@ static void scale_out_under_load_takes_a_share(void **state)
     assert_int_equal(relay_stop(a, 30000), 0);
     assert_int_equal(relay_stop(b, 30000), 0);
     long total = atomic_load(&w.committed);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, (size_t)total, 20000);
-    assert_int_equal(tc.distinct, total);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, (size_t)total, 20000, total);
     assert_int_equal(tc.keys, 64);
     PQfinish(c);
 }
@@ -1022,8 +1012,7 @@ static void publishing_resumes_promptly_after_a_broker_outage(void **state)
     print_message("published %lld ms after the brokers' return\n",
                   (long long)(clk_mono_ms() - up_at));
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 101, 10000);
-    assert_int_equal(tc.distinct, 101);
+    tu_assert_topic(kt_bootstrap(broker), topic, 101, 10000, 101);
 }
 
 /* ------------------------------------------------------------------ 11. before Kafka */
@@ -1063,8 +1052,7 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
     assert_true(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'early-a' "
                           "AND name LIKE 'shard:%' AND expires_at > now()") > 0);
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 8, 10000);
-    assert_int_equal(tc.distinct, 8);
+    tu_assert_topic(kt_bootstrap(broker), topic, 8, 10000, 8);
     PQfinish(c);
 }
 
@@ -1125,8 +1113,7 @@ static void a_broker_that_refuses_every_produce_ends_in_a_dead_letter(void **sta
     emit_keys(topic, "e", 1, 1);
     tu_await_outbox_empty(topic, 20000);
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_topic_check tc = tu_check_topic(kt_bootstrap(broker), topic, 1, 10000);
-    assert_int_equal(tc.distinct, 1);
+    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
     PQfinish(c);
 }
 
@@ -1156,16 +1143,12 @@ static int cleanup(void **state)
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    broker = kt_start(1);
-    return broker == NULL ? -1 : 0;
+    return tu_broker_group_setup(state, &broker);
 }
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 #define T(f) cmocka_unit_test_teardown(f, cleanup)

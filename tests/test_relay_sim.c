@@ -58,6 +58,7 @@
 #include <cmocka.h>
 
 #include "../daemon/relay_sched.h"
+#include "tu_sim.h"
 
 #define SHARDS 4
 #define KEYS 12
@@ -847,16 +848,6 @@ static int run_seed(uint64_t seed, int tracing)
     return W.failed;
 }
 
-static uint64_t env_u64(const char *name, uint64_t dflt, int *set)
-{
-    const char *v = getenv(name);
-    if (set != NULL)
-        *set = v != NULL && v[0] != '\0';
-    if (v == NULL || v[0] == '\0')
-        return dflt;
-    return strtoull(v, NULL, 10);
-}
-
 static int run_seeds(uint64_t first, uint64_t last, int tracing, uint64_t *failed_seed)
 {
     for (uint64_t seed = first; seed < last; seed++)
@@ -870,19 +861,15 @@ static int run_seeds(uint64_t first, uint64_t last, int tracing, uint64_t *faile
 static void simulate(void **state)
 {
     (void)state;
-    int one = 0;
-    uint64_t only = env_u64("FERRY_SIM_SEED", 0, &one);
-    uint64_t seeds = env_u64("FERRY_SIM_SEEDS", SIM_SEEDS_DEFAULT, NULL);
-    uint64_t from = env_u64("FERRY_SIM_FIRST", 0, NULL);
-    int tracing = env_u64("FERRY_SIM_TRACE", 0, NULL) != 0;
-    uint64_t first = one ? only : from, last = one ? only + 1 : from + seeds;
-    struct timespec t0, t1;
+    tu_sim_seeds range = tu_sim_seeds_from_env(SIM_SEEDS_DEFAULT);
+    uint64_t first = range.first, last = range.last;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     uint64_t bad = 0;
     uint64_t fatal_n = 0, lost = 0, db = 0, pause = 0, stuck = 0, takeover = 0, refused = 0,
              dead = 0, delayed = 0, skipped = 0;
     for (uint64_t seed = first; seed < last; seed++) {
-        if (run_seed(seed, tracing)) {
+        if (run_seed(seed, range.tracing)) {
             bad = seed;
             fprintf(stderr,
                     "relay sim: seed %" PRIu64 " FAILED: %s\n"
@@ -895,18 +882,16 @@ static void simulate(void **state)
         stuck += W.pr_stuck, takeover += W.pr_takeover, refused += W.pr_refused;
         dead += W.pr_dead, delayed += W.pr_delayed, skipped += W.pr_skipped;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     fprintf(stderr,
             "relay sim: %" PRIu64 " seeds passed (%" PRIu64 "..%" PRIu64 ", %.0f seeds/s); "
             "probes: fatal=%" PRIu64
             " lost_reply=%" PRIu64 " db=%" PRIu64 " pause=%" PRIu64 " stuck=%" PRIu64
             " takeover=%" PRIu64 " refused=%" PRIu64 " dead=%" PRIu64 " delayed=%" PRIu64
             " skipped=%" PRIu64 "\n",
-            last - first, first, last - 1, secs > 0 ? (double)(last - first) / secs : 0.0,
+            last - first, first, last - 1, tu_sim_rate(&t0, last - first),
             fatal_n, lost, db,
             pause, stuck, takeover, refused, dead, delayed, skipped);
-    if (!one && seeds >= 1000) {
+    if (!range.one && range.count >= 1000) {
         /* Every fault must have fired somewhere, or the simulator is not
          * testing what it claims. */
         assert_true(fatal_n > 0 && lost > 0 && db > 0 && pause > 0 && stuck > 0);

@@ -120,15 +120,7 @@ static ferry_consumer *consumer_new(int which)
 
 static ferry_saga_registry *registry_new(const char *yaml)
 {
-    ferry_saga_def *def = NULL;
-    ferry_saga_load_errors errs;
-    if (ferry_saga_def_parse(yaml, strlen(yaml), "order-test.yaml", &def, &errs) != FERRY_OK)
-        fail_msg("order yaml: %s: %s", errs.errors[0].field, errs.errors[0].message);
-    ferry_saga_registry *r = NULL;
-    ferry_error err;
-    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
-    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
-    return r;
+    return tu_saga_registry(yaml, "order-test.yaml");
 }
 
 /* Poll the consumers in mask and fire due timers until sql (over conn) is
@@ -772,32 +764,14 @@ static void saga_numbers_keep_their_digits(void **state)
     ferry_saga_registry_destroy(r);
 }
 
-/*
- * The tests run twice, at the same time, each pass with its own cluster
- * and broker: with batches (the library's default, batch_max 100) and
- * with one message per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a
- * test hook of the library, inherited by the orchestrator process).
- */
-static pid_t start_unbatched_pass(void)
-{
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
-        execl("/proc/self/exe", "test_saga", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--orchestrator") == 0)
         return orchestrator_main(argv);
-    pid_t unbatched = -1;
-    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL && getenv("FERRY_TEST_ONE_PASS") == NULL)
-        unbatched = start_unbatched_pass();
+    /* The tests run twice at once, the second pass with one message per
+     * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
+     * library, inherited by the orchestrator process). */
+    pid_t unbatched = tu_unbatched_pass_start("test_saga");
     const char *hook = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
     int batched = hook == NULL || strtol(hook, NULL, 10) != 1;
     const struct CMUnitTest tests[] = {
@@ -816,14 +790,5 @@ int main(int argc, char **argv)
     int failed = tu_run_group(batched ? "test_saga, with batches"
                                       : "test_saga, one message per transaction",
                               tests, sizeof tests / sizeof tests[0], group_setup, group_teardown);
-    if (unbatched > 0) {
-        int st = 0;
-        while (waitpid(unbatched, &st, 0) < 0 && errno == EINTR)
-            ;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            fprintf(stderr, "test_saga: the pass without batches failed (status %d)\n", st);
-            failed++;
-        }
-    }
-    return failed;
+    return failed + tu_unbatched_pass_wait(unbatched, "test_saga");
 }

@@ -167,6 +167,26 @@ static void start_many(PGconn *conn, const char *prefix, int n, const char *(*be
     }
 }
 
+/* start_many SAGAS sagas, then pump until all of them are in one of the
+ * states ended (an SQL list: "'completed'"). */
+static void start_and_pump(PGconn *conn, const char *prefix, const char *(*behave)(int),
+                           const char *ended)
+{
+    start_many(conn, prefix, SAGAS, behave);
+    char *done = tu_sprintf("SELECT count(*) = %d FROM ferry.saga WHERE state IN (%s) "
+                            "AND context->>'order_id' LIKE '%s-%%'", SAGAS, ended, prefix);
+    pump(conn, done);
+    free(done);
+}
+
+/* How many actions were applied for the sagas of orders prefix-N. */
+static long long actions_done(PGconn *conn, const char *prefix)
+{
+    return tu_int_of(conn, tu_sprintf("SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
+                                      "s.id = e.saga WHERE s.context->>'order_id' LIKE '%s-%%' "
+                                      "AND e.what = 'do'", prefix));
+}
+
 static const char *all_ok(int i) { return "ok"; }
 static const char *every_fourth_refused(int i) { return i % 4 == 1 ? "refuse" : "ok"; }
 
@@ -186,17 +206,11 @@ static void many_sagas_at_once_all_complete_in_batches(void **state)
     for (int i = 0; i < TU_C_COUNT; i++)
         stats_of(i, &before[i]);
     completions_seen = 0;
-    start_many(conn, "all", SAGAS, all_ok);
-    char *done = tu_sprintf("SELECT count(*) = %d FROM ferry.saga WHERE state = 'completed' "
-                            "AND context->>'order_id' LIKE 'all-%%'", SAGAS);
-    pump(conn, done);
-    free(done);
+    start_and_pump(conn, "all", all_ok, "'completed'");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE context->>'order_id' "
                                   "LIKE 'all-%' AND state <> 'completed'"), 0);
     /* Each action once, nothing undone. */
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
-                                  "s.id = e.saga WHERE s.context->>'order_id' LIKE 'all-%' "
-                                  "AND e.what = 'do'"), 3 * SAGAS);
+    assert_int_equal(actions_done(conn, "all"), 3 * SAGAS);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT e.saga, e.participant FROM "
                                   "t_effect e GROUP BY 1, 2 HAVING count(*) > 1) d"), 0);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect WHERE what = 'undo'"), 0);
@@ -236,11 +250,7 @@ static void many_sagas_at_once_all_complete_in_batches(void **state)
 static void refusals_inside_batches_compensate_only_their_sagas(void **state)
 {
     PGconn *conn = tu_connect();
-    start_many(conn, "ref", SAGAS, every_fourth_refused);
-    char *done = tu_sprintf("SELECT count(*) = %d FROM ferry.saga WHERE state IN ('completed', "
-                            "'compensated') AND context->>'order_id' LIKE 'ref-%%'", SAGAS);
-    pump(conn, done);
-    free(done);
+    start_and_pump(conn, "ref", every_fourth_refused, "'completed', 'compensated'");
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE context->>'order_id' "
                                   "LIKE 'ref-%' AND state = 'compensated' AND "
                                   "context->>'inventory' = 'refuse'"), SAGAS / 4);
@@ -274,18 +284,12 @@ static void a_failure_mid_batch_is_applied_apart_and_every_saga_completes(void *
     stats_of(TU_C_INVENTORY, &before);
     snprintf(fail_once_order, sizeof fail_once_order, "mid-%d", SAGAS / 2);
     faults_fired = 0;
-    start_many(conn, "mid", SAGAS, all_ok);
-    char *done = tu_sprintf("SELECT count(*) = %d FROM ferry.saga WHERE state = 'completed' "
-                            "AND context->>'order_id' LIKE 'mid-%%'", SAGAS);
-    pump(conn, done);
-    free(done);
+    start_and_pump(conn, "mid", all_ok, "'completed'");
     assert_int_equal(faults_fired, 1);
     ferry_consumer_stats s;
     stats_of(TU_C_INVENTORY, &s);
     assert_true(s.batch_fallbacks > before.batch_fallbacks);
-    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_effect e JOIN ferry.saga s ON "
-                                  "s.id = e.saga WHERE s.context->>'order_id' LIKE 'mid-%' "
-                                  "AND e.what = 'do'"), 3 * SAGAS);
+    assert_int_equal(actions_done(conn, "mid"), 3 * SAGAS);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM (SELECT e.saga, e.participant FROM "
                                   "t_effect e GROUP BY 1, 2, e.what HAVING count(*) > 1) d"), 0);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter"), 0);
@@ -296,10 +300,8 @@ static void a_failure_mid_batch_is_applied_apart_and_every_saga_completes(void *
 
 static int group_setup(void **state)
 {
-    if (tu_group_setup(state) != 0)
-        return -1;
-    PGconn *c = tu_connect();
-    if ((broker = tu_saga_setup(c, topic_of)) == NULL)
+    PGconn *c = tu_saga_group_setup(state, topic_of, &broker);
+    if (c == NULL)
         return -1;
     PQfinish(c);
     const char *args[] = {"--set", "poll_interval_ms=50", NULL};

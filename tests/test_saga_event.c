@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "tu_saga.h"
 
 static const char yaml[] =
     "saga: t13\nversion: 1\ndeadline: 1h\nsteps:\n"
@@ -44,15 +45,7 @@ static void assert_str_of(PGconn *conn, char *sql, char *want)
 
 static ferry_saga_registry *registry_new(void)
 {
-    ferry_saga_def *def = NULL;
-    ferry_saga_load_errors errs;
-    if (ferry_saga_def_parse(yaml, strlen(yaml), "t13.yaml", &def, &errs) != FERRY_OK)
-        fail_msg("t13 yaml: %s: %s", errs.errors[0].field, errs.errors[0].message);
-    ferry_saga_registry *r = NULL;
-    ferry_error err;
-    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
-    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
-    return r;
+    return tu_saga_registry(yaml, "t13.yaml");
 }
 
 static void start(PGconn *conn, char id[FERRY_UUID_STRING_SIZE])

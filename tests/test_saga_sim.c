@@ -51,6 +51,7 @@
 #include <cmocka.h>
 
 #include "ferry.h"
+#include "tu_sim.h"
 
 /* ------------------------------------------------------------ limits */
 
@@ -830,29 +831,16 @@ static int run_seed(uint64_t seed, int tracing, int hashing)
     return s->failed;
 }
 
-static uint64_t env_u64(const char *name, uint64_t dflt, int *set)
-{
-    const char *v = getenv(name);
-    if (set != NULL)
-        *set = v != NULL && v[0] != '\0';
-    if (v == NULL || v[0] == '\0')
-        return dflt;
-    return strtoull(v, NULL, 10);
-}
-
 static void simulate(void **state)
 {
-    int one = 0;
-    uint64_t only = env_u64("FERRY_SIM_SEED", 0, &one);
-    uint64_t seeds = env_u64("FERRY_SIM_SEEDS", SIM_SEEDS_DEFAULT, NULL);
-    int tracing = env_u64("FERRY_SIM_TRACE", 0, NULL) != 0;
-    uint64_t first = one ? only : 0, last = one ? only + 1 : seeds;
+    tu_sim_seeds range = tu_sim_seeds_from_env(SIM_SEEDS_DEFAULT);
+    uint64_t first = range.first, last = range.last;
     uint64_t events = 0, most = 0;
     memset(&total, 0, sizeof total);
-    struct timespec t0, t1;     /* for the rate only; the simulation has no clock */
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (uint64_t seed = first; seed < last; seed++) {
-        if (run_seed(seed, tracing, 0)) {
+        if (run_seed(seed, range.tracing, 0)) {
             fflush(stdout);
             fprintf(stderr,
                     "saga sim: seed %" PRIu64 " FAILED: %s\n"
@@ -864,13 +852,11 @@ static void simulate(void **state)
         if (S.events > most)
             most = S.events;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     fprintf(stderr,
             "saga sim: %" PRIu64 " seeds passed, %" PRIu64 " events (at most %" PRIu64
             " in one), %.0f seeds/s\n",
-            last - first, events, most, secs > 0 ? (double)(last - first) / secs : 0.0);
-    if (one)
+            last - first, events, most, tu_sim_rate(&t0, last - first));
+    if (range.one)
         return;
     fprintf(stderr, "saga sim: probes:");
 #define PRINT_(name) fprintf(stderr, " %s=%" PRIu64, #name, total.name);
@@ -886,7 +872,7 @@ static void simulate(void **state)
     }
     PROBES(CHECK_)
 #undef CHECK_
-    if (seeds >= 10000)
+    if (range.count >= 10000)
         assert_int_equal(missing, 0);
 }
 

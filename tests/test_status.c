@@ -88,6 +88,17 @@ static json_t *parse_json(const run *r)
     return root;
 }
 
+/* `status --db <the test cluster> --json`, which must exit with rc: its
+ * document, for the caller to json_decref. */
+static json_t *status_json(int rc)
+{
+    run r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
+    assert_int_equal(r.rc, rc);
+    json_t *root = parse_json(&r);
+    run_free(&r);
+    return root;
+}
+
 static json_t *shard_of(json_t *root, long long n)
 {
     size_t i;
@@ -299,9 +310,7 @@ static void dead_letters(void **state)
     tu_exec(c, "UPDATE ferry.dead_letter SET reason = 'multi\nline ' || repeat('x', 200) "
                "WHERE aggregateid = 'key-1'");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 0);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(0);
     json_t *dl = json_object_get(root, "dead_letters");
     assert_int_equal(json_integer_value(json_object_get(dl, "total")), 12);
     json_t *by = json_object_get(dl, "by_consumer");
@@ -334,9 +343,8 @@ static void dead_letters(void **state)
     assert_non_null(strstr(json_string_value(json_object_get(json_array_get(oldest, 1), "reason")),
                            "multi\nline"));
     json_decref(root);
-    run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), NULL);
+    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
     assert_int_equal(r.rc, 0);
     assert_non_null(strstr(r.out, "\ndead letters: 12\n"));
     size_t len;
@@ -447,6 +455,21 @@ static const char *first_line(const char *text, char *buf, size_t len)
     return buf;
 }
 
+/* `status --db <the test cluster>` (with --max-lag max_lag unless that is
+ * NULL), which must exit with rc, its first line starting with verdict:
+ * the run, for the caller to run_free. */
+static run status_verdict(const char *max_lag, int rc, const char *verdict)
+{
+    run r = max_lag ? run_status("--db", fpg_conninfo(tu_pg), "--max-lag", max_lag, NULL)
+                    : run_status("--db", fpg_conninfo(tu_pg), NULL);
+    char line[256];
+    assert_int_equal(r.rc, rc);
+    first_line(r.out, line, sizeof line);
+    if (strncmp(line, verdict, strlen(verdict)) != 0)
+        fail_msg("verdict: %s", line);
+    return r;
+}
+
 /* No relay has a live heartbeat and rows are ready: the verdict says so
  * in the first line, the exit is 4 (as `ferry-reconcile check` finding a
  * problem), and no age in the output is negative. */
@@ -468,12 +491,7 @@ static void verdict_no_relay(void **state)
                "('relay:gone', 'gone', 1, now() - interval '5 seconds', "
                " now() - interval '15 seconds')");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
-    char line[256];
-    assert_int_equal(r.rc, 4);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "PROBLEM: no relay is live; 4 rows ready, oldest 20", 50) != 0)
-        fail_msg("verdict: %s", line);
+    run r = status_verdict(NULL, 4, "PROBLEM: no relay is live; 4 rows ready, oldest 20");
     for (const char *m = r.out; (m = strstr(m, " -")) != NULL; m++)   /* no negative number */
         if (m[2] >= '0' && m[2] <= '9')
             fail_msg("a negative number in:\n%s", r.out);
@@ -491,9 +509,7 @@ static void verdict_no_relay(void **state)
     assert_non_null(strstr(r.out, "gone"));    /* the stopped relay is shown, not live */
     run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 4);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(4);
     json_t *v = json_object_get(root, "verdict");
     assert_true(json_is_false(json_object_get(v, "ok")));
     assert_int_equal(json_integer_value(json_object_get(v, "live_relays")), 0);
@@ -505,7 +521,6 @@ static void verdict_no_relay(void **state)
     assert_int_equal(json_array_size(relays), 1);
     assert_true(json_is_false(json_object_get(json_array_get(relays, 0), "live")));
     json_decref(root);
-    run_free(&r);
     PQfinish(c);
 }
 
@@ -521,20 +536,13 @@ static void verdict_relay_keeping_up(void **state)
                "  FROM generate_series(0, 15) i");
     tu_exec(c, "SELECT ferry.emit('t', 'k' || i, 'T', '{}') FROM generate_series(1, 3) i");
 
-    run r = run_status("--db", fpg_conninfo(tu_pg), NULL);
-    char line[256];
-    assert_int_equal(r.rc, 0);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "ok: 1 relay live, 16/16 shards served, oldest ready row ", 56) != 0)
-        fail_msg("verdict: %s", line);
+    run r = status_verdict(NULL, 0, "ok: 1 relay live, 16/16 shards served, oldest ready row ");
     size_t len;
     const char *relay = line_starting(r.out, "r1", &len);
     assert_non_null(relay);
     run_free(&r);
 
-    r = run_status("--db", fpg_conninfo(tu_pg), "--json", NULL);
-    assert_int_equal(r.rc, 0);
-    json_t *root = parse_json(&r);
+    json_t *root = status_json(0);
     json_t *v = json_object_get(root, "verdict");
     assert_true(json_is_true(json_object_get(v, "ok")));
     assert_int_equal(json_integer_value(json_object_get(v, "shards_served")), 16);
@@ -543,15 +551,10 @@ static void verdict_relay_keeping_up(void **state)
     assert_true(json_is_true(json_object_get(r1, "live")));
     assert_int_equal(json_array_size(json_object_get(r1, "shards")), 16);
     json_decref(root);
-    run_free(&r);
 
     tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '100 seconds', "
                "  available_at = now() - interval '100 seconds' WHERE aggregateid = 'k1'");
-    r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "30", NULL);
-    assert_int_equal(r.rc, 4);
-    first_line(r.out, line, sizeof line);
-    if (strncmp(line, "PROBLEM: behind: oldest ready row 10", 36) != 0)
-        fail_msg("verdict: %s", line);
+    r = status_verdict("30", 4, "PROBLEM: behind: oldest ready row 10");
     run_free(&r);
     r = run_status("--db", fpg_conninfo(tu_pg), "--max-lag", "300", NULL);
     assert_int_equal(r.rc, 0);

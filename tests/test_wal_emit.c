@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "tu_order.h"
 #include "tu_wal.h"
 
 static int wal_setup(void **state)
@@ -26,13 +27,6 @@ static int wal_setup(void **state)
     return 0;
 }
 
-static void emit_c(PGconn *c, const char *key, const char *payload)
-{
-    ferry_msg m = {.topic = "ledger", .key = key, .type = "Posted", .payload = payload};
-    ferry_error err;
-    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
-}
-
 /* The slot must exist before emit may write to WAL: a message no slot
  * decodes is lost. Back to table is always allowed (the fall-back). */
 static void wal_mode_is_refused_without_its_slot(void **state)
@@ -41,12 +35,8 @@ static void wal_mode_is_refused_without_its_slot(void **state)
     tu_exec(c, "SELECT pg_drop_replication_slot('ferry') FROM pg_replication_slots "
                "WHERE slot_name = 'ferry'");
     tu_wal_mode(c, "table");
-    PGresult *res = PQexec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "55000");
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_COLUMN_NAME), "emit_mode");
-    assert_non_null(strstr(PQresultErrorMessage(res), "ferry-relay slot create"));
-    PQclear(res);
+    tu_assert_sql_error(c, "UPDATE ferry.settings SET emit_mode = 'wal'", "55000", "emit_mode",
+                        "ferry-relay slot create");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings WHERE emit_mode = 'table'"),
                      1);
     /* With the slot it is allowed. */
@@ -106,15 +96,15 @@ static void rolled_back_messages_and_savepoints_leave_nothing_in_wal(void **stat
 {
     PGconn *c = tu_connect();
     tu_exec(c, "BEGIN");
-    emit_c(c, "acct-1", "{\"n\": 0}");
+    tu_emit_ledger(c, "acct-1", "{\"n\": 0}");
     tu_exec(c, "ROLLBACK");
     tu_exec(c, "BEGIN");
-    emit_c(c, "acct-1", "{\"n\": 1}");
+    tu_emit_ledger(c, "acct-1", "{\"n\": 1}");
     tu_exec(c, "SAVEPOINT s");
-    emit_c(c, "acct-1", "{\"n\": 2}");
-    emit_c(c, "acct-2", "{\"n\": 3}");
+    tu_emit_ledger(c, "acct-1", "{\"n\": 2}");
+    tu_emit_ledger(c, "acct-2", "{\"n\": 3}");
     tu_exec(c, "ROLLBACK TO SAVEPOINT s");
-    emit_c(c, "acct-1", "{\"n\": 4}");
+    tu_emit_ledger(c, "acct-1", "{\"n\": 4}");
     tu_exec(c, "COMMIT");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM tu_wal_msgs()"), 2);
     char *got = tu_str(c, "SELECT string_agg(key || ':' || seq || ':' || (payload->>'n'), ',' "
@@ -199,28 +189,13 @@ static void reverse_commit_order_is_the_stream_order_and_the_positions(void **st
 {
     enum { N = 5 };
     PGconn *admin = tu_connect();
-    tu_exec(admin, "CREATE TABLE biz (id serial PRIMARY KEY, tx int)");
     PGconn *c[N];
-    for (int i = 0; i < N; i++) {
-        c[i] = tu_connect();
-        tu_exec(c[i], "BEGIN");
-        char *sql = tu_sprintf("INSERT INTO biz (tx) VALUES (%d)", i);
-        tu_exec(c[i], sql);
-        free(sql);
-    }
-    for (int i = N - 1; i >= 0; i--) {
-        char payload[32];
-        snprintf(payload, sizeof payload, "{\"tx\": %d}", i);
-        emit_c(c[i], "acct-7", payload);
-        tu_exec(c[i], "COMMIT");
-    }
+    tu_reverse_commits(admin, c, N);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM tu_wal_msgs()"), N);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM (SELECT seq, payload, "
                                    "row_number() OVER (ORDER BY ord) k FROM tu_wal_msgs()) s "
                                    "WHERE seq <> k OR (payload->>'tx')::int <> 5 - k"), 0);
-    for (int i = 0; i < N; i++)
-        PQfinish(c[i]);
-    tu_exec(admin, "DROP TABLE biz");
+    tu_reverse_commits_done(admin, c, N);
     PQfinish(admin);
 }
 
@@ -237,7 +212,7 @@ static void *writer_main(void *arg)
         snprintf(key, sizeof key, "k%d", i % 3);
         snprintf(payload, sizeof payload, "{\"w\": %d, \"i\": %d}", w->id, i);
         tu_exec(c, "BEGIN");
-        emit_c(c, key, payload);
+        tu_emit_ledger(c, key, payload);
         tu_exec(c, "COMMIT");
     }
     PQfinish(c);
@@ -280,8 +255,8 @@ static void what_must_wait_goes_to_the_table(void **state)
                    .delay_ms = 60000};
     ferry_error err;
     assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
-    emit_c(c, "late", "{\"n\": 2}");
-    emit_c(c, "free", "{\"n\": 3}");
+    tu_emit_ledger(c, "late", "{\"n\": 2}");
+    tu_emit_ledger(c, "free", "{\"n\": 3}");
     tu_exec(c, "COMMIT");
     tu_exec(c, "INSERT INTO ferry.dead_letter (message_id, topic, aggregateid, type, payload, "
                "seq, shard, created_at, reason) VALUES (gen_random_uuid(), 'ledger', 'parked', "
@@ -299,7 +274,7 @@ static void what_must_wait_goes_to_the_table(void **state)
     /* Once the table has published the key's rows, it is back in WAL. */
     tu_exec(c, "DELETE FROM ferry.outbox WHERE aggregateid = 'late'");
     tu_exec(c, "BEGIN");
-    emit_c(c, "late", "{\"n\": 5}");
+    tu_emit_ledger(c, "late", "{\"n\": 5}");
     tu_exec(c, "COMMIT");
     got = tu_str(c, "SELECT string_agg(key || ':' || seq, ',' ORDER BY ord) FROM tu_wal_msgs()");
     assert_string_equal(got, "free:1,late:3");
@@ -316,10 +291,7 @@ static void a_writer_role_emits_in_wal_mode_without_reading_the_token(void **sta
                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
     PGconn *w = tu_connect_as("wal_writer");
     tu_exec(w, "SELECT ferry.emit('orders', 'o-9', 'T', '{\"a\": 1}'::jsonb)");
-    PGresult *res = PQexec(w, "SELECT wal_token FROM ferry.settings");
-    assert_int_equal(PQresultStatus(res), PGRES_FATAL_ERROR);
-    assert_string_equal(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42501");
-    PQclear(res);
+    tu_assert_sql_error(w, "SELECT wal_token FROM ferry.settings", "42501", NULL, NULL);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM tu_wal_msgs() w, ferry.settings s "
                                    "WHERE w.key = 'o-9' AND w.token = s.wal_token"), 1);
     PQfinish(w);

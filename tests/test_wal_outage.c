@@ -287,11 +287,7 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     tu_exec(c, "DROP TABLE wo_filler");
     assert_true(lost);
 
-    char *log = NULL;
-    assert_int_equal(tu_wal_relay_once("wal-lost-once", &log), 1);
-    assert_non_null(strstr(log, "\"event\":\"wal.slot\""));
-    assert_non_null(strstr(log, "wal_status = lost"));
-    free(log);
+    tu_wal_relay_once_says("wal-lost-once", 1, "\"event\":\"wal.slot\"", "wal_status = lost");
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc p = tu_wal_relay_start("wal-lost-run", args);
     int port = metrics_port(&p);

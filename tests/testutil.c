@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -87,9 +88,12 @@ int tu_exec_once(const char *sql)
     return 0;
 }
 
-static PGresult *one_row(PGconn *conn, const char *sql)
+/* sql's result, which must have a row; n text parameters $1..$n (0: a
+ * plain PQexec, so that sql may hold several statements). */
+static PGresult *one_row_p(PGconn *conn, const char *sql, int n, const char *const *params)
 {
-    PGresult *res = PQexec(conn, sql);
+    PGresult *res = n == 0 ? PQexec(conn, sql)
+                           : PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
@@ -97,6 +101,11 @@ static PGresult *one_row(PGconn *conn, const char *sql)
         fail_msg("SQL returned no row: %s\n  %s", sql, msg);
     }
     return res;
+}
+
+static PGresult *one_row(PGconn *conn, const char *sql)
+{
+    return one_row_p(conn, sql, 0, NULL);
 }
 
 long long tu_int(PGconn *conn, const char *sql)
@@ -109,7 +118,12 @@ long long tu_int(PGconn *conn, const char *sql)
 
 char *tu_str(PGconn *conn, const char *sql)
 {
-    PGresult *res = one_row(conn, sql);
+    return tu_str_p(conn, sql, 0, NULL);
+}
+
+char *tu_str_p(PGconn *conn, const char *sql, int n, const char *const *params)
+{
+    PGresult *res = one_row_p(conn, sql, n, params);
     char *v = PQgetisnull(res, 0, 0) ? NULL : strdup(PQgetvalue(res, 0, 0));
     PQclear(res);
     return v;
@@ -148,6 +162,39 @@ void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
         fail_msg("got \"%s\", want \"%s\" from %s", got ? got : "(null)", want, sql);
     free(got);
     free(sql);
+}
+
+void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
+                         const char *column, const char *in_message)
+{
+    tu_assert_sql_error_p(conn, sql, 0, NULL, sqlstate, column, in_message);
+}
+
+void tu_assert_sql_error_p(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *sqlstate, const char *column, const char *in_message)
+{
+    /* PQexec without parameters, so that sql may hold several statements
+     * as the callers' fixtures do. */
+    PGresult *res = n == 0 ? PQexec(conn, sql)
+                           : PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *col = PQresultErrorField(res, PG_DIAG_COLUMN_NAME);
+    /* Checked in full before failing, so that the message can say what
+     * came instead and res is freed either way. */
+    int ok = PQresultStatus(res) == PGRES_FATAL_ERROR && st != NULL &&
+             strncmp(st, sqlstate, strlen(sqlstate)) == 0 &&
+             (column == NULL || (col != NULL && strcmp(col, column) == 0)) &&
+             (in_message == NULL || strstr(PQresultErrorMessage(res), in_message) != NULL);
+    if (!ok) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s: want %s on %s (\"%s\" in its message), got %s %s on %s: %s",
+                 sql, sqlstate, column ? column : "-", in_message ? in_message : "",
+                 PQresStatus(PQresultStatus(res)), st ? st : "-", col ? col : "-",
+                 PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s", why);
+    }
+    PQclear(res);
 }
 
 void tu_await(PGconn *conn, const char *sql, int timeout_ms)
@@ -369,6 +416,14 @@ void tu_temp_remove(char *path)
     free(path);
 }
 
+void tu_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
 FILE *tu_cat_pipe(const char *path, char *name, size_t size)
 {
     char *cmd = tu_sprintf("cat %s", path);
@@ -414,4 +469,69 @@ ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char 
     ferry_error err;
     assert_ferry_ok(ferry_consumer_new(&conf, &c, &err), err);
     return c;
+}
+
+ferry_code tu_handler_exec(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *what, ferry_error *err)
+{
+    PGresult *res = PQexecParams(conn, sql, n, NULL, params, NULL, NULL, 0);
+    ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = ferry_error_from_pg(err, conn, res, what);
+    PQclear(res);
+    return rc;
+}
+
+void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg), void *arg,
+                   int poll_ms, const char *what)
+{
+    int64_t deadline = (int64_t)time(NULL) + 60;
+    while (!holds(c, arg)) {
+        if ((int64_t)time(NULL) > deadline) {
+            ferry_consumer_stats s;
+            ferry_consumer_stats_get(c, &s);
+            fail_msg("waited 60 s for %s; applied %" PRIu64 " drained %" PRIu64 " dup %" PRIu64
+                     " late %" PRIu64 " gap %" PRIu64 " parked %" PRIu64 " dead %" PRIu64,
+                     what, s.applied, s.drained, s.duplicates, s.late, s.held_gap,
+                     s.held_parked, s.dead_lettered);
+        }
+        ferry_error err;
+        assert_ferry_ok(ferry_consumer_poll(c, poll_ms, &err), err);
+    }
+}
+
+void tu_consumer_done(ferry_consumer *c)
+{
+    ferry_error err;
+    assert_ferry_ok(ferry_consumer_close(c, &err), err);
+    ferry_consumer_destroy(c);
+}
+
+pid_t tu_unbatched_pass_start(const char *name)
+{
+    if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") != NULL || getenv("FERRY_TEST_ONE_PASS") != NULL)
+        return -1;
+    /* What is buffered would be written twice. */
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "1", 1);
+        execl("/proc/self/exe", name, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+int tu_unbatched_pass_wait(pid_t pid, const char *name)
+{
+    if (pid <= 0)
+        return 0;
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    fprintf(stderr, "%s: the pass without batches failed (status %d)\n", name, st);
+    return 1;
 }

@@ -44,6 +44,8 @@ int tu_exec_once(const char *sql);
 long long tu_int(PGconn *conn, const char *sql);
 /* ... as a string: malloc'd, caller frees; NULL for SQL NULL. */
 char *tu_str(PGconn *conn, const char *sql);
+/* ... of sql with n text parameters $1..$n. */
+char *tu_str_p(PGconn *conn, const char *sql, int n, const char *const *params);
 /* printf-style SQL into a static-free buffer: caller frees. */
 char *tu_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* tu_int and tu_str of sql, which they then free: for SQL that tu_sprintf
@@ -52,6 +54,15 @@ long long tu_int_of(PGconn *conn, char *sql);
 char *tu_str_of(PGconn *conn, char *sql);
 /* Fail the test unless sql (freed after) returns the text want. */
 void tu_assert_str_of(PGconn *conn, char *sql, const char *want);
+
+/* Fail the test unless sql fails with sqlstate (two characters: any of
+ * that class), on column when it is not NULL, and with in_message in its
+ * message when that is not NULL. */
+void tu_assert_sql_error(PGconn *conn, const char *sql, const char *sqlstate,
+                         const char *column, const char *in_message);
+/* The same for sql with n text parameters $1..$n. */
+void tu_assert_sql_error_p(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *sqlstate, const char *column, const char *in_message);
 
 /* Wait (bounded, polling the server, never a blind sleep) until sql
  * returns true; fails the test after timeout_ms. */
@@ -93,6 +104,8 @@ char *tu_slurp(const char *path, size_t *len);
  * path, malloc'd, for tu_temp_remove to unlink and free. */
 char *tu_temp_file(const char *text);
 void tu_temp_remove(char *path);
+/* Replace the file at path with text. */
+void tu_write_file(const char *path, const char *text);
 /* The file at path through a pipe (`cat path`), whose size a reader
  * cannot know in advance; its name, /dev/fd/N, into name. pclose it. */
 FILE *tu_cat_pipe(const char *path, char *name, size_t size);
@@ -114,6 +127,32 @@ extern const char *tu_consumer_db;
 ferry_consumer *tu_consumer_new(const char *name, const char *kafka, const char *topic,
                                 ferry_handler_fn handler, void *arg,
                                 const char *const *kafka_props, int max_attempts);
+
+/* For a consumer's handler: run sql with n text parameters, which must
+ * succeed as a command; else the server's error into err, prefixed with
+ * what ("could not credit"), and its code. Calls no cmocka function: the
+ * consumer reports what the handler returns. */
+ferry_code tu_handler_exec(PGconn *conn, const char *sql, int n, const char *const *params,
+                           const char *what, ferry_error *err);
+
+/* Poll c, poll_ms a call, until holds(c, arg) (asked before every poll)
+ * is true; fails the test after 60 s with what and the consumer's counts.
+ * A poll that fails fails the test too. */
+void tu_poll_until(ferry_consumer *c, int (*holds)(ferry_consumer *c, void *arg), void *arg,
+                   int poll_ms, const char *what);
+/* Close c (which must succeed) and destroy it. */
+void tu_consumer_done(ferry_consumer *c);
+
+/* The consumer binaries (test_consume, test_consume_hostile, test_saga)
+ * run their tests twice at the same time, each pass with its own cluster:
+ * with batches and with one message a transaction. Called first in main:
+ * unless FERRY_CONSUMER_TEST_BATCH_MAX (this is that second pass) or
+ * FERRY_TEST_ONE_PASS is set, start this binary (name, for argv[0]) again
+ * with FERRY_CONSUMER_TEST_BATCH_MAX=1; its pid, or -1 when not started. */
+pid_t tu_unbatched_pass_start(const char *name);
+/* Wait for that pass (pid -1: none): 0 when it passed, else 1 after
+ * saying so. */
+int tu_unbatched_pass_wait(pid_t pid, const char *name);
 
 /* Run only the tests whose names match $FERRY_TEST_FILTER (a cmocka
  * glob), when it is set; for working on one test at a time. */

@@ -91,6 +91,18 @@ tu_http_reply tu_http_get(int port, const char *path)
     return tu_http_raw(AF_INET, "127.0.0.1", port, req);
 }
 
+void tu_http_expect(int port, const char *path, int status, const char *body)
+{
+    tu_http_reply r = tu_http_get(port, path);
+    if (r.status != status || (body != NULL && strcmp(r.body, body) != 0)) {
+        char got[256];
+        snprintf(got, sizeof got, "%d \"%.200s\"", r.status, r.body ? r.body : "");
+        free(r.raw);
+        fail_msg("GET %s: want %d \"%s\", got %s", path, status, body ? body : "...", got);
+    }
+    free(r.raw);
+}
+
 int tu_prom_find(const char *text, const char *series, double *v)
 {
     char key[256];

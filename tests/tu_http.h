@@ -22,6 +22,9 @@ typedef struct tu_http_reply {
 tu_http_reply tu_http_raw(int family, const char *address, int port, const char *request);
 /* GET path from 127.0.0.1:port. */
 tu_http_reply tu_http_get(int port, const char *path);
+/* GET path and fail the test unless the answer is status with, when body
+ * is not NULL, exactly that body. */
+void tu_http_expect(int port, const char *path, int status, const char *body);
 
 /* The value of the sample named exactly `series` (name plus labels) in
  * the exposition text into *v: 0, or -1 when it is missing, repeated or

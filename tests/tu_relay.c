@@ -1,6 +1,8 @@
 /* tu_relay.c — see tu_relay.h. */
 #include "tu_relay.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,4 +66,78 @@ tu_topic_check tu_check_topic(const char *bootstrap, const char *topic, size_t w
     }
     kt_msgs_free(got);
     return tc;
+}
+
+tu_topic_check tu_assert_topic(const char *bootstrap, const char *topic, size_t want,
+                               int timeout_ms, size_t distinct)
+{
+    tu_topic_check tc = tu_check_topic(bootstrap, topic, want, timeout_ms);
+    if (tc.distinct != distinct)
+        fail_msg("%s: %zu distinct messages, want %zu", topic, tc.distinct, distinct);
+    return tc;
+}
+
+typedef struct hot_writer {
+    const char *topic;
+    int id, rounds;
+    pthread_t thread;
+    ferry_code rc;
+    ferry_error err;
+} hot_writer;
+
+struct tu_hot_writers {
+    int count;
+    hot_writer w[];
+};
+
+static ferry_code hot_writer_fn(PGconn *conn, void *arg, ferry_error *err)
+{
+    hot_writer *w = arg;
+    char payload[64], keys[3][16];
+    ferry_msg m[3];
+    snprintf(payload, sizeof payload, "{\"writer\": %d}", w->id);
+    for (int i = 0; i < 3; i++) {
+        snprintf(keys[i], sizeof keys[i], "key-%d", (w->id + i) % 5);
+        m[i] = (ferry_msg){.topic = w->topic, .key = keys[i], .type = "Tested",
+                           .payload = payload};
+    }
+    return ferry_emit_batch(conn, m, 3, NULL, NULL, err);
+}
+
+/* A thread: no cmocka calls here; the result is checked at the join. */
+static void *hot_writer_main(void *arg)
+{
+    hot_writer *w = arg;
+    PGconn *c = fpg_connect(tu_pg);
+    for (int i = 0; i < w->rounds && w->rc == FERRY_OK; i++)
+        w->rc = ferry_tx_run(c, NULL, hot_writer_fn, w, NULL, &w->err);
+    PQfinish(c);
+    return NULL;
+}
+
+tu_hot_writers *tu_hot_writers_start(const char *topic, int writers, int rounds)
+{
+    tu_hot_writers *hw = calloc(1, sizeof *hw + (size_t)writers * sizeof hw->w[0]);
+    assert_non_null(hw);
+    hw->count = writers;
+    for (int i = 0; i < writers; i++) {
+        hw->w[i] = (hot_writer){.topic = topic, .id = i, .rounds = rounds};
+        assert_int_equal(pthread_create(&hw->w[i].thread, NULL, hot_writer_main, &hw->w[i]), 0);
+    }
+    return hw;
+}
+
+void tu_hot_writers_join(tu_hot_writers *hw)
+{
+    for (int i = 0; i < hw->count; i++)
+        pthread_join(hw->w[i].thread, NULL);
+    for (int i = 0; i < hw->count; i++) {
+        if (hw->w[i].rc != FERRY_OK) {
+            ferry_error err = hw->w[i].err;
+            ferry_code rc = hw->w[i].rc;
+            free(hw);
+            assert_ferry_ok(rc, err);
+        }
+    }
+    free(hw);
 }

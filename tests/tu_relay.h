@@ -25,5 +25,17 @@ typedef struct tu_topic_check {
 
 tu_topic_check tu_check_topic(const char *bootstrap, const char *topic, size_t want,
                               int timeout_ms);
+/* Writers on a few hot keys, for the order tests of both relays: writers
+ * threads, each running rounds transactions of three messages to topic on
+ * the keys key-0..key-4 (ferry_emit_batch). tu_hot_writers_join waits for
+ * them, fails the test if one failed, and frees. */
+typedef struct tu_hot_writers tu_hot_writers;
+tu_hot_writers *tu_hot_writers_start(const char *topic, int writers, int rounds);
+void tu_hot_writers_join(tu_hot_writers *hw);
+
+/* tu_check_topic, failing the test unless it found distinct distinct
+ * messages; the check, for more assertions. */
+tu_topic_check tu_assert_topic(const char *bootstrap, const char *topic, size_t want,
+                               int timeout_ms, size_t distinct);
 
 #endif

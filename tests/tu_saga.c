@@ -97,3 +97,29 @@ void tu_saga_teardown(ferry_consumer *cons[TU_C_COUNT], ferry_saga_registry *reg
         tu_proc_finish(relay, 30000);
     kt_stop(broker);
 }
+
+PGconn *tu_saga_group_setup(void **state, const char *const topics[TU_C_COUNT],
+                            kt_broker **broker)
+{
+    if (tu_group_setup(state) != 0)
+        return NULL;
+    PGconn *c = tu_connect();
+    if ((*broker = tu_saga_setup(c, topics)) == NULL) {
+        PQfinish(c);
+        return NULL;
+    }
+    return c;
+}
+
+ferry_saga_registry *tu_saga_registry(const char *yaml, const char *name)
+{
+    ferry_saga_def *def = NULL;
+    ferry_saga_load_errors errs;
+    if (ferry_saga_def_parse(yaml, strlen(yaml), name, &def, &errs) != FERRY_OK)
+        fail_msg("%s: %s: %s", name, errs.errors[0].field, errs.errors[0].message);
+    ferry_saga_registry *r = NULL;
+    ferry_error err;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &r, &err), err);
+    assert_ferry_ok(ferry_saga_registry_add(r, def, &err), err);
+    return r;
+}

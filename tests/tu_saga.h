@@ -32,6 +32,15 @@ extern ferry_participant tu_saga_parts[TU_C_COUNT];
  * orchestrator's first; two partitions each): the broker, or NULL with the
  * reason on stderr. */
 kt_broker *tu_saga_setup(PGconn *c, const char *const topics[TU_C_COUNT]);
+/* A new registry holding the one definition yaml, parsed under the file
+ * name name; fails the test if it does not load. */
+ferry_saga_registry *tu_saga_registry(const char *yaml, const char *name);
+/* cmocka group setup of a saga binary: tu_group_setup, then
+ * tu_saga_setup on a new connection, the broker into *broker. That
+ * connection, for the binary's own fixtures (the caller finishes it), or
+ * NULL when something failed. */
+PGconn *tu_saga_group_setup(void **state, const char *const topics[TU_C_COUNT],
+                            kt_broker **broker);
 
 /* The consumer `which` of topic: the orchestrator's applies replies to
  * reg; a participant's runs handler with &tu_saga_parts[which]. props as

@@ -95,6 +95,15 @@ int tu_wal_relay_once(const char *holder, char **log_out)
     return tu_relay_once_end(&p, holder, log_out);
 }
 
+void tu_wal_relay_once_says(const char *holder, int status, const char *said, const char *also)
+{
+    char *log = NULL;
+    assert_int_equal(tu_wal_relay_once(holder, &log), status);
+    if (strstr(log, said) == NULL || (also != NULL && strstr(log, also) == NULL))
+        fail_msg("%s: the log lacks %s%s%s", holder, said, also ? " or " : "", also ? also : "");
+    free(log);
+}
+
 int tu_wal_slot_cmd(const char *action, char **out, char **err)
 {
     const char *argv[] = {tu_relay_bin(), "slot", action, "--db", fpg_conninfo(tu_pg), NULL};

@@ -37,6 +37,9 @@ tu_proc tu_wal_relay_start(const char *holder, const char *const *args);
 /* The same with --once, to its end: the exit status; its log into
  * *log_out (caller frees) when not NULL, and on stderr when it failed. */
 int tu_wal_relay_once(const char *holder, char **log_out);
+/* tu_wal_relay_once, which must exit with status and log both said and
+ * also (when not NULL). */
+void tu_wal_relay_once_says(const char *holder, int status, const char *said, const char *also);
 /* `ferry-relay slot ACTION --db <the test cluster>`: the exit status. */
 int tu_wal_slot_cmd(const char *action, char **out, char **err);
 /* n messages over k keys ("key-N") of topic, in transactions of per_tx,

@@ -161,4 +161,42 @@ static inline void fuzz_check_load_errors(ferry_code rc, const ferry_saga_load_e
     }
 }
 
+/* What a YAML loader is given: data[0..size) copied to the heap exactly as
+ * long as it is, with no NUL after it (a loader takes a length and must
+ * not look past it; ASan sees it if it does), and a zeroed error list.
+ * fuzz_load_input_free frees both. */
+typedef struct fuzz_load_input {
+    char *text;
+    ferry_saga_load_errors *errs;
+} fuzz_load_input;
+
+static inline fuzz_load_input fuzz_load_input_new(const uint8_t *data, size_t size)
+{
+    fuzz_load_input in = {malloc(size ? size : 1), calloc(1, sizeof *in.errs)};
+    if (!in.text || !in.errs)
+        abort();
+    if (size)
+        memcpy(in.text, data, size);
+    return in;
+}
+
+static inline void fuzz_load_input_free(fuzz_load_input *in)
+{
+    free(in->errs);
+    free(in->text);
+}
+
+/* The promises of a load that returned rc (made: it wrote its out-
+ * parameter): FERRY_OK or FERRY_EINVAL and nothing else, the error
+ * list's promises, and the out-parameter written exactly on success. */
+static inline void fuzz_check_load(ferry_code rc, const ferry_saga_load_errors *errs, bool made)
+{
+    FUZZ_CHECK(rc == FERRY_OK || rc == FERRY_EINVAL, "returned %s", ferry_code_name(rc));
+    fuzz_check_load_errors(rc, errs);
+    if (rc != FERRY_OK)
+        FUZZ_CHECK(!made, "out written on failure");
+    else
+        FUZZ_CHECK(made, "success without a result");
+}
+
 #endif

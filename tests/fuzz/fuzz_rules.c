@@ -12,24 +12,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size ? size : 1);
-    if (!text)
-        abort();
-    if (size)
-        memcpy(text, data, size);
-
+    fuzz_load_input in = fuzz_load_input_new(data, size);
     rc_rules *rules = NULL;
-    ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
-    if (!errs)
-        abort();
-    ferry_code rc = rc_rules_parse(text, size, "fuzz-rules.yaml", &rules, errs);
-    FUZZ_CHECK(rc == FERRY_OK || rc == FERRY_EINVAL, "returned %s", ferry_code_name(rc));
-    fuzz_check_load_errors(rc, errs);
-
-    if (rc != FERRY_OK) {
-        FUZZ_CHECK(rules == NULL, "out written on failure");
-    } else {
-        FUZZ_CHECK(rules != NULL, "success without rules");
+    ferry_code rc = rc_rules_parse(in.text, size, "fuzz-rules.yaml", &rules, in.errs);
+    fuzz_check_load(rc, in.errs, rules != NULL);
+    if (rc == FERRY_OK) {
         FUZZ_CHECK(rules->count <= RC_RULES_MAX, "%zu rules", rules->count);
         const rc_budgets *b = &rules->budgets;
         FUZZ_CHECK(b->outbox_lag_ms > 0 && b->saga_grace_ms > 0 && b->inbox_retention_ms > 0 &&
@@ -51,7 +38,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     rc_rules_free(rules);
-    free(errs);
-    free(text);
+    fuzz_load_input_free(&in);
     return 0;
 }

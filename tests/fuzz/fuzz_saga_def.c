@@ -12,26 +12,11 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    /* A copy exactly as long as the input: the loader takes a length and
-     * must not look past it (no NUL after it here). */
-    char *yaml = malloc(size ? size : 1);
-    if (!yaml)
-        abort();
-    if (size)
-        memcpy(yaml, data, size);
-
+    fuzz_load_input in = fuzz_load_input_new(data, size);
     ferry_saga_def *def = NULL;
-    ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
-    if (!errs)
-        abort();
-    ferry_code rc = ferry_saga_def_parse(yaml, size, "fuzz.yaml", &def, errs);
-    FUZZ_CHECK(rc == FERRY_OK || rc == FERRY_EINVAL, "returned %s", ferry_code_name(rc));
-    fuzz_check_load_errors(rc, errs);
-
-    if (rc != FERRY_OK) {
-        FUZZ_CHECK(def == NULL, "out written on failure");
-    } else {
-        FUZZ_CHECK(def != NULL, "success without a definition");
+    ferry_code rc = ferry_saga_def_parse(in.text, size, "fuzz.yaml", &def, in.errs);
+    fuzz_check_load(rc, in.errs, def != NULL);
+    if (rc == FERRY_OK) {
         FUZZ_CHECK(def->name && def->name[0], "no name");
         FUZZ_CHECK(def->version >= 1, "version %d", def->version);
         FUZZ_CHECK(def->deadline_ms > 0, "deadline %lld", (long long)def->deadline_ms);
@@ -54,14 +39,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         /* Same bytes, same definition hash. */
         ferry_saga_def *again = NULL;
-        FUZZ_CHECK(ferry_saga_def_parse(yaml, size, "fuzz.yaml", &again, NULL) == FERRY_OK,
+        FUZZ_CHECK(ferry_saga_def_parse(in.text, size, "fuzz.yaml", &again, NULL) == FERRY_OK,
                    "second parse of the same bytes failed");
         FUZZ_CHECK(strcmp(again->hash, def->hash) == 0, "hash %s, then %s", def->hash,
                    again->hash);
         ferry_saga_def_destroy(again);
     }
     ferry_saga_def_destroy(def);
-    free(errs);
-    free(yaml);
+    fuzz_load_input_free(&in);
     return 0;
 }
