@@ -2042,6 +2042,37 @@ static void reassign(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts, int
     }
 }
 
+/* How long the revoke callback waits for its commit. */
+#define REVOKE_COMMIT_MS 10000
+
+/*
+ * Commit the stored offsets and wait for the answer, at most timeout_ms.
+ * A synchronous rd_kafka_commit() in the revoke callback waits for ever
+ * when the callback runs inside rd_kafka_consumer_close() and no answer
+ * comes (seen in test_consume: a child stuck there 14 minutes; librdkafka
+ * #4041 is the same for other blocking calls in that callback). Past the
+ * bound the next owner may get the messages again, and the inbox skips
+ * what was applied.
+ */
+static rd_kafka_resp_err_t commit_bounded(rd_kafka_t *rk, int timeout_ms)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    if (q == NULL)
+        return RD_KAFKA_RESP_ERR__CRIT_SYS_RESOURCE;
+    rd_kafka_resp_err_t err = rd_kafka_commit_queue(rk, NULL, q, NULL, NULL);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms);
+        if (ev == NULL) {
+            err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+        } else {
+            err = rd_kafka_event_error(ev);
+            rd_kafka_event_destroy(ev);
+        }
+    }
+    rd_kafka_queue_destroy(q);
+    return err;
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -2061,7 +2092,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     c->revoke_gen++;            /* a batch being gathered lets their messages go */
     int lost = rd_kafka_assignment_lost(rk);
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !lost) {
-        rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+        rd_kafka_resp_err_t cerr = commit_bounded(rk, REVOKE_COMMIT_MS);
         if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
             ferry__log(FERRY_LOG_WARN, "consumer.commit_failed",
                       "consumer %s: could not commit offsets before the rebalance: %s "
