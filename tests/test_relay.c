@@ -555,9 +555,15 @@ static void database_restart_loses_nothing(void **state)
     char *log = tu_proc_log(&p);
     assert_true(count_in(log, "\"event\":\"db.lost\"") >= 2);
     assert_true(count_in(log, "\"event\":\"db.reconnected\"") >= 2);
-    /* The server's FATAL notices came through the logger (the fault
-     * fired), and nothing raw landed between the JSON lines. */
-    assert_true(lines_with(log, "\"event\":\"db.notice\"", "terminating connection", NULL) >= 1);
+    /* The server's FATAL text reaches the relay as a notice when its
+     * connection was idle, as the error of the statement it was running,
+     * or not at all when a send hit the closed socket first (a run of the
+     * suite saw no notice: the ">= 1" this test had was a race). Wherever
+     * it came, it came through the logger: nothing raw lands between the
+     * JSON lines. The faults fired: two losses, two reconnections. */
+    print_message("server FATAL texts logged: %d as notices, %d in db.lost\n",
+                  lines_with(log, "\"event\":\"db.notice\"", "terminating connection", NULL),
+                  lines_with(log, "\"event\":\"db.lost\"", "terminating connection", NULL));
     assert_all_json(log);
     free(log);
     tu_proc_done(&p);
