@@ -25,7 +25,7 @@
 static void slot_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay slot create|recreate|status --db CONNINFO\n"
+            "usage: ferry-relay slot create|recreate|status [--db CONNINFO] [--config FILE]\n"
             "\n"
             "The WAL source's logical replication slot (ferry.settings.wal_slot, pgoutput).\n"
             "\n"
@@ -35,8 +35,10 @@ static void slot_usage(FILE *out)
             "             missed\n"
             "  status     the slot: exists, wal_status, active, WAL retained, lag\n"
             "\n"
-            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB); the role needs\n"
-            "                  REPLICATION (or superuser) to create a slot\n"
+            "  --db CONNINFO   libpq connection string or URI ($FERRY_DB; default: db: of\n"
+            "                  the --config file); the role needs REPLICATION (or\n"
+            "                  superuser) to create a slot\n"
+            "  --config FILE   ferry-relay run's YAML settings: its db: ($FERRY_CONFIG)\n"
             "\n"
             "Exit status: 0 done / slot healthy, 1 failed, 2 usage error, 4 status found a\n"
             "problem (missing, lost, inactive).\n");
@@ -211,16 +213,20 @@ int cmd_slot(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"db", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = getenv("FERRY_DB");
+    const char *db = NULL, *config = NULL;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'd':
             db = optarg;
+            break;
+        case 'c':
+            config = optarg;
             break;
         default:
             return relay_cli_option(c, slot_usage);
@@ -240,11 +246,12 @@ int cmd_slot(int argc, char **argv)
         slot_usage(stderr);
         return 2;
     }
-    if (db == NULL || db[0] == '\0') {
-        fprintf(stderr, "ferry-relay slot: no database: give --db CONNINFO or set FERRY_DB\n");
+    /* as migrate and status: --db, else $FERRY_DB, else the config's db: */
+    char *dbo = NULL;
+    if (relay_config_subcommand_db("slot", db, config, &dbo) != 0)
         return 2;
-    }
-    PGconn *conn = PQconnectdb(db);
+    PGconn *conn = PQconnectdb(dbo);
+    free(dbo);
     if (PQstatus(conn) != CONNECTION_OK) {
         fprintf(stderr, "ferry-relay slot: could not connect: %s", PQerrorMessage(conn));
         PQfinish(conn);

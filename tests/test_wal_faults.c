@@ -294,6 +294,44 @@ static void keys_past_the_parked_limit_stay_parked(void **state)
     PQfinish(c);
 }
 
+/*
+ * `slot` finds its database as migrate and status do: --db, else
+ * FERRY_DB, else db: in the relay's config file (--config or
+ * FERRY_CONFIG); with none it refuses, as a usage error.
+ */
+static void slot_finds_its_database_as_the_other_subcommands_do(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    PQfinish(c);
+    char path[] = "/tmp/ferry-test-slot-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    char *yaml = tu_sprintf("db: \"%s\"\nkafka: {bootstrap.servers: \"x:1\"}\n",
+                            fpg_conninfo(tu_pg));
+    tu_write_file(path, yaml);
+    free(yaml);
+    char *out = NULL, *err = NULL;
+    const char *with_file[] = {tu_relay_bin(), "slot", "status", "--config", path, NULL};
+    int st = tu_run(with_file, 60000, &out, &err);
+    assert_true(st == 0 || st == 4);            /* healthy, or idle: it connected */
+    assert_non_null(strstr(out, "ferry"));      /* the slot's name */
+    free(out);
+    free(err);
+    const char *over[] = {tu_relay_bin(), "slot", "status", "--config", path, "--db",
+                          "host=/nonexistent/ferry-test port=1 dbname=x", NULL};
+    assert_int_equal(tu_run(over, 60000, NULL, NULL), 1);     /* --db over the file */
+    unsetenv("FERRY_DB");
+    unsetenv("FERRY_CONFIG");
+    const char *none[] = {tu_relay_bin(), "slot", "status", NULL};
+    err = NULL;
+    assert_int_equal(tu_run(none, 60000, NULL, &err), 2);
+    assert_non_null(strstr(err, "no database"));
+    free(err);
+    assert_int_equal(unlink(path), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -302,6 +340,7 @@ int main(void)
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
+        cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, tu_wal_group_setup, tu_wal_group_teardown);
