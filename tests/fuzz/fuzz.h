@@ -75,37 +75,41 @@ static inline char *fuzz_strndup(const uint8_t *data, size_t size)
 }
 
 /* UTF-8 as PostgreSQL's pg_utf8_islegal takes it: no overlongs, no
- * surrogates, nothing above U+10FFFF. Written apart from lib/ on purpose. */
+ * surrogates, nothing above U+10FFFF. Written apart from lib/ on purpose,
+ * from the Unicode standard's table of well-formed sequences (Table 3-7):
+ * a lead byte fixes the length and the range of the second byte; every
+ * later byte is 80..BF. */
 static inline bool fuzz_utf8_ok(const unsigned char *s, size_t n)
 {
+    static const struct {
+        unsigned char first, last;  /* lead bytes */
+        unsigned char len, lo, hi;  /* the sequence's length, its second byte's range */
+    } lead[] = {
+        {0xc2, 0xdf, 2, 0x80, 0xbf},
+        {0xe0, 0xe0, 3, 0xa0, 0xbf},    /* no overlongs */
+        {0xe1, 0xec, 3, 0x80, 0xbf},
+        {0xed, 0xed, 3, 0x80, 0x9f},    /* no surrogates */
+        {0xee, 0xef, 3, 0x80, 0xbf},
+        {0xf0, 0xf0, 4, 0x90, 0xbf},    /* no overlongs */
+        {0xf1, 0xf3, 4, 0x80, 0xbf},
+        {0xf4, 0xf4, 4, 0x80, 0x8f},    /* nothing above U+10FFFF */
+    };
     size_t i = 0;
     while (i < n) {
         unsigned char c = s[i];
-        size_t len;
-        unsigned lo = 0x80, hi = 0xbf;
         if (c < 0x80) {
             i++;
             continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            len = 2;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            if (c == 0xe0)
-                lo = 0xa0;
-            if (c == 0xed)
-                hi = 0x9f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            if (c == 0xf0)
-                lo = 0x90;
-            if (c == 0xf4)
-                hi = 0x8f;
-        } else {
-            return false;
         }
+        size_t r = 0;
+        while (r < sizeof lead / sizeof lead[0] && !(c >= lead[r].first && c <= lead[r].last))
+            r++;
+        if (r == sizeof lead / sizeof lead[0])
+            return false;
+        size_t len = lead[r].len;
         if (n - i < len)
             return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
+        if (s[i + 1] < lead[r].lo || s[i + 1] > lead[r].hi)
             return false;
         for (size_t k = 2; k < len; k++)
             if (s[i + k] < 0x80 || s[i + k] > 0xbf)
