@@ -245,11 +245,9 @@ static void invalid_files_fail(void **state)
         const char *path = g.gl_pathv[i];
         char err_path[512], err[512];
         sibling(path, "err", err_path, sizeof err_path);
-        char *want = tu_slurp(err_path, NULL);
-        if (!want || !want[0]) {
-            print_error("%s: no expected error (%s)\n", path, err_path);
+        char *want = tu_slurp_expected(path, err_path);
+        if (!want) {
             failures++;
-            free(want);
             continue;
         }
         want[strcspn(want, "\n")] = '\0';

@@ -398,6 +398,17 @@ char *tu_slurp(const char *path, size_t *len_out)
     return buf;
 }
 
+char *tu_slurp_expected(const char *case_path, const char *expect_path)
+{
+    char *text = tu_slurp(expect_path, NULL);
+    if (!text || !text[0]) {
+        print_error("%s: nothing expected (%s)\n", case_path, expect_path);
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
 char *tu_temp_file(const char *text)
 {
     char *path = strdup("/tmp/ferry-test-XXXXXX.yaml");

@@ -99,6 +99,11 @@ int tu_reconcile(const char *const *args, int timeout_ms, char **out, char **err
 /* The whole file, NUL-terminated and malloc'd, its length into *len when
  * len is not NULL; NULL when it does not exist. Other errors fail the test. */
 char *tu_slurp(const char *path, size_t *len);
+/* A data-driven case's expectation file (jansson's suite layout): its
+ * text, malloc'd; or NULL, having said through print_error that the case
+ * at case_path expects nothing, when the file is missing or empty (a case
+ * that checks nothing is a failure of its own). */
+char *tu_slurp_expected(const char *case_path, const char *expect_path);
 
 /* A new temporary file /tmp/ferry-test-XXXXXX.yaml holding text: its
  * path, malloc'd, for tu_temp_remove to unlink and free. */
