@@ -27,8 +27,7 @@
  */
 static void a_poison_message_parks_its_key_only(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_exec(c, "BEGIN");
     tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', "
                "json_build_object('big', repeat('x', 200000))::text)");
@@ -90,8 +89,7 @@ static void a_poison_message_parks_its_key_only(void **state)
 static void a_large_transaction_survives_kill9_in_its_middle(void **state)
 {
     enum { N = 20000, BEFORE_KILL = 2000, INFLIGHT = 500 };
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_wal_emit_n("w.big", N, 50, N);
     char *end = tu_wal_lsn(c);
     const char *args[] = {"--set", "max_inflight=500", "--set", "batch_size=500", "--metrics",
@@ -143,8 +141,7 @@ static void a_large_transaction_survives_kill9_in_its_middle(void **state)
  */
 static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_wal_emit_n("w.lost", 3, 1, 1);
     assert_int_equal(tu_wal_relay_once("wal-before", NULL), 0);
     /* What the relay confirmed is recorded, for recreate to report from. */
@@ -301,9 +298,7 @@ static void keys_past_the_parked_limit_stay_parked(void **state)
  */
 static void slot_finds_its_database_as_the_other_subcommands_do(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
-    PQfinish(c);
+    PQfinish(tu_wal_connect());
     char path[] = "/tmp/ferry-test-slot-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);

@@ -87,8 +87,7 @@ static char *slot_finding(const char *out, const char *problem)
  */
 static void reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_wal_emit_n("wo.hygiene", 10, 2, 5);
     /* Past the budget of 1 s since the relay (or `slot create`) last
      * confirmed: a relay restarting would not be a finding. */
@@ -131,8 +130,7 @@ static void reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins(void **
  */
 static void a_broker_outage_while_streaming_loses_nothing(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     const char *topic = "wo.outage";
     assert_int_equal(kt_command(tu_wal_broker, "topic-create %s 4 1", topic), 0);
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
@@ -188,8 +186,7 @@ static void a_broker_outage_while_streaming_loses_nothing(void **state)
 static void postgres_restarted_mid_stream_loses_nothing(void **state)
 {
     enum { BEFORE = 400, AFTER = 400 };
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     const char *topic = "wo.pgcrash";
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc p = tu_wal_relay_start("wal-pgcrash", args);
@@ -259,8 +256,7 @@ static int relay_status(char **out)
  */
 static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     char *out = NULL;
     assert_int_equal(relay_status(&out), 0);           /* healthy: not a problem yet */
     free(out);
@@ -330,8 +326,7 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
  */
 static void status_is_a_problem_when_wal_mode_has_no_slot(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     char *out = NULL;
     assert_int_equal(relay_status(&out), 0);
     assert_non_null(strstr(out, "emit mode: wal; replication slot \"ferry\": "));
@@ -375,8 +370,7 @@ static int table_relay_once(const char *holder)
  */
 static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     const char *topic = "wo.delay";
     tu_exec(c, "SELECT ferry.emit('wo.delay', 'k', 'Tested', '{\"n\": 1}')");
     tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.delay', 'k', 'Tested', "

@@ -89,8 +89,7 @@ static void once_publishes_committed_messages_only(void **state)
  */
 static void kill9_mid_stream_loses_nothing(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     char *start = tu_wal_lsn(c);
     tu_wal_emit_n("w.kill9", 30000, 40, 1000);
     char *end = tu_wal_lsn(c);
@@ -126,9 +125,7 @@ static void kill9_mid_stream_loses_nothing(void **state)
  */
 static void a_standby_takes_the_slot_over(void **state)
 {
-    PGconn *c0 = tu_connect();
-    tu_wal_ready(c0);
-    PQfinish(c0);
+    PQfinish(tu_wal_connect());
     const char *args[] = {"--set", "lease_ttl_ms=2000", NULL};
     tu_proc a = tu_wal_relay_start("wal-a", args);
     tu_proc_await_log(&a, "\"event\":\"wal.streaming\"", 30000);
@@ -165,8 +162,7 @@ static void a_standby_takes_the_slot_over(void **state)
  */
 static void per_key_order_holds_with_concurrent_writers(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     assert_int_equal(kt_command(tu_wal_broker, "topic-create w.order 4 1"), 0);
     tu_proc p = tu_wal_relay_start("wal-order", NULL);
     enum { W = 6, ROUNDS = 40, REV = 5 };
@@ -216,8 +212,7 @@ static void per_key_order_holds_with_concurrent_writers(void **state)
  */
 static void a_forged_message_is_refused(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_exec(c, "DO $$ BEGIN CREATE ROLE forger LOGIN; "
                "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
     tu_wal_emit_n("w.forged", 2, 1, 1);
@@ -247,8 +242,7 @@ static void a_forged_message_is_refused(void **state)
  */
 static void a_quiet_database_does_not_pin_wal(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     tu_exec(c, "DROP DATABASE IF EXISTS busy");
     tu_exec(c, "CREATE DATABASE busy");
     tu_proc p = tu_wal_relay_start("wal-quiet", NULL);

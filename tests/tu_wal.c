@@ -187,6 +187,13 @@ void tu_wal_ready(PGconn *c)
     tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
 }
 
+PGconn *tu_wal_connect(void)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    return c;
+}
+
 char *tu_wal_lsn(PGconn *c)
 {
     return tu_str(c, "SELECT pg_current_wal_lsn()::text");

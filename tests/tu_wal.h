@@ -55,6 +55,9 @@ tu_wal_topic tu_wal_check_topic(const char *topic, size_t want, int timeout_ms);
 
 /* The slot there and wal mode on (`slot create` if it is missing). */
 void tu_wal_ready(PGconn *c);
+/* A connection to the test database with the slot there and wal mode on,
+ * as almost every wal test begins; PQfinish it. */
+PGconn *tu_wal_connect(void);
 /* pg_current_wal_lsn() as text; caller frees. */
 char *tu_wal_lsn(PGconn *c);
 
