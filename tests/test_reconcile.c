@@ -17,16 +17,29 @@
 
 #include "testutil.h"
 
-static char *conninfo(void)
+/* The test cluster's conninfo, for --db (the harness owns it). */
+static const char *db(void)
 {
-    return fpg_conninfo_for(tu_pg, NULL, NULL);
+    return fpg_conninfo(tu_pg);
 }
 
-/* ferry-reconcile ARGS; stdout and stderr into *out and *err (freed by
- * the caller). */
-static int rc(char **out, char **err, const char *const *args)
+/* What `ferry-reconcile ARGS` left (tu_output_free it). */
+static tu_output rc(const char *const *args)
 {
-    return tu_reconcile(args, 120000, out, err);
+    tu_output o;
+    o.status = tu_reconcile(args, 120000, &o.out, &o.err);
+    return o;
+}
+
+/* rc(args), which must exit with want: else the test fails with its
+ * output. */
+static tu_output rc_exits(int want, const char *const *args)
+{
+    tu_output o = rc(args);
+    if (o.status != want)
+        fail_msg("ferry-reconcile %s: exit %d, want %d; stdout:\n%s\nstderr:\n%s", args[0],
+                 o.status, want, o.out, o.err);
+    return o;
 }
 
 static void contains(const char *hay, const char *needle)
@@ -60,44 +73,38 @@ static void seed_inbox_garbage(PGconn *c, int n)
 
 static void usage_errors(void **state)
 {
-    char *db = conninfo();
     const char *const cases[][6] = {
-        {"check", NULL},                               /* no --db, no $FERRY_DB */
-        {"check", "--db", db, "--replay", "1", NULL},  /* check changes nothing */
-        {"repair", "--db", db, "--discard", "1", NULL},/* a discard needs a reason */
-        {"check", "--db", db, "--bogus", NULL},
-        {"run", "--db", db, "--json", NULL},
-        {"repair", "--db", db, "--wait", "soon", NULL},
-        {"run", "--db", db, "--interval", "0", NULL},
-        {"check", "--db", db, "extra", NULL},
+        {"check", NULL},                                    /* no --db, no $FERRY_DB */
+        {"check", "--db", db(), "--replay", "1", NULL},     /* check changes nothing */
+        {"repair", "--db", db(), "--discard", "1", NULL},   /* a discard needs a reason */
+        {"check", "--db", db(), "--bogus", NULL},
+        {"run", "--db", db(), "--json", NULL},
+        {"repair", "--db", db(), "--wait", "soon", NULL},
+        {"run", "--db", db(), "--interval", "0", NULL},
+        {"check", "--db", db(), "extra", NULL},
         {"frobnicate", NULL},
     };
     unsetenv("FERRY_DB");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char *out, *err;
-        int st = rc(&out, &err, cases[i]);
-        if (st != 16)
+        tu_output r = rc(cases[i]);
+        if (r.status != 16)
             fail_msg("case %zu (%s %s): exit %d, want 16; stderr:\n%s", i, cases[i][0],
-                     cases[i][1] ? cases[i][1] : "", st, err);
-        contains(err, "usage: ferry-reconcile");
-        free(out);
-        free(err);
+                     cases[i][1] ? cases[i][1] : "", r.status, r.err);
+        contains(r.err, "usage: ferry-reconcile");
+        tu_output_free(&r);
     }
-    free(db);
 }
 
 /* ------------------------------------------------------- refusals: 8 */
 
 static void cannot_connect_is_8(void **state)
 {
-    char *out, *err;
     const char *args[] = {"check", "--db", "host=/nonexistent-ferry-dir dbname=x "
                           "connect_timeout=2", NULL};
-    assert_int_equal(rc(&out, &err, args), 8);
-    contains(err, "cannot connect to the database");
-    assert_string_equal(out, "");
-    free(out);
-    free(err);
+    tu_output r = rc_exits(8, args);
+    contains(r.err, "cannot connect to the database");
+    assert_string_equal(r.out, "");
+    tu_output_free(&r);
 }
 
 static void unmigrated_database_is_8(void **state)
@@ -107,29 +114,24 @@ static void unmigrated_database_is_8(void **state)
     tu_exec(c, "CREATE DATABASE r_plain");
     PQfinish(c);
     char *ci = fpg_conninfo_for(tu_pg, NULL, "r_plain");
-    char *out, *err;
     const char *args[] = {"check", "--db", ci, NULL};
-    assert_int_equal(rc(&out, &err, args), 8);
-    contains(err, "ferry schema version 0; the reconciler needs 4");
-    free(out);
-    free(err);
+    tu_output r = rc_exits(8, args);
+    contains(r.err, "ferry schema version 0; the reconciler needs 4");
+    tu_output_free(&r);
     free(ci);
 }
 
 static void bad_rules_file_is_8(void **state)
 {
-    char *db = conninfo();
     char *path = tu_temp_file("rules:\n  - name: x\n    detect: [unclosed\n");
-    char *out, *err;
-    const char *args[] = {"check", "--db", db, "--rules", path, NULL};
-    assert_int_equal(rc(&out, &err, args), 8);
+    const char *args[] = {"check", "--db", db(), "--rules", path, NULL};
+    tu_output r = rc_exits(8, args);
     char *where = tu_sprintf("%s:", path);
-    contains(err, where);
-    contains(err, "was refused; nothing was checked");
-    assert_string_equal(out, "");
+    contains(r.err, where);
+    contains(r.err, "was refused; nothing was checked");
+    assert_string_equal(r.out, "");
     free(where);
-    free(out);
-    free(err);
+    tu_output_free(&r);
     tu_temp_remove(path);
 
     /* A saga directory with a broken definition: refused the same way. */
@@ -140,37 +142,31 @@ static void bad_rules_file_is_8(void **state)
     assert_non_null(f);
     fputs("saga: broken\nversion: 1\n", f);
     fclose(f);
-    const char *args2[] = {"check", "--db", db, "--sagas", dir, NULL};
-    assert_int_equal(rc(&out, &err, args2), 8);
-    contains(err, def);
-    free(out);
-    free(err);
+    const char *args2[] = {"check", "--db", db(), "--sagas", dir, NULL};
+    r = rc_exits(8, args2);
+    contains(r.err, def);
+    tu_output_free(&r);
     tu_temp_remove(def);
     rmdir(dir);
-    free(db);
 }
 
 /* ------------------------------------------------------------ reports */
 
 static void clean_database_is_0(void **state)
 {
-    char *db = conninfo();
-    char *out, *err;
-    const char *args[] = {"check", "--db", db, NULL};
-    assert_int_equal(rc(&out, &err, args), 0);
+    const char *args[] = {"check", "--db", db(), NULL};
+    tu_output r = rc_exits(0, args);
     const char *sweeps[] = {"outbox", "sagas", "compensations", "dead_letters", "garbage",
                             "rules"};
     for (size_t i = 0; i < 6; i++) {
         char *line = tu_sprintf("%-14s clean\n", sweeps[i]);
-        contains(out, line);
+        contains(r.out, line);
         free(line);
     }
-    contains(out, "summary: no problems; exit 0");
+    contains(r.out, "summary: no problems; exit 0");
     /* Not a terminal: no progress. */
-    assert_null(strstr(err, "\033[K"));
-    free(out);
-    free(err);
-    free(db);
+    assert_null(strstr(r.err, "\033[K"));
+    tu_output_free(&r);
 }
 
 static json_t *parse(const char *text)
@@ -188,12 +184,10 @@ static void json_report_and_exit_statuses(void **state)
 {
     PGconn *c = tu_connect();
     seed_inbox_garbage(c, 25);
-    char *db = conninfo();
-    char *out, *err;
 
-    const char *check[] = {"check", "--db", db, "--json", NULL};
-    assert_int_equal(rc(&out, &err, check), 4);
-    json_t *j = parse(out);
+    const char *check[] = {"check", "--db", db(), "--json", NULL};
+    tu_output r = rc_exits(4, check);
+    json_t *j = parse(r.out);
     assert_string_equal(json_string_value(json_object_get(j, "mode")), "check");
     assert_int_equal(json_integer_value(json_object_get(j, "status")), 4);
     json_t *g = json_object_get(json_object_get(j, "sweeps"), "garbage");
@@ -203,8 +197,7 @@ static void json_report_and_exit_statuses(void **state)
     assert_int_equal(json_integer_value(json_object_get(f, "count")), 25);
     assert_string_equal(json_string_value(json_object_get(f, "outcome")), "found");
     json_decref(j);
-    free(out);
-    free(err);
+    tu_output_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 25);   /* unchanged */
 
     /* The reconciler's own records older than 30 days go with a repair,
@@ -215,16 +208,15 @@ static void json_report_and_exit_statuses(void **state)
                "INSERT INTO ferry.reconcile_action (rule, key, message_id, emitted_at) VALUES "
                "('gone', 'k', gen_random_uuid(), now() - interval '40 days'), "
                "('kept', 'k', gen_random_uuid(), now() - interval '1 day')");
-    const char *repair[] = {"repair", "--db", db, "--json", "--by", "tester", NULL};
-    assert_int_equal(rc(&out, &err, repair), 1);
-    j = parse(out);
+    const char *repair[] = {"repair", "--db", db(), "--json", "--by", "tester", NULL};
+    r = rc_exits(1, repair);
+    j = parse(r.out);
     assert_string_equal(json_string_value(json_object_get(j, "mode")), "repair");
     g = json_object_get(json_object_get(j, "sweeps"), "garbage");
     assert_int_equal(
         json_integer_value(json_object_get(json_object_get(g, "counts"), "repaired")), 1);
     json_decref(j);
-    free(out);
-    free(err);
+    tu_output_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
     /* The pass is on record, with who ran it, and the lease is free again. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.reconcile_pass WHERE actor = "
@@ -239,11 +231,9 @@ static void json_report_and_exit_statuses(void **state)
                                "ferry.reconcile_action"),
                      1);
 
-    const char *again[] = {"check", "--db", db, NULL};
-    assert_int_equal(rc(&out, &err, again), 0);
-    free(out);
-    free(err);
-    free(db);
+    const char *again[] = {"check", "--db", db(), NULL};
+    r = rc_exits(0, again);
+    tu_output_free(&r);
     PQfinish(c);
 }
 
@@ -253,27 +243,22 @@ static void progress_only_when_asked(void **state)
 {
     PGconn *c = tu_connect();
     seed_inbox_garbage(c, 3000);
-    char *db = conninfo();
     char *rules = tu_temp_file("budgets:\n  batch: 100\n");
-    char *out, *err;
-    const char *quiet[] = {"check", "--db", db, "--rules", rules, NULL};
-    assert_int_equal(rc(&out, &err, quiet), 4);
-    assert_null(strstr(err, "\033[K"));
-    free(out);
-    free(err);
+    const char *quiet[] = {"check", "--db", db(), "--rules", rules, NULL};
+    tu_output r = rc_exits(4, quiet);
+    assert_null(strstr(r.err, "\033[K"));
+    tu_output_free(&r);
     /* Forced into a pipe: plain lines, no control sequences. */
-    const char *loud[] = {"repair", "--db", db, "--rules", rules, "--progress", NULL};
-    assert_int_equal(rc(&out, &err, loud), 1);
-    contains(err, "garbage: ");
-    contains(err, "garbage        problems found\n");
-    contains(err, "outbox         clean\n");
-    assert_null(strchr(err, '\033'));
-    assert_null(strchr(err, '\r'));
-    free(out);
-    free(err);
+    const char *loud[] = {"repair", "--db", db(), "--rules", rules, "--progress", NULL};
+    r = rc_exits(1, loud);
+    contains(r.err, "garbage: ");
+    contains(r.err, "garbage        problems found\n");
+    contains(r.err, "outbox         clean\n");
+    assert_null(strchr(r.err, '\033'));
+    assert_null(strchr(r.err, '\r'));
+    tu_output_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 0);
     tu_temp_remove(rules);
-    free(db);
     PQfinish(c);
 }
 
@@ -335,9 +320,8 @@ static void progress_on_a_terminal_is_erased(void **state)
 {
     PGconn *c = tu_connect();
     seed_inbox_garbage(c, 3000);
-    char *db = conninfo();
     char *rules = tu_temp_file("budgets:\n  batch: 100\n");
-    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db, "--rules", rules, NULL};
+    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db(), "--rules", rules, NULL};
     int st;
     char *err = run_on_tty(argv, &st);
     assert_int_equal(st, 1);
@@ -351,7 +335,6 @@ static void progress_on_a_terminal_is_erased(void **state)
     assert_null(strchr(err, '\n'));
     free(err);
     tu_temp_remove(rules);
-    free(db);
     PQfinish(c);
 }
 
@@ -365,19 +348,15 @@ static void repair_waits_for_the_lease(void **state)
     tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) VALUES "
                "('reconciler', 'someone-else', 7, now() + interval '1 hour')");
     seed_inbox_garbage(c, 3);
-    char *db = conninfo();
-    char *out, *err;
-    const char *repair[] = {"repair", "--db", db, "--wait", "1", NULL};
-    assert_int_equal(rc(&out, &err, repair), 8);
-    contains(err, "waiting for the reconciler's lease, held by someone-else");
-    contains(err, "another reconciler is repairing this database (someone-else");
-    free(out);
-    free(err);
+    const char *repair[] = {"repair", "--db", db(), "--wait", "1", NULL};
+    tu_output r = rc_exits(8, repair);
+    contains(r.err, "waiting for the reconciler's lease, held by someone-else");
+    contains(r.err, "another reconciler is repairing this database (someone-else");
+    tu_output_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 3);   /* untouched */
-    const char *check[] = {"check", "--db", db, NULL};
-    assert_int_equal(rc(&out, &err, check), 4);
-    free(out);
-    free(err);
+    const char *check[] = {"check", "--db", db(), NULL};
+    r = rc_exits(4, check);
+    tu_output_free(&r);
 
     /* A decision on a dead letter needs no lease: it is carried out, the
      * sweeps are left to the holder. */
@@ -386,21 +365,19 @@ static void repair_waits_for_the_lease(void **state)
                              "(gen_random_uuid(), 'orders', 'k1', 'T', '{}', 1, 0, now(), "
                              "'broker refused') RETURNING id");
     char *ids = tu_sprintf("%lld", id);
-    const char *replay[] = {"repair", "--db", db, "--wait", "0", "--replay", ids, "--by", "ops",
+    const char *replay[] = {"repair", "--db", db(), "--wait", "0", "--replay", ids, "--by", "ops",
                             NULL};
-    assert_int_equal(rc(&out, &err, replay), 1);
-    contains(err, "the sweeps are left to it");
-    contains(out, "[repaired] dead_letter");
-    contains(out, "garbage        skipped");
-    free(out);
-    free(err);
+    r = rc_exits(1, replay);
+    contains(r.err, "the sweeps are left to it");
+    contains(r.out, "[repaired] dead_letter");
+    contains(r.out, "garbage        skipped");
+    tu_output_free(&r);
     free(ids);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter"), 0);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE aggregateid = 'k1'"), 1);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter_log WHERE actor = 'ops' "
                                "AND action = 'replay'"), 1);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 3);   /* still untouched */
-    free(db);
     PQfinish(c);
 }
 
@@ -423,8 +400,7 @@ static void two_reconcilers_at_once_act_once(void **state)
         "  - name: stale-holds\n"
         "    detect: SELECT id AS key, pg_sleep(0.03) AS slow FROM public.hold\n"
         "    emit: {topic: shop.inventory, type: ReleaseHold}\n");
-    char *db = conninfo();
-    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db, "--rules", rules,
+    const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db(), "--rules", rules,
                           "--wait", "60", NULL};
     tu_child a = tu_start(argv), b = tu_start(argv);
     char *oa, *ea, *ob, *eb;
@@ -462,7 +438,6 @@ static void two_reconcilers_at_once_act_once(void **state)
     free(ob);
     free(eb);
     tu_temp_remove(rules);
-    free(db);
     PQfinish(c);
 }
 

@@ -368,6 +368,13 @@ int tu_reconcile(const char *const *args, int timeout_ms, char **out, char **err
     return tu_run(argv, timeout_ms, out, err);
 }
 
+void tu_output_free(tu_output *o)
+{
+    free(o->out);
+    free(o->err);
+    *o = (tu_output){0};
+}
+
 char *tu_slurp(const char *path, size_t *len_out)
 {
     FILE *f = fopen(path, "rb");

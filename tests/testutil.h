@@ -96,6 +96,14 @@ const char *tu_reconcile_bin(void);
 /* tu_run of `ferry-reconcile ARGS...` (args NULL-terminated, at most 60). */
 int tu_reconcile(const char *const *args, int timeout_ms, char **out, char **err);
 
+/* What a program run left: its exit status and what it wrote to stdout
+ * and stderr (malloc'd, NUL-terminated); tu_output_free frees both. */
+typedef struct tu_output {
+    int status;
+    char *out, *err;
+} tu_output;
+void tu_output_free(tu_output *o);
+
 /* The whole file, NUL-terminated and malloc'd, its length into *len when
  * len is not NULL; NULL when it does not exist. Other errors fail the test. */
 char *tu_slurp(const char *path, size_t *len);
