@@ -303,15 +303,12 @@ static void bad_configuration_is_refused(void **state)
     assert_int_equal(ferry_consumer_new(&nodb, &c, &err), FERRY_ECONN);
     assert_non_null(strstr(err.message, "could not connect"));
 
-    PGconn *admin = tu_connect();
-    tu_exec(admin, "CREATE DATABASE c_unmigrated");
-    char *ci = fpg_conninfo_for(tu_pg, NULL, "c_unmigrated");
+    char *ci = tu_fresh_database("c_unmigrated");
     ferry_consumer_conf bare = good;
     bare.db = ci;
     assert_int_equal(ferry_consumer_new(&bare, &c, &err), FERRY_ESCHEMA);
     assert_null(c);
     free(ci);
-    PQfinish(admin);
 }
 
 /* Several keys, in order; the same message twice (as after a relay

@@ -16,12 +16,7 @@
 /* A new, empty database; returns a connection to it. */
 static PGconn *fresh_db(const char *name)
 {
-    PGconn *admin = tu_connect();
-    char *sql = tu_sprintf("CREATE DATABASE %s", name);
-    tu_exec(admin, sql);
-    free(sql);
-    PQfinish(admin);
-    char *ci = fpg_conninfo_for(tu_pg, NULL, name);
+    char *ci = tu_fresh_database(name);
     PGconn *c = PQconnectdb(ci);
     free(ci);
     assert_int_equal(PQstatus(c), CONNECTION_OK);

@@ -109,11 +109,7 @@ static void cannot_connect_is_8(void **state)
 
 static void unmigrated_database_is_8(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "DROP DATABASE IF EXISTS r_plain");
-    tu_exec(c, "CREATE DATABASE r_plain");
-    PQfinish(c);
-    char *ci = fpg_conninfo_for(tu_pg, NULL, "r_plain");
+    char *ci = tu_fresh_database("r_plain");
     const char *args[] = {"check", "--db", ci, NULL};
     tu_output r = rc_exits(8, args);
     contains(r.err, "ferry schema version 0; the reconciler needs 4");

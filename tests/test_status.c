@@ -564,13 +564,7 @@ static void verdict_relay_keeping_up(void **state)
 
 static void database_without_schema(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "SET client_min_messages = warning");
-    tu_exec(c, "DROP DATABASE IF EXISTS plain");
-    tu_exec(c, "CREATE DATABASE plain");
-    PQfinish(c);
-    char *ci = fpg_conninfo_for(tu_pg, NULL, "plain");
-    assert_non_null(ci);
+    char *ci = tu_fresh_database("plain");
     run r = run_status("--db", ci, NULL);
     assert_int_equal(r.rc, 1);
     assert_non_null(strstr(r.err, "ferry schema not found: run ferry-relay migrate"));

@@ -243,11 +243,9 @@ static void a_forged_message_is_refused(void **state)
 static void a_quiet_database_does_not_pin_wal(void **state)
 {
     PGconn *c = tu_wal_connect();
-    tu_exec(c, "DROP DATABASE IF EXISTS busy");
-    tu_exec(c, "CREATE DATABASE busy");
+    char *ci = tu_fresh_database("busy");
     tu_proc p = tu_wal_relay_start("wal-quiet", NULL);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
-    char *ci = fpg_conninfo_for(tu_pg, NULL, "busy");
     PGconn *b = PQconnectdb(ci);
     free(ci);
     assert_int_equal(PQstatus(b), CONNECTION_OK);

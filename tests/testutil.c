@@ -67,6 +67,22 @@ PGconn *tu_connect_as(const char *user)
     return conn;
 }
 
+char *tu_fresh_database(const char *name)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "SET client_min_messages = warning");    /* "does not exist, skipping" */
+    char *sql = tu_sprintf("DROP DATABASE IF EXISTS %s", name);
+    tu_exec(admin, sql);
+    free(sql);
+    sql = tu_sprintf("CREATE DATABASE %s", name);
+    tu_exec(admin, sql);
+    free(sql);
+    PQfinish(admin);
+    char *ci = fpg_conninfo_for(tu_pg, NULL, name);
+    assert_non_null(ci);
+    return ci;
+}
+
 void tu_exec(PGconn *conn, const char *sql)
 {
     PGresult *res = PQexec(conn, sql);

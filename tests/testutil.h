@@ -37,6 +37,9 @@ int tu_clean_outbox(void **state);
 
 PGconn *tu_connect(void);
 PGconn *tu_connect_as(const char *user);
+/* A new, empty database name in the test cluster (no ferry schema;
+ * dropped first if a run before left it): its conninfo, malloc'd. */
+char *tu_fresh_database(const char *name);
 void tu_exec(PGconn *conn, const char *sql);
 /* tu_exec on a connection of its own, for fixtures; returns 0. */
 int tu_exec_once(const char *sql);
