@@ -31,18 +31,16 @@ static void emit_commit_is_visible(void **state)
     char text[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&id, text);
     PGconn *other = tu_connect();
-    char *sql = tu_sprintf("SELECT topic || '|' || aggregateid || '|' || aggregatetype || '|' || "
-                           "type || '|' || (payload->>'total') || '|' || seq || '|' || "
-                           "(headers->>'traceparent') || '|' || (shard BETWEEN 0 AND 15) "
-                           "FROM ferry.outbox WHERE id = '%s'", text);
-    char *row = tu_str(other, sql);
-    assert_string_equal(row, "orders|order-1|Order|Tested|42|1|"
-                             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01|true");
+    tu_assert_str_of(other,
+                     tu_sprintf("SELECT topic || '|' || aggregateid || '|' || aggregatetype || "
+                                "'|' || type || '|' || (payload->>'total') || '|' || seq || '|' "
+                                "|| (headers->>'traceparent') || '|' || (shard BETWEEN 0 AND 15) "
+                                "FROM ferry.outbox WHERE id = '%s'", text),
+                     "orders|order-1|Order|Tested|42|1|"
+                     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01|true");
     /* The id is a version 7 UUID made now. */
     assert_int_equal(id.bytes[6] >> 4, 7);
     assert_int_equal(id.bytes[8] >> 6, 2);
-    free(row);
-    free(sql);
     PQfinish(other);
     PQfinish(c);
 }
@@ -643,17 +641,16 @@ static void sql_emit_any_language(void **state)
     assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
     tu_exec(c, "COMMIT");
     assert_int_equal(id[14], '7');                        /* UUID version 7 */
-    char *sql = tu_sprintf("SELECT seq FROM ferry.outbox WHERE id = '%s'", id2);
-    assert_int_equal(tu_int(c, sql), 2);
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT seq FROM ferry.outbox WHERE id = '%s'",
+                                             id2)),
+                     2);
     assert_int_equal(tu_int(c, "SELECT max(seq) FROM ferry.outbox WHERE aggregateid = 'o-9'"),
                      3);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE headers->>'h' = 'v'"),
                      1);
     /* Time-ordered: the later id sorts after the earlier. */
-    free(sql);
-    sql = tu_sprintf("SELECT ('%s'::uuid < '%s'::uuid)::int", id, id2);
-    assert_int_equal(tu_int(c, sql), 1);
-    free(sql);
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT ('%s'::uuid < '%s'::uuid)::int", id, id2)),
+                     1);
     free(id);
     free(id2);
     PQfinish(c);
