@@ -661,8 +661,7 @@ static void sql_emit_any_language(void **state)
 static void writer_role_can_only_emit(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_exec(admin, 
-                   "CREATE ROLE svc_writer LOGIN IN ROLE ferry_writer");
+    tu_login_role(admin, "svc_writer", "ferry_writer");
     PGconn *w = tu_connect_as("svc_writer");
     tu_exec(w, "BEGIN");
     ferry_msg m = msg("orders", "o-1", "{}");
@@ -702,10 +701,9 @@ static void writer_role_can_only_emit(void **state)
 static void relay_and_reconciler_roles(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_exec(admin, 
-                   "CREATE ROLE svc_relay LOGIN IN ROLE ferry_relay; "
-                   "CREATE ROLE svc_recon LOGIN IN ROLE ferry_reconciler; "
-                   "SELECT ferry.emit('t', 'k', 'T', '{}')");
+    tu_login_role(admin, "svc_relay", "ferry_relay");
+    tu_login_role(admin, "svc_recon", "ferry_reconciler");
+    tu_exec(admin, "SELECT ferry.emit('t', 'k', 'T', '{}')");
     PGconn *r = tu_connect_as("svc_relay");
     assert_int_equal(tu_int(r, "SELECT count(*) FROM ferry.outbox"), 1);
     tu_exec(r, "UPDATE ferry.outbox SET attempts = attempts + 1");

@@ -735,9 +735,8 @@ static void holding_needs_the_payload(void **state)
 static void the_protocol_is_confined_to_the_consumer_names_a_role_owns(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_exec(admin, "DROP ROLE IF EXISTS lang_svc; "
-                   "CREATE ROLE lang_svc LOGIN IN ROLE ferry_consumer; "
-                   "INSERT INTO ferry.consumer_owner VALUES ('lang-own', 'lang_svc') "
+    tu_login_role(admin, "lang_svc", "ferry_consumer");
+    tu_exec(admin, "INSERT INTO ferry.consumer_owner VALUES ('lang-own', 'lang_svc') "
                    "ON CONFLICT DO NOTHING");
     PGconn *c = tu_connect_as("lang_svc");
     tu_exec(c, "BEGIN");

@@ -639,7 +639,7 @@ static int group_setup(void **state)
                "BEGIN INSERT INTO t_log VALUES (1); RETURN NEXT 'x'; END $$");
     /* The reconciler logs in as a member of ferry_reconciler, nothing more
      * (and may read the table its rules look at). */
-    tu_exec(c, "CREATE ROLE rc_reconciler LOGIN IN ROLE ferry_reconciler");
+    tu_login_role(c, "rc_reconciler", "ferry_reconciler");
     tu_exec(c, "GRANT SELECT ON t_reservation TO rc_reconciler");
     tu_exec(c, "GRANT SELECT, INSERT ON t_log TO rc_reconciler");
     PQfinish(c);

@@ -287,8 +287,7 @@ static void what_must_wait_goes_to_the_table(void **state)
 static void a_writer_role_emits_in_wal_mode_without_reading_the_token(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_exec(admin, "DO $$ BEGIN CREATE ROLE wal_writer LOGIN IN ROLE ferry_writer; "
-                   "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    tu_login_role(admin, "wal_writer", "ferry_writer");
     PGconn *w = tu_connect_as("wal_writer");
     tu_exec(w, "SELECT ferry.emit('orders', 'o-9', 'T', '{\"a\": 1}'::jsonb)");
     tu_assert_sql_error(w, "SELECT wal_token FROM ferry.settings", "42501", NULL, NULL);

@@ -213,8 +213,7 @@ static void per_key_order_holds_with_concurrent_writers(void **state)
 static void a_forged_message_is_refused(void **state)
 {
     PGconn *c = tu_wal_connect();
-    tu_exec(c, "DO $$ BEGIN CREATE ROLE forger LOGIN; "
-               "EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+    tu_login_role(c, "forger", NULL);
     tu_wal_emit_n("w.forged", 2, 1, 1);
     PGconn *f = tu_connect_as("forger");
     tu_exec(f, "SELECT pg_logical_emit_message(true, 'ferry', "

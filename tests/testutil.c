@@ -67,6 +67,15 @@ PGconn *tu_connect_as(const char *user)
     return conn;
 }
 
+void tu_login_role(PGconn *admin, const char *name, const char *in_role)
+{
+    char *sql = tu_sprintf("DO $$ BEGIN CREATE ROLE %s LOGIN%s%s; "
+                           "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+                           name, in_role ? " IN ROLE " : "", in_role ? in_role : "");
+    tu_exec(admin, sql);
+    free(sql);
+}
+
 char *tu_fresh_database(const char *name)
 {
     PGconn *admin = tu_connect();

@@ -37,6 +37,9 @@ int tu_clean_outbox(void **state);
 
 PGconn *tu_connect(void);
 PGconn *tu_connect_as(const char *user);
+/* A login role name, a member of in_role (NULL: of none), made unless
+ * it is there already. */
+void tu_login_role(PGconn *admin, const char *name, const char *in_role);
 /* A new, empty database name in the test cluster (no ferry schema;
  * dropped first if a run before left it): its conninfo, malloc'd. */
 char *tu_fresh_database(const char *name);
