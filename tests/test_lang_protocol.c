@@ -809,14 +809,18 @@ static void emit_message_refuses_with_the_field_named(void **state)
 
 static void the_existing_emit_overloads_still_resolve(void **state)
 {
-    PGconn *c = tu_connect();
     /* An untyped literal, a jsonb value, four and five arguments. */
-    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}')");
-    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}', '{\"h\": \"v\"}')");
-    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', jsonb_build_object('a', 1))");
-    tu_exec(c, "SELECT ferry.emit('t', 'k', 'T', '{}'::jsonb, '{}'::jsonb)");
-    tu_exec(c, "SELECT ferry.emit(p_topic => 't', p_key => 'k', p_type => 'T', "
-               "p_payload => '{}'::text)");
+    static const char *const calls[] = {
+        "SELECT ferry.emit('t', 'k', 'T', '{}')",
+        "SELECT ferry.emit('t', 'k', 'T', '{}', '{\"h\": \"v\"}')",
+        "SELECT ferry.emit('t', 'k', 'T', jsonb_build_object('a', 1))",
+        "SELECT ferry.emit('t', 'k', 'T', '{}'::jsonb, '{}'::jsonb)",
+        "SELECT ferry.emit(p_topic => 't', p_key => 'k', p_type => 'T', "
+        "p_payload => '{}'::text)",
+    };
+    PGconn *c = tu_connect();
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        tu_exec(c, calls[i]);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 5);
     PQfinish(c);
 }

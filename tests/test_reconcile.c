@@ -259,8 +259,9 @@ static void progress_only_when_asked(void **state)
 }
 
 /* Run argv with stderr on a pseudo-terminal (stdout and stdin on
- * /dev/null); what it wrote there, malloc'd; its exit status into *st. */
-static char *run_on_tty(const char *const *argv, int *st)
+ * /dev/null): its exit status, and as err what it wrote to the terminal
+ * (out is empty). */
+static tu_output run_on_tty(const char *const *argv)
 {
     int m = posix_openpt(O_RDWR | O_NOCTTY);
     assert_true(m >= 0);
@@ -306,8 +307,9 @@ static char *run_on_tty(const char *const *argv, int *st)
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status));
-    *st = WEXITSTATUS(status);
-    return buf;
+    tu_output o = {.status = WEXITSTATUS(status), .out = strdup(""), .err = buf};
+    assert_non_null(o.out);
+    return o;
 }
 
 /* On a terminal, progress redraws one line and is erased at the end of
@@ -318,18 +320,17 @@ static void progress_on_a_terminal_is_erased(void **state)
     seed_inbox_garbage(c, 3000);
     char *rules = tu_temp_file("budgets:\n  batch: 100\n");
     const char *argv[] = {tu_reconcile_bin(), "repair", "--db", db(), "--rules", rules, NULL};
-    int st;
-    char *err = run_on_tty(argv, &st);
-    assert_int_equal(st, 1);
-    contains(err, "\r\033[Kgarbage: ");
+    tu_output r = run_on_tty(argv);
+    assert_int_equal(r.status, 1);
+    contains(r.err, "\r\033[Kgarbage: ");
     /* What a terminal shows once it has applied the erasures: nothing. */
-    const char *last = strrchr(err, '\r');
+    const char *last = strrchr(r.err, '\r');
     assert_non_null(last);
     assert_string_equal(last, "\r\033[K");
-    assert_null(strstr(err, "problems found"));
-    assert_null(strstr(err, "clean\n"));
-    assert_null(strchr(err, '\n'));
-    free(err);
+    assert_null(strstr(r.err, "problems found"));
+    assert_null(strstr(r.err, "clean\n"));
+    assert_null(strchr(r.err, '\n'));
+    tu_output_free(&r);
     tu_temp_remove(rules);
     PQfinish(c);
 }
