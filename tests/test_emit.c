@@ -661,8 +661,7 @@ static void sql_emit_any_language(void **state)
 static void writer_role_can_only_emit(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_login_role(admin, "svc_writer", "ferry_writer");
-    PGconn *w = tu_connect_as("svc_writer");
+    PGconn *w = tu_connect_as_new(admin, "svc_writer", "ferry_writer");
     tu_exec(w, "BEGIN");
     ferry_msg m = msg("orders", "o-1", "{}");
     ferry_error err;
@@ -701,17 +700,15 @@ static void writer_role_can_only_emit(void **state)
 static void relay_and_reconciler_roles(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_login_role(admin, "svc_relay", "ferry_relay");
-    tu_login_role(admin, "svc_recon", "ferry_reconciler");
     tu_exec(admin, "SELECT ferry.emit('t', 'k', 'T', '{}')");
-    PGconn *r = tu_connect_as("svc_relay");
+    PGconn *r = tu_connect_as_new(admin, "svc_relay", "ferry_relay");
     assert_int_equal(tu_int(r, "SELECT count(*) FROM ferry.outbox"), 1);
     tu_exec(r, "UPDATE ferry.outbox SET attempts = attempts + 1");
     tu_assert_sql_error(r, "SELECT ferry.emit('t', 'k', 'T', '{}')", "42501", NULL, NULL);
     tu_assert_sql_error(r, "UPDATE ferry.outbox SET payload = '{}'", "42501", NULL, NULL);
     tu_exec(r, "DELETE FROM ferry.outbox");
 
-    PGconn *rc = tu_connect_as("svc_recon");
+    PGconn *rc = tu_connect_as_new(admin, "svc_recon", "ferry_reconciler");
     assert_int_equal(tu_int(rc, "SELECT count(*) FROM ferry.saga"), 0);
     tu_exec(rc, "DELETE FROM ferry.inbox WHERE applied_at < now() - interval '7 days'");
     /* It moves over-attempted rows to the dead letters (DELETE, since

@@ -338,7 +338,7 @@ static void a_permanent_failure_is_dead_lettered_at_once(void **state)
     char *o = fail_once(c, &bad, 1);
     assert_string_equal(o, "dead_lettered/1");
     free(o);
-    tu_assert_str_of(c, strdup("SELECT payload_text FROM ferry.dead_letter"), "{not json");
+    tu_assert_str(c, "SELECT payload_text FROM ferry.dead_letter", "{not json");
     lmsg next = {"00000000-0000-7000-8000-000000000002", "acct-1", 1, "{}", NULL};
     expect(c, &next, "apply");
     PQfinish(c);
@@ -735,10 +735,9 @@ static void holding_needs_the_payload(void **state)
 static void the_protocol_is_confined_to_the_consumer_names_a_role_owns(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_login_role(admin, "lang_svc", "ferry_consumer");
+    PGconn *c = tu_connect_as_new(admin, "lang_svc", "ferry_consumer");
     tu_exec(admin, "INSERT INTO ferry.consumer_owner VALUES ('lang-own', 'lang_svc') "
                    "ON CONFLICT DO NOTHING");
-    PGconn *c = tu_connect_as("lang_svc");
     tu_exec(c, "BEGIN");
     tu_exec(c, "SELECT * FROM ferry.consume_claim(consumer => 'lang-own', "
                "id => gen_random_uuid(), topic => 't', key => 'k', seq => 1)");

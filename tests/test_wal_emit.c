@@ -107,10 +107,9 @@ static void rolled_back_messages_and_savepoints_leave_nothing_in_wal(void **stat
     tu_emit_ledger(c, "acct-1", "{\"n\": 4}");
     tu_exec(c, "COMMIT");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM tu_wal_msgs()"), 2);
-    char *got = tu_str(c, "SELECT string_agg(key || ':' || seq || ':' || (payload->>'n'), ',' "
-                          "ORDER BY ord) FROM tu_wal_msgs()");
-    assert_string_equal(got, "acct-1:1:1,acct-1:2:4");
-    free(got);
+    tu_assert_str(c, "SELECT string_agg(key || ':' || seq || ':' || (payload->>'n'), ',' "
+                     "ORDER BY ord) FROM tu_wal_msgs()",
+                  "acct-1:1:1,acct-1:2:4");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox_key WHERE key = 'acct-2'"), 0);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);
     PQfinish(c);
@@ -263,22 +262,19 @@ static void what_must_wait_goes_to_the_table(void **state)
                "'T', '{}', 1, 0, now(), 'test')");
     tu_exec(c, "SELECT ferry.emit('ledger', 'parked', 'T', '{\"n\": 4}'::jsonb)");
 
-    char *got = tu_str(c, "SELECT string_agg(aggregateid || ':' || seq || ':' || "
-                          "(payload->>'n') || ':' || (available_at > now()), ',' "
-                          "ORDER BY aggregateid, seq) FROM ferry.outbox");
-    assert_string_equal(got, "late:1:1:true,late:2:2:false,parked:1:4:false");
-    free(got);
-    got = tu_str(c, "SELECT string_agg(key || ':' || seq, ',') FROM tu_wal_msgs()");
-    assert_string_equal(got, "free:1");
-    free(got);
+    tu_assert_str(c, "SELECT string_agg(aggregateid || ':' || seq || ':' || "
+                     "(payload->>'n') || ':' || (available_at > now()), ',' "
+                     "ORDER BY aggregateid, seq) FROM ferry.outbox",
+                  "late:1:1:true,late:2:2:false,parked:1:4:false");
+    tu_assert_str(c, "SELECT string_agg(key || ':' || seq, ',') FROM tu_wal_msgs()",
+                  "free:1");
     /* Once the table has published the key's rows, it is back in WAL. */
     tu_exec(c, "DELETE FROM ferry.outbox WHERE aggregateid = 'late'");
     tu_exec(c, "BEGIN");
     tu_emit_ledger(c, "late", "{\"n\": 5}");
     tu_exec(c, "COMMIT");
-    got = tu_str(c, "SELECT string_agg(key || ':' || seq, ',' ORDER BY ord) FROM tu_wal_msgs()");
-    assert_string_equal(got, "free:1,late:3");
-    free(got);
+    tu_assert_str(c, "SELECT string_agg(key || ':' || seq, ',' ORDER BY ord) FROM tu_wal_msgs()",
+                  "free:1,late:3");
     PQfinish(c);
 }
 
@@ -287,8 +283,7 @@ static void what_must_wait_goes_to_the_table(void **state)
 static void a_writer_role_emits_in_wal_mode_without_reading_the_token(void **state)
 {
     PGconn *admin = tu_connect();
-    tu_login_role(admin, "wal_writer", "ferry_writer");
-    PGconn *w = tu_connect_as("wal_writer");
+    PGconn *w = tu_connect_as_new(admin, "wal_writer", "ferry_writer");
     tu_exec(w, "SELECT ferry.emit('orders', 'o-9', 'T', '{\"a\": 1}'::jsonb)");
     tu_assert_sql_error(w, "SELECT wal_token FROM ferry.settings", "42501", NULL, NULL);
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM tu_wal_msgs() w, ferry.settings s "

@@ -213,9 +213,8 @@ static void per_key_order_holds_with_concurrent_writers(void **state)
 static void a_forged_message_is_refused(void **state)
 {
     PGconn *c = tu_wal_connect();
-    tu_login_role(c, "forger", NULL);
+    PGconn *f = tu_connect_as_new(c, "forger", NULL);
     tu_wal_emit_n("w.forged", 2, 1, 1);
-    PGconn *f = tu_connect_as("forger");
     tu_exec(f, "SELECT pg_logical_emit_message(true, 'ferry', "
                "'1 0123456789abcdef0123456789abcdef 01a24a4a-a1d7-7203-bdf6-f51ededc77e9 "
                "1 0 8 1 0 1 2\nw.forgedxT{}{\"evil\": 1}')");

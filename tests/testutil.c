@@ -76,6 +76,12 @@ void tu_login_role(PGconn *admin, const char *name, const char *in_role)
     free(sql);
 }
 
+PGconn *tu_connect_as_new(PGconn *admin, const char *name, const char *in_role)
+{
+    tu_login_role(admin, name, in_role);
+    return tu_connect_as(name);
+}
+
 char *tu_fresh_database(const char *name)
 {
     PGconn *admin = tu_connect();
@@ -180,12 +186,17 @@ char *tu_str_of(PGconn *conn, char *sql)
     return v;
 }
 
-void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
+void tu_assert_str(PGconn *conn, const char *sql, const char *want)
 {
     char *got = tu_str(conn, sql);
     if (got == NULL || strcmp(got, want) != 0)
         fail_msg("got \"%s\", want \"%s\" from %s", got ? got : "(null)", want, sql);
     free(got);
+}
+
+void tu_assert_str_of(PGconn *conn, char *sql, const char *want)
+{
+    tu_assert_str(conn, sql, want);
     free(sql);
 }
 

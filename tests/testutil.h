@@ -40,12 +40,16 @@ PGconn *tu_connect_as(const char *user);
 /* A login role name, a member of in_role (NULL: of none), made unless
  * it is there already. */
 void tu_login_role(PGconn *admin, const char *name, const char *in_role);
+/* tu_login_role, then a connection as that role. */
+PGconn *tu_connect_as_new(PGconn *admin, const char *name, const char *in_role);
 /* A new, empty database name in the test cluster (no ferry schema;
  * dropped first if a run before left it): its conninfo, malloc'd. */
 char *tu_fresh_database(const char *name);
 void tu_exec(PGconn *conn, const char *sql);
 /* tu_exec on a connection of its own, for fixtures; returns 0. */
 int tu_exec_once(const char *sql);
+/* Fail the test unless sql returns the text want. */
+void tu_assert_str(PGconn *conn, const char *sql, const char *want);
 /* Run sql and return the first column of the first row as an integer. */
 long long tu_int(PGconn *conn, const char *sql);
 /* ... as a string: malloc'd, caller frees; NULL for SQL NULL. */
