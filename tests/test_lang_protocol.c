@@ -448,13 +448,6 @@ static void the_protocol_uses_its_indexes_whatever_the_callers_collation(void **
     PQfinish(c);
 }
 
-/* tu_exec of sql, which it then frees. */
-static void exec_of(PGconn *c, char *sql)
-{
-    tu_exec(c, sql);
-    free(sql);
-}
-
 /* A small deterministic generator (xorshift64*), so that a failing
  * round can be replayed from its seed. */
 static unsigned long long rng_next(unsigned long long *x)
@@ -625,10 +618,10 @@ static int claim_rounds(PGconn *c, const char *one, const char *many, int first_
             rid[rn % RING] = id;
             rn++;
             for (int side = 0; side < 2; side++)
-                exec_of(c, tu_sprintf("SELECT ferry.consume_fail('%s', "
-                                      "'00000000-0000-7000-8000-%012d', 'credits', 'k%d', "
-                                      "'bad', %ld, '{}', permanent => true)",
-                                      side ? many : one, id, k, seq));
+                tu_exec_of(c, tu_sprintf("SELECT ferry.consume_fail('%s', "
+                                         "'00000000-0000-7000-8000-%012d', 'credits', 'k%d', "
+                                         "'bad', %ld, '{}', permanent => true)",
+                                         side ? many : one, id, k, seq));
         }
         /* Both consumers as a client does between polls: now and then the
          * operator discards the dead letters; the held messages whose turn
@@ -638,9 +631,9 @@ static int claim_rounds(PGconn *c, const char *one, const char *many, int first_
         for (int side = 0; side < 2 && drain_now; side++) {
             const char *nm = side ? many : one;
             if (discard)
-                exec_of(c, tu_sprintf("SELECT count(ferry.discard_dead_letter(id)) "
-                                      "FROM ferry.dead_letter WHERE consumer = '%s'", nm));
-            exec_of(c, tu_sprintf(
+                tu_exec_of(c, tu_sprintf("SELECT count(ferry.discard_dead_letter(id)) "
+                                         "FROM ferry.dead_letter WHERE consumer = '%s'", nm));
+            tu_exec_of(c, tu_sprintf(
                 "DO $$ DECLARE r record; BEGIN FOR i IN 1 .. 20 LOOP "
                 "  FOR r IN SELECT * FROM ferry.consume_ready('%s') LOOP "
                 "    PERFORM ferry.consume_claim('%s', r.message_id, r.topic, r.key, r.seq, "
@@ -690,14 +683,14 @@ static void a_batch_claim_tells_a_held_copy_and_a_parked_key_as_one_by_one_does(
     const char *a = "00000000-0000-7000-8000-000000000001";
     for (int side = 0; side < 2; side++) {
         const char *nm = side ? "many" : "one";
-        exec_of(c, tu_sprintf("SELECT ferry.consume_claim('%s', '%s', 'credits', 'k', 2, '{}')",
-                              nm, a));                          /* held: a gap */
-        exec_of(c, tu_sprintf("SELECT ferry.consume_claim('%s', "
-                              "'00000000-0000-7000-8000-000000000002', 'credits', 'k', 1)",
-                              nm));                             /* fills it */
-        exec_of(c, tu_sprintf("SELECT ferry.consume_fail('%s', "
-                              "'00000000-0000-7000-8000-000000000009', 'credits', 'p', 'bad', "
-                              "1, '{}', permanent => true)", nm));
+        tu_exec_of(c, tu_sprintf("SELECT ferry.consume_claim('%s', '%s', 'credits', 'k', 2, '{}')",
+                                 nm, a));                          /* held: a gap */
+        tu_exec_of(c, tu_sprintf("SELECT ferry.consume_claim('%s', "
+                                 "'00000000-0000-7000-8000-000000000002', 'credits', 'k', 1)",
+                                 nm));                             /* fills it */
+        tu_exec_of(c, tu_sprintf("SELECT ferry.consume_fail('%s', "
+                                 "'00000000-0000-7000-8000-000000000009', 'credits', 'p', 'bad', "
+                                 "1, '{}', permanent => true)", nm));
     }
     /* From Kafka again: a (its held copy still there), its successor; the
      * dead-lettered message of key p. */

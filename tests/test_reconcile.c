@@ -62,11 +62,9 @@ static int clean(void **state)
 /* n inbox rows applied a month ago: garbage past the default 7-day window. */
 static void seed_inbox_garbage(PGconn *c, int n)
 {
-    char *sql = tu_sprintf("INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq, "
-                           "applied_at) SELECT 'svc', gen_random_uuid(), 't', 'k' || i, 1, "
-                           "now() - interval '30 days' FROM generate_series(1, %d) i", n);
-    tu_exec(c, sql);
-    free(sql);
+    tu_exec_of(c, tu_sprintf("INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq, "
+                             "applied_at) SELECT 'svc', gen_random_uuid(), 't', 'k' || i, 1, "
+                             "now() - interval '30 days' FROM generate_series(1, %d) i", n));
 }
 
 /* ---------------------------------------------------------------- usage */

@@ -29,13 +29,6 @@ static const char yaml[] =
 
 static ferry_saga_registry *reg;
 
-/* tu_exec of SQL that tu_sprintf made, freed after. */
-static void exec_of(PGconn *conn, char *sql)
-{
-    tu_exec(conn, sql);
-    free(sql);
-}
-
 /* tu_assert_str_of with a wanted text that tu_sprintf made. */
 static void assert_str_of(PGconn *conn, char *sql, char *want)
 {
@@ -222,8 +215,8 @@ static void audit_rows_follow_those_of_an_older_library(void **state)
     PGconn *conn = tu_connect();
     char id[FERRY_UUID_STRING_SIZE];
     start(conn, id);
-    exec_of(conn, tu_sprintf("SELECT ferry.saga_audit('%s', 'a', 'action', 'sent', 1, NULL, "
-                             "'{\"by\": \"an older library\"}')", id));
+    tu_exec_of(conn, tu_sprintf("SELECT ferry.saga_audit('%s', 'a', 'action', 'sent', 1, NULL, "
+                                "'{\"by\": \"an older library\"}')", id));
     reply(conn, id, 0, 1);
     tu_assert_str_of(conn, tu_sprintf(TRAIL, id),
                      "1:a:sent,2:a:sent,3:a:succeeded,4:b:sent");
@@ -239,11 +232,11 @@ static void next_due_is_loaded_with_it_by_the_database_clock(void **state)
     char id[FERRY_UUID_STRING_SIZE];
     start(conn, id);
     /* Out of the way: every other saga of this binary. */
-    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id <> '%s'", id));
+    tu_exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id <> '%s'", id));
     const char *due = "SELECT count(*) FROM ferry.saga_lock_next_due(NULL, '{}')";
     assert_int_equal(tu_int(conn, due), 0);       /* its timer is a minute away */
-    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET deadline = now() - interval '1 second' "
-                             "WHERE id = '%s'", id));
+    tu_exec_of(conn, tu_sprintf("UPDATE ferry.saga SET deadline = now() - interval '1 second' "
+                                "WHERE id = '%s'", id));
     assert_str_of(conn, tu_sprintf("SELECT id::text || ' ' || definition || ' ' || version "
                                    "|| ' ' || (engine::jsonb->>'status') FROM "
                                    "ferry.saga_lock_next_due(NULL, '{}')"),
@@ -258,7 +251,7 @@ static void next_due_is_loaded_with_it_by_the_database_clock(void **state)
     assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT count(*) FROM "
                                                 "ferry.saga_lock_next_due(NULL, '{%s}')", id)),
                      0);
-    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id = '%s'", id));
+    tu_exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed' WHERE id = '%s'", id));
     PQfinish(other);
     PQfinish(conn);
 }
@@ -297,12 +290,12 @@ static void a_reply_and_an_answer_call_no_helper_function(void **state)
 
     tu_exec(conn, "BEGIN");
     tu_exec(conn, "SET LOCAL track_functions = 'pl'");
-    exec_of(conn, tu_sprintf("SELECT * FROM ferry.participant_begin('t19', '%s', 0, 'action', "
-                             "0)", id));
-    exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19', '%s', 0, 'action', 0, "
-                             "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19', "
-                             "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
-                             FERRY_SAGA_REPLY_TYPE));
+    tu_exec_of(conn, tu_sprintf("SELECT * FROM ferry.participant_begin('t19', '%s', 0, 'action', "
+                                "0)", id));
+    tu_exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19', '%s', 0, 'action', 0, "
+                                "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19', "
+                                "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
+                                FERRY_SAGA_REPLY_TYPE));
     got = tu_str_of(conn, tu_sprintf(CALLS, "'participant_begin', 'participant_finish', "
                                             "'participant_record'"));
     tu_exec(conn, "COMMIT");
@@ -330,17 +323,17 @@ static void a_participant_look_up_answers_alike_for_a_new_and_a_known_step(void 
                  "FROM ferry.participant_begin('t19b', '%s', 0, '%s', 0)"
     tu_exec(conn, "BEGIN");
     tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "- false false");
-    exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19b', '%s', 0, 'action', 0, "
-                             "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19b', "
-                             "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
-                             FERRY_SAGA_REPLY_TYPE));
+    tu_exec_of(conn, tu_sprintf("SELECT ferry.participant_finish('t19b', '%s', 0, 'action', 0, "
+                                "true, 'applied', NULL, NULL, gen_random_uuid(), '%s', '%s/t19b', "
+                                "'%s', '{}', '{}')", id, FERRY_SAGA_REPLY_TOPIC_DEFAULT, id,
+                                FERRY_SAGA_REPLY_TYPE));
     tu_exec(conn, "COMMIT");
     tu_exec(conn, "BEGIN");
     tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "applied true false");
     tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "compensation"), "- true false");
     tu_exec(conn, "COMMIT");
-    exec_of(conn, tu_sprintf("DELETE FROM ferry.participant_step WHERE participant = 't19b' "
-                             "AND saga_id = '%s'", id));
+    tu_exec_of(conn, tu_sprintf("DELETE FROM ferry.participant_step WHERE participant = 't19b' "
+                                "AND saga_id = '%s'", id));
     tu_exec(conn, "BEGIN");
     tu_assert_str_of(conn, tu_sprintf(BEGIN_OF, id, "action"), "applied false false");
     tu_exec(conn, "ROLLBACK");
@@ -382,12 +375,12 @@ static void timers_due_together_fire_in_a_few_transactions(void **state)
 {
     enum { N = 40 };
     PGconn *conn = tu_connect(), *idle = tu_connect();
-    exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed'"));
+    tu_exec_of(conn, tu_sprintf("UPDATE ferry.saga SET state = 'completed'"));
     tu_exec(conn, "CREATE TABLE t_batch (id uuid)");
     for (int i = 0; i < N; i++) {
         char id[FERRY_UUID_STRING_SIZE];
         start(conn, id);
-        exec_of(conn, tu_sprintf("INSERT INTO t_batch VALUES ('%s')", id));
+        tu_exec_of(conn, tu_sprintf("INSERT INTO t_batch VALUES ('%s')", id));
     }
     long long now_ms = tu_int(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
     int fired = -1;

@@ -69,11 +69,9 @@ PGconn *tu_connect_as(const char *user)
 
 void tu_login_role(PGconn *admin, const char *name, const char *in_role)
 {
-    char *sql = tu_sprintf("DO $$ BEGIN CREATE ROLE %s LOGIN%s%s; "
-                           "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-                           name, in_role ? " IN ROLE " : "", in_role ? in_role : "");
-    tu_exec(admin, sql);
-    free(sql);
+    tu_exec_of(admin, tu_sprintf("DO $$ BEGIN CREATE ROLE %s LOGIN%s%s; "
+                                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+                                 name, in_role ? " IN ROLE " : "", in_role ? in_role : ""));
 }
 
 PGconn *tu_connect_as_new(PGconn *admin, const char *name, const char *in_role)
@@ -86,12 +84,8 @@ char *tu_fresh_database(const char *name)
 {
     PGconn *admin = tu_connect();
     tu_exec(admin, "SET client_min_messages = warning");    /* "does not exist, skipping" */
-    char *sql = tu_sprintf("DROP DATABASE IF EXISTS %s", name);
-    tu_exec(admin, sql);
-    free(sql);
-    sql = tu_sprintf("CREATE DATABASE %s", name);
-    tu_exec(admin, sql);
-    free(sql);
+    tu_exec_of(admin, tu_sprintf("DROP DATABASE IF EXISTS %s", name));
+    tu_exec_of(admin, tu_sprintf("CREATE DATABASE %s", name));
     PQfinish(admin);
     char *ci = fpg_conninfo_for(tu_pg, NULL, name);
     assert_non_null(ci);
@@ -109,6 +103,12 @@ void tu_exec(PGconn *conn, const char *sql)
         fail_msg("SQL failed: %s\n  %s", sql, msg);
     }
     PQclear(res);
+}
+
+void tu_exec_of(PGconn *conn, char *sql)
+{
+    tu_exec(conn, sql);
+    free(sql);
 }
 
 int tu_exec_once(const char *sql)

@@ -46,6 +46,8 @@ PGconn *tu_connect_as_new(PGconn *admin, const char *name, const char *in_role);
  * dropped first if a run before left it): its conninfo, malloc'd. */
 char *tu_fresh_database(const char *name);
 void tu_exec(PGconn *conn, const char *sql);
+/* tu_exec of sql, which it then frees: for SQL that tu_sprintf made. */
+void tu_exec_of(PGconn *conn, char *sql);
 /* tu_exec on a connection of its own, for fixtures; returns 0. */
 int tu_exec_once(const char *sql);
 /* Fail the test unless sql returns the text want. */

@@ -56,9 +56,7 @@ void tu_wal_prepare(PGconn *c)
 
 void tu_wal_mode(PGconn *c, const char *mode)
 {
-    char *sql = tu_sprintf("UPDATE ferry.settings SET emit_mode = '%s'", mode);
-    tu_exec(c, sql);
-    free(sql);
+    tu_exec_of(c, tu_sprintf("UPDATE ferry.settings SET emit_mode = '%s'", mode));
 }
 
 kt_broker *tu_wal_broker;
