@@ -341,9 +341,7 @@ static void poison_message_parks_its_key_only(void **state)
     const char *topic = "t.poison";
     PGconn *c = tu_connect();
     tu_exec(c, "BEGIN");
-    tu_exec(c, "SELECT ferry.emit('t.poison', 'poison', 'Tested', "
-               "json_build_object('big', repeat('x', 200000))::text)");
-    tu_exec(c, "SELECT ferry.emit('t.poison', 'poison', 'Tested', '{\"after\": 1}')");
+    tu_emit_poison(c, topic, "poison");
     tu_exec(c, "SELECT ferry.emit('t.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
     tu_exec(c, "COMMIT");
     const char *args[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=2",
@@ -720,9 +718,7 @@ static void replayed_dead_letter_goes_first(void **state)
     const char *topic = "t.replay";
     PGconn *c = tu_connect();
     tu_exec(c, "BEGIN");
-    tu_exec(c, "SELECT ferry.emit('t.replay', 'k', 'Tested', json_build_object('big', "
-               "repeat('x', 200000))::text)");
-    tu_exec(c, "SELECT ferry.emit('t.replay', 'k', 'Tested', '{\"after\": 1}')");
+    tu_emit_poison(c, topic, "k");
     tu_exec(c, "COMMIT");
     const char *small[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=1",
                            NULL};
@@ -740,44 +736,41 @@ static void replayed_dead_letter_goes_first(void **state)
 
 static void bad_setup_exits_with_a_clear_error(void **state)
 {
-    char *log = NULL;
-    const char *no_db[] = {"--db", "host=/nonexistent-ferry dbname=x", NULL};
-    assert_int_equal(relay_once("bad-a", no_db, NULL, &log), 1);
-    assert_non_null(strstr(log, "could not connect to the database"));
-    free(log);
-
-    const char *no_kafka[] = {"--kafka", "127.0.0.1:1", "--kafka-prop",
-                              "socket.connection.setup.timeout.ms=1000", NULL};
-    assert_int_equal(relay_once("bad-b", no_kafka, NULL, &log), 1);
-    assert_non_null(strstr(log, "could not reach Kafka"));
-    free(log);
-
-    const char *bad_set[] = {"--set", "batch_size=0", NULL};
-    assert_int_equal(relay_once("bad-c", bad_set, NULL, &log), 2);
-    assert_non_null(strstr(log, "batch_size"));
-    free(log);
-
-    /* The settings the order guarantee rests on cannot be turned off. */
-    const char *unsafe[] = {"--kafka-prop", "enable.idempotence=false", NULL};
-    /* Refused with the configuration's other errors: exit 2. */
-    assert_int_equal(relay_once("bad-e", unsafe, NULL, &log), 2);
-    assert_non_null(strstr(log, "needs enable.idempotence=true"));
-    free(log);
-    const char *timeout[] = {"--kafka-prop", "message.timeout.ms=5000", NULL};
-    assert_int_equal(relay_once("bad-f", timeout, NULL, &log), 2);
-    assert_non_null(strstr(log, "needs message.timeout.ms=0"));
-    free(log);
+    const struct {
+        const char *holder;
+        const char *const *args;
+        int status;             /* 1: could not start; 2: a configuration error */
+        const char *says;
+    } cases[] = {
+        {"bad-a", (const char *const[]){"--db", "host=/nonexistent-ferry dbname=x", NULL}, 1,
+         "could not connect to the database"},
+        {"bad-b", (const char *const[]){"--kafka", "127.0.0.1:1", "--kafka-prop",
+                                        "socket.connection.setup.timeout.ms=1000", NULL}, 1,
+         "could not reach Kafka"},
+        {"bad-c", (const char *const[]){"--set", "batch_size=0", NULL}, 2, "batch_size"},
+        /* The settings the order guarantee rests on cannot be turned off;
+         * refused with the configuration's other errors: exit 2. */
+        {"bad-e", (const char *const[]){"--kafka-prop", "enable.idempotence=false", NULL}, 2,
+         "needs enable.idempotence=true"},
+        {"bad-f", (const char *const[]){"--kafka-prop", "message.timeout.ms=5000", NULL}, 2,
+         "needs message.timeout.ms=0"},
+        /* A configuration error (exit 2), caught before any connection. */
+        {"bad-d", (const char *const[]){"--kafka-prop", "no.such.property=1", NULL}, 2,
+         "no.such.property"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *log = NULL;
+        int st = relay_once(cases[i].holder, cases[i].args, NULL, &log);
+        if (st != cases[i].status || strstr(log, cases[i].says) == NULL)
+            fail_msg("%s: exit %d, want %d saying \"%s\"; log:\n%s", cases[i].holder, st,
+                     cases[i].status, cases[i].says, log);
+        free(log);
+    }
 
     /* Lowering the shard count would strand keys on unserved shards. */
     PGconn *c = tu_connect();
     tu_assert_sql_error(c, "UPDATE ferry.settings SET shard_count = 4", "22023", NULL, NULL);
     PQfinish(c);
-
-    const char *bad_prop[] = {"--kafka-prop", "no.such.property=1", NULL};
-    /* A configuration error (exit 2), caught before any connection. */
-    assert_int_equal(relay_once("bad-d", bad_prop, NULL, &log), 2);
-    assert_non_null(strstr(log, "no.such.property"));
-    free(log);
 }
 
 static int group_setup(void **state)

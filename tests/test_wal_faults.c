@@ -29,9 +29,7 @@ static void a_poison_message_parks_its_key_only(void **state)
 {
     PGconn *c = tu_wal_connect();
     tu_exec(c, "BEGIN");
-    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', "
-               "json_build_object('big', repeat('x', 200000))::text)");
-    tu_exec(c, "SELECT ferry.emit('w.poison', 'poison', 'Tested', '{\"after\": 1}')");
+    tu_emit_poison(c, "w.poison", "poison");
     tu_exec(c, "SELECT ferry.emit('w.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
     tu_exec(c, "COMMIT");
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */

@@ -141,3 +141,12 @@ void tu_hot_writers_join(tu_hot_writers *hw)
     }
     free(hw);
 }
+
+void tu_emit_poison(PGconn *conn, const char *topic, const char *key)
+{
+    tu_exec_of(conn, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', "
+                                "json_build_object('big', repeat('x', 200000))::text)",
+                                topic, key));
+    tu_exec_of(conn, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', '{\"after\": 1}')",
+                                topic, key));
+}
