@@ -34,6 +34,7 @@
 #include "testutil.h"
 #include "tu_http.h"
 #include "tu_kafka.h"
+#include "tu_load.h"          /* tu_sbuf */
 #include "tu_proc.h"
 #include "tu_relay.h"
 
@@ -563,18 +564,12 @@ static void a_lease_renewed_but_not_served_is_served(void **state)
  * ("[1, 1, ...]") 3n bytes. malloc'd. */
 static char *ones(int n)
 {
-    char *s = malloc((size_t)n * 2 + 2);
-    assert_non_null(s);
-    size_t o = 0;
-    s[o++] = '[';
-    for (int i = 0; i < n; i++) {
-        if (i > 0)
-            s[o++] = ',';
-        s[o++] = '1';
-    }
-    s[o++] = ']';
-    s[o] = '\0';
-    return s;
+    tu_sbuf b = {0};
+    tu_sb_printf(&b, "[");
+    for (int i = 0; i < n; i++)
+        tu_sb_printf(&b, i > 0 ? ",1" : "1");
+    tu_sb_printf(&b, "]");
+    return b.s;
 }
 
 /*
