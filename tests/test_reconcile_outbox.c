@@ -108,6 +108,18 @@ static int findings(const run_result *r, const char *sweep, const char *problem,
     return n;
 }
 
+/* There are n findings of problem with outcome in sweep, of rows rows in
+ * all. */
+static void expect_findings(const run_result *r, const char *sweep, const char *problem,
+                            const char *outcome, int n, long long rows)
+{
+    long long got_rows = 0;
+    int got = findings(r, sweep, problem, outcome, &got_rows);
+    if (got != n || got_rows != rows)
+        fail_msg("%s: %d %s findings %s, of %lld rows; want %d of %lld", sweep, got, problem,
+                 outcome, got_rows, n, rows);
+}
+
 /* The finding of sweep about subject (borrowed), or fail. */
 static json_t *finding(const run_result *r, const char *sweep, const char *problem,
                        const char *subject)
@@ -258,9 +270,7 @@ static void dead_leases_are_expired(void **state)
     tu_exec(c, "UPDATE ferry.lease SET renewed_at = now() WHERE name = 'relay:reconnecting'");
 
     run_result r = check_finds(c, NULL);
-    long long rows = 0;
-    assert_int_equal(findings(&r, "outbox", "dead_lease", "found", &rows), 2);
-    assert_int_equal(rows, 11);
+    expect_findings(&r, "outbox", "dead_lease", "found", 2, 11);
     json_t *f = finding(&r, "outbox", "dead_lease", "relay ghost");
     assert_int_equal(json_integer_value(json_object_get(f, "count")), 6);
     assert_non_null(strstr(message_of(f), "no session"));
@@ -271,8 +281,7 @@ static void dead_leases_are_expired(void **state)
 
     r = reconcile("repair", NULL, NULL);
     expect_status(&r, 1);
-    assert_int_equal(findings(&r, "outbox", "dead_lease", "repaired", &rows), 2);
-    assert_int_equal(rows, 11);
+    expect_findings(&r, "outbox", "dead_lease", "repaired", 2, 11);
     run_free(&r);
     /* The dead ones' leases ran out now, same holder and epoch; the live
      * one's are untouched. */
@@ -312,9 +321,7 @@ static void over_attempted_rows_become_dead_letters(void **state)
                "WHERE topic = 't.oa3' AND aggregateid = 'k1'");
 
     run_result r = check_finds(c, rules);
-    long long rows = 0;
-    assert_int_equal(findings(&r, "outbox", "over_attempted", "found", &rows), 2);
-    assert_int_equal(rows, 3);
+    expect_findings(&r, "outbox", "over_attempted", "found", 2, 3);
     json_t *f = finding(&r, "outbox", "over_attempted", "topic t.oa1");
     assert_int_equal(json_integer_value(json_object_get(f, "count")), 2);
     assert_int_equal(json_array_size(json_object_get(json_object_get(f, "detail"), "samples")), 2);
@@ -326,10 +333,8 @@ static void over_attempted_rows_become_dead_letters(void **state)
     /* Repaired, and the dead letters it made are left for a person. */
     r = reconcile("repair", rules, NULL);
     expect_status(&r, 1 | 4);
-    assert_int_equal(findings(&r, "outbox", "over_attempted", "repaired", &rows), 2);
-    assert_int_equal(rows, 3);
-    assert_int_equal(findings(&r, "dead_letters", "dead_letter", "left", &rows), 2);
-    assert_int_equal(rows, 3);
+    expect_findings(&r, "outbox", "over_attempted", "repaired", 2, 3);
+    expect_findings(&r, "dead_letters", "dead_letter", "left", 2, 3);
     run_free(&r);
     char *after = tu_str(c, "SELECT string_agg(concat_ws(',', message_id, seq, shard, "
                             "aggregateid), ';' ORDER BY message_id) FROM ferry.dead_letter "
@@ -391,11 +396,8 @@ static void a_dead_letter_clash_keeps_the_row(void **state)
     /* The reconciler's: the other row moves, this one is left, said why. */
     run_result r = reconcile("repair", rules, NULL);
     expect_status(&r, 1 | 4);
-    long long rows = 0;
-    assert_int_equal(findings(&r, "outbox", "over_attempted", "repaired", &rows), 1);
-    assert_int_equal(rows, 1);
-    assert_int_equal(findings(&r, "outbox", "over_attempted", "left", &rows), 1);
-    assert_int_equal(rows, 1);
+    expect_findings(&r, "outbox", "over_attempted", "repaired", 1, 1);
+    expect_findings(&r, "outbox", "over_attempted", "left", 1, 1);
     json_t *f = finding(&r, "outbox", "over_attempted", "topic t.clash");
     assert_non_null(f);
     run_free(&r);
@@ -413,8 +415,7 @@ static void a_dead_letter_clash_keeps_the_row(void **state)
      * The earlier letter deleted, the next repair moves the row. */
     tu_exec(c, "DELETE FROM ferry.dead_letter WHERE topic = 't.earlier'");
     r = reconcile("repair", rules, NULL);
-    assert_int_equal(findings(&r, "outbox", "over_attempted", "repaired", &rows), 1);
-    assert_int_equal(rows, 1);
+    expect_findings(&r, "outbox", "over_attempted", "repaired", 1, 1);
     run_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.clash'"), 0);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 't.clash' "
@@ -467,8 +468,7 @@ static void lag_is_reported_per_shard_with_the_reason(void **state)
 
     r = reconcile("repair", NULL, NULL);
     expect_status(&r, 4);
-    assert_int_equal(findings(&r, "outbox", "lag", "left", &rows), shards);
-    assert_int_equal(rows, 12);
+    expect_findings(&r, "outbox", "lag", "left", shards, 12);
     run_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.lag'"), 12);
 
@@ -551,8 +551,7 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
 
     r = reconcile("repair", NULL, NULL);
     expect_status(&r, 1);
-    assert_int_equal(findings(&r, "outbox", "dead_lease", "repaired", &rows), 1);
-    assert_int_equal(rows, 16);
+    expect_findings(&r, "outbox", "dead_lease", "repaired", 1, 16);
     assert_true(findings(&r, "outbox", "lag", "pending", &rows) > 0);
     assert_int_equal(rows, 40);
     assert_non_null(strstr(message_of(finding(&r, "outbox", "lag", subject)),
@@ -614,9 +613,7 @@ static void dead_letters_replayed_and_discarded(void **state)
     char *a_msg = tu_str(c, "SELECT message_id FROM ferry.dead_letter WHERE aggregateid = 'a'");
 
     run_result chk = check_finds(c, NULL);
-    long long rows = 0;
-    assert_int_equal(findings(&chk, "dead_letters", "dead_letter", "found", &rows), 2);
-    assert_int_equal(rows, 4);
+    expect_findings(&chk, "dead_letters", "dead_letter", "found", 2, 4);
     json_t *f = finding(&chk, "dead_letters", "dead_letter", "consumer billing, topic t.dl");
     assert_non_null(strstr(message_of(f), "handler failed: boom"));
     f = finding(&chk, "dead_letters", "dead_letter", "relay, topic t.dl");
@@ -734,13 +731,9 @@ static void garbage_is_collected_in_batches(void **state)
 
     r = reconcile("repair", rules, NULL);
     expect_status(&r, 1);
-    long long rows = 0;
-    assert_int_equal(findings(&r, "garbage", "inbox", "repaired", &rows), 1);
-    assert_int_equal(rows, 1050);
-    assert_int_equal(findings(&r, "garbage", "published", "repaired", &rows), 1);
-    assert_int_equal(rows, 320);
-    assert_int_equal(findings(&r, "garbage", "attempts", "repaired", &rows), 1);
-    assert_int_equal(rows, 150);
+    expect_findings(&r, "garbage", "inbox", "repaired", 1, 1050);
+    expect_findings(&r, "garbage", "published", "repaired", 1, 320);
+    expect_findings(&r, "garbage", "attempts", "repaired", 1, 150);
     run_free(&r);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox"), 10);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_attempt"), 3);
