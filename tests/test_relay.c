@@ -340,10 +340,7 @@ static void poison_message_parks_its_key_only(void **state)
 {
     const char *topic = "t.poison";
     PGconn *c = tu_connect();
-    tu_exec(c, "BEGIN");
-    tu_emit_poison(c, topic, "poison");
-    tu_exec(c, "SELECT ferry.emit('t.poison', 'healthy', 'Tested', '{\"ok\": 1}')");
-    tu_exec(c, "COMMIT");
+    tu_emit_poison(c, topic, "poison", "healthy");
     const char *args[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=2",
                           NULL};
     char *log = NULL;
@@ -717,9 +714,7 @@ static void replayed_dead_letter_goes_first(void **state)
 {
     const char *topic = "t.replay";
     PGconn *c = tu_connect();
-    tu_exec(c, "BEGIN");
-    tu_emit_poison(c, topic, "k");
-    tu_exec(c, "COMMIT");
+    tu_emit_poison(c, topic, "k", NULL);
     const char *small[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "max_attempts=1",
                            NULL};
     assert_int_equal(relay_once("replay-a", small, NULL, NULL), 1);

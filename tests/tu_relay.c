@@ -142,11 +142,16 @@ void tu_hot_writers_join(tu_hot_writers *hw)
     free(hw);
 }
 
-void tu_emit_poison(PGconn *conn, const char *topic, const char *key)
+void tu_emit_poison(PGconn *conn, const char *topic, const char *key, const char *healthy)
 {
+    tu_exec(conn, "BEGIN");
     tu_exec_of(conn, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', "
                                 "json_build_object('big', repeat('x', 200000))::text)",
                                 topic, key));
     tu_exec_of(conn, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', '{\"after\": 1}')",
                                 topic, key));
+    if (healthy != NULL)
+        tu_exec_of(conn, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', '{\"ok\": 1}')",
+                                    topic, healthy));
+    tu_exec(conn, "COMMIT");
 }

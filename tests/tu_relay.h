@@ -16,10 +16,11 @@ long long tu_outbox_rows(const char *topic);
 /* Wait up to timeout_ms until no row of topic is left in ferry.outbox. */
 void tu_await_outbox_empty(const char *topic, int timeout_ms);
 
-/* On conn, in its open transaction: a message of key that the broker
- * will refuse (200 kB, over the message.max.bytes=100000 the poison tests
- * give the relay), then a small one after it, {"after": 1}. */
-void tu_emit_poison(PGconn *conn, const char *topic, const char *key);
+/* In one transaction on conn: a message of key that the broker will
+ * refuse (200 kB, over the message.max.bytes=100000 the poison tests give
+ * the relay), a small one after it, {"after": 1}, and unless healthy is
+ * NULL one of key healthy, {"ok": 1}. */
+void tu_emit_poison(PGconn *conn, const char *topic, const char *key, const char *healthy);
 
 /* What a topic holds, checked: every key on one partition, its positions
  * (ferry_seq) rising one by one from 1 in partition order; a position seen
