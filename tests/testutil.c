@@ -26,8 +26,7 @@ int tu_group_setup(void **state)
     if (conn == NULL)
         return -1;
     ferry_error err;
-    int version = 0;
-    ferry_code rc = ferry_migrate(conn, &version, &err);
+    ferry_code rc = ferry_migrate(conn, NULL, &err);     /* the version is not wanted */
     PQfinish(conn);
     if (rc != FERRY_OK) {
         fprintf(stderr, "tu_group_setup: migrate: %s\n", err.message);
