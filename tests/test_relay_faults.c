@@ -847,20 +847,16 @@ typedef struct load_writer {
     atomic_long committed;
     ferry_code rc;
     ferry_error err;
+    long n;                 /* the transaction being written (the writer's thread only) */
 } load_writer;
-
-typedef struct load_tx {
-    load_writer *w;
-    long n;
-} load_tx;
 
 static ferry_code load_fn(PGconn *conn, void *arg, ferry_error *err)
 {
-    load_tx *t = arg;
+    const load_writer *w = arg;
     char key[32], payload[48];
-    snprintf(key, sizeof key, "w%ld", t->n % t->w->keys);
-    snprintf(payload, sizeof payload, "{\"n\": %ld}", t->n);
-    ferry_msg m = {.topic = t->w->topic, .key = key, .type = "Tested", .payload = payload};
+    snprintf(key, sizeof key, "w%ld", w->n % w->keys);
+    snprintf(payload, sizeof payload, "{\"n\": %ld}", w->n);
+    ferry_msg m = {.topic = w->topic, .key = key, .type = "Tested", .payload = payload};
     return ferry_emit(conn, &m, NULL, NULL, err);
 }
 
@@ -872,12 +868,11 @@ static void *load_main(void *arg)
     load_writer *w = arg;
     PGconn *c = fpg_connect(tu_pg);
     int64_t start = clk_mono_us();
-    for (long n = 0; !atomic_load(&w->stop) && w->rc == FERRY_OK; n++) {
-        load_tx t = {w, n};
-        w->rc = ferry_tx_run(c, NULL, load_fn, &t, NULL, &w->err);
+    for (w->n = 0; !atomic_load(&w->stop) && w->rc == FERRY_OK; w->n++) {
+        w->rc = ferry_tx_run(c, NULL, load_fn, w, NULL, &w->err);
         if (w->rc == FERRY_OK)
             atomic_fetch_add(&w->committed, 1);
-        int64_t due = start + (n + 1) * 3333;       /* 300/s */
+        int64_t due = start + (w->n + 1) * 3333;    /* 300/s */
         int64_t now = clk_mono_us();
         if (due > now)
             clk_sleep_ms((long)((due - now) / 1000));
