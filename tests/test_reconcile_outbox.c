@@ -20,6 +20,7 @@
 
 #include "harness/kafkatmp.h"
 #include "testutil.h"
+#include "tu_kafka.h"
 #include "tu_proc.h"
 
 static kt_broker *broker;       /* started by the one test that needs it */
@@ -812,9 +813,7 @@ static void repair_as_the_reconciler_role(void **state)
 
 static int group_teardown(void **state)
 {
-    kt_stop(broker);
-    broker = NULL;
-    return tu_group_teardown(state);
+    return tu_broker_group_teardown(state, broker);
 }
 
 int main(void)
