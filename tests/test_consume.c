@@ -597,7 +597,8 @@ static void on_term(int sig)
 /* --child NAME TOPIC CONNINFO BOOTSTRAP: consume with apply_credit until
  * SIGTERM, then print the stats on stdout and exit 0. Env:
  * FERRY_TEST_HANDLER_KILL_AT=N dies inside the Nth handler call;
- * FERRY_TEST_BATCH_MS=N sets batch_ms. */
+ * FERRY_TEST_BATCH_MS=N sets batch_ms; FERRY_TEST_COOPERATIVE=1 joins the
+ * group with the cooperative-sticky assignor. */
 static int child_main(char **argv)
 {
     const char *kill_at = getenv("FERRY_TEST_HANDLER_KILL_AT");
@@ -609,6 +610,12 @@ static int child_main(char **argv)
                                 .kafka_props = tu_group_props,
                                 .backoff_base_ms = 5, .backoff_max_ms = 50,
                                 .held_scan_ms = 50};
+    static const char *const cooperative[] = {
+        "session.timeout.ms=3000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+        "partition.assignment.strategy=cooperative-sticky", NULL,
+    };
+    if (getenv("FERRY_TEST_COOPERATIVE") != NULL)
+        conf.kafka_props = cooperative;
     const char *batch_ms = getenv("FERRY_TEST_BATCH_MS");
     if (batch_ms != NULL)
         conf.batch_ms = (int)strtol(batch_ms, NULL, 10);
@@ -719,37 +726,90 @@ static void crash_inside_the_transaction(void **state)
     PQfinish(conn);
 }
 
-/* Two consumers in one group, the second joining mid-stream: the
- * partitions move, and still every message is applied exactly once. */
-static void rebalance_applies_each_once(void **state)
+/* One message for each of keys keys prefix0..: the round-th of each. */
+static void produce_round(const char *topic, int keys, const char *prefix, long round)
 {
-    const char *topic = "c.rebalance";
-    enum { N = 3000 };
+    pmsg m[64];
+    char k[64][16];
+    assert_true(keys <= 64);
+    for (int i = 0; i < keys; i++) {
+        snprintf(k[i], sizeof k[i], "%s%d", prefix, i);
+        m[i] = (pmsg){k[i], round};
+    }
+    produce(topic, m, (size_t)keys, NULL);
+}
+
+/*
+ * Two consumers of topic in the group name, each child started with env,
+ * the second joining mid-stream; the keys start with prefix. Messages go
+ * out a round (one per key) at a time, each awaited, until the second
+ * consumer applies some (its rows come from another database session):
+ * the rebalance then happened with messages on both sides of it, however
+ * long the group took to settle.
+ */
+static void two_consumers_apply_each_once(const char *name, const char *topic,
+                                          const char *prefix, const char *env)
+{
+    enum { KEYS = 64, FIRST_ROUNDS = 5, AFTER_ROUNDS = 5, ROUNDS_MAX = 400 };
     PGconn *conn = tu_connect();
-    /* Four partitions (the broker's default for a new topic), many keys. */
-    produce_credits(topic, N, 64, "z");
-    child a = child_start("c-rebalance", topic, NULL);
-    tu_await(conn, "SELECT count(*) >= 300 FROM t_applied WHERE consumer = 'c-rebalance'",
-             60000);
-    child b = child_start("c-rebalance", topic, NULL);
-    tu_await(conn, "SELECT count(DISTINCT id) = 3000 FROM t_applied "
-                   "WHERE consumer = 'c-rebalance'", 120000);
+    long rounds = 0;
+    child a = child_start(name, topic, env);
+    child b = {.pid = -1};
+    for (;;) {
+        produce_round(topic, KEYS, prefix, ++rounds);
+        char *all = tu_sprintf("SELECT count(DISTINCT id) = %ld FROM t_applied "
+                               "WHERE consumer = '%s'", rounds * KEYS, name);
+        tu_await(conn, all, 60000);
+        free(all);
+        if (rounds == FIRST_ROUNDS)
+            b = child_start(name, topic, env);
+        if (rounds > FIRST_ROUNDS &&
+            tu_int_of(conn, tu_sprintf("SELECT count(DISTINCT pid) FROM t_applied "
+                                       "WHERE consumer = '%s'", name)) == 2)
+            break;
+        assert_true(rounds < ROUNDS_MAX);
+    }
+    for (int i = 0; i < AFTER_ROUNDS; i++)
+        produce_round(topic, KEYS, prefix, ++rounds);
+    long n = rounds * KEYS;
+    char *all = tu_sprintf("SELECT count(DISTINCT id) = %ld FROM t_applied "
+                           "WHERE consumer = '%s'", n, name);
+    tu_await(conn, all, 60000);
+    free(all);
     kill(a.pid, SIGTERM);
     kill(b.pid, SIGTERM);
     char *out_a = NULL, *out_b = NULL;
     assert_int_equal(child_wait(&a, &out_a), 0);
     assert_int_equal(child_wait(&b, &out_b), 0);
-    fprintf(stderr, "rebalance: a: %sb: %s", out_a, out_b);
+    fprintf(stderr, "%s: %ld rounds; a: %sb: %s", name, rounds, out_a, out_b);
     assert_true(stat_of(out_a, "revoked") >= 1);    /* the rebalance happened */
     assert_true(stat_of(out_b, "assigned") >= 1);
-    assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), N);
+    assert_int_equal(stat_of(out_a, "applied") + stat_of(out_b, "applied"), n);
     free(out_a);
     free(out_b);
-    assert_int_equal(applied_by(conn, "c-rebalance"), N);
-    assert_int_equal(tu_int(conn, "SELECT sum(balance) FROM t_account WHERE id LIKE 'z%'"), N);
+    assert_int_equal(applied_by(conn, name), n);
+    assert_int_equal(tu_int_of(conn, tu_sprintf("SELECT sum(balance) FROM t_account "
+                                                "WHERE id LIKE '%s%%'", prefix)), n);
     /* And in order per key. */
-    assert_int_equal(out_of_order(conn, "c-rebalance"), 0);
+    assert_int_equal(out_of_order(conn, name), 0);
     PQfinish(conn);
+}
+
+/* Two consumers in one group, the second joining mid-stream: the
+ * partitions move, and still every message is applied exactly once. */
+static void rebalance_applies_each_once(void **state)
+{
+    two_consumers_apply_each_once("c-rebalance", "c.rebalance", "z", NULL);
+}
+
+/* The same under the cooperative-sticky assignor, which a service may
+ * configure (kafka_props): the first member keeps what it is not asked
+ * to give up and hands over only the moved partitions, through
+ * incremental assign and unassign; a plain assign() there is an error
+ * in librdkafka. */
+static void a_cooperative_rebalance_applies_each_once(void **state)
+{
+    two_consumers_apply_each_once("c-coop", "c.coop", "u", "FERRY_TEST_COOPERATIVE=1");
 }
 
 /* The whole way: emit in the service's transaction, ferry-relay publishes
@@ -1095,7 +1155,8 @@ static int group_setup(void **state)
         return -1;
     tu_exec_once("CREATE TABLE t_account (id text PRIMARY KEY, balance bigint NOT NULL); "
                  "CREATE TABLE t_applied (n bigserial, consumer text, topic text, key text, "
-                 "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id())");
+                 "seq bigint, id uuid, amount bigint, xid xid8 DEFAULT pg_current_xact_id(), "
+                 "pid int DEFAULT pg_backend_pid())");
     static const char *const props[] = {"partitioner", "murmur2_random", NULL};
     producer = tu_producer_new(kt_bootstrap(broker), props);
     return producer == NULL ? -1 : 0;
@@ -1138,6 +1199,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(crash_between_commit_and_offset),
         cmocka_unit_test(crash_inside_the_transaction),
         cmocka_unit_test(rebalance_applies_each_once),
+        cmocka_unit_test(a_cooperative_rebalance_applies_each_once),
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
         cmocka_unit_test(the_assignment_is_known_and_logged),
