@@ -379,37 +379,26 @@ static void stop_stream(relay *r)
  * lets one session stream a slot and refuses the next (55006), so a
  * relay paused past its lease and a standby that took the lease cannot
  * both stream; the paused one, on waking, finds its lease gone and stops.
- * Taken or renewed in one statement, judged by the database clock; the
- * epoch rises with every change of holder. Returns the epoch, 0 when
- * another holds it, -1 on error.
+ * Taken or renewed as every lease of a holder's is (common/lease.c, one
+ * statement judged by the database clock): the epoch rises with every
+ * change of holder and when the lease had run out. Returns the epoch, 0
+ * when another holds it, -1 on error.
  */
 static int64_t lease_take(relay *r)
 {
     relay_wal *w = r->wal;
-    char name[80], ttl[24];
+    char name[80];
     snprintf(name, sizeof name, "wal:%s", w->slot);
-    snprintf(ttl, sizeof ttl, "%d", r->cfg->lease_ttl_ms);
-    const char *p[3] = {name, r->holder, ttl};
-    PGresult *res = PQexecParams(
-        w->sql,
-        "INSERT INTO ferry.lease AS l (name, holder, epoch, expires_at, acquired_at, renewed_at) "
-        "VALUES ($1, $2, 1, now() + $3::int * interval '1 ms', now(), now()) "
-        "ON CONFLICT (name) DO UPDATE SET holder = $2, "
-        "  epoch = CASE WHEN l.holder = $2 THEN l.epoch ELSE l.epoch + 1 END, "
-        "  acquired_at = CASE WHEN l.holder = $2 THEN l.acquired_at ELSE now() END, "
-        "  expires_at = EXCLUDED.expires_at, renewed_at = now() "
-        "WHERE l.holder = $2 OR l.holder IS NULL OR l.expires_at < now() "
-        "RETURNING epoch",
-        3, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry__log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name,
-                  PQresultErrorMessage(res));
-        PQclear(res);
-        return -1;
-    }
-    int64_t epoch = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
-    PQclear(res);
-    return epoch;
+    int64_t epoch = 0;
+    ferry_error err;
+    ferry_code rc = ferry__lease_heartbeat(w->sql, name, r->holder, r->cfg->lease_ttl_ms, &epoch,
+                                           &err);
+    if (rc == FERRY_OK)
+        return epoch;
+    if (rc == FERRY_ESTATE)
+        return 0;       /* held by another (a database error is never FERRY_ESTATE) */
+    ferry__log(FERRY_LOG_WARN, "wal.lease", "could not take the lease %s: %s", name, err.message);
+    return -1;
 }
 
 /* 0, or -1 when the lease could not be given back: it then expires
@@ -839,10 +828,9 @@ static int heartbeat(relay *r, int64_t now)
     return ok ? 0 : -1;
 }
 
-/* Renew the lease every third of its time; lost (we were paused past
- * it, and another took it): stop streaming and stand by. */
-/* Renew the lease while streaming; stand by when another relay took it.
- * 0, or -1 when the database could not be asked (the stream will say). */
+/* Renew the lease while streaming; stand by when another relay took it
+ * (we were paused past it). 0, or -1 when the database could not be
+ * asked (the stream will say). */
 static int lease_tick(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
@@ -854,9 +842,15 @@ static int lease_tick(relay *r, int64_t now)
         return 0;
     if (epoch < 0)
         return -1;
-    ferry__log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
-              "(epoch %lld, ours %lld): stopping the stream, standing by", w->slot,
-              (long long)epoch, (long long)w->lease_epoch);
+    if (epoch > 0)
+        ferry__log(FERRY_LOG_WARN, "wal.lease_lapsed", "the lease wal:%s ran out before it was "
+                  "renewed (epoch %lld, ours %lld): taken again, streaming on; the slot let "
+                  "no other relay stream meanwhile", w->slot, (long long)epoch,
+                  (long long)w->lease_epoch);
+    else
+        ferry__log(FERRY_LOG_WARN, "wal.lease_lost", "the lease wal:%s went to another relay "
+                  "(ours was epoch %lld): stopping the stream, standing by", w->slot,
+                  (long long)w->lease_epoch);
     w->lease_epoch = epoch > 0 ? epoch : 0;
     if (epoch == 0) {
         stop_stream(r);

@@ -156,6 +156,34 @@ static void a_standby_takes_the_slot_over(void **state)
 }
 
 /*
+ * A relay paused past its lease, with no standby to take it: on waking it
+ * finds the lease run out, takes it again under a new epoch (as every
+ * holder's lease is taken: common/lease.c) and says so once, and streams
+ * on. The slot was the fence meanwhile: no other relay could stream it.
+ */
+static void a_relay_paused_past_its_lease_streams_on(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_wal_ready(c);
+    const char *args[] = {"--set", "lease_ttl_ms=1000", NULL};
+    tu_proc p = tu_wal_relay_start("wal-pause", args);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_wal_emit_n("w.pause", 20, 4, 5);
+    assert_int_equal(tu_wal_check_topic("w.pause", 20, 20000).distinct, 20);
+    long long epoch = tu_int(c, "SELECT epoch FROM ferry.lease WHERE name = 'wal:ferry'");
+    assert_int_equal(kill(p.pid, SIGSTOP), 0);
+    tu_await(c, "SELECT expires_at < now() FROM ferry.lease WHERE name = 'wal:ferry'", 30000);
+    assert_int_equal(kill(p.pid, SIGCONT), 0);
+    tu_proc_await_log(&p, "\"event\":\"wal.lease_lapsed\"", 30000);
+    assert_true(tu_int(c, "SELECT epoch FROM ferry.lease WHERE name = 'wal:ferry' "
+                          "AND holder = 'wal-pause'") > epoch);
+    tu_wal_emit_n("w.pause", 20, 4, 5);                /* positions 6..10 of each key */
+    assert_int_equal(tu_wal_check_topic("w.pause", 40, 20000).distinct, 40);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    PQfinish(c);
+}
+
+/*
  * Writers on a few hot keys while the WAL relay publishes, and a batch of
  * transactions committed in the reverse of their start order: each key's
  * positions reach Kafka complete and in order, across partitions.
@@ -267,6 +295,7 @@ int main(void)
         cmocka_unit_test(kill9_mid_stream_loses_nothing),
         cmocka_unit_test(per_key_order_holds_with_concurrent_writers),
         cmocka_unit_test(a_standby_takes_the_slot_over),
+        cmocka_unit_test(a_relay_paused_past_its_lease_streams_on),
         cmocka_unit_test(a_forged_message_is_refused),
         cmocka_unit_test(a_quiet_database_does_not_pin_wal),
     };
