@@ -130,6 +130,8 @@ struct ferry_consumer {
     verdict *batch_verdicts;        /* as many */
     unsigned revoke_gen;            /* counts revocations: a batch in hand
                                        checks its partitions when it moved */
+    rd_kafka_topic_partition_list_t *held;  /* as the rebalance callbacks left it,
+                                               for their log lines (NULL: none yet) */
 
     int claim_pid;                  /* backend where CLAIM_STMT and FINISH_STMT
                                        are prepared */
@@ -2000,30 +2002,54 @@ static json_t *partitions_json(const rd_kafka_topic_partition_list_t *l)
 }
 
 /*
+ * What is held after a change: under the eager protocol the change says
+ * it (the whole new assignment, or nothing); under the cooperative one
+ * it moves only parts, added to or taken from what was held. Kept here,
+ * not asked of rd_kafka_assignment(): called from the rebalance callback
+ * while rd_kafka_consumer_close() runs it, that waits for a reply that
+ * never comes (a hang seen in test_consume). Returns -1 out of memory
+ * (the log line then says nothing of what is held).
+ */
+static int note_held(ferry_consumer *c, const rd_kafka_topic_partition_list_t *parts,
+                     int assign, int cooperative)
+{
+    if (!cooperative || c->held == NULL) {
+        if (c->held != NULL)
+            rd_kafka_topic_partition_list_destroy(c->held);
+        c->held = !cooperative && assign ? rd_kafka_topic_partition_list_copy(parts)
+                                         : rd_kafka_topic_partition_list_new(parts->cnt + 1);
+        if (c->held == NULL)
+            return -1;
+        if (!cooperative)
+            return 0;
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &parts->elems[i];
+        int there = rd_kafka_topic_partition_list_find(c->held, p->topic, p->partition) != NULL;
+        if (assign && !there)
+            rd_kafka_topic_partition_list_add(c->held, p->topic, p->partition);
+        else if (!assign && there)
+            rd_kafka_topic_partition_list_del(c->held, p->topic, p->partition);
+    }
+    rd_kafka_topic_partition_list_sort(c->held, NULL, NULL);
+    return 0;
+}
+
+/*
  * One JSON event per assignment change (consumer.assigned, .revoked,
  * .lost): the partitions that moved, and those held after the change.
- * Logged after the change is made, so "held" is the new assignment.
  */
 static void log_assignment(ferry_consumer *c, const char *event, const char *what,
                            const rd_kafka_topic_partition_list_t *parts, int assign,
                            int cooperative)
 {
-    /* Not rd_kafka_assignment(): called from this callback while
-     * rd_kafka_consumer_close() runs it, it waits for a reply that never
-     * comes (a hang seen in test_consume). Under the eager protocol the
-     * change says what is held after it; under the cooperative one it
-     * does not, and "held" is left out (held_count -1). */
-    rd_kafka_topic_partition_list_t *held = NULL;
-    if (!cooperative)
-        held = assign ? rd_kafka_topic_partition_list_copy(parts)
-                      : rd_kafka_topic_partition_list_new(1);
+    const rd_kafka_topic_partition_list_t *held =
+        note_held(c, parts, assign, cooperative) == 0 ? c->held : NULL;
     json_t *f = json_pack("{s:s, s:s, s:o, s:i, s:o}", "consumer", c->name, "change", what,
                           "partitions", partitions_json(parts), "held_count",
                           held ? held->cnt : -1, "held", partitions_json(held));
     ferry__log_json(FERRY_LOG_INFO, event, f, "consumer %s: %d partitions %s, %d held",
                    c->name, parts->cnt, what, held ? held->cnt : -1);
-    if (held != NULL)
-        rd_kafka_topic_partition_list_destroy(held);
 }
 
 /* Take (assign) or give back parts as the rebalance protocol in use
@@ -2475,6 +2501,8 @@ void ferry_consumer_destroy(ferry_consumer *c)
     if (c == NULL)
         return;
     ferry_consumer_close(c, NULL);
+    if (c->held != NULL)
+        rd_kafka_topic_partition_list_destroy(c->held);
     free(c->batch);
     free(c->batch_verdicts);
     free(c);

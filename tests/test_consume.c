@@ -104,6 +104,14 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
     return rc;
 }
 
+/* The tests' group settings (tu_group_props) with the cooperative-sticky
+ * assignor, which a service may choose: rebalances then move only some
+ * partitions (incremental assign and unassign). */
+static const char *const cooperative_props[] = {
+    "session.timeout.ms=3000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
+    "partition.assignment.strategy=cooperative-sticky", NULL,
+};
+
 /* ------------------------------------------------------------------ producing */
 
 typedef struct pmsg {
@@ -610,12 +618,8 @@ static int child_main(char **argv)
                                 .kafka_props = tu_group_props,
                                 .backoff_base_ms = 5, .backoff_max_ms = 50,
                                 .held_scan_ms = 50};
-    static const char *const cooperative[] = {
-        "session.timeout.ms=3000", "heartbeat.interval.ms=500", "max.poll.interval.ms=20000",
-        "partition.assignment.strategy=cooperative-sticky", NULL,
-    };
     if (getenv("FERRY_TEST_COOPERATIVE") != NULL)
-        conf.kafka_props = cooperative;
+        conf.kafka_props = cooperative_props;
     const char *batch_ms = getenv("FERRY_TEST_BATCH_MS");
     if (batch_ms != NULL)
         conf.batch_ms = (int)strtol(batch_ms, NULL, 10);
@@ -862,11 +866,15 @@ static void end_to_end_through_the_relay(void **state)
 }
 
 
-/* The API says which partitions a consumer holds, and every change is
- * one JSON log event naming what moved and what is held after. */
-static void the_assignment_is_known_and_logged(void **state)
+/* A consumer named name of topic, with the Kafka settings props (NULL:
+ * the tests'), says through the API which partitions it holds, and logs
+ * every change as one JSON event naming what moved and what is held
+ * after. */
+static void assignment_known_and_logged(const char *name, const char *topic,
+                                        const char *const *props)
 {
-    const char *topic = "c.assign";
+    char first[64];
+    snprintf(first, sizeof first, "%s[0]", topic);
     pmsg m[1] = {{"as", 1}};
     produce(topic, m, 1, NULL);         /* the topic, with the broker's 4 partitions */
     /* The log goes to stderr: to a file while the consumer joins. */
@@ -877,7 +885,8 @@ static void the_assignment_is_known_and_logged(void **state)
     int saved = dup(STDERR_FILENO);
     assert_true(saved >= 0);
     assert_true(dup2(fd, STDERR_FILENO) >= 0);
-    ferry_consumer *c = consumer_new("c-assign", topic, 0);
+    ferry_consumer *c = tu_consumer_new(name, kt_bootstrap(broker), topic, apply_credit,
+                                        (void *)name, props, 0);
     ferry_partition none[1];
     assert_int_equal(ferry_consumer_partitions(c, none, 0), 0);   /* not yet in the group */
     poll_until(c, applied_at_least, 1);
@@ -908,13 +917,13 @@ static void the_assignment_is_known_and_logged(void **state)
             continue;
         const char *ev = json_string_value(json_object_get(j, "event"));
         const char *who = json_string_value(json_object_get(j, "consumer"));
-        if (ev != NULL && who != NULL && strcmp(who, "c-assign") == 0) {
+        if (ev != NULL && who != NULL && strcmp(who, name) == 0) {
             if (strcmp(ev, "consumer.assigned") == 0) {
                 assigned++;
                 assert_int_equal(json_array_size(json_object_get(j, "partitions")), 4);
                 assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 4);
                 assert_string_equal(json_string_value(json_array_get(
-                                        json_object_get(j, "held"), 0)), "c.assign[0]");
+                                        json_object_get(j, "held"), 0)), first);
             } else if (strcmp(ev, "consumer.revoked") == 0) {
                 revoked++;
                 assert_int_equal(json_integer_value(json_object_get(j, "held_count")), 0);
@@ -925,6 +934,21 @@ static void the_assignment_is_known_and_logged(void **state)
     free(log);
     assert_int_equal(assigned, 1);
     assert_int_equal(revoked, 1);
+}
+
+/* The API says which partitions a consumer holds, and every change is
+ * one JSON log event naming what moved and what is held after. */
+static void the_assignment_is_known_and_logged(void **state)
+{
+    assignment_known_and_logged("c-assign", "c.assign", NULL);
+}
+
+/* The same under the cooperative protocol, where a change moves only some
+ * partitions: what is held after it is what the consumer held, plus or
+ * minus those (it was left out of the log, held_count -1). */
+static void the_assignment_is_logged_under_the_cooperative_protocol(void **state)
+{
+    assignment_known_and_logged("c-assign-coop", "c.assigncoop", cooperative_props);
 }
 
 /* ------------------------------------------------------------------ batches */
@@ -1203,6 +1227,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(end_to_end_through_the_relay),
         cmocka_unit_test(database_restart_mid_stream),
         cmocka_unit_test(the_assignment_is_known_and_logged),
+        cmocka_unit_test(the_assignment_is_logged_under_the_cooperative_protocol),
         cmocka_unit_test(a_role_with_only_the_protocol_runs_the_consumer),
     };
     tu_filter_from_env();
