@@ -16,6 +16,8 @@
  *             50 s of wall time here, at a load average of 18 on two
  *             cores, of which the drains were 31 s — so 1,000,000 would
  *             take over half an hour; set FERRY_BENCH_WAL_BACKLOG for it)
+ *             beside the server's decoding of the wal backlog alone (pgoutput,
+ *             peeked in SQL): the WAL source cannot drain faster than that
  *   rss       the WAL relay's peak RSS draining one transaction of
  *             100,000 messages (FERRY_BENCH_WAL_BIGTX)
  *   latency   commit -> consumer receipt, p50 and p99, at 100 and 2,000
@@ -771,6 +773,17 @@ int main(void)
     if (backlog(c, backlog_n, 1000))
         goto out;
     double write_wal_s = (double)(clk_mono_us() - w0) / 1e6;
+    /* The server's share alone: the same backlog decoded by pgoutput, with
+     * the relay's options, peeked (the slot does not move) and counted in
+     * the server. The WAL source cannot drain faster than its walsender
+     * decodes; this says how near it comes. */
+    long long decoded = -1;
+    w0 = clk_mono_us();
+    if (bench_query_ll(c, "SELECT count(*) FROM pg_logical_slot_peek_binary_changes("
+                          "'ferry', NULL, NULL, 'proto_version', '1', 'publication_names', "
+                          "'ferry_outbox', 'messages', 'true')", NULL, &decoded))
+        goto out;
+    double decode_s = (double)(clk_mono_us() - w0) / 1e6;
     if (run_relay("wal", &rw))
         goto out;
     printf("writing the %ld-message backlogs by ferry.emit(), 1,000 a transaction: table mode "
@@ -785,6 +798,12 @@ int main(void)
     printf("bench wal_drain_table %.0f msg/s\n", (double)backlog_n / rt.wall_s);
     printf("bench wal_drain_wal %.0f msg/s\n", (double)backlog_n / rw.wall_s);
     printf("bench wal_drain_ratio %.3f ratio\n", rt.wall_s / rw.wall_s);
+    printf("the server decoding the wal backlog alone (pgoutput, peeked in SQL: %lld changes, "
+           "its transactions' BEGIN and COMMIT included): %.2f s (%.0f msg/s); the WAL source "
+           "drained it in %.2f times that\n", decoded, decode_s, (double)backlog_n / decode_s,
+           rw.wall_s / decode_s);
+    printf("bench wal_decode_only %.0f msg/s\n", (double)backlog_n / decode_s);
+    printf("bench wal_drain_vs_decode_ratio %.3f ratio\n", decode_s / rw.wall_s);
     printf("bench wal_drain_rss_table %.1f MiB\n", (double)rt.maxrss_kib / 1024);
     printf("bench wal_drain_rss_wal %.1f MiB\n", (double)rw.maxrss_kib / 1024);
     }
