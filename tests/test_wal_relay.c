@@ -163,8 +163,7 @@ static void a_standby_takes_the_slot_over(void **state)
  */
 static void a_relay_paused_past_its_lease_streams_on(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_wal_ready(c);
+    PGconn *c = tu_wal_connect();
     const char *args[] = {"--set", "lease_ttl_ms=1000", NULL};
     tu_proc p = tu_wal_relay_start("wal-pause", args);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
