@@ -17,7 +17,7 @@
  *   max_attempts: 5             # failed deliveries before a dead letter, 1..1000
  *   log_level: info             # error | warn | info | debug
  *   retention: delete           # delete | mark
- *   outbox_source: table        # table | wal (--outbox-source; "source" is ce_source)
+ *   outbox_source: table        # table | wal (--outbox-source; also source: wal|table)
  *   kafka:                      # librdkafka properties, passed through as is
  *     bootstrap.servers: "broker1:9092,broker2:9092"   # or "embedded"
  *     compression.type: lz4
@@ -228,7 +228,8 @@ static void set_enum(relay_config *c, int which, int value)
       "\"embedded\": a mock cluster in process")                                             \
     X(metrics, "off", "HOST:PORT of /metrics and /healthz (port 0 picks one, logged)")       \
     X(holder, "host:pid", "this relay's name in the leases")                                 \
-    X(source, "ferry://HOST/DBNAME", "CloudEvents ce_source of every message, a URI-reference")
+    X(source, "ferry://HOST/DBNAME", "CloudEvents ce_source of every message, a URI-reference; "  \
+      "\"wal\" or \"table\" choose outbox_source instead")
 
 enum {
 #define X_INDEX(name, def, doc) STR_##name,
@@ -541,6 +542,17 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
     switch (s->kind) {
     case SETTING_STRING: {
         const char *problem = NULL;
+        if (s->index == STR_source && (strcmp(text, "wal") == 0 || strcmp(text, "table") == 0)) {
+            /* Issue 14 spells the outbox source `--source wal` / `source:
+             * wal`, while source is CloudEvents' ce_source: as a ce_source
+             * these two words would be relative references naming nothing,
+             * so they choose the outbox source (as outbox_source does) and
+             * ce_source keeps its default. */
+            set_enum(&ld->cfg, ENUM_OUTBOX_SOURCE,
+                     text[0] == 'w' ? RELAY_SOURCE_WAL : RELAY_SOURCE_TABLE);
+            rc = 0;
+            break;
+        }
         if (!text[0])
             problem = "must not be empty";
         else if (s->index == STR_metrics)

@@ -438,8 +438,7 @@ static void kafka_props_from_flags(void **state)
 }
 
 /* The source: table by default; --outbox-source and --set outbox_source
- * say wal, the last one given winning; anything else is refused. --source
- * and source: stay CloudEvents' ce_source. */
+ * say wal, the last one given winning; anything else is refused. */
 static void outbox_source_by_flag_and_setting(void **state)
 {
     relay_config cfg;
@@ -457,6 +456,27 @@ static void outbox_source_by_flag_and_setting(void **state)
                "--outbox-source", "WAL");
     LOAD_FAILS("expected table or wal", "--db", "x", "--kafka", "embedded", "--set",
                "outbox_source=x");
+}
+
+/* Issue 14's spelling, --source wal and source: wal, chooses the outbox
+ * source: "wal" and "table" name no CloudEvents source worth having, and
+ * read as one the relay would silently poll the table. Any other value
+ * is still ce_source. */
+static void source_wal_or_table_chooses_the_outbox_source(void **state)
+{
+    relay_config cfg;
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--source", "wal");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_WAL);
+    assert_value(&cfg, "source", "(null)");   /* ce_source: still the database's */
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--outbox-source", "wal", "--set",
+            "source=table");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    relay_config_free(&cfg);
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "embedded", "--source", "/services/wal");
+    assert_int_equal(cfg.outbox_source, RELAY_SOURCE_TABLE);
+    assert_value(&cfg, "source", "/services/wal");
+    relay_config_free(&cfg);
 }
 
 static void kafka_prop_errors(void **state)
@@ -1055,6 +1075,7 @@ int main(void)
         cmocka_unit_test_setup(kafka_props_from_flags, clear_env),
         cmocka_unit_test_setup(kafka_prop_errors, clear_env),
         cmocka_unit_test_setup(outbox_source_by_flag_and_setting, clear_env),
+        cmocka_unit_test_setup(source_wal_or_table_chooses_the_outbox_source, clear_env),
         cmocka_unit_test_setup(bad_flags, clear_env),
         cmocka_unit_test_setup(env_errors, clear_env),
         cmocka_unit_test_setup(db_and_kafka_required, clear_env),
