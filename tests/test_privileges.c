@@ -180,7 +180,8 @@ static const tab_cell TABLES[] = {
     {"reconcile_pass_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"consumer_owner", 'r', X, NONE, NONE, {0}},
     {"inbox_attempt", 'r', X, NONE, X, {0}},      /* the garbage sweep (schema 16) */
-    {"wal_slot", 'r', R | X, NONE, NONE, {[R_RELAY] = "confirmed_lsn,confirmed_at"}},
+    /* Schema 21: the relay's role records the slot it creates. */
+    {"wal_slot", 'r', R | X, R, NONE, {[R_RELAY] = "*"}},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))

@@ -136,6 +136,44 @@ static void relay_publishes_as_a_relay_member(void **state)
     kt_msgs_free(got);
 }
 
+/*
+ * The WAL source as its role (README, "Two sources"): a login role with
+ * REPLICATION, a member of ferry_relay and nothing else, no superuser,
+ * creates the slot (`ferry-relay slot create`), streams it and publishes.
+ * The operator turns wal mode on, and back off for the tests after this.
+ */
+static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "CREATE ROLE rr_wal LOGIN REPLICATION IN ROLE ferry_relay");
+    char *db = fpg_conninfo_for(tu_pg, "rr_wal", NULL);
+    char *out = NULL, *err = NULL;
+    const char *create[] = {tu_relay_bin(), "slot", "create", "--db", db, NULL};
+    int st = tu_run(create, 60000, &out, &err);
+    if (st != 0)
+        fail_msg("ferry-relay slot create as rr_wal exited %d\n%s%s", st, out, err);
+    free(out);
+    free(err);
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
+    emit_n("rr.wal", 7);
+    assert_int_equal(unpublished("rr.wal"), 0);          /* in WAL, not in the table */
+    const char *argv[] = {tu_relay_bin(), "run", "--db", db, "--kafka", kt_bootstrap(broker),
+                          "--holder", "rr-wal", "--outbox-source", "wal", "--once", NULL};
+    const char *env[] = {TU_RELAY_ASAN, NULL};
+    tu_proc p = tu_proc_start(argv, env);
+    st = tu_proc_wait(&p, 120000);
+    if (st != 0)
+        tu_proc_fail(&p, "ferry-relay run --outbox-source wal --once as rr_wal exited %d", st);
+    tu_proc_done(&p);
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), "rr.wal", 7, 10000);
+    assert_non_null(got);
+    assert_int_equal(got->count, 7);
+    kt_msgs_free(got);
+    free(db);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------- the reconciler */
 
 static void reconciler_checks_and_repairs_as_a_reconciler_member(void **state)
@@ -304,6 +342,7 @@ int main(void)
     tu_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(relay_publishes_as_a_relay_member),
+        cmocka_unit_test(wal_relay_publishes_as_a_relay_member_with_replication),
         cmocka_unit_test(reconciler_checks_and_repairs_as_a_reconciler_member),
         cmocka_unit_test(reconciler_names_a_permission_error),
         cmocka_unit_test(consumer_applies_as_a_consumer_member),

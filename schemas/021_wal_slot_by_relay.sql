@@ -1,0 +1,16 @@
+-- ferry schema, version 21: the relay's role keeps the WAL slot's record.
+--
+-- What changes, and why:
+--
+--   * ferry_relay may INSERT and UPDATE ferry.wal_slot (it could SELECT
+--     it and UPDATE the confirmed position). `ferry-relay slot create`
+--     and `slot recreate` record the slot there, and the README says the
+--     role that runs them needs REPLICATION and ferry_relay, no
+--     superuser. Run as such a role, `slot create` created the slot and
+--     then failed to record it ("permission denied for table wal_slot"):
+--     a slot no record vouched for, and a second run said it existed
+--     already (tests/test_roles_run.c:
+--     wal_relay_publishes_as_a_relay_member_with_replication).
+--   * Not DELETE: a slot's record outlives the slot, so that a lost slot
+--     is reported, not forgotten.
+GRANT INSERT, UPDATE ON ferry.wal_slot TO ferry_relay;
