@@ -1470,3 +1470,70 @@ int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *)
         usage(stderr);
     return 2;
 }
+
+int relay_cli_db_command(const relay_cli_db_cmd *cmd, int argc, char **argv, int *action,
+                         char **db, int *status)
+{
+    /* --db, --config and --help first, then the subcommand's own. */
+    struct option longopts[3 + RELAY_CLI_OWN_MAX + 1] = {
+        {"db", required_argument, NULL, 'd'},
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+    };
+    size_t n = 3;
+    for (size_t i = 0; cmd->own != NULL && cmd->own[i].name != NULL; i++) {
+        assert(n < 3 + RELAY_CLI_OWN_MAX);
+        longopts[n++] = cmd->own[i];
+    }
+    const char *flag_db = NULL, *config = NULL;
+    int c;
+    optind = 0;   /* full reset: tests call a subcommand more than once in a process */
+    while ((c = getopt_long(argc, argv, cmd->shortopts, longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd':
+            flag_db = optarg;
+            break;
+        case 'c':
+            config = optarg;
+            break;
+        case 'h':
+        case '?':
+        case ':':
+            *status = relay_cli_option(c, cmd->usage);
+            return -1;
+        default:
+            if (cmd->own_option(c, optarg, cmd->ctx) != 0) {
+                *status = 2;
+                return -1;
+            }
+        }
+    }
+    if (cmd->actions == NULL && optind != argc) {
+        *status = relay_cli_unexpected(cmd->name, argv[optind], cmd->unexpected_usage);
+        return -1;
+    }
+    int which = 0;
+    if (cmd->actions != NULL) {
+        if (optind + 1 != argc) {
+            cmd->usage(stderr);
+            *status = 2;
+            return -1;
+        }
+        while (cmd->actions[which] != NULL && strcmp(cmd->actions[which], argv[optind]) != 0)
+            which++;
+        if (cmd->actions[which] == NULL) {
+            fprintf(stderr, "ferry-relay %s: unknown action \"%s\"\n", cmd->name, argv[optind]);
+            cmd->usage(stderr);
+            *status = 2;
+            return -1;
+        }
+    }
+    /* Only a command line that is right asks for the database. */
+    if (relay_config_subcommand_db(cmd->name, flag_db, config, db) != 0) {
+        *status = 2;
+        return -1;
+    }
+    if (cmd->actions != NULL)
+        *action = which;
+    return 0;
+}

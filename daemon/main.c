@@ -5,7 +5,6 @@
  * comes with the relay proper. The command line is already the one other
  * programs and scripts rely on.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,32 +63,15 @@ static void migrate_usage(FILE *out)
 
 static int cmd_migrate(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    static const relay_cli_db_cmd cmd = {
+        .name = "migrate",
+        .shortopts = "d:h",
+        .usage = migrate_usage,
     };
-    const char *db = NULL, *config = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            db = optarg;
-            break;
-        case 'c':
-            config = optarg;
-            break;
-        default:
-            return relay_cli_option(c, migrate_usage);
-        }
-    }
-    if (optind != argc)
-        return relay_cli_unexpected("migrate", argv[optind], NULL);
     char *dbo = NULL;
-    if (relay_config_subcommand_db("migrate", db, config, &dbo) != 0)
-        return EXIT_USAGE;
+    int status;
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &dbo, &status) != 0)
+        return status;
 
     PGconn *conn = PQconnectdb(dbo);
     free(dbo);

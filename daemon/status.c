@@ -39,7 +39,6 @@
 
 enum {
     ST_EXIT_FAIL = 1,
-    ST_EXIT_USAGE = 2,
     ST_EXIT_PROBLEM = 4,          /* as ferry-reconcile's "problems left" */
     ST_DEAD_LETTERS_SHOWN = 10,   /* the oldest ones listed */
     ST_CELL_MAX = 48,             /* characters of a text cell in the table */
@@ -785,50 +784,51 @@ static int st_print_tables(const json_t *root, FILE *out)
 
 /* ------------------------------------------------------------------ */
 
+/* status's own options: --json and --max-lag. */
+typedef struct st_options {
+    bool as_json;
+    double max_lag_s;
+} st_options;
+
+static int st_option(int c, const char *arg, void *ctx)
+{
+    st_options *o = ctx;
+    char *end;
+    if (c == 'j') {
+        o->as_json = true;
+        return 0;
+    }
+    assert(c == 'm');
+    o->max_lag_s = strtod(arg, &end);
+    if (end == arg || *end != '\0' || !(o->max_lag_s >= 0 && o->max_lag_s <= 86400)) {
+        fprintf(stderr, "ferry-relay status: --max-lag wants seconds, 0..86400, not \"%s\"\n",
+                arg);
+        return -1;
+    }
+    return 0;
+}
+
 int cmd_status(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
+    static const struct option own[] = {
         {"json", no_argument, NULL, 'j'},
         {"max-lag", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = NULL, *config = NULL;
-    bool as_json = false;
-    double max_lag_s = 60;
-    int c;
-    optind = 0;   /* full reset: tests call us more than once in a process */
-    while ((c = getopt_long(argc, argv, "+d:jh", longopts, NULL)) != -1) {
-        char *end;
-        switch (c) {
-        case 'd':
-            db = optarg;
-            break;
-        case 'c':
-            config = optarg;
-            break;
-        case 'j':
-            as_json = true;
-            break;
-        case 'm':
-            max_lag_s = strtod(optarg, &end);
-            if (end == optarg || *end != '\0' || !(max_lag_s >= 0 && max_lag_s <= 86400)) {
-                fprintf(stderr, "ferry-relay status: --max-lag wants seconds, 0..86400, not "
-                        "\"%s\"\n", optarg);
-                return ST_EXIT_USAGE;
-            }
-            break;
-        default:
-            return relay_cli_option(c, st_usage);
-        }
-    }
-    if (optind != argc)
-        return relay_cli_unexpected("status", argv[optind], st_usage);
+    st_options o = {.as_json = false, .max_lag_s = 60};
+    const relay_cli_db_cmd cmd = {
+        .name = "status",
+        .shortopts = "+d:jh",
+        .own = own,
+        .own_option = st_option,
+        .ctx = &o,
+        .usage = st_usage,
+        .unexpected_usage = st_usage,
+    };
     char *dbo = NULL;
-    if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
-        return ST_EXIT_USAGE;
+    int usage_status;
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &dbo, &usage_status) != 0)
+        return usage_status;
 
     /* The conninfo may name its own application_name; ours is a fallback. */
     const char *const keys[] = {"dbname", "fallback_application_name", NULL};
@@ -841,7 +841,7 @@ int cmd_status(int argc, char **argv)
         return ST_EXIT_FAIL;
     }
     bool no_schema;
-    json_t *root = st_collect(conn, max_lag_s, &no_schema);
+    json_t *root = st_collect(conn, o.max_lag_s, &no_schema);
     PQfinish(conn);
     if (no_schema) {
         fprintf(stderr, "ferry-relay status: ferry schema not found: run ferry-relay migrate\n");
@@ -851,7 +851,7 @@ int cmd_status(int argc, char **argv)
         return ST_EXIT_FAIL;
 
     int status = 0;
-    if (as_json) {
+    if (o.as_json) {
         /* Ages are rounded to milliseconds in SQL; 15 significant digits
          * print them without binary noise. */
         if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER |
