@@ -25,6 +25,7 @@
  */
 #include "status.h"
 #include "config.h"
+#include "strbuf.h"
 
 #include <assert.h>
 #include <getopt.h>
@@ -516,25 +517,13 @@ static char *st_cell_text(const char *s, size_t max)
     return out;
 }
 
-static char *st_cell_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *st_cell_fmt(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
-
 /* JSON values as cells. */
 static char *st_cell_json(const json_t *v, size_t max)
 {
     if (json_is_integer(v))
-        return st_cell_fmt("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return sb_format("%" JSON_INTEGER_FORMAT, json_integer_value(v));
     if (json_is_real(v))
-        return st_cell_fmt("%.1f", json_real_value(v));
+        return sb_format("%.1f", json_real_value(v));
     return st_cell_text(json_string_value(v), max);
 }
 
