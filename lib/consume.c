@@ -700,41 +700,6 @@ static ferry_code claim_result(PGconn *conn, ferry_consumer *c, work *w, PGresul
     return FERRY_OK;
 }
 
-/* One result of a pipeline: query q's, handed over while nothing failed
- * yet; returns FERRY_OK or the failure (in err). */
-typedef ferry_code (*pipe_result_fn)(void *ctx, int q, PGresult *res, ferry_error *err);
-
-/*
- * After PQpipelineSync: the results of the sent queries, in order, each
- * to on_result while rc is FERRY_OK (after a failure the rest come back
- * PGRES_PIPELINE_ABORTED and are dropped), then the sync; leaves pipeline
- * mode. rc is what sending already failed with, or FERRY_OK; ended is the
- * error when results are missing ("the claims' results ended early").
- */
-static ferry_code pipeline_read(PGconn *conn, int sent, ferry_code rc, pipe_result_fn on_result,
-                                void *ctx, const char *ended, ferry_error *err)
-{
-    for (int q = 0; q < sent; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, ended);
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK)
-            rc = on_result(ctx, q, res, err);
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC)
-            PQclear(PQgetResult(conn));     /* the NULL after each query's result */
-    }
-    PQclear(PQgetResult(conn));             /* the sync */
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
-    return rc;
-}
-
 /* A BEGIN's result, as query 0 of a pipeline. */
 static ferry_code begin_result(PGconn *conn, PGresult *res, ferry_error *err)
 {
@@ -856,7 +821,8 @@ typedef struct claim_many_ctx {
 } claim_many_ctx;
 
 /* BEGIN's result, then consume_claim_many's: one row per message. */
-static ferry_code claim_many_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
+                                    ferry_error *err)
 {
     claim_many_ctx *cm = ctx;
     PGconn *conn = cm->c->conn;
@@ -909,8 +875,8 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
         return rc;
     claim_many_ctx cm = {c, ws, n, v};
-    return pipeline_read(conn, sent, rc, claim_many_result, &cm,
-                         "the claims' results ended early", err);
+    return ferry__pipeline_read(conn, sent, rc, claim_many_result, &cm,
+                                "the claims' results ended early", err);
 }
 
 typedef struct claims_ctx {
@@ -922,7 +888,8 @@ typedef struct claims_ctx {
 } claims_ctx;
 
 /* BEGIN's result, then one consume_claim's per message. */
-static ferry_code claims_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code claims_result(void *ctx, int q, PGresult *res, bool *keep,
+                                ferry_error *err)
 {
     claims_ctx *cl = ctx;
     if (q == 0)
@@ -979,8 +946,8 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
 
     /* BEGIN's result, then each claim's. */
     claims_ctx cl = {c, ws, v, index, poisoned};
-    rc = pipeline_read(conn, sent + 1, rc, claims_result, &cl, "the claims' results ended early",
-                       err);
+    rc = ferry__pipeline_read(conn, sent + 1, rc, claims_result, &cl,
+                              "the claims' results ended early", err);
     if (rc != FERRY_OK && sent < n)
         ferry__rollback_quietly(conn);   /* BEGIN ran; the caller may not roll back */
     return rc;
@@ -992,7 +959,8 @@ typedef struct commit_ctx {
 } commit_ctx;
 
 /* The finishes' results, then the COMMIT's. */
-static ferry_code commit_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code commit_result(void *ctx, int q, PGresult *res, bool *keep,
+                                ferry_error *err)
 {
     const commit_ctx *cc = ctx;
     ExecStatusType st = PQresultStatus(res);
@@ -1062,8 +1030,8 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
     if (!ferry__pipeline_sync(conn, &rc, "could not send the commit", err))
         return rc;
     commit_ctx cc = {conn, n};
-    rc = pipeline_read(conn, sent, rc, commit_result, &cc, "the commit's results ended early",
-                       err);
+    rc = ferry__pipeline_read(conn, sent, rc, commit_result, &cc,
+                              "the commit's results ended early", err);
     if (rc != FERRY_OK)
         ferry__rollback_quietly(conn);   /* a finish failed: the COMMIT did not run */
     return rc;
