@@ -137,59 +137,12 @@ bool relay_config_file_key_is_setting(const char *key);
 int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
                          size_t errlen);
 
-/* The database of `migrate` and `status`, found as `run` finds it: the
- * --db flag (flag_db), else FERRY_DB, else db: in the --config file
- * (config, or FERRY_CONFIG's). Into *db (new, the caller frees): 0; or -1
- * after saying why on stderr as "ferry-relay CMD: ...". */
-/*
- * The two ends of a subcommand's command line that every ferry-relay
- * subcommand answers alike (2 is the usage error's exit status):
- *
- * relay_cli_option: an option the subcommand's getopt loop does not take
- * itself. 'h' (--help) prints the usage on stdout and returns 0; any
- * other (getopt said what is wrong) prints it on stderr and returns 2.
- *
- * relay_cli_unexpected: an operand where the subcommand takes none.
- * "ferry-relay CMD: unexpected argument "ARG"" on stderr, then the usage
- * when usage is not NULL; returns 2.
- */
-int relay_cli_option(int c, void (*usage)(FILE *));
-int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *));
-
+/* The database of `migrate`, `status` and `slot`, found as `run` finds
+ * it: the --db flag (flag_db), else FERRY_DB, else db: in the --config
+ * file (config, or FERRY_CONFIG's). Into *db (new, the caller frees): 0;
+ * or -1 after saying why on stderr as "ferry-relay CMD: ...". */
 int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char *config,
                                char **db);
-
-/*
- * The command line of a subcommand that needs the database alone
- * (migrate, status, slot), read one way: --db, --config and --help, the
- * subcommand's own options, its operands, then the database as
- * relay_config_subcommand_db finds it.
- */
-enum { RELAY_CLI_OWN_MAX = 8 };   /* own long options, at most */
-typedef struct relay_cli_db_cmd {
-    const char *name;                 /* "status": messages say "ferry-relay status: " */
-    const char *shortopts;            /* getopt_long's, with "d:h" */
-    /* The subcommand's own long options ({NULL}-ended; NULL: none), each
-     * handed to own_option with its argument: 0, or -1 after saying why
-     * (a usage error). */
-    const struct option *own;
-    int (*own_option)(int c, const char *arg, void *ctx);
-    void *ctx;
-    void (*usage)(FILE *);
-    /* Its operand: one of actions ({NULL}-ended: slot's create, ...;
-     * the usage when there is not exactly one, "unknown action" when it
-     * is none of them), or, when actions is NULL, none ("unexpected
-     * argument", then unexpected_usage's text unless that is NULL). */
-    const char *const *actions;
-    void (*unexpected_usage)(FILE *);
-} relay_cli_db_cmd;
-
-/* 0: go on, with the database in *db (new, the caller frees) and, when
- * the subcommand takes an action, its index in cmd->actions in *action.
- * -1: end now with the exit status *status (0 after --help; 2 after
- * saying on stderr what is wrong). */
-int relay_cli_db_command(const relay_cli_db_cmd *cmd, int argc, char **argv, int *action,
-                         char **db, int *status);
 
 /* Why s is not an RFC 3986 URI-reference of at most RELAY_SOURCE_MAX
  * bytes (CloudEvents requires one for ce_source), or NULL when it is. */

@@ -15,6 +15,7 @@
 #include "relay_wal.h"
 #include "status.h"
 #include "config.h"
+#include "relay_cli.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -68,18 +69,10 @@ static int cmd_migrate(int argc, char **argv)
         .shortopts = "d:h",
         .usage = migrate_usage,
     };
-    char *dbo = NULL;
+    PGconn *conn;
     int status;
-    if (relay_cli_db_command(&cmd, argc, argv, NULL, &dbo, &status) != 0)
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &conn, &status) != 0)
         return status;
-
-    PGconn *conn = PQconnectdb(dbo);
-    free(dbo);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay migrate: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return EXIT_FAILURE;
-    }
     int before = 0, after = 0;
     ferry_error err;
     ferry_code rc = ferry_schema_version(conn, &before, &err);

@@ -18,6 +18,7 @@
 
 #include <libpq-fe.h>
 
+#include "relay_cli.h"
 #include "relay_int.h"
 #include "relay_wal.h"
 
@@ -219,17 +220,10 @@ int cmd_slot(int argc, char **argv)
         .actions = actions,
     };
     /* as migrate and status: --db, else $FERRY_DB, else the config's db: */
-    char *dbo = NULL;
+    PGconn *conn;
     int action, status;
-    if (relay_cli_db_command(&cmd, argc, argv, &action, &dbo, &status) != 0)
+    if (relay_cli_db_command(&cmd, argc, argv, &action, &conn, &status) != 0)
         return status;
-    PGconn *conn = PQconnectdb(dbo);
-    free(dbo);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay slot: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return 1;
-    }
     int rc = run[action](conn);
     PQfinish(conn);
     return rc;

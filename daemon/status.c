@@ -24,7 +24,7 @@
  * cannot disagree.
  */
 #include "status.h"
-#include "config.h"
+#include "relay_cli.h"
 #include "strbuf.h"
 
 #include <assert.h>
@@ -813,22 +813,12 @@ int cmd_status(int argc, char **argv)
         .ctx = &o,
         .usage = st_usage,
         .unexpected_usage = st_usage,
+        .app_name = "ferry-relay status",
     };
-    char *dbo = NULL;
-    int usage_status;
-    if (relay_cli_db_command(&cmd, argc, argv, NULL, &dbo, &usage_status) != 0)
-        return usage_status;
-
-    /* The conninfo may name its own application_name; ours is a fallback. */
-    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {dbo, "ferry-relay status", NULL};
-    PGconn *conn = PQconnectdbParams(keys, values, 1);
-    free(dbo);   /* values[0] is not needed past the connection */
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return ST_EXIT_FAIL;
-    }
+    PGconn *conn;
+    int early;
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &conn, &early) != 0)
+        return early;   /* 0 after --help, 2 a usage error, 1 (ST_EXIT_FAIL) no connection */
     bool no_schema;
     json_t *root = st_collect(conn, o.max_lag_s, &no_schema);
     PQfinish(conn);
