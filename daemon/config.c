@@ -728,19 +728,15 @@ static int read_kafka(file_walk *fw, ferry__yw *w, const yaml_event_t *ev)
                        "not %s", ferry__yw_describe(ev, buf, sizeof buf));
         return ferry__yw_skip(w, ev);
     }
-    for (;;) {
-        yaml_event_t key;
-        if (ferry__yw_next(w, &key) != 0)
-            return -1;
-        if (key.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&key);
-            return 0;
-        }
+    yaml_event_t key;
+    int more;
+    while ((more = ferry__yw_next_item(w, &key)) > 0) {
         int rc = read_kafka_prop(fw, w, &key);
         yaml_event_delete(&key);
         if (rc != 0)
             return -1;
     }
+    return more;
 }
 
 /* One setting of the file: its value applied where it is read. */
