@@ -794,16 +794,20 @@ static int report_errors(loader *ld, const ferry_saga_load_errors *errs)
 
 static int walk_file(loader *ld, const char *text, size_t len)
 {
-    /* Large (an error list, a place per kafka property): not on the stack. */
-    ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
-    file_walk *fw = calloc(1, sizeof *fw);
-    ferry__yw *w = calloc(1, sizeof *w);
-    int rc = -1;
-    if (!errs || !fw || !w) {
+    /* Large (an error list, a place per kafka property): not on the
+     * stack; they live and go together, so in one allocation. */
+    struct {
+        ferry__yw w;
+        file_walk fw;
+        ferry_saga_load_errors errs;
+    } *walk = calloc(1, sizeof *walk);
+    if (!walk) {
         out_of_memory(ld);
-        goto out;
+        return -1;
     }
-    fw->ld = ld;
+    ferry__yw *w = &walk->w;
+    ferry_saga_load_errors *errs = &walk->errs;
+    walk->fw.ld = ld;
     ferry__yw_init(w, text, len, ld->path, "the configuration file", errs);
     const ferry__yw_doc doc = {
         .expected = "a mapping of settings (NAME: VALUE)",
@@ -811,12 +815,13 @@ static int walk_file(loader *ld, const char *text, size_t len)
         .keys = file_keys(),
         .nkeys = N_SETTINGS,
         .value = file_value,
-        .arg = fw,
+        .arg = &walk->fw,
         .empty_ok = true,
     };
     ld->walk = w;
     ferry__yw_read_document(w, &doc);
     ld->walk = NULL;
+    int rc = -1;
     if (ld->oom || w->oom) {
         out_of_memory(ld);
     } else if (errs->total > 0) {
@@ -825,10 +830,7 @@ static int walk_file(loader *ld, const char *text, size_t len)
     } else {
         rc = 0;
     }
-out:
-    free(w);
-    free(fw);
-    free(errs);
+    free(walk);
     return rc;
 }
 
