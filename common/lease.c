@@ -45,34 +45,21 @@ ferry_code ferry__lease_ensure(PGconn *conn, const char *const *names, size_t n,
                               ferry_error *err)
 {
     /* One array literal: names are ours ("shard:12", "relay:host:pid"),
-     * but quote them anyway. */
-    size_t cap = 16;
+     * but quoted anyway. */
+    ferry__alit names_lit = {0};
     for (size_t i = 0; i < n; i++)
-        cap += 2 * strlen(names[i]) + 4;
-    char *arr = malloc(cap);
-    if (arr == NULL)
+        ferry__alit_str(&names_lit, names[i]);
+    const char *arr = ferry__alit_end(&names_lit);
+    if (arr == NULL) {
+        free(names_lit.p);
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not ensure leases: out of memory");
-    size_t o = 0;
-    arr[o++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0)
-            arr[o++] = ',';
-        arr[o++] = '"';
-        for (const char *c = names[i]; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                arr[o++] = '\\';
-            arr[o++] = *c;
-        }
-        arr[o++] = '"';
     }
-    arr[o++] = '}';
-    arr[o] = '\0';
     const char *params[1] = {arr};
     ferry_code rc = ferry__exec(conn,
                                "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
                                "ON CONFLICT (name) DO NOTHING",
                                1, params, "could not create lease rows", err);
-    free(arr);
+    free(names_lit.p);
     return rc;
 }
 

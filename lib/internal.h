@@ -63,6 +63,20 @@ ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *c
 ferry_code ferry__query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        const char *context, PGresult **out, ferry_error *err);
 
+/* A PostgreSQL array literal being written, {"a","b",NULL} (pgarray.c):
+ * start from {0}, add elements, end it, free(p). */
+typedef struct ferry__alit {
+    char *p;
+    size_t len, cap;
+    int n;                          /* elements so far */
+    int failed;                     /* out of memory: later calls do nothing */
+} ferry__alit;
+/* One element: s[0..len) quoted (a backslash before " and \), or NULL. */
+void ferry__alit_elem(ferry__alit *a, const char *s, size_t len);
+void ferry__alit_str(ferry__alit *a, const char *s);   /* s: a string or NULL */
+/* Close it: the literal ("{}" when empty), or NULL when memory ran out. */
+const char *ferry__alit_end(ferry__alit *a);
+
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry__sqlstate_is_conflict(const char *sqlstate);
 
