@@ -10,6 +10,7 @@
  *
  * Shared by the two programs (common/), not part of libferry.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,28 @@ ferry_code ferry__lease_heartbeat(PGconn *conn, const char *name, const char *ho
     if (epoch_out != NULL)
         *epoch_out = l.epoch;
     return FERRY_OK;
+}
+
+ferry_code ferry__lease_extend(PGconn *conn, const char *name, const char *holder, int64_t epoch,
+                              int ttl_ms, const char *what, ferry_error *err)
+{
+    char epoch_text[24], ttl[24], context[96];
+    snprintf(context, sizeof context, "could not renew %s", what);
+    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    const char *params[4] = {name, holder, epoch_text, ttl};
+    ferry__lease kept;
+    size_t n = 0;
+    ferry_code rc = lease_query(conn,
+                                "UPDATE ferry.lease SET renewed_at = now(), "
+                                "  expires_at = now() + $4::int * interval '1 millisecond' "
+                                "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint "
+                                "RETURNING name, epoch",
+                                4, params, 1, &kept, &n, context, err);
+    if (rc == FERRY_OK && n == 0)
+        rc = ferry__error_set(err, FERRY_ESTATE, NULL, "%s was lost (epoch %" PRId64 ")", what,
+                              epoch);
+    return rc;
 }
 
 ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_out,
