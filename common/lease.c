@@ -10,6 +10,7 @@
  *
  * Shared by the two programs (common/), not part of libferry.
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,34 +46,21 @@ ferry_code ferry__lease_ensure(PGconn *conn, const char *const *names, size_t n,
                               ferry_error *err)
 {
     /* One array literal: names are ours ("shard:12", "relay:host:pid"),
-     * but quote them anyway. */
-    size_t cap = 16;
+     * but quoted anyway. */
+    ferry__alit names_lit = {0};
     for (size_t i = 0; i < n; i++)
-        cap += 2 * strlen(names[i]) + 4;
-    char *arr = malloc(cap);
-    if (arr == NULL)
+        ferry__alit_str(&names_lit, names[i]);
+    const char *arr = ferry__alit_end(&names_lit);
+    if (arr == NULL) {
+        free(names_lit.p);
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not ensure leases: out of memory");
-    size_t o = 0;
-    arr[o++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0)
-            arr[o++] = ',';
-        arr[o++] = '"';
-        for (const char *c = names[i]; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                arr[o++] = '\\';
-            arr[o++] = *c;
-        }
-        arr[o++] = '"';
     }
-    arr[o++] = '}';
-    arr[o] = '\0';
     const char *params[1] = {arr};
     ferry_code rc = ferry__exec(conn,
                                "INSERT INTO ferry.lease (name) SELECT unnest($1::text[]) "
                                "ON CONFLICT (name) DO NOTHING",
                                1, params, "could not create lease rows", err);
-    free(arr);
+    free(names_lit.p);
     return rc;
 }
 
@@ -176,6 +164,28 @@ ferry_code ferry__lease_heartbeat(PGconn *conn, const char *name, const char *ho
     if (epoch_out != NULL)
         *epoch_out = l.epoch;
     return FERRY_OK;
+}
+
+ferry_code ferry__lease_extend(PGconn *conn, const char *name, const char *holder, int64_t epoch,
+                              int ttl_ms, const char *what, ferry_error *err)
+{
+    char epoch_text[24], ttl[24], context[96];
+    snprintf(context, sizeof context, "could not renew %s", what);
+    snprintf(epoch_text, sizeof epoch_text, "%" PRId64, epoch);
+    snprintf(ttl, sizeof ttl, "%d", ttl_ms);
+    const char *params[4] = {name, holder, epoch_text, ttl};
+    ferry__lease kept;
+    size_t n = 0;
+    ferry_code rc = lease_query(conn,
+                                "UPDATE ferry.lease SET renewed_at = now(), "
+                                "  expires_at = now() + $4::int * interval '1 millisecond' "
+                                "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint "
+                                "RETURNING name, epoch",
+                                4, params, 1, &kept, &n, context, err);
+    if (rc == FERRY_OK && n == 0)
+        rc = ferry__error_set(err, FERRY_ESTATE, NULL, "%s was lost (epoch %" PRId64 ")", what,
+                              epoch);
+    return rc;
 }
 
 ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_out,

@@ -57,6 +57,12 @@ ferry_code ferry__lease_release(PGconn *conn, const char *name, const char *hold
  * free, expired or already ours (used for heartbeats); *epoch_out set. */
 ferry_code ferry__lease_heartbeat(PGconn *conn, const char *name, const char *holder,
                                  int ttl_ms, int64_t *epoch_out, ferry_error *err);
+/* Extend the lease name for holder under the epoch it holds it by, even
+ * if it ran out meanwhile (nobody took it then: a takeover raises the
+ * epoch); FERRY_ESTATE when it is no longer so held. what names it in
+ * messages ("the reconciler's lease"). */
+ferry_code ferry__lease_extend(PGconn *conn, const char *name, const char *holder, int64_t epoch,
+                              int ttl_ms, const char *what, ferry_error *err);
 /* Unexpired leases under prefix. */
 ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_out,
                                   ferry_error *err);

@@ -34,3 +34,20 @@ void sb_printf(strbuf *b, const char *fmt, ...)
         b->cap = cap;
     }
 }
+
+char *sb_vformat(const char *fmt, va_list ap)
+{
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        return NULL;   /* s is undefined then */
+    return s;
+}
+
+char *sb_format(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = sb_vformat(fmt, ap);
+    va_end(ap);
+    return s;
+}

@@ -740,19 +740,15 @@ static int read_kafka(file_walk *fw, ferry__yw *w, const yaml_event_t *ev)
                        "not %s", ferry__yw_describe(ev, buf, sizeof buf));
         return ferry__yw_skip(w, ev);
     }
-    for (;;) {
-        yaml_event_t key;
-        if (ferry__yw_next(w, &key) != 0)
-            return -1;
-        if (key.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&key);
-            return 0;
-        }
+    yaml_event_t key;
+    int more;
+    while ((more = ferry__yw_next_item(w, &key)) > 0) {
         int rc = read_kafka_prop(fw, w, &key);
         yaml_event_delete(&key);
         if (rc != 0)
             return -1;
     }
+    return more;
 }
 
 /* One setting of the file: its value applied where it is read. */
@@ -810,16 +806,20 @@ static int report_errors(loader *ld, const ferry_saga_load_errors *errs)
 
 static int walk_file(loader *ld, const char *text, size_t len)
 {
-    /* Large (an error list, a place per kafka property): not on the stack. */
-    ferry_saga_load_errors *errs = calloc(1, sizeof *errs);
-    file_walk *fw = calloc(1, sizeof *fw);
-    ferry__yw *w = calloc(1, sizeof *w);
-    int rc = -1;
-    if (!errs || !fw || !w) {
+    /* Large (an error list, a place per kafka property): not on the
+     * stack; they live and go together, so in one allocation. */
+    struct {
+        ferry__yw w;
+        file_walk fw;
+        ferry_saga_load_errors errs;
+    } *walk = calloc(1, sizeof *walk);
+    if (!walk) {
         out_of_memory(ld);
-        goto out;
+        return -1;
     }
-    fw->ld = ld;
+    ferry__yw *w = &walk->w;
+    ferry_saga_load_errors *errs = &walk->errs;
+    walk->fw.ld = ld;
     ferry__yw_init(w, text, len, ld->path, "the configuration file", errs);
     const ferry__yw_doc doc = {
         .expected = "a mapping of settings (NAME: VALUE)",
@@ -827,12 +827,13 @@ static int walk_file(loader *ld, const char *text, size_t len)
         .keys = file_keys(),
         .nkeys = N_SETTINGS,
         .value = file_value,
-        .arg = fw,
+        .arg = &walk->fw,
         .empty_ok = true,
     };
     ld->walk = w;
     ferry__yw_read_document(w, &doc);
     ld->walk = NULL;
+    int rc = -1;
     if (ld->oom || w->oom) {
         out_of_memory(ld);
     } else if (errs->total > 0) {
@@ -841,10 +842,7 @@ static int walk_file(loader *ld, const char *text, size_t len)
     } else {
         rc = 0;
     }
-out:
-    free(w);
-    free(fw);
-    free(errs);
+    free(walk);
     return rc;
 }
 
@@ -1467,18 +1465,4 @@ int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char 
         return -1;
     }
     return 0;
-}
-
-int relay_cli_option(int c, void (*usage)(FILE *))
-{
-    usage(c == 'h' ? stdout : stderr);
-    return c == 'h' ? 0 : 2;
-}
-
-int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *))
-{
-    fprintf(stderr, "ferry-relay %s: unexpected argument \"%s\"\n", cmd, arg);
-    if (usage != NULL)
-        usage(stderr);
-    return 2;
 }

@@ -137,25 +137,10 @@ bool relay_config_file_key_is_setting(const char *key);
 int relay_config_file_db(const char *path, int path_from_env, char **db, char *errbuf,
                          size_t errlen);
 
-/* The database of `migrate` and `status`, found as `run` finds it: the
- * --db flag (flag_db), else FERRY_DB, else db: in the --config file
- * (config, or FERRY_CONFIG's). Into *db (new, the caller frees): 0; or -1
- * after saying why on stderr as "ferry-relay CMD: ...". */
-/*
- * The two ends of a subcommand's command line that every ferry-relay
- * subcommand answers alike (2 is the usage error's exit status):
- *
- * relay_cli_option: an option the subcommand's getopt loop does not take
- * itself. 'h' (--help) prints the usage on stdout and returns 0; any
- * other (getopt said what is wrong) prints it on stderr and returns 2.
- *
- * relay_cli_unexpected: an operand where the subcommand takes none.
- * "ferry-relay CMD: unexpected argument "ARG"" on stderr, then the usage
- * when usage is not NULL; returns 2.
- */
-int relay_cli_option(int c, void (*usage)(FILE *));
-int relay_cli_unexpected(const char *cmd, const char *arg, void (*usage)(FILE *));
-
+/* The database of `migrate`, `status` and `slot`, found as `run` finds
+ * it: the --db flag (flag_db), else FERRY_DB, else db: in the --config
+ * file (config, or FERRY_CONFIG's). Into *db (new, the caller frees): 0;
+ * or -1 after saying why on stderr as "ferry-relay CMD: ...". */
 int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char *config,
                                char **db);
 

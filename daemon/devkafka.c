@@ -30,7 +30,7 @@
  *     broker refuses it, OUT_OF_ORDER_SEQUENCE_NUMBER). Order tests that
  *     inject produce errors set max.in.flight.requests.per.connection=1.
  */
-#include "config.h"
+#include "relay_cli.h"
 #include "devkafka.h"
 #include "internal.h"
 

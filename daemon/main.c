@@ -5,7 +5,6 @@
  * comes with the relay proper. The command line is already the one other
  * programs and scripts rely on.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 #include "relay_wal.h"
 #include "status.h"
 #include "config.h"
+#include "relay_cli.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -64,40 +64,15 @@ static void migrate_usage(FILE *out)
 
 static int cmd_migrate(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    static const relay_cli_db_cmd cmd = {
+        .name = "migrate",
+        .shortopts = "d:h",
+        .usage = migrate_usage,
     };
-    const char *db = NULL, *config = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            db = optarg;
-            break;
-        case 'c':
-            config = optarg;
-            break;
-        default:
-            return relay_cli_option(c, migrate_usage);
-        }
-    }
-    if (optind != argc)
-        return relay_cli_unexpected("migrate", argv[optind], NULL);
-    char *dbo = NULL;
-    if (relay_config_subcommand_db("migrate", db, config, &dbo) != 0)
-        return EXIT_USAGE;
-
-    PGconn *conn = PQconnectdb(dbo);
-    free(dbo);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay migrate: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return EXIT_FAILURE;
-    }
+    PGconn *conn;
+    int status;
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &conn, &status) != 0)
+        return status;
     int before = 0, after = 0;
     ferry_error err;
     ferry_code rc = ferry_schema_version(conn, &before, &err);

@@ -4,6 +4,7 @@
  * they read.
  */
 #include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -303,4 +304,21 @@ int relay_db_drain_notifies(relay *r)
         PQfreemem(n);
     }
     return 0;
+}
+
+int relay_db_result(PGresult *res, ExecStatusType want, int level, const char *event,
+                    const char *fmt, ...)
+{
+    if (PQresultStatus(res) == want)
+        return 0;
+    /* The log keeps 1023 bytes of a message: so many of the prefix are
+     * as many as it would have shown. */
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    ferry__log(level, event, "%s: %s", what, PQresultErrorMessage(res));
+    PQclear(res);
+    return -1;
 }

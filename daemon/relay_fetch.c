@@ -100,12 +100,11 @@ int relay_fetch_prepare(relay *r)
                                  25 /* text */, 20 /* int8 */, 23 /* int4 */, 23 /* int4 */,
                                  20 /* int8 */, 2951 /* uuid[] */};
     PGresult *res = PQprepare(r->db.main, FETCH_STATEMENT, FETCH_SQL, 9, types);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        ferry__log(FERRY_LOG_ERROR, "db.prepare", "could not prepare the fetch: %s",
-                  PQresultErrorMessage(res));
+    if (relay_db_result(res, PGRES_COMMAND_OK, FERRY_LOG_ERROR, "db.prepare",
+                        "could not prepare the fetch") != 0)
+        return -1;
     PQclear(res);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 enum {

@@ -165,6 +165,11 @@ void relay_db_lost(relay *r, const char *what, ferry_error *err);
 int relay_db_maybe_reconnect(relay *r);
 int relay_db_refresh_settings(relay *r);
 int relay_db_drain_notifies(relay *r);
+/* A statement's result that must have status want: 0 when it has (res
+ * stays the caller's); otherwise "MESSAGE: the server's error" logged at
+ * level as event, res cleared, -1. */
+int relay_db_result(PGresult *res, ExecStatusType want, int level, const char *event,
+                    const char *fmt, ...) FERRY_PRINTF(5, 6);
 
 /* relay_lease.c */
 int relay_lease_tick(relay *r);

@@ -211,12 +211,9 @@ static int load_parked(relay *r)
     PGresult *res = PQexecParams(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
                                          "WHERE consumer = '' LIMIT $1::bigint",
                                  1, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry__log(FERRY_LOG_ERROR, "wal.parked", "could not read the parked keys: %s",
-                  PQresultErrorMessage(res));
-        PQclear(res);
+    if (relay_db_result(res, PGRES_TUPLES_OK, FERRY_LOG_ERROR, "wal.parked",
+                        "could not read the parked keys") != 0)
         return -1;
-    }
     for (int i = 0; i < PQntuples(res); i++)
         park(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
     PQclear(res);
@@ -635,12 +632,9 @@ static int dead_letter(relay *r, const wal_msg *m)
         "  FROM ferry.outbox_key k WHERE k.topic = $2 AND k.key = $4 "
         "ON CONFLICT (message_id, consumer) DO NOTHING",
         11, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        ferry__log(FERRY_LOG_ERROR, "wal.dead_letter", "could not move message %s to the dead "
-                  "letters: %s", id, PQresultErrorMessage(res));
-        PQclear(res);
+    if (relay_db_result(res, PGRES_COMMAND_OK, FERRY_LOG_ERROR, "wal.dead_letter",
+                        "could not move message %s to the dead letters", id) != 0)
         return -1;
-    }
     PQclear(res);
     park(w, m->topic, m->key);
     r->dead_lettered++;
@@ -668,12 +662,10 @@ static int to_table(relay *r, const wal_msg *m)
                                  "SELECT ferry.wal_park($1::uuid, $2, $3, $4, $5, $6::jsonb, "
                                  "$7::jsonb, $8::bigint, to_timestamp($9::float8))",
                                  9, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        ferry__log(FERRY_LOG_ERROR, "wal.park", "could not put message %s of the parked key "
-                  "%s/%s in the table: %s", id, m->topic, m->key, PQresultErrorMessage(res));
-        PQclear(res);
+    if (relay_db_result(res, PGRES_TUPLES_OK, FERRY_LOG_ERROR, "wal.park",
+                        "could not put message %s of the parked key %s/%s in the table", id,
+                        m->topic, m->key) != 0)
         return -1;
-    }
     PQclear(res);
     ferry__log_json(FERRY_LOG_INFO, "wal.parked",
                    json_pack("{s:s, s:s, s:s}", "id", id, "topic", m->topic, "key", m->key),
@@ -808,24 +800,32 @@ static int read_stream(relay *r)
     return 0;
 }
 
+/* Whether what is done every `every` ms is due at now; when it is, the
+ * next time is set. */
+static bool due(int64_t now, int64_t *next, int64_t every)
+{
+    if (now < *next)
+        return false;
+    *next = now + every;
+    return true;
+}
+
 /* A heartbeat on a quiet database: a non-transactional message of its
  * own prefix, which the loop skips, gives the server something of ours
  * to decode, and the keepalive after it a position to confirm. */
 static int heartbeat(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
-    if (now < w->next_heartbeat)
+    if (!due(now, &w->next_heartbeat, w->heartbeat_ms))
         return 0;
-    w->next_heartbeat = now + w->heartbeat_ms;
     if (now - w->last_data < w->heartbeat_ms)
         return 0;
     PGresult *res = PQexec(w->sql, "SELECT pg_logical_emit_message(false, 'ferry-heartbeat', '')");
-    int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-    if (!ok)
-        ferry__log(FERRY_LOG_WARN, "wal.heartbeat", "could not write a heartbeat: %s",
-                  PQresultErrorMessage(res));
+    if (relay_db_result(res, PGRES_TUPLES_OK, FERRY_LOG_WARN, "wal.heartbeat",
+                        "could not write a heartbeat") != 0)
+        return -1;
     PQclear(res);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 /* Renew the lease while streaming; stand by when another relay took it
@@ -876,12 +876,12 @@ static int record_confirmed(relay *r)
                                  "confirmed_at = now() WHERE slot_name = $1 "
                                  "AND confirmed_lsn IS DISTINCT FROM $2::pg_lsn",
                                  2, NULL, p, NULL, NULL, 0);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        ferry__log(FERRY_LOG_WARN, "wal.slot", "could not record the confirmed position %s in "
-                  "ferry.wal_slot: %s", lsn, PQresultErrorMessage(res));
+    if (relay_db_result(res, PGRES_COMMAND_OK, FERRY_LOG_WARN, "wal.slot",
+                        "could not record the confirmed position %s in ferry.wal_slot",
+                        lsn) != 0)
+        return -1;
     PQclear(res);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 /* Every second: the slot's state, the gauges, and the confirmed position
@@ -892,9 +892,8 @@ static int record_confirmed(relay *r)
 static int health(relay *r, int64_t now)
 {
     relay_wal *w = r->wal;
-    if (now < w->next_health)
+    if (!due(now, &w->next_health, HEALTH_MS))
         return 0;
-    w->next_health = now + HEALTH_MS;
     if (PQstatus(w->sql) != CONNECTION_OK)
         PQreset(w->sql);
     if (r->m != NULL) {

@@ -11,6 +11,7 @@
  * wal_token, which only the relay and the owner can read.
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,17 @@
 
 /* PostgreSQL's timestamps count microseconds from 2000-01-01 UTC. */
 #define PG_EPOCH_UNIX_US INT64_C(946684800000000)
+
+/* What is wrong into why; always -1, so that a check can return it. */
+__attribute__((format(printf, 3, 4)))
+static int refuse(char *why, size_t whylen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, whylen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
 
 static uint64_t get64(const unsigned char *p)
 {
@@ -39,32 +51,26 @@ static uint32_t get32(const unsigned char *p)
 int wal_frame_parse(const char *buf, size_t len, wal_frame *out, char *why, size_t whylen)
 {
     const unsigned char *p = (const unsigned char *)buf;
-    if (len < 1) {
-        snprintf(why, whylen, "empty CopyData message");
-        return -1;
-    }
+    if (len < 1)
+        return refuse(why, whylen, "empty CopyData message");
     wal_frame f = {.kind = (char)p[0]};
     if (p[0] == 'w') {
         /* XLogData: start, end of WAL, send time, then the data. */
-        if (len < 25) {
-            snprintf(why, whylen, "XLogData of %zu bytes, shorter than its 25-byte header", len);
-            return -1;
-        }
+        if (len < 25)
+            return refuse(why, whylen, "XLogData of %zu bytes, shorter than its 25-byte header",
+                          len);
         f.start = get64(p + 1);
         f.wal_end = get64(p + 9);
         f.data = buf + 25;
         f.len = len - 25;
     } else if (p[0] == 'k') {
         /* Primary keepalive: end of WAL, send time, reply requested. */
-        if (len < 18) {
-            snprintf(why, whylen, "keepalive of %zu bytes, not 18", len);
-            return -1;
-        }
+        if (len < 18)
+            return refuse(why, whylen, "keepalive of %zu bytes, not 18", len);
         f.wal_end = get64(p + 1);
         f.reply = p[17] != 0;
     } else {
-        snprintf(why, whylen, "unknown CopyData message type 0x%02x", p[0]);
-        return -1;
+        return refuse(why, whylen, "unknown CopyData message type 0x%02x", p[0]);
     }
     *out = f;
     return 0;
@@ -85,63 +91,45 @@ static int pg_time_us(uint64_t raw, int64_t *out)
 int wal_pgout_parse(const char *data, size_t len, wal_pgout *out, char *why, size_t whylen)
 {
     const unsigned char *p = (const unsigned char *)data;
-    if (len < 1) {
-        snprintf(why, whylen, "empty pgoutput message");
-        return -1;
-    }
+    if (len < 1)
+        return refuse(why, whylen, "empty pgoutput message");
     wal_pgout m = {.tag = (char)p[0]};
     switch (p[0]) {
     case 'B':   /* final LSN, commit time, xid */
-        if (len != 21) {
-            snprintf(why, whylen, "BEGIN of %zu bytes, not 21", len);
-            return -1;
-        }
-        if (pg_time_us(get64(p + 9), &m.commit_us) != 0) {
-            snprintf(why, whylen, "BEGIN with a commit time out of range");
-            return -1;
-        }
+        if (len != 21)
+            return refuse(why, whylen, "BEGIN of %zu bytes, not 21", len);
+        if (pg_time_us(get64(p + 9), &m.commit_us) != 0)
+            return refuse(why, whylen, "BEGIN with a commit time out of range");
         m.xid = get32(p + 17);
         break;
     case 'C':   /* flags, commit LSN, end LSN, commit time */
-        if (len != 26) {
-            snprintf(why, whylen, "COMMIT of %zu bytes, not 26", len);
-            return -1;
-        }
+        if (len != 26)
+            return refuse(why, whylen, "COMMIT of %zu bytes, not 26", len);
         m.commit_lsn = get64(p + 2);
         m.end_lsn = get64(p + 10);
-        if (pg_time_us(get64(p + 18), &m.commit_us) != 0) {
-            snprintf(why, whylen, "COMMIT with a commit time out of range");
-            return -1;
-        }
-        if (m.end_lsn == 0 || m.end_lsn < m.commit_lsn) {
-            snprintf(why, whylen, "COMMIT ends at %" PRIu64 ", before it starts (%" PRIu64 ")",
-                     m.end_lsn, m.commit_lsn);
-            return -1;
-        }
+        if (pg_time_us(get64(p + 18), &m.commit_us) != 0)
+            return refuse(why, whylen, "COMMIT with a commit time out of range");
+        if (m.end_lsn == 0 || m.end_lsn < m.commit_lsn)
+            return refuse(why, whylen, "COMMIT ends at %" PRIu64 ", before it starts (%" PRIu64 ")",
+                          m.end_lsn, m.commit_lsn);
         break;
     case 'M': { /* flags, LSN, prefix\0, length, content */
-        if (len < 11) {
-            snprintf(why, whylen, "logical message of %zu bytes, shorter than its header", len);
-            return -1;
-        }
+        if (len < 11)
+            return refuse(why, whylen, "logical message of %zu bytes, shorter than its header",
+                          len);
         m.transactional = (p[1] & 1) != 0;
         m.lsn = get64(p + 2);
         const unsigned char *nul = memchr(p + 10, '\0', len - 10);
-        if (nul == NULL) {
-            snprintf(why, whylen, "logical message at %" PRIu64 ": its prefix has no end", m.lsn);
-            return -1;
-        }
+        if (nul == NULL)
+            return refuse(why, whylen, "logical message at %" PRIu64 ": its prefix has no end",
+                          m.lsn);
         size_t at = (size_t)(nul - p) + 1;
-        if (len - at < 4) {
-            snprintf(why, whylen, "logical message at %" PRIu64 ": no content length", m.lsn);
-            return -1;
-        }
+        if (len - at < 4)
+            return refuse(why, whylen, "logical message at %" PRIu64 ": no content length", m.lsn);
         uint32_t n = get32(p + at);
-        if ((size_t)n != len - at - 4) {
-            snprintf(why, whylen, "logical message at %" PRIu64 ": content length %" PRIu32
-                     " but %zu bytes follow", m.lsn, n, len - at - 4);
-            return -1;
-        }
+        if ((size_t)n != len - at - 4)
+            return refuse(why, whylen, "logical message at %" PRIu64 ": content length %" PRIu32
+                          " but %zu bytes follow", m.lsn, n, len - at - 4);
         m.prefix = data + 10;
         m.content = data + at + 4;
         m.content_len = n;
@@ -200,78 +188,54 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
     /* Version, token, id, seq, created, and five lengths. */
     for (int i = 0; i < 10; i++) {
         f[i] = field(&at, end, &n[i]);
-        if (f[i] == NULL || (i < 9 && at[-1] != ' ') || (i == 9 && at[-1] != '\n')) {
-            snprintf(why, whylen, "content: the header line is cut short at field %d", i + 1);
-            return -1;
-        }
+        if (f[i] == NULL || (i < 9 && at[-1] != ' ') || (i == 9 && at[-1] != '\n'))
+            return refuse(why, whylen, "content: the header line is cut short at field %d", i + 1);
     }
-    if (n[0] != 1 || f[0][0] != '1') {
-        snprintf(why, whylen, "content: version \"%.*s\" is not 1", (int)(n[0] > 8 ? 8 : n[0]),
-                 f[0]);
-        return -1;
-    }
-    if (n[1] != strlen(token) || memcmp(f[1], token, n[1]) != 0) {
-        snprintf(why, whylen, "content: the token is not this database's wal_token (not "
-                 "written by ferry.emit)");
-        return -1;
-    }
+    if (n[0] != 1 || f[0][0] != '1')
+        return refuse(why, whylen, "content: version \"%.*s\" is not 1", (int)(n[0] > 8 ? 8 : n[0]),
+                      f[0]);
+    if (n[1] != strlen(token) || memcmp(f[1], token, n[1]) != 0)
+        return refuse(why, whylen, "content: the token is not this database's wal_token (not "
+                      "written by ferry.emit)");
     char idtext[FERRY_UUID_STRING_SIZE];
-    if (n[2] != FERRY_UUID_STRING_SIZE - 1) {
-        snprintf(why, whylen, "content: id is not a UUID");
-        return -1;
-    }
+    if (n[2] != FERRY_UUID_STRING_SIZE - 1)
+        return refuse(why, whylen, "content: id is not a UUID");
     memcpy(idtext, f[2], n[2]);
     idtext[n[2]] = '\0';
     wal_msg m = {0};
-    if (ferry_uuid_parse(idtext, &m.id) != FERRY_OK) {
-        snprintf(why, whylen, "content: id is not a UUID");
-        return -1;
-    }
+    if (ferry_uuid_parse(idtext, &m.id) != FERRY_OK)
+        return refuse(why, whylen, "content: id is not a UUID");
     long long seq, created, lens[5];
-    if (number(f[3], n[3], INT64_MAX, &seq) != 0 || seq < 1) {
-        snprintf(why, whylen, "content: seq is not a position");
-        return -1;
-    }
-    if (number(f[4], n[4], INT64_MAX, &created) != 0) {
-        snprintf(why, whylen, "content: created is not a time");
-        return -1;
-    }
+    if (number(f[3], n[3], INT64_MAX, &seq) != 0 || seq < 1)
+        return refuse(why, whylen, "content: seq is not a position");
+    if (number(f[4], n[4], INT64_MAX, &created) != 0)
+        return refuse(why, whylen, "content: created is not a time");
     static const char *const names[5] = {"topic", "key", "aggregate type", "type", "headers"};
     /* Headers: emit limits its input to 64 KiB, and the canonical text
      * it writes can be longer. */
     static const long long maxes[5] = {249, 1024, 255, 255, 1048576};
     size_t total = 0;
     for (int i = 0; i < 5; i++) {
-        if (number(f[5 + i], n[5 + i], maxes[i], &lens[i]) != 0) {
-            snprintf(why, whylen, "content: the length of %s is not a number up to %lld",
-                     names[i], maxes[i]);
-            return -1;
-        }
+        if (number(f[5 + i], n[5 + i], maxes[i], &lens[i]) != 0)
+            return refuse(why, whylen, "content: the length of %s is not a number up to %lld",
+                          names[i], maxes[i]);
         total += (size_t)lens[i];
     }
     size_t rest = (size_t)(end - at);
-    if (total > rest) {
-        snprintf(why, whylen, "content: its fields need %zu bytes, %zu are left", total, rest);
-        return -1;
-    }
+    if (total > rest)
+        return refuse(why, whylen, "content: its fields need %zu bytes, %zu are left", total, rest);
     size_t payload_len = rest - total;
-    if (max_payload > 0 && payload_len > (size_t)max_payload) {
-        snprintf(why, whylen, "content: payload of %zu bytes is over the limit of %ld",
-                 payload_len, max_payload);
-        return -1;
-    }
-    if (memchr(at, '\0', rest) != NULL) {
-        snprintf(why, whylen, "content: a NUL byte");
-        return -1;
-    }
+    if (max_payload > 0 && payload_len > (size_t)max_payload)
+        return refuse(why, whylen, "content: payload of %zu bytes is over the limit of %ld",
+                      payload_len, max_payload);
+    if (memchr(at, '\0', rest) != NULL)
+        return refuse(why, whylen, "content: a NUL byte");
     /* NUL-terminated copies, back to back. */
     size_t need = rest + 6;
     if (scratch->cap < need) {
         char *b = realloc(scratch->buf, need);
-        if (b == NULL) {
-            snprintf(why, whylen, "out of memory");
-            return -1;
-        }
+        if (b == NULL)
+            return refuse(why, whylen, "out of memory");
         scratch->buf = b;
         scratch->cap = need;
     }
@@ -286,21 +250,15 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
         w += plen[i] + 1;
         at += plen[i];
     }
-    if (!ferry__topic_valid(ptr[0], plen[0])) {
-        snprintf(why, whylen, "content: topic is not a valid Kafka topic name");
-        return -1;
-    }
-    if (plen[1] == 0 || plen[3] == 0) {
-        snprintf(why, whylen, "content: %s is empty", plen[1] == 0 ? "key" : "type");
-        return -1;
-    }
+    if (!ferry__topic_valid(ptr[0], plen[0]))
+        return refuse(why, whylen, "content: topic is not a valid Kafka topic name");
+    if (plen[1] == 0 || plen[3] == 0)
+        return refuse(why, whylen, "content: %s is empty", plen[1] == 0 ? "key" : "type");
     size_t bad;
     for (int i = 1; i < 6; i++)
-        if (!ferry__utf8_valid(ptr[i], plen[i], &bad)) {
-            snprintf(why, whylen, "content: %s is not UTF-8 (byte %zu)",
-                     i < 5 ? names[i] : "payload", bad);
-            return -1;
-        }
+        if (!ferry__utf8_valid(ptr[i], plen[i], &bad))
+            return refuse(why, whylen, "content: %s is not UTF-8 (byte %zu)",
+                          i < 5 ? names[i] : "payload", bad);
     if (plen[4] > 0) {
         /* Headers: a JSON object of strings, as emit checked. */
         json_error_t jerr;
@@ -311,10 +269,8 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
         if (ok)
             json_object_foreach(h, k, v) ok = ok && json_is_string(v);
         json_decref(h);
-        if (!ok) {
-            snprintf(why, whylen, "content: headers are not a JSON object of strings");
-            return -1;
-        }
+        if (!ok)
+            return refuse(why, whylen, "content: headers are not a JSON object of strings");
     }
     m.seq = seq;
     m.created_us = created;

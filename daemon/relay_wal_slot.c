@@ -12,13 +12,13 @@
  * slot's start, with their times — and records that window in
  * ferry.wal_slot for the reconciler and the operator.
  */
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libpq-fe.h>
 
+#include "relay_cli.h"
 #include "relay_int.h"
 #include "relay_wal.h"
 
@@ -211,53 +211,20 @@ static int cmd_status(PGconn *c)
 
 int cmd_slot(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    static const char *const actions[] = {"create", "recreate", "status", NULL};
+    static int (*const run[])(PGconn *) = {cmd_create, cmd_recreate, cmd_status};
+    static const relay_cli_db_cmd cmd = {
+        .name = "slot",
+        .shortopts = "d:h",
+        .usage = slot_usage,
+        .actions = actions,
     };
-    const char *db = NULL, *config = NULL;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'd':
-            db = optarg;
-            break;
-        case 'c':
-            config = optarg;
-            break;
-        default:
-            return relay_cli_option(c, slot_usage);
-        }
-    }
-    if (optind + 1 != argc) {
-        slot_usage(stderr);
-        return 2;
-    }
-    const char *what = argv[optind];
-    int (*fn)(PGconn *) = strcmp(what, "create") == 0     ? cmd_create
-                          : strcmp(what, "recreate") == 0 ? cmd_recreate
-                          : strcmp(what, "status") == 0   ? cmd_status
-                                                          : NULL;
-    if (fn == NULL) {
-        fprintf(stderr, "ferry-relay slot: unknown action \"%s\"\n", what);
-        slot_usage(stderr);
-        return 2;
-    }
     /* as migrate and status: --db, else $FERRY_DB, else the config's db: */
-    char *dbo = NULL;
-    if (relay_config_subcommand_db("slot", db, config, &dbo) != 0)
-        return 2;
-    PGconn *conn = PQconnectdb(dbo);
-    free(dbo);
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay slot: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return 1;
-    }
-    int rc = fn(conn);
+    PGconn *conn;
+    int action, status;
+    if (relay_cli_db_command(&cmd, argc, argv, &action, &conn, &status) != 0)
+        return status;
+    int rc = run[action](conn);
     PQfinish(conn);
     return rc;
 }

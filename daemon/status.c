@@ -24,7 +24,8 @@
  * cannot disagree.
  */
 #include "status.h"
-#include "config.h"
+#include "relay_cli.h"
+#include "strbuf.h"
 
 #include <assert.h>
 #include <getopt.h>
@@ -39,7 +40,6 @@
 
 enum {
     ST_EXIT_FAIL = 1,
-    ST_EXIT_USAGE = 2,
     ST_EXIT_PROBLEM = 4,          /* as ferry-reconcile's "problems left" */
     ST_DEAD_LETTERS_SHOWN = 10,   /* the oldest ones listed */
     ST_CELL_MAX = 48,             /* characters of a text cell in the table */
@@ -517,25 +517,13 @@ static char *st_cell_text(const char *s, size_t max)
     return out;
 }
 
-static char *st_cell_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *st_cell_fmt(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
-
 /* JSON values as cells. */
 static char *st_cell_json(const json_t *v, size_t max)
 {
     if (json_is_integer(v))
-        return st_cell_fmt("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        return sb_format("%" JSON_INTEGER_FORMAT, json_integer_value(v));
     if (json_is_real(v))
-        return st_cell_fmt("%.1f", json_real_value(v));
+        return sb_format("%.1f", json_real_value(v));
     return st_cell_text(json_string_value(v), max);
 }
 
@@ -785,63 +773,54 @@ static int st_print_tables(const json_t *root, FILE *out)
 
 /* ------------------------------------------------------------------ */
 
+/* status's own options: --json and --max-lag. */
+typedef struct st_options {
+    bool as_json;
+    double max_lag_s;
+} st_options;
+
+static int st_option(int c, const char *arg, void *ctx)
+{
+    st_options *o = ctx;
+    char *end;
+    if (c == 'j') {
+        o->as_json = true;
+        return 0;
+    }
+    assert(c == 'm');
+    o->max_lag_s = strtod(arg, &end);
+    if (end == arg || *end != '\0' || !(o->max_lag_s >= 0 && o->max_lag_s <= 86400)) {
+        fprintf(stderr, "ferry-relay status: --max-lag wants seconds, 0..86400, not \"%s\"\n",
+                arg);
+        return -1;
+    }
+    return 0;
+}
+
 int cmd_status(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"db", required_argument, NULL, 'd'},
-        {"config", required_argument, NULL, 'c'},
+    static const struct option own[] = {
         {"json", no_argument, NULL, 'j'},
         {"max-lag", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *db = NULL, *config = NULL;
-    bool as_json = false;
-    double max_lag_s = 60;
-    int c;
-    optind = 0;   /* full reset: tests call us more than once in a process */
-    while ((c = getopt_long(argc, argv, "+d:jh", longopts, NULL)) != -1) {
-        char *end;
-        switch (c) {
-        case 'd':
-            db = optarg;
-            break;
-        case 'c':
-            config = optarg;
-            break;
-        case 'j':
-            as_json = true;
-            break;
-        case 'm':
-            max_lag_s = strtod(optarg, &end);
-            if (end == optarg || *end != '\0' || !(max_lag_s >= 0 && max_lag_s <= 86400)) {
-                fprintf(stderr, "ferry-relay status: --max-lag wants seconds, 0..86400, not "
-                        "\"%s\"\n", optarg);
-                return ST_EXIT_USAGE;
-            }
-            break;
-        default:
-            return relay_cli_option(c, st_usage);
-        }
-    }
-    if (optind != argc)
-        return relay_cli_unexpected("status", argv[optind], st_usage);
-    char *dbo = NULL;
-    if (relay_config_subcommand_db("status", db, config, &dbo) != 0)
-        return ST_EXIT_USAGE;
-
-    /* The conninfo may name its own application_name; ours is a fallback. */
-    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {dbo, "ferry-relay status", NULL};
-    PGconn *conn = PQconnectdbParams(keys, values, 1);
-    free(dbo);   /* values[0] is not needed past the connection */
-    if (PQstatus(conn) != CONNECTION_OK) {
-        fprintf(stderr, "ferry-relay status: could not connect: %s", PQerrorMessage(conn));
-        PQfinish(conn);
-        return ST_EXIT_FAIL;
-    }
+    st_options o = {.as_json = false, .max_lag_s = 60};
+    const relay_cli_db_cmd cmd = {
+        .name = "status",
+        .shortopts = "+d:jh",
+        .own = own,
+        .own_option = st_option,
+        .ctx = &o,
+        .usage = st_usage,
+        .unexpected_usage = st_usage,
+        .app_name = "ferry-relay status",
+    };
+    PGconn *conn;
+    int early;
+    if (relay_cli_db_command(&cmd, argc, argv, NULL, &conn, &early) != 0)
+        return early;   /* 0 after --help, 2 a usage error, 1 (ST_EXIT_FAIL) no connection */
     bool no_schema;
-    json_t *root = st_collect(conn, max_lag_s, &no_schema);
+    json_t *root = st_collect(conn, o.max_lag_s, &no_schema);
     PQfinish(conn);
     if (no_schema) {
         fprintf(stderr, "ferry-relay status: ferry schema not found: run ferry-relay migrate\n");
@@ -851,7 +830,7 @@ int cmd_status(int argc, char **argv)
         return ST_EXIT_FAIL;
 
     int status = 0;
-    if (as_json) {
+    if (o.as_json) {
         /* Ages are rounded to milliseconds in SQL; 15 significant digits
          * print them without binary noise. */
         if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER |

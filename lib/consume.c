@@ -702,41 +702,6 @@ static ferry_code claim_result(PGconn *conn, ferry_consumer *c, work *w, PGresul
     return FERRY_OK;
 }
 
-/* One result of a pipeline: query q's, handed over while nothing failed
- * yet; returns FERRY_OK or the failure (in err). */
-typedef ferry_code (*pipe_result_fn)(void *ctx, int q, PGresult *res, ferry_error *err);
-
-/*
- * After PQpipelineSync: the results of the sent queries, in order, each
- * to on_result while rc is FERRY_OK (after a failure the rest come back
- * PGRES_PIPELINE_ABORTED and are dropped), then the sync; leaves pipeline
- * mode. rc is what sending already failed with, or FERRY_OK; ended is the
- * error when results are missing ("the claims' results ended early").
- */
-static ferry_code pipeline_read(PGconn *conn, int sent, ferry_code rc, pipe_result_fn on_result,
-                                void *ctx, const char *ended, ferry_error *err)
-{
-    for (int q = 0; q < sent; q++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, ended);
-            break;
-        }
-        ExecStatusType st = PQresultStatus(res);
-        if (rc == FERRY_OK)
-            rc = on_result(ctx, q, res, err);
-        PQclear(res);
-        if (st != PGRES_PIPELINE_SYNC)
-            PQclear(PQgetResult(conn));     /* the NULL after each query's result */
-    }
-    PQclear(PQgetResult(conn));             /* the sync */
-    PQexitPipelineMode(conn);
-    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
-    return rc;
-}
-
 /* A BEGIN's result, as query 0 of a pipeline. */
 static ferry_code begin_result(PGconn *conn, PGresult *res, ferry_error *err)
 {
@@ -745,75 +710,14 @@ static ferry_code begin_result(PGconn *conn, PGresult *res, ferry_error *err)
     return FERRY_OK;
 }
 
-/* A PostgreSQL array literal being written: {"a","b",NULL}. */
-typedef struct alit {
-    char *p;
-    size_t len, cap;
-    int n;                          /* elements so far */
-    int failed;                     /* out of memory */
-} alit;
-
-static void alit_put(alit *a, const char *s, size_t len)
-{
-    if (a->failed)
-        return;
-    if (a->len + len + 2 > a->cap) {
-        size_t cap = a->cap ? a->cap : 256;
-        while (a->len + len + 2 > cap)
-            cap *= 2;
-        char *p = realloc(a->p, cap);
-        if (p == NULL) {
-            a->failed = 1;
-            return;
-        }
-        a->p = p;
-        a->cap = cap;
-    }
-    memcpy(a->p + a->len, s, len);
-    a->len += len;
-    a->p[a->len] = '\0';
-}
-
-/* One element: s[0..len) quoted (backslash before " and \), or NULL. */
-static void alit_elem(alit *a, const char *s, size_t len)
-{
-    alit_put(a, a->n++ == 0 ? "{" : ",", 1);
-    if (s == NULL) {
-        alit_put(a, "NULL", 4);
-        return;
-    }
-    alit_put(a, "\"", 1);
-    size_t from = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '"' || s[i] == '\\') {
-            alit_put(a, s + from, i - from);
-            alit_put(a, "\\", 1);
-            from = i;
-        }
-    }
-    alit_put(a, s + from, len - from);
-    alit_put(a, "\"", 1);
-}
-
-static void alit_str(alit *a, const char *s)
-{
-    alit_elem(a, s, s ? strlen(s) : 0);
-}
-
-static const char *alit_end(alit *a)
-{
-    alit_put(a, a->n == 0 ? "{}" : "}", a->n == 0 ? 2 : 1);
-    return a->failed ? NULL : a->p;
-}
-
 /* consume_claim_many's arrays for ws[0..n): 0, or -1 (out of memory, or a
  * message that text cannot carry: claimed one by one instead). */
 enum { CM_IDS, CM_TOPICS, CM_KEYS, CM_SEQS, CM_PAYLOADS, CM_HEADERS, CM_TYPES, CM_AGGS,
        CM_PARTS, CM_OFFS, CM_ARRAYS };
 
-static int claim_many_args(work *ws, int n, alit *a)
+static int claim_many_args(work *ws, int n, ferry__alit *a)
 {
-    memset(a, 0, sizeof(alit) * CM_ARRAYS);
+    memset(a, 0, sizeof(ferry__alit) * CM_ARRAYS);
     for (int i = 0; i < n; i++) {
         work *w = &ws[i];
         if (w->unholdable)
@@ -822,29 +726,29 @@ static int claim_many_args(work *ws, int n, alit *a)
         if (hjson == NULL)
             return -1;
         char num[24];
-        alit_str(&a[CM_IDS], w->id);
-        alit_str(&a[CM_TOPICS], w->msg.topic);
-        alit_str(&a[CM_KEYS], w->msg.key);
-        alit_str(&a[CM_SEQS], w->seq_text[0] ? w->seq_text : NULL);
+        ferry__alit_str(&a[CM_IDS], w->id);
+        ferry__alit_str(&a[CM_TOPICS], w->msg.topic);
+        ferry__alit_str(&a[CM_KEYS], w->msg.key);
+        ferry__alit_str(&a[CM_SEQS], w->seq_text[0] ? w->seq_text : NULL);
         /* Held as received, when text can hold it (see claim_args_fill). */
-        alit_elem(&a[CM_PAYLOADS], w->payload_is_text ? w->msg.payload_text : NULL,
+        ferry__alit_elem(&a[CM_PAYLOADS], w->payload_is_text ? w->msg.payload_text : NULL,
                   w->msg.payload_len);
-        alit_str(&a[CM_HEADERS], hjson);
+        ferry__alit_str(&a[CM_HEADERS], hjson);
         free(hjson);
-        alit_str(&a[CM_TYPES], w->msg.type);
-        alit_str(&a[CM_AGGS], w->msg.aggregate_type);
+        ferry__alit_str(&a[CM_TYPES], w->msg.type);
+        ferry__alit_str(&a[CM_AGGS], w->msg.aggregate_type);
         snprintf(num, sizeof num, "%" PRId32, w->msg.partition);
-        alit_str(&a[CM_PARTS], num);
+        ferry__alit_str(&a[CM_PARTS], num);
         snprintf(num, sizeof num, "%" PRId64, w->msg.offset);
-        alit_str(&a[CM_OFFS], num);
+        ferry__alit_str(&a[CM_OFFS], num);
     }
     for (int k = 0; k < CM_ARRAYS; k++)
-        if (alit_end(&a[k]) == NULL)
+        if (ferry__alit_end(&a[k]) == NULL)
             return -1;
     return 0;
 }
 
-static void claim_many_free(alit *a)
+static void claim_many_free(ferry__alit *a)
 {
     for (int k = 0; k < CM_ARRAYS; k++)
         free(a[k].p);
@@ -858,7 +762,8 @@ typedef struct claim_many_ctx {
 } claim_many_ctx;
 
 /* BEGIN's result, then consume_claim_many's: one row per message. */
-static ferry_code claim_many_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
+                                    ferry_error *err)
 {
     claim_many_ctx *cm = ctx;
     PGconn *conn = cm->c->conn;
@@ -889,7 +794,7 @@ static ferry_code claim_many_result(void *ctx, int q, PGresult *res, ferry_error
  * stays -1 and the batch is applied one by one (apply_batch).
  */
 static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdict *v,
-                                       const alit *a, ferry_error *err)
+                                       const ferry__alit *a, ferry_error *err)
 {
     PGconn *conn = c->conn;
     const char *p[CLAIM_MANY_NPARAMS] = {
@@ -911,8 +816,8 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
         return rc;
     claim_many_ctx cm = {c, ws, n, v};
-    return pipeline_read(conn, sent, rc, claim_many_result, &cm,
-                         "the claims' results ended early", err);
+    return ferry__pipeline_read(conn, sent, rc, claim_many_result, &cm,
+                                "the claims' results ended early", err);
 }
 
 typedef struct claims_ctx {
@@ -924,7 +829,8 @@ typedef struct claims_ctx {
 } claims_ctx;
 
 /* BEGIN's result, then one consume_claim's per message. */
-static ferry_code claims_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code claims_result(void *ctx, int q, PGresult *res, bool *keep,
+                                ferry_error *err)
 {
     claims_ctx *cl = ctx;
     if (q == 0)
@@ -951,7 +857,7 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
     if (rc != FERRY_OK)
         return rc;
     if (n > 1) {
-        alit a[CM_ARRAYS];
+        ferry__alit a[CM_ARRAYS];
         if (claim_many_args(ws, n, a) == 0) {
             rc = begin_and_claim_many(c, ws, n, v, a, err);
             claim_many_free(a);
@@ -981,8 +887,8 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
 
     /* BEGIN's result, then each claim's. */
     claims_ctx cl = {c, ws, v, index, poisoned};
-    rc = pipeline_read(conn, sent + 1, rc, claims_result, &cl, "the claims' results ended early",
-                       err);
+    rc = ferry__pipeline_read(conn, sent + 1, rc, claims_result, &cl,
+                              "the claims' results ended early", err);
     if (rc != FERRY_OK && sent < n)
         ferry__rollback_quietly(conn);   /* BEGIN ran; the caller may not roll back */
     return rc;
@@ -994,7 +900,8 @@ typedef struct commit_ctx {
 } commit_ctx;
 
 /* The finishes' results, then the COMMIT's. */
-static ferry_code commit_result(void *ctx, int q, PGresult *res, ferry_error *err)
+static ferry_code commit_result(void *ctx, int q, PGresult *res, bool *keep,
+                                ferry_error *err)
 {
     const commit_ctx *cc = ctx;
     ExecStatusType st = PQresultStatus(res);
@@ -1020,42 +927,32 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
 {
     PGconn *conn = c->conn;
     ferry_code rc = FERRY_OK;
-    /* The ids as a uuid[] literal: {id,id,...}; ids are canonical UUID
-     * text (work_finish), nothing to quote. */
-    char *ids = NULL;
+    /* The ids as a uuid[] literal, for one finish of them all. */
+    ferry__alit ids = {0};
     if (n > 1) {
-        ids = malloc((size_t)n * FERRY_UUID_STRING_SIZE + 3);
-        if (ids == NULL) {
+        for (int i = 0; i < n; i++)
+            ferry__alit_str(&ids, ws[i].id);
+        if (ferry__alit_end(&ids) == NULL) {
+            free(ids.p);
             ferry__rollback_quietly(conn);
             return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
         }
-        char *q = ids;
-        *q++ = '{';
-        for (int i = 0; i < n; i++) {
-            size_t len = strlen(ws[i].id);
-            if (i > 0)
-                *q++ = ',';
-            memcpy(q, ws[i].id, len);
-            q += len;
-        }
-        *q++ = '}';
-        *q = '\0';
     }
     int nf = n > 1 ? 1 : n;         /* finish statements */
     if (!PQenterPipelineMode(conn)) {
-        free(ids);
+        free(ids.p);
         return ferry_error_from_pg(err, conn, NULL, "could not send the commit");
     }
     /* Sent: the finishes, then the COMMIT as query nf; on a failure to
      * send, what was sent is synced and read, and no COMMIT goes. */
     int sent = 0;
     for (; sent < nf; sent++) {
-        const char *p[2] = {c->name, n > 1 ? ids : ws[sent].id};
+        const char *p[2] = {c->name, n > 1 ? ids.p : ws[sent].id};
         if (!PQsendQueryPrepared(conn, n > 1 ? FINISH_MANY_STMT : FINISH_STMT, 2, p, NULL,
                                  NULL, 0))
             break;
     }
-    free(ids);
+    free(ids.p);
     n = nf;
     if (sent == n && PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
         sent = n + 1;
@@ -1064,8 +961,8 @@ static ferry_code finish_and_commit(ferry_consumer *c, const work *ws, int n, fe
     if (!ferry__pipeline_sync(conn, &rc, "could not send the commit", err))
         return rc;
     commit_ctx cc = {conn, n};
-    rc = pipeline_read(conn, sent, rc, commit_result, &cc, "the commit's results ended early",
-                       err);
+    rc = ferry__pipeline_read(conn, sent, rc, commit_result, &cc,
+                              "the commit's results ended early", err);
     if (rc != FERRY_OK)
         ferry__rollback_quietly(conn);   /* a finish failed: the COMMIT did not run */
     return rc;

@@ -1,7 +1,8 @@
 /*
  * exec.c — statements on a caller's connection: one run with its failure
- * turned into a ferry_error, and the check that a connection holds an
- * open, healthy transaction before the library writes in it.
+ * turned into a ferry_error, a pipeline's sync and the reading of its
+ * results (consume.c and participant.c), and the check that a connection
+ * holds an open, healthy transaction before the library writes in it.
  */
 #include <stdio.h>
 
@@ -42,6 +43,43 @@ bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, fer
         *rc = ferry_error_from_pg(err, conn, NULL, context);
     PQexitPipelineMode(conn);
     return false;
+}
+
+ferry_code ferry__pipeline_read(PGconn *conn, int sent, ferry_code rc,
+                               ferry__pipe_result_fn on_result, void *ctx, const char *ended,
+                               ferry_error *err)
+{
+    /* Each query sent: its result, then a NULL; then the sync. */
+    for (int q = 0; q < sent; q++) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (rc == FERRY_OK)
+                rc = ferry_error_from_pg(err, conn, NULL, ended);
+            break;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        bool keep = false;
+        if (rc == FERRY_OK)
+            rc = on_result(ctx, q, res, &keep, err);
+        if (!keep)
+            PQclear(res);
+        /* A sync is never followed by a NULL: the next PQgetResult then
+         * answers NULL, and results ended early. */
+        if (st != PGRES_PIPELINE_SYNC)
+            PQclear(PQgetResult(conn));     /* the NULL after the query's result */
+    }
+    /* Up to the sync (read above if results ended early: then NULL). */
+    PGresult *sync;
+    while ((sync = PQgetResult(conn)) != NULL) {
+        bool done = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+        PQclear(sync);
+        if (done)
+            break;
+    }
+    PQexitPipelineMode(conn);
+    if (rc == FERRY_OK && PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        rc = ferry__error_set(err, FERRY_ECONN, NULL, "the connection is stuck in pipeline mode");
+    return rc;
 }
 
 ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err)

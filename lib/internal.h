@@ -30,6 +30,25 @@ int ferry__read_capped(int fd, char *buf, size_t max, size_t *used);
  * context; the caller then returns *rc, there being no results to read. */
 bool ferry__pipeline_sync(PGconn *conn, ferry_code *rc, const char *context, ferry_error *err);
 
+/* One result of a pipeline: query q's, handed over while nothing failed
+ * yet; returns FERRY_OK or the failure (in err). The result is borrowed
+ * (cleared after the call) unless the function sets *keep, which hands
+ * it over. */
+typedef ferry_code (*ferry__pipe_result_fn)(void *ctx, int q, PGresult *res, bool *keep,
+                                           ferry_error *err);
+
+/*
+ * After ferry__pipeline_sync: the results of the sent queries, in order,
+ * each to on_result while rc is FERRY_OK (after a failure the rest come
+ * back PGRES_PIPELINE_ABORTED and are dropped), then everything up to the
+ * sync; leaves pipeline mode. rc is what sending already failed with, or
+ * FERRY_OK; ended is the error when results are missing ("the claims'
+ * results ended early"). Returns the first failure, or FERRY_OK.
+ */
+ferry_code ferry__pipeline_read(PGconn *conn, int sent, ferry_code rc,
+                               ferry__pipe_result_fn on_result, void *ctx, const char *ended,
+                               ferry_error *err);
+
 /* BEGIN at isolation iso (any unknown value: read committed); with_xid,
  * followed by "SELECT pg_current_xact_id()::text" in the same string, for
  * the simple protocol only (PQexec), one round trip. */
@@ -43,6 +62,20 @@ ferry_code ferry__exec(PGconn *conn, const char *sql, int nparams, const char *c
  * *out is untouched on failure. */
 ferry_code ferry__query(PGconn *conn, const char *sql, int nparams, const char *const *params,
                        const char *context, PGresult **out, ferry_error *err);
+
+/* A PostgreSQL array literal being written, {"a","b",NULL} (pgarray.c):
+ * start from {0}, add elements, end it, free(p). */
+typedef struct ferry__alit {
+    char *p;
+    size_t len, cap;
+    int n;                          /* elements so far */
+    int failed;                     /* out of memory: later calls do nothing */
+} ferry__alit;
+/* One element: s[0..len) quoted (a backslash before " and \), or NULL. */
+void ferry__alit_elem(ferry__alit *a, const char *s, size_t len);
+void ferry__alit_str(ferry__alit *a, const char *s);   /* s: a string or NULL */
+/* Close it: the literal ("{}" when empty), or NULL when memory ran out. */
+const char *ferry__alit_end(ferry__alit *a);
 
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry__sqlstate_is_conflict(const char *sqlstate);

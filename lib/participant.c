@@ -66,6 +66,27 @@ typedef struct pipe_stmt {
     const char *const *params;
 } pipe_stmt;
 
+typedef struct pipe_read_ctx {
+    PGconn *conn;
+    int keep_index;
+    PGresult **keep;
+    const char *context;
+} pipe_read_ctx;
+
+/* Each statement must succeed; the one at keep_index is kept. */
+static ferry_code pipe_result(void *ctx, int q, PGresult *res, bool *keep, ferry_error *err)
+{
+    const pipe_read_ctx *pr = ctx;
+    ExecStatusType status = PQresultStatus(res);
+    if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
+        return ferry_error_from_pg(err, pr->conn, res, pr->context);
+    if (q == pr->keep_index && pr->keep != NULL) {
+        *pr->keep = res;
+        *keep = true;
+    }
+    return FERRY_OK;
+}
+
 static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_index,
                             PGresult **keep, const char *context, ferry_error *err)
 {
@@ -87,33 +108,9 @@ static ferry_code pipe_exec(PGconn *conn, const pipe_stmt *st, int n, int keep_i
         rc = ferry_error_from_pg(err, conn, NULL, context);
     if (!ferry__pipeline_sync(conn, &rc, context, err))
         return rc;
-    /* Each statement sent: its result, then NULL; then the sync. A
-     * statement after a failed one comes back PGRES_PIPELINE_ABORTED. */
-    for (int i = 0; i < sent; i++) {
-        PGresult *res = PQgetResult(conn);
-        if (res == NULL) {
-            if (rc == FERRY_OK)
-                rc = ferry_error_from_pg(err, conn, NULL, context);
-            break;
-        }
-        ExecStatusType status = PQresultStatus(res);
-        if (rc == FERRY_OK && status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK)
-            rc = ferry_error_from_pg(err, conn, res, context);
-        if (rc == FERRY_OK && i == keep_index && keep != NULL)
-            *keep = res;
-        else
-            PQclear(res);
-        PQclear(PQgetResult(conn));     /* the NULL that ends it */
-    }
-    PGresult *sync;
-    while ((sync = PQgetResult(conn)) != NULL) {
-        int done = PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
-        PQclear(sync);
-        if (done)
-            break;
-    }
-    if (!PQexitPipelineMode(conn) && rc == FERRY_OK)
-        rc = ferry_error_from_pg(err, conn, NULL, context);
+    /* A statement after a failed one comes back PGRES_PIPELINE_ABORTED. */
+    pipe_read_ctx pr = {conn, keep_index, keep, context};
+    rc = ferry__pipeline_read(conn, sent, rc, pipe_result, &pr, context, err);
     if (rc != FERRY_OK && keep != NULL && *keep != NULL) {
         PQclear(*keep);
         *keep = NULL;

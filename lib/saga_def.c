@@ -354,14 +354,9 @@ static int read_json(ferry__yw *w, yaml_event_t *ev, ferry__tmpl *t, json_t **ou
         return ferry__yw_oom(w);
     if (ferry__tmpl_append(t, mapping ? "{" : "[", 1) != 0)
         goto out_oom;
-    for (size_t i = 0;; i++) {
-        yaml_event_t item, val;
-        if (ferry__yw_next(w, &item) != 0)
-            goto out_fatal;
-        if (item.type == YAML_MAPPING_END_EVENT || item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            break;
-        }
+    yaml_event_t item, val;
+    int more;
+    for (size_t i = 0; (more = ferry__yw_next_item(w, &item)) > 0; i++) {
         if (i > 0 && ferry__tmpl_append(t, ",", 1) != 0) {
             yaml_event_delete(&item);
             goto out_oom;
@@ -422,6 +417,8 @@ static int read_json(ferry__yw *w, yaml_event_t *ev, ferry__tmpl *t, json_t **ou
         if (!dup && !v)
             bad = true;
     }
+    if (more < 0)
+        goto out_fatal;
     if (ferry__tmpl_append(t, mapping ? "}" : "]", 1) != 0)
         goto out_oom;
     if (bad) {

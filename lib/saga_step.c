@@ -75,31 +75,16 @@ static const unsigned transitions[FERRY_SAGA_STATUS_COUNT][FERRY_SAGA_EV_COUNT] 
 #undef ROW_
 };
 
-static const char *const step_status_names[] = {
-#define NAME_(id, name) [FERRY_SAGA_STEP_##id] = name,
-    FERRY_SAGA_STEP_STATUS_LIST(NAME_)
+/* ferry.h makes each of these enums from its list, in the list's order
+ * and from 0, so a name's place in the list is its value: one NAME_
+ * serves every table. */
+#define NAME_(id, name) name,
+static const char *const step_status_names[] = {FERRY_SAGA_STEP_STATUS_LIST(NAME_)};
+static const char *const event_names[] = {FERRY_SAGA_EVENT_LIST(NAME_)};
+static const char *const action_names[] = {FERRY_SAGA_ACTION_LIST(NAME_)};
+static const char *const reason_names[] = {FERRY_SAGA_REASON_LIST(NAME_)};
+static const char *const ignored_names[] = {FERRY_SAGA_IGNORED_LIST(NAME_)};
 #undef NAME_
-};
-static const char *const event_names[] = {
-#define NAME_(id, name) [FERRY_SAGA_EV_##id] = name,
-    FERRY_SAGA_EVENT_LIST(NAME_)
-#undef NAME_
-};
-static const char *const action_names[] = {
-#define NAME_(id, name) [FERRY_SAGA_DO_##id] = name,
-    FERRY_SAGA_ACTION_LIST(NAME_)
-#undef NAME_
-};
-static const char *const reason_names[] = {
-#define NAME_(id, name) [FERRY_SAGA_REASON_##id] = name,
-    FERRY_SAGA_REASON_LIST(NAME_)
-#undef NAME_
-};
-static const char *const ignored_names[] = {
-#define NAME_(id, name) [FERRY_SAGA_IGNORED_##id] = name,
-    FERRY_SAGA_IGNORED_LIST(NAME_)
-#undef NAME_
-};
 
 #define NAME_OF(table, i) \
     ((unsigned)(i) < sizeof(table) / sizeof((table)[0]) ? (table)[(unsigned)(i)] : "?")
@@ -302,6 +287,18 @@ static void arm(step_ctx *c)
     push(c, &a);
 }
 
+/* Send a command of step s once more, after the backoff its next attempt
+ * waits, and arm the timer for it. */
+static ferry_code resend(step_ctx *c, uint32_t s, ferry_saga_command_kind kind)
+{
+    const ferry_saga_step_state *ss = &c->st.steps[s];
+    uint32_t sent = kind == FERRY_SAGA_CMD_ACTION ? ss->action_attempts
+                                                  : ss->compensation_attempts;
+    send(c, s, kind, backoff(c, s, sat_inc(sent)));
+    arm(c);
+    return FERRY_OK;
+}
+
 static void finish(step_ctx *c, ferry_saga_status status)
 {
     c->st.status = (uint8_t)status;
@@ -433,9 +430,7 @@ static ferry_code on_reply_running(step_ctx *c, const ferry_saga_event *ev)
     if (forward_only(c, s)) {
         /* A refusal is final for its key: try again under the next one. */
         ss->action_round = sat_inc(ss->action_round);
-        send(c, s, FERRY_SAGA_CMD_ACTION, backoff(c, s, sat_inc(ss->action_attempts)));
-        arm(c);
-        return FERRY_OK;
+        return resend(c, s, FERRY_SAGA_CMD_ACTION);
     }
     ss->action = FERRY_SAGA_STEP_FAILED;
     return start_compensating(c, FERRY_SAGA_REASON_FAILED, s);
@@ -467,9 +462,7 @@ static ferry_code on_reply_compensating(step_ctx *c, const ferry_saga_event *ev)
         return compensate_next(c);
     }
     ss->compensation_round = sat_inc(ss->compensation_round);
-    send(c, s, FERRY_SAGA_CMD_COMPENSATION, backoff(c, s, sat_inc(ss->compensation_attempts)));
-    arm(c);
-    return FERRY_OK;
+    return resend(c, s, FERRY_SAGA_CMD_COMPENSATION);
 }
 
 static ferry_code on_timeout_running(step_ctx *c)
@@ -485,15 +478,12 @@ static ferry_code on_timeout_running(step_ctx *c)
 #if BROKEN(6)
     ss->action_round = sat_inc(ss->action_round);
 #endif
-    send(c, s, FERRY_SAGA_CMD_ACTION, backoff(c, s, sat_inc(ss->action_attempts)));
-    arm(c);
-    return FERRY_OK;
+    return resend(c, s, FERRY_SAGA_CMD_ACTION);
 }
 
 static ferry_code on_timeout_compensating(step_ctx *c)
 {
     uint32_t s = c->st.current;
-    ferry_saga_step_state *ss = &c->st.steps[s];
     if (c->now < c->st.timer_ms)
         return ignore(c, FERRY_SAGA_IGNORED_EARLY);
 #if BROKEN(4)
@@ -502,12 +492,9 @@ static ferry_code on_timeout_compensating(step_ctx *c)
     return FERRY_OK;
 #endif
 #if BROKEN(5)
-    ss->compensation_round = sat_inc(ss->compensation_round);
+    c->st.steps[s].compensation_round = sat_inc(c->st.steps[s].compensation_round);
 #endif
-    send(c, s, FERRY_SAGA_CMD_COMPENSATION,
-         backoff(c, s, sat_inc(ss->compensation_attempts)));
-    arm(c);
-    return FERRY_OK;
+    return resend(c, s, FERRY_SAGA_CMD_COMPENSATION);
 }
 
 static ferry_code on_cancel_running(step_ctx *c)

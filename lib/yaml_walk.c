@@ -246,6 +246,18 @@ int ferry__yw_next(ferry__yw *w, yaml_event_t *ev)
     return 0;
 }
 
+int ferry__yw_next_item(ferry__yw *w, yaml_event_t *ev)
+{
+    if (ferry__yw_next(w, ev) != 0)
+        return -1;
+    /* libyaml nests ends as it nests starts: an end here is ours. */
+    if (ev->type == YAML_MAPPING_END_EVENT || ev->type == YAML_SEQUENCE_END_EVENT) {
+        yaml_event_delete(ev);
+        return 0;
+    }
+    return 1;
+}
+
 static bool is_collection(const yaml_event_t *ev)
 {
     return ev->type == YAML_MAPPING_START_EVENT || ev->type == YAML_SEQUENCE_START_EVENT;
@@ -339,14 +351,9 @@ int ferry__yw_read_mapping(ferry__yw *w, const char *const *keys, int nkeys, boo
     place first[FERRY_YW_KEYS_MAX];
     for (int i = 0; i < nkeys; i++)
         seen[i] = false;
-    for (;;) {
-        yaml_event_t key, val;
-        if (ferry__yw_next(w, &key) != 0)
-            return -1;
-        if (key.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&key);
-            return 0;
-        }
+    yaml_event_t key, val;
+    int more;
+    while ((more = ferry__yw_next_item(w, &key)) > 0) {
         place key_at = ferry__yw_place_of(key.start_mark);
         int index = -1;
         if (key.type != YAML_SCALAR_EVENT) {
@@ -393,6 +400,7 @@ int ferry__yw_read_mapping(ferry__yw *w, const char *const *keys, int nkeys, boo
         if (rc != 0)
             return -1;
     }
+    return more;
 }
 
 FERRY_PRINTF(4, 5)
@@ -426,14 +434,9 @@ int ferry__yw_read_sequence(ferry__yw *w, const yaml_event_t *ev, const char *it
         snprintf(what, sizeof what, "a sequence of %s", items);
         return ferry__yw_wrong_type(w, ev, what);
     }
-    for (;;) {
-        yaml_event_t item;
-        if (ferry__yw_next(w, &item) != 0)
-            return -1;
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            return 0;
-        }
+    yaml_event_t item;
+    int more;
+    while ((more = ferry__yw_next_item(w, &item)) > 0) {
         if (*count == max) {
             /* Say so once and read no further items. */
             ferry__yw_error(w, ferry__yw_place_of(item.start_mark), "more than %zu %s", max, items);
@@ -451,6 +454,7 @@ int ferry__yw_read_sequence(ferry__yw *w, const yaml_event_t *ev, const char *it
         if (rc != 0)
             return -1;
     }
+    return more;
 }
 
 /* ------------------------------------------------------------ the document */

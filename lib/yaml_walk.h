@@ -164,6 +164,10 @@ ferry__yw_place ferry__yw_place_of(yaml_mark_t m);
  * error, an anchor or alias, too deep a nesting); ev then holds nothing.
  * A tag, or a NUL inside a scalar, is recorded but not fatal. */
 int ferry__yw_next(ferry__yw *w, yaml_event_t *ev);
+/* The next event inside the collection being read: 1 with it in *ev
+ * (the caller deletes it), 0 when the collection ended (its end event
+ * read and deleted), -1 when the walk stopped (as ferry__yw_next). */
+int ferry__yw_next_item(ferry__yw *w, yaml_event_t *ev);
 /* Read past the value whose first event is ev. */
 int ferry__yw_skip(ferry__yw *w, const yaml_event_t *ev);
 /* Read past the rest of the collection being read, up to its end. */

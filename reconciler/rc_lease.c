@@ -40,24 +40,12 @@ ferry_code rc_lease_keep(PGconn *conn, rc_lease *l, ferry_error *err)
     if (!rc_lease_due(l, ferry__now_ms()))
         return FERRY_OK;
     /* Extended under the same holder and epoch, even if it ran out
-     * meanwhile (a long detect query): nobody took it then, since a
-     * takeover raises the epoch. */
-    char epoch[24], ttl[16];
-    snprintf(epoch, sizeof epoch, "%" PRId64, l->epoch);
-    snprintf(ttl, sizeof ttl, "%d", l->ttl_ms);
-    const char *p[4] = {RC_LEASE_NAME, l->holder, epoch, ttl};
-    PGresult *res;
-    ferry_code rc = ferry__query(conn,
-                                 "UPDATE ferry.lease SET expires_at = now() + $4::int * "
-                                 "interval '1 millisecond', renewed_at = now() "
-                                 "WHERE name = $1 AND holder = $2 AND epoch = $3::bigint",
-                                 4, p, "could not renew the reconciler's lease", &res, err);
-    if (rc != FERRY_OK)
-        return rc;
-    if (strcmp(PQcmdTuples(res), "1") != 0)
-        rc = ferry__error_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
-                           "(epoch %" PRId64 "): another reconciler took it over", l->epoch);
-    PQclear(res);
+     * meanwhile (a long detect query). */
+    ferry_code rc = ferry__lease_extend(conn, RC_LEASE_NAME, l->holder, l->epoch, l->ttl_ms,
+                                        "the reconciler's lease", err);
+    if (rc == FERRY_ESTATE)   /* who took it, for the operator */
+        ferry__error_set(err, FERRY_ESTATE, NULL, "the reconciler's lease was lost "
+                         "(epoch %" PRId64 "): another reconciler took it over", l->epoch);
     if (rc == FERRY_OK)
         l->renewed_at = ferry__now_ms();
     return rc;

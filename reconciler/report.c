@@ -15,6 +15,7 @@
 
 #include "internal.h"
 #include "report.h"
+#include "strbuf.h"
 
 /* Findings kept per sweep for the report; beyond that only counted. */
 #define KEEP_PER_SWEEP 100
@@ -73,15 +74,6 @@ void rc_report_free(rc_report *r)
     free(r);
 }
 
-__attribute__((format(printf, 1, 0)))
-static char *vformat(const char *fmt, va_list ap)
-{
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0)
-        return NULL;
-    return s;
-}
-
 /*
  * Progress on stderr. On a terminal, one line redrawn in place ("\r" and
  * erase-line) and erased when its sweep ends: the report on stdout names
@@ -129,7 +121,7 @@ void rc_report_vfound(rc_report *r, rc_sweep_id sweep, const char *problem,
         r->f = f;
         r->cap = cap;
     }
-    char *text = vformat(fmt, ap);
+    char *text = sb_vformat(fmt, ap);
     char *p = strdup(problem ? problem : ""), *subj = strdup(subject ? subject : "");
     if (p == NULL || subj == NULL) {
         free(p);
@@ -154,7 +146,7 @@ void rc_report_vfound(rc_report *r, rc_sweep_id sweep, const char *problem,
 
 int rc_report_verror(rc_report *r, rc_sweep_id sweep, const char *fmt, va_list ap)
 {
-    char *text = vformat(fmt, ap);
+    char *text = sb_vformat(fmt, ap);
     progress_clear(r);
     const char *name = sweep < RC_SWEEP_COUNT ? rc_sweep_name(sweep) : "pass";
     if (r->log_json)
@@ -188,7 +180,7 @@ void rc_report_vprogress(rc_report *r, rc_sweep_id sweep, int64_t now_ms, const 
     if (r->progress_shown && now_ms - r->progress_at < (r->progress_tty ? 100 : 1000))
         return;
     r->progress_at = now_ms;
-    char *text = vformat(fmt, ap);
+    char *text = sb_vformat(fmt, ap);
     if (r->progress_tty)
         fprintf(stderr, "\r\033[K%s: %s", rc_sweep_name(sweep), text ? text : "");
     else
