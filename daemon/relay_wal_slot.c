@@ -90,6 +90,25 @@ static int create(PGconn *c, const char *name, char *lsn, size_t lsnlen)
     return 0;
 }
 
+/* Whether this role may record the slot in ferry.wal_slot: asked before
+ * the slot is made, which no transaction takes back (a slot made and
+ * then not recorded, and the next try says it exists already). */
+static int may_record(PGconn *c, const char *cmd)
+{
+    PGresult *res = q(c, "SELECT has_table_privilege('ferry.wal_slot', 'INSERT') AND "
+                         "       has_table_privilege('ferry.wal_slot', 'UPDATE')", 0, NULL);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return fail_res("could not read this role's privileges", res);
+    int ok = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (!ok)
+        fprintf(stderr, "ferry-relay slot %s: this role may not record the slot in "
+                "ferry.wal_slot (schema 21 grants INSERT and UPDATE there to ferry_relay: "
+                "`ferry-relay migrate`, and run this as a member of ferry_relay); nothing "
+                "was created\n", cmd);
+    return ok ? 0 : 1;
+}
+
 static int cmd_create(PGconn *c)
 {
     slot_info s;
@@ -114,6 +133,8 @@ static int cmd_create(PGconn *c)
         return 1;
     }
     PQclear(res);
+    if (may_record(c, "create") != 0)
+        return 1;
     char lsn[32];
     if (create(c, s.name, lsn, sizeof lsn) != 0)
         return 1;
@@ -138,6 +159,8 @@ static int cmd_recreate(PGconn *c)
                 "(wal_status %s): nothing to recreate\n", s.name, s.status);
         return 1;
     }
+    if (may_record(c, "recreate") != 0)
+        return 1;
     const char *p[1] = {s.name};
     if (s.exists) {
         PGresult *res = q(c, "SELECT pg_drop_replication_slot($1)", 1, p);

@@ -136,6 +136,30 @@ static void relay_publishes_as_a_relay_member(void **state)
     kt_msgs_free(got);
 }
 
+/* A role that may read the schema but not record the slot (not a
+ * ferry_relay member) is refused before the slot is made: nothing to
+ * clean up, and the next try by the right role is not told the slot
+ * exists already. */
+static void slot_create_refuses_a_role_that_cannot_record_it(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "CREATE ROLE rr_wal_ro LOGIN REPLICATION; "
+               "GRANT USAGE ON SCHEMA ferry TO rr_wal_ro; "
+               "GRANT SELECT ON ferry.settings, ferry.wal_slot TO rr_wal_ro");
+    char *db = fpg_conninfo_for(tu_pg, "rr_wal_ro", NULL);
+    char *out = NULL, *err = NULL;
+    const char *create[] = {tu_relay_bin(), "slot", "create", "--db", db, NULL};
+    int st = tu_run(create, 60000, &out, &err);
+    fprintf(stderr, "slot create as rr_wal_ro: %d\n%s%s", st, out, err);
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(err, "may not record the slot in ferry.wal_slot"));
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots"), 0);
+    free(out);
+    free(err);
+    free(db);
+    PQfinish(c);
+}
+
 /*
  * The WAL source as its role (README, "Two sources"): a login role with
  * REPLICATION, a member of ferry_relay and nothing else, no superuser,
@@ -342,6 +366,7 @@ int main(void)
     tu_filter_from_env();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(relay_publishes_as_a_relay_member),
+        cmocka_unit_test(slot_create_refuses_a_role_that_cannot_record_it),
         cmocka_unit_test(wal_relay_publishes_as_a_relay_member_with_replication),
         cmocka_unit_test(reconciler_checks_and_repairs_as_a_reconciler_member),
         cmocka_unit_test(reconciler_names_a_permission_error),
