@@ -136,6 +136,17 @@ static void relay_publishes_as_a_relay_member(void **state)
     kt_msgs_free(got);
 }
 
+/* `ferry-relay slot create` as the role of conninfo db: what it said is
+ * printed, for a failure. */
+static tu_output slot_create_as(const char *db)
+{
+    const char *create[] = {tu_relay_bin(), "slot", "create", "--db", db, NULL};
+    tu_output o = {0};
+    o.status = tu_run(create, 60000, &o.out, &o.err);
+    fprintf(stderr, "slot create: %d\n%s%s", o.status, o.out, o.err);
+    return o;
+}
+
 /* A role that may read the schema but not record the slot (not a
  * ferry_relay member) is refused before the slot is made: nothing to
  * clean up, and the next try by the right role is not told the slot
@@ -147,15 +158,11 @@ static void slot_create_refuses_a_role_that_cannot_record_it(void **state)
                "GRANT USAGE ON SCHEMA ferry TO rr_wal_ro; "
                "GRANT SELECT ON ferry.settings, ferry.wal_slot TO rr_wal_ro");
     char *db = fpg_conninfo_for(tu_pg, "rr_wal_ro", NULL);
-    char *out = NULL, *err = NULL;
-    const char *create[] = {tu_relay_bin(), "slot", "create", "--db", db, NULL};
-    int st = tu_run(create, 60000, &out, &err);
-    fprintf(stderr, "slot create as rr_wal_ro: %d\n%s%s", st, out, err);
-    assert_int_equal(st, 1);
-    assert_non_null(strstr(err, "may not record the slot in ferry.wal_slot"));
+    tu_output o = slot_create_as(db);
+    assert_int_equal(o.status, 1);
+    assert_non_null(strstr(o.err, "may not record the slot in ferry.wal_slot"));
     assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots"), 0);
-    free(out);
-    free(err);
+    tu_output_free(&o);
     free(db);
     PQfinish(c);
 }
@@ -171,13 +178,9 @@ static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
     PGconn *c = tu_connect();
     tu_exec(c, "CREATE ROLE rr_wal LOGIN REPLICATION IN ROLE ferry_relay");
     char *db = fpg_conninfo_for(tu_pg, "rr_wal", NULL);
-    char *out = NULL, *err = NULL;
-    const char *create[] = {tu_relay_bin(), "slot", "create", "--db", db, NULL};
-    int st = tu_run(create, 60000, &out, &err);
-    if (st != 0)
-        fail_msg("ferry-relay slot create as rr_wal exited %d\n%s%s", st, out, err);
-    free(out);
-    free(err);
+    tu_output o = slot_create_as(db);
+    assert_int_equal(o.status, 0);
+    tu_output_free(&o);
     tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
     emit_n("rr.wal", 7);
     assert_int_equal(unpublished("rr.wal"), 0);          /* in WAL, not in the table */
@@ -185,7 +188,7 @@ static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
                           "--holder", "rr-wal", "--outbox-source", "wal", "--once", NULL};
     const char *env[] = {TU_RELAY_ASAN, NULL};
     tu_proc p = tu_proc_start(argv, env);
-    st = tu_proc_wait(&p, 120000);
+    int st = tu_proc_wait(&p, 120000);
     if (st != 0)
         tu_proc_fail(&p, "ferry-relay run --outbox-source wal --once as rr_wal exited %d", st);
     tu_proc_done(&p);
