@@ -241,7 +241,7 @@ static void coordinates_id(const char *topic, int32_t partition, int64_t offset,
 /* consume_intake.h: one message, from Kafka or from ferry.inbox_held. */
 typedef consume_work work;
 
-void consume_work_free(work *w)
+void ferry__consume_work_free(work *w)
 {
     json_decref(w->headers);
     json_decref(w->payload);
@@ -460,7 +460,7 @@ static void work_finish(work *w, size_t max_payload)
 /* A Kafka message as work. Keys and header values that are not UTF-8 text
  * (PostgreSQL text cannot hold them) are kept hex-encoded, and such a key
  * makes the message poison: it could not be ordered or stored faithfully. */
-void consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
+void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
                     rd_kafka_headers_t *headers, size_t max_payload)
 {
     memset(w, 0, sizeof *w);
@@ -1448,7 +1448,7 @@ static ferry_code drain_rows(ferry_consumer *c, PGresult *res, ferry_error *e)
         work w;
         work_from_held(c, &w, res, i);
         outcome o = process(c, &w, e);
-        consume_work_free(&w);
+        ferry__consume_work_free(&w);
         if (o == O_FAILED)
             return e->code != FERRY_OK ? e->code : FERRY_EDB;
     }
@@ -1806,7 +1806,7 @@ static int drop_revoked(ferry_consumer *c, work *ws, int n)
             kept++;
         } else {
             rd_kafka_message_t *rkm = ws[i].rkm;
-            consume_work_free(&ws[i]);
+            ferry__consume_work_free(&ws[i]);
             rd_kafka_message_destroy(rkm);
             c->stats.batch_dropped++;
         }
@@ -1836,7 +1836,7 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
             if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
                 hdrs = NULL;
             c->stats.received++;
-            consume_intake(&ws[n], rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
+            ferry__consume_intake(&ws[n], rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
             n++;
             if (n >= c->batch_max)
                 break;
@@ -1876,7 +1876,7 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
         redeliver_rest(c, ws, done, n);
     for (int i = 0; i < n; i++) {
         rd_kafka_message_t *m = ws[i].rkm;
-        consume_work_free(&ws[i]);
+        ferry__consume_work_free(&ws[i]);
         rd_kafka_message_destroy(m);
     }
     if (o == O_FAILED)
@@ -2333,13 +2333,13 @@ ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *e
     rd_kafka_headers_t *hdrs = NULL;
     if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
         hdrs = NULL;
-    consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
+    ferry__consume_intake(&w, rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
     outcome o = process(c, &w, e);
     if (o == O_DONE)
         store_offset(c, &w);
     else if (o == O_FAILED)
         redeliver(c, &w);
-    consume_work_free(&w);
+    ferry__consume_work_free(&w);
     rd_kafka_message_destroy(rkm);
     if (o == O_FAILED)
         return e->code != FERRY_OK ? e->code : FERRY_EDB;

@@ -57,12 +57,12 @@ typedef struct consume_work {
  * else of rkm, so that rkm need not come from librdkafka. A payload over
  * max_payload bytes is poison. No database, no broker; what it allocates,
  * and what ferry_message_header() on w->msg allocates later,
- * consume_work_free() frees.
+ * ferry__consume_work_free() frees.
  */
-void consume_intake(consume_work *w, rd_kafka_message_t *rkm, const char *topic,
+void ferry__consume_intake(consume_work *w, rd_kafka_message_t *rkm, const char *topic,
                     rd_kafka_headers_t *headers, size_t max_payload);
 
 /* Free what *w owns; *w may be used for nothing after but another intake. */
-void consume_work_free(consume_work *w);
+void ferry__consume_work_free(consume_work *w);
 
 #endif

@@ -88,6 +88,15 @@ if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep 
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
     exit 1
 fi
+# The static library cannot hide its internals, so they carry the internal
+# prefix (ferry__, README "Names") and clash with no program's names.
+if nm -g --defined-only "$tmp/prefix/lib/libferry.a" 2>/dev/null |
+        awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' | grep -v '^ferry_' | grep -q .; then
+    echo "install_check: libferry.a defines globals outside ferry_*:" >&2
+    nm -g --defined-only "$tmp/prefix/lib/libferry.a" | awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' |
+        grep -v '^ferry_' >&2
+    exit 1
+fi
 # ... and exactly the functions ferry.h declares FERRY_API: nothing internal
 # (ferry__*, lib/internal.h) and nothing it promises missing.
 sed -n 's/^FERRY_API[^(]*[^a-z0-9_]\(ferry_[a-z0-9_]*\)(.*/\1/p' "$tmp/prefix/include/ferry.h" |

@@ -1,6 +1,6 @@
 /*
  * fuzz_consume.c — the consumer's intake of a Kafka message
- * (lib/consume_intake.h: consume_intake, what ferry_consumer_poll() makes
+ * (lib/consume_intake.h: ferry__consume_intake, what ferry_consumer_poll() makes
  * of a message before any transaction) on hostile messages: "anything the
  * consumer reads from Kafka is hostile" (issue 12).
  *
@@ -213,7 +213,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     consume_work w, again;
     memset(&w, 0x5a, sizeof w);                 /* whatever it held is overwritten */
-    consume_intake(&w, &rkm, topic, hs, max_payload);
+    ferry__consume_intake(&w, &rkm, topic, hs, max_payload);
     const ferry_message *m = &w.msg;
     bool poison = w.poison[0] != '\0';
 
@@ -296,11 +296,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* The id, and a second reading: a redelivery is the same message. */
     FUZZ_CHECK(m->id == w.id && uuid_canonical(w.id), "id \"%.40s\"", w.id);
-    consume_intake(&again, &rkm, topic, hs, max_payload);
+    ferry__consume_intake(&again, &rkm, topic, hs, max_payload);
     FUZZ_CHECK(strcmp(again.id, w.id) == 0 && again.msg.position == m->position &&
                strcmp(again.poison, w.poison) == 0 && strcmp(again.msg.key, m->key) == 0 &&
                again.marker == w.marker, "a second reading differs");
-    consume_work_free(&again);
+    ferry__consume_work_free(&again);
 
     /* Headers as the handler sees them: the map ensure_headers() builds
      * from rd_kafka_header_get_all, whose names end at a NUL. (So a header
@@ -321,7 +321,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        memcmp(got, x->value, x->len) == 0, "header %zu: not the last value", i);
     }
 
-    consume_work_free(&w);
+    ferry__consume_work_free(&w);
     if (hs)
         rd_kafka_headers_destroy(hs);
     for (size_t k = 0; k < nf; k++)
