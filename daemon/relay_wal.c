@@ -77,6 +77,8 @@ struct relay_wal {
     int backoff_ms;
     int standby;                /* another relay reads the slot */
     int slot_problem;           /* missing or lost: told once */
+    int unreserved;             /* wal_status = unreserved: told once, not ready */
+    char unreserved_why[256];
     uint64_t decoded, refused, restarts;
     int64_t confirmed_at_ms;    /* when confirmed_sent last moved */
     int64_t lease_epoch;        /* of the lease wal:<slot>; 0: not held */
@@ -342,7 +344,28 @@ static slot_state check_slot(relay *r, char *why, size_t whylen)
                  "lost: it passed max_slot_wal_keep_size); messages in the WAL it lost may "
                  "not have been published: see `ferry-relay slot recreate`", w->slot);
         st = SLOT_LOST;
-    } else if (r->m != NULL) {
+    } else {
+        /* Past max_slot_wal_keep_size, not yet invalidated: streamable,
+         * and catching up is the cure, but the next checkpoint makes it
+         * lost. Said once when it starts and once when it ends; not ready
+         * meanwhile (health()). */
+        int unreserved = strcmp(PQgetvalue(res, 0, 2), "unreserved") == 0;
+        if (unreserved && !w->unreserved) {
+            snprintf(w->unreserved_why, sizeof w->unreserved_why, "the replication slot \"%s\" "
+                     "retains %s bytes of WAL, more than max_slot_wal_keep_size (wal_status = "
+                     "unreserved): the next checkpoint invalidates it", w->slot,
+                     PQgetvalue(res, 0, 3));
+            ferry__log_json(FERRY_LOG_ERROR, "wal.slot_unreserved",
+                            json_pack("{s:s}", "slot", w->slot), "%s; catching up",
+                            w->unreserved_why);
+        } else if (!unreserved && w->unreserved) {
+            ferry__log_json(FERRY_LOG_INFO, "wal.slot_reserved",
+                            json_pack("{s:s}", "slot", w->slot),
+                            "the replication slot \"%s\" retains its WAL again", w->slot);
+        }
+        w->unreserved = unreserved;
+    }
+    if (st == SLOT_OK && r->m != NULL) {
         metrics_set(r->m, G_WAL_RETAINED_BYTES,
                     PQgetisnull(res, 0, 3) ? 0 : atoll(PQgetvalue(res, 0, 3)));
         metrics_set(r->m, G_WAL_LAG_BYTES,
@@ -352,7 +375,7 @@ static slot_state check_slot(relay *r, char *why, size_t whylen)
         wal_lsn_parse(PQgetvalue(res, 0, 5), &w->once_target);
     PQclear(res);
     if (r->m != NULL)
-        metrics_set(r->m, G_WAL_SLOT_OK, st == SLOT_OK);
+        metrics_set(r->m, G_WAL_SLOT_OK, st == SLOT_OK && !w->unreserved);
     return st;
 }
 
@@ -919,6 +942,8 @@ static int health(relay *r, int64_t now)
     int rc = st == SLOT_OK ? record_confirmed(r) : 0;
     if (atomic_load(&r->k.down))
         relay_set_health(r, 0, "kafka unreachable: every broker is down");
+    else if (w->unreserved)
+        relay_set_health(r, 0, w->unreserved_why);
     else
         relay_set_health(r, 1, "");
     return rc;

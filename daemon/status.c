@@ -329,6 +329,11 @@ static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
                  "\"%s\" is lost (wal_status = lost, past max_slot_wal_keep_size): messages "
                  "in the WAL it lost may not have been published; set emit_mode = 'table', "
                  "then see `ferry-relay slot recreate`%s", slot ? slot : "?", tail);
+    } else if (wal_status != NULL && strcmp(wal_status, "unreserved") == 0) {
+        snprintf(text, sizeof text, "PROBLEM: the replication slot \"%s\" retains more WAL "
+                 "than max_slot_wal_keep_size (wal_status = unreserved): the next checkpoint "
+                 "invalidates it, and messages in the WAL it loses may never be published; "
+                 "a WAL relay must catch up now%s", slot ? slot : "?", tail);
     } else if (ready > 0 && live == 0) {
         snprintf(text, sizeof text, "PROBLEM: no relay is live; %lld %s ready, oldest %.1f s%s",
                  ready, rows, oldest, tail);

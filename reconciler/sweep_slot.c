@@ -11,6 +11,8 @@
  *   missing    emit_mode is 'wal' and the slot does not exist: messages
  *              emitted since are decoded by nobody
  *   lost       the slot is invalidated (wal_status = lost)
+ *   unreserved it retains more WAL than max_slot_wal_keep_size allows
+ *              (wal_status = unreserved): the next checkpoint makes it lost
  *   inactive   no session reads it, and the relay has confirmed nothing
  *              for longer than the outbox lag budget (a relay restarting
  *              is not a finding)
@@ -84,6 +86,12 @@ int rc_sweep_wal_slot(rc_ctx *ctx)
         snprintf(why, sizeof why, "the replication slot is invalidated (wal_status = lost, past "
                  "max_slot_wal_keep_size): messages in the WAL it lost may never have been "
                  "published; set emit_mode = 'table', then `ferry-relay slot recreate`");
+    } else if (strcmp(wal_status, "unreserved") == 0) {
+        problem = "unreserved";
+        snprintf(why, sizeof why, "the replication slot retains %" PRId64 " bytes of WAL, more "
+                 "than max_slot_wal_keep_size (wal_status = unreserved): the next checkpoint "
+                 "invalidates it and messages in the WAL it loses may never be published; a "
+                 "WAL relay must catch up now", retained);
     } else if (!active && (!recorded || quiet_ms > budget)) {
         problem = "inactive";
         char since[96] = "";

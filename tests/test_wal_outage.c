@@ -244,6 +244,69 @@ static int relay_status(char **out)
     return tu_run(argv, 60000, out, NULL);
 }
 
+/* With max_slot_wal_keep_size at 1 MB, write WAL segments past the slot
+ * (and checkpoint them away when it is to be lost) until its wal_status
+ * is want, "unreserved" or "lost": the fault, proven fired. The limit
+ * stays until reset_slot_limit(): wal_status is judged against it. */
+static void push_slot_past_its_limit(PGconn *c, const char *want)
+{
+    tu_exec(c, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+    tu_exec(c, "SELECT pg_reload_conf()");
+    tu_exec(c, "CREATE TABLE wo_filler (b text)");
+    char *sql = tu_sprintf("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
+                           "AND wal_status = '%s'", want);
+    int got = 0;
+    for (int i = 0; i < 8 && !got; i++) {
+        tu_exec(c, "INSERT INTO wo_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)");
+        tu_exec(c, "SELECT pg_switch_wal()");
+        if (strcmp(want, "lost") == 0)
+            tu_exec(c, "CHECKPOINT");
+        got = tu_int(c, sql) == 1;
+    }
+    free(sql);
+    tu_exec(c, "DROP TABLE wo_filler");
+    assert_true(got);
+}
+
+static void reset_slot_limit(PGconn *c)
+{
+    tu_exec(c, "ALTER SYSTEM RESET max_slot_wal_keep_size");
+    tu_exec(c, "SELECT pg_reload_conf()");
+}
+
+/*
+ * A slot past max_slot_wal_keep_size but not yet invalidated (wal_status
+ * = unreserved: the next checkpoint would lose it) is loud before it is
+ * lost: `ferry-relay status` says PROBLEM (4), `ferry-reconcile check`
+ * finds it, and a WAL relay says so as it starts, then catches up and
+ * publishes everything (no checkpoint came in between).
+ */
+static void a_slot_past_its_wal_limit_is_loud_before_it_is_lost(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_wal_emit_n("wo.unres", 3, 1, 1);
+    assert_int_equal(tu_wal_relay_once("wal-unres-before", NULL), 0);
+    tu_wal_emit_n("wo.unres", 5, 1, 1);                /* the relay is down */
+    push_slot_past_its_limit(c, "unreserved");
+    char *out = NULL;
+    assert_int_equal(relay_status(&out), 4);
+    assert_non_null(strstr(out, "PROBLEM"));
+    assert_non_null(strstr(out, "unreserved"));
+    free(out);
+    assert_int_equal(reconcile_check(&out), 4);
+    char *f = slot_finding(out, "unreserved");
+    assert_non_null(strstr(f, "max_slot_wal_keep_size"));
+    free(f);
+    free(out);
+    tu_wal_relay_once_says("wal-unres-once", 0, "\"event\":\"wal.slot_unreserved\"",
+                           "the next checkpoint invalidates it");
+    reset_slot_limit(c);
+    assert_int_equal(tu_wal_check_topic("wo.unres", 8, 20000).distinct, 8);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
+                               "'ferry' AND wal_status = 'lost'"), 0);
+    PQfinish(c);
+}
+
 /*
  * The slot invalidated while the relay is down: max_slot_wal_keep_size
  * of 1 MB and a few WAL segments written past it (the fault fired:
@@ -267,21 +330,8 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     /* Down: these are in the WAL the slot will lose. */
     char *from = tu_wal_lsn(c);
     tu_wal_emit_n("wo.lost", 5, 1, 1);
-    tu_exec(c, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
-    tu_exec(c, "SELECT pg_reload_conf()");
-    tu_exec(c, "CREATE TABLE wo_filler (b text)");
-    int lost = 0;
-    for (int i = 0; i < 8 && !lost; i++) {
-        tu_exec(c, "INSERT INTO wo_filler SELECT repeat('x', 1000) FROM generate_series(1, 3000)");
-        tu_exec(c, "SELECT pg_switch_wal()");
-        tu_exec(c, "CHECKPOINT");
-        lost = tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
-                         "AND wal_status = 'lost'") == 1;
-    }
-    tu_exec(c, "ALTER SYSTEM RESET max_slot_wal_keep_size");
-    tu_exec(c, "SELECT pg_reload_conf()");
-    tu_exec(c, "DROP TABLE wo_filler");
-    assert_true(lost);
+    push_slot_past_its_limit(c, "lost");
+    reset_slot_limit(c);
 
     tu_wal_relay_once_says("wal-lost-once", 1, "\"event\":\"wal.slot\"", "wal_status = lost");
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
@@ -398,6 +448,7 @@ int main(void)
         cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
         cmocka_unit_test(a_broker_outage_while_streaming_loses_nothing),
         cmocka_unit_test(postgres_restarted_mid_stream_loses_nothing),
+        cmocka_unit_test(a_slot_past_its_wal_limit_is_loud_before_it_is_lost),
         cmocka_unit_test(a_slot_invalidated_while_the_relay_is_down_is_loud),
         cmocka_unit_test(status_is_a_problem_when_wal_mode_has_no_slot),
     };
