@@ -522,7 +522,10 @@ static void database_restart_loses_nothing(void **state)
     if (fpg_external(tu_pg))
         skip();
     const char *topic = "t.dbrestart";
-    tu_proc p = relay_spawn("db-a", NULL, NULL);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = relay_spawn("db-a", args, NULL);
+    int port = tu_proc_metrics_port(&p);
+    tu_await_health(port, 200, NULL, 30000);
     PGconn *c = tu_connect();
     tu_await(c, "SELECT count(*) > 0 FROM ferry.lease WHERE holder = 'db-a' "
                 "AND name LIKE 'shard:%'", 30000);
@@ -536,6 +539,8 @@ static void database_restart_loses_nothing(void **state)
     /* While the server is down the relay waits; it must not spin. */
     assert_int_equal(fpg_stop(tu_pg, "fast"), 0);
     tu_proc_await_log(&p, "\"event\":\"db.lost\"", 30000);
+    /* Not ready, saying why, while the database is away (README, /healthz). */
+    tu_await_health(port, 503, "database", 30000);
     long cpu0 = cpu_ticks(p.pid);
     struct timespec two = {2, 0};
     nanosleep(&two, NULL);      /* the window measured, not a synchronisation */
@@ -545,6 +550,7 @@ static void database_restart_loses_nothing(void **state)
     assert_int_equal(fpg_start_again(tu_pg), 0);
     emit_n(topic, 100, 5);
     tu_await_outbox_empty(topic, 60000);
+    tu_await_health(port, 200, NULL, 30000);
     kill(p.pid, SIGTERM);
     assert_int_equal(tu_proc_wait(&p, 30000), 0);
     char *log = tu_proc_log(&p);

@@ -100,20 +100,6 @@ static int relay_once(const char *holder, const char *const *args, char **log_ou
     return st;
 }
 
-/* The port of the relay's metrics endpoint (started with --metrics
- * 127.0.0.1:0), from its log. */
-static int metrics_port(tu_proc *p)
-{
-    tu_proc_await_log(p, "\"event\":\"metrics.listen\"", 30000);
-    char *log = tu_proc_log(p);
-    const char *at = strstr(log, "\"port\":");
-    assert_non_null(at);
-    int port = atoi(at + strlen("\"port\":"));
-    free(log);
-    assert_true(port > 0);
-    return port;
-}
-
 static int count_in(const char *hay, const char *needle)
 {
     int n = 0;
@@ -142,27 +128,6 @@ static int relay_stop(tu_proc *p, int timeout_ms)
 }
 
 /* ------------------------------------------------------------------ health, metrics */
-
-/* Wait until /healthz answers status with a body containing want (NULL:
- * anything); fails with the last answer after timeout_ms. */
-static void await_health(int port, int status, const char *want, int timeout_ms)
-{
-    char last[512] = "";
-    int last_status = 0;
-    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
-        tu_http_reply r = tu_http_get(port, "/healthz");
-        int ok = r.status == status && (want == NULL || (r.body && strstr(r.body, want)));
-        last_status = r.status;
-        snprintf(last, sizeof last, "%s", r.body ? r.body : "");
-        free(r.raw);
-        if (ok)
-            return;
-        if (clk_mono_ms() > end)
-            fail_msg("/healthz did not answer %d \"...%s...\" within %d ms; last: %d \"%s\"",
-                     status, want ? want : "", timeout_ms, last_status, last);
-        clk_sleep_ms(50);
-    }
-}
 
 /* /metrics: malloc'd reply (free raw). */
 static tu_http_reply metrics_get(int port)
@@ -294,9 +259,9 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
     assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
     const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500", NULL};
     tu_proc *p = relay_spawn("stuck-a", args);
-    int port = metrics_port(p);
+    int port = tu_proc_metrics_port(p);
     await_leases(p, "stuck-a", SHARDS, 30000);
-    await_health(port, 200, NULL, 10000);
+    tu_await_health(port, 200, NULL, 10000);
 
     int nstuck = 0;
     char *stuck = keys_on_partition("k", KEYS, 0, &nstuck);
@@ -319,7 +284,7 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
                      3 * nstuck);
 
     /* Seen and said: not ready, stuck, the gauges. */
-    await_health(port, 503, "stuck", 10000);
+    tu_await_health(port, 503, "stuck", 10000);
     await_metric(port, "ferry_relay_stuck_partitions", 1, 1e9, 10000);
     double inflight_age = metric(port, "ferry_relay_oldest_inflight_seconds");
     assert_true(inflight_age >= 0);
@@ -328,7 +293,7 @@ static void a_leaderless_partition_stalls_only_its_keys(void **state)
     /* The leader comes back: everything goes, in order, and it says so. */
     assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
     tu_await_outbox_empty(topic, 30000);
-    await_health(port, 200, NULL, 10000);
+    tu_await_health(port, 200, NULL, 10000);
     await_metric(port, "ferry_relay_stuck_partitions", 0, 0, 10000);
     tu_proc_await_log(p, "\"event\":\"partition.recovered\"", 10000);
     /* Once each, not once per retry or per look. */
@@ -369,7 +334,7 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500",
                           "--set", "max_attempts=1000", NULL};
     tu_proc *p = relay_spawn("refused-a", args);
-    int port = metrics_port(p);
+    int port = tu_proc_metrics_port(p);
     await_leases(p, "refused-a", SHARDS, 30000);
 
     PGconn *c = tu_connect();
@@ -385,7 +350,7 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     assert_int_equal(tu_outbox_rows(refused), KEYS);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter"), 0);
 
-    await_health(port, 503, "stuck", 10000);
+    tu_await_health(port, 503, "stuck", 10000);
     /* Said once per partition or key, not once per retry: at most one
      * event per refused key (KEYS) or partition (PARTITIONS). */
     for (int64_t end = clk_mono_ms() + 10000;
@@ -398,7 +363,7 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     /* Authorised again: everything arrives, in order. */
     assert_int_equal(kt_command(broker, "topic-error %s NO_ERROR", refused), 0);
     tu_await_outbox_empty(refused, 30000);
-    await_health(port, 200, NULL, 10000);
+    tu_await_health(port, 200, NULL, 10000);
     int stuck = log_count(p, "partition.stuck") + log_count(p, "key.stuck");
     int recovered = log_count(p, "partition.recovered") + log_count(p, "key.recovered");
     assert_true(stuck >= 1 && stuck <= KEYS + PARTITIONS);
@@ -696,7 +661,7 @@ static void lag_metrics_come_once_per_shard_without_delayed_rows(void **state)
     const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "lease_ttl_ms=3000", NULL};
     tu_proc *a = relay_spawn("lag-a", args);
     tu_proc *b = relay_spawn("lag-b", args);
-    int port[2] = {metrics_port(a), metrics_port(b)};
+    int port[2] = {tu_proc_metrics_port(a), tu_proc_metrics_port(b)};
     const char *holder[2] = {"lag-a", "lag-b"};
     await_leases(a, "lag-a", SHARDS / 2, 30000);
     await_leases(b, "lag-b", SHARDS / 2, 30000);
@@ -1022,9 +987,9 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
     assert_int_equal(kt_command(broker, "down 1"), 0);
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc *p = relay_spawn("early-a", args);
-    int port = metrics_port(p);
+    int port = tu_proc_metrics_port(p);
     tu_proc_await_log(p, "\"event\":\"kafka.waiting\"", 15000);
-    await_health(port, 503, "kafka", 10000);
+    tu_await_health(port, 503, "kafka", 10000);
     /* Still waiting a little later: it did not give up. (A bounded wait
      * for something that must not happen.) */
     assert_int_equal(tu_proc_wait(p, 2000), -1);
@@ -1038,7 +1003,7 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
     /* The broker comes: it takes its shards and publishes. */
     assert_int_equal(kt_command(broker, "up 1"), 0);
     tu_await_outbox_empty(topic, 20000);
-    await_health(port, 200, NULL, 10000);
+    tu_await_health(port, 200, NULL, 10000);
     assert_true(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'early-a' "
                           "AND name LIKE 'shard:%' AND expires_at > now()") > 0);
     assert_int_equal(relay_stop(p, 30000), 0);
@@ -1058,13 +1023,13 @@ static void an_idle_relay_is_healthy_again_after_an_outage(void **state)
 {
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc *p = relay_spawn("idle-a", args);
-    int port = metrics_port(p);
+    int port = tu_proc_metrics_port(p);
     await_leases(p, "idle-a", SHARDS, 30000);
-    await_health(port, 200, NULL, 10000);
+    tu_await_health(port, 200, NULL, 10000);
     assert_int_equal(kt_command(broker, "down 1"), 0);
-    await_health(port, 503, "kafka", 30000);
+    tu_await_health(port, 503, "kafka", 30000);
     assert_int_equal(kt_command(broker, "up 1"), 0);
-    await_health(port, 200, NULL, 15000);
+    tu_await_health(port, 200, NULL, 15000);
     assert_int_equal(relay_stop(p, 30000), 0);
 }
 

@@ -22,15 +22,6 @@
 #include "tu_proc.h"
 #include "tu_wal.h"
 
-static int metrics_port(tu_proc *p)
-{
-    tu_proc_await_log(p, "\"event\":\"metrics.listen\"", 30000);
-    char *log = tu_proc_log(p);
-    int port = atoi(strstr(log, "\"port\":") + strlen("\"port\":"));
-    free(log);
-    return port;
-}
-
 static double metric(int port, const char *series)
 {
     double v = -1;
@@ -135,7 +126,7 @@ static void a_broker_outage_while_streaming_loses_nothing(void **state)
     assert_int_equal(kt_command(tu_wal_broker, "topic-create %s 4 1", topic), 0);
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc p = tu_wal_relay_start("wal-outage", args);
-    int port = metrics_port(&p);
+    int port = tu_proc_metrics_port(&p);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
     tu_wal_emit_n(topic, 1, 1, 1);           /* connected: one through before */
     tu_wal_topic tc = tu_wal_check_topic(topic, 1, 20000);
@@ -190,7 +181,7 @@ static void postgres_restarted_mid_stream_loses_nothing(void **state)
     const char *topic = "wo.pgcrash";
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc p = tu_wal_relay_start("wal-pgcrash", args);
-    int port = metrics_port(&p);
+    int port = tu_proc_metrics_port(&p);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
     tu_wal_emit_n(topic, BEFORE, 20, 4);
     /* Streaming when the server goes: the slot is active, and some of it
@@ -336,7 +327,7 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     tu_wal_relay_once_says("wal-lost-once", 1, "\"event\":\"wal.slot\"", "wal_status = lost");
     const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
     tu_proc p = tu_wal_relay_start("wal-lost-run", args);
-    int port = metrics_port(&p);
+    int port = tu_proc_metrics_port(&p);
     tu_proc_await_log(&p, "\"event\":\"wal.slot\"", 30000);
     tu_http_reply h = tu_http_get(port, "/healthz");
     assert_int_equal(h.status, 503);

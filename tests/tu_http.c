@@ -115,3 +115,22 @@ int tu_prom_find(const char *text, const char *series, double *v)
     *v = strtod(p, &end);
     return end == p || *end != '\n' ? -1 : 0;
 }
+
+void tu_await_health(int port, int status, const char *want, int timeout_ms)
+{
+    char last[512] = "";
+    int last_status = 0;
+    for (int64_t end = clk_mono_ms() + timeout_ms;;) {
+        tu_http_reply r = tu_http_get(port, "/healthz");
+        int ok = r.status == status && (want == NULL || (r.body && strstr(r.body, want)));
+        last_status = r.status;
+        snprintf(last, sizeof last, "%s", r.body ? r.body : "");
+        free(r.raw);
+        if (ok)
+            return;
+        if (clk_mono_ms() > end)
+            fail_msg("/healthz did not answer %d \"...%s...\" within %d ms; last: %d \"%s\"",
+                     status, want ? want : "", timeout_ms, last_status, last);
+        clk_sleep_ms(50);
+    }
+}

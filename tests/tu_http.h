@@ -25,6 +25,10 @@ tu_http_reply tu_http_get(int port, const char *path);
 /* GET path and fail the test unless the answer is status with, when body
  * is not NULL, exactly that body. */
 void tu_http_expect(int port, const char *path, int status, const char *body);
+/* Wait until /healthz on 127.0.0.1:port answers status with a body that
+ * contains want (NULL: anything); fails with the last answer after
+ * timeout_ms. */
+void tu_await_health(int port, int status, const char *want, int timeout_ms);
 
 /* The value of the sample named exactly `series` (name plus labels) in
  * the exposition text into *v: 0, or -1 when it is missing, repeated or

@@ -152,3 +152,15 @@ tu_proc tu_relay_start(const char *kafka, const char *holder, const char *const 
     argv[n] = NULL;
     return tu_proc_start(argv, env);
 }
+
+int tu_proc_metrics_port(tu_proc *p)
+{
+    tu_proc_await_log(p, "\"event\":\"metrics.listen\"", 30000);
+    char *log = tu_proc_log(p);
+    const char *at = strstr(log, "\"port\":");
+    assert_non_null(at);
+    int port = atoi(at + strlen("\"port\":"));
+    free(log);
+    assert_true(port > 0);
+    return port;
+}

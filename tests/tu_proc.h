@@ -64,4 +64,9 @@ tu_proc tu_relay_start(const char *kafka, const char *holder, const char *const 
  * (the caller frees it) or freed; then tu_proc_done. Its exit status. */
 int tu_relay_once_end(tu_proc *p, const char *holder, char **log_out);
 
+/* The port of a program's metrics endpoint (started with --metrics
+ * 127.0.0.1:0), from its metrics.listen log event; fails the test when it
+ * does not come within 30 s. */
+int tu_proc_metrics_port(tu_proc *p);
+
 #endif
