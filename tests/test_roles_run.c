@@ -366,7 +366,14 @@ static void saga_worker_runs_as_a_consumer_member(void **state)
 
 int main(void)
 {
+    /* The consumers' tests run a second time at once, one message per
+     * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
+     * library, inherited by the programs), as every consumer test does. */
+    pid_t unbatched = tu_unbatched_pass_start("test_roles_run");
     tu_filter_from_env();
+    const char *hook = getenv("FERRY_CONSUMER_TEST_BATCH_MAX");
+    if (hook != NULL && strcmp(hook, "1") == 0 && getenv("FERRY_TEST_FILTER") == NULL)
+        cmocka_set_test_filter("*_as_a_consumer_member");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(relay_publishes_as_a_relay_member),
         cmocka_unit_test(slot_create_refuses_a_role_that_cannot_record_it),
@@ -376,5 +383,6 @@ int main(void)
         cmocka_unit_test(consumer_applies_as_a_consumer_member),
         cmocka_unit_test(saga_worker_runs_as_a_consumer_member),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return failed + tu_unbatched_pass_wait(unbatched, "test_roles_run");
 }
