@@ -16,7 +16,7 @@
  * messages' amounts.
  *
  * The binary runs its tests twice, at the same time, each pass with its
- * own cluster and broker: with batches (batch_max 100; batches are opt-in) and with one message
+ * own cluster and broker: with batches (batch_max 100, the library's default) and with one message
  * per transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
  * library, inherited by the child consumers). The tests of batches
  * themselves run in the first pass only.
@@ -1197,8 +1197,9 @@ int main(int argc, char **argv)
     if (argc == 6 && strcmp(argv[1], "--child") == 0)
         return child_main(argv);
     pid_t unbatched = tu_unbatched_pass_start("test_consume");
-    /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
-     * turns them on for every consumer it makes. */
+    /* Batches are the default (lib/consume.c, DEFAULT_BATCH_MAX = 100):
+     * this pass says so through the hook too, so that its consumers batch
+     * whatever a test's configuration asks. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
         setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "100", 1);
     fprintf(stderr, "test_consume: the pass %s batches (pid %d)\n",

@@ -368,15 +368,16 @@ static int group_teardown(void **state)
 
 /*
  * The tests run twice, at the same time, each pass with its own cluster
- * and broker: with batches (batch_max 100; batches are opt-in) and with one message per
+ * and broker: with batches (batch_max 100, the library's default) and with one message per
  * transaction (FERRY_CONSUMER_TEST_BATCH_MAX=1, a test hook of the
  * library).
  */
 int main(void)
 {
     pid_t unbatched = tu_unbatched_pass_start("test_consume_hostile");
-    /* Batches are opt-in (lib/consume.c, DEFAULT_BATCH_MAX): this pass
-     * turns them on for every consumer it makes. */
+    /* Batches are the default (lib/consume.c, DEFAULT_BATCH_MAX = 100):
+     * this pass says so through the hook too, so that its consumers batch
+     * whatever a test's configuration asks. */
     if (getenv("FERRY_CONSUMER_TEST_BATCH_MAX") == NULL)
         setenv("FERRY_CONSUMER_TEST_BATCH_MAX", "100", 1);
     const struct CMUnitTest tests[] = {

@@ -12,12 +12,17 @@
  * after each, whatever it left (relays, faults, rows, leases, settings) is
  * cleared, so that a failing test does not fail the next.
  *
- * These tests are written against the relay of issue 11 (the interface in
- * its spec: stuck_ms, stop_grace_ms, /healthz reasons, partition.stuck,
- * kafka.waiting, ...). Each says what the relay before it does instead.
- * Today's relay refuses the new settings (`--set stuck_ms=...`: exit 2,
- * unknown setting); FERRY_TEST_TODAY=1 leaves the new settings out, to see
- * where today's relay fails on behaviour.
+ * These tests were written against the relay of issue 11 before it was
+ * built (the interface in its spec: stuck_ms, stop_grace_ms, /healthz
+ * reasons, partition.stuck, kafka.waiting, ...); each says what the relay
+ * before it did instead ("Today: ..."). That relay refused the new
+ * settings (`--set stuck_ms=...`: exit 2); FERRY_TEST_TODAY=1 leaves them
+ * out, to see where such a relay fails on behaviour. The items are the
+ * issue's: 1 stuck partitions and keys, 2 latency at a low rate (its test
+ * is test_relay_sim's, the figure bench-relay's), 3 the lost wake-up, 4 a
+ * lease nobody serves, 5 sizes, 6 partitioners, 7 lag metrics, 8 two
+ * relays with one name, 9 scale-out, 10 recovery after an outage, 11
+ * starting before Kafka.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -416,7 +421,7 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
 /* ------------------------------------------------------------------ 2. stop */
 
 /*
- * Item 2. SIGTERM with messages in flight to a leaderless partition: the
+ * Item 1, stopping. SIGTERM with messages in flight to a leaderless partition: the
  * relay exits within stop_grace_ms (2 s; we wait 10 s, today's relay
  * takes 30 s and more), with status 1 (not everything it produced was
  * delivered), and the stuck rows stay in the outbox.
