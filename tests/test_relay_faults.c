@@ -643,6 +643,45 @@ static void oversized_canonical_payloads_are_refused_at_emit(void **state)
     PQfinish(c);
 }
 
+/*
+ * Item 5, the other end: a payload at the default limit (1 MiB of
+ * canonical JSON), with 60 KiB of headers and a long key, is published
+ * whole: the relay's producer takes messages up to the limit plus key and
+ * header room (message.max.bytes is derived from max_payload_bytes;
+ * librdkafka's default, 1,000,000, refused them, and the message became a
+ * dead letter after five attempts).
+ */
+static void a_payload_at_the_limit_is_published_whole(void **state)
+{
+    const char *topic = "f.limit";
+    PGconn *c = tu_connect();
+    long limit = tu_int(c, "SELECT max_payload_bytes FROM ferry.settings");
+    long pad = limit - (long)strlen("{\"b\": \"\"}");
+    char key[1001];
+    memset(key, 'k', 1000);
+    key[1000] = '\0';
+    /* Written as jsonb prints it, so that the input is the canonical text. */
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit('%s', '%s', 'Tested', "
+                             "'{\"b\": \"' || repeat('x', %ld) || '\"}', "
+                             "'{\"h\": \"' || repeat('y', 60000) || '\"}')",
+                             topic, key, pad));
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT octet_length(payload::text) FROM "
+                                             "ferry.outbox WHERE topic = '%s'", topic)),
+                     limit);
+    assert_int_equal(relay_once("limit-a", NULL, NULL), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'f.limit'"),
+                     0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 1, 10000);
+    assert_non_null(got);
+    assert_int_equal(got->count, 1);
+    assert_int_equal(got->msgs[0].value_len, limit);
+    assert_int_equal(got->msgs[0].key_len, 1000);
+    assert_int_equal(strlen(kt_header(&got->msgs[0], "h")), 60000);
+    kt_msgs_free(got);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ 6. partitioner */
 
 /*
@@ -1161,6 +1200,7 @@ int main(void)
         T(a_commit_is_never_left_for_the_poll),
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
+        T(a_payload_at_the_limit_is_published_whole),
         T(a_partitioner_that_moves_keys_is_refused),
         T(lag_metrics_come_once_per_shard_without_delayed_rows),
         T(a_second_relay_with_the_same_name_refuses_to_start),
