@@ -61,15 +61,19 @@
  * In wal mode a row is ready only once the WAL source's slot is confirmed
  * past the row's wal_lsn: every earlier message of its key that went
  * through WAL is then in Kafka, so a delayed row cannot overtake one
- * (schemas/014_wal_gate.sql says why that holds). Not ready, it waits as
- * a delayed row does: its key blocked, every other key flowing. NULL (no
- * slot, a lost one, table mode): no wait. One InitPlan per fetch.
+ * (schemas/014_wal_gate.sql says why that holds). Likewise in table mode
+ * until the slot is confirmed past the turn from wal mode (wal_until_lsn,
+ * schemas/022_wal_until.sql): messages emitted before it may still be in
+ * WAL only. Not ready, it waits as a delayed row does: its key blocked,
+ * every other key flowing. NULL (no slot, a lost one, table mode with the
+ * WAL source past the turn): no wait. One InitPlan per fetch.
  */
 #define WAL_CONFIRMED                                                                      \
     "SELECT r.confirmed_flush_lsn FROM ferry.settings st "                                 \
     "  JOIN pg_replication_slots r ON r.slot_name = st.wal_slot "                          \
     "   AND r.database = current_database() "                                              \
-    " WHERE st.emit_mode = 'wal' AND r.wal_status IS DISTINCT FROM 'lost'"
+    " WHERE (st.emit_mode = 'wal' OR r.confirmed_flush_lsn < st.wal_until_lsn) "           \
+    "   AND r.wal_status IS DISTINCT FROM 'lost'"
 
 #define FETCH_STATEMENT "ferry_relay_fetch"
 #define FETCH_SQL                                                                          \

@@ -431,12 +431,51 @@ static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(v
     PQfinish(c);
 }
 
+/*
+ * Leaving wal mode with a message of a key still in WAL only (the WAL
+ * relay is down): the key's next message, emitted in table mode, waits
+ * in the table until the WAL relay has published the first and confirmed
+ * past the turn; then it goes. The fault fired: position 1 is in WAL and
+ * position 2 a ready row of the table when the table relay runs. Before
+ * schema 22 the topic held 2 then 1.
+ */
+static void leaving_wal_mode_keeps_each_keys_order(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    const char *topic = "wo.turn";
+    tu_exec(c, "SELECT ferry.emit('wo.turn', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings WHERE wal_until_lsn IS NOT NULL"),
+                     1);
+    tu_exec(c, "SELECT ferry.emit('wo.turn', 'k', 'Tested', '{\"n\": 2}')");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.turn' "
+                               "AND seq = 2"), 1);
+    assert_int_equal(table_relay_once("turn-table-1"), 0);
+    /* Position 2 waits for the WAL path, which has not published 1. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.turn' "
+                               "AND published_at IS NULL"), 1);
+    assert_int_equal(tu_wal_relay_once("turn-wal", NULL), 0);
+    assert_int_equal(table_relay_once("turn-table-2"), 0);
+    tu_wal_topic tc = tu_wal_check_topic(topic, 2, 30000);    /* 1 before 2, or it fails */
+    assert_int_equal(tc.distinct, 2);
+    assert_int_equal(tc.duplicates, 0);
+    /* Past the turn, table mode waits for nothing. */
+    tu_exec(c, "SELECT ferry.emit('wo.turn', 'k', 'Tested', '{\"n\": 3}')");
+    assert_int_equal(table_relay_once("turn-table-3"), 0);
+    assert_int_equal(tu_wal_check_topic(topic, 3, 30000).distinct, 3);
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings WHERE wal_until_lsn IS NULL"),
+                     1);
+    PQfinish(c);
+}
+
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins),
         cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
+        cmocka_unit_test(leaving_wal_mode_keeps_each_keys_order),
         cmocka_unit_test(a_broker_outage_while_streaming_loses_nothing),
         cmocka_unit_test(postgres_restarted_mid_stream_loses_nothing),
         cmocka_unit_test(a_slot_past_its_wal_limit_is_loud_before_it_is_lost),
