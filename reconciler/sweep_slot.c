@@ -19,6 +19,10 @@
  *   lagging    read, but the confirmed position has not moved for longer
  *              than the outbox lag budget while WAL was written past it
  *              (the relay is stuck: Kafka down, a message failing)
+ *   recreated  `ferry-relay slot recreate` left a window of WAL whose
+ *              messages may never have been published (ferry.wal_slot's
+ *              missed_* columns), until an operator who has dealt with it
+ *              clears the window
  *
  * each with the WAL bytes it retains. When the relay last confirmed comes
  * from ferry.wal_slot.confirmed_at, which the WAL relay writes every
@@ -42,7 +46,10 @@
     "       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn), 0)::bigint, " \
     "       w.slot_name IS NOT NULL, "                                                         \
     "       floor(extract(epoch FROM now() - coalesce(w.confirmed_at, w.created_at))"          \
-    "             * 1000)::bigint "                                                            \
+    "             * 1000)::bigint, "                                                           \
+    "       w.missed_from_lsn IS NOT NULL, coalesce(w.missed_from_lsn::text, ''), "            \
+    "       coalesce(w.missed_to_lsn::text, ''), coalesce(w.missed_from_at::text, ''), "       \
+    "       coalesce(w.recreated_at::text, '') "                                              \
     "  FROM ferry.settings s "                                                                 \
     "  LEFT JOIN pg_replication_slots r "                                                      \
     "         ON r.slot_name = s.wal_slot AND r.database = current_database() "                \
@@ -115,6 +122,24 @@ int rc_sweep_wal_slot(rc_ctx *ctx)
                                    (json_int_t)lag_bytes, "since_confirmed_ms",
                                    (json_int_t)quiet_ms, "budget_ms", (json_int_t)budget);
         rc_found(ctx, problem, subject, 1, outcome, detail, "%s: %s", subject, why);
+    }
+    /* A window `slot recreate` reported stays a finding until cleared:
+     * what was in it cannot be read back, only its consequences (each
+     * consumer holds a key's later messages behind the gap), so only an
+     * operator can say it was dealt with. */
+    if (rc_bool_at(res, 0, 9)) {
+        const char *from = PQgetvalue(res, 0, 10), *to = PQgetvalue(res, 0, 11);
+        const char *from_at = PQgetvalue(res, 0, 12), *at = PQgetvalue(res, 0, 13);
+        json_t *detail = json_pack("{s:s, s:s, s:s, s:s, s:s}", "slot", slot, "missed_from_lsn",
+                                   from, "missed_to_lsn", to, "missed_from_at", from_at,
+                                   "recreated_at", at);
+        rc_found(ctx, "recreated", subject, 1, outcome, detail,
+                 "%s: recreated at %s; messages emitted in wal mode between WAL %s (%s) and %s "
+                 "may never have been published: consumers see them as gaps in their keys' "
+                 "positions and hold what follows; once that is dealt with, clear the window: "
+                 "UPDATE ferry.wal_slot SET missed_from_lsn = NULL, missed_to_lsn = NULL, "
+                 "missed_from_at = NULL WHERE slot_name = '%s'",
+                 subject, at, from, from_at, to, slot);
     }
     PQclear(res);
     return 0;

@@ -235,6 +235,17 @@ static int relay_status(char **out)
     return tu_run(argv, 60000, out, NULL);
 }
 
+/* `ferry-relay run --once` of the table source, to its end: its status. */
+static int table_relay_once(const char *holder)
+{
+    const char *args[] = {"--once", NULL};
+    tu_proc t = tu_relay_start(kt_bootstrap(tu_wal_broker), holder, args,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    int st = tu_proc_wait(&t, 60000);
+    tu_proc_done(&t);
+    return st;
+}
+
 /* With max_slot_wal_keep_size at 1 MB, write WAL segments past the slot
  * (and checkpoint them away when it is to be lost) until its wal_status
  * is want, "unreserved" or "lost": the fault, proven fired. The limit
@@ -344,6 +355,13 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     assert_non_null(strstr(out, "is lost"));
     free(out);
 
+    /* Meanwhile emit falls back to the table, which nothing holds back:
+     * the lost slot will never confirm. */
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
+    tu_wal_emit_n("wo.fallback", 4, 2, 2);
+    assert_int_equal(table_relay_once("lost-table"), 0);
+    assert_int_equal(tu_wal_check_topic("wo.fallback", 4, 30000).distinct, 4);
+
     assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
     assert_non_null(strstr(out, "may never have been published"));
     free(out);
@@ -355,6 +373,20 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     assert_int_equal(tu_int_of(c, sql), 1);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
                                "'ferry' AND wal_status IS DISTINCT FROM 'lost'"), 1);
+    /* The reconciler reports the window until an operator clears it. */
+    assert_int_equal(reconcile_check(&out), 4);
+    char *f = slot_finding(out, "recreated");
+    assert_non_null(strstr(f, "may never have been published"));
+    assert_non_null(strstr(f, confirmed));
+    free(f);
+    free(out);
+    tu_exec(c, "UPDATE ferry.wal_slot SET missed_from_lsn = NULL, missed_to_lsn = NULL, "
+               "missed_from_at = NULL WHERE slot_name = 'ferry'");
+    assert_int_equal(reconcile_check(&out), 0);
+    f = slot_finding(out, "recreated");
+    assert_string_equal(f, "");
+    free(f);
+    free(out);
     free(confirmed);
     free(from);
     PQfinish(c);
@@ -387,17 +419,6 @@ static void status_is_a_problem_when_wal_mode_has_no_slot(void **state)
     assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
     free(out);
     PQfinish(c);
-}
-
-/* `ferry-relay run --once` of the table source, to its end: its status. */
-static int table_relay_once(const char *holder)
-{
-    const char *args[] = {"--once", NULL};
-    tu_proc t = tu_relay_start(kt_bootstrap(tu_wal_broker), holder, args,
-                               (const char *const[]){TU_RELAY_ASAN, NULL});
-    int st = tu_proc_wait(&t, 60000);
-    tu_proc_done(&t);
-    return st;
 }
 
 /*
