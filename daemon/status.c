@@ -119,7 +119,13 @@ static const char st_sql_wal[] =
     "       CASE WHEN NOT pg_is_in_recovery()"
     "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint END,"
     "       CASE WHEN NOT pg_is_in_recovery()"
-    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint END"
+    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint END,"
+    /* Schema 22: back in table mode, the table path holds rows until the
+     * slot is confirmed past the turn (read through to_jsonb, so that an
+     * older schema without the column reads false). */
+    "       coalesce(s.emit_mode = 'table' AND r.wal_status IS DISTINCT FROM 'lost'"
+    "                AND r.confirmed_flush_lsn < (to_jsonb(s) ->> 'wal_until_lsn')::pg_lsn,"
+    "                false)"
     "  FROM ferry.settings s"
     "  LEFT JOIN pg_replication_slots r"
     "    ON r.slot_name = s.wal_slot AND r.database = current_database()";
@@ -279,6 +285,7 @@ static json_t *st_wal(st_build *b, const PGresult *res)
     st_set(b, w, "active", st_keep(b, json_boolean(PQgetvalue(res, 0, 4)[0] == 't')));
     st_set(b, w, "retained_bytes", st_int(b, res, 0, 5));
     st_set(b, w, "confirmed_lag_bytes", st_int(b, res, 0, 6));
+    st_set(b, w, "held_for_wal", st_keep(b, json_boolean(PQgetvalue(res, 0, 7)[0] == 't')));
     return w;
 }
 
@@ -329,6 +336,13 @@ static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
                  "\"%s\" is lost (wal_status = lost, past max_slot_wal_keep_size): messages "
                  "in the WAL it lost may not have been published; set emit_mode = 'table', "
                  "then see `ferry-relay slot recreate`%s", slot ? slot : "?", tail);
+    } else if (json_is_true(json_object_get(wal, "held_for_wal")) &&
+               !json_is_true(json_object_get(wal, "active"))) {
+        snprintf(text, sizeof text, "PROBLEM: emit_mode turned from 'wal' to 'table', and no "
+                 "relay reads the replication slot \"%s\": the table path holds its rows back "
+                 "until a WAL relay (--outbox-source wal) has published what was emitted "
+                 "before the turn; run one, or drop the slot if those messages are given up%s",
+                 slot ? slot : "?", tail);
     } else if (wal_status != NULL && strcmp(wal_status, "unreserved") == 0) {
         snprintf(text, sizeof text, "PROBLEM: the replication slot \"%s\" retains more WAL "
                  "than max_slot_wal_keep_size (wal_status = unreserved): the next checkpoint "

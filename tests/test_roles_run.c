@@ -171,7 +171,8 @@ static void slot_create_refuses_a_role_that_cannot_record_it(void **state)
  * The WAL source as its role (README, "Two sources"): a login role with
  * REPLICATION, a member of ferry_relay and nothing else, no superuser,
  * creates the slot (`ferry-relay slot create`), streams it and publishes.
- * The operator turns wal mode on, and back off for the tests after this.
+ * The operator turns wal mode on, and back off for the tests after this
+ * before the relay runs.
  */
 static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
 {
@@ -184,6 +185,10 @@ static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
     tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'wal'");
     emit_n("rr.wal", 7);
     assert_int_equal(unpublished("rr.wal"), 0);          /* in WAL, not in the table */
+    /* Back to table mode for the tests after this one, before the WAL
+     * relay runs: it then confirms past the turn, and the table path
+     * holds nothing back (README, "Leaving wal mode"). */
+    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
     const char *argv[] = {tu_relay_bin(), "run", "--db", db, "--kafka", kt_bootstrap(broker),
                           "--holder", "rr-wal", "--outbox-source", "wal", "--once", NULL};
     const char *env[] = {TU_RELAY_ASAN, NULL};
@@ -192,7 +197,9 @@ static void wal_relay_publishes_as_a_relay_member_with_replication(void **state)
     if (st != 0)
         tu_proc_fail(&p, "ferry-relay run --outbox-source wal --once as rr_wal exited %d", st);
     tu_proc_done(&p);
-    tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings s JOIN pg_replication_slots "
+                               "r ON r.slot_name = s.wal_slot "
+                               "WHERE r.confirmed_flush_lsn >= s.wal_until_lsn"), 1);
     kt_msgs *got = kt_consume(kt_bootstrap(broker), "rr.wal", 7, 10000);
     assert_non_null(got);
     assert_int_equal(got->count, 7);

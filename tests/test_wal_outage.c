@@ -472,14 +472,21 @@ static void leaving_wal_mode_keeps_each_keys_order(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.turn' "
                                "AND seq = 2"), 1);
     assert_int_equal(table_relay_once("turn-table-1"), 0);
-    /* Position 2 waits for the WAL path, which has not published 1. */
+    /* Position 2 waits for the WAL path, which has not published 1; and
+     * with no WAL relay reading the slot, status says why. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.turn' "
                                "AND published_at IS NULL"), 1);
+    char *out = NULL;
+    assert_int_equal(relay_status(&out), 4);
+    assert_non_null(strstr(out, "holds its rows back"));
+    free(out);
     assert_int_equal(tu_wal_relay_once("turn-wal", NULL), 0);
     assert_int_equal(table_relay_once("turn-table-2"), 0);
     tu_wal_topic tc = tu_wal_check_topic(topic, 2, 30000);    /* 1 before 2, or it fails */
     assert_int_equal(tc.distinct, 2);
     assert_int_equal(tc.duplicates, 0);
+    assert_int_equal(relay_status(&out), 0);
+    free(out);
     /* Past the turn, table mode waits for nothing. */
     tu_exec(c, "SELECT ferry.emit('wo.turn', 'k', 'Tested', '{\"n\": 3}')");
     assert_int_equal(table_relay_once("turn-table-3"), 0);
