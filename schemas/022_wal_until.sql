@@ -17,22 +17,16 @@
 --     Once the WAL relay is past the turn, nothing waits. A lost slot
 --     never confirms: its messages may be gone, and nothing waits for it
 --     (README, "When the slot is lost"); a slot dropped likewise.
---   * The trigger that guards emit_mode records the turn.
+--   * A trigger of its own records the turn, beside the one that guards
+--     emit_mode (schema 11), which stays as it is. BEFORE triggers fire
+--     in name order: the guard refuses a bad turn first.
 ALTER TABLE ferry.settings ADD COLUMN wal_until_lsn pg_lsn;
 
-CREATE OR REPLACE FUNCTION ferry.settings_emit_mode_guard() RETURNS trigger
+CREATE FUNCTION ferry.settings_wal_turn() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    IF NEW.emit_mode = 'wal' AND NOT EXISTS (
-           SELECT 1 FROM pg_replication_slots
-            WHERE slot_name = NEW.wal_slot AND database = current_database()
-              AND slot_type = 'logical' AND plugin = 'pgoutput') THEN
-        RAISE EXCEPTION 'emit_mode wal needs the logical replication slot "%" (plugin pgoutput) in this database: create it first (ferry-relay slot create)',
-                        NEW.wal_slot
-            USING ERRCODE = 'object_not_in_prerequisite_state', COLUMN = 'emit_mode';
-    END IF;
     IF NEW.emit_mode = 'wal' THEN
         NEW.wal_until_lsn := NULL;
     ELSIF OLD.emit_mode = 'wal' THEN
@@ -41,4 +35,6 @@ BEGIN
     RETURN NEW;
 END
 $fn$;
-REVOKE ALL ON FUNCTION ferry.settings_emit_mode_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ferry.settings_wal_turn() FROM PUBLIC;
+CREATE TRIGGER settings_wal_turn BEFORE UPDATE OF emit_mode ON ferry.settings
+    FOR EACH ROW EXECUTE FUNCTION ferry.settings_wal_turn();

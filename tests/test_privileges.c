@@ -56,6 +56,7 @@ static const fn_cell FUNCS[] = {
     {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
     {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
     {"ferry.settings_emit_mode_guard()", NONE, "SELECT ferry.settings_emit_mode_guard()", 0},
+    {"ferry.settings_wal_turn()", NONE, "SELECT ferry.settings_wal_turn()", 0},   /* schema 22 */
     {"ferry.emit(text,text,text,jsonb,jsonb)", W | C | X,
      "SELECT ferry.emit('pv', 'k', 'T', '{}'::jsonb)", 0},
     {"ferry.emit(text,text,text,text,text)", W | C,
