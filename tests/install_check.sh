@@ -88,13 +88,14 @@ if nm -D --defined-only "$tmp/prefix/lib/libferry.so" | awk '{print $3}' | grep 
     echo "install_check: libferry.so exports symbols outside ferry_*" >&2
     exit 1
 fi
+# A library's or program's global symbols, one a line.
+globals() { nm -g --defined-only "$1" | awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' | sort -u; }
 # The static library cannot hide its internals, so they carry the internal
 # prefix (ferry__, README "Names") and clash with no program's names.
-if nm -g --defined-only "$tmp/prefix/lib/libferry.a" 2>/dev/null |
-        awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' | grep -v '^ferry_' | grep -q .; then
+outside=$(globals "$tmp/prefix/lib/libferry.a" | grep -v '^ferry_' || true)
+if [ -n "$outside" ]; then
     echo "install_check: libferry.a defines globals outside ferry_*:" >&2
-    nm -g --defined-only "$tmp/prefix/lib/libferry.a" | awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' |
-        grep -v '^ferry_' >&2
+    echo "$outside" >&2
     exit 1
 fi
 # ... and exactly the functions ferry.h declares FERRY_API: nothing internal
@@ -125,7 +126,6 @@ env -u LD_LIBRARY_PATH "$tmp/old"
 # server behind --metrics, Prometheus text) and is linked by them, never
 # into the library services link; the reconciler links common/, not the
 # relay; and the reconciler's report talks to no database.
-globals() { nm -g --defined-only "$1" | awk 'NF == 3 && $2 ~ /[TDBR]/ {print $3}' | sort -u; }
 for lib in build/rel/libcommon.a build/rel/librelay.a build/rel/reconciler/report.o; do
     [ -e "$lib" ] || { echo "install_check: no $lib (make)" >&2; exit 1; }
 done
