@@ -188,6 +188,7 @@ static double measure(PGconn *admin, workload wl, int n, double seconds)
 typedef struct run_result {
     int status;
     double wall_s;
+    double cpu_s;               /* the relay's user + system CPU */
     long maxrss_kib;
 } run_result;
 
@@ -207,6 +208,8 @@ static int run_relay(const char *source, run_result *out)
     out->wall_s = (double)(clk_mono_us() - t0) / 1e6;
     out->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
     out->maxrss_kib = ru.ru_maxrss;
+    out->cpu_s = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     if (out->status != 0)
         fprintf(stderr, "bench: ferry-relay --source %s --once exited %d\n", source,
                 out->status);
@@ -871,6 +874,12 @@ int main(void)
            rw.wall_s / decode_s);
     printf("bench wal_decode_only %.0f msg/s\n", (double)backlog_n / decode_s);
     printf("bench wal_drain_vs_decode_ratio %.3f ratio\n", decode_s / rw.wall_s);
+    /* CPU, less at the mercy of a shared machine than wall time: the
+     * relay's own per message, each source. */
+    printf("relay CPU per message (user + system, all threads): table %.2f us, wal %.2f us\n",
+           rt.cpu_s * 1e6 / (double)backlog_n, rw.cpu_s * 1e6 / (double)backlog_n);
+    printf("bench wal_drain_cpu_us_table %.2f us\n", rt.cpu_s * 1e6 / (double)backlog_n);
+    printf("bench wal_drain_cpu_us_wal %.2f us\n", rw.cpu_s * 1e6 / (double)backlog_n);
     printf("bench wal_drain_rss_table %.1f MiB\n", (double)rt.maxrss_kib / 1024);
     printf("bench wal_drain_rss_wal %.1f MiB\n", (double)rw.maxrss_kib / 1024);
     }

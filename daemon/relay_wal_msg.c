@@ -259,8 +259,9 @@ int wal_msg_parse(const char *content, size_t len, const char *token, long max_p
         if (!ferry__utf8_valid(ptr[i], plen[i], &bad))
             return refuse(why, whylen, "content: %s is not UTF-8 (byte %zu)",
                           i < 5 ? names[i] : "payload", bad);
-    if (plen[4] > 0) {
-        /* Headers: a JSON object of strings, as emit checked. */
+    if (plen[4] > 0 && !(plen[4] == 2 && memcmp(ptr[4], "{}", 2) == 0)) {
+        /* Headers: a JSON object of strings, as emit checked ("{}", what
+         * emit writes for none, needs no parser). */
         json_error_t jerr;
         json_t *h = json_loadb(ptr[4], plen[4], 0, &jerr);
         int ok = json_is_object(h);

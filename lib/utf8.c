@@ -3,7 +3,9 @@
  * a control character in every message that quotes input. Nothing here
  * allocates.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -12,6 +14,16 @@ bool ferry__utf8_valid(const char *s, size_t len, size_t *bad_at)
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
+        /* ASCII eight bytes at a time: most of a JSON payload. */
+        while (len - i >= 8) {
+            uint64_t word;
+            memcpy(&word, p + i, 8);
+            if (word & UINT64_C(0x8080808080808080))
+                break;
+            i += 8;
+        }
+        if (i >= len)
+            break;
         unsigned c = p[i];
         size_t n;
         unsigned min;

@@ -103,6 +103,13 @@ static void utf8_validation(void **state)
         {"\xf4\x90\x80\x80", 0, 0},             /* beyond U+10FFFF */
         {"ok\xe2\x82", 0, 2},                   /* truncated sequence */
         {"\x80", 0, 0},                         /* lone continuation */
+        /* Past and across the eight-byte ASCII steps. */
+        {"0123456789abcdefg", 1, 0},
+        {"01234567\xff", 0, 8},
+        {"0123456789abcde\xff", 0, 15},
+        {"0123456\xc3\xbc" "89abcdef\xc3", 0, 17},  /* a sequence across a step, one cut */
+        {"0123456789abcdef\xed\xa0\x80" "xyz", 0, 16},
+        {"\xe2\x82\xac" "0123456789abcdef\xf0\x9f\x9a\xa2", 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t bad = 999;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "testutil.h"
+#include "../daemon/relay_int.h"
 #include "../daemon/relay_wal.h"
 
 static const char TOKEN[] = "0123456789abcdef0123456789abcdef";
@@ -181,6 +182,81 @@ static void frames_and_pgoutput_messages_are_length_checked(void **state)
     assert_int_equal(wal_lsn_parse("nope", &lsn), -1);
 }
 
+/* One header's value as text, from what relay_headers_of made. */
+static const char *hval(rd_kafka_headers_t *h, const char *name, char *buf, size_t size)
+{
+    const void *v;
+    size_t n;
+    assert_int_equal(rd_kafka_header_get_last(h, name, &v, &n), RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_true(n < size);
+    memcpy(buf, v, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/*
+ * The headers both sources publish (relay_headers_of): ce_time is RFC 3339
+ * with microseconds for every instant, also one after another within a
+ * second and across seconds (the formatting keeps the last second), and
+ * before 1970; ferry_seq is the position in decimal.
+ */
+static void headers_carry_time_and_position_exactly(void **state)
+{
+    (void)state;
+    static relay r;
+    snprintf(r.source, sizeof r.source, "ferry://h/db");
+    static const struct {
+        int64_t us;
+        int64_t seq;
+        const char *time, *seqtext;
+    } cases[] = {
+        {INT64_C(1796542734807536), 1, "2026-12-06T07:38:54.807536Z", "1"},
+        {INT64_C(1796542734000001), 10, "2026-12-06T07:38:54.000001Z", "10"},
+        {INT64_C(1796542735000000), 9223372036854775806, "2026-12-06T07:38:55.000000Z",
+         "9223372036854775806"},
+        {INT64_C(1796542734999999), 42, "2026-12-06T07:38:54.999999Z", "42"},
+        {0, 7, "1970-01-01T00:00:00.000000Z", "7"},
+        {-1, 8, "1969-12-31T23:59:59.999999Z", "8"},
+        {INT64_C(-1000000), 9, "1969-12-31T23:59:59.000000Z", "9"},
+        {INT64_C(951782400123456), 100, "2000-02-29T00:00:00.123456Z", "100"},
+    };
+    char buf[64];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        relay_row row = {.type = "T", .aggtype = "", .headers = "{}", .seq = cases[i].seq,
+                         .created_us = cases[i].us};
+        rd_kafka_headers_t *h = relay_headers_of(&r, &row, ID);
+        assert_string_equal(hval(h, "ce_time", buf, sizeof buf), cases[i].time);
+        assert_string_equal(hval(h, "ferry_seq", buf, sizeof buf), cases[i].seqtext);
+        assert_string_equal(hval(h, "ce_source", buf, sizeof buf), "ferry://h/db");
+        rd_kafka_headers_destroy(h);
+    }
+}
+
+/* Headers "{}" (emit's none) read back as none; anything else is still
+ * checked to be a JSON object of strings. */
+static void empty_headers_need_no_parse_and_others_are_checked(void **state)
+{
+    (void)state;
+    wal_scratch s = {0};
+    wal_msg m;
+    char why[256];
+    char *c = content(TOKEN, "t", "k", "", "T", "{}", "{}");
+    assert_int_equal(parse(c, &s, &m, why), 0);
+    assert_string_equal(m.headers, "{}");
+    free(c);
+    c = content(TOKEN, "t", "k", "", "T", "{ }", "{}");
+    assert_int_equal(parse(c, &s, &m, why), 0);
+    free(c);
+    static const char *const bad[] = {"{]", "[]", "{\"a\":1}", "{}x", "{", "}{"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        c = content(TOKEN, "t", "k", "", "T", bad[i], "{}");
+        assert_int_equal(parse(c, &s, &m, why), -1);
+        assert_non_null(strstr(why, "headers"));
+        free(c);
+    }
+    free(s.buf);
+}
+
 int main(void)
 {
     tu_filter_from_env();
@@ -188,6 +264,8 @@ int main(void)
         cmocka_unit_test(emit_content_reads_back_field_by_field),
         cmocka_unit_test(hostile_content_is_refused_naming_the_field),
         cmocka_unit_test(frames_and_pgoutput_messages_are_length_checked),
+        cmocka_unit_test(headers_carry_time_and_position_exactly),
+        cmocka_unit_test(empty_headers_need_no_parse_and_others_are_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
