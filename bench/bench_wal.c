@@ -84,6 +84,25 @@ typedef struct client {
     pthread_barrier_t *start;
 } client;
 
+/* Wait (up to 10 s) until no session holds the slot: a relay that exits
+ * closes its replication connection without waiting for the server, which
+ * lets the slot go a moment later. 0, or -1 when it is still held. */
+static int slot_released(PGconn *c, const char *slot)
+{
+    for (int i = 0; i < 1000; i++) {
+        long long active = -1;
+        if (bench_query_ll(c, "SELECT count(*) FROM pg_replication_slots "
+                              "WHERE slot_name = $1 AND active", slot, &active))
+            return -1;
+        if (active == 0)
+            return 0;
+        usleep(10 * 1000);
+    }
+    fprintf(stderr, "bench: the slot \"%s\" is still active 10 s after its relay exited\n",
+            slot);
+    return -1;
+}
+
 static int set_mode(PGconn *c, const char *mode)
 {
     char sql[96];
@@ -96,8 +115,9 @@ static int set_mode(PGconn *c, const char *mode)
      * that step's WAL relay, or is not wanted (emit's throughput), so the
      * slot is moved past the turn as an operator who knows that would. */
     if (strcmp(mode, "table") == 0 &&
-        bench_exec(c, "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_lsn()) "
-                      "FROM pg_replication_slots WHERE slot_name = 'ferry' AND NOT active"))
+        (slot_released(c, "ferry") ||
+         bench_exec(c, "SELECT pg_replication_slot_advance(slot_name, pg_current_wal_lsn()) "
+                       "FROM pg_replication_slots WHERE slot_name = 'ferry' AND NOT active")))
         return -1;
     return 0;
 }
@@ -824,7 +844,7 @@ int main(void)
         goto out;
     double write_table_s = (double)(clk_mono_us() - w0) / 1e6;
     if (bench_exec(c, "CREATE TABLE bench_drain_rows AS SELECT * FROM ferry.outbox") ||
-        run_relay("table", &rt[0]))
+        bench_exec(c, "VACUUM ferry.outbox") || run_relay("table", &rt[0]))
         goto out;
     /* The slot starts past the table backlog, as it would in steady
      * state (its rows would be decoded, and skipped, otherwise). Moving
@@ -847,6 +867,10 @@ int main(void)
         goto out;
     fprintf(stderr, "bench: the slot's restart_lsn is %lld bytes behind its confirmed position\n",
             behind);
+    if (behind > 1024 * 1024) {
+        fprintf(stderr, "bench: restart_lsn did not follow the slot past the table backlog\n");
+        goto out;
+    }
     w0 = clk_mono_us();
     if (backlog(c, backlog_n, 1000))
         goto out;
@@ -868,7 +892,8 @@ int main(void)
      * WAL (its DELETEs, the rows put back), which a later wal drain would
      * have to read to its end, more each round. */
     for (int round = 0; round < DRAIN_ROUNDS; round++) {
-        if ((round > 0 && (bench_exec(c, "SELECT pg_drop_replication_slot('ferry')") ||
+        if ((round > 0 && (slot_released(c, "ferry") ||
+                           bench_exec(c, "SELECT pg_drop_replication_slot('ferry')") ||
                            bench_exec(c, "SELECT pg_copy_logical_replication_slot("
                                          "'bench_drain_copy', 'ferry')"))) ||
             run_relay("wal", &rw[round]))
@@ -879,7 +904,10 @@ int main(void)
     for (int round = 1; round < DRAIN_ROUNDS; round++) {
         /* Table mode (set_mode moves the slot past the turn), the rows
          * put back. */
-        if (set_mode(c, "table") ||
+        /* The table as the first drain found it: without the dead rows
+         * and index entries of the drains before, which the fetch's index
+         * scan would otherwise walk past. */
+        if (set_mode(c, "table") || bench_exec(c, "VACUUM ferry.outbox") ||
             bench_exec(c, "INSERT INTO ferry.outbox SELECT * FROM bench_drain_rows") ||
             run_relay("table", &rt[round]))
             goto out;
@@ -937,7 +965,19 @@ int main(void)
     /* One large transaction. */
     if (step("bigtx")) {
     run_result rb;
-    if (backlog(c, bigtx_n, bigtx_n) || run_relay("wal", &rb))
+    /* In wal mode whatever step ran before (the drain ends in table
+     * mode): the transaction must go to WAL, not to the table. */
+    long long waiting = -1;
+    if (set_mode(c, "wal") || backlog(c, bigtx_n, bigtx_n) ||
+        bench_query_ll(c, "SELECT count(*) FROM ferry.outbox WHERE published_at IS NULL", NULL,
+                       &waiting))
+        goto out;
+    if (waiting != 0) {
+        fprintf(stderr, "bench: bigtx: %lld messages went to the outbox table, not to WAL\n",
+                waiting);
+        goto out;
+    }
+    if (run_relay("wal", &rb) || slot_released(c, "ferry"))
         goto out;
     printf("one transaction of %ld messages, WAL source: drained in %.2f s, relay peak RSS "
            "%.1f MiB (a relay of 0 messages: see wal_drain_rss_*)\n", bigtx_n, rb.wall_s,
