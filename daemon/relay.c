@@ -190,6 +190,7 @@ void relay_set_health(relay *r, int healthy, const char *reason)
  * changes every second (it names its age): updated at most once a second. */
 static void update_health(relay *r, int64_t now)
 {
+    char why_gate[256];
     sched_stats st;
     sched_stats_get(r->s, now, &st);
     if (r->m != NULL) {
@@ -215,6 +216,8 @@ static void update_health(relay *r, int64_t now)
         relay_set_health(r, 0, "kafka unreachable: every broker is down");
     else if (st.stuck_reason[0] != '\0')
         relay_set_health(r, 0, st.stuck_reason);
+    else if (relay_lag_gate_held(r->lag, why_gate, sizeof why_gate))
+        relay_set_health(r, 0, why_gate);
     else
         relay_set_health(r, 1, "");
 }
@@ -350,7 +353,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     if (relay_start(r) != 0)
         goto out;
     if (!cfg->once)
-        r->lag = relay_lag_start(cfg->db, m);
+        r->lag = relay_lag_start(cfg->db, m, cfg->stuck_ms);
 
     int stopping = 0, clean = 0;
     char fatal[512];

@@ -68,12 +68,7 @@
  * every other key flowing. NULL (no slot, a lost one, table mode with the
  * WAL source past the turn): no wait. One InitPlan per fetch.
  */
-#define WAL_CONFIRMED                                                                      \
-    "SELECT r.confirmed_flush_lsn FROM ferry.settings st "                                 \
-    "  JOIN pg_replication_slots r ON r.slot_name = st.wal_slot "                          \
-    "   AND r.database = current_database() "                                              \
-    " WHERE (st.emit_mode = 'wal' OR r.confirmed_flush_lsn < st.wal_until_lsn) "           \
-    "   AND r.wal_status IS DISTINCT FROM 'lost'"
+#define WAL_CONFIRMED RELAY_WAL_CONFIRMED_SQL
 
 #define FETCH_STATEMENT "ferry_relay_fetch"
 #define FETCH_SQL                                                                          \

@@ -195,8 +195,22 @@ rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *i
 int relay_wal_run(relay *r, volatile sig_atomic_t *stop);
 void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg);
 
+/* The WAL gate (relay_fetch.c): the slot's confirmed position while the
+ * table path must wait for it, else no row: a row whose wal_lsn is past
+ * it waits. */
+#define RELAY_WAL_CONFIRMED_SQL                                                            \
+    "SELECT r.confirmed_flush_lsn FROM ferry.settings st "                                 \
+    "  JOIN pg_replication_slots r ON r.slot_name = st.wal_slot "                          \
+    "   AND r.database = current_database() "                                              \
+    " WHERE (st.emit_mode = 'wal' OR r.confirmed_flush_lsn < st.wal_until_lsn) "           \
+    "   AND r.wal_status IS DISTINCT FROM 'lost'"
+
 /* relay_lag.c */
-relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m);    /* NULL: none */
+relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m,
+                           int stuck_ms);                              /* NULL: none */
+/* Why the relay is not ready because rows of its shards have waited for
+ * the WAL slot longer than stuck_ms (into why, and 1), or 0. */
+int relay_lag_gate_held(relay_lag *l, char *why, size_t size);
 void relay_lag_sync(relay_lag *l, const sched *s);
 void relay_lag_stop(relay_lag *l);
 

@@ -8,6 +8,12 @@
  * own index (a backlog of 30 M rows costs the same as one of LAG_CAP).
  * Delayed rows (available_at to come) are not lag and are not counted.
  * A held shard with nothing waiting reads 0, so its series never vanishes.
+ *
+ * The same look says whether due rows wait for the WAL slot (the gate of
+ * relay_fetch.c: wal mode, or the turn back from it) longer than
+ * stuck_ms: with no WAL relay confirming the slot they would wait for
+ * ever, while the scheduler sees only rows that are not ready yet, as a
+ * delayed one is. /healthz then says so (relay.c, update_health).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -27,31 +33,68 @@ struct relay_lag {
     int stop;
     char *conninfo;
     relay_metrics *m;
+    int stuck_ms;
     atomic_char held[MAX_SHARDS];
+    /* Under lock: the last look's rows held by the WAL gate past
+     * stuck_ms, and the longest such wait. */
+    long long gate_rows;
+    double gate_age_s;
 };
 
 static void measure(relay_lag *l, PGconn *c)
 {
-    char shard[16], cap[16];
+    char shard[16], cap[16], stuck[16];
     snprintf(cap, sizeof cap, "%d", LAG_CAP);
+    snprintf(stuck, sizeof stuck, "%d", l->stuck_ms);
     metrics_shards_reset(l->m);
+    long long gate_rows = 0;
+    double gate_age = 0;
     for (int s = 0; s < MAX_SHARDS; s++) {
         if (!atomic_load(&l->held[s]))
             continue;
         snprintf(shard, sizeof shard, "%d", s);
-        const char *params[2] = {shard, cap};
+        const char *params[3] = {shard, cap, stuck};
         PGresult *res = PQexecParams(
             c,
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
-            "FROM (SELECT created_at FROM ferry.outbox "
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0), "
+            "       count(*) FILTER (WHERE gated), "
+            "       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE gated)), 0) "
+            "FROM (SELECT created_at, available_at, "
+            "             wal_lsn > (" RELAY_WAL_CONFIRMED_SQL ") "
+            "             AND available_at <= now() - $3::int * interval '1 millisecond' AS gated "
+            "      FROM ferry.outbox "
             "      WHERE shard = $1::int AND published_at IS NULL AND available_at <= now() "
             "      ORDER BY shard, topic, aggregateid, seq LIMIT $2::int) r",
-            2, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+            3, NULL, params, NULL, NULL, 0);
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
             metrics_set_shard(l->m, s, strtoll(PQgetvalue(res, 0, 0), NULL, 10),
                               strtod(PQgetvalue(res, 0, 1), NULL));
+            gate_rows += strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+            double age = strtod(PQgetvalue(res, 0, 3), NULL);
+            gate_age = age > gate_age ? age : gate_age;
+        }
         PQclear(res);
     }
+    pthread_mutex_lock(&l->lock);
+    l->gate_rows = gate_rows;
+    l->gate_age_s = gate_age;
+    pthread_mutex_unlock(&l->lock);
+}
+
+int relay_lag_gate_held(relay_lag *l, char *why, size_t size)
+{
+    if (l == NULL)
+        return 0;
+    pthread_mutex_lock(&l->lock);
+    long long rows = l->gate_rows;
+    double age = l->gate_age_s;
+    pthread_mutex_unlock(&l->lock);
+    if (rows == 0)
+        return 0;
+    snprintf(why, size, "%lld row%s waited over %d ms (the longest %.0f s) for the WAL slot to "
+             "be confirmed past them: is a WAL relay (--outbox-source wal) reading the slot?",
+             rows, rows == 1 ? "" : "s", l->stuck_ms, age);
+    return 1;
 }
 
 static void *lag_main(void *arg)
@@ -85,7 +128,7 @@ static void *lag_main(void *arg)
     return NULL;
 }
 
-relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m)
+relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m, int stuck_ms)
 {
     if (m == NULL)
         return NULL;
@@ -94,6 +137,7 @@ relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m)
         return NULL;
     l->conninfo = strdup(conninfo);
     l->m = m;
+    l->stuck_ms = stuck_ms;
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->wake, NULL);
     if (l->conninfo == NULL || pthread_create(&l->thread, NULL, lag_main, l) != 0) {

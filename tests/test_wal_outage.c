@@ -496,6 +496,37 @@ static void leaving_wal_mode_keeps_each_keys_order(void **state)
     PQfinish(c);
 }
 
+/*
+ * A due row that waits for the WAL slot (here: a delayed message of a key
+ * whose earlier message is in WAL, with no WAL relay running) waits for
+ * ever if nobody reads the slot; the scheduler sees only a row not ready
+ * yet, as a delayed one is. The table relay says so: /healthz 503 naming
+ * the WAL slot once it waited past stuck_ms, 200 again once a WAL relay
+ * confirmed past it and the row went. The fault fired: the row is due and
+ * unpublished while the relay answers 503. Before: 200 throughout.
+ */
+static void a_table_relay_is_not_ready_while_rows_wait_for_the_slot(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    const char *topic = "wo.gate";
+    tu_exec(c, "SELECT ferry.emit('wo.gate', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.gate', 'k', 'Tested', "
+               "'{\"n\": 2}', '{}', '', 1)");
+    tu_await(c, "SELECT available_at < now() FROM ferry.outbox WHERE topic = 'wo.gate'", 10000);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500", NULL};
+    tu_proc p = tu_relay_start(kt_bootstrap(tu_wal_broker), "gate-table", args,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    int port = tu_proc_metrics_port(&p);
+    tu_await_health(port, 503, "for the WAL slot", 30000);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.gate' "
+                               "AND published_at IS NULL AND available_at < now()"), 1);
+    assert_int_equal(tu_wal_relay_once("gate-wal", NULL), 0);
+    tu_wal_topic tc = tu_wal_check_topic(topic, 2, 30000);    /* 1 before 2, or it fails */
+    assert_int_equal(tc.distinct, 2);
+    tu_await_health(port, 200, NULL, 30000);
+    assert_int_equal(tu_proc_finish(&p, 30000), 0);
+    PQfinish(c);
+}
 
 int main(void)
 {
@@ -503,6 +534,7 @@ int main(void)
         cmocka_unit_test(reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins),
         cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
         cmocka_unit_test(leaving_wal_mode_keeps_each_keys_order),
+        cmocka_unit_test(a_table_relay_is_not_ready_while_rows_wait_for_the_slot),
         cmocka_unit_test(a_broker_outage_while_streaming_loses_nothing),
         cmocka_unit_test(postgres_restarted_mid_stream_loses_nothing),
         cmocka_unit_test(a_slot_past_its_wal_limit_is_loud_before_it_is_lost),
