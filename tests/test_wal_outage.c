@@ -429,16 +429,26 @@ static void status_is_a_problem_when_wal_mode_has_no_slot(void **state)
  * is in WAL and position 2 a due row of the table when the table relay
  * runs. Today (before the fix): the topic holds 2 then 1.
  */
+/* Key "k" of topic: position 1 in WAL, position 2 a due row of the table
+ * (delayed by 1 ms, and awaited), as wal mode writes them. */
+static void delayed_behind_wal(PGconn *c, const char *topic)
+{
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit('%s', 'k', 'Tested', '{\"n\": 1}')", topic));
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit_with_id(gen_random_uuid(), '%s', 'k', "
+                             "'Tested', '{\"n\": 2}', '{}', '', 1)", topic));
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox "
+                                             "WHERE topic = '%s' AND seq = 2", topic)), 1);
+    char *sql = tu_sprintf("SELECT available_at < now() FROM ferry.outbox WHERE topic = '%s'",
+                           topic);
+    tu_await(c, sql, 10000);
+    free(sql);
+}
+
 static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(void **state)
 {
     PGconn *c = tu_wal_connect();
     const char *topic = "wo.delay";
-    tu_exec(c, "SELECT ferry.emit('wo.delay', 'k', 'Tested', '{\"n\": 1}')");
-    tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.delay', 'k', 'Tested', "
-               "'{\"n\": 2}', '{}', '', 1)");
-    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.delay' "
-                               "AND seq = 2"), 1);
-    tu_await(c, "SELECT available_at < now() FROM ferry.outbox WHERE topic = 'wo.delay'", 10000);
+    delayed_behind_wal(c, topic);
     assert_int_equal(table_relay_once("delay-table-1"), 0);
     /* Position 2 waits for the WAL path, which has not published 1. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.delay' "
@@ -509,10 +519,7 @@ static void a_table_relay_is_not_ready_while_rows_wait_for_the_slot(void **state
 {
     PGconn *c = tu_wal_connect();
     const char *topic = "wo.gate";
-    tu_exec(c, "SELECT ferry.emit('wo.gate', 'k', 'Tested', '{\"n\": 1}')");
-    tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.gate', 'k', 'Tested', "
-               "'{\"n\": 2}', '{}', '', 1)");
-    tu_await(c, "SELECT available_at < now() FROM ferry.outbox WHERE topic = 'wo.gate'", 10000);
+    delayed_behind_wal(c, topic);
     const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stuck_ms=500", NULL};
     tu_proc p = tu_relay_start(kt_bootstrap(tu_wal_broker), "gate-table", args,
                                (const char *const[]){TU_RELAY_ASAN, NULL});
