@@ -66,15 +66,15 @@
  * schemas/022_wal_until.sql): messages emitted before it may still be in
  * WAL only. Not ready, it waits as a delayed row does: its key blocked,
  * every other key flowing. NULL (no slot, a lost one, table mode with the
- * WAL source past the turn): no wait. One InitPlan per fetch.
+ * WAL source past the turn): no wait. One InitPlan per fetch
+ * (RELAY_WAL_CONFIRMED_SQL, relay_int.h: the lag gauges' look shares it).
  */
-#define WAL_CONFIRMED RELAY_WAL_CONFIRMED_SQL
-
 #define FETCH_STATEMENT "ferry_relay_fetch"
 #define FETCH_SQL                                                                          \
     "SELECT s.id, s.topic, s.aggregateid, s.aggregatetype, s.type, s.payload::text, "      \
     "       s.headers::text, s.seq, s.shard, s.created_at, "                               \
-    "       s.available_at <= now() AND coalesce(s.wal_lsn <= (" WAL_CONFIRMED "), true), "   \
+    "       s.available_at <= now() "                                                      \
+    "       AND coalesce(s.wal_lsn <= (" RELAY_WAL_CONFIRMED_SQL "), true), "                 \
     "       s.run "                                                                        \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
     "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
@@ -164,6 +164,7 @@ static int row_read(const PGresult *res, int i, row *out)
 typedef struct time_cache {
     int64_t sec;
     int valid;
+    size_t len;
     char text[24];              /* "2026-11-22T01:02:03" */
 } time_cache;
 
@@ -180,10 +181,11 @@ static void format_time(time_cache *tc, int64_t unix_us, char out[40])
         gmtime_r(&t, &tm);
         snprintf(tc->text, sizeof tc->text, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        tc->len = strlen(tc->text);
         tc->sec = sec;
         tc->valid = 1;
     }
-    size_t n = strlen(tc->text);
+    size_t n = tc->len;
     memcpy(out, tc->text, n);
     out[n++] = '.';
     for (int i = 5; i >= 0; i--) {

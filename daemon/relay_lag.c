@@ -58,7 +58,8 @@ static void measure(relay_lag *l, PGconn *c)
             c,
             "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0), "
             "       count(*) FILTER (WHERE gated), "
-            "       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE gated)), 0) "
+            "       coalesce(extract(epoch FROM now() - min(available_at) FILTER (WHERE gated)), "
+            "                0) "
             "FROM (SELECT created_at, available_at, "
             "             wal_lsn > (" RELAY_WAL_CONFIRMED_SQL ") "
             "             AND available_at <= now() - $3::int * interval '1 millisecond' AS gated "
