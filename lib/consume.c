@@ -461,7 +461,7 @@ static void work_finish(work *w, size_t max_payload)
  * (PostgreSQL text cannot hold them) are kept hex-encoded, and such a key
  * makes the message poison: it could not be ordered or stored faithfully. */
 void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
-                    rd_kafka_headers_t *headers, size_t max_payload)
+                           rd_kafka_headers_t *headers, size_t max_payload)
 {
     memset(w, 0, sizeof *w);
     w->rkm = rkm;
@@ -1836,7 +1836,8 @@ static ferry_code poll_batch(ferry_consumer *c, rd_kafka_message_t *first,
             if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
                 hdrs = NULL;
             c->stats.received++;
-            ferry__consume_intake(&ws[n], rkm, rd_kafka_topic_name(rkm->rkt), hdrs, c->max_payload);
+            ferry__consume_intake(&ws[n], rkm, rd_kafka_topic_name(rkm->rkt), hdrs,
+                                  c->max_payload);
             n++;
             if (n >= c->batch_max)
                 break;

@@ -60,7 +60,7 @@ typedef struct consume_work {
  * ferry__consume_work_free() frees.
  */
 void ferry__consume_intake(consume_work *w, rd_kafka_message_t *rkm, const char *topic,
-                    rd_kafka_headers_t *headers, size_t max_payload);
+                           rd_kafka_headers_t *headers, size_t max_payload);
 
 /* Free what *w owns; *w may be used for nothing after but another intake. */
 void ferry__consume_work_free(consume_work *w);

@@ -899,8 +899,8 @@ static void simulate(void **state)
     }
 }
 
-/* The same seed gives the same run, to the byte of its trace. */
-/* FERRY_SIM_ONCE: make test's sanitized job sets it, and skips this and
+/* The same seed gives the same run, to the byte of its trace.
+ * FERRY_SIM_ONCE: make test's sanitized job sets it, and skips this and
  * broken_are_caught, which its optimised job runs: they are 8 of that
  * job's 12 s of CPU, on the suite's critical path of CPU jobs. */
 static void replay_is_exact(void **state)
