@@ -591,6 +591,55 @@ static void relay_makes_relay_dead_letters_only(void **state)
     PQfinish(admin);
 }
 
+/* The reconciler locks any dead letter, as `ferry-reconcile repair
+ * --replay/--discard` does before the definer function acts on it, but
+ * rewrites none, takes no consumer's for the relay's and deletes none
+ * behind dead_letter_log's back (README, "Schema and roles"). */
+static void reconciler_rewrites_and_takes_no_dead_letter(void **state)
+{
+    (void)state;
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'");
+    long long ids[2];
+    ids[0] = tu_int(admin, "SELECT ferry.inbox_dead_letter('" OWN "', gen_random_uuid(), "
+                           "'pv-dl', 'k', 1, 'T', '', '{}', '{}', 1, 'test')");
+    ids[1] = tu_int(admin, DL_INSERT("", "0") " RETURNING id");
+    char buf[1024];
+    char *sql = tu_sprintf("UPDATE ferry.dead_letter SET consumer = '', shard = 0 "
+                           "WHERE id = %lld", ids[0]);
+    const char *got = try_as(R_RECONCILER, sql, buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler turned a consumer's dead letter into the relay's: %s",
+                 got ? got : "allowed");
+    free(sql);
+    for (int i = 0; i < 2; i++) {
+        sql = tu_sprintf("UPDATE ferry.dead_letter SET payload = '{\"forged\": true}' "
+                         "WHERE id = %lld", ids[i]);
+        got = try_as(R_RECONCILER, sql, buf, sizeof buf);
+        if (got == NULL || strncmp(got, "42501", 5) != 0)
+            fail_msg("the reconciler rewrote %s dead letter: %s", i ? "a relay" : "a consumer's",
+                     got ? got : "allowed");
+        free(sql);
+        sql = tu_sprintf("WITH d AS (DELETE FROM ferry.dead_letter WHERE id = %lld "
+                         "RETURNING 1) SELECT count(*) FROM d", ids[i]);
+        assert_int_equal(tu_int(as[R_RECONCILER], sql), 0);
+        free(sql);
+        sql = tu_sprintf("SELECT count(*) FROM (SELECT 1 FROM ferry.dead_letter WHERE id = %lld "
+                         "FOR UPDATE) l", ids[i]);
+        tu_exec(as[R_RECONCILER], "BEGIN");
+        assert_int_equal(tu_int(as[R_RECONCILER], sql), 1);
+        tu_exec(as[R_RECONCILER], "ROLLBACK");
+        free(sql);
+    }
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'pv-dl' "
+                                   "AND reason = 'test' AND payload = '{}'"), 2);
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'pv-dl' "
+                                   "AND consumer = '" OWN "'"), 1);
+    tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'; "
+                   "DELETE FROM ferry.inbox_key WHERE topic = 'pv-dl'");
+    PQfinish(admin);
+}
+
 /* Item 7, the SQL half: every shipped role reads the schema version, as
  * every program does first (the programs themselves: test_roles_run.c),
  * and a role that may not says so rather than "version 0". */
@@ -623,6 +672,7 @@ int main(void)
         cmocka_unit_test(consumer_name_judged_by_the_role_set),
         cmocka_unit_test(writer_cannot_forge_relay_dead_letters),
         cmocka_unit_test(relay_makes_relay_dead_letters_only),
+        cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(every_role_reads_the_schema_version),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
