@@ -378,6 +378,27 @@ static void a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn(void **sta
     PQfinish(c);
 }
 
+/* A discarded dead letter's id counts as applied: its redelivery, while
+ * the gap before it is still open, is a duplicate (README, the consumer's
+ * table), not a message held for later. */
+static void a_redelivered_discarded_message_is_a_duplicate(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m2 = {"00000000-0000-7000-8000-000000000002", "acct-1", 2, "{}", NULL};
+    char *o = fail_once(c, &m2, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    tu_exec(c, "SELECT ferry.discard_dead_letter(id) FROM ferry.dead_letter");
+    expect(c, &m2, "duplicate");
+    expect(c, &m1, "apply");
+    /* Only 2's marker was waiting: consumed without the handler. */
+    assert_int_equal(drain(c, "acct-1"), 1);
+    applied_seqs(c, "acct-1", "1");
+    expect(c, &m2, "late");
+    PQfinish(c);
+}
+
 static void a_crash_between_commit_and_offset_applies_nothing_twice(void **state)
 {
     PGconn *c = tu_connect();
@@ -834,6 +855,7 @@ int main(void)
         cmocka_unit_test_setup(a_position_out_of_range_is_a_data_error, setup_each),
         cmocka_unit_test_setup(a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn,
                                setup_each),
+        cmocka_unit_test_setup(a_redelivered_discarded_message_is_a_duplicate, setup_each),
         cmocka_unit_test_setup(a_crash_between_commit_and_offset_applies_nothing_twice,
                                setup_each),
         cmocka_unit_test_setup(the_protocol_uses_its_indexes_whatever_the_callers_collation,
