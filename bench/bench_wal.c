@@ -9,15 +9,13 @@
  *   wal       WAL bytes per message all-in: emit, the relay's side (the
  *             table source's DELETE and the VACUUM after it; the WAL
  *             source's none), less what the UPDATE alone writes
- *   drain     a backlog drained by `ferry-relay run --once`, table source
- *             against WAL source (FERRY_BENCH_WAL_BACKLOG messages,
- *             50,000 by default: the issue's 1,000,000 is not the
- *             default because writing it dominates — 200,000 took 6 min
- *             50 s of wall time here, at a load average of 18 on two
- *             cores, of which the drains were 31 s — so 1,000,000 would
- *             take over half an hour; set FERRY_BENCH_WAL_BACKLOG for it)
+ *   drain     a backlog of 1,000,000 messages (the issue's;
+ *             FERRY_BENCH_WAL_BACKLOG, a multiple of 1,000) drained by
+ *             `ferry-relay run --once`, table source against WAL source,
  *             beside the server's decoding of the wal backlog alone (pgoutput,
- *             peeked in SQL): the WAL source cannot drain faster than that
+ *             peeked in SQL): the WAL source cannot drain faster than that.
+ *             Its first 20,000 messages are written by ferry.emit(), the
+ *             rest in bulk in the same shapes (drain_backlog)
  *   rss       the WAL relay's peak RSS draining one transaction of
  *             100,000 messages (FERRY_BENCH_WAL_BIGTX)
  *   latency   commit -> consumer receipt, p50 and p99, at 100 and 2,000
@@ -51,7 +49,13 @@
 #include "../tests/harness/pgtmp.h"
 #include "benchutil.h"
 
-enum { ROUNDS = 3, MAX_CLIENTS = 4, WAL_MSGS = 3000, DRAIN_ROUNDS = 3 };
+enum {
+    ROUNDS = 3,
+    MAX_CLIENTS = 4,
+    WAL_MSGS = 3000,
+    DRAIN_ROUNDS = 3,
+    DRAIN_EMITTED = 20000,      /* of the drain's backlog: the rest in bulk */
+};
 
 static fpg *g_pg;
 static const char *g_steps;     /* FERRY_BENCH_WAL_STEPS, NULL: all */
@@ -247,6 +251,63 @@ static int backlog(PGconn *c, long n, long per_tx)
                  "json_build_object('g', g, 'pad', repeat('x', 200))::text)) "
                  "FROM generate_series(%ld, %ld) g", done + 1, hi);
         if (bench_exec(c, "BEGIN") || bench_exec(c, sql) || bench_exec(c, "COMMIT"))
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * The drain's backlog: its first DRAIN_EMITTED messages by ferry.emit(),
+ * the rest written in bulk as ferry.emit() would have written them in the
+ * mode set, 1,000 a transaction: in table mode outbox rows, in wal mode
+ * transactional logical messages with emit's content (schemas/017_emit.sql;
+ * the relay refuses any other, and --once then exits 1, failing the
+ * bench). The same keys, positions, payloads and sizes; only faster to
+ * write, at some 10 us a message instead of emit's 100: the issue's
+ * 1,000,000 messages, written by emit in each mode, took 4 minutes.
+ * Message g (1-based) has key k(g % 100) and, past the emitted part,
+ * position base + (g - lo) / 100 + 1 of it in a transaction of the
+ * messages lo.., lo - 1 a multiple of 100; each transaction then moves
+ * every key's position by what it wrote (per_tx / 100).
+ */
+static int drain_backlog(PGconn *c, int wal, long n)
+{
+    long emitted = n < DRAIN_EMITTED ? n : DRAIN_EMITTED;
+    if (backlog(c, emitted, 1000))
+        return -1;
+    static const char payload[] = "json_build_object('g', g, 'pad', repeat('x', 200))::jsonb";
+    char sql[2048];
+    for (long lo = emitted + 1; lo <= n; lo += 1000) {
+        long hi = lo + 999 < n ? lo + 999 : n;
+        if (wal)
+            snprintf(sql, sizeof sql,
+                     "SELECT count(pg_logical_emit_message(true, 'ferry', "
+                     "  '1 ' || s.wal_token || ' ' || gen_random_uuid()::text || ' ' "
+                     "  || (k.seq + (g - %ld) / 100 + 1)::text || ' ' "
+                     "  || (extract(epoch FROM now()) * 1000000)::bigint::text || ' ' "
+                     "  || octet_length(k.topic)::text || ' ' || octet_length(k.key)::text "
+                     "  || ' 0 1 2' || E'\n' || k.topic || k.key || 'T{}' || (%s)::text)) "
+                     "  FROM generate_series(%ld, %ld) g, ferry.settings s, ferry.outbox_key k "
+                     " WHERE k.topic = 'bench.drain' AND k.key = 'k' || (g %% 100)",
+                     lo, payload, lo, hi);
+        else
+            snprintf(sql, sizeof sql,
+                     "INSERT INTO ferry.outbox (id, topic, aggregatetype, aggregateid, type, "
+                     "                          payload, headers, seq, shard, available_at, "
+                     "                          payload_bytes) "
+                     "SELECT gen_random_uuid(), k.topic, '', k.key, 'T', p.p, '{}', "
+                     "       k.seq + (g - %ld) / 100 + 1, k.shard, now(), octet_length(p.p::text) "
+                     "  FROM generate_series(%ld, %ld) g "
+                     "  CROSS JOIN LATERAL (SELECT %s AS p) p "
+                     "  JOIN ferry.outbox_key k ON k.topic = 'bench.drain' "
+                     "   AND k.key = 'k' || (g %% 100)",
+                     lo, lo, hi, payload);
+        char moved[256];
+        snprintf(moved, sizeof moved,
+                 "UPDATE ferry.outbox_key SET seq = seq + %ld WHERE topic = 'bench.drain'",
+                 (hi - lo + 1) / 100);
+        if (bench_exec(c, "BEGIN") || bench_exec(c, sql) || bench_exec(c, moved) ||
+            bench_exec(c, "COMMIT"))
             return -1;
     }
     return 0;
@@ -757,11 +818,16 @@ int main(void)
 {
     long backlog_n, bigtx_n, secs, lat_rounds;
     g_steps = getenv("FERRY_BENCH_WAL_STEPS");
-    if (bench_env_long("FERRY_BENCH_WAL_BACKLOG", 50000, 1000, 10000000, &backlog_n) ||
+    if (bench_env_long("FERRY_BENCH_WAL_BACKLOG", 1000000, 1000, 10000000, &backlog_n) ||
         bench_env_long("FERRY_BENCH_WAL_LAT_ROUNDS", 1, 1, 100, &lat_rounds) ||
         bench_env_long("FERRY_BENCH_WAL_BIGTX", 100000, 1000, 10000000, &bigtx_n) ||
         bench_env_long("FERRY_BENCH_SECONDS", 2, 1, 600, &secs))
         return 1;
+    if (backlog_n % 1000 != 0) {
+        fprintf(stderr, "bench: FERRY_BENCH_WAL_BACKLOG: expected a multiple of 1000, not %ld\n",
+                backlog_n);
+        return 1;
+    }
     g_relay = bench_program("FERRY_RELAY_BIN", "build/rel/ferry-relay");
     if (g_relay == NULL)
         return 1;
@@ -840,7 +906,7 @@ int main(void)
     /* How long writing each backlog takes is printed too: it, not the
      * drains, is what keeps the issue's 1,000,000 from being the default. */
     int64_t w0 = clk_mono_us();
-    if (set_mode(c, "table") || backlog(c, backlog_n, 1000))
+    if (set_mode(c, "table") || drain_backlog(c, 0, backlog_n))
         goto out;
     double write_table_s = (double)(clk_mono_us() - w0) / 1e6;
     if (bench_exec(c, "CREATE TABLE bench_drain_rows AS SELECT * FROM ferry.outbox") ||
@@ -872,7 +938,7 @@ int main(void)
         goto out;
     }
     w0 = clk_mono_us();
-    if (backlog(c, backlog_n, 1000))
+    if (drain_backlog(c, 1, backlog_n))
         goto out;
     double write_wal_s = (double)(clk_mono_us() - w0) / 1e6;
     if (bench_exec(c, "SELECT pg_copy_logical_replication_slot('ferry', 'bench_drain_copy')"))
@@ -930,9 +996,10 @@ int main(void)
         wrss = rw[i].maxrss_kib > wrss ? rw[i].maxrss_kib : wrss;
     }
     double t_s = bench_median(tw, DRAIN_ROUNDS), w_s = bench_median(ww, DRAIN_ROUNDS);
-    printf("writing the %ld-message backlogs by ferry.emit(), 1,000 a transaction: table mode "
-           "%.1f s, wal mode %.1f s (FERRY_BENCH_WAL_BACKLOG scales these)\n", backlog_n,
-           write_table_s, write_wal_s);
+    printf("writing the %ld-message backlogs, 1,000 a transaction (the first %ld by "
+           "ferry.emit(), the rest in bulk): table mode %.1f s, wal mode %.1f s\n", backlog_n,
+           backlog_n < DRAIN_EMITTED ? backlog_n : (long)DRAIN_EMITTED, write_table_s,
+           write_wal_s);
     printf("bench wal_drain_write_table %.1f s\n", write_table_s);
     printf("bench wal_drain_write_wal %.1f s\n", write_wal_s);
     printf("drain of a %ld-message backlog (ferry-relay --once), median of %d drains each: "
