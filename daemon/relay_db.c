@@ -138,6 +138,14 @@ static void default_source(PGconn *conn, char *out, size_t size)
     uri_encode(p, size - (size_t)(p - out), db ? db : "");
 }
 
+void relay_set_source(relay *r, PGconn *conn)
+{
+    if (r->cfg->source != NULL)
+        snprintf(r->source, sizeof r->source, "%s", r->cfg->source);
+    else
+        default_source(conn, r->source, sizeof r->source);
+}
+
 int relay_db_connect(relay *r)
 {
     /* Zeroed: not every setup step fills it (the prepares don't), and the
@@ -163,10 +171,7 @@ int relay_db_connect(relay *r)
                   (int)strcspn(msg, "\n"), msg);
         return -1;
     }
-    if (r->cfg->source != NULL)
-        snprintf(r->source, sizeof r->source, "%s", r->cfg->source);
-    else
-        default_source(r->db.main, r->source, sizeof r->source);
+    relay_set_source(r, r->db.main);
     int version = 0;
     if (ferry_schema_version(r->db.main, &version, &err) != FERRY_OK) {
         /* Say what went wrong: a role without the grant on schema_version

@@ -119,7 +119,7 @@ typedef struct relay {
     char holder[256];
     char heartbeat_name[300];
     /* ce_source: cfg->source, or ferry://HOST/DBNAME of the database
-     * (relay_db_connect), so that services are told apart by default. */
+     * (relay_set_source), so that services are told apart by default. */
     char source[RELAY_SOURCE_MAX + 1];
     sched *s;
 
@@ -158,6 +158,9 @@ int64_t relay_wall_ms(void);
 
 /* relay_db.c */
 int relay_db_connect(relay *r);
+/* r->source, ce_source: the setting, else the default of conn's database
+ * (both sources, from their first connection). */
+void relay_set_source(relay *r, PGconn *conn);
 /* Is a caller's header called name dropped? The relay sets it
  * (relay_fetch.c says why). */
 bool relay_header_reserved(const char *name);

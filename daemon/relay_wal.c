@@ -981,6 +981,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         goto out;
     }
     r->wal = w;
+    relay_set_source(r, w->sql);
     if (read_settings(r) != 0)
         goto out;
     if (relay_kafka_start(r) != 0)

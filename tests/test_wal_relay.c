@@ -70,6 +70,9 @@ static void once_publishes_committed_messages_only(void **state)
         assert_string_equal(kt_header(m, "ce_specversion"), "1.0");
         assert_string_equal(kt_header(m, "ce_id"), kt_header(m, "ferry_id"));
         assert_int_equal(strlen(kt_header(m, "ce_time")), strlen("2026-11-22T01:02:03.456789Z"));
+        /* The table source's default (test_lang_cloudevents.c): the
+         * cluster listens on a Unix socket; its database is "postgres". */
+        assert_string_equal(kt_header(m, "ce_source"), "ferry://localhost/postgres");
         if (strcmp(m->key, "sp") != 0)
             assert_string_equal(kt_header(m, "traceparent"), "00-t-s-01");
     }
