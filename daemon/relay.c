@@ -267,14 +267,12 @@ static void relay_free(relay *r)
     free(r);
 }
 
-/* Wait until a broker answers: a sidecar may start before its broker, and
- * must then wait (not exit), visibly, taking no lease: a relay that cannot
- * publish must not sit on shards another could serve. Returns 0 when a
- * broker answered, -1 when asked to stop first. */
-static int await_kafka(relay *r)
+int relay_await_kafka(relay *r)
 {
     char why[256];
     int told = 0;
+    /* Not ready until a broker answered: the first look takes up to 5 s. */
+    relay_set_health(r, 0, "starting: waiting for Kafka to answer");
     for (;;) {
         if (relay_kafka_reachable(r, told ? 1000 : 5000, why, sizeof why)) {
             if (told)
@@ -309,7 +307,7 @@ static int relay_start(relay *r)
         return -1;
     if (relay_kafka_start(r) != 0)
         return -1;
-    if (await_kafka(r) != 0)
+    if (relay_await_kafka(r) != 0)
         return -1;
     ferry__log_json(FERRY_LOG_INFO, "relay.start",
                    json_pack("{s:s, s:i, s:s}", "holder", r->holder, "shards",
@@ -496,6 +494,9 @@ int cmd_run(int argc, char **argv)
     int status = 1;
     if (m == NULL)
         goto out;
+    /* Not ready before the database and a broker answered: /healthz is
+     * served from here on, and connecting can take seconds. */
+    metrics_set_health(m, 0, "starting: connecting to the database and Kafka");
     if (cfg.metrics != NULL) {
         int port = 0;
         if (metrics_serve(m, cfg.metrics, &port, errbuf, sizeof errbuf) != 0) {

@@ -157,6 +157,12 @@ int64_t relay_wall_ms(void);
  * tried again on the next turn). */
 
 /* relay_db.c */
+/* Wait until a broker answers: a sidecar may start before its broker, and
+ * must then wait (not exit), visibly, taking no lease: a relay that cannot
+ * publish must not sit on shards (or a slot) another could serve. Not
+ * ready meanwhile; --once gives up at once. Returns 0 when a broker
+ * answered, -1 when asked to stop first or --once (both sources). */
+int relay_await_kafka(relay *r);
 int relay_db_connect(relay *r);
 /* r->source, ce_source: the setting, else the default of conn's database
  * (both sources, from their first connection). */

@@ -181,6 +181,40 @@ static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
 
 
 /*
+ * Started while every broker is down, a WAL relay waits as a table relay
+ * does (README, "ferry-relay"): /healthz is 503 from the start, it logs
+ * kafka.waiting, it does not take the slot's lease, and --once exits 1
+ * instead; when the broker comes, it streams and turns ready.
+ *
+ * Before the fix: it took the lease, streamed into a producer that could
+ * not deliver, and /healthz answered 200 for its first 5 s; --once with a
+ * message waiting never ended.
+ */
+static void a_wal_relay_started_before_kafka_waits_for_it(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_wal_emit_n("w.early", 4, 2, 1);
+    assert_int_equal(kt_command(tu_wal_broker, "down 1"), 0);
+    tu_wal_relay_once_says("wal-early-once", 1, "\"event\":\"kafka.connect\"", NULL);
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc p = tu_wal_relay_start("wal-early", args);
+    int port = tu_proc_metrics_port(&p);
+    tu_http_reply h = tu_http_get(port, "/healthz");
+    assert_int_equal(h.status, 503);
+    free(h.raw);
+    tu_proc_await_log(&p, "\"event\":\"kafka.waiting\"", 15000);
+    tu_await_health(port, 503, "kafka", 10000);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name LIKE 'wal:%' "
+                               "AND holder = 'wal-early' AND expires_at > now()"), 0);
+    assert_int_equal(kt_command(tu_wal_broker, "up 1"), 0);
+    tu_wal_topic tc = tu_wal_check_topic("w.early", 4, 30000);
+    assert_int_equal(tc.distinct, 4);
+    tu_await_health(port, 200, NULL, 30000);
+    tu_proc_finish(&p, 30000);
+    PQfinish(c);
+}
+
+/*
  * Keys parked by an earlier run, and messages of theirs already in WAL
  * behind the dead letters: transaction 1 (one message per key, seq 1) was
  * dead-lettered and the slot confirmed past it; transaction 2 (seq 2 of
@@ -324,6 +358,7 @@ int main(void)
         cmocka_unit_test(a_poison_message_parks_its_key_only),
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
+        cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
         cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
