@@ -159,9 +159,11 @@ static void st_usage(FILE *out)
             "  --help             this text\n"
             "\n"
             "Exit status: 0 ok; 4 a problem (ready rows on a shard no live relay serves,\n"
-            "or older than --max-lag, or emit_mode = 'wal' with its replication slot\n"
-            "missing or lost); 1 could not read (connection, schema); 2 usage\n"
-            "error. The same with --json.\n");
+            "or older than --max-lag; emit_mode = 'wal' with its replication slot\n"
+            "missing or lost; the slot unreserved (past max_slot_wal_keep_size); back\n"
+            "in table mode with the slot not yet past the turn and no relay reading\n"
+            "it); 1 could not read (connection, schema); 2 usage error. The same\n"
+            "with --json.\n");
 }
 
 /* ------------------------------------------------------------------ */
