@@ -15,7 +15,8 @@
  *
  * What librdkafka 2.0.2's mock cannot do, and what we do instead:
  *   - The partition count of auto-created topics is fixed at 4 (and the
- *     replication factor at min(3, brokers)); there is no setter. So
+ *     replication factor of every topic at min(3, brokers): the mock's
+ *     topic creation ignores the one it is given); there is no setter. So
  *     `--partitions` and `partitions` accept only 4, and other counts are
  *     made with `--topic NAME:P` or `topic-create`.
  *   - topic-error only affects Metadata (and AddPartitionsToTxn) replies.
@@ -108,7 +109,9 @@ static void dk_usage(FILE *out)
             "NOT_ENOUGH_REPLICAS; fewer ERRs than COUNT repeat in turn. Brokers are\n"
             "numbered from 1. Auto-created topics get 4 partitions and a replication\n"
             "factor of min(3, brokers), fixed by librdkafka's mock cluster: make other\n"
-            "partition counts with --topic or topic-create.\n"
+            "partition counts with --topic or topic-create. Every topic has min(3,\n"
+            "brokers) replicas: REPLICATION is checked (1..brokers) but the mock does\n"
+            "not take it.\n"
             "\n"
             "  --brokers N      number of brokers, 1..%d (default 1)\n"
             "  --partitions 4   accepted for scripts; no other value can be set\n"
