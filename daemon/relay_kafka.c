@@ -155,11 +155,26 @@ relay_topic *relay_kafka_topic(relay *r, const char *name)
     if (t == NULL)
         return NULL;
     t->name = strdup(name);
-    rd_kafka_topic_conf_t *tc = rd_kafka_topic_conf_new();
+    /* A copy of the producer's default topic configuration, where the
+     * topic-level properties of the configuration went (the fixed ones
+     * among them: message.timeout.ms 0, acks all). A topic handle made
+     * with a fresh rd_kafka_topic_conf_new() takes none of them: its
+     * messages timed out after librdkafka's 300 s, which can leave a gap
+     * a later message of the key is acknowledged past. */
+    rd_kafka_topic_conf_t *tc = rd_kafka_default_topic_conf_dup(r->k.rk);
     if (t->name == NULL || tc == NULL)
         goto fail;
     rd_kafka_topic_conf_set_partitioner_cb(tc, keyed_cb);
     rd_kafka_topic_conf_set_opaque(tc, t);
+    char timeout[32] = "?", acks[32] = "?";
+    size_t n = sizeof timeout;
+    rd_kafka_topic_conf_get(tc, "message.timeout.ms", timeout, &n);
+    n = sizeof acks;
+    rd_kafka_topic_conf_get(tc, "acks", acks, &n);
+    ferry__log_json(FERRY_LOG_DEBUG, "kafka.topic",
+                   json_pack("{s:s, s:s, s:s}", "topic", name, "message.timeout.ms", timeout,
+                             "acks", acks),
+                   "topic %s: message.timeout.ms %s, acks %s", name, timeout, acks);
     t->rkt = rd_kafka_topic_new(r->k.rk, name, tc);     /* takes tc */
     tc = NULL;
     if (t->rkt == NULL || tsearch(t, &r->k.topics, cmp_topic) == NULL)

@@ -1052,6 +1052,40 @@ static void publishing_resumes_promptly_after_a_broker_outage(void **state)
     tu_assert_topic(kt_bootstrap(broker), topic, 101, 10000, 101);
 }
 
+/* ------------------------------------------------------------------ fixed properties */
+
+/*
+ * The fixed producer properties reach every topic the relay produces to:
+ * message.timeout.ms 0 (a message never times out, so none can leave a
+ * gap a later message of its key is acknowledged past) and acks all.
+ * Topic-level properties go to the producer's default topic
+ * configuration, which a topic handle made with its own configuration
+ * does not take.
+ *
+ * Before the fix: each topic had librdkafka's defaults (300 s): a
+ * partition leaderless for 5 minutes timed its messages out, counted an
+ * attempt each, and dead-lettered and parked their keys in the end.
+ */
+static void every_topic_takes_the_fixed_properties(void **state)
+{
+    const char *topic = "f.fixed";
+    tu_proc *p = relay_spawn("fixed-a", NULL);
+    emit_keys(topic, "x", 2, 1);
+    tu_await_outbox_empty(topic, 20000);
+    tu_proc_await_log(p, "\"event\":\"kafka.topic\"", 5000);
+    char *log = tu_proc_log(p);
+    const char *at = strstr(log, "\"event\":\"kafka.topic\"");
+    const char *eol = at ? strchr(at, '\n') : NULL;
+    char line[1024] = "";
+    if (at != NULL)
+        snprintf(line, sizeof line, "%.*s", (int)(eol ? eol - at : (long)strlen(at)), at);
+    if (strstr(line, "\"message.timeout.ms\":\"0\"") == NULL ||
+        strstr(line, "\"acks\":\"-1\"") == NULL)
+        fail_msg("the topic does not take the fixed properties: %s", line);
+    free(log);
+    assert_int_equal(relay_stop(p, 30000), 0);
+}
+
 /* ------------------------------------------------------------------ 11. before Kafka */
 
 /*
@@ -1206,6 +1240,7 @@ int main(void)
         T(a_second_relay_with_the_same_name_refuses_to_start),
         T(scale_out_under_load_takes_a_share),
         T(publishing_resumes_promptly_after_a_broker_outage),
+        T(every_topic_takes_the_fixed_properties),
         T(a_relay_started_before_kafka_waits_for_it),
         T(an_idle_relay_is_healthy_again_after_an_outage),
         T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
