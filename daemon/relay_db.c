@@ -72,15 +72,18 @@ static int setup_ack(relay *r, ferry_error *err)
 }
 
 /* Another process already relaying under our name: a live session named
- * "ferry-relay <holder>" besides ours. A process of that name killed a
- * moment ago may leave its sessions for a few milliseconds, so look a few
- * times before refusing. Returns 1 if one is live, 0 if not, -1 on error. */
+ * "ferry-relay <holder>" besides ours, on this database (a relay of
+ * another database of the cluster may bear the name: it is another
+ * relay). A process of that name killed a moment ago may leave its
+ * sessions for a few milliseconds, so look a few times before refusing.
+ * Returns 1 if one is live, 0 if not, -1 on error. */
 static int holder_live(relay *r)
 {
     for (int tries = 0; tries < 20; tries++) {
         PGresult *res = PQexec(r->db.main,
                                "SELECT count(*) FROM pg_stat_activity "
                                "WHERE application_name = current_setting('application_name') "
+                               "  AND datname = current_database() "
                                "  AND pid <> pg_backend_pid()");
         int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
         long n = ok ? atol(PQgetvalue(res, 0, 0)) : -1;

@@ -885,6 +885,38 @@ static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
     tu_assert_topic(kt_bootstrap(broker), topic, 16, 10000, 16);
 }
 
+/*
+ * The name is a relay's within its database: two services on one cluster,
+ * each with its own database and a relay named alike (a Deployment's name,
+ * say), are not one relay twice. The look for a live holder is confined
+ * to the database.
+ *
+ * Before the fix: the second was refused (relay.holder_live) because a
+ * session of that name was connected to the other database.
+ */
+static void the_same_name_on_another_database_is_another_relay(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "DROP DATABASE IF EXISTS twin_db");
+    tu_exec(c, "CREATE DATABASE twin_db");
+    char *ci = tu_sprintf("%s dbname=twin_db", fpg_conninfo(tu_pg));
+    const char *migrate[] = {tu_relay_bin(), "migrate", "--db", ci, NULL};
+    tu_proc m = tu_proc_start(migrate, NULL);
+    assert_int_equal(tu_proc_wait(&m, 60000), 0);
+    tu_proc_done(&m);
+    tu_proc *a = relay_spawn("twin", NULL);
+    await_leases(a, "twin", SHARDS, 30000);
+    const char *args[] = {"--db", ci, NULL};
+    tu_proc *b = relay_spawn("twin", args);
+    tu_proc_await_log(b, "\"event\":\"relay.start\"", 30000);
+    assert_int_equal(log_count(b, "relay.holder_live"), 0);
+    assert_int_equal(tu_proc_poll(b), -1);
+    assert_int_equal(relay_stop(b, 30000), 0);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    free(ci);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ 9. scale-out */
 
 typedef struct load_writer {
@@ -1238,6 +1270,7 @@ int main(void)
         T(a_partitioner_that_moves_keys_is_refused),
         T(lag_metrics_come_once_per_shard_without_delayed_rows),
         T(a_second_relay_with_the_same_name_refuses_to_start),
+        T(the_same_name_on_another_database_is_another_relay),
         T(scale_out_under_load_takes_a_share),
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(every_topic_takes_the_fixed_properties),
