@@ -147,6 +147,12 @@ void relay_count(relay *r, metric_counter c, uint64_t n);
  * whether everything went out (status 0). */
 void relay_log_stop(const relay *r, int status, const char *name, uint64_t n, uint64_t refused);
 int64_t relay_wall_ms(void);
+/* Wait until a broker answers: a sidecar may start before its broker, and
+ * must then wait (not exit), visibly, taking no lease: a relay that cannot
+ * publish must not sit on shards (or a slot) another could serve. Not
+ * ready meanwhile; --once gives up at once. Returns 0 when a broker
+ * answered, -1 when asked to stop first or --once (both sources). */
+int relay_await_kafka(relay *r);
 
 /* The loop's stages (relay_db_maybe_reconnect, relay_db_drain_notifies,
  * relay_lease_tick, relay_ack_send, relay_ack_poll,
@@ -157,12 +163,6 @@ int64_t relay_wall_ms(void);
  * tried again on the next turn). */
 
 /* relay_db.c */
-/* Wait until a broker answers: a sidecar may start before its broker, and
- * must then wait (not exit), visibly, taking no lease: a relay that cannot
- * publish must not sit on shards (or a slot) another could serve. Not
- * ready meanwhile; --once gives up at once. Returns 0 when a broker
- * answered, -1 when asked to stop first or --once (both sources). */
-int relay_await_kafka(relay *r);
 int relay_db_connect(relay *r);
 /* r->source, ce_source: the setting, else the default of conn's database
  * (both sources, from their first connection). */
