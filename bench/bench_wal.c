@@ -107,6 +107,38 @@ static int slot_released(PGconn *c, const char *slot)
     return -1;
 }
 
+/* The slot 'ferry' moved past all WAL written so far (after what), as it
+ * would be in steady state: what a step wrote for the table (rows, the
+ * drains' DELETEs and rows put back) is not decoded again by the next
+ * step's WAL relay. Moving its confirmed position is not enough: decoding
+ * restarts from the slot's restart_lsn, which moves only past a snapshot
+ * of running transactions (the server logs one every 15 s while busy, and
+ * at a checkpoint) decoded after the confirmed position; without one the
+ * WAL relay decoded the whole table backlog again, and the relay's DELETEs
+ * of it, before its first message (pg_recvlogical on the same slot: 1.36 s
+ * instead of 0.46 s for 200,000 messages; the big transaction after the
+ * drain of 1,000,000 took 14 s instead of 2). So: advance, CHECKPOINT,
+ * advance again, as a running server would be 15 s on. */
+static int slot_to_now(PGconn *c, const char *what)
+{
+    if (slot_released(c, "ferry") ||
+        bench_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())") ||
+        bench_exec(c, "CHECKPOINT") ||
+        bench_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())"))
+        return -1;
+    long long behind = -1;
+    if (bench_query_ll(c, "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint "
+                          "FROM pg_replication_slots WHERE slot_name = 'ferry'", NULL, &behind))
+        return -1;
+    fprintf(stderr, "bench: past %s, the slot's restart_lsn is %lld bytes behind its confirmed "
+            "position\n", what, behind);
+    if (behind > 1024 * 1024) {
+        fprintf(stderr, "bench: restart_lsn did not follow the slot past %s\n", what);
+        return -1;
+    }
+    return 0;
+}
+
 static int set_mode(PGconn *c, const char *mode)
 {
     char sql[96];
@@ -913,30 +945,9 @@ int main(void)
         bench_exec(c, "VACUUM ferry.outbox") || run_relay("table", &rt[0]))
         goto out;
     /* The slot starts past the table backlog, as it would in steady
-     * state (its rows would be decoded, and skipped, otherwise). Moving
-     * its confirmed position is not enough: decoding restarts from the
-     * slot's restart_lsn, which moves only past a snapshot of running
-     * transactions (the server logs one every 15 s while busy, and at a
-     * checkpoint) decoded after the confirmed position; without one the
-     * WAL relay decoded the whole table backlog again, and the relay's
-     * DELETEs of it, before its first message (pg_recvlogical on the same
-     * slot: 1.36 s instead of 0.46 s for 200,000 messages). So: advance,
-     * CHECKPOINT, advance again, as a running server would be 15 s on. */
-    if (bench_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())") ||
-        bench_exec(c, "CHECKPOINT") ||
-        bench_exec(c, "SELECT pg_replication_slot_advance('ferry', pg_current_wal_lsn())") ||
-        set_mode(c, "wal"))
+     * state (its rows would be decoded, and skipped, otherwise). */
+    if (slot_to_now(c, "the table backlog") || set_mode(c, "wal"))
         goto out;
-    long long behind = -1;
-    if (bench_query_ll(c, "SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::bigint "
-                          "FROM pg_replication_slots WHERE slot_name = 'ferry'", NULL, &behind))
-        goto out;
-    fprintf(stderr, "bench: the slot's restart_lsn is %lld bytes behind its confirmed position\n",
-            behind);
-    if (behind > 1024 * 1024) {
-        fprintf(stderr, "bench: restart_lsn did not follow the slot past the table backlog\n");
-        goto out;
-    }
     w0 = clk_mono_us();
     if (drain_backlog(c, 1, backlog_n))
         goto out;
@@ -1035,7 +1046,8 @@ int main(void)
     /* In wal mode whatever step ran before (the drain ends in table
      * mode): the transaction must go to WAL, not to the table. */
     long long waiting = -1;
-    if (set_mode(c, "wal") || backlog(c, bigtx_n, bigtx_n) ||
+    if (slot_to_now(c, "the steps before") || set_mode(c, "wal") ||
+        backlog(c, bigtx_n, bigtx_n) ||
         bench_query_ll(c, "SELECT count(*) FROM ferry.outbox WHERE published_at IS NULL", NULL,
                        &waiting))
         goto out;
