@@ -14,9 +14,10 @@
 
 #include "relay_int.h"
 
-/* Bytes a fetch may bring at most, beside its rows: payload and key of
- * each row (headers are at most 64 KiB a row). The first row always comes,
- * whatever its size. */
+/* Bytes a fetch may bring at most, beside its rows: payload, key and
+ * headers of each row (the headers as the text the fetch returns: jsonb's
+ * stored size would count a compressible 64 KiB as almost nothing). The
+ * first row always comes, whatever its size. */
 #define FETCH_BYTES (8 * 1024 * 1024)
 /* Rows this relay has out that the fetch leaves out ($9), at most: at
  * 2,000 rows/s some tens. More go unlisted (and are read, then skipped,
@@ -78,8 +79,10 @@
     "       s.run "                                                                        \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
     "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
-    "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) AS size, "   \
-    "             sum(coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid)) "       \
+    "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) "            \
+    "             + octet_length(o.headers::text) AS size, "                               \
+    "             sum(coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) "        \
+    "                 + octet_length(o.headers::text)) "                                   \
     "               OVER (ORDER BY o.shard, o.topic, o.aggregateid, o.seq "                \
     "                     ROWS UNBOUNDED PRECEDING) AS run "                               \
     "      FROM ferry.outbox o "                                                           \

@@ -682,6 +682,44 @@ static void a_payload_at_the_limit_is_published_whole(void **state)
     PQfinish(c);
 }
 
+/*
+ * Item 5, the fetch: bounded by bytes as well as rows, headers included
+ * (up to 64 KiB a row, where payloads are small): 200 rows with
+ * 60,000-byte headers are 12 MB, more than one fetch may bring (8 MiB), so
+ * they come in more than one batch. (Over 32 keys and 16 partitions: the
+ * mock broker keeps only the last 5 MB of a partition.)
+ *
+ * Before the fix: the budget counted payload and key only, and all 200
+ * came in one fetch of 1,000 rows at most.
+ */
+static void a_fetch_counts_headers_in_its_byte_budget(void **state)
+{
+    const char *topic = "f.hdrbytes";
+    assert_int_equal(kt_command(broker, "topic-create f.hdrbytes 16 1"), 0);
+    PGconn *c = tu_connect();
+    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('%s', 'k' || (g %% 32), 'Tested', '{}', "
+                             "'{\"h\": \"' || repeat('y', 60000) || '\"}')) "
+                             "FROM generate_series(1, 200) g", topic));
+    char *log = NULL;
+    assert_int_equal(relay_once("hdr-a", NULL, &log), 0);
+    int batches = 0, most = 0;
+    for (const char *at = log; (at = strstr(at, "\"event\":\"batch.produced\"")) != NULL;
+         at++) {
+        const char *rows = strstr(at, "\"rows\":");
+        assert_non_null(rows);
+        int n = atoi(rows + strlen("\"rows\":"));
+        most = n > most ? n : most;
+        batches++;
+    }
+    free(log);
+    if (most > 8 * 1024 * 1024 / 60000 + 1)
+        fail_msg("a fetch brought %d rows of 60,000-byte headers (%d batches)", most, batches);
+    assert_true(batches >= 2);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 200, 10000, 200);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ 6. partitioner */
 
 /*
@@ -1267,6 +1305,7 @@ int main(void)
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
         T(a_payload_at_the_limit_is_published_whole),
+        T(a_fetch_counts_headers_in_its_byte_budget),
         T(a_partitioner_that_moves_keys_is_refused),
         T(lag_metrics_come_once_per_shard_without_delayed_rows),
         T(a_second_relay_with_the_same_name_refuses_to_start),
