@@ -255,6 +255,14 @@ void metrics_shards_reset(relay_metrics *m)
         atomic_store_explicit(&m->shards[i].set, false, memory_order_relaxed);
 }
 
+void metrics_clear_shard(relay_metrics *m, int shard)
+{
+    assert(m);
+    if (shard < 0 || shard >= METRICS_SHARDS_MAX)
+        return;
+    atomic_store_explicit(&m->shards[shard].set, false, memory_order_relaxed);
+}
+
 void metrics_set_shard(relay_metrics *m, int shard, int64_t unpublished, double oldest_seconds)
 {
     assert(m);

@@ -64,6 +64,8 @@ void metrics_observe(relay_metrics *m, metric_histogram h, double seconds);
  * metrics_shards_reset() are not rendered. */
 void metrics_shards_reset(relay_metrics *m);
 void metrics_set_shard(relay_metrics *m, int shard, int64_t unpublished, double oldest_seconds);
+/* One shard's series not rendered any more (its shard is not held). */
+void metrics_clear_shard(relay_metrics *m, int shard);
 /* Healthy: /healthz answers 200 "ok", else 503 with the reason. */
 void metrics_set_health(relay_metrics *m, int healthy, const char *reason);
 

@@ -35,6 +35,7 @@ struct relay_lag {
     relay_metrics *m;
     int stuck_ms;
     atomic_char held[MAX_SHARDS];
+    int pause_ms;               /* test builds: FERRY_RELAY_TEST_LAG_PAUSE_MS */
     /* Under lock: the last look's rows held by the WAL gate past
      * stuck_ms, and the longest such wait. */
     long long gate_rows;
@@ -46,12 +47,18 @@ static void measure(relay_lag *l, PGconn *c)
     char shard[16], cap[16], stuck[16];
     snprintf(cap, sizeof cap, "%d", LAG_CAP);
     snprintf(stuck, sizeof stuck, "%d", l->stuck_ms);
-    metrics_shards_reset(l->m);
+    /* Each shard's series is replaced in place, or cleared when the shard
+     * is no longer held: a scrape during the measurement sees every held
+     * shard (a reset first, then the shards one by one, let it miss
+     * some). A shard whose look failed keeps its last figures. */
     long long gate_rows = 0;
     double gate_age = 0;
+    int pause = l->pause_ms;
     for (int s = 0; s < MAX_SHARDS; s++) {
-        if (!atomic_load(&l->held[s]))
+        if (!atomic_load(&l->held[s])) {
+            metrics_clear_shard(l->m, s);
             continue;
+        }
         snprintf(shard, sizeof shard, "%d", s);
         const char *params[3] = {shard, cap, stuck};
         PGresult *res = PQexecParams(
@@ -75,6 +82,12 @@ static void measure(relay_lag *l, PGconn *c)
             gate_age = age > gate_age ? age : gate_age;
         }
         PQclear(res);
+        if (pause > 0) {
+            /* Test hook: a measurement under way for a while (one pause
+             * a measurement, after its first shard). */
+            ferry__sleep_ms(pause);
+            pause = 0;
+        }
     }
     pthread_mutex_lock(&l->lock);
     l->gate_rows = gate_rows;
@@ -139,6 +152,12 @@ relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m, int stuck_ms)
     l->conninfo = strdup(conninfo);
     l->m = m;
     l->stuck_ms = stuck_ms;
+#ifdef FERRY_TEST_HOOKS
+    /* Test hook (tests/test_relay_faults.c): each measurement pauses after
+     * its first shard, for a scrape to come while it is under way. */
+    const char *pause = getenv("FERRY_RELAY_TEST_LAG_PAUSE_MS");
+    l->pause_ms = pause ? atoi(pause) : 0;
+#endif
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->wake, NULL);
     if (l->conninfo == NULL || pthread_create(&l->thread, NULL, lag_main, l) != 0) {
