@@ -77,10 +77,10 @@ static int setup_ack(relay *r, ferry_error *err)
  * relay). A process of that name killed a moment ago may leave its
  * sessions for a few milliseconds, so look a few times before refusing.
  * Returns 1 if one is live, 0 if not, -1 on error. */
-static int holder_live(relay *r)
+static int holder_live(PGconn *conn)
 {
     for (int tries = 0; tries < 20; tries++) {
-        PGresult *res = PQexec(r->db.main,
+        PGresult *res = PQexec(conn,
                                "SELECT count(*) FROM pg_stat_activity "
                                "WHERE application_name = current_setting('application_name') "
                                "  AND datname = current_database() "
@@ -149,6 +149,20 @@ void relay_set_source(relay *r, PGconn *conn)
         default_source(conn, r->source, sizeof r->source);
 }
 
+int relay_refuse_live_holder(relay *r, PGconn *conn)
+{
+    int live = holder_live(conn);
+    if (live == 0)
+        return 0;
+    ferry__log_json(FERRY_LOG_ERROR, "relay.holder_live", json_pack("{s:s}", "holder", r->holder),
+                   live > 0 ? "another relay named %s is already live (a session named "
+                              "'ferry-relay %s' is connected): refusing to start; give "
+                              "each relay its own --holder"
+                            : "could not check whether a relay named %s is live%s",
+                   r->holder, live > 0 ? r->holder : "");
+    return -1;
+}
+
 int relay_db_connect(relay *r)
 {
     /* Zeroed: not every setup step fills it (the prepares don't), and the
@@ -193,17 +207,8 @@ int relay_db_connect(relay *r)
                   err.message[0] ? err.message : PQerrorMessage(r->db.main));
         return -1;
     }
-    int live = holder_live(r);
-    if (live != 0) {
-        ferry__log_json(FERRY_LOG_ERROR, "relay.holder_live",
-                       json_pack("{s:s}", "holder", r->holder),
-                       live > 0 ? "another relay named %s is already live (a session named "
-                                  "'ferry-relay %s' is connected): refusing to start; give "
-                                  "each relay its own --holder"
-                                : "could not check whether a relay named %s is live%s",
-                       r->holder, live > 0 ? r->holder : "");
+    if (relay_refuse_live_holder(r, r->db.main) != 0)
         return -1;
-    }
     if (setup_ack(r, &err) != 0) {
         ferry__log(FERRY_LOG_ERROR, "db.setup", "could not prepare the acknowledgement: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.ack));

@@ -164,6 +164,10 @@ int relay_await_kafka(relay *r);
 
 /* relay_db.c */
 int relay_db_connect(relay *r);
+/* 0, or -1 (logged: relay.holder_live) when another relay of r's holder
+ * name is live on conn's database; conn's session bears the name already
+ * (both sources). */
+int relay_refuse_live_holder(relay *r, PGconn *conn);
 /* r->source, ce_source: the setting, else the default of conn's database
  * (both sources, from their first connection). */
 void relay_set_source(relay *r, PGconn *conn);

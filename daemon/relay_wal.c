@@ -981,6 +981,17 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         goto out;
     }
     r->wal = w;
+    /* Its settings session bears the relay's name, as the table source's
+     * do: a second relay of the name refuses to start (the replication
+     * session keeps "ferry-relay wal"). */
+    ferry_error err;
+    if (ferry__set_application_name(w->sql, "ferry-relay", r->holder, &err) != FERRY_OK) {
+        ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not name the session: %s",
+                  err.message);
+        goto out;
+    }
+    if (relay_refuse_live_holder(r, w->sql) != 0)
+        goto out;
     relay_set_source(r, w->sql);
     if (read_settings(r) != 0)
         goto out;

@@ -215,6 +215,37 @@ static void a_wal_relay_started_before_kafka_waits_for_it(void **state)
 }
 
 /*
+ * Two WAL relays with one name: the second refuses to start with a clear
+ * message, as a table relay does (issue 11), and the first keeps
+ * streaming.
+ *
+ * Before the fix: the WAL source never looked; the second went standby
+ * (PostgreSQL refuses a second reader of the slot) and ran on.
+ */
+static void a_second_wal_relay_with_the_same_name_refuses_to_start(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_proc a = tu_wal_relay_start("wal-twin", NULL);
+    tu_proc_await_log(&a, "\"event\":\"wal.streaming\"", 30000);
+    tu_proc b = tu_wal_relay_start("wal-twin", NULL);
+    int st = tu_proc_wait(&b, 15000);
+    if (st < 0)
+        tu_proc_fail(&b, "the second WAL relay named wal-twin did not exit within 15 s");
+    assert_int_equal(st, 1);
+    char *log = tu_proc_log(&b);
+    assert_non_null(strstr(log, "\"event\":\"relay.holder_live\""));
+    assert_non_null(strstr(log, "another relay named wal-twin is already live"));
+    free(log);
+    tu_proc_done(&b);
+    tu_wal_emit_n("w.twin", 6, 2, 1);
+    tu_wal_topic tc = tu_wal_check_topic("w.twin", 6, 30000);
+    assert_int_equal(tc.distinct, 6);
+    assert_int_equal(tu_proc_poll(&a), -1);
+    tu_proc_finish(&a, 30000);
+    PQfinish(c);
+}
+
+/*
  * Keys parked by an earlier run, and messages of theirs already in WAL
  * behind the dead letters: transaction 1 (one message per key, seq 1) was
  * dead-lettered and the slot confirmed past it; transaction 2 (seq 2 of
@@ -359,6 +390,7 @@ int main(void)
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
+        cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
         cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
