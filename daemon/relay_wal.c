@@ -917,8 +917,15 @@ static int health(relay *r, int64_t now)
     relay_wal *w = r->wal;
     if (!due(now, &w->next_health, HEALTH_MS))
         return 0;
-    if (PQstatus(w->sql) != CONNECTION_OK)
+    if (PQstatus(w->sql) != CONNECTION_OK) {
         PQreset(w->sql);
+        /* Named again: the name is what a second relay of it looks for. */
+        ferry_error err;
+        if (PQstatus(w->sql) == CONNECTION_OK &&
+            ferry__set_application_name(w->sql, "ferry-relay", r->holder, &err) != FERRY_OK)
+            ferry__log(FERRY_LOG_WARN, "wal.connect", "could not name the session: %s",
+                      err.message);
+    }
     if (r->m != NULL) {
         metrics_set(r->m, G_INFLIGHT, wal_track_inflight(w->t));
         metrics_set(r->m, G_KAFKA_QUEUE, r->k.rk ? rd_kafka_outq_len(r->k.rk) : 0);

@@ -237,6 +237,23 @@ static void a_second_wal_relay_with_the_same_name_refuses_to_start(void **state)
     assert_non_null(strstr(log, "another relay named wal-twin is already live"));
     free(log);
     tu_proc_done(&b);
+    /* Still so after the first one's settings session was lost and made
+     * again: it bears the name again. */
+    long long old = tu_int(c, "SELECT pid FROM pg_stat_activity "
+                              "WHERE application_name = 'ferry-relay wal-twin'");
+    tu_exec(c, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'ferry-relay wal-twin'");
+    char *again = tu_sprintf("SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name "
+                             "= 'ferry-relay wal-twin' AND pid <> %lld", old);
+    tu_await(c, again, 20000);
+    free(again);
+    tu_proc b2 = tu_wal_relay_start("wal-twin", NULL);
+    st = tu_proc_wait(&b2, 15000);
+    if (st < 0)
+        tu_proc_fail(&b2, "after a reconnect of the first, a second WAL relay named wal-twin "
+                          "did not exit within 15 s");
+    assert_int_equal(st, 1);
+    tu_proc_done(&b2);
     tu_wal_emit_n("w.twin", 6, 2, 1);
     tu_wal_topic tc = tu_wal_check_topic("w.twin", 6, 30000);
     assert_int_equal(tc.distinct, 6);
