@@ -206,17 +206,22 @@ ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_
     return FERRY_OK;
 }
 
+void ferry__application_name(char out[64], const char *program, const char *name)
+{
+    int n = snprintf(out, 64, "%s %s", program, name);
+    if (n >= 64) {
+        size_t len = 63;
+        while (len > 0 && ((unsigned char)out[len] & 0xC0) == 0x80)
+            len--;
+        out[len] = '\0';
+    }
+}
+
 ferry_code ferry__set_application_name(PGconn *conn, const char *program, const char *name,
                                       ferry_error *err)
 {
     char text[64];
-    int n = snprintf(text, sizeof text, "%s %s", program, name);
-    if (n >= (int)sizeof text) {
-        size_t len = sizeof text - 1;
-        while (len > 0 && ((unsigned char)text[len] & 0xC0) == 0x80)
-            len--;
-        text[len] = '\0';
-    }
+    ferry__application_name(text, program, name);
     const char *p[1] = {text};
     return ferry__exec(conn, "SELECT set_config('application_name', $1, false)", 1, p,
                       "could not set application_name", err);

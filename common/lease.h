@@ -13,9 +13,12 @@
 
 #include "internal.h"
 
-/* Name this session "<program> <name>" in pg_stat_activity: cut to the
- * 63 bytes the server keeps, before a character rather than inside one
- * (the server refuses invalid UTF-8). The relay's name is how
+/* "<program> <name>", cut to the 63 bytes the server keeps, before a
+ * character rather than inside one (the server refuses invalid UTF-8):
+ * the application_name of a session (a connection parameter, which
+ * PQreset keeps, or set by the next function). */
+void ferry__application_name(char out[64], const char *program, const char *name);
+/* Name this session so in pg_stat_activity. The relay's name is how
  * ferry-reconcile tells a live lease holder from a dead one. */
 ferry_code ferry__set_application_name(PGconn *conn, const char *program, const char *name,
                                       ferry_error *err);

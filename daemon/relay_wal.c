@@ -268,15 +268,22 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
 
 /* ------------------------------------------------------------------ sessions */
 
-static PGconn *connect_db(const char *conninfo, int replication)
+/* A session of the WAL source. The settings session bears the relay's
+ * name, "ferry-relay <holder>", as the table source's do: what a second
+ * relay of the name looks for (relay_refuse_live_holder). As a connection
+ * parameter, so that PQreset keeps it. The replication session is
+ * "ferry-relay wal". */
+static PGconn *connect_db(relay *r, int replication)
 {
+    char name[64];
+    ferry__application_name(name, "ferry-relay", replication ? "wal" : r->holder);
     /* expand_dbname: conninfo may be a URI or key=value pairs; the later
      * keywords override what it says. */
     const char *keys[] = {"dbname", "replication", "application_name", NULL};
-    const char *vals[] = {conninfo, replication ? "database" : NULL, "ferry-relay wal", NULL};
+    const char *vals[] = {r->cfg->db, replication ? "database" : NULL, name, NULL};
     if (!replication) {
         keys[1] = "application_name";
-        vals[1] = "ferry-relay wal";
+        vals[1] = name;
         keys[2] = NULL;
     }
     return PQconnectdbParams(keys, vals, 1);
@@ -472,7 +479,7 @@ static int start_stream(relay *r)
     w->lease_epoch = epoch;
     w->next_lease = ferry__now_ms() + r->cfg->lease_ttl_ms / 3;
 
-    w->repl = connect_db(r->cfg->db, 1);
+    w->repl = connect_db(r, 1);
     if (PQstatus(w->repl) != CONNECTION_OK) {
         ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not open a replication session (the "
                   "role needs REPLICATION): %s", PQerrorMessage(w->repl));
@@ -917,15 +924,8 @@ static int health(relay *r, int64_t now)
     relay_wal *w = r->wal;
     if (!due(now, &w->next_health, HEALTH_MS))
         return 0;
-    if (PQstatus(w->sql) != CONNECTION_OK) {
+    if (PQstatus(w->sql) != CONNECTION_OK)
         PQreset(w->sql);
-        /* Named again: the name is what a second relay of it looks for. */
-        ferry_error err;
-        if (PQstatus(w->sql) == CONNECTION_OK &&
-            ferry__set_application_name(w->sql, "ferry-relay", r->holder, &err) != FERRY_OK)
-            ferry__log(FERRY_LOG_WARN, "wal.connect", "could not name the session: %s",
-                      err.message);
-    }
     if (r->m != NULL) {
         metrics_set(r->m, G_INFLIGHT, wal_track_inflight(w->t));
         metrics_set(r->m, G_KAFKA_QUEUE, r->k.rk ? rd_kafka_outq_len(r->k.rk) : 0);
@@ -981,22 +981,13 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     w->t = wal_track_new(TRACK_TXS);
     w->backoff_ms = 100;
     w->heartbeat_ms = 10000;
-    w->sql = connect_db(r->cfg->db, 0);
+    w->sql = connect_db(r, 0);
     if (w->t == NULL || PQstatus(w->sql) != CONNECTION_OK) {
         ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not connect: %s",
                   w->sql ? PQerrorMessage(w->sql) : "out of memory");
         goto out;
     }
     r->wal = w;
-    /* Its settings session bears the relay's name, as the table source's
-     * do: a second relay of the name refuses to start (the replication
-     * session keeps "ferry-relay wal"). */
-    ferry_error err;
-    if (ferry__set_application_name(w->sql, "ferry-relay", r->holder, &err) != FERRY_OK) {
-        ferry__log(FERRY_LOG_ERROR, "wal.connect", "could not name the session: %s",
-                  err.message);
-        goto out;
-    }
     if (relay_refuse_live_holder(r, w->sql) != 0)
         goto out;
     relay_set_source(r, w->sql);
