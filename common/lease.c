@@ -208,13 +208,18 @@ ferry_code ferry__lease_count_live(PGconn *conn, const char *prefix, int *count_
 
 void ferry__application_name(char out[64], const char *program, const char *name)
 {
-    int n = snprintf(out, 64, "%s %s", program, name);
-    if (n >= 64) {
-        size_t len = 63;
-        while (len > 0 && ((unsigned char)out[len] & 0xC0) == 0x80)
+    /* Cut after the whole text is there: the byte the cut drops says
+     * whether it falls inside a character (a continuation byte). */
+    size_t plen = strlen(program), nlen = strlen(name), len = plen + 1 + nlen;
+    char full[64 + 4];
+    snprintf(full, sizeof full, "%s %s", program, name);
+    if (len > 63) {
+        len = 63;
+        while (len > 0 && ((unsigned char)full[len] & 0xC0) == 0x80)
             len--;
-        out[len] = '\0';
     }
+    memcpy(out, full, len);
+    out[len] = '\0';
 }
 
 ferry_code ferry__set_application_name(PGconn *conn, const char *program, const char *name,

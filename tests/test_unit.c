@@ -10,6 +10,7 @@
 
 #include "testutil.h"
 #include "../lib/internal.h"
+#include "../common/lease.h"
 
 static void uuid_v7_layout_and_order(void **state)
 {
@@ -243,6 +244,28 @@ static void strict_integers(void **state)
     assert_int_equal(v, 99);        /* untouched on failure */
 }
 
+/* A session's name is cut to the 63 bytes the server keeps, before a
+ * character, never inside one (the server refuses invalid UTF-8). */
+static void application_names_are_cut_before_a_character(void **state)
+{
+    (void)state;
+    char name[64], holder[80];
+    /* "ferry-relay " and 50 bytes, then a 2-byte character at bytes 62-63. */
+    memset(holder, 'a', 50);
+    strcpy(holder + 50, "\xc3\xa9tail");
+    ferry__application_name(name, "ferry-relay", holder);
+    assert_int_equal(strlen(name), 62);
+    assert_true(ferry__utf8_valid(name, strlen(name), NULL));
+    /* Short names are whole. */
+    ferry__application_name(name, "ferry-relay", "h\xc3\xa9");
+    assert_string_equal(name, "ferry-relay h\xc3\xa9");
+    /* Exactly 63 bytes stay whole. */
+    memset(holder, 'b', 51);
+    holder[51] = '\0';
+    ferry__application_name(name, "ferry-relay", holder);
+    assert_int_equal(strlen(name), 63);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -254,6 +277,7 @@ int main(void)
         cmocka_unit_test(error_messages_escape_what_they_quote),
         cmocka_unit_test(error_mapping),
         cmocka_unit_test(strict_integers),
+        cmocka_unit_test(application_names_are_cut_before_a_character),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
