@@ -319,8 +319,12 @@ static int drain_backlog(PGconn *c, int wal, long n)
                      "  || (extract(epoch FROM now()) * 1000000)::bigint::text || ' ' "
                      "  || octet_length(k.topic)::text || ' ' || octet_length(k.key)::text "
                      "  || ' 0 1 2' || E'\n' || k.topic || k.key || 'T{}' || (%s)::text)) "
-                     "  FROM generate_series(%ld, %ld) g, ferry.settings s, ferry.outbox_key k "
-                     " WHERE k.topic = 'bench.drain' AND k.key = 'k' || (g %% 100)",
+                     /* The messages in g's order, whatever the plan: each
+                      * key's row looked up per g (LATERAL), not joined. */
+                     "  FROM ferry.settings s, generate_series(%ld, %ld) g "
+                     "  CROSS JOIN LATERAL (SELECT o.topic, o.key, o.seq FROM ferry.outbox_key o "
+                     "                       WHERE o.topic = 'bench.drain' "
+                     "                         AND o.key = 'k' || (g %% 100)) k",
                      lo, payload, lo, hi);
         else
             snprintf(sql, sizeof sql,
