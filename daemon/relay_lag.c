@@ -85,6 +85,8 @@ static void measure(relay_lag *l, PGconn *c)
         if (pause > 0) {
             /* Test hook: a measurement under way for a while (one pause
              * a measurement, after its first shard). */
+            ferry__log(FERRY_LOG_DEBUG, "lag.test_pause", "pausing %d ms in a measurement",
+                      pause);
             ferry__sleep_ms(pause);
             pause = 0;
         }

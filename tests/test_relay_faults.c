@@ -928,6 +928,8 @@ static void a_scrape_during_a_lag_measurement_sees_every_shard(void **state)
         clk_sleep_ms(5);
     }
     assert_true(scrapes > 100);
+    /* The fault fired: a measurement paused while the scrapes ran. */
+    assert_true(log_count(p, "lag.test_pause") >= 2);
     assert_int_equal(relay_stop(p, 30000), 0);
 }
 
