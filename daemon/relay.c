@@ -351,7 +351,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     if (relay_start(r) != 0)
         goto out;
     if (!cfg->once)
-        r->lag = relay_lag_start(cfg->db, m, cfg->stuck_ms);
+        r->lag = relay_lag_start(cfg->db, r->holder, m, cfg->stuck_ms);
 
     int stopping = 0, clean = 0;
     char fatal[512];

@@ -219,7 +219,7 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg);
     "   AND r.wal_status IS DISTINCT FROM 'lost'"
 
 /* relay_lag.c */
-relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m,
+relay_lag *relay_lag_start(const char *conninfo, const char *holder, relay_metrics *m,
                            int stuck_ms);                              /* NULL: none */
 /* Why the relay is not ready because rows of its shards have waited for
  * the WAL slot longer than stuck_ms (into why, and 1), or 0. */

@@ -32,6 +32,7 @@ struct relay_lag {
     pthread_cond_t wake;
     int stop;
     char *conninfo;
+    char holder[256];           /* its session is named 'ferry-relay-lag HOLDER' */
     relay_metrics *m;
     int stuck_ms;
     atomic_char held[MAX_SHARDS];
@@ -126,7 +127,10 @@ static void *lag_main(void *arg)
             ferry__log_pq_notices(c, "lag");
             if (PQstatus(c) == CONNECTION_OK) {
                 ferry_error err;
-                ferry__set_application_name(c, "ferry-relay", "lag", &err);
+                /* Not 'ferry-relay HOLDER': that name says a relay HOLDER
+                 * is live (relay_refuse_live_holder), and 'ferry-relay
+                 * lag' would say so of a relay named lag. */
+                ferry__set_application_name(c, "ferry-relay-lag", l->holder, &err);
                 PQclear(PQexec(c, "SET statement_timeout = '10s'; SET enable_sort = off"));
             }
         }
@@ -144,7 +148,8 @@ static void *lag_main(void *arg)
     return NULL;
 }
 
-relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m, int stuck_ms)
+relay_lag *relay_lag_start(const char *conninfo, const char *holder, relay_metrics *m,
+                           int stuck_ms)
 {
     if (m == NULL)
         return NULL;
@@ -152,6 +157,7 @@ relay_lag *relay_lag_start(const char *conninfo, relay_metrics *m, int stuck_ms)
     if (l == NULL)
         return NULL;
     l->conninfo = strdup(conninfo);
+    snprintf(l->holder, sizeof l->holder, "%s", holder);
     l->m = m;
     l->stuck_ms = stuck_ms;
 #ifdef FERRY_TEST_HOOKS

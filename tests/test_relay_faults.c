@@ -976,6 +976,32 @@ static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
 }
 
 /*
+ * The lag gauges' session of another relay is not a live relay named
+ * "lag": its session name carries its own relay's name.
+ *
+ * Before: it was named 'ferry-relay lag', the name a relay "lag" takes, so
+ * beside any relay with --metrics a relay named lag refused to start: "the
+ * relay named lag exited (status 1)".
+ */
+static void a_relay_named_lag_starts_beside_one_with_metrics(void **state)
+{
+    const char *args[] = {"--metrics", "127.0.0.1:0", NULL};
+    tu_proc *a = relay_spawn("lagger", args);
+    await_leases(a, "lagger", SHARDS, 30000);
+    PGconn *c = tu_connect();
+    /* main, acknowledgement and lag sessions, whatever their names */
+    tu_await(c, "SELECT count(*) = 3 FROM pg_stat_activity "
+                "WHERE application_name LIKE 'ferry-relay%'", 15000);
+    tu_proc *b = relay_spawn("lag", NULL);
+    await_leases(b, "lag", SHARDS / 2, 30000);
+    if (tu_proc_poll(b) != -1)
+        tu_proc_fail(b, "the relay named lag exited (status %d)", tu_proc_poll(b));
+    assert_int_equal(relay_stop(b, 30000), 0);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    PQfinish(c);
+}
+
+/*
  * The name is a relay's within its database: two services on one cluster,
  * each with its own database and a relay named alike (a Deployment's name,
  * say), are not one relay twice. The look for a live holder is confined
@@ -1363,6 +1389,7 @@ int main(void)
         T(a_scrape_during_a_lag_measurement_sees_every_shard),
         T(a_second_relay_with_the_same_name_refuses_to_start),
         T(the_same_name_on_another_database_is_another_relay),
+        T(a_relay_named_lag_starts_beside_one_with_metrics),
         T(scale_out_under_load_takes_a_share),
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(every_topic_takes_the_fixed_properties),
