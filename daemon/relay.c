@@ -30,8 +30,10 @@
  *     fetch brings at most batch_size rows and a byte budget.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,12 +462,108 @@ out:
 
 /* ------------------------------------------------------------------ command */
 
+/*
+ * Stopping is bounded whatever the relay waits on. The loop above waits
+ * stop_grace_ms for deliveries, then acknowledges and gives its leases
+ * back; each of those, the lag gauges' session and a reconnection can wait
+ * on a database that does not answer (its server processes stopped, a
+ * black-holed host: no statement_timeout fires, and the TCP timeouts do
+ * not reach a Unix socket). So a watchdog thread, told of the first
+ * SIGTERM or SIGINT through a pipe (write() is async-signal-safe), ends
+ * the process stop_grace_ms + STOP_FINAL_MS after it if the relay has not
+ * ended by then: exit 1. Nothing is lost by it: what was delivered and not
+ * acknowledged is published again by the next holder of its shard (a
+ * duplicate), the leases expire after their TTL, and the WAL slot was
+ * never confirmed past what Kafka had not acknowledged.
+ */
+#define STOP_FINAL_MS 5000
+
+static int stop_pipe[2] = {-1, -1};
+
+static void *stop_watchdog(void *arg)
+{
+    const relay_config *cfg = arg;
+    struct pollfd p = {.fd = stop_pipe[0], .events = POLLIN};
+    int64_t deadline = -1;
+    for (;;) {
+        int timeout = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - ferry__now_ms();
+            if (left <= 0)
+                break;
+            timeout = (int)left;
+        }
+        if (poll(&p, 1, timeout) <= 0)
+            continue;       /* the deadline (looked at above), or EINTR */
+        char c;
+        if (read(stop_pipe[0], &c, 1) != 1)
+            continue;
+        if (c == 'q')
+            return NULL;    /* the relay ended by itself */
+        if (deadline < 0)
+            deadline = ferry__now_ms() + cfg->stop_grace_ms + STOP_FINAL_MS;
+    }
+    ferry__log_json(FERRY_LOG_ERROR, "relay.stop_forced",
+                   json_pack("{s:i, s:i}", "stop_grace_ms", cfg->stop_grace_ms, "final_ms",
+                             STOP_FINAL_MS),
+                   "still running %d ms after the stop was asked (stop_grace_ms + %d ms): "
+                   "exiting now. Undelivered rows stay in the outbox; delivered ones not yet "
+                   "acknowledged go out again from the next holder (duplicates, never a "
+                   "loss); the leases expire after their TTL",
+                   cfg->stop_grace_ms + STOP_FINAL_MS, STOP_FINAL_MS);
+    _exit(1);
+}
+
+/* Start the watchdog, with the stop signals blocked in its thread (they go
+ * to the loop's, whose poll they cut short). 0, or -1 (said). */
+static int stop_watchdog_start(const relay_config *cfg, pthread_t *t)
+{
+    if (pipe(stop_pipe) != 0) {
+        ferry__log(FERRY_LOG_ERROR, "relay.start", "could not make a pipe: %s", strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < 2; i++)
+        fcntl(stop_pipe[i], F_SETFD, FD_CLOEXEC);
+    fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK);
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rc = pthread_create(t, NULL, stop_watchdog, (void *)cfg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        ferry__log(FERRY_LOG_ERROR, "relay.start", "could not start a thread: %s", strerror(rc));
+        close(stop_pipe[0]);
+        close(stop_pipe[1]);
+        stop_pipe[0] = stop_pipe[1] = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_watchdog_end(pthread_t t)
+{
+    (void)!write(stop_pipe[1], "q", 1);
+    pthread_join(t, NULL);
+    close(stop_pipe[0]);
+    close(stop_pipe[1]);
+    stop_pipe[0] = stop_pipe[1] = -1;
+}
+
 static void on_signal(int sig)
 {
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
         hup_received = 1;
-    else
-        relay_request_stop();
+        return;
+    }
+    relay_request_stop();
+    if (stop_pipe[1] >= 0) {
+        int saved = errno;
+        (void)!write(stop_pipe[1], "s", 1);
+        errno = saved;
+    }
 }
 
 int cmd_run(int argc, char **argv)
@@ -505,7 +603,11 @@ int cmd_run(int argc, char **argv)
         }
         httpd_log_listen(cfg.metrics, port);
     }
+    pthread_t watchdog;
+    if (stop_watchdog_start(&cfg, &watchdog) != 0)
+        goto out;
     status = relay_run(&cfg, m);
+    stop_watchdog_end(watchdog);
 out:
     metrics_free(m);
     relay_config_free(&cfg);

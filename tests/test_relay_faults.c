@@ -35,6 +35,7 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "harness/clock.h"
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_http.h"
@@ -462,6 +463,83 @@ static void sigterm_finishes_within_the_grace_with_a_stuck_partition(void **stat
     assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
     free(healthy_left);
     free(stuck);
+    PQfinish(c);
+}
+
+/*
+ * SIGTERM with the database hung: the relay's own sessions stopped
+ * (SIGSTOP of their server processes: the sockets stay open, nothing
+ * answers, no statement_timeout fires). Whatever the relay waits on then
+ * (its lease renewal, the last acknowledgement, the lease release, the lag
+ * gauges' session), it must exit within stop_grace_ms plus its 5 s for
+ * the final phase, exit 1, saying so; what it had not acknowledged stays
+ * in the outbox for the next relay.
+ *
+ * Before: the final lease release waited on the stopped session for ever
+ * (the audit saw 47 s, until the processes were continued): "did not exit
+ * within 9000 ms of SIGTERM".
+ */
+static pid_t hung[8];
+static int nhung;
+
+static void hang_sessions(PGconn *c, const char *holder)
+{
+    char *sql = tu_sprintf("SELECT pid FROM pg_stat_activity WHERE application_name IN "
+                           "('ferry-relay %s', 'ferry-relay-lag %s')", holder, holder);
+    PGresult *res = PQexec(c, sql);
+    free(sql);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    for (int i = 0; i < PQntuples(res) && nhung < 8; i++) {
+        pid_t pid = (pid_t)atol(PQgetvalue(res, i, 0));
+        assert_int_equal(kill(pid, SIGSTOP), 0);
+        hung[nhung++] = pid;
+    }
+    PQclear(res);
+}
+
+static void release_sessions(void)
+{
+    for (int i = 0; i < nhung; i++)
+        kill(hung[i], SIGCONT);
+    nhung = 0;
+}
+
+static void sigterm_is_bounded_when_the_database_hangs(void **state)
+{
+    const char *topic = "f.hung";
+    enum { GRACE_MS = 1000, FINAL_MS = 5000 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "stop_grace_ms=1000", NULL};
+    tu_proc *p = relay_spawn("hung-a", args);
+    await_leases(p, "hung-a", SHARDS, 30000);
+    emit_keys(topic, "h", 8, 1);
+    tu_await_outbox_empty(topic, 15000);
+    PGconn *c = tu_connect();
+    /* main, acknowledgement and lag sessions */
+    tu_await(c, "SELECT count(*) = 3 FROM pg_stat_activity WHERE application_name IN "
+                "('ferry-relay hung-a', 'ferry-relay-lag hung-a')", 15000);
+    hang_sessions(c, "hung-a");
+    assert_int_equal(nhung, 3);
+    emit_keys(topic, "k", 8, 1);    /* not fetched: the main session is stopped */
+
+    int64_t t0 = clk_mono_ms();
+    kill(p->pid, SIGTERM);
+    int st = tu_proc_wait(p, GRACE_MS + FINAL_MS + 3000);
+    int64_t took = clk_mono_ms() - t0;
+    release_sessions();
+    if (st < 0)
+        tu_proc_fail(p, "did not exit within %d ms of SIGTERM (stop_grace_ms=%d, the database "
+                     "hung)", GRACE_MS + FINAL_MS + 3000, GRACE_MS);
+    assert_int_equal(st, 1);
+    assert_true(took >= GRACE_MS);
+    assert_int_equal(log_count(p, "relay.stop_forced"), 1);
+    /* Nothing lost: once its leases expired (their TTL passing, made
+     * short here), the next relay publishes what is left. */
+    assert_int_equal(tu_int(c, "WITH e AS (UPDATE ferry.lease SET expires_at = now() "
+                               "WHERE holder = 'hung-a' RETURNING 1) SELECT count(*) FROM e"),
+                     SHARDS + 1);
+    assert_int_equal(relay_once("hung-b", NULL, NULL), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 16, 10000, 16);
     PQfinish(c);
 }
 
@@ -1342,6 +1420,7 @@ static void a_broker_that_refuses_every_produce_ends_in_a_dead_letter(void **sta
  * leases and settings. */
 static int cleanup(void **state)
 {
+    release_sessions();
     for (int i = 0; i < nprocs; i++) {
         if (getenv("FERRY_TEST_VERBOSE") != NULL) {
             char *log = tu_slurp(procs[i].log, NULL);
@@ -1379,6 +1458,7 @@ int main(void)
         T(a_failing_key_is_said_stuck_once_and_recovered_once),
         T(a_refused_topic_stalls_only_its_keys),
         T(sigterm_finishes_within_the_grace_with_a_stuck_partition),
+        T(sigterm_is_bounded_when_the_database_hangs),
         T(a_commit_is_never_left_for_the_poll),
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
