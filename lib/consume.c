@@ -109,6 +109,14 @@ static const char claim_many_sql[] =
     "SELECT verdict, drain FROM ferry.consume_claim_many($1, $2::uuid[], $3::text[], "
     "$4::text[], $5::bigint[], $6::text[], $7::jsonb[], $8::text[], $9::text[], "
     "$10::integer[], $11::bigint[], $12::boolean)";
+/* A batch's usual claims without payloads and headers (protocol 1.3,
+ * schema 25): a NULL verdict for each message it leaves to
+ * consume_claim_many. */
+#define CLAIM_NEXT_STMT "ferry_consume_claim_next_v1"
+#define CLAIM_NEXT_NPARAMS 7
+static const char claim_next_sql[] =
+    "SELECT verdict, drain FROM ferry.consume_claim_next($1, $2::uuid[], $3::text[], "
+    "$4::text[], $5::bigint[], $6::boolean[], $7::boolean)";
 #define FINISH_STMT "ferry_consume_finish_v1"
 static const char finish_sql[] = "SELECT ferry.consume_finish($1, $2::uuid)";
 /* A batch's finishes in one statement (protocol 1.1, schema 16). */
@@ -588,6 +596,10 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
         PQclear(pr);
         pr = PQprepare(conn, CLAIM_MANY_STMT, claim_many_sql, CLAIM_MANY_NPARAMS, NULL);
     }
+    if (PQresultStatus(pr) == PGRES_COMMAND_OK) {
+        PQclear(pr);
+        pr = PQprepare(conn, CLAIM_NEXT_STMT, claim_next_sql, CLAIM_NEXT_NPARAMS, NULL);
+    }
     if (PQresultStatus(pr) != PGRES_COMMAND_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, pr, "could not prepare the claim");
         PQclear(pr);
@@ -598,6 +610,7 @@ static ferry_code prepare_claim(PGconn *conn, ferry_consumer *c, ferry_error *er
         PQclear(PQexec(conn, "DEALLOCATE " FINISH_STMT));
         PQclear(PQexec(conn, "DEALLOCATE " FINISH_MANY_STMT));
         PQclear(PQexec(conn, "DEALLOCATE " CLAIM_MANY_STMT));
+        PQclear(PQexec(conn, "DEALLOCATE " CLAIM_NEXT_STMT));
         return rc;
     }
     PQclear(pr);
@@ -715,11 +728,11 @@ static ferry_code begin_result(PGconn *conn, PGresult *res, ferry_error *err)
 enum { CM_IDS, CM_TOPICS, CM_KEYS, CM_SEQS, CM_PAYLOADS, CM_HEADERS, CM_TYPES, CM_AGGS,
        CM_PARTS, CM_OFFS, CM_ARRAYS };
 
-static int claim_many_args(work *ws, int n, ferry__alit *a)
+static int claim_many_args(work *ws, const int *idx, int n, ferry__alit *a)
 {
     memset(a, 0, sizeof(ferry__alit) * CM_ARRAYS);
     for (int i = 0; i < n; i++) {
-        work *w = &ws[i];
+        work *w = &ws[idx != NULL ? idx[i] : i];
         if (w->unholdable)
             return -1;
         char *hjson = json_dumps(ensure_headers(w), JSON_COMPACT);
@@ -757,17 +770,20 @@ static void claim_many_free(ferry__alit *a)
 typedef struct claim_many_ctx {
     ferry_consumer *c;
     work *ws;
+    const int *idx;                 /* the messages of ws claimed (NULL: n first) */
     int n;
     verdict *v;
+    int begin;                      /* query 0 is BEGIN */
 } claim_many_ctx;
 
-/* BEGIN's result, then consume_claim_many's: one row per message. */
+/* BEGIN's result (with begin), then consume_claim_many's: one row per
+ * message. */
 static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
                                     ferry_error *err)
 {
     claim_many_ctx *cm = ctx;
     PGconn *conn = cm->c->conn;
-    if (q == 0)
+    if (q == 0 && cm->begin)
         return begin_result(conn, res, err);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != cm->n ||
         PQnfields(res) != 2) {
@@ -778,23 +794,28 @@ static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
         }
         return rc;
     }
-    for (int i = 0; i < cm->n; i++)
-        if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &cm->ws[i],
-                          &cm->v[i]) != 0)
+    for (int i = 0; i < cm->n; i++) {
+        int j = cm->idx != NULL ? cm->idx[i] : i;
+        if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &cm->ws[j],
+                          &cm->v[j]) != 0)
             return ferry__error_set(err, FERRY_ESCHEMA, NULL,
                                     "ferry.consume_claim_many gave an answer this library "
                                     "does not know");
+    }
     return FERRY_OK;
 }
 
 /*
- * BEGIN and one consume_claim_many for ws[0..n), in one round trip: the
- * server claims the batch's usual messages in one UPDATE and one INSERT
- * (schema 20). Verdicts into v. A failed claim names no message: *index
- * stays -1 and the batch is applied one by one (apply_batch).
+ * BEGIN (with begin) and one consume_claim_many for the n messages of ws
+ * that idx names (NULL: the first n), in one round trip: the server
+ * claims the usual ones in one UPDATE and one INSERT (schema 20).
+ * Verdicts into v, at the messages' indexes. A failed claim names no
+ * message: *index stays -1 and the batch is applied one by one
+ * (apply_batch).
  */
-static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdict *v,
-                                       const ferry__alit *a, ferry_error *err)
+static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, const int *idx, int n,
+                                       verdict *v, const ferry__alit *a, int begin,
+                                       ferry_error *err)
 {
     PGconn *conn = c->conn;
     const char *p[CLAIM_MANY_NPARAMS] = {
@@ -804,20 +825,151 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, int n, verdi
     ferry_code rc = FERRY_OK;
     if (!PQenterPipelineMode(conn))
         return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    int sent = 0, want = begin ? 2 : 1;
+    if (!begin || PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL,
+                                    NULL, NULL, NULL, 0)) {
+        sent = begin;
+        if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
+            sent++;
+    }
+    if (sent < want)
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
+        return rc;
+    claim_many_ctx cm = {c, ws, idx, n, v, begin};
+    return ferry__pipeline_read(conn, sent, rc, claim_many_result, &cm,
+                                "the claims' results ended early", err);
+}
+
+/* Whether w carries the header ferry_discarded as its headers reach the
+ * server (ensure_headers: a value that is text, no NUL, valid UTF-8),
+ * without building them. */
+static int has_discarded_header(const work *w)
+{
+    const void *val;
+    size_t size;
+    if (w->kafka_headers == NULL)
+        return 0;
+    for (size_t i = 0; rd_kafka_header_get(w->kafka_headers, i, "ferry_discarded", &val,
+                                           &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+        if (val != NULL && memchr(val, 0, size) == NULL && ferry__utf8_valid(val, size, NULL))
+            return 1;
+    return 0;
+}
+
+/* consume_claim_next's arrays for ws[0..n): 0, or -1 (out of memory). */
+enum { CN_IDS, CN_TOPICS, CN_KEYS, CN_SEQS, CN_DISCARDED, CN_ARRAYS };
+
+static int claim_next_args(const work *ws, int n, ferry__alit *a)
+{
+    memset(a, 0, sizeof(ferry__alit) * CN_ARRAYS);
+    for (int i = 0; i < n; i++) {
+        const work *w = &ws[i];
+        ferry__alit_str(&a[CN_IDS], w->id);
+        ferry__alit_str(&a[CN_TOPICS], w->msg.topic);
+        ferry__alit_str(&a[CN_KEYS], w->msg.key);
+        ferry__alit_str(&a[CN_SEQS], w->seq_text[0] ? w->seq_text : NULL);
+        ferry__alit_str(&a[CN_DISCARDED], has_discarded_header(w) ? "t" : "f");
+    }
+    for (int k = 0; k < CN_ARRAYS; k++)
+        if (ferry__alit_end(&a[k]) == NULL)
+            return -1;
+    return 0;
+}
+
+typedef struct claim_next_ctx {
+    ferry_consumer *c;
+    work *ws;
+    int n;
+    verdict *v;
+    int *rest;                      /* the indexes consume_claim_next left */
+    int nrest;
+} claim_next_ctx;
+
+/* BEGIN's result, then consume_claim_next's: one row per message, a NULL
+ * verdict for one it left. */
+static ferry_code claim_next_result(void *ctx, int q, PGresult *res, bool *keep,
+                                    ferry_error *err)
+{
+    claim_next_ctx *cn = ctx;
+    PGconn *conn = cn->c->conn;
+    if (q == 0)
+        return begin_result(conn, res, err);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != cn->n ||
+        PQnfields(res) != 2) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
+        if (strcmp(err->sqlstate, "26000") == 0) {
+            cn->c->claim_pid = 0;           /* prepare again on the retry */
+            err->retriable = 1;
+        }
+        return rc;
+    }
+    for (int i = 0; i < cn->n; i++) {
+        if (PQgetisnull(res, i, 0)) {
+            cn->rest[cn->nrest++] = i;
+            continue;
+        }
+        if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &cn->ws[i],
+                          &cn->v[i]) != 0)
+            return ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                                    "ferry.consume_claim_next gave an answer this library "
+                                    "does not know");
+    }
+    return FERRY_OK;
+}
+
+/*
+ * BEGIN and one consume_claim_next for ws[0..n), in one round trip: the
+ * usual messages, without their payloads and headers (schema 25); then,
+ * only if some are left (a gap, a redelivery, a parked key, a message
+ * without a position), one consume_claim_many of those with theirs, in
+ * the same transaction. Verdicts into v. A failure names no message.
+ */
+static ferry_code begin_and_claim_next(ferry_consumer *c, work *ws, int n, verdict *v,
+                                       ferry_error *err)
+{
+    PGconn *conn = c->conn;
+    ferry__alit a[CM_ARRAYS] = {0};
+    int *rest = malloc(sizeof(int) * (size_t)n);
+    if (rest == NULL || claim_next_args(ws, n, a) != 0) {
+        free(rest);
+        claim_many_free(a);
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
+    }
+    const char *p[CLAIM_NEXT_NPARAMS] = {c->name, a[CN_IDS].p, a[CN_TOPICS].p, a[CN_KEYS].p,
+                                         a[CN_SEQS].p, a[CN_DISCARDED].p,
+                                         c->first_any ? "t" : "f"};
+    ferry_code rc = FERRY_OK;
     int sent = 0;
+    if (!PQenterPipelineMode(conn)) {
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+        goto out;
+    }
     if (PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
                           NULL, 0)) {
         sent = 1;
-        if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
+        if (PQsendQueryPrepared(conn, CLAIM_NEXT_STMT, CLAIM_NEXT_NPARAMS, p, NULL, NULL, 0))
             sent = 2;
     }
     if (sent < 2)
         rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
     if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
-        return rc;
-    claim_many_ctx cm = {c, ws, n, v};
-    return ferry__pipeline_read(conn, sent, rc, claim_many_result, &cm,
-                                "the claims' results ended early", err);
+        goto out;
+    claim_next_ctx cn = {c, ws, n, v, rest, 0};
+    rc = ferry__pipeline_read(conn, sent, rc, claim_next_result, &cn,
+                              "the claims' results ended early", err);
+    claim_many_free(a);
+    memset(a, 0, sizeof a);
+    if (rc == FERRY_OK && cn.nrest > 0) {
+        if (claim_many_args(ws, rest, cn.nrest, a) != 0)
+            rc = ferry__error_set(err, FERRY_ENOMEM, NULL, "out of memory");
+        else
+            rc = begin_and_claim_many(c, ws, rest, cn.nrest, v, a, 0, err);
+    }
+out:
+    claim_many_free(a);
+    free(rest);
+    return rc;
 }
 
 typedef struct claims_ctx {
@@ -857,13 +1009,14 @@ static ferry_code begin_and_claims(ferry_consumer *c, work *ws, int n, verdict *
     if (rc != FERRY_OK)
         return rc;
     if (n > 1) {
-        ferry__alit a[CM_ARRAYS];
-        if (claim_many_args(ws, n, a) == 0) {
-            rc = begin_and_claim_many(c, ws, n, v, a, err);
-            claim_many_free(a);
-            return rc;
-        }
-        claim_many_free(a);     /* and claimed one by one, below */
+        /* What is left to consume_claim_many may need holding: a message
+         * that text cannot hold is claimed one by one (below), and so is
+         * its batch. */
+        int holdable = 1;
+        for (int i = 0; i < n && holdable; i++)
+            holdable = !ws[i].unholdable;
+        if (holdable)
+            return begin_and_claim_next(c, ws, n, v, err);
     }
     if (!PQenterPipelineMode(conn) ||
         !PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,

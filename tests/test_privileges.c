@@ -104,6 +104,10 @@ static const fn_cell FUNCS[] = {
      "integer[],bigint[],boolean)", C,
      "SELECT count(*) FROM ferry.consume_claim_many('@C', ARRAY[gen_random_uuid()], "
      "ARRAY['pv'], ARRAY['k'], ARRAY[NULL::bigint])", 1},
+    /* Version 1.3 (schema 25). */
+    {"ferry.consume_claim_next(text,uuid[],text[],text[],bigint[],boolean[],boolean)", C,
+     "SELECT count(*) FROM ferry.consume_claim_next('@C', ARRAY[gen_random_uuid()], "
+     "ARRAY['pv'], ARRAY['k'], ARRAY[NULL::bigint])", 1},
     {"ferry.emit_message(text,text,text,text,text,text,bigint,uuid)", W | C,
      "SELECT ferry.emit_message('pv', 'k', 'T', '{}')", 0},
     /* The reconciler's, for any consumer (an operator's repair). */
@@ -498,7 +502,7 @@ static void consumer_confined_to_its_own_names(void **state)
         PQfinish(other);
         n++;
     }
-    assert_int_equal(n, 13);      /* 6 inbox_*, 5 consume_* (schema 12), 1 (16), 1 (20) */
+    assert_int_equal(n, 14);      /* 6 inbox_*, 5 consume_* (schema 12), 1 (16), 1 (20), 1 (25) */
 }
 
 /* SET ROLE narrows: a session that set a role is judged as that role. */
