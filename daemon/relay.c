@@ -410,6 +410,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
             try_handshake(r);
         if (plan.send_ack && !tick_due)
             relay_ack_send(r);
+        /* A producer too small for the grown limit: no fetch until what is
+         * in flight is settled, then it is made again. */
+        if (r->k.resize && sched_inflight(r->s) == 0 && relay_kafka_resize(r) != 0)
+            goto out;
+        if (r->k.resize)
+            plan.fetch = 0;
         if (plan.fetch && r->db.ok && !stopping)
             relay_fetch_and_produce(r, plan.limit);
         if (now >= r->next_stats) {

@@ -306,9 +306,12 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     }
     rd_kafka_headers_destroy(h);
     /* Not produced: the slot goes back as a failure, and the key waits for
-     * its retry time. A full queue is nobody's fault; anything else is the
-     * message's (too large, say), counted towards its dead letter. */
-    int lost = err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL;
+     * its retry time. A full queue is nobody's fault, nor is a message the
+     * producer is too small for since max_payload_bytes grew (the producer
+     * is made again); anything else is the message's (too large, say),
+     * counted towards its dead letter. */
+    int lost = err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL ||
+               (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && relay_kafka_too_small(r, r->db.main));
     sched_delivered(r->s, slot, lost ? -1 : 0, now);
     if (lost)
         return -1;      /* the producer's state, not the message's */

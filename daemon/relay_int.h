@@ -72,6 +72,8 @@ typedef struct relay_kafka {
     void *topics;               /* tsearch tree of relay_topic */
     relay_partitioner partition;
     atomic_int down;            /* every broker down, as librdkafka last said */
+    int built_max_payload;      /* the payload limit its message.max.bytes was made for */
+    int resize;                 /* the limit grew past it: make it again when idle */
 #ifdef FERRY_TEST_HOOKS
     int fatal_test_after;       /* FERRY_RELAY_TEST_FATAL_AFTER, test build only */
 #endif
@@ -231,6 +233,15 @@ void relay_lag_stop(relay_lag *l);
 int relay_kafka_start(relay *r);
 int relay_kafka_create(relay *r);
 int relay_kafka_rebuild(relay *r, const char *reason);
+/* A message librdkafka refused as too large for message.max.bytes: 1 when
+ * ferry.settings.max_payload_bytes (read again now, on conn) has grown
+ * past what the producer was made for, so that the producer, not the
+ * message, is at fault; r->db.max_payload is then the new limit and
+ * r->k.resize is set. */
+int relay_kafka_too_small(relay *r, PGconn *conn);
+/* Make the producer again for the grown limit; only with nothing in
+ * flight. 0, or -1 (could not: said). */
+int relay_kafka_resize(relay *r);
 void relay_kafka_stop(relay *r, int wait_ms);
 relay_topic *relay_kafka_topic(relay *r, const char *name);
 int relay_kafka_partition(relay *r, relay_topic *t, const char *key);

@@ -243,7 +243,8 @@ int relay_kafka_create(relay *r)
      * 1024 bytes, 64 KiB of caller headers, ferry's own headers and
      * Kafka's record overhead. librdkafka's default (1,000,000) refused
      * payloads that emit accepted. */
-    long max = (long)(r->db.max_payload > 0 ? r->db.max_payload : 1048576) + 1024 + 65536 + 4096;
+    r->k.built_max_payload = r->db.max_payload > 0 ? r->db.max_payload : 1048576;
+    long max = (long)r->k.built_max_payload + 1024 + 65536 + 4096;
     if (max > 1000000000)
         max = 1000000000;
     snprintf(maxbytes, sizeof maxbytes, "%ld", max);
@@ -339,6 +340,40 @@ int relay_kafka_rebuild(relay *r, const char *reason)
               "producer and resending from the first unacknowledged row of each key", reason);
     relay_kafka_stop(r, 1000);
     return relay_kafka_create(r);
+}
+
+int relay_kafka_too_small(relay *r, PGconn *conn)
+{
+    if (r->k.resize)
+        return 1;
+    if (conn == NULL)
+        return 0;
+    PGresult *res = PQexec(conn, "SELECT max_payload_bytes FROM ferry.settings");
+    int limit = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                    ? atoi(PQgetvalue(res, 0, 0))
+                    : 0;
+    PQclear(res);
+    if (limit <= r->k.built_max_payload)
+        return 0;
+    r->db.max_payload = limit;
+    r->k.resize = 1;
+    return 1;
+}
+
+int relay_kafka_resize(relay *r)
+{
+    int was = r->k.built_max_payload;
+    relay_kafka_stop(r, 1000);
+    r->k.resize = 0;
+    if (relay_kafka_create(r) != 0)
+        return -1;
+    ferry__log_json(FERRY_LOG_INFO, "kafka.resized",
+                   json_pack("{s:i, s:i}", "max_payload_bytes", r->k.built_max_payload,
+                             "was", was),
+                   "ferry.settings.max_payload_bytes grew from %d to %d bytes: the producer "
+                   "is made again for it (message.max.bytes); the messages it refused go "
+                   "out now, their tries not counted", was, r->k.built_max_payload);
+    return 0;
 }
 
 /* "--kafka embedded": librdkafka's mock cluster in this process. */

@@ -311,6 +311,23 @@ static int read_settings(relay *r)
     return 0;
 }
 
+/* A message refused: was it for a payload limit raised since it was read?
+ * 1 when max_payload_bytes is now larger (taken), else 0. */
+static int limit_grew(relay *r)
+{
+    relay_wal *w = r->wal;
+    PGresult *res = PQexec(w->sql, "SELECT max_payload_bytes FROM ferry.settings");
+    long limit = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                     ? atol(PQgetvalue(res, 0, 0))
+                     : 0;
+    PQclear(res);
+    if (limit <= w->max_payload)
+        return 0;
+    w->max_payload = limit;
+    r->db.max_payload = (int)limit;
+    return 1;
+}
+
 /* ------------------------------------------------------------------ the slot */
 
 typedef enum slot_state { SLOT_OK, SLOT_MISSING, SLOT_LOST, SLOT_WRONG, SLOT_ERROR } slot_state;
@@ -605,6 +622,14 @@ static int produce(relay *r, const wal_msg *m)
         RD_KAFKA_V_OPAQUE((void *)(uintptr_t)ticket), RD_KAFKA_V_END);
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_headers_destroy(h);
+        /* A producer too small since max_payload_bytes grew: the message
+         * is not at fault; the stream restarts from the slot once the
+         * producer is made again (relay_wal_run). */
+        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && relay_kafka_too_small(r, w->sql)) {
+            w->max_payload = r->db.max_payload;
+            wal_track_report(w->t, ticket, 0);
+            return -1;
+        }
         relay_count(r, M_FAIL_PRODUCE, 1);
         r->undelivered++;
         ferry__log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
@@ -740,7 +765,10 @@ static int on_data(relay *r, const wal_frame *f)
             snprintf(why, sizeof why, "a non-transactional message (emit writes only "
                      "transactional ones)");
         } else if (wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
-                                 &w->scratch, &m, why, sizeof why) == 0) {
+                                 &w->scratch, &m, why, sizeof why) == 0 ||
+                   (limit_grew(r) &&
+                    wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
+                                  &w->scratch, &m, why, sizeof why) == 0)) {
             if (w->poison_fails >= r->cfg->max_attempts &&
                 memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
                 if (dead_letter(r, &m) != 0) {
@@ -1011,7 +1039,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
                       "%" PRId64 " in-flight deliveries", r->cfg->stop_grace_ms,
                       wal_track_inflight(w->t));
         }
-        if (w->repl == NULL && !stopping && now >= w->retry_at) {
+        if (w->repl == NULL && !stopping && !r->k.resize && now >= w->retry_at) {
             if (start_stream(r) != 0) {
                 /* --once publishes what is there now, or says it cannot
                  * (the slot missing, or another relay streaming it). */
@@ -1036,6 +1064,11 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         }
         if (wal_track_failed(w->t) && w->repl != NULL)
             restart_stream(r, "a message failed");
+        /* A producer too small for a grown limit is made again once
+         * nothing is in flight; the stream (restarted above for the
+         * message it refused) waits for it. */
+        if (r->k.resize && wal_track_inflight(w->t) == 0 && relay_kafka_resize(r) != 0)
+            goto out;
         if (w->repl != NULL && !stopping)
             read_stream(r);
         if (w->repl != NULL) {

@@ -761,6 +761,48 @@ static void a_payload_at_the_limit_is_published_whole(void **state)
 }
 
 /*
+ * Item 5, the limit raised while the relay runs: the producer was sized
+ * for the limit the relay started with, and a payload emit now accepts is
+ * larger. The relay sizes its producer again (once what is in flight is
+ * settled) and publishes it, its key's next message after it; nothing is
+ * dead-lettered, and the producer's refusal counts no attempt.
+ *
+ * Before: librdkafka refused the message at once (MSG_SIZE_TOO_LARGE),
+ * each try counted, and after max_attempts it was dead-lettered and its
+ * key parked, the next message waiting behind it: "timed out after 20000
+ * ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE topic =
+ * 'f.grown'".
+ */
+static void a_limit_raised_while_running_is_published(void **state)
+{
+    const char *topic = "f.grown";
+    enum { GROWN = 3 * 1048576, BIG = 2 * 1048576 };
+    PGconn *c = tu_connect();
+    const char *args[] = {"--set", "max_attempts=2", NULL};
+    tu_proc *p = relay_spawn("grown-a", args);
+    await_leases(p, "grown-a", SHARDS, 30000);
+    tu_exec_of(c, tu_sprintf("UPDATE ferry.settings SET max_payload_bytes = %d", GROWN));
+    tu_exec(c, "BEGIN");
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit('%s', 'g', 'Tested', "
+                             "'{\"b\": \"' || repeat('x', %d) || '\"}')", topic, BIG));
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit('%s', 'g', 'Tested', '{\"n\": 2}')", topic));
+    tu_exec(c, "COMMIT");
+    tu_await_outbox_empty(topic, 20000);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'f.grown'"),
+                     0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 2, 10000);
+    assert_non_null(got);
+    assert_int_equal(got->count, 2);
+    assert_true(got->msgs[0].value_len > BIG);          /* in order: the big one first */
+    assert_int_equal(got->msgs[1].value_len, strlen("{\"n\": 2}"));
+    kt_msgs_free(got);
+    /* The fault fired: the producer had been too small for it. */
+    assert_int_equal(log_count(p, "kafka.resized"), 1);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    PQfinish(c);
+}
+
+/*
  * Item 5, the fetch: bounded by bytes as well as rows, headers included
  * (up to 64 KiB a row, where payloads are small): 200 rows with
  * 60,000-byte headers are 12 MB, more than one fetch may bring (8 MiB), so
@@ -1463,6 +1505,7 @@ int main(void)
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
         T(a_payload_at_the_limit_is_published_whole),
+        T(a_limit_raised_while_running_is_published),
         T(a_fetch_counts_headers_in_its_byte_budget),
         T(a_partitioner_that_moves_keys_is_refused),
         T(lag_metrics_come_once_per_shard_without_delayed_rows),

@@ -215,6 +215,46 @@ static void a_wal_relay_started_before_kafka_waits_for_it(void **state)
 }
 
 /*
+ * The payload limit raised while a WAL relay streams: a message emit now
+ * accepts is larger than the limit the relay read at its start, and than
+ * its producer was made for. The relay reads the limit again rather than
+ * refuse the message as not emit's, makes its producer again once nothing
+ * is in flight, and publishes the message and its key's next, in order;
+ * nothing is refused or dead-lettered.
+ *
+ * Before: the relay refused the message as not emit's (wal.refused, over
+ * the limit it had read), the slot moved past it, and it was lost: "topic
+ * w.grown key g: position 2 after 0 (a gap or reordering)".
+ */
+static void a_limit_raised_while_streaming_is_published(void **state)
+{
+    enum { GROWN = 3 * 1048576, BIG = 2 * 1048576 };
+    PGconn *c = tu_wal_connect();
+    tu_proc p = tu_wal_relay_start("wal-grown", NULL);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_exec_of(c, tu_sprintf("UPDATE ferry.settings SET max_payload_bytes = %d", GROWN));
+    tu_exec(c, "BEGIN");
+    tu_exec_of(c, tu_sprintf("SELECT ferry.emit('w.grown', 'g', 'Tested', "
+                             "'{\"b\": \"' || repeat('x', %d) || '\"}')", BIG));
+    tu_exec(c, "SELECT ferry.emit('w.grown', 'g', 'Tested', '{\"n\": 2}')");
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
+    tu_wal_topic tc = tu_wal_check_topic("w.grown", 2, 30000);
+    assert_int_equal(tc.distinct, 2);
+    assert_int_equal(tu_proc_stop(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
+    tu_proc_done(&p);
+    assert_null(strstr(log, "\"event\":\"wal.refused\""));
+    /* The fault fired: the producer had been too small for it. */
+    assert_non_null(strstr(log, "\"event\":\"kafka.resized\""));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'w.grown'"),
+                     0);
+    tu_exec(c, "UPDATE ferry.settings SET max_payload_bytes = 1048576");
+    PQfinish(c);
+}
+
+/*
  * Two WAL relays with one name: the second refuses to start with a clear
  * message, as a table relay does (issue 11), and the first keeps
  * streaming.
@@ -407,6 +447,7 @@ int main(void)
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
+        cmocka_unit_test(a_limit_raised_while_streaming_is_published),
         cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
