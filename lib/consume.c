@@ -842,17 +842,20 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, const int *i
 }
 
 /* Whether w carries the header ferry_discarded as its headers reach the
- * server (ensure_headers: a value that is text, no NUL, valid UTF-8),
- * without building them. */
+ * server, without building them: exactly ensure_headers' test (the name as
+ * a C string, so "ferry_discarded\0x" is one too; a value that is text:
+ * not NULL, no NUL, valid UTF-8). */
 static int has_discarded_header(const work *w)
 {
+    const char *name;
     const void *val;
     size_t size;
     if (w->kafka_headers == NULL)
         return 0;
-    for (size_t i = 0; rd_kafka_header_get(w->kafka_headers, i, "ferry_discarded", &val,
-                                           &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
-        if (val != NULL && memchr(val, 0, size) == NULL && ferry__utf8_valid(val, size, NULL))
+    for (size_t i = 0; rd_kafka_header_get_all(w->kafka_headers, i, &name, &val, &size) ==
+                       RD_KAFKA_RESP_ERR_NO_ERROR; i++)
+        if (strcmp(name, "ferry_discarded") == 0 && val != NULL &&
+            memchr(val, 0, size) == NULL && ferry__utf8_valid(val, size, NULL))
             return 1;
     return 0;
 }
