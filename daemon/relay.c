@@ -411,11 +411,16 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         if (plan.send_ack && !tick_due)
             relay_ack_send(r);
         /* A producer too small for the grown limit: no fetch until what is
-         * in flight is settled, then it is made again. */
-        if (r->k.resize && sched_inflight(r->s) == 0 && relay_kafka_resize(r) != 0)
+         * in flight is settled (at most RESIZE_WAIT_MS), then it is made
+         * again. Not while stopping: the message stays for the next relay. */
+        if (r->k.resize && !stopping && relay_kafka_resize_due(r, now) &&
+            relay_kafka_resize(r) != 0)
             goto out;
-        if (r->k.resize)
+        if (r->k.resize && plan.fetch) {
             plan.fetch = 0;
+            if (plan.timeout_ms < 10)
+                plan.timeout_ms = 10;   /* delivery reports wake the wait */
+        }
         if (plan.fetch && r->db.ok && !stopping)
             relay_fetch_and_produce(r, plan.limit);
         if (now >= r->next_stats) {
@@ -484,7 +489,7 @@ out:
  */
 #define STOP_FINAL_MS 5000
 
-static int stop_pipe[2] = {-1, -1};
+static volatile sig_atomic_t stop_pipe[2] = {-1, -1};
 
 static void *stop_watchdog(void *arg)
 {
@@ -524,10 +529,13 @@ static void *stop_watchdog(void *arg)
  * to the loop's, whose poll they cut short). 0, or -1 (said). */
 static int stop_watchdog_start(const relay_config *cfg, pthread_t *t)
 {
-    if (pipe(stop_pipe) != 0) {
+    int fds[2];
+    if (pipe(fds) != 0) {
         ferry__log(FERRY_LOG_ERROR, "relay.start", "could not make a pipe: %s", strerror(errno));
         return -1;
     }
+    stop_pipe[0] = fds[0];
+    stop_pipe[1] = fds[1];
     for (int i = 0; i < 2; i++)
         fcntl(stop_pipe[i], F_SETFD, FD_CLOEXEC);
     fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK);
@@ -553,9 +561,13 @@ static void stop_watchdog_end(pthread_t t)
 {
     (void)!write(stop_pipe[1], "q", 1);
     pthread_join(t, NULL);
-    close(stop_pipe[0]);
-    close(stop_pipe[1]);
-    stop_pipe[0] = stop_pipe[1] = -1;
+    /* Not written to from here on (a handler running on another thread
+     * looks first), then closed. */
+    int fds[2] = {stop_pipe[0], stop_pipe[1]};
+    stop_pipe[1] = -1;
+    stop_pipe[0] = -1;
+    close(fds[0]);
+    close(fds[1]);
 }
 
 static void on_signal(int sig)
@@ -565,9 +577,10 @@ static void on_signal(int sig)
         return;
     }
     relay_request_stop();
-    if (stop_pipe[1] >= 0) {
+    int fd = stop_pipe[1];
+    if (fd >= 0) {
         int saved = errno;
-        (void)!write(stop_pipe[1], "s", 1);
+        (void)!write(fd, "s", 1);
         errno = saved;
     }
 }
@@ -586,6 +599,13 @@ int cmd_run(int argc, char **argv)
     if (loaded != 0) {
         fprintf(stderr, "ferry-relay run: %s\n", errbuf);
         return 2;
+    }
+    /* The watchdog first: a stop signal from the first moment on is
+     * bounded (connecting can hang too). */
+    pthread_t watchdog;
+    if (stop_watchdog_start(&cfg, &watchdog) != 0) {
+        relay_config_free(&cfg);
+        return 1;
     }
     struct sigaction sa = {.sa_handler = on_signal};
     sigemptyset(&sa.sa_mask);
@@ -609,12 +629,9 @@ int cmd_run(int argc, char **argv)
         }
         httpd_log_listen(cfg.metrics, port);
     }
-    pthread_t watchdog;
-    if (stop_watchdog_start(&cfg, &watchdog) != 0)
-        goto out;
     status = relay_run(&cfg, m);
-    stop_watchdog_end(watchdog);
 out:
+    stop_watchdog_end(watchdog);
     metrics_free(m);
     relay_config_free(&cfg);
     return status;

@@ -74,6 +74,7 @@ typedef struct relay_kafka {
     atomic_int down;            /* every broker down, as librdkafka last said */
     int built_max_payload;      /* the payload limit its message.max.bytes was made for */
     int resize;                 /* the limit grew past it: make it again when idle */
+    int64_t resize_since;       /* when resize was set */
 #ifdef FERRY_TEST_HOOKS
     int fatal_test_after;       /* FERRY_RELAY_TEST_FATAL_AFTER, test build only */
 #endif
@@ -239,8 +240,13 @@ int relay_kafka_rebuild(relay *r, const char *reason);
  * message, is at fault; r->db.max_payload is then the new limit and
  * r->k.resize is set. */
 int relay_kafka_too_small(relay *r, PGconn *conn);
-/* Make the producer again for the grown limit; only with nothing in
- * flight. 0, or -1 (could not: said). */
+/* Whether the pending resize may go now: the producer holds nothing, or it
+ * has waited RESIZE_WAIT_MS (a partition that does not answer would hold
+ * it, and every other key with it, for ever). */
+int relay_kafka_resize_due(relay *r, int64_t now);
+/* Make the producer again for the grown limit. What it still held is
+ * counted as lost and goes out again from the first unacknowledged row of
+ * each key, as after a fatal error. 0, or -1 (could not: said). */
 int relay_kafka_resize(relay *r);
 void relay_kafka_stop(relay *r, int wait_ms);
 relay_topic *relay_kafka_topic(relay *r, const char *name);

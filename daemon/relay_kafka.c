@@ -244,6 +244,7 @@ int relay_kafka_create(relay *r)
      * Kafka's record overhead. librdkafka's default (1,000,000) refused
      * payloads that emit accepted. */
     r->k.built_max_payload = r->db.max_payload > 0 ? r->db.max_payload : 1048576;
+    r->k.resize = 0;            /* made for the limit known now */
     long max = (long)r->k.built_max_payload + 1024 + 65536 + 4096;
     if (max > 1000000000)
         max = 1000000000;
@@ -357,14 +358,24 @@ int relay_kafka_too_small(relay *r, PGconn *conn)
         return 0;
     r->db.max_payload = limit;
     r->k.resize = 1;
+    r->k.resize_since = ferry__now_ms();
     return 1;
+}
+
+#define RESIZE_WAIT_MS 5000
+
+int relay_kafka_resize_due(relay *r, int64_t now)
+{
+    if (!r->k.resize || r->k.rk == NULL)
+        return 0;
+    int held = r->wal != NULL ? rd_kafka_outq_len(r->k.rk) > 0 : sched_inflight(r->s) > 0;
+    return !held || now - r->k.resize_since >= RESIZE_WAIT_MS;
 }
 
 int relay_kafka_resize(relay *r)
 {
     int was = r->k.built_max_payload;
     relay_kafka_stop(r, 1000);
-    r->k.resize = 0;
     if (relay_kafka_create(r) != 0)
         return -1;
     ferry__log_json(FERRY_LOG_INFO, "kafka.resized",

@@ -272,11 +272,12 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
  * name, "ferry-relay <holder>", as the table source's do: what a second
  * relay of the name looks for (relay_refuse_live_holder). As a connection
  * parameter, so that PQreset keeps it. The replication session is
- * "ferry-relay wal". */
+ * "ferry-relay-wal <holder>": not "ferry-relay wal", the name of a relay
+ * called wal, which beside any WAL relay would be refused as live. */
 static PGconn *connect_db(relay *r, int replication)
 {
     char name[64];
-    ferry__application_name(name, "ferry-relay", replication ? "wal" : r->holder);
+    ferry__application_name(name, replication ? "ferry-relay-wal" : "ferry-relay", r->holder);
     /* expand_dbname: conninfo may be a URI or key=value pairs; the later
      * keywords override what it says. */
     const char *keys[] = {"dbname", "replication", "application_name", NULL};
@@ -1064,10 +1065,12 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
         }
         if (wal_track_failed(w->t) && w->repl != NULL)
             restart_stream(r, "a message failed");
-        /* A producer too small for a grown limit is made again once
-         * nothing is in flight; the stream (restarted above for the
-         * message it refused) waits for it. */
-        if (r->k.resize && wal_track_inflight(w->t) == 0 && relay_kafka_resize(r) != 0)
+        /* A producer too small for a grown limit is made again once the
+         * producer has delivered what it holds (or RESIZE_WAIT_MS passed:
+         * what it held goes out again from the slot); the stream,
+         * restarted above for the message it refused, waits for it. */
+        if (r->k.resize && !stopping && relay_kafka_resize_due(r, now) &&
+            relay_kafka_resize(r) != 0)
             goto out;
         if (w->repl != NULL && !stopping)
             read_stream(r);

@@ -250,8 +250,34 @@ static void a_limit_raised_while_streaming_is_published(void **state)
     free(log);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'w.grown'"),
                      0);
-    tu_exec(c, "UPDATE ferry.settings SET max_payload_bytes = 1048576");
     PQfinish(c);
+}
+
+/*
+ * A WAL relay's replication session is not a live relay named "wal": a
+ * relay of that name starts beside one (here a second WAL relay, which
+ * then stands by for the slot).
+ *
+ * Before: the replication session was named 'ferry-relay wal', the name
+ * of a relay called wal: "ferry-relay exited with 1 before logging
+ * "event":"relay.start"".
+ */
+static void a_relay_named_wal_starts_beside_a_wal_relay(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_proc a = tu_wal_relay_start("wal-first", NULL);
+    tu_proc_await_log(&a, "\"event\":\"wal.streaming\"", 30000);
+    tu_proc b = tu_wal_relay_start("wal", NULL);
+    tu_proc_await_log(&b, "\"event\":\"relay.start\"", 30000);
+    assert_int_equal(tu_proc_poll(&b), -1);
+    tu_proc_finish(&b, 30000);
+    tu_proc_finish(&a, 30000);
+    PQfinish(c);
+}
+
+static int reset_limit(void **state)
+{
+    return tu_exec_once("UPDATE ferry.settings SET max_payload_bytes = 1048576");
 }
 
 /*
@@ -447,7 +473,8 @@ int main(void)
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
-        cmocka_unit_test(a_limit_raised_while_streaming_is_published),
+        cmocka_unit_test_teardown(a_limit_raised_while_streaming_is_published, reset_limit),
+        cmocka_unit_test(a_relay_named_wal_starts_beside_a_wal_relay),
         cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
