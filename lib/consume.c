@@ -767,6 +767,21 @@ static void claim_many_free(ferry__alit *a)
         free(a[k].p);
 }
 
+/* A batch claim's result: n rows of (verdict, drain), or the error; a
+ * statement the session no longer has (26000) is prepared again on the
+ * retry. */
+static ferry_code claim_rows_check(ferry_consumer *c, PGresult *res, int n, ferry_error *err)
+{
+    if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == n && PQnfields(res) == 2)
+        return FERRY_OK;
+    ferry_code rc = ferry_error_from_pg(err, c->conn, res, "could not claim the messages");
+    if (strcmp(err->sqlstate, "26000") == 0) {
+        c->claim_pid = 0;
+        err->retriable = 1;
+    }
+    return rc;
+}
+
 typedef struct claim_many_ctx {
     ferry_consumer *c;
     work *ws;
@@ -785,15 +800,9 @@ static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
     PGconn *conn = cm->c->conn;
     if (q == 0 && cm->begin)
         return begin_result(conn, res, err);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != cm->n ||
-        PQnfields(res) != 2) {
-        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
-        if (strcmp(err->sqlstate, "26000") == 0) {
-            cm->c->claim_pid = 0;           /* prepare again on the retry */
-            err->retriable = 1;
-        }
+    ferry_code rc = claim_rows_check(cm->c, res, cm->n, err);
+    if (rc != FERRY_OK)
         return rc;
-    }
     for (int i = 0; i < cm->n; i++) {
         int j = cm->idx != NULL ? cm->idx[i] : i;
         if (parse_verdict(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), &cm->ws[j],
@@ -898,15 +907,9 @@ static ferry_code claim_next_result(void *ctx, int q, PGresult *res, bool *keep,
     PGconn *conn = cn->c->conn;
     if (q == 0)
         return begin_result(conn, res, err);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != cn->n ||
-        PQnfields(res) != 2) {
-        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not claim the messages");
-        if (strcmp(err->sqlstate, "26000") == 0) {
-            cn->c->claim_pid = 0;           /* prepare again on the retry */
-            err->retriable = 1;
-        }
+    ferry_code rc = claim_rows_check(cn->c, res, cn->n, err);
+    if (rc != FERRY_OK)
         return rc;
-    }
     for (int i = 0; i < cn->n; i++) {
         if (PQgetisnull(res, i, 0)) {
             cn->rest[cn->nrest++] = i;

@@ -243,6 +243,28 @@ static void await_leases(tu_proc *p, const char *holder, int n, int timeout_ms)
 }
 
 
+/* Partition 0 of topic (PARTITIONS partitions) without a leader while
+ * relay p (holder) holds every shard and is given per_key messages on
+ * each of keys prefix0..prefix<keys-1>: returns once every key of the
+ * other partitions is published, partition 0's in flight. Its keys, as a
+ * text[] literal (caller frees); *nstuck of them. */
+static char *stall_partition_zero(tu_proc *p, const char *holder, const char *topic,
+                                  const char *prefix, int keys, int per_key, int *nstuck)
+{
+    await_leases(p, holder, SHARDS, 30000);
+    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
+    char *stuck = keys_on_partition(prefix, keys, 0, nstuck);
+    assert_true(*nstuck > 0 && *nstuck < keys);
+    emit_keys(topic, prefix, keys, per_key);
+    PGconn *c = tu_connect();
+    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
+                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
+    tu_await(c, healthy_left, 15000);
+    free(healthy_left);
+    PQfinish(c);
+    return stuck;
+}
+
 /* ------------------------------------------------------------------ 1. stuck */
 
 /*
@@ -437,17 +459,9 @@ static void sigterm_finishes_within_the_grace_with_a_stuck_partition(void **stat
     assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
     const char *args[] = {"--set", "stop_grace_ms=2000", NULL};
     tu_proc *p = relay_spawn("grace-a", args);
-    await_leases(p, "grace-a", SHARDS, 30000);
-    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
     int nstuck = 0;
-    char *stuck = keys_on_partition("g", KEYS, 0, &nstuck);
-    assert_true(nstuck > 0 && nstuck < KEYS);
-    emit_keys(topic, "g", KEYS, 2);
-    /* The healthy keys went; partition 0's are in flight. */
+    char *stuck = stall_partition_zero(p, "grace-a", topic, "g", KEYS, 2, &nstuck);
     PGconn *c = tu_connect();
-    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
-                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
-    tu_await(c, healthy_left, 15000);
     tu_proc_await_log(p, "\"event\":\"batch.produced\"", 10000);
 
     kill(p->pid, SIGTERM);
@@ -461,7 +475,6 @@ static void sigterm_finishes_within_the_grace_with_a_stuck_partition(void **stat
                                              "AND published_at IS NULL", topic, stuck)),
                      2 * nstuck);
     assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
-    free(healthy_left);
     free(stuck);
     PQfinish(c);
 }
@@ -820,16 +833,9 @@ static void a_resize_is_not_held_for_ever_by_a_stuck_partition(void **state)
     assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
     const char *args[] = {"--set", "max_attempts=2", NULL};
     tu_proc *p = relay_spawn("grownstuck-a", args);
-    await_leases(p, "grownstuck-a", SHARDS, 30000);
-    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
     int nstuck = 0;
-    char *stuck = keys_on_partition("s", KEYS, 0, &nstuck);
-    assert_true(nstuck > 0 && nstuck < KEYS);
-    emit_keys(topic, "s", KEYS, 1);
+    char *stuck = stall_partition_zero(p, "grownstuck-a", topic, "s", KEYS, 1, &nstuck);
     PGconn *c = tu_connect();
-    char *healthy_left = tu_sprintf("SELECT count(*) = 0 FROM ferry.outbox WHERE topic = '%s' "
-                                    "AND aggregateid <> ALL (%s::text[])", topic, stuck);
-    tu_await(c, healthy_left, 15000);
     /* A key of a partition that answers, for the grown payload. */
     char big[16] = "";
     for (int i = 0; big[0] == '\0'; i++) {
@@ -859,7 +865,6 @@ static void a_resize_is_not_held_for_ever_by_a_stuck_partition(void **state)
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter "
                                "WHERE topic = 'f.grownstuck'"), 0);
     assert_int_equal(relay_stop(p, 30000), 0);
-    free(healthy_left);
     free(stuck);
     PQfinish(c);
 }
