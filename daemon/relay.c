@@ -413,8 +413,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         /* A producer too small for the grown limit: no fetch until what is
          * in flight is settled (at most RESIZE_WAIT_MS), then it is made
          * again. Not while stopping: the message stays for the next relay. */
-        if (r->k.resize && !stopping && relay_kafka_resize_due(r, now) &&
-            relay_kafka_resize(r) != 0)
+        if (!stopping && relay_kafka_resize_if_due(r, now) != 0)
             goto out;
         if (r->k.resize && plan.fetch) {
             plan.fetch = 0;

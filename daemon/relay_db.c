@@ -149,6 +149,19 @@ void relay_set_source(relay *r, PGconn *conn)
         default_source(conn, r->source, sizeof r->source);
 }
 
+int relay_db_limit_grew(relay *r, PGconn *conn)
+{
+    PGresult *res = PQexec(conn, "SELECT max_payload_bytes FROM ferry.settings");
+    int limit = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                    ? atoi(PQgetvalue(res, 0, 0))
+                    : 0;
+    PQclear(res);
+    if (limit <= r->db.max_payload)
+        return 0;
+    r->db.max_payload = limit;
+    return 1;
+}
+
 int relay_refuse_live_holder(relay *r, PGconn *conn)
 {
     int live = holder_live(conn);

@@ -174,6 +174,10 @@ int relay_refuse_live_holder(relay *r, PGconn *conn);
 /* r->source, ce_source: the setting, else the default of conn's database
  * (both sources, from their first connection). */
 void relay_set_source(relay *r, PGconn *conn);
+/* ferry.settings.max_payload_bytes read again on conn: 1 when it is larger
+ * than r->db.max_payload, which then takes it; else 0 (a failed read too).
+ * For a message over the known limit only (both sources). */
+int relay_db_limit_grew(relay *r, PGconn *conn);
 /* Is a caller's header called name dropped? The relay sets it
  * (relay_fetch.c says why). */
 bool relay_header_reserved(const char *name);
@@ -240,14 +244,13 @@ int relay_kafka_rebuild(relay *r, const char *reason);
  * message, is at fault; r->db.max_payload is then the new limit and
  * r->k.resize is set. */
 int relay_kafka_too_small(relay *r, PGconn *conn);
-/* Whether the pending resize may go now: the producer holds nothing, or it
- * has waited RESIZE_WAIT_MS (a partition that does not answer would hold
- * it, and every other key with it, for ever). */
-int relay_kafka_resize_due(relay *r, int64_t now);
-/* Make the producer again for the grown limit. What it still held is
- * counted as lost and goes out again from the first unacknowledged row of
- * each key, as after a fatal error. 0, or -1 (could not: said). */
-int relay_kafka_resize(relay *r);
+/* A pending resize (r->k.resize), once due: the producer holds nothing, or
+ * it has waited RESIZE_WAIT_MS (a partition that does not answer would
+ * hold it, and every other key with it, for ever). The producer is made
+ * again for the grown limit; what it still held is counted as lost and
+ * goes out again from the first unacknowledged row of each key, as after
+ * a fatal error. 0 (done, or not due), or -1 (could not: said). */
+int relay_kafka_resize_if_due(relay *r, int64_t now);
 void relay_kafka_stop(relay *r, int wait_ms);
 relay_topic *relay_kafka_topic(relay *r, const char *name);
 int relay_kafka_partition(relay *r, relay_topic *t, const char *key);

@@ -347,16 +347,10 @@ int relay_kafka_too_small(relay *r, PGconn *conn)
 {
     if (r->k.resize)
         return 1;
-    if (conn == NULL)
+    if (conn != NULL)
+        (void)relay_db_limit_grew(r, conn);
+    if (r->db.max_payload <= r->k.built_max_payload)
         return 0;
-    PGresult *res = PQexec(conn, "SELECT max_payload_bytes FROM ferry.settings");
-    int limit = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
-                    ? atoi(PQgetvalue(res, 0, 0))
-                    : 0;
-    PQclear(res);
-    if (limit <= r->k.built_max_payload)
-        return 0;
-    r->db.max_payload = limit;
     r->k.resize = 1;
     r->k.resize_since = ferry__now_ms();
     return 1;
@@ -364,16 +358,13 @@ int relay_kafka_too_small(relay *r, PGconn *conn)
 
 #define RESIZE_WAIT_MS 5000
 
-int relay_kafka_resize_due(relay *r, int64_t now)
+int relay_kafka_resize_if_due(relay *r, int64_t now)
 {
     if (!r->k.resize || r->k.rk == NULL)
         return 0;
     int held = r->wal != NULL ? rd_kafka_outq_len(r->k.rk) > 0 : sched_inflight(r->s) > 0;
-    return !held || now - r->k.resize_since >= RESIZE_WAIT_MS;
-}
-
-int relay_kafka_resize(relay *r)
-{
+    if (held && now - r->k.resize_since < RESIZE_WAIT_MS)
+        return 0;
     int was = r->k.built_max_payload;
     relay_kafka_stop(r, 1000);
     if (relay_kafka_create(r) != 0)

@@ -67,7 +67,6 @@ struct relay_wal {
     wal_scratch scratch;
     char token[128];
     char slot[64];
-    long max_payload;
     int64_t heartbeat_ms;
 
     uint64_t confirmed_sent;    /* the flush position last sent */
@@ -306,27 +305,9 @@ static int read_settings(relay *r)
     }
     snprintf(w->token, sizeof w->token, "%s", PQgetvalue(res, 0, 0));
     snprintf(w->slot, sizeof w->slot, "%s", PQgetvalue(res, 0, 1));
-    w->max_payload = atol(PQgetvalue(res, 0, 2));
-    r->db.max_payload = (int)w->max_payload;
+    r->db.max_payload = atoi(PQgetvalue(res, 0, 2));
     PQclear(res);
     return 0;
-}
-
-/* A message refused: was it for a payload limit raised since it was read?
- * 1 when max_payload_bytes is now larger (taken), else 0. */
-static int limit_grew(relay *r)
-{
-    relay_wal *w = r->wal;
-    PGresult *res = PQexec(w->sql, "SELECT max_payload_bytes FROM ferry.settings");
-    long limit = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
-                     ? atol(PQgetvalue(res, 0, 0))
-                     : 0;
-    PQclear(res);
-    if (limit <= w->max_payload)
-        return 0;
-    w->max_payload = limit;
-    r->db.max_payload = (int)limit;
-    return 1;
 }
 
 /* ------------------------------------------------------------------ the slot */
@@ -627,7 +608,6 @@ static int produce(relay *r, const wal_msg *m)
          * is not at fault; the stream restarts from the slot once the
          * producer is made again (relay_wal_run). */
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && relay_kafka_too_small(r, w->sql)) {
-            w->max_payload = r->db.max_payload;
             wal_track_report(w->t, ticket, 0);
             return -1;
         }
@@ -765,10 +745,10 @@ static int on_data(relay *r, const wal_frame *f)
         if (!p.transactional) {
             snprintf(why, sizeof why, "a non-transactional message (emit writes only "
                      "transactional ones)");
-        } else if (wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
+        } else if (wal_msg_parse(p.content, p.content_len, w->token, r->db.max_payload,
                                  &w->scratch, &m, why, sizeof why) == 0 ||
-                   (limit_grew(r) &&
-                    wal_msg_parse(p.content, p.content_len, w->token, w->max_payload,
+                   (relay_db_limit_grew(r, w->sql) &&
+                    wal_msg_parse(p.content, p.content_len, w->token, r->db.max_payload,
                                   &w->scratch, &m, why, sizeof why) == 0)) {
             if (w->poison_fails >= r->cfg->max_attempts &&
                 memcmp(m.id.bytes, w->poison.bytes, 16) == 0) {
@@ -1069,8 +1049,7 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
          * producer has delivered what it holds (or RESIZE_WAIT_MS passed:
          * what it held goes out again from the slot); the stream,
          * restarted above for the message it refused, waits for it. */
-        if (r->k.resize && !stopping && relay_kafka_resize_due(r, now) &&
-            relay_kafka_resize(r) != 0)
+        if (!stopping && relay_kafka_resize_if_due(r, now) != 0)
             goto out;
         if (w->repl != NULL && !stopping)
             read_stream(r);
