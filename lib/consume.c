@@ -814,6 +814,32 @@ static ferry_code claim_many_result(void *ctx, int q, PGresult *res, bool *keep,
     return FERRY_OK;
 }
 
+/* One round trip of a batch claim: BEGIN (with begin) and the prepared
+ * statement stmt with its parameters, in pipeline mode; on_result takes
+ * each result (query 0 is BEGIN's, with begin). */
+static ferry_code claim_round_trip(ferry_consumer *c, const char *stmt, int nparams,
+                                   const char *const *p, int begin,
+                                   ferry__pipe_result_fn on_result, void *ctx, ferry_error *err)
+{
+    PGconn *conn = c->conn;
+    ferry_code rc = FERRY_OK;
+    if (!PQenterPipelineMode(conn))
+        return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    int sent = 0, want = begin ? 2 : 1;
+    if (!begin || PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL,
+                                    NULL, NULL, NULL, 0)) {
+        sent = begin;
+        if (PQsendQueryPrepared(conn, stmt, nparams, p, NULL, NULL, 0))
+            sent++;
+    }
+    if (sent < want)
+        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
+    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
+        return rc;
+    return ferry__pipeline_read(conn, sent, rc, on_result, ctx,
+                                "the claims' results ended early", err);
+}
+
 /*
  * BEGIN (with begin) and one consume_claim_many for the n messages of ws
  * that idx names (NULL: the first n), in one round trip: the server
@@ -826,28 +852,13 @@ static ferry_code begin_and_claim_many(ferry_consumer *c, work *ws, const int *i
                                        verdict *v, const ferry__alit *a, int begin,
                                        ferry_error *err)
 {
-    PGconn *conn = c->conn;
     const char *p[CLAIM_MANY_NPARAMS] = {
         c->name, a[CM_IDS].p, a[CM_TOPICS].p, a[CM_KEYS].p, a[CM_SEQS].p, a[CM_PAYLOADS].p,
         a[CM_HEADERS].p, a[CM_TYPES].p, a[CM_AGGS].p, a[CM_PARTS].p, a[CM_OFFS].p,
         c->first_any ? "t" : "f"};
-    ferry_code rc = FERRY_OK;
-    if (!PQenterPipelineMode(conn))
-        return ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    int sent = 0, want = begin ? 2 : 1;
-    if (!begin || PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL,
-                                    NULL, NULL, NULL, 0)) {
-        sent = begin;
-        if (PQsendQueryPrepared(conn, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, NULL, NULL, 0))
-            sent++;
-    }
-    if (sent < want)
-        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
-        return rc;
     claim_many_ctx cm = {c, ws, idx, n, v, begin};
-    return ferry__pipeline_read(conn, sent, rc, claim_many_result, &cm,
-                                "the claims' results ended early", err);
+    return claim_round_trip(c, CLAIM_MANY_STMT, CLAIM_MANY_NPARAMS, p, begin, claim_many_result,
+                            &cm, err);
 }
 
 /* Whether w carries the header ferry_discarded as its headers reach the
@@ -934,7 +945,6 @@ static ferry_code claim_next_result(void *ctx, int q, PGresult *res, bool *keep,
 static ferry_code begin_and_claim_next(ferry_consumer *c, work *ws, int n, verdict *v,
                                        ferry_error *err)
 {
-    PGconn *conn = c->conn;
     ferry__alit a[CM_ARRAYS] = {0};
     int *rest = malloc(sizeof(int) * (size_t)n);
     if (rest == NULL || claim_next_args(ws, n, a) != 0) {
@@ -945,25 +955,9 @@ static ferry_code begin_and_claim_next(ferry_consumer *c, work *ws, int n, verdi
     const char *p[CLAIM_NEXT_NPARAMS] = {c->name, a[CN_IDS].p, a[CN_TOPICS].p, a[CN_KEYS].p,
                                          a[CN_SEQS].p, a[CN_DISCARDED].p,
                                          c->first_any ? "t" : "f"};
-    ferry_code rc = FERRY_OK;
-    int sent = 0;
-    if (!PQenterPipelineMode(conn)) {
-        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-        goto out;
-    }
-    if (PQsendQueryParams(conn, ferry__begin_sql(c->tx.isolation, false), 0, NULL, NULL, NULL,
-                          NULL, 0)) {
-        sent = 1;
-        if (PQsendQueryPrepared(conn, CLAIM_NEXT_STMT, CLAIM_NEXT_NPARAMS, p, NULL, NULL, 0))
-            sent = 2;
-    }
-    if (sent < 2)
-        rc = ferry_error_from_pg(err, conn, NULL, "could not send the claims");
-    if (!ferry__pipeline_sync(conn, &rc, "could not send the claims", err))
-        goto out;
     claim_next_ctx cn = {c, ws, n, v, rest, 0};
-    rc = ferry__pipeline_read(conn, sent, rc, claim_next_result, &cn,
-                              "the claims' results ended early", err);
+    ferry_code rc = claim_round_trip(c, CLAIM_NEXT_STMT, CLAIM_NEXT_NPARAMS, p, 1,
+                                     claim_next_result, &cn, err);
     claim_many_free(a);
     memset(a, 0, sizeof a);
     if (rc == FERRY_OK && cn.nrest > 0) {
@@ -972,7 +966,6 @@ static ferry_code begin_and_claim_next(ferry_consumer *c, work *ws, int n, verdi
         else
             rc = begin_and_claim_many(c, ws, rest, cn.nrest, v, a, 0, err);
     }
-out:
     claim_many_free(a);
     free(rest);
     return rc;
