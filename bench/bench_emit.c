@@ -370,12 +370,6 @@ static int setup_schema(PGconn *conn)
     static const char *const sql[] = {
         "CREATE TABLE bench_account (id bigint PRIMARY KEY, balance bigint NOT NULL)",
         "INSERT INTO bench_account SELECT g, 0 FROM generate_series(1, 8) AS g",
-        /* As with a running relay that is busy: no relay is idle, so emit
-         * sends no NOTIFY (see ferry.settings.wake_relays). Notifying
-         * commits serialize on one lock in PostgreSQL; what that costs is
-         * a property of LISTEN/NOTIFY, measured by bench-relay's latency
-         * run, not of the emit path. */
-        "UPDATE ferry.settings SET wake_relays = false",
         /* ferry.outbox's columns, types, defaults and indexes, nothing else. */
         "CREATE TABLE bench_outbox ("
         "  id uuid PRIMARY KEY,"
@@ -476,7 +470,7 @@ int main(void)
     int status = 1;
     client clients[MAX_CLIENTS];
     memset(clients, 0, sizeof clients);
-    PGconn *admin = NULL;
+    PGconn *admin = NULL, *busy = NULL;
     level_result levels[2];
     double batch_ms[BATCH_ROUNDS], single_ms[BATCH_ROUNDS];
     uint64_t batch_emitted = 0;
@@ -491,6 +485,16 @@ int main(void)
     if (bench_migrate(admin, &version) != 0)
         goto out;
     if (setup_schema(admin) != 0)
+        goto out;
+    /* As with a running relay that is busy: a session of its own holds
+     * every shard's busy lock (ferry.wake_shard_lock) for the whole run,
+     * so emit sends no NOTIFY. Notifying commits serialize on one lock in
+     * PostgreSQL; what that costs is a property of LISTEN/NOTIFY, measured
+     * by bench-relay's latency run, not of the emit path. */
+    if ((busy = fpg_connect(pg)) == NULL ||
+        bench_exec(busy, "SELECT pg_advisory_lock(l.classid, l.objid) FROM ferry.settings, "
+                         "generate_series(0, shard_count - 1) s, "
+                         "ferry.wake_shard_lock(s) l") != 0)
         goto out;
 
     bench_server srv;
@@ -564,5 +568,6 @@ int main(void)
 out:
     for (int i = 0; i < MAX_CLIENTS; i++)
         PQfinish(clients[i].conn);
+    PQfinish(busy);
     return bench_end(status, NULL, admin, pg);
 }

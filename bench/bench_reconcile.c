@@ -254,8 +254,10 @@ static int seed(bench *b)
     static const char *const setup[] = {
         "SET synchronous_commit = off",    /* the seeding session only */
         /* A relay with a million rows to go is busy, and a busy relay
-         * turns the emit NOTIFY off (ferry.settings.wake_relays). */
-        "UPDATE ferry.settings SET wake_relays = false",
+         * turns the emit NOTIFY off: it holds every shard's busy lock
+         * (ferry.wake_shard_lock), as this session does from now on. */
+        "SELECT pg_advisory_lock(l.classid, l.objid) FROM ferry.settings, "
+        "generate_series(0, shard_count - 1) s, ferry.wake_shard_lock(s) l",
         "CREATE TABLE bench_writer_0 (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
         "n bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())",
         "CREATE TABLE bench_writer_1 (LIKE bench_writer_0 INCLUDING ALL)",

@@ -10,7 +10,7 @@
  *                the scheduler; failed messages are counted in the database
  *   plan         relay_sched says what to do now: acknowledge, give a
  *                shard back, turn wake-ups on or off, try the wake-up
- *                handshake, fetch a batch (and how many rows), stop, and
+ *                handshake (relay_wake.c), fetch a batch (and how many rows), stop, and
  *                how long to wait for events after
  *   wait         for a delivery report, a NOTIFY, the acknowledgement's
  *                result, or the plan's timeout
@@ -75,58 +75,6 @@ void relay_log_stop(const relay *r, int status, const char *name, uint64_t n, ui
                              "refused", (json_int_t)refused),
                    "ferry-relay stopped (%s)", status == 0 ? "everything delivered"
                                                            : "not everything delivered");
-}
-
-/* ------------------------------------------------------------------ wake-ups */
-
-/*
- * Emit sends a NOTIFY only while ferry.settings.wake_relays is set:
- * PostgreSQL serializes the commits of every notifying transaction of a
- * database on one lock held through the commit's WAL flush, and a relay
- * busy enough to look again by itself needs no wake-up. The scheduler
- * decides (relay_sched.c): off while rows arrive at BUSY_RATE or more,
- * on otherwise.
- *
- * Turning the flag on must lose no commit: a writer that read the flag
- * off a moment before would not notify, and a relay that looked once more
- * and went to sleep would leave its row for the poll. So a writer that
- * reads the flag off holds a shared advisory lock (ferry.wake_lock()) until
- * it commits (schemas/007_relay.sql), and after turning the flag on the
- * relay tries to take that lock exclusively, looking again meanwhile, and
- * sleeps only once it got it: every writer that read the flag off has then
- * ended, and its row was seen by the look that followed.
- */
-static void set_wakeups(relay *r, int on)
-{
-    ferry_error err;
-    if (ferry__exec(r->db.main, on ? "UPDATE ferry.settings SET wake_relays = true "
-                                    "WHERE NOT wake_relays"
-                                  : "UPDATE ferry.settings SET wake_relays = false "
-                                    "WHERE wake_relays",
-                   0, NULL, "could not set wake_relays", &err) != FERRY_OK)
-        relay_db_lost(r, "wake-ups", &err);
-    else
-        sched_wake_set(r->s, on);
-}
-
-/* 0, or -1 with the database lost (relay_db_lost). */
-static int try_handshake(relay *r)
-{
-    PGresult *res = PQexec(r->db.main,
-                           "SELECT CASE WHEN pg_try_advisory_lock(w.classid, w.objid) "
-                           "THEN pg_advisory_unlock(w.classid, w.objid) ELSE false END "
-                           "FROM ferry.wake_lock() w");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        ferry_error err;
-        ferry_error_from_pg(&err, r->db.main, res, "could not take the wake-up lock");
-        PQclear(res);
-        relay_db_lost(r, "wake-up handshake", &err);
-        return -1;
-    }
-    int got = PQgetvalue(res, 0, 0)[0] == 't';
-    PQclear(res);
-    sched_handshake(r->s, got, ferry__now_ms());
-    return 0;
 }
 
 /* ------------------------------------------------------------------ health */
@@ -404,10 +352,11 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         log_events(r);
         if (plan.release_shard >= 0)
             relay_lease_release(r, plan.release_shard);
+        relay_wake_sync(r);
         if (plan.wake != 0 && r->db.ok)
-            set_wakeups(r, plan.wake > 0);
+            relay_wake_set(r, plan.wake > 0);
         if (plan.try_handshake && r->db.ok)
-            try_handshake(r);
+            relay_wake_handshake(r);
         if (plan.send_ack && !tick_due)
             relay_ack_send(r);
         /* A producer too small for the grown limit: no fetch until what is

@@ -247,6 +247,7 @@ int relay_db_maybe_reconnect(relay *r)
         return -1;
     ferry_error err = {0};
     relay_ack_forget(r);
+    relay_wake_forget(r);
     PQreset(r->db.main);
     PQreset(r->db.ack);
     if (PQstatus(r->db.main) == CONNECTION_OK && PQstatus(r->db.ack) == CONNECTION_OK &&

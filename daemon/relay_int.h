@@ -50,6 +50,14 @@ typedef struct relay_db {
     int max_payload;            /* ferry.settings.max_payload_bytes */
 } relay_db;
 
+/* Wake-ups (relay_wake.c): the shards whose busy lock the main session
+ * holds, those tried since wake-ups went off, and whether they are off. */
+typedef struct relay_wake {
+    unsigned char locked[MAX_SHARDS];
+    unsigned char tried[MAX_SHARDS];
+    int off;
+} relay_wake;
+
 /* What the broker knows of a topic: its partition count, written by the
  * partitioner (any librdkafka thread), read by the loop. */
 typedef struct relay_topic {
@@ -130,6 +138,7 @@ typedef struct relay {
     relay_kafka k;
     relay_ack ack;
     relay_failures fail;
+    relay_wake wake;
     relay_lag *lag;
     relay_wal *wal;             /* the WAL source's state; NULL: the table source */
     int64_t next_lease_tick;
@@ -164,6 +173,19 @@ int relay_await_kafka(relay *r);
  * relay_db_lost has logged it and told the scheduler, whose next plan is
  * what the loop acts on) or memory ran out (logged where it matters,
  * tried again on the next turn). */
+
+/* relay_wake.c */
+/* Wake-ups on (let the busy locks go; the handshake follows) or off (take
+ * the busy lock of every shard served), as the scheduler asked. */
+void relay_wake_set(relay *r, int on);
+/* After the leases changed: let go of the busy lock of a shard no longer
+ * served; while off, take that of a shard gained. */
+void relay_wake_sync(relay *r);
+/* The main session is being reset: its locks go with it. */
+void relay_wake_forget(relay *r);
+/* The handshake's try (relay_sched.h, sched_handshake); 0, or -1 with the
+ * database lost. */
+int relay_wake_handshake(relay *r);
 
 /* relay_db.c */
 int relay_db_connect(relay *r);

@@ -1203,7 +1203,7 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
     }
 
     /* Wake-ups: writers notify unless the relay is busy enough to look
-     * again at once; see relay.c, set_wakeups. */
+     * again at once; see relay_wake.c. */
     int64_t quiet = now - s->last_rows_ms;
     if (!s->cfg.once) {
         int busy = (s->rate >= BUSY_RATE || s->win_rows * 1000 >= BUSY_RATE * RATE_WINDOW_MS) &&

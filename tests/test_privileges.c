@@ -54,6 +54,7 @@ typedef struct fn_cell {
 static const fn_cell FUNCS[] = {
     {"ferry.uuid_v7()", W | C | X, "SELECT ferry.uuid_v7()", 0},
     {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
+    {"ferry.wake_shard_lock(integer)", W | C | R | X, "SELECT * FROM ferry.wake_shard_lock(0)", 0},   /* schema 26 */
     {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
     {"ferry.settings_emit_mode_guard()", NONE, "SELECT ferry.settings_emit_mode_guard()", 0},
     {"ferry.settings_wal_turn()", NONE, "SELECT ferry.settings_wal_turn()", 0},   /* schema 22 */

@@ -560,35 +560,38 @@ static void sigterm_is_bounded_when_the_database_hangs(void **state)
 
 /*
  * Item 3, the interleaving of the lost wake-up, made to happen: a writer
- * emits while wake_relays is off (so its emit will not NOTIFY) and keeps
- * its transaction open; the relay starts, finds nothing, turns wake-ups
- * on and takes its last look; only then does the writer commit. The
- * backstop poll is a minute away: the message must still go within 15 s.
+ * emits while its shard is busy (here c holds every shard's busy lock, as
+ * a busy relay does), so its emit will not NOTIFY, and keeps its
+ * transaction open; the busy locks go, the relay starts, finds nothing,
+ * asks to be woken and takes its last look; only then does the writer
+ * commit. The backstop poll is a minute away: the message must still go
+ * within 15 s.
  *
- * Today: the relay's last look comes before the commit and no NOTIFY is
- * sent, so the row waits for the 60 s poll: "timed out after 15000 ms
- * waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE topic = 'f.wake'".
+ * Before issue 11: the relay's last look came before the commit and no
+ * NOTIFY was sent, so the row waited for the 60 s poll: "timed out after
+ * 15000 ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE
+ * topic = 'f.wake'".
  */
 static void a_commit_is_never_left_for_the_poll(void **state)
 {
     const char *topic = "f.wake";
     PGconn *c = tu_connect();
-    tu_exec(c, "UPDATE ferry.settings SET wake_relays = false");
+    tu_exec(c, "SELECT pg_advisory_lock(l.classid, l.objid) "
+               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
     PGconn *w = tu_connect();
     tu_exec(w, "BEGIN");
     tu_exec(w, "SELECT ferry.emit('f.wake', 'w', 'Tested', '{\"n\": 1}')");
+    tu_exec(c, "SELECT pg_advisory_unlock_all()");
     const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
     tu_proc *p = relay_spawn("wake-a", args);
     await_leases(p, "wake-a", SHARDS, 30000);
-    /* The relay has gone idle and asks to be woken. */
-    tu_await(c, "SELECT wake_relays FROM ferry.settings", 30000);
     /* The interleaving needs the commit after the relay's last look. The
      * relay of issue 11 takes that look only once it gets the lock the
      * writer holds, i.e. after the commit, so there is nothing of it to
-     * await; today's takes it within milliseconds of setting the flag.
-     * This window lets it: a way to force the interleaving, not a
-     * synchronisation (without it, the commit sometimes comes first and
-     * the test passes by luck on today's relay). */
+     * await; the relay before it took it within milliseconds of asking
+     * to be woken. This window lets it: a way to force the interleaving,
+     * not a synchronisation (without it, the commit sometimes came first
+     * and the test passed by luck on that relay). */
     clk_sleep_ms(500);
     assert_int_equal(tu_proc_poll(p), -1);
     tu_exec(w, "COMMIT");
@@ -596,6 +599,98 @@ static void a_commit_is_never_left_for_the_poll(void **state)
     assert_int_equal(relay_stop(p, 30000), 0);
     tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
     PQfinish(w);
+    PQfinish(c);
+}
+
+/*
+ * The same interleaving with a writer under REPEATABLE READ: its snapshot
+ * is taken while every shard is busy, before the relay starts and asks to
+ * be woken; its emit comes after the relay's last look. The relay is then asleep until a NOTIFY
+ * or the poll a minute away: the message must go within 15 s.
+ *
+ * Before migration 26: emit read ferry.settings.wake_relays, and read it
+ * again under the wake-up lock, both times through the transaction's
+ * snapshot, which had the flag off: no NOTIFY, and "timed out after
+ * 15000 ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE
+ * topic = 'f.wake.rr'".
+ */
+static void a_repeatable_read_commit_is_never_left_for_the_poll(void **state)
+{
+    const char *topic = "f.wake.rr";
+    PGconn *c = tu_connect();
+    PGconn *w = tu_connect();
+    tu_exec(c, "SELECT pg_advisory_lock(l.classid, l.objid) "
+               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
+    tu_exec(w, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    tu_exec(w, "SELECT count(*) FROM ferry.settings");             /* the snapshot */
+    tu_exec(c, "SELECT pg_advisory_unlock_all()");
+    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
+    tu_proc *p = relay_spawn("wake-rr", args);
+    await_leases(p, "wake-rr", SHARDS, 30000);
+    /* The relay is idle and asks to be woken within milliseconds of its
+     * start; the emit must come after its last look. As in the test
+     * above, this window forces the interleaving: nothing the relay does
+     * then can be awaited from outside. */
+    clk_sleep_ms(500);
+    assert_int_equal(tu_proc_poll(p), -1);
+    tu_exec(w, "SELECT ferry.emit('f.wake.rr', 'w', 'Tested', '{\"n\": 1}')");
+    tu_exec(w, "COMMIT");
+    tu_await_outbox_empty(topic, 15000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
+    PQfinish(w);
+    PQfinish(c);
+}
+
+/*
+ * Two relays, 8 shards each. A's shards get bursts of 200 rows, so that A
+ * looks again by itself and asks writers of its shards not to notify; B's
+ * get none, so B sleeps until a NOTIFY (its poll is a minute away). A
+ * message for one of B's shards, written right after a burst while A is
+ * busy, must reach B through a NOTIFY: published within 15 s.
+ *
+ * Before migration 26: one flag for the database, which A had cleared
+ * while B (idle, having set it) slept; A set it again once idle, with no
+ * writer left to notify: "timed out after 15000 ms waiting for: SELECT
+ * count(*) = 0 FROM ferry.outbox WHERE topic = 'f.idle'".
+ */
+static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
+{
+    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
+    tu_proc *a = relay_spawn("wake-busy", args);
+    await_leases(a, "wake-busy", SHARDS, 30000);
+    tu_proc *b = relay_spawn("wake-idle", args);
+    await_leases(b, "wake-idle", SHARDS / 2, 30000);
+    await_leases(a, "wake-busy", SHARDS / 2, 30000);
+    PGconn *c = tu_connect();
+    char *idle_key = tu_str(c, "SELECT k FROM (SELECT 'i' || g AS k FROM generate_series(1, 4000) g) x "
+                               "WHERE 'shard:' || ((hashtextextended(k, 0) & 2147483647) % 16) IN "
+                               "(SELECT name FROM ferry.lease WHERE holder = 'wake-idle') LIMIT 1");
+    /* A burst for A's shards, then a look for 100 ms whether A is busy,
+     * i.e. holds the busy lock of its shards; until it is. */
+    int bursts = 0, busy = 0;
+    while (!busy) {
+        if (++bursts > 50)
+            fail_msg("relay A was not busy after 50 bursts of 200 rows");
+        tu_exec(c, "SELECT count(ferry.emit('f.busy', k, 'Tested', '{}')) FROM "
+                   "(SELECT 'b' || g AS k FROM generate_series(1, 4000) g) x "
+                   "WHERE 'shard:' || ((hashtextextended(k, 0) & 2147483647) % 16) IN "
+                   "(SELECT name FROM ferry.lease WHERE holder = 'wake-busy') LIMIT 200");
+        for (int64_t end = clk_mono_ms() + 100; !busy && clk_mono_ms() < end;)
+            busy = tu_int(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                             "AND classid = 1718903418 AND mode = 'ExclusiveLock' "
+                             "AND granted") > 0;
+    }
+    char *sql = tu_sprintf("SELECT ferry.emit('f.idle', '%s', 'Tested', '{\"n\": 1}')", idle_key);
+    tu_exec(c, sql);
+    print_message("%d bursts of 200 rows for the busy relay\n", bursts);
+    tu_await_outbox_empty("f.idle", 15000);
+    tu_await_outbox_empty("f.busy", 60000);
+    assert_int_equal(relay_stop(a, 30000), 0);
+    assert_int_equal(relay_stop(b, 30000), 0);
+    tu_assert_topic(kt_bootstrap(broker), "f.idle", 1, 10000, 1);
+    free(sql);
+    free(idle_key);
     PQfinish(c);
 }
 
@@ -1545,7 +1640,7 @@ static int cleanup(void **state)
     kt_command(broker, "up 1");
     kt_command(broker, "rtt 1 0");
     kt_command(broker, "clear-errors Produce");
-    tu_exec_once("UPDATE ferry.settings SET wake_relays = true, max_payload_bytes = 1048576");
+    tu_exec_once("UPDATE ferry.settings SET max_payload_bytes = 1048576");
     tu_exec_once("UPDATE ferry.lease SET holder = NULL, expires_at = now()");
     return tu_clean_outbox(state);
 }
@@ -1571,6 +1666,8 @@ int main(void)
         T(sigterm_finishes_within_the_grace_with_a_stuck_partition),
         T(sigterm_is_bounded_when_the_database_hangs),
         T(a_commit_is_never_left_for_the_poll),
+        T(a_repeatable_read_commit_is_never_left_for_the_poll),
+        T(an_idle_relay_beside_a_busy_one_is_woken),
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
         T(a_payload_at_the_limit_is_published_whole),

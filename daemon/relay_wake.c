@@ -1,0 +1,177 @@
+/*
+ * relay_wake.c — wake-ups: whether writers NOTIFY, per shard, and the
+ * handshake that makes turning them on lose no commit.
+ *
+ * Emit sends a NOTIFY unless its key's shard is busy: PostgreSQL
+ * serializes the commits of every notifying transaction of a database on
+ * one lock held through the commit's WAL flush, and a relay busy enough to
+ * look again by itself needs no wake-up. The scheduler decides
+ * (relay_sched.c): off while rows arrive at BUSY_RATE or more, on
+ * otherwise. "Off" is a session lock per shard this relay serves,
+ * ferry.wake_shard_lock(shard), held exclusively; emit tries it shared and
+ * notifies when it gets it (schemas/026_wake_per_shard.sql). A lock, not a
+ * flag in a table: a writer under REPEATABLE READ read the flag of its
+ * snapshot, and one flag for the database was whichever relay set it
+ * last, so an idle relay beside a busy one waited for its poll.
+ *
+ * Turning wake-ups on must lose no commit: a writer that found its shard
+ * busy a moment before does not notify, and a relay that looked once more
+ * and went to sleep would leave its row for the poll. So every writer
+ * holds the wake-up lock (ferry.wake_lock()) shared from before it looks
+ * until it ends, and the relay, after letting its busy locks go, takes
+ * that lock exclusively (trying, and looking again meanwhile) before it
+ * sleeps: every writer that found a shard busy has then ended, and its row
+ * was seen by the look that followed. The same try also checks that no
+ * other session holds the busy lock of a shard this relay serves (a relay
+ * that has not yet learnt it lost the shard): while one does, writers of
+ * that shard do not notify, so the relay goes on looking by itself.
+ *
+ * The busy locks go with the main session: a relay that dies or loses its
+ * connection leaves its shards notifying, which costs the writers a little
+ * and loses nothing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "relay_int.h"
+
+/* "{1,2,3}" of the shards for which want(r, shard) holds; returns how
+ * many. buf has room for MAX_SHARDS numbers. */
+static int shard_array(const relay *r, int (*want)(const relay *, int), char *buf,
+                       size_t size)
+{
+    size_t len = 0;
+    int n = 0;
+    buf[len++] = '{';
+    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++) {
+        if (!want(r, s))
+            continue;
+        int w = snprintf(buf + len, size - len, "%s%d", n > 0 ? "," : "", s);
+        if (w < 0 || (size_t)w >= size - len)
+            break;
+        len += (size_t)w;
+        n++;
+    }
+    snprintf(buf + len, size - len, "}");
+    return n;
+}
+
+static int served(const relay *r, int s) { return sched_lease_epoch(r->s, s) > 0; }
+static int to_lock(const relay *r, int s) { return served(r, s) && !r->wake.tried[s]; }
+static int locked(const relay *r, int s) { return r->wake.locked[s]; }
+static int to_unlock(const relay *r, int s) { return r->wake.locked[s] && !served(r, s); }
+
+#define SHARD_ARRAY_SIZE (MAX_SHARDS * 6 + 4)
+
+/* Try the busy lock of every shard served and not tried since wake-ups
+ * went off; remember which were taken. 0, or -1 with the database lost. */
+static int lock_served(relay *r)
+{
+    char shards[SHARD_ARRAY_SIZE];
+    if (shard_array(r, to_lock, shards, sizeof shards) == 0)
+        return 0;
+    const char *params[1] = {shards};
+    PGresult *res = PQexecParams(r->db.main,
+                                 "SELECT s FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
+                                 "WHERE pg_try_advisory_lock(l.classid, l.objid)",
+                                 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db.main, res, "could not take the shards' busy locks");
+        PQclear(res);
+        relay_db_lost(r, "wake-ups", &err);
+        return -1;
+    }
+    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
+        r->wake.tried[s] |= served(r, s);
+    for (int i = 0; i < PQntuples(res); i++) {
+        int s = atoi(PQgetvalue(res, i, 0));
+        if (s >= 0 && s < MAX_SHARDS)
+            r->wake.locked[s] = 1;
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Let go of the busy locks of the shards for which which(r, shard) holds.
+ * 0, or -1 with the database lost. */
+static int unlock(relay *r, int (*which)(const relay *, int))
+{
+    char shards[SHARD_ARRAY_SIZE];
+    if (shard_array(r, which, shards, sizeof shards) == 0)
+        return 0;
+    const char *params[1] = {shards};
+    ferry_error err;
+    if (ferry__exec(r->db.main,
+                    "SELECT pg_advisory_unlock(l.classid, l.objid) "
+                    "FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l",
+                    1, params, "could not let the shards' busy locks go", &err) != FERRY_OK) {
+        relay_db_lost(r, "wake-ups", &err);
+        return -1;
+    }
+    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
+        if (which(r, s))
+            r->wake.locked[s] = 0;
+    return 0;
+}
+
+void relay_wake_set(relay *r, int on)
+{
+    if (on) {
+        if (unlock(r, locked) != 0)
+            return;
+        memset(r->wake.tried, 0, sizeof r->wake.tried);
+    } else if (lock_served(r) != 0) {
+        return;
+    }
+    r->wake.off = !on;
+    sched_wake_set(r->s, on);
+}
+
+void relay_wake_sync(relay *r)
+{
+    if (!r->db.ok)
+        return;
+    /* A shard given back or lost: its new holder may want wake-ups. */
+    if (unlock(r, to_unlock) != 0)
+        return;
+    /* A shard gained while busy: its writers need not notify either. */
+    if (r->wake.off)
+        lock_served(r);
+}
+
+void relay_wake_forget(relay *r)
+{
+    memset(r->wake.locked, 0, sizeof r->wake.locked);
+    memset(r->wake.tried, 0, sizeof r->wake.tried);
+    r->wake.off = 0;
+}
+
+int relay_wake_handshake(relay *r)
+{
+    char shards[SHARD_ARRAY_SIZE];
+    shard_array(r, served, shards, sizeof shards);
+    const char *params[1] = {shards};
+    PGresult *res = PQexecParams(
+        r->db.main,
+        "SELECT CASE WHEN pg_try_advisory_lock(w.classid, w.objid) "
+        "            THEN pg_advisory_unlock(w.classid, w.objid) ELSE false END "
+        "   AND NOT EXISTS (SELECT FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
+        "                    WHERE NOT CASE WHEN pg_try_advisory_lock_shared(l.classid, l.objid) "
+        "                                   THEN pg_advisory_unlock_shared(l.classid, l.objid) "
+        "                                   ELSE false END) "
+        "FROM ferry.wake_lock() w",
+        1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db.main, res, "could not take the wake-up lock");
+        PQclear(res);
+        relay_db_lost(r, "wake-up handshake", &err);
+        return -1;
+    }
+    int got = PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    sched_handshake(r->s, got, ferry__now_ms());
+    return 0;
+}
