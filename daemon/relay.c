@@ -336,6 +336,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
              * waited for, as before, the renewal coming first. */
             relay_ack_poll(r, 1);
             relay_lease_tick(r);
+            relay_wake_recheck(r);
             r->next_lease_tick = now + cfg->lease_ttl_ms / 3;
             tick_due = 0;
         }

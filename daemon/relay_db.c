@@ -215,6 +215,13 @@ int relay_db_connect(relay *r)
                   "ferry-relay migrate --db ...");
         return -1;
     }
+    if (version < RELAY_SCHEMA_MIN) {
+        /* Its wake-ups (relay_wake.c) need ferry.wake_shard_lock. */
+        ferry__log(FERRY_LOG_ERROR, "db.schema", "ferry schema version %d is older than this "
+                  "relay needs (%d): run ferry-relay migrate --db ...", version,
+                  RELAY_SCHEMA_MIN);
+        return -1;
+    }
     if (setup_main(r, &err) != 0) {
         ferry__log(FERRY_LOG_ERROR, "db.setup", "could not set up the session: %s",
                   err.message[0] ? err.message : PQerrorMessage(r->db.main));

@@ -35,6 +35,8 @@
 #define RELAY_PREFIX "relay:"
 #define NOTIFY_CHANNEL "ferry_outbox"
 #define MAX_SHARDS SCHED_SHARDS_MAX
+/* The oldest ferry schema the relay runs against (26: ferry.wake_shard_lock). */
+#define RELAY_SCHEMA_MIN 26
 #define FAILURES_MAX 1024
 
 /* The two sessions, usable only together (ok): main for leases, fetches,
@@ -56,6 +58,7 @@ typedef struct relay_wake {
     unsigned char locked[MAX_SHARDS];
     unsigned char tried[MAX_SHARDS];
     int off;
+    int64_t retry_at;           /* after a failed statement, none before */
 } relay_wake;
 
 /* What the broker knows of a topic: its partition count, written by the
@@ -181,6 +184,15 @@ void relay_wake_set(relay *r, int on);
 /* After the leases changed: let go of the busy lock of a shard no longer
  * served; while off, take that of a shard gained. */
 void relay_wake_sync(relay *r);
+/* Before a shard's lease goes back: let go of its busy lock first, so
+ * that its next holder never finds it held by a relay that left. */
+void relay_wake_drop(relay *r, int shard);
+void relay_wake_drop_all(relay *r);
+/* After a lease tick, with wake-ups on: do the handshake again, so that a
+ * shard gained, or a busy lock another session took since (a relay that
+ * stopped before it knew it lost the shard), is seen: while one is held
+ * the relay looks by itself. */
+void relay_wake_recheck(relay *r);
 /* The main session is being reset: its locks go with it. */
 void relay_wake_forget(relay *r);
 /* The handshake's try (relay_sched.h, sched_handshake); 0, or -1 with the

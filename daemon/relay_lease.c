@@ -168,6 +168,7 @@ void relay_lease_release(relay *r, int shard)
     char name[32];
     snprintf(name, sizeof name, SHARD_PREFIX "%d", shard);
     int64_t epoch = sched_lease_epoch(r->s, shard);
+    relay_wake_drop(r, shard);
     if (ferry__lease_release(r->db.main, name, r->holder, &err) != FERRY_OK) {
         relay_db_lost(r, "lease release", &err);
         return;
@@ -180,6 +181,7 @@ void relay_lease_release(relay *r, int shard)
 void relay_leases_release_all(relay *r)
 {
     ferry_error err;
+    relay_wake_drop_all(r);
     for (int s = 0; s < MAX_SHARDS; s++) {
         if (sched_lease_epoch(r->s, s) == 0)
             continue;

@@ -63,14 +63,34 @@ static int locked(const relay *r, int s) { return r->wake.locked[s]; }
 static int to_unlock(const relay *r, int s) { return r->wake.locked[s] && !served(r, s); }
 
 #define SHARD_ARRAY_SIZE (MAX_SHARDS * 6 + 4)
+/* After a failed wake-up statement, none is tried for this long. */
+#define WAKE_RETRY_MS 100
+
+/* A wake-up statement failed on a session that may live on (relay_db_lost
+ * keeps a connection that still answers): locks a failed statement took
+ * stay with the session, so let every advisory lock of the session go
+ * (the relay holds no other), and try no wake-up statement for a while. */
+static void wake_failed(relay *r, const char *what, ferry_error *err)
+{
+    if (PQstatus(r->db.main) == CONNECTION_OK) {
+        PGresult *res = PQexec(r->db.main, "SELECT pg_advisory_unlock_all()");
+        if (PQresultStatus(res) == PGRES_TUPLES_OK)
+            memset(r->wake.locked, 0, sizeof r->wake.locked);
+        PQclear(res);
+    }
+    r->wake.retry_at = ferry__now_ms() + WAKE_RETRY_MS;
+    relay_db_lost(r, what, err);
+}
 
 /* Try the busy lock of every shard served and not tried since wake-ups
- * went off; remember which were taken. 0, or -1 with the database lost. */
+ * went off; remember which were taken. 0, or -1 (wake_failed). */
 static int lock_served(relay *r)
 {
     char shards[SHARD_ARRAY_SIZE];
     if (shard_array(r, to_lock, shards, sizeof shards) == 0)
         return 0;
+    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
+        r->wake.tried[s] |= served(r, s);
     const char *params[1] = {shards};
     PGresult *res = PQexecParams(r->db.main,
                                  "SELECT s FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
@@ -80,11 +100,9 @@ static int lock_served(relay *r)
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not take the shards' busy locks");
         PQclear(res);
-        relay_db_lost(r, "wake-ups", &err);
+        wake_failed(r, "wake-ups", &err);
         return -1;
     }
-    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
-        r->wake.tried[s] |= served(r, s);
     for (int i = 0; i < PQntuples(res); i++) {
         int s = atoi(PQgetvalue(res, i, 0));
         if (s >= 0 && s < MAX_SHARDS)
@@ -95,7 +113,7 @@ static int lock_served(relay *r)
 }
 
 /* Let go of the busy locks of the shards for which which(r, shard) holds.
- * 0, or -1 with the database lost. */
+ * 0, or -1 (wake_failed). */
 static int unlock(relay *r, int (*which)(const relay *, int))
 {
     char shards[SHARD_ARRAY_SIZE];
@@ -107,7 +125,7 @@ static int unlock(relay *r, int (*which)(const relay *, int))
                     "SELECT pg_advisory_unlock(l.classid, l.objid) "
                     "FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l",
                     1, params, "could not let the shards' busy locks go", &err) != FERRY_OK) {
-        relay_db_lost(r, "wake-ups", &err);
+        wake_failed(r, "wake-ups", &err);
         return -1;
     }
     for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
@@ -118,12 +136,18 @@ static int unlock(relay *r, int (*which)(const relay *, int))
 
 void relay_wake_set(relay *r, int on)
 {
+    if (ferry__now_ms() < r->wake.retry_at)
+        return;                 /* as it is: the scheduler asks again */
     if (on) {
+        /* Still busy as far as writers can tell if this fails: the
+         * scheduler keeps looking by itself and asks again. */
         if (unlock(r, locked) != 0)
             return;
         memset(r->wake.tried, 0, sizeof r->wake.tried);
-    } else if (lock_served(r) != 0) {
-        return;
+    } else {
+        /* Busy even where a lock was not taken: its writers notify,
+         * which costs them a little and loses nothing. */
+        lock_served(r);
     }
     r->wake.off = !on;
     sched_wake_set(r->s, on);
@@ -131,14 +155,47 @@ void relay_wake_set(relay *r, int on)
 
 void relay_wake_sync(relay *r)
 {
-    if (!r->db.ok)
+    if (!r->db.ok || ferry__now_ms() < r->wake.retry_at)
         return;
-    /* A shard given back or lost: its new holder may want wake-ups. */
+    /* A shard no longer served: its new holder may want wake-ups. */
     if (unlock(r, to_unlock) != 0)
         return;
+    for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
+        if (!served(r, s))
+            r->wake.tried[s] = 0;
     /* A shard gained while busy: its writers need not notify either. */
     if (r->wake.off)
         lock_served(r);
+}
+
+void relay_wake_drop(relay *r, int shard)
+{
+    if (shard < 0 || shard >= MAX_SHARDS || !r->wake.locked[shard] || !r->db.ok)
+        return;
+    char arg[16];
+    snprintf(arg, sizeof arg, "{%d}", shard);
+    const char *params[1] = {arg};
+    ferry_error err;
+    if (ferry__exec(r->db.main,
+                    "SELECT pg_advisory_unlock(l.classid, l.objid) "
+                    "FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l",
+                    1, params, "could not let a shard's busy lock go", &err) != FERRY_OK) {
+        wake_failed(r, "wake-ups", &err);
+        return;
+    }
+    r->wake.locked[shard] = 0;
+}
+
+void relay_wake_drop_all(relay *r)
+{
+    if (r->db.ok && unlock(r, locked) == 0)
+        r->wake.off = 0;
+}
+
+void relay_wake_recheck(relay *r)
+{
+    if (!r->wake.off && r->db.ok)
+        sched_wake_set(r->s, 1);
 }
 
 void relay_wake_forget(relay *r)
@@ -146,6 +203,7 @@ void relay_wake_forget(relay *r)
     memset(r->wake.locked, 0, sizeof r->wake.locked);
     memset(r->wake.tried, 0, sizeof r->wake.tried);
     r->wake.off = 0;
+    r->wake.retry_at = 0;
 }
 
 int relay_wake_handshake(relay *r)
@@ -153,20 +211,28 @@ int relay_wake_handshake(relay *r)
     char shards[SHARD_ARRAY_SIZE];
     shard_array(r, served, shards, sizeof shards);
     const char *params[1] = {shards};
+    /* In this order (CASE evaluates its branches in turn): first that no
+     * other session holds the busy lock of a shard served, then the
+     * wake-up lock. A writer that found such a shard busy took the
+     * wake-up lock before that session let the shard go, so it is seen
+     * by the second try; the other way round, one could find the shard
+     * busy between the two tries and be missed. */
     PGresult *res = PQexecParams(
         r->db.main,
-        "SELECT CASE WHEN pg_try_advisory_lock(w.classid, w.objid) "
+        "SELECT CASE WHEN EXISTS (SELECT FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
+        "                          WHERE NOT CASE WHEN pg_try_advisory_lock_shared(l.classid, l.objid) "
+        "                                         THEN pg_advisory_unlock_shared(l.classid, l.objid) "
+        "                                         ELSE false END) THEN false "
+        "            WHEN pg_try_advisory_lock(w.classid, w.objid) "
         "            THEN pg_advisory_unlock(w.classid, w.objid) ELSE false END "
-        "   AND NOT EXISTS (SELECT FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
-        "                    WHERE NOT CASE WHEN pg_try_advisory_lock_shared(l.classid, l.objid) "
-        "                                   THEN pg_advisory_unlock_shared(l.classid, l.objid) "
-        "                                   ELSE false END) "
         "FROM ferry.wake_lock() w",
         1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not take the wake-up lock");
         PQclear(res);
+        /* Not got: the scheduler looks meanwhile and tries again later. */
+        sched_handshake(r->s, 0, ferry__now_ms());
         relay_db_lost(r, "wake-up handshake", &err);
         return -1;
     }

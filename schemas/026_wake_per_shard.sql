@@ -16,10 +16,10 @@
 --   * Now the flag is a lock per shard, which no snapshot hides: a busy
 --     relay holds ferry.wake_shard_lock(shard) exclusively (a session
 --     lock) for each shard it serves; emit notifies when its key's shard's
---     lock is free. The handshake is as before (ferry.wake_lock(), held
---     shared by every writer from before it looks until it ends, taken
---     exclusively by a relay before its last look once it let its busy
---     locks go), now with the shard's lock in place of the flag.
+--     lock is free. The handshake is as before (ferry.wake_lock(), taken
+--     shared by a writer that found its shard busy, to its end, before it
+--     looks again; taken exclusively by a relay before its last look once
+--     it let its busy locks go), with the shard's lock for the flag.
 --   * ferry.settings.wake_relays is no longer read or written; it stays so
 --     that what reads it does not fail.
 --
@@ -252,24 +252,30 @@ BEGIN
 
     -- Wake the shard's relay unless it is busy enough to look again by
     -- itself. Sent at commit, one per transaction whatever the number of
-    -- emits (same channel, same payload). Everything here is a lock, read
+    -- emits (same channel, same payload). Everything here is a lock, seen
     -- as it is now, never through the transaction's snapshot: a flag in a
     -- table, read under REPEATABLE READ, was the one of the snapshot.
     --
     -- A busy relay holds its shards' busy locks (ferry.wake_shard_lock)
-    -- exclusively; a writer that finds its shard's lock free notifies. A
-    -- writer holds the shared wake-up lock (ferry.wake_lock) from before
-    -- it looks until it ends, and a relay that lets its busy locks go
-    -- takes that lock exclusively (and lets it go) before its last look:
-    -- every writer that found its shard busy has then committed or rolled
-    -- back, and its row is seen by that look; every later one notifies.
-    -- The busy lock is only tried and let go at once (a session lock, so
-    -- as not to keep it to the commit and make a relay that wants to go
-    -- busy fail to get it).
-    PERFORM pg_advisory_xact_lock_shared(1718903417, 1);      -- ferry.wake_lock()
+    -- exclusively; a writer that finds its shard's lock free notifies.
+    -- One that finds it held takes the wake-up lock (ferry.wake_lock)
+    -- shared, to its end, and looks again. A relay that lets its busy
+    -- locks go takes the wake-up lock exclusively (and lets it go) before
+    -- its last look: every writer that found its shard busy after taking
+    -- it has then committed or rolled back, and its row is seen by that
+    -- look; every later one finds the shard free and notifies. The busy
+    -- lock is only tried and let go at once (a session lock, so as not to
+    -- keep it to the commit and make a relay that wants to go busy fail
+    -- to get it).
     IF (CASE WHEN pg_try_advisory_lock_shared(1718903418, v_shard)
              THEN pg_advisory_unlock_shared(1718903418, v_shard) ELSE false END) THEN
         PERFORM pg_notify('ferry_outbox', '');
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(1718903417, 1);      -- ferry.wake_lock()
+        IF (CASE WHEN pg_try_advisory_lock_shared(1718903418, v_shard)
+                 THEN pg_advisory_unlock_shared(1718903418, v_shard) ELSE false END) THEN
+            PERFORM pg_notify('ferry_outbox', '');
+        END IF;
     END IF;
     RETURN v_seq;
 END

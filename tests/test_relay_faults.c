@@ -673,9 +673,9 @@ static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
         if (++bursts > 50)
             fail_msg("relay A was not busy after 50 bursts of 200 rows");
         tu_exec(c, "SELECT count(ferry.emit('f.busy', k, 'Tested', '{}')) FROM "
-                   "(SELECT 'b' || g AS k FROM generate_series(1, 4000) g) x "
-                   "WHERE 'shard:' || ((hashtextextended(k, 0) & 2147483647) % 16) IN "
-                   "(SELECT name FROM ferry.lease WHERE holder = 'wake-busy') LIMIT 200");
+                   "(SELECT 'b' || g AS k FROM generate_series(1, 4000) g "
+                   " WHERE 'shard:' || ((hashtextextended('b' || g, 0) & 2147483647) % 16) IN "
+                   " (SELECT name FROM ferry.lease WHERE holder = 'wake-busy') LIMIT 200) x");
         for (int64_t end = clk_mono_ms() + 100; !busy && clk_mono_ms() < end;)
             busy = tu_int(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                              "AND classid = 1718903418 AND mode = 'ExclusiveLock' "
@@ -691,6 +691,72 @@ static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
     tu_assert_topic(kt_bootstrap(broker), "f.idle", 1, 10000, 1);
     free(sql);
     free(idle_key);
+    PQfinish(c);
+}
+
+/*
+ * A busy lock that another session takes while the relay sleeps, its
+ * handshake long done: a relay that was stopped (SIGSTOP, a frozen VM)
+ * while busy keeps its shards' busy locks through its session after its
+ * leases went to this relay, and a role that may connect can take them
+ * too. Writers of those shards then do not notify; the relay must notice
+ * (at its next lease tick) and look by itself: published within 15 s,
+ * the poll being a minute away.
+ *
+ * Before: the relay checked for such a lock only when it asked to be
+ * woken, so the second message waited for the poll: "timed out after
+ * 15000 ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE
+ * topic = 'f.foreign'".
+ */
+static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
+{
+    const char *topic = "f.foreign";
+    const char *args[] = {"--set", "poll_interval_ms=60000", "--set", "lease_ttl_ms=2000", NULL};
+    tu_proc *p = relay_spawn("foreign-a", args);
+    await_leases(p, "foreign-a", SHARDS, 30000);
+    PGconn *c = tu_connect();
+    /* Awake, woken by a NOTIFY: its handshake is done. */
+    tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 1}')");
+    tu_await_outbox_empty(topic, 15000);
+    PGconn *o = tu_connect();
+    tu_exec(o, "SELECT pg_advisory_lock(l.classid, l.objid) "
+               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
+    tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 2}')");
+    tu_await_outbox_empty(topic, 15000);
+    tu_exec(o, "SELECT pg_advisory_unlock_all()");
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 2, 10000, 2);
+    PQfinish(o);
+    PQfinish(c);
+}
+
+/*
+ * A relay newer than its database's schema refuses to start, naming the
+ * version it needs, rather than failing its wake-up statements (they need
+ * ferry.wake_shard_lock, schema 26) on every turn of its loop.
+ */
+static void a_schema_older_than_the_relay_is_refused(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "DROP DATABASE IF EXISTS old_schema_db");
+    tu_exec(c, "CREATE DATABASE old_schema_db");
+    char *ci = tu_sprintf("%s dbname=old_schema_db", fpg_conninfo(tu_pg));
+    const char *migrate[] = {tu_relay_bin(), "migrate", "--db", ci, NULL};
+    tu_proc m = tu_proc_start(migrate, NULL);
+    assert_int_equal(tu_proc_wait(&m, 60000), 0);
+    tu_proc_done(&m);
+    PGconn *o = PQconnectdb(ci);
+    assert_int_equal(PQstatus(o), CONNECTION_OK);
+    tu_exec(o, "DELETE FROM ferry.schema_version WHERE version >= 26");
+    PQfinish(o);
+    const char *args[] = {"--db", ci, NULL};
+    char *log = NULL;
+    assert_int_equal(relay_once("old-schema", args, &log), 1);
+    if (strstr(log, "ferry schema version 25 is older than this relay needs (26)") == NULL)
+        fail_msg("no word of the schema's version in the log:\n%s", log);
+    free(log);
+    free(ci);
+    tu_exec(c, "DROP DATABASE old_schema_db");
     PQfinish(c);
 }
 
@@ -1668,6 +1734,8 @@ int main(void)
         T(a_commit_is_never_left_for_the_poll),
         T(a_repeatable_read_commit_is_never_left_for_the_poll),
         T(an_idle_relay_beside_a_busy_one_is_woken),
+        T(a_busy_lock_taken_behind_a_sleeping_relay_is_noticed),
+        T(a_schema_older_than_the_relay_is_refused),
         T(a_lease_renewed_but_not_served_is_served),
         T(oversized_canonical_payloads_are_refused_at_emit),
         T(a_payload_at_the_limit_is_published_whole),

@@ -157,7 +157,7 @@ typedef struct world {
     int64_t stuck_until[TOPICS * PARTS];
     int stuck_part;                           /* in STUCK */
     int64_t t_write, t_fatal[RELAYS], t_db[RELAYS], t_pause[RELAYS], t_stuck;
-    int wake_flag;                            /* the shards' busy locks let go */
+    int wake_flag;                            /* wake-ups, as one flag for every shard */
     relay_sim r[RELAYS];
     /* rates, per mille */
     unsigned p_write, p_delay, p_poison, p_lost_reply, p_fatal, p_db, p_pause, p_stuck;
