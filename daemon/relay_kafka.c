@@ -233,6 +233,11 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
 static const char *const fixed_props[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
 #undef X_FIXED
 
+/* The WAL source's bytes in flight at most (relay_wal.c, room): plenty
+ * for its throughput (20,000 messages of 3 kB), and its memory bounded
+ * whatever the messages' size. */
+#define INFLIGHT_BYTES_MAX (64LL * 1024 * 1024)
+
 int relay_kafka_create(relay *r)
 {
     const relay_config *cfg = r->cfg;
@@ -296,6 +301,20 @@ int relay_kafka_create(relay *r)
                   errstr);
         goto fail;   /* rd_kafka_new() takes conf only when it succeeds */
     }
+    /* What the WAL source may have in flight (relay_wal.c, room): the
+     * queue's size as configured (librdkafka's default is 1 GiB, and a
+     * kafka: setting may change it), less the largest message, at most
+     * INFLIGHT_BYTES_MAX so that the relay's memory stays small. */
+    char kbytes[32] = "";
+    size_t klen = sizeof kbytes;
+    long long queue = 0;
+    if (rd_kafka_conf_get(rd_kafka_conf(r->k.rk), "queue.buffering.max.kbytes", kbytes, &klen) ==
+        RD_KAFKA_CONF_OK)
+        queue = atoll(kbytes) * 1024;
+    long long budget = queue - max;
+    if (budget > INFLIGHT_BYTES_MAX)
+        budget = INFLIGHT_BYTES_MAX;
+    r->k.inflight_bytes_budget = budget > 0 ? (size_t)budget : 0;
     /* Delivery reports wake the loop through this pipe. */
     rd_kafka_queue_t *q = rd_kafka_queue_get_main(r->k.rk);
     rd_kafka_queue_io_event_enable(q, r->k.event_pipe[1], "d", 1);

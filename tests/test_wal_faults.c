@@ -254,6 +254,45 @@ static void a_limit_raised_while_streaming_is_published(void **state)
 }
 
 /*
+ * Large messages faster than the broker takes them: the WAL source reads
+ * on only while what it has in flight leaves room in librdkafka's queue
+ * for the largest message, so produce() never finds the queue full. Here
+ * the queue holds 2 MiB (queue.buffering.max.kbytes), every delivery takes
+ * 200 ms, and one transaction brings 20 messages of 200 kB (4 MB): all
+ * published once each, with no failed produce.
+ *
+ * Before: reading was bounded by messages only (max_inflight, 20,000), so
+ * the eleventh message found the queue full, the stream restarted from
+ * the slot and sent the transaction again: "could not produce message
+ * ...: Local: Queue full" in the log, and duplicates.
+ */
+static void large_messages_wait_for_room_in_the_producer(void **state)
+{
+    enum { N = 20, SIZE = 200000 };
+    PGconn *c = tu_wal_connect();
+    const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=2048", NULL};
+    tu_proc p = tu_wal_relay_start("wal-room", args);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    assert_int_equal(kt_command(tu_wal_broker, "rtt 1 200"), 0);
+    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('w.room', 'k' || (g %% 4), 'Tested', "
+                             "'{\"n\": ' || g || ', \"b\": \"' || repeat('x', %d) || '\"}')) "
+                             "FROM generate_series(1, %d) g", SIZE, N));
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
+    tu_wal_topic tc = tu_wal_check_topic("w.room", N, 60000);
+    assert_int_equal(kt_command(tu_wal_broker, "rtt 1 0"), 0);
+    assert_int_equal(tu_proc_stop(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
+    tu_proc_done(&p);
+    const char *failed = strstr(log, "\"event\":\"wal.produce\"");
+    if (failed != NULL)
+        fail_msg("a produce failed: %.200s", failed);
+    assert_int_equal(tc.distinct, N);
+    assert_int_equal(tc.duplicates, 0);
+    free(log);
+    PQfinish(c);
+}
+
+/*
  * A WAL relay's replication session is not a live relay named "wal": a
  * relay of that name starts beside one (here a second WAL relay, which
  * then stands by for the slot).
@@ -474,6 +513,7 @@ int main(void)
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
         cmocka_unit_test_teardown(a_limit_raised_while_streaming_is_published, reset_limit),
+        cmocka_unit_test(large_messages_wait_for_room_in_the_producer),
         cmocka_unit_test(a_relay_named_wal_starts_beside_a_wal_relay),
         cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
