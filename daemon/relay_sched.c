@@ -1282,7 +1282,10 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
         }
         /* else: no room; a report or an ack frees some and wakes us. */
     }
-    if (s->handshake)
+    /* The handshake's time, when it can be tried then (not during a
+     * sweep, which a report or an ack moves on; never with --once): a
+     * wait cut to a time at which nothing is done spun the loop. */
+    if (s->handshake && !s->running && !s->cfg.once)
         at_most(&out->timeout_ms, s->handshake_at > 0 ? s->handshake_at : now, now);
     at_most(&out->timeout_ms, next_retry, now);
     /* Stuck checks once a second while anything is out. */

@@ -59,7 +59,6 @@ static int shard_array(const relay *r, int (*want)(const relay *, int), char *bu
 
 static int served(const relay *r, int s) { return sched_lease_epoch(r->s, s) > 0; }
 static int to_lock(const relay *r, int s) { return served(r, s) && !r->wake.tried[s]; }
-static int locked(const relay *r, int s) { return r->wake.locked[s]; }
 static int to_unlock(const relay *r, int s) { return r->wake.locked[s] && !served(r, s); }
 
 #define SHARD_ARRAY_SIZE (MAX_SHARDS * 6 + 4)
@@ -134,6 +133,23 @@ static int unlock(relay *r, int (*which)(const relay *, int))
     return 0;
 }
 
+/* Let go of every busy lock: all of the session's advisory locks (it
+ * holds no other), so that none is kept that locked[] lost track of (a
+ * failed statement's, whose own unlock_all failed too): a lock held by
+ * the relay's own session is invisible to its handshake. 0, or -1
+ * (wake_failed). */
+static int unlock_all(relay *r)
+{
+    ferry_error err;
+    if (ferry__exec(r->db.main, "SELECT pg_advisory_unlock_all()", 0, NULL,
+                    "could not let the shards' busy locks go", &err) != FERRY_OK) {
+        wake_failed(r, "wake-ups", &err);
+        return -1;
+    }
+    memset(r->wake.locked, 0, sizeof r->wake.locked);
+    return 0;
+}
+
 void relay_wake_set(relay *r, int on)
 {
     if (ferry__now_ms() < r->wake.retry_at)
@@ -141,7 +157,7 @@ void relay_wake_set(relay *r, int on)
     if (on) {
         /* Still busy as far as writers can tell if this fails: the
          * scheduler keeps looking by itself and asks again. */
-        if (unlock(r, locked) != 0)
+        if (unlock_all(r) != 0)
             return;
         memset(r->wake.tried, 0, sizeof r->wake.tried);
     } else {
@@ -188,13 +204,13 @@ void relay_wake_drop(relay *r, int shard)
 
 void relay_wake_drop_all(relay *r)
 {
-    if (r->db.ok && unlock(r, locked) == 0)
+    if (r->db.ok && unlock_all(r) == 0)
         r->wake.off = 0;
 }
 
 void relay_wake_recheck(relay *r)
 {
-    if (!r->wake.off && r->db.ok)
+    if (!r->wake.off && r->db.ok && !r->cfg->once)
         sched_wake_set(r->s, 1);
 }
 
@@ -231,9 +247,11 @@ int relay_wake_handshake(relay *r)
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not take the wake-up lock");
         PQclear(res);
-        /* Not got: the scheduler looks meanwhile and tries again later. */
+        /* Not got: the scheduler looks meanwhile and tries again later.
+         * The wake-up lock may be held if the statement failed between
+         * its try and its unlock: wake_failed lets it go. */
         sched_handshake(r->s, 0, ferry__now_ms());
-        relay_db_lost(r, "wake-up handshake", &err);
+        wake_failed(r, "wake-up handshake", &err);
         return -1;
     }
     int got = PQgetvalue(res, 0, 0)[0] == 't';

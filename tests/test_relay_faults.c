@@ -678,8 +678,9 @@ static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
                    " (SELECT name FROM ferry.lease WHERE holder = 'wake-busy') LIMIT 200) x");
         for (int64_t end = clk_mono_ms() + 100; !busy && clk_mono_ms() < end;)
             busy = tu_int(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                             "AND classid = 1718903418 AND mode = 'ExclusiveLock' "
-                             "AND granted") > 0;
+                             "AND classid = 1718903418 AND mode = 'ExclusiveLock' AND granted "
+                             "AND pid IN (SELECT pid FROM pg_stat_activity "
+                             "            WHERE application_name = 'ferry-relay wake-busy')") > 0;
     }
     char *sql = tu_sprintf("SELECT ferry.emit('f.idle', '%s', 'Tested', '{\"n\": 1}')", idle_key);
     tu_exec(c, sql);
@@ -699,19 +700,22 @@ static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
  * handshake long done: a relay that was stopped (SIGSTOP, a frozen VM)
  * while busy keeps its shards' busy locks through its session after its
  * leases went to this relay, and a role that may connect can take them
- * too. Writers of those shards then do not notify; the relay must notice
- * (at its next lease tick) and look by itself: published within 15 s,
- * the poll being a minute away.
+ * too. Writers of those shards then do not notify. The relay must notice
+ * at its next lease tick (every 8 s here) and then look by itself for as
+ * long as the lock is held: the second message goes within a tick and a
+ * half, and the third, written once the second is out, within 4 s, half
+ * a tick (the poll is a minute away).
  *
  * Before: the relay checked for such a lock only when it asked to be
  * woken, so the second message waited for the poll: "timed out after
- * 15000 ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE
- * topic = 'f.foreign'".
+ * 12000 ms waiting for: SELECT count(*) = 0 FROM ferry.outbox WHERE
+ * topic = 'f.foreign'". Without the check in the handshake (the relay
+ * looking once per tick only), the third one waits for the next tick.
  */
 static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
 {
     const char *topic = "f.foreign";
-    const char *args[] = {"--set", "poll_interval_ms=60000", "--set", "lease_ttl_ms=2000", NULL};
+    const char *args[] = {"--set", "poll_interval_ms=60000", "--set", "lease_ttl_ms=24000", NULL};
     tu_proc *p = relay_spawn("foreign-a", args);
     await_leases(p, "foreign-a", SHARDS, 30000);
     PGconn *c = tu_connect();
@@ -722,10 +726,12 @@ static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
     tu_exec(o, "SELECT pg_advisory_lock(l.classid, l.objid) "
                "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
     tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 2}')");
-    tu_await_outbox_empty(topic, 15000);
+    tu_await_outbox_empty(topic, 12000);
+    tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 3}')");
+    tu_await_outbox_empty(topic, 4000);
     tu_exec(o, "SELECT pg_advisory_unlock_all()");
     assert_int_equal(relay_stop(p, 30000), 0);
-    tu_assert_topic(kt_bootstrap(broker), topic, 2, 10000, 2);
+    tu_assert_topic(kt_bootstrap(broker), topic, 3, 10000, 3);
     PQfinish(o);
     PQfinish(c);
 }

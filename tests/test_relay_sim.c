@@ -1123,6 +1123,52 @@ static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
     sched_free(s);
 }
 
+/*
+ * A handshake pending while nothing can be done for it must not make the
+ * relay's loop spin: with every slot in flight (a partition that does not
+ * answer) the sweep has no room and waits for a report, and with --once
+ * there is no handshake at all. The relay asks for the handshake again at
+ * every lease tick (relay_wake_recheck), so both happened.
+ *
+ * Before: the plan's wait was cut to the handshake's time even while it
+ * could not be tried: "0 is not within the range 1-250" for both.
+ */
+static int wait_with_handshake_pending(int once)
+{
+    sched_config cfg = {.max_inflight = 4, .batch_size = 4, .stuck_ms = 5000,
+                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5,
+                        .once = once};
+    sched *s = sched_new(&cfg);
+    assert_non_null(s);
+    sched_lease_set(s, 0, 1);
+    int64_t now = 1000;
+    sched_plan p;
+    sched_plan_next(s, now, &p);
+    assert_true(p.fetch);
+    for (int i = 0; i < 4; i++) {
+        char key[8];
+        unsigned char id[16] = {(unsigned char)(i + 1)};
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(sched_admit_row(s, 0, "t", key, 0, 1, now, NULL), ADMIT_PRODUCE);
+        assert_true(sched_produced(s, 0, "t", key, 0, id, now, 0, now) >= 0);
+        sched_advance(s, 0, "t", key, 1);
+    }
+    sched_wake_set(s, 1);       /* a lease tick's recheck */
+    now += 1;
+    sched_plan_next(s, now, &p);
+    assert_false(p.fetch);
+    assert_false(p.try_handshake);
+    sched_free(s);
+    return p.timeout_ms;
+}
+
+static void a_pending_handshake_that_cannot_be_tried_does_not_spin(void **state)
+{
+    (void)state;
+    assert_in_range(wait_with_handshake_pending(0), 1, 250);
+    assert_in_range(wait_with_handshake_pending(1), 1, 250);
+}
+
 int main(int argc, char **argv)
 {
     prog = argv[0];
@@ -1134,6 +1180,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_sweep_that_skips_only_rows_being_acknowledged_looks_again_within_1_ms),
         cmocka_unit_test(a_sweep_that_skips_mostly_keys_in_flight_looks_again_after_8_ms),
         cmocka_unit_test(at_a_low_rate_each_notify_fetches_its_row_at_once),
+        cmocka_unit_test(a_pending_handshake_that_cannot_be_tried_does_not_spin),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < RELAYS; i++)
