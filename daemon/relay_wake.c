@@ -111,13 +111,10 @@ static int lock_served(relay *r)
     return 0;
 }
 
-/* Let go of the busy locks of the shards for which which(r, shard) holds.
+/* Let go of the busy locks of the shards in the array literal shards.
  * 0, or -1 (wake_failed). */
-static int unlock(relay *r, int (*which)(const relay *, int))
+static int unlock_shards(relay *r, const char *shards)
 {
-    char shards[SHARD_ARRAY_SIZE];
-    if (shard_array(r, which, shards, sizeof shards) == 0)
-        return 0;
     const char *params[1] = {shards};
     ferry_error err;
     if (ferry__exec(r->db.main,
@@ -127,6 +124,18 @@ static int unlock(relay *r, int (*which)(const relay *, int))
         wake_failed(r, "wake-ups", &err);
         return -1;
     }
+    return 0;
+}
+
+/* Let go of the busy locks of the shards for which which(r, shard) holds.
+ * 0, or -1 (wake_failed). */
+static int unlock(relay *r, int (*which)(const relay *, int))
+{
+    char shards[SHARD_ARRAY_SIZE];
+    if (shard_array(r, which, shards, sizeof shards) == 0)
+        return 0;
+    if (unlock_shards(r, shards) != 0)
+        return -1;
     for (int s = 0; s < r->db.shard_count && s < MAX_SHARDS; s++)
         if (which(r, s))
             r->wake.locked[s] = 0;
@@ -190,16 +199,8 @@ void relay_wake_drop(relay *r, int shard)
         return;
     char arg[16];
     snprintf(arg, sizeof arg, "{%d}", shard);
-    const char *params[1] = {arg};
-    ferry_error err;
-    if (ferry__exec(r->db.main,
-                    "SELECT pg_advisory_unlock(l.classid, l.objid) "
-                    "FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l",
-                    1, params, "could not let a shard's busy lock go", &err) != FERRY_OK) {
-        wake_failed(r, "wake-ups", &err);
-        return;
-    }
-    r->wake.locked[shard] = 0;
+    if (unlock_shards(r, arg) == 0)
+        r->wake.locked[shard] = 0;
 }
 
 void relay_wake_drop_all(relay *r)

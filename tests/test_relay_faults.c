@@ -243,6 +243,18 @@ static void await_leases(tu_proc *p, const char *holder, int n, int timeout_ms)
 }
 
 
+/* A new database of the test cluster, migrated by ferry-relay migrate:
+ * its conninfo (caller frees). */
+static char *migrated_database(const char *name)
+{
+    char *ci = tu_fresh_database(name);
+    const char *migrate[] = {tu_relay_bin(), "migrate", "--db", ci, NULL};
+    tu_proc m = tu_proc_start(migrate, NULL);
+    assert_int_equal(tu_proc_wait(&m, 60000), 0);
+    tu_proc_done(&m);
+    return ci;
+}
+
 /* Partition 0 of topic (PARTITIONS partitions) without a leader while
  * relay p (holder) holds every shard and is given per_key messages on
  * each of keys prefix0..prefix<keys-1>: returns once every key of the
@@ -558,6 +570,52 @@ static void sigterm_is_bounded_when_the_database_hangs(void **state)
 
 /* ------------------------------------------------------------------ 3. wake-up */
 
+/* The interleaving of the lost wake-up: a writer begins (under
+ * REPEATABLE READ, taking its snapshot, when repeatable) while c holds
+ * every shard's busy lock, as a busy relay does; with read committed it
+ * emits then, so its emit finds its shard busy and does not NOTIFY. The
+ * busy locks go, the relay (holder) starts, finds nothing, asks to be
+ * woken and takes its last look; only then does the writer commit (and,
+ * when repeatable, emit). Its message must go within 15 s, the poll
+ * being a minute away. */
+static void lost_wakeup_interleaving(const char *topic, const char *holder, int repeatable)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT pg_advisory_lock(l.classid, l.objid) "
+               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
+    PGconn *w = tu_connect();
+    char *emit = tu_sprintf("SELECT ferry.emit('%s', 'w', 'Tested', '{\"n\": 1}')", topic);
+    if (repeatable) {
+        tu_exec(w, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+        tu_exec(w, "SELECT count(*) FROM ferry.settings");        /* the snapshot */
+    } else {
+        tu_exec(w, "BEGIN");
+        tu_exec(w, emit);
+    }
+    tu_exec(c, "SELECT pg_advisory_unlock_all()");
+    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
+    tu_proc *p = relay_spawn(holder, args);
+    await_leases(p, holder, SHARDS, 30000);
+    /* The interleaving needs the commit after the relay's last look. The
+     * relay of issue 11 takes that look only once it gets the lock the
+     * writer holds, i.e. after the commit, so there is nothing of it to
+     * await; the relay before it took it within milliseconds of asking
+     * to be woken. This window lets it: a way to force the interleaving,
+     * not a synchronisation (without it, the commit sometimes came first
+     * and the test passed by luck on that relay). */
+    clk_sleep_ms(500);
+    assert_int_equal(tu_proc_poll(p), -1);
+    if (repeatable)
+        tu_exec(w, emit);
+    tu_exec(w, "COMMIT");
+    tu_await_outbox_empty(topic, 15000);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
+    free(emit);
+    PQfinish(w);
+    PQfinish(c);
+}
+
 /*
  * Item 3, the interleaving of the lost wake-up, made to happen: a writer
  * emits while its shard is busy (here c holds every shard's busy lock, as
@@ -574,39 +632,15 @@ static void sigterm_is_bounded_when_the_database_hangs(void **state)
  */
 static void a_commit_is_never_left_for_the_poll(void **state)
 {
-    const char *topic = "f.wake";
-    PGconn *c = tu_connect();
-    tu_exec(c, "SELECT pg_advisory_lock(l.classid, l.objid) "
-               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
-    PGconn *w = tu_connect();
-    tu_exec(w, "BEGIN");
-    tu_exec(w, "SELECT ferry.emit('f.wake', 'w', 'Tested', '{\"n\": 1}')");
-    tu_exec(c, "SELECT pg_advisory_unlock_all()");
-    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
-    tu_proc *p = relay_spawn("wake-a", args);
-    await_leases(p, "wake-a", SHARDS, 30000);
-    /* The interleaving needs the commit after the relay's last look. The
-     * relay of issue 11 takes that look only once it gets the lock the
-     * writer holds, i.e. after the commit, so there is nothing of it to
-     * await; the relay before it took it within milliseconds of asking
-     * to be woken. This window lets it: a way to force the interleaving,
-     * not a synchronisation (without it, the commit sometimes came first
-     * and the test passed by luck on that relay). */
-    clk_sleep_ms(500);
-    assert_int_equal(tu_proc_poll(p), -1);
-    tu_exec(w, "COMMIT");
-    tu_await_outbox_empty(topic, 15000);
-    assert_int_equal(relay_stop(p, 30000), 0);
-    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
-    PQfinish(w);
-    PQfinish(c);
+    lost_wakeup_interleaving("f.wake", "wake-a", 0);
 }
 
 /*
  * The same interleaving with a writer under REPEATABLE READ: its snapshot
  * is taken while every shard is busy, before the relay starts and asks to
- * be woken; its emit comes after the relay's last look. The relay is then asleep until a NOTIFY
- * or the poll a minute away: the message must go within 15 s.
+ * be woken; its emit comes after the relay's last look. The relay is then
+ * asleep until a NOTIFY or the poll a minute away: the message must go
+ * within 15 s.
  *
  * Before migration 26: emit read ferry.settings.wake_relays, and read it
  * again under the wake-up lock, both times through the transaction's
@@ -616,30 +650,7 @@ static void a_commit_is_never_left_for_the_poll(void **state)
  */
 static void a_repeatable_read_commit_is_never_left_for_the_poll(void **state)
 {
-    const char *topic = "f.wake.rr";
-    PGconn *c = tu_connect();
-    PGconn *w = tu_connect();
-    tu_exec(c, "SELECT pg_advisory_lock(l.classid, l.objid) "
-               "FROM generate_series(0, 15) s, ferry.wake_shard_lock(s) l");
-    tu_exec(w, "BEGIN ISOLATION LEVEL REPEATABLE READ");
-    tu_exec(w, "SELECT count(*) FROM ferry.settings");             /* the snapshot */
-    tu_exec(c, "SELECT pg_advisory_unlock_all()");
-    const char *args[] = {"--set", "poll_interval_ms=60000", NULL};
-    tu_proc *p = relay_spawn("wake-rr", args);
-    await_leases(p, "wake-rr", SHARDS, 30000);
-    /* The relay is idle and asks to be woken within milliseconds of its
-     * start; the emit must come after its last look. As in the test
-     * above, this window forces the interleaving: nothing the relay does
-     * then can be awaited from outside. */
-    clk_sleep_ms(500);
-    assert_int_equal(tu_proc_poll(p), -1);
-    tu_exec(w, "SELECT ferry.emit('f.wake.rr', 'w', 'Tested', '{\"n\": 1}')");
-    tu_exec(w, "COMMIT");
-    tu_await_outbox_empty(topic, 15000);
-    assert_int_equal(relay_stop(p, 30000), 0);
-    tu_assert_topic(kt_bootstrap(broker), topic, 1, 10000, 1);
-    PQfinish(w);
-    PQfinish(c);
+    lost_wakeup_interleaving("f.wake.rr", "wake-rr", 1);
 }
 
 /*
@@ -743,14 +754,7 @@ static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
  */
 static void a_schema_older_than_the_relay_is_refused(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "DROP DATABASE IF EXISTS old_schema_db");
-    tu_exec(c, "CREATE DATABASE old_schema_db");
-    char *ci = tu_sprintf("%s dbname=old_schema_db", fpg_conninfo(tu_pg));
-    const char *migrate[] = {tu_relay_bin(), "migrate", "--db", ci, NULL};
-    tu_proc m = tu_proc_start(migrate, NULL);
-    assert_int_equal(tu_proc_wait(&m, 60000), 0);
-    tu_proc_done(&m);
+    char *ci = migrated_database("old_schema_db");
     PGconn *o = PQconnectdb(ci);
     assert_int_equal(PQstatus(o), CONNECTION_OK);
     tu_exec(o, "DELETE FROM ferry.schema_version WHERE version >= 26");
@@ -762,6 +766,7 @@ static void a_schema_older_than_the_relay_is_refused(void **state)
         fail_msg("no word of the schema's version in the log:\n%s", log);
     free(log);
     free(ci);
+    PGconn *c = tu_connect();
     tu_exec(c, "DROP DATABASE old_schema_db");
     PQfinish(c);
 }
@@ -1368,14 +1373,7 @@ static void a_relay_named_lag_starts_beside_one_with_metrics(void **state)
  */
 static void the_same_name_on_another_database_is_another_relay(void **state)
 {
-    PGconn *c = tu_connect();
-    tu_exec(c, "DROP DATABASE IF EXISTS twin_db");
-    tu_exec(c, "CREATE DATABASE twin_db");
-    char *ci = tu_sprintf("%s dbname=twin_db", fpg_conninfo(tu_pg));
-    const char *migrate[] = {tu_relay_bin(), "migrate", "--db", ci, NULL};
-    tu_proc m = tu_proc_start(migrate, NULL);
-    assert_int_equal(tu_proc_wait(&m, 60000), 0);
-    tu_proc_done(&m);
+    char *ci = migrated_database("twin_db");
     tu_proc *a = relay_spawn("twin", NULL);
     await_leases(a, "twin", SHARDS, 30000);
     const char *args[] = {"--db", ci, NULL};
@@ -1386,7 +1384,6 @@ static void the_same_name_on_another_database_is_another_relay(void **state)
     assert_int_equal(relay_stop(b, 30000), 0);
     assert_int_equal(relay_stop(a, 30000), 0);
     free(ci);
-    PQfinish(c);
 }
 
 /* ------------------------------------------------------------------ 9. scale-out */
