@@ -84,10 +84,13 @@ typedef struct relay_kafka {
     relay_partitioner partition;
     atomic_int down;            /* every broker down, as librdkafka last said */
     int built_max_payload;      /* the payload limit its message.max.bytes was made for */
-    /* Bytes (payloads and keys) the WAL source may have in flight: what
-     * queue.buffering.max.kbytes leaves beside the largest message, at
-     * most INFLIGHT_BYTES_MAX; 0: one message at a time. */
+    /* Bytes (payloads and keys) the WAL source may have in the producer:
+     * what queue.buffering.max.kbytes leaves beside the largest message
+     * (message.max.bytes), at most INFLIGHT_BYTES_MAX; 0: one message at
+     * a time. inflight_bytes: what it has, produced and not reported,
+     * 0 when the producer is made. */
     size_t inflight_bytes_budget;
+    size_t inflight_bytes;
     int resize;                 /* the limit grew past it: make it again when idle */
     int64_t resize_since;       /* when resize was set */
 #ifdef FERRY_TEST_HOOKS

@@ -238,6 +238,18 @@ static const char *const fixed_props[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
  * whatever the messages' size. */
 #define INFLIGHT_BYTES_MAX (64LL * 1024 * 1024)
 
+/* A number property of the producer as it was made, or -1 (logged). */
+static long long conf_number(rd_kafka_t *rk, const char *name)
+{
+    char v[32] = "";
+    size_t n = sizeof v;
+    if (rd_kafka_conf_get(rd_kafka_conf(rk), name, v, &n) != RD_KAFKA_CONF_OK || v[0] == '\0') {
+        ferry__log(FERRY_LOG_WARN, "kafka.conf", "could not read the producer's %s", name);
+        return -1;
+    }
+    return atoll(v);
+}
+
 int relay_kafka_create(relay *r)
 {
     const relay_config *cfg = r->cfg;
@@ -301,20 +313,24 @@ int relay_kafka_create(relay *r)
                   errstr);
         goto fail;   /* rd_kafka_new() takes conf only when it succeeds */
     }
-    /* What the WAL source may have in flight (relay_wal.c, room): the
-     * queue's size as configured (librdkafka's default is 1 GiB, and a
-     * kafka: setting may change it), less the largest message, at most
-     * INFLIGHT_BYTES_MAX so that the relay's memory stays small. */
-    char kbytes[32] = "";
-    size_t klen = sizeof kbytes;
-    long long queue = 0;
-    if (rd_kafka_conf_get(rd_kafka_conf(r->k.rk), "queue.buffering.max.kbytes", kbytes, &klen) ==
-        RD_KAFKA_CONF_OK)
-        queue = atoll(kbytes) * 1024;
-    long long budget = queue - max;
+    /* What the WAL source may have in the producer (relay_wal.c, room):
+     * the queue's size as configured (librdkafka's default is 1 GiB, and
+     * a kafka: setting may change it), less the largest message as
+     * configured, at most INFLIGHT_BYTES_MAX so that the relay's memory
+     * stays small. */
+    long long queue = conf_number(r->k.rk, "queue.buffering.max.kbytes") * 1024;
+    long long largest = conf_number(r->k.rk, "message.max.bytes");
+    long long budget = queue - largest;
+    if (queue < 0 || largest < 0)
+        budget = 0;     /* said by conf_number: one message at a time */
+    else if (queue < largest)
+        ferry__log(FERRY_LOG_WARN, "kafka.queue_small",
+                   "queue.buffering.max.kbytes (%lld bytes) is smaller than message.max.bytes "
+                   "(%lld): a message larger than the queue is never produced", queue, largest);
     if (budget > INFLIGHT_BYTES_MAX)
         budget = INFLIGHT_BYTES_MAX;
     r->k.inflight_bytes_budget = budget > 0 ? (size_t)budget : 0;
+    r->k.inflight_bytes = 0;
     /* Delivery reports wake the loop through this pipe. */
     rd_kafka_queue_t *q = rd_kafka_queue_get_main(r->k.rk);
     rd_kafka_queue_io_event_enable(q, r->k.event_pipe[1], "d", 1);

@@ -79,7 +79,6 @@ struct relay_wal {
     int unreserved;             /* wal_status = unreserved: told once, not ready */
     char unreserved_why[256];
     uint64_t decoded, refused, restarts;
-    size_t inflight_bytes;      /* payloads and keys produced, no report yet */
     int64_t confirmed_at_ms;    /* when confirmed_sent last moved */
     int64_t lease_epoch;        /* of the lease wal:<slot>; 0: not held */
     int64_t next_lease;
@@ -228,8 +227,9 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
 {
     relay_wal *w = r->wal;
     uint64_t ticket = (uint64_t)(uintptr_t)msg->_private;
+    /* Whichever stream sent it: the producer holds it until now. */
     size_t took = msg->len + msg->key_len;
-    w->inflight_bytes = w->inflight_bytes > took ? w->inflight_bytes - took : 0;
+    r->k.inflight_bytes = r->k.inflight_bytes > took ? r->k.inflight_bytes - took : 0;
     if (msg->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         atomic_store(&r->k.down, 0);
         r->delivered++;
@@ -628,7 +628,7 @@ static int produce(relay *r, const wal_msg *m)
         return -1;
     }
     r->produced++;
-    w->inflight_bytes += m->payload_len + strlen(m->key);
+    r->k.inflight_bytes += m->payload_len + strlen(m->key);
     if (r->m != NULL)
         metrics_observe(r->m, H_E2E_SECONDS, (double)(relay_wall_ms() - m->created_us / 1000) / 1e3);
     return 0;
@@ -792,19 +792,20 @@ static int on_data(relay *r, const wal_frame *f)
 }
 
 /* Whether another message may be read: fewer than max_inflight in
- * flight, and (unless nothing is) few enough bytes that the largest
- * message still fits in librdkafka's queue (relay_kafka.c,
- * inflight_bytes_budget), so that produce() never finds it full: a full
- * queue failed the message, and the stream restarted from the slot and
- * sent everything unconfirmed again, the same queue filling again. */
-static int room(relay *r)
+ * flight, and (unless the producer holds nothing) few enough bytes in the
+ * producer that the largest message still fits in librdkafka's queue
+ * (relay_kafka.c, inflight_bytes_budget), so that produce() does not find
+ * it full: a full queue failed the message, and the stream restarted from
+ * the slot and sent everything unconfirmed again, the same queue filling
+ * again. The bytes are the producer's, not the stream's: after a restart
+ * the messages of the stream before are still in it until their reports
+ * come, and the new stream waits for them. */
+static int room(const relay *r)
 {
-    relay_wal *w = r->wal;
-    if (wal_track_inflight(w->t) == 0)
-        w->inflight_bytes = 0;      /* no report is owed any more */
+    const relay_wal *w = r->wal;
     if (wal_track_inflight(w->t) >= r->cfg->max_inflight || wal_track_full(w->t))
         return 0;
-    return w->inflight_bytes == 0 || w->inflight_bytes < r->k.inflight_bytes_budget;
+    return r->k.inflight_bytes == 0 || r->k.inflight_bytes < r->k.inflight_bytes_budget;
 }
 
 /* Read what the server sent, while there is room. 0, or -1 when the
