@@ -59,6 +59,7 @@ typedef struct relay_wake {
     unsigned char tried[MAX_SHARDS];
     int off;
     int64_t retry_at;           /* after a failed statement, none before */
+    int foreign_told;           /* wake.foreign_lock logged, not yet ..._gone */
 } relay_wake;
 
 /* What the broker knows of a topic: its partition count, written by the

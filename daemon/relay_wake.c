@@ -239,9 +239,10 @@ int relay_wake_handshake(relay *r)
         "SELECT CASE WHEN EXISTS (SELECT FROM unnest($1::integer[]) s, ferry.wake_shard_lock(s) l "
         "                          WHERE NOT CASE WHEN pg_try_advisory_lock_shared(l.classid, l.objid) "
         "                                         THEN pg_advisory_unlock_shared(l.classid, l.objid) "
-        "                                         ELSE false END) THEN false "
-        "            WHEN pg_try_advisory_lock(w.classid, w.objid) "
-        "            THEN pg_advisory_unlock(w.classid, w.objid) ELSE false END "
+        "                                         ELSE false END) THEN 'foreign' "
+        "            WHEN CASE WHEN pg_try_advisory_lock(w.classid, w.objid) "
+        "                      THEN pg_advisory_unlock(w.classid, w.objid) ELSE false END "
+        "            THEN 'got' ELSE 'writer' END "
         "FROM ferry.wake_lock() w",
         1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
@@ -255,8 +256,21 @@ int relay_wake_handshake(relay *r)
         wake_failed(r, "wake-up handshake", &err);
         return -1;
     }
-    int got = PQgetvalue(res, 0, 0)[0] == 't';
+    const char *v = PQgetvalue(res, 0, 0);
+    int got = strcmp(v, "got") == 0, foreign = strcmp(v, "foreign") == 0;
     PQclear(res);
+    /* Told once each way, not at every try. */
+    if (foreign && !r->wake.foreign_told) {
+        r->wake.foreign_told = 1;
+        ferry__log(FERRY_LOG_WARN, "wake.foreign_lock",
+                   "another session holds the busy lock of a shard this relay serves (a relay "
+                   "stopped while busy?): its writers do not notify, so this relay looks by "
+                   "itself until the lock goes");
+    } else if (got && r->wake.foreign_told) {
+        r->wake.foreign_told = 0;
+        ferry__log(FERRY_LOG_INFO, "wake.foreign_lock_gone",
+                   "no other session holds a busy lock of this relay's shards: wake-ups again");
+    }
     sched_handshake(r->s, got, ferry__now_ms());
     return 0;
 }

@@ -741,6 +741,10 @@ static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
     tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 3}')");
     tu_await_outbox_empty(topic, 4000);
     tu_exec(o, "SELECT pg_advisory_unlock_all()");
+    /* Said once when seen, once when gone; not at every try. */
+    tu_proc_await_log(p, "\"event\":\"wake.foreign_lock_gone\"", 15000);
+    assert_int_equal(log_count(p, "wake.foreign_lock"), 1);
+    assert_int_equal(log_count(p, "wake.foreign_lock_gone"), 1);
     assert_int_equal(relay_stop(p, 30000), 0);
     tu_assert_topic(kt_bootstrap(broker), topic, 3, 10000, 3);
     PQfinish(o);
