@@ -356,7 +356,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         relay_wake_sync(r);
         if (plan.wake != 0 && r->db.ok)
             relay_wake_set(r, plan.wake > 0);
-        if (plan.try_handshake && plan.wake >= 0 && r->db.ok)
+        if (plan.try_handshake && r->db.ok)
             relay_wake_handshake(r);
         if (plan.send_ack && !tick_due)
             relay_ack_send(r);

@@ -1233,7 +1233,8 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
         }
     } else if (!s->running) {
         int look = s->dirty;
-        if (s->handshake && now >= s->handshake_at) {
+        /* Not when this plan turns wake-ups off: that ends the handshake. */
+        if (s->handshake && now >= s->handshake_at && out->wake >= 0) {
             out->try_handshake = 1;
         }
         if (!s->wake_on || s->handshake) {

@@ -596,6 +596,10 @@ static void relay_step(int ri)
         sched_lease_lost(r->s, sh);
         trace("relay %d released shard %d", ri, sh);
     }
+    /* A handshake is for turning wake-ups on; one planned with their
+     * turning off took the wake-up lock for nothing. */
+    if (plan.wake < 0 && plan.try_handshake)
+        sim_fail("relay %d: a handshake planned while turning wake-ups off", ri);
     if (plan.wake != 0) {
         W.wake_flag = plan.wake > 0;
         sched_wake_set(r->s, plan.wake > 0);
