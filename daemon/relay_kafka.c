@@ -239,11 +239,11 @@ static const char *const fixed_props[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
 #define INFLIGHT_BYTES_MAX (64LL * 1024 * 1024)
 
 /* A number property of the producer as it was made, or -1 (logged). */
-static long long conf_number(rd_kafka_t *rk, const char *name)
+static long long conf_number(const rd_kafka_conf_t *conf, const char *name)
 {
     char v[32] = "";
     size_t n = sizeof v;
-    if (rd_kafka_conf_get(rd_kafka_conf(rk), name, v, &n) != RD_KAFKA_CONF_OK || v[0] == '\0') {
+    if (rd_kafka_conf_get(conf, name, v, &n) != RD_KAFKA_CONF_OK || v[0] == '\0') {
         ferry__log(FERRY_LOG_WARN, "kafka.conf", "could not read the producer's %s", name);
         return -1;
     }
@@ -300,6 +300,23 @@ int relay_kafka_create(relay *r)
     for (size_t f = 0; f < sizeof fixed_props / sizeof fixed_props[0]; f++)
         if (conf_set(conf, fixed_props[f][0], fixed_props[f][1]))
             goto fail;
+    /* A message larger than the producer's queue is refused by produce()
+     * as "queue full" however long it waits: the queue is made to hold
+     * the largest message the relay can send, whatever a kafka: setting
+     * says (librdkafka's default, 1 GiB, does). */
+    long long queue = conf_number(conf, "queue.buffering.max.kbytes") * 1024;
+    long long largest = conf_number(conf, "message.max.bytes");
+    if (queue >= 0 && largest > queue) {
+        char kb[32];
+        snprintf(kb, sizeof kb, "%lld", (largest + 1023) / 1024);
+        ferry__log(FERRY_LOG_WARN, "kafka.queue_small",
+                   "queue.buffering.max.kbytes (%lld bytes) is smaller than message.max.bytes "
+                   "(%lld), so a message that large could never be produced: raised to %s",
+                   queue, largest, kb);
+        if (conf_set(conf, "queue.buffering.max.kbytes", kb))
+            goto fail;
+        queue = conf_number(conf, "queue.buffering.max.kbytes") * 1024;
+    }
     rd_kafka_conf_set_opaque(conf, r);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_log_cb(conf, on_kafka_log);
@@ -314,19 +331,12 @@ int relay_kafka_create(relay *r)
         goto fail;   /* rd_kafka_new() takes conf only when it succeeds */
     }
     /* What the WAL source may have in the producer (relay_wal.c, room):
-     * the queue's size as configured (librdkafka's default is 1 GiB, and
-     * a kafka: setting may change it), less the largest message as
-     * configured, at most INFLIGHT_BYTES_MAX so that the relay's memory
-     * stays small. */
-    long long queue = conf_number(r->k.rk, "queue.buffering.max.kbytes") * 1024;
-    long long largest = conf_number(r->k.rk, "message.max.bytes");
+     * the queue's size (librdkafka's default is 1 GiB, and a kafka:
+     * setting may change it), less the largest message as configured, at
+     * most INFLIGHT_BYTES_MAX so that the relay's memory stays small. */
     long long budget = queue - largest;
     if (queue < 0 || largest < 0)
         budget = 0;     /* said by conf_number: one message at a time */
-    else if (queue < largest)
-        ferry__log(FERRY_LOG_WARN, "kafka.queue_small",
-                   "queue.buffering.max.kbytes (%lld bytes) is smaller than message.max.bytes "
-                   "(%lld): a message larger than the queue is never produced", queue, largest);
     if (budget > INFLIGHT_BYTES_MAX)
         budget = INFLIGHT_BYTES_MAX;
     r->k.inflight_bytes_budget = budget > 0 ? (size_t)budget : 0;

@@ -300,6 +300,40 @@ static void large_messages_wait_for_room_in_the_producer(void **state)
 }
 
 /*
+ * A producer queue smaller than one message (queue.buffering.max.kbytes
+ * of 64 KiB, messages of 100 KB, message.max.bytes the relay's ~1.1 MB):
+ * every message is published all the same, in order, none failed.
+ *
+ * Before: librdkafka refused each such produce() with its queue full, for
+ * ever; the relay only warned at start (kafka.queue_small) that such a
+ * message "is never produced": the WAL source failed it and restarted
+ * the stream again and again.
+ */
+static void a_message_larger_than_the_producers_queue_is_published(void **state)
+{
+    enum { N = 3, SIZE = 100000 };
+    PGconn *c = tu_wal_connect();
+    const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=64", NULL};
+    tu_proc p = tu_wal_relay_start("wal-small-queue", args);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('w.smallq', 'k', 'Tested', "
+                             "'{\"n\": ' || g || ', \"b\": \"' || repeat('x', %d) || '\"}')) "
+                             "FROM generate_series(1, %d) g", SIZE, N));
+    tu_wal_topic tc = tu_wal_check_topic("w.smallq", N, 30000);
+    assert_int_equal(tu_proc_stop(&p, 30000), 0);
+    char *log = tu_proc_log(&p);
+    tu_proc_done(&p);
+    const char *failed = strstr(log, "\"event\":\"wal.produce\"");
+    if (failed != NULL)
+        fail_msg("a produce failed: %.200s", failed);
+    assert_non_null(strstr(log, "\"event\":\"kafka.queue_small\""));   /* said, and raised */
+    assert_int_equal(tc.distinct, N);
+    assert_int_equal(tc.duplicates, 0);
+    free(log);
+    PQfinish(c);
+}
+
+/*
  * A WAL relay's replication session is not a live relay named "wal": a
  * relay of that name starts beside one (here a second WAL relay, which
  * then stands by for the slot).
@@ -521,6 +555,7 @@ int main(void)
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
         cmocka_unit_test_teardown(a_limit_raised_while_streaming_is_published, reset_limit),
         cmocka_unit_test_teardown(large_messages_wait_for_room_in_the_producer, reset_rtt),
+        cmocka_unit_test(a_message_larger_than_the_producers_queue_is_published),
         cmocka_unit_test(a_relay_named_wal_starts_beside_a_wal_relay),
         cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
