@@ -333,6 +333,30 @@ static void fatal_error_rebuilds_producer(void **state)
     tu_assert_topic(kt_bootstrap(broker), topic, 0, 60000, 3000);
 }
 
+/* A producer queue smaller than one message (queue.buffering.max.kbytes
+ * of 64 KiB, messages of 100 KB): every message goes out all the same.
+ * Before: produce() said "queue full" for ever, which is nobody's fault,
+ * so the table source retried the key without counting an attempt: with
+ * --once it gave up (exit 1, rows left), running it never ended. */
+static void a_message_larger_than_the_producers_queue_is_published(void **state)
+{
+    const char *topic = "t.smallq";
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT count(ferry.emit('t.smallq', 'big', 'Tested', '{\"n\": ' || g || "
+               "', \"b\": \"' || repeat('x', 100000) || '\"}')) FROM generate_series(1, 2) g");
+    tu_exec(c, "SELECT ferry.emit('t.smallq', 'small', 'Tested', '{}')");
+    const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=64", NULL};
+    char *log = NULL;
+    assert_int_equal(relay_once("smallq", args, NULL, &log), 0);
+    assert_non_null(strstr(log, "\"event\":\"kafka.queue_small\""));
+    free(log);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 3, 10000);
+    assert_int_equal(got->count, 3);
+    kt_msgs_free(got);
+    PQfinish(c);
+}
+
 /* A message the broker will never take parks its key: after max_attempts
  * it becomes a dead letter; later messages of that key wait; every other
  * key keeps flowing. Discarding the dead letter lets the key go on. */
@@ -807,6 +831,7 @@ int main(void)
         cmocka_unit_test(broker_down_then_up),
         cmocka_unit_test(produce_errors_and_latency),
         cmocka_unit_test(fatal_error_rebuilds_producer),
+        cmocka_unit_test(a_message_larger_than_the_producers_queue_is_published),
         cmocka_unit_test(poison_message_parks_its_key_only),
         cmocka_unit_test(two_relays_share_the_shards),
         cmocka_unit_test(paused_relay_loses_shards_and_acks),
