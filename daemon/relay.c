@@ -27,7 +27,11 @@
  *     is written; if librdkafka cannot keep that it raises a fatal error
  *     and the producer is rebuilt;
  *   - at most max_inflight messages are produced and unacknowledged, and a
- *     fetch brings at most batch_size rows and a byte budget.
+ *     fetch brings at most batch_size rows and a byte budget; no row is
+ *     produced while the producer holds the source's budget of bytes in
+ *     flight (64 MiB at most, less if its queue is smaller; a partition
+ *     at most half of it), so the relay's memory stays bounded whatever
+ *     the payloads' size and the broker's pace.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -340,6 +340,8 @@ int relay_kafka_create(relay *r)
     if (budget > INFLIGHT_BYTES_MAX)
         budget = INFLIGHT_BYTES_MAX;
     r->k.inflight_bytes_budget = budget > 0 ? (size_t)budget : 0;
+    /* The table source by the same budget (1: one message at a time). */
+    sched_bytes_limit(r->s, budget > 0 ? (size_t)budget : 1);
     r->k.inflight_bytes = 0;
     /* Delivery reports wake the loop through this pipe. */
     rd_kafka_queue_t *q = rd_kafka_queue_get_main(r->k.rk);

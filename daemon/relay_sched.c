@@ -83,6 +83,7 @@ struct spart {
     char *name;
     int partition;
     int inflight;
+    size_t bytes;               /* its in-flight slots' */
     int head, tail;             /* its in-flight slots, oldest first */
     int64_t last_report;
     int stuck;                  /* EV_PARTITION_STUCK told */
@@ -102,6 +103,7 @@ typedef struct sslot {
     int shard;
     int64_t epoch;
     int64_t produced_ms, created_ms;
+    size_t bytes;               /* what the producer holds for it in flight */
     unsigned gen;
     int state;
     int prev, next;             /* partition list, or the free list */
@@ -124,6 +126,8 @@ struct sched {
     int free_slot;
     int used;                   /* slots not free */
     int inflight;
+    size_t inflight_bytes;      /* the in-flight slots' bytes */
+    size_t bytes_limit;         /* no row admitted at or past it; 0: none */
 
     /* acks: slot numbers in delivery order; the first ack_sent are in the
      * statement in flight */
@@ -156,6 +160,7 @@ struct sched {
     int last_produced, last_skipped;    /* of the last complete sweep */
     int last_acking;
     int sweep_failed;               /* a message lost (not failed) since the sweep began */
+    int sweep_held;                 /* the sweep skipped rows for a held partition */
     int64_t sweep_started;
     int sweeps;
     int64_t next_look;              /* 0: none */
@@ -370,12 +375,14 @@ static int part_cap(const sched *s)
 }
 
 /* Held: messages in it have had no answer for hold_ms, or it has its
- * share of the slots. No new key goes in until it answers. */
+ * share of the slots or of the producer's byte budget (half of either, so
+ * that a partition that stops answering leaves the other half to the
+ * rest). No new key goes in until it answers. */
 static bool part_held(const sched *s, const spart *p, int64_t now)
 {
     if (p == NULL || p->inflight == 0)
         return false;
-    if (p->inflight >= part_cap(s))
+    if (p->inflight >= part_cap(s) || (s->bytes_limit > 0 && p->bytes >= s->bytes_limit / 2))
         return true;
     int64_t since = s->slots[p->head].produced_ms;
     if (p->last_report > since)
@@ -393,6 +400,7 @@ static void part_link(sched *s, spart *p, int slot)
     else
         p->head = slot;
     p->tail = slot;
+    p->bytes += x->bytes;
     if (p->inflight++ == 0) {
         p->aprev = NULL;
         p->anext = s->active;
@@ -416,6 +424,7 @@ static int part_unlink(sched *s, spart *p, int slot)
     else
         p->tail = x->prev;
     x->prev = x->next = -1;
+    p->bytes -= x->bytes;
     if (--p->inflight > 0)
         return 0;
     if (p->aprev)
@@ -624,6 +633,7 @@ static void sweep_start(sched *s, int64_t now)
     s->sweep_acking = 0;
     s->blocked_acking = 0;
     s->sweep_failed = 0;
+    s->sweep_held = 0;
     s->sweep_started = now;
     s->next_look = 0;
 }
@@ -735,6 +745,14 @@ static void block(sched *s, const char *topic, const char *key)
     s->blocked_acking = 0;
 }
 
+/* The producer holds as many bytes in flight as it may: no more rows
+ * until reports free some. Never with nothing in flight, so that a row
+ * larger than the limit goes out alone. */
+static bool bytes_full(const sched *s)
+{
+    return s->bytes_limit > 0 && s->inflight_bytes > 0 && s->inflight_bytes >= s->bytes_limit;
+}
+
 sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *key,
                             int partition, int ready, int64_t now, sched_skip *why)
 {
@@ -792,11 +810,12 @@ sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *
      * later sweep, which resumes it at its first unacknowledged row. */
     if (part_held(s, p, now)) {
         p->skipped = 1;
+        s->sweep_held = 1;
         w = SKIP_PARTITION;
         block(s, topic, key);
         goto out;
     }
-    if (s->used >= s->cfg.max_inflight || s->free_slot < 0) {
+    if (s->used >= s->cfg.max_inflight || s->free_slot < 0 || bytes_full(s)) {
         a = ADMIT_NO_ROOM;
         goto out;
     }
@@ -814,7 +833,8 @@ out:
 }
 
 int sched_produced(sched *s, int shard, const char *topic, const char *key, int partition,
-                   const unsigned char id[16], int64_t created_ms, unsigned gen, int64_t now)
+                   const unsigned char id[16], int64_t created_ms, size_t bytes, unsigned gen,
+                   int64_t now)
 {
     if (s->free_slot < 0)
         return -1;
@@ -835,8 +855,10 @@ int sched_produced(sched *s, int shard, const char *topic, const char *key, int 
     x->epoch = s->held[shard];
     x->produced_ms = now;
     x->created_ms = created_ms;
+    x->bytes = bytes;
     x->gen = gen;
     x->state = SLOT_INFLIGHT;
+    s->inflight_bytes += bytes;
     k->inflight++;
     if (k->sweep != s->sweep_id)
         k->sweep_rows = 0;
@@ -928,6 +950,8 @@ void sched_delivered(sched *s, int i, int ok, int64_t now)
     skey *k = x->key;
     spart *p = x->part;
     s->inflight--;
+    if (ok > 0 || !BROKEN(s, SCHED_BROKEN_BYTES_KEPT))
+        s->inflight_bytes -= x->bytes;
     k->inflight--;
     int again = 0;
     if (ok > 0) {
@@ -975,6 +999,10 @@ void sched_inflight_lost(sched *s, int64_t now)
 }
 
 int sched_inflight(const sched *s) { return s->inflight; }
+
+void sched_bytes_limit(sched *s, size_t limit) { s->bytes_limit = limit; }
+
+size_t sched_inflight_bytes(const sched *s) { return s->inflight_bytes; }
 
 int sched_slot_info(const sched *s, int i, unsigned char id[16], int *shard, int64_t *epoch,
                     unsigned *gen, int64_t *created_ms)
@@ -1032,6 +1060,7 @@ void sched_ack_done(sched *s, int ok, int64_t now)
         if (BROKEN(s, SCHED_BROKEN_ACK_ON_PRODUCE) && x->state == SLOT_INFLIGHT) {
             /* Acknowledged before its report: the report finds it gone. */
             s->inflight--;
+            s->inflight_bytes -= x->bytes;
             k->inflight--;
             part_unlink(s, x->part, i);
         }
@@ -1223,6 +1252,12 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
             if (s->sweep_failed && s->sweeps < s->cfg.max_attempts) {
                 if (next_retry == 0)
                     sweep_start(s, now);      /* every failed key is due */
+            } else if (s->sweep_held && !s->sweep_failed) {
+                /* Rows skipped only because their partition had its share
+                 * of the slots or bytes, or had not answered for a while:
+                 * nothing is in flight now, so the next sweep takes at
+                 * least the first of each (and so --once ends). */
+                sweep_start(s, now);
             } else if (s->sweeps > 0) {
                 out->stop = 1;
                 out->stop_clean = !s->sweep_failed;
@@ -1276,12 +1311,13 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
         int room = s->cfg.max_inflight - s->used;
         if (s->held_count == 0) {
             sched_fetched(s, 0, 1, now);
-        } else if (room > 0) {
+        } else if (room > 0 && !bytes_full(s)) {
             out->fetch = 1;
             out->limit = room < s->cfg.batch_size ? room : s->cfg.batch_size;
             out->timeout_ms = 0;
         }
-        /* else: no room; a report or an ack frees some and wakes us. */
+        /* else: no room (slots, or the producer's bytes); a report or an
+         * ack frees some and wakes us. */
     }
     /* The handshake's time, when it can be tried then (not during a
      * sweep, which a report or an ack moves on; never with --once): a

@@ -34,7 +34,8 @@
  *     rows of a key come in position order within a sweep, so after any
  *     failure the key resumes at its first unacknowledged row;
  *   - a partition that stops answering holds only its own keys;
- *   - at most max_inflight slots are taken.
+ *   - at most max_inflight slots are taken, and no row is admitted while
+ *     the in-flight slots' bytes are at the limit (sched_bytes_limit).
  */
 #ifndef FERRY_RELAY_SCHED_H
 #define FERRY_RELAY_SCHED_H
@@ -151,9 +152,11 @@ int sched_topic_partition_count(const sched *s, const char *topic);
 sched_admit sched_admit_row(sched *s, int shard, const char *topic, const char *key,
                             int partition, int ready, int64_t now, sched_skip *why);
 /* The row was produced into slot (returned), or -1 when no slot is free
- * (sched_admit_row() said there was). id is 16 bytes, kept for the ack. */
+ * (sched_admit_row() said there was). id is 16 bytes, kept for the ack;
+ * bytes, what the producer holds for it until its report. */
 int sched_produced(sched *s, int shard, const char *topic, const char *key, int partition,
-                   const unsigned char id[16], int64_t created_ms, unsigned gen, int64_t now);
+                   const unsigned char id[16], int64_t created_ms, size_t bytes, unsigned gen,
+                   int64_t now);
 /* produce() refused the row (queue full aside): the key waits for the rest
  * of the sweep and for a retry time. */
 void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t now);
@@ -165,8 +168,14 @@ void sched_produce_failed(sched *s, const char *topic, const char *key, int64_t 
 void sched_delivered(sched *s, int slot, int ok, int64_t now);
 /* The producer was thrown away: every slot still in flight failed. */
 void sched_inflight_lost(sched *s, int64_t now);
-/* Slots with no report yet. */
+/* Slots with no report yet, and their bytes. */
 int sched_inflight(const sched *s);
+size_t sched_inflight_bytes(const sched *s);
+/* The bytes the producer may hold in flight: once the in-flight slots'
+ * bytes reach it, no row is admitted and nothing fetched until reports
+ * bring them below (a row goes out alone whatever its size). 0: no limit.
+ * The producer's own queue, and the relay's memory, stay bounded. */
+void sched_bytes_limit(sched *s, size_t limit);
 int sched_slot_info(const sched *s, int slot, unsigned char id[16], int *shard, int64_t *epoch,
                     unsigned *gen, int64_t *created_ms);
 /* The acks to send: the first n of the queue (shard, epoch, id each). */
@@ -215,6 +224,8 @@ typedef enum sched_broken {
                                        next rows in the same sweep */
     SCHED_BROKEN_WAIT_ALL,          /* a new sweep waits for everything
                                        in flight, as the old relay did */
+    SCHED_BROKEN_BYTES_KEPT,        /* a failed slot's bytes stay counted
+                                       in flight */
     SCHED_BROKEN_COUNT
 } sched_broken;
 #ifdef FERRY_SCHED_TEST

@@ -141,6 +141,7 @@ typedef struct world {
     int64_t now;
     int broken;
     int exclude_max;            /* the fetch leaves out up to this many rows the relay has out */
+    size_t bytes_limit;         /* sched_bytes_limit: the producer's byte budget; 0: none */
     srow rows[ROWS_MAX];
     int nrows;
     int krows[KEYS][ROWS_MAX];  /* each key's rows in position order */
@@ -241,6 +242,12 @@ static void row_id(int row, unsigned char id[16])
     memset(id, 0, 16);
     memcpy(id, &row, sizeof row);
     id[15] = 0xfe;
+}
+
+/* What the producer holds for a row in flight: 1 to 5 bytes. */
+static size_t row_bytes(int row)
+{
+    return 1 + (size_t)row % 5;
 }
 
 static int id_row(const unsigned char id[16])
@@ -552,6 +559,11 @@ static void relay_step(int ri)
     }
     sched_plan plan;
     sched_plan_next(r->s, W.now, &plan);
+    if (sched_inflight(r->s) == 0 && sched_inflight_bytes(r->s) != 0) {
+        sim_fail("relay %d: nothing in flight, yet %zu bytes counted in flight", ri,
+                 sched_inflight_bytes(r->s));
+        return;
+    }
     if (plans) {
         sched_stats st;
         sched_stats_get(r->s, W.now, &st);
@@ -633,8 +645,14 @@ static void relay_step(int ri)
                 } else {
                     unsigned char id[16];
                     row_id(rows[i], id);
+                    size_t held = sched_inflight_bytes(r->s);
+                    if (W.bytes_limit > 0 && held > 0 && held >= W.bytes_limit) {
+                        sim_fail("relay %d admitted row %d with %zu bytes in flight, at the "
+                                 "limit of %zu", ri, rows[i], held, W.bytes_limit);
+                        return;
+                    }
                     int slot = sched_produced(r->s, shard, topic, key, key_part(w->key), id,
-                                              w->written, r->gen, W.now);
+                                              w->written, row_bytes(rows[i]), r->gen, W.now);
                     if (slot < 0) {
                         sim_fail("no slot after ADMIT_PRODUCE");
                         return;
@@ -737,6 +755,11 @@ static int run_seed(uint64_t seed, int tracing)
      * unless there are too many; by seed, never, with a limit that is
      * sometimes exceeded, or always. */
     W.exclude_max = (int[]){0, INFLIGHT / 2, INFLIGHT}[seed % 3];
+    /* The producer's byte budget (relay_kafka.c), by seed: none, or room
+     * for some 7 or 13 rows (row_bytes: 1 to 5). As in the relay (64 MiB,
+     * messages of at most ~1 MiB), a partition's half of it and one more
+     * row leave the rest room. */
+    W.bytes_limit = (size_t[]){0, 0, 20, 40}[(seed / 3) % 4];
     W.tracing = tracing;
     plans = tracing && getenv("FERRY_SIM_PLANS") != NULL;
     W.trace_hash = 0xcbf29ce484222325ULL;
@@ -766,6 +789,7 @@ static int run_seed(uint64_t seed, int tracing)
     for (int i = 0; i < RELAYS; i++) {
         W.r[i].s = sched_new(&cfg);
         sched_set_broken(W.r[i].s, (sched_broken)W.broken);
+        sched_bytes_limit(W.r[i].s, W.bytes_limit);
         W.r[i].alive = 1;
         W.r[i].db_ok = 1;
         for (int sl = 0; sl < INFLIGHT; sl++)
@@ -985,7 +1009,7 @@ static int pace_after_skipping_sweep(int delivered)
         snprintf(key, sizeof key, "k-%d", i);
         id[0] = (unsigned char)i;
         assert_int_equal(sched_admit_row(s, 0, "t", key, i % 4, 1, now, NULL), ADMIT_PRODUCE);
-        assert_true(sched_produced(s, 0, "t", key, i % 4, id, now, 0, now) >= 0);
+        assert_true(sched_produced(s, 0, "t", key, i % 4, id, now, 1, 0, now) >= 0);
         sched_advance(s, 0, "t", key, 1);
     }
     sched_fetched(s, PACE_KEYS, limit, now);
@@ -1071,7 +1095,7 @@ static int settle(sched *s, int64_t now, int *pending, int64_t *seq, int *fetche
                 unsigned char id[16] = {(unsigned char)*seq, (unsigned char)(*seq >> 8)};
                 assert_int_equal(sched_admit_row(s, 0, "t", "k", 0, 1, now, NULL),
                                  ADMIT_PRODUCE);
-                int slot = sched_produced(s, 0, "t", "k", 0, id, now, 0, now);
+                int slot = sched_produced(s, 0, "t", "k", 0, id, now, 1, 0, now);
                 assert_true(slot >= 0);
                 sched_delivered(s, slot, 1, now);
                 sched_advance(s, 0, "t", "k", (*seq)++);
@@ -1154,7 +1178,7 @@ static int wait_with_handshake_pending(int once)
         unsigned char id[16] = {(unsigned char)(i + 1)};
         snprintf(key, sizeof key, "k%d", i);
         assert_int_equal(sched_admit_row(s, 0, "t", key, 0, 1, now, NULL), ADMIT_PRODUCE);
-        assert_true(sched_produced(s, 0, "t", key, 0, id, now, 0, now) >= 0);
+        assert_true(sched_produced(s, 0, "t", key, 0, id, now, 1, 0, now) >= 0);
         sched_advance(s, 0, "t", key, 1);
     }
     sched_wake_set(s, 1);       /* a lease tick's recheck */
@@ -1173,6 +1197,144 @@ static void a_pending_handshake_that_cannot_be_tried_does_not_spin(void **state)
     assert_in_range(wait_with_handshake_pending(1), 1, 250);
 }
 
+/*
+ * The producer's byte budget, one decision at a time (limit 10, rows of 4
+ * bytes, each key on a partition of its own): the third row takes the
+ * bytes in flight to 12, past the limit, so the fourth is not admitted and
+ * nothing is fetched until a report frees 4 of them; then it goes. A
+ * partition holding half the budget takes no new key. With nothing in
+ * flight a row larger than the limit goes out alone.
+ */
+static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
+{
+    (void)state;
+    sched_config cfg = {.max_inflight = 100, .batch_size = 100, .stuck_ms = 5000,
+                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5};
+    sched *s = sched_new(&cfg);
+    assert_non_null(s);
+    sched_bytes_limit(s, 10);
+    sched_lease_set(s, 0, 1);
+    int64_t now = 1000;
+    sched_plan p;
+    sched_plan_next(s, now, &p);
+    assert_true(p.fetch);
+    int slots[3];
+    for (int i = 0; i < 3; i++) {
+        char key[8];
+        unsigned char id[16] = {(unsigned char)(i + 1)};
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(sched_admit_row(s, 0, "t", key, i, 1, now, NULL), ADMIT_PRODUCE);
+        slots[i] = sched_produced(s, 0, "t", key, i, id, now, 4, 0, now);
+        assert_true(slots[i] >= 0);
+        sched_advance(s, 0, "t", key, 1);
+    }
+    assert_int_equal(sched_inflight_bytes(s), 12);
+    assert_int_equal(sched_admit_row(s, 0, "t", "k3", 3, 1, now, NULL), ADMIT_NO_ROOM);
+    sched_fetched(s, 100, 100, now);            /* the batch was cut: more may follow */
+    now += 1;
+    sched_plan_next(s, now, &p);
+    assert_false(p.fetch);
+    assert_true(p.timeout_ms > 0);
+    sched_delivered(s, slots[0], 1, now);
+    assert_int_equal(sched_inflight_bytes(s), 8);
+    sched_plan_next(s, now, &p);
+    assert_true(p.fetch);
+    unsigned char id3[16] = {4};
+    assert_int_equal(sched_admit_row(s, 0, "t", "k3", 1, 1, now, NULL), ADMIT_PRODUCE);
+    assert_true(sched_produced(s, 0, "t", "k3", 1, id3, now, 4, 0, now) >= 0);
+    sched_advance(s, 0, "t", "k3", 1);
+    /* Partition 1 now holds 8 bytes, past half the budget: a new key of it
+     * waits (were the partition stuck, the rest keep the other half). */
+    sched_delivered(s, slots[2], 1, now);
+    sched_skip why;
+    assert_int_equal(sched_admit_row(s, 0, "t", "k5", 1, 1, now, &why), ADMIT_SKIP);
+    assert_int_equal(why, SKIP_PARTITION);
+    /* A failed report frees its bytes too; a lost producer frees them all. */
+    sched_delivered(s, slots[1], 0, now);
+    assert_int_equal(sched_inflight_bytes(s), 4);       /* k3's */
+    sched_inflight_lost(s, now);
+    assert_int_equal(sched_inflight_bytes(s), 0);
+    /* Nothing in flight: a row of 50 bytes, past the limit, goes alone. */
+    unsigned char id4[16] = {5};
+    assert_int_equal(sched_admit_row(s, 0, "t", "k9", 9, 1, now, NULL), ADMIT_PRODUCE);
+    assert_true(sched_produced(s, 0, "t", "k9", 9, id4, now, 50, 0, now) >= 0);
+    assert_int_equal(sched_admit_row(s, 0, "t", "k8", 8, 1, now, NULL), ADMIT_NO_ROOM);
+    sched_free(s);
+}
+
+/*
+ * --once with the byte budget: one key's three rows of 8 bytes (limit 10,
+ * so its partition is held after each one) are all published, one sweep
+ * after another, and the relay stops clean only then.
+ *
+ * Before: the first sweep produced one row and skipped the others for
+ * their held partition; --once stopped, "clean", with two rows left.
+ */
+static void once_publishes_what_the_byte_budget_held_back(void **state)
+{
+    (void)state;
+    enum { ROWS = 3 };
+    sched_config cfg = {.max_inflight = 100, .batch_size = 100, .stuck_ms = 5000,
+                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5,
+                        .once = 1};
+    sched *s = sched_new(&cfg);
+    assert_non_null(s);
+    sched_bytes_limit(s, 10);
+    sched_lease_set(s, 0, 1);
+    int deleted[ROWS] = {0}, slots[ROWS], n_slots = 0;
+    int64_t now = 1000;
+    sched_plan p = {0};
+    for (int step = 0; step < 100 && !p.stop; step++, now++) {
+        sched_plan_next(s, now, &p);
+        if (p.fetch) {
+            int shard, n = 0, stopped = 0;
+            const char *topic, *key;
+            int64_t after;
+            sched_cursor(s, &shard, &topic, &key, &after);
+            for (int i = 0; i < ROWS; i++) {
+                if (deleted[i] || (shard == 0 && i + 1 <= after))
+                    continue;           /* acknowledged, or behind the cursor */
+                n++;
+                sched_admit a = sched_admit_row(s, 0, "t", "k", 0, 1, now, NULL);
+                if (a == ADMIT_NO_ROOM) {
+                    stopped = 1;
+                    break;
+                }
+                if (a == ADMIT_PRODUCE) {
+                    unsigned char id[16] = {(unsigned char)(i + 1)};
+                    int slot = sched_produced(s, 0, "t", "k", 0, id, now, 8, 0, now);
+                    assert_true(slot >= 0);
+                    slots[n_slots++] = slot;
+                }
+                sched_advance(s, 0, "t", "k", i + 1);
+            }
+            sched_fetched(s, stopped ? p.limit : n, p.limit, now);
+        } else {
+            for (int i = 0; i < n_slots; i++)       /* the broker answers the next step */
+                sched_delivered(s, slots[i], 1, now);
+            n_slots = 0;
+        }
+        if (p.send_ack) {
+            int n = sched_ack_pending(s);
+            for (int i = 0; i < n; i++) {
+                unsigned char id[16];
+                int shard;
+                int64_t epoch;
+                sched_ack_item(s, i, id, &shard, &epoch);
+                deleted[id[0] - 1] = 1;
+            }
+            sched_ack_sent(s, n, now);
+            sched_ack_done(s, 1, now);
+        }
+    }
+    assert_true(p.stop);
+    assert_true(p.stop_clean);
+    for (int i = 0; i < ROWS; i++)
+        if (!deleted[i])
+            fail_msg("row %d of %d left when --once stopped", i + 1, ROWS);
+    sched_free(s);
+}
+
 int main(int argc, char **argv)
 {
     prog = argv[0];
@@ -1181,6 +1343,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(simulate),
         cmocka_unit_test(replay_is_exact),
         cmocka_unit_test(broken_are_caught),
+        cmocka_unit_test(rows_wait_while_the_producer_holds_its_byte_budget),
+        cmocka_unit_test(once_publishes_what_the_byte_budget_held_back),
         cmocka_unit_test(a_sweep_that_skips_only_rows_being_acknowledged_looks_again_within_1_ms),
         cmocka_unit_test(a_sweep_that_skips_mostly_keys_in_flight_looks_again_after_8_ms),
         cmocka_unit_test(at_a_low_rate_each_notify_fetches_its_row_at_once),
