@@ -1557,6 +1557,10 @@ static int pipe_sustain(bench *b, ferry_consumer *c, double flood_rate, pipe_res
     double rate = PIPE_SUSTAIN * flood_rate;
     int best_i = -1, lowest_i = 0;
     *n = 0;
+    if (!(rate > 0)) {              /* 0 would be "no limit": another flood */
+        fprintf(stderr, "bench: pipeline: the flood applied nothing\n");
+        return -1;
+    }
     for (int i = 0; i < PIPE_STEPS; i++) {
         fprintf(stderr, "bench: pipeline: the writers held to %.0f msgs/s for %d s\n", rate,
                 PIPE_STEP_SECONDS);
@@ -1573,6 +1577,8 @@ static int pipe_sustain(bench *b, ferry_consumer *c, double flood_rate, pipe_res
             break;                      /* the writers' limit, not the consumer's */
         if (!ok && best_i >= 0)
             break;                      /* the step above the highest bounded one */
+        if (ok && i > 0 && steps[i - 1].rate > rate)
+            break;                      /* down to the first bounded one: the one above was not */
         rate = ok ? rate * PIPE_STEP_UP : rate / PIPE_STEP_UP;
     }
     *best = steps[best_i >= 0 ? best_i : lowest_i];
@@ -1659,10 +1665,10 @@ static int run_pipeline(bench *b, kt_broker *kb)
     double relay_rate = (double)flood.emitted / relay_s;
 
     printf("\npipeline: %d writers emitting (%d messages a transaction), one ferry-relay, one "
-           "consumer (batches), %d s a phase:\n", PIPE_WRITERS, PIPE_PER_TX, PIPE_SECONDS);
-    printf("  flood      emitted %7.0f msgs/s, applied %7.0f msgs/s; lag up to %ld messages, "
-           "caught up %.2f s after\n", flood.emit_rate, flood.apply_rate, flood.max_lag,
-           flood.catchup_s);
+           "consumer (batches):\n", PIPE_WRITERS, PIPE_PER_TX);
+    printf("  flood      %d s: emitted %7.0f msgs/s, applied %7.0f msgs/s; lag up to %ld messages, "
+           "caught up %.2f s after\n", PIPE_SECONDS, flood.emit_rate, flood.apply_rate,
+           flood.max_lag, flood.catchup_s);
     printf("  sustained  the writers held to a rate, %d s a step (from %.0f%% of the flood's apply "
            "rate, x%.1f while the lag\n             stays bounded: applied within 5%% of "
            "emitted, under %.2f s of messages in the second half):\n",
@@ -1672,14 +1678,19 @@ static int run_pipeline(bench *b, kt_broker *kb)
                "to %6ld (%6ld in the second half) %s\n", steps[i].rate, steps[i].emit_rate,
                steps[i].apply_rate, steps[i].max_lag, steps[i].late_max_lag,
                pipe_bounded(&steps[i]) ? "bounded" : "NOT bounded");
+    int bounded = pipe_bounded(&sustained);
+    int topped = bounded && n_steps == PIPE_STEPS && pipe_bounded(&steps[n_steps - 1]) &&
+                 steps[n_steps - 1].rate >= steps[0].rate;
     printf("             the highest bounded: applied %.0f msgs/s, lag up to %ld messages%s\n",
            sustained.apply_rate, sustained.max_lag,
-           pipe_bounded(&sustained) ? "" : " (none was bounded: the lowest step's figures)");
+           !bounded ? " (none was bounded: the lowest step's figures)"
+           : topped ? " (every step was: the limit is higher)" : "");
     printf("  the relay alone: %ld messages drained by ferry-relay run --once in %.2f s "
            "(%.0f msgs/s, start-up included)\n", flood.emitted, relay_s, relay_rate);
     printf("  check: the consumer's inbox holds each of the %ld emitted messages once\n",
            total);
     printf("bench consume_pipeline_msgs_per_s %.0f msgs/s\n", sustained.apply_rate);
+    printf("bench consume_pipeline_bounded %d bool\n", bounded);
     printf("bench consume_pipeline_max_lag_msgs %ld msgs\n", sustained.max_lag);
     printf("bench consume_pipeline_flood_msgs_per_s %.0f msgs/s\n", flood.apply_rate);
     printf("bench consume_pipeline_flood_emit_msgs_per_s %.0f msgs/s\n", flood.emit_rate);

@@ -233,12 +233,13 @@ static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value)
 static const char *const fixed_props[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
 #undef X_FIXED
 
-/* The WAL source's bytes in flight at most (relay_wal.c, room): plenty
- * for its throughput (20,000 messages of 3 kB), and its memory bounded
- * whatever the messages' size. */
+/* The bytes in flight at most, either source (relay_wal.c, room; the
+ * table source through sched_bytes_limit): plenty for the throughput
+ * (20,000 messages of 3 kB), and the memory bounded whatever the
+ * messages' size. */
 #define INFLIGHT_BYTES_MAX (64LL * 1024 * 1024)
 
-/* A number property of the producer as it was made, or -1 (logged). */
+/* A number property of the producer's configuration, or -1 (logged). */
 static long long conf_number(const rd_kafka_conf_t *conf, const char *name)
 {
     char v[32] = "";
@@ -311,7 +312,8 @@ int relay_kafka_create(relay *r)
         snprintf(kb, sizeof kb, "%lld", (largest + 1023) / 1024);
         ferry__log(FERRY_LOG_WARN, "kafka.queue_small",
                    "queue.buffering.max.kbytes (%lld bytes) is smaller than message.max.bytes "
-                   "(%lld), so a message that large could never be produced: raised to %s",
+                   "(%lld bytes), so a message that large could never be produced: raised to "
+                   "%s KiB; such a message then goes out alone",
                    queue, largest, kb);
         if (conf_set(conf, "queue.buffering.max.kbytes", kb))
             goto fail;
