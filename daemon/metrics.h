@@ -38,6 +38,8 @@ typedef enum metric_gauge {
     G_STUCK_PARTITIONS,       /* ferry_relay_stuck_partitions */
     G_STUCK_KEYS,             /* ferry_relay_stuck_keys */
     G_OLDEST_INFLIGHT_MS,     /* ferry_relay_oldest_inflight_seconds (rendered in s) */
+    G_INFLIGHT_BYTES,         /* ferry_relay_inflight_bytes */
+    G_WAKE_FOREIGN,           /* ferry_relay_wake_foreign_lock: 1 or 0 */
     G_WAL_SLOT_OK,            /* ferry_relay_wal_slot_ok: 1, or 0 missing/lost (WAL source) */
     G_WAL_RETAINED_BYTES,     /* ferry_relay_wal_retained_bytes: WAL the slot pins */
     G_WAL_LAG_BYTES,          /* ferry_relay_wal_confirmed_lag_bytes */

@@ -30,8 +30,8 @@
  *     fetch brings at most batch_size rows and a byte budget; no row is
  *     produced while the producer holds the source's budget of bytes in
  *     flight (64 MiB at most, less if its queue is smaller; a partition
- *     at most half of it), so the relay's memory stays bounded whatever
- *     the payloads' size and the broker's pace.
+ *     an eighth of it), so the relay's memory stays bounded whatever the
+ *     payloads' size and the broker's pace.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -154,6 +154,8 @@ static void update_health(relay *r, int64_t now)
         metrics_set(r->m, G_STUCK_PARTITIONS, st.stuck_partitions);
         metrics_set(r->m, G_STUCK_KEYS, st.stuck_keys);
         metrics_set(r->m, G_OLDEST_INFLIGHT_MS, st.oldest_inflight_ms);
+        metrics_set(r->m, G_INFLIGHT_BYTES, (int64_t)sched_inflight_bytes(r->s));
+        metrics_set(r->m, G_WAKE_FOREIGN, r->wake.foreign_told);
     }
     relay_lag_sync(r->lag, r->s);
     /* librdkafka says when every broker is down, not when one is back: with

@@ -289,7 +289,8 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     char id[FERRY_UUID_STRING_SIZE];
     ferry_uuid_format(&w->id, id);
     int slot = sched_produced(r->s, w->shard, w->topic, w->key, partition, w->id.bytes,
-                              w->created_us / 1000, w->payload_len + strlen(w->key), r->k.gen,
+                              w->created_us / 1000,
+                              w->payload_len + strlen(w->key) + strlen(w->headers), r->k.gen,
                               now);
     if (slot < 0) {
         sched_produce_failed(r->s, w->topic, w->key, now);

@@ -163,6 +163,7 @@ struct sched {
     int sweep_held;                 /* the sweep skipped rows for a held partition */
     int64_t sweep_started;
     int sweeps;
+    int held_sweeps;                /* --once: sweeps made again for held rows */
     int64_t next_look;              /* 0: none */
 
     /* the rate, for wake-ups */
@@ -374,15 +375,25 @@ static int part_cap(const sched *s)
     return cap > s->cfg.batch_size ? cap : s->cfg.batch_size;
 }
 
+/* A partition's share of the producer's byte budget: an eighth, so that
+ * up to seven partitions that stop answering at once (a broker leads
+ * several) leave the rest room; at 64 MiB, 8 MiB a partition, plenty for
+ * one partition's pace. */
+#define PART_BYTES_SHARE 8
+
+/* --once: sweeps made again for rows held back, at most. */
+#define ONCE_HELD_SWEEPS_MAX 10000
+
 /* Held: messages in it have had no answer for hold_ms, or it has its
- * share of the slots or of the producer's byte budget (half of either, so
- * that a partition that stops answering leaves the other half to the
- * rest). No new key goes in until it answers. */
+ * share of the slots (half) or of the producer's byte budget (an eighth),
+ * so that a partition that stops answering leaves the rest to the others.
+ * No new key goes in until it answers. */
 static bool part_held(const sched *s, const spart *p, int64_t now)
 {
     if (p == NULL || p->inflight == 0)
         return false;
-    if (p->inflight >= part_cap(s) || (s->bytes_limit > 0 && p->bytes >= s->bytes_limit / 2))
+    if (p->inflight >= part_cap(s) ||
+        (s->bytes_limit > 0 && p->bytes >= s->bytes_limit / PART_BYTES_SHARE))
         return true;
     int64_t since = s->slots[p->head].produced_ms;
     if (p->last_report > since)
@@ -1249,18 +1260,22 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
         if (s->running) {
             /* nothing */
         } else if (settled(s)) {
-            if (s->sweep_failed && s->sweeps < s->cfg.max_attempts) {
+            if (s->sweep_failed && s->sweeps - s->held_sweeps < s->cfg.max_attempts) {
                 if (next_retry == 0)
                     sweep_start(s, now);      /* every failed key is due */
-            } else if (s->sweep_held && !s->sweep_failed) {
+            } else if (s->sweep_held && !s->sweep_failed && s->last_produced > 0 &&
+                       s->held_sweeps < ONCE_HELD_SWEEPS_MAX) {
                 /* Rows skipped only because their partition had its share
                  * of the slots or bytes, or had not answered for a while:
                  * nothing is in flight now, so the next sweep takes at
-                 * least the first of each (and so --once ends). */
+                 * least the first of each (and so --once ends). Not
+                 * counted as a retry of lost messages; bounded, for
+                 * writers that feed such a partition as fast as it goes. */
+                s->held_sweeps++;
                 sweep_start(s, now);
             } else if (s->sweeps > 0) {
                 out->stop = 1;
-                out->stop_clean = !s->sweep_failed;
+                out->stop_clean = !s->sweep_failed && !s->sweep_held;
                 return;
             } else {
                 sweep_start(s, now);

@@ -958,6 +958,7 @@ static int health(relay *r, int64_t now)
         PQreset(w->sql);
     if (r->m != NULL) {
         metrics_set(r->m, G_INFLIGHT, wal_track_inflight(w->t));
+        metrics_set(r->m, G_INFLIGHT_BYTES, (int64_t)r->k.inflight_bytes);
         metrics_set(r->m, G_KAFKA_QUEUE, r->k.rk ? rd_kafka_outq_len(r->k.rk) : 0);
         int64_t behind = wal_track_inflight(w->t) > 0 && w->confirmed_at_ms > 0
                              ? now - w->confirmed_at_ms : 0;

@@ -101,6 +101,8 @@ static void render_every_family_once(void **state)
         {"ferry_relay_stuck_partitions", "gauge"},
         {"ferry_relay_stuck_keys", "gauge"},
         {"ferry_relay_oldest_inflight_seconds", "gauge"},
+        {"ferry_relay_inflight_bytes", "gauge"},
+        {"ferry_relay_wake_foreign_lock", "gauge"},
         {"ferry_relay_wal_messages_decoded_total", "counter"},
         {"ferry_relay_wal_messages_refused_total", "counter"},
         {"ferry_relay_wal_slot_ok", "gauge"},
@@ -120,9 +122,9 @@ static void render_every_family_once(void **state)
     };
     for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
         assert_family(t, families[i].family, families[i].type);
-    /* Thirty-one families, no more. */
-    assert_int_equal(count_of(t, "# HELP "), 31);
-    assert_int_equal(count_of(t, "# TYPE "), 31);
+    /* Thirty-three families, no more. */
+    assert_int_equal(count_of(t, "# HELP "), 33);
+    assert_int_equal(count_of(t, "# TYPE "), 33);
 
     assert_true(sample(t, "ferry_relay_up") == 1);
     char info[128];

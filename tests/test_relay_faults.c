@@ -726,9 +726,12 @@ static void an_idle_relay_beside_a_busy_one_is_woken(void **state)
 static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
 {
     const char *topic = "f.foreign";
-    const char *args[] = {"--set", "poll_interval_ms=60000", "--set", "lease_ttl_ms=24000", NULL};
+    const char *args[] = {"--set", "poll_interval_ms=60000", "--set", "lease_ttl_ms=24000",
+                          "--metrics", "127.0.0.1:0", NULL};
     tu_proc *p = relay_spawn("foreign-a", args);
+    int port = tu_proc_metrics_port(p);
     await_leases(p, "foreign-a", SHARDS, 30000);
+    assert_true(metric(port, "ferry_relay_wake_foreign_lock") == 0);
     PGconn *c = tu_connect();
     /* Awake, woken by a NOTIFY: its handshake is done. */
     tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 1}')");
@@ -740,9 +743,12 @@ static void a_busy_lock_taken_behind_a_sleeping_relay_is_noticed(void **state)
     tu_await_outbox_empty(topic, 12000);
     tu_exec(c, "SELECT ferry.emit('f.foreign', 'k', 'Tested', '{\"n\": 3}')");
     tu_await_outbox_empty(topic, 4000);
+    tu_proc_await_log(p, "\"event\":\"wake.foreign_lock\"", 15000);
+    await_metric(port, "ferry_relay_wake_foreign_lock", 1, 1, 15000);
     tu_exec(o, "SELECT pg_advisory_unlock_all()");
     /* Said once when seen, once when gone; not at every try. */
     tu_proc_await_log(p, "\"event\":\"wake.foreign_lock_gone\"", 15000);
+    await_metric(port, "ferry_relay_wake_foreign_lock", 0, 0, 15000);
     assert_int_equal(log_count(p, "wake.foreign_lock"), 1);
     assert_int_equal(log_count(p, "wake.foreign_lock_gone"), 1);
     assert_int_equal(relay_stop(p, 30000), 0);

@@ -1198,12 +1198,12 @@ static void a_pending_handshake_that_cannot_be_tried_does_not_spin(void **state)
 }
 
 /*
- * The producer's byte budget, one decision at a time (limit 10, rows of 4
+ * The producer's byte budget, one decision at a time (limit 80, rows of 32
  * bytes, each key on a partition of its own): the third row takes the
- * bytes in flight to 12, past the limit, so the fourth is not admitted and
- * nothing is fetched until a report frees 4 of them; then it goes. A
- * partition holding half the budget takes no new key. With nothing in
- * flight a row larger than the limit goes out alone.
+ * bytes in flight to 96, past the limit, so the fourth is not admitted and
+ * nothing is fetched until a report frees 32 of them; then it goes. A
+ * partition holding an eighth of the budget (10) takes no new key. With
+ * nothing in flight a row larger than the limit goes out.
  */
 static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
 {
@@ -1212,7 +1212,7 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
                         .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5};
     sched *s = sched_new(&cfg);
     assert_non_null(s);
-    sched_bytes_limit(s, 10);
+    sched_bytes_limit(s, 80);
     sched_lease_set(s, 0, 1);
     int64_t now = 1000;
     sched_plan p;
@@ -1224,11 +1224,11 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
         unsigned char id[16] = {(unsigned char)(i + 1)};
         snprintf(key, sizeof key, "k%d", i);
         assert_int_equal(sched_admit_row(s, 0, "t", key, i, 1, now, NULL), ADMIT_PRODUCE);
-        slots[i] = sched_produced(s, 0, "t", key, i, id, now, 4, 0, now);
+        slots[i] = sched_produced(s, 0, "t", key, i, id, now, 32, 0, now);
         assert_true(slots[i] >= 0);
         sched_advance(s, 0, "t", key, 1);
     }
-    assert_int_equal(sched_inflight_bytes(s), 12);
+    assert_int_equal(sched_inflight_bytes(s), 96);
     assert_int_equal(sched_admit_row(s, 0, "t", "k3", 3, 1, now, NULL), ADMIT_NO_ROOM);
     sched_fetched(s, 100, 100, now);            /* the batch was cut: more may follow */
     now += 1;
@@ -1236,36 +1236,39 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
     assert_false(p.fetch);
     assert_true(p.timeout_ms > 0);
     sched_delivered(s, slots[0], 1, now);
-    assert_int_equal(sched_inflight_bytes(s), 8);
+    assert_int_equal(sched_inflight_bytes(s), 64);
     sched_plan_next(s, now, &p);
     assert_true(p.fetch);
     unsigned char id3[16] = {4};
-    assert_int_equal(sched_admit_row(s, 0, "t", "k3", 1, 1, now, NULL), ADMIT_PRODUCE);
-    assert_true(sched_produced(s, 0, "t", "k3", 1, id3, now, 4, 0, now) >= 0);
+    assert_int_equal(sched_admit_row(s, 0, "t", "k3", 3, 1, now, NULL), ADMIT_PRODUCE);
+    assert_true(sched_produced(s, 0, "t", "k3", 3, id3, now, 32, 0, now) >= 0);
     sched_advance(s, 0, "t", "k3", 1);
-    /* Partition 1 now holds 8 bytes, past half the budget: a new key of it
-     * waits (were the partition stuck, the rest keep the other half). */
+    /* Partition 3 holds 32 bytes, past its eighth of the budget: a new key
+     * of it waits (were the partition stuck, the others keep the rest),
+     * while one of partition 0, which holds nothing, goes. */
     sched_delivered(s, slots[2], 1, now);
     sched_skip why;
-    assert_int_equal(sched_admit_row(s, 0, "t", "k5", 1, 1, now, &why), ADMIT_SKIP);
+    assert_int_equal(sched_admit_row(s, 0, "t", "k5", 3, 1, now, &why), ADMIT_SKIP);
     assert_int_equal(why, SKIP_PARTITION);
+    assert_int_equal(sched_admit_row(s, 0, "t", "k6", 0, 1, now, NULL), ADMIT_PRODUCE);
     /* A failed report frees its bytes too; a lost producer frees them all. */
     sched_delivered(s, slots[1], 0, now);
-    assert_int_equal(sched_inflight_bytes(s), 4);       /* k3's */
+    assert_int_equal(sched_inflight_bytes(s), 32);      /* k3's */
     sched_inflight_lost(s, now);
     assert_int_equal(sched_inflight_bytes(s), 0);
-    /* Nothing in flight: a row of 50 bytes, past the limit, goes alone. */
+    /* Nothing in flight: a row of 500 bytes, past the limit, goes. */
     unsigned char id4[16] = {5};
     assert_int_equal(sched_admit_row(s, 0, "t", "k9", 9, 1, now, NULL), ADMIT_PRODUCE);
-    assert_true(sched_produced(s, 0, "t", "k9", 9, id4, now, 50, 0, now) >= 0);
+    assert_true(sched_produced(s, 0, "t", "k9", 9, id4, now, 500, 0, now) >= 0);
     assert_int_equal(sched_admit_row(s, 0, "t", "k8", 8, 1, now, NULL), ADMIT_NO_ROOM);
     sched_free(s);
 }
 
 /*
- * --once with the byte budget: one key's three rows of 8 bytes (limit 10,
+ * --once with the byte budget: one key's eight rows of 8 bytes (limit 10,
  * so its partition is held after each one) are all published, one sweep
- * after another, and the relay stops clean only then.
+ * after another, and the relay stops clean only then; the sweeps made
+ * again are not retries of lost messages.
  *
  * Before: the first sweep produced one row and skipped the others for
  * their held partition; --once stopped, "clean", with two rows left.
@@ -1273,7 +1276,7 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
 static void once_publishes_what_the_byte_budget_held_back(void **state)
 {
     (void)state;
-    enum { ROWS = 3 };
+    enum { ROWS = 8 };          /* more sweeps than max_attempts */
     sched_config cfg = {.max_inflight = 100, .batch_size = 100, .stuck_ms = 5000,
                         .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5,
                         .once = 1};
