@@ -146,12 +146,18 @@ static const char *message_of(const json_t *f)
 /* ------------------------------------------------------------------ data */
 
 /* A fingerprint of the tables the sweeps may change: check must leave it
- * as it was (the reconciler's own lease aside: repair takes it). */
+ * as it was (the reconciler's own lease aside: repair takes it; and a
+ * live relay's heartbeat, which it renews meanwhile, is only whether it
+ * is live: a make test run failed dead_relay_shards_go_to_a_live_one when
+ * rc-live-b renewed during the check). */
 static char *fingerprint(PGconn *c)
 {
     return tu_str(c,
                   "SELECT md5(concat_ws('|', "
-                  " (SELECT string_agg(concat_ws(',', name, holder, epoch, expires_at), ';' "
+                  " (SELECT string_agg(concat_ws(',', name, holder, epoch, "
+                  "                              CASE WHEN starts_with(name, 'relay:') "
+                  "                                   THEN (expires_at > now())::text "
+                  "                                   ELSE expires_at::text END), ';' "
                   "         ORDER BY name) FROM ferry.lease WHERE name <> 'reconciler'), "
                   " (SELECT string_agg(concat_ws(',', id, attempts, available_at, published_at), "
                   "         ';' ORDER BY id) FROM ferry.outbox), "
