@@ -273,6 +273,27 @@ static int reset_rtt(void **state)
     return kt_command(tu_wal_broker, "rtt 1 0") == 0 ? 0 : -1;
 }
 
+/* n messages of about size bytes each to topic, over keys k0..k(keys-1),
+ * in one transaction. */
+static void emit_large(PGconn *c, const char *topic, int keys, int size, int n)
+{
+    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('%s', 'k' || (g %% %d), 'Tested', "
+                             "'{\"n\": ' || g || ', \"b\": \"' || repeat('x', %d) || '\"}')) "
+                             "FROM generate_series(1, %d) g", topic, keys, size, n));
+}
+
+/* Stop the relay p; fail if a produce failed; its log (caller frees). */
+static char *stop_with_no_failed_produce(tu_proc *p)
+{
+    assert_int_equal(tu_proc_stop(p, 30000), 0);
+    char *log = tu_proc_log(p);
+    tu_proc_done(p);
+    const char *failed = strstr(log, "\"event\":\"wal.produce\"");
+    if (failed != NULL)
+        fail_msg("a produce failed: %.200s", failed);
+    return log;
+}
+
 static void large_messages_wait_for_room_in_the_producer(void **state)
 {
     enum { N = 20, SIZE = 200000 };
@@ -281,21 +302,13 @@ static void large_messages_wait_for_room_in_the_producer(void **state)
     tu_proc p = tu_wal_relay_start("wal-room", args);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
     assert_int_equal(kt_command(tu_wal_broker, "rtt 1 200"), 0);
-    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('w.room', 'k' || (g %% 4), 'Tested', "
-                             "'{\"n\": ' || g || ', \"b\": \"' || repeat('x', %d) || '\"}')) "
-                             "FROM generate_series(1, %d) g", SIZE, N));
+    emit_large(c, "w.room", 4, SIZE, N);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
     tu_wal_topic tc = tu_wal_check_topic("w.room", N, 60000);
     assert_int_equal(kt_command(tu_wal_broker, "rtt 1 0"), 0);
-    assert_int_equal(tu_proc_stop(&p, 30000), 0);
-    char *log = tu_proc_log(&p);
-    tu_proc_done(&p);
-    const char *failed = strstr(log, "\"event\":\"wal.produce\"");
-    if (failed != NULL)
-        fail_msg("a produce failed: %.200s", failed);
+    free(stop_with_no_failed_produce(&p));
     assert_int_equal(tc.distinct, N);
     assert_int_equal(tc.duplicates, 0);
-    free(log);
     PQfinish(c);
 }
 
@@ -316,16 +329,9 @@ static void a_message_larger_than_the_producers_queue_is_published(void **state)
     const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=64", NULL};
     tu_proc p = tu_wal_relay_start("wal-small-queue", args);
     tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
-    tu_exec_of(c, tu_sprintf("SELECT count(ferry.emit('w.smallq', 'k', 'Tested', "
-                             "'{\"n\": ' || g || ', \"b\": \"' || repeat('x', %d) || '\"}')) "
-                             "FROM generate_series(1, %d) g", SIZE, N));
+    emit_large(c, "w.smallq", 1, SIZE, N);
     tu_wal_topic tc = tu_wal_check_topic("w.smallq", N, 30000);
-    assert_int_equal(tu_proc_stop(&p, 30000), 0);
-    char *log = tu_proc_log(&p);
-    tu_proc_done(&p);
-    const char *failed = strstr(log, "\"event\":\"wal.produce\"");
-    if (failed != NULL)
-        fail_msg("a produce failed: %.200s", failed);
+    char *log = stop_with_no_failed_produce(&p);
     assert_non_null(strstr(log, "\"event\":\"kafka.queue_small\""));   /* said, and raised */
     assert_int_equal(tc.distinct, N);
     assert_int_equal(tc.duplicates, 0);
