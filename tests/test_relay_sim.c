@@ -157,6 +157,8 @@ typedef struct world {
     int logn[TOPICS * PARTS];
     int64_t stuck_until[TOPICS * PARTS];
     int stuck_part;                           /* in STUCK */
+    int stuck_part2;                          /* and a second, by seed (a broker
+                                                 leads several), or -1 */
     int64_t t_write, t_fatal[RELAYS], t_db[RELAYS], t_pause[RELAYS], t_stuck;
     int wake_flag;                            /* wake-ups, as one flag for every shard */
     relay_sim r[RELAYS];
@@ -689,7 +691,8 @@ static void check_healthy_flowed(int64_t phase_start)
 {
     for (int i = 0; i < W.nrows; i++) {
         srow *w = &W.rows[i];
-        if (qi(w->key) == W.stuck_part || W.key_dead[w->key] || w->dead || w->poison)
+        if (qi(w->key) == W.stuck_part || qi(w->key) == W.stuck_part2 || W.key_dead[w->key] ||
+            w->dead || w->poison)
             continue;
         /* Written in the first part of the phase, ready, and every earlier
          * row of its key published too (an earlier poison or delayed row
@@ -804,6 +807,7 @@ static int run_seed(uint64_t seed, int tracing)
             W.order[j - 1] = t;
         }
     W.stuck_part = -1;
+    W.stuck_part2 = -1;
     int64_t stuck_start = STORM_MS, calm_start = STORM_MS + STUCK_MS;
     int64_t end = calm_start + CALM_MS;
     for (W.now = 0; W.now < end && !W.failed; W.now++) {
@@ -845,7 +849,11 @@ static int run_seed(uint64_t seed, int tracing)
             for (int i = 0; i < RELAYS; i++)
                 W.r[i].paused_until = W.r[i].db_down_until = 0;
             W.stuck_until[W.stuck_part] = calm_start;
-            trace("STUCK phase: partition %d", W.stuck_part);
+            if (seed % 2 == 1) {        /* a second partition, on another topic */
+                W.stuck_part2 = (W.stuck_part + PARTS) % (TOPICS * PARTS);
+                W.stuck_until[W.stuck_part2] = calm_start;
+            }
+            trace("STUCK phase: partition %d and %d", W.stuck_part, W.stuck_part2);
         }
         if (W.now == calm_start - 1)
             check_healthy_flowed(stuck_start + 1000);
@@ -1177,8 +1185,9 @@ static int wait_with_handshake_pending(int once)
         char key[8];
         unsigned char id[16] = {(unsigned char)(i + 1)};
         snprintf(key, sizeof key, "k%d", i);
-        assert_int_equal(sched_admit_row(s, 0, "t", key, 0, 1, now, NULL), ADMIT_PRODUCE);
-        assert_true(sched_produced(s, 0, "t", key, 0, id, now, 1, 0, now) >= 0);
+        /* A partition each: one takes at most an eighth of the slots. */
+        assert_int_equal(sched_admit_row(s, 0, "t", key, i, 1, now, NULL), ADMIT_PRODUCE);
+        assert_true(sched_produced(s, 0, "t", key, i, id, now, 1, 0, now) >= 0);
         sched_advance(s, 0, "t", key, 1);
     }
     sched_wake_set(s, 1);       /* a lease tick's recheck */
