@@ -105,11 +105,13 @@ static const metric_desc gauge_desc[] = {
     [G_OLDEST_INFLIGHT_MS] = {"ferry_relay_oldest_inflight_seconds", NULL,
                               "Age of the oldest message produced and not yet reported."},
     [G_INFLIGHT_BYTES] = {"ferry_relay_inflight_bytes", NULL,
-                          "Payload and key bytes produced and not yet reported; the relay "
-                          "reads no more at its budget (64 MiB at most)."},
+                          "Bytes of messages produced and not yet reported (payloads and keys; "
+                          "headers too in the table source); the relay reads no more at its "
+                          "budget (64 MiB at most), so this is at most that and one message."},
     [G_WAKE_FOREIGN] = {"ferry_relay_wake_foreign_lock", NULL,
-                        "1 while another session holds the busy lock of a shard this relay "
-                        "serves: writers of it do not notify, and the relay looks by itself."},
+                        "Table source: 1 while another session holds the busy lock of a shard "
+                        "this relay serves and it would have writers notify: they do not, and "
+                        "it looks by itself."},
     [G_WAL_SLOT_OK] = {"ferry_relay_wal_slot_ok", NULL,
                        "WAL source: 1 while the replication slot exists and is valid, 0 when "
                        "it is missing or lost (never recreated by the relay)."},

@@ -155,7 +155,9 @@ static void update_health(relay *r, int64_t now)
         metrics_set(r->m, G_STUCK_KEYS, st.stuck_keys);
         metrics_set(r->m, G_OLDEST_INFLIGHT_MS, st.oldest_inflight_ms);
         metrics_set(r->m, G_INFLIGHT_BYTES, (int64_t)sched_inflight_bytes(r->s));
-        metrics_set(r->m, G_WAKE_FOREIGN, r->wake.foreign_told);
+        /* Seen at the handshake, which a busy relay does not make: while
+         * busy, writers do not notify anyway. */
+        metrics_set(r->m, G_WAKE_FOREIGN, r->wake.foreign_told && !r->wake.off);
     }
     relay_lag_sync(r->lag, r->s);
     /* librdkafka says when every broker is down, not when one is back: with
@@ -392,7 +394,14 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         relay_db_drain_notifies(r);
     }
 
-    if (!clean) {
+    if (!clean && cfg->once && sched_inflight(r->s) == 0 && sched_ack_pending(r->s) == 0) {
+        /* --once settled with rows left: messages lost past max_attempts
+         * sweeps, or rows held back past its bound of sweeps made again. */
+        ferry__log(FERRY_LOG_ERROR, "relay.once_incomplete",
+                  "--once stopped with rows left to publish (messages lost %d times, or "
+                  "partitions that held rows back sweep after sweep): run it again",
+                  cfg->max_attempts);
+    } else if (!clean) {
         /* The grace is over with messages in flight (a partition that does
          * not answer, a broker away): they stay in the outbox and go out
          * again later, from the first unacknowledged row of each key. */

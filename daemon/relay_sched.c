@@ -18,9 +18,9 @@
  * is in flight, it skips the keys that have anything in flight or
  * unacknowledged; and a partition whose messages stopped coming back is
  * held, so that no further key is produced into it and the slots it takes
- * stay bounded (at most an eighth of max_inflight, and of the byte
- * budget, so that several partitions stuck at once, a broker's, leave the
- * others room).
+ * stay bounded (half of max_inflight split among the partitions in flight,
+ * at least an eighth; an eighth of the byte budget: so that several
+ * partitions stuck at once, a broker's, leave the others room).
  */
 #include "relay_sched.h"
 
@@ -121,6 +121,7 @@ struct sched {
     void *keys, *parts, *topics;
     skey *failing;
     spart *active;
+    int active_count;           /* partitions with anything in flight */
     int stuck_keys, stuck_parts;
 
     /* slots */
@@ -373,15 +374,21 @@ static int hold_ms(const sched *s)
     return s->cfg.stuck_ms < HOLD_MS ? s->cfg.stuck_ms : HOLD_MS;
 }
 
-/* A partition's share of the slots: an eighth, so that up to seven
+/* A partition's share of the slots: half of them split among the
+ * partitions with anything in flight, and at least an eighth, so that
  * partitions that stop answering at once (a broker leads several) leave
- * the others room; at the default max_inflight, 2,500 a partition. (Half,
- * and at least batch_size, let two stuck partitions take every slot: the
- * simulator's seed 52467 with two.) */
+ * the others room: with four active, up to three; with eight or more, up
+ * to seven. A single partition still has half (one stuck then leaves
+ * nobody to wait), so a slow broker's one partition keeps its pace. (Half
+ * of every partition, at least batch_size, let two stuck partitions take
+ * every slot: the simulator's seed 52467 with two.) */
 #define PART_SLOTS_SHARE 8
 static int part_cap(const sched *s)
 {
-    int cap = s->cfg.max_inflight / PART_SLOTS_SHARE;
+    int active = s->active_count > 1 ? s->active_count : 1;
+    int cap = s->cfg.max_inflight / (2 * active);
+    if (cap < s->cfg.max_inflight / PART_SLOTS_SHARE)
+        cap = s->cfg.max_inflight / PART_SLOTS_SHARE;
     return cap > 1 ? cap : 1;
 }
 
@@ -423,6 +430,7 @@ static void part_link(sched *s, spart *p, int slot)
     p->tail = slot;
     p->bytes += x->bytes;
     if (p->inflight++ == 0) {
+        s->active_count++;
         p->aprev = NULL;
         p->anext = s->active;
         if (s->active)
@@ -448,6 +456,7 @@ static int part_unlink(sched *s, spart *p, int slot)
     p->bytes -= x->bytes;
     if (--p->inflight > 0)
         return 0;
+    s->active_count--;
     if (p->aprev)
         p->aprev->anext = p->anext;
     else
@@ -591,7 +600,8 @@ static void drain(sched *s, int shard, int on, int64_t now)
 }
 
 /* Mark in s->quiet the shards with a message in flight in a partition
- * that has not answered for hold_ms: such a shard does not settle until
+ * that has not answered for half of stuck_ms (2.5 s by default: a slow
+ * broker's partition answers sooner): such a shard does not settle until
  * the partition answers. Walks the slots of such partitions (up to half
  * of max_inflight each), so at most every QUIET_EVERY_MS. */
 #define QUIET_EVERY_MS 50
@@ -608,7 +618,7 @@ static void quiet_shards(sched *s, int64_t now)
         int64_t since = s->slots[p->head].produced_ms;
         if (p->last_report > since)
             since = p->last_report;
-        if (now - since < hold_ms(s))
+        if (now - since < s->cfg.stuck_ms / 2)
             continue;
         for (int i = p->head; i >= 0; i = s->slots[i].next)
             quiet[s->slots[i].shard] = 1;
@@ -619,7 +629,8 @@ static void quiet_shards(sched *s, int64_t now)
  * Over the target (a relay joined), give one shard back per plan: one with
  * nothing in flight or unacknowledged if there is one, at once; else stop
  * fetching the least busy one and give it back once it has settled. A
- * shard with a message in a partition that has not answered for hold_ms
+ * shard with a message in a partition that has not answered for half of
+ * stuck_ms
  * is not drained (it would not settle, and its healthy keys would wait
  * meanwhile), and one that becomes so, or does not settle within
  * stuck_ms, is taken up again and another one tried: a stuck partition
