@@ -979,7 +979,21 @@ static void broken_are_caught(void **state)
 
 /* ---- the look-again pacing, one decision at a time */
 
-enum { PACE_KEYS = 100 };
+/* A scheduler for the decisions one at a time: max_inflight slots (and as
+ * many rows a batch), stuck after 5 s, a poll every second, shard 0
+ * served. */
+static sched *unit_sched(int max_inflight, int once)
+{
+    sched_config cfg = {.max_inflight = max_inflight, .batch_size = max_inflight,
+                        .stuck_ms = 5000, .poll_interval_ms = 1000, .stop_grace_ms = 20000,
+                        .max_attempts = 5, .once = once};
+    sched *s = sched_new(&cfg);
+    assert_non_null(s);
+    sched_lease_set(s, 0, 1);
+    return s;
+}
+
+enum { PACE_KEYS = 100, PACE_INFLIGHT = 1000 };
 
 /* Ask for plans, letting time pass as each says, until one fetches;
  * returns its limit. */
@@ -1003,11 +1017,7 @@ static int pace_until_fetch(sched *s, int64_t *now)
  * skips them all. Returns the plan's wait after that sweep. */
 static int pace_after_skipping_sweep(int delivered)
 {
-    sched_config cfg = {.max_inflight = 1000, .batch_size = 1000, .stuck_ms = 5000,
-                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5};
-    sched *s = sched_new(&cfg);
-    assert_non_null(s);
-    sched_lease_set(s, 0, 1);
+    sched *s = unit_sched(PACE_INFLIGHT, 0);
     sched_wake_set(s, 0);
     int64_t now = 1000;
     char key[16];
@@ -1023,7 +1033,7 @@ static int pace_after_skipping_sweep(int delivered)
     sched_fetched(s, PACE_KEYS, limit, now);
     now += 1;
     if (delivered) {
-        for (int i = 0; i < cfg.max_inflight; i++)
+        for (int i = 0; i < PACE_INFLIGHT; i++)
             if (sched_slot_info(s, i, NULL, NULL, NULL, NULL, NULL) == 0)
                 sched_delivered(s, i, 1, now);
         sched_plan p;
@@ -1129,11 +1139,7 @@ static int settle(sched *s, int64_t now, int *pending, int64_t *seq, int *fetche
 static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
 {
     (void)state;
-    sched_config cfg = {.max_inflight = 1000, .batch_size = 1000, .stuck_ms = 5000,
-                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5};
-    sched *s = sched_new(&cfg);
-    assert_non_null(s);
-    sched_lease_set(s, 0, 1);
+    sched *s = unit_sched(1000, 0);
     int64_t now = 1000, seq = 1;
     int pending = 0, fetched = 0, off = 0;
     /* Idle for a second: the relay settles, wake-ups on. */
@@ -1171,12 +1177,7 @@ static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
  */
 static int wait_with_handshake_pending(int once)
 {
-    sched_config cfg = {.max_inflight = 4, .batch_size = 4, .stuck_ms = 5000,
-                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5,
-                        .once = once};
-    sched *s = sched_new(&cfg);
-    assert_non_null(s);
-    sched_lease_set(s, 0, 1);
+    sched *s = unit_sched(4, once);
     int64_t now = 1000;
     sched_plan p;
     sched_plan_next(s, now, &p);
@@ -1217,12 +1218,8 @@ static void a_pending_handshake_that_cannot_be_tried_does_not_spin(void **state)
 static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
 {
     (void)state;
-    sched_config cfg = {.max_inflight = 100, .batch_size = 100, .stuck_ms = 5000,
-                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5};
-    sched *s = sched_new(&cfg);
-    assert_non_null(s);
+    sched *s = unit_sched(100, 0);
     sched_bytes_limit(s, 80);
-    sched_lease_set(s, 0, 1);
     int64_t now = 1000;
     sched_plan p;
     sched_plan_next(s, now, &p);
@@ -1286,13 +1283,8 @@ static void once_publishes_what_the_byte_budget_held_back(void **state)
 {
     (void)state;
     enum { ROWS = 8 };          /* more sweeps than max_attempts */
-    sched_config cfg = {.max_inflight = 100, .batch_size = 100, .stuck_ms = 5000,
-                        .poll_interval_ms = 1000, .stop_grace_ms = 20000, .max_attempts = 5,
-                        .once = 1};
-    sched *s = sched_new(&cfg);
-    assert_non_null(s);
+    sched *s = unit_sched(100, 1);
     sched_bytes_limit(s, 10);
-    sched_lease_set(s, 0, 1);
     int deleted[ROWS] = {0}, slots[ROWS], n_slots = 0;
     int64_t now = 1000;
     sched_plan p = {0};
