@@ -294,13 +294,23 @@ static char *stop_with_no_failed_produce(tu_proc *p)
     return log;
 }
 
+/* A WAL relay named holder with queue.buffering.max.kbytes = kbytes,
+ * streaming. */
+static tu_proc start_with_queue(const char *holder, const char *kbytes)
+{
+    char prop[64];
+    snprintf(prop, sizeof prop, "queue.buffering.max.kbytes=%s", kbytes);
+    const char *args[] = {"--kafka-prop", prop, NULL};
+    tu_proc p = tu_wal_relay_start(holder, args);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    return p;
+}
+
 static void large_messages_wait_for_room_in_the_producer(void **state)
 {
     enum { N = 20, SIZE = 200000 };
     PGconn *c = tu_wal_connect();
-    const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=2048", NULL};
-    tu_proc p = tu_wal_relay_start("wal-room", args);
-    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_proc p = start_with_queue("wal-room", "2048");
     assert_int_equal(kt_command(tu_wal_broker, "rtt 1 200"), 0);
     emit_large(c, "w.room", 4, SIZE, N);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 0);      /* all in WAL */
@@ -326,9 +336,7 @@ static void a_message_larger_than_the_producers_queue_is_published(void **state)
 {
     enum { N = 3, SIZE = 100000 };
     PGconn *c = tu_wal_connect();
-    const char *args[] = {"--kafka-prop", "queue.buffering.max.kbytes=64", NULL};
-    tu_proc p = tu_wal_relay_start("wal-small-queue", args);
-    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    tu_proc p = start_with_queue("wal-small-queue", "64");
     emit_large(c, "w.smallq", 1, SIZE, N);
     tu_wal_topic tc = tu_wal_check_topic("w.smallq", N, 30000);
     char *log = stop_with_no_failed_produce(&p);
