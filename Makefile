@@ -330,7 +330,7 @@ $(GEN): $(SCHEMAS) scripts/embed-sql.sh
 VARIANTS = rel asan vg fuzz cov
 ALL_C    = $(wildcard lib/*.c common/*.c daemon/*.c reconciler/*.c tests/*.c tests/harness/*.c \
                       tests/fuzz/*.c bench/*.c examples/*.c)
-DEPFILES = $(foreach v,$(VARIANTS),$(ALL_C:%.c=build/$(v)/%.d) build/$(v)/tests/relay_sched_test.d)
+DEPFILES = $(foreach v,$(VARIANTS),$(ALL_C:%.c=build/$(v)/%.d) build/$(v)/tests/relay_sched_test.d build/$(v)/tests/consume_plan_test.d)
 
 # clang, for libFuzzer: the library and the programs' parts instrumented
 # for coverage (fuzzer-no-link) under ASan+UBSan; each target links
@@ -404,6 +404,17 @@ build/$(1)/tests/test_relay_sim.o: tests/test_relay_sim.c build/$(1)/tests/test_
 	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_SCHED_TEST -MMD -MP -c $$< -o $$@
 	@touch $$@
 build/$(1)/tests/test_relay_sim: build/$(1)/tests/test_relay_sim.o build/$(1)/tests/relay_sched_test.o
+	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
+# Likewise the consumer's batch planner (-DFERRY_CPLAN_TEST).
+build/$(1)/tests/consume_plan_test.o: lib/consume_plan.c build/$(1)/tests/consume_plan_test.d
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_CPLAN_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
+build/$(1)/tests/test_consume_sim.o: tests/test_consume_sim.c build/$(1)/tests/test_consume_sim.d
+	@mkdir -p $$(@D)
+	$$(CC_$(1)) $$(CFLAGS_$(1)) -DFERRY_BUILDING -DFERRY_CPLAN_TEST -MMD -MP -c $$< -o $$@
+	@touch $$@
+build/$(1)/tests/test_consume_sim: build/$(1)/tests/test_consume_sim.o build/$(1)/tests/consume_plan_test.o
 	$$(CC_$(1)) $$(LDFLAGS_$(1)) -o $$@ $$^ $$(TEST_LIBS)
 
 # The demos and the benchmarks: their own objects, the harness that starts

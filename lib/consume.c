@@ -41,6 +41,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "consume_intake.h"
+#include "consume_plan.h"
 #include "internal.h"
 
 enum {
@@ -136,6 +137,7 @@ struct ferry_consumer {
     int batch_max, batch_ms;
     consume_work *batch;            /* batch_max slots, when batch_max > 1 */
     verdict *batch_verdicts;        /* as many */
+    bool *batch_poison;             /* as many: apply_batch's plan */
     unsigned revoke_gen;            /* counts revocations: a batch in hand
                                        checks its partitions when it moved */
     rd_kafka_topic_partition_list_t *held;  /* as the rebalance callbacks left it,
@@ -1807,7 +1809,7 @@ static void redeliver_rest(ferry_consumer *c, const work *ws, int from, int n)
 
 /* ws[0..n) one by one through process(), the way the one-message path
  * applies them. Returns the index of the first message not done (n when
- * all were), its outcome in *o. */
+ * all were), its outcome in *o. Their offsets are the caller's to store. */
 static int one_by_one(ferry_consumer *c, work *ws, int n, outcome *o, ferry_error *e)
 {
     *o = O_DONE;
@@ -1815,7 +1817,6 @@ static int one_by_one(ferry_consumer *c, work *ws, int n, outcome *o, ferry_erro
         *o = process(c, &ws[i], e);
         if (*o != O_DONE)
             return i;
-        store_offset(c, &ws[i]);
     }
     return n;
 }
@@ -1837,7 +1838,7 @@ static outcome failed_alone(ferry_consumer *c, work *w, const batch_failure *f, 
 }
 
 /* A batch ws[0..n) committed with verdicts v: counted, each message
- * accounted, the offsets stored. */
+ * accounted (the planner says when their offsets are stored). */
 static void batch_committed(ferry_consumer *c, work *ws, int n, const verdict *v)
 {
     after_commit(c);
@@ -1848,81 +1849,78 @@ static void batch_committed(ferry_consumer *c, work *ws, int n, const verdict *v
      * so the later claim says drain. */
     for (int k = 0; k < n; k++)
         account(c, &ws[k], v[k]);
-    store_offsets(c, ws, n);
 }
 
 /*
- * Apply ws[0..n), all from Kafka, in batches (see above). Returns the
- * index of the first message not done (n when all were), its outcome in
- * *o (O_DONE when all were).
+ * Apply ws[0..n), all from Kafka, in batches (see above), as the planner
+ * (consume_plan.c) says: it picks each step and when offsets may be
+ * stored; this carries the steps out. Returns the index of the first
+ * message not done (n when all were), its outcome in *o (O_DONE when all
+ * were).
  */
 static int apply_batch(ferry_consumer *c, work *ws, int n, outcome *o, ferry_error *e)
 {
     verdict *v = c->batch_verdicts;
-    int i = 0;
+    bool *poison = c->batch_poison;
+    for (int i = 0; i < n; i++)
+        poison[i] = ws[i].poison[0] != '\0';
+    cplan plan;
+    ferry__cplan_init(&plan, n, poison);
+    cplan_result r = {0};
+    const cplan_result *told = NULL;
+    batch_failure failed;           /* how the last run's batch failed */
+    memset(&failed, 0, sizeof failed);
+    int stored = 0;
     *o = O_DONE;
-    while (i < n && !c->stop) {
-        int j = i;
-        while (j < n && ws[j].poison[0] == '\0')
-            j++;
-        /* A message already known to be poison (j == i) goes alone: it is
-         * dead-lettered (or held) in a transaction of its own; so does a
-         * lone message before one, or at the end. */
-        if (j - i <= 1) {
-            if ((*o = process(c, &ws[i], e)) != O_DONE)
-                return i;
-            store_offset(c, &ws[i]);
-            i++;
-            continue;
+    for (;;) {
+        int ack_to;
+        cplan_step s = ferry__cplan_next(&plan, told, c->stop != 0, &ack_to);
+        if (ack_to > stored) {
+            store_offsets(c, ws + stored, ack_to - stored);
+            stored = ack_to;
         }
-        batch_failure f;
-        ferry_code rc = batch_tx(c, ws + i, j - i, v, &f);
-        if (rc == FERRY_OK) {
-            batch_committed(c, ws + i, j - i, v);
-            i = j;
-            continue;
-        }
-        c->stats.batch_fallbacks++;
-        if (f.err.retriable || transient(c, rc, &f.err))
-            c->stats.transient_retries++;
-        ferry__log(FERRY_LOG_INFO, "consumer.batch_failed",
-                  "consumer %s: a batch of %d rolled back at message %d (%s): %s", c->name,
-                  j - i, f.index, f.alone ? "its handler asks to run alone" : "applied apart",
-                  f.err.message);
-        if (f.index < 0) {
-            int done = one_by_one(c, ws + i, j - i, o, e);
-            if (*o != O_DONE)
-                return i + done;
-            i = j;
-            continue;
-        }
-        /* The messages before the failing one, as a batch again (or alone,
-         * if one), then the failing one alone; the rest on the next turn. */
-        int k = i + f.index;
-        if (k - i >= 2) {
-            batch_failure f2;
-            if (batch_tx(c, ws + i, k - i, v, &f2) == FERRY_OK) {
-                batch_committed(c, ws + i, k - i, v);
-            } else {
-                c->stats.batch_fallbacks++;
-                int done = one_by_one(c, ws + i, k - i, o, e);
-                if (*o != O_DONE)
-                    return i + done;
+        r = (cplan_result){.failed_at = -1};
+        told = &r;
+        switch (s.what) {
+        case CPLAN_BATCH: {
+            batch_failure f;
+            ferry_code rc = batch_tx(c, ws + s.from, s.to - s.from, v, &f);
+            if (rc == FERRY_OK) {
+                batch_committed(c, ws + s.from, s.to - s.from, v);
+                r.ok = true;
+                break;
             }
-        } else if (k - i == 1) {
-            int done = one_by_one(c, ws + i, 1, o, e);
-            if (*o != O_DONE)
-                return i + done;
+            c->stats.batch_fallbacks++;
+            r.failed_at = f.index;
+            /* What the failing message goes alone with is what its run's
+             * batch said of it, not the retry of the ones before it. */
+            if (!s.first)
+                break;
+            failed = f;
+            if (f.err.retriable || transient(c, rc, &f.err))
+                c->stats.transient_retries++;
+            ferry__log(FERRY_LOG_INFO, "consumer.batch_failed",
+                      "consumer %s: a batch of %d rolled back at message %d (%s): %s", c->name,
+                      s.to - s.from, f.index,
+                      f.alone ? "its handler asks to run alone" : "applied apart",
+                      f.err.message);
+            break;
         }
-        ws[k].alone_asked = 0;
-        if ((*o = failed_alone(c, &ws[k], &f, e)) != O_DONE)
-            return k;
-        store_offset(c, &ws[k]);
-        i = k + 1;
+        case CPLAN_ONE_BY_ONE:
+            r.done = one_by_one(c, ws + s.from, s.to - s.from, o, e);
+            break;
+        case CPLAN_FAILED_ALONE:
+            ws[s.from].alone_asked = 0;
+            *o = failed_alone(c, &ws[s.from], &failed, e);
+            r.ok = *o == O_DONE;
+            break;
+        case CPLAN_END:
+        default:
+            if (s.from < n && *o == O_DONE)
+                *o = O_STOPPED;
+            return s.from;
+        }
     }
-    if (i < n)
-        *o = O_STOPPED;
-    return i;
 }
 
 /* Is w's partition still assigned to this member (assignment: from
@@ -2381,7 +2379,8 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
     if (c->batch_max > 1) {
         c->batch = calloc((size_t)c->batch_max, sizeof *c->batch);
         c->batch_verdicts = calloc((size_t)c->batch_max, sizeof *c->batch_verdicts);
-        if (c->batch == NULL || c->batch_verdicts == NULL) {
+        c->batch_poison = calloc((size_t)c->batch_max, sizeof *c->batch_poison);
+        if (c->batch == NULL || c->batch_verdicts == NULL || c->batch_poison == NULL) {
             rc = ferry__error_set(e, FERRY_ENOMEM, NULL, "out of memory");
             c->conn = NULL;
             goto out_conn;
@@ -2427,6 +2426,7 @@ out_conn:
     PQfinish(c->conn);
     free(c->batch);
     free(c->batch_verdicts);
+    free(c->batch_poison);
     free(c);
     return rc;
 }
@@ -2555,6 +2555,7 @@ void ferry_consumer_destroy(ferry_consumer *c)
         rd_kafka_topic_partition_list_destroy(c->held);
     free(c->batch);
     free(c->batch_verdicts);
+    free(c->batch_poison);
     free(c);
 }
 
