@@ -237,21 +237,12 @@ static const char PUBLISHED_COUNT_SQL[] =
     " WHERE published_at IS NOT NULL AND published_at < $1::timestamptz "
     " GROUP BY topic ORDER BY count(*) DESC, topic";
 
-/* The next batch after ($2, $3) in (published_at, id) order, deleted; the
- * row comparison bounds the index scan on published_at, and the ties of
- * one acknowledgement (one now()) are ordered by id. */
+/* The next batch after ($2, $3) in (published_at, id) order, deleted, by
+ * ferry.outbox_purge_published (schema 27), which deletes published rows
+ * only: the role has no DELETE on the outbox. */
 static const char PUBLISHED_BATCH_SQL[] =
-    "WITH b AS MATERIALIZED ("
-    "  SELECT id, published_at FROM ferry.outbox "
-    "   WHERE published_at IS NOT NULL AND published_at < $1::timestamptz "
-    "     AND (published_at, id) > ($2::timestamptz, $3::uuid) "
-    "   ORDER BY published_at, id LIMIT $4::int), "
-    "d AS (DELETE FROM ferry.outbox o WHERE o.id = ANY (ARRAY(SELECT id FROM b)) "
-    "        AND o.published_at IS NOT NULL AND o.published_at < $1::timestamptz RETURNING 1), "
-    "last AS (SELECT published_at, id FROM b ORDER BY published_at DESC, id DESC LIMIT 1) "
-    "SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM b), "
-    "       last.published_at::text, last.id::text "
-    "  FROM (SELECT 1) one LEFT JOIN last ON true";
+    "SELECT deleted, looked, last_at, last_id FROM ferry.outbox_purge_published("
+    "$1::timestamptz, $2::timestamptz, $3::uuid, $4::int)";
 
 static const garbage PUBLISHED = {
     .problem = "published", .subject = "ferry.outbox", .outbox_retention = 1,

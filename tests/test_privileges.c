@@ -70,6 +70,10 @@ static const fn_cell FUNCS[] = {
     {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
     {"ferry.outbox_dead_letter(uuid,integer,boolean,text)", R | X,
      "SELECT * FROM ferry.outbox_dead_letter(gen_random_uuid(), 1, true, 'pv')", 0},
+    {"ferry.outbox_purge_published(timestamp with time zone,timestamp with time zone,uuid,"
+     "integer)", X,
+     "SELECT * FROM ferry.outbox_purge_published(now() - interval '1 day', '-infinity', "
+     "gen_random_uuid(), 1)", 0},       /* schema 27 */
     {"ferry.inbox_claim(text,uuid,text,text,bigint,boolean)", C,
      "SELECT ferry.inbox_claim('@C', gen_random_uuid(), 'pv', 'k', 1)", 1},
     {"ferry.inbox_hold(text,uuid,text,text,bigint,text,text,text,jsonb,integer,bigint,text)", C,
@@ -164,12 +168,12 @@ typedef struct tab_cell {
 static const tab_cell TABLES[] = {
     {"schema_version", 'r', W | C | R | X, NONE, NONE, {0}},
     {"settings", 'r', R | X, NONE, NONE, {[R_RELAY] = "wake_relays"}},
-    {"outbox", 'r', R | X, NONE, R | X,
+    {"outbox", 'r', R | X, NONE, R,         /* the reconciler purges by function (schema 27) */
      {[R_RELAY] = "attempts,last_error,published_at",
       [R_RECONCILER] = "available_at,attempts,last_error"}},
     {"outbox_key", 'r', R | X, NONE, NONE, {0}},
     /* Row-confined by policy: see the dead letter tests below. */
-    {"dead_letter", 'r', R | X, R | X, R | X, {[R_RELAY] = "*", [R_RECONCILER] = "*"}},
+    {"dead_letter", 'r', R | X, R, R | X, {[R_RELAY] = "*", [R_RECONCILER] = "*"}},
     {"dead_letter_id_seq", 'S', NONE, NONE, NONE, {0}},
     {"inbox", 'r', X, NONE, X, {0}},
     {"inbox_key", 'r', X, NONE, NONE, {0}},
@@ -544,8 +548,9 @@ static void writer_cannot_forge_relay_dead_letters(void **state)
     "payload, seq, shard, created_at, reason) VALUES (gen_random_uuid(), '" consumer "', " \
     "'pv-dl', 'k', 'T', '{}', 1, " shard ", now(), 'test')"
 
-/* The relay and the reconciler write relay dead letters only; the relay
- * cannot touch a consumer's, nor hand one back to a consumer. */
+/* The relay writes relay dead letters only (the reconciler none: schema
+ * 27); neither turns one into a consumer's; the relay cannot touch a
+ * consumer's, nor hand one back to a consumer. */
 static void relay_makes_relay_dead_letters_only(void **state)
 {
     PGconn *admin = tu_connect();
@@ -558,7 +563,7 @@ static void relay_makes_relay_dead_letters_only(void **state)
     for (size_t i = 0; i < COUNT(roles); i++) {
         int r = roles[i];
         const char *got = try_as(r, DL_INSERT("", "0"), buf, sizeof buf);
-        if (got != NULL)
+        if (r == R_RELAY && got != NULL)
             fail_msg("%s could not write a relay dead letter: %s", login_of[r], got);
         got = try_as(r, DL_INSERT(OWN, "-1"), buf, sizeof buf);
         if (got == NULL || strncmp(got, "42501", 5) != 0)
@@ -593,6 +598,49 @@ static void relay_makes_relay_dead_letters_only(void **state)
                                    "WHERE topic = 'pv-dl' AND reason = 'replay'"), 1);
     tu_exec(admin, "DELETE FROM ferry.inbox_held WHERE topic = 'pv-dl'; "
                    "DELETE FROM ferry.inbox_key WHERE topic = 'pv-dl'");
+    PQfinish(admin);
+}
+
+/* The reconciler moves over-attempted outbox rows to the relay's dead
+ * letters and purges published ones, through functions that do only that:
+ * it writes no dead letter itself (one it made could be replayed into the
+ * outbox as a message nobody emitted, at a position a real one then takes
+ * too) and deletes no row that was not published (schema 27). */
+static void reconciler_forges_no_message_and_deletes_no_unsent_one(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'; "
+                   "DELETE FROM ferry.outbox WHERE topic = 'pv-forge'");
+    char buf[1024];
+    const char *got = try_as(R_RECONCILER, DL_INSERT("", "0"), buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler wrote a relay dead letter of its own: %s",
+                 got ? got : "allowed");
+    tu_exec(admin, "SELECT ferry.emit('pv-forge', 'k', 'T', '{}'::jsonb)");
+    char *id = tu_str(admin, "SELECT id::text FROM ferry.outbox WHERE topic = 'pv-forge'");
+    char *sql = tu_sprintf("DELETE FROM ferry.outbox WHERE id = '%s'", id);
+    got = try_as(R_RECONCILER, sql, buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler deleted a message nobody published: %s", got ? got : "allowed");
+    free(sql);
+    /* Nor moves a message that never failed, which would park its key. */
+    sql = tu_sprintf("SELECT outcome FROM ferry.outbox_dead_letter('%s', 0, false, 'pv')", id);
+    tu_assert_str_of(as[R_RECONCILER], sql, "gone");
+    sql = tu_sprintf("SELECT deleted FROM ferry.outbox_purge_published(now() + interval '1 day', "
+                     "'-infinity', '00000000-0000-0000-0000-000000000000', 100)");
+    tu_assert_str_of(as[R_RECONCILER], sql, "0");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pv-forge'"),
+                     1);
+    /* What it may do, it does: a published row past retention goes. */
+    tu_exec(admin, "UPDATE ferry.outbox SET published_at = now() - interval '1 hour' "
+                   "WHERE topic = 'pv-forge'");
+    tu_assert_str_of(as[R_RECONCILER],
+                     tu_sprintf("SELECT deleted FROM ferry.outbox_purge_published(now(), "
+                                "'-infinity', '00000000-0000-0000-0000-000000000000', 100)"),
+                     "1");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pv-forge'"),
+                     0);
+    free(id);
     PQfinish(admin);
 }
 
@@ -678,6 +726,7 @@ int main(void)
         cmocka_unit_test(writer_cannot_forge_relay_dead_letters),
         cmocka_unit_test(relay_makes_relay_dead_letters_only),
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
+        cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
