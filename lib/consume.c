@@ -256,6 +256,8 @@ void ferry__consume_work_free(work *w)
     json_decref(w->headers);
     json_decref(w->payload);
     w->headers = w->payload = NULL;
+    free(w->payload_copy);
+    w->payload_copy = NULL;
 }
 
 /* The map of every header, built from Kafka's on first use. Later
@@ -481,6 +483,20 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
     m->offset = rkm->offset;
     m->payload_text = rkm->payload ? (const char *)rkm->payload : "null";
     m->payload_len = rkm->payload ? rkm->len : 4;
+    /* ferry.h promises NUL-terminated strings, and librdkafka's payload
+     * has no NUL after it: a handler reading payload_text as a C string
+     * read on into the record's headers. The copy is the handler's view;
+     * without the memory for it the message cannot be shown as promised
+     * and goes to the dead letters, whole (the claim and the letter use
+     * payload_len). */
+    if (rkm->payload != NULL) {
+        w->payload_copy = malloc(rkm->len + 1);
+        if (w->payload_copy != NULL) {
+            memcpy(w->payload_copy, rkm->payload, rkm->len);
+            w->payload_copy[rkm->len] = '\0';
+            m->payload_text = w->payload_copy;
+        }
+    }
 
     size_t bad;
     if (rkm->key == NULL) {
@@ -509,6 +525,10 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
     if (m->payload_len > max_payload && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
     work_finish(w, max_payload);
+    if (rkm->payload != NULL && w->payload_copy == NULL && w->poison[0] == '\0')
+        snprintf(w->poison, sizeof w->poison,
+                 "out of memory: the payload (%zu bytes) could not be given to the handler",
+                 m->payload_len);
 }
 
 enum {

@@ -32,6 +32,9 @@ typedef struct consume_work {
                                    messages need five headers, not the map */
     rd_kafka_headers_t *kafka_headers;  /* borrowed from rkm; NULL if none */
     json_t *payload;            /* owned; NULL when the payload is not JSON */
+    char *payload_copy;         /* owned: a Kafka payload with a NUL after it
+                                   (msg.payload_text); NULL from ferry.inbox_held,
+                                   whose text PostgreSQL ends with one */
     char id[FERRY_UUID_STRING_SIZE];
     char seq_text[24];          /* "" when the message has no position */
     char type[FERRY_TYPE_MAX + 1];

@@ -353,7 +353,8 @@ typedef struct ferry_message {
     const char *aggregate_type; /* "" when not given */
     int64_t position;           /* per-key position; 0 when it has none */
     const json_t *payload;      /* parsed; borrowed, do not keep */
-    const char *payload_text;   /* as received */
+    const char *payload_text;   /* as received, payload_len bytes and a NUL after
+                                   them (a payload may hold a NUL of its own) */
     size_t payload_len;
     int attempt;                /* 1 on the first try of this message by this
                                    consumer, 2 on the next (after a try that

@@ -36,6 +36,7 @@ enum { WATCHDOG_S = 240 };
 static kt_broker *broker;
 static rd_kafka_t *producer;
 static long handler_calls;
+static long payload_unterminated;   /* calls whose payload_text had no NUL after it */
 
 /* Payload {"amount": N} credits N to account <key> and records the
  * application in t_applied; {"fail": true} is refused (not retriable). */
@@ -43,6 +44,8 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
                                ferry_error *err)
 {
     handler_calls++;
+    if (m->payload_text[m->payload_len] != '\0')
+        payload_unterminated++;
     if (!json_is_object(m->payload))
         return ferry_error_set(err, FERRY_EINVAL, 0, "refused: the payload is not an object");
     if (json_is_true(json_object_get(m->payload, "fail")))
@@ -382,6 +385,28 @@ static void replayed_non_json_is_as_received(void **state)
     PQfinish(conn);
 }
 
+/* ferry.h: "Strings are NUL-terminated" — payload_text too, though a Kafka
+ * record's value is followed by its headers in librdkafka's buffer, not
+ * by a NUL (an outside audit's handler stored the headers' bytes with the
+ * payload). */
+static void payload_text_ends_with_a_nul(void **state)
+{
+    const char *topic = "h.nul";
+    rawmsg m[3] = {{"n1", "1", NULL, 0, {{"x-trace", "abcdef"}}},
+                   {"n1", "2", "{\"amount\": 2}", 0, {{"x-trace", "ghijkl"}}},
+                   {"n2", "1", "{\"amount\":3}", 0, {{"x-trace", "mnopqr"}}}};
+    produce_raw(topic, m, 3);
+    long calls = handler_calls;
+    payload_unterminated = 0;
+    ferry_consumer *c = consumer_new("h-nul", topic, 1);
+    PGconn *conn = tu_connect();
+    poll_until_sql(c, conn, "SELECT count(*) = 3 FROM t_applied WHERE consumer = 'h-nul'");
+    tu_consumer_done(c);
+    assert_true(handler_calls - calls >= 3);
+    assert_int_equal(payload_unterminated, 0);
+    PQfinish(conn);
+}
+
 /* ------------------------------------------------------------------ setup */
 
 static int group_setup(void **state)
@@ -422,6 +447,7 @@ int main(void)
         cmocka_unit_test(claim_refuses_the_last_bigint_as_data),
         cmocka_unit_test(claim_failure_is_bounded_and_loses_nothing),
         cmocka_unit_test(replayed_non_json_is_as_received),
+        cmocka_unit_test(payload_text_ends_with_a_nul),
     };
     tu_filter_from_env();
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
