@@ -614,19 +614,24 @@ static relay_kv *find_prop(relay_config *c, const char *name, size_t n)
     return NULL;
 }
 
-/* Append a property the caller has checked is new and fits. */
-static int append_prop(loader *ld, const char *name, size_t n, const char *value)
+/* Append a property the caller has checked is new and fits; place: where
+ * it was set (relay_kv). */
+static int append_prop(loader *ld, const char *name, size_t n, const char *value,
+                       const char *set_at)
 {
     relay_config *c = &ld->cfg;
     char *name_copy = strndup(name, n);
     char *value_copy = strdup(value);
-    if (!name_copy || !value_copy) {
+    char *place_copy = strdup(set_at);
+    if (!name_copy || !value_copy || !place_copy) {
         free(name_copy);
         free(value_copy);
+        free(place_copy);
         return out_of_memory(ld);
     }
     c->kafka_props[c->kafka_props_count].name = name_copy;
     c->kafka_props[c->kafka_props_count].value = value_copy;
+    c->kafka_props[c->kafka_props_count].place = place_copy;
     c->kafka_props_count++;
     return 0;
 }
@@ -717,7 +722,10 @@ static int read_kafka_prop(file_walk *fw, ferry__yw *w, const yaml_event_t *key)
         fw->too_many = true;
     } else {
         fw->prop_at[ld->cfg.kafka_props_count] = key_at;
-        append_prop(ld, name, n, value);
+        char set_at[RELAY_PLACE_MAX];
+        snprintf(set_at, sizeof set_at, "%s:%d:%d: kafka: %s", ld->path, key_at.line,
+                 key_at.column, name);
+        append_prop(ld, name, n, value, set_at);
     }
     free(value);
     yaml_event_delete(&val);
@@ -923,10 +931,12 @@ static int apply_prop(loader *ld, const char *label, const char *name, size_t n,
                       : fail(ld, "%s: must not be empty", label);
     } else if ((kv = find_prop(c, name, n)) != NULL) {
         rc = set_string(ld, &kv->value, value);
+        if (rc == 0)
+            rc = set_string(ld, &kv->place, label);
     } else if (c->kafka_props_count == RELAY_KAFKA_PROPS_MAX) {
         rc = fail(ld, "%s: more than %d kafka properties", label, RELAY_KAFKA_PROPS_MAX);
     } else {
-        rc = append_prop(ld, name, n, value);
+        rc = append_prop(ld, name, n, value, label);
     }
     free(value);
     return rc;
@@ -1256,6 +1266,72 @@ static int apply_flags(loader *ld, const flag *list, size_t count)
 
 /* ------------------------------------------------------------ load */
 
+/* Another error after the one begun (fail): on a line of its own (the
+ * newline raw, the text escaped as fail's is), when it fits whole. */
+__attribute__((format(printf, 2, 3)))
+static void another(loader *ld, const char *fmt, ...)
+{
+    if (!ld->err || ld->errlen == 0)
+        return;
+    size_t used = strlen(ld->err);
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    char raw[1024];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    va_end(ap);
+    ferry__escape_text(line, sizeof line, raw);
+    size_t n = strlen(line);
+    if (used + 1 + n >= ld->errlen)
+        return;
+    ld->err[used] = '\n';
+    memcpy(ld->err + used + 1, line, n + 1);
+}
+
+/* 0 when kv may be given to librdkafka; else why not, in why. */
+static int kafka_prop_problem(const relay_kv *kv, char *why, size_t size)
+{
+#define X_FIXED(name, value) {name, value},
+    static const char *const fixed[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
+#undef X_FIXED
+#define X_NAME(name) #name,
+    static const char *const keyed[] = {RELAY_KEYED_PARTITIONERS(X_NAME)};
+#undef X_NAME
+    for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
+        if (strcmp(kv->name, fixed[f][0]) == 0 && strcmp(kv->value, fixed[f][1]) != 0) {
+            snprintf(why, size, "kafka property %s=%s: ferry-relay needs %s=%s to keep per-key "
+                     "order and lose nothing", kv->name, kv->value, fixed[f][0], fixed[f][1]);
+            return -1;
+        }
+    if (strcmp(kv->name, "partitioner") == 0) {
+        for (size_t k = 0; k < sizeof keyed / sizeof keyed[0]; k++)
+            if (strcmp(kv->value, keyed[k]) == 0)
+                return 0;
+#define X_LIST(name) " " #name
+        snprintf(why, size, "kafka property partitioner=%s: ferry-relay needs a partitioner "
+                 "that keeps a key on one partition (one of" RELAY_KEYED_PARTITIONERS(X_LIST) ")",
+                 kv->value);
+#undef X_LIST
+        return -1;
+    }
+    if (strcmp(kv->name, "plugin.library.paths") == 0)
+        return 0;
+    rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+    if (!scratch) {
+        snprintf(why, size, "kafka property %s: out of memory checking it", kv->name);
+        return -1;
+    }
+    char errstr[256];
+    int rc = 0;
+    if (rd_kafka_conf_set(scratch, kv->name, kv->value, errstr, sizeof errstr) !=
+        RD_KAFKA_CONF_OK) {
+        snprintf(why, size, "kafka property %s: %s", kv->name, errstr);
+        rc = -1;
+    }
+    rd_kafka_conf_destroy(scratch);
+    return rc;
+}
+
 /* What no single layer can check: required settings, max_inflight. */
 static int check_final(loader *ld)
 {
@@ -1267,54 +1343,29 @@ static int check_final(loader *ld)
         return fail(ld, "no Kafka: give --kafka BOOTSTRAP (\"embedded\" for an in-process mock "
                     "cluster), set FERRY_KAFKA, or set kafka: bootstrap.servers: in %s", file);
 
-    /* Kafka properties the order guarantee rests on (daemon/relay_kafka.c
-     * says why each): refused here, with the other configuration errors. */
-#define X_FIXED(name, value) {name, value},
-    static const char *const fixed[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
-#undef X_FIXED
-#define X_NAME(name) #name,
-    static const char *const keyed[] = {RELAY_KEYED_PARTITIONERS(X_NAME)};
-#undef X_NAME
+    /* Kafka properties: those the order guarantee rests on
+     * (daemon/relay_kafka.c says why each), then every other by
+     * librdkafka's own check on a scratch configuration, so that an
+     * unknown name or a bad value is a configuration error (exit 2) here
+     * rather than a failure (exit 1) at start. Each error names where the
+     * property was set, and all of them are said, one a line, as the
+     * file's own errors are. plugin.library.paths is left to the producer:
+     * setting it loads the plugins. A value librdkafka refuses is not
+     * quoted: it may be a password. */
+    int bad = 0;
     for (size_t i = 0; i < c->kafka_props_count; i++) {
         const relay_kv *kv = &c->kafka_props[i];
-        for (size_t f = 0; f < sizeof fixed / sizeof fixed[0]; f++)
-            if (strcmp(kv->name, fixed[f][0]) == 0 && strcmp(kv->value, fixed[f][1]) != 0)
-                return fail(ld, "kafka property %s=%s: ferry-relay needs %s=%s to keep per-key "
-                            "order and lose nothing", kv->name, kv->value, fixed[f][0],
-                            fixed[f][1]);
-        if (strcmp(kv->name, "partitioner") == 0) {
-            bool ok = false;
-            for (size_t k = 0; k < sizeof keyed / sizeof keyed[0]; k++)
-                ok = ok || strcmp(kv->value, keyed[k]) == 0;
-            if (!ok)
-#define X_LIST(name) " " #name
-                return fail(ld, "kafka property partitioner=%s: ferry-relay needs a partitioner "
-                            "that keeps a key on one partition (one of"
-                            RELAY_KEYED_PARTITIONERS(X_LIST) ")", kv->value);
-#undef X_LIST
-        }
-    }
-
-    /* Every other property by librdkafka's own check, on a scratch
-     * configuration: an unknown name or a bad value is a configuration
-     * error (exit 2) here rather than a failure (exit 1) at start.
-     * plugin.library.paths is left to the producer: setting it loads the
-     * plugins. The value is not quoted: it may be a password. */
-    rd_kafka_conf_t *scratch = rd_kafka_conf_new();
-    if (!scratch)
-        return out_of_memory(ld);
-    for (size_t i = 0; i < c->kafka_props_count; i++) {
-        const relay_kv *kv = &c->kafka_props[i];
-        char errstr[256];
-        if (strcmp(kv->name, "partitioner") == 0 || strcmp(kv->name, "plugin.library.paths") == 0)
+        char why[512];
+        if (kafka_prop_problem(kv, why, sizeof why) == 0)
             continue;
-        if (rd_kafka_conf_set(scratch, kv->name, kv->value, errstr, sizeof errstr) !=
-            RD_KAFKA_CONF_OK) {
-            rd_kafka_conf_destroy(scratch);
-            return fail(ld, "kafka property %s: %s", kv->name, errstr);
-        }
+        if (bad == 0)
+            fail(ld, "%s: %s", kv->place ? kv->place : "kafka", why);
+        else
+            another(ld, "%s: %s", kv->place ? kv->place : "kafka", why);
+        bad++;
     }
-    rd_kafka_conf_destroy(scratch);
+    if (bad > 0)
+        return -1;
 
     if (c->max_inflight < c->batch_size) {
         /* Blame the one that was set; max_inflight if both were. */
@@ -1433,6 +1484,7 @@ void relay_config_free(relay_config *cfg)
     for (size_t i = 0; i < cfg->kafka_props_count; i++) {
         free(cfg->kafka_props[i].name);
         free(cfg->kafka_props[i].value);
+        free(cfg->kafka_props[i].place);
     }
     memset(cfg, 0, sizeof *cfg);
 }

@@ -26,9 +26,12 @@ typedef enum relay_outbox_source {
 typedef struct relay_kv {
     char *name;
     char *value;
+    char *place;        /* where it was set, for errors: "FILE:LINE:COLUMN: kafka:
+                           NAME", "FERRY_KAFKA_PROP_X", "--kafka-prop NAME=VALUE" */
 } relay_kv;
 
 #define RELAY_KAFKA_PROPS_MAX 128
+#define RELAY_PLACE_MAX 512     /* relay_kv.place, at most */ 
 
 /* Kafka properties the per-key order rests on, each with the only value
  * the relay accepts (daemon/relay_kafka.c says why each): the kafka: map

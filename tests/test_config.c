@@ -898,7 +898,46 @@ static void kafka_props_from_env(void **state)
     assert_value(&cfg, "kafka.compression.type", "zstd");
     relay_config_free(&cfg);
     setenv("FERRY_KAFKA_PROP_ACKS", "1", 1);
-    LOAD_FAILS("kafka property acks=1: ferry-relay needs acks=all", "--db", "x");
+    LOAD_FAILS("FERRY_KAFKA_PROP_ACKS: kafka property acks=1: ferry-relay needs acks=all",
+               "--db", "x");
+    unsetenv("FERRY_KAFKA_PROP_ACKS");
+}
+
+/* A Kafka property refused names the place that set it, as every other
+ * setting's error does, and every one refused is said, not the first. */
+static void kafka_prop_errors_name_their_place(void **state)
+{
+    LOAD_FAILS("--kafka-prop acks=1: kafka property acks=1: ferry-relay needs acks=all",
+               "--db", "x", "--kafka", "e:1", "--kafka-prop", "acks=1");
+    char *yaml = tu_temp_file("db: x\n"
+                              "kafka:\n"
+                              "  bootstrap.servers: b:1\n"
+                              "  partitioner: random\n"
+                              "  no.such.prop: 1\n"
+                              "  acks: 1\n");
+    relay_config cfg;
+    char err[2048];
+    assert_int_equal(load_v(&cfg, err, sizeof err, ARGS("--config", yaml)), -1);
+    char want[3][512];
+    snprintf(want[0], sizeof want[0], "%s:4:3: kafka: partitioner: kafka property "
+             "partitioner=random: ferry-relay needs a partitioner", yaml);
+    snprintf(want[1], sizeof want[1], "\n%s:5:3: kafka: no.such.prop: kafka property "
+             "no.such.prop: No such configuration property", yaml);
+    snprintf(want[2], sizeof want[2], "\n%s:6:3: kafka: acks: kafka property acks=1: "
+             "ferry-relay needs acks=all", yaml);
+    for (int i = 0; i < 3; i++)
+        if (!strstr(err, want[i]))
+            fail_msg("expected \"%s\" in \"%s\"", want[i], err);
+    /* A flag that sets it again is the place named. */
+    assert_int_equal(load_v(&cfg, err, sizeof err,
+                            ARGS("--config", yaml, "--kafka-prop", "acks=0",
+                                 "--kafka-prop", "partitioner=murmur2_random",
+                                 "--kafka-prop", "no.such.prop=2")), -1);
+    if (!strstr(err, "--kafka-prop acks=0: kafka property acks=0") ||
+        !strstr(err, "--kafka-prop no.such.prop=2: kafka property no.such.prop") ||
+        strstr(err, "partitioner"))
+        fail_msg("overridden by flags: %s", err);
+    tu_temp_remove(yaml);
 }
 
 /* ------------------------------------------------------------ references */
@@ -1074,6 +1113,7 @@ int main(void)
         cmocka_unit_test_setup(set_errors, clear_env),
         cmocka_unit_test_setup(kafka_props_from_flags, clear_env),
         cmocka_unit_test_setup(kafka_prop_errors, clear_env),
+        cmocka_unit_test_setup(kafka_prop_errors_name_their_place, clear_env),
         cmocka_unit_test_setup(outbox_source_by_flag_and_setting, clear_env),
         cmocka_unit_test_setup(source_wal_or_table_chooses_the_outbox_source, clear_env),
         cmocka_unit_test_setup(bad_flags, clear_env),
