@@ -225,6 +225,8 @@ static void relay_free(relay *r)
     free(r);
 }
 
+/* 0 once a broker answered; 1 when a stop came first (nothing held or
+ * produced: a clean stop); -1 when --once could not reach it. */
 int relay_await_kafka(relay *r)
 {
     char why[256];
@@ -253,20 +255,27 @@ int relay_await_kafka(relay *r)
         }
         atomic_store(&r->k.down, 1);
         relay_set_health(r, 0, "kafka unreachable: waiting for a broker to answer");
-        if (stop_requested)
-            return -1;
+        if (stop_requested) {
+            /* Nothing held, nothing produced: a clean stop (exit 0), as a
+             * supervisor's stop of a relay waiting for its broker is. */
+            ferry__log(FERRY_LOG_INFO, "relay.stopping",
+                      "stopping while waiting for Kafka: no shard held, nothing in flight");
+            return 1;
+        }
         rd_kafka_poll(r->k.rk, 0);
     }
 }
 
+/* 0 started; 1 stopped before it did (relay_await_kafka); -1 failed. */
 static int relay_start(relay *r)
 {
     if (relay_db_connect(r) != 0)
         return -1;
     if (relay_kafka_start(r) != 0)
         return -1;
-    if (relay_await_kafka(r) != 0)
-        return -1;
+    int rc = relay_await_kafka(r);
+    if (rc != 0)
+        return rc;
     ferry__log_json(FERRY_LOG_INFO, "relay.start",
                    json_pack("{s:s, s:i, s:s}", "holder", r->holder, "shards",
                              r->db.shard_count, "kafka", r->k.bootstrap),
@@ -306,7 +315,12 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         status = relay_wal_run(r, &stop_requested);
         goto out;
     }
-    if (relay_start(r) != 0)
+    int started = relay_start(r);
+    if (started == 1) {
+        status = 0;
+        relay_log_stop(r, status, "undelivered", r->undelivered, r->refused);
+    }
+    if (started != 0)
         goto out;
     if (!cfg->once)
         r->lag = relay_lag_start(cfg->db, r->holder, m, cfg->stuck_ms);

@@ -1023,7 +1023,12 @@ int relay_wal_run(relay *r, volatile sig_atomic_t *stop)
     relay_set_source(r, w->sql);
     if (read_settings(r) != 0)
         goto out;
-    if (relay_kafka_start(r) != 0 || relay_await_kafka(r) != 0)
+    int waited = relay_kafka_start(r) != 0 ? -1 : relay_await_kafka(r);
+    if (waited == 1) {
+        status = 0;         /* stopped while waiting for Kafka: nothing decoded */
+        relay_log_stop(r, status, "decoded", w->decoded, w->refused);
+    }
+    if (waited != 0)
         goto out;
     ferry__log_json(FERRY_LOG_INFO, "relay.start",
                    json_pack("{s:s, s:s, s:s}", "holder", r->holder, "source", "wal", "slot",

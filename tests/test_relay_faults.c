@@ -1639,6 +1639,27 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
 }
 
 /*
+ * Stopped while it waits for Kafka, the relay stops cleanly: it holds no
+ * shard and has produced nothing, so exit 0 with relay.stop, as a
+ * supervisor's stop of a relay waiting for its broker is not a failure.
+ *
+ * Before: exit 1 and no log line (an outside audit), which a unit with
+ * Restart=on-failure records as a failure.
+ */
+static void a_relay_stopped_while_waiting_for_kafka_exits_0(void **state)
+{
+    assert_int_equal(kt_command(broker, "down 1"), 0);
+    tu_proc *p = relay_spawn("early-stop", NULL);
+    tu_proc_await_log(p, "\"event\":\"kafka.waiting\"", 15000);
+    int st = relay_stop(p, 30000);
+    assert_int_equal(kt_command(broker, "up 1"), 0);
+    if (st != 0)
+        tu_proc_fail(p, "stopped while waiting for Kafka: exit %d, want 0", st);
+    assert_int_equal(log_count(p, "relay.stopping"), 1);
+    assert_int_equal(log_count(p, "relay.stop"), 1);
+}
+
+/*
  * After an outage with nothing to publish, /healthz turns 200 again once a
  * broker is back. librdkafka reports every broker going down but not one
  * coming back, and an idle relay has no delivery report to tell it.
@@ -1765,6 +1786,7 @@ int main(void)
         T(publishing_resumes_promptly_after_a_broker_outage),
         T(every_topic_takes_the_fixed_properties),
         T(a_relay_started_before_kafka_waits_for_it),
+        T(a_relay_stopped_while_waiting_for_kafka_exits_0),
         T(an_idle_relay_is_healthy_again_after_an_outage),
         T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
     };
