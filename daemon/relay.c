@@ -372,6 +372,8 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         now = ferry__now_ms();
         sched_plan plan;
         sched_plan_next(r->s, now, &plan);
+        if (plan.polled)
+            relay_count(r, M_WAKEUPS_POLL, 1);
         log_events(r);
         if (plan.release_shard >= 0)
             relay_lease_release(r, plan.release_shard);

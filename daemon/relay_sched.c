@@ -1333,7 +1333,7 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
             }
         }
     } else if (!s->running) {
-        int look = s->dirty;
+        int look = s->dirty, timed = 0;
         /* Not when this plan turns wake-ups off: that ends the handshake. */
         if (s->handshake && now >= s->handshake_at && out->wake >= 0) {
             out->try_handshake = 1;
@@ -1359,14 +1359,18 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
                 s->next_look = now + d;
             }
             if (now >= s->next_look)
-                look = 1;
+                timed = 1;
             else
                 at_most(&out->timeout_ms, s->next_look, now);
         }
         if (now - s->sweep_started >= s->cfg.poll_interval_ms)
+            timed = 1;
+        if (timed && !look) {
             look = 1;
+            out->polled = 1;
+        }
         if (BROKEN(s, SCHED_BROKEN_WAIT_ALL) && !settled(s))
-            look = 0;
+            look = out->polled = 0;
         if (look)
             sweep_start(s, now);
         else

@@ -102,6 +102,10 @@ typedef struct sched_plan {
     int release_shard;      /* give this shard's lease back, or -1 */
     int stop;               /* leave the loop */
     int stop_clean;         /* with stop: everything produced was settled */
+    int polled;             /* a sweep started by the relay's own clock (the
+                               look-again or the poll interval), no wake-up
+                               having asked for it: ferry_relay_wakeups_total
+                               {by="poll"} */
     int timeout_ms;         /* then wait for events at most this long */
 } sched_plan;
 

@@ -658,6 +658,18 @@ static void metrics_endpoint_counts(void **state)
     assert_true(held == 16);
     assert_int_equal(tu_prom_find(r.body, "ferry_relay_end_to_end_seconds_count", &e2e), 0);
     free(r.raw);
+    /* Sweeps by the relay's own clock count as polls (the poll interval
+     * is 1 s; waited for at most 10 s). Before: always 0. */
+    double polls = 0;
+    for (int64_t end = clk_mono_ms() + 10000; polls < 1 && clk_mono_ms() < end;) {
+        r = tu_http_get(port, "/metrics");
+        assert_int_equal(tu_prom_find(r.body, "ferry_relay_wakeups_total{by=\"poll\"}", &polls),
+                         0);
+        free(r.raw);
+        if (polls < 1)
+            clk_sleep_ms(50);
+    }
+    assert_true(polls >= 1);
 
     /* librdkafka's statistics arrive every 100 ms: within 10 s a document
      * that shows the broker up, with a round-trip time (bounded polls of

@@ -1166,6 +1166,44 @@ static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
 }
 
 /*
+ * A sweep the relay starts by its own clock, no NOTIFY having asked for it,
+ * is a poll (ferry_relay_wakeups_total{by="poll"}); one a NOTIFY started
+ * is not. Before: the plan did not say which, and the counter stayed 0
+ * (an outside audit).
+ */
+static void a_sweep_started_by_the_clock_is_a_poll(void **state)
+{
+    (void)state;
+    sched *s = unit_sched(1000, 0);
+    int64_t now = 1000, seq = 1;
+    int pending = 0, fetched = 0, off = 0;
+    for (int64_t end = now + 500; now < end;)
+        now += settle(s, now, &pending, &seq, &fetched, &off);
+    /* A NOTIFY: the sweep it starts is not a poll. */
+    sched_dirty(s);
+    sched_plan p;
+    sched_plan_next(s, now, &p);
+    assert_true(p.fetch);
+    assert_false(p.polled);
+    sched_fetched(s, 0, p.limit, now);
+    /* Idle past the poll interval (1 s): the next sweep is a poll. */
+    int polls = 0;
+    for (int64_t end = now + 2500; now < end;) {
+        sched_plan_next(s, now, &p);
+        polls += p.polled;
+        if (p.fetch)
+            sched_fetched(s, 0, p.limit, now);
+        if (p.wake != 0)
+            sched_wake_set(s, p.wake > 0);
+        if (p.try_handshake)
+            sched_handshake(s, 1, now);
+        now += p.fetch ? 0 : p.timeout_ms > 0 ? p.timeout_ms : 1;
+    }
+    assert_true(polls >= 2);
+    sched_free(s);
+}
+
+/*
  * A handshake pending while nothing can be done for it must not make the
  * relay's loop spin: with every slot in flight (a partition that does not
  * answer) the sweep has no room and waits for a report, and with --once
@@ -1353,6 +1391,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(a_sweep_that_skips_mostly_keys_in_flight_looks_again_after_8_ms),
         cmocka_unit_test(at_a_low_rate_each_notify_fetches_its_row_at_once),
         cmocka_unit_test(a_pending_handshake_that_cannot_be_tried_does_not_spin),
+        cmocka_unit_test(a_sweep_started_by_the_clock_is_a_poll),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < RELAYS; i++)
