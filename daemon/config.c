@@ -227,7 +227,7 @@ static void set_enum(relay_config *c, int which, int value)
     X(kafka, "none", "Kafka bootstrap servers (required; file: kafka: bootstrap.servers:); "  \
       "\"embedded\": a mock cluster in process")                                             \
     X(metrics, "off", "HOST:PORT of /metrics and /healthz (port 0 picks one, logged)")       \
-    X(holder, "host:pid", "this relay's name in the leases")                                 \
+    X(holder, "host:pid", "this relay's name in the leases, at most 51 bytes")                                 \
     X(source, "ferry://HOST/DBNAME", "CloudEvents ce_source of every message, a URI-reference; "  \
       "\"wal\" or \"table\" choose outbox_source instead")
 
@@ -559,6 +559,10 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
             problem = metrics_problem(text);
         else if (s->index == STR_source)
             problem = relay_source_problem(text);
+        else if (s->index == STR_holder && strlen(text) > RELAY_HOLDER_MAX)
+            problem = "is longer than " RELAY_HOLDER_MAX_TEXT " bytes (the session name "
+                      "\"ferry-relay HOLDER\" must fit PostgreSQL's 63, by which a live relay "
+                      "is known)";
         if (problem && s->index == STR_metrics && text[0])
             fail_in(ld, w, s->name, "%s, not \"%.64s\"", problem, text);
         else if (problem)

@@ -31,6 +31,12 @@ typedef struct relay_kv {
 } relay_kv;
 
 #define RELAY_KAFKA_PROPS_MAX 128
+/* A holder's bytes at most: its session is named "ferry-relay HOLDER"
+ * (application_name), which PostgreSQL cuts at 63 bytes, and a live
+ * relay is found by that name: two longer names alike in their first 51
+ * bytes would be one relay to it. */
+#define RELAY_HOLDER_MAX 51
+#define RELAY_HOLDER_MAX_TEXT "51"
 #define RELAY_PLACE_MAX 512     /* relay_kv.place, at most */ 
 
 /* Kafka properties the per-key order rests on, each with the only value

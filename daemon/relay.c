@@ -204,9 +204,15 @@ static relay *relay_new(const relay_config *cfg, relay_metrics *m)
     if (cfg->holder != NULL) {
         snprintf(r->holder, sizeof r->holder, "%s", cfg->holder);
     } else {
-        char host[128] = "localhost";
+        /* host:pid, within RELAY_HOLDER_MAX: a long host name (a
+         * Kubernetes pod's) keeps its end, where pods differ, and the pid
+         * stays whole. */
+        char host[256] = "localhost", pid[24];
         gethostname(host, sizeof host - 1);
-        snprintf(r->holder, sizeof r->holder, "%s:%ld", host, (long)getpid());
+        int np = snprintf(pid, sizeof pid, ":%ld", (long)getpid());
+        size_t hl = strlen(host), room = RELAY_HOLDER_MAX - (size_t)np;
+        const char *h = hl > room ? host + (hl - room) : host;
+        snprintf(r->holder, sizeof r->holder, "%s%s", h, pid);
     }
     snprintf(r->heartbeat_name, sizeof r->heartbeat_name, RELAY_PREFIX "%s", r->holder);
     return r;

@@ -524,6 +524,22 @@ static void kafka_prop_errors(void **state)
     assert_non_null(strstr(err, "--kafka-prop one.more=1: more than 128 kafka properties"));
 }
 
+/* A holder longer than its session name can hold is refused: two such
+ * names alike in their first 51 bytes were one live relay to the check
+ * (an outside audit). */
+static void a_holder_too_long_for_its_session_name_is_refused(void **state)
+{
+    char h[64];
+    memset(h, 'h', 51);
+    h[51] = '\0';
+    relay_config cfg;
+    LOAD_OK(&cfg, "--db", "x", "--kafka", "e:1", "--holder", h);
+    relay_config_free(&cfg);
+    h[51] = 'b';
+    h[52] = '\0';
+    LOAD_FAILS("--holder: is longer than 51 bytes", "--db", "x", "--kafka", "e:1", "--holder", h);
+}
+
 static void bad_flags(void **state)
 {
     LOAD_FAILS("unknown or ambiguous option \"--nope\"", "--db", "x", "--nope");
@@ -1078,6 +1094,10 @@ static void the_sample_relay_yaml_loads_and_has_every_setting(void **state)
     relay_config cfg;
     LOAD_OK(&cfg, "--config", "packaging/relay.yaml");
     assert_value(&cfg, "batch_size", "1000");
+    /* The default ce_source (per database), not one name for every
+     * service that copies the sample; a role that can log in. */
+    assert_value(&cfg, "source", "(null)");
+    assert_null(strstr(cfg.db, "user=ferry_relay"));
     relay_config_free(&cfg);
     char *text = tu_slurp("packaging/relay.yaml", NULL);
     assert_non_null(text);
@@ -1117,6 +1137,7 @@ int main(void)
         cmocka_unit_test_setup(outbox_source_by_flag_and_setting, clear_env),
         cmocka_unit_test_setup(source_wal_or_table_chooses_the_outbox_source, clear_env),
         cmocka_unit_test_setup(bad_flags, clear_env),
+        cmocka_unit_test_setup(a_holder_too_long_for_its_session_name_is_refused, clear_env),
         cmocka_unit_test_setup(env_errors, clear_env),
         cmocka_unit_test_setup(db_and_kafka_required, clear_env),
         cmocka_unit_test_setup(empty_file_is_all_defaults, clear_env),
