@@ -352,6 +352,42 @@ static void a_position_out_of_range_is_a_data_error(void **state)
                            "gen_random_uuid(), 'credits', 'k', 9223372036854775807)",
                         "22003", NULL, NULL);
     tu_exec(c, "ROLLBACK");
+    /* consume_fail takes the positions the claim takes, no other (schema
+     * 28): before, position 0 dead-lettered and parked the key there. */
+    static const char *const seqs[] = {"0", "-1", "9223372036854775807"};
+    for (size_t i = 0; i < sizeof seqs / sizeof seqs[0]; i++) {
+        char *sql = tu_sprintf("SELECT * FROM ferry.consume_fail('" CONSUMER "', "
+                               "gen_random_uuid(), 'credits', 'k0', 'x', seq => %s, "
+                               "permanent => true)", seqs[i]);
+        tu_assert_sql_error(c, sql, "22003", "seq", NULL);
+        free(sql);
+    }
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE aggregateid = 'k0'"),
+                     0);
+    PQfinish(c);
+}
+
+/* A NULL id, topic or key is refused naming it (schema 28; before, a
+ * not-null violation of an inbox table, 23502, naming no argument). */
+static void a_null_id_topic_or_key_is_refused_by_name(void **state)
+{
+    static const struct {
+        const char *call, *field;
+    } cases[] = {
+        {"SELECT * FROM ferry.consume_claim('" CONSUMER "', NULL, 'credits', 'k', 1)", "id"},
+        {"SELECT * FROM ferry.consume_claim('" CONSUMER "', gen_random_uuid(), NULL, 'k', 1)",
+         "topic"},
+        {"SELECT * FROM ferry.consume_claim('" CONSUMER "', gen_random_uuid(), 'credits', NULL, 1)",
+         "key"},
+        {"SELECT * FROM ferry.consume_fail('" CONSUMER "', NULL, 'credits', 'k', 'x')", "id"},
+        {"SELECT * FROM ferry.consume_fail('" CONSUMER "', gen_random_uuid(), 'credits', NULL, "
+         "'x')", "key"},
+    };
+    PGconn *c = tu_connect();
+    /* Each in a transaction of its own (autocommit): a failed assertion
+     * leaves no transaction open to block the next test's setup. */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        tu_assert_sql_error(c, cases[i].call, "22023", cases[i].field, NULL);
     PQfinish(c);
 }
 
@@ -914,6 +950,11 @@ static void emit_message_refuses_with_the_field_named(void **state)
          "headers => '{\"ferry_seq\": \"1\"}')", "headers"},
         {"SELECT ferry.emit_message('t', 'k', 'T', '{}', aggregatetype => repeat('a', 256))",
          "aggregatetype"},
+        /* A number jsonb cannot hold, through both text entries (schema
+         * 28: ferry.emit's was 22003 naming no field). */
+        {"SELECT ferry.emit_message('t', 'k', 'T', '1e1000000')", "payload"},
+        {"SELECT ferry.emit('t', 'k', 'T', '1e1000000')", "payload"},
+        {"SELECT ferry.emit('t', 'k', 'T', '{}', '{\"a\": 1e1000000}')", "headers"},
     };
     PGconn *c = tu_connect();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -955,6 +996,7 @@ int main(void)
             poison_is_dead_lettered_after_bounded_attempts_and_parks_its_key_only, setup_each),
         cmocka_unit_test_setup(a_permanent_failure_is_dead_lettered_at_once, setup_each),
         cmocka_unit_test_setup(a_position_out_of_range_is_a_data_error, setup_each),
+        cmocka_unit_test_setup(a_null_id_topic_or_key_is_refused_by_name, setup_each),
         cmocka_unit_test_setup(a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn,
                                setup_each),
         cmocka_unit_test_setup(a_redelivered_discarded_message_is_a_duplicate, setup_each),
