@@ -514,6 +514,16 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
         rc = cmd_error(cmd, "--db CONNINFO (or $FERRY_DB, or db: in --config) is required");
         goto out_usage;
     }
+    /* Two opposite decisions on the same letter: which one was meant? The
+     * first was carried out and the second found nothing, silently. */
+    for (size_t i = 0; i < o->n_requests; i++)
+        for (size_t j = i + 1; j < o->n_requests; j++)
+            if (o->requests[i].action != o->requests[j].action &&
+                strcmp(o->requests[i].target, o->requests[j].target) == 0) {
+                rc = cmd_error(cmd, "--replay %s and --discard %s: one decision per dead letter",
+                               o->requests[i].target, o->requests[j].target);
+                goto out_usage;
+            }
     for (size_t i = 0; i < o->n_requests; i++) {
         if (o->requests[i].action == RC_DISCARD && (o->reason == NULL || o->reason[0] == '\0')) {
             rc = cmd_error(cmd, "--discard needs --reason TEXT: a discard is recorded with "

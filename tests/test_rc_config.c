@@ -232,6 +232,16 @@ static void errors_name_the_setting_and_place(void **state)
         fail_msg("stderr:\n%s", err);
     free(out);
     free(err);
+    /* Opposite decisions on one letter are a usage error (before: the
+     * first was carried out and the second found nothing, silently). */
+    unsetenv("FERRY_RECONCILE_LEASE_TTL");
+    out = err = NULL;
+    assert_int_equal(tu_reconcile(ARGS("repair", "--db", "x", "--replay", "t/k", "--discard",
+                                       "t/k", "--reason", "r"), 30000, &out, &err), 16);
+    if (!strstr(err, "--replay t/k and --discard t/k: one decision per dead letter"))
+        fail_msg("stderr:\n%s", err);
+    free(out);
+    free(err);
     assert_int_equal(unlink(path), 0);
 }
 
