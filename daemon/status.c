@@ -370,6 +370,16 @@ static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
                  "PROBLEM: behind: oldest ready row %.1f s, over --max-lag %g s; %lld %s ready, "
                  "%lld relay%s live%s", oldest, max_lag_s, ready, rows, live,
                  live == 1 ? "" : "s", tail);
+    } else if (live == 0 && wal_mode && !json_is_true(json_object_get(wal, "active"))) {
+        /* Not "nothing ready": what wal mode emits waits in the WAL, where
+         * this cannot count it, until a WAL relay reads the slot. */
+        ok = true;
+        snprintf(text, sizeof text, "ok: nothing ready in the outbox table; no relay is live, "
+                 "and emit_mode is 'wal' with no relay reading the replication slot \"%s\" "
+                 "(%lld bytes of WAL past its confirmed position): messages emitted in wal mode "
+                 "wait there until one does%s", slot ? slot : "?",
+                 (long long)json_integer_value(json_object_get(wal, "confirmed_lag_bytes")),
+                 tail);
     } else if (live == 0) {
         ok = true;
         snprintf(text, sizeof text, "ok: nothing ready to publish; no relay is live%s", tail);
