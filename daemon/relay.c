@@ -331,7 +331,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     if (!cfg->once)
         r->lag = relay_lag_start(cfg->db, r->holder, m, cfg->stuck_ms);
 
-    int stopping = 0, clean = 0;
+    int stopping = 0, clean = 0, stuck = 0;
     char fatal[512];
     for (;;) {
         int64_t now = ferry__now_ms();
@@ -408,6 +408,7 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         }
         if (plan.stop) {
             clean = plan.stop_clean;
+            stuck = plan.stop_stuck;
             break;
         }
         if (plan.fetch || (tick_due && r->ack.sent == 0))
@@ -416,7 +417,13 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         relay_db_drain_notifies(r);
     }
 
-    if (!clean && cfg->once && sched_inflight(r->s) == 0 && sched_ack_pending(r->s) == 0) {
+    if (stuck) {
+        ferry__log(FERRY_LOG_ERROR, "relay.once_stuck",
+                  "--once gave up: %d messages in flight in partitions that have not answered "
+                  "for %d ms (stuck_ms); their rows stay in the outbox for the next run",
+                  sched_inflight(r->s), cfg->stuck_ms);
+    } else if (!clean && cfg->once && sched_inflight(r->s) == 0 &&
+               sched_ack_pending(r->s) == 0) {
         /* --once settled with rows left: messages lost past max_attempts
          * sweeps, or rows held back past its bound of sweeps made again. */
         ferry__log(FERRY_LOG_ERROR, "relay.once_incomplete",

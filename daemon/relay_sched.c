@@ -1243,6 +1243,19 @@ static bool settled(const sched *s)
     return s->used == 0 && s->ack_count == 0;
 }
 
+/* Something is in flight, and only in partitions check_stuck() has found
+ * stuck (no answer for stuck_ms); nothing delivered waits to be
+ * acknowledged. */
+static bool only_stuck_in_flight(const sched *s)
+{
+    if (s->inflight == 0 || s->used != s->inflight)
+        return false;
+    for (const spart *p = s->active; p != NULL; p = p->anext)
+        if (p->inflight > 0 && !p->stuck)
+            return false;
+    return true;
+}
+
 static void at_most(int *timeout, int64_t at, int64_t now)
 {
     if (at <= 0)
@@ -1331,6 +1344,15 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
             } else {
                 sweep_start(s, now);
             }
+        } else if (s->ack_count == 0 && only_stuck_in_flight(s)) {
+            /* Everything left is in flight in partitions that have not
+             * answered for stuck_ms (message.timeout.ms is 0: they would
+             * wait for ever). --once does what is ready and ends: it gives
+             * up on them, unclean; their rows stay in the outbox for the
+             * next run, which sends them again (duplicates, never a loss). */
+            out->stop = 1;
+            out->stop_stuck = 1;
+            return;
         }
     } else if (!s->running) {
         int look = s->dirty, timed = 0;

@@ -102,6 +102,8 @@ typedef struct sched_plan {
     int release_shard;      /* give this shard's lease back, or -1 */
     int stop;               /* leave the loop */
     int stop_clean;         /* with stop: everything produced was settled */
+    int stop_stuck;         /* with stop (--once): what is left is in flight in
+                               partitions that have not answered for stuck_ms */
     int polled;             /* a sweep started by the relay's own clock (the
                                look-again or the poll interval), no wake-up
                                having asked for it: ferry_relay_wakeups_total

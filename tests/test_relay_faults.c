@@ -1639,6 +1639,49 @@ static void a_relay_started_before_kafka_waits_for_it(void **state)
 }
 
 /*
+ * --once with a partition that has no leader: it publishes every other
+ * key and ends, exit 1 (not everything could be published) with
+ * relay.once_stuck, once what is left has been in flight for stuck_ms;
+ * partition 0's rows stay in the outbox, and the next --once, with the
+ * leader back, publishes them in order.
+ *
+ * Before: --once never ended (message.timeout.ms is 0: the messages wait
+ * in the producer for ever); an outside audit killed it after 60 s.
+ */
+static void once_with_a_leaderless_partition_ends(void **state)
+{
+    const char *topic = "f.oncestuck";
+    enum { KEYS = 24 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    int nstuck = 0;
+    char *stuck = keys_on_partition("o", KEYS, 0, &nstuck);
+    assert_true(nstuck > 0 && nstuck < KEYS);
+    assert_int_equal(kt_command(broker, "leader %s 0 -1", topic), 0);
+    emit_keys(topic, "o", KEYS, 2);
+    const char *args[] = {"--set", "stuck_ms=500", NULL};
+    char *log = NULL;
+    int st = relay_once("oncestuck-a", args, &log);
+    assert_int_equal(kt_command(broker, "leader %s 0 1", topic), 0);
+    if (st != 1 || !strstr(log, "\"event\":\"relay.once_stuck\""))
+        fail_msg("--once with a leaderless partition: exit %d, want 1 and relay.once_stuck", st);
+    free(log);
+    PGconn *c = tu_connect();
+    /* The healthy keys went; partition 0's all stayed. */
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = "
+                                             "'%s' AND aggregateid <> ALL (%s::text[])", topic,
+                                             stuck)), 0);
+    assert_int_equal(tu_int_of(c, tu_sprintf("SELECT count(*) FROM ferry.outbox WHERE topic = "
+                                             "'%s' AND aggregateid = ANY (%s::text[])", topic,
+                                             stuck)), 2 * nstuck);
+    assert_int_equal(relay_once("oncestuck-b", NULL, NULL), 0);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+    tu_topic_check tc = tu_assert_topic(kt_bootstrap(broker), topic, 0, 30000, KEYS * 2);
+    assert_int_equal(tc.keys, KEYS);
+    free(stuck);
+    PQfinish(c);
+}
+
+/*
  * Stopped while it waits for Kafka, the relay stops cleanly: it holds no
  * shard and has produced nothing, so exit 0 with relay.stop, as a
  * supervisor's stop of a relay waiting for its broker is not a failure.
@@ -1787,6 +1830,7 @@ int main(void)
         T(every_topic_takes_the_fixed_properties),
         T(a_relay_started_before_kafka_waits_for_it),
         T(a_relay_stopped_while_waiting_for_kafka_exits_0),
+        T(once_with_a_leaderless_partition_ends),
         T(an_idle_relay_is_healthy_again_after_an_outage),
         T(a_broker_that_refuses_every_produce_ends_in_a_dead_letter),
     };
