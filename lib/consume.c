@@ -260,6 +260,23 @@ void ferry__consume_work_free(work *w)
     w->payload_copy = NULL;
 }
 
+void ferry__consume_work_move(work *dst, const work *src)
+{
+    if (dst == src)
+        return;
+    *dst = *src;
+    ferry_message *m = &dst->msg;
+    if (m->id == src->id)
+        m->id = dst->id;
+    if (m->key == src->key_text)
+        m->key = dst->key_text;
+    if (m->type == src->type)
+        m->type = dst->type;
+    if (m->aggregate_type == src->aggregate_type)
+        m->aggregate_type = dst->aggregate_type;
+    m->internal_ = dst;
+}
+
 /* The map of every header, built from Kafka's on first use. Later
  * occurrences win, as ferry_message_header() promises; a value that
  * PostgreSQL text cannot hold (not UTF-8, or with a NUL byte: jsonb
@@ -1969,10 +1986,12 @@ static int drop_revoked(ferry_consumer *c, work *ws, int n)
     int kept = 0;
     for (int i = 0; i < n; i++) {
         if (assigned(assignment, &ws[i])) {
-            if (kept != i) {
-                ws[kept] = ws[i];
-                ws[kept].msg.internal_ = &ws[kept];
-            }
+            /* Not a plain struct copy: the message's id, key and type
+             * point into its slot's own buffers, and the next message
+             * moved would overwrite them (a message claimed under
+             * another's key). */
+            if (kept != i)
+                ferry__consume_work_move(&ws[kept], &ws[i]);
             kept++;
         } else {
             rd_kafka_message_t *rkm = ws[i].rkm;

@@ -68,4 +68,11 @@ void ferry__consume_intake(consume_work *w, rd_kafka_message_t *rkm, const char 
 /* Free what *w owns; *w may be used for nothing after but another intake. */
 void ferry__consume_work_free(consume_work *w);
 
+/* Move *src into *dst, another slot (a batch closing up the gap a revoked
+ * partition's messages left): what src owned, dst owns; the message's
+ * strings that pointed into src's own buffers (id, key, type, aggregate
+ * type) point into dst's, and its internal_ to dst. src is not to be
+ * used or freed after. */
+void ferry__consume_work_move(consume_work *dst, const consume_work *src);
+
 #endif

@@ -298,6 +298,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(m->position >= 0 && m->position <= INT64_MAX - 1, "position %" PRId64,
                m->position);
 
+    /* Read again into a slot, moved to another (drop_revoked closing up a
+     * batch), the first slot's buffers then scribbled over: the moved
+     * message reads as the first reading did, from its new slot. */
+    {
+        static consume_work slot, moved;
+        ferry__consume_intake(&slot, &rkm, topic, hs, max_payload);
+        ferry__consume_work_move(&moved, &slot);
+        memset(slot.id, 'x', sizeof slot.id - 1);
+        memset(slot.key_text, 'x', sizeof slot.key_text - 1);
+        memset(slot.type, 'x', sizeof slot.type - 1);
+        memset(slot.aggregate_type, 'x', sizeof slot.aggregate_type - 1);
+        FUZZ_CHECK(strcmp(moved.msg.id, m->id) == 0 && strcmp(moved.msg.key, m->key) == 0 &&
+                   strcmp(moved.msg.type, m->type) == 0 &&
+                   strcmp(moved.msg.aggregate_type, m->aggregate_type) == 0 &&
+                   moved.msg.internal_ == &moved,
+                   "a moved message reads another's id, key or type");
+        ferry__consume_work_free(&moved);
+    }
+
     /* The id, and a second reading: a redelivery is the same message. */
     FUZZ_CHECK(m->id == w.id && uuid_canonical(w.id), "id \"%.40s\"", w.id);
     ferry__consume_intake(&again, &rkm, topic, hs, max_payload);
