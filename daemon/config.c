@@ -525,6 +525,15 @@ static const char *metrics_problem(const char *s)
     return NULL;
 }
 
+/* Bytes 0x20 .. 0x7e only. */
+static bool printable_ascii(const char *t)
+{
+    for (; *t; t++)
+        if ((unsigned char)*t < 0x20 || (unsigned char)*t > 0x7e)
+            return false;
+    return true;
+}
+
 /*
  * One setting's value from any layer, w saying which: its references
  * resolved (confref.h), checked, stored. The only way a setting is set
@@ -563,6 +572,9 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
             problem = "is longer than " RELAY_HOLDER_MAX_TEXT " bytes (the session name "
                       "\"ferry-relay HOLDER\" must fit PostgreSQL's 63, by which a live relay "
                       "is known)";
+        else if (s->index == STR_holder && !printable_ascii(text))
+            problem = "must be printable ASCII (PostgreSQL rewrites other bytes of the session "
+                      "name, \"ferry-relay HOLDER\", by which a live relay is known)";
         if (problem && s->index == STR_metrics && text[0])
             fail_in(ld, w, s->name, "%s, not \"%.64s\"", problem, text);
         else if (problem)
@@ -917,8 +929,8 @@ static int load_file(loader *ld)
  * replaces the file's; bootstrap.servers is cfg->kafka. label names the
  * place in messages ("--kafka-prop NAME=VALUE", "FERRY_KAFKA_PROP_X").
  */
-static int apply_prop(loader *ld, const char *label, const char *name, size_t n,
-                      const char *raw)
+static int apply_prop(loader *ld, const char *label, const char *set_at, const char *name,
+                      size_t n, const char *raw)
 {
     relay_config *c = &ld->cfg;
     char why[512];
@@ -936,11 +948,11 @@ static int apply_prop(loader *ld, const char *label, const char *name, size_t n,
     } else if ((kv = find_prop(c, name, n)) != NULL) {
         rc = set_string(ld, &kv->value, value);
         if (rc == 0)
-            rc = set_string(ld, &kv->place, label);
+            rc = set_string(ld, &kv->place, set_at);
     } else if (c->kafka_props_count == RELAY_KAFKA_PROPS_MAX) {
         rc = fail(ld, "%s: more than %d kafka properties", label, RELAY_KAFKA_PROPS_MAX);
     } else {
-        rc = append_prop(ld, name, n, value, label);
+        rc = append_prop(ld, name, n, value, set_at);
     }
     free(value);
     return rc;
@@ -954,7 +966,11 @@ static int apply_kafka_prop(loader *ld, const char *arg)
     const char *eq = strchr(arg, '=');
     if (!eq)
         return fail(ld, "%s: expected NAME=VALUE", label);
-    return apply_prop(ld, label, arg, (size_t)(eq - arg), eq + 1);
+    /* The place kept for a later error names the property, not its value:
+     * a value librdkafka refuses may be a password. */
+    char set_at[160];
+    snprintf(set_at, sizeof set_at, "--kafka-prop %.*s", (int)(eq - arg), arg);
+    return apply_prop(ld, label, set_at, arg, (size_t)(eq - arg), eq + 1);
 }
 
 /* ------------------------------------------------------------ environment */
@@ -1010,7 +1026,7 @@ static int apply_env(loader *ld)
             prop[m++] = run == 1 ? '.' : run == 2 ? '_' : '-';
             i += run - 1;
         }
-        if (apply_prop(ld, label, prop, m, eq + 1) != 0)
+        if (apply_prop(ld, label, label, prop, m, eq + 1) != 0)
             return -1;
     }
     return 0;

@@ -538,6 +538,17 @@ static void a_holder_too_long_for_its_session_name_is_refused(void **state)
     h[51] = 'b';
     h[52] = '\0';
     LOAD_FAILS("--holder: is longer than 51 bytes", "--db", "x", "--kafka", "e:1", "--holder", h);
+    LOAD_FAILS("--holder: must be printable ASCII", "--db", "x", "--kafka", "e:1", "--holder",
+               "r\xc3\xa9lais");
+    /* A refused property's place names it, never its value (a password,
+     * mistyped). */
+    relay_config cfg2;
+    char err[1024];
+    assert_int_equal(load_v(&cfg2, err, sizeof err,
+                            ARGS("--db", "x", "--kafka", "e:1", "--kafka-prop",
+                                 "sasl.pasword=s3cret")), -1);
+    if (strstr(err, "s3cret") || !strstr(err, "--kafka-prop sasl.pasword"))
+        fail_msg("%s", err);
 }
 
 static void bad_flags(void **state)
@@ -923,7 +934,7 @@ static void kafka_props_from_env(void **state)
  * setting's error does, and every one refused is said, not the first. */
 static void kafka_prop_errors_name_their_place(void **state)
 {
-    LOAD_FAILS("--kafka-prop acks=1: kafka property acks=1: ferry-relay needs acks=all",
+    LOAD_FAILS("--kafka-prop acks: kafka property acks=1: ferry-relay needs acks=all",
                "--db", "x", "--kafka", "e:1", "--kafka-prop", "acks=1");
     char *yaml = tu_temp_file("db: x\n"
                               "kafka:\n"
@@ -949,8 +960,8 @@ static void kafka_prop_errors_name_their_place(void **state)
                             ARGS("--config", yaml, "--kafka-prop", "acks=0",
                                  "--kafka-prop", "partitioner=murmur2_random",
                                  "--kafka-prop", "no.such.prop=2")), -1);
-    if (!strstr(err, "--kafka-prop acks=0: kafka property acks=0") ||
-        !strstr(err, "--kafka-prop no.such.prop=2: kafka property no.such.prop") ||
+    if (!strstr(err, "--kafka-prop acks: kafka property acks=0") ||
+        !strstr(err, "--kafka-prop no.such.prop: kafka property no.such.prop") ||
         strstr(err, "partitioner"))
         fail_msg("overridden by flags: %s", err);
     tu_temp_remove(yaml);
