@@ -506,7 +506,9 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
      * without the memory for it the message cannot be shown as promised
      * and goes to the dead letters, whole (the claim and the letter use
      * payload_len). */
-    if (rkm->payload != NULL) {
+    /* Only a payload the handler may see: one over max_payload goes to the
+     * dead letters (by payload_len) without it, and need not be held twice. */
+    if (rkm->payload != NULL && rkm->len <= max_payload) {
         w->payload_copy = malloc(rkm->len + 1);
         if (w->payload_copy != NULL) {
             memcpy(w->payload_copy, rkm->payload, rkm->len);
@@ -542,7 +544,8 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
     if (m->payload_len > max_payload && !payload_text_ok(m->payload_text, m->payload_len))
         w->payload_is_text = 0;
     work_finish(w, max_payload);
-    if (rkm->payload != NULL && w->payload_copy == NULL && w->poison[0] == '\0')
+    if (rkm->payload != NULL && rkm->len <= max_payload && w->payload_copy == NULL &&
+        w->poison[0] == '\0')
         snprintf(w->poison, sizeof w->poison,
                  "out of memory: the payload (%zu bytes) could not be given to the handler",
                  m->payload_len);

@@ -242,7 +242,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * or, without the memory for one, poison. */
         FUZZ_CHECK(m->payload_len == rkm.len &&
                    memcmp(m->payload_text, rkm.payload, rkm.len) == 0 &&
-                   (m->payload_text[rkm.len] == '\0' || w.poison[0] != '\0'),
+                   (rkm.len > max_payload || m->payload_text[rkm.len] == '\0' ||
+                    w.poison[0] != '\0'),
                    "payload not the message's, or not NUL-terminated");
     } else {
         FUZZ_CHECK(m->payload_len == 4 && memcmp(m->payload_text, "null", 4) == 0,
