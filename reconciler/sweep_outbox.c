@@ -303,14 +303,17 @@ static const char OVER_BATCH_SQL[] =
  * max_attempts: re-checked under the row's lock, so a row published or
  * moved meanwhile is left alone ('gone'), and a row whose id already has
  * a relay dead letter stays in the outbox ('clash') rather than failing
- * the batch. The rows are locked here first (FOR UPDATE), so the reason
- * quotes the attempts and last error the letter is written with. Per
- * topic: rows moved, rows left by a clash. */
+ * the batch. The rows are not locked here first: FOR UPDATE needs an
+ * UPDATE privilege on the outbox, which the role no longer has (schema
+ * 29); the function locks each, as the owner, in id order. So the reason
+ * quotes the attempts and last error as read just before (a relay's
+ * attempt in between is not in it; the letter's attempts column is).
+ * Per topic: rows moved, rows left by a clash. */
 static const char OVER_MOVE_SQL[] =
     "WITH c AS MATERIALIZED ("
     "  SELECT o.id, o.topic, o.attempts, o.last_error FROM ferry.outbox o "
     "   WHERE o.id = ANY ($1::uuid[]) AND o.attempts >= $2::int AND o.published_at IS NULL "
-    "   ORDER BY o.id FOR UPDATE), "
+    "   ORDER BY o.id), "
     "m AS MATERIALIZED ("
     "  SELECT c.topic, d.outcome FROM c, ferry.outbox_dead_letter(c.id, $2::int, false, "
     "         'reconciler: ' || c.attempts || ' delivery attempts, last error: ' "
