@@ -87,8 +87,39 @@ static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not emit: out of memory");
     if (st->prepared)
         return FERRY_OK;
-    PGresult *res = PQprepare(conn, EMIT_STMT, emit_sql, EMIT_NPARAMS, emit_types);
+    /* The session may have the statement already: another client's,
+     * through a transaction-pooling proxy (PgBouncer gives each
+     * transaction a server session that earlier clients prepared in), or
+     * ours from before a reset. Asked first, so that PREPARE never fails
+     * with 42P05 (already exists), which would abort the caller's
+     * transaction for nothing: the same text is used as it is; another
+     * text under our name is deallocated first (it exists, so that cannot
+     * fail). */
+    const char *q[2] = {EMIT_STMT, emit_sql};
+    PGresult *res = PQexecParams(conn,
+                                 "SELECT statement = $2 FROM pg_catalog.pg_prepared_statements "
+                                 "WHERE name = $1", 2, NULL, q, NULL, NULL, 0);
     ferry_code rc = FERRY_OK;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rc = ferry_error_from_pg(err, conn, res, "could not prepare emit");
+        PQclear(res);
+        return rc;
+    }
+    int exists = PQntuples(res) == 1, same = exists && PQgetvalue(res, 0, 0)[0] == 't';
+    PQclear(res);
+    if (same) {
+        st->prepared = 1;
+        return FERRY_OK;
+    }
+    if (exists) {
+        res = PQexec(conn, "DEALLOCATE " EMIT_STMT);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            rc = ferry_error_from_pg(err, conn, res, "could not prepare emit");
+        PQclear(res);
+        if (rc != FERRY_OK)
+            return rc;
+    }
+    res = PQprepare(conn, EMIT_STMT, emit_sql, EMIT_NPARAMS, emit_types);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         rc = ferry_error_from_pg(err, conn, res, "could not prepare emit "
                                                  "(is the ferry schema migrated?)");
@@ -100,15 +131,18 @@ static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
 
 /* The statement was deallocated behind our back (DISCARD ALL, DEALLOCATE,
  * a transaction-pooling proxy): forget it, and say the transaction may be
- * retried, which will prepare it again. */
-static void note_result_error(PGconn *conn, ferry_error *err)
+ * retried, which will prepare it again. From the result, not from err,
+ * which the caller may not have given. */
+static void note_result_error(PGconn *conn, const PGresult *res, ferry_error *err)
 {
-    if (err != NULL && strcmp(err->sqlstate, "26000") == 0) {
-        conn_state *st = PQinstanceData(conn, conn_event);
-        if (st != NULL)
-            st->prepared = 0;
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state == NULL || strcmp(state, "26000") != 0)
+        return;
+    conn_state *st = PQinstanceData(conn, conn_event);
+    if (st != NULL)
+        st->prepared = 0;
+    if (err != NULL)
         err->retriable = 1;
-    }
 }
 
 /* Parameters of one message; the buffers live in the struct so that a
@@ -163,7 +197,7 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
         char context[128];
         snprintf(context, sizeof context, "could not emit message %s", p.id);
         rc = ferry_error_from_pg(err, conn, res, context);
-        note_result_error(conn, err);
+        note_result_error(conn, res, err);
         PQclear(res);
         return rc;
     }
@@ -225,7 +259,7 @@ static ferry_code batch_collect(PGconn *conn, const batch_slot *slots, size_t n,
                 err->index = (long)slots[i].index;
             rc = ferry_error_from_pg(err, conn, st == PGRES_PIPELINE_ABORTED ? NULL : res,
                                      context);
-            note_result_error(conn, err);
+            note_result_error(conn, res, err);
         }
         PQclear(res);
         res = PQgetResult(conn);     /* the NULL that ends this query */
@@ -243,10 +277,11 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
                             ferry_error *err)
 {
     ferry__err_clear(err);
-    if (msgs == NULL || n == 0 || n > FERRY_BATCH_MAX)
+    if (msgs == NULL)
+        return ferry__error_set(err, FERRY_EINVAL, "msgs", "the message array is NULL");
+    if (n == 0 || n > FERRY_BATCH_MAX)
         return ferry__error_set(err, FERRY_EINVAL, "n",
-                             "a batch holds 1 to %d messages, not %zu", FERRY_BATCH_MAX,
-                             msgs == NULL ? 0 : n);
+                             "a batch holds 1 to %d messages, not %zu", FERRY_BATCH_MAX, n);
     for (size_t i = 0; i < n; i++) {
         ferry_code rc = ferry_msg_check(&msgs[i], opts, err);
         if (rc != FERRY_OK) {

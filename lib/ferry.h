@@ -83,9 +83,12 @@ typedef struct ferry_error {
     ferry_code code;
     int retriable;              /* 1: the same call may succeed if repeated */
     char sqlstate[6];           /* "" when the server did not say */
-    char field[FERRY_ERROR_FIELD_SIZE]; /* offending field ("topic", "key",
-                                  "type", "aggregatetype", "payload",
-                                  "headers", "delay_ms") or "" */
+    char field[FERRY_ERROR_FIELD_SIZE]; /* offending field or argument, or "":
+                                  a message's ("topic", "key", "type",
+                                  "aggregatetype", "payload", "headers",
+                                  "delay_ms"), a call's ("msg", "msgs",
+                                  "n", "conn", "fn", ...), or the COLUMN
+                                  of a server's refusal */
     uint64_t xid;               /* with FERRY_ECOMMIT_UNKNOWN, else 0 */
     long index;                 /* ferry_emit_batch: the message refused, or -1 */
     char message[FERRY_ERROR_MESSAGE_SIZE];

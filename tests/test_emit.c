@@ -697,6 +697,54 @@ static void writer_role_can_only_emit(void **state)
     PQfinish(admin);
 }
 
+/*
+ * A session that has ferry's emit statement already, as a server session
+ * behind a transaction-pooling proxy has it from an earlier client (or
+ * one with something else under its name): emit uses it, or replaces it,
+ * rather than fail its PREPARE with 42P05, which aborted the caller's
+ * transaction and was not retried (an outside audit, through PgBouncer).
+ */
+static void a_session_that_has_the_statement_already_emits(void **state)
+{
+    static const char sql[] =
+        "SELECT ferry.emit_with_id($1::uuid, $2, $3, $4, $5, $6, $7, $8::bigint)";
+    static const Oid types[8] = {0, 25, 25, 25, 25, 25, 25, 0};
+    for (int other_text = 0; other_text < 2; other_text++) {
+        PGconn *c = tu_connect();
+        PGresult *res = other_text
+                            ? PQexec(c, "PREPARE ferry_emit_with_id_v1 AS SELECT 1")
+                            : PQprepare(c, "ferry_emit_with_id_v1", sql, 8, types);
+        assert_int_equal(PQresultStatus(res), PGRES_COMMAND_OK);
+        PQclear(res);
+        tu_exec(c, "BEGIN");
+        ferry_msg m = msg("pooled", other_text ? "b" : "a", "{}");
+        ferry_error err;
+        assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+        tu_exec(c, "COMMIT");
+        PQfinish(c);
+    }
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pooled'"), 2);
+    /* The statement deallocated behind its back (DISCARD ALL), with no
+     * error struct given: the failed emit still forgets it, so the next
+     * transaction's emit prepares it again. Before: every emit without an
+     * error struct failed until one was called with one. */
+    ferry_msg m = msg("pooled", "c", "{}");
+    ferry_error err;
+    tu_exec(c, "BEGIN");
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    tu_exec(c, "DISCARD ALL");
+    tu_exec(c, "BEGIN");
+    assert_int_equal(ferry_emit(c, &m, NULL, NULL, NULL), FERRY_EDB);
+    tu_exec(c, "ROLLBACK");
+    tu_exec(c, "BEGIN");
+    assert_int_equal(ferry_emit(c, &m, NULL, NULL, NULL), FERRY_OK);
+    tu_exec(c, "COMMIT");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pooled'"), 4);
+    PQfinish(c);
+}
+
 static void relay_and_reconciler_roles(void **state)
 {
     PGconn *admin = tu_connect();
@@ -728,6 +776,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(emit_commit_is_visible, tu_clean_outbox),
+        cmocka_unit_test_setup(a_session_that_has_the_statement_already_emits, tu_clean_outbox),
         cmocka_unit_test_setup(emit_rollback_leaves_nothing, tu_clean_outbox),
         cmocka_unit_test_setup(emit_needs_open_transaction, tu_clean_outbox),
         cmocka_unit_test_setup(batch_of_10000, tu_clean_outbox),
