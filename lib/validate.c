@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
@@ -489,10 +490,12 @@ static bool header_name_reserved(const char *name)
 {
     static const char *const ce[] = {"ce_specversion", "ce_id", "ce_type",
                                      "ce_source", "ce_time"};
-    if (name[0] == '\0' || strncmp(name, "ferry_", 6) == 0)
+    /* In any case (schema 30): a consumer reading names without regard to
+     * case would take FERRY_ID for the relay's ferry_id. */
+    if (name[0] == '\0' || strncasecmp(name, "ferry_", 6) == 0)
         return true;
     for (size_t i = 0; i < sizeof ce / sizeof ce[0]; i++)
-        if (strcmp(name, ce[i]) == 0)
+        if (strcasecmp(name, ce[i]) == 0)
             return true;
     return false;
 }

@@ -341,6 +341,9 @@ static const bad_case bad_cases[] = {
     {"headers not JSON", {OK_MSG, .headers = "{a: b}"}, "headers", 1},
     {"headers reserved ferry_", {OK_MSG, .headers = "{\"ferry_id\": \"x\"}"}, "headers", 1},
     {"headers reserved ce_id", {OK_MSG, .headers = "{\"ce_id\": \"x\"}"}, "headers", 1},
+    /* In any case (schema 30): before, both paths took these. */
+    {"headers reserved FERRY_ID", {OK_MSG, .headers = "{\"FERRY_ID\": \"x\"}"}, "headers", 1},
+    {"headers reserved Ce_Id", {OK_MSG, .headers = "{\"Ce_Id\": \"x\"}"}, "headers", 1},
     {"headers empty name", {OK_MSG, .headers = "{\"\": \"x\"}"}, "headers", 1},
     {"negative delay", {OK_MSG, .delay_ms = -1}, "delay_ms", 0},
 };
