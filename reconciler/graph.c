@@ -20,7 +20,9 @@
  * beside their edges (a label on an edge between two nodes of one rank
  * sits across the edge); the title has the nodes' font.
  */
+#include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "reconcile.h"
@@ -155,7 +157,7 @@ static void graph_usage(FILE *out)
             "  --help   this text\n"
             "\n"
             "Exit status: 0 printed, 4 the definition was refused (errors on stderr as\n"
-            "FILE:LINE:COLUMN: FIELD: MESSAGE), 16 usage error.\n");
+            "FILE:LINE:COLUMN: FIELD: MESSAGE), 8 it could not be read, 16 usage error.\n");
 }
 
 int reconcile_graph(int argc, char **argv)
@@ -170,9 +172,21 @@ int reconcile_graph(int argc, char **argv)
     }
     ferry_saga_def *def = NULL;
     ferry_saga_load_errors errs;
-    if (ferry_saga_def_load(argv[1], &def, &errs) != FERRY_OK) {
+    memset(&errs, 0, sizeof errs);
+    char *text = NULL;
+    size_t len = 0;
+    bool unreadable = false;
+    /* Read first, as lint does, so that a file that cannot be read at all
+     * is 8, as lint says it, not 4 (refused). */
+    ferry_code rc = ferry__yw_read_file(argv[1], FERRY_SAGA_FILE_MAX, "the saga definition",
+                                       &text, &len, &unreadable, &errs);
+    if (rc == FERRY_OK) {
+        rc = ferry_saga_def_parse(text, len, argv[1], &def, &errs);
+        free(text);
+    }
+    if (rc != FERRY_OK) {
         reconcile_print_errors(stderr, argv[1], &errs);
-        return RECONCILE_EXIT_INVALID;
+        return unreadable || rc == FERRY_ENOMEM ? RC_EXIT_ERROR : RECONCILE_EXIT_INVALID;
     }
     print_graph(stdout, def);
     ferry_saga_def_destroy(def);

@@ -610,6 +610,11 @@ static void graph_command(void **state)
     assert_int_equal(tu_lint(&out, &err, "graph"), 16);
     free(out);
     free(err);
+    /* A file that cannot be read is 8, as lint says it (an outside audit:
+     * graph said 4, refused). */
+    assert_int_equal(tu_lint(&out, &err, "graph /nonexistent/saga.yaml"), 8);
+    free(out);
+    free(err);
     assert_int_equal(tu_lint(&out, &err, "graph a.yaml b.yaml"), 16);
     free(out);
     free(err);
