@@ -621,8 +621,13 @@ static int stop_service(demo *d)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int args = demo_args(argc, argv,
+                         "two services, two databases, one Kafka topic between them, and not a "
+                         "cent created or lost");
+    if (args >= 0)
+        return args;
     setvbuf(stdout, NULL, _IOLBF, 0);
     demo d = {.relay_bin = demo_relay_bin(),
               .service_bin = demo_env("FERRY_ACCOUNT_SERVICE_BIN", "build/rel/account-service")};

@@ -680,8 +680,12 @@ static int wal_source(fpg *pg, PGconn *conn, const char *relay_bin, kt_broker *k
     return rc;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int args = demo_args(argc, argv,
+                         "ferry's transactional outbox, end to end, in one minute");
+    if (args >= 0)
+        return args;
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *relay_bin = demo_relay_bin();
     printf("ferry %s: the transactional outbox, step by step\n", ferry_version());

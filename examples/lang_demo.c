@@ -326,15 +326,20 @@ static int one_hop(demo *d, const hop *h)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int args = demo_args(argc, argv,
+                         "one credit from C through Python and Node.js back to C, each hop "
+                         "exactly once though Kafka delivers every message twice");
+    if (args >= 0)
+        return args;
     setvbuf(stdout, NULL, _IOLBF, 0);
     demo d = {.relay_bin = demo_relay_bin(),
               .account_bin = demo_env("FERRY_ACCOUNT_SERVICE_BIN", "build/rel/account-service"),
               .python = demo_env("FERRY_PYTHON", "/usr/bin/python3"),
               .node = demo_env("FERRY_NODE", "node")};
 
-    printf("ferry %s: one credit, C -> Python -> Node.js -> C, each hop exactly once\n",
+    printf("ferry %s: one credit from C through Python and Node.js back to C, each hop exactly once though Kafka delivers every message twice\n",
            ferry_version());
     printf("(Kafka here is librdkafka's mock cluster, run by `ferry-relay devkafka`.)\n");
     int rc = setting_up(&d);

@@ -448,3 +448,21 @@ int demo_publish_copy(const char *bootstrap, const kt_msg *m, demo_delivery *cop
         *copy_out = d;
     return rc;
 }
+
+int demo_args(int argc, char **argv, const char *what)
+{
+    if (argc <= 1)
+        return -1;
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: %s\n\n%s\n\n"
+               "It starts its own throwaway PostgreSQL cluster (initdb/pg_ctl) and a\n"
+               "`ferry-relay devkafka` broker, narrates each step and checks it; the\n"
+               "first claim that does not hold ends it with exit 1. Environment:\n"
+               "FERRY_RELAY_BIN (the relay; build/rel/ferry-relay), and for some demos\n"
+               "FERRY_ACCOUNT_SERVICE_BIN, FERRY_RECONCILE_BIN, FERRY_PYTHON, FERRY_NODE.\n"
+               "`make demo` runs them all.\n", argv[0], what);
+        return 0;
+    }
+    fprintf(stderr, "%s: takes no arguments (--help says what it does)\n", argv[0]);
+    return 2;
+}

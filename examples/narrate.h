@@ -19,6 +19,11 @@
 #include "../tests/harness/kafkatmp.h"
 #include "../tests/harness/pgtmp.h"
 
+/* The demo's arguments: none, or --help (what it shows, and the
+ * environment it reads, on stdout). Returns -1 to go on, else the exit
+ * status to end with (0 after --help, 2 for anything else). */
+int demo_args(int argc, char **argv, const char *what);
+
 /* A new step of the walkthrough: "[N] ...". */
 void demo_step(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A detail of the current step, indented. */

@@ -1143,8 +1143,13 @@ static int reconcile_clean(demo *d)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    int args = demo_args(argc, argv,
+                         "an order saga across three services: take the money, set the goods "
+                         "aside, ship; and when the goods are not there, give the money back");
+    if (args >= 0)
+        return args;
     setvbuf(stdout, NULL, _IOLBF, 0);
     ferry_log_level_set(FERRY_LOG_LEVEL_WARN);     /* the narration says what happens */
     demo d = {.relay_bin = demo_relay_bin(),
