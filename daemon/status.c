@@ -374,12 +374,14 @@ static json_t *st_verdict(st_build *b, const json_t *root, double max_lag_s)
         /* Not "nothing ready": what wal mode emits waits in the WAL, where
          * this cannot count it, until a WAL relay reads the slot. */
         ok = true;
+        const json_t *lag = json_object_get(wal, "confirmed_lag_bytes");
+        char bytes[48] = "an unknown number of";
+        if (json_is_integer(lag))
+            snprintf(bytes, sizeof bytes, "%lld", (long long)json_integer_value(lag));
         snprintf(text, sizeof text, "ok: nothing ready in the outbox table; no relay is live, "
                  "and emit_mode is 'wal' with no relay reading the replication slot \"%s\" "
-                 "(%lld bytes of WAL past its confirmed position): messages emitted in wal mode "
-                 "wait there until one does%s", slot ? slot : "?",
-                 (long long)json_integer_value(json_object_get(wal, "confirmed_lag_bytes")),
-                 tail);
+                 "(%s bytes of WAL past its confirmed position): messages emitted in wal mode "
+                 "wait there until one does%s", slot ? slot : "?", bytes, tail);
     } else if (live == 0) {
         ok = true;
         snprintf(text, sizeof text, "ok: nothing ready to publish; no relay is live%s", tail);
