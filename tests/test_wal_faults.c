@@ -215,6 +215,26 @@ static void a_wal_relay_started_before_kafka_waits_for_it(void **state)
 }
 
 /*
+ * Stopped while it waits for Kafka, a WAL relay stops cleanly, as a table
+ * relay does (5ac9e27): exit 0, relay.stop, no slot taken. Before: exit 1
+ * and nothing logged.
+ */
+static void a_wal_relay_stopped_while_waiting_for_kafka_exits_0(void **state)
+{
+    assert_int_equal(kt_command(tu_wal_broker, "down 1"), 0);
+    tu_proc p = tu_wal_relay_start("wal-early-stop", NULL);
+    tu_proc_await_log(&p, "\"event\":\"kafka.waiting\"", 15000);
+    int st = tu_proc_stop(&p, 30000);
+    assert_int_equal(kt_command(tu_wal_broker, "up 1"), 0);
+    if (st != 0)
+        tu_proc_fail(&p, "stopped while waiting for Kafka: exit %d, want 0", st);
+    char *log = tu_proc_log(&p);
+    assert_non_null(strstr(log, "\"event\":\"relay.stop\""));
+    free(log);
+    tu_proc_done(&p);
+}
+
+/*
  * The payload limit raised while a WAL relay streams: a message emit now
  * accepts is larger than the limit the relay read at its start, and than
  * its producer was made for. The relay reads the limit again rather than
@@ -567,6 +587,7 @@ int main(void)
         cmocka_unit_test(a_large_transaction_survives_kill9_in_its_middle),
         cmocka_unit_test(a_lost_slot_is_loud_and_never_recreated_silently),
         cmocka_unit_test(a_wal_relay_started_before_kafka_waits_for_it),
+        cmocka_unit_test(a_wal_relay_stopped_while_waiting_for_kafka_exits_0),
         cmocka_unit_test_teardown(a_limit_raised_while_streaming_is_published, reset_limit),
         cmocka_unit_test_teardown(large_messages_wait_for_room_in_the_producer, reset_rtt),
         cmocka_unit_test(a_message_larger_than_the_producers_queue_is_published),
