@@ -374,6 +374,18 @@ static int hold_ms(const sched *s)
     return s->cfg.stuck_ms < HOLD_MS ? s->cfg.stuck_ms : HOLD_MS;
 }
 
+/* How long partition p, with something in flight, has not answered: since
+ * its oldest message in flight was produced, or its last report, whichever
+ * came later. What holding it (part_held), keeping its shards
+ * (quiet_shards) and calling it stuck (check_stuck) go by. */
+static int64_t part_silent_ms(const sched *s, const spart *p, int64_t now)
+{
+    int64_t since = s->slots[p->head].produced_ms;
+    if (p->last_report > since)
+        since = p->last_report;
+    return now - since;
+}
+
 /* A partition's share of the slots: half of them split among the
  * partitions with anything in flight, and at least an eighth, so that
  * partitions that stop answering at once (a broker leads several) leave
@@ -412,10 +424,7 @@ static bool part_held(const sched *s, const spart *p, int64_t now)
     if (p->inflight >= part_cap(s) ||
         (s->bytes_limit > 0 && p->bytes >= s->bytes_limit / PART_BYTES_SHARE))
         return true;
-    int64_t since = s->slots[p->head].produced_ms;
-    if (p->last_report > since)
-        since = p->last_report;
-    return now - since >= hold_ms(s);
+    return part_silent_ms(s, p, now) >= hold_ms(s);
 }
 
 static void part_link(sched *s, spart *p, int slot)
@@ -612,13 +621,8 @@ static void quiet_shards(sched *s, int64_t now)
     s->quiet_at = now;
     unsigned char *quiet = s->quiet;
     memset(quiet, 0, SCHED_SHARDS_MAX);
-    for (const spart *p = s->active; p != NULL; p = p->anext) {
-        if (p->inflight == 0)
-            continue;
-        int64_t since = s->slots[p->head].produced_ms;
-        if (p->last_report > since)
-            since = p->last_report;
-        if (now - since < s->cfg.stuck_ms / 2)
+    for (const spart *p = s->active; p != NULL; p = p->anext) {   /* all in flight */
+        if (part_silent_ms(s, p, now) < s->cfg.stuck_ms / 2)
             continue;
         for (int i = p->head; i >= 0; i = s->slots[i].next)
             quiet[s->slots[i].shard] = 1;
@@ -1189,7 +1193,7 @@ static void check_stuck(sched *s, int64_t now)
 {
     for (spart *p = s->active; p != NULL; p = p->anext) {
         int64_t age = now - s->slots[p->head].produced_ms;
-        if (!p->stuck && age >= s->cfg.stuck_ms && now - p->last_report >= s->cfg.stuck_ms) {
+        if (!p->stuck && part_silent_ms(s, p, now) >= s->cfg.stuck_ms) {
             p->stuck = 1;
             s->stuck_parts++;
             event(s, EV_PARTITION_STUCK, p->name, p->partition, age);
@@ -1250,8 +1254,8 @@ static bool only_stuck_in_flight(const sched *s)
 {
     if (s->inflight == 0 || s->used != s->inflight)
         return false;
-    for (const spart *p = s->active; p != NULL; p = p->anext)
-        if (p->inflight > 0 && !p->stuck)
+    for (const spart *p = s->active; p != NULL; p = p->anext)   /* all in flight */
+        if (!p->stuck)
             return false;
     return true;
 }
