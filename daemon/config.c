@@ -227,7 +227,7 @@ static void set_enum(relay_config *c, int which, int value)
     X(kafka, "none", "Kafka bootstrap servers (required; file: kafka: bootstrap.servers:); "  \
       "\"embedded\": a mock cluster in process")                                             \
     X(metrics, "off", "HOST:PORT of /metrics and /healthz (port 0 picks one, logged)")       \
-    X(holder, "host:pid", "this relay's name in the leases, at most 51 bytes")                                 \
+    X(holder, "host:pid", "this relay's name in the leases, at most 51 bytes")               \
     X(source, "ferry://HOST/DBNAME", "CloudEvents ce_source of every message, a URI-reference; "  \
       "\"wal\" or \"table\" choose outbox_source instead")
 
@@ -1308,8 +1308,11 @@ static void another(loader *ld, const char *fmt, ...)
     memcpy(ld->err + used + 1, line, n + 1);
 }
 
-/* 0 when kv may be given to librdkafka; else why not, in why. */
-static int kafka_prop_problem(const relay_kv *kv, char *why, size_t size)
+/* 0 when kv may be given to librdkafka; else why not, in why. scratch: a
+ * configuration librdkafka checks the value on (any value it takes is
+ * set in it, to no effect). */
+static int kafka_prop_problem(rd_kafka_conf_t *scratch, const relay_kv *kv, char *why,
+                              size_t size)
 {
 #define X_FIXED(name, value) {name, value},
     static const char *const fixed[][2] = {RELAY_FIXED_KAFKA_PROPS(X_FIXED)};
@@ -1336,20 +1339,13 @@ static int kafka_prop_problem(const relay_kv *kv, char *why, size_t size)
     }
     if (strcmp(kv->name, "plugin.library.paths") == 0)
         return 0;
-    rd_kafka_conf_t *scratch = rd_kafka_conf_new();
-    if (!scratch) {
-        snprintf(why, size, "kafka property %s: out of memory checking it", kv->name);
-        return -1;
-    }
     char errstr[256];
-    int rc = 0;
     if (rd_kafka_conf_set(scratch, kv->name, kv->value, errstr, sizeof errstr) !=
         RD_KAFKA_CONF_OK) {
         snprintf(why, size, "kafka property %s: %s", kv->name, errstr);
-        rc = -1;
+        return -1;
     }
-    rd_kafka_conf_destroy(scratch);
-    return rc;
+    return 0;
 }
 
 /* What no single layer can check: required settings, max_inflight. */
@@ -1372,11 +1368,14 @@ static int check_final(loader *ld)
      * file's own errors are. plugin.library.paths is left to the producer:
      * setting it loads the plugins. A value librdkafka refuses is not
      * quoted: it may be a password. */
+    rd_kafka_conf_t *scratch = rd_kafka_conf_new();
+    if (!scratch)
+        return out_of_memory(ld);
     int bad = 0;
     for (size_t i = 0; i < c->kafka_props_count; i++) {
         const relay_kv *kv = &c->kafka_props[i];
         char why[512];
-        if (kafka_prop_problem(kv, why, sizeof why) == 0)
+        if (kafka_prop_problem(scratch, kv, why, sizeof why) == 0)
             continue;
         if (bad == 0)
             fail(ld, "%s: %s", kv->place ? kv->place : "kafka", why);
@@ -1384,6 +1383,7 @@ static int check_final(loader *ld)
             another(ld, "%s: %s", kv->place ? kv->place : "kafka", why);
         bad++;
     }
+    rd_kafka_conf_destroy(scratch);
     if (bad > 0)
         return -1;
 
