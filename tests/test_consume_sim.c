@@ -335,12 +335,7 @@ static const char *prog = "test_consume_sim";
 
 static int run_seeds(uint64_t first, uint64_t last, int tracing, uint64_t *failed)
 {
-    for (uint64_t seed = first; seed < last; seed++)
-        if (run_seed(seed, tracing)) {
-            *failed = seed;
-            return 1;
-        }
-    return 0;
+    return tu_sim_run_seeds(first, last, tracing, run_seed, failed);
 }
 
 static void simulate(void **state)

@@ -886,12 +886,7 @@ static int run_seed(uint64_t seed, int tracing)
 
 static int run_seeds(uint64_t first, uint64_t last, int tracing, uint64_t *failed_seed)
 {
-    for (uint64_t seed = first; seed < last; seed++)
-        if (run_seed(seed, tracing)) {
-            *failed_seed = seed;
-            return 1;
-        }
-    return 0;
+    return tu_sim_run_seeds(first, last, tracing, run_seed, failed_seed);
 }
 
 static void simulate(void **state)

@@ -45,6 +45,19 @@ static inline tu_sim_seeds tu_sim_seeds_from_env(uint64_t default_count)
     return s;
 }
 
+/* Run seeds [first, last) by run(seed, tracing), which is 0 when every
+ * check held; at the first that is not, its seed in *failed and 1. */
+static inline int tu_sim_run_seeds(uint64_t first, uint64_t last, int tracing,
+                                   int (*run)(uint64_t seed, int tracing), uint64_t *failed)
+{
+    for (uint64_t seed = first; seed < last; seed++)
+        if (run(seed, tracing)) {
+            *failed = seed;
+            return 1;
+        }
+    return 0;
+}
+
 /* Seeds a second since t0 (CLOCK_MONOTONIC), for the report only: the
  * simulations themselves have no clock. */
 static inline double tu_sim_rate(const struct timespec *t0, uint64_t seeds)
