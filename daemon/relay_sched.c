@@ -39,11 +39,14 @@
  * NOTIFY costs them little and saves the relay from looking. */
 #define BUSY_RATE 1000
 #define RATE_WINDOW_MS 100
-/* The window so far counts once it is this long: from idle to 2,000
- * rows/s, waiting for a whole window took ~200 ms (every writer notifying
- * meanwhile, their commits serialized, so that fewer rows came and the
- * rate took longer to reach: commit round trips of 20-80 ms, bench-relay's
- * worst 1 % all in that first 0.2 s); at this span it reacts within ~20. */
+/* The window so far counts once it is this long, at twice the busy rate:
+ * from idle to 2,000 rows/s, waiting for a whole window took ~200 ms
+ * (every writer notifying meanwhile, their commits serialized, so that
+ * fewer rows came and the rate took longer to reach: commit round trips
+ * of 20-80 ms, bench-relay's worst 1 % all in that first 0.2 s); this
+ * reacts within ~20. Twice: at the busy rate itself, 20 ms of rows
+ * arriving at random reach it every other window, and wake-ups went off
+ * and on 30 times a second. */
 #define RATE_MIN_SPAN_MS 20
 /* While busy, an empty sweep is looked at again this soon, for this long
  * before the relay counts itself idle. */
@@ -1322,7 +1325,7 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
     if (!s->cfg.once) {
         int64_t span = now - s->win_start;
         int busy = (s->rate >= BUSY_RATE || s->win_rows * 1000 >= BUSY_RATE * RATE_WINDOW_MS ||
-                    (span >= RATE_MIN_SPAN_MS && s->win_rows * 1000 >= BUSY_RATE * span)) &&
+                    (span >= RATE_MIN_SPAN_MS && s->win_rows * 1000 >= 2 * BUSY_RATE * span)) &&
                    quiet < IDLE_GRACE_MS;
         if (!s->wake_known)
             out->wake = busy ? -1 : 1;
