@@ -35,18 +35,25 @@
 /* A partition with messages in flight and no report for this long (or
  * stuck_ms, if shorter) takes no new keys. */
 #define HOLD_MS 1000
-/* Rows a second at which writers are asked not to notify: below it a
- * NOTIFY costs them little and saves the relay from looking. */
-#define BUSY_RATE 1000
+/* Rows a second at which writers are asked not to notify (BUSY_RATE),
+ * and below which they are asked again (IDLE_RATE): below those a NOTIFY
+ * costs them little and saves the relay from looking.
+ *
+ * Why 500 and not more: PostgreSQL serializes notifying commits through
+ * their WAL flush, so while wake-ups are on the writers cannot commit
+ * faster than one flush after another, and the relay never sees a rate
+ * above that. On a disk whose flush takes ~1 ms that is ~1,000 a second:
+ * at 1,000 (as before) a step from idle to 2,000 a second held the
+ * writers at ~900 with 25-35 ms commits for ~0.2 s, until a burst of
+ * late commits crossed it (bench-relay's worst 1 % at 2,000/s). Why two:
+ * at one rate, rows arriving at random cross it every other window, and
+ * each turn costs the relay two statements and the writers a handshake. */
+#define BUSY_RATE 500
+#define IDLE_RATE 250
 #define RATE_WINDOW_MS 100
 /* The window so far counts once it is this long, at twice the busy rate:
- * from idle to 2,000 rows/s, waiting for a whole window took ~200 ms
- * (every writer notifying meanwhile, their commits serialized, so that
- * fewer rows came and the rate took longer to reach: commit round trips
- * of 20-80 ms, bench-relay's worst 1 % all in that first 0.2 s); this
- * reacts within ~20. Twice: at the busy rate itself, 20 ms of rows
- * arriving at random reach it every other window, and wake-ups went off
- * and on 30 times a second. */
+ * a step to thousands a second turns wake-ups off within ~20 ms, and
+ * short bursts at lower rates do not. */
 #define RATE_MIN_SPAN_MS 20
 /* While busy, an empty sweep is looked at again this soon, for this long
  * before the relay counts itself idle. */
@@ -1323,9 +1330,14 @@ void sched_plan_next(sched *s, int64_t now, sched_plan *out)
      * again at once; see relay_wake.c. */
     int64_t quiet = now - s->last_rows_ms;
     if (!s->cfg.once) {
+        /* Rows at rate or more: in the last whole window, in the window
+         * so far, or at twice it over 20 ms or more of it. Whatever is at
+         * BUSY_RATE is at IDLE_RATE: a turn off is never undone in the
+         * same instant. */
         int64_t span = now - s->win_start;
-        int busy = (s->rate >= BUSY_RATE || s->win_rows * 1000 >= BUSY_RATE * RATE_WINDOW_MS ||
-                    (span >= RATE_MIN_SPAN_MS && s->win_rows * 1000 >= 2 * BUSY_RATE * span)) &&
+        int64_t rate = !s->wake_known || s->wake_on ? BUSY_RATE : IDLE_RATE;
+        int busy = (s->rate >= rate || s->win_rows * 1000 >= rate * RATE_WINDOW_MS ||
+                    (span >= RATE_MIN_SPAN_MS && s->win_rows * 1000 >= 2 * rate * span)) &&
                    quiet < IDLE_GRACE_MS;
         if (!s->wake_known)
             out->wake = busy ? -1 : 1;

@@ -6,8 +6,8 @@
  * serializes the commits of every notifying transaction of a database on
  * one lock held through the commit's WAL flush, and a relay busy enough to
  * look again by itself needs no wake-up. The scheduler decides
- * (relay_sched.c): off while rows arrive at BUSY_RATE or more, on
- * otherwise. "Off" is a session lock per shard this relay serves,
+ * (relay_sched.c): off once rows arrive at BUSY_RATE or more, on again
+ * once they slow below IDLE_RATE. "Off" is a session lock per shard this relay serves,
  * ferry.wake_shard_lock(shard), held exclusively; emit tries it shared and
  * notifies when it gets it (schemas/026_wake_per_shard.sql). A lock, not a
  * flag in a table: a writer under REPEATABLE READ read the flag of its

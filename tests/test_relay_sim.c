@@ -1216,18 +1216,20 @@ static int wake_offs_at_random_rate(int rate)
 }
 
 /*
- * Near the busy rate, wake-ups do not go off and on with every short
- * burst: each time costs the relay two statements and the writers a
- * handshake. Before the window so far counted at twice the busy rate (it
- * counted at the busy rate itself): 186 times in 10 s at 800 rows/s, 307
- * at 1,000. With whole windows alone: 2 and 24.
+ * At no rate do wake-ups go off and on with every short burst: each time
+ * costs the relay two statements and the writers a handshake. With the
+ * window so far counted at the busy rate itself: 186 times in 10 s at 800
+ * rows/s, 307 at 1,000; with whole windows alone and one rate (1,000) for
+ * both turns: 2 and 24 (at most 3 now, from 200 to 1,600).
  */
 static void near_the_busy_rate_wake_ups_do_not_flap(void **state)
 {
     (void)state;
-    assert_in_range(wake_offs_at_random_rate(800), 0, 10);
-    assert_in_range(wake_offs_at_random_rate(1000), 0, 40);
-    assert_in_range(wake_offs_at_random_rate(1600), 1, 3);
+    for (int rate = 200; rate <= 1600; rate += 100) {
+        int offs = wake_offs_at_random_rate(rate);
+        if (offs > 3)
+            fail_msg("at %d rows/s wake-ups went off %d times in 10 s", rate, offs);
+    }
 }
 
 /*
@@ -1238,13 +1240,13 @@ static void near_the_busy_rate_wake_ups_do_not_flap(void **state)
  * trips of 20-80 ms meanwhile; bench-relay's worst 1 % at 2,000/s all fell
  * in that first 0.2 s). Before: off after 49 ms here (20 now), as the
  * window happened to fall. Below the busy rate
- * (500 rows/s, for 2 s) they stay on.
+ * (400 rows/s, for 2 s) they stay on.
  */
 static void from_idle_to_a_high_rate_wake_ups_go_off_within_30_ms(void **state)
 {
     (void)state;
     assert_in_range(wake_off_after_step(20, 1000), 0, 30);
-    assert_int_equal(wake_off_after_step(5, 2000), -1);
+    assert_int_equal(wake_off_after_step(4, 2000), -1);
 }
 
 /*
