@@ -1123,6 +1123,20 @@ static int settle(sched *s, int64_t now, int *pending, int64_t *seq, int *fetche
     return 0;
 }
 
+/* A relay idle for a second after start: settled, wake-ups on; *now is
+ * the time after it. */
+static sched *idle_sched(int64_t *now)
+{
+    sched *s = unit_sched(1000, 0);
+    int64_t seq = 1;
+    int pending = 0, fetched = 0, off = 0;
+    for (int64_t end = *now + 1000; *now < end;)
+        *now += settle(s, *now, &pending, &seq, &fetched, &off);
+    assert_int_equal(off, 0);
+    assert_int_equal(fetched, 0);
+    return s;
+}
+
 /*
  * Issue 11, item 2: at a low rate (a commit every 10 ms, 100 a second)
  * wake-ups stay on, and each commit's NOTIFY brings the fetch that reads
@@ -1134,13 +1148,9 @@ static int settle(sched *s, int64_t now, int *pending, int64_t *seq, int *fetche
 static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
 {
     (void)state;
-    sched *s = unit_sched(1000, 0);
     int64_t now = 1000, seq = 1;
     int pending = 0, fetched = 0, off = 0;
-    /* Idle for a second: the relay settles, wake-ups on. */
-    for (int64_t end = now + 1000; now < end;)
-        now += settle(s, now, &pending, &seq, &fetched, &off);
-    assert_int_equal(off, 0);
+    sched *s = idle_sched(&now);
     for (int i = 0; i < 100; i++) {
         int64_t commit = now;
         pending = 1;            /* the commit, and its NOTIFY */
@@ -1165,12 +1175,9 @@ static void at_a_low_rate_each_notify_fetches_its_row_at_once(void **state)
  * which the plan first turned wake-ups off, or -1 if it never did. */
 static int64_t wake_off_after_step(int rows_per_10ms, int64_t span_ms)
 {
-    sched *s = unit_sched(1000, 0);
     int64_t now = 1000, seq = 1;
     int pending = 0, fetched = 0, off = 0;
-    for (int64_t end = now + 1000; now < end;)
-        now += settle(s, now, &pending, &seq, &fetched, &off);
-    assert_int_equal(off, 0);
+    sched *s = idle_sched(&now);
     int64_t step = now, when = -1;
     for (int64_t t = 0; t < span_ms && when < 0; t++, now++) {
         int rows = rows_per_10ms / 10 + (t % 10 < rows_per_10ms % 10);
@@ -1192,13 +1199,10 @@ static int64_t wake_off_after_step(int rows_per_10ms, int64_t span_ms)
  * the plan turned wake-ups off. */
 static int wake_offs_at_random_rate(int rate)
 {
-    sched *s = unit_sched(1000, 0);
     int64_t now = 1000, seq = 1;
     int pending = 0, fetched = 0, off = 0;
     uint32_t x = 12345;
-    for (int64_t end = now + 1000; now < end;)
-        now += settle(s, now, &pending, &seq, &fetched, &off);
-    off = 0;
+    sched *s = idle_sched(&now);
     for (int64_t t = 0; t < 10000; t++, now++) {
         int rows = 0;
         for (int k = 0; k < 8; k++) {
