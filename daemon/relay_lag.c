@@ -37,6 +37,8 @@ struct relay_lag {
     int stuck_ms;
     atomic_char held[MAX_SHARDS];
     int pause_ms;               /* test builds: FERRY_RELAY_TEST_LAG_PAUSE_MS */
+    int period_ms;              /* LAG_PERIOD_MS; test builds: FERRY_RELAY_TEST_LAG_PERIOD_MS */
+    int dirty;                  /* under lock: the shards held changed, measure now */
     /* Under lock: the last look's rows held by the WAL gate past
      * stuck_ms, and the longest such wait. */
     long long gate_rows;
@@ -139,9 +141,18 @@ static void *lag_main(void *arg)
         pthread_mutex_lock(&l->lock);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += LAG_PERIOD_MS / 1000;
-        while (!l->stop && pthread_cond_timedwait(&l->wake, &l->lock, &until) == 0)
+        int64_t ns = until.tv_nsec + (int64_t)(l->period_ms % 1000) * 1000000;
+        until.tv_sec += l->period_ms / 1000 + ns / 1000000000;
+        until.tv_nsec = (long)(ns % 1000000000);
+        /* Until the period ends or the shards held change. Before the
+         * flag, a signal only woke the wait to wait again: a relay that
+         * took or gave back a shard exported it as before for up to the
+         * whole period (both relays a shard, or neither, around a
+         * handover; an outside audit). */
+        while (!l->stop && !l->dirty &&
+               pthread_cond_timedwait(&l->wake, &l->lock, &until) == 0)
             ;
+        l->dirty = 0;
     }
     pthread_mutex_unlock(&l->lock);
     PQfinish(c);
@@ -165,6 +176,14 @@ relay_lag *relay_lag_start(const char *conninfo, const char *holder, relay_metri
      * its first shard, for a scrape to come while it is under way. */
     const char *pause = getenv("FERRY_RELAY_TEST_LAG_PAUSE_MS");
     l->pause_ms = pause ? atoi(pause) : 0;
+#endif
+    l->period_ms = LAG_PERIOD_MS;
+#ifdef FERRY_TEST_HOOKS
+    /* Test hook (tests/test_relay_faults.c): a period so long that only a
+     * change of the shards held brings a measurement. */
+    const char *period = getenv("FERRY_RELAY_TEST_LAG_PERIOD_MS");
+    if (period != NULL && atoi(period) > 0)
+        l->period_ms = atoi(period);
 #endif
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->wake, NULL);
@@ -191,6 +210,7 @@ void relay_lag_sync(relay_lag *l, const sched *s)
     }
     if (changed) {
         pthread_mutex_lock(&l->lock);
+        l->dirty = 1;
         pthread_cond_signal(&l->wake);
         pthread_mutex_unlock(&l->lock);
     }

@@ -1248,6 +1248,87 @@ static void lag_metrics_come_once_per_shard_without_delayed_rows(void **state)
     PQfinish(c);
 }
 
+/* The shards whose ferry_relay_unpublished_rows series port's /metrics
+ * shows, as bits; -1 if it did not answer. */
+static long long shard_series_bits(int port)
+{
+    tu_http_reply h = tu_http_get(port, "/metrics");
+    if (h.status != 200) {
+        free(h.raw);
+        return -1;
+    }
+    long long bits = 0;
+    static const char pfx[] = "\nferry_relay_unpublished_rows{shard=\"";
+    for (const char *q = h.body; (q = strstr(q, pfx)) != NULL; q++) {
+        int s = atoi(q + strlen(pfx));
+        if (s >= 0 && s < 63)
+            bits |= 1LL << s;
+    }
+    free(h.raw);
+    return bits;
+}
+
+/* Wait (up to timeout_ms) until p's lag series are those of the shards
+ * its holder leases, by the lease table. */
+static void await_series_of_leases(tu_proc *p, int port, const char *holder, int timeout_ms)
+{
+    PGconn *c = tu_connect();
+    char *sql = tu_sprintf("SELECT coalesce(sum(1::bigint << substr(name, 7)::int), 0) "
+                           "FROM ferry.lease WHERE holder = '%s' AND name LIKE 'shard:%%' "
+                           "AND expires_at > now()", holder);
+    long long want = -1, got = -1;
+    for (int64_t end = clk_mono_ms() + timeout_ms;; clk_sleep_ms(20)) {
+        want = tu_int(c, sql);
+        got = shard_series_bits(port);
+        if (got == want && want != 0)
+            break;
+        if (clk_mono_ms() > end)
+            tu_proc_fail(p, "%s exports the lag series of shards %#llx, not those it leases "
+                         "(%#llx), for %d ms", holder, got, want, timeout_ms);
+    }
+    free(sql);
+    PQfinish(c);
+}
+
+/*
+ * The lag gauges follow the leases at once: a relay exports a shard's
+ * series from when it takes the shard until it gives it back (README: a
+ * sum() over relays reads the truth once), not from its next measurement.
+ * A test hook stretches the measurements' period to ten minutes, so that
+ * only a change of the shards held can bring one.
+ *
+ * Before: a change signalled the lag thread, whose wait woke and waited
+ * again until its 5 s period ended. From outside: a shard exported by
+ * both relays for ~1.3 s around a handover, by neither for ~3 s after one
+ * stopped. Here, after the handover: "lagfollow-a exports the lag series
+ * of shards 0xffff, not those it leases (0xff00)".
+ */
+static void the_lag_series_follow_the_leases_at_once(void **state)
+{
+    const char *a[] = {"--set", "log_level=debug", "--set", "lease_ttl_ms=3000",
+                       "--metrics", "127.0.0.1:0", NULL};
+    const char *e[] = {TU_RELAY_ASAN, "FERRY_RELAY_TEST_LAG_PERIOD_MS=600000", NULL};
+    assert_true(nprocs + 2 <= MAX_PROCS);
+    tu_proc *pa = &procs[nprocs];
+    procs[nprocs++] = tu_relay_start(kt_bootstrap(broker), "lagfollow-a", a, e);
+    int port_a = tu_proc_metrics_port(pa);
+    await_leases(pa, "lagfollow-a", SHARDS, 30000);
+    await_series_of_leases(pa, port_a, "lagfollow-a", 5000);
+    /* A second relay: half the shards go over to it. */
+    tu_proc *pb = &procs[nprocs];
+    procs[nprocs++] = tu_relay_start(kt_bootstrap(broker), "lagfollow-b", a, e);
+    int port_b = tu_proc_metrics_port(pb);
+    await_leases(pb, "lagfollow-b", SHARDS / 2, 30000);
+    await_leases(pa, "lagfollow-a", SHARDS / 2, 30000);
+    await_series_of_leases(pa, port_a, "lagfollow-a", 5000);
+    await_series_of_leases(pb, port_b, "lagfollow-b", 5000);
+    /* It stops: the first takes them back. */
+    assert_int_equal(relay_stop(pb, 30000), 0);
+    await_leases(pa, "lagfollow-a", SHARDS, 30000);
+    await_series_of_leases(pa, port_a, "lagfollow-a", 5000);
+    assert_int_equal(relay_stop(pa, 30000), 0);
+}
+
 /* ------------------------------------------------------------------ 8. one name */
 
 /* ferry_relay_unpublished_rows lines in /metrics; -1 if it did not answer. */
@@ -1822,6 +1903,7 @@ int main(void)
         T(a_partitioner_that_moves_keys_is_refused),
         T(lag_metrics_come_once_per_shard_without_delayed_rows),
         T(a_scrape_during_a_lag_measurement_sees_every_shard),
+        T(the_lag_series_follow_the_leases_at_once),
         T(a_second_relay_with_the_same_name_refuses_to_start),
         T(the_same_name_on_another_database_is_another_relay),
         T(a_relay_named_lag_starts_beside_one_with_metrics),
