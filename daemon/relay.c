@@ -125,6 +125,16 @@ static void log_events(relay *r)
                                json_pack("{s:s, s:s}", "topic", e->topic, "key", e->key),
                                "key %s/%s is no longer failing", e->topic, e->key);
                 break;
+            case EV_KEY_LEFT:
+                ferry__log_json(FERRY_LOG_WARN, "key.left",
+                               json_pack("{s:s, s:s, s:I}", "topic", e->topic, "key", e->key,
+                                         "age_ms", (json_int_t)e->age_ms),
+                               "key %s/%s: its failing message left the outbox after %lld ms "
+                               "(dead-lettered, or discarded); no longer counted as stuck. A "
+                               "dead-lettered message parks its key until it is replayed or "
+                               "discarded (ferry-reconcile repair; ferry-relay status lists "
+                               "the dead letters)", e->topic, e->key, (long long)e->age_ms);
+                break;
             }
         }
     }

@@ -1246,9 +1246,10 @@ static int64_t retries_due(sched *s, int64_t now)
         if (k->inflight == 0 && k->unacked == 0 && !s->running &&
             now - k->retry_at >= s->cfg.poll_interval_ms) {
             /* Due for a whole poll interval and not seen again: its rows
-             * went away. */
+             * went away. Not "recovered": a dead-lettered message parks
+             * its key, which is then anything but (an outside audit). */
             if (k->stuck)
-                event(s, EV_KEY_RECOVERED, k->name, -1, now - k->failing_since);
+                event(s, EV_KEY_LEFT, k->name, -1, now - k->failing_since);
             failing_unlink(s, k);
             key_release(s, k);
         }

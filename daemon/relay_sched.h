@@ -80,7 +80,8 @@ typedef enum sched_event_kind {
     EV_PARTITION_STUCK,
     EV_PARTITION_RECOVERED,
     EV_KEY_STUCK,
-    EV_KEY_RECOVERED,
+    EV_KEY_RECOVERED,           /* its message went out */
+    EV_KEY_LEFT,                /* its rows went away (dead-lettered, discarded) */
 } sched_event_kind;
 
 typedef struct sched_event {

@@ -387,6 +387,36 @@ static void a_failing_key_is_said_stuck_once_and_recovered_once(void **state)
 }
 
 /*
+ * A failing key whose message goes to the dead letters is said stuck
+ * once, then "left" once, never "recovered": its later message stays
+ * parked behind the letter, which is anything but a recovery (an outside
+ * audit read key.recovered, "no longer failing", 2.5 s after the dead
+ * letter). Before: no key.left, and key.recovered once.
+ */
+static void a_dead_lettered_key_is_said_left_not_recovered(void **state)
+{
+    const char *topic = "f.left";
+    PGconn *c = tu_connect();
+    tu_emit_poison(c, topic, "bad", "good");
+    const char *args[] = {"--kafka-prop", "message.max.bytes=100000", "--set", "stuck_ms=300",
+                          "--set", "max_attempts=5", NULL};
+    tu_proc *p = relay_spawn("left-a", args);
+    tu_await(c, "SELECT count(*) = 1 FROM ferry.dead_letter WHERE consumer = '' "
+                "AND topic = 'f.left' AND aggregateid = 'bad'", 30000);
+    tu_proc_await_log(p, "\"event\":\"key.left\"", 15000);
+    /* The fault held: the key's later message waits behind the letter. */
+    assert_true(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'f.left' "
+                          "AND aggregateid = 'bad'") == 1);
+    assert_int_equal(log_count(p, "key.stuck"), 1);
+    assert_int_equal(log_count(p, "key.left"), 1);
+    assert_int_equal(log_count(p, "key.recovered"), 0);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_exec(c, "DELETE FROM ferry.outbox WHERE topic = 'f.left'");
+    tu_exec(c, "DELETE FROM ferry.dead_letter WHERE topic = 'f.left'");
+    PQfinish(c);
+}
+
+/*
  * Item 1, the other half: a topic the broker refuses (its metadata says
  * TOPIC_AUTHORIZATION_FAILED; devkafka's topic-error affects Metadata
  * replies only) stops only its own keys; another topic keeps flowing.
@@ -1904,6 +1934,7 @@ int main(void)
         T(lag_metrics_come_once_per_shard_without_delayed_rows),
         T(a_scrape_during_a_lag_measurement_sees_every_shard),
         T(the_lag_series_follow_the_leases_at_once),
+        T(a_dead_lettered_key_is_said_left_not_recovered),
         T(a_second_relay_with_the_same_name_refuses_to_start),
         T(the_same_name_on_another_database_is_another_relay),
         T(a_relay_named_lag_starts_beside_one_with_metrics),
