@@ -172,28 +172,43 @@ static int cmd_recreate(PGconn *c)
     if (create(c, s.name, lsn, sizeof lsn) != 0)
         return 1;
     const char *p2[2] = {s.name, lsn};
+    /* A window recorded by an earlier recreate and not yet cleared by an
+     * operator is kept: the new one starts where the earlier one did (or
+     * at the last confirmed position, if earlier). Overwritten, it went
+     * without a word, with the messages in it (an outside audit). */
     PGresult *res = q(
         c,
+        "WITH old AS (SELECT missed_from_lsn FROM ferry.wal_slot WHERE slot_name = $1) "
         "INSERT INTO ferry.wal_slot AS w (slot_name, created_lsn) VALUES ($1, $2::pg_lsn) "
         "ON CONFLICT (slot_name) DO UPDATE SET "
-        "  missed_from_lsn = coalesce(w.confirmed_lsn, w.created_lsn), "
-        "  missed_from_at = coalesce(w.confirmed_at, w.created_at), "
+        "  missed_from_lsn = CASE WHEN w.missed_from_lsn IS NULL "
+        "                         THEN coalesce(w.confirmed_lsn, w.created_lsn) "
+        "                         ELSE least(w.missed_from_lsn, "
+        "                                    coalesce(w.confirmed_lsn, w.created_lsn)) END, "
+        "  missed_from_at = CASE WHEN w.missed_from_lsn IS NULL "
+        "                        THEN coalesce(w.confirmed_at, w.created_at) "
+        "                        ELSE least(w.missed_from_at, "
+        "                                   coalesce(w.confirmed_at, w.created_at)) END, "
         "  missed_to_lsn = $2::pg_lsn, recreated_at = now(), "
         "  created_lsn = $2::pg_lsn, created_at = now(), "
         "  confirmed_lsn = NULL, confirmed_at = NULL "
         "RETURNING coalesce(missed_from_lsn::text, '?'), coalesce(missed_from_at::text, '?'), "
-        "          now()::text",
+        "          now()::text, (SELECT missed_from_lsn::text FROM old)",
         2, p2);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return fail_res("recreated the slot, but could not record it in ferry.wal_slot", res);
     printf("recreated the replication slot \"%s\" at %s.\n"
-           "Messages emitted in wal mode between WAL %s (last confirmed, %s) and %s (%s)\n"
+           "Messages emitted in wal mode between WAL %s (%s, %s) and %s (%s)\n"
            "may never have been published: that WAL was %s. Consumers see them as gaps in\n"
            "each key's positions (ferry-reconcile check); the window is kept in\n"
            "ferry.wal_slot (missed_from_lsn .. missed_to_lsn).\n",
-           s.name, lsn, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1), lsn,
-           PQgetvalue(res, 0, 2),
+           s.name, lsn, PQgetvalue(res, 0, 0),
+           PQgetisnull(res, 0, 3) ? "last confirmed" : "where an earlier window not yet cleared began",
+           PQgetvalue(res, 0, 1), lsn, PQgetvalue(res, 0, 2),
            s.exists ? "invalidated with the slot" : "not decoded while the slot was missing");
+    if (!PQgetisnull(res, 0, 3))
+        printf("The earlier window, from %s, was not cleared: it is part of this one.\n",
+               PQgetvalue(res, 0, 3));
     PQclear(res);
     return 0;
 }

@@ -176,6 +176,24 @@ static void a_lost_slot_is_loud_and_never_recreated_silently(void **state)
     assert_int_equal(tu_wal_slot_cmd("status", &out, NULL), 4);      /* inactive: no relay */
     assert_non_null(strstr(out, "INACTIVE"));
     free(out);
+
+    /* Lost again before anyone cleared that window: the next recreate
+     * keeps it (its window starts where the first began) and says so.
+     * Before: it recorded only the new window, from the new slot's start,
+     * and the first, with the messages in it, went without a word. */
+    char *first = tu_str(c, "SELECT missed_from_lsn::text FROM ferry.wal_slot "
+                             "WHERE slot_name = 'ferry'");
+    tu_exec(c, "SELECT pg_drop_replication_slot('ferry')");
+    assert_int_equal(tu_wal_slot_cmd("recreate", &out, NULL), 0);
+    if (strstr(out, "earlier window") == NULL || strstr(out, first) == NULL)
+        fail_msg("recreate did not say it kept the window from %s:\n%s", first, out);
+    free(out);
+    char *sql = tu_sprintf("SELECT count(*) FROM ferry.wal_slot WHERE slot_name = 'ferry' "
+                           "AND missed_from_lsn = '%s'::pg_lsn AND missed_to_lsn > "
+                           "missed_from_lsn", first);
+    assert_int_equal(tu_int(c, sql), 1);
+    free(sql);
+    free(first);
     PQfinish(c);
 }
 
