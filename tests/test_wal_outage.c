@@ -371,6 +371,11 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     /* Meanwhile emit falls back to the table, which nothing holds back:
      * the lost slot will never confirm. */
     tu_exec(c, "UPDATE ferry.settings SET emit_mode = 'table'");
+    /* ... and cannot be turned back to a slot that will never decode what
+     * emit writes (schema 31; before: taken, as only a missing slot was
+     * refused). */
+    tu_assert_sql_error(c, "UPDATE ferry.settings SET emit_mode = 'wal'", "55000", "emit_mode",
+                        "is lost");
     tu_wal_emit_n("wo.fallback", 4, 2, 2);
     assert_int_equal(table_relay_once("lost-table"), 0);
     assert_int_equal(tu_wal_check_topic("wo.fallback", 4, 30000).distinct, 4);
