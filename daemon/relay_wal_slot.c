@@ -218,9 +218,11 @@ static int cmd_status(PGconn *c)
     PGresult *res = q(c,
                       "SELECT s.wal_slot, s.emit_mode, p.slot_name IS NOT NULL, "
                       "       coalesce(p.wal_status, ''), p.active, "
-                      "       pg_wal_lsn_diff(pg_current_wal_lsn(), p.restart_lsn)::bigint, "
-                      "       pg_wal_lsn_diff(pg_current_wal_lsn(), p.confirmed_flush_lsn)::bigint, "
-                      "       coalesce(p.confirmed_flush_lsn::text, '') "
+                      "       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), p.restart_lsn)"
+                      "                ::bigint::text, 'no'), "
+                      "       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), "
+                      "                                p.confirmed_flush_lsn)::bigint::text, '?'), "
+                      "       coalesce(p.confirmed_flush_lsn::text, 'nothing') "
                       "  FROM ferry.settings s LEFT JOIN pg_replication_slots p "
                       "    ON p.slot_name = s.wal_slot",
                       0, NULL);

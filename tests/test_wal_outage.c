@@ -367,6 +367,13 @@ static void a_slot_invalidated_while_the_relay_is_down_is_loud(void **state)
     assert_non_null(strstr(out, "PROBLEM"));
     assert_non_null(strstr(out, "is lost"));
     free(out);
+    /* `slot status` says so, every figure filled in. Before: "retains
+     * bytes of WAL", the number missing (an outside audit). */
+    assert_int_equal(tu_wal_slot_cmd("status", &out, NULL), 4);
+    if (strstr(out, "wal_status lost") == NULL || strstr(out, "retains no bytes") == NULL ||
+        strstr(out, "  ") != NULL)
+        fail_msg("slot status of a lost slot: %s", out);
+    free(out);
 
     /* Meanwhile emit falls back to the table, which nothing holds back:
      * the lost slot will never confirm. */
