@@ -174,21 +174,16 @@ static int cmd_recreate(PGconn *c)
     const char *p2[2] = {s.name, lsn};
     /* A window recorded by an earlier recreate and not yet cleared by an
      * operator is kept: the new one starts where the earlier one did (or
-     * at the last confirmed position, if earlier). Overwritten, it went
-     * without a word, with the messages in it (an outside audit). */
+     * at the last confirmed position, if earlier; least() passes over a
+     * NULL, the cleared window). Overwritten, it went without a word,
+     * with the messages in it (an outside audit). */
     PGresult *res = q(
         c,
         "WITH old AS (SELECT missed_from_lsn FROM ferry.wal_slot WHERE slot_name = $1) "
         "INSERT INTO ferry.wal_slot AS w (slot_name, created_lsn) VALUES ($1, $2::pg_lsn) "
         "ON CONFLICT (slot_name) DO UPDATE SET "
-        "  missed_from_lsn = CASE WHEN w.missed_from_lsn IS NULL "
-        "                         THEN coalesce(w.confirmed_lsn, w.created_lsn) "
-        "                         ELSE least(w.missed_from_lsn, "
-        "                                    coalesce(w.confirmed_lsn, w.created_lsn)) END, "
-        "  missed_from_at = CASE WHEN w.missed_from_lsn IS NULL "
-        "                        THEN coalesce(w.confirmed_at, w.created_at) "
-        "                        ELSE least(w.missed_from_at, "
-        "                                   coalesce(w.confirmed_at, w.created_at)) END, "
+        "  missed_from_lsn = least(w.missed_from_lsn, coalesce(w.confirmed_lsn, w.created_lsn)), "
+        "  missed_from_at = least(w.missed_from_at, coalesce(w.confirmed_at, w.created_at)), "
         "  missed_to_lsn = $2::pg_lsn, recreated_at = now(), "
         "  created_lsn = $2::pg_lsn, created_at = now(), "
         "  confirmed_lsn = NULL, confirmed_at = NULL "
