@@ -182,8 +182,11 @@ relay_lag *relay_lag_start(const char *conninfo, const char *holder, relay_metri
     /* Test hook (tests/test_relay_faults.c): a period so long that only a
      * change of the shards held brings a measurement. */
     const char *period = getenv("FERRY_RELAY_TEST_LAG_PERIOD_MS");
-    if (period != NULL && atoi(period) > 0)
+    if (period != NULL && atoi(period) > 0) {
         l->period_ms = atoi(period);
+        ferry__log(FERRY_LOG_DEBUG, "lag.test_period", "lag measured every %d ms",
+                   l->period_ms);
+    }
 #endif
     pthread_mutex_init(&l->lock, NULL);
     pthread_cond_init(&l->wake, NULL);

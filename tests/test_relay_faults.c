@@ -1298,6 +1298,13 @@ static long long shard_series_bits(int port)
     return bits;
 }
 
+/* How many shards' series port's /metrics shows; -1 if it did not answer. */
+static int shard_series_count(int port)
+{
+    long long bits = shard_series_bits(port);
+    return bits < 0 ? -1 : __builtin_popcountll((unsigned long long)bits);
+}
+
 /* Wait (up to timeout_ms) until p's lag series are those of the shards
  * its holder leases, by the lease table. */
 static void await_series_of_leases(tu_proc *p, int port, const char *holder, int timeout_ms)
@@ -1344,6 +1351,8 @@ static void the_lag_series_follow_the_leases_at_once(void **state)
     int port_a = tu_proc_metrics_port(pa);
     await_leases(pa, "lagfollow-a", SHARDS, 30000);
     await_series_of_leases(pa, port_a, "lagfollow-a", 5000);
+    /* The hook took: no measurement comes by the clock. */
+    assert_int_equal(log_count(pa, "lag.test_period"), 1);
     /* A second relay: half the shards go over to it. */
     tu_proc *pb = &procs[nprocs];
     procs[nprocs++] = tu_relay_start(kt_bootstrap(broker), "lagfollow-b", a, e);
@@ -1356,23 +1365,13 @@ static void the_lag_series_follow_the_leases_at_once(void **state)
     assert_int_equal(relay_stop(pb, 30000), 0);
     await_leases(pa, "lagfollow-a", SHARDS, 30000);
     await_series_of_leases(pa, port_a, "lagfollow-a", 5000);
+    /* The hook took: no measurement comes by the clock. */
+    assert_int_equal(log_count(pa, "lag.test_period"), 1);
     assert_int_equal(relay_stop(pa, 30000), 0);
 }
 
 /* ------------------------------------------------------------------ 8. one name */
 
-/* ferry_relay_unpublished_rows lines in /metrics; -1 if it did not answer. */
-static int shard_series_count(int port)
-{
-    tu_http_reply h = tu_http_get(port, "/metrics");
-    if (h.status != 200) {
-        free(h.raw);
-        return -1;
-    }
-    int n = count_in(h.body, "\nferry_relay_unpublished_rows{");
-    free(h.raw);
-    return n;
-}
 
 /*
  * A scrape that comes while the lag gauges are being measured sees every
