@@ -402,43 +402,49 @@ static int64_t part_silent_ms(const sched *s, const spart *p, int64_t now)
     return now - since;
 }
 
-/* A partition's share of the slots: half of them split among the
- * partitions with anything in flight, and at least an eighth, so that
- * partitions that stop answering at once (a broker leads several) leave
- * the others room: with four active, up to three; with eight or more, up
- * to seven. A single partition still has half (one stuck then leaves
- * nobody to wait), so a slow broker's one partition keeps its pace. (Half
- * of every partition, at least batch_size, let two stuck partitions take
- * every slot: the simulator's seed 52467 with two.) */
-#define PART_SLOTS_SHARE 8
+/* A partition's share of the slots and of the producer's byte budget:
+ * half of each, split among the partitions with anything in flight (and
+ * of the bytes never more than an eighth: at 64 MiB, 8 MiB, plenty for
+ * one partition's pace). A single partition has half the slots (one
+ * stuck then leaves the other half), and however many stop answering at
+ * once (a broker that leads them goes down while every partition is
+ * busy), together they hold at most half of either: the ones that answer
+ * keep the rest. (At least an eighth each, as before, let eight such
+ * partitions take every slot and the whole byte budget; half of every
+ * partition, at least batch_size, let two: the simulator's seed 52467.)
+ * With 20,000 slots and a hundred partitions busy, a hundred each: far
+ * more than a partition's round trip needs. */
+static int part_active(const sched *s)
+{
+    return s->active_count > 1 ? s->active_count : 1;
+}
+
 static int part_cap(const sched *s)
 {
-    int active = s->active_count > 1 ? s->active_count : 1;
-    int cap = s->cfg.max_inflight / (2 * active);
-    if (cap < s->cfg.max_inflight / PART_SLOTS_SHARE)
-        cap = s->cfg.max_inflight / PART_SLOTS_SHARE;
+    int cap = s->cfg.max_inflight / (2 * part_active(s));
     return cap > 1 ? cap : 1;
 }
 
-/* A partition's share of the producer's byte budget: an eighth, so that
- * up to seven partitions that stop answering at once (a broker leads
- * several) leave the rest room; at 64 MiB, 8 MiB a partition, plenty for
- * one partition's pace. */
 #define PART_BYTES_SHARE 8
+static size_t part_bytes_cap(const sched *s)
+{
+    size_t active = (size_t)part_active(s);
+    return s->bytes_limit / (2 * active > PART_BYTES_SHARE ? 2 * active : PART_BYTES_SHARE);
+}
 
 /* --once: sweeps made again for rows held back, at most. */
 #define ONCE_HELD_SWEEPS_MAX 10000
 
 /* Held: messages in it have had no answer for hold_ms, or it has its
- * share of the slots (half) or of the producer's byte budget (an eighth),
- * so that a partition that stops answering leaves the rest to the others.
- * No new key goes in until it answers. */
+ * share of the slots or of the producer's byte budget (part_cap), so that
+ * partitions that stop answering leave the rest to the others. No new key
+ * goes in until it answers. */
 static bool part_held(const sched *s, const spart *p, int64_t now)
 {
     if (p == NULL || p->inflight == 0)
         return false;
     if (p->inflight >= part_cap(s) ||
-        (s->bytes_limit > 0 && p->bytes >= s->bytes_limit / PART_BYTES_SHARE))
+        (s->bytes_limit > 0 && p->bytes >= part_bytes_cap(s)))
         return true;
     return part_silent_ms(s, p, now) >= hold_ms(s);
 }

@@ -1375,7 +1375,7 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
     assert_int_equal(sched_admit_row(s, 0, "t", "k3", 3, 1, now, NULL), ADMIT_PRODUCE);
     assert_true(sched_produced(s, 0, "t", "k3", 3, id3, now, 32, 0, now) >= 0);
     sched_advance(s, 0, "t", "k3", 1);
-    /* Partition 3 holds 32 bytes, past its eighth of the budget: a new key
+    /* Partition 3 holds 32 bytes, past its share of the budget: a new key
      * of it waits (were the partition stuck, the others keep the rest),
      * while one of partition 0, which holds nothing, goes. */
     sched_delivered(s, slots[2], 1, now);
@@ -1394,6 +1394,88 @@ static void rows_wait_while_the_producer_holds_its_byte_budget(void **state)
     assert_true(sched_produced(s, 0, "t", "k9", 9, id4, now, 500, 0, now) >= 0);
     assert_int_equal(sched_admit_row(s, 0, "t", "k8", 8, 1, now, NULL), ADMIT_NO_ROOM);
     sched_free(s);
+}
+
+/*
+ * A broker that leads many partitions goes down under load: every
+ * partition of the topic has messages in flight, and twelve of the
+ * twenty-four stop answering at once. For the first second (before the
+ * silent ones are held) every partition keeps taking new keys; the
+ * silent ones must not take every slot, nor the producer's whole byte
+ * budget, so that the twelve that answer keep flowing. Returns how many
+ * rows of answering partitions found no room.
+ *
+ * Before: a partition's share was at least an eighth (of the slots and of
+ * the bytes), so eight or more silent partitions took everything and the
+ * answering ones' rows found no room.
+ */
+enum { DOWN_PARTS = 24, DOWN_SILENT = 12, DOWN_ROUNDS = 40 };
+
+static int rows_refused_with_a_broker_down(int max_inflight, size_t bytes_limit)
+{
+    sched *s = unit_sched(max_inflight, 0);
+    sched_wake_set(s, 0);
+    if (bytes_limit > 0)
+        sched_bytes_limit(s, bytes_limit);
+    int64_t now = 1000;
+    int last[DOWN_PARTS];
+    int refused = 0, silent_taken = 0;
+    for (int r = 0; r < DOWN_ROUNDS; r++) {
+        sched_dirty(s);
+        sched_plan pl;
+        sched_plan_next(s, now, &pl);
+        if (!pl.fetch) {
+            /* No room at all (slots or bytes): nothing is fetched. */
+            refused += DOWN_PARTS - DOWN_SILENT;
+            now += 10;
+            continue;
+        }
+        int limit = pl.limit;
+        for (int p = 0; p < DOWN_PARTS; p++)
+            last[p] = -1;
+        for (int p = 0; p < DOWN_PARTS; p++) {
+            char key[24];
+            snprintf(key, sizeof key, "k%d-%d", p, r);
+            unsigned char id[16] = {(unsigned char)p, (unsigned char)r, 1};
+            sched_admit a = sched_admit_row(s, 0, "t", key, p, 1, now, NULL);
+            if (a == ADMIT_PRODUCE) {
+                int slot = sched_produced(s, 0, "t", key, p, id, now, 100, 0, now);
+                assert_true(slot >= 0);
+                silent_taken += p < DOWN_SILENT;
+                if (p >= DOWN_SILENT)
+                    last[p] = slot;
+            } else if (p >= DOWN_SILENT) {
+                refused++;
+            }
+            sched_advance(s, 0, "t", key, 1);
+        }
+        sched_fetched(s, DOWN_PARTS, limit, now);
+        /* The answering partitions' reports come; what was delivered is
+         * acknowledged, as the relay does. */
+        now += 2;
+        for (int p = DOWN_SILENT; p < DOWN_PARTS; p++)
+            if (last[p] >= 0)
+                sched_delivered(s, last[p], 1, now);
+        sched_plan_next(s, now, &pl);
+        if (pl.send_ack) {
+            sched_ack_sent(s, sched_ack_pending(s), now);
+            sched_ack_done(s, 1, now);
+        }
+        now += 8;                       /* 40 rounds: 400 ms, before the hold */
+    }
+    /* The silent ones did take some: the scenario is the one described. */
+    assert_true(silent_taken >= DOWN_SILENT);
+    sched_free(s);
+    return refused;
+}
+
+static void a_broker_leading_many_partitions_going_down_leaves_the_rest_room(void **state)
+{
+    (void)state;
+    /* The slots bind: 64 of them. */
+    assert_int_equal(rows_refused_with_a_broker_down(64, 0), 0);
+    /* The bytes bind: room for 64 rows of 100 bytes, slots aplenty. */
+    assert_int_equal(rows_refused_with_a_broker_down(1000, 6400), 0);
 }
 
 /*
@@ -1475,6 +1557,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(broken_are_caught),
         cmocka_unit_test(rows_wait_while_the_producer_holds_its_byte_budget),
         cmocka_unit_test(once_publishes_what_the_byte_budget_held_back),
+        cmocka_unit_test(a_broker_leading_many_partitions_going_down_leaves_the_rest_room),
         cmocka_unit_test(a_sweep_that_skips_only_rows_being_acknowledged_looks_again_within_1_ms),
         cmocka_unit_test(a_sweep_that_skips_mostly_keys_in_flight_looks_again_after_8_ms),
         cmocka_unit_test(at_a_low_rate_each_notify_fetches_its_row_at_once),
