@@ -536,6 +536,104 @@ static void leaving_wal_mode_keeps_each_keys_order(void **state)
 }
 
 /*
+ * Leaving wal mode while a transaction that emitted in it is open: the
+ * turn waits for that transaction to end (its message commits before the
+ * point the table path waits for), and an emit that comes during the turn
+ * waits for it and goes to the table.
+ *
+ * Before: the turn recorded its point at once, before the open
+ * transaction's commit; the WAL relay, with nothing decoded to wait for,
+ * could confirm past it, and the key's next message, emitted in table mode
+ * once the transaction ended, went out before it (an outside audit
+ * reproduced position 2 in Kafka before 1).
+ */
+static void leaving_wal_mode_waits_for_a_transaction_that_emitted_in_it(void **state)
+{
+    PGconn *a = tu_wal_connect();
+    PGconn *b = tu_connect();
+    PGconn *d = tu_connect();
+    PGconn *c = tu_connect();
+    tu_exec(a, "BEGIN");
+    tu_exec(a, "SELECT ferry.emit('wo.open', 'k', 'Tested', '{\"n\": 1}')");
+    long long bpid = tu_int(b, "SELECT pg_backend_pid()");
+    long long dpid = tu_int(d, "SELECT pg_backend_pid()");
+    assert_int_equal(PQsendQuery(b, "UPDATE ferry.settings SET emit_mode = 'table'"), 1);
+    char *sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %lld AND NOT granted) "
+                           "    OR EXISTS (SELECT 1 FROM pg_stat_activity "
+                           "                WHERE pid = %lld AND state = 'idle')", bpid, bpid);
+    tu_await(c, sql, 30000);
+    free(sql);
+    assert_int_equal(PQconsumeInput(b), 1);
+    assert_int_equal(PQisBusy(b), 1);           /* the turn waits */
+    /* An emit during the turn waits for it too. */
+    assert_int_equal(PQsendQuery(d, "SELECT ferry.emit('wo.open', 'k2', 'Tested', '{\"n\": 1}')"), 1);
+    sql = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %lld AND NOT granted)", dpid);
+    tu_await(c, sql, 30000);
+    free(sql);
+    tu_exec(a, "COMMIT");
+    PGresult *r;
+    int results = 0;
+    while ((r = PQgetResult(b)) != NULL) {
+        assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+        results++;
+        PQclear(r);
+    }
+    while ((r = PQgetResult(d)) != NULL) {
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        results++;
+        PQclear(r);
+    }
+    assert_int_equal(results, 2);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.settings WHERE emit_mode = 'table' "
+                               "AND wal_until_lsn IS NOT NULL"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.open' "
+                               "AND aggregateid = 'k2'"), 1);
+    /* Position 1 went through WAL, 2 through the table: 1 before 2. */
+    tu_exec(a, "SELECT ferry.emit('wo.open', 'k', 'Tested', '{\"n\": 2}')");
+    assert_int_equal(tu_wal_relay_once("open-wal", NULL), 0);
+    assert_int_equal(table_relay_once("open-table"), 0);
+    tu_wal_topic tc = tu_wal_check_topic("wo.open", 3, 30000);
+    assert_int_equal(tc.distinct, 3);
+    PQfinish(a);
+    PQfinish(b);
+    PQfinish(c);
+    PQfinish(d);
+}
+
+/*
+ * A REPEATABLE READ transaction whose snapshot is from before a turn out
+ * of wal mode read 'wal' in it and kept writing to WAL after the turn.
+ * Now its emit fails with serialization_failure, to be retried; the retry
+ * goes to the table.
+ */
+static void a_repeatable_read_transaction_from_before_leaving_wal_mode_is_retried(void **state)
+{
+    PGconn *a = tu_wal_connect();
+    PGconn *b = tu_connect();
+    tu_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    tu_exec(a, "SELECT count(*) FROM ferry.outbox_key");      /* the snapshot */
+    tu_exec(b, "UPDATE ferry.settings SET emit_mode = 'table'");
+    tu_assert_sql_error(a, "SELECT ferry.emit('wo.rr', 'k', 'Tested', '{\"n\": 1}')", "40001",
+                        NULL, NULL);
+    tu_exec(a, "ROLLBACK");
+    tu_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    tu_exec(a, "SELECT ferry.emit('wo.rr', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(a, "COMMIT");
+    assert_int_equal(tu_int(b, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.rr'"), 1);
+    /* In wal mode with no turn since its snapshot, it writes to WAL. */
+    tu_wal_ready(b);
+    tu_exec(a, "BEGIN ISOLATION LEVEL REPEATABLE READ");
+    tu_exec(a, "SELECT ferry.emit('wo.rr', 'k2', 'Tested', '{\"n\": 1}')");
+    tu_exec(a, "COMMIT");
+    assert_int_equal(tu_int(b, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.rr'"), 1);
+    assert_int_equal(tu_wal_relay_once("rr-wal", NULL), 0);
+    assert_int_equal(table_relay_once("rr-table"), 0);
+    assert_int_equal(tu_wal_check_topic("wo.rr", 2, 30000).distinct, 2);
+    PQfinish(a);
+    PQfinish(b);
+}
+
+/*
  * A due row that waits for the WAL slot (here: a delayed message of a key
  * whose earlier message is in WAL, with no WAL relay running) waits for
  * ever if nobody reads the slot; the scheduler sees only a row not ready
@@ -570,6 +668,8 @@ int main(void)
         cmocka_unit_test(reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins),
         cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
         cmocka_unit_test(leaving_wal_mode_keeps_each_keys_order),
+        cmocka_unit_test(leaving_wal_mode_waits_for_a_transaction_that_emitted_in_it),
+        cmocka_unit_test(a_repeatable_read_transaction_from_before_leaving_wal_mode_is_retried),
         cmocka_unit_test(a_table_relay_is_not_ready_while_rows_wait_for_the_slot),
         cmocka_unit_test(a_broker_outage_while_streaming_loses_nothing),
         cmocka_unit_test(postgres_restarted_mid_stream_loses_nothing),
