@@ -1197,16 +1197,35 @@ static ferry_code apply_body(PGconn *conn, apply_ctx *a, ferry_error *err)
     return FERRY_OK;
 }
 
-/* The handler left the transaction as it must be? */
-static ferry_code still_in_transaction(PGconn *conn, ferry_error *err)
+/* The handler left the transaction as it must be? When it returned
+ * success over a transaction it left aborted or closed (a failed
+ * statement whose error it dropped), that is its failure, and the
+ * message's: counted against it (a->handler_failed), as a handler's
+ * error would be, so that it is dead-lettered at max_attempts instead of
+ * being tried again as the database's failure without end. */
+static ferry_code still_in_transaction(PGconn *conn, apply_ctx *a, ferry_error *err)
 {
     if (PQtransactionStatus(conn) == PQTRANS_INTRANS)
         return FERRY_OK;
-    return PQstatus(conn) != CONNECTION_OK
-               ? ferry_error_from_pg(err, conn, NULL, "connection lost in transaction")
-               : ferry__error_set(err, FERRY_EUSER, NULL,
-                               "the handler returned success but left the transaction "
-                               "aborted or closed");
+    if (PQstatus(conn) != CONNECTION_OK)
+        return ferry_error_from_pg(err, conn, NULL, "connection lost in transaction");
+    a->handler_failed = 1;
+    return ferry__error_set(err, FERRY_EUSER, NULL,
+                            "the handler returned success but left the transaction "
+                            "aborted or closed");
+}
+
+/* A COMMIT (with the finish before it) that PostgreSQL refused for what
+ * the transaction did, not for the state of the database: a deferred
+ * constraint (class 23), a deferred trigger's data error or raised
+ * exception (22, P0). The handler's work cannot commit, so it is counted
+ * against the message as a handler failure. Transient failures
+ * (serialization, deadlock, a lost connection) are not among these. */
+static int commit_refused(PGconn *conn, const ferry_error *e)
+{
+    return PQstatus(conn) == CONNECTION_OK &&
+           (strncmp(e->sqlstate, "23", 2) == 0 || strncmp(e->sqlstate, "22", 2) == 0 ||
+            strncmp(e->sqlstate, "P0", 2) == 0);
 }
 
 /*
@@ -1233,15 +1252,18 @@ static ferry_code apply_tx(PGconn *conn, void *arg, ferry_error *err)
     if (rc == FERRY_OK)
         rc = apply_body(conn, a, err);
     if (rc == FERRY_OK)
-        rc = still_in_transaction(conn, err);
+        rc = still_in_transaction(conn, a, err);
     if (rc != FERRY_OK) {
         ferry__rollback_quietly(conn);
         a->w->failed_tries++;
         return rc;
     }
     rc = finish_and_commit(a->c, a->w, 1, err);
-    if (rc != FERRY_OK)
+    if (rc != FERRY_OK) {
         a->w->failed_tries++;
+        if (commit_refused(conn, err))
+            a->handler_failed = 1;
+    }
     return rc;
 }
 
@@ -1811,7 +1833,7 @@ static ferry_code batch_tx(ferry_consumer *c, work *ws, int n, verdict *v, batch
         rc = apply_body(conn, &a, err);
         ws[i].in_batch = 0;
         if (rc == FERRY_OK)
-            rc = still_in_transaction(conn, err);
+            rc = still_in_transaction(conn, &a, err);
         if (rc != FERRY_OK) {
             f->index = i;
             f->alone = ws[i].alone_asked;

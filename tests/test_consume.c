@@ -82,6 +82,20 @@ static ferry_code apply_credit(PGconn *conn, const ferry_message *m, void *arg,
     if (json_is_true(json_object_get(m->payload, "invalid")))
         return ferry_error_set(err, FERRY_EINVAL, 0, "refused: amount %s is not a number",
                                "\"ten\"");
+    if (json_is_true(json_object_get(m->payload, "swallow"))) {
+        /* A failed statement whose error the handler drops: it returns
+         * success over an aborted transaction. */
+        PQclear(PQexec(conn, "SELECT 1 / 0"));
+        return FERRY_OK;
+    }
+    if (json_is_true(json_object_get(m->payload, "deferred"))) {
+        /* A row the deferred unique constraint of t_deferred refuses at
+         * COMMIT (the test puts 1 there first). */
+        ferry_code drc = tu_handler_exec(conn, "INSERT INTO t_deferred VALUES (1)", 0, NULL,
+                                         "could not insert", err);
+        if (drc != FERRY_OK)
+            return drc;
+    }
     json_int_t retriable = json_integer_value(json_object_get(m->payload, "retriable"));
     if (retriable > 0 && m->attempt <= retriable)
         return ferry_error_set(err, FERRY_EDB, 1, "simulated serialization failure");
@@ -995,6 +1009,46 @@ static void poison_in_a_batch_parks_only_its_key(void **state)
     PQfinish(conn);
 }
 
+/*
+ * A message whose transaction PostgreSQL refuses at COMMIT (a deferred
+ * unique constraint) or whose handler returns success over a transaction
+ * it left aborted is the message's failure: counted against it,
+ * dead-lettered at max_attempts, its key parked; the partition's other
+ * keys flow, in batches and one by one.
+ *
+ * Before: both were taken for the database's failure, tried ten times
+ * without counting an attempt, and the poll failed; the next poll came
+ * back to the same message, for ever (an outside audit: 34 poll errors
+ * in 20 s, nothing dead-lettered, the key behind it never applied).
+ */
+static void a_message_whose_commit_is_refused_is_dead_lettered(void **state)
+{
+    const char *topic = "c.commitfail";
+    one_partition_topic(topic);
+    PGconn *conn = tu_connect();
+    tu_exec(conn, "CREATE TABLE t_deferred (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)");
+    tu_exec(conn, "INSERT INTO t_deferred VALUES (1)");
+    pmsg m[6] = {{"z", 1, "{\"deferred\": true, \"amount\": 1}"}, {"y", 1},
+                 {"w", 1, "{\"swallow\": true, \"amount\": 1}"}, {"y", 2}, {"z", 2},
+                 {"y", 3}};
+    produce(topic, m, 6, NULL);
+    ferry_consumer *c = consumer_new("c-commitfail", topic, 3);
+    ferry_consumer_stats s = poll_until(c, seen_at_least, 6);
+    assert_int_equal(s.dead_lettered, 2);
+    assert_int_equal(s.held_parked, 1);          /* z's 2, behind its dead letter */
+    assert_int_equal(s.applied, 3);
+    tu_consumer_done(c);
+    assert_order(conn, "c-commitfail", "y", "1,2,3");
+    assert_int_equal(rows_of(conn, "dead_letter", "c-commitfail",
+                             "aggregateid = 'z' AND seq = 1 AND attempts = 3 "
+                             "AND reason LIKE '%t_deferred%'"), 1);
+    assert_int_equal(rows_of(conn, "dead_letter", "c-commitfail",
+                             "aggregateid = 'w' AND seq = 1 AND attempts = 3 "
+                             "AND reason LIKE '%aborted%'"), 1);
+    tu_exec(conn, "DROP TABLE t_deferred");
+    PQfinish(conn);
+}
+
 /* Killed (SIGKILL) right after a batch's commit, before its offsets are
  * stored: the whole batch comes again, and every message of it is
  * skipped; nothing is applied twice. */
@@ -1209,6 +1263,7 @@ int main(int argc, char **argv)
          * test of tests[] then these) take about as long: 39, 44 and 42 s
          * of the pass with batches, measured one test at a time. */
         cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
+        cmocka_unit_test(a_message_whose_commit_is_refused_is_dead_lettered),
         cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
         cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
         cmocka_unit_test(a_neighbours_failure_costs_a_message_no_attempt),
