@@ -1049,6 +1049,43 @@ static void a_message_whose_commit_is_refused_is_dead_lettered(void **state)
     PQfinish(conn);
 }
 
+/*
+ * A message id used again by a later message (ids are the producer's to
+ * keep unique): the later message is skipped, a duplicate, and its
+ * position consumed, whether it comes at its key's turn (u: 2 reuses 1's
+ * id) or ahead of it (w: 3 reuses 1's id and arrives before 2; v: 2
+ * reuses 1's id and arrives before 1): held, then skipped in its turn;
+ * the key's later messages are applied. Before: the
+ * key stayed before that position, and everything after it was held as a
+ * gap for ever (an outside audit).
+ */
+static void a_reused_id_is_skipped_and_its_key_goes_on(void **state)
+{
+    const char *topic = "c.reused";
+    one_partition_topic(topic);
+    const char *a = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a01";
+    const char *b = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a03";
+    const char *d = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a04";
+    pmsg m[11] = {{"u", 1, NULL, a}, {"u", 2, NULL, a}, {"u", 3}, {"u", 4},
+                  {"w", 1, NULL, b}, {"w", 3, NULL, b}, {"w", 2}, {"w", 4},
+                  {"v", 2, NULL, d}, {"v", 1, NULL, d}, {"v", 3}};
+    produce(topic, m, 11, NULL);
+    ferry_consumer *c = consumer_new("c-reused", topic, 3);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 8);
+    tu_consumer_done(c);
+    assert_int_equal(s.dead_lettered, 0);
+    assert_int_equal(s.duplicates, 3);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-reused", "u", "1,3,4");
+    assert_order(conn, "c-reused", "w", "1,2,4");
+    assert_order(conn, "c-reused", "v", "1,3");
+    assert_int_equal(rows_of(conn, "inbox_held", "c-reused", "true"), 0);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = 'c-reused' "
+                                  "AND (seq = 4 AND key IN ('u', 'w') OR seq = 3 AND key = 'v')"),
+                     3);
+    PQfinish(conn);
+}
+
 /* Killed (SIGKILL) right after a batch's commit, before its offsets are
  * stored: the whole batch comes again, and every message of it is
  * skipped; nothing is applied twice. */
@@ -1264,6 +1301,7 @@ int main(int argc, char **argv)
          * of the pass with batches, measured one test at a time. */
         cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
         cmocka_unit_test(a_message_whose_commit_is_refused_is_dead_lettered),
+        cmocka_unit_test(a_reused_id_is_skipped_and_its_key_goes_on),
         cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
         cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
         cmocka_unit_test(a_neighbours_failure_costs_a_message_no_attempt),
