@@ -350,6 +350,29 @@ static const char *header(work *w, const char *name, char *buf, size_t size)
     return buf;
 }
 
+/* Whether the header map the claim is sent (ensure_headers) will have
+ * name: some occurrence of it with a value PostgreSQL text can hold. So
+ * the client and the server agree on what the message carries: a
+ * ferry_discarded header with no value, or one not UTF-8, made the client
+ * take the message for a discard marker (the handler not called) while
+ * the server, which never saw the header, answered 'apply'; held first,
+ * it was applied instead. */
+static int has_text_header(work *w, const char *name)
+{
+    if (w->headers != NULL || w->kafka_headers == NULL)
+        return w->headers != NULL && json_object_get(w->headers, name) != NULL;
+    const void *val;
+    size_t size;
+    for (size_t i = 0;
+         rd_kafka_header_get(w->kafka_headers, i, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
+         i++) {
+        if (val != NULL && memchr(val, 0, size) == NULL &&
+            ferry__utf8_valid((const char *)val, size, NULL))
+            return 1;
+    }
+    return 0;
+}
+
 static int has_header(work *w, const char *name)
 {
     if (w->headers != NULL)
@@ -433,7 +456,7 @@ static void work_finish(work *w, size_t max_payload)
         snprintf(w->aggregate_type, sizeof w->aggregate_type, "%s", clean);
         w->unholdable = 1;
     }
-    w->marker = has_header(w, "ferry_discarded");
+    w->marker = has_text_header(w, "ferry_discarded");
 
     char seqbuf[64];
     const char *seq = header(w, "ferry_seq", seqbuf, sizeof seqbuf);

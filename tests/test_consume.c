@@ -162,8 +162,8 @@ static void produce(const char *topic, const pmsg *msgs, size_t n,
             snprintf(seq, sizeof seq, "%ld", m->seq);
             rd_kafka_header_add(h, "ferry_seq", -1, seq, -1);
         }
-        if (m->extra_name != NULL)
-            rd_kafka_header_add(h, m->extra_name, -1, m->extra_value, -1);
+        if (m->extra_name != NULL)     /* a NULL extra_value: a header without a value */
+            rd_kafka_header_add(h, m->extra_name, -1, m->extra_value, m->extra_value ? -1 : 0);
         const char *payload = m->payload ? m->payload : "{\"amount\": 1}";
         tu_produce_one(producer, topic, m->key, payload, strlen(payload), h);
     }
@@ -1086,6 +1086,31 @@ static void a_reused_id_is_skipped_and_its_key_goes_on(void **state)
     PQfinish(conn);
 }
 
+/*
+ * A ferry_discarded header without a value, or with one that is not
+ * UTF-8, is no discard marker: the header map the claim is sent leaves
+ * such values out, so the server answers 'apply', and the handler runs.
+ * Before: the client took the message for a marker and skipped the
+ * handler although the server had answered 'apply' (a message held first
+ * was applied instead: it depended on timing; an outside audit).
+ */
+static void a_discard_header_without_text_is_no_marker(void **state)
+{
+    const char *topic = "c.nomarker";
+    one_partition_topic(topic);
+    pmsg m[3] = {{"n", 1, NULL, NULL, "ferry_discarded", NULL},
+                 {"n", 2, NULL, NULL, "ferry_discarded", "\xff\xfe"}, {"n", 3}};
+    produce(topic, m, 3, NULL);
+    ferry_consumer *c = consumer_new("c-nomarker", topic, 3);
+    ferry_consumer_stats s = poll_until(c, applied_at_least, 3);
+    tu_consumer_done(c);
+    assert_int_equal(s.discard_markers, 0);
+    PGconn *conn = tu_connect();
+    assert_order(conn, "c-nomarker", "n", "1,2,3");
+    assert_int_equal(tu_int(conn, "SELECT balance FROM t_account WHERE id = 'n'"), 3);
+    PQfinish(conn);
+}
+
 /* Killed (SIGKILL) right after a batch's commit, before its offsets are
  * stored: the whole batch comes again, and every message of it is
  * skipped; nothing is applied twice. */
@@ -1302,6 +1327,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(poison_in_a_batch_parks_only_its_key),
         cmocka_unit_test(a_message_whose_commit_is_refused_is_dead_lettered),
         cmocka_unit_test(a_reused_id_is_skipped_and_its_key_goes_on),
+        cmocka_unit_test(a_discard_header_without_text_is_no_marker),
         cmocka_unit_test(crash_after_a_batch_commit_repeats_the_batch),
         cmocka_unit_test(a_rebalance_while_a_batch_is_gathered),
         cmocka_unit_test(a_neighbours_failure_costs_a_message_no_attempt),
