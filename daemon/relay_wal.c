@@ -88,13 +88,12 @@ struct relay_wal {
     ferry_uuid poison;
     int poison_fails;
     char poison_reason[256];
-    /* Keys parked behind a relay dead letter, or behind rows of theirs
-     * waiting in the table when the stream started: "topic\x1fkey" (a
-     * topic has no \x1f), a tsearch tree. Their messages go to the table. */
+    /* Keys parked behind a relay dead letter: "topic\x1fkey" (a topic has
+     * no \x1f), a tsearch tree. Their messages go to the table. */
     void *parked;
     size_t parked_count;
     /* More keys are parked than parked[] may hold: a key not in it is
-     * looked up in ferry.dead_letter and ferry.outbox (is_parked). */
+     * looked up in ferry.dead_letter (is_parked). */
     int parked_overflow;
 };
 
@@ -144,14 +143,14 @@ static void parked_overflowed(relay_wal *w)
         ferry__log_json(FERRY_LOG_WARN, "wal.parked_limit",
                        json_pack("{s:I}", "limit", (json_int_t)parked_max()),
                        "more than %zu keys are parked: each message of a key not among them "
-                       "is now looked up in ferry.dead_letter and ferry.outbox", parked_max());
+                       "is now looked up in ferry.dead_letter", parked_max());
     w->parked_overflow = 1;
 }
 
 /* Whether a message of the key must go to the table: 1 or 0, -1 when the
- * table could not be read. Past the limit, a key parked[] does not hold
- * may still be parked: its later messages must not overtake the dead
- * letter or the rows waiting in the table, so the table answers. */
+ * dead letters could not be read. Past the limit, a key parked[] does not
+ * hold may still be parked: its later messages must not overtake the dead
+ * letter, so the table answers. */
 static int is_parked(relay_wal *w, const char *topic, const char *key)
 {
     if (w->parked != NULL) {
@@ -168,12 +167,7 @@ static int is_parked(relay_wal *w, const char *topic, const char *key)
     const char *p[2] = {topic, key};
     PGresult *res = PQexecParams(w->sql,
                                  "SELECT EXISTS (SELECT 1 FROM ferry.dead_letter "
-                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2) "
-                                 "    OR EXISTS (SELECT 1 FROM ferry.outbox o "
-                                 " WHERE o.shard = (SELECT k.shard FROM ferry.outbox_key k "
-                                 "                   WHERE k.topic = $1 AND k.key = $2) "
-                                 "   AND o.topic = $1 AND o.aggregateid = $2 "
-                                 "   AND o.published_at IS NULL)",
+                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2)",
                                  2, NULL, p, NULL, NULL, 0);
     int parked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
                      ? strcmp(PQgetvalue(res, 0, 0), "t") == 0
@@ -204,16 +198,7 @@ static void park(relay_wal *w, const char *topic, const char *key)
 }
 
 /* The keys parked now, as the table says (at every stream start): 0, or
- * -1 when they could not be read, and the stream must not start. Parked
- * are the keys behind a relay dead letter, and the keys with a row
- * waiting in the table (delayed, failing, put back, or a parked key's
- * message that ferry.wal_park put there): a message of theirs still in
- * WAL must not overtake it. emit sends a key's message to the table when
- * it sees such a row, but not one it could not see yet: a message that an
- * earlier run put in the table while the key was parked, after this one
- * was emitted, and whose dead letter was discarded before this run. The
- * table path publishes them all in position order. A key stays parked
- * until the next stream start. */
+ * -1 when they could not be read, and the stream must not start. */
 static int load_parked(relay *r)
 {
     relay_wal *w = r->wal;
@@ -224,13 +209,8 @@ static int load_parked(relay *r)
     char limit[24];
     snprintf(limit, sizeof limit, "%zu", parked_max() + 1);
     const char *p[1] = {limit};
-    PGresult *res = PQexecParams(w->sql,
-                                 "SELECT topic, aggregateid FROM ferry.dead_letter "
-                                 " WHERE consumer = '' "
-                                 "UNION "
-                                 "SELECT topic, aggregateid FROM ferry.outbox "
-                                 " WHERE published_at IS NULL "
-                                 "LIMIT $1::bigint",
+    PGresult *res = PQexecParams(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
+                                         "WHERE consumer = '' LIMIT $1::bigint",
                                  1, NULL, p, NULL, NULL, 0);
     if (relay_db_result(res, PGRES_TUPLES_OK, FERRY_LOG_ERROR, "wal.parked",
                         "could not read the parked keys") != 0)
