@@ -350,6 +350,14 @@ static const char *header(work *w, const char *name, char *buf, size_t size)
     return buf;
 }
 
+/* Can PostgreSQL text hold it: UTF-8 without NUL bytes. (A payload that
+ * parsed as JSON can: jansson takes only that.) */
+static int payload_text_ok(const char *p, size_t len)
+{
+    size_t bad;
+    return memchr(p, 0, len) == NULL && ferry__utf8_valid(p, len, &bad);
+}
+
 /* Whether the header map the claim is sent (ensure_headers) will have
  * name: some occurrence of it with a value PostgreSQL text can hold. So
  * the client and the server agree on what the message carries: a
@@ -366,8 +374,7 @@ static int has_text_header(work *w, const char *name)
     for (size_t i = 0;
          rd_kafka_header_get(w->kafka_headers, i, name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
          i++) {
-        if (val != NULL && memchr(val, 0, size) == NULL &&
-            ferry__utf8_valid((const char *)val, size, NULL))
+        if (val != NULL && payload_text_ok(val, size))
             return 1;
     }
     return 0;
@@ -384,13 +391,6 @@ static int has_header(work *w, const char *name)
                RD_KAFKA_RESP_ERR_NO_ERROR;
 }
 
-/* Can PostgreSQL text hold it: UTF-8 without NUL bytes. (A payload that
- * parsed as JSON can: jansson takes only that.) */
-static int payload_text_ok(const char *p, size_t len)
-{
-    size_t bad;
-    return memchr(p, 0, len) == NULL && ferry__utf8_valid(p, len, &bad);
-}
 
 /*
  * A position as the relay writes it: decimal digits, no sign, space or
