@@ -88,12 +88,13 @@ struct relay_wal {
     ferry_uuid poison;
     int poison_fails;
     char poison_reason[256];
-    /* Keys parked behind a relay dead letter: "topic\x1fkey" (a topic has
-     * no \x1f), a tsearch tree. Their messages go to the table. */
+    /* Keys parked behind a relay dead letter, or behind a row of theirs
+     * waiting in the table when the stream started: a tsearch tree of
+     * struct parked_key. Their messages after the row go to the table. */
     void *parked;
     size_t parked_count;
     /* More keys are parked than parked[] may hold: a key not in it is
-     * looked up in ferry.dead_letter (is_parked). */
+     * looked up in ferry.dead_letter and ferry.outbox (is_parked). */
     int parked_overflow;
 };
 
@@ -112,17 +113,31 @@ static void note_failure(relay_wal *w, const ferry_uuid *id, const char *reason)
     snprintf(w->poison_reason, sizeof w->poison_reason, "%s", reason);
 }
 
-static int cmp_str(const void *a, const void *b)
+/* A parked key: its messages positioned after `after` go to the table.
+ * Behind a dead letter every one does (INT64_MIN); behind a row waiting
+ * in the table, those after the row's position, while the key's earlier
+ * messages still in WAL go to Kafka ahead of it as usual. */
+struct parked_key {
+    int64_t after;
+    char name[];                /* "topic\x1fkey": a topic has no \x1f */
+};
+
+static int cmp_parked(const void *a, const void *b)
 {
-    return strcmp(a, b);
+    return strcmp(((const struct parked_key *)a)->name, ((const struct parked_key *)b)->name);
 }
 
-static char *park_name(const char *topic, const char *key)
+static struct parked_key *parked_key_new(const char *topic, const char *key, int64_t after)
 {
-    char *s = NULL;
-    if (asprintf(&s, "%s\x1f%s", topic, key) < 0)
+    size_t tl = strlen(topic), kl = strlen(key);
+    struct parked_key *k = malloc(sizeof *k + tl + 1 + kl + 1);
+    if (k == NULL)
         return NULL;
-    return s;
+    k->after = after;
+    memcpy(k->name, topic, tl);
+    k->name[tl] = '\x1f';
+    memcpy(k->name + tl + 1, key, kl + 1);
+    return k;
 }
 
 /* The most keys parked[] holds: a key takes its name and a tree node,
@@ -143,32 +158,41 @@ static void parked_overflowed(relay_wal *w)
         ferry__log_json(FERRY_LOG_WARN, "wal.parked_limit",
                        json_pack("{s:I}", "limit", (json_int_t)parked_max()),
                        "more than %zu keys are parked: each message of a key not among them "
-                       "is now looked up in ferry.dead_letter", parked_max());
+                       "is now looked up in ferry.dead_letter and ferry.outbox", parked_max());
     w->parked_overflow = 1;
 }
 
-/* Whether a message of the key must go to the table: 1 or 0, -1 when the
- * dead letters could not be read. Past the limit, a key parked[] does not
- * hold may still be parked: its later messages must not overtake the dead
- * letter, so the table answers. */
-static int is_parked(relay_wal *w, const char *topic, const char *key)
+/* Whether the key's message at position seq must go to the table: 1 or
+ * 0, -1 when the table could not be read. Past the limit, a key parked[]
+ * does not hold may still be parked: its later messages must not overtake
+ * the dead letter or the row waiting in the table, so the table answers. */
+static int is_parked(relay_wal *w, const char *topic, const char *key, int64_t seq)
 {
     if (w->parked != NULL) {
-        char *n = park_name(topic, key);
+        struct parked_key *n = parked_key_new(topic, key, 0);
         if (n == NULL)
             return -1;
-        int found = tfind(n, &w->parked, cmp_str) != NULL;
+        void *found = tfind(n, &w->parked, cmp_parked);
         free(n);
-        if (found)
+        if (found != NULL && seq > (*(struct parked_key **)found)->after)
             return 1;
+        if (found != NULL)
+            return 0;
     }
     if (!w->parked_overflow)
         return 0;
-    const char *p[2] = {topic, key};
+    char s[24];
+    snprintf(s, sizeof s, "%" PRId64, seq);
+    const char *p[3] = {topic, key, s};
     PGresult *res = PQexecParams(w->sql,
                                  "SELECT EXISTS (SELECT 1 FROM ferry.dead_letter "
-                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2)",
-                                 2, NULL, p, NULL, NULL, 0);
+                                 " WHERE consumer = '' AND topic = $1 AND aggregateid = $2) "
+                                 "    OR EXISTS (SELECT 1 FROM ferry.outbox o "
+                                 " WHERE o.shard = (SELECT k.shard FROM ferry.outbox_key k "
+                                 "                   WHERE k.topic = $1 AND k.key = $2) "
+                                 "   AND o.topic = $1 AND o.aggregateid = $2 "
+                                 "   AND o.seq < $3::bigint AND o.published_at IS NULL)",
+                                 3, NULL, p, NULL, NULL, 0);
     int parked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
                      ? strcmp(PQgetvalue(res, 0, 0), "t") == 0
                      : -1;
@@ -179,26 +203,44 @@ static int is_parked(relay_wal *w, const char *topic, const char *key)
     return parked;
 }
 
-static void park(relay_wal *w, const char *topic, const char *key)
+/* Parks the key for its messages after position `after` (INT64_MIN: all
+ * of them), or lowers the position of a key already parked. */
+static void park(relay_wal *w, const char *topic, const char *key, int64_t after)
 {
+    struct parked_key *n = parked_key_new(topic, key, after);
+    void *found = n != NULL ? tfind(n, &w->parked, cmp_parked) : NULL;
+    if (found != NULL) {
+        struct parked_key *k = *(struct parked_key **)found;
+        if (after < k->after)
+            k->after = after;
+        free(n);
+        return;
+    }
     if (w->parked_count >= parked_max()) {
+        free(n);
         parked_overflowed(w);
         return;
     }
-    char *n = park_name(topic, key);
-    void *found = n != NULL ? tsearch(n, &w->parked, cmp_str) : NULL;
+    found = n != NULL ? tsearch(n, &w->parked, cmp_parked) : NULL;
     if (found == NULL) {
         free(n);
         parked_overflowed(w);       /* out of memory: the table answers for it */
-    } else if (*(char **)found != n) {
-        free(n);
     } else {
         w->parked_count++;
     }
 }
 
 /* The keys parked now, as the table says (at every stream start): 0, or
- * -1 when they could not be read, and the stream must not start. */
+ * -1 when they could not be read, and the stream must not start. Parked
+ * are the keys behind a relay dead letter (every message of theirs), and
+ * the keys with a row waiting in the table (delayed, failing, put back, or
+ * put there by ferry.wal_park in an earlier run), for their messages
+ * positioned after the first such row: none may overtake it. emit sends a
+ * key's message to the table when it sees such a row, but not one it
+ * could not see yet: a message that an earlier run put in the table while
+ * the key was parked, after this one was emitted, and whose dead letter
+ * was discarded before this run. The table path publishes them in
+ * position order. A key stays parked until the next stream start. */
 static int load_parked(relay *r)
 {
     relay_wal *w = r->wal;
@@ -209,14 +251,22 @@ static int load_parked(relay *r)
     char limit[24];
     snprintf(limit, sizeof limit, "%zu", parked_max() + 1);
     const char *p[1] = {limit};
-    PGresult *res = PQexecParams(w->sql, "SELECT DISTINCT topic, aggregateid FROM ferry.dead_letter "
-                                         "WHERE consumer = '' LIMIT $1::bigint",
+    PGresult *res = PQexecParams(w->sql,
+                                 "SELECT topic, aggregateid, min(after) FROM ("
+                                 "  SELECT topic, aggregateid, "
+                                 "         (-9223372036854775807 - 1)::bigint AS after "
+                                 "    FROM ferry.dead_letter WHERE consumer = '' "
+                                 "  UNION ALL "
+                                 "  SELECT topic, aggregateid, seq FROM ferry.outbox "
+                                 "   WHERE published_at IS NULL) w "
+                                 " GROUP BY topic, aggregateid LIMIT $1::bigint",
                                  1, NULL, p, NULL, NULL, 0);
     if (relay_db_result(res, PGRES_TUPLES_OK, FERRY_LOG_ERROR, "wal.parked",
                         "could not read the parked keys") != 0)
         return -1;
     for (int i = 0; i < PQntuples(res); i++)
-        park(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+        park(w, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+             strtoll(PQgetvalue(res, i, 2), NULL, 10));
     PQclear(res);
     return 0;
 }
@@ -676,7 +726,7 @@ static int dead_letter(relay *r, const wal_msg *m)
                         "could not move message %s to the dead letters", id) != 0)
         return -1;
     PQclear(res);
-    park(w, m->topic, m->key);
+    park(w, m->topic, m->key, INT64_MIN);
     r->dead_lettered++;
     relay_count(r, M_DEAD_LETTERED, 1);
     ferry__log_json(FERRY_LOG_ERROR, "message.dead_lettered",
@@ -762,7 +812,7 @@ static int on_data(relay *r, const wal_frame *f)
                 }
                 break;
             }
-            int parked = is_parked(w, m.topic, m.key);
+            int parked = is_parked(w, m.topic, m.key, m.seq);
             if (parked < 0) {
                 restart_stream(r, "could not look up whether a key is parked");
                 return -1;

@@ -563,6 +563,59 @@ static void keys_past_the_parked_limit_stay_parked(void **state)
 }
 
 /*
+ * A key whose earlier message waits in the table and whose next one is in
+ * WAL, with no dead letter left: the state an earlier run leaves when it
+ * had parked the key, put its message 1 in the table (ferry.wal_park) and
+ * confirmed past it, and the dead letter was then discarded before the
+ * run read message 2 (emit sent 2 to WAL: when it looked, 1 was still in
+ * WAL and the dead letter not yet written). Here message 1 waits for a
+ * retry (available_at ahead). The next stream must keep the key's WAL
+ * messages behind its row: message 2 goes to the table after it, and the
+ * table path publishes both in order.
+ *
+ * Before: the stream start read the parked keys from the dead letters
+ * only, so message 2 went to Kafka while message 1 still waited in the
+ * table.
+ */
+static void a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_it(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_wal_prepare(c);                  /* tu_wal_msgs(), below */
+    tu_exec(c, "SELECT ferry.emit('w.behind', 'k', 'Tested', '{\"n\": 1}')");
+    char *after1 = tu_wal_lsn(c);
+    tu_exec(c, "SELECT ferry.emit('w.behind', 'k', 'Tested', '{\"n\": 2}')");
+    tu_exec(c, "SELECT ferry.emit('w.behind', 'other', 'Tested', '{\"n\": 1}')");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.behind'"), 0);
+    /* Message 1 as ferry.wal_park put it in the table, waiting a while. */
+    tu_exec(c, "SELECT ferry.wal_park(m.id, m.topic, m.key, m.aggtype, m.type, m.payload::jsonb, "
+               "  m.headers::jsonb, m.seq, now()) FROM tu_wal_msgs() m "
+               " WHERE m.topic = 'w.behind' AND m.key = 'k' AND m.seq = 1");
+    tu_exec(c, "UPDATE ferry.outbox SET available_at = now() + interval '1 hour' "
+               " WHERE topic = 'w.behind'");
+    char *sql = tu_sprintf("SELECT pg_replication_slot_advance('ferry', '%s') IS NOT NULL", after1);
+    tu_exec(c, sql);
+    free(sql);
+    free(after1);
+
+    char *log = NULL;
+    assert_int_equal(tu_wal_relay_once("wal-behind", &log), 0);
+    assert_non_null(strstr(log, "\"event\":\"wal.parked\""));
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.behind' "
+                               "AND aggregateid = 'k' AND seq = 2"), 1);
+    /* Message 1's retry time comes: the table path publishes 1, then 2. */
+    tu_exec(c, "UPDATE ferry.outbox SET available_at = now() WHERE topic = 'w.behind'");
+    const char *targs[] = {"--once", NULL};
+    tu_proc t = tu_relay_start(kt_bootstrap(tu_wal_broker), "table-behind", targs,
+                               (const char *const[]){TU_RELAY_ASAN, NULL});
+    assert_int_equal(tu_proc_wait(&t, 60000), 0);
+    tu_proc_done(&t);
+    tu_wal_topic tc = tu_wal_check_topic("w.behind", 3, 30000);
+    assert_int_equal(tc.distinct, 3);
+    PQfinish(c);
+}
+
+/*
  * `slot` finds its database as migrate and status do: --db, else
  * FERRY_DB, else db: in the relay's config file (--config or
  * FERRY_CONFIG); with none it refuses, as a usage error.
@@ -613,6 +666,7 @@ int main(void)
         cmocka_unit_test(a_second_wal_relay_with_the_same_name_refuses_to_start),
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
+        cmocka_unit_test(a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_it),
         cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
     };
     tu_filter_from_env();
