@@ -94,7 +94,7 @@ FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 # to link, naming the symbol: add its file here.
 FUZZ_PARTS_SRC = daemon/config.c daemon/relay_wal_msg.c reconciler/rules.c common/confref.c
 
-.PHONY: all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
+.PHONY: FORCE all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
         all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke \
         coverage coverage-inner
 .DEFAULT_GOAL := all
@@ -303,9 +303,19 @@ $(NODE_MODULES): examples/node/package-lock.json examples/node/package.json
 	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
 
 # ---------------------------------------------------------------- generated
-$(GEN): $(SCHEMAS) scripts/embed-sql.sh
+# The list of migrations as of the last build: rewritten only when it
+# changes, so that removing or renaming one (which no prerequisite's time
+# shows) embeds them again too.
+SCHEMA_LIST = build/gen/schemas.list
+$(SCHEMA_LIST): FORCE
+	@mkdir -p $(@D)
+	@echo '$(SCHEMAS)' | cmp -s - $@ || echo '$(SCHEMAS)' > $@
+
+$(GEN): $(SCHEMAS) scripts/embed-sql.sh $(SCHEMA_LIST)
 	@mkdir -p $(@D)
 	sh scripts/embed-sql.sh $@ $(SCHEMAS)
+
+FORCE:
 
 # ---------------------------------------------------------------- variants
 # One rule set, instantiated once per VARIANT (build/VARIANT/...):
