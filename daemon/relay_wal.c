@@ -90,7 +90,7 @@ struct relay_wal {
     char poison_reason[256];
     /* Keys parked behind a relay dead letter, or behind a row of theirs
      * waiting in the table when the stream started: a tsearch tree of
-     * struct parked_key. Their messages after the row go to the table. */
+     * struct parked_key. Their messages from the row on go to the table. */
     void *parked;
     size_t parked_count;
     /* More keys are parked than parked[] may hold: a key not in it is
@@ -113,12 +113,15 @@ static void note_failure(relay_wal *w, const ferry_uuid *id, const char *reason)
     snprintf(w->poison_reason, sizeof w->poison_reason, "%s", reason);
 }
 
-/* A parked key: its messages positioned after `after` go to the table.
- * Behind a dead letter every one does (INT64_MIN); behind a row waiting
- * in the table, those after the row's position, while the key's earlier
- * messages still in WAL go to Kafka ahead of it as usual. */
+/* A parked key: its messages positioned at `from` or after go to the
+ * table. Behind a dead letter every one does (INT64_MIN); behind a row
+ * waiting in the table, those from the row's position on (one at its
+ * position is that row's message decoded again: a discarded relay dead
+ * letter's, whose marker holds the position; wal_park leaves it out),
+ * while the key's earlier messages still in WAL go to Kafka ahead of it
+ * as usual. */
 struct parked_key {
-    int64_t after;
+    int64_t from;
     char name[];                /* "topic\x1fkey": a topic has no \x1f */
 };
 
@@ -127,13 +130,13 @@ static int cmp_parked(const void *a, const void *b)
     return strcmp(((const struct parked_key *)a)->name, ((const struct parked_key *)b)->name);
 }
 
-static struct parked_key *parked_key_new(const char *topic, const char *key, int64_t after)
+static struct parked_key *parked_key_new(const char *topic, const char *key, int64_t from)
 {
     size_t tl = strlen(topic), kl = strlen(key);
     struct parked_key *k = malloc(sizeof *k + tl + 1 + kl + 1);
     if (k == NULL)
         return NULL;
-    k->after = after;
+    k->from = from;
     memcpy(k->name, topic, tl);
     k->name[tl] = '\x1f';
     memcpy(k->name + tl + 1, key, kl + 1);
@@ -174,7 +177,7 @@ static int is_parked(relay_wal *w, const char *topic, const char *key, int64_t s
             return -1;
         void *found = tfind(n, &w->parked, cmp_parked);
         free(n);
-        if (found != NULL && seq > (*(struct parked_key **)found)->after)
+        if (found != NULL && seq >= (*(struct parked_key **)found)->from)
             return 1;
         if (found != NULL)
             return 0;
@@ -191,7 +194,7 @@ static int is_parked(relay_wal *w, const char *topic, const char *key, int64_t s
                                  " WHERE o.shard = (SELECT k.shard FROM ferry.outbox_key k "
                                  "                   WHERE k.topic = $1 AND k.key = $2) "
                                  "   AND o.topic = $1 AND o.aggregateid = $2 "
-                                 "   AND o.seq < $3::bigint AND o.published_at IS NULL)",
+                                 "   AND o.seq <= $3::bigint AND o.published_at IS NULL)",
                                  3, NULL, p, NULL, NULL, 0);
     int parked = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
                      ? strcmp(PQgetvalue(res, 0, 0), "t") == 0
@@ -203,16 +206,16 @@ static int is_parked(relay_wal *w, const char *topic, const char *key, int64_t s
     return parked;
 }
 
-/* Parks the key for its messages after position `after` (INT64_MIN: all
+/* Parks the key for its messages from position `from` on (INT64_MIN: all
  * of them), or lowers the position of a key already parked. */
-static void park(relay_wal *w, const char *topic, const char *key, int64_t after)
+static void park(relay_wal *w, const char *topic, const char *key, int64_t from)
 {
-    struct parked_key *n = parked_key_new(topic, key, after);
+    struct parked_key *n = parked_key_new(topic, key, from);
     void *found = n != NULL ? tfind(n, &w->parked, cmp_parked) : NULL;
     if (found != NULL) {
         struct parked_key *k = *(struct parked_key **)found;
-        if (after < k->after)
-            k->after = after;
+        if (from < k->from)
+            k->from = from;
         free(n);
         return;
     }
@@ -235,7 +238,7 @@ static void park(relay_wal *w, const char *topic, const char *key, int64_t after
  * are the keys behind a relay dead letter (every message of theirs), and
  * the keys with a row waiting in the table (delayed, failing, put back, or
  * put there by ferry.wal_park in an earlier run), for their messages
- * positioned after the first such row: none may overtake it. emit sends a
+ * positioned at the first such row or after: none may overtake it. emit sends a
  * key's message to the table when it sees such a row, but not one it
  * could not see yet: a message that an earlier run put in the table while
  * the key was parked, after this one was emitted, and whose dead letter
@@ -252,9 +255,9 @@ static int load_parked(relay *r)
     snprintf(limit, sizeof limit, "%zu", parked_max() + 1);
     const char *p[1] = {limit};
     PGresult *res = PQexecParams(w->sql,
-                                 "SELECT topic, aggregateid, min(after) FROM ("
+                                 "SELECT topic, aggregateid, min(from_seq) FROM ("
                                  "  SELECT topic, aggregateid, "
-                                 "         (-9223372036854775807 - 1)::bigint AS after "
+                                 "         (-9223372036854775807 - 1)::bigint AS from_seq "
                                  "    FROM ferry.dead_letter WHERE consumer = '' "
                                  "  UNION ALL "
                                  "  SELECT topic, aggregateid, seq FROM ferry.outbox "

@@ -112,23 +112,27 @@ static const char st_sql_relays[] =
  * server sees it. A database in wal mode whose slot is missing or lost
  * (wal_status = lost) loses every message emitted since: a PROBLEM. */
 static const char st_sql_has_wal[] =
-    "SELECT to_regclass('ferry.wal_slot') IS NOT NULL";
+    "SELECT to_regclass('ferry.wal_slot') IS NOT NULL, "
+    "       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'ferry.settings'::regclass "
+    "                  AND attname = 'wal_until_lsn' AND NOT attisdropped)";
 
-static const char st_sql_wal[] =
-    "SELECT s.emit_mode, s.wal_slot, r.slot_name IS NOT NULL, r.wal_status, r.active,"
-    "       CASE WHEN NOT pg_is_in_recovery()"
-    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint END,"
-    "       CASE WHEN NOT pg_is_in_recovery()"
-    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint END,"
-    /* Schema 22: back in table mode, the table path holds rows until the
-     * slot is confirmed past the turn (read through to_jsonb, so that an
-     * older schema without the column reads false). */
-    "       coalesce(s.emit_mode = 'table' AND r.wal_status IS DISTINCT FROM 'lost'"
-    "                AND r.confirmed_flush_lsn < (to_jsonb(s) ->> 'wal_until_lsn')::pg_lsn,"
-    "                false)"
-    "  FROM ferry.settings s"
-    "  LEFT JOIN pg_replication_slots r"
-    "    ON r.slot_name = s.wal_slot AND r.database = current_database()";
+/* Schema 22: back in table mode, the table path holds rows until the
+ * slot is confirmed past the turn; an older schema has no such column
+ * (WAL_UNTIL false). Named, not read through the whole row: the
+ * reconciler's role may not read settings.wal_token (schema 34). */
+#define ST_SQL_WAL(WAL_UNTIL)                                                              \
+    "SELECT s.emit_mode, s.wal_slot, r.slot_name IS NOT NULL, r.wal_status, r.active,"       \
+    "       CASE WHEN NOT pg_is_in_recovery()"                                               \
+    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.restart_lsn)::bigint END,"     \
+    "       CASE WHEN NOT pg_is_in_recovery()"                                               \
+    "            THEN pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::bigint END," \
+    "       coalesce(s.emit_mode = 'table' AND r.wal_status IS DISTINCT FROM 'lost'"         \
+    "                AND r.confirmed_flush_lsn < " WAL_UNTIL ", false)"                      \
+    "  FROM ferry.settings s"                                                                \
+    "  LEFT JOIN pg_replication_slots r"                                                     \
+    "    ON r.slot_name = s.wal_slot AND r.database = current_database()"
+static const char st_sql_wal[] = ST_SQL_WAL("s.wal_until_lsn");
+static const char st_sql_wal_21[] = ST_SQL_WAL("NULL::pg_lsn");
 
 static const char st_sql_dead_by_consumer[] =
     "SELECT consumer, count(*) FROM ferry.dead_letter GROUP BY consumer ORDER BY consumer";
@@ -465,7 +469,9 @@ static json_t *st_collect(PGconn *conn, double max_lag_s, bool *no_schema)
         (has_wal = st_query(conn, st_sql_has_wal, "the catalog")) == NULL)
         goto out;
     if (strcmp(PQgetvalue(has_wal, 0, 0), "t") == 0 &&
-        (wal = st_query(conn, st_sql_wal, "the replication slot")) == NULL)
+        (wal = st_query(conn, strcmp(PQgetvalue(has_wal, 0, 1), "t") == 0 ? st_sql_wal
+                                                                            : st_sql_wal_21,
+                        "the replication slot")) == NULL)
         goto out;
 
     st_build b = {.oom = false};

@@ -435,6 +435,130 @@ static void a_redelivered_discarded_message_is_a_duplicate(void **state)
     PQfinish(c);
 }
 
+/*
+ * Ids are the producer's to keep unique; a hostile or broken one reuses
+ * them across keys. Whatever it does, each message is applied, held or
+ * dead-lettered on its own key, and none stands in for another (an outside
+ * audit, schema 34). Before: B's poison message was "dead-lettered" into
+ * A's letter (its payload stored nowhere) and parked B behind it, so
+ * replaying or discarding that letter released A and B waited for ever.
+ */
+static void a_reused_id_on_a_poison_message_parks_only_its_own_key(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg a1 = {"00000000-0000-7000-8000-0000000000d1", "acct-A", 1, "\"payload of A\"", NULL};
+    lmsg b1 = {"00000000-0000-7000-8000-0000000000d1", "acct-B", 1, "\"payload of B\"", NULL};
+    lmsg b2 = {"00000000-0000-7000-8000-0000000000b2", "acct-B", 2, "{}", NULL};
+    char *o = fail_once(c, &a1, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    o = fail_once(c, &b1, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    expect(c, &b2, "parked");
+    /* Two letters, each with its own payload; A's reason is its own. */
+    tu_assert_str_of(c, strdup("SELECT string_agg(aggregateid || '=' || (payload #>> '{}'), ',' "
+                               "ORDER BY aggregateid) FROM ferry.dead_letter"),
+                     "acct-A=payload of A,acct-B=payload of B");
+    /* A's letter goes: B is still parked behind its own. */
+    tu_exec(c, "SELECT ferry.discard_dead_letter(id) FROM ferry.dead_letter "
+               "WHERE aggregateid = 'acct-A'");
+    assert_int_equal(drain(c, "acct-B"), 0);
+    /* B's goes: its marker, then 2. */
+    tu_exec(c, "SELECT ferry.discard_dead_letter(id) FROM ferry.dead_letter "
+               "WHERE aggregateid = 'acct-B'");
+    assert_int_equal(drain(c, "acct-B"), 1);
+    applied_seqs(c, "acct-B", "2");
+    PQfinish(c);
+}
+
+/* Before: dead-lettering A's poison message deleted B's held message of
+ * the same id, whose Kafka offset had moved on: lost, and B stopped at 2. */
+static void a_poison_message_leaves_another_keys_held_message_of_its_id(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg b3 = {"00000000-0000-7000-8000-0000000007b3", "acct-B", 3, "{}", NULL};
+    lmsg a1 = {"00000000-0000-7000-8000-0000000007b3", "acct-A", 1, "\"garbage\"", NULL};
+    lmsg b1 = {"00000000-0000-7000-8000-0000000007b1", "acct-B", 1, "{}", NULL};
+    lmsg b2 = {"00000000-0000-7000-8000-0000000007b2", "acct-B", 2, "{}", NULL};
+    expect(c, &b3, "held");
+    char *o = fail_once(c, &a1, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    expect(c, &b1, "apply");
+    expect(c, &b2, "apply");
+    assert_int_equal(drain(c, "acct-B"), 1);
+    applied_seqs(c, "acct-B", "1,2,3");
+    PQfinish(c);
+}
+
+/* Before: C's message 2 was answered 'held' but not kept (B's held
+ * message had its id), and C stopped at 1 for ever. It is now held under
+ * an id derived from it, and applied in its turn; B's too, in its own. */
+static void a_held_message_whose_id_another_key_holds_is_kept(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg b3 = {"00000000-0000-7000-8000-0000000000a1", "acct-B", 3, "{}", NULL};
+    lmsg c2 = {"00000000-0000-7000-8000-0000000000a1", "acct-C", 2, "{}", NULL};
+    lmsg c1 = {"00000000-0000-7000-8000-0000000000c1", "acct-C", 1, "{}", NULL};
+    lmsg b1 = {"00000000-0000-7000-8000-0000000000b1", "acct-B", 1, "{}", NULL};
+    lmsg b2 = {"00000000-0000-7000-8000-0000000000b2", "acct-B", 2, "{}", NULL};
+    expect(c, &b3, "held");
+    expect(c, &c2, "held");
+    expect(c, &c2, "held");              /* redelivered: still one copy */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox_held "
+                               "WHERE key = 'acct-C' AND seq = 2"), 1);
+    expect(c, &c1, "apply");
+    assert_int_equal(drain(c, "acct-C"), 1);
+    applied_seqs(c, "acct-C", "1,2");
+    expect(c, &c2, "late");
+    expect(c, &b1, "apply");
+    expect(c, &b2, "apply");
+    assert_int_equal(drain(c, "acct-B"), 1);
+    applied_seqs(c, "acct-B", "1,2,3");
+    PQfinish(c);
+}
+
+/* A dead letter replayed while another key holds a message of its id is
+ * handed back all the same (before: dropped, its letter gone). */
+static void a_replayed_dead_letter_whose_id_another_key_holds_is_kept(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg b2 = {"00000000-0000-7000-8000-0000000000e1", "acct-B", 2, "{}", NULL};
+    lmsg a1 = {"00000000-0000-7000-8000-0000000000e1", "acct-A", 1, "{}", NULL};
+    char *o = fail_once(c, &a1, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    expect(c, &b2, "held");
+    tu_exec(c, "SELECT ferry.replay_dead_letter(id) FROM ferry.dead_letter");
+    assert_int_equal(drain(c, "acct-A"), 1);
+    applied_seqs(c, "acct-A", "1");
+    PQfinish(c);
+}
+
+/* Before: skip_gap moved the key past its dead-lettered position 3 too
+ * (to the first held one, 4), so the replayed 3 was then 'late' and never
+ * applied, and 4 went first. Only the missing position 2 is skipped. */
+static void skipping_a_gap_stops_at_a_dead_lettered_position(void **state)
+{
+    PGconn *c = tu_connect();
+    lmsg m1 = {"00000000-0000-7000-8000-000000000001", "acct-1", 1, "{}", NULL};
+    lmsg m3 = {"00000000-0000-7000-8000-000000000003", "acct-1", 3, "{}", NULL};
+    lmsg m4 = {"00000000-0000-7000-8000-000000000004", "acct-1", 4, "{}", NULL};
+    expect(c, &m1, "apply");
+    char *o = fail_once(c, &m3, 1);
+    assert_string_equal(o, "dead_lettered/1");
+    free(o);
+    expect(c, &m4, "parked");
+    assert_int_equal(tu_int(c, "SELECT ferry.consume_skip_gap(consumer => '" CONSUMER "', "
+                               "topic => 'credits', key => 'acct-1')"), 1);
+    assert_int_equal(drain(c, "acct-1"), 0);
+    tu_exec(c, "SELECT ferry.replay_dead_letter(id) FROM ferry.dead_letter");
+    assert_int_equal(drain(c, "acct-1"), 2);
+    applied_seqs(c, "acct-1", "1,3,4");
+    PQfinish(c);
+}
+
 static void a_crash_between_commit_and_offset_applies_nothing_twice(void **state)
 {
     PGconn *c = tu_connect();
@@ -909,6 +1033,49 @@ static void the_protocol_is_confined_to_the_consumer_names_a_role_owns(void **st
     PQfinish(admin);
 }
 
+/*
+ * A name is the consumer's under the default collation only. Under one
+ * the caller makes (a non-deterministic ICU collation in pg_temp, which
+ * any role may create), 'LANG-OWN' equalled 'lang-own': the guard found
+ * the caller's own name and let it through, and the inbox functions then
+ * read and wrote the other consumer's rows (an outside audit). Now any
+ * other collation is refused before anything is read.
+ */
+static void a_consumer_name_under_another_collation_is_refused(void **state)
+{
+    PGconn *admin = tu_connect();
+    PGconn *c = tu_connect_as_new(admin, "lang_coll", "ferry_consumer");
+    tu_exec(admin, "DROP ROLE IF EXISTS lang_other; CREATE ROLE lang_other IN ROLE ferry_consumer; "
+                   "DELETE FROM ferry.consumer_owner WHERE consumer IN ('lang-own', 'LANG-OWN'); "
+                   "INSERT INTO ferry.consumer_owner VALUES ('lang-own', 'lang_coll'); "
+                   "INSERT INTO ferry.consumer_owner VALUES ('LANG-OWN', 'lang_other')");
+    tu_exec(admin, "INSERT INTO ferry.inbox_held (consumer, topic, key, seq, message_id, payload, "
+                   "reason) VALUES ('LANG-OWN', 't', 'k', 2, gen_random_uuid(), "
+                   "'{\"secret\": 1}', 'gap')");
+    tu_exec(c, "CREATE COLLATION pg_temp.ci (provider = icu, locale = 'und-u-ks-level2', "
+               "deterministic = false)");
+    static const char *const calls[] = {
+        "SELECT ferry.inbox_claim('LANG-OWN' COLLATE pg_temp.ci, gen_random_uuid(), 't', 'k', 1)",
+        "SELECT count(*) FROM ferry.inbox_ready('LANG-OWN' COLLATE pg_temp.ci, 10)",
+        "SELECT ferry.inbox_claim('lang-own', gen_random_uuid(), 't', 'k' COLLATE pg_temp.ci, 1)",
+        "SELECT ferry.inbox_claim('lang-own' COLLATE \"C\", gen_random_uuid(), 't', 'k', 1)",
+    };
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        tu_assert_sql_error(c, calls[i], "22023", "consumer", NULL);
+    /* The other consumer's key did not move; under the default
+     * collation the caller's own name still works. */
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.inbox_key "
+                                   "WHERE consumer = 'LANG-OWN'"), 0);
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "SELECT ferry.inbox_claim('lang-own', gen_random_uuid(), 't', 'k', 1)");
+    tu_exec(c, "ROLLBACK");
+    PQfinish(c);
+    tu_exec(admin, "DELETE FROM ferry.inbox_held WHERE consumer = 'LANG-OWN'; "
+                   "DELETE FROM ferry.consumer_owner WHERE consumer IN ('lang-own', 'LANG-OWN'); "
+                   "DROP ROLE lang_coll; DROP ROLE lang_other");
+    PQfinish(admin);
+}
+
 /* ------------------------------------------------------------------ emit */
 
 static void emit_message_takes_everything_the_c_api_takes_by_name(void **state)
@@ -1000,6 +1167,14 @@ int main(void)
         cmocka_unit_test_setup(a_discarded_dead_letter_ahead_of_a_gap_waits_for_its_turn,
                                setup_each),
         cmocka_unit_test_setup(a_redelivered_discarded_message_is_a_duplicate, setup_each),
+        cmocka_unit_test_setup(a_reused_id_on_a_poison_message_parks_only_its_own_key,
+                               setup_each),
+        cmocka_unit_test_setup(a_poison_message_leaves_another_keys_held_message_of_its_id,
+                               setup_each),
+        cmocka_unit_test_setup(a_held_message_whose_id_another_key_holds_is_kept, setup_each),
+        cmocka_unit_test_setup(a_replayed_dead_letter_whose_id_another_key_holds_is_kept,
+                               setup_each),
+        cmocka_unit_test_setup(skipping_a_gap_stops_at_a_dead_lettered_position, setup_each),
         cmocka_unit_test_setup(a_crash_between_commit_and_offset_applies_nothing_twice,
                                setup_each),
         cmocka_unit_test_setup(the_protocol_uses_its_indexes_whatever_the_callers_collation,
@@ -1011,6 +1186,7 @@ int main(void)
         cmocka_unit_test_setup(holding_needs_the_payload, setup_each),
         cmocka_unit_test_setup(the_protocol_is_confined_to_the_consumer_names_a_role_owns,
                                setup_each),
+        cmocka_unit_test_setup(a_consumer_name_under_another_collation_is_refused, setup_each),
         cmocka_unit_test_setup(emit_message_takes_everything_the_c_api_takes_by_name,
                                setup_each),
         cmocka_unit_test_setup(emit_message_refuses_with_the_field_named, setup_each),

@@ -123,6 +123,13 @@ static const fn_cell FUNCS[] = {
     {"ferry.consumer_guard_(text)", NONE, "SELECT ferry.consumer_guard_('@C')", 0},
     {"ferry.inbox_settle_(text,text,text)", NONE,
      "SELECT ferry.inbox_settle_('@C', 'pv', 'k')", 0},
+    /* Schema 34: a message's own place when another holds its id. */
+    {"ferry.inbox_other_id_(text,uuid,text,text,bigint)", NONE,
+     "SELECT ferry.inbox_other_id_('@C', gen_random_uuid(), 'pv', 'k', 1)", 0},
+    {"ferry.inbox_hold_row_(text,uuid,text,text,bigint,text,text,text,jsonb,integer,bigint,text)",
+     NONE,
+     "SELECT ferry.inbox_hold_row_('@C', gen_random_uuid(), 'pv', 'k', 1, '', '', '{}', '{}', "
+     "-1, -1, 'gap')", 0},
     {"ferry.saga_create(uuid,text,text,text,integer,jsonb,bigint,bigint,jsonb)", W | C,
      "SELECT ferry.saga_create(gen_random_uuid(), 'd', 'h', 'running', 0, '{}', 0, 0, '{}')", 0},
     {"ferry.saga_lock(uuid)", W | C | X, "SELECT count(*) FROM ferry.saga_lock(" SAGA ")", 0},
@@ -704,6 +711,24 @@ static void reconciler_rewrites_and_takes_no_dead_letter(void **state)
     PQfinish(admin);
 }
 
+/*
+ * The WAL token proves a 'ferry' logical message is emit's: only the
+ * relay (and the owner) read it. The reconciler read it through its
+ * SELECT on every table, and could then write messages the WAL relay
+ * published with any id, position and headers (an outside audit, schema
+ * 34); it still reads every other column of the settings.
+ */
+static void only_the_relay_reads_the_wal_token(void **state)
+{
+    for (int r = 0; r < R_COUNT; r++) {
+        cell(r, r == R_RELAY, "SELECT on settings.wal_token",
+             "SELECT wal_token FROM ferry.settings");
+        cell(r, r == R_RELAY || r == R_RECONCILER, "SELECT on the other settings",
+             "SELECT shard_count, max_payload_bytes, emit_mode, wal_slot, wal_until_lsn "
+             "FROM ferry.settings");
+    }
+}
+
 /* Item 7, the SQL half: every shipped role reads the schema version, as
  * every program does first (the programs themselves: test_roles_run.c),
  * and a role that may not says so rather than "version 0". */
@@ -739,6 +764,7 @@ int main(void)
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),
+        cmocka_unit_test(only_the_relay_reads_the_wal_token),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -616,6 +616,42 @@ static void a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_
 }
 
 /*
+ * A message that is a relay dead letter already, decoded again (the
+ * stream restarted, or PostgreSQL did, before the slot was confirmed past
+ * it): it stays in the dead letters. Before, its key being parked behind
+ * that letter, ferry.wal_park put the message in the outbox too, under
+ * the same id, and the letter could then be neither discarded nor
+ * replayed (both failed on outbox_pkey): the key stopped for good (an
+ * outside audit, schema 34).
+ */
+static void a_dead_letter_decoded_again_is_not_put_in_the_table(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_wal_prepare(c);
+    tu_exec(c, "SELECT ferry.emit('w.again', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(c, "SELECT ferry.emit('w.again', 'other', 'Tested', '{\"n\": 1}')");
+    /* Message k/1 as the relay's dead_letter() left it; the slot is not
+     * confirmed past it. */
+    tu_exec(c, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, "
+               "  aggregateid, type, payload, headers, seq, shard, created_at, attempts, reason) "
+               "SELECT m.id, '', m.topic, m.aggtype, m.key, m.type, m.payload, m.headers, m.seq, "
+               "       k.shard, now(), 5, 'Broker: Message size too large' "
+               "  FROM tu_wal_msgs() m JOIN ferry.outbox_key k ON k.topic = m.topic AND k.key = m.key "
+               " WHERE m.topic = 'w.again' AND m.key = 'k'");
+    char *log = NULL;
+    assert_int_equal(tu_wal_relay_once("wal-again", &log), 0);
+    free(log);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.again'"), 0);
+    /* The letter can be discarded: its marker goes out in its place. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d "
+                               "WHERE d.topic = 'w.again' AND ferry.discard_dead_letter(d.id)"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.again' "
+                               "AND aggregateid = 'k' AND seq = 1 AND headers ? 'ferry_discarded'"),
+                     1);
+    PQfinish(c);
+}
+
+/*
  * `slot` finds its database as migrate and status do: --db, else
  * FERRY_DB, else db: in the relay's config file (--config or
  * FERRY_CONFIG); with none it refuses, as a usage error.
@@ -667,6 +703,7 @@ int main(void)
         cmocka_unit_test(a_stream_does_not_start_without_its_parked_keys),
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
         cmocka_unit_test(a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_it),
+        cmocka_unit_test(a_dead_letter_decoded_again_is_not_put_in_the_table),
         cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
     };
     tu_filter_from_env();
