@@ -555,6 +555,7 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
         for (size_t i = 0; i < n; i++)
             p += sprintf(p, "%02x", ((const unsigned char *)rkm->key)[i]);
         m->key = w->key_text;
+        w->key_shown = 1;
         snprintf(w->poison, sizeof w->poison,
                  "the message key is not UTF-8 text of at most %d bytes", FERRY_KEY_MAX);
     }
@@ -1327,8 +1328,11 @@ static ferry_code fail_fn(PGconn *conn, void *arg, ferry_error *err)
         payload = hex;
         plen = (size_t)(q - hex);
     }
+    /* A key shown as its bytes in hex is a name a real key may have:
+     * the letter takes no position, so that it parks no key. */
     const char *p[12] = {d->c->name, w->id, w->msg.topic, w->msg.key, d->reason,
-                         w->seq_text[0] ? w->seq_text : NULL, payload, hjson, w->msg.type,
+                         w->seq_text[0] && !w->key_shown ? w->seq_text : NULL, payload, hjson,
+                         w->msg.type,
                          w->msg.aggregate_type, max, d->permanent ? "t" : "f"};
     int lens[12] = {0};
     int fmts[12] = {0};

@@ -44,6 +44,9 @@ typedef struct consume_work {
     int from_held;
     int payload_is_text;        /* UTF-8 without NUL: PostgreSQL text can hold it */
     int unholdable;             /* a name that text cannot hold: poison at once */
+    int key_shown;              /* the key is not text: key_text shows its bytes, a
+                                   name a real key may have, so its dead letter
+                                   takes no position and parks no key */
     int marker;                 /* a position discarded at the relay */
     int in_batch;               /* being applied with others in one transaction */
     int alone_asked;            /* its handler asked for its own transaction

@@ -321,6 +321,34 @@ static void hostile_messages_end_and_neighbours_flow(void **state)
     PQfinish(conn);
 }
 
+/*
+ * A key that is not text is shown (and dead-lettered) as "\x" and its
+ * bytes in hex, a name a real key may have too. Its dead letter parks no
+ * key: no message can follow it under that name (every one of the bad key
+ * is poison as well), and a real key so named must not wait behind it.
+ * Before, the letter kept the message's position and parked the real key
+ * "\xfffe" at 1: its messages were held for ever (an outside audit).
+ */
+static void a_key_that_is_not_text_parks_no_other_key(void **state)
+{
+    const char *topic = "h.badkey";
+    rawmsg bad[] = {{"\xff\xfe", "1"}};
+    rawmsg good[] = {{"\\xfffe", "1"}, {"\\xfffe", "2"}};
+    produce_raw(topic, bad, 1);
+    ferry_consumer *c = consumer_new("h-badkey", topic, 1);
+    PGconn *conn = tu_connect();
+    poll_until_sql(c, conn, "SELECT count(*) = 1 FROM ferry.dead_letter "
+                            "WHERE consumer = 'h-badkey'");
+    produce_raw(topic, good, 2);
+    poll_until_sql(c, conn, "SELECT count(*) = 2 FROM t_applied WHERE consumer = 'h-badkey'");
+    tu_consumer_done(c);
+    assert_order(conn, "h-badkey", "\\xfffe", "1,2");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'h-badkey' AND seq = 0 AND reason LIKE '%key is not UTF-8%'"),
+                     1);
+    PQfinish(conn);
+}
+
 /* The claim refuses a position whose successor bigint cannot hold, with a
  * data error (class 22) rather than an internal failure: a consumer in
  * any language then knows the message is at fault. */
@@ -444,6 +472,7 @@ int main(void)
         cmocka_unit_test(discard_consumes_exactly_its_own_position),
         cmocka_unit_test(a_discard_marker_is_told_alike_in_a_batch),
         cmocka_unit_test(hostile_messages_end_and_neighbours_flow),
+        cmocka_unit_test(a_key_that_is_not_text_parks_no_other_key),
         cmocka_unit_test(claim_refuses_the_last_bigint_as_data),
         cmocka_unit_test(claim_failure_is_bounded_and_loses_nothing),
         cmocka_unit_test(replayed_non_json_is_as_received),
