@@ -500,8 +500,11 @@ static int over_attempted(rc_ctx *ctx, outbox_pass *op)
  * per shard. ids are UUIDv7, 48 bits of Unix milliseconds first, and uuid
  * compares bytewise, so every row created before the cutoff has an id
  * below the smallest UUIDv7 of the cutoff's millisecond: the primary key
- * read as a range, and rows newer than the budget never read. (A row
- * whose id came from a clock running ahead is seen late, by as much.)
+ * read as a range, and rows newer than the budget never read. Ids a
+ * caller gave (ferry.emit_with_id) may be of any kind: those sorting after
+ * every UUIDv7 of now (nearly all of them) are read as a second range and
+ * judged by created_at; one sorting between the cutoff and now is seen
+ * late, as is a row whose id came from a clock running ahead.
  *
  * Not counted: keys parked behind a relay dead letter (the dead-letter
  * sweep reports those), and rows waiting behind an earlier row of their
@@ -517,14 +520,28 @@ static const char LAG_SQL[] =
     "  SELECT now() - $1::bigint * interval '1 millisecond' AS at, "
     "         (lpad(to_hex(floor(extract(epoch FROM now() - $1::bigint * interval '1 millisecond') "
     "                                * 1000)::bigint), 12, '0') "
-    "          || '70008000000000000000')::uuid AS id), "
-    /* One read of the old part of the outbox, through the primary key. */
+    "          || '70008000000000000000')::uuid AS id, "
+    "         (lpad(to_hex(floor(extract(epoch FROM now()) * 1000)::bigint), 12, '0') "
+    "          || 'ffffffffffffffffffff')::uuid AS now_id), "
+    /* One read of the old part of the outbox, through the primary key:
+     * the ids before the budget's UUIDv7; and the ids after every UUIDv7
+     * of now (ids of another kind a caller gave, which sort there but for
+     * a sliver of them, and a clock running ahead), of which the rows
+     * created before the budget. */
     "cand AS MATERIALIZED ("
     "  SELECT o.shard, o.id, o.topic, o.aggregateid, o.seq, "
     "         greatest(o.created_at, o.available_at) AS ready, "
     "         o.available_at < c.at AND o.created_at < c.at AS is_ready "
     "    FROM ferry.outbox o, c "
     "   WHERE o.id < c.id AND o.published_at IS NULL "
+    "     AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "
+    "                      AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "
+    "  UNION ALL "
+    "  SELECT o.shard, o.id, o.topic, o.aggregateid, o.seq, "
+    "         greatest(o.created_at, o.available_at), "
+    "         o.available_at < c.at AND o.created_at < c.at "
+    "    FROM ferry.outbox o, c "
+    "   WHERE o.id > c.now_id AND o.created_at < c.at AND o.published_at IS NULL "
     "     AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "
     "                      AND d.topic = o.topic AND d.aggregateid = o.aggregateid)), "
     /* A row not ready yet (delayed) holds its key's later rows: the first

@@ -498,6 +498,29 @@ static void lag_is_reported_per_shard_with_the_reason(void **state)
     PQfinish(c);
 }
 
+/*
+ * Rows whose caller-given ids are not UUIDv7 of their time (any id is
+ * allowed: ferry.emit_with_id) lag as any other. The sweep read only rows
+ * whose id sorted before the lag budget's UUIDv7, so a backlog of such ids
+ * was reported clean (exit 0) while nothing was published (an outside
+ * audit).
+ */
+static void lag_is_found_whatever_the_ids(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit_with_id(('ffffffff-ffff-4fff-bfff-fffffffff' "
+               "  || lpad(g::text, 3, '0'))::uuid, 't.lagv4', 'k' || g, 'Tested', '{}') "
+               "FROM generate_series(1, 3) g");
+    tu_exec(c, "UPDATE ferry.outbox SET created_at = now() - interval '1 hour', "
+               "available_at = now() - interval '1 hour' WHERE topic = 't.lagv4'");
+    run_result r = check_finds(c, NULL);
+    long long rows = 0;
+    assert_true(findings(&r, "outbox", "lag", "found", &rows) > 0);
+    assert_int_equal(rows, 3);
+    run_free(&r);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------ a real relay */
 
 /* `ferry-relay run` as holder, with its lease_ttl_ms set to ttl_ms. */
@@ -829,6 +852,7 @@ int main(void)
         cmocka_unit_test_setup(over_attempted_rows_become_dead_letters, reset),
         cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
+        cmocka_unit_test_setup(lag_is_found_whatever_the_ids, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
         cmocka_unit_test_setup(repair_as_the_reconciler_role, reset),
