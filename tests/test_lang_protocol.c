@@ -1069,6 +1069,9 @@ static void a_consumer_name_under_another_collation_is_refused(void **state)
     tu_exec(c, "BEGIN");
     tu_exec(c, "SELECT ferry.inbox_claim('lang-own', gen_random_uuid(), 't', 'k', 1)");
     tu_exec(c, "ROLLBACK");
+    /* Dropped here: the session's end drops it too, but after PQfinish
+     * returns, and DROP ROLE below would find it still there. */
+    tu_exec(c, "DROP COLLATION pg_temp.ci");
     PQfinish(c);
     tu_exec(admin, "DELETE FROM ferry.inbox_held WHERE consumer = 'LANG-OWN'; "
                    "DELETE FROM ferry.consumer_owner WHERE consumer IN ('lang-own', 'LANG-OWN'); "
