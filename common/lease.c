@@ -28,6 +28,13 @@ static ferry_code leases_from(PGresult *res, size_t max, ferry__lease *out, size
     return FERRY_OK;
 }
 
+/* A lease under prefix $1 is the prefix itself, or the prefix and a
+ * number as the relay writes it (no sign, no leading zero, at most nine
+ * digits): a row named otherwise ('shard:-0', 'shard:00'), which a role
+ * with INSERT on ferry.lease can add, is nobody's to take or renew. */
+#define LEASE_NAMED                                                                        \
+    "(name = $1 OR substr(name, length($1) + 1) ~ '^(0|[1-9][0-9]{0,8})$') AND "
+
 /* Run a statement returning (name, epoch) rows. */
 static ferry_code lease_query(PGconn *conn, const char *sql, int nparams,
                               const char *const *params, size_t max, ferry__lease *out,
@@ -81,7 +88,8 @@ ferry_code ferry__lease_acquire(PGconn *conn, const char *prefix, const char *ho
                        "  expires_at = now() + $3::int * interval '1 millisecond', "
                        "  acquired_at = now(), renewed_at = now() "
                        "WHERE l.name IN (SELECT name FROM ferry.lease "
-                       "  WHERE starts_with(name, $1) AND (holder IS NULL OR expires_at <= now()) "
+                       "  WHERE starts_with(name, $1) AND " LEASE_NAMED
+                       "    (holder IS NULL OR expires_at <= now()) "
                        "  ORDER BY random() LIMIT $4::int FOR UPDATE SKIP LOCKED) "
                        "RETURNING l.name, l.epoch",
                        4, params, max, out, n_out, "could not acquire leases", err);
@@ -100,12 +108,14 @@ static ferry_code extend(PGconn *conn, const char *prefix, const char *holder, i
                        bump ? "UPDATE ferry.lease SET epoch = epoch + 1, acquired_at = now(), "
                               "  expires_at = now() + $3::int * interval '1 millisecond', "
                               "  renewed_at = now() "
-                              "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                              "WHERE starts_with(name, $1) AND " LEASE_NAMED
+                              "  holder = $2 AND expires_at > now() "
                               "RETURNING name, epoch"
                             : "UPDATE ferry.lease SET "
                               "  expires_at = now() + $3::int * interval '1 millisecond', "
                               "  renewed_at = now() "
-                              "WHERE starts_with(name, $1) AND holder = $2 AND expires_at > now() "
+                              "WHERE starts_with(name, $1) AND " LEASE_NAMED
+                              "  holder = $2 AND expires_at > now() "
                               "RETURNING name, epoch",
                        3, params, max, out, n_out,
                        bump ? "could not reclaim leases" : "could not renew leases", err);

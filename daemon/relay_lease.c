@@ -24,10 +24,15 @@ static int shard_of_lease(const char *name)
 {
     if (strncmp(name, SHARD_PREFIX, strlen(SHARD_PREFIX)) != 0)
         return -1;
+    /* Only as the relay writes it: "-0", "+0" or "00" is no shard's, or
+     * a row someone added would be served as shard 0 beside its lease. */
+    const char *digits = name + strlen(SHARD_PREFIX);
     long v;
-    if (ferry__parse_long(name + strlen(SHARD_PREFIX), 0, MAX_SHARDS - 1, &v) != 0)
+    char again[24];
+    if (ferry__parse_long(digits, 0, MAX_SHARDS - 1, &v) != 0)
         return -1;
-    return (int)v;
+    snprintf(again, sizeof again, "%ld", v);
+    return strcmp(again, digits) == 0 ? (int)v : -1;
 }
 
 /* Log the shards gained in one tick as one line: a start takes many. */

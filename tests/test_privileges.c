@@ -607,6 +607,29 @@ static void relay_makes_relay_dead_letters_only(void **state)
     PQfinish(admin);
 }
 
+/*
+ * ferry.wal_park is the relay's, for the messages of a parked key that it
+ * read from WAL: it puts a row only at a position emit handed out. Before,
+ * the relay's role could write a message at any position (999 of a key at
+ * 1): a message nobody emitted, and a gap (an outside audit, schema 35).
+ */
+static void relay_parks_only_positions_emit_handed_out(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.outbox WHERE topic = 'pv-park'; "
+                   "SELECT ferry.emit('pv-park', 'k', 'T', '{}')");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox_key "
+                                   "WHERE topic = 'pv-park' AND seq = 1"), 1);
+    tu_assert_str(as[R_RELAY], "SELECT ferry.wal_park(gen_random_uuid(), 'pv-park', 'k', '', "
+                               "'Forged', '{\"evil\": 1}', '{}', 999, now())", "f");
+    tu_assert_str(as[R_RELAY], "SELECT ferry.wal_park(gen_random_uuid(), 'pv-park', 'k', '', "
+                               "'Forged', '{\"evil\": 1}', '{}', 0, now())", "f");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pv-park' "
+                                   "AND type = 'Forged'"), 0);
+    tu_exec(admin, "DELETE FROM ferry.outbox WHERE topic = 'pv-park'");
+    PQfinish(admin);
+}
+
 /* The reconciler moves over-attempted outbox rows to the relay's dead
  * letters and purges published ones, through functions that do only that:
  * it writes no dead letter itself (one it made could be replayed into the
@@ -761,6 +784,7 @@ int main(void)
         cmocka_unit_test(consumer_name_judged_by_the_role_set),
         cmocka_unit_test(writer_cannot_forge_relay_dead_letters),
         cmocka_unit_test(relay_makes_relay_dead_letters_only),
+        cmocka_unit_test(relay_parks_only_positions_emit_handed_out),
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),

@@ -625,6 +625,40 @@ static void relay_dead_letter(PGconn *c, const char *topic, const char *key, int
     free(sql);
 }
 
+/*
+ * A relay dead letter's id may be used again once its row left the
+ * outbox (emit refuses only an id a waiting row has). Replaying or
+ * discarding the letter then found that id taken: the replay put nothing
+ * back and the discard wrote no marker, the letter gone either way, and
+ * the key's consumers saw a gap at its position for ever (an outside
+ * audit). The message (or its marker) now goes back at its position under
+ * another id.
+ */
+static void a_dead_letter_whose_id_was_used_again_goes_back_all_the_same(void **state)
+{
+    PGconn *c = tu_connect();
+    relay_dead_letter(c, "t.reused", "k1", 1);
+    relay_dead_letter(c, "t.reused", "k2", 1);
+    tu_exec(c, "SELECT ferry.emit_with_id(message_id, 't.reused', 'other-' || aggregateid, "
+               "'Tested', '{}') FROM ferry.dead_letter WHERE topic = 't.reused'");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d "
+                               "WHERE topic = 't.reused' AND aggregateid = 'k1' "
+                               "AND ferry.replay_dead_letter(d.id)"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter d "
+                               "WHERE topic = 't.reused' AND aggregateid = 'k2' "
+                               "AND ferry.discard_dead_letter(d.id)"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.reused' "
+                               "AND aggregateid = 'k1' AND seq = 1 AND payload = '{\"n\": 1}'"),
+                     1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.reused' "
+                               "AND aggregateid = 'k2' AND seq = 1 "
+                               "AND headers ? 'ferry_discarded'"), 1);
+    /* The other keys' messages are as they were. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.reused' "
+                               "AND aggregateid LIKE 'other-%' AND payload = '{}'"), 2);
+    PQfinish(c);
+}
+
 static void dead_letters_replayed_and_discarded(void **state)
 {
     PGconn *c = tu_connect();
@@ -854,6 +888,8 @@ int main(void)
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
         cmocka_unit_test_setup(lag_is_found_whatever_the_ids, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
+        cmocka_unit_test_setup(a_dead_letter_whose_id_was_used_again_goes_back_all_the_same,
+                               reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
         cmocka_unit_test_setup(repair_as_the_reconciler_role, reset),
         cmocka_unit_test_setup(dead_relay_shards_go_to_a_live_one, reset),

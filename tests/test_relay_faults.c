@@ -869,6 +869,47 @@ static void a_lease_renewed_but_not_served_is_served(void **state)
     PQfinish(c);
 }
 
+/*
+ * A lease row whose name is not a shard's as the relay writes it
+ * ('shard:-0', '+0', '00': rows a role with INSERT on ferry.lease can
+ * add) is not a shard's: the relay read 'shard:-0' as shard 0, served
+ * shard 0 under it while another relay held 'shard:0', and its
+ * acknowledgements were refused (an outside audit). Here the other holder
+ * keeps shard:0 for an hour and 'shard:-0' is ours by name: shard 0's
+ * rows stay, and --once ends without a refused acknowledgement.
+ */
+static void a_lease_name_that_is_not_a_shards_serves_nothing(void **state)
+{
+    const char *topic = "f.leasename";
+    PGconn *c = tu_connect();
+    tu_exec(c, "INSERT INTO ferry.lease (name) SELECT 'shard:' || s "
+               "FROM generate_series(0, 15) s ON CONFLICT (name) DO NOTHING");
+    tu_exec(c, "UPDATE ferry.lease SET holder = 'leasename-other', epoch = epoch + 1, "
+               "expires_at = now() + interval '1 hour' WHERE name = 'shard:0'");
+    tu_exec(c, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) VALUES "
+               "('shard:-0', 'leasename-a', 1, now() + interval '1 hour'), "
+               "('shard:00', 'leasename-a', 1, now() + interval '1 hour'), "
+               "('shard:+0', 'leasename-a', 1, now() + interval '1 hour')");
+    emit_keys(topic, "n", 64, 1);
+    long long in0 = tu_int(c, "SELECT count(*) FROM ferry.outbox "
+                              "WHERE topic = 'f.leasename' AND shard = 0");
+    assert_true(in0 > 0);
+    char *log = NULL;
+    int st = relay_once("leasename-a", NULL, &log);
+    int refused = strstr(log, "\"event\":\"ack.refused\"") != NULL;
+    free(log);
+    tu_exec(c, "DELETE FROM ferry.lease WHERE name IN ('shard:-0', 'shard:00', 'shard:+0'); "
+               "UPDATE ferry.lease SET holder = NULL, expires_at = now() WHERE name = 'shard:0'");
+    if (st != 0 || refused)
+        fail_msg("--once beside a lease 'shard:-0': exit %d, acknowledgements refused: %d",
+                 st, refused);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox "
+                               "WHERE topic = 'f.leasename' AND shard = 0"), in0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox "
+                               "WHERE topic = 'f.leasename' AND shard <> 0"), 0);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ 5. sizes */
 
 /* A compact JSON array of n ones: 2n + 1 bytes; as jsonb's canonical text
@@ -1924,6 +1965,7 @@ int main(void)
         T(a_busy_lock_taken_behind_a_sleeping_relay_is_noticed),
         T(a_schema_older_than_the_relay_is_refused),
         T(a_lease_renewed_but_not_served_is_served),
+        T(a_lease_name_that_is_not_a_shards_serves_nothing),
         T(oversized_canonical_payloads_are_refused_at_emit),
         T(a_payload_at_the_limit_is_published_whole),
         T(a_limit_raised_while_running_is_published),
