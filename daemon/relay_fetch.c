@@ -154,7 +154,15 @@ static int row_read(const PGresult *res, int i, row *out)
     out->headers = PQgetvalue(res, i, C_HEADERS);
     out->seq = (int64_t)get64(PQgetvalue(res, i, C_SEQ));
     out->shard = (int32_t)get32(PQgetvalue(res, i, C_SHARD));
-    out->created_us = (int64_t)get64(PQgetvalue(res, i, C_CREATED_AT)) + PG_EPOCH_UNIX_US;
+    /* created_at as PostgreSQL sends it (microseconds since 2000), held to
+     * the years ce_time's RFC 3339 can write, 0001 to 9999: a row written
+     * by hand may say 'infinity' (INT64_MAX), whose move to 1970
+     * overflowed (and ce_time read year -290278). */
+    const int64_t first_us = INT64_C(-62135596800000000) - PG_EPOCH_UNIX_US;
+    const int64_t last_us = INT64_C(253402300799999999) - PG_EPOCH_UNIX_US;
+    int64_t created = (int64_t)get64(PQgetvalue(res, i, C_CREATED_AT));
+    created = created < first_us ? first_us : created > last_us ? last_us : created;
+    out->created_us = created + PG_EPOCH_UNIX_US;
     out->ready = PQgetvalue(res, i, C_READY)[0] != 0;
     return 0;
 }

@@ -120,6 +120,35 @@ static void once_publishes_committed_only(void **state)
     assert_int_equal(tc.keys, 7);
 }
 
+/*
+ * A row the schema's owner wrote by hand with created_at 'infinity' or
+ * '-infinity' is published with a ce_time RFC 3339 can hold (9999 and
+ * 0001). Before, 'infinity' overflowed on its move to 1970 (undefined
+ * behaviour; the sanitized relay stopped) and was published as year
+ * -290278 (an outside audit).
+ */
+static void a_created_at_out_of_range_is_published_within_rfc3339(void **state)
+{
+    const char *topic = "t.infinity";
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.infinity', 'far', 'Tested', '{}'); "
+               "SELECT ferry.emit('t.infinity', 'near', 'Tested', '{}'); "
+               "UPDATE ferry.outbox SET created_at = CASE aggregateid WHEN 'far' "
+               "  THEN 'infinity'::timestamptz ELSE '-infinity'::timestamptz END "
+               "WHERE topic = 't.infinity'");
+    PQfinish(c);
+    assert_int_equal(relay_once("infinity-a", NULL, NULL, NULL), 0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 2, 10000);
+    assert_int_equal(got->count, 2);
+    for (size_t i = 0; i < got->count; i++) {
+        const kt_msg *m = &got->msgs[i];
+        const char *want = strcmp(m->key, "far") == 0 ? "9999-12-31T23:59:59.999999Z"
+                                                      : "0001-01-01T00:00:00.000000Z";
+        assert_string_equal(kt_header(m, "ce_time"), want);
+    }
+    kt_msgs_free(got);
+}
+
 /* Only a NOTIFY can wake it: the backstop poll is set to ten minutes. */
 static void notify_wakes_the_relay(void **state)
 {
@@ -837,6 +866,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(once_publishes_committed_only),
+        cmocka_unit_test(a_created_at_out_of_range_is_published_within_rfc3339),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
         cmocka_unit_test(graceful_shutdown_loses_nothing),
