@@ -762,7 +762,8 @@ static int to_table(relay *r, const wal_msg *m)
     PQclear(res);
     ferry__log_json(FERRY_LOG_INFO, "wal.parked",
                    json_pack("{s:s, s:s, s:s}", "id", id, "topic", m->topic, "key", m->key),
-                   "message %s waits in the outbox behind its key's dead letter", id);
+                   "message %s waits in the outbox behind its key's dead letter or earlier "
+                   "row", id);
     done_without_kafka(w);
     return 0;
 }

@@ -640,6 +640,9 @@ static void a_dead_letter_decoded_again_is_not_put_in_the_table(void **state)
                " WHERE m.topic = 'w.again' AND m.key = 'k'");
     char *log = NULL;
     assert_int_equal(tu_wal_relay_once("wal-again", &log), 0);
+    /* The fault fired: the letter's message was decoded again and taken
+     * to the park path (the key is parked behind its letter). */
+    assert_non_null(strstr(log, "\"event\":\"wal.parked\""));
     free(log);
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'w.again'"), 0);
     /* The letter can be discarded: its marker goes out in its place. */
