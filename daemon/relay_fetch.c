@@ -65,7 +65,10 @@
  * (schemas/014_wal_gate.sql says why that holds). Likewise in table mode
  * until the slot is confirmed past the turn from wal mode (wal_until_lsn,
  * schemas/022_wal_until.sql): messages emitted before it may still be in
- * WAL only. Not ready, it waits as a delayed row does: its key blocked,
+ * WAL only. A row emit put there in wal mode waits first for a stamp,
+ * given once it is seen (stamp_rows, schemas/036_...): the WAL messages
+ * of its own transaction are decoded past its insert, at the commit.
+ * Not ready, it waits as a delayed row does: its key blocked,
  * every other key flowing. NULL (no slot, a lost one, table mode with the
  * WAL source past the turn): no wait. One InitPlan per fetch
  * (RELAY_WAL_CONFIRMED_SQL, relay_int.h: the lag gauges' look shares it).
@@ -76,7 +79,7 @@
     "       s.headers::text, s.seq, s.shard, s.created_at, "                               \
     "       s.available_at <= now() "                                                      \
     "       AND coalesce(s.wal_lsn <= (" RELAY_WAL_CONFIRMED_SQL "), true), "                 \
-    "       s.run "                                                                        \
+    "       s.run, s.wal_lsn = 'FFFFFFFF/FFFFFFFF'::pg_lsn "                               \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
     "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
     "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) "            \
@@ -111,7 +114,7 @@ int relay_fetch_prepare(relay *r)
 
 enum {
     C_ID, C_TOPIC, C_KEY, C_AGGTYPE, C_TYPE, C_PAYLOAD, C_HEADERS, C_SEQ, C_SHARD,
-    C_CREATED_AT, C_READY, C_RUN, C_COUNT
+    C_CREATED_AT, C_READY, C_RUN, C_UNSTAMPED, C_COUNT
 };
 
 typedef relay_row row;
@@ -142,7 +145,7 @@ static int row_read(const PGresult *res, int i, row *out)
 {
     if (PQgetlength(res, i, C_ID) != 16 || PQgetlength(res, i, C_SEQ) != 8 ||
         PQgetlength(res, i, C_SHARD) != 4 || PQgetlength(res, i, C_CREATED_AT) != 8 ||
-        PQgetlength(res, i, C_READY) != 1)
+        PQgetlength(res, i, C_READY) != 1 || PQgetlength(res, i, C_UNSTAMPED) != 1)
         return -1;
     memcpy(out->id.bytes, PQgetvalue(res, i, C_ID), 16);
     out->topic = PQgetvalue(res, i, C_TOPIC);
@@ -164,6 +167,7 @@ static int row_read(const PGresult *res, int i, row *out)
     created = created < first_us ? first_us : created > last_us ? last_us : created;
     out->created_us = created + PG_EPOCH_UNIX_US;
     out->ready = PQgetvalue(res, i, C_READY)[0] != 0;
+    out->unstamped = PQgetvalue(res, i, C_UNSTAMPED)[0] != 0;
     return 0;
 }
 
@@ -348,6 +352,40 @@ static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids
     return (int)(p - out);
 }
 
+/*
+ * Rows that emit put into the table in wal mode wait for a stamp of where
+ * WAL is once their transaction has committed (schemas/036_...): stamp
+ * those this fetch saw held back. buf has room for the array's header (20
+ * bytes) and n elements of 20 (length and uuid) of which the uuids are
+ * filled in. A row stamped waits for the slot to be confirmed past the
+ * stamp and is fetched again as a delayed one is. Returns 0, or -1 with
+ * the connection lost.
+ */
+static int stamp_rows(relay *r, unsigned char *buf, int n)
+{
+    unsigned char *p = relay_put_array_header(buf, 2950 /* uuid */, n);
+    for (int i = 0; i < n; i++) {
+        p = relay_put32(p, 16);
+        p += 16;
+    }
+    const char *params[1] = {(const char *)buf};
+    const int lengths[1] = {(int)(p - buf)};
+    static const int formats[1] = {1};
+    PGresult *res = PQexecParams(r->db.main, "SELECT ferry.outbox_wal_stamp($1)", 1,
+                                 (const Oid[]){2951 /* uuid[] */}, params, lengths, formats, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        ferry_error err;
+        ferry_error_from_pg(&err, r->db.main, res, "could not stamp rows held for the WAL source");
+        PQclear(res);
+        relay_db_lost(r, "fetch", &err);
+        return -1;
+    }
+    ferry__log(FERRY_LOG_DEBUG, "fetch.stamped", "stamped %s of %d rows held for the WAL source",
+               PQgetvalue(res, 0, 0), n);
+    PQclear(res);
+    return 0;
+}
+
 int relay_fetch_and_produce(relay *r, int limit)
 {
     char *shards = malloc(16 + (size_t)MAX_SHARDS * 6);
@@ -400,12 +438,22 @@ int relay_fetch_and_produce(relay *r, int limit)
     int64_t now = ferry__now_ms();
     relay_topic *t = NULL;
     row w;
+    unsigned char *stamp = NULL;
+    int stamps = 0;
     for (int i = 0; i < rows; i++) {
         if (row_read(res, i, &w) != 0) {
             ferry__log(FERRY_LOG_ERROR, "fetch.row", "a fetched row has columns of the wrong "
                       "size; ending this batch");
             stopped = 1;
             break;
+        }
+        if (!w.ready && w.unstamped) {
+            if (stamp == NULL)
+                stamp = malloc(20 + (size_t)rows * 20);
+            if (stamp != NULL) {
+                memcpy(stamp + 20 + (size_t)stamps * 20 + 4, w.id.bytes, 16);
+                stamps++;
+            }
         }
         if (t == NULL || strcmp(t->name, w.topic) != 0)
             t = relay_kafka_topic(r, w.topic);
@@ -447,7 +495,9 @@ int relay_fetch_and_produce(relay *r, int limit)
         full = (int64_t)get64(PQgetvalue(res, rows - 1, C_RUN)) >= FETCH_BYTES;
     PQclear(res);
     sched_fetched(r->s, full ? limit : rows, limit, now);
-    return 0;
+    int rc = stamps > 0 ? stamp_rows(r, stamp, stamps) : 0;
+    free(stamp);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ failures */

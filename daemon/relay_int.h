@@ -132,7 +132,8 @@ typedef struct relay_row {
     int64_t seq;
     int shard;
     int64_t created_us;         /* Unix microseconds */
-    int ready;                  /* available_at has come */
+    int ready;                  /* available_at has come, and the WAL gate is open */
+    int unstamped;              /* its WAL gate waits for a stamp (schemas/036_...) */
 } relay_row;
 
 typedef struct relay {

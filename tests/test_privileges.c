@@ -66,6 +66,8 @@ static const fn_cell FUNCS[] = {
      "SELECT ferry.emit_with_id(gen_random_uuid(), 'pv', 'k', 'T', '{}')", 0},
     {"ferry.wal_park(uuid,text,text,text,text,jsonb,jsonb,bigint,timestamp with time zone)", R,
      "SELECT ferry.wal_park(gen_random_uuid(), 'pv', 'nokey', '', 'T', '{}', '{}', 1, now())", 0},
+    {"ferry.outbox_wal_stamp(uuid[])", R,
+     "SELECT ferry.outbox_wal_stamp(ARRAY[gen_random_uuid()])", 0},    /* schema 36 */
     {"ferry.replay_dead_letter(bigint)", X, "SELECT ferry.replay_dead_letter(-1)", 0},
     {"ferry.discard_dead_letter(bigint)", X, "SELECT ferry.discard_dead_letter(-1)", 0},
     {"ferry.outbox_dead_letter(uuid,integer,boolean,text)", R | X,
@@ -630,6 +632,28 @@ static void relay_parks_only_positions_emit_handed_out(void **state)
     PQfinish(admin);
 }
 
+/* The relay stamps a row's WAL gate only where emit left it to be
+ * stamped (schema 36): a gate it could move would let it release any row
+ * held for the WAL source before its time. */
+static void relay_stamps_only_gates_left_to_be_stamped(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.outbox WHERE topic = 'pv-stamp'; "
+                   "SELECT ferry.emit('pv-stamp', 'k', 'T', '{}')");
+    tu_exec(admin, "UPDATE ferry.outbox SET wal_lsn = 'FFFFFFFF/FFFFFFF0' "
+                   "WHERE topic = 'pv-stamp'");
+    tu_assert_str(as[R_RELAY], "SELECT ferry.outbox_wal_stamp(array_agg(id)) FROM ferry.outbox "
+                               "WHERE topic = 'pv-stamp'", "0");
+    tu_exec(admin, "UPDATE ferry.outbox SET wal_lsn = 'FFFFFFFF/FFFFFFFF' "
+                   "WHERE topic = 'pv-stamp'");
+    tu_assert_str(as[R_RELAY], "SELECT ferry.outbox_wal_stamp(array_agg(id)) FROM ferry.outbox "
+                               "WHERE topic = 'pv-stamp'", "1");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.outbox WHERE topic = 'pv-stamp' "
+                                   "AND wal_lsn <= pg_current_wal_insert_lsn()"), 1);
+    tu_exec(admin, "DELETE FROM ferry.outbox WHERE topic = 'pv-stamp'");
+    PQfinish(admin);
+}
+
 /* The reconciler moves over-attempted outbox rows to the relay's dead
  * letters and purges published ones, through functions that do only that:
  * it writes no dead letter itself (one it made could be replayed into the
@@ -785,6 +809,7 @@ int main(void)
         cmocka_unit_test(writer_cannot_forge_relay_dead_letters),
         cmocka_unit_test(relay_makes_relay_dead_letters_only),
         cmocka_unit_test(relay_parks_only_positions_emit_handed_out),
+        cmocka_unit_test(relay_stamps_only_gates_left_to_be_stamped),
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),

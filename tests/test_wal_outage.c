@@ -491,6 +491,49 @@ static void a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key(v
 }
 
 /*
+ * The same, with both messages in one transaction: position 1 to WAL,
+ * then position 2 delayed into the table. The row was held back until
+ * the slot was confirmed past where WAL was when it was inserted; but
+ * position 1 is decoded at the transaction's commit, further on, and the
+ * WAL relay confirms past other transactions' commits in between. The
+ * fault fired: the slot is confirmed past the row's insert while the
+ * transaction is still open, and the WAL relay is down when the table
+ * relay runs. Before schema 36 the topic held 2 then 1 (an outside audit
+ * reproduced it): now the row's gate is stamped only once the row is
+ * seen, after its commit.
+ */
+static void a_delayed_message_never_overtakes_a_wal_message_of_its_own_transaction(void **state)
+{
+    PGconn *a = tu_wal_connect();
+    PGconn *c = tu_connect();
+    tu_exec(a, "BEGIN");
+    tu_exec(a, "SELECT ferry.emit('wo.sametx', 'k', 'Tested', '{\"n\": 1}')");
+    tu_exec(a, "SELECT ferry.emit_with_id(gen_random_uuid(), 'wo.sametx', 'k', "
+               "'Tested', '{\"n\": 2}', '{}', '', 1)");
+    char *inserted = tu_str(a, "SELECT pg_current_wal_insert_lsn()::text");
+    tu_exec(c, "SELECT ferry.emit('wo.sametx.other', 'o', 'Tested', '{}')");
+    assert_int_equal(tu_wal_relay_once("sametx-wal-1", NULL), 0);
+    char *sql = tu_sprintf("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
+                           "AND confirmed_flush_lsn > '%s'::pg_lsn", inserted);
+    assert_int_equal(tu_int(c, sql), 1);        /* the fault: confirmed past the insert */
+    free(sql);
+    free(inserted);
+    tu_exec(a, "COMMIT");
+    tu_await(c, "SELECT available_at < now() FROM ferry.outbox WHERE topic = 'wo.sametx'", 10000);
+    assert_int_equal(table_relay_once("sametx-table-1"), 0);
+    /* Position 2 waits for the WAL path, which has not published 1. */
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 'wo.sametx' "
+                               "AND published_at IS NULL"), 1);
+    assert_int_equal(tu_wal_relay_once("sametx-wal-2", NULL), 0);
+    assert_int_equal(table_relay_once("sametx-table-2"), 0);
+    tu_wal_topic tc = tu_wal_check_topic("wo.sametx", 2, 30000);    /* 1 before 2, or it fails */
+    assert_int_equal(tc.distinct, 2);
+    assert_int_equal(tc.duplicates, 0);
+    PQfinish(a);
+    PQfinish(c);
+}
+
+/*
  * Leaving wal mode with a message of a key still in WAL only (the WAL
  * relay is down): the key's next message, emitted in table mode, waits
  * in the table until the WAL relay has published the first and confirmed
@@ -667,6 +710,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(reconcile_check_reports_an_inactive_slot_and_the_wal_it_pins),
         cmocka_unit_test(a_delayed_message_never_overtakes_a_lagging_wal_message_of_its_key),
+        cmocka_unit_test(a_delayed_message_never_overtakes_a_wal_message_of_its_own_transaction),
         cmocka_unit_test(leaving_wal_mode_keeps_each_keys_order),
         cmocka_unit_test(leaving_wal_mode_waits_for_a_transaction_that_emitted_in_it),
         cmocka_unit_test(a_repeatable_read_transaction_from_before_leaving_wal_mode_is_retried),
