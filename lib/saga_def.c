@@ -396,6 +396,12 @@ static int read_json(ferry__yw *w, yaml_event_t *ev, ferry__tmpl *t, json_t **ou
         if (dup) {
             ferry__yw_error(w, ferry__yw_place_of(item.start_mark), "duplicate key \"%.64s\"", ferry__yw_scalar(&item));
             bad = true;
+        } else if (memmem(ferry__yw_scalar(&item), item.data.scalar.length, "${", 2) != NULL) {
+            /* Only values are templates: a key holding one was sent as it
+             * was written, "${context.sku}" and all. */
+            ferry__yw_error(w, ferry__yw_place_of(item.start_mark), "key \"%.64s\" holds \"${\": "
+                            "only a value can be \"${context.PATH}\"", ferry__yw_scalar(&item));
+            bad = true;
         }
         if (ferry__tmpl_append_string(t, ferry__yw_scalar(&item), item.data.scalar.length) != 0 ||
             ferry__tmpl_append(t, ":", 1) != 0) {
@@ -720,9 +726,16 @@ static void check_steps(loader *ld)
 
         if (!sp->retry_ok)
             continue;
-        if (!sp->max_backoff_given)
+        if (!sp->max_backoff_given) {
+            /* The deadline, or the backoff where that is longer: compensations
+             * and refusals past the pivot are resent after the backoff past
+             * any deadline, so a long one is meant. (It was the deadline
+             * alone: lint took such a file, and the registry then refused it
+             * as "retry.max_backoff is invalid", a field the file lacks.) */
             s->retry.max_backoff_ms = ld->deadline_ok ? def->deadline_ms : FERRY_SAGA_TIMEOUT_MAX_MS;
-        else if (sp->backoff_given && s->retry.backoff_ms > s->retry.max_backoff_ms) {
+            if (s->retry.max_backoff_ms < s->retry.backoff_ms)
+                s->retry.max_backoff_ms = s->retry.backoff_ms;
+        } else if (sp->backoff_given && s->retry.backoff_ms > s->retry.max_backoff_ms) {
             char a[32], b[32];
             snprintf(field, sizeof field, "steps[%zu].retry.max_backoff", i);
             ferry__yw_error_at(w, sp->max_backoff, field, "max_backoff %s is shorter than "

@@ -240,8 +240,13 @@ static const ferry_saga_command *command_of(const ferry_saga_def *def, uint32_t 
     return kind == FERRY_SAGA_CMD_ACTION ? &s->action : &s->compensation;
 }
 
-/* Every template of def must resolve in ctx: checked at start, so that no
- * saga stalls later on a command it cannot build. */
+/* Every template of def must resolve in ctx, into a payload emit takes
+ * (within max_payload_bytes' default and 2048 levels deep, as
+ * ferry_msg_check says): checked at start, so that no saga stalls later on
+ * a command it cannot build. The context never changes after the start,
+ * so what renders now renders the same then. Before, only the resolving
+ * was checked: a context value that made a compensation too large or too
+ * deep was taken, and the saga could then never compensate. */
 static ferry_code check_templates(const ferry_saga_def *def, const char *ctx, size_t ctx_len,
                                   ferry_error *err)
 {
@@ -260,7 +265,18 @@ static ferry_code check_templates(const ferry_saga_def *def, const char *ctx, si
                                                k ? "compensation" : "action")
                                : ferry__error_set(err, FERRY_ENOMEM, NULL,
                                                "could not start saga: out of memory");
+            const ferry_saga_command *cmd = command_of(def, (uint32_t)i,
+                                                       (ferry_saga_command_kind)k);
+            ferry_msg probe = {.topic = def->steps[i].topic, .key = "k", .type = cmd->type,
+                               .payload = p};
+            ferry_error why;
+            ferry_code rc = ferry_msg_check(&probe, NULL, &why);
             free(p);
+            if (rc != FERRY_OK)
+                return ferry__error_set(err, FERRY_EINVAL, "context",
+                                     "could not start saga %s: with this context "
+                                     "steps[%zu].%s.payload could not be sent: %s", def->name,
+                                     i, k ? "compensation" : "action", why.message);
         }
     }
     return FERRY_OK;
@@ -759,7 +775,48 @@ typedef struct fire_arg {
     int applied;
     char picked[FERRY_UUID_STRING_SIZE]; /* the next due one taken ("" if none) */
     const char *skip; /* "{id,...}": due sagas this call failed on, passed by */
+    const char *names, *hashes; /* the registry's definitions, as text[] literals */
 } fire_arg;
+
+/* reg's definitions as two text[] literals, names and hashes in one order
+ * (each element quoted), for ferry.saga_lock_next_due: a worker takes only
+ * the timers of sagas it can run (schema 37). Returns 0, or -1 out of
+ * memory. */
+static char *text_array(const ferry_saga_registry *reg, int hash)
+{
+    size_t cap = 3;
+    for (size_t i = 0; i < reg->n; i++)
+        cap += 2 * strlen(hash ? reg->defs[i]->hash : reg->defs[i]->name) + 3;
+    char *out = malloc(cap), *o = out;
+    if (out == NULL)
+        return NULL;
+    *o++ = '{';
+    for (size_t i = 0; i < reg->n; i++) {
+        if (i > 0)
+            *o++ = ',';
+        *o++ = '"';
+        for (const char *c = hash ? reg->defs[i]->hash : reg->defs[i]->name; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                *o++ = '\\';
+            *o++ = *c;
+        }
+        *o++ = '"';
+    }
+    *o++ = '}';
+    *o = '\0';
+    return out;
+}
+
+static int registry_arrays(const ferry_saga_registry *reg, char **names, char **hashes)
+{
+    *names = text_array(reg, 0);
+    *hashes = text_array(reg, 1);
+    if (*names != NULL && *hashes != NULL)
+        return 0;
+    free(*names);
+    free(*hashes);
+    return -1;
+}
 
 static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
 {
@@ -781,9 +838,10 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
     char now[24];
     if (f->now_ms > 0)
         snprintf(now, sizeof now, "%" PRId64, f->now_ms);
-    const char *p[2] = {f->now_ms > 0 ? now : NULL, f->skip};
+    const char *p[4] = {f->now_ms > 0 ? now : NULL, f->skip, f->names, f->hashes};
     PGresult *res = PQexecParams(conn, "SELECT * FROM ferry.saga_lock_next_due($1, "
-                                       "$2::uuid[])", 2, NULL, p, NULL, NULL, 0);
+                                       "$2::uuid[], $3::text[], $4::text[])", 4, NULL, p, NULL,
+                                 NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         ferry_code rc = ferry_error_from_pg(err, conn, res, "could not find due saga timers");
         PQclear(res);
@@ -872,8 +930,7 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
                       "timer, passed by until the next call: %s", b->f.picked,
                       why.message[0] ? why.message : ferry_code_name(why.code));
             snprintf(b->failed[b->n_failed++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
-            b->want--;          /* a failed saga counts against max too */
-            continue;
+            continue;           /* not against max: the healthy ones get their turn */
         }
         if (b->f.none) {
             b->none = 1;
@@ -899,19 +956,26 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (b == NULL)
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
                                                       "memory");
-    b->f = (fire_arg){.reg = reg, .now_ms = now_ms};
+    char *names = NULL, *hashes = NULL;
+    if (registry_arrays(reg, &names, &hashes) != 0) {
+        free(b);
+        return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
+                                                      "memory");
+    }
+    b->f = (fire_arg){.reg = reg, .now_ms = now_ms, .names = names, .hashes = hashes};
     int n = 0, left = max;
     ferry_code rc = FERRY_OK;
     while (left > 0) {
         b->want = left < FIRE_BATCH ? left : FIRE_BATCH;
-        size_t failed_before = b->n_failed;
         if ((rc = ferry_tx_run(conn, NULL, fire_batch, b, NULL, err)) != FERRY_OK)
             break;
         n += b->fired;
-        left -= b->taken + (int)(b->n_failed - failed_before);
+        left -= b->taken;
         if (b->none)
             break;
     }
+    free(names);
+    free(hashes);
     free(b);
     if (rc == FERRY_OK && fired)
         *fired = n;

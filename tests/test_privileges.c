@@ -157,6 +157,8 @@ static const fn_cell FUNCS[] = {
      "SELECT ferry.saga_store(" SAGA ", 0, 1, 'running', 0, 0, '{}', '[]', '[]')", 0},
     {"ferry.saga_lock_next_due(bigint,uuid[])", W | C | X,
      "SELECT count(*) FROM ferry.saga_lock_next_due(0, '{}')", 0},
+    {"ferry.saga_lock_next_due(bigint,uuid[],text[],text[])", W | C | X,
+     "SELECT count(*) FROM ferry.saga_lock_next_due(0, '{}', '{}', '{}')", 0},   /* schema 37 */
     {"ferry.participant_finish(text,uuid,integer,text,integer,boolean,text,text,uuid,uuid,"
      "text,text,text,text,text)", W | C,
      "SELECT ferry.participant_finish('p', " SAGA ", 0, 'action', 9, true, 'applied', NULL, "

@@ -664,6 +664,135 @@ static void one_bad_saga_does_not_block_the_timers(void **state)
 }
 
 /*
+ * A context value that only a compensation uses, and that would make it
+ * too large (over max_payload_bytes' default) or too deep (over 2048
+ * levels) to send: refused at the start, naming the command, with the
+ * transaction still usable. Before, only that every reference resolved
+ * was checked: the saga started, and could then never compensate (an
+ * outside audit: stuck in compensating, resending its last command).
+ */
+static void a_context_that_makes_a_command_unsendable_is_refused_at_start(void **state)
+{
+    static const char yaml[] = "saga: t10-big\nversion: 1\ndeadline: 1h\nsteps:\n"
+                               "  - name: a\n    topic: payments.commands\n    timeout: 1s\n"
+                               "    action: {type: A, payload: {id: \"${context.id}\"}}\n"
+                               "    compensation: {type: B, payload: {x: {y: {note: "
+                               "\"${context.note}\"}}}}\n";
+    ferry_saga_registry *r = tu_saga_registry(yaml, "t10.yaml");
+    size_t big = 1048576 + 16;
+    char *huge = malloc(big + 64);
+    assert_non_null(huge);
+    int n = snprintf(huge, 64, "{\"id\": \"o-1\", \"note\": \"");
+    memset(huge + n, 'x', big);
+    strcpy(huge + n + big, "\"}");
+    /* 2046 arrays in an object: the context is 2047 deep, within what a
+     * payload may be (2048); in the compensation they are 2049. */
+    enum { NEST = 2046 };
+    char *deep = malloc(64 + 2 * NEST);
+    assert_non_null(deep);
+    n = snprintf(deep, 64, "{\"id\": \"o-1\", \"note\": ");
+    memset(deep + n, '[', NEST);
+    memset(deep + n + NEST, ']', NEST);
+    strcpy(deep + n + 2 * NEST, "}");
+    const char *ctxs[2] = {huge, deep};
+    const char *why[2] = {"over the limit", "levels deep"};
+    PGconn *conn = tu_connect();
+    for (int i = 0; i < 2; i++) {
+        ferry_error err;
+        ferry_uuid uid;
+        tu_exec(conn, "BEGIN");
+        assert_int_equal(ferry_saga_start(conn, r, "t10-big", ctxs[i], &uid, &err), FERRY_EINVAL);
+        assert_string_equal(err.field, "context");
+        if (strstr(err.message, "steps[0].compensation.payload") == NULL ||
+            strstr(err.message, why[i]) == NULL)
+            fail_msg("context %d: %s", i, err.message);
+        /* The transaction is still usable. */
+        assert_int_equal(tu_int(conn, "SELECT 1"), 1);
+        tu_exec(conn, "ROLLBACK");
+    }
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE definition = 't10-big'"),
+                     0);
+    PQfinish(conn);
+    free(huge);
+    free(deep);
+    ferry_saga_registry_destroy(r);
+}
+
+/*
+ * Many due sagas a worker cannot run, all due before its own: twenty
+ * started under an edited definition and five of a definition it does
+ * not hold at all (another service's, in a shared database). One call
+ * with max 16 fires the worker's own saga and leaves the others as they
+ * are (the reconciler reports them). Before schema 37 each of them was
+ * taken, failed, and counted against max: the call fired nothing, and so
+ * did every later one (an outside audit: with 70 of them every call
+ * failed, FERRY_EINVAL).
+ */
+static void timers_of_sagas_the_worker_cannot_run_do_not_stop_its_own(void **state)
+{
+    static const char old_v[] = "saga: t9-edited\nversion: 1\ndeadline: 1h\nsteps:\n"
+                                "  - {name: a, topic: payments.commands, action: {type: A}, "
+                                "compensation: {type: B}, timeout: 1s}\n";
+    static const char new_v[] = "saga: t9-edited\nversion: 1\ndeadline: 1h\nsteps:\n"
+                                "  - {name: a, topic: payments.commands, action: {type: A}, "
+                                "compensation: {type: C}, timeout: 1s}\n";
+    static const char other[] = "saga: t9-other\nversion: 1\ndeadline: 1h\nsteps:\n"
+                                "  - {name: a, topic: payments.commands, action: {type: A}, "
+                                "compensation: {type: B}, timeout: 1s}\n";
+    static const char own[] = "saga: t9-own\nversion: 1\ndeadline: 1h\nsteps:\n"
+                              "  - {name: a, topic: payments.commands, action: {type: A}, "
+                              "compensation: {type: B}, timeout: 2s}\n";
+    ferry_error err;
+    ferry_saga_registry *theirs = NULL, *mine = NULL;
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &theirs, &err), err);
+    assert_ferry_ok(ferry_saga_registry_new(NULL, &mine, &err), err);
+    const struct {
+        ferry_saga_registry *r;
+        const char *yaml;
+    } adds[] = {{theirs, old_v}, {theirs, other}, {theirs, own}, {mine, new_v}, {mine, own}};
+    for (size_t i = 0; i < sizeof adds / sizeof adds[0]; i++) {
+        ferry_saga_def *def = NULL;
+        ferry_saga_load_errors errs;
+        assert_int_equal(ferry_saga_def_parse(adds[i].yaml, strlen(adds[i].yaml), "t9.yaml",
+                                              &def, &errs), FERRY_OK);
+        assert_ferry_ok(ferry_saga_registry_add(adds[i].r, def, &err), err);
+    }
+    PGconn *conn = tu_connect();
+    ferry_uuid uid;
+    tu_exec(conn, "BEGIN");
+    for (int i = 0; i < 25; i++)
+        assert_ferry_ok(ferry_saga_start(conn, theirs, i < 20 ? "t9-edited" : "t9-other", "{}",
+                                         &uid, &err), err);
+    assert_ferry_ok(ferry_saga_start(conn, theirs, "t9-own", "{}", &uid, &err), err);
+    char own_id[FERRY_UUID_STRING_SIZE];
+    ferry_uuid_format(&uid, own_id);
+    tu_exec(conn, "COMMIT");
+    long long now_ms = tu_int(conn, "SELECT floor(extract(epoch FROM now()) * 1000)::bigint");
+    char *q = tu_sprintf("SELECT version FROM ferry.saga WHERE id = '%s'", own_id);
+    long long own_version = tu_int(conn, q);
+    const char *theirs_sql = "SELECT sum(version) FROM ferry.saga "
+                             "WHERE definition IN ('t9-edited', 't9-other') "
+                             "AND deadline <= now() + interval '1 minute'";
+    long long theirs_versions = tu_int(conn, theirs_sql);
+    int fired = -1;
+    ferry_code rc = ferry_saga_fire_timers(timer_conn, mine, now_ms + 60000, 16, &fired, &err);
+    if (rc != FERRY_OK)
+        fail_msg("%s", err.message);
+    assert_int_equal(fired, 1);
+    assert_true(tu_int(conn, q) > own_version);
+    free(q);
+    /* The others untouched, still due. */
+    assert_int_equal(tu_int(conn, theirs_sql), theirs_versions);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE definition IN "
+                                  "('t9-edited', 't9-other') "
+                                  "AND deadline <= now() + interval '1 minute'"), 25);
+    tu_exec(conn, "UPDATE ferry.saga SET state = 'completed' WHERE definition LIKE 't9-%'");
+    PQfinish(conn);
+    ferry_saga_registry_destroy(theirs);
+    ferry_saga_registry_destroy(mine);
+}
+
+/*
  * Issue 12: numbers in a saga's payloads and context keep their digits.
  * They used to go through jansson's doubles: 0.1 went out as
  * 0.10000000000000001 and 1e-400 as 0.0, integers beyond int64 were
@@ -785,6 +914,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(orchestrator_process_killed_resumes),
         cmocka_unit_test(fire_timer_fires_one_saga),
         cmocka_unit_test(one_bad_saga_does_not_block_the_timers),
+        cmocka_unit_test(timers_of_sagas_the_worker_cannot_run_do_not_stop_its_own),
+        cmocka_unit_test(a_context_that_makes_a_command_unsendable_is_refused_at_start),
         cmocka_unit_test(saga_numbers_keep_their_digits),
     };
     int failed = tu_run_group(batched ? "test_saga, with batches"
