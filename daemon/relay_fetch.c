@@ -259,8 +259,14 @@ bool relay_header_reserved(const char *name)
     return false;
 }
 
-/* The WAL source (relay_wal.c) sends the same headers: one function. */
-rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id)
+/* The WAL source (relay_wal.c) sends the same headers: one function.
+ * The row's own headers are a JSON object whose values emit made strings;
+ * a row written around emit may hold others, published as their compact
+ * JSON text (42 as "42", null as "null", an object as its text) rather
+ * than left out unsaid. Headers that are not an object at all cannot be
+ * published as given: *bad is set (when not NULL) and only the relay's
+ * own headers are in what is returned. */
+rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id, int *bad)
 {
     static _Thread_local time_cache tc;
     char seq[24], ce_time[40];
@@ -277,16 +283,30 @@ rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *i
     header(h, "ce_source", r->source);
     header(h, "ce_time", ce_time);
     header(h, "content-type", "application/json");
+    if (bad != NULL)
+        *bad = 0;
     if (strcmp(w->headers, "{}") != 0) {
         json_error_t jerr;
-        json_t *obj = json_loads(w->headers, 0, &jerr);
+        json_t *obj = json_loads(w->headers, JSON_DECODE_ANY, &jerr);
         const char *name;
         json_t *v;
         if (json_is_object(obj)) {
             json_object_foreach(obj, name, v) {
-                if (json_is_string(v) && !relay_header_reserved(name))
+                if (relay_header_reserved(name))
+                    continue;
+                if (json_is_string(v)) {
                     header(h, name, json_string_value(v));
+                    continue;
+                }
+                char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+                if (text != NULL)
+                    header(h, name, text);
+                else if (bad != NULL)
+                    *bad = 1;       /* out of memory: this attempt fails */
+                free(text);
             }
+        } else if (bad != NULL) {
+            *bad = 1;
         }
         json_decref(obj);
     }
@@ -308,7 +328,20 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
         sched_produce_failed(r->s, w->topic, w->key, now);
         return -1;
     }
-    rd_kafka_headers_t *h = relay_headers_of(r, w, id);
+    int bad_headers;
+    rd_kafka_headers_t *h = relay_headers_of(r, w, id, &bad_headers);
+    if (bad_headers) {
+        /* The row's own fault, counted towards its dead letter as a
+         * message too large is. */
+        rd_kafka_headers_destroy(h);
+        sched_delivered(r->s, slot, 0, now);
+        relay_count(r, M_FAIL_PRODUCE, 1);
+        r->undelivered++;
+        relay_note_failure(r, w->id.bytes, w->shard, sched_lease_epoch(r->s, w->shard),
+                           "could not produce: its headers (ferry.outbox.headers) are not a "
+                           "JSON object");
+        return -1;
+    }
     rd_kafka_resp_err_t err = rd_kafka_producev(
         r->k.rk, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_KEY(w->key, strlen(w->key)),
         RD_KAFKA_V_VALUE((void *)w->payload, w->payload_len),

@@ -251,7 +251,7 @@ int relay_fetch_and_produce(relay *r, int limit);
 int relay_record_failures(relay *r);
 void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
                         const char *reason);
-rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id);
+rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id, int *bad);
 
 /* relay_wal.c: the WAL source's loop (instead of relay.c's), and its
  * delivery reports (relay_kafka.c hands them over while r->wal is set). */

@@ -652,7 +652,7 @@ static int produce(relay *r, const wal_msg *m)
                      .type = m->type, .payload = m->payload, .headers = m->headers,
                      .payload_len = m->payload_len, .seq = m->seq, .shard = -1,
                      .created_us = m->created_us, .ready = 1};
-    rd_kafka_headers_t *h = relay_headers_of(r, &row, id);
+    rd_kafka_headers_t *h = relay_headers_of(r, &row, id, NULL);  /* emit's: an object */
     rd_kafka_resp_err_t err = rd_kafka_producev(
         r->k.rk, RD_KAFKA_V_RKT(t->rkt), RD_KAFKA_V_KEY(m->key, strlen(m->key)),
         RD_KAFKA_V_VALUE((void *)m->payload, m->payload_len),

@@ -387,6 +387,47 @@ static void a_message_larger_than_the_producers_queue_is_published(void **state)
     PQfinish(c);
 }
 
+/* Headers written around emit (into the row, by a role that may) whose
+ * values are not strings are published as their compact JSON text; headers
+ * that are not a JSON object at all cannot be published as given: the row
+ * fails, as a message too large does, into a dead letter naming them, and
+ * parks its key only. Before: the values that were not strings were left
+ * out without a word, and so were headers that were not an object. */
+static void headers_written_around_emit_are_published_or_refused(void **state)
+{
+    const char *topic = "t.rawheaders";
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.rawheaders', 'typed', 'Tested', '{}'); "
+               "SELECT ferry.emit('t.rawheaders', 'array', 'Tested', '{}'); "
+               "UPDATE ferry.outbox SET headers = CASE aggregateid WHEN 'typed' "
+               "  THEN '{\"n\": 42, \"b\": true, \"z\": null, \"o\": {\"x\": [1]}, "
+               "        \"s\": \"str\"}'::jsonb "
+               "  ELSE '[1, 2]'::jsonb END WHERE topic = 't.rawheaders'");
+    const char *args[] = {"--set", "max_attempts=1", NULL};
+    char *log = NULL;
+    assert_int_equal(relay_once("rawheaders-a", args, NULL, &log), 1);
+    assert_non_null(strstr(log, "\"event\":\"message.dead_lettered\""));
+    free(log);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), topic, 1, 10000);
+    assert_int_equal(got->count, 1);
+    const kt_msg *m = &got->msgs[0];
+    assert_string_equal(m->key, "typed");
+    assert_string_equal(kt_header(m, "n"), "42");
+    assert_string_equal(kt_header(m, "b"), "true");
+    assert_string_equal(kt_header(m, "z"), "null");
+    assert_string_equal(kt_header(m, "o"), "{\"x\":[1]}");
+    assert_string_equal(kt_header(m, "s"), "str");
+    kt_msgs_free(got);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE "
+                               "topic = 't.rawheaders' AND aggregateid = 'array' "
+                               "AND reason LIKE '%headers (ferry.outbox.headers) are not a JSON "
+                               "object%'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.rawheaders' "
+                               "AND published_at IS NULL"), 0);
+    tu_exec(c, "DELETE FROM ferry.dead_letter WHERE topic = 't.rawheaders'");
+    PQfinish(c);
+}
+
 /* A message the broker will never take parks its key: after max_attempts
  * it becomes a dead letter; later messages of that key wait; every other
  * key keeps flowing. Discarding the dead letter lets the key go on. */
@@ -867,6 +908,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(once_publishes_committed_only),
         cmocka_unit_test(a_created_at_out_of_range_is_published_within_rfc3339),
+        cmocka_unit_test(headers_written_around_emit_are_published_or_refused),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
         cmocka_unit_test(graceful_shutdown_loses_nothing),

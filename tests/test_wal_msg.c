@@ -224,7 +224,7 @@ static void headers_carry_time_and_position_exactly(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         relay_row row = {.type = "T", .aggtype = "", .headers = "{}", .seq = cases[i].seq,
                          .created_us = cases[i].us};
-        rd_kafka_headers_t *h = relay_headers_of(&r, &row, ID);
+        rd_kafka_headers_t *h = relay_headers_of(&r, &row, ID, NULL);
         assert_string_equal(hval(h, "ce_time", buf, sizeof buf), cases[i].time);
         assert_string_equal(hval(h, "ferry_seq", buf, sizeof buf), cases[i].seqtext);
         assert_string_equal(hval(h, "ce_source", buf, sizeof buf), "ferry://h/db");
