@@ -128,11 +128,71 @@ static int ref_arg(const char *arg, size_t len, char *dst, size_t size, const ch
     return 0;
 }
 
+/* Whether the raw text from..to (of a keyword=value connection string)
+ * leaves a quoted value open: a quote toggles it, a backslash inside one
+ * escapes the next character. */
+static bool quote_open(const char *from, const char *to, bool open)
+{
+    for (const char *c = from; c < to; c++) {
+        if (open && *c == '\\' && c + 1 < to)
+            c++;
+        else if (*c == '\'')
+            open = !open;
+    }
+    return open;
+}
+
+/* A reference from dollar to close (its '}') that stands as a whole value
+ * of a keyword=value connection string, outside quotes: after '=' (and
+ * spaces), before a space or the end. */
+static bool whole_value(const char *in, const char *dollar, const char *close, bool open)
+{
+    if (open)
+        return false;
+    const char *c = dollar;
+    while (c > in && (c[-1] == ' ' || c[-1] == '\t'))
+        c--;
+    if (c == in || c[-1] != '=')
+        return false;
+    char after = close[1];
+    return after == '\0' || after == ' ' || after == '\t' || after == '\n' || after == '\r';
+}
+
+/* s (n bytes) into b as conninfo quoted text, \ and ' escaped by a
+ * backslash, in quotes of its own when quotes. */
+static int put_quoted(buf *b, const char *s, size_t n, bool quotes, char *why, size_t whylen)
+{
+    if (quotes && put(b, "'", 1, why, whylen) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        if ((s[i] == '\\' || s[i] == '\'') && put(b, "\\", 1, why, whylen) != 0)
+            return -1;
+        if (put(b, s + i, 1, why, whylen) != 0)
+            return -1;
+    }
+    return quotes ? put(b, "'", 1, why, whylen) : 0;
+}
+
+static int expand(const char *in, bool conninfo, char **out, char *why, size_t whylen);
+
 int confref_expand(const char *in, char **out, char *why, size_t whylen)
+{
+    return expand(in, false, out, why, whylen);
+}
+
+int confref_expand_conninfo(const char *in, char **out, char *why, size_t whylen)
+{
+    /* A URI has no quoting: its references are put in as they are. */
+    bool uri = strncmp(in, "postgresql://", 13) == 0 || strncmp(in, "postgres://", 11) == 0;
+    return expand(in, !uri, out, why, whylen);
+}
+
+static int expand(const char *in, bool conninfo, char **out, char *why, size_t whylen)
 {
     buf b = {0};
     int refs = 0;
     const char *p = in;
+    bool open = false;              /* conninfo: inside a quoted value */
     if (put(&b, "", 0, why, whylen) != 0)
         return -1;
     for (;;) {
@@ -144,6 +204,8 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
         }
         if (put(&b, p, (size_t)(dollar - p), why, whylen) != 0)
             goto fail;
+        if (conninfo)
+            open = quote_open(p, dollar, open);
         if (strncmp(dollar, "$${", 3) == 0) {       /* a literal "${" */
             if (put(&b, "${", 2, why, whylen) != 0)
                 goto fail;
@@ -169,6 +231,14 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
             goto fail;
         }
         size_t n = (size_t)(close - body);
+        /* A whole value of a connection string is put in quoted, and one
+         * inside a quoted value escaped, so that a password with a space
+         * or a quote stays one value (libpq's error about a broken string
+         * quotes a piece of it). */
+        bool quotes = conninfo && whole_value(in, dollar, close, open);
+        bool quote = quotes || (conninfo && open);
+        buf v = {0};
+        buf *dst = quote ? &v : &b;
         if (n > 4 && strncmp(body, "env:", 4) == 0) {
             if (!valid_env_name(body + 4, n - 4)) {
                 snprintf(why, whylen, "%.*s: not a variable name", reflen > 80 ? 80 : reflen,
@@ -179,23 +249,33 @@ int confref_expand(const char *in, char **out, char *why, size_t whylen)
             if (ref_arg(body + 4, n - 4, name, sizeof name, dollar, "variable name", why,
                         whylen) != 0)
                 goto fail;
-            const char *v = getenv(name);
-            if (!v) {
+            const char *value = getenv(name);
+            if (!value) {
                 snprintf(why, whylen, "%.*s: the variable is not set", reflen, dollar);
                 goto fail;
             }
-            if (put(&b, v, strlen(v), why, whylen) != 0)
+            if (put(dst, value, strlen(value), why, whylen) != 0) {
+                free(v.p);
                 goto fail;
+            }
         } else if (n > 5 && strncmp(body, "file:", 5) == 0) {
             char path[4096];
             if (ref_arg(body + 5, n - 5, path, sizeof path, dollar, "path", why, whylen) != 0)
                 goto fail;
-            if (put_file(&b, path, dollar, reflen > 300 ? 300 : reflen, why, whylen) != 0)
+            if (put_file(dst, path, dollar, reflen > 300 ? 300 : reflen, why, whylen) != 0) {
+                free(v.p);
                 goto fail;
+            }
         } else {
             snprintf(why, whylen, "%.*s: expected ${env:NAME} or ${file:/path} "
                      "(write $${ for a literal ${)", reflen > 80 ? 80 : reflen, dollar);
             goto fail;
+        }
+        if (quote) {
+            int qrc = put_quoted(&b, v.p ? v.p : "", v.len, quotes, why, whylen);
+            free(v.p);
+            if (qrc != 0)
+                goto fail;
         }
         p = close + 1;
     }

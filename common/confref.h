@@ -36,4 +36,12 @@ enum {
  */
 int confref_expand(const char *in, char **out, char *why, size_t whylen);
 
+/*
+ * The same for a libpq connection string: in the keyword=value form, a
+ * reference that is a whole value outside quotes (password=${file:/p}) is
+ * put in quoted ('...', \ and ' escaped), so that whatever it holds stays
+ * that one value. Else, and in a URI, as confref_expand.
+ */
+int confref_expand_conninfo(const char *in, char **out, char *why, size_t whylen);
+
 #endif

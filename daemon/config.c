@@ -546,7 +546,10 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
     char why[512];
     char *text = NULL;
     int rc = -1;
-    if (confref_expand(raw, &text, why, sizeof why) != 0)
+    int expanded = s->kind == SETTING_STRING && s->index == STR_db
+                       ? confref_expand_conninfo(raw, &text, why, sizeof why)
+                       : confref_expand(raw, &text, why, sizeof why);
+    if (expanded != 0)
         return fail_in(ld, w, s->name, "%s", why);
     switch (s->kind) {
     case SETTING_STRING: {
@@ -1337,6 +1340,14 @@ static int kafka_prop_problem(rd_kafka_conf_t *scratch, const relay_kv *kv, char
 #undef X_LIST
         return -1;
     }
+    if (strcmp(kv->name, "transactional.id") == 0) {
+        /* A transactional producer refuses every produce() outside a
+         * transaction the relay never begins: each message failed and went
+         * to the dead letters while /healthz said ok (an outside audit). */
+        snprintf(why, size, "kafka property transactional.id: ferry-relay produces "
+                 "idempotently, not in Kafka transactions; leave it unset");
+        return -1;
+    }
     if (strcmp(kv->name, "plugin.library.paths") == 0)
         return 0;
     char errstr[256];
@@ -1345,6 +1356,58 @@ static int kafka_prop_problem(rd_kafka_conf_t *scratch, const relay_kv *kv, char
         snprintf(why, size, "kafka property %s: %s", kv->name, errstr);
         return -1;
     }
+    return 0;
+}
+
+/* max_inflight against batch_size. */
+static int check_batch(loader *ld)
+{
+    const relay_config *c = &ld->cfg;
+
+    if (c->max_inflight < c->batch_size) {
+        /* Blame the one that was set; max_inflight if both were. */
+        bool inflight = ld->from[INT_max_inflight].kind != FROM_DEFAULT;
+        const where *o = &ld->from[inflight ? INT_max_inflight : INT_batch_size];
+        const char *key = inflight ? "max_inflight" : "batch_size";
+        char what[64];
+        if (inflight)
+            snprintf(what, sizeof what, "must be at least batch_size (%d)", c->batch_size);
+        else
+            snprintf(what, sizeof what, "must be at most max_inflight (%d)", c->max_inflight);
+        return fail_in(ld, o, key, "%s", what);
+    }
+    return 0;
+}
+
+/*
+ * Makes a producer of c's Kafka properties but the one at skip (-1: none),
+ * with the fixed ones, no brokers and nothing logged, and destroys it:
+ * whether librdkafka takes them together. 0 it does; 1 it does not (why
+ * in errstr); -1 out of memory. plugin.library.paths is left out, as in
+ * the check of each (it loads the plugins).
+ */
+static int kafka_probe(const relay_config *c, long skip, char *errstr, size_t size)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (!conf)
+        return -1;
+    for (size_t i = 0; i < c->kafka_props_count; i++)
+        if ((long)i != skip && strcmp(c->kafka_props[i].name, "plugin.library.paths") != 0)
+            rd_kafka_conf_set(conf, c->kafka_props[i].name, c->kafka_props[i].value, errstr,
+                              size);
+#define X_SET(name, value) rd_kafka_conf_set(conf, name, value, errstr, size);
+    RELAY_FIXED_KAFKA_PROPS(X_SET)
+    X_SET("bootstrap.servers", "")
+    X_SET("log_level", "0")         /* its warnings are the real producer's to log */
+    X_SET("statistics.interval.ms", "0")
+#undef X_SET
+    errstr[0] = '\0';
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, size);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        return 1;
+    }
+    rd_kafka_destroy(rk);
     return 0;
 }
 
@@ -1386,20 +1449,32 @@ static int check_final(loader *ld)
     rd_kafka_conf_destroy(scratch);
     if (bad > 0)
         return -1;
+    if (check_batch(ld) != 0)
+        return -1;
 
-    if (c->max_inflight < c->batch_size) {
-        /* Blame the one that was set; max_inflight if both were. */
-        bool inflight = ld->from[INT_max_inflight].kind != FROM_DEFAULT;
-        const where *o = &ld->from[inflight ? INT_max_inflight : INT_batch_size];
-        const char *key = inflight ? "max_inflight" : "batch_size";
-        char what[64];
-        if (inflight)
-            snprintf(what, sizeof what, "must be at least batch_size (%d)", c->batch_size);
-        else
-            snprintf(what, sizeof what, "must be at most max_inflight (%d)", c->max_inflight);
-        return fail_in(ld, o, key, "%s", what);
+    /* Properties each fine alone may not be together, with the fixed ones
+     * (max.in.flight.requests.per.connection=100, or retries=0, beside
+     * enable.idempotence): librdkafka says so only when it makes the
+     * producer, which used to be after the database (exit 1, or hidden
+     * behind a database error). A producer is made here on a scratch
+     * configuration, without brokers, and destroyed at once; when it
+     * cannot be, the property without which it can is blamed, by its
+     * place. */
+    char errstr[512];
+    int probe = kafka_probe(c, -1, errstr, sizeof errstr);
+    if (probe == 0)
+        return 0;
+    if (probe < 0)
+        return out_of_memory(ld);
+    for (size_t i = 0; i < c->kafka_props_count; i++) {
+        char other[512];
+        if (kafka_probe(c, (long)i, other, sizeof other) == 0) {
+            const relay_kv *kv = &c->kafka_props[i];
+            return fail(ld, "%s: kafka property %s: %s", kv->place ? kv->place : "kafka",
+                        kv->name, errstr);
+        }
     }
-    return 0;
+    return fail(ld, "kafka properties: %s", errstr);
 }
 
 int relay_config_load(relay_config *cfg, int argc, char **argv, char *errbuf, size_t errlen)
@@ -1529,11 +1604,16 @@ int relay_config_subcommand_db(const char *cmd, const char *flag_db, const char 
         free(file_db);
         return -1;
     }
-    *db = use == file_db ? file_db : strdup(use);
-    if (use != file_db)
-        free(file_db);
-    if (*db == NULL) {
-        fprintf(stderr, "ferry-relay %s: out of memory\n", cmd);
+    if (use == file_db) {       /* resolved where the file was read */
+        *db = file_db;
+        return 0;
+    }
+    /* --db and FERRY_DB may hold references as run's do: resolved here
+     * too (they were taken as they were written, "${env:X}" and all). */
+    free(file_db);
+    char why[512];
+    if (confref_expand_conninfo(use, db, why, sizeof why) != 0) {
+        fprintf(stderr, "ferry-relay %s: %s: %s\n", cmd, flag_db ? "--db" : "FERRY_DB", why);
         return -1;
     }
     return 0;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
 #include "testutil.h"
@@ -418,7 +419,7 @@ static void kafka_props_from_flags(void **state)
     LOAD_OK(&cfg, "--config", DATA "/valid/full.yaml", "--kafka-prop", "compression.type=zstd",
             "--kafka-prop", "linger.ms=5", "--kafka-prop", "ssl.key.password=a=b",
             "--kafka-prop", "client.id=");
-    assert_value(&cfg, "kafka_props_count", "5");
+    assert_value(&cfg, "kafka_props_count", "8");
     assert_value(&cfg, "kafka.compression.type", "zstd");
     assert_value(&cfg, "kafka.security.protocol", "SASL_SSL");
     assert_value(&cfg, "kafka.linger.ms", "5");
@@ -492,6 +493,20 @@ static void kafka_prop_errors(void **state)
     LOAD_FAILS("kafka property no.such.prop: No such configuration property", BASE,
                "--kafka-prop", "no.such.prop=1");
     LOAD_FAILS("kafka property linger.ms: ", BASE, "--kafka-prop", "linger.ms=soon");
+    /* A transactional producer takes no produce() outside a transaction:
+     * every message went to the dead letters (an outside audit). */
+    LOAD_FAILS("--kafka-prop transactional.id: kafka property transactional.id: ferry-relay "
+               "produces idempotently, not in Kafka transactions", BASE,
+               "--kafka-prop", "transactional.id=x");
+    /* Fine alone, not with the fixed ones: refused here (exit 2), naming
+     * the property and its place, not when the producer is made (exit 1,
+     * after the database). */
+    LOAD_FAILS("--kafka-prop max.in.flight.requests.per.connection: kafka property "
+               "max.in.flight.requests.per.connection: `max.in.flight` must be set <= 5", BASE,
+               "--kafka-prop", "linger.ms=1", "--kafka-prop",
+               "max.in.flight.requests.per.connection=100");
+    LOAD_FAILS("--kafka-prop retries: kafka property retries: ", BASE,
+               "--kafka-prop", "retries=0");
 #undef BASE
 
     /* 128 properties fit, the 129th does not. */
@@ -989,7 +1004,8 @@ static void secret_references_in_any_value(void **state)
     setenv("FERRY_TEST_LEVEL", "warn", 1);
     relay_config cfg;
     LOAD_OK(&cfg, "--config", yaml);
-    assert_value(&cfg, "db", "user=relay password=s3cret");   /* one newline dropped */
+    /* One newline dropped; a whole value of the connection string quoted. */
+    assert_value(&cfg, "db", "user=relay password='s3cret'");
     assert_value(&cfg, "batch_size", "77");
     assert_value(&cfg, "log_level", "warn");
     assert_value(&cfg, "holder", "a ${literal} and $5");
@@ -1058,6 +1074,75 @@ static void secret_references_in_any_value(void **state)
     assert_int_equal(unlink(yaml), 0);
     free(secret);
     free(yaml);
+}
+
+/* The value of keyword kw in conninfo, as libpq reads it (NULL when it
+ * does not parse); the caller frees it. */
+static char *conninfo_value(const char *conninfo, const char *kw)
+{
+    char *perr = NULL;
+    PQconninfoOption *o = PQconninfoParse(conninfo, &perr);
+    PQfreemem(perr);
+    char *v = NULL;
+    for (PQconninfoOption *p = o; p && p->keyword; p++)
+        if (strcmp(p->keyword, kw) == 0 && p->val)
+            v = strdup(p->val);
+    PQconninfoFree(o);
+    return v;
+}
+
+/*
+ * A secret that is a whole value of the connection string goes in quoted
+ * (escaped, inside quotes of the string's own), so that a space or a
+ * quote in it keeps it one value: before, libpq's error about the broken
+ * string quoted a piece of the password into the log (an outside audit:
+ * missing "=" after "TOPSECRETPART"). A URI takes it as it is. And
+ * status, migrate and slot resolve references in --db and FERRY_DB as run
+ * does: they took "${env:X}" as a database name.
+ */
+static void secrets_stay_one_value_of_the_connection_string(void **state)
+{
+    char *secret = tu_temp_file("hunter2 TOP'SECRET\\PART\n");
+    const char *want = "hunter2 TOP'SECRET\\PART";
+    char db[600];
+    relay_config cfg;
+    for (int i = 0; i < 2; i++) {
+        if (i == 0)
+            snprintf(db, sizeof db, "user=relay password=${file:%s} host=h", secret);
+        else
+            snprintf(db, sizeof db, "user=relay password = '${file:%s}' host=h", secret);
+        LOAD_OK(&cfg, "--db", db, "--kafka", "e:1");
+        char *pw = conninfo_value(cfg.db, "password"), *host = conninfo_value(cfg.db, "host");
+        if (pw == NULL || strcmp(pw, want) != 0 || host == NULL || strcmp(host, "h") != 0)
+            fail_msg("form %d: %s", i, cfg.db);
+        free(pw);
+        free(host);
+        relay_config_free(&cfg);
+    }
+    setenv("FERRY_TEST_PW", "p w", 1);
+    LOAD_OK(&cfg, "--db", "postgresql://u:${env:FERRY_TEST_PW}@h/d", "--kafka", "e:1");
+    assert_value(&cfg, "db", "postgresql://u:p w@h/d");
+    relay_config_free(&cfg);
+
+    unsetenv("FERRY_CONFIG");
+    char *got = NULL;
+    snprintf(db, sizeof db, "user=relay password=${file:%s} host=h", secret);
+    assert_int_equal(relay_config_subcommand_db("status", db, NULL, &got), 0);
+    char *pw = conninfo_value(got, "password");
+    assert_non_null(pw);
+    assert_string_equal(pw, want);
+    free(pw);
+    free(got);
+    setenv("FERRY_DB", "dbname=${env:FERRY_TEST_PW}", 1);
+    assert_int_equal(relay_config_subcommand_db("migrate", NULL, NULL, &got), 0);
+    assert_string_equal(got, "dbname='p w'");
+    free(got);
+    setenv("FERRY_DB", "dbname=${env:FERRY_NO_SUCH_VAR}", 1);
+    assert_int_equal(relay_config_subcommand_db("slot", NULL, NULL, &got), -1);
+    unsetenv("FERRY_DB");
+    unsetenv("FERRY_TEST_PW");
+    assert_int_equal(unlink(secret), 0);
+    free(secret);
 }
 
 /* ------------------------------------------------------------ README */
@@ -1160,6 +1245,7 @@ int main(void)
         cmocka_unit_test_setup(every_file_key_is_a_setting, clear_env),
         cmocka_unit_test_setup(kafka_props_from_env, clear_env),
         cmocka_unit_test_setup(secret_references_in_any_value, clear_env),
+        cmocka_unit_test_setup(secrets_stay_one_value_of_the_connection_string, clear_env),
         cmocka_unit_test(readme_lists_the_fixed_and_default_kafka_properties),
         cmocka_unit_test_setup(the_sample_relay_yaml_loads_and_has_every_setting, clear_env),
     };
