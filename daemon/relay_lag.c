@@ -73,8 +73,10 @@ static void measure(relay_lag *l, PGconn *c)
             "FROM (SELECT created_at, available_at, "
             "             wal_lsn > (" RELAY_WAL_CONFIRMED_SQL ") "
             "             AND available_at <= now() - $3::int * interval '1 millisecond' AS gated "
-            "      FROM ferry.outbox "
+            "      FROM ferry.outbox o "
             "      WHERE shard = $1::int AND published_at IS NULL AND available_at <= now() "
+            "        AND NOT EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = '' "
+            "                         AND d.topic = o.topic AND d.aggregateid = o.aggregateid) "
             "      ORDER BY shard, topic, aggregateid, seq LIMIT $2::int) r",
             3, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {

@@ -63,12 +63,20 @@ static const char st_sql_clock[] =
 static const char st_sql_shards[] =
     "WITH o AS ("
     "    SELECT shard, count(*) AS unpublished,"
-    "           count(*) FILTER (WHERE available_at <= now()) AS ready,"
+    "           count(*) FILTER (WHERE available_at <= now() AND NOT parked) AS ready,"
     "           min(created_at) AS oldest,"
-    /* A delayed row is waiting only since it became available. */
-    "           min(greatest(created_at, available_at)) FILTER (WHERE available_at <= now())"
-    "             AS oldest_ready"
-    "      FROM ferry.outbox WHERE published_at IS NULL GROUP BY shard),"
+    /* A delayed row is waiting only since it became available; a row of a
+     * key parked behind a relay dead letter waits for a decision, which
+     * the dead letters' count asks for, not for a relay ("behind" said so
+     * of a relay that kept up: an outside audit). */
+    "           min(greatest(created_at, available_at))"
+    "             FILTER (WHERE available_at <= now() AND NOT parked) AS oldest_ready"
+    "      FROM (SELECT ob.shard, ob.created_at, ob.available_at,"
+    "                   EXISTS (SELECT 1 FROM ferry.dead_letter d WHERE d.consumer = ''"
+    "                            AND d.topic = ob.topic AND d.aggregateid = ob.aggregateid)"
+    "                     AS parked"
+    "              FROM ferry.outbox ob WHERE ob.published_at IS NULL) u"
+    "     GROUP BY shard),"
     " sh AS ("
     "    SELECT generate_series(0, (SELECT shard_count FROM ferry.settings) - 1) AS shard"
     "    UNION SELECT shard FROM o)"
