@@ -84,7 +84,14 @@ static int holder_live(PGconn *conn)
                                "SELECT count(*) FROM pg_stat_activity "
                                "WHERE application_name = current_setting('application_name') "
                                "  AND datname = current_database() "
-                               "  AND pid <> pg_backend_pid()");
+                               "  AND pid <> pg_backend_pid() "
+                               /* Only a session that could be a relay's:
+                                * any role may name its session so, and
+                                * stopped every relay of that name from
+                                * starting (an outside audit). */
+                               "  AND (usesysid = (SELECT oid FROM pg_roles "
+                               "                    WHERE rolname = current_user) "
+                               "       OR pg_has_role(usesysid, 'ferry_relay', 'MEMBER'))");
         int ok = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
         long n = ok ? atol(PQgetvalue(res, 0, 0)) : -1;
         PQclear(res);

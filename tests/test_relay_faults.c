@@ -1496,6 +1496,33 @@ static void a_second_relay_with_the_same_name_refuses_to_start(void **state)
 }
 
 /*
+ * A session named like a relay ("ferry-relay forged") by a role that is
+ * neither a relay's nor the relay's own (here a writer) is not a live
+ * relay of that name. Before: the relay refused to start, and any role
+ * that may connect could stop it so (an outside audit).
+ */
+static void a_session_named_like_a_relay_by_another_role_does_not_stop_it(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DROP ROLE IF EXISTS rf_forger; CREATE ROLE rf_forger LOGIN; "
+                   "GRANT ferry_writer TO rf_forger");
+    char *ci = tu_sprintf("%s user=rf_forger application_name='ferry-relay forged'",
+                          fpg_conninfo(tu_pg));
+    PGconn *f = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(f), CONNECTION_OK);
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE application_name = 'ferry-relay forged'"), 1);
+    char *log = NULL;
+    assert_int_equal(relay_once("forged", NULL, &log), 0);
+    assert_null(strstr(log, "relay.holder_live"));
+    free(log);
+    PQfinish(f);
+    tu_exec(admin, "DROP ROLE rf_forger");
+    PQfinish(admin);
+}
+
+/*
  * The lag gauges' session of another relay is not a live relay named
  * "lag": its session name carries its own relay's name.
  *
@@ -1977,6 +2004,7 @@ int main(void)
         T(the_lag_series_follow_the_leases_at_once),
         T(a_dead_lettered_key_is_said_left_not_recovered),
         T(a_second_relay_with_the_same_name_refuses_to_start),
+        T(a_session_named_like_a_relay_by_another_role_does_not_stop_it),
         T(the_same_name_on_another_database_is_another_relay),
         T(a_relay_named_lag_starts_beside_one_with_metrics),
         T(scale_out_under_load_takes_a_share),
