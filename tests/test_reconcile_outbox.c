@@ -311,6 +311,53 @@ static void dead_leases_are_expired(void **state)
     PQfinish(c);
 }
 
+/* holder's heartbeat as a relay with lease_ttl_ms ttl_s * 1000 leaves it
+ * when it last renewed silent_s seconds ago. */
+static void heartbeat_renewed_ago(PGconn *c, const char *holder, int ttl_s, int silent_s)
+{
+    char *sql = tu_sprintf("UPDATE ferry.lease SET renewed_at = now() - interval '%d seconds', "
+                           "  expires_at = now() + interval '%d seconds' "
+                           "WHERE name = 'relay:%s'",
+                           silent_s, ttl_s - silent_s, holder);
+    tu_exec(c, sql);
+    free(sql);
+}
+
+/*
+ * A relay renews its heartbeat every third of its TTL: with a TTL of 60 s,
+ * every 20 s. Without a session (reconnecting), one that renewed 15 s ago
+ * is on schedule, not dead; the old rule (silent after 10 s at most)
+ * expired its leases (the audit saw all 16 shards expired 0.4 s after a
+ * relay's sessions were terminated, its heartbeat 49 s from expiry). One
+ * silent past a renewal period and its margin (30 s) is dead.
+ */
+static void a_long_ttl_relay_without_a_session_is_dead_only_once_silent(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_leases(c, "on-time", 0, 7, 0);
+    heartbeat_renewed_ago(c, "on-time", 60, 15);
+    seed_leases(c, "silent", 8, 15, 0);
+    heartbeat_renewed_ago(c, "silent", 60, 30);
+
+    run_result r = check_finds(c, NULL);
+    expect_findings(&r, "outbox", "dead_lease", "found", 1, 8);
+    json_t *f = finding(&r, "outbox", "dead_lease", "relay silent");
+    assert_non_null(strstr(message_of(f), "no session"));
+    run_free(&r);
+
+    r = reconcile("repair", NULL, NULL);
+    expect_status(&r, 1);
+    expect_findings(&r, "outbox", "dead_lease", "repaired", 1, 8);
+    run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'on-time' "
+                               "AND expires_at > now() + interval '50 minutes'"), 8);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name = 'relay:on-time' "
+                               "AND expires_at > now()"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'silent' "
+                               "AND expires_at <= now()"), 9);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------- over-attempted */
 
 static void over_attempted_rows_become_dead_letters(void **state)
@@ -555,9 +602,12 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     tu_await(c, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
                 "WHERE application_name = 'ferry-relay rc-dead-a')", 10000);
     /* No session is not enough: its heartbeat must have gone silent too
-     * (10 s without a renewal; a relay reconnecting renews sooner). */
-    tu_await(c, "SELECT renewed_at < now() - interval '10 seconds' FROM ferry.lease "
-                "WHERE name = 'relay:rc-dead-a'", 30000);
+     * (a third of its TTL and 5 s without a renewal: 205 s here; a relay
+     * reconnecting renews sooner). The heartbeat is moved back by 300 s
+     * rather than waited for, and still has 300 s to run. */
+    tu_exec(c, "UPDATE ferry.lease SET renewed_at = renewed_at - interval '300 seconds', "
+               "  expires_at = expires_at - interval '300 seconds' "
+               "WHERE name = 'relay:rc-dead-a'");
     emit_n(c, "t.takeover", 40, 8);
     backdate(c, "t.takeover");
 
@@ -883,6 +933,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(dead_leases_are_expired, reset),
+        cmocka_unit_test_setup(a_long_ttl_relay_without_a_session_is_dead_only_once_silent, reset),
         cmocka_unit_test_setup(over_attempted_rows_become_dead_letters, reset),
         cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
