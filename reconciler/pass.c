@@ -542,25 +542,34 @@ int reconcile_run(int argc, char **argv)
         if (PQstatus(conn) != CONNECTION_OK) {
             PQreset(conn);
             if (PQstatus(conn) != CONNECTION_OK) {
+                char why[200];
+                snprintf(why, sizeof why, "cannot reach the database: %s",
+                         PQerrorMessage(conn));
+                /* Before the log line: who reads it finds /healthz 503. */
+                rc_metrics_trouble(metrics, why);
                 ferry__log(FERRY_LOG_WARN, "reconcile.db_lost", "database unreachable: %s",
                           PQerrorMessage(conn));
-                rc_metrics_add_error(metrics);
                 nap(2000);
                 continue;
             }
             set_timeout(conn, &s.budgets);
+            rc_metrics_trouble_over(metrics);
             ferry__log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
         }
         ferry_error err;
         if (!active) {
             int got = rc_lease_try(conn, &lease, holder, o->lease_ttl_ms, &err);
             if (got < 0) {
+                char why[200];
+                snprintf(why, sizeof why, "could not take the reconciler's lease: %s",
+                         err.message);
+                rc_metrics_trouble(metrics, why);
                 ferry__log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
                           "reconciler's lease: %s", err.message);
-                rc_metrics_add_error(metrics);
                 nap(2000);
                 continue;
             }
+            rc_metrics_trouble_over(metrics);
             if (!got) {
                 if (!said_standby) {
                     char who[256];
