@@ -377,7 +377,12 @@ static int one_shot(const char *cmd, int argc, char **argv)
          * its letter, which is all they need, so that an operator's
          * --replay works while a `run` daemon holds the lease. */
         ctx.sweep = RC_SWEEP_DEAD_LETTERS;
-        rc_dead_letter_requests(&ctx);
+        char refused[700];
+        if (rc_dead_letter_requests(&ctx, refused, sizeof refused) == RC_EXIT_USAGE) {
+            fprintf(stderr, "ferry-reconcile %s: %s\n", cmd, refused);
+            status = RC_EXIT_USAGE;
+            goto out;
+        }
         rc_rollback(&ctx);
         ctx.requests = NULL;
         ctx.n_requests = 0;

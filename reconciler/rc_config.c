@@ -515,7 +515,9 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
         goto out_usage;
     }
     /* Two opposite decisions on the same letter: which one was meant? The
-     * first was carried out and the second found nothing, silently. */
+     * first was carried out and the second found nothing, silently. Here
+     * the same name twice; two names of one letter (its id and its
+     * TOPIC/KEY) only the database tells: sweep_dead.c refuses those. */
     for (size_t i = 0; i < o->n_requests; i++)
         for (size_t j = i + 1; j < o->n_requests; j++)
             if (o->requests[i].action != o->requests[j].action &&

@@ -709,6 +709,38 @@ static void a_dead_letter_whose_id_was_used_again_goes_back_all_the_same(void **
     PQfinish(c);
 }
 
+/*
+ * Two decisions naming one letter through different targets (its id and
+ * its TOPIC/KEY): refused as a usage error naming both flags, nothing
+ * done. Once the first was carried out, the second found no letter and
+ * was skipped silently (exit 1), and dead_letter_log recorded a replay
+ * with the discard's reason.
+ */
+static void two_decisions_on_one_letter_by_different_names_are_refused(void **state)
+{
+    PGconn *c = tu_connect();
+    relay_dead_letter(c, "t.twice", "K1", 1);
+    char *id = tu_str(c, "SELECT id::text FROM ferry.dead_letter WHERE aggregateid = 'K1'");
+    char *before = fingerprint(c);
+    const char *args[] = {"--replay", "t.twice/K1", "--discard", id, "--reason", "drop it",
+                          NULL};
+    run_result r = reconcile("repair", NULL, args);
+    expect_status(&r, 16);
+    char *want = tu_sprintf("--replay t.twice/K1 and --discard %s: one decision per dead "
+                            "letter", id);
+    if (strstr(r.err, want) == NULL)
+        fail_msg("stderr names not both flags (want \"%s\"):\n%s", want, r.err);
+    free(want);
+    run_free(&r);
+    char *after = fingerprint(c);
+    assert_string_equal(before, after);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter_log"), 0);
+    free(before);
+    free(after);
+    free(id);
+    PQfinish(c);
+}
+
 static void dead_letters_replayed_and_discarded(void **state)
 {
     PGconn *c = tu_connect();
@@ -939,6 +971,8 @@ int main(void)
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
         cmocka_unit_test_setup(lag_is_found_whatever_the_ids, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
+        cmocka_unit_test_setup(two_decisions_on_one_letter_by_different_names_are_refused,
+                               reset),
         cmocka_unit_test_setup(a_dead_letter_whose_id_was_used_again_goes_back_all_the_same,
                                reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
