@@ -655,6 +655,55 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     PQfinish(c);
 }
 
+/* ------------------------------------------------------------ the text report */
+
+/*
+ * Any writer may emit a key (or a dead letter's reason) with control
+ * characters: emit takes any valid UTF-8 without NUL. The text report
+ * printed them raw, so a writer could add lines of its own ("[repaired]
+ * forged", "summary: no problems; exit 0") and terminal escapes. Every
+ * value from the database is escaped now: \n, \x1b, \\ as in C.
+ */
+static void the_text_report_escapes_what_writers_wrote(void **state)
+{
+    PGconn *c = tu_connect();
+    static const char forged[] =
+        "E'k\\\\1\\n  [repaired] forged: everything is fine\\nsummary: no problems; "
+        "exit 0\\n\\x1b[2J\\u009b'";
+    char *sql = tu_sprintf("SELECT ferry.emit('orders', %s, 'T', '{}')", forged);
+    tu_exec(c, sql);
+    free(sql);
+    backdate(c, "orders");
+    /* A dead letter of the same key, with a reason of the same kind. */
+    sql = tu_sprintf(
+        "SELECT ferry.emit('orders.dl', %s, 'T', '{}'); "
+        "WITH m AS (DELETE FROM ferry.outbox WHERE topic = 'orders.dl' RETURNING *) "
+        "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, aggregateid, "
+        "  type, payload, headers, seq, shard, created_at, attempts, reason) "
+        "SELECT id, '', topic, aggregatetype, aggregateid, type, payload, headers, seq, shard, "
+        "  created_at, 10, E'boom\\n  [repaired] forged reason\\r\\x1b[31m' FROM m",
+        forged);
+    tu_exec(c, sql);
+    free(sql);
+
+    char *conninfo = strdup(fpg_conninfo(tu_pg));
+    const char *args[] = {"check", "--db", conninfo, "--no-progress", NULL};
+    char *out = NULL, *err = NULL;
+    int status = tu_reconcile(args, 60000, &out, &err);
+    if (status != 4 || strchr(out, '\x1b') != NULL || strchr(out, '\r') != NULL ||
+        strstr(out, "\xc2\x9b") != NULL || strstr(out, "\n  [repaired] forged") != NULL ||
+        strstr(out, "\nsummary: no problems; exit 0") != NULL ||
+        strstr(out, "k\\\\1\\n  [repaired] forged: everything is fine\\nsummary: no "
+                    "problems; exit 0\\n\\x1b[2J\\u009b") == NULL ||
+        strstr(out, "boom\\n  [repaired] forged reason\\r\\x1b[31m") == NULL)
+        fail_msg("check exited %d; its text report is not escaped:\n%s\nstderr:\n%s", status,
+                 out, err);
+    free(out);
+    free(err);
+    free(conninfo);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------ dead letters */
 
 /* A relay dead letter of topic/key at position seq, as the relay makes
@@ -970,6 +1019,7 @@ int main(void)
         cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
         cmocka_unit_test_setup(lag_is_found_whatever_the_ids, reset),
+        cmocka_unit_test_setup(the_text_report_escapes_what_writers_wrote, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
         cmocka_unit_test_setup(two_decisions_on_one_letter_by_different_names_are_refused,
                                reset),
