@@ -314,6 +314,27 @@ static void run_is_unhealthy_while_its_database_is_unreachable(void **state)
     tu_proc_done(&d.proc);
 }
 
+/* SIGHUP: run reloads nothing, says so and goes on holding its lease.
+ * Once it died of the default action (exit 129, no log line), keeping the
+ * lease until its TTL ran out. */
+static void run_ignores_sighup_and_says_so(void **state)
+{
+    daemon_proc d = spawn_run_every("rcm-hangup", "60");
+    await_sample(&d, "ferry_reconcile_passes_total", 1, STARTUP_MS);
+    assert_int_equal(kill(d.proc.pid, SIGHUP), 0);
+    tu_proc_await_log(&d.proc, "\"event\":\"signal.ignored\"", 30000);
+    if (tu_proc_poll(&d.proc) >= 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGHUP", d.proc.status);
+    char *t = scrape(&d);
+    assert_true(sample(&d, t, "ferry_reconcile_active") == 1);
+    free(t);
+    assert_int_equal(kill(d.proc.pid, SIGTERM), 0);
+    int st = tu_proc_wait(&d.proc, 30000);
+    if (st != 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGTERM, want 0", st);
+    tu_proc_done(&d.proc);
+}
+
 /* An address it cannot serve on: refused at start, before any database
  * work, with the reason on stderr. */
 static void bad_metrics_address_is_refused(void **state)
@@ -354,6 +375,7 @@ int main(void)
         cmocka_unit_test(bad_metrics_address_is_refused),
         cmocka_unit_test(run_that_loses_its_lease_between_passes_stands_by),
         cmocka_unit_test(run_is_unhealthy_while_its_database_is_unreachable),
+        cmocka_unit_test(run_ignores_sighup_and_says_so),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
