@@ -245,6 +245,72 @@ static void errors_name_the_setting_and_place(void **state)
     assert_int_equal(unlink(path), 0);
 }
 
+/*
+ * A bad --metrics address is a bad setting: exit 16 naming the place, as
+ * ferry-relay's. It was only found when run bound it (exit 8, "invalid
+ * metrics address", no flag, file or variable named). An address that is
+ * well formed but cannot be bound (in use) stays run's operational error
+ * (test_reconcile_metrics).
+ */
+static void a_bad_metrics_address_is_refused_naming_the_place(void **state)
+{
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    static const struct {
+        const char *flag, *env, *file, *want;
+    } cases[] = {
+        {"127.0.0.1:99999", NULL, NULL,
+         "--metrics: the port must be a number from 0 to 65535, not \"127.0.0.1:99999\""},
+        {"::1:80", NULL, NULL, "--metrics: an IPv6 host needs brackets"},
+        {"[::1]80", NULL, NULL, "--metrics: expected HOST:PORT, with an IPv6 host as"},
+        {"127.0.0.1: 80", NULL, NULL, "--metrics: the port must be a number"},
+        {NULL, "localhost", NULL, "FERRY_RECONCILE_METRICS: expected HOST:PORT, not "
+                                  "\"localhost\""},
+        {NULL, NULL, "db: x\nmetrics: \"a b:1\"\n",
+         ":2:10: metrics: the host contains a space or a control character"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        clear_env(state);
+        const char *args[8] = {"run", "--db", "x"};
+        int n = 3;
+        char arg[128], want[256];
+        snprintf(want, sizeof want, "%s", cases[i].want);
+        if (cases[i].flag) {
+            args[n++] = "--metrics";
+            args[n++] = cases[i].flag;
+        }
+        if (cases[i].env)
+            setenv("FERRY_RECONCILE_METRICS", cases[i].env, 1);
+        if (cases[i].file) {
+            tu_write_file(path, cases[i].file);
+            snprintf(arg, sizeof arg, "--config=%s", path);
+            args[n++] = arg;
+            snprintf(want, sizeof want, "%s%s", path, cases[i].want);
+        }
+        args[n] = NULL;
+        char *out = NULL, *err = NULL;
+        int st = tu_reconcile(args, 30000, &out, &err);
+        if (st != 16 || !strstr(err, want))
+            fail_msg("case %zu: exit %d, expected 16 and \"%s\" in:\n%s", i, st, want, err);
+        free(out);
+        free(err);
+    }
+    /* Every form the server takes is taken here too. */
+    static const char *const good[] = {"127.0.0.1:0", ":9188", "*:0", "[::1]:0",
+                                       "localhost:65535"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        clear_env(state);
+        rc_options o;
+        assert_int_equal(parse_v("run", &o, ARGS("--db", "x", "--metrics", good[i])), 0);
+        assert_string_equal(o.metrics, good[i]);
+        rc_options_free(&o);
+    }
+    clear_env(state);
+    assert_int_equal(unlink(path), 0);
+}
+
 /* The sample make install puts in share/ferry loads, and has every key. */
 static void the_sample_reconcile_yaml_loads_and_has_every_setting(void **state)
 {
@@ -277,7 +343,9 @@ int main(void)
         cmocka_unit_test_setup(precedence_and_the_config_variable, clear_env),
         cmocka_unit_test_setup(secret_references, clear_env),
         cmocka_unit_test_setup(errors_name_the_setting_and_place, clear_env),
+        cmocka_unit_test_setup(a_bad_metrics_address_is_refused_naming_the_place, clear_env),
         cmocka_unit_test_setup(the_sample_reconcile_yaml_loads_and_has_every_setting, clear_env),
     };
+    tu_filter_from_env();
     return cmocka_run_group_tests(tests, clear_env, clear_env);
 }

@@ -336,7 +336,9 @@ static void run_ignores_sighup_and_says_so(void **state)
 }
 
 /* An address it cannot serve on: refused at start, before any database
- * work, with the reason on stderr. */
+ * work, with the reason on stderr. One that is not an address at all is
+ * a bad setting, refused when the settings are read (exit 16, the place
+ * named: test_rc_config); one in use is run's operational error. */
 static void bad_metrics_address_is_refused(void **state)
 {
     /* A port in use. */
@@ -350,18 +352,18 @@ static void bad_metrics_address_is_refused(void **state)
     char taken[64];
     snprintf(taken, sizeof taken, "127.0.0.1:%d", ntohs(a.sin_port));
 
-    static const struct { const char *address, *why; } cases[] = {
-        {"127.0.0.1:99999", "bad port"},
-        {"::1:80", "needs brackets"},
-        {NULL, "in use"},
+    static const struct { const char *address, *why; int status; } cases[] = {
+        {"127.0.0.1:99999", "--metrics: the port must be a number", 16},
+        {"::1:80", "--metrics: an IPv6 host needs brackets", 16},
+        {NULL, "in use", 8},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *address = cases[i].address ? cases[i].address : taken;
         const char *args[] = {"run", "--db", fpg_conninfo(tu_pg), "--metrics", address, NULL};
         char *err = NULL;
         int rc = tu_reconcile(args, 60000, NULL, &err);
-        if (rc != 8 || !strstr(err, "ferry-reconcile: ") || !strstr(err, cases[i].why) ||
-            !strstr(err, address))
+        if (rc != cases[i].status || !strstr(err, "ferry-reconcile") ||
+            !strstr(err, cases[i].why) || !strstr(err, address))
             fail_msg("--metrics %s: exit %d, stderr:\n%s", address, rc, err);
         free(err);
     }
