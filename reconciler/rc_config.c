@@ -305,9 +305,17 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
             o->lease_ttl_ms = (int)v;
         break;
     case K_SECONDS: {
+        /* DIGITS[.DIGITS] and nothing else: strtod alone would take
+         * blanks before, a sign, "0x10", "1e1", "inf", which every other
+         * number here refuses. */
+        size_t whole = strspn(text, "0123456789");
+        const char *rest = text + whole;
+        if (whole > 0 && rest[0] == '.')
+            rest += 1 + strspn(rest + 1, "0123456789");
         char *end;
         double d = strtod(text, &end);
-        if (end == text || *end != '\0' || !(d >= 0.1 && d <= 86400)) {
+        if (whole == 0 || rest[0] != '\0' || rest[-1] == '.' || end != rest ||
+            !(d >= 0.1 && d <= 86400)) {
             rc = cmd_error(cmd, "%s: expected seconds, 0.1..86400, not \"%.64s\"", where,
                            text);
             break;
@@ -433,6 +441,12 @@ static int apply_file(const char *cmd, rc_options *o, const char *path)
 
 /* ------------------------------------------------------------ parse */
 
+/* Nothing but blanks (or nothing): no word to record. */
+static bool blank(const char *s)
+{
+    return s[strspn(s, " \t\n\r\v\f")] == '\0';
+}
+
 static int add_request(rc_options *o, rc_dead_action action, const char *target)
 {
     rc_dead_request *r = realloc(o->requests, (o->n_requests + 1) * sizeof *r);
@@ -491,8 +505,15 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
     /* The file: the last --config, else $FERRY_RECONCILE_CONFIG. */
     const char *path = getenv(CONFIG_ENV);
     for (size_t i = 0; i < n; i++)
-        if (flags[i].id == O_CONFIG)
+        if (flags[i].id == O_CONFIG) {
+            /* The variable empty is unset (as every variable); the flag
+             * empty was ignored, the file one meant silently not read. */
+            if (flags[i].arg[0] == '\0') {
+                rc = cmd_error(cmd, "--config: must not be empty");
+                goto out_usage;
+            }
             path = flags[i].arg;
+        }
     if (path && path[0] && (rc = apply_file(cmd, o, path)) != 0)
         goto out;
 
@@ -546,8 +567,19 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
                 goto out;
             }
             break;
-        case O_REASON: o->reason = arg; break;
-        case O_BY: o->by = arg; break;
+        case O_REASON:
+        case O_BY:
+            /* Recorded in ferry.dead_letter_log: an empty actor or a blank
+             * reason records nothing (unset, each has its default). */
+            if (blank(arg)) {
+                rc = cmd_error(cmd, "--%s: must not be blank", id == O_BY ? "by" : "reason");
+                goto out_usage;
+            }
+            if (id == O_REASON)
+                o->reason = arg;
+            else
+                o->by = arg;
+            break;
         default:
             rc = cmd_error(cmd, "internal error: option %d not handled", id);
             goto out_usage;
