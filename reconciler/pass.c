@@ -41,11 +41,29 @@
 typedef rc_options options;
 
 static volatile sig_atomic_t stop_flag;
+/* SIGHUP, in run: the reconciler reloads nothing (its settings are read
+ * at start); the loop says so, as the relay does, rather than dying of
+ * the default action with its lease held until the TTL. */
+static volatile sig_atomic_t hup_flag;
 
 static void on_signal(int sig)
 {
-    (void)sig;
+    if (sig == SIGHUP) {
+        hup_flag = 1;
+        return;
+    }
     stop_flag = 1;
+}
+
+/* A SIGHUP since the last call: logged. */
+static void say_hup(void)
+{
+    if (!hup_flag)
+        return;
+    hup_flag = 0;
+    ferry__log_json(FERRY_LOG_WARN, "signal.ignored", json_pack("{s:s}", "signal", "SIGHUP"),
+                   "SIGHUP ignored: ferry-reconcile reloads nothing; restart it to apply new "
+                   "settings");
 }
 
 /* ---------------------------------------------------------------- inputs */
@@ -276,13 +294,18 @@ static void default_names(const options *o, char *holder, size_t hlen, char *act
     snprintf(actor, alen, "%s@%s", user, host);
 }
 
-static void install_signals(void)
+/* SIGINT and SIGTERM stop; with hup (run), SIGHUP is said and ignored.
+ * check and repair keep SIGHUP's default: a terminal that hangs up ends
+ * them, as any command. */
+static void install_signals(int hup)
 {
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (hup)
+        sigaction(SIGHUP, &sa, NULL);
 }
 
 /* What check, repair and run start from. */
@@ -317,7 +340,7 @@ static int session_open(session *s, const char *cmd, int argc, char **argv)
  * timeout. -1 when it failed (said on stderr). */
 static int session_connect(session *s)
 {
-    install_signals();
+    install_signals(s->o.daemon);
     s->conn = connect_db(&s->o, s->holder);
     if (s->conn == NULL || set_timeout(s->conn, &s->budgets) != 0)
         return -1;
@@ -377,7 +400,12 @@ static int one_shot(const char *cmd, int argc, char **argv)
          * its letter, which is all they need, so that an operator's
          * --replay works while a `run` daemon holds the lease. */
         ctx.sweep = RC_SWEEP_DEAD_LETTERS;
-        rc_dead_letter_requests(&ctx);
+        char refused[700];
+        if (rc_dead_letter_requests(&ctx, refused, sizeof refused) == RC_EXIT_USAGE) {
+            fprintf(stderr, "ferry-reconcile %s: %s\n", cmd, refused);
+            status = RC_EXIT_USAGE;
+            goto out;
+        }
         rc_rollback(&ctx);
         ctx.requests = NULL;
         ctx.n_requests = 0;
@@ -465,6 +493,7 @@ static void nap(int64_t ms)
 {
     int64_t until = ferry__now_ms() + ms;
     while (!stop_flag) {
+        say_hup();
         int64_t left = until - ferry__now_ms();
         if (left <= 0)
             break;
@@ -539,28 +568,38 @@ int reconcile_run(int argc, char **argv)
     int active = 0, said_standby = 0;
     rc_lease lease = {0};
     while (!stop_flag) {
+        say_hup();
         if (PQstatus(conn) != CONNECTION_OK) {
             PQreset(conn);
             if (PQstatus(conn) != CONNECTION_OK) {
+                char why[200];
+                snprintf(why, sizeof why, "cannot reach the database: %s",
+                         PQerrorMessage(conn));
+                /* Before the log line: who reads it finds /healthz 503. */
+                rc_metrics_trouble(metrics, why);
                 ferry__log(FERRY_LOG_WARN, "reconcile.db_lost", "database unreachable: %s",
                           PQerrorMessage(conn));
-                rc_metrics_add_error(metrics);
                 nap(2000);
                 continue;
             }
             set_timeout(conn, &s.budgets);
+            rc_metrics_trouble_over(metrics);
             ferry__log(FERRY_LOG_INFO, "reconcile.db_reconnected", "reconnected");
         }
         ferry_error err;
         if (!active) {
             int got = rc_lease_try(conn, &lease, holder, o->lease_ttl_ms, &err);
             if (got < 0) {
+                char why[200];
+                snprintf(why, sizeof why, "could not take the reconciler's lease: %s",
+                         err.message);
+                rc_metrics_trouble(metrics, why);
                 ferry__log(FERRY_LOG_WARN, "reconcile.lease_error", "could not take the "
                           "reconciler's lease: %s", err.message);
-                rc_metrics_add_error(metrics);
                 nap(2000);
                 continue;
             }
+            rc_metrics_trouble_over(metrics);
             if (!got) {
                 if (!said_standby) {
                     char who[256];

@@ -217,6 +217,46 @@ static int cmd_error(const char *cmd, const char *fmt, ...)
 /* ------------------------------------------------------------ values */
 
 /*
+ * The grammar the metrics server takes (common/httpd.c): HOST:PORT, HOST
+ * empty or "*" (every IPv4 interface), a name, an IPv4 address, or an
+ * IPv6 address in brackets; PORT 0..65535 (0: the kernel picks). NULL,
+ * or what is wrong, in ferry-relay's words (daemon/config.c keeps the
+ * same check; both belong in common/ with httpd's parser one day).
+ * Checked where the setting is read, so that a bad one is refused with
+ * its place (exit 16); binding it (in use, a name that does not resolve)
+ * stays run's operational error.
+ */
+static const char *metrics_problem(const char *s)
+{
+    const char *port;
+    size_t hostlen;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close == s + 1 || close[1] != ':')
+            return "expected HOST:PORT, with an IPv6 host as [ADDRESS]:PORT";
+        hostlen = (size_t)(close - s - 1);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon)
+            return "expected HOST:PORT";
+        if (memchr(s, ':', (size_t)(colon - s)))
+            return "an IPv6 host needs brackets, as in [::1]:9188";
+        hostlen = (size_t)(colon - s);
+        port = colon + 1;
+    }
+    if (hostlen > 255)
+        return "host name too long";
+    for (const char *h = s; h < port - 1; h++)
+        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
+            return "the host contains a space or a control character";
+    size_t digits = strspn(port, "0123456789");
+    if (digits == 0 || digits > 5 || port[digits] != '\0' || strtol(port, NULL, 10) > 65535)
+        return "the port must be a number from 0 to 65535";
+    return NULL;
+}
+
+/*
  * Setting k's value, from where (for messages: "FILE:LINE:COL: KEY",
  * "FERRY_DB", "--wait"): its references resolved, checked, stored in o.
  * Returns 0 or an exit status, said.
@@ -232,10 +272,13 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
     long v;
     switch (s->kind) {
     case K_TEXT: {
-        /* metrics: rc_metrics_start says what is wrong with an address
-         * when it binds (exit 8, the address named). */
         if (text[0] == '\0') {
             rc = cmd_error(cmd, "%s: must not be empty", where);
+            break;
+        }
+        const char *problem = k == S_METRICS - S_DB ? metrics_problem(text) : NULL;
+        if (problem != NULL) {
+            rc = cmd_error(cmd, "%s: %s, not \"%.64s\"", where, problem, text);
             break;
         }
         free(o->owned[k]);
@@ -262,9 +305,17 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
             o->lease_ttl_ms = (int)v;
         break;
     case K_SECONDS: {
+        /* DIGITS[.DIGITS] and nothing else: strtod alone would take
+         * blanks before, a sign, "0x10", "1e1", "inf", which every other
+         * number here refuses. */
+        size_t whole = strspn(text, "0123456789");
+        const char *rest = text + whole;
+        if (whole > 0 && rest[0] == '.')
+            rest += 1 + strspn(rest + 1, "0123456789");
         char *end;
         double d = strtod(text, &end);
-        if (end == text || *end != '\0' || !(d >= 0.1 && d <= 86400)) {
+        if (whole == 0 || rest[0] != '\0' || rest[-1] == '.' || end != rest ||
+            !(d >= 0.1 && d <= 86400)) {
             rc = cmd_error(cmd, "%s: expected seconds, 0.1..86400, not \"%.64s\"", where,
                            text);
             break;
@@ -390,6 +441,12 @@ static int apply_file(const char *cmd, rc_options *o, const char *path)
 
 /* ------------------------------------------------------------ parse */
 
+/* Nothing but blanks (or nothing): no word to record. */
+static bool blank(const char *s)
+{
+    return s[strspn(s, " \t\n\r\v\f")] == '\0';
+}
+
 static int add_request(rc_options *o, rc_dead_action action, const char *target)
 {
     rc_dead_request *r = realloc(o->requests, (o->n_requests + 1) * sizeof *r);
@@ -448,8 +505,15 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
     /* The file: the last --config, else $FERRY_RECONCILE_CONFIG. */
     const char *path = getenv(CONFIG_ENV);
     for (size_t i = 0; i < n; i++)
-        if (flags[i].id == O_CONFIG)
+        if (flags[i].id == O_CONFIG) {
+            /* The variable empty is unset (as every variable); the flag
+             * empty was ignored, the file one meant silently not read. */
+            if (flags[i].arg[0] == '\0') {
+                rc = cmd_error(cmd, "--config: must not be empty");
+                goto out_usage;
+            }
             path = flags[i].arg;
+        }
     if (path && path[0] && (rc = apply_file(cmd, o, path)) != 0)
         goto out;
 
@@ -503,8 +567,19 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
                 goto out;
             }
             break;
-        case O_REASON: o->reason = arg; break;
-        case O_BY: o->by = arg; break;
+        case O_REASON:
+        case O_BY:
+            /* Recorded in ferry.dead_letter_log: an empty actor or a blank
+             * reason records nothing (unset, each has its default). */
+            if (blank(arg)) {
+                rc = cmd_error(cmd, "--%s: must not be blank", id == O_BY ? "by" : "reason");
+                goto out_usage;
+            }
+            if (id == O_REASON)
+                o->reason = arg;
+            else
+                o->by = arg;
+            break;
         default:
             rc = cmd_error(cmd, "internal error: option %d not handled", id);
             goto out_usage;
@@ -515,7 +590,9 @@ static int parse(const char *cmd, int argc, char **argv, rc_options *o)
         goto out_usage;
     }
     /* Two opposite decisions on the same letter: which one was meant? The
-     * first was carried out and the second found nothing, silently. */
+     * first was carried out and the second found nothing, silently. Here
+     * the same name twice; two names of one letter (its id and its
+     * TOPIC/KEY) only the database tells: sweep_dead.c refuses those. */
     for (size_t i = 0; i < o->n_requests; i++)
         for (size_t j = i + 1; j < o->n_requests; j++)
             if (o->requests[i].action != o->requests[j].action &&

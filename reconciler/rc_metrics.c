@@ -45,6 +45,10 @@ struct rc_metrics {
     int last_status;
     double last_seconds, last_timestamp;
     int last_error_count;
+    /* An operational error outside any pass that still holds (the
+     * database unreachable, the lease not taken): "" when none. While
+     * it holds no pass runs, so the last pass cannot say it. */
+    char trouble[200];
 };
 
 /* ------------------------------------------------------------------ */
@@ -128,11 +132,13 @@ static int health_cb(void *arg, char *reason, size_t len)
     rc_metrics *m = arg;
     pthread_mutex_lock(&m->lock);
     int errors = m->have_pass ? m->last_error_count : 0;
+    if (m->trouble[0] != '\0')
+        snprintf(reason, len, "%s", m->trouble);
+    else if (errors > 0)
+        snprintf(reason, len, "last pass had %d operational errors", errors);
+    int healthy = m->trouble[0] == '\0' && errors == 0;
     pthread_mutex_unlock(&m->lock);
-    if (errors == 0)
-        return 1;
-    snprintf(reason, len, "last pass had %d operational errors", errors);
-    return 0;
+    return healthy;
 }
 
 /* ------------------------------------------------------------------ */
@@ -187,12 +193,25 @@ void rc_metrics_set_active(rc_metrics *m, int active)
     pthread_mutex_unlock(&m->lock);
 }
 
-void rc_metrics_add_error(rc_metrics *m)
+void rc_metrics_trouble(rc_metrics *m, const char *why)
 {
     if (!m)
         return;
     pthread_mutex_lock(&m->lock);
     m->errors++;
+    /* One line: a libpq message may run on over several. */
+    snprintf(m->trouble, sizeof m->trouble, "%.*s", (int)strcspn(why, "\r\n"), why);
+    if (m->trouble[0] == '\0')
+        snprintf(m->trouble, sizeof m->trouble, "operational error");
+    pthread_mutex_unlock(&m->lock);
+}
+
+void rc_metrics_trouble_over(rc_metrics *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->trouble[0] = '\0';
     pthread_mutex_unlock(&m->lock);
 }
 

@@ -14,8 +14,9 @@
  *   ferry_reconcile_last_pass_seconds           its duration
  *   ferry_reconcile_last_pass_timestamp_seconds when it ended (Unix time)
  *
- * /healthz answers 200 "ok" unless the last pass had an operational error
- * (503 with the reason). Every function accepts m == NULL (no --metrics).
+ * /healthz answers 200 "ok" unless the last pass had an operational error,
+ * or one outside any pass still holds (the database unreachable): 503
+ * with the reason. Every function accepts m == NULL (no --metrics).
  */
 #ifndef FERRY_RC_METRICS_H
 #define FERRY_RC_METRICS_H
@@ -28,7 +29,11 @@ typedef struct rc_metrics rc_metrics;
 rc_metrics *rc_metrics_start(const char *host_port);
 void rc_metrics_stop(rc_metrics *m);
 void rc_metrics_set_active(rc_metrics *m, int active);
-void rc_metrics_add_error(rc_metrics *m);
+/* An operational error outside a pass (why: borrowed, its first line
+ * kept): counted, and /healthz answers 503 with why until
+ * rc_metrics_trouble_over (the database is reachable again). */
+void rc_metrics_trouble(rc_metrics *m, const char *why);
+void rc_metrics_trouble_over(rc_metrics *m);
 /* A pass ended with this report, exit status and duration. */
 void rc_metrics_pass(rc_metrics *m, const rc_report *r, int status, double seconds);
 

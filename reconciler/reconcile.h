@@ -146,8 +146,10 @@ int rc_sweep_garbage(rc_ctx *ctx);
 int rc_sweep_rules(rc_ctx *ctx);
 int rc_sweep_wal_slot(rc_ctx *ctx);        /* sweep_slot.c */
 /* Only the --replay / --discard requests of the dead-letter sweep (which
- * repair carries out first, without the lease), findings in its name. */
-int rc_dead_letter_requests(rc_ctx *ctx);
+ * repair carries out first, without the lease), findings in its name.
+ * 0, -1 after rc_error, or RC_EXIT_USAGE with refused (len bytes)
+ * written and nothing done: two opposite decisions name one letter. */
+int rc_dead_letter_requests(rc_ctx *ctx, char *refused, size_t len);
 
 /*
  * Record a finding of the current sweep: a problem (a short code such as

@@ -245,6 +245,42 @@ int rc_report_status(const rc_report *r)
     return status;
 }
 
+/*
+ * Text from the database as one line of the report, escaped as in C. Any
+ * writer can emit a key with control characters (emit takes any valid
+ * UTF-8 without NUL): printed raw, a newline forged report lines of its
+ * own ("[repaired] ...", "summary: no problems; exit 0") and ESC drove
+ * the terminal. So C0 controls and DEL become \n, \r, \t or \xHH, the C1
+ * controls (U+0080..U+009F; some terminals act on U+009B as CSI) \u00HH,
+ * and the backslash \\, so that an escape cannot be forged either. The
+ * findings' sentences are written whole through this: the sweeps' own
+ * words hold no control character and no backslash, and the values they
+ * quote from the database (keys, topics, consumers, reasons, holders,
+ * rule output) are all escaped in one place. ferry-relay status turns
+ * controls into '?' in its cells (daemon/status.c); a report line is not
+ * a cell, and a key printed unambiguously can be told apart and looked up.
+ */
+static void put_line_text(FILE *out, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++) {
+        unsigned char c = *p;
+        if (c == '\\')
+            fputs("\\\\", out);
+        else if (c == '\n')
+            fputs("\\n", out);
+        else if (c == '\r')
+            fputs("\\r", out);
+        else if (c == '\t')
+            fputs("\\t", out);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(out, "\\x%02x", c);
+        else if (c == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            fprintf(out, "\\u%04x", (unsigned)*++p);
+        else
+            fputc(c, out);
+    }
+}
+
 static const char *plural(int64_t n, const char *one, const char *many)
 {
     return n == 1 ? one : many;
@@ -285,8 +321,11 @@ void rc_report_print(FILE *out, const rc_report *r, rc_mode mode)
             const rc_finding *f = &r->f[i];
             if (f->sweep != (rc_sweep_id)s)
                 continue;
-            fprintf(out, "  [%s] %s: %s\n", rc_outcome_name(f->outcome), f->problem,
-                    f->text ? f->text : f->subject);
+            fprintf(out, "  [%s] ", rc_outcome_name(f->outcome));
+            put_line_text(out, f->problem);
+            fputs(": ", out);
+            put_line_text(out, f->text ? f->text : f->subject);
+            fputc('\n', out);
         }
         if (st->dropped)
             fprintf(out, "  ... and %" PRId64 " more %s\n", st->dropped,

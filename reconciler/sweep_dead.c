@@ -218,11 +218,40 @@ static int decide(rc_ctx *ctx, const rc_dead_request *rq, const char *id, int *l
 }
 
 /*
+ * Two opposite decisions that name one letter, by whatever names (its id,
+ * its message id, its TOPIC/KEY): which one was meant? rc_config.c refuses
+ * the same name twice; only the letters tell the rest. 1 with why
+ * written, naming both flags; else 0.
+ */
+static int two_decisions(const rc_dead_request *rq, PGresult *const *ids, size_t n, char *why,
+                         size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            if (rq[i].action == rq[j].action)
+                continue;       /* the same decision twice: the second finds it done */
+            for (int a = 0; a < PQntuples(ids[i]); a++)
+                for (int b = 0; b < PQntuples(ids[j]); b++) {
+                    const char *id = PQgetvalue(ids[i], a, 0);
+                    if (strcmp(id, PQgetvalue(ids[j], b, 0)) != 0)
+                        continue;
+                    snprintf(why, len, "%s %s and %s %s: one decision per dead letter (both "
+                             "name dead letter %s)", action_flag(rq[i].action), rq[i].target,
+                             action_flag(rq[j].action), rq[j].target, id);
+                    return 1;
+                }
+        }
+    return 0;
+}
+
+/*
  * Every target is looked up before anything is done: a mistyped one (no
  * such letter, not a target at all) stops the whole set, because the
- * person who typed it may have meant something else by the others too.
+ * person who typed it may have meant something else by the others too;
+ * so do two opposite decisions on one letter (RC_EXIT_USAGE, refused
+ * written, when refused is not NULL; else an error of the sweep).
  */
-static int requests(rc_ctx *ctx, int *lost)
+static int requests(rc_ctx *ctx, int *lost, char *refused, size_t len)
 {
     PGresult **ids = calloc(ctx->n_requests, sizeof *ids);
     if (ids == NULL)
@@ -232,7 +261,15 @@ static int requests(rc_ctx *ctx, int *lost)
         if ((ids[i] = resolve(ctx, &ctx->requests[i])) == NULL)
             bad++;
     int rc = 0;
-    if (bad > 0) {
+    char why[600];
+    if (bad == 0 && two_decisions(ctx->requests, ids, ctx->n_requests, why, sizeof why)) {
+        if (refused != NULL) {
+            snprintf(refused, len, "%s", why);
+            rc = RC_EXIT_USAGE;
+        } else {
+            rc = rc_error(ctx, "no dead letter was replayed or discarded: %s", why);
+        }
+    } else if (bad > 0) {
         rc = rc_error(ctx, "no dead letter was replayed or discarded: %d of the %zu targets "
                       "given could not be used (above)", bad, ctx->n_requests);
     } else {
@@ -346,18 +383,21 @@ static int remaining(rc_ctx *ctx)
     return 0;
 }
 
-int rc_dead_letter_requests(rc_ctx *ctx)
+int rc_dead_letter_requests(rc_ctx *ctx, char *refused, size_t len)
 {
     int lost = 0;
     if (ctx->mode != RC_REPAIR || ctx->n_requests == 0)
         return 0;
-    return requests(ctx, &lost) != 0 || lost ? -1 : 0;
+    int rc = requests(ctx, &lost, refused, len);
+    if (rc == RC_EXIT_USAGE)
+        return rc;
+    return rc != 0 || lost ? -1 : 0;
 }
 
 int rc_sweep_dead_letters(rc_ctx *ctx)
 {
     int rc = 0, lost = 0;
-    if (ctx->mode == RC_REPAIR && ctx->n_requests > 0 && requests(ctx, &lost) != 0)
+    if (ctx->mode == RC_REPAIR && ctx->n_requests > 0 && requests(ctx, &lost, NULL, 0) != 0)
         rc = -1;
     if (lost || PQstatus(ctx->conn) != CONNECTION_OK)
         return -1;

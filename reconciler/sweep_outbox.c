@@ -63,10 +63,15 @@ typedef struct outbox_pass {
  *
  * Having no session is not enough on its own: a relay reconnecting after
  * a database restart has none for a moment. It must also have stopped
- * renewing its heartbeat: not renewed for half its TTL, or 10 s, whichever
- * is shorter (a relay renews every third of its TTL). A relay killed with
- * kill -9 is thus seen dead at most 10 s after its last renewal, however
- * long its leases were meant to last.
+ * renewing its heartbeat. A relay renews every third of its TTL, so
+ * silence must outlast that period and a margin: not renewed for half its
+ * TTL, or a third of it and 5 s, whichever is shorter (up to a TTL of 30 s
+ * that is half of it; beyond, a third and 5 s). A cap shorter than the
+ * period (once 10 s, whatever the TTL) counted a relay that lost its
+ * session as dead for part of every renewal cycle: with a TTL of 60 s the
+ * reconciler expired a reconnecting relay's leases with 49 s left on its
+ * heartbeat. A relay killed with kill -9 is seen dead one such silence
+ * after its last renewal, or when its heartbeat expires.
  */
 #define HOLDER_SESSION(h)                                                                  \
     "(" h " !~ '^[ -~]*$' "                                                                \
@@ -75,7 +80,8 @@ typedef struct outbox_pass {
 #define HOLDER_SILENT(h)                                                                   \
     "NOT EXISTS (SELECT 1 FROM ferry.lease hs WHERE hs.name = 'relay:' || " h              \
     "            AND hs.renewed_at > now() - least((hs.expires_at - hs.renewed_at) / 2, "   \
-    "                                                interval '10 seconds'))"
+    "                                                (hs.expires_at - hs.renewed_at) / 3 "  \
+    "                                                + interval '5 seconds'))"
 #define HOLDER_DEAD(h)                                                                     \
     "((NOT " HOLDER_SESSION(h) " AND " HOLDER_SILENT(h) ") "                               \
     " OR EXISTS (SELECT 1 FROM ferry.lease hb WHERE hb.name = 'relay:' || " h              \

@@ -245,6 +245,144 @@ static void errors_name_the_setting_and_place(void **state)
     assert_int_equal(unlink(path), 0);
 }
 
+/*
+ * A bad --metrics address is a bad setting: exit 16 naming the place, as
+ * ferry-relay's. It was only found when run bound it (exit 8, "invalid
+ * metrics address", no flag, file or variable named). An address that is
+ * well formed but cannot be bound (in use) stays run's operational error
+ * (test_reconcile_metrics).
+ */
+static void a_bad_metrics_address_is_refused_naming_the_place(void **state)
+{
+    char path[] = "/tmp/ferry-test-rcconfig-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    static const struct {
+        const char *flag, *env, *file, *want;
+    } cases[] = {
+        {"127.0.0.1:99999", NULL, NULL,
+         "--metrics: the port must be a number from 0 to 65535, not \"127.0.0.1:99999\""},
+        {"::1:80", NULL, NULL, "--metrics: an IPv6 host needs brackets"},
+        {"[::1]80", NULL, NULL, "--metrics: expected HOST:PORT, with an IPv6 host as"},
+        {"127.0.0.1: 80", NULL, NULL, "--metrics: the port must be a number"},
+        {NULL, "localhost", NULL, "FERRY_RECONCILE_METRICS: expected HOST:PORT, not "
+                                  "\"localhost\""},
+        {NULL, NULL, "db: x\nmetrics: \"a b:1\"\n",
+         ":2:10: metrics: the host contains a space or a control character"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        clear_env(state);
+        const char *args[8] = {"run", "--db", "x"};
+        int n = 3;
+        char arg[128], want[256];
+        snprintf(want, sizeof want, "%s", cases[i].want);
+        if (cases[i].flag) {
+            args[n++] = "--metrics";
+            args[n++] = cases[i].flag;
+        }
+        if (cases[i].env)
+            setenv("FERRY_RECONCILE_METRICS", cases[i].env, 1);
+        if (cases[i].file) {
+            tu_write_file(path, cases[i].file);
+            snprintf(arg, sizeof arg, "--config=%s", path);
+            args[n++] = arg;
+            snprintf(want, sizeof want, "%s%s", path, cases[i].want);
+        }
+        args[n] = NULL;
+        char *out = NULL, *err = NULL;
+        int st = tu_reconcile(args, 30000, &out, &err);
+        if (st != 16 || !strstr(err, want))
+            fail_msg("case %zu: exit %d, expected 16 and \"%s\" in:\n%s", i, st, want, err);
+        free(out);
+        free(err);
+    }
+    /* Every form the server takes is taken here too. */
+    static const char *const good[] = {"127.0.0.1:0", ":9188", "*:0", "[::1]:0",
+                                       "localhost:65535"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        clear_env(state);
+        rc_options o;
+        assert_int_equal(parse_v("run", &o, ARGS("--db", "x", "--metrics", good[i])), 0);
+        assert_string_equal(o.metrics, good[i]);
+        rc_options_free(&o);
+    }
+    clear_env(state);
+    assert_int_equal(unlink(path), 0);
+}
+
+/*
+ * Forms every other setting refuses, and empty or blank values that were
+ * taken as given: --interval went through strtod, which takes "0x10",
+ * " 1e1", "inf"; --config "" was ignored, the file silently not read;
+ * --by "" and --reason " " were recorded in dead_letter_log as an empty
+ * actor and a blank reason (while --reason "" was refused). Each is now
+ * refused, naming the place, exit 16.
+ */
+static void odd_numbers_and_blank_words_are_refused(void **state)
+{
+    static const struct {
+        const char *env;
+        const char *args[10];
+        const char *want;
+    } cases[] = {
+        {NULL, {"run", "--db", "x", "--interval", "0x10"},
+         "--interval: expected seconds, 0.1..86400, not \"0x10\""},
+        {NULL, {"run", "--db", "x", "--interval", " 1e1"},
+         "--interval: expected seconds, 0.1..86400, not \" 1e1\""},
+        {NULL, {"run", "--db", "x", "--interval", "1e1"}, "--interval: expected seconds"},
+        {NULL, {"run", "--db", "x", "--interval", "+5"}, "--interval: expected seconds"},
+        {NULL, {"run", "--db", "x", "--interval", "5 "}, "--interval: expected seconds"},
+        {"FERRY_RECONCILE_INTERVAL=inf", {"run", "--db", "x"},
+         "FERRY_RECONCILE_INTERVAL: expected seconds, 0.1..86400, not \"inf\""},
+        {NULL, {"check", "--db", "x", "--config", ""}, "--config: must not be empty"},
+        {NULL, {"repair", "--db", "x", "--replay", "1", "--by", ""},
+         "--by: must not be blank"},
+        {NULL, {"repair", "--db", "x", "--replay", "1", "--by", " \t"},
+         "--by: must not be blank"},
+        {NULL, {"repair", "--db", "x", "--discard", "1", "--reason", " "},
+         "--reason: must not be blank"},
+        {NULL, {"repair", "--db", "x", "--replay", "1", "--reason", "\n"},
+         "--reason: must not be blank"},
+        {NULL, {"repair", "--db", "x", "--replay", "1", "--reason", ""},
+         "--reason: must not be blank"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        clear_env(state);
+        if (cases[i].env) {
+            char name[64];
+            const char *eq = strchr(cases[i].env, '=');
+            snprintf(name, sizeof name, "%.*s", (int)(eq - cases[i].env), cases[i].env);
+            setenv(name, eq + 1, 1);
+        }
+        char *out = NULL, *err = NULL;
+        int st = tu_reconcile(cases[i].args, 30000, &out, &err);
+        if (st != 16 || !strstr(err, cases[i].want))
+            fail_msg("case %zu: exit %d, expected 16 and \"%s\" in:\n%s", i, st, cases[i].want,
+                     err);
+        free(out);
+        free(err);
+    }
+    clear_env(state);
+    /* What was taken still is. */
+    static const struct {
+        const char *text;
+        double want;
+    } good[] = {{"0.1", 0.1}, {"60", 60}, {"1.5", 1.5}, {"86400", 86400}, {"007", 7}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        rc_options o;
+        assert_int_equal(parse_v("run", &o, ARGS("--db", "x", "--interval", good[i].text)), 0);
+        assert_true(o.interval_s == good[i].want);
+        rc_options_free(&o);
+    }
+    rc_options o;
+    assert_int_equal(parse_v("repair", &o, ARGS("--db", "x", "--discard", "1", "--by",
+                                                "alice", "--reason", " drop it")), 0);
+    assert_string_equal(o.by, "alice");
+    assert_string_equal(o.reason, " drop it");
+    rc_options_free(&o);
+}
+
 /* The sample make install puts in share/ferry loads, and has every key. */
 static void the_sample_reconcile_yaml_loads_and_has_every_setting(void **state)
 {
@@ -277,7 +415,10 @@ int main(void)
         cmocka_unit_test_setup(precedence_and_the_config_variable, clear_env),
         cmocka_unit_test_setup(secret_references, clear_env),
         cmocka_unit_test_setup(errors_name_the_setting_and_place, clear_env),
+        cmocka_unit_test_setup(a_bad_metrics_address_is_refused_naming_the_place, clear_env),
+        cmocka_unit_test_setup(odd_numbers_and_blank_words_are_refused, clear_env),
         cmocka_unit_test_setup(the_sample_reconcile_yaml_loads_and_has_every_setting, clear_env),
     };
+    tu_filter_from_env();
     return cmocka_run_group_tests(tests, clear_env, clear_env);
 }

@@ -39,12 +39,13 @@ typedef struct daemon_proc {
     int port;               /* its --metrics port */
 } daemon_proc;
 
-static daemon_proc spawn_run(const char *holder)
+/* ferry-reconcile run, a pass every interval seconds. */
+static daemon_proc spawn_run_every(const char *holder, const char *interval)
 {
     /* Port 0: the kernel picks one, and the daemon must say which. */
     daemon_proc d = {.port = 0};
     const char *argv[] = {tu_reconcile_bin(), "run", "--db", fpg_conninfo(tu_pg),
-                          "--interval", "0.2", "--lease-ttl", LEASE_TTL, "--holder", holder,
+                          "--interval", interval, "--lease-ttl", LEASE_TTL, "--holder", holder,
                           "--metrics", "127.0.0.1:0", NULL};
     d.proc = tu_proc_start(argv, NULL);
     tu_proc_await_log(&d.proc, "\"event\":\"metrics.listen\"", STARTUP_MS);
@@ -55,6 +56,11 @@ static daemon_proc spawn_run(const char *holder)
         tu_proc_fail(&d.proc, "metrics.listen names no port");
     free(log);
     return d;
+}
+
+static daemon_proc spawn_run(const char *holder)
+{
+    return spawn_run_every(holder, "0.2");
 }
 
 /* ------------------------------------------------------------------ */
@@ -117,6 +123,16 @@ static int healthz(daemon_proc *d)
         tu_proc_fail(&d->proc, "/healthz 200 with body \"%s\"", r.body);
     free(r.raw);
     return status;
+}
+
+/* /healthz of d: its status, and its body in *body (malloc'd). */
+static int healthz_body(daemon_proc *d, char **body)
+{
+    tu_http_reply r = tu_http_get(d->port, "/healthz");
+    *body = strdup(r.body ? r.body : "");
+    assert_non_null(*body);
+    free(r.raw);
+    return r.status;
 }
 
 /* ------------------------------------------------------------------ */
@@ -256,8 +272,73 @@ static void run_that_loses_its_lease_between_passes_stands_by(void **state)
     PQfinish(c);
 }
 
+/*
+ * The database goes away between passes (the daemon waits a minute
+ * between them, so no pass runs into the outage): /healthz answers 503,
+ * naming the database, while it cannot reach it; once it is back and a
+ * pass ran, 200 again. Once, no pass ran while the database was away, so
+ * the last pass's error count stayed 0 and /healthz said 200 throughout.
+ */
+static void run_is_unhealthy_while_its_database_is_unreachable(void **state)
+{
+    if (fpg_external(tu_pg))
+        skip();             /* the server cannot be stopped */
+    daemon_proc d = spawn_run_every("rcm-cut-off", "60");
+    await_sample(&d, "ferry_reconcile_passes_total", 1, STARTUP_MS);
+    assert_int_equal(healthz(&d), 200);
+
+    assert_int_equal(fpg_stop(tu_pg, "fast"), 0);
+    tu_proc_await_log(&d.proc, "\"event\":\"reconcile.db_lost\"", 30000);
+    char *body = NULL;
+    int status = healthz_body(&d, &body);
+    if (status != 503 || strstr(body, "database") == NULL)
+        tu_proc_fail(&d.proc, "/healthz answered %d \"%s\" with the database unreachable, "
+                     "want 503 naming the database", status, body);
+    free(body);
+    char *t = scrape(&d);
+    double passes = sample(&d, t, "ferry_reconcile_passes_total");
+    assert_true(sample(&d, t, "ferry_reconcile_errors_total") >= 1);
+    free(t);
+
+    assert_int_equal(fpg_start_again(tu_pg), 0);
+    await_sample(&d, "ferry_reconcile_passes_total", passes + 1, 30000);
+    t = scrape(&d);
+    assert_true(sample(&d, t, "ferry_reconcile_last_pass_status") == 0);
+    free(t);
+    assert_int_equal(healthz(&d), 200);
+
+    assert_int_equal(kill(d.proc.pid, SIGTERM), 0);
+    int st = tu_proc_wait(&d.proc, 30000);
+    if (st != 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGTERM, want 0", st);
+    tu_proc_done(&d.proc);
+}
+
+/* SIGHUP: run reloads nothing, says so and goes on holding its lease.
+ * Once it died of the default action (exit 129, no log line), keeping the
+ * lease until its TTL ran out. */
+static void run_ignores_sighup_and_says_so(void **state)
+{
+    daemon_proc d = spawn_run_every("rcm-hangup", "60");
+    await_sample(&d, "ferry_reconcile_passes_total", 1, STARTUP_MS);
+    assert_int_equal(kill(d.proc.pid, SIGHUP), 0);
+    tu_proc_await_log(&d.proc, "\"event\":\"signal.ignored\"", 30000);
+    if (tu_proc_poll(&d.proc) >= 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGHUP", d.proc.status);
+    char *t = scrape(&d);
+    assert_true(sample(&d, t, "ferry_reconcile_active") == 1);
+    free(t);
+    assert_int_equal(kill(d.proc.pid, SIGTERM), 0);
+    int st = tu_proc_wait(&d.proc, 30000);
+    if (st != 0)
+        tu_proc_fail(&d.proc, "exited with %d on SIGTERM, want 0", st);
+    tu_proc_done(&d.proc);
+}
+
 /* An address it cannot serve on: refused at start, before any database
- * work, with the reason on stderr. */
+ * work, with the reason on stderr. One that is not an address at all is
+ * a bad setting, refused when the settings are read (exit 16, the place
+ * named: test_rc_config); one in use is run's operational error. */
 static void bad_metrics_address_is_refused(void **state)
 {
     /* A port in use. */
@@ -271,18 +352,18 @@ static void bad_metrics_address_is_refused(void **state)
     char taken[64];
     snprintf(taken, sizeof taken, "127.0.0.1:%d", ntohs(a.sin_port));
 
-    static const struct { const char *address, *why; } cases[] = {
-        {"127.0.0.1:99999", "bad port"},
-        {"::1:80", "needs brackets"},
-        {NULL, "in use"},
+    static const struct { const char *address, *why; int status; } cases[] = {
+        {"127.0.0.1:99999", "--metrics: the port must be a number", 16},
+        {"::1:80", "--metrics: an IPv6 host needs brackets", 16},
+        {NULL, "in use", 8},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *address = cases[i].address ? cases[i].address : taken;
         const char *args[] = {"run", "--db", fpg_conninfo(tu_pg), "--metrics", address, NULL};
         char *err = NULL;
         int rc = tu_reconcile(args, 60000, NULL, &err);
-        if (rc != 8 || !strstr(err, "ferry-reconcile: ") || !strstr(err, cases[i].why) ||
-            !strstr(err, address))
+        if (rc != cases[i].status || !strstr(err, "ferry-reconcile") ||
+            !strstr(err, cases[i].why) || !strstr(err, address))
             fail_msg("--metrics %s: exit %d, stderr:\n%s", address, rc, err);
         free(err);
     }
@@ -295,6 +376,8 @@ int main(void)
         cmocka_unit_test(run_serves_metrics_and_hands_over),
         cmocka_unit_test(bad_metrics_address_is_refused),
         cmocka_unit_test(run_that_loses_its_lease_between_passes_stands_by),
+        cmocka_unit_test(run_is_unhealthy_while_its_database_is_unreachable),
+        cmocka_unit_test(run_ignores_sighup_and_says_so),
     };
     tu_filter_from_env();
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);

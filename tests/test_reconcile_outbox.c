@@ -311,6 +311,53 @@ static void dead_leases_are_expired(void **state)
     PQfinish(c);
 }
 
+/* holder's heartbeat as a relay with lease_ttl_ms ttl_s * 1000 leaves it
+ * when it last renewed silent_s seconds ago. */
+static void heartbeat_renewed_ago(PGconn *c, const char *holder, int ttl_s, int silent_s)
+{
+    char *sql = tu_sprintf("UPDATE ferry.lease SET renewed_at = now() - interval '%d seconds', "
+                           "  expires_at = now() + interval '%d seconds' "
+                           "WHERE name = 'relay:%s'",
+                           silent_s, ttl_s - silent_s, holder);
+    tu_exec(c, sql);
+    free(sql);
+}
+
+/*
+ * A relay renews its heartbeat every third of its TTL: with a TTL of 60 s,
+ * every 20 s. Without a session (reconnecting), one that renewed 15 s ago
+ * is on schedule, not dead; the old rule (silent after 10 s at most)
+ * expired its leases (the audit saw all 16 shards expired 0.4 s after a
+ * relay's sessions were terminated, its heartbeat 49 s from expiry). One
+ * silent past a renewal period and its margin (30 s) is dead.
+ */
+static void a_long_ttl_relay_without_a_session_is_dead_only_once_silent(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_leases(c, "on-time", 0, 7, 0);
+    heartbeat_renewed_ago(c, "on-time", 60, 15);
+    seed_leases(c, "silent", 8, 15, 0);
+    heartbeat_renewed_ago(c, "silent", 60, 30);
+
+    run_result r = check_finds(c, NULL);
+    expect_findings(&r, "outbox", "dead_lease", "found", 1, 8);
+    json_t *f = finding(&r, "outbox", "dead_lease", "relay silent");
+    assert_non_null(strstr(message_of(f), "no session"));
+    run_free(&r);
+
+    r = reconcile("repair", NULL, NULL);
+    expect_status(&r, 1);
+    expect_findings(&r, "outbox", "dead_lease", "repaired", 1, 8);
+    run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'on-time' "
+                               "AND expires_at > now() + interval '50 minutes'"), 8);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE name = 'relay:on-time' "
+                               "AND expires_at > now()"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.lease WHERE holder = 'silent' "
+                               "AND expires_at <= now()"), 9);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------- over-attempted */
 
 static void over_attempted_rows_become_dead_letters(void **state)
@@ -555,9 +602,12 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     tu_await(c, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity "
                 "WHERE application_name = 'ferry-relay rc-dead-a')", 10000);
     /* No session is not enough: its heartbeat must have gone silent too
-     * (10 s without a renewal; a relay reconnecting renews sooner). */
-    tu_await(c, "SELECT renewed_at < now() - interval '10 seconds' FROM ferry.lease "
-                "WHERE name = 'relay:rc-dead-a'", 30000);
+     * (a third of its TTL and 5 s without a renewal: 205 s here; a relay
+     * reconnecting renews sooner). The heartbeat is moved back by 300 s
+     * rather than waited for, and still has 300 s to run. */
+    tu_exec(c, "UPDATE ferry.lease SET renewed_at = renewed_at - interval '300 seconds', "
+               "  expires_at = expires_at - interval '300 seconds' "
+               "WHERE name = 'relay:rc-dead-a'");
     emit_n(c, "t.takeover", 40, 8);
     backdate(c, "t.takeover");
 
@@ -602,6 +652,55 @@ static void dead_relay_shards_go_to_a_live_one(void **state)
     assert_int_equal(tu_proc_stop(&b, 30000), 0);
     tu_proc_done(&a);
     tu_proc_done(&b);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------ the text report */
+
+/*
+ * Any writer may emit a key (or a dead letter's reason) with control
+ * characters: emit takes any valid UTF-8 without NUL. The text report
+ * printed them raw, so a writer could add lines of its own ("[repaired]
+ * forged", "summary: no problems; exit 0") and terminal escapes. Every
+ * value from the database is escaped now: \n, \x1b, \\ as in C.
+ */
+static void the_text_report_escapes_what_writers_wrote(void **state)
+{
+    PGconn *c = tu_connect();
+    static const char forged[] =
+        "E'k\\\\1\\n  [repaired] forged: everything is fine\\nsummary: no problems; "
+        "exit 0\\n\\x1b[2J\\u009b'";
+    char *sql = tu_sprintf("SELECT ferry.emit('orders', %s, 'T', '{}')", forged);
+    tu_exec(c, sql);
+    free(sql);
+    backdate(c, "orders");
+    /* A dead letter of the same key, with a reason of the same kind. */
+    sql = tu_sprintf(
+        "SELECT ferry.emit('orders.dl', %s, 'T', '{}'); "
+        "WITH m AS (DELETE FROM ferry.outbox WHERE topic = 'orders.dl' RETURNING *) "
+        "INSERT INTO ferry.dead_letter (message_id, consumer, topic, aggregatetype, aggregateid, "
+        "  type, payload, headers, seq, shard, created_at, attempts, reason) "
+        "SELECT id, '', topic, aggregatetype, aggregateid, type, payload, headers, seq, shard, "
+        "  created_at, 10, E'boom\\n  [repaired] forged reason\\r\\x1b[31m' FROM m",
+        forged);
+    tu_exec(c, sql);
+    free(sql);
+
+    char *conninfo = strdup(fpg_conninfo(tu_pg));
+    const char *args[] = {"check", "--db", conninfo, "--no-progress", NULL};
+    char *out = NULL, *err = NULL;
+    int status = tu_reconcile(args, 60000, &out, &err);
+    if (status != 4 || strchr(out, '\x1b') != NULL || strchr(out, '\r') != NULL ||
+        strstr(out, "\xc2\x9b") != NULL || strstr(out, "\n  [repaired] forged") != NULL ||
+        strstr(out, "\nsummary: no problems; exit 0") != NULL ||
+        strstr(out, "k\\\\1\\n  [repaired] forged: everything is fine\\nsummary: no "
+                    "problems; exit 0\\n\\x1b[2J\\u009b") == NULL ||
+        strstr(out, "boom\\n  [repaired] forged reason\\r\\x1b[31m") == NULL)
+        fail_msg("check exited %d; its text report is not escaped:\n%s\nstderr:\n%s", status,
+                 out, err);
+    free(out);
+    free(err);
+    free(conninfo);
     PQfinish(c);
 }
 
@@ -656,6 +755,38 @@ static void a_dead_letter_whose_id_was_used_again_goes_back_all_the_same(void **
     /* The other keys' messages are as they were. */
     assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.reused' "
                                "AND aggregateid LIKE 'other-%' AND payload = '{}'"), 2);
+    PQfinish(c);
+}
+
+/*
+ * Two decisions naming one letter through different targets (its id and
+ * its TOPIC/KEY): refused as a usage error naming both flags, nothing
+ * done. Once the first was carried out, the second found no letter and
+ * was skipped silently (exit 1), and dead_letter_log recorded a replay
+ * with the discard's reason.
+ */
+static void two_decisions_on_one_letter_by_different_names_are_refused(void **state)
+{
+    PGconn *c = tu_connect();
+    relay_dead_letter(c, "t.twice", "K1", 1);
+    char *id = tu_str(c, "SELECT id::text FROM ferry.dead_letter WHERE aggregateid = 'K1'");
+    char *before = fingerprint(c);
+    const char *args[] = {"--replay", "t.twice/K1", "--discard", id, "--reason", "drop it",
+                          NULL};
+    run_result r = reconcile("repair", NULL, args);
+    expect_status(&r, 16);
+    char *want = tu_sprintf("--replay t.twice/K1 and --discard %s: one decision per dead "
+                            "letter", id);
+    if (strstr(r.err, want) == NULL)
+        fail_msg("stderr names not both flags (want \"%s\"):\n%s", want, r.err);
+    free(want);
+    run_free(&r);
+    char *after = fingerprint(c);
+    assert_string_equal(before, after);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter_log"), 0);
+    free(before);
+    free(after);
+    free(id);
     PQfinish(c);
 }
 
@@ -883,11 +1014,15 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(dead_leases_are_expired, reset),
+        cmocka_unit_test_setup(a_long_ttl_relay_without_a_session_is_dead_only_once_silent, reset),
         cmocka_unit_test_setup(over_attempted_rows_become_dead_letters, reset),
         cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
         cmocka_unit_test_setup(lag_is_found_whatever_the_ids, reset),
+        cmocka_unit_test_setup(the_text_report_escapes_what_writers_wrote, reset),
         cmocka_unit_test_setup(dead_letters_replayed_and_discarded, reset),
+        cmocka_unit_test_setup(two_decisions_on_one_letter_by_different_names_are_refused,
+                               reset),
         cmocka_unit_test_setup(a_dead_letter_whose_id_was_used_again_goes_back_all_the_same,
                                reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
