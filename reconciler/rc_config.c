@@ -266,7 +266,11 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
     const rc_setting *s = &settings[k];
     char why[512];
     char *text = NULL;
-    if (confref_expand(raw, &text, why, sizeof why) != 0)
+    /* The connection string's references go in as its values, quoted
+     * (common/confref.h), as the relay's do. */
+    int expanded = k == S_DB - S_DB ? confref_expand_conninfo(raw, &text, why, sizeof why)
+                                    : confref_expand(raw, &text, why, sizeof why);
+    if (expanded != 0)
         return cmd_error(cmd, "%s: %s", where, why);
     int rc = 0;
     long v;

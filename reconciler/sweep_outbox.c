@@ -72,11 +72,19 @@ typedef struct outbox_pass {
  * reconciler expired a reconnecting relay's leases with 49 s left on its
  * heartbeat. A relay killed with kill -9 is seen dead one such silence
  * after its last renewal, or when its heartbeat expires.
+ *
+ * A session counts only if its role could be a relay's (a member of
+ * ferry_relay, or the schema's owner): any role may name its session
+ * "ferry-relay NAME", and a writer's so named kept a dead relay's shards
+ * held until its heartbeat expired (an outside audit).
  */
 #define HOLDER_SESSION(h)                                                                  \
     "(" h " !~ '^[ -~]*$' "                                                                \
     " OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database() "   \
-    "            AND a.application_name = left('ferry-relay ' || " h ", 63)))"
+    "            AND a.application_name = left('ferry-relay ' || " h ", 63) "              \
+    "            AND (pg_has_role(a.usesysid, 'ferry_relay', 'MEMBER') "                    \
+    "                 OR a.usesysid = (SELECT nspowner FROM pg_namespace "                  \
+    "                                   WHERE nspname = 'ferry'))))"
 #define HOLDER_SILENT(h)                                                                   \
     "NOT EXISTS (SELECT 1 FROM ferry.lease hs WHERE hs.name = 'relay:' || " h              \
     "            AND hs.renewed_at > now() - least((hs.expires_at - hs.renewed_at) / 2, "   \

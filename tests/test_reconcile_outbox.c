@@ -358,6 +358,29 @@ static void a_long_ttl_relay_without_a_session_is_dead_only_once_silent(void **s
     PQfinish(c);
 }
 
+/* A writer's session named like the silent relay's ("ferry-relay
+ * silent") is not that relay's: it is still dead once silent. Before:
+ * "alive but behind", its shards held until its heartbeat expired. */
+static void a_session_named_like_a_relay_by_another_role_keeps_no_relay_alive(void **state)
+{
+    PGconn *c = tu_connect();
+    seed_leases(c, "silent", 8, 15, 0);
+    heartbeat_renewed_ago(c, "silent", 60, 30);
+    tu_exec(c, "DROP ROLE IF EXISTS ro_forger; CREATE ROLE ro_forger LOGIN; "
+               "GRANT ferry_writer TO ro_forger");
+    char *ci = tu_sprintf("%s user=ro_forger application_name='ferry-relay silent'",
+                          fpg_conninfo(tu_pg));
+    PGconn *f = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(f), CONNECTION_OK);
+    run_result r = check_finds(c, NULL);
+    expect_findings(&r, "outbox", "dead_lease", "found", 1, 8);
+    run_free(&r);
+    PQfinish(f);
+    tu_exec(c, "DROP ROLE ro_forger");
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------- over-attempted */
 
 static void over_attempted_rows_become_dead_letters(void **state)
@@ -1015,6 +1038,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(dead_leases_are_expired, reset),
         cmocka_unit_test_setup(a_long_ttl_relay_without_a_session_is_dead_only_once_silent, reset),
+        cmocka_unit_test_setup(a_session_named_like_a_relay_by_another_role_keeps_no_relay_alive,
+                               reset),
         cmocka_unit_test_setup(over_attempted_rows_become_dead_letters, reset),
         cmocka_unit_test_setup(a_dead_letter_clash_keeps_the_row, reset),
         cmocka_unit_test_setup(lag_is_reported_per_shard_with_the_reason, reset),
