@@ -280,7 +280,8 @@ httpd *httpd_start(const char *host_port, httpd_metrics_fn metrics, httpd_health
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTPD_CONNECTIONS_MAX,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)HTTPD_CONNECTIONS_PER_ADDRESS,
         MHD_OPTION_END);
 
     char why[START_ERROR_SIZE];
@@ -312,6 +313,14 @@ out_destroy_lock:
 out_free:
     free(h);
     return NULL;
+}
+
+int httpd_connections(const httpd *h)
+{
+    const union MHD_DaemonInfo *info =
+        h && h->daemon ? MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS)
+                       : NULL;
+    return info ? (int)info->num_connections : -1;
 }
 
 void httpd_stop(httpd *h)

@@ -16,6 +16,13 @@
 
 typedef struct httpd httpd;
 
+/* Connections served at once, and from one address. A connection that
+ * sends a byte now and then is never idle long enough to be timed out:
+ * 64 such held every slot, and a probe of /healthz got no answer (an
+ * outside audit). From one address they now hold at most a few; a probe
+ * from another (the kubelet's, a scraper's) is answered. */
+enum { HTTPD_CONNECTIONS_MAX = 256, HTTPD_CONNECTIONS_PER_ADDRESS = 8 };
+
 /* The /metrics body: malloc'd text (the server frees it), NULL when out of
  * memory (the request gets a 500). */
 typedef char *(*httpd_metrics_fn)(void *arg);
@@ -40,6 +47,9 @@ void httpd_address(const char *host_port, int bound_port, char *out, size_t len)
  * address and the bound port): with port 0, or behind a proxy, the one
  * way to know where to scrape. */
 void httpd_log_listen(const char *host_port, int bound_port);
+/* The connections open now (-1 unknown): for tests that wait for the
+ * server to have taken theirs. */
+int httpd_connections(const httpd *h);
 /* Stop serving and free h; NULL ok. */
 void httpd_stop(httpd *h);
 

@@ -20,6 +20,7 @@
 #include "tu_http.h"
 #include "../daemon/metrics.h"
 #include "promtext.h"
+#include "httpd.h"
 
 /* ------------------------------------------------------------------ */
 /* Reading the exposition                                               */
@@ -468,6 +469,83 @@ static void serve_metrics_and_health(void **state)
     metrics_free(m);       /* stops the server */
 }
 
+static char *fixed_metrics(void *arg)
+{
+    return strdup("x 1\n");
+}
+
+/* A connection to 127.0.0.1:port from source address src ("127.0.0.2"):
+ * its socket, or -1. */
+static int connect_from(const char *src, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in from = {.sin_family = AF_INET}, to = {.sin_family = AF_INET};
+    inet_pton(AF_INET, src, &from.sin_addr);
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    to.sin_port = htons((uint16_t)port);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
+        connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+/*
+ * Connections from one address that send a header line now and then are
+ * never idle long enough to time out. Seventy of them from 127.0.0.1, the
+ * server has taken what it takes of them, and /healthz asked from
+ * 127.0.0.2 is answered while they are open. Before: 64 of them held
+ * every slot, and the probe was answered only when they went (an outside
+ * audit; a liveness probe would have restarted the relay).
+ */
+static void slow_connections_from_one_address_leave_room_for_others(void **state)
+{
+    int port = -1;
+    char err[256] = "";
+    httpd *h = httpd_start("127.0.0.1:0", fixed_metrics, NULL, NULL, &port, err, sizeof err);
+    if (h == NULL)
+        fail_msg("%s", err);
+    enum { SLOW = 70 };
+    int fds[SLOW];
+    static const char partial[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n";
+    for (int i = 0; i < SLOW; i++) {
+        fds[i] = connect_from("127.0.0.1", port);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(send(fds[i], partial, sizeof partial - 1, MSG_NOSIGNAL),
+                         (ssize_t)(sizeof partial - 1));
+    }
+    /* The server has taken at least 8 of them (64 before). */
+    for (int waited = 0; httpd_connections(h) < 8; waited++) {
+        if (waited > 10000)
+            fail_msg("the server took %d connections in 10 s", httpd_connections(h));
+        nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);     /* polling the server */
+    }
+    int probe = connect_from("127.0.0.2", port);
+    assert_true(probe >= 0);
+    static const char get[] = "GET /healthz HTTP/1.0\r\n\r\n";
+    assert_int_equal(send(probe, get, sizeof get - 1, MSG_NOSIGNAL), (ssize_t)(sizeof get - 1));
+    char reply[256] = "";
+    ssize_t got = recv(probe, reply, sizeof reply - 1, MSG_WAITALL);
+    if (got <= 0 || strstr(reply, " 200 ") == NULL)
+        fail_msg("the probe from another address got %zd bytes: %s", got, reply);
+    /* Answered while the first slow connection is still open: not once
+     * the server had timed them out (it does after 10 s idle, and a client
+     * that sends a byte now and then is never idle). */
+    char byte;
+    ssize_t open = recv(fds[0], &byte, 1, MSG_DONTWAIT);
+    if (open >= 0)
+        fail_msg("the first slow connection was closed: the probe was answered only once the "
+                 "server had timed the slow ones out");
+    close(probe);
+    for (int i = 0; i < SLOW; i++)
+        close(fds[i]);
+    httpd_stop(h);
+}
+
 static void serve_all_interfaces_and_ipv6(void **state)
 {
     static const char *const any[] = {"*:0", ":0"};
@@ -664,6 +742,7 @@ int main(void)
         cmocka_unit_test(shard_gauges_only_when_set),
         cmocka_unit_test(concurrent_updates_are_exact),
         cmocka_unit_test(serve_metrics_and_health),
+        cmocka_unit_test(slow_connections_from_one_address_leave_room_for_others),
         cmocka_unit_test(serve_all_interfaces_and_ipv6),
         cmocka_unit_test(bad_addresses_are_refused),
         cmocka_unit_test(port_in_use_is_refused),
