@@ -656,6 +656,45 @@ static void relay_stamps_only_gates_left_to_be_stamped(void **state)
     PQfinish(admin);
 }
 
+/* The relay writes the relays' leases (shards, heartbeats, the WAL slot's)
+ * and no other: before schema 38 it could take the reconciler's for an
+ * hour and so stop every repair (an outside audit). */
+static void relay_writes_only_the_relays_leases(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('reconciler', 'shard:9999', "
+                   "'relay:pv-r', 'wal:pv')");
+    tu_exec(admin, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                   "VALUES ('reconciler', 'rc', 1, now() + interval '1 minute')");
+    char buf[1024];
+    /* Committed, each: the rows it may not touch it does not see to write. */
+    tu_exec(as[R_RELAY], "UPDATE ferry.lease SET holder = 'evil', "
+                         "expires_at = now() + interval '1 hour' WHERE name = 'reconciler'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'reconciler' "
+                                   "AND holder = 'rc'"), 1);
+    tu_exec(as[R_RELAY], "DELETE FROM ferry.lease WHERE name = 'reconciler'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'reconciler'"),
+                     1);
+    const char *got;
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name = 'reconciler'");
+    got = try_as(R_RELAY, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                          "VALUES ('reconciler', 'evil', 1, now() + interval '1 hour')",
+                 buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the relay took the reconciler's lease: %s", got ? got : "allowed");
+    /* Its own it writes, and it reads every one. */
+    tu_exec(as[R_RELAY], "INSERT INTO ferry.lease (name, holder, epoch, expires_at) VALUES "
+                         "('shard:9999', 'pv-r', 1, now()), ('relay:pv-r', 'pv-r', 1, now()), "
+                         "('wal:pv', 'pv-r', 1, now())");
+    tu_exec(admin, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                   "VALUES ('reconciler', 'rc', 1, now() + interval '1 minute')");
+    tu_assert_str(as[R_RELAY], "SELECT count(*) FROM ferry.lease WHERE name IN ('reconciler', "
+                               "'shard:9999', 'relay:pv-r', 'wal:pv')", "4");
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('reconciler', 'shard:9999', "
+                   "'relay:pv-r', 'wal:pv')");
+    PQfinish(admin);
+}
+
 /* The reconciler moves over-attempted outbox rows to the relay's dead
  * letters and purges published ones, through functions that do only that:
  * it writes no dead letter itself (one it made could be replayed into the
@@ -812,6 +851,7 @@ int main(void)
         cmocka_unit_test(relay_makes_relay_dead_letters_only),
         cmocka_unit_test(relay_parks_only_positions_emit_handed_out),
         cmocka_unit_test(relay_stamps_only_gates_left_to_be_stamped),
+        cmocka_unit_test(relay_writes_only_the_relays_leases),
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),
