@@ -158,6 +158,13 @@ static void render(strbuf *b, json_t *root, unsigned long long updates)
            "# TYPE ferry_kafka_broker_up gauge\n");
     for (size_t i = 0; i < n; i++) {
         const char *state = json_string_value(json_object_get(objs[i], "state"));
+        /* A broker the producer has had no need to connect to yet
+         * (librdkafka's sparse connections: no partition it leads has had
+         * a message) is not down: it read 0, and the README's
+         * FerryKafkaBrokerDown fired on a healthy cluster (an outside
+         * audit). It gets no series until it is tried. */
+        if (state != NULL && strcmp(state, "INIT") == 0)
+            continue;
         sb_printf(b, "ferry_kafka_broker_up{broker=\"");
         promtext_label_value(b, names[i]);
         sb_printf(b, "\"} %d\n", state && strcmp(state, "UP") == 0);

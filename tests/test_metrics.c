@@ -661,7 +661,9 @@ static const char stats_doc[] =
     "\":0/internal\":{\"name\":\":0/internal\",\"nodeid\":-1,\"state\":\"UP\"},"
     "\"b\\\"1:9092/1\":{\"nodeid\":1,\"state\":\"UP\",\"outbuf_cnt\":2,\"waitresp_cnt\":3,"
     "\"tx\":10,\"txerrs\":1,\"txretries\":4,\"req_timeouts\":5,\"rxerrs\":6,\"connects\":2,"
-    "\"disconnects\":1,\"rtt\":{\"avg\":1500,\"p99\":9000},\"int_latency\":{\"avg\":250}}}}";
+    "\"disconnects\":1,\"rtt\":{\"avg\":1500,\"p99\":9000},\"int_latency\":{\"avg\":250}},"
+    "\"idle:9092/2\":{\"nodeid\":2,\"state\":\"INIT\",\"connects\":0},"
+    "\"gone:9092/3\":{\"nodeid\":3,\"state\":\"CONNECT\",\"connects\":1}}}";
 
 static void kafka_statistics_become_families(void **state)
 {
@@ -702,6 +704,10 @@ static void kafka_statistics_become_families(void **state)
     assert_true(sample(text, "ferry_kafka_sent_messages_total") == 50);
     assert_true(sample(text, "ferry_kafka_stats_updates_total") == 1);
     assert_null(strstr(text, ":0/internal"));
+    /* A broker not tried yet (sparse connections) is not down: no series.
+     * One being connected to is not up. */
+    assert_null(strstr(text, "ferry_kafka_broker_up{broker=\"idle:9092/2\"}"));
+    assert_true(sample(text, "ferry_kafka_broker_up{broker=\"gone:9092/3\"}") == 0);
     free(text);
 
     /* Not a document: refused, and the last one stays. */
