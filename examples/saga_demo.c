@@ -58,8 +58,12 @@
 enum {
     SAGA_TIMEOUT_MS = 20000,        /* start -> finished; a saga takes well under 1 s once
                                        the consumers have joined their groups */
-    RELAY_LEASE_TTL_MS = 120000,    /* the first relay's leases: long enough to outlive
-                                       the last act unless the reconciler expires them */
+    RELAY_LEASE_TTL_MS = 72000,     /* the first relay's leases: long enough to outlive
+                                       the wait for the saga's timer (31 s) and the check
+                                       and repair after it (they expire 48 s or more
+                                       after the kill: renewed every 24 s), short enough
+                                       that the reconciler calls the relay silent by then
+                                       (a third of it and 5 s: 29 s without renewing) */
     NEW_RELAY_LEASE_TTL_MS = 3000,  /* the second's: a lease tick every second */
     SAGA_GRACE_MS = 1000,           /* RULES_FILE's saga_grace */
     SESSION_GONE_MS = 5000,         /* a killed relay's sessions end in this time */
