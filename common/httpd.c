@@ -315,6 +315,44 @@ out_free:
     return NULL;
 }
 
+/*
+ * The grammar httpd_start() accepts, checked where a setting is read so
+ * that a bad one is refused with its place (binding it — in use, a name
+ * that does not resolve — stays an error at start): HOST:PORT, HOST empty
+ * or "*" (every IPv4 interface), a name, an IPv4 address, or an IPv6
+ * address in brackets; PORT 0..65535 (0: the kernel picks). NULL, or what
+ * is wrong. One check for both programs' --metrics.
+ */
+const char *httpd_address_problem(const char *s)
+{
+    const char *port;
+    size_t hostlen;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close == s + 1 || close[1] != ':')
+            return "expected HOST:PORT, with an IPv6 host as [ADDRESS]:PORT";
+        hostlen = (size_t)(close - s - 1);
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon)
+            return "expected HOST:PORT";
+        if (memchr(s, ':', (size_t)(colon - s)))
+            return "an IPv6 host needs brackets, as in [::1]:9187";
+        hostlen = (size_t)(colon - s);
+        port = colon + 1;
+    }
+    if (hostlen > 255)
+        return "host name too long";
+    for (const char *h = s; h < port - 1; h++)
+        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
+            return "the host contains a space or a control character";
+    size_t digits = strspn(port, "0123456789");
+    if (digits == 0 || digits > 5 || port[digits] != '\0' || strtol(port, NULL, 10) > 65535)
+        return "the port must be a number from 0 to 65535";
+    return NULL;
+}
+
 int httpd_connections(const httpd *h)
 {
     const union MHD_DaemonInfo *info =

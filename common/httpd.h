@@ -47,6 +47,9 @@ void httpd_address(const char *host_port, int bound_port, char *out, size_t len)
  * address and the bound port): with port 0, or behind a proxy, the one
  * way to know where to scrape. */
 void httpd_log_listen(const char *host_port, int bound_port);
+/* NULL when host_port is of the form httpd_start takes (HOST:PORT, an
+ * IPv6 host in brackets, PORT 0..65535), else what is wrong with it. */
+const char *httpd_address_problem(const char *host_port);
 /* The connections open now (-1 unknown): for tests that wait for the
  * server to have taken theirs. */
 int httpd_connections(const httpd *h);

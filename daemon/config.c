@@ -60,6 +60,7 @@
  */
 #include "config.h"
 #include "confref.h"
+#include "httpd.h"
 #include "../lib/internal.h"
 #include "../lib/yaml_walk.h"
 
@@ -490,41 +491,6 @@ static int parse_int(const char *text, long min, long max, int *out, char *why, 
     return 0;
 }
 
-/*
- * The grammar metrics_serve() accepts: HOST:PORT, HOST empty or "*" (every
- * IPv4 interface), a name, an IPv4 address, or an IPv6 address in
- * brackets; PORT 0..65535 (0: the kernel picks). NULL, or what is wrong.
- */
-static const char *metrics_problem(const char *s)
-{
-    const char *port;
-    size_t hostlen;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close == s + 1 || close[1] != ':')
-            return "expected HOST:PORT, with an IPv6 host as [ADDRESS]:PORT";
-        hostlen = (size_t)(close - s - 1);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon)
-            return "expected HOST:PORT";
-        if (memchr(s, ':', (size_t)(colon - s)))
-            return "an IPv6 host needs brackets, as in [::1]:9187";
-        hostlen = (size_t)(colon - s);
-        port = colon + 1;
-    }
-    if (hostlen > 255)
-        return "host name too long";
-    for (const char *h = s; h < port - 1; h++)
-        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
-            return "the host contains a space or a control character";
-    size_t digits = strspn(port, "0123456789");
-    if (digits == 0 || digits > 5 || port[digits] != '\0' || strtol(port, NULL, 10) > 65535)
-        return "the port must be a number from 0 to 65535";
-    return NULL;
-}
-
 /* Bytes 0x20 .. 0x7e only. */
 static bool printable_ascii(const char *t)
 {
@@ -568,7 +534,7 @@ static int apply_value(loader *ld, int k, const char *raw, const where *w)
         if (!text[0])
             problem = "must not be empty";
         else if (s->index == STR_metrics)
-            problem = metrics_problem(text);
+            problem = httpd_address_problem(text);
         else if (s->index == STR_source)
             problem = relay_source_problem(text);
         else if (s->index == STR_holder && strlen(text) > RELAY_HOLDER_MAX)

@@ -30,6 +30,7 @@
 #include "internal.h"
 #include "yaml_walk.h"
 #include "confref.h"
+#include "httpd.h"
 #include "rc_config.h"
 
 #define RC_CONFIG_FILE_MAX (64 * 1024)
@@ -217,46 +218,6 @@ static int cmd_error(const char *cmd, const char *fmt, ...)
 /* ------------------------------------------------------------ values */
 
 /*
- * The grammar the metrics server takes (common/httpd.c): HOST:PORT, HOST
- * empty or "*" (every IPv4 interface), a name, an IPv4 address, or an
- * IPv6 address in brackets; PORT 0..65535 (0: the kernel picks). NULL,
- * or what is wrong, in ferry-relay's words (daemon/config.c keeps the
- * same check; both belong in common/ with httpd's parser one day).
- * Checked where the setting is read, so that a bad one is refused with
- * its place (exit 16); binding it (in use, a name that does not resolve)
- * stays run's operational error.
- */
-static const char *metrics_problem(const char *s)
-{
-    const char *port;
-    size_t hostlen;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close == s + 1 || close[1] != ':')
-            return "expected HOST:PORT, with an IPv6 host as [ADDRESS]:PORT";
-        hostlen = (size_t)(close - s - 1);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(s, ':');
-        if (!colon)
-            return "expected HOST:PORT";
-        if (memchr(s, ':', (size_t)(colon - s)))
-            return "an IPv6 host needs brackets, as in [::1]:9188";
-        hostlen = (size_t)(colon - s);
-        port = colon + 1;
-    }
-    if (hostlen > 255)
-        return "host name too long";
-    for (const char *h = s; h < port - 1; h++)
-        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
-            return "the host contains a space or a control character";
-    size_t digits = strspn(port, "0123456789");
-    if (digits == 0 || digits > 5 || port[digits] != '\0' || strtol(port, NULL, 10) > 65535)
-        return "the port must be a number from 0 to 65535";
-    return NULL;
-}
-
-/*
  * Setting k's value, from where (for messages: "FILE:LINE:COL: KEY",
  * "FERRY_DB", "--wait"): its references resolved, checked, stored in o.
  * Returns 0 or an exit status, said.
@@ -280,7 +241,7 @@ static int apply_value(const char *cmd, rc_options *o, int k, const char *raw, c
             rc = cmd_error(cmd, "%s: must not be empty", where);
             break;
         }
-        const char *problem = k == S_METRICS - S_DB ? metrics_problem(text) : NULL;
+        const char *problem = k == S_METRICS - S_DB ? httpd_address_problem(text) : NULL;
         if (problem != NULL) {
             rc = cmd_error(cmd, "%s: %s, not \"%.64s\"", where, problem, text);
             break;
