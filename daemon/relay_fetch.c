@@ -79,7 +79,7 @@
     "       s.headers::text, s.seq, s.shard, s.created_at, "                               \
     "       s.available_at <= now() "                                                      \
     "       AND coalesce(s.wal_lsn <= (" RELAY_WAL_CONFIRMED_SQL "), true), "                 \
-    "       s.run, s.wal_lsn = 'FFFFFFFF/FFFFFFFF'::pg_lsn "                               \
+    "       s.run, coalesce(s.wal_lsn = 'FFFFFFFF/FFFFFFFF'::pg_lsn, false) "             \
     "FROM (SELECT o.id, o.topic, o.aggregateid, o.aggregatetype, o.type, o.payload, "      \
     "             o.headers, o.seq, o.shard, o.created_at, o.available_at, o.wal_lsn, "    \
     "             coalesce(o.payload_bytes, $7) + octet_length(o.aggregateid) "            \

@@ -387,6 +387,25 @@ static void a_message_larger_than_the_producers_queue_is_published(void **state)
     PQfinish(c);
 }
 
+/* Rows from before schema 14 have no wal_lsn (NULL: never held): they are
+ * published. Before: the fetch's "waits for a stamp" column was NULL for
+ * them, every batch ended at such a row as one "of the wrong size", and
+ * after an upgrade from 0.1.0 the relay published nothing on any shard
+ * (an outside audit). */
+static void a_row_without_a_wal_lsn_is_published(void **state)
+{
+    const char *topic = "t.nolsn";
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.nolsn', 'k' || g, 'Tested', '{}') FROM generate_series(1, 3) g; "
+               "UPDATE ferry.outbox SET wal_lsn = NULL WHERE topic = 't.nolsn'");
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE topic = 't.nolsn' "
+                               "AND wal_lsn IS NULL"), 3);
+    PQfinish(c);
+    assert_int_equal(relay_once("nolsn-a", NULL, NULL, NULL), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, 3, 10000, 3);
+    assert_int_equal(tu_outbox_rows(topic), 0);
+}
+
 /* Headers written around emit (into the row, by a role that may) whose
  * values are not strings are published as their compact JSON text; headers
  * that are not a JSON object at all cannot be published as given: the row
@@ -909,6 +928,7 @@ int main(void)
         cmocka_unit_test(once_publishes_committed_only),
         cmocka_unit_test(a_created_at_out_of_range_is_published_within_rfc3339),
         cmocka_unit_test(headers_written_around_emit_are_published_or_refused),
+        cmocka_unit_test(a_row_without_a_wal_lsn_is_published),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
         cmocka_unit_test(graceful_shutdown_loses_nothing),
