@@ -108,6 +108,53 @@ static ferry_code read_applied(PGconn *conn, bool *applied, ferry_error *err)
     return rc;
 }
 
+/*
+ * What ferry needs of the database before it writes anything, each refused
+ * with what to do (outside audits):
+ *
+ *   - UTF8: messages are JSON in any language, keys and topics text that
+ *     emit checks as UTF-8; in another encoding a migration failed half
+ *     way (EUC_JP), or a LATIN1 database migrated once and could then not
+ *     be upgraded from a UTF-8 client.
+ *   - A ferry schema, if there is one already, owned by the migrating
+ *     role. The ferry functions run with their owner's rights (SECURITY
+ *     DEFINER) and call one another by name: whoever owns the schema can
+ *     replace one they call, and a schema made beforehand by a lesser role
+ *     let that role become superuser through emit.
+ */
+static ferry_code check_database(PGconn *conn, ferry_error *err)
+{
+    PGresult *res = PQexec(conn,
+                           "SELECT pg_encoding_to_char(d.encoding), "
+                           "       (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace n "
+                           "         WHERE n.nspname = 'ferry'), current_user "
+                           "  FROM pg_database d WHERE d.datname = current_database()");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        ferry_code rc = ferry_error_from_pg(err, conn, res, "could not read the database's "
+                                                          "encoding");
+        PQclear(res);
+        return rc;
+    }
+    ferry_code rc = FERRY_OK;
+    const char *enc = PQgetvalue(res, 0, 0);
+    if (strcmp(enc, "UTF8") != 0)
+        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                           "could not migrate: the database's encoding is %s; ferry needs a UTF8 "
+                           "database (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)",
+                           enc);
+    else if (!PQgetisnull(res, 0, 1) &&
+             strcmp(PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2)) != 0)
+        rc = ferry__error_set(err, FERRY_ESCHEMA, NULL,
+                           "could not migrate: schema ferry is owned by role \"%s\", not by "
+                           "\"%s\", which migrates it; its functions run with the rights of "
+                           "the role that makes them, and the schema's owner could replace what "
+                           "they call: migrate as \"%s\", or have a superuser run ALTER SCHEMA "
+                           "ferry OWNER TO \"%s\" first", PQgetvalue(res, 0, 1),
+                           PQgetvalue(res, 0, 2), PQgetvalue(res, 0, 1), PQgetvalue(res, 0, 2));
+    PQclear(res);
+    return rc;
+}
+
 ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
 {
     ferry__err_clear(err);
@@ -122,10 +169,15 @@ ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
     if (ferry__migrations_count > sizeof applied / sizeof applied[0])
         return ferry__error_set(err, FERRY_ESCHEMA, NULL, "too many migrations");
 
+    /* The migrations are UTF-8 text, sent and checksummed as such whatever
+     * the client's encoding (PGCLIENTENCODING) says. */
     ferry_code rc = ferry__exec(conn, "BEGIN; SET LOCAL client_min_messages = warning; "
+                                  "SET LOCAL client_encoding = 'UTF8'; "
                                   "SELECT pg_advisory_xact_lock(" MIGRATE_LOCK_KEY ")", 0, NULL,
                             "could not begin migration", err);
     if (rc != FERRY_OK)
+        goto out_rollback;
+    if ((rc = check_database(conn, err)) != FERRY_OK)
         goto out_rollback;
 
     PGresult *res = PQexec(conn, "SELECT to_regclass('ferry.schema_version') IS NULL");

@@ -185,6 +185,50 @@ static int run_relay(const char *const argv[], char *out, size_t outsize)
     return rc;
 }
 
+/*
+ * A ferry schema made beforehand by another role is refused, nothing
+ * written: its owner could replace a function the SECURITY DEFINER ones
+ * call and become whoever migrated (an outside audit: superuser through
+ * ferry.emit). Likewise a database that is not UTF8 (a migration failed
+ * half way in EUC_JP; a LATIN1 one could not be upgraded from a UTF-8
+ * client).
+ */
+static void a_schema_of_another_role_or_a_database_not_utf8_is_refused(void **state)
+{
+    PGconn *c = fresh_db("m_owned");
+    tu_exec(c, "DROP ROLE IF EXISTS m_mallory; CREATE ROLE m_mallory; "
+               "CREATE SCHEMA ferry AUTHORIZATION m_mallory");
+    ferry_error err;
+    int version = -1;
+    assert_int_equal(ferry_migrate(c, &version, &err), FERRY_ESCHEMA);
+    if (strstr(err.message, "schema ferry is owned by role \"m_mallory\"") == NULL)
+        fail_msg("%s", err.message);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_class "
+                               "WHERE relnamespace = 'ferry'::regnamespace"), 0);
+    /* Given to the migrating role, it migrates. */
+    tu_exec(c, "ALTER SCHEMA ferry OWNER TO current_user");
+    assert_ferry_ok(ferry_migrate(c, &version, &err), err);
+    assert_int_equal(version, ferry_schema_version_known());
+    PQfinish(c);
+
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "SET client_min_messages = warning");
+    tu_exec(admin, "DROP DATABASE IF EXISTS m_latin1");
+    tu_exec(admin, "CREATE DATABASE m_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                   "TEMPLATE template0");
+    tu_exec(admin, "DROP OWNED BY m_mallory; DROP ROLE m_mallory");
+    PQfinish(admin);
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "m_latin1");
+    c = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    assert_int_equal(ferry_migrate(c, &version, &err), FERRY_ESCHEMA);
+    if (strstr(err.message, "encoding is LATIN1; ferry needs a UTF8 database") == NULL)
+        fail_msg("%s", err.message);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'"), 0);
+    PQfinish(c);
+}
+
 static void relay_migrate_command(void **state)
 {
     const char *relay = tu_relay_bin();
@@ -224,6 +268,7 @@ int main(void)
         cmocka_unit_test(newer_schema_refused),
         cmocka_unit_test(refused_inside_transaction),
         cmocka_unit_test(failure_is_all_or_nothing),
+        cmocka_unit_test(a_schema_of_another_role_or_a_database_not_utf8_is_refused),
         cmocka_unit_test(relay_migrate_command),
     };
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
