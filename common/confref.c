@@ -128,71 +128,115 @@ static int ref_arg(const char *arg, size_t len, char *dst, size_t size, const ch
     return 0;
 }
 
-/* Whether the raw text from..to (of a keyword=value connection string)
- * leaves a quoted value open: a quote toggles it, a backslash inside one
- * escapes the next character. */
-static bool quote_open(const char *from, const char *to, bool open)
+/*
+ * Where a keyword=value connection string is, as libpq's parser reads it
+ * (conninfo_parse): a keyword, then '=' (spaces around it allowed), then a
+ * value, unquoted up to a space or in quotes; a backslash escapes the next
+ * character inside quotes and out.
+ */
+typedef enum ci_state {
+    CI_START,           /* before a keyword */
+    CI_KEY,             /* in a keyword */
+    CI_AFTER_KEY,       /* a keyword ended by a space: '=' to come */
+    CI_BEFORE_VALUE,    /* after '=', before the value */
+    CI_VALUE,           /* in an unquoted value */
+    CI_QUOTED,          /* in a quoted value */
+} ci_state;
+
+/* The state after the raw text from..to, from state st. */
+static ci_state ci_scan(const char *from, const char *to, ci_state st)
 {
     for (const char *c = from; c < to; c++) {
-        if (open && *c == '\\' && c + 1 < to)
-            c++;
-        else if (*c == '\'')
-            open = !open;
+        bool space = *c == ' ' || *c == '\t' || *c == '\n' || *c == '\r' || *c == '\f' ||
+                     *c == '\v';
+        switch (st) {
+        case CI_START:
+            st = *c == '=' ? CI_BEFORE_VALUE : space ? CI_START : CI_KEY;
+            break;
+        case CI_KEY:
+            st = *c == '=' ? CI_BEFORE_VALUE : space ? CI_AFTER_KEY : CI_KEY;
+            break;
+        case CI_AFTER_KEY:
+            st = *c == '=' ? CI_BEFORE_VALUE : space ? CI_AFTER_KEY : CI_KEY;
+            break;
+        case CI_BEFORE_VALUE:
+            st = space ? CI_BEFORE_VALUE : *c == '\'' ? CI_QUOTED : CI_VALUE;
+            if (*c == '\\' && c + 1 < to)
+                c++;
+            break;
+        case CI_VALUE:
+            if (*c == '\\' && c + 1 < to)
+                c++;
+            else if (space)
+                st = CI_START;
+            break;
+        case CI_QUOTED:
+            if (*c == '\\' && c + 1 < to)
+                c++;
+            else if (*c == '\'')
+                st = CI_START;
+            break;
+        }
     }
-    return open;
+    return st;
 }
 
-/* A reference from dollar to close (its '}') that stands as a whole value
- * of a keyword=value connection string, outside quotes: after '=' (and
- * spaces), before a space or the end. */
-static bool whole_value(const char *in, const char *dollar, const char *close, bool open)
+/* s (n bytes) into b so that a connection string's parser reads it as
+ * part of one value: each space, backslash and quote after a backslash
+ * (libpq takes such escapes in quoted and unquoted values alike); empty
+ * where a value must start, '' (else the next keyword=value would be
+ * taken for the value). */
+static int put_escaped(buf *b, const char *s, size_t n, bool starts_value, char *why,
+                       size_t whylen)
 {
-    if (open)
-        return false;
-    const char *c = dollar;
-    while (c > in && (c[-1] == ' ' || c[-1] == '\t'))
-        c--;
-    if (c == in || c[-1] != '=')
-        return false;
-    char after = close[1];
-    return after == '\0' || after == ' ' || after == '\t' || after == '\n' || after == '\r';
-}
-
-/* s (n bytes) into b as conninfo quoted text, \ and ' escaped by a
- * backslash, in quotes of its own when quotes. */
-static int put_quoted(buf *b, const char *s, size_t n, bool quotes, char *why, size_t whylen)
-{
-    if (quotes && put(b, "'", 1, why, whylen) != 0)
-        return -1;
+    if (n == 0 && starts_value)
+        return put(b, "''", 2, why, whylen);
     for (size_t i = 0; i < n; i++) {
-        if ((s[i] == '\\' || s[i] == '\'') && put(b, "\\", 1, why, whylen) != 0)
-            return -1;
-        if (put(b, s + i, 1, why, whylen) != 0)
+        bool special = s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' ||
+                       s[i] == '\f' || s[i] == '\v' || s[i] == '\\' || s[i] == '\'';
+        if ((special && put(b, "\\", 1, why, whylen) != 0) || put(b, s + i, 1, why, whylen) != 0)
             return -1;
     }
-    return quotes ? put(b, "'", 1, why, whylen) : 0;
+    return 0;
 }
 
-static int expand(const char *in, bool conninfo, char **out, char *why, size_t whylen);
+/* s (n bytes) into b percent-encoded but for RFC 3986's unreserved
+ * characters: one component of a postgresql:// URI. */
+static int put_percent(buf *b, const char *s, size_t n, char *why, size_t whylen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        bool plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                     (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+        char enc[3] = {'%', hex[ch >> 4], hex[ch & 15]};
+        if (put(b, plain ? (const char *)s + i : enc, plain ? 1 : 3, why, whylen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+enum { EXPAND_PLAIN, EXPAND_CONNINFO, EXPAND_URI };
+
+static int expand(const char *in, int how, char **out, char *why, size_t whylen);
 
 int confref_expand(const char *in, char **out, char *why, size_t whylen)
 {
-    return expand(in, false, out, why, whylen);
+    return expand(in, EXPAND_PLAIN, out, why, whylen);
 }
 
 int confref_expand_conninfo(const char *in, char **out, char *why, size_t whylen)
 {
-    /* A URI has no quoting: its references are put in as they are. */
     bool uri = strncmp(in, "postgresql://", 13) == 0 || strncmp(in, "postgres://", 11) == 0;
-    return expand(in, !uri, out, why, whylen);
+    return expand(in, uri ? EXPAND_URI : EXPAND_CONNINFO, out, why, whylen);
 }
 
-static int expand(const char *in, bool conninfo, char **out, char *why, size_t whylen)
+static int expand(const char *in, int how, char **out, char *why, size_t whylen)
 {
     buf b = {0};
     int refs = 0;
     const char *p = in;
-    bool open = false;              /* conninfo: inside a quoted value */
+    ci_state st = CI_START;         /* EXPAND_CONNINFO: where the raw text has got to */
     if (put(&b, "", 0, why, whylen) != 0)
         return -1;
     for (;;) {
@@ -204,18 +248,22 @@ static int expand(const char *in, bool conninfo, char **out, char *why, size_t w
         }
         if (put(&b, p, (size_t)(dollar - p), why, whylen) != 0)
             goto fail;
-        if (conninfo)
-            open = quote_open(p, dollar, open);
+        if (how == EXPAND_CONNINFO)
+            st = ci_scan(p, dollar, st);
         if (strncmp(dollar, "$${", 3) == 0) {       /* a literal "${" */
             if (put(&b, "${", 2, why, whylen) != 0)
                 goto fail;
             p = dollar + 3;
+            if (how == EXPAND_CONNINFO)
+                st = ci_scan(dollar, p, st);
             continue;
         }
         if (dollar[1] != '{') {                     /* a lone '$' is itself */
             if (put(&b, "$", 1, why, whylen) != 0)
                 goto fail;
             p = dollar + 1;
+            if (how == EXPAND_CONNINFO)
+                st = ci_scan(dollar, p, st);
             continue;
         }
         const char *close = strchr(dollar, '}');
@@ -231,12 +279,17 @@ static int expand(const char *in, bool conninfo, char **out, char *why, size_t w
             goto fail;
         }
         size_t n = (size_t)(close - body);
-        /* A whole value of a connection string is put in quoted, and one
-         * inside a quoted value escaped, so that a password with a space
-         * or a quote stays one value (libpq's error about a broken string
-         * quotes a piece of it). */
-        bool quotes = conninfo && whole_value(in, dollar, close, open);
-        bool quote = quotes || (conninfo && open);
+        /* What a reference brings into a value of a connection string is
+         * escaped (percent-encoded in a URI), so that it stays that value
+         * whatever it holds: a password with a space broke the string
+         * (and libpq's error quoted a piece of it), and one holding
+         * " host=elsewhere" could send the password there. A reference
+         * where a keyword goes (the whole string, say) is put in as it
+         * is: it is the connection string, not a value in one. */
+        bool in_value = how == EXPAND_URI ||
+                        (how == EXPAND_CONNINFO && (st == CI_BEFORE_VALUE || st == CI_VALUE ||
+                                                    st == CI_QUOTED));
+        bool quote = in_value;
         buf v = {0};
         buf *dst = quote ? &v : &b;
         if (n > 4 && strncmp(body, "env:", 4) == 0) {
@@ -272,10 +325,15 @@ static int expand(const char *in, bool conninfo, char **out, char *why, size_t w
             goto fail;
         }
         if (quote) {
-            int qrc = put_quoted(&b, v.p ? v.p : "", v.len, quotes, why, whylen);
+            int qrc = how == EXPAND_URI
+                          ? put_percent(&b, v.p ? v.p : "", v.len, why, whylen)
+                          : put_escaped(&b, v.p ? v.p : "", v.len, st == CI_BEFORE_VALUE, why,
+                                        whylen);
             free(v.p);
             if (qrc != 0)
                 goto fail;
+            if (st == CI_BEFORE_VALUE)
+                st = CI_VALUE;
         }
         p = close + 1;
     }

@@ -37,10 +37,13 @@ enum {
 int confref_expand(const char *in, char **out, char *why, size_t whylen);
 
 /*
- * The same for a libpq connection string: in the keyword=value form, a
- * reference that is a whole value outside quotes (password=${file:/p}) is
- * put in quoted ('...', \ and ' escaped), so that whatever it holds stays
- * that one value. Else, and in a URI, as confref_expand.
+ * The same for a libpq connection string, so that what a reference brings
+ * into a value stays that value whatever it holds: in the keyword=value
+ * form, a reference in a value (password=${file:/p}, password=pre${env:X},
+ * in quotes or not) has its spaces, backslashes and quotes escaped by a
+ * backslash, and is '' where empty; in a postgresql:// URI it is
+ * percent-encoded. A reference where a keyword goes (the whole string) is
+ * put in as it is.
  */
 int confref_expand_conninfo(const char *in, char **out, char *why, size_t whylen);
 

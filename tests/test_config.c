@@ -1004,8 +1004,7 @@ static void secret_references_in_any_value(void **state)
     setenv("FERRY_TEST_LEVEL", "warn", 1);
     relay_config cfg;
     LOAD_OK(&cfg, "--config", yaml);
-    /* One newline dropped; a whole value of the connection string quoted. */
-    assert_value(&cfg, "db", "user=relay password='s3cret'");
+    assert_value(&cfg, "db", "user=relay password=s3cret");   /* one newline dropped */
     assert_value(&cfg, "batch_size", "77");
     assert_value(&cfg, "log_level", "warn");
     assert_value(&cfg, "holder", "a ${literal} and $5");
@@ -1092,9 +1091,8 @@ static char *conninfo_value(const char *conninfo, const char *kw)
 }
 
 /*
- * A secret that is a whole value of the connection string goes in quoted
- * (escaped, inside quotes of the string's own), so that a space or a
- * quote in it keeps it one value: before, libpq's error about the broken
+ * What a reference brings into a value of the connection string is
+ * escaped, so that a space or a quote in it keeps it one value: before, libpq's error about the broken
  * string quoted a piece of the password into the log (an outside audit:
  * missing "=" after "TOPSECRETPART"). A URI takes it as it is. And
  * status, migrate and slot resolve references in --db and FERRY_DB as run
@@ -1119,10 +1117,43 @@ static void secrets_stay_one_value_of_the_connection_string(void **state)
         free(host);
         relay_config_free(&cfg);
     }
-    setenv("FERRY_TEST_PW", "p w", 1);
-    LOAD_OK(&cfg, "--db", "postgresql://u:${env:FERRY_TEST_PW}@h/d", "--kafka", "e:1");
-    assert_value(&cfg, "db", "postgresql://u:p w@h/d");
+    /* Whatever a value holds, and wherever in the value the reference is,
+     * it cannot end the value and start another keyword (a reviewer's
+     * cases: the password sent to another host). */
+    setenv("FERRY_TEST_EVIL", "x host=evil.example", 1);
+    setenv("FERRY_TEST_A", "a", 1);
+    setenv("FERRY_TEST_EMPTY", "", 1);
+    static const struct {
+        const char *db, *kw, *want;
+    } cases[] = {
+        {"host=db password=pre${env:FERRY_TEST_EVIL}", "password", "prex host=evil.example"},
+        {"host=db password=pre${env:FERRY_TEST_EVIL}", "host", "db"},
+        {"host=db password=${env:FERRY_TEST_A}${env:FERRY_TEST_EVIL}", "password",
+         "ax host=evil.example"},
+        {"host=db options=\\'x password = ${env:FERRY_TEST_EVIL}", "host", "db"},
+        {"host=db password=${env:FERRY_TEST_EMPTY} dbname=d", "password", ""},
+        {"host=db password=${env:FERRY_TEST_EMPTY} dbname=d", "dbname", "d"},
+        {"postgresql://u:${env:FERRY_TEST_EVIL}@db/app", "password", "x host=evil.example"},
+        {"postgresql://u:${env:FERRY_TEST_EVIL}@db/app", "host", "db"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        LOAD_OK(&cfg, "--db", cases[i].db, "--kafka", "e:1");
+        char *v = conninfo_value(cfg.db, cases[i].kw);
+        if (v == NULL || strcmp(v, cases[i].want) != 0)
+            fail_msg("%s: %s is \"%s\" in %s", cases[i].db, cases[i].kw, v ? v : "(none)",
+                     cfg.db);
+        free(v);
+        relay_config_free(&cfg);
+    }
+    /* A reference that is the whole string is the connection string. */
+    setenv("FERRY_TEST_PW", "host=h dbname='a b'", 1);
+    LOAD_OK(&cfg, "--db", "${env:FERRY_TEST_PW}", "--kafka", "e:1");
+    assert_value(&cfg, "db", "host=h dbname='a b'");
     relay_config_free(&cfg);
+    unsetenv("FERRY_TEST_EVIL");
+    unsetenv("FERRY_TEST_A");
+    unsetenv("FERRY_TEST_EMPTY");
+    setenv("FERRY_TEST_PW", "p w", 1);
 
     unsetenv("FERRY_CONFIG");
     char *got = NULL;
@@ -1135,7 +1166,7 @@ static void secrets_stay_one_value_of_the_connection_string(void **state)
     free(got);
     setenv("FERRY_DB", "dbname=${env:FERRY_TEST_PW}", 1);
     assert_int_equal(relay_config_subcommand_db("migrate", NULL, NULL, &got), 0);
-    assert_string_equal(got, "dbname='p w'");
+    assert_string_equal(got, "dbname=p\\ w");
     free(got);
     setenv("FERRY_DB", "dbname=${env:FERRY_NO_SUCH_VAR}", 1);
     assert_int_equal(relay_config_subcommand_db("slot", NULL, NULL, &got), -1);

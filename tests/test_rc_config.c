@@ -170,10 +170,10 @@ static void secret_references(void **state)
     setenv("T_IV", "2.5", 1);
     rc_options o;
     assert_int_equal(parse_v("run", &o, ARGS("--config", path)), 0);
-    /* A whole value of the connection string goes in quoted: a space or a
-     * quote in a password keeps it one value (libpq's error about a
-     * broken string quoted a piece of it: an outside audit). */
-    assert_string_equal(o.db, "user=r password='p w\\'\\\\'");
+    /* A value of the connection string is escaped: a space or a quote in
+     * a password keeps it one value (libpq's error about a broken string
+     * quoted a piece of it: an outside audit). */
+    assert_string_equal(o.db, "user=r password=p\\ w\\'\\\\");
     assert_true(o.interval_s == 2.5);
     rc_options_free(&o);
     unsetenv("T_IV");
