@@ -360,8 +360,11 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
     int lost = err == RD_KAFKA_RESP_ERR__QUEUE_FULL || err == RD_KAFKA_RESP_ERR__FATAL ||
                (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && relay_kafka_too_small(r, r->db.main));
     sched_delivered(r->s, slot, lost ? -1 : 0, now);
-    if (lost)
-        return -1;      /* the producer's state, not the message's */
+    if (lost || relay_kafka_topic_refused(err)) {
+        if (!lost)
+            relay_count(r, M_FAIL_PRODUCE, 1);
+        return -1;      /* the producer's state, or the topic's: not the message's */
+    }
     char reason[256];
     snprintf(reason, sizeof reason, "could not produce: %s (%s)", rd_kafka_err2str(err),
              rd_kafka_err2name(err));

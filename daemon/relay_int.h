@@ -287,6 +287,11 @@ int relay_kafka_rebuild(relay *r, const char *reason);
  * message, is at fault; r->db.max_payload is then the new limit and
  * r->k.resize is set. */
 int relay_kafka_too_small(relay *r, PGconn *conn);
+/* An error about the message's topic, not the message: the topic unknown
+ * to the broker (not created yet, auto-creation off) or not writable by
+ * the relay (an ACL). Its messages are held, as a leaderless partition's
+ * are, not counted towards a dead letter (README, "When things fail"). */
+bool relay_kafka_topic_refused(rd_kafka_resp_err_t err);
 /* A pending resize (r->k.resize), once due: the producer holds nothing, or
  * it has waited RESIZE_WAIT_MS (a partition that does not answer would
  * hold it, and every other key with it, for ever). The producer is made

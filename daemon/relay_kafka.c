@@ -32,6 +32,13 @@ static void *opaque_of(int slot, unsigned gen)
     return (void *)(uintptr_t)(((uint64_t)gen << 32) | (uint32_t)slot);
 }
 
+bool relay_kafka_topic_refused(rd_kafka_resp_err_t err)
+{
+    return err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+           err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+           err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+}
+
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
     relay *r = opaque;
@@ -67,12 +74,16 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opa
     relay_count(r, M_FAIL_DELIVERY, 1);
     r->undelivered++;
     /* A purge is ours (a rebuild or a stop), and a fatal error the
-     * producer's: not the message's fault, and not counted against it. */
+     * producer's: not the message's fault, and not counted against it. A
+     * topic the broker does not know or lets the relay not write is not
+     * the message's fault either: the key retries after its backoff, and
+     * waits as long as the topic does (before, every key of a topic
+     * created late was dead-lettered: an outside audit). */
     int lost = msg->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE ||
                msg->err == RD_KAFKA_RESP_ERR__PURGE_INFLIGHT ||
                msg->err == RD_KAFKA_RESP_ERR__FATAL;
     sched_delivered(r->s, slot, lost ? -1 : 0, now);
-    if (!lost)
+    if (!lost && !relay_kafka_topic_refused(msg->err))
         relay_note_failure(r, id, shard, epoch, reason);
 }
 

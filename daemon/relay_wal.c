@@ -300,7 +300,7 @@ void relay_wal_delivered(relay *r, const rd_kafka_message_t *msg)
         size_t size = 0;
         char idtext[FERRY_UUID_STRING_SIZE];
         ferry_uuid id;
-        if (msg->err != RD_KAFKA_RESP_ERR__FATAL &&
+        if (msg->err != RD_KAFKA_RESP_ERR__FATAL && !relay_kafka_topic_refused(msg->err) &&
             rd_kafka_message_headers(msg, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
             rd_kafka_header_get_last(hdrs, "ferry_id", &val, &size) ==
                 RD_KAFKA_RESP_ERR_NO_ERROR &&
@@ -671,7 +671,8 @@ static int produce(relay *r, const wal_msg *m)
         r->undelivered++;
         ferry__log(FERRY_LOG_ERROR, "wal.produce", "could not produce message %s: %s", id,
                   rd_kafka_err2str(err));
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && err != RD_KAFKA_RESP_ERR__FATAL) {
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && err != RD_KAFKA_RESP_ERR__FATAL &&
+            !relay_kafka_topic_refused(err)) {
             char reason[256];
             snprintf(reason, sizeof reason, "could not produce: %s (%s)", rd_kafka_err2str(err),
                      rd_kafka_err2name(err));

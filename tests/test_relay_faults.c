@@ -483,6 +483,53 @@ static void a_refused_topic_stalls_only_its_keys(void **state)
     PQfinish(c);
 }
 
+/*
+ * A topic the broker does not know (not created yet, auto-creation off):
+ * librdkafka fails its messages with "Unknown topic" once the metadata
+ * wait is over (topic.metadata.propagation.max.ms, short here). That is
+ * the topic's fault, not the messages': they are held and retried, not
+ * counted towards a dead letter, even with max_attempts 1; once the topic
+ * exists, they go, each key in order. Before: every key of the topic was
+ * dead-lettered within a second of the first failure (an outside audit).
+ */
+static void an_unknown_topic_holds_its_messages_and_dead_letters_none(void **state)
+{
+    const char *topic = "f.later";
+    enum { KEYS = 4 };
+    assert_int_equal(kt_command(broker, "topic-create %s %d 1", topic, PARTITIONS), 0);
+    assert_int_equal(kt_command(broker, "topic-error %s UNKNOWN_TOPIC_OR_PART", topic), 0);
+    const char *args[] = {"--metrics", "127.0.0.1:0", "--set", "max_attempts=1",
+                          "--kafka-prop", "topic.metadata.propagation.max.ms=200", NULL};
+    tu_proc *p = relay_spawn("later-a", args);
+    int port = tu_proc_metrics_port(p);
+    await_leases(p, "later-a", SHARDS, 30000);
+    emit_keys(topic, "k", KEYS, 2);
+    /* The fault fired: deliveries (or produce() calls) failed. */
+    for (int64_t end = clk_mono_ms() + 20000;;) {
+        double d = 0, pr = 0;
+        tu_http_reply r = tu_http_get(port, "/metrics");
+        tu_prom_find(r.body, "ferry_relay_failures_total{kind=\"delivery\"}", &d);
+        tu_prom_find(r.body, "ferry_relay_failures_total{kind=\"produce\"}", &pr);
+        free(r.raw);
+        if (d + pr >= 2)
+            break;
+        if (clk_mono_ms() > end)
+            tu_proc_fail(p, "no delivery to the unknown topic failed within 20 s");
+        clk_sleep_ms(50);
+    }
+    PGconn *c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'f.later'"),
+                     0);
+    assert_int_equal(tu_outbox_rows(topic), KEYS * 2);
+    assert_int_equal(kt_command(broker, "topic-error %s NO_ERROR", topic), 0);
+    tu_await_outbox_empty(topic, 30000);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE topic = 'f.later'"),
+                     0);
+    assert_int_equal(relay_stop(p, 30000), 0);
+    tu_assert_topic(kt_bootstrap(broker), topic, KEYS * 2, 10000, KEYS * 2);   /* in order */
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------------------ 2. stop */
 
 /*
@@ -2005,6 +2052,7 @@ int main(void)
         T(a_dead_lettered_key_is_said_left_not_recovered),
         T(a_second_relay_with_the_same_name_refuses_to_start),
         T(a_session_named_like_a_relay_by_another_role_does_not_stop_it),
+        T(an_unknown_topic_holds_its_messages_and_dead_letters_none),
         T(the_same_name_on_another_database_is_another_relay),
         T(a_relay_named_lag_starts_beside_one_with_metrics),
         T(scale_out_under_load_takes_a_share),
