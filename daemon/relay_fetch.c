@@ -388,6 +388,38 @@ static int exclude_array(const relay *r, unsigned char *out, unsigned char (*ids
     return (int)(p - out);
 }
 
+/* Kafka's rules for a topic's name, which emit checks: 1 to 249 bytes of
+ * [A-Za-z0-9._-], not "." or "..". */
+static bool topic_name_ok(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n > 249 || strcmp(t, ".") == 0 || strcmp(t, "..") == 0)
+        return false;
+    return strspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+/*
+ * A row whose topic Kafka cannot take, written around emit (which refuses
+ * such names): it fails as a message the broker refuses does, counted
+ * towards its dead letter, its key waiting; the sweep goes on past it.
+ * Before, librdkafka's refusal of the topic handle read as "out of
+ * memory: resume from this row", and every later row of the sweep waited
+ * for ever behind it (an outside audit: a 513-byte topic).
+ */
+static void refuse_row(relay *r, const row *w, int64_t now)
+{
+    sched_admit a = sched_admit_row(r->s, w->shard, w->topic, w->key, -1, w->ready, now, NULL);
+    if (a == ADMIT_PRODUCE) {
+        sched_produce_failed(r->s, w->topic, w->key, now);
+        relay_count(r, M_FAIL_PRODUCE, 1);
+        r->undelivered++;
+        relay_note_failure(r, w->id.bytes, w->shard, sched_lease_epoch(r->s, w->shard),
+                           "could not produce: its topic is not one Kafka takes (1 to 249 "
+                           "bytes of [A-Za-z0-9._-], not . or ..)");
+    }
+    sched_advance(r->s, w->shard, w->topic, w->key, w->seq);
+}
+
 /*
  * Rows that emit put into the table in wal mode wait for a stamp of where
  * WAL is once their transaction has committed (schemas/036_...): stamp
@@ -490,6 +522,10 @@ int relay_fetch_and_produce(relay *r, int limit)
                 memcpy(stamp + 20 + (size_t)stamps * 20 + 4, w.id.bytes, 16);
                 stamps++;
             }
+        }
+        if (!topic_name_ok(w.topic)) {
+            refuse_row(r, &w, now);
+            continue;
         }
         if (t == NULL || strcmp(t->name, w.topic) != 0)
             t = relay_kafka_topic(r, w.topic);

@@ -387,6 +387,30 @@ static void a_message_larger_than_the_producers_queue_is_published(void **state)
     PQfinish(c);
 }
 
+/* A row whose topic Kafka cannot take (513 bytes; written around emit,
+ * which refuses it) fails into a dead letter saying why, and every other
+ * row of the sweep is published. Before: every batch ended at it, read as
+ * out of memory, and the rows after it waited for ever (an outside audit). */
+static void a_row_with_a_topic_kafka_cannot_take_fails_alone(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.badtopic', 'k' || g, 'Tested', '{}') "
+               "FROM generate_series(1, 6) g");
+    tu_exec(c, "INSERT INTO ferry.outbox (id, topic, aggregateid, type, payload, seq, shard) "
+               "VALUES (gen_random_uuid(), repeat('a', 513), 'k', 'T', '{}', 1, 0)");
+    const char *args[] = {"--set", "max_attempts=1", NULL};
+    char *log = NULL;
+    assert_int_equal(relay_once("badtopic-a", args, NULL, &log), 1);
+    free(log);
+    tu_assert_topic(kt_bootstrap(broker), "t.badtopic", 6, 10000, 6);
+    assert_int_equal(tu_outbox_rows("t.badtopic"), 0);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.dead_letter WHERE "
+                               "length(topic) = 513 AND reason LIKE '%not one Kafka takes%'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox WHERE length(topic) = 513"), 0);
+    tu_exec(c, "DELETE FROM ferry.dead_letter WHERE length(topic) = 513");
+    PQfinish(c);
+}
+
 /* Rows from before schema 14 have no wal_lsn (NULL: never held): they are
  * published. Before: the fetch's "waits for a stamp" column was NULL for
  * them, every batch ended at such a row as one "of the wrong size", and
@@ -929,6 +953,7 @@ int main(void)
         cmocka_unit_test(a_created_at_out_of_range_is_published_within_rfc3339),
         cmocka_unit_test(headers_written_around_emit_are_published_or_refused),
         cmocka_unit_test(a_row_without_a_wal_lsn_is_published),
+        cmocka_unit_test(a_row_with_a_topic_kafka_cannot_take_fails_alone),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
         cmocka_unit_test(graceful_shutdown_loses_nothing),
