@@ -1345,6 +1345,19 @@ static int check_batch(loader *ld)
     return 0;
 }
 
+/* Properties the probe leaves out: what loads code (plugins), and what
+ * makes a producer act on the world as it starts (GSSAPI runs kinit, an
+ * OIDC oauthbearer asks its token endpoint, SSL reads its files) or
+ * reaches a broker. Their values were each checked alone; the probe is
+ * for what is refused together with the fixed properties. */
+static bool probe_skips(const char *name)
+{
+    return strcmp(name, "plugin.library.paths") == 0 || strncmp(name, "sasl.", 5) == 0 ||
+           strncmp(name, "ssl.", 4) == 0 || strncmp(name, "ssl_", 4) == 0 ||
+           strcmp(name, "security.protocol") == 0 || strcmp(name, "bootstrap.servers") == 0 ||
+           strcmp(name, "metadata.broker.list") == 0;
+}
+
 /*
  * Makes a producer of c's Kafka properties but the one at skip (-1: none),
  * with the fixed ones, no brokers and nothing logged, and destroys it:
@@ -1358,7 +1371,7 @@ static int kafka_probe(const relay_config *c, long skip, char *errstr, size_t si
     if (!conf)
         return -1;
     for (size_t i = 0; i < c->kafka_props_count; i++)
-        if ((long)i != skip && strcmp(c->kafka_props[i].name, "plugin.library.paths") != 0)
+        if ((long)i != skip && !probe_skips(c->kafka_props[i].name))
             rd_kafka_conf_set(conf, c->kafka_props[i].name, c->kafka_props[i].value, errstr,
                               size);
 #define X_SET(name, value) rd_kafka_conf_set(conf, name, value, errstr, size);
