@@ -92,7 +92,8 @@ FUZZERS  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 # for six parsers cost 11 s of the 30 s of CPU the fuzz variant took, a
 # tenth of `make test`'s build. A new target that reaches further fails
 # to link, naming the symbol: add its file here.
-FUZZ_PARTS_SRC = daemon/config.c daemon/relay_wal_msg.c reconciler/rules.c common/confref.c
+FUZZ_PARTS_SRC = daemon/config.c daemon/relay_wal_msg.c reconciler/rules.c common/confref.c \
+                 common/httpd.c
 
 .PHONY: FORCE all help test demo bench install uninstall clean valgrind deps saga-sim-broken fuzz \
         all-inner test-inner demo-inner bench-inner valgrind-inner fuzz-inner fuzz-smoke \
