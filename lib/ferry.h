@@ -1034,9 +1034,11 @@ FERRY_API ferry_code ferry_saga_reply_handler(PGconn *conn, const ferry_message 
  * is not in reg, ...) is rolled back to its savepoint, logged (event
  * saga_timer_failed), left as it is for the reconciler
  * to report, and passed by for the rest of the call: one such saga does
- * not stop the others' timers. Errors not about one saga (a lost
- * connection, or FIRE_SKIP_MAX = 64 sagas failing in one call) are
- * returned.
+ * not stop the others' timers, nor count against max. Errors not about
+ * one saga (a lost connection, or more than FIRE_SKIP_MAX = 64 sagas
+ * failing in one call) are returned; in the second case what was fired
+ * before is committed and counted in *fired. Only sagas whose definition
+ * and hash reg holds are taken (schema 37).
  */
 FERRY_API ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg,
                                             int64_t now_ms, int max, int *fired,

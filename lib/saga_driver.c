@@ -871,8 +871,9 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
  * them. A retriable error (a serialization failure, a deadlock) rolls the
  * whole batch back for ferry_tx_run to run again. What is not about one
  * saga ends the call with its error: a connection lost, the query for
- * the next due saga refused, or as many sagas failed as the skip list
- * holds (then something is wrong with all of them).
+ * the next due saga refused, or one more saga failed than the skip list
+ * holds (then something is wrong with all of them; what the batch fired
+ * before is committed, and counted in *fired).
  */
 #define FIRE_BATCH 32 /* due sagas fired in one transaction */
 #define FIRE_LIST_TEXT ((FIRE_SKIP_MAX + FIRE_BATCH) * (FERRY_UUID_STRING_SIZE + 1) + 2)
@@ -886,6 +887,8 @@ typedef struct fire_batch_arg {
     size_t n_failed;            /* over the whole call */
     char taken_ids[FIRE_BATCH][FERRY_UUID_STRING_SIZE];
     char list[FIRE_LIST_TEXT];  /* "{failed..., taken...}" for saga_lock_next_due */
+    int gave_up;                /* one more failed past FIRE_SKIP_MAX: the call ends */
+    ferry_error why;            /* that failure */
 } fire_batch_arg;
 
 static void fire_list(fire_batch_arg *b)
@@ -903,7 +906,7 @@ static void fire_list(fire_batch_arg *b)
 static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
 {
     fire_batch_arg *b = arg;
-    b->taken = b->fired = b->none = 0;
+    b->taken = b->fired = b->none = b->gave_up = 0;
     ferry_code rc = FERRY_OK;
     int open = 0;               /* a savepoint is open */
     while (b->taken < b->want) {
@@ -919,7 +922,7 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
         rc = fire_one(conn, &b->f, err);
         if (rc != FERRY_OK) {
             if (b->f.picked[0] == '\0' || (err != NULL && err->retriable) ||
-                PQstatus(conn) != CONNECTION_OK || b->n_failed == FIRE_SKIP_MAX)
+                PQstatus(conn) != CONNECTION_OK)
                 return rc;
             ferry_error why = err ? *err : (ferry_error){.code = rc};
             ferry__err_clear(err);
@@ -929,6 +932,16 @@ static ferry_code fire_batch(PGconn *conn, void *arg, ferry_error *err)
             ferry__log(FERRY_LOG_ERROR, "saga_timer_failed", "saga %s: could not fire its "
                       "timer, passed by until the next call: %s", b->f.picked,
                       why.message[0] ? why.message : ferry_code_name(why.code));
+            if (b->n_failed == FIRE_SKIP_MAX) {
+                /* As many failed as the skip list holds: something is wrong
+                 * with all of them, and the call ends with this one's error
+                 * -- after committing what this batch fired (it rolled the
+                 * batch back, the healthy sagas' timers with it: a review). */
+                b->gave_up = 1;
+                b->why = why;
+                b->none = 1;
+                break;
+            }
             snprintf(b->failed[b->n_failed++], FERRY_UUID_STRING_SIZE, "%s", b->f.picked);
             continue;           /* not against max: the healthy ones get their turn */
         }
@@ -976,6 +989,13 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     }
     free(names);
     free(hashes);
+    if (rc == FERRY_OK && b->gave_up) {
+        if (fired)
+            *fired = n;
+        if (err != NULL)
+            *err = b->why;
+        rc = b->why.code != FERRY_OK ? b->why.code : FERRY_EINVAL;
+    }
     free(b);
     if (rc == FERRY_OK && fired)
         *fired = n;
