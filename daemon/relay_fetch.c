@@ -302,11 +302,13 @@ rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *i
                 if (text != NULL)
                     header(h, name, text);
                 else if (bad != NULL)
-                    *bad = 1;       /* out of memory: this attempt fails */
+                    *bad = RELAY_HEADERS_UNREAD;    /* out of memory: this attempt fails */
                 free(text);
             }
         } else if (bad != NULL) {
-            *bad = 1;
+            /* jsonb holds numbers jansson cannot read (beyond a double's
+             * range): such headers are unread, not "not an object". */
+            *bad = obj == NULL ? RELAY_HEADERS_UNREAD : RELAY_HEADERS_NOT_OBJECT;
         }
         json_decref(obj);
     }
@@ -338,8 +340,11 @@ static int produce_row(relay *r, const row *w, relay_topic *t, int partition, in
         relay_count(r, M_FAIL_PRODUCE, 1);
         r->undelivered++;
         relay_note_failure(r, w->id.bytes, w->shard, sched_lease_epoch(r->s, w->shard),
-                           "could not produce: its headers (ferry.outbox.headers) are not a "
-                           "JSON object");
+                           bad_headers == RELAY_HEADERS_NOT_OBJECT
+                               ? "could not produce: its headers (ferry.outbox.headers) are "
+                                 "not a JSON object"
+                               : "could not produce: its headers (ferry.outbox.headers) could "
+                                 "not be read (a number beyond a double's range, say)");
         return -1;
     }
     rd_kafka_resp_err_t err = rd_kafka_producev(
@@ -445,8 +450,16 @@ static int stamp_rows(relay *r, unsigned char *buf, int n)
         ferry_error err;
         ferry_error_from_pg(&err, r->db.main, res, "could not stamp rows held for the WAL source");
         PQclear(res);
-        relay_db_lost(r, "fetch", &err);
-        return -1;
+        if (PQstatus(r->db.main) != CONNECTION_OK) {
+            relay_db_lost(r, "fetch", &err);
+            return -1;
+        }
+        /* A lock or a deadlock with another writer of those rows (the
+         * reconciler's repair): they stay unstamped, their keys held, and
+         * the next fetch stamps them. The session is fine. */
+        ferry__log(FERRY_LOG_WARN, "fetch.stamp", "%s; tried again at the next fetch",
+                   err.message);
+        return 0;
     }
     ferry__log(FERRY_LOG_DEBUG, "fetch.stamped", "stamped %s of %d rows held for the WAL source",
                PQgetvalue(res, 0, 0), n);

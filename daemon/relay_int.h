@@ -251,6 +251,9 @@ int relay_fetch_and_produce(relay *r, int limit);
 int relay_record_failures(relay *r);
 void relay_note_failure(relay *r, const unsigned char id[16], int shard, int64_t epoch,
                         const char *reason);
+enum { RELAY_HEADERS_OK, RELAY_HEADERS_NOT_OBJECT, RELAY_HEADERS_UNREAD };
+/* The headers a message goes out with; *bad (may be NULL) says whether the
+ * row's own could not be published as given (RELAY_HEADERS_*). */
 rd_kafka_headers_t *relay_headers_of(relay *r, const relay_row *w, const char *id, int *bad);
 
 /* relay_wal.c: the WAL source's loop (instead of relay.c's), and its
@@ -288,9 +291,9 @@ int relay_kafka_rebuild(relay *r, const char *reason);
  * r->k.resize is set. */
 int relay_kafka_too_small(relay *r, PGconn *conn);
 /* An error about the message's topic, not the message: the topic unknown
- * to the broker (not created yet, auto-creation off) or not writable by
- * the relay (an ACL). Its messages are held, as a leaderless partition's
- * are, not counted towards a dead letter (README, "When things fail"). */
+ * to the broker (not created yet, auto-creation off). Its messages are
+ * held, as a leaderless partition's are, not counted towards a dead
+ * letter (README, "When things fail"). */
 bool relay_kafka_topic_refused(rd_kafka_resp_err_t err);
 /* A pending resize (r->k.resize), once due: the producer holds nothing, or
  * it has waited RESIZE_WAIT_MS (a partition that does not answer would

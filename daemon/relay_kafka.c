@@ -34,9 +34,15 @@ static void *opaque_of(int slot, unsigned gen)
 
 bool relay_kafka_topic_refused(rd_kafka_resp_err_t err)
 {
+    /* Not TOPIC_AUTHORIZATION_FAILED: a Produce refused so is a fatal
+     * error under the gapless guarantee, the producer is made again and
+     * sends again, and only max_attempts bounds that loop
+     * (test_relay_faults a_broker_that_refuses_every_produce_...). A topic
+     * not there yet is waited for, as a leaderless partition is: the
+     * delivery fails once librdkafka's metadata wait is over, and again
+     * after the key's backoff, without rebuilding anything. */
     return err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
-           err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-           err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+           err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
 }
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
