@@ -565,6 +565,11 @@ static void relay_makes_relay_dead_letters_only(void **state)
 {
     PGconn *admin = tu_connect();
     tu_exec(admin, "DELETE FROM ferry.dead_letter WHERE topic = 'pv-dl'");
+    /* Position 1 of key k handed out, in shard 0 (schema 39: the relay
+     * writes its dead letters at positions emit handed out). */
+    tu_exec(admin, "INSERT INTO ferry.outbox_key (topic, key, shard, seq) "
+                   "VALUES ('pv-dl', 'k', 0, 1) "
+                   "ON CONFLICT (topic, key) DO UPDATE SET shard = 0, seq = 1");
     long long mine = tu_int(admin, "SELECT ferry.inbox_dead_letter('" OWN "', "
                                    "gen_random_uuid(), 'pv-dl', 'k', 1, 'T', '', '{}', '{}', "
                                    "1, 'test')");
@@ -582,6 +587,31 @@ static void relay_makes_relay_dead_letters_only(void **state)
         if (got == NULL || strncmp(got, "42501", 5) != 0)
             fail_msg("%s wrote a relay dead letter on shard -1: %s", login_of[r],
                      got ? got : "allowed");
+        /* Nor at a position emit has not handed out, nor in another
+         * shard than its key's: a replay would publish it (schema 39). */
+        if (r == R_RELAY) {
+            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
+                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
+                            "(gen_random_uuid(), '', 'pv-dl', 'k', 'Forged', '{}', 2, 0, now(), "
+                            "'x')", buf, sizeof buf);
+            if (got == NULL || strncmp(got, "42501", 5) != 0)
+                fail_msg("the relay forged a dead letter at position 2: %s",
+                         got ? got : "allowed");
+            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
+                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
+                            "(gen_random_uuid(), '', 'pv-dl', 'k', 'Forged', '{}', 1, 3, now(), "
+                            "'x')", buf, sizeof buf);
+            if (got == NULL || strncmp(got, "42501", 5) != 0)
+                fail_msg("the relay forged a dead letter in another shard: %s",
+                         got ? got : "allowed");
+            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
+                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
+                            "(gen_random_uuid(), '', 'pv-dl', 'nokey', 'Forged', '{}', 1, 0, "
+                            "now(), 'x')", buf, sizeof buf);
+            if (got == NULL || strncmp(got, "42501", 5) != 0)
+                fail_msg("the relay forged a dead letter of a key never emitted: %s",
+                         got ? got : "allowed");
+        }
         /* Nor turns one into a consumer's. */
         tu_exec(admin, DL_INSERT("", "0"));
         got = try_as(r, "UPDATE ferry.dead_letter SET consumer = '" OWN "' "
@@ -692,6 +722,37 @@ static void relay_writes_only_the_relays_leases(void **state)
                                "'shard:9999', 'relay:pv-r', 'wal:pv')", "4");
     tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('reconciler', 'shard:9999', "
                    "'relay:pv-r', 'wal:pv')");
+    PQfinish(admin);
+}
+
+/* The reconciler expires a relay's lease and takes none: before schema 39
+ * it could give itself every shard lease until 'infinity', and no relay
+ * published anything (an outside audit). */
+static void reconciler_expires_relay_leases_and_takes_none(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('shard:9998', 'shard:9997')");
+    tu_exec(admin, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                   "VALUES ('shard:9998', 'pv-r', 1, now() + interval '1 minute')");
+    char buf[1024];
+    const char *got = try_as(R_RECONCILER, "INSERT INTO ferry.lease (name, holder, epoch, "
+                                           "expires_at) VALUES ('shard:9997', 'evil', 1, "
+                                           "'infinity')", buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler took a shard lease: %s", got ? got : "allowed");
+    got = try_as(R_RECONCILER, "UPDATE ferry.lease SET holder = 'evil', expires_at = 'infinity' "
+                               "WHERE name = 'shard:9998'", buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler took over a shard lease: %s", got ? got : "allowed");
+    tu_exec(as[R_RECONCILER], "DELETE FROM ferry.lease WHERE name = 'shard:9998'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'shard:9998' "
+                                   "AND holder = 'pv-r' AND expires_at > now()"), 1);
+    /* Expiring it, its job, it may. */
+    tu_exec(as[R_RECONCILER], "UPDATE ferry.lease SET expires_at = now() "
+                              "WHERE name = 'shard:9998'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'shard:9998' "
+                                   "AND expires_at <= now()"), 1);
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('shard:9998', 'shard:9997')");
     PQfinish(admin);
 }
 
@@ -852,6 +913,7 @@ int main(void)
         cmocka_unit_test(relay_parks_only_positions_emit_handed_out),
         cmocka_unit_test(relay_stamps_only_gates_left_to_be_stamped),
         cmocka_unit_test(relay_writes_only_the_relays_leases),
+        cmocka_unit_test(reconciler_expires_relay_leases_and_takes_none),
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),
