@@ -156,6 +156,24 @@ static PGconn *connect_db(const options *o, const char *holder)
     int version = 0;
     ferry_error err;
     ferry__set_application_name(conn, "ferry-reconcile", holder, &err);  /* a courtesy */
+    /* The sweeps send times back to the server as text (cutoffs, paging
+     * cursors): in ISO and UTC, as the server reads them back. Under a
+     * DateStyle of SQL with a TimeZone whose abbreviation means another
+     * zone to the parser (CST in Asia/Shanghai read as US Central), the
+     * garbage sweep's cutoff moved 14 hours and it deleted inbox rows
+     * inside the dedupe window: a redelivery was applied twice (an
+     * outside audit). A role's or database's own settings, PGDATESTYLE
+     * and options= all gave them. */
+    PGresult *set = PQexec(conn, "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; "
+                                 "SET IntervalStyle = 'postgres'");
+    if (PQresultStatus(set) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "ferry-reconcile: could not set the session's date style: %s",
+                PQerrorMessage(conn));
+        PQclear(set);
+        PQfinish(conn);
+        return NULL;
+    }
+    PQclear(set);
     if (ferry_schema_version(conn, &version, &err) != FERRY_OK) {
         fprintf(stderr, "ferry-reconcile: could not read the ferry schema version: %s\n",
                 err.message);

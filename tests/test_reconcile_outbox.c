@@ -963,6 +963,35 @@ static void garbage_is_collected_in_batches(void **state)
     PQfinish(c);
 }
 
+/* The reconciler's login with DateStyle SQL and a time zone whose
+ * abbreviation the parser takes for another zone (CST: China, read back
+ * as US Central): a row applied 50 minutes ago stays inside the 1 h
+ * window, one applied 2 hours ago goes. Before: the cutoff went to the
+ * server as text and came back 14 hours later, and both rows went (an
+ * outside audit: a redelivery then applied twice). */
+static void garbage_keeps_what_is_young_whatever_the_date_style(void **state)
+{
+    PGconn *c = tu_connect();
+    PGresult *res = PQexec(c, "CREATE ROLE rc_datestyle LOGIN IN ROLE ferry_reconciler");
+    PQclear(res);
+    tu_exec(c, "ALTER ROLE rc_datestyle SET DateStyle = 'SQL, MDY'");
+    tu_exec(c, "ALTER ROLE rc_datestyle SET TimeZone = 'Asia/Shanghai'");
+    char *rules = tu_temp_file("budgets: {inbox_retention: 1h}\n");
+    tu_exec(c, "INSERT INTO ferry.inbox (consumer, message_id, topic, key, seq, applied_at) "
+               "VALUES ('c', gen_random_uuid(), 't', 'young', 0, now() - interval '50 minutes'), "
+               "       ('c', gen_random_uuid(), 't', 'old', 0, now() - interval '2 hours')");
+    run_result r = reconcile_as("rc_datestyle", "repair", rules, NULL);
+    expect_status(&r, 1);
+    expect_findings(&r, "garbage", "inbox", "repaired", 1, 1);
+    run_free(&r);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox WHERE key = 'young'"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.inbox WHERE key = 'old'"), 0);
+    tu_exec(c, "DELETE FROM ferry.inbox WHERE consumer = 'c' AND topic = 't'");
+    tu_exec(c, "DROP ROLE rc_datestyle");
+    tu_temp_remove(rules);
+    PQfinish(c);
+}
+
 /* ------------------------------------------------------ least privilege */
 
 /* Everything above as a login role granted ferry_reconciler only: its
@@ -1051,6 +1080,7 @@ int main(void)
         cmocka_unit_test_setup(a_dead_letter_whose_id_was_used_again_goes_back_all_the_same,
                                reset),
         cmocka_unit_test_setup(garbage_is_collected_in_batches, reset),
+        cmocka_unit_test_setup(garbage_keeps_what_is_young_whatever_the_date_style, reset),
         cmocka_unit_test_setup(repair_as_the_reconciler_role, reset),
         cmocka_unit_test_setup(dead_relay_shards_go_to_a_live_one, reset),
     };
