@@ -382,10 +382,18 @@ static int sweep(rc_ctx *ctx, const garbage *k, int *lost)
  * again every repeat_after, which renews its action; one not renewed
  * means the row went away). Housekeeping, not a problem of the system:
  * no finding. Small tables, one short fenced statement each. */
+/* An action is kept 30 days, or its rule's repeat_after where that is
+ * longer ($1 the rules' names, $2 their repeat_after in ms): deleted
+ * sooner, the rule found no record, and sent again before its
+ * repeat_after (an outside audit: a 60-day rule's message went again
+ * after 31 days, and check said it was pending). */
 static const char RECORDS_SQL[] =
     "WITH p AS (DELETE FROM ferry.reconcile_pass WHERE finished_at < now() - interval '30 days' "
     "           RETURNING 1), "
-    "a AS (DELETE FROM ferry.reconcile_action WHERE emitted_at < now() - interval '30 days' "
+    "a AS (DELETE FROM ferry.reconcile_action a "
+    "       WHERE a.emitted_at < now() - greatest(interval '30 days', "
+    "               coalesce((SELECT r.ms FROM unnest($1::text[], $2::bigint[]) AS r (name, ms) "
+    "                          WHERE r.name = a.rule), 0) * interval '1 millisecond') "
     "      RETURNING 1) "
     "SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM a)";
 
@@ -398,8 +406,31 @@ static int records(rc_ctx *ctx, int *lost)
         *lost = err.code == FERRY_ESTATE;
         return rc_error(ctx, "could not purge the reconciler's old records: %s", err.message);
     }
-    PGresult *res = rc_query(ctx, "could not purge the reconciler's old records", RECORDS_SQL, 0,
-                             NULL);
+    /* The rules' names and repeat_after, as array literals (names are
+     * [A-Za-z0-9._-]: nothing to quote). */
+    size_t n = ctx->rules ? ctx->rules->count : 0;
+    char *names = malloc(3 + n * 130), *ms = malloc(3 + n * 22);
+    if (names == NULL || ms == NULL) {
+        free(names);
+        free(ms);
+        rc_rollback(ctx);
+        return rc_error(ctx, "could not purge the reconciler's old records: out of memory");
+    }
+    size_t nl = 0, ml = 0;
+    names[nl++] = '{';
+    ms[ml++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        const rc_rule *rule = &ctx->rules->rules[i];
+        nl += (size_t)sprintf(names + nl, "%s%s", i ? "," : "", rule->name);
+        ml += (size_t)sprintf(ms + ml, "%s%lld", i ? "," : "", (long long)rule->repeat_after_ms);
+    }
+    strcpy(names + nl, "}");
+    strcpy(ms + ml, "}");
+    const char *params[2] = {names, ms};
+    PGresult *res = rc_query(ctx, "could not purge the reconciler's old records", RECORDS_SQL, 2,
+                             params);
+    free(names);
+    free(ms);
     if (res == NULL) {
         rc_rollback(ctx);
         return -1;

@@ -558,6 +558,39 @@ static void rule_emits_one_message_per_row(void **state)
     PQfinish(conn);
 }
 
+/* A rule with repeat_after longer than the 30 days the reconciler keeps
+ * its records: the record of its message stays as long as repeat_after,
+ * and the message is not sent again sooner. Before: the garbage sweep
+ * dropped the record at 30 days, and the next pass sent it again (an
+ * outside audit: a 60-day rule's message went again after 31 days). */
+static void a_long_repeat_after_keeps_its_record(void **state)
+{
+    PGconn *conn = tu_connect();
+    char *rules = tu_temp_file(
+        "rules:\n"
+        "  - name: release-long\n"
+        "    detect: SELECT 'r-long' AS key, '{}'::jsonb AS payload\n"
+        "    repeat_after: 60d\n"
+        "    emit: {topic: rc.shop.inventory, type: ReleaseLong}\n");
+    long long base = q(conn, MESSAGES, "ReleaseLong");
+    assert_exit(reconcile("repair", "--rules", rules, NULL), 1);
+    assert_int_equal(q(conn, MESSAGES, "ReleaseLong") - base, 1);
+    tu_exec(conn, "UPDATE ferry.reconcile_action SET emitted_at = now() - interval '31 days' "
+                  "WHERE rule = 'release-long'");
+    assert_exit(reconcile("repair", "--rules", rules, NULL), 0);
+    assert_int_equal(q(conn, MESSAGES, "ReleaseLong") - base, 1);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.reconcile_action "
+                                  "WHERE rule = 'release-long'"), 1);
+    /* Past its repeat_after it goes again. */
+    tu_exec(conn, "UPDATE ferry.reconcile_action SET emitted_at = now() - interval '61 days' "
+                  "WHERE rule = 'release-long'");
+    assert_exit(reconcile("repair", "--rules", rules, NULL), 1);
+    assert_int_equal(q(conn, MESSAGES, "ReleaseLong") - base, 2);
+    tu_exec(conn, "DELETE FROM ferry.reconcile_action WHERE rule = 'release-long'");
+    tu_temp_remove(rules);
+    PQfinish(conn);
+}
+
 /* Detect queries that write, run too long or have no key are refused,
  * naming the rule, and change nothing; the pass goes on with the next. */
 static void bad_rules_are_refused(void **state)
@@ -675,6 +708,7 @@ int main(void)
         cmocka_unit_test_setup(saga_without_timer_is_left, clean),
         cmocka_unit_test_setup(deadline_out_of_step_with_engine_is_left, clean),
         cmocka_unit_test_setup(rule_emits_one_message_per_row, clean),
+        cmocka_unit_test_setup(a_long_repeat_after_keeps_its_record, clean),
         cmocka_unit_test_setup(bad_rules_are_refused, clean),
         cmocka_unit_test_setup(reconciler_alone_brings_every_saga_home, clean),
     };
