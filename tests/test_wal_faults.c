@@ -6,11 +6,13 @@
  * its middle; a lost slot is loud and never recreated by the relay.
  */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "harness/clock.h"
 #include "harness/kafkatmp.h"
 #include "testutil.h"
 #include "tu_http.h"
@@ -625,6 +627,65 @@ static void a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_
 }
 
 /*
+ * A parked key's message decoded before its transaction is visible: the
+ * WAL sender decodes a commit once its record is flushed, while the
+ * committing backend may still wait (here for a synchronous standby that
+ * never answers, which holds it there). The relay parks the key from
+ * position 1 at its start (a row was waiting then); that row is then
+ * published, so position 2 goes to WAL, and the relay puts it in the
+ * table. Before schema 40 ferry.wal_park saw the key at position 1,
+ * inserted nothing, and the relay went past the message: lost (an outside
+ * audit, 10 of 40). Now wal_park waits for it, and the relay restarts its
+ * stream rather than go past it; once the commit is visible, it is parked.
+ */
+static void a_message_parked_before_its_commit_is_visible_is_not_lost(void **state)
+{
+    PGconn *c = tu_wal_connect();
+    tu_exec(c, "SELECT ferry.emit_with_id(gen_random_uuid(), 'w.vis', 'k', 'Tested', "
+               "'{\"n\": 1}', '{}', '', 3600000)");
+    tu_proc p = tu_wal_relay_start("wal-vis", NULL);
+    tu_proc_await_log(&p, "\"event\":\"wal.streaming\"", 30000);
+    /* Position 1 published by a table relay, as far as emit can tell. */
+    tu_exec(c, "UPDATE ferry.outbox SET published_at = now() WHERE topic = 'w.vis'");
+    tu_exec(c, "ALTER SYSTEM SET synchronous_standby_names = 'ferry_nobody'");
+    tu_exec(c, "SELECT pg_reload_conf()");
+    PGconn *a = tu_connect();
+    long long apid = tu_int(a, "SELECT pg_backend_pid()");
+    assert_int_equal(PQsendQuery(a, "SELECT ferry.emit('w.vis', 'k', 'Tested', '{\"n\": 2}')"),
+                     1);
+    /* The fault: the relay has decoded position 2 while its commit waits
+     * (it is in wal_park, or -- before the fix -- went past it). */
+    char *waiting = tu_sprintf("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %lld "
+                               "AND wait_event = 'SyncRep')", apid);
+    tu_await(c, waiting, 30000);
+    free(waiting);
+    for (int64_t end = clk_mono_ms() + 30000;;) {
+        char *log = tu_proc_log(&p);
+        bool went_past = log != NULL && strstr(log, "\"event\":\"wal.parked\"") != NULL;
+        free(log);
+        if (went_past || tu_int(c, "SELECT count(*) FROM pg_stat_activity "
+                                   "WHERE query LIKE '%wal_park(%' AND state = 'active' "
+                                   "AND pid <> pg_backend_pid()") > 0)
+            break;
+        if (clk_mono_ms() > end)
+            tu_proc_fail(&p, "the relay did not decode position 2 within 30 s");
+        clk_sleep_ms(5);
+    }
+    /* The commit goes through. */
+    tu_exec(c, "ALTER SYSTEM RESET synchronous_standby_names");
+    tu_exec(c, "SELECT pg_reload_conf()");
+    PGresult *res;
+    while ((res = PQgetResult(a)) != NULL)
+        PQclear(res);
+    PQfinish(a);
+    tu_await(c, "SELECT count(*) = 1 FROM ferry.outbox WHERE topic = 'w.vis' AND seq = 2", 30000);
+    assert_int_equal(tu_proc_stop(&p, 30000), 0);
+    tu_proc_done(&p);
+    tu_exec(c, "DELETE FROM ferry.outbox WHERE topic = 'w.vis'");
+    PQfinish(c);
+}
+
+/*
  * A message that is a relay dead letter already, decoded again (the
  * stream restarted, or PostgreSQL did, before the slot was confirmed past
  * it): it stays in the dead letters. Before, its key being parked behind
@@ -716,6 +777,7 @@ int main(void)
         cmocka_unit_test(keys_past_the_parked_limit_stay_parked),
         cmocka_unit_test(a_key_with_a_row_waiting_in_the_table_keeps_its_wal_messages_behind_it),
         cmocka_unit_test(a_dead_letter_decoded_again_is_not_put_in_the_table),
+        cmocka_unit_test(a_message_parked_before_its_commit_is_visible_is_not_lost),
         cmocka_unit_test(slot_finds_its_database_as_the_other_subcommands_do),
     };
     tu_filter_from_env();
