@@ -590,27 +590,23 @@ static void relay_makes_relay_dead_letters_only(void **state)
         /* Nor at a position emit has not handed out, nor in another
          * shard than its key's: a replay would publish it (schema 39). */
         if (r == R_RELAY) {
-            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
-                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
-                            "(gen_random_uuid(), '', 'pv-dl', 'k', 'Forged', '{}', 2, 0, now(), "
-                            "'x')", buf, sizeof buf);
-            if (got == NULL || strncmp(got, "42501", 5) != 0)
-                fail_msg("the relay forged a dead letter at position 2: %s",
-                         got ? got : "allowed");
-            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
-                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
-                            "(gen_random_uuid(), '', 'pv-dl', 'k', 'Forged', '{}', 1, 3, now(), "
-                            "'x')", buf, sizeof buf);
-            if (got == NULL || strncmp(got, "42501", 5) != 0)
-                fail_msg("the relay forged a dead letter in another shard: %s",
-                         got ? got : "allowed");
-            got = try_as(r, "INSERT INTO ferry.dead_letter (message_id, consumer, topic, "
-                            "aggregateid, type, payload, seq, shard, created_at, reason) VALUES "
-                            "(gen_random_uuid(), '', 'pv-dl', 'nokey', 'Forged', '{}', 1, 0, "
-                            "now(), 'x')", buf, sizeof buf);
-            if (got == NULL || strncmp(got, "42501", 5) != 0)
-                fail_msg("the relay forged a dead letter of a key never emitted: %s",
-                         got ? got : "allowed");
+            static const struct {
+                const char *key, *seq, *shard, *what;
+            } forged[] = {{"k", "2", "0", "at position 2"},
+                          {"k", "1", "3", "in another shard"},
+                          {"nokey", "1", "0", "of a key never emitted"}};
+            for (size_t f = 0; f < COUNT(forged); f++) {
+                char *sql = tu_sprintf("INSERT INTO ferry.dead_letter (message_id, consumer, "
+                                       "topic, aggregateid, type, payload, seq, shard, "
+                                       "created_at, reason) VALUES (gen_random_uuid(), '', "
+                                       "'pv-dl', '%s', 'Forged', '{}', %s, %s, now(), 'x')",
+                                       forged[f].key, forged[f].seq, forged[f].shard);
+                got = try_as(r, sql, buf, sizeof buf);
+                free(sql);
+                if (got == NULL || strncmp(got, "42501", 5) != 0)
+                    fail_msg("the relay forged a dead letter %s: %s", forged[f].what,
+                             got ? got : "allowed");
+            }
         }
         /* Nor turns one into a consumer's. */
         tu_exec(admin, DL_INSERT("", "0"));
