@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ferry.h"
+#include "internal.h"
 #include "devkafka.h"
 #include "relay.h"
 #include "relay_wal.h"
@@ -75,10 +76,21 @@ static int cmd_migrate(int argc, char **argv)
         return status;
     int before = 0, after = 0;
     ferry_error err;
-    ferry_code rc = ferry_schema_version(conn, &before, &err);
+    /* The version before is read under the migration's lock, held for the
+     * whole run: concurrent runs each said "migrated from version 0" when
+     * one of them had (an outside audit). The library takes the same lock
+     * again for its transaction, which a session holding it may. */
+    PGresult *lock = PQexec(conn, "SELECT pg_advisory_lock(" FERRY__MIGRATE_LOCK_KEY ")");
+    ferry_code rc = PQresultStatus(lock) == PGRES_TUPLES_OK
+                        ? FERRY_OK
+                        : ferry_error_from_pg(&err, conn, lock, "could not take the migration "
+                                                               "lock");
+    PQclear(lock);
+    if (rc == FERRY_OK)
+        rc = ferry_schema_version(conn, &before, &err);
     if (rc == FERRY_OK)
         rc = ferry_migrate(conn, &after, &err);
-    PQfinish(conn);
+    PQfinish(conn);     /* lets the lock go */
     if (rc != FERRY_OK) {
         fprintf(stderr, "ferry-relay migrate: %s (%s%s%s)\n", err.message,
                 ferry_code_name(rc), err.sqlstate[0] ? ", SQLSTATE " : "", err.sqlstate);

@@ -168,4 +168,9 @@ void ferry__log_json(int level, const char *event, struct json_t *fields, const 
  * connection. */
 void ferry__log_pq_notices(PGconn *conn, const char *session);
 
+/* "ferry" in ASCII: the advisory lock key of schema migration (lib/migrate.c
+ * takes it for its transaction; ferry-relay migrate for its whole run, so
+ * that what it says it did is what it did). */
+#define FERRY__MIGRATE_LOCK_KEY "418464928377"
+
 #endif /* FERRY_INTERNAL_H */

@@ -14,8 +14,7 @@
 
 #include "internal.h"
 
-/* "ferry" in ASCII: the advisory lock key of schema migration. */
-#define MIGRATE_LOCK_KEY "418464928377"
+#define MIGRATE_LOCK_KEY FERRY__MIGRATE_LOCK_KEY
 
 static const char bootstrap_sql[] =
     "CREATE SCHEMA IF NOT EXISTS ferry;"

@@ -259,6 +259,37 @@ static void relay_migrate_command(void **state)
     free(ci);
 }
 
+/* Three `ferry-relay migrate` runs at once on an empty database: one
+ * says it migrated from version 0, the others that there was nothing to
+ * do. Before: each said "migrated from version 0 to N" (it read the
+ * version before the others had finished: an outside audit). */
+static void concurrent_migrate_commands_say_what_each_did(void **state)
+{
+    PQfinish(fresh_db("m_cli3"));
+    char *ci = fpg_conninfo_for(tu_pg, NULL, "m_cli3");
+    char dir[] = "/tmp/ferry-migrate-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *cmd = tu_sprintf("for i in 1 2 3; do '%s' migrate --db '%s' > \"%s/out.$i\" 2>&1 & "
+                           "done; wait", tu_relay_bin(), ci, dir);
+    assert_int_equal(system(cmd), 0);
+    int migrated = 0, nothing = 0;
+    for (int i = 1; i <= 3; i++) {
+        char *path = tu_sprintf("%s/out.%d", dir, i);
+        char *out = tu_slurp(path, NULL);
+        assert_non_null(out);
+        migrated += strstr(out, "migrated from version 0") != NULL;
+        nothing += strstr(out, "nothing to do") != NULL;
+        free(out);
+        unlink(path);
+        free(path);
+    }
+    assert_int_equal(migrated, 1);
+    assert_int_equal(nothing, 2);
+    rmdir(dir);
+    free(cmd);
+    free(ci);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -270,6 +301,7 @@ int main(void)
         cmocka_unit_test(failure_is_all_or_nothing),
         cmocka_unit_test(a_schema_of_another_role_or_a_database_not_utf8_is_refused),
         cmocka_unit_test(relay_migrate_command),
+        cmocka_unit_test(concurrent_migrate_commands_say_what_each_did),
     };
     return cmocka_run_group_tests(tests, tu_group_setup, tu_group_teardown);
 }
