@@ -778,44 +778,18 @@ typedef struct fire_arg {
     const char *names, *hashes; /* the registry's definitions, as text[] literals */
 } fire_arg;
 
-/* reg's definitions as two text[] literals, names and hashes in one order
- * (each element quoted), for ferry.saga_lock_next_due: a worker takes only
- * the timers of sagas it can run (schema 37). Returns 0, or -1 out of
- * memory. */
-static char *text_array(const ferry_saga_registry *reg, int hash)
+/* reg's definitions as two text[] literals (pgarray.c), names and hashes
+ * in one order, for ferry.saga_lock_next_due: a worker takes only the
+ * timers of sagas it can run (schema 37). Returns 0, or -1 out of memory;
+ * the caller frees both p. */
+static int registry_arrays(const ferry_saga_registry *reg, ferry__alit *names,
+                           ferry__alit *hashes)
 {
-    size_t cap = 3;
-    for (size_t i = 0; i < reg->n; i++)
-        cap += 2 * strlen(hash ? reg->defs[i]->hash : reg->defs[i]->name) + 3;
-    char *out = malloc(cap), *o = out;
-    if (out == NULL)
-        return NULL;
-    *o++ = '{';
     for (size_t i = 0; i < reg->n; i++) {
-        if (i > 0)
-            *o++ = ',';
-        *o++ = '"';
-        for (const char *c = hash ? reg->defs[i]->hash : reg->defs[i]->name; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                *o++ = '\\';
-            *o++ = *c;
-        }
-        *o++ = '"';
+        ferry__alit_str(names, reg->defs[i]->name);
+        ferry__alit_str(hashes, reg->defs[i]->hash);
     }
-    *o++ = '}';
-    *o = '\0';
-    return out;
-}
-
-static int registry_arrays(const ferry_saga_registry *reg, char **names, char **hashes)
-{
-    *names = text_array(reg, 0);
-    *hashes = text_array(reg, 1);
-    if (*names != NULL && *hashes != NULL)
-        return 0;
-    free(*names);
-    free(*hashes);
-    return -1;
+    return ferry__alit_end(names) != NULL && ferry__alit_end(hashes) != NULL ? 0 : -1;
 }
 
 static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
@@ -969,13 +943,15 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (b == NULL)
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
                                                       "memory");
-    char *names = NULL, *hashes = NULL;
+    ferry__alit names = {0}, hashes = {0};
     if (registry_arrays(reg, &names, &hashes) != 0) {
+        free(names.p);
+        free(hashes.p);
         free(b);
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
                                                       "memory");
     }
-    b->f = (fire_arg){.reg = reg, .now_ms = now_ms, .names = names, .hashes = hashes};
+    b->f = (fire_arg){.reg = reg, .now_ms = now_ms, .names = names.p, .hashes = hashes.p};
     int n = 0, left = max;
     ferry_code rc = FERRY_OK;
     while (left > 0) {
@@ -987,8 +963,8 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
         if (b->none)
             break;
     }
-    free(names);
-    free(hashes);
+    free(names.p);
+    free(hashes.p);
     if (rc == FERRY_OK && b->gave_up) {
         if (fired)
             *fired = n;

@@ -36,9 +36,11 @@
  *   attempts   keyset paging on (consumer, message_id), the primary key.
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "reconcile.h"
 
 #define SHOW_MAX 10             /* consumers / topics named in a finding's detail */
@@ -406,31 +408,24 @@ static int records(rc_ctx *ctx, int *lost)
         *lost = err.code == FERRY_ESTATE;
         return rc_error(ctx, "could not purge the reconciler's old records: %s", err.message);
     }
-    /* The rules' names and repeat_after, as array literals (names are
-     * [A-Za-z0-9._-]: nothing to quote). */
-    size_t n = ctx->rules ? ctx->rules->count : 0;
-    char *names = malloc(3 + n * 130), *ms = malloc(3 + n * 22);
-    if (names == NULL || ms == NULL) {
-        free(names);
-        free(ms);
-        rc_rollback(ctx);
-        return rc_error(ctx, "could not purge the reconciler's old records: out of memory");
-    }
-    size_t nl = 0, ml = 0;
-    names[nl++] = '{';
-    ms[ml++] = '{';
-    for (size_t i = 0; i < n; i++) {
+    /* The rules' names and repeat_after, as array literals (pgarray.c). */
+    ferry__alit names = {0}, ms = {0};
+    for (size_t i = 0; ctx->rules != NULL && i < ctx->rules->count; i++) {
         const rc_rule *rule = &ctx->rules->rules[i];
-        nl += (size_t)sprintf(names + nl, "%s%s", i ? "," : "", rule->name);
-        ml += (size_t)sprintf(ms + ml, "%s%lld", i ? "," : "", (long long)rule->repeat_after_ms);
+        char v[24];
+        snprintf(v, sizeof v, "%lld", (long long)rule->repeat_after_ms);
+        ferry__alit_str(&names, rule->name);
+        ferry__alit_str(&ms, v);
     }
-    strcpy(names + nl, "}");
-    strcpy(ms + ml, "}");
-    const char *params[2] = {names, ms};
-    PGresult *res = rc_query(ctx, "could not purge the reconciler's old records", RECORDS_SQL, 2,
-                             params);
-    free(names);
-    free(ms);
+    const char *params[2] = {ferry__alit_end(&names), ferry__alit_end(&ms)};
+    PGresult *res = NULL;
+    if (params[0] == NULL || params[1] == NULL)
+        rc_error(ctx, "could not purge the reconciler's old records: out of memory");
+    else
+        res = rc_query(ctx, "could not purge the reconciler's old records", RECORDS_SQL, 2,
+                       params);
+    free(names.p);
+    free(ms.p);
     if (res == NULL) {
         rc_rollback(ctx);
         return -1;
