@@ -286,10 +286,9 @@ static int expand(const char *in, int how, char **out, char *why, size_t whylen)
          * " host=elsewhere" could send the password there. A reference
          * where a keyword goes (the whole string, say) is put in as it
          * is: it is the connection string, not a value in one. */
-        bool in_value = how == EXPAND_URI ||
-                        (how == EXPAND_CONNINFO && (st == CI_BEFORE_VALUE || st == CI_VALUE ||
-                                                    st == CI_QUOTED));
-        bool quote = in_value;
+        bool quote = how == EXPAND_URI ||
+                     (how == EXPAND_CONNINFO && (st == CI_BEFORE_VALUE || st == CI_VALUE ||
+                                                 st == CI_QUOTED));
         buf v = {0};
         buf *dst = quote ? &v : &b;
         if (n > 4 && strncmp(body, "env:", 4) == 0) {

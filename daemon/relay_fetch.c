@@ -536,12 +536,14 @@ int relay_fetch_and_produce(relay *r, int limit)
                 stamps++;
             }
         }
-        if (!topic_name_ok(w.topic)) {
-            refuse_row(r, &w, now);
-            continue;
-        }
-        if (t == NULL || strcmp(t->name, w.topic) != 0)
+        if (t == NULL || strcmp(t->name, w.topic) != 0) {
+            /* Checked once per topic of the batch: a handle's name passed. */
+            if (!topic_name_ok(w.topic)) {
+                refuse_row(r, &w, now);
+                continue;
+            }
             t = relay_kafka_topic(r, w.topic);
+        }
         if (t == NULL) {
             stopped = 1;        /* out of memory: resume from this row */
             break;
