@@ -824,6 +824,11 @@ typedef struct ferry_saga_action {
     int64_t at_ms;                   /* SET_DEADLINE: = next->wake_ms */
 } ferry_saga_action;
 
+/* The pause before a command refused is sent again, for a step whose
+ * retry policy has no backoff (see Backoff under ferry_saga_step). */
+#define FERRY_SAGA_REFUSAL_BACKOFF_MS     1000
+#define FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS 60000
+
 /* The largest now_ms taken (year 9999), so that no deadline overflows. */
 #define FERRY_SAGA_NOW_MAX_MS 253402300799999LL
 
@@ -856,7 +861,13 @@ typedef struct ferry_saga_action {
  *
  * Backoff. Send n (n >= 2) of a command is delayed by backoff_ms *
  * 2^(n-2), at most max_backoff_ms (the step's retry policy, also used for
- * its compensation). The command's timer is now + delay + timeout_ms.
+ * its compensation). A step with no backoff (backoff_ms 0) still pauses
+ * a send that follows a refusal -- of a compensation, or of a step after
+ * the pivot, both retried for ever -- by FERRY_SAGA_REFUSAL_BACKOFF_MS *
+ * 2^(n-2), at most FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS, so that a
+ * participant refusing every time is not sent the command again as fast
+ * as messages go round; a resend after a timeout is not delayed then. The
+ * command's timer is now + delay + timeout_ms.
  *
  * Events, by status (anything not listed is refused as an invalid
  * transition, FERRY_ESTATE, "invalid saga transition <from> -> <to> on

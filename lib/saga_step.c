@@ -247,6 +247,23 @@ static int64_t backoff(const step_ctx *c, uint32_t s, uint32_t n)
     return b < r->max_backoff_ms ? b : r->max_backoff_ms;
 }
 
+/* The delay before send n of a command of step s that follows a refusal
+ * (a compensation, a step after the pivot: retried for ever). A step
+ * without a backoff still pauses here, or a participant that refuses
+ * every time would be sent the command again as fast as messages go
+ * round, for ever; after a timeout the timeout was the wait. */
+static int64_t refusal_backoff(const step_ctx *c, uint32_t s, uint32_t n)
+{
+    if (c->def->steps[s].retry.backoff_ms > 0)
+        return backoff(c, s, n);
+    if (n < 2)
+        return 0;
+    int64_t b = FERRY_SAGA_REFUSAL_BACKOFF_MS;
+    for (uint32_t k = 2; k < n && b < FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS; k++)
+        b *= 2;
+    return b < FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS ? b : FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS;
+}
+
 static void push(step_ctx *c, const ferry_saga_action *a)
 {
     /* Bounded by construction: at most a SEND and a SET_DEADLINE, or a
@@ -289,14 +306,27 @@ static void arm(step_ctx *c)
 
 /* Send a command of step s once more, after the backoff its next attempt
  * waits, and arm the timer for it. */
-static ferry_code resend(step_ctx *c, uint32_t s, ferry_saga_command_kind kind)
+static ferry_code resend_after(step_ctx *c, uint32_t s, ferry_saga_command_kind kind,
+                               int refused)
 {
     const ferry_saga_step_state *ss = &c->st.steps[s];
-    uint32_t sent = kind == FERRY_SAGA_CMD_ACTION ? ss->action_attempts
-                                                  : ss->compensation_attempts;
-    send(c, s, kind, backoff(c, s, sat_inc(sent)));
+    uint32_t n = sat_inc(kind == FERRY_SAGA_CMD_ACTION ? ss->action_attempts
+                                                       : ss->compensation_attempts);
+    send(c, s, kind, refused ? refusal_backoff(c, s, n) : backoff(c, s, n));
     arm(c);
     return FERRY_OK;
+}
+
+/* Send a command again after its timer ran out. */
+static ferry_code resend(step_ctx *c, uint32_t s, ferry_saga_command_kind kind)
+{
+    return resend_after(c, s, kind, 0);
+}
+
+/* Send a command again, in its next round, after it was refused. */
+static ferry_code resend_refused(step_ctx *c, uint32_t s, ferry_saga_command_kind kind)
+{
+    return resend_after(c, s, kind, 1);
 }
 
 static void finish(step_ctx *c, ferry_saga_status status)
@@ -430,7 +460,7 @@ static ferry_code on_reply_running(step_ctx *c, const ferry_saga_event *ev)
     if (forward_only(c, s)) {
         /* A refusal is final for its key: try again under the next one. */
         ss->action_round = sat_inc(ss->action_round);
-        return resend(c, s, FERRY_SAGA_CMD_ACTION);
+        return resend_refused(c, s, FERRY_SAGA_CMD_ACTION);
     }
     ss->action = FERRY_SAGA_STEP_FAILED;
     return start_compensating(c, FERRY_SAGA_REASON_FAILED, s);
@@ -462,7 +492,7 @@ static ferry_code on_reply_compensating(step_ctx *c, const ferry_saga_event *ev)
         return compensate_next(c);
     }
     ss->compensation_round = sat_inc(ss->compensation_round);
-    return resend(c, s, FERRY_SAGA_CMD_COMPENSATION);
+    return resend_refused(c, s, FERRY_SAGA_CMD_COMPENSATION);
 }
 
 static ferry_code on_timeout_running(step_ctx *c)

@@ -1064,6 +1064,71 @@ static void refusal_and_timeout_compensate_in_reverse(void **state)
     assert_int_equal(t.st.ignored, FERRY_SAGA_IGNORED_STALE_REPLY);
 }
 
+/* A refusal that is retried for ever (a compensation, a step after the
+ * pivot) is not resent at once when the step has no backoff: a
+ * participant that refuses every time would otherwise be sent the
+ * command again as fast as the messages go round, for ever. Such a
+ * resend waits FERRY_SAGA_REFUSAL_BACKOFF_MS, doubling to
+ * FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS; a timeout's resend, after a wait of
+ * its own, keeps the step's backoff of 0. */
+static void a_refusal_without_a_backoff_is_resent_after_a_pause(void **state)
+{
+    three_steps(0);
+    for (int i = 0; i < 3; i++)
+        tsteps[i].retry.backoff_ms = tsteps[i].retry.max_backoff_ms = 0;
+    run r = {0};
+    feed(&r, ev_start, 0);
+    feed(&r, reply(FERRY_SAGA_CMD_ACTION, 0, 0, 1, 1), 10);
+    /* Step 1, after the pivot, refused: retried in the next round, after a pause. */
+    assert_int_equal(feed(&r, reply(FERRY_SAGA_CMD_ACTION, 1, 0, 1, 0), 20), FERRY_OK);
+    expect_send(&r, FERRY_SAGA_CMD_ACTION, 1, 2);
+    assert_int_equal(r.a[0].round, 1);
+    assert_int_equal(r.a[0].delay_ms, FERRY_SAGA_REFUSAL_BACKOFF_MS);
+    assert_int_equal(feed(&r, reply(FERRY_SAGA_CMD_ACTION, 1, 1, 2, 0), 30), FERRY_OK);
+    expect_send(&r, FERRY_SAGA_CMD_ACTION, 1, 3);
+    assert_int_equal(r.a[0].delay_ms, 2 * FERRY_SAGA_REFUSAL_BACKOFF_MS);
+    /* A timeout's resend is not delayed: the timeout was the wait. */
+    assert_int_equal(feed(&r, ev_timeout, r.st.timer_ms), FERRY_OK);
+    expect_send(&r, FERRY_SAGA_CMD_ACTION, 1, 4);
+    assert_int_equal(r.a[0].delay_ms, 0);
+
+    /* A compensation refused again and again: the pause doubles to its cap. */
+    three_steps(-1);
+    for (int i = 0; i < 3; i++)
+        tsteps[i].retry.backoff_ms = tsteps[i].retry.max_backoff_ms = 0;
+    run t = {0};
+    feed(&t, ev_start, 0);
+    feed(&t, reply(FERRY_SAGA_CMD_ACTION, 0, 0, 1, 0), 10);   /* refused: nothing to undo */
+    assert_int_equal(t.st.status, FERRY_SAGA_COMPENSATED);
+    run u = {0};
+    feed(&u, ev_start, 0);
+    feed(&u, reply(FERRY_SAGA_CMD_ACTION, 0, 0, 1, 1), 10);
+    feed(&u, reply(FERRY_SAGA_CMD_ACTION, 1, 0, 1, 0), 20);
+    expect_send(&u, FERRY_SAGA_CMD_COMPENSATION, 0, 1);
+    assert_int_equal(u.a[0].delay_ms, 0);
+    int64_t now = 30, want = FERRY_SAGA_REFUSAL_BACKOFF_MS;
+    for (uint32_t n = 1; n <= 12; n++) {
+        assert_int_equal(feed(&u, reply(FERRY_SAGA_CMD_COMPENSATION, 0, n - 1, n, 0), now),
+                         FERRY_OK);
+        expect_send(&u, FERRY_SAGA_CMD_COMPENSATION, 0, n + 1);
+        assert_int_equal(u.a[0].delay_ms, want);
+        want = want * 2 > FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS ? FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS
+                                                             : want * 2;
+        now += 10;
+    }
+    assert_int_equal(FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS, 60000);
+
+    /* A step's own backoff, where it has one, is kept. */
+    three_steps(-1);
+    run v = {0};
+    feed(&v, ev_start, 0);
+    feed(&v, reply(FERRY_SAGA_CMD_ACTION, 0, 0, 1, 1), 10);
+    feed(&v, reply(FERRY_SAGA_CMD_ACTION, 1, 0, 1, 0), 20);
+    feed(&v, reply(FERRY_SAGA_CMD_COMPENSATION, 0, 0, 1, 0), 30);
+    expect_send(&v, FERRY_SAGA_CMD_COMPENSATION, 0, 2);
+    assert_int_equal(v.a[0].delay_ms, 10);
+}
+
 static void invalid_transitions_refused(void **state)
 {
     three_steps(1);
@@ -1143,6 +1208,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(names_match_sql),
         cmocka_unit_test(happy_path_and_keys),
         cmocka_unit_test(refusal_and_timeout_compensate_in_reverse),
+        cmocka_unit_test(a_refusal_without_a_backoff_is_resent_after_a_pause),
         cmocka_unit_test(invalid_transitions_refused),
         cmocka_unit_test(deadline_and_cancel),
         cmocka_unit_test(replay_is_exact),
