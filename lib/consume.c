@@ -423,12 +423,12 @@ static void work_finish(work *w, size_t max_payload)
     m->internal_ = w;
     m->attempt = 0;             /* apply_fn counts the tries */
 
+    /* ferry_id, else ce_id, else the coordinates: a header that is not a
+     * UUID counts as absent. */
     char idbuf[64];
-    const char *id = header(w, "ferry_id", idbuf, sizeof idbuf);
-    if (*id == '\0')
-        id = header(w, "ce_id", idbuf, sizeof idbuf);
     ferry_uuid u;
-    if (*id != '\0' && ferry_uuid_parse(id, &u) == FERRY_OK)
+    if (ferry_uuid_parse(header(w, "ferry_id", idbuf, sizeof idbuf), &u) == FERRY_OK ||
+        ferry_uuid_parse(header(w, "ce_id", idbuf, sizeof idbuf), &u) == FERRY_OK)
         ferry_uuid_format(&u, w->id);
     else
         coordinates_id(m->topic, m->partition, m->offset, w->id);
@@ -473,6 +473,13 @@ static void work_finish(work *w, size_t max_payload)
             m->position = v;
             snprintf(w->seq_text, sizeof w->seq_text, "%" PRId64, v);
         }
+    }
+    /* A key shown escaped is not the key it names: its message takes no
+     * position, so that no claim holds it or counts it towards the real
+     * key of that name; it is dead-lettered at once. */
+    if (w->key_shown) {
+        m->position = 0;
+        w->seq_text[0] = '\0';
     }
 
     if (w->marker && !payload_text_ok(m->payload_text, m->payload_len))
@@ -556,6 +563,7 @@ void ferry__consume_intake(work *w, rd_kafka_message_t *rkm, const char *topic,
             p += sprintf(p, "%02x", ((const unsigned char *)rkm->key)[i]);
         m->key = w->key_text;
         w->key_shown = 1;
+        w->unholdable = 1;
         snprintf(w->poison, sizeof w->poison,
                  "the message key is not UTF-8 text of at most %d bytes", FERRY_KEY_MAX);
     }

@@ -349,6 +349,63 @@ static void a_key_that_is_not_text_parks_no_other_key(void **state)
     PQfinish(conn);
 }
 
+/* A key that is not text (or is longer than a key may be) is dead-lettered
+ * at once and without a position whatever its ferry_seq says: held at its
+ * position under its escaped name, it was applied later as the message of
+ * the real key of that name (a forged payload at position 2) and the real
+ * message 2 was skipped as late; and its later messages waited for ever. */
+static void a_key_that_is_not_text_is_never_held(void **state)
+{
+    const char *topic = "h.badkeyheld";
+    char longkey[FERRY_KEY_MAX + 77];
+    memset(longkey, 'k', sizeof longkey - 1);
+    longkey[sizeof longkey - 1] = '\0';
+    rawmsg bad[] = {{"\xff\xfe", "2", "{\"amount\": 666}"}, {longkey, "2"}};
+    rawmsg good[] = {{"\\xfffe", "1", "{\"amount\": 1}"}, {"\\xfffe", "2", "{\"amount\": 2}"}};
+    produce_raw(topic, bad, 2);
+    ferry_consumer *c = consumer_new("h-badkeyheld", topic, 1);
+    PGconn *conn = tu_connect();
+    poll_until_sql(c, conn, "SELECT count(*) = 2 FROM ferry.dead_letter "
+                            "WHERE consumer = 'h-badkeyheld'");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.dead_letter WHERE consumer = "
+                                  "'h-badkeyheld' AND seq = 0 AND reason LIKE '%key is not UTF-8%'"),
+                     2);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_held WHERE consumer = "
+                                  "'h-badkeyheld'"), 0);
+    produce_raw(topic, good, 2);
+    poll_until_sql(c, conn, "SELECT count(*) = 2 FROM t_applied WHERE consumer = 'h-badkeyheld'");
+    tu_consumer_done(c);
+    assert_order(conn, "h-badkeyheld", "\\xfffe", "1,2");
+    assert_int_equal(tu_int(conn, "SELECT sum(amount) FROM t_applied WHERE consumer = "
+                                  "'h-badkeyheld'"), 3);
+    PQfinish(conn);
+}
+
+/* The id is ferry_id, else ce_id, else the message's coordinates: a
+ * ferry_id that is not a UUID counts as absent. It did not, and a
+ * CloudEvents producer's redelivery at another offset was applied twice
+ * (deduplicated by coordinates, not by its ce_id). */
+static void a_ferry_id_that_is_not_a_uuid_falls_back_to_ce_id(void **state)
+{
+    const char *topic = "h.ceid";
+    const char *ce = "01a25270-80b6-76db-b6db-8c5106aab091";
+    rawmsg m[] = {
+        {"c", NULL, "{\"amount\": 1}", 0, {{"ferry_id", "not-a-uuid"}, {"ce_id", ce}}},
+        {"c", NULL, "{\"amount\": 1}", 0, {{"ferry_id", "not-a-uuid"}, {"ce_id", ce}}},
+        {"c", NULL, "{\"amount\": 7}"},
+    };
+    produce_raw(topic, m, 3);
+    ferry_consumer *c = consumer_new("h-ceid", topic, 1);
+    PGconn *conn = tu_connect();
+    poll_until_sql(c, conn, "SELECT count(*) = 1 FROM t_applied WHERE consumer = 'h-ceid' "
+                            "AND amount = 7");
+    tu_consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'h-ceid'"), 2);
+    assert_int_equal(tu_int(conn, tu_sprintf("SELECT count(*) FROM ferry.inbox WHERE consumer = "
+                                             "'h-ceid' AND message_id = '%s'", ce)), 1);
+    PQfinish(conn);
+}
+
 /* The claim refuses a position whose successor bigint cannot hold, with a
  * data error (class 22) rather than an internal failure: a consumer in
  * any language then knows the message is at fault. */
@@ -473,6 +530,8 @@ int main(void)
         cmocka_unit_test(a_discard_marker_is_told_alike_in_a_batch),
         cmocka_unit_test(hostile_messages_end_and_neighbours_flow),
         cmocka_unit_test(a_key_that_is_not_text_parks_no_other_key),
+        cmocka_unit_test(a_key_that_is_not_text_is_never_held),
+        cmocka_unit_test(a_ferry_id_that_is_not_a_uuid_falls_back_to_ce_id),
         cmocka_unit_test(claim_refuses_the_last_bigint_as_data),
         cmocka_unit_test(claim_failure_is_bounded_and_loses_nothing),
         cmocka_unit_test(replayed_non_json_is_as_received),
