@@ -56,6 +56,8 @@ static const fn_cell FUNCS[] = {
     {"ferry.wake_lock()", W | C | R | X, "SELECT * FROM ferry.wake_lock()", 0},
     {"ferry.wake_shard_lock(integer)", W | C | R | X, "SELECT * FROM ferry.wake_shard_lock(0)", 0},   /* schema 26 */
     {"ferry.settings_guard()", NONE, "SELECT ferry.settings_guard()", 0},
+    {"ferry.lease_guard()", NONE, "SELECT ferry.lease_guard()", 0},            /* schema 41 */
+    {"ferry.header_name_fold(text)", NONE, "SELECT ferry.header_name_fold('x')", 0},
     {"ferry.settings_emit_mode_guard()", NONE, "SELECT ferry.settings_emit_mode_guard()", 0},
     {"ferry.settings_wal_turn()", NONE, "SELECT ferry.settings_wal_turn()", 0},   /* schema 22 */
     {"ferry.emit(text,text,text,jsonb,jsonb)", W | C | X,
@@ -202,6 +204,8 @@ static const tab_cell TABLES[] = {
     {"inbox_attempt", 'r', X, NONE, X, {0}},      /* the garbage sweep (schema 16) */
     /* Schema 21: the relay's role records the slot it creates. */
     {"wal_slot", 'r', R | X, R, NONE, {[R_RELAY] = "*"}},
+    /* Schema 41: its lock is the emit mode lock; no role may take it. */
+    {"mode_gate", 'r', NONE, NONE, NONE, {0}},
 };
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -419,11 +423,11 @@ static void tables_as_the_matrix_says(void **state)
         PGresult *cols = PQexec(c, sql);
         free(sql);
         assert_int_equal(PQresultStatus(cols), PGRES_TUPLES_OK);
-        const char *plain = NULL;   /* a column INSERT may name */
+        const char *plain = NULL;   /* a column INSERT may name; none: a table of none */
         for (int i = 0; i < PQntuples(cols) && plain == NULL; i++)
             if (strcmp(PQgetvalue(cols, i, 1), "t") == 0)
                 plain = PQgetvalue(cols, i, 0);
-        assert_non_null(plain);
+        assert_true(plain != NULL || PQntuples(cols) == 0);
 
         for (int r = 0; r < R_COUNT; r++) {
             char what[160];
@@ -431,8 +435,9 @@ static void tables_as_the_matrix_says(void **state)
             snprintf(what, sizeof what, "SELECT on %s", tc->table);
             cell(r, (tc->sel >> r) & 1, what, sql);
             free(sql);
-            sql = tu_sprintf("INSERT INTO ferry.%s (%s) SELECT NULL WHERE false", tc->table,
-                             plain);
+            sql = plain != NULL ? tu_sprintf("INSERT INTO ferry.%s (%s) SELECT NULL WHERE false",
+                                             tc->table, plain)
+                                : tu_sprintf("INSERT INTO ferry.%s SELECT WHERE false", tc->table);
             snprintf(what, sizeof what, "INSERT on %s", tc->table);
             cell(r, (tc->ins >> r) & 1, what, sql);
             free(sql);
@@ -752,6 +757,99 @@ static void reconciler_expires_relay_leases_and_takes_none(void **state)
     PQfinish(admin);
 }
 
+/* A role with no ferry grant holds every advisory lock emit used to wait
+ * for, exclusively: the mode lock (schema 32), the wake-up lock and every
+ * shard's busy lock (so that a writer takes the busy path). An emit still
+ * ends at once (before schema 41 it waited for as long as they were held). */
+static void no_role_stops_an_emit_with_advisory_locks(void **state)
+{
+    PGconn *nobody = as[R_NOBODY];
+    tu_exec(nobody, "SELECT pg_advisory_lock(1718903419, 0), pg_advisory_lock(1718903417, 1)");
+    tu_exec(nobody, "SELECT pg_advisory_lock(1718903418, s) FROM generate_series(0, 255) s");
+    PGconn *w = as[R_WRITER];
+    tu_exec(w, "SET statement_timeout = '10s'");
+    char buf[1024];
+    const char *got = try_as(R_WRITER, "SELECT ferry.emit('pv.locks', 'k', 'T', '{}'::jsonb)",
+                             buf, sizeof buf);
+    tu_exec(w, "RESET statement_timeout");
+    tu_exec(nobody, "SELECT pg_advisory_unlock_all()");
+    if (got != NULL)
+        fail_msg("an emit waited for a lock another role held: %s", got);
+    /* Nor can that role take the lock that now is the mode lock. */
+    got = try_as(R_NOBODY, "LOCK TABLE ferry.mode_gate IN ACCESS EXCLUSIVE MODE", buf,
+                 sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("a role with no grant locked the mode gate: %s", got ? got : "allowed");
+}
+
+/* The reconciler may expire a relay's lease and change nothing else of
+ * it: the policies of schema 39 were ORed, so it could set the epoch to
+ * the largest bigint (every relay then failed every acquisition) or
+ * rename the row (a delete) as long as the expiry had come. */
+static void reconciler_changes_nothing_of_a_relay_lease_but_its_expiry(void **state)
+{
+    PGconn *admin = tu_connect();
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name = 'shard:9996'");
+    tu_exec(admin, "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                   "VALUES ('shard:9996', 'pv-r', 7, now() + interval '1 minute')");
+    static const char *const forged[] = {
+        "UPDATE ferry.lease SET epoch = 9223372036854775807, expires_at = now() "
+        "WHERE name = 'shard:9996'",
+        "UPDATE ferry.lease SET holder = 'x', expires_at = now() WHERE name = 'shard:9996'",
+        "UPDATE ferry.lease SET name = 'junk:shard:9996', expires_at = now() "
+        "WHERE name = 'shard:9996'",
+        "UPDATE ferry.lease SET renewed_at = 'infinity', expires_at = now() "
+        "WHERE name = 'shard:9996'",
+    };
+    char buf[1024];
+    for (size_t i = 0; i < COUNT(forged); i++) {
+        const char *got = try_as(R_RECONCILER, forged[i], buf, sizeof buf);
+        if (got == NULL || strncmp(got, "42501", 5) != 0)
+            fail_msg("the reconciler rewrote a relay lease (%s): %s", forged[i],
+                     got ? got : "allowed");
+    }
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'shard:9996' "
+                                   "AND holder = 'pv-r' AND epoch = 7 AND expires_at > now()"), 1);
+    /* Its own lease it writes as before; and the relay its own. */
+    tu_exec(as[R_RECONCILER], "UPDATE ferry.lease SET expires_at = now() "
+                              "WHERE name = 'shard:9996'");
+    tu_exec(as[R_RELAY], "UPDATE ferry.lease SET holder = 'pv-r2', epoch = epoch + 1, "
+                         "expires_at = now() + interval '1 minute' WHERE name = 'shard:9996'");
+    assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'shard:9996' "
+                                   "AND holder = 'pv-r2' AND epoch = 8"), 1);
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name = 'shard:9996'");
+    PQfinish(admin);
+}
+
+/* A reserved header name is refused in every spelling a consumer might
+ * take for it: Java's equalsIgnoreCase takes "ı" (dotless i) for "I" and
+ * "ſ" (long s) for "S", Python's upper() "ﬁ" for "FI"; lower() mapped
+ * none of them to ASCII, and the database's locale decided the rest. */
+static void reserved_header_names_are_refused_in_every_spelling(void **state)
+{
+    static const char *const refused[] = {
+        "{\"ce_\u0131d\": \"x\"}",           /* ce_ıd */
+        "{\"ce_\u017fource\": \"x\"}",       /* ce_ſource */
+        "{\"CE_T\u0130ME\": \"x\"}",          /* CE_TİME */
+        "{\"ce_\ufb01d\": \"x\"}",            /* ce_ﬁd: no, "fid" */
+        "{\"\u212aerry\": \"x\"}",            /* Kerry: allowed, below */
+        "{\"ferry_\u0131d\": \"x\"}",        /* the prefix, any rest */
+        "{\"CE_SPECVERS\u0130ON\": \"x\"}",
+    };
+    static const int want_refused[] = {1, 1, 1, 0, 0, 1, 1};
+    char buf[1024];
+    for (size_t i = 0; i < COUNT(refused); i++) {
+        char *sql = tu_sprintf("SELECT ferry.emit('pv.hdr', 'k', 'T', '{}'::jsonb, '%s'::jsonb)",
+                               refused[i]);
+        const char *got = try_as(R_WRITER, sql, buf, sizeof buf);
+        free(sql);
+        if (want_refused[i] && (got == NULL || strncmp(got, "22023", 5) != 0))
+            fail_msg("header %s: want 22023, got %s", refused[i], got ? got : "accepted");
+        if (!want_refused[i] && got != NULL)
+            fail_msg("header %s: want it accepted, got %s", refused[i], got);
+    }
+}
+
 /* The reconciler moves over-attempted outbox rows to the relay's dead
  * letters and purges published ones, through functions that do only that:
  * it writes no dead letter itself (one it made could be replayed into the
@@ -913,6 +1011,9 @@ int main(void)
         cmocka_unit_test(reconciler_rewrites_and_takes_no_dead_letter),
         cmocka_unit_test(reconciler_forges_no_message_and_deletes_no_unsent_one),
         cmocka_unit_test(every_role_reads_the_schema_version),
+        cmocka_unit_test(no_role_stops_an_emit_with_advisory_locks),
+        cmocka_unit_test(reconciler_changes_nothing_of_a_relay_lease_but_its_expiry),
+        cmocka_unit_test(reserved_header_names_are_refused_in_every_spelling),
         cmocka_unit_test(only_the_relay_reads_the_wal_token),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
