@@ -463,9 +463,19 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
         status = clean && r->refused == 0 ? 0 : 1;
     if (sched_ack_pending(r->s) > 0 || sched_inflight(r->s) > 0)
         status = 1;
-    if (cfg->once && sched_leases_held(r->s) == 0)
-        ferry__log(FERRY_LOG_WARN, "relay.once",
-                  "every shard is leased by another relay: nothing to do");
+    if (cfg->once && sched_leases_held(r->s) == 0) {
+        if (r->lease_failures > 0) {
+            /* Not "taken by another": the database refused (see the
+             * db.error above), and every row is still there. */
+            status = 1;
+            ferry__log(FERRY_LOG_ERROR, "relay.once",
+                      "could not take any shard's lease (%llu failed tries, the errors above): "
+                      "nothing published", (unsigned long long)r->lease_failures);
+        } else {
+            ferry__log(FERRY_LOG_WARN, "relay.once",
+                      "every shard is leased by another relay: nothing to do");
+        }
+    }
     if (r->db.ok)
         relay_leases_release_all(r);
     relay_log_stop(r, status, "undelivered", r->undelivered, r->refused);

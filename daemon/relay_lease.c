@@ -161,6 +161,8 @@ int relay_lease_tick(relay *r)
     sched_lease_target(r->s, target);
     rc = 0;
 out:
+    if (rc != 0)
+        r->lease_failures++;
     if (r->m != NULL)
         metrics_set(r->m, G_LEASES_HELD, sched_leases_held(r->s));
     free(got);

@@ -430,6 +430,33 @@ static void a_row_without_a_wal_lsn_is_published(void **state)
     assert_int_equal(tu_outbox_rows(topic), 0);
 }
 
+/* --once that could take no lease because the acquisition failed says so
+ * and exits 1: it said "every shard is leased by another relay: nothing
+ * to do" and exited 0 with every row left (an outside audit, with epochs
+ * at the largest bigint, which the acquisition cannot raise). */
+static void once_that_cannot_take_a_lease_fails(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.noepoch', 'k', 'Tested', '{}')");
+    tu_exec(c, "CREATE TEMP TABLE saved AS SELECT * FROM ferry.lease WHERE name LIKE 'shard:%'; "
+               "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+               "SELECT 'shard:' || s, NULL, 9223372036854775807, '-infinity' "
+               "  FROM generate_series(0, 15) s "
+               "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, holder = NULL, "
+               "  expires_at = EXCLUDED.expires_at");
+    char *log = NULL;
+    int status = relay_once("noepoch-a", NULL, NULL, &log);
+    tu_exec(c, "DELETE FROM ferry.lease WHERE name LIKE 'shard:%'; "
+               "INSERT INTO ferry.lease SELECT * FROM saved");
+    if (status == 0 || strstr(log, "could not take") == NULL)
+        fail_msg("--once exited %d; log:\n%s", status, log);
+    free(log);
+    assert_int_equal(tu_outbox_rows("t.noepoch"), 1);
+    assert_int_equal(relay_once("noepoch-b", NULL, NULL, NULL), 0);
+    assert_int_equal(tu_outbox_rows("t.noepoch"), 0);
+    PQfinish(c);
+}
+
 /* Headers written around emit (into the row, by a role that may) whose
  * values are not strings are published as their compact JSON text; headers
  * that are not a JSON object at all cannot be published as given: the row
@@ -953,6 +980,7 @@ int main(void)
         cmocka_unit_test(a_created_at_out_of_range_is_published_within_rfc3339),
         cmocka_unit_test(headers_written_around_emit_are_published_or_refused),
         cmocka_unit_test(a_row_without_a_wal_lsn_is_published),
+        cmocka_unit_test(once_that_cannot_take_a_lease_fails),
         cmocka_unit_test(a_row_with_a_topic_kafka_cannot_take_fails_alone),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
