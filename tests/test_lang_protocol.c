@@ -382,6 +382,20 @@ static void a_null_id_topic_or_key_is_refused_by_name(void **state)
         {"SELECT * FROM ferry.consume_fail('" CONSUMER "', NULL, 'credits', 'k', 'x')", "id"},
         {"SELECT * FROM ferry.consume_fail('" CONSUMER "', gen_random_uuid(), 'credits', NULL, "
          "'x')", "key"},
+        /* And in the batch claims (schema 43; an outside audit: 23502 of
+         * inbox_key, which a client takes for a failure of its handler). */
+        {"SELECT * FROM ferry.consume_claim_many('" CONSUMER "', ARRAY[NULL::uuid], "
+         "ARRAY['credits'], ARRAY['k'], ARRAY[1]::bigint[])", "ids"},
+        {"SELECT * FROM ferry.consume_claim_many('" CONSUMER "', ARRAY[gen_random_uuid()], "
+         "ARRAY[NULL::text], ARRAY['k'], ARRAY[1]::bigint[])", "topics"},
+        {"SELECT * FROM ferry.consume_claim_many('" CONSUMER "', ARRAY[gen_random_uuid()], "
+         "ARRAY['credits'], ARRAY[NULL::text], ARRAY[1]::bigint[])", "keys"},
+        {"SELECT * FROM ferry.consume_claim_next('" CONSUMER "', ARRAY[NULL::uuid], "
+         "ARRAY['credits'], ARRAY['k'], ARRAY[1]::bigint[])", "ids"},
+        {"SELECT * FROM ferry.consume_claim_next('" CONSUMER "', ARRAY[gen_random_uuid()], "
+         "ARRAY[NULL::text], ARRAY['k'], ARRAY[1]::bigint[])", "topics"},
+        {"SELECT * FROM ferry.consume_claim_next('" CONSUMER "', ARRAY[gen_random_uuid()], "
+         "ARRAY['credits'], ARRAY[NULL::text], ARRAY[1]::bigint[])", "keys"},
     };
     PGconn *c = tu_connect();
     /* Each in a transaction of its own (autocommit): a failed assertion
