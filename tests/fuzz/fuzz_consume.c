@@ -293,10 +293,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (w.unholdable)
         FUZZ_CHECK(poison, "unholdable without a reason");
 
-    /* The position. */
+    /* The position: none for a key that is not text (it is not the key
+     * its escaped name spells, and takes no position there). */
     const hdr *seq = last(h, nh, "ferry_seq");
     int64_t want;
-    if (position_ok(seq, &want)) {
+    int key_text = rkm.key == NULL || (rkm.key_len <= FERRY_KEY_MAX &&
+                                       text_ok(rkm.key, rkm.key_len));
+    if (!key_text) {
+        FUZZ_CHECK(m->position == 0 && w.seq_text[0] == '\0' && w.unholdable,
+                   "a key that is not text took position %" PRId64, m->position);
+    } else if (position_ok(seq, &want)) {
         char text[24];
         snprintf(text, sizeof text, "%" PRId64, want);
         FUZZ_CHECK(m->position == want && strcmp(w.seq_text, text) == 0,
