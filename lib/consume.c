@@ -1784,7 +1784,17 @@ static void redeliver(ferry_consumer *c, const work *w)
     rd_kafka_topic_partition_list_add(l, w->msg.topic, w->msg.partition)->offset =
         w->msg.offset;
     rd_kafka_error_t *kerr = rd_kafka_seek_partitions(c->rk, l, 5000);
-    if (kerr != NULL) {
+    if (kerr != NULL && rd_kafka_error_code(kerr) == RD_KAFKA_RESP_ERR__TIMED_OUT) {
+        /* Not confirmed in time (librdkafka before 2.1 reads the timeout
+         * as microseconds), not failed: the seek goes on, and the messages
+         * fetched behind it are dropped at poll by the partition's version
+         * barrier, which the call raised before it returned. */
+        ferry__log(FERRY_LOG_DEBUG, "consumer.seek_unconfirmed",
+                  "consumer %s: going back to %s [%" PRId32 "] offset %" PRId64
+                  " not confirmed yet: %s", c->name, w->msg.topic, w->msg.partition,
+                  w->msg.offset, rd_kafka_error_string(kerr));
+        rd_kafka_error_destroy(kerr);
+    } else if (kerr != NULL) {
         ferry__log(FERRY_LOG_ERROR, "consumer.seek_failed",
                   "consumer %s: could not go back to %s [%" PRId32 "] offset %" PRId64
                   ": %s (the message comes again after a restart or rebalance)", c->name,
