@@ -419,7 +419,11 @@ typedef struct ferry_consumer_conf {
                                    name share the work and the dedupe. */
     const char *db;             /* required: libpq conninfo of the service's database */
     const char *kafka;          /* required: bootstrap servers */
-    const char *group;          /* Kafka consumer group; NULL = name */
+    const char *group;          /* Kafka consumer group; NULL = name. One
+                                   group, one name: two names in a group split
+                                   its partitions between two inboxes, and a
+                                   partition that moves applies its messages
+                                   again (or holds them for ever). */
     const char *const *topics;  /* required: topic_count topic names */
     size_t topic_count;
     const char *const *kafka_props; /* optional: NULL-terminated "name=value"
@@ -484,13 +488,20 @@ FERRY_API ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_c
  * failures, dead-lettering a poison message), then apply any held
  * messages that became ready. Returns FERRY_OK also when nothing came.
  * Fails only when it cannot go on: FERRY_EKAFKA on a fatal Kafka error,
- * FERRY_ESTATE after ferry_consumer_close(). When a stop was requested
+ * FERRY_ESTATE after ferry_consumer_close(), and FERRY_ECONN or FERRY_EDB
+ * when the database stays unreachable or keeps refusing the claims
+ * through their bounded retries (about a minute and a half with the
+ * default backoff): nothing of the message is stored, so calling poll
+ * again (or restarting) takes it up where it was. When a stop was requested
  * while a message was being retried, that message is left to be
  * delivered again and FERRY_OK is returned.
  */
 FERRY_API ferry_code ferry_consumer_poll(ferry_consumer *c, int timeout_ms, ferry_error *err);
 
-/* ferry_consumer_poll() until ferry_consumer_stop(), then close. */
+/* ferry_consumer_poll() until ferry_consumer_stop(), then close; or until
+ * poll fails (above), with its error: a service that should outlast a long
+ * database outage calls poll in its own loop, or is restarted by its
+ * supervisor. */
 FERRY_API ferry_code ferry_consumer_run(ferry_consumer *c, ferry_error *err);
 
 /* Ask the consumer to stop: the message in hand is finished (or left for
