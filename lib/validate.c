@@ -58,6 +58,17 @@ static ferry_code check_topic(const char *topic, ferry_error *err)
     return FERRY_OK;
 }
 
+/* How far to look for the NUL of a string given without a length: one
+ * byte past max, to tell "too long" from "exactly max"; no further than
+ * SIZE_MAX, where max + 1 would wrap to 0 (max_payload = SIZE_MAX, "no
+ * limit", then measured every payload as empty). */
+static size_t nul_scan_limit(size_t len, size_t max)
+{
+    if (len != 0)
+        return len;
+    return max < SIZE_MAX ? max + 1 : SIZE_MAX;
+}
+
 /* A text field: given length (0 = strlen), no NUL inside, valid UTF-8,
  * within max bytes; empty refused when required. */
 static ferry_code check_text(const char *field, const char *what, const char *s,
@@ -68,7 +79,7 @@ static ferry_code check_text(const char *field, const char *what, const char *s,
             return ferry__error_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
         return FERRY_OK;
     }
-    size_t slen = strnlen(s, len ? len : max + 1);
+    size_t slen = strnlen(s, nul_scan_limit(len, max));
     if (len == 0)
         len = slen;
     else if (slen < len)
@@ -432,7 +443,7 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
     if (payload == NULL)
         return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload must not be NULL (use the JSON text \"null\")");
-    size_t slen = strnlen(payload, len ? len : max + 1);
+    size_t slen = strnlen(payload, nul_scan_limit(len, max));
     if (len == 0)
         len = slen;
     else if (slen < len)

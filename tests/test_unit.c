@@ -220,6 +220,16 @@ static void msg_check_accepts_and_refuses(void **state)
                         "(more than 16383 digits after the decimal point) at line 2, column 2: "
                         "\"1e-16384\"");
 
+    /* No limit at all (an outside audit): max + 1 wrapped to 0, and every
+     * payload was refused as empty, invalid JSON. */
+    ferry_emit_opts unlimited = {.max_payload = SIZE_MAX};
+    assert_int_equal(ferry_msg_check(&ok, &unlimited, &err), FERRY_OK);
+    assert_int_equal(ferry_msg_check(&sliced, &unlimited, &err), FERRY_OK);
+    ferry_msg not_json = ok;
+    not_json.payload = "{\"a\": }";
+    assert_int_equal(ferry_msg_check(&not_json, &unlimited, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "payload");
+
     assert_int_equal(ferry_msg_check(NULL, NULL, &err), FERRY_EINVAL);
     /* err may be NULL: the code still comes back. */
     ferry_msg bad = ok;
