@@ -237,6 +237,60 @@ static void msg_check_accepts_and_refuses(void **state)
     assert_int_equal(ferry_msg_check(&bad, NULL, NULL), FERRY_EINVAL);
 }
 
+/*
+ * Reserved header names are judged after the server's FOLD: U+0130 and
+ * U+0131 to "i", U+212A (Kelvin) to "k", U+017F (long s) to "s", the
+ * ligatures U+FB00..U+FB06 to their letters, then A-Z to a-z, no locale.
+ * Before, only ASCII case was folded, and a name the server refuses
+ * ("ce_İd") passed the client and aborted the caller's transaction.
+ */
+static void header_names_reserved_after_folding(void **state)
+{
+    static const struct {
+        const char *name;       /* as JSON text, escapes allowed */
+        int reserved;
+    } cases[] = {
+        {"", 1},
+        {"ferry_id", 1},
+        {"FERRY_X", 1},
+        {"Ferry_", 1},
+        {"Ce_Id", 1},
+        {"ce_\xc4\xb0" "d", 1},                 /* ce_İd */
+        {"CE_\xc4\xb1" "D", 1},                 /* CE_ıD */
+        {"ce_\\u0131d", 1},                     /* the same, escaped */
+        {"ce_\xc5\xbf" "ource", 1},             /* ce_ſource */
+        {"ce_\xc5\xbf" "pecver\xc5\xbf" "ion", 1},
+        {"ce_t\xc4\xb0" "me", 1},               /* ce_tİme */
+        {"\xc4\xb0" "d", 0},                    /* "id": not reserved */
+        {"f\xc4\xb1" "rry_x", 0},               /* "firry_x" */
+        {"\xef\xac\x80" "erry_x", 0},           /* ﬀerry_x folds to "fferry_x" */
+        {"\xe2\x84\xaa" "ey", 0},               /* Kelvin sign: "key" */
+        {"ce_ti\xcc\x87" "me", 0},              /* a combining dot is not folded */
+        {"ce_ids", 0},
+        {"ce_subject", 0},
+        {"xferry_", 0},
+        {"ferry", 0},
+        {"ce_\xc4\xb0" "dentity", 0},
+        {"\xef\xac\x81", 0},                    /* ﬁ */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char headers[128];
+        snprintf(headers, sizeof headers, "{\"%s\": \"v\"}", cases[i].name);
+        ferry_msg m = {.topic = "t", .key = "k", .type = "T", .payload = "{}",
+                       .headers = headers};
+        ferry_error err = {0};
+        ferry_code rc = ferry_msg_check(&m, NULL, &err);
+        if (rc != (cases[i].reserved ? FERRY_EINVAL : FERRY_OK))
+            fail_msg("case %zu (%s): want %s, got %s: %s", i, cases[i].name,
+                     cases[i].reserved ? "reserved" : "allowed", ferry_code_name(rc),
+                     err.message);
+        if (cases[i].reserved) {
+            assert_string_equal(err.field, "headers");
+            assert_non_null(strstr(err.message, "empty or reserved"));
+        }
+    }
+}
+
 /* No control character (C0, DEL, C1) and nothing that is not UTF-8. */
 static void assert_printable(const char *s, const char *what)
 {
@@ -347,6 +401,7 @@ int main(void)
         cmocka_unit_test(uuid_unique_across_fork),
         cmocka_unit_test(utf8_validation),
         cmocka_unit_test(msg_check_accepts_and_refuses),
+        cmocka_unit_test(header_names_reserved_after_folding),
         cmocka_unit_test(error_messages_escape_what_they_quote),
         cmocka_unit_test(error_mapping),
         cmocka_unit_test(strict_integers),
