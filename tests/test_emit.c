@@ -628,6 +628,40 @@ static void hostile_strings_stored_verbatim(void **state)
     PQfinish(c);
 }
 
+/*
+ * A database without the ferry schema (3F000), or with one too old to
+ * have ferry.emit_with_id (42883): FERRY_ESCHEMA, as ferry.h documents,
+ * saying to migrate. Before: FERRY_EDB with the server's words only (an
+ * outside audit).
+ */
+static void emit_without_the_schema_is_a_schema_error(void **state)
+{
+    char *ci = tu_fresh_database("e_unmigrated");
+    PGconn *c = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    ferry_msg m = msg("t", "k", "{}");
+    for (int old_schema = 0; old_schema < 2; old_schema++) {
+        if (old_schema)
+            tu_exec(c, "CREATE SCHEMA ferry");
+        const char *want_state = old_schema ? "42883" : "3F000";
+        for (int batch = 0; batch < 2; batch++) {
+            tu_exec(c, "BEGIN");
+            ferry_error err;
+            ferry_code rc = batch ? ferry_emit_batch(c, &m, 1, NULL, NULL, &err)
+                                  : ferry_emit(c, &m, NULL, NULL, &err);
+            if (rc != FERRY_ESCHEMA)
+                fail_msg("%s, %s: want FERRY_ESCHEMA, got %s: %s", want_state,
+                         batch ? "batch" : "emit", ferry_code_name(rc), err.message);
+            assert_string_equal(err.sqlstate, want_state);
+            assert_int_equal(err.retriable, 0);
+            assert_non_null(strstr(err.message, "ferry-relay migrate"));
+            tu_exec(c, "ROLLBACK");
+        }
+    }
+    PQfinish(c);
+}
+
 /* ---------------------------------------------------------------- SQL path */
 
 static void sql_emit_any_language(void **state)
@@ -782,6 +816,7 @@ int main(void)
         cmocka_unit_test_setup(a_session_that_has_the_statement_already_emits, tu_clean_outbox),
         cmocka_unit_test_setup(emit_rollback_leaves_nothing, tu_clean_outbox),
         cmocka_unit_test_setup(emit_needs_open_transaction, tu_clean_outbox),
+        cmocka_unit_test(emit_without_the_schema_is_a_schema_error),
         cmocka_unit_test_setup(batch_of_10000, tu_clean_outbox),
         cmocka_unit_test_setup(batch_refused_whole, tu_clean_outbox),
         cmocka_unit_test_setup(batch_server_refusal_mid_pipeline, tu_clean_outbox),
