@@ -198,8 +198,12 @@ typedef struct ferry_emit_opts {
  * FERRY_EINVAL with err->field set, sends nothing, and leaves the caller's
  * transaction usable. A transaction must be open (FERRY_ESTATE otherwise):
  * an emit outside one would commit on its own, apart from the update it
- * belongs with. opts may be NULL. On success *id_out (if not NULL) holds the
- * message id. A database without the ferry schema, or with one older than
+ * belongs with. The connection's client_encoding must be UTF8 (or
+ * SQL_ASCII): ferry's text is UTF-8, and the server would convert it from
+ * any other encoding into other text (another key, another partition).
+ * Any other is FERRY_ESTATE, field "conn", before anything is sent; the
+ * setting is the caller's and is left as it is. opts may be NULL. On
+ * success *id_out (if not NULL) holds the message id. A database without the ferry schema, or with one older than
  * this library (no ferry.emit_with_id), is FERRY_ESCHEMA with the server's
  * SQLSTATE (3F000, 42883) in err->sqlstate: run ferry-relay migrate. That
  * refusal comes from the server, so it aborts the caller's transaction.
