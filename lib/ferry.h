@@ -270,6 +270,14 @@ typedef struct ferry_tx_report {
  * deadlock is retried; other failures end the run with that error. fn may
  * run several times, so it must not keep effects outside the database
  * from one attempt to the next.
+ *
+ * fn must not end the transaction (COMMIT, ROLLBACK) nor return with conn
+ * in pipeline mode. If it does, the run ends with FERRY_EUSER, not
+ * retriable: pipeline mode is left (its results dropped) and the
+ * transaction rolled back; a transaction fn ended itself is not retried
+ * either, and the message says whether it committed (then fn's work is in
+ * the database, whatever fn returned) or was rolled back (then a failure
+ * fn returned stands, and is retried as usual).
  */
 typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
 
