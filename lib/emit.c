@@ -78,6 +78,28 @@ static conn_state *conn_state_of(PGconn *conn)
     return st;
 }
 
+/* The server's refusal of the emit statement into err, as
+ * ferry_error_from_pg() maps it, except that a schema ferry lacks
+ * (3F000, invalid_schema_name) or a ferry.emit_with_id it lacks (42883,
+ * undefined_function) is FERRY_ESCHEMA, as ferry.h documents: the
+ * database was never migrated, or is older than this library. The
+ * server's SQLSTATE stays in err->sqlstate. */
+static ferry_code emit_error(ferry_error *err, PGconn *conn, const PGresult *res,
+                             const char *context)
+{
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state == NULL || (strcmp(state, "3F000") != 0 && strcmp(state, "42883") != 0))
+        return ferry_error_from_pg(err, conn, res, context);
+    char schema_context[160];
+    snprintf(schema_context, sizeof schema_context,
+             "%s: the ferry schema is missing or older than this library "
+             "(run ferry-relay migrate)", context);
+    ferry_error_from_pg(err, conn, res, schema_context);
+    if (err != NULL)
+        err->code = FERRY_ESCHEMA;
+    return FERRY_ESCHEMA;
+}
+
 /* Make sure EMIT_STMT exists on conn. A failure here aborts the caller's
  * transaction, as any failed statement does (the schema is missing, say). */
 static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
@@ -121,8 +143,7 @@ static ferry_code ensure_prepared(PGconn *conn, ferry_error *err)
     }
     res = PQprepare(conn, EMIT_STMT, emit_sql, EMIT_NPARAMS, emit_types);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = ferry_error_from_pg(err, conn, res, "could not prepare emit "
-                                                 "(is the ferry schema migrated?)");
+        rc = emit_error(err, conn, res, "could not prepare emit");
     else
         st->prepared = 1;
     PQclear(res);
@@ -180,7 +201,8 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
     ferry_code rc = ferry_msg_check(msg, opts, err);
     if (rc != FERRY_OK)
         return rc;
-    if ((rc = ferry__conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK)
+    if ((rc = ferry__conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK ||
+        (rc = ferry__conn_check_utf8(conn, "could not emit", err)) != FERRY_OK)
         return rc;
 
     ferry_uuid id;
@@ -196,7 +218,7 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char context[128];
         snprintf(context, sizeof context, "could not emit message %s", p.id);
-        rc = ferry_error_from_pg(err, conn, res, context);
+        rc = emit_error(err, conn, res, context);
         note_result_error(conn, res, err);
         PQclear(res);
         return rc;
@@ -257,8 +279,7 @@ static ferry_code batch_collect(PGconn *conn, const batch_slot *slots, size_t n,
                      slots[i].index);
             if (err != NULL)
                 err->index = (long)slots[i].index;
-            rc = ferry_error_from_pg(err, conn, st == PGRES_PIPELINE_ABORTED ? NULL : res,
-                                     context);
+            rc = emit_error(err, conn, st == PGRES_PIPELINE_ABORTED ? NULL : res, context);
             note_result_error(conn, res, err);
         }
         PQclear(res);
@@ -296,7 +317,9 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
         }
     }
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not emit batch", err);
-    if (rc != FERRY_OK || (rc = ensure_prepared(conn, err)) != FERRY_OK)
+    if (rc != FERRY_OK ||
+        (rc = ferry__conn_check_utf8(conn, "could not emit batch", err)) != FERRY_OK ||
+        (rc = ensure_prepared(conn, err)) != FERRY_OK)
         return rc;
 
     /* Ids are made in array order, so a batch's ids sort in that order

@@ -5,6 +5,7 @@
  * holds an open, healthy transaction before the library writes in it.
  */
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -118,4 +119,18 @@ ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *
     if (err != NULL)
         err->retriable = 1;
     return FERRY_ECONN;
+}
+
+ferry_code ferry__conn_check_utf8(PGconn *conn, const char *what, ferry_error *err)
+{
+    const char *enc = pg_encoding_to_char(PQclientEncoding(conn));
+    if (strcmp(enc, "UTF8") == 0 || strcmp(enc, "SQL_ASCII") == 0)
+        return FERRY_OK;
+    /* Refused rather than changed: SET client_encoding is the caller's
+     * session setting, and its other statements are read under it. */
+    return ferry__error_set(err, FERRY_ESTATE, "conn",
+                         "%s: the connection's client_encoding is %s, but ferry sends UTF-8 "
+                         "text; use UTF8 on this connection (client_encoding=UTF8 in its "
+                         "conninfo, or PQsetClientEncoding)", what,
+                         enc[0] != '\0' ? enc : "unknown");
 }

@@ -198,8 +198,15 @@ typedef struct ferry_emit_opts {
  * FERRY_EINVAL with err->field set, sends nothing, and leaves the caller's
  * transaction usable. A transaction must be open (FERRY_ESTATE otherwise):
  * an emit outside one would commit on its own, apart from the update it
- * belongs with. opts may be NULL. On success *id_out (if not NULL) holds the
- * message id.
+ * belongs with. The connection's client_encoding must be UTF8 (or
+ * SQL_ASCII): ferry's text is UTF-8, and the server would convert it from
+ * any other encoding into other text (another key, another partition).
+ * Any other is FERRY_ESTATE, field "conn", before anything is sent; the
+ * setting is the caller's and is left as it is. opts may be NULL. On
+ * success *id_out (if not NULL) holds the message id. A database without the ferry schema, or with one older than
+ * this library (no ferry.emit_with_id), is FERRY_ESCHEMA with the server's
+ * SQLSTATE (3F000, 42883) in err->sqlstate: run ferry-relay migrate. That
+ * refusal comes from the server, so it aborts the caller's transaction.
  */
 FERRY_API ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg,
                                 const ferry_emit_opts *opts,
@@ -263,6 +270,14 @@ typedef struct ferry_tx_report {
  * deadlock is retried; other failures end the run with that error. fn may
  * run several times, so it must not keep effects outside the database
  * from one attempt to the next.
+ *
+ * fn must not end the transaction (COMMIT, ROLLBACK) nor return with conn
+ * in pipeline mode. If it does, the run ends with FERRY_EUSER, not
+ * retriable: pipeline mode is left (its results dropped) and the
+ * transaction rolled back; a transaction fn ended itself is not retried
+ * either, and the message says whether it committed (then fn's work is in
+ * the database, whatever fn returned) or was rolled back (then a failure
+ * fn returned stands, and is retried as usual).
  */
 typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
 
@@ -304,15 +319,17 @@ FERRY_API ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts,
  * every migration not yet applied, in order, in one transaction, under an
  * advisory lock so concurrent callers wait rather than race. A migration
  * already applied is checked against its checksum and not run again.
- * conn must be idle (not in a transaction). On success *version_out (if
- * not NULL) holds the schema version now in place.
+ * conn must be idle (not in a transaction); a NULL conn is FERRY_EINVAL,
+ * field "conn". On success *version_out (if not NULL) holds the schema
+ * version now in place.
  */
 FERRY_API ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err);
 
 /* The newest schema version this library knows. */
 FERRY_API int ferry_schema_version_known(void);
 
-/* The schema version applied to conn's database; 0 when none. Reads only. */
+/* The schema version applied to conn's database; 0 when none. Reads only.
+ * A NULL conn is FERRY_EINVAL, field "conn". */
 FERRY_API ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err);
 
 /* ------------------------------------------------------------------ */

@@ -84,6 +84,14 @@ bool ferry__sqlstate_is_conflict(const char *sqlstate);
  * pipeline mode; what names the caller in the message. */
 ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err);
 
+/* Check that conn's client_encoding passes UTF-8 text through as it is
+ * (UTF8, or SQL_ASCII, which the server takes unconverted): the library
+ * sends every key, payload and header as UTF-8, and under another
+ * encoding the server would convert them into other text. FERRY_ESTATE,
+ * field "conn", otherwise; conn's settings are left alone. conn must be
+ * open; what names the caller in the message. */
+ferry_code ferry__conn_check_utf8(PGconn *conn, const char *what, ferry_error *err);
+
 /* Valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF)? On failure
  * *bad_at is the offset of the first bad byte. */
 bool ferry__utf8_valid(const char *s, size_t len, size_t *bad_at);

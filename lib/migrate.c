@@ -157,7 +157,9 @@ static ferry_code check_database(PGconn *conn, ferry_error *err)
 ferry_code ferry_migrate(PGconn *conn, int *version_out, ferry_error *err)
 {
     ferry__err_clear(err);
-    if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+    if (conn == NULL)
+        return ferry__error_set(err, FERRY_EINVAL, "conn", "could not migrate: connection is NULL");
+    if (PQstatus(conn) != CONNECTION_OK)
         return ferry_error_from_pg(err, conn, NULL, "could not migrate");
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         return ferry__error_set(err, FERRY_ESTATE, NULL,
@@ -214,7 +216,10 @@ out_rollback:
 ferry_code ferry_schema_version(PGconn *conn, int *version_out, ferry_error *err)
 {
     ferry__err_clear(err);
-    if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+    if (conn == NULL)
+        return ferry__error_set(err, FERRY_EINVAL, "conn",
+                             "could not read schema version: connection is NULL");
+    if (PQstatus(conn) != CONNECTION_OK)
         return ferry_error_from_pg(err, conn, NULL, "could not read schema version");
     /* Two statements: a query naming a missing table fails at parse time,
      * whatever a CASE around it says. */

@@ -151,6 +151,77 @@ static commit_fate resolve_commit(PGconn *conn, const tx_settings *s, uint64_t x
     return FATE_UNKNOWN;
 }
 
+/*
+ * fn returned with conn in pipeline mode, which ferry.h forbids: end it as
+ * a caller would (a sync, then every result up to it, dropped), so that
+ * the transaction can be judged and rolled back. A sync inside the
+ * transaction block commits nothing. false when pipeline mode could not be
+ * left (the connection broke, or results stopped coming).
+ */
+static bool leave_pipeline(PGconn *conn)
+{
+    if (!PQpipelineSync(conn))
+        return PQexitPipelineMode(conn) == 1;
+    /* The sync just sent is the last thing queued, so once everything is
+     * read pipeline mode can be left. Between results PQgetResult says
+     * NULL once; twice in a row means nothing more will come. */
+    int nulls = 0;
+    while (!PQexitPipelineMode(conn)) {
+        PGresult *res = PQgetResult(conn);
+        if (res == NULL) {
+            if (++nulls > 1 || PQstatus(conn) != CONNECTION_OK)
+                return false;
+            continue;
+        }
+        nulls = 0;
+        PQclear(res);
+    }
+    return true;
+}
+
+/*
+ * fn ended the transaction itself (COMMIT, ROLLBACK, END) and the helper
+ * finds the connection idle. Which one it was is the server's to say:
+ * after a COMMIT fn's work is in the database, and the run must not be
+ * repeated (a retry would do it twice), whatever fn returned. The
+ * outcome goes into err; *retry_ok says whether fn's own failure, if it
+ * returned one, may still be retried (its transaction was rolled back).
+ */
+static ferry_code fn_ended_tx(PGconn *conn, uint64_t xid, ferry_code fn_rc, bool piped,
+                              ferry_error *err, bool *retry_ok)
+{
+    char xid_text[24];
+    snprintf(xid_text, sizeof xid_text, "%" PRIu64, xid);
+    const char *params[1] = {xid_text};
+    PGresult *res = PQexecParams(conn, "SELECT pg_xact_status($1::xid8)", 1, NULL, params,
+                                 NULL, NULL, 0);
+    const char *st = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+                             !PQgetisnull(res, 0, 0)
+                         ? PQgetvalue(res, 0, 0) : "";
+    bool committed = strcmp(st, "committed") == 0, aborted = strcmp(st, "aborted") == 0;
+    PQclear(res);
+    const char *how = piped ? " (in pipeline mode, which it left on)" : "";
+    *retry_ok = false;
+    if (aborted && fn_rc != FERRY_OK) {
+        /* Rolled back: nothing was done, and fn's error stands. */
+        *retry_ok = true;
+        return fn_rc;
+    }
+    if (committed)
+        return ferry__error_set(err, FERRY_EUSER, NULL,
+                             "the transaction function ended transaction %s itself%s, and it "
+                             "committed: its work is in the database; not retried, as that "
+                             "would do it again", xid_text, how);
+    if (aborted)
+        return ferry__error_set(err, FERRY_EUSER, NULL,
+                             "the transaction function ended transaction %s itself%s, and it "
+                             "was rolled back: nothing was committed", xid_text, how);
+    return ferry__error_set(err, FERRY_EUSER, NULL,
+                         "the transaction function ended transaction %s itself%s, and its "
+                         "outcome could not be read: its work may be committed; check "
+                         "pg_xact_status('%s') before repeating it", xid_text, how, xid_text);
+}
+
 ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                         void *arg, ferry_tx_report *report, ferry_error *err)
 {
@@ -200,6 +271,34 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
         rep.attempts++;
 
         rc = fn(conn, arg, e);
+        bool piped = PQstatus(conn) == CONNECTION_OK &&
+                     PQpipelineStatus(conn) != PQ_PIPELINE_OFF;
+        if (piped && !leave_pipeline(conn)) {
+            /* Nothing else can end the transaction now: a new session
+             * rolls it back. */
+            PQreset(conn);
+            rc = ferry__error_set(e, FERRY_EUSER, NULL,
+                               "the transaction function left the connection in pipeline "
+                               "mode, which could not be left; the session was reset, "
+                               "rolling its transaction back");
+            goto out;
+        }
+        if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+            bool retry_ok;
+            rc = fn_ended_tx(conn, xid, rc, piped, e, &retry_ok);
+            if (retry_ok)
+                goto retry_or_fail;
+            goto out;
+        }
+        if (piped) {
+            rc = ferry__error_set(e, FERRY_EUSER, NULL,
+                               "the transaction function returned with the connection in "
+                               "pipeline mode (end it with PQpipelineSync, read the results, "
+                               "then PQexitPipelineMode); its results were dropped and its "
+                               "transaction rolled back");
+            ferry__rollback_quietly(conn);
+            goto out;
+        }
         if (rc != FERRY_OK || PQtransactionStatus(conn) != PQTRANS_INTRANS) {
             if (rc == FERRY_OK) {
                 /* fn swallowed an error: COMMIT would quietly roll back. */
@@ -207,7 +306,9 @@ ferry_code ferry_tx_run(PGconn *conn, const ferry_tx_opts *opts, ferry_tx_fn fn,
                          ? ferry_error_from_pg(e, conn, NULL, "connection lost in transaction")
                          : ferry__error_set(e, FERRY_EUSER, NULL,
                                          "the transaction function returned success "
-                                         "but left the transaction aborted or closed");
+                                         "but left the transaction %s",
+                                         PQtransactionStatus(conn) == PQTRANS_INERROR
+                                             ? "aborted" : "with a command in progress");
             } else if (e->code == FERRY_OK) {
                 /* fn failed without saying why: keep its code, give a reason. */
                 ferry__error_set(e, rc, NULL, "the transaction function failed (%s)",

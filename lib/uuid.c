@@ -11,15 +11,21 @@
  * are ordered by millisecond only, which is all a message id needs: the
  * delivery order of a key comes from its position (ferry.outbox.seq), not
  * from ids.
+ *
+ * The state is per thread and per process: a child of fork() inherits its
+ * parent's thread-local state byte for byte, and two children would make
+ * the same ids from it. Hence the pid kept with it.
  */
 #include <errno.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
 typedef struct uuid_state {
+    pid_t pid;                  /* whose state this is; 0 before the first id */
     uint64_t last_ms;
     uint32_t counter;           /* 12 bits used */
     uint8_t pool[256];          /* random bytes, refilled in one syscall */
@@ -27,6 +33,20 @@ typedef struct uuid_state {
 } uuid_state;
 
 static _Thread_local uuid_state tls;
+
+/* A state made by another process is its parent's (copied by fork()):
+ * start afresh, so that no two processes draw the same random bytes or
+ * continue the same counter. getpid() each time, not a pthread_atfork
+ * handler: it also holds for a child of a raw clone(), and costs a
+ * syscall next to the clock read (glibc no longer caches the pid). */
+static void own_state(void)
+{
+    pid_t pid = getpid();
+    if (tls.pid != pid) {
+        memset(&tls, 0, sizeof tls);
+        tls.pid = pid;
+    }
+}
 
 static ferry_code take_random(uint8_t *out, size_t n)
 {
@@ -51,6 +71,7 @@ static ferry_code take_random(uint8_t *out, size_t n)
 ferry_code ferry_uuid_v7(ferry_uuid *out)
 {
     uint8_t rnd[10];
+    own_state();
     if (out == NULL || take_random(rnd, sizeof rnd) != FERRY_OK)
         return FERRY_EINVAL;
 

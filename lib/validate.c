@@ -11,7 +11,6 @@
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
-#include <strings.h>
 
 #include <jansson.h>
 
@@ -58,6 +57,17 @@ static ferry_code check_topic(const char *topic, ferry_error *err)
     return FERRY_OK;
 }
 
+/* How far to look for the NUL of a string given without a length: one
+ * byte past max, to tell "too long" from "exactly max"; no further than
+ * SIZE_MAX, where max + 1 would wrap to 0 (max_payload = SIZE_MAX, "no
+ * limit", then measured every payload as empty). */
+static size_t nul_scan_limit(size_t len, size_t max)
+{
+    if (len != 0)
+        return len;
+    return max < SIZE_MAX ? max + 1 : SIZE_MAX;
+}
+
 /* A text field: given length (0 = strlen), no NUL inside, valid UTF-8,
  * within max bytes; empty refused when required. */
 static ferry_code check_text(const char *field, const char *what, const char *s,
@@ -68,7 +78,7 @@ static ferry_code check_text(const char *field, const char *what, const char *s,
             return ferry__error_set(err, FERRY_EINVAL, field, "%s must not be empty", what);
         return FERRY_OK;
     }
-    size_t slen = strnlen(s, len ? len : max + 1);
+    size_t slen = strnlen(s, nul_scan_limit(len, max));
     if (len == 0)
         len = slen;
     else if (slen < len)
@@ -432,7 +442,7 @@ static ferry_code check_payload(const char *payload, size_t len, size_t max,
     if (payload == NULL)
         return ferry__error_set(err, FERRY_EINVAL, "payload",
                              "payload must not be NULL (use the JSON text \"null\")");
-    size_t slen = strnlen(payload, len ? len : max + 1);
+    size_t slen = strnlen(payload, nul_scan_limit(len, max));
     if (len == 0)
         len = slen;
     else if (slen < len)
@@ -486,16 +496,78 @@ bool ferry__json_canonical_len(const char *text, size_t len, size_t *out)
     return true;
 }
 
+/*
+ * FOLD, as the server has it for header names (ferry.emit_with_id): the
+ * characters that lower() or a consumer's case-insensitive compare may
+ * take for ASCII letters become those letters -- U+0130 and U+0131 "i",
+ * U+212A (Kelvin) "k", U+017F (long s) "s", the ligatures U+FB00..U+FB06
+ * their letters -- then A-Z become a-z. Nothing else, and no locale:
+ * the client must refuse exactly the names the server refuses, or a name
+ * it lets through aborts the caller's transaction there.
+ *
+ * Only the first size - 1 bytes of the fold are written (NUL-terminated);
+ * *whole says whether that was all of it.
+ */
+static void header_name_fold(const char *name, char *out, size_t size, bool *whole)
+{
+    static const struct {
+        const char *from, *to;
+    } special[] = {
+        {"\xc4\xb0", "i"}, {"\xc4\xb1", "i"},             /* U+0130, U+0131 */
+        {"\xe2\x84\xaa", "k"},                           /* U+212A */
+        {"\xc5\xbf", "s"},                                /* U+017F */
+        {"\xef\xac\x80", "ff"}, {"\xef\xac\x81", "fi"},   /* U+FB00.. */
+        {"\xef\xac\x82", "fl"}, {"\xef\xac\x83", "ffi"},
+        {"\xef\xac\x84", "ffl"}, {"\xef\xac\x85", "st"},
+        {"\xef\xac\x86", "st"},                          /* ..U+FB06 */
+    };
+    size_t o = 0;
+    *whole = true;
+    for (const char *p = name; *p != '\0';) {
+        const char *to = NULL;
+        size_t from_len = 1;
+        for (size_t k = 0; k < sizeof special / sizeof special[0]; k++) {
+            size_t n = strlen(special[k].from);
+            if (strncmp(p, special[k].from, n) == 0) {
+                to = special[k].to;
+                from_len = n;
+                break;
+            }
+        }
+        char one[2] = {*p >= 'A' && *p <= 'Z' ? (char)(*p - 'A' + 'a') : *p, '\0'};
+        if (to == NULL)
+            to = one;
+        for (; *to != '\0'; to++) {
+            if (o + 1 >= size) {
+                *whole = false;
+                out[o] = '\0';
+                return;
+            }
+            out[o++] = *to;
+        }
+        p += from_len;
+    }
+    out[o] = '\0';
+}
+
+/* The empty name, and names whose FOLD starts "ferry_" or is one of the
+ * CloudEvents attributes the relay sets (schema 30 made it any ASCII
+ * case: a consumer reading names without regard to case would take
+ * FERRY_ID for the relay's ferry_id). */
 static bool header_name_reserved(const char *name)
 {
     static const char *const ce[] = {"ce_specversion", "ce_id", "ce_type",
                                      "ce_source", "ce_time"};
-    /* In any case (schema 30): a consumer reading names without regard to
-     * case would take FERRY_ID for the relay's ferry_id. */
-    if (name[0] == '\0' || strncasecmp(name, "ferry_", 6) == 0)
+    if (name[0] == '\0')
         return true;
-    for (size_t i = 0; i < sizeof ce / sizeof ce[0]; i++)
-        if (strcasecmp(name, ce[i]) == 0)
+    char folded[16];
+    _Static_assert(sizeof "ce_specversion" < sizeof folded, "room for the longest name");
+    bool whole;
+    header_name_fold(name, folded, sizeof folded, &whole);
+    if (strncmp(folded, "ferry_", 6) == 0)
+        return true;
+    for (size_t i = 0; whole && i < sizeof ce / sizeof ce[0]; i++)
+        if (strcmp(folded, ce[i]) == 0)
             return true;
     return false;
 }

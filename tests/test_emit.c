@@ -628,6 +628,96 @@ static void hostile_strings_stored_verbatim(void **state)
     PQfinish(c);
 }
 
+/*
+ * A database without the ferry schema (3F000), or with one too old to
+ * have ferry.emit_with_id (42883): FERRY_ESCHEMA, as ferry.h documents,
+ * saying to migrate. Before: FERRY_EDB with the server's words only (an
+ * outside audit).
+ */
+static void emit_without_the_schema_is_a_schema_error(void **state)
+{
+    char *ci = tu_fresh_database("e_unmigrated");
+    PGconn *c = PQconnectdb(ci);
+    free(ci);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    ferry_msg m = msg("t", "k", "{}");
+    for (int old_schema = 0; old_schema < 2; old_schema++) {
+        if (old_schema)
+            tu_exec(c, "CREATE SCHEMA ferry");
+        const char *want_state = old_schema ? "42883" : "3F000";
+        for (int batch = 0; batch < 2; batch++) {
+            tu_exec(c, "BEGIN");
+            ferry_error err;
+            ferry_code rc = batch ? ferry_emit_batch(c, &m, 1, NULL, NULL, &err)
+                                  : ferry_emit(c, &m, NULL, NULL, &err);
+            if (rc != FERRY_ESCHEMA)
+                fail_msg("%s, %s: want FERRY_ESCHEMA, got %s: %s", want_state,
+                         batch ? "batch" : "emit", ferry_code_name(rc), err.message);
+            assert_string_equal(err.sqlstate, want_state);
+            assert_int_equal(err.retriable, 0);
+            assert_non_null(strstr(err.message, "ferry-relay migrate"));
+            tu_exec(c, "ROLLBACK");
+        }
+    }
+    PQfinish(c);
+}
+
+/*
+ * ferry sends keys, payloads and headers as UTF-8, and the server reads
+ * them in the session's client_encoding. Under LATIN1 the key "clé" was
+ * stored converted, as "clÃ©" (another Kafka key, partition and order),
+ * and a key of 500 "é" passed the client's 1024-byte check but not the
+ * server's (2000 bytes once converted), aborting the caller's
+ * transaction (an outside audit). Now refused before anything is sent,
+ * FERRY_ESTATE on "conn", the transaction usable and the setting as it
+ * was; SQL_ASCII, which the server passes through unconverted, is fine.
+ */
+static void emit_refuses_a_client_encoding_other_than_utf8(void **state)
+{
+    static const char e_acute[] = "\xc3\xa9";
+    char wide_key[500 * 2 + 1];
+    for (int i = 0; i < 500; i++)
+        memcpy(wide_key + 2 * i, e_acute, 2);
+    wide_key[1000] = '\0';
+    PGconn *c = tu_connect();
+    tu_exec(c, "SET client_encoding = 'LATIN1'");
+    tu_exec(c, "BEGIN");
+    tu_exec(c, "CREATE TEMP TABLE witness (x int)");
+    const char *keys[2] = {"cl\xc3\xa9", wide_key};
+    for (int k = 0; k < 2; k++) {
+        ferry_msg m = msg("t", keys[k], "{}");
+        ferry_error err;
+        ferry_code rc = ferry_emit(c, &m, NULL, NULL, &err);
+        if (rc != FERRY_ESTATE) {
+            PQfinish(c);        /* its locks would hold up the next test */
+            fail_msg("key %d: want FERRY_ESTATE, got %s: %s", k, ferry_code_name(rc),
+                     rc == FERRY_OK ? "(written)" : err.message);
+        }
+        assert_string_equal(err.field, "conn");
+        assert_non_null(strstr(err.message, "LATIN1"));
+        assert_non_null(strstr(err.message, "UTF8"));
+        assert_int_equal(ferry_emit_batch(c, &m, 1, NULL, NULL, &err), FERRY_ESTATE);
+        assert_string_equal(err.field, "conn");
+        assert_int_equal(PQtransactionStatus(c), PQTRANS_INTRANS);
+        tu_exec(c, "INSERT INTO witness VALUES (1)");
+    }
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM witness"), 2);
+    tu_exec(c, "COMMIT");
+    tu_assert_str(c, "SHOW client_encoding", "LATIN1");
+    tu_exec(c, "SET client_encoding = 'SQL_ASCII'");
+    tu_exec(c, "BEGIN");
+    ferry_msg m = msg("t", keys[0], "{}");
+    ferry_error err;
+    assert_ferry_ok(ferry_emit(c, &m, NULL, NULL, &err), err);
+    tu_exec(c, "COMMIT");
+    PQfinish(c);
+    c = tu_connect();
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox"), 1);
+    assert_int_equal(tu_int(c, "SELECT count(*) FROM ferry.outbox "
+                               "WHERE aggregateid = 'cl\xc3\xa9'"), 1);
+    PQfinish(c);
+}
+
 /* ---------------------------------------------------------------- SQL path */
 
 static void sql_emit_any_language(void **state)
@@ -782,6 +872,8 @@ int main(void)
         cmocka_unit_test_setup(a_session_that_has_the_statement_already_emits, tu_clean_outbox),
         cmocka_unit_test_setup(emit_rollback_leaves_nothing, tu_clean_outbox),
         cmocka_unit_test_setup(emit_needs_open_transaction, tu_clean_outbox),
+        cmocka_unit_test(emit_without_the_schema_is_a_schema_error),
+        cmocka_unit_test_setup(emit_refuses_a_client_encoding_other_than_utf8, tu_clean_outbox),
         cmocka_unit_test_setup(batch_of_10000, tu_clean_outbox),
         cmocka_unit_test_setup(batch_refused_whole, tu_clean_outbox),
         cmocka_unit_test_setup(batch_server_refusal_mid_pipeline, tu_clean_outbox),

@@ -156,6 +156,23 @@ static void refused_inside_transaction(void **state)
     PQfinish(c);
 }
 
+/* No connection is the caller's mistake, as ferry_emit says
+ * (FERRY_EINVAL, field "conn"), not a lost connection to retry: before,
+ * both calls said FERRY_ECONN, retriable (an outside audit). */
+static void a_null_connection_is_refused_as_an_argument(void **state)
+{
+    ferry_error err;
+    int version = 7;
+    assert_int_equal(ferry_migrate(NULL, &version, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "conn");
+    assert_int_equal(err.retriable, 0);
+    assert_int_equal(ferry_schema_version(NULL, &version, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "conn");
+    assert_int_equal(err.retriable, 0);
+    assert_int_equal(version, 7);
+    assert_int_equal(ferry_migrate(NULL, NULL, NULL), FERRY_EINVAL);
+}
+
 /* A migration that fails part way leaves nothing: not the schema, not the
  * version table, not half of the tables. */
 static void failure_is_all_or_nothing(void **state)
@@ -298,6 +315,7 @@ int main(void)
         cmocka_unit_test(tampered_checksum_refused),
         cmocka_unit_test(newer_schema_refused),
         cmocka_unit_test(refused_inside_transaction),
+        cmocka_unit_test(a_null_connection_is_refused_as_an_argument),
         cmocka_unit_test(failure_is_all_or_nothing),
         cmocka_unit_test(a_schema_of_another_role_or_a_database_not_utf8_is_refused),
         cmocka_unit_test(relay_migrate_command),

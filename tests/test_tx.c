@@ -580,6 +580,138 @@ static void busy_connection_is_refused(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* 4b. fn leaves pipeline mode on, or ends the transaction itself        */
+
+/* How a pipelined fn leaves the connection: its INSERT sent and never
+ * synced; synced but its result unread; or followed by a COMMIT of its
+ * own in the pipeline. */
+typedef enum { PIPE_UNSYNCED, PIPE_UNREAD, PIPE_COMMITTED } pipe_way;
+
+static ferry_code insert_in_pipeline(PGconn *conn, void *arg, ferry_error *err)
+{
+    pipe_way way = *(pipe_way *)arg;
+    if (!PQenterPipelineMode(conn) ||
+        !PQsendQueryParams(conn, "INSERT INTO tx_pipe VALUES (1)", 0, NULL, NULL, NULL, NULL, 0))
+        return ferry_error_from_pg(err, conn, NULL, "could not pipeline");
+    if (way == PIPE_COMMITTED &&
+        !PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+        return ferry_error_from_pg(err, conn, NULL, "could not pipeline");
+    if (way != PIPE_UNSYNCED && !PQpipelineSync(conn))
+        return ferry_error_from_pg(err, conn, NULL, "could not sync");
+    return FERRY_OK;
+}
+
+/*
+ * A fn that returns with the connection in pipeline mode misused it: the
+ * run fails with FERRY_EUSER, the pipeline is ended (its results read and
+ * dropped), and the work is rolled back; the connection is idle. Before,
+ * COMMIT failed ("synchronous command execution functions are not allowed
+ * in pipeline mode", FERRY_EDB) and left it in the transaction, in
+ * pipeline mode, with the work pending (an outside audit). A pipeline
+ * that ran COMMIT itself is the case below: its work is committed.
+ */
+static void fn_left_in_pipeline_mode_is_rolled_back(void **state)
+{
+    PGconn *c = tx_connect();
+    fresh_table(c, "tx_pipe", "id int");
+    for (pipe_way way = PIPE_UNSYNCED; way <= PIPE_COMMITTED; way++) {
+        ferry_tx_report rep;
+        ferry_error err;
+        ferry_code rc = ferry_tx_run(c, NULL, insert_in_pipeline, &way, &rep, &err);
+        PGpipelineStatus pipe = PQpipelineStatus(c);
+        PGTransactionStatusType tx = PQtransactionStatus(c);
+        if (pipe != PQ_PIPELINE_OFF || tx != PQTRANS_IDLE) {
+            PQfinish(c);        /* its lock on tx_pipe would hold up the next test */
+            fail_msg("way %d: the connection was left in pipeline mode %d, transaction "
+                     "status %d: %s: %s", (int)way, (int)pipe, (int)tx, ferry_code_name(rc),
+                     err.message);
+        }
+        assert_int_equal(rc, FERRY_EUSER);
+        assert_int_equal(err.retriable, 0);
+        assert_int_equal(rep.attempts, 1);
+        if (way == PIPE_COMMITTED)
+            assert_non_null(strstr(err.message, "committed"));
+        else
+            assert_non_null(strstr(err.message, "pipeline mode"));
+        assert_int_equal(tu_int(c, "SELECT 7"), 7);
+        assert_int_equal(count_rows(c, "tx_pipe"), way == PIPE_COMMITTED ? 1 : 0);
+    }
+    PQfinish(c);
+}
+
+/* How fn ends the transaction it was given, and what it returns. */
+typedef struct ender {
+    const char *end;        /* "COMMIT" or "ROLLBACK" */
+    bool report_conflict;   /* return a serialization failure after it */
+    int calls;
+} ender;
+
+static ferry_code insert_then_end(PGconn *conn, void *arg, ferry_error *err)
+{
+    ender *e = arg;
+    e->calls++;
+    if (!exec_ok(conn, "INSERT INTO tx_ended VALUES (1)", err) || !exec_ok(conn, e->end, err))
+        return err->code;
+    if (!e->report_conflict)
+        return FERRY_OK;
+    ferry_error_set(err, FERRY_EDB, 1, "a conflict of its own");
+    snprintf(err->sqlstate, sizeof err->sqlstate, "40001");
+    return FERRY_EDB;
+}
+
+/*
+ * A fn that ends the transaction itself. After a COMMIT its work is in
+ * the database: the run fails with FERRY_EUSER saying so, and is never
+ * retried, even when fn reports a conflict (a retry would do the work a
+ * second time). Before, the message said "left the transaction aborted or
+ * closed", and a conflict reported after fn's own COMMIT was retried, the
+ * work committed once per attempt (an outside audit). After a ROLLBACK
+ * nothing is committed: a success is refused saying so; a conflict is
+ * retried as before, since nothing was done twice.
+ */
+static void fn_that_ends_the_transaction_itself(void **state)
+{
+    PGconn *c = tx_connect();
+    fresh_table(c, "tx_ended", "id int");
+    ferry_tx_opts opts = {.max_attempts = 3, .backoff_base_ms = 1, .backoff_max_ms = 1};
+    ferry_tx_report rep;
+    ferry_error err;
+
+    ender commit = {"COMMIT", false, 0};
+    assert_int_equal(ferry_tx_run(c, &opts, insert_then_end, &commit, &rep, &err), FERRY_EUSER);
+    assert_int_equal(err.retriable, 0);
+    assert_non_null(strstr(err.message, "committed"));
+    assert_int_equal(commit.calls, 1);
+    assert_int_equal(count_rows(c, "tx_ended"), 1);
+
+    ender commit_conflict = {"COMMIT", true, 0};
+    assert_int_equal(ferry_tx_run(c, &opts, insert_then_end, &commit_conflict, &rep, &err),
+                     FERRY_EUSER);
+    assert_int_equal(err.retriable, 0);
+    assert_non_null(strstr(err.message, "committed"));
+    assert_int_equal(commit_conflict.calls, 1);
+    assert_int_equal(rep.attempts, 1);
+    assert_int_equal(count_rows(c, "tx_ended"), 2);
+
+    ender rollback = {"ROLLBACK", false, 0};
+    assert_int_equal(ferry_tx_run(c, &opts, insert_then_end, &rollback, &rep, &err),
+                     FERRY_EUSER);
+    assert_int_equal(err.retriable, 0);
+    assert_non_null(strstr(err.message, "rolled back"));
+    assert_int_equal(rollback.calls, 1);
+    assert_int_equal(count_rows(c, "tx_ended"), 2);
+
+    ender rollback_conflict = {"ROLLBACK", true, 0};
+    assert_int_equal(ferry_tx_run(c, &opts, insert_then_end, &rollback_conflict, &rep, &err),
+                     FERRY_EDB);
+    assert_string_equal(err.sqlstate, "40001");
+    assert_int_equal(rollback_conflict.calls, 3);
+    assert_int_equal(count_rows(c, "tx_ended"), 2);
+    assert_int_equal(PQtransactionStatus(c), PQTRANS_IDLE);
+    PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ */
 /* 5 and 7. Serialization failures                                       */
 
 /*
@@ -983,6 +1115,8 @@ int main(void)
         cmocka_unit_test(commit_refused_by_server),
         cmocka_unit_test(swallowed_error_is_not_committed),
         cmocka_unit_test(busy_connection_is_refused),
+        cmocka_unit_test(fn_left_in_pipeline_mode_is_rolled_back),
+        cmocka_unit_test(fn_that_ends_the_transaction_itself),
         cmocka_unit_test(serialization_failure_is_retried),
         cmocka_unit_test(retries_are_bounded),
         cmocka_unit_test(deadlock_is_retried),

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "testutil.h"
 #include "../lib/internal.h"
@@ -86,6 +88,66 @@ static void uuid_unique_across_threads(void **state)
                     assert_true(memcmp(&ids[t][i], &ids[u][j], 16) != 0);
 }
 
+/* Ids from one child: made after the fork, written whole to fd. */
+static void uuid_child(int fd, int n)
+{
+    for (int i = 0; i < n; i++) {
+        ferry_uuid id;
+        if (ferry_uuid_v7(&id) != FERRY_OK || write(fd, &id, sizeof id) != (ssize_t)sizeof id)
+            _exit(1);
+    }
+    _exit(0);
+}
+
+/*
+ * Two processes forked from a parent that had made an id: before, both
+ * inherited its thread's random pool, millisecond and counter, and made
+ * byte-identical ids in the same millisecond (an outside audit: a 23505
+ * on ferry.outbox, or a consumer skipping the second as a duplicate).
+ * The clock cannot be forced to one millisecond, so the random part (the
+ * last 8 bytes) is compared too: it must differ whatever the time.
+ */
+static void uuid_unique_across_fork(void **state)
+{
+    enum { C = 2, N = 64 };
+    ferry_uuid parent;
+    assert_int_equal(ferry_uuid_v7(&parent), FERRY_OK);
+    int fds[C][2];
+    pid_t pids[C];
+    for (int c = 0; c < C; c++) {
+        assert_int_equal(pipe(fds[c]), 0);
+        pids[c] = fork();
+        assert_true(pids[c] >= 0);
+        if (pids[c] == 0) {
+            close(fds[c][0]);
+            uuid_child(fds[c][1], N);
+        }
+        close(fds[c][1]);
+    }
+    static ferry_uuid ids[C][N];
+    for (int c = 0; c < C; c++) {
+        size_t got = 0;
+        while (got < sizeof ids[c]) {
+            ssize_t r = read(fds[c][0], (char *)ids[c] + got, sizeof ids[c] - got);
+            assert_true(r > 0);
+            got += (size_t)r;
+        }
+        close(fds[c][0]);
+        int status;
+        assert_int_equal(waitpid(pids[c], &status, 0), pids[c]);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_true(memcmp(&ids[0][i], &parent, 16) != 0);
+        for (int j = 0; j < N; j++) {
+            if (memcmp(&ids[0][i], &ids[1][j], 16) == 0)
+                fail_msg("children made the same id (%d, %d)", i, j);
+            if (memcmp(ids[0][i].bytes + 8, ids[1][j].bytes + 8, 8) == 0)
+                fail_msg("children share random bits (%d, %d)", i, j);
+        }
+    }
+}
+
 static void utf8_validation(void **state)
 {
     static const struct {
@@ -158,11 +220,75 @@ static void msg_check_accepts_and_refuses(void **state)
                         "(more than 16383 digits after the decimal point) at line 2, column 2: "
                         "\"1e-16384\"");
 
+    /* No limit at all (an outside audit): max + 1 wrapped to 0, and every
+     * payload was refused as empty, invalid JSON. */
+    ferry_emit_opts unlimited = {.max_payload = SIZE_MAX};
+    assert_int_equal(ferry_msg_check(&ok, &unlimited, &err), FERRY_OK);
+    assert_int_equal(ferry_msg_check(&sliced, &unlimited, &err), FERRY_OK);
+    ferry_msg not_json = ok;
+    not_json.payload = "{\"a\": }";
+    assert_int_equal(ferry_msg_check(&not_json, &unlimited, &err), FERRY_EINVAL);
+    assert_string_equal(err.field, "payload");
+
     assert_int_equal(ferry_msg_check(NULL, NULL, &err), FERRY_EINVAL);
     /* err may be NULL: the code still comes back. */
     ferry_msg bad = ok;
     bad.topic = "no spaces";
     assert_int_equal(ferry_msg_check(&bad, NULL, NULL), FERRY_EINVAL);
+}
+
+/*
+ * Reserved header names are judged after the server's FOLD: U+0130 and
+ * U+0131 to "i", U+212A (Kelvin) to "k", U+017F (long s) to "s", the
+ * ligatures U+FB00..U+FB06 to their letters, then A-Z to a-z, no locale.
+ * Before, only ASCII case was folded, and a name the server refuses
+ * ("ce_İd") passed the client and aborted the caller's transaction.
+ */
+static void header_names_reserved_after_folding(void **state)
+{
+    static const struct {
+        const char *name;       /* as JSON text, escapes allowed */
+        int reserved;
+    } cases[] = {
+        {"", 1},
+        {"ferry_id", 1},
+        {"FERRY_X", 1},
+        {"Ferry_", 1},
+        {"Ce_Id", 1},
+        {"ce_\xc4\xb0" "d", 1},                 /* ce_İd */
+        {"CE_\xc4\xb1" "D", 1},                 /* CE_ıD */
+        {"ce_\\u0131d", 1},                     /* the same, escaped */
+        {"ce_\xc5\xbf" "ource", 1},             /* ce_ſource */
+        {"ce_\xc5\xbf" "pecver\xc5\xbf" "ion", 1},
+        {"ce_t\xc4\xb0" "me", 1},               /* ce_tİme */
+        {"\xc4\xb0" "d", 0},                    /* "id": not reserved */
+        {"f\xc4\xb1" "rry_x", 0},               /* "firry_x" */
+        {"\xef\xac\x80" "erry_x", 0},           /* ﬀerry_x folds to "fferry_x" */
+        {"\xe2\x84\xaa" "ey", 0},               /* Kelvin sign: "key" */
+        {"ce_ti\xcc\x87" "me", 0},              /* a combining dot is not folded */
+        {"ce_ids", 0},
+        {"ce_subject", 0},
+        {"xferry_", 0},
+        {"ferry", 0},
+        {"ce_\xc4\xb0" "dentity", 0},
+        {"\xef\xac\x81", 0},                    /* ﬁ */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char headers[128];
+        snprintf(headers, sizeof headers, "{\"%s\": \"v\"}", cases[i].name);
+        ferry_msg m = {.topic = "t", .key = "k", .type = "T", .payload = "{}",
+                       .headers = headers};
+        ferry_error err = {0};
+        ferry_code rc = ferry_msg_check(&m, NULL, &err);
+        if (rc != (cases[i].reserved ? FERRY_EINVAL : FERRY_OK))
+            fail_msg("case %zu (%s): want %s, got %s: %s", i, cases[i].name,
+                     cases[i].reserved ? "reserved" : "allowed", ferry_code_name(rc),
+                     err.message);
+        if (cases[i].reserved) {
+            assert_string_equal(err.field, "headers");
+            assert_non_null(strstr(err.message, "empty or reserved"));
+        }
+    }
 }
 
 /* No control character (C0, DEL, C1) and nothing that is not UTF-8. */
@@ -272,8 +398,10 @@ int main(void)
         cmocka_unit_test(uuid_v7_layout_and_order),
         cmocka_unit_test(uuid_format_parse_roundtrip),
         cmocka_unit_test(uuid_unique_across_threads),
+        cmocka_unit_test(uuid_unique_across_fork),
         cmocka_unit_test(utf8_validation),
         cmocka_unit_test(msg_check_accepts_and_refuses),
+        cmocka_unit_test(header_names_reserved_after_folding),
         cmocka_unit_test(error_messages_escape_what_they_quote),
         cmocka_unit_test(error_mapping),
         cmocka_unit_test(strict_integers),
