@@ -193,8 +193,10 @@ int relay_db_connect(relay *r)
      * for the kernel's TCP timeout. */
     static const char *const keys[] = {"connect_timeout", "keepalives", "keepalives_idle",
                                        "keepalives_interval", "keepalives_count",
-                                       "tcp_user_timeout", "dbname", NULL};
-    const char *values[] = {"10", "1", "10", "5", "3", "30000", r->cfg->db, NULL};
+                                       "tcp_user_timeout", "dbname", "client_encoding", NULL};
+    /* UTF8 last, over the conninfo and PGCLIENTENCODING: what the relay
+     * reads it publishes byte for byte. */
+    const char *values[] = {"10", "1", "10", "5", "3", "30000", r->cfg->db, "UTF8", NULL};
     r->db.main = PQconnectdbParams(keys, values, 1);
     ferry__log_pq_notices(r->db.main, "main");
     if (PQstatus(r->db.main) == CONNECTION_OK) {

@@ -335,12 +335,12 @@ static PGconn *connect_db(relay *r, int replication)
     ferry__application_name(name, replication ? "ferry-relay-wal" : "ferry-relay", r->holder);
     /* expand_dbname: conninfo may be a URI or key=value pairs; the later
      * keywords override what it says. */
-    const char *keys[] = {"dbname", "replication", "application_name", NULL};
-    const char *vals[] = {r->cfg->db, replication ? "database" : NULL, name, NULL};
+    const char *keys[] = {"dbname", "client_encoding", "replication", "application_name", NULL};
+    const char *vals[] = {r->cfg->db, "UTF8", replication ? "database" : NULL, name, NULL};
     if (!replication) {
-        keys[1] = "application_name";
-        vals[1] = name;
-        keys[2] = NULL;
+        keys[2] = "application_name";
+        vals[2] = name;
+        keys[3] = NULL;
     }
     return PQconnectdbParams(keys, vals, 1);
 }

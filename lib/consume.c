@@ -2496,7 +2496,7 @@ ferry_code ferry_consumer_new(const ferry_consumer_conf *conf, ferry_consumer **
         }
     }
 
-    c->conn = PQconnectdb(conf->db);
+    c->conn = ferry__connect_utf8(conf->db);
     if (PQstatus(c->conn) != CONNECTION_OK) {
         rc = ferry_error_from_pg(e, c->conn, NULL, "could not connect to the database");
         goto out_conn;

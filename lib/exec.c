@@ -134,3 +134,14 @@ ferry_code ferry__conn_check_utf8(PGconn *conn, const char *what, ferry_error *e
                          "conninfo, or PQsetClientEncoding)", what,
                          enc[0] != '\0' ? enc : "unknown");
 }
+
+/* A connection of ferry's own (a consumer's, a relay's, the reconciler's)
+ * to conninfo, always in UTF-8: keys and payloads are UTF-8 text, and a
+ * client_encoding from the environment (PGCLIENTENCODING) or the
+ * conninfo would have the server convert them on the way in and out. */
+PGconn *ferry__connect_utf8(const char *conninfo)
+{
+    const char *const keys[] = {"dbname", "client_encoding", NULL};
+    const char *const values[] = {conninfo, "UTF8", NULL};
+    return PQconnectdbParams(keys, values, 1);
+}

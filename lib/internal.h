@@ -91,6 +91,7 @@ ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *
  * field "conn", otherwise; conn's settings are left alone. conn must be
  * open; what names the caller in the message. */
 ferry_code ferry__conn_check_utf8(PGconn *conn, const char *what, ferry_error *err);
+PGconn *ferry__connect_utf8(const char *conninfo);
 
 /* Valid UTF-8 (no overlongs, no surrogates, at most U+10FFFF)? On failure
  * *bad_at is the offset of the first bad byte. */

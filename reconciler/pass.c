@@ -142,7 +142,7 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
 
 static PGconn *connect_db(const options *o, const char *holder)
 {
-    PGconn *conn = PQconnectdb(o->db);
+    PGconn *conn = ferry__connect_utf8(o->db);
     ferry__log_pq_notices(conn, "reconciler");
     if (PQstatus(conn) != CONNECTION_OK) {
         const char *m = PQerrorMessage(conn);

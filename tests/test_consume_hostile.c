@@ -408,6 +408,28 @@ static void a_ferry_id_that_is_not_a_uuid_falls_back_to_ce_id(void **state)
     PQfinish(conn);
 }
 
+/* A consumer whose environment asks libpq for another client encoding
+ * (PGCLIENTENCODING=LATIN1) keeps its keys as they came, UTF-8: its
+ * connection took them as Latin-1 and stored "cl\u00c3\u00a9" for "cl\u00e9"
+ * (another key, with positions of its own). */
+static void a_consumer_keeps_utf8_whatever_its_client_encoding(void **state)
+{
+    const char *topic = "h.latin";
+    rawmsg m[] = {{"cl\xc3\xa9", "1"}};
+    produce_raw(topic, m, 1);
+    setenv("PGCLIENTENCODING", "LATIN1", 1);
+    ferry_consumer *c = consumer_new("h-latin", topic, 1);
+    unsetenv("PGCLIENTENCODING");
+    PGconn *conn = tu_connect();
+    poll_until_sql(c, conn, "SELECT count(*) = 1 FROM t_applied WHERE consumer = 'h-latin'");
+    tu_consumer_done(c);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.inbox_key WHERE consumer = "
+                                  "'h-latin' AND key = 'cl\xc3\xa9' AND seq = 1"), 1);
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM t_applied WHERE consumer = 'h-latin' "
+                                  "AND key = 'cl\xc3\xa9'"), 1);
+    PQfinish(conn);
+}
+
 /* The claim refuses a position whose successor bigint cannot hold, with a
  * data error (class 22) rather than an internal failure: a consumer in
  * any language then knows the message is at fault. */
@@ -570,6 +592,7 @@ int main(void)
         cmocka_unit_test(a_key_that_is_not_text_parks_no_other_key),
         cmocka_unit_test(a_key_that_is_not_text_is_never_held),
         cmocka_unit_test(a_ferry_id_that_is_not_a_uuid_falls_back_to_ce_id),
+        cmocka_unit_test(a_consumer_keeps_utf8_whatever_its_client_encoding),
         cmocka_unit_test(claim_refuses_the_last_bigint_as_data),
         cmocka_unit_test(claim_failure_is_bounded_and_loses_nothing),
         cmocka_unit_test(replayed_non_json_is_as_received),

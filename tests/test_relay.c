@@ -457,6 +457,26 @@ static void once_that_cannot_take_a_lease_fails(void **state)
     PQfinish(c);
 }
 
+/* A relay whose environment asks libpq for another client encoding
+ * (PGCLIENTENCODING=LATIN1, a Latin-1 host) publishes the key and the
+ * payload as they were emitted, UTF-8: it took them converted, so "clé"
+ * went to Kafka as Latin-1 bytes (another key, another partition) and the
+ * payload was no longer UTF-8 JSON (an outside audit). */
+static void a_relay_publishes_utf8_whatever_its_client_encoding(void **state)
+{
+    PGconn *c = tu_connect();
+    tu_exec(c, "SELECT ferry.emit('t.latin', 'cl\xc3\xa9', 'Tested', "
+               "'{\"name\": \"Jos\xc3\xa9\"}')");
+    PQfinish(c);
+    assert_int_equal(relay_once("latin-a", NULL, "PGCLIENTENCODING=LATIN1", NULL), 0);
+    kt_msgs *got = kt_consume(kt_bootstrap(broker), "t.latin", 1, 30000);
+    assert_non_null(got);
+    assert_int_equal(got->count, 1);
+    assert_string_equal(got->msgs[0].key, "cl\xc3\xa9");
+    assert_non_null(strstr(got->msgs[0].value, "Jos\xc3\xa9"));
+    kt_msgs_free(got);
+}
+
 /* Headers written around emit (into the row, by a role that may) whose
  * values are not strings are published as their compact JSON text; headers
  * that are not a JSON object at all cannot be published as given: the row
@@ -981,6 +1001,7 @@ int main(void)
         cmocka_unit_test(headers_written_around_emit_are_published_or_refused),
         cmocka_unit_test(a_row_without_a_wal_lsn_is_published),
         cmocka_unit_test(once_that_cannot_take_a_lease_fails),
+        cmocka_unit_test(a_relay_publishes_utf8_whatever_its_client_encoding),
         cmocka_unit_test(a_row_with_a_topic_kafka_cannot_take_fails_alone),
         cmocka_unit_test(notify_wakes_the_relay),
         cmocka_unit_test(order_holds_with_concurrent_writers),
