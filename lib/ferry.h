@@ -1036,7 +1036,8 @@ FERRY_API void ferry_saga_registry_destroy(ferry_saga_registry *reg);
 
 /*
  * Start a saga of definition def_name inside the caller's open transaction
- * on conn (FERRY_ESTATE outside one, as ferry_emit): insert its row, the
+ * on conn (FERRY_ESTATE outside one, or when conn's client_encoding is
+ * not UTF8, as ferry_emit): insert its row, the
  * audit row of the first command, and emit that command. The saga exists,
  * and its first command is published, iff the caller commits.
  * context_json is a JSON object; every "${context.PATH}" of the

@@ -718,6 +718,32 @@ static void a_context_that_makes_a_command_unsendable_is_refused_at_start(void *
     ferry_saga_registry_destroy(r);
 }
 
+/* A saga started on a connection whose client_encoding is not UTF-8 is
+ * refused before anything is sent, as ferry_emit refuses it: its context
+ * ("Jos\u00e9") went to the server as Latin-1 and was stored converted. */
+static void a_start_on_a_connection_not_in_utf8_is_refused(void **state)
+{
+    static const char yaml[] = "saga: t11-enc\nversion: 1\ndeadline: 1h\nsteps:\n"
+                               "  - name: a\n    topic: payments.commands\n    timeout: 1s\n"
+                               "    action: {type: A, payload: {id: \"${context.id}\"}}\n"
+                               "    compensation: {type: B, payload: {id: \"${context.id}\"}}\n";
+    ferry_saga_registry *r = tu_saga_registry(yaml, "t11.yaml");
+    PGconn *conn = tu_connect();
+    tu_exec(conn, "SET client_encoding = 'LATIN1'");
+    tu_exec(conn, "BEGIN");
+    ferry_error err;
+    ferry_uuid uid;
+    assert_int_equal(ferry_saga_start(conn, r, "t11-enc", "{\"id\": \"Jos\xc3\xa9\"}", &uid,
+                                      &err), FERRY_ESTATE);
+    assert_string_equal(err.field, "conn");
+    assert_int_equal(tu_int(conn, "SELECT 1"), 1);       /* still usable */
+    tu_exec(conn, "ROLLBACK");
+    assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE definition = 't11-enc'"),
+                     0);
+    PQfinish(conn);
+    ferry_saga_registry_destroy(r);
+}
+
 /*
  * Many due sagas a worker cannot run, all due before its own: twenty
  * started under an edited definition and five of a definition it does
@@ -961,6 +987,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(one_bad_saga_does_not_block_the_timers),
         cmocka_unit_test(timers_of_sagas_the_worker_cannot_run_do_not_stop_its_own),
         cmocka_unit_test(a_context_that_makes_a_command_unsendable_is_refused_at_start),
+        cmocka_unit_test(a_start_on_a_connection_not_in_utf8_is_refused),
         cmocka_unit_test(sagas_failing_past_the_skip_list_keep_what_the_call_fired),
         cmocka_unit_test(saga_numbers_keep_their_digits),
     };
