@@ -709,6 +709,8 @@ ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const
 {
     ferry__err_clear(err);
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not cancel saga", err);
+    if (rc == FERRY_OK)
+        rc = ferry__conn_check_utf8(conn, "could not cancel saga", err);
     if (rc != FERRY_OK)
         return rc;
     char canon[FERRY_UUID_STRING_SIZE];
@@ -941,6 +943,9 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
         return ferry__error_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK &&
+        ferry__conn_check_utf8(conn, "could not fire saga timers", err) != FERRY_OK)
+        return FERRY_ESTATE;
     fire_batch_arg *b = calloc(1, sizeof *b);
     if (b == NULL)
         return ferry__error_set(err, FERRY_ENOMEM, NULL, "could not fire saga timers: out of "
@@ -992,6 +997,9 @@ ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
         return ferry__error_set(err, FERRY_EINVAL, "now_ms",
                              "could not fire saga timer: now_ms %" PRId64 " is out of range",
                              now_ms);
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK &&
+        ferry__conn_check_utf8(conn, "could not fire saga timer", err) != FERRY_OK)
+        return FERRY_ESTATE;
     char canon[FERRY_UUID_STRING_SIZE];
     ferry_code rc = saga_id_canon(saga_id, "could not fire saga timer", canon, err);
     if (rc != FERRY_OK)

@@ -737,7 +737,15 @@ static void a_start_on_a_connection_not_in_utf8_is_refused(void **state)
                                       &err), FERRY_ESTATE);
     assert_string_equal(err.field, "conn");
     assert_int_equal(tu_int(conn, "SELECT 1"), 1);       /* still usable */
+    /* And the other calls that send text on the caller's connection. */
+    assert_int_equal(ferry_saga_cancel(conn, r, "00000000-0000-7000-8000-000000000001", &err),
+                     FERRY_ESTATE);
+    assert_string_equal(err.field, "conn");
     tu_exec(conn, "ROLLBACK");
+    int fired = -1;
+    assert_int_equal(ferry_saga_fire_timers(conn, r, 0, 10, &fired, &err), FERRY_ESTATE);
+    assert_int_equal(ferry_saga_fire_timer(conn, r, "00000000-0000-7000-8000-000000000001", 0,
+                                           &fired, &err), FERRY_ESTATE);
     assert_int_equal(tu_int(conn, "SELECT count(*) FROM ferry.saga WHERE definition = 't11-enc'"),
                      0);
     PQfinish(conn);
