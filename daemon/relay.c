@@ -464,9 +464,11 @@ int relay_run(const relay_config *cfg, relay_metrics *m)
     if (sched_ack_pending(r->s) > 0 || sched_inflight(r->s) > 0)
         status = 1;
     if (cfg->once && sched_leases_held(r->s) == 0) {
-        if (r->lease_failures > 0) {
-            /* Not "taken by another": the database refused (see the
-             * db.error above), and every row is still there. */
+        if (r->lease_last_failed) {
+            /* Not "taken by another": the database refused its last try
+             * (see the db.error above), and every row is still there. An
+             * earlier failure followed by a tick that found every shard
+             * leased is "taken by another". */
             status = 1;
             ferry__log(FERRY_LOG_ERROR, "relay.once",
                       "could not take any shard's lease (%llu failed tries, the errors above): "

@@ -158,7 +158,8 @@ typedef struct relay {
 
     /* outcome, for --once and the exit status */
     uint64_t produced, delivered, undelivered, refused, dead_lettered, permanent_failures;
-    uint64_t lease_failures;    /* lease ticks that failed (--once: why none was held) */
+    uint64_t lease_failures;    /* lease ticks that failed */
+    int lease_last_failed;      /* the last one did (--once: why no lease was held) */
     int64_t next_stats;
     int64_t next_kafka_probe;   /* while every broker seemed down */
     int healthy;                /* as last told to /healthz */

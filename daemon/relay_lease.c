@@ -163,6 +163,7 @@ int relay_lease_tick(relay *r)
 out:
     if (rc != 0)
         r->lease_failures++;
+    r->lease_last_failed = rc != 0;
     if (r->m != NULL)
         metrics_set(r->m, G_LEASES_HELD, sched_leases_held(r->s));
     free(got);

@@ -272,12 +272,14 @@ typedef struct ferry_tx_report {
  * from one attempt to the next.
  *
  * fn must not end the transaction (COMMIT, ROLLBACK) nor return with conn
- * in pipeline mode. If it does, the run ends with FERRY_EUSER, not
- * retriable: pipeline mode is left (its results dropped) and the
- * transaction rolled back; a transaction fn ended itself is not retried
- * either, and the message says whether it committed (then fn's work is in
- * the database, whatever fn returned) or was rolled back (then a failure
- * fn returned stands, and is retried as usual).
+ * in pipeline mode. Pipeline mode left on is left (its results dropped)
+ * and the transaction rolled back: FERRY_EUSER, not retriable. A
+ * transaction fn ended itself is looked up: committed, the run ends with
+ * FERRY_EUSER, not retried (fn's work is in the database, whatever fn
+ * returned); rolled back, with fn's own failure if it returned one
+ * (retried as usual when retriable), else with FERRY_EUSER saying nothing
+ * was committed. Not seen: COMMIT AND CHAIN, or a ROLLBACK followed by
+ * more statements in a pipeline (those the helper's COMMIT then commits).
  */
 typedef ferry_code (*ferry_tx_fn)(PGconn *conn, void *arg, ferry_error *err);
 
