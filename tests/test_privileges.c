@@ -810,6 +810,18 @@ static void reconciler_changes_nothing_of_a_relay_lease_but_its_expiry(void **st
     }
     assert_int_equal(tu_int(admin, "SELECT count(*) FROM ferry.lease WHERE name = 'shard:9996' "
                                    "AND holder = 'pv-r' AND epoch = 7 AND expires_at > now()"), 1);
+    /* Nor make one of a row of its own, renamed (schema 44: the guard of
+     * schema 41 looked only at the old name). */
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('pv-own-lease', 'shard:9995')");
+    tu_exec(as[R_RECONCILER], "INSERT INTO ferry.lease (name, holder, epoch, expires_at) "
+                              "VALUES ('pv-own-lease', 'evil', 9223372036854775807, "
+                              "now() - interval '1 second')");
+    const char *got = try_as(R_RECONCILER, "UPDATE ferry.lease SET name = 'shard:9995' "
+                                           "WHERE name = 'pv-own-lease'", buf, sizeof buf);
+    if (got == NULL || strncmp(got, "42501", 5) != 0)
+        fail_msg("the reconciler renamed its own lease into a relay's: %s",
+                 got ? got : "allowed");
+    tu_exec(admin, "DELETE FROM ferry.lease WHERE name IN ('pv-own-lease', 'shard:9995')");
     /* Its own lease it writes as before; and the relay its own. */
     tu_exec(as[R_RECONCILER], "UPDATE ferry.lease SET expires_at = now() "
                               "WHERE name = 'shard:9996'");
