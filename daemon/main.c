@@ -28,7 +28,7 @@ static void usage(FILE *out)
             "usage: ferry-relay [run] --db CONNINFO --kafka BOOTSTRAP [OPTION]...\n"
             "       ferry-relay migrate --db CONNINFO\n"
             "       ferry-relay status --db CONNINFO [--json]\n"
-            "       ferry-relay devkafka [--brokers N]\n"
+            "       ferry-relay devkafka [--brokers N] [--topic NAME:PARTITIONS[:REPLICATION]]...\n"
             "       ferry-relay slot create|recreate|status --db CONNINFO\n"
             "       ferry-relay --version\n"
             "       ferry-relay COMMAND --help\n"

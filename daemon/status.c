@@ -155,7 +155,7 @@ _Static_assert(ST_DEAD_LETTERS_SHOWN == 10, "keep the LIMIT above in step");
 static void st_usage(FILE *out)
 {
     fprintf(out,
-            "usage: ferry-relay status [--db CONNINFO] [--json] [--max-lag SECONDS]\n"
+            "usage: ferry-relay status [--db CONNINFO] [--config FILE] [--json] [--max-lag SECONDS]\n"
             "\n"
             "Is a relay running, and is it keeping up? The first line is the verdict\n"
             "(\"ok: ...\" or \"PROBLEM: ...\"); then the relays with a heartbeat lease and\n"
