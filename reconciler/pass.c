@@ -68,6 +68,11 @@ static void say_hup(void)
 
 /* ---------------------------------------------------------------- inputs */
 
+/* A refused input is named as the setting in every spelling it may have
+ * come from: an operator who set a variable never passed the flag. */
+#define RULES_SETTING "--rules, FERRY_RECONCILE_RULES or rules: in the --config file"
+#define SAGAS_SETTING "--sagas, FERRY_RECONCILE_SAGAS or sagas: in the --config file"
+
 static int load_rules(const options *o, rc_rules **out)
 {
     *out = NULL;
@@ -76,8 +81,8 @@ static int load_rules(const options *o, rc_rules **out)
     ferry_saga_load_errors errs;
     if (rc_rules_load(o->rules_file, out, &errs) != FERRY_OK) {
         reconcile_print_errors(stderr, o->rules_file, &errs);
-        fprintf(stderr, "ferry-reconcile: the rules file %s was refused; nothing was checked\n",
-                o->rules_file);
+        fprintf(stderr, "ferry-reconcile: the rules file %s (" RULES_SETTING ") was refused; "
+                "nothing was checked\n", o->rules_file);
         return -1;
     }
     return 0;
@@ -105,8 +110,8 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
         if (rc == GLOB_NOMATCH)
             continue;
         if (rc != 0) {
-            fprintf(stderr, "ferry-reconcile: --sagas %s: could not list the directory\n",
-                    o->sagas_dir);
+            fprintf(stderr, "ferry-reconcile: the saga directory %s (" SAGAS_SETTING "): "
+                    "could not list it\n", o->sagas_dir);
             bad = 1;
             break;
         }
@@ -128,8 +133,8 @@ static int load_sagas(const options *o, ferry_saga_registry **out)
         globfree(&g);
     }
     if (!bad && found == 0) {
-        fprintf(stderr, "ferry-reconcile: --sagas %s: no *.yaml or *.yml saga definitions "
-                "there\n", o->sagas_dir);
+        fprintf(stderr, "ferry-reconcile: the saga directory %s (" SAGAS_SETTING "): no *.yaml "
+                "or *.yml saga definitions there\n", o->sagas_dir);
         bad = 1;
     }
     if (bad) {

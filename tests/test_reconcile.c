@@ -115,6 +115,26 @@ static void unmigrated_database_is_8(void **state)
     free(ci);
 }
 
+/* A saga directory or rules file set by a variable is named as the
+ * setting, not as the flag the message used to name (--sagas), which an
+ * operator who never passed it could not find. */
+static void a_refused_input_is_named_in_every_spelling(void **state)
+{
+    setenv("FERRY_RECONCILE_SAGAS", "/nonexistent-ferry-sagas", 1);
+    const char *args[] = {"check", "--db", db(), NULL};
+    tu_output r = rc_exits(8, args);
+    unsetenv("FERRY_RECONCILE_SAGAS");
+    contains(r.err, "/nonexistent-ferry-sagas");
+    contains(r.err, "FERRY_RECONCILE_SAGAS");
+    tu_output_free(&r);
+    setenv("FERRY_RECONCILE_RULES", "/nonexistent-ferry-rules.yaml", 1);
+    r = rc_exits(8, args);
+    unsetenv("FERRY_RECONCILE_RULES");
+    contains(r.err, "/nonexistent-ferry-rules.yaml");
+    contains(r.err, "FERRY_RECONCILE_RULES");
+    tu_output_free(&r);
+}
+
 static void bad_rules_file_is_8(void **state)
 {
     char *path = tu_temp_file("rules:\n  - name: x\n    detect: [unclosed\n");
@@ -444,6 +464,7 @@ int main(void)
         cmocka_unit_test(cannot_connect_is_8),
         cmocka_unit_test(unmigrated_database_is_8),
         cmocka_unit_test_setup(bad_rules_file_is_8, clean),
+        cmocka_unit_test_setup(a_refused_input_is_named_in_every_spelling, clean),
         cmocka_unit_test_setup(clean_database_is_0, clean),
         cmocka_unit_test_setup(json_report_and_exit_statuses, clean),
         cmocka_unit_test_setup(progress_only_when_asked, clean),
