@@ -201,8 +201,7 @@ ferry_code ferry_emit(PGconn *conn, const ferry_msg *msg, const ferry_emit_opts 
     ferry_code rc = ferry_msg_check(msg, opts, err);
     if (rc != FERRY_OK)
         return rc;
-    if ((rc = ferry__conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK ||
-        (rc = ferry__conn_check_utf8(conn, "could not emit", err)) != FERRY_OK)
+    if ((rc = ferry__conn_check_in_tx(conn, "could not emit", err)) != FERRY_OK)
         return rc;
 
     ferry_uuid id;
@@ -317,9 +316,7 @@ ferry_code ferry_emit_batch(PGconn *conn, const ferry_msg *msgs, size_t n,
         }
     }
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not emit batch", err);
-    if (rc != FERRY_OK ||
-        (rc = ferry__conn_check_utf8(conn, "could not emit batch", err)) != FERRY_OK ||
-        (rc = ensure_prepared(conn, err)) != FERRY_OK)
+    if (rc != FERRY_OK || (rc = ensure_prepared(conn, err)) != FERRY_OK)
         return rc;
 
     /* Ids are made in array order, so a batch's ids sort in that order

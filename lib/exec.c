@@ -98,7 +98,8 @@ ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *
                              "%s: connection is in pipeline mode", what);
     switch (PQtransactionStatus(conn)) {
     case PQTRANS_INTRANS:
-        return FERRY_OK;
+        /* Every call that writes in the caller's transaction sends text. */
+        return ferry__conn_check_utf8(conn, what, err);
     case PQTRANS_IDLE:
         return ferry__error_set(err, FERRY_ESTATE, NULL,
                              "%s: no transaction is open on this connection "

@@ -80,8 +80,9 @@ const char *ferry__alit_end(ferry__alit *a);
 /* SQLSTATEs that mean "run the same transaction again". */
 bool ferry__sqlstate_is_conflict(const char *sqlstate);
 
-/* Check that conn holds an open, healthy transaction block and is not in
- * pipeline mode; what names the caller in the message. */
+/* Check that conn holds an open, healthy transaction block, is not in
+ * pipeline mode and passes UTF-8 through (ferry__conn_check_utf8); what
+ * names the caller in the message. */
 ferry_code ferry__conn_check_in_tx(PGconn *conn, const char *what, ferry_error *err);
 
 /* Check that conn's client_encoding passes UTF-8 text through as it is

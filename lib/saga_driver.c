@@ -646,8 +646,6 @@ ferry_code ferry_saga_start(PGconn *conn, const ferry_saga_registry *reg, const 
 {
     ferry__err_clear(err);
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not start saga", err);
-    if (rc == FERRY_OK)
-        rc = ferry__conn_check_utf8(conn, "could not start saga", err);
     if (rc != FERRY_OK)
         return rc;
     saga_ctx s = {.reg = reg, .def = ferry_saga_registry_find(reg, def_name)};
@@ -709,8 +707,6 @@ ferry_code ferry_saga_cancel(PGconn *conn, const ferry_saga_registry *reg, const
 {
     ferry__err_clear(err);
     ferry_code rc = ferry__conn_check_in_tx(conn, "could not cancel saga", err);
-    if (rc == FERRY_OK)
-        rc = ferry__conn_check_utf8(conn, "could not cancel saga", err);
     if (rc != FERRY_OK)
         return rc;
     char canon[FERRY_UUID_STRING_SIZE];

@@ -234,17 +234,23 @@ static int deadline_matters(const step_ctx *c)
     return c->st.status == FERRY_SAGA_RUNNING && can_give_up(c, c->st.current);
 }
 
+/* base * 2^(n-2) for send n >= 2, at most cap; 0 for the first send. */
+static int64_t doubled(int64_t base, int64_t cap, uint32_t n)
+{
+    if (n < 2 || base == 0)
+        return 0;
+    int64_t b = base;
+    /* Doubling ends within 63 rounds: b grows until it meets the cap. */
+    for (uint32_t k = 2; k < n && b < cap; k++)
+        b = b > cap / 2 ? cap : b * 2;
+    return b < cap ? b : cap;
+}
+
 /* The delay before send n (1-based) of a command of step s. */
 static int64_t backoff(const step_ctx *c, uint32_t s, uint32_t n)
 {
     const ferry_saga_retry *r = &c->def->steps[s].retry;
-    if (n < 2 || r->backoff_ms == 0)
-        return 0;
-    int64_t b = r->backoff_ms;
-    /* Doubling ends within 63 rounds: b grows until it meets the cap. */
-    for (uint32_t k = 2; k < n && b < r->max_backoff_ms; k++)
-        b = b > r->max_backoff_ms / 2 ? r->max_backoff_ms : b * 2;
-    return b < r->max_backoff_ms ? b : r->max_backoff_ms;
+    return doubled(r->backoff_ms, r->max_backoff_ms, n);
 }
 
 /* The delay before send n of a command of step s that follows a refusal
@@ -256,12 +262,7 @@ static int64_t refusal_backoff(const step_ctx *c, uint32_t s, uint32_t n)
 {
     if (c->def->steps[s].retry.backoff_ms > 0)
         return backoff(c, s, n);
-    if (n < 2)
-        return 0;
-    int64_t b = FERRY_SAGA_REFUSAL_BACKOFF_MS;
-    for (uint32_t k = 2; k < n && b < FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS; k++)
-        b *= 2;
-    return b < FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS ? b : FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS;
+    return doubled(FERRY_SAGA_REFUSAL_BACKOFF_MS, FERRY_SAGA_REFUSAL_BACKOFF_MAX_MS, n);
 }
 
 static void push(step_ctx *c, const ferry_saga_action *a)
