@@ -830,6 +830,17 @@ static ferry_code fire_one(PGconn *conn, void *arg, ferry_error *err)
     return drive_loaded(conn, f->reg, f->picked, res, 1, &ev, f->now_ms, &f->applied, err);
 }
 
+
+/* The timers' calls run transactions of their own on an idle conn, so
+ * ferry__conn_check_in_tx does not apply; its encoding check does. A
+ * NULL or broken conn is left to the steps that use it, which say so. */
+static ferry_code timer_conn_check_utf8(PGconn *conn, const char *what, ferry_error *err)
+{
+    if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+        return FERRY_OK;
+    return ferry__conn_check_utf8(conn, what, err);
+}
+
 /*
  * Timers fire in batches: up to FIRE_BATCH due sagas in one transaction,
  * each under a savepoint, so that many timers due at once (a participant
@@ -939,8 +950,7 @@ ferry_code ferry_saga_fire_timers(PGconn *conn, const ferry_saga_registry *reg, 
     if (reg == NULL || max < 0 || now_ms < 0 || now_ms > FERRY_SAGA_NOW_MAX_MS)
         return ferry__error_set(err, FERRY_EINVAL, reg ? "max" : "registry",
                              "could not fire saga timers: bad arguments");
-    if (conn != NULL && PQstatus(conn) == CONNECTION_OK &&
-        ferry__conn_check_utf8(conn, "could not fire saga timers", err) != FERRY_OK)
+    if (timer_conn_check_utf8(conn, "could not fire saga timers", err) != FERRY_OK)
         return FERRY_ESTATE;
     fire_batch_arg *b = calloc(1, sizeof *b);
     if (b == NULL)
@@ -993,8 +1003,7 @@ ferry_code ferry_saga_fire_timer(PGconn *conn, const ferry_saga_registry *reg,
         return ferry__error_set(err, FERRY_EINVAL, "now_ms",
                              "could not fire saga timer: now_ms %" PRId64 " is out of range",
                              now_ms);
-    if (conn != NULL && PQstatus(conn) == CONNECTION_OK &&
-        ferry__conn_check_utf8(conn, "could not fire saga timer", err) != FERRY_OK)
+    if (timer_conn_check_utf8(conn, "could not fire saga timer", err) != FERRY_OK)
         return FERRY_ESTATE;
     char canon[FERRY_UUID_STRING_SIZE];
     ferry_code rc = saga_id_canon(saga_id, "could not fire saga timer", canon, err);

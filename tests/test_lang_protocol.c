@@ -857,8 +857,8 @@ static void a_saga_event_reads_its_own_audit_only(void **state)
         tu_exec(c, "SELECT 1");
         tu_exec(c, "BEGIN");
         tu_exec(c, "SELECT ferry.saga_record(" SAGA_X ", " AUDIT_ONE ", '[]')");
-        tu_assert_str_of(c, tu_sprintf("%s", "SELECT ferry.saga_store(" SAGA_X ", 9, 10, 'running', 0, 0, "
-                                      "'{}', " AUDIT_ONE ", '[]')"), "t");
+        tu_assert_str(c, "SELECT ferry.saga_store(" SAGA_X ", 9, 10, 'running', 0, 0, '{}', "
+                         AUDIT_ONE ", '[]')", "t");
         long audit = rows_read(c, "ferry.saga_step");
         fprintf(stderr, "saga_record + saga_store, plans made on %d other sagas: read %ld rows of "
                 "ferry.saga_step (%d sagas of 4)\n", small, audit, GROW);
@@ -974,7 +974,7 @@ static void per_message_functions_keep_their_planner_settings(void **state)
 {
     (void)state;
     PGconn *c = tu_connect();
-    tu_assert_str_of(c, tu_sprintf("%s",
+    tu_assert_str(c,
         "SELECT coalesce(string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1), 'none') "
         "  FROM pg_proc p WHERE p.pronamespace = 'ferry'::regnamespace "
         "   AND p.proname = ANY (ARRAY['consume_claim', 'consume_claim_many', "
@@ -983,13 +983,13 @@ static void per_message_functions_keep_their_planner_settings(void **state)
         "       'inbox_hold', 'inbox_hold_row_', 'inbox_skip_gap', 'saga_begin', 'saga_lock', "
         "       'saga_lock_next_due', 'saga_record', 'saga_save', 'saga_store', "
         "       'participant_begin', 'participant_finish', 'participant_record']) "
-        "   AND NOT (coalesce(p.proconfig, '{}') @> ARRAY['enable_seqscan=off', 'jit=off'])"),
+        "   AND NOT (coalesce(p.proconfig, '{}') @> ARRAY['enable_seqscan=off', 'jit=off'])",
         "none");
-    tu_assert_str_of(c, tu_sprintf("%s",
+    tu_assert_str(c,
         "SELECT coalesce(string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1), 'none') "
         "  FROM pg_proc p WHERE p.pronamespace = 'ferry'::regnamespace "
         "   AND p.proname = ANY (ARRAY['emit', 'emit_message', 'emit_with_id', 'wal_park']) "
-        "   AND NOT (coalesce(p.proconfig, '{}') @> ARRAY['enable_seqscan=on'])"),
+        "   AND NOT (coalesce(p.proconfig, '{}') @> ARRAY['enable_seqscan=on'])",
         "none");
     /* Not vacuous: each name is there (22 functions, two overloads of
      * saga_lock_next_due; emit's four doors, two overloads of emit). */
